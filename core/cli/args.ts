@@ -1,0 +1,53 @@
+/**
+ * Argument parsing shared by every command: `node:util` parseArgs with strict options, turned into
+ * {@linkcode UsageError}s that name the bad flag.
+ *
+ * @module
+ */
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { UsageError } from "./errors.ts";
+
+/** Options every command accepts. */
+export const COMMON_OPTIONS = {
+  help: { type: "boolean", short: "h" },
+  json: { type: "boolean" },
+  "runs-dir": { type: "string" },
+} as const satisfies ParseArgsConfig["options"];
+
+/**
+ * Parses `args` for a command; unknown flags and missing values become {@linkcode UsageError}.
+ *
+ * @example
+ * ```ts
+ * import { parseCommandArgs } from "./args.ts";
+ * const { values } = parseCommandArgs("run", ["--dry-run"], { "dry-run": { type: "boolean" } });
+ * if (values["dry-run"] !== true) throw new Error("not parsed");
+ * ```
+ */
+export function parseCommandArgs<O extends NonNullable<ParseArgsConfig["options"]>>(
+  command: string,
+  args: string[],
+  options: O,
+) {
+  try {
+    return parseArgs({
+      args,
+      options: { ...COMMON_OPTIONS, ...options },
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (e) {
+    const msg = (e as Error).message.replace(/\. To specify a positional argument.*$/s, "");
+    throw new UsageError(`${command}: ${msg}`);
+  }
+}
+
+/** Parses a positive integer flag value or throws a {@linkcode UsageError} naming the flag. */
+export function positiveInt(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1) {
+    throw new UsageError(`--${flag} expects a positive integer, got "${value}"`);
+  }
+  return n;
+}

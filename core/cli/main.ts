@@ -1,0 +1,121 @@
+/**
+ * CLI entry: dispatches `deno task <command>` to its implementation and maps errors to exit codes
+ * (0 ok, 1 run failure, 2 usage or config error). No stack traces for expected failures; set
+ * `DSMOE_DEBUG=1` to see them for unexpected ones.
+ *
+ * @module
+ */
+import { ConfigError, loadExperiment } from "../config/mod.ts";
+import { parseCommandArgs, positiveInt } from "./args.ts";
+import { formatDryRun, summarizePoint } from "./dry_run.ts";
+import { EXIT_OK, EXIT_RUN_FAILURE, EXIT_USAGE, UsageError } from "./errors.ts";
+import { RUN_USAGE, USAGE } from "./usage.ts";
+
+/** Default config of `deno task run` with no argument. */
+export const DEFAULT_CONFIG = "configs/quickstart.yaml";
+
+/** Where stdout/stderr go; tests pass collectors. */
+export interface CliIo {
+  out: (line: string) => void;
+  err: (line: string) => void;
+}
+
+const _stdio: CliIo = {
+  out: (line) => console.log(line),
+  err: (line) => console.error(line),
+};
+
+/**
+ * Runs one CLI invocation and returns its exit code.
+ *
+ * @example
+ * ```ts ignore
+ * const code = await main(["run", "configs/dsmoe-tiny.yaml", "--dry-run"]);
+ * ```
+ */
+export async function main(argv: readonly string[], io: CliIo = _stdio): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case undefined:
+      case "help":
+      case "--help":
+      case "-h":
+        io.out(USAGE);
+        return command === undefined ? EXIT_USAGE : EXIT_OK;
+      case "run":
+        return await _run(rest, io);
+      case "eval":
+      case "generate":
+      case "dashboard":
+      case "repro":
+        return _notYet(command, io);
+      case "bench":
+        return _notYet(command, io);
+      default:
+        throw new UsageError(`unknown command "${command}"`);
+    }
+  } catch (e) {
+    return _report(e, io);
+  }
+}
+
+function _report(e: unknown, io: CliIo): number {
+  if (e instanceof ConfigError) {
+    io.err(`Config error:\n${e.message}`);
+    return EXIT_USAGE;
+  }
+  if (e instanceof UsageError) {
+    io.err(`Usage error: ${e.message}\nRun with --help for usage.`);
+    return EXIT_USAGE;
+  }
+  const err = e instanceof Error ? e : new Error(String(e));
+  io.err(`Error: ${err.name === "Error" ? "" : `${err.name}: `}${err.message}`);
+  if (Deno.env.get("DSMOE_DEBUG")) io.err(err.stack ?? "");
+  return EXIT_RUN_FAILURE;
+}
+
+function _notYet(command: string, io: CliIo): number {
+  io.err(`deno task ${command}: not available yet in this version of dsmoe (see the README's roadmap).`);
+  return EXIT_USAGE;
+}
+
+async function _run(args: string[], io: CliIo): Promise<number> {
+  const { values, positionals } = parseCommandArgs("run", args, {
+    set: { type: "string", multiple: true },
+    "dry-run": { type: "boolean" },
+    "stop-after": { type: "string" },
+    resume: { type: "string" },
+  });
+  if (values.help) {
+    io.out(RUN_USAGE);
+    return EXIT_OK;
+  }
+  if (positionals.length > 1) throw new UsageError(`run takes one config file, got ${positionals.length}`);
+  positiveInt("stop-after", values["stop-after"]);
+  if (values.resume !== undefined && positionals.length > 0) {
+    throw new UsageError("run --resume takes a run id, not a config file");
+  }
+  if (values.resume !== undefined || !values["dry-run"]) {
+    io.err(
+      "deno task run: training is not available yet in this version of dsmoe; use --dry-run to inspect a config.",
+    );
+    return EXIT_USAGE;
+  }
+  const file = positionals[0] ?? DEFAULT_CONFIG;
+  const loaded = await loadExperiment(file, { sets: values.set ?? [] });
+  const points = loaded.points.map((p) => summarizePoint(p.name, p.params, p.config));
+  io.out(formatDryRun(loaded, points));
+  const over = points.filter((p) => !p.fits_budget);
+  if (values.json) io.out(JSON.stringify({ points }));
+  if (over.length > 0) {
+    io.err(
+      `Plan refused: ${over.map((p) => p.name).join(", ")} ${
+        over.length === 1 ? "needs" : "need"
+      } more memory ` +
+        `than hardware.memory_budget allows (see "memory" above); raise the budget or shrink the model.`,
+    );
+    return EXIT_USAGE;
+  }
+  return EXIT_OK;
+}

@@ -1,0 +1,36 @@
+/**
+ * Help text of every command (DESIGN.md §7).
+ *
+ * @module
+ */
+
+/** Top-level usage. */
+export const USAGE = `dsmoe — Mixture-of-Experts experiments, trained densely, run sparsely, on WebGPU
+
+Usage: deno task <command> [options]
+
+Commands:
+  run [config.yaml] [--set k=v]… [--dry-run] [--stop-after N]   train (default config: configs/quickstart.yaml)
+  run --resume <run-id>                                          continue from the newest complete checkpoint
+  eval <run-id|ckpt> [--rule threshold --epsilon 0.5 | --rule topk --k 2]…
+  generate <run-id|ckpt> --prompt TEXT [--max-tokens N] [--rule …]
+  dashboard [--port 8000]
+  bench [--json] [--suite NAME] [--quick]
+  repro [--scale micro|small]
+  test                                                           fmt, lint, type check and the test suite
+
+Common options: --json (last stdout line is one JSON object), --runs-dir DIR (default runs/), -h/--help.
+Exit codes: 0 ok, 1 run failure, 2 usage or config error.`;
+
+/** Usage of \`run\`. */
+export const RUN_USAGE = `Usage: deno task run [config.yaml] [options]
+
+Trains the experiment in config.yaml (default configs/quickstart.yaml); a sweep: block trains every point.
+
+Options:
+  --set key.path=value   override a config value (repeatable), typed by the schema: --set model.mlp.experts=8
+  --dry-run              print the resolved config(s), parameter counts, FLOPs and memory; train nothing
+  --stop-after N         stop after N steps (a checkpoint is written)
+  --resume RUN_ID        continue a run from its newest complete checkpoint
+  --json                 last stdout line is one JSON object
+  --runs-dir DIR         where runs are stored (default runs/)`;

@@ -1,0 +1,277 @@
+/**
+ * The one typed schema of a dsmoe experiment: every key has a default and a one-line doc.
+ * YAML parses to `unknown`, `ExperimentSchema` validates it, and the loader freezes the result.
+ * Cross-field rules (k ≤ experts, heads divisible, kind consistency) live in `_crossChecks` so that
+ * their issues carry the key path that the loader maps back to file:line:col.
+ *
+ * @module
+ */
+import { z } from "zod";
+
+/** Largest integer a YAML number may hold without losing precision (2^53). */
+export const MAX_SAFE_NUMBER = 2 ** 53;
+
+const posInt = (doc: string, def: number) => z.int().min(1).default(def).describe(doc);
+const nonNeg = (doc: string, def: number) => z.number().min(0).default(def).describe(doc);
+
+/** Byte sizes such as `2GiB`, `512MiB`, `1e9` (bytes). */
+export const BYTE_SIZE_RE = /^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?\s*$/;
+
+const _UNITS: Record<string, number> = {
+  B: 1,
+  KB: 1e3,
+  KiB: 2 ** 10,
+  MB: 1e6,
+  MiB: 2 ** 20,
+  GB: 1e9,
+  GiB: 2 ** 30,
+  TB: 1e12,
+  TiB: 2 ** 40,
+};
+
+/**
+ * Parses a byte size (`"2GiB"`, `"512MB"`, `1048576`) into bytes.
+ *
+ * @example
+ * ```ts
+ * import { parseByteSize } from "./schema.ts";
+ * if (parseByteSize("2GiB") !== 2147483648) throw new Error("bad");
+ * ```
+ */
+export function parseByteSize(value: string | number): number {
+  if (typeof value === "number") return value;
+  const m = BYTE_SIZE_RE.exec(value);
+  if (!m) throw new RangeError(`Invalid byte size: "${value}" (expected e.g. 2GiB, 512MiB)`);
+  return Math.round(Number(m[1]) * (_UNITS[m[2] ?? "B"] ?? 1));
+}
+
+/** Data source, tokenizer and split. */
+export const DataSchema = z.strictObject({
+  source: z.string().min(1).default("synthetic:multidomain")
+    .describe("Text source: synthetic:multidomain, or a file, directory or glob of UTF-8 text"),
+  tokenizer: z.enum(["byte"]).default("byte").describe("Tokenizer: byte (vocabulary of 256)"),
+  seq_len: z.int().min(2).max(65536).default(128).describe("Tokens per training sequence (context length)"),
+  val_fraction: z.number().gt(0).lt(1).default(0.05).describe(
+    "Fraction of the corpus held out for validation",
+  ),
+  synthetic_bytes: z.int().min(1024).max(1 << 30).default(4_000_000)
+    .describe("Size in bytes of the generated corpus for synthetic sources"),
+});
+
+/** Attention block: plain multi-head (mha) or mixture of attention-head experts (moa). */
+export const AttentionSchema = z.strictObject({
+  kind: z.enum(["mha", "moa"]).default("moa").describe(
+    "mha: multi-head (dense, smoe); moa: attention experts",
+  ),
+  heads: posInt("Query heads (mha)", 4),
+  kv_heads: z.int().min(1).optional().describe("Key/value heads (mha); default = heads. Fewer gives GQA"),
+  experts: posInt("Attention experts (moa)", 4),
+  heads_per_expert: posInt("Query heads per attention expert (moa); also the number of shared KV heads", 2),
+  head_dim: posInt("Dimension of each head", 16),
+});
+
+/** MLP block: one dense MLP (experts: 1) or stacked experts. */
+export const MlpSchema = z.strictObject({
+  experts: posInt("MLP experts; 1 = dense MLP", 8),
+  hidden: posInt("Hidden width of each expert", 128),
+  activation: z.enum(["gelu", "relu", "silu"]).default("gelu").describe("Activation inside each expert"),
+});
+
+/** The decoder-only transformer. */
+export const ModelSchema = z.strictObject({
+  kind: z.enum(["dense", "smoe", "dsmoe"]).default("dsmoe")
+    .describe("dense: no experts; smoe: top-k trained experts; dsmoe: dense-trained, sparse inference"),
+  d_model: posInt("Residual stream width", 128),
+  layers: posInt("Decoder blocks", 4),
+  norm: z.enum(["layernorm", "rmsnorm"]).default("layernorm").describe("Normalization before each sub-block"),
+  position: z.enum(["learned", "rope"]).default("learned").describe("Position encoding"),
+  tie_embeddings: z.boolean().default(true).describe("Share the token embedding with the LM head"),
+  init_std: z.number().gt(0).default(0.02).describe("Standard deviation of weight initialization"),
+  attention: AttentionSchema.prefault({}).describe("Attention block"),
+  mlp: MlpSchema.prefault({}).describe("MLP block"),
+});
+
+/** One inference routing rule (threshold, topk, threshold_topk, top_p or dense). */
+export const InferRuleSchema = z.strictObject({
+  kind: z.enum(["threshold", "topk", "threshold_topk", "top_p", "dense"]).default("threshold")
+    .describe("threshold: N·S_i > epsilon; topk: k largest; threshold_topk: batch-mean count; top_p; dense"),
+  epsilon: z.number().min(0).default(0.5).describe("Threshold on the normalized probability N·S_i"),
+  k: posInt("Experts per token (topk)", 2),
+  p: z.number().gt(0).max(1).default(0.9).describe("Probability mass to cover (top_p)"),
+});
+
+/** Router: how experts are weighted in training and chosen at inference. */
+export const RouterSchema = z.strictObject({
+  hidden: z.int().min(0).default(0).describe("0 = linear router; >0 = d → hidden → N MLP router with GELU"),
+  train: z.enum(["dense", "topk"]).default("dense").describe(
+    "dense: every expert trains (DS-MoE); topk: SMoE",
+  ),
+  k: posInt("Experts per token when train: topk", 2),
+  infer: InferRuleSchema.prefault({}).describe("Inference rule for MLP experts (and attention, by default)"),
+  infer_attention: InferRuleSchema.optional().describe(
+    "Inference rule for attention experts; default = infer",
+  ),
+});
+
+/** Loss weights. */
+export const LossSchema = z.strictObject({
+  mi: z.strictObject({
+    attention: nonNeg("Mutual-information loss weight for attention routers", 0),
+    mlp: nonNeg("Mutual-information loss weight for MLP routers", 0),
+  }).prefault({}).describe("DS-MoE mutual-information loss"),
+  load_balance: nonNeg("Switch load-balance loss weight (SMoE uses 0.01)", 0),
+  z: nonNeg("Router z-loss weight", 0),
+});
+
+/** Optimizer, schedule and loop. */
+export const TrainSchema = z.strictObject({
+  steps: posInt("Optimizer steps", 2000),
+  batch: posInt("Sequences per step", 16),
+  optimizer: z.strictObject({
+    kind: z.enum(["adamw"]).default("adamw").describe("Optimizer"),
+    lr: z.number().gt(0).default(3e-3).describe("Peak learning rate"),
+    betas: z.tuple([z.number().min(0).lt(1), z.number().min(0).lt(1)]).default([0.9, 0.95])
+      .describe("Adam β1, β2"),
+    eps: z.number().gt(0).default(1e-8).describe("Adam ε"),
+    weight_decay: nonNeg("Decoupled weight decay (matrices only)", 0.01),
+  }).prefault({}).describe("Optimizer"),
+  schedule: z.strictObject({
+    kind: z.enum(["cosine", "linear", "constant"]).default("cosine").describe("Decay after warmup"),
+    warmup: z.int().min(0).default(100).describe("Linear warmup steps"),
+    min_lr: nonNeg("Learning rate at the end of decay", 3e-4),
+  }).prefault({}).describe("Learning-rate schedule"),
+  grad_clip: nonNeg("Clip the global gradient norm to this (0 = off)", 1.0),
+  eval_every: posInt("Evaluate on validation data every N steps", 100),
+  eval_batches: posInt("Validation batches per evaluation", 8),
+  checkpoint_every: posInt("Write a checkpoint every N steps", 500),
+  log_every: posInt("Record training metrics every N steps", 10),
+});
+
+/** Where and how the compute runs. */
+export const HardwareSchema = z.strictObject({
+  backend: z.enum(["webgpu", "cpu"]).default("webgpu").describe("webgpu, or cpu (float64 reference; slow)"),
+  power_preference: z.enum(["high-performance", "low-power"]).default("high-performance")
+    .describe("WebGPU adapter preference"),
+  memory_budget: z.union([z.string().regex(BYTE_SIZE_RE, "expected a size such as 2GiB"), z.int().min(1)])
+    .default("2GiB").describe("The planner refuses a plan larger than this, before allocating"),
+  validation: z.boolean().default(false).describe("Wrap each step in WebGPU error scopes (slower)"),
+});
+
+/** A numeric sampling range for random sweeps. */
+export const RangeSchema = z.strictObject({
+  min: z.number().describe("Lower bound"),
+  max: z.number().describe("Upper bound"),
+  log: z.boolean().default(false).describe("Sample uniformly in log space"),
+  int: z.boolean().default(false).describe("Round to an integer"),
+});
+
+/** A family of runs from one file. */
+export const SweepSchema = z.strictObject({
+  grid: z.record(z.string(), z.array(z.unknown()).min(1)).default({})
+    .describe("Dotted key → list of values; one point per combination"),
+  random: z.strictObject({
+    n: posInt("Points to sample", 8),
+    seed: z.int().default(0).describe("Seed of the sampler"),
+    params: z.record(z.string(), z.union([RangeSchema, z.array(z.unknown()).min(1)]))
+      .describe("Dotted key → {min, max, log, int} range or a list to choose from"),
+  }).optional().describe("Random search, combined with every grid point"),
+  repeat: posInt("Seeds per point (seed, seed+1, …)", 1),
+});
+
+/** A whole experiment file. `extends` is resolved by the loader before validation. */
+export const ExperimentSchema = z.strictObject({
+  name: z.string().min(1).regex(/^[A-Za-z0-9._=-]+$/, "use letters, digits, '.', '_', '-' and '='")
+    .default("run").describe("Run name (sweep points append their parameters)"),
+  description: z.string().default("").describe("Free text shown in the dashboard"),
+  seed: z.int().min(0).default(1).describe("Seed for initialization, data order and sampling"),
+  data: DataSchema.prefault({}).describe("Data"),
+  model: ModelSchema.prefault({}).describe("Model"),
+  router: RouterSchema.prefault({}).describe("Router"),
+  loss: LossSchema.prefault({}).describe("Losses"),
+  train: TrainSchema.prefault({}).describe("Training"),
+  hardware: HardwareSchema.prefault({}).describe("Hardware"),
+  sweep: SweepSchema.optional().describe("Optional: expand this file into a family of runs"),
+}).superRefine(_crossChecks);
+
+/** A validated experiment (output type of the schema). */
+export type Experiment = z.output<typeof ExperimentSchema>;
+/** An inference routing rule. */
+export type InferRule = z.output<typeof InferRuleSchema>;
+
+function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.RefinementCtx): void {
+  const issue = (path: (string | number)[], message: string) =>
+    ctx.addIssue({ code: "custom", path, message });
+  const m = c.model, a = m.attention, r = c.router;
+  const routedMlp = m.mlp.experts > 1, routedAtt = a.kind === "moa";
+  switch (m.kind) {
+    case "dense":
+      if (routedMlp) {
+        issue(["model", "mlp", "experts"], `model.kind dense needs mlp.experts 1, got ${m.mlp.experts}`);
+      }
+      if (routedAtt) {
+        issue(["model", "attention", "kind"], "model.kind dense needs attention.kind mha, got moa");
+      }
+      break;
+    case "smoe":
+      if (!routedMlp) issue(["model", "mlp", "experts"], "model.kind smoe needs mlp.experts > 1");
+      if (r.train !== "topk") issue(["router", "train"], "model.kind smoe needs router.train: topk");
+      break;
+    case "dsmoe":
+      if (!routedMlp && !routedAtt) {
+        issue(["model", "mlp", "experts"], "model.kind dsmoe needs mlp.experts > 1 or attention.kind moa");
+      }
+      if (r.train !== "dense") issue(["router", "train"], "model.kind dsmoe needs router.train: dense");
+      break;
+    default:
+      m.kind satisfies never;
+  }
+  if (r.train === "topk" && r.k > m.mlp.experts) {
+    issue(["router", "k"], `k (${r.k}) exceeds experts (${m.mlp.experts}) at model.mlp`);
+  }
+  const rules: [string, InferRule | undefined, number][] = [
+    ["infer", r.infer, m.mlp.experts],
+    ["infer_attention", r.infer_attention ?? (routedAtt ? r.infer : undefined), a.experts],
+  ];
+  for (const [key, rule, n] of rules) {
+    if (rule?.kind === "topk" && rule.k > n && (key === "infer" ? routedMlp : routedAtt)) {
+      issue(["router", key, "k"], `k (${rule.k}) exceeds experts (${n})`);
+    }
+  }
+  if (a.kind === "mha") {
+    const kv = a.kv_heads ?? a.heads;
+    if (a.heads % kv !== 0) {
+      issue(["model", "attention", "kv_heads"], `heads (${a.heads}) is not divisible by kv_heads (${kv})`);
+    }
+  }
+  if (m.position === "rope" && a.head_dim % 2 !== 0) {
+    issue(["model", "attention", "head_dim"], `rope needs an even head_dim, got ${a.head_dim}`);
+  }
+  if (c.train.schedule.warmup > c.train.steps) {
+    issue(
+      ["train", "schedule", "warmup"],
+      `warmup (${c.train.schedule.warmup}) exceeds steps (${c.train.steps})`,
+    );
+  }
+  if (c.train.schedule.min_lr > c.train.optimizer.lr) {
+    issue(["train", "schedule", "min_lr"], `min_lr (${c.train.schedule.min_lr}) exceeds lr`);
+  }
+  const mem = c.hardware.memory_budget;
+  // Format issues do not stop refinements in zod 4, so a malformed size must not reach parseByteSize.
+  if (typeof mem === "string" && BYTE_SIZE_RE.test(mem) && parseByteSize(mem) <= 0) {
+    issue(["hardware", "memory_budget"], `memory_budget must be positive, got "${mem}"`);
+  }
+}
+
+// Shape helper so `_crossChecks` is typed by the object schema before refinement.
+const _shape = {
+  name: z.string(),
+  description: z.string(),
+  seed: z.int(),
+  data: DataSchema,
+  model: ModelSchema,
+  router: RouterSchema,
+  loss: LossSchema,
+  train: TrainSchema,
+  hardware: HardwareSchema,
+  sweep: SweepSchema.optional(),
+};

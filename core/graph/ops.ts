@@ -1,0 +1,285 @@
+/**
+ * The op table: for every op, its output shapes (validated against its inputs) and its backward rule.
+ * Backward rules build graph nodes, so one executor per backend runs forward and backward alike.
+ * Gradients summing at fan-out is autodiff's job (core/graph/autodiff.ts), not the rules'.
+ *
+ * Shapes: N = tokens (batch·seq), d = model width, V = vocabulary, E = experts, h = per-expert width.
+ *
+ * @module
+ */
+import { type Attrs, type DType, type Graph, type Node, numel, type Value } from "./ir.ts";
+
+/** Output shape (and dtype) of one node output. */
+export interface OutSpec {
+  shape: readonly number[];
+  dtype?: DType;
+}
+
+/** Gradients of a node's inputs (null where an input gets none) given its outputs' gradients. */
+export type GradRule = (
+  g: Graph,
+  node: Node,
+  dOut: readonly (Value | null)[],
+) => (Value | null | undefined)[];
+
+/** One op: output shapes from input shapes, and an optional backward rule (none = not differentiable). */
+export interface OpDef {
+  outputs: (inputs: readonly Value[], attrs: Attrs) => OutSpec[];
+  grad?: GradRule;
+}
+
+/** Adds a node through the table (validating shapes) and returns its outputs. */
+export function apply(
+  g: Graph,
+  op: string,
+  inputs: readonly Value[],
+  attrs: Attrs = {},
+  table = OPS,
+): Value[] {
+  const def = table[op];
+  if (!def) throw new TypeError(`Unknown op "${op}"`);
+  return g.addNode(op, inputs, attrs, def.outputs(inputs, attrs)).outputs;
+}
+
+/** Like {@linkcode apply} for single-output ops. */
+export function apply1(
+  g: Graph,
+  op: string,
+  inputs: readonly Value[],
+  attrs: Attrs = {},
+  table = OPS,
+): Value {
+  return apply(g, op, inputs, attrs, table)[0]!;
+}
+
+function _same(x: Value): OutSpec[] {
+  return [{ shape: x.shape, dtype: x.dtype }];
+}
+
+function _check(cond: boolean, op: string, msg: string): void {
+  if (!cond) throw new RangeError(`Cannot build ${op}: ${msg}`);
+}
+
+function _dims2(v: Value, op: string): [number, number] {
+  _check(v.shape.length === 2, op, `expected a matrix, got shape [${v.shape}] for ${v.name}`);
+  return [v.shape[0]!, v.shape[1]!];
+}
+
+const SCALAR: OutSpec[] = [{ shape: [1] }];
+
+/** The table. Keep each rule next to its forward definition. */
+export const OPS: Record<string, OpDef> = {
+  leaf: { outputs: () => [] },
+  /** A constant tensor: every element = attrs.value (the seed gradient of a loss is fill 1). */
+  fill: { outputs: (_, a) => [{ shape: a.shape as readonly number[] }] },
+
+  /** ids (N,) u32, W (V, d) → (N, d). */
+  embedding: {
+    outputs: ([ids, w]) => [{ shape: [ids!.shape[0]!, w!.shape[1]!] }],
+    grad: (
+      g,
+      n,
+      [dy],
+    ) => [null, apply1(g, "embedding_grad", [n.inputs[0]!, dy!], { vocab: n.inputs[1]!.shape[0]! })],
+  },
+  /** ids (N,), dy (N, d) → dW (V, d), rows of dy summed by id. */
+  embedding_grad: { outputs: ([, dy], a) => [{ shape: [a.vocab as number, dy!.shape[1]!] }] },
+
+  /** x (N, d) + p (period, d) broadcast: y[n] = x[n] + p[n mod period]. */
+  add_rows: {
+    outputs: ([x, p]) => {
+      _check(x!.shape[0]! % p!.shape[0]! === 0 && x!.shape[1] === p!.shape[1], "add_rows", "rows must tile");
+      return _same(x!);
+    },
+    grad: (g, n, [dy]) => [dy, apply1(g, "sum_rows_mod", [dy!], { period: n.inputs[1]!.shape[0]! })],
+  },
+  /** dy (N, d) → (period, d): rows summed by n mod period. */
+  sum_rows_mod: { outputs: ([x], a) => [{ shape: [a.period as number, x!.shape[1]!] }] },
+
+  /** x (N, d) + b (d). */
+  bias_add: {
+    outputs: ([x, b]) => {
+      _check(
+        b!.shape.length === 1 && b!.shape[0] === x!.shape.at(-1),
+        "bias_add",
+        "bias must match last dim",
+      );
+      return _same(x!);
+    },
+    grad: (g, _n, [dy]) => [dy, apply1(g, "sum_rows", [dy!])],
+  },
+  /** x (N, d) → (d): column sums. */
+  sum_rows: { outputs: ([x]) => [{ shape: [x!.shape.at(-1)!] }] },
+
+  /** Element-wise a + b. */
+  add: {
+    outputs: ([a, b]) => {
+      _check(numel(a!.shape) === numel(b!.shape), "add", `[${a!.shape}] vs [${b!.shape}]`);
+      return _same(a!);
+    },
+    grad: (_g, _n, [dy]) => [dy, dy],
+  },
+  /** Sum of any number of same-size values (loss totals, gradient accumulation). */
+  add_n: {
+    outputs: (xs) => _same(xs[0]!),
+    grad: (_g, n, [dy]) => n.inputs.map(() => dy!),
+  },
+  /** Element-wise a ⊙ b. */
+  mul: {
+    outputs: ([a]) => _same(a!),
+    grad: (g, n, [dy]) => [apply1(g, "mul", [dy!, n.inputs[1]!]), apply1(g, "mul", [dy!, n.inputs[0]!])],
+  },
+  /** alpha · x. */
+  scale: {
+    outputs: ([x]) => _same(x!),
+    grad: (g, n, [dy]) => [apply1(g, "scale", [dy!], { alpha: n.attrs.alpha as number })],
+  },
+  /** Same data, new shape. */
+  reshape: {
+    outputs: ([x], a) => {
+      const shape = a.shape as readonly number[];
+      _check(numel(shape) === numel(x!.shape), "reshape", `[${x!.shape}] to [${shape}]`);
+      return [{ shape, dtype: x!.dtype }];
+    },
+    grad: (g, n, [dy]) => [apply1(g, "reshape", [dy!], { shape: n.inputs[0]!.shape })],
+  },
+
+  /** op(a) · op(b), op = transpose when transA / transB: (M, K)·(K, N) → (M, N). */
+  matmul: {
+    outputs: ([a, b], at) => {
+      const [a0, a1] = _dims2(a!, "matmul"), [b0, b1] = _dims2(b!, "matmul");
+      const [m, k] = at.transA ? [a1, a0] : [a0, a1], [k2, nn] = at.transB ? [b1, b0] : [b0, b1];
+      _check(k === k2, "matmul", `inner dims ${k} vs ${k2} (${a!.name} · ${b!.name})`);
+      return [{ shape: [m, nn] }];
+    },
+    grad: (g, n, [dy]) => {
+      const [a, b] = n.inputs as [Value, Value], tA = !!n.attrs.transA, tB = !!n.attrs.transB;
+      // C = A·B: dA = dC·Bᵀ, dB = Aᵀ·dC; with transposes the operands swap roles.
+      const dA = tA
+        ? apply1(g, "matmul", [b, dy!], { transA: tB, transB: true })
+        : apply1(g, "matmul", [dy!, b], { transA: false, transB: !tB });
+      const dB = tB
+        ? apply1(g, "matmul", [dy!, a], { transA: true, transB: tA })
+        : apply1(g, "matmul", [a, dy!], { transA: !tA, transB: false });
+      return [dA, dB];
+    },
+  },
+
+  /** LayerNorm (x, gamma, beta) or RMSNorm (x, gamma): → [y (N, d), mean (N), rstd (N)]. */
+  norm: {
+    outputs: ([x]) => {
+      const [rows] = _dims2(x!, "norm");
+      return [{ shape: x!.shape }, { shape: [rows] }, { shape: [rows] }];
+    },
+    grad: (g, n, [dy]) => {
+      const [x, gamma, beta] = n.inputs as [Value, Value, Value | undefined];
+      const outs = apply(g, "norm_backward", [x, gamma, n.outputs[1]!, n.outputs[2]!, dy!], n.attrs);
+      return beta ? [outs[0]!, outs[1]!, outs[2]!] : [outs[0]!, outs[1]!];
+    },
+  },
+  /** (x, gamma, mean, rstd, dy) → [dx, dgamma, dbeta]. */
+  norm_backward: {
+    outputs: ([x, gamma]) => [{ shape: x!.shape }, { shape: gamma!.shape }, { shape: gamma!.shape }],
+  },
+
+  /** activation kind ∈ gelu | relu | silu. */
+  activation: {
+    outputs: ([x]) => _same(x!),
+    grad: (g, n, [dy]) => [apply1(g, "activation_backward", [n.inputs[0]!, dy!], n.attrs)],
+  },
+  /** (x, dy) → dx. */
+  activation_backward: { outputs: ([x]) => _same(x!) },
+
+  /** Softmax over the last dim of (rows, L). */
+  softmax: {
+    outputs: ([x]) => _same(x!),
+    grad: (g, n, [dy]) => [apply1(g, "softmax_backward", [n.outputs[0]!, dy!])],
+  },
+  /** (y, dy) → dx = y ⊙ (dy − Σ dy⊙y). */
+  softmax_backward: { outputs: ([y]) => _same(y!) },
+
+  /** Causal GQA: q (B, T, Hq, D), k, v (B, T, Hkv, D) → [o (B, T, Hq, D), lse (B, Hq, T)]. */
+  attention: {
+    outputs: ([q, k, v]) => {
+      _check(q!.shape.length === 4 && k!.shape.length === 4, "attention", "expected (B, T, H, D) tensors");
+      const [B, T, Hq, D] = q!.shape as [number, number, number, number];
+      _check(
+        Hq % k!.shape[2]! === 0,
+        "attention",
+        `query heads ${Hq} not a multiple of kv heads ${k!.shape[2]}`,
+      );
+      _check(k!.shape[3] === D && v!.shape[3] === D, "attention", "head dims differ");
+      return [{ shape: q!.shape }, { shape: [B, Hq, T] }];
+    },
+    grad: (g, n, [dO]) => {
+      const [q, k, v] = n.inputs as [Value, Value, Value];
+      const [dq, dk, dv] = apply(
+        g,
+        "attention_backward",
+        [q, k, v, n.outputs[0]!, n.outputs[1]!, dO!],
+        n.attrs,
+      );
+      return [dq!, dk!, dv!];
+    },
+  },
+  /** (q, k, v, o, lse, dO) → [dq, dk, dv]. */
+  attention_backward: {
+    outputs: ([q, k, v]) => [{ shape: q!.shape }, { shape: k!.shape }, { shape: v!.shape }],
+  },
+
+  /** x (N, E·h) scaled per block by s (N, E): y[t, i·h + j] = s[t, i] · x[t, i·h + j]. */
+  router_scale: {
+    outputs: ([x, s]) => {
+      _check(
+        x!.shape[1]! % s!.shape[1]! === 0,
+        "router_scale",
+        `width ${x!.shape[1]} not divisible by ${s!.shape[1]}`,
+      );
+      return _same(x!);
+    },
+    grad: (g, n, [dy]) => {
+      const [x, s] = n.inputs as [Value, Value];
+      return [apply1(g, "router_scale", [dy!, s]), apply1(g, "router_scale_ds", [x, dy!])];
+    },
+  },
+  /** (x, dy) → ds (N, E): ds[t, i] = Σ_j x[t, i·h+j]·dy[t, i·h+j]; E from attrs.blocks. */
+  router_scale_ds: { outputs: ([x], a) => [{ shape: [x!.shape[0]!, a.blocks as number] }] },
+
+  /** probs (N, E) → 0/1 mask of the top-k per row (no gradient: selection is discrete). */
+  topk_mask: { outputs: ([s]) => _same(s!) },
+
+  /** Mean cross-entropy of logits (N, V) against u32 targets (N,) → scalar. */
+  cross_entropy: {
+    outputs: ([logits, targets]) => {
+      _check(targets!.shape[0] === logits!.shape[0], "cross_entropy", "one target per row");
+      return SCALAR;
+    },
+    grad: (g, n, [dl]) => [apply1(g, "cross_entropy_backward", [n.inputs[0]!, n.inputs[1]!, dl!]), null],
+  },
+  /** (logits, targets, dloss) → dlogits = dloss · (softmax − onehot) / N. */
+  cross_entropy_backward: { outputs: ([logits]) => _same(logits!) },
+
+  /** Mutual-information loss of router probabilities S (N, E) → scalar. */
+  mi_loss: {
+    outputs: () => SCALAR,
+    grad: (g, n, [dl]) => [apply1(g, "mi_loss_backward", [n.inputs[0]!, dl!])],
+  },
+  /** (S, dL) → dS. */
+  mi_loss_backward: { outputs: ([s]) => _same(s!) },
+
+  /** Switch load-balance loss of probabilities S (N, E) and routing mask (N, E) → scalar. */
+  switch_loss: {
+    outputs: () => SCALAR,
+    grad: (g, n, [dl]) => [apply1(g, "switch_loss_backward", [n.inputs[0]!, n.inputs[1]!, dl!]), null],
+  },
+  /** (S, mask, dL) → dS. */
+  switch_loss_backward: { outputs: ([s]) => _same(s!) },
+
+  /** Router z-loss of logits (N, E) → scalar. */
+  z_loss: {
+    outputs: () => SCALAR,
+    grad: (g, n, [dl]) => [apply1(g, "z_loss_backward", [n.inputs[0]!, dl!])],
+  },
+  /** (logits, dL) → dlogits. */
+  z_loss_backward: { outputs: ([x]) => _same(x!) },
+};

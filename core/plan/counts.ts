@@ -1,0 +1,229 @@
+/**
+ * Parameter, FLOP and memory accounting for a config, before anything is built or allocated.
+ * These numbers drive `run --dry-run`, the memory-budget refusal and the dashboard's hyperparameter columns.
+ *
+ * Conventions (documented in README "What the counts mean"):
+ * - Weights have no biases except the hidden layer of an MLP router (d → hidden → N, biases on both).
+ * - Active parameters per token follow DESIGN.md §4: shared K/V + Q/O of active attention experts +
+ *   active MLP experts + routers; embeddings, positions, norms and the LM head are excluded.
+ * - FLOPs count multiply-adds as 2 and include matmuls and attention scores (QKᵀ and AV over the mean
+ *   causal context (T+1)/2); elementwise ops are left out. Training = 3 × forward (forward + backward).
+ *
+ * @module
+ */
+import type { Experiment, InferRule } from "../config/schema.ts";
+
+/** Vocabulary size of a tokenizer. */
+export function vocabSize(data: Experiment["data"]): number {
+  switch (data.tokenizer) {
+    case "byte":
+      return 256;
+    default:
+      return data.tokenizer satisfies never;
+  }
+}
+
+/** Parameter counts by component (whole model, all layers). */
+export interface ParamCounts {
+  embedding: number; // token embedding (V, d)
+  position: number; // learned positions (T, d); 0 for rope
+  lm_head: number; // (d, V); 0 when tied
+  norms: number; // 2 per block + final
+  attention_qo: number; // query and output projections (all experts)
+  attention_kv: number; // key and value projections (shared by attention experts)
+  attention_router: number;
+  mlp_experts: number; // all MLP experts (or the dense MLP)
+  mlp_router: number;
+  total: number;
+  /** All expert parameters (attention Q/O of experts + MLP experts); 0 for a dense model. */
+  experts: number;
+}
+
+/** Per-layer shape facts the counts are made from. */
+export interface LayerShape {
+  d: number; // d_model
+  qHeads: number; // query heads (all experts)
+  kvHeads: number;
+  headDim: number;
+  attExperts: number; // 1 when attention is not routed
+  headsPerExpert: number; // query heads per attention expert
+  mlpExperts: number;
+  hidden: number; // per MLP expert
+  routedAtt: boolean;
+  routedMlp: boolean;
+}
+
+/** The shape of one decoder block of `c`. */
+export function layerShape(c: Readonly<Experiment>): LayerShape {
+  const a = c.model.attention, m = c.model.mlp;
+  const moa = a.kind === "moa";
+  return {
+    d: c.model.d_model,
+    qHeads: moa ? a.experts * a.heads_per_expert : a.heads,
+    kvHeads: moa ? a.heads_per_expert : a.kv_heads ?? a.heads,
+    headDim: a.head_dim,
+    attExperts: moa ? a.experts : 1,
+    headsPerExpert: moa ? a.heads_per_expert : a.heads,
+    mlpExperts: m.experts,
+    hidden: m.hidden,
+    routedAtt: moa,
+    routedMlp: m.experts > 1,
+  };
+}
+
+/** Parameters of one router over `n` experts. */
+export function routerParams(d: number, n: number, hidden: number): number {
+  return hidden > 0 ? d * hidden + hidden + hidden * n + n : d * n;
+}
+
+/**
+ * Counts every parameter of the model described by `c`.
+ *
+ * @example
+ * ```ts ignore
+ * countParams(config).total; // e.g. 1_270_016 for configs/dsmoe-tiny.yaml
+ * ```
+ */
+export function countParams(c: Readonly<Experiment>): ParamCounts {
+  const s = layerShape(c), L = c.model.layers, d = s.d, V = vocabSize(c.data);
+  const normSize = c.model.norm === "layernorm" ? 2 * d : d;
+  const qo = 2 * d * s.qHeads * s.headDim * L;
+  const kv = 2 * d * s.kvHeads * s.headDim * L;
+  const attRouter = s.routedAtt ? routerParams(d, s.attExperts, c.router.hidden) * L : 0;
+  const mlp = 2 * d * s.hidden * s.mlpExperts * L;
+  const mlpRouter = s.routedMlp ? routerParams(d, s.mlpExperts, c.router.hidden) * L : 0;
+  const counts = {
+    embedding: V * d,
+    position: c.model.position === "learned" ? c.data.seq_len * d : 0,
+    lm_head: c.model.tie_embeddings ? 0 : V * d,
+    norms: (2 * L + 1) * normSize,
+    attention_qo: qo,
+    attention_kv: kv,
+    attention_router: attRouter,
+    mlp_experts: mlp,
+    mlp_router: mlpRouter,
+    experts: (s.routedAtt ? qo : 0) + (s.routedMlp ? mlp : 0),
+  };
+  const total = counts.embedding + counts.position + counts.lm_head + counts.norms + qo + kv + attRouter +
+    mlp +
+    mlpRouter;
+  return { ...counts, total };
+}
+
+/** Expected experts active per token under a rule, and whether that number is exact or an upper bound. */
+export interface ActiveExperts {
+  experts: number;
+  exact: boolean;
+}
+
+/**
+ * Experts a rule activates per token, known before training: exact for topk/dense, an upper bound for
+ * threshold rules (Σ S_i = 1, so fewer than N/ε experts can have N·S_i > ε) and top_p (all N).
+ */
+export function expectedActive(rule: InferRule, n: number): ActiveExperts {
+  switch (rule.kind) {
+    case "dense":
+      return { experts: n, exact: true };
+    case "topk":
+      return { experts: Math.min(rule.k, n), exact: true };
+    case "threshold":
+    case "threshold_topk":
+      return { experts: rule.epsilon > 0 ? Math.min(n, Math.ceil(n / rule.epsilon) - 1) : n, exact: false };
+    case "top_p":
+      return { experts: n, exact: false };
+    default:
+      return rule.kind satisfies never;
+  }
+}
+
+/** Active-parameter estimate for inference under the config's own rules. */
+export interface ActiveParams {
+  active: number; // per token, DESIGN.md §4 definition
+  all: number; // same definition with every expert active
+  expertsActive: number; // expert parameters active per token
+  hiddenPct: number; // expertsActive / all expert parameters × 100
+  exact: boolean; // false: an upper bound that `deno task eval` replaces with a measurement
+  attExperts: number; // attention experts active per token (per layer)
+  mlpExperts: number; // MLP experts active per token (per layer)
+}
+
+/** Active parameters per token at inference (embeddings, norms and LM head excluded). */
+export function activeParams(c: Readonly<Experiment>): ActiveParams {
+  const s = layerShape(c), p = countParams(c);
+  const attRule = c.router.infer_attention ?? c.router.infer;
+  const att = s.routedAtt ? expectedActive(attRule, s.attExperts) : { experts: 1, exact: true };
+  const mlp = s.routedMlp ? expectedActive(c.router.infer, s.mlpExperts) : { experts: 1, exact: true };
+  const qoPerExpert = p.attention_qo / s.attExperts, mlpPerExpert = p.mlp_experts / s.mlpExperts;
+  const qo = qoPerExpert * att.experts, mlpActive = mlpPerExpert * mlp.experts;
+  const routers = p.attention_router + p.mlp_router;
+  const expertsActive = (s.routedAtt ? qo : 0) + (s.routedMlp ? mlpActive : 0);
+  return {
+    active: p.attention_kv + qo + mlpActive + routers,
+    all: p.attention_kv + p.attention_qo + p.mlp_experts + routers,
+    expertsActive,
+    hiddenPct: p.experts > 0 ? (100 * expertsActive) / p.experts : 100,
+    exact: att.exact && mlp.exact,
+    attExperts: att.experts,
+    mlpExperts: mlp.experts,
+  };
+}
+
+/** Forward FLOPs per token with `attExperts` attention experts and `mlpExperts` MLP experts computing. */
+export function forwardFlops(c: Readonly<Experiment>, attExperts: number, mlpExperts: number): number {
+  const s = layerShape(c), L = c.model.layers, d = s.d, V = vocabSize(c.data);
+  const qHeadsActive = s.routedAtt ? attExperts * s.headsPerExpert : s.qHeads;
+  const ctx = (c.data.seq_len + 1) / 2;
+  const attProj = 2 * d * qHeadsActive * s.headDim * 2 + 2 * d * s.kvHeads * s.headDim * 2;
+  const attScores = 2 * 2 * qHeadsActive * s.headDim * ctx;
+  const mlp = 2 * 2 * d * s.hidden * mlpExperts;
+  const routers = 2 * ((s.routedAtt ? routerParams(d, s.attExperts, c.router.hidden) : 0) +
+    (s.routedMlp ? routerParams(d, s.mlpExperts, c.router.hidden) : 0));
+  return L * (attProj + attScores + mlp + routers) + 2 * d * V;
+}
+
+/** Training and inference FLOPs per token. */
+export interface Flops {
+  train: number; // forward + backward, experts as the train rule computes them
+  infer: number; // forward under the inference rules (an upper bound where active counts are)
+  inferDense: number; // forward with every expert
+}
+
+/** FLOPs per token for training (3 × forward) and inference. */
+export function flopsPerToken(c: Readonly<Experiment>): Flops {
+  const s = layerShape(c), a = activeParams(c);
+  const trainMlp = c.router.train === "topk" ? Math.min(c.router.k, s.mlpExperts) : s.mlpExperts;
+  return {
+    train: 3 * forwardFlops(c, s.attExperts, trainMlp),
+    infer: forwardFlops(c, a.attExperts, a.mlpExperts),
+    inferDense: forwardFlops(c, s.attExperts, s.mlpExperts),
+  };
+}
+
+/** Estimated device memory in bytes. */
+export interface MemoryEstimate {
+  train: number; // weights + grads + Adam m, v + saved activations of one batch
+  infer: number; // weights + activations of one batch + KV cache
+  parts: { weights: number; optimizer: number; activations: number; kvCache: number };
+}
+
+/**
+ * Estimates device memory. Training saves, per token and layer: two norm inputs, q/k/v, attention output
+ * and log-sum-exp, router probabilities, and three hidden activations of width N·h (pre-activation,
+ * activation, gated); plus logits and their gradient. f32 throughout.
+ */
+export function estimateMemory(c: Readonly<Experiment>): MemoryEstimate {
+  const s = layerShape(c), p = countParams(c), L = c.model.layers, V = vocabSize(c.data);
+  const tokens = c.train.batch * c.data.seq_len;
+  const hd = s.headDim;
+  const perLayer = 2 * s.d + (s.qHeads + 2 * s.kvHeads) * hd + s.qHeads * hd + s.qHeads + s.attExperts +
+    s.mlpExperts + 3 * s.mlpExperts * s.hidden;
+  const activations = 4 * tokens * (L * perLayer + 2 * V + 2 * s.d);
+  const weights = 4 * p.total;
+  const kvCache = 4 * tokens * L * 2 * s.kvHeads * hd;
+  const inferActs = 4 * tokens * (s.d * 4 + s.mlpExperts * s.hidden + V);
+  return {
+    train: weights * 4 + activations,
+    infer: weights + kvCache + inferActs,
+    parts: { weights, optimizer: weights * 3, activations, kvCache },
+  };
+}

@@ -1,0 +1,124 @@
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import { type Experiment, ExperimentSchema } from "../config/schema.ts";
+import { activeParams, countParams, estimateMemory, expectedActive, flopsPerToken } from "./counts.ts";
+
+// The three tiny configs of configs/, written out so these numbers are checked by hand, not by the loader.
+const base = {
+  data: { seq_len: 128 },
+  model: { d_model: 128, layers: 4, norm: "layernorm", position: "learned" },
+  train: { batch: 16 },
+};
+const gqa = { kind: "mha", heads: 8, kv_heads: 2, head_dim: 16 };
+
+function cfg(over: Record<string, unknown>): Experiment {
+  const model = { ...base.model, ...(over.model as object) };
+  return ExperimentSchema.parse({ ...base, ...over, model });
+}
+
+const dsmoe = cfg({
+  model: {
+    kind: "dsmoe",
+    attention: { kind: "moa", experts: 4, heads_per_expert: 2, head_dim: 16 },
+    mlp: { experts: 8, hidden: 128 },
+  },
+  router: { train: "dense", infer: { kind: "threshold", epsilon: 0.5 } },
+});
+const dense = cfg({ model: { kind: "dense", attention: gqa, mlp: { experts: 1, hidden: 1024 } } });
+const smoe = cfg({
+  model: { kind: "smoe", attention: gqa, mlp: { experts: 8, hidden: 128 } },
+  router: { train: "topk", k: 2, infer: { kind: "topk", k: 2 } },
+});
+
+// Per block of dsmoe: Q/O 4 experts × 2·128·32 = 32768; K/V 2·128·32 = 8192; attention router 128·4 = 512;
+// MLP 8 × 2·128·128 = 262144; MLP router 128·8 = 1024; two LayerNorms 2·256 = 512 → 305152.
+// Model: 4 × 305152 + embedding 256·128 + positions 128·128 + final norm 256 = 1,270,016.
+Deno.test("countParams() matches hand-computed counts for the DS-MoE tiny config", () => {
+  const p = countParams(dsmoe);
+  assertEquals(p.attention_qo, 131072);
+  assertEquals(p.attention_kv, 32768);
+  assertEquals(p.attention_router, 2048);
+  assertEquals(p.mlp_experts, 1048576);
+  assertEquals(p.mlp_router, 4096);
+  assertEquals(p.norms, 9 * 256);
+  assertEquals(p.embedding, 32768);
+  assertEquals(p.position, 16384);
+  assertEquals(p.lm_head, 0);
+  assertEquals(p.total, 1_270_016);
+  assertEquals(p.experts, 131072 + 1048576);
+});
+
+// Per block of dense: Q 128·128 + O 128·128 + K, V 128·32 each = 40960; MLP 2·128·1024 = 262144; norms 512.
+Deno.test("countParams() matches hand-computed counts for the dense tiny config", () => {
+  const p = countParams(dense);
+  assertEquals(p.attention_qo + p.attention_kv, 4 * 40960);
+  assertEquals(p.mlp_experts, 4 * 262144);
+  assertEquals(p.attention_router + p.mlp_router, 0);
+  assertEquals(p.experts, 0);
+  assertEquals(p.total, 1_263_872);
+});
+
+Deno.test("countParams() matches hand-computed counts for the SMoE tiny config", () => {
+  const p = countParams(smoe);
+  assertEquals(p.mlp_router, 4 * 1024);
+  assertEquals(p.total, 1_267_968);
+});
+
+Deno.test("the dense and SMoE baselines have the same total parameters as DS-MoE within 5%", () => {
+  for (const c of [dense, smoe]) {
+    const ratio = countParams(c).total / countParams(dsmoe).total;
+    if (Math.abs(ratio - 1) > 0.05) throw new Error(`${c.model.kind}: ratio ${ratio}`);
+  }
+});
+
+Deno.test("activeParams() counts shared K/V, active Q/O and MLP experts and routers (top-k rules)", () => {
+  // SMoE top-2 of 8: K/V 32768 + all Q/O 131072 (attention is not routed) + 2/8 of 1048576 + routers 4096.
+  const s = activeParams(smoe);
+  assertEquals(s.active, 32768 + 131072 + 262144 + 4096);
+  assertEquals(s.exact, true);
+  assertEquals(s.hiddenPct, 25);
+  // DS-MoE with attention top-1 of 4 and MLP top-2 of 8.
+  const d = activeParams(
+    cfg({
+      model: dsmoe.model,
+      router: { infer: { kind: "topk", k: 2 }, infer_attention: { kind: "topk", k: 1 } },
+    }),
+  );
+  assertEquals(d.active, 32768 + 32768 + 262144 + 6144);
+  assertEquals(d.all, 32768 + 131072 + 1048576 + 6144);
+  assertEquals(d.expertsActive, 32768 + 262144);
+  assertEquals(d.hiddenPct, 25);
+});
+
+Deno.test("activeParams() reports a threshold rule as an upper bound", () => {
+  const a = activeParams(dsmoe);
+  assertEquals(a.exact, false);
+  assertEquals(a.active, a.all); // ε = 0.5 over 8 experts bounds nothing: up to 15 could pass
+  assertEquals(expectedActive({ kind: "threshold", epsilon: 2, k: 2, p: 0.9 }, 8), {
+    experts: 3,
+    exact: false,
+  });
+  assertEquals(expectedActive({ kind: "threshold", epsilon: 4, k: 2, p: 0.9 }, 8), {
+    experts: 1,
+    exact: false,
+  });
+});
+
+// Forward FLOPs per block of dsmoe: projections 2·128·(8·16)·2 + 2·128·(2·16)·2 = 81920; scores
+// 2·2·8·16·64.5 = 33024 (mean causal context (128+1)/2); MLP 2·2·128·128·8 = 524288; routers 2·1536 = 3072.
+// 4 blocks + LM head 2·128·256 = 65536 → 2,634,752; training = 3 × forward.
+Deno.test("flopsPerToken() matches hand-computed FLOPs for the three tiny configs", () => {
+  assertEquals(flopsPerToken(dsmoe).inferDense, 2_634_752);
+  assertEquals(flopsPerToken(dsmoe).train, 3 * 2_634_752);
+  assertEquals(flopsPerToken(dense).train, 3 * (4 * (81920 + 33024 + 524288) + 65536));
+  // SMoE trains only the top-2 experts: MLP 2·2·128·128·2 = 131072; router 2·1024.
+  assertEquals(flopsPerToken(smoe).train, 3 * (4 * (81920 + 33024 + 131072 + 2048) + 65536));
+  assertEquals(flopsPerToken(smoe).infer, 4 * (81920 + 33024 + 131072 + 2048) + 65536);
+});
+
+Deno.test("estimateMemory() counts weights, gradients and both Adam moments", () => {
+  const m = estimateMemory(dsmoe);
+  assertEquals(m.parts.weights, 4 * 1_270_016);
+  assertEquals(m.parts.optimizer, 3 * 4 * 1_270_016);
+  assertEquals(m.train, 16 * 1_270_016 + m.parts.activations);
+  if (m.parts.activations <= 0 || m.infer >= m.train) throw new Error("implausible memory estimate");
+});

@@ -1,0 +1,191 @@
+/**
+ * Config → forward graph of the decoder (DESIGN.md §4): embeddings, pre-norm blocks with MoA attention and
+ * a stacked-expert MoE MLP, the LM head, and the losses (cross-entropy, MI per router, Switch, z).
+ *
+ * Dense training is the stacked-expert formulation: the MLP is one matmul of width N·h whose hidden block i
+ * is scaled per token by the router probability S_i before W2; MoA is one grouped-query attention whose
+ * query-head groups are scaled the same way before Wo. SMoE multiplies S by its top-k mask, so unselected
+ * experts get neither output nor gradient.
+ *
+ * @module
+ */
+import type { Experiment } from "../config/schema.ts";
+import { Graph, type Value } from "../graph/ir.ts";
+import { apply, apply1 } from "../graph/ops.ts";
+import { layerShape, vocabSize } from "./counts.ts";
+
+/** How a parameter is initialized and optimized. */
+export interface ParamSpec {
+  value: Value;
+  init: "normal" | "ones" | "zeros";
+  std: number; // for normal
+  decay: boolean; // weight decay applies (matrices, not norms or biases)
+}
+
+/** A router's probabilities, for metrics (load, entropy) and inference. */
+export interface RouterTap {
+  layer: number;
+  kind: "attention" | "mlp";
+  logits: Value; // (N, E)
+  probs: Value; // (N, E)
+}
+
+/** The built model. */
+export interface ModelGraph {
+  graph: Graph;
+  params: ParamSpec[];
+  ids: Value; // (N,) u32 input tokens
+  targets: Value; // (N,) u32 next tokens
+  logits: Value; // (N, V)
+  loss: Value; // scalar total loss
+  lmLoss: Value; // scalar cross-entropy
+  miLoss: { attention: Value[]; mlp: Value[] }; // per routed layer
+  auxLoss: { switch: Value[]; z: Value[] };
+  routers: RouterTap[];
+  tokens: number; // N = batch · seq_len
+}
+
+/** Builds the training graph of `c` for `batch` sequences (forward and losses; autodiff adds backward). */
+export function buildModel(c: Readonly<Experiment>, batch: number): ModelGraph {
+  if (c.model.position === "rope") {
+    throw new RangeError("Cannot plan model.position rope: not supported yet; use position: learned");
+  }
+  const b = new _Builder(c, batch);
+  const wte = b.param("wte", [b.V, b.d], "normal");
+  let x = apply1(b.g, "embedding", [b.ids, wte]);
+  if (c.model.position === "learned") x = apply1(b.g, "add_rows", [x, b.param("wpe", [b.T, b.d], "normal")]);
+  for (let l = 0; l < c.model.layers; l++) {
+    x = apply1(b.g, "add", [x, b.attention(l, b.norm(`h${l}.ln1`, x))]);
+    x = apply1(b.g, "add", [x, b.mlp(l, b.norm(`h${l}.ln2`, x))]);
+  }
+  const xf = b.norm("lnf", x);
+  const logits = c.model.tie_embeddings
+    ? apply1(b.g, "matmul", [xf, wte], { transB: true })
+    : apply1(b.g, "matmul", [xf, b.param("lm_head", [b.d, b.V], "normal")]);
+  const lmLoss = apply1(b.g, "cross_entropy", [logits, b.targets]);
+  const terms: Value[] = [lmLoss];
+  const weighted = (vals: Value[], w: number) => {
+    if (w > 0) { for (const v of vals) terms.push(apply1(b.g, "scale", [v], { alpha: w })); }
+  };
+  weighted(b.mi.attention, c.loss.mi.attention);
+  weighted(b.mi.mlp, c.loss.mi.mlp);
+  weighted(b.switch, c.loss.load_balance);
+  weighted(b.z, c.loss.z);
+  const loss = terms.length === 1 ? lmLoss : apply1(b.g, "add_n", terms);
+  return {
+    graph: b.g,
+    params: b.params,
+    ids: b.ids,
+    targets: b.targets,
+    logits,
+    loss,
+    lmLoss,
+    miLoss: b.mi,
+    auxLoss: { switch: b.switch, z: b.z },
+    routers: b.routers,
+    tokens: b.N,
+  };
+}
+
+class _Builder {
+  readonly g = new Graph();
+  readonly params: ParamSpec[] = [];
+  readonly routers: RouterTap[] = [];
+  readonly mi = { attention: [] as Value[], mlp: [] as Value[] };
+  readonly switch: Value[] = [];
+  readonly z: Value[] = [];
+  readonly c: Readonly<Experiment>;
+  readonly s: ReturnType<typeof layerShape>;
+  readonly V: number;
+  readonly d: number;
+  readonly T: number;
+  readonly B: number;
+  readonly N: number;
+  readonly ids: Value;
+  readonly targets: Value;
+
+  constructor(c: Readonly<Experiment>, batch: number) {
+    this.c = c;
+    this.s = layerShape(c);
+    this.V = vocabSize(c.data);
+    this.d = c.model.d_model;
+    this.T = c.data.seq_len;
+    this.B = batch;
+    this.N = batch * this.T;
+    this.ids = this.g.leaf("input", "ids", [this.N], "u32");
+    this.targets = this.g.leaf("input", "targets", [this.N], "u32");
+  }
+
+  param(name: string, shape: number[], init: ParamSpec["init"], std = this.c.model.init_std): Value {
+    const value = this.g.leaf("param", name, shape);
+    this.params.push({ value, init, std, decay: init === "normal" && shape.length > 1 });
+    return value;
+  }
+
+  /** Residual-branch output projections get std / sqrt(2·layers) (GPT-2), keeping the stream's scale. */
+  get projStd(): number {
+    return this.c.model.init_std / Math.sqrt(2 * this.c.model.layers);
+  }
+
+  norm(prefix: string, x: Value): Value {
+    const gamma = this.param(`${prefix}.weight`, [this.d], "ones");
+    const inputs = [x, gamma];
+    if (this.c.model.norm === "layernorm") inputs.push(this.param(`${prefix}.bias`, [this.d], "zeros"));
+    return apply(this.g, "norm", inputs, { kind: this.c.model.norm, eps: 1e-5 })[0]!;
+  }
+
+  router(l: number, kind: RouterTap["kind"], h: Value, experts: number): Value {
+    const p = `h${l}.${kind === "attention" ? "attn" : "mlp"}.router`;
+    const hidden = this.c.router.hidden;
+    let logits: Value;
+    if (hidden > 0) {
+      let r = apply1(this.g, "matmul", [h, this.param(`${p}.w1`, [this.d, hidden], "normal")]);
+      r = apply1(this.g, "bias_add", [r, this.param(`${p}.b1`, [hidden], "zeros")]);
+      r = apply1(this.g, "activation", [r], { kind: "gelu" });
+      logits = apply1(this.g, "matmul", [r, this.param(`${p}.w2`, [hidden, experts], "normal")]);
+      logits = apply1(this.g, "bias_add", [logits, this.param(`${p}.b2`, [experts], "zeros")]);
+    } else {
+      logits = apply1(this.g, "matmul", [h, this.param(`${p}.w`, [this.d, experts], "normal")]);
+    }
+    const probs = apply1(this.g, "softmax", [logits]);
+    this.routers.push({ layer: l, kind, logits, probs });
+    this.mi[kind].push(apply1(this.g, "mi_loss", [probs]));
+    if (this.c.loss.z > 0) this.z.push(apply1(this.g, "z_loss", [logits]));
+    return probs;
+  }
+
+  attention(l: number, h: Value): Value {
+    const s = this.s, D = s.headDim;
+    const q = apply1(this.g, "matmul", [h, this.param(`h${l}.attn.wq`, [this.d, s.qHeads * D], "normal")]);
+    const k = apply1(this.g, "matmul", [h, this.param(`h${l}.attn.wk`, [this.d, s.kvHeads * D], "normal")]);
+    const v = apply1(this.g, "matmul", [h, this.param(`h${l}.attn.wv`, [this.d, s.kvHeads * D], "normal")]);
+    const shape4 = (t: Value, heads: number) =>
+      apply1(this.g, "reshape", [t], { shape: [this.B, this.T, heads, D] });
+    const [o] = apply(this.g, "attention", [shape4(q, s.qHeads), shape4(k, s.kvHeads), shape4(v, s.kvHeads)]);
+    let o2 = apply1(this.g, "reshape", [o!], { shape: [this.N, s.qHeads * D] });
+    if (s.routedAtt) o2 = this.gate(o2, this.router(l, "attention", h, s.attExperts), s.attExperts);
+    const wo = this.param(`h${l}.attn.wo`, [s.qHeads * D, this.d], "normal", this.projStd);
+    return apply1(this.g, "matmul", [o2, wo]);
+  }
+
+  mlp(l: number, h: Value): Value {
+    const s = this.s, width = s.mlpExperts * s.hidden;
+    const u = apply1(this.g, "matmul", [h, this.param(`h${l}.mlp.w1`, [this.d, width], "normal")]);
+    let a = apply1(this.g, "activation", [u], { kind: this.c.model.mlp.activation });
+    if (s.routedMlp) a = this.gate(a, this.router(l, "mlp", h, s.mlpExperts), s.mlpExperts);
+    return apply1(this.g, "matmul", [a, this.param(`h${l}.mlp.w2`, [width, this.d], "normal", this.projStd)]);
+  }
+
+  /** Scales each expert's block by its gate: S for dense training, S ⊙ top-k mask for SMoE. */
+  gate(x: Value, probs: Value, experts: number): Value {
+    let gate = probs;
+    const topk = this.c.router.train === "topk";
+    if (topk || this.c.loss.load_balance > 0) {
+      const k = topk ? Math.min(this.c.router.k, experts) : 1;
+      const mask = apply1(this.g, "topk_mask", [probs], { k });
+      if (topk) gate = apply1(this.g, "mul", [probs, mask]);
+      if (this.c.loss.load_balance > 0) this.switch.push(apply1(this.g, "switch_loss", [probs, mask], { k }));
+    }
+    return apply1(this.g, "router_scale", [x, gate], { blocks: experts });
+  }
+}

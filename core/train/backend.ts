@@ -1,0 +1,57 @@
+/**
+ * What the training loop needs from a compute backend (WebGPU, or the float64 CPU reference).
+ * A step is queued, not awaited: its statistics resolve later, so the loop never waits on the device
+ * inside a step (DESIGN.md §5) and reads losses a few steps behind.
+ *
+ * @module
+ */
+import type { Batch } from "../data/dataset.ts";
+
+/** Statistics of one optimizer step, read back asynchronously. */
+export interface StepStats {
+  loss: number; // total loss
+  lmLoss: number;
+  miAttention: number; // Σ over attention routers (unweighted)
+  miMlp: number; // Σ over MLP routers (unweighted)
+  gradNorm: number; // before clipping
+  finite: boolean; // false: the update was skipped on the device
+}
+
+/** Router statistics of an evaluation: per router, mean probability per expert and mean entropy. */
+export interface RouterStats {
+  layer: number;
+  kind: "attention" | "mlp";
+  load: number[]; // (E,) fraction of tokens whose top-1 expert is i
+  meanProb: number[]; // (E,)
+  entropy: number; // mean per-token routing entropy (nats)
+}
+
+/** Result of evaluating one batch without updating. */
+export interface EvalResult {
+  lmLoss: number;
+  routers: RouterStats[];
+}
+
+/** Full training state for checkpoints: parameters and optimizer moments, by name. */
+export interface TrainState {
+  params: Map<string, { shape: readonly number[]; data: Float32Array }>;
+  adamM: Map<string, Float32Array>;
+  adamV: Map<string, Float32Array>;
+  step: number; // optimizer steps taken (AdamW's t)
+}
+
+/** A backend able to train one model. */
+export interface TrainBackend {
+  /** Human-readable device, e.g. "webgpu: llvmpipe (LLVM 15.0.6, 256 bits)". */
+  readonly description: string;
+  /** Queues one optimizer step at learning rate `lr`; resolves when its statistics are read back. */
+  step(batch: Batch, lr: number): Promise<StepStats>;
+  /** Forward pass only: loss and router statistics. */
+  evaluate(batch: Batch): Promise<EvalResult>;
+  /** Copies the whole training state to the host. */
+  exportState(): Promise<TrainState>;
+  /** Replaces the training state (resume). */
+  importState(state: TrainState): Promise<void>;
+  /** Releases device resources. */
+  destroy(): void;
+}

@@ -1,0 +1,180 @@
+/**
+ * `deno task run`: every point of a loaded experiment in turn, each its own run directory recording the
+ * sweep id and the point's parameters. A failed point is recorded and the sweep goes on; points already
+ * finished in an earlier invocation of the same sweep are skipped (resumable); a summary table ends it.
+ *
+ * @module
+ */
+import type { Experiment } from "../config/schema.ts";
+import type { LoadedExperiment, SweepPoint } from "../config/mod.ts";
+import { experimentToYaml } from "../config/mod.ts";
+import { loadDataset, unigramLoss } from "../data/dataset.ts";
+import { countParams, vocabSize } from "../plan/counts.ts";
+import { cleanCheckpointTemps } from "../runs/checkpoints.ts";
+import { gitCommit, newRunId, RunDir, type RunMeta } from "../runs/run_dir.ts";
+import { fmtCount, table } from "../util/format.ts";
+import type { TrainBackend } from "./backend.ts";
+import { train, type TrainResult } from "./trainer.ts";
+
+/** Makes the backend of a config (WebGPU or CPU reference). */
+export type BackendFactory = (config: Readonly<Experiment>) => Promise<TrainBackend>;
+
+/** Options of {@linkcode runExperiment}. */
+export interface RunExperimentOptions {
+  runsDir: string;
+  backendFactory: BackendFactory;
+  stopAfter?: number;
+  progress: (line: string) => void;
+  signal?: AbortSignal;
+  baseDir?: string; // data paths resolve against the config file's directory
+}
+
+/** Outcome of one point. */
+export interface PointOutcome {
+  point: SweepPoint;
+  runId: string;
+  runDir: string;
+  status: "finished" | "interrupted" | "failed" | "skipped";
+  params: number;
+  final: TrainResult["final"] | null;
+  error: string | null;
+}
+
+/** Trains every point; never throws for a point's failure (it is recorded), only for setup errors. */
+export async function runExperiment(
+  loaded: LoadedExperiment,
+  o: RunExperimentOptions,
+): Promise<PointOutcome[]> {
+  await Deno.mkdir(o.runsDir, { recursive: true });
+  const commit = await gitCommit();
+  const outcomes: PointOutcome[] = [];
+  for (const point of loaded.points) {
+    if (o.signal?.aborted) break;
+    const prev = loaded.sweepId ? await findSweepPoint(o.runsDir, loaded.sweepId, point.name) : null;
+    if (prev?.status === "finished") {
+      o.progress(
+        `[${
+          point.index + 1
+        }/${loaded.points.length}] ${point.name}: finished earlier in run ${prev.id}, skipped`,
+      );
+      outcomes.push(_outcome(point, prev.id, `${o.runsDir}/${prev.id}`, "skipped", null, null));
+      continue;
+    }
+    if (loaded.points.length > 1) o.progress(`[${point.index + 1}/${loaded.points.length}] ${point.name}`);
+    outcomes.push(await _runPoint(loaded, point, commit, o));
+  }
+  return outcomes;
+}
+
+async function _runPoint(
+  loaded: LoadedExperiment,
+  point: SweepPoint,
+  commit: string | null,
+  o: RunExperimentOptions,
+): Promise<PointOutcome> {
+  const c = point.config, yaml = experimentToYaml(c);
+  const meta: RunMeta = {
+    id: newRunId(point.name),
+    name: point.name,
+    status: "running",
+    seed: c.seed,
+    git_commit: commit,
+    adapter: null,
+    started_at: new Date().toISOString(),
+    ended_at: null,
+    sweep_id: loaded.sweepId,
+    sweep_params: point.params,
+    error: null,
+    step: 0,
+  };
+  const run = await RunDir.create(o.runsDir, meta, yaml);
+  await cleanCheckpointTemps(run.path);
+  o.progress(`run ${meta.id} → ${run.path}`);
+  let backend: TrainBackend | null = null;
+  try {
+    const dataset = await loadDataset(c, o.baseDir);
+    o.progress(
+      `data: ${fmtCount(dataset.train.length)} train / ${
+        fmtCount(dataset.val.length)
+      } val tokens; unigram baseline ` +
+        `${unigramLoss(dataset.train, dataset.val, vocabSize(c.data)).toFixed(4)} nats/token`,
+    );
+    backend = await o.backendFactory(c);
+    await run.update({ adapter: backend.description });
+    const r = await train({
+      config: c,
+      configYaml: yaml,
+      dataset,
+      backend,
+      run,
+      stopAfter: o.stopAfter,
+      progress: o.progress,
+      signal: o.signal,
+    });
+    await run.update({ status: r.status, ended_at: new Date().toISOString(), step: r.steps });
+    return _outcome(point, meta.id, run.path, r.status, r.final, null, countParams(c).total);
+  } catch (e) {
+    const msg = `${(e as Error).name}: ${(e as Error).message}`;
+    await run.update({ status: "failed", ended_at: new Date().toISOString(), error: msg });
+    await run.flush();
+    o.progress(`run ${meta.id} failed: ${msg}`);
+    return _outcome(point, meta.id, run.path, "failed", null, msg, countParams(c).total);
+  } finally {
+    backend?.destroy();
+  }
+}
+
+function _outcome(
+  point: SweepPoint,
+  runId: string,
+  runDir: string,
+  status: PointOutcome["status"],
+  final: PointOutcome["final"],
+  error: string | null,
+  params = countParams(point.config).total,
+): PointOutcome {
+  return { point, runId, runDir, status, params, final, error };
+}
+
+/** The most recent run of `pointName` in sweep `sweepId`, if any (reads each run's run.json). */
+export async function findSweepPoint(
+  runsDir: string,
+  sweepId: string,
+  pointName: string,
+): Promise<RunMeta | null> {
+  let best: RunMeta | null = null;
+  try {
+    for await (const e of Deno.readDir(runsDir)) {
+      if (!e.isDirectory) continue;
+      try {
+        const m = JSON.parse(await Deno.readTextFile(`${runsDir}/${e.name}/run.json`)) as RunMeta;
+        if (m.sweep_id !== sweepId || m.name !== pointName) continue;
+        if (
+          !best || (m.status === "finished" && best.status !== "finished") || m.started_at > best.started_at
+        ) best = m;
+      } catch {
+        // Not a run directory.
+      }
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return best;
+}
+
+/** The end-of-run summary table: point, params, status, final train and validation loss. */
+export function summaryTable(outcomes: readonly PointOutcome[]): string {
+  return table(
+    ["point", "params", "status", "train loss", "val loss", "val ppl", "run"],
+    outcomes.map((x) => [
+      x.point.name,
+      fmtCount(x.params),
+      x.status,
+      x.final ? x.final["train/loss"].toFixed(4) : "-",
+      x.final ? x.final["val/loss"].toFixed(4) : "-",
+      x.final ? x.final["val/ppl"].toFixed(2) : "-",
+      x.runId,
+    ]),
+    ["left", "right", "left", "right", "right", "right", "left"],
+  );
+}

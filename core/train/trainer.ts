@@ -1,0 +1,189 @@
+/**
+ * The training loop: warmup + decay learning rate, steps queued a few ahead of their statistics (no host
+ * sync inside a step), evaluation every `eval_every` steps, router metrics, checkpoints every
+ * `checkpoint_every` steps, a progress line, and the non-finite policy: a non-finite step is skipped on the
+ * device and counted; 10 in a row stop the run. Checkpoints only ever hold finite values.
+ *
+ * @module
+ */
+import type { Experiment } from "../config/schema.ts";
+import type { Dataset } from "../data/dataset.ts";
+import { writeCheckpoint } from "../runs/checkpoints.ts";
+import type { RunDir } from "../runs/run_dir.ts";
+import { f32Tensor, type SafeTensor } from "../runs/safetensors.ts";
+import type { StepStats, TrainBackend, TrainState } from "./backend.ts";
+import { learningRate } from "./lr_schedule.ts";
+import { fmtDuration } from "../util/format.ts";
+
+/** Consecutive non-finite steps that stop a run. */
+export const MAX_NONFINITE_STREAK = 10;
+
+/** A training run failed in a way the user must see (exit code 1). */
+export class TrainError extends Error {
+  override name = "TrainError";
+}
+
+/** Options of {@linkcode train}. */
+export interface TrainOptions {
+  config: Readonly<Experiment>;
+  configYaml: string; // resolved config, stored in every checkpoint
+  dataset: Dataset;
+  backend: TrainBackend;
+  run: RunDir;
+  startStep?: number; // steps already done (resume)
+  stopAfter?: number; // stop after this many steps of this invocation
+  progress?: (line: string) => void;
+  signal?: AbortSignal; // abort = interrupt: checkpoint, then stop
+  inFlight?: number; // steps queued ahead of their statistics (default 2)
+}
+
+/** What a finished (or stopped) run reports. */
+export interface TrainResult {
+  status: "finished" | "interrupted";
+  steps: number; // optimizer steps completed in total
+  skipped: number; // non-finite steps skipped
+  final: { "train/loss": number; "val/loss": number; "val/ppl": number };
+}
+
+/** Trains until `train.steps`, `stopAfter` or an abort; throws {@linkcode TrainError} on divergence. */
+export async function train(o: TrainOptions): Promise<TrainResult> {
+  const c = o.config, t = c.train, tokensPerStep = t.batch * c.data.seq_len;
+  const start = o.startStep ?? 0;
+  const end = Math.min(t.steps, o.stopAfter !== undefined ? start + o.stopAfter : t.steps);
+  const t0 = performance.now(), elapsed = () => (performance.now() - t0) / 1000;
+  const log = (key: string, step: number, value: number) =>
+    o.run.log({ key, step, tokens: step * tokensPerStep, time: elapsed(), value });
+  const pending: { step: number; lr: number; stats: Promise<StepStats> }[] = [];
+  let streak = 0, skipped = 0, lastLoss = NaN, lastVal = NaN, done = start;
+
+  const drain = async (keep: number) => {
+    while (pending.length > keep) {
+      const p = pending.shift()!;
+      const s = await p.stats;
+      done = p.step + 1;
+      if (!s.finite) {
+        skipped++;
+        log("train/skipped_steps", done, skipped);
+        if (++streak >= MAX_NONFINITE_STREAK) {
+          throw new TrainError(
+            `Training diverged: ${streak} non-finite steps in a row (last at step ${done}); the last good ` +
+              `checkpoint is kept. Lower train.optimizer.lr or raise train.grad_clip.`,
+          );
+        }
+        continue;
+      }
+      streak = 0;
+      lastLoss = s.loss;
+      if (done % t.log_every === 0 || done === end) _logStep(log, done, s, p.lr, tokensPerStep, elapsed());
+      if (done % t.log_every === 0 || done === end) {
+        const rate = ((done - start) * tokensPerStep) / elapsed();
+        const eta = ((end - done) * tokensPerStep) / rate;
+        o.progress?.(
+          `step ${done}/${t.steps}  loss ${s.loss.toFixed(4)}  lr ${p.lr.toExponential(2)}  ` +
+            `${Math.round(rate)} tok/s  ETA ${fmtDuration(eta)}${skipped ? `  skipped ${skipped}` : ""}`,
+        );
+      }
+    }
+  };
+
+  for (let step = start; step < end; step++) {
+    if (o.signal?.aborted) break;
+    const lr = learningRate(t, step);
+    pending.push({ step, lr, stats: o.backend.step(o.dataset.trainBatch(step, t.batch), lr) });
+    await drain(o.inFlight ?? 2);
+    const n = step + 1;
+    if (n % t.eval_every === 0 || n === end) {
+      await drain(0);
+      lastVal = await evaluate(o, n, log);
+      o.progress?.(`step ${n}  val loss ${lastVal.toFixed(4)}  ppl ${Math.exp(lastVal).toFixed(2)}`);
+    }
+    if (n % t.checkpoint_every === 0 || n === end) {
+      await drain(0);
+      await _checkpoint(o, n);
+    }
+    await o.run.flush();
+  }
+  await drain(0);
+  const interrupted = done < t.steps && (o.signal?.aborted ?? false);
+  if (interrupted || (done < t.steps && done > start)) await _checkpoint(o, done);
+  await o.run.flush();
+  return {
+    status: done >= t.steps ? "finished" : "interrupted",
+    steps: done,
+    skipped,
+    final: { "train/loss": lastLoss, "val/loss": lastVal, "val/ppl": Math.exp(lastVal) },
+  };
+}
+
+/** Mean validation loss over `eval_batches` fixed batches, with router load and entropy metrics. */
+export async function evaluate(
+  o: Pick<TrainOptions, "config" | "dataset" | "backend">,
+  step: number,
+  log: (key: string, step: number, value: number) => void,
+): Promise<number> {
+  const n = o.config.train.eval_batches;
+  let sum = 0;
+  const loads = new Map<string, { load: number[]; entropy: number }>();
+  for (let i = 0; i < n; i++) {
+    const r = await o.backend.evaluate(o.dataset.valBatch(i, n, o.config.train.batch));
+    sum += r.lmLoss;
+    for (const rs of r.routers) {
+      const key = `router/${rs.layer}/${rs.kind}`;
+      const acc = loads.get(key) ?? { load: rs.load.map(() => 0), entropy: 0 };
+      rs.load.forEach((v, e) => acc.load[e]! += v / n);
+      acc.entropy += rs.entropy / n;
+      loads.set(key, acc);
+    }
+  }
+  const val = sum / n;
+  log("val/loss", step, val);
+  log("val/ppl", step, Math.exp(val));
+  for (const [key, acc] of loads) {
+    acc.load.forEach((v, e) => log(`${key}/load/${e}`, step, v));
+    log(`${key}/entropy`, step, acc.entropy);
+  }
+  return val;
+}
+
+function _logStep(
+  log: (key: string, step: number, value: number) => void,
+  step: number,
+  s: StepStats,
+  lr: number,
+  tokensPerStep: number,
+  seconds: number,
+): void {
+  log("train/loss", step, s.loss);
+  log("train/lm_loss", step, s.lmLoss);
+  log("train/mi_loss/attention", step, s.miAttention);
+  log("train/mi_loss/mlp", step, s.miMlp);
+  log("train/lr", step, lr);
+  log("train/grad_norm", step, s.gradNorm);
+  log("train/tokens_per_s", step, (step * tokensPerStep) / seconds);
+}
+
+async function _checkpoint(o: TrainOptions, step: number): Promise<void> {
+  const state = await o.backend.exportState();
+  await writeCheckpoint(
+    o.run.path,
+    step,
+    stateToTensors(state),
+    { config: o.configYaml, format: "dsmoe-1" },
+    {
+      keep: 3,
+    },
+  );
+  await o.run.update({ step });
+}
+
+/** Flattens a training state into named tensors (`param/…`, `adam_m/…`, `adam_v/…`, `optimizer_step`). */
+export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
+  const out = new Map<string, SafeTensor>();
+  for (const [name, p] of state.params) {
+    out.set(`param/${name}`, f32Tensor(p.shape, p.data));
+    out.set(`adam_m/${name}`, f32Tensor(p.shape, state.adamM.get(name)!));
+    out.set(`adam_v/${name}`, f32Tensor(p.shape, state.adamV.get(name)!));
+  }
+  out.set("optimizer_step", f32Tensor([1], new Float32Array([state.step])));
+  return out;
+}

@@ -1,0 +1,208 @@
+/**
+ * GPU tensors, a buffer pool that reuses freed buffers by size class, and asynchronous readback.
+ *
+ * @module
+ */
+import type { GpuContext } from "./device.ts";
+import { GpuLimitError } from "./errors.ts";
+
+/** Element types kept on the GPU. */
+export type DType = "f32" | "u32" | "i32";
+
+/** Typed array matching a {@linkcode DType}. */
+export type HostArray = Float32Array | Uint32Array | Int32Array;
+
+const _STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+
+/** A storage buffer with a shape; row-major, 4 bytes per element. */
+export class GpuTensor {
+  readonly buffer: GPUBuffer;
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly label: string;
+
+  constructor(buffer: GPUBuffer, shape: readonly number[], dtype: DType, label: string) {
+    this.buffer = buffer;
+    this.shape = Object.freeze([...shape]);
+    this.dtype = dtype;
+    this.label = label;
+  }
+
+  /** Number of elements. */
+  get size(): number {
+    return shapeSize(this.shape);
+  }
+
+  /** Bytes actually used (the buffer may be larger when it came from a pool). */
+  get byteLength(): number {
+    return this.size * 4;
+  }
+}
+
+/** Product of the dimensions of `shape` (1 for a scalar). */
+export function shapeSize(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+/** WebGPU buffers must be non-empty and sized in multiples of 4; we round up to 16 for vec4 kernels. */
+export function paddedBytes(bytes: number): number {
+  return Math.max(16, Math.ceil(bytes / 16) * 16);
+}
+
+/** Throws {@linkcode GpuLimitError} if a binding of `bytes` exceeds the device's storage binding limit. */
+export function assertBindable(ctx: GpuContext, bytes: number, what: string): void {
+  const max = ctx.limits.maxStorageBufferBindingSize;
+  if (bytes > max) {
+    throw new GpuLimitError(
+      `Cannot bind ${what}: ${bytes} bytes exceeds maxStorageBufferBindingSize (${max}) of ${ctx.adapter.description}`,
+    );
+  }
+}
+
+/**
+ * Creates a tensor, optionally filled from `data` (its length must equal the shape's size).
+ *
+ * @example
+ * ```ts ignore
+ * const t = createTensor(ctx, [2, 3], "f32", new Float32Array([1, 2, 3, 4, 5, 6]), "x");
+ * ```
+ */
+export function createTensor(
+  ctx: GpuContext,
+  shape: readonly number[],
+  dtype: DType = "f32",
+  data?: HostArray,
+  label = "tensor",
+): GpuTensor {
+  const n = shapeSize(shape);
+  if (data && data.length !== n) {
+    throw new RangeError(
+      `Cannot create tensor "${label}": data has ${data.length} elements, shape [${shape}] needs ${n}`,
+    );
+  }
+  const bytes = paddedBytes(n * 4);
+  if (bytes > ctx.limits.maxBufferSize) {
+    throw new GpuLimitError(
+      `Cannot allocate "${label}": ${bytes} bytes exceeds maxBufferSize (${ctx.limits.maxBufferSize})`,
+    );
+  }
+  const buffer = ctx.device.createBuffer({ size: bytes, usage: _STORAGE, label, mappedAtCreation: !!data });
+  if (data) {
+    const view = dtype === "f32"
+      ? new Float32Array(buffer.getMappedRange())
+      : dtype === "u32"
+      ? new Uint32Array(buffer.getMappedRange())
+      : new Int32Array(buffer.getMappedRange());
+    view.set(data);
+    buffer.unmap();
+  }
+  return new GpuTensor(buffer, shape, dtype, label);
+}
+
+/** Writes host data into an existing tensor (queued; ordered before the next submit). */
+export function writeTensor(ctx: GpuContext, t: GpuTensor, data: HostArray): void {
+  if (data.length !== t.size) {
+    throw new RangeError(`Cannot write "${t.label}": ${data.length} elements, tensor has ${t.size}`);
+  }
+  ctx.device.queue.writeBuffer(t.buffer, 0, data as BufferSource);
+}
+
+/**
+ * Copies `byteLength` bytes of `buffer` to the host. Asynchronous: it submits a copy and awaits the map,
+ * so call it after a step's work is submitted, never in the middle of encoding one.
+ */
+export async function readBuffer(
+  ctx: GpuContext,
+  buffer: GPUBuffer,
+  byteLength: number,
+  offset = 0,
+): Promise<ArrayBuffer> {
+  const size = Math.ceil(byteLength / 4) * 4;
+  const staging = ctx.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const enc = ctx.device.createCommandEncoder({ label: "readback" });
+  enc.copyBufferToBuffer(buffer, offset, staging, 0, size);
+  ctx.device.queue.submit([enc.finish()]);
+  try {
+    await staging.mapAsync(GPUMapMode.READ);
+  } catch (e) {
+    ctx.assertAlive();
+    throw e;
+  }
+  const out = staging.getMappedRange().slice(0, byteLength);
+  staging.unmap();
+  staging.destroy();
+  return out;
+}
+
+/** Reads a whole tensor back as its typed array. */
+export async function readTensor(ctx: GpuContext, t: GpuTensor): Promise<HostArray> {
+  const bytes = await readBuffer(ctx, t.buffer, t.byteLength);
+  switch (t.dtype) {
+    case "f32":
+      return new Float32Array(bytes);
+    case "u32":
+      return new Uint32Array(bytes);
+    case "i32":
+      return new Int32Array(bytes);
+    default:
+      return t.dtype satisfies never;
+  }
+}
+
+/**
+ * Reuses storage buffers by power-of-two size class. `release` returns a buffer for later `acquire`s;
+ * `trim` destroys everything idle. Planned graphs allocate once; the pool serves transient work.
+ */
+export class BufferPool {
+  readonly #ctx: GpuContext;
+  readonly #free = new Map<number, GPUBuffer[]>();
+  #allocated = 0;
+
+  constructor(ctx: GpuContext) {
+    this.#ctx = ctx;
+  }
+
+  /** Bytes currently allocated by the pool (in use or idle). */
+  get allocatedBytes(): number {
+    return this.#allocated;
+  }
+
+  /** A tensor whose buffer comes from the pool (contents undefined). */
+  acquire(shape: readonly number[], dtype: DType = "f32", label = "pooled"): GpuTensor {
+    const cls = _sizeClass(paddedBytes(shapeSize(shape) * 4));
+    const list = this.#free.get(cls);
+    const buffer = list?.pop() ?? this.#create(cls, label);
+    return new GpuTensor(buffer, shape, dtype, label);
+  }
+
+  /** Returns a tensor's buffer to the pool. The tensor must not be used afterwards. */
+  release(t: GpuTensor): void {
+    const cls = t.buffer.size;
+    const list = this.#free.get(cls) ?? [];
+    list.push(t.buffer);
+    this.#free.set(cls, list);
+  }
+
+  /** Destroys every idle buffer. */
+  trim(): void {
+    for (const [cls, list] of this.#free) {
+      for (const b of list) b.destroy();
+      this.#allocated -= cls * list.length;
+    }
+    this.#free.clear();
+  }
+
+  #create(cls: number, label: string): GPUBuffer {
+    if (cls > this.#ctx.limits.maxBufferSize) {
+      throw new GpuLimitError(`Cannot allocate "${label}": ${cls} bytes exceeds maxBufferSize`);
+    }
+    this.#allocated += cls;
+    return this.#ctx.device.createBuffer({ size: cls, usage: _STORAGE, label });
+  }
+}
+
+function _sizeClass(bytes: number): number {
+  return 2 ** Math.ceil(Math.log2(bytes));
+}

@@ -1,0 +1,159 @@
+/**
+ * Opening a WebGPU device: adapter request, the adapter's real limits, its description, loss handling.
+ *
+ * @module
+ */
+import { GpuLostError, GpuUnavailableError, GpuValidationError } from "./errors.ts";
+import { PipelineCache } from "./pipeline_cache.ts";
+
+/** What the adapter says about itself, recorded with every run. */
+export interface AdapterDescription {
+  description: string;
+  vendor: string;
+  architecture: string;
+  isFallbackAdapter: boolean;
+}
+
+/** Options of {@linkcode openGpu}. */
+export interface OpenGpuOptions {
+  powerPreference?: GPUPowerPreference;
+  /** Wrap steps in error scopes ({@linkcode GpuContext.scoped}) and check them. */
+  validation?: boolean;
+  /** Ask for `timestamp-query` when the adapter has it. Default true. */
+  timestamps?: boolean;
+}
+
+/** An open device plus everything the kernels need from it. */
+export class GpuContext {
+  readonly device: GPUDevice;
+  readonly adapter: AdapterDescription;
+  readonly limits: GPUSupportedLimits;
+  readonly features: ReadonlySet<string>;
+  readonly pipelines: PipelineCache;
+  readonly validation: boolean;
+  /**
+   * Tuning profile for kernel templates. `cpu-simd`: a software adapter (llvmpipe, lavapipe, SwiftShader),
+   * where big per-invocation register tiles and tiny workgroups win (shared/LLVMPIPE_NOTES.md);
+   * `gpu`: a real GPU, where 4×4–8×8 tiles, 64–256-thread workgroups and shared memory win.
+   */
+  readonly profile: "cpu-simd" | "gpu";
+  #lost: GpuLostError | null = null;
+
+  constructor(device: GPUDevice, adapter: AdapterDescription, validation: boolean) {
+    this.device = device;
+    this.adapter = adapter;
+    this.limits = device.limits;
+    this.features = new Set(device.features);
+    this.pipelines = new PipelineCache(device);
+    this.validation = validation;
+    this.profile =
+      adapter.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|software/i.test(adapter.description)
+        ? "cpu-simd"
+        : "gpu";
+    device.lost.then((info) => {
+      this.#lost = new GpuLostError(`WebGPU device lost (${info.reason}): ${info.message || "no message"}`);
+    });
+  }
+
+  /** The loss error, if the device was lost; callers check it before trusting results. */
+  get lostError(): GpuLostError | null {
+    return this.#lost;
+  }
+
+  /** Throws if the device has been lost. */
+  assertAlive(): void {
+    if (this.#lost) throw this.#lost;
+  }
+
+  /** Whether GPU timestamps can be recorded per kernel. */
+  get hasTimestamps(): boolean {
+    return this.features.has("timestamp-query");
+  }
+
+  /**
+   * Runs `fn` inside validation and out-of-memory error scopes and throws the first error found.
+   * With `validation: false` it only runs `fn` (scopes cost a little on every step).
+   */
+  async scoped<T>(label: string, fn: () => T | Promise<T>): Promise<T> {
+    if (!this.validation) return await fn();
+    this.device.pushErrorScope("out-of-memory");
+    this.device.pushErrorScope("validation");
+    let result: T;
+    let thrown: unknown = null;
+    try {
+      result = await fn();
+    } catch (e) {
+      thrown = e;
+    }
+    const validation = await this.device.popErrorScope();
+    const oom = await this.device.popErrorScope();
+    const err = validation ?? oom;
+    if (err) throw new GpuValidationError(`WebGPU error in ${label}: ${err.message}`);
+    if (thrown !== null) throw thrown;
+    this.assertAlive();
+    return result!;
+  }
+
+  /** Releases the device. */
+  destroy(): void {
+    this.device.destroy();
+  }
+}
+
+/**
+ * Requests an adapter and a device with the adapter's real limits.
+ * Throws {@linkcode GpuUnavailableError} with a clear message when there is none.
+ */
+export async function openGpu(options: OpenGpuOptions = {}): Promise<GpuContext> {
+  const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
+  if (!gpu) {
+    throw new GpuUnavailableError("no WebGPU adapter: navigator.gpu is not available in this runtime");
+  }
+  const adapter = await gpu.requestAdapter({
+    powerPreference: options.powerPreference ?? "high-performance",
+  });
+  if (!adapter) {
+    throw new GpuUnavailableError(
+      "no WebGPU adapter: requestAdapter() returned null (no GPU driver, and no software adapter such as " +
+        "Mesa llvmpipe/lavapipe installed)",
+    );
+  }
+  const requiredLimits: Record<string, number> = {};
+  for (const key of _LIMIT_KEYS) {
+    const v = (adapter.limits as unknown as Record<string, number>)[key];
+    if (typeof v === "number") requiredLimits[key] = v;
+  }
+  const requiredFeatures: GPUFeatureName[] = [];
+  if ((options.timestamps ?? true) && adapter.features.has("timestamp-query")) {
+    requiredFeatures.push("timestamp-query");
+  }
+  let device: GPUDevice;
+  try {
+    device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
+  } catch (e) {
+    throw new GpuUnavailableError(`no WebGPU device: requestDevice() failed: ${(e as Error).message}`);
+  }
+  const info = adapter.info;
+  const desc: AdapterDescription = {
+    description: info.description || info.device || "unknown adapter",
+    vendor: info.vendor,
+    architecture: info.architecture,
+    isFallbackAdapter: (info as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? false,
+  };
+  return new GpuContext(device, desc, options.validation ?? false);
+}
+
+// The limits kernels and the planner depend on; requested at the adapter's maximum.
+const _LIMIT_KEYS = [
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxStorageBuffersPerShaderStage",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+  "maxComputeWorkgroupSizeZ",
+  "maxComputeWorkgroupsPerDimension",
+  "maxUniformBufferBindingSize",
+  "maxBindGroups",
+];

@@ -1,0 +1,216 @@
+/**
+ * Kernel calls, prepared once (pipeline + bind group + uniform buffer) and encoded many times,
+ * and the {@linkcode Step}: one command encoder per step, one submit, optional per-kernel timestamps.
+ *
+ * @module
+ */
+import type { GpuContext } from "./device.ts";
+import { assertBindable, type GpuTensor } from "./buffers.ts";
+import { GpuLimitError } from "./errors.ts";
+
+/**
+ * One dispatch of a kernel. Storage `bindings` are `@binding(0..n-1)` in order; `uniform`, if given,
+ * is `@binding(n)` (a `var<uniform>` struct the kernel template declares).
+ */
+export interface KernelCall {
+  label: string;
+  code: string;
+  bindings: readonly (GpuTensor | GPUBuffer)[];
+  uniform?: ArrayBuffer | ArrayBufferView;
+  /** Workgroup counts; use {@linkcode grid} to fold a large 1-D count into 2-D. */
+  workgroups: readonly [number, number?, number?];
+}
+
+/** A call ready to be encoded any number of times. */
+export interface PreparedCall {
+  readonly label: string;
+  readonly pipeline: GPUComputePipeline;
+  readonly bindGroup: GPUBindGroup;
+  readonly uniformBuffer: GPUBuffer | null;
+  readonly workgroups: readonly [number, number, number];
+}
+
+/**
+ * Folds `n` workgroups into `[x, y]` with x ≤ the device's per-dimension limit. Kernels recover the
+ * linear index as `wid.x + wid.y * nwg.x` (`@builtin(num_workgroups) nwg`) and return when it is ≥ n.
+ * Throws {@linkcode GpuLimitError} when even 2-D does not fit.
+ */
+export function grid(ctx: GpuContext, n: number): [number, number] {
+  const max = ctx.limits.maxComputeWorkgroupsPerDimension;
+  if (n <= max) return [Math.max(1, n), 1];
+  const y = Math.ceil(n / max);
+  if (y > max) {
+    throw new GpuLimitError(
+      `Cannot dispatch ${n} workgroups: exceeds ${max}² (maxComputeWorkgroupsPerDimension²)`,
+    );
+  }
+  return [Math.ceil(n / y), y];
+}
+
+/** Checks limits, builds (or reuses) the pipeline, and makes the bind group. */
+export function prepare(ctx: GpuContext, call: KernelCall): PreparedCall {
+  const max = ctx.limits.maxComputeWorkgroupsPerDimension;
+  const [x, y = 1, z = 1] = call.workgroups;
+  for (const d of [x, y, z]) {
+    if (!Number.isInteger(d) || d < 0) {
+      throw new RangeError(`Cannot dispatch ${call.label}: bad workgroup count ${d}`);
+    }
+    if (d > max) {
+      throw new GpuLimitError(
+        `Cannot dispatch ${call.label}: ${d} workgroups in one dimension exceeds maxComputeWorkgroupsPerDimension (${max})`,
+      );
+    }
+  }
+  const pipeline = ctx.pipelines.get(call.code, call.label);
+  const entries: GPUBindGroupEntry[] = call.bindings.map((b, i) => {
+    const buffer = b instanceof GPUBuffer ? b : b.buffer;
+    assertBindable(
+      ctx,
+      buffer.size,
+      `${call.label} binding ${i}${b instanceof GPUBuffer ? "" : ` ("${b.label}")`}`,
+    );
+    return { binding: i, resource: { buffer } };
+  });
+  let uniformBuffer: GPUBuffer | null = null;
+  if (call.uniform) {
+    const bytes = call.uniform instanceof ArrayBuffer ? call.uniform.byteLength : call.uniform.byteLength;
+    uniformBuffer = ctx.device.createBuffer({
+      size: Math.max(16, Math.ceil(bytes / 16) * 16),
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      label: `${call.label}.uniform`,
+    });
+    writeUniform(ctx, { uniformBuffer }, call.uniform);
+    entries.push({ binding: entries.length, resource: { buffer: uniformBuffer } });
+  }
+  const bindGroup = ctx.device.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries,
+    label: call.label,
+  });
+  return { label: call.label, pipeline, bindGroup, uniformBuffer, workgroups: [x, y, z] };
+}
+
+/** Rewrites a prepared call's uniform (e.g. the step number of AdamW); ordered before the next submit. */
+export function writeUniform(
+  ctx: GpuContext,
+  call: Pick<PreparedCall, "uniformBuffer">,
+  data: ArrayBuffer | ArrayBufferView,
+): void {
+  if (!call.uniformBuffer) throw new TypeError("Cannot write uniform: this call has none");
+  if (data instanceof ArrayBuffer) ctx.device.queue.writeBuffer(call.uniformBuffer, 0, data);
+  else ctx.device.queue.writeBuffer(call.uniformBuffer, 0, data as BufferSource);
+}
+
+/** Frees a prepared call's own uniform buffer. */
+export function releaseCall(call: PreparedCall): void {
+  call.uniformBuffer?.destroy();
+}
+
+/**
+ * One step of GPU work: one command encoder, dispatches encoded in order, one submit.
+ * With `timing` and an adapter that has `timestamp-query`, each dispatch gets its own pass with
+ * timestamps and {@linkcode Step.timings} resolves per-label GPU milliseconds after the submit.
+ */
+export class Step {
+  readonly #ctx: GpuContext;
+  readonly #encoder: GPUCommandEncoder;
+  #pass: GPUComputePassEncoder | null = null;
+  readonly #timed: { label: string; index: number }[] = [];
+  readonly #query: GPUQuerySet | null;
+  readonly #capacity: number;
+  #submitted = false;
+
+  constructor(ctx: GpuContext, options: { label?: string; timing?: boolean; maxTimed?: number } = {}) {
+    this.#ctx = ctx;
+    this.#encoder = ctx.device.createCommandEncoder({ label: options.label ?? "step" });
+    this.#capacity = options.maxTimed ?? 256;
+    this.#query = options.timing && ctx.hasTimestamps
+      ? ctx.device.createQuerySet({ type: "timestamp", count: this.#capacity * 2 })
+      : null;
+  }
+
+  /** The underlying encoder, for copies between dispatches. Ends any open pass first. */
+  get encoder(): GPUCommandEncoder {
+    this.#endPass();
+    return this.#encoder;
+  }
+
+  /** Encodes one prepared call (or prepares a raw call on the fly). */
+  dispatch(call: PreparedCall | KernelCall): void {
+    const p = "pipeline" in call ? call : prepare(this.#ctx, call);
+    let pass: GPUComputePassEncoder;
+    if (this.#query && this.#timed.length < this.#capacity) {
+      this.#endPass();
+      const index = this.#timed.length;
+      this.#timed.push({ label: p.label, index });
+      pass = this.#encoder.beginComputePass({
+        timestampWrites: {
+          querySet: this.#query,
+          beginningOfPassWriteIndex: 2 * index,
+          endOfPassWriteIndex: 2 * index + 1,
+        },
+      });
+      this.#encode(pass, p);
+      pass.end();
+      return;
+    }
+    this.#pass ??= this.#encoder.beginComputePass({ label: "step" });
+    this.#encode(this.#pass, p);
+  }
+
+  /** Finishes and submits; resolves when the queue has accepted it (does not wait for the GPU). */
+  submit(): void {
+    if (this.#submitted) throw new Error("Cannot submit a step twice");
+    this.#endPass();
+    this.#submitted = true;
+    if (this.#query && this.#timed.length > 0) {
+      const bytes = this.#timed.length * 16;
+      this.#resolve = this.#ctx.device.createBuffer({
+        size: bytes,
+        usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+      });
+      this.#encoder.resolveQuerySet(this.#query, 0, this.#timed.length * 2, this.#resolve, 0);
+    }
+    this.#ctx.device.queue.submit([this.#encoder.finish()]);
+  }
+
+  /** Waits until the GPU has finished this step's work (a host sync: avoid inside training loops). */
+  async done(): Promise<void> {
+    await this.#ctx.device.queue.onSubmittedWorkDone();
+    this.#ctx.assertAlive();
+  }
+
+  /** Per-dispatch GPU milliseconds (empty when the adapter has no timestamps or timing was off). */
+  async timings(): Promise<{ label: string; ms: number }[]> {
+    if (!this.#resolve) return [];
+    const { readBuffer } = await import("./buffers.ts");
+    const raw = new BigUint64Array(await readBuffer(this.#ctx, this.#resolve, this.#timed.length * 16));
+    return this.#timed.map(({ label, index }) => ({
+      label,
+      ms: Number(raw[2 * index + 1]! - raw[2 * index]!) / 1e6,
+    }));
+  }
+
+  #resolve: GPUBuffer | null = null;
+
+  #encode(pass: GPUComputePassEncoder, p: PreparedCall): void {
+    pass.setPipeline(p.pipeline);
+    pass.setBindGroup(0, p.bindGroup);
+    pass.dispatchWorkgroups(p.workgroups[0], p.workgroups[1], p.workgroups[2]);
+  }
+
+  #endPass(): void {
+    this.#pass?.end();
+    this.#pass = null;
+  }
+}
+
+/** Convenience for tests and one-off work: prepares, encodes and submits `calls` as one step. */
+export function runCalls(ctx: GpuContext, calls: readonly KernelCall[], label = "calls"): Step {
+  const step = new Step(ctx, { label });
+  const prepared = calls.map((c) => prepare(ctx, c));
+  for (const p of prepared) step.dispatch(p);
+  step.submit();
+  queueMicrotask(() => prepared.forEach(releaseCall));
+  return step;
+}

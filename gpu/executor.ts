@@ -1,0 +1,110 @@
+/**
+ * Runs a scheduled graph on WebGPU: every value gets a tensor view of a buffer from the memory plan,
+ * every node becomes prepared kernel calls (built once, encoded every step), and one execution is one
+ * {@linkcode Step}: one encoder, one submit, no host sync. Op → kernel calls comes from
+ * {@linkcode GPU_IMPLS} (filled in gpu/graph_ops.ts beside the kernels).
+ *
+ * @module
+ */
+import type { Node, Value } from "../core/graph/ir.ts";
+import { numel } from "../core/graph/ir.ts";
+import type { Schedule } from "../core/graph/schedule.ts";
+import { createTensor, GpuTensor } from "./buffers.ts";
+import type { GpuContext } from "./device.ts";
+import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "./dispatch.ts";
+
+/** Kernel calls of one node, given tensors of its inputs and outputs. */
+export type GpuImpl = (
+  ctx: GpuContext,
+  node: Node,
+  inputs: GpuTensor[],
+  outputs: GpuTensor[],
+) => KernelCall[];
+
+/** Copy-based ops need the encoder rather than a kernel: they return this marker with the copies. */
+export interface CopyCall {
+  copy: { from: GpuTensor; to: GpuTensor; bytes: number };
+}
+
+/** Implementations by op name. */
+export const GPU_IMPLS: Record<string, GpuImpl> = {};
+
+/** A graph bound to buffers and pipelines, executable any number of times. */
+export class GraphExecutor {
+  readonly ctx: GpuContext;
+  readonly tensors = new Map<number, GpuTensor>(); // value id → tensor (views share buffers)
+  readonly #buffers: GPUBuffer[] = [];
+  readonly #steps: (PreparedCall | CopyCall)[] = [];
+
+  /**
+   * Allocates the memory plan's buffers (and one per leaf), and prepares every node's calls.
+   * `leafTensors` may supply existing tensors for leaves (parameters shared with an optimizer).
+   */
+  constructor(
+    ctx: GpuContext,
+    sched: Schedule,
+    leaves: readonly Value[],
+    leafTensors = new Map<number, GpuTensor>(),
+  ) {
+    this.ctx = ctx;
+    for (const v of leaves) {
+      this.tensors.set(v.id, leafTensors.get(v.id) ?? createTensor(ctx, v.shape, v.dtype, undefined, v.name));
+    }
+    const sizes = sched.memory.bufferSizes;
+    for (let i = 0; i < sizes.length; i++) {
+      const t = createTensor(ctx, [sizes[i]!], "f32", undefined, `buf${i}`);
+      this.#buffers.push(t.buffer);
+    }
+    for (const node of sched.nodes) {
+      for (const o of node.outputs) {
+        const b = sched.memory.bufferOf.get(o.id);
+        if (b === undefined) throw new RangeError(`No buffer planned for "${o.name}"`);
+        this.tensors.set(o.id, new GpuTensor(this.#buffers[b]!, o.shape, o.dtype, o.name));
+      }
+    }
+    for (const node of sched.nodes) this.#prepareNode(node);
+  }
+
+  /** The tensor holding `v`. */
+  tensor(v: Value): GpuTensor {
+    const t = this.tensors.get(v.id);
+    if (!t) throw new RangeError(`Value "${v.name}" is not part of this executor`);
+    return t;
+  }
+
+  /** Encodes the whole graph into `step` (the caller submits). */
+  encode(step: Step): void {
+    for (const s of this.#steps) {
+      if ("copy" in s) {
+        step.encoder.copyBufferToBuffer(s.copy.from.buffer, 0, s.copy.to.buffer, 0, s.copy.bytes);
+      } else step.dispatch(s);
+    }
+  }
+
+  /** Encodes and submits the graph as one step. */
+  run(): Step {
+    const step = new Step(this.ctx, { label: "graph" });
+    this.encode(step);
+    step.submit();
+    return step;
+  }
+
+  /** Frees pipelines' uniforms and the planned buffers (leaf tensors supplied by the caller stay). */
+  destroy(): void {
+    for (const s of this.#steps) if (!("copy" in s)) releaseCall(s);
+    for (const b of this.#buffers) b.destroy();
+  }
+
+  #prepareNode(node: Node): void {
+    const ins = node.inputs.map((v) => this.tensor(v)), outs = node.outputs.map((v) => this.tensor(v));
+    if (node.op === "reshape") {
+      if (ins[0]!.buffer !== outs[0]!.buffer) {
+        this.#steps.push({ copy: { from: ins[0]!, to: outs[0]!, bytes: numel(node.outputs[0]!.shape) * 4 } });
+      }
+      return;
+    }
+    const impl = GPU_IMPLS[node.op];
+    if (!impl) throw new TypeError(`No WebGPU implementation for op "${node.op}"`);
+    for (const call of impl(this.ctx, node, ins, outs)) this.#steps.push(prepare(this.ctx, call));
+  }
+}

@@ -1,0 +1,23 @@
+/**
+ * dsmoe: Mixture-of-Experts language models trained densely (DS-MoE) and run sparsely, on WebGPU,
+ * from one YAML file. This module re-exports the public API; run it directly for the CLI
+ * (`deno task run|eval|generate|dashboard|bench|repro`).
+ *
+ * @example
+ * ```ts ignore
+ * import { countParams, loadExperiment } from "./mod.ts";
+ * const { config } = await loadExperiment("configs/dsmoe-tiny.yaml");
+ * console.log(countParams(config).total);
+ * ```
+ *
+ * @module
+ */
+export * from "./core/config/mod.ts";
+export * from "./core/plan/mod.ts";
+export * from "./gpu/mod.ts";
+export { main } from "./core/cli/main.ts";
+
+if (import.meta.main) {
+  const { main } = await import("./core/cli/main.ts");
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,91 @@
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { type CliIo, main } from "../core/cli/main.ts";
+
+/** Runs the CLI in-process and captures its output. */
+async function cli(...argv: string[]): Promise<{ code: number; out: string[]; err: string[] }> {
+  const out: string[] = [], err: string[] = [];
+  const io: CliIo = { out: (l) => out.push(l), err: (l) => err.push(l) };
+  const code = await main(argv, io);
+  return { code, out, err };
+}
+
+Deno.test("run --dry-run --json lists every sweep point of sweep-mi with its counts", async () => {
+  const { code, out } = await cli("run", "configs/sweep-mi.yaml", "--dry-run", "--json");
+  assertEquals(code, 0);
+  const last = JSON.parse(out.at(-1)!);
+  assertEquals(last.points.length, 6);
+  const mi = last.points.map((
+    p: { params: Record<string, number> },
+  ) => [p.params["loss.mi.mlp"], p.params["loss.mi.attention"]]);
+  assertEquals(mi, [[0, 0], [0, 3.5e-4], [6.3e-4, 0], [6.3e-4, 3.5e-4], [2e-3, 0], [2e-3, 3.5e-4]]);
+  for (const p of last.points) {
+    assertEquals(p.params_total, 1_270_016); // the MI weights do not change the model
+    assertEquals(p.flops_per_token_train, 3 * 2_634_752);
+    assert(p.fits_budget);
+    assert(typeof p.name === "string" && p.name.startsWith("sweep-mi"));
+  }
+});
+
+Deno.test("run --dry-run prints the resolved config and a per-point table", async () => {
+  const { code, out } = await cli("run", "configs/dsmoe-tiny.yaml", "--dry-run");
+  assertEquals(code, 0);
+  const text = out.join("\n");
+  assert(text.includes("d_model: 128"), "resolved config is printed");
+  assert(text.includes("1.27M total"), "total parameters are printed");
+  assert(text.includes("upper bound"), "threshold rule is marked as a bound");
+});
+
+Deno.test("run --dry-run --set changes the counted model", async () => {
+  const { code, out } = await cli(
+    "run",
+    "configs/dsmoe-tiny.yaml",
+    "--dry-run",
+    "--json",
+    "--set",
+    "model.mlp.experts=4",
+  );
+  assertEquals(code, 0);
+  // 4 fewer experts × 4 layers × 2·128·128, and 4 fewer router columns × 128 × 4 layers.
+  assertEquals(JSON.parse(out.at(-1)!).points[0].params_total, 1_270_016 - 4 * 4 * 32768 - 4 * 128 * 4);
+});
+
+Deno.test("run --dry-run refuses a plan over memory_budget with exit code 2", async () => {
+  const { code, err } = await cli(
+    "run",
+    "configs/dsmoe-tiny.yaml",
+    "--dry-run",
+    "--set",
+    "hardware.memory_budget=1MiB",
+  );
+  assertEquals(code, 2);
+  assert(err.join("\n").includes("memory_budget"));
+});
+
+Deno.test("a config error exits 2 and names file:line:col without a stack trace", async () => {
+  const { code, err } = await cli("run", "configs/dsmoe-tiny.yaml", "--dry-run", "--set", "model.layres=2");
+  assertEquals(code, 2);
+  const text = err.join("\n");
+  assert(text.includes("--set"), text);
+  assert(text.includes("model.layres"), text);
+  assert(!text.includes("    at "), "no stack trace");
+});
+
+Deno.test("unknown flags and commands are usage errors with exit code 2", async () => {
+  assertEquals((await cli("run", "--dry-rn")).code, 2);
+  assertEquals((await cli("frobnicate")).code, 2);
+  assertEquals((await cli("run", "--stop-after", "zero", "--dry-run")).code, 2);
+});
+
+Deno.test("commands of later releases say they are not available yet and exit 2", async () => {
+  for (const c of ["eval", "generate", "dashboard", "repro"]) {
+    const { code, err } = await cli(c);
+    assertEquals(code, 2);
+    assert(err.join("\n").includes("not available yet"), c);
+  }
+});
+
+Deno.test("a missing config file is reported without a stack trace", async () => {
+  const { code, err } = await cli("run", "configs/does-not-exist.yaml", "--dry-run");
+  assertEquals(code, 2);
+  assert(err.join("\n").includes("does-not-exist.yaml"));
+});

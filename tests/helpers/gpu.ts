@@ -1,0 +1,70 @@
+/**
+ * Shared test helpers: one GPU context per test process (tests fail, never skip, without an adapter),
+ * the closeness check used by every kernel conformance test, and a seeded random source.
+ *
+ * @module
+ */
+import { GpuContext, openGpu } from "../../gpu/device.ts";
+
+let _ctx: Promise<GpuContext> | null = null;
+
+/** The process-wide test device. Throws "no WebGPU adapter: …" when there is none; tests must not skip. */
+export function testGpu(): Promise<GpuContext> {
+  _ctx ??= openGpu({ validation: true });
+  return _ctx;
+}
+
+/** Tolerance of a comparison: |got − ref| ≤ atol + rtol·|ref|. */
+export interface Tolerance {
+  atol: number;
+  rtol: number;
+}
+
+/**
+ * Asserts element-wise closeness and reports the worst element (index, got, ref) when it fails.
+ * NaN or ±Infinity in `got` where `ref` is finite always fails.
+ */
+export function assertClose(
+  got: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  tol: Tolerance,
+  what = "value",
+): void {
+  if (got.length !== ref.length) throw new Error(`${what}: length ${got.length} != reference ${ref.length}`);
+  let worst = -1, worstExcess = 0, bad = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const g = got[i]!, r = ref[i]!;
+    const limit = tol.atol + tol.rtol * Math.abs(r);
+    const err = Math.abs(g - r);
+    if (!(err <= limit) && !(g === r)) {
+      bad++;
+      const excess = Number.isFinite(err) ? err / limit : Infinity;
+      if (excess >= worstExcess) worstExcess = excess, worst = i;
+    }
+  }
+  if (bad > 0) {
+    throw new Error(
+      `${what}: ${bad}/${ref.length} elements outside atol=${tol.atol} rtol=${tol.rtol}; worst at [${worst}]: ` +
+        `got ${got[worst]}, ref ${ref[worst]}`,
+    );
+  }
+}
+
+/** Small deterministic PRNG (mulberry32) for test data. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** `n` uniform values in [lo, hi) as float64 (round to f32 with `Float32Array.from` for GPU input). */
+export function randomArray(n: number, seed: number, lo = -1, hi = 1): Float64Array {
+  const r = rng(seed), out = new Float64Array(n);
+  for (let i = 0; i < n; i++) out[i] = lo + (hi - lo) * r();
+  return out;
+}
