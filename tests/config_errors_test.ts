@@ -246,7 +246,7 @@ Deno.test("parseExperimentText() reports a bad --set value at its column inside 
 Deno.test("parseExperimentText() reports a bad sweep value at that list element", () => {
   const text = "name: s\nsweep:\n  grid:\n    model.mlp.experts: [4, 0]\n    seed: [1, 2]\n";
   assertEquals(linesOf(text), [
-    "t.yaml:4:28: model.mlp.experts: must be ≥ 1, got 0 (point s.model.mlp.experts=0.seed=1)",
+    "t.yaml:4:28: model.mlp.experts: must be ≥ 1, got 0 (point s.experts=0.seed=1)",
   ]);
 });
 

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { Rng } from "../util/rng.ts";
 import { createHash } from "node:crypto";
 import {
   ConfigError,
@@ -25,7 +26,7 @@ import { type Sourced, type SourceNode, valueAt } from "./yaml_source.ts";
 export interface SweepPoint {
   /** 0-based position in the expansion order. */
   index: number;
-  /** Base name plus a filesystem-safe parameter suffix, e.g. `sweep-mi.loss.mi.mlp=0.seed=2`. */
+  /** Base name plus a filesystem-safe parameter suffix, e.g. `sweep-mi.mlp=0.seed=2`. */
   name: string;
   /** Dotted key → value of this point (with `seed` when `repeat` > 1). */
   params: Record<string, unknown>;
@@ -207,7 +208,7 @@ function _product(axes: _Axis[]): _Param[][] {
 
 /** `n` samples, each one value per axis in key order, from a generator seeded by `seed`. */
 function _drawSamples(axes: _Axis[], n: number, seed: number): _Param[][] {
-  const rand = _rng(seed), out: _Param[][] = [];
+  const rng = new Rng(seed), rand = () => rng.next(), out: _Param[][] = [];
   for (let s = 0; s < n; s++) {
     out.push(axes.map((axis) => {
       const u = rand();
@@ -234,24 +235,30 @@ function _sampleRange(r: _Range, u: number): number {
     : clamp(Number((lo + u * (hi - lo)).toPrecision(4)));
 }
 
-/** Mulberry32: a small, fast 32-bit generator; the seed's high bits are folded in. */
-function _rng(seed: number): () => number {
-  let a = ((seed >>> 0) ^ Math.imul(Math.floor(seed / 2 ** 32) >>> 0, 0x9e3779b1)) >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
 function _pointName(base: string, params: Record<string, unknown>): string {
+  const short = shortKeys(Object.keys(params));
   const parts = Object.entries(params).map(([k, v]) =>
-    `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`
+    `${short.get(k)}=${typeof v === "string" ? v : JSON.stringify(v)}`
   );
   const name = [base, ...parts].join(".").replace(/[^A-Za-z0-9._=-]/g, "_");
   if (name.length <= _MAX_NAME) return name;
   return `${name.slice(0, _MAX_NAME - 13)}.${sweepId(params).slice(0, 12)}`;
+}
+
+/**
+ * The shortest dotted suffix of each key that no other key ends with: `loss.mi.mlp` and
+ * `loss.mi.attention` become `mlp` and `attention`; `model.mlp.experts` and `x.experts` keep two segments.
+ */
+export function shortKeys(keys: readonly string[]): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const k of keys) {
+    const segs = k.split(".");
+    let n = 1;
+    const suffix = (key: string, len: number) => key.split(".").slice(-len).join(".");
+    while (n < segs.length && keys.some((o) => o !== k && suffix(o, n) === suffix(k, n))) n++;
+    out.set(k, suffix(k, n));
+  }
+  return out;
 }
 
 function _uniqueName(name: string, index: number, seen: Set<string>): string {

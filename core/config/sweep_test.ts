@@ -1,5 +1,6 @@
 import { deepStrictEqual as assertEquals, notDeepStrictEqual, ok as assert } from "node:assert/strict";
 import { parseExperimentText } from "./mod.ts";
+import { shortKeys } from "./sweep.ts";
 
 function load(text: string, sets: string[] = []) {
   return parseExperimentText(text, "sweep.yaml", { sets });
@@ -15,12 +16,12 @@ sweep:
 Deno.test("expandSweep() expands a grid into its cartesian product, first key slowest", () => {
   const { points, config, sweepId } = load(GRID);
   assertEquals(points.map((p) => p.name), [
-    "g.model.mlp.experts=2.loss.mi.mlp=0",
-    "g.model.mlp.experts=2.loss.mi.mlp=0.001",
-    "g.model.mlp.experts=4.loss.mi.mlp=0",
-    "g.model.mlp.experts=4.loss.mi.mlp=0.001",
-    "g.model.mlp.experts=8.loss.mi.mlp=0",
-    "g.model.mlp.experts=8.loss.mi.mlp=0.001",
+    "g.experts=2.mlp=0",
+    "g.experts=2.mlp=0.001",
+    "g.experts=4.mlp=0",
+    "g.experts=4.mlp=0.001",
+    "g.experts=8.mlp=0",
+    "g.experts=8.mlp=0.001",
   ]);
   assertEquals(points.map((p) => p.index), [0, 1, 2, 3, 4, 5]);
   assertEquals(points[3]?.params, { "model.mlp.experts": 4, "loss.mi.mlp": 0.001 });
@@ -41,7 +42,7 @@ Deno.test("expandSweep() runs repeat seeds seed, seed+1, … for every point", (
   assertEquals(points.length, 6);
   assertEquals(points.map((p) => p.config.seed), [5, 6, 7, 5, 6, 7]);
   assertEquals(points.map((p) => p.params.seed), [5, 6, 7, 5, 6, 7]);
-  assertEquals(points[4]?.name, "run.model.layers=2.seed=6");
+  assertEquals(points[4]?.name, "run.layers=2.seed=6");
   assertEquals(points[4]?.params, { "model.layers": 2, seed: 6 });
   const single = load("sweep:\n  grid: { model.layers: [1, 2] }\n").points;
   assertEquals(single.map((p) => p.params), [{ "model.layers": 1 }, { "model.layers": 2 }]);
@@ -100,22 +101,27 @@ Deno.test("parseExperimentText() gives a stable sweep id that follows the config
 Deno.test("parseExperimentText() lets --set change the sweep block", () => {
   assertEquals(load(GRID, ["sweep.repeat=2"]).points.length, 12);
   assertEquals(load(GRID, ["sweep.grid.model.mlp.experts=[16]"]).points.map((p) => p.name), [
-    "g.model.mlp.experts=16.loss.mi.mlp=0",
-    "g.model.mlp.experts=16.loss.mi.mlp=0.001",
+    "g.experts=16.mlp=0",
+    "g.experts=16.mlp=0.001",
   ]);
 });
 
 Deno.test("expandSweep() keeps point names filesystem-safe and unique", () => {
   const { points } = load("sweep:\n  grid:\n    data.source: ['synthetic:multidomain', 'a b/c.txt']\n");
   assertEquals(points.map((p) => p.name), [
-    "run.data.source=synthetic_multidomain",
-    "run.data.source=a_b_c.txt",
+    "run.source=synthetic_multidomain",
+    "run.source=a_b_c.txt",
   ]);
   const dup = load("sweep:\n  random:\n    n: 4\n    params: { model.layers: [2] }\n").points;
   assertEquals(dup.map((p) => p.name), [
-    "run.model.layers=2",
-    "run.model.layers=2.1",
-    "run.model.layers=2.2",
-    "run.model.layers=2.3",
+    "run.layers=2",
+    "run.layers=2.1",
+    "run.layers=2.2",
+    "run.layers=2.3",
   ]);
+});
+
+Deno.test("shortKeys() keeps the shortest dotted suffix that no other key shares", () => {
+  const m = shortKeys(["loss.mi.mlp", "loss.mi.attention", "model.mlp.experts", "router.experts"]);
+  assertEquals([...m.values()], ["mlp", "attention", "mlp.experts", "router.experts"]);
 });

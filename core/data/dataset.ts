@@ -5,7 +5,7 @@
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
-import { hash32 } from "./rng.ts";
+import { hash32 } from "../util/rng.ts";
 import { readSource } from "./sources.ts";
 import { encodeBytes } from "./tokenizer.ts";
 

@@ -3,7 +3,6 @@
  *
  * @module
  */
-export * from "./rng.ts";
 export * from "./synthetic.ts";
 export * from "./sources.ts";
 export * from "./tokenizer.ts";

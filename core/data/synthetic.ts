@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { Rng } from "./rng.ts";
+import { Rng } from "../util/rng.ts";
 
 /** Domain names, indexed by the ids in {@linkcode SyntheticCorpus.domains}. */
 export const DOMAINS = ["arithmetic", "code", "prose", "records"] as const;

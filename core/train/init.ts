@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { hash32, Rng } from "../data/rng.ts";
+import { hash32, Rng } from "../util/rng.ts";
 import type { ParamSpec } from "../plan/model.ts";
 
 /** Initial values of every parameter, by name. */

@@ -5,6 +5,7 @@
  * @module
  */
 import { GpuContext, openGpu } from "../../gpu/device.ts";
+import { Rng } from "../../core/util/rng.ts";
 
 let _ctx: Promise<GpuContext> | null = null;
 
@@ -50,16 +51,10 @@ export function assertClose(
   }
 }
 
-/** Small deterministic PRNG (mulberry32) for test data. */
+/** A seeded generator of floats in [0, 1) for test data (core/util/rng.ts). */
 export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 /** `n` uniform values in [lo, hi) as float64 (round to f32 with `Float32Array.from` for GPU input). */

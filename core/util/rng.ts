@@ -22,7 +22,7 @@ export class Rng {
   #state: number;
 
   constructor(seed: number) {
-    this.#state = hash32(seed) >>> 0;
+    this.#state = hash32(seed >>> 0, Math.floor(seed / 2 ** 32) >>> 0);
   }
 
   /** Next float in [0, 1). */
