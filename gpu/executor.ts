@@ -35,6 +35,7 @@ export class GraphExecutor {
   readonly tensors = new Map<number, GpuTensor>(); // value id → tensor (views share buffers)
   readonly #buffers: GPUBuffer[] = [];
   readonly #steps: (PreparedCall | CopyCall)[] = [];
+  readonly #sources = new Map<string, string>(); // WGSL source → label
 
   /**
    * Allocates the memory plan's buffers (and one per leaf), and prepares every node's calls.
@@ -63,6 +64,14 @@ export class GraphExecutor {
       }
     }
     for (const node of sched.nodes) this.#prepareNode(node);
+  }
+
+  /**
+   * Compiles every kernel source of the graph and throws {@linkcode WgslCompileError} on the first that
+   * fails: an invalid pipeline would otherwise run as a no-op and leave zeros behind.
+   */
+  async check(): Promise<void> {
+    for (const [code, label] of this.#sources) await this.ctx.pipelines.check(code, label);
   }
 
   /** The tensor holding `v`. */
@@ -105,6 +114,9 @@ export class GraphExecutor {
     }
     const impl = GPU_IMPLS[node.op];
     if (!impl) throw new TypeError(`No WebGPU implementation for op "${node.op}"`);
-    for (const call of impl(this.ctx, node, ins, outs)) this.#steps.push(prepare(this.ctx, call));
+    for (const call of impl(this.ctx, node, ins, outs)) {
+      this.#sources.set(call.code, call.label);
+      this.#steps.push(prepare(this.ctx, call));
+    }
   }
 }
