@@ -19,10 +19,11 @@ export type GpuImpl = (
   node: Node,
   inputs: GpuTensor[],
   outputs: GpuTensor[],
+  scratch: (shape: readonly number[], label: string) => GpuTensor, // private buffers the calls may use
 ) => KernelCall[];
 
-/** Copy-based ops need the encoder rather than a kernel: they return this marker with the copies. */
-export interface CopyCall {
+/** A buffer copy in place of a kernel (reshape between different buffers). */
+interface CopyCall {
   copy: { from: GpuTensor; to: GpuTensor; bytes: number };
 }
 
@@ -114,7 +115,12 @@ export class GraphExecutor {
     }
     const impl = GPU_IMPLS[node.op];
     if (!impl) throw new TypeError(`No WebGPU implementation for op "${node.op}"`);
-    for (const call of impl(this.ctx, node, ins, outs)) {
+    const scratch = (shape: readonly number[], label: string) => {
+      const t = createTensor(this.ctx, shape, "f32", undefined, `${node.op}${node.id}.${label}`);
+      this.#buffers.push(t.buffer);
+      return t;
+    };
+    for (const call of impl(this.ctx, node, ins, outs, scratch)) {
       this.#sources.set(call.code, call.label);
       this.#steps.push(prepare(this.ctx, call));
     }

@@ -129,6 +129,24 @@ export const OPS: Record<string, OpDef> = {
     outputs: ([a]) => _same(a!),
     grad: (g, n, [dy]) => [apply1(g, "mul", [dy!, n.inputs[1]!]), apply1(g, "mul", [dy!, n.inputs[0]!])],
   },
+  /** Σ a ⊙ b → scalar (turns any value into a loss for gradient checks). */
+  dot: {
+    outputs: () => SCALAR,
+    grad: (
+      g,
+      n,
+      [dl],
+    ) => [apply1(g, "mul_scalar", [n.inputs[1]!, dl!]), apply1(g, "mul_scalar", [n.inputs[0]!, dl!])],
+  },
+  /** x · s for a scalar value s (1,). */
+  mul_scalar: {
+    outputs: ([x]) => _same(x!),
+    grad: (
+      g,
+      n,
+      [dy],
+    ) => [apply1(g, "mul_scalar", [dy!, n.inputs[1]!]), apply1(g, "dot", [dy!, n.inputs[0]!])],
+  },
   /** alpha · x. */
   scale: {
     outputs: ([x]) => _same(x!),
@@ -239,7 +257,10 @@ export const OPS: Record<string, OpDef> = {
     },
     grad: (g, n, [dy]) => {
       const [x, s] = n.inputs as [Value, Value];
-      return [apply1(g, "router_scale", [dy!, s]), apply1(g, "router_scale_ds", [x, dy!])];
+      return [
+        apply1(g, "router_scale", [dy!, s]),
+        apply1(g, "router_scale_ds", [x, dy!], { blocks: s.shape[1]! }),
+      ];
     },
   },
   /** (x, dy) → ds (N, E): ds[t, i] = Σ_j x[t, i·h+j]·dy[t, i·h+j]; E from attrs.blocks. */
@@ -270,7 +291,11 @@ export const OPS: Record<string, OpDef> = {
   /** Switch load-balance loss of probabilities S (N, E) and routing mask (N, E) → scalar. */
   switch_loss: {
     outputs: () => SCALAR,
-    grad: (g, n, [dl]) => [apply1(g, "switch_loss_backward", [n.inputs[0]!, n.inputs[1]!, dl!]), null],
+    grad: (
+      g,
+      n,
+      [dl],
+    ) => [apply1(g, "switch_loss_backward", [n.inputs[0]!, n.inputs[1]!, dl!], n.attrs), null],
   },
   /** (S, mask, dL) → dS. */
   switch_loss_backward: { outputs: ([s]) => _same(s!) },

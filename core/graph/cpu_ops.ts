@@ -1,0 +1,91 @@
+/**
+ * The CPU implementations of every graph op, in float64, backed by the references of core/ref.
+ *
+ * @module
+ */
+import { activationBackwardRef, type ActivationKind, activationRef } from "../ref/activation.ts";
+import { attentionBackwardRef, attentionRef } from "../ref/attention.ts";
+import { biasAddRef, sumRowsRef } from "../ref/elementwise.ts";
+import { addRowsRef, embeddingGradRef, embeddingRef, sumRowsModRef } from "../ref/embedding.ts";
+import {
+  crossEntropyBackwardRef,
+  crossEntropyRef,
+  miLossBackwardRef,
+  miLossRef,
+  switchLossBackwardRef,
+  switchLossRef,
+  zLossBackwardRef,
+  zLossRef,
+} from "../ref/losses.ts";
+import { matmulRef } from "../ref/matmul.ts";
+import { normBackwardRef, type NormKind, normRef } from "../ref/norm.ts";
+import { routerScaleDsRef, routerScaleRef, topkMaskRef } from "../ref/router.ts";
+import { softmaxBackwardRef, softmaxRef } from "../ref/softmax.ts";
+import { CPU_IMPLS, type CpuImpl } from "./cpu_executor.ts";
+import type { Node } from "./ir.ts";
+
+const last = (n: Node, i = 0) => n.inputs[i]!.shape.at(-1)!;
+const scalar = (v: number) => new Float64Array([v]);
+const attDims = (n: Node) => {
+  const [B, T, Hq, D] = n.inputs[0]!.shape as [number, number, number, number];
+  return { B, T, Hq, Hkv: n.inputs[1]!.shape[2]!, D };
+};
+
+/** Every op's CPU implementation (the trivial ones from cpu_executor.ts plus the reference-backed ones). */
+export const CPU_OPS: Record<string, CpuImpl> = {
+  ...CPU_IMPLS,
+  dot: ([a, b]) => {
+    let sum = 0;
+    for (let i = 0; i < a!.length; i++) sum += a![i]! * b![i]!;
+    return [scalar(sum)];
+  },
+  mul_scalar: ([x, s]) => [Float64Array.from(x!, (v) => v * s![0]!)],
+  embedding: ([ids, w], n) => [embeddingRef(ids!, w!, last(n, 1))],
+  embedding_grad: ([ids, dy], n) => [embeddingGradRef(ids!, dy!, n.attrs.vocab as number, last(n, 1))],
+  add_rows: ([x, p], n) => [addRowsRef(x!, p!, n.inputs[1]!.shape[0]!, last(n))],
+  sum_rows_mod: ([dy], n) => [sumRowsModRef(dy!, n.attrs.period as number, last(n))],
+  bias_add: ([x, b]) => [biasAddRef(x!, b!)],
+  sum_rows: ([x], n) => [sumRowsRef(x!, last(n))],
+  matmul: ([a, b], n) => {
+    const tA = !!n.attrs.transA, [a0, a1] = n.inputs[0]!.shape as [number, number];
+    const [m, k] = tA ? [a1, a0] : [a0, a1];
+    return [matmulRef(a!, b!, { m, k, n: n.outputs[0]!.shape[1]!, transA: tA, transB: !!n.attrs.transB })];
+  },
+  norm: ([x, g, b], n) => {
+    const r = normRef(n.attrs.kind as NormKind, x!, g!, b ?? null, last(n), n.attrs.eps as number);
+    return [r.y, r.mean, r.rstd];
+  },
+  norm_backward: ([x, g, mean, rstd, dy], n) => {
+    const r = normBackwardRef(n.attrs.kind as NormKind, x!, g!, mean!, rstd!, dy!, last(n));
+    return [r.dx, r.dgamma, r.dbeta];
+  },
+  activation: ([x], n) => [activationRef(n.attrs.kind as ActivationKind, x!)],
+  activation_backward: ([x, dy], n) => [activationBackwardRef(n.attrs.kind as ActivationKind, x!, dy!)],
+  softmax: ([x], n) => [softmaxRef(x!, last(n))],
+  softmax_backward: ([y, dy], n) => [softmaxBackwardRef(y!, dy!, last(n))],
+  attention: ([q, k, v], n) => {
+    const r = attentionRef(q!, k!, v!, attDims(n));
+    return [r.o, r.lse];
+  },
+  attention_backward: ([q, k, v, o, lse, dO], n) => {
+    const r = attentionBackwardRef(q!, k!, v!, o!, lse!, dO!, attDims(n));
+    return [r.dq, r.dk, r.dv];
+  },
+  router_scale: ([x, s], n) => [routerScaleRef(x!, s!, last(n, 1))],
+  router_scale_ds: (
+    [x, dy],
+    n,
+  ) => [routerScaleDsRef(x!, dy!, n.attrs.blocks as number, n.inputs[0]!.shape[0]!)],
+  topk_mask: ([s], n) => [topkMaskRef(s!, last(n), n.attrs.k as number)],
+  cross_entropy: ([logits, t], n) => [scalar(crossEntropyRef(logits!, t!, last(n)))],
+  cross_entropy_backward: ([logits, t, dl], n) => [crossEntropyBackwardRef(logits!, t!, last(n), dl![0]!)],
+  mi_loss: ([s], n) => [scalar(miLossRef(s!, last(n)))],
+  mi_loss_backward: ([s, dl], n) => [miLossBackwardRef(s!, last(n), dl![0]!)],
+  switch_loss: ([s, m], n) => [scalar(switchLossRef(s!, m!, last(n), n.attrs.k as number))],
+  switch_loss_backward: (
+    [s, m, dl],
+    n,
+  ) => [switchLossBackwardRef(s!, m!, last(n), n.attrs.k as number, dl![0]!)],
+  z_loss: ([x], n) => [scalar(zLossRef(x!, last(n)))],
+  z_loss_backward: ([x, dl], n) => [zLossBackwardRef(x!, last(n), dl![0]!)],
+};

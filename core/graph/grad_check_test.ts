@@ -1,0 +1,164 @@
+import { ok as assert } from "node:assert/strict";
+import { ExperimentSchema } from "../config/schema.ts";
+import { buildModel } from "../plan/model.ts";
+import { Rng } from "../util/rng.ts";
+import type { HostValue } from "./cpu_executor.ts";
+import { checkGradients, randomFeeds } from "./grad_check.ts";
+import { Graph, type Value } from "./ir.ts";
+import { apply, apply1, type OpDef, OPS } from "./ops.ts";
+
+// Central differences in float64 with eps 1e-5 agree with exact gradients to ~1e-9 relative; 1e-6 leaves
+// room for curvature while any wrong rule shows errors of order 1.
+const TOL = 1e-6;
+
+/** Builds `op` on random leaves and reduces its first output to a scalar with a random weight. */
+function opCase(
+  build: (g: Graph, p: (shape: number[]) => Value) => Value,
+  fixed = new Map<number, HostValue>(),
+) {
+  const g = new Graph();
+  const params: Value[] = [];
+  const p = (shape: number[]) => {
+    const v = g.leaf("param", `p${params.length}`, shape);
+    params.push(v);
+    return v;
+  };
+  const out = build(g, p);
+  const loss = out.shape.length === 1 && out.shape[0] === 1
+    ? out
+    : apply1(g, "dot", [out, g.leaf("const", "w", out.shape)]);
+  return { g, loss, params, feeds: randomFeeds(g, 7, fixed) };
+}
+
+function ids(g: Graph, name: string, n: number, max: number, fixed: Map<number, HostValue>): Value {
+  const v = g.leaf("input", name, [n], "u32");
+  const rng = new Rng(n * 31 + max);
+  fixed.set(v.id, Uint32Array.from({ length: n }, () => rng.int(max)));
+  return v;
+}
+
+const CASES: Record<string, () => ReturnType<typeof opCase>> = {
+  "matmul": () => opCase((g, p) => apply1(g, "matmul", [p([3, 4]), p([4, 5])])),
+  "matmul transA": () => opCase((g, p) => apply1(g, "matmul", [p([4, 3]), p([4, 5])], { transA: true })),
+  "matmul transB": () => opCase((g, p) => apply1(g, "matmul", [p([3, 4]), p([5, 4])], { transB: true })),
+  "matmul transA transB": () =>
+    opCase((g, p) => apply1(g, "matmul", [p([4, 3]), p([5, 4])], { transA: true, transB: true })),
+  "add, mul, scale, add_n, reshape": () =>
+    opCase((g, p) => {
+      const a = p([2, 3]), b = p([2, 3]);
+      const s = apply1(g, "add_n", [
+        apply1(g, "add", [a, b]),
+        apply1(g, "mul", [a, b]),
+        apply1(g, "scale", [a], { alpha: 3 }),
+      ]);
+      return apply1(g, "reshape", [s], { shape: [3, 2] });
+    }),
+  "bias_add": () => opCase((g, p) => apply1(g, "bias_add", [p([3, 4]), p([4])])),
+  "add_rows": () => opCase((g, p) => apply1(g, "add_rows", [p([6, 2]), p([3, 2])])),
+  "embedding": () => {
+    const fixed = new Map<number, HostValue>();
+    return opCase((g, p) => apply1(g, "embedding", [ids(g, "ids", 9, 5, fixed), p([5, 3])]), fixed);
+  },
+  "layernorm": () =>
+    opCase((g, p) => apply(g, "norm", [p([3, 5]), p([5]), p([5])], { kind: "layernorm", eps: 1e-5 })[0]!),
+  "rmsnorm": () =>
+    opCase((g, p) => apply(g, "norm", [p([3, 5]), p([5])], { kind: "rmsnorm", eps: 1e-5 })[0]!),
+  "gelu": () => opCase((g, p) => apply1(g, "activation", [p([4, 3])], { kind: "gelu" })),
+  "relu": () => opCase((g, p) => apply1(g, "activation", [p([4, 3])], { kind: "relu" })),
+  "silu": () => opCase((g, p) => apply1(g, "activation", [p([4, 3])], { kind: "silu" })),
+  "softmax": () => opCase((g, p) => apply1(g, "softmax", [p([3, 5])])),
+  "attention (GQA, causal)": () =>
+    opCase((g, p) => apply(g, "attention", [p([2, 4, 4, 3]), p([2, 4, 2, 3]), p([2, 4, 2, 3])])[0]!),
+  "router_scale": () => opCase((g, p) => apply1(g, "router_scale", [p([3, 6]), p([3, 2])], { blocks: 2 })),
+  "cross_entropy": () => {
+    const fixed = new Map<number, HostValue>();
+    return opCase((g, p) => apply1(g, "cross_entropy", [p([4, 6]), ids(g, "t", 4, 6, fixed)]), fixed);
+  },
+  "mi_loss": () => opCase((g, p) => apply1(g, "mi_loss", [apply1(g, "softmax", [p([5, 4])])])),
+  "switch_loss": () =>
+    opCase((g, p) => {
+      const s = apply1(g, "softmax", [p([5, 4])]);
+      return apply1(g, "switch_loss", [s, apply1(g, "topk_mask", [s], { k: 2 })], { k: 2 });
+    }),
+  "z_loss": () => opCase((g, p) => apply1(g, "z_loss", [p([5, 4])])),
+  "dot, mul_scalar": () => opCase((g, p) => apply1(g, "mul_scalar", [p([3, 2]), p([1])])),
+};
+
+for (const [name, make] of Object.entries(CASES)) {
+  Deno.test(`the ${name} gradient rule matches float64 central differences`, () => {
+    const c = make();
+    const r = checkGradients(c.g, c.loss, c.params, c.feeds as Map<number, HostValue>);
+    assert(r.worst < TOL, `worst relative error ${r.worst} at ${r.where}`);
+    assert(r.checked > 0);
+  });
+}
+
+Deno.test("the gradient check catches a deliberately broken rule (activation passing dy through)", () => {
+  const broken: Record<string, OpDef> = {
+    ...OPS,
+    activation: { ...OPS.activation!, grad: (_g, _n, [dy]) => [dy] },
+  };
+  const c = CASES.gelu!();
+  const r = checkGradients(c.g, c.loss, c.params, c.feeds as Map<number, HostValue>, { table: broken });
+  assert(r.worst > 1e-2, `broken rule not caught: worst ${r.worst}`);
+});
+
+const MODELS: Record<string, unknown> = {
+  "dense": {
+    model: {
+      kind: "dense",
+      attention: { kind: "mha", heads: 4, kv_heads: 2, head_dim: 3 },
+      mlp: { experts: 1, hidden: 8 },
+    },
+  },
+  "SMoE (top-2, Switch loss)": {
+    model: {
+      kind: "smoe",
+      attention: { kind: "mha", heads: 2, head_dim: 4 },
+      mlp: { experts: 4, hidden: 4 },
+    },
+    router: { train: "topk", k: 2 },
+    loss: { load_balance: 0.01 },
+  },
+  "DS-MoE (MoA, MI and z losses)": {
+    model: {
+      attention: { kind: "moa", experts: 3, heads_per_expert: 2, head_dim: 3 },
+      mlp: { experts: 4, hidden: 4 },
+    },
+    loss: { mi: { attention: 0.1, mlp: 0.2 }, z: 0.01 },
+  },
+  "DS-MoE with MLP routers and RMSNorm, untied head": {
+    model: {
+      norm: "rmsnorm",
+      tie_embeddings: false,
+      attention: { kind: "moa", experts: 2, heads_per_expert: 1, head_dim: 4 },
+      mlp: { experts: 3, hidden: 4, activation: "silu" },
+    },
+    router: { hidden: 5 },
+    loss: { mi: { attention: 0.1, mlp: 0.1 } },
+  },
+};
+
+for (const [name, over] of Object.entries(MODELS)) {
+  Deno.test(`whole-model gradients of ${name} match float64 central differences`, () => {
+    const o = over as Record<string, Record<string, unknown>>;
+    const c = ExperimentSchema.parse({
+      ...o,
+      data: { seq_len: 5 },
+      model: { d_model: 8, layers: 2, ...o.model },
+    });
+    const m = buildModel(c, 2);
+    const rng = new Rng(3);
+    const fixed = new Map<number, HostValue>([
+      [m.ids.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
+      [m.targets.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
+    ]);
+    const feeds = randomFeeds(m.graph, 11, fixed, 0.5);
+    const r = checkGradients(m.graph, m.loss, m.params.map((p) => p.value), feeds as Map<number, HostValue>, {
+      samples: 3,
+      floor: 1e-4, // a loss near 5 leaves ~1e-10 absolute noise in differences; ignore it for tiny gradients
+    });
+    assert(r.worst < 1e-5, `worst relative error ${r.worst} at ${r.where}`);
+    assert(r.checked >= 3 * m.params.length - 10);
+  });
+}

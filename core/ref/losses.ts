@@ -1,0 +1,85 @@
+/**
+ * Float64 reference of the losses and their gradients: cross-entropy from logits, the DS-MoE
+ * mutual-information router loss, the Switch load-balance loss and the router z-loss.
+ *
+ * @module
+ */
+import { logSumExpRef, softmaxRef } from "./softmax.ts";
+
+/** ε inside log of the entropies: H(p) = −Σ p log(p + ε), so a probability that underflows to 0 is safe. */
+export const MI_EPS = 1e-9;
+
+/** Mean over rows of −log softmax(logits)[target]; logits (N, V). */
+export function crossEntropyRef(logits: ArrayLike<number>, targets: ArrayLike<number>, V: number): number {
+  const lse = logSumExpRef(logits, V);
+  let sum = 0;
+  for (let t = 0; t < targets.length; t++) sum += lse[t]! - logits[t * V + targets[t]!]!;
+  return sum / targets.length;
+}
+
+/** dlogits = dloss · (softmax − onehot) / N. */
+export function crossEntropyBackwardRef(
+  logits: ArrayLike<number>,
+  targets: ArrayLike<number>,
+  V: number,
+  dloss: number,
+) {
+  const p = softmaxRef(logits, V), N = targets.length;
+  for (let t = 0; t < N; t++) p[t * V + targets[t]!]! -= 1;
+  for (let i = 0; i < p.length; i++) p[i]! *= dloss / N;
+  return p;
+}
+
+function _meanRows(s: ArrayLike<number>, E: number): Float64Array {
+  const N = s.length / E, m = new Float64Array(E);
+  for (let i = 0; i < s.length; i++) m[i % E]! += s[i]! / N;
+  return m;
+}
+
+/** L = −H(p̄) + (1/N) Σ_t H(S_t) over router probabilities S (N, E). */
+export function miLossRef(s: ArrayLike<number>, E: number): number {
+  const N = s.length / E, pbar = _meanRows(s, E);
+  let l = 0;
+  for (const p of pbar) l += p * Math.log(p + MI_EPS);
+  for (let i = 0; i < s.length; i++) l -= (s[i]! * Math.log(s[i]! + MI_EPS)) / N;
+  return l;
+}
+
+/** dL/dS = (dL/N) · [log(p̄_i + ε) + p̄_i/(p̄_i + ε) − log(S + ε) − S/(S + ε)]. */
+export function miLossBackwardRef(s: ArrayLike<number>, E: number, dl: number): Float64Array {
+  const N = s.length / E, pbar = _meanRows(s, E);
+  const g = pbar.map((p) => Math.log(p + MI_EPS) + p / (p + MI_EPS));
+  return Float64Array.from(s, (v, i) => (dl / N) * (g[i % E]! - Math.log(v + MI_EPS) - v / (v + MI_EPS)));
+}
+
+/** N_E · Σ_i f_i P_i: f_i = routed share of expert i (mask (N, E) of k choices per token, / (N·k)), P_i = mean S. */
+export function switchLossRef(s: ArrayLike<number>, mask: ArrayLike<number>, E: number, k: number): number {
+  const N = s.length / E, P = _meanRows(s, E), f = _meanRows(mask, E);
+  let l = 0;
+  for (let i = 0; i < E; i++) l += (f[i]! / k) * P[i]!;
+  return E * l * (N > 0 ? 1 : 0);
+}
+
+/** dL/dS[t, i] = dl · E · f_i / (k · N). */
+export function switchLossBackwardRef(
+  s: ArrayLike<number>,
+  mask: ArrayLike<number>,
+  E: number,
+  k: number,
+  dl: number,
+) {
+  const N = s.length / E, f = _meanRows(mask, E);
+  return Float64Array.from(s, (_, i) => (dl * E * f[i % E]!) / (k * N));
+}
+
+/** (1/N) Σ_t logsumexp(logits_t)²; logits (N, E). */
+export function zLossRef(logits: ArrayLike<number>, E: number): number {
+  const lse = logSumExpRef(logits, E);
+  return lse.reduce((a, v) => a + v * v, 0) / lse.length;
+}
+
+/** dlogits = dl · (2/N) · lse_t · softmax(logits_t). */
+export function zLossBackwardRef(logits: ArrayLike<number>, E: number, dl: number): Float64Array {
+  const lse = logSumExpRef(logits, E), p = softmaxRef(logits, E), N = lse.length;
+  return Float64Array.from(p, (v, i) => (dl * 2 * lse[Math.floor(i / E)]! * v) / N);
+}

@@ -1,0 +1,161 @@
+/**
+ * `hardware.backend: cpu` — training in float64 on the CPU through the reference ops. Slow, but it is the
+ * oracle: the WebGPU backend's losses and gradients are checked against it.
+ *
+ * @module
+ */
+import type { Experiment } from "../config/schema.ts";
+import type { Batch } from "../data/dataset.ts";
+import { gradients } from "../graph/autodiff.ts";
+import { evaluateGraph, type HostValue } from "../graph/cpu_executor.ts";
+import { CPU_OPS } from "../graph/cpu_ops.ts";
+import type { Value } from "../graph/ir.ts";
+import { buildModel, type ModelGraph } from "../plan/model.ts";
+import { adamwStepRef } from "../ref/adamw.ts";
+import type { EvalResult, RouterStats, StepStats, TrainBackend, TrainState } from "./backend.ts";
+import { initParams } from "./init.ts";
+
+/** The float64 reference backend. */
+export class CpuTrainBackend implements TrainBackend {
+  readonly description = "cpu: float64 reference";
+  readonly model: ModelGraph;
+  readonly grads: Value[];
+  readonly #c: Readonly<Experiment>;
+  readonly #params = new Map<string, Float64Array>();
+  readonly #m = new Map<string, Float64Array>();
+  readonly #v = new Map<string, Float64Array>();
+  #t = 0;
+
+  constructor(c: Readonly<Experiment>) {
+    this.#c = c;
+    this.model = buildModel(c, c.train.batch);
+    this.grads = gradients(this.model.graph, this.model.loss, this.model.params.map((p) => p.value));
+    for (const [name, data] of initParams(this.model.params, c.seed)) {
+      this.#params.set(name, Float64Array.from(data));
+      this.#m.set(name, new Float64Array(data.length));
+      this.#v.set(name, new Float64Array(data.length));
+    }
+  }
+
+  /** Loss terms and parameter gradients of one batch (no update), for gradient checks. */
+  lossAndGrads(batch: Batch): { loss: number; parts: number[]; grads: Float64Array[] } {
+    const m = this.model;
+    const parts = [m.loss, m.lmLoss, ...m.miLoss.attention, ...m.miLoss.mlp];
+    const outs = evaluateGraph(m.graph.nodes, this.#feeds(batch), [...parts, ...this.grads], CPU_OPS);
+    return {
+      loss: outs[0]![0]!,
+      parts: outs.slice(0, parts.length).map((o) => o[0]!),
+      grads: outs.slice(parts.length) as Float64Array[],
+    };
+  }
+
+  /** Parameter values by name (live arrays: gradient checks perturb them in place). */
+  get params(): Map<string, Float64Array> {
+    return this.#params;
+  }
+
+  step(batch: Batch, lr: number): Promise<StepStats> {
+    const { parts, grads } = this.lossAndGrads(batch);
+    const m = this.model, nAtt = m.miLoss.attention.length;
+    let sq = 0;
+    for (const g of grads) for (const x of g) sq += x * x;
+    const gradNorm = Math.sqrt(sq);
+    const finite = parts.every(Number.isFinite) && Number.isFinite(gradNorm);
+    if (finite) {
+      const t = this.#c.train, clip = t.grad_clip > 0 ? Math.min(1, t.grad_clip / (gradNorm + 1e-6)) : 1;
+      this.#t++;
+      m.params.forEach((p, i) => {
+        const name = p.value.name;
+        adamwStepRef({
+          param: this.#params.get(name)!,
+          grad: grads[i]!.map((x) => x * clip),
+          m: this.#m.get(name)!,
+          v: this.#v.get(name)!,
+          lr,
+          beta1: t.optimizer.betas[0],
+          beta2: t.optimizer.betas[1],
+          eps: t.optimizer.eps,
+          weightDecay: p.decay ? t.optimizer.weight_decay : 0,
+          step: this.#t,
+        });
+      });
+    }
+    const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+    return Promise.resolve({
+      loss: parts[0]!,
+      lmLoss: parts[1]!,
+      miAttention: sum(parts.slice(2, 2 + nAtt)),
+      miMlp: sum(parts.slice(2 + nAtt)),
+      gradNorm,
+      finite,
+    });
+  }
+
+  evaluate(batch: Batch): Promise<EvalResult> {
+    const m = this.model;
+    const outs = evaluateGraph(m.graph.nodes, this.#feeds(batch), [
+      m.lmLoss,
+      ...m.routers.map((r) => r.probs),
+    ], CPU_OPS);
+    const routers = m.routers.map((r, i) =>
+      routerStats(r.layer, r.kind, outs[i + 1] as Float64Array, r.probs.shape[1]!)
+    );
+    return Promise.resolve({ lmLoss: outs[0]![0]!, routers });
+  }
+
+  exportState(): Promise<TrainState> {
+    const params = new Map<string, { shape: readonly number[]; data: Float32Array }>();
+    for (const p of this.model.params) {
+      params.set(p.value.name, {
+        shape: p.value.shape,
+        data: Float32Array.from(this.#params.get(p.value.name)!),
+      });
+    }
+    const f32 = (m: Map<string, Float64Array>) => new Map([...m].map(([k, v]) => [k, Float32Array.from(v)]));
+    return Promise.resolve({ params, adamM: f32(this.#m), adamV: f32(this.#v), step: this.#t });
+  }
+
+  importState(s: TrainState): Promise<void> {
+    for (const [name, p] of s.params) {
+      this.#params.set(name, Float64Array.from(p.data));
+      this.#m.set(name, Float64Array.from(s.adamM.get(name)!));
+      this.#v.set(name, Float64Array.from(s.adamV.get(name)!));
+    }
+    this.#t = s.step;
+    return Promise.resolve();
+  }
+
+  destroy(): void {}
+
+  #feeds(batch: Batch): Map<number, HostValue> {
+    const feeds = new Map<number, HostValue>([[this.model.ids.id, batch.inputs], [
+      this.model.targets.id,
+      batch.targets,
+    ]]);
+    for (const p of this.model.params) feeds.set(p.value.id, this.#params.get(p.value.name)!);
+    return feeds;
+  }
+}
+
+/** Load (top-1 fraction per expert), mean probability and mean entropy of router probabilities (N, E). */
+export function routerStats(
+  layer: number,
+  kind: RouterStats["kind"],
+  probs: ArrayLike<number>,
+  experts: number,
+): RouterStats {
+  const n = probs.length / experts;
+  const load = new Array(experts).fill(0), meanProb = new Array(experts).fill(0);
+  let entropy = 0;
+  for (let t = 0; t < n; t++) {
+    let best = 0;
+    for (let e = 0; e < experts; e++) {
+      const p = probs[t * experts + e]!;
+      meanProb[e] += p / n;
+      if (p > 0) entropy -= (p * Math.log(p)) / n;
+      if (p > probs[t * experts + best]!) best = e;
+    }
+    load[best] += 1 / n;
+  }
+  return { layer, kind, load, meanProb, entropy };
+}

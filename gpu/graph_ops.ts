@@ -1,0 +1,140 @@
+/**
+ * Which kernels run each graph op on WebGPU (the twin of core/graph/cpu_ops.ts). Importing this module
+ * fills {@linkcode GPU_IMPLS}.
+ *
+ * @module
+ */
+import type { Node } from "../core/graph/ir.ts";
+import { GPU_IMPLS, type GpuImpl } from "./executor.ts";
+import { activation, activationBackward, type ActivationKind } from "./kernels/activation.ts";
+import { attention, attentionBackward } from "./kernels/attention.ts";
+import { add, addN, fill, mul, scale } from "./kernels/elementwise.ts";
+import { addRows, biasAdd, embedding, embeddingGrad, sumRows, sumRowsMod } from "./kernels/embedding.ts";
+import {
+  crossEntropy,
+  crossEntropyBackward,
+  miLoss,
+  miLossBackward,
+  switchLoss,
+  switchLossBackward,
+  zLoss,
+  zLossBackward,
+} from "./kernels/losses.ts";
+import { matmul } from "./kernels/matmul.ts";
+import { norm, normBackward, type NormKind } from "./kernels/norm.ts";
+import { routerScale, routerScaleDs, topkMask } from "./kernels/router.ts";
+import { softmax, softmaxBackward } from "./kernels/softmax.ts";
+
+const kindOf = (n: Node) => n.attrs.kind as string;
+const cols = (n: Node) => n.inputs[0]!.shape.at(-1)!;
+
+const IMPLS: Record<string, GpuImpl> = {
+  fill: (ctx, n, _i, [y]) => [fill(ctx, { y: y!, value: n.attrs.value as number })],
+  add: (ctx, _n, [a, b], [y]) => [add(ctx, { a: a!, b: b!, y: y! })],
+  add_n: (ctx, _n, xs, [y]) => addN(ctx, { xs, y: y! }),
+  mul: (ctx, _n, [a, b], [y]) => [mul(ctx, { a: a!, b: b!, y: y! })],
+  scale: (ctx, n, [x], [y]) => [scale(ctx, { x: x!, y: y!, alpha: n.attrs.alpha as number })],
+  embedding: (ctx, _n, [ids, w], [y]) => [embedding(ctx, { ids: ids!, w: w!, y: y! })],
+  embedding_grad: (ctx, _n, [ids, dy], [dw]) => [embeddingGrad(ctx, { ids: ids!, dy: dy!, dw: dw! })],
+  add_rows: (ctx, _n, [x, p], [y]) => [addRows(ctx, { x: x!, p: p!, y: y! })],
+  sum_rows_mod: (ctx, _n, [dy], [out]) => [sumRowsMod(ctx, { dy: dy!, out: out! })],
+  bias_add: (ctx, _n, [x, b], [y]) => [biasAdd(ctx, { x: x!, b: b!, y: y! })],
+  sum_rows: (ctx, _n, [x], [out]) => [sumRows(ctx, { x: x!, out: out! })],
+  matmul: (ctx, n, [a, b], [c]) => {
+    const transA = !!n.attrs.transA, transB = !!n.attrs.transB;
+    const [m, nn] = n.outputs[0]!.shape as [number, number];
+    const k = transA ? n.inputs[0]!.shape[0]! : n.inputs[0]!.shape[1]!;
+    return [matmul(ctx, { a: a!, b: b!, c: c!, m, k, n: nn, transA, transB })];
+  },
+  norm: (ctx, n, [x, gamma, beta], [y, mean, rstd]) => [
+    norm(ctx, {
+      kind: kindOf(n) as NormKind,
+      eps: n.attrs.eps as number,
+      x: x!,
+      gamma: gamma!,
+      beta,
+      y: y!,
+      mean: mean!,
+      rstd: rstd!,
+    }),
+  ],
+  norm_backward: (ctx, n, [x, gamma, mean, rstd, dy], [dx, dgamma, dbeta]) =>
+    normBackward(ctx, {
+      kind: kindOf(n) as NormKind,
+      x: x!,
+      gamma: gamma!,
+      mean: mean!,
+      rstd: rstd!,
+      dy: dy!,
+      dx: dx!,
+      dgamma: dgamma!,
+      dbeta,
+    }),
+  activation: (ctx, n, [x], [y]) => [activation(ctx, { kind: kindOf(n) as ActivationKind, x: x!, y: y! })],
+  activation_backward: (ctx, n, [x, dy], [dx]) => [
+    activationBackward(ctx, { kind: kindOf(n) as ActivationKind, x: x!, dy: dy!, dx: dx! }),
+  ],
+  softmax: (ctx, _n, [x], [y]) => [softmax(ctx, { x: x!, y: y! })],
+  softmax_backward: (ctx, _n, [y, dy], [dx]) => [softmaxBackward(ctx, { y: y!, dy: dy!, dx: dx! })],
+  attention: (ctx, _n, [q, k, v], [o, lse]) => [attention(ctx, { q: q!, k: k!, v: v!, o: o!, lse: lse! })],
+  attention_backward: (ctx, n, [q, k, v, o, lse, dO], [dq, dk, dv], scratch) =>
+    attentionBackward(ctx, {
+      q: q!,
+      k: k!,
+      v: v!,
+      o: o!,
+      lse: lse!,
+      dO: dO!,
+      dq: dq!,
+      dk: dk!,
+      dv: dv!,
+      delta: scratch(n.inputs[4]!.shape, "delta"),
+    }),
+  router_scale: (ctx, _n, [x, s], [y]) => [routerScale(ctx, { x: x!, s: s!, y: y! })],
+  router_scale_ds: (ctx, _n, [x, dy], [ds]) => [routerScaleDs(ctx, { x: x!, dy: dy!, ds: ds! })],
+  topk_mask: (ctx, n, [s], [mask]) => [topkMask(ctx, { s: s!, mask: mask!, k: n.attrs.k as number })],
+  cross_entropy: (ctx, n, [logits, targets], [loss], scratch) =>
+    crossEntropy(ctx, {
+      logits: logits!,
+      targets: targets!,
+      loss: loss!,
+      rowLoss: scratch([n.inputs[0]!.shape[0]!], "rows"),
+    }),
+  cross_entropy_backward: (ctx, _n, [logits, targets, dl], [dlogits]) => [
+    crossEntropyBackward(ctx, { logits: logits!, targets: targets!, dl: dl!, dlogits: dlogits! }),
+  ],
+  mi_loss: (ctx, n, [s], [loss], scratch) =>
+    miLoss(ctx, { s: s!, loss: loss!, pbar: scratch([cols(n)], "pbar") }),
+  mi_loss_backward: (ctx, n, [s, dl], [ds], scratch) =>
+    miLossBackward(ctx, { s: s!, dl: dl!, ds: ds!, pbar: scratch([cols(n)], "pbar") }),
+  switch_loss: (ctx, n, [s, mask], [loss], scratch) =>
+    switchLoss(ctx, {
+      s: s!,
+      mask: mask!,
+      loss: loss!,
+      k: n.attrs.k as number,
+      f: scratch([cols(n)], "f"),
+      p: scratch([cols(n)], "p"),
+    }),
+  switch_loss_backward: (ctx, n, [s, mask, dl], [ds], scratch) =>
+    switchLossBackward(ctx, {
+      s: s!,
+      mask: mask!,
+      dl: dl!,
+      ds: ds!,
+      k: n.attrs.k as number,
+      f: scratch([cols(n)], "f"),
+    }),
+  z_loss: (ctx, _n, [logits], [loss]) => [zLoss(ctx, { logits: logits!, loss: loss! })],
+  z_loss_backward: (
+    ctx,
+    _n,
+    [logits, dl],
+    [dx],
+  ) => [zLossBackward(ctx, { logits: logits!, dl: dl!, dx: dx! })],
+};
+
+Object.assign(GPU_IMPLS, IMPLS);
+
+/** Ops with a WebGPU implementation. */
+export const GPU_OPS: readonly string[] = Object.keys(IMPLS);

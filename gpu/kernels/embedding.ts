@@ -1,0 +1,110 @@
+/**
+ * Embedding lookup and its deterministic scatter-add gradient (one invocation per (vocab row, column)
+ * loops over tokens — no float atomics, same result every run), and the row-periodic add of learned
+ * positions with its gradient.
+ *
+ * @module
+ */
+import type { GpuTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
+import type { KernelCall } from "../dispatch.ts";
+import { simpleKernel } from "./common.ts";
+
+/** y (N, d) = w[ids]; ids (N,) u32, w (V, d). */
+export function embedding(ctx: GpuContext, o: { ids: GpuTensor; w: GpuTensor; y: GpuTensor }): KernelCall {
+  const d = o.w.shape[1]!, n = o.y.size;
+  return simpleKernel(ctx, {
+    label: "embedding",
+    bindings: [{ name: "ids", tensor: o.ids }, { name: "w", tensor: o.w }, {
+      name: "y",
+      tensor: o.y,
+      write: true,
+    }],
+    fields: [["n", "u32", n], ["d", "u32", d], ["vocab", "u32", o.w.shape[0]!]],
+    invocations: n,
+    body: `  let t = i / u.d; let id = min(ids[t], u.vocab - 1u);
+  y[i] = w[id * u.d + i % u.d];`,
+  });
+}
+
+/** dw (V, d): Σ of dy rows by token id; ids (N,), dy (N, d). */
+export function embeddingGrad(
+  ctx: GpuContext,
+  o: { ids: GpuTensor; dy: GpuTensor; dw: GpuTensor },
+): KernelCall {
+  const d = o.dw.shape[1]!, tokens = o.ids.size;
+  return simpleKernel(ctx, {
+    label: "embedding_grad",
+    bindings: [{ name: "ids", tensor: o.ids }, { name: "dy", tensor: o.dy }, {
+      name: "dw",
+      tensor: o.dw,
+      write: true,
+    }],
+    fields: [["n", "u32", o.dw.size], ["d", "u32", d], ["tokens", "u32", tokens]],
+    invocations: o.dw.size,
+    body: `  let v = i / u.d; let j = i % u.d;
+  var acc = 0.0;
+  for (var t = 0u; t < u.tokens; t = t + 1u) { if (ids[t] == v) { acc = acc + dy[t * u.d + j]; } }
+  dw[i] = acc;`,
+  });
+}
+
+/** y (N, d) = x + p[n mod period]; p (period, d). */
+export function addRows(ctx: GpuContext, o: { x: GpuTensor; p: GpuTensor; y: GpuTensor }): KernelCall {
+  const [period, d] = o.p.shape as [number, number];
+  return simpleKernel(ctx, {
+    label: "add_rows",
+    bindings: [{ name: "x", tensor: o.x }, { name: "p", tensor: o.p }, {
+      name: "y",
+      tensor: o.y,
+      write: true,
+    }],
+    fields: [["n", "u32", o.y.size], ["d", "u32", d], ["period", "u32", period]],
+    invocations: o.y.size,
+    body: `  y[i] = x[i] + p[((i / u.d) % u.period) * u.d + i % u.d];`,
+  });
+}
+
+/** out (period, d): rows of dy (N, d) summed by row mod period. */
+export function sumRowsMod(ctx: GpuContext, o: { dy: GpuTensor; out: GpuTensor }): KernelCall {
+  const [period, d] = o.out.shape as [number, number], rows = o.dy.size / d;
+  return simpleKernel(ctx, {
+    label: "sum_rows_mod",
+    bindings: [{ name: "dy", tensor: o.dy }, { name: "o", tensor: o.out, write: true }],
+    fields: [["n", "u32", o.out.size], ["d", "u32", d], ["period", "u32", period], ["rows", "u32", rows]],
+    invocations: o.out.size,
+    body: `  let r0 = i / u.d; let j = i % u.d;
+  var acc = 0.0;
+  for (var r = r0; r < u.rows; r = r + u.period) { acc = acc + dy[r * u.d + j]; }
+  o[i] = acc;`,
+  });
+}
+
+/** y (rows, d) = x + b (d). */
+export function biasAdd(ctx: GpuContext, o: { x: GpuTensor; b: GpuTensor; y: GpuTensor }): KernelCall {
+  return simpleKernel(ctx, {
+    label: "bias_add",
+    bindings: [{ name: "x", tensor: o.x }, { name: "b", tensor: o.b }, {
+      name: "y",
+      tensor: o.y,
+      write: true,
+    }],
+    fields: [["n", "u32", o.y.size], ["d", "u32", o.b.size]],
+    invocations: o.y.size,
+    body: `  y[i] = x[i] + b[i % u.d];`,
+  });
+}
+
+/** out (d) = column sums of x (rows, d). */
+export function sumRows(ctx: GpuContext, o: { x: GpuTensor; out: GpuTensor }): KernelCall {
+  const d = o.out.size;
+  return simpleKernel(ctx, {
+    label: "sum_rows",
+    bindings: [{ name: "x", tensor: o.x }, { name: "o", tensor: o.out, write: true }],
+    fields: [["n", "u32", d], ["rows", "u32", o.x.size / d]],
+    invocations: d,
+    body: `  var acc = 0.0;
+  for (var r = 0u; r < u.rows; r = r + 1u) { acc = acc + x[r * u.n + i]; }
+  o[i] = acc;`,
+  });
+}

@@ -1,0 +1,244 @@
+/**
+ * Loss kernels and their gradients: cross-entropy from logits, the DS-MoE mutual-information router loss,
+ * the Switch load-balance loss and the router z-loss. Scalars are (1,) tensors; reductions over rows are
+ * deterministic (fixed order), with small scratch tensors the caller allocates.
+ *
+ * @module
+ */
+import type { GpuTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
+import type { KernelCall } from "../dispatch.ts";
+import { type Binding, simpleKernel, type UniformFields } from "./common.ts";
+
+/** ε inside the entropies' logs (same as core/ref/losses.ts MI_EPS). */
+export const MI_EPS = 1e-9;
+
+function _single(
+  ctx: GpuContext,
+  label: string,
+  bindings: Binding[],
+  fields: UniformFields,
+  body: string,
+): KernelCall {
+  return simpleKernel(ctx, {
+    label,
+    bindings,
+    fields: [["one", "u32", 1], ...fields],
+    invocations: 1,
+    workgroup: 1,
+    body,
+  });
+}
+
+const _ROW_LSE = `
+  var m = -3.0e38;
+  for (var j = 0u; j < u.V; j = j + 1u) { m = max(m, x[b + j]); }
+  var s = 0.0;
+  for (var j = 0u; j < u.V; j = j + 1u) { s = s + exp(x[b + j] - m); }
+  let lse = m + log(s);`;
+
+/** loss (1,) = mean over rows of logsumexp(x) − x[target]; x (N, V), targets (N,); rowLoss scratch (N,). */
+export function crossEntropy(
+  ctx: GpuContext,
+  o: { logits: GpuTensor; targets: GpuTensor; loss: GpuTensor; rowLoss: GpuTensor },
+): KernelCall[] {
+  const [N, V] = o.logits.shape as [number, number];
+  const rows = simpleKernel(ctx, {
+    label: "cross_entropy_rows",
+    bindings: [{ name: "x", tensor: o.logits }, { name: "t", tensor: o.targets }, {
+      name: "r",
+      tensor: o.rowLoss,
+      write: true,
+    }],
+    fields: [["n", "u32", N], ["V", "u32", V]],
+    invocations: N,
+    workgroup: 8,
+    body: `  let b = i * u.V;${_ROW_LSE}
+  r[i] = lse - x[b + min(t[i], u.V - 1u)];`,
+  });
+  const mean = _single(
+    ctx,
+    "cross_entropy_mean",
+    [{ name: "r", tensor: o.rowLoss }, { name: "l", tensor: o.loss, write: true }],
+    [["N", "u32", N]],
+    `
+  var acc = 0.0;
+  for (var k = 0u; k < u.N; k = k + 1u) { acc = acc + r[k]; }
+  l[0] = acc / f32(u.N);`,
+  );
+  return [rows, mean];
+}
+
+/** dlogits = dl · (softmax − onehot) / N. */
+export function crossEntropyBackward(
+  ctx: GpuContext,
+  o: { logits: GpuTensor; targets: GpuTensor; dl: GpuTensor; dlogits: GpuTensor },
+): KernelCall {
+  const [N, V] = o.logits.shape as [number, number];
+  return simpleKernel(ctx, {
+    label: "cross_entropy_backward",
+    bindings: [
+      { name: "x", tensor: o.logits },
+      { name: "t", tensor: o.targets },
+      { name: "dl", tensor: o.dl },
+      { name: "dx", tensor: o.dlogits, write: true },
+    ],
+    fields: [["n", "u32", N], ["V", "u32", V]],
+    invocations: N,
+    workgroup: 8,
+    body: `  let b = i * u.V;${_ROW_LSE}
+  let sc = dl[0] / f32(u.n); let tg = min(t[i], u.V - 1u);
+  for (var j = 0u; j < u.V; j = j + 1u) { dx[b + j] = sc * (exp(x[b + j] - lse) - select(0.0, 1.0, j == tg)); }`,
+  });
+}
+
+function _colMean(ctx: GpuContext, label: string, s: GpuTensor, out: GpuTensor): KernelCall {
+  const [N, E] = s.shape as [number, number];
+  return simpleKernel(ctx, {
+    label,
+    bindings: [{ name: "s", tensor: s }, { name: "o", tensor: out, write: true }],
+    fields: [["n", "u32", E], ["N", "u32", N]],
+    invocations: E,
+    body: `  var acc = 0.0;
+  for (var t = 0u; t < u.N; t = t + 1u) { acc = acc + s[t * u.n + i]; }
+  o[i] = acc / f32(u.N);`,
+  });
+}
+
+/** loss (1,) = −H(p̄) + mean_t H(S_t); S (N, E); pbar scratch (E,). */
+export function miLoss(ctx: GpuContext, o: { s: GpuTensor; loss: GpuTensor; pbar: GpuTensor }): KernelCall[] {
+  const [N, E] = o.s.shape as [number, number];
+  return [
+    _colMean(ctx, "mi_loss_pbar", o.s, o.pbar),
+    _single(
+      ctx,
+      "mi_loss",
+      [{ name: "s", tensor: o.s }, { name: "p", tensor: o.pbar }, { name: "l", tensor: o.loss, write: true }],
+      [
+        ["N", "u32", N],
+        ["E", "u32", E],
+        ["eps", "f32", MI_EPS],
+      ],
+      `
+  var acc = 0.0;
+  for (var e = 0u; e < u.E; e = e + 1u) { acc = acc + p[e] * log(p[e] + u.eps); }
+  var h = 0.0;
+  for (var k = 0u; k < u.N * u.E; k = k + 1u) { h = h + s[k] * log(s[k] + u.eps); }
+  l[0] = acc - h / f32(u.N);`,
+    ),
+  ];
+}
+
+/** dS = (dl/N)·[log(p̄+ε) + p̄/(p̄+ε) − log(S+ε) − S/(S+ε)]. */
+export function miLossBackward(
+  ctx: GpuContext,
+  o: { s: GpuTensor; dl: GpuTensor; ds: GpuTensor; pbar: GpuTensor },
+): KernelCall[] {
+  const [N, E] = o.s.shape as [number, number];
+  return [
+    _colMean(ctx, "mi_loss_backward_pbar", o.s, o.pbar),
+    simpleKernel(ctx, {
+      label: "mi_loss_backward",
+      bindings: [{ name: "s", tensor: o.s }, { name: "p", tensor: o.pbar }, { name: "dl", tensor: o.dl }, {
+        name: "ds",
+        tensor: o.ds,
+        write: true,
+      }],
+      fields: [["n", "u32", N * E], ["E", "u32", E], ["N", "u32", N], ["eps", "f32", MI_EPS]],
+      invocations: N * E,
+      body: `  let pb = p[i % u.E]; let v = s[i];
+  ds[i] = dl[0] / f32(u.N) * (log(pb + u.eps) + pb / (pb + u.eps) - log(v + u.eps) - v / (v + u.eps));`,
+    }),
+  ];
+}
+
+/** loss (1,) = E · Σ_e (f_e/k) P_e; f = column means of mask, P = of S; scratch fp (2E,). */
+export function switchLoss(
+  ctx: GpuContext,
+  o: { s: GpuTensor; mask: GpuTensor; loss: GpuTensor; k: number; f: GpuTensor; p: GpuTensor },
+): KernelCall[] {
+  const E = o.s.shape[1]!;
+  return [
+    _colMean(ctx, "switch_f", o.mask, o.f),
+    _colMean(ctx, "switch_p", o.s, o.p),
+    _single(
+      ctx,
+      "switch_loss",
+      [{ name: "f", tensor: o.f }, { name: "p", tensor: o.p }, { name: "l", tensor: o.loss, write: true }],
+      [
+        ["E", "u32", E],
+        ["k", "f32", o.k],
+      ],
+      `
+  var acc = 0.0;
+  for (var e = 0u; e < u.E; e = e + 1u) { acc = acc + f[e] / u.k * p[e]; }
+  l[0] = f32(u.E) * acc;`,
+    ),
+  ];
+}
+
+/** dS[t, e] = dl · E · f_e / (k · N). */
+export function switchLossBackward(
+  ctx: GpuContext,
+  o: { s: GpuTensor; mask: GpuTensor; dl: GpuTensor; ds: GpuTensor; k: number; f: GpuTensor },
+): KernelCall[] {
+  const [N, E] = o.s.shape as [number, number];
+  return [
+    _colMean(ctx, "switch_backward_f", o.mask, o.f),
+    simpleKernel(ctx, {
+      label: "switch_loss_backward",
+      bindings: [{ name: "f", tensor: o.f }, { name: "dl", tensor: o.dl }, {
+        name: "ds",
+        tensor: o.ds,
+        write: true,
+      }],
+      fields: [["n", "u32", N * E], ["E", "u32", E], ["kN", "f32", o.k * N]],
+      invocations: N * E,
+      body: `  ds[i] = dl[0] * f32(u.E) * f[i % u.E] / u.kN;`,
+    }),
+  ];
+}
+
+/** loss (1,) = mean_t logsumexp(x_t)²; x (N, E). */
+export function zLoss(ctx: GpuContext, o: { logits: GpuTensor; loss: GpuTensor }): KernelCall {
+  const [N, E] = o.logits.shape as [number, number];
+  return _single(
+    ctx,
+    "z_loss",
+    [{ name: "x", tensor: o.logits }, { name: "l", tensor: o.loss, write: true }],
+    [["N", "u32", N], [
+      "V",
+      "u32",
+      E,
+    ]],
+    `
+  var acc = 0.0;
+  for (var t = 0u; t < u.N; t = t + 1u) {
+    let b = t * u.V;${_ROW_LSE.replaceAll("\n", "\n  ")}
+    acc = acc + lse * lse;
+  }
+  l[0] = acc / f32(u.N);`,
+  );
+}
+
+/** dx = dl · (2/N) · lse_t · softmax(x_t). */
+export function zLossBackward(
+  ctx: GpuContext,
+  o: { logits: GpuTensor; dl: GpuTensor; dx: GpuTensor },
+): KernelCall {
+  const [N, E] = o.logits.shape as [number, number];
+  return simpleKernel(ctx, {
+    label: "z_loss_backward",
+    bindings: [{ name: "x", tensor: o.logits }, { name: "dl", tensor: o.dl }, {
+      name: "dx",
+      tensor: o.dx,
+      write: true,
+    }],
+    fields: [["n", "u32", N], ["V", "u32", E]],
+    invocations: N,
+    workgroup: 8,
+    body: `  let b = i * u.V;${_ROW_LSE}
+  let sc = dl[0] * 2.0 * lse / f32(u.n);
+  for (var j = 0u; j < u.V; j = j + 1u) { dx[b + j] = sc * exp(x[b + j] - lse); }`,
+  });
+}

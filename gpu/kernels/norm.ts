@@ -1,0 +1,113 @@
+/**
+ * LayerNorm and RMSNorm forward (saving mean and rstd per row) and backward: dx one invocation per row,
+ * dgamma/dbeta one invocation per column looping over rows (deterministic, no atomics).
+ *
+ * @module
+ */
+import type { GpuTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
+import type { KernelCall } from "../dispatch.ts";
+import { simpleKernel } from "./common.ts";
+
+/** Norm kinds. */
+export type NormKind = "layernorm" | "rmsnorm";
+
+/** y (rows, d), mean (rows), rstd (rows); beta only for LayerNorm. */
+export function norm(
+  ctx: GpuContext,
+  o: {
+    kind: NormKind;
+    eps: number;
+    x: GpuTensor;
+    gamma: GpuTensor;
+    beta?: GpuTensor;
+    y: GpuTensor;
+    mean: GpuTensor;
+    rstd: GpuTensor;
+  },
+): KernelCall {
+  const d = o.gamma.size, rows = o.x.size / d, ln = o.kind === "layernorm";
+  const beta = ln ? [{ name: "beta", tensor: o.beta! }] : [];
+  return simpleKernel(ctx, {
+    label: `norm_${o.kind}`,
+    bindings: [
+      { name: "x", tensor: o.x },
+      { name: "gamma", tensor: o.gamma },
+      ...beta,
+      { name: "y", tensor: o.y, write: true },
+      { name: "mean", tensor: o.mean, write: true },
+      { name: "rstd", tensor: o.rstd, write: true },
+    ],
+    fields: [["n", "u32", rows], ["d", "u32", d], ["eps", "f32", o.eps]],
+    invocations: rows,
+    workgroup: 8,
+    body: `  let b = i * u.d;
+  var mu = 0.0;
+  ${ln ? "for (var j = 0u; j < u.d; j = j + 1u) { mu = mu + x[b + j]; } mu = mu / f32(u.d);" : ""}
+  var v = 0.0;
+  for (var j = 0u; j < u.d; j = j + 1u) { let c = x[b + j] - mu; v = v + c * c; }
+  let rs = inverseSqrt(v / f32(u.d) + u.eps);
+  mean[i] = mu; rstd[i] = rs;
+  for (var j = 0u; j < u.d; j = j + 1u) { y[b + j] = (x[b + j] - mu) * rs * gamma[j]${
+      ln ? " + beta[j]" : ""
+    }; }`,
+  });
+}
+
+/** dx (rows, d), dgamma (d), dbeta (d, LayerNorm only) from the saved mean and rstd. */
+export function normBackward(
+  ctx: GpuContext,
+  o: {
+    kind: NormKind;
+    x: GpuTensor;
+    gamma: GpuTensor;
+    mean: GpuTensor;
+    rstd: GpuTensor;
+    dy: GpuTensor;
+    dx: GpuTensor;
+    dgamma: GpuTensor;
+    dbeta?: GpuTensor;
+  },
+): KernelCall[] {
+  const d = o.gamma.size, rows = o.x.size / d, ln = o.kind === "layernorm";
+  const common = [
+    { name: "x", tensor: o.x },
+    { name: "gamma", tensor: o.gamma },
+    { name: "mean", tensor: o.mean },
+    { name: "rstd", tensor: o.rstd },
+    { name: "dy", tensor: o.dy },
+  ];
+  const dx = simpleKernel(ctx, {
+    label: `norm_backward_dx_${o.kind}`,
+    bindings: [...common, { name: "dx", tensor: o.dx, write: true }],
+    fields: [["n", "u32", rows], ["d", "u32", d]],
+    invocations: rows,
+    workgroup: 8,
+    body: `  let b = i * u.d; let mu = mean[i]; let rs = rstd[i];
+  var sg = 0.0; var sgx = 0.0;
+  for (var j = 0u; j < u.d; j = j + 1u) {
+    let g = dy[b + j] * gamma[j]; sg = sg + g; sgx = sgx + g * (x[b + j] - mu) * rs;
+  }
+  let fd = f32(u.d);
+  for (var j = 0u; j < u.d; j = j + 1u) {
+    let g = dy[b + j] * gamma[j]; let xh = (x[b + j] - mu) * rs;
+    dx[b + j] = rs * (g ${ln ? "- sg / fd " : ""}- xh * sgx / fd);
+  }`,
+  });
+  const params = simpleKernel(ctx, {
+    label: `norm_backward_params_${o.kind}`,
+    bindings: [
+      ...common.filter((b) => b.name !== "gamma"), // auto layouts drop unused bindings; gamma is not read here
+      { name: "dgamma", tensor: o.dgamma, write: true },
+      ...(ln ? [{ name: "dbeta", tensor: o.dbeta!, write: true }] : []),
+    ],
+    fields: [["n", "u32", d], ["rows", "u32", rows]],
+    invocations: d,
+    body: `  var g = 0.0; var bsum = 0.0;
+  for (var r = 0u; r < u.rows; r = r + 1u) {
+    let e = dy[r * u.n + i]; g = g + e * (x[r * u.n + i] - mean[r]) * rstd[r]; bsum = bsum + e;
+  }
+  dgamma[i] = g;${ln ? " dbeta[i] = bsum;" : ""}`,
+  });
+  return [dx, params];
+}

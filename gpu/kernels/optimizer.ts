@@ -1,0 +1,114 @@
+/**
+ * Optimizer kernels, with no host sync: per-gradient partial sums of squares, one finishing kernel that
+ * writes [global norm, clip coefficient, finite flag] to a small stats buffer, and AdamW updates that read
+ * that buffer — so clipping needs no readback, and a non-finite step leaves parameters and moments as they
+ * were. Per-step hyperparameters [lr, 1 − β1^t, 1 − β2^t] live in a storage buffer written once per step.
+ *
+ * @module
+ */
+import type { GpuTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
+import type { KernelCall } from "../dispatch.ts";
+import { simpleKernel } from "./common.ts";
+
+/** Elements summed by one invocation of {@linkcode sumSquares}. */
+export const SQ_CHUNK = 256;
+
+/** Partial sums needed for a gradient of `n` elements. */
+export function partialsFor(n: number): number {
+  return Math.ceil(n / SQ_CHUNK);
+}
+
+/** partials[offset + c] = Σ x² over chunk c of x. */
+export function sumSquares(
+  ctx: GpuContext,
+  o: { x: GpuTensor; partials: GpuTensor; offset: number },
+): KernelCall {
+  const chunks = partialsFor(o.x.size);
+  return simpleKernel(ctx, {
+    label: "sum_squares",
+    bindings: [{ name: "x", tensor: o.x }, { name: "p", tensor: o.partials, write: true }],
+    fields: [["n", "u32", chunks], ["len", "u32", o.x.size], ["offset", "u32", o.offset]],
+    invocations: chunks,
+    body: `  let b = i * ${SQ_CHUNK}u; let e = min(b + ${SQ_CHUNK}u, u.len);
+  var acc = 0.0;
+  for (var j = b; j < e; j = j + 1u) { acc = acc + x[j] * x[j]; }
+  p[u.offset + i] = acc;`,
+  });
+}
+
+/**
+ * stats = [norm, clip, finite]: norm = sqrt(Σ partials), clip = min(1, maxNorm/(norm + 1e-6)) (1 when
+ * maxNorm is 0), finite = 1 when the norm and the loss are finite (checked on the bits: compilers may
+ * assume floats are never NaN).
+ */
+export function gradNormFinish(
+  ctx: GpuContext,
+  o: { partials: GpuTensor; count: number; loss: GpuTensor; stats: GpuTensor; maxNorm: number },
+): KernelCall {
+  return simpleKernel(ctx, {
+    label: "grad_norm_finish",
+    bindings: [{ name: "p", tensor: o.partials }, { name: "loss", tensor: o.loss }, {
+      name: "stats",
+      tensor: o.stats,
+      write: true,
+    }],
+    fields: [["n", "u32", 1], ["count", "u32", o.count], ["maxNorm", "f32", o.maxNorm]],
+    invocations: 1,
+    workgroup: 1,
+    prelude: `fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }`,
+    body: `  var acc = 0.0;
+  for (var c = 0u; c < u.count; c = c + 1u) { acc = acc + p[c]; }
+  let norm = sqrt(acc);
+  var clip = 1.0;
+  if (u.maxNorm > 0.0) { clip = min(1.0, u.maxNorm / (norm + 1e-6)); }
+  let ok = finite(acc) && finite(loss[0]);
+  stats[0] = norm; stats[1] = select(0.0, clip, ok); stats[2] = select(0.0, 1.0, ok);`,
+  });
+}
+
+/** In-place AdamW of one parameter; `hyper` = [lr, 1 − β1^t, 1 − β2^t], `stats` from gradNormFinish. */
+export function adamw(
+  ctx: GpuContext,
+  o: {
+    param: GpuTensor;
+    grad: GpuTensor;
+    m: GpuTensor;
+    v: GpuTensor;
+    stats: GpuTensor;
+    hyper: GpuTensor;
+    beta1: number;
+    beta2: number;
+    eps: number;
+    weightDecay: number;
+  },
+): KernelCall {
+  return simpleKernel(ctx, {
+    label: "adamw",
+    bindings: [
+      { name: "p", tensor: o.param, write: true },
+      { name: "g", tensor: o.grad },
+      { name: "m", tensor: o.m, write: true },
+      { name: "v", tensor: o.v, write: true },
+      { name: "stats", tensor: o.stats },
+      { name: "hyper", tensor: o.hyper },
+    ],
+    fields: [["n", "u32", o.param.size], ["b1", "f32", o.beta1], ["b2", "f32", o.beta2], [
+      "eps",
+      "f32",
+      o.eps,
+    ], [
+      "wd",
+      "f32",
+      o.weightDecay,
+    ]],
+    invocations: o.param.size,
+    body: `  if (stats[2] == 0.0) { return; }
+  let lr = hyper[0];
+  let gr = g[i] * stats[1];
+  let mi = u.b1 * m[i] + (1.0 - u.b1) * gr;
+  let vi = u.b2 * v[i] + (1.0 - u.b2) * gr * gr;
+  m[i] = mi; v[i] = vi;
+  p[i] = p[i] * (1.0 - lr * u.wd) - lr * (mi / hyper[1]) / (sqrt(vi / hyper[2]) + u.eps);`,
+  });
+}

@@ -1,0 +1,71 @@
+/**
+ * Router kernels: per-token per-block scaling of stacked experts (the gate) and its backward, and the top-k
+ * mask over experts (ties to the lower index).
+ *
+ * @module
+ */
+import type { GpuTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
+import type { KernelCall } from "../dispatch.ts";
+import { simpleKernel } from "./common.ts";
+
+/** y[t, e·h + j] = s[t, e] · x[t, e·h + j]; x (N, E·h), s (N, E). */
+export function routerScale(ctx: GpuContext, o: { x: GpuTensor; s: GpuTensor; y: GpuTensor }): KernelCall {
+  const E = o.s.shape[1]!, N = o.s.shape[0]!, w = o.x.size / N;
+  return simpleKernel(ctx, {
+    label: "router_scale",
+    bindings: [{ name: "x", tensor: o.x }, { name: "s", tensor: o.s }, {
+      name: "y",
+      tensor: o.y,
+      write: true,
+    }],
+    fields: [["n", "u32", o.x.size], ["w", "u32", w], ["h", "u32", w / E], ["E", "u32", E]],
+    invocations: o.x.size,
+    body: `  y[i] = x[i] * s[(i / u.w) * u.E + (i % u.w) / u.h];`,
+  });
+}
+
+/** ds[t, e] = Σ_j x[t, e·h + j] · dy[t, e·h + j]. */
+export function routerScaleDs(
+  ctx: GpuContext,
+  o: { x: GpuTensor; dy: GpuTensor; ds: GpuTensor },
+): KernelCall {
+  const [N, E] = o.ds.shape as [number, number], w = o.x.size / N;
+  return simpleKernel(ctx, {
+    label: "router_scale_ds",
+    bindings: [{ name: "x", tensor: o.x }, { name: "dy", tensor: o.dy }, {
+      name: "ds",
+      tensor: o.ds,
+      write: true,
+    }],
+    fields: [["n", "u32", N * E], ["w", "u32", w], ["h", "u32", w / E], ["E", "u32", E]],
+    invocations: N * E,
+    body: `  let b = (i / u.E) * u.w + (i % u.E) * u.h;
+  var acc = 0.0;
+  for (var j = 0u; j < u.h; j = j + 1u) { acc = acc + x[b + j] * dy[b + j]; }
+  ds[i] = acc;`,
+  });
+}
+
+/** mask (N, E): 1 for the k largest probabilities of each row, else 0. */
+export function topkMask(ctx: GpuContext, o: { s: GpuTensor; mask: GpuTensor; k: number }): KernelCall {
+  const [N, E] = o.s.shape as [number, number];
+  return simpleKernel(ctx, {
+    label: "topk_mask",
+    bindings: [{ name: "s", tensor: o.s }, { name: "mask", tensor: o.mask, write: true }],
+    fields: [["n", "u32", N], ["E", "u32", E], ["k", "u32", o.k]],
+    invocations: N,
+    workgroup: 8,
+    body: `  let b = i * u.E;
+  for (var e = 0u; e < u.E; e = e + 1u) {
+    // Rank of e: entries strictly larger, or equal with a lower index.
+    var rank = 0u;
+    let v = s[b + e];
+    for (var f = 0u; f < u.E; f = f + 1u) {
+      let w = s[b + f];
+      if (w > v || (w == v && f < e)) { rank = rank + 1u; }
+    }
+    mask[b + e] = select(0.0, 1.0, rank < u.k);
+  }`,
+  });
+}

@@ -1,0 +1,172 @@
+/**
+ * Conformance of every WebGPU graph op with its float64 CPU twin: each case builds a small graph of one op
+ * (plus the forward it differentiates, for backward ops) at several shapes including odd sizes, runs it on
+ * both executors and compares every output with |got − ref| ≤ atol + rtol·|ref|.
+ */
+import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
+import { CPU_OPS } from "../core/graph/cpu_ops.ts";
+import { Graph, type Value } from "../core/graph/ir.ts";
+import { apply, apply1 } from "../core/graph/ops.ts";
+import { schedule } from "../core/graph/schedule.ts";
+import { Rng } from "../core/util/rng.ts";
+import { readTensor, writeTensor } from "../gpu/buffers.ts";
+import { GraphExecutor } from "../gpu/executor.ts";
+import "../gpu/graph_ops.ts";
+import { assertClose, testGpu, type Tolerance } from "./helpers/gpu.ts";
+
+type Build = (
+  g: Graph,
+  f: (shape: number[], lo?: number, hi?: number) => Value,
+  ids: (n: number, max: number) => Value,
+) => Value[];
+
+async function conform(name: string, build: Build, tol: Tolerance): Promise<void> {
+  const ctx = await testGpu();
+  const g = new Graph(), rng = new Rng(name.length * 7919);
+  const feeds = new Map<number, HostValue>();
+  const f = (shape: number[], lo = -1, hi = 1) => {
+    const v = g.leaf("input", `x${feeds.size}`, shape);
+    const n = shape.reduce((a, b) => a * b, 1);
+    feeds.set(v.id, Float64Array.from(Float32Array.from({ length: n }, () => lo + (hi - lo) * rng.next())));
+    return v;
+  };
+  const ids = (n: number, max: number) => {
+    const v = g.leaf("input", `ids${feeds.size}`, [n], "u32");
+    feeds.set(v.id, Uint32Array.from({ length: n }, () => rng.int(max)));
+    return v;
+  };
+  const outs = build(g, f, ids);
+  const sched = schedule(g, outs);
+  const ref = evaluateGraph(sched.nodes, feeds, outs, CPU_OPS);
+  const leaves = [...g.leaves.values()].map((l) => l.value);
+  const ex = new GraphExecutor(ctx, sched, leaves);
+  for (const v of leaves) {
+    const d = feeds.get(v.id)!;
+    writeTensor(ctx, ex.tensor(v), d instanceof Uint32Array ? d : Float32Array.from(d));
+  }
+  await ex.check();
+  await ctx.scoped(name, () => ex.run().done());
+  for (let i = 0; i < outs.length; i++) {
+    assertClose(
+      await readTensor(ctx, ex.tensor(outs[i]!)),
+      ref[i]!,
+      tol,
+      `${name} output ${i} (${outs[i]!.node.op})`,
+    );
+  }
+  ex.destroy();
+}
+
+const EXACT = { atol: 1e-6, rtol: 1e-6 },
+  SUMS = { atol: 1e-5, rtol: 1e-4 },
+  TRANS = { atol: 3e-5, rtol: 3e-4 };
+const ROWS = [1, 7, 33, 300];
+
+const CASES: Record<string, [Build, Tolerance]> = {
+  "matmul at odd sizes, all transposes": [(g, f) => {
+    const out: Value[] = [];
+    for (const [m, k, n] of [[1, 1, 1], [7, 33, 5], [33, 7, 65], [100, 64, 36]] as const) {
+      out.push(apply1(g, "matmul", [f([m, k]), f([k, n])]));
+      out.push(apply1(g, "matmul", [f([k, m]), f([k, n])], { transA: true }));
+      out.push(apply1(g, "matmul", [f([m, k]), f([n, k])], { transB: true }));
+      out.push(apply1(g, "matmul", [f([k, m]), f([n, k])], { transA: true, transB: true }));
+    }
+    return out;
+  }, SUMS],
+  "embedding and its gradient": [(g, f, ids) =>
+    ROWS.flatMap((n) => {
+      const i = ids(n, 11), w = f([11, 5]);
+      return [apply1(g, "embedding", [i, w]), apply1(g, "embedding_grad", [i, f([n, 5])], { vocab: 11 })];
+    }), SUMS],
+  "add_rows, sum_rows_mod, bias_add, sum_rows": [
+    (
+      g,
+      f,
+    ) => [
+      apply1(g, "add_rows", [f([21, 3]), f([7, 3])]),
+      apply1(g, "sum_rows_mod", [f([21, 3])], { period: 7 }),
+      apply1(g, "bias_add", [f([33, 5]), f([5])]),
+      apply1(g, "sum_rows", [f([33, 5])]),
+    ],
+    SUMS,
+  ],
+  "element-wise add, mul, scale, add_n, fill": [
+    (
+      g,
+      f,
+    ) => [
+      apply1(g, "add", [f([7, 3]), f([7, 3])]),
+      apply1(g, "mul", [f([33]), f([33])]),
+      apply1(g, "scale", [f([1000])], { alpha: 0.5 }),
+      apply1(g, "add_n", [f([9]), f([9]), f([9])]),
+      apply1(g, "fill", [], { shape: [5], value: 2 }),
+    ],
+    EXACT,
+  ],
+  "layernorm and rmsnorm with backward": [
+    (g, f) =>
+      ROWS.flatMap((n) =>
+        (["layernorm", "rmsnorm"] as const).flatMap((kind) => {
+          const x = f([n, 13]), gamma = f([13]), dy = f([n, 13]);
+          const ins = kind === "layernorm" ? [x, gamma, f([13])] : [x, gamma];
+          const [y, mean, rstd] = apply(g, "norm", ins, { kind, eps: 1e-5 });
+          const [dx, dg, db] = apply(g, "norm_backward", [x, gamma, mean!, rstd!, dy], { kind, eps: 1e-5 });
+          return kind === "layernorm" ? [y!, mean!, rstd!, dx!, dg!, db!] : [y!, rstd!, dx!, dg!];
+        })
+      ),
+    TRANS,
+  ],
+  "activations and their backward": [(g, f) =>
+    (["gelu", "relu", "silu"] as const).flatMap((kind) => {
+      const x = f([1000], -4, 4);
+      return [
+        apply1(g, "activation", [x], { kind }),
+        apply1(g, "activation_backward", [x, f([1000])], { kind }),
+      ];
+    }), TRANS],
+  "softmax and its backward": [(g, f) =>
+    ROWS.flatMap((n) => {
+      const y = apply1(g, "softmax", [f([n, 9], -5, 5)]);
+      return [y, apply1(g, "softmax_backward", [y, f([n, 9])])];
+    }), TRANS],
+  "causal grouped-query attention and its backward": [
+    (g, f) =>
+      ([[1, 1, 1, 1, 4], [2, 7, 4, 2, 8], [1, 33, 6, 3, 16]] as const).flatMap(([B, T, Hq, Hkv, D]) => {
+        const q = f([B, T, Hq, D]), k = f([B, T, Hkv, D]), v = f([B, T, Hkv, D]);
+        const [o, lse] = apply(g, "attention", [q, k, v]);
+        const [dq, dk, dv] = apply(g, "attention_backward", [q, k, v, o!, lse!, f([B, T, Hq, D])]);
+        return [o!, lse!, dq!, dk!, dv!];
+      }),
+    TRANS,
+  ],
+  "router scaling, its gradient and the top-k mask": [(g, f) =>
+    ROWS.flatMap((n) => {
+      const x = f([n, 12]), s = f([n, 4], 0, 1);
+      return [
+        apply1(g, "router_scale", [x, s]),
+        apply1(g, "router_scale_ds", [x, f([n, 12])], { blocks: 4 }),
+        apply1(g, "topk_mask", [s], { k: 2 }),
+      ];
+    }), SUMS],
+  "cross-entropy, MI, Switch and z losses with gradients": [(g, f, ids) =>
+    ROWS.flatMap((n) => {
+      const logits = f([n, 17], -3, 3), t = ids(n, 17), dl = f([1]);
+      const s = apply1(g, "softmax", [f([n, 5], -3, 3)]), mask = apply1(g, "topk_mask", [s], { k: 2 });
+      const r = f([n, 5], -2, 2);
+      return [
+        apply1(g, "cross_entropy", [logits, t]),
+        apply1(g, "cross_entropy_backward", [logits, t, dl]),
+        apply1(g, "mi_loss", [s]),
+        apply1(g, "mi_loss_backward", [s, dl]),
+        apply1(g, "switch_loss", [s, mask], { k: 2 }),
+        apply1(g, "switch_loss_backward", [s, mask, dl], { k: 2 }),
+        apply1(g, "z_loss", [r]),
+        apply1(g, "z_loss_backward", [r, dl]),
+      ];
+    }), TRANS],
+};
+
+for (const [name, [build, tol]] of Object.entries(CASES)) {
+  Deno.test(`WebGPU ${name} match the float64 reference (atol ${tol.atol}, rtol ${tol.rtol})`, () =>
+    conform(name, build, tol));
+}
