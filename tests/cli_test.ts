@@ -19,8 +19,8 @@ Deno.test("run --dry-run --json lists every sweep point of sweep-mi with its cou
   ) => [p.params["loss.mi.mlp"], p.params["loss.mi.attention"]]);
   assertEquals(mi, [[0, 0], [0, 3.5e-4], [6.3e-4, 0], [6.3e-4, 3.5e-4], [2e-3, 0], [2e-3, 3.5e-4]]);
   for (const p of last.points) {
-    assertEquals(p.params_total, 1_270_016); // the MI weights do not change the model
-    assertEquals(p.flops_per_token_train, 3 * 2_634_752);
+    assertEquals(p.params_total, 368_768); // the MI weights do not change the model
+    assertEquals(p.flops_per_token_train, 3 * 793_600);
     assert(p.fits_budget);
     assert(typeof p.name === "string" && p.name.startsWith("sweep-mi"));
   }
@@ -30,8 +30,8 @@ Deno.test("run --dry-run prints the resolved config and a per-point table", asyn
   const { code, out } = await cli("run", "configs/dsmoe-tiny.yaml", "--dry-run");
   assertEquals(code, 0);
   const text = out.join("\n");
-  assert(text.includes("d_model: 128"), "resolved config is printed");
-  assert(text.includes("1.27M total"), "total parameters are printed");
+  assert(text.includes("d_model: 64"), "resolved config is printed");
+  assert(text.includes("369K total"), "total parameters are printed");
   assert(text.includes("upper bound"), "threshold rule is marked as a bound");
 });
 
@@ -45,8 +45,8 @@ Deno.test("run --dry-run --set changes the counted model", async () => {
     "model.mlp.experts=4",
   );
   assertEquals(code, 0);
-  // 4 fewer experts × 4 layers × 2·128·128, and 4 fewer router columns × 128 × 4 layers.
-  assertEquals(JSON.parse(out.at(-1)!).points[0].params_total, 1_270_016 - 4 * 4 * 32768 - 4 * 128 * 4);
+  // 4 fewer experts × 4 layers × 2·64·64, and 4 fewer router columns × 64 × 4 layers.
+  assertEquals(JSON.parse(out.at(-1)!).points[0].params_total, 368_768 - 4 * 4 * 8192 - 4 * 64 * 4);
 });
 
 Deno.test("run --dry-run refuses a plan over memory_budget with exit code 2", async () => {

@@ -10,6 +10,7 @@ import { parseCommandArgs, positiveInt } from "./args.ts";
 import { formatDryRun, summarizePoint } from "./dry_run.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, EXIT_USAGE, UsageError } from "./errors.ts";
 import { RUN_USAGE, USAGE } from "./usage.ts";
+import { resumeRun, trainRuns } from "./train_cmd.ts";
 
 /** Default config of `deno task run` with no argument. */
 export const DEFAULT_CONFIG = "configs/quickstart.yaml";
@@ -96,15 +97,17 @@ async function _run(args: string[], io: CliIo): Promise<number> {
   if (values.resume !== undefined && positionals.length > 0) {
     throw new UsageError("run --resume takes a run id, not a config file");
   }
-  if (values.resume !== undefined || !values["dry-run"]) {
-    io.err(
-      "deno task run: training is not available yet in this version of dsmoe; use --dry-run to inspect a config.",
-    );
-    return EXIT_USAGE;
-  }
+  if (values.resume !== undefined) return await resumeRun(values.resume, io, values);
   const file = positionals[0] ?? DEFAULT_CONFIG;
   const loaded = await loadExperiment(file, { sets: values.set ?? [] });
   const points = loaded.points.map((p) => summarizePoint(p.name, p.params, p.config));
+  if (!values["dry-run"]) {
+    const over = points.find((p) => !p.fits_budget);
+    if (over) {
+      throw new UsageError(`Plan refused: ${over.name} needs more memory than hardware.memory_budget allows`);
+    }
+    return await trainRuns(loaded, io, values);
+  }
   io.out(formatDryRun(loaded, points));
   const over = points.filter((p) => !p.fits_budget);
   if (values.json) io.out(JSON.stringify({ points }));

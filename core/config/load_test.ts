@@ -79,7 +79,7 @@ Deno.test("loadExperiment() loads every config in configs/", async () => {
   }
   const dense = await loadExperiment("configs/dense-tiny.yaml");
   assertEquals(dense.config.model.attention.kv_heads, 2);
-  assertEquals(dense.config.train.steps, 2000); // from dsmoe-tiny.yaml
+  assertEquals(dense.config.train.steps, 800); // from dsmoe-tiny.yaml
 });
 
 Deno.test("loadExperiment() returns deep-frozen configs and points", async () => {

@@ -12,7 +12,8 @@ import { CPU_OPS } from "../graph/cpu_ops.ts";
 import type { Value } from "../graph/ir.ts";
 import { buildModel, type ModelGraph } from "../plan/model.ts";
 import { adamwStepRef } from "../ref/adamw.ts";
-import type { EvalResult, RouterStats, StepStats, TrainBackend, TrainState } from "./backend.ts";
+import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
+import { routerStats } from "./router_stats.ts";
 import { initParams } from "./init.ts";
 
 /** The float64 reference backend. */
@@ -135,27 +136,4 @@ export class CpuTrainBackend implements TrainBackend {
     for (const p of this.model.params) feeds.set(p.value.id, this.#params.get(p.value.name)!);
     return feeds;
   }
-}
-
-/** Load (top-1 fraction per expert), mean probability and mean entropy of router probabilities (N, E). */
-export function routerStats(
-  layer: number,
-  kind: RouterStats["kind"],
-  probs: ArrayLike<number>,
-  experts: number,
-): RouterStats {
-  const n = probs.length / experts;
-  const load = new Array(experts).fill(0), meanProb = new Array(experts).fill(0);
-  let entropy = 0;
-  for (let t = 0; t < n; t++) {
-    let best = 0;
-    for (let e = 0; e < experts; e++) {
-      const p = probs[t * experts + e]!;
-      meanProb[e] += p / n;
-      if (p > 0) entropy -= (p * Math.log(p)) / n;
-      if (p > probs[t * experts + best]!) best = e;
-    }
-    load[best] += 1 / n;
-  }
-  return { layer, kind, load, meanProb, entropy };
 }

@@ -1,0 +1,137 @@
+/**
+ * `deno task run` without --dry-run: trains every point (core/train/run_experiment.ts), prints progress to
+ * stderr and a summary table, and with --json ends with `{"run_id","run_dir","final":{…}}` (the last point's
+ * run; a sweep also lists every point under "points"). `--resume <run-id>` continues a run.
+ *
+ * @module
+ */
+import type { LoadedExperiment } from "../config/mod.ts";
+import { parseExperimentText } from "../config/mod.ts";
+import { loadDataset } from "../data/dataset.ts";
+import { latestCheckpoint } from "../runs/checkpoints.ts";
+import { RunDir } from "../runs/run_dir.ts";
+import { tensorToF32 } from "../runs/safetensors.ts";
+import type { TrainState } from "../train/backend.ts";
+import { createBackend } from "../train/backends.ts";
+import { type PointOutcome, runExperiment, summaryTable } from "../train/run_experiment.ts";
+import { train } from "../train/trainer.ts";
+import { positiveInt } from "./args.ts";
+import type { CliIo } from "./main.ts";
+import { EXIT_OK, EXIT_RUN_FAILURE } from "./errors.ts";
+
+/** Flags of `run` used here. */
+export interface RunFlags {
+  json?: boolean;
+  "runs-dir"?: string;
+  "stop-after"?: string;
+}
+
+function _abortOnSignal(io: CliIo): AbortController {
+  const ac = new AbortController();
+  const onSig = () => {
+    if (ac.signal.aborted) Deno.exit(130);
+    io.err("Interrupted: finishing the current step and writing a checkpoint (Ctrl-C again to quit now)…");
+    ac.abort();
+  };
+  try {
+    Deno.addSignalListener("SIGINT", onSig);
+    Deno.addSignalListener("SIGTERM", onSig);
+  } catch {
+    // Signals are not available on every platform; the run simply cannot be interrupted gracefully there.
+  }
+  return ac;
+}
+
+/** Trains every point of `loaded`. */
+export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunFlags): Promise<number> {
+  const runsDir = flags["runs-dir"] ?? "runs";
+  const ac = _abortOnSignal(io);
+  const dir = loaded.file.includes("/") ? loaded.file.slice(0, loaded.file.lastIndexOf("/")) : ".";
+  const outcomes = await runExperiment(loaded, {
+    runsDir,
+    backendFactory: createBackend,
+    stopAfter: positiveInt("stop-after", flags["stop-after"]),
+    progress: (l) => io.err(l),
+    signal: ac.signal,
+    baseDir: dir,
+  });
+  io.out(summaryTable(outcomes));
+  io.out(
+    `Runs are in ${runsDir}/ (metrics.jsonl, config.yaml, ckpt/). Resume one with: deno task run --resume <run-id>`,
+  );
+  if (flags.json) io.out(JSON.stringify(_json(outcomes)));
+  return outcomes.some((o) => o.status === "failed") ? EXIT_RUN_FAILURE : EXIT_OK;
+}
+
+function _json(outcomes: PointOutcome[]) {
+  const last = outcomes.at(-1);
+  const point = (o: PointOutcome) => ({
+    run_id: o.runId,
+    run_dir: o.runDir,
+    status: o.status,
+    final: o.final,
+    error: o.error,
+  });
+  return { ...(last ? point(last) : {}), points: outcomes.map(point) };
+}
+
+/** `run --resume <id>`: rebuilds the run's backend from its config and continues from its newest checkpoint. */
+export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise<number> {
+  const runsDir = flags["runs-dir"] ?? "runs";
+  const run = await RunDir.open(runsDir, id);
+  const yaml = await Deno.readTextFile(`${run.path}/config.yaml`);
+  const loaded = parseExperimentText(yaml, `${run.path}/config.yaml`);
+  const c = loaded.points[0]!.config;
+  const ck = await latestCheckpoint(
+    run.path,
+    (e, why) => io.err(`skipping checkpoint step ${e.step}: ${why}`),
+  );
+  const backend = await createBackend(c);
+  try {
+    let start = 0;
+    if (ck) {
+      await backend.importState(_state(ck.file.tensors));
+      start = ck.entry.step;
+      io.err(`Resuming ${run.meta.id} from step ${start}`);
+    } else io.err(`No complete checkpoint in ${run.path}: starting ${run.meta.id} from step 0`);
+    await run.update({ status: "running", ended_at: null, error: null });
+    const ac = _abortOnSignal(io);
+    const r = await train({
+      config: c,
+      configYaml: yaml,
+      dataset: await loadDataset(c),
+      backend,
+      run,
+      startStep: start,
+      stopAfter: positiveInt("stop-after", flags["stop-after"]),
+      progress: (l) => io.err(l),
+      signal: ac.signal,
+    });
+    await run.update({ status: r.status, ended_at: new Date().toISOString(), step: r.steps });
+    if (flags.json) io.out(JSON.stringify({ run_id: run.meta.id, run_dir: run.path, final: r.final }));
+    return EXIT_OK;
+  } catch (e) {
+    await run.update({ status: "failed", ended_at: new Date().toISOString(), error: (e as Error).message });
+    throw e;
+  } finally {
+    backend.destroy();
+  }
+}
+
+function _state(t: Map<string, { dtype: string; shape: readonly number[]; data: Uint8Array }>): TrainState {
+  const params = new Map<string, { shape: readonly number[]; data: Float32Array }>();
+  const adamM = new Map<string, Float32Array>(), adamV = new Map<string, Float32Array>();
+  for (const [key, tensor] of t) {
+    const f = () => tensorToF32(tensor as Parameters<typeof tensorToF32>[0]);
+    if (key.startsWith("param/")) params.set(key.slice(6), { shape: tensor.shape, data: f() });
+    else if (key.startsWith("adam_m/")) adamM.set(key.slice(7), f());
+    else if (key.startsWith("adam_v/")) adamV.set(key.slice(7), f());
+  }
+  const step = t.get("optimizer_step");
+  return {
+    params,
+    adamM,
+    adamV,
+    step: step ? tensorToF32(step as Parameters<typeof tensorToF32>[0])[0]! : 0,
+  };
+}

@@ -1,0 +1,215 @@
+/**
+ * `hardware.backend: webgpu` — the training graph on the GPU. One step is one command encoder: the graph
+ * (forward, losses, backward), partial sums of squared gradients, the norm/clip/finite kernel and AdamW per
+ * parameter, then a copy of the step's scalars into a mappable buffer. The host maps that buffer
+ * asynchronously, so the training loop reads losses a few steps behind and never waits inside a step.
+ *
+ * @module
+ */
+import type { Experiment } from "../config/schema.ts";
+import type { Batch } from "../data/dataset.ts";
+import { gradients } from "../graph/autodiff.ts";
+import type { Value } from "../graph/ir.ts";
+import { schedule } from "../graph/schedule.ts";
+import { buildModel, type ModelGraph } from "../plan/model.ts";
+import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
+import { type GpuContext, openGpu } from "../../gpu/device.ts";
+import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "../../gpu/dispatch.ts";
+import { GraphExecutor } from "../../gpu/executor.ts";
+import "../../gpu/graph_ops.ts";
+import { adamw, gradNormFinish, partialsFor, sumSquares } from "../../gpu/kernels/optimizer.ts";
+import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
+import { initParams } from "./init.ts";
+import { routerStats } from "./router_stats.ts";
+
+/** The WebGPU backend. Create with {@linkcode GpuTrainBackend.create}. */
+export class GpuTrainBackend implements TrainBackend {
+  readonly description: string;
+  readonly ctx: GpuContext;
+  readonly model: ModelGraph;
+  readonly #c: Readonly<Experiment>;
+  readonly #train: GraphExecutor;
+  readonly #eval: GraphExecutor;
+  readonly #opt: PreparedCall[];
+  readonly #optSources: { code: string; label: string }[];
+  readonly #ownsDevice: boolean;
+  readonly #m = new Map<string, GpuTensor>();
+  readonly #v = new Map<string, GpuTensor>();
+  readonly #hyper: GpuTensor; // [lr, 1 − β1^t, 1 − β2^t]
+  readonly #stats: GpuTensor; // [grad norm, clip, finite]
+  readonly #report: Value[]; // scalars read back each step
+  #t = 0;
+
+  private constructor(ctx: GpuContext, c: Readonly<Experiment>, ownsDevice: boolean) {
+    this.ctx = ctx;
+    this.#ownsDevice = ownsDevice;
+    this.#c = c;
+    this.description = `webgpu: ${ctx.adapter.description}`;
+    this.model = buildModel(c, c.train.batch);
+    const m = this.model, params = m.params.map((p) => p.value);
+    const grads = gradients(m.graph, m.loss, params);
+    this.#report = [m.loss, m.lmLoss, ...m.miLoss.attention, ...m.miLoss.mlp];
+    const leaves = [...m.graph.leaves.values()].map((l) => l.value);
+    this.#train = new GraphExecutor(ctx, schedule(m.graph, [...this.#report, ...grads]), leaves);
+    const shared = new Map(leaves.map((v) => [v.id, this.#train.tensor(v)]));
+    this.#eval = new GraphExecutor(
+      ctx,
+      schedule(m.graph, [m.lmLoss, ...m.routers.map((r) => r.probs)]),
+      leaves,
+      shared,
+    );
+    this.#hyper = createTensor(ctx, [3], "f32", undefined, "adam.hyper");
+    this.#stats = createTensor(ctx, [3], "f32", undefined, "grad.stats");
+    const calls = this.#optimizerCalls(grads);
+    this.#optSources = calls.map(({ code, label }) => ({ code, label }));
+    this.#opt = calls.map((call) => prepare(ctx, call));
+  }
+
+  /** Opens the device, builds and compiles everything, and uploads the seeded initial parameters. */
+  static async create(c: Readonly<Experiment>, ctx?: GpuContext): Promise<GpuTrainBackend> {
+    const gpu = ctx ??
+      await openGpu({ powerPreference: c.hardware.power_preference, validation: c.hardware.validation });
+    const b = new GpuTrainBackend(gpu, c, !ctx);
+    await b.#train.check();
+    await b.#eval.check();
+    for (const { code, label } of b.#optSources) await gpu.pipelines.check(code, label);
+    const init = initParams(b.model.params, c.seed);
+    for (const p of b.model.params) writeTensor(gpu, b.#train.tensor(p.value), init.get(p.value.name)!);
+    return b;
+  }
+
+  #optimizerCalls(grads: Value[]): KernelCall[] {
+    const ctx = this.ctx, o = this.#c.train.optimizer, m = this.model;
+    const total = grads.reduce((n, g) => n + partialsFor(g.shape.reduce((a, b) => a * b, 1)), 0);
+    const partials = createTensor(ctx, [total], "f32", undefined, "grad.partials");
+    const calls: KernelCall[] = [];
+    let offset = 0;
+    for (const g of grads) {
+      const t = this.#train.tensor(g);
+      calls.push(sumSquares(ctx, { x: t, partials, offset }));
+      offset += partialsFor(t.size);
+    }
+    const loss = this.#train.tensor(m.loss);
+    calls.push(
+      gradNormFinish(ctx, {
+        partials,
+        count: total,
+        loss,
+        stats: this.#stats,
+        maxNorm: this.#c.train.grad_clip,
+      }),
+    );
+    m.params.forEach((p, i) => {
+      const param = this.#train.tensor(p.value), n = param.size;
+      const mt = createTensor(ctx, p.value.shape, "f32", new Float32Array(n), `adam.m.${p.value.name}`);
+      const vt = createTensor(ctx, p.value.shape, "f32", new Float32Array(n), `adam.v.${p.value.name}`);
+      this.#m.set(p.value.name, mt);
+      this.#v.set(p.value.name, vt);
+      calls.push(adamw(ctx, {
+        param,
+        grad: this.#train.tensor(grads[i]!),
+        m: mt,
+        v: vt,
+        stats: this.#stats,
+        hyper: this.#hyper,
+        beta1: o.betas[0],
+        beta2: o.betas[1],
+        eps: o.eps,
+        weightDecay: p.decay ? o.weight_decay : 0,
+      }));
+    });
+    return calls;
+  }
+
+  step(batch: Batch, lr: number): Promise<StepStats> {
+    const ctx = this.ctx, o = this.#c.train.optimizer;
+    ctx.assertAlive();
+    this.#writeBatch(batch);
+    this.#t++;
+    writeTensor(
+      ctx,
+      this.#hyper,
+      new Float32Array([lr, 1 - o.betas[0] ** this.#t, 1 - o.betas[1] ** this.#t]),
+    );
+    const step = new Step(ctx, { label: "train-step" });
+    this.#train.encode(step);
+    for (const c of this.#opt) step.dispatch(c);
+    const n = this.#report.length + 3;
+    const staging = ctx.device.createBuffer({
+      size: n * 4,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    const enc = step.encoder;
+    this.#report.forEach((v, i) =>
+      enc.copyBufferToBuffer(this.#train.tensor(v).buffer, 0, staging, i * 4, 4)
+    );
+    enc.copyBufferToBuffer(this.#stats.buffer, 0, staging, this.#report.length * 4, 12);
+    step.submit();
+    return staging.mapAsync(GPUMapMode.READ).then(() => {
+      const r = new Float32Array(staging.getMappedRange().slice(0));
+      staging.destroy();
+      const nAtt = this.model.miLoss.attention.length, k = this.#report.length;
+      const sum = (a: number, b: number) => Array.from(r.subarray(a, b)).reduce((x, y) => x + y, 0);
+      return {
+        loss: r[0]!,
+        lmLoss: r[1]!,
+        miAttention: sum(2, 2 + nAtt),
+        miMlp: sum(2 + nAtt, k),
+        gradNorm: r[k]!,
+        finite: r[k + 2] === 1,
+      };
+    });
+  }
+
+  async evaluate(batch: Batch): Promise<EvalResult> {
+    this.#writeBatch(batch);
+    await this.#eval.run().done();
+    const m = this.model;
+    const lm = (await readTensor(this.ctx, this.#eval.tensor(m.lmLoss)))[0]!;
+    const routers = [];
+    for (const r of m.routers) {
+      const probs = await readTensor(this.ctx, this.#eval.tensor(r.probs));
+      routers.push(routerStats(r.layer, r.kind, probs, r.probs.shape[1]!));
+    }
+    return { lmLoss: lm, routers };
+  }
+
+  async exportState(): Promise<TrainState> {
+    const params = new Map<string, { shape: readonly number[]; data: Float32Array }>();
+    const adamM = new Map<string, Float32Array>(), adamV = new Map<string, Float32Array>();
+    for (const p of this.model.params) {
+      const name = p.value.name;
+      params.set(name, {
+        shape: p.value.shape,
+        data: (await readTensor(this.ctx, this.#train.tensor(p.value))) as Float32Array,
+      });
+      adamM.set(name, (await readTensor(this.ctx, this.#m.get(name)!)) as Float32Array);
+      adamV.set(name, (await readTensor(this.ctx, this.#v.get(name)!)) as Float32Array);
+    }
+    return { params, adamM, adamV, step: this.#t };
+  }
+
+  importState(s: TrainState): Promise<void> {
+    for (const p of this.model.params) {
+      const name = p.value.name, saved = s.params.get(name);
+      if (!saved) throw new RangeError(`Checkpoint has no parameter "${name}"`);
+      writeTensor(this.ctx, this.#train.tensor(p.value), saved.data);
+      writeTensor(this.ctx, this.#m.get(name)!, s.adamM.get(name)!);
+      writeTensor(this.ctx, this.#v.get(name)!, s.adamV.get(name)!);
+    }
+    this.#t = s.step;
+    return Promise.resolve();
+  }
+
+  destroy(): void {
+    this.#opt.forEach(releaseCall);
+    this.#train.destroy();
+    this.#eval.destroy();
+    if (this.#ownsDevice) this.ctx.destroy();
+  }
+
+  #writeBatch(batch: Batch): void {
+    writeTensor(this.ctx, this.#train.tensor(this.model.ids), batch.inputs);
+    writeTensor(this.ctx, this.#train.tensor(this.model.targets), batch.targets);
+  }
+}
