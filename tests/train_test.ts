@@ -79,3 +79,31 @@ Deno.test("run --stop-after then --resume ends with the same parameters as one u
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a sweep trains each point as its own run, records a failed point, and skips finished points on rerun", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const yaml = `extends: ${Deno.cwd()}/tests/fixtures/micro.yaml
+name: sw
+train: { steps: 4, eval_every: 4, checkpoint_every: 4, schedule: { warmup: 1 } }
+sweep:
+  grid:
+    data.source: ["synthetic:multidomain", "${dir}/missing.txt"]
+`;
+    await Deno.writeTextFile(`${dir}/sweep.yaml`, yaml);
+    const first = await cli("run", `${dir}/sweep.yaml`, "--runs-dir", `${dir}/runs`, "--json");
+    assertEquals(first.code, 1); // one point failed
+    const [ok, bad] = first.json().points;
+    assertEquals([ok.status, bad.status], ["finished", "failed"]);
+    assert(bad.error.includes("does not exist"), bad.error);
+    const meta = (await RunDir.open(`${dir}/runs`, bad.run_id)).meta;
+    assertEquals(meta.status, "failed");
+    assertEquals(meta.sweep_params, { "data.source": `${dir}/missing.txt` });
+    assert(first.out.some((l) => l.includes("point") && l.includes("val loss")), "summary table printed");
+    const again = await cli("run", `${dir}/sweep.yaml`, "--runs-dir", `${dir}/runs`, "--json");
+    assertEquals(again.json().points.map((p: { status: string }) => p.status), ["skipped", "failed"]);
+    assertEquals(again.json().points[0].run_id, ok.run_id);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

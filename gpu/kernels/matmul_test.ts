@@ -1,0 +1,107 @@
+import { matmulRef } from "../../core/ref/matmul.ts";
+import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
+import { createTensor, readTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
+import { runCalls } from "../dispatch.ts";
+import { matmul, type MatmulOptions, type MatmulTile } from "./matmul.ts";
+
+// f32 products summed over k terms of size ≤ 1 against float64 on the same f32-rounded inputs: the error
+// grows like √k·2⁻²⁴·|a||b|. 2e-5 absolute + 1e-5 relative is ~20× the worst seen at k = 1000.
+const TOL = { atol: 2e-5, rtol: 1e-5 };
+
+/** Logical (m, k, n) at the odd sizes the brief asks for, plus one that fills whole vec4 tiles. */
+const SHAPES: [number, number, number][] = [[1, 1, 1], [7, 33, 1000], [1000, 7, 33], [33, 1000, 7], [
+  64,
+  128,
+  256,
+]];
+const LAYOUTS = [[false, false], [false, true], [true, false], [true, true]] as const;
+
+interface Case {
+  m: number;
+  k: number;
+  n: number;
+  batch?: number;
+  transA?: boolean;
+  transB?: boolean;
+  broadcastB?: boolean;
+  alpha?: number;
+  accumulate?: boolean;
+  tile?: MatmulTile;
+}
+
+const f32 = (x: Float64Array) => Float64Array.from(Float32Array.from(x));
+
+/** Runs one case on `build` (a context whose profile picks the template) and compares with the reference. */
+async function check(ctx: GpuContext, c: Case, build: GpuContext = ctx): Promise<void> {
+  const batch = c.batch ?? 1, seed = c.m * 7 + c.k * 13 + c.n;
+  const a64 = f32(randomArray(batch * c.m * c.k, seed)),
+    b64 = f32(randomArray((c.broadcastB ? 1 : batch) * c.k * c.n, seed + 1));
+  const c0 = f32(randomArray(batch * c.m * c.n, seed + 2));
+  const a = createTensor(ctx, [a64.length], "f32", Float32Array.from(a64), "a");
+  const b = createTensor(ctx, [b64.length], "f32", Float32Array.from(b64), "b");
+  const out = createTensor(ctx, [c0.length], "f32", Float32Array.from(c0), "c");
+  const call = matmul(build, { ...c, a, b, c: out } satisfies MatmulOptions);
+  await ctx.pipelines.check(call.code, call.label);
+  await ctx.scoped(call.label, () => runCalls(ctx, [call]).done());
+  const want = matmulRef(a64, b64, { ...c, c: c.accumulate ? c0 : undefined });
+  assertClose(await readTensor(ctx, out), want, TOL, `${call.label} ${JSON.stringify(c)}`);
+  for (const t of [a, b, out]) t.buffer.destroy();
+}
+
+Deno.test("matmul() matches the float64 reference at odd sizes for all four transpose layouts", async () => {
+  const ctx = await testGpu();
+  for (const [m, k, n] of SHAPES) {
+    for (const [transA, transB] of LAYOUTS) await check(ctx, { m, k, n, transA, transB });
+  }
+});
+
+Deno.test("matmul() scales by alpha, accumulates into C, batches and broadcasts B like the reference", async () => {
+  const ctx = await testGpu();
+  await check(ctx, { m: 33, k: 7, n: 20, alpha: -0.5, accumulate: true });
+  await check(ctx, { m: 33, k: 8, n: 21, transB: true, alpha: 2, accumulate: true });
+  await check(ctx, { m: 7, k: 33, n: 12, batch: 3 });
+  await check(ctx, { m: 9, k: 12, n: 7, batch: 4, transA: true, transB: true });
+  await check(ctx, { m: 33, k: 16, n: 40, batch: 3, broadcastB: true, transA: true });
+  await check(ctx, { m: 5, k: 9, n: 33, batch: 2, broadcastB: true, transB: true, accumulate: true });
+});
+
+Deno.test("matmul() is exact for every forced register tile, including edge tiles on both axes", async () => {
+  const ctx = await testGpu();
+  const tiles: MatmulTile[] = [{ tm: 32, tn: 32, wx: 8 }, { tm: 16, tn: 16, wx: 8 }, { tm: 1, tn: 4, wx: 1 }];
+  for (const tile of tiles) {
+    await check(ctx, { m: 70, k: 36, n: 300, tile });
+    // The dot form (A·Bᵀ) keeps a vec4 accumulator per output, so its tiles stop at 512 outputs.
+    if (tile.tm * tile.tn <= 512) await check(ctx, { m: 70, k: 36, n: 300, tile, transB: true });
+  }
+});
+
+Deno.test("matmul() with the gpu-profile template (shared-memory tiles) matches the reference on this adapter", async () => {
+  const ctx = await testGpu();
+  // The kernels only read the profile and limits from the context they are built with.
+  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  for (const [transA, transB] of LAYOUTS) {
+    await check(ctx, { m: 33, k: 70, n: 45, transA, transB }, gpuCtx);
+  }
+  await check(ctx, { m: 1, k: 1, n: 1 }, gpuCtx);
+  await check(ctx, { m: 20, k: 9, n: 7, batch: 3, broadcastB: true, alpha: 0.5, accumulate: true }, gpuCtx);
+});
+
+Deno.test("matmul() refuses non-positive sizes, tensors too small for the sizes, and unknown tiles", async () => {
+  const ctx = await testGpu();
+  const t = createTensor(ctx, [12], "f32", undefined, "small");
+  const expect = (o: Partial<MatmulOptions>, msg: RegExp) => {
+    try {
+      matmul(ctx, { a: t, b: t, c: t, m: 3, k: 4, n: 3, ...o });
+    } catch (e) {
+      if (e instanceof RangeError && msg.test(e.message)) return;
+      throw e;
+    }
+    throw new Error(`no error for ${JSON.stringify(o)}`);
+  };
+  expect({ m: 0 }, /m \(0\) must be a positive integer/);
+  expect({ k: 5 }, /a \("small"\) has 12 elements, needs 15/);
+  expect({ batch: 2 }, /needs 24/);
+  expect({ tile: { tm: 3, tn: 4, wx: 8 } }, /unsupported tile/);
+  t.buffer.destroy();
+});
