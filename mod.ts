@@ -6,8 +6,8 @@
  * @example
  * ```ts ignore
  * import { countParams, loadExperiment } from "./mod.ts";
- * const { config } = await loadExperiment("configs/dsmoe-tiny.yaml");
- * console.log(countParams(config).total);
+ * const { points } = await loadExperiment("configs/dsmoe-tiny.yaml");
+ * console.log(countParams(points[0]!.config).total);
  * ```
  *
  * @module
@@ -15,6 +15,8 @@
 export * from "./core/config/mod.ts";
 export * from "./core/plan/mod.ts";
 export * from "./gpu/mod.ts";
+export { evaluateRules, type LayerActivity, ruleName, type RuleResult } from "./core/infer/evaluate.ts";
+export { routeMaskRef, type RouteRule } from "./core/ref/routing.ts";
 export { main } from "./core/cli/main.ts";
 
 if (import.meta.main) {

@@ -9,8 +9,9 @@
 import type { Node, Value } from "../core/graph/ir.ts";
 import { numel } from "../core/graph/ir.ts";
 import type { Schedule } from "../core/graph/schedule.ts";
-import { createTensor, GpuTensor } from "./buffers.ts";
+import { assertBindable, createTensor, GpuTensor } from "./buffers.ts";
 import type { GpuContext } from "./device.ts";
+import { GpuLimitError } from "./errors.ts";
 import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "./dispatch.ts";
 
 /** Kernel calls of one node, given tensors of its inputs and outputs. */
@@ -49,6 +50,7 @@ export class GraphExecutor {
     leafTensors = new Map<number, GpuTensor>(),
   ) {
     this.ctx = ctx;
+    _assertPlanFits(ctx, sched, leaves);
     for (const v of leaves) {
       this.tensors.set(v.id, leafTensors.get(v.id) ?? createTensor(ctx, v.shape, v.dtype, undefined, v.name));
     }
@@ -125,4 +127,31 @@ export class GraphExecutor {
       this.#steps.push(prepare(this.ctx, call));
     }
   }
+}
+
+/**
+ * Refuses a plan with a buffer that one binding (or one allocation) of this device cannot hold, before
+ * anything is allocated: a half-built executor would hold GPU memory until the process exits.
+ */
+function _assertPlanFits(ctx: GpuContext, sched: Schedule, leaves: readonly Value[]): void {
+  const max = Math.min(ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize);
+  const refuse = (bytes: number, what: string) => {
+    assertBindable(ctx, bytes, what);
+    throw new GpuLimitError(
+      `Cannot allocate ${what}: ${bytes} bytes exceeds maxBufferSize (${ctx.limits.maxBufferSize})`,
+    );
+  };
+  for (const v of leaves) {
+    if (numel(v.shape) * 4 > max) refuse(numel(v.shape) * 4, `"${v.name}" [${v.shape}]`);
+  }
+  sched.memory.bufferSizes.forEach((n, i) => {
+    if (n * 4 <= max) return;
+    const held = sched.nodes.flatMap((node) => node.outputs).filter((o) =>
+      sched.memory.bufferOf.get(o.id) === i
+    );
+    refuse(
+      n * 4,
+      `plan buffer ${i} (for ${held.slice(0, 3).map((o) => `"${o.name}" [${o.shape}]`).join(", ")})`,
+    );
+  });
 }

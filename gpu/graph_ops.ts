@@ -4,6 +4,8 @@
  *
  * @module
  */
+import { routeRuleOf } from "../core/ref/routing.ts";
+import { routeMask } from "./kernels/routing.ts";
 import type { Node } from "../core/graph/ir.ts";
 import { GPU_IMPLS, type GpuImpl } from "./executor.ts";
 import { activation, activationBackward, type ActivationKind } from "./kernels/activation.ts";
@@ -93,6 +95,13 @@ const IMPLS: Record<string, GpuImpl> = {
   router_scale: (ctx, _n, [x, s], [y]) => [routerScale(ctx, { x: x!, s: s!, y: y! })],
   router_scale_ds: (ctx, _n, [x, dy], [ds]) => [routerScaleDs(ctx, { x: x!, dy: dy!, ds: ds! })],
   topk_mask: (ctx, n, [s], [mask]) => [topkMask(ctx, { s: s!, mask: mask!, k: n.attrs.k as number })],
+  route_mask: (ctx, n, [s], [mask], scratch) =>
+    routeMask(ctx, {
+      s: s!,
+      mask: mask!,
+      rule: routeRuleOf(n),
+      scratch: scratch([s!.shape[0]! + 1], "counts"),
+    }),
   cross_entropy: (ctx, n, [logits, targets], [loss], scratch) =>
     crossEntropy(ctx, {
       logits: logits!,

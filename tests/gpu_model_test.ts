@@ -4,7 +4,7 @@ import { gradients } from "../core/graph/autodiff.ts";
 import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { schedule } from "../core/graph/schedule.ts";
-import { buildModel } from "../core/plan/model.ts";
+import { buildModel, type InferRules } from "../core/plan/model.ts";
 import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
@@ -91,3 +91,89 @@ for (const [name, over] of Object.entries(MODELS)) {
 function scheduledUsesReuse(total: number, without: number): boolean {
   return total < without;
 }
+
+Deno.test("WebGPU inference graphs under each routing rule match the float64 reference that masks unrouted experts", async () => {
+  const ctx = await testGpu();
+  const c = ExperimentSchema.parse({
+    ...MODELS["DS-MoE with MoA"] as object,
+    data: { seq_len: 7 },
+    model: {
+      d_model: 16,
+      layers: 2,
+      attention: { kind: "moa", experts: 3, heads_per_expert: 2, head_dim: 8 },
+      mlp: { experts: 4, hidden: 12 },
+    },
+  });
+  const base = { epsilon: 0.5, k: 2, p: 0.9 };
+  const rules: InferRules[] = [
+    { mlp: { ...base, kind: "threshold", epsilon: 0.8 }, attention: { ...base, kind: "topk", k: 1 } },
+    { mlp: { ...base, kind: "top_p", p: 0.6 }, attention: { ...base, kind: "threshold_topk", epsilon: 0.9 } },
+    {
+      mlp: { ...base, kind: "threshold", epsilon: 0 },
+      attention: { ...base, kind: "threshold", epsilon: 0 },
+    },
+  ];
+  const rng = new Rng(9);
+  const values = new Map<string, Float64Array>(); // same parameters for every graph, by name
+  const ids = Uint32Array.from({ length: 3 * 7 }, () => rng.int(256));
+  const targets = Uint32Array.from({ length: 3 * 7 }, () => rng.int(256));
+  const run = async (m: ReturnType<typeof buildModel>) => {
+    const outs = [m.logits, m.lmLoss, ...m.routers.flatMap((r) => (r.mask ? [r.mask] : []))];
+    const sched = schedule(m.graph, outs);
+    const feeds = new Map<number, HostValue>([[m.ids.id, ids], [m.targets.id, targets]]);
+    for (const p of m.params) {
+      const n = p.value.shape.reduce((a, b) => a * b, 1), one = p.init === "ones" ? 1 : 0;
+      if (!values.has(p.value.name)) {
+        // Wide router logits so probabilities spread well away from the thresholds.
+        const amp = p.value.name.includes("router") ? 2 : 0.3;
+        values.set(
+          p.value.name,
+          Float64Array.from(Float32Array.from({ length: n }, () => one + amp * (2 * rng.next() - 1))),
+        );
+      }
+      feeds.set(p.value.id, values.get(p.value.name)!);
+    }
+    const ref = evaluateGraph(sched.nodes, feeds, outs, CPU_OPS);
+    const leaves = [...m.graph.leaves.values()].map((l) => l.value);
+    const ex = new GraphExecutor(ctx, sched, leaves);
+    for (const v of leaves) {
+      const data = feeds.get(v.id)!;
+      writeTensor(ctx, ex.tensor(v), data instanceof Uint32Array ? data : Float32Array.from(data));
+    }
+    await ex.check();
+    await ctx.scoped("inference graph", () => ex.run().done());
+    const got = [];
+    for (const o of outs) got.push(await readTensor(ctx, ex.tensor(o)));
+    ex.destroy();
+    return { ref: ref.map((r) => Float64Array.from(r)), got };
+  };
+  const dense = await run(buildModel(c, 3));
+  let masked = 0;
+  for (const rule of rules) {
+    const m = buildModel(c, 3, rule);
+    assert(m.routers.every((r) => r.mask), "every router has a mask");
+    const { ref, got } = await run(m);
+    for (let i = 0; i < ref.length; i++) {
+      const scale = Math.max(...Array.from(ref[i]!, Math.abs));
+      assertClose(
+        got[i]!,
+        ref[i]!,
+        { atol: 2e-4 * scale + 1e-7, rtol: 2e-3 },
+        `${JSON.stringify(rule)} output ${i}`,
+      );
+    }
+    for (const mask of ref.slice(2)) masked += mask.filter((v) => v === 0).length;
+    if (rule.mlp.epsilon === 0) {
+      // ε = 0 runs every expert: the sparse forward is the dense one.
+      assertClose(ref[0]!, dense.ref[0]!, { atol: 1e-12, rtol: 1e-12 }, "ε = 0 logits vs dense");
+      assert(ref.slice(2).every((mask) => mask.every((v) => v === 1)), "ε = 0 masks are all ones");
+    }
+  }
+  assert(masked > 0, "the subset rules left some experts out");
+  // Leaving experts out changes the output: the masks reach the logits.
+  const sub = await run(buildModel(c, 3, rules[0]!));
+  assert(
+    sub.ref[0]!.some((v, i) => Math.abs(v - dense.ref[0]![i]!) > 1e-6),
+    "masked logits differ from dense",
+  );
+});

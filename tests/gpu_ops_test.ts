@@ -148,6 +148,17 @@ const CASES: Record<string, [Build, Tolerance]> = {
         apply1(g, "topk_mask", [s], { k: 2 }),
       ];
     }), SUMS],
+  "inference routing masks (threshold, top-k, threshold-top-K, top-p, dense)": [
+    (g, f) =>
+      ROWS.flatMap((n) => {
+        const s = apply1(g, "softmax", [f([n, 8], -3, 3)]);
+        const rule = { epsilon: 0.5, k: 3, p: 0.8 };
+        return (["threshold", "topk", "threshold_topk", "top_p", "dense"] as const).map((kind) =>
+          apply1(g, "route_mask", [s], { ...rule, kind })
+        );
+      }),
+    SUMS,
+  ],
   "cross-entropy, MI, Switch and z losses with gradients": [(g, f, ids) =>
     ROWS.flatMap((n) => {
       const logits = f([n, 17], -3, 3), t = ids(n, 17), dl = f([1]);

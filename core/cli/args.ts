@@ -35,6 +35,7 @@ export function parseCommandArgs<O extends NonNullable<ParseArgsConfig["options"
       options: { ...COMMON_OPTIONS, ...options },
       allowPositionals: true,
       strict: true,
+      tokens: true, // order matters for flags that qualify the one before (eval's --rule … --epsilon)
     });
   } catch (e) {
     const msg = (e as Error).message.replace(/\. To specify a positional argument.*$/s, "");

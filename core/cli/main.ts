@@ -9,6 +9,7 @@ import { ConfigError, loadExperiment } from "../config/mod.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
 import { formatDryRun, summarizePoint } from "./dry_run.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, EXIT_USAGE, UsageError } from "./errors.ts";
+import { evalCommand } from "./eval_cmd.ts";
 import { RUN_USAGE, USAGE } from "./usage.ts";
 import { resumeRun, trainRuns } from "./train_cmd.ts";
 
@@ -47,12 +48,13 @@ export async function main(argv: readonly string[], io: CliIo = _stdio): Promise
       case "run":
         return await _run(rest, io);
       case "eval":
+        return await evalCommand(rest, io);
       case "generate":
       case "dashboard":
       case "repro":
         return _notYet(command, io);
       case "bench":
-        return _notYet(command, io);
+        return await (await import("./bench_cmd.ts")).benchCommand(rest, io); // loads tfjs only here
       default:
         throw new UsageError(`unknown command "${command}"`);
     }

@@ -12,7 +12,7 @@ Usage: deno task <command> [options]
 Commands:
   run [config.yaml] [--set k=v]… [--dry-run] [--stop-after N]   train (default config: configs/quickstart.yaml)
   run --resume <run-id>                                          continue from the newest complete checkpoint
-  eval <run-id|ckpt> [--rule threshold --epsilon 0.5 | --rule topk --k 2]…
+  eval <run-id|ckpt> [--rule threshold --epsilon 0.5 | --rule topk --k 2 | …]… [--batches N]
   generate <run-id|ckpt> --prompt TEXT [--max-tokens N] [--rule …]
   dashboard [--port 8000]
   bench [--json] [--suite NAME] [--quick]
@@ -34,3 +34,16 @@ Options:
   --resume RUN_ID        continue a run from its newest complete checkpoint
   --json                 last stdout line is one JSON object
   --runs-dir DIR         where runs are stored (default runs/)`;
+
+/** Usage of \`bench\`. */
+export const BENCH_USAGE = `Usage: deno task bench [options]
+
+Times our WebGPU kernels beside tfjs-webgpu on the same device. Every implementation is first checked
+against the float64 reference (a mismatch is an error row and exit code 1), then run once to warm up and
+timed over 5 repetitions (submit + wait for the GPU each); the median is reported.
+
+Options:
+  --suite NAME   matmul (GFLOP/s at 256³…2048³ and 4096×256×1024) or kernels (softmax, layernorm, gelu,
+                 bias add, attention, cross-entropy, embedding, AdamW, sum); repeatable; default both
+  --quick        small sizes and 2 repetitions (for tests)
+  --json         one JSON object per row, then a summary object as the last line`;

@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { routeMaskRef, routeRuleOf } from "../ref/routing.ts";
 import { activationBackwardRef, type ActivationKind, activationRef } from "../ref/activation.ts";
 import { attentionBackwardRef, attentionRef } from "../ref/attention.ts";
 import { biasAddRef, sumRowsRef } from "../ref/elementwise.ts";
@@ -77,6 +78,7 @@ export const CPU_OPS: Record<string, CpuImpl> = {
     n,
   ) => [routerScaleDsRef(x!, dy!, n.attrs.blocks as number, n.inputs[0]!.shape[0]!)],
   topk_mask: ([s], n) => [topkMaskRef(s!, last(n), n.attrs.k as number)],
+  route_mask: ([s], n) => [routeMaskRef(s!, last(n), routeRuleOf(n))],
   cross_entropy: ([logits, t], n) => [scalar(crossEntropyRef(logits!, t!, last(n)))],
   cross_entropy_backward: ([logits, t, dl], n) => [crossEntropyBackwardRef(logits!, t!, last(n), dl![0]!)],
   mi_loss: ([s], n) => [scalar(miLossRef(s!, last(n)))],

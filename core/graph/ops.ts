@@ -268,6 +268,8 @@ export const OPS: Record<string, OpDef> = {
 
   /** probs (N, E) → 0/1 mask of the top-k per row (no gradient: selection is discrete). */
   topk_mask: { outputs: ([s]) => _same(s!) },
+  /** probs (N, E) → 0/1 mask of an inference rule (attrs kind, epsilon, k, p; core/ref/routing.ts). */
+  route_mask: { outputs: ([s]) => _same(s!) },
 
   /** Mean cross-entropy of logits (N, V) against u32 targets (N,) → scalar. */
   cross_entropy: {

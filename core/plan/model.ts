@@ -12,6 +12,7 @@
 import type { Experiment } from "../config/schema.ts";
 import { Graph, type Value } from "../graph/ir.ts";
 import { apply, apply1 } from "../graph/ops.ts";
+import type { RouteRule } from "../ref/routing.ts";
 import { layerShape, vocabSize } from "./counts.ts";
 
 /** How a parameter is initialized and optimized. */
@@ -28,6 +29,14 @@ export interface RouterTap {
   kind: "attention" | "mlp";
   logits: Value; // (N, E)
   probs: Value; // (N, E)
+  /** 0/1 experts run per token under the inference rule (inference graphs; absent for the dense rule). */
+  mask?: Value;
+}
+
+/** Inference routing rules of an inference graph, for MLP and attention routers separately. */
+export interface InferRules {
+  mlp: RouteRule;
+  attention: RouteRule;
 }
 
 /** The built model. */
@@ -45,12 +54,15 @@ export interface ModelGraph {
   tokens: number; // N = batch · seq_len
 }
 
-/** Builds the training graph of `c` for `batch` sequences (forward and losses; autodiff adds backward). */
-export function buildModel(c: Readonly<Experiment>, batch: number): ModelGraph {
+/**
+ * Builds the graph of `c` for `batch` sequences: the training forward and losses (autodiff adds backward),
+ * or with `infer`, a forward whose routers gate by the inference rules (raw S on the selected experts).
+ */
+export function buildModel(c: Readonly<Experiment>, batch: number, infer?: InferRules): ModelGraph {
   if (c.model.position === "rope") {
     throw new RangeError("Cannot plan model.position rope: not supported yet; use position: learned");
   }
-  const b = new _Builder(c, batch);
+  const b = new _Builder(c, batch, infer);
   const wte = b.param("wte", [b.V, b.d], "normal");
   let x = apply1(b.g, "embedding", [b.ids, wte]);
   if (c.model.position === "learned") x = apply1(b.g, "add_rows", [x, b.param("wpe", [b.T, b.d], "normal")]);
@@ -103,9 +115,11 @@ class _Builder {
   readonly N: number;
   readonly ids: Value;
   readonly targets: Value;
+  readonly infer: InferRules | undefined;
 
-  constructor(c: Readonly<Experiment>, batch: number) {
+  constructor(c: Readonly<Experiment>, batch: number, infer?: InferRules) {
     this.c = c;
+    this.infer = infer;
     this.s = layerShape(c);
     this.V = vocabSize(c.data);
     this.d = c.model.d_model;
@@ -163,7 +177,9 @@ class _Builder {
       apply1(this.g, "reshape", [t], { shape: [this.B, this.T, heads, D] });
     const [o] = apply(this.g, "attention", [shape4(q, s.qHeads), shape4(k, s.kvHeads), shape4(v, s.kvHeads)]);
     let o2 = apply1(this.g, "reshape", [o!], { shape: [this.N, s.qHeads * D] });
-    if (s.routedAtt) o2 = this.gate(o2, this.router(l, "attention", h, s.attExperts), s.attExperts);
+    if (s.routedAtt) {
+      o2 = this.gate(o2, this.router(l, "attention", h, s.attExperts), s.attExperts, "attention");
+    }
     const wo = this.param(`h${l}.attn.wo`, [s.qHeads * D, this.d], "normal", this.projStd);
     return apply1(this.g, "matmul", [o2, wo]);
   }
@@ -172,12 +188,22 @@ class _Builder {
     const s = this.s, width = s.mlpExperts * s.hidden;
     const u = apply1(this.g, "matmul", [h, this.param(`h${l}.mlp.w1`, [this.d, width], "normal")]);
     let a = apply1(this.g, "activation", [u], { kind: this.c.model.mlp.activation });
-    if (s.routedMlp) a = this.gate(a, this.router(l, "mlp", h, s.mlpExperts), s.mlpExperts);
+    if (s.routedMlp) a = this.gate(a, this.router(l, "mlp", h, s.mlpExperts), s.mlpExperts, "mlp");
     return apply1(this.g, "matmul", [a, this.param(`h${l}.mlp.w2`, [width, this.d], "normal", this.projStd)]);
   }
 
-  /** Scales each expert's block by its gate: S for dense training, S ⊙ top-k mask for SMoE. */
-  gate(x: Value, probs: Value, experts: number): Value {
+  /**
+   * Scales each expert's block by its gate: S for dense training, S ⊙ top-k mask for SMoE, and at
+   * inference S ⊙ the rule's mask.
+   */
+  gate(x: Value, probs: Value, experts: number, kind: RouterTap["kind"]): Value {
+    if (this.infer) {
+      const rule = this.infer[kind];
+      if (rule.kind === "dense") return apply1(this.g, "router_scale", [x, probs], { blocks: experts });
+      const mask = apply1(this.g, "route_mask", [probs], { ...rule });
+      this.routers.at(-1)!.mask = mask;
+      return apply1(this.g, "router_scale", [x, apply1(this.g, "mul", [probs, mask])], { blocks: experts });
+    }
     let gate = probs;
     const topk = this.c.router.train === "topk";
     if (topk || this.c.loss.load_balance > 0) {

@@ -55,6 +55,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     o.run.log({ key, step, tokens: step * tokensPerStep, time: elapsed(), value });
   const pending: { step: number; lr: number; stats: Promise<StepStats> }[] = [];
   let streak = 0, skipped = 0, lastLoss = NaN, lastVal = NaN, done = start;
+  let mark = { step: start, time: 0 }, paused = 0;
 
   const drain = async (keep: number) => {
     while (pending.length > keep) {
@@ -74,9 +75,14 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       }
       streak = 0;
       lastLoss = s.loss;
-      if (done % t.log_every === 0 || done === end) _logStep(log, done, s, p.lr, tokensPerStep, elapsed());
       if (done % t.log_every === 0 || done === end) {
-        const rate = ((done - start) * tokensPerStep) / elapsed();
+        // Rate over the steps since the previous line: the first steps include pipeline compilation,
+        // and a resumed run's earlier steps are not this process's work.
+        // Evaluation and checkpoint time is left out so the rate is training throughput.
+        const now = elapsed() - paused;
+        const rate = ((done - mark.step) * tokensPerStep) / Math.max(now - mark.time, 1e-9);
+        mark = { step: done, time: now };
+        _logStep(log, done, s, p.lr, rate);
         const eta = ((end - done) * tokensPerStep) / rate;
         o.progress?.(
           `step ${done}/${t.steps}  loss ${s.loss.toFixed(4)}  lr ${p.lr.toExponential(2)}  ` +
@@ -94,12 +100,16 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     const n = step + 1;
     if (n % t.eval_every === 0 || n === end) {
       await drain(0);
+      const p0 = elapsed();
       lastVal = await evaluate(o, n, log);
+      paused += elapsed() - p0;
       o.progress?.(`step ${n}  val loss ${lastVal.toFixed(4)}  ppl ${Math.exp(lastVal).toFixed(2)}`);
     }
     if (n % t.checkpoint_every === 0 || n === end) {
       await drain(0);
+      const p0 = elapsed();
       await _checkpoint(o, n);
+      paused += elapsed() - p0;
     }
     await o.run.flush();
   }
@@ -150,8 +160,7 @@ function _logStep(
   step: number,
   s: StepStats,
   lr: number,
-  tokensPerStep: number,
-  seconds: number,
+  tokensPerSecond: number,
 ): void {
   log("train/loss", step, s.loss);
   log("train/lm_loss", step, s.lmLoss);
@@ -159,7 +168,7 @@ function _logStep(
   log("train/mi_loss/mlp", step, s.miMlp);
   log("train/lr", step, lr);
   log("train/grad_norm", step, s.gradNorm);
-  log("train/tokens_per_s", step, (step * tokensPerStep) / seconds);
+  log("train/tokens_per_s", step, tokensPerSecond);
 }
 
 async function _checkpoint(o: TrainOptions, step: number): Promise<void> {

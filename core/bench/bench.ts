@@ -1,0 +1,72 @@
+/**
+ * `deno task bench`: opens the GPU, puts tfjs's WebGPU backend on the same device, builds the selected
+ * suites and runs them (check, warm-up, timed repetitions).
+ *
+ * @module
+ */
+import { openGpu } from "../../gpu/device.ts";
+import { type BenchCase, type BenchRow, runCases } from "./case.ts";
+import { KERNEL_DIMS, KERNEL_DIMS_QUICK, kernelCases } from "./kernels.ts";
+import { MATMUL_SHAPES, MATMUL_SHAPES_QUICK, matmulCases } from "./matmul.ts";
+import { openTfjs } from "./tfjs.ts";
+
+/** Suite names `--suite` accepts. */
+export const SUITES = ["matmul", "kernels"] as const;
+
+/** One of {@linkcode SUITES}. */
+export type SuiteName = typeof SUITES[number];
+
+/** Options of {@linkcode runBench}. */
+export interface BenchOptions {
+  /** Suites to run, in order. Default all. */
+  suites?: readonly SuiteName[];
+  /** Small sizes, 1 warm-up and 2 timed repetitions (tests); else full sizes, 1 warm-up, 5 repetitions. */
+  quick?: boolean;
+  progress?: (line: string) => void;
+}
+
+/** Rows of a bench run and where it ran. */
+export interface BenchResult {
+  rows: BenchRow[];
+  adapter: string;
+  warmup: number;
+  reps: number;
+}
+
+/**
+ * Runs the benchmark suites on a fresh device, closed again at the end.
+ *
+ * @example
+ * ```ts ignore
+ * const { rows, adapter } = await runBench({ suites: ["matmul"], quick: true });
+ * ```
+ */
+export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
+  const warmup = 1, reps = o.quick ? 2 : 5;
+  const ctx = await openGpu({ timestamps: false });
+  try {
+    const tfjs = await openTfjs(ctx);
+    const cases: BenchCase[] = [];
+    for (const s of o.suites ?? SUITES) {
+      switch (s) {
+        case "matmul":
+          cases.push(...matmulCases(ctx, tfjs, o.quick ? MATMUL_SHAPES_QUICK : MATMUL_SHAPES));
+          break;
+        case "kernels":
+          cases.push(...kernelCases(ctx, tfjs, o.quick ? KERNEL_DIMS_QUICK : KERNEL_DIMS));
+          break;
+        default:
+          s satisfies never;
+      }
+    }
+    o.progress?.(
+      `${cases.length} cases × (dsmoe, tfjs-webgpu) on ${ctx.adapter.description}; ` +
+        `${warmup} warm-up + ${reps} timed runs each, median`,
+    );
+    const rows = await runCases(cases, { warmup, reps, progress: o.progress });
+    ctx.assertAlive();
+    return { rows, adapter: ctx.adapter.description, warmup, reps };
+  } finally {
+    ctx.destroy();
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * Benchmark cases and the runner that checks then times every implementation of a case, one row each.
+ *
+ * @module
+ */
+import { BenchCheckError, checkClose, type Tolerance } from "./check.ts";
+import { timeMedian, type TimingOptions } from "./timing.ts";
+
+/** The implementations compared in every case. */
+export const IMPLS = ["dsmoe", "tfjs-webgpu"] as const;
+
+/** One of {@linkcode IMPLS}. */
+export type ImplName = typeof IMPLS[number];
+
+/** One implementation, set up with its inputs on the GPU. */
+export interface Runnable {
+  /** Encodes and submits one repetition and resolves when the GPU has finished it. */
+  run(): Promise<void>;
+  /** The output of the last repetition, read back to the host (for the correctness check). */
+  output(): Promise<ArrayLike<number>>;
+  /** Frees what the setup allocated. */
+  dispose(): void;
+}
+
+/** What a case makes once its inputs exist on the host. */
+export interface CaseSetup {
+  tolerance: Tolerance;
+  /** Float64 reference of the checked values (all of the output, or what `select` keeps). */
+  reference(): ArrayLike<number>;
+  /** The checked part of an output; default all of it (large matmuls check sampled rows). */
+  select?(out: ArrayLike<number>): ArrayLike<number>;
+  impls: Record<ImplName, () => Promise<Runnable> | Runnable>;
+}
+
+/** One benchmark case: a kernel at one size, built lazily so only one case's buffers exist at a time. */
+export interface BenchCase {
+  suite: string;
+  name: string;
+  /** Floating-point operations of one run when counted (matmul: 2·m·k·n); null where not meaningful. */
+  flops: number | null;
+  setup(): CaseSetup;
+}
+
+/** One output row: an implementation of a case, timed, or the error that stopped it. */
+export interface BenchRow {
+  suite: string;
+  case: string;
+  impl: ImplName;
+  /** Median milliseconds of one repetition, null when the case failed. */
+  ms: number | null;
+  /** flops / ms / 1e6, null when the case has no FLOP count or failed. */
+  gflops: number | null;
+  flops: number | null;
+  /** Largest |got − ref| of the correctness check. */
+  max_err: number | null;
+  error?: string;
+}
+
+/** Options of {@linkcode runCases}. */
+export interface RunCasesOptions extends TimingOptions {
+  /** Called with a line as each implementation starts and ends (the CLI writes them to stderr). */
+  progress?: (line: string) => void;
+}
+
+/**
+ * Checks and times every implementation of every case in order. A wrong result or a thrown error becomes
+ * a row with `error` set and `ms: null`; the rest still run.
+ *
+ * @example
+ * ```ts
+ * import { runCases } from "./case.ts";
+ * const r = { run: () => Promise.resolve(), output: () => Promise.resolve([1]), dispose() {} };
+ * const rows = await runCases([{
+ *   suite: "demo", name: "one", flops: 1e6,
+ *   setup: () => ({ tolerance: { atol: 0, rtol: 0 }, reference: () => [1], impls: { dsmoe: () => r, "tfjs-webgpu": () => r } }),
+ * }], { warmup: 0, reps: 1 });
+ * if (rows.length !== 2 || rows.some((x) => x.error)) throw new Error("rows");
+ * ```
+ */
+export async function runCases(cases: readonly BenchCase[], o: RunCasesOptions): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  for (const c of cases) {
+    let setup: CaseSetup, ref: ArrayLike<number>;
+    try {
+      setup = c.setup();
+      ref = setup.reference();
+    } catch (e) {
+      for (const impl of IMPLS) rows.push(_errorRow(c, impl, e));
+      o.progress?.(`${c.suite} ${c.name}: setup failed: ${(e as Error).message}`);
+      continue;
+    }
+    for (const impl of IMPLS) {
+      o.progress?.(`${c.suite} ${c.name} ${impl} …`);
+      const row = await _runOne(c, impl, setup, ref, o);
+      rows.push(row);
+      o.progress?.(
+        row.error
+          ? `${c.suite} ${c.name} ${impl}: ERROR ${row.error}`
+          : `${c.suite} ${c.name} ${impl}: ${row.ms!.toFixed(2)} ms${
+            row.gflops === null ? "" : ` (${row.gflops.toFixed(2)} GFLOP/s)`
+          }`,
+      );
+    }
+  }
+  return rows;
+}
+
+async function _runOne(
+  c: BenchCase,
+  impl: ImplName,
+  setup: CaseSetup,
+  ref: ArrayLike<number>,
+  o: TimingOptions,
+): Promise<BenchRow> {
+  let r: Runnable | null = null;
+  try {
+    r = await setup.impls[impl]();
+    // The check run also compiles the pipelines, so it doubles as the first warm-up.
+    await r.run();
+    const out = await r.output();
+    const maxErr = checkClose(
+      setup.select ? setup.select(out) : out,
+      ref,
+      setup.tolerance,
+      `${c.suite} ${c.name} ${impl}`,
+    );
+    const { ms } = await timeMedian(() => r!.run(), o);
+    if (!(ms > 0) || !Number.isFinite(ms)) throw new RangeError(`timing gave ${ms} ms`);
+    return {
+      suite: c.suite,
+      case: c.name,
+      impl,
+      ms,
+      gflops: c.flops === null ? null : c.flops / ms / 1e6,
+      flops: c.flops,
+      max_err: maxErr,
+    };
+  } catch (e) {
+    return _errorRow(c, impl, e);
+  } finally {
+    r?.dispose();
+  }
+}
+
+function _errorRow(c: BenchCase, impl: ImplName, e: unknown): BenchRow {
+  const msg = e instanceof BenchCheckError ? e.message : `${(e as Error).name}: ${(e as Error).message}`;
+  return {
+    suite: c.suite,
+    case: c.name,
+    impl,
+    ms: null,
+    gflops: null,
+    flops: c.flops,
+    max_err: null,
+    error: msg,
+  };
+}

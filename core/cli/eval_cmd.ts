@@ -1,0 +1,289 @@
+/**
+ * `deno task eval <run-id|run-dir|checkpoint.safetensors> [--rule …]…`: validation perplexity and active
+ * parameters of a trained model under one or more inference routing rules — a sparsity frontier — printed
+ * as a table, stored as `infer/<rule>/…` metrics of the run, and as JSON with `--json`.
+ *
+ * @module
+ */
+import { parseExperimentText } from "../config/mod.ts";
+import type { Experiment } from "../config/schema.ts";
+import { loadDataset } from "../data/dataset.ts";
+import { evaluateRules, type RuleResult } from "../infer/evaluate.ts";
+import { countParams, layerShape } from "../plan/counts.ts";
+import type { InferRules } from "../plan/model.ts";
+import type { RouteRule } from "../ref/routing.ts";
+import { latestCheckpoint } from "../runs/checkpoints.ts";
+import { readSafeTensors, tensorToF32 } from "../runs/safetensors.ts";
+import { RunDir } from "../runs/run_dir.ts";
+import { fmtCount, table } from "../util/format.ts";
+import { openGpu } from "../../gpu/device.ts";
+import { parseCommandArgs, positiveInt } from "./args.ts";
+import { EXIT_OK, UsageError } from "./errors.ts";
+import type { CliIo } from "./main.ts";
+
+/** Usage of `eval`. */
+export const EVAL_USAGE =
+  `Usage: deno task eval <run-id | run-dir | checkpoint.safetensors> [--rule RULE [--epsilon E | --k K | --p P]]…
+
+Evaluates the newest complete checkpoint of a run (or one checkpoint file) on validation data under each
+inference rule, beside dense evaluation of the same model. Without --rule: the config's own rule(s).
+
+Rules (for MLP and attention routers alike; prefix mlp= or attention= to set one side):
+  --rule threshold --epsilon 0.5     expert i runs iff N·S_i > epsilon (also --rule threshold:0.5)
+  --rule topk --k 2                  the k most probable experts (also --rule topk:2)
+  --rule threshold_topk --epsilon E  one K for all tokens: the batch's mean count under the threshold
+  --rule top_p --p 0.9               the fewest experts whose probability mass reaches p
+  --rule dense                       every expert
+  --rule mlp=threshold:0.5,attention=topk:2   different rules for the two router kinds
+
+Options:
+  --batches N       validation batches (of train.batch sequences) per rule (default 32)
+  --json            last stdout line: {"dense_ppl","rules":[{"rule","params","ppl","active_params",…}]}
+  --runs-dir DIR    where runs are stored (default runs/)`;
+
+const _DEFAULTS: Omit<RouteRule, "kind"> = { epsilon: 0.5, k: 2, p: 0.9 };
+const _KINDS = ["threshold", "topk", "threshold_topk", "top_p", "dense"] as const;
+
+/** Runs `eval`. */
+export async function evalCommand(args: string[], io: CliIo): Promise<number> {
+  const parsed = parseCommandArgs("eval", args, {
+    rule: { type: "string", multiple: true },
+    epsilon: { type: "string", multiple: true },
+    k: { type: "string", multiple: true },
+    p: { type: "string", multiple: true },
+    batches: { type: "string" },
+  });
+  const { values, positionals } = parsed;
+  if (values.help) {
+    io.out(EVAL_USAGE);
+    return EXIT_OK;
+  }
+  if (positionals.length !== 1) {
+    throw new UsageError(
+      `eval takes one run id, run directory or checkpoint file, got ${positionals.length}`,
+    );
+  }
+  const batches = positiveInt("batches", values.batches) ?? 32;
+  const asked = parseRules(parsed.tokens ?? []);
+  const target = await loadTarget(positionals[0]!, values["runs-dir"] ?? "runs");
+  const c = target.config, shape = layerShape(c);
+  const routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
+  const own: InferRules = { mlp: c.router.infer, attention: c.router.infer_attention ?? c.router.infer };
+  const dense: InferRules = {
+    mlp: { ..._DEFAULTS, kind: "dense" },
+    attention: { ..._DEFAULTS, kind: "dense" },
+  };
+  const rules = [dense, ...(asked.length > 0 ? asked : [own])];
+
+  io.err(`Evaluating ${target.label} (step ${target.step}) on ${batches} validation batches per rule`);
+  const dataset = await loadDataset(c);
+  const gpu = await openGpu({
+    powerPreference: c.hardware.power_preference,
+    validation: c.hardware.validation,
+  });
+  let results: RuleResult[];
+  try {
+    results = await evaluateRules(gpu, c, target.params, dataset, rules, {
+      batches,
+      progress: (l) => io.err(l),
+    });
+  } finally {
+    gpu.destroy();
+  }
+  const denseResult = results[0]!;
+  // A rule asked for twice (or "dense" asked for) is shown once.
+  const shown = results.filter((r, i) => results.findIndex((x) => x.rule === r.rule) === i);
+  io.out(_table(shown, denseResult, routed));
+
+  if (target.run) {
+    const t = performance.now() / 1000;
+    for (const r of shown) {
+      const key = (k: string) => `infer/${r.rule}/${k}`;
+      const log = (k: string, value: number) =>
+        target.run!.log({ key: key(k), step: target.step, tokens: r.tokens, time: t, value });
+      log("loss", r.loss);
+      log("ppl", r.ppl);
+      log("active_params", r.activeParams);
+      log("active_pct", r.activePct);
+      log("hidden_pct", r.hiddenPct);
+      for (const l of r.layers) log(`layer/${l.layer}/${l.kind}/experts`, l.experts);
+    }
+    await target.run.flush();
+    io.err(`Metrics infer/<rule>/… appended to ${target.run.path}/metrics.jsonl`);
+  }
+  if (values.json) {
+    const params = countParams(c).total;
+    io.out(JSON.stringify({
+      dense_ppl: denseResult.ppl,
+      step: target.step,
+      rules: shown.map((r) => ({
+        rule: r.rule,
+        params,
+        ppl: r.ppl,
+        loss: r.loss,
+        active_params: r.activeParams,
+        active_pct: r.activePct,
+        hidden_pct: r.hiddenPct,
+        layers: r.layers,
+      })),
+    }));
+  }
+  return EXIT_OK;
+}
+
+/** A checkpoint to evaluate: its config, parameters and (for runs) the run to log metrics to. */
+interface Target {
+  label: string;
+  config: Readonly<Experiment>;
+  params: Map<string, Float32Array>;
+  step: number;
+  run: RunDir | null;
+}
+
+async function loadTarget(arg: string, runsDir: string): Promise<Target> {
+  if (arg.endsWith(".safetensors")) {
+    let bytes: Uint8Array;
+    try {
+      bytes = await Deno.readFile(arg);
+    } catch (e) {
+      throw new UsageError(`Cannot read checkpoint ${arg}: ${(e as Error).message}`);
+    }
+    const file = readSafeTensors(bytes);
+    const yaml = file.metadata.config;
+    if (!yaml) throw new UsageError(`Checkpoint ${arg} has no config in its metadata`);
+    const config = parseExperimentText(yaml, `${arg} (metadata config)`).points[0]!.config;
+    return {
+      label: arg,
+      config,
+      params: _params(file.tensors),
+      step: Number(file.metadata.step ?? 0),
+      run: null,
+    };
+  }
+  let run: RunDir;
+  try {
+    run = await RunDir.open(runsDir, arg);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UsageError((e as Error).message);
+    throw e;
+  }
+  const yaml = await Deno.readTextFile(`${run.path}/config.yaml`);
+  const config = parseExperimentText(yaml, `${run.path}/config.yaml`).points[0]!.config;
+  const ck = await latestCheckpoint(run.path);
+  if (!ck) throw new UsageError(`Run ${run.meta.id} has no complete checkpoint to evaluate`);
+  return { label: `run ${run.meta.id}`, config, params: _params(ck.file.tensors), step: ck.entry.step, run };
+}
+
+function _params(tensors: ReturnType<typeof readSafeTensors>["tensors"]): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  for (const [key, t] of tensors) if (key.startsWith("param/")) out.set(key.slice(6), tensorToF32(t));
+  return out;
+}
+
+/**
+ * Rules from the ordered flags: each `--rule` starts one; a following `--epsilon`, `--k` or `--p` sets
+ * that rule's parameter.
+ */
+export function parseRules(
+  tokens: readonly { kind: string; name?: string; value?: string | undefined }[],
+): InferRules[] {
+  const rules: InferRules[] = [];
+  for (const t of tokens) {
+    if (t.kind !== "option") continue;
+    if (t.name === "rule") {
+      rules.push(_ruleSpec(t.value ?? ""));
+      continue;
+    }
+    if (t.name !== "epsilon" && t.name !== "k" && t.name !== "p") continue;
+    const last = rules.at(-1);
+    if (!last) throw new UsageError(`--${t.name} must follow the --rule it qualifies`);
+    const v = Number(t.value);
+    const ok = t.name === "k" ? Number.isSafeInteger(v) && v >= 1 : t.name === "p" ? v > 0 && v <= 1 : v >= 0;
+    if (!ok || !Number.isFinite(v)) {
+      throw new UsageError(
+        `--${t.name} ${t.value}: expected ${
+          t.name === "k" ? "an integer ≥ 1" : t.name === "p" ? "a number in (0, 1]" : "a number ≥ 0"
+        }`,
+      );
+    }
+    for (const side of [last.mlp, last.attention]) side[t.name] = v;
+  }
+  return rules;
+}
+
+function _ruleSpec(spec: string): InferRules {
+  if (!spec.includes("=")) {
+    const r = _one(spec);
+    return { mlp: r, attention: { ...r } };
+  }
+  const out: Partial<InferRules> = {};
+  for (const part of spec.split(",")) {
+    const [side, rule] = part.split("=", 2) as [string, string | undefined];
+    if ((side !== "mlp" && side !== "attention") || rule === undefined) {
+      throw new UsageError(`--rule ${spec}: expected mlp=RULE,attention=RULE`);
+    }
+    out[side] = _one(rule);
+  }
+  return {
+    mlp: out.mlp ?? { ..._DEFAULTS, kind: "dense" },
+    attention: out.attention ?? { ..._DEFAULTS, kind: "dense" },
+  };
+}
+
+function _one(spec: string): RouteRule {
+  const [kind, param] = spec.split(":", 2) as [string, string | undefined];
+  if (!(_KINDS as readonly string[]).includes(kind)) {
+    throw new UsageError(`--rule ${spec}: unknown rule "${kind}"; expected one of ${_KINDS.join(", ")}`);
+  }
+  const r: RouteRule = { ..._DEFAULTS, kind: kind as RouteRule["kind"] };
+  if (param !== undefined) {
+    const v = Number(param);
+    if (!Number.isFinite(v) || v < 0 || kind === "dense") {
+      throw new UsageError(`--rule ${spec}: bad parameter "${param}"`);
+    }
+    if (kind === "topk") r.k = v;
+    else if (kind === "top_p") r.p = v;
+    else r.epsilon = v;
+  }
+  return r;
+}
+
+function _table(
+  results: readonly RuleResult[],
+  dense: RuleResult,
+  routed: { mlp: boolean; attention: boolean },
+): string {
+  const mean = (r: RuleResult, kind: "attention" | "mlp") => {
+    const ls = r.layers.filter((l) => l.kind === kind);
+    if (ls.length === 0) return "-";
+    return `${(ls.reduce((a, l) => a + l.experts, 0) / ls.length).toFixed(2)}/${ls[0]!.of}`;
+  };
+  const header = ["rule", "val loss", "ppl", "Δppl vs dense", "active params", "active %", "hidden %"];
+  if (routed.attention) header.push("attn experts");
+  if (routed.mlp) header.push("mlp experts");
+  const rows = results.map((r) => {
+    const row = [
+      r.rule,
+      r.loss.toFixed(4),
+      r.ppl.toFixed(3),
+      `${r.ppl >= dense.ppl ? "+" : ""}${((100 * (r.ppl - dense.ppl)) / dense.ppl).toFixed(2)}%`,
+      fmtCount(r.activeParams),
+      r.activePct.toFixed(1),
+      r.hiddenPct.toFixed(1),
+    ];
+    if (routed.attention) row.push(mean(r, "attention"));
+    if (routed.mlp) row.push(mean(r, "mlp"));
+    return row;
+  });
+  return table(header, rows, [
+    "left",
+    "right",
+    "right",
+    "right",
+    "right",
+    "right",
+    "right",
+    "right",
+    "right",
+  ]);
+}

@@ -1,0 +1,163 @@
+/**
+ * Evaluation of a trained model under inference routing rules (DESIGN.md §4, "Sparse inference"):
+ * validation loss and perplexity, and the experts each rule really activates, measured per token and
+ * per layer, turned into active parameters and hidden % with the definitions of core/plan/counts.ts.
+ *
+ * Each rule's graph gates every routed layer by S ⊙ mask (raw probabilities, not renormalized). This
+ * pass computes every expert and zeroes the unrouted ones, so its numbers are exactly those of sparse
+ * execution; the skipping itself is the sparse executor's job.
+ *
+ * @module
+ */
+import type { Experiment } from "../config/schema.ts";
+import type { Dataset } from "../data/dataset.ts";
+import { schedule } from "../graph/schedule.ts";
+import { countParams, layerShape } from "../plan/counts.ts";
+import { buildModel, type InferRules } from "../plan/model.ts";
+import type { RouteRule } from "../ref/routing.ts";
+import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
+import type { GpuContext } from "../../gpu/device.ts";
+import { GraphExecutor } from "../../gpu/executor.ts";
+import "../../gpu/graph_ops.ts";
+
+/** Experts run per token in one routed layer, averaged over the evaluated tokens. */
+export interface LayerActivity {
+  layer: number;
+  kind: "attention" | "mlp";
+  experts: number; // mean experts per token
+  of: number; // experts in the layer
+}
+
+/** What one rule gives on the validation batches. */
+export interface RuleResult {
+  rule: string;
+  loss: number; // mean cross-entropy, nats per token
+  ppl: number;
+  activeParams: number; // mean per token, DESIGN.md §4 definition (embeddings, norms, LM head excluded)
+  activePct: number; // of the same count with every expert active
+  hiddenPct: number; // active expert parameters / all expert parameters × 100
+  layers: LayerActivity[];
+  tokens: number;
+}
+
+/** A short stable name of a rule pair: `threshold@0.5`, `topk@2`, or `mlp:…,attention:…` when they differ. */
+export function ruleName(r: InferRules, routed: { mlp: boolean; attention: boolean }): string {
+  const one = (x: RouteRule) =>
+    x.kind === "dense"
+      ? "dense"
+      : `${x.kind}@${x.kind === "topk" ? x.k : x.kind === "top_p" ? x.p : x.epsilon}`;
+  const m = one(r.mlp), a = one(r.attention);
+  if (!routed.attention || m === a) return routed.mlp || m === a ? m : a;
+  if (!routed.mlp) return a;
+  return `mlp:${m},attention:${a}`;
+}
+
+/**
+ * Evaluates `params` (name → values, as in a checkpoint) under each rule pair on `batches` validation
+ * batches of `c.train.batch` sequences. `progress` receives a line per rule.
+ */
+export async function evaluateRules(
+  ctx: GpuContext,
+  c: Readonly<Experiment>,
+  params: ReadonlyMap<string, Float32Array>,
+  dataset: Dataset,
+  rules: readonly InferRules[],
+  o: { batches: number; progress?: (line: string) => void },
+): Promise<RuleResult[]> {
+  const shape = layerShape(c), counts = countParams(c);
+  const routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
+  const tensors = new Map<string, GpuTensor>();
+  const results: RuleResult[] = [];
+  try {
+    for (const rule of rules) {
+      const m = buildModel(c, c.train.batch, rule);
+      for (const p of m.params) {
+        const data = params.get(p.value.name);
+        if (!data) throw new RangeError(`Cannot evaluate: the checkpoint has no parameter "${p.value.name}"`);
+        if (data.length !== p.value.shape.reduce((a, b) => a * b, 1)) {
+          throw new RangeError(
+            `Cannot evaluate: parameter "${p.value.name}" has ${data.length} values, the config's model needs ` +
+              `[${p.value.shape}]`,
+          );
+        }
+        if (!tensors.has(p.value.name)) {
+          tensors.set(p.value.name, createTensor(ctx, p.value.shape, "f32", data, p.value.name));
+        }
+      }
+      const leaves = [...m.graph.leaves.values()].map((l) => l.value);
+      const shared = new Map(m.params.map((p) => [p.value.id, tensors.get(p.value.name)!]));
+      const masks = m.routers.filter((r) => r.mask);
+      const exec = new GraphExecutor(
+        ctx,
+        schedule(m.graph, [m.lmLoss, ...masks.map((r) => r.mask!)]),
+        leaves,
+        shared,
+      );
+      try {
+        await exec.check();
+        let lossSum = 0;
+        const active = m.routers.map(() => 0);
+        for (let i = 0; i < o.batches; i++) {
+          const batch = dataset.valBatch(i, o.batches, c.train.batch);
+          writeTensor(ctx, exec.tensor(m.ids), batch.inputs);
+          writeTensor(ctx, exec.tensor(m.targets), batch.targets);
+          await exec.run().done();
+          lossSum += (await readTensor(ctx, exec.tensor(m.lmLoss)))[0]!;
+          for (const [j, r] of m.routers.entries()) {
+            if (!r.mask) {
+              active[j]! += r.probs.shape[1]!;
+              continue;
+            }
+            let on = 0;
+            for (const v of await readTensor(ctx, exec.tensor(r.mask))) on += v;
+            active[j]! += on / r.mask.shape[0]!;
+          }
+        }
+        const layers = m.routers.map((r, j) => ({
+          layer: r.layer,
+          kind: r.kind,
+          experts: active[j]! / o.batches,
+          of: r.probs.shape[1]!,
+        }));
+        const loss = lossSum / o.batches;
+        const res = _activity(c, counts, shape, layers);
+        const tokens = o.batches * c.train.batch * c.data.seq_len;
+        const result = { rule: ruleName(rule, routed), loss, ppl: Math.exp(loss), ...res, layers, tokens };
+        results.push(result);
+        o.progress?.(
+          `${result.rule}: val loss ${loss.toFixed(4)}  ppl ${result.ppl.toFixed(3)}  ` +
+            `hidden ${result.hiddenPct.toFixed(1)}%`,
+        );
+      } finally {
+        exec.destroy();
+      }
+    }
+  } finally {
+    for (const t of tensors.values()) t.buffer.destroy();
+  }
+  return results;
+}
+
+/** Active parameters from measured experts per layer (core/plan/counts.ts definitions). */
+function _activity(
+  c: Readonly<Experiment>,
+  p: ReturnType<typeof countParams>,
+  s: ReturnType<typeof layerShape>,
+  layers: readonly LayerActivity[],
+): Pick<RuleResult, "activeParams" | "activePct" | "hiddenPct"> {
+  const L = c.model.layers;
+  const qoPerExpert = p.attention_qo / (L * s.attExperts), mlpPerExpert = p.mlp_experts / (L * s.mlpExperts);
+  const mean = (kind: LayerActivity["kind"], all: number) => {
+    const ls = layers.filter((l) => l.kind === kind);
+    return ls.length === 0 ? all * L : ls.reduce((a, l) => a + l.experts, 0);
+  };
+  const qo = qoPerExpert * mean("attention", s.attExperts), mlp = mlpPerExpert * mean("mlp", s.mlpExperts);
+  const always = p.attention_kv + p.attention_router + p.mlp_router;
+  const all = always + p.attention_qo + p.mlp_experts;
+  const expertsActive = (s.routedAtt ? qo : 0) + (s.routedMlp ? mlp : 0);
+  return {
+    activeParams: always + qo + mlp,
+    activePct: (100 * (always + qo + mlp)) / all,
+    hiddenPct: p.experts > 0 ? (100 * expertsActive) / p.experts : 100,
+  };
+}

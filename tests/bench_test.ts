@@ -1,0 +1,95 @@
+/**
+ * `deno task bench`: the quick run through the CLI yields a checked, timed row for ours and for
+ * tfjs-webgpu in every case, and the correctness gate turns a wrong kernel into an error row.
+ */
+import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
+import {
+  BenchCheckError,
+  type BenchRow,
+  checkClose,
+  formatTable,
+  matmulCases,
+  runCases,
+} from "../core/bench/mod.ts";
+import { openTfjs } from "../core/bench/tfjs.ts";
+import { type CliIo, main } from "../core/cli/main.ts";
+import { testGpu } from "./helpers/gpu.ts";
+
+async function cli(...argv: string[]): Promise<{ code: number; out: string[]; err: string[] }> {
+  const out: string[] = [], err: string[] = [];
+  const io: CliIo = { out: (l) => out.push(l), err: (l) => err.push(l) };
+  return { code: await main(argv, io), out, err };
+}
+
+Deno.test("bench --quick --json checks and times ours and tfjs-webgpu in every case, summary last", async () => {
+  await testGpu(); // fails with "no WebGPU adapter: …" rather than skipping
+  const { code, out, err } = await cli("bench", "--quick", "--json");
+  assertEquals(code, 0, err.join("\n"));
+  const objects = out.map((l) => JSON.parse(l));
+  const summary = objects.at(-1), rows: BenchRow[] = objects.slice(0, -1);
+  assertEquals(summary.suite, "all");
+  assertEquals(summary.rows, rows.length);
+  assertEquals(summary.errors, 0);
+  assert(/\S/.test(summary.adapter), "the adapter is recorded");
+  const byCase = new Map<string, Set<string>>();
+  for (const r of rows) {
+    assert(r.error === undefined, `${r.case} ${r.impl}: ${r.error}`);
+    assert(typeof r.ms === "number" && r.ms > 0 && Number.isFinite(r.ms), `${r.case} ${r.impl} ms ${r.ms}`);
+    assert(typeof r.max_err === "number" && Number.isFinite(r.max_err), `${r.case} ${r.impl} was checked`);
+    if (r.suite === "matmul") {
+      const [m, k, n] = r.case.split("x").map(Number) as [number, number, number];
+      assertEquals(r.flops, 2 * m * k * n);
+    }
+    if (r.flops === null) assertEquals(r.gflops, null);
+    else assert(Math.abs(r.gflops! - r.flops / r.ms! / 1e6) <= 1e-9 * r.gflops!, `${r.case} gflops`);
+    const key = `${r.suite}/${r.case}`;
+    byCase.set(key, (byCase.get(key) ?? new Set()).add(r.impl));
+  }
+  assertEquals(new Set(rows.map((r) => r.suite)), new Set(["matmul", "kernels"]));
+  assert(byCase.size >= 2 + 9, `cases: ${[...byCase.keys()]}`);
+  for (const [key, impls] of byCase) assertEquals([...impls].sort(), ["dsmoe", "tfjs-webgpu"], key);
+  assert(err.some((l) => l.startsWith("bench: ")), "progress goes to stderr");
+});
+
+Deno.test("bench: a wrong kernel fails the float64 check and gets an error row, not a time", async () => {
+  const ctx = await testGpu();
+  const tfjs = await openTfjs(ctx);
+  const [real] = matmulCases(ctx, tfjs, [[64, 32, 48]]);
+  // The same case, with our output corrupted in one element after a correct run.
+  const broken = {
+    ...real!,
+    setup() {
+      const s = real!.setup();
+      return {
+        ...s,
+        impls: {
+          ...s.impls,
+          dsmoe: async () => {
+            const r = await s.impls.dsmoe();
+            return {
+              ...r,
+              output: async () => Float32Array.from(await r.output(), (v, i) => (i === 5 ? v + 0.5 : v)),
+            };
+          },
+        },
+      };
+    },
+  };
+  const rows = await runCases([real!, broken], { warmup: 0, reps: 1 });
+  assert(rows.slice(0, 2).every((r) => !r.error && r.ms! > 0), "the real kernel passes");
+  const [ours, theirs] = rows.slice(2);
+  assertEquals(ours!.impl, "dsmoe");
+  assert(ours!.error?.includes("float64 reference"), ours!.error);
+  assertEquals([ours!.ms, ours!.gflops], [null, null]);
+  assert(!theirs!.error && theirs!.ms! > 0, "tfjs still runs");
+  assert(formatTable(rows.slice(2), ctx.adapter.description).includes("ERROR"));
+  assertThrows(() => checkClose([NaN], [1], { atol: 1, rtol: 1 }, "nan"), BenchCheckError);
+});
+
+Deno.test("bench rejects an unknown suite and stray arguments with exit code 2", async () => {
+  assertEquals((await cli("bench", "--suite", "nope")).code, 2);
+  assertEquals((await cli("bench", "extra")).code, 2);
+  const help = await cli("bench", "--help");
+  assertEquals(help.code, 0);
+  assert(help.out.join("\n").includes("--suite"));
+});

@@ -1,0 +1,119 @@
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { type CliIo, main } from "../core/cli/main.ts";
+import { parseRules } from "../core/cli/eval_cmd.ts";
+import { parseExperimentText } from "../core/config/mod.ts";
+import { countParams } from "../core/plan/counts.ts";
+import { RunDir } from "../core/runs/run_dir.ts";
+
+async function cli(...argv: string[]) {
+  const out: string[] = [], err: string[] = [];
+  const io: CliIo = { out: (l) => out.push(l), err: (l) => err.push(l) };
+  const code = await main(argv, io);
+  return { code, out, err, json: () => JSON.parse(out.at(-1)!) };
+}
+
+const close = (a: number, b: number, rel: number) => Math.abs(a - b) <= rel * Math.abs(b);
+
+Deno.test("eval measures ppl and active parameters per rule on a trained micro run and logs infer/ metrics", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const sets = [
+      "--set",
+      "train.steps=20",
+      "--set",
+      "train.eval_every=20",
+      "--set",
+      "train.checkpoint_every=20",
+    ];
+    const trained = await cli("run", "tests/fixtures/micro.yaml", ...sets, "--runs-dir", dir, "--json");
+    assertEquals(trained.code, 0, trained.err.join("\n"));
+    const id = trained.json().run_id;
+    const r = await cli(
+      "eval",
+      id,
+      "--rule",
+      "threshold",
+      "--epsilon",
+      "0",
+      "--rule",
+      "topk:1",
+      "--batches",
+      "4",
+      "--runs-dir",
+      dir,
+      "--json",
+    );
+    assertEquals(r.code, 0, r.err.join("\n"));
+    const j = r.json();
+    // The dense rule on the training's own validation batches (eval_batches: 4) is the training's val ppl.
+    assert(
+      close(j.dense_ppl, trained.json().final["val/ppl"], 1e-4),
+      `${j.dense_ppl} vs ${trained.json().final["val/ppl"]}`,
+    );
+    assertEquals(j.rules.map((x: { rule: string }) => x.rule), ["dense", "threshold@0", "topk@1"]);
+    const [dense, eps0, top1] = j.rules;
+    assert(close(eps0.ppl, dense.ppl, 1e-6), "threshold ε = 0 runs every expert");
+    assertEquals([eps0.active_pct, eps0.hidden_pct], [100, 100]);
+    // topk 1: one of 2 attention experts and one of 4 MLP experts per layer, exactly.
+    const c =
+      parseExperimentText(await Deno.readTextFile("tests/fixtures/micro.yaml"), "micro.yaml").points[0]!
+        .config;
+    const p = countParams(c);
+    assert(
+      close(top1.hidden_pct, (100 * (p.attention_qo / 2 + p.mlp_experts / 4)) / p.experts, 1e-9),
+      `${top1.hidden_pct}`,
+    );
+    assert(top1.layers.every((l: { experts: number }) => l.experts === 1));
+    assert(Math.abs(top1.ppl - dense.ppl) > 1e-6, "leaving experts out changes the loss");
+    assert(r.out.join("\n").split("\n").some((l) => l.startsWith("topk@1")), "table row printed");
+    const m = await (await RunDir.open(dir, id)).readMetrics();
+    for (
+      const key of [
+        "infer/topk@1/ppl",
+        "infer/threshold@0/hidden_pct",
+        "infer/dense/active_params",
+        "infer/topk@1/layer/1/mlp/experts",
+      ]
+    ) {
+      assert(m.some((x) => x.key === key && x.step === 20), `metric ${key}`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("eval refuses bad rules and missing runs with exit code 2", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (
+      const [args, msg] of [
+        [["nope"], /No run "nope"/],
+        [["x", "--epsilon", "0.5"], /--epsilon must follow the --rule/],
+        [["x", "--rule", "sometimes"], /unknown rule "sometimes"/],
+        [["x", "--rule", "topk", "--k", "0"], /--k 0: expected an integer/],
+        [["x", "--rule", "mlp=topk:2,expert=dense"], /expected mlp=RULE,attention=RULE/],
+      ] as const
+    ) {
+      const r = await cli("eval", ...args, "--runs-dir", dir);
+      assertEquals(r.code, 2, `${args}: ${r.err.join("\n")}`);
+      assert(msg.test(r.err.join("\n")), `${args}: ${r.err.join("\n")}`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("parseRules pairs each --rule with the parameters after it, and splits mlp= / attention=", () => {
+  const tok = (name: string, value?: string) => ({ kind: "option", name, value });
+  const rules = parseRules([
+    tok("rule", "threshold"),
+    tok("epsilon", "0.3"),
+    tok("rule", "topk:3"),
+    tok("rule", "mlp=top_p:0.8,attention=dense"),
+  ]);
+  assertEquals(rules.map((r) => [r.mlp.kind, r.mlp.epsilon, r.mlp.k, r.mlp.p, r.attention.kind]), [
+    ["threshold", 0.3, 2, 0.9, "threshold"],
+    ["topk", 0.5, 3, 0.9, "topk"],
+    ["top_p", 0.5, 2, 0.8, "dense"],
+  ]);
+});

@@ -1,0 +1,125 @@
+/**
+ * Shapes past a device limit are split or refused before dispatch, never run wrong: bindings over
+ * maxStorageBufferBindingSize, plans with such a buffer, and dispatches over 65535 workgroups per dimension.
+ */
+import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
+import { apply1 } from "../core/graph/ops.ts";
+import { Graph } from "../core/graph/ir.ts";
+import { schedule } from "../core/graph/schedule.ts";
+import { activationRef } from "../core/ref/activation.ts";
+import { matmulRef } from "../core/ref/matmul.ts";
+import { createTensor, readTensor } from "../gpu/buffers.ts";
+import type { GpuContext } from "../gpu/device.ts";
+import { grid, prepare, runCalls } from "../gpu/dispatch.ts";
+import { GpuLimitError } from "../gpu/errors.ts";
+import { GraphExecutor } from "../gpu/executor.ts";
+import "../gpu/graph_ops.ts";
+import { activation } from "../gpu/kernels/activation.ts";
+import { matmul } from "../gpu/kernels/matmul.ts";
+import { assertClose, randomArray, testGpu } from "./helpers/gpu.ts";
+
+/** The test device seen through smaller limits: kernels and the executor read limits from the context. */
+function limited(ctx: GpuContext, limits: Partial<Record<keyof GPUSupportedLimits, number>>): GpuContext {
+  return Object.create(ctx, { limits: { value: { ...toPlain(ctx.limits), ...limits } } }) as GpuContext;
+}
+
+function toPlain(l: GPUSupportedLimits): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (
+    const k of ["maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupsPerDimension"] as const
+  ) {
+    out[k] = l[k];
+  }
+  return out;
+}
+
+Deno.test("a binding over maxStorageBufferBindingSize is refused before dispatch, naming the tensor", async () => {
+  const ctx = await testGpu();
+  const small = limited(ctx, { maxStorageBufferBindingSize: 1024 });
+  const a = createTensor(ctx, [16, 32], "f32", undefined, "wide"); // 2048 bytes
+  const b = createTensor(ctx, [32, 4], "f32", undefined, "b");
+  const c = createTensor(ctx, [16, 4], "f32", undefined, "c");
+  assertThrows(
+    () => matmul(small, { a, b, c, m: 16, k: 32, n: 4 }),
+    (e: unknown) =>
+      e instanceof GpuLimitError && /"wide"\).*maxStorageBufferBindingSize \(1024\)/.test(e.message),
+  );
+  // Kernels that do not check their bindings themselves are caught when the call is prepared.
+  const call = activation(ctx, { kind: "gelu", x: a, y: a });
+  assertThrows(() => prepare(small, call), /activation_gelu binding 0 \("wide"\): 2048 bytes exceeds/);
+  for (const t of [a, b, c]) t.buffer.destroy();
+});
+
+Deno.test("GraphExecutor refuses a plan with a buffer over the binding limit before allocating anything", async () => {
+  const ctx = await testGpu();
+  const g = new Graph();
+  const x = g.leaf("input", "x", [64, 64]);
+  const y = apply1(g, "activation", [x], { kind: "gelu" });
+  let allocations = 0;
+  const device = new Proxy(ctx.device, {
+    get(target, key) {
+      if (key === "createBuffer") {
+        return () => {
+          allocations++;
+          throw new Error("allocated before the limit check");
+        };
+      }
+      const v = Reflect.get(target, key, target);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+  const small = Object.create(limited(ctx, { maxStorageBufferBindingSize: 8192 }), {
+    device: { value: device },
+  });
+  assertThrows(
+    () => new GraphExecutor(small, schedule(g, [y]), g.inputs()),
+    (e) =>
+      e instanceof GpuLimitError && e.message.includes(`"x" [64,64]`) && e.message.includes("16384 bytes"),
+  );
+  assertEquals(allocations, 0);
+});
+
+Deno.test("grid() folds more than 65535 workgroups into two dimensions and refuses more than 65535²", async () => {
+  const ctx = await testGpu();
+  const max = ctx.limits.maxComputeWorkgroupsPerDimension;
+  for (const n of [1, max, max + 1, 3 * max + 7, max * max]) {
+    const [x, y] = grid(ctx, n);
+    assert(x <= max && y <= max && x * y >= n && x * y - n < x, `grid(${n}) = [${x}, ${y}]`);
+  }
+  assertThrows(() => grid(ctx, max * max + 1), GpuLimitError);
+});
+
+Deno.test("a dispatch of more than 65535 workgroups covers every element exactly once", async () => {
+  const ctx = await testGpu();
+  // 64 invocations per workgroup, one element each: 65535·64 + 100 elements need 65537 workgroups.
+  const n = ctx.limits.maxComputeWorkgroupsPerDimension * 64 + 100;
+  const x64 = Float64Array.from(Float32Array.from(randomArray(n, 5, -3, 3)));
+  const x = createTensor(ctx, [n], "f32", Float32Array.from(x64), "x");
+  const y = createTensor(ctx, [n], "f32", undefined, "y");
+  const call = activation(ctx, { kind: "gelu", x, y });
+  assert(call.workgroups[1]! > 1, `expected a folded dispatch, got ${call.workgroups}`);
+  await ctx.scoped("gelu", () => runCalls(ctx, [call]).done());
+  assertClose(
+    await readTensor(ctx, y),
+    activationRef("gelu", x64),
+    { atol: 3e-6, rtol: 3e-5 },
+    "gelu over a folded grid",
+  );
+  for (const t of [x, y]) t.buffer.destroy();
+});
+
+Deno.test("matmul on a device allowing 7 workgroups per dimension folds its grid and stays exact", async () => {
+  const ctx = await testGpu();
+  const tiny = limited(ctx, { maxComputeWorkgroupsPerDimension: 7 });
+  const m = 45, k = 9, n = 70, batch = 3;
+  const a64 = Float64Array.from(Float32Array.from(randomArray(batch * m * k, 1)));
+  const b64 = Float64Array.from(Float32Array.from(randomArray(batch * k * n, 2)));
+  const a = createTensor(ctx, [a64.length], "f32", Float32Array.from(a64), "a");
+  const b = createTensor(ctx, [b64.length], "f32", Float32Array.from(b64), "b");
+  const c = createTensor(ctx, [batch * m * n], "f32", undefined, "c");
+  const call = matmul(tiny, { a, b, c, m, k, n, batch, tile: { tm: 16, tn: 16, wx: 2 } });
+  assert(call.workgroups[0]! <= 7 && call.workgroups[1]! > 1, `grid ${call.workgroups}`);
+  await ctx.scoped("matmul", () => runCalls(ctx, [call]).done());
+  assertClose(await readTensor(ctx, c), matmulRef(a64, b64, { m, k, n, batch }), { atol: 2e-5, rtol: 1e-5 });
+  for (const t of [a, b, c]) t.buffer.destroy();
+});
