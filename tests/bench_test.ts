@@ -12,14 +12,8 @@ import {
   runCases,
 } from "../core/bench/mod.ts";
 import { openTfjs } from "../core/bench/tfjs.ts";
-import { type CliIo, main } from "../core/cli/main.ts";
+import { cli } from "./helpers/cli.ts";
 import { testGpu } from "./helpers/gpu.ts";
-
-async function cli(...argv: string[]): Promise<{ code: number; out: string[]; err: string[] }> {
-  const out: string[] = [], err: string[] = [];
-  const io: CliIo = { out: (l) => out.push(l), err: (l) => err.push(l) };
-  return { code: await main(argv, io), out, err };
-}
 
 Deno.test("bench --quick --json checks and times ours and tfjs-webgpu in every case, summary last", async () => {
   await testGpu(); // fails with "no WebGPU adapter: …" rather than skipping

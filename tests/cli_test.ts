@@ -1,14 +1,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { type CliIo, main } from "../core/cli/main.ts";
+import { cli } from "./helpers/cli.ts";
 
 /** Runs the CLI in-process and captures its output. */
-async function cli(...argv: string[]): Promise<{ code: number; out: string[]; err: string[] }> {
-  const out: string[] = [], err: string[] = [];
-  const io: CliIo = { out: (l) => out.push(l), err: (l) => err.push(l) };
-  const code = await main(argv, io);
-  return { code, out, err };
-}
-
 Deno.test("run --dry-run --json lists every sweep point of sweep-mi with its counts", async () => {
   const { code, out } = await cli("run", "configs/sweep-mi.yaml", "--dry-run", "--json");
   assertEquals(code, 0);

@@ -1,16 +1,9 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { type CliIo, main } from "../core/cli/main.ts";
+import { cli } from "./helpers/cli.ts";
 import { parseRules } from "../core/cli/eval_cmd.ts";
 import { parseExperimentText } from "../core/config/mod.ts";
 import { countParams } from "../core/plan/counts.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
-
-async function cli(...argv: string[]) {
-  const out: string[] = [], err: string[] = [];
-  const io: CliIo = { out: (l) => out.push(l), err: (l) => err.push(l) };
-  const code = await main(argv, io);
-  return { code, out, err, json: () => JSON.parse(out.at(-1)!) };
-}
 
 const close = (a: number, b: number, rel: number) => Math.abs(a - b) <= rel * Math.abs(b);
 

@@ -3,7 +3,9 @@ import { ExperimentSchema } from "../core/config/schema.ts";
 import { gradients } from "../core/graph/autodiff.ts";
 import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
-import { schedule } from "../core/graph/schedule.ts";
+import { type Schedule, schedule } from "../core/graph/schedule.ts";
+import type { Value } from "../core/graph/ir.ts";
+import type { GpuContext } from "../gpu/device.ts";
 import { buildModel, type InferRules } from "../core/plan/model.ts";
 import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
@@ -66,17 +68,9 @@ for (const [name, over] of Object.entries(MODELS)) {
         Float64Array.from(Float32Array.from({ length: n }, () => base + 0.3 * (2 * rng.next() - 1))),
       );
     }
-    const ref = evaluateGraph(sched.nodes, feeds, outs, CPU_OPS);
-    const leaves = [...m.graph.leaves.values()].map((l) => l.value);
-    const ex = new GraphExecutor(ctx, sched, leaves);
-    for (const v of leaves) {
-      const data = feeds.get(v.id)!;
-      writeTensor(ctx, ex.tensor(v), data instanceof Uint32Array ? data : Float32Array.from(data));
-    }
-    await ex.check();
-    await ctx.scoped(name, () => ex.run().done());
+    const { ref, got: gpu } = await runBoth(ctx, m, sched, feeds, outs, name);
     for (let i = 0; i < outs.length; i++) {
-      const got = await readTensor(ctx, ex.tensor(outs[i]!));
+      const got = gpu[i]!;
       const r = ref[i]!;
       const scale = Math.max(...Array.from(r, Math.abs));
       // f32 through two blocks and back: errors are relative to the tensor's largest entry.
@@ -84,7 +78,6 @@ for (const [name, over] of Object.entries(MODELS)) {
       assertClose(got, r, { atol: 2e-4 * scale + 1e-7, rtol: 2e-3 }, what);
     }
     assert(scheduledUsesReuse(sched.memory.totalElements, sched.memory.withoutReuse));
-    ex.destroy();
   });
 }
 
@@ -133,18 +126,7 @@ Deno.test("WebGPU inference graphs under each routing rule match the float64 ref
       }
       feeds.set(p.value.id, values.get(p.value.name)!);
     }
-    const ref = evaluateGraph(sched.nodes, feeds, outs, CPU_OPS);
-    const leaves = [...m.graph.leaves.values()].map((l) => l.value);
-    const ex = new GraphExecutor(ctx, sched, leaves);
-    for (const v of leaves) {
-      const data = feeds.get(v.id)!;
-      writeTensor(ctx, ex.tensor(v), data instanceof Uint32Array ? data : Float32Array.from(data));
-    }
-    await ex.check();
-    await ctx.scoped("inference graph", () => ex.run().done());
-    const got = [];
-    for (const o of outs) got.push(await readTensor(ctx, ex.tensor(o)));
-    ex.destroy();
+    const { ref, got } = await runBoth(ctx, m, sched, feeds, outs, "inference graph");
     return { ref: ref.map((r) => Float64Array.from(r)), got };
   };
   const dense = await run(buildModel(c, 3));
@@ -177,3 +159,30 @@ Deno.test("WebGPU inference graphs under each routing rule match the float64 ref
     "masked logits differ from dense",
   );
 });
+
+/** Evaluates `outs` on the float64 CPU reference and on the GPU from the same feeds. */
+async function runBoth(
+  ctx: GpuContext,
+  m: ReturnType<typeof buildModel>,
+  sched: Schedule,
+  feeds: Map<number, HostValue>,
+  outs: Value[],
+  label: string,
+): Promise<{ ref: HostValue[]; got: Float32Array[] }> {
+  const ref = evaluateGraph(sched.nodes, feeds, outs, CPU_OPS);
+  const leaves = [...m.graph.leaves.values()].map((l) => l.value);
+  const ex = new GraphExecutor(ctx, sched, leaves);
+  try {
+    for (const v of leaves) {
+      const data = feeds.get(v.id)!;
+      writeTensor(ctx, ex.tensor(v), data instanceof Uint32Array ? data : Float32Array.from(data));
+    }
+    await ex.check();
+    await ctx.scoped(label, () => ex.run().done());
+    const got: Float32Array[] = [];
+    for (const o of outs) got.push(await readTensor(ctx, ex.tensor(o)) as Float32Array);
+    return { ref, got };
+  } finally {
+    ex.destroy();
+  }
+}

@@ -86,6 +86,7 @@ const CASES: Record<string, [Build, Tolerance]> = {
       apply1(g, "add_rows", [f([21, 3]), f([7, 3])]),
       apply1(g, "sum_rows_mod", [f([21, 3])], { period: 7 }),
       apply1(g, "bias_add", [f([33, 5]), f([5])]),
+      apply1(g, "bias_add", [f([7, 12]), f([12])]), // the vec4 form
       apply1(g, "sum_rows", [f([33, 5])]),
     ],
     SUMS,

@@ -1,14 +1,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { type CliIo, main } from "../core/cli/main.ts";
+import { cli } from "./helpers/cli.ts";
 import { latestCheckpoint } from "../core/runs/checkpoints.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
-
-async function cli(...argv: string[]) {
-  const out: string[] = [], err: string[] = [];
-  const io: CliIo = { out: (l) => out.push(l), err: (l) => err.push(l) };
-  const code = await main(argv, io);
-  return { code, out, err, json: () => JSON.parse(out.at(-1)!) };
-}
 
 Deno.test("deno task run trains the micro DS-MoE on WebGPU: loss falls from ln 256 = 5.55 to below 3.7", async () => {
   const dir = await Deno.makeTempDir();

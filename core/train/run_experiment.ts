@@ -101,6 +101,7 @@ async function _runPoint(
     );
     backend = await o.backendFactory(c);
     await run.update({ adapter: backend.description });
+    o.progress(`device: ${backend.description}; ${fmtCount(countParams(c).total)} parameters`);
     const r = await train({
       config: c,
       configYaml: yaml,

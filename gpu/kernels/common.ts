@@ -13,7 +13,7 @@ export interface Binding {
   name: string;
   tensor: GpuTensor;
   write?: boolean;
-  type?: "f32" | "u32";
+  type?: "f32" | "u32" | "vec4<f32>"; // element type in WGSL; default the tensor's dtype
 }
 
 /** Uniform fields: name → value, with `u32:` or `f32:` typing by the field list. */
