@@ -101,6 +101,29 @@ export function createTensor(
   return new GpuTensor(buffer, shape, dtype, label);
 }
 
+/**
+ * A u32 tensor that kernels can write (storage) and that can hold the args of
+ * `dispatchWorkgroupsIndirect` (INDIRECT usage): 3 words (x, y, z) per indirect dispatch. Plain storage
+ * tensors lack INDIRECT usage on purpose, so an args buffer is always made here and is easy to find.
+ *
+ * @example
+ * ```ts ignore
+ * const args = createIndirectTensor(ctx, 6, "moe.args"); // two indirect dispatches
+ * const call = { ...kernel, workgroups: [0], indirect: { buffer: args, offset: 12 } };
+ * ```
+ */
+export function createIndirectTensor(ctx: GpuContext, words: number, label = "indirect_args"): GpuTensor {
+  if (!Number.isInteger(words) || words < 3) {
+    throw new RangeError(`Cannot create indirect args "${label}": ${words} words, need at least 3`);
+  }
+  const buffer = ctx.device.createBuffer({
+    size: paddedBytes(words * 4),
+    usage: _STORAGE | GPUBufferUsage.INDIRECT,
+    label,
+  });
+  return new GpuTensor(buffer, [words], "u32", label);
+}
+
 /** Writes host data into an existing tensor (queued; ordered before the next submit). */
 export function writeTensor(ctx: GpuContext, t: GpuTensor, data: HostArray): void {
   if (data.length !== t.size) {

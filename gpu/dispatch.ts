@@ -17,8 +17,17 @@ export interface KernelCall {
   code: string;
   bindings: readonly (GpuTensor | GPUBuffer)[];
   uniform?: ArrayBuffer | ArrayBufferView;
-  /** Workgroup counts; use {@linkcode grid} to fold a large 1-D count into 2-D. */
+  /**
+   * Workgroup counts; use {@linkcode grid} to fold a large 1-D count into 2-D. Not used to dispatch when
+   * `indirect` is set (give `[0]` there).
+   */
   workgroups: readonly [number, number?, number?];
+  /**
+   * Dispatch with the counts a kernel wrote on the GPU (`dispatchWorkgroupsIndirect`): three u32 (x, y, z)
+   * at byte `offset` of a buffer made with INDIRECT usage (`createIndirectTensor` in buffers.ts). For work whose
+   * size is only known on the GPU (routed token counts), so no host readback is needed.
+   */
+  indirect?: { buffer: GPUBuffer | GpuTensor; offset: number };
 }
 
 /** A call ready to be encoded any number of times. */
@@ -28,6 +37,8 @@ export interface PreparedCall {
   readonly bindGroup: GPUBindGroup;
   readonly uniformBuffer: GPUBuffer | null;
   readonly workgroups: readonly [number, number, number];
+  /** Set for an indirect dispatch: the args buffer and byte offset. */
+  readonly indirect: { readonly buffer: GPUBuffer; readonly offset: number } | null;
 }
 
 /**
@@ -87,7 +98,21 @@ export function prepare(ctx: GpuContext, call: KernelCall): PreparedCall {
     entries,
     label: call.label,
   });
-  return { label: call.label, pipeline, bindGroup, uniformBuffer, workgroups: [x, y, z] };
+  let indirect: PreparedCall["indirect"] = null;
+  if (call.indirect) {
+    const { buffer: b, offset } = call.indirect;
+    const buffer = b instanceof GPUBuffer ? b : b.buffer;
+    if (!Number.isInteger(offset) || offset < 0 || offset % 4 !== 0 || offset + 12 > buffer.size) {
+      throw new RangeError(
+        `Cannot dispatch ${call.label}: indirect offset ${offset} is not a multiple of 4 with 12 bytes after it in a ${buffer.size}-byte buffer`,
+      );
+    }
+    if (!(buffer.usage & GPUBufferUsage.INDIRECT)) {
+      throw new TypeError(`Cannot dispatch ${call.label}: the indirect args buffer lacks INDIRECT usage`);
+    }
+    indirect = { buffer, offset };
+  }
+  return { label: call.label, pipeline, bindGroup, uniformBuffer, workgroups: [x, y, z], indirect };
 }
 
 /** Rewrites a prepared call's uniform (e.g. the step number of AdamW); ordered before the next submit. */
@@ -196,7 +221,8 @@ export class Step {
   #encode(pass: GPUComputePassEncoder, p: PreparedCall): void {
     pass.setPipeline(p.pipeline);
     pass.setBindGroup(0, p.bindGroup);
-    pass.dispatchWorkgroups(p.workgroups[0], p.workgroups[1], p.workgroups[2]);
+    if (p.indirect) pass.dispatchWorkgroupsIndirect(p.indirect.buffer, p.indirect.offset);
+    else pass.dispatchWorkgroups(p.workgroups[0], p.workgroups[1], p.workgroups[2]);
   }
 
   #endPass(): void {

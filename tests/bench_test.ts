@@ -15,7 +15,7 @@ import { openTfjs } from "../core/bench/tfjs.ts";
 import { cli } from "./helpers/cli.ts";
 import { testGpu } from "./helpers/gpu.ts";
 
-Deno.test("bench --quick --json checks and times ours and tfjs-webgpu in every case, summary last", async () => {
+Deno.test("bench --quick --json checks and times both implementations of every case, summary last", async () => {
   await testGpu(); // fails with "no WebGPU adapter: …" rather than skipping
   const { code, out, err } = await cli("bench", "--quick", "--json");
   assertEquals(code, 0, err.join("\n"));
@@ -39,9 +39,13 @@ Deno.test("bench --quick --json checks and times ours and tfjs-webgpu in every c
     const key = `${r.suite}/${r.case}`;
     byCase.set(key, (byCase.get(key) ?? new Set()).add(r.impl));
   }
-  assertEquals(new Set(rows.map((r) => r.suite)), new Set(["matmul", "kernels"]));
-  assert(byCase.size >= 2 + 9, `cases: ${[...byCase.keys()]}`);
-  for (const [key, impls] of byCase) assertEquals([...impls].sort(), ["dsmoe", "tfjs-webgpu"], key);
+  assertEquals(new Set(rows.map((r) => r.suite)), new Set(["matmul", "kernels", "moe"]));
+  assert(byCase.size >= 2 + 9 + 2, `cases: ${[...byCase.keys()]}`);
+  for (const [key, impls] of byCase) {
+    // The moe suite compares our dense and sparse execution of one layer; the others ours and tfjs.
+    const want = key.startsWith("moe/") ? ["dense", "sparse"] : ["dsmoe", "tfjs-webgpu"];
+    assertEquals([...impls].sort(), want, key);
+  }
   assert(err.some((l) => l.startsWith("bench: ")), "progress goes to stderr");
 });
 
@@ -59,7 +63,7 @@ Deno.test("bench: a wrong kernel fails the float64 check and gets an error row, 
         impls: {
           ...s.impls,
           dsmoe: async () => {
-            const r = await s.impls.dsmoe();
+            const r = await s.impls.dsmoe!();
             return {
               ...r,
               output: async () => Float32Array.from(await r.output(), (v, i) => (i === 5 ? v + 0.5 : v)),

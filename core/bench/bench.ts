@@ -8,10 +8,11 @@ import { openGpu } from "../../gpu/device.ts";
 import { type BenchCase, type BenchRow, runCases } from "./case.ts";
 import { KERNEL_DIMS, KERNEL_DIMS_QUICK, kernelCases } from "./kernels.ts";
 import { MATMUL_SHAPES, MATMUL_SHAPES_QUICK, matmulCases } from "./matmul.ts";
+import { MOE_DIMS, MOE_DIMS_QUICK, moeCases } from "./moe.ts";
 import { openTfjs } from "./tfjs.ts";
 
 /** Suite names `--suite` accepts. */
-export const SUITES = ["matmul", "kernels"] as const;
+export const SUITES = ["matmul", "kernels", "moe"] as const;
 
 /** One of {@linkcode SUITES}. */
 export type SuiteName = typeof SUITES[number];
@@ -55,12 +56,15 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
         case "kernels":
           cases.push(...kernelCases(ctx, tfjs, o.quick ? KERNEL_DIMS_QUICK : KERNEL_DIMS));
           break;
+        case "moe":
+          cases.push(...moeCases(ctx, o.quick ? MOE_DIMS_QUICK : MOE_DIMS));
+          break;
         default:
           s satisfies never;
       }
     }
     o.progress?.(
-      `${cases.length} cases × (dsmoe, tfjs-webgpu) on ${ctx.adapter.description}; ` +
+      `${cases.length} cases (dsmoe vs tfjs-webgpu; moe: dense vs sparse) on ${ctx.adapter.description}; ` +
         `${warmup} warm-up + ${reps} timed runs each, median`,
     );
     const rows = await runCases(cases, { warmup, reps, progress: o.progress });

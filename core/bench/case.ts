@@ -6,11 +6,14 @@
 import { BenchCheckError, checkClose, type Tolerance } from "./check.ts";
 import { timeMedian, type TimingOptions } from "./timing.ts";
 
-/** The implementations compared in every case. */
+/** The implementations compared in a case unless it names its own ({@linkcode BenchCase.impls}). */
 export const IMPLS = ["dsmoe", "tfjs-webgpu"] as const;
 
-/** One of {@linkcode IMPLS}. */
-export type ImplName = typeof IMPLS[number];
+/** Our two executions of one layer in the moe suite: every expert computed, or only the routed ones. */
+export const MOE_IMPLS = ["dense", "sparse"] as const;
+
+/** One of {@linkcode IMPLS} or {@linkcode MOE_IMPLS}. */
+export type ImplName = typeof IMPLS[number] | typeof MOE_IMPLS[number];
 
 /** One implementation, set up with its inputs on the GPU. */
 export interface Runnable {
@@ -29,7 +32,8 @@ export interface CaseSetup {
   reference(): ArrayLike<number>;
   /** The checked part of an output; default all of it (large matmuls check sampled rows). */
   select?(out: ArrayLike<number>): ArrayLike<number>;
-  impls: Record<ImplName, () => Promise<Runnable> | Runnable>;
+  /** A builder for each implementation the case lists; a missing one becomes an error row. */
+  impls: Partial<Record<ImplName, () => Promise<Runnable> | Runnable>>;
 }
 
 /** One benchmark case: a kernel at one size, built lazily so only one case's buffers exist at a time. */
@@ -38,6 +42,8 @@ export interface BenchCase {
   name: string;
   /** Floating-point operations of one run when counted (matmul: 2·m·k·n); null where not meaningful. */
   flops: number | null;
+  /** Implementations compared, in row order; default {@linkcode IMPLS}. */
+  impls?: readonly ImplName[];
   setup(): CaseSetup;
 }
 
@@ -85,11 +91,11 @@ export async function runCases(cases: readonly BenchCase[], o: RunCasesOptions):
       setup = c.setup();
       ref = setup.reference();
     } catch (e) {
-      for (const impl of IMPLS) rows.push(_errorRow(c, impl, e));
+      for (const impl of c.impls ?? IMPLS) rows.push(_errorRow(c, impl, e));
       o.progress?.(`${c.suite} ${c.name}: setup failed: ${(e as Error).message}`);
       continue;
     }
-    for (const impl of IMPLS) {
+    for (const impl of c.impls ?? IMPLS) {
       o.progress?.(`${c.suite} ${c.name} ${impl} …`);
       const row = await _runOne(c, impl, setup, ref, o);
       rows.push(row);
@@ -114,7 +120,9 @@ async function _runOne(
 ): Promise<BenchRow> {
   let r: Runnable | null = null;
   try {
-    r = await setup.impls[impl]();
+    const build = setup.impls[impl];
+    if (!build) throw new TypeError(`case ${c.name} has no "${impl}" implementation`);
+    r = await build();
     // The check run also compiles the pipelines, so it doubles as the first warm-up.
     await r.run();
     const out = await r.output();

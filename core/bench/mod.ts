@@ -10,5 +10,6 @@ export * from "./case.ts";
 export * from "./check.ts";
 export * from "./kernels.ts";
 export * from "./matmul.ts";
+export * from "./moe.ts";
 export * from "./report.ts";
 export * from "./timing.ts";

@@ -1,10 +1,10 @@
 /**
- * Output of the bench: JSON lines (one per row, then one summary object last) and a human table with
- * ours and tfjs side by side per case.
+ * Output of the bench: JSON lines (one per row, then one summary object last) and human tables with
+ * ours and tfjs (or, for the moe suite, dense and sparse execution) side by side per case.
  *
  * @module
  */
-import { type BenchRow, IMPLS } from "./case.ts";
+import { type BenchRow, IMPLS, MOE_IMPLS } from "./case.ts";
 
 /** The last `--json` line: what ran, where, and how many rows failed. */
 export interface BenchSummary {
@@ -32,9 +32,16 @@ export function jsonLines(rows: readonly BenchRow[], summary: BenchSummary): str
   return [...rows.map((r) => JSON.stringify(r)), JSON.stringify(summary)];
 }
 
+/** Columns of one table: the two implementations compared side by side and the ratio's name. */
+const _TABLES = [
+  { impls: IMPLS, names: ["dsmoe", "tfjs"], ratio: "ours/tfjs (ms)" },
+  { impls: MOE_IMPLS, names: ["dense", "sparse"], ratio: "sparse/dense (ms)" },
+] as const;
+
 /**
- * A fixed-width table: per case, ours and tfjs ms and GFLOP/s and the time ratio ours/tfjs (below 1:
- * ours is faster); failed rows show ERROR and their messages follow the table.
+ * Fixed-width tables: per case, the two implementations' ms and GFLOP/s and the time ratio second/first
+ * for the moe suite's dense and sparse rows, first/second (ours/tfjs: below 1, ours is faster) otherwise;
+ * failed rows show ERROR and their messages follow the tables.
  *
  * @example
  * ```ts
@@ -45,7 +52,18 @@ export function jsonLines(rows: readonly BenchRow[], summary: BenchSummary): str
  * ```
  */
 export function formatTable(rows: readonly BenchRow[], adapter: string): string {
-  const header = ["suite", "case", "dsmoe ms", "dsmoe GFLOP/s", "tfjs ms", "tfjs GFLOP/s", "ours/tfjs (ms)"];
+  const out = [`adapter: ${adapter}`];
+  for (const table of _TABLES) {
+    const mine = rows.filter((r) => (table.impls as readonly string[]).includes(r.impl));
+    if (mine.length > 0 || table.impls === IMPLS && rows.length === 0) out.push(..._table(mine, table));
+  }
+  const errors = rows.filter((r) => r.error).map((r) => `  ${r.suite} ${r.case} ${r.impl}: ${r.error}`);
+  return [...out, ...(errors.length > 0 ? ["errors:", ...errors] : [])].join("\n");
+}
+
+function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] {
+  const [a, b] = t.names;
+  const header = ["suite", "case", `${a} ms`, `${a} GFLOP/s`, `${b} ms`, `${b} GFLOP/s`, t.ratio];
   const cases = new Map<string, Map<string, BenchRow>>();
   for (const r of rows) {
     const key = `${r.suite}\u0000${r.case}`;
@@ -54,24 +72,19 @@ export function formatTable(rows: readonly BenchRow[], adapter: string): string 
   }
   const body: string[][] = [];
   for (const byImpl of cases.values()) {
-    const [ours, theirs] = IMPLS.map((i) => byImpl.get(i));
-    const first = (ours ?? theirs)!;
+    const [first, second] = t.impls.map((i) => byImpl.get(i));
+    const any = (first ?? second)!;
     const ms = (r?: BenchRow) => (r?.error ? "ERROR" : typeof r?.ms === "number" ? r.ms.toFixed(2) : "–");
     const gf = (r?: BenchRow) => (typeof r?.gflops === "number" ? r.gflops.toFixed(2) : "–");
-    const ratio = typeof ours?.ms === "number" && typeof theirs?.ms === "number"
-      ? (ours.ms / theirs.ms).toFixed(2)
+    // ours/tfjs for the peer tables; sparse/dense for the moe suite (the share of the dense time left).
+    const [num, den] = t.impls === IMPLS ? [first, second] : [second, first];
+    const ratio = typeof num?.ms === "number" && typeof den?.ms === "number"
+      ? (num.ms / den.ms).toFixed(2)
       : "–";
-    body.push([first.suite, first.case, ms(ours), gf(ours), ms(theirs), gf(theirs), ratio]);
+    body.push([any.suite, any.case, ms(first), gf(first), ms(second), gf(second), ratio]);
   }
   const width = header.map((h, c) => Math.max(h.length, ...body.map((r) => r[c]!.length)));
   const line = (cells: string[]) =>
     cells.map((x, c) => (c < 2 ? x.padEnd(width[c]!) : x.padStart(width[c]!))).join("  ").trimEnd();
-  const errors = rows.filter((r) => r.error).map((r) => `  ${r.suite} ${r.case} ${r.impl}: ${r.error}`);
-  return [
-    `adapter: ${adapter}`,
-    line(header),
-    line(width.map((w) => "-".repeat(w))),
-    ...body.map(line),
-    ...(errors.length > 0 ? ["errors:", ...errors] : []),
-  ].join("\n");
+  return [line(header), line(width.map((w) => "-".repeat(w))), ...body.map(line)];
 }

@@ -43,7 +43,8 @@ against the float64 reference (a mismatch is an error row and exit code 1), then
 timed over 5 repetitions (submit + wait for the GPU each); the median is reported.
 
 Options:
-  --suite NAME   matmul (GFLOP/s at 256³…2048³ and 4096×256×1024) or kernels (softmax, layernorm, gelu,
-                 bias add, attention, cross-entropy, embedding, AdamW, sum); repeatable; default both
+  --suite NAME   matmul (GFLOP/s at 256³…2048³ and 4096×256×1024), kernels (softmax, layernorm, gelu,
+                 bias add, attention, cross-entropy, embedding, AdamW, sum) or moe (MoE-MLP forward, dense
+                 vs sparse execution at 10–100% of experts active); repeatable; default all
   --quick        small sizes and 2 repetitions (for tests)
   --json         one JSON object per row, then a summary object as the last line`;

@@ -1,0 +1,127 @@
+import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
+import type { ActivationKind } from "../../core/ref/activation.ts";
+import { moeMlpRef } from "../../core/ref/moe.ts";
+import { assertClose, randomArray, rng, testGpu } from "../../tests/helpers/gpu.ts";
+import { createTensor, type GpuTensor, readTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
+import { runCalls } from "../dispatch.ts";
+import { moeMlpSparse, moeScratch, type MoeShape, type MoeTile, moeTile } from "./moe.ts";
+
+// f32 sums of d then h products (|x| ≤ 1, |w| ≤ 0.5) against float64 on the same f32 inputs: the error
+// is ~√k·2⁻²⁴ of the terms' magnitude (≤ 1e-5 here at k = 256), and WGSL's tanh in GELU is within a few
+// ulp. 1e-4 absolute + 1e-4 relative is ~10× the worst seen; a wrong pair or a missed expert is off by O(0.1).
+const TOL = { atol: 1e-4, rtol: 1e-4 };
+
+/**
+ * How gates are chosen. `mixed`: token t runs t mod (E + 1) experts (none, some, or all E) at random;
+ * `dead`: token t runs t mod E of the first E − 1 experts, so the last expert gets no token; `all`: every
+ * gate non-zero (the dense formula); `none`: no expert anywhere (y must be zero).
+ */
+type Routing = "mixed" | "dead" | "all" | "none";
+
+interface Case extends MoeShape {
+  routing: Routing;
+  activation?: ActivationKind;
+  tile?: MoeTile;
+}
+
+const f32 = (x: Float64Array) => Float64Array.from(Float32Array.from(x));
+
+/** Gates (N, E): router-like probabilities in [0.05, 1) where routed, 0 elsewhere. */
+function gates(c: Case, seed: number): Float64Array {
+  const { N, E } = c, r = rng(seed), g = new Float64Array(N * E);
+  const live = c.routing === "dead" ? E - 1 : E;
+  for (let t = 0; t < N; t++) {
+    const k = c.routing === "none" ? 0 : c.routing === "all" ? E : t % (live + 1);
+    // Fisher–Yates: a random comparator in sort() gives different orders once V8 optimizes the loop.
+    const order = Array.from({ length: live }, (_, i) => i);
+    for (let i = live - 1; i > 0; i--) {
+      const j = Math.floor(r() * (i + 1));
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    for (const e of order.slice(0, k)) g[t * E + e] = 0.05 + 0.95 * r();
+  }
+  return f32(g);
+}
+
+/** Runs one case on `build` (whose profile picks the tiles) and compares with the float64 reference. */
+async function check(ctx: GpuContext, c: Case, build: GpuContext = ctx): Promise<Float32Array> {
+  const { N, d, E, h } = c, seed = N * 31 + d * 7 + E * 3 + h;
+  const activation = c.activation ?? "gelu";
+  const x64 = f32(randomArray(N * d, seed)), g64 = gates(c, seed + 1);
+  const w164 = f32(randomArray(d * E * h, seed + 2, -0.5, 0.5));
+  const w264 = f32(randomArray(E * h * d, seed + 3, -0.5, 0.5));
+  const owned: GpuTensor[] = [];
+  const up = (shape: number[], v: Float64Array | null, label: string) => {
+    const t = createTensor(ctx, shape, "f32", v ? Float32Array.from(v) : undefined, label);
+    owned.push(t);
+    return t;
+  };
+  const x = up([N, d], x64, "x"), gate = up([N, E], g64, "gate");
+  const w1 = up([d, E * h], w164, "w1"), w2 = up([E * h, d], w264, "w2");
+  // y starts as NaN so a token the kernels forget to write fails the comparison.
+  const y = up([N, d], new Float64Array(N * d).fill(NaN), "y");
+  const tile = c.tile ?? moeTile(build, c);
+  const scratch = moeScratch(ctx, c, tile);
+  const calls = moeMlpSparse(build, { x, gate, w1, w2, y, E, h, activation, scratch, tile });
+  for (const call of calls) await ctx.pipelines.check(call.code, call.label);
+  await ctx.scoped("moe", () => runCalls(ctx, calls).done());
+  const got = (await readTensor(ctx, y)) as Float32Array;
+  const want = moeMlpRef(x64, g64, w164, w264, { N, d, E, h, activation });
+  assertClose(got, want, TOL, `moe ${JSON.stringify({ ...c, tile })}`);
+  for (const t of [...owned, ...Object.values(scratch)]) t.buffer.destroy();
+  return got;
+}
+
+Deno.test("moeMlpSparse matches the float64 reference at odd sizes with 0, some and all experts per token and an idle expert", async () => {
+  const ctx = await testGpu();
+  const shapes: MoeShape[] = [
+    { N: 1, d: 8, E: 4, h: 12 },
+    { N: 7, d: 13, E: 4, h: 5 }, // d and h not multiples of 4: scalar loads and stores
+    { N: 33, d: 20, E: 8, h: 7 },
+    { N: 200, d: 36, E: 8, h: 16 },
+  ];
+  for (const s of shapes) await check(ctx, { ...s, routing: "mixed" });
+  await check(ctx, { N: 7, d: 13, E: 4, h: 5, routing: "dead" });
+  await check(ctx, { N: 200, d: 36, E: 8, h: 16, routing: "dead" });
+  await check(ctx, { N: 33, d: 10, E: 4, h: 8, routing: "none" });
+});
+
+Deno.test("moeMlpSparse with every gate non-zero equals the dense stacked formula", async () => {
+  const ctx = await testGpu();
+  await check(ctx, { N: 200, d: 24, E: 4, h: 9, routing: "all" });
+  await check(ctx, { N: 33, d: 7, E: 8, h: 4, routing: "all", activation: "relu" });
+  await check(ctx, { N: 7, d: 12, E: 4, h: 8, routing: "all", activation: "silu" });
+});
+
+Deno.test("moeMlpSparse is exact for forced tiles, the gpu-profile tiles, and is bitwise deterministic", async () => {
+  const ctx = await testGpu();
+  const c: Case = { N: 200, d: 40, E: 8, h: 12, routing: "mixed" };
+  await check(ctx, { ...c, tile: { tm: 1, tnUp: 4, tnDown: 4, wxUp: 1, wxDown: 1 } });
+  await check(ctx, { ...c, tile: { tm: 16, tnUp: 8, tnDown: 16, wxUp: 2, wxDown: 4 } });
+  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  await check(ctx, c, gpuCtx);
+  const a = await check(ctx, c), b = await check(ctx, c);
+  assertEquals(Array.from(a), Array.from(b));
+});
+
+Deno.test("moeMlpSparse refuses wrong sizes and a non-INDIRECT args buffer", async () => {
+  const ctx = await testGpu();
+  const s: MoeShape = { N: 4, d: 8, E: 4, h: 4 };
+  const t = (n: number, label: string) => createTensor(ctx, [n], "f32", undefined, label);
+  const x = createTensor(ctx, [4, 8], "f32", undefined, "x"), gate = createTensor(ctx, [4, 4], "f32");
+  const scratch = moeScratch(ctx, s);
+  const base = { x, gate, w1: t(128, "w1"), w2: t(128, "w2"), y: t(32, "y"), E: 4, h: 4, scratch };
+  assertThrows(
+    () => moeMlpSparse(ctx, { ...base, w2: t(100, "small"), activation: "gelu" }),
+    /w2 \("small"\) is f32 × 100, needs f32 × 128/,
+  );
+  const calls = moeMlpSparse(ctx, { ...base, activation: "gelu" });
+  const up = calls.find((c) => c.label === "moe_up")!;
+  assert(up.indirect);
+  assertThrows(
+    () => runCalls(ctx, [{ ...up, indirect: { buffer: scratch.route, offset: 0 } }]),
+    /lacks INDIRECT usage/,
+  );
+  assertThrows(() => runCalls(ctx, [{ ...up, indirect: { buffer: scratch.args, offset: 2 } }]), /offset 2/);
+});
