@@ -9,7 +9,7 @@
 import type { Node, Value } from "../core/graph/ir.ts";
 import { numel } from "../core/graph/ir.ts";
 import type { Schedule } from "../core/graph/schedule.ts";
-import { assertBindable, createTensor, GpuTensor } from "./buffers.ts";
+import { assertBindable, createIndirectTensor, createTensor, GpuTensor } from "./buffers.ts";
 import type { GpuContext } from "./device.ts";
 import { GpuLimitError } from "./errors.ts";
 import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "./dispatch.ts";
@@ -20,8 +20,15 @@ export type GpuImpl = (
   node: Node,
   inputs: GpuTensor[],
   outputs: GpuTensor[],
-  scratch: (shape: readonly number[], label: string) => GpuTensor, // private buffers the calls may use
+  scratch: Scratch, // private buffers the calls may use
 ) => KernelCall[];
+
+/** Allocates a private buffer of a node's calls: f32 or u32 storage, or u32 indirect-dispatch arguments. */
+export type Scratch = (
+  shape: readonly number[],
+  label: string,
+  kind?: "f32" | "u32" | "indirect",
+) => GpuTensor;
 
 /** A buffer copy in place of a kernel (reshape between different buffers). */
 interface CopyCall {
@@ -117,8 +124,11 @@ export class GraphExecutor {
     }
     const impl = GPU_IMPLS[node.op];
     if (!impl) throw new TypeError(`No WebGPU implementation for op "${node.op}"`);
-    const scratch = (shape: readonly number[], label: string) => {
-      const t = createTensor(this.ctx, shape, "f32", undefined, `${node.op}${node.id}.${label}`);
+    const scratch: Scratch = (shape, label, kind = "f32") => {
+      const name = `${node.op}${node.id}.${label}`;
+      const t = kind === "indirect"
+        ? createIndirectTensor(this.ctx, numel(shape), name)
+        : createTensor(this.ctx, shape, kind, undefined, name);
       this.#buffers.push(t.buffer);
       return t;
     };

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { moeMlpSparse, moeRouteWords, moeTile } from "./kernels/moe.ts";
 import { routeRuleOf } from "../core/ref/routing.ts";
 import { routeMask } from "./kernels/routing.ts";
 import type { Node } from "../core/graph/ir.ts";
@@ -95,6 +96,27 @@ const IMPLS: Record<string, GpuImpl> = {
   router_scale: (ctx, _n, [x, s], [y]) => [routerScale(ctx, { x: x!, s: s!, y: y! })],
   router_scale_ds: (ctx, _n, [x, dy], [ds]) => [routerScaleDs(ctx, { x: x!, dy: dy!, ds: ds! })],
   topk_mask: (ctx, n, [s], [mask]) => [topkMask(ctx, { s: s!, mask: mask!, k: n.attrs.k as number })],
+  moe_mlp: (ctx, n, [x, gate, w1, w2], [y], scratch) => {
+    const [N, d] = n.inputs[0]!.shape as [number, number], E = n.attrs.experts as number;
+    const h = n.inputs[2]!.shape[1]! / E, s = { N, d, E, h }, tile = moeTile(ctx, s);
+    return moeMlpSparse(ctx, {
+      x: x!,
+      gate: gate!,
+      w1: w1!,
+      w2: w2!,
+      y: y!,
+      E,
+      h,
+      activation: n.attrs.activation as ActivationKind,
+      tile,
+      scratch: {
+        route: scratch([moeRouteWords(s, tile.tm)], "route", "u32"),
+        hidden: scratch([N * E, h], "hidden"),
+        partial: scratch([N * E, d], "partial"),
+        args: scratch([6], "args", "indirect"),
+      },
+    });
+  },
   route_mask: (ctx, n, [s], [mask], scratch) =>
     routeMask(ctx, {
       s: s!,

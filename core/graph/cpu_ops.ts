@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { moeMlpRef } from "../ref/moe.ts";
 import { routeMaskRef, routeRuleOf } from "../ref/routing.ts";
 import { activationBackwardRef, type ActivationKind, activationRef } from "../ref/activation.ts";
 import { attentionBackwardRef, attentionRef } from "../ref/attention.ts";
@@ -79,6 +80,11 @@ export const CPU_OPS: Record<string, CpuImpl> = {
   ) => [routerScaleDsRef(x!, dy!, n.attrs.blocks as number, n.inputs[0]!.shape[0]!)],
   topk_mask: ([s], n) => [topkMaskRef(s!, last(n), n.attrs.k as number)],
   route_mask: ([s], n) => [routeMaskRef(s!, last(n), routeRuleOf(n))],
+  moe_mlp: ([x, gate, w1, w2], n) => {
+    const [N, d] = n.inputs[0]!.shape as [number, number], E = n.attrs.experts as number;
+    const h = n.inputs[2]!.shape[1]! / E, activation = n.attrs.activation as ActivationKind;
+    return [moeMlpRef(x!, gate!, w1!, w2!, { N, d, E, h, activation })];
+  },
   cross_entropy: ([logits, t], n) => [scalar(crossEntropyRef(logits!, t!, last(n)))],
   cross_entropy_backward: ([logits, t, dl], n) => [crossEntropyBackwardRef(logits!, t!, last(n), dl![0]!)],
   mi_loss: ([s], n) => [scalar(miLossRef(s!, last(n)))],

@@ -270,6 +270,11 @@ export const OPS: Record<string, OpDef> = {
   topk_mask: { outputs: ([s]) => _same(s!) },
   /** probs (N, E) → 0/1 mask of an inference rule (attrs kind, epsilon, k, p; core/ref/routing.ts). */
   route_mask: { outputs: ([s]) => _same(s!) },
+  /**
+   * Inference MoE MLP that computes only routed experts: (x (N, d), gate (N, E), w1 (d, E·h), w2 (E·h, d))
+   * → Σ_e gate[:, e] · act(x·W1_e)·W2_e; attrs experts, activation. No gradient (inference only).
+   */
+  moe_mlp: { outputs: ([x]) => _same(x!) },
 
   /** Mean cross-entropy of logits (N, V) against u32 targets (N,) → scalar. */
   cross_entropy: {

@@ -3,9 +3,9 @@
  * validation loss and perplexity, and the experts each rule really activates, measured per token and
  * per layer, turned into active parameters and hidden % with the definitions of core/plan/counts.ts.
  *
- * Each rule's graph gates every routed layer by S ⊙ mask (raw probabilities, not renormalized). This
- * pass computes every expert and zeroes the unrouted ones, so its numbers are exactly those of sparse
- * execution; the skipping itself is the sparse executor's job.
+ * Each rule's graph gates every routed layer by S ⊙ mask (raw probabilities, not renormalized). MoE MLPs
+ * run sparsely (`moe_mlp`: only routed (token, expert) pairs compute); attention experts are computed and
+ * masked, which gives the same numbers at dense cost.
  *
  * @module
  */

@@ -186,10 +186,29 @@ class _Builder {
 
   mlp(l: number, h: Value): Value {
     const s = this.s, width = s.mlpExperts * s.hidden;
+    if (this.infer && s.routedMlp) {
+      // Inference: only the routed experts compute (grouped over routed tokens on the GPU).
+      const w1 = this.param(`h${l}.mlp.w1`, [this.d, width], "normal");
+      const gate = this.inferGate(this.router(l, "mlp", h, s.mlpExperts), "mlp");
+      const w2 = this.param(`h${l}.mlp.w2`, [width, this.d], "normal", this.projStd);
+      return apply1(this.g, "moe_mlp", [h, gate, w1, w2], {
+        experts: s.mlpExperts,
+        activation: this.c.model.mlp.activation,
+      });
+    }
     const u = apply1(this.g, "matmul", [h, this.param(`h${l}.mlp.w1`, [this.d, width], "normal")]);
     let a = apply1(this.g, "activation", [u], { kind: this.c.model.mlp.activation });
     if (s.routedMlp) a = this.gate(a, this.router(l, "mlp", h, s.mlpExperts), s.mlpExperts, "mlp");
     return apply1(this.g, "matmul", [a, this.param(`h${l}.mlp.w2`, [width, this.d], "normal", this.projStd)]);
+  }
+
+  /** The inference gate S ⊙ mask of the rule for `kind` (S itself for the dense rule); records the mask. */
+  inferGate(probs: Value, kind: RouterTap["kind"]): Value {
+    const rule = this.infer![kind];
+    if (rule.kind === "dense") return probs;
+    const mask = apply1(this.g, "route_mask", [probs], { ...rule });
+    this.routers.at(-1)!.mask = mask;
+    return apply1(this.g, "mul", [probs, mask]);
   }
 
   /**
@@ -198,11 +217,7 @@ class _Builder {
    */
   gate(x: Value, probs: Value, experts: number, kind: RouterTap["kind"]): Value {
     if (this.infer) {
-      const rule = this.infer[kind];
-      if (rule.kind === "dense") return apply1(this.g, "router_scale", [x, probs], { blocks: experts });
-      const mask = apply1(this.g, "route_mask", [probs], { ...rule });
-      this.routers.at(-1)!.mask = mask;
-      return apply1(this.g, "router_scale", [x, apply1(this.g, "mul", [probs, mask])], { blocks: experts });
+      return apply1(this.g, "router_scale", [x, this.inferGate(probs, kind)], { blocks: experts });
     }
     let gate = probs;
     const topk = this.c.router.train === "topk";
