@@ -103,17 +103,18 @@ export function attentionBackward(
   for (var j = 0u; j < D; j = j + 1u) { acc = acc + o[qo + j] * dO[qo + j]; }
   delta[i] = acc;`,
   });
+  // Both gradient kernels read the same six tensors.
+  const reads = [
+    { name: "q", tensor: o.q },
+    { name: "k", tensor: o.k },
+    { name: "v", tensor: o.v },
+    { name: "lse", tensor: o.lse },
+    { name: "dO", tensor: o.dO },
+    { name: "delta", tensor: o.delta },
+  ];
   const dq = simpleKernel(ctx, {
     label: "attention_backward_dq",
-    bindings: [
-      { name: "q", tensor: o.q },
-      { name: "k", tensor: o.k },
-      { name: "v", tensor: o.v },
-      { name: "lse", tensor: o.lse },
-      { name: "dO", tensor: o.dO },
-      { name: "delta", tensor: o.delta },
-      { name: "dq", tensor: o.dq, write: true },
-    ],
+    bindings: [...reads, { name: "dq", tensor: o.dq, write: true }],
     fields,
     invocations: rows,
     workgroup: 8,
@@ -135,16 +136,11 @@ export function attentionBackward(
   const kvRows = B * o.k.shape[2]! * T;
   const dkv = simpleKernel(ctx, {
     label: "attention_backward_dkv",
-    bindings: [
-      { name: "q", tensor: o.q },
-      { name: "k", tensor: o.k },
-      { name: "v", tensor: o.v },
-      { name: "lse", tensor: o.lse },
-      { name: "dO", tensor: o.dO },
-      { name: "delta", tensor: o.delta },
-      { name: "dk", tensor: o.dk, write: true },
-      { name: "dv", tensor: o.dv, write: true },
-    ],
+    bindings: [...reads, { name: "dk", tensor: o.dk, write: true }, {
+      name: "dv",
+      tensor: o.dv,
+      write: true,
+    }],
     fields: [["n", "u32", kvRows], ...fields.slice(1)],
     invocations: kvRows,
     workgroup: 8,

@@ -17,18 +17,8 @@ const SHAPES: [number, number, number][] = [[1, 1, 1], [7, 33, 1000], [1000, 7, 
 ]];
 const LAYOUTS = [[false, false], [false, true], [true, false], [true, true]] as const;
 
-interface Case {
-  m: number;
-  k: number;
-  n: number;
-  batch?: number;
-  transA?: boolean;
-  transB?: boolean;
-  broadcastB?: boolean;
-  alpha?: number;
-  accumulate?: boolean;
-  tile?: MatmulTile;
-}
+/** A matmul call without its tensors. */
+type Case = Omit<MatmulOptions, "a" | "b" | "c">;
 
 const f32 = (x: Float64Array) => Float64Array.from(Float32Array.from(x));
 
