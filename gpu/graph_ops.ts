@@ -117,13 +117,12 @@ const IMPLS: Record<string, GpuImpl> = {
       },
     });
   },
-  route_mask: (ctx, n, [s], [mask], scratch) =>
-    routeMask(ctx, {
-      s: s!,
-      mask: mask!,
-      rule: routeRuleOf(n),
-      scratch: scratch([s!.shape[0]! + 1], "counts"),
-    }),
+  route_mask: (ctx, n, [s], [mask], scratch) => {
+    const rule = routeRuleOf(n);
+    // Only threshold_topk keeps per-token counts and the batch's K between its passes.
+    const counts = rule.kind === "threshold_topk" ? scratch([s!.shape[0]! + 1], "counts", "u32") : undefined;
+    return routeMask(ctx, { s: s!, mask: mask!, rule, scratch: counts });
+  },
   cross_entropy: (ctx, n, [logits, targets], [loss], scratch) =>
     crossEntropy(ctx, {
       logits: logits!,

@@ -84,6 +84,8 @@ Deno.test("eval refuses bad rules and missing runs with exit code 2", async () =
         [["x", "--epsilon", "0.5"], /--epsilon must follow the --rule/],
         [["x", "--rule", "sometimes"], /unknown rule "sometimes"/],
         [["x", "--rule", "topk", "--k", "0"], /--k 0: expected an integer/],
+        [["x", "--rule", "topk:1.5"], /--rule topk:1.5: expected an integer/],
+        [["x", "--rule", "dense:2"], /dense takes no parameter/],
         [["x", "--rule", "mlp=topk:2,expert=dense"], /expected mlp=RULE,attention=RULE/],
       ] as const
     ) {

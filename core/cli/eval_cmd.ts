@@ -11,13 +11,14 @@ import { loadDataset } from "../data/dataset.ts";
 import { evaluateRules, type RuleResult } from "../infer/evaluate.ts";
 import { countParams, layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
-import type { RouteRule } from "../ref/routing.ts";
-import { latestCheckpoint } from "../runs/checkpoints.ts";
-import { readSafeTensors, tensorToF32 } from "../runs/safetensors.ts";
-import { RunDir } from "../runs/run_dir.ts";
+import { type RouteRule, ruleParam } from "../ref/routing.ts";
+import { readSafeTensors, type SafeTensor } from "../runs/safetensors.ts";
+import type { RunDir } from "../runs/run_dir.ts";
+import { paramsFromTensors } from "../train/trainer.ts";
 import { fmtCount, table } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
+import { openStoredRun, type StoredRun } from "./run_checkpoint.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
 import type { CliIo } from "./main.ts";
 
@@ -160,24 +161,20 @@ async function loadTarget(arg: string, runsDir: string): Promise<Target> {
       run: null,
     };
   }
-  let run: RunDir;
+  let stored: StoredRun;
   try {
-    run = await RunDir.open(runsDir, arg);
+    stored = await openStoredRun(runsDir, arg);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new UsageError((e as Error).message);
     throw e;
   }
-  const yaml = await Deno.readTextFile(`${run.path}/config.yaml`);
-  const config = parseExperimentText(yaml, `${run.path}/config.yaml`).points[0]!.config;
-  const ck = await latestCheckpoint(run.path);
+  const { run, config, ck } = stored;
   if (!ck) throw new UsageError(`Run ${run.meta.id} has no complete checkpoint to evaluate`);
   return { label: `run ${run.meta.id}`, config, params: _params(ck.file.tensors), step: ck.entry.step, run };
 }
 
-function _params(tensors: ReturnType<typeof readSafeTensors>["tensors"]): Map<string, Float32Array> {
-  const out = new Map<string, Float32Array>();
-  for (const [key, t] of tensors) if (key.startsWith("param/")) out.set(key.slice(6), tensorToF32(t));
-  return out;
+function _params(tensors: ReadonlyMap<string, SafeTensor>): Map<string, Float32Array> {
+  return new Map([...paramsFromTensors(tensors)].map(([name, p]) => [name, p.data]));
 }
 
 /**
@@ -197,15 +194,7 @@ export function parseRules(
     if (t.name !== "epsilon" && t.name !== "k" && t.name !== "p") continue;
     const last = rules.at(-1);
     if (!last) throw new UsageError(`--${t.name} must follow the --rule it qualifies`);
-    const v = Number(t.value);
-    const ok = t.name === "k" ? Number.isSafeInteger(v) && v >= 1 : t.name === "p" ? v > 0 && v <= 1 : v >= 0;
-    if (!ok || !Number.isFinite(v)) {
-      throw new UsageError(
-        `--${t.name} ${t.value}: expected ${
-          t.name === "k" ? "an integer ≥ 1" : t.name === "p" ? "a number in (0, 1]" : "a number ≥ 0"
-        }`,
-      );
-    }
+    const v = _paramValue(t.name, t.value ?? "", `--${t.name} ${t.value}`);
     for (const side of [last.mlp, last.attention]) side[t.name] = v;
   }
   return rules;
@@ -237,15 +226,22 @@ function _one(spec: string): RouteRule {
   }
   const r: RouteRule = { ..._DEFAULTS, kind: kind as RouteRule["kind"] };
   if (param !== undefined) {
-    const v = Number(param);
-    if (!Number.isFinite(v) || v < 0 || kind === "dense") {
-      throw new UsageError(`--rule ${spec}: bad parameter "${param}"`);
-    }
-    if (kind === "topk") r.k = v;
-    else if (kind === "top_p") r.p = v;
-    else r.epsilon = v;
+    const field = ruleParam(r.kind);
+    if (!field) throw new UsageError(`--rule ${spec}: ${kind} takes no parameter`);
+    r[field] = _paramValue(field, param, `--rule ${spec}`);
   }
   return r;
+}
+
+/** A rule parameter from text, in the range its field allows (the same for `--k 2` and `topk:2`). */
+function _paramValue(field: "epsilon" | "k" | "p", text: string, what: string): number {
+  const v = Number(text);
+  const ok = field === "k" ? Number.isSafeInteger(v) && v >= 1 : field === "p" ? v > 0 && v <= 1 : v >= 0;
+  if (!ok || text.trim() === "" || !Number.isFinite(v)) {
+    const want = field === "k" ? "an integer ≥ 1" : field === "p" ? "a number in (0, 1]" : "a number ≥ 0";
+    throw new UsageError(`${what}: expected ${want}`);
+  }
+  return v;
 }
 
 function _table(

@@ -6,15 +6,11 @@
  * @module
  */
 import type { LoadedExperiment } from "../config/mod.ts";
-import { parseExperimentText } from "../config/mod.ts";
 import { loadDataset } from "../data/dataset.ts";
-import { latestCheckpoint } from "../runs/checkpoints.ts";
-import { RunDir } from "../runs/run_dir.ts";
-import { tensorToF32 } from "../runs/safetensors.ts";
-import type { TrainState } from "../train/backend.ts";
 import { createBackend } from "../train/backends.ts";
 import { type PointOutcome, runExperiment, summaryTable } from "../train/run_experiment.ts";
-import { train } from "../train/trainer.ts";
+import { tensorsToState, train } from "../train/trainer.ts";
+import { openStoredRun } from "./run_checkpoint.ts";
 import { positiveInt } from "./args.ts";
 import type { CliIo } from "./main.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE } from "./errors.ts";
@@ -77,20 +73,16 @@ function _json(outcomes: PointOutcome[]) {
 
 /** `run --resume <id>`: rebuilds the run's backend from its config and continues from its newest checkpoint. */
 export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise<number> {
-  const runsDir = flags["runs-dir"] ?? "runs";
-  const run = await RunDir.open(runsDir, id);
-  const yaml = await Deno.readTextFile(`${run.path}/config.yaml`);
-  const loaded = parseExperimentText(yaml, `${run.path}/config.yaml`);
-  const c = loaded.points[0]!.config;
-  const ck = await latestCheckpoint(
-    run.path,
+  const { run, yaml, config: c, ck } = await openStoredRun(
+    flags["runs-dir"] ?? "runs",
+    id,
     (e, why) => io.err(`skipping checkpoint step ${e.step}: ${why}`),
   );
   const backend = await createBackend(c);
   try {
     let start = 0;
     if (ck) {
-      await backend.importState(_state(ck.file.tensors));
+      await backend.importState(tensorsToState(ck.file.tensors));
       start = ck.entry.step;
       io.err(`Resuming ${run.meta.id} from step ${start}`);
     } else io.err(`No complete checkpoint in ${run.path}: starting ${run.meta.id} from step 0`);
@@ -116,22 +108,4 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
   } finally {
     backend.destroy();
   }
-}
-
-function _state(t: Map<string, { dtype: string; shape: readonly number[]; data: Uint8Array }>): TrainState {
-  const params = new Map<string, { shape: readonly number[]; data: Float32Array }>();
-  const adamM = new Map<string, Float32Array>(), adamV = new Map<string, Float32Array>();
-  for (const [key, tensor] of t) {
-    const f = () => tensorToF32(tensor as Parameters<typeof tensorToF32>[0]);
-    if (key.startsWith("param/")) params.set(key.slice(6), { shape: tensor.shape, data: f() });
-    else if (key.startsWith("adam_m/")) adamM.set(key.slice(7), f());
-    else if (key.startsWith("adam_v/")) adamV.set(key.slice(7), f());
-  }
-  const step = t.get("optimizer_step");
-  return {
-    params,
-    adamM,
-    adamV,
-    step: step ? tensorToF32(step as Parameters<typeof tensorToF32>[0])[0]! : 0,
-  };
 }

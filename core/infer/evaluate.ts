@@ -11,10 +11,11 @@
  */
 import type { Experiment } from "../config/schema.ts";
 import type { Dataset } from "../data/dataset.ts";
+import { numel } from "../graph/ir.ts";
 import { schedule } from "../graph/schedule.ts";
-import { countParams, layerShape } from "../plan/counts.ts";
+import { activeWith, layerShape } from "../plan/counts.ts";
 import { buildModel, type InferRules } from "../plan/model.ts";
-import type { RouteRule } from "../ref/routing.ts";
+import { type RouteRule, ruleParam } from "../ref/routing.ts";
 import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { GraphExecutor } from "../../gpu/executor.ts";
@@ -42,12 +43,13 @@ export interface RuleResult {
 
 /** A short stable name of a rule pair: `threshold@0.5`, `topk@2`, or `mlp:…,attention:…` when they differ. */
 export function ruleName(r: InferRules, routed: { mlp: boolean; attention: boolean }): string {
-  const one = (x: RouteRule) =>
-    x.kind === "dense"
-      ? "dense"
-      : `${x.kind}@${x.kind === "topk" ? x.k : x.kind === "top_p" ? x.p : x.epsilon}`;
+  const one = (x: RouteRule) => {
+    const param = ruleParam(x.kind);
+    return param ? `${x.kind}@${x[param]}` : x.kind;
+  };
   const m = one(r.mlp), a = one(r.attention);
-  if (!routed.attention || m === a) return routed.mlp || m === a ? m : a;
+  // Name only the side a model routes; both sides when they differ.
+  if (m === a || (routed.mlp && !routed.attention)) return m;
   if (!routed.mlp) return a;
   return `mlp:${m},attention:${a}`;
 }
@@ -64,7 +66,7 @@ export async function evaluateRules(
   rules: readonly InferRules[],
   o: { batches: number; progress?: (line: string) => void },
 ): Promise<RuleResult[]> {
-  const shape = layerShape(c), counts = countParams(c);
+  const shape = layerShape(c);
   const routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
   const tensors = new Map<string, GpuTensor>();
   const results: RuleResult[] = [];
@@ -74,7 +76,7 @@ export async function evaluateRules(
       for (const p of m.params) {
         const data = params.get(p.value.name);
         if (!data) throw new RangeError(`Cannot evaluate: the checkpoint has no parameter "${p.value.name}"`);
-        if (data.length !== p.value.shape.reduce((a, b) => a * b, 1)) {
+        if (data.length !== numel(p.value.shape)) {
           throw new RangeError(
             `Cannot evaluate: parameter "${p.value.name}" has ${data.length} values, the config's model needs ` +
               `[${p.value.shape}]`,
@@ -101,15 +103,19 @@ export async function evaluateRules(
           const batch = dataset.valBatch(i, o.batches, c.train.batch);
           writeTensor(ctx, exec.tensor(m.ids), batch.inputs);
           writeTensor(ctx, exec.tensor(m.targets), batch.targets);
-          await exec.run().done();
-          lossSum += (await readTensor(ctx, exec.tensor(m.lmLoss)))[0]!;
+          exec.run();
+          // All readbacks queued behind the batch's submit at once: one wait for the GPU, not one each.
+          const [loss, ...maskValues] = await Promise.all(
+            [m.lmLoss, ...masks.map((r) => r.mask!)].map((v) => readTensor(ctx, exec.tensor(v))),
+          );
+          lossSum += loss![0]!;
           for (const [j, r] of m.routers.entries()) {
             if (!r.mask) {
               active[j]! += r.probs.shape[1]!;
               continue;
             }
             let on = 0;
-            for (const v of await readTensor(ctx, exec.tensor(r.mask))) on += v;
+            for (const v of maskValues[masks.indexOf(r)]!) on += v;
             active[j]! += on / r.mask.shape[0]!;
           }
         }
@@ -120,7 +126,7 @@ export async function evaluateRules(
           of: r.probs.shape[1]!,
         }));
         const loss = lossSum / o.batches;
-        const res = _activity(c, counts, shape, layers);
+        const res = _activity(c, shape, layers);
         const tokens = o.batches * c.train.batch * c.data.seq_len;
         const result = { rule: ruleName(rule, routed), loss, ppl: Math.exp(loss), ...res, layers, tokens };
         results.push(result);
@@ -138,26 +144,17 @@ export async function evaluateRules(
   return results;
 }
 
-/** Active parameters from measured experts per layer (core/plan/counts.ts definitions). */
+/** Active parameters from the measured experts per layer (core/plan/counts.ts definitions). */
 function _activity(
   c: Readonly<Experiment>,
-  p: ReturnType<typeof countParams>,
   s: ReturnType<typeof layerShape>,
   layers: readonly LayerActivity[],
 ): Pick<RuleResult, "activeParams" | "activePct" | "hiddenPct"> {
-  const L = c.model.layers;
-  const qoPerExpert = p.attention_qo / (L * s.attExperts), mlpPerExpert = p.mlp_experts / (L * s.mlpExperts);
+  // Mean over layers of the experts run per token; a block without a router runs its one expert.
   const mean = (kind: LayerActivity["kind"], all: number) => {
     const ls = layers.filter((l) => l.kind === kind);
-    return ls.length === 0 ? all * L : ls.reduce((a, l) => a + l.experts, 0);
+    return ls.length === 0 ? all : ls.reduce((a, l) => a + l.experts, 0) / ls.length;
   };
-  const qo = qoPerExpert * mean("attention", s.attExperts), mlp = mlpPerExpert * mean("mlp", s.mlpExperts);
-  const always = p.attention_kv + p.attention_router + p.mlp_router;
-  const all = always + p.attention_qo + p.mlp_experts;
-  const expertsActive = (s.routedAtt ? qo : 0) + (s.routedMlp ? mlp : 0);
-  return {
-    activeParams: always + qo + mlp,
-    activePct: (100 * (always + qo + mlp)) / all,
-    hiddenPct: p.experts > 0 ? (100 * expertsActive) / p.experts : 100,
-  };
+  const a = activeWith(c, mean("attention", s.attExperts), mean("mlp", s.mlpExperts));
+  return { activeParams: a.active, activePct: (100 * a.active) / a.all, hiddenPct: a.hiddenPct };
 }

@@ -149,12 +149,30 @@ export interface ActiveParams {
 
 /** Active parameters per token at inference (embeddings, norms and LM head excluded). */
 export function activeParams(c: Readonly<Experiment>): ActiveParams {
-  const s = layerShape(c), p = countParams(c);
+  const s = layerShape(c);
   const attRule = c.router.infer_attention ?? c.router.infer;
   const att = s.routedAtt ? expectedActive(attRule, s.attExperts) : { experts: 1, exact: true };
   const mlp = s.routedMlp ? expectedActive(c.router.infer, s.mlpExperts) : { experts: 1, exact: true };
-  const qoPerExpert = p.attention_qo / s.attExperts, mlpPerExpert = p.mlp_experts / s.mlpExperts;
-  const qo = qoPerExpert * att.experts, mlpActive = mlpPerExpert * mlp.experts;
+  return {
+    ...activeWith(c, att.experts, mlp.experts),
+    exact: att.exact && mlp.exact,
+    attExperts: att.experts,
+    mlpExperts: mlp.experts,
+  };
+}
+
+/**
+ * Active parameters per token when `attExperts` attention experts and `mlpExperts` MLP experts run per
+ * layer (means over layers and tokens for measured activity; 1 for a block that is not routed).
+ */
+export function activeWith(
+  c: Readonly<Experiment>,
+  attExperts: number,
+  mlpExperts: number,
+): Pick<ActiveParams, "active" | "all" | "expertsActive" | "hiddenPct"> {
+  const s = layerShape(c), p = countParams(c);
+  const qo = (p.attention_qo / s.attExperts) * attExperts,
+    mlpActive = (p.mlp_experts / s.mlpExperts) * mlpExperts;
   const routers = p.attention_router + p.mlp_router;
   const expertsActive = (s.routedAtt ? qo : 0) + (s.routedMlp ? mlpActive : 0);
   return {
@@ -162,9 +180,6 @@ export function activeParams(c: Readonly<Experiment>): ActiveParams {
     all: p.attention_kv + p.attention_qo + p.mlp_experts + routers,
     expertsActive,
     hiddenPct: p.experts > 0 ? (100 * expertsActive) / p.experts : 100,
-    exact: att.exact && mlp.exact,
-    attExperts: att.experts,
-    mlpExperts: mlp.experts,
   };
 }
 

@@ -186,9 +186,9 @@ class _Builder {
 
   mlp(l: number, h: Value): Value {
     const s = this.s, width = s.mlpExperts * s.hidden;
+    const w1 = this.param(`h${l}.mlp.w1`, [this.d, width], "normal");
     if (this.infer && s.routedMlp) {
       // Inference: only the routed experts compute (grouped over routed tokens on the GPU).
-      const w1 = this.param(`h${l}.mlp.w1`, [this.d, width], "normal");
       const gate = this.inferGate(this.router(l, "mlp", h, s.mlpExperts), "mlp");
       const w2 = this.param(`h${l}.mlp.w2`, [width, this.d], "normal", this.projStd);
       return apply1(this.g, "moe_mlp", [h, gate, w1, w2], {
@@ -196,7 +196,7 @@ class _Builder {
         activation: this.c.model.mlp.activation,
       });
     }
-    const u = apply1(this.g, "matmul", [h, this.param(`h${l}.mlp.w1`, [this.d, width], "normal")]);
+    const u = apply1(this.g, "matmul", [h, w1]);
     let a = apply1(this.g, "activation", [u], { kind: this.c.model.mlp.activation });
     if (s.routedMlp) a = this.gate(a, this.router(l, "mlp", h, s.mlpExperts), s.mlpExperts, "mlp");
     return apply1(this.g, "matmul", [a, this.param(`h${l}.mlp.w2`, [width, this.d], "normal", this.projStd)]);

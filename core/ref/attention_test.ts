@@ -33,13 +33,20 @@ const CASES: AttentionDims[] = [
   { B: 1, T: 5, Hq: 3, Hkv: 1, D: 4 },
 ];
 
+/** Queries and keys in [−2, 2), values and the output weights w in [−1, 1), from seeds seed…seed+3. */
+function randomInputs(s: AttentionDims, seed: number) {
+  const nq = s.B * s.T * s.Hq * s.D, nk = s.B * s.T * s.Hkv * s.D;
+  return {
+    q: randomArray(nq, seed, -2, 2),
+    k: randomArray(nk, seed + 1, -2, 2),
+    v: randomArray(nk, seed + 2),
+    w: randomArray(nq, seed + 3),
+  };
+}
+
 Deno.test("attentionBackwardRef matches float64 central differences (grouped-query heads, causal)", () => {
   for (const s of CASES) {
-    const nq = s.B * s.T * s.Hq * s.D, nk = s.B * s.T * s.Hkv * s.D;
-    const q = randomArray(nq, 1, -2, 2),
-      k = randomArray(nk, 2, -2, 2),
-      v = randomArray(nk, 3),
-      w = randomArray(nq, 4);
+    const { q, k, v, w } = randomInputs(s, 1);
     const { o, lse } = attentionRef(q, k, v, s);
     const analytic = attentionBackwardRef(q, k, v, o, lse, w, s);
     const [dq, dk, dv] = numericGrads(q, k, v, w, s);
@@ -60,11 +67,7 @@ Deno.test("attentionBackwardRef matches float64 central differences (grouped-que
 
 Deno.test("the finite-difference check catches a KV gradient that ignores the other query heads of a group", () => {
   const s = CASES[1]!;
-  const nq = s.B * s.T * s.Hq * s.D, nk = s.B * s.T * s.Hkv * s.D;
-  const q = randomArray(nq, 5, -2, 2),
-    k = randomArray(nk, 6, -2, 2),
-    v = randomArray(nk, 7),
-    w = randomArray(nq, 8);
+  const { q, k, v, w } = randomInputs(s, 5);
   const { o, lse } = attentionRef(q, k, v, s);
   // Wrong rule: dk/dv from query head h == kv head only (Hkv heads instead of Hq), i.e. no group sum.
   const firstHeads = (x: Float64Array, H: number, keep: number) =>

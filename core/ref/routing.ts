@@ -79,3 +79,8 @@ export function routeRuleOf(n: { attrs: Readonly<Record<string, unknown>> }): Ro
     p: a.p as number,
   };
 }
+
+/** The field a rule kind reads (`k` for topk, `p` for top_p, `epsilon` for the threshold rules), or null. */
+export function ruleParam(kind: RouteRule["kind"]): "epsilon" | "k" | "p" | null {
+  return kind === "dense" ? null : kind === "topk" ? "k" : kind === "top_p" ? "p" : "epsilon";
+}

@@ -122,27 +122,6 @@ export class GpuTrainBackend implements TrainBackend {
   }
 
   step(batch: Batch, lr: number): Promise<StepStats> {
-    return this.#step(batch, lr, false).stats;
-  }
-
-  /**
-   * One training step with per-dispatch GPU timestamps (when the adapter has them): milliseconds summed
-   * by kernel label, slowest first. It updates the parameters like {@linkcode step}.
-   */
-  async profileStep(batch: Batch, lr: number): Promise<{ label: string; ms: number; count: number }[]> {
-    const { step, stats } = this.#step(batch, lr, true);
-    await stats;
-    const byLabel = new Map<string, { label: string; ms: number; count: number }>();
-    for (const t of await step.timings()) {
-      const e = byLabel.get(t.label) ?? { label: t.label, ms: 0, count: 0 };
-      e.ms += t.ms;
-      e.count++;
-      byLabel.set(t.label, e);
-    }
-    return [...byLabel.values()].sort((a, b) => b.ms - a.ms);
-  }
-
-  #step(batch: Batch, lr: number, timing: boolean): { step: Step; stats: Promise<StepStats> } {
     const ctx = this.ctx, o = this.#c.train.optimizer;
     ctx.assertAlive();
     this.#writeBatch(batch);
@@ -152,7 +131,7 @@ export class GpuTrainBackend implements TrainBackend {
       this.#hyper,
       new Float32Array([lr, 1 - o.betas[0] ** this.#t, 1 - o.betas[1] ** this.#t]),
     );
-    const step = new Step(ctx, { label: "train-step", timing, maxTimed: 8192 });
+    const step = new Step(ctx, { label: "train-step" });
     this.#train.encode(step);
     for (const c of this.#opt) step.dispatch(c);
     const n = this.#report.length + 3;
@@ -166,7 +145,7 @@ export class GpuTrainBackend implements TrainBackend {
     );
     enc.copyBufferToBuffer(this.#stats.buffer, 0, staging, this.#report.length * 4, 12);
     step.submit();
-    const stats = staging.mapAsync(GPUMapMode.READ).then(() => {
+    return staging.mapAsync(GPUMapMode.READ).then(() => {
       const r = new Float32Array(staging.getMappedRange().slice(0));
       staging.destroy();
       const nAtt = this.model.miLoss.attention.length, k = this.#report.length;
@@ -180,7 +159,6 @@ export class GpuTrainBackend implements TrainBackend {
         finite: r[k + 2] === 1,
       };
     });
-    return { step, stats };
   }
 
   async evaluate(batch: Batch): Promise<EvalResult> {

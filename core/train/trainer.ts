@@ -10,7 +10,7 @@ import type { Experiment } from "../config/schema.ts";
 import type { Dataset } from "../data/dataset.ts";
 import { writeCheckpoint } from "../runs/checkpoints.ts";
 import type { RunDir } from "../runs/run_dir.ts";
-import { f32Tensor, type SafeTensor } from "../runs/safetensors.ts";
+import { f32Tensor, type SafeTensor, tensorToF32 } from "../runs/safetensors.ts";
 import type { StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { learningRate } from "./lr_schedule.ts";
 import { fmtDuration } from "../util/format.ts";
@@ -56,6 +56,15 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const pending: { step: number; lr: number; stats: Promise<StepStats> }[] = [];
   let streak = 0, skipped = 0, lastLoss = NaN, lastVal = NaN, done = start;
   let mark = { step: start, time: 0 }, paused = 0;
+  // Evaluation and checkpoints run off the throughput clock.
+  const offClock = async <T>(f: () => Promise<T>): Promise<T> => {
+    const p0 = elapsed();
+    try {
+      return await f();
+    } finally {
+      paused += elapsed() - p0;
+    }
+  };
 
   const drain = async (keep: number) => {
     while (pending.length > keep) {
@@ -78,7 +87,6 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       if (done % t.log_every === 0 || done === end) {
         // Rate over the steps since the previous line: the first steps include pipeline compilation,
         // and a resumed run's earlier steps are not this process's work.
-        // Evaluation and checkpoint time is left out so the rate is training throughput.
         const now = elapsed() - paused;
         const rate = ((done - mark.step) * tokensPerStep) / Math.max(now - mark.time, 1e-9);
         mark = { step: done, time: now };
@@ -100,16 +108,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     const n = step + 1;
     if (n % t.eval_every === 0 || n === end) {
       await drain(0);
-      const p0 = elapsed();
-      lastVal = await evaluate(o, n, log);
-      paused += elapsed() - p0;
+      lastVal = await offClock(() => evaluate(o, n, log));
       o.progress?.(`step ${n}  val loss ${lastVal.toFixed(4)}  ppl ${Math.exp(lastVal).toFixed(2)}`);
     }
     if (n % t.checkpoint_every === 0 || n === end) {
       await drain(0);
-      const p0 = elapsed();
-      await _checkpoint(o, n);
-      paused += elapsed() - p0;
+      await offClock(() => _checkpoint(o, n));
     }
     await o.run.flush();
   }
@@ -195,4 +199,28 @@ export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
   }
   out.set("optimizer_step", f32Tensor([1], new Float32Array([state.step])));
   return out;
+}
+
+/** The inverse of {@linkcode stateToTensors}: a checkpoint's tensors back into a training state. */
+export function tensorsToState(t: ReadonlyMap<string, SafeTensor>): TrainState {
+  const adamM = new Map<string, Float32Array>(), adamV = new Map<string, Float32Array>();
+  for (const [key, tensor] of t) {
+    if (key.startsWith("adam_m/")) adamM.set(key.slice(7), tensorToF32(tensor));
+    else if (key.startsWith("adam_v/")) adamV.set(key.slice(7), tensorToF32(tensor));
+  }
+  const step = t.get("optimizer_step");
+  return { params: paramsFromTensors(t), adamM, adamV, step: step ? tensorToF32(step)[0]! : 0 };
+}
+
+/** Only the parameters (`param/…`) of a checkpoint's tensors, for inference. */
+export function paramsFromTensors(
+  t: ReadonlyMap<string, SafeTensor>,
+): Map<string, { shape: readonly number[]; data: Float32Array }> {
+  const params = new Map<string, { shape: readonly number[]; data: Float32Array }>();
+  for (const [key, tensor] of t) {
+    if (key.startsWith("param/")) {
+      params.set(key.slice(6), { shape: tensor.shape, data: tensorToF32(tensor) });
+    }
+  }
+  return params;
 }
