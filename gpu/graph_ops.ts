@@ -4,11 +4,19 @@
  *
  * @module
  */
-import { moeMlpSparse, moeRouteWords, moeTile } from "./kernels/moe.ts";
+import {
+  moaAttentionSparse,
+  moeMlpSparse,
+  moeRouteWords,
+  type MoeScratch,
+  type MoeShape,
+  moeTile,
+} from "./kernels/moe.ts";
+import { attentionCached } from "./kernels/cached_attention.ts";
 import { routeRuleOf } from "../core/ref/routing.ts";
 import { routeMask } from "./kernels/routing.ts";
 import type { Node } from "../core/graph/ir.ts";
-import { GPU_IMPLS, type GpuImpl } from "./executor.ts";
+import { GPU_IMPLS, type GpuImpl, type Scratch } from "./executor.ts";
 import { activation, activationBackward, type ActivationKind } from "./kernels/activation.ts";
 import { attention, attentionBackward } from "./kernels/attention.ts";
 import { add, addN, fill, mul, scale } from "./kernels/elementwise.ts";
@@ -30,6 +38,23 @@ import { softmax, softmaxBackward } from "./kernels/softmax.ts";
 
 const kindOf = (n: Node) => n.attrs.kind as string;
 const cols = (n: Node) => n.inputs[0]!.shape.at(-1)!;
+
+/** The sparse-expert shape of a moe_mlp or moa_attention node whose experts are h wide. */
+function moeShapeOf(n: Node, h: number): MoeShape {
+  const [N, d] = n.inputs[0]!.shape as [number, number];
+  return { N, d, E: n.attrs.experts as number, h };
+}
+
+/** Worst-case scratch of a sparse-expert node (every pair routed). */
+function moeScratchOf(s: MoeShape, tm: number, scratch: Scratch): MoeScratch {
+  const P = s.N * s.E;
+  return {
+    route: scratch([moeRouteWords(s, tm)], "route", "u32"),
+    hidden: scratch([P, s.h], "hidden"),
+    partial: scratch([P, s.d], "partial"),
+    args: scratch([6], "args", "indirect"),
+  };
+}
 
 const IMPLS: Record<string, GpuImpl> = {
   fill: (ctx, n, _i, [y]) => [fill(ctx, { y: y!, value: n.attrs.value as number })],
@@ -97,8 +122,9 @@ const IMPLS: Record<string, GpuImpl> = {
   router_scale_ds: (ctx, _n, [x, dy], [ds]) => [routerScaleDs(ctx, { x: x!, dy: dy!, ds: ds! })],
   topk_mask: (ctx, n, [s], [mask]) => [topkMask(ctx, { s: s!, mask: mask!, k: n.attrs.k as number })],
   moe_mlp: (ctx, n, [x, gate, w1, w2], [y], scratch) => {
-    const [N, d] = n.inputs[0]!.shape as [number, number], E = n.attrs.experts as number;
-    const h = n.inputs[2]!.shape[1]! / E, s = { N, d, E, h }, tile = moeTile(ctx, s);
+    const E = n.attrs.experts as number,
+      s = moeShapeOf(n, n.inputs[2]!.shape[1]! / E),
+      tile = moeTile(ctx, s);
     return moeMlpSparse(ctx, {
       x: x!,
       gate: gate!,
@@ -106,17 +132,44 @@ const IMPLS: Record<string, GpuImpl> = {
       w2: w2!,
       y: y!,
       E,
-      h,
+      h: s.h,
       activation: n.attrs.activation as ActivationKind,
       tile,
-      scratch: {
-        route: scratch([moeRouteWords(s, tile.tm)], "route", "u32"),
-        hidden: scratch([N * E, h], "hidden"),
-        partial: scratch([N * E, d], "partial"),
-        args: scratch([6], "args", "indirect"),
-      },
+      scratch: moeScratchOf(s, tile.tm, scratch),
     });
   },
+  moa_attention: (ctx, n, [x, gate, wq, k, v, wo, kcache, vcache, pos], [y], scratch) => {
+    const G = n.attrs.heads as number, D = n.attrs.head_dim as number;
+    const s = moeShapeOf(n, G * D), tile = moeTile(ctx, s);
+    return moaAttentionSparse(ctx, {
+      x: x!,
+      gate: gate!,
+      wq: wq!,
+      wo: wo!,
+      k: k!,
+      v: v!,
+      y: y!,
+      E: s.E,
+      G,
+      D,
+      ...(kcache ? { cache: { kcache, vcache: vcache!, pos: pos! } } : { T: n.attrs.seq as number }),
+      tile,
+      scratch: moeScratchOf(s, tile.tm, scratch),
+    });
+  },
+  attention_cached: (ctx, n, [q, k, v, kcache, vcache, pos], [o]) =>
+    attentionCached(ctx, {
+      q: q!,
+      k: k!,
+      v: v!,
+      kcache: kcache!,
+      vcache: vcache!,
+      pos: pos!,
+      o: o!,
+      H: n.attrs.heads as number,
+      Hkv: n.attrs.kv_heads as number,
+      D: n.attrs.head_dim as number,
+    }),
   route_mask: (ctx, n, [s], [mask], scratch) => {
     const rule = routeRuleOf(n);
     // Only threshold_topk keeps per-token counts and the batch's K between its passes.

@@ -39,11 +39,16 @@ Deno.test("bench --quick --json checks and times both implementations of every c
     const key = `${r.suite}/${r.case}`;
     byCase.set(key, (byCase.get(key) ?? new Set()).add(r.impl));
   }
-  assertEquals(new Set(rows.map((r) => r.suite)), new Set(["matmul", "kernels", "moe"]));
-  assert(byCase.size >= 2 + 9 + 2, `cases: ${[...byCase.keys()]}`);
+  assertEquals(new Set(rows.map((r) => r.suite)), new Set(["matmul", "kernels", "moe", "decode"]));
+  assert(byCase.size >= 2 + 9 + 2 + 2, `cases: ${[...byCase.keys()]}`);
+  for (const r of rows.filter((r) => r.suite === "decode")) {
+    assert(r.tokens! > 0 && Math.abs(r.tokens_per_s! - (1000 * r.tokens!) / r.ms!) < 1e-9 * r.tokens_per_s!);
+  }
   for (const [key, impls] of byCase) {
-    // The moe suite compares our dense and sparse execution of one layer; the others ours and tfjs.
-    const want = key.startsWith("moe/") ? ["dense", "sparse"] : ["dsmoe", "tfjs-webgpu"];
+    // The moe suite compares our dense and sparse execution of one layer, the decode suite a dense and a
+    // DS-MoE model; the others ours and tfjs.
+    const ours = key.startsWith("moe/") || key.startsWith("decode/");
+    const want = ours ? ["dense", "sparse"] : ["dsmoe", "tfjs-webgpu"];
     assertEquals([...impls].sort(), want, key);
   }
   assert(err.some((l) => l.startsWith("bench: ")), "progress goes to stderr");

@@ -9,10 +9,11 @@ import { type BenchCase, type BenchRow, runCases } from "./case.ts";
 import { KERNEL_DIMS, KERNEL_DIMS_QUICK, kernelCases } from "./kernels.ts";
 import { MATMUL_SHAPES, MATMUL_SHAPES_QUICK, matmulCases } from "./matmul.ts";
 import { MOE_DIMS, MOE_DIMS_QUICK, moeCases } from "./moe.ts";
+import { DECODE_SIZES, DECODE_SIZES_QUICK, decodeCases } from "./decode.ts";
 import { openTfjs } from "./tfjs.ts";
 
 /** Suite names `--suite` accepts. */
-export const SUITES = ["matmul", "kernels", "moe"] as const;
+export const SUITES = ["matmul", "kernels", "moe", "decode"] as const;
 
 /** One of {@linkcode SUITES}. */
 export type SuiteName = typeof SUITES[number];
@@ -59,12 +60,15 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
         case "moe":
           cases.push(...moeCases(ctx, o.quick ? MOE_DIMS_QUICK : MOE_DIMS));
           break;
+        case "decode":
+          cases.push(...await decodeCases(ctx, o.quick ? DECODE_SIZES_QUICK : DECODE_SIZES));
+          break;
         default:
           s satisfies never;
       }
     }
     o.progress?.(
-      `${cases.length} cases (dsmoe vs tfjs-webgpu; moe: dense vs sparse) on ${ctx.adapter.description}; ` +
+      `${cases.length} cases (dsmoe vs tfjs-webgpu; moe: dense vs sparse layer; decode: dense vs DS-MoE model) on ${ctx.adapter.description}; ` +
         `${warmup} warm-up + ${reps} timed runs each, median`,
     );
     const rows = await runCases(cases, { warmup, reps, progress: o.progress });

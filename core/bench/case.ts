@@ -28,8 +28,13 @@ export interface Runnable {
 /** What a case makes once its inputs exist on the host. */
 export interface CaseSetup {
   tolerance: Tolerance;
-  /** Float64 reference of the checked values (all of the output, or what `select` keeps). */
-  reference(): ArrayLike<number>;
+  /**
+   * Float64 reference of the checked values (all of the output, or what `select` keeps). Called once per
+   * case with no argument, unless `referencePerImpl` asks for one call per implementation (cases whose
+   * rows run different models).
+   */
+  reference(impl?: ImplName): ArrayLike<number>;
+  referencePerImpl?: boolean;
   /** The checked part of an output; default all of it (large matmuls check sampled rows). */
   select?(out: ArrayLike<number>): ArrayLike<number>;
   /** A builder for each implementation the case lists; a missing one becomes an error row. */
@@ -42,6 +47,8 @@ export interface BenchCase {
   name: string;
   /** Floating-point operations of one run when counted (matmul: 2·m·k·n); null where not meaningful. */
   flops: number | null;
+  /** Tokens one run decodes (decode suite): rows then report tokens/s. */
+  tokens?: number;
   /** Implementations compared, in row order; default {@linkcode IMPLS}. */
   impls?: readonly ImplName[];
   setup(): CaseSetup;
@@ -57,6 +64,9 @@ export interface BenchRow {
   /** flops / ms / 1e6, null when the case has no FLOP count or failed. */
   gflops: number | null;
   flops: number | null;
+  /** Decode suite: tokens one run decodes and tokens per second (else absent). */
+  tokens?: number;
+  tokens_per_s?: number | null;
   /** Largest |got − ref| of the correctness check. */
   max_err: number | null;
   error?: string;
@@ -97,7 +107,7 @@ export async function runCases(cases: readonly BenchCase[], o: RunCasesOptions):
     }
     for (const impl of c.impls ?? IMPLS) {
       o.progress?.(`${c.suite} ${c.name} ${impl} …`);
-      const row = await _runOne(c, impl, setup, ref, o);
+      const row = await _runOne(c, impl, setup, setup.referencePerImpl ? setup.reference(impl) : ref, o);
       rows.push(row);
       o.progress?.(
         row.error
@@ -141,6 +151,7 @@ async function _runOne(
       ms,
       gflops: c.flops === null ? null : c.flops / ms / 1e6,
       flops: c.flops,
+      ...(c.tokens ? { tokens: c.tokens, tokens_per_s: (1000 * c.tokens) / ms } : {}),
       max_err: maxErr,
     };
   } catch (e) {
@@ -159,6 +170,7 @@ function _errorRow(c: BenchCase, impl: ImplName, e: unknown): BenchRow {
     ms: null,
     gflops: null,
     flops: c.flops,
+    ...(c.tokens ? { tokens: c.tokens, tokens_per_s: null } : {}),
     max_err: null,
     error: msg,
   };

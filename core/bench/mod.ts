@@ -8,6 +8,7 @@
 export * from "./bench.ts";
 export * from "./case.ts";
 export * from "./check.ts";
+export * from "./decode.ts";
 export * from "./kernels.ts";
 export * from "./matmul.ts";
 export * from "./moe.ts";

@@ -1,6 +1,7 @@
 /**
  * Output of the bench: JSON lines (one per row, then one summary object last) and human tables with
- * ours and tfjs (or, for the moe suite, dense and sparse execution) side by side per case.
+ * ours and tfjs (or, for the moe suite, dense and sparse execution; for the decode suite, a dense and a
+ * DS-MoE model) side by side per case.
  *
  * @module
  */
@@ -34,13 +35,15 @@ export function jsonLines(rows: readonly BenchRow[], summary: BenchSummary): str
 
 /** Columns of one table: the two implementations compared side by side and the ratio's name. */
 const _TABLES = [
-  { impls: IMPLS, names: ["dsmoe", "tfjs"], ratio: "ours/tfjs (ms)" },
-  { impls: MOE_IMPLS, names: ["dense", "sparse"], ratio: "sparse/dense (ms)" },
+  { impls: IMPLS, names: ["dsmoe", "tfjs"], ratio: "ours/tfjs (ms)", decode: false },
+  { impls: MOE_IMPLS, names: ["dense", "sparse"], ratio: "sparse/dense (ms)", decode: false },
+  { impls: MOE_IMPLS, names: ["dense model", "DS-MoE"], ratio: "DS-MoE/dense (ms)", decode: true },
 ] as const;
 
 /**
- * Fixed-width tables: per case, the two implementations' ms and GFLOP/s and the time ratio second/first
- * for the moe suite's dense and sparse rows, first/second (ours/tfjs: below 1, ours is faster) otherwise;
+ * Fixed-width tables: per case, the two implementations' ms and GFLOP/s (tokens/s for the decode suite)
+ * and the time ratio second/first for the moe and decode suites' dense and sparse rows, first/second
+ * (ours/tfjs: below 1, ours is faster) otherwise;
  * failed rows show ERROR and their messages follow the tables.
  *
  * @example
@@ -54,7 +57,9 @@ const _TABLES = [
 export function formatTable(rows: readonly BenchRow[], adapter: string): string {
   const out = [`adapter: ${adapter}`];
   for (const table of _TABLES) {
-    const mine = rows.filter((r) => (table.impls as readonly string[]).includes(r.impl));
+    const mine = rows.filter((r) =>
+      (table.impls as readonly string[]).includes(r.impl) && (r.tokens !== undefined) === table.decode
+    );
     if (mine.length > 0 || table.impls === IMPLS && rows.length === 0) out.push(..._table(mine, table));
   }
   const errors = rows.filter((r) => r.error).map((r) => `  ${r.suite} ${r.case} ${r.impl}: ${r.error}`);
@@ -63,7 +68,8 @@ export function formatTable(rows: readonly BenchRow[], adapter: string): string 
 
 function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] {
   const [a, b] = t.names;
-  const header = ["suite", "case", `${a} ms`, `${a} GFLOP/s`, `${b} ms`, `${b} GFLOP/s`, t.ratio];
+  const rate = t.decode ? "tokens/s" : "GFLOP/s";
+  const header = ["suite", "case", `${a} ms`, `${a} ${rate}`, `${b} ms`, `${b} ${rate}`, t.ratio];
   const cases = new Map<string, Map<string, BenchRow>>();
   for (const r of rows) {
     const key = `${r.suite}\u0000${r.case}`;
@@ -75,7 +81,10 @@ function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] 
     const [first, second] = t.impls.map((i) => byImpl.get(i));
     const any = (first ?? second)!;
     const ms = (r?: BenchRow) => (r?.error ? "ERROR" : typeof r?.ms === "number" ? r.ms.toFixed(2) : "–");
-    const gf = (r?: BenchRow) => (typeof r?.gflops === "number" ? r.gflops.toFixed(2) : "–");
+    const gf = (r?: BenchRow) => {
+      const v = t.decode ? r?.tokens_per_s : r?.gflops;
+      return typeof v === "number" ? v.toFixed(t.decode ? 1 : 2) : "–";
+    };
     // ours/tfjs for the peer tables; sparse/dense for the moe suite (the share of the dense time left).
     const [num, den] = t.impls === IMPLS ? [first, second] : [second, first];
     const ratio = typeof num?.ms === "number" && typeof den?.ms === "number"

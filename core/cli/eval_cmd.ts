@@ -5,20 +5,15 @@
  *
  * @module
  */
-import { parseExperimentText } from "../config/mod.ts";
-import type { Experiment } from "../config/schema.ts";
 import { loadDataset } from "../data/dataset.ts";
 import { evaluateRules, type RuleResult } from "../infer/evaluate.ts";
 import { countParams, layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { type RouteRule, ruleParam } from "../ref/routing.ts";
-import { readSafeTensors, type SafeTensor } from "../runs/safetensors.ts";
-import type { RunDir } from "../runs/run_dir.ts";
-import { paramsFromTensors } from "../train/trainer.ts";
 import { fmtCount, table } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
-import { openStoredRun, type StoredRun } from "./run_checkpoint.ts";
+import { loadTarget, targetArg } from "./run_checkpoint.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
 import type { CliIo } from "./main.ts";
 
@@ -59,14 +54,10 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
     io.out(EVAL_USAGE);
     return EXIT_OK;
   }
-  if (positionals.length !== 1) {
-    throw new UsageError(
-      `eval takes one run id, run directory or checkpoint file, got ${positionals.length}`,
-    );
-  }
+  const arg = targetArg("eval", positionals);
   const batches = positiveInt("batches", values.batches) ?? 32;
   const asked = parseRules(parsed.tokens ?? []);
-  const target = await loadTarget(positionals[0]!, values["runs-dir"] ?? "runs");
+  const target = await loadTarget(arg, values["runs-dir"] ?? "runs", "evaluate");
   const c = target.config, shape = layerShape(c);
   const routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
   const own: InferRules = { mlp: c.router.infer, attention: c.router.infer_attention ?? c.router.infer };
@@ -130,51 +121,6 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
     }));
   }
   return EXIT_OK;
-}
-
-/** A checkpoint to evaluate: its config, parameters and (for runs) the run to log metrics to. */
-interface Target {
-  label: string;
-  config: Readonly<Experiment>;
-  params: Map<string, Float32Array>;
-  step: number;
-  run: RunDir | null;
-}
-
-async function loadTarget(arg: string, runsDir: string): Promise<Target> {
-  if (arg.endsWith(".safetensors")) {
-    let bytes: Uint8Array;
-    try {
-      bytes = await Deno.readFile(arg);
-    } catch (e) {
-      throw new UsageError(`Cannot read checkpoint ${arg}: ${(e as Error).message}`);
-    }
-    const file = readSafeTensors(bytes);
-    const yaml = file.metadata.config;
-    if (!yaml) throw new UsageError(`Checkpoint ${arg} has no config in its metadata`);
-    const config = parseExperimentText(yaml, `${arg} (metadata config)`).points[0]!.config;
-    return {
-      label: arg,
-      config,
-      params: _params(file.tensors),
-      step: Number(file.metadata.step ?? 0),
-      run: null,
-    };
-  }
-  let stored: StoredRun;
-  try {
-    stored = await openStoredRun(runsDir, arg);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new UsageError((e as Error).message);
-    throw e;
-  }
-  const { run, config, ck } = stored;
-  if (!ck) throw new UsageError(`Run ${run.meta.id} has no complete checkpoint to evaluate`);
-  return { label: `run ${run.meta.id}`, config, params: _params(ck.file.tensors), step: ck.entry.step, run };
-}
-
-function _params(tensors: ReadonlyMap<string, SafeTensor>): Map<string, Float32Array> {
-  return new Map([...paramsFromTensors(tensors)].map(([name, p]) => [name, p.data]));
 }
 
 /**

@@ -10,6 +10,7 @@ import { parseCommandArgs, positiveInt } from "./args.ts";
 import { formatDryRun, summarizePoint } from "./dry_run.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, EXIT_USAGE, UsageError } from "./errors.ts";
 import { evalCommand } from "./eval_cmd.ts";
+import { generateCommand } from "./generate_cmd.ts";
 import { RUN_USAGE, USAGE } from "./usage.ts";
 import { resumeRun, trainRuns } from "./train_cmd.ts";
 
@@ -20,11 +21,19 @@ export const DEFAULT_CONFIG = "configs/quickstart.yaml";
 export interface CliIo {
   out: (line: string) => void;
   err: (line: string) => void;
+  /** Text to stdout without a newline, shown at once (streamed generation). */
+  write: (text: string) => void;
 }
+
+const _encoder = new TextEncoder();
 
 const _stdio: CliIo = {
   out: (line) => console.log(line),
   err: (line) => console.error(line),
+  write: (text) => {
+    const bytes = _encoder.encode(text);
+    for (let i = 0; i < bytes.length;) i += Deno.stdout.writeSync(bytes.subarray(i));
+  },
 };
 
 /**
@@ -50,6 +59,7 @@ export async function main(argv: readonly string[], io: CliIo = _stdio): Promise
       case "eval":
         return await evalCommand(rest, io);
       case "generate":
+        return await generateCommand(rest, io);
       case "dashboard":
       case "repro":
         return _notYet(command, io);

@@ -1,10 +1,13 @@
 /**
- * Opening a stored run for commands that continue or read it (`run --resume`, `eval`): its directory,
- * resolved config and newest complete checkpoint.
+ * Opening a stored run for commands that continue or read it (`run --resume`, `eval`, `generate`): its
+ * directory, resolved config and newest complete checkpoint; or one checkpoint file.
  *
  * @module
  */
 import { parseExperimentText } from "../config/mod.ts";
+import { readSafeTensors, type SafeTensor } from "../runs/safetensors.ts";
+import { paramsFromTensors } from "../train/trainer.ts";
+import { UsageError } from "./errors.ts";
 import type { Experiment } from "../config/schema.ts";
 import { type CheckpointEntry, latestCheckpoint } from "../runs/checkpoints.ts";
 import { RunDir } from "../runs/run_dir.ts";
@@ -27,4 +30,63 @@ export async function openStoredRun(
   const yaml = await Deno.readTextFile(`${run.path}/config.yaml`);
   const config = parseExperimentText(yaml, `${run.path}/config.yaml`).points[0]!.config;
   return { run, yaml, config, ck: await latestCheckpoint(run.path, onSkip) };
+}
+
+/** A checkpoint to use: its config, parameters and (for runs) the run to log metrics to. */
+/** The one run id, run directory or checkpoint file that `command` takes. */
+export function targetArg(command: string, positionals: string[]): string {
+  if (positionals.length !== 1) {
+    throw new UsageError(
+      `${command} takes one run id, run directory or checkpoint file, got ${positionals.length}`,
+    );
+  }
+  return positionals[0]!;
+}
+
+export interface Target {
+  label: string;
+  config: Readonly<Experiment>;
+  params: Map<string, Float32Array>;
+  step: number;
+  run: RunDir | null;
+}
+
+/**
+ * Opens what `eval` and `generate` take: a run id or directory (its newest complete checkpoint) or one
+ * `.safetensors` checkpoint (its config from the metadata). Unreadable targets are usage errors.
+ */
+export async function loadTarget(arg: string, runsDir: string, what: string): Promise<Target> {
+  if (arg.endsWith(".safetensors")) {
+    let bytes: Uint8Array;
+    try {
+      bytes = await Deno.readFile(arg);
+    } catch (e) {
+      throw new UsageError(`Cannot read checkpoint ${arg}: ${(e as Error).message}`);
+    }
+    const file = readSafeTensors(bytes);
+    const yaml = file.metadata.config;
+    if (!yaml) throw new UsageError(`Checkpoint ${arg} has no config in its metadata`);
+    const config = parseExperimentText(yaml, `${arg} (metadata config)`).points[0]!.config;
+    return {
+      label: arg,
+      config,
+      params: _params(file.tensors),
+      step: Number(file.metadata.step ?? 0),
+      run: null,
+    };
+  }
+  let stored: StoredRun;
+  try {
+    stored = await openStoredRun(runsDir, arg);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UsageError((e as Error).message);
+    throw e;
+  }
+  const { run, config, ck } = stored;
+  if (!ck) throw new UsageError(`Run ${run.meta.id} has no complete checkpoint to ${what}`);
+  return { label: `run ${run.meta.id}`, config, params: _params(ck.file.tensors), step: ck.entry.step, run };
+}
+
+function _params(tensors: ReadonlyMap<string, SafeTensor>): Map<string, Float32Array> {
+  return new Map([...paramsFromTensors(tensors)].map(([name, p]) => [name, p.data]));
 }

@@ -4,6 +4,13 @@
  * @module
  */
 import { moeMlpRef } from "../ref/moe.ts";
+import {
+  cachedAttentionRef,
+  cacheWindow,
+  kvWriteRef,
+  moaAttentionRef,
+  sequenceWindow,
+} from "../ref/cached_attention.ts";
 import { routeMaskRef, routeRuleOf } from "../ref/routing.ts";
 import { activationBackwardRef, type ActivationKind, activationRef } from "../ref/activation.ts";
 import { attentionBackwardRef, attentionRef } from "../ref/attention.ts";
@@ -84,6 +91,22 @@ export const CPU_OPS: Record<string, CpuImpl> = {
     const [N, d] = n.inputs[0]!.shape as [number, number], E = n.attrs.experts as number;
     const h = n.inputs[2]!.shape[1]! / E, activation = n.attrs.activation as ActivationKind;
     return [moeMlpRef(x!, gate!, w1!, w2!, { N, d, E, h, activation })];
+  },
+  attention_cached: ([q, k, v, kc, vc, pos], n) => {
+    const D = n.attrs.head_dim as number, Hkv = n.attrs.kv_heads as number, N = n.inputs[0]!.shape[0]!;
+    kvWriteRef(k!, v!, kc as Float64Array, vc as Float64Array, pos![0]!, Hkv * D);
+    return [
+      cachedAttentionRef(q!, kc!, vc!, { N, H: n.attrs.heads as number, Hkv, D }, cacheWindow(pos![0]!)),
+    ];
+  },
+  moa_attention: ([x, gate, wq, k, v, wo, kc, vc, pos], n) => {
+    const [N, d] = n.inputs[0]!.shape as [number, number], G = n.attrs.heads as number;
+    const D = n.attrs.head_dim as number, dims = { N, d, E: n.attrs.experts as number, G, D };
+    if (!kc) {
+      return [moaAttentionRef(x!, gate!, wq!, k!, v!, wo!, dims, sequenceWindow(n.attrs.seq as number))];
+    }
+    kvWriteRef(k!, v!, kc as Float64Array, vc as Float64Array, pos![0]!, G * D);
+    return [moaAttentionRef(x!, gate!, wq!, kc, vc!, wo!, dims, cacheWindow(pos![0]!))];
   },
   cross_entropy: ([logits, t], n) => [scalar(crossEntropyRef(logits!, t!, last(n)))],
   cross_entropy_backward: ([logits, t, dl], n) => [crossEntropyBackwardRef(logits!, t!, last(n), dl![0]!)],

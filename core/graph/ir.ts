@@ -32,8 +32,11 @@ export interface Node {
   readonly outputs: Value[];
 }
 
-/** Kinds of leaf: parameters are trained, inputs are fed each step, constants never change. */
-export type LeafKind = "param" | "input" | "const";
+/**
+ * Kinds of leaf: parameters are trained, inputs are fed each step, constants never change, and state
+ * (a decoder's KV cache) persists between executions and is changed in place by the ops that own it.
+ */
+export type LeafKind = "param" | "input" | "const" | "state";
 
 /** A graph under construction or finished. */
 export class Graph {

@@ -275,6 +275,33 @@ export const OPS: Record<string, OpDef> = {
    * → Σ_e gate[:, e] · act(x·W1_e)·W2_e; attrs experts, activation. No gradient (inference only).
    */
   moe_mlp: { outputs: ([x]) => _same(x!) },
+  /**
+   * Decoding attention with a KV cache: (q (N, H·D), k, v (N, Hkv·D), kcache, vcache (T, Hkv·D), pos (1,) u32)
+   * → o (N, H·D). Writes k, v into cache rows pos…pos+N−1 (the caches are state leaves, changed in place),
+   * then row t attends over cache rows 0…pos+t. Attrs heads, kv_heads, head_dim. Inference only.
+   */
+  attention_cached: {
+    outputs: ([q, k, _v, kc], a) => {
+      const D = a.head_dim as number, H = a.heads as number, Hkv = a.kv_heads as number;
+      _check(q!.shape[1] === H * D && k!.shape[1] === Hkv * D, "attention_cached", "head widths");
+      _check(kc!.shape[1] === Hkv * D, "attention_cached", "cache rows are Hkv·D wide");
+      return _same(q!);
+    },
+  },
+  /**
+   * Sparse MoA (mixture of attention heads) at inference: only routed experts compute their query heads and
+   * output projection; keys and values are shared. Inputs x (N, d), gate (N, E), wq (d, E·G·D), k, v
+   * (N, G·D), wo (E·G·D, d), and when decoding kcache, vcache (T, G·D), pos (1,) u32 (as attention_cached).
+   * → y (N, d). Attrs experts, heads (G, per expert), head_dim, seq (T). Inference only.
+   */
+  moa_attention: {
+    outputs: ([x, gate, wq, k], a) => {
+      const E = a.experts as number, w = (a.heads as number) * (a.head_dim as number);
+      _check(gate!.shape[1] === E && wq!.shape[1] === E * w, "moa_attention", "expert widths");
+      _check(k!.shape[1] === w, "moa_attention", "keys are G·D wide");
+      return _same(x!);
+    },
+  },
 
   /** Mean cross-entropy of logits (N, V) against u32 targets (N,) → scalar. */
   cross_entropy: {

@@ -3,9 +3,9 @@
  * validation loss and perplexity, and the experts each rule really activates, measured per token and
  * per layer, turned into active parameters and hidden % with the definitions of core/plan/counts.ts.
  *
- * Each rule's graph gates every routed layer by S ⊙ mask (raw probabilities, not renormalized). MoE MLPs
- * run sparsely (`moe_mlp`: only routed (token, expert) pairs compute); attention experts are computed and
- * masked, which gives the same numbers at dense cost.
+ * Each rule's graph gates every routed layer by S ⊙ mask (raw probabilities, not renormalized) and runs it
+ * sparsely: MoE MLPs through `moe_mlp`, attention experts through `moa_attention` (only routed (token,
+ * expert) pairs compute; keys and values are shared).
  *
  * @module
  */
@@ -14,7 +14,7 @@ import type { Dataset } from "../data/dataset.ts";
 import { numel } from "../graph/ir.ts";
 import { schedule } from "../graph/schedule.ts";
 import { activeWith, layerShape } from "../plan/counts.ts";
-import { buildModel, type InferRules } from "../plan/model.ts";
+import { buildModel, type InferRules, type ParamSpec } from "../plan/model.ts";
 import { type RouteRule, ruleParam } from "../ref/routing.ts";
 import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
 import type { GpuContext } from "../../gpu/device.ts";
@@ -73,19 +73,7 @@ export async function evaluateRules(
   try {
     for (const rule of rules) {
       const m = buildModel(c, c.train.batch, rule);
-      for (const p of m.params) {
-        const data = params.get(p.value.name);
-        if (!data) throw new RangeError(`Cannot evaluate: the checkpoint has no parameter "${p.value.name}"`);
-        if (data.length !== numel(p.value.shape)) {
-          throw new RangeError(
-            `Cannot evaluate: parameter "${p.value.name}" has ${data.length} values, the config's model needs ` +
-              `[${p.value.shape}]`,
-          );
-        }
-        if (!tensors.has(p.value.name)) {
-          tensors.set(p.value.name, createTensor(ctx, p.value.shape, "f32", data, p.value.name));
-        }
-      }
+      uploadParams(ctx, m.params, params, tensors, "evaluate");
       const leaves = [...m.graph.leaves.values()].map((l) => l.value);
       const shared = new Map(m.params.map((p) => [p.value.id, tensors.get(p.value.name)!]));
       const masks = m.routers.filter((r) => r.mask);
@@ -126,7 +114,7 @@ export async function evaluateRules(
           of: r.probs.shape[1]!,
         }));
         const loss = lossSum / o.batches;
-        const res = _activity(c, shape, layers);
+        const res = activity(c, shape, layers);
         const tokens = o.batches * c.train.batch * c.data.seq_len;
         const result = { rule: ruleName(rule, routed), loss, ppl: Math.exp(loss), ...res, layers, tokens };
         results.push(result);
@@ -144,8 +132,35 @@ export async function evaluateRules(
   return results;
 }
 
+/**
+ * Uploads the model's parameters `specs` from `params` (name → values) into `into` (by name; ones already
+ * there are kept) and returns it. A missing or mis-sized parameter is a RangeError naming it.
+ */
+export function uploadParams(
+  ctx: GpuContext,
+  specs: readonly ParamSpec[],
+  params: ReadonlyMap<string, Float32Array>,
+  into: Map<string, GpuTensor>,
+  what: string,
+): Map<string, GpuTensor> {
+  for (const p of specs) {
+    const data = params.get(p.value.name);
+    if (!data) throw new RangeError(`Cannot ${what}: the checkpoint has no parameter "${p.value.name}"`);
+    if (data.length !== numel(p.value.shape)) {
+      throw new RangeError(
+        `Cannot ${what}: parameter "${p.value.name}" has ${data.length} values, the config's model needs ` +
+          `[${p.value.shape}]`,
+      );
+    }
+    if (!into.has(p.value.name)) {
+      into.set(p.value.name, createTensor(ctx, p.value.shape, "f32", data, p.value.name));
+    }
+  }
+  return into;
+}
+
 /** Active parameters from the measured experts per layer (core/plan/counts.ts definitions). */
-function _activity(
+export function activity(
   c: Readonly<Experiment>,
   s: ReturnType<typeof layerShape>,
   layers: readonly LayerActivity[],

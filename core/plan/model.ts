@@ -54,22 +54,54 @@ export interface ModelGraph {
   tokens: number; // N = batch · seq_len
 }
 
+/** The one-token decoding graph of a model (DESIGN.md §5): KV caches as state, the position as an input. */
+export interface DecoderGraph {
+  graph: Graph;
+  params: ParamSpec[];
+  ids: Value; // (1,) u32: the token at `pos`
+  pos: Value; // (1,) u32: its position, < seq_len
+  logits: Value; // (1, V): next-token logits
+  caches: Value[]; // per layer: keys then values, (seq_len, kv_heads·head_dim) state leaves
+  routers: RouterTap[];
+}
+
+/**
+ * Builds the decoder of `c` under inference rules: one token per execution at a position fed as an input,
+ * keys and values appended to per-layer caches, routed layers computing only their selected experts.
+ */
+export function buildDecoder(c: Readonly<Experiment>, rules: InferRules): DecoderGraph {
+  const b = new _Builder(c, 1, rules, true);
+  const wte = b.param("wte", [b.V, b.d], "normal");
+  let x = apply1(b.g, "embedding", [b.ids, wte]);
+  if (c.model.position === "learned") {
+    x = apply1(b.g, "add", [x, apply1(b.g, "embedding", [b.pos!, b.param("wpe", [b.T, b.d], "normal")])]);
+  }
+  x = b.blocks(x);
+  const xf = b.norm("lnf", x);
+  const logits = c.model.tie_embeddings
+    ? apply1(b.g, "matmul", [xf, wte], { transB: true })
+    : apply1(b.g, "matmul", [xf, b.param("lm_head", [b.d, b.V], "normal")]);
+  return {
+    graph: b.g,
+    params: b.params,
+    ids: b.ids,
+    pos: b.pos!,
+    logits,
+    caches: b.caches,
+    routers: b.routers,
+  };
+}
+
 /**
  * Builds the graph of `c` for `batch` sequences: the training forward and losses (autodiff adds backward),
  * or with `infer`, a forward whose routers gate by the inference rules (raw S on the selected experts).
  */
 export function buildModel(c: Readonly<Experiment>, batch: number, infer?: InferRules): ModelGraph {
-  if (c.model.position === "rope") {
-    throw new RangeError("Cannot plan model.position rope: not supported yet; use position: learned");
-  }
   const b = new _Builder(c, batch, infer);
   const wte = b.param("wte", [b.V, b.d], "normal");
   let x = apply1(b.g, "embedding", [b.ids, wte]);
   if (c.model.position === "learned") x = apply1(b.g, "add_rows", [x, b.param("wpe", [b.T, b.d], "normal")]);
-  for (let l = 0; l < c.model.layers; l++) {
-    x = apply1(b.g, "add", [x, b.attention(l, b.norm(`h${l}.ln1`, x))]);
-    x = apply1(b.g, "add", [x, b.mlp(l, b.norm(`h${l}.ln2`, x))]);
-  }
+  x = b.blocks(x);
   const xf = b.norm("lnf", x);
   const logits = c.model.tie_embeddings
     ? apply1(b.g, "matmul", [xf, wte], { transB: true })
@@ -116,8 +148,14 @@ class _Builder {
   readonly ids: Value;
   readonly targets: Value;
   readonly infer: InferRules | undefined;
+  /** Decoding: one token at input position `pos`; attention reads and extends the per-layer `caches`. */
+  readonly pos: Value | undefined;
+  readonly caches: Value[] = [];
 
-  constructor(c: Readonly<Experiment>, batch: number, infer?: InferRules) {
+  constructor(c: Readonly<Experiment>, batch: number, infer?: InferRules, decode = false) {
+    if (c.model.position === "rope") {
+      throw new RangeError("Cannot plan model.position rope: not supported yet; use position: learned");
+    }
     this.c = c;
     this.infer = infer;
     this.s = layerShape(c);
@@ -125,9 +163,19 @@ class _Builder {
     this.d = c.model.d_model;
     this.T = c.data.seq_len;
     this.B = batch;
-    this.N = batch * this.T;
+    this.N = decode ? 1 : batch * this.T;
     this.ids = this.g.leaf("input", "ids", [this.N], "u32");
     this.targets = this.g.leaf("input", "targets", [this.N], "u32");
+    this.pos = decode ? this.g.leaf("input", "pos", [1], "u32") : undefined;
+  }
+
+  /** The decoder blocks: x += Attn(Norm(x)); x += MLP(Norm(x)). */
+  blocks(x: Value): Value {
+    for (let l = 0; l < this.c.model.layers; l++) {
+      x = apply1(this.g, "add", [x, this.attention(l, this.norm(`h${l}.ln1`, x))]);
+      x = apply1(this.g, "add", [x, this.mlp(l, this.norm(`h${l}.ln2`, x))]);
+    }
+    return x;
   }
 
   param(name: string, shape: number[], init: ParamSpec["init"], std = this.c.model.init_std): Value {
@@ -170,13 +218,46 @@ class _Builder {
 
   attention(l: number, h: Value): Value {
     const s = this.s, D = s.headDim;
-    const q = apply1(this.g, "matmul", [h, this.param(`h${l}.attn.wq`, [this.d, s.qHeads * D], "normal")]);
+    const wq = this.param(`h${l}.attn.wq`, [this.d, s.qHeads * D], "normal");
     const k = apply1(this.g, "matmul", [h, this.param(`h${l}.attn.wk`, [this.d, s.kvHeads * D], "normal")]);
     const v = apply1(this.g, "matmul", [h, this.param(`h${l}.attn.wv`, [this.d, s.kvHeads * D], "normal")]);
-    const shape4 = (t: Value, heads: number) =>
-      apply1(this.g, "reshape", [t], { shape: [this.B, this.T, heads, D] });
-    const [o] = apply(this.g, "attention", [shape4(q, s.qHeads), shape4(k, s.kvHeads), shape4(v, s.kvHeads)]);
-    let o2 = apply1(this.g, "reshape", [o!], { shape: [this.N, s.qHeads * D] });
+    const cache: Value[] = [];
+    if (this.pos) {
+      for (const kv of ["k", "v"]) {
+        cache.push(this.g.leaf("state", `h${l}.attn.${kv}cache`, [this.T, s.kvHeads * D]));
+      }
+      this.caches.push(...cache);
+      cache.push(this.pos);
+    }
+    if (this.infer && s.routedAtt && this.infer.attention.kind !== "dense") {
+      // Inference: only routed experts compute their query heads and output projection.
+      const gate = this.inferGate(this.router(l, "attention", h, s.attExperts), "attention");
+      const wo = this.param(`h${l}.attn.wo`, [s.qHeads * D, this.d], "normal", this.projStd);
+      return apply1(this.g, "moa_attention", [h, gate, wq, k, v, wo, ...cache], {
+        experts: s.attExperts,
+        heads: s.kvHeads,
+        head_dim: D,
+        seq: this.T,
+      });
+    }
+    const q = apply1(this.g, "matmul", [h, wq]);
+    let o2: Value;
+    if (this.pos) {
+      o2 = apply1(this.g, "attention_cached", [q, k, v, ...cache], {
+        heads: s.qHeads,
+        kv_heads: s.kvHeads,
+        head_dim: D,
+      });
+    } else {
+      const shape4 = (t: Value, heads: number) =>
+        apply1(this.g, "reshape", [t], { shape: [this.B, this.T, heads, D] });
+      const [o] = apply(this.g, "attention", [
+        shape4(q, s.qHeads),
+        shape4(k, s.kvHeads),
+        shape4(v, s.kvHeads),
+      ]);
+      o2 = apply1(this.g, "reshape", [o!], { shape: [this.N, s.qHeads * D] });
+    }
     if (s.routedAtt) {
       o2 = this.gate(o2, this.router(l, "attention", h, s.attExperts), s.attExperts, "attention");
     }

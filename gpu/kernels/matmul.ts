@@ -137,7 +137,7 @@ export function matmulTile(m: number, n: number, batch = 1, transB = false): Mat
   while (tn > 4 && wx * tn > Math.max(n, 4 * wx)) tn /= 2;
   while (wx > 1 && wx * tn >= 2 * n) wx /= 2;
   let tm = maxTm;
-  while (tm > 4 && tm >= 2 * m) tm /= 2;
+  while (tm > 1 && tm >= 2 * m) tm /= 2;
   const groups = () => batch * Math.ceil(m / tm) * Math.ceil(n / (wx * tn));
   while (groups() < 4 && tm > 8) tm /= 2;
   while (groups() < 4 && tn > 8) tn /= 2;

@@ -28,10 +28,11 @@
 import { createIndirectTensor, createTensor, type GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { entry, packUniform, type UniformFields } from "./common.ts";
+import { entry, packUniform, simpleKernel, type UniformFields } from "./common.ts";
 import { matmulTile } from "./matmul.ts";
 import type { ActivationKind } from "./activation.ts";
 import { grid } from "../dispatch.ts";
+import { attendWgsl, kvWrite } from "./cached_attention.ts";
 
 /** Sizes of a sparse MoE MLP: N tokens, model width d, E experts of hidden width h. */
 export interface MoeShape {
@@ -153,10 +154,102 @@ export function moeScratch(ctx: GpuContext, s: MoeShape, tile: MoeTile = moeTile
  * ```
  */
 export function moeMlpSparse(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
+  if (o.gate.shape[0] === 1) return _oneToken(ctx, o);
+  return _sparse(ctx, o, "MoE");
+}
+
+/**
+ * One token (batch-1 decoding): no pair lists. `moe_up1` runs one invocation per group of hidden columns
+ * of one expert, and those of unrouted experts return before reading their weights; `moe_down1` sums over
+ * the routed experts' rows of W2 only. Two dispatches instead of six; vec4 loads where widths allow.
+ */
+function _oneToken(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
+  const { E, h } = o, d = o.x.size, s: MoeShape = { N: 1, d, E, h };
+  _check(o, s, o.tile ?? moeTile(ctx, s), "MoE");
+  const c4 = _vecGroup(h), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q; // columns per invocation
+  const V = q === 4 ? "vec4<f32>" : "f32";
+  const accs = _range(Math.max(1, c4));
+  const up = simpleKernel(ctx, {
+    label: "moe_up1",
+    bindings: [
+      { name: "x", tensor: o.x },
+      { name: "gate", tensor: o.gate },
+      { name: "W1", tensor: o.w1, type: V },
+      { name: "H", tensor: o.scratch.hidden, write: true, type: V },
+    ],
+    fields: [["n", "u32", (E * h) / per], ["h", "u32", h], ["d", "u32", d], ["ld", "u32", (E * h) / q]],
+    invocations: (E * h) / per,
+    workgroup: 8,
+    prelude: _ACT[o.activation],
+    body: `  let c0 = i * ${accs.length}u; // first column (in ${V} units) of this invocation's group
+  let g = gate[(c0 * ${q}u) / u.h];
+  if (g <= 0.0) { return; }
+  ${accs.map((v) => `var a${v} = ${V}(0.0);`).join(" ")}
+  for (var k = 0u; k < u.d; k = k + 1u) {
+    let xv = x[k]; let r = k * u.ld + c0;
+    ${accs.map((v) => `a${v} = a${v} + xv * W1[r + ${v}u];`).join(" ")}
+  }
+  ${accs.map((v) => `H[c0 + ${v}u] = ${q === 4 ? `act(a${v})` : `act(vec4<f32>(a${v})).x`} * g;`).join(" ")}`,
+  });
+  return [up, _downOne(ctx, "moe_down1", o.gate, o.scratch.hidden, o.w2, o.y, E, h)];
+}
+
+/** vec4 columns per invocation for a width: 4, 2 or 1 when `width` is a multiple of 16, 8 or 4; else 0. */
+function _vecGroup(width: number): number {
+  return width % 16 === 0 ? 4 : width % 8 === 0 ? 2 : width % 4 === 0 ? 1 : 0;
+}
+
+/**
+ * y[c] = Σ over routed experts e, rows j < w of A[e·w + j] · W[(e·w + j)·d + c]: one invocation per group
+ * of output columns, reading only the routed experts' rows of W.
+ */
+function _downOne(
+  ctx: GpuContext,
+  label: string,
+  gate: GpuTensor,
+  a: GpuTensor,
+  w: GpuTensor,
+  y: GpuTensor,
+  E: number,
+  width: number,
+): KernelCall {
+  const d = y.size, c4 = _vecGroup(d), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q;
+  const V = q === 4 ? "vec4<f32>" : "f32", accs = _range(Math.max(1, c4));
+  return simpleKernel(ctx, {
+    label,
+    bindings: [
+      { name: "gate", tensor: gate },
+      { name: "A", tensor: a },
+      { name: "W", tensor: w, type: V },
+      { name: "y", tensor: y, write: true, type: V },
+    ],
+    fields: [["n", "u32", d / per], ["E", "u32", E], ["w", "u32", width], ["ld", "u32", d / q]],
+    invocations: d / per,
+    workgroup: 8,
+    body: `  let c0 = i * ${accs.length}u;
+  ${accs.map((v) => `var a${v} = ${V}(0.0);`).join(" ")}
+  for (var e = 0u; e < u.E; e = e + 1u) {
+    if (gate[e] <= 0.0) { continue; }
+    for (var j = e * u.w; j < (e + 1u) * u.w; j = j + 1u) {
+      let av = A[j]; let r = j * u.ld + c0;
+      ${accs.map((v) => `a${v} = a${v} + av * W[r + ${v}u];`).join(" ")}
+    }
+  }
+  ${accs.map((v) => `y[c0 + ${v}u] = a${v};`).join(" ")}`,
+  });
+}
+
+/** The pair lists, both grouped matmuls and the gather; `middle` (if any) runs on H between them. */
+function _sparse(
+  ctx: GpuContext,
+  o: Omit<MoeMlpOptions, "activation"> & { activation?: ActivationKind },
+  what: string,
+  middle?: (L: _Layout, s: MoeShape) => KernelCall,
+): KernelCall[] {
   const N = o.gate.shape[0]!, E = o.E, h = o.h, d = o.x.size / Math.max(1, N);
   const s: MoeShape = { N, d, E, h };
   const tile = o.tile ?? moeTile(ctx, s);
-  _check(o, s, tile);
+  _check(o, s, tile, what);
   const L = _layout(s, tile.tm);
   const ncgUp = Math.ceil(h / (tile.wxUp * tile.tnUp)), ncgDown = Math.ceil(d / (tile.wxDown * tile.tnDown));
   const { route, hidden, partial, args } = o.scratch;
@@ -259,7 +352,7 @@ export function moeMlpSparse(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
     a: o.x,
     b: o.w1,
     c: hidden,
-    gate: o.gate,
+    gate: middle ? undefined : o.gate,
     route,
     k: d,
     n: h,
@@ -307,14 +400,14 @@ export function moeMlpSparse(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
   }
   y[i] = acc;`,
   );
-  return [count, scan, place, up, down, gather];
+  return [count, scan, place, up, ...(middle ? [middle(L, s)] : []), down, gather];
 }
 
-function _check(o: MoeMlpOptions, s: MoeShape, t: MoeTile): void {
+function _check(o: Omit<MoeMlpOptions, "activation">, s: MoeShape, t: MoeTile, what: string): void {
   const { N, d, E, h } = s;
   for (const [name, v] of [["N", N], ["d", d], ["E", E], ["h", h]] as const) {
     if (!Number.isInteger(v) || v < 1) {
-      throw new RangeError(`Cannot run sparse MoE: ${name} (${v}) must be a positive integer`);
+      throw new RangeError(`Cannot run sparse ${what}: ${name} (${v}) must be a positive integer`);
     }
   }
   const need: [string, GpuTensor, number, string][] = [
@@ -331,17 +424,17 @@ function _check(o: MoeMlpOptions, s: MoeShape, t: MoeTile): void {
   for (const [name, tensor, n, dtype] of need) {
     if (tensor.size < n || tensor.dtype !== dtype) {
       throw new RangeError(
-        `Cannot run sparse MoE: ${name} ("${tensor.label}") is ${tensor.dtype} × ${tensor.size}, needs ${dtype} × ${n}`,
+        `Cannot run sparse ${what}: ${name} ("${tensor.label}") is ${tensor.dtype} × ${tensor.size}, needs ${dtype} × ${n}`,
       );
     }
   }
   if (o.x.shape.length !== 2 || o.x.shape[1] !== d || o.x.size !== N * d) {
-    throw new RangeError(`Cannot run sparse MoE: x shape [${o.x.shape}] is not (N ${N}, d)`);
+    throw new RangeError(`Cannot run sparse ${what}: x shape [${o.x.shape}] is not (N ${N}, d)`);
   }
   const ok = [1, 2, 4, 8, 16, 32, 64].includes(t.tm) && [4, 8, 16, 32].includes(t.tnUp) &&
     [4, 8, 16, 32].includes(t.tnDown) && [1, 2, 4, 8, 16, 32, 64].includes(t.wxUp) &&
     [1, 2, 4, 8, 16, 32, 64].includes(t.wxDown);
-  if (!ok) throw new RangeError(`Cannot run sparse MoE: unsupported tile ${JSON.stringify(t)}`);
+  if (!ok) throw new RangeError(`Cannot run sparse ${what}: unsupported tile ${JSON.stringify(t)}`);
 }
 
 interface _Bind {
@@ -395,7 +488,7 @@ const _ACT: Record<ActivationKind, string> = {
 };
 
 interface _GroupedOptions {
-  up: boolean; // moe_up (rows of x gathered by token, act · gate epilogue) or moe_down
+  up: boolean; // moe_up (rows of x gathered by token; with gate, an act · gate epilogue) or moe_down
   a: GpuTensor;
   b: GpuTensor;
   c: GpuTensor;
@@ -444,7 +537,7 @@ function _grouped(o: _GroupedOptions): KernelCall {
     { name: "B", decl: V, t: o.b },
     { name: "R", decl: "u32", t: o.route },
     { name: "C", decl: V, t: o.c, write: true },
-    ...(o.up ? [{ name: "G", decl: "f32", t: o.gate! }] : []),
+    ...(o.gate ? [{ name: "G", decl: "f32", t: o.gate }] : []),
   ];
   const rows = _lines(tm, (r) => {
     const p = `min(p0 + ${r}u, pend - 1u)`;
@@ -462,9 +555,9 @@ function _grouped(o: _GroupedOptions): KernelCall {
     tm,
     (r) => `    { let a = A[ar${r} + p]; ${_range(tn4).map((c) => `c${r}_${c} += a * b${c};`).join(" ")} }`,
   );
-  // Epilogue: moe_up applies act and the token's gate; rows past the expert's segment and columns past n
+  // Epilogue: moe_up with a gate applies act and the token's gate; rows past the expert's segment and columns past n
   // are not stored.
-  const value = (r: number, c: number) => (o.up ? `act(c${r}_${c}) * G[tk${r} * u.E + e]` : `c${r}_${c}`);
+  const value = (r: number, c: number) => (o.gate ? `act(c${r}_${c}) * G[tk${r} * u.E + e]` : `c${r}_${c}`);
   const stores = _lines(tm, (r) => {
     const body = vec
       ? _lines(tn4, (c) => `    if (j0 + ${4 * c}u < u.n) { C[co / 4u + ${c}u] = ${value(r, c)}; }`)
@@ -480,7 +573,7 @@ function _grouped(o: _GroupedOptions): KernelCall {
     return `  if (p0 + ${r}u < pend) {\n    let co = (p0 + ${r}u) * u.n + j0;\n${body}\n  }`;
   });
   const code = `${_decls(binds, fields)}
-${o.up ? _ACT[o.activation ?? "gelu"] : ""}
+${o.gate ? _ACT[o.activation ?? "gelu"] : ""}
 
 @compute @workgroup_size(${wx})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -514,4 +607,151 @@ ${stores}
     workgroups: [0],
     indirect: { buffer: o.args, offset: o.up ? 0 : 12 },
   };
+}
+
+/** Options of {@linkcode moaAttentionSparse}. */
+export interface MoaOptions {
+  x: GpuTensor; // (N, d)
+  gate: GpuTensor; // (N, E): probability ⊙ mask; 0 = not routed
+  wq: GpuTensor; // (d, E·G·D)
+  wo: GpuTensor; // (E·G·D, d)
+  k: GpuTensor; // (N, G·D): the tokens' keys (shared by every expert)
+  v: GpuTensor;
+  y: GpuTensor; // (N, d), written
+  E: number;
+  G: number; // heads per expert (= KV heads)
+  D: number;
+  /** Sequence batches: tokens are sequences of T; token t attends over its sequence's rows up to t. */
+  T?: number;
+  /** Decoding: k, v are written into the caches at pos, and token t attends over cache rows 0…pos+t. */
+  cache?: { kcache: GpuTensor; vcache: GpuTensor; pos: GpuTensor };
+  /** As for {@linkcode moeMlpSparse}, with h = G·D. */
+  scratch: MoeScratch;
+  tile?: MoeTile;
+}
+
+/**
+ * Sparse MoA: y[t] = Σ over routed experts e of gate · attn(x[t]·Wq_e)·Wo_e, with shared keys and values
+ * (DESIGN.md §5: only routed query/output head groups compute). The pair lists and grouped matmuls are the
+ * MoE MLP's (`moe_up` without epilogue gives the pairs' query heads), with one kernel between them: each
+ * (pair, head) attends over its token's key rows and scales by the gate, in place. When decoding, the
+ * new keys and values are written into the caches first.
+ *
+ * @example
+ * ```ts ignore
+ * const scratch = moeScratch(ctx, { N, d, E, h: G * D });
+ * const calls = moaAttentionSparse(ctx, { x, gate, wq, wo, k, v, y, E, G, D, T, scratch });
+ * ```
+ */
+export function moaAttentionSparse(ctx: GpuContext, o: MoaOptions): KernelCall[] {
+  const { E, G, D } = o, w = G * D, N = o.gate.shape[0]!;
+  if ((o.T === undefined) === (o.cache === undefined)) {
+    throw new RangeError("Cannot run sparse MoA: give either T (sequence batches) or cache (decoding)");
+  }
+  if (o.k.size !== N * w || o.v.size !== N * w) {
+    throw new RangeError(
+      `Cannot run sparse MoA: k [${o.k.shape}] and v [${o.v.shape}] are not (N ${N}, G·D ${w})`,
+    );
+  }
+  if (o.cache && N === 1) {
+    return [kvWrite(ctx, { k: o.k, v: o.v, ...o.cache }), ..._moaOneToken(ctx, o, o.cache.pos)];
+  }
+  const keys = o.cache ? o.cache.kcache : o.k, vals = o.cache ? o.cache.vcache : o.v;
+  const attend = (L: _Layout): KernelCall =>
+    simpleKernel(ctx, {
+      label: "moa_attend",
+      bindings: [
+        { name: "QO", tensor: o.scratch.hidden, write: true },
+        { name: "K", tensor: keys },
+        { name: "Vals", tensor: vals },
+        { name: "R", tensor: o.scratch.route },
+        { name: "gate", tensor: o.gate },
+        ...(o.cache ? [{ name: "pos", tensor: o.cache.pos }] : []),
+      ],
+      fields: [
+        ["n", "u32", N * E * G],
+        ["E", "u32", E],
+        ["G", "u32", G],
+        ["width", "u32", w],
+        ["T", "u32", o.T ?? 1],
+        ["eoff", "u32", L.eoff],
+        ["tok", "u32", L.tok],
+      ],
+      invocations: N * E * G,
+      workgroup: 32,
+      prelude: attendWgsl(D, "QO", "QO"),
+      body: `  let p = i / u.G; let j = i % u.G;
+  if (p >= R[u.eoff + u.E]) { return; }
+  let t = R[u.tok + p];
+  var e = 0u;
+  while (e + 1u < u.E && R[u.eoff + e + 1u] <= p) { e = e + 1u; }
+  ${
+        o.cache
+          ? "let first = 0u; let len = pos[0] + t + 1u;"
+          : "let first = t - t % u.T; let len = t % u.T + 1u;"
+      }
+  attend(p * u.width + j * ${D}u, first, len, j * ${D}u, p * u.width + j * ${D}u, gate[t * u.E + e]);`,
+    });
+  const calls = _sparse(
+    ctx,
+    { x: o.x, gate: o.gate, w1: o.wq, w2: o.wo, y: o.y, E, h: w, scratch: o.scratch, tile: o.tile },
+    "MoA",
+    attend,
+  );
+  return o.cache ? [kvWrite(ctx, { k: o.k, v: o.v, ...o.cache }), ...calls] : calls;
+}
+
+/**
+ * One decoded token: `moa_attend1` runs one invocation per (expert, head) — unrouted experts return before
+ * reading their query columns — computing the head's query and its attention over the cache; `moa_out1`
+ * projects through the routed experts' rows of Wo only. Two dispatches instead of seven.
+ */
+function _moaOneToken(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): KernelCall[] {
+  const { E, G, D } = o, w = G * D, d = o.x.size;
+  _check(
+    { ...o, w1: o.wq, w2: o.wo, h: w },
+    { N: 1, d, E, h: w },
+    o.tile ?? moeTile(ctx, { N: 1, d, E, h: w }),
+    "MoA",
+  );
+  // The head's query: D columns of Wq, as vec4 when D allows.
+  const q4 = D % 4 === 0, V = q4 ? "vec4<f32>" : "f32", n = q4 ? D / 4 : D;
+  const store = q4
+    ? "for (var l = 0u; l < 4u; l = l + 1u) { QO[col + 4u * c + l] = qa[c][l]; }"
+    : "QO[col + c] = qa[c];";
+  const attend = simpleKernel(ctx, {
+    label: "moa_attend1",
+    bindings: [
+      { name: "x", tensor: o.x },
+      { name: "gate", tensor: o.gate },
+      { name: "Wq", tensor: o.wq, type: V },
+      { name: "K", tensor: o.cache!.kcache },
+      { name: "Vals", tensor: o.cache!.vcache },
+      { name: "pos", tensor: pos },
+      { name: "QO", tensor: o.scratch.hidden, write: true },
+    ],
+    fields: [
+      ["n", "u32", E * G],
+      ["G", "u32", G],
+      ["d", "u32", d],
+      ["wid", "u32", (E * w) / (q4 ? 4 : 1)],
+      ["width", "u32", w],
+    ],
+    invocations: E * G,
+    workgroup: 8,
+    prelude: attendWgsl(D, "QO", "QO"),
+    body: `  let e = i / u.G; let j = i % u.G;
+  let g = gate[e];
+  if (g <= 0.0) { return; }
+  let col = e * u.width + j * ${D}u;
+  var qa: array<${V}, ${n}>;
+  for (var c = 0u; c < ${n}u; c = c + 1u) { qa[c] = ${V}(0.0); }
+  for (var k = 0u; k < u.d; k = k + 1u) {
+    let xv = x[k]; let r = k * u.wid + col / ${q4 ? 4 : 1}u;
+    for (var c = 0u; c < ${n}u; c = c + 1u) { qa[c] = qa[c] + xv * Wq[r + c]; }
+  }
+  for (var c = 0u; c < ${n}u; c = c + 1u) { ${store} }
+  attend(col, 0u, pos[0] + 1u, j * ${D}u, col, g);`,
+  });
+  return [attend, _downOne(ctx, "moa_out1", o.gate, o.scratch.hidden, o.wo, o.y, E, w)];
 }

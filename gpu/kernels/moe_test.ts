@@ -15,9 +15,10 @@ const TOL = { atol: 1e-4, rtol: 1e-4 };
 /**
  * How gates are chosen. `mixed`: token t runs t mod (E + 1) experts (none, some, or all E) at random;
  * `dead`: token t runs t mod E of the first E − 1 experts, so the last expert gets no token; `all`: every
- * gate non-zero (the dense formula); `none`: no expert anywhere (y must be zero).
+ * gate non-zero (the dense formula); `none`: no expert anywhere (y must be zero); `even`: experts whose
+ * index has the parity of t.
  */
-type Routing = "mixed" | "dead" | "all" | "none";
+type Routing = "mixed" | "dead" | "all" | "none" | "even";
 
 interface Case extends MoeShape {
   routing: Routing;
@@ -39,7 +40,8 @@ function gates(c: Case, seed: number): Float64Array {
       const j = Math.floor(r() * (i + 1));
       [order[i], order[j]] = [order[j]!, order[i]!];
     }
-    for (const e of order.slice(0, k)) g[t * E + e] = 0.05 + 0.95 * r();
+    const chosen = c.routing === "even" ? order.filter((e) => (e + t) % 2 === 0) : order.slice(0, k);
+    for (const e of chosen) g[t * E + e] = 0.05 + 0.95 * r();
   }
   return f32(g);
 }
@@ -87,6 +89,16 @@ Deno.test("moeMlpSparse matches the float64 reference at odd sizes with 0, some 
   await check(ctx, { N: 33, d: 10, E: 4, h: 8, routing: "none" });
 });
 
+Deno.test("moeMlpSparse for one token (decoding) matches the float64 reference on the scalar and vec4 paths", async () => {
+  const ctx = await testGpu();
+  // h and d multiples of 16, 8, 4 or neither pick 4, 2, 1 vec4 columns per invocation or scalar loads.
+  for (const [d, h] of [[13, 5], [24, 8], [32, 32], [20, 12]] as const) {
+    await check(ctx, { N: 1, d, E: 4, h, routing: "even" });
+    await check(ctx, { N: 1, d, E: 4, h, routing: "all", activation: "silu" });
+  }
+  await check(ctx, { N: 1, d: 16, E: 4, h: 16, routing: "none" });
+});
+
 Deno.test("moeMlpSparse with every gate non-zero equals the dense stacked formula", async () => {
   const ctx = await testGpu();
   await check(ctx, { N: 200, d: 24, E: 4, h: 9, routing: "all" });
@@ -124,4 +136,25 @@ Deno.test("moeMlpSparse refuses wrong sizes and a non-INDIRECT args buffer", asy
     /lacks INDIRECT usage/,
   );
   assertThrows(() => runCalls(ctx, [{ ...up, indirect: { buffer: scratch.args, offset: 2 } }]), /offset 2/);
+});
+
+Deno.test("moeMlpSparse for one token reads no weights of unrouted experts (they hold NaN)", async () => {
+  const ctx = await testGpu();
+  const d = 16, E = 4, h = 8, s = { N: 1, d, E, h };
+  const x64 = f32(randomArray(d, 5)), w164 = f32(randomArray(d * E * h, 6, -0.5, 0.5));
+  const w264 = f32(randomArray(E * h * d, 7, -0.5, 0.5)), g64 = f32(Float64Array.of(0, 0.6, 0, 0.3));
+  const w1NaN = Float64Array.from(w164), w2NaN = Float64Array.from(w264);
+  for (const e of [0, 2]) {
+    for (let r = 0; r < d; r++) w1NaN.fill(NaN, r * E * h + e * h, r * E * h + (e + 1) * h);
+    w2NaN.fill(NaN, e * h * d, (e + 1) * h * d);
+  }
+  const make = (shape: number[], v: Float64Array) => createTensor(ctx, shape, "f32", Float32Array.from(v));
+  const x = make([1, d], x64), gate = make([1, E], g64), w1 = make([d, E * h], w1NaN);
+  const w2 = make([E * h, d], w2NaN), y = make([1, d], new Float64Array(d)), scratch = moeScratch(ctx, s);
+  const calls = moeMlpSparse(ctx, { x, gate, w1, w2, y, E, h, activation: "gelu", scratch });
+  await ctx.scoped("moe one token", () => runCalls(ctx, calls).done());
+  const got = await readTensor(ctx, y);
+  assert(got.every(Number.isFinite), "an unrouted expert's weights were read");
+  assertClose(got, moeMlpRef(x64, g64, w164, w264, { ...s, activation: "gelu" }), TOL, "y");
+  for (const t of [x, gate, w1, w2, y, ...Object.values(scratch)]) t.buffer.destroy();
 });

@@ -18,7 +18,21 @@ export interface CliResult {
 /** `main(argv)` with stdout and stderr lines collected. */
 export async function cli(...argv: string[]): Promise<CliResult> {
   const out: string[] = [], err: string[] = [];
-  const io: CliIo = { out: (l) => out.push(l), err: (l) => err.push(l) };
+  // Streamed text joins stdout's current line; a newline in it ends the line.
+  let partial = "";
+  const write = (text: string) => {
+    const lines = (partial + text).split("\n");
+    partial = lines.pop()!;
+    out.push(...lines);
+  };
+  const io: CliIo = {
+    out: (l) => {
+      write(l + "\n");
+    },
+    err: (l) => err.push(l),
+    write,
+  };
   const code = await main(argv, io);
+  if (partial) out.push(partial);
   return { code, out, err, json: () => JSON.parse(out.at(-1)!) };
 }

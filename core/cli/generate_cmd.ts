@@ -1,0 +1,158 @@
+/**
+ * `deno task generate <run-id|run-dir|checkpoint.safetensors> --prompt TEXT`: streams text from a trained
+ * model, decoding one token at a time with a KV cache and routing each layer sparsely under an inference
+ * rule, then reports tokens/s and the active parameters the rule used.
+ *
+ * @module
+ */
+import { decodeText, encodeText } from "../data/tokenizer.ts";
+import { Decoder, generate } from "../infer/generate.ts";
+import { ruleName } from "../infer/evaluate.ts";
+import { countParams, layerShape } from "../plan/counts.ts";
+import type { InferRules } from "../plan/model.ts";
+import { fmtCount } from "../util/format.ts";
+import { openGpu } from "../../gpu/device.ts";
+import { parseCommandArgs, positiveInt } from "./args.ts";
+import { parseRules } from "./eval_cmd.ts";
+import { EXIT_OK, UsageError } from "./errors.ts";
+import type { CliIo } from "./main.ts";
+import { loadTarget, targetArg } from "./run_checkpoint.ts";
+
+/** Usage of `generate`. */
+export const GENERATE_USAGE =
+  `Usage: deno task generate <run-id | run-dir | checkpoint.safetensors> --prompt TEXT [options]
+
+Streams a continuation of TEXT from the newest complete checkpoint of a run (or one checkpoint file),
+decoding one token at a time with a KV cache; routed layers run only the experts the rule selects.
+
+Options:
+  --prompt TEXT        text to continue (required, not empty)
+  --max-tokens N       new tokens to generate (default 200)
+  --temperature T      sampling temperature, 0 = always the most likely token (default 0.8)
+  --top-k K            sample among the K most likely tokens, 0 = all (default 40)
+  --seed N             sampling seed (default 1): the same seed gives the same text
+  --rule RULE          inference routing rule, as for eval (default: the config's router.infer):
+                       threshold:0.5 | topk:2 | threshold_topk:0.5 | top_p:0.9 | dense |
+                       mlp=RULE,attention=RULE  (or --rule threshold --epsilon 0.5, --k, --p)
+  --json               last stdout line: {"text","new_tokens","tokens_per_s","active_params",…}
+  --runs-dir DIR       where runs are stored (default runs/)
+
+The context is the model's seq_len; when it fills, its newest half is kept and re-encoded.`;
+
+/** Runs `generate`. */
+export async function generateCommand(args: string[], io: CliIo): Promise<number> {
+  const parsed = parseCommandArgs("generate", args, {
+    prompt: { type: "string" },
+    "max-tokens": { type: "string" },
+    temperature: { type: "string" },
+    "top-k": { type: "string" },
+    seed: { type: "string" },
+    rule: { type: "string", multiple: true },
+    epsilon: { type: "string", multiple: true },
+    k: { type: "string", multiple: true },
+    p: { type: "string", multiple: true },
+  });
+  const { values, positionals } = parsed;
+  if (values.help) {
+    io.out(GENERATE_USAGE);
+    return EXIT_OK;
+  }
+  const arg = targetArg("generate", positionals);
+  const prompt = values.prompt;
+  if (prompt === undefined || prompt === "") throw new UsageError("generate needs a non-empty --prompt TEXT");
+  const maxTokens = positiveInt("max-tokens", values["max-tokens"]) ?? 200;
+  const temperature = _number("temperature", values.temperature, 0.8, (v) => v >= 0, "a number ≥ 0");
+  const topK = _number(
+    "top-k",
+    values["top-k"],
+    40,
+    (v) => Number.isSafeInteger(v) && v >= 0,
+    "an integer ≥ 0",
+  );
+  const seed = _number("seed", values.seed, 1, (v) => Number.isSafeInteger(v) && v >= 0, "an integer ≥ 0");
+  const asked = parseRules(parsed.tokens ?? []);
+  if (asked.length > 1) throw new UsageError("generate takes one --rule (eval compares several)");
+
+  const target = await loadTarget(arg, values["runs-dir"] ?? "runs", "generate from");
+  const c = target.config, shape = layerShape(c);
+  const rules: InferRules = asked[0] ?? {
+    mlp: c.router.infer,
+    attention: c.router.infer_attention ?? c.router.infer,
+  };
+  const routed = shape.routedMlp || shape.routedAtt;
+  const rule = routed ? ruleName(rules, { mlp: shape.routedMlp, attention: shape.routedAtt }) : "dense";
+  io.err(
+    `Generating from ${target.label} (step ${target.step}): ${routed ? `rule ${rule}, ` : ""}` +
+      `temperature ${temperature}, top-k ${topK || "all"}, seed ${seed}, up to ${maxTokens} tokens`,
+  );
+  const gpu = await openGpu({
+    powerPreference: c.hardware.power_preference,
+    validation: c.hardware.validation,
+  });
+  let result;
+  const text = new TextDecoder("utf-8", { fatal: false });
+  try {
+    const dec = await Decoder.create(gpu, c, target.params, rules);
+    try {
+      io.write(prompt);
+      result = await generate(dec, [...encodeText(prompt)], {
+        maxTokens,
+        temperature,
+        topK,
+        seed,
+        onToken: (id) => io.write(text.decode(Uint8Array.of(id), { stream: true })),
+      });
+      io.write(text.decode() + "\n");
+    } finally {
+      dec.destroy();
+    }
+  } finally {
+    gpu.destroy();
+  }
+  const r = result;
+  io.err(
+    `${r.tokens.length} tokens: ${r.tokensPerS.toFixed(1)} tokens/s decoding, prompt of ${r.promptTokens} ` +
+      `tokens in ${(r.prefillSeconds * 1000).toFixed(0)} ms` +
+      (r.contextShifts > 0 ? `, ${r.contextShifts} context shift(s)` : "") +
+      (routed
+        ? `; active params ${fmtCount(r.activeParams)} per token (${r.activePct.toFixed(1)}% of ` +
+          `${fmtCount(r.activeParams / (r.activePct / 100))}), hidden ${r.hiddenPct.toFixed(1)}%`
+        : ""),
+  );
+  if (values.json) {
+    io.out(JSON.stringify({
+      text: decodeText(r.tokens),
+      prompt,
+      rule,
+      step: target.step,
+      params: countParams(c).total,
+      prompt_tokens: r.promptTokens,
+      new_tokens: r.tokens.length,
+      tokens: r.tokens,
+      tokens_per_s: r.tokensPerS,
+      prefill_s: r.prefillSeconds,
+      decode_s: r.decodeSeconds,
+      context_shifts: r.contextShifts,
+      active_params: r.activeParams,
+      active_pct: r.activePct,
+      hidden_pct: r.hiddenPct,
+      layers: r.layers,
+    }));
+  }
+  return EXIT_OK;
+}
+
+function _number(
+  flag: string,
+  text: string | undefined,
+  fallback: number,
+  ok: (v: number) => boolean,
+  want: string,
+): number {
+  if (text === undefined) return fallback;
+  const v = Number(text);
+  if (text.trim() === "" || !Number.isFinite(v) || !ok(v)) {
+    throw new UsageError(`--${flag} expects ${want}, got "${text}"`);
+  }
+  return v;
+}

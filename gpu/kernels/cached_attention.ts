@@ -1,0 +1,126 @@
+/**
+ * Attention for decoding with a KV cache (DESIGN.md §5): the new tokens' keys and values are written into
+ * the cache at their positions, then each (token, query head) attends over cache rows 0 … its position.
+ * Float64 twin: core/ref/cached_attention.ts. The position lives in a GPU buffer (`pos`), so one prepared
+ * graph decodes every position without rebuilding, and no host value sits between layers.
+ *
+ * One invocation per (token, head) with an online softmax over the key rows: a decode step has only
+ * H query heads, so there is nothing to tile; the query row and the accumulator stay in registers.
+ *
+ * @module
+ */
+import type { GpuTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
+import type { KernelCall } from "../dispatch.ts";
+import { simpleKernel } from "./common.ts";
+
+/**
+ * WGSL `fn attend(qo, first, len, kc, oo, g)`: head of width D at `${q}[qo…]` attends over key rows
+ * first … first+len−1 of `K`/`Vals` (rows `u.width` wide, head columns from kc), and writes g · result to
+ * `${out}[oo…]`. `q` and `out` may name the same read_write buffer (each call reads its head before
+ * writing it).
+ */
+export function attendWgsl(D: number, q: string, out: string): string {
+  return `fn attend(qo: u32, first: u32, len: u32, kc: u32, oo: u32, g: f32) {
+  var qv: array<f32, ${D}>;
+  var acc: array<f32, ${D}>;
+  let scale = ${1 / Math.sqrt(D)};
+  for (var c = 0u; c < ${D}u; c = c + 1u) { qv[c] = ${q}[qo + c] * scale; acc[c] = 0.0; }
+  var m = -3.0e38;
+  var l = 0.0;
+  for (var s = 0u; s < len; s = s + 1u) {
+    let r = (first + s) * u.width + kc;
+    var sc = 0.0;
+    for (var c = 0u; c < ${D}u; c = c + 1u) { sc = sc + qv[c] * K[r + c]; }
+    let mn = max(m, sc);
+    let a = exp(m - mn);
+    let p = exp(sc - mn);
+    l = l * a + p;
+    for (var c = 0u; c < ${D}u; c = c + 1u) { acc[c] = acc[c] * a + p * Vals[r + c]; }
+    m = mn;
+  }
+  let w = g / l;
+  for (var c = 0u; c < ${D}u; c = c + 1u) { ${out}[oo + c] = acc[c] * w; }
+}`;
+}
+
+/**
+ * Copies rows k, v (N, width) into cache rows pos … pos+N−1; rows past the cache's end are dropped (the
+ * caller keeps pos + N ≤ T).
+ */
+export function kvWrite(
+  ctx: GpuContext,
+  o: { k: GpuTensor; v: GpuTensor; kcache: GpuTensor; vcache: GpuTensor; pos: GpuTensor },
+): KernelCall {
+  const width = o.k.shape.at(-1)!, total = o.kcache.size;
+  if (o.v.size !== o.k.size || o.vcache.size !== total || o.kcache.shape.at(-1) !== width) {
+    throw new RangeError(
+      `Cannot write the KV cache: k [${o.k.shape}], v [${o.v.shape}], caches [${o.kcache.shape}] and ` +
+        `[${o.vcache.shape}] disagree`,
+    );
+  }
+  return simpleKernel(ctx, {
+    label: "kv_write",
+    bindings: [
+      { name: "k", tensor: o.k },
+      { name: "v", tensor: o.v },
+      { name: "kc", tensor: o.kcache, write: true },
+      { name: "vc", tensor: o.vcache, write: true },
+      { name: "pos", tensor: o.pos },
+    ],
+    fields: [["n", "u32", o.k.size], ["width", "u32", width], ["total", "u32", total]],
+    invocations: o.k.size,
+    body: `  let at = pos[0] * u.width + i;
+  if (at < u.total) { kc[at] = k[i]; vc[at] = v[i]; }`,
+  });
+}
+
+/** Options of {@linkcode attentionCached}. */
+export interface CachedAttentionOptions {
+  q: GpuTensor; // (N, H·D)
+  k: GpuTensor; // (N, Hkv·D) new rows
+  v: GpuTensor;
+  kcache: GpuTensor; // (T, Hkv·D), written at pos…
+  vcache: GpuTensor;
+  pos: GpuTensor; // (1,) u32: position of the first new row
+  o: GpuTensor; // (N, H·D), written
+  H: number;
+  Hkv: number;
+  D: number;
+}
+
+/**
+ * Writes the new keys and values into the caches, then o = attention of every (token, head) over the cached
+ * rows up to its position.
+ *
+ * @example
+ * ```ts ignore
+ * const calls = attentionCached(ctx, { q, k, v, kcache, vcache, pos, o, H: 8, Hkv: 2, D: 16 });
+ * ```
+ */
+export function attentionCached(ctx: GpuContext, o: CachedAttentionOptions): KernelCall[] {
+  const { H, Hkv, D } = o, N = o.q.shape[0]!;
+  if (o.q.size !== N * H * D || o.o.size !== N * H * D || o.k.size !== N * Hkv * D) {
+    throw new RangeError(
+      `Cannot run cached attention: q [${o.q.shape}], k [${o.k.shape}], o [${o.o.shape}] do not fit ` +
+        `H ${H}, Hkv ${Hkv}, D ${D}`,
+    );
+  }
+  const attend = simpleKernel(ctx, {
+    label: "attention_cached",
+    bindings: [
+      { name: "Q", tensor: o.q },
+      { name: "K", tensor: o.kcache },
+      { name: "Vals", tensor: o.vcache },
+      { name: "pos", tensor: o.pos },
+      { name: "O", tensor: o.o, write: true },
+    ],
+    fields: [["n", "u32", N * H], ["H", "u32", H], ["Hkv", "u32", Hkv], ["width", "u32", Hkv * D]],
+    invocations: N * H,
+    workgroup: 32,
+    prelude: attendWgsl(D, "Q", "O"),
+    body: `  let t = i / u.H; let h = i % u.H;
+  attend(i * ${D}u, 0u, pos[0] + t + 1u, (h % u.Hkv) * ${D}u, i * ${D}u, 1.0);`,
+  });
+  return [kvWrite(ctx, o), attend];
+}

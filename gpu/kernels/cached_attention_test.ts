@@ -1,0 +1,226 @@
+import { ok as assert } from "node:assert/strict";
+import {
+  cachedAttentionRef,
+  cacheWindow,
+  moaAttentionRef,
+  sequenceWindow,
+} from "../../core/ref/cached_attention.ts";
+import { attentionRef } from "../../core/ref/attention.ts";
+import { assertClose, randomArray, rng, testGpu } from "../../tests/helpers/gpu.ts";
+import { createTensor, type GpuTensor, readTensor, writeTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
+import { type KernelCall, runCalls } from "../dispatch.ts";
+import { attentionCached } from "./cached_attention.ts";
+import { moaAttentionSparse, moeScratch } from "./moe.ts";
+
+// Softmax-weighted sums of f32 products over ≤ 40 keys of width ≤ 16, then a d-long projection: errors
+// are ~1e-6 here; a wrong key row, head or expert is off by O(0.01–0.1).
+const TOL = { atol: 2e-5, rtol: 2e-5 };
+
+const f32 = (x: Float64Array) => Float64Array.from(Float32Array.from(x));
+
+/** Tensors created by one test, destroyed at its end. */
+class Owned {
+  readonly all: GpuTensor[] = [];
+  constructor(readonly ctx: GpuContext) {}
+  f32(shape: number[], v?: Float64Array, label = "t"): GpuTensor {
+    const t = createTensor(this.ctx, shape, "f32", v ? Float32Array.from(v) : undefined, label);
+    this.all.push(t);
+    return t;
+  }
+  u32(values: number[], label = "pos"): GpuTensor {
+    const t = createTensor(this.ctx, [values.length], "u32", Uint32Array.from(values), label);
+    this.all.push(t);
+    return t;
+  }
+  destroy(): void {
+    for (const t of this.all) t.buffer.destroy();
+  }
+}
+
+async function run(ctx: GpuContext, calls: KernelCall[], what: string): Promise<void> {
+  for (const call of calls) await ctx.pipelines.check(call.code, call.label);
+  await ctx.scoped(what, () => runCalls(ctx, calls).done());
+}
+
+Deno.test("attentionCached decoding one token at a time equals causal attention over the whole sequence", async () => {
+  const ctx = await testGpu(), own = new Owned(ctx);
+  const T = 11, H = 4, Hkv = 2, D = 8, L = 9; // cache of T rows; decode L tokens (GQA: 2 query heads per KV head)
+  const q = f32(randomArray(L * H * D, 1)),
+    k = f32(randomArray(L * Hkv * D, 2)),
+    v = f32(randomArray(L * Hkv * D, 3));
+  const kc = own.f32([T, Hkv * D], undefined, "kc"), vc = own.f32([T, Hkv * D], undefined, "vc");
+  const qt = own.f32([1, H * D]), kt = own.f32([1, Hkv * D]), vt = own.f32([1, Hkv * D]);
+  const pos = own.u32([0]), o = own.f32([1, H * D]);
+  const calls = attentionCached(ctx, { q: qt, k: kt, v: vt, kcache: kc, vcache: vc, pos, o, H, Hkv, D });
+  const want = attentionRef(q, k, v, { B: 1, T: L, Hq: H, Hkv, D }).o;
+  for (let t = 0; t < L; t++) {
+    writeTensor(ctx, qt, Float32Array.from(q.subarray(t * H * D, (t + 1) * H * D)));
+    writeTensor(ctx, kt, Float32Array.from(k.subarray(t * Hkv * D, (t + 1) * Hkv * D)));
+    writeTensor(ctx, vt, Float32Array.from(v.subarray(t * Hkv * D, (t + 1) * Hkv * D)));
+    writeTensor(ctx, pos, Uint32Array.of(t));
+    await run(ctx, calls, "attention_cached");
+    assertClose(await readTensor(ctx, o), want.subarray(t * H * D, (t + 1) * H * D), TOL, `position ${t}`);
+  }
+  // The cache holds exactly the keys written, row by row.
+  assertClose(
+    await readTensor(ctx, kc),
+    [...k, ...new Float64Array((T - L) * Hkv * D)],
+    { atol: 0, rtol: 0 },
+    "kcache",
+  );
+  own.destroy();
+});
+
+Deno.test("attentionCached with 3 new rows at position 4 sees the earlier cache rows and its causal prefix", async () => {
+  const ctx = await testGpu(), own = new Owned(ctx);
+  const T = 8, H = 2, Hkv = 1, D = 4, N = 3, P = 4;
+  const q = f32(randomArray(N * H * D, 4)),
+    k = f32(randomArray(N * Hkv * D, 5)),
+    v = f32(randomArray(N * Hkv * D, 6));
+  const kc0 = f32(randomArray(T * Hkv * D, 7)), vc0 = f32(randomArray(T * Hkv * D, 8));
+  const kc = own.f32([T, Hkv * D], kc0), vc = own.f32([T, Hkv * D], vc0), o = own.f32([N, H * D]);
+  const calls = attentionCached(ctx, {
+    q: own.f32([N, H * D], q),
+    k: own.f32([N, Hkv * D], k),
+    v: own.f32([N, Hkv * D], v),
+    kcache: kc,
+    vcache: vc,
+    pos: own.u32([P]),
+    o,
+    H,
+    Hkv,
+    D,
+  });
+  await run(ctx, calls, "attention_cached");
+  const kw = Float64Array.from(kc0), vw = Float64Array.from(vc0);
+  kw.set(k, P * D), vw.set(v, P * D);
+  const want = cachedAttentionRef(q, kw, vw, { N, H, Hkv, D }, cacheWindow(P));
+  assertClose(await readTensor(ctx, o), want, TOL, "o");
+  own.destroy();
+});
+
+/** Gates (N, E): token t routes to `pattern(t)` experts (a set), with router-like weights. */
+function gates(N: number, E: number, seed: number, pattern: (t: number) => number[]): Float64Array {
+  const r = rng(seed), g = new Float64Array(N * E);
+  for (let t = 0; t < N; t++) for (const e of pattern(t)) g[t * E + e] = 0.05 + 0.95 * r();
+  return f32(g);
+}
+
+interface MoaCase {
+  B: number;
+  T: number;
+  d: number;
+  E: number;
+  G: number;
+  D: number;
+}
+
+Deno.test("moaAttentionSparse over sequence batches matches the float64 reference with 0, some and all experts per token", async () => {
+  const ctx = await testGpu();
+  const cases: MoaCase[] = [
+    { B: 1, T: 1, d: 8, E: 2, G: 1, D: 4 },
+    { B: 2, T: 13, d: 12, E: 4, G: 2, D: 8 },
+    { B: 3, T: 9, d: 13, E: 3, G: 2, D: 4 }, // d not a multiple of 4: scalar loads in the grouped matmuls
+  ];
+  for (const c of cases) {
+    const own = new Owned(ctx), N = c.B * c.T, w = c.G * c.D, { d, E, G, D } = c;
+    const patterns: [string, (t: number) => number[]][] = [
+      ["mixed", (t) => Array.from({ length: t % (E + 1) }, (_, i) => (t + 2 * i) % E)],
+      ["all", () => Array.from({ length: E }, (_, i) => i)],
+      ["none", () => []],
+    ];
+    const x = f32(randomArray(N * d, 10)), k = f32(randomArray(N * w, 11)), v = f32(randomArray(N * w, 12));
+    const wq = f32(randomArray(d * E * w, 13, -0.5, 0.5)), wo = f32(randomArray(E * w * d, 14, -0.5, 0.5));
+    for (const [name, pattern] of patterns) {
+      const g = gates(N, E, 15, pattern), y = own.f32([N, d], new Float64Array(N * d).fill(NaN), "y");
+      const scratch = moeScratch(ctx, { N, d, E, h: w });
+      const calls = moaAttentionSparse(ctx, {
+        x: own.f32([N, d], x),
+        gate: own.f32([N, E], g),
+        wq: own.f32([d, E * w], wq),
+        wo: own.f32([E * w, d], wo),
+        k: own.f32([N, w], k),
+        v: own.f32([N, w], v),
+        y,
+        E,
+        G,
+        D,
+        T: c.T,
+        scratch,
+      });
+      await run(ctx, calls, "moa");
+      const want = moaAttentionRef(x, g, wq, k, v, wo, { N, d, E, G, D }, sequenceWindow(c.T));
+      assertClose(await readTensor(ctx, y), want, TOL, `moa ${name} ${JSON.stringify(c)}`);
+      if (name === "all") {
+        // Every expert on: the dense MoA layer — GQA attention, head groups scaled by the gate, then Wo.
+        const o = attentionRef(
+          Array.from({ length: N * E * w }, (_, i) => {
+            const t = Math.floor(i / (E * w)), col = i % (E * w);
+            let s = 0;
+            for (let j = 0; j < d; j++) s += x[t * d + j]! * wq[j * E * w + col]!;
+            return s;
+          }),
+          k,
+          v,
+          { B: c.B, T: c.T, Hq: E * G, Hkv: G, D },
+        ).o;
+        const dense = new Float64Array(N * d);
+        for (let t = 0; t < N; t++) {
+          for (let col = 0; col < E * w; col++) {
+            const a = o[t * E * w + col]! * g[t * E + Math.floor(col / w)]!;
+            for (let j = 0; j < d; j++) dense[t * d + j]! += a * wo[col * d + j]!;
+          }
+        }
+        assertClose(
+          want,
+          dense,
+          { atol: 1e-12, rtol: 1e-12 },
+          "reference: sparse with all experts = dense MoA",
+        );
+      }
+      for (const t of Object.values(scratch)) t.buffer.destroy();
+    }
+    own.destroy();
+  }
+});
+
+Deno.test("moaAttentionSparse decoding reads no weights of unrouted experts (they hold NaN) and fills the cache", async () => {
+  const ctx = await testGpu(), own = new Owned(ctx);
+  const T = 6, d = 16, E = 4, G = 2, D = 4, w = G * D, P = 3;
+  const x = f32(randomArray(d, 20)), k = f32(randomArray(w, 21)), v = f32(randomArray(w, 22));
+  const kc0 = f32(randomArray(T * w, 23)), vc0 = f32(randomArray(T * w, 24));
+  const wq = f32(randomArray(d * E * w, 25, -0.5, 0.5)), wo = f32(randomArray(E * w * d, 26, -0.5, 0.5));
+  const routed = [1, 3], g = gates(1, E, 27, () => routed);
+  // Unrouted experts 0 and 2: NaN in their query columns and output rows. Reading any of it poisons y.
+  const wqNaN = Float64Array.from(wq), woNaN = Float64Array.from(wo);
+  for (const e of [0, 2]) {
+    for (let r = 0; r < d; r++) wqNaN.fill(NaN, r * E * w + e * w, r * E * w + (e + 1) * w);
+    woNaN.fill(NaN, e * w * d, (e + 1) * w * d);
+  }
+  const kc = own.f32([T, w], kc0), vc = own.f32([T, w], vc0), y = own.f32([1, d]);
+  const scratch = moeScratch(ctx, { N: 1, d, E, h: w });
+  const calls = moaAttentionSparse(ctx, {
+    x: own.f32([1, d], x),
+    gate: own.f32([1, E], g),
+    wq: own.f32([d, E * w], wqNaN),
+    wo: own.f32([E * w, d], woNaN),
+    k: own.f32([1, w], k),
+    v: own.f32([1, w], v),
+    y,
+    E,
+    G,
+    D,
+    cache: { kcache: kc, vcache: vc, pos: own.u32([P]) },
+    scratch,
+  });
+  await run(ctx, calls, "moa decode");
+  const kw = Float64Array.from(kc0), vw = Float64Array.from(vc0);
+  kw.set(k, P * w), vw.set(v, P * w);
+  const got = await readTensor(ctx, y);
+  assert(got.every(Number.isFinite), "an unrouted expert's weights were read");
+  assertClose(got, moaAttentionRef(x, g, wq, kw, vw, wo, { N: 1, d, E, G, D }, cacheWindow(P)), TOL, "y");
+  assertClose(await readTensor(ctx, kc), kw, { atol: 0, rtol: 0 }, "kcache row 3");
+  for (const t of Object.values(scratch)) t.buffer.destroy();
+  own.destroy();
+});

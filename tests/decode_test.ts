@@ -1,0 +1,113 @@
+import { ok as assert } from "node:assert/strict";
+import { ExperimentSchema } from "../core/config/schema.ts";
+import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
+import { CPU_OPS } from "../core/graph/cpu_ops.ts";
+import { numel } from "../core/graph/ir.ts";
+import { schedule } from "../core/graph/schedule.ts";
+import { buildDecoder, buildModel, type InferRules } from "../core/plan/model.ts";
+import { Rng } from "../core/util/rng.ts";
+import { readTensor, writeTensor } from "../gpu/buffers.ts";
+import { GraphExecutor } from "../gpu/executor.ts";
+import "../gpu/graph_ops.ts";
+import { assertClose, testGpu } from "./helpers/gpu.ts";
+
+const T = 7;
+const MODELS: Record<string, Record<string, unknown>> = {
+  dense: {
+    kind: "dense",
+    attention: { kind: "mha", heads: 4, kv_heads: 2, head_dim: 8 },
+    mlp: { experts: 1, hidden: 24 },
+  },
+  "DS-MoE with MoA": {
+    attention: { kind: "moa", experts: 3, heads_per_expert: 2, head_dim: 8 },
+    mlp: { experts: 4, hidden: 12 },
+  },
+};
+const base = { epsilon: 0.5, k: 2, p: 0.9 };
+// Rules that decide per token (threshold_topk's K is a batch mean, so one token alone may differ).
+const RULES: InferRules[] = [
+  { mlp: { ...base, kind: "dense" }, attention: { ...base, kind: "dense" } },
+  { mlp: { ...base, kind: "threshold", epsilon: 0.8 }, attention: { ...base, kind: "topk", k: 1 } },
+  { mlp: { ...base, kind: "top_p", p: 0.6 }, attention: { ...base, kind: "threshold", epsilon: 1 } },
+];
+
+for (const [name, model] of Object.entries(MODELS)) {
+  Deno.test(`decoding a tiny ${name} model token by token with a KV cache gives the sequence forward's logits`, async () => {
+    const ctx = await testGpu();
+    const c = ExperimentSchema.parse({ data: { seq_len: T }, model: { d_model: 16, layers: 2, ...model } });
+    const rng = new Rng(3);
+    const ids = Uint32Array.from({ length: T }, () => rng.int(256));
+    const values = new Map<string, Float64Array>();
+    const valueOf = (name: string, n: number, ones: boolean) => {
+      if (!values.has(name)) {
+        const amp = name.includes("router") ? 2 : 0.3;
+        values.set(
+          name,
+          Float64Array.from(
+            Float32Array.from({ length: n }, () => (ones ? 1 : 0) + amp * (2 * rng.next() - 1)),
+          ),
+        );
+      }
+      return values.get(name)!;
+    };
+    let routedOff = 0;
+    for (const rule of RULES) {
+      // The whole sequence at once, in float64: the ground truth.
+      const seq = buildModel(c, 1, rule);
+      const feeds = new Map<number, HostValue>([[seq.ids.id, ids], [seq.targets.id, ids]]);
+      for (const p of seq.params) {
+        feeds.set(p.value.id, valueOf(p.value.name, numel(p.value.shape), p.init === "ones"));
+      }
+      const masks = seq.routers.flatMap((r) => (r.mask ? [r.mask] : []));
+      const [want, ...maskRef] = evaluateGraph(schedule(seq.graph, [seq.logits, ...masks]).nodes, feeds, [
+        seq.logits,
+        ...masks,
+      ], CPU_OPS);
+      for (const m of maskRef) routedOff += m.filter((v) => v === 0).length;
+
+      // Token by token: the decoder in float64 (caches mutated in place) and on the GPU.
+      const dec = buildDecoder(c, rule);
+      const sched = schedule(dec.graph, [dec.logits]);
+      const cpuFeeds = new Map<number, HostValue>();
+      for (const p of dec.params) {
+        cpuFeeds.set(p.value.id, valueOf(p.value.name, numel(p.value.shape), p.init === "ones"));
+      }
+      for (const cache of dec.caches) cpuFeeds.set(cache.id, new Float64Array(numel(cache.shape)));
+      const leaves = [...dec.graph.leaves.values()].map((l) => l.value);
+      const ex = new GraphExecutor(ctx, sched, leaves);
+      try {
+        for (const p of dec.params) {
+          writeTensor(ctx, ex.tensor(p.value), Float32Array.from(cpuFeeds.get(p.value.id)!));
+        }
+        await ex.check();
+        const V = want!.length / T;
+        for (let t = 0; t < T; t++) {
+          cpuFeeds.set(dec.ids.id, Uint32Array.of(ids[t]!));
+          cpuFeeds.set(dec.pos.id, Uint32Array.of(t));
+          const [cpu] = evaluateGraph(sched.nodes, cpuFeeds, [dec.logits], CPU_OPS);
+          const row = want!.subarray(t * V, (t + 1) * V);
+          assertClose(
+            cpu!,
+            row,
+            { atol: 1e-9, rtol: 1e-9 },
+            `${name} ${JSON.stringify(rule)} float64 decoder at ${t}`,
+          );
+          writeTensor(ctx, ex.tensor(dec.ids), Uint32Array.of(ids[t]!));
+          writeTensor(ctx, ex.tensor(dec.pos), Uint32Array.of(t));
+          await ctx.scoped("decode", () => ex.run().done());
+          const got = await readTensor(ctx, ex.tensor(dec.logits));
+          const scale = Math.max(...Array.from(row, Math.abs));
+          assertClose(
+            got,
+            row,
+            { atol: 2e-4 * scale + 1e-7, rtol: 2e-3 },
+            `${name} ${JSON.stringify(rule)} GPU decoder at ${t}`,
+          );
+        }
+      } finally {
+        ex.destroy();
+      }
+    }
+    if (name !== "dense") assert(routedOff > 0, "the sparse rules left some experts out");
+  });
+}
