@@ -9,6 +9,7 @@ import { loadDataset } from "../data/dataset.ts";
 import { evaluateRules, type RuleResult } from "../infer/evaluate.ts";
 import { countParams, layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
+import { configRules } from "../plan/plan.ts";
 import { type RouteRule, ruleParam } from "../ref/routing.ts";
 import { fmtCount, table } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
@@ -60,7 +61,7 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   const target = await loadTarget(arg, values["runs-dir"] ?? "runs", "evaluate");
   const c = target.config, shape = layerShape(c);
   const routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
-  const own: InferRules = { mlp: c.router.infer, attention: c.router.infer_attention ?? c.router.infer };
+  const own: InferRules = configRules(c);
   const dense: InferRules = {
     mlp: { ..._DEFAULTS, kind: "dense" },
     attention: { ..._DEFAULTS, kind: "dense" },

@@ -10,6 +10,7 @@ import { Decoder, generate } from "../infer/generate.ts";
 import { ruleName } from "../infer/evaluate.ts";
 import { countParams, layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
+import { configRules } from "../plan/plan.ts";
 import { fmtCount } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
@@ -75,10 +76,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
 
   const target = await loadTarget(arg, values["runs-dir"] ?? "runs", "generate from");
   const c = target.config, shape = layerShape(c);
-  const rules: InferRules = asked[0] ?? {
-    mlp: c.router.infer,
-    attention: c.router.infer_attention ?? c.router.infer,
-  };
+  const rules: InferRules = asked[0] ?? configRules(c);
   const routed = shape.routedMlp || shape.routedAtt;
   const rule = routed ? ruleName(rules, { mlp: shape.routedMlp, attention: shape.routedAtt }) : "dense";
   io.err(

@@ -12,9 +12,9 @@
 import type { Experiment } from "../config/schema.ts";
 import type { Dataset } from "../data/dataset.ts";
 import { numel } from "../graph/ir.ts";
-import { schedule } from "../graph/schedule.ts";
 import { activeWith, layerShape } from "../plan/counts.ts";
-import { buildModel, type InferRules, type ParamSpec } from "../plan/model.ts";
+import type { InferRules, ParamSpec } from "../plan/model.ts";
+import { plan } from "../plan/plan.ts";
 import { type RouteRule, ruleParam } from "../ref/routing.ts";
 import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
 import type { GpuContext } from "../../gpu/device.ts";
@@ -72,17 +72,12 @@ export async function evaluateRules(
   const results: RuleResult[] = [];
   try {
     for (const rule of rules) {
-      const m = buildModel(c, c.train.batch, rule);
+      const p = plan(c, "infer-sparse", { rules: rule }), m = p.model;
       uploadParams(ctx, m.params, params, tensors, "evaluate");
       const leaves = [...m.graph.leaves.values()].map((l) => l.value);
       const shared = new Map(m.params.map((p) => [p.value.id, tensors.get(p.value.name)!]));
       const masks = m.routers.filter((r) => r.mask);
-      const exec = new GraphExecutor(
-        ctx,
-        schedule(m.graph, [m.lmLoss, ...masks.map((r) => r.mask!)]),
-        leaves,
-        shared,
-      );
+      const exec = new GraphExecutor(ctx, p.schedule, leaves, shared);
       try {
         await exec.check();
         let lossSum = 0;

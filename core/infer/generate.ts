@@ -10,9 +10,9 @@
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
-import { schedule } from "../graph/schedule.ts";
 import { layerShape } from "../plan/counts.ts";
-import { buildDecoder, type DecoderGraph, type InferRules } from "../plan/model.ts";
+import type { DecoderGraph, InferRules } from "../plan/model.ts";
+import { plan } from "../plan/plan.ts";
 import { Rng } from "../util/rng.ts";
 import { type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
 import type { GpuContext } from "../../gpu/device.ts";
@@ -55,7 +55,7 @@ export function sampleToken(logits: ArrayLike<number>, s: Sampling, rng: Rng): n
   return keep.at(-1)!;
 }
 
-/** A prepared decoder: the graph of {@linkcode buildDecoder} bound to a model's weights on the GPU. */
+/** A prepared decoder: the graph of `plan(c, "decode")` bound to a model's weights on the GPU. */
 export class Decoder {
   readonly ctx: GpuContext;
   readonly config: Readonly<Experiment>;
@@ -86,13 +86,12 @@ export class Decoder {
     params: ReadonlyMap<string, Float32Array>,
     rules: InferRules,
   ): Promise<Decoder> {
-    const graph = buildDecoder(c, rules);
+    const { model: graph, schedule: sched } = plan(c, "decode", { rules });
     const weights = uploadParams(ctx, graph.params, params, new Map(), "generate");
     const leaves = [...graph.graph.leaves.values()].map((l) => l.value);
     const shared = new Map(graph.params.map((p) => [p.value.id, weights.get(p.value.name)!]));
-    const masks = graph.routers.flatMap((r) => (r.mask ? [r.mask] : []));
     try {
-      const exec = new GraphExecutor(ctx, schedule(graph.graph, [graph.logits, ...masks]), leaves, shared);
+      const exec = new GraphExecutor(ctx, sched, leaves, shared);
       await exec.check();
       // One throwaway step builds every pipeline now, so the first timed token does not pay for it. Its
       // cache row 0 is rewritten by the first real token before anything reads it.

@@ -8,10 +8,10 @@
  */
 import type { Experiment } from "../config/schema.ts";
 import type { Batch } from "../data/dataset.ts";
-import { gradients } from "../graph/autodiff.ts";
 import type { Value } from "../graph/ir.ts";
 import { schedule } from "../graph/schedule.ts";
-import { buildModel, type ModelGraph } from "../plan/model.ts";
+import type { ModelGraph } from "../plan/model.ts";
+import { plan } from "../plan/plan.ts";
 import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
 import { type GpuContext, openGpu } from "../../gpu/device.ts";
 import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "../../gpu/dispatch.ts";
@@ -45,12 +45,12 @@ export class GpuTrainBackend implements TrainBackend {
     this.#ownsDevice = ownsDevice;
     this.#c = c;
     this.description = `webgpu: ${ctx.adapter.description}`;
-    this.model = buildModel(c, c.train.batch);
-    const m = this.model, params = m.params.map((p) => p.value);
-    const grads = gradients(m.graph, m.loss, params);
-    this.#report = [m.loss, m.lmLoss, ...m.miLoss.attention, ...m.miLoss.mlp];
+    const p = plan(c, "train-dense");
+    this.model = p.model;
+    const m = this.model, grads = p.grads;
+    this.#report = p.outputs.slice(0, p.outputs.length - grads.length);
     const leaves = [...m.graph.leaves.values()].map((l) => l.value);
-    this.#train = new GraphExecutor(ctx, schedule(m.graph, [...this.#report, ...grads]), leaves);
+    this.#train = new GraphExecutor(ctx, p.schedule, leaves);
     const shared = new Map(leaves.map((v) => [v.id, this.#train.tensor(v)]));
     this.#eval = new GraphExecutor(
       ctx,
