@@ -5,6 +5,7 @@ import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { schedule } from "../core/graph/schedule.ts";
 import { buildModel } from "../core/plan/model.ts";
+import { RunDir } from "../core/runs/run_dir.ts";
 import { latestCheckpoint } from "../core/runs/checkpoints.ts";
 import { paramsFromTensors } from "../core/train/trainer.ts";
 import { sampleToken } from "../core/infer/generate.ts";
@@ -67,6 +68,9 @@ Deno.test("generate streams greedy text whose tokens are the float64 model's arg
     assert(j.active_pct > 0 && j.active_pct <= 100 && j.hidden_pct <= 100, JSON.stringify(j));
     // Streamed output: the prompt, then the new text, before the JSON line.
     assertEquals(r.out.slice(0, -1).join("\n"), prompt + j.text);
+    const stored = await (await RunDir.open(dir, id)).readMetrics();
+    const speed = stored.find((m) => m.key === "generate/threshold@0.5/tokens_per_s");
+    assertEquals(speed?.value, j.tokens_per_s, "tokens/s recorded in the run store");
 
     // The float64 sequence forward of prompt + new tokens under the same rule: each new token is the argmax
     // (up to a near-tie) of the logits before it.

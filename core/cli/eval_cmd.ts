@@ -89,7 +89,7 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   io.out(_table(shown, denseResult, routed));
 
   if (target.run) {
-    const t = performance.now() / 1000;
+    const t = target.run.secondsSinceStart();
     for (const r of shown) {
       const key = (k: string) => `infer/${r.rule}/${k}`;
       const log = (k: string, value: number) =>
@@ -102,7 +102,7 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
       for (const l of r.layers) log(`layer/${l.layer}/${l.kind}/experts`, l.experts);
     }
     await target.run.flush();
-    io.err(`Metrics infer/<rule>/… appended to ${target.run.path}/metrics.jsonl`);
+    io.err(`Metrics infer/<rule>/… recorded in ${target.run.store.url}`);
   }
   if (values.json) {
     const params = countParams(c).total;

@@ -53,7 +53,8 @@ export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunF
   });
   io.out(summaryTable(outcomes));
   io.out(
-    `Runs are in ${runsDir}/ (metrics.jsonl, config.yaml, ckpt/). Resume one with: deno task run --resume <run-id>`,
+    `Runs are in ${runsDir}/ (runs.db: records and metrics; <run-id>/: config.yaml, ckpt/). ` +
+      `Resume one with: deno task run --resume <run-id>`,
   );
   if (flags.json) io.out(JSON.stringify(_json(outcomes)));
   return outcomes.some((o) => o.status === "failed") ? EXIT_RUN_FAILURE : EXIT_OK;
@@ -85,6 +86,7 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
       await backend.importState(tensorsToState(ck.file.tensors));
       start = ck.entry.step;
       io.err(`Resuming ${run.meta.id} from step ${start}`);
+      await run.event("resume", `resumed from step ${start}`, start);
     } else io.err(`No complete checkpoint in ${run.path}: starting ${run.meta.id} from step 0`);
     await run.update({ status: "running", ended_at: null, error: null });
     const ac = _abortOnSignal(io);
@@ -103,7 +105,9 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
     if (flags.json) io.out(JSON.stringify({ run_id: run.meta.id, run_dir: run.path, final: r.final }));
     return EXIT_OK;
   } catch (e) {
+    await run.flush().catch(() => {});
     await run.update({ status: "failed", ended_at: new Date().toISOString(), error: (e as Error).message });
+    await run.event("error", (e as Error).message, run.meta.step);
     throw e;
   } finally {
     backend.destroy();

@@ -6,6 +6,7 @@
  * @module
  */
 import { atomicWrite, atomicWriteText, cleanTempFiles } from "./atomic_write.ts";
+import type { RunStore } from "./store.ts";
 import { readSafeTensors, type SafeTensor, type SafeTensorsFile, writeSafeTensors } from "./safetensors.ts";
 
 /** One complete checkpoint as the manifest records it. */
@@ -107,4 +108,23 @@ export function cleanCheckpointTemps(runDir: string): Promise<number> {
 async function _sha256(bytes: Uint8Array): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Makes the store's checkpoint records of run `id` match the manifest in `runPath`. */
+export async function syncCheckpoints(store: RunStore, id: string, runPath: string): Promise<void> {
+  const listed = await listCheckpoints(runPath);
+  const steps = new Set(listed.map((e) => e.step));
+  for (const old of await store.checkpoints(id)) {
+    if (!steps.has(old.step)) await store.removeCheckpoint(id, old.step);
+  }
+  for (const e of listed) {
+    await store.recordCheckpoint({
+      run_id: id,
+      step: e.step,
+      path: `${id}/ckpt/${e.file}`,
+      bytes: e.bytes,
+      sha256: e.sha256,
+      time: e.time,
+    });
+  }
 }

@@ -1,5 +1,5 @@
 /**
- * Runs on disk: safetensors checkpoints with a manifest, crash-safe writes (the run store comes next).
+ * Runs: the run store (SQLite), run directories with safetensors checkpoints and a manifest, crash-safe writes.
  *
  * @module
  */
@@ -7,3 +7,6 @@ export * from "./safetensors.ts";
 export * from "./atomic_write.ts";
 export * from "./checkpoints.ts";
 export * from "./run_dir.ts";
+export * from "./store.ts";
+export * from "./sqlite_store.ts";
+export * from "./open_store.ts";

@@ -1,17 +1,21 @@
 /**
- * A run on disk (until the SQLite run store lands): `runs/<id>/config.yaml` (resolved), `run.json`
- * (id, name, status, seed, git commit, adapter, times, sweep), `metrics.jsonl` (one
- * `{"key","step","tokens","time","value"}` a line) and `ckpt/`. Metadata is rewritten atomically; metrics
- * are appended in batches, and a reader ignores a torn last line, so a killed run keeps what it logged.
+ * A run: its record, metrics and events in the run store of its runs directory (`<runs-dir>/runs.db`), its
+ * files in `<runs-dir>/<id>/`: `config.yaml` (resolved, also in the store) and `ckpt/` (checkpoints, also
+ * listed in the store). Metric points are queued and written in one transaction per flush, so a killed run
+ * keeps every point it flushed.
  *
  * @module
  */
 import { atomicWriteText } from "./atomic_write.ts";
+import { type CheckpointEntry, syncCheckpoints, writeCheckpoint } from "./checkpoints.ts";
+import { openRunStore } from "./open_store.ts";
+import type { SafeTensor } from "./safetensors.ts";
+import type { EventKind, RunStore } from "./store.ts";
 
 /** Lifecycle of a run. */
 export type RunStatus = "running" | "finished" | "failed" | "interrupted";
 
-/** `run.json`. */
+/** A run's record (also `run.json` of run folders written before the store). */
 export interface RunMeta {
   id: string;
   name: string;
@@ -57,40 +61,44 @@ export async function gitCommit(): Promise<string | null> {
   }
 }
 
-/** A run directory: metadata, metrics and checkpoints of one run. */
+/** A run directory: metadata, metrics and checkpoints of one run, through the run store. */
 export class RunDir {
-  readonly path: string;
+  readonly path: string; // <runs-dir>/<id>
+  readonly store: RunStore;
   #meta: RunMeta;
-  #pending: string[] = [];
+  #pending: MetricPoint[] = [];
+  #beat = 0; // performance.now() of the last heartbeat
 
-  private constructor(path: string, meta: RunMeta) {
+  private constructor(path: string, store: RunStore, meta: RunMeta) {
     this.path = path;
+    this.store = store;
     this.#meta = meta;
   }
 
-  /** Creates `<runsDir>/<meta.id>/` with config.yaml and run.json. */
+  /** Records a new run in the store of `runsDir` and creates `<runsDir>/<meta.id>/config.yaml`. */
   static async create(runsDir: string, meta: RunMeta, configYaml: string): Promise<RunDir> {
     const path = `${runsDir}/${meta.id}`;
     await Deno.mkdir(path, { recursive: true });
     await atomicWriteText(`${path}/config.yaml`, configYaml);
-    const run = new RunDir(path, meta);
-    await run.#writeMeta();
+    const store = await openRunStore(runsDir);
+    await store.createRun(meta, configYaml);
+    const run = new RunDir(path, store, meta);
+    run.#beat = performance.now();
     return run;
   }
 
-  /** Opens an existing run directory (for resume or eval). */
+  /** Opens a stored run by id, or by its directory path (`runs/<id>`). */
   static async open(runsDir: string, id: string): Promise<RunDir> {
-    const path = id.includes("/") ? id : `${runsDir}/${id}`;
-    let text: string;
-    try {
-      text = await Deno.readTextFile(`${path}/run.json`);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) {
-        throw new Deno.errors.NotFound(`No run "${id}" in ${runsDir} (no run.json)`);
-      }
-      throw e;
+    if (id.includes("/")) {
+      const trimmed = id.replace(/\/+$/, "");
+      const cut = trimmed.lastIndexOf("/");
+      return RunDir.open(trimmed.slice(0, cut) || "/", trimmed.slice(cut + 1));
     }
-    return new RunDir(path, JSON.parse(text) as RunMeta);
+    const store = await openRunStore(runsDir);
+    const rec = await store.getRun(id);
+    if (!rec) throw new Deno.errors.NotFound(`No run "${id}" in ${store.url}`);
+    const { config_yaml: _c, host: _h, pid: _p, heartbeat_at: _b, ...meta } = rec;
+    return new RunDir(`${runsDir}/${id}`, store, meta);
   }
 
   /** Current metadata (a copy). */
@@ -98,48 +106,63 @@ export class RunDir {
     return { ...this.#meta };
   }
 
-  /** Updates and atomically rewrites run.json. */
+  /** Updates the stored record (and claims the run for this process). */
   async update(patch: Partial<RunMeta>): Promise<void> {
+    await this.store.updateRun(this.#meta.id, patch);
     this.#meta = { ...this.#meta, ...patch };
-    await this.#writeMeta();
+    this.#beat = performance.now();
   }
 
-  /** Queues a metric point; {@linkcode RunDir.flush} appends queued points. */
+  /** Queues a metric point; {@linkcode RunDir.flush} writes queued points. Non-finite values are not points. */
   log(point: MetricPoint): void {
     if (!Number.isFinite(point.value)) return; // non-finite steps are counted, not logged as points
-    this.#pending.push(JSON.stringify(point));
+    this.#pending.push(point);
   }
 
-  /** Appends queued metric points to metrics.jsonl. */
+  /** Writes queued points in one transaction (kept queued if that fails) and keeps the heartbeat fresh. */
   async flush(): Promise<void> {
-    if (this.#pending.length === 0) return;
-    const text = this.#pending.join("\n") + "\n";
-    this.#pending = [];
-    await Deno.writeTextFile(`${this.path}/metrics.jsonl`, text, { append: true });
+    if (this.#pending.length > 0) {
+      const points = this.#pending;
+      await this.store.logMetrics(this.#meta.id, points);
+      this.#pending = this.#pending.slice(points.length);
+    }
+    if (performance.now() - this.#beat > 10_000) {
+      this.#beat = performance.now();
+      await this.store.heartbeat(this.#meta.id);
+    }
   }
 
-  /** Every metric point recorded so far (a torn last line from a killed writer is skipped). */
+  /** Records an event of the run (skipped step, checkpoint, error …). */
+  event(
+    kind: EventKind,
+    message: string,
+    step: number | null = null,
+    data?: Record<string, unknown>,
+  ): Promise<void> {
+    return this.store.logEvent(this.#meta.id, { kind, message, step, data });
+  }
+
+  /** Seconds since the run started (the time axis of its metric points). */
+  secondsSinceStart(): number {
+    const t0 = Date.parse(this.#meta.started_at);
+    return Number.isFinite(t0) ? Math.max(0, (Date.now() - t0) / 1000) : 0;
+  }
+
+  /** Every metric point recorded so far, in commit order. */
   async readMetrics(): Promise<MetricPoint[]> {
-    let text: string;
-    try {
-      text = await Deno.readTextFile(`${this.path}/metrics.jsonl`);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) return [];
-      throw e;
-    }
-    const out: MetricPoint[] = [];
-    for (const line of text.split("\n")) {
-      if (!line) continue;
-      try {
-        out.push(JSON.parse(line) as MetricPoint);
-      } catch {
-        // A torn final line of an interrupted append.
-      }
-    }
-    return out;
+    return (await this.store.metrics(this.#meta.id)).map(({ seq: _s, ...p }) => p);
   }
 
-  async #writeMeta(): Promise<void> {
-    await atomicWriteText(`${this.path}/run.json`, JSON.stringify(this.#meta, null, 2) + "\n");
+  /** Writes a checkpoint (atomically, into the manifest) and makes the store list the same files. */
+  async checkpoint(
+    step: number,
+    tensors: ReadonlyMap<string, SafeTensor>,
+    metadata: Record<string, string>,
+    keep: number,
+  ): Promise<CheckpointEntry> {
+    const entry = await writeCheckpoint(this.path, step, tensors, metadata, { keep });
+    await syncCheckpoints(this.store, this.#meta.id, this.path);
+    await this.event("checkpoint", `checkpoint step ${step} (${entry.bytes} bytes)`, step);
+    return entry;
   }
 }

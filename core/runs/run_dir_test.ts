@@ -1,4 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { f32Tensor } from "./safetensors.ts";
+import { closeRunStores } from "./open_store.ts";
 import { newRunId, RunDir, type RunMeta } from "./run_dir.ts";
 
 function meta(id: string): RunMeta {
@@ -18,7 +20,7 @@ function meta(id: string): RunMeta {
   };
 }
 
-Deno.test("RunDir keeps config, status and metrics; a torn last metrics line is skipped", async () => {
+Deno.test("RunDir keeps config, status, metrics, events and checkpoints in the run store", async () => {
   const root = await Deno.makeTempDir();
   try {
     const id = newRunId("tiny run");
@@ -27,14 +29,22 @@ Deno.test("RunDir keeps config, status and metrics; a torn last metrics line is 
     run.log({ key: "train/loss", step: 1, tokens: 10, time: 0.1, value: 5 });
     run.log({ key: "train/loss", step: 2, tokens: 20, time: 0.2, value: NaN });
     await run.flush();
-    await Deno.writeTextFile(`${run.path}/metrics.jsonl`, '{"key":"train/lo', { append: true });
     await run.update({ status: "failed", error: "boom" });
+    const w = f32Tensor([2], new Float32Array([1, 2]));
+    for (const step of [1, 2, 3]) await run.checkpoint(step, new Map([["w", w]]), {}, 2);
     const again = await RunDir.open(root, id);
     assertEquals(again.meta.status, "failed");
     assertEquals(again.meta.error, "boom");
     assertEquals((await again.readMetrics()).map((m) => m.value), [5]);
     assertEquals(await Deno.readTextFile(`${run.path}/config.yaml`), "name: t\n");
+    assertEquals((await run.store.checkpoints(id)).map((c) => c.path), [
+      `${id}/ckpt/step-2.safetensors`,
+      `${id}/ckpt/step-3.safetensors`,
+    ]);
+    assertEquals((await run.store.events(id)).map((e) => e.step), [1, 2, 3]);
+    assertEquals((await RunDir.open(root, `${root}/${id}`)).meta.id, id, "opened by its directory");
   } finally {
+    closeRunStores();
     await Deno.remove(root, { recursive: true });
   }
 });

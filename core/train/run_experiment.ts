@@ -1,6 +1,6 @@
 /**
- * `deno task run`: every point of a loaded experiment in turn, each its own run directory recording the
- * sweep id and the point's parameters. A failed point is recorded and the sweep goes on; points already
+ * `deno task run`: every point of a loaded experiment in turn, each its own run (in the run store, with
+ * its directory for checkpoints) recording the sweep id and the point's parameters. A failed point is recorded and the sweep goes on; points already
  * finished in an earlier invocation of the same sweep are skipped (resumable); a summary table ends it.
  *
  * @module
@@ -11,7 +11,9 @@ import { experimentToYaml } from "../config/mod.ts";
 import { loadDataset, unigramLoss } from "../data/dataset.ts";
 import { countParams, vocabSize } from "../plan/counts.ts";
 import { cleanCheckpointTemps } from "../runs/checkpoints.ts";
+import { openRunStore } from "../runs/open_store.ts";
 import { gitCommit, newRunId, RunDir, type RunMeta } from "../runs/run_dir.ts";
+import type { RunStore } from "../runs/store.ts";
 import { fmtCount, table } from "../util/format.ts";
 import type { TrainBackend } from "./backend.ts";
 import { train, type TrainResult } from "./trainer.ts";
@@ -45,12 +47,20 @@ export async function runExperiment(
   loaded: LoadedExperiment,
   o: RunExperimentOptions,
 ): Promise<PointOutcome[]> {
-  await Deno.mkdir(o.runsDir, { recursive: true });
+  const store = await openRunStore(o.runsDir);
   const commit = await gitCommit();
+  if (loaded.sweepId) {
+    await store.createSweep({
+      id: loaded.sweepId,
+      name: loaded.config.name,
+      config_yaml: experimentToYaml(loaded.config),
+      created_at: new Date().toISOString(),
+    });
+  }
   const outcomes: PointOutcome[] = [];
   for (const point of loaded.points) {
     if (o.signal?.aborted) break;
-    const prev = loaded.sweepId ? await findSweepPoint(o.runsDir, loaded.sweepId, point.name) : null;
+    const prev = loaded.sweepId ? await findSweepPoint(store, loaded.sweepId, point.name) : null;
     if (prev?.status === "finished") {
       o.progress(
         `[${
@@ -89,6 +99,7 @@ async function _runPoint(
   };
   const run = await RunDir.create(o.runsDir, meta, yaml);
   await cleanCheckpointTemps(run.path);
+  await run.event("start", `started ${point.name}`, 0, { params: point.params });
   o.progress(`run ${meta.id} → ${run.path}`);
   let backend: TrainBackend | null = null;
   try {
@@ -116,8 +127,9 @@ async function _runPoint(
     return _outcome(point, meta.id, run.path, r.status, r.final, null, countParams(c).total);
   } catch (e) {
     const msg = `${(e as Error).name}: ${(e as Error).message}`;
+    await run.flush().catch(() => {}); // the points logged before the failure, if the store still takes them
     await run.update({ status: "failed", ended_at: new Date().toISOString(), error: msg });
-    await run.flush();
+    await run.event("error", msg, run.meta.step);
     o.progress(`run ${meta.id} failed: ${msg}`);
     return _outcome(point, meta.id, run.path, "failed", null, msg, countParams(c).total);
   } finally {
@@ -137,28 +149,18 @@ function _outcome(
   return { point, runId, runDir, status, params, final, error };
 }
 
-/** The most recent run of `pointName` in sweep `sweepId`, if any (reads each run's run.json). */
+/** The most recent run of `pointName` in sweep `sweepId` (a finished one first), if any. */
 export async function findSweepPoint(
-  runsDir: string,
+  store: RunStore,
   sweepId: string,
   pointName: string,
 ): Promise<RunMeta | null> {
   let best: RunMeta | null = null;
-  try {
-    for await (const e of Deno.readDir(runsDir)) {
-      if (!e.isDirectory) continue;
-      try {
-        const m = JSON.parse(await Deno.readTextFile(`${runsDir}/${e.name}/run.json`)) as RunMeta;
-        if (m.sweep_id !== sweepId || m.name !== pointName) continue;
-        if (
-          !best || (m.status === "finished" && best.status !== "finished") || m.started_at > best.started_at
-        ) best = m;
-      } catch {
-        // Not a run directory.
-      }
+  for (const m of await store.listRuns({ sweepId })) {
+    if (m.name !== pointName) continue;
+    if (!best || (m.status === "finished" && best.status !== "finished") || m.started_at > best.started_at) {
+      best = m;
     }
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   return best;
 }

@@ -8,7 +8,6 @@
  */
 import type { Experiment } from "../config/schema.ts";
 import type { Dataset } from "../data/dataset.ts";
-import { writeCheckpoint } from "../runs/checkpoints.ts";
 import type { RunDir } from "../runs/run_dir.ts";
 import { f32Tensor, type SafeTensor, tensorToF32 } from "../runs/safetensors.ts";
 import type { StepStats, TrainBackend, TrainState } from "./backend.ts";
@@ -74,6 +73,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       if (!s.finite) {
         skipped++;
         log("train/skipped_steps", done, skipped);
+        await o.run.event(
+          "skipped_step",
+          `non-finite loss or gradient at step ${done}: update skipped`,
+          done,
+        );
         if (++streak >= MAX_NONFINITE_STREAK) {
           throw new TrainError(
             `Training diverged: ${streak} non-finite steps in a row (last at step ${done}); the last good ` +
@@ -177,15 +181,7 @@ function _logStep(
 
 async function _checkpoint(o: TrainOptions, step: number): Promise<void> {
   const state = await o.backend.exportState();
-  await writeCheckpoint(
-    o.run.path,
-    step,
-    stateToTensors(state),
-    { config: o.configYaml, format: "dsmoe-1" },
-    {
-      keep: 3,
-    },
-  );
+  await o.run.checkpoint(step, stateToTensors(state), { config: o.configYaml, format: "dsmoe-1" }, 3);
   await o.run.update({ step });
 }
 

@@ -1,0 +1,494 @@
+/**
+ * The SQLite run store (`node:sqlite`): WAL journal so readers never block the writer, one connection per
+ * process, short `BEGIN IMMEDIATE` transactions that wait out other writers (busy timeout) and retry, metric
+ * points inserted in batches through one prepared statement, an index on (run, key, step). The schema is
+ * versioned by `PRAGMA user_version` and migrated forward on open, inside a write transaction so that two
+ * processes opening a new store at once do not both migrate.
+ *
+ * @module
+ */
+import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
+import type {
+  CheckpointRecord,
+  EventKind,
+  MetricPoint,
+  MetricQuery,
+  MetricRow,
+  RunEvent,
+  RunMeta,
+  RunQuery,
+  RunRecord,
+  RunStore,
+  SweepRecord,
+} from "./store.ts";
+
+/** The store file of a runs directory. */
+export function storePath(runsDir: string): string {
+  return `${runsDir}/runs.db`;
+}
+
+/** Schema migrations: entry i brings a store from version i to i + 1. Never edit one that has shipped. */
+const _MIGRATIONS: readonly string[] = [
+  `CREATE TABLE sweeps (
+     id TEXT PRIMARY KEY, name TEXT NOT NULL, config_yaml TEXT NOT NULL, created_at TEXT NOT NULL);
+   CREATE TABLE runs (
+     id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, seed INTEGER NOT NULL,
+     git_commit TEXT, adapter TEXT, started_at TEXT NOT NULL, ended_at TEXT, sweep_id TEXT,
+     sweep_params TEXT NOT NULL, error TEXT, step INTEGER NOT NULL, config_yaml TEXT NOT NULL,
+     host TEXT, pid INTEGER, heartbeat_at TEXT);
+   CREATE INDEX runs_sweep ON runs (sweep_id);
+   CREATE TABLE metrics (
+     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, key TEXT NOT NULL, step INTEGER NOT NULL,
+     tokens INTEGER NOT NULL, time REAL NOT NULL, value REAL NOT NULL);
+   CREATE INDEX metrics_run_key_step ON metrics (run_id, key, step);
+   CREATE TABLE events (
+     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, time TEXT NOT NULL, step INTEGER,
+     kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT);
+   CREATE INDEX events_run ON events (run_id, seq);
+   CREATE TABLE checkpoints (
+     run_id TEXT NOT NULL, step INTEGER NOT NULL, path TEXT NOT NULL, bytes INTEGER NOT NULL,
+     sha256 TEXT NOT NULL, time TEXT NOT NULL, PRIMARY KEY (run_id, step));`,
+];
+
+/** The schema version this code writes. */
+export const SCHEMA_VERSION = _MIGRATIONS.length;
+
+const _BUSY_TIMEOUT_MS = 15_000;
+const _RETRIES = 8;
+
+type _Row = Record<string, SQLInputValue>;
+
+/**
+ * Opens (creating and migrating if needed) the SQLite store at `path` (":memory:" for a private one).
+ *
+ * @example
+ * ```ts
+ * const store = openSqliteStore(":memory:");
+ * console.log(store.url); // "sqlite::memory:"
+ * store.close();
+ * ```
+ */
+export function openSqliteStore(path: string): RunStore {
+  let db: DatabaseSync;
+  try {
+    db = new DatabaseSync(path);
+  } catch (e) {
+    throw new Error(`Cannot open the run store ${path}: ${(e as Error).message}`);
+  }
+  try {
+    db.exec(`PRAGMA busy_timeout = ${_BUSY_TIMEOUT_MS}`);
+    if (path !== ":memory:") _withRetry(() => db.exec("PRAGMA journal_mode = WAL"));
+    db.exec("PRAGMA synchronous = NORMAL");
+    _migrate(db, path);
+  } catch (e) {
+    db.close();
+    throw e;
+  }
+  return new _SqliteStore(db, path);
+}
+
+function _migrate(db: DatabaseSync, path: string): void {
+  const version = () => Number((db.prepare("PRAGMA user_version").get() as _Row).user_version);
+  if (version() === SCHEMA_VERSION) return;
+  _transaction(db, () => {
+    const v = version(); // again, under the write lock: another process may have migrated meanwhile
+    if (v > SCHEMA_VERSION) {
+      throw new Error(
+        `The run store ${path} has schema version ${v}, newer than this dsmoe's ${SCHEMA_VERSION}: update dsmoe`,
+      );
+    }
+    for (let i = v; i < SCHEMA_VERSION; i++) db.exec(_MIGRATIONS[i]!);
+    db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+  });
+}
+
+/** Runs `fn` in a BEGIN IMMEDIATE transaction (taking the write lock first), retrying when the store is busy. */
+function _transaction<T>(db: DatabaseSync, fn: () => T): T {
+  return _withRetry(() => {
+    db.exec("BEGIN IMMEDIATE");
+    try {
+      const out = fn();
+      db.exec("COMMIT");
+      return out;
+    } catch (e) {
+      if (db.isTransaction) db.exec("ROLLBACK");
+      throw e;
+    }
+  });
+}
+
+function _isBusy(e: unknown): boolean {
+  const m = e instanceof Error ? e.message : String(e);
+  return /database is locked|database is busy|SQLITE_BUSY/i.test(m);
+}
+
+/** Retries `fn` while SQLite reports the database busy past its timeout (many writers at once). */
+function _withRetry<T>(fn: () => T): T {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return fn();
+    } catch (e) {
+      if (!_isBusy(e) || attempt >= _RETRIES) throw e;
+      // Back off a little (synchronously: node:sqlite is synchronous) before trying again.
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20 * (attempt + 1) + Math.random() * 50);
+    }
+  }
+}
+
+function _host(): string | null {
+  try {
+    return Deno.hostname();
+  } catch {
+    return null;
+  }
+}
+
+/** Whether process `pid` exists on this machine, or null where that cannot be told (no /proc). */
+function _alive(pid: number): boolean | null {
+  try {
+    Deno.statSync("/proc/self");
+  } catch {
+    return null;
+  }
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const _RUN_FIELDS = [
+  "name",
+  "status",
+  "seed",
+  "git_commit",
+  "adapter",
+  "started_at",
+  "ended_at",
+  "sweep_id",
+  "sweep_params",
+  "error",
+  "step",
+] as const;
+
+class _SqliteStore implements RunStore {
+  readonly url: string;
+  readonly #db: DatabaseSync;
+  readonly #host = _host();
+  readonly #stmts = new Map<string, StatementSync>();
+
+  constructor(db: DatabaseSync, path: string) {
+    this.#db = db;
+    this.url = `sqlite:${path}`;
+  }
+
+  #q(sql: string): StatementSync {
+    let s = this.#stmts.get(sql);
+    if (!s) {
+      s = this.#db.prepare(sql);
+      this.#stmts.set(sql, s);
+    }
+    return s;
+  }
+
+  #write<T>(fn: () => T): Promise<T> {
+    try {
+      return Promise.resolve(_transaction(this.#db, fn));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  createSweep(s: SweepRecord): Promise<void> {
+    return this.#write(() => {
+      this.#q("INSERT OR IGNORE INTO sweeps (id, name, config_yaml, created_at) VALUES (?, ?, ?, ?)")
+        .run(s.id, s.name, s.config_yaml, s.created_at);
+    });
+  }
+
+  getSweep(id: string): Promise<SweepRecord | null> {
+    const r = this.#q("SELECT * FROM sweeps WHERE id = ?").get(id) as SweepRecord | undefined;
+    return Promise.resolve(r ? { ...r } : null);
+  }
+
+  listSweeps(): Promise<SweepRecord[]> {
+    const rows = this.#q("SELECT * FROM sweeps ORDER BY created_at DESC").all() as unknown as SweepRecord[];
+    return Promise.resolve(rows.map((r) => ({ ...r })));
+  }
+
+  createRun(meta: RunMeta, configYaml: string): Promise<void> {
+    return this.#write(() => {
+      if (this.#q("SELECT 1 FROM runs WHERE id = ?").get(meta.id)) {
+        throw new Error(`Run "${meta.id}" already exists in ${this.url}`);
+      }
+      this.#q(
+        `INSERT INTO runs (id, ${_RUN_FIELDS.join(", ")}, config_yaml, host, pid, heartbeat_at)
+         VALUES (?, ${_RUN_FIELDS.map(() => "?").join(", ")}, ?, ?, ?, ?)`,
+      ).run(
+        meta.id,
+        ..._RUN_FIELDS.map((f) => _toSql(f, meta[f])),
+        configYaml,
+        this.#host,
+        Deno.pid,
+        new Date().toISOString(),
+      );
+    });
+  }
+
+  importRun(meta: RunMeta, configYaml: string): Promise<boolean> {
+    return this.#write(() => {
+      const r = this.#q(
+        `INSERT OR IGNORE INTO runs (id, ${_RUN_FIELDS.join(", ")}, config_yaml)
+         VALUES (?, ${_RUN_FIELDS.map(() => "?").join(", ")}, ?)`,
+      ).run(meta.id, ..._RUN_FIELDS.map((f) => _toSql(f, meta[f])), configYaml);
+      return Number(r.changes) > 0;
+    });
+  }
+
+  updateRun(id: string, patch: Partial<RunMeta>): Promise<void> {
+    const fields = _RUN_FIELDS.filter((f) => f in patch);
+    return this.#write(() => {
+      const sets = [...fields.map((f) => `${f} = ?`), "host = ?", "pid = ?", "heartbeat_at = ?"].join(", ");
+      const r = this.#q(`UPDATE runs SET ${sets} WHERE id = ?`).run(
+        ...fields.map((f) => _toSql(f, patch[f])),
+        this.#host,
+        Deno.pid,
+        new Date().toISOString(),
+        id,
+      );
+      if (Number(r.changes) === 0) throw new Error(`No run "${id}" in ${this.url}`);
+    });
+  }
+
+  heartbeat(id: string): Promise<void> {
+    return this.#write(() => {
+      this.#q("UPDATE runs SET heartbeat_at = ? WHERE id = ?").run(new Date().toISOString(), id);
+    });
+  }
+
+  getRun(id: string): Promise<RunRecord | null> {
+    const r = this.#q("SELECT * FROM runs WHERE id = ?").get(id) as _Row | undefined;
+    return Promise.resolve(r ? _run(r) : null);
+  }
+
+  listRuns(q: RunQuery = {}): Promise<RunRecord[]> {
+    const where: string[] = [], args: SQLInputValue[] = [];
+    if (q.sweepId !== undefined) (where.push("sweep_id = ?"), args.push(q.sweepId));
+    if (q.status !== undefined) (where.push("status = ?"), args.push(q.status));
+    const sql = `SELECT * FROM runs ${where.length ? "WHERE " + where.join(" AND ") : ""}
+                 ORDER BY started_at DESC, id DESC`;
+    return Promise.resolve((this.#db.prepare(sql).all(...args) as _Row[]).map(_run));
+  }
+
+  logMetrics(runId: string, points: readonly MetricPoint[]): Promise<void> {
+    for (const p of points) {
+      for (const f of ["step", "tokens", "time", "value"] as const) {
+        if (typeof p[f] !== "number" || !Number.isFinite(p[f])) {
+          return Promise.reject(new RangeError(`Metric "${p.key}" has a non-finite ${f}: ${p[f]}`));
+        }
+      }
+    }
+    if (points.length === 0) return Promise.resolve();
+    return this.#write(() => {
+      const ins = this.#q(
+        "INSERT INTO metrics (run_id, key, step, tokens, time, value) VALUES (?, ?, ?, ?, ?, ?)",
+      );
+      for (const p of points) ins.run(runId, p.key, p.step, p.tokens, p.time, p.value);
+    });
+  }
+
+  metrics(runId: string, q: MetricQuery = {}): Promise<MetricRow[]> {
+    const where = ["run_id = ?"], args: SQLInputValue[] = [runId];
+    if (q.keys) {
+      if (q.keys.length === 0) return Promise.resolve([]);
+      where.push(`key IN (${q.keys.map(() => "?").join(", ")})`);
+      args.push(...q.keys);
+    }
+    if (q.prefix !== undefined) {
+      // A range, not LIKE: keys hold "_" and "%" literally, and the (run, key) index serves a range.
+      where.push("key >= ? AND key < ?");
+      args.push(q.prefix, q.prefix + "\uffff");
+    }
+    if (q.afterSeq !== undefined) (where.push("seq > ?"), args.push(q.afterSeq));
+    const limit = q.limit !== undefined ? ` LIMIT ${Math.max(0, Math.floor(q.limit))}` : "";
+    const sql = `SELECT seq, key, step, tokens, time, value FROM metrics WHERE ${where.join(" AND ")}
+                 ORDER BY seq${limit}`;
+    return Promise.resolve((this.#db.prepare(sql).all(...args) as _Row[]).map(_metric));
+  }
+
+  metricKeys(runId: string): Promise<string[]> {
+    const rows = this.#q("SELECT DISTINCT key FROM metrics WHERE run_id = ? ORDER BY key").all(
+      runId,
+    ) as _Row[];
+    return Promise.resolve(rows.map((r) => String(r.key)));
+  }
+
+  lastMetrics(runId: string, keys?: readonly string[]): Promise<Map<string, MetricRow>> {
+    return this.#perKey(runId, keys, "step DESC, seq DESC");
+  }
+
+  bestMetrics(runId: string, keys: readonly string[]): Promise<Map<string, MetricRow>> {
+    return this.#perKey(runId, keys, "value ASC, step ASC");
+  }
+
+  #perKey(
+    runId: string,
+    keys: readonly string[] | undefined,
+    order: string,
+  ): Promise<Map<string, MetricRow>> {
+    const ks = keys ?? (this.#q("SELECT DISTINCT key FROM metrics WHERE run_id = ?").all(runId) as _Row[])
+      .map((r) => String(r.key));
+    const out = new Map<string, MetricRow>();
+    const s = this.#q(
+      `SELECT seq, key, step, tokens, time, value FROM metrics WHERE run_id = ? AND key = ? ORDER BY ${order} LIMIT 1`,
+    );
+    for (const k of ks) {
+      const r = s.get(runId, k) as _Row | undefined;
+      if (r) out.set(k, _metric(r));
+    }
+    return Promise.resolve(out);
+  }
+
+  lastSeq(): Promise<number> {
+    const r = this.#q("SELECT MAX(seq) AS s FROM metrics").get() as _Row;
+    return Promise.resolve(Number(r.s ?? 0));
+  }
+
+  logEvent(
+    runId: string,
+    e: { kind: EventKind; message: string; step?: number | null; data?: Record<string, unknown> },
+  ): Promise<void> {
+    return this.#write(() => {
+      this.#q("INSERT INTO events (run_id, time, step, kind, message, data) VALUES (?, ?, ?, ?, ?, ?)").run(
+        runId,
+        new Date().toISOString(),
+        e.step ?? null,
+        e.kind,
+        e.message,
+        e.data ? JSON.stringify(e.data) : null,
+      );
+    });
+  }
+
+  events(runId: string, afterSeq = 0): Promise<RunEvent[]> {
+    const rows = this.#q("SELECT * FROM events WHERE run_id = ? AND seq > ? ORDER BY seq").all(
+      runId,
+      afterSeq,
+    );
+    return Promise.resolve((rows as _Row[]).map((r) => ({
+      run_id: String(r.run_id),
+      seq: Number(r.seq),
+      time: String(r.time),
+      step: r.step === null ? null : Number(r.step),
+      kind: String(r.kind) as EventKind,
+      message: String(r.message),
+      data: r.data === null ? null : JSON.parse(String(r.data)),
+    })));
+  }
+
+  recordCheckpoint(c: CheckpointRecord): Promise<void> {
+    return this.#write(() => {
+      this.#q(
+        `INSERT OR REPLACE INTO checkpoints (run_id, step, path, bytes, sha256, time) VALUES (?, ?, ?, ?, ?, ?)`,
+      ).run(c.run_id, c.step, c.path, c.bytes, c.sha256, c.time);
+    });
+  }
+
+  removeCheckpoint(runId: string, step: number): Promise<void> {
+    return this.#write(() => {
+      this.#q("DELETE FROM checkpoints WHERE run_id = ? AND step = ?").run(runId, step);
+    });
+  }
+
+  checkpoints(runId: string): Promise<CheckpointRecord[]> {
+    const rows = this.#q("SELECT * FROM checkpoints WHERE run_id = ? ORDER BY step").all(runId) as _Row[];
+    return Promise.resolve(rows.map((r) => ({
+      run_id: String(r.run_id),
+      step: Number(r.step),
+      path: String(r.path),
+      bytes: Number(r.bytes),
+      sha256: String(r.sha256),
+      time: String(r.time),
+    })));
+  }
+
+  markInterrupted(staleSeconds = 600): Promise<string[]> {
+    return this.#write(() => {
+      const now = Date.now(), ids: string[] = [];
+      const running = this.#q("SELECT id, host, pid, heartbeat_at FROM runs WHERE status = 'running'")
+        .all() as _Row[];
+      for (const r of running) {
+        const beat = r.heartbeat_at === null ? 0 : Date.parse(String(r.heartbeat_at));
+        const sameHost = r.host !== null && r.host === this.#host && r.pid !== null;
+        const gone = sameHost ? _alive(Number(r.pid)) === false : false;
+        if (!gone && now - beat < staleSeconds * 1000) continue;
+        const why = gone
+          ? `its process ${r.pid} on ${r.host} is gone`
+          : `no heartbeat for ${Math.round((now - beat) / 1000)} s`;
+        this.#q("UPDATE runs SET status = 'interrupted', ended_at = ?, error = ? WHERE id = ?").run(
+          new Date().toISOString(),
+          `Interrupted: ${why}`,
+          String(r.id),
+        );
+        this.#q(
+          "INSERT INTO events (run_id, time, step, kind, message, data) VALUES (?, ?, NULL, ?, ?, NULL)",
+        ).run(
+          String(r.id),
+          new Date().toISOString(),
+          "interrupted",
+          `Marked interrupted: ${why}`,
+        );
+        ids.push(String(r.id));
+      }
+      return ids;
+    });
+  }
+
+  integrityCheck(): Promise<string> {
+    const rows = this.#db.prepare("PRAGMA integrity_check").all() as _Row[];
+    return Promise.resolve(rows.map((r) => String(Object.values(r)[0])).join("; "));
+  }
+
+  close(): void {
+    this.#stmts.clear();
+    if (this.#db.isOpen) this.#db.close();
+  }
+}
+
+function _toSql(field: (typeof _RUN_FIELDS)[number], v: unknown): SQLInputValue {
+  if (field === "sweep_params") return JSON.stringify(v ?? {});
+  return (v ?? null) as SQLInputValue;
+}
+
+function _run(r: _Row): RunRecord {
+  return {
+    id: String(r.id),
+    name: String(r.name),
+    status: String(r.status) as RunRecord["status"],
+    seed: Number(r.seed),
+    git_commit: r.git_commit === null ? null : String(r.git_commit),
+    adapter: r.adapter === null ? null : String(r.adapter),
+    started_at: String(r.started_at),
+    ended_at: r.ended_at === null ? null : String(r.ended_at),
+    sweep_id: r.sweep_id === null ? null : String(r.sweep_id),
+    sweep_params: JSON.parse(String(r.sweep_params)),
+    error: r.error === null ? null : String(r.error),
+    step: Number(r.step),
+    config_yaml: String(r.config_yaml),
+    host: r.host === null ? null : String(r.host),
+    pid: r.pid === null ? null : Number(r.pid),
+    heartbeat_at: r.heartbeat_at === null ? null : String(r.heartbeat_at),
+  };
+}
+
+function _metric(r: _Row): MetricRow {
+  return {
+    seq: Number(r.seq),
+    key: String(r.key),
+    step: Number(r.step),
+    tokens: Number(r.tokens),
+    time: Number(r.time),
+    value: Number(r.value),
+  };
+}

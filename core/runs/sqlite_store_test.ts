@@ -1,0 +1,203 @@
+import { deepStrictEqual as assertEquals, ok as assert, rejects, throws } from "node:assert/strict";
+import { DatabaseSync } from "node:sqlite";
+import { closeRunStores, importRunFolders, openRunStore } from "./open_store.ts";
+import type { RunMeta } from "./run_dir.ts";
+import { openSqliteStore, SCHEMA_VERSION, storePath } from "./sqlite_store.ts";
+
+function meta(id: string, o: Partial<RunMeta> = {}): RunMeta {
+  return {
+    id,
+    name: id,
+    status: "running",
+    seed: 1,
+    git_commit: null,
+    adapter: null,
+    started_at: new Date().toISOString(),
+    ended_at: null,
+    sweep_id: null,
+    sweep_params: {},
+    error: null,
+    step: 0,
+    ...o,
+  };
+}
+
+const pt = (key: string, step: number, value: number) => ({
+  key,
+  step,
+  tokens: step * 8,
+  time: step / 2,
+  value,
+});
+
+Deno.test("the SQLite store keeps runs, metrics, events and checkpoints, and queries them by key, prefix and seq", async () => {
+  const s = openSqliteStore(":memory:");
+  try {
+    await s.createSweep({ id: "sw", name: "lr sweep", config_yaml: "sweep: {}\n", created_at: "2026-01-01" });
+    await s.createRun(meta("a", { sweep_id: "sw", sweep_params: { "train.lr": 0.01 } }), "name: a\n");
+    await s.createRun(meta("b", { started_at: "2020-01-01T00:00:00Z" }), "name: b\n");
+    await rejects(s.createRun(meta("a"), ""), /already exists/);
+    await s.logMetrics("a", [pt("train/loss", 1, 5), pt("train/loss", 2, 4), pt("val/loss", 2, 4.5)]);
+    await s.logMetrics("a", [pt("train/loss", 3, 3.5), pt("router/0/mlp/load/0", 3, 0.25)]);
+    await s.logMetrics("b", [pt("train/loss", 1, 9)]);
+    const all = await s.metrics("a");
+    assertEquals(all.map((m) => m.value), [5, 4, 4.5, 3.5, 0.25]);
+    assert(all.every((m, i) => i === 0 || m.seq > all[i - 1]!.seq), "seq grows in commit order");
+    assertEquals((await s.metrics("a", { keys: ["train/loss"] })).map((m) => m.step), [1, 2, 3]);
+    assertEquals((await s.metrics("a", { prefix: "router/" })).map((m) => m.key), ["router/0/mlp/load/0"]);
+    assertEquals((await s.metrics("a", { afterSeq: all[2]!.seq })).map((m) => m.value), [3.5, 0.25]);
+    assertEquals((await s.metrics("a", { limit: 2 })).length, 2);
+    assertEquals(await s.metricKeys("a"), ["router/0/mlp/load/0", "train/loss", "val/loss"]);
+    assertEquals((await s.lastMetrics("a", ["train/loss"])).get("train/loss")!.value, 3.5);
+    assertEquals((await s.bestMetrics("a", ["val/loss", "nope"])).get("val/loss")!.step, 2);
+    assertEquals(await s.lastSeq(), (await s.metrics("b"))[0]!.seq);
+    // A batch with one non-finite value is refused whole.
+    await rejects(s.logMetrics("a", [pt("train/loss", 4, 1), pt("train/loss", 5, NaN)]), /non-finite value/);
+    assertEquals((await s.metrics("a", { keys: ["train/loss"] })).length, 3);
+
+    await s.updateRun("a", { status: "finished", step: 3, ended_at: "2026-01-02" });
+    const a = (await s.getRun("a"))!;
+    assertEquals([a.status, a.step, a.config_yaml, a.sweep_params], ["finished", 3, "name: a\n", {
+      "train.lr": 0.01,
+    }]);
+    assertEquals(a.pid, Deno.pid);
+    assertEquals((await s.listRuns()).map((r) => r.id), ["a", "b"]);
+    assertEquals((await s.listRuns({ sweepId: "sw" })).map((r) => r.id), ["a"]);
+    assertEquals((await s.getSweep("sw"))!.name, "lr sweep");
+    await rejects(s.updateRun("zz", { step: 1 }), /No run "zz"/);
+
+    await s.logEvent("a", { kind: "skipped_step", message: "nan", step: 2, data: { n: 1 } });
+    await s.logEvent("a", { kind: "finish", message: "done" });
+    const ev = await s.events("a");
+    assertEquals(ev.map((e) => [e.kind, e.step, e.data]), [["skipped_step", 2, { n: 1 }], [
+      "finish",
+      null,
+      null,
+    ]]);
+    assertEquals((await s.events("a", ev[0]!.seq)).length, 1);
+
+    const ck = { run_id: "a", path: "a/ckpt/step-2.safetensors", bytes: 10, sha256: "x", time: "t" };
+    await s.recordCheckpoint({ ...ck, step: 2 });
+    await s.recordCheckpoint({ ...ck, step: 3, path: "a/ckpt/step-3.safetensors" });
+    await s.recordCheckpoint({ ...ck, step: 3, path: "a/ckpt/step-3.safetensors", bytes: 11 });
+    await s.removeCheckpoint("a", 2);
+    assertEquals((await s.checkpoints("a")).map((c) => [c.step, c.bytes]), [[3, 11]]);
+    assertEquals(await s.integrityCheck(), "ok");
+  } finally {
+    s.close();
+  }
+});
+
+Deno.test("a new store is migrated to the current schema; a store from a newer dsmoe is refused", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/runs.db`;
+    openSqliteStore(path).close();
+    const db = new DatabaseSync(path);
+    assertEquals(
+      Number((db.prepare("PRAGMA user_version").get() as { user_version: number }).user_version),
+      SCHEMA_VERSION,
+    );
+    assertEquals(
+      String((db.prepare("PRAGMA journal_mode").get() as { journal_mode: string }).journal_mode),
+      "wal",
+    );
+    const idx = db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'metrics'")
+      .all();
+    assert(idx.some((r) => (r as { name: string }).name === "metrics_run_key_step"));
+    db.exec(`PRAGMA user_version = ${SCHEMA_VERSION + 1}`);
+    db.close();
+    throws(() => openSqliteStore(path), /newer than this dsmoe's/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+function _writer(dir: string, id: string, args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "tests/fixtures/store_writer.ts", dir, id, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+}
+
+Deno.test("four processes writing one store at once lose no point and are never refused", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const procs = [0, 1, 2, 3].map((i) => _writer(dir, `w${i}`, ["400", "5"]));
+    const outs = await Promise.all(procs.map((p) => p.output()));
+    for (const o of outs) assert(o.success, new TextDecoder().decode(o.stderr));
+    const s = await openRunStore(dir);
+    for (let i = 0; i < 4; i++) {
+      const m = await s.metrics(`w${i}`);
+      assertEquals(m.length, 2000);
+      assertEquals(new Set(m.map((p) => p.value)).size, 2000);
+      assertEquals((await s.getRun(`w${i}`))!.status, "finished");
+    }
+    assertEquals(await s.integrityCheck(), "ok");
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a writer killed with SIGKILL leaves an intact store with every acknowledged point, marked interrupted", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const p = _writer(dir, "victim", ["0", "50", "forever"]);
+    const reader = p.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let acked = 0, buf = "";
+    while (acked < 2000) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+      for (const m of buf.matchAll(/ack (\d+)\n/g)) acked = Math.max(acked, Number(m[1]));
+    }
+    p.kill("SIGKILL");
+    await p.status;
+    reader.releaseLock();
+    await p.stdout.cancel().catch(() => {});
+    await p.stderr.cancel();
+    assert(acked >= 2000, `acknowledged ${acked}`);
+    const s = await openRunStore(dir); // first open in this process: marks dead writers' runs
+    assertEquals(await s.integrityCheck(), "ok");
+    const m = await s.metrics("victim");
+    assert(m.length >= acked, `${m.length} stored, ${acked} acknowledged`);
+    assertEquals(m.length % 50, 0, "a batch is all or nothing");
+    const run = (await s.getRun("victim"))!;
+    assertEquals(run.status, "interrupted");
+    assert(run.error?.includes("is gone"), run.error ?? "");
+    assertEquals((await s.events("victim")).map((e) => e.kind), ["interrupted"]);
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("run folders from before the store are imported once, a torn metrics line skipped", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const old = `${dir}/20260101-000000-old-abcd`;
+    await Deno.mkdir(`${old}/ckpt`, { recursive: true });
+    await Deno.writeTextFile(`${old}/run.json`, JSON.stringify(meta("20260101-000000-old-abcd")));
+    await Deno.writeTextFile(`${old}/config.yaml`, "name: old\n");
+    await Deno.writeTextFile(
+      `${old}/metrics.jsonl`,
+      [pt("train/loss", 1, 5), pt("train/loss", 2, 4)].map((p) => JSON.stringify(p)).join("\n") +
+        '\n{"key":"tr',
+    );
+    const entry = { step: 2, file: "step-2.safetensors", bytes: 3, sha256: "s", time: "t" };
+    await Deno.writeTextFile(`${old}/ckpt/manifest.json`, JSON.stringify({ checkpoints: [entry] }));
+    const s = await openRunStore(dir);
+    const r = (await s.getRun("20260101-000000-old-abcd"))!;
+    assertEquals([r.status, r.config_yaml], ["interrupted", "name: old\n"]);
+    assertEquals((await s.metrics(r.id)).map((m) => m.value), [5, 4]);
+    assertEquals((await s.checkpoints(r.id)).map((c) => c.path), [`${r.id}/ckpt/step-2.safetensors`]);
+    assertEquals(await importRunFolders(s, dir), []);
+    assertEquals((await s.metrics(r.id)).length, 2);
+    assert((await Deno.stat(storePath(dir))).isFile);
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
