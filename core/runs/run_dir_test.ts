@@ -1,31 +1,15 @@
+import { runMeta } from "../../tests/helpers/run_meta.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { f32Tensor } from "./safetensors.ts";
 import { closeRunStores } from "./open_store.ts";
-import { newRunId, RunDir, type RunMeta } from "./run_dir.ts";
-
-function meta(id: string): RunMeta {
-  return {
-    id,
-    name: "t",
-    status: "running",
-    seed: 1,
-    git_commit: null,
-    adapter: null,
-    started_at: new Date().toISOString(),
-    ended_at: null,
-    sweep_id: null,
-    sweep_params: {},
-    error: null,
-    step: 0,
-  };
-}
+import { newRunId, RunDir } from "./run_dir.ts";
 
 Deno.test("RunDir keeps config, status, metrics, events and checkpoints in the run store", async () => {
   const root = await Deno.makeTempDir();
   try {
     const id = newRunId("tiny run");
     assert(/^\d{8}-\d{6}-tiny_run-[0-9a-f]{4}$/.test(id), id);
-    const run = await RunDir.create(root, meta(id), "name: t\n");
+    const run = await RunDir.create(root, runMeta(id), "name: t\n");
     run.log({ key: "train/loss", step: 1, tokens: 10, time: 0.1, value: 5 });
     run.log({ key: "train/loss", step: 2, tokens: 20, time: 0.2, value: NaN });
     await run.flush();

@@ -1,26 +1,8 @@
+import { runMeta } from "../../tests/helpers/run_meta.ts";
 import { deepStrictEqual as assertEquals, ok as assert, rejects, throws } from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { closeRunStores, importRunFolders, openRunStore } from "./open_store.ts";
-import type { RunMeta } from "./run_dir.ts";
 import { openSqliteStore, SCHEMA_VERSION, storePath } from "./sqlite_store.ts";
-
-function meta(id: string, o: Partial<RunMeta> = {}): RunMeta {
-  return {
-    id,
-    name: id,
-    status: "running",
-    seed: 1,
-    git_commit: null,
-    adapter: null,
-    started_at: new Date().toISOString(),
-    ended_at: null,
-    sweep_id: null,
-    sweep_params: {},
-    error: null,
-    step: 0,
-    ...o,
-  };
-}
 
 const pt = (key: string, step: number, value: number) => ({
   key,
@@ -34,9 +16,9 @@ Deno.test("the SQLite store keeps runs, metrics, events and checkpoints, and que
   const s = openSqliteStore(":memory:");
   try {
     await s.createSweep({ id: "sw", name: "lr sweep", config_yaml: "sweep: {}\n", created_at: "2026-01-01" });
-    await s.createRun(meta("a", { sweep_id: "sw", sweep_params: { "train.lr": 0.01 } }), "name: a\n");
-    await s.createRun(meta("b", { started_at: "2020-01-01T00:00:00Z" }), "name: b\n");
-    await rejects(s.createRun(meta("a"), ""), /already exists/);
+    await s.createRun(runMeta("a", { sweep_id: "sw", sweep_params: { "train.lr": 0.01 } }), "name: a\n");
+    await s.createRun(runMeta("b", { started_at: "2020-01-01T00:00:00Z" }), "name: b\n");
+    await rejects(s.createRun(runMeta("a"), ""), /already exists/);
     await s.logMetrics("a", [pt("train/loss", 1, 5), pt("train/loss", 2, 4), pt("val/loss", 2, 4.5)]);
     await s.logMetrics("a", [pt("train/loss", 3, 3.5), pt("router/0/mlp/load/0", 3, 0.25)]);
     await s.logMetrics("b", [pt("train/loss", 1, 9)]);
@@ -179,7 +161,7 @@ Deno.test("run folders from before the store are imported once, a torn metrics l
   try {
     const old = `${dir}/20260101-000000-old-abcd`;
     await Deno.mkdir(`${old}/ckpt`, { recursive: true });
-    await Deno.writeTextFile(`${old}/run.json`, JSON.stringify(meta("20260101-000000-old-abcd")));
+    await Deno.writeTextFile(`${old}/run.json`, JSON.stringify(runMeta("20260101-000000-old-abcd")));
     await Deno.writeTextFile(`${old}/config.yaml`, "name: old\n");
     await Deno.writeTextFile(
       `${old}/metrics.jsonl`,

@@ -3,6 +3,8 @@ import { ExperimentSchema } from "../config/schema.ts";
 import { Dataset, splitTokens } from "../data/dataset.ts";
 import { latestCheckpoint, listCheckpoints } from "../runs/checkpoints.ts";
 import { newRunId, RunDir } from "../runs/run_dir.ts";
+import { closeRunStores } from "../runs/open_store.ts";
+import { runMeta } from "../../tests/helpers/run_meta.ts";
 import { tensorToF32 } from "../runs/safetensors.ts";
 import type { StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { MAX_NONFINITE_STREAK, train, TrainError } from "./trainer.ts";
@@ -65,22 +67,10 @@ async function withRun(fn: (run: RunDir) => Promise<void>): Promise<void> {
   const root = await Deno.makeTempDir();
   try {
     const id = newRunId("t");
-    const run = await RunDir.create(root, {
-      id,
-      name: "t",
-      status: "running",
-      seed: 1,
-      git_commit: null,
-      adapter: null,
-      started_at: "",
-      ended_at: null,
-      sweep_id: null,
-      sweep_params: {},
-      error: null,
-      step: 0,
-    }, "name: t\n");
+    const run = await RunDir.create(root, runMeta(id), "name: t\n");
     await fn(run);
   } finally {
+    closeRunStores();
     await Deno.remove(root, { recursive: true });
   }
 }
