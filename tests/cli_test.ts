@@ -70,7 +70,7 @@ Deno.test("unknown flags and commands are usage errors with exit code 2", async 
 });
 
 Deno.test("commands of later releases say they are not available yet and exit 2", async () => {
-  for (const c of ["dashboard", "repro"]) {
+  for (const c of ["repro"]) {
     const { code, err } = await cli(c);
     assertEquals(code, 2);
     assert(err.join("\n").includes("not available yet"), c);

@@ -3,7 +3,7 @@ import { closeRunStores, openRunStore } from "../core/runs/open_store.ts";
 import { latestCheckpoint } from "../core/runs/checkpoints.ts";
 import { cli } from "./helpers/cli.ts";
 
-Deno.test("a training process killed with SIGKILL mid-run leaves an intact store: its points, checkpoint, status interrupted", async () => {
+Deno.test("deno task run serves its live page; killed with SIGKILL mid-run it leaves an intact store: points, checkpoint, status interrupted", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const p = new Deno.Command(Deno.execPath(), {
@@ -21,6 +21,8 @@ Deno.test("a training process killed with SIGKILL mid-run leaves an intact store
         "train.log_every=5",
         "--set",
         "train.checkpoint_every=10",
+        "--dashboard-port",
+        "0",
       ],
       stdout: "null",
       stderr: "piped",
@@ -36,11 +38,19 @@ Deno.test("a training process killed with SIGKILL mid-run leaves an intact store
       text += value;
       for (const m of text.matchAll(/^step (\d+)\/400/gm)) seen = Math.max(seen, Number(m[1]));
     }
+    // `run` printed the live dashboard page of the run; it answers while the run trains.
+    const runId = /^run (\S+) →/m.exec(text)![1]!;
+    const live = /^live: (http:\/\/127\.0\.0\.1:\d+\/)runs\/(\S+)$/m.exec(text);
+    assert(live && live[2] === runId, text);
+    const page = await fetch(`${live[1]}runs/${runId}`);
+    assertEquals(page.status, 200);
+    assert((await page.text()).includes(runId));
+    const api = await (await fetch(`${live[1]}api/runs/${runId}`)).json();
+    assertEquals(api.run.status, "running");
     p.kill("SIGKILL");
     await p.status;
     await reader.cancel();
     assert(seen >= 40, `the run got to step ${seen}:\n${text}`);
-    const runId = /^run (\S+) →/m.exec(text)![1]!;
 
     const store = await openRunStore(dir);
     assertEquals(await store.integrityCheck(), "ok");

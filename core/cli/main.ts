@@ -8,6 +8,7 @@
 import { ConfigError, loadExperiment } from "../config/mod.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
 import { formatDryRun, summarizePoint } from "./dry_run.ts";
+import { dashboardCommand } from "./dashboard_cmd.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, EXIT_USAGE, UsageError } from "./errors.ts";
 import { evalCommand } from "./eval_cmd.ts";
 import { generateCommand } from "./generate_cmd.ts";
@@ -61,6 +62,7 @@ export async function main(argv: readonly string[], io: CliIo = _stdio): Promise
       case "generate":
         return await generateCommand(rest, io);
       case "dashboard":
+        return await dashboardCommand(rest, io);
       case "repro":
         return _notYet(command, io);
       case "bench":
@@ -99,6 +101,8 @@ async function _run(args: string[], io: CliIo): Promise<number> {
     "dry-run": { type: "boolean" },
     "stop-after": { type: "string" },
     resume: { type: "string" },
+    "dashboard-port": { type: "string" },
+    "no-dashboard": { type: "boolean" },
   });
   if (values.help) {
     io.out(RUN_USAGE);

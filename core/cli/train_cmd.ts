@@ -13,13 +13,51 @@ import { tensorsToState, train } from "../train/trainer.ts";
 import { openStoredRun } from "./run_checkpoint.ts";
 import { positiveInt } from "./args.ts";
 import type { CliIo } from "./main.ts";
-import { EXIT_OK, EXIT_RUN_FAILURE } from "./errors.ts";
+import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
+import { serveDashboard } from "../dashboard/server.ts";
+import { openRunStore } from "../runs/open_store.ts";
 
 /** Flags of `run` used here. */
 export interface RunFlags {
   json?: boolean;
   "runs-dir"?: string;
   "stop-after"?: string;
+  "dashboard-port"?: string;
+  "no-dashboard"?: boolean;
+}
+
+/** The dashboard served while training, so that the URL printed at the start shows the run live. */
+interface LiveDashboard {
+  url: string;
+  stop: () => Promise<void>;
+}
+
+async function _liveDashboard(runsDir: string, flags: RunFlags, io: CliIo): Promise<LiveDashboard | null> {
+  if (flags["no-dashboard"]) return null;
+  const text = flags["dashboard-port"];
+  const port = text === undefined ? 8000 : Number(text);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new UsageError(`--dashboard-port must be a port number (0 to 65535), got "${text}"`);
+  }
+  const store = await openRunStore(runsDir);
+  const stop = new AbortController();
+  let server;
+  try {
+    server = serveDashboard({ store, port, signal: stop.signal });
+  } catch (e) {
+    if (!(e instanceof Deno.errors.AddrInUse)) throw e;
+    server = serveDashboard({ store, port: 0, signal: stop.signal });
+    io.err(`Port ${port} is in use: the dashboard of this run is on port ${server.port}`);
+  }
+  io.err(`dashboard: ${server.url} (live while this command runs; later: deno task dashboard)`);
+  const finished = server.finished;
+  return {
+    url: server.url,
+    stop: async () => {
+      stop.abort();
+      await finished;
+    },
+  };
 }
 
 function _abortOnSignal(io: CliIo): AbortController {
@@ -43,14 +81,21 @@ export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunF
   const runsDir = flags["runs-dir"] ?? "runs";
   const ac = _abortOnSignal(io);
   const dir = loaded.file.includes("/") ? loaded.file.slice(0, loaded.file.lastIndexOf("/")) : ".";
-  const outcomes = await runExperiment(loaded, {
-    runsDir,
-    backendFactory: createBackend,
-    stopAfter: positiveInt("stop-after", flags["stop-after"]),
-    progress: (l) => io.err(l),
-    signal: ac.signal,
-    baseDir: dir,
-  });
+  const live = await _liveDashboard(runsDir, flags, io);
+  let outcomes: PointOutcome[];
+  try {
+    outcomes = await runExperiment(loaded, {
+      runsDir,
+      backendFactory: createBackend,
+      stopAfter: positiveInt("stop-after", flags["stop-after"]),
+      progress: (l) => io.err(l),
+      signal: ac.signal,
+      baseDir: dir,
+      dashboardUrl: live?.url,
+    });
+  } finally {
+    await live?.stop();
+  }
   io.out(summaryTable(outcomes));
   io.out(
     `Runs are in ${runsDir}/ (runs.db: records and metrics; <run-id>/: config.yaml, ckpt/). ` +
@@ -80,6 +125,11 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
     (e, why) => io.err(`skipping checkpoint step ${e.step}: ${why}`),
   );
   const backend = await createBackend(c);
+  const live = await _liveDashboard(flags["runs-dir"] ?? "runs", flags, io).catch((e) => {
+    backend.destroy();
+    throw e;
+  });
+  if (live) io.err(`live: ${live.url}runs/${run.meta.id}`);
   try {
     let start = 0;
     if (ck) {
@@ -110,6 +160,7 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
     await run.event("error", (e as Error).message, run.meta.step);
     throw e;
   } finally {
+    await live?.stop();
     backend.destroy();
   }
 }

@@ -14,7 +14,7 @@ Commands:
   run --resume <run-id>                                          continue from the newest complete checkpoint
   eval <run-id|ckpt> [--rule threshold --epsilon 0.5 | --rule topk --k 2 | …]… [--batches N]
   generate <run-id|ckpt> --prompt TEXT [--max-tokens N] [--rule …]
-  dashboard [--port 8000]
+  dashboard [--port 8000] [--host 127.0.0.1] [--token T]         serve the runs dashboard (live charts, API)
   bench [--json] [--suite NAME] [--quick]
   repro [--scale micro|small]
   test                                                           fmt, lint, type check and the test suite
@@ -32,6 +32,9 @@ Options:
   --dry-run              print the resolved config(s), parameter counts, FLOPs and memory; train nothing
   --stop-after N         stop after N steps (a checkpoint is written)
   --resume RUN_ID        continue a run from its newest complete checkpoint
+  --dashboard-port N     serve the live dashboard on 127.0.0.1:N while training (default 8000; a free port
+                         if it is taken; 0 = any free port)
+  --no-dashboard         do not serve the dashboard
   --json                 last stdout line is one JSON object
   --runs-dir DIR         where runs are stored (default runs/)`;
 

@@ -29,6 +29,7 @@ export interface RunExperimentOptions {
   progress: (line: string) => void;
   signal?: AbortSignal;
   baseDir?: string; // data paths resolve against the config file's directory
+  dashboardUrl?: string; // where a dashboard serving this runs directory is (a run's page is printed)
 }
 
 /** Outcome of one point. */
@@ -101,6 +102,7 @@ async function _runPoint(
   await cleanCheckpointTemps(run.path);
   await run.event("start", `started ${point.name}`, 0, { params: point.params });
   o.progress(`run ${meta.id} → ${run.path}`);
+  if (o.dashboardUrl) o.progress(`live: ${o.dashboardUrl}runs/${meta.id}`);
   let backend: TrainBackend | null = null;
   try {
     const dataset = await loadDataset(c, o.baseDir);

@@ -1,0 +1,169 @@
+/**
+ * The dashboard's read API (open to anyone the Host check lets in): runs, a run's metrics (downsampled),
+ * its expert-load heatmap, its sparsity frontier, sweeps, and the live SSE stream of a run.
+ *
+ * @module
+ */
+import type { Context, Hono } from "hono";
+import { HTTPException } from "hono/http-exception";
+import type { RunRecord, RunStore } from "../runs/store.ts";
+import { MAX_POINTS } from "./downsample.ts";
+import { summarizeRun, summarizeRuns } from "./run_summary.ts";
+import { checkId } from "./security.ts";
+import { buildFrontier, buildHeatmap, buildSeries, X_AXES, type XAxis } from "./series.ts";
+import { parseEventId, runStream } from "./stream.ts";
+
+/** What the read routes need. */
+export interface ReadApiOptions {
+  store: RunStore;
+  pollMs: number;
+  heartbeatMs: number;
+}
+
+const _STATUSES = ["running", "finished", "failed", "interrupted"] as const;
+
+/** A run by the `:id` path parameter: 400 if the id is malformed, 404 if there is no such run. */
+export async function runParam(c: Context, store: RunStore): Promise<RunRecord> {
+  const id = checkId("run", c.req.param("id") ?? "");
+  const run = await store.getRun(id);
+  if (!run) throw new HTTPException(404, { message: `No run "${id}"` });
+  return run;
+}
+
+/** Adds the GET /api routes to `app`. */
+export function registerReadApi(app: Hono, o: ReadApiOptions): void {
+  _runRoutes(app, o.store);
+  _chartRoutes(app, o.store);
+  _streamRoute(app, o);
+  _sweepRoutes(app, o.store);
+}
+
+function _runRoutes(app: Hono, store: RunStore): void {
+  app.get("/api/runs", async (c) => {
+    const sweep = c.req.query("sweep"), status = c.req.query("status");
+    if (status !== undefined && !(_STATUSES as readonly string[]).includes(status)) {
+      throw new HTTPException(400, {
+        message: `Invalid status "${status}": expected ${_STATUSES.join(", ")}`,
+      });
+    }
+    const runs = await store.listRuns({
+      sweepId: sweep === undefined ? undefined : checkId("sweep", sweep),
+      status: status as (typeof _STATUSES)[number] | undefined,
+    });
+    return c.json({ runs: await summarizeRuns(store, runs) });
+  });
+
+  app.get("/api/runs/:id", async (c) => {
+    const run = await runParam(c, store);
+    const [summary, keys, events, checkpoints, lastSeq] = await Promise.all([
+      summarizeRun(store, run),
+      store.metricKeys(run.id),
+      store.events(run.id),
+      store.checkpoints(run.id),
+      store.lastSeq(),
+    ]);
+    return c.json({
+      run: { ...summary, config_yaml: run.config_yaml },
+      keys,
+      events,
+      checkpoints,
+      last_seq: lastSeq,
+    });
+  });
+}
+
+function _chartRoutes(app: Hono, store: RunStore): void {
+  app.get("/api/runs/:id/metrics", async (c) => {
+    const run = await runParam(c, store);
+    const keys = c.req.query("keys"), prefix = c.req.query("prefix");
+    const x = (c.req.query("x") ?? "step") as XAxis;
+    if (!X_AXES.includes(x)) {
+      throw new HTTPException(400, { message: `Invalid x "${x}": expected step, tokens or time` });
+    }
+    const max = _maxParam(c.req.query("max"));
+    const keyList = keys === undefined ? undefined : keys.split(",").filter((k) => k !== "");
+    if (keyList && keyList.length > 200) {
+      throw new HTTPException(400, { message: "Too many keys: at most 200" });
+    }
+    const lastSeq = await store.lastSeq(); // before the query: the stream resumes here, a client skips repeats
+    const rows = await store.metrics(run.id, { keys: keyList, prefix });
+    return c.json({ run_id: run.id, x, max, last_seq: lastSeq, series: buildSeries(rows, x, max) });
+  });
+
+  app.get("/api/runs/:id/heatmap", async (c) => {
+    const run = await runParam(c, store);
+    const kind = c.req.query("kind") ?? "mlp";
+    if (kind !== "mlp" && kind !== "attention") {
+      throw new HTTPException(400, { message: `Invalid kind "${kind}": expected mlp or attention` });
+    }
+    const rows = await store.metrics(run.id, { prefix: "router/" });
+    return c.json({ run_id: run.id, ...buildHeatmap(rows, kind) });
+  });
+
+  app.get("/api/runs/:id/frontier", async (c) => {
+    const run = await runParam(c, store);
+    const rows = await store.metrics(run.id, { prefix: "infer/" });
+    return c.json({ run_id: run.id, points: buildFrontier(rows) });
+  });
+}
+
+function _streamRoute(app: Hono, o: ReadApiOptions): void {
+  const { store } = o;
+  app.get("/api/runs/:id/stream", async (c) => {
+    const run = await runParam(c, store);
+    const resume = parseEventId(c.req.header("last-event-id") ?? "");
+    const after = _seqParam("after", c.req.query("after"));
+    const afterEvents = _seqParam("after_events", c.req.query("after_events"));
+    const afterSeq = resume?.afterSeq ?? after ?? await store.lastSeq();
+    const afterEventSeq = resume?.afterEventSeq ?? afterEvents ?? (await store.events(run.id)).at(-1)?.seq ??
+      0;
+    const body = runStream(store, run.id, {
+      afterSeq,
+      afterEventSeq,
+      pollMs: o.pollMs,
+      heartbeatMs: o.heartbeatMs,
+    });
+    return new Response(body, {
+      headers: {
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-cache, no-transform",
+        "X-Accel-Buffering": "no",
+      },
+    });
+  });
+}
+
+function _sweepRoutes(app: Hono, store: RunStore): void {
+  app.get("/api/sweeps", async (c) => c.json({ sweeps: await store.listSweeps() }));
+
+  app.get("/api/sweeps/:id", async (c) => {
+    const id = checkId("sweep", c.req.param("id"));
+    const [sweep, runs] = await Promise.all([store.getSweep(id), store.listRuns({ sweepId: id })]);
+    if (!sweep && runs.length === 0) throw new HTTPException(404, { message: `No sweep "${id}"` });
+    const points = await Promise.all(runs.map(async (r) => ({
+      ...await summarizeRun(store, r),
+      frontier: buildFrontier(await store.metrics(r.id, { prefix: "infer/" })),
+    })));
+    const params = [...new Set(runs.flatMap((r) => Object.keys(r.sweep_params)))].sort();
+    return c.json({ sweep, params, runs: points });
+  });
+}
+
+function _maxParam(v: string | undefined): number {
+  if (v === undefined) return MAX_POINTS;
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < 2) {
+    throw new HTTPException(400, {
+      message: `Invalid max "${v}": expected an integer from 2 to ${MAX_POINTS}`,
+    });
+  }
+  return Math.min(n, MAX_POINTS);
+}
+
+function _seqParam(name: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d{1,15}$/.test(v)) {
+    throw new HTTPException(400, { message: `Invalid ${name} "${v}": expected a seq number` });
+  }
+  return Number(v);
+}

@@ -1,0 +1,10 @@
+/**
+ * The dashboard (DESIGN.md §6): a Hono app over the run store — runs table, run and sweep pages with live
+ * charts, a JSON API with an SSE stream, and bearer-token remote logging — and its server.
+ *
+ * @module
+ */
+export { createApp, type DashboardOptions } from "./app.ts";
+export { type DashboardServer, serveDashboard, type ServeDashboardOptions } from "./server.ts";
+export { downsample, MAX_POINTS } from "./downsample.ts";
+export { defaultAllowedHosts, isValidId } from "./security.ts";
