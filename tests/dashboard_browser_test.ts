@@ -69,8 +69,9 @@ Deno.test("the run page of a trained run draws its charts, expert-load heatmaps 
     await store.logMetrics(id, [{ key: "train/loss", step: 31, tokens: 31 * 256, time: 99, value: 1.5 }]);
     const seq = await store.lastSeq();
     await browser.waitFor(`Number(document.body.dataset.liveSeq) >= ${seq}`, 10_000);
-    await store.updateRun(id, { status: "finished", step: 31 });
     await browser.waitFor("document.getElementById('run-step').textContent === '31'", 10_000);
+    await store.updateRun(id, { status: "finished", step: 31 });
+    await browser.waitFor("document.getElementById('run-status').textContent.includes('finished')", 10_000);
     assertEquals(browser.console.filter((l) => l.startsWith("exception")), []);
   } finally {
     await browser?.close();

@@ -86,6 +86,9 @@ async function start() {
   const frontiers = throttle(() => frontier.load(), 2000);
   view.onRows((run, rows) => {
     if (run.id === main && rows.some((r) => r.key.startsWith("router/"))) heatmaps();
+    // The stored step moves at checkpoints; the newest training point shows where the run is now.
+    const step = rows.reduce((m, r) => (r.key.startsWith("train/") ? Math.max(m, r.step) : m), -1);
+    if (run.id === main && step > Number($("run-step").textContent)) $("run-step").textContent = String(step);
     if (rows.some((r) => r.key.startsWith("infer/"))) frontiers();
   });
   const statuses = Object.fromEntries(details.map((d) => [d.run.id, d.run.status]));
@@ -96,7 +99,9 @@ async function start() {
     onRun: (run, info) => {
       if (run.id !== main) return;
       $("run-status").replaceChildren(statusBadge(info.status));
-      $("run-step").textContent = String(info.step);
+      if (info.step > Number($("run-step").textContent) || info.status !== "running") {
+        $("run-step").textContent = String(info.step);
+      }
       if (info.status !== "running") {
         getJson(`/api/runs/${encodeURIComponent(main)}`).then((d) => showCheckpoints(d.checkpoints));
       }
