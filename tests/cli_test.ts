@@ -69,14 +69,6 @@ Deno.test("unknown flags and commands are usage errors with exit code 2", async 
   assertEquals((await cli("run", "--stop-after", "zero", "--dry-run")).code, 2);
 });
 
-Deno.test("commands of later releases say they are not available yet and exit 2", async () => {
-  for (const c of ["repro"]) {
-    const { code, err } = await cli(c);
-    assertEquals(code, 2);
-    assert(err.join("\n").includes("not available yet"), c);
-  }
-});
-
 Deno.test("a missing config file is reported without a stack trace", async () => {
   const { code, err } = await cli("run", "configs/does-not-exist.yaml", "--dry-run");
   assertEquals(code, 2);

@@ -7,10 +7,11 @@
  */
 import { loadDataset } from "../data/dataset.ts";
 import { evaluateRules, type RuleResult } from "../infer/evaluate.ts";
+import { recordRuleResults } from "../infer/record.ts";
 import { countParams, layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
-import { type RouteRule, ruleParam } from "../ref/routing.ts";
+import { denseRules, parseRuleSpec, ruleParamValue } from "../infer/rule_spec.ts";
 import { fmtCount, table } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
@@ -38,8 +39,15 @@ Options:
   --json            last stdout line: {"dense_ppl","rules":[{"rule","params","ppl","active_params",…}]}
   --runs-dir DIR    where runs are stored (default runs/)`;
 
-const _DEFAULTS: Omit<RouteRule, "kind"> = { epsilon: 0.5, k: 2, p: 0.9 };
-const _KINDS = ["threshold", "topk", "threshold_topk", "top_p", "dense"] as const;
+/** Runs `f`, turning its RangeError (bad rule text) into a usage error prefixed with `prefix`. */
+function _usage<T>(f: () => T, prefix: string): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof RangeError) throw new UsageError(prefix + e.message);
+    throw e;
+  }
+}
 
 /** Runs `eval`. */
 export async function evalCommand(args: string[], io: CliIo): Promise<number> {
@@ -62,10 +70,7 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   const c = target.config, shape = layerShape(c);
   const routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
   const own: InferRules = configRules(c);
-  const dense: InferRules = {
-    mlp: { ..._DEFAULTS, kind: "dense" },
-    attention: { ..._DEFAULTS, kind: "dense" },
-  };
+  const dense = denseRules();
   const rules = [dense, ...(asked.length > 0 ? asked : [own])];
 
   io.err(`Evaluating ${target.label} (step ${target.step}) on ${batches} validation batches per rule`);
@@ -89,19 +94,7 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   io.out(_table(shown, denseResult, routed));
 
   if (target.run) {
-    const t = target.run.secondsSinceStart();
-    for (const r of shown) {
-      const key = (k: string) => `infer/${r.rule}/${k}`;
-      const log = (k: string, value: number) =>
-        target.run!.log({ key: key(k), step: target.step, tokens: r.tokens, time: t, value });
-      log("loss", r.loss);
-      log("ppl", r.ppl);
-      log("active_params", r.activeParams);
-      log("active_pct", r.activePct);
-      log("hidden_pct", r.hiddenPct);
-      for (const l of r.layers) log(`layer/${l.layer}/${l.kind}/experts`, l.experts);
-    }
-    await target.run.flush();
+    await recordRuleResults(target.run, target.step, shown);
     io.err(`Metrics infer/<rule>/… recorded in ${target.run.store.url}`);
   }
   if (values.json) {
@@ -135,60 +128,17 @@ export function parseRules(
   for (const t of tokens) {
     if (t.kind !== "option") continue;
     if (t.name === "rule") {
-      rules.push(_ruleSpec(t.value ?? ""));
+      rules.push(_usage(() => parseRuleSpec(t.value ?? ""), "--rule "));
       continue;
     }
     if (t.name !== "epsilon" && t.name !== "k" && t.name !== "p") continue;
     const last = rules.at(-1);
     if (!last) throw new UsageError(`--${t.name} must follow the --rule it qualifies`);
-    const v = _paramValue(t.name, t.value ?? "", `--${t.name} ${t.value}`);
+    const name = t.name;
+    const v = _usage(() => ruleParamValue(name, t.value ?? "", `--${name} ${t.value}`), "");
     for (const side of [last.mlp, last.attention]) side[t.name] = v;
   }
   return rules;
-}
-
-function _ruleSpec(spec: string): InferRules {
-  if (!spec.includes("=")) {
-    const r = _one(spec);
-    return { mlp: r, attention: { ...r } };
-  }
-  const out: Partial<InferRules> = {};
-  for (const part of spec.split(",")) {
-    const [side, rule] = part.split("=", 2) as [string, string | undefined];
-    if ((side !== "mlp" && side !== "attention") || rule === undefined) {
-      throw new UsageError(`--rule ${spec}: expected mlp=RULE,attention=RULE`);
-    }
-    out[side] = _one(rule);
-  }
-  return {
-    mlp: out.mlp ?? { ..._DEFAULTS, kind: "dense" },
-    attention: out.attention ?? { ..._DEFAULTS, kind: "dense" },
-  };
-}
-
-function _one(spec: string): RouteRule {
-  const [kind, param] = spec.split(":", 2) as [string, string | undefined];
-  if (!(_KINDS as readonly string[]).includes(kind)) {
-    throw new UsageError(`--rule ${spec}: unknown rule "${kind}"; expected one of ${_KINDS.join(", ")}`);
-  }
-  const r: RouteRule = { ..._DEFAULTS, kind: kind as RouteRule["kind"] };
-  if (param !== undefined) {
-    const field = ruleParam(r.kind);
-    if (!field) throw new UsageError(`--rule ${spec}: ${kind} takes no parameter`);
-    r[field] = _paramValue(field, param, `--rule ${spec}`);
-  }
-  return r;
-}
-
-/** A rule parameter from text, in the range its field allows (the same for `--k 2` and `topk:2`). */
-function _paramValue(field: "epsilon" | "k" | "p", text: string, what: string): number {
-  const v = Number(text);
-  const ok = field === "k" ? Number.isSafeInteger(v) && v >= 1 : field === "p" ? v > 0 && v <= 1 : v >= 0;
-  if (!ok || text.trim() === "" || !Number.isFinite(v)) {
-    const want = field === "k" ? "an integer ≥ 1" : field === "p" ? "a number in (0, 1]" : "a number ≥ 0";
-    throw new UsageError(`${what}: expected ${want}`);
-  }
-  return v;
 }
 
 function _table(

@@ -8,6 +8,7 @@
 import { decodeText, encodeText } from "../data/tokenizer.ts";
 import { Decoder, generate } from "../infer/generate.ts";
 import { ruleName } from "../infer/evaluate.ts";
+import { recordGeneration } from "../infer/record.ts";
 import { countParams, layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
@@ -117,24 +118,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
           `${fmtCount(r.activeParams / (r.activePct / 100))}), hidden ${r.hiddenPct.toFixed(1)}%`
         : ""),
   );
-  if (target.run) {
-    // Recorded like eval's infer/ metrics: decoding speed and measured sparsity of this rule at this step.
-    const t = target.run.secondsSinceStart(), tokens = r.tokens.length;
-    for (
-      const [k, value] of [["tokens_per_s", r.tokensPerS], ["active_pct", r.activePct], [
-        "hidden_pct",
-        r.hiddenPct,
-      ]] as const
-    ) {
-      target.run.log({ key: `generate/${rule}/${k}`, step: target.step, tokens, time: t, value });
-    }
-    await target.run.flush();
-    await target.run.event(
-      "info",
-      `generated ${tokens} tokens at ${r.tokensPerS.toFixed(1)} tokens/s (${rule})`,
-      target.step,
-    );
-  }
+  if (target.run) await recordGeneration(target.run, target.step, rule, r);
   if (values.json) {
     io.out(JSON.stringify({
       text: decodeText(r.tokens),

@@ -12,6 +12,7 @@ import { dashboardCommand } from "./dashboard_cmd.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, EXIT_USAGE, UsageError } from "./errors.ts";
 import { evalCommand } from "./eval_cmd.ts";
 import { generateCommand } from "./generate_cmd.ts";
+import { reproCommand } from "./repro_cmd.ts";
 import { RUN_USAGE, USAGE } from "./usage.ts";
 import { resumeRun, trainRuns } from "./train_cmd.ts";
 
@@ -64,7 +65,7 @@ export async function main(argv: readonly string[], io: CliIo = _stdio): Promise
       case "dashboard":
         return await dashboardCommand(rest, io);
       case "repro":
-        return _notYet(command, io);
+        return await reproCommand(rest, io);
       case "bench":
         return await (await import("./bench_cmd.ts")).benchCommand(rest, io); // loads tfjs only here
       default:
@@ -88,11 +89,6 @@ function _report(e: unknown, io: CliIo): number {
   io.err(`Error: ${err.name === "Error" ? "" : `${err.name}: `}${err.message}`);
   if (Deno.env.get("DSMOE_DEBUG")) io.err(err.stack ?? "");
   return EXIT_RUN_FAILURE;
-}
-
-function _notYet(command: string, io: CliIo): number {
-  io.err(`deno task ${command}: not available yet in this version of dsmoe (see the README's roadmap).`);
-  return EXIT_USAGE;
 }
 
 async function _run(args: string[], io: CliIo): Promise<number> {

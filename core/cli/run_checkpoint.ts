@@ -5,8 +5,8 @@
  * @module
  */
 import { parseExperimentText } from "../config/mod.ts";
-import { readSafeTensors, type SafeTensor } from "../runs/safetensors.ts";
-import { paramsFromTensors } from "../train/trainer.ts";
+import { readSafeTensors } from "../runs/safetensors.ts";
+import { paramValues } from "../train/trainer.ts";
 import { UsageError } from "./errors.ts";
 import type { Experiment } from "../config/schema.ts";
 import { type CheckpointEntry, latestCheckpoint } from "../runs/checkpoints.ts";
@@ -70,7 +70,7 @@ export async function loadTarget(arg: string, runsDir: string, what: string): Pr
     return {
       label: arg,
       config,
-      params: _params(file.tensors),
+      params: paramValues(file.tensors),
       step: Number(file.metadata.step ?? 0),
       run: null,
     };
@@ -84,9 +84,11 @@ export async function loadTarget(arg: string, runsDir: string, what: string): Pr
   }
   const { run, config, ck } = stored;
   if (!ck) throw new UsageError(`Run ${run.meta.id} has no complete checkpoint to ${what}`);
-  return { label: `run ${run.meta.id}`, config, params: _params(ck.file.tensors), step: ck.entry.step, run };
-}
-
-function _params(tensors: ReadonlyMap<string, SafeTensor>): Map<string, Float32Array> {
-  return new Map([...paramsFromTensors(tensors)].map(([name, p]) => [name, p.data]));
+  return {
+    label: `run ${run.meta.id}`,
+    config,
+    params: paramValues(ck.file.tensors),
+    step: ck.entry.step,
+    run,
+  };
 }

@@ -27,12 +27,16 @@ export interface RunFlags {
 }
 
 /** The dashboard served while training, so that the URL printed at the start shows the run live. */
-interface LiveDashboard {
+export interface LiveDashboard {
   url: string;
   stop: () => Promise<void>;
 }
 
-async function _liveDashboard(runsDir: string, flags: RunFlags, io: CliIo): Promise<LiveDashboard | null> {
+export async function liveDashboard(
+  runsDir: string,
+  flags: RunFlags,
+  io: CliIo,
+): Promise<LiveDashboard | null> {
   if (flags["no-dashboard"]) return null;
   const text = flags["dashboard-port"];
   const port = text === undefined ? 8000 : Number(text);
@@ -60,7 +64,7 @@ async function _liveDashboard(runsDir: string, flags: RunFlags, io: CliIo): Prom
   };
 }
 
-function _abortOnSignal(io: CliIo): AbortController {
+export function abortOnSignal(io: CliIo): AbortController {
   const ac = new AbortController();
   const onSig = () => {
     if (ac.signal.aborted) Deno.exit(130);
@@ -79,9 +83,9 @@ function _abortOnSignal(io: CliIo): AbortController {
 /** Trains every point of `loaded`. */
 export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunFlags): Promise<number> {
   const runsDir = flags["runs-dir"] ?? "runs";
-  const ac = _abortOnSignal(io);
+  const ac = abortOnSignal(io);
   const dir = loaded.file.includes("/") ? loaded.file.slice(0, loaded.file.lastIndexOf("/")) : ".";
-  const live = await _liveDashboard(runsDir, flags, io);
+  const live = await liveDashboard(runsDir, flags, io);
   let outcomes: PointOutcome[];
   try {
     outcomes = await runExperiment(loaded, {
@@ -125,7 +129,7 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
     (e, why) => io.err(`skipping checkpoint step ${e.step}: ${why}`),
   );
   const backend = await createBackend(c);
-  const live = await _liveDashboard(flags["runs-dir"] ?? "runs", flags, io).catch((e) => {
+  const live = await liveDashboard(flags["runs-dir"] ?? "runs", flags, io).catch((e) => {
     backend.destroy();
     throw e;
   });
@@ -139,7 +143,7 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
       await run.event("resume", `resumed from step ${start}`, start);
     } else io.err(`No complete checkpoint in ${run.path}: starting ${run.meta.id} from step 0`);
     await run.update({ status: "running", ended_at: null, error: null });
-    const ac = _abortOnSignal(io);
+    const ac = abortOnSignal(io);
     const r = await train({
       config: c,
       configYaml: yaml,

@@ -16,7 +16,7 @@ Commands:
   generate <run-id|ckpt> --prompt TEXT [--max-tokens N] [--rule …]
   dashboard [--port 8000] [--host 127.0.0.1] [--token T]         serve the runs dashboard (live charts, API)
   bench [--json] [--suite NAME] [--quick]
-  repro [--scale micro|small]
+  repro [--scale micro|small]                                    reproduce the paper's claims; write a report
   test                                                           fmt, lint, type check and the test suite
 
 Common options: --json (last stdout line is one JSON object), --runs-dir DIR (default runs/), -h/--help.

@@ -83,10 +83,14 @@ export function createApp(o: DashboardOptions): Hono {
 
   app.get("/sweeps/:id", async (c) => {
     const id = checkId("sweep", c.req.param("id"));
-    const [sweep, runs] = await Promise.all([store.getSweep(id), store.listRuns({ sweepId: id })]);
+    const [sweep, runs, reports] = await Promise.all([
+      store.getSweep(id),
+      store.listRuns({ sweepId: id }),
+      store.listReports(id),
+    ]);
     if (!sweep && runs.length === 0) throw new HTTPException(404, { message: `No sweep "${id}"` });
     const params = [...new Set(runs.flatMap((r) => Object.keys(r.sweep_params)))].sort();
-    return c.html(sweepPage(id, sweep, await summarizeRuns(store, runs), params));
+    return c.html(sweepPage(id, sweep, await summarizeRuns(store, runs), params, reports[0] ?? null));
   });
 
   app.get("/favicon.ico", (c) => c.body(null, 204));

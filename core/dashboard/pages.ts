@@ -5,8 +5,9 @@
  *
  * @module
  */
-import type { RunRecord, SweepRecord } from "../runs/store.ts";
+import type { ReportRecord, RunRecord, SweepRecord } from "../runs/store.ts";
 import { fmtCount } from "../util/format.ts";
+import { reportHtml } from "./report_html.ts";
 import type { RunSummary } from "./run_summary.ts";
 
 /** Escapes text for HTML content and quoted attributes. */
@@ -164,7 +165,7 @@ ${chips ? `<p class="chips">Overlaid: ${chips}</p>` : ""}
 <section><h2>Training</h2><div id="charts" class="charts"></div></section>
 <section><h2>Sparsity frontier <small>perplexity vs active parameters, from <code>eval</code></small></h2>
 <div class="frontier"><div id="frontier"></div><div id="frontier-table"></div></div></section>
-<section><h2>Expert load <small>mean router probability per expert (rows) over steps (columns)</small></h2>
+<section><h2>Expert load <small>share of validation tokens whose top expert it is (rows) over steps (columns)</small></h2>
 <div id="heatmaps"></div></section>
 <div class="two">
 <section><h2>Events</h2><div id="events"></div></section>
@@ -189,6 +190,7 @@ export function sweepPage(
   sweep: SweepRecord | null,
   runs: readonly RunSummary[],
   params: readonly string[],
+  report: ReportRecord | null = null,
 ): string {
   const head = ["status", "name", ...params, "step", "train loss", "best val loss", "val ppl"]
     .map((h) => `<th class="sortable">${esc(h)}</th>`).join("");
@@ -210,6 +212,7 @@ open all on one run page</a>`
       : ""
   }</p>
 <table class="runs" id="runs"><thead><tr>${head}</tr></thead><tbody>${rows}</tbody></table>
+${report ? `<section class="report" id="report">${reportHtml(report.markdown)}</section>` : ""}
 <form class="toolbar"><label>x axis <select id="x-axis"><option>step</option><option>tokens</option>
 <option>time</option></select></label>
 <label>smoothing <input type="range" id="smoothing" min="0" max="0.99" step="0.01" value="0.6">

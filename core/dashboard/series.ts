@@ -69,7 +69,7 @@ export type RouterKind = "attention" | "mlp";
 export interface HeatmapLayer {
   layer: number;
   experts: number;
-  values: (number | null)[][]; // (experts, steps): mean router probability, null where not logged
+  values: (number | null)[][]; // (experts, steps): top-1 token share, null where not logged
   entropy: (number | null)[]; // (steps)
 }
 

@@ -14,6 +14,7 @@ import type {
   MetricPoint,
   MetricQuery,
   MetricRow,
+  ReportRecord,
   RunEvent,
   RunMeta,
   RunQuery,
@@ -48,6 +49,10 @@ const _MIGRATIONS: readonly string[] = [
    CREATE TABLE checkpoints (
      run_id TEXT NOT NULL, step INTEGER NOT NULL, path TEXT NOT NULL, bytes INTEGER NOT NULL,
      sha256 TEXT NOT NULL, time TEXT NOT NULL, PRIMARY KEY (run_id, step));`,
+  `CREATE TABLE reports (
+     id TEXT PRIMARY KEY, kind TEXT NOT NULL, sweep_id TEXT, created_at TEXT NOT NULL,
+     markdown TEXT NOT NULL, data TEXT NOT NULL);
+   CREATE INDEX reports_sweep ON reports (sweep_id);`,
 ];
 
 /** The schema version this code writes. */
@@ -445,6 +450,26 @@ class _SqliteStore implements RunStore {
     });
   }
 
+  saveReport(r: ReportRecord): Promise<void> {
+    return this.#write(() => {
+      this.#q(
+        "INSERT OR REPLACE INTO reports (id, kind, sweep_id, created_at, markdown, data) VALUES (?, ?, ?, ?, ?, ?)",
+      ).run(r.id, r.kind, r.sweep_id, r.created_at, r.markdown, JSON.stringify(r.data));
+    });
+  }
+
+  getReport(id: string): Promise<ReportRecord | null> {
+    const r = this.#q("SELECT * FROM reports WHERE id = ?").get(id) as _Row | undefined;
+    return Promise.resolve(r ? _report(r) : null);
+  }
+
+  listReports(sweepId?: string): Promise<ReportRecord[]> {
+    const rows = sweepId === undefined
+      ? this.#q("SELECT * FROM reports ORDER BY created_at DESC").all()
+      : this.#q("SELECT * FROM reports WHERE sweep_id = ? ORDER BY created_at DESC").all(sweepId);
+    return Promise.resolve((rows as _Row[]).map(_report));
+  }
+
   integrityCheck(): Promise<string> {
     const rows = this.#db.prepare("PRAGMA integrity_check").all() as _Row[];
     return Promise.resolve(rows.map((r) => String(Object.values(r)[0])).join("; "));
@@ -479,6 +504,17 @@ function _run(r: _Row): RunRecord {
     host: r.host === null ? null : String(r.host),
     pid: r.pid === null ? null : Number(r.pid),
     heartbeat_at: r.heartbeat_at === null ? null : String(r.heartbeat_at),
+  };
+}
+
+function _report(r: _Row): ReportRecord {
+  return {
+    id: String(r.id),
+    kind: String(r.kind),
+    sweep_id: r.sweep_id === null ? null : String(r.sweep_id),
+    created_at: String(r.created_at),
+    markdown: String(r.markdown),
+    data: JSON.parse(String(r.data)),
   };
 }
 

@@ -64,9 +64,53 @@ Deno.test("the SQLite store keeps runs, metrics, events and checkpoints, and que
     await s.recordCheckpoint({ ...ck, step: 3, path: "a/ckpt/step-3.safetensors", bytes: 11 });
     await s.removeCheckpoint("a", 2);
     assertEquals((await s.checkpoints("a")).map((c) => [c.step, c.bytes]), [[3, 11]]);
+    const report = {
+      id: "r1",
+      kind: "repro",
+      sweep_id: "sw",
+      created_at: "t",
+      markdown: "# R",
+      data: { x: [1] },
+    };
+    await s.saveReport(report);
+    assertEquals(await s.getReport("r1"), report);
+    assertEquals((await s.listReports("sw")).map((r) => r.id), ["r1"]);
+    assertEquals(await s.listReports("other"), []);
     assertEquals(await s.integrityCheck(), "ok");
   } finally {
     s.close();
+  }
+});
+
+Deno.test("a store of schema version 1 is migrated forward on open, keeping its runs", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/runs.db`;
+    openSqliteStore(path).close();
+    // Back to version 1: as a store written before reports existed.
+    const db = new DatabaseSync(path);
+    db.exec("DROP TABLE reports; PRAGMA user_version = 1");
+    db.prepare(
+      `INSERT INTO runs (id, name, status, seed, started_at, sweep_params, step, config_yaml)
+       VALUES ('old', 'old', 'finished', 1, 't', '{}', 5, 'name: old')`,
+    ).run();
+    db.close();
+    const s = openSqliteStore(path);
+    try {
+      assertEquals((await s.getRun("old"))!.step, 5);
+      await s.saveReport({ id: "r", kind: "repro", sweep_id: null, created_at: "t", markdown: "", data: {} });
+      assertEquals((await s.listReports()).length, 1);
+    } finally {
+      s.close();
+    }
+    const check = new DatabaseSync(path);
+    assertEquals(
+      Number((check.prepare("PRAGMA user_version").get() as { user_version: number }).user_version),
+      SCHEMA_VERSION,
+    );
+    check.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 

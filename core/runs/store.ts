@@ -75,6 +75,16 @@ export interface SweepRecord {
   created_at: string; // ISO 8601
 }
 
+/** A report computed from stored runs (e.g. `deno task repro`): its Markdown and the data behind it. */
+export interface ReportRecord {
+  id: string;
+  kind: string; // "repro"
+  sweep_id: string | null; // the runs it reports on
+  created_at: string; // ISO 8601
+  markdown: string;
+  data: Record<string, unknown>;
+}
+
 /** What {@linkcode RunStore.listRuns} returns. */
 export interface RunQuery {
   sweepId?: string;
@@ -130,6 +140,12 @@ export interface RunStore {
    * or no heartbeat for `staleSeconds`), with an event. Returns their ids.
    */
   markInterrupted(staleSeconds?: number): Promise<string[]>;
+
+  /** Stores a report (replacing one of the same id). */
+  saveReport(r: ReportRecord): Promise<void>;
+  getReport(id: string): Promise<ReportRecord | null>;
+  /** Reports, newest first, optionally only those of one sweep. */
+  listReports(sweepId?: string): Promise<ReportRecord[]>;
 
   /** Checks the database file's integrity (`PRAGMA integrity_check`): "ok" or the problems found. */
   integrityCheck(): Promise<string>;

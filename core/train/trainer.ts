@@ -141,14 +141,15 @@ export async function evaluate(
 ): Promise<number> {
   const n = o.config.train.eval_batches;
   let sum = 0;
-  const loads = new Map<string, { load: number[]; entropy: number }>();
+  const loads = new Map<string, { load: number[]; prob: number[]; entropy: number }>();
   for (let i = 0; i < n; i++) {
     const r = await o.backend.evaluate(o.dataset.valBatch(i, n, o.config.train.batch));
     sum += r.lmLoss;
     for (const rs of r.routers) {
       const key = `router/${rs.layer}/${rs.kind}`;
-      const acc = loads.get(key) ?? { load: rs.load.map(() => 0), entropy: 0 };
+      const acc = loads.get(key) ?? { load: rs.load.map(() => 0), prob: rs.load.map(() => 0), entropy: 0 };
       rs.load.forEach((v, e) => acc.load[e]! += v / n);
+      rs.meanProb.forEach((v, e) => acc.prob[e]! += v / n);
       acc.entropy += rs.entropy / n;
       loads.set(key, acc);
     }
@@ -158,6 +159,7 @@ export async function evaluate(
   log("val/ppl", step, Math.exp(val));
   for (const [key, acc] of loads) {
     acc.load.forEach((v, e) => log(`${key}/load/${e}`, step, v));
+    acc.prob.forEach((v, e) => log(`${key}/prob/${e}`, step, v));
     log(`${key}/entropy`, step, acc.entropy);
   }
   return val;
@@ -206,6 +208,11 @@ export function tensorsToState(t: ReadonlyMap<string, SafeTensor>): TrainState {
   }
   const step = t.get("optimizer_step");
   return { params: paramsFromTensors(t), adamM, adamV, step: step ? tensorToF32(step)[0]! : 0 };
+}
+
+/** The parameters' values by name (`param/…` of a checkpoint's tensors), as inference takes them. */
+export function paramValues(t: ReadonlyMap<string, SafeTensor>): Map<string, Float32Array> {
+  return new Map([...paramsFromTensors(t)].map(([name, p]) => [name, p.data]));
 }
 
 /** Only the parameters (`param/…`) of a checkpoint's tensors, for inference. */

@@ -1,7 +1,7 @@
 /**
  * Expert-load heatmaps on a canvas: one per router layer, rows = experts, columns = evaluated steps,
- * colour = mean router probability of the expert (a viridis-like scale shared by all layers of a kind, so
- * they compare). Hovering a cell shows its value.
+ * colour = the expert's load, the share of validation tokens whose most probable expert it is (a
+ * viridis-like scale shared by all layers of a kind, so they compare). Hovering a cell shows its value.
  *
  * @module
  */

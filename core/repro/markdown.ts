@@ -1,0 +1,139 @@
+/**
+ * The reproduction report as Markdown (`runs/repro/REPORT.md`, also stored with the report). Every number is
+ * a field of the {@linkcode ReproReport}, formatted here and nowhere else.
+ *
+ * @module
+ */
+import { fmtCount } from "../util/format.ts";
+import type { ReproReport } from "./report.ts";
+
+const _ROLE_NAMES: Record<string, string> = {
+  dense: "Dense",
+  smoe: "SMoE (top-2, Switch loss)",
+  dsmoe: "DS-MoE (MoA + MoE, MI loss)",
+  alpha0: "DS-MoE, α = 0",
+  "alpha-large": "DS-MoE, α = 10× paper",
+};
+
+/** Formats a perplexity, a percentage and a ratio as the report shows them. */
+export const fmt = {
+  ppl: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : x.toFixed(3)),
+  pct: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : x.toFixed(1)),
+  signedPct: (x: number) => (Number.isFinite(x) ? `${x >= 0 ? "+" : ""}${x.toFixed(2)}%` : "—"),
+  count: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : fmtCount(x)),
+  num: (x: number, digits: number) => (Number.isFinite(x) ? x.toFixed(digits) : "—"),
+};
+
+/** The role's display name. */
+export function roleName(role: string): string {
+  return _ROLE_NAMES[role] ?? role;
+}
+
+function _table(head: string[], rows: string[][], right: boolean[]): string {
+  const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
+  return [line(head), line(head.map((_, i) => (right[i] ? "---:" : "---"))), ...rows.map(line)].join("\n");
+}
+
+/** Renders the report. */
+export function renderReproMarkdown(r: ReproReport, o: { store: string }): string {
+  const out: string[] = [];
+  out.push(`# DS-MoE reproduction (scale: ${r.scale})`, "");
+  out.push(
+    `Report \`${r.id}\`, made ${r.created_at} from the run store \`${o.store}\` (every number below is read ` +
+      `from it). Claims are checked under the rule \`${r.claim_rule}\` for DS-MoE and each other model's own ` +
+      "inference rule.",
+    "",
+  );
+  out.push("## Claims", "");
+  out.push(_table(
+    ["#", "claim", "test", "held", "measured"],
+    r.claims.map((c) => [
+      String(c.id),
+      c.claim,
+      c.test,
+      c.held === null ? "not measured" : c.held ? "**yes**" : "**no**",
+      c.evidence,
+    ]),
+    [false, false, false, false, false],
+  ));
+  out.push("", "## Models", "");
+  out.push(_table(
+    ["model", "run", "status", "rule", "total params", "active params", "active %", "hidden %", "val ppl"],
+    r.models.map((m) => [
+      roleName(m.role),
+      `\`${m.run_id}\``,
+      m.status,
+      m.rule,
+      fmt.count(m.params_total),
+      fmt.count(m.active_params),
+      fmt.pct(m.active_pct),
+      fmt.pct(m.hidden_pct),
+      fmt.ppl(m.ppl),
+    ]),
+    [false, false, false, false, true, true, true, true, true],
+  ));
+  out.push("", "## Sparsity frontier", "");
+  for (const f of r.frontier) {
+    if (f.rows.length <= 1) continue;
+    out.push(`### ${roleName(f.role)}`, "");
+    out.push(_table(
+      ["rule", "active params", "active %", "hidden %", "ppl", "Δppl vs dense eval"],
+      f.rows.map((x) => [
+        x.rule,
+        fmt.count(x.active_params),
+        fmt.pct(x.active_pct),
+        fmt.pct(x.hidden_pct),
+        fmt.ppl(x.ppl),
+        fmt.signedPct(x.dppl_pct),
+      ]),
+      [false, true, true, true, true, true],
+    ));
+    out.push("");
+  }
+  out.push("## Router balance and sharpness", "");
+  out.push(
+    "At the last validation of each run: probability CV is the coefficient of variation across experts of " +
+      "the mean router probability, top-1 CV the same of the share of tokens whose most probable expert it " +
+      "is (0 = perfectly balanced); entropy is the mean per-token routing entropy in nats (lower = sharper).",
+    "",
+  );
+  const layer = (y: ReproReport["routers"][number]["rows"][number]) =>
+    `L${y.layer} ${y.kind}: ${fmt.num(y.prob_cv, 3)} / ${fmt.num(y.load_cv, 3)} / ${fmt.num(y.entropy, 3)}`;
+  out.push(_table(
+    [
+      "model",
+      "step",
+      "probability CV",
+      "top-1 CV",
+      "entropy",
+      "per layer (probability CV / top-1 CV / entropy)",
+    ],
+    r.routers.map((x) => [
+      roleName(x.role),
+      String(x.step),
+      fmt.num(x.mean_prob_cv, 3),
+      fmt.num(x.mean_load_cv, 3),
+      fmt.num(x.mean_entropy, 3),
+      x.rows.map(layer).join("; "),
+    ]),
+    [false, true, true, true, true, false],
+  ));
+  out.push("", "## Decoding speed", "");
+  out.push(
+    "Greedy decoding, one token at a time with a KV cache on the sparse engine (only the selected experts " +
+      "compute), each token read back as `generate` does.",
+    "",
+  );
+  out.push(_table(
+    ["model", "rule", "tokens/s", "vs dense"],
+    r.decode.map((d) => [
+      roleName(d.role),
+      d.rule,
+      fmt.num(d.tokens_per_s, 1),
+      d.vs_dense === null ? "—" : `${fmt.num(d.vs_dense, 2)}×`,
+    ]),
+    [false, false, true, true],
+  ));
+  out.push("");
+  return out.join("\n");
+}

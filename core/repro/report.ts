@@ -1,0 +1,288 @@
+/**
+ * The reproduction report, computed from the run store alone: the runs of one repro sweep, their resolved
+ * configs, and their `infer/…`, `router/…` and `generate/…` metric points. Nothing is passed in from the
+ * training or evaluation that produced them, so a report can be rebuilt at any time and checked against the
+ * store. Each claim of the paper is judged by a stated test on the measured numbers, and reported as not
+ * holding when it does not.
+ *
+ * @module
+ */
+import { parseExperimentText } from "../config/mod.ts";
+import type { Experiment } from "../config/schema.ts";
+import { ruleName } from "../infer/evaluate.ts";
+import { countParams, layerShape } from "../plan/counts.ts";
+import type { InferRules } from "../plan/model.ts";
+import { configRules } from "../plan/plan.ts";
+import type { MetricRow, RunRecord, RunStore } from "../runs/store.ts";
+import { ABLATION_ROLES, MODEL_ROLES, type Role } from "./spec.ts";
+
+/** One model of the main table, at the rule it is compared under. */
+export interface ModelRow {
+  role: Role;
+  run_id: string;
+  name: string;
+  status: string;
+  step: number;
+  rule: string;
+  params_total: number;
+  active_params: number | null;
+  active_pct: number | null;
+  hidden_pct: number | null;
+  ppl: number | null;
+}
+
+/** A point of a model's sparsity frontier. */
+export interface FrontierRow {
+  rule: string;
+  active_params: number;
+  active_pct: number;
+  hidden_pct: number;
+  ppl: number;
+  dppl_pct: number; // against the same model evaluated densely
+}
+
+/** Router load balance and sharpness of one router at the last validation. */
+export interface RouterRow {
+  layer: number;
+  kind: string;
+  experts: number;
+  prob_cv: number; // coefficient of variation across experts of the mean router probability
+  load_cv: number; // … of the top-1 token share (Switch's f_i)
+  entropy: number; // mean per-token routing entropy (nats)
+}
+
+/** A claim of the paper and whether the measured numbers support it (null: not measured). */
+export interface Claim {
+  id: number;
+  claim: string;
+  test: string;
+  held: boolean | null;
+  evidence: string;
+}
+
+/** The report's data (stored as JSON beside its Markdown). */
+export interface ReproReport {
+  id: string;
+  scale: string;
+  claim_rule: string;
+  created_at: string;
+  models: ModelRow[];
+  frontier: { role: Role; run_id: string; rows: FrontierRow[] }[];
+  routers: {
+    role: Role;
+    run_id: string;
+    step: number;
+    mean_prob_cv: number;
+    mean_load_cv: number;
+    mean_entropy: number;
+    rows: RouterRow[];
+  }[];
+  decode: { role: Role; rule: string; tokens_per_s: number; vs_dense: number | null }[];
+  claims: Claim[];
+}
+
+/** Claim 1: DS-MoE's perplexity is within this fraction of the dense model's. */
+export const PPL_TOLERANCE = 0.05;
+/** Claim 2: at most this percentage of hidden (expert) parameters active. */
+export const MAX_HIDDEN_PCT = 50;
+/** Claim 4: the expert-probability CV with the MI loss may exceed α = 0's by at most this and count as balanced. */
+export const CV_SLACK = 0.05;
+
+/** Builds the report of repro sweep `id` from the store. */
+export async function buildReproReport(
+  store: RunStore,
+  id: string,
+  o: { scale: string; claimRule: InferRules },
+): Promise<ReproReport> {
+  const runs = await _runsByRole(store, id);
+  const models: ModelRow[] = [];
+  const frontier: ReproReport["frontier"] = [];
+  const routers: ReproReport["routers"] = [];
+  const decode: ReproReport["decode"] = [];
+  const rows = new Map<Role, ModelRow>();
+  let claimRuleName = "";
+  for (const role of [...MODEL_ROLES, ...ABLATION_ROLES]) {
+    const run = runs.get(role);
+    if (!run) continue;
+    const c = parseExperimentText(run.config_yaml, `store:${run.id}`).points[0]!.config;
+    const last = await store.lastMetrics(run.id);
+    const shape = layerShape(c), routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
+    const anyRouted = routed.mlp || routed.attention;
+    // DS-MoE models under the claim rule; the others under their own inference rule.
+    const rules = role === "smoe" ? configRules(c) : o.claimRule;
+    const rule = anyRouted ? ruleName(rules, routed) : "dense";
+    if (role === "dsmoe") claimRuleName = rule;
+    const v = (k: string) => last.get(`infer/${rule}/${k}`)?.value ?? null;
+    const row: ModelRow = {
+      role,
+      run_id: run.id,
+      name: run.name,
+      status: run.status,
+      step: run.step,
+      rule,
+      params_total: countParams(c).total,
+      active_params: v("active_params"),
+      active_pct: v("active_pct"),
+      hidden_pct: v("hidden_pct"),
+      ppl: v("ppl"),
+    };
+    models.push(row);
+    rows.set(role, row);
+    frontier.push({ role, run_id: run.id, rows: _frontier(last) });
+    const r = _routers(last, c);
+    if (r.rows.length > 0) routers.push({ role, run_id: run.id, ...r });
+    const speed = last.get(`generate/${rule}/tokens_per_s`);
+    if (speed) decode.push({ role, rule, tokens_per_s: speed.value, vs_dense: null });
+  }
+  const denseSpeed = decode.find((d) => d.role === "dense")?.tokens_per_s;
+  for (const d of decode) d.vs_dense = denseSpeed ? d.tokens_per_s / denseSpeed : null;
+  return {
+    id,
+    scale: o.scale,
+    claim_rule: claimRuleName,
+    created_at: new Date().toISOString(),
+    models,
+    frontier,
+    routers,
+    decode,
+    claims: _claims(rows, routers),
+  };
+}
+
+/** The newest run of each role in the sweep, a finished one before any other. */
+async function _runsByRole(store: RunStore, id: string): Promise<Map<Role, RunRecord>> {
+  const out = new Map<Role, RunRecord>();
+  for (const run of await store.listRuns({ sweepId: id })) {
+    const role = run.sweep_params.role as Role;
+    const have = out.get(role);
+    if (!have || (run.status === "finished" && have.status !== "finished")) out.set(role, run);
+  }
+  return out;
+}
+
+function _frontier(last: Map<string, MetricRow>): FrontierRow[] {
+  const rules = [...last.keys()].flatMap((k) => {
+    const m = /^infer\/(.+)\/ppl$/.exec(k);
+    return m ? [m[1]!] : [];
+  });
+  const densePpl = last.get("infer/dense/ppl")?.value;
+  const rows = rules.map((rule) => {
+    const v = (k: string) => last.get(`infer/${rule}/${k}`)?.value ?? NaN;
+    return {
+      rule,
+      active_params: v("active_params"),
+      active_pct: v("active_pct"),
+      hidden_pct: v("hidden_pct"),
+      ppl: v("ppl"),
+      dppl_pct: densePpl ? (v("ppl") / densePpl - 1) * 100 : NaN,
+    };
+  });
+  return rows.sort((a, b) => b.active_pct - a.active_pct || a.ppl - b.ppl);
+}
+
+function _routers(last: Map<string, MetricRow>, c: Readonly<Experiment>) {
+  const rows: RouterRow[] = [];
+  let step = 0;
+  for (let l = 0; l < c.model.layers; l++) {
+    for (const kind of ["attention", "mlp"]) {
+      const entropy = last.get(`router/${l}/${kind}/entropy`);
+      if (!entropy) continue;
+      const series = (what: string) => {
+        const xs: number[] = [];
+        for (let e = 0; last.has(`router/${l}/${kind}/${what}/${e}`); e++) {
+          xs.push(last.get(`router/${l}/${kind}/${what}/${e}`)!.value);
+        }
+        return xs;
+      };
+      const loads = series("load");
+      rows.push({
+        layer: l,
+        kind,
+        experts: loads.length,
+        prob_cv: _cv(series("prob")),
+        load_cv: _cv(loads),
+        entropy: entropy.value,
+      });
+      step = Math.max(step, entropy.step);
+    }
+  }
+  const avg = (f: (r: RouterRow) => number) => rows.reduce((a, r) => a + f(r), 0) / Math.max(1, rows.length);
+  return {
+    step,
+    mean_prob_cv: avg((r) => r.prob_cv),
+    mean_load_cv: avg((r) => r.load_cv),
+    mean_entropy: avg((r) => r.entropy),
+    rows,
+  };
+}
+
+/** Coefficient of variation (population standard deviation over mean); NaN for no values. */
+function _cv(xs: readonly number[]): number {
+  if (xs.length === 0) return NaN;
+  const mean = xs.reduce((a, b) => a + b, 0) / xs.length;
+  return Math.sqrt(xs.reduce((a, b) => a + (b - mean) ** 2, 0) / xs.length) / mean;
+}
+
+function _claims(rows: Map<Role, ModelRow>, routers: ReproReport["routers"]): Claim[] {
+  const ds = rows.get("dsmoe"), dense = rows.get("dense"), smoe = rows.get("smoe");
+  const f = (x: number) => x.toFixed(3);
+  const claims: Claim[] = [];
+  const measured = (...xs: (number | null | undefined)[]) => xs.every((x) => typeof x === "number");
+  {
+    const ok = measured(ds?.ppl, dense?.ppl);
+    const rel = ok ? ds!.ppl! / dense!.ppl! - 1 : NaN;
+    claims.push({
+      id: 1,
+      claim: "DS-MoE matches the dense model's perplexity",
+      test: `DS-MoE ppl (sparse, ${ds?.rule ?? "?"}) ≤ dense ppl × ${1 + PPL_TOLERANCE}`,
+      held: ok ? rel <= PPL_TOLERANCE : null,
+      evidence: ok
+        ? `DS-MoE ${f(ds!.ppl!)} vs dense ${f(dense!.ppl!)}: ${rel >= 0 ? "+" : ""}${(rel * 100).toFixed(2)}%`
+        : "not measured",
+    });
+  }
+  {
+    const ok = measured(ds?.hidden_pct);
+    claims.push({
+      id: 2,
+      claim: "… with at most half of its hidden (expert) parameters active",
+      test: `DS-MoE hidden % active (${ds?.rule ?? "?"}) ≤ ${MAX_HIDDEN_PCT}`,
+      held: ok ? ds!.hidden_pct! <= MAX_HIDDEN_PCT : null,
+      evidence: ok
+        ? `${ds!.hidden_pct!.toFixed(1)}% of expert parameters active (${ds!.active_pct!.toFixed(1)}% of all)`
+        : "not measured",
+    });
+  }
+  {
+    const ok = measured(ds?.ppl, smoe?.ppl);
+    claims.push({
+      id: 3,
+      claim: "SMoE of the same total size has worse perplexity than DS-MoE",
+      test: `SMoE ppl (${smoe?.rule ?? "?"}) > DS-MoE ppl (${ds?.rule ?? "?"})`,
+      held: ok ? smoe!.ppl! > ds!.ppl! : null,
+      evidence: ok
+        ? `SMoE ${f(smoe!.ppl!)} (hidden ${smoe!.hidden_pct!.toFixed(1)}%) vs DS-MoE ${f(ds!.ppl!)} ` +
+          `(hidden ${ds!.hidden_pct!.toFixed(1)}%)`
+        : "not measured",
+    });
+  }
+  {
+    const r = (role: Role) => routers.find((x) => x.role === role);
+    const mi = r("dsmoe"), zero = r("alpha0"), large = r("alpha-large");
+    const ok = mi !== undefined && zero !== undefined;
+    const sharper = ok && mi.mean_entropy < zero.mean_entropy;
+    const balanced = ok && mi.mean_prob_cv <= zero.mean_prob_cv + CV_SLACK;
+    const say = (name: string, x: typeof mi) =>
+      x
+        ? `${name}: entropy ${x.mean_entropy.toFixed(3)}, probability CV ${x.mean_prob_cv.toFixed(3)}`
+        : `${name}: not measured`;
+    claims.push({
+      id: 4,
+      claim: "The MI loss sharpens routing and keeps expert load balanced, against α = 0",
+      test: `mean routing entropy lower than α = 0's, and mean expert-probability CV ≤ α = 0's + ${CV_SLACK}`,
+      held: ok ? sharper && balanced : null,
+      evidence: [say("α = paper", mi), say("α = 0", zero), say("α = 10× paper", large)].join("; "),
+    });
+  }
+  return claims;
+}
