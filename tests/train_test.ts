@@ -2,6 +2,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { cli } from "./helpers/cli.ts";
 import { latestCheckpoint } from "../core/runs/checkpoints.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
+import { closeRunStores } from "../core/runs/open_store.ts";
 
 Deno.test("deno task run trains the micro DS-MoE on WebGPU: loss falls from ln 256 = 5.55 to below 3.7", async () => {
   const dir = await Deno.makeTempDir();
@@ -97,6 +98,42 @@ sweep:
     assertEquals(again.json().points.map((p: { status: string }) => p.status), ["skipped", "failed"]);
     assertEquals(again.json().points[0].run_id, ok.run_id);
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("run --profile times every kernel of each step on the GPU and reports shares that add up", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const r = await cli(
+      "run",
+      "tests/fixtures/micro.yaml",
+      "--profile",
+      "--stop-after",
+      "3",
+      "--no-dashboard",
+      "--runs-dir",
+      dir,
+      "--json",
+    );
+    assertEquals(r.code, 0, r.err.join("\n"));
+    const p = r.json().profile;
+    assertEquals(p.steps, 3);
+    assertEquals(p.host_syncs_per_step, 0);
+    const labels = p.kernels.map((k: { label: string }) => k.label);
+    for (const l of ["matmul_nn", "attention", "adamw", "cross_entropy_rows"]) {
+      assert(labels.includes(l), `${l} in ${labels}`);
+    }
+    const ms = p.kernels.reduce((s: number, k: { ms: number }) => s + k.ms, 0);
+    const share = p.kernels.reduce((s: number, k: { share: number }) => s + k.share, 0);
+    assert(p.gpu_ms_per_step > 0 && Math.abs(ms - p.gpu_ms_per_step) < 1e-6 * p.gpu_ms_per_step, `${ms}`);
+    assert(Math.abs(share - 100) < 1e-6, `shares add to ${share}`);
+    assert(Number.isInteger(p.dispatches_per_step) && p.dispatches_per_step > 50, `${p.dispatches_per_step}`);
+    assert(r.out.some((l) => l.startsWith("GPU time per step")), r.out.join("\n"));
+    const m = await (await RunDir.open(dir, r.json().run_id)).readMetrics();
+    assertEquals(m.filter((x) => x.key === "system/gpu_ms_per_step").map((x) => x.step), [1, 2, 3]);
+  } finally {
+    closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -99,6 +99,7 @@ async function _run(args: string[], io: CliIo): Promise<number> {
     resume: { type: "string" },
     "dashboard-port": { type: "string" },
     "no-dashboard": { type: "boolean" },
+    profile: { type: "boolean" },
   });
   if (values.help) {
     io.out(RUN_USAGE);

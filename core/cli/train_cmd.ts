@@ -9,6 +9,7 @@ import type { LoadedExperiment } from "../config/mod.ts";
 import { loadDataset } from "../data/dataset.ts";
 import { createBackend } from "../train/backends.ts";
 import { type PointOutcome, runExperiment, summaryTable } from "../train/run_experiment.ts";
+import { formatProfile } from "../train/profile.ts";
 import { tensorsToState, train } from "../train/trainer.ts";
 import { openStoredRun } from "./run_checkpoint.ts";
 import { positiveInt } from "./args.ts";
@@ -24,6 +25,7 @@ export interface RunFlags {
   "stop-after"?: string;
   "dashboard-port"?: string;
   "no-dashboard"?: boolean;
+  profile?: boolean;
 }
 
 /** The dashboard served while training, so that the URL printed at the start shows the run live. */
@@ -95,12 +97,16 @@ export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunF
       progress: (l) => io.err(l),
       signal: ac.signal,
       baseDir: dir,
+      profile: flags.profile,
       dashboardUrl: live?.url,
     });
   } finally {
     await live?.stop();
   }
   io.out(summaryTable(outcomes));
+  for (const o of outcomes) {
+    if (o.profile) io.out(`\nProfile of ${o.point.name}:\n${formatProfile(o.profile)}`);
+  }
   io.out(
     `Runs are in ${runsDir}/ (runs.db: records and metrics; <run-id>/: config.yaml, ckpt/). ` +
       `Resume one with: deno task run --resume <run-id>`,
@@ -116,6 +122,7 @@ function _json(outcomes: PointOutcome[]) {
     run_dir: o.runDir,
     status: o.status,
     final: o.final,
+    ...(o.profile ? { profile: o.profile } : {}),
     error: o.error,
   });
   return { ...(last ? point(last) : {}), points: outcomes.map(point) };
@@ -154,9 +161,13 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
       stopAfter: positiveInt("stop-after", flags["stop-after"]),
       progress: (l) => io.err(l),
       signal: ac.signal,
+      profile: flags.profile,
     });
+    if (r.profile) io.out(`Profile:\n${formatProfile(r.profile)}`);
     await run.update({ status: r.status, ended_at: new Date().toISOString(), step: r.steps });
-    if (flags.json) io.out(JSON.stringify({ run_id: run.meta.id, run_dir: run.path, final: r.final }));
+    if (flags.json) {
+      io.out(JSON.stringify({ run_id: run.meta.id, run_dir: run.path, final: r.final, profile: r.profile }));
+    }
     return EXIT_OK;
   } catch (e) {
     await run.flush().catch(() => {});

@@ -35,6 +35,8 @@ Options:
   --dashboard-port N     serve the live dashboard on 127.0.0.1:N while training (default 8000; a free port
                          if it is taken; 0 = any free port)
   --no-dashboard         do not serve the dashboard
+  --profile              time every kernel of every step on the GPU (timestamp queries) and print each
+                         kernel's share of the step; also logs system/gpu_ms_per_step
   --json                 last stdout line is one JSON object
   --runs-dir DIR         where runs are stored (default runs/)`;
 

@@ -15,6 +15,8 @@ export interface StepStats {
   miMlp: number; // Σ over MLP routers (unweighted)
   gradNorm: number; // before clipping
   finite: boolean; // false: the update was skipped on the device
+  /** GPU milliseconds of each dispatch, when the step was profiled. */
+  kernels?: { label: string; ms: number }[];
 }
 
 /** Router statistics of an evaluation: per router, mean probability per expert and mean entropy. */
@@ -44,8 +46,11 @@ export interface TrainState {
 export interface TrainBackend {
   /** Human-readable device, e.g. "webgpu: llvmpipe (LLVM 15.0.6, 256 bits)". */
   readonly description: string;
-  /** Queues one optimizer step at learning rate `lr`; resolves when its statistics are read back. */
-  step(batch: Batch, lr: number): Promise<StepStats>;
+  /**
+   * Queues one optimizer step at learning rate `lr`; resolves when its statistics are read back. With
+   * `profile`, each dispatch is timed on the GPU (a backend that cannot time throws a RangeError).
+   */
+  step(batch: Batch, lr: number, options?: { profile?: boolean }): Promise<StepStats>;
   /** Forward pass only: loss and router statistics. */
   evaluate(batch: Batch): Promise<EvalResult>;
   /** Copies the whole training state to the host. */

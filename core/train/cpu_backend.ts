@@ -55,7 +55,10 @@ export class CpuTrainBackend implements TrainBackend {
     return this.#params;
   }
 
-  step(batch: Batch, lr: number): Promise<StepStats> {
+  step(batch: Batch, lr: number, options: { profile?: boolean } = {}): Promise<StepStats> {
+    if (options.profile) {
+      throw new RangeError("Cannot profile the CPU reference backend: it has no GPU kernels");
+    }
     const { parts, grads } = this.lossAndGrads(batch);
     const m = this.model, nAtt = m.miLoss.attention.length;
     let sq = 0;

@@ -121,9 +121,12 @@ export class GpuTrainBackend implements TrainBackend {
     return calls;
   }
 
-  step(batch: Batch, lr: number): Promise<StepStats> {
+  step(batch: Batch, lr: number, options: { profile?: boolean } = {}): Promise<StepStats> {
     const ctx = this.ctx, o = this.#c.train.optimizer;
     ctx.assertAlive();
+    if (options.profile && !ctx.hasTimestamps) {
+      throw new RangeError(`Cannot profile: the adapter (${ctx.adapter.description}) has no timestamp-query`);
+    }
     this.#writeBatch(batch);
     this.#t++;
     writeTensor(
@@ -131,7 +134,7 @@ export class GpuTrainBackend implements TrainBackend {
       this.#hyper,
       new Float32Array([lr, 1 - o.betas[0] ** this.#t, 1 - o.betas[1] ** this.#t]),
     );
-    const step = new Step(ctx, { label: "train-step" });
+    const step = new Step(ctx, { label: "train-step", timing: options.profile, maxTimed: 2048 });
     this.#train.encode(step);
     for (const c of this.#opt) step.dispatch(c);
     const n = this.#report.length + 3;
@@ -145,7 +148,7 @@ export class GpuTrainBackend implements TrainBackend {
     );
     enc.copyBufferToBuffer(this.#stats.buffer, 0, staging, this.#report.length * 4, 12);
     step.submit();
-    return staging.mapAsync(GPUMapMode.READ).then(() => {
+    return staging.mapAsync(GPUMapMode.READ).then(async () => {
       const r = new Float32Array(staging.getMappedRange().slice(0));
       staging.destroy();
       const nAtt = this.model.miLoss.attention.length, k = this.#report.length;
@@ -157,6 +160,7 @@ export class GpuTrainBackend implements TrainBackend {
         miMlp: sum(2 + nAtt, k),
         gradNorm: r[k]!,
         finite: r[k + 2] === 1,
+        ...(options.profile ? { kernels: await step.timings() } : {}),
       };
     });
   }

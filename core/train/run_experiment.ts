@@ -30,6 +30,7 @@ export interface RunExperimentOptions {
   signal?: AbortSignal;
   baseDir?: string; // data paths resolve against the config file's directory
   dashboardUrl?: string; // where a dashboard serving this runs directory is (a run's page is printed)
+  profile?: boolean; // time every kernel of every step (see TrainOptions.profile)
 }
 
 /** Outcome of one point. */
@@ -41,6 +42,7 @@ export interface PointOutcome {
   params: number;
   final: TrainResult["final"] | null;
   error: string | null;
+  profile?: TrainResult["profile"];
 }
 
 /** Trains every point; never throws for a point's failure (it is recorded), only for setup errors. */
@@ -124,9 +126,13 @@ async function _runPoint(
       stopAfter: o.stopAfter,
       progress: o.progress,
       signal: o.signal,
+      profile: o.profile,
     });
     await run.update({ status: r.status, ended_at: new Date().toISOString(), step: r.steps });
-    return _outcome(point, meta.id, run.path, r.status, r.final, null, countParams(c).total);
+    return {
+      ..._outcome(point, meta.id, run.path, r.status, r.final, null, countParams(c).total),
+      profile: r.profile,
+    };
   } catch (e) {
     const msg = `${(e as Error).name}: ${(e as Error).message}`;
     await run.flush().catch(() => {}); // the points logged before the failure, if the store still takes them

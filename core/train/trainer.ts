@@ -9,6 +9,7 @@
 import type { Experiment } from "../config/schema.ts";
 import type { Dataset } from "../data/dataset.ts";
 import type { RunDir } from "../runs/run_dir.ts";
+import { ProfileAccumulator, type StepProfile } from "./profile.ts";
 import { f32Tensor, type SafeTensor, tensorToF32 } from "../runs/safetensors.ts";
 import type { StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { learningRate } from "./lr_schedule.ts";
@@ -34,6 +35,7 @@ export interface TrainOptions {
   progress?: (line: string) => void;
   signal?: AbortSignal; // abort = interrupt: checkpoint, then stop
   inFlight?: number; // steps queued ahead of their statistics (default 2)
+  profile?: boolean; // time every dispatch on the GPU (timestamp queries) and report per-kernel shares
 }
 
 /** What a finished (or stopped) run reports. */
@@ -42,6 +44,7 @@ export interface TrainResult {
   steps: number; // optimizer steps completed in total
   skipped: number; // non-finite steps skipped
   final: { "train/loss": number; "val/loss": number; "val/ppl": number };
+  profile: StepProfile | null; // with `profile`: GPU time per step and per kernel
 }
 
 /** Trains until `train.steps`, `stopAfter` or an abort; throws {@linkcode TrainError} on divergence. */
@@ -55,6 +58,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const pending: { step: number; lr: number; stats: Promise<StepStats> }[] = [];
   let streak = 0, skipped = 0, lastLoss = NaN, lastVal = NaN, done = start;
   let mark = { step: start, time: 0 }, paused = 0;
+  const profile = new ProfileAccumulator();
   // Evaluation and checkpoints run off the throughput clock.
   const offClock = async <T>(f: () => Promise<T>): Promise<T> => {
     const p0 = elapsed();
@@ -70,6 +74,10 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       const p = pending.shift()!;
       const s = await p.stats;
       done = p.step + 1;
+      if (s.kernels) {
+        profile.add(s.kernels);
+        log("system/gpu_ms_per_step", done, s.kernels.reduce((a, k) => a + k.ms, 0));
+      }
       if (!s.finite) {
         skipped++;
         log("train/skipped_steps", done, skipped);
@@ -107,7 +115,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   for (let step = start; step < end; step++) {
     if (o.signal?.aborted) break;
     const lr = learningRate(t, step);
-    pending.push({ step, lr, stats: o.backend.step(o.dataset.trainBatch(step, t.batch), lr) });
+    pending.push({
+      step,
+      lr,
+      stats: o.backend.step(o.dataset.trainBatch(step, t.batch), lr, { profile: o.profile }),
+    });
     await drain(o.inFlight ?? 2);
     const n = step + 1;
     if (n % t.eval_every === 0 || n === end) {
@@ -130,6 +142,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     steps: done,
     skipped,
     final: { "train/loss": lastLoss, "val/loss": lastVal, "val/ppl": Math.exp(lastVal) },
+    profile: profile.result(),
   };
 }
 
