@@ -76,7 +76,13 @@ const CASES: Record<string, [Build, Tolerance]> = {
   "embedding and its gradient": [(g, f, ids) =>
     ROWS.flatMap((n) => {
       const i = ids(n, 11), w = f([11, 5]);
-      return [apply1(g, "embedding", [i, w]), apply1(g, "embedding_grad", [i, f([n, 5])], { vocab: 11 })];
+      // d = 5 (scalar kernel), 8 and 32 (vec4 kernels, 2 and 4 vec4s per invocation).
+      return [
+        apply1(g, "embedding", [i, w]),
+        apply1(g, "embedding_grad", [i, f([n, 5])], { vocab: 11 }),
+        apply1(g, "embedding_grad", [i, f([n, 8])], { vocab: 11 }),
+        apply1(g, "embedding_grad", [i, f([n, 32])], { vocab: 11 }),
+      ];
     }), SUMS],
   "add_rows, sum_rows_mod, bias_add, sum_rows": [
     (
@@ -142,10 +148,15 @@ const CASES: Record<string, [Build, Tolerance]> = {
   ],
   "router scaling, its gradient and the top-k mask": [(g, f) =>
     ROWS.flatMap((n) => {
-      const x = f([n, 12]), s = f([n, 4], 0, 1);
+      // h = 3 (the scalar kernels), 8 and 16 (vec4 kernels, 2 and 4 vec4s per invocation).
+      const x = f([n, 12]), s = f([n, 4], 0, 1), x8 = f([n, 32]), x16 = f([n, 64]);
       return [
         apply1(g, "router_scale", [x, s]),
         apply1(g, "router_scale_ds", [x, f([n, 12])], { blocks: 4 }),
+        apply1(g, "router_scale", [x8, s]),
+        apply1(g, "router_scale_ds", [x8, f([n, 32])], { blocks: 4 }),
+        apply1(g, "router_scale", [x16, s]),
+        apply1(g, "router_scale_ds", [x16, f([n, 64])], { blocks: 4 }),
         apply1(g, "topk_mask", [s], { k: 2 }),
       ];
     }), SUMS],

@@ -33,6 +33,32 @@ export function embeddingGrad(
   o: { ids: GpuTensor; dy: GpuTensor; dw: GpuTensor },
 ): KernelCall {
   const d = o.dw.shape[1]!, tokens = o.ids.size;
+  if (d % 4 === 0) {
+    // G vec4s of one row per invocation: each pass over the token ids serves 4·G columns, not one.
+    const G = [4, 2, 1].find((g) => (d / 4) % g === 0)!, groups = d / (4 * G);
+    const accs = Array.from({ length: G }, (_, g) => g);
+    return simpleKernel(ctx, {
+      label: "embedding_grad",
+      bindings: [
+        { name: "ids", tensor: o.ids },
+        { name: "dy", tensor: o.dy, type: "vec4<f32>" },
+        { name: "dw", tensor: o.dw, write: true, type: "vec4<f32>" },
+      ],
+      fields: [["n", "u32", o.dw.size / (4 * G)], ["d4", "u32", d / 4], ["tokens", "u32", tokens]],
+      invocations: o.dw.size / (4 * G),
+      body: `  let v = i / ${groups}u;
+  let c = (i % ${groups}u) * ${G}u;
+${accs.map((g) => `  var a${g} = vec4<f32>(0.0);`).join("\n")}
+  for (var t = 0u; t < u.tokens; t = t + 1u) {
+    if (ids[t] == v) {
+      let r = t * u.d4 + c;
+${accs.map((g) => `      a${g} = a${g} + dy[r + ${g}u];`).join("\n")}
+    }
+  }
+  let o = v * u.d4 + c;
+${accs.map((g) => `  dw[o + ${g}u] = a${g};`).join("\n")}`,
+    });
+  }
   return simpleKernel(ctx, {
     label: "embedding_grad",
     bindings: [{ name: "ids", tensor: o.ids }, { name: "dy", tensor: o.dy }, {

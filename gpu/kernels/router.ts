@@ -11,7 +11,26 @@ import { simpleKernel } from "./common.ts";
 
 /** y[t, e·h + j] = s[t, e] · x[t, e·h + j]; x (N, E·h), s (N, E). */
 export function routerScale(ctx: GpuContext, o: { x: GpuTensor; s: GpuTensor; y: GpuTensor }): KernelCall {
-  const E = o.s.shape[1]!, N = o.s.shape[0]!, w = o.x.size / N;
+  const E = o.s.shape[1]!, N = o.s.shape[0]!, w = o.x.size / N, h = w / E;
+  if (h % 4 === 0) {
+    // G vec4s of one expert block per invocation: one index division per 4·G elements, not per element
+    // (integer division is slow on CPU adapters; wide contiguous work per invocation is fast there).
+    const G = [4, 2, 1].find((g) => (h / 4) % g === 0)!;
+    return simpleKernel(ctx, {
+      label: "router_scale",
+      bindings: [
+        { name: "x", tensor: o.x, type: "vec4<f32>" },
+        { name: "s", tensor: o.s },
+        { name: "y", tensor: o.y, write: true, type: "vec4<f32>" },
+      ],
+      fields: [["n", "u32", o.x.size / (4 * G)], ["w", "u32", w], ["h", "u32", h], ["E", "u32", E]],
+      invocations: o.x.size / (4 * G),
+      body: `  let v = i * ${G}u;
+  let at = v * 4u;
+  let sv = s[(at / u.w) * u.E + (at % u.w) / u.h];
+  for (var g = 0u; g < ${G}u; g = g + 1u) { y[v + g] = x[v + g] * sv; }`,
+    });
+  }
   return simpleKernel(ctx, {
     label: "router_scale",
     bindings: [{ name: "x", tensor: o.x }, { name: "s", tensor: o.s }, {
@@ -30,7 +49,23 @@ export function routerScaleDs(
   ctx: GpuContext,
   o: { x: GpuTensor; dy: GpuTensor; ds: GpuTensor },
 ): KernelCall {
-  const [N, E] = o.ds.shape as [number, number], w = o.x.size / N;
+  const [N, E] = o.ds.shape as [number, number], w = o.x.size / N, h = w / E;
+  if (h % 4 === 0) {
+    return simpleKernel(ctx, {
+      label: "router_scale_ds",
+      bindings: [
+        { name: "x", tensor: o.x, type: "vec4<f32>" },
+        { name: "dy", tensor: o.dy, type: "vec4<f32>" },
+        { name: "ds", tensor: o.ds, write: true },
+      ],
+      fields: [["n", "u32", N * E], ["w4", "u32", w / 4], ["h4", "u32", h / 4], ["E", "u32", E]],
+      invocations: N * E,
+      body: `  let b = (i / u.E) * u.w4 + (i % u.E) * u.h4;
+  var acc = vec4<f32>(0.0);
+  for (var j = 0u; j < u.h4; j = j + 1u) { acc = acc + x[b + j] * dy[b + j]; }
+  ds[i] = acc.x + acc.y + acc.z + acc.w;`,
+    });
+  }
   return simpleKernel(ctx, {
     label: "router_scale_ds",
     bindings: [{ name: "x", tensor: o.x }, { name: "dy", tensor: o.dy }, {
