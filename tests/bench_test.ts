@@ -39,8 +39,8 @@ Deno.test("bench --quick --json checks and times both implementations of every c
     const key = `${r.suite}/${r.case}`;
     byCase.set(key, (byCase.get(key) ?? new Set()).add(r.impl));
   }
-  assertEquals(new Set(rows.map((r) => r.suite)), new Set(["matmul", "kernels", "moe", "decode"]));
-  assert(byCase.size >= 2 + 9 + 2 + 2, `cases: ${[...byCase.keys()]}`);
+  assertEquals(new Set(rows.map((r) => r.suite)), new Set(["matmul", "kernels", "moe", "decode", "train"]));
+  assert(byCase.size >= 2 + 9 + 2 + 2 + 1, `cases: ${[...byCase.keys()]}`);
   for (const r of rows.filter((r) => r.suite === "decode")) {
     assert(r.tokens! > 0 && Math.abs(r.tokens_per_s! - (1000 * r.tokens!) / r.ms!) < 1e-9 * r.tokens_per_s!);
   }

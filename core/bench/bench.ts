@@ -10,10 +10,11 @@ import { KERNEL_DIMS, KERNEL_DIMS_QUICK, kernelCases } from "./kernels.ts";
 import { MATMUL_SHAPES, MATMUL_SHAPES_QUICK, matmulCases } from "./matmul.ts";
 import { MOE_DIMS, MOE_DIMS_QUICK, moeCases } from "./moe.ts";
 import { DECODE_SIZES, DECODE_SIZES_QUICK, decodeCases } from "./decode.ts";
+import { TRAIN_DIMS, TRAIN_DIMS_QUICK, trainStepCases } from "./train_step.ts";
 import { openTfjs } from "./tfjs.ts";
 
 /** Suite names `--suite` accepts. */
-export const SUITES = ["matmul", "kernels", "moe", "decode"] as const;
+export const SUITES = ["matmul", "kernels", "moe", "decode", "train"] as const;
 
 /** One of {@linkcode SUITES}. */
 export type SuiteName = typeof SUITES[number];
@@ -62,6 +63,9 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
           break;
         case "decode":
           cases.push(...await decodeCases(ctx, o.quick ? DECODE_SIZES_QUICK : DECODE_SIZES));
+          break;
+        case "train":
+          cases.push(...trainStepCases(ctx, tfjs, o.quick ? TRAIN_DIMS_QUICK : TRAIN_DIMS));
           break;
         default:
           s satisfies never;

@@ -50,8 +50,9 @@ timed over 5 repetitions (submit + wait for the GPU each); the median is reporte
 Options:
   --suite NAME   matmul (GFLOP/s at 256³…2048³ and 4096×256×1024), kernels (softmax, layernorm, gelu,
                  bias add, attention, cross-entropy, embedding, AdamW, sum), moe (MoE-MLP forward, dense
-                 vs sparse execution at 10–100% of experts active) or decode (batch-1 decoding tokens/s,
-                 DS-MoE under top-2 routing vs a dense model of the same total parameters); repeatable;
+                 vs sparse execution at 10–100% of experts active), decode (batch-1 decoding tokens/s,
+                 DS-MoE under top-2 routing vs a dense model of the same total parameters) or train (one
+                 dense-training step of a MoE-MLP block: forward, backward, clipping, AdamW); repeatable;
                  default all
   --quick        small sizes and 2 repetitions (for tests)
   --json         one JSON object per row, then a summary object as the last line`;

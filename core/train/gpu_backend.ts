@@ -17,9 +17,9 @@ import { type GpuContext, openGpu } from "../../gpu/device.ts";
 import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "../../gpu/dispatch.ts";
 import { GraphExecutor } from "../../gpu/executor.ts";
 import "../../gpu/graph_ops.ts";
-import { adamw, gradNormFinish, partialsFor, sumSquares } from "../../gpu/kernels/optimizer.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { initParams } from "./init.ts";
+import { optimizerCalls } from "./optimizer_calls.ts";
 import { routerStats } from "./router_stats.ts";
 
 /** The WebGPU backend. Create with {@linkcode GpuTrainBackend.create}. */
@@ -79,46 +79,26 @@ export class GpuTrainBackend implements TrainBackend {
   }
 
   #optimizerCalls(grads: Value[]): KernelCall[] {
-    const ctx = this.ctx, o = this.#c.train.optimizer, m = this.model;
-    const total = grads.reduce((n, g) => n + partialsFor(g.shape.reduce((a, b) => a * b, 1)), 0);
-    const partials = createTensor(ctx, [total], "f32", undefined, "grad.partials");
-    const calls: KernelCall[] = [];
-    let offset = 0;
-    for (const g of grads) {
-      const t = this.#train.tensor(g);
-      calls.push(sumSquares(ctx, { x: t, partials, offset }));
-      offset += partialsFor(t.size);
-    }
-    const loss = this.#train.tensor(m.loss);
-    calls.push(
-      gradNormFinish(ctx, {
-        partials,
-        count: total,
-        loss,
-        stats: this.#stats,
-        maxNorm: this.#c.train.grad_clip,
-      }),
-    );
-    m.params.forEach((p, i) => {
-      const param = this.#train.tensor(p.value), n = param.size;
-      const mt = createTensor(ctx, p.value.shape, "f32", new Float32Array(n), `adam.m.${p.value.name}`);
-      const vt = createTensor(ctx, p.value.shape, "f32", new Float32Array(n), `adam.v.${p.value.name}`);
-      this.#m.set(p.value.name, mt);
-      this.#v.set(p.value.name, vt);
-      calls.push(adamw(ctx, {
-        param,
+    const m = this.model;
+    const r = optimizerCalls(
+      this.ctx,
+      m.params.map((p, i) => ({
+        name: p.value.name,
+        param: this.#train.tensor(p.value),
         grad: this.#train.tensor(grads[i]!),
-        m: mt,
-        v: vt,
+        decay: p.decay,
+      })),
+      {
+        loss: this.#train.tensor(m.loss),
         stats: this.#stats,
         hyper: this.#hyper,
-        beta1: o.betas[0],
-        beta2: o.betas[1],
-        eps: o.eps,
-        weightDecay: p.decay ? o.weight_decay : 0,
-      }));
-    });
-    return calls;
+        optimizer: this.#c.train.optimizer,
+        gradClip: this.#c.train.grad_clip,
+      },
+    );
+    for (const [name, t] of r.m) this.#m.set(name, t);
+    for (const [name, t] of r.v) this.#v.set(name, t);
+    return r.calls;
   }
 
   step(batch: Batch, lr: number, options: { profile?: boolean } = {}): Promise<StepStats> {
