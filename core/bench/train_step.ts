@@ -25,7 +25,7 @@ import { schedule } from "../graph/schedule.ts";
 import { optimizerCalls } from "../train/optimizer_calls.ts";
 import type { BenchCase, Runnable } from "./case.ts";
 import { randomF32, randomIds } from "./data.ts";
-import type { Tfjs } from "./tfjs.ts";
+import { type Tfjs, tfjsRunnable } from "./tfjs.ts";
 
 /** The block: N tokens of width d, E experts of width h. */
 export interface TrainStepDims {
@@ -178,38 +178,21 @@ function _tfjs(
     const dwr = T.matMul(xt, dz, true, false);
     return [dwr, dw1, dw2];
   };
-  let step = 0, last: tf.Tensor | null = null;
-  return {
-    async run() {
-      step++;
-      last?.dispose();
-      last = T.tidy(() => {
-        const gs = grads();
-        const norm = T.sqrt(T.addN(gs.map((g) => T.sum(T.square(g)))));
-        const scale = T.minimum(1, T.div(_CLIP, T.maximum(norm, 1e-12)));
-        const [b1, b2] = _OPT.betas;
-        gs.forEach((g0, i) => {
-          const g = T.mul(g0, scale);
-          ms[i]!.assign(T.add(T.mul(ms[i]!, b1), T.mul(g, 1 - b1)));
-          vs[i]!.assign(T.add(T.mul(vs[i]!, b2), T.mul(T.square(g), 1 - b2)));
-          const mh = T.div(ms[i]!, 1 - b1 ** step), vh = T.div(vs[i]!, 1 - b2 ** step);
-          const upd = T.add(T.div(mh, T.add(T.sqrt(vh), _OPT.eps)), T.mul(vars[i]!, _OPT.weight_decay));
-          vars[i]!.assign(T.sub(vars[i]!, T.mul(upd, _LR)));
-        });
-        return T.concat(gs.map((g) => T.reshape(g, [-1])));
-      });
-      t.backend.ensureCommandEncoderReady();
-      t.backend.endComputePassEncoder();
-      t.backend.submitQueue();
-      await t.device.queue.onSubmittedWorkDone();
-    },
-    async output() {
-      if (!last) throw new Error("Cannot read a tfjs result before a run");
-      return await last.data() as Float32Array;
-    },
-    dispose() {
-      last?.dispose();
-      for (const v of [...vars, ...ms, ...vs, xt, onehot]) v.dispose();
-    },
-  };
+  let step = 0;
+  return tfjsRunnable(t, () => {
+    step++;
+    const gs = grads();
+    const norm = T.sqrt(T.addN(gs.map((g) => T.sum(T.square(g)))));
+    const scale = T.minimum(1, T.div(_CLIP, T.maximum(norm, 1e-12)));
+    const [b1, b2] = _OPT.betas;
+    gs.forEach((g0, i) => {
+      const g = T.mul(g0, scale);
+      ms[i]!.assign(T.add(T.mul(ms[i]!, b1), T.mul(g, 1 - b1)));
+      vs[i]!.assign(T.add(T.mul(vs[i]!, b2), T.mul(T.square(g), 1 - b2)));
+      const mh = T.div(ms[i]!, 1 - b1 ** step), vh = T.div(vs[i]!, 1 - b2 ** step);
+      const upd = T.add(T.div(mh, T.add(T.sqrt(vh), _OPT.eps)), T.mul(vars[i]!, _OPT.weight_decay));
+      vars[i]!.assign(T.sub(vars[i]!, T.mul(upd, _LR)));
+    });
+    return T.concat(gs.map((g) => T.reshape(g, [-1])));
+  }, [...vars, ...ms, ...vs, xt, onehot]);
 }
