@@ -47,8 +47,13 @@ Deno.test("bench --quick --json checks and times both implementations of every c
   for (const [key, impls] of byCase) {
     // The moe suite compares our dense and sparse execution of one layer, the decode suite a dense and a
     // DS-MoE model; the others ours and tfjs.
+    // The train suite also runs jax-js on its WebGPU and WebAssembly backends.
     const ours = key.startsWith("moe/") || key.startsWith("decode/");
-    const want = ours ? ["dense", "sparse"] : ["dsmoe", "tfjs-webgpu"];
+    const want = ours
+      ? ["dense", "sparse"]
+      : key.startsWith("train/")
+      ? ["dsmoe", "jax-js-wasm", "jax-js-webgpu", "tfjs-webgpu"]
+      : ["dsmoe", "tfjs-webgpu"];
     assertEquals([...impls].sort(), want, key);
   }
   assert(err.some((l) => l.startsWith("bench: ")), "progress goes to stderr");

@@ -12,8 +12,11 @@ export const IMPLS = ["dsmoe", "tfjs-webgpu"] as const;
 /** Our two executions of one layer in the moe suite: every expert computed, or only the routed ones. */
 export const MOE_IMPLS = ["dense", "sparse"] as const;
 
-/** One of {@linkcode IMPLS} or {@linkcode MOE_IMPLS}. */
-export type ImplName = typeof IMPLS[number] | typeof MOE_IMPLS[number];
+/** Further peers of the train suite: jax-js on its WebGPU and WebAssembly backends. */
+export const JAX_IMPLS = ["jax-js-webgpu", "jax-js-wasm"] as const;
+
+/** One of {@linkcode IMPLS}, {@linkcode MOE_IMPLS} or {@linkcode JAX_IMPLS}. */
+export type ImplName = typeof IMPLS[number] | typeof MOE_IMPLS[number] | typeof JAX_IMPLS[number];
 
 /** One implementation, set up with its inputs on the GPU. */
 export interface Runnable {

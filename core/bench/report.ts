@@ -36,6 +36,18 @@ export function jsonLines(rows: readonly BenchRow[], summary: BenchSummary): str
 /** Columns of one table: the two implementations compared side by side and the ratio's name. */
 const _TABLES = [
   { impls: IMPLS, names: ["dsmoe", "tfjs"], ratio: "ours/tfjs (ms)", decode: false },
+  {
+    impls: ["dsmoe", "jax-js-webgpu"],
+    names: ["dsmoe", "jax-js webgpu"],
+    ratio: "ours/jax-js (ms)",
+    decode: false,
+  },
+  {
+    impls: ["dsmoe", "jax-js-wasm"],
+    names: ["dsmoe", "jax-js wasm"],
+    ratio: "ours/jax-js (ms)",
+    decode: false,
+  },
   { impls: MOE_IMPLS, names: ["dense", "sparse"], ratio: "sparse/dense (ms)", decode: false },
   { impls: MOE_IMPLS, names: ["dense model", "DS-MoE"], ratio: "DS-MoE/dense (ms)", decode: true },
 ] as const;
@@ -57,8 +69,12 @@ const _TABLES = [
 export function formatTable(rows: readonly BenchRow[], adapter: string): string {
   const out = [`adapter: ${adapter}`];
   for (const table of _TABLES) {
+    // A peer table after the first shows only the cases that peer ran.
+    const peer = table.impls[1] as string,
+      ran = new Set(rows.filter((r) => r.impl === peer).map((r) => r.case));
     const mine = rows.filter((r) =>
-      (table.impls as readonly string[]).includes(r.impl) && (r.tokens !== undefined) === table.decode
+      (table.impls as readonly string[]).includes(r.impl) && (r.tokens !== undefined) === table.decode &&
+      (table.impls === IMPLS || table.impls === MOE_IMPLS || ran.has(r.case))
     );
     if (mine.length > 0 || table.impls === IMPLS && rows.length === 0) out.push(..._table(mine, table));
   }
@@ -86,7 +102,7 @@ function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] 
       return typeof v === "number" ? v.toFixed(t.decode ? 1 : 2) : "–";
     };
     // ours/tfjs for the peer tables; sparse/dense for the moe suite (the share of the dense time left).
-    const [num, den] = t.impls === IMPLS ? [first, second] : [second, first];
+    const [num, den] = t.impls[0] === "dsmoe" ? [first, second] : [second, first];
     const ratio = typeof num?.ms === "number" && typeof den?.ms === "number"
       ? (num.ms / den.ms).toFixed(2)
       : "–";

@@ -3,7 +3,8 @@
  * S = softmax(x·Wr); every expert runs: y = (gelu(x·W1) scaled blockwise by S)·W2; loss = cross-entropy of
  * y against fixed targets; then the gradient of every parameter, the global gradient norm with clipping at
  * 1, and an AdamW update. Ours is the training graph (core/graph autodiff, gpu executor, the trainer's
- * optimizer kernels); tfjs-webgpu computes the same with its backward pass and AdamW written in tfjs ops
+ * optimizer kernels); jax-js (WebGPU and WebAssembly) with `jit(valueAndGrad(…))` and a jitted AdamW;
+ * tfjs-webgpu computes the same with its backward pass and AdamW written in tfjs ops
  * (tfjs-core's Node build registers no gradient functions, so `variableGrads` is not available to it). The
  * checked output is the three gradients of the first step, against the float64 CPU graph.
  *
@@ -23,7 +24,8 @@ import { Graph } from "../graph/ir.ts";
 import { apply1 } from "../graph/ops.ts";
 import { schedule } from "../graph/schedule.ts";
 import { optimizerCalls } from "../train/optimizer_calls.ts";
-import type { BenchCase, Runnable } from "./case.ts";
+import { type BenchCase, IMPLS, JAX_IMPLS, type Runnable } from "./case.ts";
+import { jaxTrainRunnable, type JaxTrainSpec } from "./jaxjs.ts";
 import { randomF32, randomIds } from "./data.ts";
 import { type Tfjs, tfjsRunnable } from "./tfjs.ts";
 
@@ -65,6 +67,7 @@ export function trainStepCases(ctx: GpuContext, tfjs: Tfjs, dims: TrainStepDims)
     name: `MoE-MLP block N${N} d${d} E${E}x${h} fwd+bwd+AdamW`,
     // Forward: router 2·N·d·E, up and down 2·2·N·d·E·h; backward twice that.
     flops: 3 * (2 * N * d * E + 4 * N * d * E * h),
+    impls: [...IMPLS, ...JAX_IMPLS],
     setup() {
       const x = randomF32(N * d, 41), targets = randomIds(N, d, 42);
       const init = [
@@ -84,10 +87,23 @@ export function trainStepCases(ctx: GpuContext, tfjs: Tfjs, dims: TrainStepDims)
         impls: {
           dsmoe: () => _ours(ctx, dims, x, targets, init),
           "tfjs-webgpu": () => _tfjs(tfjs, dims, x, targets, init),
+          "jax-js-webgpu": () => jaxTrainRunnable("webgpu", _jaxSpec(dims), x, targets, init),
+          "jax-js-wasm": () => jaxTrainRunnable("wasm", _jaxSpec(dims), x, targets, init),
         },
       };
     },
   }];
+}
+
+function _jaxSpec(dims: TrainStepDims): JaxTrainSpec {
+  return {
+    ...dims,
+    lr: _LR,
+    clip: _CLIP,
+    betas: _OPT.betas,
+    eps: _OPT.eps,
+    weightDecay: _OPT.weight_decay,
+  };
 }
 
 function _ours(

@@ -52,7 +52,8 @@ Options:
                  bias add, attention, cross-entropy, embedding, AdamW, sum), moe (MoE-MLP forward, dense
                  vs sparse execution at 10–100% of experts active), decode (batch-1 decoding tokens/s,
                  DS-MoE under top-2 routing vs a dense model of the same total parameters) or train (one
-                 dense-training step of a MoE-MLP block: forward, backward, clipping, AdamW); repeatable;
+                 dense-training step of a MoE-MLP block: forward, backward, clipping, AdamW; also against
+                 jax-js on WebGPU and WebAssembly); repeatable;
                  default all
   --quick        small sizes and 2 repetitions (for tests)
   --json         one JSON object per row, then a summary object as the last line`;
