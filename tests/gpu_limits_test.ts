@@ -91,8 +91,9 @@ Deno.test("grid() folds more than 65535 workgroups into two dimensions and refus
 
 Deno.test("a dispatch of more than 65535 workgroups covers every element exactly once", async () => {
   const ctx = await testGpu();
-  // 64 invocations per workgroup, one element each: 65535·64 + 100 elements need 65537 workgroups.
-  const n = ctx.limits.maxComputeWorkgroupsPerDimension * 64 + 100;
+  // 64 invocations per workgroup, one element each (an odd size keeps GELU on its scalar kernel):
+  // 65535·64 + 101 elements need 65537 workgroups.
+  const n = ctx.limits.maxComputeWorkgroupsPerDimension * 64 + 101;
   const x64 = Float64Array.from(Float32Array.from(randomArray(n, 5, -3, 3)));
   const x = createTensor(ctx, [n], "f32", Float32Array.from(x64), "x");
   const y = createTensor(ctx, [n], "f32", undefined, "y");

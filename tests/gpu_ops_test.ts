@@ -125,10 +125,13 @@ const CASES: Record<string, [Build, Tolerance]> = {
   ],
   "activations and their backward": [(g, f) =>
     (["gelu", "relu", "silu"] as const).flatMap((kind) => {
-      const x = f([1000], -4, 4);
+      // 1000 elements: the vec4 kernels; 999: the scalar ones.
+      const x = f([1000], -4, 4), x3 = f([999], -4, 4);
       return [
         apply1(g, "activation", [x], { kind }),
         apply1(g, "activation_backward", [x, f([1000])], { kind }),
+        apply1(g, "activation", [x3], { kind }),
+        apply1(g, "activation_backward", [x3, f([999])], { kind }),
       ];
     }), TRANS],
   "softmax and its backward": [(g, f) =>

@@ -11,30 +11,44 @@ import { simpleKernel } from "./common.ts";
 /** Activation names. */
 export type ActivationKind = "gelu" | "relu" | "silu";
 
-const _FNS = `
-fn gelu(x: f32) -> f32 { let c = 0.7978845608028654; return 0.5 * x * (1.0 + tanh(c * (x + 0.044715 * x * x * x))); }
-fn gelu_grad(x: f32) -> f32 {
+/** The activations for one WGSL type T (f32, or vec4<f32> with the suffix 4: four elements at once). */
+function _fns(T: string, sfx: string): string {
+  return `
+fn gelu${sfx}(x: ${T}) -> ${T} { let c = 0.7978845608028654; return 0.5 * x * (1.0 + tanh(c * (x + 0.044715 * x * x * x))); }
+fn gelu_grad${sfx}(x: ${T}) -> ${T} {
   let c = 0.7978845608028654; let t = tanh(c * (x + 0.044715 * x * x * x));
   return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 0.134145 * x * x);
 }
-fn relu(x: f32) -> f32 { return max(x, 0.0); }
-fn relu_grad(x: f32) -> f32 { return select(0.0, 1.0, x > 0.0); }
-fn silu(x: f32) -> f32 { return x / (1.0 + exp(-x)); }
-fn silu_grad(x: f32) -> f32 { let s = 1.0 / (1.0 + exp(-x)); return s * (1.0 + x * (1.0 - s)); }
+fn relu${sfx}(x: ${T}) -> ${T} { return max(x, ${T}(0.0)); }
+fn relu_grad${sfx}(x: ${T}) -> ${T} { return select(${T}(0.0), ${T}(1.0), x > ${T}(0.0)); }
+fn silu${sfx}(x: ${T}) -> ${T} { return x / (1.0 + exp(-x)); }
+fn silu_grad${sfx}(x: ${T}) -> ${T} { let s = 1.0 / (1.0 + exp(-x)); return s * (1.0 + x * (1.0 - s)); }
 `;
+}
+
+/** Element-wise work on vec4s when the size allows (fewer invocations, wide loads), else on scalars. */
+function _width(n: number): { type: "vec4<f32>" | "f32"; sfx: string; n: number } {
+  return n % 4 === 0 ? { type: "vec4<f32>", sfx: "4", n: n / 4 } : { type: "f32", sfx: "", n };
+}
 
 /** y = act(x). */
 export function activation(
   ctx: GpuContext,
   o: { kind: ActivationKind; x: GpuTensor; y: GpuTensor },
 ): KernelCall {
+  const w = _width(o.y.size);
   return simpleKernel(ctx, {
     label: `activation_${o.kind}`,
-    bindings: [{ name: "x", tensor: o.x }, { name: "y", tensor: o.y, write: true }],
-    fields: [["n", "u32", o.y.size]],
-    invocations: o.y.size,
-    prelude: _FNS,
-    body: `  y[i] = ${o.kind}(x[i]);`,
+    bindings: [{ name: "x", tensor: o.x, type: w.type }, {
+      name: "y",
+      tensor: o.y,
+      write: true,
+      type: w.type,
+    }],
+    fields: [["n", "u32", w.n]],
+    invocations: w.n,
+    prelude: _fns(w.type, w.sfx),
+    body: `  y[i] = ${o.kind}${w.sfx}(x[i]);`,
   });
 }
 
@@ -43,16 +57,17 @@ export function activationBackward(
   ctx: GpuContext,
   o: { kind: ActivationKind; x: GpuTensor; dy: GpuTensor; dx: GpuTensor },
 ): KernelCall {
+  const w = _width(o.dx.size);
   return simpleKernel(ctx, {
     label: `activation_backward_${o.kind}`,
-    bindings: [{ name: "x", tensor: o.x }, { name: "dy", tensor: o.dy }, {
-      name: "dx",
-      tensor: o.dx,
-      write: true,
-    }],
-    fields: [["n", "u32", o.dx.size]],
-    invocations: o.dx.size,
-    prelude: _FNS,
-    body: `  dx[i] = ${o.kind}_grad(x[i]) * dy[i];`,
+    bindings: [
+      { name: "x", tensor: o.x, type: w.type },
+      { name: "dy", tensor: o.dy, type: w.type },
+      { name: "dx", tensor: o.dx, write: true, type: w.type },
+    ],
+    fields: [["n", "u32", w.n]],
+    invocations: w.n,
+    prelude: _fns(w.type, w.sfx),
+    body: `  dx[i] = ${o.kind}_grad${w.sfx}(x[i]) * dy[i];`,
   });
 }
