@@ -83,17 +83,19 @@ export function adamw(
     weightDecay: number;
   },
 ): KernelCall {
+  // Four elements per invocation when the size allows: the same formula on vec4s.
+  const T = o.param.size % 4 === 0 ? "vec4<f32>" : "f32", n = T === "f32" ? o.param.size : o.param.size / 4;
   return simpleKernel(ctx, {
     label: "adamw",
     bindings: [
-      { name: "p", tensor: o.param, write: true },
-      { name: "g", tensor: o.grad },
-      { name: "m", tensor: o.m, write: true },
-      { name: "v", tensor: o.v, write: true },
+      { name: "p", tensor: o.param, write: true, type: T },
+      { name: "g", tensor: o.grad, type: T },
+      { name: "m", tensor: o.m, write: true, type: T },
+      { name: "v", tensor: o.v, write: true, type: T },
       { name: "stats", tensor: o.stats },
       { name: "hyper", tensor: o.hyper },
     ],
-    fields: [["n", "u32", o.param.size], ["b1", "f32", o.beta1], ["b2", "f32", o.beta2], [
+    fields: [["n", "u32", n], ["b1", "f32", o.beta1], ["b2", "f32", o.beta2], [
       "eps",
       "f32",
       o.eps,
@@ -102,7 +104,7 @@ export function adamw(
       "f32",
       o.weightDecay,
     ]],
-    invocations: o.param.size,
+    invocations: n,
     body: `  if (stats[2] == 0.0) { return; }
   let lr = hyper[0];
   let gr = g[i] * stats[1];
