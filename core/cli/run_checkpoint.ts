@@ -1,6 +1,6 @@
 /**
- * Opening a stored run for commands that continue or read it (`run --resume`, `eval`, `generate`): its
- * directory, resolved config and newest complete checkpoint; or one checkpoint file.
+ * What `eval` and `generate` take: a stored run (its newest complete checkpoint) or one checkpoint file,
+ * with unreadable targets as usage errors.
  *
  * @module
  */
@@ -9,30 +9,9 @@ import { readSafeTensors } from "../runs/safetensors.ts";
 import { paramValues } from "../train/trainer.ts";
 import { UsageError } from "./errors.ts";
 import type { Experiment } from "../config/schema.ts";
-import { type CheckpointEntry, latestCheckpoint } from "../runs/checkpoints.ts";
-import { RunDir } from "../runs/run_dir.ts";
+import type { RunDir } from "../runs/run_dir.ts";
+import { openStoredRun, type StoredRun } from "../runs/stored_run.ts";
 
-/** A run as stored: directory, config (as written and parsed) and its newest valid checkpoint, if any. */
-export interface StoredRun {
-  run: RunDir;
-  yaml: string;
-  config: Readonly<Experiment>;
-  ck: Awaited<ReturnType<typeof latestCheckpoint>>;
-}
-
-/** Opens run `id` in `runsDir` (or a run directory path); damaged checkpoints are reported to `onSkip`. */
-export async function openStoredRun(
-  runsDir: string,
-  id: string,
-  onSkip?: (entry: CheckpointEntry, why: string) => void,
-): Promise<StoredRun> {
-  const run = await RunDir.open(runsDir, id);
-  const yaml = await Deno.readTextFile(`${run.path}/config.yaml`);
-  const config = parseExperimentText(yaml, `${run.path}/config.yaml`).points[0]!.config;
-  return { run, yaml, config, ck: await latestCheckpoint(run.path, onSkip) };
-}
-
-/** A checkpoint to use: its config, parameters and (for runs) the run to log metrics to. */
 /** The one run id, run directory or checkpoint file that `command` takes. */
 export function targetArg(command: string, positionals: string[]): string {
   if (positionals.length !== 1) {
@@ -43,6 +22,7 @@ export function targetArg(command: string, positionals: string[]): string {
   return positionals[0]!;
 }
 
+/** A checkpoint to use: its config, parameters and (for runs) the run to log metrics to. */
 export interface Target {
   label: string;
   config: Readonly<Experiment>;

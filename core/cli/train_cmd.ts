@@ -11,7 +11,7 @@ import { createBackend } from "../train/backends.ts";
 import { type PointOutcome, runExperiment, summaryTable } from "../train/run_experiment.ts";
 import { formatProfile } from "../train/profile.ts";
 import { tensorsToState, train } from "../train/trainer.ts";
-import { openStoredRun } from "./run_checkpoint.ts";
+import { openStoredRun } from "../runs/stored_run.ts";
 import { positiveInt } from "./args.ts";
 import type { CliIo } from "./main.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";

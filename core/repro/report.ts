@@ -13,7 +13,7 @@ import { ruleName } from "../infer/evaluate.ts";
 import { countParams, layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
-import type { MetricRow, RunRecord, RunStore } from "../runs/store.ts";
+import { type MetricRow, preferredRun, type RunRecord, type RunStore } from "../runs/store.ts";
 import { ABLATION_ROLES, MODEL_ROLES, type Role } from "./spec.ts";
 
 /** One model of the main table, at the rule it is compared under. */
@@ -149,13 +149,12 @@ export async function buildReproReport(
   };
 }
 
-/** The newest run of each role in the sweep, a finished one before any other. */
+/** The run of each role in the sweep: its newest finished one, else its newest. */
 async function _runsByRole(store: RunStore, id: string): Promise<Map<Role, RunRecord>> {
-  const out = new Map<Role, RunRecord>();
-  for (const run of await store.listRuns({ sweepId: id })) {
-    const role = run.sweep_params.role as Role;
-    const have = out.get(role);
-    if (!have || (run.status === "finished" && have.status !== "finished")) out.set(role, run);
+  const runs = await store.listRuns({ sweepId: id }), out = new Map<Role, RunRecord>();
+  for (const role of [...MODEL_ROLES, ...ABLATION_ROLES]) {
+    const run = preferredRun(runs.filter((r) => r.sweep_params.role === role));
+    if (run) out.set(role, run);
   }
   return out;
 }

@@ -7,12 +7,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import {
-  experimentToYaml,
-  type LoadedExperiment,
-  loadExperiment,
-  parseExperimentText,
-} from "../config/mod.ts";
+import { experimentToYaml, type LoadedExperiment, loadExperiment } from "../config/mod.ts";
 import type { Experiment } from "../config/schema.ts";
 import { loadDataset } from "../data/dataset.ts";
 import { encodeText } from "../data/tokenizer.ts";
@@ -24,9 +19,8 @@ import { layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
 import { atomicWriteText } from "../runs/atomic_write.ts";
-import { latestCheckpoint } from "../runs/checkpoints.ts";
 import { openRunStore } from "../runs/open_store.ts";
-import { RunDir } from "../runs/run_dir.ts";
+import { openStoredRun } from "../runs/stored_run.ts";
 import type { BackendFactory } from "../train/run_experiment.ts";
 import { runExperiment } from "../train/run_experiment.ts";
 import { paramValues } from "../train/trainer.ts";
@@ -174,12 +168,9 @@ function _reproId(manifest: string, scale: string, configs: readonly Readonly<Ex
   return `repro-${scale}-${h.digest("hex").slice(0, 10)}`;
 }
 
-/** A trained run: its config, newest checkpoint's parameters and step, and which metric keys it has. */
+/** A trained run: its config, newest checkpoint's parameters and step, and which metric keys it has there. */
 async function _openRun(runsDir: string, id: string) {
-  const run = await RunDir.open(runsDir, id);
-  const rec = (await run.store.getRun(id))!;
-  const config = parseExperimentText(rec.config_yaml, `store:${id}`).points[0]!.config;
-  const ck = await latestCheckpoint(run.path);
+  const { run, config, ck } = await openStoredRun(runsDir, id);
   if (!ck) throw new Error(`Run ${id} has no complete checkpoint to evaluate`);
   const keys = new Set(
     (await run.store.metrics(id)).filter((m) => m.step === ck.entry.step).map((m) => m.key),

@@ -7,7 +7,7 @@
  * @module
  */
 import { ConfigError, type ConfigIssue, issueAt } from "../config/errors.ts";
-import { isPlainMap, parseYaml, positionOf } from "../config/yaml_source.ts";
+import { isPlainMap, parseYaml, positionOf, type Sourced } from "../config/yaml_source.ts";
 import { parseRuleSpec } from "../infer/rule_spec.ts";
 import type { InferRules } from "../plan/model.ts";
 
@@ -53,11 +53,12 @@ export async function loadReproSpec(file: string): Promise<ReproSpec> {
   const dir = file.includes("/") ? file.slice(0, file.lastIndexOf("/")) : ".";
   const spec = parseReproSpec(text, file, dir);
   const missing: ConfigIssue[] = [];
+  let tree: Sourced | null = null; // positions, read only when a file is missing
   for (const [role, path] of Object.entries(spec.configs)) {
     try {
       await Deno.stat(path);
     } catch {
-      const tree = parseYaml(text, file);
+      tree ??= parseYaml(text, file);
       const group = (MODEL_ROLES as readonly string[]).includes(role) ? "models" : "ablation";
       missing.push(
         issueAt(positionOf(tree.src, [group, role], "value"), `${group}.${role}`, `no file ${path}`),

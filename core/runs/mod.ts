@@ -10,3 +10,4 @@ export * from "./run_dir.ts";
 export * from "./store.ts";
 export * from "./sqlite_store.ts";
 export * from "./open_store.ts";
+export * from "./stored_run.ts";

@@ -152,3 +152,22 @@ export interface RunStore {
 
   close(): void;
 }
+
+/**
+ * Of several runs of one experiment point, the one that counts: the newest finished one, else the newest.
+ *
+ * @example
+ * ```ts
+ * import { preferredRun } from "./store.ts";
+ * const r = (id: string, status: "finished" | "failed", started_at: string) => ({ id, status, started_at });
+ * console.log(preferredRun([r("a", "failed", "3"), r("b", "finished", "1"), r("c", "finished", "2")])?.id); // c
+ * ```
+ */
+export function preferredRun<T extends Pick<RunMeta, "status" | "started_at">>(runs: readonly T[]): T | null {
+  const done = (r: T) => (r.status === "finished" ? 1 : 0);
+  let best: T | null = null;
+  for (const r of runs) {
+    if (!best || done(r) > done(best) || (done(r) === done(best) && r.started_at > best.started_at)) best = r;
+  }
+  return best;
+}

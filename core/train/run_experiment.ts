@@ -13,7 +13,7 @@ import { countParams, vocabSize } from "../plan/counts.ts";
 import { cleanCheckpointTemps } from "../runs/checkpoints.ts";
 import { openRunStore } from "../runs/open_store.ts";
 import { gitCommit, newRunId, RunDir, type RunMeta } from "../runs/run_dir.ts";
-import type { RunStore } from "../runs/store.ts";
+import { preferredRun, type RunStore } from "../runs/store.ts";
 import { fmtCount, table } from "../util/format.ts";
 import type { TrainBackend } from "./backend.ts";
 import { train, type TrainResult } from "./trainer.ts";
@@ -163,14 +163,7 @@ export async function findSweepPoint(
   sweepId: string,
   pointName: string,
 ): Promise<RunMeta | null> {
-  let best: RunMeta | null = null;
-  for (const m of await store.listRuns({ sweepId })) {
-    if (m.name !== pointName) continue;
-    if (!best || (m.status === "finished" && best.status !== "finished") || m.started_at > best.started_at) {
-      best = m;
-    }
-  }
-  return best;
+  return preferredRun((await store.listRuns({ sweepId })).filter((m) => m.name === pointName));
 }
 
 /** The end-of-run summary table: point, params, status, final train and validation loss. */
