@@ -1,5 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { cli } from "./helpers/cli.ts";
+import { closeRunStores } from "../core/runs/open_store.ts";
 import { parseRules } from "../core/cli/eval_cmd.ts";
 import { parseExperimentText } from "../core/config/mod.ts";
 import { countParams } from "../core/plan/counts.ts";
@@ -71,6 +72,7 @@ Deno.test("eval measures ppl and active parameters per rule on a trained micro r
       assert(m.some((x) => x.key === key && x.step === 20), `metric ${key}`);
     }
   } finally {
+    closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }
 });
@@ -94,6 +96,7 @@ Deno.test("eval refuses bad rules and missing runs with exit code 2", async () =
       assert(msg.test(r.err.join("\n")), `${args}: ${r.err.join("\n")}`);
     }
   } finally {
+    closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }
 });

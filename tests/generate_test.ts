@@ -1,5 +1,6 @@
 import { deepStrictEqual as assertEquals, notDeepStrictEqual, ok as assert } from "node:assert/strict";
 import { cli } from "./helpers/cli.ts";
+import { closeRunStores } from "../core/runs/open_store.ts";
 import { parseExperimentText } from "../core/config/mod.ts";
 import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
@@ -119,6 +120,7 @@ Deno.test("generate streams greedy text whose tokens are the float64 model's arg
     assertEquals(a.tokens, b.tokens);
     notDeepStrictEqual(a.tokens, c.tokens);
   } finally {
+    closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -26,6 +26,7 @@ Deno.test("deno task run trains the micro DS-MoE on WebGPU: loss falls from ln 2
     assertEquals(run.meta.status, "finished");
     assert(run.meta.adapter?.startsWith("webgpu:"));
   } finally {
+    closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }
 });
@@ -70,6 +71,7 @@ Deno.test("run --stop-after then --resume ends with the same parameters as one u
     }
     assertEquals(resumed.json().final["train/loss"], whole.json().final["train/loss"]);
   } finally {
+    closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }
 });
@@ -98,6 +100,7 @@ sweep:
     assertEquals(again.json().points.map((p: { status: string }) => p.status), ["skipped", "failed"]);
     assertEquals(again.json().points[0].run_id, ok.run_id);
   } finally {
+    closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }
 });
