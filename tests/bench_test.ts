@@ -17,7 +17,16 @@ import { testGpu } from "./helpers/gpu.ts";
 
 Deno.test("bench --quick --json checks and times both implementations of every case, summary last", async () => {
   await testGpu(); // fails with "no WebGPU adapter: …" rather than skipping
-  const { code, out, err } = await cli("bench", "--quick", "--json");
+  // In its own process: the train suite starts jax-js (a second GPU device and WebAssembly worker
+  // threads), which this test process should not carry until it exits.
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "mod.ts", "bench", "--quick", "--json"],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const lines = (b: Uint8Array) => new TextDecoder().decode(b).split("\n").filter((l) => l !== "");
+  const code = r.code, out = lines(r.stdout), err = lines(r.stderr);
   assertEquals(code, 0, err.join("\n"));
   const objects = out.map((l) => JSON.parse(l));
   const summary = objects.at(-1), rows: BenchRow[] = objects.slice(0, -1);
