@@ -33,12 +33,14 @@ Deno.test("bench --quick --json checks and times both implementations of every c
   assertEquals(summary.suite, "all");
   assertEquals(summary.rows, rows.length);
   assertEquals(summary.errors, 0);
+  assertEquals(summary.per_sync, 2);
   assert(/\S/.test(summary.adapter), "the adapter is recorded");
   const byCase = new Map<string, Set<string>>();
   for (const r of rows) {
     assert(r.error === undefined, `${r.case} ${r.impl}: ${r.error}`);
     assert(typeof r.ms === "number" && r.ms > 0 && Number.isFinite(r.ms), `${r.case} ${r.impl} ms ${r.ms}`);
     assert(typeof r.max_err === "number" && Number.isFinite(r.max_err), `${r.case} ${r.impl} was checked`);
+    assertEquals(r.per_sync, 2, `${r.case} ${r.impl}: --quick queues 2 runs per host wait`);
     if (r.suite === "matmul") {
       const [m, k, n] = r.case.split("x").map(Number) as [number, number, number];
       assertEquals(r.flops, 2 * m * k * n);
@@ -109,4 +111,34 @@ Deno.test("bench rejects an unknown suite and stray arguments with exit code 2",
   const help = await cli("bench", "--help");
   assertEquals(help.code, 0);
   assert(help.out.join("\n").includes("--suite"));
+});
+
+Deno.test("bench queues the runs of a repetition and uses one queue length for every implementation", async () => {
+  const calls: Record<string, number[]> = { dsmoe: [], "tfjs-webgpu": [] };
+  const fake = (impl: string, ms: number) => () => ({
+    async run(times = 1) {
+      calls[impl]!.push(times);
+      await new Promise((r) => setTimeout(r, ms * times));
+    },
+    output: () => Promise.resolve([1]),
+    dispose() {},
+  });
+  const rows = await runCases([{
+    suite: "demo",
+    name: "queue",
+    flops: null,
+    setup: () => ({
+      tolerance: { atol: 0, rtol: 0 },
+      reference: () => [1],
+      impls: { dsmoe: fake("dsmoe", 20), "tfjs-webgpu": fake("tfjs-webgpu", 2) },
+    }),
+  }], { warmup: 1, reps: 2 });
+  // The first implementation's single run (~20 ms) sizes the queue to ~100 ms: 5 runs (±1 for timer jitter).
+  const per = rows[0]!.per_sync!;
+  assert(per >= 3 && per <= 6, `per_sync ${per}`);
+  assertEquals(rows[1]!.per_sync, per, "the peer is timed with the same queue length");
+  assertEquals(calls.dsmoe, [1, 1, per, per, per], "check, sizing, warm-up, 2 timed");
+  assertEquals(calls["tfjs-webgpu"], [1, per, per, per], "check, warm-up, 2 timed");
+  assert(rows[0]!.ms! >= 15, `one run's time, not the repetition's: ${rows[0]!.ms}`);
+  assertEquals((await cli("bench", "--per-sync", "0")).code, 2);
 });

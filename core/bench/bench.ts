@@ -25,6 +25,8 @@ export interface BenchOptions {
   suites?: readonly SuiteName[];
   /** Small sizes, 1 warm-up and 2 timed repetitions (tests); else full sizes, 1 warm-up, 5 repetitions. */
   quick?: boolean;
+  /** Runs queued per host↔GPU wait; default chosen per case (timing.ts), 2 with `quick`. */
+  perSync?: number;
   progress?: (line: string) => void;
 }
 
@@ -34,6 +36,8 @@ export interface BenchResult {
   adapter: string;
   warmup: number;
   reps: number;
+  /** The fixed runs per wait, or null when chosen per case. */
+  perSync: number | null;
 }
 
 /**
@@ -45,7 +49,7 @@ export interface BenchResult {
  * ```
  */
 export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
-  const warmup = 1, reps = o.quick ? 2 : 5;
+  const warmup = 1, reps = o.quick ? 2 : 5, perSync = o.perSync ?? (o.quick ? 2 : undefined);
   const ctx = await openGpu({ timestamps: false });
   try {
     const tfjs = await openTfjs(ctx);
@@ -73,11 +77,12 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
     }
     o.progress?.(
       `${cases.length} cases (dsmoe vs tfjs-webgpu; moe: dense vs sparse layer; decode: dense vs DS-MoE model) on ${ctx.adapter.description}; ` +
-        `${warmup} warm-up + ${reps} timed runs each, median`,
+        `${warmup} warm-up + ${reps} timed repetitions each, median; ` +
+        (perSync ? `${perSync} runs queued per host wait` : "runs queued per host wait sized per case"),
     );
-    const rows = await runCases(cases, { warmup, reps, progress: o.progress });
+    const rows = await runCases(cases, { warmup, reps, perSync, progress: o.progress });
     ctx.assertAlive();
-    return { rows, adapter: ctx.adapter.description, warmup, reps };
+    return { rows, adapter: ctx.adapter.description, warmup, reps, perSync: perSync ?? null };
   } finally {
     ctx.destroy();
   }

@@ -4,7 +4,7 @@
  * @module
  */
 import { BenchCheckError, checkClose, type Tolerance } from "./check.ts";
-import { timeMedian, type TimingOptions } from "./timing.ts";
+import { choosePerSync, timeMedian, type TimingOptions } from "./timing.ts";
 
 /** The implementations compared in a case unless it names its own ({@linkcode BenchCase.impls}). */
 export const IMPLS = ["dsmoe", "tfjs-webgpu"] as const;
@@ -20,8 +20,11 @@ export type ImplName = typeof IMPLS[number] | typeof MOE_IMPLS[number] | typeof 
 
 /** One implementation, set up with its inputs on the GPU. */
 export interface Runnable {
-  /** Encodes and submits one repetition and resolves when the GPU has finished it. */
-  run(): Promise<void>;
+  /**
+   * Encodes and submits `times` runs (default 1) back to back and resolves when the GPU has finished them
+   * all, waiting on the host once where the implementation allows.
+   */
+  run(times?: number): Promise<void>;
   /** The output of the last repetition, read back to the host (for the correctness check). */
   output(): Promise<ArrayLike<number>>;
   /** Frees what the setup allocated. */
@@ -72,6 +75,8 @@ export interface BenchRow {
   tokens_per_s?: number | null;
   /** Largest |got − ref| of the correctness check. */
   max_err: number | null;
+  /** Runs queued per host↔GPU wait when timing (the same for every implementation of a case). */
+  per_sync?: number;
   error?: string;
 }
 
@@ -108,9 +113,11 @@ export async function runCases(cases: readonly BenchCase[], o: RunCasesOptions):
       o.progress?.(`${c.suite} ${c.name}: setup failed: ${(e as Error).message}`);
       continue;
     }
+    // The first implementation that runs fixes the queue length for the whole case.
+    const timing: TimingOptions = { ...o };
     for (const impl of c.impls ?? IMPLS) {
       o.progress?.(`${c.suite} ${c.name} ${impl} …`);
-      const row = await _runOne(c, impl, setup, setup.referencePerImpl ? setup.reference(impl) : ref, o);
+      const row = await _runOne(c, impl, setup, setup.referencePerImpl ? setup.reference(impl) : ref, timing);
       rows.push(row);
       o.progress?.(
         row.error
@@ -145,7 +152,12 @@ async function _runOne(
       setup.tolerance,
       `${c.suite} ${c.name} ${impl}`,
     );
-    const { ms } = await timeMedian(() => r!.run(), o);
+    if (o.perSync === undefined) {
+      const t0 = performance.now();
+      await r.run();
+      o.perSync = choosePerSync(performance.now() - t0);
+    }
+    const { ms } = await timeMedian((times) => r!.run(times), o);
     if (!(ms > 0) || !Number.isFinite(ms)) throw new RangeError(`timing gave ${ms} ms`);
     return {
       suite: c.suite,
@@ -156,6 +168,7 @@ async function _runOne(
       flops: c.flops,
       ...(c.tokens ? { tokens: c.tokens, tokens_per_s: (1000 * c.tokens) / ms } : {}),
       max_err: maxErr,
+      per_sync: o.perSync,
     };
   } catch (e) {
     return _errorRow(c, impl, e);

@@ -87,10 +87,12 @@ function _referenceLogits(
 function _decoderRunnable(dec: Decoder, ids: number[], readEach: boolean): Runnable {
   let last: Float32Array = new Float32Array(0);
   return {
-    async run() {
-      for (const [pos, id] of ids.entries()) {
-        dec.feed(id, pos);
-        if (readEach || pos === ids.length - 1) last = (await dec.read()).logits;
+    async run(times = 1) {
+      for (let i = 0; i < times; i++) {
+        for (const [pos, id] of ids.entries()) {
+          dec.feed(id, pos);
+          if (readEach || pos === ids.length - 1) last = (await dec.read()).logits;
+        }
       }
     },
     output: () => Promise.resolve(last),

@@ -79,25 +79,29 @@ export async function jaxTrainRunnable(
   });
   let step = 0, grads: JaxArray[] = [];
   return {
-    async run() {
+    async run(times = 1) {
       defaultDevice(device);
-      step++;
-      const [value, g] = gradStep(
-        { wr: params[0]!.ref, w1: params[1]!.ref, w2: params[2]!.ref },
-        xa.ref,
-        onehot.ref,
-      );
-      value.dispose();
-      for (const old of grads) old.dispose();
-      grads = [g.wr, g.w1, g.w2];
-      const norm = np.sqrt(grads.map((t) => np.square(t.ref).sum()).reduce((a, b) => a.add(b)));
-      const scale = np.minimum(np.array(1), np.array(s.clip).div(np.maximum(norm, 1e-12)));
-      const bc1 = np.array(1 - b1 ** step), bc2 = np.array(1 - b2 ** step);
-      const next = params.map((p, i) => adamw(p, grads[i]!.ref, ms[i]!, vs[i]!, scale.ref, bc1.ref, bc2.ref));
-      scale.dispose(), bc1.dispose(), bc2.dispose();
-      params = next.map((r) => r[0]!);
-      ms = next.map((r) => r[1]!);
-      vs = next.map((r) => r[2]!);
+      for (let rep = 0; rep < times; rep++) {
+        step++;
+        const [value, g] = gradStep(
+          { wr: params[0]!.ref, w1: params[1]!.ref, w2: params[2]!.ref },
+          xa.ref,
+          onehot.ref,
+        );
+        value.dispose();
+        for (const old of grads) old.dispose();
+        grads = [g.wr, g.w1, g.w2];
+        const norm = np.sqrt(grads.map((t) => np.square(t.ref).sum()).reduce((a, b) => a.add(b)));
+        const scale = np.minimum(np.array(1), np.array(s.clip).div(np.maximum(norm, 1e-12)));
+        const bc1 = np.array(1 - b1 ** step), bc2 = np.array(1 - b2 ** step);
+        const next = params.map((p, i) =>
+          adamw(p, grads[i]!.ref, ms[i]!, vs[i]!, scale.ref, bc1.ref, bc2.ref)
+        );
+        scale.dispose(), bc1.dispose(), bc2.dispose();
+        params = next.map((r) => r[0]!);
+        ms = next.map((r) => r[1]!);
+        vs = next.map((r) => r[2]!);
+      }
       await Promise.all([...params, ...ms, ...vs, ...grads].map((a) => a.blockUntilReady()));
     },
     async output() {

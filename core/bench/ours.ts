@@ -48,11 +48,14 @@ export function oursRunnable(
 ): Runnable {
   const prepared = calls.map((c) => prepare(ctx, c));
   return {
-    async run() {
-      const step = new Step(ctx, { label: "bench" });
-      for (const p of prepared) step.dispatch(p);
-      step.submit();
-      await step.done();
+    async run(times = 1) {
+      let step: Step | null = null;
+      for (let i = 0; i < times; i++) {
+        step = new Step(ctx, { label: "bench" });
+        for (const p of prepared) step.dispatch(p);
+        step.submit();
+      }
+      await step?.done();
     },
     output: () => readTensor(ctx, output),
     dispose() {

@@ -16,6 +16,8 @@ export interface BenchSummary {
   quick: boolean;
   warmup: number;
   reps: number;
+  /** Runs queued per host wait when fixed for the whole run; null when sized per case. */
+  per_sync?: number | null;
 }
 
 /**
@@ -55,7 +57,7 @@ const _TABLES = [
 /**
  * Fixed-width tables: per case, the two implementations' ms and GFLOP/s (tokens/s for the decode suite)
  * and the time ratio second/first for the moe and decode suites' dense and sparse rows, first/second
- * (ours/tfjs: below 1, ours is faster) otherwise;
+ * (ours/tfjs: below 1, ours is faster) otherwise, and the runs queued per host wait when timing;
  * failed rows show ERROR and their messages follow the tables.
  *
  * @example
@@ -85,7 +87,16 @@ export function formatTable(rows: readonly BenchRow[], adapter: string): string 
 function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] {
   const [a, b] = t.names;
   const rate = t.decode ? "tokens/s" : "GFLOP/s";
-  const header = ["suite", "case", `${a} ms`, `${a} ${rate}`, `${b} ms`, `${b} ${rate}`, t.ratio];
+  const header = [
+    "suite",
+    "case",
+    `${a} ms`,
+    `${a} ${rate}`,
+    `${b} ms`,
+    `${b} ${rate}`,
+    t.ratio,
+    "runs/wait",
+  ];
   const cases = new Map<string, Map<string, BenchRow>>();
   for (const r of rows) {
     const key = `${r.suite}\u0000${r.case}`;
@@ -106,7 +117,17 @@ function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] 
     const ratio = typeof num?.ms === "number" && typeof den?.ms === "number"
       ? (num.ms / den.ms).toFixed(2)
       : "–";
-    body.push([any.suite, any.case, ms(first), gf(first), ms(second), gf(second), ratio]);
+    const perSync = first?.per_sync ?? second?.per_sync;
+    body.push([
+      any.suite,
+      any.case,
+      ms(first),
+      gf(first),
+      ms(second),
+      gf(second),
+      ratio,
+      perSync === undefined ? "–" : String(perSync),
+    ]);
   }
   const width = header.map((h, c) => Math.max(h.length, ...body.map((r) => r[c]!.length)));
   const line = (cells: string[]) =>

@@ -64,12 +64,14 @@ export async function openTfjs(ctx: GpuContext): Promise<Tfjs> {
 export function tfjsRunnable(t: Tfjs, op: () => tf.Tensor, owned: readonly tf.Tensor[]): Runnable {
   let last: tf.Tensor | null = null;
   return {
-    async run() {
-      last?.dispose();
-      last = t.tf.tidy(op);
-      t.backend.ensureCommandEncoderReady(); // submitQueue() needs an encoder, even an empty one
-      t.backend.endComputePassEncoder();
-      t.backend.submitQueue();
+    async run(times = 1) {
+      for (let i = 0; i < times; i++) {
+        last?.dispose();
+        last = t.tf.tidy(op);
+        t.backend.ensureCommandEncoderReady(); // submitQueue() needs an encoder, even an empty one
+        t.backend.endComputePassEncoder();
+        t.backend.submitQueue();
+      }
       await t.device.queue.onSubmittedWorkDone();
     },
     async output() {

@@ -135,14 +135,17 @@ function _ours(
   let t = 0;
   const own: GpuTensor[] = [stats, hyper, ...opt.m.values(), ...opt.v.values()];
   return {
-    async run() {
-      t++;
-      writeTensor(ctx, hyper, new Float32Array([_LR, 1 - _OPT.betas[0] ** t, 1 - _OPT.betas[1] ** t]));
-      const step = new Step(ctx, { label: "bench.train" });
-      exec.encode(step);
-      for (const p of prepared) step.dispatch(p);
-      step.submit();
-      await step.done();
+    async run(times = 1) {
+      let step: Step | null = null;
+      for (let i = 0; i < times; i++) {
+        t++;
+        writeTensor(ctx, hyper, new Float32Array([_LR, 1 - _OPT.betas[0] ** t, 1 - _OPT.betas[1] ** t]));
+        step = new Step(ctx, { label: "bench.train" });
+        exec.encode(step);
+        for (const p of prepared) step.dispatch(p);
+        step.submit();
+      }
+      await step?.done();
     },
     async output() {
       const parts = await Promise.all(m.grads.map((g) => readTensor(ctx, exec.tensor(g))));

@@ -1,5 +1,5 @@
 /**
- * `deno task bench [--json] [--suite NAME] [--quick]`: our kernels beside tfjs-webgpu, checked then timed.
+ * `deno task bench [--json] [--suite NAME] [--quick] [--per-sync N]`: our kernels beside tfjs-webgpu, checked then timed.
  * Progress goes to stderr; stdout gets the table, or with `--json` one JSON object per row and a summary
  * object last. Any row that failed its correctness check (or errored) makes the exit code 1.
  *
@@ -7,7 +7,7 @@
  */
 import { runBench, type SuiteName, SUITES } from "../bench/bench.ts";
 import { formatTable, jsonLines } from "../bench/report.ts";
-import { parseCommandArgs } from "./args.ts";
+import { parseCommandArgs, positiveInt } from "./args.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
 import type { CliIo } from "./main.ts";
 import { BENCH_USAGE } from "./usage.ts";
@@ -24,6 +24,7 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseCommandArgs("bench", args, {
     suite: { type: "string", multiple: true },
     quick: { type: "boolean" },
+    "per-sync": { type: "string" },
   });
   if (values.help) {
     io.out(BENCH_USAGE);
@@ -39,7 +40,8 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
     return s as SuiteName;
   });
   const quick = !!values.quick;
-  const result = await runBench({ suites, quick, progress: (line) => io.err(`bench: ${line}`) });
+  const perSync = positiveInt("per-sync", values["per-sync"]);
+  const result = await runBench({ suites, quick, perSync, progress: (line) => io.err(`bench: ${line}`) });
   const errors = result.rows.filter((r) => r.error).length;
   if (values.json) {
     const summary = {
@@ -50,6 +52,7 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
       quick,
       warmup: result.warmup,
       reps: result.reps,
+      per_sync: result.perSync,
     };
     for (const line of jsonLines(result.rows, summary)) io.out(line);
   } else {

@@ -15,7 +15,7 @@ Commands:
   eval <run-id|ckpt> [--rule threshold --epsilon 0.5 | --rule topk --k 2 | …]… [--batches N]
   generate <run-id|ckpt> --prompt TEXT [--max-tokens N] [--rule …]
   dashboard [--port 8000] [--host 127.0.0.1] [--token T]         serve the runs dashboard (live charts, API)
-  bench [--json] [--suite NAME] [--quick]
+  bench [--json] [--suite NAME] [--quick] [--per-sync N]
   repro [--scale micro|small]                                    reproduce the paper's claims; write a report
   test                                                           fmt, lint, type check and the test suite
 
@@ -45,7 +45,9 @@ export const BENCH_USAGE = `Usage: deno task bench [options]
 
 Times our WebGPU kernels beside tfjs-webgpu on the same device. Every implementation is first checked
 against the float64 reference (a mismatch is an error row and exit code 1), then run once to warm up and
-timed over 5 repetitions (submit + wait for the GPU each); the median is reported.
+timed over 5 repetitions; the median is reported. A repetition queues several runs (encode + submit each)
+and waits for the GPU once, so the ~11 ms host↔GPU wait does not hide the kernels' time; the count is
+sized per case so a repetition lasts ~100 ms (column runs/wait), the same for every implementation.
 
 Options:
   --suite NAME   matmul (GFLOP/s at 256³…2048³ and 4096×256×1024), kernels (softmax, layernorm, gelu,
@@ -55,5 +57,6 @@ Options:
                  dense-training step of a MoE-MLP block: forward, backward, clipping, AdamW; also against
                  jax-js on WebGPU and WebAssembly); repeatable;
                  default all
-  --quick        small sizes and 2 repetitions (for tests)
+  --quick        small sizes, 2 repetitions of 2 runs per wait (for tests)
+  --per-sync N   queue N runs per host wait in every case (1: wait after each run)
   --json         one JSON object per row, then a summary object as the last line`;
