@@ -21,7 +21,16 @@ export interface OpenGpuOptions {
   validation?: boolean;
   /** Ask for `timestamp-query` when the adapter has it. Default true. */
   timestamps?: boolean;
+  /**
+   * Kernel templates to use instead of the ones picked from the adapter's description (tests run the
+   * `gpu` templates on llvmpipe this way). Default: the environment variable `DSMOE_KERNELS`
+   * (`gpu` or `cpu-simd`) when set, else detected.
+   */
+  profile?: KernelProfile;
 }
+
+/** Which family of kernel templates a context builds: see {@linkcode GpuContext.profile}. */
+export type KernelProfile = "cpu-simd" | "gpu";
 
 /** An open device plus everything the kernels need from it. */
 export class GpuContext {
@@ -36,20 +45,20 @@ export class GpuContext {
    * where big per-invocation register tiles and tiny workgroups win (shared/LLVMPIPE_NOTES.md);
    * `gpu`: a real GPU, where 4×4–8×8 tiles, 64–256-thread workgroups and shared memory win.
    */
-  readonly profile: "cpu-simd" | "gpu";
+  readonly profile: KernelProfile;
   #lost: GpuLostError | null = null;
 
-  constructor(device: GPUDevice, adapter: AdapterDescription, validation: boolean) {
+  constructor(device: GPUDevice, adapter: AdapterDescription, validation: boolean, profile?: KernelProfile) {
     this.device = device;
     this.adapter = adapter;
     this.limits = device.limits;
     this.features = new Set(device.features);
     this.pipelines = new PipelineCache(device);
     this.validation = validation;
-    this.profile =
-      adapter.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|software/i.test(adapter.description)
+    this.profile = profile ??
+      (adapter.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|software/i.test(adapter.description)
         ? "cpu-simd"
-        : "gpu";
+        : "gpu");
     device.lost.then((info) => {
       this.#lost = new GpuLostError(`WebGPU device lost (${info.reason}): ${info.message || "no message"}`);
     });
@@ -140,7 +149,21 @@ export async function openGpu(options: OpenGpuOptions = {}): Promise<GpuContext>
     architecture: info.architecture,
     isFallbackAdapter: (info as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? false,
   };
-  return new GpuContext(device, desc, options.validation ?? false);
+  return new GpuContext(device, desc, options.validation ?? false, options.profile ?? _envProfile());
+}
+
+function _envProfile(): KernelProfile | undefined {
+  let v: string | undefined;
+  try {
+    v = Deno.env.get("DSMOE_KERNELS");
+  } catch {
+    return undefined; // no --allow-env: detect
+  }
+  if (v === undefined || v === "") return undefined;
+  if (v !== "gpu" && v !== "cpu-simd") {
+    throw new GpuUnavailableError(`DSMOE_KERNELS must be "gpu" or "cpu-simd", got "${v}"`);
+  }
+  return v;
 }
 
 // The limits kernels and the planner depend on; requested at the adapter's maximum.

@@ -18,7 +18,7 @@ import { routeMask } from "./kernels/routing.ts";
 import type { Node } from "../core/graph/ir.ts";
 import { GPU_IMPLS, type GpuImpl, type Scratch } from "./executor.ts";
 import { activation, activationBackward, type ActivationKind } from "./kernels/activation.ts";
-import { attention, attentionBackward } from "./kernels/attention.ts";
+import { attention, attentionBackward, attentionDkvScratch } from "./kernels/attention.ts";
 import { add, addN, fill, mul, scale } from "./kernels/elementwise.ts";
 import { addRows, biasAdd, embedding, embeddingGrad, sumRows, sumRowsMod } from "./kernels/embedding.ts";
 import {
@@ -31,7 +31,7 @@ import {
   zLoss,
   zLossBackward,
 } from "./kernels/losses.ts";
-import { matmul } from "./kernels/matmul.ts";
+import { matmulCalls, matmulPlan, matmulScratch } from "./kernels/matmul.ts";
 import { norm, normBackward, type NormKind } from "./kernels/norm.ts";
 import { routerScale, routerScaleDs, topkMask } from "./kernels/router.ts";
 import { softmax, softmaxBackward } from "./kernels/softmax.ts";
@@ -68,11 +68,13 @@ const IMPLS: Record<string, GpuImpl> = {
   sum_rows_mod: (ctx, _n, [dy], [out]) => [sumRowsMod(ctx, { dy: dy!, out: out! })],
   bias_add: (ctx, _n, [x, b], [y]) => [biasAdd(ctx, { x: x!, b: b!, y: y! })],
   sum_rows: (ctx, _n, [x], [out]) => [sumRows(ctx, { x: x!, out: out! })],
-  matmul: (ctx, n, [a, b], [c]) => {
+  matmul: (ctx, n, [a, b], [c], scratch) => {
     const transA = !!n.attrs.transA, transB = !!n.attrs.transB;
     const [m, nn] = n.outputs[0]!.shape as [number, number];
     const k = transA ? n.inputs[0]!.shape[0]! : n.inputs[0]!.shape[1]!;
-    return [matmul(ctx, { a: a!, b: b!, c: c!, m, k, n: nn, transA, transB })];
+    const { splits } = matmulPlan(ctx, m, k, nn);
+    const partial = splits > 1 ? scratch([matmulScratch(m, nn, splits)], "partial") : undefined;
+    return matmulCalls(ctx, { a: a!, b: b!, c: c!, m, k, n: nn, transA, transB, splits, partial });
   },
   norm: (ctx, n, [x, gamma, beta], [y, mean, rstd]) => [
     norm(ctx, {
@@ -117,6 +119,9 @@ const IMPLS: Record<string, GpuImpl> = {
       dk: dk!,
       dv: dv!,
       delta: scratch(n.inputs[4]!.shape, "delta"),
+      partial: ctx.profile === "gpu"
+        ? scratch([attentionDkvScratch(n.inputs[0]!.shape)], "dkv_partial")
+        : undefined,
     }),
   router_scale: (ctx, _n, [x, s], [y]) => [routerScale(ctx, { x: x!, s: s!, y: y! })],
   router_scale_ds: (ctx, _n, [x, dy], [ds]) => [routerScaleDs(ctx, { x: x!, dy: dy!, ds: ds! })],

@@ -113,7 +113,7 @@ Deno.test("bench rejects an unknown suite and stray arguments with exit code 2",
   assert(help.out.join("\n").includes("--suite"));
 });
 
-Deno.test("bench queues the runs of a repetition and uses one queue length for every implementation", async () => {
+Deno.test("bench times the difference of queues of p and 2p runs, p sized once per case for every implementation", async () => {
   const calls: Record<string, number[]> = { dsmoe: [], "tfjs-webgpu": [] };
   const fake = (impl: string, ms: number) => () => ({
     async run(times = 1) {
@@ -133,12 +133,16 @@ Deno.test("bench queues the runs of a repetition and uses one queue length for e
       impls: { dsmoe: fake("dsmoe", 20), "tfjs-webgpu": fake("tfjs-webgpu", 2) },
     }),
   }], { warmup: 1, reps: 2 });
-  // The first implementation's single run (~20 ms) sizes the queue to ~100 ms: 5 runs (±1 for timer jitter).
-  const per = rows[0]!.per_sync!;
-  assert(per >= 3 && per <= 6, `per_sync ${per}`);
-  assertEquals(rows[1]!.per_sync, per, "the peer is timed with the same queue length");
-  assertEquals(calls.dsmoe, [1, 1, per, per, per], "check, sizing, warm-up, 2 timed");
-  assertEquals(calls["tfjs-webgpu"], [1, per, per, per], "check, warm-up, 2 timed");
-  assert(rows[0]!.ms! >= 15, `one run's time, not the repetition's: ${rows[0]!.ms}`);
+  // The first implementation sizes p: a queue of 2 runs of ~20 ms takes ~20 ms longer than 1 run (< 25),
+  // 4 takes ~40 ms longer than 2, so p = 2; each sample times queues of 2 and 4.
+  assertEquals(rows.map((r) => r.per_sync), [2, 2], "the peer is timed with the same p");
+  assertEquals(
+    calls.dsmoe,
+    [1, 1, 2, 2, 4, 2, 2, 4, 2, 4],
+    "check, sizing (1 vs 2, 2 vs 4), warm-up, 2 samples",
+  );
+  assertEquals(calls["tfjs-webgpu"], [1, 2, 2, 4, 2, 4], "check, warm-up, 2 samples");
+  assert(rows[0]!.ms! >= 15 && rows[0]!.ms! < 40, `one run's time, the wait excluded: ${rows[0]!.ms}`);
+  assert(rows[1]!.ms! < 15, `the faster peer: ${rows[1]!.ms}`);
   assertEquals((await cli("bench", "--per-sync", "0")).code, 2);
 });

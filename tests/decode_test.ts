@@ -9,6 +9,7 @@ import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
 import "../gpu/graph_ops.ts";
+import { openGpu } from "../gpu/device.ts";
 import { assertClose, testGpu } from "./helpers/gpu.ts";
 
 const T = 7;
@@ -31,9 +32,16 @@ const RULES: InferRules[] = [
   { mlp: { ...base, kind: "top_p", p: 0.6 }, attention: { ...base, kind: "threshold", epsilon: 1 } },
 ];
 
-for (const [name, model] of Object.entries(MODELS)) {
+const VARIANTS = [
+  ...Object.entries(MODELS).map(([name, model]) => ({ name, model, gpuKernels: false })),
+  // The one-token MoE/MoA kernels a real GPU gets (column sums over lanes), run here on llvmpipe.
+  { name: "DS-MoE with MoA (gpu kernel profile)", model: MODELS["DS-MoE with MoA"]!, gpuKernels: true },
+];
+
+for (const { name, model, gpuKernels } of VARIANTS) {
   Deno.test(`decoding a tiny ${name} model token by token with a KV cache gives the sequence forward's logits`, async () => {
-    const ctx = await testGpu();
+    const detected = await testGpu();
+    const ctx = gpuKernels ? await openGpu({ profile: "gpu", validation: true }) : detected;
     const c = ExperimentSchema.parse({ data: { seq_len: T }, model: { d_model: 16, layers: 2, ...model } });
     const rng = new Rng(3);
     const ids = Uint32Array.from({ length: T }, () => rng.int(256));
@@ -109,5 +117,6 @@ for (const [name, model] of Object.entries(MODELS)) {
       }
     }
     if (name !== "dense") assert(routedOff > 0, "the sparse rules left some experts out");
+    if (ctx !== detected) ctx.destroy();
   });
 }

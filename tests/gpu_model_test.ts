@@ -5,7 +5,8 @@ import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { type Schedule, schedule } from "../core/graph/schedule.ts";
 import type { Value } from "../core/graph/ir.ts";
-import type { GpuContext } from "../gpu/device.ts";
+import { type GpuContext, openGpu } from "../gpu/device.ts";
+import { matmulPlan } from "../gpu/kernels/matmul.ts";
 import { buildModel, type InferRules } from "../core/plan/model.ts";
 import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
@@ -38,18 +39,29 @@ const MODELS: Record<string, unknown> = {
     router: { hidden: 6 },
     loss: { mi: { attention: 0.05, mlp: 0.1 }, z: 0.01 },
   },
+  // The real-GPU kernel family, run here on llvmpipe: a batch of 40 × 7 = 280 tokens makes every weight gradient
+  // (K = tokens) split K in two across workgroups.
+  "DS-MoE with MoA on the gpu kernel profile (split-K weight gradients)": {
+    model: {
+      attention: { kind: "moa", experts: 3, heads_per_expert: 2, head_dim: 8 },
+      mlp: { experts: 4, hidden: 12 },
+    },
+    loss: { mi: { attention: 0.05, mlp: 0.1 } },
+  },
 };
+const GPU_PROFILE = "DS-MoE with MoA on the gpu kernel profile (split-K weight gradients)";
 
 for (const [name, over] of Object.entries(MODELS)) {
   Deno.test(`WebGPU forward and backward of a tiny ${name} model match the float64 reference`, async () => {
-    const ctx = await testGpu();
+    const base = await testGpu();
+    const ctx = name === GPU_PROFILE ? await openGpu({ profile: "gpu", validation: true }) : base;
     const o = over as Record<string, Record<string, unknown>>;
     const c = ExperimentSchema.parse({
       ...o,
       data: { seq_len: 7 },
       model: { d_model: 16, layers: 2, ...o.model },
     });
-    const m = buildModel(c, 3);
+    const m = buildModel(c, name === GPU_PROFILE ? 40 : 3);
     const params = m.params.map((p) => p.value);
     const grads = gradients(m.graph, m.loss, params);
     const outs = [m.loss, m.lmLoss, ...grads];
@@ -68,7 +80,15 @@ for (const [name, over] of Object.entries(MODELS)) {
         Float64Array.from(Float32Array.from({ length: n }, () => base + 0.3 * (2 * rng.next() - 1))),
       );
     }
-    const { ref, got: gpu } = await runBoth(ctx, m, sched, feeds, outs, name);
+    if (name === GPU_PROFILE) {
+      const splits = sched.nodes.filter((n) => n.op === "matmul" && n.attrs.transA).map((n) =>
+        matmulPlan(ctx, n.outputs[0]!.shape[0]!, n.inputs[0]!.shape[0]!, n.outputs[0]!.shape[1]!).splits
+      );
+      assert(splits.length > 0 && splits.every((x) => x === 2), `weight-gradient splits ${splits}`);
+    }
+    const { ref, got: gpu } = await runBoth(ctx, m, sched, feeds, outs, name).finally(() => {
+      if (ctx !== base) ctx.destroy();
+    });
     for (let i = 0; i < outs.length; i++) {
       const got = gpu[i]!;
       const r = ref[i]!;

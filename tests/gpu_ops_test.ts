@@ -12,6 +12,7 @@ import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
 import "../gpu/graph_ops.ts";
+import { type GpuContext, openGpu } from "../gpu/device.ts";
 import { assertClose, testGpu, type Tolerance } from "./helpers/gpu.ts";
 
 type Build = (
@@ -20,8 +21,14 @@ type Build = (
   ids: (n: number, max: number) => Value,
 ) => Value[];
 
-async function conform(name: string, build: Build, tol: Tolerance): Promise<void> {
-  const ctx = await testGpu();
+let _gpuProfile: Promise<GpuContext> | null = null;
+/** A second device on this adapter that builds the real-GPU (`gpu` profile) kernel templates. */
+function gpuProfileCtx(): Promise<GpuContext> {
+  return _gpuProfile ??= testGpu().then(() => openGpu({ profile: "gpu", validation: true }));
+}
+
+async function conform(name: string, build: Build, tol: Tolerance, gpuKernels = false): Promise<void> {
+  const ctx = gpuKernels ? await gpuProfileCtx() : await testGpu();
   const g = new Graph(), rng = new Rng(name.length * 7919);
   const feeds = new Map<number, HostValue>();
   const f = (shape: number[], lo = -1, hi = 1) => {
@@ -195,4 +202,7 @@ const CASES: Record<string, [Build, Tolerance]> = {
 for (const [name, [build, tol]] of Object.entries(CASES)) {
   Deno.test(`WebGPU ${name} match the float64 reference (atol ${tol.atol}, rtol ${tol.rtol})`, () =>
     conform(name, build, tol));
+  // The same graphs through the templates a real GPU gets (workgroup reductions, shared-memory tiles).
+  Deno.test(`WebGPU ${name}, gpu kernel profile, match the float64 reference`, () =>
+    conform(name, build, tol, true));
 }

@@ -4,7 +4,7 @@
  * @module
  */
 import { BenchCheckError, checkClose, type Tolerance } from "./check.ts";
-import { choosePerSync, timeMedian, type TimingOptions } from "./timing.ts";
+import { sizeQueue, timeMedian, type TimingOptions } from "./timing.ts";
 
 /** The implementations compared in a case unless it names its own ({@linkcode BenchCase.impls}). */
 export const IMPLS = ["dsmoe", "tfjs-webgpu"] as const;
@@ -152,11 +152,7 @@ async function _runOne(
       setup.tolerance,
       `${c.suite} ${c.name} ${impl}`,
     );
-    if (o.perSync === undefined) {
-      const t0 = performance.now();
-      await r.run();
-      o.perSync = choosePerSync(performance.now() - t0);
-    }
+    o.perSync ??= await sizeQueue((times) => r!.run(times));
     const { ms } = await timeMedian((times) => r!.run(times), o);
     if (!(ms > 0) || !Number.isFinite(ms)) throw new RangeError(`timing gave ${ms} ms`);
     return {

@@ -101,6 +101,9 @@ export async function jaxTrainRunnable(
         params = next.map((r) => r[0]!);
         ms = next.map((r) => r[1]!);
         vs = next.map((r) => r[2]!);
+        // WebAssembly computes on this machine's CPUs, so a queue buys nothing there, and the pending
+        // intermediates of many queued steps outgrow wasm's 4 GiB memory (seen at 64 steps of N = 2048).
+        if (device === "wasm") await Promise.all([...params, ...ms, ...vs].map((a) => a.blockUntilReady()));
       }
       await Promise.all([...params, ...ms, ...vs, ...grads].map((a) => a.blockUntilReady()));
     },

@@ -1,10 +1,12 @@
 /**
- * The one timing method of every benchmark row, the same for our kernels and for every peer: warm-up runs,
- * then timed repetitions, reported as the median. A repetition queues `perSync` runs back to back (each
- * encoded and submitted) and waits for the GPU once; its time divided by `perSync` is one sample. One
- * host↔GPU wait costs ~11 ms in Deno on llvmpipe and on an H200 alike, so without the queueing every small
- * kernel would time as that wait; {@linkcode choosePerSync} sizes the queue from a first single run. The
- * median keeps one slow outlier on a shared machine from moving the row.
+ * The one timing method of every benchmark row, the same for our kernels and for every peer. A host↔GPU
+ * wait costs ~11 ms in Deno, on llvmpipe and on an H200 alike, far more than most kernels take on a real
+ * GPU, so a row is not "submit, wait, read the clock": each sample times a queue of p runs and one of 2p
+ * runs (every run encoded and submitted, one wait at the end of each queue), and takes the difference
+ * over p, the time the p extra runs added: the fixed cost of the wait cancels. p is sized per case from
+ * the first implementation ({@linkcode sizeQueue}: doubled until the p extra runs take ≥ 25 ms, at most
+ * {@linkcode PER_SYNC_MAX}) and used for every implementation of the case. The reported time is the
+ * median sample, which keeps one slow outlier on a shared machine from moving the row.
  *
  * @module
  */
@@ -16,30 +18,52 @@ export interface TimingOptions {
   /** Timed runs; the reported time is their median. */
   reps: number;
   /**
-   * Runs queued per host↔GPU wait (every implementation of a case uses the same count). Default: chosen
-   * per case by {@linkcode choosePerSync} from the first implementation's single-run time.
+   * p, the runs of the shorter queue per sample (every implementation of a case uses the same p). Default
+   * in {@linkcode timeMedian} 1; the case runner sizes it with {@linkcode sizeQueue} when not given.
    */
   perSync?: number;
 }
 
-/** Queue runs until one timed repetition lasts about this long. */
-export const PER_SYNC_TARGET_MS = 100;
+/** {@linkcode sizeQueue} stops doubling once p extra runs take this long. */
+export const PER_SYNC_TARGET_MS = 25;
 /** The most runs queued per wait. */
-export const PER_SYNC_MAX = 64;
+export const PER_SYNC_MAX = 256;
+
+async function _timed(run: (times: number) => Promise<void>, times: number): Promise<number> {
+  const t0 = performance.now();
+  await run(times);
+  return performance.now() - t0;
+}
 
 /**
- * Runs per wait so that a repetition lasts about {@linkcode PER_SYNC_TARGET_MS}: 1 for runs that already take
- * that long, at most {@linkcode PER_SYNC_MAX}.
+ * The queue length p for a case: 1, 2, 4, … until a queue of 2p runs takes {@linkcode PER_SYNC_TARGET_MS}
+ * longer than one of p, at most {@linkcode PER_SYNC_MAX}.
  *
  * @example
  * ```ts
- * import { choosePerSync } from "./timing.ts";
- * if (choosePerSync(12) !== 8 || choosePerSync(300) !== 1 || choosePerSync(0.01) !== 64) throw new Error("perSync");
+ * import { sizeQueue } from "./timing.ts";
+ * // A fake run: 11 ms of waiting plus 0.5 ms per queued run.
+ * let clock = 0;
+ * const p = await sizeQueue((times) => { clock += 11 + 0.5 * times; return Promise.resolve(); }, () => clock);
+ * if (p !== 64) throw new Error(`p ${p}`);
  * ```
  */
-export function choosePerSync(singleRunMs: number): number {
-  if (!(singleRunMs > 0)) return PER_SYNC_MAX;
-  return Math.max(1, Math.min(PER_SYNC_MAX, Math.round(PER_SYNC_TARGET_MS / singleRunMs)));
+export async function sizeQueue(
+  run: (times: number) => Promise<void>,
+  now: () => number = () => performance.now(),
+): Promise<number> {
+  const timed = async (times: number) => {
+    const t0 = now();
+    await run(times);
+    return now() - t0;
+  };
+  let p = 1;
+  while (p < PER_SYNC_MAX) {
+    const t1 = await timed(p), t2 = await timed(2 * p);
+    if (t2 - t1 >= PER_SYNC_TARGET_MS) break;
+    p *= 2;
+  }
+  return p;
 }
 
 /**
@@ -58,9 +82,11 @@ export function median(xs: readonly number[]): number {
 }
 
 /**
- * Runs `run(perSync)` (which must queue that many runs and resolve only when the GPU has finished them)
- * `warmup` times untimed, then `reps` times timed; returns the median time of one run and every sample,
- * in milliseconds.
+ * Runs `run(p)` `warmup` times untimed, then takes `reps` samples, each the time of `run(2p)` minus that of
+ * `run(p)`, over p (`run(times)` must queue that many runs and resolve only when the GPU has finished
+ * them); returns the median sample and every sample, in milliseconds per run. Should the median come out
+ * at or below zero (noise far above the work, p too small), the median of `run(2p)`'s time over 2p, an
+ * upper bound that includes the wait, is returned instead.
  *
  * @example
  * ```ts
@@ -73,17 +99,18 @@ export async function timeMedian(
   run: (times: number) => Promise<void>,
   o: TimingOptions,
 ): Promise<{ ms: number; samples: number[] }> {
-  const per = o.perSync ?? 1;
+  const p = o.perSync ?? 1;
   if (!Number.isInteger(o.reps) || o.reps < 1) {
     throw new RangeError(`Cannot time: reps (${o.reps}) must be ≥ 1`);
   }
-  if (!Number.isInteger(per) || per < 1) throw new RangeError(`Cannot time: perSync (${per}) must be ≥ 1`);
-  for (let i = 0; i < o.warmup; i++) await run(per);
-  const samples: number[] = [];
+  if (!Number.isInteger(p) || p < 1) throw new RangeError(`Cannot time: perSync (${p}) must be ≥ 1`);
+  for (let i = 0; i < o.warmup; i++) await run(p);
+  const samples: number[] = [], whole: number[] = [];
   for (let i = 0; i < o.reps; i++) {
-    const t0 = performance.now();
-    await run(per);
-    samples.push((performance.now() - t0) / per);
+    const t1 = await _timed(run, p), t2 = await _timed(run, 2 * p);
+    samples.push((t2 - t1) / p);
+    whole.push(t2 / (2 * p));
   }
-  return { ms: median(samples), samples };
+  const ms = median(samples);
+  return { ms: ms > 0 ? ms : median(whole), samples };
 }

@@ -45,9 +45,10 @@ export const BENCH_USAGE = `Usage: deno task bench [options]
 
 Times our WebGPU kernels beside tfjs-webgpu on the same device. Every implementation is first checked
 against the float64 reference (a mismatch is an error row and exit code 1), then run once to warm up and
-timed over 5 repetitions; the median is reported. A repetition queues several runs (encode + submit each)
-and waits for the GPU once, so the ~11 ms host↔GPU wait does not hide the kernels' time; the count is
-sized per case so a repetition lasts ~100 ms (column runs/wait), the same for every implementation.
+timed over 5 samples; the median is reported. A sample times a queue of p runs (encode + submit each,
+one wait for the GPU at the end) and one of 2p, and divides the difference by p, so the fixed ~11 ms
+host↔GPU wait cancels out; p (column runs/wait) is doubled per case until the p extra runs take ≥ 25 ms,
+and is the same for every implementation of the case.
 
 Options:
   --suite NAME   matmul (GFLOP/s at 256³…2048³ and 4096×256×1024), kernels (softmax, layernorm, gelu,
@@ -57,6 +58,6 @@ Options:
                  dense-training step of a MoE-MLP block: forward, backward, clipping, AdamW; also against
                  jax-js on WebGPU and WebAssembly); repeatable;
                  default all
-  --quick        small sizes, 2 repetitions of 2 runs per wait (for tests)
-  --per-sync N   queue N runs per host wait in every case (1: wait after each run)
+  --quick        small sizes, 2 samples with p = 2 (for tests)
+  --per-sync N   p = N in every case instead of sizing it
   --json         one JSON object per row, then a summary object as the last line`;

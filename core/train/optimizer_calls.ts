@@ -9,7 +9,13 @@ import type { Experiment } from "../config/schema.ts";
 import { createTensor, type GpuTensor } from "../../gpu/buffers.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import type { KernelCall } from "../../gpu/dispatch.ts";
-import { adamw, gradNormFinish, partialsFor, sumSquares } from "../../gpu/kernels/optimizer.ts";
+import {
+  adamw,
+  gradNormFinish,
+  partialsFor,
+  sumSquares,
+  sumSquaresGroup,
+} from "../../gpu/kernels/optimizer.ts";
 
 /** One optimized parameter: its tensor, its gradient's tensor, and whether weight decay applies. */
 export interface OptimizedParam {
@@ -44,10 +50,11 @@ export function optimizerCalls(
   const total = params.reduce((n, p) => n + partialsFor(p.grad.size), 0);
   const partials = createTensor(ctx, [total], "f32", undefined, "grad.partials");
   const calls: KernelCall[] = [];
-  let offset = 0;
-  for (const p of params) {
-    calls.push(sumSquares(ctx, { x: p.grad, partials, offset }));
-    offset += partialsFor(p.grad.size);
+  const group = sumSquaresGroup(ctx);
+  for (let first = 0, offset = 0; first < params.length; first += group) {
+    const xs = params.slice(first, first + group).map((p) => p.grad);
+    calls.push(sumSquares(ctx, { xs, partials, offset }));
+    offset += xs.reduce((n, x) => n + partialsFor(x.size), 0);
   }
   calls.push(
     gradNormFinish(ctx, { partials, count: total, loss: o.loss, stats: o.stats, maxNorm: o.gradClip }),

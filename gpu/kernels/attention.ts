@@ -48,7 +48,7 @@ export function attention(
     ],
     fields,
     invocations: fields[0]![2],
-    workgroup: 8,
+    workgroup: _wg(ctx),
     prelude: `const D = ${D}u;`,
     body: `${_ROW}
   var qr: array<f32, ${D}>; var acc: array<f32, ${D}>;
@@ -83,6 +83,11 @@ export function attentionBackward(
     dk: GpuTensor;
     dv: GpuTensor;
     delta: GpuTensor;
+    /**
+     * Scratch of {@linkcode attentionDkvScratch} elements: with it (on the `gpu` profile), dk and dv are
+     * summed from per-(query head, query chunk) partials instead of one invocation per key row.
+     */
+    partial?: GpuTensor;
   },
 ): KernelCall[] {
   const D = o.q.shape[3]!, fields = _dims(o.q, o.k), rows = fields[0]![2];
@@ -96,7 +101,7 @@ export function attentionBackward(
     }],
     fields,
     invocations: rows,
-    workgroup: 8,
+    workgroup: _wg(ctx),
     prelude,
     body: `${_ROW}
   var acc = 0.0;
@@ -117,7 +122,7 @@ export function attentionBackward(
     bindings: [...reads, { name: "dq", tensor: o.dq, write: true }],
     fields,
     invocations: rows,
-    workgroup: 8,
+    workgroup: _wg(ctx),
     prelude,
     body: `${_ROW}
   var qr: array<f32, ${D}>; var dor: array<f32, ${D}>; var acc: array<f32, ${D}>;
@@ -134,6 +139,7 @@ export function attentionBackward(
   });
   const [B, T] = o.q.shape as [number, number];
   const kvRows = B * o.k.shape[2]! * T;
+  if (ctx.profile === "gpu" && o.partial) return [delta, dq, ..._dkvSplit(ctx, o, fields, reads)];
   const dkv = simpleKernel(ctx, {
     label: "attention_backward_dkv",
     bindings: [...reads, { name: "dk", tensor: o.dk, write: true }, {
@@ -162,4 +168,110 @@ export function attentionBackward(
   for (var j = 0u; j < D; j = j + 1u) { dk[ko + j] = dk_acc[j]; dv[ko + j] = dv_acc[j]; }`,
   });
   return [delta, dq, dkv];
+}
+
+/** Invocations per workgroup of the row kernels: 8 lanes on cpu-simd, two warps on a real GPU. */
+function _wg(ctx: GpuContext): number {
+  return ctx.profile === "gpu" ? 64 : 8;
+}
+
+/** Query rows per chunk of the split dk/dv kernel. */
+const _DKV_CHUNK = 16;
+
+/**
+ * Elements of the dk/dv partials for q (B, T, Hq, D): two planes (dk, dv) of one (B, T, Hq, D) block per
+ * chunk of {@linkcode _DKV_CHUNK} query rows.
+ */
+export function attentionDkvScratch(qShape: readonly number[]): number {
+  const [B, T, Hq, D] = qShape as [number, number, number, number];
+  return 2 * Math.ceil(T / _DKV_CHUNK) * B * T * Hq * D;
+}
+
+/**
+ * dk and dv on a real GPU. A key row's gradient sums over every later query row of every query head that
+ * reads it; one invocation per key row (the cpu-simd form) leaves a GPU with B·Hkv·T threads, the first
+ * ones walking all T queries. Here `attention_backward_dkv_part` runs one invocation per (chunk of 16
+ * query rows, batch, key row, query head) into `partial`, and `attention_backward_dkv_sum` adds the
+ * chunks and the heads sharing the key head, in a fixed order.
+ */
+function _dkvSplit(
+  ctx: GpuContext,
+  o: { q: GpuTensor; k: GpuTensor; dk: GpuTensor; dv: GpuTensor; partial?: GpuTensor },
+  fields: UniformFields,
+  reads: { name: string; tensor: GpuTensor }[],
+): KernelCall[] {
+  const [B, T, Hq, D] = o.q.shape as [number, number, number, number], Hkv = o.k.shape[2]!;
+  const chunks = Math.ceil(T / _DKV_CHUNK), plane = B * T * Hq * D;
+  if (o.partial!.size < attentionDkvScratch(o.q.shape)) {
+    throw new RangeError(
+      `Cannot run attention backward: partial ("${o.partial!.label}") has ${
+        o.partial!.size
+      } elements, needs ${attentionDkvScratch(o.q.shape)}`,
+    );
+  }
+  const prelude = `const D = ${D}u;`;
+  const part = simpleKernel(ctx, {
+    label: "attention_backward_dkv_part",
+    bindings: [...reads, { name: "P", tensor: o.partial!, write: true }],
+    fields: [["n", "u32", chunks * B * T * Hq], ...fields.slice(1), ["chunks", "u32", chunks], [
+      "plane",
+      "u32",
+      plane,
+    ]],
+    invocations: chunks * B * T * Hq,
+    workgroup: 64,
+    prelude,
+    // i = ((c·B + b)·T + s)·Hq + h: neighbours share the key row and read neighbouring query heads.
+    body:
+      `  let h = i % u.Hq; let s_u = (i / u.Hq) % u.T; let bb = (i / (u.Hq * u.T)) % (u.n / (u.Hq * u.T * u.chunks));
+  let c = i / (u.n / u.chunks);
+  let kh = h % u.Hkv;
+  let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
+  let po = ((c * (u.n / (u.Hq * u.T * u.chunks)) + bb) * u.T + s_u) * u.Hq * D + h * D;
+  let t0 = max(s_u, c * ${_DKV_CHUNK}u); let t1 = min(u.T, (c + 1u) * ${_DKV_CHUNK}u);
+  var kr: array<f32, ${D}>; var vr: array<f32, ${D}>; var dk_acc: array<f32, ${D}>; var dv_acc: array<f32, ${D}>;
+  for (var j = 0u; j < D; j = j + 1u) { kr[j] = k[ko + j]; vr[j] = v[ko + j]; dk_acc[j] = 0.0; dv_acc[j] = 0.0; }
+  for (var t = t0; t < t1; t = t + 1u) {
+    let qo = ((bb * u.T + t) * u.Hq + h) * D; let row = (bb * u.Hq + h) * u.T + t;
+    var dot = 0.0; var dp = 0.0;
+    for (var j = 0u; j < D; j = j + 1u) { dot = dot + q[qo + j] * kr[j]; dp = dp + dO[qo + j] * vr[j]; }
+    let p = exp(dot * u.scale - lse[row]);
+    let ds = p * (dp - delta[row]) * u.scale;
+    for (var j = 0u; j < D; j = j + 1u) { dk_acc[j] = dk_acc[j] + ds * q[qo + j]; dv_acc[j] = dv_acc[j] + p * dO[qo + j]; }
+  }
+  for (var j = 0u; j < D; j = j + 1u) { P[po + j] = dk_acc[j]; P[u.plane * u.chunks + po + j] = dv_acc[j]; }`,
+  });
+  const sum = simpleKernel(ctx, {
+    label: "attention_backward_dkv_sum",
+    bindings: [{ name: "P", tensor: o.partial! }, { name: "dk", tensor: o.dk, write: true }, {
+      name: "dv",
+      tensor: o.dv,
+      write: true,
+    }],
+    fields: [
+      ["n", "u32", B * T * Hkv * D],
+      ["Hq", "u32", Hq],
+      ["Hkv", "u32", Hkv],
+      ["chunks", "u32", chunks],
+      [
+        "plane",
+        "u32",
+        plane,
+      ],
+    ],
+    invocations: B * T * Hkv * D,
+    workgroup: 64,
+    prelude,
+    // i = ((b·T + s)·Hkv + kh)·D + j, the layout of dk and dv.
+    body: `  let j = i % D; let kh = (i / D) % u.Hkv; let row = i / (D * u.Hkv); // row = b·T + s
+  var a = 0.0; var b = 0.0;
+  for (var c = 0u; c < u.chunks; c = c + 1u) {
+    for (var h = kh; h < u.Hq; h = h + u.Hkv) {
+      let po = c * u.plane + (row * u.Hq + h) * D + j;
+      a = a + P[po]; b = b + P[u.plane * u.chunks + po];
+    }
+  }
+  dk[i] = a; dv[i] = b;`,
+  });
+  return [part, sum];
 }

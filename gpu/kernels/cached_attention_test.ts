@@ -198,29 +198,33 @@ Deno.test("moaAttentionSparse decoding reads no weights of unrouted experts (the
     for (let r = 0; r < d; r++) wqNaN.fill(NaN, r * E * w + e * w, r * E * w + (e + 1) * w);
     woNaN.fill(NaN, e * w * d, (e + 1) * w * d);
   }
-  const kc = own.f32([T, w], kc0), vc = own.f32([T, w], vc0), y = own.f32([1, d]);
-  const scratch = moeScratch(ctx, { N: 1, d, E, h: w });
-  const calls = moaAttentionSparse(ctx, {
-    x: own.f32([1, d], x),
-    gate: own.f32([1, E], g),
-    wq: own.f32([d, E * w], wqNaN),
-    wo: own.f32([E * w, d], woNaN),
-    k: own.f32([1, w], k),
-    v: own.f32([1, w], v),
-    y,
-    E,
-    G,
-    D,
-    cache: { kcache: kc, vcache: vc, pos: own.u32([P]) },
-    scratch,
-  });
-  await run(ctx, calls, "moa decode");
-  const kw = Float64Array.from(kc0), vw = Float64Array.from(vc0);
-  kw.set(k, P * w), vw.set(v, P * w);
-  const got = await readTensor(ctx, y);
-  assert(got.every(Number.isFinite), "an unrouted expert's weights were read");
-  assertClose(got, moaAttentionRef(x, g, wq, kw, vw, wo, { N: 1, d, E, G, D }, cacheWindow(P)), TOL, "y");
-  assertClose(await readTensor(ctx, kc), kw, { atol: 0, rtol: 0 }, "kcache row 3");
-  for (const t of Object.values(scratch)) t.buffer.destroy();
+  // The output projection (moa_out1) on both kernel profiles.
+  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  for (const build of [ctx, gpuCtx]) {
+    const kc = own.f32([T, w], kc0), vc = own.f32([T, w], vc0), y = own.f32([1, d]);
+    const scratch = moeScratch(build, { N: 1, d, E, h: w });
+    const calls = moaAttentionSparse(build, {
+      x: own.f32([1, d], x),
+      gate: own.f32([1, E], g),
+      wq: own.f32([d, E * w], wqNaN),
+      wo: own.f32([E * w, d], woNaN),
+      k: own.f32([1, w], k),
+      v: own.f32([1, w], v),
+      y,
+      E,
+      G,
+      D,
+      cache: { kcache: kc, vcache: vc, pos: own.u32([P]) },
+      scratch,
+    });
+    await run(ctx, calls, "moa decode");
+    const kw = Float64Array.from(kc0), vw = Float64Array.from(vc0);
+    kw.set(k, P * w), vw.set(v, P * w);
+    const got = await readTensor(ctx, y);
+    assert(got.every(Number.isFinite), `${build.profile}: an unrouted expert's weights were read`);
+    assertClose(got, moaAttentionRef(x, g, wq, kw, vw, wo, { N: 1, d, E, G, D }, cacheWindow(P)), TOL, "y");
+    assertClose(await readTensor(ctx, kc), kw, { atol: 0, rtol: 0 }, "kcache row 3");
+    for (const t of Object.values(scratch)) t.buffer.destroy();
+  }
   own.destroy();
 });

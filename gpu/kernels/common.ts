@@ -83,3 +83,109 @@ export function simpleKernel(
     workgroups: grid(ctx, Math.max(1, Math.ceil(o.invocations / wg))),
   };
 }
+
+/** Row lanes per column in {@linkcode columnSums}: a workgroup is 16 columns × 16 row lanes. */
+const _COL_LANES = 16;
+
+/**
+ * Sums over the rows of a (rows, n) layout, per column, for real GPUs (`gpu` profile): a workgroup of 16
+ * columns × 16 row lanes, lane l adding rows l, l + 16, …; the 16 partials are then added in lane order
+ * through workgroup memory, so the result does not depend on scheduling. `terms` are WGSL expressions of
+ * `r` (row) and `i` (column), after the optional `perRow` statements; `finish` runs once per column with
+ * the sums as `s0, s1, …` (`perRow` may `continue` past a row or `break` off a column). `prelude` goes
+ * before the entry point (helper functions). The uniform fields must start with `n` (columns) and `rows`.
+ */
+export function columnSums(
+  ctx: GpuContext,
+  o: {
+    label: string;
+    bindings: readonly Binding[];
+    fields: UniformFields;
+    terms: readonly string[];
+    perRow?: string;
+    finish: string;
+    prelude?: string;
+  },
+): KernelCall {
+  if (o.fields[0]?.[0] !== "n" || o.fields[1]?.[0] !== "rows") {
+    throw new RangeError(`columnSums(${o.label}): the uniform fields must start with n and rows`);
+  }
+  const L = _COL_LANES;
+  const each = (f: (t: number) => string) => o.terms.map((_, t) => f(t)).join(" ");
+  const code = `${header(o.bindings, o.fields)}
+${o.prelude ?? ""}
+${each((t) => `var<workgroup> red${t}: array<f32, ${L * L}>;`)}
+@compute @workgroup_size(${L}, ${L})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid: vec3<u32>) {
+  let i = (wid.x + wid.y * nwg.x) * ${L}u + lid.x;
+  ${each((t) => `var a${t} = 0.0;`)}
+  if (i < u.n) {
+    for (var r = lid.y; r < u.rows; r = r + ${L}u) {
+      ${o.perRow ?? ""}
+      ${o.terms.map((x, t) => `a${t} = a${t} + (${x});`).join(" ")}
+    }
+  }
+  ${each((t) => `red${t}[lid.y * ${L}u + lid.x] = a${t};`)}
+  workgroupBarrier();
+  if (lid.y == 0u && i < u.n) {
+    ${each((t) => `var s${t} = 0.0;`)}
+    for (var l = 0u; l < ${L}u; l = l + 1u) { ${each((t) => `s${t} = s${t} + red${t}[l * ${L}u + lid.x];`)} }
+    ${o.finish}
+  }
+}`;
+  const cols = o.fields[0][2];
+  return {
+    label: o.label,
+    code,
+    bindings: o.bindings.map((b) => b.tensor),
+    uniform: packUniform(o.fields),
+    workgroups: grid(ctx, Math.max(1, Math.ceil(cols / L))),
+  };
+}
+
+/** Threads of the one workgroup in {@linkcode totalSum}. */
+const _SUM_THREADS = 256;
+
+/**
+ * One sum over `count` terms for real GPUs (`gpu` profile): one workgroup of 256 threads, thread t adding
+ * terms t, t + 256, …, then a fixed-order tree through workgroup memory. `term` is a WGSL expression of
+ * `k`; `finish` runs on thread 0 with the sum as `total`.
+ */
+export function totalSum(
+  _ctx: GpuContext,
+  o: {
+    label: string;
+    bindings: readonly Binding[];
+    fields: UniformFields;
+    count: string;
+    term: string;
+    finish: string;
+  },
+): KernelCall {
+  const S = _SUM_THREADS;
+  const code = `${header(o.bindings, o.fields)}
+var<workgroup> red: array<f32, ${S}>;
+@compute @workgroup_size(${S})
+fn main(@builtin(local_invocation_index) t: u32) {
+  var a = 0.0;
+  for (var k = t; k < ${o.count}; k = k + ${S}u) { a = a + (${o.term}); }
+  red[t] = a;
+  workgroupBarrier();
+  for (var s = ${S / 2}u; s > 0u; s = s >> 1u) {
+    if (t < s) { red[t] = red[t] + red[t + s]; }
+    workgroupBarrier();
+  }
+  if (t == 0u) {
+    let total = red[0];
+    ${o.finish}
+  }
+}`;
+  return {
+    label: o.label,
+    code,
+    bindings: o.bindings.map((b) => b.tensor),
+    uniform: packUniform(o.fields),
+    workgroups: [1],
+  };
+}

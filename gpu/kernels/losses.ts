@@ -8,7 +8,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { type Binding, simpleKernel, type UniformFields } from "./common.ts";
+import { type Binding, columnSums, simpleKernel, totalSum, type UniformFields } from "./common.ts";
 
 /** ε inside the entropies' logs (same as core/ref/losses.ts MI_EPS). */
 export const MI_EPS = 1e-9;
@@ -56,16 +56,30 @@ export function crossEntropy(
     body: `  let b = i * u.V;${_ROW_LSE}
   r[i] = lse - x[b + min(t[i], u.V - 1u)];`,
   });
-  const mean = _single(
-    ctx,
-    "cross_entropy_mean",
-    [{ name: "r", tensor: o.rowLoss }, { name: "l", tensor: o.loss, write: true }],
-    [["N", "u32", N]],
-    `
+  const meanBindings: Binding[] = [{ name: "r", tensor: o.rowLoss }, {
+    name: "l",
+    tensor: o.loss,
+    write: true,
+  }];
+  const mean = ctx.profile === "gpu"
+    ? totalSum(ctx, {
+      label: "cross_entropy_mean",
+      bindings: meanBindings,
+      fields: [["N", "u32", N]],
+      count: "u.N",
+      term: "r[k]",
+      finish: "l[0] = total / f32(u.N);",
+    })
+    : _single(
+      ctx,
+      "cross_entropy_mean",
+      meanBindings,
+      [["N", "u32", N]],
+      `
   var acc = 0.0;
   for (var k = 0u; k < u.N; k = k + 1u) { acc = acc + r[k]; }
   l[0] = acc / f32(u.N);`,
-  );
+    );
   return [rows, mean];
 }
 
@@ -94,6 +108,15 @@ export function crossEntropyBackward(
 
 function _colMean(ctx: GpuContext, label: string, s: GpuTensor, out: GpuTensor): KernelCall {
   const [N, E] = s.shape as [number, number];
+  if (ctx.profile === "gpu") {
+    return columnSums(ctx, {
+      label,
+      bindings: [{ name: "s", tensor: s }, { name: "o", tensor: out, write: true }],
+      fields: [["n", "u32", E], ["rows", "u32", N]],
+      terms: ["s[r * u.n + i]"],
+      finish: "o[i] = s0 / f32(u.rows);",
+    });
+  }
   return simpleKernel(ctx, {
     label,
     bindings: [{ name: "s", tensor: s }, { name: "o", tensor: out, write: true }],
@@ -108,24 +131,37 @@ function _colMean(ctx: GpuContext, label: string, s: GpuTensor, out: GpuTensor):
 /** loss (1,) = −H(p̄) + mean_t H(S_t); S (N, E); pbar scratch (E,). */
 export function miLoss(ctx: GpuContext, o: { s: GpuTensor; loss: GpuTensor; pbar: GpuTensor }): KernelCall[] {
   const [N, E] = o.s.shape as [number, number];
+  const miBindings: Binding[] = [{ name: "s", tensor: o.s }, { name: "p", tensor: o.pbar }, {
+    name: "l",
+    tensor: o.loss,
+    write: true,
+  }];
+  const miFields: UniformFields = [["N", "u32", N], ["E", "u32", E], ["eps", "f32", MI_EPS]];
   return [
     _colMean(ctx, "mi_loss_pbar", o.s, o.pbar),
-    _single(
-      ctx,
-      "mi_loss",
-      [{ name: "s", tensor: o.s }, { name: "p", tensor: o.pbar }, { name: "l", tensor: o.loss, write: true }],
-      [
-        ["N", "u32", N],
-        ["E", "u32", E],
-        ["eps", "f32", MI_EPS],
-      ],
-      `
+    ctx.profile === "gpu"
+      ? totalSum(ctx, {
+        label: "mi_loss",
+        bindings: miBindings,
+        fields: miFields,
+        count: "u.N * u.E",
+        term: "s[k] * log(s[k] + u.eps)",
+        finish: `var acc = 0.0;
+    for (var e = 0u; e < u.E; e = e + 1u) { acc = acc + p[e] * log(p[e] + u.eps); }
+    l[0] = acc - total / f32(u.N);`,
+      })
+      : _single(
+        ctx,
+        "mi_loss",
+        miBindings,
+        miFields,
+        `
   var acc = 0.0;
   for (var e = 0u; e < u.E; e = e + 1u) { acc = acc + p[e] * log(p[e] + u.eps); }
   var h = 0.0;
   for (var k = 0u; k < u.N * u.E; k = k + 1u) { h = h + s[k] * log(s[k] + u.eps); }
   l[0] = acc - h / f32(u.N);`,
-    ),
+      ),
   ];
 }
 

@@ -11,8 +11,10 @@
  *   Out-of-range rows/columns are clamped on load (no branch in the K loop) and skipped on store, so any
  *   size works; vec4 loads need the vec4 axis (N, or K for the dot form) divisible by 4, else the same
  *   template loads scalars.
- * - `gpu` (real GPUs): 8×8 threads, 4×4 outputs each, K tiles of 8 staged in workgroup memory; scalar loads
- *   with zero fill, any layout and size.
+ * - `gpu` (real GPUs): 16×16 (or 8×8) threads, 4×4 outputs each in vec4 registers, K staged 16 at a time in
+ *   workgroup memory with coalesced loads for every layout and zero fill, any size; a small output with a
+ *   long K (weight gradients) splits K across workgroups and sums the slices in a second dispatch
+ *   ({@linkcode matmulCalls}, {@linkcode matmulPlan}).
  *
  * Workgroups are numbered linearly over (batch, row tiles, column groups) and folded into 2-D with
  * {@linkcode grid}, so a huge M (or batch) never exceeds the 65535-per-dimension limit.
@@ -43,6 +45,16 @@ export interface MatmulOptions {
   accumulate?: boolean;
   /** Overrides the register tile chosen for the shape (cpu-simd profile; tests and tuning). */
   tile?: MatmulTile;
+  /** Overrides the block tile chosen for the shape (gpu profile; tests and tuning). */
+  gpuTile?: GpuMatmulTile;
+}
+
+/** Options of {@linkcode matmulCalls}: a matmul plus the scratch its K split needs. */
+export interface MatmulCallsOptions extends MatmulOptions {
+  /** K slices; default from {@linkcode matmulPlan}. More than 1 needs `partial`. */
+  splits?: number;
+  /** Scratch of at least splits·batch·m·n elements for the partial products (see {@linkcode matmulScratch}). */
+  partial?: GpuTensor;
 }
 
 /** A cpu-simd register tile: each invocation computes tm×tn outputs; `wx` lanes per workgroup along N. */
@@ -62,7 +74,7 @@ export interface MatmulSpec extends MatmulTile {
   vecC: boolean;
 }
 
-const _UNIFORM_FIELDS = 12;
+const _UNIFORM_FIELDS = 16;
 
 /**
  * Encodes C = alpha · op(A) · op(B) (+ C) as one dispatch.
@@ -91,23 +103,7 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
   const label = `matmul_${transA ? "t" : "n"}${transB ? "t" : "n"}`;
   const bStride = o.broadcastB ? 0 : k * n;
   if (ctx.profile === "gpu") {
-    const groups = batch * Math.ceil(m / _GPU_BLOCK) * Math.ceil(n / _GPU_BLOCK);
-    return {
-      label,
-      code: _matmulGpuWgsl(transA, transB),
-      bindings: [o.a, o.b, o.c],
-      uniform: _uniform(
-        m,
-        k,
-        n,
-        [m * k, bStride, m * n],
-        Math.ceil(n / _GPU_BLOCK),
-        Math.ceil(m / _GPU_BLOCK),
-        groups,
-        o,
-      ),
-      workgroups: grid(ctx, groups),
-    };
+    return _gpuCall(ctx, o, o.gpuTile ?? matmulPlan(ctx, m, k, n, batch).tile, 1, o.c);
   }
   const tile = o.tile ?? matmulTile(m, n, batch, transB);
   _checkTile(tile, transB);
@@ -121,7 +117,7 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
     label,
     code: _matmulWgsl({ ...tile, transA, transB, vec, vecC }),
     bindings: [o.a, o.b, o.c],
-    uniform: _uniform(m, k, n, strides, ncg, nrt, groups, o),
+    uniform: _uniform(m, k, n, strides, ncg, nrt, groups, !!o.accumulate, o.alpha ?? 1, 1, k),
     workgroups: grid(ctx, groups),
   };
 }
@@ -156,9 +152,9 @@ function _needs(t: GpuTensor, elements: number, what: string): void {
   }
 }
 
-// Uniform layout shared by both families (12 × 4 bytes).
+// Uniform layout shared by both families (16 × 4 bytes); splits and kChunk are the gpu family's K split.
 const _UNIFORM_WGSL = `struct U { m: u32, k: u32, n: u32, aStride: u32, bStride: u32, cStride: u32,
-  ncg: u32, nrt: u32, groups: u32, acc: u32, alpha: f32, pad: u32 }`;
+  ncg: u32, nrt: u32, groups: u32, acc: u32, alpha: f32, splits: u32, kChunk: u32, p0: u32, p1: u32, p2: u32 }`;
 
 function _uniform(
   m: number,
@@ -168,12 +164,92 @@ function _uniform(
   ncg: number,
   nrt: number,
   groups: number,
-  o: MatmulOptions,
+  accumulate: boolean,
+  alpha: number,
+  splits: number,
+  kChunk: number,
 ): ArrayBuffer {
   const buf = new ArrayBuffer(_UNIFORM_FIELDS * 4), u = new Uint32Array(buf);
-  u.set([m, k, n, strides[0]!, strides[1]!, strides[2]!, ncg, nrt, groups, o.accumulate ? 1 : 0]);
-  new Float32Array(buf)[10] = o.alpha ?? 1;
+  u.set([m, k, n, strides[0]!, strides[1]!, strides[2]!, ncg, nrt, groups, accumulate ? 1 : 0]);
+  new Float32Array(buf)[10] = alpha;
+  u.set([splits, kChunk], 11);
   return buf;
+}
+
+/**
+ * C = alpha · op(A) · op(B) (+ C) as the calls the shape needs: one dispatch, or on a real GPU with K
+ * split (see {@linkcode matmulPlan}) the sliced product into `partial` and a dispatch summing the slices.
+ * Without `partial` the product runs unsplit.
+ *
+ * @example
+ * ```ts ignore
+ * const splits = matmulPlan(ctx, 64, 1024, 64).splits;
+ * const partial = splits > 1 ? createTensor(ctx, [matmulScratch(64, 64, splits)], "f32") : undefined;
+ * await runCalls(ctx, matmulCalls(ctx, { a, b, c, m: 64, k: 1024, n: 64, transA: true, partial })).done();
+ * ```
+ */
+export function matmulCalls(ctx: GpuContext, o: MatmulCallsOptions): KernelCall[] {
+  if (ctx.profile !== "gpu") return [matmul(ctx, o)];
+  const batch = o.batch ?? 1, plan = matmulPlan(ctx, o.m, o.k, o.n, batch);
+  const splits = o.partial ? (o.splits ?? plan.splits) : 1;
+  if (!Number.isInteger(splits) || splits < 1) {
+    throw new RangeError(`Cannot matmul: splits (${splits}) must be a positive integer`);
+  }
+  if (splits === 1) return [matmul(ctx, o)];
+  _needs(o.partial!, matmulScratch(o.m, o.n, splits, batch), "partial");
+  const total = batch * o.m * o.n;
+  const sum = new ArrayBuffer(32), su = new Uint32Array(sum);
+  su.set([total, o.m * o.n, splits, o.accumulate ? 1 : 0]);
+  new Float32Array(sum)[4] = o.alpha ?? 1;
+  return [
+    _gpuCall(ctx, { ...o, alpha: 1, accumulate: false }, o.gpuTile ?? plan.tile, splits, o.partial!),
+    {
+      label: "matmul_split_sum",
+      code: _SPLIT_SUM_WGSL,
+      bindings: [o.partial!, o.c],
+      uniform: sum,
+      workgroups: grid(ctx, Math.ceil(total / 256)),
+    },
+  ];
+}
+
+/** Elements of the scratch a K split into `splits` slices needs. */
+export function matmulScratch(m: number, n: number, splits: number, batch = 1): number {
+  return splits * batch * m * n;
+}
+
+/** One gpu-family dispatch writing K slice s of batch entry b to plane b·splits + s of `out`. */
+function _gpuCall(
+  ctx: GpuContext,
+  o: MatmulOptions,
+  tile: GpuMatmulTile,
+  splits: number,
+  out: GpuTensor,
+): KernelCall {
+  _checkGpuTile(tile);
+  const { m, k, n } = o, batch = o.batch ?? 1, transA = !!o.transA, transB = !!o.transB;
+  const bm = tile.wy * tile.tm, bn = tile.wx * tile.tn;
+  const ncg = Math.ceil(n / bn), nrt = Math.ceil(m / bm), groups = batch * splits * nrt * ncg;
+  const kChunk = Math.ceil(k / splits / tile.bk) * tile.bk;
+  return {
+    label: `matmul_${transA ? "t" : "n"}${transB ? "t" : "n"}`,
+    code: _matmulGpuWgsl(tile, transA, transB),
+    bindings: [o.a, o.b, out],
+    uniform: _uniform(
+      m,
+      k,
+      n,
+      [m * k, o.broadcastB ? 0 : k * n, m * n],
+      ncg,
+      nrt,
+      groups,
+      !!o.accumulate,
+      o.alpha ?? 1,
+      splits,
+      kChunk,
+    ),
+    workgroups: grid(ctx, groups),
+  };
 }
 
 const _range = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -334,69 +410,198 @@ ${_stores(s, s.vecC ? cVec : null, hsum)}
 `;
 }
 
-const _GPU_BLOCK = 32;
+/**
+ * A `gpu`-family tile: a workgroup of wx×wy threads, each computing tm×tn outputs (so a block of
+ * (wy·tm)×(wx·tn)), staging K in steps of bk through workgroup memory.
+ */
+export interface GpuMatmulTile {
+  tm: number;
+  tn: number;
+  wx: number;
+  wy: number;
+  bk: number;
+}
 
-/** WGSL of the `gpu` family: 8×8 threads × 4×4 outputs, K tiles of 8 in workgroup memory. */
-export function _matmulGpuWgsl(transA: boolean, transB: boolean): string {
-  const aIdx = transA ? "aBase + p * u.m + i" : "aBase + i * u.k + p";
-  const bIdx = transB ? "bBase + j * u.k + p" : "bBase + p * u.n + j";
+/** 128×128 blocks of 256 threads, 8×8 outputs each; K staged 8 at a time (big products). */
+export const GPU_TILE_XL: GpuMatmulTile = { tm: 8, tn: 8, wx: 16, wy: 16, bk: 8 };
+/** 64×64 blocks of 256 threads, 4×4 outputs each; K staged 16 at a time. */
+export const GPU_TILE_LARGE: GpuMatmulTile = { tm: 4, tn: 4, wx: 16, wy: 16, bk: 16 };
+/** 32×32 blocks of 64 threads for outputs too small to give the large tile enough blocks. */
+export const GPU_TILE_SMALL: GpuMatmulTile = { tm: 4, tn: 4, wx: 8, wy: 8, bk: 16 };
+
+/** Blocks of output a real GPU wants in flight before K is split across workgroups. */
+const _GPU_MIN_BLOCKS = 256;
+/** A K slice of a split is at least this long. */
+const _GPU_MIN_K_SLICE = 128;
+/** The most slices K is split into. */
+const _GPU_MAX_SPLITS = 32;
+
+/**
+ * The `gpu`-family plan for a shape: the block tile, and how many K slices (split-K) run as separate
+ * workgroups, their partial products summed by a second kernel. Weight gradients (Xᵀ·dY: a small
+ * output, K = the tokens) would otherwise run a handful of workgroups each walking all of K.
+ * `splits` is 1 on `cpu-simd`.
+ *
+ * @example
+ * ```ts ignore
+ * const { tile, splits } = matmulPlan(ctx, 64, 1024, 64); // 32×32 blocks, K split 8 ways
+ * ```
+ */
+export function matmulPlan(
+  ctx: GpuContext,
+  m: number,
+  k: number,
+  n: number,
+  batch = 1,
+): { tile: GpuMatmulTile; splits: number } {
+  const blocks = (t: GpuMatmulTile) => batch * Math.ceil(m / (t.wy * t.tm)) * Math.ceil(n / (t.wx * t.tn));
+  if (ctx.profile !== "gpu") return { tile: GPU_TILE_LARGE, splits: 1 };
+  // Measured on an H200 (2026-11-26, .ci-free tuning sweep, see README "Performance"): 128×128 blocks win
+  // from 2048² outputs, 64×64 below; a 64×64 block with K split beats 32×32 blocks unsplit (256×2048×1024
+  // Xᵀ·dY: 0.79 vs 1.32 ms), so 32×32 only serves outputs narrower than 64.
+  const tile = blocks(GPU_TILE_XL) >= _GPU_MIN_BLOCKS
+    ? GPU_TILE_XL
+    : Math.min(m, n) >= 64
+    ? GPU_TILE_LARGE
+    : GPU_TILE_SMALL;
+  const b = blocks(tile);
+  const splits = b >= _GPU_MIN_BLOCKS ? 1 : Math.max(
+    1,
+    Math.min(_GPU_MAX_SPLITS, Math.ceil(_GPU_MIN_BLOCKS / b), Math.floor(k / _GPU_MIN_K_SLICE)),
+  );
+  return { tile, splits };
+}
+
+function _checkGpuTile(t: GpuMatmulTile): void {
+  const threads = t.wx * t.wy, bm = t.wy * t.tm, bn = t.wx * t.tn;
+  const ok = [4, 8].includes(t.tm) && [4, 8].includes(t.tn) && [4, 8, 16, 32].includes(t.wx) &&
+    [4, 8, 16, 32].includes(t.wy) && [4, 8, 16, 32].includes(t.bk) && threads <= 256 &&
+    (bm * t.bk) % threads === 0 && (bn * t.bk) % threads === 0;
+  if (!ok) throw new RangeError(`Cannot matmul: unsupported gpu tile ${JSON.stringify(t)}`);
+}
+
+/**
+ * WGSL of the `gpu` family: each thread keeps tm×tn outputs in vec4 registers; per K step of bk the
+ * workgroup stages a (wy·tm)×bk slice of A and a bk×(wx·tn) slice of B in workgroup memory as vec4s
+ * (consecutive threads load consecutive addresses of whichever axis is contiguous in that layout, zero
+ * beyond the edges), then each thread reads tm/4 + tn/4 vec4s per k for tm·tn multiply-adds. Workgroups
+ * are numbered over (batch, K slice, row block, column block); a slice's partial result goes to its own
+ * (m, n) plane of C (the scratch when split), so with one slice C is the output itself.
+ */
+export function _matmulGpuWgsl(t: GpuMatmulTile, transA: boolean, transB: boolean): string {
+  const T = t.wx * t.wy, BM = t.wy * t.tm, BN = t.wx * t.tn;
+  // Row strides of the staged tiles in vec4s, padded by one so that threads storing along K (A not
+  // transposed, B transposed) spread over the memory banks instead of hitting one.
+  const BM4 = BM / 4 + 1, BN4 = BN / 4 + 1;
+  const tm4 = t.tm / 4, tn4 = t.tn / 4;
+  // Element e of a thread's share of a tile: (kk, r) with the layout's contiguous axis fastest.
+  const loads = (which: "A" | "B") => {
+    const trans = which === "A" ? transA : transB, span = which === "A" ? BM : BN;
+    const per = (span * t.bk) / T;
+    // A is (m, k) row-major, or (k, m) when transposed; B is (k, n), or (n, k) when transposed.
+    const alongSpan = which === "A" ? transA : !transB;
+    const idx = which === "A"
+      ? (trans ? "aBase + p * u.m + x" : "aBase + x * u.k + p")
+      : (trans ? "bBase + x * u.k + p" : "bBase + p * u.n + x");
+    const lim = which === "A" ? "u.m" : "u.n", first = which === "A" ? "row0" : "col0";
+    return _lines(per, (e) => {
+      const s = `(t + ${e * T}u)`;
+      const [kk, r] = alongSpan
+        ? [`${s} / ${span}u`, `${s} % ${span}u`]
+        : [`${s} % ${t.bk}u`, `${s} / ${t.bk}u`];
+      return `    {
+      let kk = ${kk}; let r = ${r}; let p = k0 + kk; let x = ${first} + r;
+      var v = 0.0;
+      if (live && p < kEnd && x < ${lim}) { v = ${which}[${idx}]; }
+      ${which}s[kk * ${which === "A" ? BM4 : BN4}u + r / 4u][r % 4u] = v;
+    }`;
+    });
+  };
+  const accs = _lines(
+    t.tm,
+    (r) => `  ${_range(tn4).map((c) => `var c${r}_${c} = vec4<f32>(0.0);`).join(" ")}`,
+  );
+  const inner = `      ${
+    _range(tm4).map((q) => `let a${q} = As[kk * ${BM4}u + lid.y * ${tm4}u + ${q}u];`).join(" ")
+  }
+      ${_range(tn4).map((c) => `let b${c} = Bs[kk * ${BN4}u + lid.x * ${tn4}u + ${c}u];`).join(" ")}
+${
+    _lines(t.tm, (r) =>
+      "      " + _range(tn4).map((c) =>
+        `c${r}_${c} = fma(vec4<f32>(a${r >> 2}[${r & 3}]), b${c}, c${r}_${c});`
+      )
+        .join(" "))
+  }`;
+  const put =
+    `let x = u.alpha * v; let ix = cBase + i * u.n + j; if (u.acc != 0u) { C[ix] = C[ix] + x; } else { C[ix] = x; }`;
+  const stores = _lines(t.tm, (r) =>
+    `  { let i = row0 + lid.y * ${t.tm}u + ${r}u;
+    if (i < u.m) {
+${
+      _lines(t.tn, (c) =>
+        `      { let j = col0 + lid.x * ${t.tn}u + ${c}u; if (j < u.n) { let v = c${r}_${c >> 2}[${
+          c & 3
+        }]; ${put} } }`)
+    }
+    }
+  }`);
   return `@group(0) @binding(0) var<storage, read> A: array<f32>;
 @group(0) @binding(1) var<storage, read> B: array<f32>;
 @group(0) @binding(2) var<storage, read_write> C: array<f32>;
 ${_UNIFORM_WGSL}
 @group(0) @binding(3) var<uniform> u: U;
-var<workgroup> As: array<array<f32, 32>, 8>; // [k][row]
-var<workgroup> Bs: array<array<f32, 32>, 8>; // [k][col]
+var<workgroup> As: array<vec4<f32>, ${t.bk * BM4}>; // [k][rows / 4], one vec4 of padding per k
+var<workgroup> Bs: array<vec4<f32>, ${t.bk * BN4}>; // [k][columns / 4], one vec4 of padding per k
 
-@compute @workgroup_size(8, 8)
+@compute @workgroup_size(${t.wx}, ${t.wy})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_id) lid: vec3<u32>) {
+        @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let g = wid.x + wid.y * nwg.x; // uniform: every thread of a workgroup takes the same branch
   let live = g < u.groups;
   let cg = g % u.ncg;
   let rt = (g / u.ncg) % u.nrt;
-  let bi = g / (u.ncg * u.nrt);
+  let rest = g / (u.ncg * u.nrt);
+  let ks = rest % u.splits;
+  let bi = rest / u.splits;
+  let kBegin = ks * u.kChunk;
+  let kEnd = min(kBegin + u.kChunk, u.k);
   let aBase = bi * u.aStride;
   let bBase = bi * u.bStride;
-  let t = lid.y * 8u + lid.x;
-  var acc: array<array<f32, 4>, 4>;
-  for (var k0 = 0u; k0 < u.k; k0 = k0 + 8u) {
-    for (var e = 0u; e < 4u; e = e + 1u) {
-      let s = t * 4u + e; // 0..255: (kk, row) of the 8×32 tiles
-      let kk = s / 32u;
-      let rr = s % 32u;
-      let p = k0 + kk;
-      let i = rt * 32u + rr;
-      let j = cg * 32u + rr;
-      var av = 0.0;
-      var bv = 0.0;
-      if (live && p < u.k && i < u.m) { av = A[${aIdx}]; }
-      if (live && p < u.k && j < u.n) { bv = B[${bIdx}]; }
-      As[kk][rr] = av;
-      Bs[kk][rr] = bv;
-    }
+  let row0 = rt * ${BM}u;
+  let col0 = cg * ${BN}u;
+${accs}
+  for (var k0 = kBegin; k0 < kEnd; k0 = k0 + ${t.bk}u) {
+${loads("A")}
+${loads("B")}
     workgroupBarrier();
-    for (var kk = 0u; kk < 8u; kk = kk + 1u) {
-      for (var r = 0u; r < 4u; r = r + 1u) {
-        let a = As[kk][lid.y * 4u + r];
-        for (var c = 0u; c < 4u; c = c + 1u) { acc[r][c] = fma(a, Bs[kk][lid.x * 4u + c], acc[r][c]); }
-      }
+    for (var kk = 0u; kk < ${t.bk}u; kk = kk + 1u) {
+${inner}
     }
     workgroupBarrier();
   }
   if (!live) { return; }
-  let cBase = bi * u.cStride;
-  for (var r = 0u; r < 4u; r = r + 1u) {
-    let i = rt * 32u + lid.y * 4u + r;
-    for (var c = 0u; c < 4u; c = c + 1u) {
-      let j = cg * 32u + lid.x * 4u + c;
-      if (i < u.m && j < u.n) {
-        let x = u.alpha * acc[r][c];
-        let ix = cBase + i * u.n + j;
-        if (u.acc != 0u) { C[ix] = C[ix] + x; } else { C[ix] = x; }
-      }
-    }
-  }
+  let cBase = (bi * u.splits + ks) * u.cStride;
+${stores}
 }
 `;
 }
+
+/** WGSL summing the split-K planes: C[b, e] = alpha · Σ_s P[b, s, e] (+ C). */
+const _SPLIT_SUM_WGSL = `@group(0) @binding(0) var<storage, read> P: array<f32>;
+@group(0) @binding(1) var<storage, read_write> C: array<f32>;
+struct S { total: u32, plane: u32, splits: u32, acc: u32, alpha: f32, p0: u32, p1: u32, p2: u32 }
+@group(0) @binding(2) var<uniform> u: S;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let e = (wid.x + wid.y * nwg.x) * 256u + lid;
+  if (e >= u.total) { return; }
+  let b = e / u.plane;
+  let o = (b * u.splits) * u.plane + e % u.plane;
+  var s = 0.0;
+  for (var q = 0u; q < u.splits; q = q + 1u) { s = s + P[o + q * u.plane]; }
+  let x = u.alpha * s;
+  if (u.acc != 0u) { C[e] = C[e] + x; } else { C[e] = x; }
+}
+`;

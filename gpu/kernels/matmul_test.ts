@@ -3,7 +3,19 @@ import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
 import { createTensor, readTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { runCalls } from "../dispatch.ts";
-import { matmul, type MatmulOptions, type MatmulTile } from "./matmul.ts";
+import {
+  GPU_TILE_LARGE,
+  GPU_TILE_SMALL,
+  GPU_TILE_XL,
+  type GpuMatmulTile,
+  matmul,
+  matmulCalls,
+  type MatmulOptions,
+  matmulPlan,
+  matmulScratch,
+  type MatmulTile,
+} from "./matmul.ts";
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
 
 // f32 products summed over k terms of size ≤ 1 against float64 on the same f32-rounded inputs: the error
 // grows like √k·2⁻²⁴·|a||b|. 2e-5 absolute + 1e-5 relative is ~20× the worst seen at k = 1000.
@@ -72,9 +84,54 @@ Deno.test("matmul() with the gpu-profile template (shared-memory tiles) matches 
   const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
   for (const [transA, transB] of LAYOUTS) {
     await check(ctx, { m: 33, k: 70, n: 45, transA, transB }, gpuCtx);
+    // Edge blocks on both axes of the large tile, and a K that ends inside a staged step.
+    await check(ctx, { m: 130, k: 37, n: 70, transA, transB, gpuTile: GPU_TILE_LARGE }, gpuCtx);
+    await check(ctx, { m: 130, k: 21, n: 260, transA, transB, gpuTile: GPU_TILE_XL }, gpuCtx);
   }
   await check(ctx, { m: 1, k: 1, n: 1 }, gpuCtx);
   await check(ctx, { m: 20, k: 9, n: 7, batch: 3, broadcastB: true, alpha: 0.5, accumulate: true }, gpuCtx);
+  const tiles: GpuMatmulTile[] = [
+    { tm: 8, tn: 8, wx: 16, wy: 16, bk: 8 },
+    { tm: 8, tn: 4, wx: 8, wy: 16, bk: 32 },
+    { tm: 4, tn: 8, wx: 32, wy: 4, bk: 8 },
+  ];
+  for (const gpuTile of tiles) await check(ctx, { m: 75, k: 50, n: 140, transA: true, gpuTile }, gpuCtx);
+});
+
+/** Runs matmulCalls (split K into scratch, then the sum) on the gpu profile against the reference. */
+async function checkSplit(ctx: GpuContext, c: Case & { splits: number }): Promise<void> {
+  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  const batch = c.batch ?? 1, seed = c.m + c.k * 3 + c.n * 5;
+  const a64 = f32(randomArray(batch * c.m * c.k, seed)), b64 = f32(randomArray(batch * c.k * c.n, seed + 1));
+  const c0 = f32(randomArray(batch * c.m * c.n, seed + 2));
+  const a = createTensor(ctx, [a64.length], "f32", Float32Array.from(a64), "a");
+  const b = createTensor(ctx, [b64.length], "f32", Float32Array.from(b64), "b");
+  const out = createTensor(ctx, [c0.length], "f32", Float32Array.from(c0), "c");
+  const partial = createTensor(ctx, [matmulScratch(c.m, c.n, c.splits, batch)], "f32", undefined, "partial");
+  const calls = matmulCalls(gpuCtx, { ...c, a, b, c: out, partial });
+  assertEquals(calls.map((x) => x.label).at(-1), "matmul_split_sum");
+  await ctx.scoped("split", () => runCalls(ctx, calls).done());
+  const want = matmulRef(a64, b64, { ...c, c: c.accumulate ? c0 : undefined });
+  assertClose(await readTensor(ctx, out), want, TOL, `split ${JSON.stringify(c)}`);
+  for (const t of [a, b, out, partial]) t.buffer.destroy();
+}
+
+Deno.test("matmul() split over K (gpu profile) sums its slices into the same product, any layout", async () => {
+  const ctx = await testGpu();
+  for (const [transA, transB] of LAYOUTS) {
+    await checkSplit(ctx, { m: 40, k: 300, n: 24, transA, transB, splits: 3 });
+  }
+  // More slices than whole steps of K leaves some slices empty; alpha and accumulate apply once, in the sum.
+  await checkSplit(ctx, { m: 9, k: 40, n: 13, splits: 8, alpha: -2, accumulate: true });
+  await checkSplit(ctx, { m: 17, k: 200, n: 33, batch: 2, transA: true, splits: 4 });
+  // The plan splits a weight gradient's long K on a real GPU, and never on cpu-simd.
+  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  assertEquals(matmulPlan(gpuCtx, 64, 1024, 64), { tile: GPU_TILE_LARGE, splits: 8 });
+  assertEquals(matmulPlan(gpuCtx, 256, 2048, 1024), { tile: GPU_TILE_LARGE, splits: 4 });
+  assertEquals(matmulPlan(gpuCtx, 64, 1024, 8), { tile: GPU_TILE_SMALL, splits: 8 });
+  assertEquals(matmulPlan(gpuCtx, 1024, 1024, 1024), { tile: GPU_TILE_LARGE, splits: 1 });
+  assertEquals(matmulPlan(gpuCtx, 2048, 2048, 2048), { tile: GPU_TILE_XL, splits: 1 });
+  assertEquals(matmulPlan(ctx, 64, 1024, 64).splits, 1);
 });
 
 Deno.test("matmul() refuses non-positive sizes, tensors too small for the sizes, and unknown tiles", async () => {

@@ -28,7 +28,7 @@
 import { createIndirectTensor, createTensor, type GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { entry, packUniform, simpleKernel, type UniformFields } from "./common.ts";
+import { columnSums, entry, packUniform, simpleKernel, type UniformFields } from "./common.ts";
 import { matmulTile } from "./matmul.ts";
 import type { ActivationKind } from "./activation.ts";
 import { grid } from "../dispatch.ts";
@@ -166,6 +166,25 @@ export function moeMlpSparse(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
 function _oneToken(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
   const { E, h } = o, d = o.x.size, s: MoeShape = { N: 1, d, E, h };
   _check(o, s, o.tile ?? moeTile(ctx, s), "MoE");
+  if (ctx.profile === "gpu") {
+    // A real GPU: 16 hidden columns × 16 lanes over d per workgroup, so d·E·h multiply-adds spread over
+    // E·h/16 workgroups instead of a few hundred lone threads; unrouted experts' columns stop at once.
+    const up = columnSums(ctx, {
+      label: "moe_up1",
+      bindings: [
+        { name: "x", tensor: o.x },
+        { name: "gate", tensor: o.gate },
+        { name: "W1", tensor: o.w1 },
+        { name: "H", tensor: o.scratch.hidden, write: true },
+      ],
+      fields: [["n", "u32", E * h], ["rows", "u32", d], ["h", "u32", h]],
+      prelude: _ACT[o.activation],
+      perRow: "if (gate[i / u.h] <= 0.0) { break; }",
+      terms: ["x[r] * W1[r * u.n + i]"],
+      finish: "let g = gate[i / u.h]; if (g > 0.0) { H[i] = act(vec4<f32>(s0)).x * g; }",
+    });
+    return [up, _downOne(ctx, "moe_down1", o.gate, o.scratch.hidden, o.w2, o.y, E, h)];
+  }
   const c4 = _vecGroup(h), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q; // columns per invocation
   const V = q === 4 ? "vec4<f32>" : "f32";
   const accs = _range(Math.max(1, c4));
@@ -213,6 +232,21 @@ function _downOne(
   E: number,
   width: number,
 ): KernelCall {
+  if (ctx.profile === "gpu") {
+    return columnSums(ctx, {
+      label,
+      bindings: [
+        { name: "gate", tensor: gate },
+        { name: "A", tensor: a },
+        { name: "W", tensor: w },
+        { name: "y", tensor: y, write: true },
+      ],
+      fields: [["n", "u32", y.size], ["rows", "u32", E * width], ["w", "u32", width]],
+      perRow: "if (gate[r / u.w] <= 0.0) { continue; }",
+      terms: ["A[r] * W[r * u.n + i]"],
+      finish: "y[i] = s0;",
+    });
+  }
   const d = y.size, c4 = _vecGroup(d), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q;
   const V = q === 4 ? "vec4<f32>" : "f32", accs = _range(Math.max(1, c4));
   return simpleKernel(ctx, {
@@ -714,6 +748,7 @@ function _moaOneToken(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): KernelCal
     o.tile ?? moeTile(ctx, { N: 1, d, E, h: w }),
     "MoA",
   );
+  if (ctx.profile === "gpu") return _moaOneTokenGpu(ctx, o, pos);
   // The head's query: D columns of Wq, as vec4 when D allows.
   const q4 = D % 4 === 0, V = q4 ? "vec4<f32>" : "f32", n = q4 ? D / 4 : D;
   const store = q4
@@ -754,4 +789,46 @@ function _moaOneToken(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): KernelCal
   attend(col, 0u, pos[0] + 1u, j * ${D}u, col, g);`,
   });
   return [attend, _downOne(ctx, "moa_out1", o.gate, o.scratch.hidden, o.wo, o.y, E, w)];
+}
+
+/**
+ * {@linkcode _moaOneToken} on a real GPU: the routed experts' query columns as column sums over d
+ * (`moa_query1`, 16 columns × 16 lanes per workgroup; unrouted experts' columns stop at once), then one
+ * invocation per routed (expert, head) for the attention over the cache (`moa_attend1`), then `moa_out1`.
+ */
+function _moaOneTokenGpu(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): KernelCall[] {
+  const { E, G, D } = o, w = G * D, d = o.x.size;
+  const query = columnSums(ctx, {
+    label: "moa_query1",
+    bindings: [
+      { name: "x", tensor: o.x },
+      { name: "gate", tensor: o.gate },
+      { name: "Wq", tensor: o.wq },
+      { name: "QO", tensor: o.scratch.hidden, write: true },
+    ],
+    fields: [["n", "u32", E * w], ["rows", "u32", d], ["width", "u32", w]],
+    perRow: "if (gate[i / u.width] <= 0.0) { break; }",
+    terms: ["x[r] * Wq[r * u.n + i]"],
+    finish: "if (gate[i / u.width] > 0.0) { QO[i] = s0; }",
+  });
+  const attend = simpleKernel(ctx, {
+    label: "moa_attend1",
+    bindings: [
+      { name: "gate", tensor: o.gate },
+      { name: "K", tensor: o.cache!.kcache },
+      { name: "Vals", tensor: o.cache!.vcache },
+      { name: "pos", tensor: pos },
+      { name: "QO", tensor: o.scratch.hidden, write: true },
+    ],
+    fields: [["n", "u32", E * G], ["G", "u32", G], ["width", "u32", w]],
+    invocations: E * G,
+    workgroup: 32,
+    prelude: attendWgsl(D, "QO", "QO"),
+    body: `  let e = i / u.G; let j = i % u.G;
+  let g = gate[e];
+  if (g <= 0.0) { return; }
+  let col = e * u.width + j * ${D}u;
+  attend(col, 0u, pos[0] + 1u, j * ${D}u, col, g);`,
+  });
+  return [query, attend, _downOne(ctx, "moa_out1", o.gate, o.scratch.hidden, o.wo, o.y, E, w)];
 }

@@ -92,11 +92,16 @@ Deno.test("moeMlpSparse matches the float64 reference at odd sizes with 0, some 
 Deno.test("moeMlpSparse for one token (decoding) matches the float64 reference on the scalar and vec4 paths", async () => {
   const ctx = await testGpu();
   // h and d multiples of 16, 8, 4 or neither pick 4, 2, 1 vec4 columns per invocation or scalar loads.
-  for (const [d, h] of [[13, 5], [24, 8], [32, 32], [20, 12]] as const) {
-    await check(ctx, { N: 1, d, E: 4, h, routing: "even" });
-    await check(ctx, { N: 1, d, E: 4, h, routing: "all", activation: "silu" });
+  // The gpu profile sums columns over 16 lanes in workgroup memory instead.
+  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  for (const [d, h] of [[13, 5], [24, 8], [32, 32], [20, 12], [40, 37]] as const) {
+    for (const build of [ctx, gpuCtx]) {
+      await check(ctx, { N: 1, d, E: 4, h, routing: "even" }, build);
+      await check(ctx, { N: 1, d, E: 4, h, routing: "all", activation: "silu" }, build);
+    }
   }
   await check(ctx, { N: 1, d: 16, E: 4, h: 16, routing: "none" });
+  await check(ctx, { N: 1, d: 16, E: 4, h: 16, routing: "none" }, gpuCtx);
 });
 
 Deno.test("moeMlpSparse with every gate non-zero equals the dense stacked formula", async () => {
@@ -150,11 +155,16 @@ Deno.test("moeMlpSparse for one token reads no weights of unrouted experts (they
   }
   const make = (shape: number[], v: Float64Array) => createTensor(ctx, shape, "f32", Float32Array.from(v));
   const x = make([1, d], x64), gate = make([1, E], g64), w1 = make([d, E * h], w1NaN);
-  const w2 = make([E * h, d], w2NaN), y = make([1, d], new Float64Array(d)), scratch = moeScratch(ctx, s);
-  const calls = moeMlpSparse(ctx, { x, gate, w1, w2, y, E, h, activation: "gelu", scratch });
-  await ctx.scoped("moe one token", () => runCalls(ctx, calls).done());
-  const got = await readTensor(ctx, y);
-  assert(got.every(Number.isFinite), "an unrouted expert's weights were read");
-  assertClose(got, moeMlpRef(x64, g64, w164, w264, { ...s, activation: "gelu" }), TOL, "y");
-  for (const t of [x, gate, w1, w2, y, ...Object.values(scratch)]) t.buffer.destroy();
+  const w2 = make([E * h, d], w2NaN), y = make([1, d], new Float64Array(d));
+  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  for (const build of [ctx, gpuCtx]) {
+    const scratch = moeScratch(build, s);
+    const calls = moeMlpSparse(build, { x, gate, w1, w2, y, E, h, activation: "gelu", scratch });
+    await ctx.scoped("moe one token", () => runCalls(ctx, calls).done());
+    const got = await readTensor(ctx, y);
+    assert(got.every(Number.isFinite), `${build.profile}: an unrouted expert's weights were read`);
+    assertClose(got, moeMlpRef(x64, g64, w164, w264, { ...s, activation: "gelu" }), TOL, "y");
+    for (const t of Object.values(scratch)) t.buffer.destroy();
+  }
+  for (const t of [x, gate, w1, w2, y]) t.buffer.destroy();
 });

@@ -7,7 +7,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { simpleKernel } from "./common.ts";
+import { columnSums, simpleKernel } from "./common.ts";
 
 /** Norm kinds. */
 export type NormKind = "layernorm" | "rmsnorm";
@@ -94,13 +94,25 @@ export function normBackward(
     dx[b + j] = rs * (g ${ln ? "- sg / fd " : ""}- xh * sgx / fd);
   }`,
   });
+  const paramBindings = [
+    ...common.filter((b) => b.name !== "gamma"), // auto layouts drop unused bindings; gamma is not read here
+    { name: "dgamma", tensor: o.dgamma, write: true },
+    ...(ln ? [{ name: "dbeta", tensor: o.dbeta!, write: true }] : []),
+  ];
+  if (ctx.profile === "gpu") {
+    const params = columnSums(ctx, {
+      label: `norm_backward_params_${o.kind}`,
+      bindings: paramBindings,
+      fields: [["n", "u32", d], ["rows", "u32", rows]],
+      perRow: "let e = dy[r * u.n + i];",
+      terms: ["e * (x[r * u.n + i] - mean[r]) * rstd[r]", ...(ln ? ["e"] : [])],
+      finish: `dgamma[i] = s0;${ln ? " dbeta[i] = s1;" : ""}`,
+    });
+    return [dx, params];
+  }
   const params = simpleKernel(ctx, {
     label: `norm_backward_params_${o.kind}`,
-    bindings: [
-      ...common.filter((b) => b.name !== "gamma"), // auto layouts drop unused bindings; gamma is not read here
-      { name: "dgamma", tensor: o.dgamma, write: true },
-      ...(ln ? [{ name: "dbeta", tensor: o.dbeta!, write: true }] : []),
-    ],
+    bindings: paramBindings,
     fields: [["n", "u32", d], ["rows", "u32", rows]],
     invocations: d,
     body: `  var g = 0.0; var bsum = 0.0;

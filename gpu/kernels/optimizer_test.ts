@@ -2,8 +2,8 @@ import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { adamwStepRef } from "../../core/ref/adamw.ts";
 import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
 import { createTensor, readTensor } from "../buffers.ts";
-import { runCalls } from "../dispatch.ts";
-import { adamw } from "./optimizer.ts";
+import { type KernelCall, runCalls } from "../dispatch.ts";
+import { adamw, partialsFor, SQ_CHUNK, sumSquares, sumSquaresGroup } from "./optimizer.ts";
 
 const H = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, lr: 3e-3, step: 3 };
 
@@ -36,3 +36,34 @@ for (const n of [1000, 999]) {
     }
   });
 }
+
+Deno.test("sumSquares() over groups of gradients writes every chunk's float64 sum of squares in order", async () => {
+  const ctx = await testGpu();
+  // 20 gradients of odd sizes, more than one dispatch's bindings: grouped as the optimizer groups them.
+  const sizes = Array.from({ length: 20 }, (_, i) => 1 + ((i * 977) % 700) + (i === 3 ? 256 : 0));
+  const data = sizes.map((n, i) => Float64Array.from(Float32Array.from(randomArray(n, 40 + i))));
+  const xs = data.map((d, i) => createTensor(ctx, [d.length], "f32", Float32Array.from(d), `g${i}`));
+  const total = sizes.reduce((n, s) => n + partialsFor(s), 0);
+  const partials = createTensor(ctx, [total], "f32", undefined, "partials");
+  const group = sumSquaresGroup(ctx), calls: KernelCall[] = [];
+  for (let first = 0, offset = 0; first < xs.length; first += group) {
+    const part = xs.slice(first, first + group);
+    calls.push(sumSquares(ctx, { xs: part, partials, offset }));
+    offset += part.reduce((n, x) => n + partialsFor(x.size), 0);
+  }
+  assertEquals(calls.length, Math.ceil(20 / group));
+  await ctx.scoped("sum_squares", () => runCalls(ctx, calls).done());
+  const want = data.flatMap((d) =>
+    Array.from(
+      { length: partialsFor(d.length) },
+      (_, c) => d.subarray(c * SQ_CHUNK, (c + 1) * SQ_CHUNK).reduce((a, v) => a + v * v, 0),
+    )
+  );
+  assertClose(
+    await readTensor(ctx, partials),
+    Float64Array.from(want),
+    { atol: 1e-5, rtol: 1e-5 },
+    "partials",
+  );
+  for (const t of [...xs, partials]) t.buffer.destroy();
+});
