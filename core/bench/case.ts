@@ -29,6 +29,11 @@ export interface Runnable {
   output(): Promise<ArrayLike<number>>;
   /** Frees what the setup allocated. */
   dispose(): void;
+  /**
+   * The work runs on this machine's CPUs and each run ends in its own wait (jax-js on WebAssembly): a
+   * queue gains nothing there, so such a row is timed with p = 1 whatever p the case uses.
+   */
+  hostBound?: boolean;
 }
 
 /** What a case makes once its inputs exist on the host. */
@@ -152,8 +157,8 @@ async function _runOne(
       setup.tolerance,
       `${c.suite} ${c.name} ${impl}`,
     );
-    o.perSync ??= await sizeQueue((times) => r!.run(times));
-    const { ms } = await timeMedian((times) => r!.run(times), o);
+    const perSync = r.hostBound ? 1 : (o.perSync ??= await sizeQueue((times) => r!.run(times)));
+    const { ms } = await timeMedian((times) => r!.run(times), { ...o, perSync });
     if (!(ms > 0) || !Number.isFinite(ms)) throw new RangeError(`timing gave ${ms} ms`);
     return {
       suite: c.suite,
@@ -164,7 +169,7 @@ async function _runOne(
       flops: c.flops,
       ...(c.tokens ? { tokens: c.tokens, tokens_per_s: (1000 * c.tokens) / ms } : {}),
       max_err: maxErr,
-      per_sync: o.perSync,
+      per_sync: perSync,
     };
   } catch (e) {
     return _errorRow(c, impl, e);

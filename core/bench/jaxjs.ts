@@ -115,5 +115,6 @@ export async function jaxTrainRunnable(
       for (const a of [...params, ...ms, ...vs, ...grads, xa, onehot]) a.dispose();
       grads = [];
     },
+    hostBound: device === "wasm",
   };
 }

@@ -117,7 +117,9 @@ function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] 
     const ratio = typeof num?.ms === "number" && typeof den?.ms === "number"
       ? (num.ms / den.ms).toFixed(2)
       : "–";
-    const perSync = first?.per_sync ?? second?.per_sync;
+    // Both rows of a case share p, except a host-bound peer (timed with p = 1): then both are shown.
+    const ps = [...new Set([first?.per_sync, second?.per_sync].filter((x) => x !== undefined))];
+    const perSync = ps.length === 0 ? undefined : ps.join("/");
     body.push([
       any.suite,
       any.case,
@@ -126,7 +128,7 @@ function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] 
       ms(second),
       gf(second),
       ratio,
-      perSync === undefined ? "–" : String(perSync),
+      perSync ?? "–",
     ]);
   }
   const width = header.map((h, c) => Math.max(h.length, ...body.map((r) => r[c]!.length)));
