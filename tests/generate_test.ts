@@ -9,31 +9,88 @@ import { buildModel } from "../core/plan/model.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
 import { latestCheckpoint } from "../core/runs/checkpoints.ts";
 import { paramsFromTensors } from "../core/train/trainer.ts";
-import { sampleToken } from "../core/infer/generate.ts";
+import { Decoder, generate, sampleToken, samplingUniform } from "../core/infer/generate.ts";
+import { createTensor, readTensor, writeTensor } from "../gpu/buffers.ts";
+import { runCalls } from "../gpu/dispatch.ts";
+import { sampleTokenGpu } from "../gpu/kernels/sampling.ts";
+import { testGpu } from "./helpers/gpu.ts";
 import { Rng } from "../core/util/rng.ts";
 import { encodeText } from "../core/data/tokenizer.ts";
 
 Deno.test("sampleToken: greedy is the argmax, top-k 1 is greedy at any temperature, draws follow the softmax", () => {
   const logits = Float32Array.of(0.5, 2, -1, 1.9, 0);
-  const r = new Rng(1);
-  assertEquals(sampleToken(logits, { temperature: 0, topK: 0 }, r), 1);
-  for (let i = 0; i < 20; i++) assertEquals(sampleToken(logits, { temperature: 5, topK: 1 }, r), 1);
+  assertEquals(sampleToken(logits, { temperature: 0, topK: 0 }, 0.99), 1);
+  for (let i = 0; i < 20; i++) {
+    assertEquals(sampleToken(logits, { temperature: 5, topK: 1 }, samplingUniform(1, i)), 1);
+  }
   // top-k 2 at temperature 1: only tokens 1 and 3, with odds e^2 : e^1.9.
   const counts = new Map<number, number>();
   for (let i = 0; i < 20000; i++) {
-    const t = sampleToken(logits, { temperature: 1, topK: 2 }, r);
+    const t = sampleToken(logits, { temperature: 1, topK: 2 }, samplingUniform(1, i));
     counts.set(t, (counts.get(t) ?? 0) + 1);
   }
   assertEquals([...counts.keys()].sort(), [1, 3]);
   const want = 1 / (1 + Math.exp(-0.1)); // P(token 1)
   assert(Math.abs(counts.get(1)! / 20000 - want) < 0.015, `P(1) = ${counts.get(1)! / 20000}, want ${want}`);
+  // Tokens are walked in id order: u just below P(token 1) picks 1, just above picks 3.
+  assertEquals(sampleToken(logits, { temperature: 1, topK: 2 }, want - 1e-6), 1);
+  assertEquals(sampleToken(logits, { temperature: 1, topK: 2 }, want + 1e-6), 3);
   // The same seed gives the same draws.
-  const draw = (seed: number) => {
-    const g = new Rng(seed);
-    return Array.from({ length: 30 }, () => sampleToken(logits, { temperature: 2, topK: 0 }, g));
-  };
+  const draw = (seed: number) =>
+    Array.from(
+      { length: 30 },
+      (_, i) => sampleToken(logits, { temperature: 2, topK: 0 }, samplingUniform(seed, i)),
+    );
   assertEquals(draw(7), draw(7));
   notDeepStrictEqual(draw(7), draw(8));
+});
+
+Deno.test("the GPU sampler draws the host reference's token from the same logits, seed and index", async () => {
+  const ctx = await testGpu();
+  const rng = new Rng(11), V = 300;
+  const logits = createTensor(ctx, [V], "f32", undefined, "logits");
+  const ids = createTensor(ctx, [1], "u32", new Uint32Array(1), "ids");
+  const out = createTensor(ctx, [64], "u32", undefined, "out");
+  const state = createTensor(ctx, [1], "u32", new Uint32Array(1), "state");
+  let boundary = 0, checked = 0;
+  for (const [temperature, topK] of [[0, 0], [1, 0], [0.7, 5], [2, 1], [1.3, 299], [0.5, 400]] as const) {
+    const seed = 1000 + 17 * topK;
+    const call = sampleTokenGpu(ctx, { logits, ids, out, state, temperature, topK, seed });
+    writeTensor(ctx, state, new Uint32Array(1));
+    const want: number[] = [];
+    for (let n = 0; n < 24; n++) {
+      // Fresh logits per draw, with ties to exercise the id order; f32 on both sides.
+      const l = Float32Array.from({ length: V }, () => Math.round(rng.next() * 40) / 8);
+      writeTensor(ctx, logits, l);
+      await runCalls(ctx, [call]).done();
+      const u = samplingUniform(seed, n);
+      const host = sampleToken(l, { temperature, topK }, u);
+      const got = (await readTensor(ctx, ids))[0]!;
+      checked++;
+      if (got !== host) {
+        // Only where f32 sums on the GPU and float64 on the host straddle u · Σw.
+        const keep = [...l.keys()].sort((a, b) => l[b]! - l[a]! || a - b).slice(0, topK || V).sort((a, b) =>
+          a - b
+        );
+        const w = keep.map((i) => Math.exp((l[i]! - Math.max(...l)) / temperature)),
+          total = w.reduce((a, b) => a + b);
+        let c = 0, near = false;
+        for (const x of w) near ||= Math.abs((c += x) - u * total) < 1e-4 * total;
+        assert(near, `temperature ${temperature} top-k ${topK} draw ${n}: GPU ${got}, host ${host}`);
+        boundary++;
+      }
+      want.push(host);
+    }
+    const list = Array.from(await readTensor(ctx, out)).slice(0, 24);
+    assertEquals(
+      list.filter((t, n) => t !== want[n]).length <= boundary,
+      true,
+      "the token list holds each draw",
+    );
+    assertEquals((await readTensor(ctx, state))[0], 24, "the counter advanced once per draw");
+  }
+  assert(boundary <= 2, `${boundary} of ${checked} draws differ at a rounding boundary`);
+  for (const t of [logits, ids, out, state]) t.buffer.destroy();
 });
 
 Deno.test("generate streams greedy text whose tokens are the float64 model's argmax, reports tokens/s and active params", async () => {
@@ -119,6 +176,28 @@ Deno.test("generate streams greedy text whose tokens are the float64 model's arg
     assert(a.context_shifts >= 1, `shifts ${a.context_shifts}`);
     assertEquals(a.tokens, b.tokens);
     notDeepStrictEqual(a.tokens, c.tokens);
+
+    // Drawing on the GPU (tokens fed straight back, read in chunks) and on the host (one read-back per
+    // token) give the same tokens and expert counts, across context shifts, at temperature 1 and top-k 5.
+    const ctx = await testGpu();
+    const weights = new Map([...params].map(([name, t]) => [name, Float32Array.from(t.data)]));
+    const rules = { mlp: config.router.infer, attention: config.router.infer };
+    const dec = await Decoder.create(ctx, config, weights, rules);
+    try {
+      const opts = { maxTokens: 2 * T + 5, temperature: 1, topK: 5, seed: 9 };
+      const streamed: number[] = [];
+      const onGpu = await generate(dec, [...encodeText("x = ")], {
+        ...opts,
+        onToken: (t) => streamed.push(t),
+      });
+      const onHost = await generate(dec, [...encodeText("x = ")], { ...opts, hostSampling: true });
+      assert(onGpu.contextShifts >= 2, `shifts ${onGpu.contextShifts}`);
+      assertEquals(onGpu.tokens, onHost.tokens);
+      assertEquals(streamed, onGpu.tokens, "every token streamed once, in order");
+      assertEquals(onGpu.layers.map((l) => l.experts), onHost.layers.map((l) => l.experts));
+    } finally {
+      dec.destroy();
+    }
   } finally {
     closeRunStores();
     await Deno.remove(dir, { recursive: true });

@@ -33,6 +33,8 @@ Options:
   --temperature T      sampling temperature, 0 = always the most likely token (default 0.8)
   --top-k K            sample among the K most likely tokens, 0 = all (default 40)
   --seed N             sampling seed (default 1): the same seed gives the same text
+  --host-sampling      draw each token on the host from read-back logits (one GPU wait per token)
+                       instead of on the GPU, where the next step embeds it directly (same tokens)
   --rule RULE          inference routing rule, as for eval (default: the config's router.infer):
                        threshold:0.5 | topk:2 | threshold_topk:0.5 | top_p:0.9 | dense |
                        mlp=RULE,attention=RULE  (or --rule threshold --epsilon 0.5, --k, --p)
@@ -49,6 +51,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
     temperature: { type: "string" },
     "top-k": { type: "string" },
     seed: { type: "string" },
+    "host-sampling": { type: "boolean" },
     rule: { type: "string", multiple: true },
     epsilon: { type: "string", multiple: true },
     k: { type: "string", multiple: true },
@@ -99,6 +102,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
         temperature,
         topK,
         seed,
+        hostSampling: !!values["host-sampling"],
         onToken: (id) => io.write(text.decode(Uint8Array.of(id), { stream: true })),
       });
       io.write(text.decode() + "\n");

@@ -1,8 +1,8 @@
 /**
  * Text generation with a trained model (DESIGN.md §5, §7 `deno task generate`): a one-token decoder graph
  * with per-layer KV caches on the GPU, routed layers computing only their selected experts, and seeded
- * temperature / top-k sampling on the host from each step's logits (one readback per token, which the
- * streamed output needs anyway).
+ * temperature / top-k sampling on the GPU (gpu/kernels/sampling.ts), whose token the next step embeds
+ * directly: the host reads tokens back in chunks for streaming instead of waiting on every token.
  *
  * Positions are learned up to `data.seq_len`; when the context fills, the newest half of it is kept and
  * re-encoded from position 0 (a "context shift"), so generation can run past the training length.
@@ -13,8 +13,10 @@ import type { Experiment } from "../config/schema.ts";
 import { layerShape } from "../plan/counts.ts";
 import type { DecoderGraph, InferRules } from "../plan/model.ts";
 import { plan } from "../plan/plan.ts";
-import { Rng } from "../util/rng.ts";
-import { type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
+import { hash32 } from "../util/rng.ts";
+import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
+import { prepare, releaseCall, Step } from "../../gpu/dispatch.ts";
+import { countExperts, gpuSamplingFits, sampleTokenGpu } from "../../gpu/kernels/sampling.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { GraphExecutor } from "../../gpu/executor.ts";
 import "../../gpu/graph_ops.ts";
@@ -29,28 +31,44 @@ export interface Sampling {
 }
 
 /**
- * The next token: the argmax at temperature 0, otherwise a draw from softmax(logits / temperature) over
- * the `topK` most likely tokens (ties broken by the lower id), using one number from `rng`.
+ * The uniform number behind draw `index` of a generation seeded with `seed`: hash32(seed, index) / 2³², with
+ * the hash rounded to f32 as the GPU sampler (gpu/kernels/sampling.ts) does. In [0, 1].
+ *
+ * @example
+ * ```ts
+ * import { samplingUniform } from "./generate.ts";
+ * const u = samplingUniform(7, 0);
+ * if (!(u >= 0 && u <= 1) || u !== samplingUniform(7, 0) || u === samplingUniform(7, 1)) throw new Error();
+ * ```
+ */
+export function samplingUniform(seed: number, index: number): number {
+  return Math.fround(hash32(seed >>> 0, Math.floor(seed / 2 ** 32) >>> 0, index >>> 0)) / 4294967296;
+}
+
+/**
+ * The next token: the argmax at temperature 0 (ties to the lower id); otherwise, over the `topK` most likely
+ * tokens (ties to the lower id; 0 keeps all) with weights exp((logit − max) / temperature), the first token
+ * in id order whose running weight exceeds u · Σ weights (the last kept token if rounding leaves none). The
+ * GPU sampler computes the same draw in f32.
  *
  * @example
  * ```ts
  * import { sampleToken } from "./generate.ts";
- * import { Rng } from "../util/rng.ts";
- * const t = sampleToken(Float32Array.of(0, 3, 1), { temperature: 0, topK: 0 }, new Rng(1));
+ * const t = sampleToken(Float32Array.of(0, 3, 1), { temperature: 0, topK: 0 }, 0.5);
  * if (t !== 1) throw new Error(String(t));
  * ```
  */
-export function sampleToken(logits: ArrayLike<number>, s: Sampling, rng: Rng): number {
+export function sampleToken(logits: ArrayLike<number>, s: Sampling, u: number): number {
   const order = Array.from({ length: logits.length }, (_, i) => i);
   order.sort((a, b) => logits[b]! - logits[a]! || a - b);
-  if (s.temperature <= 0) return order[0]!;
-  const keep = s.topK > 0 ? order.slice(0, s.topK) : order;
-  const top = logits[keep[0]!]!;
+  if (s.temperature <= 0 || s.topK === 1) return order[0]!;
+  const keep = (s.topK > 0 ? order.slice(0, s.topK) : order).sort((a, b) => a - b);
+  const top = logits[order[0]!]!;
   const w = keep.map((i) => Math.exp((logits[i]! - top) / s.temperature));
-  let u = rng.next() * w.reduce((a, b) => a + b, 0);
+  let left = u * w.reduce((a, b) => a + b, 0);
   for (let j = 0; j < keep.length; j++) {
-    u -= w[j]!;
-    if (u < 0) return keep[j]!;
+    left -= w[j]!;
+    if (left < 0) return keep[j]!;
   }
   return keep.at(-1)!;
 }
@@ -134,6 +152,67 @@ export class Decoder {
     return { logits: values[0] as Float32Array, experts };
   }
 
+  /**
+   * Queues the token the GPU sampler drew last (already in the input id) at position `pos`; nothing is
+   * written from the host but the position.
+   */
+  feedDrawn(pos: number): void {
+    if (!(pos >= 0 && pos < this.context)) {
+      throw new RangeError(`Cannot decode at position ${pos}: the context holds ${this.context}`);
+    }
+    writeTensor(this.ctx, this.#exec.tensor(this.graph.pos), Uint32Array.of(pos));
+    this.#exec.run();
+  }
+
+  /**
+   * A sampler drawing tokens on the GPU from the last fed token's logits (gpu/kernels/sampling.ts): each
+   * `draw()` writes the token into the decoder's input id (for {@linkcode Decoder.feedDrawn}) and into a
+   * list of up to `capacity` tokens, and adds the experts each routed layer ran to per-router counts.
+   */
+  sampler(s: Sampling & { seed: number; capacity: number }): TokenSampler {
+    const ctx = this.ctx;
+    const out = createTensor(ctx, [Math.max(1, s.capacity)], "u32", undefined, "generate.tokens");
+    const state = createTensor(ctx, [1], "u32", new Uint32Array(1), "generate.sampler");
+    const counts = createTensor(ctx, [Math.max(1, this.#masks.length)], "f32", undefined, "generate.experts");
+    writeTensor(ctx, counts, new Float32Array(counts.size));
+    const calls = [
+      sampleTokenGpu(ctx, {
+        logits: this.#exec.tensor(this.graph.logits),
+        ids: this.#exec.tensor(this.graph.ids),
+        out,
+        state,
+        temperature: s.temperature,
+        topK: s.topK,
+        seed: s.seed,
+      }),
+      ...this.#masks.map((r, index) =>
+        countExperts(ctx, { mask: this.#exec.tensor(r.mask!), counts, index })
+      ),
+    ].map((c) => prepare(ctx, c));
+    const routers = this.graph.routers, masks = this.#masks;
+    return {
+      draw() {
+        const step = new Step(ctx, { label: "generate.sample" });
+        for (const c of calls) step.dispatch(c);
+        step.submit();
+      },
+      async tokens(n: number) {
+        return Array.from((await readTensor(ctx, out)) as Uint32Array).slice(0, n);
+      },
+      async experts(steps: number) {
+        const got = (await readTensor(ctx, counts)) as Float32Array;
+        return routers.map((r) => {
+          const i = masks.indexOf(r);
+          return i < 0 ? r.probs.shape[1]! * steps : got[i]!;
+        });
+      },
+      destroy() {
+        calls.forEach(releaseCall);
+        for (const t of [out, state, counts]) t.buffer.destroy();
+      },
+    };
+  }
+
   /** Frees the executor and the weights. */
   destroy(): void {
     this.#exec.destroy();
@@ -141,12 +220,25 @@ export class Decoder {
   }
 }
 
+/** Draws tokens on the GPU: see {@linkcode Decoder.sampler}. */
+export interface TokenSampler {
+  /** Draws the next token from the last fed token's logits (queued; nothing is read back). */
+  draw(): void;
+  /** The first `n` drawn tokens (waits for the GPU). */
+  tokens(n: number): Promise<number[]>;
+  /** Experts run per routed layer, summed over `steps` draws (non-routed layers count all experts). */
+  experts(steps: number): Promise<number[]>;
+  destroy(): void;
+}
+
 /** Options of {@linkcode generate}. */
 export interface GenerateOptions extends Sampling {
   maxTokens: number;
   seed: number;
-  /** Called with each new token as soon as it is sampled. */
+  /** Called with each new token as soon as it is read back (in chunks when sampling on the GPU). */
   onToken?: (id: number) => void;
+  /** Draw on the host from each token's read-back logits (one wait per token) instead of on the GPU. */
+  hostSampling?: boolean;
 }
 
 /** What a generation produced and how fast. */
@@ -163,9 +255,14 @@ export interface GenerateResult {
   hiddenPct: number;
 }
 
+/** Drawn tokens are read back (and streamed) in chunks of this many. */
+const _STREAM_CHUNK = 16;
+
 /**
  * Generates up to `o.maxTokens` tokens after `prompt` (which must be non-empty). A prompt longer than the
- * context keeps its newest half-context.
+ * context keeps its newest half-context. Tokens are drawn on the GPU and fed straight back, so the host waits
+ * only for the first token, every {@linkcode _STREAM_CHUNK} tokens (streamed to `onToken` then), at a
+ * context shift (which re-encodes from the host) and at the end.
  */
 export async function generate(
   dec: Decoder,
@@ -176,22 +273,80 @@ export async function generate(
   const T = dec.context, keep = Math.max(1, Math.floor(T / 2));
   let context = prompt.length > T ? prompt.slice(-keep) : [...prompt];
   const promptTokens = context.length;
-  const rng = new Rng(o.seed), tokens: number[] = [];
+  if (o.hostSampling || !gpuSamplingFits(dec.graph.logits.shape.at(-1)!, o)) {
+    return await _generateOnHost(dec, context, o);
+  }
+  const sampler = dec.sampler({ ...o, capacity: o.maxTokens });
+  try {
+    const tokens: number[] = [];
+    let shifts = 0, drawn = 0, len = context.length;
+    // Reads the drawn tokens not yet on the host, streams them, and appends them to the host's context.
+    const flush = async () => {
+      if (tokens.length === drawn) return;
+      const got = await sampler.tokens(drawn);
+      for (let k = tokens.length; k < drawn; k++) {
+        tokens.push(got[k]!);
+        context.push(got[k]!);
+        o.onToken?.(got[k]!);
+      }
+    };
+    const t0 = performance.now();
+    let t1 = t0;
+    // Encode the context from position 0 (at the start and after each shift).
+    const encode = () => context.forEach((id, pos) => dec.feed(id, pos));
+    encode();
+    while (drawn < o.maxTokens) {
+      sampler.draw();
+      drawn++;
+      if (drawn === 1) {
+        await flush();
+        t1 = performance.now();
+      }
+      if (drawn === o.maxTokens) break;
+      if (len + 1 > T) {
+        await flush();
+        context = context.slice(-keep);
+        shifts++;
+        encode();
+        len = context.length;
+      } else {
+        dec.feedDrawn(len);
+        len++;
+      }
+      if (drawn % _STREAM_CHUNK === 0) await flush();
+    }
+    await flush();
+    const t2 = performance.now();
+    const sums = await sampler.experts(drawn);
+    return _result(dec, tokens, promptTokens, shifts, sums, t0, t1, t2);
+  } finally {
+    sampler.destroy();
+  }
+}
+
+/**
+ * {@linkcode generate} drawing each token on the host from read-back logits (one wait per token): for
+ * vocabularies and top-k the GPU sampler does not handle ({@linkcode gpuSamplingFits}). The same draws.
+ */
+async function _generateOnHost(
+  dec: Decoder,
+  start: number[],
+  o: GenerateOptions,
+): Promise<GenerateResult> {
+  const T = dec.context, keep = Math.max(1, Math.floor(T / 2));
+  let context = start;
+  const promptTokens = context.length, tokens: number[] = [];
   const sums = dec.graph.routers.map(() => 0);
-  let shifts = 0, steps = 0;
+  let shifts = 0;
   const t0 = performance.now();
   let t1 = t0;
-  // Encode the context from position 0 (at the start and after each shift); the last token's logits are read.
-  const encode = () => {
-    context.forEach((id, pos) => dec.feed(id, pos));
-  };
+  const encode = () => context.forEach((id, pos) => dec.feed(id, pos));
   encode();
   while (tokens.length < o.maxTokens) {
     const { logits, experts } = await dec.read();
     experts.forEach((n, i) => sums[i]! += n);
-    steps++;
     if (tokens.length === 0) t1 = performance.now();
-    const next = sampleToken(logits, o, rng);
+    const next = sampleToken(logits, o, samplingUniform(o.seed, tokens.length));
     tokens.push(next);
     o.onToken?.(next);
     if (tokens.length === o.maxTokens) break;
@@ -202,12 +357,25 @@ export async function generate(
       encode();
     } else dec.feed(next, context.length - 1);
   }
-  const t2 = performance.now();
+  return _result(dec, tokens, promptTokens, shifts, sums, t0, t1, performance.now());
+}
+
+/** The result of a generation from its tokens, expert counts (summed over the tokens) and clock marks. */
+function _result(
+  dec: Decoder,
+  tokens: number[],
+  promptTokens: number,
+  shifts: number,
+  sums: readonly number[],
+  t0: number,
+  t1: number,
+  t2: number,
+): GenerateResult {
   const c = dec.config, s = layerShape(c);
   const layers = dec.graph.routers.map((r, i) => ({
     layer: r.layer,
     kind: r.kind,
-    experts: sums[i]! / Math.max(1, steps),
+    experts: sums[i]! / Math.max(1, tokens.length),
     of: r.probs.shape[1]!,
   }));
   const decodeSeconds = (t2 - t1) / 1000;

@@ -1,0 +1,190 @@
+/**
+ * Drawing the next token on the GPU, so decoding needs no read-back per token: the sampler reads the
+ * logits, writes the token into the decoder's input id (the next step embeds it) and into a list of
+ * generated tokens, and advances its own counter. The draw is the same function as
+ * `sampleToken` in core/infer/generate.ts: greedy at temperature 0; otherwise the `topK` most likely tokens
+ * (ties to the lower id; 0 keeps all), weights exp((logit − max) / temperature), and the first token in id
+ * order whose running weight passes u · Σ weights, with u = {@linkcode samplingUniform}(seed, counter).
+ *
+ * @module
+ */
+import type { GpuTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
+import type { KernelCall } from "../dispatch.ts";
+import { header, packUniform, simpleKernel } from "./common.ts";
+
+/** hash32 (core/util/rng.ts) in WGSL: the same bits for the same u32 inputs. */
+const _HASH = `fn hashMix(h0: u32, v: u32) -> u32 {
+  var h = (h0 ^ v) * 0x85ebca6bu;
+  h = h ^ (h >> 13u);
+  h = h * 0xc2b2ae35u;
+  return h ^ (h >> 16u);
+}`;
+
+/** Threads of the sampler's one workgroup. */
+const _THREADS = 256;
+
+/**
+ * Whether {@linkcode sampleTokenGpu} handles a vocabulary of `V` under `s`: greedy, top-k 1 and "all" take
+ * O(V / 256) steps per thread; other top-k count each token's rank, V²/256 steps per thread, kept under
+ * the 65,535 iterations llvmpipe allows one loop of an invocation (beyond that it ends the loop early).
+ */
+export function gpuSamplingFits(V: number, s: { temperature: number; topK: number }): boolean {
+  const simple = s.temperature <= 0 || s.topK <= 1 || s.topK >= V;
+  return simple ? V <= 65535 * _THREADS : Math.ceil(V / _THREADS) * V <= 60000;
+}
+
+/**
+ * Samples token `counter` of a generation: `logits` (V,) f32 → `ids[0]` and `out[counter]` (u32), then
+ * `counter` + 1 (state[0]). One workgroup of 256 threads, each over a contiguous slice of the vocabulary:
+ * the argmax by a tree (ties to the lower id); the kept tokens' weights summed per slice, an exclusive
+ * prefix over the slices in id order, and the one slice where u · Σ weights falls walks its tokens. Float
+ * sums run per slice then across slices, so a draw can differ from the host's sequential float64 sum only
+ * where u · Σ weights lies within rounding of a token boundary. See {@linkcode gpuSamplingFits}.
+ */
+export function sampleTokenGpu(
+  _ctx: GpuContext,
+  o: {
+    logits: GpuTensor;
+    ids: GpuTensor;
+    out: GpuTensor;
+    state: GpuTensor;
+    temperature: number;
+    topK: number;
+    seed: number;
+  },
+): KernelCall {
+  const V = o.logits.size, T = _THREADS;
+  if (!(o.temperature >= 0) || !Number.isInteger(o.topK) || o.topK < 0) {
+    throw new RangeError(`Cannot sample: temperature ${o.temperature} and topK ${o.topK} must be ≥ 0`);
+  }
+  if (!gpuSamplingFits(V, o)) {
+    throw new RangeError(`Cannot sample ${V} tokens with top-k ${o.topK} on the GPU (see gpuSamplingFits)`);
+  }
+  const code = `${
+    header(
+      [
+        { name: "L", tensor: o.logits },
+        { name: "ids", tensor: o.ids, write: true },
+        { name: "out", tensor: o.out, write: true },
+        { name: "st", tensor: o.state, write: true },
+      ],
+      [
+        ["V", "u32", V],
+        ["cap", "u32", o.out.size],
+        ["topK", "u32", o.topK],
+        ["seedLo", "u32", o.seed >>> 0],
+        ["seedHi", "u32", Math.floor(o.seed / 2 ** 32) >>> 0],
+        ["temp", "f32", o.temperature],
+      ],
+    )
+  }
+${_HASH}
+var<workgroup> bestV: array<f32, ${T}>;
+var<workgroup> bestI: array<u32, ${T}>;
+var<workgroup> part: array<f32, ${T}>;
+var<workgroup> goal: f32;
+var<workgroup> pick: atomic<u32>;
+var<workgroup> lastKept: atomic<u32>;
+
+// Whether token j is among the topK most likely: fewer than topK tokens come before it in
+// (logit desc, id asc) order.
+fn kept(j: u32, every: bool) -> bool {
+  if (every) { return true; }
+  let x = L[j];
+  var ahead = 0u;
+  for (var q = 0u; q < u.V; q = q + 1u) {
+    let y = L[q];
+    if (y > x || (y == x && q < j)) { ahead = ahead + 1u; }
+  }
+  return ahead < u.topK;
+}
+
+@compute @workgroup_size(${T})
+fn main(@builtin(local_invocation_index) t: u32) {
+  let n = st[0];
+  let c = (u.V + ${T - 1}u) / ${T}u;
+  let j0 = min(t * c, u.V);
+  let j1 = min(j0 + c, u.V);
+  var bv = -3.0e38; var bi = u.V;
+  for (var j = j0; j < j1; j = j + 1u) { let x = L[j]; if (bi == u.V || x > bv) { bv = x; bi = j; } }
+  bestV[t] = bv; bestI[t] = bi;
+  if (t == 0u) { atomicStore(&pick, u.V); atomicStore(&lastKept, 0u); }
+  workgroupBarrier();
+  for (var s = ${T / 2}u; s > 0u; s = s >> 1u) {
+    if (t < s) {
+      let ov = bestV[t + s]; let oi = bestI[t + s];
+      if (oi != u.V && (bestI[t] == u.V || ov > bestV[t] || (ov == bestV[t] && oi < bestI[t]))) {
+        bestV[t] = ov; bestI[t] = oi;
+      }
+    }
+    workgroupBarrier();
+  }
+  let mv = bestV[0];
+  var tok = bestI[0];
+  if (u.temp > 0.0 && u.topK != 1u) {
+    let every = u.topK == 0u || u.topK >= u.V;
+    var sum = 0.0;
+    for (var j = j0; j < j1; j = j + 1u) {
+      if (kept(j, every)) { sum = sum + exp((L[j] - mv) / u.temp); atomicMax(&lastKept, j); }
+    }
+    part[t] = sum;
+    workgroupBarrier();
+    if (t == 0u) {
+      var acc = 0.0;
+      for (var q = 0u; q < ${T}u; q = q + 1u) { let v = part[q]; part[q] = acc; acc = acc + v; }
+      let h = hashMix(hashMix(hashMix(0x9e3779b9u, u.seedLo), u.seedHi), n);
+      goal = (f32(h) / 4294967296.0) * acc;
+    }
+    workgroupBarrier();
+    var left = goal - part[t];
+    if (left >= 0.0) {
+      for (var j = j0; j < j1; j = j + 1u) {
+        if (kept(j, every)) {
+          left = left - exp((L[j] - mv) / u.temp);
+          if (left < 0.0) { atomicMin(&pick, j); break; }
+        }
+      }
+    }
+    workgroupBarrier();
+    let p = atomicLoad(&pick);
+    tok = select(p, atomicLoad(&lastKept), p == u.V);
+  }
+  if (t == 0u) {
+    ids[0] = tok;
+    if (n < u.cap) { out[n] = tok; }
+    st[0] = n + 1u;
+  }
+}`;
+  return {
+    label: "sample_token",
+    code,
+    bindings: [o.logits, o.ids, o.out, o.state],
+    uniform: packUniform([
+      ["V", "u32", V],
+      ["cap", "u32", o.out.size],
+      ["topK", "u32", o.topK],
+      ["seedLo", "u32", o.seed >>> 0],
+      ["seedHi", "u32", Math.floor(o.seed / 2 ** 32) >>> 0],
+      ["temp", "f32", o.temperature],
+    ]),
+    workgroups: [1],
+  };
+}
+
+/** Adds Σ mask (a routed layer's chosen experts for one token) to `counts[index]`. */
+export function countExperts(
+  ctx: GpuContext,
+  o: { mask: GpuTensor; counts: GpuTensor; index: number },
+): KernelCall {
+  return simpleKernel(ctx, {
+    label: "count_experts",
+    bindings: [{ name: "m", tensor: o.mask }, { name: "c", tensor: o.counts, write: true }],
+    fields: [["E", "u32", o.mask.size], ["at", "u32", o.index]],
+    invocations: 1,
+    workgroup: 1,
+    body: `  var s = 0.0;
+  for (var e = 0u; e < u.E; e = e + 1u) { s = s + m[e]; }
+  c[u.at] = c[u.at] + s;`,
+  });
+}
