@@ -69,6 +69,18 @@ export function attention(
   });
 }
 
+// dk/dv of key row ko: the key and value rows in registers and zeroed accumulators, then one query row
+// (t, head h) added per _DKV_ROW.
+const _dkvInit = (D: number) =>
+  `  var kr: array<f32, ${D}>; var vr: array<f32, ${D}>; var dk_acc: array<f32, ${D}>; var dv_acc: array<f32, ${D}>;
+  for (var j = 0u; j < D; j = j + 1u) { kr[j] = k[ko + j]; vr[j] = v[ko + j]; dk_acc[j] = 0.0; dv_acc[j] = 0.0; }`;
+const _DKV_ROW = `    let qo = ((bb * u.T + t) * u.Hq + h) * D; let row = (bb * u.Hq + h) * u.T + t;
+    var dot = 0.0; var dp = 0.0;
+    for (var j = 0u; j < D; j = j + 1u) { dot = dot + q[qo + j] * kr[j]; dp = dp + dO[qo + j] * vr[j]; }
+    let p = exp(dot * u.scale - lse[row]);
+    let ds = p * (dp - delta[row]) * u.scale;
+    for (var j = 0u; j < D; j = j + 1u) { dk_acc[j] = dk_acc[j] + ds * q[qo + j]; dv_acc[j] = dv_acc[j] + p * dO[qo + j]; }`;
+
 /** dq, dk, dv from the forward's o and lse and the output gradient dO; delta is scratch (B, Hq, T). */
 export function attentionBackward(
   ctx: GpuContext,
@@ -153,16 +165,10 @@ export function attentionBackward(
     prelude,
     body: `  let s_u = i % u.T; let kh = (i / u.T) % u.Hkv; let bb = i / (u.T * u.Hkv);
   let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
-  var kr: array<f32, ${D}>; var vr: array<f32, ${D}>; var dk_acc: array<f32, ${D}>; var dv_acc: array<f32, ${D}>;
-  for (var j = 0u; j < D; j = j + 1u) { kr[j] = k[ko + j]; vr[j] = v[ko + j]; dk_acc[j] = 0.0; dv_acc[j] = 0.0; }
+${_dkvInit(D)}
   for (var h = kh; h < u.Hq; h = h + u.Hkv) {
     for (var t = s_u; t < u.T; t = t + 1u) {
-      let qo = ((bb * u.T + t) * u.Hq + h) * D; let row = (bb * u.Hq + h) * u.T + t;
-      var dot = 0.0; var dp = 0.0;
-      for (var j = 0u; j < D; j = j + 1u) { dot = dot + q[qo + j] * kr[j]; dp = dp + dO[qo + j] * vr[j]; }
-      let p = exp(dot * u.scale - lse[row]);
-      let ds = p * (dp - delta[row]) * u.scale;
-      for (var j = 0u; j < D; j = j + 1u) { dk_acc[j] = dk_acc[j] + ds * q[qo + j]; dv_acc[j] = dv_acc[j] + p * dO[qo + j]; }
+${_DKV_ROW}
     }
   }
   for (var j = 0u; j < D; j = j + 1u) { dk[ko + j] = dk_acc[j]; dv[ko + j] = dv_acc[j]; }`,
@@ -229,15 +235,9 @@ function _dkvSplit(
   let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
   let po = ((c * (u.n / (u.Hq * u.T * u.chunks)) + bb) * u.T + s_u) * u.Hq * D + h * D;
   let t0 = max(s_u, c * ${_DKV_CHUNK}u); let t1 = min(u.T, (c + 1u) * ${_DKV_CHUNK}u);
-  var kr: array<f32, ${D}>; var vr: array<f32, ${D}>; var dk_acc: array<f32, ${D}>; var dv_acc: array<f32, ${D}>;
-  for (var j = 0u; j < D; j = j + 1u) { kr[j] = k[ko + j]; vr[j] = v[ko + j]; dk_acc[j] = 0.0; dv_acc[j] = 0.0; }
+${_dkvInit(D)}
   for (var t = t0; t < t1; t = t + 1u) {
-    let qo = ((bb * u.T + t) * u.Hq + h) * D; let row = (bb * u.Hq + h) * u.T + t;
-    var dot = 0.0; var dp = 0.0;
-    for (var j = 0u; j < D; j = j + 1u) { dot = dot + q[qo + j] * kr[j]; dp = dp + dO[qo + j] * vr[j]; }
-    let p = exp(dot * u.scale - lse[row]);
-    let ds = p * (dp - delta[row]) * u.scale;
-    for (var j = 0u; j < D; j = j + 1u) { dk_acc[j] = dk_acc[j] + ds * q[qo + j]; dv_acc[j] = dv_acc[j] + p * dO[qo + j]; }
+${_DKV_ROW}
   }
   for (var j = 0u; j < D; j = j + 1u) { P[po + j] = dk_acc[j]; P[u.plane * u.chunks + po + j] = dv_acc[j]; }`,
   });

@@ -11,7 +11,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { header, packUniform, simpleKernel } from "./common.ts";
+import { type Binding, header, packUniform, simpleKernel, type UniformFields } from "./common.ts";
 
 /** hash32 (core/util/rng.ts) in WGSL: the same bits for the same u32 inputs. */
 const _HASH = `fn hashMix(h0: u32, v: u32) -> u32 {
@@ -61,24 +61,21 @@ export function sampleTokenGpu(
   if (!gpuSamplingFits(V, o)) {
     throw new RangeError(`Cannot sample ${V} tokens with top-k ${o.topK} on the GPU (see gpuSamplingFits)`);
   }
-  const code = `${
-    header(
-      [
-        { name: "L", tensor: o.logits },
-        { name: "ids", tensor: o.ids, write: true },
-        { name: "out", tensor: o.out, write: true },
-        { name: "st", tensor: o.state, write: true },
-      ],
-      [
-        ["V", "u32", V],
-        ["cap", "u32", o.out.size],
-        ["topK", "u32", o.topK],
-        ["seedLo", "u32", o.seed >>> 0],
-        ["seedHi", "u32", Math.floor(o.seed / 2 ** 32) >>> 0],
-        ["temp", "f32", o.temperature],
-      ],
-    )
-  }
+  const fields: UniformFields = [
+    ["V", "u32", V],
+    ["cap", "u32", o.out.size],
+    ["topK", "u32", o.topK],
+    ["seedLo", "u32", o.seed >>> 0],
+    ["seedHi", "u32", Math.floor(o.seed / 2 ** 32) >>> 0],
+    ["temp", "f32", o.temperature],
+  ];
+  const bindings: Binding[] = [
+    { name: "L", tensor: o.logits },
+    { name: "ids", tensor: o.ids, write: true },
+    { name: "out", tensor: o.out, write: true },
+    { name: "st", tensor: o.state, write: true },
+  ];
+  const code = `${header(bindings, fields)}
 ${_HASH}
 var<workgroup> bestV: array<f32, ${T}>;
 var<workgroup> bestI: array<u32, ${T}>;
@@ -159,15 +156,8 @@ fn main(@builtin(local_invocation_index) t: u32) {
   return {
     label: "sample_token",
     code,
-    bindings: [o.logits, o.ids, o.out, o.state],
-    uniform: packUniform([
-      ["V", "u32", V],
-      ["cap", "u32", o.out.size],
-      ["topK", "u32", o.topK],
-      ["seedLo", "u32", o.seed >>> 0],
-      ["seedHi", "u32", Math.floor(o.seed / 2 ** 32) >>> 0],
-      ["temp", "f32", o.temperature],
-    ]),
+    bindings: bindings.map((b) => b.tensor),
+    uniform: packUniform(fields),
     workgroups: [1],
   };
 }
