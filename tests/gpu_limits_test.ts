@@ -1,6 +1,7 @@
 /**
  * Shapes past a device limit are split or refused before dispatch, never run wrong: bindings over
- * maxStorageBufferBindingSize, plans with such a buffer, and dispatches over 65535 workgroups per dimension.
+ * maxStorageBufferBindingSize, plans with such a buffer, dispatches over 65535 workgroups per dimension, and
+ * (on llvmpipe) invocations that would loop past its per-invocation limit.
  */
 import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { apply1 } from "../core/graph/ops.ts";
@@ -16,6 +17,8 @@ import { GraphExecutor } from "../gpu/executor.ts";
 import "../gpu/graph_ops.ts";
 import { activation } from "../gpu/kernels/activation.ts";
 import { matmul } from "../gpu/kernels/matmul.ts";
+import { attention } from "../gpu/kernels/attention.ts";
+import { LLVMPIPE_LOOP_LIMIT } from "../gpu/kernels/common.ts";
 import { assertClose, randomArray, testGpu } from "./helpers/gpu.ts";
 
 /** The test device seen through smaller limits: kernels and the executor read limits from the context. */
@@ -123,4 +126,46 @@ Deno.test("matmul on a device allowing 7 workgroups per dimension folds its grid
   await ctx.scoped("matmul", () => runCalls(ctx, [call]).done());
   assertClose(await readTensor(ctx, c), matmulRef(a64, b64, { m, k, n, batch }), { atol: 2e-5, rtol: 1e-5 });
   for (const t of [a, b, c]) t.buffer.destroy();
+});
+
+Deno.test("llvmpipe ends an invocation's loops after 65535 iterations; kernels that would loop more refuse to build there", async () => {
+  const ctx = await testGpu();
+  // The adapter's behaviour, measured: one invocation counting to 100000.
+  const out = createTensor(ctx, [1], "u32", undefined, "count");
+  const code = `@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+struct U { n: u32, a: u32, b: u32, c: u32 }
+@group(0) @binding(1) var<uniform> u: U;
+@compute @workgroup_size(1) fn main() {
+  var s = 0u; for (var i = 0u; i < u.n; i = i + 1u) { s = s + 1u; } out[0] = s;
+}`;
+  await runCalls(ctx, [{
+    label: "count",
+    code,
+    bindings: [out],
+    uniform: Uint32Array.of(100000, 0, 0, 0),
+    workgroups: [1],
+  }])
+    .done();
+  const counted = (await readTensor(ctx, out))[0];
+  assertEquals(counted, ctx.profile === "cpu-simd" ? LLVMPIPE_LOOP_LIMIT : 100000, ctx.adapter.description);
+  out.buffer.destroy();
+
+  // So on a software adapter, kernels whose invocations would pass it are refused with the sizes to lower.
+  const cpu = Object.create(ctx, { profile: { value: "cpu-simd" } }) as GpuContext;
+  const gpu = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  const big = createTensor(ctx, [70000 * 8], "f32", undefined, "big");
+  const small = createTensor(ctx, [64], "f32", undefined, "small");
+  const wgrad = { a: big, b: big, c: small, m: 8, k: 70000, n: 8, transA: true };
+  assertThrows(
+    () => matmul(cpu, wgrad),
+    (e: Error) => e instanceof GpuLimitError && /K = 70000/.test(e.message),
+  );
+  matmul(gpu, wgrad); // no such limit on a real GPU
+  matmul(cpu, { ...wgrad, k: 60000 });
+  const q = createTensor(ctx, [1, 1024, 2, 64], "f32", undefined, "q");
+  assertThrows(
+    () => attention(cpu, { q, k: q, v: q, o: q, lse: small }),
+    (e: Error) => e instanceof GpuLimitError && /data\.seq_len/.test(e.message),
+  );
+  for (const t of [big, small, q]) t.buffer.destroy();
 });

@@ -10,7 +10,7 @@ import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
 import { GpuLimitError } from "../errors.ts";
-import { simpleKernel, type UniformFields } from "./common.ts";
+import { loopBudget, simpleKernel, type UniformFields } from "./common.ts";
 
 /** Largest head dimension the register-held rows support. */
 export const MAX_HEAD_DIM = 256;
@@ -37,6 +37,7 @@ export function attention(
   o: { q: GpuTensor; k: GpuTensor; v: GpuTensor; o: GpuTensor; lse: GpuTensor },
 ): KernelCall {
   const D = o.q.shape[3]!, fields = _dims(o.q, o.k);
+  _attentionBudget(ctx, "attention", o.q, o.k, 2 * D + 1);
   return simpleKernel(ctx, {
     label: "attention",
     bindings: [
@@ -103,6 +104,10 @@ export function attentionBackward(
   },
 ): KernelCall[] {
   const D = o.q.shape[3]!, fields = _dims(o.q, o.k), rows = fields[0]![2];
+  _attentionBudget(ctx, "attention_backward_dq", o.q, o.k, 3 * D + 1);
+  if (!(ctx.profile === "gpu" && o.partial)) {
+    _attentionBudget(ctx, "attention_backward_dkv", o.q, o.k, (2 * D + 1) * (o.q.shape[2]! / o.k.shape[2]!));
+  }
   const prelude = `const D = ${D}u;`;
   const delta = simpleKernel(ctx, {
     label: "attention_backward_delta",
@@ -174,6 +179,17 @@ ${_DKV_ROW}
   for (var j = 0u; j < D; j = j + 1u) { dk[ko + j] = dk_acc[j]; dv[ko + j] = dv_acc[j]; }`,
   });
   return [delta, dq, dkv];
+}
+
+/** Checks one invocation's loop count, T rows of `perRow` iterations, against llvmpipe's loop limit. */
+function _attentionBudget(ctx: GpuContext, what: string, q: GpuTensor, k: GpuTensor, perRow: number): void {
+  const [, T, , D] = q.shape as [number, number, number, number];
+  loopBudget(
+    ctx,
+    T * perRow + 3 * D,
+    `${what} (T ${T}, head_dim ${D}, ${q.shape[2]} query / ${k.shape[2]} kv heads)`,
+    "Lower data.seq_len or the head dimension",
+  );
 }
 
 /** Invocations per workgroup of the row kernels: 8 lanes on cpu-simd, two warps on a real GPU. */

@@ -7,6 +7,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
+import { GpuLimitError } from "../errors.ts";
 
 /** A storage binding of a kernel: name in WGSL, element type, and whether the kernel writes it. */
 export interface Binding {
@@ -161,10 +162,12 @@ export function totalSum(
     count: string;
     term: string;
     finish: string;
+    prelude?: string;
   },
 ): KernelCall {
   const S = _SUM_THREADS;
   const code = `${header(o.bindings, o.fields)}
+${o.prelude ?? ""}
 var<workgroup> red: array<f32, ${S}>;
 @compute @workgroup_size(${S})
 fn main(@builtin(local_invocation_index) t: u32) {
@@ -188,4 +191,24 @@ fn main(@builtin(local_invocation_index) t: u32) {
     uniform: packUniform(o.fields),
     workgroups: [1],
   };
+}
+
+/**
+ * Loop iterations one invocation may run on llvmpipe: Mesa's loop limiter ends every loop of an invocation
+ * once their iterations together pass 65,535, silently (tests/gpu_limits_test.ts measures it).
+ */
+export const LLVMPIPE_LOOP_LIMIT = 65535;
+
+/**
+ * Throws a {@linkcode GpuLimitError} on a software adapter (`cpu-simd` profile) when one invocation of
+ * `what` would run more than {@linkcode LLVMPIPE_LOOP_LIMIT} loop iterations, which llvmpipe would cut short
+ * without an error; `hint` says which sizes to lower. Real GPUs have no such limit.
+ */
+export function loopBudget(ctx: GpuContext, iterations: number, what: string, hint: string): void {
+  if (ctx.profile !== "cpu-simd" || iterations <= LLVMPIPE_LOOP_LIMIT) return;
+  throw new GpuLimitError(
+    `Cannot run ${what} on ${ctx.adapter.description}: one invocation would loop ${iterations} times, and ` +
+      `this software adapter stops every loop after ${LLVMPIPE_LOOP_LIMIT} in total (the result would be ` +
+      `silently wrong). ${hint}, or run on a real GPU.`,
+  );
 }

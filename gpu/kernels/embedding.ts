@@ -8,7 +8,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { simpleKernel } from "./common.ts";
+import { loopBudget, simpleKernel } from "./common.ts";
 
 /** y (N, d) = w[ids]; ids (N,) u32, w (V, d). */
 export function embedding(ctx: GpuContext, o: { ids: GpuTensor; w: GpuTensor; y: GpuTensor }): KernelCall {
@@ -33,6 +33,12 @@ export function embeddingGrad(
   o: { ids: GpuTensor; dy: GpuTensor; dw: GpuTensor },
 ): KernelCall {
   const d = o.dw.shape[1]!, tokens = o.ids.size;
+  loopBudget(
+    ctx,
+    tokens,
+    `embedding_grad (${tokens} tokens)`,
+    "Lower train.batch × data.seq_len (the tokens one step sums over)",
+  );
   if (d % 4 === 0) {
     // G vec4s of one row per invocation: each pass over the token ids serves 4·G columns, not one.
     const G = [4, 2, 1].find((g) => (d / 4) % g === 0)!, groups = d / (4 * G);
@@ -140,6 +146,12 @@ export function biasAdd(ctx: GpuContext, o: { x: GpuTensor; b: GpuTensor; y: Gpu
 /** out (d) = column sums of x (rows, d). */
 export function sumRows(ctx: GpuContext, o: { x: GpuTensor; out: GpuTensor }): KernelCall {
   const d = o.out.size;
+  loopBudget(
+    ctx,
+    o.x.size / d,
+    `sum_rows (${o.x.size / d} rows)`,
+    "Lower train.batch × data.seq_len (the tokens one step sums over)",
+  );
   return simpleKernel(ctx, {
     label: "sum_rows",
     bindings: [{ name: "x", tensor: o.x }, { name: "o", tensor: o.out, write: true }],

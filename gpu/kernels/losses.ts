@@ -8,7 +8,14 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { type Binding, columnSums, simpleKernel, totalSum, type UniformFields } from "./common.ts";
+import {
+  type Binding,
+  columnSums,
+  loopBudget,
+  simpleKernel,
+  totalSum,
+  type UniformFields,
+} from "./common.ts";
 
 /** ε inside the entropies' logs (same as core/ref/losses.ts MI_EPS). */
 export const MI_EPS = 1e-9;
@@ -108,6 +115,12 @@ export function crossEntropyBackward(
 
 function _colMean(ctx: GpuContext, label: string, s: GpuTensor, out: GpuTensor): KernelCall {
   const [N, E] = s.shape as [number, number];
+  loopBudget(
+    ctx,
+    N,
+    `${label} (${N} rows)`,
+    "Lower train.batch × data.seq_len (the tokens one step sums over)",
+  );
   if (ctx.profile === "gpu") {
     return columnSums(ctx, {
       label,
@@ -137,6 +150,12 @@ export function miLoss(ctx: GpuContext, o: { s: GpuTensor; loss: GpuTensor; pbar
     write: true,
   }];
   const miFields: UniformFields = [["N", "u32", N], ["E", "u32", E], ["eps", "f32", MI_EPS]];
+  loopBudget(
+    ctx,
+    N * E + E,
+    `mi_loss (${N} rows × ${E} experts)`,
+    "Lower train.batch × data.seq_len (the tokens one step sums over)",
+  );
   return [
     _colMean(ctx, "mi_loss_pbar", o.s, o.pbar),
     ctx.profile === "gpu"

@@ -24,6 +24,7 @@
 import { assertBindable, type GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
+import { loopBudget } from "./common.ts";
 
 /** Options of {@linkcode matmul}. Logical sizes: op(A) is (m, k), op(B) is (k, n), C is (m, n). */
 export interface MatmulOptions {
@@ -108,6 +109,12 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
   const tile = o.tile ?? matmulTile(m, n, batch, transB);
   _checkTile(tile, transB);
   const vec = transB ? k % 4 === 0 : n % 4 === 0;
+  loopBudget(
+    ctx,
+    transB ? Math.floor(k / 4) + (vec ? 0 : k % 4) : k,
+    `${label} (${m}×${k}×${n})`,
+    `Its inner size K = ${k} is the number of tokens for weight gradients: lower train.batch × data.seq_len (the tokens one step sums over)`,
+  );
   // Strides in the units of each binding's element (vec4 where that operand loads as vec4).
   const aVec = vec && transB && !transA, bVec = vec, vecC = n % 4 === 0;
   const strides = [aVec ? (m * k) / 4 : m * k, bVec ? bStride / 4 : bStride, m * n];

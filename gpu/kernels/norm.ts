@@ -7,7 +7,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { columnSums, simpleKernel } from "./common.ts";
+import { columnSums, loopBudget, simpleKernel } from "./common.ts";
 
 /** Norm kinds. */
 export type NormKind = "layernorm" | "rmsnorm";
@@ -110,6 +110,12 @@ export function normBackward(
     });
     return [dx, params];
   }
+  loopBudget(
+    ctx,
+    rows,
+    `norm_backward_params_${o.kind} (${rows} rows)`,
+    "Lower train.batch × data.seq_len (the tokens one step sums over)",
+  );
   const params = simpleKernel(ctx, {
     label: `norm_backward_params_${o.kind}`,
     bindings: paramBindings,

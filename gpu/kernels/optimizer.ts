@@ -9,7 +9,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { simpleKernel } from "./common.ts";
+import { simpleKernel, totalSum } from "./common.ts";
 
 /** Elements summed by one invocation of {@linkcode sumSquares}. */
 export const SQ_CHUNK = 256;
@@ -80,24 +80,25 @@ export function gradNormFinish(
   ctx: GpuContext,
   o: { partials: GpuTensor; count: number; loss: GpuTensor; stats: GpuTensor; maxNorm: number },
 ): KernelCall {
-  return simpleKernel(ctx, {
+  // One workgroup, each thread summing every 256th partial, then a fixed-order tree: deterministic, and
+  // within llvmpipe's per-invocation loop limit up to 16.7M partials (4.3G parameters).
+  return totalSum(ctx, {
     label: "grad_norm_finish",
     bindings: [{ name: "p", tensor: o.partials }, { name: "loss", tensor: o.loss }, {
       name: "stats",
       tensor: o.stats,
       write: true,
     }],
-    fields: [["n", "u32", 1], ["count", "u32", o.count], ["maxNorm", "f32", o.maxNorm]],
-    invocations: 1,
-    workgroup: 1,
+    fields: [["count", "u32", o.count], ["maxNorm", "f32", o.maxNorm]],
+    count: "u.count",
+    term: "p[k]",
     prelude: `fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }`,
-    body: `  var acc = 0.0;
-  for (var c = 0u; c < u.count; c = c + 1u) { acc = acc + p[c]; }
-  let norm = sqrt(acc);
-  var clip = 1.0;
-  if (u.maxNorm > 0.0) { clip = min(1.0, u.maxNorm / (norm + 1e-6)); }
-  let ok = finite(acc) && finite(loss[0]);
-  stats[0] = norm; stats[1] = select(0.0, clip, ok); stats[2] = select(0.0, 1.0, ok);`,
+    finish: `let acc = total;
+    let norm = sqrt(acc);
+    var clip = 1.0;
+    if (u.maxNorm > 0.0) { clip = min(1.0, u.maxNorm / (norm + 1e-6)); }
+    let ok = finite(acc) && finite(loss[0]);
+    stats[0] = norm; stats[1] = select(0.0, clip, ok); stats[2] = select(0.0, 1.0, ok);`,
   });
 }
 
