@@ -148,7 +148,8 @@ export class Step {
   constructor(ctx: GpuContext, options: { label?: string; timing?: boolean; maxTimed?: number } = {}) {
     this.#ctx = ctx;
     this.#encoder = ctx.device.createCommandEncoder({ label: options.label ?? "step" });
-    this.#capacity = options.maxTimed ?? 256;
+    // Two timestamps per timed pass, and a query set holds at most 4096 (WebGPU's maxQuerySetSize).
+    this.#capacity = Math.min(options.maxTimed ?? 256, 2048);
     this.#query = options.timing && ctx.hasTimestamps
       ? ctx.device.createQuerySet({ type: "timestamp", count: this.#capacity * 2 })
       : null;

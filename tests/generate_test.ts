@@ -35,6 +35,11 @@ Deno.test("sampleToken: greedy is the argmax, top-k 1 is greedy at any temperatu
   // Tokens are walked in id order: u just below P(token 1) picks 1, just above picks 3.
   assertEquals(sampleToken(logits, { temperature: 1, topK: 2 }, want - 1e-6), 1);
   assertEquals(sampleToken(logits, { temperature: 1, topK: 2 }, want + 1e-6), 3);
+  // Weights are taken against the largest logit: far-apart logits neither overflow nor vanish.
+  const wide = Float32Array.of(-300, 400, 399);
+  const p1 = 1 / (1 + Math.exp(-1)); // P(token 1) against token 2
+  assertEquals(sampleToken(wide, { temperature: 1, topK: 0 }, p1 - 1e-6), 1);
+  assertEquals(sampleToken(wide, { temperature: 1, topK: 0 }, p1 + 1e-6), 2);
   // The same seed gives the same draws.
   const draw = (seed: number) =>
     Array.from(

@@ -15,7 +15,7 @@
 export interface TimingOptions {
   /** Untimed runs first (pipeline compiles, first uploads, allocator warm-up). */
   warmup: number;
-  /** Timed runs; the reported time is their median. */
+  /** Timed samples (each a queue of p and one of 2p runs); the reported time is their median. */
   reps: number;
   /**
    * p, the runs of the shorter queue per sample (every implementation of a case uses the same p). Default
@@ -29,10 +29,14 @@ export const PER_SYNC_TARGET_MS = 25;
 /** The most runs queued per wait. */
 export const PER_SYNC_MAX = 256;
 
-async function _timed(run: (times: number) => Promise<void>, times: number): Promise<number> {
-  const t0 = performance.now();
+async function _timed(
+  run: (times: number) => Promise<void>,
+  times: number,
+  now: () => number = () => performance.now(),
+): Promise<number> {
+  const t0 = now();
   await run(times);
-  return performance.now() - t0;
+  return now() - t0;
 }
 
 /**
@@ -52,14 +56,9 @@ export async function sizeQueue(
   run: (times: number) => Promise<void>,
   now: () => number = () => performance.now(),
 ): Promise<number> {
-  const timed = async (times: number) => {
-    const t0 = now();
-    await run(times);
-    return now() - t0;
-  };
   let p = 1;
   while (p < PER_SYNC_MAX) {
-    const t1 = await timed(p), t2 = await timed(2 * p);
+    const t1 = await _timed(run, p, now), t2 = await _timed(run, 2 * p, now);
     if (t2 - t1 >= PER_SYNC_TARGET_MS) break;
     p *= 2;
   }

@@ -62,8 +62,8 @@ export function sampleToken(logits: ArrayLike<number>, s: Sampling, u: number): 
   const order = Array.from({ length: logits.length }, (_, i) => i);
   order.sort((a, b) => logits[b]! - logits[a]! || a - b);
   if (s.temperature <= 0 || s.topK === 1) return order[0]!;
-  const keep = (s.topK > 0 ? order.slice(0, s.topK) : order).sort((a, b) => a - b);
   const top = logits[order[0]!]!;
+  const keep = order.slice(0, s.topK > 0 ? s.topK : order.length).sort((a, b) => a - b);
   const w = keep.map((i) => Math.exp((logits[i]! - top) / s.temperature));
   let left = u * w.reduce((a, b) => a + b, 0);
   for (let j = 0; j < keep.length; j++) {
