@@ -33,7 +33,7 @@ import {
 } from "./kernels/losses.ts";
 import { matmulCalls, matmulPlan, matmulScratch } from "./kernels/matmul.ts";
 import { norm, normBackward, type NormKind } from "./kernels/norm.ts";
-import { routerScale, routerScaleDs, topkMask } from "./kernels/router.ts";
+import { gatedActivation, routerScale, routerScaleDs, topkMask } from "./kernels/router.ts";
 import { softmax, softmaxBackward } from "./kernels/softmax.ts";
 
 const kindOf = (n: Node) => n.attrs.kind as string;
@@ -124,6 +124,12 @@ const IMPLS: Record<string, GpuImpl> = {
         : undefined,
     }),
   router_scale: (ctx, _n, [x, s], [y]) => [routerScale(ctx, { x: x!, s: s!, y: y! })],
+  gated_activation: (ctx, n, [u, s], [a, y]) => [
+    gatedActivation(ctx, { kind: kindOf(n) as ActivationKind, u: u!, s: s!, a: a!, y: y! }),
+  ],
+  gated_activation_backward: (ctx, n, [u, s, dy], [du]) => [
+    gatedActivation(ctx, { kind: kindOf(n) as ActivationKind, u: u!, s: s!, dy: dy!, du: du! }),
+  ],
   router_scale_ds: (ctx, _n, [x, dy], [ds]) => [routerScaleDs(ctx, { x: x!, dy: dy!, ds: ds! })],
   topk_mask: (ctx, n, [s], [mask]) => [topkMask(ctx, { s: s!, mask: mask!, k: n.attrs.k as number })],
   moe_mlp: (ctx, n, [x, gate, w1, w2], [y], scratch) => {

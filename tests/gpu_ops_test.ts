@@ -156,6 +156,18 @@ const CASES: Record<string, [Build, Tolerance]> = {
       }),
     TRANS,
   ],
+  "gated activation (activation and router gate in one pass) and its backward": [
+    (g, f) =>
+      ROWS.flatMap((n) =>
+        // h = 3 (scalar), 8 and 16 (vec4, 2 and 4 vec4s per invocation); every activation.
+        ([[3, "gelu"], [8, "relu"], [16, "silu"], [16, "gelu"]] as const).flatMap(([h, kind]) => {
+          const u = f([n, 4 * h], -3, 3), s = f([n, 4], 0, 1);
+          const [a, y] = apply(g, "gated_activation", [u, s], { kind, blocks: 4 });
+          return [a!, y!, apply1(g, "gated_activation_backward", [u, s, f([n, 4 * h])], { kind, blocks: 4 })];
+        })
+      ),
+    TRANS,
+  ],
   "router scaling, its gradient and the top-k mask": [(g, f) =>
     ROWS.flatMap((n) => {
       // h = 3 (the scalar kernels), 8 and 16 (vec4 kernels, 2 and 4 vec4s per invocation).

@@ -70,6 +70,17 @@ export const CPU_OPS: Record<string, CpuImpl> = {
   },
   activation: ([x], n) => [activationRef(n.attrs.kind as ActivationKind, x!)],
   activation_backward: ([x, dy], n) => [activationBackwardRef(n.attrs.kind as ActivationKind, x!, dy!)],
+  gated_activation: ([u, s], n) => {
+    const a = activationRef(n.attrs.kind as ActivationKind, u!);
+    return [a, routerScaleRef(a, s!, n.attrs.blocks as number)];
+  },
+  gated_activation_backward: ([u, s, dy], n) => [
+    activationBackwardRef(
+      n.attrs.kind as ActivationKind,
+      u!,
+      routerScaleRef(dy!, s!, n.attrs.blocks as number),
+    ),
+  ],
   softmax: ([x], n) => [softmaxRef(x!, last(n))],
   softmax_backward: ([y, dy], n) => [softmaxBackwardRef(y!, dy!, last(n))],
   attention: ([q, k, v], n) => {

@@ -70,6 +70,13 @@ const CASES: Record<string, () => ReturnType<typeof opCase>> = {
   "attention (GQA, causal)": () =>
     opCase((g, p) => apply(g, "attention", [p([2, 4, 4, 3]), p([2, 4, 2, 3]), p([2, 4, 2, 3])])[0]!),
   "router_scale": () => opCase((g, p) => apply1(g, "router_scale", [p([3, 6]), p([3, 2])], { blocks: 2 })),
+  "gated_activation (gated output)": () =>
+    opCase((g, p) => apply(g, "gated_activation", [p([3, 6]), p([3, 2])], { kind: "gelu", blocks: 2 })[1]!),
+  "gated_activation (both outputs used)": () =>
+    opCase((g, p) => {
+      const [a, y] = apply(g, "gated_activation", [p([3, 8]), p([3, 2])], { kind: "silu", blocks: 2 });
+      return apply1(g, "mul", [a!, y!]);
+    }),
   "cross_entropy": () => {
     const fixed = new Map<number, HostValue>();
     return opCase((g, p) => apply1(g, "cross_entropy", [p([4, 6]), ids(g, "t", 4, 6, fixed)]), fixed);

@@ -208,6 +208,35 @@ export const OPS: Record<string, OpDef> = {
   /** (x, dy) → dx. */
   activation_backward: { outputs: ([x]) => _same(x!) },
 
+  /**
+   * A dense-trained expert layer's activation and router gate in one pass: (u (N, E·h), s (N, E)) →
+   * [a = act(u), y = s ⊙ a per expert block]; attrs kind, blocks = E. a is kept for the router's gradient.
+   */
+  gated_activation: {
+    outputs: ([u, s], a) => {
+      _check(
+        u!.shape[1]! % (a.blocks as number) === 0 && s!.shape[1] === a.blocks,
+        "gated_activation",
+        `width ${u!.shape[1]} or gate [${s!.shape}] does not fit ${a.blocks} experts`,
+      );
+      return [_same(u!)[0]!, _same(u!)[0]!];
+    },
+    grad: (g, n, [da, dy]) => {
+      const [u, s] = n.inputs as [Value, Value];
+      // dy reaches u through the gate and the activation in one kernel; a gradient of a itself adds.
+      const parts: Value[] = [];
+      if (dy) parts.push(apply1(g, "gated_activation_backward", [u, s, dy], n.attrs));
+      if (da) parts.push(apply1(g, "activation_backward", [u, da], { kind: n.attrs.kind as string }));
+      const du = parts.length === 2 ? apply1(g, "add", parts) : parts[0];
+      const ds = dy
+        ? apply1(g, "router_scale_ds", [n.outputs[0]!, dy], { blocks: n.attrs.blocks as number })
+        : undefined;
+      return [du, ds];
+    },
+  },
+  /** (u, s, dy) → du = act'(u) ⊙ (s ⊙ dy per expert block). */
+  gated_activation_backward: { outputs: ([u]) => _same(u!) },
+
   /** Softmax over the last dim of (rows, L). */
   softmax: {
     outputs: ([x]) => _same(x!),

@@ -277,9 +277,17 @@ class _Builder {
         activation: this.c.model.mlp.activation,
       });
     }
-    const u = apply1(this.g, "matmul", [h, w1]);
-    let a = apply1(this.g, "activation", [u], { kind: this.c.model.mlp.activation });
-    if (s.routedMlp) a = this.gate(a, this.router(l, "mlp", h, s.mlpExperts), s.mlpExperts, "mlp");
+    const u = apply1(this.g, "matmul", [h, w1]), kind = this.c.model.mlp.activation;
+    // Routed: the activation and the router gate run as one op (one pass over the hidden units).
+    const a = s.routedMlp
+      ? apply(this.g, "gated_activation", [
+        u,
+        this.gateValue(this.router(l, "mlp", h, s.mlpExperts), s.mlpExperts, "mlp"),
+      ], {
+        kind,
+        blocks: s.mlpExperts,
+      })[1]!
+      : apply1(this.g, "activation", [u], { kind });
     return apply1(this.g, "matmul", [a, this.param(`h${l}.mlp.w2`, [width, this.d], "normal", this.projStd)]);
   }
 
@@ -297,9 +305,15 @@ class _Builder {
    * inference S ⊙ the rule's mask.
    */
   gate(x: Value, probs: Value, experts: number, kind: RouterTap["kind"]): Value {
-    if (this.infer) {
-      return apply1(this.g, "router_scale", [x, this.inferGate(probs, kind)], { blocks: experts });
-    }
+    return apply1(this.g, "router_scale", [x, this.gateValue(probs, experts, kind)], { blocks: experts });
+  }
+
+  /**
+   * The per-token expert gate (N, E): S for dense training, S ⊙ top-k mask for SMoE (recording the Switch
+   * loss when asked), and at inference S ⊙ the rule's mask.
+   */
+  gateValue(probs: Value, experts: number, kind: RouterTap["kind"]): Value {
+    if (this.infer) return this.inferGate(probs, kind);
     let gate = probs;
     const topk = this.c.router.train === "topk";
     if (topk || this.c.loss.load_balance > 0) {
@@ -308,6 +322,6 @@ class _Builder {
       if (topk) gate = apply1(this.g, "mul", [probs, mask]);
       if (this.c.loss.load_balance > 0) this.switch.push(apply1(this.g, "switch_loss", [probs, mask], { k }));
     }
-    return apply1(this.g, "router_scale", [x, gate], { blocks: experts });
+    return gate;
   }
 }

@@ -12,7 +12,7 @@ import { simpleKernel } from "./common.ts";
 export type ActivationKind = "gelu" | "relu" | "silu";
 
 /** The activations for one WGSL type T (f32, or vec4<f32> with the suffix 4: four elements at once). */
-function _fns(T: string, sfx: string): string {
+export function activationWgsl(T: string, sfx: string): string {
   return `
 fn gelu${sfx}(x: ${T}) -> ${T} { let c = 0.7978845608028654; return 0.5 * x * (1.0 + tanh(c * (x + 0.044715 * x * x * x))); }
 fn gelu_grad${sfx}(x: ${T}) -> ${T} {
@@ -47,7 +47,7 @@ export function activation(
     }],
     fields: [["n", "u32", w.n]],
     invocations: w.n,
-    prelude: _fns(w.type, w.sfx),
+    prelude: activationWgsl(w.type, w.sfx),
     body: `  y[i] = ${o.kind}${w.sfx}(x[i]);`,
   });
 }
@@ -67,7 +67,7 @@ export function activationBackward(
     ],
     fields: [["n", "u32", w.n]],
     invocations: w.n,
-    prelude: _fns(w.type, w.sfx),
+    prelude: activationWgsl(w.type, w.sfx),
     body: `  dx[i] = ${o.kind}_grad${w.sfx}(x[i]) * dy[i];`,
   });
 }
