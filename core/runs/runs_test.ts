@@ -117,3 +117,68 @@ Deno.test("atomicWrite() replaces the file whole and cleanTempFiles() removes le
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("readSafeTensors() refuses duplicate names, uncountable shapes and non-UTF-8 headers with typed errors", () => {
+  const e = (re: RegExp) => (err: Error) => err instanceof SafeTensorsError && re.test(err.message);
+  // JSON.parse would keep the second "a"; the reader names the duplicate instead.
+  const json =
+    '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}';
+  const dup = new Uint8Array(8 + json.length + 4);
+  new DataView(dup.buffer).setBigUint64(0, BigInt(json.length), true);
+  dup.set(new TextEncoder().encode(json), 8);
+  throws(() => readSafeTensors(dup), e(/"a" appears twice/));
+  // A key nested deeper may repeat a top-level name; an escaped quote does not end a name.
+  const ok = handMade({
+    'x"y': { dtype: "U8", shape: [1], data_offsets: [0, 1] },
+    __metadata__: { 'x"y': "v" },
+  }, 1);
+  assertEquals([...readSafeTensors(ok).tensors.keys()], ['x"y']);
+  const huge = { dtype: "F64", shape: [2 ** 26, 2 ** 26, 2 ** 26], data_offsets: [0, 8] };
+  throws(() => readSafeTensors(handMade({ a: huge }, 8)), e(/too many elements/));
+  const bad = handMade({ a: { dtype: "U8", shape: [1], data_offsets: [0, 1] } }, 1);
+  bad[9] = 0xff; // inside the first key: not UTF-8
+  throws(() => readSafeTensors(bad), e(/UTF-8/));
+});
+
+Deno.test("readSafeTensors() under 5000 seeded mutations of a valid file either reads it or throws SafeTensorsError", () => {
+  const valid = writeSafeTensors(sample(), { step: "7" });
+  let rng = 12345;
+  const next = () => (rng = (Math.imul(rng, 1103515245) + 12345) >>> 0) / 2 ** 32;
+  const counts = { read: 0, refused: 0 };
+  for (let i = 0; i < 5000; i++) {
+    let b = valid.slice();
+    const kind = i % 5;
+    if (kind === 0) { // flip 1–4 bits anywhere (header length, JSON, data)
+      for (let f = 0; f < 1 + (i % 4); f++) {
+        const at = Math.floor(next() * b.length);
+        b[at]! ^= 1 << Math.floor(next() * 8);
+      }
+    } else if (kind === 1) b = b.slice(0, Math.floor(next() * b.length)); // truncate
+    else if (kind === 2) { // insert a random byte
+      const at = Math.floor(next() * b.length), c = new Uint8Array(b.length + 1);
+      c.set(b.subarray(0, at)), c[at] = Math.floor(next() * 256), c.set(b.subarray(at), at + 1);
+      b = c;
+    } else if (kind === 3) { // overwrite a header byte with a JSON-significant character
+      const at = 8 + Math.floor(next() * 40);
+      b[at] = '{}[]":,0123456789-e '.charCodeAt(Math.floor(next() * 20));
+    } else { // a random header length
+      new DataView(b.buffer).setBigUint64(
+        0,
+        BigInt(Math.floor(next() * 2 ** 32)) << BigInt(i % 3 === 0 ? 20 : 0),
+        true,
+      );
+    }
+    try {
+      const f = readSafeTensors(b);
+      for (const t of f.tensors.values()) assert(t.data.byteLength <= b.length);
+      counts.read++;
+    } catch (err) {
+      assert(
+        err instanceof SafeTensorsError,
+        `mutation ${i} (kind ${kind}): ${(err as Error).name}: ${(err as Error).message}`,
+      );
+      counts.refused++;
+    }
+  }
+  assert(counts.refused > 3000 && counts.read > 0, JSON.stringify(counts));
+});

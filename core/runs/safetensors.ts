@@ -1,8 +1,10 @@
 /**
  * Our own safetensors reader and writer, validated like the reference format: an 8-byte little-endian
  * header length, a JSON header (`{name: {dtype, shape, data_offsets}}` plus optional `__metadata__` of
- * strings), then the data. The reader refuses oversized headers, offsets that are not contiguous from 0,
- * overlaps, gaps, sizes that disagree with dtype × shape, and trailing bytes.
+ * strings), then the data. The reader refuses oversized headers, headers that are not UTF-8 JSON objects,
+ * duplicate tensor names, offsets that are not contiguous from 0, overlaps, gaps, shapes too large to
+ * count, sizes that disagree with dtype × shape, and trailing bytes — every refusal a
+ * {@linkcode SafeTensorsError}.
  *
  * @module
  */
@@ -115,7 +117,12 @@ export function readSafeTensors(bytes: Uint8Array): SafeTensorsFile {
       `Header length ${headerLen} runs past the end of the file (${bytes.byteLength} bytes)`,
     );
   }
-  const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + headerLen));
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + headerLen));
+  } catch {
+    throw new SafeTensorsError("Header is not valid UTF-8");
+  }
   if (!text.startsWith("{")) throw new SafeTensorsError("Header does not start with '{'");
   let header: unknown;
   try {
@@ -126,6 +133,9 @@ export function readSafeTensors(bytes: Uint8Array): SafeTensorsFile {
   if (typeof header !== "object" || header === null || Array.isArray(header)) {
     throw new SafeTensorsError("Header is not a JSON object");
   }
+  // JSON.parse keeps the last of two equal keys; a file naming a tensor twice is refused instead.
+  const dup = _duplicateTopLevelKey(text);
+  if (dup !== null) throw new SafeTensorsError(`Tensor name "${dup}" appears twice in the header`);
   const data = bytes.subarray(8 + headerLen);
   const { entries, metadata } = _parseHeader(header as Record<string, unknown>);
   entries.sort((a, b) => a.begin - b.begin);
@@ -203,7 +213,38 @@ function _parseHeader(
 }
 
 function _elements(shape: readonly number[]): number {
-  return shape.reduce((a, b) => a * b, 1);
+  const n = shape.reduce((a, b) => a * b, 1);
+  if (!Number.isSafeInteger(n * 8)) throw new SafeTensorsError(`Shape [${shape}] has too many elements`);
+  return n;
+}
+
+/**
+ * The first key that occurs twice at the top level of a JSON object text (already known to parse), or null.
+ * Walks strings and nesting without building values.
+ */
+function _duplicateTopLevelKey(text: string): string | null {
+  const seen = new Set<string>();
+  let depth = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!;
+    if (c === "{" || c === "[") depth++;
+    else if (c === "}" || c === "]") depth--;
+    else if (c === '"') {
+      let j = i + 1;
+      while (text[j] !== '"') j += text[j] === "\\" ? 2 : 1;
+      if (depth === 1) {
+        let k = j + 1;
+        while (/\s/.test(text[k] ?? "")) k++;
+        if (text[k] === ":") {
+          const key = JSON.parse(text.slice(i, j + 1)) as string;
+          if (seen.has(key)) return key;
+          seen.add(key);
+        }
+      }
+      i = j;
+    }
+  }
+  return null;
 }
 
 function _assertFinite(name: string, t: SafeTensor): void {
