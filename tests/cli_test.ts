@@ -74,3 +74,27 @@ Deno.test("a missing config file is reported without a stack trace", async () =>
   assertEquals(code, 2);
   assert(err.join("\n").includes("does-not-exist.yaml"));
 });
+
+Deno.test("eval and generate refuse a malformed checkpoint file with exit code 2 and the reason, no stack trace", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/bad.safetensors`;
+    const json = new TextEncoder().encode('{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}');
+    const bytes = new Uint8Array(8 + json.length + 12); // 4 bytes short of the data the header promises
+    new DataView(bytes.buffer).setBigUint64(0, BigInt(json.length), true);
+    bytes.set(json, 8);
+    await Deno.writeFile(path, bytes);
+    for (const args of [["eval", path], ["generate", path, "--prompt", "x"]]) {
+      const r = await cli(...args);
+      assertEquals(r.code, 2, `${args[0]}: ${r.err.join("\n")}`);
+      const text = r.err.join("\n");
+      assert(
+        /Cannot read checkpoint .*bad\.safetensors: Data is 12 bytes but tensors cover 16/.test(text),
+        text,
+      );
+      assert(!/\n\s+at /.test(text), `no stack trace: ${text}`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -66,7 +66,7 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   const arg = targetArg("eval", positionals);
   const batches = positiveInt("batches", values.batches) ?? 32;
   const asked = parseRules(parsed.tokens ?? []);
-  const target = await loadTarget(arg, values["runs-dir"] ?? "runs", "evaluate");
+  const target = await loadTarget(arg, values["runs-dir"] ?? "runs", "evaluate", (l) => io.err(l));
   const c = target.config, shape = layerShape(c);
   const routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
   const own: InferRules = configRules(c);

@@ -78,7 +78,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
   const asked = parseRules(parsed.tokens ?? []);
   if (asked.length > 1) throw new UsageError("generate takes one --rule (eval compares several)");
 
-  const target = await loadTarget(arg, values["runs-dir"] ?? "runs", "generate from");
+  const target = await loadTarget(arg, values["runs-dir"] ?? "runs", "generate from", (l) => io.err(l));
   const c = target.config, shape = layerShape(c);
   const rules: InferRules = asked[0] ?? configRules(c);
   const routed = shape.routedMlp || shape.routedAtt;

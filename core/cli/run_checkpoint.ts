@@ -5,7 +5,7 @@
  * @module
  */
 import { parseExperimentText } from "../config/mod.ts";
-import { readSafeTensors } from "../runs/safetensors.ts";
+import { readSafeTensors, SafeTensorsError } from "../runs/safetensors.ts";
 import { paramValues } from "../train/trainer.ts";
 import { UsageError } from "./errors.ts";
 import type { Experiment } from "../config/schema.ts";
@@ -35,7 +35,12 @@ export interface Target {
  * Opens what `eval` and `generate` take: a run id or directory (its newest complete checkpoint) or one
  * `.safetensors` checkpoint (its config from the metadata). Unreadable targets are usage errors.
  */
-export async function loadTarget(arg: string, runsDir: string, what: string): Promise<Target> {
+export async function loadTarget(
+  arg: string,
+  runsDir: string,
+  what: string,
+  warn: (line: string) => void = () => {},
+): Promise<Target> {
   if (arg.endsWith(".safetensors")) {
     let bytes: Uint8Array;
     try {
@@ -43,7 +48,13 @@ export async function loadTarget(arg: string, runsDir: string, what: string): Pr
     } catch (e) {
       throw new UsageError(`Cannot read checkpoint ${arg}: ${(e as Error).message}`);
     }
-    const file = readSafeTensors(bytes);
+    let file;
+    try {
+      file = readSafeTensors(bytes);
+    } catch (e) {
+      if (e instanceof SafeTensorsError) throw new UsageError(`Cannot read checkpoint ${arg}: ${e.message}`);
+      throw e;
+    }
     const yaml = file.metadata.config;
     if (!yaml) throw new UsageError(`Checkpoint ${arg} has no config in its metadata`);
     const config = parseExperimentText(yaml, `${arg} (metadata config)`).points[0]!.config;
@@ -57,7 +68,11 @@ export async function loadTarget(arg: string, runsDir: string, what: string): Pr
   }
   let stored: StoredRun;
   try {
-    stored = await openStoredRun(runsDir, arg);
+    stored = await openStoredRun(
+      runsDir,
+      arg,
+      (e, why) => warn(`skipping checkpoint step ${e.step}: ${why}; using an older one`),
+    );
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new UsageError((e as Error).message);
     throw e;

@@ -182,3 +182,30 @@ Deno.test("readSafeTensors() under 5000 seeded mutations of a valid file either 
   }
   assert(counts.refused > 3000 && counts.read > 0, JSON.stringify(counts));
 });
+
+Deno.test("checkpoints: a single flipped bit in the header length, the JSON header or the data falls back to the previous checkpoint", async () => {
+  const run = await Deno.makeTempDir();
+  try {
+    await writeCheckpoint(run, 10, sample(), { config: "a" });
+    await writeCheckpoint(run, 20, sample(), { config: "a" });
+    const path = `${run}/ckpt/step-20.safetensors`, good = await Deno.readFile(path);
+    const headerLen = Number(new DataView(good.buffer).getBigUint64(0, true));
+    // Positions: the header length, the header's first and last bytes, the data's first and last bytes.
+    const at = [0, 3, 8, 8 + headerLen - 1, 8 + headerLen, good.length - 1];
+    for (const i of at) {
+      for (const bit of [0, 7]) {
+        const bad = good.slice();
+        bad[i]! ^= 1 << bit;
+        await Deno.writeFile(path, bad);
+        const skipped: string[] = [];
+        const latest = await latestCheckpoint(run, (e, why) => skipped.push(`${e.step}: ${why}`));
+        assertEquals(latest!.entry.step, 10, `bit ${bit} of byte ${i}`);
+        assertEquals(skipped, ["20: size or SHA-256 does not match the manifest"], `bit ${bit} of byte ${i}`);
+      }
+    }
+    await Deno.writeFile(path, good);
+    assertEquals((await latestCheckpoint(run))!.entry.step, 20, "the intact file is used again");
+  } finally {
+    await Deno.remove(run, { recursive: true });
+  }
+});
