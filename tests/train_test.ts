@@ -1,8 +1,13 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { cli } from "./helpers/cli.ts";
 import { latestCheckpoint } from "../core/runs/checkpoints.ts";
+import { readSafeTensors, tensorToF32 } from "../core/runs/safetensors.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
 import { closeRunStores } from "../core/runs/open_store.ts";
+import { loadExperiment } from "../core/config/mod.ts";
+import { loadDataset } from "../core/data/dataset.ts";
+import { GpuTrainBackend, parseFaultSteps } from "../core/train/gpu_backend.ts";
+import { testGpu } from "./helpers/gpu.ts";
 
 Deno.test("deno task run trains the micro DS-MoE on WebGPU: loss falls from ln 256 = 5.55 to below 3.7", async () => {
   const dir = await Deno.makeTempDir();
@@ -136,6 +141,86 @@ Deno.test("run --profile times every kernel of each step on the GPU and reports 
     const m = await (await RunDir.open(dir, r.json().run_id)).readMetrics();
     assertEquals(m.filter((x) => x.key === "system/gpu_ms_per_step").map((x) => x.step), [1, 2, 3]);
   } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a NaN injected into a gradient skips that step on the GPU: parameters and Adam moments stay bit-identical", async () => {
+  const ctx = await testGpu();
+  const { config } = (await loadExperiment("tests/fixtures/micro.yaml")).points[0]!;
+  const b = await GpuTrainBackend.create(config, ctx, { nanGradAt: parseFaultSteps("3") });
+  try {
+    const ds = await loadDataset(config);
+    const lr = 1e-2, batch = (t: number) => ds.trainBatch(t, config.train.batch);
+    for (const t of [0, 1]) assert((await b.step(batch(t), lr)).finite, `step ${t + 1} is finite`);
+    const before = await b.exportState();
+    const s3 = await b.step(batch(2), lr);
+    assert(!s3.finite, "step 3 saw the NaN");
+    const after = await b.exportState();
+    for (const [name, p] of before.params) {
+      assertEquals(after.params.get(name)!.data, p.data, `parameter ${name}`);
+      assertEquals(after.adamM.get(name), before.adamM.get(name), `first moment ${name}`);
+      assertEquals(after.adamV.get(name), before.adamV.get(name), `second moment ${name}`);
+    }
+    assert((await b.step(batch(3), lr)).finite, "step 4 trains again");
+    const moved = await b.exportState();
+    assert([...moved.params].some(([n, p]) => p.data.some((v, i) => v !== after.params.get(n)!.data[i])));
+  } finally {
+    b.destroy();
+  }
+});
+
+Deno.test("deno task run with injected NaN gradients: isolated steps are skipped and counted, a persistent NaN stops with exit 1 and keeps only good checkpoints", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    Deno.env.set("DSMOE_FAULT_NAN_GRAD", "3,4");
+    const sets = [
+      "--set",
+      "train.steps=12",
+      "--set",
+      "train.checkpoint_every=4",
+      "--set",
+      "train.eval_every=12",
+    ];
+    const ok = await cli("run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--json", ...sets);
+    assertEquals(ok.code, 0, ok.err.join("\n"));
+    const m = await (await RunDir.open(dir, ok.json().run_id)).readMetrics();
+    assertEquals(m.filter((x) => x.key === "train/skipped_steps").map((x) => [x.step, x.value]), [[3, 1], [
+      4,
+      2,
+    ]]);
+
+    Deno.env.set("DSMOE_FAULT_NAN_GRAD", "7-");
+    const bad = await cli(
+      "run",
+      "tests/fixtures/micro.yaml",
+      "--runs-dir",
+      dir,
+      "--json",
+      ...sets.slice(2),
+      "--set",
+      "train.steps=30",
+    );
+    assertEquals(bad.code, 1, bad.err.join("\n"));
+    const text = [...bad.err, ...bad.out].join("\n");
+    assert(/Training diverged: 10 non-finite steps in a row/.test(text), text);
+    assert(!/\n\s+at /.test(text), "no stack trace");
+    const id = bad.json().run_id ?? bad.json().points?.[0]?.run_id;
+    // Skipped steps change nothing, so every checkpoint from step 6 on holds step 6's parameters: the newest
+    // one reads back intact, finite, and equal to the one written at step 8.
+    const ck = (await latestCheckpoint(`${dir}/${id}`))!;
+    assert(ck.entry.step >= 8 && ck.entry.step < 17, `newest checkpoint at ${ck.entry.step}`);
+    const at8 = readSafeTensors(await Deno.readFile(`${dir}/${id}/ckpt/step-8.safetensors`));
+    const params = [...ck.file.tensors].filter(([name]) => name.startsWith("param/"));
+    assert(params.length > 10, `${params.length} parameters checked`);
+    for (const [name, t] of params) {
+      const v = tensorToF32(t);
+      assert(v.every(Number.isFinite), `${name} finite`);
+      assertEquals(v, tensorToF32(at8.tensors.get(name)!), `${name} as at step 8`);
+    }
+  } finally {
+    Deno.env.delete("DSMOE_FAULT_NAN_GRAD");
     closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }

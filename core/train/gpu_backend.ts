@@ -22,6 +22,38 @@ import { initParams } from "./init.ts";
 import { optimizerCalls } from "./optimizer_calls.ts";
 import { routerStats } from "./router_stats.ts";
 
+/**
+ * Faults to inject, for reliability tests (`DSMOE_FAULT_NAN_GRAD`, see {@linkcode parseFaultSteps}):
+ * `nanGradAt(t)` true puts a NaN into the first gradient of optimizer step t (1-based), after the backward
+ * pass and before clipping and AdamW, as a real overflow would.
+ */
+export interface TrainFaults {
+  nanGradAt?: (t: number) => boolean;
+}
+
+/**
+ * Parses a step list such as `3,4,10-` (step 3, step 4, every step from 10 on) into a predicate.
+ *
+ * @example
+ * ```ts
+ * import { parseFaultSteps } from "./gpu_backend.ts";
+ * const at = parseFaultSteps("3,10-");
+ * if (!at(3) || at(4) || !at(12)) throw new Error("steps");
+ * ```
+ */
+export function parseFaultSteps(text: string): (t: number) => boolean {
+  const parts = text.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  const exact = new Set<number>();
+  let from = Infinity;
+  for (const p of parts) {
+    const m = /^(\d+)(-?)$/.exec(p);
+    if (!m) throw new RangeError(`Cannot parse fault step "${p}" (expected N or N-)`);
+    if (m[2]) from = Math.min(from, Number(m[1]));
+    else exact.add(Number(m[1]));
+  }
+  return (t) => exact.has(t) || t >= from;
+}
+
 /** The WebGPU backend. Create with {@linkcode GpuTrainBackend.create}. */
 export class GpuTrainBackend implements TrainBackend {
   readonly description: string;
@@ -38,6 +70,9 @@ export class GpuTrainBackend implements TrainBackend {
   readonly #hyper: GpuTensor; // [lr, 1 − β1^t, 1 − β2^t]
   readonly #stats: GpuTensor; // [grad norm, clip, finite]
   readonly #report: Value[]; // scalars read back each step
+  readonly #firstGrad: GpuTensor;
+  #faults: TrainFaults = {};
+  #nan: GpuTensor | null = null;
   #t = 0;
 
   private constructor(ctx: GpuContext, c: Readonly<Experiment>, ownsDevice: boolean) {
@@ -60,16 +95,23 @@ export class GpuTrainBackend implements TrainBackend {
     );
     this.#hyper = createTensor(ctx, [3], "f32", undefined, "adam.hyper");
     this.#stats = createTensor(ctx, [3], "f32", undefined, "grad.stats");
+    this.#firstGrad = this.#train.tensor(grads[0]!);
     const calls = this.#optimizerCalls(grads);
     this.#optSources = calls.map(({ code, label }) => ({ code, label }));
     this.#opt = calls.map((call) => prepare(ctx, call));
   }
 
   /** Opens the device, builds and compiles everything, and uploads the seeded initial parameters. */
-  static async create(c: Readonly<Experiment>, ctx?: GpuContext): Promise<GpuTrainBackend> {
+  static async create(
+    c: Readonly<Experiment>,
+    ctx?: GpuContext,
+    faults: TrainFaults = {},
+  ): Promise<GpuTrainBackend> {
     const gpu = ctx ??
       await openGpu({ powerPreference: c.hardware.power_preference, validation: c.hardware.validation });
     const b = new GpuTrainBackend(gpu, c, !ctx);
+    b.#faults = faults;
+    if (faults.nanGradAt) b.#nan = createTensor(gpu, [1], "f32", Float32Array.of(NaN), "fault.nan");
     await b.#train.check();
     await b.#eval.check();
     for (const { code, label } of b.#optSources) await gpu.pipelines.check(code, label);
@@ -116,6 +158,9 @@ export class GpuTrainBackend implements TrainBackend {
     );
     const step = new Step(ctx, { label: "train-step", timing: options.profile, maxTimed: 2048 });
     this.#train.encode(step);
+    if (this.#nan && this.#faults.nanGradAt?.(this.#t)) {
+      step.encoder.copyBufferToBuffer(this.#nan.buffer, 0, this.#firstGrad.buffer, 0, 4);
+    }
     for (const c of this.#opt) step.dispatch(c);
     const n = this.#report.length + 3;
     const staging = ctx.device.createBuffer({
@@ -186,6 +231,7 @@ export class GpuTrainBackend implements TrainBackend {
   }
 
   destroy(): void {
+    this.#nan?.buffer.destroy();
     this.#opt.forEach(releaseCall);
     this.#train.destroy();
     this.#eval.destroy();
