@@ -6,6 +6,7 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { ConfigError, loadExperiment, parseExperimentText } from "../core/config/mod.ts";
+import { cli } from "./helpers/cli.ts";
 
 const FIX = "tests/fixtures/config";
 
@@ -275,4 +276,118 @@ Deno.test("parseExperimentText() reports YAML syntax errors with their position"
 
 Deno.test("parseExperimentText() refuses a document that is not a map", () => {
   assertEquals(linesOf("- 1\n- 2\n"), ["t.yaml:1:1: (root): expected a map of settings, got a list of 2"]);
+});
+
+/** Seeded mutations of a YAML text: deleted lines, values of another type, stray bytes, huge numbers. */
+function mutate(text: string, seed: number): string {
+  let r = seed >>> 0;
+  const next = () => (r = (Math.imul(r, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+  const pick = <T>(xs: readonly T[]) => xs[Math.floor(next() * xs.length)]!;
+  const lines = text.split("\n");
+  const i = Math.floor(next() * lines.length);
+  const values = [
+    '"text"',
+    "-7",
+    "1e308",
+    "99999999999999999999999",
+    "[1, [2]]",
+    "{a: {b: c}}",
+    "~",
+    "true",
+    ".nan",
+    "0x1F",
+  ];
+  switch (seed % 6) {
+    case 0: // delete a line
+      lines.splice(i, 1);
+      break;
+    case 1: // replace a value with one of another type
+      lines[i] = lines[i]!.replace(/:\s*(.+)$/, `: ${pick(values)}`);
+      break;
+    case 2: { // insert random bytes
+      const at = Math.floor(next() * text.length);
+      const junk = String.fromCharCode(
+        ...Array.from({ length: 1 + Math.floor(next() * 4) }, () => Math.floor(next() * 128)),
+      );
+      return text.slice(0, at) + junk + text.slice(at);
+    }
+    case 3: // re-indent a line
+      lines[i] = pick(["", " ", "    ", "\t"]) + lines[i]!.trimStart();
+      break;
+    case 4: // a huge or negative number in every numeric value of a line
+      lines[i] = lines[i]!.replace(
+        /\b\d+(\.\d+)?(e-?\d+)?\b/g,
+        pick(["1e400", "-1", "123456789012345678901234567890", "0"]),
+      );
+      break;
+    default: // duplicate a line
+      lines.splice(i, 0, lines[i]!);
+  }
+  return lines.join("\n");
+}
+
+Deno.test("every shipped config under 150 seeded mutations each: a valid config or a located ConfigError, quickly, never anything else", async () => {
+  const files = [
+    ...[...Deno.readDirSync("configs")].map((e) => `configs/${e.name}`),
+    ...[...Deno.readDirSync("configs/repro")].map((e) => `configs/repro/${e.name}`),
+  ].filter((f) => f.endsWith(".yaml") && !f.endsWith("repro/repro.yaml")).sort();
+  assert(files.length >= 9, `${files}`);
+  let refused = 0, accepted = 0, slowest = 0;
+  for (const file of files) {
+    const text = await Deno.readTextFile(file);
+    for (let seed = 0; seed < 150; seed++) {
+      const bad = mutate(text, seed * 7919 + file.length);
+      const t0 = performance.now();
+      try {
+        parseExperimentText(bad, file);
+        accepted++;
+      } catch (e) {
+        assert(
+          e instanceof ConfigError,
+          `${file} seed ${seed}: ${(e as Error).name}: ${(e as Error).message}`,
+        );
+        for (const issue of e.issues) {
+          // The file itself, or a shipped file it extends.
+          assert(
+            files.includes(issue.file) && issue.line >= 1 && issue.col >= 1,
+            `${file} seed ${seed}: ${JSON.stringify(issue)}`,
+          );
+        }
+        assert(/^[^\n]+:\d+:\d+: /.test(e.message), e.message);
+        refused++;
+      }
+      slowest = Math.max(slowest, performance.now() - t0);
+    }
+  }
+  // Many mutations are harmless (a deleted comment, a repeated blank line); most of the rest must be refused.
+  assert(refused > 400 && accepted > 0, `refused ${refused}, accepted ${accepted}`);
+  assert(slowest < 2000, `slowest parse ${slowest.toFixed(0)} ms`);
+});
+
+Deno.test("deno task run on mutated configs exits 2 with file:line:col, never a stack trace", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const text = await Deno.readTextFile("configs/quickstart.yaml");
+    let checked = 0;
+    for (let seed = 1; checked < 8 && seed < 200; seed++) {
+      const bad = mutate(text, seed);
+      try {
+        parseExperimentText(bad, "q.yaml");
+        continue; // harmless mutation
+      } catch {
+        // a refused one: run it through the CLI
+      }
+      const path = `${dir}/q${seed}.yaml`;
+      await Deno.writeTextFile(path, bad);
+      const r = await cli("run", path, "--dry-run");
+      const err = r.err.join("\n");
+      assertEquals(r.code, 2, `seed ${seed}: ${err}`);
+      assert(err.includes(`${path}:`) && /:\d+:\d+: /.test(err), `seed ${seed}: ${err}`);
+      assert(!/\n\s+at /.test(err), `seed ${seed}: stack trace in ${err}`);
+      checked++;
+    }
+    assertEquals(checked, 8);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
