@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
 import { atomicWrite, cleanTempFiles, TEMP_MARK } from "./atomic_write.ts";
-import { latestCheckpoint, listCheckpoints, writeCheckpoint } from "./checkpoints.ts";
+import { cleanCheckpointTemps, latestCheckpoint, listCheckpoints, writeCheckpoint } from "./checkpoints.ts";
 import {
   f32Tensor,
   readSafeTensors,
@@ -205,6 +205,56 @@ Deno.test("checkpoints: a single flipped bit in the header length, the JSON head
     }
     await Deno.writeFile(path, good);
     assertEquals((await latestCheckpoint(run))!.entry.step, 20, "the intact file is used again");
+  } finally {
+    await Deno.remove(run, { recursive: true });
+  }
+});
+
+Deno.test("checkpoints survive SIGKILL at 50 random points of a writer: every restart loads a complete checkpoint and clears temp files", async () => {
+  const run = await Deno.makeTempDir();
+  let rng = 2024;
+  const next = () => (rng = (Math.imul(rng, 1103515245) + 12345) >>> 0) / 2 ** 32;
+  let saved = 0, newest = 0, midWrite = 0;
+  try {
+    await Deno.mkdir(`${run}/ckpt`, { recursive: true });
+    for (let i = 0; i < 50; i++) {
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "tests/fixtures/ckpt_writer.ts", run],
+        stdout: "piped",
+        stderr: "inherit",
+      }).spawn();
+      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      let out = "";
+      while (!out.includes("ready")) out += (await reader.read()).value ?? "";
+      // Kill somewhere in the next 0–40 ms: before, during or between checkpoint writes.
+      await new Promise((r) => setTimeout(r, next() * 40));
+      child.kill("SIGKILL");
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        out += value;
+      }
+      await child.status;
+      if ([...Deno.readDirSync(`${run}/ckpt`)].some((e) => e.name.includes(TEMP_MARK))) midWrite++;
+      for (const m of out.matchAll(/saved (\d+)/g)) saved++, newest = Math.max(newest, Number(m[1]));
+      // What the next start sees: the newest complete checkpoint, intact, at least as new as any acknowledged one.
+      const latest = await latestCheckpoint(run);
+      if (newest > 0) {
+        assert(latest !== null, `kill ${i}: a checkpoint was acknowledged but none loads`);
+        assert(
+          latest.entry.step >= newest,
+          `kill ${i}: loads step ${latest.entry.step}, ${newest} was saved`,
+        );
+        const w = tensorToF32(latest.file.tensors.get("param/w")!);
+        assert(w.length === 512 * 1024 && w.every((v) => v === latest.entry.step), `kill ${i}: torn data`);
+      }
+    }
+    console.log(`  ${saved} checkpoints saved, ${midWrite} of 50 kills left a half-written temp file`);
+    assert(saved > 0 && midWrite > 0, `saved ${saved}, killed mid-write ${midWrite}: the kills hit writes`);
+    // The next start removes whatever temp files the kills left.
+    await cleanCheckpointTemps(run);
+    const left = [...Deno.readDirSync(`${run}/ckpt`)].map((e) => e.name);
+    assert(left.every((n) => !n.includes(TEMP_MARK)), `${left}`);
   } finally {
     await Deno.remove(run, { recursive: true });
   }
