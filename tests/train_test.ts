@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { cli } from "./helpers/cli.ts";
-import { latestCheckpoint } from "../core/runs/checkpoints.ts";
+import { latestCheckpoint, listCheckpoints } from "../core/runs/checkpoints.ts";
 import { readSafeTensors, tensorToF32 } from "../core/runs/safetensors.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
 import { closeRunStores } from "../core/runs/open_store.ts";
@@ -221,6 +221,38 @@ Deno.test("deno task run with injected NaN gradients: isolated steps are skipped
     }
   } finally {
     Deno.env.delete("DSMOE_FAULT_NAN_GRAD");
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a device lost mid-run stops it with exit 1 and a clear message, writes no checkpoint after the loss, and --resume continues", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    Deno.env.set("DSMOE_FAULT_DEVICE_LOSS", "10");
+    const sets = [
+      "--set",
+      "train.steps=20",
+      "--set",
+      "train.checkpoint_every=4",
+      "--set",
+      "train.eval_every=20",
+    ];
+    const lost = await cli("run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--json", ...sets);
+    Deno.env.delete("DSMOE_FAULT_DEVICE_LOSS");
+    assertEquals(lost.code, 1, lost.err.join("\n"));
+    const text = [...lost.err, ...lost.out].join("\n");
+    assert(/WebGPU device lost/.test(text), text);
+    assert(!/\n\s+at /.test(text), `no stack trace: ${text}`);
+    const id = lost.json().run_id ?? lost.json().points?.[0]?.run_id;
+    const steps = (await listCheckpoints(`${dir}/${id}`)).map((c) => c.step);
+    assertEquals(steps, [4, 8], "checkpoints only from before the loss at step 10");
+    const resumed = await cli("run", "--resume", id, "--runs-dir", dir, "--json", "--no-dashboard");
+    assertEquals(resumed.code, 0, resumed.err.join("\n"));
+    assertEquals((await latestCheckpoint(`${dir}/${id}`))!.entry.step, 20);
+    assertEquals((await RunDir.open(dir, id)).meta.status, "finished");
+  } finally {
+    Deno.env.delete("DSMOE_FAULT_DEVICE_LOSS");
     closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }

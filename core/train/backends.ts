@@ -12,14 +12,20 @@ import { GpuTrainBackend, parseFaultSteps } from "./gpu_backend.ts";
 export async function createBackend(c: Readonly<Experiment>): Promise<TrainBackend> {
   switch (c.hardware.backend) {
     case "webgpu": {
-      // Fault injection for reliability tests: DSMOE_FAULT_NAN_GRAD=3,4,10- (optimizer steps, 1-based).
-      let spec: string | undefined;
-      try {
-        spec = Deno.env.get("DSMOE_FAULT_NAN_GRAD");
-      } catch {
-        spec = undefined; // no --allow-env
-      }
-      return await GpuTrainBackend.create(c, undefined, spec ? { nanGradAt: parseFaultSteps(spec) } : {});
+      // Fault injection for reliability tests (optimizer steps, 1-based): DSMOE_FAULT_NAN_GRAD=3,4,10- puts a
+      // NaN into a gradient, DSMOE_FAULT_DEVICE_LOSS=10 destroys the device at the start of step 10.
+      const env = (name: string) => {
+        try {
+          return Deno.env.get(name);
+        } catch {
+          return undefined; // no --allow-env
+        }
+      };
+      const nan = env("DSMOE_FAULT_NAN_GRAD"), lose = env("DSMOE_FAULT_DEVICE_LOSS");
+      return await GpuTrainBackend.create(c, undefined, {
+        ...(nan ? { nanGradAt: parseFaultSteps(nan) } : {}),
+        ...(lose ? { loseDeviceAt: parseFaultSteps(lose) } : {}),
+      });
     }
     case "cpu":
       return new CpuTrainBackend(c);

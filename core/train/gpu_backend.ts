@@ -29,6 +29,8 @@ import { routerStats } from "./router_stats.ts";
  */
 export interface TrainFaults {
   nanGradAt?: (t: number) => boolean;
+  /** True for the optimizer step t (1-based) at whose start the device is destroyed (a simulated loss). */
+  loseDeviceAt?: (t: number) => boolean;
 }
 
 /**
@@ -149,6 +151,7 @@ export class GpuTrainBackend implements TrainBackend {
     if (options.profile && !ctx.hasTimestamps) {
       throw new RangeError(`Cannot profile: the adapter (${ctx.adapter.description}) has no timestamp-query`);
     }
+    if (this.#faults.loseDeviceAt?.(this.#t + 1)) ctx.device.destroy();
     this.#writeBatch(batch);
     this.#t++;
     writeTensor(
@@ -173,7 +176,12 @@ export class GpuTrainBackend implements TrainBackend {
     );
     enc.copyBufferToBuffer(this.#stats.buffer, 0, staging, this.#report.length * 4, 12);
     step.submit();
-    return staging.mapAsync(GPUMapMode.READ).then(async () => {
+    return staging.mapAsync(GPUMapMode.READ).catch(async (e) => {
+      // A lost device fails the read-back; say so rather than pass on WebGPU's generic error.
+      await Promise.race([ctx.device.lost, new Promise((r) => setTimeout(r, 200))]);
+      ctx.assertAlive();
+      throw e;
+    }).then(async () => {
       const r = new Float32Array(staging.getMappedRange().slice(0));
       staging.destroy();
       const nAtt = this.model.miLoss.attention.length, k = this.#report.length;

@@ -117,11 +117,10 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   for (let step = start; step < end; step++) {
     if (o.signal?.aborted) break;
     const lr = learningRate(t, step);
-    pending.push({
-      step,
-      lr,
-      stats: o.backend.step(o.dataset.trainBatch(step, t.batch), lr, { profile: o.profile }),
-    });
+    const stats = o.backend.step(o.dataset.trainBatch(step, t.batch), lr, { profile: o.profile });
+    // Read in order by drain(); a step that fails while an earlier one is awaited must not count as unhandled.
+    stats.catch(() => {});
+    pending.push({ step, lr, stats });
     await drain(o.inFlight ?? 2);
     const n = step + 1;
     if (n % t.eval_every === 0 || n === end) {
