@@ -5,6 +5,7 @@
  */
 import { GpuLostError, GpuUnavailableError, GpuValidationError } from "./errors.ts";
 import { PipelineCache } from "./pipeline_cache.ts";
+import { optionalEnv } from "../core/util/env.ts";
 
 /** What the adapter says about itself, recorded with every run. */
 export interface AdapterDescription {
@@ -153,12 +154,7 @@ export async function openGpu(options: OpenGpuOptions = {}): Promise<GpuContext>
 }
 
 function _envProfile(): KernelProfile | undefined {
-  let v: string | undefined;
-  try {
-    v = Deno.env.get("DSMOE_KERNELS");
-  } catch {
-    return undefined; // no --allow-env: detect
-  }
+  const v = optionalEnv("DSMOE_KERNELS");
   if (v === undefined || v === "") return undefined;
   if (v !== "gpu" && v !== "cpu-simd") {
     throw new GpuUnavailableError(`DSMOE_KERNELS must be "gpu" or "cpu-simd", got "${v}"`);

@@ -178,7 +178,9 @@ export class GpuTrainBackend implements TrainBackend {
     step.submit();
     return staging.mapAsync(GPUMapMode.READ).catch(async (e) => {
       // A lost device fails the read-back; say so rather than pass on WebGPU's generic error.
-      await Promise.race([ctx.device.lost, new Promise((r) => setTimeout(r, 200))]);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([ctx.device.lost, new Promise((r) => timer = setTimeout(r, 200))]);
+      clearTimeout(timer);
       ctx.assertAlive();
       throw e;
     }).then(async () => {

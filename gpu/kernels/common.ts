@@ -212,3 +212,17 @@ export function loopBudget(ctx: GpuContext, iterations: number, what: string, hi
       `silently wrong). ${hint}, or run on a real GPU.`,
   );
 }
+
+/**
+ * vec4s of one row per invocation for a width: 4, 2 or 1 when `width` is a multiple of 16, 8 or 4; 0 when it
+ * is not a multiple of 4 (scalar loads).
+ *
+ * @example
+ * ```ts
+ * import { vecGroup } from "./common.ts";
+ * if (vecGroup(32) !== 4 || vecGroup(24) !== 2 || vecGroup(12) !== 1 || vecGroup(10) !== 0) throw new Error();
+ * ```
+ */
+export function vecGroup(width: number): number {
+  return width % 16 === 0 ? 4 : width % 8 === 0 ? 2 : width % 4 === 0 ? 1 : 0;
+}

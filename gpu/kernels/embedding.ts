@@ -8,7 +8,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { loopBudget, simpleKernel } from "./common.ts";
+import { loopBudget, simpleKernel, vecGroup } from "./common.ts";
 
 /** y (N, d) = w[ids]; ids (N,) u32, w (V, d). */
 export function embedding(ctx: GpuContext, o: { ids: GpuTensor; w: GpuTensor; y: GpuTensor }): KernelCall {
@@ -41,7 +41,7 @@ export function embeddingGrad(
   );
   if (d % 4 === 0) {
     // G vec4s of one row per invocation: each pass over the token ids serves 4·G columns, not one.
-    const G = [4, 2, 1].find((g) => (d / 4) % g === 0)!, groups = d / (4 * G);
+    const G = vecGroup(d), groups = d / (4 * G);
     const accs = Array.from({ length: G }, (_, g) => g);
     return simpleKernel(ctx, {
       label: "embedding_grad",

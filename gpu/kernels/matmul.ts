@@ -24,7 +24,7 @@
 import { assertBindable, type GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
-import { loopBudget } from "./common.ts";
+import { loopBudget, packUniform } from "./common.ts";
 
 /** Options of {@linkcode matmul}. Logical sizes: op(A) is (m, k), op(B) is (k, n), C is (m, n). */
 export interface MatmulOptions {
@@ -101,7 +101,7 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
     assertBindable(ctx, t.buffer.size, `matmul ${what} ("${t.label}")`);
   }
   const transA = !!o.transA, transB = !!o.transB;
-  const label = `matmul_${transA ? "t" : "n"}${transB ? "t" : "n"}`;
+  const label = _label(transA, transB);
   const bStride = o.broadcastB ? 0 : k * n;
   if (ctx.profile === "gpu") {
     return _gpuCall(ctx, o, o.gpuTile ?? matmulPlan(ctx, m, k, n, batch).tile, 1, o.c);
@@ -205,9 +205,13 @@ export function matmulCalls(ctx: GpuContext, o: MatmulCallsOptions): KernelCall[
   if (splits === 1) return [matmul(ctx, o)];
   _needs(o.partial!, matmulScratch(o.m, o.n, splits, batch), "partial");
   const total = batch * o.m * o.n;
-  const sum = new ArrayBuffer(32), su = new Uint32Array(sum);
-  su.set([total, o.m * o.n, splits, o.accumulate ? 1 : 0]);
-  new Float32Array(sum)[4] = o.alpha ?? 1;
+  const sum = packUniform([
+    ["total", "u32", total],
+    ["plane", "u32", o.m * o.n],
+    ["splits", "u32", splits],
+    ["acc", "u32", o.accumulate ? 1 : 0],
+    ["alpha", "f32", o.alpha ?? 1],
+  ]);
   return [
     _gpuCall(ctx, { ...o, alpha: 1, accumulate: false }, o.gpuTile ?? plan.tile, splits, o.partial!),
     {
@@ -239,7 +243,7 @@ function _gpuCall(
   const ncg = Math.ceil(n / bn), nrt = Math.ceil(m / bm), groups = batch * splits * nrt * ncg;
   const kChunk = Math.ceil(k / splits / tile.bk) * tile.bk;
   return {
-    label: `matmul_${transA ? "t" : "n"}${transB ? "t" : "n"}`,
+    label: _label(transA, transB),
     code: _matmulGpuWgsl(tile, transA, transB),
     bindings: [o.a, o.b, out],
     uniform: _uniform(
@@ -259,6 +263,7 @@ function _gpuCall(
   };
 }
 
+const _label = (transA: boolean, transB: boolean) => `matmul_${transA ? "t" : "n"}${transB ? "t" : "n"}`;
 const _range = (n: number) => Array.from({ length: n }, (_, i) => i);
 const _lines = (n: number, f: (i: number) => string) => _range(n).map(f).join("\n");
 
@@ -451,7 +456,7 @@ const _GPU_MAX_SPLITS = 32;
  *
  * @example
  * ```ts ignore
- * const { tile, splits } = matmulPlan(ctx, 64, 1024, 64); // 32×32 blocks, K split 8 ways
+ * const { tile, splits } = matmulPlan(ctx, 64, 1024, 64); // 64×64 blocks, K split 8 ways
  * ```
  */
 export function matmulPlan(
@@ -463,7 +468,7 @@ export function matmulPlan(
 ): { tile: GpuMatmulTile; splits: number } {
   const blocks = (t: GpuMatmulTile) => batch * Math.ceil(m / (t.wy * t.tm)) * Math.ceil(n / (t.wx * t.tn));
   if (ctx.profile !== "gpu") return { tile: GPU_TILE_LARGE, splits: 1 };
-  // Measured on an H200 (2026-11-26, .ci-free tuning sweep, see README "Performance"): 128×128 blocks win
+  // Measured on an H200 (2026-11-26, a tuning sweep, see README "Performance"): 128×128 blocks win
   // from 2048² outputs, 64×64 below; a 64×64 block with K split beats 32×32 blocks unsplit (256×2048×1024
   // Xᵀ·dY: 0.79 vs 1.32 ms), so 32×32 only serves outputs narrower than 64.
   const tile = blocks(GPU_TILE_XL) >= _GPU_MIN_BLOCKS

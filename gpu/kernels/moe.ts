@@ -28,7 +28,7 @@
 import { createIndirectTensor, createTensor, type GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { columnSums, entry, packUniform, simpleKernel, type UniformFields } from "./common.ts";
+import { columnSums, entry, packUniform, simpleKernel, type UniformFields, vecGroup } from "./common.ts";
 import { matmulTile } from "./matmul.ts";
 import type { ActivationKind } from "./activation.ts";
 import { grid } from "../dispatch.ts";
@@ -185,7 +185,7 @@ function _oneToken(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
     });
     return [up, _downOne(ctx, "moe_down1", o.gate, o.scratch.hidden, o.w2, o.y, E, h)];
   }
-  const c4 = _vecGroup(h), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q; // columns per invocation
+  const c4 = vecGroup(h), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q; // columns per invocation
   const V = q === 4 ? "vec4<f32>" : "f32";
   const accs = _range(Math.max(1, c4));
   const up = simpleKernel(ctx, {
@@ -211,11 +211,6 @@ function _oneToken(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
   ${accs.map((v) => `H[c0 + ${v}u] = ${q === 4 ? `act(a${v})` : `act(vec4<f32>(a${v})).x`} * g;`).join(" ")}`,
   });
   return [up, _downOne(ctx, "moe_down1", o.gate, o.scratch.hidden, o.w2, o.y, E, h)];
-}
-
-/** vec4 columns per invocation for a width: 4, 2 or 1 when `width` is a multiple of 16, 8 or 4; else 0. */
-function _vecGroup(width: number): number {
-  return width % 16 === 0 ? 4 : width % 8 === 0 ? 2 : width % 4 === 0 ? 1 : 0;
 }
 
 /**
@@ -247,7 +242,7 @@ function _downOne(
       finish: "y[i] = s0;",
     });
   }
-  const d = y.size, c4 = _vecGroup(d), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q;
+  const d = y.size, c4 = vecGroup(d), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q;
   const V = q === 4 ? "vec4<f32>" : "f32", accs = _range(Math.max(1, c4));
   return simpleKernel(ctx, {
     label,

@@ -8,7 +8,7 @@ import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
 import { type ActivationKind, activationWgsl } from "./activation.ts";
-import { type Binding, simpleKernel } from "./common.ts";
+import { type Binding, simpleKernel, vecGroup } from "./common.ts";
 
 /** y[t, e·h + j] = s[t, e] · x[t, e·h + j]; x (N, E·h), s (N, E). */
 export function routerScale(ctx: GpuContext, o: { x: GpuTensor; s: GpuTensor; y: GpuTensor }): KernelCall {
@@ -16,7 +16,7 @@ export function routerScale(ctx: GpuContext, o: { x: GpuTensor; s: GpuTensor; y:
   if (h % 4 === 0) {
     // G vec4s of one expert block per invocation: one index division per 4·G elements, not per element
     // (integer division is slow on CPU adapters; wide contiguous work per invocation is fast there).
-    const G = [4, 2, 1].find((g) => (h / 4) % g === 0)!;
+    const G = vecGroup(h);
     return simpleKernel(ctx, {
       label: "router_scale",
       bindings: [
@@ -60,7 +60,7 @@ export function gatedActivation(
     ),
 ): KernelCall {
   const E = o.s.shape[1]!, N = o.s.shape[0]!, w = o.u.size / N, h = w / E;
-  const G = h % 4 === 0 ? [4, 2, 1].find((g) => (h / 4) % g === 0)! : 0;
+  const G = vecGroup(h);
   const T = G ? "vec4<f32>" : "f32", sfx = G ? "4" : "", per = G ? 4 * G : 1, k = o.kind;
   const outs: Binding[] = o.dy
     ? [{ name: "dy", tensor: o.dy, type: T }, { name: "du", tensor: o.du, write: true, type: T }]
