@@ -88,7 +88,10 @@ export function createTensor(
       `Cannot allocate "${label}": ${bytes} bytes exceeds maxBufferSize (${ctx.limits.maxBufferSize})`,
     );
   }
-  const buffer = ctx.device.createBuffer({ size: bytes, usage: _STORAGE, label, mappedAtCreation: !!data });
+  const buffer = ctx.createBuffer(
+    { size: bytes, usage: _STORAGE, label, mappedAtCreation: !!data },
+    `tensor "${label}" [${shape.join(", ")}] ${dtype}`,
+  );
   if (data) {
     const view = dtype === "f32"
       ? new Float32Array(buffer.getMappedRange())
@@ -116,11 +119,10 @@ export function createIndirectTensor(ctx: GpuContext, words: number, label = "in
   if (!Number.isInteger(words) || words < 3) {
     throw new RangeError(`Cannot create indirect args "${label}": ${words} words, need at least 3`);
   }
-  const buffer = ctx.device.createBuffer({
-    size: paddedBytes(words * 4),
-    usage: _STORAGE | GPUBufferUsage.INDIRECT,
-    label,
-  });
+  const buffer = ctx.createBuffer(
+    { size: paddedBytes(words * 4), usage: _STORAGE | GPUBufferUsage.INDIRECT, label },
+    `indirect args "${label}" [${words}] u32`,
+  );
   return new GpuTensor(buffer, [words], "u32", label);
 }
 
@@ -222,7 +224,7 @@ export class BufferPool {
       throw new GpuLimitError(`Cannot allocate "${label}": ${cls} bytes exceeds maxBufferSize`);
     }
     this.#allocated += cls;
-    return this.#ctx.device.createBuffer({ size: cls, usage: _STORAGE, label });
+    return this.#ctx.createBuffer({ size: cls, usage: _STORAGE, label }, `pooled buffer "${label}"`);
   }
 }
 

@@ -3,9 +3,10 @@
  *
  * @module
  */
-import { GpuLostError, GpuUnavailableError, GpuValidationError } from "./errors.ts";
+import { GpuLostError, GpuOutOfMemoryError, GpuUnavailableError, GpuValidationError } from "./errors.ts";
 import { PipelineCache } from "./pipeline_cache.ts";
 import { optionalEnv } from "../core/util/env.ts";
+import { fmtBytes } from "../core/util/format.ts";
 
 /** What the adapter says about itself, recorded with every run. */
 export interface AdapterDescription {
@@ -48,6 +49,12 @@ export class GpuContext {
    */
   readonly profile: KernelProfile;
   #lost: GpuLostError | null = null;
+  // Allocations whose out-of-memory scope has not been popped yet, and the first one the device refused.
+  readonly #pendingAllocations = new Set<Promise<unknown>>();
+  #refused: GpuOutOfMemoryError | null = null;
+  // Fault injection for reliability tests: DSMOE_FAULT_OOM=<label> makes the allocation of that tensor
+  // report out-of-memory, as a device that has run out would.
+  readonly #faultOom = optionalEnv("DSMOE_FAULT_OOM");
 
   constructor(device: GPUDevice, adapter: AdapterDescription, validation: boolean, profile?: KernelProfile) {
     this.device = device;
@@ -73,6 +80,51 @@ export class GpuContext {
   /** Throws if the device has been lost. */
   assertAlive(): void {
     if (this.#lost) throw this.#lost;
+  }
+
+  /**
+   * Creates a buffer inside an out-of-memory error scope. A refusal the device reports later is kept and
+   * thrown, naming `what` (a tensor's label and shape) and the size, by {@linkcode checkAllocations} and
+   * {@linkcode assertAllocated}; one the browser reports at once (a mapping at creation) is thrown here.
+   */
+  createBuffer(desc: GPUBufferDescriptor, what: string): GPUBuffer {
+    this.device.pushErrorScope("out-of-memory");
+    let buffer: GPUBuffer;
+    try {
+      buffer = this.device.createBuffer(desc);
+    } catch (e) {
+      this.device.popErrorScope().catch(() => {});
+      throw this.#outOfMemory(what, desc.size, (e as Error).message);
+    }
+    const popped = this.device.popErrorScope().then(
+      (err) => err ?? (this.#faultOom === desc.label ? { message: "injected by DSMOE_FAULT_OOM" } : null),
+      () => null, // the device was lost: lostError says so
+    ).then((err) => {
+      if (err && !this.#refused) this.#refused = this.#outOfMemory(what, desc.size, err.message);
+      this.#pendingAllocations.delete(popped);
+    });
+    this.#pendingAllocations.add(popped);
+    return buffer;
+  }
+
+  /** Waits for the device's verdict on every buffer created so far; throws the first refusal. */
+  async checkAllocations(): Promise<void> {
+    await Promise.all(this.#pendingAllocations);
+    this.assertAllocated();
+  }
+
+  /** Throws {@linkcode GpuOutOfMemoryError} if the device has refused an allocation (without waiting). */
+  assertAllocated(): void {
+    if (this.#refused) throw this.#refused;
+  }
+
+  #outOfMemory(what: string, bytes: number, why: string): GpuOutOfMemoryError {
+    return new GpuOutOfMemoryError(
+      `Out of GPU memory: ${this.adapter.description} could not allocate ${what} (${
+        fmtBytes(bytes)
+      }): ${why}. ` +
+        `Lower train.batch, data.seq_len or the model's size, or use a device with more memory.`,
+    );
   }
 
   /** Whether GPU timestamps can be recorded per kernel. */

@@ -28,3 +28,8 @@ export class GpuLimitError extends RangeError {
 export class GpuValidationError extends Error {
   override name = "GpuValidationError";
 }
+
+/** The device refused to allocate a buffer; the message names the tensor and its size. */
+export class GpuOutOfMemoryError extends Error {
+  override name = "GpuOutOfMemoryError";
+}

@@ -77,10 +77,12 @@ export class GraphExecutor {
   }
 
   /**
-   * Compiles every kernel source of the graph and throws {@linkcode WgslCompileError} on the first that
-   * fails: an invalid pipeline would otherwise run as a no-op and leave zeros behind.
+   * Throws {@linkcode GpuOutOfMemoryError} if the device refused a buffer of the graph (naming it), then
+   * compiles every kernel source and throws {@linkcode WgslCompileError} on the first that fails: an
+   * invalid pipeline would otherwise run as a no-op and leave zeros behind.
    */
   async check(): Promise<void> {
+    await this.ctx.checkAllocations();
     for (const [code, label] of this.#sources) await this.ctx.pipelines.check(code, label);
   }
 

@@ -36,51 +36,6 @@ Deno.test("deno task run trains the micro DS-MoE on WebGPU: loss falls from ln 2
   }
 });
 
-Deno.test("run --stop-after then --resume ends with the same parameters as one uninterrupted run", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const sets = [
-      "--set",
-      "train.steps=12",
-      "--set",
-      "train.checkpoint_every=6",
-      "--set",
-      "train.eval_every=6",
-    ];
-    const whole = await cli("run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--json", ...sets);
-    assertEquals(whole.code, 0, whole.err.join("\n"));
-    const part = await cli(
-      "run",
-      "tests/fixtures/micro.yaml",
-      "--runs-dir",
-      dir,
-      "--json",
-      "--stop-after",
-      "6",
-      ...sets,
-    );
-    assertEquals(part.json().status, "interrupted");
-    const resumed = await cli("run", "--resume", part.json().run_id, "--runs-dir", dir, "--json");
-    assertEquals(resumed.code, 0, resumed.err.join("\n"));
-    const a = (await latestCheckpoint(`${dir}/${whole.json().run_id}`))!,
-      b = (await latestCheckpoint(`${dir}/${part.json().run_id}`))!;
-    assertEquals(a.entry.step, 12);
-    assertEquals(b.entry.step, 12);
-    for (const [name, t] of a.file.tensors) {
-      if (name === "optimizer_step") continue;
-      assertEquals(
-        Array.from(b.file.tensors.get(name)!.data),
-        Array.from(t.data),
-        `tensor ${name} differs after resume`,
-      );
-    }
-    assertEquals(resumed.json().final["train/loss"], whole.json().final["train/loss"]);
-  } finally {
-    closeRunStores();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
 Deno.test("a sweep trains each point as its own run, records a failed point, and skips finished points on rerun", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -253,6 +208,27 @@ Deno.test("a device lost mid-run stops it with exit 1 and a clear message, write
     assertEquals((await RunDir.open(dir, id)).meta.status, "finished");
   } finally {
     Deno.env.delete("DSMOE_FAULT_DEVICE_LOSS");
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a buffer the device refuses (out of memory) fails the run with exit 1, naming the tensor and its size", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    Deno.env.set("DSMOE_FAULT_OOM", "adam.v.wte"); // the device reports out-of-memory for this allocation
+    const r = await cli("run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--json", "--no-dashboard");
+    Deno.env.delete("DSMOE_FAULT_OOM");
+    assertEquals(r.code, 1, r.err.join("\n"));
+    const text = [...r.err, ...r.out].join("\n");
+    assert(text.includes("GpuOutOfMemoryError: Out of GPU memory"), text);
+    assert(text.includes('could not allocate tensor "adam.v.wte" [256, 32] f32 (32.00 KiB)'), text);
+    assert(!/\n\s+at /.test(text), `no stack trace: ${text}`);
+    const meta = (await RunDir.open(dir, r.json().run_id ?? r.json().points[0].run_id)).meta;
+    assertEquals(meta.status, "failed");
+    assert(meta.error?.includes('"adam.v.wte"'), meta.error ?? "no error recorded");
+  } finally {
+    Deno.env.delete("DSMOE_FAULT_OOM");
     closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }

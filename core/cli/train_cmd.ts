@@ -142,8 +142,9 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
   });
   if (live) io.err(`live: ${live.url}runs/${run.meta.id}`);
   try {
-    let start = 0;
+    let start = 0, skipped = 0;
     if (ck) {
+      skipped = Number(ck.file.metadata.skipped_steps ?? 0) || 0;
       await backend.importState(tensorsToState(ck.file.tensors));
       start = ck.entry.step;
       io.err(`Resuming ${run.meta.id} from step ${start}`);
@@ -158,6 +159,7 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
       backend,
       run,
       startStep: start,
+      startSkipped: skipped,
       stopAfter: positiveInt("stop-after", flags["stop-after"]),
       progress: (l) => io.err(l),
       signal: ac.signal,

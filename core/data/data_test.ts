@@ -61,6 +61,44 @@ Deno.test("Dataset batches are seeded by step: the same step gives the same batc
   assertEquals(ds.valBatch(0, 2, 4).inputs, ds.valBatch(0, 2, 4).inputs);
 });
 
+Deno.test("an epoch visits every non-overlapping training window once, in a seeded order per epoch", () => {
+  const tokens = Uint32Array.from({ length: 30_000 }, (_, i) => i % 65_521);
+  const parts = {
+    train: Uint32Array.from({ length: 2_000 }, (_, i) => i),
+    val: tokens,
+    trainDomains: null,
+    valDomains: null,
+  };
+  const ds = new Dataset(parts, { seqLen: 16, seed: 9, domainNames: [] });
+  const W = ds.windowsPerEpoch, batch = 4;
+  assertEquals(W, Math.floor(1_999 / 16)); // 124 windows, slack 15 tokens
+  // Token i is i, so a window's first input is its start. Steps 0 … 2W/4 − 1 cover exactly two epochs.
+  const starts: number[] = [];
+  for (let step = 0; step < (2 * W) / batch; step++) {
+    const b = ds.trainBatch(step, batch);
+    for (let r = 0; r < batch; r++) starts.push(b.inputs[r * 16]!);
+  }
+  for (const epoch of [starts.slice(0, W), starts.slice(W)]) {
+    const phase = Math.min(...epoch);
+    assert(phase >= 0 && phase <= 15, `phase ${phase}`);
+    assertEquals([...epoch].sort((a, b) => a - b), Array.from({ length: W }, (_, k) => phase + 16 * k));
+  }
+  assert(starts.slice(0, W).some((s, i) => s - Math.min(...starts.slice(0, W)) !== 16 * i), "shuffled");
+  assert(
+    starts.slice(0, W).some((s, i) => s % 16 !== starts[W + i]! % 16 || s !== starts[W + i]),
+    "the second epoch has its own order",
+  );
+  assertEquals(ds.epochAt(2 * W / batch, batch), 2);
+  // Addressable by step: a fresh dataset (a resumed run) asked for a step mid-epoch gives the same batch.
+  const fresh = new Dataset(parts, { seqLen: 16, seed: 9, domainNames: [] });
+  assertEquals(fresh.trainBatch(37, batch).inputs, ds.trainBatch(37, batch).inputs);
+  assertEquals(fresh.trainBatch(24, 5).inputs, ds.trainBatch(24, 5).inputs); // windows 120–124: epochs 0|1
+  assertEquals(
+    ds.trainBatch(24, 5).inputs.subarray(4 * 16, 4 * 16 + 16),
+    ds.trainBatch(31, 4).inputs.subarray(0, 16),
+  );
+});
+
 Deno.test("Dataset refuses a split shorter than one window with a clear message", () => {
   const parts = {
     train: new Uint32Array(10),

@@ -1,11 +1,13 @@
 /**
  * Tokenized dataset: deterministic train/validation split and seeded batches addressable by step,
- * so a resumed run sees exactly the batches it would have seen.
+ * so a resumed run sees exactly the batches it would have seen. Training windows are drawn in epochs:
+ * each epoch visits every non-overlapping window of the training split once, in a seeded order and at a
+ * seeded phase, so the data position is the step alone and a resume mid-epoch continues the same order.
  *
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
-import { hash32 } from "../util/rng.ts";
+import { hash32, Rng } from "../util/rng.ts";
 import { readSource } from "./sources.ts";
 import { encodeBytes } from "./tokenizer.ts";
 
@@ -57,11 +59,47 @@ export class Dataset {
     }
   }
 
-  /** The training batch of `step`: `batch` windows at positions drawn from (seed, step). */
+  /** Windows of `seq_len` inputs (plus the next token as target) in one epoch over the training split. */
+  get windowsPerEpoch(): number {
+    return Math.floor((this.train.length - 1) / this.seqLen);
+  }
+
+  /** Epochs of training data consumed after `step` steps of `batch` windows (fractional). */
+  epochAt(step: number, batch: number): number {
+    return (step * batch) / this.windowsPerEpoch;
+  }
+
+  /**
+   * The training batch of `step`: windows `step·batch … step·batch + batch − 1` of the epoch sequence.
+   * Window g is slot g mod W of epoch ⌊g / W⌋ (W = windows per epoch): that epoch's seeded permutation
+   * picks which window, and its seeded phase (0 … slack) shifts every window of the epoch.
+   */
   trainBatch(step: number, batch: number): Batch {
-    const span = this.train.length - this.seqLen - 1;
-    const starts = Array.from({ length: batch }, (_, b) => hash32(this.seed, 0x7a11, step, b) % (span + 1));
+    const W = this.windowsPerEpoch, slack = this.train.length - 1 - W * this.seqLen;
+    const starts = Array.from({ length: batch }, (_, b) => {
+      const g = step * batch + b, epoch = Math.floor(g / W);
+      return hash32(this.seed, 0x7a12, epoch) % (slack + 1) + this.#epochOrder(epoch)[g % W]! * this.seqLen;
+    });
     return this.#gather(this.train, this.trainDomains, starts);
+  }
+
+  // The permutations of the last two epochs used (a batch may straddle an epoch boundary).
+  #orders = new Map<number, Uint32Array>();
+
+  #epochOrder(epoch: number): Uint32Array {
+    let order = this.#orders.get(epoch);
+    if (order) return order;
+    const W = this.windowsPerEpoch, rng = new Rng(hash32(this.seed, 0x7a11, epoch));
+    order = new Uint32Array(W);
+    for (let i = 0; i < W; i++) order[i] = i;
+    for (let i = W - 1; i > 0; i--) { // Fisher–Yates
+      const j = rng.int(i + 1), t = order[i]!;
+      order[i] = order[j]!;
+      order[j] = t;
+    }
+    if (this.#orders.size >= 2) this.#orders.delete(this.#orders.keys().next().value!);
+    this.#orders.set(epoch, order);
+    return order;
   }
 
   /** Validation batch `index` of `count`: fixed windows spread evenly over the split. */

@@ -43,7 +43,7 @@ export async function writeCheckpoint(
     step,
     file,
     bytes: bytes.byteLength,
-    sha256: await _sha256(bytes),
+    sha256: await sha256Hex(bytes),
     time: new Date().toISOString(),
   };
   let entries = (await listCheckpoints(runDir)).filter((e) => e.step !== step);
@@ -87,7 +87,7 @@ export async function latestCheckpoint(
       onSkip(entry, (e as Error).message);
       continue;
     }
-    if (bytes.byteLength !== entry.bytes || (await _sha256(bytes)) !== entry.sha256) {
+    if (bytes.byteLength !== entry.bytes || (await sha256Hex(bytes)) !== entry.sha256) {
       onSkip(entry, "size or SHA-256 does not match the manifest");
       continue;
     }
@@ -105,7 +105,8 @@ export function cleanCheckpointTemps(runDir: string): Promise<number> {
   return cleanTempFiles(ckptDir(runDir));
 }
 
-async function _sha256(bytes: Uint8Array): Promise<string> {
+/** Lowercase hex SHA-256 of `bytes` (what the checkpoint manifest stores per file). */
+export async function sha256Hex(bytes: Uint8Array): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }

@@ -117,6 +117,7 @@ export class GpuTrainBackend implements TrainBackend {
     await b.#train.check();
     await b.#eval.check();
     for (const { code, label } of b.#optSources) await gpu.pipelines.check(code, label);
+    await gpu.checkAllocations(); // the optimizer's moments and partial sums
     const init = initParams(b.model.params, c.seed);
     for (const p of b.model.params) writeTensor(gpu, b.#train.tensor(p.value), init.get(p.value.name)!);
     return b;
@@ -148,6 +149,7 @@ export class GpuTrainBackend implements TrainBackend {
   step(batch: Batch, lr: number, options: { profile?: boolean } = {}): Promise<StepStats> {
     const ctx = this.ctx, o = this.#c.train.optimizer;
     ctx.assertAlive();
+    ctx.assertAllocated();
     if (options.profile && !ctx.hasTimestamps) {
       throw new RangeError(`Cannot profile: the adapter (${ctx.adapter.description}) has no timestamp-query`);
     }

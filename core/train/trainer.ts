@@ -14,6 +14,7 @@ import { f32Tensor, type SafeTensor, tensorToF32 } from "../runs/safetensors.ts"
 import type { StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { learningRate } from "./lr_schedule.ts";
 import { fmtDuration } from "../util/format.ts";
+import { optionalEnv } from "../util/env.ts";
 
 /** Consecutive non-finite steps that stop a run. */
 export const MAX_NONFINITE_STREAK = 10;
@@ -31,6 +32,7 @@ export interface TrainOptions {
   backend: TrainBackend;
   run: RunDir;
   startStep?: number; // steps already done (resume)
+  startSkipped?: number; // non-finite steps skipped before startStep (resume; from the checkpoint)
   stopAfter?: number; // stop after this many steps of this invocation
   progress?: (line: string) => void;
   signal?: AbortSignal; // abort = interrupt: checkpoint, then stop
@@ -56,9 +58,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const log = (key: string, step: number, value: number) =>
     o.run.log({ key, step, tokens: step * tokensPerStep, time: elapsed(), value });
   const pending: { step: number; lr: number; stats: Promise<StepStats> }[] = [];
-  let streak = 0, skipped = 0, lastLoss = NaN, lastVal = NaN, done = start;
+  let streak = 0, skipped = o.startSkipped ?? 0, lastLoss = NaN, lastVal = NaN, done = start;
   let mark = { step: start, time: 0 }, paused = 0;
   const profile = new ProfileAccumulator();
+  // Fault injection for reliability tests: DSMOE_FAULT_KILL_AFTER_STEP=N SIGKILLs this process right after
+  // step N (its metrics stored, no checkpoint, nothing cleaned up), as an OOM killer or a pulled plug would.
+  const killAfter = Number(optionalEnv("DSMOE_FAULT_KILL_AFTER_STEP") ?? NaN);
   // Evaluation and checkpoints run off the throughput clock.
   const offClock = async <T>(f: () => Promise<T>): Promise<T> => {
     const p0 = elapsed();
@@ -105,9 +110,13 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         const rate = ((done - mark.step) * tokensPerStep) / Math.max(now - mark.time, 1e-9);
         mark = { step: done, time: now };
         _logStep(log, done, s, p.lr, rate);
+        const epoch = o.dataset.epochAt(done, t.batch);
+        log("train/epoch", done, epoch);
         const eta = ((end - done) * tokensPerStep) / rate;
         o.progress?.(
-          `step ${done}/${t.steps}  loss ${s.loss.toFixed(4)}  lr ${p.lr.toExponential(2)}  ` +
+          `step ${done}/${t.steps}  epoch ${epoch.toFixed(2)}  loss ${s.loss.toFixed(4)}  lr ${
+            p.lr.toExponential(2)
+          }  ` +
             `${Math.round(rate)} tok/s  ETA ${fmtDuration(eta)}${skipped ? `  skipped ${skipped}` : ""}`,
         );
       }
@@ -130,13 +139,18 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     }
     if (n % t.checkpoint_every === 0 || n === end) {
       await drain(0);
-      await offClock(() => _checkpoint(o, n));
+      await offClock(() => _checkpoint(o, n, skipped));
     }
     await o.run.flush();
+    if (n === killAfter) {
+      await drain(0);
+      await o.run.flush();
+      Deno.kill(Deno.pid, "SIGKILL");
+    }
   }
   await drain(0);
   const interrupted = done < t.steps && (o.signal?.aborted ?? false);
-  if (interrupted || (done < t.steps && done > start)) await _checkpoint(o, done);
+  if (interrupted || (done < t.steps && done > start)) await _checkpoint(o, done, skipped);
   await o.run.flush();
   return {
     status: done >= t.steps ? "finished" : "interrupted",
@@ -195,9 +209,10 @@ function _logStep(
   log("train/tokens_per_s", step, tokensPerSecond);
 }
 
-async function _checkpoint(o: TrainOptions, step: number): Promise<void> {
+async function _checkpoint(o: TrainOptions, step: number, skipped: number): Promise<void> {
   const state = await o.backend.exportState();
-  await o.run.checkpoint(step, stateToTensors(state), { config: o.configYaml, format: "dsmoe-1" }, 3);
+  const metadata = { config: o.configYaml, format: "dsmoe-1", skipped_steps: String(skipped) };
+  await o.run.checkpoint(step, stateToTensors(state), metadata, 3);
   await o.run.update({ step });
 }
 

@@ -1,0 +1,130 @@
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { cli } from "./helpers/cli.ts";
+import { latestCheckpoint, sha256Hex } from "../core/runs/checkpoints.ts";
+import { RunDir } from "../core/runs/run_dir.ts";
+import { closeRunStores } from "../core/runs/open_store.ts";
+import { loadExperiment } from "../core/config/mod.ts";
+import { loadDataset } from "../core/data/dataset.ts";
+
+// 60 steps of the micro DS-MoE on a corpus small enough that an epoch is under 16 steps, with a 10-step
+// warmup, every step's loss logged and a checkpoint every 10 steps.
+const CONFIG = `extends: ${Deno.cwd()}/tests/fixtures/micro.yaml
+name: resume
+data: { synthetic_bytes: 8192 }
+train:
+  steps: 60
+  log_every: 1
+  eval_every: 30
+  checkpoint_every: 10
+  schedule: { warmup: 10 }
+`;
+
+/** Every logged value of `key`, by step (a step logged twice, by a killed and a resumed process, has two). */
+async function series(dir: string, runId: string, key: string): Promise<Map<number, number[]>> {
+  const out = new Map<number, number[]>();
+  for (const p of await (await RunDir.open(dir, runId)).readMetrics()) {
+    if (p.key === key) out.set(p.step, [...(out.get(p.step) ?? []), p.value]);
+  }
+  return out;
+}
+
+/** SHA-256 of the newest checkpoint's tensors whose names start with `prefix`, in name order. */
+async function stateSha256(dir: string, runId: string, prefix: string): Promise<string> {
+  const ck = (await latestCheckpoint(`${dir}/${runId}`))!;
+  assertEquals(ck.entry.step, 60);
+  const names = [...ck.file.tensors.keys()].filter((n) => n.startsWith(prefix)).sort();
+  assert(names.length > 10, `${names.length} ${prefix} tensors`);
+  const parts = names.map((n) => ck.file.tensors.get(n)!.data);
+  const all = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
+  parts.reduce((at, p) => (all.set(p, at), at + p.length), 0);
+  return await sha256Hex(all);
+}
+
+/**
+ * Asserts that run `b` logged, at every step run `a` logged, exactly a's value (every copy of it); with
+ * `sameSteps`, also at no other step (evaluations also run where an invocation stops, so not for val/).
+ */
+async function assertSameSeries(
+  dir: string,
+  a: string,
+  b: string,
+  key: string,
+  steps: number,
+  sameSteps = true,
+) {
+  const sa = await series(dir, a, key), sb = await series(dir, b, key);
+  assertEquals(sa.size, steps, `${key}: ${sa.size} steps logged`);
+  const order = (m: Map<number, number[]>) => [...m.keys()].sort((x, y) => x - y);
+  if (sameSteps) assertEquals(order(sb), order(sa), key);
+  for (const [step, [want]] of sa) {
+    assert(sb.has(step), `${key} at step ${step} not logged after resume`);
+    for (const got of sb.get(step)!) {
+      assert(Object.is(got, want), `${key} at step ${step}: ${got} after resume, ${want} straight`);
+    }
+  }
+}
+
+async function assertEquivalent(dir: string, straight: string, resumed: string) {
+  for (const key of ["train/loss", "train/grad_norm", "train/lr"]) {
+    await assertSameSeries(dir, straight, resumed, key, 60);
+  }
+  await assertSameSeries(dir, straight, resumed, "val/loss", 2, false);
+  for (const prefix of ["param/", "adam_m/", "adam_v/"]) {
+    assertEquals(
+      await stateSha256(dir, resumed, prefix),
+      await stateSha256(dir, straight, prefix),
+      `${prefix} SHA-256`,
+    );
+  }
+}
+
+Deno.test("resume is exact: 60 steps straight = 30 + SIGKILL + resume, and = stops at the warmup boundary and mid-epoch + resumes (losses bit-identical, parameter SHA-256 equal)", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const cfg = `${dir}/resume.yaml`;
+    await Deno.writeTextFile(cfg, CONFIG);
+    const ds = await loadDataset((await loadExperiment(cfg)).config);
+    // Step 24 is mid-epoch and the run crosses several epochs.
+    assert(ds.epochAt(24, 8) % 1 > 0.1 && ds.epochAt(24, 8) % 1 < 0.9, `epoch at 24: ${ds.epochAt(24, 8)}`);
+    assert(ds.epochAt(60, 8) > 3, `epochs in 60 steps: ${ds.epochAt(60, 8)}`);
+    const run = (...extra: string[]) =>
+      cli("run", cfg, "--runs-dir", dir, "--json", "--no-dashboard", ...extra);
+    const resume = (id: string, ...extra: string[]) =>
+      cli("run", "--resume", id, "--runs-dir", dir, "--json", "--no-dashboard", ...extra);
+
+    const straight = await run();
+    assertEquals(straight.code, 0, straight.err.join("\n"));
+    const straightId = straight.json().run_id;
+
+    // 1. Killed (SIGKILL) after step 35 in a separate process: the newest checkpoint is step 30's; the
+    // resumed process redoes 31–35 (each now logged twice: both copies must match) and goes on to 60.
+    const killed = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "mod.ts", "run", cfg, "--runs-dir", dir, "--no-dashboard"],
+      env: { DSMOE_FAULT_KILL_AFTER_STEP: "35" },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assertEquals(killed.signal, "SIGKILL", new TextDecoder().decode(killed.stderr));
+    const killedId = new TextDecoder().decode(killed.stderr).match(/run (\S+) →/)![1]!;
+    const after = await resume(killedId);
+    assertEquals(after.code, 0, after.err.join("\n"));
+    assert(after.err.includes(`Resuming ${killedId} from step 30`), after.err.join("\n"));
+    assertEquals((await series(dir, killedId, "train/loss")).get(33)!.length, 2, "step 33 logged twice");
+    await assertEquivalent(dir, straightId, killedId);
+
+    // 2. Stopped at the end of warmup (step 10), resumed to a stop mid-epoch (step 24), resumed to the end.
+    const first = await run("--stop-after", "10");
+    assertEquals(first.json().status, "interrupted");
+    const id = first.json().run_id;
+    assertEquals((await resume(id, "--stop-after", "14")).code, 0);
+    assertEquals((await latestCheckpoint(`${dir}/${id}`))!.entry.step, 24);
+    const last = await resume(id);
+    assertEquals(last.code, 0, last.err.join("\n"));
+    assert(last.err.includes(`Resuming ${id} from step 24`), last.err.join("\n"));
+    await assertEquivalent(dir, straightId, id);
+    assertEquals(last.json().final, straight.json().final);
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
