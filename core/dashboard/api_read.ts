@@ -10,7 +10,8 @@ import type { RunRecord, RunStore } from "../runs/store.ts";
 import { MAX_POINTS } from "./downsample.ts";
 import { summarizeRun, summarizeRuns } from "./run_summary.ts";
 import { checkId } from "./security.ts";
-import { buildFrontier, buildHeatmap, buildSeries, X_AXES, type XAxis } from "./series.ts";
+import { buildFrontier, buildHeatmap, X_AXES, type XAxis } from "./series.ts";
+import { SeriesCache } from "./series_cache.ts";
 import { parseEventId, runStream } from "./stream.ts";
 
 /** What the read routes need. */
@@ -73,6 +74,7 @@ function _runRoutes(app: Hono, store: RunStore): void {
 }
 
 function _chartRoutes(app: Hono, store: RunStore): void {
+  const cache = new SeriesCache(store);
   app.get("/api/runs/:id/metrics", async (c) => {
     const run = await runParam(c, store);
     const keys = c.req.query("keys"), prefix = c.req.query("prefix");
@@ -86,8 +88,10 @@ function _chartRoutes(app: Hono, store: RunStore): void {
       throw new HTTPException(400, { message: "Too many keys: at most 200" });
     }
     const lastSeq = await store.lastSeq(); // before the query: the stream resumes here, a client skips repeats
-    const rows = await store.metrics(run.id, { keys: keyList, prefix });
-    return c.json({ run_id: run.id, x, max, last_seq: lastSeq, series: buildSeries(rows, x, max) });
+    let wanted = keyList ?? await store.metricKeys(run.id);
+    if (prefix !== undefined) wanted = wanted.filter((k) => k.startsWith(prefix));
+    const series = await cache.series(run.id, wanted, x, max);
+    return c.json({ run_id: run.id, x, max, last_seq: lastSeq, series });
   });
 
   app.get("/api/runs/:id/heatmap", async (c) => {

@@ -7,6 +7,7 @@
  */
 import type { MetricRow } from "../runs/store.ts";
 import { downsample } from "./downsample.ts";
+import { SeriesBuilder } from "./series_builder.ts";
 
 /** What a chart's x axis shows. */
 export type XAxis = "step" | "tokens" | "time";
@@ -46,20 +47,21 @@ export function buildSeries(rows: readonly MetricRow[], x: XAxis, max: number): 
     else byKey.set(r.key, [r]);
   }
   const out: Record<string, Series> = {};
-  for (const [key, list] of byKey) {
-    list.sort((a, b) => a[x] - b[x] || a.seq - b.seq);
-    const unique = list.filter((r, i) => i === list.length - 1 || list[i + 1]![x] !== r[x]);
-    const kept = downsample(unique, (r) => r.value, max);
-    out[key] = {
-      step: kept.map((r) => r.step),
-      tokens: kept.map((r) => r.tokens),
-      time: kept.map((r) => r.time),
-      value: kept.map((r) => r.value),
-      count: list.length,
-      last_seq: list.reduce((m, r) => Math.max(m, r.seq), 0),
-    };
-  }
+  for (const [key, list] of byKey) out[key] = seriesOf(SeriesBuilder.from(list, x), max);
   return out;
+}
+
+/** The series a builder holds, downsampled further to at most `max` points. */
+export function seriesOf(b: SeriesBuilder, max: number): Series {
+  const kept = downsample(b.rows(), (r) => r.value, max);
+  return {
+    step: kept.map((r) => r.step),
+    tokens: kept.map((r) => r.tokens),
+    time: kept.map((r) => r.time),
+    value: kept.map((r) => r.value),
+    count: b.count,
+    last_seq: b.lastSeq,
+  };
 }
 
 /** The routers whose load a heatmap shows. */

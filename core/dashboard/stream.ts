@@ -62,6 +62,8 @@ export function runStream(store: RunStore, runId: string, o: RunStreamOptions): 
 
   /** Everything new since the last poll, as SSE text ("" when nothing is). */
   async function poll(): Promise<string> {
+    // Every point with seq ≤ top is committed before the query below reads (seq is commit order).
+    const top = await store.lastSeq();
     const [rows, events, run] = await Promise.all([
       store.metrics(runId, { afterSeq: seq, limit: _BATCH }),
       store.events(runId, eventSeq),
@@ -73,6 +75,9 @@ export function runStream(store: RunStore, runId: string, o: RunStreamOptions): 
       seq = rows.at(-1)!.seq;
       text += `${id()}event: metrics\ndata: ${JSON.stringify(rows)}\n\n`;
     }
+    // A short page holds every point of the run up to top: the next poll starts there, not rescanning the
+    // other runs' points in between.
+    if (rows.length < _BATCH) seq = Math.max(seq, top);
     if (events.length > 0) {
       eventSeq = events.at(-1)!.seq;
       text += `${id()}event: events\ndata: ${JSON.stringify(events)}\n\n`;

@@ -317,16 +317,28 @@ class _SqliteStore implements RunStore {
     }
     if (q.afterSeq !== undefined) (where.push("seq > ?"), args.push(q.afterSeq));
     const limit = q.limit !== undefined ? ` LIMIT ${Math.max(0, Math.floor(q.limit))}` : "";
-    const sql = `SELECT seq, key, step, tokens, time, value FROM metrics WHERE ${where.join(" AND ")}
+    // After a seq, scan by seq (the rowid): a live reader's new points, however many the run has. The
+    // (run, key) index would read every point of the run and sort them, at each poll.
+    const from = q.afterSeq !== undefined ? "metrics NOT INDEXED" : "metrics";
+    const sql = `SELECT seq, key, step, tokens, time, value FROM ${from} WHERE ${where.join(" AND ")}
                  ORDER BY seq${limit}`;
     return Promise.resolve((this.#db.prepare(sql).all(...args) as _Row[]).map(_metric));
   }
 
   metricKeys(runId: string): Promise<string[]> {
-    const rows = this.#q("SELECT DISTINCT key FROM metrics WHERE run_id = ? ORDER BY key").all(
-      runId,
-    ) as _Row[];
-    return Promise.resolve(rows.map((r) => String(r.key)));
+    return Promise.resolve(this.#keys(runId));
+  }
+
+  /** The keys of a run, by skipping from one key to the next in the (run, key) index: not a point each. */
+  #keys(runId: string): string[] {
+    const rows = this.#q(
+      `WITH RECURSIVE k (key) AS (
+         SELECT MIN(key) FROM metrics WHERE run_id = ?1
+         UNION ALL
+         SELECT (SELECT MIN(key) FROM metrics WHERE run_id = ?1 AND key > k.key) FROM k WHERE k.key IS NOT NULL)
+       SELECT key FROM k WHERE key IS NOT NULL`,
+    ).all(runId) as _Row[];
+    return rows.map((r) => String(r.key));
   }
 
   lastMetrics(runId: string, keys?: readonly string[]): Promise<Map<string, MetricRow>> {
@@ -342,8 +354,7 @@ class _SqliteStore implements RunStore {
     keys: readonly string[] | undefined,
     order: string,
   ): Promise<Map<string, MetricRow>> {
-    const ks = keys ?? (this.#q("SELECT DISTINCT key FROM metrics WHERE run_id = ?").all(runId) as _Row[])
-      .map((r) => String(r.key));
+    const ks = keys ?? this.#keys(runId);
     const out = new Map<string, MetricRow>();
     const s = this.#q(
       `SELECT seq, key, step, tokens, time, value FROM metrics WHERE run_id = ? AND key = ? ORDER BY ${order} LIMIT 1`,

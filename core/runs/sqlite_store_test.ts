@@ -30,6 +30,8 @@ Deno.test("the SQLite store keeps runs, metrics, events and checkpoints, and que
     assertEquals((await s.metrics("a", { afterSeq: all[2]!.seq })).map((m) => m.value), [3.5, 0.25]);
     assertEquals((await s.metrics("a", { limit: 2 })).length, 2);
     assertEquals(await s.metricKeys("a"), ["router/0/mlp/load/0", "train/loss", "val/loss"]);
+    assertEquals(await s.metricKeys("zz"), []);
+    assertEquals([...(await s.lastMetrics("a")).keys()], ["router/0/mlp/load/0", "train/loss", "val/loss"]);
     assertEquals((await s.lastMetrics("a", ["train/loss"])).get("train/loss")!.value, 3.5);
     assertEquals((await s.bestMetrics("a", ["val/loss", "nope"])).get("val/loss")!.step, 2);
     assertEquals(await s.lastSeq(), (await s.metrics("b"))[0]!.seq);

@@ -31,7 +31,7 @@ export interface MetricRow extends MetricPoint {
 export interface MetricQuery {
   keys?: readonly string[]; // exactly these keys
   prefix?: string; // keys starting with this (e.g. "router/")
-  afterSeq?: number; // only points committed after this seq
+  afterSeq?: number; // only points committed after this seq (read in seq order: cheap for a recent seq)
   limit?: number; // at most this many, oldest first
 }
 
