@@ -119,10 +119,11 @@ const CASES: Record<string, [Build, Tolerance]> = {
   ],
   "layernorm and rmsnorm with backward": [
     (g, f) =>
-      ROWS.flatMap((n) =>
+      // Width 13 and 200: the gpu profile's 64-thread row workgroups with idle and with looping threads.
+      [...ROWS.map((n) => [n, 13]), [3, 200]].flatMap(([n, w]) =>
         (["layernorm", "rmsnorm"] as const).flatMap((kind) => {
-          const x = f([n, 13]), gamma = f([13]), dy = f([n, 13]);
-          const ins = kind === "layernorm" ? [x, gamma, f([13])] : [x, gamma];
+          const x = f([n!, w!]), gamma = f([w!]), dy = f([n!, w!]);
+          const ins = kind === "layernorm" ? [x, gamma, f([w!])] : [x, gamma];
           const [y, mean, rstd] = apply(g, "norm", ins, { kind, eps: 1e-5 });
           const [dx, dg, db] = apply(g, "norm_backward", [x, gamma, mean!, rstd!, dy], { kind, eps: 1e-5 });
           return kind === "layernorm" ? [y!, mean!, rstd!, dx!, dg!, db!] : [y!, rstd!, dx!, dg!];

@@ -28,11 +28,25 @@
 import { createIndirectTensor, createTensor, type GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { columnSums, entry, packUniform, simpleKernel, type UniformFields, vecGroup } from "./common.ts";
+import {
+  columnSums,
+  entry,
+  header,
+  packUniform,
+  simpleKernel,
+  type UniformFields,
+  vecGroup,
+} from "./common.ts";
 import { matmulTile } from "./matmul.ts";
 import type { ActivationKind } from "./activation.ts";
 import { grid } from "../dispatch.ts";
-import { attendWgsl, kvWrite } from "./cached_attention.ts";
+import {
+  attendGroupEntry,
+  attendGroupFits,
+  attendGroupWgsl,
+  attendWgsl,
+  kvWrite,
+} from "./cached_attention.ts";
 
 /** Sizes of a sparse MoE MLP: N tokens, model width d, E experts of hidden width h. */
 export interface MoeShape {
@@ -788,8 +802,9 @@ function _moaOneToken(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): KernelCal
 
 /**
  * {@linkcode _moaOneToken} on a real GPU: the routed experts' query columns as column sums over d
- * (`moa_query1`, 16 columns × 16 lanes per workgroup; unrouted experts' columns stop at once), then one
- * invocation per routed (expert, head) for the attention over the cache (`moa_attend1`), then `moa_out1`.
+ * (`moa_query1`, 16 columns × 16 lanes per workgroup; unrouted experts' columns stop at once), then a
+ * workgroup per routed (expert, head) for the attention over the cache (`moa_attend1`, attendGroupWgsl),
+ * then `moa_out1`.
  */
 function _moaOneTokenGpu(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): KernelCall[] {
   const { E, G, D } = o, w = G * D, d = o.x.size;
@@ -806,24 +821,48 @@ function _moaOneTokenGpu(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): Kernel
     terms: ["x[r] * Wq[r * u.n + i]"],
     finish: "if (gate[i / u.width] > 0.0) { QO[i] = s0; }",
   });
-  const attend = simpleKernel(ctx, {
-    label: "moa_attend1",
-    bindings: [
-      { name: "gate", tensor: o.gate },
-      { name: "K", tensor: o.cache!.kcache },
-      { name: "Vals", tensor: o.cache!.vcache },
-      { name: "pos", tensor: pos },
-      { name: "QO", tensor: o.scratch.hidden, write: true },
-    ],
-    fields: [["n", "u32", E * G], ["G", "u32", G], ["width", "u32", w]],
-    invocations: E * G,
-    workgroup: 32,
-    prelude: attendWgsl(D, "QO", "QO"),
-    body: `  let e = i / u.G; let j = i % u.G;
+  const bindings = [
+    { name: "gate", tensor: o.gate },
+    { name: "K", tensor: o.cache!.kcache },
+    { name: "Vals", tensor: o.cache!.vcache },
+    { name: "pos", tensor: pos },
+    { name: "QO", tensor: o.scratch.hidden, write: true },
+  ];
+  const fields = [["n", "u32", E * G], ["G", "u32", G], ["width", "u32", w]] as const;
+  const T = o.cache!.kcache.size / w;
+  // A workgroup per (expert, head) when the scores of every cache row fit its memory; the gate is read
+  // through workgroup memory so that the early return of an unrouted expert is uniform (barriers follow).
+  const attend: KernelCall = attendGroupFits(ctx, T, D)
+    ? {
+      label: "moa_attend1",
+      code: `${header(bindings, fields)}
+${attendGroupWgsl(D, T, "QO", "QO")}
+var<workgroup> a_gate: f32;
+${
+        attendGroupEntry(`  if (wi >= u.n) { return; }
+  let e = wi / u.G; let j = wi % u.G;
+  if (t == 0u) { a_gate = gate[e]; }
+  let g = workgroupUniformLoad(&a_gate);
+  if (g <= 0.0) { return; }
+  let col = e * u.width + j * ${D}u;
+  attendGroup(col, 0u, pos[0] + 1u, j * ${D}u, col, g, t);`)
+      }`,
+      bindings: bindings.map((b) => b.tensor),
+      uniform: packUniform(fields),
+      workgroups: grid(ctx, E * G),
+    }
+    : simpleKernel(ctx, {
+      label: "moa_attend1",
+      bindings,
+      fields,
+      invocations: E * G,
+      workgroup: 32,
+      prelude: attendWgsl(D, "QO", "QO"),
+      body: `  let e = i / u.G; let j = i % u.G;
   let g = gate[e];
   if (g <= 0.0) { return; }
   let col = e * u.width + j * ${D}u;
   attend(col, 0u, pos[0] + 1u, j * ${D}u, col, g);`,
-  });
+    });
   return [query, attend, _downOne(ctx, "moa_out1", o.gate, o.scratch.hidden, o.wo, o.y, E, w)];
 }
