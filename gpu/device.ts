@@ -34,6 +34,19 @@ export interface OpenGpuOptions {
 /** Which family of kernel templates a context builds: see {@linkcode GpuContext.profile}. */
 export type KernelProfile = "cpu-simd" | "gpu";
 
+/** What every context of one device shares: its loss and its allocations' verdicts. */
+interface _DeviceState {
+  lost: GpuLostError | null;
+  // Allocations whose out-of-memory scope has not been popped yet, and the first one the device refused.
+  pendingAllocations: Set<Promise<unknown>>;
+  refused: GpuOutOfMemoryError | null;
+  // Fault injection for reliability tests: DSMOE_FAULT_OOM=<label> makes the allocation of that tensor
+  // report out-of-memory, as a device that has run out would.
+  faultOom: string | undefined;
+}
+
+const _STATE = Symbol("GpuContext.state");
+
 /** An open device plus everything the kernels need from it. */
 export class GpuContext {
   readonly device: GPUDevice;
@@ -48,38 +61,59 @@ export class GpuContext {
    * `gpu`: a real GPU, where 4×4–8×8 tiles, 64–256-thread workgroups and shared memory win.
    */
   readonly profile: KernelProfile;
-  #lost: GpuLostError | null = null;
-  // Allocations whose out-of-memory scope has not been popped yet, and the first one the device refused.
-  readonly #pendingAllocations = new Set<Promise<unknown>>();
-  #refused: GpuOutOfMemoryError | null = null;
-  // Fault injection for reliability tests: DSMOE_FAULT_OOM=<label> makes the allocation of that tensor
-  // report out-of-memory, as a device that has run out would.
-  readonly #faultOom = optionalEnv("DSMOE_FAULT_OOM");
+  // Keyed by a module symbol, not a #private field, so that a view made with Object.create(ctx, …) (tests
+  // override limits that way) reaches the same state through its prototype.
+  readonly [_STATE]: _DeviceState;
 
-  constructor(device: GPUDevice, adapter: AdapterDescription, validation: boolean, profile?: KernelProfile) {
+  constructor(
+    device: GPUDevice,
+    adapter: AdapterDescription,
+    validation: boolean,
+    profile?: KernelProfile,
+    shared?: { pipelines: PipelineCache; state: _DeviceState },
+  ) {
     this.device = device;
     this.adapter = adapter;
     this.limits = device.limits;
     this.features = new Set(device.features);
-    this.pipelines = new PipelineCache(device);
+    this.pipelines = shared?.pipelines ?? new PipelineCache(device);
     this.validation = validation;
     this.profile = profile ??
       (adapter.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|software/i.test(adapter.description)
         ? "cpu-simd"
         : "gpu");
-    device.lost.then((info) => {
-      this.#lost = new GpuLostError(`WebGPU device lost (${info.reason}): ${info.message || "no message"}`);
+    const state = this[_STATE] = shared?.state ?? {
+      lost: null,
+      pendingAllocations: new Set(),
+      refused: null,
+      faultOom: optionalEnv("DSMOE_FAULT_OOM"),
+    };
+    if (!shared) {
+      device.lost.then((info) => {
+        state.lost = new GpuLostError(`WebGPU device lost (${info.reason}): ${info.message || "no message"}`);
+      });
+    }
+  }
+
+  /**
+   * This context building the kernel templates of another profile: the same device, pipeline cache, loss
+   * and allocation checks (tests run the `gpu` templates on llvmpipe this way, on tensors of this device).
+   */
+  withProfile(profile: KernelProfile): GpuContext {
+    return new GpuContext(this.device, this.adapter, this.validation, profile, {
+      pipelines: this.pipelines,
+      state: this[_STATE],
     });
   }
 
   /** The loss error, if the device was lost; callers check it before trusting results. */
   get lostError(): GpuLostError | null {
-    return this.#lost;
+    return this[_STATE].lost;
   }
 
   /** Throws if the device has been lost. */
   assertAlive(): void {
-    if (this.#lost) throw this.#lost;
+    if (this[_STATE].lost) throw this[_STATE].lost;
   }
 
   /**
@@ -96,26 +130,27 @@ export class GpuContext {
       this.device.popErrorScope().catch(() => {});
       throw this.#outOfMemory(what, desc.size, (e as Error).message);
     }
+    const state = this[_STATE];
     const popped = this.device.popErrorScope().then(
-      (err) => err ?? (this.#faultOom === desc.label ? { message: "injected by DSMOE_FAULT_OOM" } : null),
+      (err) => err ?? (state.faultOom === desc.label ? { message: "injected by DSMOE_FAULT_OOM" } : null),
       () => null, // the device was lost: lostError says so
     ).then((err) => {
-      if (err && !this.#refused) this.#refused = this.#outOfMemory(what, desc.size, err.message);
-      this.#pendingAllocations.delete(popped);
+      if (err && !state.refused) state.refused = this.#outOfMemory(what, desc.size, err.message);
+      state.pendingAllocations.delete(popped);
     });
-    this.#pendingAllocations.add(popped);
+    state.pendingAllocations.add(popped);
     return buffer;
   }
 
   /** Waits for the device's verdict on every buffer created so far; throws the first refusal. */
   async checkAllocations(): Promise<void> {
-    await Promise.all(this.#pendingAllocations);
+    await Promise.all(this[_STATE].pendingAllocations);
     this.assertAllocated();
   }
 
   /** Throws {@linkcode GpuOutOfMemoryError} if the device has refused an allocation (without waiting). */
   assertAllocated(): void {
-    if (this.#refused) throw this.#refused;
+    if (this[_STATE].refused) throw this[_STATE].refused;
   }
 
   #outOfMemory(what: string, bytes: number, why: string): GpuOutOfMemoryError {

@@ -151,8 +151,8 @@ struct U { n: u32, a: u32, b: u32, c: u32 }
   out.buffer.destroy();
 
   // So on a software adapter, kernels whose invocations would pass it are refused with the sizes to lower.
-  const cpu = Object.create(ctx, { profile: { value: "cpu-simd" } }) as GpuContext;
-  const gpu = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  const cpu = ctx.withProfile("cpu-simd");
+  const gpu = ctx.withProfile("gpu");
   const big = createTensor(ctx, [70000 * 8], "f32", undefined, "big");
   const small = createTensor(ctx, [64], "f32", undefined, "small");
   const wgrad = { a: big, b: big, c: small, m: 8, k: 70000, n: 8, transA: true };

@@ -21,7 +21,7 @@ import { gradients } from "../graph/autodiff.ts";
 import { evaluateGraph, type HostValue } from "../graph/cpu_executor.ts";
 import { CPU_OPS } from "../graph/cpu_ops.ts";
 import { Graph } from "../graph/ir.ts";
-import { apply1 } from "../graph/ops.ts";
+import { apply, apply1 } from "../graph/ops.ts";
 import { schedule } from "../graph/schedule.ts";
 import { optimizerCalls } from "../train/optimizer_calls.ts";
 import { type BenchCase, IMPLS, JAX_IMPLS, type Runnable } from "./case.ts";
@@ -52,8 +52,9 @@ function _graph(dims: TrainStepDims) {
   const wr = g.leaf("param", "wr", [d, E]), w1 = g.leaf("param", "w1", [d, E * h]);
   const w2 = g.leaf("param", "w2", [E * h, d]);
   const s = apply1(g, "softmax", [apply1(g, "matmul", [x, wr])]);
-  const a = apply1(g, "activation", [apply1(g, "matmul", [x, w1])], { kind: "gelu" });
-  const y = apply1(g, "matmul", [apply1(g, "router_scale", [a, s], { blocks: E }), w2]);
+  // The activation and the router gate in one op, as the model's routed MLP has them.
+  const [, a] = apply(g, "gated_activation", [apply1(g, "matmul", [x, w1]), s], { kind: "gelu", blocks: E });
+  const y = apply1(g, "matmul", [a!, w2]);
   const loss = apply1(g, "cross_entropy", [y, targets]);
   const params = [wr, w1, w2];
   return { g, x, targets, params, loss, grads: gradients(g, loss, params) };

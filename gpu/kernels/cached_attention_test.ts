@@ -199,7 +199,7 @@ Deno.test("moaAttentionSparse decoding reads no weights of unrouted experts (the
     woNaN.fill(NaN, e * w * d, (e + 1) * w * d);
   }
   // The output projection (moa_out1) on both kernel profiles.
-  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  const gpuCtx = ctx.withProfile("gpu");
   for (const build of [ctx, gpuCtx]) {
     const kc = own.f32([T, w], kc0), vc = own.f32([T, w], vc0), y = own.f32([1, d]);
     const scratch = moeScratch(build, { N: 1, d, E, h: w });

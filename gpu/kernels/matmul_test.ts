@@ -81,7 +81,7 @@ Deno.test("matmul() is exact for every forced register tile, including edge tile
 Deno.test("matmul() with the gpu-profile template (shared-memory tiles) matches the reference on this adapter", async () => {
   const ctx = await testGpu();
   // The kernels only read the profile and limits from the context they are built with.
-  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  const gpuCtx = ctx.withProfile("gpu");
   for (const [transA, transB] of LAYOUTS) {
     await check(ctx, { m: 33, k: 70, n: 45, transA, transB }, gpuCtx);
     // Edge blocks on both axes of the large tile, and a K that ends inside a staged step.
@@ -100,7 +100,7 @@ Deno.test("matmul() with the gpu-profile template (shared-memory tiles) matches 
 
 /** Runs matmulCalls (split K into scratch, then the sum) on the gpu profile against the reference. */
 async function checkSplit(ctx: GpuContext, c: Case & { splits: number }): Promise<void> {
-  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  const gpuCtx = ctx.withProfile("gpu");
   const batch = c.batch ?? 1, seed = c.m + c.k * 3 + c.n * 5;
   const a64 = f32(randomArray(batch * c.m * c.k, seed)), b64 = f32(randomArray(batch * c.k * c.n, seed + 1));
   const c0 = f32(randomArray(batch * c.m * c.n, seed + 2));
@@ -125,7 +125,7 @@ Deno.test("matmul() split over K (gpu profile) sums its slices into the same pro
   await checkSplit(ctx, { m: 9, k: 40, n: 13, splits: 8, alpha: -2, accumulate: true });
   await checkSplit(ctx, { m: 17, k: 200, n: 33, batch: 2, transA: true, splits: 4 });
   // The plan splits a weight gradient's long K on a real GPU, and never on cpu-simd.
-  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  const gpuCtx = ctx.withProfile("gpu");
   assertEquals(matmulPlan(gpuCtx, 64, 1024, 64), { tile: GPU_TILE_LARGE, splits: 8 });
   assertEquals(matmulPlan(gpuCtx, 256, 2048, 1024), { tile: GPU_TILE_LARGE, splits: 4 });
   assertEquals(matmulPlan(gpuCtx, 64, 1024, 8), { tile: GPU_TILE_SMALL, splits: 8 });

@@ -93,7 +93,7 @@ Deno.test("moeMlpSparse for one token (decoding) matches the float64 reference o
   const ctx = await testGpu();
   // h and d multiples of 16, 8, 4 or neither pick 4, 2, 1 vec4 columns per invocation or scalar loads.
   // The gpu profile sums columns over 16 lanes in workgroup memory instead.
-  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  const gpuCtx = ctx.withProfile("gpu");
   for (const [d, h] of [[13, 5], [24, 8], [32, 32], [20, 12], [40, 37]] as const) {
     for (const build of [ctx, gpuCtx]) {
       await check(ctx, { N: 1, d, E: 4, h, routing: "even" }, build);
@@ -116,7 +116,7 @@ Deno.test("moeMlpSparse is exact for forced tiles, the gpu-profile tiles, and is
   const c: Case = { N: 200, d: 40, E: 8, h: 12, routing: "mixed" };
   await check(ctx, { ...c, tile: { tm: 1, tnUp: 4, tnDown: 4, wxUp: 1, wxDown: 1 } });
   await check(ctx, { ...c, tile: { tm: 16, tnUp: 8, tnDown: 16, wxUp: 2, wxDown: 4 } });
-  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  const gpuCtx = ctx.withProfile("gpu");
   await check(ctx, c, gpuCtx);
   const a = await check(ctx, c), b = await check(ctx, c);
   assertEquals(Array.from(a), Array.from(b));
@@ -156,7 +156,7 @@ Deno.test("moeMlpSparse for one token reads no weights of unrouted experts (they
   const make = (shape: number[], v: Float64Array) => createTensor(ctx, shape, "f32", Float32Array.from(v));
   const x = make([1, d], x64), gate = make([1, E], g64), w1 = make([d, E * h], w1NaN);
   const w2 = make([E * h, d], w2NaN), y = make([1, d], new Float64Array(d));
-  const gpuCtx = Object.create(ctx, { profile: { value: "gpu" } }) as GpuContext;
+  const gpuCtx = ctx.withProfile("gpu");
   for (const build of [ctx, gpuCtx]) {
     const scratch = moeScratch(build, s);
     const calls = moeMlpSparse(build, { x, gate, w1, w2, y, E, h, activation: "gelu", scratch });
