@@ -46,7 +46,7 @@ const _OPT = ExperimentSchema.parse({}).train.optimizer;
 const _LR = 1e-3, _CLIP = 1;
 
 /** The block's graph: inputs x and targets, parameters Wr, W1, W2, the loss and its gradients. */
-function _graph(dims: TrainStepDims) {
+export function trainBlockGraph(dims: TrainStepDims) {
   const { N, d, E, h } = dims, g = new Graph();
   const x = g.leaf("input", "x", [N, d]), targets = g.leaf("input", "targets", [N], "u32");
   const wr = g.leaf("param", "wr", [d, E]), w1 = g.leaf("param", "w1", [d, E * h]);
@@ -79,7 +79,7 @@ export function trainStepCases(ctx: GpuContext, tfjs: Tfjs, dims: TrainStepDims)
       return {
         tolerance: { atol: 2e-6, rtol: 2e-3 },
         reference() {
-          const m = _graph(dims);
+          const m = trainBlockGraph(dims);
           const feeds = new Map<number, HostValue>([[m.x.id, Float64Array.from(x)], [m.targets.id, targets]]);
           m.params.forEach((p, i) => feeds.set(p.id, Float64Array.from(init[i]!)));
           const out = evaluateGraph(schedule(m.g, m.grads).nodes, feeds, m.grads, CPU_OPS);
@@ -114,7 +114,7 @@ function _ours(
   targets: Uint32Array,
   init: Float32Array[],
 ): Runnable {
-  const m = _graph(dims);
+  const m = trainBlockGraph(dims);
   const leaves = [...m.g.leaves.values()].map((l) => l.value);
   const exec = new GraphExecutor(ctx, schedule(m.g, [m.loss, ...m.grads]), leaves);
   writeTensor(ctx, exec.tensor(m.x), x);

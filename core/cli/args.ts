@@ -12,6 +12,7 @@ export const COMMON_OPTIONS = {
   help: { type: "boolean", short: "h" },
   json: { type: "boolean" },
   "runs-dir": { type: "string" },
+  store: { type: "string" },
 } as const satisfies ParseArgsConfig["options"];
 
 /**

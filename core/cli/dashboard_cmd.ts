@@ -1,6 +1,6 @@
 /**
- * `deno task dashboard [--port 8000] [--host 127.0.0.1] [--runs-dir runs/] [--token T]`: serves the
- * dashboard over the run store of the runs directory until SIGINT or SIGTERM.
+ * `deno task dashboard [--port 8000] [--host 127.0.0.1] [--runs-dir runs/] [--store URL] [--token T]`: serves
+ * the dashboard over the run store (that of the runs directory, or `--store`) until SIGINT or SIGTERM.
  *
  * @module
  */
@@ -8,6 +8,7 @@ import { closeRunStores, openRunStore } from "../runs/open_store.ts";
 import { serveDashboard } from "../dashboard/server.ts";
 import { parseCommandArgs } from "./args.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
+import { storeUsage, useStore } from "./store_flag.ts";
 import type { CliIo } from "./main.ts";
 
 /** Usage of `dashboard`. */
@@ -23,7 +24,7 @@ Options:
   --token TOKEN       bearer token for writes (POST /api/…); default: $DSMOE_TOKEN, else a random token
                       printed once to stderr
   --json              print {"url","port"} as one JSON line once listening
-  --runs-dir DIR      where runs are stored (default runs/; the store is DIR/runs.db)`;
+${storeUsage(22)}`;
 
 /** Options of {@linkcode dashboardCommand} for tests. */
 export interface DashboardCommandOptions {
@@ -49,7 +50,7 @@ export async function dashboardCommand(
   if (positionals.length > 0) throw new UsageError(`dashboard takes no arguments, got "${positionals[0]}"`);
   const port = _port(values.port);
   const hostname = values.host ?? "127.0.0.1";
-  const runsDir = values["runs-dir"] ?? "runs";
+  const runsDir = useStore(values);
   let token = values.token ?? Deno.env.get("DSMOE_TOKEN");
   if (token !== undefined && token.length < 8) throw new UsageError("--token must be at least 8 characters");
   if (token === undefined) {
@@ -89,7 +90,7 @@ export async function dashboardCommand(
     await server.finished;
   } finally {
     for (const s of signals) Deno.removeSignalListener(s, onSignal);
-    closeRunStores();
+    await closeRunStores();
   }
   return EXIT_OK;
 }

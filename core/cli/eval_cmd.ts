@@ -16,6 +16,7 @@ import { fmtCount, table } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
 import { loadTarget, targetArg } from "./run_checkpoint.ts";
+import { storeUsage, useStore } from "./store_flag.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
 import type { CliIo } from "./main.ts";
 
@@ -37,7 +38,7 @@ Rules (for MLP and attention routers alike; prefix mlp= or attention= to set one
 Options:
   --batches N       validation batches (of train.batch sequences) per rule (default 32)
   --json            last stdout line: {"dense_ppl","rules":[{"rule","params","ppl","active_params",…}]}
-  --runs-dir DIR    where runs are stored (default runs/)`;
+${storeUsage(20)}`;
 
 /** Runs `f`, turning its RangeError (bad rule text) into a usage error prefixed with `prefix`. */
 function _usage<T>(f: () => T, prefix: string): T {
@@ -66,7 +67,7 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   const arg = targetArg("eval", positionals);
   const batches = positiveInt("batches", values.batches) ?? 32;
   const asked = parseRules(parsed.tokens ?? []);
-  const target = await loadTarget(arg, values["runs-dir"] ?? "runs", "evaluate", (l) => io.err(l));
+  const target = await loadTarget(arg, useStore(values), "evaluate", (l) => io.err(l));
   const c = target.config, shape = layerShape(c);
   const routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
   const own: InferRules = configRules(c);

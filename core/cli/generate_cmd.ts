@@ -19,6 +19,7 @@ import { parseRules } from "./eval_cmd.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
 import type { CliIo } from "./main.ts";
 import { loadTarget, targetArg } from "./run_checkpoint.ts";
+import { storeUsage, useStore } from "./store_flag.ts";
 
 /** Usage of `generate`. */
 export const GENERATE_USAGE =
@@ -39,7 +40,7 @@ Options:
                        threshold:0.5 | topk:2 | threshold_topk:0.5 | top_p:0.9 | dense |
                        mlp=RULE,attention=RULE  (or --rule threshold --epsilon 0.5, --k, --p)
   --json               last stdout line: {"text","new_tokens","tokens_per_s","active_params",…}
-  --runs-dir DIR       where runs are stored (default runs/)
+${storeUsage(23)}
 
 The context is the model's seq_len; when it fills, its newest half is kept and re-encoded.`;
 
@@ -78,7 +79,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
   const asked = parseRules(parsed.tokens ?? []);
   if (asked.length > 1) throw new UsageError("generate takes one --rule (eval compares several)");
 
-  const target = await loadTarget(arg, values["runs-dir"] ?? "runs", "generate from", (l) => io.err(l));
+  const target = await loadTarget(arg, useStore(values), "generate from", (l) => io.err(l));
   const c = target.config, shape = layerShape(c);
   const rules: InferRules = asked[0] ?? configRules(c);
   const routed = shape.routedMlp || shape.routedAtt;

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { ConfigError, loadExperiment } from "../config/mod.ts";
+import { ConfigError, type LoadedExperiment, loadExperiment } from "../config/mod.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
 import { formatDryRun, summarizePoint } from "./dry_run.ts";
 import { dashboardCommand } from "./dashboard_cmd.ts";
@@ -13,6 +13,7 @@ import { EXIT_OK, EXIT_RUN_FAILURE, EXIT_USAGE, UsageError } from "./errors.ts";
 import { evalCommand } from "./eval_cmd.ts";
 import { generateCommand } from "./generate_cmd.ts";
 import { reproCommand } from "./repro_cmd.ts";
+import { useStore } from "./store_flag.ts";
 import { RUN_USAGE, USAGE } from "./usage.ts";
 import { resumeRun, trainRuns } from "./train_cmd.ts";
 
@@ -110,9 +111,13 @@ async function _run(args: string[], io: CliIo): Promise<number> {
   if (values.resume !== undefined && positionals.length > 0) {
     throw new UsageError("run --resume takes a run id, not a config file");
   }
-  if (values.resume !== undefined) return await resumeRun(values.resume, io, values);
+  if (values.resume !== undefined) {
+    useStore(values);
+    return await resumeRun(values.resume, io, values);
+  }
   const file = positionals[0] ?? DEFAULT_CONFIG;
   const loaded = await loadExperiment(file, { sets: values.set ?? [] });
+  useStore(values, { value: _configStore(loaded), file });
   const points = loaded.points.map((p) => summarizePoint(p.name, p.params, p.config));
   if (!values["dry-run"]) {
     const over = points.find((p) => !p.fits_budget);
@@ -134,4 +139,13 @@ async function _run(args: string[], io: CliIo): Promise<number> {
     return EXIT_USAGE;
   }
   return EXIT_OK;
+}
+
+/** The config's `store:`: one for the whole sweep, which a run's resume and the dashboard must find again. */
+function _configStore(loaded: LoadedExperiment): string | undefined {
+  const stores = new Set(loaded.points.map((p) => p.config.store));
+  if (stores.size > 1) {
+    throw new UsageError(`store: ${loaded.file} gives its sweep points different stores; a sweep has one`);
+  }
+  return loaded.config.store;
 }

@@ -11,6 +11,7 @@ import { createBackend } from "../train/backends.ts";
 import { parseCommandArgs } from "./args.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
 import type { CliIo } from "./main.ts";
+import { storeUsage, useStore } from "./store_flag.ts";
 import { abortOnSignal, liveDashboard } from "./train_cmd.ts";
 
 /** The manifest `repro` reads unless told otherwise. */
@@ -32,7 +33,7 @@ Options:
   --dashboard-port N   serve the live dashboard while training (default 8000; 0 = any free port)
   --no-dashboard       do not serve the dashboard
   --json               last stdout line: {"id","scale","report","claims":[…],"models":[…]}
-  --runs-dir DIR       where runs are stored (default runs/)`;
+${storeUsage(23)}`;
 
 /** Runs `repro`. */
 export async function reproCommand(args: string[], io: CliIo): Promise<number> {
@@ -54,7 +55,7 @@ export async function reproCommand(args: string[], io: CliIo): Promise<number> {
   if (!spec.scales[scale]) {
     throw new UsageError(`--scale ${scale}: ${spec.file} defines ${Object.keys(spec.scales).join(", ")}`);
   }
-  const runsDir = values["runs-dir"] ?? "runs";
+  const runsDir = useStore(values);
   const ac = abortOnSignal(io);
   const live = await liveDashboard(runsDir, values, io);
   let outcome;

@@ -107,8 +107,9 @@ export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunF
   for (const o of outcomes) {
     if (o.profile) io.out(`\nProfile of ${o.point.name}:\n${formatProfile(o.profile)}`);
   }
+  const store = (await openRunStore(runsDir)).url;
   io.out(
-    `Runs are in ${runsDir}/ (runs.db: records and metrics; <run-id>/: config.yaml, ckpt/). ` +
+    `Runs are in ${store} (records and metrics) and ${runsDir}/<run-id>/ (config.yaml, ckpt/). ` +
       `Resume one with: deno task run --resume <run-id>`,
   );
   if (flags.json) io.out(JSON.stringify(_json(outcomes)));

@@ -4,6 +4,8 @@
  * @module
  */
 
+import { storeUsage } from "./store_flag.ts";
+
 /** Top-level usage. */
 export const USAGE = `dsmoe — Mixture-of-Experts experiments, trained densely, run sparsely, on WebGPU
 
@@ -19,7 +21,8 @@ Commands:
   repro [--scale micro|small]                                    reproduce the paper's claims; write a report
   test                                                           fmt, lint, type check and the test suite
 
-Common options: --json (last stdout line is one JSON object), --runs-dir DIR (default runs/), -h/--help.
+Common options: --json (last stdout line is one JSON object), --runs-dir DIR (default runs/),
+  --store URL (run store: postgres://… or a SQLite file; default $DSMOE_STORE, else DIR/runs.db), -h/--help.
 Exit codes: 0 ok, 1 run failure, 2 usage or config error.`;
 
 /** Usage of \`run\`. */
@@ -38,7 +41,7 @@ Options:
   --profile              time every kernel of every step on the GPU (timestamp queries) and print each
                          kernel's share of the step; also logs system/gpu_ms_per_step
   --json                 last stdout line is one JSON object
-  --runs-dir DIR         where runs are stored (default runs/)`;
+${storeUsage(25, true)}`;
 
 /** Usage of \`bench\`. */
 export const BENCH_USAGE = `Usage: deno task bench [options]

@@ -90,7 +90,8 @@ export function parseExperimentText(text: string, file: string, options: LoadOpt
   const tree = applySets(merged, options.sets ?? []);
   const config = deepFreeze(validateExperiment(tree));
   const points = expandSweep(config, tree);
-  return { file, config, points, sweepId: config.sweep ? sweepId(config) : null };
+  // Where runs are stored is not part of what they are: the same sweep has one id in any store.
+  return { file, config, points, sweepId: config.sweep ? sweepId({ ...config, store: undefined }) : null };
 }
 
 function _resolveExtends(tree: Sourced, file: string, chain: _Link[]): Sourced {

@@ -178,6 +178,16 @@ export const SweepSchema = z.strictObject({
   repeat: posInt("Seeds per point (seed, seed+1, …)", 1),
 });
 
+/**
+ * Where runs are stored (a `postgres://` URL or a SQLite file path). The config is saved with every run and
+ * in its checkpoints, so a password may not be written here.
+ */
+export const StoreSchema = z.string().min(1).refine(
+  (s) => !/^[a-z][a-z0-9+.-]*:\/\/[^/?#@]*:[^/?#@]*@/i.test(s),
+  "a store URL in a config must not hold a password (the config is saved with every run): " +
+    "set PGPASSWORD, or pass the URL with --store or $DSMOE_STORE",
+);
+
 /** A whole experiment file. `extends` is resolved by the loader before validation. */
 export const ExperimentSchema = z.strictObject({
   name: z.string().min(1).regex(/^[A-Za-z0-9._=-]+$/, "use letters, digits, '.', '_', '-' and '='")
@@ -190,6 +200,9 @@ export const ExperimentSchema = z.strictObject({
   loss: LossSchema.prefault({}).describe("Losses"),
   train: TrainSchema.prefault({}).describe("Training"),
   hardware: HardwareSchema.prefault({}).describe("Hardware"),
+  store: StoreSchema.optional().describe(
+    "Run store: postgres://user@host:port/db (password in $PGPASSWORD); default $DSMOE_STORE, else runs.db",
+  ),
   sweep: SweepSchema.optional().describe("Optional: expand this file into a family of runs"),
 }).superRefine(_crossChecks);
 
@@ -273,5 +286,6 @@ const _shape = {
   loss: LossSchema,
   train: TrainSchema,
   hardware: HardwareSchema,
+  store: StoreSchema.optional(),
   sweep: SweepSchema.optional(),
 };

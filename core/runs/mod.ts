@@ -1,5 +1,6 @@
 /**
- * Runs: the run store (SQLite), run directories with safetensors checkpoints and a manifest, crash-safe writes.
+ * Runs: the run store (SQLite, or Postgres for many machines), run directories with safetensors checkpoints
+ * and a manifest, crash-safe writes.
  *
  * @module
  */
@@ -9,5 +10,7 @@ export * from "./checkpoints.ts";
 export * from "./run_dir.ts";
 export * from "./store.ts";
 export * from "./sqlite_store.ts";
+export * from "./postgres_store.ts";
+export * from "./postgres_url.ts";
 export * from "./open_store.ts";
 export * from "./stored_run.ts";

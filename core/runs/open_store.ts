@@ -3,14 +3,85 @@
  * imports run folders written before the store existed (`run.json` + `metrics.jsonl`), and marks runs whose
  * writer died (SIGKILL, power loss) as interrupted.
  *
+ * Which store: `<runs-dir>/runs.db` (SQLite) unless {@linkcode selectRunStore} chose another for the runs
+ * directory, such as a Postgres database (`--store postgres://…`). Checkpoint files stay under the runs
+ * directory either way.
+ *
  * @module
  */
+import { resolve } from "node:path";
 import { syncCheckpoints } from "./checkpoints.ts";
+import { openPostgresStore } from "./postgres_store.ts";
+import { isPostgresUrl, parsePostgresUrl } from "./postgres_url.ts";
 import type { MetricPoint, RunMeta } from "./run_dir.ts";
 import { openSqliteStore, storePath } from "./sqlite_store.ts";
 import type { RunStore } from "./store.ts";
 
-const _open = new Map<string, RunStore>();
+/** Where a run store is: a SQLite file (null: `<runs-dir>/runs.db`) or a Postgres URL. */
+export type StoreLocation =
+  | { kind: "sqlite"; path: string | null }
+  | { kind: "postgres"; url: string };
+
+/**
+ * Reads a store location: `postgres://…` or `postgresql://…` is a Postgres database, `sqlite:PATH` or a
+ * plain path a SQLite file, "" the default. Throws a TypeError (that never repeats a password) for other
+ * URL schemes and malformed Postgres URLs.
+ *
+ * @example
+ * ```ts
+ * import { parseStoreLocation } from "./open_store.ts";
+ * console.log(parseStoreLocation("postgres://me@db.lab/runs").kind); // "postgres"
+ * console.log(parseStoreLocation("").kind); // "sqlite"
+ * ```
+ */
+export function parseStoreLocation(text: string): StoreLocation {
+  if (text === "") return { kind: "sqlite", path: null };
+  if (isPostgresUrl(text)) {
+    parsePostgresUrl(text);
+    return { kind: "postgres", url: text };
+  }
+  if (text.startsWith("sqlite:")) {
+    const path = text.slice("sqlite:".length);
+    if (path === "") {
+      throw new TypeError('Invalid run store "sqlite:": name the file, as sqlite:runs/runs.db');
+    }
+    return { kind: "sqlite", path };
+  }
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(text);
+  if (scheme) {
+    throw new TypeError(
+      `Unsupported run store "${
+        scheme[1]
+      }://…": expected postgres://… (or postgresql://…), or a SQLite file path`,
+    );
+  }
+  return { kind: "sqlite", path: text };
+}
+
+const _selected = new Map<string, StoreLocation>(); // absolute runs dir → its store, where not the default
+const _open = new Map<string, Promise<RunStore>>();
+const _ready = new Map<string, RunStore>(); // the opened ones, to close without waiting
+
+/**
+ * Chooses the store that {@linkcode openRunStore} opens for `runsDir` in this process (a location text as
+ * {@linkcode parseStoreLocation} reads it); undefined or "" goes back to `<runs-dir>/runs.db`.
+ *
+ * @example
+ * ```ts
+ * import { closeRunStores, openRunStore, selectRunStore } from "./open_store.ts";
+ * const dir = await Deno.makeTempDir();
+ * selectRunStore(dir, `sqlite:${dir}/other.db`);
+ * console.log((await openRunStore(dir)).url.endsWith("/other.db")); // true
+ * await closeRunStores();
+ * selectRunStore(dir, undefined);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export function selectRunStore(runsDir: string, location: string | undefined): void {
+  const loc = parseStoreLocation(location ?? "");
+  if (loc.kind === "sqlite" && loc.path === null) _selected.delete(resolve(runsDir));
+  else _selected.set(resolve(runsDir), loc);
+}
 
 /**
  * The store of `runsDir` (created if missing), shared by every caller in this process.
@@ -26,21 +97,56 @@ const _open = new Map<string, RunStore>();
  */
 export async function openRunStore(runsDir: string): Promise<RunStore> {
   await Deno.mkdir(runsDir, { recursive: true });
-  const key = await Deno.realPath(runsDir);
-  let store = _open.get(key);
-  if (!store) {
-    store = openSqliteStore(storePath(runsDir));
-    _open.set(key, store);
+  const loc = _selected.get(resolve(runsDir)) ?? { kind: "sqlite", path: null };
+  const key = `${await Deno.realPath(runsDir)}\n${loc.kind === "sqlite" ? loc.path ?? "" : loc.url}`;
+  let opening = _open.get(key);
+  if (!opening) {
+    opening = _openFor(runsDir, loc).then((store) => {
+      if (_open.get(key) === opening) _ready.set(key, store);
+      else store.close(); // closed by closeRunStores() while opening
+      return store;
+    });
+    _open.set(key, opening);
+    opening.catch(() => _open.get(key) === opening && _open.delete(key));
+  }
+  return await opening;
+}
+
+/** Opens a store at a location text, on its own (not shared, no run folders imported); the caller closes it. */
+export async function openStoreAt(location: string): Promise<RunStore> {
+  const loc = parseStoreLocation(location);
+  if (loc.kind === "postgres") return await openPostgresStore(loc.url);
+  if (loc.path === null) throw new TypeError("openStoreAt() needs a store location, not the default");
+  return openSqliteStore(loc.path);
+}
+
+async function _openFor(runsDir: string, loc: StoreLocation): Promise<RunStore> {
+  const store = loc.kind === "postgres"
+    ? await openPostgresStore(loc.url)
+    : openSqliteStore(loc.path ?? storePath(runsDir));
+  try {
     await importRunFolders(store, runsDir);
     await store.markInterrupted();
+  } catch (e) {
+    await store.close();
+    throw e;
   }
   return store;
 }
 
-/** Closes every store this process opened (tests; a process exiting closes them anyway). */
-export function closeRunStores(): void {
-  for (const s of _open.values()) s.close();
+/**
+ * Closes every store this process opened (tests; a process exiting closes them anyway). SQLite stores are
+ * closed at once; the promise resolves when network stores have closed their connections too.
+ */
+export function closeRunStores(): Promise<void> {
+  const pending = [..._open.entries()].filter(([k]) => !_ready.has(k)).map(([, p]) => p);
+  const closing: unknown[] = [..._ready.values()].map((s) => s.close());
   _open.clear();
+  _ready.clear();
+  return Promise.all([
+    ...closing,
+    ...pending.map((p) => p.then((s) => s.close(), () => {})),
+  ]).then(() => {});
 }
 
 /**

@@ -1,5 +1,5 @@
 import { runMeta } from "../../tests/helpers/run_meta.ts";
-import { deepStrictEqual as assertEquals, ok as assert, rejects, throws } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { closeRunStores, importRunFolders, openRunStore } from "./open_store.ts";
 import { openSqliteStore, SCHEMA_VERSION, storePath } from "./sqlite_store.ts";
@@ -12,77 +12,8 @@ const pt = (key: string, step: number, value: number) => ({
   value,
 });
 
-Deno.test("the SQLite store keeps runs, metrics, events and checkpoints, and queries them by key, prefix and seq", async () => {
-  const s = openSqliteStore(":memory:");
-  try {
-    await s.createSweep({ id: "sw", name: "lr sweep", config_yaml: "sweep: {}\n", created_at: "2026-01-01" });
-    await s.createRun(runMeta("a", { sweep_id: "sw", sweep_params: { "train.lr": 0.01 } }), "name: a\n");
-    await s.createRun(runMeta("b", { started_at: "2020-01-01T00:00:00Z" }), "name: b\n");
-    await rejects(s.createRun(runMeta("a"), ""), /already exists/);
-    await s.logMetrics("a", [pt("train/loss", 1, 5), pt("train/loss", 2, 4), pt("val/loss", 2, 4.5)]);
-    await s.logMetrics("a", [pt("train/loss", 3, 3.5), pt("router/0/mlp/load/0", 3, 0.25)]);
-    await s.logMetrics("b", [pt("train/loss", 1, 9)]);
-    const all = await s.metrics("a");
-    assertEquals(all.map((m) => m.value), [5, 4, 4.5, 3.5, 0.25]);
-    assert(all.every((m, i) => i === 0 || m.seq > all[i - 1]!.seq), "seq grows in commit order");
-    assertEquals((await s.metrics("a", { keys: ["train/loss"] })).map((m) => m.step), [1, 2, 3]);
-    assertEquals((await s.metrics("a", { prefix: "router/" })).map((m) => m.key), ["router/0/mlp/load/0"]);
-    assertEquals((await s.metrics("a", { afterSeq: all[2]!.seq })).map((m) => m.value), [3.5, 0.25]);
-    assertEquals((await s.metrics("a", { limit: 2 })).length, 2);
-    assertEquals(await s.metricKeys("a"), ["router/0/mlp/load/0", "train/loss", "val/loss"]);
-    assertEquals(await s.metricKeys("zz"), []);
-    assertEquals([...(await s.lastMetrics("a")).keys()], ["router/0/mlp/load/0", "train/loss", "val/loss"]);
-    assertEquals((await s.lastMetrics("a", ["train/loss"])).get("train/loss")!.value, 3.5);
-    assertEquals((await s.bestMetrics("a", ["val/loss", "nope"])).get("val/loss")!.step, 2);
-    assertEquals(await s.lastSeq(), (await s.metrics("b"))[0]!.seq);
-    // A batch with one non-finite value is refused whole.
-    await rejects(s.logMetrics("a", [pt("train/loss", 4, 1), pt("train/loss", 5, NaN)]), /non-finite value/);
-    assertEquals((await s.metrics("a", { keys: ["train/loss"] })).length, 3);
-
-    await s.updateRun("a", { status: "finished", step: 3, ended_at: "2026-01-02" });
-    const a = (await s.getRun("a"))!;
-    assertEquals([a.status, a.step, a.config_yaml, a.sweep_params], ["finished", 3, "name: a\n", {
-      "train.lr": 0.01,
-    }]);
-    assertEquals(a.pid, Deno.pid);
-    assertEquals((await s.listRuns()).map((r) => r.id), ["a", "b"]);
-    assertEquals((await s.listRuns({ sweepId: "sw" })).map((r) => r.id), ["a"]);
-    assertEquals((await s.getSweep("sw"))!.name, "lr sweep");
-    await rejects(s.updateRun("zz", { step: 1 }), /No run "zz"/);
-
-    await s.logEvent("a", { kind: "skipped_step", message: "nan", step: 2, data: { n: 1 } });
-    await s.logEvent("a", { kind: "finish", message: "done" });
-    const ev = await s.events("a");
-    assertEquals(ev.map((e) => [e.kind, e.step, e.data]), [["skipped_step", 2, { n: 1 }], [
-      "finish",
-      null,
-      null,
-    ]]);
-    assertEquals((await s.events("a", ev[0]!.seq)).length, 1);
-
-    const ck = { run_id: "a", path: "a/ckpt/step-2.safetensors", bytes: 10, sha256: "x", time: "t" };
-    await s.recordCheckpoint({ ...ck, step: 2 });
-    await s.recordCheckpoint({ ...ck, step: 3, path: "a/ckpt/step-3.safetensors" });
-    await s.recordCheckpoint({ ...ck, step: 3, path: "a/ckpt/step-3.safetensors", bytes: 11 });
-    await s.removeCheckpoint("a", 2);
-    assertEquals((await s.checkpoints("a")).map((c) => [c.step, c.bytes]), [[3, 11]]);
-    const report = {
-      id: "r1",
-      kind: "repro",
-      sweep_id: "sw",
-      created_at: "t",
-      markdown: "# R",
-      data: { x: [1] },
-    };
-    await s.saveReport(report);
-    assertEquals(await s.getReport("r1"), report);
-    assertEquals((await s.listReports("sw")).map((r) => r.id), ["r1"]);
-    assertEquals(await s.listReports("other"), []);
-    assertEquals(await s.integrityCheck(), "ok");
-  } finally {
-    s.close();
-  }
-});
+// The behaviour every store shares is in store_suite.ts (run on SQLite by store_suite_sqlite_test.ts); these
+// tests are about the SQLite file: migrations, WAL, and the store of a runs directory.
 
 Deno.test("a store of schema version 1 is migrated forward on open, keeping its runs", async () => {
   const dir = await Deno.makeTempDir();
