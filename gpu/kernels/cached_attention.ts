@@ -15,7 +15,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
-import { header, packUniform, simpleKernel } from "./common.ts";
+import { header, packUniform, simpleKernel, workgroupReduceWgsl } from "./common.ts";
 
 /**
  * WGSL `fn attend(qo, first, len, kc, oo, g)`: head of width D at `${q}[qo…]` attends over key rows
@@ -86,17 +86,8 @@ export function attendGroupWgsl(D: number, T: number, q: string, out: string): s
   return `var<workgroup> a_q: array<f32, ${D}>;
 var<workgroup> a_s: array<f32, ${T}>;
 var<workgroup> a_red: array<f32, ${W}>;
-fn a_reduce(v: f32, t: u32, takeMax: bool) -> f32 {
-  a_red[t] = v;
-  workgroupBarrier();
-  for (var s = ${W / 2}u; s > 0u; s = s >> 1u) {
-    if (t < s) { a_red[t] = select(a_red[t] + a_red[t + s], max(a_red[t], a_red[t + s]), takeMax); }
-    workgroupBarrier();
-  }
-  let r = a_red[0];
-  workgroupBarrier();
-  return r;
-}
+${workgroupReduceWgsl("a_max", W, "a_red", "max")}
+${workgroupReduceWgsl("a_sum", W, "a_red", "sum")}
 fn attendGroup(qo: u32, first: u32, len: u32, kc: u32, oo: u32, g: f32, t: u32) {
   for (var c = t; c < ${D}u; c = c + ${W}u) { a_q[c] = ${q}[qo + c] * ${1 / Math.sqrt(D)}; }
   workgroupBarrier();
@@ -108,10 +99,10 @@ fn attendGroup(qo: u32, first: u32, len: u32, kc: u32, oo: u32, g: f32, t: u32) 
     a_s[s] = sc;
     m = max(m, sc);
   }
-  let mx = a_reduce(m, t, true);
+  let mx = a_max(m, t);
   var l = 0.0;
   for (var s = t; s < len; s = s + ${W}u) { let p = exp(a_s[s] - mx); a_s[s] = p; l = l + p; }
-  let w = g / a_reduce(l, t, false);
+  let w = g / a_sum(l, t);
 ${output}
 }`;
 }

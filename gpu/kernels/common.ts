@@ -145,6 +145,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   };
 }
 
+/**
+ * WGSL `fn ${name}(v: f32, t: u32) -> f32`: the sum (or, with `max`, the maximum) of every thread's v over a
+ * workgroup of `threads` threads (a power of two), through the workgroup array `scratch` (`array<f32,
+ * threads>`, declared by the caller; one may serve several reductions), in a fixed tree order, so the result
+ * does not depend on scheduling. Every thread gets the result; call it in uniform control flow.
+ */
+export function workgroupReduceWgsl(
+  name: string,
+  threads: number,
+  scratch: string,
+  op: "sum" | "max",
+): string {
+  const combine = op === "sum"
+    ? `${scratch}[t] + ${scratch}[t + s]`
+    : `max(${scratch}[t], ${scratch}[t + s])`;
+  return `fn ${name}(v: f32, t: u32) -> f32 {
+  ${scratch}[t] = v;
+  workgroupBarrier();
+  for (var s = ${threads / 2}u; s > 0u; s = s >> 1u) {
+    if (t < s) { ${scratch}[t] = ${combine}; }
+    workgroupBarrier();
+  }
+  let r = ${scratch}[0];
+  workgroupBarrier();
+  return r;
+}`;
+}
+
 /** Threads of the one workgroup in {@linkcode totalSum}. */
 const _SUM_THREADS = 256;
 
@@ -169,18 +197,13 @@ export function totalSum(
   const code = `${header(o.bindings, o.fields)}
 ${o.prelude ?? ""}
 var<workgroup> red: array<f32, ${S}>;
+${workgroupReduceWgsl("workgroupSum", S, "red", "sum")}
 @compute @workgroup_size(${S})
 fn main(@builtin(local_invocation_index) t: u32) {
   var a = 0.0;
   for (var k = t; k < ${o.count}; k = k + ${S}u) { a = a + (${o.term}); }
-  red[t] = a;
-  workgroupBarrier();
-  for (var s = ${S / 2}u; s > 0u; s = s >> 1u) {
-    if (t < s) { red[t] = red[t] + red[t + s]; }
-    workgroupBarrier();
-  }
+  let total = workgroupSum(a, t);
   if (t == 0u) {
-    let total = red[0];
     ${o.finish}
   }
 }`;

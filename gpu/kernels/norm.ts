@@ -9,8 +9,7 @@
  */
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
-import type { KernelCall } from "../dispatch.ts";
-import { grid } from "../dispatch.ts";
+import { grid, type KernelCall } from "../dispatch.ts";
 import {
   type Binding,
   columnSums,
@@ -19,6 +18,7 @@ import {
   packUniform,
   simpleKernel,
   type UniformFields,
+  workgroupReduceWgsl,
 } from "./common.ts";
 
 /** Threads of a row's workgroup in the `gpu` profile's norm kernels. */
@@ -36,17 +36,7 @@ function rowKernel(
   const W = _ROW_THREADS;
   const code = `${header(o.bindings, o.fields)}
 var<workgroup> red: array<f32, ${W}>;
-fn rowSum(v: f32, t: u32) -> f32 {
-  red[t] = v;
-  workgroupBarrier();
-  for (var s = ${W / 2}u; s > 0u; s = s >> 1u) {
-    if (t < s) { red[t] = red[t] + red[t + s]; }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
+${workgroupReduceWgsl("rowSum", W, "red", "sum")}
 @compute @workgroup_size(${W})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) t: u32) {
