@@ -10,12 +10,14 @@ import { parseCommandArgs, positiveInt } from "./args.ts";
 import { formatDryRun, summarizePoint } from "./dry_run.ts";
 import { dashboardCommand } from "./dashboard_cmd.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, EXIT_USAGE, UsageError } from "./errors.ts";
+import { enqueueSweep } from "./enqueue_cmd.ts";
 import { evalCommand } from "./eval_cmd.ts";
 import { generateCommand } from "./generate_cmd.ts";
 import { reproCommand } from "./repro_cmd.ts";
 import { useStore } from "./store_flag.ts";
 import { RUN_USAGE, USAGE } from "./usage.ts";
 import { resumeRun, trainRuns } from "./train_cmd.ts";
+import { workerCommand } from "./worker_cmd.ts";
 
 /** Default config of `deno task run` with no argument. */
 export const DEFAULT_CONFIG = "configs/quickstart.yaml";
@@ -67,6 +69,8 @@ export async function main(argv: readonly string[], io: CliIo = _stdio): Promise
         return await dashboardCommand(rest, io);
       case "repro":
         return await reproCommand(rest, io);
+      case "worker":
+        return await workerCommand(rest, io);
       case "bench":
         return await (await import("./bench_cmd.ts")).benchCommand(rest, io); // loads tfjs only here
       default:
@@ -101,10 +105,17 @@ async function _run(args: string[], io: CliIo): Promise<number> {
     "dashboard-port": { type: "string" },
     "no-dashboard": { type: "boolean" },
     profile: { type: "boolean" },
+    enqueue: { type: "boolean" },
   });
   if (values.help) {
     io.out(RUN_USAGE);
     return EXIT_OK;
+  }
+  if (values.enqueue) {
+    const other = (["dry-run", "resume", "stop-after", "profile"] as const).find((f) =>
+      values[f] !== undefined
+    );
+    if (other) throw new UsageError(`--enqueue trains nothing here, so --${other} does not go with it`);
   }
   if (positionals.length > 1) throw new UsageError(`run takes one config file, got ${positionals.length}`);
   positiveInt("stop-after", values["stop-after"]);
@@ -124,6 +135,7 @@ async function _run(args: string[], io: CliIo): Promise<number> {
     if (over) {
       throw new UsageError(`Plan refused: ${over.name} needs more memory than hardware.memory_budget allows`);
     }
+    if (values.enqueue) return await enqueueSweep(loaded, values["runs-dir"] ?? "runs", io, values.json);
     return await trainRuns(loaded, io, values);
   }
   io.out(formatDryRun(loaded, points));

@@ -6,11 +6,10 @@
  * @module
  */
 import type { LoadedExperiment } from "../config/mod.ts";
-import { loadDataset } from "../data/dataset.ts";
 import { createBackend } from "../train/backends.ts";
 import { type PointOutcome, runExperiment, summaryTable } from "../train/run_experiment.ts";
 import { formatProfile } from "../train/profile.ts";
-import { tensorsToState, train } from "../train/trainer.ts";
+import { continueRun } from "../train/continue_run.ts";
 import { openStoredRun } from "../runs/stored_run.ts";
 import { positiveInt } from "./args.ts";
 import type { CliIo } from "./main.ts";
@@ -131,52 +130,30 @@ function _json(outcomes: PointOutcome[]) {
 
 /** `run --resume <id>`: rebuilds the run's backend from its config and continues from its newest checkpoint. */
 export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise<number> {
-  const { run, yaml, config: c, ck } = await openStoredRun(
+  const stored = await openStoredRun(
     flags["runs-dir"] ?? "runs",
     id,
     (e, why) => io.err(`skipping checkpoint step ${e.step}: ${why}`),
   );
-  const backend = await createBackend(c);
+  const backend = await createBackend(stored.config);
   const live = await liveDashboard(flags["runs-dir"] ?? "runs", flags, io).catch((e) => {
     backend.destroy();
     throw e;
   });
+  const { run } = stored;
   if (live) io.err(`live: ${live.url}runs/${run.meta.id}`);
   try {
-    let start = 0, skipped = 0;
-    if (ck) {
-      skipped = Number(ck.file.metadata.skipped_steps ?? 0) || 0;
-      await backend.importState(tensorsToState(ck.file.tensors));
-      start = ck.entry.step;
-      io.err(`Resuming ${run.meta.id} from step ${start}`);
-      await run.event("resume", `resumed from step ${start}`, start);
-    } else io.err(`No complete checkpoint in ${run.path}: starting ${run.meta.id} from step 0`);
-    await run.update({ status: "running", ended_at: null, error: null });
-    const ac = abortOnSignal(io);
-    const r = await train({
-      config: c,
-      configYaml: yaml,
-      dataset: await loadDataset(c),
-      backend,
-      run,
-      startStep: start,
-      startSkipped: skipped,
-      stopAfter: positiveInt("stop-after", flags["stop-after"]),
+    const r = await continueRun(stored, backend, {
       progress: (l) => io.err(l),
-      signal: ac.signal,
+      signal: abortOnSignal(io).signal,
+      stopAfter: positiveInt("stop-after", flags["stop-after"]),
       profile: flags.profile,
     });
     if (r.profile) io.out(`Profile:\n${formatProfile(r.profile)}`);
-    await run.update({ status: r.status, ended_at: new Date().toISOString(), step: r.steps });
     if (flags.json) {
       io.out(JSON.stringify({ run_id: run.meta.id, run_dir: run.path, final: r.final, profile: r.profile }));
     }
     return EXIT_OK;
-  } catch (e) {
-    await run.flush().catch(() => {});
-    await run.update({ status: "failed", ended_at: new Date().toISOString(), error: (e as Error).message });
-    await run.event("error", (e as Error).message, run.meta.step);
-    throw e;
   } finally {
     await live?.stop();
     backend.destroy();

@@ -4,6 +4,7 @@
  * @module
  */
 
+import { DEFAULT_MAX_ATTEMPTS, DEFAULT_STALE_SECONDS } from "../train/sweep_worker.ts";
 import { storeUsage } from "./store_flag.ts";
 
 /** Top-level usage. */
@@ -14,6 +15,8 @@ Usage: deno task <command> [options]
 Commands:
   run [config.yaml] [--set k=v]… [--dry-run] [--stop-after N]   train (default config: configs/quickstart.yaml)
   run --resume <run-id>                                          continue from the newest complete checkpoint
+  run <sweep.yaml> --store postgres://… --enqueue                queue a sweep's points for workers
+  worker --store postgres://… [--runs-dir SHARED] [--sweep ID]   train queued points (any number, any machine)
   eval <run-id|ckpt> [--rule threshold --epsilon 0.5 | --rule topk --k 2 | …]… [--batches N]
   generate <run-id|ckpt> --prompt TEXT [--max-tokens N] [--rule …]
   dashboard [--port 8000] [--host 127.0.0.1] [--token T]         serve the runs dashboard (live charts, API)
@@ -40,8 +43,36 @@ Options:
   --no-dashboard         do not serve the dashboard
   --profile              time every kernel of every step on the GPU (timestamp queries) and print each
                          kernel's share of the step; also logs system/gpu_ms_per_step
+  --enqueue              put every point of the sweep in the queue of the Postgres store for
+                         \`deno task worker\` processes to train, and train nothing here (again: nothing is
+                         queued twice, failed points are queued again)
   --json                 last stdout line is one JSON object
 ${storeUsage(25, true)}`;
+
+/** Usage of \`worker\`. */
+export const WORKER_USAGE = `Usage: deno task worker --store postgres://… [options]
+
+Trains sweep points queued with \`deno task run <sweep.yaml> --store postgres://… --enqueue\`, one at a
+time, until stopped: claims a point (SELECT … FOR UPDATE SKIP LOCKED), trains it as a run while
+heartbeating, marks it finished or failed, claims the next. Start any number, on any machines, against
+the same store and the same shared --runs-dir (checkpoints are files there). A point whose worker sent no
+heartbeat for --stale-seconds is taken over and continues the same run from its newest checkpoint.
+SIGINT or SIGTERM: the point in hand is checkpointed and handed back to the queue, and the worker exits.
+
+Options:
+  --sweep ID             only this sweep's points (default: every sweep in the queue)
+  --max-points N         exit after claiming N points
+  --stale-seconds S      take over a point with no heartbeat for S seconds (default ${DEFAULT_STALE_SECONDS}); heartbeats
+                         go every S/4 seconds, at most every 5; use the same S on every worker
+  --max-attempts N       a point claimed N times without finishing is marked failed (default ${DEFAULT_MAX_ATTEMPTS});
+                         enqueuing the sweep again queues it again
+  --exit-when-empty      exit when no point is queued or running; while points run on other workers,
+                         wait, to take one over if its worker dies (default: wait for new points)
+  --json                 last stdout line is one JSON object
+  --store URL            the Postgres store that holds the queue: postgres://user@host:port/db
+                         [?schema=NAME] (password in the URL or $PGPASSWORD); default $DSMOE_STORE
+  --runs-dir DIR         the runs directory, the same shared one on every worker (default runs/):
+                         checkpoints are files there, and a point taken over resumes from them`;
 
 /** Usage of \`bench\`. */
 export const BENCH_USAGE = `Usage: deno task bench [options]

@@ -1,12 +1,14 @@
 /**
  * The dashboard's read API (open to anyone the Host check lets in): runs, a run's metrics (downsampled),
- * its expert-load heatmap, its sparsity frontier, sweeps, and the live SSE stream of a run.
+ * its expert-load heatmap, its sparsity frontier, sweeps (with their queue, on Postgres), and the live SSE
+ * stream of a run.
  *
  * @module
  */
 import type { Context, Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import type { RunRecord, RunStore } from "../runs/store.ts";
+import { sweepQueueOf } from "../runs/sweep_queue.ts";
 import { MAX_POINTS } from "./downsample.ts";
 import { summarizeRun, summarizeRuns } from "./run_summary.ts";
 import { checkId } from "./security.ts";
@@ -149,7 +151,10 @@ function _sweepRoutes(app: Hono, store: RunStore): void {
       frontier: buildFrontier(await store.metrics(r.id, { prefix: "infer/" })),
     })));
     const params = [...new Set(runs.flatMap((r) => Object.keys(r.sweep_params)))].sort();
-    return c.json({ sweep, params, runs: points });
+    // Where each point stands in the sweep queue (Postgres stores; null elsewhere), without its config.
+    const queued = await sweepQueueOf(store)?.points(id);
+    const queue = queued?.map(({ config_yaml: _c, claim_id: _k, ...p }) => p) ?? null;
+    return c.json({ sweep, params, runs: points, queue });
   });
 }
 

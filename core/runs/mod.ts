@@ -11,6 +11,7 @@ export * from "./run_dir.ts";
 export * from "./store.ts";
 export * from "./sqlite_store.ts";
 export * from "./postgres_store.ts";
+export * from "./sweep_queue.ts";
 export * from "./postgres_url.ts";
 export * from "./open_store.ts";
 export * from "./stored_run.ts";

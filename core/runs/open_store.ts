@@ -83,6 +83,11 @@ export function selectRunStore(runsDir: string, location: string | undefined): v
   else _selected.set(resolve(runsDir), loc);
 }
 
+/** Where {@linkcode openRunStore} finds the store of `runsDir`, as {@linkcode selectRunStore} chose it. */
+export function selectedRunStore(runsDir: string): StoreLocation {
+  return _selected.get(resolve(runsDir)) ?? { kind: "sqlite", path: null };
+}
+
 /**
  * The store of `runsDir` (created if missing), shared by every caller in this process.
  *
@@ -97,7 +102,7 @@ export function selectRunStore(runsDir: string, location: string | undefined): v
  */
 export async function openRunStore(runsDir: string): Promise<RunStore> {
   await Deno.mkdir(runsDir, { recursive: true });
-  const loc = _selected.get(resolve(runsDir)) ?? { kind: "sqlite", path: null };
+  const loc = selectedRunStore(runsDir);
   const key = `${await Deno.realPath(runsDir)}\n${loc.kind === "sqlite" ? loc.path ?? "" : loc.url}`;
   let opening = _open.get(key);
   if (!opening) {

@@ -36,6 +36,9 @@ export function runValue(field: (typeof RUN_FIELDS)[number], v: unknown): string
   return (v ?? null) as string | number | null;
 }
 
+/** SQL for the server's current time as an ISO 8601 string, like JavaScript's `toISOString()`. */
+export const SQL_NOW_ISO = `to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+
 const _str = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
 
 /** A `sweeps` row. */

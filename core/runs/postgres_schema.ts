@@ -7,8 +7,9 @@
  * Text that is sorted or compared by range (ids, times, metric keys) is `COLLATE "C"`: byte order, as in
  * SQLite, whatever the database's locale.
  *
- * Stage 2 (sweep workers) adds its queue table as migration 2: one row per sweep point, claimed with
- * `SELECT … FOR UPDATE SKIP LOCKED`, with the claiming worker and its heartbeat.
+ * Migration 2 adds the sweep queue (sweep_queue.ts): one row per sweep point, claimed with
+ * `SELECT … FOR UPDATE SKIP LOCKED`, with the claiming worker and its heartbeat. Its times are TIMESTAMPTZ
+ * from the server's clock (staleness is compared in SQL); the other tables keep ISO 8601 text.
  *
  * @module
  */
@@ -47,6 +48,19 @@ const _MIGRATIONS: readonly (readonly string[])[] = [
        created_at TEXT COLLATE "C" NOT NULL, markdown TEXT NOT NULL, data TEXT NOT NULL)`,
     `CREATE INDEX IF NOT EXISTS reports_sweep ON reports (sweep_id)`,
   ],
+  [
+    `CREATE TABLE IF NOT EXISTS sweep_queue (
+       sweep_id TEXT COLLATE "C" NOT NULL REFERENCES sweeps (id), point_index INTEGER NOT NULL,
+       point_name TEXT NOT NULL, params TEXT NOT NULL, config_yaml TEXT NOT NULL, base_dir TEXT,
+       status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'finished', 'failed')),
+       worker_id TEXT, claim_id TEXT, heartbeat_at TIMESTAMPTZ, attempts INTEGER NOT NULL DEFAULT 0,
+       run_id TEXT COLLATE "C", enqueued_at TIMESTAMPTZ NOT NULL, claimed_at TIMESTAMPTZ,
+       finished_at TIMESTAMPTZ, error TEXT,
+       PRIMARY KEY (sweep_id, point_index), UNIQUE (sweep_id, point_name))`,
+    // What a claim scans: only the points still to do, oldest first.
+    `CREATE INDEX IF NOT EXISTS sweep_queue_open ON sweep_queue (enqueued_at, sweep_id, point_index)
+       WHERE status IN ('queued', 'running')`,
+  ],
 ];
 
 /** The schema version this code writes. */
@@ -61,6 +75,7 @@ export const POSTGRES_TABLES = [
   "events",
   "checkpoints",
   "reports",
+  "sweep_queue",
 ] as const;
 
 /** The schema version of the store that `sql` reaches (its search_path is the store's schema); 0 if none. */

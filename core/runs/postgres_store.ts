@@ -18,6 +18,7 @@ import {
   RUN_FIELDS,
   runFromRow,
   runValue,
+  SQL_NOW_ISO,
   sweepFromRow,
 } from "./postgres_rows.ts";
 import { migrate, POSTGRES_SCHEMA_VERSION, POSTGRES_TABLES, schemaVersion } from "./postgres_schema.ts";
@@ -41,9 +42,11 @@ import type {
   RunStore,
   SweepRecord,
 } from "./store.ts";
+import type { HasSweepQueue, SweepQueue } from "./sweep_queue.ts";
+import { PostgresSweepQueue } from "./postgres_queue.ts";
 
-/** A Postgres run store; `close()` resolves once its connections are closed. */
-export interface PostgresRunStore extends RunStore {
+/** A Postgres run store, with its sweep queue; `close()` resolves once its connections are closed. */
+export interface PostgresRunStore extends RunStore, HasSweepQueue {
   close(): Promise<void>;
 }
 
@@ -76,9 +79,6 @@ export async function openPostgresStore(url: string): Promise<PostgresRunStore> 
   return new _PostgresStore(sql, u);
 }
 
-/** The server's current time as an ISO 8601 string, like JavaScript's `toISOString()`. */
-const _NOW = `to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
-
 const _COLS = "seq, key, step, tokens, time, value";
 
 function _host(): string | null {
@@ -106,6 +106,7 @@ function _alive(pid: number): boolean | null {
 
 class _PostgresStore implements PostgresRunStore {
   readonly url: string;
+  readonly sweepQueue: SweepQueue;
   readonly #sql: Sql;
   readonly #u: PostgresUrl;
   readonly #host = _host();
@@ -115,6 +116,7 @@ class _PostgresStore implements PostgresRunStore {
     this.#sql = sql;
     this.#u = u;
     this.url = u.display;
+    this.sweepQueue = new PostgresSweepQueue(sql, u);
   }
 
   createSweep(s: SweepRecord): Promise<void> {
@@ -142,7 +144,7 @@ class _PostgresStore implements PostgresRunStore {
       const rows = await sql`
         INSERT INTO runs (id, ${sql.unsafe(RUN_FIELDS.join(", "))}, config_yaml, host, pid, heartbeat_at)
         VALUES (${meta.id}, ${this.#values(meta)}, ${configYaml}, ${this.#host}, ${Deno.pid}, ${
-        sql.unsafe(_NOW)
+        sql.unsafe(SQL_NOW_ISO)
       })
         ON CONFLICT (id) DO NOTHING RETURNING id`;
       if (rows.length === 0) throw new Error(`Run "${meta.id}" already exists in ${this.url}`);
@@ -168,7 +170,11 @@ class _PostgresStore implements PostgresRunStore {
     const fields = RUN_FIELDS.filter((f) => f in patch);
     return this.#run(async (sql) => {
       const sets = fields.map((f) => sql`${sql(f)} = ${runValue(f, patch[f])}`);
-      sets.push(sql`host = ${this.#host}`, sql`pid = ${Deno.pid}`, sql`heartbeat_at = ${sql.unsafe(_NOW)}`);
+      sets.push(
+        sql`host = ${this.#host}`,
+        sql`pid = ${Deno.pid}`,
+        sql`heartbeat_at = ${sql.unsafe(SQL_NOW_ISO)}`,
+      );
       const r = await sql`UPDATE runs SET ${sets.reduce((a, b) => sql`${a}, ${b}`)} WHERE id = ${id}`;
       if (r.count === 0) throw new Error(`No run "${id}" in ${this.url}`);
     });
@@ -176,7 +182,7 @@ class _PostgresStore implements PostgresRunStore {
 
   heartbeat(id: string): Promise<void> {
     return this.#run(async (sql) => {
-      await sql`UPDATE runs SET heartbeat_at = ${sql.unsafe(_NOW)} WHERE id = ${id}`;
+      await sql`UPDATE runs SET heartbeat_at = ${sql.unsafe(SQL_NOW_ISO)} WHERE id = ${id}`;
     });
   }
 

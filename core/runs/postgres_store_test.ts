@@ -84,6 +84,7 @@ Deno.test("a new Postgres store gets its tables and schema version; opening it a
       "reports",
       "runs",
       "store_meta",
+      "sweep_queue",
       "sweeps",
     ]);
     const [v] = await _admin((sql) =>

@@ -33,6 +33,14 @@ export interface RunExperimentOptions {
   profile?: boolean; // time every kernel of every step (see TrainOptions.profile)
 }
 
+/** Options of {@linkcode runPoint}: those of the experiment, and where the point's run belongs. */
+export interface RunPointOptions extends RunExperimentOptions {
+  sweepId: string | null;
+  commit: string | null;
+  runId?: string; // the run's id (a sweep worker's claim fixes it); default a new one
+  abandon?: AbortSignal; // see TrainOptions.abandon: thrown on, with the run left as it is
+}
+
 /** Outcome of one point. */
 export interface PointOutcome {
   point: SweepPoint;
@@ -74,28 +82,27 @@ export async function runExperiment(
       continue;
     }
     if (loaded.points.length > 1) o.progress(`[${point.index + 1}/${loaded.points.length}] ${point.name}`);
-    outcomes.push(await _runPoint(loaded, point, commit, o));
+    outcomes.push(await runPoint(point, { ...o, sweepId: loaded.sweepId, commit }));
   }
   return outcomes;
 }
 
-async function _runPoint(
-  loaded: LoadedExperiment,
-  point: SweepPoint,
-  commit: string | null,
-  o: RunExperimentOptions,
-): Promise<PointOutcome> {
+/**
+ * Trains one point as a new run; never throws for the point's failure (it is recorded in the run and the
+ * outcome), only for setup errors and `abandon`.
+ */
+export async function runPoint(point: SweepPoint, o: RunPointOptions): Promise<PointOutcome> {
   const c = point.config, yaml = experimentToYaml(c);
   const meta: RunMeta = {
-    id: newRunId(point.name),
+    id: o.runId ?? newRunId(point.name),
     name: point.name,
     status: "running",
     seed: c.seed,
-    git_commit: commit,
+    git_commit: o.commit,
     adapter: null,
     started_at: new Date().toISOString(),
     ended_at: null,
-    sweep_id: loaded.sweepId,
+    sweep_id: o.sweepId,
     sweep_params: point.params,
     error: null,
     step: 0,
@@ -126,6 +133,7 @@ async function _runPoint(
       stopAfter: o.stopAfter,
       progress: o.progress,
       signal: o.signal,
+      abandon: o.abandon,
       profile: o.profile,
     });
     await run.update({ status: r.status, ended_at: new Date().toISOString(), step: r.steps });
@@ -134,6 +142,7 @@ async function _runPoint(
       profile: r.profile,
     };
   } catch (e) {
+    if (o.abandon?.aborted) throw e; // the run is another process's now
     const msg = `${(e as Error).name}: ${(e as Error).message}`;
     await run.flush().catch(() => {}); // the points logged before the failure, if the store still takes them
     await run.update({ status: "failed", ended_at: new Date().toISOString(), error: msg });

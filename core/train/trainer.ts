@@ -36,6 +36,11 @@ export interface TrainOptions {
   stopAfter?: number; // stop after this many steps of this invocation
   progress?: (line: string) => void;
   signal?: AbortSignal; // abort = interrupt: checkpoint, then stop
+  /**
+   * Abort = the run is no longer this process's (a sweep worker lost its claim): stop before the next step
+   * or checkpoint and throw the signal's reason, writing no checkpoint.
+   */
+  abandon?: AbortSignal;
   inFlight?: number; // steps queued ahead of their statistics (default 2)
   profile?: boolean; // time every dispatch on the GPU (timestamp queries) and report per-kernel shares
 }
@@ -124,6 +129,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   };
 
   for (let step = start; step < end; step++) {
+    o.abandon?.throwIfAborted();
     if (o.signal?.aborted) break;
     const lr = learningRate(t, step);
     const stats = o.backend.step(o.dataset.trainBatch(step, t.batch), lr, { profile: o.profile });
@@ -210,6 +216,10 @@ function _logStep(
 }
 
 async function _checkpoint(o: TrainOptions, step: number, skipped: number): Promise<void> {
+  o.abandon?.throwIfAborted();
+  // The metric points up to `step` are stored before the checkpoint exists: a run resumed from it (after a
+  // kill between the two) would never log them again.
+  await o.run.flush();
   const state = await o.backend.exportState();
   const metadata = { config: o.configYaml, format: "dsmoe-1", skipped_steps: String(skipped) };
   await o.run.checkpoint(step, stateToTensors(state), metadata, 3);
