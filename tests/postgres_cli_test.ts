@@ -4,39 +4,13 @@
  * (`export DSMOE_TEST_POSTGRES=$(.ci/postgres.sh)`); fails without it, never skips.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import postgres from "postgres";
 import { dashboardCommand } from "../core/cli/dashboard_cmd.ts";
 import type { CliIo } from "../core/cli/main.ts";
 import { openPostgresStore } from "../core/runs/postgres_store.ts";
 import type { RunStore } from "../core/runs/store.ts";
+import { testPostgresUrl, withPostgresRunsDir } from "./helpers/postgres.ts";
 
-const ENV = "DSMOE_TEST_POSTGRES";
 const MICRO = new URL("./fixtures/micro.yaml", import.meta.url).pathname;
-
-function _base(): URL {
-  const url = Deno.env.get(ENV);
-  if (!url) {
-    throw new Error(
-      `${ENV} is not set: these tests need a Postgres server; run \`export ${ENV}=$(.ci/postgres.sh)\``,
-    );
-  }
-  return new URL(url);
-}
-
-/** A store URL with a fresh schema, and a function that drops the schema. */
-function _fresh(): { url: string; drop: () => Promise<void> } {
-  const schema = `t_${crypto.randomUUID().replaceAll("-", "").slice(0, 16)}`;
-  const u = _base();
-  u.searchParams.set("schema", schema);
-  return {
-    url: u.href,
-    drop: async () => {
-      const sql = postgres(_base().href, { max: 1, onnotice: () => {} });
-      await sql`DROP SCHEMA IF EXISTS ${sql(schema)} CASCADE`;
-      await sql.end();
-    },
-  };
-}
 
 /** `deno run -A mod.ts …args` in a process of its own: exit code and output. */
 async function _dsmoe(args: string[], env: Record<string, string> = {}) {
@@ -77,17 +51,18 @@ async function _withStore<T>(url: string, fn: (s: RunStore) => Promise<T>): Prom
   }
 }
 
-Deno.test("run --store postgres://… trains into Postgres, resumes from it, and the dashboard serves it", async () => {
-  const { url, drop } = _fresh();
-  const dir = await Deno.makeTempDir();
-  try {
+Deno.test("run --store postgres://… trains into Postgres, resumes from it, and the dashboard serves it", () =>
+  withPostgresRunsDir(async (url, dir) => {
     const first = await _train(dir, [MICRO, "--store", url]);
     assertEquals(first.code, 0, first.err);
     const id: string = JSON.parse(first.out.trim().split("\n").at(-1)!).run_id;
     const shown = new URL(url);
     shown.password = "";
     assert(first.out.includes(`Runs are in ${shown.href} (records and metrics)`), first.out);
-    assert(!(first.out + first.err).includes(`:${_base().password}@`), "the password is never printed");
+    assert(
+      !(first.out + first.err).includes(`:${new URL(testPostgresUrl()).password}@`),
+      "the password is never printed",
+    );
     await assertRejectsNotFound(`${dir}/runs.db`);
 
     const resumed = await _dsmoe([
@@ -142,16 +117,10 @@ Deno.test("run --store postgres://… trains into Postgres, resumes from it, and
       stop.abort();
     }
     assertEquals(await serving, 0);
-  } finally {
-    await drop();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+  }));
 
-Deno.test("a config's store: selects Postgres (password from PGPASSWORD); $DSMOE_STORE and --store come first", async () => {
-  const { url, drop } = _fresh();
-  const dir = await Deno.makeTempDir();
-  try {
+Deno.test("a config's store: selects Postgres (password from PGPASSWORD); $DSMOE_STORE and --store come first", () =>
+  withPostgresRunsDir(async (url, dir) => {
     const noPassword = new URL(url);
     const password = decodeURIComponent(noPassword.password);
     noPassword.password = "";
@@ -174,11 +143,7 @@ Deno.test("a config's store: selects Postgres (password from PGPASSWORD); $DSMOE
       { DSMOE_STORE: url },
     );
     assert(byFlag.err.includes(`No run "no-such-run" in sqlite:${dir}/x.db`), byFlag.err);
-  } finally {
-    await drop();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+  }));
 
 async function assertRejectsNotFound(path: string): Promise<void> {
   const found = await Deno.stat(path).then(() => true, () => false);

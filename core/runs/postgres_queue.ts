@@ -11,7 +11,7 @@
  * @module
  */
 import type { Row, Sql, TransactionSql } from "postgres";
-import { SQL_NOW_ISO } from "./postgres_rows.ts";
+import { SQL_NOW_ISO } from "./postgres_schema.ts";
 import { describePostgresError, isPostgresFailure, type PostgresUrl } from "./postgres_url.ts";
 import type { SweepRecord } from "./store.ts";
 import type {

@@ -4,44 +4,22 @@
  * (and its old claim is fenced off), attempts run out, a clean hand-back costs no attempt.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import postgres from "postgres";
+import { freshPostgresSchema, type FreshSchema, withPostgresAdmin } from "../../tests/helpers/postgres.ts";
+import { runMeta } from "../../tests/helpers/run_meta.ts";
 import { openPostgresStore, type PostgresRunStore } from "./postgres_store.ts";
 import { POSTGRES_SCHEMA_VERSION } from "./postgres_schema.ts";
 import type { Claim, ClaimOptions, ClaimResult, PointToEnqueue } from "./sweep_queue.ts";
 
-const ENV = "DSMOE_TEST_POSTGRES";
-
-function _base(): string {
-  const url = Deno.env.get(ENV);
-  if (!url) {
-    throw new Error(
-      `${ENV} is not set: the sweep queue tests need a Postgres server; run \`export ${ENV}=$(.ci/postgres.sh)\``,
-    );
-  }
-  return url;
-}
-
 /** Runs `fn` on stores opened on a fresh schema (`n` of them: separate pools, as separate workers have). */
-async function _withStores(n: number, fn: (s: PostgresRunStore[], schema: string) => Promise<void>) {
-  const schema = `t_${crypto.randomUUID().replaceAll("-", "").slice(0, 16)}`;
-  const u = new URL(_base());
-  u.searchParams.set("schema", schema);
+async function _withStores(n: number, fn: (s: PostgresRunStore[], fresh: FreshSchema) => Promise<void>) {
+  const fresh = freshPostgresSchema();
   const stores: PostgresRunStore[] = [];
   try {
-    for (let i = 0; i < n; i++) stores.push(await openPostgresStore(u.href));
-    await fn(stores, schema);
+    for (let i = 0; i < n; i++) stores.push(await openPostgresStore(fresh.url));
+    await fn(stores, fresh);
   } finally {
     await Promise.all(stores.map((s) => s.close()));
-    await _admin((sql) => sql`DROP SCHEMA IF EXISTS ${sql(schema)} CASCADE`);
-  }
-}
-
-async function _admin<T>(fn: (sql: postgres.Sql) => Promise<T>): Promise<T> {
-  const sql = postgres(_base(), { max: 1, onnotice: () => {} });
-  try {
-    return await fn(sql);
-  } finally {
-    await sql.end({ timeout: 5 });
+    await fresh.drop();
   }
 }
 
@@ -106,7 +84,7 @@ Deno.test("a point without heartbeat for the stale limit is taken over with its 
     await a!.sweepQueue.enqueue(SWEEP, _points(1));
     const first = _claimed(await a!.sweepQueue.claim(_opts("A", { staleSeconds: 0.5 })));
     assertEquals([first.point.attempts, first.takenFrom, first.sweepPoints], [1, null, 1]);
-    await a!.importRun({ ..._meta(first.point.run_id!), status: "running" }, "");
+    await a!.importRun(runMeta(first.point.run_id!, { sweep_id: "sw1" }), "");
     assert(await a!.sweepQueue.heartbeat(first));
     const beat = (await a!.getRun(first.point.run_id!))!.heartbeat_at;
     assert(beat !== null, "the heartbeat refreshes the run's too");
@@ -148,14 +126,12 @@ Deno.test("a point is given up after max attempts; a clean hand-back does not us
 });
 
 Deno.test("a store of schema version 1 gets the sweep queue when opened", async () => {
-  await _withStores(1, async ([s], schema) => {
-    await _admin(async (sql) => {
+  await _withStores(1, async ([s], { schema, url }) => {
+    await withPostgresAdmin(async (sql) => {
       await sql`DROP TABLE ${sql(schema)}.sweep_queue`;
       await sql`UPDATE ${sql(schema)}.store_meta SET value = '1' WHERE key = 'schema_version'`;
     });
-    const u = new URL(_base());
-    u.searchParams.set("schema", schema);
-    const again = await openPostgresStore(u.href);
+    const again = await openPostgresStore(url);
     try {
       assertEquals(await again.integrityCheck(), "ok");
       assertEquals((await again.sweepQueue.enqueue(SWEEP, _points(1)))[0]!.state, "enqueued");
@@ -166,20 +142,3 @@ Deno.test("a store of schema version 1 gets the sweep queue when opened", async 
     assertEquals((await s!.sweepQueue.points()).length, 1);
   });
 });
-
-function _meta(id: string) {
-  return {
-    id,
-    name: id,
-    status: "finished" as const,
-    seed: 1,
-    git_commit: null,
-    adapter: null,
-    started_at: "2026-01-01T00:00:00.000Z",
-    ended_at: null,
-    sweep_id: "sw1",
-    sweep_params: {},
-    error: null,
-    step: 0,
-  };
-}

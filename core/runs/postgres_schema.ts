@@ -66,6 +66,12 @@ const _MIGRATIONS: readonly (readonly string[])[] = [
 /** The schema version this code writes. */
 export const POSTGRES_SCHEMA_VERSION = _MIGRATIONS.length;
 
+/**
+ * SQL for the server's current time as ISO 8601 text, like JavaScript's `toISOString()`: what the tables
+ * other than `sweep_queue` hold, where a time comes from the server's clock (heartbeats).
+ */
+export const SQL_NOW_ISO = `to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+
 /** The tables of the current schema (checked by `integrityCheck`). */
 export const POSTGRES_TABLES = [
   "store_meta",

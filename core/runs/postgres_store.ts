@@ -11,23 +11,19 @@
  */
 import postgres, { type Fragment, type Sql } from "postgres";
 import {
-  checkpointFromRow,
-  eventFromRow,
-  metricFromRow,
-  reportFromRow,
-  RUN_FIELDS,
-  runFromRow,
-  runValue,
+  migrate,
+  POSTGRES_SCHEMA_VERSION,
+  POSTGRES_TABLES,
+  schemaVersion,
   SQL_NOW_ISO,
-  sweepFromRow,
-} from "./postgres_rows.ts";
-import { migrate, POSTGRES_SCHEMA_VERSION, POSTGRES_TABLES, schemaVersion } from "./postgres_schema.ts";
+} from "./postgres_schema.ts";
 import {
   describePostgresError,
   isPostgresFailure,
   parsePostgresUrl,
   type PostgresUrl,
 } from "./postgres_url.ts";
+import { interruptReason, thisHost } from "./run_liveness.ts";
 import type {
   CheckpointRecord,
   EventKind,
@@ -42,6 +38,17 @@ import type {
   RunStore,
   SweepRecord,
 } from "./store.ts";
+import {
+  checkpointFromRow,
+  eventFromRow,
+  metricFromRow,
+  metricPointsError,
+  reportFromRow,
+  RUN_FIELDS,
+  runFromRow,
+  runValue,
+  sweepFromRow,
+} from "./store_rows.ts";
 import type { HasSweepQueue, SweepQueue } from "./sweep_queue.ts";
 import { PostgresSweepQueue } from "./postgres_queue.ts";
 
@@ -81,35 +88,12 @@ export async function openPostgresStore(url: string): Promise<PostgresRunStore> 
 
 const _COLS = "seq, key, step, tokens, time, value";
 
-function _host(): string | null {
-  try {
-    return Deno.hostname();
-  } catch {
-    return null;
-  }
-}
-
-/** Whether process `pid` exists on this machine, or null where that cannot be told (no /proc). */
-function _alive(pid: number): boolean | null {
-  try {
-    Deno.statSync("/proc/self");
-  } catch {
-    return null;
-  }
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 class _PostgresStore implements PostgresRunStore {
   readonly url: string;
   readonly sweepQueue: SweepQueue;
   readonly #sql: Sql;
   readonly #u: PostgresUrl;
-  readonly #host = _host();
+  readonly #host = thisHost();
   #closed: Promise<void> | null = null;
 
   constructor(sql: Sql, u: PostgresUrl) {
@@ -204,18 +188,8 @@ class _PostgresStore implements PostgresRunStore {
   }
 
   logMetrics(runId: string, points: readonly MetricPoint[]): Promise<void> {
-    for (const p of points) {
-      for (const f of ["step", "tokens", "time", "value"] as const) {
-        if (typeof p[f] !== "number" || !Number.isFinite(p[f])) {
-          return Promise.reject(new RangeError(`Metric "${p.key}" has a non-finite ${f}: ${p[f]}`));
-        }
-      }
-      for (const f of ["step", "tokens"] as const) {
-        if (!Number.isSafeInteger(p[f])) {
-          return Promise.reject(new RangeError(`Metric "${p.key}" has a non-integer ${f}: ${p[f]}`));
-        }
-      }
-    }
+    const bad = metricPointsError(points, { integers: true }); // step and tokens are BIGINT
+    if (bad) return Promise.reject(bad);
     if (points.length === 0) return Promise.resolve();
     return this.#run((sql) =>
       sql.begin(async (tx) => {
@@ -336,14 +310,8 @@ class _PostgresStore implements PostgresRunStore {
           FROM runs WHERE status = 'running' ORDER BY id FOR UPDATE`;
         const ids: string[] = [];
         for (const r of running) {
-          const now = Number(r.now_ms);
-          const beat = r.heartbeat_at === null ? 0 : Date.parse(String(r.heartbeat_at));
-          const sameHost = r.host !== null && r.host === this.#host && r.pid !== null;
-          const gone = sameHost ? _alive(Number(r.pid)) === false : false;
-          if (!gone && now - beat < staleSeconds * 1000) continue;
-          const why = gone
-            ? `its process ${r.pid} on ${r.host} is gone`
-            : `no heartbeat for ${Math.round((now - beat) / 1000)} s`;
+          const why = interruptReason(r, { host: this.#host, nowMs: Number(r.now_ms), staleSeconds });
+          if (why === null) continue;
           await tx`UPDATE runs SET status = 'interrupted', ended_at = ${new Date().toISOString()},
                      error = ${`Interrupted: ${why}`} WHERE id = ${r.id}`;
           if (ids.length === 0) await tx`LOCK TABLE events IN EXCLUSIVE MODE`;

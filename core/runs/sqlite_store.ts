@@ -8,6 +8,7 @@
  * @module
  */
 import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
+import { interruptReason, thisHost } from "./run_liveness.ts";
 import type {
   CheckpointRecord,
   EventKind,
@@ -22,6 +23,17 @@ import type {
   RunStore,
   SweepRecord,
 } from "./store.ts";
+import {
+  checkpointFromRow,
+  eventFromRow,
+  metricFromRow,
+  metricPointsError,
+  reportFromRow,
+  RUN_FIELDS,
+  runFromRow,
+  runValue,
+  sweepFromRow,
+} from "./store_rows.ts";
 
 /** The store file of a runs directory. */
 export function storePath(runsDir: string): string {
@@ -140,47 +152,10 @@ function _withRetry<T>(fn: () => T): T {
   }
 }
 
-function _host(): string | null {
-  try {
-    return Deno.hostname();
-  } catch {
-    return null;
-  }
-}
-
-/** Whether process `pid` exists on this machine, or null where that cannot be told (no /proc). */
-function _alive(pid: number): boolean | null {
-  try {
-    Deno.statSync("/proc/self");
-  } catch {
-    return null;
-  }
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const _RUN_FIELDS = [
-  "name",
-  "status",
-  "seed",
-  "git_commit",
-  "adapter",
-  "started_at",
-  "ended_at",
-  "sweep_id",
-  "sweep_params",
-  "error",
-  "step",
-] as const;
-
 class _SqliteStore implements RunStore {
   readonly url: string;
   readonly #db: DatabaseSync;
-  readonly #host = _host();
+  readonly #host = thisHost();
   readonly #stmts = new Map<string, StatementSync>();
 
   constructor(db: DatabaseSync, path: string) {
@@ -213,13 +188,13 @@ class _SqliteStore implements RunStore {
   }
 
   getSweep(id: string): Promise<SweepRecord | null> {
-    const r = this.#q("SELECT * FROM sweeps WHERE id = ?").get(id) as SweepRecord | undefined;
-    return Promise.resolve(r ? { ...r } : null);
+    const r = this.#q("SELECT * FROM sweeps WHERE id = ?").get(id) as _Row | undefined;
+    return Promise.resolve(r ? sweepFromRow(r) : null);
   }
 
   listSweeps(): Promise<SweepRecord[]> {
-    const rows = this.#q("SELECT * FROM sweeps ORDER BY created_at DESC").all() as unknown as SweepRecord[];
-    return Promise.resolve(rows.map((r) => ({ ...r })));
+    const rows = this.#q("SELECT * FROM sweeps ORDER BY created_at DESC").all() as _Row[];
+    return Promise.resolve(rows.map(sweepFromRow));
   }
 
   createRun(meta: RunMeta, configYaml: string): Promise<void> {
@@ -228,11 +203,11 @@ class _SqliteStore implements RunStore {
         throw new Error(`Run "${meta.id}" already exists in ${this.url}`);
       }
       this.#q(
-        `INSERT INTO runs (id, ${_RUN_FIELDS.join(", ")}, config_yaml, host, pid, heartbeat_at)
-         VALUES (?, ${_RUN_FIELDS.map(() => "?").join(", ")}, ?, ?, ?, ?)`,
+        `INSERT INTO runs (id, ${RUN_FIELDS.join(", ")}, config_yaml, host, pid, heartbeat_at)
+         VALUES (?, ${RUN_FIELDS.map(() => "?").join(", ")}, ?, ?, ?, ?)`,
       ).run(
         meta.id,
-        ..._RUN_FIELDS.map((f) => _toSql(f, meta[f])),
+        ...RUN_FIELDS.map((f) => runValue(f, meta[f])),
         configYaml,
         this.#host,
         Deno.pid,
@@ -244,19 +219,19 @@ class _SqliteStore implements RunStore {
   importRun(meta: RunMeta, configYaml: string): Promise<boolean> {
     return this.#write(() => {
       const r = this.#q(
-        `INSERT OR IGNORE INTO runs (id, ${_RUN_FIELDS.join(", ")}, config_yaml)
-         VALUES (?, ${_RUN_FIELDS.map(() => "?").join(", ")}, ?)`,
-      ).run(meta.id, ..._RUN_FIELDS.map((f) => _toSql(f, meta[f])), configYaml);
+        `INSERT OR IGNORE INTO runs (id, ${RUN_FIELDS.join(", ")}, config_yaml)
+         VALUES (?, ${RUN_FIELDS.map(() => "?").join(", ")}, ?)`,
+      ).run(meta.id, ...RUN_FIELDS.map((f) => runValue(f, meta[f])), configYaml);
       return Number(r.changes) > 0;
     });
   }
 
   updateRun(id: string, patch: Partial<RunMeta>): Promise<void> {
-    const fields = _RUN_FIELDS.filter((f) => f in patch);
+    const fields = RUN_FIELDS.filter((f) => f in patch);
     return this.#write(() => {
       const sets = [...fields.map((f) => `${f} = ?`), "host = ?", "pid = ?", "heartbeat_at = ?"].join(", ");
       const r = this.#q(`UPDATE runs SET ${sets} WHERE id = ?`).run(
-        ...fields.map((f) => _toSql(f, patch[f])),
+        ...fields.map((f) => runValue(f, patch[f])),
         this.#host,
         Deno.pid,
         new Date().toISOString(),
@@ -274,7 +249,7 @@ class _SqliteStore implements RunStore {
 
   getRun(id: string): Promise<RunRecord | null> {
     const r = this.#q("SELECT * FROM runs WHERE id = ?").get(id) as _Row | undefined;
-    return Promise.resolve(r ? _run(r) : null);
+    return Promise.resolve(r ? runFromRow(r) : null);
   }
 
   listRuns(q: RunQuery = {}): Promise<RunRecord[]> {
@@ -283,17 +258,12 @@ class _SqliteStore implements RunStore {
     if (q.status !== undefined) (where.push("status = ?"), args.push(q.status));
     const sql = `SELECT * FROM runs ${where.length ? "WHERE " + where.join(" AND ") : ""}
                  ORDER BY started_at DESC, id DESC`;
-    return Promise.resolve((this.#db.prepare(sql).all(...args) as _Row[]).map(_run));
+    return Promise.resolve((this.#db.prepare(sql).all(...args) as _Row[]).map(runFromRow));
   }
 
   logMetrics(runId: string, points: readonly MetricPoint[]): Promise<void> {
-    for (const p of points) {
-      for (const f of ["step", "tokens", "time", "value"] as const) {
-        if (typeof p[f] !== "number" || !Number.isFinite(p[f])) {
-          return Promise.reject(new RangeError(`Metric "${p.key}" has a non-finite ${f}: ${p[f]}`));
-        }
-      }
-    }
+    const bad = metricPointsError(points);
+    if (bad) return Promise.reject(bad);
     if (points.length === 0) return Promise.resolve();
     return this.#write(() => {
       const ins = this.#q(
@@ -322,7 +292,7 @@ class _SqliteStore implements RunStore {
     const from = q.afterSeq !== undefined ? "metrics NOT INDEXED" : "metrics";
     const sql = `SELECT seq, key, step, tokens, time, value FROM ${from} WHERE ${where.join(" AND ")}
                  ORDER BY seq${limit}`;
-    return Promise.resolve((this.#db.prepare(sql).all(...args) as _Row[]).map(_metric));
+    return Promise.resolve((this.#db.prepare(sql).all(...args) as _Row[]).map(metricFromRow));
   }
 
   metricKeys(runId: string): Promise<string[]> {
@@ -361,7 +331,7 @@ class _SqliteStore implements RunStore {
     );
     for (const k of ks) {
       const r = s.get(runId, k) as _Row | undefined;
-      if (r) out.set(k, _metric(r));
+      if (r) out.set(k, metricFromRow(r));
     }
     return Promise.resolve(out);
   }
@@ -392,15 +362,7 @@ class _SqliteStore implements RunStore {
       runId,
       afterSeq,
     );
-    return Promise.resolve((rows as _Row[]).map((r) => ({
-      run_id: String(r.run_id),
-      seq: Number(r.seq),
-      time: String(r.time),
-      step: r.step === null ? null : Number(r.step),
-      kind: String(r.kind) as EventKind,
-      message: String(r.message),
-      data: r.data === null ? null : JSON.parse(String(r.data)),
-    })));
+    return Promise.resolve((rows as _Row[]).map(eventFromRow));
   }
 
   recordCheckpoint(c: CheckpointRecord): Promise<void> {
@@ -419,14 +381,7 @@ class _SqliteStore implements RunStore {
 
   checkpoints(runId: string): Promise<CheckpointRecord[]> {
     const rows = this.#q("SELECT * FROM checkpoints WHERE run_id = ? ORDER BY step").all(runId) as _Row[];
-    return Promise.resolve(rows.map((r) => ({
-      run_id: String(r.run_id),
-      step: Number(r.step),
-      path: String(r.path),
-      bytes: Number(r.bytes),
-      sha256: String(r.sha256),
-      time: String(r.time),
-    })));
+    return Promise.resolve(rows.map(checkpointFromRow));
   }
 
   markInterrupted(staleSeconds = 600): Promise<string[]> {
@@ -435,13 +390,8 @@ class _SqliteStore implements RunStore {
       const running = this.#q("SELECT id, host, pid, heartbeat_at FROM runs WHERE status = 'running'")
         .all() as _Row[];
       for (const r of running) {
-        const beat = r.heartbeat_at === null ? 0 : Date.parse(String(r.heartbeat_at));
-        const sameHost = r.host !== null && r.host === this.#host && r.pid !== null;
-        const gone = sameHost ? _alive(Number(r.pid)) === false : false;
-        if (!gone && now - beat < staleSeconds * 1000) continue;
-        const why = gone
-          ? `its process ${r.pid} on ${r.host} is gone`
-          : `no heartbeat for ${Math.round((now - beat) / 1000)} s`;
+        const why = interruptReason(r, { host: this.#host, nowMs: now, staleSeconds });
+        if (why === null) continue;
         this.#q("UPDATE runs SET status = 'interrupted', ended_at = ?, error = ? WHERE id = ?").run(
           new Date().toISOString(),
           `Interrupted: ${why}`,
@@ -471,14 +421,14 @@ class _SqliteStore implements RunStore {
 
   getReport(id: string): Promise<ReportRecord | null> {
     const r = this.#q("SELECT * FROM reports WHERE id = ?").get(id) as _Row | undefined;
-    return Promise.resolve(r ? _report(r) : null);
+    return Promise.resolve(r ? reportFromRow(r) : null);
   }
 
   listReports(sweepId?: string): Promise<ReportRecord[]> {
     const rows = sweepId === undefined
       ? this.#q("SELECT * FROM reports ORDER BY created_at DESC").all()
       : this.#q("SELECT * FROM reports WHERE sweep_id = ? ORDER BY created_at DESC").all(sweepId);
-    return Promise.resolve((rows as _Row[]).map(_report));
+    return Promise.resolve((rows as _Row[]).map(reportFromRow));
   }
 
   integrityCheck(): Promise<string> {
@@ -490,52 +440,4 @@ class _SqliteStore implements RunStore {
     this.#stmts.clear();
     if (this.#db.isOpen) this.#db.close();
   }
-}
-
-function _toSql(field: (typeof _RUN_FIELDS)[number], v: unknown): SQLInputValue {
-  if (field === "sweep_params") return JSON.stringify(v ?? {});
-  return (v ?? null) as SQLInputValue;
-}
-
-function _run(r: _Row): RunRecord {
-  return {
-    id: String(r.id),
-    name: String(r.name),
-    status: String(r.status) as RunRecord["status"],
-    seed: Number(r.seed),
-    git_commit: r.git_commit === null ? null : String(r.git_commit),
-    adapter: r.adapter === null ? null : String(r.adapter),
-    started_at: String(r.started_at),
-    ended_at: r.ended_at === null ? null : String(r.ended_at),
-    sweep_id: r.sweep_id === null ? null : String(r.sweep_id),
-    sweep_params: JSON.parse(String(r.sweep_params)),
-    error: r.error === null ? null : String(r.error),
-    step: Number(r.step),
-    config_yaml: String(r.config_yaml),
-    host: r.host === null ? null : String(r.host),
-    pid: r.pid === null ? null : Number(r.pid),
-    heartbeat_at: r.heartbeat_at === null ? null : String(r.heartbeat_at),
-  };
-}
-
-function _report(r: _Row): ReportRecord {
-  return {
-    id: String(r.id),
-    kind: String(r.kind),
-    sweep_id: r.sweep_id === null ? null : String(r.sweep_id),
-    created_at: String(r.created_at),
-    markdown: String(r.markdown),
-    data: JSON.parse(String(r.data)),
-  };
-}
-
-function _metric(r: _Row): MetricRow {
-  return {
-    seq: Number(r.seq),
-    key: String(r.key),
-    step: Number(r.step),
-    tokens: Number(r.tokens),
-    time: Number(r.time),
-    value: Number(r.value),
-  };
 }

@@ -1,4 +1,10 @@
 import { runMeta } from "../../tests/helpers/run_meta.ts";
+import {
+  assertKilledWriterKept,
+  assertWritersKept,
+  killWriterAfter,
+  runStoreWriters,
+} from "../../tests/helpers/store_writers.ts";
 import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { closeRunStores, importRunFolders, openRunStore } from "./open_store.ts";
@@ -72,28 +78,12 @@ Deno.test("a new store is migrated to the current schema; a store from a newer d
   }
 });
 
-function _writer(dir: string, id: string, args: string[]): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "tests/fixtures/store_writer.ts", dir, id, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-}
-
 Deno.test("four processes writing one store at once lose no point and are never refused", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const procs = [0, 1, 2, 3].map((i) => _writer(dir, `w${i}`, ["400", "5"]));
-    const outs = await Promise.all(procs.map((p) => p.output()));
-    for (const o of outs) assert(o.success, new TextDecoder().decode(o.stderr));
-    const s = await openRunStore(dir);
-    for (let i = 0; i < 4; i++) {
-      const m = await s.metrics(`w${i}`);
-      assertEquals(m.length, 2000);
-      assertEquals(new Set(m.map((p) => p.value)).size, 2000);
-      assertEquals((await s.getRun(`w${i}`))!.status, "finished");
-    }
-    assertEquals(await s.integrityCheck(), "ok");
+    const ids = ["w0", "w1", "w2", "w3"];
+    await runStoreWriters(dir, { ids, batches: 400, per: 5 });
+    await assertWritersKept(await openRunStore(dir), { ids, points: 2000 });
   } finally {
     closeRunStores();
     await Deno.remove(dir, { recursive: true });
@@ -103,29 +93,9 @@ Deno.test("four processes writing one store at once lose no point and are never 
 Deno.test("a writer killed with SIGKILL leaves an intact store with every acknowledged point, marked interrupted", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const p = _writer(dir, "victim", ["0", "50", "forever"]);
-    const reader = p.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let acked = 0, buf = "";
-    while (acked < 2000) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += value;
-      for (const m of buf.matchAll(/ack (\d+)\n/g)) acked = Math.max(acked, Number(m[1]));
-    }
-    p.kill("SIGKILL");
-    await p.status;
-    reader.releaseLock();
-    await p.stdout.cancel().catch(() => {});
-    await p.stderr.cancel();
-    assert(acked >= 2000, `acknowledged ${acked}`);
+    const acked = await killWriterAfter(dir, { id: "victim", atLeast: 2000 });
     const s = await openRunStore(dir); // first open in this process: marks dead writers' runs
-    assertEquals(await s.integrityCheck(), "ok");
-    const m = await s.metrics("victim");
-    assert(m.length >= acked, `${m.length} stored, ${acked} acknowledged`);
-    assertEquals(m.length % 50, 0, "a batch is all or nothing");
-    const run = (await s.getRun("victim"))!;
-    assertEquals(run.status, "interrupted");
-    assert(run.error?.includes("is gone"), run.error ?? "");
+    await assertKilledWriterKept(s, { id: "victim", acked });
     assertEquals((await s.events("victim")).map((e) => e.kind), ["interrupted"]);
   } finally {
     closeRunStores();

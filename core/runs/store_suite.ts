@@ -6,7 +6,14 @@
  * @module
  */
 import { deepStrictEqual as assertEquals, ok as assert, rejects } from "node:assert/strict";
-import type { MetricPoint, RunMeta, RunStore } from "./store.ts";
+import { runMeta } from "../../tests/helpers/run_meta.ts";
+import {
+  assertKilledWriterKept,
+  assertWritersKept,
+  killWriterAfter,
+  runStoreWriters,
+} from "../../tests/helpers/store_writers.ts";
+import type { MetricPoint, RunStore } from "./store.ts";
 
 /** A fresh, empty store for one test. */
 export interface StoreUnderTest {
@@ -15,25 +22,6 @@ export interface StoreUnderTest {
   location: string;
   /** Closes the store and removes what the test wrote. */
   cleanup: () => Promise<void>;
-}
-
-/** A `running` run `id` started now; `patch` overrides fields. */
-function runMeta(id: string, patch: Partial<RunMeta> = {}): RunMeta {
-  return {
-    id,
-    name: id,
-    status: "running",
-    seed: 1,
-    git_commit: null,
-    adapter: null,
-    started_at: new Date().toISOString(),
-    ended_at: null,
-    sweep_id: null,
-    sweep_params: {},
-    error: null,
-    step: 0,
-    ...patch,
-  };
 }
 
 const pt = (key: string, step: number, value: number): MetricPoint => ({
@@ -368,55 +356,17 @@ const _CASES: readonly _Case[] = [
   }],
 
   ["takes four writer processes at once, losing no point", async (s, location) => {
-    const procs = [0, 1, 2, 3].map((i) => _writer(location, `w${i}`, ["100", "5"]));
-    const outs = await Promise.all(procs.map((p) => p.output()));
-    for (const o of outs) assert(o.success, new TextDecoder().decode(o.stderr));
-    for (let i = 0; i < 4; i++) {
-      const m = await s.metrics(`w${i}`);
-      assertEquals(m.length, 500);
-      assertEquals(new Set(m.map((p) => p.value)).size, 500);
-      assertEquals((await s.getRun(`w${i}`))!.status, "finished");
-    }
-    const seqs = (await s.metrics("w0")).map((m) => m.seq);
-    assert(seqs.every((q, i) => i === 0 || q > seqs[i - 1]!));
-    assertEquals(await s.integrityCheck(), "ok");
+    const ids = ["w0", "w1", "w2", "w3"];
+    await runStoreWriters(location, { ids, batches: 100, per: 5 });
+    await assertWritersKept(s, { ids, points: 500 });
   }],
 
   [
     "keeps every acknowledged batch of a writer killed with SIGKILL, and marks its run interrupted",
     async (s, location) => {
-      const p = _writer(location, "victim", ["0", "50", "forever"]);
-      const reader = p.stdout.pipeThrough(new TextDecoderStream()).getReader();
-      let acked = 0, buf = "";
-      while (acked < 1000) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buf += value;
-        for (const m of buf.matchAll(/ack (\d+)\n/g)) acked = Math.max(acked, Number(m[1]));
-      }
-      p.kill("SIGKILL");
-      await p.status;
-      reader.releaseLock();
-      await p.stdout.cancel().catch(() => {});
-      await p.stderr.cancel();
-      assert(acked >= 1000, `acknowledged ${acked}`);
-      assertEquals(await s.integrityCheck(), "ok");
-      const m = await s.metrics("victim");
-      assert(m.length >= acked, `${m.length} stored, ${acked} acknowledged`);
-      assertEquals(m.length % 50, 0, "a batch is all or nothing");
+      const acked = await killWriterAfter(location, { id: "victim", atLeast: 1000 });
       assertEquals(await s.markInterrupted(), ["victim"]);
-      const run = (await s.getRun("victim"))!;
-      assertEquals(run.status, "interrupted");
-      assert(run.error?.includes("is gone"), run.error ?? "");
+      await assertKilledWriterKept(s, { id: "victim", acked });
     },
   ],
 ];
-
-/** `tests/fixtures/store_location_writer.ts` writing run `id` into the store at `location`. */
-function _writer(location: string, id: string, args: string[]): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "tests/fixtures/store_location_writer.ts", location, id, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-}

@@ -8,7 +8,8 @@
 import { loadDataset } from "../data/dataset.ts";
 import type { StoredRun } from "../runs/stored_run.ts";
 import type { TrainBackend } from "./backend.ts";
-import { tensorsToState, train, type TrainResult } from "./trainer.ts";
+import { recordRunFailure, trainRun } from "./train_run.ts";
+import { tensorsToState, type TrainResult } from "./trainer.ts";
 
 /** Options of {@linkcode continueRun}. */
 export interface ContinueRunOptions {
@@ -40,27 +41,14 @@ export async function continueRun(
       await run.event("resume", `resumed from step ${start}`, start);
     } else o.progress(`No complete checkpoint in ${run.path}: starting ${run.meta.id} from step 0`);
     await run.update({ status: "running", ended_at: null, error: null });
-    const r = await train({
-      config: c,
-      configYaml: yaml,
-      dataset: await loadDataset(c, o.baseDir),
-      backend,
-      run,
-      startStep: start,
-      startSkipped: skipped,
-      stopAfter: o.stopAfter,
-      progress: o.progress,
-      signal: o.signal,
-      abandon: o.abandon,
-      profile: o.profile,
-    });
-    await run.update({ status: r.status, ended_at: new Date().toISOString(), step: r.steps });
-    return r;
+    const dataset = await loadDataset(c, o.baseDir);
+    return await trainRun(
+      { config: c, configYaml: yaml, dataset, backend, run, startStep: start, startSkipped: skipped },
+      o,
+    );
   } catch (e) {
     if (o.abandon?.aborted) throw e; // the run is another process's now
-    await run.flush().catch(() => {});
-    await run.update({ status: "failed", ended_at: new Date().toISOString(), error: (e as Error).message });
-    await run.event("error", (e as Error).message, run.meta.step);
+    await recordRunFailure(run, (e as Error).message);
     throw e;
   }
 }

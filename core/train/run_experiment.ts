@@ -16,7 +16,8 @@ import { gitCommit, newRunId, RunDir, type RunMeta } from "../runs/run_dir.ts";
 import { preferredRun, type RunStore } from "../runs/store.ts";
 import { fmtCount, table } from "../util/format.ts";
 import type { TrainBackend } from "./backend.ts";
-import { train, type TrainResult } from "./trainer.ts";
+import { recordRunFailure, trainRun } from "./train_run.ts";
+import type { TrainResult } from "./trainer.ts";
 
 /** Makes the backend of a config (WebGPU or CPU reference). */
 export type BackendFactory = (config: Readonly<Experiment>) => Promise<TrainBackend>;
@@ -124,19 +125,7 @@ export async function runPoint(point: SweepPoint, o: RunPointOptions): Promise<P
     backend = await o.backendFactory(c);
     await run.update({ adapter: backend.description });
     o.progress(`device: ${backend.description}; ${fmtCount(countParams(c).total)} parameters`);
-    const r = await train({
-      config: c,
-      configYaml: yaml,
-      dataset,
-      backend,
-      run,
-      stopAfter: o.stopAfter,
-      progress: o.progress,
-      signal: o.signal,
-      abandon: o.abandon,
-      profile: o.profile,
-    });
-    await run.update({ status: r.status, ended_at: new Date().toISOString(), step: r.steps });
+    const r = await trainRun({ config: c, configYaml: yaml, dataset, backend, run }, o);
     return {
       ..._outcome(point, meta.id, run.path, r.status, r.final, null, countParams(c).total),
       profile: r.profile,
@@ -144,9 +133,7 @@ export async function runPoint(point: SweepPoint, o: RunPointOptions): Promise<P
   } catch (e) {
     if (o.abandon?.aborted) throw e; // the run is another process's now
     const msg = `${(e as Error).name}: ${(e as Error).message}`;
-    await run.flush().catch(() => {}); // the points logged before the failure, if the store still takes them
-    await run.update({ status: "failed", ended_at: new Date().toISOString(), error: msg });
-    await run.event("error", msg, run.meta.step);
+    await recordRunFailure(run, msg);
     o.progress(`run ${meta.id} failed: ${msg}`);
     return _outcome(point, meta.id, run.path, "failed", null, msg, countParams(c).total);
   } finally {

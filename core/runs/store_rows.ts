@@ -1,19 +1,24 @@
 /**
- * Rows of the Postgres run store to records and back: BIGINT columns arrive as strings (exact past 2^53),
- * and are numbers again here; JSON columns are text, parsed here.
+ * Rows of the run stores' tables to records and back, the same for the SQLite and the Postgres store (their
+ * tables have the same columns): numbers come back as numbers whether the driver gave a number or a string
+ * (Postgres BIGINT, exact past 2^53); JSON columns are text, parsed here; metric points that a store cannot
+ * keep are refused here.
  *
  * @module
  */
-import type { Row } from "postgres";
 import type {
   CheckpointRecord,
   EventKind,
+  MetricPoint,
   MetricRow,
   ReportRecord,
   RunEvent,
   RunRecord,
   SweepRecord,
 } from "./store.ts";
+
+/** A row as a driver returns it: column name → value. */
+export type StoreRow = Readonly<Record<string, unknown>>;
 
 /** The columns of `runs` that {@linkcode RunMeta} holds, besides `id`. */
 export const RUN_FIELDS = [
@@ -30,19 +35,50 @@ export const RUN_FIELDS = [
   "step",
 ] as const;
 
+/** One of {@linkcode RUN_FIELDS}. */
+export type RunField = (typeof RUN_FIELDS)[number];
+
 /** A run field's value as stored: `sweep_params` as JSON text, absent as NULL. */
-export function runValue(field: (typeof RUN_FIELDS)[number], v: unknown): string | number | null {
+export function runValue(field: RunField, v: unknown): string | number | null {
   if (field === "sweep_params") return JSON.stringify(v ?? {});
   return (v ?? null) as string | number | null;
 }
 
-/** SQL for the server's current time as an ISO 8601 string, like JavaScript's `toISOString()`. */
-export const SQL_NOW_ISO = `to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+/**
+ * Why a store refuses the batch `points` (a RangeError naming the first bad point), or null: a number that
+ * is not finite, or with `integers` (BIGINT columns) a step or token count that is not a safe integer.
+ *
+ * @example
+ * ```ts
+ * import { metricPointsError } from "./store_rows.ts";
+ * const p = { key: "train/loss", step: 1, tokens: 8, time: 0.5, value: NaN };
+ * console.log(metricPointsError([p])?.message); // 'Metric "train/loss" has a non-finite value: NaN'
+ * ```
+ */
+export function metricPointsError(
+  points: readonly MetricPoint[],
+  o: { integers?: boolean } = {},
+): RangeError | null {
+  for (const p of points) {
+    for (const f of ["step", "tokens", "time", "value"] as const) {
+      if (typeof p[f] !== "number" || !Number.isFinite(p[f])) {
+        return new RangeError(`Metric "${p.key}" has a non-finite ${f}: ${p[f]}`);
+      }
+    }
+    if (!o.integers) continue;
+    for (const f of ["step", "tokens"] as const) {
+      if (!Number.isSafeInteger(p[f])) {
+        return new RangeError(`Metric "${p.key}" has a non-integer ${f}: ${p[f]}`);
+      }
+    }
+  }
+  return null;
+}
 
 const _str = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
 
 /** A `sweeps` row. */
-export function sweepFromRow(r: Row): SweepRecord {
+export function sweepFromRow(r: StoreRow): SweepRecord {
   return {
     id: String(r.id),
     name: String(r.name),
@@ -52,7 +88,7 @@ export function sweepFromRow(r: Row): SweepRecord {
 }
 
 /** A `runs` row. */
-export function runFromRow(r: Row): RunRecord {
+export function runFromRow(r: StoreRow): RunRecord {
   return {
     id: String(r.id),
     name: String(r.name),
@@ -74,7 +110,7 @@ export function runFromRow(r: Row): RunRecord {
 }
 
 /** A `metrics` row. */
-export function metricFromRow(r: Row): MetricRow {
+export function metricFromRow(r: StoreRow): MetricRow {
   return {
     seq: Number(r.seq),
     key: String(r.key),
@@ -86,7 +122,7 @@ export function metricFromRow(r: Row): MetricRow {
 }
 
 /** An `events` row. */
-export function eventFromRow(r: Row): RunEvent {
+export function eventFromRow(r: StoreRow): RunEvent {
   return {
     run_id: String(r.run_id),
     seq: Number(r.seq),
@@ -99,7 +135,7 @@ export function eventFromRow(r: Row): RunEvent {
 }
 
 /** A `checkpoints` row. */
-export function checkpointFromRow(r: Row): CheckpointRecord {
+export function checkpointFromRow(r: StoreRow): CheckpointRecord {
   return {
     run_id: String(r.run_id),
     step: Number(r.step),
@@ -111,7 +147,7 @@ export function checkpointFromRow(r: Row): CheckpointRecord {
 }
 
 /** A `reports` row. */
-export function reportFromRow(r: Row): ReportRecord {
+export function reportFromRow(r: StoreRow): ReportRecord {
   return {
     id: String(r.id),
     kind: String(r.kind),
