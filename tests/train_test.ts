@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { cli } from "./helpers/cli.ts";
+import { cli, type CliResult } from "./helpers/cli.ts";
 import { latestCheckpoint, listCheckpoints } from "../core/runs/checkpoints.ts";
 import { readSafeTensors, tensorToF32 } from "../core/runs/safetensors.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
@@ -8,6 +8,28 @@ import { loadExperiment } from "../core/config/mod.ts";
 import { loadDataset } from "../core/data/dataset.ts";
 import { GpuTrainBackend, parseFaultSteps } from "../core/train/gpu_backend.ts";
 import { testGpu } from "./helpers/gpu.ts";
+
+/** `cli(...argv)` with the fault-injection variable `name` set to `value` for that call only. */
+async function cliWithFault(name: string, value: string, ...argv: string[]): Promise<CliResult> {
+  Deno.env.set(name, value);
+  try {
+    return await cli(...argv);
+  } finally {
+    Deno.env.delete(name);
+  }
+}
+
+/**
+ * Asserts a run that failed as a user should see it: exit 1, each of `expected` in the output, no stack
+ * trace. Returns the run's id.
+ */
+function assertRunFailed(r: CliResult, ...expected: (RegExp | string)[]): string {
+  assertEquals(r.code, 1, r.err.join("\n"));
+  const text = [...r.err, ...r.out].join("\n");
+  for (const e of expected) assert(typeof e === "string" ? text.includes(e) : e.test(text), text);
+  assert(!/\n\s+at /.test(text), `no stack trace: ${text}`);
+  return r.json().run_id ?? r.json().points?.[0]?.run_id;
+}
 
 Deno.test("deno task run trains the micro DS-MoE on WebGPU: loss falls from ln 256 = 5.55 to below 3.7", async () => {
   const dir = await Deno.makeTempDir();
@@ -129,7 +151,6 @@ Deno.test("a NaN injected into a gradient skips that step on the GPU: parameters
 Deno.test("deno task run with injected NaN gradients: isolated steps are skipped and counted, a persistent NaN stops with exit 1 and keeps only good checkpoints", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    Deno.env.set("DSMOE_FAULT_NAN_GRAD", "3,4");
     const sets = [
       "--set",
       "train.steps=12",
@@ -138,7 +159,8 @@ Deno.test("deno task run with injected NaN gradients: isolated steps are skipped
       "--set",
       "train.eval_every=12",
     ];
-    const ok = await cli("run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--json", ...sets);
+    const run = ["run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--json"];
+    const ok = await cliWithFault("DSMOE_FAULT_NAN_GRAD", "3,4", ...run, ...sets);
     assertEquals(ok.code, 0, ok.err.join("\n"));
     const m = await (await RunDir.open(dir, ok.json().run_id)).readMetrics();
     assertEquals(m.filter((x) => x.key === "train/skipped_steps").map((x) => [x.step, x.value]), [[3, 1], [
@@ -146,22 +168,15 @@ Deno.test("deno task run with injected NaN gradients: isolated steps are skipped
       2,
     ]]);
 
-    Deno.env.set("DSMOE_FAULT_NAN_GRAD", "7-");
-    const bad = await cli(
-      "run",
-      "tests/fixtures/micro.yaml",
-      "--runs-dir",
-      dir,
-      "--json",
+    const bad = await cliWithFault(
+      "DSMOE_FAULT_NAN_GRAD",
+      "7-",
+      ...run,
       ...sets.slice(2),
       "--set",
       "train.steps=30",
     );
-    assertEquals(bad.code, 1, bad.err.join("\n"));
-    const text = [...bad.err, ...bad.out].join("\n");
-    assert(/Training diverged: 10 non-finite steps in a row/.test(text), text);
-    assert(!/\n\s+at /.test(text), "no stack trace");
-    const id = bad.json().run_id ?? bad.json().points?.[0]?.run_id;
+    const id = assertRunFailed(bad, /Training diverged: 10 non-finite steps in a row/);
     // Skipped steps change nothing, so every checkpoint from step 6 on holds step 6's parameters: the newest
     // one reads back intact, finite, and equal to the one written at step 8.
     const ck = (await latestCheckpoint(`${dir}/${id}`))!;
@@ -175,7 +190,6 @@ Deno.test("deno task run with injected NaN gradients: isolated steps are skipped
       assertEquals(v, tensorToF32(at8.tensors.get(name)!), `${name} as at step 8`);
     }
   } finally {
-    Deno.env.delete("DSMOE_FAULT_NAN_GRAD");
     closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }
@@ -184,7 +198,6 @@ Deno.test("deno task run with injected NaN gradients: isolated steps are skipped
 Deno.test("a device lost mid-run stops it with exit 1 and a clear message, writes no checkpoint after the loss, and --resume continues", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    Deno.env.set("DSMOE_FAULT_DEVICE_LOSS", "10");
     const sets = [
       "--set",
       "train.steps=20",
@@ -193,13 +206,12 @@ Deno.test("a device lost mid-run stops it with exit 1 and a clear message, write
       "--set",
       "train.eval_every=20",
     ];
-    const lost = await cli("run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--json", ...sets);
-    Deno.env.delete("DSMOE_FAULT_DEVICE_LOSS");
-    assertEquals(lost.code, 1, lost.err.join("\n"));
-    const text = [...lost.err, ...lost.out].join("\n");
-    assert(/WebGPU device lost/.test(text), text);
-    assert(!/\n\s+at /.test(text), `no stack trace: ${text}`);
-    const id = lost.json().run_id ?? lost.json().points?.[0]?.run_id;
+    const lost = await cliWithFault(
+      "DSMOE_FAULT_DEVICE_LOSS",
+      "10",
+      ...["run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--json", ...sets],
+    );
+    const id = assertRunFailed(lost, /WebGPU device lost/);
     const steps = (await listCheckpoints(`${dir}/${id}`)).map((c) => c.step);
     assertEquals(steps, [4, 8], "checkpoints only from before the loss at step 10");
     const resumed = await cli("run", "--resume", id, "--runs-dir", dir, "--json", "--no-dashboard");
@@ -207,7 +219,6 @@ Deno.test("a device lost mid-run stops it with exit 1 and a clear message, write
     assertEquals((await latestCheckpoint(`${dir}/${id}`))!.entry.step, 20);
     assertEquals((await RunDir.open(dir, id)).meta.status, "finished");
   } finally {
-    Deno.env.delete("DSMOE_FAULT_DEVICE_LOSS");
     closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }
@@ -216,19 +227,21 @@ Deno.test("a device lost mid-run stops it with exit 1 and a clear message, write
 Deno.test("a buffer the device refuses (out of memory) fails the run with exit 1, naming the tensor and its size", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    Deno.env.set("DSMOE_FAULT_OOM", "adam.v.wte"); // the device reports out-of-memory for this allocation
-    const r = await cli("run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--json", "--no-dashboard");
-    Deno.env.delete("DSMOE_FAULT_OOM");
-    assertEquals(r.code, 1, r.err.join("\n"));
-    const text = [...r.err, ...r.out].join("\n");
-    assert(text.includes("GpuOutOfMemoryError: Out of GPU memory"), text);
-    assert(text.includes('could not allocate tensor "adam.v.wte" [256, 32] f32 (32.00 KiB)'), text);
-    assert(!/\n\s+at /.test(text), `no stack trace: ${text}`);
-    const meta = (await RunDir.open(dir, r.json().run_id ?? r.json().points[0].run_id)).meta;
+    // The device reports out-of-memory for this allocation.
+    const r = await cliWithFault(
+      "DSMOE_FAULT_OOM",
+      "adam.v.wte",
+      ...["run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--json", "--no-dashboard"],
+    );
+    const id = assertRunFailed(
+      r,
+      "GpuOutOfMemoryError: Out of GPU memory",
+      'could not allocate tensor "adam.v.wte" [256, 32] f32 (32.00 KiB)',
+    );
+    const meta = (await RunDir.open(dir, id)).meta;
     assertEquals(meta.status, "failed");
     assert(meta.error?.includes('"adam.v.wte"'), meta.error ?? "no error recorded");
   } finally {
-    Deno.env.delete("DSMOE_FAULT_OOM");
     closeRunStores();
     await Deno.remove(dir, { recursive: true });
   }

@@ -14,8 +14,14 @@
  */
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
-import { grid, type KernelCall } from "../dispatch.ts";
-import { header, packUniform, simpleKernel, workgroupReduceWgsl } from "./common.ts";
+import type { KernelCall } from "../dispatch.ts";
+import {
+  type Binding,
+  simpleKernel,
+  type UniformFields,
+  workgroupPerItem,
+  workgroupReduceWgsl,
+} from "./common.ts";
 
 /**
  * WGSL `fn attend(qo, first, len, kc, oo, g)`: head of width D at `${q}[qo…]` attends over key rows
@@ -107,14 +113,30 @@ ${output}
 }`;
 }
 
-/** The entry point of a kernel whose workgroup `wi` (folded over a 2-D dispatch) calls attendGroup. */
-export function attendGroupEntry(body: string): string {
-  return `@compute @workgroup_size(${_ATTEND_THREADS})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {
-  let wi = wid.x + wid.y * nwg.x;
-${body}
-}`;
+/**
+ * A kernel with a workgroup per item (`items`, the first uniform field `n`) whose `body` calls attendGroup:
+ * it sees `wi` (the item) and `t` (the thread). `prelude` adds workgroup variables or helpers.
+ */
+export function attendGroupKernel(
+  ctx: GpuContext,
+  o: {
+    label: string;
+    bindings: readonly Binding[];
+    fields: UniformFields;
+    items: number;
+    D: number;
+    T: number;
+    q: string;
+    out: string;
+    body: string;
+    prelude?: string;
+  },
+): KernelCall {
+  return workgroupPerItem(ctx, {
+    ...o,
+    threads: _ATTEND_THREADS,
+    prelude: `${attendGroupWgsl(o.D, o.T, o.q, o.out)}\n${o.prelude ?? ""}`,
+  });
 }
 
 /**
@@ -180,49 +202,40 @@ export function attentionCached(ctx: GpuContext, o: CachedAttentionOptions): Ker
     );
   }
   const T = o.kcache.size / (Hkv * D);
-  if (ctx.profile === "gpu" && attendGroupFits(ctx, T, D)) {
-    const bindings = [
-      { name: "Q", tensor: o.q },
-      { name: "K", tensor: o.kcache },
-      { name: "Vals", tensor: o.vcache },
-      { name: "pos", tensor: o.pos },
-      { name: "O", tensor: o.o, write: true },
-    ];
-    const fields = [["n", "u32", N * H], ["H", "u32", H], ["Hkv", "u32", Hkv], [
-      "width",
-      "u32",
-      Hkv * D,
-    ]] as const;
-    const attend: KernelCall = {
+  const bindings = [
+    { name: "Q", tensor: o.q },
+    { name: "K", tensor: o.kcache },
+    { name: "Vals", tensor: o.vcache },
+    { name: "pos", tensor: o.pos },
+    { name: "O", tensor: o.o, write: true },
+  ];
+  const fields: UniformFields = [["n", "u32", N * H], ["H", "u32", H], ["Hkv", "u32", Hkv], [
+    "width",
+    "u32",
+    Hkv * D,
+  ]];
+  const attend = ctx.profile === "gpu" && attendGroupFits(ctx, T, D)
+    ? attendGroupKernel(ctx, {
       label: "attention_cached",
-      code: `${header(bindings, fields)}
-${attendGroupWgsl(D, T, "Q", "O")}
-${
-        attendGroupEntry(`  if (wi >= u.n) { return; }
-  let tok = wi / u.H; let h = wi % u.H;
-  attendGroup(wi * ${D}u, 0u, pos[0] + tok + 1u, (h % u.Hkv) * ${D}u, wi * ${D}u, 1.0, t);`)
-      }`,
-      bindings: bindings.map((b) => b.tensor),
-      uniform: packUniform(fields),
-      workgroups: grid(ctx, N * H),
-    };
-    return [kvWrite(ctx, o), attend];
-  }
-  const attend = simpleKernel(ctx, {
-    label: "attention_cached",
-    bindings: [
-      { name: "Q", tensor: o.q },
-      { name: "K", tensor: o.kcache },
-      { name: "Vals", tensor: o.vcache },
-      { name: "pos", tensor: o.pos },
-      { name: "O", tensor: o.o, write: true },
-    ],
-    fields: [["n", "u32", N * H], ["H", "u32", H], ["Hkv", "u32", Hkv], ["width", "u32", Hkv * D]],
-    invocations: N * H,
-    workgroup: 32,
-    prelude: attendWgsl(D, "Q", "O"),
-    body: `  let t = i / u.H; let h = i % u.H;
+      bindings,
+      fields,
+      items: N * H,
+      D,
+      T,
+      q: "Q",
+      out: "O",
+      body: `  let tok = wi / u.H; let h = wi % u.H;
+  attendGroup(wi * ${D}u, 0u, pos[0] + tok + 1u, (h % u.Hkv) * ${D}u, wi * ${D}u, 1.0, t);`,
+    })
+    : simpleKernel(ctx, {
+      label: "attention_cached",
+      bindings,
+      fields,
+      invocations: N * H,
+      workgroup: 32,
+      prelude: attendWgsl(D, "Q", "O"),
+      body: `  let t = i / u.H; let h = i % u.H;
   attend(i * ${D}u, 0u, pos[0] + t + 1u, (h % u.Hkv) * ${D}u, i * ${D}u, 1.0);`,
-  });
+    });
   return [kvWrite(ctx, o), attend];
 }

@@ -47,6 +47,27 @@ export function header(bindings: readonly Binding[], fields: UniformFields): str
   return lines.join("\n");
 }
 
+/**
+ * A kernel call whose WGSL is the {@linkcode header} of `bindings` and `fields` followed by `code` (helper
+ * functions, workgroup variables, the entry point), with the uniform packed from `fields`.
+ */
+export function headedKernel(o: {
+  label: string;
+  bindings: readonly Binding[];
+  fields: UniformFields;
+  code: string;
+  workgroups: KernelCall["workgroups"];
+}): KernelCall {
+  return {
+    label: o.label,
+    code: `${header(o.bindings, o.fields)}
+${o.code}`,
+    bindings: o.bindings.map((b) => b.tensor),
+    uniform: packUniform(o.fields),
+    workgroups: o.workgroups,
+  };
+}
+
 /** Entry point whose body sees `i`, the linear invocation index, folded over a 2-D dispatch. */
 export function entry(workgroup: number, body: string): string {
   return `@compute @workgroup_size(${workgroup})
@@ -75,14 +96,46 @@ export function simpleKernel(
 ): KernelCall {
   const wg = o.workgroup ?? 64;
   const guard = o.fields[0]?.[0] === "n" ? "  if (i >= u.n) { return; }\n" : "";
-  const code = `${header(o.bindings, o.fields)}\n${o.prelude ?? ""}\n${entry(wg, guard + o.body)}`;
-  return {
-    label: o.label,
-    code,
-    bindings: o.bindings.map((b) => b.tensor),
-    uniform: packUniform(o.fields),
+  return headedKernel({
+    ...o,
+    code: `${o.prelude ?? ""}\n${entry(wg, guard + o.body)}`,
     workgroups: grid(ctx, Math.max(1, Math.ceil(o.invocations / wg))),
-  };
+  });
+}
+
+/**
+ * A kernel with a workgroup of `threads` threads per item (`items` folded over a 2-D dispatch): `body`
+ * sees `wi` (the item) and `t` (the thread), after a return past `u.n` (the first uniform field, which must
+ * be the item count; the return is uniform per workgroup, so barriers may follow). `prelude` goes before
+ * the entry point (workgroup variables, helper functions).
+ */
+export function workgroupPerItem(
+  ctx: GpuContext,
+  o: {
+    label: string;
+    bindings: readonly Binding[];
+    fields: UniformFields;
+    items: number;
+    threads: number;
+    body: string;
+    prelude?: string;
+  },
+): KernelCall {
+  if (o.fields[0]?.[0] !== "n") {
+    throw new RangeError(`workgroupPerItem(${o.label}): the first uniform field must be n (items)`);
+  }
+  return headedKernel({
+    ...o,
+    code: `${o.prelude ?? ""}
+@compute @workgroup_size(${o.threads})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) t: u32) {
+  let wi = wid.x + wid.y * nwg.x;
+  if (wi >= u.n) { return; }
+${o.body}
+}`,
+    workgroups: grid(ctx, Math.max(1, o.items)),
+  });
 }
 
 /** Row lanes per column in {@linkcode columnSums}: a workgroup is 16 columns × 16 row lanes. */
@@ -113,8 +166,7 @@ export function columnSums(
   }
   const L = _COL_LANES;
   const each = (f: (t: number) => string) => o.terms.map((_, t) => f(t)).join(" ");
-  const code = `${header(o.bindings, o.fields)}
-${o.prelude ?? ""}
+  const code = `${o.prelude ?? ""}
 ${each((t) => `var<workgroup> red${t}: array<f32, ${L * L}>;`)}
 @compute @workgroup_size(${L}, ${L})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -136,13 +188,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
 }`;
   const cols = o.fields[0][2];
-  return {
-    label: o.label,
-    code,
-    bindings: o.bindings.map((b) => b.tensor),
-    uniform: packUniform(o.fields),
-    workgroups: grid(ctx, Math.max(1, Math.ceil(cols / L))),
-  };
+  return headedKernel({ ...o, code, workgroups: grid(ctx, Math.max(1, Math.ceil(cols / L))) });
 }
 
 /**
@@ -194,8 +240,7 @@ export function totalSum(
   },
 ): KernelCall {
   const S = _SUM_THREADS;
-  const code = `${header(o.bindings, o.fields)}
-${o.prelude ?? ""}
+  const code = `${o.prelude ?? ""}
 var<workgroup> red: array<f32, ${S}>;
 ${workgroupReduceWgsl("workgroupSum", S, "red", "sum")}
 @compute @workgroup_size(${S})
@@ -207,13 +252,7 @@ fn main(@builtin(local_invocation_index) t: u32) {
     ${o.finish}
   }
 }`;
-  return {
-    label: o.label,
-    code,
-    bindings: o.bindings.map((b) => b.tensor),
-    uniform: packUniform(o.fields),
-    workgroups: [1],
-  };
+  return headedKernel({ ...o, code, workgroups: [1] });
 }
 
 /**

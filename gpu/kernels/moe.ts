@@ -28,25 +28,11 @@
 import { createIndirectTensor, createTensor, type GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import {
-  columnSums,
-  entry,
-  header,
-  packUniform,
-  simpleKernel,
-  type UniformFields,
-  vecGroup,
-} from "./common.ts";
+import { columnSums, entry, packUniform, simpleKernel, type UniformFields, vecGroup } from "./common.ts";
 import { matmulTile } from "./matmul.ts";
 import type { ActivationKind } from "./activation.ts";
 import { grid } from "../dispatch.ts";
-import {
-  attendGroupEntry,
-  attendGroupFits,
-  attendGroupWgsl,
-  attendWgsl,
-  kvWrite,
-} from "./cached_attention.ts";
+import { attendGroupFits, attendGroupKernel, attendWgsl, kvWrite } from "./cached_attention.ts";
 
 /** Sizes of a sparse MoE MLP: N tokens, model width d, E experts of hidden width h. */
 export interface MoeShape {
@@ -828,29 +814,28 @@ function _moaOneTokenGpu(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): Kernel
     { name: "pos", tensor: pos },
     { name: "QO", tensor: o.scratch.hidden, write: true },
   ];
-  const fields = [["n", "u32", E * G], ["G", "u32", G], ["width", "u32", w]] as const;
+  const fields: UniformFields = [["n", "u32", E * G], ["G", "u32", G], ["width", "u32", w]];
   const T = o.cache!.kcache.size / w;
   // A workgroup per (expert, head) when the scores of every cache row fit its memory; the gate is read
   // through workgroup memory so that the early return of an unrouted expert is uniform (barriers follow).
   const attend: KernelCall = attendGroupFits(ctx, T, D)
-    ? {
+    ? attendGroupKernel(ctx, {
       label: "moa_attend1",
-      code: `${header(bindings, fields)}
-${attendGroupWgsl(D, T, "QO", "QO")}
-var<workgroup> a_gate: f32;
-${
-        attendGroupEntry(`  if (wi >= u.n) { return; }
-  let e = wi / u.G; let j = wi % u.G;
+      bindings,
+      fields,
+      items: E * G,
+      D,
+      T,
+      q: "QO",
+      out: "QO",
+      prelude: "var<workgroup> a_gate: f32;",
+      body: `  let e = wi / u.G; let j = wi % u.G;
   if (t == 0u) { a_gate = gate[e]; }
   let g = workgroupUniformLoad(&a_gate);
   if (g <= 0.0) { return; }
   let col = e * u.width + j * ${D}u;
-  attendGroup(col, 0u, pos[0] + 1u, j * ${D}u, col, g, t);`)
-      }`,
-      bindings: bindings.map((b) => b.tensor),
-      uniform: packUniform(fields),
-      workgroups: grid(ctx, E * G),
-    }
+  attendGroup(col, 0u, pos[0] + 1u, j * ${D}u, col, g, t);`,
+    })
     : simpleKernel(ctx, {
       label: "moa_attend1",
       bindings,

@@ -9,15 +9,14 @@
  */
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
-import { grid, type KernelCall } from "../dispatch.ts";
+import type { KernelCall } from "../dispatch.ts";
 import {
   type Binding,
   columnSums,
-  header,
   loopBudget,
-  packUniform,
   simpleKernel,
   type UniformFields,
+  workgroupPerItem,
   workgroupReduceWgsl,
 } from "./common.ts";
 
@@ -25,32 +24,22 @@ import {
 const _ROW_THREADS = 64;
 
 /**
- * A kernel with a workgroup of 64 threads per row (`rows` folded over a 2-D dispatch): the body sees `row`,
- * `t` (thread) and `rowSum(v)`, the workgroup's sum of every thread's v in a fixed order (call it in
- * uniform control flow). The uniform fields must start with `n` (rows).
+ * A kernel with a workgroup of 64 threads per row: the body sees `row`, `t` (thread) and `rowSum(v)`, the
+ * workgroup's sum of every thread's v in a fixed order (call it in uniform control flow). The uniform
+ * fields must start with `n` (rows).
  */
 function rowKernel(
   ctx: GpuContext,
   o: { label: string; bindings: readonly Binding[]; fields: UniformFields; rows: number; body: string },
 ): KernelCall {
   const W = _ROW_THREADS;
-  const code = `${header(o.bindings, o.fields)}
-var<workgroup> red: array<f32, ${W}>;
-${workgroupReduceWgsl("rowSum", W, "red", "sum")}
-@compute @workgroup_size(${W})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= u.n) { return; }
-${o.body}
-}`;
-  return {
-    label: o.label,
-    code,
-    bindings: o.bindings.map((b) => b.tensor),
-    uniform: packUniform(o.fields),
-    workgroups: grid(ctx, Math.max(1, o.rows)),
-  };
+  return workgroupPerItem(ctx, {
+    ...o,
+    items: o.rows,
+    threads: W,
+    prelude: `var<workgroup> red: array<f32, ${W}>;\n${workgroupReduceWgsl("rowSum", W, "red", "sum")}`,
+    body: `  let row = wi;\n${o.body}`,
+  });
 }
 
 /** Norm kinds. */

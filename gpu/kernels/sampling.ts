@@ -11,7 +11,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { type Binding, header, packUniform, simpleKernel, type UniformFields } from "./common.ts";
+import { type Binding, headedKernel, simpleKernel, type UniformFields } from "./common.ts";
 
 /** hash32 (core/util/rng.ts) in WGSL: the same bits for the same u32 inputs. */
 const _HASH = `fn hashMix(h0: u32, v: u32) -> u32 {
@@ -75,8 +75,7 @@ export function sampleTokenGpu(
     { name: "out", tensor: o.out, write: true },
     { name: "st", tensor: o.state, write: true },
   ];
-  const code = `${header(bindings, fields)}
-${_HASH}
+  const code = `${_HASH}
 var<workgroup> bestV: array<f32, ${T}>;
 var<workgroup> bestI: array<u32, ${T}>;
 var<workgroup> part: array<f32, ${T}>;
@@ -153,13 +152,7 @@ fn main(@builtin(local_invocation_index) t: u32) {
     st[0] = n + 1u;
   }
 }`;
-  return {
-    label: "sample_token",
-    code,
-    bindings: bindings.map((b) => b.tensor),
-    uniform: packUniform(fields),
-    workgroups: [1],
-  };
+  return headedKernel({ label: "sample_token", bindings, fields, code, workgroups: [1] });
 }
 
 /** Adds Σ mask (a routed layer's chosen experts for one token) to `counts[index]`. */
