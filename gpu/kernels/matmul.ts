@@ -71,6 +71,13 @@ export interface MatmulSpec extends MatmulTile {
   transB: boolean;
   /** vec4 loads along the vec4 axis (N for the outer form, K for the dot form). */
   vec: boolean;
+  /**
+   * Outer form: A loads as vec4 — along K (4 steps of K per pass of the loop, A not transposed) or
+   * along M (4 rows per load, A transposed). Needs `vec`, and K (or M and tm) divisible by 4.
+   */
+  aVec?: boolean;
+  /** K divisible by 4: with `aVec`, every pass of the loop takes 4 steps of K (both A layouts). */
+  k4?: boolean;
   /** C stored as vec4 (N divisible by 4). */
   vecC: boolean;
 }
@@ -116,13 +123,14 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
     `Its inner size K = ${k} is the number of tokens for weight gradients: lower train.batch × data.seq_len (the tokens one step sums over)`,
   );
   // Strides in the units of each binding's element (vec4 where that operand loads as vec4).
-  const aVec = vec && transB && !transA, bVec = vec, vecC = n % 4 === 0;
+  const aVec = transB ? vec && !transA : outerAVec(m, k, n, tile.tm, transA);
+  const bVec = vec, vecC = n % 4 === 0;
   const strides = [aVec ? (m * k) / 4 : m * k, bVec ? bStride / 4 : bStride, m * n];
   const ncg = Math.ceil(n / (tile.wx * tile.tn)), nrt = Math.ceil(m / tile.tm);
   const groups = batch * nrt * ncg;
   return {
     label,
-    code: _matmulWgsl({ ...tile, transA, transB, vec, vecC }),
+    code: _matmulWgsl({ ...tile, transA, transB, vec, vecC, aVec: !transB && aVec, k4: k % 4 === 0 }),
     bindings: [o.a, o.b, o.c],
     uniform: _uniform(m, k, n, strides, ncg, nrt, groups, !!o.accumulate, o.alpha ?? 1, 1, k),
     workgroups: grid(ctx, groups),
@@ -147,6 +155,16 @@ export function matmulTile(m: number, n: number, batch = 1, transB = false): Mat
   while (groups() < 4 && tm > 8) tm /= 2;
   while (groups() < 4 && tn > 8) tn /= 2;
   return { tm, tn, wx };
+}
+
+/**
+ * Whether the outer form (B not transposed) loads A as vec4s: along K when A is not transposed, along M
+ * (4 rows at once) when it is. On llvmpipe every storage load is a loop over the 8 SIMD lanes, even
+ * where all lanes read the same address, so A's loads cost as much as B's; a vec4 carries four values
+ * for one such loop: 1.3–1.5× on the training shapes (LLVMPIPE_NOTES.md, 2026-11-26).
+ */
+export function outerAVec(m: number, k: number, n: number, tm: number, transA: boolean): boolean {
+  return n % 4 === 0 && (transA ? m % 4 === 0 && tm % 4 === 0 : k % 4 === 0);
 }
 
 function _checkTile(t: MatmulTile, transB: boolean): void {
@@ -314,17 +332,19 @@ function _stores(
   return `  let cBase = bi * u.cStride;\n${rows.join("\n")}`;
 }
 
-// B not transposed: per k, A scalars (one per row, uniform over lanes) times vec4s along B's row.
+// B not transposed: per k, A scalars (one per row, uniform over lanes) times vec4s along B's row. With
+// `aVec`, A comes as vec4s: along K (each pass takes 4 steps of K, B's 4 rows, and one sum of 4 products
+// per accumulator) or, A transposed, along M (4 rows' scalars for one step of K).
 function _outerWgsl(s: MatmulSpec): string {
   const tn4 = s.tn / 4;
   const bType = s.vec ? "vec4<f32>" : "f32";
-  const rows = _lines(
-    s.tm,
-    (r) =>
-      s.transA
-        ? `  let ar${r} = aBase + min(i0 + ${r}u, u.m - 1u);`
-        : `  let ar${r} = aBase + min(i0 + ${r}u, u.m - 1u) * u.k;`,
-  );
+  const aRow = (r: number) =>
+    s.transA ? `aBase + min(i0 + ${r}u, u.m - 1u)` : `aBase + min(i0 + ${r}u, u.m - 1u) * u.k`;
+  const rows = s.aVec
+    ? s.transA
+      ? _lines(s.tm / 4, (h) => `  let ag${h} = aBase + min(i0 / 4u + ${h}u, u.m / 4u - 1u);`)
+      : _lines(s.tm, (r) => `  let ar${r} = aBase + min(i0 + ${r}u, u.m - 1u) * (u.k / 4u);`)
+    : _lines(s.tm, (r) => `  let ar${r} = ${aRow(r)};`);
   const cols = s.vec
     ? _lines(tn4, (c) => `  let bc${c} = min(j0 / 4u + ${c}u, u.n / 4u - 1u);`)
     : _lines(s.tn, (c) => `  let bc${c} = min(j0 + ${c}u, u.n - 1u);`);
@@ -333,30 +353,71 @@ function _outerWgsl(s: MatmulSpec): string {
     (r) => `  ${_range(tn4).map((c) => `var c${r}_${c} = vec4<f32>(0.0);`).join(" ")}`,
   );
   const bRow = s.vec ? "bBase + p * (u.n / 4u)" : "bBase + p * u.n";
-  const bLoads = s.vec
-    ? _lines(tn4, (c) => `    let b${c} = B[bo + bc${c}];`)
-    : _lines(tn4, (c) =>
-      `    let b${c} = vec4<f32>(${_range(4).map((e) => `B[bo + bc${4 * c + e}]`).join(", ")});`);
-  const fmas = _lines(s.tm, (r) =>
-    `    { let a = A[${s.transA ? `ap + ar${r}` : `ar${r} + p`}]; ` +
-    _range(tn4).map((c) => `c${r}_${c} += a * b${c};`).join(" ") + " }");
+  const bLoads = (suffix: string) =>
+    s.vec
+      ? _lines(tn4, (c) => `    let b${suffix}${c} = B[bo${suffix} + bc${c}];`)
+      : _lines(tn4, (c) =>
+        `    let b${suffix}${c} = vec4<f32>(${
+          _range(4).map((e) => `B[bo${suffix} + bc${4 * c + e}]`).join(", ")
+        });`);
+  let loop: string;
+  if (s.aVec && (!s.transA || s.k4)) {
+    // 4 steps of K per pass: B's 4 rows, and per accumulator one sum of 4 products.
+    const sum4 = (r: number, c: number, a: (e: number) => string) =>
+      `c${r}_${c} += ${_range(4).map((e) => `${a(e)} * b${e}_${c}`).join(" + ")};`;
+    const lanes = ["x", "y", "z", "w"];
+    const updates = s.transA
+      ? _lines(
+        s.tm / 4,
+        (h) =>
+          `    { ${_range(4).map((e) => `let a${e} = A[(4u * q + ${e}u) * (u.m / 4u) + ag${h}];`).join(" ")}
+` +
+          _lines(4, (i) =>
+            `      ${_range(tn4).map((c) => sum4(4 * h + i, c, (e) => `a${e}[${i}]`)).join(" ")}`) +
+          "\n    }",
+      )
+      : _lines(
+        s.tm,
+        (r) =>
+          `    { let a = A[ar${r} + q]; ${
+            _range(tn4).map((c) => sum4(r, c, (e) => `a.${lanes[e]}`)).join(" ")
+          } }`,
+      );
+    loop = `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {
+${_lines(4, (e) => `    let bo${e}_ = bBase + (4u * q + ${e}u) * (u.n / 4u);`)}
+${_range(4).map((e) => bLoads(`${e}_`)).join("\n")}
+${updates}
+  }`;
+  } else {
+    const update = (r: number, a: string) =>
+      `    { let a = ${a}; ` + _range(tn4).map((c) => `c${r}_${c} += a * b${c};`).join(" ") + " }";
+    const fmas = s.aVec
+      ? _lines(s.tm / 4, (h) =>
+        `    { let a4 = A[ap + ag${h}];\n` +
+        _lines(4, (e) => "  " + update(4 * h + e, `a4[${e}]`)) + "\n    }")
+      : _lines(s.tm, (r) => update(r, `A[${s.transA ? `ap + ar${r}` : `ar${r} + p`}]`));
+    const ap = s.transA ? `\n    let ap = p * ${s.aVec ? "(u.m / 4u)" : "u.m"};` : "";
+    loop = `  for (var p = 0u; p < u.k; p = p + 1u) {
+    let bo = ${bRow};${ap}
+${bLoads("")}
+${fmas}
+  }`;
+  }
   const cVec = s.vec ? (r: number, c: number) => `c${r}_${c}` : null;
   const scalar = (r: number, c: number) => `c${r}_${c >> 2}[${c & 3}]`;
-  return `${_prologue(s, "f32", bType, s.vec ? "vec4<f32>" : "f32")}
+  return `${_prologue(s, s.aVec ? "vec4<f32>" : "f32", bType, s.vec ? "vec4<f32>" : "f32")}
 ${rows}
 ${cols}
 ${accs}
-  for (var p = 0u; p < u.k; p = p + 1u) {
-    let bo = ${bRow};${s.transA ? "\n    let ap = p * u.m;" : ""}
-${bLoads}
-${fmas}
-  }
+${loop}
 ${_stores(s, cVec, scalar)}
 }
 `;
 }
 
-// B transposed (A·Bᵀ): vec4s along K of A's row and B's row into one vec4 accumulator per output.
+// B transposed (A·Bᵀ): vec4s along K of A's row and B's row, one dot() into a scalar accumulator per
+// output: one accumulator write per 4 products, and a quarter of the registers of vec4 accumulators
+// (1.3× at 2048×256×1024 with the same 32×16 tile, and a shorter compile; llvmpipe, 2026-11-26).
 function _dotWgsl(s: MatmulSpec): string {
   const aVec = s.vec && !s.transA;
   const kq = s.vec ? "u.k / 4u" : "u.k";
@@ -368,47 +429,34 @@ function _dotWgsl(s: MatmulSpec): string {
         : `  let ar${r} = aBase + min(i0 + ${r}u, u.m - 1u) * ${aVec ? kq : "u.k"};`,
   );
   const cols = _lines(s.tn, (c) => `  let bc${c} = bBase + min(j0 + ${c}u, u.n - 1u) * ${kq};`);
-  const accs = _lines(
-    s.tm,
-    (r) => `  ${_range(s.tn).map((c) => `var c${r}_${c} = vec4<f32>(0.0);`).join(" ")}`,
-  );
-  // Loads of the 4 K values starting at p (in vec4 units when vec).
-  const aLoad = (r: number, p: string) =>
+  const accs = _lines(s.tm, (r) => `  ${_range(s.tn).map((c) => `var c${r}_${c} = 0.0;`).join(" ")}`);
+  // Loads of the 4 K values starting at 4q (q in vec4 units when vec).
+  const aLoad = (r: number) =>
     aVec
-      ? `A[ar${r} + ${p}]`
+      ? `A[ar${r} + q]`
       : s.transA
-      ? `vec4<f32>(${_range(4).map((e) => `A[(4u * ${p} + ${e}u) * u.m + ar${r}]`).join(", ")})`
-      : `vec4<f32>(${_range(4).map((e) => `A[ar${r} + 4u * ${p} + ${e}u]`).join(", ")})`;
-  const bLoad = (c: number, p: string) =>
-    s.vec
-      ? `B[bc${c} + ${p}]`
-      : `vec4<f32>(${_range(4).map((e) => `B[bc${c} + 4u * ${p} + ${e}u]`).join(", ")})`;
-  const body = (load: (p: string) => [(r: number) => string, (c: number) => string], p: string) => {
-    const [la, lb] = load(p);
-    return `${_lines(s.tn, (c) => `    let b${c} = ${lb(c)};`)}
+      ? `vec4<f32>(${_range(4).map((e) => `A[(4u * q + ${e}u) * u.m + ar${r}]`).join(", ")})`
+      : `vec4<f32>(${_range(4).map((e) => `A[ar${r} + 4u * q + ${e}u]`).join(", ")})`;
+  const bLoad = (c: number) =>
+    s.vec ? `B[bc${c} + q]` : `vec4<f32>(${_range(4).map((e) => `B[bc${c} + 4u * q + ${e}u]`).join(", ")})`;
+  const step = (la: (r: number) => string, lb: (c: number) => string, op: (c: number) => string) =>
+    `${_lines(s.tn, (c) => `    let b${c} = ${lb(c)};`)}
 ${
       _lines(s.tm, (r) =>
-        `    { let a = ${la(r)}; ` + _range(s.tn).map((c) =>
-          `c${r}_${c} += a * b${c};`
-        ).join(" ") +
-        " }")
+        `    { let a = ${la(r)}; ${_range(s.tn).map((c) => `c${r}_${c} += ${op(c)};`).join(" ")} }`)
     }`;
-  };
-  const main = body((p) => [(r) => aLoad(r, p), (c) => bLoad(c, p)], "q");
-  // Scalar K tail (k % 4 != 0): one product per step into the accumulators' x lane.
+  // Scalar K tail (k % 4 != 0): one product per step.
   const tail = s.vec ? "" : `  for (var p = (u.k / 4u) * 4u; p < u.k; p = p + 1u) {
-${_lines(s.tn, (c) => `    let b${c} = vec4<f32>(B[bc${c} + p], 0.0, 0.0, 0.0);`)}
 ${
-    _lines(s.tm, (r) =>
-      `    { let a = vec4<f32>(A[${s.transA ? `p * u.m + ar${r}` : `ar${r} + p`}], 0.0, 0.0, 0.0); ` +
-      _range(s.tn).map((c) =>
-        `c${r}_${c} += a * b${c};`
-      ).join(" ") + " }")
+    step(
+      (r) => `A[${s.transA ? `p * u.m + ar${r}` : `ar${r} + p`}]`,
+      (c) => `B[bc${c} + p]`,
+      (c) => `a * b${c}`,
+    )
   }
   }`;
-  const hsum = (r: number, c: number) => `dot(c${r}_${c}, vec4<f32>(1.0))`;
-  const cVec = (r: number, c4: number) =>
-    `vec4<f32>(${_range(4).map((e) => hsum(r, 4 * c4 + e)).join(", ")})`;
+  const at = (r: number, c: number) => `c${r}_${c}`;
+  const cVec = (r: number, c4: number) => `vec4<f32>(${_range(4).map((e) => at(r, 4 * c4 + e)).join(", ")})`;
   return `${
     _prologue(s, aVec ? "vec4<f32>" : "f32", s.vec ? "vec4<f32>" : "f32", s.vecC ? "vec4<f32>" : "f32")
   }
@@ -416,10 +464,10 @@ ${rows}
 ${cols}
 ${accs}
   for (var q = 0u; q < u.k / 4u; q = q + 1u) {
-${main}
+${step(aLoad, bLoad, (c) => `dot(a, b${c})`)}
   }
 ${tail}
-${_stores(s, s.vecC ? cVec : null, hsum)}
+${_stores(s, s.vecC ? cVec : null, at)}
 }
 `;
 }

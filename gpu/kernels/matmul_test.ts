@@ -66,6 +66,10 @@ Deno.test("matmul() scales by alpha, accumulates into C, batches and broadcasts 
   await check(ctx, { m: 9, k: 12, n: 7, batch: 4, transA: true, transB: true });
   await check(ctx, { m: 33, k: 16, n: 40, batch: 3, broadcastB: true, transA: true });
   await check(ctx, { m: 5, k: 9, n: 33, batch: 2, broadcastB: true, transB: true, accumulate: true });
+  // A as vec4s in the outer form: along K (K % 4 = 0), or along M when transposed (M % 4 = 0).
+  await check(ctx, { m: 9, k: 12, n: 20, batch: 3, alpha: 1.5, accumulate: true });
+  await check(ctx, { m: 68, k: 20, n: 44, batch: 2, transA: true, broadcastB: true, alpha: -2 });
+  await check(ctx, { m: 68, k: 21, n: 44, transA: true, accumulate: true }); // one step of K per pass
 });
 
 Deno.test("matmul() is exact for every forced register tile, including edge tiles on both axes", async () => {
@@ -73,7 +77,9 @@ Deno.test("matmul() is exact for every forced register tile, including edge tile
   const tiles: MatmulTile[] = [{ tm: 32, tn: 32, wx: 8 }, { tm: 16, tn: 16, wx: 8 }, { tm: 1, tn: 4, wx: 1 }];
   for (const tile of tiles) {
     await check(ctx, { m: 70, k: 36, n: 300, tile });
-    // The dot form (A·Bᵀ) keeps a vec4 accumulator per output, so its tiles stop at 512 outputs.
+    // A transposed with M % 4 = 0 loads 4 rows per vec4; 68 rows end inside a 32- or 16-row tile.
+    await check(ctx, { m: 68, k: 36, n: 300, tile, transA: true });
+    // Dot-form (A·Bᵀ) tiles stop at 512 outputs: 32×32 took 25 s to compile on llvmpipe.
     if (tile.tm * tile.tn <= 512) await check(ctx, { m: 70, k: 36, n: 300, tile, transB: true });
   }
 });
