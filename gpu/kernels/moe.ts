@@ -547,6 +547,8 @@ const _lines = (n: number, f: (i: number) => string) => _range(n).map(f).join("\
 function _grouped(o: _GroupedOptions): KernelCall {
   const { tm, tn, wx, L } = o, tn4 = tn / 4;
   const vec = o.n % 4 === 0, q = vec ? 4 : 1;
+  // A as vec4s along K, 4 steps of K per pass (as matmul's outer form: one load loop for 4 values).
+  const aVec = vec && o.k % 4 === 0;
   const bStride = (o.up ? o.h : o.h * o.n) / q, ldb = (o.up ? o.E * o.h : o.n) / q;
   const fields: UniformFields = [
     ["k", "u32", o.k],
@@ -562,7 +564,7 @@ function _grouped(o: _GroupedOptions): KernelCall {
   ];
   const V = vec ? "vec4<f32>" : "f32";
   const binds: _Bind[] = [
-    { name: "A", decl: "f32", t: o.a },
+    { name: "A", decl: aVec ? "vec4<f32>" : "f32", t: o.a },
     { name: "B", decl: V, t: o.b },
     { name: "R", decl: "u32", t: o.route },
     { name: "C", decl: V, t: o.c, write: true },
@@ -570,7 +572,10 @@ function _grouped(o: _GroupedOptions): KernelCall {
   ];
   const rows = _lines(tm, (r) => {
     const p = `min(p0 + ${r}u, pend - 1u)`;
-    return o.up ? `  let tk${r} = R[u.tok + ${p}]; let ar${r} = tk${r} * u.k;` : `  let ar${r} = ${p} * u.k;`;
+    const k = aVec ? "(u.k / 4u)" : "u.k";
+    return o.up
+      ? `  let tk${r} = R[u.tok + ${p}]; let ar${r} = tk${r} * ${k};`
+      : `  let ar${r} = ${p} * ${k};`;
   });
   const cols = vec
     ? _lines(tn4, (c) => `  let bc${c} = min(j0 / 4u + ${c}u, u.n / 4u - 1u);`)
@@ -580,10 +585,30 @@ function _grouped(o: _GroupedOptions): KernelCall {
     ? _lines(tn4, (c) => `    let b${c} = B[bo + bc${c}];`)
     : _lines(tn4, (c) =>
       `    let b${c} = vec4<f32>(${_range(4).map((e) => `B[bo + bc${4 * c + e}]`).join(", ")});`);
-  const fmas = _lines(
-    tm,
-    (r) => `    { let a = A[ar${r} + p]; ${_range(tn4).map((c) => `c${r}_${c} += a * b${c};`).join(" ")} }`,
-  );
+  const lanes = ["x", "y", "z", "w"];
+  const loop = aVec
+    ? `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {
+${_lines(4, (e) => _lines(tn4, (c) => `    let b${e}_${c} = B[bBase + (4u * q + ${e}u) * u.ldb + bc${c}];`))}
+${
+      _lines(tm, (r) =>
+        `    { let a = A[ar${r} + q]; ${
+          _range(tn4).map((c) =>
+            `c${r}_${c} += ${_range(4).map((e) => `a.${lanes[e]} * b${e}_${c}`).join(" + ")};`
+          ).join(" ")
+        } }`)
+    }
+  }`
+    : `  for (var p = 0u; p < u.k; p = p + 1u) {
+    let bo = bBase + p * u.ldb;
+${bLoads}
+${
+      _lines(
+        tm,
+        (r) =>
+          `    { let a = A[ar${r} + p]; ${_range(tn4).map((c) => `c${r}_${c} += a * b${c};`).join(" ")} }`,
+      )
+    }
+  }`;
   // Epilogue: moe_up with a gate applies act and the token's gate; rows past the expert's segment and columns past n
   // are not stored.
   const value = (r: number, c: number) => (o.gate ? `act(c${r}_${c}) * G[tk${r} * u.E + e]` : `c${r}_${c}`);
@@ -620,11 +645,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 ${rows}
 ${cols}
 ${accs}
-  for (var p = 0u; p < u.k; p = p + 1u) {
-    let bo = bBase + p * u.ldb;
-${bLoads}
-${fmas}
-  }
+${loop}
 ${stores}
 }
 `;
