@@ -115,11 +115,12 @@ Deno.test("bench rejects an unknown suite and stray arguments with exit code 2",
   assert(help.out.join("\n").includes("--suite"));
 });
 
-Deno.test("bench times the difference of queues of p and 2p runs, p sized once per case for every implementation", async () => {
-  const calls: Record<string, number[]> = { dsmoe: [], "tfjs-webgpu": [] };
+Deno.test("bench times the difference of queues of p and 2p runs, p sized once per case, implementations in turn", async () => {
+  const calls: Record<string, number[]> = { dsmoe: [], "tfjs-webgpu": [] }, order: string[] = [];
   const fake = (impl: string, ms: number) => () => ({
     async run(times = 1) {
       calls[impl]!.push(times);
+      order.push(`${impl === "dsmoe" ? "ours" : "peer"}×${times}`);
       await new Promise((r) => setTimeout(r, ms * times));
     },
     output: () => Promise.resolve([1]),
@@ -144,6 +145,20 @@ Deno.test("bench times the difference of queues of p and 2p runs, p sized once p
     "check, sizing (1 vs 2, 2 vs 4), warm-up, 2 samples",
   );
   assertEquals(calls["tfjs-webgpu"], [1, 2, 2, 4, 2, 4], "check, warm-up, 2 samples");
+  // Both are checked first; then warm-ups and samples take turns, so a slow spell hits both rows.
+  assertEquals(order.slice(6), [
+    "ours×2",
+    "peer×2",
+    "ours×2",
+    "ours×4",
+    "peer×2",
+    "peer×4",
+    "ours×2",
+    "ours×4",
+    "peer×2",
+    "peer×4",
+  ]);
+  assertEquals(order.slice(0, 6), ["ours×1", "ours×1", "ours×2", "ours×2", "ours×4", "peer×1"]);
   assert(rows[0]!.ms! >= 15 && rows[0]!.ms! < 40, `one run's time, the wait excluded: ${rows[0]!.ms}`);
   assert(rows[1]!.ms! < 15, `the faster peer: ${rows[1]!.ms}`);
   assertEquals((await cli("bench", "--per-sync", "0")).code, 2);

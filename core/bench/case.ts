@@ -4,7 +4,7 @@
  * @module
  */
 import { BenchCheckError, checkClose, type Tolerance } from "./check.ts";
-import { sizeQueue, timeMedian, type TimingOptions } from "./timing.ts";
+import { checkTiming, Samples, sizeQueue, timeSample, type TimingOptions } from "./timing.ts";
 
 /** The implementations compared in a case unless it names its own ({@linkcode BenchCase.impls}). */
 export const IMPLS = ["dsmoe", "tfjs-webgpu"] as const;
@@ -92,8 +92,10 @@ export interface RunCasesOptions extends TimingOptions {
 }
 
 /**
- * Checks and times every implementation of every case in order. A wrong result or a thrown error becomes
- * a row with `error` set and `ms: null`; the rest still run.
+ * Checks every implementation of a case, then times them in turn: warm-ups, then sample 1 of each
+ * implementation, sample 2 of each, …, so that a slow spell of a shared machine falls on all of a case's
+ * rows rather than on one. A wrong result or a thrown error becomes a row with `error` set and `ms: null`;
+ * the rest still run.
  *
  * @example
  * ```ts
@@ -118,63 +120,106 @@ export async function runCases(cases: readonly BenchCase[], o: RunCasesOptions):
       o.progress?.(`${c.suite} ${c.name}: setup failed: ${(e as Error).message}`);
       continue;
     }
-    // The first implementation that runs fixes the queue length for the whole case.
-    const timing: TimingOptions = { ...o };
-    for (const impl of c.impls ?? IMPLS) {
-      o.progress?.(`${c.suite} ${c.name} ${impl} …`);
-      const row = await _runOne(c, impl, setup, setup.referencePerImpl ? setup.reference(impl) : ref, timing);
-      rows.push(row);
-      o.progress?.(
-        row.error
-          ? `${c.suite} ${c.name} ${impl}: ERROR ${row.error}`
-          : `${c.suite} ${c.name} ${impl}: ${row.ms!.toFixed(2)} ms${
-            row.gflops === null ? "" : ` (${row.gflops.toFixed(2)} GFLOP/s)`
-          }`,
-      );
-    }
+    rows.push(...await _runCase(c, setup, ref, o));
   }
   return rows;
 }
 
-async function _runOne(
+/** An implementation that passed its check, being timed. */
+interface _Live {
+  impl: ImplName;
+  r: Runnable;
+  maxErr: number;
+  perSync: number;
+  samples: Samples;
+  error?: unknown;
+}
+
+async function _runCase(
   c: BenchCase,
-  impl: ImplName,
   setup: CaseSetup,
   ref: ArrayLike<number>,
-  o: TimingOptions,
-): Promise<BenchRow> {
-  let r: Runnable | null = null;
+  o: RunCasesOptions,
+): Promise<BenchRow[]> {
+  const out = new Map<ImplName, BenchRow | _Live>();
+  // The first implementation that runs fixes the queue length for the whole case.
+  let perSync = o.perSync;
   try {
-    const build = setup.impls[impl];
-    if (!build) throw new TypeError(`case ${c.name} has no "${impl}" implementation`);
-    r = await build();
-    // The check run also compiles the pipelines, so it doubles as the first warm-up.
-    await r.run();
-    const out = await r.output();
-    const maxErr = checkClose(
-      setup.select ? setup.select(out) : out,
-      ref,
-      setup.tolerance,
-      `${c.suite} ${c.name} ${impl}`,
-    );
-    const perSync = r.hostBound ? 1 : (o.perSync ??= await sizeQueue((times) => r!.run(times)));
-    const { ms } = await timeMedian((times) => r!.run(times), { ...o, perSync });
+    for (const impl of c.impls ?? IMPLS) {
+      o.progress?.(`${c.suite} ${c.name} ${impl} …`);
+      let r: Runnable | null = null;
+      try {
+        const build = setup.impls[impl];
+        if (!build) throw new TypeError(`case ${c.name} has no "${impl}" implementation`);
+        r = await build();
+        // The check run also compiles the pipelines, so it doubles as the first warm-up.
+        await r.run();
+        const got = await r.output();
+        const want = setup.referencePerImpl ? setup.reference(impl) : ref;
+        const maxErr = checkClose(
+          setup.select ? setup.select(got) : got,
+          want,
+          setup.tolerance,
+          `${c.suite} ${c.name} ${impl}`,
+        );
+        const p = r.hostBound ? 1 : (perSync ??= await sizeQueue((times) => r!.run(times)));
+        checkTiming(o.reps, p);
+        out.set(impl, { impl, r, maxErr, perSync: p, samples: new Samples() });
+      } catch (e) {
+        r?.dispose();
+        out.set(impl, _errorRow(c, impl, e));
+        o.progress?.(`${c.suite} ${c.name} ${impl}: ERROR ${out.get(impl)!.error}`);
+      }
+    }
+    const live = () => [...out.values()].filter((x): x is _Live => "r" in x && x.error === undefined);
+    const each = async (f: (l: _Live) => Promise<void>) => {
+      for (const l of live()) {
+        try {
+          await f(l);
+        } catch (e) {
+          l.error = e;
+        }
+      }
+    };
+    for (let i = 0; i < o.warmup; i++) await each((l) => l.r.run(l.perSync));
+    for (let i = 0; i < o.reps; i++) {
+      await each(async (l) => l.samples.add(await timeSample((t) => l.r.run(t), l.perSync)));
+    }
+    return [...out.values()].map((x) => {
+      if (!("r" in x)) return x;
+      const row = _timedRow(c, x);
+      o.progress?.(
+        row.error
+          ? `${c.suite} ${c.name} ${x.impl}: ERROR ${row.error}`
+          : `${c.suite} ${c.name} ${x.impl}: ${row.ms!.toFixed(2)} ms${
+            row.gflops === null ? "" : ` (${row.gflops.toFixed(2)} GFLOP/s)`
+          }`,
+      );
+      return row;
+    });
+  } finally {
+    for (const x of out.values()) if ("r" in x) x.r.dispose();
+  }
+}
+
+function _timedRow(c: BenchCase, l: _Live): BenchRow {
+  try {
+    if (l.error !== undefined) throw l.error;
+    const ms = l.samples.ms();
     if (!(ms > 0) || !Number.isFinite(ms)) throw new RangeError(`timing gave ${ms} ms`);
     return {
       suite: c.suite,
       case: c.name,
-      impl,
+      impl: l.impl,
       ms,
       gflops: c.flops === null ? null : c.flops / ms / 1e6,
       flops: c.flops,
       ...(c.tokens ? { tokens: c.tokens, tokens_per_s: (1000 * c.tokens) / ms } : {}),
-      max_err: maxErr,
-      per_sync: perSync,
+      max_err: l.maxErr,
+      per_sync: l.perSync,
     };
   } catch (e) {
-    return _errorRow(c, impl, e);
-  } finally {
-    r?.dispose();
+    return _errorRow(c, l.impl, e);
   }
 }
 

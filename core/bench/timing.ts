@@ -99,17 +99,56 @@ export async function timeMedian(
   o: TimingOptions,
 ): Promise<{ ms: number; samples: number[] }> {
   const p = o.perSync ?? 1;
-  if (!Number.isInteger(o.reps) || o.reps < 1) {
-    throw new RangeError(`Cannot time: reps (${o.reps}) must be ≥ 1`);
-  }
-  if (!Number.isInteger(p) || p < 1) throw new RangeError(`Cannot time: perSync (${p}) must be ≥ 1`);
+  checkTiming(o.reps, p);
   for (let i = 0; i < o.warmup; i++) await run(p);
-  const samples: number[] = [], whole: number[] = [];
-  for (let i = 0; i < o.reps; i++) {
-    const t1 = await _timed(run, p), t2 = await _timed(run, 2 * p);
-    samples.push((t2 - t1) / p);
-    whole.push(t2 / (2 * p));
+  const samples = new Samples();
+  for (let i = 0; i < o.reps; i++) samples.add(await timeSample(run, p));
+  return { ms: samples.ms(), samples: samples.diffs };
+}
+
+/** Throws a RangeError unless `reps` and `perSync` are positive integers. */
+export function checkTiming(reps: number, perSync: number): void {
+  if (!Number.isInteger(reps) || reps < 1) throw new RangeError(`Cannot time: reps (${reps}) must be ≥ 1`);
+  if (!Number.isInteger(perSync) || perSync < 1) {
+    throw new RangeError(`Cannot time: perSync (${perSync}) must be ≥ 1`);
   }
-  const ms = median(samples);
-  return { ms: ms > 0 ? ms : median(whole), samples };
+}
+
+/**
+ * One sample: the time of `run(2p)` minus that of `run(p)`, over p (`diff`), and `run(2p)`'s time over 2p
+ * (`whole`, an upper bound that includes the wait), in milliseconds per run.
+ *
+ * @example
+ * ```ts
+ * import { timeSample } from "./timing.ts";
+ * let clock = 0;
+ * const s = await timeSample((times) => { clock += 11 + 0.5 * times; return Promise.resolve(); }, 4, () => clock);
+ * if (s.diff !== 0.5 || s.whole !== 15 / 8) throw new Error(JSON.stringify(s));
+ * ```
+ */
+export async function timeSample(
+  run: (times: number) => Promise<void>,
+  p: number,
+  now: () => number = () => performance.now(),
+): Promise<{ diff: number; whole: number }> {
+  const t1 = await _timed(run, p, now), t2 = await _timed(run, 2 * p, now);
+  return { diff: (t2 - t1) / p, whole: t2 / (2 * p) };
+}
+
+/** Samples of one implementation and the time they report. */
+export class Samples {
+  readonly diffs: number[] = [];
+  readonly wholes: number[] = [];
+  add(s: { diff: number; whole: number }): void {
+    this.diffs.push(s.diff);
+    this.wholes.push(s.whole);
+  }
+  /**
+   * The median sample; should it come out at or below zero (noise far above the work, p too small), the
+   * median of the whole queues' times instead.
+   */
+  ms(): number {
+    const ms = median(this.diffs);
+    return ms > 0 ? ms : median(this.wholes);
+  }
 }

@@ -413,21 +413,29 @@ function _sparse(
     args,
   });
   const v = d % 4 === 0, dq = v ? d / 4 : d, V = v ? "vec4<f32>" : "f32";
+  // cpu-simd: each invocation sums G consecutive elements of a token's row, so the token's E route
+  // lookups (each a per-lane load loop on llvmpipe) serve G loads; a real GPU keeps one per thread.
+  const G = ctx.profile === "gpu" ? 1 : [4, 2, 1].find((g) => dq % g === 0)!;
+  const gs = _range(G);
   const gather = _call(
     ctx,
     "moe_gather",
     [{ name: "part", decl: V, t: partial }, routeW, { name: "y", decl: V, t: o.y, write: true }],
-    [["n", "u32", N * dq], ["dq", "u32", dq], ["E", "u32", E], ["idx", "u32", L.idx]],
-    N * dq,
+    [["n", "u32", (N * dq) / G], ["dq", "u32", dq], ["E", "u32", E], ["idx", "u32", L.idx]],
+    (N * dq) / G,
     64,
     `
-  let t = i / u.dq;
-  var acc = ${V}(0.0);
+  let t = i / (u.dq / ${G}u);
+  let c0 = (i % (u.dq / ${G}u)) * ${G}u;
+  ${gs.map((j) => `var acc${j} = ${V}(0.0);`).join(" ")}
   for (var e = 0u; e < u.E; e = e + 1u) {
     let p = route[u.idx + t * u.E + e];
-    if (p != ${_NONE}u) { acc = acc + part[p * u.dq + i % u.dq]; }
+    if (p != ${_NONE}u) {
+      let o = p * u.dq + c0;
+      ${gs.map((j) => `acc${j} = acc${j} + part[o + ${j}u];`).join(" ")}
+    }
   }
-  y[i] = acc;`,
+  ${gs.map((j) => `y[t * u.dq + c0 + ${j}u] = acc${j};`).join(" ")}`,
   );
   return [count, scan, place, up, ...(middle ? [middle(L, s)] : []), down, gather];
 }

@@ -82,6 +82,7 @@ Deno.test("moeMlpSparse matches the float64 reference at odd sizes with 0, some 
     { N: 7, d: 13, E: 4, h: 5 }, // d and h not multiples of 4: scalar loads and stores
     { N: 33, d: 20, E: 8, h: 7 },
     { N: 200, d: 36, E: 8, h: 16 },
+    { N: 40, d: 32, E: 4, h: 12 }, // the gather sums 4 vec4s per invocation (2 with d = 10 below)
   ];
   for (const s of shapes) await check(ctx, { ...s, routing: "mixed" });
   await check(ctx, { N: 7, d: 13, E: 4, h: 5, routing: "dead" });
