@@ -187,11 +187,11 @@ function _oneToken(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
   }
   const c4 = vecGroup(h), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q; // columns per invocation
   const V = q === 4 ? "vec4<f32>" : "f32";
-  const accs = _range(Math.max(1, c4));
+  const accs = _range(Math.max(1, c4)), xVec = d % 4 === 0;
   const up = simpleKernel(ctx, {
     label: "moe_up1",
     bindings: [
-      { name: "x", tensor: o.x },
+      { name: "x", tensor: o.x, type: xVec ? "vec4<f32>" : "f32" },
       { name: "gate", tensor: o.gate },
       { name: "W1", tensor: o.w1, type: V },
       { name: "H", tensor: o.scratch.hidden, write: true, type: V },
@@ -204,10 +204,7 @@ function _oneToken(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
   let g = gate[(c0 * ${q}u) / u.h];
   if (g <= 0.0) { return; }
   ${accs.map((v) => `var a${v} = ${V}(0.0);`).join(" ")}
-  for (var k = 0u; k < u.d; k = k + 1u) {
-    let xv = x[k]; let r = k * u.ld + c0;
-    ${accs.map((v) => `a${v} = a${v} + xv * W1[r + ${v}u];`).join(" ")}
-  }
+${_gemvLoop("x", "W1", "0u", "u.d", accs.length, "a", xVec)}
   ${accs.map((v) => `H[c0 + ${v}u] = ${q === 4 ? `act(a${v})` : `act(vec4<f32>(a${v})).x`} * g;`).join(" ")}`,
   });
   return [up, _downOne(ctx, "moe_down1", o.gate, o.scratch.hidden, o.w2, o.y, E, h)];
@@ -243,12 +240,12 @@ function _downOne(
     });
   }
   const d = y.size, c4 = vecGroup(d), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q;
-  const V = q === 4 ? "vec4<f32>" : "f32", accs = _range(Math.max(1, c4));
+  const V = q === 4 ? "vec4<f32>" : "f32", accs = _range(Math.max(1, c4)), aVec = width % 4 === 0;
   return simpleKernel(ctx, {
     label,
     bindings: [
       { name: "gate", tensor: gate },
-      { name: "A", tensor: a },
+      { name: "A", tensor: a, type: aVec ? "vec4<f32>" : "f32" },
       { name: "W", tensor: w, type: V },
       { name: "y", tensor: y, write: true, type: V },
     ],
@@ -259,13 +256,44 @@ function _downOne(
   ${accs.map((v) => `var a${v} = ${V}(0.0);`).join(" ")}
   for (var e = 0u; e < u.E; e = e + 1u) {
     if (gate[e] <= 0.0) { continue; }
-    for (var j = e * u.w; j < (e + 1u) * u.w; j = j + 1u) {
-      let av = A[j]; let r = j * u.ld + c0;
-      ${accs.map((v) => `a${v} = a${v} + av * W[r + ${v}u];`).join(" ")}
-    }
+${_gemvLoop("A", "W", "e * u.w", "(e + 1u) * u.w", accs.length, "a", aVec)}
   }
   ${accs.map((v) => `y[c0 + ${v}u] = a${v};`).join(" ")}`,
   });
+}
+
+/**
+ * The K loop of a one-token product on cpu-simd: acc_v += X[j] · W[j·u.ld + c0 + v] for j in [from, to).
+ * With `xVec` (X bound as vec4s, from and to multiples of 4) each pass takes 4 rows: one load of X for
+ * four values, one sum of 4 products per accumulator (each storage load is a loop over the SIMD lanes on
+ * llvmpipe, so fewer loads are what counts).
+ */
+function _gemvLoop(
+  X: string,
+  W: string,
+  from: string,
+  to: string,
+  accs: number,
+  acc: string,
+  xVec = true,
+): string {
+  if (!xVec) {
+    return `    for (var j = ${from}; j < ${to}; j = j + 1u) {
+      let xv = ${X}[j]; let r = j * u.ld + c0;
+      ${_range(accs).map((v) => `${acc}${v} = ${acc}${v} + xv * ${W}[r + ${v}u];`).join(" ")}
+    }`;
+  }
+  const lanes = ["x", "y", "z", "w"];
+  return `    for (var j4 = (${from}) / 4u; j4 < (${to}) / 4u; j4 = j4 + 1u) {
+      let xv = ${X}[j4]; let r = 4u * j4 * u.ld + c0;
+      ${
+    _range(accs).map((v) =>
+      `${acc}${v} = ${acc}${v} + ${
+        _range(4).map((e) => `xv.${lanes[e]} * ${W}[r + ${e}u * u.ld + ${v}u]`).join(" + ")
+      };`
+    ).join("\n      ")
+  }
+    }`;
 }
 
 /** The pair lists, both grouped matmuls and the gather; `middle` (if any) runs on H between them. */
