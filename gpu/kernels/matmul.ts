@@ -159,9 +159,11 @@ export function matmulTile(m: number, n: number, batch = 1, transB = false): Mat
 
 /**
  * Whether the outer form (B not transposed) loads A as vec4s: along K when A is not transposed, along M
- * (4 rows at once) when it is. On llvmpipe every storage load is a loop over the 8 SIMD lanes, even
- * where all lanes read the same address, so A's loads cost as much as B's; a vec4 carries four values
- * for one such loop: 1.3–1.5× on the training shapes (LLVMPIPE_NOTES.md, 2026-11-26).
+ * (4 rows at once) when it is. On llvmpipe the loads, not the multiply-adds, set the time: a 2048×256×1024
+ * product took 28 ms, 13 ms with B's loads replaced by constants, 18 ms with A's, 6 ms with both
+ * (2026-11-26), and A's loads cost that much although every lane of a workgroup reads the same address
+ * (Mesa's storage loads loop over the SIMD lanes). A vec4 brings 4 values per load: 1.25–1.5× on the
+ * train block's four outer-form products (README "Performance").
  */
 export function outerAVec(m: number, k: number, n: number, tm: number, transA: boolean): boolean {
   return n % 4 === 0 && (transA ? m % 4 === 0 && tm % 4 === 0 : k % 4 === 0);
@@ -417,7 +419,7 @@ ${_stores(s, cVec, scalar)}
 
 // B transposed (A·Bᵀ): vec4s along K of A's row and B's row, one dot() into a scalar accumulator per
 // output: one accumulator write per 4 products, and a quarter of the registers of vec4 accumulators
-// (1.3× at 2048×256×1024 with the same 32×16 tile, and a shorter compile; llvmpipe, 2026-11-26).
+// (1.3× at 2048×256×1024 with the same 32×16 tile, and a shorter compile: llvmpipe, 2026-11-26).
 function _dotWgsl(s: MatmulSpec): string {
   const aVec = s.vec && !s.transA;
   const kq = s.vec ? "u.k / 4u" : "u.k";

@@ -185,29 +185,55 @@ function _oneToken(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
     });
     return [up, _downOne(ctx, "moe_down1", o.gate, o.scratch.hidden, o.w2, o.y, E, h)];
   }
-  const c4 = vecGroup(h), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q; // columns per invocation
+  const up = _upOne(ctx, "moe_up1", o.x, o.gate, o.w1, o.scratch.hidden, E, h, o.activation);
+  return [up, _downOne(ctx, "moe_down1", o.gate, o.scratch.hidden, o.w2, o.y, E, h)];
+}
+
+/**
+ * H[c] = X · W[:, c] for the columns c of routed experts (width columns per expert; unrouted experts'
+ * invocations return before reading W), on cpu-simd: one invocation per group of up to 16 columns. With
+ * `activation`, H[c] = act(X · W[:, c]) · gate[expert] (the MLP's up projection); without, the raw product
+ * (MoA's queries).
+ */
+function _upOne(
+  ctx: GpuContext,
+  label: string,
+  x: GpuTensor,
+  gate: GpuTensor,
+  w: GpuTensor,
+  out: GpuTensor,
+  E: number,
+  width: number,
+  activation?: ActivationKind,
+): KernelCall {
+  const d = x.size, c4 = vecGroup(width), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q; // columns per invocation
   const V = q === 4 ? "vec4<f32>" : "f32";
   const accs = _range(Math.max(1, c4)), xVec = d % 4 === 0;
-  const up = simpleKernel(ctx, {
-    label: "moe_up1",
+  const value = (v: number) =>
+    activation ? (q === 4 ? `act(a${v}) * g` : `act(vec4<f32>(a${v})).x * g`) : `a${v}`;
+  return simpleKernel(ctx, {
+    label,
     bindings: [
-      { name: "x", tensor: o.x, type: xVec ? "vec4<f32>" : "f32" },
-      { name: "gate", tensor: o.gate },
-      { name: "W1", tensor: o.w1, type: V },
-      { name: "H", tensor: o.scratch.hidden, write: true, type: V },
+      { name: "x", tensor: x, type: xVec ? "vec4<f32>" : "f32" },
+      { name: "gate", tensor: gate },
+      { name: "W", tensor: w, type: V },
+      { name: "H", tensor: out, write: true, type: V },
     ],
-    fields: [["n", "u32", (E * h) / per], ["h", "u32", h], ["d", "u32", d], ["ld", "u32", (E * h) / q]],
-    invocations: (E * h) / per,
+    fields: [["n", "u32", (E * width) / per], ["h", "u32", width], ["d", "u32", d], [
+      "ld",
+      "u32",
+      (E * width) / q,
+    ]],
+    invocations: (E * width) / per,
     workgroup: 8,
-    prelude: _ACT[o.activation],
+    prelude: activation ? _ACT[activation] : "",
     body: `  let c0 = i * ${accs.length}u; // first column (in ${V} units) of this invocation's group
   let g = gate[(c0 * ${q}u) / u.h];
   if (g <= 0.0) { return; }
   ${accs.map((v) => `var a${v} = ${V}(0.0);`).join(" ")}
-${_gemvLoop("x", "W1", "0u", "u.d", accs.length, "a", xVec)}
-  ${accs.map((v) => `H[c0 + ${v}u] = ${q === 4 ? `act(a${v})` : `act(vec4<f32>(a${v})).x`} * g;`).join(" ")}`,
+${_gemvLoop("x", "W", "0u", "u.d", accs.length, "a", xVec)}
+  ${accs.map((v) => `H[c0 + ${v}u] = ${value(v)};`).join(" ")}`,
   });
-  return [up, _downOne(ctx, "moe_down1", o.gate, o.scratch.hidden, o.w2, o.y, E, h)];
 }
 
 /**
@@ -801,29 +827,19 @@ function _moaOneToken(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): KernelCal
     "MoA",
   );
   if (ctx.profile === "gpu") return _moaOneTokenGpu(ctx, o, pos);
-  // The head's query: D columns of Wq, as vec4 when D allows.
-  const q4 = D % 4 === 0, V = q4 ? "vec4<f32>" : "f32", n = q4 ? D / 4 : D;
-  const store = q4
-    ? "for (var l = 0u; l < 4u; l = l + 1u) { QO[col + 4u * c + l] = qa[c][l]; }"
-    : "QO[col + c] = qa[c];";
+  // The routed heads' queries over all lanes and threads (moa_query1), then one invocation per routed
+  // (expert, head) attends over the cache from its query, in place.
+  const query = _upOne(ctx, "moa_query1", o.x, o.gate, o.wq, o.scratch.hidden, E, w);
   const attend = simpleKernel(ctx, {
     label: "moa_attend1",
     bindings: [
-      { name: "x", tensor: o.x },
       { name: "gate", tensor: o.gate },
-      { name: "Wq", tensor: o.wq, type: V },
       { name: "K", tensor: o.cache!.kcache },
       { name: "Vals", tensor: o.cache!.vcache },
       { name: "pos", tensor: pos },
       { name: "QO", tensor: o.scratch.hidden, write: true },
     ],
-    fields: [
-      ["n", "u32", E * G],
-      ["G", "u32", G],
-      ["d", "u32", d],
-      ["wid", "u32", (E * w) / (q4 ? 4 : 1)],
-      ["width", "u32", w],
-    ],
+    fields: [["n", "u32", E * G], ["G", "u32", G], ["width", "u32", w]],
     invocations: E * G,
     workgroup: 8,
     prelude: attendWgsl(D, "QO", "QO"),
@@ -831,16 +847,9 @@ function _moaOneToken(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): KernelCal
   let g = gate[e];
   if (g <= 0.0) { return; }
   let col = e * u.width + j * ${D}u;
-  var qa: array<${V}, ${n}>;
-  for (var c = 0u; c < ${n}u; c = c + 1u) { qa[c] = ${V}(0.0); }
-  for (var k = 0u; k < u.d; k = k + 1u) {
-    let xv = x[k]; let r = k * u.wid + col / ${q4 ? 4 : 1}u;
-    for (var c = 0u; c < ${n}u; c = c + 1u) { qa[c] = qa[c] + xv * Wq[r + c]; }
-  }
-  for (var c = 0u; c < ${n}u; c = c + 1u) { ${store} }
   attend(col, 0u, pos[0] + 1u, j * ${D}u, col, g);`,
   });
-  return [attend, _downOne(ctx, "moa_out1", o.gate, o.scratch.hidden, o.wo, o.y, E, w)];
+  return [query, attend, _downOne(ctx, "moa_out1", o.gate, o.scratch.hidden, o.wo, o.y, E, w)];
 }
 
 /**
