@@ -14,7 +14,7 @@ import {
 } from "./kernels/moe.ts";
 import { attentionCached } from "./kernels/cached_attention.ts";
 import { routeRuleOf } from "../core/ref/routing.ts";
-import { routeMask } from "./kernels/routing.ts";
+import { routeGate, routeMask } from "./kernels/routing.ts";
 import type { Node } from "../core/graph/ir.ts";
 import { GPU_IMPLS, type GpuImpl, type Scratch } from "./executor.ts";
 import { activation, activationBackward, type ActivationKind } from "./kernels/activation.ts";
@@ -187,6 +187,9 @@ const IMPLS: Record<string, GpuImpl> = {
     const counts = rule.kind === "threshold_topk" ? scratch([s!.shape[0]! + 1], "counts", "u32") : undefined;
     return routeMask(ctx, { s: s!, mask: mask!, rule, scratch: counts });
   },
+  route_gate: (ctx, n, [logits], [probs, mask, gate]) => [
+    routeGate(ctx, { logits: logits!, probs: probs!, mask: mask!, gate: gate!, rule: routeRuleOf(n) }),
+  ],
   cross_entropy: (ctx, n, [logits, targets], [loss], scratch) =>
     crossEntropy(ctx, {
       logits: logits!,

@@ -183,14 +183,20 @@ const CASES: Record<string, [Build, Tolerance]> = {
         apply1(g, "topk_mask", [s], { k: 2 }),
       ];
     }), SUMS],
-  "inference routing masks (threshold, top-k, threshold-top-K, top-p, dense)": [
+  "inference routing masks (threshold, top-k, threshold-top-K, top-p, dense) and the fused router gate": [
     (g, f) =>
       ROWS.flatMap((n) => {
-        const s = apply1(g, "softmax", [f([n, 8], -3, 3)]);
+        const z = f([n, 8], -3, 3), s = apply1(g, "softmax", [z]);
         const rule = { epsilon: 0.5, k: 3, p: 0.8 };
-        return (["threshold", "topk", "threshold_topk", "top_p", "dense"] as const).map((kind) =>
-          apply1(g, "route_mask", [s], { ...rule, kind })
-        );
+        return [
+          ...(["threshold", "topk", "threshold_topk", "top_p", "dense"] as const).map((kind) =>
+            apply1(g, "route_mask", [s], { ...rule, kind })
+          ),
+          // probs, mask and gate from the logits in one op
+          ...(["threshold", "topk", "top_p", "dense"] as const).flatMap((kind) =>
+            apply(g, "route_gate", [z], { ...rule, kind })
+          ),
+        ];
       }),
     SUMS,
   ],

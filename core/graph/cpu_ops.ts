@@ -98,6 +98,10 @@ export const CPU_OPS: Record<string, CpuImpl> = {
   ) => [routerScaleDsRef(x!, dy!, n.attrs.blocks as number, n.inputs[0]!.shape[0]!)],
   topk_mask: ([s], n) => [topkMaskRef(s!, last(n), n.attrs.k as number)],
   route_mask: ([s], n) => [routeMaskRef(s!, last(n), routeRuleOf(n))],
+  route_gate: ([z], n) => {
+    const probs = softmaxRef(z!, last(n)), mask = routeMaskRef(probs, last(n), routeRuleOf(n));
+    return [probs, mask, probs.map((v, i) => v * mask[i]!)];
+  },
   moe_mlp: ([x, gate, w1, w2], n) => {
     const [N, d] = n.inputs[0]!.shape as [number, number], E = n.attrs.experts as number;
     const h = n.inputs[2]!.shape[1]! / E, activation = n.attrs.activation as ActivationKind;

@@ -300,6 +300,11 @@ export const OPS: Record<string, OpDef> = {
   /** probs (N, E) → 0/1 mask of an inference rule (attrs kind, epsilon, k, p; core/ref/routing.ts). */
   route_mask: { outputs: ([s]) => _same(s!) },
   /**
+   * Inference router in one op: logits (N, E) → probs = softmax(logits), mask of the rule (attrs as
+   * route_mask; not threshold_topk, whose K is a batch mean), gate = probs ⊙ mask. No gradient.
+   */
+  route_gate: { outputs: ([z]) => [..._same(z!), ..._same(z!), ..._same(z!)] },
+  /**
    * Inference MoE MLP that computes only routed experts: (x (N, d), gate (N, E), w1 (d, E·h), w2 (E·h, d))
    * → Σ_e gate[:, e] · act(x·W1_e)·W2_e; attrs experts, activation. No gradient (inference only).
    */

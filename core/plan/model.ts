@@ -135,6 +135,8 @@ class _Builder {
   readonly g = new Graph();
   readonly params: ParamSpec[] = [];
   readonly routers: RouterTap[] = [];
+  /** Gates made together with their router's probabilities (route_gate), by the probabilities' id. */
+  readonly fusedGates = new Map<number, Value>();
   readonly mi = { attention: [] as Value[], mlp: [] as Value[] };
   readonly switch: Value[] = [];
   readonly z: Value[] = [];
@@ -209,8 +211,19 @@ class _Builder {
     } else {
       logits = apply1(this.g, "matmul", [h, this.param(`${p}.w`, [this.d, experts], "normal")]);
     }
-    const probs = apply1(this.g, "softmax", [logits]);
-    this.routers.push({ layer: l, kind, logits, probs });
+    // Inference: softmax, the rule's mask and the gate in one op (one dispatch instead of three);
+    // threshold_topk keeps its own ops (its K is a mean over the batch).
+    const rule = this.infer?.[kind];
+    let probs: Value;
+    if (rule && rule.kind !== "dense" && rule.kind !== "threshold_topk") {
+      const [p, mask, gate] = apply(this.g, "route_gate", [logits], { ...rule });
+      probs = p!;
+      this.routers.push({ layer: l, kind, logits, probs, mask: mask! });
+      this.fusedGates.set(probs.id, gate!);
+    } else {
+      probs = apply1(this.g, "softmax", [logits]);
+      this.routers.push({ layer: l, kind, logits, probs });
+    }
     this.mi[kind].push(apply1(this.g, "mi_loss", [probs]));
     if (this.c.loss.z > 0) this.z.push(apply1(this.g, "z_loss", [logits]));
     return probs;
@@ -293,6 +306,8 @@ class _Builder {
 
   /** The inference gate S ⊙ mask of the rule for `kind` (S itself for the dense rule); records the mask. */
   inferGate(probs: Value, kind: RouterTap["kind"]): Value {
+    const fused = this.fusedGates.get(probs.id);
+    if (fused) return fused;
     const rule = this.infer![kind];
     if (rule.kind === "dense") return probs;
     const mask = apply1(this.g, "route_mask", [probs], { ...rule });

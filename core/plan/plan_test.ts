@@ -56,7 +56,13 @@ Deno.test("plan(infer-sparse) routes every layer by the config's rule; with the 
   assertEquals(count(all.schedule.nodes, "route_mask"), 0);
   const top1 = { ...c.router.infer, kind: "topk", k: 1 } as const;
   const train = lmLoss(plan(c, "train-dense"));
-  const sparse = lmLoss(plan(c, "infer-sparse", { rules: { mlp: top1, attention: top1 } }));
+  const topPlan = plan(c, "infer-sparse", { rules: { mlp: top1, attention: top1 } });
+  // Softmax, top-1 mask and gate of each of the 4 routers are one fused op (threshold-top-K keeps its own).
+  assertEquals([count(topPlan.schedule.nodes, "route_gate"), count(topPlan.schedule.nodes, "route_mask")], [
+    4,
+    0,
+  ]);
+  const sparse = lmLoss(topPlan);
   assert(Math.abs(lmLoss(all) - train) < 1e-9, `${lmLoss(all)} vs ${train}`);
   assert(Math.abs(sparse - train) > 1e-6, "top-1 drops experts, so the loss moves");
   assert(Math.abs(sparse - train) < 0.5, `${sparse} vs ${train}`);

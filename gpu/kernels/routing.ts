@@ -104,3 +104,58 @@ export function routeMask(
     }
   }
 }
+
+/**
+ * The inference router of one layer in one dispatch: per token, probs = softmax(logits) (max-subtracted,
+ * as softmax.ts), the rule's mask, and gate = probs ⊙ mask — three dispatches of decoding (softmax,
+ * route mask, mul) become one. Every rule but `threshold_topk` (whose K is a mean over the batch).
+ *
+ * @example
+ * ```ts ignore
+ * const call = routeGate(ctx, { logits, probs, mask, gate, rule: { kind: "topk", epsilon: 0.5, k: 2, p: 0.9 } });
+ * ```
+ */
+export function routeGate(
+  ctx: GpuContext,
+  o: { logits: GpuTensor; probs: GpuTensor; mask: GpuTensor; gate: GpuTensor; rule: RouteRule },
+): KernelCall {
+  const [N, E] = o.logits.shape as [number, number], r = o.rule;
+  const keep: Record<RouteRule["kind"], string | null> = {
+    dense: "true",
+    threshold: "f32(u.E) * v > u.eps",
+    topk: "rank < u.k",
+    top_p: "before < u.p",
+    threshold_topk: null,
+  };
+  const cond = keep[r.kind];
+  if (cond === null) throw new RangeError(`Cannot fuse the router gate for rule ${r.kind}: use routeMask`);
+  return simpleKernel(ctx, {
+    label: "route_gate",
+    bindings: [
+      { name: "z", tensor: o.logits },
+      { name: "s", tensor: o.probs, write: true },
+      { name: "mask", tensor: o.mask, write: true },
+      { name: "gate", tensor: o.gate, write: true },
+    ],
+    fields: [["n", "u32", N], ["E", "u32", E], ["eps", "f32", r.epsilon], ["k", "u32", Math.min(r.k, E)], [
+      "p",
+      "f32",
+      r.p,
+    ]],
+    invocations: N,
+    workgroup: 8,
+    body: `  let b = i * u.E;
+  var m = -3.0e38;
+  for (var e = 0u; e < u.E; e = e + 1u) { m = max(m, z[b + e]); }
+  var sum = 0.0;
+  for (var e = 0u; e < u.E; e = e + 1u) { let x = exp(z[b + e] - m); s[b + e] = x; sum = sum + x; }
+  let inv = 1.0 / sum;
+  for (var e = 0u; e < u.E; e = e + 1u) { s[b + e] = s[b + e] * inv; }
+  for (var e = 0u; e < u.E; e = e + 1u) {
+  ${_RANK}
+    let on = select(0.0, 1.0, ${cond});
+    mask[b + e] = on;
+    gate[b + e] = v * on;
+  }`,
+  });
+}
