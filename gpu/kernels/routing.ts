@@ -9,7 +9,8 @@ import type { RouteRule } from "../../core/ref/routing.ts";
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { simpleKernel } from "./common.ts";
+import { simpleKernel, type UniformFields } from "./common.ts";
+import { softmaxRowWgsl } from "./softmax.ts";
 
 /** WGSL of `before`: Σ S_f over experts ranked ahead of e (larger, or equal with a lower index), and rank. */
 const _RANK = `  var rank = 0u;
@@ -43,11 +44,7 @@ export function routeMask(
     simpleKernel(ctx, {
       label,
       bindings: [{ name: "s", tensor: o.s }, { name: "mask", tensor: o.mask, write: true }, ...extra],
-      fields: [["n", "u32", N], ["E", "u32", E], ["eps", "f32", r.epsilon], ["k", "u32", Math.min(r.k, E)], [
-        "p",
-        "f32",
-        r.p,
-      ]],
+      fields: _ruleFields(N, E, r),
       invocations: N,
       workgroup: 8,
       body: `  let b = i * u.E;
@@ -137,20 +134,11 @@ export function routeGate(
       { name: "mask", tensor: o.mask, write: true },
       { name: "gate", tensor: o.gate, write: true },
     ],
-    fields: [["n", "u32", N], ["E", "u32", E], ["eps", "f32", r.epsilon], ["k", "u32", Math.min(r.k, E)], [
-      "p",
-      "f32",
-      r.p,
-    ]],
+    fields: _ruleFields(N, E, r),
     invocations: N,
     workgroup: 8,
     body: `  let b = i * u.E;
-  var m = -3.0e38;
-  for (var e = 0u; e < u.E; e = e + 1u) { m = max(m, z[b + e]); }
-  var sum = 0.0;
-  for (var e = 0u; e < u.E; e = e + 1u) { let x = exp(z[b + e] - m); s[b + e] = x; sum = sum + x; }
-  let inv = 1.0 / sum;
-  for (var e = 0u; e < u.E; e = e + 1u) { s[b + e] = s[b + e] * inv; }
+${softmaxRowWgsl("z", "s", "u.E")}
   for (var e = 0u; e < u.E; e = e + 1u) {
   ${_RANK}
     let on = select(0.0, 1.0, ${cond});
@@ -158,4 +146,13 @@ export function routeGate(
     gate[b + e] = v * on;
   }`,
   });
+}
+
+/** Uniform fields of the per-token rule kernels: tokens, experts and the rule's parameters. */
+function _ruleFields(N: number, E: number, r: RouteRule): UniformFields {
+  return [["n", "u32", N], ["E", "u32", E], ["eps", "f32", r.epsilon], ["k", "u32", Math.min(r.k, E)], [
+    "p",
+    "f32",
+    r.p,
+  ]];
 }

@@ -19,13 +19,21 @@ export function softmax(ctx: GpuContext, o: { x: GpuTensor; y: GpuTensor }): Ker
     invocations: rows,
     workgroup: 8,
     body: `  let b = i * u.L;
-  var m = -3.0e38;
-  for (var j = 0u; j < u.L; j = j + 1u) { m = max(m, x[b + j]); }
-  var s = 0.0;
-  for (var j = 0u; j < u.L; j = j + 1u) { let e = exp(x[b + j] - m); y[b + j] = e; s = s + e; }
-  let inv = 1.0 / s;
-  for (var j = 0u; j < u.L; j = j + 1u) { y[b + j] = y[b + j] * inv; }`,
+${softmaxRowWgsl("x", "y", "u.L")}`,
   });
+}
+
+/**
+ * WGSL statements writing y[b + j] = softmax(x[b …])[j] for j < L (max-subtracted; `b` in scope), one
+ * invocation's serial loop over a row. Shared by {@linkcode softmax} and the fused router gate.
+ */
+export function softmaxRowWgsl(x: string, y: string, L: string): string {
+  return `  var rowMax = -3.0e38;
+  for (var j = 0u; j < ${L}; j = j + 1u) { rowMax = max(rowMax, ${x}[b + j]); }
+  var rowSum = 0.0;
+  for (var j = 0u; j < ${L}; j = j + 1u) { let e = exp(${x}[b + j] - rowMax); ${y}[b + j] = e; rowSum = rowSum + e; }
+  let inv = 1.0 / rowSum;
+  for (var j = 0u; j < ${L}; j = j + 1u) { ${y}[b + j] = ${y}[b + j] * inv; }`;
 }
 
 /** dx = y ⊙ (dy − Σ dy⊙y) per row. */
