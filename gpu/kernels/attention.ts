@@ -31,35 +31,60 @@ function _dims(q: GpuTensor, k: GpuTensor): UniformFields {
 const _ROW = `  let t = i % u.T; let h = (i / u.T) % u.Hq; let bb = i / (u.T * u.Hq); let kh = h % u.Hkv;
   let qo = ((bb * u.T + t) * u.Hq + h) * D;`;
 
+/**
+ * How rows of D floats are read: on cpu-simd with D % 4 = 0 as D/4 vec4s (llvmpipe pays per load, not per
+ * float), else as floats. In the kernels `D` is the row length in these units, `V` their type.
+ */
+interface _Rows {
+  V: "f32" | "vec4<f32>";
+  DV: number;
+  dot: (a: string, b: string) => string;
+  prelude: string;
+  /** A private row of D values, zeroed or not. */
+  row: string;
+}
+
+function _rows(ctx: GpuContext, D: number): _Rows {
+  const vec = ctx.profile !== "gpu" && D % 4 === 0;
+  const V = vec ? "vec4<f32>" : "f32", DV = vec ? D / 4 : D;
+  return {
+    V,
+    DV,
+    dot: vec ? (a, b) => `dot(${a}, ${b})` : (a, b) => `${a} * ${b}`,
+    prelude: `const D = ${DV}u;`,
+    row: `array<${V}, ${DV}>`,
+  };
+}
+
 /** o and lse from q, k, v. */
 export function attention(
   ctx: GpuContext,
   o: { q: GpuTensor; k: GpuTensor; v: GpuTensor; o: GpuTensor; lse: GpuTensor },
 ): KernelCall {
-  const D = o.q.shape[3]!, fields = _dims(o.q, o.k);
+  const D = o.q.shape[3]!, fields = _dims(o.q, o.k), R = _rows(ctx, D), V = R.V;
   _attentionBudget(ctx, "attention", o.q, o.k, 2 * D + 1);
   return simpleKernel(ctx, {
     label: "attention",
     bindings: [
-      { name: "q", tensor: o.q },
-      { name: "k", tensor: o.k },
-      { name: "v", tensor: o.v },
-      { name: "o", tensor: o.o, write: true },
+      { name: "q", tensor: o.q, type: V },
+      { name: "k", tensor: o.k, type: V },
+      { name: "v", tensor: o.v, type: V },
+      { name: "o", tensor: o.o, write: true, type: V },
       { name: "lse", tensor: o.lse, write: true },
     ],
     fields,
     invocations: fields[0]![2],
     workgroup: _wg(ctx),
-    prelude: `const D = ${D}u;`,
+    prelude: R.prelude,
     body: `${_ROW}
-  var qr: array<f32, ${D}>; var acc: array<f32, ${D}>;
-  for (var j = 0u; j < D; j = j + 1u) { qr[j] = q[qo + j] * u.scale; acc[j] = 0.0; }
+  var qr: ${R.row}; var acc: ${R.row};
+  for (var j = 0u; j < D; j = j + 1u) { qr[j] = q[qo + j] * u.scale; acc[j] = ${V}(0.0); }
   var m = -3.0e38; var s = 0.0;
   for (var s_u = 0u; s_u <= t; s_u = s_u + 1u) {
     let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
-    var dot = 0.0;
-    for (var j = 0u; j < D; j = j + 1u) { dot = dot + qr[j] * k[ko + j]; }
-    let mn = max(m, dot); let corr = exp(m - mn); let p = exp(dot - mn);
+    var sc = 0.0;
+    for (var j = 0u; j < D; j = j + 1u) { sc = sc + ${R.dot("qr[j]", "k[ko + j]")}; }
+    let mn = max(m, sc); let corr = exp(m - mn); let p = exp(sc - mn);
     s = s * corr + p;
     for (var j = 0u; j < D; j = j + 1u) { acc[j] = acc[j] * corr + p * v[ko + j]; }
     m = mn;
@@ -72,13 +97,16 @@ export function attention(
 
 // dk/dv of key row ko: the key and value rows in registers and zeroed accumulators, then one query row
 // (t, head h) added per _DKV_ROW.
-const _dkvInit = (D: number) =>
-  `  var kr: array<f32, ${D}>; var vr: array<f32, ${D}>; var dk_acc: array<f32, ${D}>; var dv_acc: array<f32, ${D}>;
-  for (var j = 0u; j < D; j = j + 1u) { kr[j] = k[ko + j]; vr[j] = v[ko + j]; dk_acc[j] = 0.0; dv_acc[j] = 0.0; }`;
-const _DKV_ROW = `    let qo = ((bb * u.T + t) * u.Hq + h) * D; let row = (bb * u.Hq + h) * u.T + t;
-    var dot = 0.0; var dp = 0.0;
-    for (var j = 0u; j < D; j = j + 1u) { dot = dot + q[qo + j] * kr[j]; dp = dp + dO[qo + j] * vr[j]; }
-    let p = exp(dot * u.scale - lse[row]);
+const _dkvInit = (R: _Rows) =>
+  `  var kr: ${R.row}; var vr: ${R.row}; var dk_acc: ${R.row}; var dv_acc: ${R.row};
+  for (var j = 0u; j < D; j = j + 1u) { kr[j] = k[ko + j]; vr[j] = v[ko + j]; dk_acc[j] = ${R.V}(0.0); dv_acc[j] = ${R.V}(0.0); }`;
+const _dkvRow = (R: _Rows) =>
+  `    let qo = ((bb * u.T + t) * u.Hq + h) * D; let row = (bb * u.Hq + h) * u.T + t;
+    var sc = 0.0; var dp = 0.0;
+    for (var j = 0u; j < D; j = j + 1u) { sc = sc + ${R.dot("q[qo + j]", "kr[j]")}; dp = dp + ${
+    R.dot("dO[qo + j]", "vr[j]")
+  }; }
+    let p = exp(sc * u.scale - lse[row]);
     let ds = p * (dp - delta[row]) * u.scale;
     for (var j = 0u; j < D; j = j + 1u) { dk_acc[j] = dk_acc[j] + ds * q[qo + j]; dv_acc[j] = dv_acc[j] + p * dO[qo + j]; }`;
 
@@ -104,14 +132,16 @@ export function attentionBackward(
   },
 ): KernelCall[] {
   const D = o.q.shape[3]!, fields = _dims(o.q, o.k), rows = fields[0]![2];
+  // The gpu profile's split dk/dv reads and writes floats; the rest follow _rows.
+  const R = _rows(ctx, D), V: "f32" | "vec4<f32>" = R.V;
   _attentionBudget(ctx, "attention_backward_dq", o.q, o.k, 3 * D + 1);
   if (!(ctx.profile === "gpu" && o.partial)) {
     _attentionBudget(ctx, "attention_backward_dkv", o.q, o.k, (2 * D + 1) * (o.q.shape[2]! / o.k.shape[2]!));
   }
-  const prelude = `const D = ${D}u;`;
+  const prelude = R.prelude;
   const delta = simpleKernel(ctx, {
     label: "attention_backward_delta",
-    bindings: [{ name: "o", tensor: o.o }, { name: "dO", tensor: o.dO }, {
+    bindings: [{ name: "o", tensor: o.o, type: V }, { name: "dO", tensor: o.dO, type: V }, {
       name: "delta",
       tensor: o.delta,
       write: true,
@@ -122,47 +152,50 @@ export function attentionBackward(
     prelude,
     body: `${_ROW}
   var acc = 0.0;
-  for (var j = 0u; j < D; j = j + 1u) { acc = acc + o[qo + j] * dO[qo + j]; }
+  for (var j = 0u; j < D; j = j + 1u) { acc = acc + ${R.dot("o[qo + j]", "dO[qo + j]")}; }
   delta[i] = acc;`,
   });
   // Both gradient kernels read the same six tensors.
   const reads = [
-    { name: "q", tensor: o.q },
-    { name: "k", tensor: o.k },
-    { name: "v", tensor: o.v },
+    { name: "q", tensor: o.q, type: V },
+    { name: "k", tensor: o.k, type: V },
+    { name: "v", tensor: o.v, type: V },
     { name: "lse", tensor: o.lse },
-    { name: "dO", tensor: o.dO },
+    { name: "dO", tensor: o.dO, type: V },
     { name: "delta", tensor: o.delta },
   ];
   const dq = simpleKernel(ctx, {
     label: "attention_backward_dq",
-    bindings: [...reads, { name: "dq", tensor: o.dq, write: true }],
+    bindings: [...reads, { name: "dq", tensor: o.dq, write: true, type: V }],
     fields,
     invocations: rows,
     workgroup: _wg(ctx),
     prelude,
     body: `${_ROW}
-  var qr: array<f32, ${D}>; var dor: array<f32, ${D}>; var acc: array<f32, ${D}>;
-  for (var j = 0u; j < D; j = j + 1u) { qr[j] = q[qo + j]; dor[j] = dO[qo + j]; acc[j] = 0.0; }
+  var qr: ${R.row}; var dor: ${R.row}; var acc: ${R.row};
+  for (var j = 0u; j < D; j = j + 1u) { qr[j] = q[qo + j]; dor[j] = dO[qo + j]; acc[j] = ${V}(0.0); }
   let l = lse[i]; let dl = delta[i];
   for (var s_u = 0u; s_u <= t; s_u = s_u + 1u) {
     let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
-    var dot = 0.0; var dp = 0.0;
-    for (var j = 0u; j < D; j = j + 1u) { dot = dot + qr[j] * k[ko + j]; dp = dp + dor[j] * v[ko + j]; }
-    let ds = exp(dot * u.scale - l) * (dp - dl) * u.scale;
+    var sc = 0.0; var dp = 0.0;
+    for (var j = 0u; j < D; j = j + 1u) { sc = sc + ${R.dot("qr[j]", "k[ko + j]")}; dp = dp + ${
+      R.dot("dor[j]", "v[ko + j]")
+    }; }
+    let ds = exp(sc * u.scale - l) * (dp - dl) * u.scale;
     for (var j = 0u; j < D; j = j + 1u) { acc[j] = acc[j] + ds * k[ko + j]; }
   }
   for (var j = 0u; j < D; j = j + 1u) { dq[qo + j] = acc[j]; }`,
   });
   const [B, T] = o.q.shape as [number, number];
   const kvRows = B * o.k.shape[2]! * T;
-  if (ctx.profile === "gpu" && o.partial) return [delta, dq, ..._dkvSplit(ctx, o, fields, reads)];
+  if (ctx.profile === "gpu" && o.partial) return [delta, dq, ..._dkvSplit(ctx, o, fields, reads, R)];
   const dkv = simpleKernel(ctx, {
     label: "attention_backward_dkv",
-    bindings: [...reads, { name: "dk", tensor: o.dk, write: true }, {
+    bindings: [...reads, { name: "dk", tensor: o.dk, write: true, type: V }, {
       name: "dv",
       tensor: o.dv,
       write: true,
+      type: V,
     }],
     fields: [["n", "u32", kvRows], ...fields.slice(1)],
     invocations: kvRows,
@@ -170,10 +203,10 @@ export function attentionBackward(
     prelude,
     body: `  let s_u = i % u.T; let kh = (i / u.T) % u.Hkv; let bb = i / (u.T * u.Hkv);
   let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
-${_dkvInit(D)}
+${_dkvInit(R)}
   for (var h = kh; h < u.Hq; h = h + u.Hkv) {
     for (var t = s_u; t < u.T; t = t + 1u) {
-${_DKV_ROW}
+${_dkvRow(R)}
     }
   }
   for (var j = 0u; j < D; j = j + 1u) { dk[ko + j] = dk_acc[j]; dv[ko + j] = dv_acc[j]; }`,
@@ -220,7 +253,8 @@ function _dkvSplit(
   ctx: GpuContext,
   o: { q: GpuTensor; k: GpuTensor; dk: GpuTensor; dv: GpuTensor; partial?: GpuTensor },
   fields: UniformFields,
-  reads: { name: string; tensor: GpuTensor }[],
+  reads: { name: string; tensor: GpuTensor; type?: "f32" | "vec4<f32>" }[],
+  R: _Rows,
 ): KernelCall[] {
   const [B, T, Hq, D] = o.q.shape as [number, number, number, number], Hkv = o.k.shape[2]!;
   const chunks = Math.ceil(T / _DKV_CHUNK), plane = B * T * Hq * D;
@@ -251,9 +285,9 @@ function _dkvSplit(
   let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
   let po = ((c * (u.n / (u.Hq * u.T * u.chunks)) + bb) * u.T + s_u) * u.Hq * D + h * D;
   let t0 = max(s_u, c * ${_DKV_CHUNK}u); let t1 = min(u.T, (c + 1u) * ${_DKV_CHUNK}u);
-${_dkvInit(D)}
+${_dkvInit(R)}
   for (var t = t0; t < t1; t = t + 1u) {
-${_DKV_ROW}
+${_dkvRow(R)}
   }
   for (var j = 0u; j < D; j = j + 1u) { P[po + j] = dk_acc[j]; P[u.plane * u.chunks + po + j] = dv_acc[j]; }`,
   });
