@@ -40,7 +40,7 @@ interface _Rows {
   DV: number;
   dot: (a: string, b: string) => string;
   prelude: string;
-  /** A private row of D values, zeroed or not. */
+  /** WGSL type of one row held in private memory (DV values of type V). */
   row: string;
 }
 
@@ -96,7 +96,7 @@ export function attention(
 }
 
 // dk/dv of key row ko: the key and value rows in registers and zeroed accumulators, then one query row
-// (t, head h) added per _DKV_ROW.
+// (t, head h) added per _dkvRow.
 const _dkvInit = (R: _Rows) =>
   `  var kr: ${R.row}; var vr: ${R.row}; var dk_acc: ${R.row}; var dv_acc: ${R.row};
   for (var j = 0u; j < D; j = j + 1u) { kr[j] = k[ko + j]; vr[j] = v[ko + j]; dk_acc[j] = ${R.V}(0.0); dv_acc[j] = ${R.V}(0.0); }`;
