@@ -16,10 +16,10 @@ import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
 import {
-  type Binding,
   simpleKernel,
   type UniformFields,
   workgroupPerItem,
+  type WorkgroupPerItemOptions,
   workgroupReduceWgsl,
 } from "./common.ts";
 
@@ -119,18 +119,7 @@ ${output}
  */
 export function attendGroupKernel(
   ctx: GpuContext,
-  o: {
-    label: string;
-    bindings: readonly Binding[];
-    fields: UniformFields;
-    items: number;
-    D: number;
-    T: number;
-    q: string;
-    out: string;
-    body: string;
-    prelude?: string;
-  },
+  o: Omit<WorkgroupPerItemOptions, "threads"> & { D: number; T: number; q: string; out: string },
 ): KernelCall {
   return workgroupPerItem(ctx, {
     ...o,

@@ -103,24 +103,24 @@ export function simpleKernel(
   });
 }
 
+/** Options of {@linkcode workgroupPerItem}. */
+export interface WorkgroupPerItemOptions {
+  label: string;
+  bindings: readonly Binding[];
+  fields: UniformFields;
+  items: number;
+  threads: number;
+  body: string;
+  prelude?: string;
+}
+
 /**
  * A kernel with a workgroup of `threads` threads per item (`items` folded over a 2-D dispatch): `body`
  * sees `wi` (the item) and `t` (the thread), after a return past `u.n` (the first uniform field, which must
  * be the item count; the return is uniform per workgroup, so barriers may follow). `prelude` goes before
  * the entry point (workgroup variables, helper functions).
  */
-export function workgroupPerItem(
-  ctx: GpuContext,
-  o: {
-    label: string;
-    bindings: readonly Binding[];
-    fields: UniformFields;
-    items: number;
-    threads: number;
-    body: string;
-    prelude?: string;
-  },
-): KernelCall {
+export function workgroupPerItem(ctx: GpuContext, o: WorkgroupPerItemOptions): KernelCall {
   if (o.fields[0]?.[0] !== "n") {
     throw new RangeError(`workgroupPerItem(${o.label}): the first uniform field must be n (items)`);
   }
@@ -287,4 +287,15 @@ export function loopBudget(ctx: GpuContext, iterations: number, what: string, hi
  */
 export function vecGroup(width: number): number {
   return width % 16 === 0 ? 4 : width % 8 === 0 ? 2 : width % 4 === 0 ? 1 : 0;
+}
+
+/** The lanes of a WGSL vec4, in order. */
+export const VEC4_LANES = ["x", "y", "z", "w"] as const;
+
+/**
+ * `a(0) * b(0) + … + a(3) * b(3)` as one WGSL expression: four steps of K summed before they reach an
+ * accumulator (one accumulator write per 4 products, which llvmpipe rewards).
+ */
+export function sumOf4(a: (e: number) => string, b: (e: number) => string): string {
+  return [0, 1, 2, 3].map((e) => `${a(e)} * ${b(e)}`).join(" + ");
 }

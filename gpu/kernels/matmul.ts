@@ -24,7 +24,7 @@
 import { assertBindable, type GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
-import { loopBudget, packUniform } from "./common.ts";
+import { loopBudget, packUniform, sumOf4, VEC4_LANES } from "./common.ts";
 
 /** Options of {@linkcode matmul}. Logical sizes: op(A) is (m, k), op(B) is (k, n), C is (m, n). */
 export interface MatmulOptions {
@@ -366,8 +366,7 @@ function _outerWgsl(s: MatmulSpec): string {
   if (s.aVec && (!s.transA || s.k4)) {
     // 4 steps of K per pass: B's 4 rows, and per accumulator one sum of 4 products.
     const sum4 = (r: number, c: number, a: (e: number) => string) =>
-      `c${r}_${c} += ${_range(4).map((e) => `${a(e)} * b${e}_${c}`).join(" + ")};`;
-    const lanes = ["x", "y", "z", "w"];
+      `c${r}_${c} += ${sumOf4(a, (e) => `b${e}_${c}`)};`;
     const updates = s.transA
       ? _lines(
         s.tm / 4,
@@ -382,7 +381,7 @@ function _outerWgsl(s: MatmulSpec): string {
         s.tm,
         (r) =>
           `    { let a = A[ar${r} + q]; ${
-            _range(tn4).map((c) => sum4(r, c, (e) => `a.${lanes[e]}`)).join(" ")
+            _range(tn4).map((c) => sum4(r, c, (e) => `a.${VEC4_LANES[e]}`)).join(" ")
           } }`,
       );
     loop = `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {

@@ -28,7 +28,16 @@
 import { createIndirectTensor, createTensor, type GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { columnSums, entry, packUniform, simpleKernel, type UniformFields, vecGroup } from "./common.ts";
+import {
+  columnSums,
+  entry,
+  packUniform,
+  simpleKernel,
+  sumOf4,
+  type UniformFields,
+  VEC4_LANES,
+  vecGroup,
+} from "./common.ts";
 import { matmulTile } from "./matmul.ts";
 import type { ActivationKind } from "./activation.ts";
 import { grid } from "../dispatch.ts";
@@ -309,13 +318,12 @@ function _gemvLoop(
       ${_range(accs).map((v) => `${acc}${v} = ${acc}${v} + xv * ${W}[r + ${v}u];`).join(" ")}
     }`;
   }
-  const lanes = ["x", "y", "z", "w"];
   return `    for (var j4 = (${from}) / 4u; j4 < (${to}) / 4u; j4 = j4 + 1u) {
       let xv = ${X}[j4]; let r = 4u * j4 * u.ld + c0;
       ${
     _range(accs).map((v) =>
       `${acc}${v} = ${acc}${v} + ${
-        _range(4).map((e) => `xv.${lanes[e]} * ${W}[r + ${e}u * u.ld + ${v}u]`).join(" + ")
+        sumOf4((e) => `xv.${VEC4_LANES[e]}`, (e) => `${W}[r + ${e}u * u.ld + ${v}u]`)
       };`
     ).join("\n      ")
   }
@@ -647,16 +655,14 @@ function _grouped(o: _GroupedOptions): KernelCall {
     ? _lines(tn4, (c) => `    let b${c} = B[bo + bc${c}];`)
     : _lines(tn4, (c) =>
       `    let b${c} = vec4<f32>(${_range(4).map((e) => `B[bo + bc${4 * c + e}]`).join(", ")});`);
-  const lanes = ["x", "y", "z", "w"];
   const loop = aVec
     ? `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {
 ${_lines(4, (e) => _lines(tn4, (c) => `    let b${e}_${c} = B[bBase + (4u * q + ${e}u) * u.ldb + bc${c}];`))}
 ${
       _lines(tm, (r) =>
         `    { let a = A[ar${r} + q]; ${
-          _range(tn4).map((c) =>
-            `c${r}_${c} += ${_range(4).map((e) => `a.${lanes[e]} * b${e}_${c}`).join(" + ")};`
-          ).join(" ")
+          _range(tn4).map((c) => `c${r}_${c} += ${sumOf4((e) => `a.${VEC4_LANES[e]}`, (e) => `b${e}_${c}`)};`)
+            .join(" ")
         } }`)
     }
   }`
