@@ -18,8 +18,8 @@ export interface TimingOptions {
   /** Timed samples (each a queue of p and one of 2p runs); the reported time is their median. */
   reps: number;
   /**
-   * p, the runs of the shorter queue per sample (every implementation of a case uses the same p). Default
-   * in {@linkcode timeMedian} 1; the case runner sizes it with {@linkcode sizeQueue} when not given.
+   * p, the runs of the shorter queue per sample (every implementation of a case uses the same p); the case
+   * runner sizes it with {@linkcode sizeQueue} when not given.
    */
   perSync?: number;
 }
@@ -78,32 +78,6 @@ export function median(xs: readonly number[]): number {
   if (xs.length === 0) throw new RangeError("Cannot take the median of no samples");
   const s = [...xs].sort((a, b) => a - b), h = s.length >> 1;
   return s.length % 2 === 1 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
-}
-
-/**
- * Runs `run(p)` `warmup` times untimed, then takes `reps` samples, each the time of `run(2p)` minus that of
- * `run(p)`, over p (`run(times)` must queue that many runs and resolve only when the GPU has finished
- * them); returns the median sample and every sample, in milliseconds per run. Should the median come out
- * at or below zero (noise far above the work, p too small), the median of `run(2p)`'s time over 2p, an
- * upper bound that includes the wait, is returned instead.
- *
- * @example
- * ```ts
- * import { timeMedian } from "./timing.ts";
- * const { ms, samples } = await timeMedian(() => Promise.resolve(), { warmup: 1, reps: 3, perSync: 4 });
- * if (samples.length !== 3 || !(ms >= 0)) throw new Error("timing");
- * ```
- */
-export async function timeMedian(
-  run: (times: number) => Promise<void>,
-  o: TimingOptions,
-): Promise<{ ms: number; samples: number[] }> {
-  const p = o.perSync ?? 1;
-  checkTiming(o.reps, p);
-  for (let i = 0; i < o.warmup; i++) await run(p);
-  const samples = new Samples();
-  for (let i = 0; i < o.reps; i++) samples.add(await timeSample(run, p));
-  return { ms: samples.ms(), samples: samples.diffs };
 }
 
 /** Throws a RangeError unless `reps` and `perSync` are positive integers. */

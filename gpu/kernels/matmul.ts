@@ -123,7 +123,7 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
     `Its inner size K = ${k} is the number of tokens for weight gradients: lower train.batch × data.seq_len (the tokens one step sums over)`,
   );
   // Strides in the units of each binding's element (vec4 where that operand loads as vec4).
-  const aVec = transB ? vec && !transA : outerAVec(m, k, n, tile.tm, transA);
+  const aVec = transB ? vec && !transA : _outerAVec(m, k, n, tile.tm, transA);
   const bVec = vec, vecC = n % 4 === 0;
   const strides = [aVec ? (m * k) / 4 : m * k, bVec ? bStride / 4 : bStride, m * n];
   const ncg = Math.ceil(n / (tile.wx * tile.tn)), nrt = Math.ceil(m / tile.tm);
@@ -165,7 +165,7 @@ export function matmulTile(m: number, n: number, batch = 1, transB = false): Mat
  * (Mesa's storage loads loop over the SIMD lanes). A vec4 brings 4 values per load: 1.25–1.5× on the
  * train block's four outer-form products (README "Performance").
  */
-export function outerAVec(m: number, k: number, n: number, tm: number, transA: boolean): boolean {
+function _outerAVec(m: number, k: number, n: number, tm: number, transA: boolean): boolean {
   return n % 4 === 0 && (transA ? m % 4 === 0 && tm % 4 === 0 : k % 4 === 0);
 }
 
