@@ -158,7 +158,7 @@ export class GpuContext {
       `Out of GPU memory: ${this.adapter.description} could not allocate ${what} (${
         fmtBytes(bytes)
       }): ${why}. ` +
-        `Lower train.batch, data.seq_len or the model's size, or use a device with more memory.`,
+        `Lower train.micro_batch, data.seq_len or the model's size, or use a device with more memory.`,
     );
   }
 

@@ -24,10 +24,15 @@ import { addRows, biasAdd, embedding, embeddingGrad, sumRows, sumRowsMod } from 
 import {
   crossEntropy,
   crossEntropyBackward,
+  meanRows,
   miLoss,
   miLossBackward,
+  miLossGlobal,
+  miLossGlobalBackward,
   switchLoss,
   switchLossBackward,
+  switchLossGlobal,
+  switchLossGlobalBackward,
   zLoss,
   zLossBackward,
 } from "./kernels/losses.ts";
@@ -222,6 +227,17 @@ const IMPLS: Record<string, GpuImpl> = {
       k: n.attrs.k as number,
       f: scratch([cols(n)], "f"),
     }),
+  mi_loss_global: (ctx, n, [s, pbar], [loss], scratch) =>
+    miLossGlobal(ctx, { s: s!, pbar: pbar!, loss: loss!, own: scratch([cols(n)], "own") }),
+  mi_loss_global_backward: (ctx, _n, [s, pbar, dl], [ds]) => [
+    miLossGlobalBackward(ctx, { s: s!, pbar: pbar!, dl: dl!, ds: ds! }),
+  ],
+  mean_rows: (ctx, _n, [x], [out]) => [meanRows(ctx, { x: x!, out: out! })],
+  switch_loss_global: (ctx, n, [s, f], [loss], scratch) =>
+    switchLossGlobal(ctx, { s: s!, f: f!, loss: loss!, k: n.attrs.k as number, p: scratch([cols(n)], "p") }),
+  switch_loss_global_backward: (ctx, n, [s, f, dl], [ds]) => [
+    switchLossGlobalBackward(ctx, { s: s!, f: f!, dl: dl!, ds: ds!, k: n.attrs.k as number }),
+  ],
   z_loss: (ctx, _n, [logits], [loss]) => [zLoss(ctx, { logits: logits!, loss: loss! })],
   z_loss_backward: (
     ctx,

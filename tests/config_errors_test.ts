@@ -256,7 +256,7 @@ Deno.test("parseExperimentText() reports an unknown sweep key with a suggestion"
     "sweep:\n  grid:\n    model.mlp.expert: [4, 8]\n  random:\n    params:\n      train.lr: { min: 1, max: 2 }\n";
   assertEquals(linesOf(text), [
     't.yaml:3:5: sweep.grid["model.mlp.expert"]: unknown key "expert" (did you mean "experts"?)',
-    't.yaml:6:7: sweep.random.params["train.lr"]: unknown key "lr" (expected one of: steps, batch, optimizer, ' +
+    't.yaml:6:7: sweep.random.params["train.lr"]: unknown key "lr" (expected one of: steps, batch, micro_batch, optimizer, ' +
     "schedule, grad_clip, eval_every, eval_batches, checkpoint_every, log_every)",
   ]);
 });
@@ -390,4 +390,77 @@ Deno.test("deno task run on mutated configs exits 2 with file:line:col, never a 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("files that are not YAML configs are refused without echoing them (a .env, binary, non-UTF-8)", async () => {
+  const secret = "sk-live-0a1b2c3d4e5f6a7b8c9d";
+  const dir = await Deno.makeTempDir();
+  const write = (name: string, data: string | Uint8Array) =>
+    typeof data === "string"
+      ? Deno.writeTextFile(`${dir}/${name}`, data)
+      : Deno.writeFile(`${dir}/${name}`, data);
+  try {
+    await write(".env", `API_KEY=${secret}\nDB_PASSWORD=${secret}\n`);
+    await write("env.yaml", `API_KEY=${secret}\nDB_PASSWORD=${secret}\n`);
+    await write("kv.yaml", `SECRET_KEY=abc: ${secret}\n`);
+    await write("nul.yaml", new Uint8Array([0x61, 0x3a, 0x20, 0x00, 0x62]));
+    await write("latin1.yaml", new Uint8Array([0x61, 0x3a, 0x20, 0xe9, 0x0a]));
+    const cases: [string, string][] = [
+      ["extends: .env\n", `${dir}/top.yaml:1:10: extends: ".env" is not a .yaml or .yml file`],
+      [
+        "extends: [base.yml, x.json]\n",
+        `${dir}/top.yaml:1:21: extends[1]: "x.json" is not a .yaml or .yml file`,
+      ],
+      [
+        "extends: env.yaml\n",
+        `${dir}/env.yaml:1:1: (root): expected a map of settings, got a single text value of 77 characters ` +
+        "(not shown): this is not a YAML config",
+      ],
+      [
+        "extends: kv.yaml\n",
+        `${dir}/kv.yaml:1:1: […]: unknown key: a key of 14 characters (not shown) (expected one of: name, ` +
+        "description, seed, data, model, router, loss, train, hardware, store, sweep)",
+      ],
+      [
+        "extends: nul.yaml\n",
+        `${dir}/top.yaml:1:10: extends: "${dir}/nul.yaml" is not a YAML text file: it holds a NUL byte at ` +
+        "offset 3 (a binary file?)",
+      ],
+      [
+        "extends: latin1.yaml\n",
+        `${dir}/top.yaml:1:10: extends: "${dir}/latin1.yaml" is not a YAML text file: it is not valid UTF-8`,
+      ],
+      [
+        `extends: [${Array(17).fill("a.yaml").join(", ")}]\n`,
+        `${dir}/top.yaml:1:10: extends: 17 paths; an extends list holds at most 16`,
+      ],
+    ];
+    for (const [top, expected] of cases) {
+      await write("top.yaml", top);
+      const e = await errorOfAsync(() => loadExperiment(`${dir}/top.yaml`));
+      assertEquals(e.message, expected);
+    }
+    // The top-level file itself, and a value or key far too long to quote.
+    const env = await errorOfAsync(() => loadExperiment(`${dir}/.env`));
+    assert(!env.message.includes(secret) && env.message.includes("(not shown)"), env.message);
+    assertEquals(linesOf(`name: "${"word ".repeat(60)}"\n`), [
+      "t.yaml:1:7: name: use letters, digits, '.', '_', '-' and '=', got \"word word word word word word word word…\" " +
+      "(300 characters)",
+    ]);
+    assertEquals(linesOf(`description: *${"a".repeat(100)}\n`)[0]!.length < 200, true);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a --set argument over 16 KiB is refused at its key, without quoting it", () => {
+  const lines = linesOf("", [`description=${"z".repeat(20_000)}`]);
+  assertEquals(lines, [
+    "--set:1:13: description: the value is too long: the argument has 20012 characters; a --set argument " +
+    "holds at most 16384 (write long values into the config file)",
+  ]);
+  assertEquals(
+    linesOf("", [`${"q".repeat(300)}=1`])[0]!.split(" (expected")[0],
+    "--set:1:1: […]: unknown key: a key of 300 characters (not shown)",
+  );
 });

@@ -8,7 +8,7 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
-import { storePath } from "../core/runs/sqlite_store.ts";
+import { openSqliteStore, storePath } from "../core/runs/sqlite_store.ts";
 
 const RATE = 50_000; // points per second the writer is scheduled at
 const BATCH = 5_000; // points per request: one every BATCH / RATE s
@@ -357,6 +357,7 @@ function _percentile(xs: readonly number[], p: number): number {
 
 Deno.test("dashboard: one writer at 50,000 points/s for 60 s, 8 polling readers and a live stream: no errors, no lost points", async () => {
   const dir = await Deno.makeTempDir();
+  openSqliteStore(storePath(dir)).close(); // the dashboard only reads: it never creates a store
   const hard = new AbortController();
   const timer = setTimeout(() => hard.abort(new Error("the hard deadline passed")), DEADLINE_MS + 15_000);
   let dash: _Dashboard | null = null;

@@ -1,7 +1,10 @@
-import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { cli } from "./helpers/cli.ts";
 import { closeRunStores } from "../core/runs/open_store.ts";
-import { parseRules } from "../core/cli/eval_cmd.ts";
+import { evalBatches, parseRules } from "../core/cli/eval_cmd.ts";
+import { Dataset, loadDataset } from "../core/data/dataset.ts";
+import { DataError } from "../core/data/sources.ts";
+import { UsageError } from "../core/cli/errors.ts";
 import { parseExperimentText } from "../core/config/mod.ts";
 import { countParams } from "../core/plan/counts.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
@@ -71,6 +74,16 @@ Deno.test("eval measures ppl and active parameters per rule on a trained micro r
     ) {
       assert(m.some((x) => x.key === key && x.step === 20), `metric ${key}`);
     }
+    // Past the validation split's distinct windows: refused before the GPU is opened, naming the maximum.
+    const max = (await loadDataset(c)).maxValBatches(c.train.batch);
+    const over = await cli("eval", id, "--batches", String(max + 1), "--runs-dir", dir);
+    assertEquals(over.code, 2, over.err.join("\n"));
+    assert(
+      over.err.join("\n").includes(`--batches ${max + 1}: the validation split holds `) &&
+        over.err.join("\n").includes(`${max} batches of 8; use --batches ${max} or fewer`),
+      over.err.join("\n"),
+    );
+    assertEquals((await (await RunDir.open(dir, id)).readMetrics()).length, m.length);
   } finally {
     closeRunStores();
     await Deno.remove(dir, { recursive: true });
@@ -82,13 +95,20 @@ Deno.test("eval refuses bad rules and missing runs with exit code 2", async () =
   try {
     for (
       const [args, msg] of [
-        [["nope"], /No run "nope"/],
+        [["nope"], /No run "nope"|No run store at .*: nothing was trained into/],
         [["x", "--epsilon", "0.5"], /--epsilon must follow the --rule/],
         [["x", "--rule", "sometimes"], /unknown rule "sometimes"/],
         [["x", "--rule", "topk", "--k", "0"], /--k 0: expected an integer/],
         [["x", "--rule", "topk:1.5"], /--rule topk:1.5: expected an integer/],
         [["x", "--rule", "dense:2"], /dense takes no parameter/],
         [["x", "--rule", "mlp=topk:2,expert=dense"], /expected mlp=RULE,attention=RULE/],
+        [
+          ["x", "--batches", "1000000000000"],
+          /--batches expects a whole number from 1 to 100000, got "1000000000000"/,
+        ],
+        [["x", "--batches=0"], /--batches expects a whole number from 1 to 100000, got "0"/],
+        [["x", "--batches=-2"], /--batches expects a whole number from 1 to 100000, got "-2"/],
+        [["x", "--batches", "2.5"], /--batches expects a whole number from 1 to 100000, got "2\.5"/],
       ] as const
     ) {
       const r = await cli("eval", ...args, "--runs-dir", dir);
@@ -114,4 +134,38 @@ Deno.test("parseRules pairs each --rule with the parameters after it, and splits
     ["topk", 0.5, 3, 0.9, "topk"],
     ["top_p", 0.5, 2, 0.8, "dense"],
   ]);
+});
+
+Deno.test("evalBatches() keeps --batches within the distinct validation windows: refuses, lowers the default", () => {
+  const parts = (val: number) => ({
+    train: new Uint32Array(100),
+    val: new Uint32Array(val),
+    trainDomains: null,
+    valDomains: null,
+  });
+  const notes: string[] = [];
+  const note = (l: string) => notes.push(l);
+  // 16 + 4·20 tokens: 84 windows of 17 tokens (seq_len 16), so 4 batches of 20.
+  const ds = new Dataset(parts(100), { seqLen: 16, seed: 1, domainNames: [] });
+  assertEquals([evalBatches(3, ds, 20, note), evalBatches(4, ds, 20, note)], [3, 4]);
+  assert(notes.length === 0);
+  assertEquals(evalBatches(undefined, ds, 20, note), 4);
+  assertEquals(notes, [
+    "Note: the validation split holds 84 distinct windows of seq_len + 1 = 17 tokens: evaluating 4 batches " +
+    "of 20 instead of the default 32",
+  ]);
+  assertThrows(
+    () => evalBatches(5, ds, 20, note),
+    (e: Error) =>
+      e instanceof UsageError &&
+      e.message ===
+        "--batches 5: the validation split holds 84 distinct windows of seq_len + 1 = 17 tokens, " +
+          "4 batches of 20; use --batches 4 or fewer",
+  );
+  assertThrows(
+    () => evalBatches(undefined, ds, 85, note),
+    (e: Error) => e instanceof DataError && e.message.includes("fewer than one batch of train.batch = 85"),
+  );
+  const big = new Dataset(parts(10_000), { seqLen: 16, seed: 1, domainNames: [] });
+  assertEquals(evalBatches(undefined, big, 8, note), 32);
 });

@@ -219,6 +219,25 @@ const CASES: Record<string, [Build, Tolerance]> = {
         apply1(g, "z_loss_backward", [r, dl]),
       ];
     }), TRANS],
+  "batch-level router losses of a micro-batch (mean_rows, MI and Switch against given statistics)": [
+    (g, f) =>
+      ROWS.flatMap((n) => {
+        const s = apply1(g, "softmax", [f([n, 5], -3, 3)]), dl = f([1]);
+        // The batch's statistics: column means of another batch's probabilities and top-2 mask.
+        const other = apply1(g, "softmax", [f([2 * n + 3, 5], -3, 3)]);
+        const pbar = apply1(g, "mean_rows", [other]);
+        const share = apply1(g, "mean_rows", [apply1(g, "topk_mask", [other], { k: 2 })]);
+        return [
+          pbar,
+          share,
+          apply1(g, "mi_loss_global", [s, pbar]),
+          apply1(g, "mi_loss_global_backward", [s, pbar, dl]),
+          apply1(g, "switch_loss_global", [s, share], { k: 2 }),
+          apply1(g, "switch_loss_global_backward", [s, share, dl], { k: 2 }),
+        ];
+      }),
+    TRANS,
+  ],
 };
 
 for (const [name, [build, tol]] of Object.entries(CASES)) {

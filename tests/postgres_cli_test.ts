@@ -8,7 +8,7 @@ import { dashboardCommand } from "../core/cli/dashboard_cmd.ts";
 import type { CliIo } from "../core/cli/main.ts";
 import { openPostgresStore } from "../core/runs/postgres_store.ts";
 import type { RunStore } from "../core/runs/store.ts";
-import { testPostgresUrl, withPostgresRunsDir } from "./helpers/postgres.ts";
+import { testPostgresUrl, withPostgresAdmin, withPostgresRunsDir } from "./helpers/postgres.ts";
 
 const MICRO = new URL("./fixtures/micro.yaml", import.meta.url).pathname;
 
@@ -142,7 +142,40 @@ Deno.test("a config's store: selects Postgres (password from PGPASSWORD); $DSMOE
       ["eval", "no-such-run", "--runs-dir", `${dir}/runs`, "--store", `sqlite:${dir}/x.db`],
       { DSMOE_STORE: url },
     );
-    assert(byFlag.err.includes(`No run "no-such-run" in sqlite:${dir}/x.db`), byFlag.err);
+    assertEquals(byFlag.code, 2, byFlag.err);
+    assert(byFlag.err.includes(`No run store at ${dir}/x.db`), byFlag.err);
+    await assertRejectsNotFound(`${dir}/x.db`); // eval creates no store
+  }));
+
+Deno.test("store check on Postgres checks the schema and the runs against their directories; store rebuild is SQLite only; eval creates no schema", () =>
+  withPostgresRunsDir(async (url, dir) => {
+    const trained = await _train(`${dir}/runs`, [MICRO, "--store", url]);
+    assertEquals(trained.code, 0, trained.err);
+    const id: string = JSON.parse(trained.out.trim().split("\n").at(-1)!).run_id;
+    const ok = await _dsmoe(["store", "check", "--store", url, "--runs-dir", `${dir}/runs`, "--json"]);
+    assertEquals(ok.code, 0, ok.out + ok.err);
+    const j = JSON.parse(ok.out.trim().split("\n").at(-1)!);
+    assertEquals([j.integrity, j.runs, j.directories, j.problems], ["ok", 1, 1, []]);
+    await Deno.remove(`${dir}/runs/${id}`, { recursive: true });
+    const orphan = await _dsmoe(["store", "check", "--store", url, "--runs-dir", `${dir}/runs`]);
+    assertEquals(orphan.code, 1, orphan.out);
+    assert(
+      orphan.out.includes(`run ${id}: in the store, but ${dir}/runs/${id}/config.yaml is missing`),
+      orphan.out,
+    );
+    const rebuild = await _dsmoe(["store", "rebuild", "--store", url, "--runs-dir", `${dir}/runs`]);
+    assertEquals(rebuild.code, 2, rebuild.err);
+    assert(rebuild.err.includes("store rebuild applies to SQLite stores only"), rebuild.err);
+
+    const fresh = new URL(url);
+    fresh.searchParams.set("schema", `${fresh.searchParams.get("schema")}_none`);
+    const none = await _dsmoe(["eval", "some-run", "--store", fresh.href, "--runs-dir", `${dir}/runs`]);
+    assertEquals(none.code, 2, none.err);
+    assert(none.err.includes("No run store at postgres://"), none.err);
+    const [n] = await withPostgresAdmin((sql) =>
+      sql`SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = ${fresh.searchParams.get("schema")!}`
+    );
+    assertEquals(n!.n, 0, "no schema created");
   }));
 
 async function assertRejectsNotFound(path: string): Promise<void> {

@@ -128,3 +128,75 @@ Deno.test("resume is exact: 60 steps straight = 30 + SIGKILL + resume, and = sto
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a run killed before its first checkpoint resumes from step 0 and says so; a run whose checkpoints are all damaged is refused (exit 2) with the way to start over, its files and record unchanged", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const sets = [
+      "--set",
+      "train.steps=6",
+      "--set",
+      "train.checkpoint_every=6",
+      "--set",
+      "train.eval_every=6",
+    ];
+    const killed = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "mod.ts",
+        "run",
+        "tests/fixtures/micro.yaml",
+        "--runs-dir",
+        dir,
+        "--no-dashboard",
+        ...sets,
+      ],
+      env: { DSMOE_FAULT_KILL_AFTER_STEP: "2" },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assertEquals(killed.signal, "SIGKILL", new TextDecoder().decode(killed.stderr));
+    const id = new TextDecoder().decode(killed.stderr).match(/run (\S+) →/)![1]!;
+    const r = await cli("run", "--resume", id, "--runs-dir", dir, "--json", "--no-dashboard");
+    assertEquals(r.code, 0, r.err.join("\n"));
+    assert(
+      r.err.includes(
+        `Run ${id} has no checkpoint yet (${dir}/${id}/ckpt/manifest.json lists none): starting it from step 0; ` +
+          "the points of its earlier steps, if any, are logged again",
+      ),
+      r.err.join("\n"),
+    );
+    assertEquals((await latestCheckpoint(`${dir}/${id}`))!.entry.step, 6);
+
+    // Its only checkpoint damaged: refused, nothing written to the run directory or the record.
+    const path = `${dir}/${id}/ckpt/step-6.safetensors`;
+    await Deno.truncate(path, 1000);
+    const run = await RunDir.open(dir, id);
+    const before = {
+      meta: run.meta,
+      events: (await run.store.events(id)).length,
+      files: await Deno.readFile(path),
+    };
+    const refused = await cli("run", "--resume", id, "--runs-dir", dir, "--no-dashboard");
+    assertEquals(refused.code, 2, refused.err.join("\n"));
+    const text = refused.err.join("\n");
+    for (
+      const want of [
+        `Run ${id} has no intact checkpoint to resume from: the one that ${dir}/${id}/ckpt/manifest.json lists is damaged:`,
+        `${path}: size or SHA-256 does not match the manifest (1000 bytes, listed `,
+        `To start over from step 0 as a new run: deno task run ${dir}/${id}/config.yaml --runs-dir ${dir}`,
+      ]
+    ) assert(text.includes(want), text);
+    assertEquals((await RunDir.open(dir, id)).meta, before.meta);
+    assertEquals((await run.store.events(id)).length, before.events);
+    assertEquals(await Deno.readFile(path), before.files);
+    // eval refuses it too, naming the file.
+    const ev = await cli("eval", id, "--runs-dir", dir);
+    assertEquals(ev.code, 2);
+    assert(ev.err.join("\n").includes(`${path}: size or SHA-256 does not match`), ev.err.join("\n"));
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,4 +1,4 @@
-import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok as assert, rejects } from "node:assert/strict";
 import { cli, type CliResult } from "./helpers/cli.ts";
 import { latestCheckpoint, listCheckpoints } from "../core/runs/checkpoints.ts";
 import { readSafeTensors, tensorToF32 } from "../core/runs/safetensors.ts";
@@ -8,6 +8,9 @@ import { loadExperiment } from "../core/config/mod.ts";
 import { loadDataset } from "../core/data/dataset.ts";
 import { GpuTrainBackend, parseFaultSteps } from "../core/train/gpu_backend.ts";
 import { testGpu } from "./helpers/gpu.ts";
+import { runMeta } from "./helpers/run_meta.ts";
+import { TEMP_MARK } from "../core/runs/atomic_write.ts";
+import { FailureNotRecordedError, recordRunFailure } from "../core/train/train_run.ts";
 
 /** `cli(...argv)` with the fault-injection variable `name` set to `value` for that call only. */
 async function cliWithFault(name: string, value: string, ...argv: string[]): Promise<CliResult> {
@@ -66,17 +69,19 @@ name: sw
 train: { steps: 4, eval_every: 4, checkpoint_every: 4, schedule: { warmup: 1 } }
 sweep:
   grid:
-    data.source: ["synthetic:multidomain", "${dir}/missing.txt"]
+    model.position: [learned, rope]
 `;
+    // A point that fails while it runs (a missing data source is refused before any point starts): rope
+    // positions cannot be planned (core/plan/model.ts).
     await Deno.writeTextFile(`${dir}/sweep.yaml`, yaml);
     const first = await cli("run", `${dir}/sweep.yaml`, "--runs-dir", `${dir}/runs`, "--json");
     assertEquals(first.code, 1); // one point failed
     const [ok, bad] = first.json().points;
     assertEquals([ok.status, bad.status], ["finished", "failed"]);
-    assert(bad.error.includes("does not exist"), bad.error);
+    assert(bad.error.includes("Cannot plan model.position rope"), bad.error);
     const meta = (await RunDir.open(`${dir}/runs`, bad.run_id)).meta;
     assertEquals(meta.status, "failed");
-    assertEquals(meta.sweep_params, { "data.source": `${dir}/missing.txt` });
+    assertEquals(meta.sweep_params, { "model.position": "rope" });
     assert(first.out.some((l) => l.includes("point") && l.includes("val loss")), "summary table printed");
     const again = await cli("run", `${dir}/sweep.yaml`, "--runs-dir", `${dir}/runs`, "--json");
     assertEquals(again.json().points.map((p: { status: string }) => p.status), ["skipped", "failed"]);
@@ -241,6 +246,120 @@ Deno.test("a buffer the device refuses (out of memory) fails the run with exit 1
     const meta = (await RunDir.open(dir, id)).meta;
     assertEquals(meta.status, "failed");
     assert(meta.error?.includes('"adam.v.wte"'), meta.error ?? "no error recorded");
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** Temp files of interrupted or failed writes under `dir` (any depth). */
+function tempFiles(dir: string): string[] {
+  const out: string[] = [];
+  for (const e of Deno.readDirSync(dir)) {
+    if (e.isDirectory) out.push(...tempFiles(`${dir}/${e.name}`));
+    else if (e.name.includes(TEMP_MARK)) out.push(`${dir}/${e.name}`);
+  }
+  return out;
+}
+
+Deno.test("a full disk while writing a checkpoint fails the run with exit 1 and the real error, marks it failed, keeps the last good checkpoint listed, leaves no temp file; --resume finishes it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const sets = [
+      "--set",
+      "train.steps=12",
+      "--set",
+      "train.checkpoint_every=4",
+      "--set",
+      "train.eval_every=12",
+    ];
+    const r = await cliWithFault(
+      "DSMOE_FAULT_ENOSPC",
+      "step-8.safetensors",
+      ...["run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--json", "--no-dashboard", ...sets],
+    );
+    const id = r.json().points[0].run_id;
+    assertRunFailed(r, "No space left on device", `(writing ${dir}/${id}/ckpt/step-8.safetensors)`);
+    const meta = (await RunDir.open(dir, id)).meta;
+    assertEquals(meta.status, "failed");
+    assert(
+      meta.error?.includes("No space left on device") && meta.error.includes("step-8.safetensors"),
+      meta.error!,
+    );
+    assertEquals((await listCheckpoints(`${dir}/${id}`)).map((c) => c.step), [4]);
+    assertEquals((await latestCheckpoint(`${dir}/${id}`))!.entry.step, 4);
+    assertEquals(tempFiles(dir).filter((p) => p.includes("/ckpt/")), []);
+    const resumed = await cli("run", "--resume", id, "--runs-dir", dir, "--json", "--no-dashboard");
+    assertEquals(resumed.code, 0, resumed.err.join("\n"));
+    assert(resumed.err.includes(`Resuming ${id} from step 4`), resumed.err.join("\n"));
+    assertEquals((await RunDir.open(dir, id)).meta.status, "finished");
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("on a real full disk (a 1 MiB tmpfs) the run fails with exit 1 and the operating system's error naming the checkpoint; the last good one stays", async () => {
+  const root = await Deno.makeTempDir();
+  const mnt = `${root}/small`;
+  await Deno.mkdir(mnt);
+  const mount = await new Deno.Command("mount", {
+    args: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
+    stderr: "piped",
+  })
+    .output().catch((e) => ({ success: false, stderr: new TextEncoder().encode((e as Error).message) }));
+  if (!mount.success) {
+    console.log(`  skipped: cannot mount a tmpfs here (${new TextDecoder().decode(mount.stderr).trim()})`);
+    await Deno.remove(root, { recursive: true });
+    return;
+  }
+  try {
+    // The store is elsewhere, so the failing write is the checkpoint's: two of ~390 KiB fit, the third not.
+    const sets = [
+      "--set",
+      "train.steps=16",
+      "--set",
+      "train.checkpoint_every=4",
+      "--set",
+      "train.eval_every=16",
+    ];
+    const r = await cli(
+      ...["run", "tests/fixtures/micro.yaml", "--runs-dir", mnt, "--store", `sqlite:${root}/runs.db`],
+      ...["--json", "--no-dashboard", ...sets],
+    );
+    const id = r.json().points[0].run_id;
+    assertRunFailed(
+      r,
+      "No space left on device (os error 28)",
+      `(writing ${mnt}/${id}/ckpt/step-12.safetensors)`,
+    );
+    const run = await RunDir.open(mnt, id);
+    assertEquals(run.meta.status, "failed");
+    assertEquals((await listCheckpoints(`${mnt}/${id}`)).map((c) => c.step), [4, 8]);
+    assertEquals((await latestCheckpoint(`${mnt}/${id}`))!.entry.step, 8);
+    assertEquals((await run.store.checkpoints(id)).map((c) => c.step), [4, 8]);
+    assertEquals(tempFiles(mnt), []);
+  } finally {
+    closeRunStores();
+    await new Deno.Command("umount", { args: [mnt] }).output();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a failure the store cannot record is reported with the real error first, then the store's", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const run = await RunDir.create(dir, runMeta("r1"), "name: r1\n");
+    closeRunStores(); // the store refuses every write from here on, as a full disk would
+    const real = "Error: No space left on device (os error 28) (writing runs/r1/ckpt/step-60.safetensors)";
+    await rejects(recordRunFailure(run, real), (e: Error) => {
+      assert(e instanceof FailureNotRecordedError, `${e.name}: ${e.message}`);
+      assert(
+        e.message.startsWith(`${real}\nThe run store could not record this failure of run r1 either: `),
+        e.message,
+      );
+      return true;
+    });
   } finally {
     closeRunStores();
     await Deno.remove(dir, { recursive: true });

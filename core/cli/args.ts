@@ -53,3 +53,24 @@ export function positiveInt(flag: string, value: string | undefined): number | u
   }
   return n;
 }
+
+/**
+ * Parses a whole-number flag from 1 to `max` written in decimal digits (no exponent, sign or fraction), or
+ * throws a {@linkcode UsageError} naming the flag and the range; `undefined` when the flag is absent. For
+ * flags that size work or memory, so that no value costs without bound.
+ *
+ * @example
+ * ```ts
+ * import { boundedInt } from "./args.ts";
+ * if (boundedInt("max-tokens", "64", 100_000) !== 64) throw new Error("parsed");
+ * ```
+ */
+export function boundedInt(flag: string, value: string | undefined, max: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = /^[0-9]{1,16}$/.test(value) ? Number(value) : NaN;
+  if (!(n >= 1 && n <= max)) {
+    const shown = value.length > 40 ? `${value.slice(0, 39)}…` : value;
+    throw new UsageError(`--${flag} expects a whole number from 1 to ${max}, got "${shown}"`);
+  }
+  return n;
+}

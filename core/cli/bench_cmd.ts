@@ -1,5 +1,6 @@
 /**
- * `deno task bench [--json] [--suite NAME] [--quick] [--per-sync N]`: our kernels beside tfjs-webgpu, checked then timed.
+ * `deno task bench [--json] [--suite NAME] [--quick] [--per-sync N]`: our kernels beside tfjs-webgpu, checked then timed;
+ * `--suite tokenizer` (CPU only, run only when named): BPE training and encoding (core/bench/tokenizer.ts).
  * Progress goes to stderr; stdout gets the table, or with `--json` one JSON object per row and a summary
  * object last. Any row that failed its correctness check (or errored) makes the exit code 1.
  *
@@ -7,6 +8,14 @@
  */
 import { runBench, type SuiteName, SUITES } from "../bench/bench.ts";
 import { formatTable, jsonLines } from "../bench/report.ts";
+import {
+  formatTokenizerTable,
+  progressBar,
+  runTokenizerBench,
+  TOKENIZER_SIZE,
+  TOKENIZER_SIZE_QUICK,
+  TOKENIZER_SUITE,
+} from "../bench/tokenizer.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
 import type { CliIo } from "./main.ts";
@@ -33,30 +42,46 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
   if (positionals.length > 0) {
     throw new UsageError(`bench takes no positional arguments, got "${positionals[0]}"`);
   }
-  const suites = (values.suite ?? [...SUITES]).map((s) => {
-    if (!(SUITES as readonly string[]).includes(s)) {
-      throw new UsageError(`--suite expects one of ${SUITES.join(", ")}, got "${s}"`);
-    }
-    return s as SuiteName;
+  // The tokenizer suite runs on the CPUs and only when named; the others share one GPU device.
+  const known = [...SUITES, TOKENIZER_SUITE] as readonly string[];
+  const named = (values.suite ?? [...SUITES]).map((s) => {
+    if (!known.includes(s)) throw new UsageError(`--suite expects one of ${known.join(", ")}, got "${s}"`);
+    return s;
   });
+  const suites = named.filter((s) => s !== TOKENIZER_SUITE) as SuiteName[];
   const quick = !!values.quick;
   const perSync = positiveInt("per-sync", values["per-sync"]);
-  const result = await runBench({ suites, quick, perSync, progress: (line) => io.err(`bench: ${line}`) });
-  const errors = result.rows.filter((r) => r.error).length;
+  const progress = (line: string) => io.err(`bench: ${line}`);
+  const result = suites.length > 0 ? await runBench({ suites, quick, perSync, progress }) : null;
+  const tokenizerRows = named.includes(TOKENIZER_SUITE)
+    ? await runTokenizerBench({
+      quick,
+      progress,
+      // On a terminal the bar redraws its line; elsewhere it is a line per 10% through io.
+      onTrainProgress: Deno.stderr.isTerminal()
+        ? progressBar(_stderr, true)
+        : progressBar((text) => io.err(text.trimEnd()), false),
+    })
+    : [];
+  const rows = result?.rows ?? [];
+  const errors = rows.filter((r) => r.error).length + tokenizerRows.filter((r) => r.error).length;
   if (values.json) {
     const summary = {
-      suite: suites.length === 1 ? suites[0]! : "all",
-      rows: result.rows.length,
+      suite: named.length === 1 ? named[0]! : "all",
+      rows: rows.length + tokenizerRows.length,
       errors,
-      adapter: result.adapter,
+      adapter: result?.adapter ?? "cpu",
       quick,
-      warmup: result.warmup,
-      reps: result.reps,
-      per_sync: result.perSync,
+      warmup: result?.warmup ?? 1,
+      reps: result?.reps ?? (quick ? TOKENIZER_SIZE_QUICK : TOKENIZER_SIZE).reps,
+      per_sync: result?.perSync ?? null,
     };
-    for (const line of jsonLines(result.rows, summary)) io.out(line);
+    for (const line of jsonLines(rows, summary).slice(0, -1)) io.out(line);
+    for (const row of tokenizerRows) io.out(JSON.stringify(row));
+    io.out(JSON.stringify(summary)); // last, as jsonLines puts it
   } else {
-    io.out(formatTable(result.rows, result.adapter));
+    if (result) io.out(formatTable(result.rows, result.adapter));
+    if (tokenizerRows.length > 0) io.out(formatTokenizerTable(tokenizerRows));
   }
   if (errors > 0) {
     io.err(
@@ -65,4 +90,10 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
     return EXIT_RUN_FAILURE;
   }
   return EXIT_OK;
+}
+
+/** Raw text to stderr (the training progress bar redraws its line). */
+function _stderr(text: string): void {
+  const bytes = new TextEncoder().encode(text);
+  for (let i = 0; i < bytes.length;) i += Deno.stderr.writeSync(bytes.subarray(i));
 }

@@ -1,11 +1,18 @@
 /**
  * `deno task dashboard [--port 8000] [--host 127.0.0.1] [--runs-dir runs/] [--store URL] [--token T]`: serves
- * the dashboard over the run store (that of the runs directory, or `--store`) until SIGINT or SIGTERM.
+ * the dashboard over the run store (that of the runs directory, or `--store`) until SIGINT or SIGTERM. It
+ * only reads: a missing store is an error (exit 2) and nothing is created; a write-protected store is
+ * browsed read-only (remote logging answers 503).
+ *
+ * `--child` (not in the usage: core/cli/live_dashboard.ts passes it) serves the live dashboard of a training
+ * command: writes off (no token, whatever `--token` or `$DSMOE_TOKEN` say), a free port if the one asked for
+ * is taken, SIGINT ignored (Ctrl-C is for the trainer), and it exits when its stdin, the parent's pipe,
+ * closes.
  *
  * @module
  */
 import { closeRunStores, openRunStore } from "../runs/open_store.ts";
-import { serveDashboard } from "../dashboard/server.ts";
+import { type DashboardServer, serveDashboard, type ServeDashboardOptions } from "../dashboard/server.ts";
 import { parseCommandArgs } from "./args.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
@@ -42,6 +49,7 @@ export async function dashboardCommand(
     host: { type: "string" },
     "allow-host": { type: "string", multiple: true },
     token: { type: "string" },
+    child: { type: "boolean" },
   });
   if (values.help) {
     io.out(DASHBOARD_USAGE);
@@ -51,36 +59,26 @@ export async function dashboardCommand(
   const port = _port(values.port);
   const hostname = values.host ?? "127.0.0.1";
   const runsDir = useStore(values);
-  let token = values.token ?? Deno.env.get("DSMOE_TOKEN");
+  const child = values.child === true;
+  let token = child ? undefined : values.token ?? Deno.env.get("DSMOE_TOKEN");
   if (token !== undefined && token.length < 8) throw new UsageError("--token must be at least 8 characters");
-  if (token === undefined) {
+
+  const store = await openRunStore(runsDir, { create: false }); // never creates one
+  if (token === undefined && !child) {
     token = _randomToken();
     io.err(`Write token (remote logging, Authorization: Bearer …): ${token}`);
   }
-
-  const store = await openRunStore(runsDir);
   const stop = new AbortController();
   const onSignal = () => stop.abort();
-  const signals = _listen(onSignal);
+  const signals = _listen(onSignal, child);
   o.signal?.addEventListener("abort", onSignal, { once: true });
+  if (child) _exitOnStdinEof(onSignal);
   try {
-    let server;
-    try {
-      server = serveDashboard({
-        store,
-        hostname,
-        port,
-        token,
-        allowedHosts: values["allow-host"],
-        signal: stop.signal,
-      });
-    } catch (e) {
-      if (e instanceof Deno.errors.AddrInUse) {
-        throw new Error(`Cannot listen on ${hostname}:${port}: the address is in use; pass another --port`);
-      }
-      throw e;
-    }
-    io.out(`Dashboard at ${server.url} (store ${store.url}); Ctrl-C stops it`);
+    const options = { store, hostname, token, allowedHosts: values["allow-host"], signal: stop.signal };
+    const server = _serve(options, port, child);
+    if (server.port !== port && port !== 0) io.err(`Port ${port} is in use: serving on ${server.port}`);
+    const mode = store.access.mode === "read-write" ? "" : ` (${store.access.mode}: ${store.access.reason})`;
+    io.out(`Dashboard at ${server.url} (store ${store.url}${mode}); Ctrl-C stops it`);
     if (!["127.0.0.1", "localhost", "::1"].includes(hostname)) {
       io.err(
         `Warning: bound to ${hostname}: reads are open to anyone who can reach it; writes need the token.`,
@@ -89,10 +87,37 @@ export async function dashboardCommand(
     if (values.json) io.out(JSON.stringify({ url: server.url, port: server.port }));
     await server.finished;
   } finally {
-    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+    for (const [s, fn] of signals) Deno.removeSignalListener(s, fn);
     await closeRunStores();
   }
   return EXIT_OK;
+}
+
+/** Serves on `port`; if it is taken, a usage error, or (`fallback`) a free port. */
+function _serve(o: ServeDashboardOptions, port: number, fallback: boolean): DashboardServer {
+  try {
+    return serveDashboard({ ...o, port });
+  } catch (e) {
+    if (!(e instanceof Deno.errors.AddrInUse)) throw e;
+    if (fallback && port !== 0) return serveDashboard({ ...o, port: 0 });
+    throw new UsageError(
+      `Cannot listen on ${o.hostname}:${port}: the address is in use; pass another --port`,
+    );
+  }
+}
+
+/** Calls `fn` when stdin ends (its writer, the parent process, closed it or exited). */
+function _exitOnStdinEof(fn: () => void): void {
+  (async () => {
+    try {
+      for await (const _ of Deno.stdin.readable) {
+        // The parent sends nothing; only the end matters.
+      }
+    } catch {
+      // A broken pipe is an end too.
+    }
+    fn();
+  })();
 }
 
 function _port(v: string | undefined): number {
@@ -109,16 +134,22 @@ function _randomToken(): string {
   return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
-/** Listens for SIGINT and SIGTERM (where the OS has them); returns those it listens to. */
-function _listen(fn: () => void): Deno.Signal[] {
-  const out: Deno.Signal[] = [];
+/**
+ * Listens for SIGINT and SIGTERM (where the OS has them); returns the listeners added. `child`: SIGINT is
+ * ignored (a no-op listener), as Ctrl-C in a terminal reaches the whole process group.
+ */
+function _listen(fn: () => void, child: boolean): [Deno.Signal, () => void][] {
+  const out: [Deno.Signal, () => void][] = [];
   for (const s of ["SIGINT", "SIGTERM"] as const) {
+    const listener = child && s === "SIGINT" ? _ignore : fn;
     try {
-      Deno.addSignalListener(s, fn);
-      out.push(s);
+      Deno.addSignalListener(s, listener);
+      out.push([s, listener]);
     } catch {
       // SIGTERM does not exist on Windows.
     }
   }
   return out;
 }
+
+function _ignore(): void {}

@@ -1,6 +1,7 @@
 /**
  * `run --dry-run`: the resolved config of every point with its parameter counts, active-parameter
- * estimate, FLOPs per token and memory estimate — computed by core/plan, nothing allocated.
+ * estimate, FLOPs per token, batch split (gradient accumulation) and memory: the estimate of
+ * core/plan/counts.ts and the buffers of the training plan itself (core/plan/plan.ts) — nothing allocated.
  *
  * @module
  */
@@ -8,8 +9,17 @@ import type { Experiment } from "../config/schema.ts";
 import { parseByteSize } from "../config/schema.ts";
 import type { LoadedExperiment } from "../config/mod.ts";
 import { experimentToYaml } from "../config/mod.ts";
-import { activeParams, countParams, estimateMemory, flopsPerToken } from "../plan/counts.ts";
+import {
+  accumulationOf,
+  activeParams,
+  countParams,
+  estimateMemory,
+  flopsPerToken,
+  hasBatchRouterLoss,
+} from "../plan/counts.ts";
+import { plan, trainPlanBytes } from "../plan/plan.ts";
 import { fmtBytes, fmtCount, table } from "../util/format.ts";
+import { describeData } from "../data/prepare.ts";
 
 /** What a dry run reports for one point (also the `--json` shape, one entry of `points`). */
 export interface PointSummary {
@@ -23,10 +33,18 @@ export interface PointSummary {
   flops_per_token_train: number;
   flops_per_token_infer: number;
   flops_per_token_infer_dense: number;
+  batch: number; // train.batch: sequences per optimizer step
+  micro_batch: number; // train.micro_batch: sequences per graph execution
+  accumulation_steps: number; // micro-steps per optimizer step (1: no accumulation)
+  router_stats_pass: boolean; // one more forward per micro-batch for the batch-level router losses
   memory_train_bytes: number;
+  memory_activations_bytes: number; // saved activations of one micro-batch (part of memory_train_bytes)
+  memory_grad_accum_bytes: number; // gradient accumulators (part of memory_train_bytes; 0 without accumulation)
+  /** The training plan's buffers (trainPlanBytes); null when the config cannot be planned yet (rope). */
+  memory_train_planned_bytes: number | null;
   memory_infer_bytes: number;
   memory_budget_bytes: number;
-  fits_budget: boolean;
+  fits_budget: boolean; // memory_train_bytes (the estimate, as resume checks it) is within the budget
   components: Record<string, number>;
 }
 
@@ -37,7 +55,7 @@ export function summarizePoint(
   c: Readonly<Experiment>,
 ): PointSummary {
   const p = countParams(c), a = activeParams(c), f = flopsPerToken(c), m = estimateMemory(c);
-  const budget = parseByteSize(c.hardware.memory_budget);
+  const budget = parseByteSize(c.hardware.memory_budget), acc = accumulationOf(c), planned = _plannedBytes(c);
   const { total: _total, experts: _experts, ...components } = p;
   return {
     name,
@@ -50,7 +68,14 @@ export function summarizePoint(
     flops_per_token_train: f.train,
     flops_per_token_infer: f.infer,
     flops_per_token_infer_dense: f.inferDense,
+    batch: acc.batch,
+    micro_batch: acc.microBatch,
+    accumulation_steps: acc.steps,
+    router_stats_pass: acc.steps > 1 && hasBatchRouterLoss(c),
     memory_train_bytes: m.train,
+    memory_activations_bytes: m.parts.activations,
+    memory_grad_accum_bytes: m.parts.gradAccum,
+    memory_train_planned_bytes: planned,
     memory_infer_bytes: m.infer,
     memory_budget_bytes: budget,
     fits_budget: m.train <= budget,
@@ -58,8 +83,42 @@ export function summarizePoint(
   };
 }
 
+/** The training plan's buffers of `c`, or null when the planner refuses the config (a RangeError). */
+function _plannedBytes(c: Readonly<Experiment>): number | null {
+  try {
+    return trainPlanBytes(plan(c, "train-dense"));
+  } catch (e) {
+    if (e instanceof RangeError) return null;
+    throw e;
+  }
+}
+
+/**
+ * The data lines of every point (core/data/prepare.ts `describeData`): the source (a corpus's size,
+ * documents and licence; files' formats and sizes), the tokenizer and whether the shards are prepared in
+ * `cacheDir`. Points with the same data share their lines. Bad data throws (exit 2), as a run would.
+ */
+export async function describePointsData(
+  loaded: LoadedExperiment,
+  cacheDir: string,
+): Promise<Map<string, string[]>> {
+  const baseDir = loaded.file.includes("/") ? loaded.file.slice(0, loaded.file.lastIndexOf("/")) : ".";
+  const byData = new Map<string, string[]>(), out = new Map<string, string[]>();
+  for (const p of loaded.points) {
+    const key = JSON.stringify([p.config.data, p.config.seed]);
+    let lines = byData.get(key);
+    if (!lines) byData.set(key, lines = await describeData(p.config, { baseDir, cacheDir }));
+    out.set(p.name, lines);
+  }
+  return out;
+}
+
 /** Text report of a loaded experiment: resolved config, then one block per point, then a table. */
-export function formatDryRun(loaded: LoadedExperiment, points: readonly PointSummary[]): string {
+export function formatDryRun(
+  loaded: LoadedExperiment,
+  points: readonly PointSummary[],
+  data?: ReadonlyMap<string, readonly string[]>,
+): string {
   const out: string[] = [];
   out.push(
     `# ${loaded.file}: resolved config${
@@ -70,6 +129,7 @@ export function formatDryRun(loaded: LoadedExperiment, points: readonly PointSum
   for (const s of points) {
     const params = Object.entries(s.params).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ");
     out.push(`## ${s.name}${params ? `  (${params})` : ""}`);
+    out.push(...(data?.get(s.name) ?? []));
     const comp = Object.entries(s.components).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${fmtCount(v)}`);
     out.push(`  params        ${fmtCount(s.params_total)} total: ${comp.join(", ")}`);
     out.push(
@@ -87,8 +147,29 @@ export function formatDryRun(loaded: LoadedExperiment, points: readonly PointSum
         ` (dense execution ${fmtCount(s.flops_per_token_infer_dense)})`,
     );
     out.push(
-      `  memory        train ${fmtBytes(s.memory_train_bytes)}, inference ${fmtBytes(s.memory_infer_bytes)}` +
+      `  batch         ${s.batch} sequences per step` +
+        (s.accumulation_steps > 1
+          ? `: ${s.accumulation_steps} micro-steps of ${s.micro_batch} (gradient accumulation${
+            s.router_stats_pass ? "; one more forward per micro-batch for the batch-level router losses" : ""
+          })`
+          : ", one micro-batch"),
+    );
+    out.push(
+      `  memory        train ${fmtBytes(s.memory_train_bytes)}${
+        s.memory_train_planned_bytes === null
+          ? ""
+          : ` (planned buffers ${fmtBytes(s.memory_train_planned_bytes)})`
+      }, inference ${fmtBytes(s.memory_infer_bytes)}` +
         ` (budget ${fmtBytes(s.memory_budget_bytes)}${s.fits_budget ? "" : ": DOES NOT FIT"})`,
+      `                train = weights and optimizer ${
+        fmtBytes(s.memory_train_bytes - s.memory_activations_bytes - s.memory_grad_accum_bytes)
+      }` +
+        `${
+          s.memory_grad_accum_bytes > 0
+            ? `, gradient accumulators ${fmtBytes(s.memory_grad_accum_bytes)}`
+            : ""
+        }` +
+        `, activations of ${s.micro_batch} sequences ${fmtBytes(s.memory_activations_bytes)}`,
       "",
     );
   }

@@ -5,7 +5,11 @@
  *
  * @module
  */
-import { loadDataset } from "../data/dataset.ts";
+import type { Experiment } from "../config/schema.ts";
+import { type Dataset, loadDataset } from "../data/dataset.ts";
+import { defaultCacheDir } from "../data/prepare.ts";
+import type { Tokenizer } from "../data/tokenizers.ts";
+import { DataError } from "../data/sources.ts";
 import { evaluateRules, type RuleResult } from "../infer/evaluate.ts";
 import { recordRuleResults } from "../infer/record.ts";
 import { countParams, layerShape } from "../plan/counts.ts";
@@ -14,8 +18,9 @@ import { configRules } from "../plan/plan.ts";
 import { denseRules, parseRuleSpec, ruleParamValue } from "../infer/rule_spec.ts";
 import { fmtCount, table } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
-import { parseCommandArgs, positiveInt } from "./args.ts";
-import { loadTarget, targetArg } from "./run_checkpoint.ts";
+import { parseCommandArgs } from "./args.ts";
+import { loadTarget, recordOrWarn, targetArg } from "./run_checkpoint.ts";
+import { dataProgress } from "./progress.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
 import type { CliIo } from "./main.ts";
@@ -36,9 +41,85 @@ Rules (for MLP and attention routers alike; prefix mlp= or attention= to set one
   --rule mlp=threshold:0.5,attention=topk:2   different rules for the two router kinds
 
 Options:
-  --batches N       validation batches (of train.batch sequences) per rule (default 32)
+  --batches N       validation batches (of train.batch sequences) per rule (default 32, at most 100000). Every
+                    window of seq_len + 1 tokens evaluated is a distinct one of the validation split: N above
+                    the split's distinct windows ÷ train.batch is refused (exit 2) naming that maximum; the
+                    default 32 is lowered to it, with a notice
   --json            last stdout line: {"dense_ppl","rules":[{"rule","params","ppl","active_params",…}]}
 ${storeUsage(20)}`;
+
+/** Validation batches per rule when `--batches` is not given (fewer when the split holds fewer). */
+export const DEFAULT_EVAL_BATCHES = 32;
+/** Largest `--batches` accepted before the data is looked at. */
+export const MAX_EVAL_BATCHES = 100_000;
+
+/**
+ * Parses `--batches`: a whole number from 1 to {@linkcode MAX_EVAL_BATCHES} written in decimal digits, else a
+ * usage error naming the flag; `undefined` when the flag is absent.
+ */
+export function parseBatchesFlag(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = /^[0-9]{1,7}$/.test(text) ? Number(text) : NaN;
+  if (!(n >= 1 && n <= MAX_EVAL_BATCHES)) {
+    const shown = text.length > 40 ? `${text.slice(0, 39)}…` : text;
+    throw new UsageError(`--batches expects a whole number from 1 to ${MAX_EVAL_BATCHES}, got "${shown}"`);
+  }
+  return n;
+}
+
+/**
+ * The batches to evaluate: `asked` (or the default) against what the validation split holds. An explicit
+ * `--batches` above that is a usage error naming the maximum; the default is lowered to it with a notice.
+ */
+export function evalBatches(
+  asked: number | undefined,
+  dataset: Dataset,
+  batch: number,
+  notice: (line: string) => void,
+): number {
+  const max = dataset.maxValBatches(batch);
+  const windows = dataset.valTokens - dataset.seqLen;
+  const holds =
+    `the validation split holds ${windows} distinct windows of seq_len + 1 = ${dataset.seqLen + 1} ` +
+    `tokens`;
+  if (max < 1) {
+    throw new DataError(
+      `Cannot evaluate: ${holds}, fewer than one batch of train.batch = ${batch}; use more validation data ` +
+        `(data.val_fraction) or a smaller train.batch`,
+    );
+  }
+  if (asked !== undefined && asked > max) {
+    throw new UsageError(
+      `--batches ${asked}: ${holds}, ${max} batches of ${batch}; use --batches ${max} or fewer`,
+    );
+  }
+  if (asked === undefined && max < DEFAULT_EVAL_BATCHES) {
+    notice(
+      `Note: ${holds}: evaluating ${max} batches of ${batch} instead of the default ${DEFAULT_EVAL_BATCHES}`,
+    );
+    return max;
+  }
+  return asked ?? DEFAULT_EVAL_BATCHES;
+}
+
+/**
+ * The validation data of a checkpoint's config: prepared shards under `<runs-dir>/cache` (prepared now, with
+ * a progress bar, when missing) for file and corpus sources, in memory for synthetic ones, tokenized with the
+ * checkpoint's own tokenizer so the tokens match the model.
+ */
+export async function loadEvalData(
+  c: Readonly<Experiment>,
+  runsDir: string,
+  tokenizer: Tokenizer,
+  io: CliIo,
+): Promise<Dataset> {
+  return await loadDataset(c, undefined, {
+    cacheDir: defaultCacheDir(runsDir),
+    tokenizer,
+    progress: (l) => io.err(l),
+    onProgress: dataProgress(io),
+  });
+}
 
 /** Runs `f`, turning its RangeError (bad rule text) into a usage error prefixed with `prefix`. */
 function _usage<T>(f: () => T, prefix: string): T {
@@ -65,17 +146,19 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
     return EXIT_OK;
   }
   const arg = targetArg("eval", positionals);
-  const batches = positiveInt("batches", values.batches) ?? 32;
+  const askedBatches = parseBatchesFlag(values.batches);
   const asked = parseRules(parsed.tokens ?? []);
-  const target = await loadTarget(arg, useStore(values), "evaluate", (l) => io.err(l));
+  const runsDir = useStore(values);
+  const target = await loadTarget(arg, runsDir, "evaluate", (l) => io.err(l));
   const c = target.config, shape = layerShape(c);
   const routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
   const own: InferRules = configRules(c);
   const dense = denseRules();
   const rules = [dense, ...(asked.length > 0 ? asked : [own])];
 
+  const dataset = await loadEvalData(c, runsDir, target.tokenizer, io);
+  const batches = evalBatches(askedBatches, dataset, c.train.batch, (l) => io.err(l));
   io.err(`Evaluating ${target.label} (step ${target.step}) on ${batches} validation batches per rule`);
-  const dataset = await loadDataset(c);
   const gpu = await openGpu({
     powerPreference: c.hardware.power_preference,
     validation: c.hardware.validation,
@@ -94,9 +177,16 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   const shown = results.filter((r, i) => results.findIndex((x) => x.rule === r.rule) === i);
   io.out(_table(shown, denseResult, routed));
 
-  if (target.run) {
-    await recordRuleResults(target.run, target.step, shown);
-    io.err(`Metrics infer/<rule>/… recorded in ${target.run.store.url}`);
+  const run = target.run;
+  if (run) {
+    await recordOrWarn(
+      async () => {
+        await recordRuleResults(run, target.step, shown);
+        io.err(`Metrics infer/<rule>/… recorded in ${run.store.url}`);
+      },
+      io,
+      "infer/",
+    );
   }
   if (values.json) {
     const params = countParams(c).total;
@@ -108,6 +198,7 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
         params,
         ppl: r.ppl,
         loss: r.loss,
+        bpb: r.bpb,
         active_params: r.activeParams,
         active_pct: r.activePct,
         hidden_pct: r.hiddenPct,

@@ -5,20 +5,19 @@
  *
  * @module
  */
-import { decodeText, encodeText } from "../data/tokenizer.ts";
 import { Decoder, generate } from "../infer/generate.ts";
 import { ruleName } from "../infer/evaluate.ts";
 import { recordGeneration } from "../infer/record.ts";
-import { countParams, layerShape } from "../plan/counts.ts";
+import { countParams, layerShape, vocabSize } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
 import { fmtCount } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
-import { parseCommandArgs, positiveInt } from "./args.ts";
+import { boundedInt, parseCommandArgs } from "./args.ts";
 import { parseRules } from "./eval_cmd.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
 import type { CliIo } from "./main.ts";
-import { loadTarget, targetArg } from "./run_checkpoint.ts";
+import { loadTarget, recordOrWarn, targetArg } from "./run_checkpoint.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
 
 /** Usage of `generate`. */
@@ -30,7 +29,7 @@ decoding one token at a time with a KV cache; routed layers run only the experts
 
 Options:
   --prompt TEXT        text to continue (required, not empty)
-  --max-tokens N       new tokens to generate (default 200)
+  --max-tokens N       new tokens to generate (default 200, at most 100000)
   --temperature T      sampling temperature, 0 = always the most likely token (default 0.8)
   --top-k K            sample among the K most likely tokens, 0 = all (default 40)
   --seed N             sampling seed (default 1): the same seed gives the same text
@@ -43,6 +42,9 @@ Options:
 ${storeUsage(23)}
 
 The context is the model's seq_len; when it fills, its newest half is kept and re-encoded.`;
+
+/** Most new tokens one `generate` may ask for (`--max-tokens`). */
+export const MAX_NEW_TOKENS = 100_000;
 
 /** Runs `generate`. */
 export async function generateCommand(args: string[], io: CliIo): Promise<number> {
@@ -66,7 +68,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
   const arg = targetArg("generate", positionals);
   const prompt = values.prompt;
   if (prompt === undefined || prompt === "") throw new UsageError("generate needs a non-empty --prompt TEXT");
-  const maxTokens = positiveInt("max-tokens", values["max-tokens"]) ?? 200;
+  const maxTokens = boundedInt("max-tokens", values["max-tokens"], MAX_NEW_TOKENS) ?? 200;
   const temperature = _number("temperature", values.temperature, 0.8, (v) => v >= 0, "a number ≥ 0");
   const topK = _number(
     "top-k",
@@ -81,6 +83,10 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
 
   const target = await loadTarget(arg, useStore(values), "generate from", (l) => io.err(l));
   const c = target.config, shape = layerShape(c);
+  const vocab = vocabSize(c.data);
+  if (topK > vocab) {
+    throw new UsageError(`--top-k expects 0 (all) to the vocabulary size ${vocab}, got ${topK}`);
+  }
   const rules: InferRules = asked[0] ?? configRules(c);
   const routed = shape.routedMlp || shape.routedAtt;
   const rule = routed ? ruleName(rules, { mlp: shape.routedMlp, attention: shape.routedAtt }) : "dense";
@@ -93,20 +99,23 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
     validation: c.hardware.validation,
   });
   let result;
-  const text = new TextDecoder("utf-8", { fatal: false });
+  const tok = target.tokenizer, stream = tok.decoder();
+  const promptIds = [...tok.encode(prompt)];
+  if (promptIds.length === 0) throw new UsageError("--prompt encodes to no tokens");
   try {
     const dec = await Decoder.create(gpu, c, target.params, rules);
     try {
       io.write(prompt);
-      result = await generate(dec, [...encodeText(prompt)], {
+      result = await generate(dec, promptIds, {
         maxTokens,
         temperature,
         topK,
         seed,
         hostSampling: !!values["host-sampling"],
-        onToken: (id) => io.write(text.decode(Uint8Array.of(id), { stream: true })),
+        // A character whose bytes are split across tokens is written once, whole, with its last token.
+        onToken: (id) => io.write(stream.push(id)),
       });
-      io.write(text.decode() + "\n");
+      io.write(stream.flush() + "\n");
     } finally {
       dec.destroy();
     }
@@ -123,10 +132,12 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
           `${fmtCount(r.activeParams / (r.activePct / 100))}), hidden ${r.hiddenPct.toFixed(1)}%`
         : ""),
   );
-  if (target.run) await recordGeneration(target.run, target.step, rule, r);
+  if (target.run) {
+    await recordOrWarn(() => recordGeneration(target.run!, target.step, rule, r), io, "generate/");
+  }
   if (values.json) {
     io.out(JSON.stringify({
-      text: decodeText(r.tokens),
+      text: tok.decode(r.tokens),
       prompt,
       rule,
       step: target.step,

@@ -7,7 +7,9 @@
  */
 import { ConfigError, type LoadedExperiment, loadExperiment } from "../config/mod.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
-import { formatDryRun, summarizePoint } from "./dry_run.ts";
+import { describePointsData, formatDryRun, summarizePoint } from "./dry_run.ts";
+import { defaultCacheDir } from "../data/prepare.ts";
+import { rememberFileTokenizers } from "../data/vocab.ts";
 import { dashboardCommand } from "./dashboard_cmd.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, EXIT_USAGE, UsageError } from "./errors.ts";
 import { enqueueSweep } from "./enqueue_cmd.ts";
@@ -15,6 +17,9 @@ import { evalCommand } from "./eval_cmd.ts";
 import { generateCommand } from "./generate_cmd.ts";
 import { reproCommand } from "./repro_cmd.ts";
 import { useStore } from "./store_flag.ts";
+import { DataError } from "../data/sources.ts";
+import { RunBusyError, StoreMissingError } from "../runs/store_errors.ts";
+import { CheckpointError } from "../runs/checkpoints.ts";
 import { RUN_USAGE, USAGE } from "./usage.ts";
 import { resumeRun, trainRuns } from "./train_cmd.ts";
 import { workerCommand } from "./worker_cmd.ts";
@@ -69,8 +74,12 @@ export async function main(argv: readonly string[], io: CliIo = _stdio): Promise
         return await dashboardCommand(rest, io);
       case "repro":
         return await reproCommand(rest, io);
+      case "prepare":
+        return await (await import("./prepare_cmd.ts")).prepareCommand(rest, io);
       case "worker":
         return await workerCommand(rest, io);
+      case "store":
+        return await (await import("./store_cmd.ts")).storeCommand(rest, io);
       case "bench":
         return await (await import("./bench_cmd.ts")).benchCommand(rest, io); // loads tfjs only here
       default:
@@ -88,6 +97,15 @@ function _report(e: unknown, io: CliIo): number {
   }
   if (e instanceof UsageError) {
     io.err(`Usage error: ${e.message}\nRun with --help for usage.`);
+    return EXIT_USAGE;
+  }
+  // Bad data, a store that is not there, a run another process holds and a checkpoint, manifest or run
+  // directory refused before use: nothing was done (exit 2).
+  if (
+    e instanceof DataError || e instanceof StoreMissingError || e instanceof RunBusyError ||
+    e instanceof CheckpointError
+  ) {
+    io.err(`Error: ${e.message}`);
     return EXIT_USAGE;
   }
   const err = e instanceof Error ? e : new Error(String(e));
@@ -129,6 +147,7 @@ async function _run(args: string[], io: CliIo): Promise<number> {
   const file = positionals[0] ?? DEFAULT_CONFIG;
   const loaded = await loadExperiment(file, { sets: values.set ?? [] });
   useStore(values, { value: _configStore(loaded), file });
+  rememberFileTokenizers(loaded.points, file.includes("/") ? file.slice(0, file.lastIndexOf("/")) : ".");
   const points = loaded.points.map((p) => summarizePoint(p.name, p.params, p.config));
   if (!values["dry-run"]) {
     const over = points.find((p) => !p.fits_budget);
@@ -138,7 +157,8 @@ async function _run(args: string[], io: CliIo): Promise<number> {
     if (values.enqueue) return await enqueueSweep(loaded, values["runs-dir"] ?? "runs", io, values.json);
     return await trainRuns(loaded, io, values);
   }
-  io.out(formatDryRun(loaded, points));
+  const data = await describePointsData(loaded, defaultCacheDir(values["runs-dir"]));
+  io.out(formatDryRun(loaded, points, data));
   const over = points.filter((p) => !p.fits_budget);
   if (values.json) io.out(JSON.stringify({ points }));
   if (over.length > 0) {

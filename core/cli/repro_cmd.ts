@@ -12,10 +12,17 @@ import { parseCommandArgs } from "./args.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
 import type { CliIo } from "./main.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
-import { abortOnSignal, liveDashboard } from "./train_cmd.ts";
+import { liveDashboard } from "./live_dashboard.ts";
+import { abortOnSignal } from "./train_cmd.ts";
 
 /** The manifest `repro` reads unless told otherwise. */
 export const DEFAULT_MANIFEST = "configs/repro/repro.yaml";
+
+/** The manifest of each `--data`: the synthetic grammar (default) or real English with a BPE tokenizer. */
+export const DATA_MANIFESTS: Record<string, string> = {
+  synthetic: DEFAULT_MANIFEST,
+  real: "configs/real/repro.yaml",
+};
 
 /** Usage of `repro`. */
 export const REPRO_USAGE = `Usage: deno task repro [options]
@@ -29,7 +36,10 @@ Models finished by an earlier invocation of the same scale are reused.
 Options:
   --scale S            micro (a few minutes on a CPU) or small (the configs as written: under an hour on
                        a software adapter); default small
-  --manifest FILE      the reproduction manifest (default ${DEFAULT_MANIFEST})
+  --data KIND          synthetic (default: the multi-domain grammar read byte by byte) or real (State of
+                       the Union addresses through a 4,096-token BPE: ${DATA_MANIFESTS.real},
+                       with the MI weight swept over 0, the paper's, 3x and 10x)
+  --manifest FILE      the reproduction manifest (default ${DEFAULT_MANIFEST}; not with --data)
   --dashboard-port N   serve the live dashboard while training (default 8000; 0 = any free port)
   --no-dashboard       do not serve the dashboard
   --json               last stdout line: {"id","scale","report","claims":[…],"models":[…]}
@@ -40,6 +50,7 @@ export async function reproCommand(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseCommandArgs("repro", args, {
     scale: { type: "string" },
     manifest: { type: "string" },
+    data: { type: "string" },
     "dashboard-port": { type: "string" },
     "no-dashboard": { type: "boolean" },
   });
@@ -50,7 +61,14 @@ export async function reproCommand(args: string[], io: CliIo): Promise<number> {
   if (positionals.length > 0) {
     throw new UsageError(`repro takes no positional arguments, got "${positionals[0]}"`);
   }
-  const spec = await loadReproSpec(values.manifest ?? DEFAULT_MANIFEST);
+  if (values.data !== undefined && values.manifest !== undefined) {
+    throw new UsageError("--data picks a manifest: give --data or --manifest, not both");
+  }
+  const byData = values.data === undefined ? undefined : DATA_MANIFESTS[values.data];
+  if (values.data !== undefined && byData === undefined) {
+    throw new UsageError(`--data expects ${Object.keys(DATA_MANIFESTS).join(" or ")}, got "${values.data}"`);
+  }
+  const spec = await loadReproSpec(values.manifest ?? byData ?? DEFAULT_MANIFEST);
   const scale = values.scale ?? "small";
   if (!spec.scales[scale]) {
     throw new UsageError(`--scale ${scale}: ${spec.file} defines ${Object.keys(spec.scales).join(", ")}`);

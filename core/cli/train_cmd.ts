@@ -7,14 +7,21 @@
  */
 import type { LoadedExperiment } from "../config/mod.ts";
 import { createBackend } from "../train/backends.ts";
-import { type PointOutcome, runExperiment, summaryTable } from "../train/run_experiment.ts";
+import {
+  dataLoadOptions,
+  loadExperimentData,
+  type PointOutcome,
+  runExperiment,
+  summaryTable,
+} from "../train/run_experiment.ts";
 import { formatProfile } from "../train/profile.ts";
 import { continueRun } from "../train/continue_run.ts";
 import { openStoredRun } from "../runs/stored_run.ts";
 import { positiveInt } from "./args.ts";
 import type { CliIo } from "./main.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
-import { serveDashboard } from "../dashboard/server.ts";
+import { liveDashboard } from "./live_dashboard.ts";
+import { dataProgress } from "./progress.ts";
 import { openRunStore } from "../runs/open_store.ts";
 
 /** Flags of `run` used here. */
@@ -25,44 +32,6 @@ export interface RunFlags {
   "dashboard-port"?: string;
   "no-dashboard"?: boolean;
   profile?: boolean;
-}
-
-/** The dashboard served while training, so that the URL printed at the start shows the run live. */
-export interface LiveDashboard {
-  url: string;
-  stop: () => Promise<void>;
-}
-
-export async function liveDashboard(
-  runsDir: string,
-  flags: RunFlags,
-  io: CliIo,
-): Promise<LiveDashboard | null> {
-  if (flags["no-dashboard"]) return null;
-  const text = flags["dashboard-port"];
-  const port = text === undefined ? 8000 : Number(text);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new UsageError(`--dashboard-port must be a port number (0 to 65535), got "${text}"`);
-  }
-  const store = await openRunStore(runsDir);
-  const stop = new AbortController();
-  let server;
-  try {
-    server = serveDashboard({ store, port, signal: stop.signal });
-  } catch (e) {
-    if (!(e instanceof Deno.errors.AddrInUse)) throw e;
-    server = serveDashboard({ store, port: 0, signal: stop.signal });
-    io.err(`Port ${port} is in use: the dashboard of this run is on port ${server.port}`);
-  }
-  io.err(`dashboard: ${server.url} (live while this command runs; later: deno task dashboard)`);
-  const finished = server.finished;
-  return {
-    url: server.url,
-    stop: async () => {
-      stop.abort();
-      await finished;
-    },
-  };
 }
 
 export function abortOnSignal(io: CliIo): AbortController {
@@ -86,18 +55,25 @@ export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunF
   const runsDir = flags["runs-dir"] ?? "runs";
   const ac = abortOnSignal(io);
   const dir = loaded.file.includes("/") ? loaded.file.slice(0, loaded.file.lastIndexOf("/")) : ".";
+  const load = {
+    runsDir,
+    progress: (l: string) => io.err(l),
+    onDataProgress: dataProgress(io),
+    signal: ac.signal,
+  };
+  // Bad data stops the command (exit 2) before the dashboard opens, and so creates, the store.
+  const data = await loadExperimentData(loaded, dir, dataLoadOptions(load));
   const live = await liveDashboard(runsDir, flags, io);
   let outcomes: PointOutcome[];
   try {
     outcomes = await runExperiment(loaded, {
-      runsDir,
+      ...load,
       backendFactory: createBackend,
       stopAfter: positiveInt("stop-after", flags["stop-after"]),
-      progress: (l) => io.err(l),
-      signal: ac.signal,
       baseDir: dir,
       profile: flags.profile,
       dashboardUrl: live?.url,
+      data,
     });
   } finally {
     await live?.stop();
@@ -130,11 +106,16 @@ function _json(outcomes: PointOutcome[]) {
 
 /** `run --resume <id>`: rebuilds the run's backend from its config and continues from its newest checkpoint. */
 export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise<number> {
-  const stored = await openStoredRun(
-    flags["runs-dir"] ?? "runs",
-    id,
-    (e, why) => io.err(`skipping checkpoint step ${e.step}: ${why}`),
-  );
+  // Refusals (no such run, a damaged or tampered checkpoint, a config over budget) come before anything is
+  // allocated or written: exit 2, the run as it was.
+  const stored = await openStoredRun(flags["runs-dir"] ?? "runs", id, {
+    purpose: "resume",
+    onSkip: (e, why) => io.err(`skipping checkpoint step ${e.step}: ${why}; resuming from an older one`),
+  }).catch((e) => {
+    throw e instanceof Deno.errors.NotFound ? new UsageError(`run --resume: ${e.message}`) : e;
+  });
+  // One trainer per run: a second one stops here (exit 2, naming the holder) before the device is opened.
+  await stored.run.takeLease();
   const backend = await createBackend(stored.config);
   const live = await liveDashboard(flags["runs-dir"] ?? "runs", flags, io).catch((e) => {
     backend.destroy();
@@ -148,6 +129,7 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
       signal: abortOnSignal(io).signal,
       stopAfter: positiveInt("stop-after", flags["stop-after"]),
       profile: flags.profile,
+      onDataProgress: dataProgress(io),
     });
     if (r.profile) io.out(`Profile:\n${formatProfile(r.profile)}`);
     if (flags.json) {

@@ -16,12 +16,14 @@ Commands:
   run [config.yaml] [--set k=v]… [--dry-run] [--stop-after N]   train (default config: configs/quickstart.yaml)
   run --resume <run-id>                                          continue from the newest complete checkpoint
   run <sweep.yaml> --store postgres://… --enqueue                queue a sweep's points for workers
+  prepare <config.yaml> [--cache-dir DIR] [--set k=v]…           tokenize the data once into token shards
   worker --store postgres://… [--runs-dir SHARED] [--sweep ID]   train queued points (any number, any machine)
   eval <run-id|ckpt> [--rule threshold --epsilon 0.5 | --rule topk --k 2 | …]… [--batches N]
   generate <run-id|ckpt> --prompt TEXT [--max-tokens N] [--rule …]
   dashboard [--port 8000] [--host 127.0.0.1] [--token T]         serve the runs dashboard (live charts, API)
   bench [--json] [--suite NAME] [--quick] [--per-sync N]
   repro [--scale micro|small]                                    reproduce the paper's claims; write a report
+  store check | rebuild [--full]                                 check the run store against the run dirs; rebuild it
   test                                                           fmt, lint, type check and the test suite
 
 Common options: --json (last stdout line is one JSON object), --runs-dir DIR (default runs/),
@@ -37,7 +39,11 @@ Options:
   --set key.path=value   override a config value (repeatable), typed by the schema: --set model.mlp.experts=8
   --dry-run              print the resolved config(s), parameter counts, FLOPs and memory; train nothing
   --stop-after N         stop after N steps (a checkpoint is written)
-  --resume RUN_ID        continue a run from its newest complete checkpoint
+  --resume RUN_ID        continue a run from its newest intact checkpoint (checked against its config: shapes,
+                         finite values, optimizer state); a run that never wrote one starts from step 0.
+                         If every checkpoint it lists is damaged, nothing is done (exit 2) and the message
+                         names each file; to start over from step 0 as a new run:
+                         deno task run <runs-dir>/RUN_ID/config.yaml
   --dashboard-port N     serve the live dashboard on 127.0.0.1:N while training (default 8000; a free port
                          if it is taken; 0 = any free port)
   --no-dashboard         do not serve the dashboard
@@ -48,6 +54,25 @@ Options:
                          queued twice, failed points are queued again)
   --json                 last stdout line is one JSON object
 ${storeUsage(25, true)}`;
+
+/** Usage of \`prepare\`. */
+export const PREPARE_USAGE = `Usage: deno task prepare <config.yaml> [options]
+
+Tokenizes the config's data once into binary token shards (uint16, or uint32 for vocabularies over 65,536)
+with an index of their SHA-256 hashes, in <cache-dir>/<key>/, keyed by the source (paths, sizes, times; a
+corpus's package version), the tokenizer (data.tokenizer, data.vocab_size), the seed and data.val_fraction.
+For data.tokenizer bpe it first trains the tokenizer on the training split (cached too). A second prepare
+finds the shards, verifies them and does nothing; shards that do not verify are prepared again. \`run\` and
+\`eval\` prepare on their own when the shards are missing. Every point of a sweep is prepared.
+
+Options:
+  --cache-dir DIR        where shard folders are kept (default <runs-dir>/cache, i.e. runs/cache)
+  --set key.path=value   override a config value (repeatable), as for run: --set data.vocab_size=8192
+  --json                 last stdout line: {"prepared":[{"point","dir","reused","tokenizer","vocab_size",
+                         "train_tokens","val_tokens","train_bytes","val_bytes","seconds","tokens_per_s",
+                         "mb_per_s"}]}
+  --runs-dir DIR         runs directory (default runs/); the cache is DIR/cache unless --cache-dir is given
+  -h, --help             this help`;
 
 /** Usage of \`worker\`. */
 export const WORKER_USAGE = `Usage: deno task worker --store postgres://… [options]
@@ -73,6 +98,26 @@ Options:
                          [?schema=NAME] (password in the URL or $PGPASSWORD); default $DSMOE_STORE
   --runs-dir DIR         the runs directory, the same shared one on every worker (default runs/):
                          checkpoints are files there, and a point taken over resumes from them`;
+
+/** Usage of \`store\`. */
+export const STORE_USAGE = `Usage: deno task store check|rebuild [options]
+
+check    reads the run store and its runs directory, writes nothing: the store's integrity (SQLite
+         quick_check; Postgres: schema version, tables, indexes), then every run in the store against the
+         run directories on disk (a record without its directory, a directory without a record) and its
+         checkpoint records against ckpt/manifest.json and the files it lists (their sizes). One line per
+         problem, naming the run or file. Exit 0 when consistent, 1 otherwise.
+rebuild  rebuilds a SQLite store; deletes nothing. Reads what it can of the old store (row by row past
+         damaged pages), moves it aside (runs.db.damaged-<UTC time>, with its -wal and -shm), creates a
+         new store and re-creates every run from its directory (config.yaml, ckpt/manifest.json, the
+         metrics.jsonl journal of its points) and from what was read; prints what it recovered and what
+         was lost. Refused while a live process trains into the old store.
+
+Options:
+  --full                 check: SQLite's full integrity_check (minutes on a large store) and the SHA-256
+                         of every checkpoint file
+  --json                 last stdout line is one JSON object
+${storeUsage(25)}`;
 
 /** Usage of \`bench\`. */
 export const BENCH_USAGE = `Usage: deno task bench [options]

@@ -69,23 +69,60 @@ export function capIssues(issues: readonly ConfigIssue[]): ConfigIssue[] {
   return [...unique.slice(0, MAX_ISSUES - 1), { ...last, message: `${more} more problems not shown` }];
 }
 
+/** Longest piece of a config's text (a string value, an alias name) that a message quotes. */
+export const MAX_QUOTED_CHARS = 40;
+
 /**
  * Formats a key path: `model.mlp.experts`, list indices as `betas[1]`, odd keys quoted (`grid["a.b"]`).
+ * A key that is not a plain name (spaces, `=`, quotes, …: likely a line of some other file read as YAML) is
+ * not echoed: it reads `[…]`.
  *
  * @example
  * ```ts
  * import { formatKeyPath } from "./errors.ts";
  * if (formatKeyPath(["sweep", "grid", "loss.mi.mlp", 0]) !== 'sweep.grid["loss.mi.mlp"][0]') throw new Error();
+ * if (formatKeyPath(["API_KEY=sk-123"]) !== "[…]") throw new Error();
  * ```
  */
 export function formatKeyPath(path: readonly PropertyKey[]): string {
   let out = "";
   for (const seg of path) {
     if (typeof seg === "number") out += `[${seg}]`;
-    else if (typeof seg === "string" && /^[A-Za-z_][A-Za-z0-9_-]*$/.test(seg)) out += out ? `.${seg}` : seg;
-    else out += `[${JSON.stringify(String(seg))}]`;
+    else if (typeof seg === "string" && /^[A-Za-z_][A-Za-z0-9_-]{0,63}$/.test(seg)) {
+      out += out ? `.${seg}` : seg;
+    } else out += isShowableKey(String(seg)) ? `[${JSON.stringify(String(seg))}]` : "[…]";
   }
   return out;
+}
+
+/**
+ * True for a key that messages may quote: 1 to 64 letters, digits, `_`, `-`, `.` or `/`. Other keys are
+ * described by their length only, so that a file that is not a config (an environment file, a script) is
+ * never echoed line by line.
+ */
+export function isShowableKey(key: string): boolean {
+  return /^[\p{L}\p{N}_.\-/]{1,64}$/u.test(key);
+}
+
+/** A key for a message: quoted when {@linkcode isShowableKey}, else `a key of N characters (not shown)`. */
+export function describeKey(key: string): string {
+  return isShowableKey(key) ? JSON.stringify(key) : `a key of ${key.length} characters (not shown)`;
+}
+
+/**
+ * `text` as one quoted line (JSON escapes), cut to `max` characters with "…" and the full length after.
+ *
+ * @example
+ * ```ts
+ * import { quoteClipped } from "./errors.ts";
+ * if (quoteClipped("abcdef", 4) !== '"abc…" (6 characters)') throw new Error(quoteClipped("abcdef", 4));
+ * ```
+ */
+export function quoteClipped(text: string, max = MAX_QUOTED_CHARS): string {
+  if (text.length <= max) return JSON.stringify(text);
+  let head = text.slice(0, max - 1);
+  if (/[\uD800-\uDBFF]$/.test(head)) head = head.slice(0, -1); // never half a surrogate pair
+  return `${JSON.stringify(head + "…")} (${text.length} characters)`;
 }
 
 /** Joins a formatted key path and a formatted sub-path (`a.b` + `c[0]` → `a.b.c[0]`). */
@@ -94,11 +131,11 @@ export function joinKeyPath(prefix: string, rest: string): string {
   return rest.startsWith("[") ? prefix + rest : `${prefix}.${rest}`;
 }
 
-/** Describes a value for a message: strings quoted, numbers as written, maps and lists by kind. */
+/** Describes a value for a message: strings quoted (long ones cut), numbers as written, maps and lists by kind. */
 export function describeValue(value: unknown): string {
   if (value === undefined) return "nothing";
   if (value === null) return "null (an empty value)";
-  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "string") return quoteClipped(value);
   if (Array.isArray(value)) return `a list of ${value.length}`;
   if (typeof value === "object") return "a map";
   return String(value);
@@ -106,6 +143,7 @@ export function describeValue(value: unknown): string {
 
 /** `unknown key "x"` with a did-you-mean suggestion from the keys valid at that place. */
 export function unknownKeyMessage(key: string, valid: readonly string[]): string {
+  if (!isShowableKey(key)) return `unknown key: ${describeKey(key)}${suggestionHint("", valid)}`;
   return `unknown key ${JSON.stringify(key)}${suggestionHint(key, valid)}`;
 }
 

@@ -12,6 +12,7 @@ import {
   describeValue,
   formatKeyPath,
   issueAt,
+  quoteClipped,
   type SourcePos,
 } from "./errors.ts";
 import { applySets, mergeSourced, withoutKey } from "./overrides.ts";
@@ -40,6 +41,12 @@ export interface LoadOptions {
 
 /** Longest `extends` chain followed. */
 export const MAX_EXTENDS_DEPTH = 32;
+/** Most distinct files one config may read, itself and everything it `extends` (each read once). */
+export const MAX_EXTENDS_FILES = 64;
+/** Most bytes the files of one config and its `extends` graph may hold together (4 MiB). */
+export const MAX_EXTENDS_BYTES = 4 << 20;
+/** Most paths one `extends` list may name. */
+export const MAX_EXTENDS_LIST = 16;
 
 interface _Link {
   abs: string;
@@ -49,6 +56,20 @@ interface _Target {
   target: string;
   at: SourcePos;
   keyPath: string;
+}
+/** A file resolved with its bases; `height`: the longest `extends` chain it starts (1: it extends nothing). */
+interface _Resolved {
+  tree: Sourced;
+  height: number;
+}
+/**
+ * One load's `extends` graph: each file is read, parsed and resolved once (by absolute path), however many
+ * paths lead to it, and the files and bytes read are counted against the limits above.
+ */
+interface _Graph {
+  done: Map<string, _Resolved>;
+  files: number;
+  bytes: number;
 }
 
 /**
@@ -66,7 +87,7 @@ export async function loadExperiment(file: string, options: LoadOptions = {}): P
   let text: string;
   try {
     _checkFileInfo(await Deno.stat(file), file, at, "");
-    text = await Deno.readTextFile(file);
+    text = _readConfigText(file, at, "", "");
   } catch (e) {
     throw _readError(e, file, at, "", file);
   }
@@ -86,7 +107,8 @@ export async function loadExperiment(file: string, options: LoadOptions = {}): P
  */
 export function parseExperimentText(text: string, file: string, options: LoadOptions = {}): LoadedExperiment {
   const own = parseYaml(text, file);
-  const merged = _resolveExtends(own, file, [{ abs: resolve(file), display: file }]);
+  const graph: _Graph = { done: new Map(), files: 1, bytes: new TextEncoder().encode(text).length };
+  const merged = _resolveExtends(own, file, [{ abs: resolve(file), display: file }], graph).tree;
   const tree = applySets(merged, options.sets ?? []);
   const config = deepFreeze(validateExperiment(tree));
   const points = expandSweep(config, tree);
@@ -94,24 +116,34 @@ export function parseExperimentText(text: string, file: string, options: LoadOpt
   return { file, config, points, sweepId: config.sweep ? sweepId({ ...config, store: undefined }) : null };
 }
 
-function _resolveExtends(tree: Sourced, file: string, chain: _Link[]): Sourced {
+function _resolveExtends(tree: Sourced, file: string, chain: _Link[], graph: _Graph): _Resolved {
   const root = _rootMap(tree, file);
-  if (!Object.hasOwn(root.value as object, "extends")) return root;
-  let acc: Sourced | null = null;
+  if (!Object.hasOwn(root.value as object, "extends")) return { tree: root, height: 1 };
+  let acc: Sourced | null = null, height = 1;
   for (const t of _extendsTargets(root)) {
-    const base = _loadBase(t, file, chain);
-    acc = acc ? mergeSourced(acc, base) : base;
+    const base = _loadBase(t, file, chain, graph);
+    acc = acc ? mergeSourced(acc, base.tree) : base.tree;
+    height = Math.max(height, base.height + 1);
   }
   const own = withoutKey(root, "extends");
-  return acc ? mergeSourced(acc, own) : own;
+  return { tree: acc ? mergeSourced(acc, own) : own, height };
 }
 
 function _rootMap(tree: Sourced, file: string): Sourced {
   if (tree.value === null) return { value: {}, src: { ...tree.src, kids: new Map() } };
   if (isPlainMap(tree.value)) return tree;
   throw new ConfigError([
-    issueAt({ file, line: 1, col: 1 }, "", `expected a map of settings, got ${describeValue(tree.value)}`),
+    issueAt({ file, line: 1, col: 1 }, "", `expected a map of settings, got ${_rootKind(tree.value)}`),
   ]);
+}
+
+/** What a document that is not a map holds, without quoting it (it may be some other file's secrets). */
+function _rootKind(value: unknown): string {
+  if (Array.isArray(value)) return `a list of ${value.length}`;
+  if (typeof value === "string") {
+    return `a single text value of ${value.length} characters (not shown): this is not a YAML config`;
+  }
+  return `a single ${typeof value} value: this is not a YAML config`;
 }
 
 function _extendsTargets(root: Sourced): _Target[] {
@@ -119,11 +151,18 @@ function _extendsTargets(root: Sourced): _Target[] {
   const src = root.src.kids?.get("extends") ?? root.src;
   const issues: ConfigIssue[] = [], targets: _Target[] = [];
   const one = (v: unknown, at: SourcePos, keyPath: string) => {
-    if (typeof v === "string" && v.trim() !== "") targets.push({ target: v, at, keyPath });
-    else issues.push(issueAt(at, keyPath, `expected a file path, got ${describeValue(v)}`));
+    if (typeof v !== "string" || v.trim() === "") {
+      issues.push(issueAt(at, keyPath, `expected a file path, got ${describeValue(v)}`));
+    } else if (!/\.ya?ml$/i.test(v)) {
+      issues.push(issueAt(at, keyPath, `${quoteClipped(v, 120)} is not a .yaml or .yml file`));
+    } else targets.push({ target: v, at, keyPath });
   };
   if (Array.isArray(ext)) {
-    ext.forEach((v, i) => one(v, (src.kids?.get(i) ?? src).at, formatKeyPath(["extends", i])));
+    if (ext.length > MAX_EXTENDS_LIST) {
+      issues.push(
+        issueAt(src.at, "extends", `${ext.length} paths; an extends list holds at most ${MAX_EXTENDS_LIST}`),
+      );
+    } else ext.forEach((v, i) => one(v, (src.kids?.get(i) ?? src).at, formatKeyPath(["extends", i])));
   } else if (typeof ext === "string") one(ext, src.at, "extends");
   else {issues.push(
       issueAt(src.at, "extends", `expected a path or a list of paths, got ${describeValue(ext)}`),
@@ -132,7 +171,7 @@ function _extendsTargets(root: Sourced): _Target[] {
   return targets;
 }
 
-function _loadBase(t: _Target, fromFile: string, chain: _Link[]): Sourced {
+function _loadBase(t: _Target, fromFile: string, chain: _Link[], graph: _Graph): _Resolved {
   const display = isAbsolute(t.target) ? normalize(t.target) : join(dirname(fromFile), t.target);
   const abs = resolve(display);
   const loop = chain.findIndex((l) => l.abs === abs);
@@ -140,21 +179,103 @@ function _loadBase(t: _Target, fromFile: string, chain: _Link[]): Sourced {
     const names = [...chain.slice(loop).map((l) => l.display), display].join(" → ");
     throw new ConfigError([issueAt(t.at, t.keyPath, `extends cycle: ${names}`)]);
   }
-  if (chain.length >= MAX_EXTENDS_DEPTH) {
+  // A file resolved before (another path of a diamond) is reused; its chains must still fit the depth.
+  const done = graph.done.get(abs);
+  if (chain.length >= MAX_EXTENDS_DEPTH || (done && chain.length + done.height > MAX_EXTENDS_DEPTH)) {
     throw new ConfigError([issueAt(t.at, t.keyPath, `extends chain deeper than ${MAX_EXTENDS_DEPTH} files`)]);
   }
+  if (done) return done;
   let text: string;
   try {
-    _checkFileInfo(Deno.statSync(display), display, t.at, t.keyPath);
-    text = Deno.readTextFileSync(display);
+    const info = Deno.statSync(display);
+    _checkFileInfo(info, display, t.at, t.keyPath);
+    _countFile(graph, info.size, t);
+    text = _readConfigText(display, t.at, t.keyPath, `"${display}" `);
   } catch (e) {
     throw _readError(e, display, t.at, t.keyPath, t.target);
   }
-  return _resolveExtends(parseYaml(text, display), display, [...chain, { abs, display }]);
+  const r = _resolveExtends(parseYaml(text, display), display, [...chain, { abs, display }], graph);
+  graph.done.set(abs, r);
+  return r;
+}
+
+/** Counts one more file of `size` bytes against the graph's limits. */
+function _countFile(graph: _Graph, size: number, t: _Target): void {
+  if (graph.files + 1 > MAX_EXTENDS_FILES) {
+    throw new ConfigError([
+      issueAt(
+        t.at,
+        t.keyPath,
+        `the extends graph reads more than ${MAX_EXTENDS_FILES} files; the limit is ${MAX_EXTENDS_FILES}`,
+      ),
+    ]);
+  }
+  if (graph.bytes + size > MAX_EXTENDS_BYTES) {
+    throw new ConfigError([
+      issueAt(
+        t.at,
+        t.keyPath,
+        `the extends graph holds more than 4 MiB (${MAX_EXTENDS_BYTES} bytes) in all; ` +
+          `${graph.bytes} bytes read before this file of ${size}`,
+      ),
+    ]);
+  }
+  graph.files++;
+  graph.bytes += size;
+}
+
+/**
+ * Reads a config file as UTF-8 text, at most `MAX_FILE_BYTES` of it (the size `stat` gives is not trusted:
+ * pseudo-files report 0). A file with a NUL byte or invalid UTF-8 is refused without quoting any of it.
+ * `what` prefixes the message (the path, for an `extends` target).
+ */
+function _readConfigText(path: string, at: SourcePos, keyPath: string, what: string): string {
+  const bytes = _readBounded(path);
+  const refuse = (why: string) => {
+    throw new ConfigError([issueAt(at, keyPath, `${what}is not a YAML text file: ${why}`)]);
+  };
+  if (bytes.length > MAX_FILE_BYTES) {
+    throw new ConfigError([
+      issueAt(
+        { file: path, line: 1, col: 1 },
+        "",
+        `file is too large: the limit is 1 MiB (${MAX_FILE_BYTES} bytes)`,
+      ),
+    ]);
+  }
+  const nul = bytes.indexOf(0);
+  if (nul >= 0) refuse(`it holds a NUL byte at offset ${nul} (a binary file?)`);
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    return refuse("it is not valid UTF-8");
+  }
+}
+
+/** Up to `MAX_FILE_BYTES` + 1 bytes of a file (one more than allowed tells that it is too large). */
+function _readBounded(path: string): Uint8Array {
+  using f = Deno.openSync(path, { read: true });
+  const buf = new Uint8Array(MAX_FILE_BYTES + 1);
+  let n = 0;
+  while (n < buf.length) {
+    const got = f.readSync(buf.subarray(n));
+    if (got === null) break;
+    n += got;
+  }
+  return buf.subarray(0, n);
 }
 
 function _checkFileInfo(info: Deno.FileInfo, path: string, at: SourcePos, keyPath: string): void {
-  if (!info.isFile) throw new ConfigError([issueAt(at, keyPath, `"${path}" is not a file`)]);
+  if (!info.isFile) {
+    throw new ConfigError([issueAt(at, keyPath, `"${path}" is ${_kindOf(info)}, not a file`)]);
+  }
+  // Kernel pseudo-files claim size 0 and may block when read (/proc/kmsg) or hold secrets (/proc/*/environ).
+  const real = Deno.realPathSync(path);
+  if (/^\/(proc|sys)(\/|$)/.test(real)) {
+    throw new ConfigError([
+      issueAt(at, keyPath, `"${path}" is a kernel pseudo-file (${real}), not a config`),
+    ]);
+  }
   if (info.size > MAX_FILE_BYTES) {
     throw new ConfigError([
       issueAt(
@@ -164,6 +285,15 @@ function _checkFileInfo(info: Deno.FileInfo, path: string, at: SourcePos, keyPat
       ),
     ]);
   }
+}
+
+function _kindOf(info: Deno.FileInfo): string {
+  if (info.isDirectory) return "a directory";
+  if (info.isFifo) return "a FIFO (named pipe)";
+  if (info.isSocket) return "a socket";
+  if (info.isCharDevice) return "a character device";
+  if (info.isBlockDevice) return "a block device";
+  return "not a regular file";
 }
 
 function _readError(e: unknown, path: string, at: SourcePos, keyPath: string, asWritten: string): Error {

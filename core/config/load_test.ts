@@ -1,4 +1,9 @@
-import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
+import {
+  deepStrictEqual as assertEquals,
+  ok as assert,
+  rejects as assertRejects,
+  throws as assertThrows,
+} from "node:assert/strict";
 import { loadExperiment, parseExperimentText } from "./mod.ts";
 import { ExperimentSchema } from "./schema.ts";
 
@@ -99,4 +104,66 @@ Deno.test("loadExperiment() returns deep-frozen configs and points", async () =>
     (loaded.config.train.optimizer.betas as number[]).push(0.5);
   }, TypeError);
   assertEquals(loaded.config.model.mlp.experts, 8);
+});
+
+/** Writes `files` (name → text) into a new temp dir and returns it. */
+async function tempConfigs(files: Record<string, string>): Promise<string> {
+  const dir = await Deno.makeTempDir();
+  for (const [name, text] of Object.entries(files)) await Deno.writeTextFile(`${dir}/${name}`, text);
+  return dir;
+}
+
+Deno.test("loadExperiment() reads each file of a diamond extends graph once: 24 levels in well under a second", async () => {
+  // Level i has two files, each extending both files of level i + 1: 2^25 paths, 50 distinct files.
+  const L = 24, files: Record<string, string> = {};
+  for (let i = 0; i < L; i++) {
+    const next = i + 1 === L ? "[leaf.yaml, leaf.yaml]" : `[x${i + 1}.yaml, y${i + 1}.yaml]`;
+    files[`x${i}.yaml`] = `extends: ${next}\nseed: ${i}\n`;
+    files[`y${i}.yaml`] = `extends: ${next}\ntrain: { steps: ${100 + i} }\n`;
+  }
+  files["leaf.yaml"] = "name: leaf\nmodel: { d_model: 48 }\n";
+  files["top.yaml"] = "extends: [x0.yaml, y0.yaml]\nname: top\n";
+  const dir = await tempConfigs(files);
+  const reads: string[] = [];
+  const open = Deno.openSync;
+  try {
+    Deno.openSync = (path, options) => (reads.push(String(path)), open(path, options));
+    const t0 = performance.now();
+    const { config } = await loadExperiment(`${dir}/top.yaml`);
+    const ms = performance.now() - t0;
+    console.log(`24-level diamond (${reads.length} files read) loaded in ${ms.toFixed(0)} ms`);
+    // Later bases win: y0 (steps 100) over x0, and y0's seed comes from the deepest x, x23.
+    assertEquals([config.name, config.seed, config.train.steps, config.model.d_model], ["top", 23, 100, 48]);
+    assertEquals(reads.length, 2 * L + 2); // every file once
+    assert(ms < 5_000, `${ms} ms`); // a liveness bound; it was exponential (16 levels: over 30 s)
+  } finally {
+    Deno.openSync = open;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("loadExperiment() keeps the depth limit for a file reused from a shorter path", async () => {
+  // top → [s, p1]; s → base → leaf; p1 → p2 → … → p30 → base: base is read via s first, then reached
+  // again 31 files deep, where its own base would be the 33rd file of the chain.
+  const files: Record<string, string> = {
+    "top.yaml": "extends: [s.yaml, p1.yaml]\n",
+    "s.yaml": "extends: base.yaml\n",
+    "base.yaml": "extends: leaf.yaml\n",
+    "leaf.yaml": "seed: 3\n",
+  };
+  for (let i = 1; i <= 30; i++) {
+    files[`p${i}.yaml`] = `extends: ${i === 30 ? "base.yaml" : `p${i + 1}.yaml`}\n`;
+  }
+  const dir = await tempConfigs(files);
+  try {
+    await assertRejects(
+      () => loadExperiment(`${dir}/top.yaml`),
+      (e: Error) => e.message === `${dir}/p30.yaml:1:10: extends: extends chain deeper than 32 files`,
+    );
+    files["p30.yaml"] = "extends: leaf.yaml\n"; // one shorter: 32 files exactly
+    await Deno.writeTextFile(`${dir}/p30.yaml`, files["p30.yaml"]);
+    assertEquals((await loadExperiment(`${dir}/top.yaml`)).config.seed, 3);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -9,8 +9,10 @@ import {
   ConfigError,
   type ConfigIssue,
   formatKeyPath,
+  isShowableKey,
   issueAt,
   joinKeyPath,
+  quoteClipped,
   type SourcePos,
 } from "./errors.ts";
 import { resolveDottedKey } from "./schema_paths.ts";
@@ -18,6 +20,8 @@ import { isPlainMap, parseYaml, putKey, type Sourced, type SourceNode } from "./
 
 /** The file name that issues about `--set` arguments carry (line 1, column = position in the argument). */
 export const SET_FILE = "--set";
+/** Longest `--set` argument accepted, in characters (16 KiB): long values belong in a config file. */
+export const MAX_SET_CHARS = 16 << 10;
 
 /**
  * Deep-merges `over` onto `base` without changing either: maps merge, `over` wins everywhere else. A map
@@ -118,7 +122,7 @@ function _parseSet(arg: string, issues: ConfigIssue[]): _ParsedSet | null {
   const eq = arg.indexOf("=");
   if (eq <= 0) {
     issues.push(
-      issueAt(at(1), "", `expected key=value (e.g. model.mlp.experts=8), got ${JSON.stringify(arg)}`),
+      issueAt(at(1), "", `expected key=value (e.g. model.mlp.experts=8), got ${quoteClipped(arg)}`),
     );
     return null;
   }
@@ -130,13 +134,22 @@ function _parseSet(arg: string, issues: ConfigIssue[]): _ParsedSet | null {
   }
   const empty = segs.findIndex((s) => s.name === "");
   if (empty >= 0) {
-    issues.push(issueAt(at(segs[empty]?.col ?? 1), "", `empty key segment in "${arg.slice(0, eq)}"`));
+    issues.push(
+      issueAt(at(segs[empty]?.col ?? 1), "", `empty key segment in ${quoteClipped(arg.slice(0, eq))}`),
+    );
     return null;
   }
   const r = resolveDottedKey(segs.map((s) => s.name));
   if (!r.ok) {
-    const keyPath = segs.slice(0, r.index + 1).map((s) => s.name).join(".");
+    // As written (dotted), each segment that is not a plain name left out.
+    const keyPath = segs.slice(0, r.index + 1).map((s) => (isShowableKey(s.name) ? s.name : "[…]")).join(".");
     issues.push(issueAt(at(segs[r.index]?.col ?? 1), keyPath, r.message));
+    return null;
+  }
+  if (arg.length > MAX_SET_CHARS) {
+    const message = `the value is too long: the argument has ${arg.length} characters; a --set argument ` +
+      `holds at most ${MAX_SET_CHARS} (write long values into the config file)`;
+    issues.push(issueAt(at(eq + 2), formatKeyPath(r.path), message));
     return null;
   }
   try {

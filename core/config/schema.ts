@@ -45,17 +45,43 @@ export function parseByteSize(value: string | number): number {
   return Math.round(Number(m[1]) * (_UNITS[m[2] ?? "B"] ?? 1));
 }
 
+/** `data.vocab_size` of a bpe tokenizer when the config gives none. */
+export const DEFAULT_BPE_VOCAB = 4096;
+
 /** Data source, tokenizer and split. */
 export const DataSchema = z.strictObject({
   source: z.string().min(1).default("synthetic:multidomain")
-    .describe("Text source: synthetic:multidomain, or a file, directory or glob of UTF-8 text"),
-  tokenizer: z.enum(["byte"]).default("byte").describe("Tokenizer: byte (vocabulary of 256)"),
+    .describe(
+      "Text source: corpus:<name> (corpus:moby-dick, corpus:sotu), synthetic:multidomain, or a file, directory " +
+        "or glob of UTF-8 text, JSON Lines (.jsonl, .ndjson) or Parquet (.parquet)",
+    ),
+  tokenizer: z.union([
+    z.enum(["byte", "bpe", "gpt2"]),
+    z.string().regex(/^file:.+/, "expected byte, bpe, gpt2 or file:<path to tokenizer.json>"),
+  ]).default("byte").describe(
+    "Tokenizer: byte (256 tokens), bpe (byte-level BPE trained on the training split, data.vocab_size " +
+      "tokens), gpt2 (50,257 tokens) or file:<path to tokenizer.json> (relative to the config file)",
+  ),
+  vocab_size: z.int().min(257).max(1 << 20).optional().describe(
+    `Tokens of the bpe tokenizer (bpe only; default ${DEFAULT_BPE_VOCAB})`,
+  ),
+  text_field: z.string().min(1).default("text").describe(
+    "Field (JSON Lines) or column (Parquet) that holds the text",
+  ),
   seq_len: z.int().min(2).max(65536).default(128).describe("Tokens per training sequence (context length)"),
   val_fraction: z.number().gt(0).lt(1).default(0.05).describe(
     "Fraction of the corpus held out for validation",
   ),
   synthetic_bytes: z.int().min(1024).max(1 << 30).default(4_000_000)
     .describe("Size in bytes of the generated corpus for synthetic sources"),
+}).superRefine((d, ctx) => {
+  if (d.vocab_size !== undefined && d.tokenizer !== "bpe") {
+    ctx.addIssue({
+      code: "custom",
+      path: ["vocab_size"],
+      message: `data.vocab_size applies to data.tokenizer bpe only; ${d.tokenizer} has a fixed vocabulary`,
+    });
+  }
 });
 
 /** Attention block: plain multi-head (mha) or mixture of attention-head experts (moa). */
@@ -127,6 +153,9 @@ export const LossSchema = z.strictObject({
 export const TrainSchema = z.strictObject({
   steps: posInt("Optimizer steps", 2000),
   batch: posInt("Sequences per step", 16),
+  micro_batch: z.int().min(1).optional().describe(
+    "Sequences per micro-step; batch / micro_batch micro-steps accumulate one step's gradient. Default = batch",
+  ),
   optimizer: z.strictObject({
     kind: z.enum(["adamw"]).default("adamw").describe("Optimizer"),
     lr: z.number().gt(0).default(3e-3).describe("Peak learning rate"),
@@ -263,6 +292,14 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
     issue(
       ["train", "schedule", "warmup"],
       `warmup (${c.train.schedule.warmup}) exceeds steps (${c.train.steps})`,
+    );
+  }
+  const micro = c.train.micro_batch;
+  if (micro !== undefined && (micro > c.train.batch || c.train.batch % micro !== 0)) {
+    issue(
+      ["train", "micro_batch"],
+      `train.micro_batch (${micro}) must divide train.batch (${c.train.batch}): one step is ` +
+        `train.batch / train.micro_batch micro-steps`,
     );
   }
   if (c.train.schedule.min_lr > c.train.optimizer.lr) {

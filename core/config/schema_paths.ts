@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { formatKeyPath, unknownKeyMessage } from "./errors.ts";
+import { describeKey, formatKeyPath, unknownKeyMessage } from "./errors.ts";
 import { ExperimentSchema } from "./schema.ts";
 
 // The few fields of zod's internal definitions that a walk over the schema needs.
@@ -101,7 +101,11 @@ export function resolveDottedKey(segments: readonly string[]): DottedKey {
       case "tuple":
         return { ok: false, index: i, message: `${here} is a list; give the whole list, e.g. ${here}=[…]` };
       default:
-        return { ok: false, index: i, message: `${here} is a single value; it has no key "${seg}"` };
+        return {
+          ok: false,
+          index: i,
+          message: `${here} is a single value; it has no key ${describeKey(seg)}`,
+        };
     }
   }
   return { ok: true, path };

@@ -24,7 +24,16 @@ import {
   type YAMLMap,
   type YAMLSeq,
 } from "yaml";
-import { ConfigError, type ConfigIssue, formatKeyPath, issueAt, type SourcePos } from "./errors.ts";
+import {
+  ConfigError,
+  type ConfigIssue,
+  describeKey,
+  formatKeyPath,
+  issueAt,
+  MAX_QUOTED_CHARS,
+  quoteClipped,
+  type SourcePos,
+} from "./errors.ts";
 import { MAX_SAFE_NUMBER } from "./schema.ts";
 
 /** Largest config file accepted, in bytes (1 MiB). */
@@ -215,10 +224,12 @@ function _yamlIssue(e: YAMLError, doc: Document, text: string, pos: (o: number) 
   let message: string;
   switch (e.code) {
     case "DUPLICATE_KEY":
-      message = `duplicate key ${JSON.stringify(String(path[path.length - 1] ?? ""))}`;
+      message = `duplicate key ${describeKey(String(path[path.length - 1] ?? ""))}`;
       break;
     case "TAG_RESOLVE_FAILED":
-      message = `unknown YAML tag "${text.slice(e.pos[0], e.pos[1])}"; configs use plain YAML 1.2 values`;
+      message = `unknown YAML tag ${
+        quoteClipped(text.slice(e.pos[0], Math.min(e.pos[1], e.pos[0] + 200)))
+      }; configs use plain YAML 1.2 values`;
       break;
     case "MULTIPLE_DOCS":
       message = "a config is one YAML document; remove the `---` separator";
@@ -228,10 +239,16 @@ function _yamlIssue(e: YAMLError, doc: Document, text: string, pos: (o: number) 
       break;
     default: {
       const first = (e.message.split("\n")[0] ?? "").replace(/ at line \d+, column \d+:?$/, "");
-      message = first.charAt(0).toLowerCase() + first.slice(1);
+      message = _clipMessage(first.charAt(0).toLowerCase() + first.slice(1));
     }
   }
   return issueAt(pos(e.pos[0]), formatKeyPath(path), message);
+}
+
+/** A parser message cut to one short line (the parser may quote the text it stumbled on). */
+function _clipMessage(message: string): string {
+  const max = 2 * MAX_QUOTED_CHARS + 40;
+  return message.length <= max ? message : `${message.slice(0, max - 1)}…`;
 }
 
 /** Key path of the innermost map entry or list item whose source contains `offset` (at most 8 deep). */
@@ -325,12 +342,18 @@ class _Converter {
       this.#issue(
         at,
         path,
-        `unknown alias "*${node.source}" (define the anchor "&${node.source}" before it)`,
+        `unknown alias ${quoteClipped(`*${node.source}`)} (define the anchor ${
+          quoteClipped(`&${node.source}`)
+        } before it)`,
       );
       return { value: null, src: { key, at, kids: null } };
     }
     if (this.#open.has(target)) {
-      this.#issue(at, path, `alias "*${node.source}" refers to a collection that contains it`);
+      this.#issue(
+        at,
+        path,
+        `alias ${quoteClipped(`*${node.source}`)} refers to a collection that contains it`,
+      );
       return { value: null, src: { key, at, kids: null } };
     }
     const r = this.convert(target, path, key, at);

@@ -1,7 +1,8 @@
 /**
  * The dashboard's read API (open to anyone the Host check lets in): runs, a run's metrics (downsampled),
  * its expert-load heatmap, its sparsity frontier, sweeps (with their queue, on Postgres), and the live SSE
- * stream of a run.
+ * stream of a run. Each request reads a bounded number of keys (key_index.ts): a run with 60,000 metric
+ * keys costs what the page shows, not all its points.
  *
  * @module
  */
@@ -10,9 +11,17 @@ import { HTTPException } from "hono/http-exception";
 import type { RunRecord, RunStore } from "../runs/store.ts";
 import { sweepQueueOf } from "../runs/sweep_queue.ts";
 import { MAX_POINTS } from "./downsample.ts";
-import { summarizeRun, summarizeRuns } from "./run_summary.ts";
+import { type RunSummary, summarizeRun, summarizeRuns } from "./run_summary.ts";
 import { checkId } from "./security.ts";
-import { buildFrontier, buildHeatmap, X_AXES, type XAxis } from "./series.ts";
+import {
+  chooseSeries,
+  frontierKeys,
+  heatmapKeys,
+  KeyIndex,
+  MAX_LISTED_KEYS,
+  metricsOf,
+} from "./key_index.ts";
+import { buildFrontier, buildHeatmap, type FrontierPoint, X_AXES, type XAxis } from "./series.ts";
 import { SeriesCache } from "./series_cache.ts";
 import { parseEventId, runStream } from "./stream.ts";
 
@@ -35,13 +44,20 @@ export async function runParam(c: Context, store: RunStore): Promise<RunRecord> 
 
 /** Adds the GET /api routes to `app`. */
 export function registerReadApi(app: Hono, o: ReadApiOptions): void {
-  _runRoutes(app, o.store);
-  _chartRoutes(app, o.store);
+  const index = new KeyIndex(o.store);
+  _runRoutes(app, o.store, index);
+  _chartRoutes(app, o.store, index);
   _streamRoute(app, o);
-  _sweepRoutes(app, o.store);
+  _sweepRoutes(app, o.store, index);
 }
 
-function _runRoutes(app: Hono, store: RunStore): void {
+/** The sparsity frontier of a run, from at most MAX_FRONTIER_RULES rules. */
+async function _frontier(store: RunStore, index: KeyIndex, runId: string) {
+  const chosen = frontierKeys(await index.keys(runId));
+  return { points: buildFrontier(await metricsOf(store, runId, chosen.keys)), truncated: chosen.truncated };
+}
+
+function _runRoutes(app: Hono, store: RunStore, index: KeyIndex): void {
   app.get("/api/runs", async (c) => {
     const sweep = c.req.query("sweep"), status = c.req.query("status");
     if (status !== undefined && !(_STATUSES as readonly string[]).includes(status)) {
@@ -60,14 +76,16 @@ function _runRoutes(app: Hono, store: RunStore): void {
     const run = await runParam(c, store);
     const [summary, keys, events, checkpoints, lastSeq] = await Promise.all([
       summarizeRun(store, run),
-      store.metricKeys(run.id),
+      index.keys(run.id),
       store.events(run.id),
       store.checkpoints(run.id),
       store.lastSeq(),
     ]);
     return c.json({
       run: { ...summary, config_yaml: run.config_yaml },
-      keys,
+      keys: keys.slice(0, MAX_LISTED_KEYS),
+      keys_total: keys.length,
+      keys_truncated: keys.length > MAX_LISTED_KEYS,
       events,
       checkpoints,
       last_seq: lastSeq,
@@ -75,7 +93,7 @@ function _runRoutes(app: Hono, store: RunStore): void {
   });
 }
 
-function _chartRoutes(app: Hono, store: RunStore): void {
+function _chartRoutes(app: Hono, store: RunStore, index: KeyIndex): void {
   const cache = new SeriesCache(store);
   app.get("/api/runs/:id/metrics", async (c) => {
     const run = await runParam(c, store);
@@ -90,10 +108,23 @@ function _chartRoutes(app: Hono, store: RunStore): void {
       throw new HTTPException(400, { message: "Too many keys: at most 200" });
     }
     const lastSeq = await store.lastSeq(); // before the query: the stream resumes here, a client skips repeats
-    let wanted = keyList ?? await store.metricKeys(run.id);
-    if (prefix !== undefined) wanted = wanted.filter((k) => k.startsWith(prefix));
-    const series = await cache.series(run.id, wanted, x, max);
-    return c.json({ run_id: run.id, x, max, last_seq: lastSeq, series });
+    const chosen = keyList
+      ? {
+        keys: prefix === undefined ? keyList : keyList.filter((k) => k.startsWith(prefix)),
+        truncated: false,
+      }
+      : chooseSeries(await index.keys(run.id), prefix);
+    const series = await cache.series(run.id, chosen.keys, x, max);
+    const total = "total" in chosen ? chosen.total : chosen.keys.length;
+    return c.json({
+      run_id: run.id,
+      x,
+      max,
+      last_seq: lastSeq,
+      series,
+      keys_total: total,
+      truncated: chosen.truncated,
+    });
   });
 
   app.get("/api/runs/:id/heatmap", async (c) => {
@@ -102,14 +133,14 @@ function _chartRoutes(app: Hono, store: RunStore): void {
     if (kind !== "mlp" && kind !== "attention") {
       throw new HTTPException(400, { message: `Invalid kind "${kind}": expected mlp or attention` });
     }
-    const rows = await store.metrics(run.id, { prefix: "router/" });
-    return c.json({ run_id: run.id, ...buildHeatmap(rows, kind) });
+    const chosen = heatmapKeys(await index.keys(run.id), kind);
+    const rows = await metricsOf(store, run.id, chosen.keys);
+    return c.json({ run_id: run.id, ...buildHeatmap(rows, kind), truncated: chosen.truncated });
   });
 
   app.get("/api/runs/:id/frontier", async (c) => {
     const run = await runParam(c, store);
-    const rows = await store.metrics(run.id, { prefix: "infer/" });
-    return c.json({ run_id: run.id, points: buildFrontier(rows) });
+    return c.json({ run_id: run.id, ...await _frontier(store, index, run.id) });
   });
 }
 
@@ -139,17 +170,20 @@ function _streamRoute(app: Hono, o: ReadApiOptions): void {
   });
 }
 
-function _sweepRoutes(app: Hono, store: RunStore): void {
+function _sweepRoutes(app: Hono, store: RunStore, index: KeyIndex): void {
   app.get("/api/sweeps", async (c) => c.json({ sweeps: await store.listSweeps() }));
 
   app.get("/api/sweeps/:id", async (c) => {
     const id = checkId("sweep", c.req.param("id"));
     const [sweep, runs] = await Promise.all([store.getSweep(id), store.listRuns({ sweepId: id })]);
     if (!sweep && runs.length === 0) throw new HTTPException(404, { message: `No sweep "${id}"` });
-    const points = await Promise.all(runs.map(async (r) => ({
-      ...await summarizeRun(store, r),
-      frontier: buildFrontier(await store.metrics(r.id, { prefix: "infer/" })),
-    })));
+    const points: (RunSummary & { frontier: FrontierPoint[] })[] = [];
+    for (const r of runs) {
+      points.push({
+        ...await summarizeRun(store, r),
+        frontier: (await _frontier(store, index, r.id)).points,
+      });
+    }
     const params = [...new Set(runs.flatMap((r) => Object.keys(r.sweep_params)))].sort();
     // Where each point stands in the sweep queue (Postgres stores; null elsewhere), without its config.
     const queued = await sweepQueueOf(store)?.points(id);

@@ -2,6 +2,7 @@
  * Remote logging: POST routes that create a run, append metric points to it and finish it, so that a
  * training process on another machine can write into this dashboard's store. Every write needs the bearer
  * token; bodies are read under the byte limit, then validated (finite numbers only) before the store sees them.
+ * A store open for reading only (write-protected or damaged) answers 503, naming the store.
  *
  * @module
  */
@@ -82,10 +83,28 @@ function _validate<T>(schema: z.ZodType<T>, body: unknown): T {
 
 /** Adds the POST /api routes to `app`. */
 export function registerWriteApi(app: Hono, o: WriteApiOptions): void {
-  const auth = bearerGuard(o.token);
+  const token = bearerGuard(o.token), writable = writableGuard(o.store);
+  const auth: MiddlewareHandler = async (c, next) => {
+    await token(c, async () => {
+      await writable(c, next);
+    });
+  };
   _createRoute(app, auth, o);
   _metricsRoute(app, auth, o);
   _finishRoute(app, auth, o);
+}
+
+/** Refuses (503) every request while `store` is open for reading only, naming the store and why. */
+export function writableGuard(store: RunStore): MiddlewareHandler {
+  return async function writableGuard(_c, next) {
+    const access = store.access;
+    if (access.mode !== "read-write") {
+      throw new HTTPException(503, {
+        message: `The run store ${store.url} is ${access.mode}: ${access.reason}; writes are refused`,
+      });
+    }
+    await next();
+  };
 }
 
 function _createRoute(app: Hono, auth: MiddlewareHandler, o: WriteApiOptions): void {

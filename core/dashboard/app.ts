@@ -8,6 +8,7 @@
 import { type Context, Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import type { RunStore } from "../runs/store.ts";
+import { StoreDamagedError, StoreReadOnlyError } from "../runs/store_errors.ts";
 import { registerReadApi } from "./api_read.ts";
 import { registerWriteApi } from "./api_write.ts";
 import { errorPage, runPage, runsPage, sweepPage } from "./pages.ts";
@@ -103,10 +104,14 @@ async function _run(store: RunStore, id: string) {
   return run;
 }
 
-/** Errors as JSON `{error}` under /api, as a page elsewhere; unexpected ones are 500. */
+/**
+ * Errors as JSON `{error}` under /api, as a page elsewhere; a store that refuses a write (read-only or
+ * damaged) is 503; unexpected ones are 500.
+ */
 function _onError(err: Error, c: Context): Response {
-  const status = err instanceof HTTPException ? err.status : 500;
-  const message = err instanceof HTTPException ? err.message : `Internal error: ${err.message}`;
+  const unwritable = err instanceof StoreReadOnlyError || err instanceof StoreDamagedError;
+  const status = err instanceof HTTPException ? err.status : unwritable ? 503 : 500;
+  const message = err instanceof HTTPException || unwritable ? err.message : `Internal error: ${err.message}`;
   const headers: Record<string, string> = status === 401
     ? { "WWW-Authenticate": 'Bearer realm="dsmoe"' }
     : {};

@@ -2,6 +2,8 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { dashboardCommand } from "../cli/dashboard_cmd.ts";
 import type { CliIo } from "../cli/main.ts";
 import { openSqliteStore } from "../runs/sqlite_store.ts";
+import { StoreMissingError } from "../runs/store_errors.ts";
+import { cli } from "../../tests/helpers/cli.ts";
 import { serveDashboard } from "./server.ts";
 
 /** GET over a plain socket with a chosen Host header; the raw response text. */
@@ -40,6 +42,7 @@ Deno.test("serveDashboard() binds 127.0.0.1 on a free port and answers only to i
 
 Deno.test("dashboard serves the runs directory's store until stopped, printing its URL", async () => {
   const dir = await Deno.makeTempDir();
+  openSqliteStore(`${dir}/runs.db`).close();
   const out: string[] = [], err: string[] = [];
   const io: CliIo = { out: (l) => out.push(l), err: (l) => err.push(l), write: () => {} };
   const stop = new AbortController();
@@ -55,8 +58,80 @@ Deno.test("dashboard serves the runs directory's store until stopped, printing i
     stop.abort();
   }
   assertEquals(await done, 0);
-  await Deno.stat(`${dir}/runs.db`);
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("dashboard creates nothing: without a store it exits 2 naming where it looked", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const missing = await cli("dashboard", "--runs-dir", `${dir}/runs`, "--port", "0");
+    assertEquals(missing.code, 2);
+    const said = missing.err.join("\n");
+    assert(said.includes(`no run store ${dir}/runs/runs.db`) && !said.includes("Write token"), said);
+    const empty = await cli("dashboard", "--runs-dir", dir, "--port", "0");
+    assertEquals(empty.code, 2);
+    assertEquals([...Deno.readDirSync(dir)], [], "no directory, no store");
+    await dashboardCommand(["--runs-dir", dir], { out: () => {}, err: () => {}, write: () => {} }).then(
+      () => assert(false, "expected StoreMissingError"),
+      (e) => assert(e instanceof StoreMissingError, String(e)),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a read-only store is browsed; remote logging answers 503 naming the store", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/runs.db`;
+  const writer = openSqliteStore(path);
+  await writer.importRun({
+    id: "archived",
+    name: "archived",
+    status: "finished",
+    seed: 1,
+    git_commit: null,
+    adapter: "test",
+    started_at: "2026-12-01T00:00:00Z",
+    ended_at: null,
+    sweep_id: null,
+    sweep_params: {},
+    error: null,
+    step: 1,
+  }, "");
+  await writer.logMetrics("archived", [{ key: "train/loss", step: 1, tokens: 1, time: 1, value: 2 }]);
+  writer.close();
+  const store = openSqliteStore(path, { mode: "read" });
+  const stop = new AbortController();
+  const server = serveDashboard({ store, port: 0, token: "read-only-token", signal: stop.signal });
+  try {
+    const runs = await (await fetch(`${server.url}api/runs`)).json();
+    assertEquals(runs.runs.map((r: { id: string }) => r.id), ["archived"]);
+    const series = await (await fetch(`${server.url}api/runs/archived/metrics?keys=train/loss`)).json();
+    assertEquals(series.series["train/loss"].value, [2]);
+    const headers = { Authorization: "Bearer read-only-token", "Content-Type": "application/json" };
+    for (
+      const [path, body] of [["api/runs", { name: "x", config_yaml: "" }], ["api/runs/archived/finish", {
+        status: "failed",
+      }]]
+    ) {
+      const res = await fetch(`${server.url}${path}`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify(body),
+      });
+      const { error } = await res.json();
+      assertEquals(res.status, 503);
+      assert(error.includes(path === "api/runs" ? dir : "runs.db") && error.includes("read-only"), error);
+    }
+    const noToken = await fetch(`${server.url}api/runs`, { method: "POST", body: "{}" });
+    assertEquals(noToken.status, 401, "the token is checked first");
+    await noToken.body?.cancel();
+  } finally {
+    stop.abort();
+    await server.finished;
+    store.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("dashboard --help prints usage and a bad --port is a usage error", async () => {

@@ -10,6 +10,7 @@ import {
   generateMultidomain,
   globToRegExp,
   loadDataset,
+  MAX_SOURCE_BYTES,
   readSource,
   splitTokens,
   unigramLoss,
@@ -108,9 +109,9 @@ Deno.test("Dataset refuses a split shorter than one window with a clear message"
   };
   try {
     new Dataset(parts, { seqLen: 16, seed: 1, domainNames: [] });
-    throw new Error("expected a RangeError");
+    throw new Error("expected a DataError");
   } catch (e) {
-    assert(e instanceof RangeError && e.message.includes("train split"), String(e));
+    assert(e instanceof DataError && e.message.includes("train split"), String(e));
   }
 });
 
@@ -137,11 +138,12 @@ Deno.test("readSource() reads files, directories and globs, and reports invalid 
     const all = await readSource(`${dir}/a`, opts);
     assertEquals(all.files.length, 3);
     const glob = await readSource(`${dir}/a/**/*.txt`, opts);
-    assertEquals(new TextDecoder().decode(glob.bytes), "two\none\n");
+    // Each plain-text file is one document; documents are joined with DOCUMENT_SEPARATOR ("\n\n").
+    assertEquals(new TextDecoder().decode(glob.bytes), "two\n\n\none\n");
     await Deno.writeFile(`${dir}/a/bad.txt`, new Uint8Array([0x68, 0x69, 0xfe]));
     await rejects(
       readSource(`${dir}/a/bad.txt`, opts),
-      (e: Error) => e instanceof DataError && /bad\.txt: invalid UTF-8 at byte 2/.test(e.message),
+      (e: Error) => e instanceof DataError && /bad\.txt": invalid UTF-8 at byte 2 \(0xfe\)/.test(e.message),
     );
     await rejects(
       readSource(`${dir}/nope`, opts),
@@ -167,4 +169,143 @@ Deno.test("loadDataset() on the synthetic source: the unigram baseline is well a
   // Bytes of mixed text: entropy of the unigram distribution is a few nats, well below log(256) = 5.55.
   assert(u > 2 && u < Math.log(256), `unigram loss ${u}`);
   assert(ds.trainDomains !== null && ds.trainDomains.length === ds.train.length);
+});
+
+/** The DataError message of reading `source`, or a failure when it is read or fails otherwise. */
+async function refusal(source: string): Promise<string> {
+  try {
+    await readSource(source, { seed: 1, syntheticBytes: 1024 });
+  } catch (e) {
+    assert(e instanceof DataError, `${source}: ${(e as Error).name}: ${(e as Error).message}`);
+    return e.message;
+  }
+  throw new Error(`${source} was read`);
+}
+
+Deno.test("readSource() refuses what is not a regular file or directory from stat alone, never reading it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const fifo = `${dir}/pipe.txt`;
+    assertEquals((await new Deno.Command("mkfifo", { args: [fifo] }).output()).code, 0);
+    await Deno.symlink("/dev/zero", `${dir}/zero.txt`);
+    await Deno.mkdir(`${dir}/withpipe/sub`, { recursive: true });
+    await Deno.writeTextFile(`${dir}/withpipe/a.txt`, "text\n");
+    assertEquals((await new Deno.Command("mkfifo", { args: [`${dir}/withpipe/sub/p`] }).output()).code, 0);
+    await Deno.mkdir(`${dir}/loop`);
+    await Deno.writeTextFile(`${dir}/loop/a.txt`, "text\n");
+    await Deno.symlink(`${dir}/loop`, `${dir}/loop/again`);
+    await Deno.symlink(`${dir}/self`, `${dir}/self`);
+    const t0 = performance.now();
+    const cases: [string, RegExp][] = [
+      [fifo, /pipe\.txt" is a FIFO \(named pipe\), not a regular file or directory$/],
+      ["/dev/zero", /^data\.source "\/dev\/zero" is a character device, not a regular file or directory$/],
+      ["/dev/urandom", /"\/dev\/urandom" is a character device/],
+      [`${dir}/zero.txt`, /zero\.txt" is a symlink to a character device/],
+      ["/proc/self/environ", /"\/proc\/self\/environ" is a kernel pseudo-file under \/proc/],
+      [`${dir}/withpipe`, /withpipe": .*withpipe\/sub\/p is a FIFO \(named pipe\).*only regular files/],
+      [`${dir}/loop`, /loop": .*loop\/again is a symlink loop \(back to /],
+      [`${dir}/self`, /self" is a symlink loop$/],
+      [`${dir}/*.md`, /^No files match data\.source ".*\/\*\.md" \(\d+ entries looked at under /],
+      [`${dir}/pipe.*`, /pipe\.txt is a FIFO \(named pipe\).*a glob may match only regular files/],
+    ];
+    for (const [source, re] of cases) {
+      const msg = await refusal(source);
+      assert(re.test(msg), `${source}: ${msg}`);
+    }
+    // Nothing above opened the FIFO (which would block) or read a device; a generous liveness bound.
+    const ms = performance.now() - t0;
+    console.log(`${cases.length} refusals in ${ms.toFixed(0)} ms`);
+    assert(ms < 10_000, `${ms} ms`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("readSource() refuses an empty file, a NUL byte and a source over 1 GiB, naming the file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/empty.txt`, "");
+    assertEquals(
+      await refusal(`${dir}/empty.txt`),
+      `data.source "${dir}/empty.txt" holds no text: the file is empty`,
+    );
+    await Deno.mkdir(`${dir}/d`);
+    await Deno.writeTextFile(`${dir}/d/a.txt`, "ok\n");
+    // Valid UTF-8, but binary: NUL bytes are refused.
+    await Deno.writeFile(`${dir}/d/b.bin`, new Uint8Array([0x61, 0x62, 0x00, 0x01, 0x00]));
+    assertEquals(
+      await refusal(`${dir}/d`),
+      `data.source "${dir}/d": ${dir}/d/b.bin: a NUL byte at byte 2: a binary file, not text; give UTF-8 text files`,
+    );
+    // A sparse file: its size is refused from stat, before a byte is read.
+    const big = await Deno.open(`${dir}/big.txt`, { write: true, create: true });
+    await big.truncate(MAX_SOURCE_BYTES + 1);
+    big.close();
+    assertEquals(
+      await refusal(`${dir}/big.txt`),
+      `data.source "${dir}/big.txt": ${MAX_SOURCE_BYTES + 1} bytes in 1 file(s); the limit is 1 GiB ` +
+        `(${MAX_SOURCE_BYTES} bytes) of text per source: use a smaller selection of files`,
+    );
+    // Relative sources are named as written and as resolved.
+    await rejects(
+      readSource("nope.txt", { seed: 1, syntheticBytes: 1024, baseDir: dir }),
+      (e: Error) => e.message === `data.source "nope.txt" (${dir}/nope.txt) does not exist`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("loadDataset() refuses a source too short for seq_len + 1 tokens per split with its numbers", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/short.txt`, "x".repeat(3000));
+    const c = ExperimentSchema.parse({ data: { source: "short.txt", seq_len: 64 } });
+    await rejects(loadDataset(c, dir), (e: Error) => {
+      assert(e instanceof DataError, String(e));
+      assert(
+        e.message.startsWith(`data.source "short.txt" (${dir}/short.txt) is too short: its 3000 tokens`),
+        e.message,
+      );
+      assert(
+        /split has 0, fewer than data\.seq_len \+ 1 = 65; .*more than 4096 tokens/.test(e.message),
+        e.message,
+      );
+      return true;
+    });
+    await Deno.writeTextFile(`${dir}/ten.txt`, "y".repeat(10 * 4096));
+    const long = ExperimentSchema.parse({ data: { source: `${dir}/ten.txt`, seq_len: 8192 } });
+    await rejects(
+      loadDataset(long),
+      (e: Error) =>
+        e instanceof DataError &&
+        /is too short: .*fewer than data\.seq_len \+ 1 = 8193; use more text, a smaller/
+          .test(e.message),
+    );
+    const syn = ExperimentSchema.parse({ data: { seq_len: 4096, synthetic_bytes: 8192 } });
+    await rejects(
+      loadDataset(syn),
+      (e: Error) =>
+        e instanceof DataError && e.message.startsWith('data.source "synthetic:multidomain" is too short') &&
+        e.message.includes("data.synthetic_bytes"),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("Dataset.maxValBatches() counts the batches of distinct validation windows", () => {
+  const val = Uint32Array.from({ length: 50 }, (_, i) => i); // token i is i: a window's first input is its start
+  const parts = { train: new Uint32Array(100), val, trainDomains: null, valDomains: null };
+  const ds = new Dataset(parts, { seqLen: 9, seed: 1, domainNames: [] });
+  // 50 − 9 = 41 windows of 10 tokens (starts 0 … 40): 10 batches of 4, every window distinct.
+  assertEquals(ds.maxValBatches(4), 10);
+  const starts = new Set<number>();
+  for (let i = 0; i < 10; i++) {
+    const b = ds.valBatch(i, 10, 4);
+    for (let r = 0; r < 4; r++) starts.add(b.inputs[r * 9]!);
+  }
+  assertEquals(starts.size, 40);
+  assert(Math.max(...starts) === 40 && Math.min(...starts) === 0);
+  assertEquals([ds.maxValBatches(41), ds.maxValBatches(42)], [1, 0]);
 });

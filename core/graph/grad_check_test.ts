@@ -2,7 +2,10 @@ import { ok as assert } from "node:assert/strict";
 import { ExperimentSchema } from "../config/schema.ts";
 import { buildModel } from "../plan/model.ts";
 import { Rng } from "../util/rng.ts";
-import type { HostValue } from "./cpu_executor.ts";
+import { gradients } from "./autodiff.ts";
+import { evaluateGraph, type HostValue } from "./cpu_executor.ts";
+import { CPU_OPS } from "./cpu_ops.ts";
+import { schedule } from "./schedule.ts";
 import { checkGradients, randomFeeds } from "./grad_check.ts";
 import { Graph, type Value } from "./ir.ts";
 import { apply, apply1, type OpDef, OPS } from "./ops.ts";
@@ -87,6 +90,23 @@ const CASES: Record<string, () => ReturnType<typeof opCase>> = {
       const s = apply1(g, "softmax", [p([5, 4])]);
       return apply1(g, "switch_loss", [s, apply1(g, "topk_mask", [s], { k: 2 })], { k: 2 });
     }),
+  // The batch-level router losses of a micro-batch, the batch's statistics given (gradient accumulation).
+  "mi_loss_global": () => {
+    const fixed = new Map<number, HostValue>();
+    return opCase((g, p) => {
+      const pbar = g.leaf("const", "pbar", [4]);
+      fixed.set(pbar.id, Float64Array.of(0.1, 0.2, 0.3, 0.4));
+      return apply1(g, "mi_loss_global", [apply1(g, "softmax", [p([5, 4])]), pbar]);
+    }, fixed);
+  },
+  "switch_loss_global": () => {
+    const fixed = new Map<number, HostValue>();
+    return opCase((g, p) => {
+      const f = g.leaf("const", "f", [4]);
+      fixed.set(f.id, Float64Array.of(0.5, 0.25, 0.75, 0.5));
+      return apply1(g, "switch_loss_global", [apply1(g, "softmax", [p([5, 4])]), f], { k: 2 });
+    }, fixed);
+  },
   "z_loss": () => opCase((g, p) => apply1(g, "z_loss", [p([5, 4])])),
   "dot, mul_scalar": () => opCase((g, p) => apply1(g, "mul_scalar", [p([3, 2]), p([1])])),
 };
@@ -108,6 +128,32 @@ Deno.test("the gradient check catches a deliberately broken rule (activation pas
   const c = CASES.gelu!();
   const r = checkGradients(c.g, c.loss, c.params, c.feeds as Map<number, HostValue>, { table: broken });
   assert(r.worst > 1e-2, `broken rule not caught: worst ${r.worst}`);
+});
+
+Deno.test("at the micro-batch's own statistics, mi_loss_global and switch_loss_global equal mi_loss and switch_loss, gradients too", () => {
+  const g = new Graph(), z = g.leaf("param", "z", [6, 4]);
+  const s = apply1(g, "softmax", [z]), mask = apply1(g, "topk_mask", [s], { k: 2 });
+  const own = (x: Value) => apply1(g, "mean_rows", [x]);
+  const losses = [
+    apply1(g, "mi_loss", [s]),
+    apply1(g, "mi_loss_global", [s, own(s)]),
+    apply1(g, "switch_loss", [s, mask], { k: 2 }),
+    apply1(g, "switch_loss_global", [s, own(mask)], { k: 2 }),
+  ];
+  const grads = losses.map((l) => gradients(g, l, [z])[0]!);
+  const feeds = randomFeeds(g, 5, new Map());
+  const [mi, miGlobal, sw, swGlobal, dMi, dMiGlobal, dSw, dSwGlobal] = evaluateGraph(
+    schedule(g, [...losses, ...grads]).nodes,
+    feeds,
+    [...losses, ...grads],
+    CPU_OPS,
+  );
+  const close = (a: HostValue, b: HostValue, what: string) =>
+    a.forEach((v, i) => assert(Math.abs(v - b[i]!) < 1e-14, `${what}[${i}]: ${v} vs ${b[i]}`));
+  close(mi!, miGlobal!, "MI loss");
+  close(sw!, swGlobal!, "Switch loss");
+  close(dMi!, dMiGlobal!, "MI gradient");
+  close(dSw!, dSwGlobal!, "Switch gradient");
 });
 
 const MODELS: Record<string, unknown> = {

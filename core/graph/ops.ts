@@ -356,6 +356,25 @@ export const OPS: Record<string, OpDef> = {
   /** (S, dL) → dS. */
   mi_loss_backward: { outputs: ([s]) => _same(s!) },
 
+  /**
+   * The MI loss of a micro-batch against the whole batch's p̄ (gradient accumulation): (S (N, E), pbar (E))
+   * → F(pbar) + Σ_i c_i·(p̄_S,i − pbar_i) + (1/N) Σ_t H(S_t), F(p) = Σ_i p_i log(p_i + ε) = −H(p), c = ∇F(pbar).
+   * F linearized at the batch's p̄: its gradient in S is the batch loss's, and the mean of it over the
+   * micro-batches of a batch whose p̄ is pbar is the batch's MI loss. pbar gets no gradient (a statistic).
+   */
+  mi_loss_global: {
+    outputs: ([s, pbar]) => {
+      _check(pbar!.shape.length === 1 && pbar!.shape[0] === s!.shape[1], "mi_loss_global", "pbar is (E,)");
+      return SCALAR;
+    },
+    grad: (g, n, [dl]) => [apply1(g, "mi_loss_global_backward", [n.inputs[0]!, n.inputs[1]!, dl!]), null],
+  },
+  /** (S, pbar, dL) → dS = (dL/N)·[c(pbar) − log(S + ε) − S/(S + ε)]. */
+  mi_loss_global_backward: { outputs: ([s]) => _same(s!) },
+
+  /** x (N, E) → (E): column means (a micro-batch's router statistics for the batch-level losses). */
+  mean_rows: { outputs: ([x]) => [{ shape: [x!.shape.at(-1)!] }] },
+
   /** Switch load-balance loss of probabilities S (N, E) and routing mask (N, E) → scalar. */
   switch_loss: {
     outputs: () => SCALAR,
@@ -367,6 +386,25 @@ export const OPS: Record<string, OpDef> = {
   },
   /** (S, mask, dL) → dS. */
   switch_loss_backward: { outputs: ([s]) => _same(s!) },
+
+  /**
+   * The Switch loss of a micro-batch against the whole batch's routed shares (gradient accumulation):
+   * (S (N, E), f (E): column means of the batch's top-k mask) → E · Σ_i (f_i/k)·P_i, P = column means of S.
+   * Linear in P, so the mean over the micro-batches is the batch's loss, and so is the gradient. Attrs k.
+   */
+  switch_loss_global: {
+    outputs: ([s, f]) => {
+      _check(f!.shape.length === 1 && f!.shape[0] === s!.shape[1], "switch_loss_global", "f is (E,)");
+      return SCALAR;
+    },
+    grad: (
+      g,
+      n,
+      [dl],
+    ) => [apply1(g, "switch_loss_global_backward", [n.inputs[0]!, n.inputs[1]!, dl!], n.attrs), null],
+  },
+  /** (S, f, dL) → dS = dL · E · f_i / (k · N). */
+  switch_loss_global_backward: { outputs: ([s]) => _same(s!) },
 
   /** Router z-loss of logits (N, E) → scalar. */
   z_loss: {

@@ -34,6 +34,11 @@ export interface RuleResult {
   rule: string;
   loss: number; // mean cross-entropy, nats per token
   ppl: number;
+  /**
+   * Bits per UTF-8 byte of the validation text: loss × tokens / bytes / ln 2 with the validation split's
+   * tokens and the bytes they came from (`Dataset.valTokens`, `Dataset.valBytes`), comparable across tokenizers.
+   */
+  bpb: number;
   activeParams: number; // mean per token, DESIGN.md §4 definition (embeddings, norms, LM head excluded)
   activePct: number; // of the same count with every expert active
   hiddenPct: number; // active expert parameters / all expert parameters × 100
@@ -56,7 +61,9 @@ export function ruleName(r: InferRules, routed: { mlp: boolean; attention: boole
 
 /**
  * Evaluates `params` (name → values, as in a checkpoint) under each rule pair on `batches` validation
- * batches of `c.train.batch` sequences. `progress` receives a line per rule.
+ * batches of `c.train.batch` sequences, each window a distinct one: `batches` must lie within 1 …
+ * `dataset.maxValBatches(c.train.batch)` (a RangeError otherwise), so the work is bounded by the data.
+ * `progress` receives a line per rule.
  */
 export async function evaluateRules(
   ctx: GpuContext,
@@ -66,6 +73,13 @@ export async function evaluateRules(
   rules: readonly InferRules[],
   o: { batches: number; progress?: (line: string) => void },
 ): Promise<RuleResult[]> {
+  const most = dataset.maxValBatches(c.train.batch);
+  if (!Number.isSafeInteger(o.batches) || o.batches < 1 || o.batches > most) {
+    throw new RangeError(
+      `Cannot evaluate ${o.batches} validation batches: the split holds ${most} batches of ${c.train.batch} ` +
+        `distinct windows`,
+    );
+  }
   const shape = layerShape(c);
   const routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
   const tensors = new Map<string, GpuTensor>();
@@ -111,7 +125,16 @@ export async function evaluateRules(
         const loss = lossSum / o.batches;
         const res = activity(c, shape, layers);
         const tokens = o.batches * c.train.batch * c.data.seq_len;
-        const result = { rule: ruleName(rule, routed), loss, ppl: Math.exp(loss), ...res, layers, tokens };
+        const bpb = dataset.bitsPerByte(loss);
+        const result = {
+          rule: ruleName(rule, routed),
+          loss,
+          ppl: Math.exp(loss),
+          bpb,
+          ...res,
+          layers,
+          tokens,
+        };
         results.push(result);
         o.progress?.(
           `${result.rule}: val loss ${loss.toFixed(4)}  ppl ${result.ppl.toFixed(3)}  ` +

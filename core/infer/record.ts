@@ -1,6 +1,6 @@
 /**
  * Inference results as metric points of their run, so that the dashboard and reports read them from the run
- * store: `infer/<rule>/{loss,ppl,active_params,active_pct,hidden_pct,layer/<l>/<kind>/experts}` from `eval`,
+ * store: `infer/<rule>/{loss,ppl,bpb,active_params,active_pct,hidden_pct,layer/<l>/<kind>/experts}` from `eval`,
  * `generate/<rule>/{tokens_per_s,active_pct,hidden_pct}` from `generate`, at the checkpoint's step.
  *
  * @module
@@ -23,6 +23,7 @@ export async function recordRuleResults(
       run.log({ key: `infer/${r.rule}/${k}`, step, tokens: r.tokens, time: t, value });
     log("loss", r.loss);
     log("ppl", r.ppl);
+    log("bpb", r.bpb);
     log("active_params", r.activeParams);
     log("active_pct", r.activePct);
     log("hidden_pct", r.hiddenPct);

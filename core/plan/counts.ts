@@ -8,19 +8,41 @@
  *   active MLP experts + routers; embeddings, positions, norms and the LM head are excluded.
  * - FLOPs count multiply-adds as 2 and include matmuls and attention scores (QKᵀ and AV over the mean
  *   causal context (T+1)/2); elementwise ops are left out. Training = 3 × forward (forward + backward).
+ * - Gradient accumulation (`train.micro_batch` < `train.batch`): activations are a micro-batch's, plus one
+ *   gradient-sized accumulator per parameter.
  *
  * @module
  */
 import type { Experiment, InferRule } from "../config/schema.ts";
+import { tokenizerVocabSize } from "../data/vocab.ts";
 
-/** Vocabulary size of a tokenizer. */
+/** Vocabulary size of a tokenizer (core/data/vocab.ts: byte 256, bpe data.vocab_size, gpt2 50257, file:). */
 export function vocabSize(data: Experiment["data"]): number {
-  switch (data.tokenizer) {
-    case "byte":
-      return 256;
-    default:
-      return data.tokenizer satisfies never;
-  }
+  return tokenizerVocabSize(data);
+}
+
+/** How one optimizer step is split: `steps` micro-steps of `microBatch` sequences make `batch`. */
+export interface Accumulation {
+  batch: number; // train.batch
+  microBatch: number; // train.micro_batch (default train.batch)
+  steps: number; // batch / microBatch (1: no accumulation)
+}
+
+/** The gradient accumulation of `c` (the schema checks that micro_batch divides batch). */
+export function accumulationOf(c: Readonly<Experiment>): Accumulation {
+  const batch = c.train.batch, microBatch = c.train.micro_batch ?? batch;
+  return { batch, microBatch, steps: batch / microBatch };
+}
+
+/**
+ * True when `c` has a router loss over the whole batch with a nonzero weight: the MI loss of a routed kind
+ * or the Switch load-balance loss. Under accumulation such a loss needs the batch's router statistics
+ * before the micro-steps (core/plan/plan.ts); the other losses are means over tokens.
+ */
+export function hasBatchRouterLoss(c: Readonly<Experiment>): boolean {
+  const s = layerShape(c), l = c.loss;
+  return (s.routedAtt && (l.mi.attention > 0 || l.load_balance > 0)) ||
+    (s.routedMlp && (l.mi.mlp > 0 || l.load_balance > 0));
 }
 
 /** Parameter counts by component (whole model, all layers). */
@@ -216,29 +238,38 @@ export function flopsPerToken(c: Readonly<Experiment>): Flops {
 
 /** Estimated device memory in bytes. */
 export interface MemoryEstimate {
-  train: number; // weights + grads + Adam m, v + saved activations of one batch
+  train: number; // weights + grads + Adam m, v + gradient accumulators + saved activations of one micro-batch
   infer: number; // weights + activations of one batch + KV cache
-  parts: { weights: number; optimizer: number; activations: number; kvCache: number };
+  parts: {
+    weights: number;
+    optimizer: number; // gradients and both Adam moments
+    gradAccum: number; // accumulated gradients (0 without accumulation)
+    activations: number; // saved for the backward pass, one micro-batch's
+    kvCache: number;
+  };
 }
 
 /**
- * Estimates device memory. Training saves, per token and layer: two norm inputs, q/k/v, attention output
- * and log-sum-exp, router probabilities, and three hidden activations of width N·h (pre-activation,
- * activation, gated); plus logits and their gradient. f32 throughout.
+ * Estimates device memory. Training saves, per token of a micro-batch and layer: two norm inputs, q/k/v,
+ * attention output and log-sum-exp, router probabilities, and three hidden activations of width N·h
+ * (pre-activation, activation, gated); plus logits and their gradient. f32 throughout.
  */
 export function estimateMemory(c: Readonly<Experiment>): MemoryEstimate {
   const s = layerShape(c), p = countParams(c), L = c.model.layers, V = vocabSize(c.data);
-  const tokens = c.train.batch * c.data.seq_len;
+  const acc = accumulationOf(c);
+  const tokens = acc.microBatch * c.data.seq_len;
   const hd = s.headDim;
   const perLayer = 2 * s.d + (s.qHeads + 2 * s.kvHeads) * hd + s.qHeads * hd + s.qHeads + s.attExperts +
     s.mlpExperts + 3 * s.mlpExperts * s.hidden;
   const activations = 4 * tokens * (L * perLayer + 2 * V + 2 * s.d);
-  const weights = 4 * p.total;
-  const kvCache = 4 * tokens * L * 2 * s.kvHeads * hd;
-  const inferActs = 4 * tokens * (s.d * 4 + s.mlpExperts * s.hidden + V);
+  const weights = 4 * p.total, gradAccum = acc.steps > 1 ? weights : 0;
+  // Inference runs train.batch sequences at once (eval's batches).
+  const inferTokens = acc.batch * c.data.seq_len;
+  const kvCache = 4 * inferTokens * L * 2 * s.kvHeads * hd;
+  const inferActs = 4 * inferTokens * (s.d * 4 + s.mlpExperts * s.hidden + V);
   return {
-    train: weights * 4 + activations,
+    train: weights * 4 + gradAccum + activations,
     infer: weights + kvCache + inferActs,
-    parts: { weights, optimizer: weights * 3, activations, kvCache },
+    parts: { weights, optimizer: weights * 3, gradAccum, activations, kvCache },
   };
 }

@@ -1,6 +1,14 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { type Experiment, ExperimentSchema } from "../config/schema.ts";
-import { activeParams, countParams, estimateMemory, expectedActive, flopsPerToken } from "./counts.ts";
+import {
+  accumulationOf,
+  activeParams,
+  countParams,
+  estimateMemory,
+  expectedActive,
+  flopsPerToken,
+  hasBatchRouterLoss,
+} from "./counts.ts";
 
 // The three tiny configs of configs/, written out so these numbers are checked by hand, not by the loader.
 const base = {
@@ -121,4 +129,23 @@ Deno.test("estimateMemory() counts weights, gradients and both Adam moments", ()
   assertEquals(m.parts.optimizer, 3 * 4 * 1_270_016);
   assertEquals(m.train, 16 * 1_270_016 + m.parts.activations);
   if (m.parts.activations <= 0 || m.infer >= m.train) throw new Error("implausible memory estimate");
+});
+
+Deno.test("estimateMemory() with train.micro_batch: activations of a micro-batch, plus gradient accumulators", () => {
+  const micro = cfg({ model: dsmoe.model, router: dsmoe.router, train: { batch: 16, micro_batch: 4 } });
+  assertEquals(accumulationOf(micro), { batch: 16, microBatch: 4, steps: 4 });
+  assertEquals(accumulationOf(dsmoe), { batch: 16, microBatch: 16, steps: 1 });
+  const whole = estimateMemory(dsmoe), m = estimateMemory(micro);
+  assertEquals(m.parts.activations * 4, whole.parts.activations);
+  assertEquals([whole.parts.gradAccum, m.parts.gradAccum], [0, 4 * 1_270_016]);
+  assertEquals(m.train, 20 * 1_270_016 + m.parts.activations); // weights, gradients, m, v, accumulators
+  assertEquals(m.infer, whole.infer, "evaluation still runs train.batch sequences");
+});
+
+Deno.test("hasBatchRouterLoss() is true only for a weighted MI or Switch loss of a routed block", () => {
+  assertEquals(hasBatchRouterLoss(dsmoe), false);
+  assertEquals(hasBatchRouterLoss(cfg({ model: dsmoe.model, loss: { mi: { attention: 0.1 } } })), true);
+  assertEquals(hasBatchRouterLoss(cfg({ model: dense.model, loss: { mi: { mlp: 0.1 } } })), false);
+  assertEquals(hasBatchRouterLoss(cfg({ ...smoe, loss: { load_balance: 0.01, z: 0.1 } })), true);
+  assertEquals(hasBatchRouterLoss(cfg({ ...smoe, loss: { z: 0.1 } })), false);
 });

@@ -7,6 +7,11 @@
  * query-head groups are scaled the same way before Wo. SMoE multiplies S by its top-k mask, so unselected
  * experts get neither output nor gradient.
  *
+ * Under gradient accumulation (`batchStats`), the batch-level router losses of a micro-batch's graph take
+ * the whole batch's statistics as inputs: the MI loss the batch's p̄ (`mi_loss_global`), the Switch loss the
+ * batch's routed shares f (`switch_loss_global`), and `mean_rows` nodes give the micro-batch's own
+ * statistics, which a forward pass over every micro-batch averages into those inputs first.
+ *
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
@@ -39,6 +44,24 @@ export interface InferRules {
   attention: RouteRule;
 }
 
+/**
+ * A batch-level router statistic under gradient accumulation: a micro-batch's column means, and the input
+ * of the training graph that takes their mean over the batch's micro-batches.
+ */
+export interface BatchStat {
+  micro: Value; // (E,) mean_rows of the router's probabilities (p̄) or top-k mask (f)
+  batch: Value; // (E,) input leaf read by mi_loss_global / switch_loss_global
+}
+
+/** Options of {@linkcode buildModel}. */
+export interface BuildOptions {
+  /**
+   * Batch-level router losses (MI, Switch) of a micro-batch against the batch's statistics, fed as inputs
+   * (`ModelGraph.batchStats`); default false: against the graph's own tokens.
+   */
+  batchStats?: boolean;
+}
+
 /** The built model. */
 export interface ModelGraph {
   graph: Graph;
@@ -52,6 +75,8 @@ export interface ModelGraph {
   auxLoss: { switch: Value[]; z: Value[] };
   routers: RouterTap[];
   tokens: number; // N = batch · seq_len
+  /** With `batchStats`: every router statistic the batch-level losses read (empty otherwise). */
+  batchStats: BatchStat[];
 }
 
 /** The one-token decoding graph of a model (DESIGN.md §5): KV caches as state, the position as an input. */
@@ -96,8 +121,13 @@ export function buildDecoder(c: Readonly<Experiment>, rules: InferRules): Decode
  * Builds the graph of `c` for `batch` sequences: the training forward and losses (autodiff adds backward),
  * or with `infer`, a forward whose routers gate by the inference rules (raw S on the selected experts).
  */
-export function buildModel(c: Readonly<Experiment>, batch: number, infer?: InferRules): ModelGraph {
-  const b = new _Builder(c, batch, infer);
+export function buildModel(
+  c: Readonly<Experiment>,
+  batch: number,
+  infer?: InferRules,
+  o: BuildOptions = {},
+): ModelGraph {
+  const b = new _Builder(c, batch, infer, false, o.batchStats ?? false);
   const wte = b.param("wte", [b.V, b.d], "normal");
   let x = apply1(b.g, "embedding", [b.ids, wte]);
   if (c.model.position === "learned") x = apply1(b.g, "add_rows", [x, b.param("wpe", [b.T, b.d], "normal")]);
@@ -128,6 +158,7 @@ export function buildModel(c: Readonly<Experiment>, batch: number, infer?: Infer
     auxLoss: { switch: b.switch, z: b.z },
     routers: b.routers,
     tokens: b.N,
+    batchStats: b.stats,
   };
 }
 
@@ -140,6 +171,8 @@ class _Builder {
   readonly mi = { attention: [] as Value[], mlp: [] as Value[] };
   readonly switch: Value[] = [];
   readonly z: Value[] = [];
+  readonly stats: BatchStat[] = [];
+  readonly batchStats: boolean;
   readonly c: Readonly<Experiment>;
   readonly s: ReturnType<typeof layerShape>;
   readonly V: number;
@@ -154,11 +187,18 @@ class _Builder {
   readonly pos: Value | undefined;
   readonly caches: Value[] = [];
 
-  constructor(c: Readonly<Experiment>, batch: number, infer?: InferRules, decode = false) {
+  constructor(
+    c: Readonly<Experiment>,
+    batch: number,
+    infer?: InferRules,
+    decode = false,
+    batchStats = false,
+  ) {
     if (c.model.position === "rope") {
       throw new RangeError("Cannot plan model.position rope: not supported yet; use position: learned");
     }
     this.c = c;
+    this.batchStats = batchStats && !infer && !decode;
     this.infer = infer;
     this.s = layerShape(c);
     this.V = vocabSize(c.data);
@@ -224,9 +264,20 @@ class _Builder {
       probs = apply1(this.g, "softmax", [logits]);
       this.routers.push({ layer: l, kind, logits, probs });
     }
-    this.mi[kind].push(apply1(this.g, "mi_loss", [probs]));
+    this.mi[kind].push(
+      this.batchStats
+        ? apply1(this.g, "mi_loss_global", [probs, this.batchStat(`${p}.pbar`, probs)])
+        : apply1(this.g, "mi_loss", [probs]),
+    );
     if (this.c.loss.z > 0) this.z.push(apply1(this.g, "z_loss", [logits]));
     return probs;
+  }
+
+  /** The input leaf `name` (E,) that takes the batch's mean of `x`'s column means; records the pair. */
+  batchStat(name: string, x: Value): Value {
+    const batch = this.g.leaf("input", name, [x.shape[1]!]);
+    this.stats.push({ micro: apply1(this.g, "mean_rows", [x]), batch });
+    return batch;
   }
 
   attention(l: number, h: Value): Value {
@@ -304,6 +355,14 @@ class _Builder {
     return apply1(this.g, "matmul", [a, this.param(`h${l}.mlp.w2`, [width, this.d], "normal", this.projStd)]);
   }
 
+  /** The Switch loss of a router: against the batch's routed shares under `batchStats`. */
+  switchLoss(probs: Value, mask: Value, k: number): Value {
+    if (!this.batchStats) return apply1(this.g, "switch_loss", [probs, mask], { k });
+    const r = this.routers.find((t) => t.probs === probs)!;
+    const name = `h${r.layer}.${r.kind === "attention" ? "attn" : "mlp"}.router.switch_f`;
+    return apply1(this.g, "switch_loss_global", [probs, this.batchStat(name, mask)], { k });
+  }
+
   /** The inference gate S ⊙ mask of the rule for `kind` (S itself for the dense rule); records the mask. */
   inferGate(probs: Value, kind: RouterTap["kind"]): Value {
     const fused = this.fusedGates.get(probs.id);
@@ -335,7 +394,7 @@ class _Builder {
       const k = topk ? Math.min(this.c.router.k, experts) : 1;
       const mask = apply1(this.g, "topk_mask", [probs], { k });
       if (topk) gate = apply1(this.g, "mul", [probs, mask]);
-      if (this.c.loss.load_balance > 0) this.switch.push(apply1(this.g, "switch_loss", [probs, mask], { k }));
+      if (this.c.loss.load_balance > 0) this.switch.push(this.switchLoss(probs, mask, k));
     }
     return gate;
   }

@@ -3,7 +3,13 @@
  * liveness-based buffer plan.
  *
  * - `train-dense`: forward with every expert, losses, and the gradient of the total loss for every parameter
- *   (the optimizer runs on those gradients).
+ *   (the optimizer runs on those gradients). The graph is one micro-batch's (`train.micro_batch`); a step
+ *   runs it `train.batch / train.micro_batch` times and averages gradients and losses (every micro-batch has
+ *   as many tokens, so the mean of the per-token means is the batch's). The batch-level router losses (MI,
+ *   Switch) are not means over tokens: their micro-batch graphs read the batch's router statistics, which a
+ *   forward pass over every micro-batch (`stats`, up to the last router) averages first. That pass costs
+ *   about one more forward per micro-batch, and is planned only when such a loss has a nonzero weight;
+ *   without it, the MI values reported for routers (weight 0) are the mean of the micro-batches' own.
  * - `infer-sparse`: forward only; routed layers compute just the experts their inference rule selects.
  * - `decode`: one token per execution with KV caches, routed like `infer-sparse`.
  *
@@ -13,6 +19,7 @@ import type { Experiment } from "../config/schema.ts";
 import { gradients } from "../graph/autodiff.ts";
 import type { Value } from "../graph/ir.ts";
 import { type Schedule, schedule } from "../graph/schedule.ts";
+import { accumulationOf, hasBatchRouterLoss } from "./counts.ts";
 import { buildDecoder, buildModel, type DecoderGraph, type InferRules, type ModelGraph } from "./model.ts";
 
 /** What a plan is for. */
@@ -20,7 +27,11 @@ export type PlanMode = "train-dense" | "infer-sparse" | "decode";
 
 /** Options of {@link plan}. */
 export interface PlanOptions {
-  /** Sequences per execution (train-dense, infer-sparse); default `train.batch`. */
+  /**
+   * Sequences per execution; default `train.micro_batch` (train-dense, which then accumulates
+   * `train.batch / train.micro_batch` executions per step) or `train.batch` (infer-sparse). A train-dense
+   * plan given a batch does not accumulate.
+   */
   batch?: number;
   /** Inference rules (infer-sparse, decode); default the config's `router.infer` / `router.infer_attention`. */
   rules?: InferRules;
@@ -33,6 +44,15 @@ export interface TrainPlan {
   grads: Value[];
   outputs: Value[]; // loss, LM loss, MI losses, then gradients
   schedule: Schedule;
+  microBatch: number; // sequences per execution of `schedule` (a micro-step)
+  accumulation: number; // micro-steps per optimizer step; gradients and `outputs` are their means
+  /**
+   * Run over every micro-batch of a step before its micro-steps: computes each `model.batchStats[i].micro`,
+   * whose mean over the micro-batches is fed to `.batch`. Null without accumulation or batch-level losses.
+   */
+  stats: Schedule | null;
+  /** Forward only, for evaluation: the LM loss and every router's probabilities of a micro-batch. */
+  evaluate: Schedule;
 }
 
 /** A sparse inference plan: loss, logits and router masks of a routed forward. */
@@ -53,6 +73,18 @@ export interface DecodePlan {
   schedule: Schedule;
 }
 
+/**
+ * Device bytes a training plan allocates (f32): the parameters and both Adam moments, the gradient
+ * accumulators (with accumulation), and the planned buffers of the training graph (activations, gradients
+ * and temporaries), of the router statistics pass and of evaluation, which are allocated side by side.
+ * Kernels' private scratch (e.g. split-K partial sums on real GPUs) is not counted.
+ */
+export function trainPlanBytes(p: TrainPlan): number {
+  const params = p.model.params.reduce((n, s) => n + s.value.shape.reduce((a, b) => a * b, 1), 0);
+  const planned = [p.schedule, p.stats, p.evaluate].reduce((n, s) => n + (s?.memory.totalElements ?? 0), 0);
+  return 4 * (params * (p.accumulation > 1 ? 4 : 3) + planned);
+}
+
 /** The inference rules a config declares: `router.infer` for MLP routers, `router.infer_attention` (or the same). */
 export function configRules(c: Readonly<Experiment>): InferRules {
   return { mlp: c.router.infer, attention: c.router.infer_attention ?? c.router.infer };
@@ -71,10 +103,25 @@ export function plan(
   const rules = o.rules ?? configRules(c);
   switch (mode) {
     case "train-dense": {
-      const model = buildModel(c, batch);
+      const acc = accumulationOf(c);
+      const microBatch = o.batch ?? acc.microBatch, accumulation = o.batch === undefined ? acc.steps : 1;
+      const batchStats = accumulation > 1 && hasBatchRouterLoss(c);
+      const model = buildModel(c, microBatch, undefined, { batchStats });
       const grads = gradients(model.graph, model.loss, model.params.map((p) => p.value));
       const outputs = [model.loss, model.lmLoss, ...model.miLoss.attention, ...model.miLoss.mlp, ...grads];
-      return { mode, model, grads, outputs, schedule: schedule(model.graph, outputs) };
+      const stats = batchStats ? schedule(model.graph, model.batchStats.map((s) => s.micro)) : null;
+      const evaluate = schedule(model.graph, [model.lmLoss, ...model.routers.map((r) => r.probs)]);
+      return {
+        mode,
+        model,
+        grads,
+        outputs,
+        schedule: schedule(model.graph, outputs),
+        microBatch,
+        accumulation,
+        stats,
+        evaluate,
+      };
     }
     case "infer-sparse": {
       const model = buildModel(c, batch, rules);

@@ -45,6 +45,29 @@ Deno.test("plan(train-dense) gives one gradient per parameter and runs every exp
   assert(p.schedule.memory.totalElements < p.schedule.memory.withoutReuse, "buffers are reused");
 });
 
+Deno.test("plan(train-dense) of train.micro_batch: the graph of a micro-batch, and the router statistics pass only for batch-level losses", () => {
+  const micro = ExperimentSchema.parse({ ...c, train: { batch: 2, micro_batch: 1 } });
+  const off = plan(micro, "train-dense");
+  assertEquals([off.microBatch, off.accumulation, off.model.tokens], [1, 2, 8]);
+  assertEquals(off.stats, null, "no batch-level router loss is weighted in: no statistics pass");
+  assertEquals([count(off.schedule.nodes, "mi_loss"), count(off.schedule.nodes, "mi_loss_global")], [4, 0]);
+  const on = plan(ExperimentSchema.parse({ ...micro, loss: { mi: { mlp: 0.1 } } }), "train-dense");
+  // Every router's MI then reads the batch's p̄ (an input), which the statistics pass averages first.
+  assertEquals(count(on.schedule.nodes, "mi_loss_global"), 4);
+  assertEquals(on.model.batchStats.length, 4);
+  for (const s of on.model.batchStats) assertEquals(on.model.graph.leaves.get(s.batch.id)?.kind, "input");
+  const stats = on.stats!.nodes;
+  assertEquals(count(stats, "mean_rows"), 4);
+  // The pass stops at the last router: no LM head, loss or backward.
+  assertEquals(
+    count(stats, "cross_entropy") + count(stats, "mi_loss_global") + count(stats, "softmax_backward"),
+    0,
+  );
+  assert(stats.length < on.schedule.nodes.length / 3, `${stats.length} of ${on.schedule.nodes.length} nodes`);
+  const whole = plan(c, "train-dense");
+  assertEquals([whole.microBatch, whole.accumulation, whole.stats], [2, 1, null]);
+});
+
 Deno.test("plan(infer-sparse) routes every layer by the config's rule; with the dense rule it equals training's loss", () => {
   const p = plan(c, "infer-sparse");
   assertEquals(p.rules, configRules(c));

@@ -1,6 +1,8 @@
 /**
  * Float64 reference of the losses and their gradients: cross-entropy from logits, the DS-MoE
- * mutual-information router loss, the Switch load-balance loss and the router z-loss.
+ * mutual-information router loss, the Switch load-balance loss and the router z-loss; and the forms of the
+ * two batch-level router losses that a micro-batch takes under gradient accumulation (the batch's
+ * statistics given as inputs).
  *
  * @module
  */
@@ -30,15 +32,16 @@ export function crossEntropyBackwardRef(
   return p;
 }
 
-function _meanRows(s: ArrayLike<number>, E: number): Float64Array {
-  const N = s.length / E, m = new Float64Array(E);
-  for (let i = 0; i < s.length; i++) m[i % E]! += s[i]! / N;
+/** Column means of x (N, E) → (E). */
+export function meanRowsRef(x: ArrayLike<number>, E: number): Float64Array {
+  const N = x.length / E, m = new Float64Array(E);
+  for (let i = 0; i < x.length; i++) m[i % E]! += x[i]! / N;
   return m;
 }
 
 /** L = −H(p̄) + (1/N) Σ_t H(S_t) over router probabilities S (N, E). */
 export function miLossRef(s: ArrayLike<number>, E: number): number {
-  const N = s.length / E, pbar = _meanRows(s, E);
+  const N = s.length / E, pbar = meanRowsRef(s, E);
   let l = 0;
   for (const p of pbar) l += p * Math.log(p + MI_EPS);
   for (let i = 0; i < s.length; i++) l -= (s[i]! * Math.log(s[i]! + MI_EPS)) / N;
@@ -47,14 +50,42 @@ export function miLossRef(s: ArrayLike<number>, E: number): number {
 
 /** dL/dS = (dL/N) · [log(p̄_i + ε) + p̄_i/(p̄_i + ε) − log(S + ε) − S/(S + ε)]. */
 export function miLossBackwardRef(s: ArrayLike<number>, E: number, dl: number): Float64Array {
-  const N = s.length / E, pbar = _meanRows(s, E);
-  const g = pbar.map((p) => Math.log(p + MI_EPS) + p / (p + MI_EPS));
-  return Float64Array.from(s, (v, i) => (dl / N) * (g[i % E]! - Math.log(v + MI_EPS) - v / (v + MI_EPS)));
+  return miLossGlobalBackwardRef(s, E, meanRowsRef(s, E), dl);
+}
+
+/** c_i = ∂F/∂p̄_i = log(p̄_i + ε) + p̄_i/(p̄_i + ε), F(p̄) = Σ_i p̄_i log(p̄_i + ε) = −H(p̄). */
+function _entropySlope(pbar: ArrayLike<number>): Float64Array {
+  return Float64Array.from(pbar, (p) => Math.log(p + MI_EPS) + p / (p + MI_EPS));
+}
+
+/**
+ * The MI loss of a micro-batch S (N, E) against the batch's p̄ `pbar` (E): F(pbar) + Σ_i c_i·(p̄_S,i −
+ * pbar_i) + (1/N) Σ_t H(S_t), with F and c as in {@linkcode miLossGlobalBackwardRef}. Equals
+ * {@linkcode miLossRef} when pbar is S's own p̄; averaged over micro-batches whose p̄ average to pbar, it is
+ * the batch's MI loss.
+ */
+export function miLossGlobalRef(s: ArrayLike<number>, E: number, pbar: ArrayLike<number>): number {
+  const N = s.length / E, own = meanRowsRef(s, E), c = _entropySlope(pbar);
+  let l = 0;
+  for (let i = 0; i < E; i++) l += pbar[i]! * Math.log(pbar[i]! + MI_EPS) + c[i]! * (own[i]! - pbar[i]!);
+  for (let i = 0; i < s.length; i++) l -= (s[i]! * Math.log(s[i]! + MI_EPS)) / N;
+  return l;
+}
+
+/** dL/dS = (dL/N) · [c_i − log(S + ε) − S/(S + ε)], c_i = log(pbar_i + ε) + pbar_i/(pbar_i + ε). */
+export function miLossGlobalBackwardRef(
+  s: ArrayLike<number>,
+  E: number,
+  pbar: ArrayLike<number>,
+  dl: number,
+): Float64Array {
+  const N = s.length / E, c = _entropySlope(pbar);
+  return Float64Array.from(s, (v, i) => (dl / N) * (c[i % E]! - Math.log(v + MI_EPS) - v / (v + MI_EPS)));
 }
 
 /** N_E · Σ_i f_i P_i: f_i = routed share of expert i (mask (N, E) of k choices per token, / (N·k)), P_i = mean S. */
 export function switchLossRef(s: ArrayLike<number>, mask: ArrayLike<number>, E: number, k: number): number {
-  const N = s.length / E, P = _meanRows(s, E), f = _meanRows(mask, E);
+  const N = s.length / E, P = meanRowsRef(s, E), f = meanRowsRef(mask, E);
   let l = 0;
   for (let i = 0; i < E; i++) l += (f[i]! / k) * P[i]!;
   return E * l * (N > 0 ? 1 : 0);
@@ -68,7 +99,32 @@ export function switchLossBackwardRef(
   k: number,
   dl: number,
 ) {
-  const N = s.length / E, f = _meanRows(mask, E);
+  const N = s.length / E, f = meanRowsRef(mask, E);
+  return Float64Array.from(s, (_, i) => (dl * E * f[i % E]!) / (k * N));
+}
+
+/** E · Σ_i (f_i/k) P_i with the batch's routed shares f (E) given, P = column means of S (N, E). */
+export function switchLossGlobalRef(
+  s: ArrayLike<number>,
+  f: ArrayLike<number>,
+  E: number,
+  k: number,
+): number {
+  const P = meanRowsRef(s, E);
+  let l = 0;
+  for (let i = 0; i < E; i++) l += (f[i]! / k) * P[i]!;
+  return E * l;
+}
+
+/** dL/dS[t, i] = dl · E · f_i / (k · N), f given. */
+export function switchLossGlobalBackwardRef(
+  s: ArrayLike<number>,
+  f: ArrayLike<number>,
+  E: number,
+  k: number,
+  dl: number,
+): Float64Array {
+  const N = s.length / E;
   return Float64Array.from(s, (_, i) => (dl * E * f[i % E]!) / (k * N));
 }
 

@@ -12,12 +12,14 @@ const _ROLE_NAMES: Record<string, string> = {
   smoe: "SMoE (top-2, Switch loss)",
   dsmoe: "DS-MoE (MoA + MoE, MI loss)",
   alpha0: "DS-MoE, α = 0",
+  "alpha-3x": "DS-MoE, α = 3× paper",
   "alpha-large": "DS-MoE, α = 10× paper",
 };
 
 /** Formats a perplexity, a percentage and a ratio as the report shows them. */
 export const fmt = {
   ppl: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : x.toFixed(3)),
+  bpb: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : x.toFixed(4)),
   pct: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : x.toFixed(1)),
   signedPct: (x: number) => (Number.isFinite(x) ? `${x >= 0 ? "+" : ""}${x.toFixed(2)}%` : "—"),
   count: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : fmtCount(x)),
@@ -58,7 +60,18 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
   ));
   out.push("", "## Models", "");
   out.push(_table(
-    ["model", "run", "status", "rule", "total params", "active params", "active %", "hidden %", "val ppl"],
+    [
+      "model",
+      "run",
+      "status",
+      "rule",
+      "total params",
+      "active params",
+      "active %",
+      "hidden %",
+      "val ppl",
+      "val bpb",
+    ],
     r.models.map((m) => [
       roleName(m.role),
       `\`${m.run_id}\``,
@@ -69,27 +82,30 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
       fmt.pct(m.active_pct),
       fmt.pct(m.hidden_pct),
       fmt.ppl(m.ppl),
+      fmt.bpb(m.bpb),
     ]),
-    [false, false, false, false, true, true, true, true, true],
+    [false, false, false, false, true, true, true, true, true, true],
   ));
   out.push("", "## Sparsity frontier", "");
   for (const f of r.frontier) {
     if (f.rows.length <= 1) continue;
     out.push(`### ${roleName(f.role)}`, "");
     out.push(_table(
-      ["rule", "active params", "active %", "hidden %", "ppl", "Δppl vs dense eval"],
+      ["rule", "active params", "active %", "hidden %", "ppl", "bpb", "Δppl vs dense eval"],
       f.rows.map((x) => [
         x.rule,
         fmt.count(x.active_params),
         fmt.pct(x.active_pct),
         fmt.pct(x.hidden_pct),
         fmt.ppl(x.ppl),
+        fmt.bpb(x.bpb),
         fmt.signedPct(x.dppl_pct),
       ]),
-      [false, true, true, true, true, true],
+      [false, true, true, true, true, true, true],
     ));
     out.push("");
   }
+  if (r.mi.length > 0) _miSection(r, out);
   out.push("## Router balance and sharpness", "");
   out.push(
     "At the last validation of each run: probability CV is the coefficient of variation across experts of " +
@@ -136,4 +152,46 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
   ));
   out.push("");
   return out.join("\n");
+}
+
+/** The MI-weight sweep: how quality, routing and the sparsity budget move with the weight. */
+function _miSection(r: ReproReport, out: string[]): void {
+  const dense = r.models.find((m) => m.role === "dense");
+  out.push("## MI loss weight", "");
+  out.push(
+    `DS-MoE at each mutual-information weight (attention / MLP routers), under \`${r.claim_rule}\`. ` +
+      '"Within 5% of dense" is the fewest hidden parameters active on the model\'s frontier at a perplexity ' +
+      `at most 5% above the dense model's (${
+        fmt.ppl(dense?.ppl ?? null)
+      }): the budget DS-MoE needs to match it.`,
+    "",
+  );
+  out.push(_table(
+    [
+      "model",
+      "MI weight",
+      "dense-eval ppl",
+      "ppl",
+      "bpb",
+      "hidden %",
+      "entropy",
+      "probability CV",
+      "within 5% of dense",
+    ],
+    r.mi.map((m) => [
+      roleName(m.role),
+      `${m.mi_attention} / ${m.mi_mlp}`,
+      fmt.ppl(m.dense_ppl),
+      fmt.ppl(m.ppl),
+      fmt.bpb(m.bpb),
+      fmt.pct(m.hidden_pct),
+      fmt.num(m.mean_entropy ?? NaN, 3),
+      fmt.num(m.mean_prob_cv ?? NaN, 3),
+      m.within
+        ? `${fmt.pct(m.within.hidden_pct)}% hidden (${m.within.rule}, ppl ${fmt.ppl(m.within.ppl)})`
+        : "none",
+    ]),
+    [false, true, true, true, true, true, true, true, false],
+  ));
+  out.push("");
 }

@@ -29,6 +29,7 @@ export interface ModelRow {
   active_pct: number | null;
   hidden_pct: number | null;
   ppl: number | null;
+  bpb: number | null; // bits per byte of the same evaluation (compares models of different tokenizers)
 }
 
 /** A point of a model's sparsity frontier. */
@@ -38,7 +39,24 @@ export interface FrontierRow {
   active_pct: number;
   hidden_pct: number;
   ppl: number;
+  bpb: number;
   dppl_pct: number; // against the same model evaluated densely
+}
+
+/** One DS-MoE model of the MI-weight sweep: its weights, quality and routing at the claim rule. */
+export interface MiRow {
+  role: Role;
+  run_id: string;
+  mi_attention: number;
+  mi_mlp: number;
+  dense_ppl: number | null; // the model evaluated with every expert
+  ppl: number | null; // at the claim rule
+  bpb: number | null;
+  hidden_pct: number | null;
+  mean_entropy: number | null;
+  mean_prob_cv: number | null;
+  /** The fewest hidden % active on its frontier with ppl within PPL_TOLERANCE of the dense model's. */
+  within: { rule: string; hidden_pct: number; ppl: number } | null;
 }
 
 /** Router load balance and sharpness of one router at the last validation. */
@@ -78,6 +96,8 @@ export interface ReproReport {
     rows: RouterRow[];
   }[];
   decode: { role: Role; rule: string; tokens_per_s: number; vs_dense: number | null }[];
+  /** DS-MoE at each MI weight of the manifest (the paper's, α = 0, and the ablation's others). */
+  mi: MiRow[];
   claims: Claim[];
 }
 
@@ -125,6 +145,7 @@ export async function buildReproReport(
       active_pct: v("active_pct"),
       hidden_pct: v("hidden_pct"),
       ppl: v("ppl"),
+      bpb: v("bpb"),
     };
     models.push(row);
     rows.set(role, row);
@@ -136,6 +157,7 @@ export async function buildReproReport(
   }
   const denseSpeed = decode.find((d) => d.role === "dense")?.tokens_per_s;
   for (const d of decode) d.vs_dense = denseSpeed ? d.tokens_per_s / denseSpeed : null;
+  const mi = _miRows(runs, rows, frontier, routers);
   return {
     id,
     scale: o.scale,
@@ -145,8 +167,65 @@ export async function buildReproReport(
     frontier,
     routers,
     decode,
+    mi,
     claims: _claims(rows, routers),
   };
+}
+
+/** The DS-MoE models of the MI-weight sweep, ordered by their MLP router's MI weight. */
+function _miRows(
+  runs: Map<Role, RunRecord>,
+  rows: Map<Role, ModelRow>,
+  frontier: ReproReport["frontier"],
+  routers: ReproReport["routers"],
+): MiRow[] {
+  const densePpl = rows.get("dense")?.ppl ?? null;
+  const out: MiRow[] = [];
+  for (const role of ["dsmoe", ...ABLATION_ROLES] as Role[]) {
+    const run = runs.get(role), row = rows.get(role);
+    if (!run || !row) continue;
+    const c = parseExperimentText(run.config_yaml, `store:${run.id}`).points[0]!.config;
+    const f = frontier.find((x) => x.role === role)?.rows ?? [];
+    const r = routers.find((x) => x.role === role);
+    out.push({
+      role,
+      run_id: run.id,
+      mi_attention: c.loss.mi.attention,
+      mi_mlp: c.loss.mi.mlp,
+      dense_ppl: f.find((x) => x.rule === "dense")?.ppl ?? null,
+      ppl: row.ppl,
+      bpb: row.bpb,
+      hidden_pct: row.hidden_pct,
+      mean_entropy: r?.mean_entropy ?? null,
+      mean_prob_cv: r?.mean_prob_cv ?? null,
+      within: densePpl === null ? null : fewestWithin(f, densePpl * (1 + PPL_TOLERANCE)),
+    });
+  }
+  return out.sort((a, b) => a.mi_mlp - b.mi_mlp);
+}
+
+/**
+ * Of a model's frontier, the rule with the fewest hidden parameters active whose ppl is at most `maxPpl`
+ * (null when none is).
+ *
+ * @example
+ * ```ts
+ * import { fewestWithin } from "./report.ts";
+ * const row = (rule: string, hidden_pct: number, ppl: number) =>
+ *   ({ rule, hidden_pct, ppl, active_params: 0, active_pct: 0, bpb: 0, dppl_pct: 0 });
+ * const f = [row("dense", 100, 10), row("threshold@0.5", 40, 10.4), row("topk@1", 15, 13)];
+ * console.log(fewestWithin(f, 10.5)?.rule); // "threshold@0.5"
+ * ```
+ */
+export function fewestWithin(
+  rows: readonly FrontierRow[],
+  maxPpl: number,
+): { rule: string; hidden_pct: number; ppl: number } | null {
+  let best: FrontierRow | null = null;
+  for (const r of rows) {
+    if (r.ppl <= maxPpl && (best === null || r.hidden_pct < best.hidden_pct)) best = r;
+  }
+  return best ? { rule: best.rule, hidden_pct: best.hidden_pct, ppl: best.ppl } : null;
 }
 
 /** The run of each role in the sweep: its newest finished one, else its newest. */
@@ -173,6 +252,7 @@ function _frontier(last: Map<string, MetricRow>): FrontierRow[] {
       active_pct: v("active_pct"),
       hidden_pct: v("hidden_pct"),
       ppl: v("ppl"),
+      bpb: v("bpb"),
       dppl_pct: densePpl ? (v("ppl") / densePpl - 1) * 100 : NaN,
     };
   });
@@ -267,7 +347,7 @@ function _claims(rows: Map<Role, ModelRow>, routers: ReproReport["routers"]): Cl
   }
   {
     const r = (role: Role) => routers.find((x) => x.role === role);
-    const mi = r("dsmoe"), zero = r("alpha0"), large = r("alpha-large");
+    const mi = r("dsmoe"), zero = r("alpha0"), mid = r("alpha-3x"), large = r("alpha-large");
     const ok = mi !== undefined && zero !== undefined;
     const sharper = ok && mi.mean_entropy < zero.mean_entropy;
     const balanced = ok && mi.mean_prob_cv <= zero.mean_prob_cv + CV_SLACK;
@@ -280,7 +360,12 @@ function _claims(rows: Map<Role, ModelRow>, routers: ReproReport["routers"]): Cl
       claim: "The MI loss sharpens routing and keeps expert load balanced, against α = 0",
       test: `mean routing entropy lower than α = 0's, and mean expert-probability CV ≤ α = 0's + ${CV_SLACK}`,
       held: ok ? sharper && balanced : null,
-      evidence: [say("α = paper", mi), say("α = 0", zero), say("α = 10× paper", large)].join("; "),
+      evidence: [
+        say("α = paper", mi),
+        say("α = 0", zero),
+        ...(mid ? [say("α = 3× paper", mid)] : []),
+        say("α = 10× paper", large),
+      ].join("; "),
     });
   }
   return claims;

@@ -10,7 +10,9 @@ import { createHash } from "node:crypto";
 import { experimentToYaml, type LoadedExperiment, loadExperiment } from "../config/mod.ts";
 import type { Experiment } from "../config/schema.ts";
 import { loadDataset } from "../data/dataset.ts";
-import { encodeText } from "../data/tokenizer.ts";
+import { defaultCacheDir } from "../data/prepare.ts";
+import { ByteTokenizer } from "../data/tokenizer.ts";
+import { runTokenizer } from "../train/continue_run.ts";
 import { evaluateRules, ruleName } from "../infer/evaluate.ts";
 import { Decoder, generate } from "../infer/generate.ts";
 import { recordGeneration, recordRuleResults } from "../infer/record.ts";
@@ -62,9 +64,9 @@ export async function runRepro(
       `Unknown scale "${o.scale}"; ${spec.file} has ${Object.keys(spec.scales).join(", ")}`,
     );
   }
-  const roles = [...MODEL_ROLES, ...ABLATION_ROLES];
+  const roles = [...MODEL_ROLES, ...ABLATION_ROLES].filter((r) => spec.configs[r] !== undefined);
   const loaded = new Map<Role, LoadedExperiment>();
-  for (const role of roles) loaded.set(role, await loadExperiment(spec.configs[role], { sets: scale.set }));
+  for (const role of roles) loaded.set(role, await loadExperiment(spec.configs[role]!, { sets: scale.set }));
   const id = _reproId(manifestText, o.scale, [...loaded.values()].map((l) => l.config));
   const store = await openRunStore(o.runsDir);
   await store.createSweep({
@@ -80,7 +82,7 @@ export async function runRepro(
     if (o.signal?.aborted) break;
     const l = loaded.get(role)!;
     o.progress(`[${i + 1}/${roles.length}] ${role}: ${spec.configs[role]}`);
-    const file = spec.configs[role];
+    const file = spec.configs[role]!;
     const [out] = await runExperiment(
       { ...l, sweepId: id, points: l.points.map((p) => ({ ...p, params: { role, scale: o.scale } })) },
       {
@@ -92,7 +94,7 @@ export async function runRepro(
         dashboardUrl: o.dashboardUrl,
       },
     );
-    if (!out || out.status === "failed" || out.status === "interrupted") failed.push(role);
+    if (!out || out.status !== "finished" && out.status !== "skipped") failed.push(role); // failed, interrupted, busy
     else runIds.set(role, out.runId);
   }
   if (o.signal?.aborted) {
@@ -106,10 +108,11 @@ export async function runRepro(
       const shape = layerShape(m.config), routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
       const anyRouted = routed.mlp || routed.attention;
       const ablation = (ABLATION_ROLES as readonly string[]).includes(role);
-      // The frontier for the three models; the ablation needs only its claim-rule point.
+      // The frontier for the three models; the ablation needs only its claim-rule point unless the manifest
+      // asks for its frontier too (how the frontier moves with the MI weight).
       const rules = !anyRouted
         ? [denseRules()]
-        : ablation
+        : ablation && !spec.ablationFrontier
         ? [denseRules(), spec.claimRule.rules]
         : [...spec.rules.map((r) => r.rules), ...(role === "smoe" ? [configRules(m.config)] : [])];
       const todo = rules.filter((r) => !m.has(`infer/${ruleName(r, routed)}/ppl`));
@@ -117,7 +120,10 @@ export async function runRepro(
         o.progress(
           `${role}: evaluating ${todo.length} rules on ${scale.evalBatches} validation batches each`,
         );
-        const dataset = await loadDataset(m.config);
+        const dataset = await loadDataset(m.config, undefined, {
+          cacheDir: defaultCacheDir(o.runsDir),
+          tokenizer: m.tokenizer,
+        });
         const results = await evaluateRules(gpu, m.config, m.params, dataset, todo, {
           batches: scale.evalBatches,
         });
@@ -129,7 +135,7 @@ export async function runRepro(
       if (m.has(`generate/${name}/tokens_per_s`)) continue;
       const dec = await Decoder.create(gpu, m.config, m.params, rule);
       try {
-        const r = await generate(dec, [...encodeText(_PROMPT)], {
+        const r = await generate(dec, [...m.tokenizer.encode(_PROMPT)], {
           maxTokens: scale.decodeTokens,
           temperature: 0,
           topK: 0,
@@ -170,7 +176,8 @@ function _reproId(manifest: string, scale: string, configs: readonly Readonly<Ex
 
 /** A trained run: its config, newest checkpoint's parameters and step, and which metric keys it has there. */
 async function _openRun(runsDir: string, id: string) {
-  const { run, config, ck } = await openStoredRun(runsDir, id);
+  const stored = await openStoredRun(runsDir, id, { purpose: "infer" });
+  const { run, config, ck } = stored;
   if (!ck) throw new Error(`Run ${id} has no complete checkpoint to evaluate`);
   const keys = new Set(
     (await run.store.metrics(id)).filter((m) => m.step === ck.entry.step).map((m) => m.key),
@@ -180,6 +187,7 @@ async function _openRun(runsDir: string, id: string) {
     config,
     params: paramValues(ck.file.tensors),
     step: ck.entry.step,
+    tokenizer: (await runTokenizer(stored)) ?? new ByteTokenizer(),
     has: (key: string) => keys.has(key),
   };
 }

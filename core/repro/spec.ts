@@ -13,14 +13,18 @@ import type { InferRules } from "../plan/model.ts";
 
 /** The roles a manifest fills: three models and two ablation points. */
 export const MODEL_ROLES = ["dense", "smoe", "dsmoe"] as const;
-export const ABLATION_ROLES = ["alpha0", "alpha-large"] as const;
+export const ABLATION_ROLES = ["alpha0", "alpha-3x", "alpha-large"] as const;
+/** Ablation roles a manifest may leave out (the MI-weight sweep's middle point). */
+export const OPTIONAL_ROLES: readonly Role[] = ["alpha-3x"];
 export type Role = (typeof MODEL_ROLES)[number] | (typeof ABLATION_ROLES)[number];
 
 /** A validated manifest. */
 export interface ReproSpec {
   file: string;
-  /** Config file of each role, resolved against the manifest's directory. */
-  configs: Record<Role, string>;
+  /** Config file of each role the manifest names, resolved against the manifest's directory. */
+  configs: Partial<Record<Role, string>>;
+  /** Evaluate the ablation models under every frontier rule too (else only dense and the claim rule). */
+  ablationFrontier: boolean;
   /** Rules of the frontier, as written (`threshold:0.5`) and parsed; "dense" is always first. */
   rules: { spec: string; rules: InferRules }[];
   claimRule: { spec: string; rules: InferRules };
@@ -34,7 +38,16 @@ export interface ReproScale {
   decodeTokens: number;
 }
 
-const _KEYS = ["models", "ablation", "rules", "claim_rule", "eval_batches", "decode_tokens", "scales"];
+const _KEYS = [
+  "models",
+  "ablation",
+  "ablation_frontier",
+  "rules",
+  "claim_rule",
+  "eval_batches",
+  "decode_tokens",
+  "scales",
+];
 
 /** Reads and validates the manifest at `file`. */
 export async function loadReproSpec(file: string): Promise<ReproSpec> {
@@ -54,7 +67,7 @@ export async function loadReproSpec(file: string): Promise<ReproSpec> {
   const spec = parseReproSpec(text, file, dir);
   const missing: ConfigIssue[] = [];
   let tree: Sourced | null = null; // positions, read only when a file is missing
-  for (const [role, path] of Object.entries(spec.configs)) {
+  for (const [role, path] of Object.entries(spec.configs) as [Role, string][]) {
     try {
       await Deno.stat(path);
     } catch {
@@ -81,7 +94,7 @@ export function parseReproSpec(text: string, file: string, dir: string): ReproSp
     if (!_KEYS.includes(k)) at([k], `unknown key; expected one of ${_KEYS.join(", ")}`, "key");
   }
 
-  const configs = {} as Record<Role, string>;
+  const configs: Partial<Record<Role, string>> = {};
   const files = (group: string, roles: readonly Role[]) => {
     const m = root[group];
     if (!isPlainMap(m)) return at([group], `expected a map of ${roles.join(", ")} to config files`);
@@ -92,6 +105,7 @@ export function parseReproSpec(text: string, file: string, dir: string): ReproSp
     }
     for (const r of roles) {
       const v = m[r];
+      if (v === undefined && OPTIONAL_ROLES.includes(r)) continue;
       if (typeof v !== "string" || v === "") at([group, r], `expected a config file path`);
       else configs[r] = v.startsWith("/") ? v : `${dir}/${v}`;
     }
@@ -158,6 +172,8 @@ export function parseReproSpec(text: string, file: string, dir: string): ReproSp
       };
     }
   }
+  const ablationFrontier = root.ablation_frontier ?? false;
+  if (typeof ablationFrontier !== "boolean") at(["ablation_frontier"], "expected true or false");
   if (issues.length > 0) throw new ConfigError(issues);
-  return { file, configs, rules: frontier, claimRule, scales };
+  return { file, configs, ablationFrontier: ablationFrontier === true, rules: frontier, claimRule, scales };
 }

@@ -3,14 +3,21 @@
  * imports run folders written before the store existed (`run.json` + `metrics.jsonl`), and marks runs whose
  * writer died (SIGKILL, power loss) as interrupted.
  *
+ * Commands that train create the runs directory and the store where missing, and refuse a store they cannot
+ * write (read-only, damaged). Commands that read (`eval`, `generate`, `dashboard`, `run --resume`) pass
+ * `create: false`: they create nothing (a missing store is StoreMissingError), and open a write-protected or
+ * damaged store for reading only, without importing or marking anything.
+ *
  * Which store: `<runs-dir>/runs.db` (SQLite) unless {@linkcode selectRunStore} chose another for the runs
  * directory, such as a Postgres database (`--store postgres://…`). Checkpoint files stay under the runs
  * directory either way.
  *
  * @module
  */
-import { resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { syncCheckpoints } from "./checkpoints.ts";
+import { fileKind } from "./sqlite_store.ts";
+import { StoreDamagedError, StoreMissingError, StoreReadOnlyError } from "./store_errors.ts";
 import { openPostgresStore } from "./postgres_store.ts";
 import { isPostgresUrl, parsePostgresUrl } from "./postgres_url.ts";
 import type { MetricPoint, RunMeta } from "./run_dir.ts";
@@ -88,8 +95,20 @@ export function selectedRunStore(runsDir: string): StoreLocation {
   return _selected.get(resolve(runsDir)) ?? { kind: "sqlite", path: null };
 }
 
+/** Options of {@linkcode openRunStore}. */
+export interface OpenRunStoreOptions {
+  /**
+   * True (the default, for commands that train): create the runs directory and the store where missing, and
+   * refuse a store that takes no writes (StoreReadOnlyError, StoreDamagedError). False (commands that read or
+   * continue a run): create nothing; a missing store is StoreMissingError; a write-protected or damaged store
+   * is opened for reading only (its `access` says so, its writes throw).
+   */
+  create?: boolean;
+}
+
 /**
- * The store of `runsDir` (created if missing), shared by every caller in this process.
+ * The store of `runsDir`, shared by every caller in this process. A runs directory that is not a directory
+ * is StoreMissingError.
  *
  * @example
  * ```ts
@@ -100,13 +119,15 @@ export function selectedRunStore(runsDir: string): StoreLocation {
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
-export async function openRunStore(runsDir: string): Promise<RunStore> {
-  await Deno.mkdir(runsDir, { recursive: true });
+export async function openRunStore(runsDir: string, o: OpenRunStoreOptions = {}): Promise<RunStore> {
+  const create = o.create ?? true;
   const loc = selectedRunStore(runsDir);
-  const key = `${await Deno.realPath(runsDir)}\n${loc.kind === "sqlite" ? loc.path ?? "" : loc.url}`;
+  const exists = await _checkRunsDir(runsDir, create, loc);
+  const dir = exists ? await Deno.realPath(runsDir) : resolve(runsDir);
+  const key = `${dir}\n${loc.kind === "sqlite" ? loc.path ?? "" : loc.url}`;
   let opening = _open.get(key);
   if (!opening) {
-    opening = _openFor(runsDir, loc).then((store) => {
+    opening = _openFor(runsDir, loc, create).then((store) => {
       if (_open.get(key) === opening) _ready.set(key, store);
       else store.close(); // closed by closeRunStores() while opening
       return store;
@@ -114,7 +135,64 @@ export async function openRunStore(runsDir: string): Promise<RunStore> {
     _open.set(key, opening);
     opening.catch(() => _open.get(key) === opening && _open.delete(key));
   }
-  return await opening;
+  const store = await opening;
+  const a = store.access;
+  if (create && a.mode === "damaged") throw new StoreDamagedError(a.reason);
+  if (create && a.mode === "read-only") throw new StoreReadOnlyError(a.reason);
+  return store;
+}
+
+/**
+ * Checks the runs directory: not a directory is StoreMissingError; missing, it is created (`create`) or,
+ * where the store would be in it, StoreMissingError. Returns whether it exists now.
+ */
+async function _checkRunsDir(runsDir: string, create: boolean, loc: StoreLocation): Promise<boolean> {
+  let info: Deno.FileInfo | null = null;
+  try {
+    info = await Deno.stat(runsDir);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      throw new StoreMissingError(`Cannot use runs directory ${runsDir}: ${(e as Error).message}`);
+    }
+  }
+  if (info && !info.isDirectory) {
+    throw new StoreMissingError(
+      `Runs directory ${runsDir} is a ${fileKind(info)}, not a directory: name another with --runs-dir`,
+    );
+  }
+  if (info) return true;
+  if (create) {
+    _checkStoreDir(runsDir, loc); // before the runs directory is made: a refused command creates nothing
+    try {
+      await Deno.mkdir(runsDir, { recursive: true });
+    } catch (e) {
+      throw new StoreMissingError(`Cannot create runs directory ${runsDir}: ${(e as Error).message}`);
+    }
+    return true;
+  }
+  if (loc.kind === "sqlite" && loc.path === null) {
+    throw new StoreMissingError(
+      `No runs directory ${runsDir}, so no run store ${storePath(runsDir)}: nothing was trained there yet ` +
+        "(train a run with `deno task run`, or name the runs with --runs-dir or --store)",
+    );
+  }
+  return false;
+}
+
+/** A SQLite store named outside `runsDir` must be in an existing directory (StoreMissingError). */
+function _checkStoreDir(runsDir: string, loc: StoreLocation): void {
+  if (loc.kind !== "sqlite" || loc.path === null) return;
+  const dir = dirname(resolve(loc.path)), runs = resolve(runsDir);
+  if (dir === runs || dir.startsWith(`${runs}/`)) return;
+  let ok = false;
+  try {
+    ok = Deno.statSync(dir).isDirectory;
+  } catch {
+    // reported below
+  }
+  if (!ok) {
+    throw new StoreMissingError(`Cannot create run store ${loc.path}: ${dir} is not an existing directory`);
+  }
 }
 
 /** Opens a store at a location text, on its own (not shared, no run folders imported); the caller closes it. */
@@ -125,12 +203,15 @@ export async function openStoreAt(location: string): Promise<RunStore> {
   return openSqliteStore(loc.path);
 }
 
-async function _openFor(runsDir: string, loc: StoreLocation): Promise<RunStore> {
+async function _openFor(runsDir: string, loc: StoreLocation, create: boolean): Promise<RunStore> {
   const store = loc.kind === "postgres"
-    ? await openPostgresStore(loc.url)
-    : openSqliteStore(loc.path ?? storePath(runsDir));
+    ? await openPostgresStore(loc.url, { create })
+    : openSqliteStore(loc.path ?? storePath(runsDir), { create, runsDir });
+  if (store.access.mode !== "read-write") return store; // read only: nothing imported, nothing marked
   try {
-    await importRunFolders(store, runsDir);
+    if (await Deno.stat(runsDir).then((i) => i.isDirectory, () => false)) {
+      await importRunFolders(store, runsDir);
+    }
     await store.markInterrupted();
   } catch (e) {
     await store.close();
@@ -177,8 +258,13 @@ export async function importRunFolders(store: RunStore, runsDir: string): Promis
     if (!await store.importRun({ ...meta, status }, yaml)) continue;
     const points = await _readJsonl(`${dir}/metrics.jsonl`);
     for (let i = 0; i < points.length; i += 5000) await store.logMetrics(meta.id, points.slice(i, i + 5000));
-    await syncCheckpoints(store, meta.id, dir);
-    await store.logEvent(meta.id, { kind: "info", message: `imported from ${dir}/run.json` });
+    let note = "";
+    try {
+      await syncCheckpoints(store, meta.id, dir);
+    } catch (e) {
+      note = `; its checkpoints were not imported: ${(e as Error).message}`; // a bad manifest stops no command
+    }
+    await store.logEvent(meta.id, { kind: "info", message: `imported from ${dir}/run.json${note}` });
     imported.push(meta.id);
   }
   return imported;

@@ -125,17 +125,25 @@ Deno.test("a point is given up after max attempts; a clean hand-back does not us
   });
 });
 
-Deno.test("a store of schema version 1 gets the sweep queue when opened", async () => {
+/** A new run in `s`; its id. */
+async function _newRun(s: PostgresRunStore): Promise<string> {
+  await s.createRun(runMeta("fresh"), "");
+  return "fresh";
+}
+
+Deno.test("a store of schema version 1 gets the sweep queue and the lease columns when opened", async () => {
   await _withStores(1, async ([s], { schema, url }) => {
     await withPostgresAdmin(async (sql) => {
       await sql`DROP TABLE ${sql(schema)}.sweep_queue`;
+      await sql`ALTER TABLE ${sql(schema)}.runs DROP COLUMN lease_id, DROP COLUMN leased_at`;
       await sql`UPDATE ${sql(schema)}.store_meta SET value = '1' WHERE key = 'schema_version'`;
     });
     const again = await openPostgresStore(url);
     try {
       assertEquals(await again.integrityCheck(), "ok");
       assertEquals((await again.sweepQueue.enqueue(SWEEP, _points(1)))[0]!.state, "enqueued");
-      assertEquals(POSTGRES_SCHEMA_VERSION, 2);
+      assertEquals(POSTGRES_SCHEMA_VERSION, 3);
+      assertEquals((await again.acquireRun(await _newRun(again))).took_over, null, "and the lease columns");
     } finally {
       await again.close();
     }

@@ -11,6 +11,9 @@
  * `SELECT … FOR UPDATE SKIP LOCKED`, with the claiming worker and its heartbeat. Its times are TIMESTAMPTZ
  * from the server's clock (staleness is compared in SQL); the other tables keep ISO 8601 text.
  *
+ * Migration 3 adds the lease of a run (`lease_id`, `leased_at` beside its writer's host, pid and heartbeat):
+ * one process trains a run at a time.
+ *
  * @module
  */
 import type { Sql, TransactionSql } from "postgres";
@@ -60,6 +63,11 @@ const _MIGRATIONS: readonly (readonly string[])[] = [
     // What a claim scans: only the points still to do, oldest first.
     `CREATE INDEX IF NOT EXISTS sweep_queue_open ON sweep_queue (enqueued_at, sweep_id, point_index)
        WHERE status IN ('queued', 'running')`,
+  ],
+  [
+    // Leases: the process that trains a run holds it (host, pid, heartbeat_at, and these).
+    `ALTER TABLE runs ADD COLUMN IF NOT EXISTS lease_id TEXT`,
+    `ALTER TABLE runs ADD COLUMN IF NOT EXISTS leased_at TEXT`,
   ],
 ];
 

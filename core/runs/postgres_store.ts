@@ -9,7 +9,7 @@
  *
  * @module
  */
-import postgres, { type Fragment, type Sql } from "postgres";
+import postgres, { type Fragment, type Sql, type TransactionSql } from "postgres";
 import {
   migrate,
   POSTGRES_SCHEMA_VERSION,
@@ -23,21 +23,32 @@ import {
   parsePostgresUrl,
   type PostgresUrl,
 } from "./postgres_url.ts";
-import { interruptReason, thisHost } from "./run_liveness.ts";
+import {
+  describeHolder,
+  interruptReason,
+  RUN_STALE_SECONDS,
+  runBusyMessage,
+  runLostMessage,
+  thisHost,
+} from "./run_liveness.ts";
 import type {
   CheckpointRecord,
   EventKind,
   MetricPoint,
   MetricQuery,
   MetricRow,
+  PointRunStart,
   ReportRecord,
   RunEvent,
+  RunLease,
   RunMeta,
   RunQuery,
   RunRecord,
   RunStore,
+  StoreAccess,
   SweepRecord,
 } from "./store.ts";
+import { RunBusyError, StoreMissingError } from "./store_errors.ts";
 import {
   checkpointFromRow,
   eventFromRow,
@@ -58,7 +69,8 @@ export interface PostgresRunStore extends RunStore, HasSweepQueue {
 }
 
 /**
- * Opens the store at a `postgres://` URL, creating or migrating its tables. Errors name the URL without its
+ * Opens the store at a `postgres://` URL, creating or migrating its tables; with `create: false`, a schema
+ * without the store's tables is StoreMissingError (nothing is created). Errors name the URL without its
  * password.
  *
  * @example
@@ -68,7 +80,10 @@ export interface PostgresRunStore extends RunStore, HasSweepQueue {
  * await store.close();
  * ```
  */
-export async function openPostgresStore(url: string): Promise<PostgresRunStore> {
+export async function openPostgresStore(
+  url: string,
+  o: { create?: boolean } = {},
+): Promise<PostgresRunStore> {
   const u = parsePostgresUrl(url);
   const timeoutInUrl = new URL(u.connect).searchParams.has("connect_timeout");
   const sql = postgres(u.connect, {
@@ -77,11 +92,20 @@ export async function openPostgresStore(url: string): Promise<PostgresRunStore> 
     connection: { search_path: u.schema, application_name: "dsmoe" },
     onnotice: () => {}, // "already exists, skipping" is expected, and stdout belongs to the CLI
   });
+  let missing = false;
   try {
-    await migrate(sql, u.schema);
+    if (o.create === false && await schemaVersion(sql) === 0) missing = true;
+    else await migrate(sql, u.schema);
   } catch (e) {
     await sql.end({ timeout: 0 }).catch(() => {});
     throw new Error(`Cannot open the run store ${u.display}: ${describePostgresError(e, u)}`);
+  }
+  if (missing) {
+    await sql.end({ timeout: 0 }).catch(() => {});
+    throw new StoreMissingError(
+      `No run store at ${u.display}: its schema ${u.schema} has no dsmoe tables (train a run into it with ` +
+        "`deno task run … --store`, or check the URL)",
+    );
   }
   return new _PostgresStore(sql, u);
 }
@@ -90,6 +114,7 @@ const _COLS = "seq, key, step, tokens, time, value";
 
 class _PostgresStore implements PostgresRunStore {
   readonly url: string;
+  readonly access: StoreAccess = { mode: "read-write" };
   readonly sweepQueue: SweepQueue;
   readonly #sql: Sql;
   readonly #u: PostgresUrl;
@@ -125,14 +150,57 @@ class _PostgresStore implements PostgresRunStore {
 
   createRun(meta: RunMeta, configYaml: string): Promise<void> {
     return this.#run(async (sql) => {
-      const rows = await sql`
-        INSERT INTO runs (id, ${sql.unsafe(RUN_FIELDS.join(", "))}, config_yaml, host, pid, heartbeat_at)
-        VALUES (${meta.id}, ${this.#values(meta)}, ${configYaml}, ${this.#host}, ${Deno.pid}, ${
-        sql.unsafe(SQL_NOW_ISO)
-      })
-        ON CONFLICT (id) DO NOTHING RETURNING id`;
-      if (rows.length === 0) throw new Error(`Run "${meta.id}" already exists in ${this.url}`);
+      if (!await this.#insertRun(sql, meta, configYaml, null)) {
+        throw new Error(`Run "${meta.id}" already exists in ${this.url}`);
+      }
     });
+  }
+
+  /** Inserts run `meta` written by this process, held by `leaseId` where given; false if the id exists. */
+  async #insertRun(sql: Sql | TransactionSql, meta: RunMeta, yaml: string, leaseId: string | null) {
+    const now = sql.unsafe(SQL_NOW_ISO);
+    const rows = await sql`
+      INSERT INTO runs (id, ${sql.unsafe(RUN_FIELDS.join(", "))}, config_yaml, host, pid, heartbeat_at,
+                        lease_id, leased_at)
+      VALUES (${meta.id}, ${this.#values(meta)}, ${yaml}, ${this.#host}, ${Deno.pid}, ${now}, ${leaseId},
+              ${leaseId === null ? null : now})
+      ON CONFLICT (id) DO NOTHING RETURNING id`;
+    return rows.length > 0;
+  }
+
+  createPointRun(
+    meta: RunMeta,
+    configYaml: string,
+    o: { staleSeconds?: number } = {},
+  ): Promise<PointRunStart> {
+    if (meta.sweep_id === null) return Promise.reject(new TypeError(`Run "${meta.id}" has no sweep point`));
+    const stale = o.staleSeconds ?? RUN_STALE_SECONDS;
+    return this.#run((sql) =>
+      sql.begin(async (tx): Promise<PointRunStart> => {
+        // Two processes starting the point at once: the second waits here, then finds the first's run.
+        await tx`SELECT pg_advisory_xact_lock(hashtext(${`dsmoe.point.${meta.sweep_id}\n${meta.name}`}))`;
+        const rows = await tx`
+          SELECT *, EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS now_ms FROM runs
+          WHERE sweep_id = ${meta.sweep_id} AND name = ${meta.name} ORDER BY started_at DESC, id DESC`;
+        const finished = rows.find((r) => r.status === "finished");
+        if (finished) return { kind: "finished", run: runFromRow(finished) };
+        for (const r of rows) {
+          const now = Number(r.now_ms);
+          if (
+            r.lease_id === null ||
+            interruptReason(r, { host: this.#host, nowMs: now, staleSeconds: stale }) !== null
+          ) {
+            continue;
+          }
+          return { kind: "busy", run: runFromRow(r), holder: describeHolder(r, now) };
+        }
+        const lease: RunLease = { run_id: meta.id, lease_id: crypto.randomUUID(), took_over: null };
+        if (!await this.#insertRun(tx, meta, configYaml, lease.lease_id)) {
+          throw new Error(`Run "${meta.id}" already exists in ${this.url}`);
+        }
+        return { kind: "created", lease };
+      })
+    );
   }
 
   importRun(meta: RunMeta, configYaml: string): Promise<boolean> {
@@ -150,17 +218,72 @@ class _PostgresStore implements PostgresRunStore {
     return vals.reduce((a, b) => this.#sql`${a}, ${b}`);
   }
 
-  updateRun(id: string, patch: Partial<RunMeta>): Promise<void> {
+  updateRun(id: string, patch: Partial<RunMeta>, o: { lease?: RunLease } = {}): Promise<void> {
     const fields = RUN_FIELDS.filter((f) => f in patch);
+    const ends = patch.status !== undefined && patch.status !== "running";
     return this.#run(async (sql) => {
       const sets = fields.map((f) => sql`${sql(f)} = ${runValue(f, patch[f])}`);
+      // Without a lease, the writer is recorded only where no process holds the run.
+      const mine = (col: string, v: string | number | null) =>
+        o.lease
+          ? sql`${sql(col)} = ${v}`
+          : sql`${sql(col)} = CASE WHEN lease_id IS NULL THEN ${v} ELSE ${sql(col)} END`;
+      sets.push(mine("host", this.#host), mine("pid", Deno.pid));
       sets.push(
-        sql`host = ${this.#host}`,
-        sql`pid = ${Deno.pid}`,
-        sql`heartbeat_at = ${sql.unsafe(SQL_NOW_ISO)}`,
+        o.lease
+          ? sql`heartbeat_at = ${sql.unsafe(SQL_NOW_ISO)}`
+          : sql`heartbeat_at = CASE WHEN lease_id IS NULL THEN ${
+            sql.unsafe(SQL_NOW_ISO)
+          } ELSE heartbeat_at END`,
       );
-      const r = await sql`UPDATE runs SET ${sets.reduce((a, b) => sql`${a}, ${b}`)} WHERE id = ${id}`;
-      if (r.count === 0) throw new Error(`No run "${id}" in ${this.url}`);
+      if (ends) sets.push(sql`lease_id = NULL`, sql`leased_at = NULL`);
+      const where = o.lease ? sql`id = ${id} AND lease_id = ${o.lease.lease_id}` : sql`id = ${id}`;
+      const r = await sql`UPDATE runs SET ${sets.reduce((a, b) => sql`${a}, ${b}`)} WHERE ${where}`;
+      if (r.count > 0) return;
+      const [now] = await sql`SELECT host, pid, heartbeat_at, lease_id, leased_at,
+                                EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS now_ms FROM runs WHERE id = ${id}`;
+      if (!now) throw new Error(`No run "${id}" in ${this.url}`);
+      throw new RunBusyError(runLostMessage(id, now, Number(now.now_ms)));
+    });
+  }
+
+  acquireRun(id: string, o: { staleSeconds?: number } = {}): Promise<RunLease> {
+    const stale = o.staleSeconds ?? RUN_STALE_SECONDS;
+    return this.#run((sql) =>
+      sql.begin(async (tx) => {
+        const [r] = await tx`SELECT host, pid, heartbeat_at, lease_id, leased_at,
+                               EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS now_ms
+                             FROM runs WHERE id = ${id} FOR UPDATE`;
+        if (!r) throw new Deno.errors.NotFound(`No run "${id}" in ${this.url}`);
+        const now = Number(r.now_ms);
+        let tookOver: string | null = null;
+        if (r.lease_id !== null) {
+          const why = interruptReason(r, { host: this.#host, nowMs: now, staleSeconds: stale });
+          if (why === null) throw new RunBusyError(runBusyMessage(id, r, now, stale));
+          tookOver = `${describeHolder(r, now)}: ${why}`;
+        }
+        const lease: RunLease = { run_id: id, lease_id: crypto.randomUUID(), took_over: tookOver };
+        await tx`UPDATE runs SET host = ${this.#host}, pid = ${Deno.pid}, heartbeat_at = ${
+          tx.unsafe(SQL_NOW_ISO)
+        },
+                   lease_id = ${lease.lease_id}, leased_at = ${tx.unsafe(SQL_NOW_ISO)} WHERE id = ${id}`;
+        return lease;
+      })
+    );
+  }
+
+  renewRun(lease: RunLease): Promise<boolean> {
+    return this.#run(async (sql) => {
+      const r = await sql`UPDATE runs SET heartbeat_at = ${sql.unsafe(SQL_NOW_ISO)}
+                          WHERE id = ${lease.run_id} AND lease_id = ${lease.lease_id}`;
+      return r.count > 0;
+    });
+  }
+
+  releaseRun(lease: RunLease): Promise<void> {
+    return this.#run(async (sql) => {
+      await sql`UPDATE runs SET lease_id = NULL, leased_at = NULL
+                WHERE id = ${lease.run_id} AND lease_id = ${lease.lease_id}`;
     });
   }
 
@@ -301,7 +424,7 @@ class _PostgresStore implements PostgresRunStore {
     });
   }
 
-  markInterrupted(staleSeconds = 600): Promise<string[]> {
+  markInterrupted(staleSeconds = RUN_STALE_SECONDS): Promise<string[]> {
     return this.#run((sql) =>
       sql.begin(async (tx) => {
         // Another process marking at the same time waits on these rows, then finds them no longer running.
@@ -313,7 +436,7 @@ class _PostgresStore implements PostgresRunStore {
           const why = interruptReason(r, { host: this.#host, nowMs: Number(r.now_ms), staleSeconds });
           if (why === null) continue;
           await tx`UPDATE runs SET status = 'interrupted', ended_at = ${new Date().toISOString()},
-                     error = ${`Interrupted: ${why}`} WHERE id = ${r.id}`;
+                     error = ${`Interrupted: ${why}`}, lease_id = NULL, leased_at = NULL WHERE id = ${r.id}`;
           if (ids.length === 0) await tx`LOCK TABLE events IN EXCLUSIVE MODE`;
           await tx`INSERT INTO events (run_id, time, step, kind, message, data)
                    VALUES (${r.id}, ${new Date().toISOString()}, NULL, 'interrupted',

@@ -1,16 +1,31 @@
 /**
  * A run: its record, metrics and events in the run store of its runs directory (`<runs-dir>/runs.db`), its
- * files in `<runs-dir>/<id>/`: `config.yaml` (resolved, also in the store) and `ckpt/` (checkpoints, also
- * listed in the store). Metric points are queued and written in one transaction per flush, so a killed run
- * keeps every point it flushed.
+ * files in `<runs-dir>/<id>/`: `config.yaml` (resolved, also in the store), `ckpt/` (checkpoints, also
+ * listed in the store) and `metrics.jsonl`. Metric points are queued and written in one transaction per
+ * flush, so a killed run keeps every point it flushed; after each commit they are also appended to
+ * `metrics.jsonl`, a journal that `deno task store rebuild` reads back when the store is lost.
+ *
+ * The process that trains a run holds its lease (`RunStore.acquireRun`): a new run is held from its
+ * creation, a stored one from {@linkcode RunDir.takeLease} (or its first {@linkcode RunDir.update}); a
+ * heartbeat renews it at most every 10 s (at a flush), and a status other than `running` ends it. Readers
+ * (`eval`, `generate`) open a run without taking it and never create a store.
  *
  * @module
  */
 import { atomicWriteText } from "./atomic_write.ts";
-import { type CheckpointEntry, syncCheckpoints, writeCheckpoint } from "./checkpoints.ts";
+import { resolve } from "node:path";
+import {
+  type CheckpointEntry,
+  CheckpointError,
+  isRunId,
+  syncCheckpoints,
+  writeCheckpoint,
+} from "./checkpoints.ts";
 import { openRunStore } from "./open_store.ts";
+import { RUN_STALE_SECONDS } from "./run_liveness.ts";
 import type { SafeTensor } from "./safetensors.ts";
-import type { EventKind, RunStore } from "./store.ts";
+import type { EventKind, RunLease, RunRecord, RunStore } from "./store.ts";
+import { RunBusyError } from "./store_errors.ts";
 
 /** Lifecycle of a run. */
 export type RunStatus = "running" | "finished" | "failed" | "interrupted";
@@ -61,6 +76,14 @@ export async function gitCommit(): Promise<string | null> {
   }
 }
 
+/** The journal of a run's metric points, beside its checkpoints: one JSON point per line, appended. */
+export const METRICS_JOURNAL = "metrics.jsonl";
+
+/** What {@linkcode RunDir.createPoint} found instead of starting the point: its finished or busy run. */
+export type PointTaken =
+  | { kind: "finished"; run: RunRecord }
+  | { kind: "busy"; run: RunRecord; holder: string };
+
 /** A run directory: metadata, metrics and checkpoints of one run, through the run store. */
 export class RunDir {
   readonly path: string; // <runs-dir>/<id>
@@ -68,6 +91,7 @@ export class RunDir {
   #meta: RunMeta;
   #pending: MetricPoint[] = [];
   #beat = 0; // performance.now() of the last heartbeat
+  #lease: RunLease | null = null;
 
   private constructor(path: string, store: RunStore, meta: RunMeta) {
     this.path = path;
@@ -75,30 +99,91 @@ export class RunDir {
     this.#meta = meta;
   }
 
-  /** Records a new run in the store of `runsDir` and creates `<runsDir>/<meta.id>/config.yaml`. */
+  /**
+   * Records a new run in the store of `runsDir`, held by this process, then creates
+   * `<runsDir>/<meta.id>/config.yaml` (a store that refuses the run leaves no directory behind).
+   */
   static async create(runsDir: string, meta: RunMeta, configYaml: string): Promise<RunDir> {
-    const path = `${runsDir}/${meta.id}`;
-    await Deno.mkdir(path, { recursive: true });
-    await atomicWriteText(`${path}/config.yaml`, configYaml);
     const store = await openRunStore(runsDir);
     await store.createRun(meta, configYaml);
+    const lease = await store.acquireRun(meta.id);
+    return await RunDir.#materialize(runsDir, store, meta, configYaml, lease);
+  }
+
+  /**
+   * Starts sweep point (`meta.sweep_id`, `meta.name`) as the new run `meta`, held by this process, unless
+   * the point has a finished run or one that another live process trains: then nothing is created and that
+   * run is returned (one transaction: two processes starting one sweep at once make one run per point).
+   */
+  static async createPoint(runsDir: string, meta: RunMeta, configYaml: string): Promise<RunDir | PointTaken> {
+    const store = await openRunStore(runsDir);
+    const r = await store.createPointRun(meta, configYaml);
+    if (r.kind !== "created") return r;
+    return await RunDir.#materialize(runsDir, store, meta, configYaml, r.lease);
+  }
+
+  static async #materialize(
+    runsDir: string,
+    store: RunStore,
+    meta: RunMeta,
+    configYaml: string,
+    lease: RunLease,
+  ): Promise<RunDir> {
+    const path = `${runsDir}/${meta.id}`;
+    try {
+      await Deno.mkdir(path, { recursive: true });
+      await atomicWriteText(`${path}/config.yaml`, configYaml);
+    } catch (e) {
+      const error = `Cannot write ${path}/config.yaml: ${(e as Error).message}`;
+      await store.updateRun(meta.id, { status: "failed", ended_at: new Date().toISOString(), error }, {
+        lease,
+      });
+      throw new Error(error);
+    }
     const run = new RunDir(path, store, meta);
+    run.#lease = lease;
     run.#beat = performance.now();
     return run;
   }
 
-  /** Opens a stored run by id, or by its directory path (`runs/<id>`). */
+  /**
+   * Opens a stored run by id, or by its directory path (`runs/<id>`, a direct child of `runsDir`: see
+   * {@linkcode runIdOf}), without taking it: nothing is written, and a missing store is StoreMissingError
+   * (never created).
+   */
   static async open(runsDir: string, id: string): Promise<RunDir> {
-    if (id.includes("/")) {
-      const trimmed = id.replace(/\/+$/, "");
-      const cut = trimmed.lastIndexOf("/");
-      return RunDir.open(trimmed.slice(0, cut) || "/", trimmed.slice(cut + 1));
-    }
-    const store = await openRunStore(runsDir);
-    const rec = await store.getRun(id);
-    if (!rec) throw new Deno.errors.NotFound(`No run "${id}" in ${store.url}`);
+    const runId = await runIdOf(runsDir, id);
+    const store = await openRunStore(runsDir, { create: false });
+    const rec = await store.getRun(runId);
+    if (!rec) throw new Deno.errors.NotFound(`No run "${runId}" in ${store.url}`);
     const { config_yaml: _c, host: _h, pid: _p, heartbeat_at: _b, ...meta } = rec;
-    return new RunDir(`${runsDir}/${id}`, store, meta);
+    return new RunDir(`${runsDir}/${runId}`, store, meta);
+  }
+
+  /** Whether this process holds the run's lease (it may train the run). */
+  get holdsLease(): boolean {
+    return this.#lease !== null;
+  }
+
+  /**
+   * Takes the run's lease for this process, unless it holds it already: RunBusyError naming the holder while
+   * another live process trains the run (one whose process is gone, or silent for `staleSeconds`, default
+   * 600, is taken over). Returns who was taken over and why, or null.
+   */
+  async takeLease(o: { staleSeconds?: number } = {}): Promise<string | null> {
+    if (this.#lease) return null;
+    this.#lease = await this.store.acquireRun(this.#meta.id, {
+      staleSeconds: o.staleSeconds ?? RUN_STALE_SECONDS,
+    });
+    this.#beat = performance.now();
+    return this.#lease.took_over;
+  }
+
+  /** Gives the run's lease up, if this process still holds it (a run left to another process). */
+  async releaseLease(): Promise<void> {
+    const lease = this.#lease;
+    this.#lease = null;
+    if (lease) await this.store.releaseRun(lease);
   }
 
   /** Current metadata (a copy). */
@@ -106,11 +191,17 @@ export class RunDir {
     return { ...this.#meta };
   }
 
-  /** Updates the stored record (and claims the run for this process). */
+  /**
+   * Updates the stored record, taking the run's lease first if this process does not hold it (RunBusyError
+   * while another live process does, or after it took the run over). A status other than `running` ends
+   * the lease.
+   */
   async update(patch: Partial<RunMeta>): Promise<void> {
-    await this.store.updateRun(this.#meta.id, patch);
+    if (!this.#lease) await this.takeLease();
+    await this.store.updateRun(this.#meta.id, patch, { lease: this.#lease! });
     this.#meta = { ...this.#meta, ...patch };
     this.#beat = performance.now();
+    if (patch.status !== undefined && patch.status !== "running") this.#lease = null;
   }
 
   /** Queues a metric point; {@linkcode RunDir.flush} writes queued points. Non-finite values are not points. */
@@ -119,16 +210,41 @@ export class RunDir {
     this.#pending.push(point);
   }
 
-  /** Writes queued points in one transaction (kept queued if that fails) and keeps the heartbeat fresh. */
+  /**
+   * Writes queued points in one transaction (kept queued if that fails), then appends them to the run's
+   * `metrics.jsonl`; renews the lease (at most every 10 s) while this process holds it: RunBusyError once
+   * another process has taken the run over.
+   */
   async flush(): Promise<void> {
     if (this.#pending.length > 0) {
       const points = this.#pending;
       await this.store.logMetrics(this.#meta.id, points);
       this.#pending = this.#pending.slice(points.length);
+      await this.#journal(points);
     }
-    if (performance.now() - this.#beat > 10_000) {
+    if (this.#lease && performance.now() - this.#beat > 10_000) {
       this.#beat = performance.now();
-      await this.store.heartbeat(this.#meta.id);
+      if (!await this.store.renewRun(this.#lease)) {
+        const now = await this.store.getRun(this.#meta.id);
+        throw new RunBusyError(
+          `Run ${this.#meta.id} was taken over by another process (now pid ${now?.pid} on host ${now?.host}): ` +
+            "this process writes no more to it",
+        );
+      }
+    }
+  }
+
+  /** Appends `points` to `metrics.jsonl` (after the store took them: the journal never holds more). */
+  async #journal(points: readonly MetricPoint[]): Promise<void> {
+    const file = `${this.path}/${METRICS_JOURNAL}`;
+    const text =
+      points.map((p) =>
+        JSON.stringify({ key: p.key, step: p.step, tokens: p.tokens, time: p.time, value: p.value })
+      ).join("\n") + "\n";
+    try {
+      await Deno.writeTextFile(file, text, { append: true });
+    } catch (e) {
+      throw new Error(`Cannot append to ${file}: ${(e as Error).message}`);
     }
   }
 
@@ -165,4 +281,29 @@ export class RunDir {
     await this.event("checkpoint", `checkpoint step ${step} (${entry.bytes} bytes)`, step);
     return entry;
   }
+}
+
+/**
+ * The run id that `arg` names: a plain id, or a path `<runsDir>/<id>` whose parent is the runs directory.
+ * Anything else (another directory, `..`, separators in the id) is refused with CheckpointError.
+ */
+export async function runIdOf(runsDir: string, arg: string): Promise<string> {
+  if (!arg.includes("/")) {
+    if (!isRunId(arg)) throw new CheckpointError(`${JSON.stringify(arg)} is not a run id`);
+    return arg;
+  }
+  const trimmed = arg.replace(/\/+$/, ""), cut = trimmed.lastIndexOf("/");
+  const parent = trimmed.slice(0, cut) || "/", id = trimmed.slice(cut + 1);
+  if (!isRunId(id) || !await _sameDir(parent, runsDir)) {
+    throw new CheckpointError(
+      `${arg} is not a run directory of the runs directory ${runsDir}: pass the run id, or its runs ` +
+        `directory with --runs-dir`,
+    );
+  }
+  return id;
+}
+
+async function _sameDir(a: string, b: string): Promise<boolean> {
+  const real = (p: string) => Deno.realPath(p).catch(() => p);
+  return resolve(await real(a)) === resolve(await real(b));
 }

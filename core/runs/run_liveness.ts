@@ -1,7 +1,7 @@
 /**
- * Whether a running run's writer is still alive, for `markInterrupted()` of every store: a writer on this
- * machine whose process is gone is dead at once; any other is dead once its heartbeat is older than the
- * stale limit.
+ * Whether a running run's writer is still alive, for `markInterrupted()` of every store and for the lease of
+ * a run (`acquireRun()`): a writer on this machine whose process is gone is dead at once; any other is dead
+ * once its heartbeat is older than the stale limit. And the messages that name a run's holder.
  *
  * @module
  */
@@ -55,4 +55,63 @@ export function interruptReason(
   return gone
     ? `its process ${w.pid} on ${w.host} is gone`
     : `no heartbeat for ${Math.round((o.nowMs - beat) / 1000)} s`;
+}
+
+/**
+ * The stale limit of a run's lease (seconds): a holder that sent no heartbeat for this long is taken for dead
+ * (as `markInterrupted()` takes it by default), wherever it runs. A sweep worker uses its own, shorter
+ * `--stale-seconds` (the queue's claim has already fenced the worker it takes a point from).
+ */
+export const RUN_STALE_SECONDS = 600;
+
+/**
+ * Whether the lease holder of row `w` (its `host`, `pid`, `heartbeat_at`) still counts as alive: see
+ * {@linkcode interruptReason}.
+ */
+export function holderAlive(
+  w: StoreRow,
+  o: { host: string | null; nowMs: number; staleSeconds: number },
+): boolean {
+  return interruptReason(w, o) === null;
+}
+
+/**
+ * Who holds a run, for messages: "pid 1234 on host h since <time> (heartbeat 3 s ago)". `w` is the run's row
+ * (`host`, `pid`, `leased_at`, `heartbeat_at`); `nowMs` the clock that heartbeats are compared with.
+ *
+ * @example
+ * ```ts
+ * import { describeHolder } from "./run_liveness.ts";
+ * const w = { host: "h", pid: 7, leased_at: "2026-01-01T00:00:00.000Z", heartbeat_at: "2026-01-01T00:00:05.000Z" };
+ * console.log(describeHolder(w, Date.parse("2026-01-01T00:00:08.000Z")));
+ * // "pid 7 on host h since 2026-01-01T00:00:00.000Z (heartbeat 3 s ago)"
+ * ```
+ */
+export function describeHolder(w: StoreRow, nowMs: number): string {
+  const beat = w.heartbeat_at === null || w.heartbeat_at === undefined
+    ? NaN
+    : Date.parse(String(w.heartbeat_at));
+  const ago = Number.isFinite(beat)
+    ? `heartbeat ${Math.max(0, Math.round((nowMs - beat) / 1000))} s ago`
+    : "no heartbeat";
+  const since = w.leased_at ? ` since ${w.leased_at}` : "";
+  return `pid ${w.pid ?? "?"} on host ${w.host ?? "?"}${since} (${ago})`;
+}
+
+/** The message of RunBusyError for run `id` held by the writer of row `r`. */
+export function runBusyMessage(
+  id: string,
+  r: StoreRow,
+  nowMs: number,
+  stale: number,
+): string {
+  return `Run ${id} is held by ${describeHolder(r, nowMs)}: another process is training it; wait for it to ` +
+    `end or stop it (a holder whose process is gone, or silent for ${stale} s, is taken over)`;
+}
+
+/** The message of RunBusyError for a lease of run `id` that another process took over (row `r` now). */
+export function runLostMessage(id: string, r: StoreRow, nowMs: number): string {
+  return r.lease_id === null || r.lease_id === undefined
+    ? `Run ${id} is no longer held by this process (its lease ended): it writes no more to it`
+    : `Run ${id} was taken over by ${describeHolder(r, nowMs)}: this process writes no more to it`;
 }

@@ -117,6 +117,94 @@ export function readSafeTensors(bytes: Uint8Array): SafeTensorsFile {
       `Header length ${headerLen} runs past the end of the file (${bytes.byteLength} bytes)`,
     );
   }
+  const { entries, metadata } = _header(bytes, headerLen);
+  const data = bytes.subarray(8 + headerLen);
+  _checkLayout(entries, data.byteLength);
+  const tensors = new Map<string, SafeTensor>();
+  for (const e of entries) {
+    tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: data.subarray(e.begin, e.end) });
+  }
+  return { tensors, metadata };
+}
+
+/**
+ * Sorts `entries` by offset and checks that they tile `dataBytes` exactly: contiguous from 0, each the size
+ * its dtype and shape need.
+ */
+function _checkLayout(entries: _Entry[], dataBytes: number): void {
+  entries.sort((a, b) => a.begin - b.begin);
+  let expect = 0;
+  for (const e of entries) {
+    if (e.begin !== expect) {
+      throw new SafeTensorsError(
+        `Tensor "${e.name}" starts at ${e.begin}, expected ${expect}: offsets must be contiguous, without gaps or overlaps`,
+      );
+    }
+    const size = _elements(e.shape) * DTYPE_BYTES[e.dtype];
+    if (e.end - e.begin !== size) {
+      throw new SafeTensorsError(
+        `Tensor "${e.name}": ${e.end - e.begin} bytes, ${e.dtype} [${e.shape}] needs ${size}`,
+      );
+    }
+    expect = e.end;
+  }
+  if (expect !== dataBytes) {
+    throw new SafeTensorsError(`Data is ${dataBytes} bytes but tensors cover ${expect}`);
+  }
+}
+
+/**
+ * The `__metadata__` of the safetensors file at `path`, reading only its length prefix and header (at most
+ * {@linkcode MAX_HEADER_BYTES}), validated as {@linkcode readSafeTensors} validates it, the tensors' layout
+ * against the file's size included: a look at a checkpoint's config before its data is read.
+ */
+export async function readSafeTensorsMetadata(path: string): Promise<Record<string, string>> {
+  const f = await Deno.open(path, { read: true });
+  try {
+    const size = (await f.stat()).size;
+    const prefix = await _readExactly(f, Math.min(8, size));
+    if (prefix.byteLength < 8) throw new SafeTensorsError(`File too short: ${size} bytes`);
+    const n = new DataView(prefix.buffer).getBigUint64(0, true);
+    if (n > BigInt(MAX_HEADER_BYTES)) {
+      throw new SafeTensorsError(`Header of ${n} bytes exceeds ${MAX_HEADER_BYTES}`);
+    }
+    if (8 + Number(n) > size) {
+      throw new SafeTensorsError(`Header length ${n} runs past the end of the file (${size} bytes)`);
+    }
+    const header = await _readExactly(f, Number(n));
+    const bytes = new Uint8Array(8 + header.byteLength);
+    bytes.set(prefix), bytes.set(header, 8);
+    const { entries, metadata } = _header(bytes, header.byteLength);
+    _checkLayout(entries, size - bytes.byteLength);
+    return metadata;
+  } finally {
+    f.close();
+  }
+}
+
+async function _readExactly(f: Deno.FsFile, n: number): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  for (let at = 0; at < n;) {
+    const got = await f.read(out.subarray(at));
+    if (got === null) return out.subarray(0, at);
+    at += got;
+  }
+  return out;
+}
+
+interface _Entry {
+  name: string;
+  dtype: SafeDType;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
+/** The validated header of a file whose first `8 + headerLen` bytes are in `bytes`. */
+function _header(
+  bytes: Uint8Array,
+  headerLen: number,
+): { entries: _Entry[]; metadata: Record<string, string> } {
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + headerLen));
@@ -136,38 +224,7 @@ export function readSafeTensors(bytes: Uint8Array): SafeTensorsFile {
   // JSON.parse keeps the last of two equal keys; a file naming a tensor twice is refused instead.
   const dup = _duplicateTopLevelKey(text);
   if (dup !== null) throw new SafeTensorsError(`Tensor name "${dup}" appears twice in the header`);
-  const data = bytes.subarray(8 + headerLen);
-  const { entries, metadata } = _parseHeader(header as Record<string, unknown>);
-  entries.sort((a, b) => a.begin - b.begin);
-  let expect = 0;
-  const tensors = new Map<string, SafeTensor>();
-  for (const e of entries) {
-    if (e.begin !== expect) {
-      throw new SafeTensorsError(
-        `Tensor "${e.name}" starts at ${e.begin}, expected ${expect}: offsets must be contiguous, without gaps or overlaps`,
-      );
-    }
-    const size = _elements(e.shape) * DTYPE_BYTES[e.dtype];
-    if (e.end - e.begin !== size) {
-      throw new SafeTensorsError(
-        `Tensor "${e.name}": ${e.end - e.begin} bytes, ${e.dtype} [${e.shape}] needs ${size}`,
-      );
-    }
-    tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: data.subarray(e.begin, e.end) });
-    expect = e.end;
-  }
-  if (expect !== data.byteLength) {
-    throw new SafeTensorsError(`Data is ${data.byteLength} bytes but tensors cover ${expect}`);
-  }
-  return { tensors, metadata };
-}
-
-interface _Entry {
-  name: string;
-  dtype: SafeDType;
-  shape: number[];
-  begin: number;
-  end: number;
+  return _parseHeader(header as Record<string, unknown>);
 }
 
 function _parseHeader(

@@ -5,10 +5,11 @@ import {
   killWriterAfter,
   runStoreWriters,
 } from "../../tests/helpers/store_writers.ts";
-import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok as assert, rejects, throws } from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { closeRunStores, importRunFolders, openRunStore } from "./open_store.ts";
 import { openSqliteStore, SCHEMA_VERSION, storePath } from "./sqlite_store.ts";
+import { StoreDamagedError, StoreMissingError, StoreReadOnlyError } from "./store_errors.ts";
 
 const pt = (key: string, step: number, value: number) => ({
   key,
@@ -28,7 +29,10 @@ Deno.test("a store of schema version 1 is migrated forward on open, keeping its 
     openSqliteStore(path).close();
     // Back to version 1: as a store written before reports existed.
     const db = new DatabaseSync(path);
-    db.exec("DROP TABLE reports; PRAGMA user_version = 1");
+    db.exec(
+      "DROP TABLE reports; ALTER TABLE runs DROP COLUMN lease_id; ALTER TABLE runs DROP COLUMN leased_at; " +
+        "PRAGMA user_version = 1",
+    );
     db.prepare(
       `INSERT INTO runs (id, name, status, seed, started_at, sweep_params, step, config_yaml)
        VALUES ('old', 'old', 'finished', 1, 't', '{}', 5, 'name: old')`,
@@ -115,7 +119,7 @@ Deno.test("run folders from before the store are imported once, a torn metrics l
       [pt("train/loss", 1, 5), pt("train/loss", 2, 4)].map((p) => JSON.stringify(p)).join("\n") +
         '\n{"key":"tr',
     );
-    const entry = { step: 2, file: "step-2.safetensors", bytes: 3, sha256: "s", time: "t" };
+    const entry = { step: 2, file: "step-2.safetensors", bytes: 3, sha256: "5".repeat(64), time: "t" };
     await Deno.writeTextFile(`${old}/ckpt/manifest.json`, JSON.stringify({ checkpoints: [entry] }));
     const s = await openRunStore(dir);
     const r = (await s.getRun("20260101-000000-old-abcd"))!;
@@ -127,6 +131,65 @@ Deno.test("run folders from before the store are imported once, a torn metrics l
     assert((await Deno.stat(storePath(dir))).isFile);
   } finally {
     closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a store opened for reading sees a pending write-ahead log and writes nothing, not even its checkpoint", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const live = openSqliteStore(`${dir}/live.db`);
+    await live.createRun(runMeta("a"), "name: a\n");
+    await live.logMetrics("a", [pt("train/loss", 1, 5), pt("train/loss", 2, 4)]);
+    // A copy while the writer is open: its points are in the -wal only (as after a SIGKILL).
+    for (const f of ["live.db", "live.db-wal", "live.db-shm"]) {
+      await Deno.copyFile(`${dir}/${f}`, `${dir}/c${f}`);
+    }
+    live.close();
+    const hash = async () => {
+      const out: string[] = [];
+      for (const f of ["clive.db", "clive.db-wal"]) { // -shm, SQLite's shared index, every reader updates
+        const d = await crypto.subtle.digest("SHA-256", await Deno.readFile(`${dir}/${f}`));
+        out.push(`${f} ${new Uint8Array(d).join(",")}`);
+      }
+      return out;
+    };
+    const before = await hash();
+    const s = openSqliteStore(`${dir}/clive.db`, { mode: "read", create: false });
+    assertEquals(s.access.mode, "read-only");
+    assertEquals((await s.metrics("a")).map((m) => m.value), [5, 4]);
+    await rejects(s.logEvent("a", { kind: "info", message: "x" }), StoreReadOnlyError);
+    s.close();
+    assertEquals(await hash(), before);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("an empty runs.db: refused beside run directories, a new store where there are none; never created by readers", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeFile(`${dir}/runs.db`, new Uint8Array());
+    throws(() => openSqliteStore(`${dir}/runs.db`, { create: false, runsDir: dir }), StoreMissingError);
+    const s = openSqliteStore(`${dir}/runs.db`, { runsDir: dir });
+    await s.createRun(runMeta("r"), "name: r\n");
+    s.close();
+    await Deno.mkdir(`${dir}/r`);
+    await Deno.writeTextFile(`${dir}/r/config.yaml`, "name: r\n");
+    await Deno.writeFile(`${dir}/runs.db`, new Uint8Array());
+    throws(() => openSqliteStore(`${dir}/runs.db`, { runsDir: dir }), (e: Error) => {
+      assert(e instanceof StoreDamagedError, e.name);
+      assert(
+        e.message.includes(`Run store ${dir}/runs.db is empty (0 bytes) while 1 run directory is beside it`),
+      );
+      assert(e.message.includes(`deno task store rebuild --runs-dir ${dir}`), e.message);
+      return true;
+    });
+    assertEquals((await Deno.stat(`${dir}/runs.db`)).size, 0, "left as it was");
+    await Deno.remove(`${dir}/runs.db`);
+    throws(() => openSqliteStore(`${dir}/runs.db`, { create: false }), /No run store at/);
+    assertEquals(await Deno.stat(`${dir}/runs.db`).then(() => true, () => false), false);
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -8,6 +8,14 @@
  * Readers (the dashboard) see every committed point; `seq` orders points as they were committed, so a live
  * reader asks for points after the last `seq` it saw.
  *
+ * One process trains a run at a time: it holds the run's lease ({@linkcode RunStore.acquireRun}: host, pid,
+ * a random lease id, a heartbeat), and another process that tries to train the run gets a `RunBusyError`
+ * naming the holder, until the holder's process is gone (same host) or silent for the stale limit.
+ *
+ * A store that cannot be written (write-protected) or that failed its check on open is opened for reading
+ * only ({@linkcode RunStore.access}): its write methods throw `StoreReadOnlyError` or `StoreDamagedError`
+ * (store_errors.ts), naming the store.
+ *
  * @module
  */
 import type { MetricPoint, RunMeta, RunStatus } from "./run_dir.ts";
@@ -91,10 +99,34 @@ export interface RunQuery {
   status?: RunStatus;
 }
 
+/**
+ * How a store is open: for reading and writing, or for reading only, because it is write-protected
+ * (`read-only`) or failed its check (`damaged`); `reason` says why, naming the store.
+ */
+export type StoreAccess =
+  | { mode: "read-write" }
+  | { mode: "read-only" | "damaged"; reason: string };
+
+/** This process's hold on a run: only the holder of a run's lease trains it. */
+export interface RunLease {
+  run_id: string;
+  lease_id: string; // random, new at each acquisition
+  /** Why the previous holder lost the run (its process is gone, or it was silent), or null if it had none. */
+  took_over: string | null;
+}
+
+/** What {@linkcode RunStore.createPointRun} did. */
+export type PointRunStart =
+  | { kind: "created"; lease: RunLease } // the new run, held by this process
+  | { kind: "finished"; run: RunRecord } // the point has a finished run: nothing created
+  | { kind: "busy"; run: RunRecord; holder: string }; // another live process trains the point
+
 /** The run store. Every method is async so that a networked store (Postgres) can implement it. */
 export interface RunStore {
   /** Where it is: `sqlite:<path>`. */
   readonly url: string;
+  /** Whether it takes writes (a store found damaged later, by a statement, turns `damaged` then). */
+  readonly access: StoreAccess;
 
   createSweep(s: SweepRecord): Promise<void>; // no-op when the id exists
   getSweep(id: string): Promise<SweepRecord | null>;
@@ -102,10 +134,32 @@ export interface RunStore {
 
   /** Records a new run written by this process (its host and pid). Throws if the id exists. */
   createRun(meta: RunMeta, configYaml: string): Promise<void>;
+  /**
+   * Records `meta` as the new run of its sweep point (`meta.sweep_id`, `meta.name`), held by this process,
+   * unless the point already has a finished run or a run whose lease another live process holds: then
+   * nothing is created and that run is returned. One transaction: two processes starting the same point at
+   * once create one run. `staleSeconds`: as for {@linkcode RunStore.acquireRun}.
+   */
+  createPointRun(meta: RunMeta, configYaml: string, o?: { staleSeconds?: number }): Promise<PointRunStart>;
   /** Inserts a run recorded elsewhere (an old run folder), with no writer process; false if the id exists. */
   importRun(meta: RunMeta, configYaml: string): Promise<boolean>;
-  /** Updates metadata fields; claims the run for this process (host, pid, heartbeat). */
-  updateRun(id: string, patch: Partial<RunMeta>): Promise<void>;
+  /**
+   * Updates metadata fields; claims the run for this process (host, pid, heartbeat). With `lease`, only while
+   * that lease still holds the run (else RunBusyError naming who holds it now). A status other than
+   * `running` ends the run's lease.
+   */
+  updateRun(id: string, patch: Partial<RunMeta>, o?: { lease?: RunLease }): Promise<void>;
+  /**
+   * Takes run `id` for this process: its lease (this host and pid, a new lease id, a heartbeat now). Throws
+   * RunBusyError naming the holder ("pid 1234 on host h since … (heartbeat 3 s ago)") while another live
+   * process holds it; a holder whose process is gone (on this host) or that sent no heartbeat for
+   * `staleSeconds` (default 600) is taken over. A run that does not exist is a `Deno.errors.NotFound`.
+   */
+  acquireRun(id: string, o?: { staleSeconds?: number }): Promise<RunLease>;
+  /** Refreshes the lease's heartbeat; false if the run is no longer this lease's (taken over, or ended). */
+  renewRun(lease: RunLease): Promise<boolean>;
+  /** Gives the run up, if this lease still holds it. */
+  releaseRun(lease: RunLease): Promise<void>;
   /** Refreshes the run's heartbeat (a writer calls it while the run is alive). */
   heartbeat(id: string): Promise<void>;
   getRun(id: string): Promise<RunRecord | null>;
@@ -137,7 +191,7 @@ export interface RunStore {
 
   /**
    * Marks runs still `running` whose writer is gone as `interrupted` (its pid no longer exists on this host,
-   * or no heartbeat for `staleSeconds`), with an event. Returns their ids.
+   * or no heartbeat for `staleSeconds`), with an event, ending their leases. Returns their ids.
    */
   markInterrupted(staleSeconds?: number): Promise<string[]>;
 
@@ -147,8 +201,11 @@ export interface RunStore {
   /** Reports, newest first, optionally only those of one sweep. */
   listReports(sweepId?: string): Promise<ReportRecord[]>;
 
-  /** Checks the database file's integrity (`PRAGMA integrity_check`): "ok" or the problems found. */
-  integrityCheck(): Promise<string>;
+  /**
+   * Checks the database's integrity (SQLite: `PRAGMA integrity_check`, or the cheaper `quick_check` with
+   * `quick`): "ok" or the problems found.
+   */
+  integrityCheck(o?: { quick?: boolean }): Promise<string>;
 
   close(): void;
 }

@@ -14,6 +14,7 @@ import {
   runStoreWriters,
 } from "../../tests/helpers/store_writers.ts";
 import type { MetricPoint, RunStore } from "./store.ts";
+import { RunBusyError } from "./store_errors.ts";
 
 /** A fresh, empty store for one test. */
 export interface StoreUnderTest {
@@ -62,8 +63,20 @@ export function runStoreSuite(name: string, open: () => Promise<StoreUnderTest>)
 
 type _Case = readonly [string, (s: RunStore, location: string) => Promise<void>];
 
+/** Asserts that `p` rejects with RunBusyError whose message matches `re`. */
+async function _busy(p: Promise<unknown>, re: RegExp): Promise<void> {
+  await rejects(p, (e: Error) => {
+    assert(e instanceof RunBusyError, `${e.name}: ${e.message}`);
+    assert(re.test(e.message), e.message);
+    return true;
+  });
+}
+
+const _HELD = /is held by pid \d+ on host \S+ since \d{4}-\d\d-\d\dT[\d:.]+Z \(heartbeat \d+ s ago\)/;
+
 const _CASES: readonly _Case[] = [
   ["keeps runs and sweeps, newest first, and refuses a second run of one id", async (s) => {
+    assertEquals(s.access, { mode: "read-write" });
     await s.createSweep({ id: "sw", name: "lr sweep", config_yaml: "sweep: {}\n", created_at: "2026-01-01" });
     await s.createSweep({ id: "sw", name: "renamed", config_yaml: "", created_at: "2026-01-03" });
     await s.createSweep({ id: "sw2", name: "later", config_yaml: "x: 1\n", created_at: "2026-01-02" });
@@ -369,4 +382,68 @@ const _CASES: readonly _Case[] = [
       await assertKilledWriterKept(s, { id: "victim", acked });
     },
   ],
+
+  ["lets one process hold a run at a time, names the holder, and takes a silent one over", async (s) => {
+    await s.createRun(runMeta("a"), "");
+    const first = await s.acquireRun("a");
+    assertEquals([first.run_id, first.took_over], ["a", null]);
+    await _busy(s.acquireRun("a"), new RegExp(`^Run a ${_HELD.source}: another process is training it`));
+    assertEquals(await s.renewRun(first), true);
+    const run = (await s.getRun("a"))!;
+    assertEquals(run.pid, Deno.pid);
+    // Silent for longer than the stale limit (0 s here): taken over, and the old lease is fenced off.
+    const second = await s.acquireRun("a", { staleSeconds: 0 });
+    assert(second.lease_id !== first.lease_id);
+    assert(
+      /^pid \d+ on host \S+ since .*: no heartbeat for \d+ s$/.test(second.took_over ?? ""),
+      second.took_over!,
+    );
+    assertEquals(await s.renewRun(first), false);
+    await _busy(s.updateRun("a", { step: 3 }, { lease: first }), /^Run a was taken over by pid \d+ on host /);
+    assertEquals((await s.getRun("a"))!.step, 0, "the old holder's update wrote nothing");
+    await s.updateRun("a", { step: 4 }, { lease: second });
+    assertEquals((await s.getRun("a"))!.step, 4);
+    await s.releaseRun(first); // no longer its lease: changes nothing
+    await _busy(s.acquireRun("a"), _HELD);
+    await s.releaseRun(second);
+    const third = await s.acquireRun("a");
+    assertEquals(third.took_over, null, "a released run is free");
+    // A status other than running ends the lease.
+    await s.updateRun("a", { status: "interrupted" }, { lease: third });
+    assertEquals((await s.acquireRun("a")).took_over, null);
+    await rejects(s.acquireRun("zz"), Deno.errors.NotFound);
+  }],
+
+  ["ends the lease of a run it marks interrupted", async (s) => {
+    await s.createRun(runMeta("a"), "");
+    await s.acquireRun("a");
+    assertEquals(await s.markInterrupted(0), ["a"]);
+    const again = await s.acquireRun("a");
+    assertEquals(again.took_over, null);
+  }],
+
+  ["starts a sweep point once: a point that is held or finished gets no second run", async (s) => {
+    const point = (id: string) => runMeta(id, { name: "lr=0.1", sweep_id: "sw", sweep_params: { lr: 0.1 } });
+    const first = await s.createPointRun(point("p1"), "name: p\n");
+    assert(first.kind === "created" && first.lease.run_id === "p1");
+    const second = await s.createPointRun(point("p2"), "");
+    assert(second.kind === "busy", JSON.stringify(second));
+    assertEquals(second.run.id, "p1");
+    assert(/^pid \d+ on host \S+ since .* \(heartbeat \d+ s ago\)$/.test(second.holder), second.holder);
+    assertEquals(await s.getRun("p2"), null);
+    // Many at once on a new point: one run.
+    const other = (i: number) => runMeta(`q${i}`, { name: "lr=0.2", sweep_id: "sw" });
+    const all = await Promise.all([1, 2, 3, 4].map((i) => s.createPointRun(other(i), "")));
+    assertEquals(all.filter((r) => r.kind === "created").length, 1, JSON.stringify(all));
+    assertEquals(all.filter((r) => r.kind === "busy").length, 3);
+    assertEquals((await s.listRuns({ sweepId: "sw" })).filter((r) => r.name === "lr=0.2").length, 1);
+    // A run whose lease ended (failed, interrupted) leaves the point to a new run; a finished one keeps it.
+    await s.updateRun("p1", { status: "failed" }, { lease: first.lease });
+    const retry = await s.createPointRun(point("p3"), "");
+    assert(retry.kind === "created", JSON.stringify(retry));
+    await s.updateRun("p3", { status: "finished" }, { lease: retry.lease });
+    const done = await s.createPointRun(point("p4"), "");
+    assert(done.kind === "finished" && done.run.id === "p3", JSON.stringify(done));
+    await rejects(s.createPointRun(runMeta("x"), ""), TypeError);
+  }],
 ];

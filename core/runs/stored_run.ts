@@ -1,13 +1,37 @@
 /**
- * Opening a stored run to continue or read it (`run --resume`, `eval`, `generate`, `repro`): its directory,
- * resolved config and newest complete checkpoint.
+ * Opening a stored run to continue or read it (`run --resume`, `eval`, `generate`, `repro`, a sweep worker
+ * taking a point over): its directory, resolved config and newest complete checkpoint — each checked before
+ * anything is allocated, written or trained:
+ *
+ * - the run id (or `<runs-dir>/<id>` path) names a directory inside the runs directory, not a link;
+ * - the config fits its `hardware.memory_budget` (the check `run` applies to new runs);
+ * - the checkpoint's tensors are those of the config's model ({@linkcode checkCheckpointContent}): every
+ *   parameter with exactly its shape, F32, finite, nothing else; to resume, also both Adam moments and an
+ *   optimizer step equal to the checkpoint's step;
+ * - when the manifest lists checkpoints but none is intact, the run is refused ({@linkcode CheckpointError},
+ *   naming each damaged file and why) rather than started over: starting over is a new run.
  *
  * @module
  */
 import { parseExperimentText } from "../config/mod.ts";
+import { parseByteSize } from "../config/schema.ts";
+import { isPlainMap, MAX_FILE_BYTES, parseYaml } from "../config/yaml_source.ts";
 import type { Experiment } from "../config/schema.ts";
-import { type CheckpointEntry, latestCheckpoint } from "./checkpoints.ts";
-import { RunDir } from "./run_dir.ts";
+import { estimateMemory } from "../plan/counts.ts";
+import { buildModel } from "../plan/model.ts";
+import { fmtBytes } from "../util/format.ts";
+import {
+  type CheckpointEntry,
+  CheckpointError,
+  ckptDir,
+  latestCheckpoint,
+  manifestPath,
+} from "./checkpoints.ts";
+import { RunDir, runIdOf } from "./run_dir.ts";
+import { rememberTokenizerVocab, tokenizerJsonVocabSize } from "../data/vocab.ts";
+
+export { runIdOf };
+import { type SafeTensor, type SafeTensorsFile, tensorToF32 } from "./safetensors.ts";
 
 /** A run as stored: directory, config (as written and parsed) and its newest valid checkpoint, if any. */
 export interface StoredRun {
@@ -17,14 +41,268 @@ export interface StoredRun {
   ck: Awaited<ReturnType<typeof latestCheckpoint>>;
 }
 
-/** Opens run `id` in `runsDir` (or a run directory path); damaged checkpoints are reported to `onSkip`. */
+/** What a checkpoint is opened for: continuing training needs the optimizer state as well. */
+export type CheckpointPurpose = "resume" | "infer";
+
+/** Options of {@linkcode openStoredRun}. */
+export interface OpenStoredRunOptions {
+  /** Default "resume". */
+  purpose?: CheckpointPurpose;
+  /** Told about each damaged checkpoint passed over for an older intact one. */
+  onSkip?: (entry: CheckpointEntry, why: string) => void;
+}
+
+/**
+ * Opens run `id` in `runsDir` (or the run directory path `<runsDir>/<id>`) and its newest intact checkpoint.
+ * Throws CheckpointError (nothing read past, nothing written) for a run directory outside the runs
+ * directory, a config over its memory budget, a malformed manifest, or checkpoints that are all damaged;
+ * Deno.errors.NotFound where the store has no such run. A run whose manifest lists no checkpoint opens with
+ * `ck` null (a run that never reached its first checkpoint starts over from step 0).
+ */
 export async function openStoredRun(
   runsDir: string,
   id: string,
-  onSkip?: (entry: CheckpointEntry, why: string) => void,
+  options: OpenStoredRunOptions | ((entry: CheckpointEntry, why: string) => void) = {},
 ): Promise<StoredRun> {
-  const run = await RunDir.open(runsDir, id);
-  const yaml = await Deno.readTextFile(`${run.path}/config.yaml`);
-  const config = parseExperimentText(yaml, `${run.path}/config.yaml`).points[0]!.config;
-  return { run, yaml, config, ck: await latestCheckpoint(run.path, onSkip) };
+  const o = typeof options === "function" ? { onSkip: options } : options;
+  const purpose = o.purpose ?? "resume";
+  const runId = await runIdOf(runsDir, id);
+  const run = await RunDir.open(runsDir, runId);
+  await _checkRunDir(runsDir, runId);
+  const configPath = `${run.path}/config.yaml`;
+  const yaml = await _readConfig(configPath);
+  const config = parseStoredConfig(yaml, configPath);
+  await _rememberRunVocab(config, run.path);
+  checkMemoryBudget(config, configPath);
+  const skipped: { entry: CheckpointEntry; why: string }[] = [];
+  const ck = await latestCheckpoint(
+    run.path,
+    (entry, why) => skipped.push({ entry, why }),
+    (file, entry) => checkCheckpointContent(file, config, { step: entry.step, purpose }),
+    maxCheckpointBytes(config),
+  );
+  if (!ck && skipped.length > 0) throw _allDamaged(run, runsDir, skipped, purpose);
+  if (!ck) await _checkNoneRecorded(run, runsDir, purpose);
+  for (const s of skipped) o.onSkip?.(s.entry, s.why);
+  return { run, yaml, config, ck };
+}
+
+/**
+ * A resolved config as a run stores it (`config.yaml`, a checkpoint's `config` metadata), parsed: at most
+ * 1 MiB, and without `extends:` (a resolved config never has one; following it would read other files).
+ * Config errors are ConfigErrors naming `label`, line and column.
+ */
+export function parseStoredConfig(text: string, label: string): Readonly<Experiment> {
+  if (text.length > MAX_FILE_BYTES) {
+    throw new CheckpointError(
+      `${label}: ${text.length} characters, more than a config can be (${MAX_FILE_BYTES})`,
+    );
+  }
+  const tree = parseYaml(text, label).value;
+  if (isPlainMap(tree) && Object.hasOwn(tree, "extends")) {
+    throw new CheckpointError(
+      `${label}: has extends:, which a run's resolved config never has (not followed)`,
+    );
+  }
+  return parseExperimentText(text, label).points[0]!.config;
+}
+
+/**
+ * The largest a checkpoint of config `c`'s model can be: every parameter and both Adam moments in F32, the
+ * optimizer step, and a header of at most 16 MiB (the config and the tensor index).
+ */
+export function maxCheckpointBytes(c: Readonly<Experiment>): number {
+  let values = 0;
+  for (const shape of expectedParams(c).values()) values += shape.reduce((a, b) => a * b, 1);
+  return 8 + 16 * 2 ** 20 + 4 * (3 * values + 1);
+}
+
+/**
+ * Refuses (CheckpointError naming `label` and the numbers) a config whose training memory estimate exceeds
+ * its `hardware.memory_budget`: the check `run` applies (`summarizePoint(…).fits_budget`,
+ * core/cli/dry_run.ts), made before anything is allocated.
+ */
+export function checkMemoryBudget(c: Readonly<Experiment>, label: string): void {
+  const need = estimateMemory(c).train, budget = parseByteSize(c.hardware.memory_budget);
+  if (!(need <= budget)) {
+    throw new CheckpointError(
+      `${label}: the config needs an estimated ${fmtBytes(need)} (${need} bytes) of memory, more than its ` +
+        `hardware.memory_budget of ${fmtBytes(budget)} (${budget} bytes); refused before allocating anything`,
+    );
+  }
+}
+
+/**
+ * Checks that a checkpoint holds the training state of config `c` at `step`, throwing CheckpointError for
+ * the first problem, naming the tensor (and the first bad index): every parameter of the model as
+ * `param/<name>`, F32, exactly the planned shape, finite; no tensor that is not the model's. To resume, also
+ * `adam_m/<name>` (finite) and `adam_v/<name>` (finite, ≥ 0) of the same shapes, `optimizer_step` equal to
+ * `step`, a `skipped_steps` count within it, and `step` within `train.steps`.
+ */
+export function checkCheckpointContent(
+  file: SafeTensorsFile,
+  c: Readonly<Experiment>,
+  o: { step: number; purpose: CheckpointPurpose },
+): void {
+  const known = new Set(["optimizer_step"]);
+  for (const [name, shape] of expectedParams(c)) {
+    _checkTensor(file, `param/${name}`, shape, false);
+    if (o.purpose === "resume") {
+      _checkTensor(file, `adam_m/${name}`, shape, false);
+      _checkTensor(file, `adam_v/${name}`, shape, true);
+    }
+    for (const prefix of ["param/", "adam_m/", "adam_v/"]) known.add(`${prefix}${name}`);
+  }
+  for (const name of file.tensors.keys()) {
+    if (!known.has(name)) {
+      throw new CheckpointError(`tensor ${JSON.stringify(name)} is not a tensor of the config's model`);
+    }
+  }
+  if (o.purpose === "resume") _checkOptimizerState(file, c, o.step);
+}
+
+const _expected = new WeakMap<object, Map<string, readonly number[]>>();
+
+/** The parameters of config `c`'s model, by name, with their shapes (as core/plan builds them). */
+export function expectedParams(c: Readonly<Experiment>): Map<string, readonly number[]> {
+  let m = _expected.get(c);
+  if (!m) {
+    m = new Map(buildModel(c, 1).params.map((p) => [p.value.name, p.value.shape]));
+    _expected.set(c, m);
+  }
+  return m;
+}
+
+function _checkTensor(file: SafeTensorsFile, name: string, shape: readonly number[], nonNegative: boolean) {
+  const t: SafeTensor | undefined = file.tensors.get(name);
+  if (!t) throw new CheckpointError(`tensor ${JSON.stringify(name)} is missing`);
+  if (t.dtype !== "F32") {
+    throw new CheckpointError(`tensor ${JSON.stringify(name)} is ${t.dtype}, expected F32`);
+  }
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+    throw new CheckpointError(
+      `tensor ${JSON.stringify(name)} has shape [${t.shape.join(", ")}], expected [${shape.join(", ")}]`,
+    );
+  }
+  const v = tensorToF32(t);
+  const bad = v.findIndex((x) => !Number.isFinite(x) || (nonNegative && x < 0));
+  if (bad >= 0) {
+    throw new CheckpointError(
+      `tensor ${JSON.stringify(name)} holds ${v[bad]} at index ${bad}${
+        nonNegative ? " (must be finite and ≥ 0)" : " (must be finite)"
+      }`,
+    );
+  }
+}
+
+function _checkOptimizerState(file: SafeTensorsFile, c: Readonly<Experiment>, step: number): void {
+  const t = file.tensors.get("optimizer_step");
+  if (!t) {
+    throw new CheckpointError(
+      'tensor "optimizer_step" is missing: the optimizer and learning-rate schedule could not continue',
+    );
+  }
+  if (t.dtype !== "F32" || t.shape.length !== 1 || t.shape[0] !== 1) {
+    throw new CheckpointError(`tensor "optimizer_step" is ${t.dtype} [${t.shape}], expected F32 [1]`);
+  }
+  const v = tensorToF32(t)[0]!;
+  if (v !== Math.fround(step)) {
+    throw new CheckpointError(`tensor "optimizer_step" holds ${v}, not the checkpoint's step ${step}`);
+  }
+  if (step > c.train.steps) {
+    throw new CheckpointError(`step ${step} is past train.steps (${c.train.steps}) of the run's config`);
+  }
+  const skipped = file.metadata.skipped_steps;
+  if (skipped !== undefined && (!/^(0|[1-9][0-9]{0,15})$/.test(skipped) || Number(skipped) > step)) {
+    throw new CheckpointError(
+      `metadata skipped_steps ${JSON.stringify(skipped)} is not a count of steps up to ${step}`,
+    );
+  }
+}
+
+async function _checkRunDir(runsDir: string, id: string): Promise<void> {
+  const path = `${runsDir}/${id}`;
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.lstat(path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    throw new CheckpointError(
+      `Run ${id}: its directory ${path} is missing (the run store lists the run; is --runs-dir right?)`,
+    );
+  }
+  if (info.isSymlink) {
+    throw new CheckpointError(
+      `${path}: is a symbolic link; a run directory must be a directory in ${runsDir}`,
+    );
+  }
+  if (!info.isDirectory) throw new CheckpointError(`${path}: is not a directory`);
+}
+
+async function _readConfig(path: string): Promise<string> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.lstat(path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    throw new CheckpointError(`${path}: missing; a run's resolved config is needed to use its checkpoints`);
+  }
+  if (!info.isFile) throw new CheckpointError(`${path}: is not a file (a link or a directory)`);
+  if (info.size > MAX_FILE_BYTES) {
+    throw new CheckpointError(`${path}: ${info.size} bytes, more than a config can be (${MAX_FILE_BYTES})`);
+  }
+  return await Deno.readTextFile(path);
+}
+
+function _restartHint(run: RunDir, runsDir: string): string {
+  return `To start over from step 0 as a new run: deno task run ${run.path}/config.yaml --runs-dir ${runsDir}`;
+}
+
+function _allDamaged(
+  run: RunDir,
+  runsDir: string,
+  skipped: readonly { entry: CheckpointEntry; why: string }[],
+  purpose: CheckpointPurpose,
+): CheckpointError {
+  const n = skipped.length;
+  const lines = skipped.map((s) => `  ${ckptDir(run.path)}/${s.entry.file}: ${s.why}`);
+  return new CheckpointError(
+    [
+      `Run ${run.meta.id} has no intact checkpoint to ${purpose === "resume" ? "resume from" : "use"}: ` +
+      `${n === 1 ? "the one" : `all ${n}`} that ${manifestPath(run.path)} lists ${n === 1 ? "is" : "are"} ` +
+      `damaged:`,
+      ...lines,
+      `Nothing was changed.${purpose === "resume" ? ` ${_restartHint(run, runsDir)}` : ""}`,
+    ].join("\n"),
+  );
+}
+
+/** A manifest listing nothing while the store lists checkpoints: the manifest was removed or emptied. */
+async function _checkNoneRecorded(run: RunDir, runsDir: string, purpose: CheckpointPurpose): Promise<void> {
+  const steps = (await run.store.checkpoints(run.meta.id)).map((r) => r.step);
+  if (steps.length === 0) return;
+  throw new CheckpointError(
+    `Run ${run.meta.id}: the run store lists checkpoints of step${steps.length === 1 ? "" : "s"} ` +
+      `${steps.join(", ")}, but ${manifestPath(run.path)} lists none (removed or emptied).\n` +
+      `Nothing was changed.${purpose === "resume" ? ` ${_restartHint(run, runsDir)}` : ""}`,
+  );
+}
+
+/**
+ * A `file:` tokenizer's path is relative to the config file the run was started from, which the stored
+ * config no longer knows: the model's vocabulary comes from the tokenizer the run recorded
+ * (`<run>/tokenizer.json`), so planning never reads a path from the working directory.
+ */
+async function _rememberRunVocab(c: Readonly<Experiment>, runPath: string): Promise<void> {
+  const spec = c.data.tokenizer;
+  if (!spec.startsWith("file:")) return;
+  const path = `${runPath}/tokenizer.json`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return; // sized from data.tokenizer's path, as written
+    throw new CheckpointError(`${path}: cannot be read: ${(e as Error).message}`);
+  }
+  rememberTokenizerVocab(spec, tokenizerJsonVocabSize(text, path));
 }

@@ -47,11 +47,13 @@ export interface TrainBackend {
   /** Human-readable device, e.g. "webgpu: llvmpipe (LLVM 15.0.6, 256 bits)". */
   readonly description: string;
   /**
-   * Queues one optimizer step at learning rate `lr`; resolves when its statistics are read back. With
-   * `profile`, each dispatch is timed on the GPU (a backend that cannot time throws a RangeError).
+   * Queues one optimizer step at learning rate `lr` on a batch of `train.batch` sequences (run as micro-batches
+   * of `train.micro_batch` with their gradients accumulated, core/plan/plan.ts); resolves when its statistics
+   * are read back. With `profile`, each dispatch is timed on the GPU (a backend that cannot time throws a
+   * RangeError).
    */
   step(batch: Batch, lr: number, options?: { profile?: boolean }): Promise<StepStats>;
-  /** Forward pass only: loss and router statistics. */
+  /** Forward pass only, micro-batch by micro-batch: the batch's mean LM loss and its router statistics. */
   evaluate(batch: Batch): Promise<EvalResult>;
   /** Copies the whole training state to the host. */
   exportState(): Promise<TrainState>;

@@ -1,11 +1,16 @@
 /**
  * Continuing a stored run from its newest complete checkpoint (`run --resume`, and a sweep worker taking
  * over a point whose worker died): the training state comes back from the checkpoint, a `resume` event is
- * recorded, and the run trains to its end in the same run record.
+ * recorded, what interrupted writes left in the run directory is removed, and the run trains to its end in
+ * the same run record. The checkpoint was checked when the run was opened (core/runs/stored_run.ts).
  *
  * @module
  */
+import { dirname } from "node:path";
 import { loadDataset } from "../data/dataset.ts";
+import { defaultCacheDir, type PrepareProgress } from "../data/prepare.ts";
+import { type Tokenizer, tokenizerFromJson, tokenizerFromMetadata } from "../data/tokenizers.ts";
+import { cleanRunLeftovers, manifestPath } from "../runs/checkpoints.ts";
 import type { StoredRun } from "../runs/stored_run.ts";
 import type { TrainBackend } from "./backend.ts";
 import { recordRunFailure, trainRun } from "./train_run.ts";
@@ -19,6 +24,8 @@ export interface ContinueRunOptions {
   stopAfter?: number;
   profile?: boolean;
   baseDir?: string; // where relative data paths resolve
+  cacheDir?: string; // token shards (default: the cache of the run's runs directory)
+  onDataProgress?: (p: PrepareProgress) => void; // the progress bar of preparing token shards
 }
 
 /**
@@ -31,17 +38,32 @@ export async function continueRun(
   o: ContinueRunOptions,
 ): Promise<TrainResult> {
   const { run, yaml, config: c, ck } = stored;
+  await run.takeLease(); // one trainer per run: RunBusyError, naming the holder, before anything is written
   try {
     let start = 0, skipped = 0;
     if (ck) {
-      skipped = Number(ck.file.metadata.skipped_steps ?? 0) || 0;
+      skipped = Number(ck.file.metadata.skipped_steps ?? 0);
       await backend.importState(tensorsToState(ck.file.tensors));
       start = ck.entry.step;
       o.progress(`Resuming ${run.meta.id} from step ${start}`);
       await run.event("resume", `resumed from step ${start}`, start);
-    } else o.progress(`No complete checkpoint in ${run.path}: starting ${run.meta.id} from step 0`);
+    } else {
+      o.progress(
+        `Run ${run.meta.id} has no checkpoint yet (${manifestPath(run.path)} lists none): starting it from ` +
+          "step 0; the points of its earlier steps, if any, are logged again",
+      );
+    }
+    // Interrupted writes of an earlier process (temp files, checkpoints never listed) go before any new one.
+    const left = await cleanRunLeftovers(run.path);
+    if (left > 0) o.progress(`removed ${left} file${left === 1 ? "" : "s"} left by interrupted writes`);
     await run.update({ status: "running", ended_at: null, error: null });
-    const dataset = await loadDataset(c, o.baseDir);
+    const dataset = await loadDataset(c, o.baseDir, {
+      cacheDir: o.cacheDir ?? defaultCacheDir(dirname(run.path)),
+      progress: o.progress,
+      onProgress: o.onDataProgress,
+      signal: o.signal,
+      tokenizer: (await runTokenizer(stored)) ?? undefined,
+    });
     return await trainRun(
       { config: c, configYaml: yaml, dataset, backend, run, startStep: start, startSkipped: skipped },
       o,
@@ -51,4 +73,28 @@ export async function continueRun(
     await recordRunFailure(run, (e as Error).message);
     throw e;
   }
+}
+
+/**
+ * The tokenizer a stored run trained with: its checkpoint's (recorded in the metadata), else the run
+ * directory's `tokenizer.json`; null for runs that recorded none (they read bytes, or resolve
+ * `data.tokenizer` again: a bpe tokenizer is deterministic and cached).
+ */
+export async function runTokenizer(stored: Pick<StoredRun, "run" | "ck">): Promise<Tokenizer | null> {
+  if (stored.ck) {
+    const tok = tokenizerFromMetadata(
+      stored.ck.file.metadata,
+      `${stored.run.path}/ckpt/${stored.ck.entry.file}`,
+    );
+    if (tok) return tok;
+  }
+  const path = `${stored.run.path}/tokenizer.json`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+  return tokenizerFromJson(text, { source: path });
 }

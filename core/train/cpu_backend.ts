@@ -1,16 +1,18 @@
 /**
  * `hardware.backend: cpu` — training in float64 on the CPU through the reference ops. Slow, but it is the
- * oracle: the WebGPU backend's losses and gradients are checked against it.
+ * oracle: the WebGPU backend's losses and gradients are checked against it. Gradient accumulation runs as on
+ * the GPU (core/plan/plan.ts): the batch-level router statistics averaged over the micro-batches first, then
+ * each micro-batch's losses and gradients, averaged.
  *
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
 import type { Batch } from "../data/dataset.ts";
-import { gradients } from "../graph/autodiff.ts";
 import { evaluateGraph, type HostValue } from "../graph/cpu_executor.ts";
 import { CPU_OPS } from "../graph/cpu_ops.ts";
-import type { Value } from "../graph/ir.ts";
-import { buildModel, type ModelGraph } from "../plan/model.ts";
+import type { Node, Value } from "../graph/ir.ts";
+import type { ModelGraph } from "../plan/model.ts";
+import { plan, type TrainPlan } from "../plan/plan.ts";
 import { adamwStepRef } from "../ref/adamw.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { routerStats } from "./router_stats.ts";
@@ -19,9 +21,13 @@ import { initParams } from "./init.ts";
 /** The float64 reference backend. */
 export class CpuTrainBackend implements TrainBackend {
   readonly description = "cpu: float64 reference";
+  readonly plan: TrainPlan;
   readonly model: ModelGraph;
   readonly grads: Value[];
   readonly #c: Readonly<Experiment>;
+  readonly #evalNodes: Node[];
+  /** The batch's router statistics (batch leaf id → value), set before a step's micro-batches. */
+  #batchStats = new Map<number, Float64Array>();
   readonly #params = new Map<string, Float64Array>();
   readonly #m = new Map<string, Float64Array>();
   readonly #v = new Map<string, Float64Array>();
@@ -29,8 +35,10 @@ export class CpuTrainBackend implements TrainBackend {
 
   constructor(c: Readonly<Experiment>) {
     this.#c = c;
-    this.model = buildModel(c, c.train.batch);
-    this.grads = gradients(this.model.graph, this.model.loss, this.model.params.map((p) => p.value));
+    this.plan = plan(c, "train-dense");
+    this.model = this.plan.model;
+    this.grads = this.plan.grads;
+    this.#evalNodes = this.plan.evaluate.nodes;
     for (const [name, data] of initParams(this.model.params, c.seed)) {
       this.#params.set(name, Float64Array.from(data));
       this.#m.set(name, new Float64Array(data.length));
@@ -38,15 +46,27 @@ export class CpuTrainBackend implements TrainBackend {
     }
   }
 
-  /** Loss terms and parameter gradients of one batch (no update), for gradient checks. */
+  /**
+   * Loss terms and parameter gradients of one batch (no update), for gradient checks: with accumulation,
+   * the means over its micro-batches, whose batch-level router losses read the batch's statistics.
+   */
   lossAndGrads(batch: Batch): { loss: number; parts: number[]; grads: Float64Array[] } {
-    const m = this.model;
+    const p = this.plan, m = this.model, K = p.accumulation;
+    const feeds = (k: number) => this.#feeds(batch, k);
+    if (p.stats) {
+      const micro = m.batchStats.map((s) => s.micro);
+      const means = _meanOver(K, (k) => evaluateGraph(p.stats!.nodes, feeds(k), micro, CPU_OPS));
+      this.#batchStats = new Map(m.batchStats.map((s, i) => [s.batch.id, means[i]!]));
+    }
     const parts = [m.loss, m.lmLoss, ...m.miLoss.attention, ...m.miLoss.mlp];
-    const outs = evaluateGraph(m.graph.nodes, this.#feeds(batch), [...parts, ...this.grads], CPU_OPS);
+    const outs = _meanOver(
+      K,
+      (k) => evaluateGraph(p.schedule.nodes, feeds(k), [...parts, ...this.grads], CPU_OPS),
+    );
     return {
       loss: outs[0]![0]!,
       parts: outs.slice(0, parts.length).map((o) => o[0]!),
-      grads: outs.slice(parts.length) as Float64Array[],
+      grads: outs.slice(parts.length),
     };
   }
 
@@ -95,16 +115,21 @@ export class CpuTrainBackend implements TrainBackend {
     });
   }
 
+  /** Forward passes over the batch's micro-batches: the mean LM loss, router statistics over every token. */
   evaluate(batch: Batch): Promise<EvalResult> {
-    const m = this.model;
-    const outs = evaluateGraph(m.graph.nodes, this.#feeds(batch), [
-      m.lmLoss,
-      ...m.routers.map((r) => r.probs),
-    ], CPU_OPS);
-    const routers = m.routers.map((r, i) =>
-      routerStats(r.layer, r.kind, outs[i + 1] as Float64Array, r.probs.shape[1]!)
-    );
-    return Promise.resolve({ lmLoss: outs[0]![0]!, routers });
+    const m = this.model, K = this.plan.accumulation, outs: HostValue[][] = [];
+    for (let k = 0; k < K; k++) {
+      outs.push(evaluateGraph(this.#evalNodes, this.#feeds(batch, k), [
+        m.lmLoss,
+        ...m.routers.map((r) => r.probs),
+      ], CPU_OPS));
+    }
+    const routers = m.routers.map((r, i) => {
+      const probs = new Float64Array(K * r.probs.shape[0]! * r.probs.shape[1]!);
+      outs.forEach((o, k) => probs.set(o[i + 1]!, (k * probs.length) / K));
+      return routerStats(r.layer, r.kind, probs, r.probs.shape[1]!);
+    });
+    return Promise.resolve({ lmLoss: outs.reduce((a, o) => a + o[0]![0]!, 0) / K, routers });
   }
 
   exportState(): Promise<TrainState> {
@@ -131,12 +156,28 @@ export class CpuTrainBackend implements TrainBackend {
 
   destroy(): void {}
 
-  #feeds(batch: Batch): Map<number, HostValue> {
-    const feeds = new Map<number, HostValue>([[this.model.ids.id, batch.inputs], [
-      this.model.targets.id,
-      batch.targets,
-    ]]);
+  /** Leaf values of micro-batch k: its tokens, the parameters and the batch's router statistics. */
+  #feeds(batch: Batch, k: number): Map<number, HostValue> {
+    const n = this.model.tokens, slice = (a: Uint32Array) => a.subarray(k * n, (k + 1) * n);
+    const feeds = new Map<number, HostValue>([
+      [this.model.ids.id, slice(batch.inputs)],
+      [this.model.targets.id, slice(batch.targets)],
+      ...this.#batchStats,
+    ]);
     for (const p of this.model.params) feeds.set(p.value.id, this.#params.get(p.value.name)!);
     return feeds;
   }
+}
+
+/** The element-wise means of `run(k)`'s arrays over k = 0 … K−1 (K = 1: run(0)'s arrays themselves). */
+function _meanOver(K: number, run: (k: number) => HostValue[]): Float64Array[] {
+  const sums = (run(0) as Float64Array[]).map((a) => K === 1 ? a : Float64Array.from(a));
+  for (let k = 1; k < K; k++) {
+    run(k).forEach((a, i) => {
+      const s = sums[i]!;
+      for (let j = 0; j < s.length; j++) s[j]! += a[j]!;
+    });
+  }
+  if (K > 1) { for (const s of sums) for (let j = 0; j < s.length; j++) s[j]! /= K; }
+  return sums;
 }

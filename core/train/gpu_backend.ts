@@ -4,18 +4,25 @@
  * parameter, then a copy of the step's scalars into a mappable buffer. The host maps that buffer
  * asynchronously, so the training loop reads losses a few steps behind and never waits inside a step.
  *
+ * Gradient accumulation (`train.micro_batch` < `train.batch`, core/plan/plan.ts) stays in that one encoder:
+ * the whole batch is uploaded once and each micro-step copies its slice of tokens into the graph's inputs.
+ * When a batch-level router loss is on, a forward pass per micro-batch first averages the routers'
+ * statistics into the training graph's inputs; then every micro-step runs the graph and adds its gradients
+ * and loss scalars into accumulators (the last one scales them to the mean), which the optimizer reads.
+ *
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
 import type { Batch } from "../data/dataset.ts";
-import type { Value } from "../graph/ir.ts";
-import { schedule } from "../graph/schedule.ts";
+import { numel, type Value } from "../graph/ir.ts";
 import type { ModelGraph } from "../plan/model.ts";
 import { plan } from "../plan/plan.ts";
 import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
 import { type GpuContext, openGpu } from "../../gpu/device.ts";
 import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "../../gpu/dispatch.ts";
 import { GraphExecutor } from "../../gpu/executor.ts";
+import { accumulateCalls, type AccumulatePair } from "../../gpu/kernels/accumulate.ts";
+import { assertScheduleBuilds } from "../../gpu/preflight.ts";
 import "../../gpu/graph_ops.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { initParams } from "./init.ts";
@@ -56,23 +63,40 @@ export function parseFaultSteps(text: string): (t: number) => boolean {
   return (t) => exact.has(t) || t >= from;
 }
 
+/** Prepared calls of one accumulation, by the micro-step's place: first, in between, last. */
+interface AccumulationCalls {
+  first: PreparedCall[];
+  mid: PreparedCall[];
+  last: PreparedCall[];
+}
+
 /** The WebGPU backend. Create with {@linkcode GpuTrainBackend.create}. */
 export class GpuTrainBackend implements TrainBackend {
   readonly description: string;
   readonly ctx: GpuContext;
   readonly model: ModelGraph;
+  /** Micro-steps per optimizer step (`train.batch / train.micro_batch`; 1 without accumulation). */
+  readonly accumulation: number;
   readonly #c: Readonly<Experiment>;
   readonly #train: GraphExecutor;
   readonly #eval: GraphExecutor;
+  /** The router statistics pass (null unless a batch-level router loss is accumulated). */
+  readonly #routerStats: GraphExecutor | null;
   readonly #opt: PreparedCall[];
-  readonly #optSources: { code: string; label: string }[];
+  /** Kernel sources outside the graphs (accumulation, optimizer), compiled and checked by `create`. */
+  readonly #sources: { code: string; label: string }[] = [];
   readonly #ownsDevice: boolean;
   readonly #m = new Map<string, GpuTensor>();
   readonly #v = new Map<string, GpuTensor>();
   readonly #hyper: GpuTensor; // [lr, 1 − β1^t, 1 − β2^t]
   readonly #stats: GpuTensor; // [grad norm, clip, finite]
-  readonly #report: Value[]; // scalars read back each step
-  readonly #firstGrad: GpuTensor;
+  readonly #report: GpuTensor[]; // scalars read back each step: loss, LM loss, MI per router
+  readonly #grads: GpuTensor[]; // what the optimizer reads: the graph's gradients, or their accumulators
+  /** With accumulation: the whole batch's tokens and targets, sliced into the graph's inputs per micro-step. */
+  readonly #batchTokens: { ids: GpuTensor; targets: GpuTensor } | null = null;
+  readonly #accumulators: GpuTensor[] = [];
+  readonly #accumulate: AccumulationCalls | null = null;
+  readonly #accumulateStats: AccumulationCalls | null = null;
   #faults: TrainFaults = {};
   #nan: GpuTensor | null = null;
   #t = 0;
@@ -84,23 +108,47 @@ export class GpuTrainBackend implements TrainBackend {
     this.description = `webgpu: ${ctx.adapter.description}`;
     const p = plan(c, "train-dense");
     this.model = p.model;
+    this.accumulation = p.accumulation;
     const m = this.model, grads = p.grads;
-    this.#report = p.outputs.slice(0, p.outputs.length - grads.length);
+    const evalSchedule = p.evaluate;
+    // Refuse sizes this device cannot run (llvmpipe's loop limit, dispatch limits) before allocating.
+    assertScheduleBuilds(ctx, p.schedule, "Cannot plan the training step");
+    if (p.stats) assertScheduleBuilds(ctx, p.stats, "Cannot plan the router statistics pass");
+    assertScheduleBuilds(ctx, evalSchedule, "Cannot plan evaluation");
     const leaves = [...m.graph.leaves.values()].map((l) => l.value);
     this.#train = new GraphExecutor(ctx, p.schedule, leaves);
     const shared = new Map(leaves.map((v) => [v.id, this.#train.tensor(v)]));
-    this.#eval = new GraphExecutor(
-      ctx,
-      schedule(m.graph, [m.lmLoss, ...m.routers.map((r) => r.probs)]),
-      leaves,
-      shared,
-    );
+    this.#eval = new GraphExecutor(ctx, evalSchedule, leaves, shared);
+    this.#routerStats = p.stats ? new GraphExecutor(ctx, p.stats, leaves, shared) : null;
+    const report = p.outputs.slice(0, p.outputs.length - grads.length).map((v) => this.#train.tensor(v));
+    const gradTensors = grads.map((g) => this.#train.tensor(g));
+    if (p.accumulation > 1) {
+      const tokens = c.train.batch * c.data.seq_len;
+      this.#batchTokens = {
+        ids: createTensor(ctx, [tokens], "u32", undefined, "batch.ids"),
+        targets: createTensor(ctx, [tokens], "u32", undefined, "batch.targets"),
+      };
+      const pairs = [...report, ...gradTensors].map((x): AccumulatePair => {
+        const y = createTensor(ctx, x.shape, "f32", undefined, `acc.${x.label}`);
+        this.#accumulators.push(y);
+        return { x, y };
+      });
+      this.#accumulate = this.#accumulationCalls(pairs);
+      if (this.#routerStats) {
+        const stats = this.#routerStats;
+        this.#accumulateStats = this.#accumulationCalls(
+          m.batchStats.map((s) => ({ x: stats.tensor(s.micro), y: this.#train.tensor(s.batch) })),
+        );
+      }
+      this.#report = this.#accumulators.slice(0, report.length);
+      this.#grads = this.#accumulators.slice(report.length);
+    } else {
+      this.#report = report;
+      this.#grads = gradTensors;
+    }
     this.#hyper = createTensor(ctx, [3], "f32", undefined, "adam.hyper");
     this.#stats = createTensor(ctx, [3], "f32", undefined, "grad.stats");
-    this.#firstGrad = this.#train.tensor(grads[0]!);
-    const calls = this.#optimizerCalls(grads);
-    this.#optSources = calls.map(({ code, label }) => ({ code, label }));
-    this.#opt = calls.map((call) => prepare(ctx, call));
+    this.#opt = this.#prepare(this.#optimizerCalls());
   }
 
   /** Opens the device, builds and compiles everything, and uploads the seeded initial parameters. */
@@ -116,25 +164,40 @@ export class GpuTrainBackend implements TrainBackend {
     if (faults.nanGradAt) b.#nan = createTensor(gpu, [1], "f32", Float32Array.of(NaN), "fault.nan");
     await b.#train.check();
     await b.#eval.check();
-    for (const { code, label } of b.#optSources) await gpu.pipelines.check(code, label);
+    await b.#routerStats?.check();
+    for (const { code, label } of b.#sources) await gpu.pipelines.check(code, label);
     await gpu.checkAllocations(); // the optimizer's moments and partial sums
     const init = initParams(b.model.params, c.seed);
     for (const p of b.model.params) writeTensor(gpu, b.#train.tensor(p.value), init.get(p.value.name)!);
     return b;
   }
 
-  #optimizerCalls(grads: Value[]): KernelCall[] {
+  /** The accumulation of `pairs` after the first, a middle and the last micro-step (scaled by 1 / steps). */
+  #accumulationCalls(pairs: AccumulatePair[]): AccumulationCalls {
+    const K = this.accumulation;
+    const make = (first: boolean, scale: number) =>
+      this.#prepare(accumulateCalls(this.ctx, pairs, { first, scale }));
+    return { first: make(true, 1), mid: K > 2 ? make(false, 1) : [], last: make(false, 1 / K) };
+  }
+
+  /** Prepares calls, keeping their sources for `create` to compile and check. */
+  #prepare(calls: KernelCall[]): PreparedCall[] {
+    for (const { code, label } of calls) this.#sources.push({ code, label });
+    return calls.map((call) => prepare(this.ctx, call));
+  }
+
+  #optimizerCalls(): KernelCall[] {
     const m = this.model;
     const r = optimizerCalls(
       this.ctx,
       m.params.map((p, i) => ({
         name: p.value.name,
         param: this.#train.tensor(p.value),
-        grad: this.#train.tensor(grads[i]!),
+        grad: this.#grads[i]!,
         decay: p.decay,
       })),
       {
-        loss: this.#train.tensor(m.loss),
+        loss: this.#report[0]!,
         stats: this.#stats,
         hyper: this.#hyper,
         optimizer: this.#c.train.optimizer,
@@ -154,7 +217,6 @@ export class GpuTrainBackend implements TrainBackend {
       throw new RangeError(`Cannot profile: the adapter (${ctx.adapter.description}) has no timestamp-query`);
     }
     if (this.#faults.loseDeviceAt?.(this.#t + 1)) ctx.device.destroy();
-    this.#writeBatch(batch);
     this.#t++;
     writeTensor(
       ctx,
@@ -162,9 +224,9 @@ export class GpuTrainBackend implements TrainBackend {
       new Float32Array([lr, 1 - o.betas[0] ** this.#t, 1 - o.betas[1] ** this.#t]),
     );
     const step = new Step(ctx, { label: "train-step", timing: options.profile, maxTimed: 2048 });
-    this.#train.encode(step);
+    this.#encodeMicroSteps(step, batch);
     if (this.#nan && this.#faults.nanGradAt?.(this.#t)) {
-      step.encoder.copyBufferToBuffer(this.#nan.buffer, 0, this.#firstGrad.buffer, 0, 4);
+      step.encoder.copyBufferToBuffer(this.#nan.buffer, 0, this.#grads[0]!.buffer, 0, 4);
     }
     for (const c of this.#opt) step.dispatch(c);
     const n = this.#report.length + 3;
@@ -173,19 +235,10 @@ export class GpuTrainBackend implements TrainBackend {
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
     const enc = step.encoder;
-    this.#report.forEach((v, i) =>
-      enc.copyBufferToBuffer(this.#train.tensor(v).buffer, 0, staging, i * 4, 4)
-    );
+    this.#report.forEach((t, i) => enc.copyBufferToBuffer(t.buffer, 0, staging, i * 4, 4));
     enc.copyBufferToBuffer(this.#stats.buffer, 0, staging, this.#report.length * 4, 12);
     step.submit();
-    return staging.mapAsync(GPUMapMode.READ).catch(async (e) => {
-      // A lost device fails the read-back; say so rather than pass on WebGPU's generic error.
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([ctx.device.lost, new Promise((r) => timer = setTimeout(r, 200))]);
-      clearTimeout(timer);
-      ctx.assertAlive();
-      throw e;
-    }).then(async () => {
+    return this.#mapped(staging).then(async () => {
       const r = new Float32Array(staging.getMappedRange().slice(0));
       staging.destroy();
       const nAtt = this.model.miLoss.attention.length, k = this.#report.length;
@@ -202,17 +255,42 @@ export class GpuTrainBackend implements TrainBackend {
     });
   }
 
+  /**
+   * The forward pass over each micro-batch of `batch` in one submit, its LM loss and router probabilities
+   * copied out and read back once: the mean LM loss, and router statistics over all of the batch's tokens.
+   */
   async evaluate(batch: Batch): Promise<EvalResult> {
-    this.#writeBatch(batch);
-    await this.#eval.run().done();
-    const m = this.model;
-    const lm = (await readTensor(this.ctx, this.#eval.tensor(m.lmLoss)))[0]!;
-    const routers = [];
-    for (const r of m.routers) {
-      const probs = await readTensor(this.ctx, this.#eval.tensor(r.probs));
-      routers.push(routerStats(r.layer, r.kind, probs, r.probs.shape[1]!));
+    const m = this.model, K = this.accumulation, ctx = this.ctx;
+    const outs = [m.lmLoss, ...m.routers.map((r) => r.probs)];
+    const sizes = outs.map((v) => numel(v.shape)), per = sizes.reduce((a, b) => a + b, 0);
+    const staging = ctx.device.createBuffer({
+      size: K * per * 4,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    const step = new Step(ctx, { label: "evaluate" });
+    this.#uploadBatch(batch);
+    for (let k = 0; k < K; k++) {
+      this.#copySlice(step, k, true);
+      this.#eval.encode(step);
+      let at = k * per;
+      outs.forEach((v, i) => {
+        step.encoder.copyBufferToBuffer(this.#eval.tensor(v).buffer, 0, staging, at * 4, sizes[i]! * 4);
+        at += sizes[i]!;
+      });
     }
-    return { lmLoss: lm, routers };
+    step.submit();
+    await this.#mapped(staging);
+    const r = new Float32Array(staging.getMappedRange().slice(0));
+    staging.destroy();
+    let lm = 0;
+    for (let k = 0; k < K; k++) lm += r[k * per]!;
+    const routers = m.routers.map((t, i) => {
+      const size = sizes[i + 1]!, at = 1 + sizes.slice(1, i + 1).reduce((a, b) => a + b, 0);
+      const probs = new Float32Array(K * size);
+      for (let k = 0; k < K; k++) probs.set(r.subarray(k * per + at, k * per + at + size), k * size);
+      return routerStats(t.layer, t.kind, probs, t.probs.shape[1]!);
+    });
+    return { lmLoss: lm / K, routers };
   }
 
   async exportState(): Promise<TrainState> {
@@ -245,13 +323,69 @@ export class GpuTrainBackend implements TrainBackend {
   destroy(): void {
     this.#nan?.buffer.destroy();
     this.#opt.forEach(releaseCall);
+    for (const calls of [this.#accumulate, this.#accumulateStats]) {
+      if (calls) [...calls.first, ...calls.mid, ...calls.last].forEach(releaseCall);
+    }
+    for (const t of [...this.#accumulators, this.#batchTokens?.ids, this.#batchTokens?.targets]) {
+      t?.buffer.destroy();
+    }
     this.#train.destroy();
     this.#eval.destroy();
+    this.#routerStats?.destroy();
     if (this.#ownsDevice) this.ctx.destroy();
   }
 
-  #writeBatch(batch: Batch): void {
-    writeTensor(this.ctx, this.#train.tensor(this.model.ids), batch.inputs);
-    writeTensor(this.ctx, this.#train.tensor(this.model.targets), batch.targets);
+  /**
+   * A step's graph work: the graph on the batch, or with accumulation the router statistics pass over every
+   * micro-batch (when planned), then each micro-step's graph and accumulation.
+   */
+  #encodeMicroSteps(step: Step, batch: Batch): void {
+    const K = this.accumulation;
+    this.#uploadBatch(batch);
+    const place = (calls: AccumulationCalls, k: number) =>
+      k === 0 ? calls.first : k === K - 1 ? calls.last : calls.mid;
+    if (this.#routerStats) {
+      for (let k = 0; k < K; k++) {
+        this.#copySlice(step, k, false);
+        this.#routerStats.encode(step);
+        for (const c of place(this.#accumulateStats!, k)) step.dispatch(c);
+      }
+    }
+    for (let k = 0; k < K; k++) {
+      this.#copySlice(step, k, true);
+      this.#train.encode(step);
+      if (this.#accumulate) { for (const c of place(this.#accumulate, k)) step.dispatch(c); }
+    }
+  }
+
+  /** Writes the batch: into the graph's inputs, or with accumulation into the whole-batch tensors. */
+  #uploadBatch(batch: Batch): void {
+    const to = this.#batchTokens ??
+      { ids: this.#train.tensor(this.model.ids), targets: this.#train.tensor(this.model.targets) };
+    writeTensor(this.ctx, to.ids, batch.inputs);
+    writeTensor(this.ctx, to.targets, batch.targets);
+  }
+
+  /** With accumulation: copies micro-batch k's tokens (and with `targets`, its targets) into the graph's inputs. */
+  #copySlice(step: Step, k: number, targets: boolean): void {
+    if (!this.#batchTokens) return;
+    const bytes = this.model.tokens * 4, m = this.model;
+    const pairs: [GpuTensor, Value][] = [[this.#batchTokens.ids, m.ids]];
+    if (targets) pairs.push([this.#batchTokens.targets, m.targets]);
+    for (const [from, to] of pairs) {
+      step.encoder.copyBufferToBuffer(from.buffer, k * bytes, this.#train.tensor(to).buffer, 0, bytes);
+    }
+  }
+
+  /** Maps a read-back buffer; a lost device fails it, and then says so rather than WebGPU's generic error. */
+  #mapped(staging: GPUBuffer): Promise<void> {
+    const ctx = this.ctx;
+    return staging.mapAsync(GPUMapMode.READ).catch(async (e) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([ctx.device.lost, new Promise((r) => timer = setTimeout(r, 200))]);
+      clearTimeout(timer);
+      ctx.assertAlive();
+      throw e;
+    });
   }
 }

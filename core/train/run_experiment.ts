@@ -1,22 +1,31 @@
 /**
  * `deno task run`: every point of a loaded experiment in turn, each its own run (in the run store, with
- * its directory for checkpoints) recording the sweep id and the point's parameters. A failed point is recorded and the sweep goes on; points already
- * finished in an earlier invocation of the same sweep are skipped (resumable); a summary table ends it.
+ * its directory for checkpoints) recording the sweep id and the point's parameters. A failed point is
+ * recorded and the sweep goes on; points already finished in an earlier invocation of the same sweep are
+ * skipped (resumable), and so are points that another live process is training (the same sweep started
+ * twice at once: each point gets one run); a summary table ends it.
+ *
+ * Every point's data is loaded and checked first (points of identical data settings and seed share one
+ * load): bad data (a DataError: empty, too short, not UTF-8, not a regular file …) stops the command before
+ * any store, run record or run directory exists.
  *
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
 import type { LoadedExperiment, SweepPoint } from "../config/mod.ts";
 import { experimentToYaml } from "../config/mod.ts";
-import { loadDataset, unigramLoss } from "../data/dataset.ts";
-import { countParams, vocabSize } from "../plan/counts.ts";
+import { type Dataset, loadDataset, type LoadDatasetOptions } from "../data/dataset.ts";
+import { defaultCacheDir, type PrepareProgress } from "../data/prepare.ts";
+import { DataError } from "../data/sources.ts";
+import { atomicWriteText } from "../runs/atomic_write.ts";
+import { countParams } from "../plan/counts.ts";
 import { cleanCheckpointTemps } from "../runs/checkpoints.ts";
 import { openRunStore } from "../runs/open_store.ts";
-import { gitCommit, newRunId, RunDir, type RunMeta } from "../runs/run_dir.ts";
+import { gitCommit, newRunId, type PointTaken, RunDir, type RunMeta } from "../runs/run_dir.ts";
 import { preferredRun, type RunStore } from "../runs/store.ts";
 import { fmtCount, table } from "../util/format.ts";
 import type { TrainBackend } from "./backend.ts";
-import { recordRunFailure, trainRun } from "./train_run.ts";
+import { FailureNotRecordedError, recordRunFailure, trainRun } from "./train_run.ts";
 import type { TrainResult } from "./trainer.ts";
 
 /** Makes the backend of a config (WebGPU or CPU reference). */
@@ -32,7 +41,27 @@ export interface RunExperimentOptions {
   baseDir?: string; // data paths resolve against the config file's directory
   dashboardUrl?: string; // where a dashboard serving this runs directory is (a run's page is printed)
   profile?: boolean; // time every kernel of every step (see TrainOptions.profile)
+  data?: ExperimentData; // the points' datasets, loaded already ({@linkcode loadExperimentData})
+  onDataProgress?: (p: PrepareProgress) => void; // the progress bar of preparing token shards
 }
+
+/**
+ * How the points' data load: token shards prepared (once) under `<runs-dir>/cache`, with the progress bar
+ * and notices of `o`.
+ */
+export function dataLoadOptions(
+  o: Pick<RunExperimentOptions, "runsDir" | "progress" | "onDataProgress" | "signal">,
+): LoadDatasetOptions {
+  return {
+    cacheDir: defaultCacheDir(o.runsDir),
+    progress: o.progress,
+    onProgress: o.onDataProgress,
+    signal: o.signal,
+  };
+}
+
+/** The datasets of an experiment's points, by {@linkcode dataKey}. */
+export type ExperimentData = Map<string, Dataset>;
 
 /** Options of {@linkcode runPoint}: those of the experiment, and where the point's run belongs. */
 export interface RunPointOptions extends RunExperimentOptions {
@@ -42,23 +71,74 @@ export interface RunPointOptions extends RunExperimentOptions {
   abandon?: AbortSignal; // see TrainOptions.abandon: thrown on, with the run left as it is
 }
 
+/** Which loads of data are the same: the data settings, the seed (it draws the split) and where paths resolve. */
+export function dataKey(c: Readonly<Experiment>, baseDir?: string): string {
+  return JSON.stringify([c.data, c.seed, baseDir ?? null]);
+}
+
+/**
+ * The dataset of a config, checked: a source that cannot be batched (a RangeError of the Dataset) is a
+ * DataError naming the source, like every other bad source.
+ */
+export async function loadPointData(
+  c: Readonly<Experiment>,
+  baseDir?: string,
+  load: LoadDatasetOptions = {},
+): Promise<Dataset> {
+  try {
+    return await loadDataset(c, baseDir, load);
+  } catch (e) {
+    if (e instanceof RangeError) throw new DataError(`data.source "${c.data.source}": ${e.message}`);
+    throw e;
+  }
+}
+
+/**
+ * Loads and checks the dataset of every point of `loaded` (once per distinct {@linkcode dataKey}), before
+ * anything is written: the first bad one throws (DataError, naming the point where the sweep has several).
+ */
+export async function loadExperimentData(
+  loaded: LoadedExperiment,
+  baseDir?: string,
+  load: LoadDatasetOptions = {},
+): Promise<ExperimentData> {
+  const data: ExperimentData = new Map();
+  for (const point of loaded.points) {
+    const key = dataKey(point.config, baseDir);
+    if (data.has(key)) continue;
+    try {
+      data.set(key, await loadPointData(point.config, baseDir, load));
+    } catch (e) {
+      if (e instanceof DataError && loaded.points.length > 1) {
+        throw new DataError(`Sweep point ${point.name}: ${e.message}`);
+      }
+      throw e;
+    }
+  }
+  return data;
+}
+
 /** Outcome of one point. */
 export interface PointOutcome {
   point: SweepPoint;
   runId: string;
   runDir: string;
-  status: "finished" | "interrupted" | "failed" | "skipped";
+  status: "finished" | "interrupted" | "failed" | "skipped" | "busy"; // busy: another process trains it
   params: number;
   final: TrainResult["final"] | null;
   error: string | null;
   profile?: TrainResult["profile"];
 }
 
-/** Trains every point; never throws for a point's failure (it is recorded), only for setup errors. */
+/**
+ * Trains every point; never throws for a point's failure (it is recorded), only for setup errors. Bad data
+ * throws before the store is opened.
+ */
 export async function runExperiment(
   loaded: LoadedExperiment,
   o: RunExperimentOptions,
 ): Promise<PointOutcome[]> {
+  const data = o.data ?? await loadExperimentData(loaded, o.baseDir, dataLoadOptions(o));
   const store = await openRunStore(o.runsDir);
   const commit = await gitCommit();
   if (loaded.sweepId) {
@@ -72,28 +152,35 @@ export async function runExperiment(
   const outcomes: PointOutcome[] = [];
   for (const point of loaded.points) {
     if (o.signal?.aborted) break;
+    const label = `[${point.index + 1}/${loaded.points.length}] ${point.name}`;
     const prev = loaded.sweepId ? await findSweepPoint(store, loaded.sweepId, point.name) : null;
     if (prev?.status === "finished") {
-      o.progress(
-        `[${
-          point.index + 1
-        }/${loaded.points.length}] ${point.name}: finished earlier in run ${prev.id}, skipped`,
-      );
+      o.progress(`${label}: finished earlier in run ${prev.id}, skipped`);
       outcomes.push(_outcome(point, prev.id, `${o.runsDir}/${prev.id}`, "skipped", null, null));
       continue;
     }
-    if (loaded.points.length > 1) o.progress(`[${point.index + 1}/${loaded.points.length}] ${point.name}`);
-    outcomes.push(await runPoint(point, { ...o, sweepId: loaded.sweepId, commit }));
+    if (loaded.points.length > 1) o.progress(label);
+    const dataset = data.get(dataKey(point.config, o.baseDir));
+    const out = await runPoint(point, { ...o, sweepId: loaded.sweepId, commit, dataset });
+    if (out.status === "busy") o.progress(`${label}: ${out.error}, skipped`);
+    if (out.status === "skipped") o.progress(`${label}: finished meanwhile in run ${out.runId}, skipped`);
+    outcomes.push(out);
   }
   return outcomes;
 }
 
 /**
  * Trains one point as a new run; never throws for the point's failure (it is recorded in the run and the
- * outcome), only for setup errors and `abandon`.
+ * outcome), only for setup errors (bad data, before anything is written) and `abandon`. A sweep point
+ * trained here (no `runId`) is skipped when it has a finished run or another live process trains it
+ * (status `skipped` or `busy`, nothing created).
  */
-export async function runPoint(point: SweepPoint, o: RunPointOptions): Promise<PointOutcome> {
+export async function runPoint(
+  point: SweepPoint,
+  o: RunPointOptions & { dataset?: Dataset },
+): Promise<PointOutcome> {
   const c = point.config, yaml = experimentToYaml(c);
+  const dataset = o.dataset ?? await loadPointData(c, o.baseDir, dataLoadOptions(o));
   const meta: RunMeta = {
     id: o.runId ?? newRunId(point.name),
     name: point.name,
@@ -108,20 +195,19 @@ export async function runPoint(point: SweepPoint, o: RunPointOptions): Promise<P
     error: null,
     step: 0,
   };
-  const run = await RunDir.create(o.runsDir, meta, yaml);
+  const created = o.sweepId !== null && o.runId === undefined
+    ? await RunDir.createPoint(o.runsDir, meta, yaml)
+    : await RunDir.create(o.runsDir, meta, yaml);
+  if (!(created instanceof RunDir)) return _taken(point, created, o.runsDir);
+  const run = created;
   await cleanCheckpointTemps(run.path);
+  await atomicWriteText(`${run.path}/tokenizer.json`, dataset.tokenizer.toJSON());
   await run.event("start", `started ${point.name}`, 0, { params: point.params });
   o.progress(`run ${meta.id} → ${run.path}`);
   if (o.dashboardUrl) o.progress(`live: ${o.dashboardUrl}runs/${meta.id}`);
   let backend: TrainBackend | null = null;
   try {
-    const dataset = await loadDataset(c, o.baseDir);
-    o.progress(
-      `data: ${fmtCount(dataset.train.length)} train / ${
-        fmtCount(dataset.val.length)
-      } val tokens; unigram baseline ` +
-        `${unigramLoss(dataset.train, dataset.val, vocabSize(c.data)).toFixed(4)} nats/token`,
-    );
+    o.progress(dataLine(dataset));
     backend = await o.backendFactory(c);
     await run.update({ adapter: backend.description });
     o.progress(`device: ${backend.description}; ${fmtCount(countParams(c).total)} parameters`);
@@ -131,14 +217,43 @@ export async function runPoint(point: SweepPoint, o: RunPointOptions): Promise<P
       profile: r.profile,
     };
   } catch (e) {
-    if (o.abandon?.aborted) throw e; // the run is another process's now
-    const msg = `${(e as Error).name}: ${(e as Error).message}`;
-    await recordRunFailure(run, msg);
+    if (o.abandon?.aborted) {
+      await run.releaseLease().catch(() => {}); // the run is another process's now
+      throw e;
+    }
+    let msg = `${(e as Error).name}: ${(e as Error).message}`;
+    try {
+      await recordRunFailure(run, msg);
+    } catch (f) {
+      if (!(f instanceof FailureNotRecordedError)) throw f;
+      msg = f.message; // the real error first, then why the store could not record it
+    }
     o.progress(`run ${meta.id} failed: ${msg}`);
     return _outcome(point, meta.id, run.path, "failed", null, msg, countParams(c).total);
   } finally {
     backend?.destroy();
   }
+}
+
+/**
+ * The `data:` line of a run's start: tokens per split, the tokenizer and its bytes per token, and the unigram
+ * baseline (the loss of predicting each token from its frequency alone, the number a model must get far
+ * below).
+ */
+export function dataLine(d: Dataset): string {
+  const tok = d.tokenizer, perToken = d.valBytes / d.valTokens;
+  const what = tok.kind === "byte"
+    ? "bytes"
+    : `${tok.kind} ${fmtCount(tok.vocabSize)}, ${perToken.toFixed(2)} bytes/token`;
+  return `data: ${fmtCount(d.trainTokens)} train / ${fmtCount(d.valTokens)} val tokens (${what}); ` +
+    `unigram baseline ${d.unigramLoss().toFixed(4)} nats/token`;
+}
+
+/** The outcome of a point that another run has: finished (skipped) or trained by another process (busy). */
+function _taken(point: SweepPoint, t: PointTaken, runsDir: string): PointOutcome {
+  const dir = `${runsDir}/${t.run.id}`;
+  if (t.kind === "finished") return _outcome(point, t.run.id, dir, "skipped", null, null);
+  return _outcome(point, t.run.id, dir, "busy", null, `trained by ${t.holder} in run ${t.run.id}`);
 }
 
 function _outcome(
@@ -165,7 +280,7 @@ export async function findSweepPoint(
 /** The end-of-run summary table: point, params, status, final train and validation loss. */
 export function summaryTable(outcomes: readonly PointOutcome[]): string {
   return table(
-    ["point", "params", "status", "train loss", "val loss", "val ppl", "run"],
+    ["point", "params", "status", "train loss", "val loss", "val ppl", "val bpb", "run"],
     outcomes.map((x) => [
       x.point.name,
       fmtCount(x.params),
@@ -173,8 +288,9 @@ export function summaryTable(outcomes: readonly PointOutcome[]): string {
       x.final ? x.final["train/loss"].toFixed(4) : "-",
       x.final ? x.final["val/loss"].toFixed(4) : "-",
       x.final ? x.final["val/ppl"].toFixed(2) : "-",
+      x.final ? x.final["val/bpb"].toFixed(4) : "-",
       x.runId,
     ]),
-    ["left", "right", "left", "right", "right", "right", "left"],
+    ["left", "right", "left", "right", "right", "right", "right", "left"],
   );
 }

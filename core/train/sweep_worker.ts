@@ -9,11 +9,19 @@
  * `staleSeconds`, this worker has lost the point: it stops before its next step and writes nothing more.
  * Checkpoints are files under the runs directory, which must be the same shared directory on every worker.
  *
+ * A worker holds the run of its point (the run's lease, core/runs/store.ts) while it trains it. Taking a
+ * point over, it takes the run over with the same stale limit as the queue (`staleSeconds`, not the run's
+ * default 600 s), waiting out the few seconds by which the dead worker's last heartbeat of the run may
+ * trail its last one of the point; a run that another live process trains (say a `run --resume` by hand)
+ * fails the point with RunBusyError's message, naming that process.
+ *
  * @module
  */
 import { parseExperimentText } from "../config/mod.ts";
+import { checkpointRecordPath } from "../runs/checkpoints.ts";
 import { openStoredRun } from "../runs/stored_run.ts";
-import { gitCommit, newRunId } from "../runs/run_dir.ts";
+import { gitCommit, newRunId, type RunDir } from "../runs/run_dir.ts";
+import { RunBusyError } from "../runs/store_errors.ts";
 import type { RunStore } from "../runs/store.ts";
 import type { Claim, ClaimResult, QueuedPoint, SweepQueue } from "../runs/sweep_queue.ts";
 import { continueRun } from "./continue_run.ts";
@@ -190,7 +198,8 @@ async function _train(
       commit,
       runId,
     });
-    return { status: r.status === "skipped" ? "finished" : r.status, error: r.error, final: r.final };
+    const status = r.status === "skipped" ? "finished" : r.status === "busy" ? "failed" : r.status;
+    return { status, error: r.error, final: r.final };
   }
   await _checkShared(o, runId);
   const stored = await openStoredRun(
@@ -198,21 +207,57 @@ async function _train(
     runId,
     (e, why) => progress(`skipping checkpoint ${e.step}: ${why}`),
   );
-  const backend = await o.backendFactory(stored.config);
+  await _takeRun(stored.run, o, abandon, progress);
+  let backend;
+  try {
+    backend = await o.backendFactory(stored.config);
+  } catch (e) {
+    await stored.run.releaseLease().catch(() => {});
+    throw e;
+  }
   try {
     const r = await continueRun(stored, backend, { progress, signal: o.signal, abandon, baseDir });
     return { status: r.status, error: null, final: r.final };
   } catch (e) {
-    if (abandon.aborted) throw e;
+    if (abandon.aborted) {
+      await stored.run.releaseLease().catch(() => {}); // the run is the new claim's
+      throw e;
+    }
     return { status: "failed", error: `${(e as Error).name}: ${(e as Error).message}`, final: null };
   } finally {
     backend.destroy();
   }
 }
 
+/**
+ * Takes the run of a point claimed again: its lease, with the queue's stale limit. The dead worker's last
+ * heartbeat of the run may trail its last one of the point by up to a heartbeat period, so while the run
+ * looks held this tries again for up to `staleSeconds` (plus a margin) before giving up with RunBusyError.
+ */
+async function _takeRun(
+  run: RunDir,
+  o: SweepWorkerOptions,
+  abandon: AbortSignal,
+  progress: (line: string) => void,
+): Promise<void> {
+  const giveUpAt = performance.now() + (o.staleSeconds + 5) * 1000;
+  for (;;) {
+    try {
+      const took = await run.takeLease({ staleSeconds: o.staleSeconds });
+      if (took) progress(`took run ${run.meta.id} over from ${took}`);
+      return;
+    } catch (e) {
+      if (!(e instanceof RunBusyError) || performance.now() > giveUpAt || abandon.aborted) throw e;
+      await _sleep(Math.min(1000, (o.staleSeconds * 1000) / 4), abandon);
+    }
+  }
+}
+
 /** Throws {@linkcode RunsDirNotSharedError} where the run's files, which the store lists, are not here. */
 async function _checkShared(o: SweepWorkerOptions, runId: string): Promise<void> {
   const newest = (await o.store.checkpoints(runId)).at(-1);
+  // A record's path is the store's word: only its own run's ckpt/step-<step>.safetensors is looked at.
+  if (newest) checkpointRecordPath(o.runsDir, newest);
   const must = [`${runId}/config.yaml`, ...(newest ? [newest.path] : [])];
   for (const rel of must) {
     const there = await Deno.stat(`${o.runsDir}/${rel}`).then(() => true, () => false);

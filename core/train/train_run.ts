@@ -37,11 +37,29 @@ export async function trainRun(
 }
 
 /**
+ * The run failed and the store could not record it either (a full disk often takes both): the message is
+ * the failure's own, then what the store said. The run stays `running` in the store until the next command
+ * that opens it finds this process gone and marks it `interrupted`.
+ */
+export class FailureNotRecordedError extends Error {
+  override name = "FailureNotRecordedError";
+}
+
+/**
  * Records that `run` failed with `message`: the points logged before the failure are written if the store
- * still takes them, then the run is marked failed and an `error` event names the step.
+ * still takes them, then the run is marked failed and an `error` event names the step. Where the store
+ * refuses that, throws {@linkcode FailureNotRecordedError} carrying `message` first, so the real error is
+ * never replaced by the store's.
  */
 export async function recordRunFailure(run: RunDir, message: string): Promise<void> {
   await run.flush().catch(() => {});
-  await run.update({ status: "failed", ended_at: new Date().toISOString(), error: message });
-  await run.event("error", message, run.meta.step);
+  try {
+    await run.update({ status: "failed", ended_at: new Date().toISOString(), error: message });
+    await run.event("error", message, run.meta.step);
+  } catch (e) {
+    throw new FailureNotRecordedError(
+      `${message}\nThe run store could not record this failure of run ${run.meta.id} either: ` +
+        `${(e as Error).message}`,
+    );
+  }
 }

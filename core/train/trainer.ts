@@ -8,6 +8,7 @@
  */
 import type { Experiment } from "../config/schema.ts";
 import type { Dataset } from "../data/dataset.ts";
+import { tokenizerMetadata } from "../data/tokenizers.ts";
 import type { RunDir } from "../runs/run_dir.ts";
 import { ProfileAccumulator, type StepProfile } from "./profile.ts";
 import { f32Tensor, type SafeTensor, tensorToF32 } from "../runs/safetensors.ts";
@@ -15,6 +16,8 @@ import type { StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { learningRate } from "./lr_schedule.ts";
 import { fmtDuration } from "../util/format.ts";
 import { optionalEnv } from "../util/env.ts";
+import { faultKillPoint } from "../runs/atomic_write.ts";
+import { CheckpointError } from "../runs/checkpoints.ts";
 
 /** Consecutive non-finite steps that stop a run. */
 export const MAX_NONFINITE_STREAK = 10;
@@ -50,7 +53,7 @@ export interface TrainResult {
   status: "finished" | "interrupted";
   steps: number; // optimizer steps completed in total
   skipped: number; // non-finite steps skipped
-  final: { "train/loss": number; "val/loss": number; "val/ppl": number };
+  final: { "train/loss": number; "val/loss": number; "val/ppl": number; "val/bpb": number };
   profile: StepProfile | null; // with `profile`: GPU time per step and per kernel
 }
 
@@ -141,7 +144,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     if (n % t.eval_every === 0 || n === end) {
       await drain(0);
       lastVal = await offClock(() => evaluate(o, n, log));
-      o.progress?.(`step ${n}  val loss ${lastVal.toFixed(4)}  ppl ${Math.exp(lastVal).toFixed(2)}`);
+      o.progress?.(
+        `step ${n}  val loss ${lastVal.toFixed(4)}  ppl ${Math.exp(lastVal).toFixed(2)}  bpb ${
+          o.dataset.bitsPerByte(lastVal).toFixed(4)
+        }`,
+      );
     }
     if (n % t.checkpoint_every === 0 || n === end) {
       await drain(0);
@@ -162,7 +169,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     status: done >= t.steps ? "finished" : "interrupted",
     steps: done,
     skipped,
-    final: { "train/loss": lastLoss, "val/loss": lastVal, "val/ppl": Math.exp(lastVal) },
+    final: {
+      "train/loss": lastLoss,
+      "val/loss": lastVal,
+      "val/ppl": Math.exp(lastVal),
+      "val/bpb": o.dataset.bitsPerByte(lastVal),
+    },
     profile: profile.result(),
   };
 }
@@ -191,6 +203,7 @@ export async function evaluate(
   const val = sum / n;
   log("val/loss", step, val);
   log("val/ppl", step, Math.exp(val));
+  log("val/bpb", step, o.dataset.bitsPerByte(val));
   for (const [key, acc] of loads) {
     acc.load.forEach((v, e) => log(`${key}/load/${e}`, step, v));
     acc.prob.forEach((v, e) => log(`${key}/prob/${e}`, step, v));
@@ -221,8 +234,22 @@ async function _checkpoint(o: TrainOptions, step: number, skipped: number): Prom
   // kill between the two) would never log them again.
   await o.run.flush();
   const state = await o.backend.exportState();
-  const metadata = { config: o.configYaml, format: "dsmoe-1", skipped_steps: String(skipped) };
-  await o.run.checkpoint(step, stateToTensors(state), metadata, 3);
+  const metadata = {
+    config: o.configYaml,
+    format: "dsmoe-1",
+    skipped_steps: String(skipped),
+    ...tokenizerMetadata(o.dataset.tokenizer),
+  };
+  try {
+    await o.run.checkpoint(step, stateToTensors(state), metadata, 3);
+  } catch (e) {
+    // A manifest that turned unreadable mid-run: the run fails (exit 1); the manifest is left as it is.
+    if (e instanceof CheckpointError) {
+      throw new TrainError(`Checkpoint of step ${step} not written: ${e.message}`);
+    }
+    throw e;
+  }
+  faultKillPoint("checkpoint:stored");
   await o.run.update({ step });
 }
 
@@ -238,15 +265,30 @@ export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
   return out;
 }
 
-/** The inverse of {@linkcode stateToTensors}: a checkpoint's tensors back into a training state. */
+/**
+ * The inverse of {@linkcode stateToTensors}: a checkpoint's tensors back into a training state. Throws
+ * CheckpointError where the optimizer state is incomplete (a missing `optimizer_step` would restart the
+ * schedule; a missing moment would leave the optimizer's buffers as they were). Values and shapes are
+ * checked against the model by `checkCheckpointContent` (core/runs/stored_run.ts) before this is called.
+ */
 export function tensorsToState(t: ReadonlyMap<string, SafeTensor>): TrainState {
   const adamM = new Map<string, Float32Array>(), adamV = new Map<string, Float32Array>();
   for (const [key, tensor] of t) {
     if (key.startsWith("adam_m/")) adamM.set(key.slice(7), tensorToF32(tensor));
     else if (key.startsWith("adam_v/")) adamV.set(key.slice(7), tensorToF32(tensor));
   }
+  const params = paramsFromTensors(t);
+  for (const name of params.keys()) {
+    if (!adamM.has(name) || !adamV.has(name)) {
+      throw new CheckpointError(`Checkpoint has no Adam moments of parameter "${name}"`);
+    }
+  }
   const step = t.get("optimizer_step");
-  return { params: paramsFromTensors(t), adamM, adamV, step: step ? tensorToF32(step)[0]! : 0 };
+  const value = step && step.shape.length === 1 && step.shape[0] === 1 ? tensorToF32(step)[0]! : NaN;
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new CheckpointError(`Checkpoint has no valid optimizer_step (${step ? value : "missing"})`);
+  }
+  return { params, adamM, adamV, step: value };
 }
 
 /** The parameters' values by name (`param/…` of a checkpoint's tensors), as inference takes them. */
@@ -254,7 +296,7 @@ export function paramValues(t: ReadonlyMap<string, SafeTensor>): Map<string, Flo
   return new Map([...paramsFromTensors(t)].map(([name, p]) => [name, p.data]));
 }
 
-/** Only the parameters (`param/…`) of a checkpoint's tensors, for inference. */
+/** Only the parameters (`param/…`) of a checkpoint's tensors, for inference; each must be F32. */
 export function paramsFromTensors(
   t: ReadonlyMap<string, SafeTensor>,
 ): Map<string, { shape: readonly number[]; data: Float32Array }> {

@@ -37,7 +37,7 @@ export function embeddingGrad(
     ctx,
     tokens,
     `embedding_grad (${tokens} tokens)`,
-    "Lower train.batch × data.seq_len (the tokens one step sums over)",
+    "Lower train.micro_batch × data.seq_len (the tokens one micro-step sums over)",
   );
   if (d % 4 === 0) {
     // G vec4s of one row per invocation: each pass over the token ids serves 4·G columns, not one.
@@ -150,7 +150,7 @@ export function sumRows(ctx: GpuContext, o: { x: GpuTensor; out: GpuTensor }): K
     ctx,
     o.x.size / d,
     `sum_rows (${o.x.size / d} rows)`,
-    "Lower train.batch × data.seq_len (the tokens one step sums over)",
+    "Lower train.micro_batch × data.seq_len (the tokens one micro-step sums over)",
   );
   return simpleKernel(ctx, {
     label: "sum_rows",

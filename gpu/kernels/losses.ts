@@ -1,7 +1,9 @@
 /**
  * Loss kernels and their gradients: cross-entropy from logits, the DS-MoE mutual-information router loss,
- * the Switch load-balance loss and the router z-loss. Scalars are (1,) tensors; reductions over rows are
- * deterministic (fixed order), with small scratch tensors the caller allocates.
+ * the Switch load-balance loss and the router z-loss, and the two router losses' micro-batch forms under
+ * gradient accumulation (the batch's p̄ or routed shares given; core/ref/losses.ts). Scalars are (1,)
+ * tensors; reductions over rows are deterministic (fixed order), with small scratch tensors the caller
+ * allocates.
  *
  * @module
  */
@@ -113,13 +115,21 @@ export function crossEntropyBackward(
   });
 }
 
+/** What to lower when one invocation would sum over too many tokens on llvmpipe. */
+const _TOKENS_HINT = "Lower train.micro_batch × data.seq_len (the tokens one graph execution sums over)";
+
+/** out (E,) = column means of x (N, E) (a micro-batch's router statistics). */
+export function meanRows(ctx: GpuContext, o: { x: GpuTensor; out: GpuTensor }): KernelCall {
+  return _colMean(ctx, "mean_rows", o.x, o.out);
+}
+
 function _colMean(ctx: GpuContext, label: string, s: GpuTensor, out: GpuTensor): KernelCall {
   const [N, E] = s.shape as [number, number];
   loopBudget(
     ctx,
     N,
     `${label} (${N} rows)`,
-    "Lower train.batch × data.seq_len (the tokens one step sums over)",
+    _TOKENS_HINT,
   );
   if (ctx.profile === "gpu") {
     return columnSums(ctx, {
@@ -154,7 +164,7 @@ export function miLoss(ctx: GpuContext, o: { s: GpuTensor; loss: GpuTensor; pbar
     ctx,
     N * E + E,
     `mi_loss (${N} rows × ${E} experts)`,
-    "Lower train.batch × data.seq_len (the tokens one step sums over)",
+    _TOKENS_HINT,
   );
   return [
     _colMean(ctx, "mi_loss_pbar", o.s, o.pbar),
@@ -189,22 +199,85 @@ export function miLossBackward(
   ctx: GpuContext,
   o: { s: GpuTensor; dl: GpuTensor; ds: GpuTensor; pbar: GpuTensor },
 ): KernelCall[] {
+  return [_colMean(ctx, "mi_loss_backward_pbar", o.s, o.pbar), _miBackward(ctx, "mi_loss_backward", o)];
+}
+
+/** dS from a p̄ already in `pbar`. */
+function _miBackward(
+  ctx: GpuContext,
+  label: string,
+  o: { s: GpuTensor; dl: GpuTensor; ds: GpuTensor; pbar: GpuTensor },
+): KernelCall {
   const [N, E] = o.s.shape as [number, number];
-  return [
-    _colMean(ctx, "mi_loss_backward_pbar", o.s, o.pbar),
-    simpleKernel(ctx, {
-      label: "mi_loss_backward",
-      bindings: [{ name: "s", tensor: o.s }, { name: "p", tensor: o.pbar }, { name: "dl", tensor: o.dl }, {
-        name: "ds",
-        tensor: o.ds,
-        write: true,
-      }],
-      fields: [["n", "u32", N * E], ["E", "u32", E], ["N", "u32", N], ["eps", "f32", MI_EPS]],
-      invocations: N * E,
-      body: `  let pb = p[i % u.E]; let v = s[i];
+  return simpleKernel(ctx, {
+    label,
+    bindings: [{ name: "s", tensor: o.s }, { name: "p", tensor: o.pbar }, { name: "dl", tensor: o.dl }, {
+      name: "ds",
+      tensor: o.ds,
+      write: true,
+    }],
+    fields: [["n", "u32", N * E], ["E", "u32", E], ["N", "u32", N], ["eps", "f32", MI_EPS]],
+    invocations: N * E,
+    body: `  let pb = p[i % u.E]; let v = s[i];
   ds[i] = dl[0] / f32(u.N) * (log(pb + u.eps) + pb / (pb + u.eps) - log(v + u.eps) - v / (v + u.eps));`,
-    }),
+  });
+}
+
+/**
+ * The MI loss of a micro-batch against the batch's p̄ (`pbar`, given): loss (1,) = F(pbar) + Σ_e c_e·(own_e −
+ * pbar_e) − (1/N) Σ S log(S + ε), F(p) = Σ p log(p + ε), c = log(pbar + ε) + pbar/(pbar + ε), own = the
+ * micro-batch's column means (scratch (E,)).
+ */
+export function miLossGlobal(
+  ctx: GpuContext,
+  o: { s: GpuTensor; pbar: GpuTensor; loss: GpuTensor; own: GpuTensor },
+): KernelCall[] {
+  const [N, E] = o.s.shape as [number, number];
+  const bindings: Binding[] = [
+    { name: "s", tensor: o.s },
+    { name: "g", tensor: o.pbar },
+    { name: "p", tensor: o.own },
+    { name: "l", tensor: o.loss, write: true },
   ];
+  const fields: UniformFields = [["N", "u32", N], ["E", "u32", E], ["eps", "f32", MI_EPS]];
+  loopBudget(ctx, N * E + E, `mi_loss_global (${N} rows × ${E} experts)`, _TOKENS_HINT);
+  const linear = `var acc = 0.0;
+    for (var e = 0u; e < u.E; e = e + 1u) {
+      let b = g[e];
+      acc = acc + b * log(b + u.eps) + (log(b + u.eps) + b / (b + u.eps)) * (p[e] - b);
+    }`;
+  return [
+    _colMean(ctx, "mi_loss_global_pbar", o.s, o.own),
+    ctx.profile === "gpu"
+      ? totalSum(ctx, {
+        label: "mi_loss_global",
+        bindings,
+        fields,
+        count: "u.N * u.E",
+        term: "s[k] * log(s[k] + u.eps)",
+        finish: `${linear}
+    l[0] = acc - total / f32(u.N);`,
+      })
+      : _single(
+        ctx,
+        "mi_loss_global",
+        bindings,
+        fields,
+        `
+  ${linear}
+  var h = 0.0;
+  for (var k = 0u; k < u.N * u.E; k = k + 1u) { h = h + s[k] * log(s[k] + u.eps); }
+  l[0] = acc - h / f32(u.N);`,
+      ),
+  ];
+}
+
+/** dS = (dl/N)·[c(pbar) − log(S+ε) − S/(S+ε)] with the batch's p̄ given. */
+export function miLossGlobalBackward(
+  ctx: GpuContext,
+  o: { s: GpuTensor; pbar: GpuTensor; dl: GpuTensor; ds: GpuTensor },
+): KernelCall {
+  return _miBackward(ctx, "mi_loss_global_backward", o);
 }
 
 /** loss (1,) = E · Σ_e (f_e/k) P_e; f = column means of mask, P = of S; scratch fp (2E,). */
@@ -212,24 +285,37 @@ export function switchLoss(
   ctx: GpuContext,
   o: { s: GpuTensor; mask: GpuTensor; loss: GpuTensor; k: number; f: GpuTensor; p: GpuTensor },
 ): KernelCall[] {
-  const E = o.s.shape[1]!;
   return [
     _colMean(ctx, "switch_f", o.mask, o.f),
     _colMean(ctx, "switch_p", o.s, o.p),
-    _single(
-      ctx,
-      "switch_loss",
-      [{ name: "f", tensor: o.f }, { name: "p", tensor: o.p }, { name: "l", tensor: o.loss, write: true }],
-      [
-        ["E", "u32", E],
-        ["k", "f32", o.k],
-      ],
-      `
+    _switchTotal(ctx, "switch_loss", o),
+  ];
+}
+
+/** loss = E · Σ_e (f_e/k) p_e from column means already in f and p. */
+function _switchTotal(
+  ctx: GpuContext,
+  label: string,
+  o: { s: GpuTensor; loss: GpuTensor; k: number; f: GpuTensor; p: GpuTensor },
+): KernelCall {
+  return _single(
+    ctx,
+    label,
+    [{ name: "f", tensor: o.f }, { name: "p", tensor: o.p }, { name: "l", tensor: o.loss, write: true }],
+    [["E", "u32", o.s.shape[1]!], ["k", "f32", o.k]],
+    `
   var acc = 0.0;
   for (var e = 0u; e < u.E; e = e + 1u) { acc = acc + f[e] / u.k * p[e]; }
   l[0] = f32(u.E) * acc;`,
-    ),
-  ];
+  );
+}
+
+/** The Switch loss of a micro-batch against the batch's routed shares f (given); scratch p (E,). */
+export function switchLossGlobal(
+  ctx: GpuContext,
+  o: { s: GpuTensor; f: GpuTensor; loss: GpuTensor; k: number; p: GpuTensor },
+): KernelCall[] {
+  return [_colMean(ctx, "switch_global_p", o.s, o.p), _switchTotal(ctx, "switch_loss_global", o)];
 }
 
 /** dS[t, e] = dl · E · f_e / (k · N). */
@@ -237,21 +323,37 @@ export function switchLossBackward(
   ctx: GpuContext,
   o: { s: GpuTensor; mask: GpuTensor; dl: GpuTensor; ds: GpuTensor; k: number; f: GpuTensor },
 ): KernelCall[] {
-  const [N, E] = o.s.shape as [number, number];
   return [
     _colMean(ctx, "switch_backward_f", o.mask, o.f),
-    simpleKernel(ctx, {
-      label: "switch_loss_backward",
-      bindings: [{ name: "f", tensor: o.f }, { name: "dl", tensor: o.dl }, {
-        name: "ds",
-        tensor: o.ds,
-        write: true,
-      }],
-      fields: [["n", "u32", N * E], ["E", "u32", E], ["kN", "f32", o.k * N]],
-      invocations: N * E,
-      body: `  ds[i] = dl[0] * f32(u.E) * f[i % u.E] / u.kN;`,
-    }),
+    _switchBackward(ctx, "switch_loss_backward", o),
   ];
+}
+
+/** dS = dl · E · f / (k · N) with the batch's routed shares f given. */
+export function switchLossGlobalBackward(
+  ctx: GpuContext,
+  o: { s: GpuTensor; f: GpuTensor; dl: GpuTensor; ds: GpuTensor; k: number },
+): KernelCall {
+  return _switchBackward(ctx, "switch_loss_global_backward", o);
+}
+
+function _switchBackward(
+  ctx: GpuContext,
+  label: string,
+  o: { s: GpuTensor; f: GpuTensor; dl: GpuTensor; ds: GpuTensor; k: number },
+): KernelCall {
+  const [N, E] = o.s.shape as [number, number];
+  return simpleKernel(ctx, {
+    label,
+    bindings: [{ name: "f", tensor: o.f }, { name: "dl", tensor: o.dl }, {
+      name: "ds",
+      tensor: o.ds,
+      write: true,
+    }],
+    fields: [["n", "u32", N * E], ["E", "u32", E], ["kN", "f32", o.k * N]],
+    invocations: N * E,
+    body: `  ds[i] = dl[0] * f32(u.E) * f[i % u.E] / u.kN;`,
+  });
 }
 
 /** loss (1,) = mean_t logsumexp(x_t)²; x (N, E). */

@@ -120,7 +120,7 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
     ctx,
     transB ? Math.floor(k / 4) + (vec ? 0 : k % 4) : k,
     `${label} (${m}×${k}×${n})`,
-    `Its inner size K = ${k} is the number of tokens for weight gradients: lower train.batch × data.seq_len (the tokens one step sums over)`,
+    `Its inner size K = ${k} is the number of tokens for weight gradients: lower train.micro_batch × data.seq_len (the tokens one micro-step sums over)`,
   );
   // Strides in the units of each binding's element (vec4 where that operand loads as vec4).
   const aVec = transB ? vec && !transA : _outerAVec(m, k, n, tile.tm, transA);

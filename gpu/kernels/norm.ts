@@ -194,7 +194,7 @@ export function normBackward(
     ctx,
     rows,
     `norm_backward_params_${o.kind} (${rows} rows)`,
-    "Lower train.batch × data.seq_len (the tokens one step sums over)",
+    "Lower train.micro_batch × data.seq_len (the tokens one micro-step sums over)",
   );
   const params = simpleKernel(ctx, {
     label: `norm_backward_params_${o.kind}`,
