@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { describeFileKind } from "../util/fs.ts";
 import { dirname, isAbsolute, join, normalize, resolve } from "node:path";
 import {
   ConfigError,
@@ -267,7 +268,7 @@ function _readBounded(path: string): Uint8Array {
 
 function _checkFileInfo(info: Deno.FileInfo, path: string, at: SourcePos, keyPath: string): void {
   if (!info.isFile) {
-    throw new ConfigError([issueAt(at, keyPath, `"${path}" is ${_kindOf(info)}, not a file`)]);
+    throw new ConfigError([issueAt(at, keyPath, `"${path}" is ${describeFileKind(info)}, not a file`)]);
   }
   // Kernel pseudo-files claim size 0 and may block when read (/proc/kmsg) or hold secrets (/proc/*/environ).
   const real = Deno.realPathSync(path);
@@ -285,15 +286,6 @@ function _checkFileInfo(info: Deno.FileInfo, path: string, at: SourcePos, keyPat
       ),
     ]);
   }
-}
-
-function _kindOf(info: Deno.FileInfo): string {
-  if (info.isDirectory) return "a directory";
-  if (info.isFifo) return "a FIFO (named pipe)";
-  if (info.isSocket) return "a socket";
-  if (info.isCharDevice) return "a character device";
-  if (info.isBlockDevice) return "a block device";
-  return "not a regular file";
 }
 
 function _readError(e: unknown, path: string, at: SourcePos, keyPath: string, asWritten: string): Error {

@@ -18,6 +18,7 @@
  */
 import {
   DOCUMENT_SEPARATOR,
+  newReadStats,
   type ReadStats,
   type TextChunk,
   type TextSource,
@@ -169,7 +170,7 @@ export async function corpusSummary(name: string): Promise<string> {
 export function readCorpus(name: string, options: ReadCorpusOptions = {}): TextSource {
   const spec = _spec(name);
   const path = `${CORPUS_PREFIX}${spec.name}`;
-  let stats = _newStats(path);
+  let stats = newReadStats("corpus", path, ["text"]);
   return {
     format: "corpus",
     path,
@@ -177,7 +178,7 @@ export function readCorpus(name: string, options: ReadCorpusOptions = {}): TextS
       return stats;
     },
     [Symbol.asyncIterator]() {
-      stats = _newStats(path);
+      stats = newReadStats("corpus", path, ["text"]);
       return _documents(spec, options, stats)[Symbol.asyncIterator]();
     },
   };
@@ -320,19 +321,4 @@ async function _sotuFiles(dir: string, pkg: string): Promise<string[]> {
     throw new DataError(`Cannot list ${dir}/data: ${(e as Error).message}; reinstall ${pkg}`);
   }
   return names.sort().map((n) => `data/${n}`);
-}
-
-function _newStats(path: string): ReadStats {
-  return {
-    format: "corpus",
-    path,
-    fileBytes: 0,
-    bytesRead: 0,
-    documents: 0,
-    chunks: 0,
-    textBytes: 0,
-    skipped: 0,
-    fields: ["text"],
-    done: false,
-  };
 }

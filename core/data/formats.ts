@@ -25,6 +25,7 @@
  *
  * @module
  */
+import { describeFileKind } from "../util/fs.ts";
 import type { AsyncBuffer, FileMetaData, SchemaTree } from "hyparquet";
 import { DataError, firstInvalidUtf8 } from "./sources.ts";
 
@@ -146,7 +147,7 @@ export function formatOfPath(path: string): TextFormat {
 export function openTextSource(format: TextFormat, path: string, options: OpenTextOptions = {}): TextSource {
   const read = Object.hasOwn(READERS, format) ? READERS[format] : undefined;
   if (!read) throw new DataError(`Unknown text format "${format}" (available: ${TEXT_FORMATS.join(", ")})`);
-  let stats = _newStats(format, path);
+  let stats = newReadStats(format, path);
   return {
     format,
     path,
@@ -154,7 +155,7 @@ export function openTextSource(format: TextFormat, path: string, options: OpenTe
       return stats;
     },
     [Symbol.asyncIterator]() {
-      stats = _newStats(format, path);
+      stats = newReadStats(format, path);
       return read(path, options, stats)[Symbol.asyncIterator]();
     },
   };
@@ -175,7 +176,7 @@ export async function inspectTextSource(
     const name = options.label ?? path;
     const file = await _openRegular(path, name);
     try {
-      const { metadata } = await _parquetOpen(file, name, _newStats(format, path));
+      const { metadata } = await _parquetOpen(file, name, newReadStats(format, path));
       const tree = await _schemaTree(metadata, name);
       _findTextColumn(tree, field, name);
       return {
@@ -496,21 +497,12 @@ async function _openRegular(path: string, name: string): Promise<{ handle: Deno.
     if (e instanceof Deno.errors.NotFound) throw new DataError(`${name} does not exist`);
     throw new DataError(`${name}: cannot be read: ${(e as Error).message}`);
   }
-  if (!info.isFile) throw new DataError(`${name} is ${_kindOf(info)}, not a regular file`);
+  if (!info.isFile) throw new DataError(`${name} is ${describeFileKind(info)}, not a regular file`);
   try {
     return { handle: await Deno.open(path, { read: true }), size: info.size };
   } catch (e) {
     throw new DataError(`${name}: cannot be read: ${(e as Error).message}`);
   }
-}
-
-function _kindOf(info: Deno.FileInfo): string {
-  if (info.isDirectory) return "a directory";
-  if (info.isFifo) return "a FIFO (named pipe)";
-  if (info.isSocket) return "a socket";
-  if (info.isCharDevice) return "a character device";
-  if (info.isBlockDevice) return "a block device";
-  return "something else";
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -708,7 +700,8 @@ function _leafNames(tree: SchemaTree, prefix = ""): string[] {
   return out;
 }
 
-function _newStats(format: TextFormat, path: string): ReadStats {
+/** Fresh read statistics of a source (nothing read yet); `fields` as known before reading. */
+export function newReadStats(format: SourceFormat, path: string, fields: string[] = []): ReadStats {
   return {
     format,
     path,
@@ -718,7 +711,7 @@ function _newStats(format: TextFormat, path: string): ReadStats {
     chunks: 0,
     textBytes: 0,
     skipped: 0,
-    fields: [],
+    fields,
     done: false,
   };
 }

@@ -21,6 +21,7 @@
  *
  * @module
  */
+import { describeFileKind } from "../util/fs.ts";
 import { CORPUS_PREFIX, type CorpusInfo, corpusStats, listCorpora, readCorpus } from "./corpora.ts";
 import {
   DOCUMENT_SEPARATOR,
@@ -329,17 +330,7 @@ export function firstInvalidUtf8(b: Uint8Array): number {
   return -1;
 }
 
-/** What a file system entry is, for messages: "a directory", "a FIFO (named pipe)", "a character device" … */
-export function describeFileKind(info: Deno.FileInfo): string {
-  if (info.isFile) return "a regular file";
-  if (info.isDirectory) return "a directory";
-  if (info.isSymlink) return "a symlink";
-  if (info.isFifo) return "a FIFO (named pipe)";
-  if (info.isSocket) return "a socket";
-  if (info.isCharDevice) return "a character device";
-  if (info.isBlockDevice) return "a block device";
-  return "not a regular file";
-}
+export { describeFileKind };
 
 /** The kernel's pseudo-file systems: their files claim size 0 or block, and are never data. */
 function _pseudoRoot(realPath: string): string | null {

@@ -16,11 +16,12 @@
  */
 import { dirname, resolve } from "node:path";
 import { syncCheckpoints } from "./checkpoints.ts";
+import { METRICS_JOURNAL, readMetricJournal } from "./journal.ts";
 import { fileKind } from "./sqlite_store.ts";
 import { StoreDamagedError, StoreMissingError, StoreReadOnlyError } from "./store_errors.ts";
 import { openPostgresStore } from "./postgres_store.ts";
 import { isPostgresUrl, parsePostgresUrl } from "./postgres_url.ts";
-import type { MetricPoint, RunMeta } from "./run_dir.ts";
+import type { RunMeta } from "./run_dir.ts";
 import { openSqliteStore, storePath } from "./sqlite_store.ts";
 import type { RunStore } from "./store.ts";
 
@@ -256,7 +257,7 @@ export async function importRunFolders(store: RunStore, runsDir: string): Promis
     // A run that was running when its writer stopped did not finish.
     const status = meta.status === "running" ? "interrupted" : meta.status;
     if (!await store.importRun({ ...meta, status }, yaml)) continue;
-    const points = await _readJsonl(`${dir}/metrics.jsonl`);
+    const points = await readMetricJournal(`${dir}/${METRICS_JOURNAL}`);
     for (let i = 0; i < points.length; i += 5000) await store.logMetrics(meta.id, points.slice(i, i + 5000));
     let note = "";
     try {
@@ -268,24 +269,4 @@ export async function importRunFolders(store: RunStore, runsDir: string): Promis
     imported.push(meta.id);
   }
   return imported;
-}
-
-async function _readJsonl(path: string): Promise<MetricPoint[]> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch {
-    return [];
-  }
-  const out: MetricPoint[] = [];
-  for (const line of text.split("\n")) {
-    if (!line) continue;
-    try {
-      const p = JSON.parse(line) as MetricPoint;
-      if ([p.step, p.tokens, p.time, p.value].every(Number.isFinite)) out.push(p);
-    } catch {
-      // A torn final line of an interrupted append.
-    }
-  }
-  return out;
 }

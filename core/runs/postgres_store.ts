@@ -26,6 +26,7 @@ import {
 import {
   describeHolder,
   interruptReason,
+  pointTaken,
   RUN_STALE_SECONDS,
   runBusyMessage,
   runLostMessage,
@@ -182,18 +183,9 @@ class _PostgresStore implements PostgresRunStore {
         const rows = await tx`
           SELECT *, EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS now_ms FROM runs
           WHERE sweep_id = ${meta.sweep_id} AND name = ${meta.name} ORDER BY started_at DESC, id DESC`;
-        const finished = rows.find((r) => r.status === "finished");
-        if (finished) return { kind: "finished", run: runFromRow(finished) };
-        for (const r of rows) {
-          const now = Number(r.now_ms);
-          if (
-            r.lease_id === null ||
-            interruptReason(r, { host: this.#host, nowMs: now, staleSeconds: stale }) !== null
-          ) {
-            continue;
-          }
-          return { kind: "busy", run: runFromRow(r), holder: describeHolder(r, now) };
-        }
+        const nowMs = Number(rows[0]?.now_ms ?? 0); // the server's clock, as heartbeats are written
+        const taken = pointTaken(rows, { host: this.#host, nowMs, staleSeconds: stale });
+        if (taken) return taken;
         const lease: RunLease = { run_id: meta.id, lease_id: crypto.randomUUID(), took_over: null };
         if (!await this.#insertRun(tx, meta, configYaml, lease.lease_id)) {
           throw new Error(`Run "${meta.id}" already exists in ${this.url}`);

@@ -21,6 +21,7 @@ import {
   syncCheckpoints,
   writeCheckpoint,
 } from "./checkpoints.ts";
+import { journalLine, METRICS_JOURNAL } from "./journal.ts";
 import { openRunStore } from "./open_store.ts";
 import { RUN_STALE_SECONDS } from "./run_liveness.ts";
 import type { SafeTensor } from "./safetensors.ts";
@@ -76,8 +77,7 @@ export async function gitCommit(): Promise<string | null> {
   }
 }
 
-/** The journal of a run's metric points, beside its checkpoints: one JSON point per line, appended. */
-export const METRICS_JOURNAL = "metrics.jsonl";
+export { METRICS_JOURNAL };
 
 /** What {@linkcode RunDir.createPoint} found instead of starting the point: its finished or busy run. */
 export type PointTaken =
@@ -237,10 +237,7 @@ export class RunDir {
   /** Appends `points` to `metrics.jsonl` (after the store took them: the journal never holds more). */
   async #journal(points: readonly MetricPoint[]): Promise<void> {
     const file = `${this.path}/${METRICS_JOURNAL}`;
-    const text =
-      points.map((p) =>
-        JSON.stringify({ key: p.key, step: p.step, tokens: p.tokens, time: p.time, value: p.value })
-      ).join("\n") + "\n";
+    const text = points.map(journalLine).join("\n") + "\n";
     try {
       await Deno.writeTextFile(file, text, { append: true });
     } catch (e) {

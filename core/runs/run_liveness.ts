@@ -5,7 +5,8 @@
  *
  * @module
  */
-import type { StoreRow } from "./store_rows.ts";
+import type { PointRunStart } from "./store.ts";
+import { runFromRow, type StoreRow } from "./store_rows.ts";
 
 /** This machine's hostname, as stores record it with a run's writer (null where it cannot be read). */
 export function thisHost(): string | null {
@@ -114,4 +115,22 @@ export function runLostMessage(id: string, r: StoreRow, nowMs: number): string {
   return r.lease_id === null || r.lease_id === undefined
     ? `Run ${id} is no longer held by this process (its lease ended): it writes no more to it`
     : `Run ${id} was taken over by ${describeHolder(r, nowMs)}: this process writes no more to it`;
+}
+
+/**
+ * Whether a sweep point is taken already, from its runs' rows (newest first): a finished run, else one whose
+ * lease holder still lives; null when a new run may start it. `nowMs` is the clock heartbeats are compared
+ * with, `host` this machine's.
+ */
+export function pointTaken(
+  rows: readonly StoreRow[],
+  o: { host: string | null; nowMs: number; staleSeconds: number },
+): Exclude<PointRunStart, { kind: "created" }> | null {
+  const finished = rows.find((r) => r.status === "finished");
+  if (finished) return { kind: "finished", run: runFromRow(finished) };
+  for (const r of rows) {
+    if (r.lease_id === null || interruptReason(r, o) !== null) continue;
+    return { kind: "busy", run: runFromRow(r), holder: describeHolder(r, o.nowMs) };
+  }
+  return null;
 }

@@ -25,6 +25,7 @@ import { pathToFileURL } from "node:url";
 import {
   describeHolder,
   interruptReason,
+  pointTaken,
   RUN_STALE_SECONDS,
   runBusyMessage,
   runLostMessage,
@@ -707,18 +708,8 @@ class _SqliteStore implements RunStore {
         "SELECT * FROM runs WHERE sweep_id = ? AND name = ? ORDER BY started_at DESC, id DESC",
       )
         .all(meta.sweep_id, meta.name) as _Row[];
-      const finished = rows.find((r) => r.status === "finished");
-      if (finished) return { kind: "finished", run: runFromRow(finished) };
-      const now = Date.now();
-      for (const r of rows) {
-        if (
-          r.lease_id === null ||
-          interruptReason(r, { host: this.#host, nowMs: now, staleSeconds: stale }) !== null
-        ) {
-          continue;
-        }
-        return { kind: "busy", run: runFromRow(r), holder: describeHolder(r, now) };
-      }
+      const taken = pointTaken(rows, { host: this.#host, nowMs: Date.now(), staleSeconds: stale });
+      if (taken) return taken;
       const lease: RunLease = { run_id: meta.id, lease_id: crypto.randomUUID(), took_over: null };
       this.#insertRun(meta, configYaml, lease.lease_id);
       return { kind: "created", lease };

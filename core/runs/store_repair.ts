@@ -25,7 +25,8 @@ import { parse as parseYaml } from "yaml";
 import { parseExperimentText } from "../config/mod.ts";
 import { type CheckpointEntry, ckptDir, listCheckpoints, sha256Hex } from "./checkpoints.ts";
 import { openPostgresStore } from "./postgres_store.ts";
-import { type MetricPoint, METRICS_JOURNAL, type RunMeta } from "./run_dir.ts";
+import { METRICS_JOURNAL, readMetricJournal } from "./journal.ts";
+import type { MetricPoint, RunMeta } from "./run_dir.ts";
 import { describeHolder, interruptReason, RUN_STALE_SECONDS, thisHost } from "./run_liveness.ts";
 import { inspectStoreFile, openSqliteStore, runDirectoryNames, walProblem } from "./sqlite_store.ts";
 import type { RunRecord, RunStore } from "./store.ts";
@@ -436,7 +437,7 @@ async function _fill(
       old?.pid ?? null,
       old?.heartbeat_at ?? null,
     );
-    const journal = onDisk ? await _readJournal(`${dir}/${METRICS_JOURNAL}`) : [];
+    const journal = onDisk ? await readMetricJournal(`${dir}/${METRICS_JOURNAL}`) : [];
     const merged = _mergePoints(metrics.get(id) ?? [], journal);
     const ins = db.prepare(
       "INSERT INTO metrics (run_id, key, step, tokens, time, value) VALUES (?, ?, ?, ?, ?, ?)",
@@ -588,29 +589,6 @@ function _startedAt(id: string): string | null {
   if (!m) return null;
   const t = Date.parse(`${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}Z`);
   return Number.isFinite(t) ? new Date(t).toISOString() : null;
-}
-
-/** The points of a journal; a torn last line (a process killed mid-append) and bad lines are skipped. */
-async function _readJournal(path: string): Promise<MetricPoint[]> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch {
-    return [];
-  }
-  const out: MetricPoint[] = [];
-  for (const line of text.split("\n")) {
-    if (!line) continue;
-    try {
-      const p = JSON.parse(line) as MetricPoint;
-      if (typeof p.key === "string" && [p.step, p.tokens, p.time, p.value].every(Number.isFinite)) {
-        out.push(p);
-      }
-    } catch {
-      // torn line
-    }
-  }
-  return out;
 }
 
 /**
