@@ -3,7 +3,7 @@ import { cli, type CliResult } from "./helpers/cli.ts";
 import { latestCheckpoint, listCheckpoints } from "../core/runs/checkpoints.ts";
 import { readSafeTensors, tensorToF32 } from "../core/runs/safetensors.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
-import { closeRunStores } from "../core/runs/open_store.ts";
+import { closeRunStores, openRunStore } from "../core/runs/open_store.ts";
 import { loadExperiment } from "../core/config/mod.ts";
 import { loadDataset } from "../core/data/dataset.ts";
 import { GpuTrainBackend, parseFaultSteps } from "../core/train/gpu_backend.ts";
@@ -246,6 +246,28 @@ Deno.test("a buffer the device refuses (out of memory) fails the run with exit 1
     const meta = (await RunDir.open(dir, id)).meta;
     assertEquals(meta.status, "failed");
     assert(meta.error?.includes('"adam.v.wte"'), meta.error ?? "no error recorded");
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a config past this adapter's limits is refused before any run exists: exit 2, the kernel's reason", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // Attention over 1,024 tokens of head_dim 64 loops past llvmpipe's limit; a real GPU has none, so on one
+    // the run simply trains (then this test only checks that it starts).
+    const r = await cli(
+      ...["run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--no-dashboard", "--stop-after", "1"],
+      ...["--set", "data.seq_len=1024", "--set", "model.attention.head_dim=64"],
+    );
+    const store = await openRunStore(dir);
+    const runs = await store.listRuns();
+    if ((await testGpu()).adapter.description.includes("llvmpipe")) {
+      assertEquals(r.code, 2, r.err.join("\n"));
+      assert(r.err.some((l) => l.startsWith("Plan refused:") && l.includes("loop")), r.err.join("\n"));
+      assertEquals(runs.length, 0, "no run record for a refused plan");
+    } else assertEquals(r.code, 0, r.err.join("\n"));
   } finally {
     closeRunStores();
     await Deno.remove(dir, { recursive: true });

@@ -18,6 +18,7 @@ import { generateCommand } from "./generate_cmd.ts";
 import { reproCommand } from "./repro_cmd.ts";
 import { useStore } from "./store_flag.ts";
 import { DataError } from "../data/sources.ts";
+import { GpuLimitError } from "../../gpu/errors.ts";
 import { RunBusyError, StoreMissingError } from "../runs/store_errors.ts";
 import { CheckpointError } from "../runs/checkpoints.ts";
 import { RUN_USAGE, USAGE } from "./usage.ts";
@@ -98,6 +99,10 @@ function _report(e: unknown, io: CliIo): number {
   if (e instanceof UsageError) {
     io.err(`Usage error: ${e.message}\nRun with --help for usage.`);
     return EXIT_USAGE;
+  }
+  if (e instanceof GpuLimitError) {
+    io.err(`Plan refused: ${e.message}`);
+    return EXIT_USAGE; // refused before anything ran or was written
   }
   // Bad data, a store that is not there, a run another process holds and a checkpoint, manifest or run
   // directory refused before use: nothing was done (exit 2).

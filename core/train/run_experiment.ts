@@ -24,6 +24,7 @@ import { openRunStore } from "../runs/open_store.ts";
 import { gitCommit, newRunId, type PointTaken, RunDir, type RunMeta } from "../runs/run_dir.ts";
 import { preferredRun, type RunStore } from "../runs/store.ts";
 import { fmtCount, table } from "../util/format.ts";
+import { GpuLimitError } from "../../gpu/errors.ts";
 import type { TrainBackend } from "./backend.ts";
 import { FailureNotRecordedError, recordRunFailure, trainRun } from "./train_run.ts";
 import type { TrainResult } from "./trainer.ts";
@@ -195,20 +196,36 @@ export async function runPoint(
     error: null,
     step: 0,
   };
-  const created = o.sweepId !== null && o.runId === undefined
-    ? await RunDir.createPoint(o.runsDir, meta, yaml)
-    : await RunDir.create(o.runsDir, meta, yaml);
-  if (!(created instanceof RunDir)) return _taken(point, created, o.runsDir);
+  // The device and the plan come first: a config past this device's limits (GpuLimitError: llvmpipe's loop
+  // limit, a binding too large …) is refused here, before any run exists. Other setup failures (the device
+  // refusing a buffer) are the run's: recorded below.
+  const made = await o.backendFactory(c).then((b) => ({ backend: b, error: null }), (e) => {
+    if (e instanceof GpuLimitError) throw e;
+    return { backend: null, error: e as Error };
+  });
+  let backend: TrainBackend | null = made.backend;
+  let created;
+  try {
+    created = o.sweepId !== null && o.runId === undefined
+      ? await RunDir.createPoint(o.runsDir, meta, yaml)
+      : await RunDir.create(o.runsDir, meta, yaml);
+  } catch (e) {
+    backend?.destroy();
+    throw e;
+  }
+  if (!(created instanceof RunDir)) {
+    backend?.destroy();
+    return _taken(point, created, o.runsDir);
+  }
   const run = created;
   await cleanCheckpointTemps(run.path);
   await atomicWriteText(`${run.path}/tokenizer.json`, dataset.tokenizer.toJSON());
   await run.event("start", `started ${point.name}`, 0, { params: point.params });
   o.progress(`run ${meta.id} → ${run.path}`);
   if (o.dashboardUrl) o.progress(`live: ${o.dashboardUrl}runs/${meta.id}`);
-  let backend: TrainBackend | null = null;
   try {
     o.progress(dataLine(dataset));
-    backend = await o.backendFactory(c);
+    if (!backend) throw made.error;
     await run.update({ adapter: backend.description });
     o.progress(`device: ${backend.description}; ${fmtCount(countParams(c).total)} parameters`);
     const r = await trainRun({ config: c, configYaml: yaml, dataset, backend, run }, o);
