@@ -8,6 +8,7 @@ import { UsageError } from "../core/cli/errors.ts";
 import { parseExperimentText } from "../core/config/mod.ts";
 import { countParams } from "../core/plan/counts.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
+import { generateMultidomain } from "../core/data/synthetic.ts";
 
 const close = (a: number, b: number, rel: number) => Math.abs(a - b) <= rel * Math.abs(b);
 
@@ -84,6 +85,46 @@ Deno.test("eval measures ppl and active parameters per rule on a trained micro r
       over.err.join("\n"),
     );
     assertEquals((await (await RunDir.open(dir, id)).readMetrics()).length, m.length);
+
+    // --text scores any file with the model's tokenizer, recording nothing: text like the training data
+    // scores about as the validation split does, printable characters drawn uniformly far worse, and for
+    // bytes (one token a byte) bpb = loss / ln 2.
+    const like = generateMultidomain(7, 40_000).bytes, uniform = new Uint8Array(40_000);
+    for (let i = 0, x = 12345; i < uniform.length; i++) {
+      x = (x * 1103515245 + 12345) % 2 ** 31;
+      uniform[i] = 32 + (x >> 8) % 95;
+    }
+    await Deno.writeFile(`${dir}/like.txt`, like);
+    await Deno.writeFile(`${dir}/uniform.txt`, uniform);
+    const score = async (file: string) => {
+      const t = await cli(
+        "eval",
+        id,
+        "--text",
+        `${dir}/${file}`,
+        "--batches",
+        "4",
+        "--runs-dir",
+        dir,
+        "--json",
+      );
+      assertEquals(t.code, 0, t.err.join("\n"));
+      assertEquals([t.json().text, t.json().bytes, t.json().tokens], [`${dir}/${file}`, 40_000, 40_000]);
+      return t.json().rules[0];
+    };
+    const [a, b] = [await score("like.txt"), await score("uniform.txt")];
+    const val = trained.json().final["val/ppl"];
+    assert(close(a.ppl, val, 0.25) && b.ppl > 1.5 * a.ppl, `like ${a.ppl} (val ${val}) vs uniform ${b.ppl}`);
+    assert(close(a.bpb, a.loss / Math.LN2, 1e-12), `${a.bpb} vs ${a.loss / Math.LN2}`);
+    assertEquals(
+      (await (await RunDir.open(dir, id)).readMetrics()).length,
+      m.length,
+      "--text records nothing",
+    );
+    await Deno.writeTextFile(`${dir}/short.txt`, "too short");
+    const short = await cli("eval", id, "--text", `${dir}/short.txt`, "--runs-dir", dir);
+    assertEquals(short.code, 2, short.err.join("\n"));
+    assert(short.err.join("\n").includes(`--text "${dir}/short.txt": 9 tokens`), short.err.join("\n"));
   } finally {
     closeRunStores();
     await Deno.remove(dir, { recursive: true });

@@ -6,10 +6,10 @@
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
-import { type Dataset, loadDataset } from "../data/dataset.ts";
+import { Dataset, loadDataset } from "../data/dataset.ts";
 import { defaultCacheDir } from "../data/prepare.ts";
-import type { Tokenizer } from "../data/tokenizers.ts";
-import { DataError } from "../data/sources.ts";
+import { ChunkedEncoder, type Tokenizer } from "../data/tokenizers.ts";
+import { DataError, inspectSource, resolveSource, sourceStream } from "../data/sources.ts";
 import { evaluateRules, type RuleResult } from "../infer/evaluate.ts";
 import { recordRuleResults } from "../infer/record.ts";
 import { countParams, layerShape } from "../plan/counts.ts";
@@ -45,7 +45,10 @@ Options:
                     window of seq_len + 1 tokens evaluated is a distinct one of the validation split: N above
                     the split's distinct windows ÷ train.batch is refused (exit 2) naming that maximum; the
                     default 32 is lowered to it, with a notice
-  --json            last stdout line: {"dense_ppl","rules":[{"rule","params","ppl","active_params",…}]}
+  --text FILE       score FILE instead of the validation split (text, .jsonl or .parquet, at most 64 MiB):
+                    windows of seq_len + 1 tokens spread over all of it, tokenized with the model's tokenizer;
+                    printed only (not recorded with the run)
+  --json            last stdout line: {"dense_ppl","rules":[{"rule","params","ppl","bpb","active_params",…}]}
 ${storeUsage(20)}`;
 
 /** Validation batches per rule when `--batches` is not given (fewer when the split holds fewer). */
@@ -121,6 +124,63 @@ export async function loadEvalData(
   });
 }
 
+/** Most bytes of text `eval --text` reads. */
+export const MAX_EVAL_TEXT_BYTES = 64 << 20;
+
+/**
+ * `eval --text FILE`: the file's text (plain, JSON Lines or Parquet, read and checked as a data source is)
+ * tokenized with the model's tokenizer, as the validation split of a Dataset; at most
+ * {@linkcode MAX_EVAL_TEXT_BYTES}. A file too short for one batch of windows is a DataError naming it.
+ */
+export async function loadEvalText(
+  path: string,
+  c: Readonly<Experiment>,
+  tokenizer: Tokenizer,
+): Promise<Dataset> {
+  const named = (e: unknown) =>
+    e instanceof DataError ? new DataError(e.message.replace(/^data\.source /, "--text ")) : e;
+  try {
+    const r = await resolveSource(path);
+    if (r.kind !== "files") throw new DataError(`--text "${path}": expected a file, got ${r.kind} text`);
+    await inspectSource(r, { textField: c.data.text_field });
+    const encoder = new ChunkedEncoder(tokenizer), parts: Uint32Array[] = [];
+    let bytes = 0;
+    for await (const b of sourceStream(r, { textField: c.data.text_field })) {
+      bytes += b.length;
+      if (bytes > MAX_EVAL_TEXT_BYTES) {
+        throw new DataError(
+          `--text "${path}": more than ${MAX_EVAL_TEXT_BYTES} bytes of text; score a part of it`,
+        );
+      }
+      parts.push(encoder.push(b));
+    }
+    parts.push(encoder.flush());
+    const tokens = new Uint32Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) tokens.set(p, at), at += p.length;
+    const need = c.data.seq_len + c.train.batch;
+    if (tokens.length < need) {
+      throw new DataError(
+        `--text "${path}": ${tokens.length} tokens; scoring needs at least seq_len + batch = ${need} (one batch ` +
+          "of windows)",
+      );
+    }
+    return new Dataset(
+      { train: tokens, val: tokens, trainDomains: null, valDomains: null },
+      {
+        seqLen: c.data.seq_len,
+        seed: c.seed,
+        domainNames: [],
+        tokenizer,
+        trainBytes: bytes,
+        valBytes: bytes,
+      },
+    );
+  } catch (e) {
+    throw named(e);
+  }
+}
+
 /** Runs `f`, turning its RangeError (bad rule text) into a usage error prefixed with `prefix`. */
 function _usage<T>(f: () => T, prefix: string): T {
   try {
@@ -139,6 +199,7 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
     k: { type: "string", multiple: true },
     p: { type: "string", multiple: true },
     batches: { type: "string" },
+    text: { type: "string" },
   });
   const { values, positionals } = parsed;
   if (values.help) {
@@ -156,9 +217,13 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   const dense = denseRules();
   const rules = [dense, ...(asked.length > 0 ? asked : [own])];
 
-  const dataset = await loadEvalData(c, runsDir, target.tokenizer, io);
+  const text = values.text;
+  const dataset = text === undefined
+    ? await loadEvalData(c, runsDir, target.tokenizer, io)
+    : await loadEvalText(text, c, target.tokenizer);
   const batches = evalBatches(askedBatches, dataset, c.train.batch, (l) => io.err(l));
-  io.err(`Evaluating ${target.label} (step ${target.step}) on ${batches} validation batches per rule`);
+  const what = text === undefined ? "validation batches" : `batches of ${text}`;
+  io.err(`Evaluating ${target.label} (step ${target.step}) on ${batches} ${what} per rule`);
   const gpu = await openGpu({
     powerPreference: c.hardware.power_preference,
     validation: c.hardware.validation,
@@ -177,7 +242,7 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   const shown = results.filter((r, i) => results.findIndex((x) => x.rule === r.rule) === i);
   io.out(_table(shown, denseResult, routed));
 
-  const run = target.run;
+  const run = text === undefined ? target.run : null; // a score of another text is not the run's metric
   if (run) {
     await recordOrWarn(
       async () => {
@@ -193,6 +258,7 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
     io.out(JSON.stringify({
       dense_ppl: denseResult.ppl,
       step: target.step,
+      ...(text === undefined ? {} : { text, tokens: dataset.valTokens, bytes: dataset.valBytes }),
       rules: shown.map((r) => ({
         rule: r.rule,
         params,

@@ -84,6 +84,7 @@ const _RUN_COLUMNS = [
   ["train loss", "last train/loss", "train_loss"],
   ["best val loss", "lowest val/loss (at step)", "best_val_loss"],
   ["val ppl", "last val/ppl", "val_ppl"],
+  ["val bpb", "last val/bpb (bits per byte)", "val_bpb"],
 ] as const;
 
 function _runRow(r: RunSummary): string {
@@ -101,7 +102,7 @@ function _runRow(r: RunSummary): string {
       r.best_val_loss,
       r.best_val_loss === null ? "—" : `${_num(r.best_val_loss)} <small>@${r.best_val_loss_step}</small>`,
     ) +
-    _cell(r.last_val_ppl) + "</tr>";
+    _cell(r.last_val_ppl) + _cell(r.last_val_bpb) + "</tr>";
 }
 
 /** The runs table at `/`. */
@@ -192,7 +193,7 @@ export function sweepPage(
   params: readonly string[],
   report: ReportRecord | null = null,
 ): string {
-  const head = ["status", "name", ...params, "step", "train loss", "best val loss", "val ppl"]
+  const head = ["status", "name", ...params, "step", "train loss", "best val loss", "val ppl", "val bpb"]
     .map((h) => `<th class="sortable">${esc(h)}</th>`).join("");
   const rows = runs.map((r) =>
     `<tr data-id="${esc(r.id)}">${_cell(r.status, _status(r.status))}` +
@@ -201,7 +202,8 @@ export function sweepPage(
       const v = r.sweep_params[p];
       return _cell(typeof v === "number" ? v : v === undefined ? null : JSON.stringify(v));
     }).join("") +
-    _cell(r.step) + _cell(r.last_train_loss) + _cell(r.best_val_loss) + _cell(r.last_val_ppl) + "</tr>"
+    _cell(r.step) + _cell(r.last_train_loss) + _cell(r.best_val_loss) + _cell(r.last_val_ppl) +
+    _cell(r.last_val_bpb) + "</tr>"
   ).join("\n");
   const body = `<h1>Sweep ${esc(sweep?.name ?? id)} <small>${runs.length} points</small></h1>
 <p><code>${esc(id)}</code>${sweep ? ` · created ${esc(sweep.created_at)}` : ""}

@@ -28,6 +28,7 @@ export interface RunSummary extends Omit<RunRecord, "config_yaml"> {
   best_val_loss: number | null;
   best_val_loss_step: number | null;
   last_val_ppl: number | null;
+  last_val_bpb: number | null; // bits per byte: compares runs of different tokenizers
 }
 
 /**
@@ -80,7 +81,7 @@ function _at(v: unknown, path: readonly string[]): unknown {
 /** The runs-table row of `run`. */
 export async function summarizeRun(store: RunStore, run: RunRecord): Promise<RunSummary> {
   const [last, best] = await Promise.all([
-    store.lastMetrics(run.id, ["train/loss", "val/ppl"]),
+    store.lastMetrics(run.id, ["train/loss", "val/ppl", "val/bpb"]),
     store.bestMetrics(run.id, ["val/loss"]),
   ]);
   const { config_yaml, ...rest } = run;
@@ -94,6 +95,7 @@ export async function summarizeRun(store: RunStore, run: RunRecord): Promise<Run
     best_val_loss: bestVal?.value ?? null,
     best_val_loss_step: bestVal?.step ?? null,
     last_val_ppl: last.get("val/ppl")?.value ?? null,
+    last_val_bpb: last.get("val/bpb")?.value ?? null,
   };
 }
 

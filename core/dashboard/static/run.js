@@ -13,6 +13,7 @@ import { MetricsView } from "./metrics_view.js";
 export const TRAINING_CHARTS = [
   { title: "Loss", keys: ["train/loss", "val/loss"], smooth: true },
   { title: "Validation perplexity", keys: ["val/ppl"] },
+  { title: "Validation bits per byte", keys: ["val/bpb"] },
   { title: "Learning rate", keys: ["train/lr"] },
   { title: "Gradient norm", keys: ["train/grad_norm"], smooth: true },
   { title: "MI router loss", keys: ["train/mi_loss/attention", "train/mi_loss/mlp"], smooth: true },

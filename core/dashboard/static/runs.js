@@ -38,6 +38,7 @@ async function refresh() {
     const best = r.best_val_loss === null ? "—" : `${fmt(r.best_val_loss)} @${r.best_val_loss_step}`;
     setCell(row, "best_val_loss", r.best_val_loss, best);
     setCell(row, "val_ppl", r.last_val_ppl, fmt(r.last_val_ppl));
+    setCell(row, "val_bpb", r.last_val_bpb, fmt(r.last_val_bpb));
   }
   if (runs.length !== runsTable.tBodies[0].rows.length) location.reload(); // a new run appeared
   return runs.some((r) => r.status === "running");

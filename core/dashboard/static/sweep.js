@@ -12,6 +12,7 @@ const SWEEP_CHARTS = [
   { title: "Validation loss", keys: ["val/loss"] },
   { title: "Training loss", keys: ["train/loss"], smooth: true },
   { title: "Validation perplexity", keys: ["val/ppl"] },
+  { title: "Validation bits per byte", keys: ["val/bpb"] },
 ];
 
 const data = pageData();
