@@ -1,4 +1,5 @@
 import { deepStrictEqual as assertEquals, notDeepStrictEqual, ok as assert } from "node:assert/strict";
+import { tokenizerFromJson } from "../core/data/tokenizers.ts";
 import { cli } from "./helpers/cli.ts";
 import { closeRunStores } from "../core/runs/open_store.ts";
 import { parseExperimentText } from "../core/config/mod.ts";
@@ -203,6 +204,59 @@ Deno.test("generate streams greedy text whose tokens are the float64 model's arg
     } finally {
       dec.destroy();
     }
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("generate with a BPE model encodes the prompt with the run's tokenizer and streams whole characters", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // A micro model on Moby-Dick through a 300-token BPE trained on it (the run records the tokenizer).
+    const sets = [
+      ...[
+        "--set",
+        "data.source=corpus:moby-dick",
+        "--set",
+        "data.tokenizer=bpe",
+        "--set",
+        "data.vocab_size=300",
+      ],
+      ...["--set", "train.steps=10", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10"],
+    ];
+    const trained = await cli(
+      "run",
+      "tests/fixtures/micro.yaml",
+      ...sets,
+      "--runs-dir",
+      dir,
+      "--json",
+      "--no-dashboard",
+    );
+    assertEquals(trained.code, 0, trained.err.join("\n"));
+    const id = trained.json().run_id;
+    assert(Number.isFinite(trained.json().final["val/bpb"]), "val bpb reported");
+    const tok = tokenizerFromJson(await Deno.readTextFile(`${dir}/${id}/tokenizer.json`));
+    assertEquals([tok.kind, tok.vocabSize], ["bpe", 300]);
+    // "é" and "—" are 2 and 3 bytes: their bytes are separate tokens of this small vocabulary.
+    const prompt = "Call me Ishmael — café ";
+    const r = await cli(
+      ...["generate", id, "--prompt", prompt, "--max-tokens", "40", "--temperature", "1", "--top-k", "0"],
+      ...["--seed", "5", "--runs-dir", dir, "--json"],
+    );
+    assertEquals(r.code, 0, r.err.join("\n"));
+    const j = r.json();
+    assertEquals(j.prompt_tokens, tok.encode(prompt).length);
+    assert(j.prompt_tokens < new TextEncoder().encode(prompt).length, "the prompt was merged by the BPE");
+    assertEquals(j.text, tok.decode(j.tokens));
+    // What was streamed, token by token, is the prompt and the decoded continuation, each character once.
+    assertEquals(r.out.slice(0, -1).join("\n"), prompt + j.text);
+    const splitChars = (j.tokens as number[]).filter((t) => {
+      const b = tok.tokenBytes!(t);
+      return b.length === 1 && b[0]! >= 0x80;
+    });
+    assert(splitChars.length > 0, "the sample holds tokens that are parts of a character");
   } finally {
     closeRunStores();
     await Deno.remove(dir, { recursive: true });
