@@ -407,7 +407,7 @@ const CASES: Case[] = [
       await Deno.symlink(`${c.victim}/config.yaml`, `${c.run}/config.yaml`);
     },
     code: 2,
-    stderr: [(c) => `${c.run}/config.yaml: is not a file (a link or a directory)`],
+    stderr: [(c) => `${c.run}/config.yaml: is not a file (a link, a directory or a device)`],
   },
   {
     name: "checkpoints listed as larger than the model's can be (never read)",

@@ -240,16 +240,32 @@ async function _checkRunDir(runsDir: string, id: string): Promise<void> {
 }
 
 async function _readConfig(path: string): Promise<string> {
+  const text = await readRunFile(path, MAX_FILE_BYTES, "a config");
+  if (text === null) {
+    throw new CheckpointError(`${path}: missing; a run's resolved config is needed to use its checkpoints`);
+  }
+  return text;
+}
+
+/** Most bytes of a run directory's `tokenizer.json` read (a 50,257-token GPT-2 file is ~2 MB). */
+export const MAX_RUN_TOKENIZER_BYTES = 64 << 20;
+
+/**
+ * A text file of a run directory (its config, its tokenizer), or null when there is none: it must be a
+ * regular file — not a link, a FIFO or a directory, which are refused without being opened — of at most
+ * `maxBytes` (`what` names it in the message). Refusals are CheckpointErrors naming the path.
+ */
+export async function readRunFile(path: string, maxBytes: number, what: string): Promise<string | null> {
   let info: Deno.FileInfo;
   try {
     info = await Deno.lstat(path);
   } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
-    throw new CheckpointError(`${path}: missing; a run's resolved config is needed to use its checkpoints`);
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw new CheckpointError(`${path}: cannot be read: ${(e as Error).message}`);
   }
-  if (!info.isFile) throw new CheckpointError(`${path}: is not a file (a link or a directory)`);
-  if (info.size > MAX_FILE_BYTES) {
-    throw new CheckpointError(`${path}: ${info.size} bytes, more than a config can be (${MAX_FILE_BYTES})`);
+  if (!info.isFile) throw new CheckpointError(`${path}: is not a file (a link, a directory or a device)`);
+  if (info.size > maxBytes) {
+    throw new CheckpointError(`${path}: ${info.size} bytes, more than ${what} can be (${maxBytes})`);
   }
   return await Deno.readTextFile(path);
 }
@@ -297,12 +313,7 @@ async function _rememberRunVocab(c: Readonly<Experiment>, runPath: string): Prom
   const spec = c.data.tokenizer;
   if (!spec.startsWith("file:")) return;
   const path = `${runPath}/tokenizer.json`;
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return; // sized from data.tokenizer's path, as written
-    throw new CheckpointError(`${path}: cannot be read: ${(e as Error).message}`);
-  }
-  rememberTokenizerVocab(spec, tokenizerJsonVocabSize(text, path));
+  const text = await readRunFile(path, MAX_RUN_TOKENIZER_BYTES, "a tokenizer");
+  // Without one the model is sized from data.tokenizer's path, as written.
+  if (text !== null) rememberTokenizerVocab(spec, tokenizerJsonVocabSize(text, path));
 }

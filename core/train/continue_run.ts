@@ -11,7 +11,7 @@ import { loadDataset } from "../data/dataset.ts";
 import { defaultCacheDir, type PrepareProgress } from "../data/prepare.ts";
 import { type Tokenizer, tokenizerFromJson, tokenizerFromMetadata } from "../data/tokenizers.ts";
 import { cleanRunLeftovers, manifestPath } from "../runs/checkpoints.ts";
-import type { StoredRun } from "../runs/stored_run.ts";
+import { MAX_RUN_TOKENIZER_BYTES, readRunFile, type StoredRun } from "../runs/stored_run.ts";
 import type { TrainBackend } from "./backend.ts";
 import { recordRunFailure, trainRun } from "./train_run.ts";
 import { tensorsToState, type TrainResult } from "./trainer.ts";
@@ -89,12 +89,6 @@ export async function runTokenizer(stored: Pick<StoredRun, "run" | "ck">): Promi
     if (tok) return tok;
   }
   const path = `${stored.run.path}/tokenizer.json`;
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return null;
-    throw e;
-  }
-  return tokenizerFromJson(text, { source: path });
+  const text = await readRunFile(path, MAX_RUN_TOKENIZER_BYTES, "a tokenizer");
+  return text === null ? null : tokenizerFromJson(text, { source: path });
 }
