@@ -57,7 +57,7 @@ export class GpuContext {
   readonly validation: boolean;
   /**
    * Tuning profile for kernel templates. `cpu-simd`: a software adapter (llvmpipe, lavapipe, SwiftShader),
-   * where big per-invocation register tiles and tiny workgroups win (shared/LLVMPIPE_NOTES.md);
+   * where big per-invocation register tiles and tiny workgroups win (docs/llvmpipe.md);
    * `gpu`: a real GPU, where 4×4–8×8 tiles, 64–256-thread workgroups and shared memory win.
    */
   readonly profile: KernelProfile;

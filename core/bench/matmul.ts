@@ -16,7 +16,7 @@ import { type Tfjs, tfjsRunnable } from "./tfjs.ts";
 /** A matmul shape: op(A) is (m, k), B is (k, n). */
 export type MatmulShape = readonly [m: number, k: number, n: number];
 
-/** Shapes of the full suite (the README's performance table). */
+/** Shapes of the full suite (the tables of docs/performance.md). */
 export const MATMUL_SHAPES: readonly MatmulShape[] = [
   [256, 256, 256],
   [512, 512, 512],

@@ -47,7 +47,7 @@ function _checkedTokens(N: number): number[] {
 /**
  * Gates (N, E) with `fraction` of all (token, expert) pairs routed: token t runs
  * ⌊(t+1)·f·E⌋ − ⌊t·f·E⌋ experts (so fractions below 1/E leave some tokens with none), its largest router
- * probabilities, weighted by the raw probability (DESIGN.md §4: no renormalization).
+ * probabilities, weighted by the raw probability (docs/design.md §5: no renormalization).
  *
  * @example
  * ```ts

@@ -1,5 +1,6 @@
 /**
- * The CLI's error types and their exit codes (DESIGN.md §7: 0 ok, 1 run failure, 2 usage or config error).
+ * The CLI's error types and their exit codes (docs/design.md §1: 0 ok, 1 run failure, 2 usage or config
+ * error).
  *
  * @module
  */

@@ -1,5 +1,5 @@
 /**
- * Help text of every command (DESIGN.md §7).
+ * Help text of every command (README.md "Commands"; the exit codes: docs/design.md §1).
  *
  * @module
  */

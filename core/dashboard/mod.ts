@@ -1,7 +1,7 @@
 /**
- * The dashboard (DESIGN.md §6): a Hono app over the run store — runs table, run and sweep pages with live
- * charts, a JSON API with an SSE stream, and bearer-token remote logging — and its server behind a
- * connection guard.
+ * The dashboard (README.md "Commands"; its API, security and guard: docs/reliability.md): a Hono app over
+ * the run store — runs table, run and sweep pages with live charts, a JSON API with an SSE stream, and
+ * bearer-token remote logging — and its server behind a connection guard.
  *
  * @module
  */

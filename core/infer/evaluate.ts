@@ -1,5 +1,5 @@
 /**
- * Evaluation of a trained model under inference routing rules (DESIGN.md §4, "Sparse inference"):
+ * Evaluation of a trained model under inference routing rules (docs/design.md §5):
  * validation loss and perplexity, and the experts each rule really activates, measured per token and
  * per layer, turned into active parameters and hidden % with the definitions of core/plan/counts.ts.
  *
@@ -39,7 +39,7 @@ export interface RuleResult {
    * tokens and the bytes they came from (`Dataset.valTokens`, `Dataset.valBytes`), comparable across tokenizers.
    */
   bpb: number;
-  activeParams: number; // mean per token, DESIGN.md §4 definition (embeddings, norms, LM head excluded)
+  activeParams: number; // mean per token, docs/design.md §5 definition (embeddings, norms, LM head excluded)
   activePct: number; // of the same count with every expert active
   hiddenPct: number; // active expert parameters / all expert parameters × 100
   layers: LayerActivity[];

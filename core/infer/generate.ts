@@ -1,7 +1,7 @@
 /**
- * Text generation with a trained model (DESIGN.md §5, §7 `deno task generate`): a one-token decoder graph
- * with per-layer KV caches on the GPU, routed layers computing only their selected experts, and seeded
- * temperature / top-k sampling on the GPU (gpu/kernels/sampling.ts), whose token the next step embeds
+ * Text generation with a trained model (docs/design.md §10; `deno task generate` in README.md): a one-token
+ * decoder graph with per-layer KV caches on the GPU, routed layers computing only their selected experts, and
+ * seeded temperature / top-k sampling on the GPU (gpu/kernels/sampling.ts), whose token the next step embeds
  * directly: the host reads tokens back in chunks for streaming instead of waiting on every token.
  *
  * Positions are learned up to `data.seq_len`; when the context fills, the newest half of it is kept and

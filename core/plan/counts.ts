@@ -2,9 +2,9 @@
  * Parameter, FLOP and memory accounting for a config, before anything is built or allocated.
  * These numbers drive `run --dry-run`, the memory-budget refusal and the dashboard's hyperparameter columns.
  *
- * Conventions (documented in README "What the counts mean"):
+ * Conventions (documented in docs/design.md §5):
  * - Weights have no biases except the hidden layer of an MLP router (d → hidden → N, biases on both).
- * - Active parameters per token follow DESIGN.md §4: shared K/V + Q/O of active attention experts +
+ * - Active parameters per token follow docs/design.md §5: shared K/V + Q/O of active attention experts +
  *   active MLP experts + routers; embeddings, positions, norms and the LM head are excluded.
  * - FLOPs count multiply-adds as 2 and include matmuls and attention scores (QKᵀ and AV over the mean
  *   causal context (T+1)/2); elementwise ops are left out. Training = 3 × forward (forward + backward).
@@ -160,7 +160,7 @@ export function expectedActive(rule: InferRule, n: number): ActiveExperts {
 
 /** Active-parameter estimate for inference under the config's own rules. */
 export interface ActiveParams {
-  active: number; // per token, DESIGN.md §4 definition
+  active: number; // per token, docs/design.md §5 definition
   all: number; // same definition with every expert active
   expertsActive: number; // expert parameters active per token
   hiddenPct: number; // expertsActive / all expert parameters × 100

@@ -1,6 +1,7 @@
 /**
- * Config → forward graph of the decoder (DESIGN.md §4): embeddings, pre-norm blocks with MoA attention and
- * a stacked-expert MoE MLP, the LM head, and the losses (cross-entropy, MI per router, Switch, z).
+ * Config → forward graph of the decoder (docs/design.md §2–§4): embeddings, pre-norm blocks with MoA
+ * attention and a stacked-expert MoE MLP, the LM head, and the losses (cross-entropy, MI per router, Switch,
+ * z).
  *
  * Dense training is the stacked-expert formulation: the MLP is one matmul of width N·h whose hidden block i
  * is scaled per token by the router probability S_i before W2; MoA is one grouped-query attention whose
@@ -79,7 +80,10 @@ export interface ModelGraph {
   batchStats: BatchStat[];
 }
 
-/** The one-token decoding graph of a model (DESIGN.md §5): KV caches as state, the position as an input. */
+/**
+ * The one-token decoding graph of a model (docs/design.md §6, §10): KV caches as state, the position as an
+ * input.
+ */
 export interface DecoderGraph {
   graph: Graph;
   params: ParamSpec[];

@@ -1,6 +1,6 @@
 /**
- * `plan(config, mode)` (DESIGN.md §5): the compute graph of a config for one purpose, scheduled, with its
- * liveness-based buffer plan.
+ * `plan(config, mode)` (docs/design.md §6): the compute graph of a config for one purpose, scheduled, with
+ * its liveness-based buffer plan.
  *
  * - `train-dense`: forward with every expert, losses, and the gradient of the total loss for every parameter
  *   (the optimizer runs on those gradients). The graph is one micro-batch's (`train.micro_batch`); a step

@@ -1,5 +1,5 @@
 /**
- * Float64 references of inference attention (DESIGN.md §4 and §5): attention against a KV cache for
+ * Float64 references of inference attention (docs/design.md §3 and §10): attention against a KV cache for
  * decoding, and sparse MoA, where only a token's routed attention experts compute their query heads and
  * output projection while keys and values are shared.
  *

@@ -1,9 +1,9 @@
 /**
- * Float64 reference of the sparse MoE MLP over the stacked-expert layout (DESIGN.md §4): W1 is (d, E·h)
- * with expert e's block in columns e·h…(e+1)·h−1, W2 is (E·h, d) with expert e's block in rows e·h…, and
- * y[t] = Σ_e gate[t, e] · act(x[t]·W1_e) · W2_e over the experts whose gate is non-zero (gate = router
- * probability ⊙ 0/1 mask). Only routed (token, expert) pairs are computed, as on the GPU
- * (gpu/kernels/moe.ts); with every gate non-zero it equals the dense stacked formula.
+ * Float64 reference of the sparse MoE MLP over the stacked-expert layout (docs/design.md §3): W1 is (d, E·h)
+ * with expert e's block in columns e·h…(e+1)·h−1, W2 is (E·h, d) with expert e's block in rows e·h…, and y[t]
+ * = Σ_e gate[t, e] · act(x[t]·W1_e) · W2_e over the experts whose gate is non-zero (gate = router probability
+ * ⊙ 0/1 mask). Only routed (token, expert) pairs are computed, as on the GPU (gpu/kernels/moe.ts); with every
+ * gate non-zero it equals the dense stacked formula.
  *
  * @module
  */

@@ -1,5 +1,5 @@
 /**
- * Float64 reference of the inference routing rules (DESIGN.md §4, "Sparse inference"): which experts run
+ * Float64 reference of the inference routing rules (docs/design.md §5): which experts run
  * for each token, as a 0/1 mask over the router probabilities S (N tokens × E experts). The gate is then
  * S ⊙ mask: raw probabilities, not renormalized, as in the DS-MoE paper.
  *

@@ -1,7 +1,8 @@
 /**
- * The run store (DESIGN.md §6): runs, sweeps, resolved configs, metric points, events and checkpoint records
- * of every run, in one database. SQLite (`node:sqlite`, {@linkcode openSqliteStore}) is the default, at
- * `<runs-dir>/runs.db`; checkpoint files stay on disk beside it (`<runs-dir>/<id>/ckpt/`), the store lists them.
+ * The run store (docs/reliability.md, "The run store"): runs, sweeps, resolved configs, metric points, events
+ * and checkpoint records of every run, in one database. SQLite (`node:sqlite`, {@linkcode openSqliteStore})
+ * is the default, at `<runs-dir>/runs.db`; checkpoint files stay on disk beside it (`<runs-dir>/<id>/ckpt/`),
+ * the store lists them.
  *
  * Writers: several processes may train into one store at once. Each process holds one connection; writes
  * are short transactions that wait for the lock (busy timeout) and retry, so none is lost or refused.

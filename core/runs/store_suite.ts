@@ -48,9 +48,13 @@ const pt = (key: string, step: number, value: number): MetricPoint => ({
  * });
  * ```
  */
-export function runStoreSuite(name: string, open: () => Promise<StoreUnderTest>): void {
+export function runStoreSuite(
+  name: string,
+  open: () => Promise<StoreUnderTest>,
+  o: { ignore?: boolean } = {},
+): void {
   for (const [behaviour, fn] of _CASES) {
-    Deno.test(`${name}: ${behaviour}`, async () => {
+    Deno.test({ name: `${name}: ${behaviour}`, ignore: o.ignore ?? false }, async () => {
       const t = await open();
       try {
         await fn(t.store, t.location);

@@ -1,7 +1,7 @@
 /**
  * What the training loop needs from a compute backend (WebGPU, or the float64 CPU reference).
  * A step is queued, not awaited: its statistics resolve later, so the loop never waits on the device
- * inside a step (DESIGN.md §5) and reads losses a few steps behind.
+ * inside a step (docs/design.md §9) and reads losses a few steps behind.
  *
  * @module
  */

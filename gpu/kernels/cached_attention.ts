@@ -1,6 +1,6 @@
 /**
- * Attention for decoding with a KV cache (DESIGN.md §5): the new tokens' keys and values are written into
- * the cache at their positions, then each (token, query head) attends over cache rows 0 … its position.
+ * Attention for decoding with a KV cache (docs/design.md §10): the new tokens' keys and values are written
+ * into the cache at their positions, then each (token, query head) attends over cache rows 0 … its position.
  * Float64 twin: core/ref/cached_attention.ts. The position lives in a GPU buffer (`pos`), so one prepared
  * graph decodes every position without rebuilding, and no host value sits between layers.
  *

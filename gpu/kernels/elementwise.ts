@@ -1,6 +1,6 @@
 /**
  * Element-wise kernels for graph plumbing: a + b, Σ of up to 8 inputs, a ⊙ b, alpha·x, and fill.
- * Memory bound: vec4 loads, one vec4 per invocation, workgroups of 64 (LLVMPIPE_NOTES: 4–6 GB/s here),
+ * Memory bound: vec4 loads, one vec4 per invocation, workgroups of 64 (docs/llvmpipe.md: 4–6 GB/s there),
  * with a scalar tail so any length works.
  *
  * @module

@@ -3,7 +3,7 @@
  * optional batch (a stride per batch, or one B broadcast across the batch).
  *
  * Two template families, picked by `ctx.profile`:
- * - `cpu-simd` (llvmpipe and other software adapters, shared/LLVMPIPE_NOTES.md): no shared memory, no
+ * - `cpu-simd` (llvmpipe and other software adapters, docs/llvmpipe.md): no shared memory, no
  *   barriers; each invocation holds a TM×TN register tile in vec4 accumulators, workgroups of ≤ 8 lanes
  *   side by side along N, the tile's rows taken from `workgroup_id` so A's addresses are the same for every
  *   lane. B not transposed ("outer" form): per k, one A scalar per row times vec4s of B's row. B transposed
@@ -138,7 +138,7 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
 }
 
 /**
- * The cpu-simd register tile for a shape: as big as LLVMPIPE_NOTES found fastest (32×32 outer form,
+ * The cpu-simd register tile for a shape: as big as docs/llvmpipe.md found fastest (32×32 outer form,
  * 32×16 dot form, 8 lanes), shrunk so that a workgroup does not mostly hang past N or M, and so that
  * there are a few workgroups for the CPU threads to share.
  */
@@ -163,7 +163,7 @@ export function matmulTile(m: number, n: number, batch = 1, transB = false): Mat
  * product took 28 ms, 13 ms with B's loads replaced by constants, 18 ms with A's, 6 ms with both
  * (2026-11-26), and A's loads cost that much although every lane of a workgroup reads the same address
  * (Mesa's storage loads loop over the SIMD lanes). A vec4 brings 4 values per load: 1.25–1.5× on the
- * train block's four outer-form products (README "Performance").
+ * train block's four outer-form products (docs/performance.md).
  */
 function _outerAVec(m: number, k: number, n: number, tm: number, transA: boolean): boolean {
   return n % 4 === 0 && (transA ? m % 4 === 0 && tm % 4 === 0 : k % 4 === 0);
@@ -519,7 +519,7 @@ export function matmulPlan(
 ): { tile: GpuMatmulTile; splits: number } {
   const blocks = (t: GpuMatmulTile) => batch * Math.ceil(m / (t.wy * t.tm)) * Math.ceil(n / (t.wx * t.tn));
   if (ctx.profile !== "gpu") return { tile: GPU_TILE_LARGE, splits: 1 };
-  // Measured on an H200 (2026-11-26, a tuning sweep, see README "Performance"): 128×128 blocks win
+  // Measured on an H200 (2026-11-26, a tuning sweep, see docs/performance.md): 128×128 blocks win
   // from 2048² outputs, 64×64 below; a 64×64 block with K split beats 32×32 blocks unsplit (256×2048×1024
   // Xᵀ·dY: 0.79 vs 1.32 ms), so 32×32 only serves outputs narrower than 64.
   const tile = blocks(GPU_TILE_XL) >= _GPU_MIN_BLOCKS

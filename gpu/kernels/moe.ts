@@ -1,5 +1,5 @@
 /**
- * Sparse MoE MLP forward (DESIGN.md §5, "Sparse execution on GPU"): only routed (token, expert) pairs are
+ * Sparse MoE MLP forward (docs/design.md §10): only routed (token, expert) pairs are
  * computed, with no host readback. Float64 twin: core/ref/moe.ts. Stacked-expert layout as in training:
  * W1 (d, E·h) with expert e in columns e·h…, W2 (E·h, d) with expert e in rows e·h…; gate (N, E) is the
  * router probability times the 0/1 routing mask, and a pair is routed iff its gate is > 0.
@@ -9,7 +9,7 @@
  * 2. `moe_scan`: one invocation turns the counts into offsets (expert-major, then block), the expert
  *    segments of the pair list, a list of row tiles (each inside one expert's segment) and the args of
  *    the two indirect dispatches. E and the block count are small, so a serial scan is cheaper than a
- *    parallel one with barriers (shared/LLVMPIPE_NOTES.md rule 3).
+ *    parallel one with barriers (docs/llvmpipe.md, rule 3).
  * 3. `moe_place`: one invocation per (block, expert) writes its tokens, in token order, at its offset,
  *    and the token→pair index. Pairs are ordered by expert, then token: no atomics, so the order (and
  *    every float sum below) is the same on every run.
@@ -750,10 +750,10 @@ export interface MoaOptions {
 
 /**
  * Sparse MoA: y[t] = Σ over routed experts e of gate · attn(x[t]·Wq_e)·Wo_e, with shared keys and values
- * (DESIGN.md §5: only routed query/output head groups compute). The pair lists and grouped matmuls are the
- * MoE MLP's (`moe_up` without epilogue gives the pairs' query heads), with one kernel between them: each
- * (pair, head) attends over its token's key rows and scales by the gate, in place. When decoding, the
- * new keys and values are written into the caches first.
+ * (docs/design.md §10: only routed query/output head groups compute). The pair lists and grouped matmuls are
+ * the MoE MLP's (`moe_up` without epilogue gives the pairs' query heads), with one kernel between them: each
+ * (pair, head) attends over its token's key rows and scales by the gate, in place. When decoding, the new
+ * keys and values are written into the caches first.
  *
  * @example
  * ```ts ignore

@@ -1,6 +1,6 @@
 /**
  * Row softmax (max-subtracted) and its backward; one invocation per row with a serial loop, the fastest
- * layout on llvmpipe for rows of modest length (LLVMPIPE_NOTES).
+ * layout on llvmpipe for rows of modest length (docs/llvmpipe.md).
  *
  * @module
  */
