@@ -28,7 +28,8 @@ export function experimentJsonSchema(): Record<string, unknown> {
   return {
     ...base,
     title: "dsmoe experiment",
-    description: "One experiment (or, with sweep, a family of runs). See README.md (Configuration) and docs/design.md.",
+    description:
+      "One experiment (or, with sweep, a family of runs). See README.md (Configuration) and docs/design.md.",
     properties: {
       extends: {
         description: "Base file(s), relative to this file; maps merge, later files and this file win",
