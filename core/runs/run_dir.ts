@@ -238,6 +238,14 @@ export class RunDir {
   async #journal(points: readonly MetricPoint[]): Promise<void> {
     const file = `${this.path}/${METRICS_JOURNAL}`;
     const text = points.map(journalLine).join("\n") + "\n";
+    // Never written through a link (or into a FIFO or device) that someone put in the run directory.
+    const info = await Deno.lstat(file).catch((e) => {
+      if (e instanceof Deno.errors.NotFound) return null;
+      throw e;
+    });
+    if (info && !info.isFile) {
+      throw new Error(`Cannot append to ${file}: it is not a regular file (a link, a FIFO or a device)`);
+    }
     try {
       await Deno.writeTextFile(file, text, { append: true });
     } catch (e) {

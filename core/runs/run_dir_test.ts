@@ -92,6 +92,15 @@ Deno.test("RunDir: flushed points are appended to metrics.jsonl after the store 
     ro.log({ key: "infer/y", step: 3, tokens: 1, time: 2, value: 1 });
     await rejects(ro.flush(), StoreReadOnlyError);
     assertEquals((await Deno.readTextFile(`${run.path}/${METRICS_JOURNAL}`)).trim().split("\n").length, 2);
+    // A journal replaced by a link out of the run (the store takes writes again): refused, and the link's
+    // target is never written.
+    Reflect.deleteProperty(ro.store, "logMetrics");
+    await Deno.writeTextFile(`${root}/victim.txt`, "untouched\n");
+    await Deno.remove(`${run.path}/${METRICS_JOURNAL}`);
+    await Deno.symlink(`${root}/victim.txt`, `${run.path}/${METRICS_JOURNAL}`);
+    run.log({ key: "train/loss", step: 4, tokens: 32, time: 3, value: 4 });
+    await rejects(run.flush(), /metrics\.jsonl: it is not a regular file/);
+    assertEquals(await Deno.readTextFile(`${root}/victim.txt`), "untouched\n");
   } finally {
     closeRunStores();
     await Deno.remove(root, { recursive: true });
