@@ -523,6 +523,7 @@ async function* _readParquet(path: string, options: OpenTextOptions, stats: Read
     let rowStart = 0;
     for (const [group, rowGroup] of metadata.row_groups.entries()) {
       options.signal?.throwIfAborted();
+      checkRowGroupText(rowGroup, column, `${name}: row group ${group}`);
       const rowEnd = rowStart + Number(rowGroup.num_rows);
       let rows: unknown[][] = [];
       try {
@@ -558,6 +559,33 @@ async function* _readParquet(path: string, options: OpenTextOptions, stats: Read
     stats.done = true;
   } finally {
     file.handle.close();
+  }
+}
+
+/** Most bytes one row group's text column may decompress to (a compression bomb is refused, never read). */
+export const MAX_ROW_GROUP_TEXT_BYTES = 1 << 30;
+
+/**
+ * Refuses a row group whose text column's chunks say they decompress to more than
+ * {@linkcode MAX_ROW_GROUP_TEXT_BYTES}, before any of it is read.
+ */
+export function checkRowGroupText(
+  rowGroup: {
+    columns: { meta_data?: { path_in_schema: string[]; total_uncompressed_size: bigint | number } }[];
+  },
+  column: readonly string[],
+  where: string,
+): void {
+  let total = 0;
+  for (const c of rowGroup.columns) {
+    const m = c.meta_data;
+    if (m && m.path_in_schema[0] === column[0]) total += Number(m.total_uncompressed_size);
+  }
+  if (total > MAX_ROW_GROUP_TEXT_BYTES) {
+    throw new DataError(
+      `${where}: its text column decompresses to ${total} bytes, more than the ${MAX_ROW_GROUP_TEXT_BYTES} ` +
+        "read at once; write the file with smaller row groups",
+    );
   }
 }
 

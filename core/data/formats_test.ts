@@ -2,11 +2,13 @@ import { deepStrictEqual as assertEquals, ok as assert, rejects, throws } from "
 import { gzipSync, zstdCompressSync } from "node:zlib";
 import { parquetWriteBuffer } from "hyparquet-writer";
 import {
+  checkRowGroupText,
   CHUNK_BYTES,
   completeUtf8Length,
   DOCUMENT_SEPARATOR,
   formatOfPath,
   inspectTextSource,
+  MAX_ROW_GROUP_TEXT_BYTES,
   openTextSource,
   type TextChunk,
   type TextFormat,
@@ -521,4 +523,20 @@ Deno.test("Parquet streams row group by row group", async () => {
         `16 row groups`,
     );
   });
+});
+
+Deno.test("a Parquet row group whose text column would decompress past the limit is refused before it is read", () => {
+  const group = (bytes: number) => ({
+    columns: [
+      { meta_data: { path_in_schema: ["id"], total_uncompressed_size: 10 ** 12 } },
+      { meta_data: { path_in_schema: ["text"], total_uncompressed_size: BigInt(bytes) } },
+    ],
+  });
+  checkRowGroupText(group(MAX_ROW_GROUP_TEXT_BYTES), ["text"], "f.parquet: row group 0"); // the id column is not read
+  throws(
+    () => checkRowGroupText(group(MAX_ROW_GROUP_TEXT_BYTES + 1), ["text"], "f.parquet: row group 3"),
+    (e: Error) =>
+      e instanceof DataError &&
+      e.message.startsWith("f.parquet: row group 3: its text column decompresses to"),
+  );
 });
