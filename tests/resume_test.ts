@@ -169,6 +169,21 @@ Deno.test("a run killed before its first checkpoint resumes from step 0 and says
     );
     assertEquals((await latestCheckpoint(`${dir}/${id}`))!.entry.step, 6);
 
+    // Finished: resuming it says so and changes nothing; flags that would be ignored are refused.
+    const events = (await (await RunDir.open(dir, id)).store.events(id)).length;
+    const again = await cli("run", "--resume", id, "--runs-dir", dir, "--no-dashboard");
+    assertEquals(again.code, 0, again.err.join("\n"));
+    assert(
+      again.err.includes(`Run ${id} has finished its 6 steps (checkpoint at step 6): nothing to resume`),
+      again.err.join("\n"),
+    );
+    assertEquals((await (await RunDir.open(dir, id)).store.events(id)).length, events);
+    for (const flag of [["--dry-run"], ["--set", "train.steps=12"]]) {
+      const bad = await cli("run", "--resume", id, ...flag, "--runs-dir", dir);
+      assertEquals(bad.code, 2, bad.err.join("\n"));
+      assert(bad.err[0]!.includes(`${flag[0]} does not go with --resume`), bad.err.join("\n"));
+    }
+
     // Its only checkpoint damaged: refused, nothing written to the run directory or the record.
     const path = `${dir}/${id}/ckpt/step-6.safetensors`;
     await Deno.truncate(path, 1000);

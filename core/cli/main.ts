@@ -146,6 +146,15 @@ async function _run(args: string[], io: CliIo): Promise<number> {
     throw new UsageError("run --resume takes a run id, not a config file");
   }
   if (values.resume !== undefined) {
+    // A resumed run keeps its stored config and trains: flags that would change the config or train nothing
+    // are refused rather than ignored.
+    const ignored = (["dry-run", "set"] as const).find((f) => values[f] !== undefined);
+    if (ignored) {
+      throw new UsageError(
+        `--${ignored} does not go with --resume: a resumed run continues with the config it was started with ` +
+          `(runs/<id>/config.yaml); to change it, start a new run from an edited copy`,
+      );
+    }
     useStore(values);
     return await resumeRun(values.resume, io, values);
   }

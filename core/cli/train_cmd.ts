@@ -114,6 +114,13 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
   }).catch((e) => {
     throw e instanceof Deno.errors.NotFound ? new UsageError(`run --resume: ${e.message}`) : e;
   });
+  const done = stored.ck?.entry.step ?? 0, steps = stored.config.train.steps;
+  if (done >= steps) {
+    io.err(
+      `Run ${stored.run.meta.id} has finished its ${steps} steps (checkpoint at step ${done}): nothing to resume`,
+    );
+    return EXIT_OK;
+  }
   // One trainer per run: a second one stops here (exit 2, naming the holder) before the device is opened.
   await stored.run.takeLease();
   const backend = await createBackend(stored.config);
