@@ -588,7 +588,7 @@ Deno.test("runs directories: one that is a file, or missing for eval, generate a
       [
         "run into a runs dir that is a file",
         ["run", MICRO, ...CPU, "--runs-dir", `${root}/file`],
-        /Runs directory .*\/file is a file, not a directory/,
+        /Runs directory .*\/file is a regular file, not a directory/,
       ],
       ["eval with no runs dir", ["eval", "some-run", "--runs-dir", `${root}/missing`], /missing/],
       ["generate with no runs dir", [

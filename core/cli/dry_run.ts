@@ -14,6 +14,7 @@ import {
   activeParams,
   countParams,
   estimateMemory,
+  fitsMemoryBudget,
   flopsPerToken,
   hasBatchRouterLoss,
 } from "../plan/counts.ts";
@@ -78,7 +79,7 @@ export function summarizePoint(
     memory_train_planned_bytes: planned,
     memory_infer_bytes: m.infer,
     memory_budget_bytes: budget,
-    fits_budget: m.train <= budget,
+    fits_budget: fitsMemoryBudget(c),
     components,
   };
 }

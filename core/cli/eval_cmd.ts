@@ -18,7 +18,7 @@ import { configRules } from "../plan/plan.ts";
 import { denseRules, parseRuleSpec, ruleParamValue } from "../infer/rule_spec.ts";
 import { fmtCount, table } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
-import { parseCommandArgs } from "./args.ts";
+import { boundedInt, parseCommandArgs } from "./args.ts";
 import { loadTarget, recordOrWarn, targetArg } from "./run_checkpoint.ts";
 import { dataProgress } from "./progress.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
@@ -61,13 +61,7 @@ export const MAX_EVAL_BATCHES = 100_000;
  * usage error naming the flag; `undefined` when the flag is absent.
  */
 export function parseBatchesFlag(text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  const n = /^[0-9]{1,7}$/.test(text) ? Number(text) : NaN;
-  if (!(n >= 1 && n <= MAX_EVAL_BATCHES)) {
-    const shown = text.length > 40 ? `${text.slice(0, 39)}…` : text;
-    throw new UsageError(`--batches expects a whole number from 1 to ${MAX_EVAL_BATCHES}, got "${shown}"`);
-  }
-  return n;
+  return boundedInt("batches", text, MAX_EVAL_BATCHES);
 }
 
 /**

@@ -8,6 +8,7 @@
 import { ConfigError, type LoadedExperiment, loadExperiment } from "../config/mod.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
 import { describePointsData, formatDryRun, summarizePoint } from "./dry_run.ts";
+import { fitsMemoryBudget } from "../plan/counts.ts";
 import { defaultCacheDir } from "../data/prepare.ts";
 import { rememberFileTokenizers } from "../data/vocab.ts";
 import { dashboardCommand } from "./dashboard_cmd.ts";
@@ -162,15 +163,16 @@ async function _run(args: string[], io: CliIo): Promise<number> {
   const loaded = await loadExperiment(file, { sets: values.set ?? [] });
   useStore(values, { value: _configStore(loaded), file });
   rememberFileTokenizers(loaded.points, file.includes("/") ? file.slice(0, file.lastIndexOf("/")) : ".");
-  const points = loaded.points.map((p) => summarizePoint(p.name, p.params, p.config));
   if (!values["dry-run"]) {
-    const over = points.find((p) => !p.fits_budget);
+    // The memory estimate alone (the dry run also builds every point's plan to show its buffers).
+    const over = loaded.points.find((p) => !fitsMemoryBudget(p.config));
     if (over) {
       throw new UsageError(`Plan refused: ${over.name} needs more memory than hardware.memory_budget allows`);
     }
     if (values.enqueue) return await enqueueSweep(loaded, values["runs-dir"] ?? "runs", io, values.json);
     return await trainRuns(loaded, io, values);
   }
+  const points = loaded.points.map((p) => summarizePoint(p.name, p.params, p.config));
   const data = await describePointsData(loaded, defaultCacheDir(values["runs-dir"]));
   io.out(formatDryRun(loaded, points, data));
   const over = points.filter((p) => !p.fits_budget);

@@ -13,21 +13,17 @@ import type { RunDir } from "../runs/run_dir.ts";
 import {
   checkCheckpointContent,
   checkMemoryBudget,
+  configTokenizer,
   maxCheckpointBytes,
+  modelTokenizer,
   openStoredRun,
   parseStoredConfig,
   type StoredRun,
 } from "../runs/stored_run.ts";
 import { CheckpointError, manifestPath } from "../runs/checkpoints.ts";
 import { StoreDamagedError, StoreReadOnlyError } from "../runs/store_errors.ts";
-import {
-  loadTokenizer,
-  type Tokenizer,
-  TOKENIZER_METADATA,
-  tokenizerFromMetadata,
-} from "../data/tokenizers.ts";
+import { type Tokenizer, TOKENIZER_METADATA, tokenizerFromMetadata } from "../data/tokenizers.ts";
 import { rememberTokenizerVocab, tokenizerJsonVocabSize } from "../data/vocab.ts";
-import { runTokenizer } from "../train/continue_run.ts";
 import type { CliIo } from "./main.ts";
 
 /** The one run id, run directory or checkpoint file that `command` takes. */
@@ -86,7 +82,7 @@ export async function loadTarget(
     params: paramValues(ck.file.tensors),
     step: ck.entry.step,
     run,
-    tokenizer: (await runTokenizer(stored)) ?? await _configTokenizer(config, `run ${run.meta.id}`),
+    tokenizer: await modelTokenizer(stored),
   };
 }
 
@@ -131,7 +127,7 @@ async function _loadFile(arg: string): Promise<Target> {
     if (e instanceof CheckpointError) throw new CheckpointError(`${arg}: ${e.message}`);
     throw e;
   }
-  const tokenizer = tokenizerFromMetadata(file.metadata, arg) ?? await _configTokenizer(config, arg);
+  const tokenizer = tokenizerFromMetadata(file.metadata, arg) ?? await configTokenizer(config, arg);
   return { label: arg, config, params: paramValues(file.tensors), step: Number(step), run: null, tokenizer };
 }
 
@@ -146,17 +142,4 @@ export async function recordOrWarn(record: () => Promise<void>, io: CliIo, prefi
     if (!(e instanceof StoreReadOnlyError || e instanceof StoreDamagedError)) throw e;
     io.err(`Warning: ${e.message}; the ${prefix}… metrics were not recorded`);
   }
-}
-
-/**
- * The tokenizer of a checkpoint that recorded none (written before tokenizers were recorded): the config's,
- * where it needs no data to build (`byte`, `gpt2`); a trained (`bpe`) or `file:` tokenizer must have been
- * recorded, else a CheckpointError naming `label`.
- */
-async function _configTokenizer(c: Readonly<Experiment>, label: string): Promise<Tokenizer> {
-  const spec = c.data.tokenizer;
-  if (spec === "byte" || spec === "gpt2") return await loadTokenizer(spec);
-  throw new CheckpointError(
-    `${label} recorded no tokenizer, and its data.tokenizer "${spec}" cannot be rebuilt without its data`,
-  );
 }

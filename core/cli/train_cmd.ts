@@ -8,6 +8,7 @@
 import type { LoadedExperiment } from "../config/mod.ts";
 import { createBackend } from "../train/backends.ts";
 import {
+  closeExperimentData,
   dataLoadOptions,
   loadExperimentData,
   type PointOutcome,
@@ -77,6 +78,7 @@ export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunF
     });
   } finally {
     await live?.stop();
+    closeExperimentData(data);
   }
   io.out(summaryTable(outcomes));
   for (const o of outcomes) {
@@ -123,9 +125,13 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
   }
   // One trainer per run: a second one stops here (exit 2, naming the holder) before the device is opened.
   await stored.run.takeLease();
-  const backend = await createBackend(stored.config);
-  const live = await liveDashboard(flags["runs-dir"] ?? "runs", flags, io).catch((e) => {
+  const backend = await createBackend(stored.config).catch(async (e) => {
+    await stored.run.releaseLease().catch(() => {}); // nothing ran: the run is free again
+    throw e;
+  });
+  const live = await liveDashboard(flags["runs-dir"] ?? "runs", flags, io).catch(async (e) => {
     backend.destroy();
+    await stored.run.releaseLease().catch(() => {});
     throw e;
   });
   const { run } = stored;

@@ -17,7 +17,7 @@
  * @module
  */
 import { Rng } from "../util/rng.ts";
-import { DataError } from "./sources.ts";
+import { DataError } from "./errors.ts";
 
 /** A tokenizer could not be built, loaded or trained; the message names the spec, file or setting. */
 export class TokenizerError extends DataError {

@@ -24,7 +24,7 @@ import {
   type TextSource,
   utf8Length,
 } from "./formats.ts";
-import { DataError } from "./sources.ts";
+import { DataError } from "./errors.ts";
 
 /** Prefix of a corpus name in `data.source`. */
 export const CORPUS_PREFIX = "corpus:";

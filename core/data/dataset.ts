@@ -17,7 +17,8 @@ import type { Experiment } from "../config/schema.ts";
 import { hash32, Rng } from "../util/rng.ts";
 import { prepareData, type PreparedData, type PrepareOptions, tokenizeInMemory } from "./prepare.ts";
 import { ArrayTokenStore, ShardTokenStore, type TokenStore } from "./shards.ts";
-import { DataError, type ResolvedSource, resolveSource } from "./sources.ts";
+import { DataError } from "./errors.ts";
+import { type ResolvedSource, resolveSource } from "./sources.ts";
 import { shortSourceMessage, shortSplit, splitTokens } from "./split.ts";
 import { DOMAINS, generateMultidomain } from "./synthetic.ts";
 import { ByteTokenizer, encodeBytes } from "./tokenizer.ts";
@@ -134,13 +135,7 @@ export class Dataset {
       train: _counts(this.#train, this.tokenizer.vocabSize),
       val: _counts(this.#val, this.tokenizer.vocabSize),
     };
-    const V = this.tokenizer.vocabSize, total = this.#train.length + V;
-    let nll = 0;
-    for (let t = 0; t < V; t++) {
-      const n = u.val[t] ?? 0;
-      if (n > 0) nll -= n * Math.log(((u.train[t] ?? 0) + 1) / total);
-    }
-    return nll / this.#val.length;
+    return unigramLossOfCounts(u.train, u.val, this.tokenizer.vocabSize);
   }
 
   /**
@@ -365,10 +360,29 @@ function _syntheticBytes(c: Readonly<Experiment>, source: ResolvedSource): Datas
  * (add-one smoothing): the loss a model that ignores context would reach, the baseline to beat.
  */
 export function unigramLoss(train: Uint32Array, val: Uint32Array, vocab: number): number {
-  const counts = new Float64Array(vocab).fill(1);
-  for (const t of train) counts[t]!++;
-  const total = train.length + vocab;
-  let nll = 0;
-  for (const t of val) nll -= Math.log(counts[t]! / total);
-  return nll / val.length;
+  const count = (a: Uint32Array) => {
+    const c = new Float64Array(vocab);
+    for (const t of a) c[t]!++;
+    return c;
+  };
+  return unigramLossOfCounts(count(train), count(val), vocab);
+}
+
+/**
+ * {@linkcode unigramLoss} from the splits' token counts (`train[t]`, `val[t]`: occurrences of token t):
+ * −Σ_t val[t]·log((train[t] + 1) / (Σ train + V)) / Σ val.
+ */
+export function unigramLossOfCounts(
+  train: ArrayLike<number>,
+  val: ArrayLike<number>,
+  vocab: number,
+): number {
+  let nTrain = 0, nVal = 0, nll = 0;
+  for (let t = 0; t < vocab; t++) nTrain += train[t] ?? 0;
+  const total = nTrain + vocab;
+  for (let t = 0; t < vocab; t++) {
+    const n = val[t] ?? 0;
+    if (n > 0) nll -= n * Math.log(((train[t] ?? 0) + 1) / total), nVal += n;
+  }
+  return nll / nVal;
 }

@@ -25,9 +25,11 @@
  *
  * @module
  */
+import { utf8Length } from "./bpe.ts";
 import { describeFileKind } from "../util/fs.ts";
 import type { AsyncBuffer, FileMetaData, SchemaTree } from "hyparquet";
-import { DataError, firstInvalidUtf8 } from "./sources.ts";
+import { DataError } from "./errors.ts";
+import { firstInvalidUtf8 } from "./sources.ts";
 
 /** Separator put between documents when a source's documents are concatenated into one text. */
 export const DOCUMENT_SEPARATOR = "\n\n";
@@ -227,28 +229,6 @@ export async function* withSeparators(
     first = false;
     yield c.text;
   }
-}
-
-/**
- * Number of UTF-8 bytes that encode `s` (a lone surrogate counts as U+FFFD, 3 bytes, as `TextEncoder` writes).
- *
- * @example
- * ```ts
- * import { utf8Length } from "./formats.ts";
- * if (utf8Length("hé€😀") !== 1 + 2 + 3 + 4) throw new Error("utf8Length");
- * ```
- */
-export function utf8Length(s: string): number {
-  let n = s.length;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x80) continue;
-    if (c < 0x800) n += 1;
-    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
-      n += 2, i++; // a surrogate pair: 2 code units, 4 bytes
-    } else n += 2;
-  }
-  return n;
 }
 
 /**
@@ -743,3 +723,5 @@ export function newReadStats(format: SourceFormat, path: string, fields: string[
     done: false,
   };
 }
+
+export { utf8Length };

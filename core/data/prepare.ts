@@ -50,8 +50,8 @@ import {
   type SplitIndex,
   verifyShards,
 } from "./shards.ts";
+import { DataError } from "./errors.ts";
 import {
-  DataError,
   inspectSource,
   type ResolvedSource,
   resolveSource,

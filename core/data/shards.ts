@@ -21,6 +21,7 @@
  *
  * @module
  */
+import { sha256File } from "../util/fs.ts";
 import { createHash, type Hash } from "node:crypto";
 
 /** Version of the shard folder's layout; a change of layout or meaning must bump it. */
@@ -309,7 +310,7 @@ export async function verifyShards(
   const total = todo.reduce((n, t) => n + t.f.bytes, 0);
   let done = 0;
   for (const t of todo) {
-    const sha = await _hashFile(t.path, (n) => o.onHash?.(done + n, total));
+    const sha = await sha256File(t.path, (n) => o.onHash?.(done + n, total));
     done += t.f.bytes;
     if (sha !== t.f.sha256) {
       _verified.delete(t.path);
@@ -324,20 +325,6 @@ export async function verifyShards(
 /** Forgets which shards this process verified (tests). */
 export function forgetVerifiedShards(): void {
   _verified.clear();
-}
-
-async function _hashFile(path: string, progress: (done: number) => void): Promise<string> {
-  const h = createHash("sha256"), buf = new Uint8Array(8 << 20);
-  using f = await Deno.open(path, { read: true });
-  let done = 0;
-  for (;;) {
-    const n = await f.read(buf);
-    if (n === null) break;
-    h.update(buf.subarray(0, n));
-    done += n;
-    progress(done);
-  }
-  return h.digest("hex");
 }
 
 /** Token ids addressable by position: what a Dataset reads its windows from. */

@@ -21,6 +21,7 @@
  *
  * @module
  */
+import { DataError } from "./errors.ts";
 import { describeFileKind } from "../util/fs.ts";
 import { CORPUS_PREFIX, type CorpusInfo, corpusStats, listCorpora, readCorpus } from "./corpora.ts";
 import {
@@ -34,10 +35,7 @@ import {
 } from "./formats.ts";
 import { DOMAINS, generateMultidomain } from "./synthetic.ts";
 
-/** A data source could not be read; the message names the source and the problem. */
-export class DataError extends Error {
-  override name = "DataError";
-}
+export { DataError };
 
 /** Largest total size of the files of one source, in bytes (1 GiB). */
 export const MAX_SOURCE_BYTES = 1 << 30;

@@ -12,7 +12,7 @@
  * @module
  */
 import { DEFAULT_BPE_VOCAB, type Experiment } from "../config/schema.ts";
-import { DataError } from "./sources.ts";
+import { DataError } from "./errors.ts";
 
 export { DEFAULT_BPE_VOCAB };
 

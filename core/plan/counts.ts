@@ -13,7 +13,7 @@
  *
  * @module
  */
-import type { Experiment, InferRule } from "../config/schema.ts";
+import { type Experiment, type InferRule, parseByteSize } from "../config/schema.ts";
 import { tokenizerVocabSize } from "../data/vocab.ts";
 
 /** Vocabulary size of a tokenizer (core/data/vocab.ts: byte 256, bpe data.vocab_size, gpt2 50257, file:). */
@@ -272,4 +272,12 @@ export function estimateMemory(c: Readonly<Experiment>): MemoryEstimate {
     infer: weights + kvCache + inferActs,
     parts: { weights, optimizer: weights * 3, gradAccum, activations, kvCache },
   };
+}
+
+/**
+ * Whether the training memory estimate of `c` fits its `hardware.memory_budget` (what `run` refuses on,
+ * before anything is planned or allocated).
+ */
+export function fitsMemoryBudget(c: Readonly<Experiment>): boolean {
+  return estimateMemory(c).train <= parseByteSize(c.hardware.memory_budget);
 }

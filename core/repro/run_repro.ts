@@ -11,8 +11,7 @@ import { experimentToYaml, type LoadedExperiment, loadExperiment } from "../conf
 import type { Experiment } from "../config/schema.ts";
 import { loadDataset } from "../data/dataset.ts";
 import { defaultCacheDir } from "../data/prepare.ts";
-import { ByteTokenizer } from "../data/tokenizer.ts";
-import { runTokenizer } from "../train/continue_run.ts";
+
 import { evaluateRules, ruleName } from "../infer/evaluate.ts";
 import { Decoder, generate } from "../infer/generate.ts";
 import { recordGeneration, recordRuleResults } from "../infer/record.ts";
@@ -22,7 +21,7 @@ import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
 import { atomicWriteText } from "../runs/atomic_write.ts";
 import { openRunStore } from "../runs/open_store.ts";
-import { openStoredRun } from "../runs/stored_run.ts";
+import { modelTokenizer, openStoredRun } from "../runs/stored_run.ts";
 import type { BackendFactory } from "../train/run_experiment.ts";
 import { runExperiment } from "../train/run_experiment.ts";
 import { paramValues } from "../train/trainer.ts";
@@ -187,7 +186,7 @@ async function _openRun(runsDir: string, id: string) {
     config,
     params: paramValues(ck.file.tensors),
     step: ck.entry.step,
-    tokenizer: (await runTokenizer(stored)) ?? new ByteTokenizer(),
+    tokenizer: await modelTokenizer(stored),
     has: (key: string) => keys.has(key),
   };
 }

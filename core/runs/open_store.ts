@@ -17,7 +17,7 @@
 import { dirname, resolve } from "node:path";
 import { syncCheckpoints } from "./checkpoints.ts";
 import { METRICS_JOURNAL, readMetricJournal } from "./journal.ts";
-import { fileKind } from "./sqlite_store.ts";
+import { describeFileKind } from "../util/fs.ts";
 import { StoreDamagedError, StoreMissingError, StoreReadOnlyError } from "./store_errors.ts";
 import { openPostgresStore } from "./postgres_store.ts";
 import { isPostgresUrl, parsePostgresUrl } from "./postgres_url.ts";
@@ -158,7 +158,7 @@ async function _checkRunsDir(runsDir: string, create: boolean, loc: StoreLocatio
   }
   if (info && !info.isDirectory) {
     throw new StoreMissingError(
-      `Runs directory ${runsDir} is a ${fileKind(info)}, not a directory: name another with --runs-dir`,
+      `Runs directory ${runsDir} is ${describeFileKind(info)}, not a directory: name another with --runs-dir`,
     );
   }
   if (info) return true;

@@ -66,17 +66,6 @@ export function interruptReason(
 export const RUN_STALE_SECONDS = 600;
 
 /**
- * Whether the lease holder of row `w` (its `host`, `pid`, `heartbeat_at`) still counts as alive: see
- * {@linkcode interruptReason}.
- */
-export function holderAlive(
-  w: StoreRow,
-  o: { host: string | null; nowMs: number; staleSeconds: number },
-): boolean {
-  return interruptReason(w, o) === null;
-}
-
-/**
  * Who holds a run, for messages: "pid 1234 on host h since <time> (heartbeat 3 s ago)". `w` is the run's row
  * (`host`, `pid`, `leased_at`, `heartbeat_at`); `nowMs` the clock that heartbeats are compared with.
  *

@@ -19,6 +19,7 @@
  *
  * @module
  */
+import { describeFileKind } from "../util/fs.ts";
 import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
 import { dirname, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -157,7 +158,7 @@ export function inspectStoreFile(path: string): StoreFileState {
     if (e instanceof Deno.errors.NotFound) return { kind: "missing" };
     throw new Error(`Cannot open run store ${path}: ${(e as Error).message}`);
   }
-  if (!info.isFile) return { kind: "not-a-file", what: fileKind(info) };
+  if (!info.isFile) return { kind: "not-a-file", what: describeFileKind(info) };
   if (info.size === 0) return { kind: "empty" };
   const head = new Uint8Array(_HEADER.length);
   let n = 0;
@@ -179,25 +180,6 @@ export function inspectStoreFile(path: string): StoreFileState {
   return ok ? { kind: "sqlite", size: info.size } : { kind: "not-sqlite", size: info.size };
 }
 
-/** What a file is, in words ("file", "directory", "FIFO (named pipe)" …). */
-export function fileKind(info: Deno.FileInfo): string {
-  return info.isFile
-    ? "file"
-    : info.isDirectory
-    ? "directory"
-    : info.isFifo
-    ? "FIFO (named pipe)"
-    : info.isSocket
-    ? "socket"
-    : info.isCharDevice
-    ? "character device"
-    : info.isBlockDevice
-    ? "block device"
-    : info.isSymlink
-    ? "symbolic link"
-    : "special file";
-}
-
 /** Why the write-ahead log beside `path` cannot be one (its magic number is wrong), or null. */
 export function walProblem(path: string): string | null {
   const wal = `${path}-wal`;
@@ -207,7 +189,7 @@ export function walProblem(path: string): string | null {
   } catch {
     return null;
   }
-  if (!info.isFile) return `its write-ahead log ${wal} is a ${fileKind(info)}`;
+  if (!info.isFile) return `its write-ahead log ${wal} is ${describeFileKind(info)}`;
   if (info.size < 32) return null; // no header yet: SQLite reads it as empty, nothing committed is in it
   const magic = new Uint8Array(4);
   try {
@@ -345,7 +327,7 @@ function _checkFile(path: string, o: SqliteOpenOptions): StoreFileState {
     }
     case "not-a-file":
       throw new StoreDamagedError(
-        `Cannot open run store ${path}: it is a ${state.what}, not a database file`,
+        `Cannot open run store ${path}: it is ${state.what}, not a database file`,
       );
     case "empty": {
       const runs = o.runsDir ? runDirectoryNames(o.runsDir).length : 0;
@@ -389,10 +371,6 @@ function _writeProtected(path: string): string | null {
   }
 }
 
-function _fileWritable(path: string): boolean {
-  return _writeProtected(path) === null;
-}
-
 function _readOnlyReason(path: string, why: string): string {
   return `Run store ${path} is read-only (${why}): it can be browsed but takes no writes`;
 }
@@ -419,20 +397,30 @@ function _connect(path: string): DatabaseSync {
  * A read-only connection that creates nothing beside the file: `immutable` where no write-ahead log is
  * pending (no locks, no -shm); else SQLite's read-only mode, which reads the log (and needs its -shm).
  */
-function _connectReadOnly(path: string): DatabaseSync {
+/**
+ * A read-only connection to the SQLite file at `path` that creates nothing beside it: a write-ahead log with
+ * changes in it is read (SQLite needs its shared-memory file then), otherwise the file is opened `immutable`,
+ * which needs neither (a write-protected directory, a read-only mount). `ignoreWal`: open it immutable even
+ * so (a log that is itself damaged). `pending` says whether the log was read.
+ */
+export function openSqliteReadOnly(
+  path: string,
+  o: { ignoreWal?: boolean } = {},
+): { db: DatabaseSync; pending: boolean } {
   let pending = false;
   try {
-    pending = Deno.statSync(`${path}-wal`).size > 0;
+    pending = !o.ignoreWal && Deno.statSync(`${path}-wal`).size > 0;
   } catch {
     // no write-ahead log
   }
-  let db: DatabaseSync;
-  if (pending) db = new DatabaseSync(path, { readOnly: true });
-  else {
-    const url = pathToFileURL(resolve(path));
-    url.searchParams.set("immutable", "1");
-    db = new DatabaseSync(url, { readOnly: true });
-  }
+  if (pending) return { db: new DatabaseSync(path, { readOnly: true }), pending };
+  const url = pathToFileURL(resolve(path));
+  url.searchParams.set("immutable", "1");
+  return { db: new DatabaseSync(url, { readOnly: true }), pending };
+}
+
+function _connectReadOnly(path: string): DatabaseSync {
+  const { db, pending } = openSqliteReadOnly(path);
   try {
     db.exec(`PRAGMA busy_timeout = ${_BUSY_TIMEOUT_MS}`);
     db.prepare("PRAGMA user_version").get();
@@ -1003,12 +991,8 @@ class _SqliteStore implements RunStore {
 
   integrityCheck(o: { quick?: boolean } = {}): Promise<string> {
     try {
-      const rows = this.#db.prepare(o.quick ? "PRAGMA quick_check" : "PRAGMA integrity_check")
-        .all() as _Row[];
-      return Promise.resolve(rows.map((r) => String(Object.values(r)[0])).join("; "));
+      return Promise.resolve(_integrity(this.#db, !o.quick));
     } catch (e) {
-      const msg = _sqliteMessage(e);
-      if (msg !== null && _CORRUPT.test(msg)) return Promise.resolve(msg);
       return Promise.reject(this.#translate(e));
     }
   }

@@ -18,17 +18,24 @@
  *
  * @module
  */
+import { sha256File } from "../util/fs.ts";
 import { DatabaseSync, type SQLInputValue } from "node:sqlite";
-import { resolve } from "node:path";
-import { pathToFileURL } from "node:url";
 import { parse as parseYaml } from "yaml";
 import { parseExperimentText } from "../config/mod.ts";
-import { type CheckpointEntry, ckptDir, listCheckpoints, sha256Hex } from "./checkpoints.ts";
+import { type CheckpointEntry, ckptDir, listCheckpoints } from "./checkpoints.ts";
 import { openPostgresStore } from "./postgres_store.ts";
 import { METRICS_JOURNAL, readMetricJournal } from "./journal.ts";
 import type { MetricPoint, RunMeta } from "./run_dir.ts";
 import { describeHolder, interruptReason, RUN_STALE_SECONDS, thisHost } from "./run_liveness.ts";
-import { inspectStoreFile, openSqliteStore, runDirectoryNames, walProblem } from "./sqlite_store.ts";
+import {
+  inspectStoreFile,
+  openSqliteReadOnly,
+  openSqliteStore,
+  runDirectoryNames,
+  SCHEMA_VERSION,
+  sqliteTables,
+  walProblem,
+} from "./sqlite_store.ts";
 import type { RunRecord, RunStore } from "./store.ts";
 import { RunBusyError, StoreMissingError } from "./store_errors.ts";
 import { RUN_FIELDS, runFromRow, runValue } from "./store_rows.ts";
@@ -158,14 +165,16 @@ async function _checkRunFiles(
     if (!recorded.has(e.step)) problems.push(`run ${id}: ${file} is in the manifest but not in the store`);
     let info: Deno.FileInfo;
     try {
-      info = await Deno.stat(file);
+      info = await Deno.lstat(file);
     } catch {
       problems.push(`run ${id}: ${file}, listed in the manifest, is missing`);
       continue;
     }
-    if (info.size !== e.bytes) {
+    if (!info.isFile) {
+      problems.push(`run ${id}: ${file}, listed in the manifest, is not a regular file (never read)`);
+    } else if (info.size !== e.bytes) {
       problems.push(`run ${id}: ${file} has ${info.size} bytes, the manifest says ${e.bytes}`);
-    } else if (full && await sha256Hex(await Deno.readFile(file)) !== e.sha256) {
+    } else if (full && await sha256File(file) !== e.sha256) {
       problems.push(`run ${id}: ${file} does not match the SHA-256 in the manifest`);
     }
   }
@@ -190,7 +199,7 @@ interface _Salvage {
   note: string | null; // why nothing at all could be read
 }
 
-const _TABLES = ["sweeps", "runs", "metrics", "events", "checkpoints", "reports"] as const;
+const _TABLES = sqliteTables(SCHEMA_VERSION);
 
 /**
  * Rebuilds the SQLite store at `path` of runs directory `runsDir` (see the module doc). Refuses
@@ -276,16 +285,7 @@ function _salvage(path: string): _Salvage {
 
 /** A connection that reads `path` and writes nothing there (`immutable` unless a log must be read). */
 function _openForReading(path: string, walBroken: boolean): DatabaseSync {
-  let pending = false;
-  try {
-    pending = !walBroken && Deno.statSync(`${path}-wal`).size > 0;
-  } catch {
-    // no write-ahead log
-  }
-  if (pending) return new DatabaseSync(path, { readOnly: true });
-  const url = pathToFileURL(resolve(path));
-  url.searchParams.set("immutable", "1");
-  const db = new DatabaseSync(url, { readOnly: true });
+  const { db } = openSqliteReadOnly(path, { ignoreWal: walBroken });
   db.prepare("PRAGMA user_version").get();
   return db;
 }
@@ -411,9 +411,26 @@ async function _fill(
   }
   const byRun = <T>(list: _Row[]) => {
     const m = new Map<string, _Row[]>();
-    for (const r of list) m.set(String(r.run_id), [...(m.get(String(r.run_id)) ?? []), r]);
+    for (const r of list) {
+      const k = String(r.run_id), rows = m.get(k);
+      if (rows) rows.push(r);
+      else m.set(k, [r]);
+    }
     return m as Map<string, T[]>;
   };
+  const insRun = db.prepare(
+    `INSERT INTO runs (id, ${RUN_FIELDS.join(", ")}, config_yaml, host, pid, heartbeat_at)
+     VALUES (?, ${RUN_FIELDS.map(() => "?").join(", ")}, ?, ?, ?, ?)`,
+  );
+  const insMetric = db.prepare(
+    "INSERT INTO metrics (run_id, key, step, tokens, time, value) VALUES (?, ?, ?, ?, ?, ?)",
+  );
+  const insEvent = db.prepare(
+    "INSERT INTO events (run_id, time, step, kind, message, data) VALUES (?, ?, ?, ?, ?, ?)",
+  );
+  const insCheckpoint = db.prepare(
+    "INSERT OR REPLACE INTO checkpoints (run_id, step, path, bytes, sha256, time) VALUES (?, ?, ?, ?, ?, ?)",
+  );
   const metrics = byRun<_Row>(rows("metrics")), events = byRun<_Row>(rows("events"));
   const ckpts = byRun<_Row>(rows("checkpoints"));
   const dirs = new Set(runDirectoryNames(runsDir));
@@ -426,10 +443,7 @@ async function _fill(
     const rec = made?.meta ?? _resumable(salvaged.get(id)!);
     const yaml = made?.yaml ?? salvaged.get(id)!.config_yaml;
     const old = salvaged.get(id);
-    db.prepare(
-      `INSERT INTO runs (id, ${RUN_FIELDS.join(", ")}, config_yaml, host, pid, heartbeat_at)
-       VALUES (?, ${RUN_FIELDS.map(() => "?").join(", ")}, ?, ?, ?, ?)`,
-    ).run(
+    insRun.run(
       id,
       ...RUN_FIELDS.map((f) => runValue(f, rec[f])),
       yaml,
@@ -439,36 +453,25 @@ async function _fill(
     );
     const journal = onDisk ? await readMetricJournal(`${dir}/${METRICS_JOURNAL}`) : [];
     const merged = _mergePoints(metrics.get(id) ?? [], journal);
-    const ins = db.prepare(
-      "INSERT INTO metrics (run_id, key, step, tokens, time, value) VALUES (?, ?, ?, ?, ?, ?)",
-    );
-    for (const p of merged.points) ins.run(id, p.key, p.step, p.tokens, p.time, p.value);
+    for (const p of merged.points) insMetric.run(id, p.key, p.step, p.tokens, p.time, p.value);
     points += merged.points.length;
     fromJournals += merged.fromJournal;
     for (const e of events.get(id) ?? []) {
-      db.prepare("INSERT INTO events (run_id, time, step, kind, message, data) VALUES (?, ?, ?, ?, ?, ?)")
-        .run(id, ..._cols(e, "time", "step", "kind", "message", "data"));
+      insEvent.run(id, ..._cols(e, "time", "step", "kind", "message", "data"));
     }
     const cks = made
       ? made.checkpoints.map((c) => ({ ...c, path: `${id}/ckpt/${c.file}` }))
       : (ckpts.get(id) ?? []).map((
         c,
       ) => ({ ...c, step: Number(c.step) } as unknown as CheckpointEntry & { path: string }));
-    for (const c of cks) {
-      db.prepare(
-        "INSERT OR REPLACE INTO checkpoints (run_id, step, path, bytes, sha256, time) VALUES (?, ?, ?, ?, ?, ?)",
-      ).run(id, c.step, c.path, c.bytes, c.sha256, c.time);
-    }
+    for (const c of cks) insCheckpoint.run(id, c.step, c.path, c.bytes, c.sha256, c.time);
     const from = old
       ? "its record read from the old store"
       : "its config.yaml and checkpoints (no record was readable)";
     if (!old) fromDirsOnly++;
     const note = `store rebuilt (old store: ${oldName}) from ${from}; ${merged.points.length} metric points` +
       (merged.fromJournal > 0 ? `, ${merged.fromJournal} of them from ${METRICS_JOURNAL}` : "");
-    db.prepare(
-      "INSERT INTO events (run_id, time, step, kind, message, data) VALUES (?, ?, NULL, 'info', ?, NULL)",
-    )
-      .run(id, new Date().toISOString(), note);
+    insEvent.run(id, new Date().toISOString(), null, "info", note, null);
     lines.push(
       `run ${id}: ${rec.status} at step ${rec.step}, ${cks.length} checkpoint${
         cks.length === 1 ? "" : "s"

@@ -13,11 +13,17 @@
  *
  * @module
  */
+import {
+  loadTokenizer,
+  type Tokenizer,
+  tokenizerFromJson,
+  tokenizerFromMetadata,
+} from "../data/tokenizers.ts";
 import { parseExperimentText } from "../config/mod.ts";
 import { parseByteSize } from "../config/schema.ts";
 import { isPlainMap, MAX_FILE_BYTES, parseYaml } from "../config/yaml_source.ts";
 import type { Experiment } from "../config/schema.ts";
-import { estimateMemory } from "../plan/counts.ts";
+import { estimateMemory, fitsMemoryBudget } from "../plan/counts.ts";
 import { buildModel } from "../plan/model.ts";
 import { fmtBytes } from "../util/format.ts";
 import {
@@ -123,8 +129,8 @@ export function maxCheckpointBytes(c: Readonly<Experiment>): number {
  * core/cli/dry_run.ts), made before anything is allocated.
  */
 export function checkMemoryBudget(c: Readonly<Experiment>, label: string): void {
-  const need = estimateMemory(c).train, budget = parseByteSize(c.hardware.memory_budget);
-  if (!(need <= budget)) {
+  if (!fitsMemoryBudget(c)) {
+    const need = estimateMemory(c).train, budget = parseByteSize(c.hardware.memory_budget);
     throw new CheckpointError(
       `${label}: the config needs an estimated ${fmtBytes(need)} (${need} bytes) of memory, more than its ` +
         `hardware.memory_budget of ${fmtBytes(budget)} (${budget} bytes); refused before allocating anything`,
@@ -316,4 +322,40 @@ async function _rememberRunVocab(c: Readonly<Experiment>, runPath: string): Prom
   const text = await readRunFile(path, MAX_RUN_TOKENIZER_BYTES, "a tokenizer");
   // Without one the model is sized from data.tokenizer's path, as written.
   if (text !== null) rememberTokenizerVocab(spec, tokenizerJsonVocabSize(text, path));
+}
+
+/**
+ * The tokenizer a stored run trained with: its checkpoint's (recorded in the metadata), else the run
+ * directory's `tokenizer.json`; null for runs that recorded none (they read bytes, or resolve
+ * `data.tokenizer` again: a bpe tokenizer is deterministic and cached).
+ */
+export async function runTokenizer(stored: Pick<StoredRun, "run" | "ck">): Promise<Tokenizer | null> {
+  if (stored.ck) {
+    const tok = tokenizerFromMetadata(
+      stored.ck.file.metadata,
+      `${stored.run.path}/ckpt/${stored.ck.entry.file}`,
+    );
+    if (tok) return tok;
+  }
+  const path = `${stored.run.path}/tokenizer.json`;
+  const text = await readRunFile(path, MAX_RUN_TOKENIZER_BYTES, "a tokenizer");
+  return text === null ? null : tokenizerFromJson(text, { source: path });
+}
+
+/**
+ * The tokenizer of a checkpoint that recorded none (written before tokenizers were recorded): the config's,
+ * where it needs no data to build (`byte`, `gpt2`); a trained (`bpe`) or `file:` tokenizer must have been
+ * recorded, else a CheckpointError naming `label`.
+ */
+export async function configTokenizer(c: Readonly<Experiment>, label: string): Promise<Tokenizer> {
+  const spec = c.data.tokenizer;
+  if (spec === "byte" || spec === "gpt2") return await loadTokenizer(spec);
+  throw new CheckpointError(
+    `${label} recorded no tokenizer, and its data.tokenizer "${spec}" cannot be rebuilt without its data`,
+  );
+}
+
+/** The tokenizer of a stored run's model: the one it recorded, else its config's (see configTokenizer). */
+export async function modelTokenizer(stored: Pick<StoredRun, "run" | "ck" | "config">): Promise<Tokenizer> {
+  return (await runTokenizer(stored)) ?? await configTokenizer(stored.config, `run ${stored.run.meta.id}`);
 }

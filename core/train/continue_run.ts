@@ -7,11 +7,10 @@
  * @module
  */
 import { dirname } from "node:path";
-import { loadDataset } from "../data/dataset.ts";
+import { type Dataset, loadDataset } from "../data/dataset.ts";
 import { defaultCacheDir, type PrepareProgress } from "../data/prepare.ts";
-import { type Tokenizer, tokenizerFromJson, tokenizerFromMetadata } from "../data/tokenizers.ts";
 import { cleanRunLeftovers, manifestPath } from "../runs/checkpoints.ts";
-import { MAX_RUN_TOKENIZER_BYTES, readRunFile, type StoredRun } from "../runs/stored_run.ts";
+import { runTokenizer, type StoredRun } from "../runs/stored_run.ts";
 import type { TrainBackend } from "./backend.ts";
 import { recordRunFailure, trainRun } from "./train_run.ts";
 import { tensorsToState, type TrainResult } from "./trainer.ts";
@@ -39,6 +38,20 @@ export async function continueRun(
 ): Promise<TrainResult> {
   const { run, yaml, config: c, ck } = stored;
   await run.takeLease(); // one trainer per run: RunBusyError, naming the holder, before anything is written
+  // The data first: bad data (a DataError) stops here with nothing of the run changed.
+  let dataset: Dataset;
+  try {
+    dataset = await loadDataset(c, o.baseDir, {
+      cacheDir: o.cacheDir ?? defaultCacheDir(dirname(run.path)),
+      progress: o.progress,
+      onProgress: o.onDataProgress,
+      signal: o.signal,
+      tokenizer: (await runTokenizer(stored)) ?? undefined,
+    });
+  } catch (e) {
+    await run.releaseLease().catch(() => {});
+    throw e;
+  }
   try {
     let start = 0, skipped = 0;
     if (ck) {
@@ -57,38 +70,17 @@ export async function continueRun(
     const left = await cleanRunLeftovers(run.path);
     if (left > 0) o.progress(`removed ${left} file${left === 1 ? "" : "s"} left by interrupted writes`);
     await run.update({ status: "running", ended_at: null, error: null });
-    const dataset = await loadDataset(c, o.baseDir, {
-      cacheDir: o.cacheDir ?? defaultCacheDir(dirname(run.path)),
-      progress: o.progress,
-      onProgress: o.onDataProgress,
-      signal: o.signal,
-      tokenizer: (await runTokenizer(stored)) ?? undefined,
-    });
     return await trainRun(
       { config: c, configYaml: yaml, dataset, backend, run, startStep: start, startSkipped: skipped },
       o,
     );
   } catch (e) {
     if (o.abandon?.aborted) throw e; // the run is another process's now
-    await recordRunFailure(run, (e as Error).message);
+    // As for a new run (run_experiment.ts): the error's name and message; where the store cannot record
+    // them, a FailureNotRecordedError carrying the real error first.
+    await recordRunFailure(run, `${(e as Error).name}: ${(e as Error).message}`);
     throw e;
+  } finally {
+    dataset.close(); // its shard files
   }
-}
-
-/**
- * The tokenizer a stored run trained with: its checkpoint's (recorded in the metadata), else the run
- * directory's `tokenizer.json`; null for runs that recorded none (they read bytes, or resolve
- * `data.tokenizer` again: a bpe tokenizer is deterministic and cached).
- */
-export async function runTokenizer(stored: Pick<StoredRun, "run" | "ck">): Promise<Tokenizer | null> {
-  if (stored.ck) {
-    const tok = tokenizerFromMetadata(
-      stored.ck.file.metadata,
-      `${stored.run.path}/ckpt/${stored.ck.entry.file}`,
-    );
-    if (tok) return tok;
-  }
-  const path = `${stored.run.path}/tokenizer.json`;
-  const text = await readRunFile(path, MAX_RUN_TOKENIZER_BYTES, "a tokenizer");
-  return text === null ? null : tokenizerFromJson(text, { source: path });
 }

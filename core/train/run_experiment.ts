@@ -77,21 +77,13 @@ export function dataKey(c: Readonly<Experiment>, baseDir?: string): string {
   return JSON.stringify([c.data, c.seed, baseDir ?? null]);
 }
 
-/**
- * The dataset of a config, checked: a source that cannot be batched (a RangeError of the Dataset) is a
- * DataError naming the source, like every other bad source.
- */
-export async function loadPointData(
+/** The dataset of a config, checked (bad data is a DataError naming the source). */
+export function loadPointData(
   c: Readonly<Experiment>,
   baseDir?: string,
   load: LoadDatasetOptions = {},
 ): Promise<Dataset> {
-  try {
-    return await loadDataset(c, baseDir, load);
-  } catch (e) {
-    if (e instanceof RangeError) throw new DataError(`data.source "${c.data.source}": ${e.message}`);
-    throw e;
-  }
+  return loadDataset(c, baseDir, load);
 }
 
 /**
@@ -140,6 +132,23 @@ export async function runExperiment(
   o: RunExperimentOptions,
 ): Promise<PointOutcome[]> {
   const data = o.data ?? await loadExperimentData(loaded, o.baseDir, dataLoadOptions(o));
+  try {
+    return await _runPoints(loaded, o, data);
+  } finally {
+    if (!o.data) closeExperimentData(data);
+  }
+}
+
+/** Closes the shard files of every dataset of `data`. */
+export function closeExperimentData(data: ExperimentData): void {
+  for (const d of data.values()) d.close();
+}
+
+async function _runPoints(
+  loaded: LoadedExperiment,
+  o: RunExperimentOptions,
+  data: ExperimentData,
+): Promise<PointOutcome[]> {
   const store = await openRunStore(o.runsDir);
   const commit = await gitCommit();
   if (loaded.sweepId) {
@@ -180,8 +189,17 @@ export async function runPoint(
   point: SweepPoint,
   o: RunPointOptions & { dataset?: Dataset },
 ): Promise<PointOutcome> {
+  if (o.dataset) return await _runPoint(point, o, o.dataset);
+  const dataset = await loadPointData(point.config, o.baseDir, dataLoadOptions(o));
+  try {
+    return await _runPoint(point, o, dataset);
+  } finally {
+    dataset.close(); // its shard files
+  }
+}
+
+async function _runPoint(point: SweepPoint, o: RunPointOptions, dataset: Dataset): Promise<PointOutcome> {
   const c = point.config, yaml = experimentToYaml(c);
-  const dataset = o.dataset ?? await loadPointData(c, o.baseDir, dataLoadOptions(o));
   const meta: RunMeta = {
     id: o.runId ?? newRunId(point.name),
     name: point.name,
@@ -203,7 +221,7 @@ export async function runPoint(
     if (e instanceof GpuLimitError) throw e;
     return { backend: null, error: e as Error };
   });
-  let backend: TrainBackend | null = made.backend;
+  const backend: TrainBackend | null = made.backend;
   let created;
   try {
     created = o.sweepId !== null && o.runId === undefined

@@ -198,6 +198,7 @@ async function _train(
       commit,
       runId,
     });
+    // A claimed point trains its own run id (RunDir.create): never "busy".
     const status = r.status === "skipped" ? "finished" : r.status === "busy" ? "failed" : r.status;
     return { status, error: r.error, final: r.final };
   }
