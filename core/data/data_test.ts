@@ -309,3 +309,19 @@ Deno.test("Dataset.maxValBatches() counts the batches of distinct validation win
   assert(Math.max(...starts) === 40 && Math.min(...starts) === 0);
   assertEquals([ds.maxValBatches(41), ds.maxValBatches(42)], [1, 0]);
 });
+
+Deno.test("bits per byte: loss × tokens / bytes / ln 2 over the validation split, the same for any tokenizer", () => {
+  const tokens = Uint32Array.from({ length: 1000 }, (_, i) => i % 7);
+  const ds = (valBytes: number) =>
+    new Dataset(
+      { train: tokens, val: tokens.subarray(0, 400), trainDomains: null, valDomains: null },
+      { seqLen: 16, seed: 1, domainNames: [], valBytes },
+    );
+  // One byte a token (the default): bpb is the loss in bits.
+  const bytes = ds(400);
+  if (Math.abs(bytes.bitsPerByte(Math.LN2) - 1) > 1e-15) throw new Error(`${bytes.bitsPerByte(Math.LN2)}`);
+  // 400 tokens from 1,720 bytes of text (4.3 bytes a token): 4.3 times fewer bits per byte than per token.
+  const bpe = ds(1720);
+  const want = (3 * 400) / 1720 / Math.LN2;
+  if (Math.abs(bpe.bitsPerByte(3) - want) > 1e-15) throw new Error(`${bpe.bitsPerByte(3)} vs ${want}`);
+});
