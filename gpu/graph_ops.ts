@@ -20,7 +20,15 @@ import { GPU_IMPLS, type GpuImpl, type Scratch } from "./executor.ts";
 import { activation, activationBackward, type ActivationKind } from "./kernels/activation.ts";
 import { attention, attentionBackward, attentionDkvScratch } from "./kernels/attention.ts";
 import { add, addN, fill, mul, scale } from "./kernels/elementwise.ts";
-import { addRows, biasAdd, embedding, embeddingGrad, sumRows, sumRowsMod } from "./kernels/embedding.ts";
+import {
+  addRows,
+  biasAdd,
+  embedding,
+  embeddingGrad,
+  embeddingGradScratch,
+  sumRows,
+  sumRowsMod,
+} from "./kernels/embedding.ts";
 import {
   crossEntropy,
   crossEntropyBackward,
@@ -68,7 +76,13 @@ const IMPLS: Record<string, GpuImpl> = {
   mul: (ctx, _n, [a, b], [y]) => [mul(ctx, { a: a!, b: b!, y: y! })],
   scale: (ctx, n, [x], [y]) => [scale(ctx, { x: x!, y: y!, alpha: n.attrs.alpha as number })],
   embedding: (ctx, _n, [ids, w], [y]) => [embedding(ctx, { ids: ids!, w: w!, y: y! })],
-  embedding_grad: (ctx, _n, [ids, dy], [dw]) => [embeddingGrad(ctx, { ids: ids!, dy: dy!, dw: dw! })],
+  embedding_grad: (ctx, _n, [ids, dy], [dw], scratch) =>
+    embeddingGrad(ctx, {
+      ids: ids!,
+      dy: dy!,
+      dw: dw!,
+      links: scratch([embeddingGradScratch(dw!.shape[0]!, ids!.size)], "links", "u32"),
+    }),
   add_rows: (ctx, _n, [x, p], [y]) => [addRows(ctx, { x: x!, p: p!, y: y! })],
   sum_rows_mod: (ctx, _n, [dy], [out]) => [sumRowsMod(ctx, { dy: dy!, out: out! })],
   bias_add: (ctx, _n, [x, b], [y]) => [biasAdd(ctx, { x: x!, b: b!, y: y! })],

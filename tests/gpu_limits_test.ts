@@ -9,7 +9,7 @@ import { Graph } from "../core/graph/ir.ts";
 import { schedule } from "../core/graph/schedule.ts";
 import { activationRef } from "../core/ref/activation.ts";
 import { matmulRef } from "../core/ref/matmul.ts";
-import { createTensor, readTensor } from "../gpu/buffers.ts";
+import { createTensor, readTensor, writeTensor } from "../gpu/buffers.ts";
 import type { GpuContext } from "../gpu/device.ts";
 import { grid, prepare, runCalls } from "../gpu/dispatch.ts";
 import { GpuLimitError } from "../gpu/errors.ts";
@@ -17,7 +17,8 @@ import { GraphExecutor } from "../gpu/executor.ts";
 import "../gpu/graph_ops.ts";
 import { activation } from "../gpu/kernels/activation.ts";
 import { matmul } from "../gpu/kernels/matmul.ts";
-import { attention } from "../gpu/kernels/attention.ts";
+import { attention, attentionBackward } from "../gpu/kernels/attention.ts";
+import { attentionBackwardRef, attentionRef } from "../core/ref/attention.ts";
 import { LLVMPIPE_LOOP_LIMIT } from "../gpu/kernels/common.ts";
 import { assertClose, randomArray, testGpu } from "./helpers/gpu.ts";
 
@@ -162,10 +163,53 @@ struct U { n: u32, a: u32, b: u32, c: u32 }
   );
   matmul(gpu, wgrad); // no such limit on a real GPU
   matmul(cpu, { ...wgrad, k: 60000 });
-  const q = createTensor(ctx, [1, 1024, 2, 64], "f32", undefined, "q");
+  // Attention's one-row kernel (scalar rows) loops T·(2·D + 1) times: 1024 · 129 is past the limit. The
+  // blocked kernel (vec4 rows, written out) loops T times per query head, so only T itself can pass it.
+  const q = createTensor(ctx, [1, 1024, 2, 66], "f32", undefined, "q");
   assertThrows(
     () => attention(cpu, { q, k: q, v: q, o: q, lse: small }),
     (e: Error) => e instanceof GpuLimitError && /data\.seq_len/.test(e.message),
   );
-  for (const t of [big, small, q]) t.buffer.destroy();
+  const long = createTensor(ctx, [1, 70000, 1, 4], "f32", undefined, "long");
+  assertThrows(
+    () => attention(cpu, { q: long, k: long, v: long, o: long, lse: small }),
+    (e: Error) => e instanceof GpuLimitError && /T 70000/.test(e.message),
+  );
+  for (const t of [big, small, q, long]) t.buffer.destroy();
+});
+
+Deno.test("blocked attention kernels at T 1024, head_dim 64 run every key row (loops under the limit), forward and backward", async () => {
+  // 1024 · (2·64 + 1) loop steps per row would be cut short by llvmpipe; the blocked kernels loop 1024 times
+  // and must match the float64 reference on every row, the last ones included.
+  const ctx = await testGpu();
+  const [B, T, Hq, Hkv, D] = [1, 1024, 2, 1, 64], dims = { B, T, Hq, Hkv, D };
+  const q64 = randomArray(B * T * Hq * D, 71), k64 = randomArray(B * T * Hkv * D, 72);
+  const v64 = randomArray(B * T * Hkv * D, 73), dO64 = randomArray(B * T * Hq * D, 74);
+  const up = (x: Float64Array | null, shape: number[], name: string) => {
+    const t = createTensor(ctx, shape, "f32", undefined, name);
+    if (x) writeTensor(ctx, t, Float32Array.from(x));
+    return t;
+  };
+  const q = up(q64, [B, T, Hq, D], "q"), k = up(k64, [B, T, Hkv, D], "k"), v = up(v64, [B, T, Hkv, D], "v");
+  const dO = up(dO64, [B, T, Hq, D], "dO"),
+    o = up(null, [B, T, Hq, D], "o"),
+    lse = up(null, [B, Hq, T], "lse");
+  const dq = up(null, [B, T, Hq, D], "dq"),
+    dk = up(null, [B, T, Hkv, D], "dk"),
+    dv = up(null, [B, T, Hkv, D], "dv");
+  const delta = up(null, [B, Hq, T], "delta");
+  await ctx.scoped("attention", () =>
+    runCalls(ctx, [
+      attention(ctx, { q, k, v, o, lse }),
+      ...attentionBackward(ctx, { q, k, v, o, lse, dO, dq, dk, dv, delta }),
+    ]).done());
+  const ref = attentionRef(q64, k64, v64, dims);
+  const gotO = await readTensor(ctx, o), gotLse = await readTensor(ctx, lse);
+  assertClose(gotO, ref.o, { atol: 1e-5, rtol: 1e-4 }, "o");
+  assertClose(gotLse, ref.lse, { atol: 1e-5, rtol: 1e-5 }, "lse");
+  const g = attentionBackwardRef(q64, k64, v64, ref.o, ref.lse, dO64, dims);
+  assertClose(await readTensor(ctx, dq), g.dq, { atol: 3e-5, rtol: 3e-4 }, "dq");
+  assertClose(await readTensor(ctx, dk), g.dk, { atol: 3e-5, rtol: 3e-4 }, "dk");
+  assertClose(await readTensor(ctx, dv), g.dv, { atol: 3e-5, rtol: 3e-4 }, "dv");
+  for (const t of [q, k, v, dO, o, lse, dq, dk, dv, delta]) t.buffer.destroy();
 });

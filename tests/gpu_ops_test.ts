@@ -83,12 +83,16 @@ const CASES: Record<string, [Build, Tolerance]> = {
   "embedding and its gradient": [(g, f, ids) =>
     ROWS.flatMap((n) => {
       const i = ids(n, 11), w = f([11, 5]);
-      // d = 5 (scalar kernel), 8 and 32 (vec4 kernels, 2 and 4 vec4s per invocation).
+      // d = 5 (scalar kernel), 8 and 32 (vec4 kernels, 2 and 4 vec4s per invocation); a vocabulary with
+      // rows no token names (their gradient is zero), and ids past the vocabulary (they add nothing).
       return [
         apply1(g, "embedding", [i, w]),
         apply1(g, "embedding_grad", [i, f([n, 5])], { vocab: 11 }),
         apply1(g, "embedding_grad", [i, f([n, 8])], { vocab: 11 }),
         apply1(g, "embedding_grad", [i, f([n, 32])], { vocab: 11 }),
+        apply1(g, "embedding_grad", [i, f([n, 12])], { vocab: 40 }),
+        apply1(g, "embedding_grad", [ids(n, 14), f([n, 7])], { vocab: 11 }),
+        apply1(g, "embedding_grad", [ids(n, 14), f([n, 16])], { vocab: 11 }),
       ];
     }), SUMS],
   "add_rows, sum_rows_mod, bias_add, sum_rows": [
@@ -247,3 +251,33 @@ for (const [name, [build, tol]] of Object.entries(CASES)) {
   Deno.test(`WebGPU ${name}, gpu kernel profile, match the float64 reference`, () =>
     conform(name, build, tol, true));
 }
+
+Deno.test("WebGPU embedding_grad sums each row's tokens in ascending token order from zero, bit for bit", async () => {
+  // The order a scan over all tokens uses, in float32: the same bits every run and on every adapter.
+  const ctx = await testGpu(), rnd = new Rng(4242);
+  for (const [n, d, vocab] of [[300, 8, 11], [257, 5, 7], [64, 32, 3]] as const) {
+    const g = new Graph();
+    const i = g.leaf("input", "ids", [n], "u32"), dy = g.leaf("input", "dy", [n, d]);
+    const out = apply1(g, "embedding_grad", [i, dy], { vocab });
+    const idv = Uint32Array.from({ length: n }, () => rnd.int(vocab + 1)); // vocab itself: out of range
+    const dyv = Float32Array.from({ length: n * d }, () => rnd.next() * 2 - 1);
+    const want = new Float32Array(vocab * d);
+    for (let t = 0; t < n; t++) {
+      if (idv[t]! >= vocab) continue;
+      for (let j = 0; j < d; j++) {
+        want[idv[t]! * d + j] = Math.fround(want[idv[t]! * d + j]! + dyv[t * d + j]!);
+      }
+    }
+    const ex = new GraphExecutor(ctx, schedule(g, [out]), [i, dy]);
+    writeTensor(ctx, ex.tensor(i), idv);
+    writeTensor(ctx, ex.tensor(dy), dyv);
+    await ex.run().done();
+    const got = await readTensor(ctx, ex.tensor(out));
+    ex.destroy();
+    for (let k = 0; k < want.length; k++) {
+      if (got[k] !== want[k]) {
+        throw new Error(`n=${n} d=${d}: dw[${k}] = ${got[k]}, the ordered float32 sum is ${want[k]}`);
+      }
+    }
+  }
+});

@@ -1,7 +1,7 @@
 /**
- * Embedding lookup and its deterministic scatter-add gradient (one invocation per (vocab row, column)
- * loops over tokens — no float atomics, same result every run), and the row-periodic add of learned
- * positions with its gradient.
+ * Embedding lookup and its deterministic scatter-add gradient (each vocabulary row walks a chain of its
+ * own tokens — no float atomics, same result every run), and the row-periodic add of learned positions with
+ * its gradient.
  *
  * @module
  */
@@ -27,58 +27,102 @@ export function embedding(ctx: GpuContext, o: { ids: GpuTensor; w: GpuTensor; y:
   });
 }
 
-/** dw (V, d): Σ of dy rows by token id; ids (N,), dy (N, d). */
+/** The u32 words {@linkcode embeddingGrad} needs as scratch: a chain head per vocabulary row, a link per token. */
+export function embeddingGradScratch(vocab: number, tokens: number): number {
+  return vocab + tokens;
+}
+
+/**
+ * dw (V, d): Σ of dy rows by token id; ids (N,), dy (N, d); `links` holds
+ * {@linkcode embeddingGradScratch} u32 words. Three dispatches, no float atomics: clear the chain heads; one
+ * invocation per token finds the token's next occurrence (and, for a first occurrence, writes the chain head
+ * of its id); one invocation per (row, columns) then walks its row's chain. Each row sums its tokens' dy rows
+ * in ascending token order from zero, the order a scan over all tokens would use, so the result is the same
+ * every run — and it reads only its own tokens (a scan read all N ids for each of the V rows: V·N steps,
+ * ~9% of a BPE-4096 training step on llvmpipe). Ids ≥ V (the forward clamps them) contribute nothing.
+ */
 export function embeddingGrad(
   ctx: GpuContext,
-  o: { ids: GpuTensor; dy: GpuTensor; dw: GpuTensor },
-): KernelCall {
-  const d = o.dw.shape[1]!, tokens = o.ids.size;
+  o: { ids: GpuTensor; dy: GpuTensor; dw: GpuTensor; links: GpuTensor },
+): KernelCall[] {
+  const d = o.dw.shape[1]!, vocab = o.dw.shape[0]!, tokens = o.ids.size;
   loopBudget(
     ctx,
     tokens,
     `embedding_grad (${tokens} tokens)`,
     "Lower train.micro_batch × data.seq_len (the tokens one micro-step sums over)",
   );
+  if (o.links.size < embeddingGradScratch(vocab, tokens)) {
+    throw new RangeError(`embedding_grad: links holds ${o.links.size} words, needs ${vocab + tokens}`);
+  }
+  const NONE = "0xffffffffu";
+  const links = { name: "links", tensor: o.links, type: "u32" as const };
+  const clear = simpleKernel(ctx, {
+    label: "embedding_grad_clear",
+    bindings: [{ ...links, write: true }],
+    fields: [["n", "u32", vocab]],
+    invocations: vocab,
+    body: `  links[i] = ${NONE};`,
+  });
+  const link = simpleKernel(ctx, {
+    label: "embedding_grad_link",
+    bindings: [{ name: "ids", tensor: o.ids }, { ...links, write: true }],
+    fields: [["n", "u32", tokens], ["vocab", "u32", vocab]],
+    invocations: tokens,
+    body: `  let id = ids[i];
+  var next = ${NONE};
+  if (id < u.vocab) {
+    var first = true;
+    for (var t = 0u; t < i; t = t + 1u) { if (ids[t] == id) { first = false; break; } }
+    for (var t = i + 1u; t < u.n; t = t + 1u) { if (ids[t] == id) { next = t; break; } }
+    if (first) { links[id] = i; }
+  }
+  links[u.vocab + i] = next;`,
+  });
+  // The chain walk: t runs through the row's tokens in ascending order (each link points forward).
+  const walk = (add: string) =>
+    `  var t = links[v];
+  loop {
+    if (t == ${NONE}) { break; }
+${add}
+    t = links[u.vocab + t];
+  }`;
   if (d % 4 === 0) {
-    // G vec4s of one row per invocation: each pass over the token ids serves 4·G columns, not one.
+    // G vec4s of one row per invocation.
     const G = vecGroup(d), groups = d / (4 * G);
     const accs = Array.from({ length: G }, (_, g) => g);
-    return simpleKernel(ctx, {
+    const gather = simpleKernel(ctx, {
       label: "embedding_grad",
       bindings: [
-        { name: "ids", tensor: o.ids },
+        links,
         { name: "dy", tensor: o.dy, type: "vec4<f32>" },
         { name: "dw", tensor: o.dw, write: true, type: "vec4<f32>" },
       ],
-      fields: [["n", "u32", o.dw.size / (4 * G)], ["d4", "u32", d / 4], ["tokens", "u32", tokens]],
+      fields: [["n", "u32", o.dw.size / (4 * G)], ["d4", "u32", d / 4], ["vocab", "u32", vocab]],
       invocations: o.dw.size / (4 * G),
       body: `  let v = i / ${groups}u;
   let c = (i % ${groups}u) * ${G}u;
 ${accs.map((g) => `  var a${g} = vec4<f32>(0.0);`).join("\n")}
-  for (var t = 0u; t < u.tokens; t = t + 1u) {
-    if (ids[t] == v) {
-      let r = t * u.d4 + c;
-${accs.map((g) => `      a${g} = a${g} + dy[r + ${g}u];`).join("\n")}
-    }
-  }
+${
+        walk(`    let r = t * u.d4 + c;
+${accs.map((g) => `    a${g} = a${g} + dy[r + ${g}u];`).join("\n")}`)
+      }
   let o = v * u.d4 + c;
 ${accs.map((g) => `  dw[o + ${g}u] = a${g};`).join("\n")}`,
     });
+    return [clear, link, gather];
   }
-  return simpleKernel(ctx, {
+  const gather = simpleKernel(ctx, {
     label: "embedding_grad",
-    bindings: [{ name: "ids", tensor: o.ids }, { name: "dy", tensor: o.dy }, {
-      name: "dw",
-      tensor: o.dw,
-      write: true,
-    }],
-    fields: [["n", "u32", o.dw.size], ["d", "u32", d], ["tokens", "u32", tokens]],
+    bindings: [links, { name: "dy", tensor: o.dy }, { name: "dw", tensor: o.dw, write: true }],
+    fields: [["n", "u32", o.dw.size], ["d", "u32", d], ["vocab", "u32", vocab]],
     invocations: o.dw.size,
     body: `  let v = i / u.d; let j = i % u.d;
   var acc = 0.0;
-  for (var t = 0u; t < u.tokens; t = t + 1u) { if (ids[t] == v) { acc = acc + dy[t * u.d + j]; } }
+${walk(`    acc = acc + dy[t * u.d + j];`)}
   dw[i] = acc;`,
   });
+  return [clear, link, gather];
 }
 
 /** y (N, d) = x + p[n mod period]; p (period, d). */
