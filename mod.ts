@@ -16,7 +16,8 @@ export * from "./core/config/mod.ts";
 export * from "./core/plan/mod.ts";
 export * from "./gpu/mod.ts";
 export { evaluateRules, type LayerActivity, ruleName, type RuleResult } from "./core/infer/evaluate.ts";
-export { routeMaskRef, type RouteRule } from "./core/ref/routing.ts";
+export { routeMaskRef } from "./core/ref/routing.ts";
+export type { RouteRule } from "./core/graph/op_types.ts";
 export { main } from "./core/cli/main.ts";
 
 if (import.meta.main) {

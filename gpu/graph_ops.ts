@@ -13,7 +13,7 @@ import {
   moeTile,
 } from "./kernels/moe.ts";
 import { attentionCached } from "./kernels/cached_attention.ts";
-import { routeRuleOf } from "../core/ref/routing.ts";
+import { routeRuleOf } from "../core/graph/op_types.ts";
 import { routeGate, routeMask } from "./kernels/routing.ts";
 import type { Node } from "../core/graph/ir.ts";
 import { GPU_IMPLS, type GpuImpl, type Scratch } from "./executor.ts";

@@ -9,7 +9,7 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { openSqliteStore } from "../core/runs/sqlite_store.ts";
-import type { MetricPoint, RunMeta } from "../core/runs/run_dir.ts";
+import type { MetricPoint, RunMeta } from "../core/runs/run_types.ts";
 import { assertNoStack, assertTreeUnchanged, snapshotTree } from "./helpers/hostile.ts";
 
 const TOKEN = "hostile-http-token-7c1e";

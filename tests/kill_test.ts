@@ -1,7 +1,7 @@
 /**
  * SIGKILL at 20 points of training and of checkpoint writing (issue 18), each followed by the next command,
  * `run --resume`: a seeded order of kills inside every stage of a checkpoint write and its manifest
- * (`DSMOE_FAULT_KILL_AT`, core/runs/atomic_write.ts), after training steps (`DSMOE_FAULT_KILL_AFTER_STEP`)
+ * (`DSMOE_FAULT_KILL_AT`, core/util/atomic_write.ts), after training steps (`DSMOE_FAULT_KILL_AFTER_STEP`)
  * and at random wall-clock times. After each kill, every metric point the process acknowledged is in the
  * store and the newest checkpoint loads; the next command removes the temp files the kill left; the run,
  * resumed to its end, has logged the same loss at every step as an uninterrupted run and ends with the same
@@ -9,7 +9,7 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { latestCheckpoint, listCheckpoints, sha256Hex } from "../core/runs/checkpoints.ts";
-import { TEMP_MARK } from "../core/runs/atomic_write.ts";
+import { TEMP_MARK } from "../core/util/atomic_write.ts";
 import { closeRunStores, openRunStore } from "../core/runs/open_store.ts";
 
 const STEPS = 40;

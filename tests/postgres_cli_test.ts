@@ -5,7 +5,7 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { dashboardCommand } from "../core/cli/dashboard_cmd.ts";
-import type { CliIo } from "../core/cli/main.ts";
+import type { CliIo } from "../core/cli/io.ts";
 import { openPostgresStore } from "../core/runs/postgres_store.ts";
 import type { RunStore } from "../core/runs/store.ts";
 import { postgresTest, testPostgresUrl, withPostgresAdmin, withPostgresRunsDir } from "./helpers/postgres.ts";

@@ -9,7 +9,7 @@ import { loadDataset } from "../core/data/dataset.ts";
 import { GpuTrainBackend, parseFaultSteps } from "../core/train/gpu_backend.ts";
 import { testGpu } from "./helpers/gpu.ts";
 import { runMeta } from "./helpers/run_meta.ts";
-import { TEMP_MARK } from "../core/runs/atomic_write.ts";
+import { TEMP_MARK } from "../core/util/atomic_write.ts";
 import { FailureNotRecordedError, recordRunFailure } from "../core/train/train_run.ts";
 
 /** `cli(...argv)` with the fault-injection variable `name` set to `value` for that call only. */

@@ -19,7 +19,7 @@ import { numel } from "../graph/ir.ts";
 import { schedule } from "../graph/schedule.ts";
 import { Decoder } from "../infer/generate.ts";
 import { buildDecoder, type InferRules } from "../plan/model.ts";
-import type { RouteRule } from "../ref/routing.ts";
+import type { RouteRule } from "../graph/op_types.ts";
 import { countParams } from "../plan/counts.ts";
 import { initParams } from "../train/init.ts";
 import { fmtCount } from "../util/format.ts";

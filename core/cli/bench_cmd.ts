@@ -18,7 +18,7 @@ import {
 } from "../bench/tokenizer.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 import { BENCH_USAGE } from "./usage.ts";
 
 /**

@@ -16,7 +16,7 @@ import { type DashboardServer, serveDashboard, type ServeDashboardOptions } from
 import { parseCommandArgs } from "./args.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 
 /** Usage of `dashboard`. */
 export const DASHBOARD_USAGE = `Usage: deno task dashboard [options]

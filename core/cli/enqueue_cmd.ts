@@ -12,7 +12,7 @@ import { preferredRun } from "../runs/store.ts";
 import { type EnqueueOutcome, sweepQueueOf } from "../runs/sweep_queue.ts";
 import { table } from "../util/format.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 
 /** Enqueues every point of `loaded` in the store chosen for `runsDir` (a Postgres store). */
 export async function enqueueSweep(

@@ -23,7 +23,7 @@ import { loadTarget, recordOrWarn, targetArg } from "./run_checkpoint.ts";
 import { dataProgress } from "./progress.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 
 /** Usage of `eval`. */
 export const EVAL_USAGE =

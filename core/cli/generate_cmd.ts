@@ -16,7 +16,7 @@ import { openGpu } from "../../gpu/device.ts";
 import { boundedInt, parseCommandArgs } from "./args.ts";
 import { parseRules } from "./eval_cmd.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 import { loadTarget, recordOrWarn, targetArg } from "./run_checkpoint.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
 

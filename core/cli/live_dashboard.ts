@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { openRunStore, selectedRunStore } from "../runs/open_store.ts";
 import { storePath } from "../runs/sqlite_store.ts";
 import { UsageError } from "./errors.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 import { STORE_ENV } from "./store_flag.ts";
 
 /** The flags of `run` and `repro` about the live dashboard. */

@@ -2,7 +2,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { closeRunStores } from "../runs/open_store.ts";
 import { UsageError } from "./errors.ts";
 import { liveDashboard } from "./live_dashboard.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 
 function _io(): CliIo & { lines: string[] } {
   const lines: string[] = [];

@@ -25,17 +25,10 @@ import { CheckpointError } from "../runs/checkpoints.ts";
 import { RUN_USAGE, USAGE } from "./usage.ts";
 import { resumeRun, trainRuns } from "./train_cmd.ts";
 import { workerCommand } from "./worker_cmd.ts";
+import type { CliIo } from "./io.ts";
 
 /** Default config of `deno task run` with no argument. */
 export const DEFAULT_CONFIG = "configs/quickstart.yaml";
-
-/** Where stdout/stderr go; tests pass collectors. */
-export interface CliIo {
-  out: (line: string) => void;
-  err: (line: string) => void;
-  /** Text to stdout without a newline, shown at once (streamed generation). */
-  write: (text: string) => void;
-}
 
 const _encoder = new TextEncoder();
 

@@ -11,7 +11,7 @@ import type { Experiment } from "../config/schema.ts";
 import { defaultCacheDir, formatPrepareSummary, prepareData, type PreparedData } from "../data/prepare.ts";
 import { parseCommandArgs } from "./args.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 import { dataProgress } from "./progress.ts";
 import { PREPARE_USAGE } from "./usage.ts";
 

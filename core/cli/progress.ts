@@ -4,7 +4,7 @@
  * @module
  */
 import { type PrepareProgress, progressPrinter } from "../data/prepare.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 
 /**
  * The progress bar of preparing token shards, on stderr: one line redrawn in place on a terminal, plain

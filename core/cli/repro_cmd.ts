@@ -10,7 +10,7 @@ import { runRepro } from "../repro/run_repro.ts";
 import { createBackend } from "../train/backends.ts";
 import { parseCommandArgs } from "./args.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
 import { liveDashboard } from "./live_dashboard.ts";
 import { abortOnSignal } from "./train_cmd.ts";

@@ -24,7 +24,7 @@ import { CheckpointError, manifestPath } from "../runs/checkpoints.ts";
 import { StoreDamagedError, StoreReadOnlyError } from "../runs/store_errors.ts";
 import { type Tokenizer, TOKENIZER_METADATA, tokenizerFromMetadata } from "../data/tokenizers.ts";
 import { rememberTokenizerVocab, tokenizerJsonVocabSize } from "../data/vocab.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 
 /** The one run id, run directory or checkpoint file that `command` takes. */
 export function targetArg(command: string, positionals: string[]): string {

@@ -11,7 +11,7 @@ import { storePath } from "../runs/sqlite_store.ts";
 import { checkStore, rebuildSqliteStore, type RepairLocation } from "../runs/store_repair.ts";
 import { parseCommandArgs } from "./args.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 import { useStore } from "./store_flag.ts";
 import { STORE_USAGE } from "./usage.ts";
 

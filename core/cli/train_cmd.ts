@@ -19,7 +19,7 @@ import { formatProfile } from "../train/profile.ts";
 import { continueRun } from "../train/continue_run.ts";
 import { openStoredRun } from "../runs/stored_run.ts";
 import { positiveInt } from "./args.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
 import { liveDashboard } from "./live_dashboard.ts";
 import { dataProgress } from "./progress.ts";

@@ -20,7 +20,7 @@ import {
 import { table } from "../util/format.ts";
 import { parseCommandArgs, positiveInt } from "./args.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
-import type { CliIo } from "./main.ts";
+import type { CliIo } from "./io.ts";
 import { useStore } from "./store_flag.ts";
 import { abortOnSignal } from "./train_cmd.ts";
 import { WORKER_USAGE } from "./usage.ts";

@@ -21,7 +21,8 @@ import {
   MAX_LISTED_KEYS,
   metricsOf,
 } from "./key_index.ts";
-import { buildFrontier, buildHeatmap, type FrontierPoint, X_AXES, type XAxis } from "./series.ts";
+import { buildFrontier, buildHeatmap, type FrontierPoint } from "./series.ts";
+import { X_AXES, type XAxis } from "./x_axis.ts";
 import { SeriesCache } from "./series_cache.ts";
 import { parseEventId, runStream } from "./stream.ts";
 

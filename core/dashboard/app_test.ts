@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import type { MetricPoint, RunMeta } from "../runs/run_dir.ts";
+import type { MetricPoint, RunMeta } from "../runs/run_types.ts";
 import { openSqliteStore } from "../runs/sqlite_store.ts";
 import type { RunStore } from "../runs/store.ts";
 import { createApp } from "./app.ts";

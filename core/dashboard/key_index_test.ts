@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import type { MetricPoint } from "../runs/run_dir.ts";
+import type { MetricPoint } from "../runs/run_types.ts";
 import { openSqliteStore } from "../runs/sqlite_store.ts";
 import { createApp } from "./app.ts";
 import {

@@ -7,13 +7,9 @@
  */
 import type { ReportRecord, RunRecord, SweepRecord } from "../runs/store.ts";
 import { fmtCount } from "../util/format.ts";
+import { esc } from "./esc.ts";
 import { reportHtml } from "./report_html.ts";
 import type { RunSummary } from "./run_summary.ts";
-
-/** Escapes text for HTML content and quoted attributes. */
-export function esc(s: unknown): string {
-  return String(s ?? "").replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
-}
 
 /** JSON that is safe inside a `<script type="application/json">` element (no `</script>`). */
 function _json(data: unknown): string {

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { esc } from "./pages.ts";
+import { esc } from "./esc.ts";
 
 /**
  * Renders report Markdown.

@@ -8,12 +8,7 @@
 import type { MetricRow } from "../runs/store.ts";
 import { downsample } from "./downsample.ts";
 import { SeriesBuilder } from "./series_builder.ts";
-
-/** What a chart's x axis shows. */
-export type XAxis = "step" | "tokens" | "time";
-
-/** The x axes a client may ask for. */
-export const X_AXES: readonly XAxis[] = ["step", "tokens", "time"];
+import type { XAxis } from "./x_axis.ts";
 
 /** One metric of one run, as columns of equal length. */
 export interface Series {

@@ -8,7 +8,7 @@
  */
 import type { MetricRow } from "../runs/store.ts";
 import { MAX_POINTS } from "./downsample.ts";
-import type { XAxis } from "./series.ts";
+import type { XAxis } from "./x_axis.ts";
 
 /** Buckets kept at most (an even number, so that they merge in pairs): 2 points each, plus first and last. */
 const _BUCKETS = 2 * Math.floor((MAX_POINTS - 2) / 4);

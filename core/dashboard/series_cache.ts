@@ -7,7 +7,8 @@
  * @module
  */
 import type { RunStore } from "../runs/store.ts";
-import { type Series, seriesOf, type XAxis } from "./series.ts";
+import { type Series, seriesOf } from "./series.ts";
+import type { XAxis } from "./x_axis.ts";
 import { SeriesBuilder } from "./series_builder.ts";
 
 interface _Entry {

@@ -2,7 +2,8 @@ import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { runMeta } from "../../tests/helpers/run_meta.ts";
 import { openSqliteStore } from "../runs/sqlite_store.ts";
 import type { MetricPoint, RunStore } from "../runs/store.ts";
-import { buildSeries, X_AXES } from "./series.ts";
+import { buildSeries } from "./series.ts";
+import { X_AXES } from "./x_axis.ts";
 import { SeriesCache } from "./series_cache.ts";
 
 const KEYS = ["train/loss", "train/lr", "val/loss"];

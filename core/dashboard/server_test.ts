@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { dashboardCommand } from "../cli/dashboard_cmd.ts";
-import type { CliIo } from "../cli/main.ts";
+import type { CliIo } from "../cli/io.ts";
 import { openSqliteStore } from "../runs/sqlite_store.ts";
 import { StoreMissingError } from "../runs/store_errors.ts";
 import { cli } from "../../tests/helpers/cli.ts";

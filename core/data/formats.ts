@@ -29,7 +29,6 @@ import { utf8Length } from "./bpe.ts";
 import { describeFileKind } from "../util/fs.ts";
 import type { AsyncBuffer, FileMetaData, SchemaTree } from "hyparquet";
 import { DataError } from "./errors.ts";
-import { firstInvalidUtf8 } from "./sources.ts";
 
 /** Separator put between documents when a source's documents are concatenated into one text. */
 export const DOCUMENT_SEPARATOR = "\n\n";
@@ -251,6 +250,38 @@ export function completeUtf8Length(b: Uint8Array): number {
   if (lead < 0xc0) return b.length;
   const need = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2;
   return trailing + 1 < need ? i - 1 : b.length;
+}
+
+/**
+ * Offset of the first byte that starts an invalid UTF-8 sequence, or -1 when all of `b` is valid.
+ *
+ * @example
+ * ```ts
+ * import { firstInvalidUtf8 } from "./formats.ts";
+ * if (firstInvalidUtf8(new Uint8Array([0x61, 0xff])) !== 1) throw new Error("expected 1");
+ * ```
+ */
+export function firstInvalidUtf8(b: Uint8Array): number {
+  let i = 0;
+  while (i < b.length) {
+    const c = b[i]!;
+    let n = 0, min = 0;
+    if (c < 0x80) n = 0;
+    else if (c >= 0xc2 && c <= 0xdf) n = 1, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef) n = 2, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4) n = 3, min = 0x10000;
+    else return i;
+    if (i + n >= b.length && n > 0) return i;
+    let cp = n === 0 ? c : c & (0x3f >> n);
+    for (let k = 1; k <= n; k++) {
+      const cc = b[i + k]!;
+      if ((cc & 0xc0) !== 0x80) return i;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    if (n > 0 && (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))) return i;
+    i += n + 1;
+  }
+  return -1;
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@
  */
 import { createHash } from "node:crypto";
 import { DEFAULT_BPE_VOCAB, type Experiment } from "../config/schema.ts";
-import { atomicWriteText, TEMP_MARK } from "../runs/atomic_write.ts";
+import { atomicWriteText, TEMP_MARK } from "../util/atomic_write.ts";
 import { fmtBytes, fmtCount, fmtDuration } from "../util/format.ts";
 import { hash32 } from "../util/rng.ts";
 import { TokenizerError, type TrainingText } from "./bpe.ts";

@@ -26,6 +26,7 @@ import { describeFileKind } from "../util/fs.ts";
 import { CORPUS_PREFIX, type CorpusInfo, corpusStats, listCorpora, readCorpus } from "./corpora.ts";
 import {
   DOCUMENT_SEPARATOR,
+  firstInvalidUtf8,
   formatOfPath,
   inspectTextSource,
   openTextSource,
@@ -296,39 +297,7 @@ export function sourceName(source: string, resolved = source): string {
   return resolved === source ? `data.source "${source}"` : `data.source "${source}" (${resolved})`;
 }
 
-/**
- * Offset of the first byte that starts an invalid UTF-8 sequence, or -1 when all of `b` is valid.
- *
- * @example
- * ```ts
- * import { firstInvalidUtf8 } from "./sources.ts";
- * if (firstInvalidUtf8(new Uint8Array([0x61, 0xff])) !== 1) throw new Error("expected 1");
- * ```
- */
-export function firstInvalidUtf8(b: Uint8Array): number {
-  let i = 0;
-  while (i < b.length) {
-    const c = b[i]!;
-    let n = 0, min = 0;
-    if (c < 0x80) n = 0;
-    else if (c >= 0xc2 && c <= 0xdf) n = 1, min = 0x80;
-    else if (c >= 0xe0 && c <= 0xef) n = 2, min = 0x800;
-    else if (c >= 0xf0 && c <= 0xf4) n = 3, min = 0x10000;
-    else return i;
-    if (i + n >= b.length && n > 0) return i;
-    let cp = n === 0 ? c : c & (0x3f >> n);
-    for (let k = 1; k <= n; k++) {
-      const cc = b[i + k]!;
-      if ((cc & 0xc0) !== 0x80) return i;
-      cp = (cp << 6) | (cc & 0x3f);
-    }
-    if (n > 0 && (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))) return i;
-    i += n + 1;
-  }
-  return -1;
-}
-
-export { describeFileKind };
+export { describeFileKind, firstInvalidUtf8 };
 
 /** The kernel's pseudo-file systems: their files claim size 0 or block, and are never data. */
 function _pseudoRoot(realPath: string): string | null {

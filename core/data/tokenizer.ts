@@ -9,7 +9,7 @@
 import { createHash } from "node:crypto";
 import { BpeModel } from "./bpe.ts";
 import { bpeTokenizerJson } from "./tokenizer_json.ts";
-import type { StreamDecoder, Tokenizer } from "./tokenizers.ts";
+import type { StreamDecoder, Tokenizer } from "./tokenizer_types.ts";
 
 /** Token ids of raw bytes. */
 export function encodeBytes(bytes: Uint8Array): Uint32Array {

@@ -3,7 +3,7 @@
  * train again. The directory is the caller's (integration puts it under the runs directory).
  *
  * An entry is `<cacheDir>/<key>/tokenizer.json` and `<cacheDir>/<key>/meta.json`, each written atomically
- * (core/runs/atomic_write.ts), the meta last: it records the settings and the SHA-256 of the
+ * (core/util/atomic_write.ts), the meta last: it records the settings and the SHA-256 of the
  * tokenizer.json, so an entry counts only once both are complete. The key is the SHA-256 of the algorithm
  * version ({@linkcode BPE_ALGORITHM}), the training text's fingerprint, `vocab_size` and — when the text is
  * larger than `maxTrainBytes`, the only case where training samples and so uses the seed — the seed and
@@ -13,7 +13,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import { atomicWriteText } from "../runs/atomic_write.ts";
+import { atomicWriteText } from "../util/atomic_write.ts";
 import {
   type BpeModel,
   type BpeProgress,

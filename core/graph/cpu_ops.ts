@@ -11,7 +11,8 @@ import {
   moaAttentionRef,
   sequenceWindow,
 } from "../ref/cached_attention.ts";
-import { routeMaskRef, routeRuleOf } from "../ref/routing.ts";
+import { routeMaskRef } from "../ref/routing.ts";
+import { routeRuleOf } from "./op_types.ts";
 import { activationBackwardRef, type ActivationKind, activationRef } from "../ref/activation.ts";
 import { attentionBackwardRef, attentionRef } from "../ref/attention.ts";
 import { biasAddRef, sumRowsRef } from "../ref/elementwise.ts";

@@ -6,7 +6,8 @@
  * @module
  */
 import type { InferRules } from "../plan/model.ts";
-import { type RouteRule, ruleParam } from "../ref/routing.ts";
+import type { RouteRule } from "../graph/op_types.ts";
+import { ruleParam } from "../ref/routing.ts";
 
 /** Rule parameters not written. */
 export const RULE_DEFAULTS: Omit<RouteRule, "kind"> = { epsilon: 0.5, k: 2, p: 0.9 };

@@ -18,7 +18,7 @@
 import type { Experiment } from "../config/schema.ts";
 import { Graph, type Value } from "../graph/ir.ts";
 import { apply, apply1 } from "../graph/ops.ts";
-import type { RouteRule } from "../ref/routing.ts";
+import type { RouteRule } from "../graph/op_types.ts";
 import { layerShape, vocabSize } from "./counts.ts";
 
 /** How a parameter is initialized and optimized. */

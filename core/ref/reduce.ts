@@ -4,9 +4,7 @@
  *
  * @module
  */
-
-/** A reduction. */
-export type ReduceOp = "sum" | "mean" | "max";
+import type { ReduceOp } from "../graph/op_types.ts";
 
 /**
  * out[r] = op(x[r·cols … min((r+1)·cols, n))), n = x.length.

@@ -7,15 +7,8 @@
  *
  * @module
  */
+import type { RouteRule } from "../graph/op_types.ts";
 import { topkMaskRef } from "./router.ts";
-
-/** A routing rule; only the field its kind names is read. */
-export interface RouteRule {
-  kind: "threshold" | "topk" | "threshold_topk" | "top_p" | "dense";
-  epsilon: number;
-  k: number;
-  p: number;
-}
 
 /**
  * The 0/1 mask of the experts `rule` runs, per row of s (N, E).
@@ -67,17 +60,6 @@ export function thresholdTopkK(s: ArrayLike<number>, experts: number, epsilon: n
   let count = 0;
   for (let i = 0; i < s.length; i++) if (experts * s[i]! > epsilon) count++;
   return Math.min(experts, Math.max(1, Math.round(count / (s.length / experts))));
-}
-
-/** The rule stored in a `route_mask` node's attributes. */
-export function routeRuleOf(n: { attrs: Readonly<Record<string, unknown>> }): RouteRule {
-  const a = n.attrs;
-  return {
-    kind: a.kind as RouteRule["kind"],
-    epsilon: a.epsilon as number,
-    k: a.k as number,
-    p: a.p as number,
-  };
 }
 
 /** The field a rule kind reads (`k` for topk, `p` for top_p, `epsilon` for the threshold rules), or null. */

@@ -1,5 +1,6 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { routeMaskRef, type RouteRule, thresholdTopkK } from "./routing.ts";
+import type { RouteRule } from "../graph/op_types.ts";
+import { routeMaskRef, thresholdTopkK } from "./routing.ts";
 
 const rule = (r: Partial<RouteRule> & Pick<RouteRule, "kind">): RouteRule => ({
   epsilon: 0.5,

@@ -19,7 +19,7 @@ import { denseRules } from "../infer/rule_spec.ts";
 import { layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
-import { atomicWriteText } from "../runs/atomic_write.ts";
+import { atomicWriteText } from "../util/atomic_write.ts";
 import { openRunStore } from "../runs/open_store.ts";
 import { modelTokenizer, openStoredRun } from "../runs/stored_run.ts";
 import type { BackendFactory } from "../train/run_experiment.ts";

@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { atomicWrite, atomicWriteText, cleanTempFiles, faultKillPoint } from "./atomic_write.ts";
+import { atomicWrite, atomicWriteText, cleanTempFiles, faultKillPoint } from "../util/atomic_write.ts";
 import type { CheckpointRecord, RunStore } from "./store.ts";
 import {
   readSafeTensors,

@@ -5,7 +5,7 @@
  * @module
  */
 export * from "./safetensors.ts";
-export * from "./atomic_write.ts";
+export * from "../util/atomic_write.ts";
 export * from "./checkpoints.ts";
 export * from "./run_dir.ts";
 export * from "./store.ts";

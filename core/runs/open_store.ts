@@ -21,7 +21,7 @@ import { describeFileKind } from "../util/fs.ts";
 import { StoreDamagedError, StoreMissingError, StoreReadOnlyError } from "./store_errors.ts";
 import { openPostgresStore } from "./postgres_store.ts";
 import { isPostgresUrl, parsePostgresUrl } from "./postgres_url.ts";
-import type { RunMeta } from "./run_dir.ts";
+import type { RunMeta } from "./run_types.ts";
 import { openSqliteStore, storePath } from "./sqlite_store.ts";
 import type { RunStore } from "./store.ts";
 

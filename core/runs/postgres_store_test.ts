@@ -16,7 +16,7 @@ import {
 import { runMeta } from "../../tests/helpers/run_meta.ts";
 import { POSTGRES_SCHEMA_VERSION } from "./postgres_schema.ts";
 import { openPostgresStore } from "./postgres_store.ts";
-import { runStoreSuite } from "./store_suite.ts";
+import { runStoreSuite } from "../../tests/helpers/store_suite.ts";
 
 postgresTest(`Postgres tests: the server in $${POSTGRES_TEST_ENV} answers`, async () => {
   const version = (sql: postgres.Sql) => sql`SELECT current_setting('server_version_num')::int AS v`;

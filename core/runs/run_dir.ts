@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { atomicWriteText } from "./atomic_write.ts";
+import { atomicWriteText } from "../util/atomic_write.ts";
 import { resolve } from "node:path";
 import {
   type CheckpointEntry,
@@ -27,34 +27,7 @@ import { RUN_STALE_SECONDS } from "./run_liveness.ts";
 import type { SafeTensor } from "./safetensors.ts";
 import type { EventKind, RunLease, RunRecord, RunStore } from "./store.ts";
 import { RunBusyError } from "./store_errors.ts";
-
-/** Lifecycle of a run. */
-export type RunStatus = "running" | "finished" | "failed" | "interrupted";
-
-/** A run's record (also `run.json` of run folders written before the store). */
-export interface RunMeta {
-  id: string;
-  name: string;
-  status: RunStatus;
-  seed: number;
-  git_commit: string | null;
-  adapter: string | null;
-  started_at: string;
-  ended_at: string | null;
-  sweep_id: string | null;
-  sweep_params: Record<string, unknown>;
-  error: string | null;
-  step: number; // last completed optimizer step
-}
-
-/** One metric point. */
-export interface MetricPoint {
-  key: string;
-  step: number;
-  tokens: number;
-  time: number; // seconds since the run started
-  value: number;
-}
+import type { MetricPoint, RunMeta } from "./run_types.ts";
 
 /** A new run id: UTC time, the name and 4 random hex digits (`20261122-163501-dsmoe-tiny-9f2c`). */
 export function newRunId(name: string, now = new Date()): string {

@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert, rejects, throws } from "node:assert/strict";
-import { atomicWrite, cleanTempFiles, TEMP_MARK } from "./atomic_write.ts";
+import { atomicWrite, cleanTempFiles, TEMP_MARK } from "../util/atomic_write.ts";
 import {
   CheckpointError,
   checkpointRecordPath,

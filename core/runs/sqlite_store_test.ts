@@ -19,8 +19,9 @@ const pt = (key: string, step: number, value: number) => ({
   value,
 });
 
-// The behaviour every store shares is in store_suite.ts (run on SQLite by store_suite_sqlite_test.ts); these
-// tests are about the SQLite file: migrations, WAL, and the store of a runs directory.
+// The behaviour every store shares is in tests/helpers/store_suite.ts (run on SQLite by
+// store_suite_sqlite_test.ts); these tests are about the SQLite file: migrations, WAL, and the store of a runs
+// directory.
 
 Deno.test("a store of schema version 1 is migrated forward on open, keeping its runs", async () => {
   const dir = await Deno.makeTempDir();

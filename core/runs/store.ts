@@ -19,7 +19,7 @@
  *
  * @module
  */
-import type { MetricPoint, RunMeta, RunStatus } from "./run_dir.ts";
+import type { MetricPoint, RunMeta, RunStatus } from "./run_types.ts";
 
 export type { MetricPoint, RunMeta, RunStatus };
 

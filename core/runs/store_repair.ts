@@ -25,7 +25,7 @@ import { parseExperimentText } from "../config/mod.ts";
 import { type CheckpointEntry, ckptDir, listCheckpoints } from "./checkpoints.ts";
 import { openPostgresStore } from "./postgres_store.ts";
 import { METRICS_JOURNAL, readMetricJournal } from "./journal.ts";
-import type { MetricPoint, RunMeta } from "./run_dir.ts";
+import type { MetricPoint, RunMeta } from "./run_types.ts";
 import { describeHolder, interruptReason, RUN_STALE_SECONDS, thisHost } from "./run_liveness.ts";
 import {
   inspectStoreFile,

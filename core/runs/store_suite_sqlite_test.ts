@@ -1,5 +1,5 @@
 import { openSqliteStore } from "./sqlite_store.ts";
-import { runStoreSuite } from "./store_suite.ts";
+import { runStoreSuite } from "../../tests/helpers/store_suite.ts";
 
 runStoreSuite("SQLite store", async () => {
   const dir = await Deno.makeTempDir();

@@ -16,7 +16,7 @@ import type { StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { learningRate } from "./lr_schedule.ts";
 import { fmtDuration } from "../util/format.ts";
 import { optionalEnv } from "../util/env.ts";
-import { faultKillPoint } from "../runs/atomic_write.ts";
+import { faultKillPoint } from "../util/atomic_write.ts";
 import { CheckpointError } from "../runs/checkpoints.ts";
 
 /** Consecutive non-finite steps that stop a run. */

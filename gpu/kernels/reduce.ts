@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { ReduceOp } from "../../core/ref/reduce.ts";
+import type { ReduceOp } from "../../core/graph/op_types.ts";
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";

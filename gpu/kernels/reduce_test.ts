@@ -1,4 +1,5 @@
-import { reduceAllRef, type ReduceOp, reduceRowsRef } from "../../core/ref/reduce.ts";
+import type { ReduceOp } from "../../core/graph/op_types.ts";
+import { reduceAllRef, reduceRowsRef } from "../../core/ref/reduce.ts";
 import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
 import { createTensor, readTensor } from "../buffers.ts";
 import { runCalls } from "../dispatch.ts";

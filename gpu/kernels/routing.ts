@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { RouteRule } from "../../core/ref/routing.ts";
+import type { RouteRule } from "../../core/graph/op_types.ts";
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";

@@ -3,7 +3,8 @@
  *
  * @module
  */
-import { type CliIo, main } from "../../core/cli/main.ts";
+import type { CliIo } from "../../core/cli/io.ts";
+import { main } from "../../core/cli/main.ts";
 
 /** What one CLI invocation printed and returned. */
 export interface CliResult {

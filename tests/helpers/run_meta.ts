@@ -3,7 +3,7 @@
  *
  * @module
  */
-import type { RunMeta } from "../../core/runs/run_dir.ts";
+import type { RunMeta } from "../../core/runs/run_types.ts";
 
 /** A `running` run `id` started now, with no sweep; `patch` overrides fields. */
 export function runMeta(id: string, patch: Partial<RunMeta> = {}): RunMeta {

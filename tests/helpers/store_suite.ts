@@ -1,20 +1,20 @@
 /**
  * The run store conformance suite: the behaviour of {@linkcode RunStore} that every implementation must
- * show, registered as Deno tests for one implementation at a time (`store_suite_sqlite_test.ts`,
- * `postgres_store_test.ts`), like hono's shared router suite.
+ * show, registered as Deno tests for one implementation at a time (`core/runs/store_suite_sqlite_test.ts`,
+ * `core/runs/postgres_store_test.ts`), like hono's shared router suite.
  *
  * @module
  */
 import { deepStrictEqual as assertEquals, ok as assert, rejects } from "node:assert/strict";
-import { runMeta } from "../../tests/helpers/run_meta.ts";
+import { runMeta } from "./run_meta.ts";
 import {
   assertKilledWriterKept,
   assertWritersKept,
   killWriterAfter,
   runStoreWriters,
-} from "../../tests/helpers/store_writers.ts";
-import type { MetricPoint, RunStore } from "./store.ts";
-import { RunBusyError } from "./store_errors.ts";
+} from "./store_writers.ts";
+import type { MetricPoint, RunStore } from "../../core/runs/store.ts";
+import { RunBusyError } from "../../core/runs/store_errors.ts";
 
 /** A fresh, empty store for one test. */
 export interface StoreUnderTest {

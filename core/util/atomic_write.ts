@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { optionalEnv } from "../util/env.ts";
+import { optionalEnv } from "./env.ts";
 
 /** Suffix marking temp files; {@linkcode cleanTempFiles} removes leftovers of interrupted writes. */
 export const TEMP_MARK = ".tmp-";
