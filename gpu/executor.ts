@@ -1,8 +1,8 @@
 /**
  * Runs a scheduled graph on WebGPU: every value gets a tensor view of a buffer from the memory plan,
  * every node becomes prepared kernel calls (built once, encoded every step), and one execution is one
- * {@linkcode Step}: one encoder, one submit, no host sync. Op → kernel calls comes from
- * {@linkcode GPU_IMPLS} (filled in gpu/graph_ops.ts beside the kernels).
+ * {@linkcode Step}: one encoder, one submit, no host sync. Op → kernel calls comes from the table it is given,
+ * by default `GPU_IMPLS` of gpu/graph_ops.ts (beside the kernels).
  *
  * @module
  */
@@ -12,31 +12,13 @@ import type { Schedule } from "../core/graph/schedule.ts";
 import { assertBindable, createIndirectTensor, createTensor, GpuTensor } from "./buffers.ts";
 import type { GpuContext } from "./device.ts";
 import { GpuLimitError } from "./errors.ts";
-import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "./dispatch.ts";
-
-/** Kernel calls of one node, given tensors of its inputs and outputs. */
-export type GpuImpl = (
-  ctx: GpuContext,
-  node: Node,
-  inputs: GpuTensor[],
-  outputs: GpuTensor[],
-  scratch: Scratch, // private buffers the calls may use
-) => KernelCall[];
-
-/** Allocates a private buffer of a node's calls: f32 or u32 storage, or u32 indirect-dispatch arguments. */
-export type Scratch = (
-  shape: readonly number[],
-  label: string,
-  kind?: "f32" | "u32" | "indirect",
-) => GpuTensor;
+import { prepare, type PreparedCall, releaseCall, Step } from "./dispatch.ts";
+import { GPU_IMPLS, gpuImplOf, type GpuTable, type Scratch } from "./graph_ops.ts";
 
 /** A buffer copy in place of a kernel (reshape between different buffers). */
 interface CopyCall {
   copy: { from: GpuTensor; to: GpuTensor; bytes: number };
 }
-
-/** Implementations by op name. */
-export const GPU_IMPLS: Record<string, GpuImpl> = {};
 
 /** A graph bound to buffers and pipelines, executable any number of times. */
 export class GraphExecutor {
@@ -45,18 +27,22 @@ export class GraphExecutor {
   readonly #buffers: GPUBuffer[] = [];
   readonly #steps: (PreparedCall | CopyCall)[] = [];
   readonly #sources = new Map<string, string>(); // WGSL source → label
+  readonly #impls: GpuTable;
 
   /**
    * Allocates the memory plan's buffers (and one per leaf), and prepares every node's calls.
-   * `leafTensors` may supply existing tensors for leaves (parameters shared with an optimizer).
+   * `leafTensors` may supply existing tensors for leaves (parameters shared with an optimizer); `impls` is
+   * the op → kernel calls table.
    */
   constructor(
     ctx: GpuContext,
     sched: Schedule,
     leaves: readonly Value[],
     leafTensors = new Map<number, GpuTensor>(),
+    impls: GpuTable = GPU_IMPLS,
   ) {
     this.ctx = ctx;
+    this.#impls = impls;
     _assertPlanFits(ctx, sched, leaves);
     for (const v of leaves) {
       this.tensors.set(v.id, leafTensors.get(v.id) ?? createTensor(ctx, v.shape, v.dtype, undefined, v.name));
@@ -124,8 +110,7 @@ export class GraphExecutor {
       }
       return;
     }
-    const impl = GPU_IMPLS[node.op];
-    if (!impl) throw new TypeError(`No WebGPU implementation for op "${node.op}"`);
+    const impl = gpuImplOf(node, this.#impls);
     const scratch: Scratch = (shape, label, kind = "f32") => {
       const name = `${node.op}${node.id}.${label}`;
       const t = kind === "indirect"

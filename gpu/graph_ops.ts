@@ -1,6 +1,6 @@
 /**
- * Which kernels run each graph op on WebGPU (the twin of core/graph/cpu_ops.ts). Importing this module
- * fills {@linkcode GPU_IMPLS}.
+ * Which kernels run each graph op on WebGPU (the twin of core/graph/cpu_ops.ts): {@linkcode GPU_IMPLS}, the
+ * table that gpu/executor.ts and gpu/preflight.ts run nodes with.
  *
  * @module
  */
@@ -13,11 +13,13 @@ import {
   moeTile,
 } from "./kernels/moe.ts";
 import { attentionCached } from "./kernels/cached_attention.ts";
-import { routeRuleOf } from "../core/graph/op_types.ts";
+import { type OpName, routeRuleOf } from "../core/graph/op_types.ts";
 import { routeGate, routeMask } from "./kernels/routing.ts";
-import type { Node } from "../core/graph/ir.ts";
-import { GPU_IMPLS, type GpuImpl, type Scratch } from "./executor.ts";
-import { activation, activationBackward, type ActivationKind } from "./kernels/activation.ts";
+import type { Node, OpNode } from "../core/graph/ir.ts";
+import type { GpuTensor } from "./buffers.ts";
+import type { GpuContext } from "./device.ts";
+import type { KernelCall } from "./dispatch.ts";
+import { activation, activationBackward } from "./kernels/activation.ts";
 import { attention, attentionBackward, attentionDkvScratch } from "./kernels/attention.ts";
 import { add, addN, fill, mul, scale } from "./kernels/elementwise.ts";
 import {
@@ -45,17 +47,38 @@ import {
   zLossBackward,
 } from "./kernels/losses.ts";
 import { matmulCalls, matmulPlan, matmulScratch } from "./kernels/matmul.ts";
-import { norm, normBackward, type NormKind } from "./kernels/norm.ts";
+import { norm, normBackward } from "./kernels/norm.ts";
 import { gatedActivation, routerScale, routerScaleDs, topkMask } from "./kernels/router.ts";
 import { softmax, softmaxBackward } from "./kernels/softmax.ts";
 
-const kindOf = (n: Node) => n.attrs.kind as string;
+/** Kernel calls of one node, given tensors of its inputs and outputs. */
+export type GpuImpl<K extends OpName = OpName> = (
+  ctx: GpuContext,
+  node: OpNode<K>,
+  inputs: GpuTensor[],
+  outputs: GpuTensor[],
+  scratch: Scratch, // private buffers the calls may use
+) => KernelCall[];
+
+/** Allocates a private buffer of a node's calls: f32 or u32 storage, or u32 indirect-dispatch arguments. */
+export type Scratch = (
+  shape: readonly number[],
+  label: string,
+  kind?: "f32" | "u32" | "indirect",
+) => GpuTensor;
+
+/**
+ * An implementation for every op of core/graph/op_types.ts (`deno check` names a missing one); null for an op
+ * that WebGPU does not run as kernels.
+ */
+export type GpuTable = { readonly [K in OpName]: GpuImpl<K> | null };
+
 const cols = (n: Node) => n.inputs[0]!.shape.at(-1)!;
 
 /** The sparse-expert shape of a moe_mlp or moa_attention node whose experts are h wide. */
-function moeShapeOf(n: Node, h: number): MoeShape {
+function moeShapeOf(n: OpNode<"moe_mlp" | "moa_attention">, h: number): MoeShape {
   const [N, d] = n.inputs[0]!.shape as [number, number];
-  return { N, d, E: n.attrs.experts as number, h };
+  return { N, d, E: n.attrs.experts, h };
 }
 
 /** Worst-case scratch of a sparse-expert node (every pair routed). */
@@ -69,12 +92,17 @@ function moeScratchOf(s: MoeShape, tm: number, scratch: Scratch): MoeScratch {
   };
 }
 
-const IMPLS: Record<string, GpuImpl> = {
-  fill: (ctx, n, _i, [y]) => [fill(ctx, { y: y!, value: n.attrs.value as number })],
+/** Op → kernel calls, by op name. */
+export const GPU_IMPLS: GpuTable = {
+  leaf: null, // fed, never computed
+  reshape: null, // a view of its input's buffer, or a buffer copy: the executor's own (gpu/executor.ts)
+  dot: null, // CPU only: gradient checks (core/graph/grad_check_test.ts)
+  mul_scalar: null, // CPU only: gradient checks
+  fill: (ctx, n, _i, [y]) => [fill(ctx, { y: y!, value: n.attrs.value })],
   add: (ctx, _n, [a, b], [y]) => [add(ctx, { a: a!, b: b!, y: y! })],
   add_n: (ctx, _n, xs, [y]) => addN(ctx, { xs, y: y! }),
   mul: (ctx, _n, [a, b], [y]) => [mul(ctx, { a: a!, b: b!, y: y! })],
-  scale: (ctx, n, [x], [y]) => [scale(ctx, { x: x!, y: y!, alpha: n.attrs.alpha as number })],
+  scale: (ctx, n, [x], [y]) => [scale(ctx, { x: x!, y: y!, alpha: n.attrs.alpha })],
   embedding: (ctx, _n, [ids, w], [y]) => [embedding(ctx, { ids: ids!, w: w!, y: y! })],
   embedding_grad: (ctx, _n, [ids, dy], [dw], scratch) =>
     embeddingGrad(ctx, {
@@ -97,8 +125,8 @@ const IMPLS: Record<string, GpuImpl> = {
   },
   norm: (ctx, n, [x, gamma, beta], [y, mean, rstd]) => [
     norm(ctx, {
-      kind: kindOf(n) as NormKind,
-      eps: n.attrs.eps as number,
+      kind: n.attrs.kind,
+      eps: n.attrs.eps,
       x: x!,
       gamma: gamma!,
       beta,
@@ -109,7 +137,7 @@ const IMPLS: Record<string, GpuImpl> = {
   ],
   norm_backward: (ctx, n, [x, gamma, mean, rstd, dy], [dx, dgamma, dbeta]) =>
     normBackward(ctx, {
-      kind: kindOf(n) as NormKind,
+      kind: n.attrs.kind,
       x: x!,
       gamma: gamma!,
       mean: mean!,
@@ -119,9 +147,9 @@ const IMPLS: Record<string, GpuImpl> = {
       dgamma: dgamma!,
       dbeta,
     }),
-  activation: (ctx, n, [x], [y]) => [activation(ctx, { kind: kindOf(n) as ActivationKind, x: x!, y: y! })],
+  activation: (ctx, n, [x], [y]) => [activation(ctx, { kind: n.attrs.kind, x: x!, y: y! })],
   activation_backward: (ctx, n, [x, dy], [dx]) => [
-    activationBackward(ctx, { kind: kindOf(n) as ActivationKind, x: x!, dy: dy!, dx: dx! }),
+    activationBackward(ctx, { kind: n.attrs.kind, x: x!, dy: dy!, dx: dx! }),
   ],
   softmax: (ctx, _n, [x], [y]) => [softmax(ctx, { x: x!, y: y! })],
   softmax_backward: (ctx, _n, [y, dy], [dx]) => [softmaxBackward(ctx, { y: y!, dy: dy!, dx: dx! })],
@@ -144,15 +172,15 @@ const IMPLS: Record<string, GpuImpl> = {
     }),
   router_scale: (ctx, _n, [x, s], [y]) => [routerScale(ctx, { x: x!, s: s!, y: y! })],
   gated_activation: (ctx, n, [u, s], [a, y]) => [
-    gatedActivation(ctx, { kind: kindOf(n) as ActivationKind, u: u!, s: s!, a: a!, y: y! }),
+    gatedActivation(ctx, { kind: n.attrs.kind, u: u!, s: s!, a: a!, y: y! }),
   ],
   gated_activation_backward: (ctx, n, [u, s, dy], [du]) => [
-    gatedActivation(ctx, { kind: kindOf(n) as ActivationKind, u: u!, s: s!, dy: dy!, du: du! }),
+    gatedActivation(ctx, { kind: n.attrs.kind, u: u!, s: s!, dy: dy!, du: du! }),
   ],
   router_scale_ds: (ctx, _n, [x, dy], [ds]) => [routerScaleDs(ctx, { x: x!, dy: dy!, ds: ds! })],
-  topk_mask: (ctx, n, [s], [mask]) => [topkMask(ctx, { s: s!, mask: mask!, k: n.attrs.k as number })],
+  topk_mask: (ctx, n, [s], [mask]) => [topkMask(ctx, { s: s!, mask: mask!, k: n.attrs.k })],
   moe_mlp: (ctx, n, [x, gate, w1, w2], [y], scratch) => {
-    const E = n.attrs.experts as number,
+    const E = n.attrs.experts,
       s = moeShapeOf(n, n.inputs[2]!.shape[1]! / E),
       tile = moeTile(ctx, s);
     return moeMlpSparse(ctx, {
@@ -163,13 +191,13 @@ const IMPLS: Record<string, GpuImpl> = {
       y: y!,
       E,
       h: s.h,
-      activation: n.attrs.activation as ActivationKind,
+      activation: n.attrs.activation,
       tile,
       scratch: moeScratchOf(s, tile.tm, scratch),
     });
   },
   moa_attention: (ctx, n, [x, gate, wq, k, v, wo, kcache, vcache, pos], [y], scratch) => {
-    const G = n.attrs.heads as number, D = n.attrs.head_dim as number;
+    const G = n.attrs.heads, D = n.attrs.head_dim;
     const s = moeShapeOf(n, G * D), tile = moeTile(ctx, s);
     return moaAttentionSparse(ctx, {
       x: x!,
@@ -182,7 +210,7 @@ const IMPLS: Record<string, GpuImpl> = {
       E: s.E,
       G,
       D,
-      ...(kcache ? { cache: { kcache, vcache: vcache!, pos: pos! } } : { T: n.attrs.seq as number }),
+      ...(kcache ? { cache: { kcache, vcache: vcache!, pos: pos! } } : { T: n.attrs.seq }),
       tile,
       scratch: moeScratchOf(s, tile.tm, scratch),
     });
@@ -196,9 +224,9 @@ const IMPLS: Record<string, GpuImpl> = {
       vcache: vcache!,
       pos: pos!,
       o: o!,
-      H: n.attrs.heads as number,
-      Hkv: n.attrs.kv_heads as number,
-      D: n.attrs.head_dim as number,
+      H: n.attrs.heads,
+      Hkv: n.attrs.kv_heads,
+      D: n.attrs.head_dim,
     }),
   route_mask: (ctx, n, [s], [mask], scratch) => {
     const rule = routeRuleOf(n);
@@ -228,7 +256,7 @@ const IMPLS: Record<string, GpuImpl> = {
       s: s!,
       mask: mask!,
       loss: loss!,
-      k: n.attrs.k as number,
+      k: n.attrs.k,
       f: scratch([cols(n)], "f"),
       p: scratch([cols(n)], "p"),
     }),
@@ -238,7 +266,7 @@ const IMPLS: Record<string, GpuImpl> = {
       mask: mask!,
       dl: dl!,
       ds: ds!,
-      k: n.attrs.k as number,
+      k: n.attrs.k,
       f: scratch([cols(n)], "f"),
     }),
   mi_loss_global: (ctx, n, [s, pbar], [loss], scratch) =>
@@ -248,9 +276,9 @@ const IMPLS: Record<string, GpuImpl> = {
   ],
   mean_rows: (ctx, _n, [x], [out]) => [meanRows(ctx, { x: x!, out: out! })],
   switch_loss_global: (ctx, n, [s, f], [loss], scratch) =>
-    switchLossGlobal(ctx, { s: s!, f: f!, loss: loss!, k: n.attrs.k as number, p: scratch([cols(n)], "p") }),
+    switchLossGlobal(ctx, { s: s!, f: f!, loss: loss!, k: n.attrs.k, p: scratch([cols(n)], "p") }),
   switch_loss_global_backward: (ctx, n, [s, f, dl], [ds]) => [
-    switchLossGlobalBackward(ctx, { s: s!, f: f!, dl: dl!, ds: ds!, k: n.attrs.k as number }),
+    switchLossGlobalBackward(ctx, { s: s!, f: f!, dl: dl!, ds: ds!, k: n.attrs.k }),
   ],
   z_loss: (ctx, _n, [logits], [loss]) => [zLoss(ctx, { logits: logits!, loss: loss! })],
   z_loss_backward: (
@@ -261,7 +289,14 @@ const IMPLS: Record<string, GpuImpl> = {
   ) => [zLossBackward(ctx, { logits: logits!, dl: dl!, dx: dx! })],
 };
 
-Object.assign(GPU_IMPLS, IMPLS);
-
 /** Ops with a WebGPU implementation. */
-export const GPU_OPS: readonly string[] = Object.keys(IMPLS);
+export const GPU_OPS: readonly string[] = Object.entries(GPU_IMPLS).filter(([, impl]) => impl).map(([op]) =>
+  op
+);
+
+/** The implementation of `node`'s op in `impls`; throws for an op WebGPU does not run as kernels. */
+export function gpuImplOf<K extends OpName>(node: OpNode<K>, impls: GpuTable = GPU_IMPLS): GpuImpl<K> {
+  const impl = impls[node.op];
+  if (!impl) throw new TypeError(`No WebGPU implementation for op "${node.op}"`);
+  return impl;
+}

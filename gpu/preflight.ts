@@ -11,18 +11,22 @@ import type { Node } from "../core/graph/ir.ts";
 import type { Schedule } from "../core/graph/schedule.ts";
 import { GpuTensor, paddedBytes, shapeSize } from "./buffers.ts";
 import type { GpuContext } from "./device.ts";
-import { GPU_IMPLS, type Scratch } from "./executor.ts";
-import "./graph_ops.ts";
+import { GPU_IMPLS, gpuImplOf, type GpuTable, type Scratch } from "./graph_ops.ts";
 
 /**
  * Throws the first error a node of `sched` would throw while its kernels are built on `ctx` (a
  * GpuLimitError, gpu/errors.ts, for a size limit), prefixed with `what`; returns when every kernel builds.
+ * `impls` is the op → kernel calls table the schedule will run with.
  */
-export function assertScheduleBuilds(ctx: GpuContext, sched: Schedule, what: string): void {
+export function assertScheduleBuilds(
+  ctx: GpuContext,
+  sched: Schedule,
+  what: string,
+  impls: GpuTable = GPU_IMPLS,
+): void {
   for (const node of sched.nodes) {
     if (node.op === "reshape") continue;
-    const impl = GPU_IMPLS[node.op];
-    if (!impl) throw new TypeError(`No WebGPU implementation for op "${node.op}"`);
+    const impl = gpuImplOf(node, impls);
     try {
       impl(ctx, node, node.inputs.map(_placeholder), node.outputs.map(_placeholder), _scratch(node));
     } catch (e) {

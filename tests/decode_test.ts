@@ -8,7 +8,6 @@ import { buildDecoder, buildModel, type InferRules } from "../core/plan/model.ts
 import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
-import "../gpu/graph_ops.ts";
 import { openGpu } from "../gpu/device.ts";
 import { assertClose, testGpu } from "./helpers/gpu.ts";
 

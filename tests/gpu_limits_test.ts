@@ -14,7 +14,6 @@ import type { GpuContext } from "../gpu/device.ts";
 import { grid, prepare, runCalls } from "../gpu/dispatch.ts";
 import { GpuLimitError } from "../gpu/errors.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
-import "../gpu/graph_ops.ts";
 import { activation } from "../gpu/kernels/activation.ts";
 import { matmul } from "../gpu/kernels/matmul.ts";
 import { attention, attentionBackward } from "../gpu/kernels/attention.ts";

@@ -4,14 +4,13 @@ import { gradients } from "../core/graph/autodiff.ts";
 import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { type Schedule, schedule } from "../core/graph/schedule.ts";
-import type { Value } from "../core/graph/ir.ts";
+import { isOp, type Value } from "../core/graph/ir.ts";
 import { type GpuContext, openGpu } from "../gpu/device.ts";
 import { matmulPlan } from "../gpu/kernels/matmul.ts";
 import { buildModel, type InferRules } from "../core/plan/model.ts";
 import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
-import "../gpu/graph_ops.ts";
 import { assertClose, testGpu } from "./helpers/gpu.ts";
 
 const MODELS: Record<string, unknown> = {
@@ -81,7 +80,7 @@ for (const [name, over] of Object.entries(MODELS)) {
       );
     }
     if (name === GPU_PROFILE) {
-      const splits = sched.nodes.filter((n) => n.op === "matmul" && n.attrs.transA).map((n) =>
+      const splits = sched.nodes.filter((n) => isOp(n, "matmul") && n.attrs.transA).map((n) =>
         matmulPlan(ctx, n.outputs[0]!.shape[0]!, n.inputs[0]!.shape[0]!, n.outputs[0]!.shape[1]!).splits
       );
       assert(splits.length > 0 && splits.every((x) => x === 2), `weight-gradient splits ${splits}`);

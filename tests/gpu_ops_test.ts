@@ -11,7 +11,6 @@ import { schedule } from "../core/graph/schedule.ts";
 import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
-import "../gpu/graph_ops.ts";
 import { type GpuContext, openGpu } from "../gpu/device.ts";
 import { assertClose, testGpu, type Tolerance } from "./helpers/gpu.ts";
 

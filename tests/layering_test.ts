@@ -21,7 +21,7 @@
  * core/data                  ← core/config: text sources, tokenizers, datasets
  * core/ref                   ← core/graph/op_types.ts only: float64 references of the ops
  * core/config                ← nothing of ours: the experiment schema
- * core/graph/op_types.ts     ← nothing: the op parameters (routing rule, reductions) of ref, graph and gpu/
+ * core/graph/op_types.ts     ← nothing: the op list (names, attributes) and op parameters of ref, graph, gpu/
  * core/util                  ← nothing: helpers of no domain
  * ```
  *

@@ -15,7 +15,6 @@ import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu
 import type { GpuContext } from "../../gpu/device.ts";
 import { prepare, releaseCall, Step } from "../../gpu/dispatch.ts";
 import { GraphExecutor } from "../../gpu/executor.ts";
-import "../../gpu/graph_ops.ts";
 import { ExperimentSchema } from "../config/schema.ts";
 import { gradients } from "../graph/autodiff.ts";
 import { evaluateGraph, type HostValue } from "../graph/cpu_executor.ts";

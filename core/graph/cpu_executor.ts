@@ -1,38 +1,42 @@
 /**
  * Executes a graph on the CPU in float64 — the oracle for gradient checks and for the WebGPU backend.
- * Each op's implementation comes from {@linkcode CPU_IMPLS}; the trivial element-wise ops live here, the
- * rest wrap the reference kernels of core/ref (registered in core/graph/cpu_ops.ts).
+ * Each op's implementation comes from the table it is given: `CPU_OPS` of core/graph/cpu_ops.ts, which wraps
+ * the reference kernels of core/ref.
  *
  * @module
  */
-import { type Node, numel, type Value } from "./ir.ts";
+import { type Node, numel, type OpNode, type Value } from "./ir.ts";
+import type { OpName } from "./op_types.ts";
 
 /** Host values: f32 values as Float64Array, u32 values (ids, targets) as Uint32Array. */
 export type HostValue = Float64Array | Uint32Array;
 
 /** One op on the CPU: input arrays (in input order) → output arrays (in output order). */
-export type CpuImpl = (inputs: readonly HostValue[], node: Node) => HostValue[];
+export type CpuImpl<K extends OpName = OpName> = (
+  inputs: readonly HostValue[],
+  node: OpNode<K>,
+) => HostValue[];
 
-/** Implementations by op name; core/graph/cpu_ops.ts adds the reference-backed ones. */
-export const CPU_IMPLS: Record<string, CpuImpl> = {
-  fill: (_, n) => [new Float64Array(numel(n.attrs.shape as number[])).fill(n.attrs.value as number)],
-  add: ([a, b]) => [_zip(a!, b!, (x, y) => x + y)],
-  add_n: (xs) => {
-    const out = new Float64Array(xs[0]!.length);
-    for (const x of xs) for (let i = 0; i < out.length; i++) out[i]! += x[i]!;
-    return [out];
-  },
-  mul: ([a, b]) => [_zip(a!, b!, (x, y) => x * y)],
-  scale: ([x], n) => [Float64Array.from(x!, (v) => v * (n.attrs.alpha as number))],
-  reshape: ([x]) => [x!],
-};
+/**
+ * An implementation for every op of core/graph/op_types.ts (`deno check` names a missing one); null for an op
+ * that is never executed (a leaf is fed).
+ */
+export type CpuTable = { readonly [K in OpName]: CpuImpl<K> | null };
 
-/** Evaluates the nodes needed for `outputs`, given leaf values by value id (or by leaf name). */
+/** The implementation of `node`'s op in `impls` (null: none). */
+export function cpuImplOf<K extends OpName>(impls: CpuTable, node: OpNode<K>): CpuImpl<K> | null {
+  return impls[node.op];
+}
+
+/**
+ * Evaluates the nodes needed for `outputs` with the implementations `impls` (`CPU_OPS`), given leaf values by
+ * value id (or by leaf name).
+ */
 export function evaluateGraph(
   nodes: readonly Node[],
   feeds: ReadonlyMap<number, HostValue>,
   outputs: readonly Value[],
-  impls: Record<string, CpuImpl> = CPU_IMPLS,
+  impls: CpuTable,
 ): HostValue[] {
   const env = new Map<number, HostValue>(feeds);
   for (const node of nodes) {
@@ -42,7 +46,7 @@ export function evaluateGraph(
       continue;
     }
     if (node.outputs.every((o) => env.has(o.id))) continue;
-    const impl = impls[node.op];
+    const impl = cpuImplOf(impls, node);
     if (!impl) throw new TypeError(`No CPU implementation for op "${node.op}"`);
     const ins = node.inputs.map((i) => {
       const v = env.get(i.id);
@@ -67,11 +71,4 @@ export function evaluateGraph(
     if (!v) throw new RangeError(`Output "${o.name}" was not computed`);
     return v;
   });
-}
-
-function _zip(a: HostValue, b: HostValue, f: (x: number, y: number) => number): Float64Array {
-  if (a.length !== b.length) throw new RangeError(`Element-wise op on ${a.length} vs ${b.length} elements`);
-  const out = new Float64Array(a.length);
-  for (let i = 0; i < a.length; i++) out[i] = f(a[i]!, b[i]!);
-  return out;
 }

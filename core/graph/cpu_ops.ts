@@ -13,7 +13,7 @@ import {
 } from "../ref/cached_attention.ts";
 import { routeMaskRef } from "../ref/routing.ts";
 import { routeRuleOf } from "./op_types.ts";
-import { activationBackwardRef, type ActivationKind, activationRef } from "../ref/activation.ts";
+import { activationBackwardRef, activationRef } from "../ref/activation.ts";
 import { attentionBackwardRef, attentionRef } from "../ref/attention.ts";
 import { biasAddRef, sumRowsRef } from "../ref/elementwise.ts";
 import { addRowsRef, embeddingGradRef, embeddingRef, sumRowsModRef } from "../ref/embedding.ts";
@@ -33,11 +33,11 @@ import {
   zLossRef,
 } from "../ref/losses.ts";
 import { matmulRef } from "../ref/matmul.ts";
-import { normBackwardRef, type NormKind, normRef } from "../ref/norm.ts";
+import { normBackwardRef, normRef } from "../ref/norm.ts";
 import { routerScaleDsRef, routerScaleRef, topkMaskRef } from "../ref/router.ts";
 import { softmaxBackwardRef, softmaxRef } from "../ref/softmax.ts";
-import { CPU_IMPLS, type CpuImpl } from "./cpu_executor.ts";
-import type { Node } from "./ir.ts";
+import type { CpuTable, HostValue } from "./cpu_executor.ts";
+import { type Node, numel } from "./ir.ts";
 
 const last = (n: Node, i = 0) => n.inputs[i]!.shape.at(-1)!;
 const scalar = (v: number) => new Float64Array([v]);
@@ -46,9 +46,19 @@ const attDims = (n: Node) => {
   return { B, T, Hq, Hkv: n.inputs[1]!.shape[2]!, D };
 };
 
-/** Every op's CPU implementation (the trivial ones from cpu_executor.ts plus the reference-backed ones). */
-export const CPU_OPS: Record<string, CpuImpl> = {
-  ...CPU_IMPLS,
+/** Every op's CPU implementation: the trivial element-wise ones here, the rest backed by core/ref. */
+export const CPU_OPS: CpuTable = {
+  leaf: null, // fed, never computed
+  fill: (_, n) => [new Float64Array(numel(n.attrs.shape)).fill(n.attrs.value)],
+  add: ([a, b]) => [_zip(a!, b!, (x, y) => x + y)],
+  add_n: (xs) => {
+    const out = new Float64Array(xs[0]!.length);
+    for (const x of xs) for (let i = 0; i < out.length; i++) out[i]! += x[i]!;
+    return [out];
+  },
+  mul: ([a, b]) => [_zip(a!, b!, (x, y) => x * y)],
+  scale: ([x], n) => [Float64Array.from(x!, (v) => v * n.attrs.alpha)],
+  reshape: ([x]) => [x!],
   dot: ([a, b]) => {
     let sum = 0;
     for (let i = 0; i < a!.length; i++) sum += a![i]! * b![i]!;
@@ -56,9 +66,9 @@ export const CPU_OPS: Record<string, CpuImpl> = {
   },
   mul_scalar: ([x, s]) => [Float64Array.from(x!, (v) => v * s![0]!)],
   embedding: ([ids, w], n) => [embeddingRef(ids!, w!, last(n, 1))],
-  embedding_grad: ([ids, dy], n) => [embeddingGradRef(ids!, dy!, n.attrs.vocab as number, last(n, 1))],
+  embedding_grad: ([ids, dy], n) => [embeddingGradRef(ids!, dy!, n.attrs.vocab, last(n, 1))],
   add_rows: ([x, p], n) => [addRowsRef(x!, p!, n.inputs[1]!.shape[0]!, last(n))],
-  sum_rows_mod: ([dy], n) => [sumRowsModRef(dy!, n.attrs.period as number, last(n))],
+  sum_rows_mod: ([dy], n) => [sumRowsModRef(dy!, n.attrs.period, last(n))],
   bias_add: ([x, b]) => [biasAddRef(x!, b!)],
   sum_rows: ([x], n) => [sumRowsRef(x!, last(n))],
   matmul: ([a, b], n) => {
@@ -67,25 +77,21 @@ export const CPU_OPS: Record<string, CpuImpl> = {
     return [matmulRef(a!, b!, { m, k, n: n.outputs[0]!.shape[1]!, transA: tA, transB: !!n.attrs.transB })];
   },
   norm: ([x, g, b], n) => {
-    const r = normRef(n.attrs.kind as NormKind, x!, g!, b ?? null, last(n), n.attrs.eps as number);
+    const r = normRef(n.attrs.kind, x!, g!, b ?? null, last(n), n.attrs.eps);
     return [r.y, r.mean, r.rstd];
   },
   norm_backward: ([x, g, mean, rstd, dy], n) => {
-    const r = normBackwardRef(n.attrs.kind as NormKind, x!, g!, mean!, rstd!, dy!, last(n));
+    const r = normBackwardRef(n.attrs.kind, x!, g!, mean!, rstd!, dy!, last(n));
     return [r.dx, r.dgamma, r.dbeta];
   },
-  activation: ([x], n) => [activationRef(n.attrs.kind as ActivationKind, x!)],
-  activation_backward: ([x, dy], n) => [activationBackwardRef(n.attrs.kind as ActivationKind, x!, dy!)],
+  activation: ([x], n) => [activationRef(n.attrs.kind, x!)],
+  activation_backward: ([x, dy], n) => [activationBackwardRef(n.attrs.kind, x!, dy!)],
   gated_activation: ([u, s], n) => {
-    const a = activationRef(n.attrs.kind as ActivationKind, u!);
-    return [a, routerScaleRef(a, s!, n.attrs.blocks as number)];
+    const a = activationRef(n.attrs.kind, u!);
+    return [a, routerScaleRef(a, s!, n.attrs.blocks)];
   },
   gated_activation_backward: ([u, s, dy], n) => [
-    activationBackwardRef(
-      n.attrs.kind as ActivationKind,
-      u!,
-      routerScaleRef(dy!, s!, n.attrs.blocks as number),
-    ),
+    activationBackwardRef(n.attrs.kind, u!, routerScaleRef(dy!, s!, n.attrs.blocks)),
   ],
   softmax: ([x], n) => [softmaxRef(x!, last(n))],
   softmax_backward: ([y, dy], n) => [softmaxBackwardRef(y!, dy!, last(n))],
@@ -101,30 +107,30 @@ export const CPU_OPS: Record<string, CpuImpl> = {
   router_scale_ds: (
     [x, dy],
     n,
-  ) => [routerScaleDsRef(x!, dy!, n.attrs.blocks as number, n.inputs[0]!.shape[0]!)],
-  topk_mask: ([s], n) => [topkMaskRef(s!, last(n), n.attrs.k as number)],
+  ) => [routerScaleDsRef(x!, dy!, n.attrs.blocks, n.inputs[0]!.shape[0]!)],
+  topk_mask: ([s], n) => [topkMaskRef(s!, last(n), n.attrs.k)],
   route_mask: ([s], n) => [routeMaskRef(s!, last(n), routeRuleOf(n))],
   route_gate: ([z], n) => {
     const probs = softmaxRef(z!, last(n)), mask = routeMaskRef(probs, last(n), routeRuleOf(n));
     return [probs, mask, probs.map((v, i) => v * mask[i]!)];
   },
   moe_mlp: ([x, gate, w1, w2], n) => {
-    const [N, d] = n.inputs[0]!.shape as [number, number], E = n.attrs.experts as number;
-    const h = n.inputs[2]!.shape[1]! / E, activation = n.attrs.activation as ActivationKind;
+    const [N, d] = n.inputs[0]!.shape as [number, number], E = n.attrs.experts;
+    const h = n.inputs[2]!.shape[1]! / E, activation = n.attrs.activation;
     return [moeMlpRef(x!, gate!, w1!, w2!, { N, d, E, h, activation })];
   },
   attention_cached: ([q, k, v, kc, vc, pos], n) => {
-    const D = n.attrs.head_dim as number, Hkv = n.attrs.kv_heads as number, N = n.inputs[0]!.shape[0]!;
+    const D = n.attrs.head_dim, Hkv = n.attrs.kv_heads, N = n.inputs[0]!.shape[0]!;
     kvWriteRef(k!, v!, kc as Float64Array, vc as Float64Array, pos![0]!, Hkv * D);
     return [
-      cachedAttentionRef(q!, kc!, vc!, { N, H: n.attrs.heads as number, Hkv, D }, cacheWindow(pos![0]!)),
+      cachedAttentionRef(q!, kc!, vc!, { N, H: n.attrs.heads, Hkv, D }, cacheWindow(pos![0]!)),
     ];
   },
   moa_attention: ([x, gate, wq, k, v, wo, kc, vc, pos], n) => {
-    const [N, d] = n.inputs[0]!.shape as [number, number], G = n.attrs.heads as number;
-    const D = n.attrs.head_dim as number, dims = { N, d, E: n.attrs.experts as number, G, D };
+    const [N, d] = n.inputs[0]!.shape as [number, number], G = n.attrs.heads;
+    const D = n.attrs.head_dim, dims = { N, d, E: n.attrs.experts, G, D };
     if (!kc) {
-      return [moaAttentionRef(x!, gate!, wq!, k!, v!, wo!, dims, sequenceWindow(n.attrs.seq as number))];
+      return [moaAttentionRef(x!, gate!, wq!, k!, v!, wo!, dims, sequenceWindow(n.attrs.seq))];
     }
     kvWriteRef(k!, v!, kc as Float64Array, vc as Float64Array, pos![0]!, G * D);
     return [moaAttentionRef(x!, gate!, wq!, kc, vc!, wo!, dims, cacheWindow(pos![0]!))];
@@ -133,19 +139,26 @@ export const CPU_OPS: Record<string, CpuImpl> = {
   cross_entropy_backward: ([logits, t, dl], n) => [crossEntropyBackwardRef(logits!, t!, last(n), dl![0]!)],
   mi_loss: ([s], n) => [scalar(miLossRef(s!, last(n)))],
   mi_loss_backward: ([s, dl], n) => [miLossBackwardRef(s!, last(n), dl![0]!)],
-  switch_loss: ([s, m], n) => [scalar(switchLossRef(s!, m!, last(n), n.attrs.k as number))],
+  switch_loss: ([s, m], n) => [scalar(switchLossRef(s!, m!, last(n), n.attrs.k))],
   switch_loss_backward: (
     [s, m, dl],
     n,
-  ) => [switchLossBackwardRef(s!, m!, last(n), n.attrs.k as number, dl![0]!)],
+  ) => [switchLossBackwardRef(s!, m!, last(n), n.attrs.k, dl![0]!)],
   mi_loss_global: ([s, p], n) => [scalar(miLossGlobalRef(s!, last(n), p!))],
   mi_loss_global_backward: ([s, p, dl], n) => [miLossGlobalBackwardRef(s!, last(n), p!, dl![0]!)],
   mean_rows: ([x], n) => [meanRowsRef(x!, last(n))],
-  switch_loss_global: ([s, f], n) => [scalar(switchLossGlobalRef(s!, f!, last(n), n.attrs.k as number))],
+  switch_loss_global: ([s, f], n) => [scalar(switchLossGlobalRef(s!, f!, last(n), n.attrs.k))],
   switch_loss_global_backward: (
     [s, f, dl],
     n,
-  ) => [switchLossGlobalBackwardRef(s!, f!, last(n), n.attrs.k as number, dl![0]!)],
+  ) => [switchLossGlobalBackwardRef(s!, f!, last(n), n.attrs.k, dl![0]!)],
   z_loss: ([x], n) => [scalar(zLossRef(x!, last(n)))],
   z_loss_backward: ([x, dl], n) => [zLossBackwardRef(x!, last(n), dl![0]!)],
 };
+
+function _zip(a: HostValue, b: HostValue, f: (x: number, y: number) => number): Float64Array {
+  if (a.length !== b.length) throw new RangeError(`Element-wise op on ${a.length} vs ${b.length} elements`);
+  const out = new Float64Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = f(a[i]!, b[i]!);
+  return out;
+}

@@ -10,7 +10,7 @@ import { gradients } from "./autodiff.ts";
 import { evaluateGraph, type HostValue } from "./cpu_executor.ts";
 import { CPU_OPS } from "./cpu_ops.ts";
 import type { Graph, Value } from "./ir.ts";
-import { type OpDef, OPS } from "./ops.ts";
+import { OPS, type OpTable } from "./ops.ts";
 import { schedule } from "./schedule.ts";
 
 /** Outcome: the worst relative error found, and where. */
@@ -22,7 +22,7 @@ export interface GradCheckResult {
 
 /** Options of {@linkcode checkGradients}. */
 export interface GradCheckOptions {
-  table?: Record<string, OpDef>; // rule table (tests pass a broken one)
+  table?: OpTable; // rule table (tests pass a broken one)
   samples?: number; // entries per parameter (default 4)
   eps?: number; // central-difference step (default 1e-5)
   floor?: number; // denominator floor for tiny gradients (default 1e-7)

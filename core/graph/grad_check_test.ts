@@ -8,7 +8,7 @@ import { CPU_OPS } from "./cpu_ops.ts";
 import { schedule } from "./schedule.ts";
 import { checkGradients, randomFeeds } from "./grad_check.ts";
 import { Graph, type Value } from "./ir.ts";
-import { apply, apply1, type OpDef, OPS } from "./ops.ts";
+import { apply, apply1, OPS, type OpTable } from "./ops.ts";
 
 // Central differences in float64 with eps 1e-5 agree with exact gradients to ~1e-9 relative; 1e-6 leaves
 // room for curvature while any wrong rule shows errors of order 1.
@@ -121,9 +121,9 @@ for (const [name, make] of Object.entries(CASES)) {
 }
 
 Deno.test("the gradient check catches a deliberately broken rule (activation passing dy through)", () => {
-  const broken: Record<string, OpDef> = {
+  const broken: OpTable = {
     ...OPS,
-    activation: { ...OPS.activation!, grad: (_g, _n, [dy]) => [dy] },
+    activation: { ...OPS.activation, grad: (_g, _n, [dy]) => [dy] },
   };
   const c = CASES.gelu!();
   const r = checkGradients(c.g, c.loss, c.params, c.feeds as Map<number, HostValue>, { table: broken });

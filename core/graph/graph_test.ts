@@ -2,8 +2,10 @@ import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:asse
 import { ExperimentSchema } from "../config/schema.ts";
 import { buildModel } from "../plan/model.ts";
 import { gradients } from "./autodiff.ts";
-import { Graph } from "./ir.ts";
-import { apply1 } from "./ops.ts";
+import { GPU_IMPLS } from "../../gpu/graph_ops.ts";
+import { CPU_OPS } from "./cpu_ops.ts";
+import { attrsOf, Graph, isOp } from "./ir.ts";
+import { apply1, OPS } from "./ops.ts";
 import { schedule } from "./schedule.ts";
 
 Deno.test("ops refuse mismatched shapes with a message naming the values", () => {
@@ -12,6 +14,21 @@ Deno.test("ops refuse mismatched shapes with a message naming the values", () =>
   throws(() => apply1(g, "matmul", [a, b]), /inner dims 4 vs 5 \(a · b\)/);
   assertEquals(apply1(g, "matmul", [a, b], { transB: true }).shape, [3, 5]);
   assertEquals(apply1(g, "matmul", [a, a], { transA: true }).shape, [4, 4]);
+});
+
+Deno.test("a node's attributes are read as its op's: attrsOf refuses a node of another op", () => {
+  const g = new Graph();
+  const a = g.leaf("param", "a", [3, 4]);
+  const y = apply1(g, "matmul", [a, a], { transA: true });
+  assertEquals(attrsOf(y.node, "matmul"), { transA: true });
+  assert(isOp(y.node, "matmul") && !isOp(y.node, "add"));
+  throws(() => attrsOf(y.node, "norm"), /Node 1 is a matmul node, not norm/);
+});
+
+Deno.test("the op tables name the same ops: shapes and gradients, the float64 twin, WebGPU", () => {
+  const ops = Object.keys(OPS).sort();
+  assertEquals(Object.keys(CPU_OPS).sort(), ops);
+  assertEquals(Object.keys(GPU_IMPLS).sort(), ops);
 });
 
 Deno.test("gradients() sums contributions where a value fans out", () => {

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import type { LeafKind, OpAttrs, OpName } from "./op_types.ts";
 
 /** Element type of a value. */
 export type DType = "f32" | "u32";
@@ -20,23 +21,34 @@ export interface Value {
   readonly name: string;
 }
 
-/** Attributes are plain data (numbers, strings, booleans, arrays of them). */
-export type Attrs = Readonly<Record<string, number | string | boolean | readonly number[]>>;
-
-/** One operation. `op` keys the op table (core/graph/ops.ts). */
-export interface Node {
+/** One operation of kind `K`: its attributes are those {@linkcode OpAttrs} lists for `K`. */
+export interface OpNode<K extends OpName> {
   readonly id: number;
-  readonly op: string;
+  readonly op: K;
   readonly inputs: readonly Value[];
-  readonly attrs: Attrs;
+  readonly attrs: OpAttrs[K];
   readonly outputs: Value[];
 }
 
 /**
- * Kinds of leaf: parameters are trained, inputs are fed each step, constants never change, and state
- * (a decoder's KV cache) persists between executions and is changed in place by the ops that own it.
+ * One operation. `op` keys the op tables (core/graph/ops.ts, cpu_ops.ts, gpu/graph_ops.ts); its attributes
+ * are read through {@linkcode isOp} or {@linkcode attrsOf}, which give them their op's type.
  */
-export type LeafKind = "param" | "input" | "const" | "state";
+export type Node = OpNode<OpName>;
+
+/** True when `node` is an `op` node (and its attributes are then `op`'s). */
+export function isOp<K extends OpName>(node: Node, op: K): node is OpNode<K> {
+  return node.op === op;
+}
+
+/** The attributes of `node`, which must be an `op` node (a TypeError otherwise). */
+export function attrsOf<K extends OpName>(node: Node, op: K): OpAttrs[K] {
+  if (!isOp(node, op)) throw new TypeError(`Node ${node.id} is a ${node.op} node, not ${op}`);
+  return node.attrs;
+}
+
+/** Kinds of leaf (defined with the op list, core/graph/op_types.ts). */
+export type { LeafKind };
 
 /** A graph under construction or finished. */
 export class Graph {
@@ -46,13 +58,13 @@ export class Graph {
   #nextValue = 0;
 
   /** Adds a node and returns it (outputs created from `outShapes`). */
-  addNode(
-    op: string,
+  addNode<K extends OpName>(
+    op: K,
     inputs: readonly Value[],
-    attrs: Attrs,
+    attrs: OpAttrs[K],
     outShapes: readonly { shape: readonly number[]; dtype?: DType; name?: string }[],
-  ): Node {
-    const node: Node = { id: this.nodes.length, op, inputs: [...inputs], attrs, outputs: [] };
+  ): OpNode<K> {
+    const node: OpNode<K> = { id: this.nodes.length, op, inputs: [...inputs], attrs, outputs: [] };
     outShapes.forEach((o, index) => {
       node.outputs.push({
         id: this.#nextValue++,

@@ -1,10 +1,27 @@
 /**
- * The parameters of graph ops that the float64 references (core/ref), the CPU executor (cpu_ops.ts) and the
- * GPU kernels (gpu/) all take: the routing rule of a `route_mask` node and the reductions. It imports
+ * The list of graph operations: every op's name and the attributes its nodes carry ({@linkcode OpAttrs}),
+ * with the parameter types that the float64 references (core/ref), the CPU executor (cpu_ops.ts) and the
+ * GPU kernels (gpu/) all take (activation and norm kinds, the routing rule, the reductions). It imports
  * nothing, so that every one of them may import it.
+ *
+ * An op is declared here first; `deno check` then names every table that lacks it: its output shapes and
+ * gradient rule (`OPS`, core/graph/ops.ts), its float64 twin (`CPU_OPS`, core/graph/cpu_ops.ts) and its
+ * WebGPU implementation (`GPU_IMPLS`, gpu/graph_ops.ts).
  *
  * @module
  */
+
+/** Activation names of the config. */
+export type ActivationKind = "gelu" | "relu" | "silu";
+
+/** Norm kinds of the config. */
+export type NormKind = "layernorm" | "rmsnorm";
+
+/**
+ * Kinds of leaf: parameters are trained, inputs are fed each step, constants never change, and state
+ * (a decoder's KV cache) persists between executions and is changed in place by the ops that own it.
+ */
+export type LeafKind = "param" | "input" | "const" | "state";
 
 /** A routing rule; only the field its kind names is read. */
 export interface RouteRule {
@@ -14,16 +31,101 @@ export interface RouteRule {
   p: number;
 }
 
-/** The rule stored in a `route_mask` node's attributes. */
-export function routeRuleOf(n: { attrs: Readonly<Record<string, unknown>> }): RouteRule {
+/** The rule stored in a `route_mask` or `route_gate` node's attributes. */
+export function routeRuleOf(n: { readonly attrs: Readonly<RouteRule> }): RouteRule {
   const a = n.attrs;
-  return {
-    kind: a.kind as RouteRule["kind"],
-    epsilon: a.epsilon as number,
-    k: a.k as number,
-    p: a.p as number,
-  };
+  return { kind: a.kind, epsilon: a.epsilon, k: a.k, p: a.p };
 }
 
 /** A reduction. */
 export type ReduceOp = "sum" | "mean" | "max";
+
+/** The attributes of an op that has none (passing any is a type error). */
+export type NoAttrs = Readonly<Record<string, never>>;
+
+/** `norm` and `norm_backward`. */
+export interface NormAttrs {
+  readonly kind: NormKind;
+  readonly eps: number;
+}
+
+/** `activation` and `activation_backward`. */
+export interface ActivationAttrs {
+  readonly kind: ActivationKind;
+}
+
+/** `gated_activation` and its backward: the activation, and the experts (blocks) the gate scales. */
+export interface GatedActivationAttrs {
+  readonly kind: ActivationKind;
+  readonly blocks: number;
+}
+
+/** The Switch losses and their backward: the top-k of the mask. */
+export interface SwitchLossAttrs {
+  readonly k: number;
+}
+
+/**
+ * Every graph operation by name → the attributes of its nodes. Attributes are plain data (numbers,
+ * strings, booleans, arrays of numbers). The meaning of each op, its inputs and outputs is documented at its
+ * entry of `OPS` (core/graph/ops.ts).
+ */
+export interface OpAttrs {
+  /** A leaf value (graph input, parameter, constant or state); made by `Graph.leaf`. */
+  leaf: { readonly kind: LeafKind };
+  fill: { readonly shape: readonly number[]; readonly value: number };
+  embedding: NoAttrs;
+  embedding_grad: { readonly vocab: number };
+  add_rows: NoAttrs;
+  sum_rows_mod: { readonly period: number };
+  bias_add: NoAttrs;
+  sum_rows: NoAttrs;
+  add: NoAttrs;
+  add_n: NoAttrs;
+  mul: NoAttrs;
+  dot: NoAttrs;
+  mul_scalar: NoAttrs;
+  scale: { readonly alpha: number };
+  reshape: { readonly shape: readonly number[] };
+  matmul: { readonly transA?: boolean; readonly transB?: boolean };
+  norm: NormAttrs;
+  norm_backward: NormAttrs;
+  activation: ActivationAttrs;
+  activation_backward: ActivationAttrs;
+  gated_activation: GatedActivationAttrs;
+  gated_activation_backward: GatedActivationAttrs;
+  softmax: NoAttrs;
+  softmax_backward: NoAttrs;
+  attention: NoAttrs;
+  attention_backward: NoAttrs;
+  /** blocks: the experts, recorded by the model; the implementations take E from the gate's width. */
+  router_scale: { readonly blocks?: number };
+  router_scale_ds: { readonly blocks: number };
+  topk_mask: { readonly k: number };
+  route_mask: Readonly<RouteRule>;
+  route_gate: Readonly<RouteRule>;
+  moe_mlp: { readonly experts: number; readonly activation: ActivationKind };
+  attention_cached: { readonly heads: number; readonly kv_heads: number; readonly head_dim: number };
+  moa_attention: {
+    readonly experts: number;
+    readonly heads: number;
+    readonly head_dim: number;
+    readonly seq: number;
+  };
+  cross_entropy: NoAttrs;
+  cross_entropy_backward: NoAttrs;
+  mi_loss: NoAttrs;
+  mi_loss_backward: NoAttrs;
+  mi_loss_global: NoAttrs;
+  mi_loss_global_backward: NoAttrs;
+  mean_rows: NoAttrs;
+  switch_loss: SwitchLossAttrs;
+  switch_loss_backward: SwitchLossAttrs;
+  switch_loss_global: SwitchLossAttrs;
+  switch_loss_global_backward: SwitchLossAttrs;
+  z_loss: NoAttrs;
+  z_loss_backward: NoAttrs;
+}
+
+/** The name of a graph operation: the one list every op table is checked against. */
+export type OpName = keyof OpAttrs;

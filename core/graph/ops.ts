@@ -1,5 +1,6 @@
 /**
- * The op table: for every op, its output shapes (validated against its inputs) and its backward rule.
+ * The op table: for every op of core/graph/op_types.ts, its output shapes (validated against its inputs) and
+ * its backward rule, or why it has none ({@linkcode NoGrad}).
  * Backward rules build graph nodes, so one executor per backend runs forward and backward alike.
  * Gradients summing at fan-out is autodiff's job (core/graph/autodiff.ts), not the rules'.
  *
@@ -7,7 +8,8 @@
  *
  * @module
  */
-import { type Attrs, type DType, type Graph, type Node, numel, type Value } from "./ir.ts";
+import { type DType, type Graph, numel, type OpNode, type Value } from "./ir.ts";
+import type { OpAttrs, OpName } from "./op_types.ts";
 
 /** Output shape (and dtype) of one node output. */
 export interface OutSpec {
@@ -16,40 +18,74 @@ export interface OutSpec {
 }
 
 /** Gradients of a node's inputs (null where an input gets none) given its outputs' gradients. */
-export type GradRule = (
+export type GradRule<K extends OpName = OpName> = (
   g: Graph,
-  node: Node,
+  node: OpNode<K>,
   dOut: readonly (Value | null)[],
 ) => (Value | null | undefined)[];
 
-/** One op: output shapes from input shapes, and an optional backward rule (none = not differentiable). */
-export interface OpDef {
-  outputs: (inputs: readonly Value[], attrs: Attrs) => OutSpec[];
-  grad?: GradRule;
+/**
+ * Why an op has no backward rule. Autodiff stops gradients at such an op (its outputs do not depend on the
+ * parameters), and refuses a gradient that reaches it ("No gradient rule for op …").
+ * - `leaf`: leaves are where gradients arrive, not an op;
+ * - `constant`: its output depends on no input (`fill`);
+ * - `backward`: it is part of another op's backward rule, and no second derivatives are taken;
+ * - `discrete`: a 0/1 selection, whose derivative is zero almost everywhere (`topk_mask`);
+ * - `statistic`: a batch statistic fed back as an input, not differentiated through (`mean_rows`);
+ * - `inference`: an inference-only op (sparse experts, routing rules, KV-cache decoding).
+ */
+export type NoGrad = "leaf" | "constant" | "backward" | "discrete" | "statistic" | "inference";
+
+/** One op: output shapes from input shapes and attributes, and its backward rule or why it has none. */
+export interface OpDef<K extends OpName = OpName> {
+  outputs: (inputs: readonly Value[], attrs: OpAttrs[K]) => OutSpec[];
+  grad: GradRule<K> | NoGrad;
 }
 
+/** A definition for every op of core/graph/op_types.ts (`deno check` names a missing one). */
+export type OpTable = { readonly [K in OpName]: OpDef<K> };
+
+/** The backward rule of `node`'s op in `table`, or why it has none. */
+export function gradRuleOf<K extends OpName>(table: OpTable, node: OpNode<K>): GradRule<K> | NoGrad {
+  return table[node.op].grad;
+}
+
+/** The attribute argument of {@linkcode apply}: optional when the op has no required attribute. */
+export type AttrsArg<K extends OpName> = Record<never, never> extends OpAttrs[K] ? [attrs?: OpAttrs[K]]
+  : [attrs: OpAttrs[K]];
+
 /** Adds a node through the table (validating shapes) and returns its outputs. */
-export function apply(
+export function apply<K extends OpName>(
   g: Graph,
-  op: string,
+  op: K,
   inputs: readonly Value[],
-  attrs: Attrs = {},
-  table = OPS,
-): Value[] {
-  const def = table[op];
-  if (!def) throw new TypeError(`Unknown op "${op}"`);
-  return g.addNode(op, inputs, attrs, def.outputs(inputs, attrs)).outputs;
+  ...attrs: AttrsArg<K>
+): Value[];
+export function apply(g: Graph, op: OpName, inputs: readonly Value[], attrs: OpAttrs[OpName] = {}): Value[] {
+  return applyIn(OPS, g, op, inputs, attrs);
 }
 
 /** Like {@linkcode apply} for single-output ops. */
-export function apply1(
+export function apply1<K extends OpName>(
   g: Graph,
-  op: string,
+  op: K,
   inputs: readonly Value[],
-  attrs: Attrs = {},
-  table = OPS,
+  ...attrs: AttrsArg<K>
 ): Value {
-  return apply(g, op, inputs, attrs, table)[0]!;
+  return apply(g, op, inputs, ...attrs)[0]!;
+}
+
+/** Like {@linkcode apply}, with the shapes of `table` (autodiff differentiates with a table it is given). */
+export function applyIn<K extends OpName>(
+  table: OpTable,
+  g: Graph,
+  op: K,
+  inputs: readonly Value[],
+  attrs: OpAttrs[K],
+): Value[] {
+  const def: OpDef<K> | undefined = table[op];
+  if (!def) throw new TypeError(`Unknown op "${op}"`);
+  return g.addNode(op, inputs, attrs, def.outputs(inputs, attrs)).outputs;
 }
 
 function _same(x: Value): OutSpec[] {
@@ -67,11 +103,11 @@ function _dims2(v: Value, op: string): [number, number] {
 
 const SCALAR: OutSpec[] = [{ shape: [1] }];
 
-/** The table. Keep each rule next to its forward definition. */
-export const OPS: Record<string, OpDef> = {
-  leaf: { outputs: () => [] },
+/** The table: every op of core/graph/op_types.ts. Keep each rule next to its forward definition. */
+export const OPS: OpTable = {
+  leaf: { outputs: () => [], grad: "leaf" },
   /** A constant tensor: every element = attrs.value (the seed gradient of a loss is fill 1). */
-  fill: { outputs: (_, a) => [{ shape: a.shape as readonly number[] }] },
+  fill: { outputs: (_, a) => [{ shape: a.shape }], grad: "constant" },
 
   /** ids (N,) u32, W (V, d) → (N, d). */
   embedding: {
@@ -83,7 +119,7 @@ export const OPS: Record<string, OpDef> = {
     ) => [null, apply1(g, "embedding_grad", [n.inputs[0]!, dy!], { vocab: n.inputs[1]!.shape[0]! })],
   },
   /** ids (N,), dy (N, d) → dW (V, d), rows of dy summed by id. */
-  embedding_grad: { outputs: ([, dy], a) => [{ shape: [a.vocab as number, dy!.shape[1]!] }] },
+  embedding_grad: { outputs: ([, dy], a) => [{ shape: [a.vocab, dy!.shape[1]!] }], grad: "backward" },
 
   /** x (N, d) + p (period, d) broadcast: y[n] = x[n] + p[n mod period]. */
   add_rows: {
@@ -94,7 +130,7 @@ export const OPS: Record<string, OpDef> = {
     grad: (g, n, [dy]) => [dy, apply1(g, "sum_rows_mod", [dy!], { period: n.inputs[1]!.shape[0]! })],
   },
   /** dy (N, d) → (period, d): rows summed by n mod period. */
-  sum_rows_mod: { outputs: ([x], a) => [{ shape: [a.period as number, x!.shape[1]!] }] },
+  sum_rows_mod: { outputs: ([x], a) => [{ shape: [a.period, x!.shape[1]!] }], grad: "backward" },
 
   /** x (N, d) + b (d). */
   bias_add: {
@@ -109,7 +145,7 @@ export const OPS: Record<string, OpDef> = {
     grad: (g, _n, [dy]) => [dy, apply1(g, "sum_rows", [dy!])],
   },
   /** x (N, d) → (d): column sums. */
-  sum_rows: { outputs: ([x]) => [{ shape: [x!.shape.at(-1)!] }] },
+  sum_rows: { outputs: ([x]) => [{ shape: [x!.shape.at(-1)!] }], grad: "backward" },
 
   /** Element-wise a + b. */
   add: {
@@ -150,12 +186,12 @@ export const OPS: Record<string, OpDef> = {
   /** alpha · x. */
   scale: {
     outputs: ([x]) => _same(x!),
-    grad: (g, n, [dy]) => [apply1(g, "scale", [dy!], { alpha: n.attrs.alpha as number })],
+    grad: (g, n, [dy]) => [apply1(g, "scale", [dy!], { alpha: n.attrs.alpha })],
   },
   /** Same data, new shape. */
   reshape: {
     outputs: ([x], a) => {
-      const shape = a.shape as readonly number[];
+      const shape = a.shape;
       _check(numel(shape) === numel(x!.shape), "reshape", `[${x!.shape}] to [${shape}]`);
       return [{ shape, dtype: x!.dtype }];
     },
@@ -198,6 +234,7 @@ export const OPS: Record<string, OpDef> = {
   /** (x, gamma, mean, rstd, dy) → [dx, dgamma, dbeta]. */
   norm_backward: {
     outputs: ([x, gamma]) => [{ shape: x!.shape }, { shape: gamma!.shape }, { shape: gamma!.shape }],
+    grad: "backward",
   },
 
   /** activation kind ∈ gelu | relu | silu. */
@@ -206,7 +243,7 @@ export const OPS: Record<string, OpDef> = {
     grad: (g, n, [dy]) => [apply1(g, "activation_backward", [n.inputs[0]!, dy!], n.attrs)],
   },
   /** (x, dy) → dx. */
-  activation_backward: { outputs: ([x]) => _same(x!) },
+  activation_backward: { outputs: ([x]) => _same(x!), grad: "backward" },
 
   /**
    * A dense-trained expert layer's activation and router gate in one pass: (u (N, E·h), s (N, E)) →
@@ -215,7 +252,7 @@ export const OPS: Record<string, OpDef> = {
   gated_activation: {
     outputs: ([u, s], a) => {
       _check(
-        u!.shape[1]! % (a.blocks as number) === 0 && s!.shape[1] === a.blocks,
+        u!.shape[1]! % a.blocks === 0 && s!.shape[1] === a.blocks,
         "gated_activation",
         `width ${u!.shape[1]} or gate [${s!.shape}] does not fit ${a.blocks} experts`,
       );
@@ -226,16 +263,16 @@ export const OPS: Record<string, OpDef> = {
       // dy reaches u through the gate and the activation in one kernel; a gradient of a itself adds.
       const parts: Value[] = [];
       if (dy) parts.push(apply1(g, "gated_activation_backward", [u, s, dy], n.attrs));
-      if (da) parts.push(apply1(g, "activation_backward", [u, da], { kind: n.attrs.kind as string }));
+      if (da) parts.push(apply1(g, "activation_backward", [u, da], { kind: n.attrs.kind }));
       const du = parts.length === 2 ? apply1(g, "add", parts) : parts[0];
       const ds = dy
-        ? apply1(g, "router_scale_ds", [n.outputs[0]!, dy], { blocks: n.attrs.blocks as number })
+        ? apply1(g, "router_scale_ds", [n.outputs[0]!, dy], { blocks: n.attrs.blocks })
         : undefined;
       return [du, ds];
     },
   },
   /** (u, s, dy) → du = act'(u) ⊙ (s ⊙ dy per expert block). */
-  gated_activation_backward: { outputs: ([u]) => _same(u!) },
+  gated_activation_backward: { outputs: ([u]) => _same(u!), grad: "backward" },
 
   /** Softmax over the last dim of (rows, L). */
   softmax: {
@@ -243,7 +280,7 @@ export const OPS: Record<string, OpDef> = {
     grad: (g, n, [dy]) => [apply1(g, "softmax_backward", [n.outputs[0]!, dy!])],
   },
   /** (y, dy) → dx = y ⊙ (dy − Σ dy⊙y). */
-  softmax_backward: { outputs: ([y]) => _same(y!) },
+  softmax_backward: { outputs: ([y]) => _same(y!), grad: "backward" },
 
   /** Causal GQA: q (B, T, Hq, D), k, v (B, T, Hkv, D) → [o (B, T, Hq, D), lse (B, Hq, T)]. */
   attention: {
@@ -272,6 +309,7 @@ export const OPS: Record<string, OpDef> = {
   /** (q, k, v, o, lse, dO) → [dq, dk, dv]. */
   attention_backward: {
     outputs: ([q, k, v]) => [{ shape: q!.shape }, { shape: k!.shape }, { shape: v!.shape }],
+    grad: "backward",
   },
 
   /** x (N, E·h) scaled per block by s (N, E): y[t, i·h + j] = s[t, i] · x[t, i·h + j]. */
@@ -293,22 +331,22 @@ export const OPS: Record<string, OpDef> = {
     },
   },
   /** (x, dy) → ds (N, E): ds[t, i] = Σ_j x[t, i·h+j]·dy[t, i·h+j]; E from attrs.blocks. */
-  router_scale_ds: { outputs: ([x], a) => [{ shape: [x!.shape[0]!, a.blocks as number] }] },
+  router_scale_ds: { outputs: ([x], a) => [{ shape: [x!.shape[0]!, a.blocks] }], grad: "backward" },
 
   /** probs (N, E) → 0/1 mask of the top-k per row (no gradient: selection is discrete). */
-  topk_mask: { outputs: ([s]) => _same(s!) },
+  topk_mask: { outputs: ([s]) => _same(s!), grad: "discrete" },
   /** probs (N, E) → 0/1 mask of an inference rule (attrs kind, epsilon, k, p; core/ref/routing.ts). */
-  route_mask: { outputs: ([s]) => _same(s!) },
+  route_mask: { outputs: ([s]) => _same(s!), grad: "inference" },
   /**
    * Inference router in one op: logits (N, E) → probs = softmax(logits), mask of the rule (attrs as
    * route_mask; not threshold_topk, whose K is a batch mean), gate = probs ⊙ mask. No gradient.
    */
-  route_gate: { outputs: ([z]) => [..._same(z!), ..._same(z!), ..._same(z!)] },
+  route_gate: { outputs: ([z]) => [..._same(z!), ..._same(z!), ..._same(z!)], grad: "inference" },
   /**
    * Inference MoE MLP that computes only routed experts: (x (N, d), gate (N, E), w1 (d, E·h), w2 (E·h, d))
    * → Σ_e gate[:, e] · act(x·W1_e)·W2_e; attrs experts, activation. No gradient (inference only).
    */
-  moe_mlp: { outputs: ([x]) => _same(x!) },
+  moe_mlp: { outputs: ([x]) => _same(x!), grad: "inference" },
   /**
    * Decoding attention with a KV cache: (q (N, H·D), k, v (N, Hkv·D), kcache, vcache (T, Hkv·D), pos (1,) u32)
    * → o (N, H·D). Writes k, v into cache rows pos…pos+N−1 (the caches are state leaves, changed in place),
@@ -316,11 +354,12 @@ export const OPS: Record<string, OpDef> = {
    */
   attention_cached: {
     outputs: ([q, k, _v, kc], a) => {
-      const D = a.head_dim as number, H = a.heads as number, Hkv = a.kv_heads as number;
+      const D = a.head_dim, H = a.heads, Hkv = a.kv_heads;
       _check(q!.shape[1] === H * D && k!.shape[1] === Hkv * D, "attention_cached", "head widths");
       _check(kc!.shape[1] === Hkv * D, "attention_cached", "cache rows are Hkv·D wide");
       return _same(q!);
     },
+    grad: "inference",
   },
   /**
    * Sparse MoA (mixture of attention heads) at inference: only routed experts compute their query heads and
@@ -330,11 +369,12 @@ export const OPS: Record<string, OpDef> = {
    */
   moa_attention: {
     outputs: ([x, gate, wq, k], a) => {
-      const E = a.experts as number, w = (a.heads as number) * (a.head_dim as number);
+      const E = a.experts, w = a.heads * a.head_dim;
       _check(gate!.shape[1] === E && wq!.shape[1] === E * w, "moa_attention", "expert widths");
       _check(k!.shape[1] === w, "moa_attention", "keys are G·D wide");
       return _same(x!);
     },
+    grad: "inference",
   },
 
   /** Mean cross-entropy of logits (N, V) against u32 targets (N,) → scalar. */
@@ -346,7 +386,7 @@ export const OPS: Record<string, OpDef> = {
     grad: (g, n, [dl]) => [apply1(g, "cross_entropy_backward", [n.inputs[0]!, n.inputs[1]!, dl!]), null],
   },
   /** (logits, targets, dloss) → dlogits = dloss · (softmax − onehot) / N. */
-  cross_entropy_backward: { outputs: ([logits]) => _same(logits!) },
+  cross_entropy_backward: { outputs: ([logits]) => _same(logits!), grad: "backward" },
 
   /** Mutual-information loss of router probabilities S (N, E) → scalar. */
   mi_loss: {
@@ -354,7 +394,7 @@ export const OPS: Record<string, OpDef> = {
     grad: (g, n, [dl]) => [apply1(g, "mi_loss_backward", [n.inputs[0]!, dl!])],
   },
   /** (S, dL) → dS. */
-  mi_loss_backward: { outputs: ([s]) => _same(s!) },
+  mi_loss_backward: { outputs: ([s]) => _same(s!), grad: "backward" },
 
   /**
    * The MI loss of a micro-batch against the whole batch's p̄ (gradient accumulation): (S (N, E), pbar (E))
@@ -370,10 +410,10 @@ export const OPS: Record<string, OpDef> = {
     grad: (g, n, [dl]) => [apply1(g, "mi_loss_global_backward", [n.inputs[0]!, n.inputs[1]!, dl!]), null],
   },
   /** (S, pbar, dL) → dS = (dL/N)·[c(pbar) − log(S + ε) − S/(S + ε)]. */
-  mi_loss_global_backward: { outputs: ([s]) => _same(s!) },
+  mi_loss_global_backward: { outputs: ([s]) => _same(s!), grad: "backward" },
 
   /** x (N, E) → (E): column means (a micro-batch's router statistics for the batch-level losses). */
-  mean_rows: { outputs: ([x]) => [{ shape: [x!.shape.at(-1)!] }] },
+  mean_rows: { outputs: ([x]) => [{ shape: [x!.shape.at(-1)!] }], grad: "statistic" },
 
   /** Switch load-balance loss of probabilities S (N, E) and routing mask (N, E) → scalar. */
   switch_loss: {
@@ -385,7 +425,7 @@ export const OPS: Record<string, OpDef> = {
     ) => [apply1(g, "switch_loss_backward", [n.inputs[0]!, n.inputs[1]!, dl!], n.attrs), null],
   },
   /** (S, mask, dL) → dS. */
-  switch_loss_backward: { outputs: ([s]) => _same(s!) },
+  switch_loss_backward: { outputs: ([s]) => _same(s!), grad: "backward" },
 
   /**
    * The Switch loss of a micro-batch against the whole batch's routed shares (gradient accumulation):
@@ -404,7 +444,7 @@ export const OPS: Record<string, OpDef> = {
     ) => [apply1(g, "switch_loss_global_backward", [n.inputs[0]!, n.inputs[1]!, dl!], n.attrs), null],
   },
   /** (S, f, dL) → dS = dL · E · f_i / (k · N). */
-  switch_loss_global_backward: { outputs: ([s]) => _same(s!) },
+  switch_loss_global_backward: { outputs: ([s]) => _same(s!), grad: "backward" },
 
   /** Router z-loss of logits (N, E) → scalar. */
   z_loss: {
@@ -412,5 +452,5 @@ export const OPS: Record<string, OpDef> = {
     grad: (g, n, [dl]) => [apply1(g, "z_loss_backward", [n.inputs[0]!, dl!])],
   },
   /** (logits, dL) → dlogits. */
-  z_loss_backward: { outputs: ([x]) => _same(x!) },
+  z_loss_backward: { outputs: ([x]) => _same(x!), grad: "backward" },
 };

@@ -20,7 +20,6 @@ import { ruleParam } from "../ref/routing.ts";
 import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { GraphExecutor } from "../../gpu/executor.ts";
-import "../../gpu/graph_ops.ts";
 
 /** Experts run per token in one routed layer, averaged over the evaluated tokens. */
 export interface LayerActivity {

@@ -19,7 +19,6 @@ import { prepare, releaseCall, Step } from "../../gpu/dispatch.ts";
 import { countExperts, gpuSamplingFits, sampleTokenGpu } from "../../gpu/kernels/sampling.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { GraphExecutor } from "../../gpu/executor.ts";
-import "../../gpu/graph_ops.ts";
 import { activity, type LayerActivity, uploadParams } from "./evaluate.ts";
 
 /** How the next token is drawn from the logits. */

@@ -3,9 +3,9 @@
  *
  * @module
  */
+import type { ActivationKind } from "../graph/op_types.ts";
 
-/** Activation names of the config. */
-export type ActivationKind = "gelu" | "relu" | "silu";
+export type { ActivationKind };
 
 const _C = Math.sqrt(2 / Math.PI);
 

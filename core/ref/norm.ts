@@ -3,9 +3,9 @@
  *
  * @module
  */
+import type { NormKind } from "../graph/op_types.ts";
 
-/** Norm kinds of the config. */
-export type NormKind = "layernorm" | "rmsnorm";
+export type { NormKind };
 
 /** y (rows, d), and per row the mean (0 for RMSNorm) and rstd = 1/sqrt(var + eps) (or of mean square). */
 export function normRef(

@@ -23,7 +23,6 @@ import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "
 import { GraphExecutor } from "../../gpu/executor.ts";
 import { accumulateCalls, type AccumulatePair } from "../../gpu/kernels/accumulate.ts";
 import { assertScheduleBuilds } from "../../gpu/preflight.ts";
-import "../../gpu/graph_ops.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { initParams } from "./init.ts";
 import { optimizerCalls } from "./optimizer_calls.ts";

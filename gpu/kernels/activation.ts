@@ -3,13 +3,13 @@
  *
  * @module
  */
+import type { ActivationKind } from "../../core/graph/op_types.ts";
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
 import { simpleKernel } from "./common.ts";
 
-/** Activation names. */
-export type ActivationKind = "gelu" | "relu" | "silu";
+export type { ActivationKind };
 
 /** The activations for one WGSL type T (f32, or vec4<f32> with the suffix 4: four elements at once). */
 export function activationWgsl(T: string, sfx: string): string {

@@ -7,6 +7,7 @@
  *
  * @module
  */
+import type { NormKind } from "../../core/graph/op_types.ts";
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
@@ -42,8 +43,7 @@ function rowKernel(
   });
 }
 
-/** Norm kinds. */
-export type NormKind = "layernorm" | "rmsnorm";
+export type { NormKind };
 
 /** y (rows, d), mean (rows), rstd (rows); beta only for LayerNorm. */
 export function norm(
