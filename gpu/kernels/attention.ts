@@ -97,11 +97,11 @@ export function attention(
   });
 }
 
-// dk/dv of key row ko: the key and value rows in registers and zeroed accumulators, then one query row
-// (t, head h) added per _dkvRow.
+/** dk/dv of key row ko: the key and value rows in registers and zeroed accumulators. */
 const _dkvInit = (R: _Rows) =>
   `  var kr: ${R.row}; var vr: ${R.row}; var dk_acc: ${R.row}; var dv_acc: ${R.row};
   for (var j = 0u; j < D; j = j + 1u) { kr[j] = k[ko + j]; vr[j] = v[ko + j]; dk_acc[j] = ${R.V}(0.0); dv_acc[j] = ${R.V}(0.0); }`;
+/** dk/dv of key row ko: one query row (t, head h) added to the accumulators of {@linkcode _dkvInit}. */
 const _dkvRow = (R: _Rows) =>
   `    let qo = ((bb * u.T + t) * u.Hq + h) * D; let row = (bb * u.Hq + h) * u.T + t;
     var sc = 0.0; var dp = 0.0;
@@ -112,37 +112,52 @@ const _dkvRow = (R: _Rows) =>
     let ds = p * (dp - delta[row]) * u.scale;
     for (var j = 0u; j < D; j = j + 1u) { dk_acc[j] = dk_acc[j] + ds * q[qo + j]; dv_acc[j] = dv_acc[j] + p * dO[qo + j]; }`;
 
+/** Options of {@linkcode attentionBackward}. */
+export interface AttentionBackwardOptions {
+  q: GpuTensor;
+  k: GpuTensor;
+  v: GpuTensor;
+  o: GpuTensor;
+  lse: GpuTensor;
+  dO: GpuTensor;
+  dq: GpuTensor;
+  dk: GpuTensor;
+  dv: GpuTensor;
+  delta: GpuTensor;
+  /**
+   * Scratch of {@linkcode attentionDkvScratch} elements: with it (on the `gpu` profile), dk and dv are
+   * summed from per-(query head, query chunk) partials instead of one invocation per key row.
+   */
+  partial?: GpuTensor;
+}
+
 /** dq, dk, dv from the forward's o and lse and the output gradient dO; delta is scratch (B, Hq, T). */
-export function attentionBackward(
-  ctx: GpuContext,
-  o: {
-    q: GpuTensor;
-    k: GpuTensor;
-    v: GpuTensor;
-    o: GpuTensor;
-    lse: GpuTensor;
-    dO: GpuTensor;
-    dq: GpuTensor;
-    dk: GpuTensor;
-    dv: GpuTensor;
-    delta: GpuTensor;
-    /**
-     * Scratch of {@linkcode attentionDkvScratch} elements: with it (on the `gpu` profile), dk and dv are
-     * summed from per-(query head, query chunk) partials instead of one invocation per key row.
-     */
-    partial?: GpuTensor;
-  },
-): KernelCall[] {
-  const D = o.q.shape[3]!, fields = _dims(o.q, o.k), rows = fields[0]![2];
+export function attentionBackward(ctx: GpuContext, o: AttentionBackwardOptions): KernelCall[] {
+  const D = o.q.shape[3]!, fields = _dims(o.q, o.k);
   // The gpu profile's split dk/dv reads and writes floats; the rest follow _rows.
-  const R = _rows(ctx, D), V: "f32" | "vec4<f32>" = R.V;
-  const blocked = _blocked(ctx, D);
+  const R = _rows(ctx, D);
+  const blocked = _blocked(ctx, D), split = ctx.profile === "gpu" && !!o.partial;
   if (!blocked) _attentionBudget(ctx, "attention_backward_dq", o.q, o.k, 3 * D + 1);
-  if (!blocked && !(ctx.profile === "gpu" && o.partial)) {
+  if (!blocked && !split) {
     _attentionBudget(ctx, "attention_backward_dkv", o.q, o.k, (2 * D + 1) * (o.q.shape[2]! / o.k.shape[2]!));
   }
-  const prelude = R.prelude;
-  const delta = simpleKernel(ctx, {
+  const delta = _deltaKernel(ctx, o, fields, R);
+  const reads = _gradReads(o, R.V);
+  if (blocked) return [delta, _dqBlocked(ctx, o, reads), _dkvBlocked(ctx, o, reads)];
+  const dq = _dqKernel(ctx, o, fields, reads, R);
+  if (split) return [delta, dq, ..._dkvSplit(ctx, o, fields, reads, R)];
+  return [delta, dq, _dkvKernel(ctx, o, fields, reads, R)];
+}
+
+/** `attention_backward_delta`: delta = dO·o per query row. */
+function _deltaKernel(
+  ctx: GpuContext,
+  o: AttentionBackwardOptions,
+  fields: UniformFields,
+  R: _Rows,
+): KernelCall {
+  const V = R.V;
+  return simpleKernel(ctx, {
     label: "attention_backward_delta",
     bindings: [{ name: "o", tensor: o.o, type: V }, { name: "dO", tensor: o.dO, type: V }, {
       name: "delta",
@@ -150,16 +165,19 @@ export function attentionBackward(
       write: true,
     }],
     fields,
-    invocations: rows,
+    invocations: fields[0]![2],
     workgroup: _wg(ctx),
-    prelude,
+    prelude: R.prelude,
     body: `${_ROW}
   var acc = 0.0;
   for (var j = 0u; j < D; j = j + 1u) { acc = acc + ${R.dot("o[qo + j]", "dO[qo + j]")}; }
   delta[i] = acc;`,
   });
-  // Both gradient kernels read the same six tensors.
-  const reads = [
+}
+
+/** The six tensors both gradient kernels read: q, k, v, lse, dO, delta. */
+function _gradReads(o: AttentionBackwardOptions, V: "f32" | "vec4<f32>"): Binding[] {
+  return [
     { name: "q", tensor: o.q, type: V },
     { name: "k", tensor: o.k, type: V },
     { name: "v", tensor: o.v, type: V },
@@ -167,14 +185,24 @@ export function attentionBackward(
     { name: "dO", tensor: o.dO, type: V },
     { name: "delta", tensor: o.delta },
   ];
-  if (blocked) return [delta, _dqBlocked(ctx, o, reads), _dkvBlocked(ctx, o, reads)];
-  const dq = simpleKernel(ctx, {
+}
+
+/** `attention_backward_dq`, one query row per invocation: its row of dq summed over the key rows up to it. */
+function _dqKernel(
+  ctx: GpuContext,
+  o: AttentionBackwardOptions,
+  fields: UniformFields,
+  reads: readonly Binding[],
+  R: _Rows,
+): KernelCall {
+  const V = R.V;
+  return simpleKernel(ctx, {
     label: "attention_backward_dq",
     bindings: [...reads, { name: "dq", tensor: o.dq, write: true, type: V }],
     fields,
-    invocations: rows,
+    invocations: fields[0]![2],
     workgroup: _wg(ctx),
-    prelude,
+    prelude: R.prelude,
     body: `${_ROW}
   var qr: ${R.row}; var dor: ${R.row}; var acc: ${R.row};
   for (var j = 0u; j < D; j = j + 1u) { qr[j] = q[qo + j]; dor[j] = dO[qo + j]; acc[j] = ${V}(0.0); }
@@ -190,10 +218,22 @@ export function attentionBackward(
   }
   for (var j = 0u; j < D; j = j + 1u) { dq[qo + j] = acc[j]; }`,
   });
-  const [B, T] = o.q.shape as [number, number];
+}
+
+/**
+ * `attention_backward_dkv`, one key row per invocation: its rows of dk and dv summed over the query heads
+ * sharing its kv head, then the query rows from it on.
+ */
+function _dkvKernel(
+  ctx: GpuContext,
+  o: AttentionBackwardOptions,
+  fields: UniformFields,
+  reads: readonly Binding[],
+  R: _Rows,
+): KernelCall {
+  const V = R.V, [B, T] = o.q.shape as [number, number];
   const kvRows = B * o.k.shape[2]! * T;
-  if (ctx.profile === "gpu" && o.partial) return [delta, dq, ..._dkvSplit(ctx, o, fields, reads, R)];
-  const dkv = simpleKernel(ctx, {
+  return simpleKernel(ctx, {
     label: "attention_backward_dkv",
     bindings: [...reads, { name: "dk", tensor: o.dk, write: true, type: V }, {
       name: "dv",
@@ -204,7 +244,7 @@ export function attentionBackward(
     fields: [["n", "u32", kvRows], ...fields.slice(1)],
     invocations: kvRows,
     workgroup: 8,
-    prelude,
+    prelude: R.prelude,
     body: `  let s_u = i % u.T; let kh = (i / u.T) % u.Hkv; let bb = i / (u.T * u.Hkv);
   let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
 ${_dkvInit(R)}
@@ -215,7 +255,6 @@ ${_dkvRow(R)}
   }
   for (var j = 0u; j < D; j = j + 1u) { dk[ko + j] = dk_acc[j]; dv[ko + j] = dv_acc[j]; }`,
   });
-  return [delta, dq, dkv];
 }
 
 /**
@@ -267,11 +306,9 @@ function _dkvSplit(
   ctx: GpuContext,
   o: { q: GpuTensor; k: GpuTensor; dk: GpuTensor; dv: GpuTensor; partial?: GpuTensor },
   fields: UniformFields,
-  reads: { name: string; tensor: GpuTensor; type?: "f32" | "vec4<f32>" }[],
+  reads: readonly Binding[],
   R: _Rows,
 ): KernelCall[] {
-  const [B, T, Hq, D] = o.q.shape as [number, number, number, number], Hkv = o.k.shape[2]!;
-  const chunks = Math.ceil(T / _DKV_CHUNK), plane = B * T * Hq * D;
   if (o.partial!.size < attentionDkvScratch(o.q.shape)) {
     throw new RangeError(
       `Cannot run attention backward: partial ("${o.partial!.label}") has ${
@@ -279,8 +316,28 @@ function _dkvSplit(
       } elements, needs ${attentionDkvScratch(o.q.shape)}`,
     );
   }
-  const prelude = `const D = ${D}u;`;
-  const part = simpleKernel(ctx, {
+  return [_dkvPartKernel(ctx, o, fields, reads, R), _dkvSumKernel(ctx, o)];
+}
+
+/** The sizes of the split dk/dv: query chunks, and the elements of one (B, T, Hq, D) plane of partials. */
+function _dkvSplitDims(o: { q: GpuTensor; k: GpuTensor }) {
+  const [B, T, Hq, D] = o.q.shape as [number, number, number, number], Hkv = o.k.shape[2]!;
+  return { B, T, Hq, D, Hkv, chunks: Math.ceil(T / _DKV_CHUNK), plane: B * T * Hq * D };
+}
+
+/**
+ * `attention_backward_dkv_part`: one invocation per (chunk, batch, key row, query head) sums that query
+ * head's rows of the chunk into its dk and dv partials (planes dk, then dv, of `partial`).
+ */
+function _dkvPartKernel(
+  ctx: GpuContext,
+  o: { q: GpuTensor; k: GpuTensor; partial?: GpuTensor },
+  fields: UniformFields,
+  reads: readonly Binding[],
+  R: _Rows,
+): KernelCall {
+  const { B, T, Hq, D, chunks, plane } = _dkvSplitDims(o);
+  return simpleKernel(ctx, {
     label: "attention_backward_dkv_part",
     bindings: [...reads, { name: "P", tensor: o.partial!, write: true }],
     fields: [["n", "u32", chunks * B * T * Hq], ...fields.slice(1), ["chunks", "u32", chunks], [
@@ -290,7 +347,7 @@ function _dkvSplit(
     ]],
     invocations: chunks * B * T * Hq,
     workgroup: 64,
-    prelude,
+    prelude: `const D = ${D}u;`,
     // i = ((c·B + b)·T + s)·Hq + h: neighbours share the key row and read neighbouring query heads.
     body:
       `  let h = i % u.Hq; let s_u = (i / u.Hq) % u.T; let bb = (i / (u.Hq * u.T)) % (u.n / (u.Hq * u.T * u.chunks));
@@ -305,7 +362,18 @@ ${_dkvRow(R)}
   }
   for (var j = 0u; j < D; j = j + 1u) { P[po + j] = dk_acc[j]; P[u.plane * u.chunks + po + j] = dv_acc[j]; }`,
   });
-  const sum = simpleKernel(ctx, {
+}
+
+/**
+ * `attention_backward_dkv_sum`: one invocation per element of dk and dv adds its partials over the chunks
+ * and the query heads sharing its kv head, in a fixed order.
+ */
+function _dkvSumKernel(
+  ctx: GpuContext,
+  o: { q: GpuTensor; k: GpuTensor; dk: GpuTensor; dv: GpuTensor; partial?: GpuTensor },
+): KernelCall {
+  const { B, T, Hq, D, Hkv, chunks, plane } = _dkvSplitDims(o);
+  return simpleKernel(ctx, {
     label: "attention_backward_dkv_sum",
     bindings: [{ name: "P", tensor: o.partial! }, { name: "dk", tensor: o.dk, write: true }, {
       name: "dv",
@@ -317,15 +385,11 @@ ${_dkvRow(R)}
       ["Hq", "u32", Hq],
       ["Hkv", "u32", Hkv],
       ["chunks", "u32", chunks],
-      [
-        "plane",
-        "u32",
-        plane,
-      ],
+      ["plane", "u32", plane],
     ],
     invocations: B * T * Hkv * D,
     workgroup: 64,
-    prelude,
+    prelude: `const D = ${D}u;`,
     // i = ((b·T + s)·Hkv + kh)·D + j, the layout of dk and dv.
     body: `  let j = i % D; let kh = (i / D) % u.Hkv; let row = i / (D * u.Hkv); // row = b·T + s
   var a = 0.0; var b = 0.0;
@@ -337,7 +401,6 @@ ${_dkvRow(R)}
   }
   dk[i] = a; dv[i] = b;`,
   });
-  return [part, sum];
 }
 
 // ---- cpu-simd: blocks of query (or key) rows per invocation ----------------------------------------------

@@ -294,6 +294,10 @@ export function _matmulWgsl(s: MatmulSpec): string {
   return s.transB ? _dotWgsl(s) : _outerWgsl(s);
 }
 
+/**
+ * cpu-simd family: the bindings, the uniform and the entry point's head, decoding the linear workgroup id
+ * into (batch, row tile, column group), this lane's first column j0 and the tile's first row i0.
+ */
 function _prologue(s: MatmulSpec, aType: string, bType: string, cType: string): string {
   return `@group(0) @binding(0) var<storage, read> A: array<${aType}>;
 @group(0) @binding(1) var<storage, read> B: array<${bType}>;
@@ -316,8 +320,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let bBase = bi * u.bStride;`;
 }
 
-// Epilogue: alpha, optional accumulate, stores guarded by row and column. `vec4At(r, c4)` gives row r's
-// c4-th vec4 of outputs when C is stored as vec4, else `at(r, c)` gives one output.
+/**
+ * cpu-simd family epilogue: alpha, optional accumulate, stores guarded by row and column. `vec4At(r, c4)`
+ * gives row r's c4-th vec4 of outputs when C is stored as vec4, else `at(r, c)` gives one output.
+ */
 function _stores(
   s: MatmulSpec,
   vec4At: ((r: number, c4: number) => string) | null,
@@ -334,91 +340,127 @@ function _stores(
   return `  let cBase = bi * u.cStride;\n${rows.join("\n")}`;
 }
 
-// B not transposed: per k, A scalars (one per row, uniform over lanes) times vec4s along B's row. With
-// `aVec`, A comes as vec4s: along K (each pass takes 4 steps of K, B's 4 rows, and one sum of 4 products
-// per accumulator) or, A transposed, along M (4 rows' scalars for one step of K).
+/**
+ * B not transposed: per k, A scalars (one per row, uniform over lanes) times vec4s along B's row. With
+ * `aVec`, A comes as vec4s: along K (each pass takes 4 steps of K, B's 4 rows, and one sum of 4 products
+ * per accumulator) or, A transposed, along M (4 rows' scalars for one step of K).
+ */
 function _outerWgsl(s: MatmulSpec): string {
-  const tn4 = s.tn / 4;
   const bType = s.vec ? "vec4<f32>" : "f32";
-  const aRow = (r: number) =>
-    s.transA ? `aBase + min(i0 + ${r}u, u.m - 1u)` : `aBase + min(i0 + ${r}u, u.m - 1u) * u.k`;
-  const rows = s.aVec
-    ? s.transA
-      ? _lines(s.tm / 4, (h) => `  let ag${h} = aBase + min(i0 / 4u + ${h}u, u.m / 4u - 1u);`)
-      : _lines(s.tm, (r) => `  let ar${r} = aBase + min(i0 + ${r}u, u.m - 1u) * (u.k / 4u);`)
-    : _lines(s.tm, (r) => `  let ar${r} = ${aRow(r)};`);
-  const cols = s.vec
-    ? _lines(tn4, (c) => `  let bc${c} = min(j0 / 4u + ${c}u, u.n / 4u - 1u);`)
-    : _lines(s.tn, (c) => `  let bc${c} = min(j0 + ${c}u, u.n - 1u);`);
-  const accs = _lines(
-    s.tm,
-    (r) => `  ${_range(tn4).map((c) => `var c${r}_${c} = vec4<f32>(0.0);`).join(" ")}`,
-  );
-  const bRow = s.vec ? "bBase + p * (u.n / 4u)" : "bBase + p * u.n";
-  const bLoads = (suffix: string) =>
-    s.vec
-      ? _lines(tn4, (c) => `    let b${suffix}${c} = B[bo${suffix} + bc${c}];`)
-      : _lines(tn4, (c) =>
-        `    let b${suffix}${c} = vec4<f32>(${
-          _range(4).map((e) => `B[bo${suffix} + bc${4 * c + e}]`).join(", ")
-        });`);
-  let loop: string;
-  if (s.aVec && (!s.transA || s.k4)) {
-    // 4 steps of K per pass: B's 4 rows, and per accumulator one sum of 4 products.
-    const sum4 = (r: number, c: number, a: (e: number) => string) =>
-      `c${r}_${c} += ${sumOf4(a, (e) => `b${e}_${c}`)};`;
-    const updates = s.transA
-      ? _lines(
-        s.tm / 4,
-        (h) =>
-          `    { ${_range(4).map((e) => `let a${e} = A[(4u * q + ${e}u) * (u.m / 4u) + ag${h}];`).join(" ")}
-` +
-          _lines(4, (i) =>
-            `      ${_range(tn4).map((c) => sum4(4 * h + i, c, (e) => `a${e}[${i}]`)).join(" ")}`) +
-          "\n    }",
-      )
-      : _lines(
-        s.tm,
-        (r) =>
-          `    { let a = A[ar${r} + q]; ${
-            _range(tn4).map((c) => sum4(r, c, (e) => `a.${VEC4_LANES[e]}`)).join(" ")
-          } }`,
-      );
-    loop = `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {
-${_lines(4, (e) => `    let bo${e}_ = bBase + (4u * q + ${e}u) * (u.n / 4u);`)}
-${_range(4).map((e) => bLoads(`${e}_`)).join("\n")}
-${updates}
-  }`;
-  } else {
-    const update = (r: number, a: string) =>
-      `    { let a = ${a}; ` + _range(tn4).map((c) => `c${r}_${c} += a * b${c};`).join(" ") + " }";
-    const fmas = s.aVec
-      ? _lines(s.tm / 4, (h) =>
-        `    { let a4 = A[ap + ag${h}];\n` +
-        _lines(4, (e) => "  " + update(4 * h + e, `a4[${e}]`)) + "\n    }")
-      : _lines(s.tm, (r) => update(r, `A[${s.transA ? `ap + ar${r}` : `ar${r} + p`}]`));
-    const ap = s.transA ? `\n    let ap = p * ${s.aVec ? "(u.m / 4u)" : "u.m"};` : "";
-    loop = `  for (var p = 0u; p < u.k; p = p + 1u) {
-    let bo = ${bRow};${ap}
-${bLoads("")}
-${fmas}
-  }`;
-  }
+  const loop = s.aVec && (!s.transA || s.k4) ? _outerLoopK4(s) : _outerLoopK1(s);
   const cVec = s.vec ? (r: number, c: number) => `c${r}_${c}` : null;
   const scalar = (r: number, c: number) => `c${r}_${c >> 2}[${c & 3}]`;
   return `${_prologue(s, s.aVec ? "vec4<f32>" : "f32", bType, s.vec ? "vec4<f32>" : "f32")}
-${rows}
-${cols}
-${accs}
+${_outerRows(s)}
+${_outerCols(s)}
+${_vec4Accumulators(s.tm, s.tn / 4)}
 ${loop}
 ${_stores(s, cVec, scalar)}
 }
 `;
 }
 
-// B transposed (A·Bᵀ): vec4s along K of A's row and B's row, one dot() into a scalar accumulator per
-// output: one accumulator write per 4 products, and a quarter of the registers of vec4 accumulators
-// (1.3× at 2048×256×1024 with the same 32×16 tile, and a shorter compile: llvmpipe, 2026-11-26).
+/**
+ * Outer form: where each of the tile's rows of A starts (clamped to the last row): `ar{r}` per row, or with
+ * A transposed and loaded as vec4s, `ag{h}` per group of 4 rows.
+ */
+function _outerRows(s: MatmulSpec): string {
+  const aRow = (r: number) =>
+    s.transA ? `aBase + min(i0 + ${r}u, u.m - 1u)` : `aBase + min(i0 + ${r}u, u.m - 1u) * u.k`;
+  return s.aVec
+    ? s.transA
+      ? _lines(s.tm / 4, (h) => `  let ag${h} = aBase + min(i0 / 4u + ${h}u, u.m / 4u - 1u);`)
+      : _lines(s.tm, (r) => `  let ar${r} = aBase + min(i0 + ${r}u, u.m - 1u) * (u.k / 4u);`)
+    : _lines(s.tm, (r) => `  let ar${r} = ${aRow(r)};`);
+}
+
+/** Outer form: the invocation's columns of B (vec4 groups when `vec`), clamped to the last column. */
+function _outerCols(s: MatmulSpec): string {
+  return s.vec
+    ? _lines(s.tn / 4, (c) => `  let bc${c} = min(j0 / 4u + ${c}u, u.n / 4u - 1u);`)
+    : _lines(s.tn, (c) => `  let bc${c} = min(j0 + ${c}u, u.n - 1u);`);
+}
+
+/** Zeroed vec4 accumulators `c{r}_{c}`: tm rows of tn4 vec4s (both families). */
+function _vec4Accumulators(tm: number, tn4: number): string {
+  return _lines(tm, (r) => `  ${_range(tn4).map((c) => `var c${r}_${c} = vec4<f32>(0.0);`).join(" ")}`);
+}
+
+/**
+ * Outer form: the invocation's tn4 vec4s of B's row starting at `bo{suffix}`, as `b{suffix}{c}` (vec4
+ * loads, or 4 scalars each).
+ */
+function _outerBLoads(s: MatmulSpec, suffix: string): string {
+  const tn4 = s.tn / 4;
+  return s.vec
+    ? _lines(tn4, (c) => `    let b${suffix}${c} = B[bo${suffix} + bc${c}];`)
+    : _lines(tn4, (c) =>
+      `    let b${suffix}${c} = vec4<f32>(${
+        _range(4).map((e) => `B[bo${suffix} + bc${4 * c + e}]`).join(", ")
+      });`);
+}
+
+/**
+ * Outer form, A as vec4s with K divisible by 4 (or A not transposed): 4 steps of K per pass, B's 4 rows,
+ * and per accumulator one sum of 4 products.
+ */
+function _outerLoopK4(s: MatmulSpec): string {
+  const tn4 = s.tn / 4;
+  const sum4 = (r: number, c: number, a: (e: number) => string) =>
+    `c${r}_${c} += ${sumOf4(a, (e) => `b${e}_${c}`)};`;
+  const updates = s.transA
+    ? _lines(
+      s.tm / 4,
+      (h) =>
+        `    { ${_range(4).map((e) => `let a${e} = A[(4u * q + ${e}u) * (u.m / 4u) + ag${h}];`).join(" ")}
+` +
+        _lines(
+          4,
+          (i) => `      ${_range(tn4).map((c) => sum4(4 * h + i, c, (e) => `a${e}[${i}]`)).join(" ")}`,
+        ) +
+        "\n    }",
+    )
+    : _lines(
+      s.tm,
+      (r) =>
+        `    { let a = A[ar${r} + q]; ${
+          _range(tn4).map((c) => sum4(r, c, (e) => `a.${VEC4_LANES[e]}`)).join(" ")
+        } }`,
+    );
+  return `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {
+${_lines(4, (e) => `    let bo${e}_ = bBase + (4u * q + ${e}u) * (u.n / 4u);`)}
+${_range(4).map((e) => _outerBLoads(s, `${e}_`)).join("\n")}
+${updates}
+  }`;
+}
+
+/**
+ * Outer form, one step of K per pass: B's row, then per row of the tile one A scalar (or, A transposed and
+ * loaded as vec4s, one vec4 for 4 rows) times it.
+ */
+function _outerLoopK1(s: MatmulSpec): string {
+  const tn4 = s.tn / 4;
+  const bRow = s.vec ? "bBase + p * (u.n / 4u)" : "bBase + p * u.n";
+  const update = (r: number, a: string) =>
+    `    { let a = ${a}; ` + _range(tn4).map((c) => `c${r}_${c} += a * b${c};`).join(" ") + " }";
+  const fmas = s.aVec
+    ? _lines(s.tm / 4, (h) =>
+      `    { let a4 = A[ap + ag${h}];\n` +
+      _lines(4, (e) => "  " + update(4 * h + e, `a4[${e}]`)) + "\n    }")
+    : _lines(s.tm, (r) => update(r, `A[${s.transA ? `ap + ar${r}` : `ar${r} + p`}]`));
+  const ap = s.transA ? `\n    let ap = p * ${s.aVec ? "(u.m / 4u)" : "u.m"};` : "";
+  return `  for (var p = 0u; p < u.k; p = p + 1u) {
+    let bo = ${bRow};${ap}
+${_outerBLoads(s, "")}
+${fmas}
+  }`;
+}
+
+/**
+ * B transposed (A·Bᵀ): vec4s along K of A's row and B's row, one dot() into a scalar accumulator per
+ * output: one accumulator write per 4 products, and a quarter of the registers of vec4 accumulators
+ * (1.3× at 2048×256×1024 with the same 32×16 tile, and a shorter compile: llvmpipe, 2026-11-26).
+ */
 function _dotWgsl(s: MatmulSpec): string {
   const aVec = s.vec && !s.transA;
   const kq = s.vec ? "u.k / 4u" : "u.k";
@@ -552,71 +594,68 @@ function _checkGpuTile(t: GpuMatmulTile): void {
  * (m, n) plane of C (the scratch when split), so with one slice C is the output itself.
  */
 export function _matmulGpuWgsl(t: GpuMatmulTile, transA: boolean, transB: boolean): string {
-  const T = t.wx * t.wy, BM = t.wy * t.tm, BN = t.wx * t.tn;
-  // Row strides of the staged tiles in vec4s, padded by one so that threads storing along K (A not
-  // transposed, B transposed) spread over the memory banks instead of hitting one.
-  const BM4 = BM / 4 + 1, BN4 = BN / 4 + 1;
-  const tm4 = t.tm / 4, tn4 = t.tn / 4;
-  // Element e of a thread's share of a tile: (kk, r) with the layout's contiguous axis fastest.
-  const loads = (which: "A" | "B") => {
-    const trans = which === "A" ? transA : transB, span = which === "A" ? BM : BN;
-    const per = (span * t.bk) / T;
-    // A is (m, k) row-major, or (k, m) when transposed; B is (k, n), or (n, k) when transposed.
-    const alongSpan = which === "A" ? transA : !transB;
-    const idx = which === "A"
-      ? (trans ? "aBase + p * u.m + x" : "aBase + x * u.k + p")
-      : (trans ? "bBase + x * u.k + p" : "bBase + p * u.n + x");
-    const lim = which === "A" ? "u.m" : "u.n", first = which === "A" ? "row0" : "col0";
-    return _lines(per, (e) => {
-      const s = `(t + ${e * T}u)`;
-      const [kk, r] = alongSpan
-        ? [`${s} / ${span}u`, `${s} % ${span}u`]
-        : [`${s} % ${t.bk}u`, `${s} / ${t.bk}u`];
-      return `    {
-      let kk = ${kk}; let r = ${r}; let p = k0 + kk; let x = ${first} + r;
-      var v = 0.0;
-      if (live && p < kEnd && x < ${lim}) { v = ${which}[${idx}]; }
-      ${which}s[kk * ${which === "A" ? BM4 : BN4}u + r / 4u][r % 4u] = v;
-    }`;
-    });
-  };
-  const accs = _lines(
-    t.tm,
-    (r) => `  ${_range(tn4).map((c) => `var c${r}_${c} = vec4<f32>(0.0);`).join(" ")}`,
-  );
-  const inner = `      ${
-    _range(tm4).map((q) => `let a${q} = As[kk * ${BM4}u + lid.y * ${tm4}u + ${q}u];`).join(" ")
+  const g = _gpuDims(t);
+  return `${_gpuDecls(t, g)}
+
+${_gpuIndices(t, g)}
+${_vec4Accumulators(t.tm, g.tn4)}
+  for (var k0 = kBegin; k0 < kEnd; k0 = k0 + ${t.bk}u) {
+${_gpuStage(t, g, "A", transA, transB)}
+${_gpuStage(t, g, "B", transA, transB)}
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${t.bk}u; kk = kk + 1u) {
+${_gpuInner(t, g)}
+    }
+    workgroupBarrier();
   }
-      ${_range(tn4).map((c) => `let b${c} = Bs[kk * ${BN4}u + lid.x * ${tn4}u + ${c}u];`).join(" ")}
-${
-    _lines(t.tm, (r) =>
-      "      " + _range(tn4).map((c) =>
-        `c${r}_${c} = fma(vec4<f32>(a${r >> 2}[${r & 3}]), b${c}, c${r}_${c});`
-      )
-        .join(" "))
-  }`;
-  const put =
-    `let x = u.alpha * v; let ix = cBase + i * u.n + j; if (u.acc != 0u) { C[ix] = C[ix] + x; } else { C[ix] = x; }`;
-  const stores = _lines(t.tm, (r) =>
-    `  { let i = row0 + lid.y * ${t.tm}u + ${r}u;
-    if (i < u.m) {
-${
-      _lines(t.tn, (c) =>
-        `      { let j = col0 + lid.x * ${t.tn}u + ${c}u; if (j < u.n) { let v = c${r}_${c >> 2}[${
-          c & 3
-        }]; ${put} } }`)
-    }
-    }
-  }`);
+  if (!live) { return; }
+  let cBase = (bi * u.splits + ks) * u.cStride;
+${_gpuStores(t)}
+}
+`;
+}
+
+/** Sizes derived from a `gpu`-family tile. */
+interface _GpuDims {
+  /** Threads per workgroup. */
+  T: number;
+  /** Rows and columns of the workgroup's output block. */
+  BM: number;
+  BN: number;
+  /**
+   * Row strides of the staged tiles in vec4s, padded by one so that threads storing along K (A not
+   * transposed, B transposed) spread over the memory banks instead of hitting one.
+   */
+  BM4: number;
+  BN4: number;
+  /** vec4s of a thread's rows and columns. */
+  tm4: number;
+  tn4: number;
+}
+
+/** The block and staging sizes of a `gpu`-family tile. */
+function _gpuDims(t: GpuMatmulTile): _GpuDims {
+  const BM = t.wy * t.tm, BN = t.wx * t.tn;
+  return { T: t.wx * t.wy, BM, BN, BM4: BM / 4 + 1, BN4: BN / 4 + 1, tm4: t.tm / 4, tn4: t.tn / 4 };
+}
+
+/** `gpu` family: the bindings, the uniform and the two staged tiles in workgroup memory. */
+function _gpuDecls(t: GpuMatmulTile, g: _GpuDims): string {
   return `@group(0) @binding(0) var<storage, read> A: array<f32>;
 @group(0) @binding(1) var<storage, read> B: array<f32>;
 @group(0) @binding(2) var<storage, read_write> C: array<f32>;
 ${_UNIFORM_WGSL}
 @group(0) @binding(3) var<uniform> u: U;
-var<workgroup> As: array<vec4<f32>, ${t.bk * BM4}>; // [k][rows / 4], one vec4 of padding per k
-var<workgroup> Bs: array<vec4<f32>, ${t.bk * BN4}>; // [k][columns / 4], one vec4 of padding per k
+var<workgroup> As: array<vec4<f32>, ${t.bk * g.BM4}>; // [k][rows / 4], one vec4 of padding per k
+var<workgroup> Bs: array<vec4<f32>, ${t.bk * g.BN4}>; // [k][columns / 4], one vec4 of padding per k`;
+}
 
-@compute @workgroup_size(${t.wx}, ${t.wy})
+/**
+ * `gpu` family: the entry point's head, decoding the linear workgroup id into (batch, K slice, row block,
+ * column block), the slice's K range and the operands' bases.
+ */
+function _gpuIndices(t: GpuMatmulTile, g: _GpuDims): string {
+  return `@compute @workgroup_size(${t.wx}, ${t.wy})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let g = wid.x + wid.y * nwg.x; // uniform: every thread of a workgroup takes the same branch
@@ -630,23 +669,72 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let kEnd = min(kBegin + u.kChunk, u.k);
   let aBase = bi * u.aStride;
   let bBase = bi * u.bStride;
-  let row0 = rt * ${BM}u;
-  let col0 = cg * ${BN}u;
-${accs}
-  for (var k0 = kBegin; k0 < kEnd; k0 = k0 + ${t.bk}u) {
-${loads("A")}
-${loads("B")}
-    workgroupBarrier();
-    for (var kk = 0u; kk < ${t.bk}u; kk = kk + 1u) {
-${inner}
-    }
-    workgroupBarrier();
-  }
-  if (!live) { return; }
-  let cBase = (bi * u.splits + ks) * u.cStride;
-${stores}
+  let row0 = rt * ${g.BM}u;
+  let col0 = cg * ${g.BN}u;`;
 }
-`;
+
+/**
+ * `gpu` family: the thread's share of one K step's tile of A or B into workgroup memory, element e at (kk, r)
+ * with the layout's contiguous axis fastest (coalesced loads), zero beyond the edges.
+ */
+function _gpuStage(
+  t: GpuMatmulTile,
+  g: _GpuDims,
+  which: "A" | "B",
+  transA: boolean,
+  transB: boolean,
+): string {
+  const trans = which === "A" ? transA : transB, span = which === "A" ? g.BM : g.BN;
+  const per = (span * t.bk) / g.T;
+  // A is (m, k) row-major, or (k, m) when transposed; B is (k, n), or (n, k) when transposed.
+  const alongSpan = which === "A" ? transA : !transB;
+  const idx = which === "A"
+    ? (trans ? "aBase + p * u.m + x" : "aBase + x * u.k + p")
+    : (trans ? "bBase + x * u.k + p" : "bBase + p * u.n + x");
+  const lim = which === "A" ? "u.m" : "u.n", first = which === "A" ? "row0" : "col0";
+  return _lines(per, (e) => {
+    const s = `(t + ${e * g.T}u)`;
+    const [kk, r] = alongSpan
+      ? [`${s} / ${span}u`, `${s} % ${span}u`]
+      : [`${s} % ${t.bk}u`, `${s} / ${t.bk}u`];
+    return `    {
+      let kk = ${kk}; let r = ${r}; let p = k0 + kk; let x = ${first} + r;
+      var v = 0.0;
+      if (live && p < kEnd && x < ${lim}) { v = ${which}[${idx}]; }
+      ${which}s[kk * ${which === "A" ? g.BM4 : g.BN4}u + r / 4u][r % 4u] = v;
+    }`;
+  });
+}
+
+/** `gpu` family: one staged k, tm/4 + tn/4 vec4 reads from workgroup memory for tm·tn multiply-adds. */
+function _gpuInner(t: GpuMatmulTile, g: _GpuDims): string {
+  const { tm4, tn4, BM4, BN4 } = g;
+  return `      ${_range(tm4).map((q) => `let a${q} = As[kk * ${BM4}u + lid.y * ${tm4}u + ${q}u];`).join(" ")}
+      ${_range(tn4).map((c) => `let b${c} = Bs[kk * ${BN4}u + lid.x * ${tn4}u + ${c}u];`).join(" ")}
+${
+    _lines(t.tm, (r) =>
+      "      " + _range(tn4).map((c) =>
+        `c${r}_${c} = fma(vec4<f32>(a${r >> 2}[${r & 3}]), b${c}, c${r}_${c});`
+      )
+        .join(" "))
+  }`;
+}
+
+/** `gpu` family epilogue: alpha, optional accumulate, each output stored if inside (m, n). */
+function _gpuStores(t: GpuMatmulTile): string {
+  const put =
+    `let x = u.alpha * v; let ix = cBase + i * u.n + j; if (u.acc != 0u) { C[ix] = C[ix] + x; } else { C[ix] = x; }`;
+  return _lines(t.tm, (r) =>
+    `  { let i = row0 + lid.y * ${t.tm}u + ${r}u;
+    if (i < u.m) {
+${
+      _lines(t.tn, (c) =>
+        `      { let j = col0 + lid.x * ${t.tn}u + ${c}u; if (j < u.n) { let v = c${r}_${c >> 2}[${
+          c & 3
+        }]; ${put} } }`)
+    }
+    }
+  }`);
 }
 
 /** WGSL summing the split-K planes: C[b, e] = alpha · Σ_s P[b, s, e] (+ C). */

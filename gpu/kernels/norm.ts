@@ -114,37 +114,51 @@ export function norm(
   });
 }
 
+/** Options of {@linkcode normBackward}. */
+export interface NormBackwardOptions {
+  kind: NormKind;
+  x: GpuTensor;
+  gamma: GpuTensor;
+  mean: GpuTensor;
+  rstd: GpuTensor;
+  dy: GpuTensor;
+  dx: GpuTensor;
+  dgamma: GpuTensor;
+  dbeta?: GpuTensor;
+}
+
 /** dx (rows, d), dgamma (d), dbeta (d, LayerNorm only) from the saved mean and rstd. */
-export function normBackward(
-  ctx: GpuContext,
-  o: {
-    kind: NormKind;
-    x: GpuTensor;
-    gamma: GpuTensor;
-    mean: GpuTensor;
-    rstd: GpuTensor;
-    dy: GpuTensor;
-    dx: GpuTensor;
-    dgamma: GpuTensor;
-    dbeta?: GpuTensor;
-  },
-): KernelCall[] {
-  const d = o.gamma.size, rows = o.x.size / d, ln = o.kind === "layernorm";
-  const common = [
+export function normBackward(ctx: GpuContext, o: NormBackwardOptions): KernelCall[] {
+  if (ctx.profile === "gpu") return [_dxRowKernel(ctx, o), _paramsColumnSums(ctx, o)];
+  return [_dxKernel(ctx, o), _paramsKernel(ctx, o)];
+}
+
+/** Row width d, row count and whether the norm is a LayerNorm (which has a mean and a beta). */
+function _sizes(o: NormBackwardOptions): { d: number; rows: number; ln: boolean } {
+  const d = o.gamma.size;
+  return { d, rows: o.x.size / d, ln: o.kind === "layernorm" };
+}
+
+/** The tensors both backward kernels read: x, gamma, mean, rstd, dy. */
+function _reads(o: NormBackwardOptions): Binding[] {
+  return [
     { name: "x", tensor: o.x },
     { name: "gamma", tensor: o.gamma },
     { name: "mean", tensor: o.mean },
     { name: "rstd", tensor: o.rstd },
     { name: "dy", tensor: o.dy },
   ];
-  const W = _ROW_THREADS;
-  const dx = ctx.profile === "gpu"
-    ? rowKernel(ctx, {
-      label: `norm_backward_dx_${o.kind}`,
-      bindings: [...common, { name: "dx", tensor: o.dx, write: true }],
-      fields: [["n", "u32", rows], ["d", "u32", d]],
-      rows,
-      body: `  let b = row * u.d; let mu = mean[row]; let rs = rstd[row];
+}
+
+/** `norm_backward_dx` on a real GPU: a workgroup per row, its two sums over the row as tree reductions. */
+function _dxRowKernel(ctx: GpuContext, o: NormBackwardOptions): KernelCall {
+  const { d, rows, ln } = _sizes(o), W = _ROW_THREADS;
+  return rowKernel(ctx, {
+    label: `norm_backward_dx_${o.kind}`,
+    bindings: [..._reads(o), { name: "dx", tensor: o.dx, write: true }],
+    fields: [["n", "u32", rows], ["d", "u32", d]],
+    rows,
+    body: `  let b = row * u.d; let mu = mean[row]; let rs = rstd[row];
   var a = 0.0; var ax = 0.0;
   for (var j = t; j < u.d; j = j + ${W}u) {
     let g = dy[b + j] * gamma[j]; a = a + g; ax = ax + g * (x[b + j] - mu) * rs;
@@ -156,14 +170,19 @@ export function normBackward(
     let g = dy[b + j] * gamma[j]; let xh = (x[b + j] - mu) * rs;
     dx[b + j] = rs * (g ${ln ? "- sg / fd " : ""}- xh * sgx / fd);
   }`,
-    })
-    : simpleKernel(ctx, {
-      label: `norm_backward_dx_${o.kind}`,
-      bindings: [...common, { name: "dx", tensor: o.dx, write: true }],
-      fields: [["n", "u32", rows], ["d", "u32", d]],
-      invocations: rows,
-      workgroup: 8,
-      body: `  let b = i * u.d; let mu = mean[i]; let rs = rstd[i];
+  });
+}
+
+/** `norm_backward_dx` on cpu-simd: one invocation per row, walking it twice (sums, then dx). */
+function _dxKernel(ctx: GpuContext, o: NormBackwardOptions): KernelCall {
+  const { d, rows, ln } = _sizes(o);
+  return simpleKernel(ctx, {
+    label: `norm_backward_dx_${o.kind}`,
+    bindings: [..._reads(o), { name: "dx", tensor: o.dx, write: true }],
+    fields: [["n", "u32", rows], ["d", "u32", d]],
+    invocations: rows,
+    workgroup: 8,
+    body: `  let b = i * u.d; let mu = mean[i]; let rs = rstd[i];
   var sg = 0.0; var sgx = 0.0;
   for (var j = 0u; j < u.d; j = j + 1u) {
     let g = dy[b + j] * gamma[j]; sg = sg + g; sgx = sgx + g * (x[b + j] - mu) * rs;
@@ -173,32 +192,43 @@ export function normBackward(
     let g = dy[b + j] * gamma[j]; let xh = (x[b + j] - mu) * rs;
     dx[b + j] = rs * (g ${ln ? "- sg / fd " : ""}- xh * sgx / fd);
   }`,
-    });
-  const paramBindings = [
-    ...common.filter((b) => b.name !== "gamma"), // auto layouts drop unused bindings; gamma is not read here
+  });
+}
+
+/** Bindings of the dgamma/dbeta kernels: the reads less gamma, then dgamma and (LayerNorm) dbeta. */
+function _paramBindings(o: NormBackwardOptions): Binding[] {
+  return [
+    ..._reads(o).filter((b) => b.name !== "gamma"), // auto layouts drop unused bindings; gamma is not read here
     { name: "dgamma", tensor: o.dgamma, write: true },
-    ...(ln ? [{ name: "dbeta", tensor: o.dbeta!, write: true }] : []),
+    ...(o.kind === "layernorm" ? [{ name: "dbeta", tensor: o.dbeta!, write: true }] : []),
   ];
-  if (ctx.profile === "gpu") {
-    const params = columnSums(ctx, {
-      label: `norm_backward_params_${o.kind}`,
-      bindings: paramBindings,
-      fields: [["n", "u32", d], ["rows", "u32", rows]],
-      perRow: "let e = dy[r * u.n + i];",
-      terms: ["e * (x[r * u.n + i] - mean[r]) * rstd[r]", ...(ln ? ["e"] : [])],
-      finish: `dgamma[i] = s0;${ln ? " dbeta[i] = s1;" : ""}`,
-    });
-    return [dx, params];
-  }
+}
+
+/** `norm_backward_params` on a real GPU: dgamma and dbeta as column sums over row lanes. */
+function _paramsColumnSums(ctx: GpuContext, o: NormBackwardOptions): KernelCall {
+  const { d, rows, ln } = _sizes(o);
+  return columnSums(ctx, {
+    label: `norm_backward_params_${o.kind}`,
+    bindings: _paramBindings(o),
+    fields: [["n", "u32", d], ["rows", "u32", rows]],
+    perRow: "let e = dy[r * u.n + i];",
+    terms: ["e * (x[r * u.n + i] - mean[r]) * rstd[r]", ...(ln ? ["e"] : [])],
+    finish: `dgamma[i] = s0;${ln ? " dbeta[i] = s1;" : ""}`,
+  });
+}
+
+/** `norm_backward_params` on cpu-simd: one invocation per column looping over every row (loop-budgeted). */
+function _paramsKernel(ctx: GpuContext, o: NormBackwardOptions): KernelCall {
+  const { d, rows, ln } = _sizes(o);
   loopBudget(
     ctx,
     rows,
     `norm_backward_params_${o.kind} (${rows} rows)`,
     "Lower train.micro_batch × data.seq_len (the tokens one micro-step sums over)",
   );
-  const params = simpleKernel(ctx, {
+  return simpleKernel(ctx, {
     label: `norm_backward_params_${o.kind}`,
-    bindings: paramBindings,
+    bindings: _paramBindings(o),
     fields: [["n", "u32", d], ["rows", "u32", rows]],
     invocations: d,
     body: `  var g = 0.0; var bsum = 0.0;
@@ -207,5 +237,4 @@ export function normBackward(
   }
   dgamma[i] = g;${ln ? " dbeta[i] = bsum;" : ""}`,
   });
-  return [dx, params];
 }

@@ -1,0 +1,156 @@
+/**
+ * Routing and compaction of the sparse-expert kernels (gpu/kernels/moe.ts, dispatches 1–3): from the gates
+ * (N, E) to the pair list in the `route` scratch (layout: {@linkcode RouteLayout}), with no host readback
+ * and no atomics.
+ *
+ * - `moe_count`: tokens are cut into blocks; one invocation per (block, expert) counts routed tokens.
+ * - `moe_scan`: one invocation turns the counts into offsets (expert-major, then block), the expert
+ *   segments of the pair list, a list of row tiles (each inside one expert's segment) and the args of the
+ *   two indirect dispatches. E and the block count are small, so a serial scan is cheaper than a parallel
+ *   one with barriers (docs/llvmpipe.md, rule 3).
+ * - `moe_place`: one invocation per (block, expert) writes its tokens, in token order, at its offset, and
+ *   the token→pair index. Pairs are ordered by expert, then token, so the order (and every float sum
+ *   after it) is the same on every run.
+ *
+ * @module
+ */
+import type { GpuTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
+import type { KernelCall } from "../dispatch.ts";
+import type { UniformFields } from "./common.ts";
+import { type MoeBind, moeKernel, NO_PAIR, type RouteLayout } from "./moe_common.ts";
+
+/** Inputs of {@linkcode pairListKernels}. */
+export interface PairListOptions {
+  /** (N, E) gates; a pair is routed iff its gate is > 0. */
+  gate: GpuTensor;
+  /** The `route` scratch, written. */
+  route: GpuTensor;
+  /** The 6 indirect-dispatch words of `moe_up` and `moe_down`, written. */
+  args: GpuTensor;
+  L: RouteLayout;
+  N: number;
+  E: number;
+  /** Routed pairs per row tile. */
+  tm: number;
+  /** Column groups (workgroups per row tile) of `moe_up` and `moe_down`. */
+  ncgUp: number;
+  ncgDown: number;
+}
+
+/** `moe_count`, `moe_scan` and `moe_place`: the pair list, its row tiles and the indirect dispatch args. */
+export function pairListKernels(ctx: GpuContext, o: PairListOptions): KernelCall[] {
+  return [_count(ctx, o), _scan(ctx, o), _place(ctx, o)];
+}
+
+/** The gate binding (read) and the route binding of the pair-list kernels. */
+function _binds(o: PairListOptions): { gateB: MoeBind; routeW: MoeBind } {
+  return {
+    gateB: { name: "gate", decl: "f32", t: o.gate },
+    routeW: { name: "route", decl: "u32", t: o.route },
+  };
+}
+
+/** Uniform fields of the per-(block, expert) kernels `moe_count` and `moe_place`. */
+function _blockFields(o: PairListOptions): UniformFields {
+  const { L, E, N } = o;
+  return [
+    ["n", "u32", L.NB * E],
+    ["E", "u32", E],
+    ["TB", "u32", L.TB],
+    ["N", "u32", N],
+    ["bo", "u32", L.bo],
+    ["tok", "u32", L.tok],
+    ["idx", "u32", L.idx],
+  ];
+}
+
+/** `moe_count`: routed tokens of each (block, expert), at word b·E + e of `route`. */
+function _count(ctx: GpuContext, o: PairListOptions): KernelCall {
+  const { gateB, routeW } = _binds(o);
+  return moeKernel(
+    ctx,
+    "moe_count",
+    [gateB, { ...routeW, write: true }],
+    _blockFields(o),
+    o.L.NB * o.E,
+    8,
+    `
+  let b = i / u.E; let e = i % u.E;
+  var c = 0u;
+  for (var t = b * u.TB; t < min((b + 1u) * u.TB, u.N); t = t + 1u) {
+    c = c + select(0u, 1u, gate[t * u.E + e] > 0.0);
+  }
+  route[i] = c;`,
+  );
+}
+
+/**
+ * `moe_scan`, one invocation: block offsets and expert segments from the counts, the row tiles of each
+ * segment, and the workgroup counts of the two grouped matmuls (folded into 2-D as grid() does; the kernels
+ * skip the linear ids past the tile count).
+ */
+function _scan(ctx: GpuContext, o: PairListOptions): KernelCall {
+  const { routeW } = _binds(o), { L } = o;
+  return moeKernel(
+    ctx,
+    "moe_scan",
+    [{ ...routeW, write: true }, { name: "args", decl: "u32", t: o.args, write: true }],
+    [
+      ["n", "u32", 1],
+      ["NB", "u32", L.NB],
+      ["E", "u32", o.E],
+      ["tm", "u32", o.tm],
+      ["ncgUp", "u32", o.ncgUp],
+      ["ncgDown", "u32", o.ncgDown],
+      ["maxDim", "u32", ctx.limits.maxComputeWorkgroupsPerDimension],
+      ["bo", "u32", L.bo],
+      ["eoff", "u32", L.eoff],
+      ["nt", "u32", L.nt],
+      ["tiles", "u32", L.tiles],
+    ],
+    1,
+    1,
+    `
+  var off = 0u;
+  for (var e = 0u; e < u.E; e = e + 1u) {
+    route[u.eoff + e] = off;
+    for (var b = 0u; b < u.NB; b = b + 1u) { route[u.bo + b * u.E + e] = off; off = off + route[b * u.E + e]; }
+  }
+  route[u.eoff + u.E] = off;
+  var nt = 0u;
+  for (var e = 0u; e < u.E; e = e + 1u) {
+    for (var p = route[u.eoff + e]; p < route[u.eoff + e + 1u]; p = p + u.tm) {
+      route[u.tiles + 2u * nt] = p; route[u.tiles + 2u * nt + 1u] = e; nt = nt + 1u;
+    }
+  }
+  route[u.nt] = nt;
+  fold(nt * u.ncgUp, 0u);
+  fold(nt * u.ncgDown, 3u);`,
+    `fn fold(total: u32, at: u32) {
+  let x = min(total, u.maxDim);
+  args[at] = x; args[at + 1u] = select(1u, (total + x - 1u) / max(x, 1u), x > 0u); args[at + 2u] = 1u;
+}`,
+  );
+}
+
+/** `moe_place`: each (block, expert) writes its routed tokens at its offset, and every token→pair word. */
+function _place(ctx: GpuContext, o: PairListOptions): KernelCall {
+  const { gateB, routeW } = _binds(o);
+  return moeKernel(
+    ctx,
+    "moe_place",
+    [gateB, { ...routeW, write: true }],
+    _blockFields(o),
+    o.L.NB * o.E,
+    8,
+    `
+  let b = i / u.E; let e = i % u.E;
+  var c = route[u.bo + i];
+  for (var t = b * u.TB; t < min((b + 1u) * u.TB, u.N); t = t + 1u) {
+    let ix = t * u.E + e;
+    if (gate[ix] > 0.0) { route[u.tok + c] = t; route[u.idx + ix] = c; c = c + 1u; }
+    else { route[u.idx + ix] = ${NO_PAIR}u; }
+  }`,
+  );
+}
