@@ -57,6 +57,20 @@ function _rows(ctx: GpuContext, D: number): _Rows {
   };
 }
 
+/** The forward's bindings: q, k, v read as rows of V; o and lse written. */
+function _forwardBindings(
+  o: { q: GpuTensor; k: GpuTensor; v: GpuTensor; o: GpuTensor; lse: GpuTensor },
+  V: "f32" | "vec4<f32>",
+): Binding[] {
+  return [
+    { name: "q", tensor: o.q, type: V },
+    { name: "k", tensor: o.k, type: V },
+    { name: "v", tensor: o.v, type: V },
+    { name: "o", tensor: o.o, write: true, type: V },
+    { name: "lse", tensor: o.lse, write: true },
+  ];
+}
+
 /** o and lse from q, k, v. */
 export function attention(
   ctx: GpuContext,
@@ -67,13 +81,7 @@ export function attention(
   _attentionBudget(ctx, "attention", o.q, o.k, 2 * D + 1);
   return simpleKernel(ctx, {
     label: "attention",
-    bindings: [
-      { name: "q", tensor: o.q, type: V },
-      { name: "k", tensor: o.k, type: V },
-      { name: "v", tensor: o.v, type: V },
-      { name: "o", tensor: o.o, write: true, type: V },
-      { name: "lse", tensor: o.lse, write: true },
-    ],
+    bindings: _forwardBindings(o, V),
     fields,
     invocations: fields[0]![2],
     workgroup: _wg(ctx),
@@ -441,6 +449,44 @@ const _blockHead = (H: string, RB: number) =>
 const _blockRows = (RB: number, stmt: (r: number) => string) =>
   Array.from({ length: RB }, (_, r) => stmt(r)).join("\n");
 
+/** What a blocked kernel's body is written from. */
+interface _BlockShape {
+  R: _Rows;
+  V: "f32" | "vec4<f32>";
+  DV: number;
+  RB: number;
+}
+
+/**
+ * One blocked cpu-simd kernel: B·heads·⌈T/RB⌉ invocations of `body`, after the loop-budget check (`loops`
+ * iterations per row: the rows are written out).
+ */
+function _blockedCall(
+  ctx: GpuContext,
+  q: GpuTensor,
+  k: GpuTensor,
+  o: {
+    label: string;
+    heads: number;
+    loops: number;
+    bindings: (V: "f32" | "vec4<f32>") => Binding[];
+    body: (b: _BlockShape) => string;
+  },
+): KernelCall {
+  const D = q.shape[3]!, R = _rows(ctx, D), V = R.V, DV = R.DV, RB = _block(DV);
+  const fields = _blockFields(q, k, o.heads, RB);
+  _attentionBudget(ctx, o.label, q, k, o.loops, true);
+  return simpleKernel(ctx, {
+    label: o.label,
+    bindings: o.bindings(V),
+    fields,
+    invocations: fields[0]![2],
+    workgroup: _wg(ctx),
+    prelude: R.prelude,
+    body: o.body({ R, V, DV, RB }),
+  });
+}
+
 /**
  * The forward, a block of query rows per invocation: each key and value row is loaded once for the block.
  * Every row's online softmax runs the statements of the one-row kernel in the same order (same results).
@@ -449,39 +495,29 @@ function _attentionBlocked(
   ctx: GpuContext,
   o: { q: GpuTensor; k: GpuTensor; v: GpuTensor; o: GpuTensor; lse: GpuTensor },
 ): KernelCall {
-  const D = o.q.shape[3]!, R = _rows(ctx, D), V = R.V, DV = R.DV, RB = _block(DV);
-  const fields = _blockFields(o.q, o.k, o.q.shape[2]!, RB);
-  _attentionBudget(ctx, "attention", o.q, o.k, 1, true);
-  return simpleKernel(ctx, {
+  return _blockedCall(ctx, o.q, o.k, {
     label: "attention",
-    bindings: [
-      { name: "q", tensor: o.q, type: V },
-      { name: "k", tensor: o.k, type: V },
-      { name: "v", tensor: o.v, type: V },
-      { name: "o", tensor: o.o, write: true, type: V },
-      { name: "lse", tensor: o.lse, write: true },
-    ],
-    fields,
-    invocations: fields[0]![2],
-    workgroup: _wg(ctx),
-    prelude: R.prelude,
-    body: `${_blockHead("Hq", RB)}
+    heads: o.q.shape[2]!,
+    loops: 1,
+    bindings: (V) => _forwardBindings(o, V),
+    body: ({ R, V, DV, RB }) =>
+      `${_blockHead("Hq", RB)}
   let kh = h % u.Hkv;
 ${
-      _blockRows(RB, (r) =>
-        `  let t${r} = min(tf + ${r}u, u.T - 1u); let qo${r} = ((bb * u.T + t${r}) * u.Hq + h) * D;
+        _blockRows(RB, (r) =>
+          `  let t${r} = min(tf + ${r}u, u.T - 1u); let qo${r} = ((bb * u.T + t${r}) * u.Hq + h) * D;
   var qr${r}: ${R.row}; var acc${r}: ${R.row}; var m${r} = -3.0e38; var s${r} = 0.0;
   ${
-          _each(DV, (j) => `qr${r}[${j}] = q[qo${r} + ${j}] * u.scale; acc${r}[${j}] = ${V}(0.0);`)
-        }`)
-    }
+            _each(DV, (j) => `qr${r}[${j}] = q[qo${r} + ${j}] * u.scale; acc${r}[${j}] = ${V}(0.0);`)
+          }`)
+      }
   var kr: ${R.row}; var vr: ${R.row};
   for (var s_u = 0u; s_u <= tl; s_u = s_u + 1u) {
     let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
     ${_each(DV, (j) => `kr[${j}] = k[ko + ${j}]; vr[${j}] = v[ko + ${j}];`)}
 ${
-      _blockRows(RB, (r) =>
-        `    if (s_u <= t${r}) {
+        _blockRows(RB, (r) =>
+          `    if (s_u <= t${r}) {
       var sc = 0.0;
       ${_each(DV, (j) => `sc = sc + ${R.dot(`qr${r}[${j}]`, `kr[${j}]`)};`)}
       let mn = max(m${r}, sc); let corr = exp(m${r} - mn); let p = exp(sc - mn);
@@ -489,16 +525,16 @@ ${
       ${_each(DV, (j) => `acc${r}[${j}] = acc${r}[${j}] * corr + p * vr[${j}];`)}
       m${r} = mn;
     }`)
-    }
+      }
   }
 ${
-      _blockRows(RB, (r) =>
-        `  if (tf + ${r}u < u.T) {
+        _blockRows(RB, (r) =>
+          `  if (tf + ${r}u < u.T) {
     let inv = 1.0 / s${r};
     ${_each(DV, (j) => `o[qo${r} + ${j}] = acc${r}[${j}] * inv;`)}
     lse[(bb * u.Hq + h) * u.T + t${r}] = m${r} + log(s${r});
   }`)
-    }`,
+      }`,
   });
 }
 
@@ -508,56 +544,54 @@ function _dqBlocked(
   o: { q: GpuTensor; k: GpuTensor; dq: GpuTensor },
   reads: readonly Binding[],
 ): KernelCall {
-  const D = o.q.shape[3]!, R = _rows(ctx, D), V = R.V, DV = R.DV, RB = _block(DV);
-  const fields = _blockFields(o.q, o.k, o.q.shape[2]!, RB);
-  _attentionBudget(ctx, "attention_backward_dq", o.q, o.k, 1, true);
-  return simpleKernel(ctx, {
+  return _blockedCall(ctx, o.q, o.k, {
     label: "attention_backward_dq",
-    bindings: [...reads, { name: "dq", tensor: o.dq, write: true, type: V }],
-    fields,
-    invocations: fields[0]![2],
-    workgroup: _wg(ctx),
-    prelude: R.prelude,
-    body: `${_blockHead("Hq", RB)}
+    heads: o.q.shape[2]!,
+    loops: 1,
+    bindings: (V) => [...reads, { name: "dq", tensor: o.dq, write: true, type: V }],
+    body: ({ R, V, DV, RB }) =>
+      `${_blockHead("Hq", RB)}
   let kh = h % u.Hkv;
 ${
-      _blockRows(RB, (r) =>
-        `  let t${r} = min(tf + ${r}u, u.T - 1u); let qo${r} = ((bb * u.T + t${r}) * u.Hq + h) * D;
+        _blockRows(RB, (r) =>
+          `  let t${r} = min(tf + ${r}u, u.T - 1u); let qo${r} = ((bb * u.T + t${r}) * u.Hq + h) * D;
   let row${r} = (bb * u.Hq + h) * u.T + t${r}; let l${r} = lse[row${r}]; let dl${r} = delta[row${r}];
   var qr${r}: ${R.row}; var dor${r}: ${R.row}; var acc${r}: ${R.row};
   ${
-          _each(
-            DV,
-            (j) =>
-              `qr${r}[${j}] = q[qo${r} + ${j}]; dor${r}[${j}] = dO[qo${r} + ${j}]; acc${r}[${j}] = ${V}(0.0);`,
-          )
-        }`)
-    }
+            _each(
+              DV,
+              (j) =>
+                `qr${r}[${j}] = q[qo${r} + ${j}]; dor${r}[${j}] = dO[qo${r} + ${j}]; acc${r}[${j}] = ${V}(0.0);`,
+            )
+          }`)
+      }
   var kr: ${R.row}; var vr: ${R.row};
   for (var s_u = 0u; s_u <= tl; s_u = s_u + 1u) {
     let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
     ${_each(DV, (j) => `kr[${j}] = k[ko + ${j}]; vr[${j}] = v[ko + ${j}];`)}
 ${
-      _blockRows(RB, (r) =>
-        `    if (s_u <= t${r}) {
+        _blockRows(RB, (r) =>
+          `    if (s_u <= t${r}) {
       var sc = 0.0; var dp = 0.0;
       ${
-          _each(DV, (j) =>
-            `sc = sc + ${R.dot(`qr${r}[${j}]`, `kr[${j}]`)}; dp = dp + ${
-              R.dot(`dor${r}[${j}]`, `vr[${j}]`)
-            };`)
-        }
+            _each(DV, (j) =>
+              `sc = sc + ${R.dot(`qr${r}[${j}]`, `kr[${j}]`)}; dp = dp + ${
+                R.dot(`dor${r}[${j}]`, `vr[${j}]`)
+              };`)
+          }
       let ds = exp(sc * u.scale - l${r}) * (dp - dl${r}) * u.scale;
       ${
-          _each(DV, (j) => `acc${r}[${j}] = acc${r}[${j}] + ds * kr[${j}];`)
-        }
+            _each(DV, (j) => `acc${r}[${j}] = acc${r}[${j}] + ds * kr[${j}];`)
+          }
     }`)
-    }
+      }
   }
 ${
-      _blockRows(RB, (r) =>
-        `  if (tf + ${r}u < u.T) { ${_each(DV, (j) => `dq[qo${r} + ${j}] = acc${r}[${j}];`)} }`)
-    }`,
+        _blockRows(
+          RB,
+          (r) => `  if (tf + ${r}u < u.T) { ${_each(DV, (j) => `dq[qo${r} + ${j}] = acc${r}[${j}];`)} }`,
+        )
+      }`,
   });
 }
 
@@ -570,36 +604,31 @@ function _dkvBlocked(
   o: { q: GpuTensor; k: GpuTensor; dk: GpuTensor; dv: GpuTensor },
   reads: readonly Binding[],
 ): KernelCall {
-  const D = o.q.shape[3]!, R = _rows(ctx, D), V = R.V, DV = R.DV, RB = _block(DV);
-  const fields = _blockFields(o.q, o.k, o.k.shape[2]!, RB);
-  _attentionBudget(ctx, "attention_backward_dkv", o.q, o.k, o.q.shape[2]! / o.k.shape[2]!, true);
-  return simpleKernel(ctx, {
+  return _blockedCall(ctx, o.q, o.k, {
     label: "attention_backward_dkv",
-    bindings: [...reads, { name: "dk", tensor: o.dk, write: true, type: V }, {
-      name: "dv",
-      tensor: o.dv,
-      write: true,
-      type: V,
-    }],
-    fields,
-    invocations: fields[0]![2],
-    workgroup: _wg(ctx),
-    prelude: R.prelude,
+    heads: o.k.shape[2]!,
+    loops: o.q.shape[2]! / o.k.shape[2]!,
+    bindings: (V) => [
+      ...reads,
+      { name: "dk", tensor: o.dk, write: true, type: V },
+      { name: "dv", tensor: o.dv, write: true, type: V },
+    ],
     // Here h of the block header is the kv head; the query heads reading it are h, h + Hkv, …
-    body: `${_blockHead("Hkv", RB)}
+    body: ({ R, V, DV, RB }) =>
+      `${_blockHead("Hkv", RB)}
   let kh = h;
 ${
-      _blockRows(RB, (r) =>
-        `  let s${r} = min(tf + ${r}u, u.T - 1u); let ko${r} = ((bb * u.T + s${r}) * u.Hkv + kh) * D;
+        _blockRows(RB, (r) =>
+          `  let s${r} = min(tf + ${r}u, u.T - 1u); let ko${r} = ((bb * u.T + s${r}) * u.Hkv + kh) * D;
   var kr${r}: ${R.row}; var vr${r}: ${R.row}; var dk${r}: ${R.row}; var dv${r}: ${R.row};
   ${
-          _each(
-            DV,
-            (j) =>
-              `kr${r}[${j}] = k[ko${r} + ${j}]; vr${r}[${j}] = v[ko${r} + ${j}]; dk${r}[${j}] = ${V}(0.0); dv${r}[${j}] = ${V}(0.0);`,
-          )
-        }`)
-    }
+            _each(
+              DV,
+              (j) =>
+                `kr${r}[${j}] = k[ko${r} + ${j}]; vr${r}[${j}] = v[ko${r} + ${j}]; dk${r}[${j}] = ${V}(0.0); dv${r}[${j}] = ${V}(0.0);`,
+            )
+          }`)
+      }
   var qrow: ${R.row}; var dorow: ${R.row};
   for (var hq = kh; hq < u.Hq; hq = hq + u.Hkv) {
     for (var t = tf; t < u.T; t = t + 1u) {
@@ -607,31 +636,36 @@ ${
       ${_each(DV, (j) => `qrow[${j}] = q[qo + ${j}]; dorow[${j}] = dO[qo + ${j}];`)}
       let l = lse[row]; let dl = delta[row];
 ${
-      _blockRows(RB, (r) =>
-        `      if (t >= s${r}) {
+        _blockRows(RB, (r) =>
+          `      if (t >= s${r}) {
         var sc = 0.0; var dp = 0.0;
         ${
-          _each(DV, (j) =>
-            `sc = sc + ${R.dot(`qrow[${j}]`, `kr${r}[${j}]`)}; dp = dp + ${
-              R.dot(`dorow[${j}]`, `vr${r}[${j}]`)
-            };`)
-        }
+            _each(DV, (j) =>
+              `sc = sc + ${R.dot(`qrow[${j}]`, `kr${r}[${j}]`)}; dp = dp + ${
+                R.dot(`dorow[${j}]`, `vr${r}[${j}]`)
+              };`)
+          }
         let p = exp(sc * u.scale - l);
         let ds = p * (dp - dl) * u.scale;
         ${
-          _each(DV, (j) =>
-            `dk${r}[${j}] = dk${r}[${j}] + ds * qrow[${j}]; dv${r}[${j}] = dv${r}[${j}] + p * dorow[${j}];`)
-        }
+            _each(
+              DV,
+              (j) =>
+                `dk${r}[${j}] = dk${r}[${j}] + ds * qrow[${j}]; dv${r}[${j}] = dv${r}[${j}] + p * dorow[${j}];`,
+            )
+          }
       }`)
-    }
+      }
     }
   }
 ${
-      _blockRows(RB, (r) =>
-        `  if (tf + ${r}u < u.T) { ${
-          _each(DV, (j) =>
-            `dk[ko${r} + ${j}] = dk${r}[${j}]; dv[ko${r} + ${j}] = dv${r}[${j}];`)
-        } }`)
-    }`,
+        _blockRows(
+          RB,
+          (r) =>
+            `  if (tf + ${r}u < u.T) { ${
+              _each(DV, (j) => `dk[ko${r} + ${j}] = dk${r}[${j}]; dv[ko${r} + ${j}] = dv${r}[${j}];`)
+            } }`,
+        )
+      }`,
   });
 }
