@@ -117,6 +117,7 @@ Deno.test("GET /api/runs lists runs newest first with config columns and headlin
     attention_experts: 4,
     mlp_experts: 8,
     router_train: "dense",
+    router_infer: "threshold 0.5",
     lr: 0.003,
     steps: 800,
     seed: 1,
@@ -125,6 +126,14 @@ Deno.test("GET /api/runs lists runs newest first with config columns and headlin
   assertEquals([a.best_val_loss, a.best_val_loss_step, a.last_val_ppl], [1.5, 30, 7.39]);
   assertEquals(runs[0].hyper.attention_experts, null, "plain attention has no experts");
   assertEquals(runs[0].hyper.seed, 2);
+  assertEquals(
+    [runs[0].hyper.router_train, runs[0].hyper.router_infer],
+    [null, null],
+    "a dense model has no router",
+  );
+  assertEquals([a.last_train_step, runs[0].last_train_step], [40, 2]);
+  assertEquals(a.config["model.kind"], "dsmoe");
+  assertEquals(a.config["model.attention.experts"], 4);
   assert(!("config_yaml" in a), "the list leaves the config text out");
   store.close();
 });
@@ -464,5 +473,130 @@ Deno.test("points posted to a run marked interrupted bring it back to running", 
   const run = await store.getRun("run-r");
   assertEquals([run?.status, run?.error, run?.step], ["running", null, 6]);
   assertEquals((await store.events("run-r")).map((e) => e.kind), ["resume"]);
+  store.close();
+});
+
+/** The `<th data-col>` ids of the runs table, in order. */
+function _columns(page: string): string[] {
+  const head = /<table class="runs" id="runs"><thead>([\s\S]*?)<\/thead>/.exec(page)![1]!;
+  return [...head.matchAll(/<th[^>]*data-col="([^"]+)"/g)].map((m) => m[1]!);
+}
+
+/** The `data-color` of each run's swatch on a page: the row's (`tr data-id`), the heading's or a chip's. */
+function _swatches(page: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const re = /data-id="([^"]+)"(?:(?!data-id=)[\s\S])*?<span class="swatch" data-color="([^"]+)"/g;
+  for (const m of page.matchAll(re)) out[m[1]!] = m[2]!;
+  return out;
+}
+
+function _pageData(page: string) {
+  return JSON.parse(/<script type="application\/json" id="data">(.*?)<\/script>/s.exec(page)![1]!);
+}
+
+Deno.test("the runs table puts the metric columns first, with a column picker, group-by and the router rule", async () => {
+  const store = await _seeded();
+  await store.importRun(
+    _meta("run-c", { name: "smoe-topk", started_at: "2026-11-25T12:00:00.000Z" }),
+    "model: { kind: smoe, mlp: { experts: 8 } }\nrouter: { train: topk, k: 2, infer: { kind: topk, k: 2 } }\n",
+  );
+  const page = await (await _app(store).request(`${BASE}/`)).text();
+  const cols = _columns(page);
+  assertEquals(cols.slice(0, 6), ["select", "name", "best_val_loss", "val_ppl", "val_bpb", "train_loss"]);
+  for (const c of ["status", "step", "sweep", "started", "kind", "router", "lr", "seed"]) {
+    assert(cols.includes(c), c);
+  }
+  // The picker offers every column but the checkbox and the name.
+  const picker = /<details class="picker" id="column-picker">([\s\S]*?)<\/details>/.exec(page)![1]!;
+  assertEquals([...picker.matchAll(/data-col="([^"]+)"/g)].map((m) => m[1]), cols.slice(2));
+  // Group by: the config keys present, those that differ between runs first.
+  const select = /<select id="group-by">([\s\S]*?)<\/select>/.exec(page)![1]!;
+  const differ = /<optgroup label="config: differs between runs">([\s\S]*?)<\/optgroup>/.exec(select)![1]!;
+  assert(differ.includes('<option value="model.kind">model.kind</option>'), differ);
+  assert(differ.includes('value="router.train"'), differ);
+  assert(select.includes('value=":sweep"') && select.includes('value=":status"'));
+  assertEquals(
+    _pageData(page).configs["run-a"]["model.kind"],
+    "dsmoe",
+    "the page holds each run's config keys",
+  );
+  // Router: training mode → inference rule.
+  assert(page.includes('data-v="dense → threshold 0.5"'), "DS-MoE: dense → threshold");
+  assert(page.includes('data-v="topk 2 → topk 2"'), "SMoE: topk 2 → topk 2");
+  // One format per quantity: losses 4 decimals, ppl 2, learning rate in exponent form.
+  assert(page.includes('data-v="1.5" class="num">1.5000 <small>@30</small>'), "best val loss");
+  assert(page.includes('data-v="7.39" class="num">7.39</td>'), "val ppl");
+  assert(page.includes('data-v="1" class="num">1.0000</td>'), "train loss");
+  assert(page.includes('data-v="0.003" class="num">3.0e-3</td>'), "lr");
+  // The step is where the run is now (its newest training point), not its last checkpoint.
+  assert(/<tr data-id="run-b">[\s\S]*?data-col="step" data-v="2"/.test(page), "run-b is at step 2");
+  // Timestamps in UTC for the browser to localise, the ISO as a tooltip.
+  assert(
+    page.includes(
+      '<time datetime="2026-11-25T10:00:00.000Z" title="2026-11-25T10:00:00.000Z (UTC)">2026-11-25 10:00 UTC</time>',
+    ),
+  );
+  // Sweep parameters as key=value.
+  assert(page.includes("<code>loss.mi.mlp=1.0e-3</code>") && page.includes("<code>loss.mi.mlp=0</code>"));
+  store.close();
+});
+
+Deno.test("a run has the same colour on the runs table, its page, an overlay and its sweep page", async () => {
+  const { runColor } = await import("./static/format.js");
+  const store = await _seeded();
+  const app = _app(store);
+  const home = _swatches(await (await app.request(`${BASE}/`)).text());
+  const runA = await (await app.request(`${BASE}/runs/run-a`)).text();
+  const overlay = await (await app.request(`${BASE}/runs/run-b?compare=run-a`)).text();
+  const sweep = await (await app.request(`${BASE}/sweeps/sw-1`)).text();
+  for (const id of ["run-a", "run-b"]) assertEquals(home[id], runColor(id), id);
+  assertEquals(_swatches(runA)["run-a"], home["run-a"]);
+  assertEquals(_swatches(overlay), { "run-b": home["run-b"], "run-a": home["run-a"] });
+  assertEquals(_pageData(overlay).colors, [home["run-b"], home["run-a"]], "the charts' colours");
+  assertEquals(_swatches(sweep), { "run-a": home["run-a"], "run-b": home["run-b"] });
+  assertEquals(_pageData(sweep).colors, [home["run-b"], home["run-a"]]);
+  assert(home["run-a"] !== home["run-b"]);
+  store.close();
+});
+
+Deno.test("the run page shows sweep params as key=value and times as <time>, not raw JSON", async () => {
+  const store = await _seeded();
+  const page = await (await _app(store).request(`${BASE}/runs/run-a`)).text();
+  assert(page.includes("<code>loss.mi.mlp=1.0e-3</code>"), "key=value");
+  assert(!page.includes("{&quot;loss.mi.mlp") && !page.includes('{"loss.mi.mlp'), "no raw JSON");
+  assert(page.includes('<time datetime="2026-11-25T10:00:00.000Z"'));
+  store.close();
+});
+
+Deno.test("the sweep page offers a metric-vs-hyperparameter scatter with its points in the page", async () => {
+  const { scatterData } = await import("./static/scatter.js");
+  const store = await _seeded();
+  await store.logMetrics("run-b", [_pt("val/loss", 2, 2.5), _pt("val/ppl", 2, 12.18)]);
+  const page = await (await _app(store).request(`${BASE}/sweeps/sw-1`)).text();
+  const metric = /<select id="scatter-metric">([\s\S]*?)<\/select>/.exec(page)![1]!;
+  assertEquals([...metric.matchAll(/value="([^"]+)"/g)].map((m) => m[1]), [
+    "best_val_loss",
+    "last_val_ppl",
+    "last_val_bpb",
+    "last_train_loss",
+  ]);
+  assert(/<select id="scatter-param"><option value="loss.mi.mlp">loss.mi.mlp<\/option><\/select>/.test(page));
+  const data = _pageData(page);
+  assertEquals(data.params, ["loss.mi.mlp"]);
+  const d = scatterData(data.points, "best_val_loss", "loss.mi.mlp");
+  assertEquals(d.x, [0, 0.001]);
+  assertEquals(d.categories, null);
+  assertEquals(d.series.map((s) => [s.id, s.values]), [
+    ["run-b", [2.5, null]],
+    ["run-a", [null, 1.5]],
+  ]);
+  // The API's sweep points carry the same fields, for the live redraw.
+  const api = await (await _app(store).request(`${BASE}/api/sweeps/sw-1`)).json();
+  assertEquals(scatterData(api.runs, "last_val_ppl", "loss.mi.mlp").series.map((s) => s.value), [
+    12.18,
+    7.39,
+  ]);
+  // In the sweep table, parameter values are plain values under their key, not JSON.
+  assert(page.includes('data-v="0.001" class="num">1.0e-3</td>'), "a numeric param cell");
   store.close();
 });

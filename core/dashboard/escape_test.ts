@@ -53,6 +53,7 @@ function _summary(run: RunRecord, v: string): RunSummary {
       attention_experts: 4,
       mlp_experts: 8,
       router_train: v,
+      router_infer: v,
       lr: 0.003,
       steps: 800,
       seed: 1,
@@ -62,6 +63,8 @@ function _summary(run: RunRecord, v: string): RunSummary {
     best_val_loss_step: 30,
     last_val_ppl: 4.48,
     last_val_bpb: 0.75,
+    last_train_step: 41,
+    config: { [v]: v, "model.kind": v, [`${v}.n`]: 2 },
   };
 }
 

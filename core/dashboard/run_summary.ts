@@ -15,7 +15,8 @@ export interface Hyperparameters {
   layers: number | null;
   attention_experts: number | null; // null for plain multi-head attention
   mlp_experts: number | null;
-  router_train: string | null;
+  router_train: string | null; // "dense" or "topk 2"
+  router_infer: string | null; // the inference rule: "threshold 0.5", "topk 2", "dense"… (MLP; "; attn …" if it differs)
   lr: number | null;
   steps: number | null;
   seed: number | null;
@@ -29,7 +30,16 @@ export interface RunSummary extends Omit<RunRecord, "config_yaml"> {
   best_val_loss_step: number | null;
   last_val_ppl: number | null;
   last_val_bpb: number | null; // bits per byte: compares runs of different tokenizers
+  last_train_step: number | null; // step of the newest train/loss point: where a running run is now
+  /** Its config's scalar leaves by dotted path (`model.kind`, `loss.mi.mlp`), for grouping the runs table. */
+  config: Record<string, ConfigScalar>;
 }
+
+/** A leaf of a config. */
+export type ConfigScalar = string | number | boolean | null;
+
+/** Most config leaves kept per run (a resolved config has about 60). */
+export const MAX_CONFIG_KEYS = 200;
 
 /**
  * The hyperparameter columns of a resolved config; a config that does not parse gives nulls.
@@ -57,17 +67,71 @@ export function hyperparameters(configYaml: string): Hyperparameters {
     return typeof v === "string" ? v : null;
   };
   const attentionKind = str("model", "attention", "kind");
+  const kind = str("model", "kind");
+  const routed = kind !== "dense" && _at(c, ["router"]) !== undefined;
+  const train = str("router", "train") ?? "dense";
+  const mlpRule = _rule(_at(c, ["router", "infer"]));
+  const attRule = _at(c, ["router", "infer_attention"]) === undefined
+    ? mlpRule
+    : _rule(_at(c, ["router", "infer_attention"]));
   return {
-    kind: str("model", "kind"),
+    kind,
     d_model: num("model", "d_model"),
     layers: num("model", "layers"),
     attention_experts: attentionKind === "moa" ? num("model", "attention", "experts") : null,
     mlp_experts: num("model", "mlp", "experts"),
-    router_train: str("router", "train"),
+    router_train: routed ? (train === "topk" ? `topk ${num("router", "k") ?? 2}` : train) : null,
+    router_infer: routed ? (attRule === mlpRule ? mlpRule : `${mlpRule}; attn ${attRule}`) : null,
     lr: num("train", "optimizer", "lr") ?? num("train", "lr"),
     steps: num("train", "steps"),
     seed: num("seed"),
   };
+}
+
+/** An inference rule as "threshold 0.5", "topk 2", "top_p 0.9" or "dense" (the schema's defaults fill in). */
+function _rule(r: unknown): string {
+  const o = (typeof r === "object" && r !== null && !Array.isArray(r) ? r : {}) as Record<string, unknown>;
+  const n = (k: string, d: number) => (typeof o[k] === "number" ? o[k] as number : d);
+  const kind = typeof o.kind === "string" ? o.kind : "threshold";
+  if (kind === "topk") return `topk ${n("k", 2)}`;
+  if (kind === "top_p") return `top_p ${n("p", 0.9)}`;
+  if (kind === "threshold" || kind === "threshold_topk") return `${kind} ${n("epsilon", 0.5)}`;
+  return kind;
+}
+
+/**
+ * The scalar leaves of a config by dotted path, in document order (at most {@linkcode MAX_CONFIG_KEYS});
+ * lists are kept whole as compact JSON text.
+ *
+ * @example
+ * ```ts
+ * import { flatConfig } from "./run_summary.ts";
+ * console.log(flatConfig("model: { kind: dsmoe, mlp: { experts: 8 } }\nloss: { mi: { mlp: 0.001 } }\n"));
+ * // { "model.kind": "dsmoe", "model.mlp.experts": 8, "loss.mi.mlp": 0.001 }
+ * ```
+ */
+export function flatConfig(configYaml: string): Record<string, ConfigScalar> {
+  let c: unknown;
+  try {
+    c = parse(configYaml);
+  } catch {
+    return {};
+  }
+  const out: Record<string, ConfigScalar> = {};
+  let n = 0;
+  const walk = (v: unknown, path: string) => {
+    if (n >= MAX_CONFIG_KEYS) return;
+    if (typeof v === "object" && v !== null && !Array.isArray(v)) {
+      for (const [k, x] of Object.entries(v)) walk(x, path ? `${path}.${k}` : k);
+    } else if (path) {
+      n++;
+      out[path] = v === null || ["string", "number", "boolean"].includes(typeof v)
+        ? v as ConfigScalar
+        : JSON.stringify(v) ?? null;
+    }
+  };
+  walk(c, "");
+  return out;
 }
 
 function _at(v: unknown, path: readonly string[]): unknown {
@@ -96,6 +160,8 @@ export async function summarizeRun(store: RunStore, run: RunRecord): Promise<Run
     best_val_loss_step: bestVal?.step ?? null,
     last_val_ppl: last.get("val/ppl")?.value ?? null,
     last_val_bpb: last.get("val/bpb")?.value ?? null,
+    last_train_step: last.get("train/loss")?.step ?? null,
+    config: flatConfig(config_yaml),
   };
 }
 

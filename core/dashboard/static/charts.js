@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { el, fmt, fmtX } from "./common.js";
+import { el, fmt, fmtPct, fmtX } from "./common.js";
 
 const _uPlot = globalThis.uPlot;
 const _SYNC = "dsmoe";
@@ -25,7 +25,12 @@ export function align(list) {
   return { x: xs, ys };
 }
 
-/** A chart card. `o`: { title, xLabel, xAxis ("step" | "tokens" | "time" | "pct"), yLog, points }. */
+/**
+ * A chart card. `o`: { title, xLabel, yLabel, xAxis ("step" | "tokens" | "time" | "pct" | "value"), xLog,
+ * yLog, points (draw points), lines (default true: false draws points only, a scatter), xValues (tick text
+ * of an x value, for category axes), yFmt (a value's text in the legend, default by `fmt`) }. Each axis is
+ * labelled: `xLabel` and `yLabel`.
+ */
 export class Chart {
   /** @param {HTMLElement} parent */
   constructor(parent, o) {
@@ -55,11 +60,19 @@ export class Chart {
   }
 
   /**
-   * Shows `x` and `series`: [{ label, color, dash?, values }]. The plot is rebuilt only when the set of
-   * series changes; otherwise its data is swapped in place, keeping a zoom.
+   * Shows `x` and `series`: [{ label, color, dash?, values, fmt?, labels? }] (`labels[i]`: text drawn by
+   * point i, such as a frontier's rule names). The plot is rebuilt only when the set of series changes;
+   * otherwise its data is swapped in place, keeping a zoom.
    */
   set(x, series) {
-    const signature = JSON.stringify([this.o.xAxis, series.map((s) => [s.label, s.color, s.dash])]);
+    this.series = series;
+    const signature = JSON.stringify([
+      this.o.xAxis,
+      this.o.xLabel,
+      this.o.yLabel,
+      this.o.xLog,
+      series.map((s) => [s.label, s.color, s.dash]),
+    ]);
     const data = [x, ...series.map((s) => s.values)];
     const full = x.length ? [x[0], x[x.length - 1]] : null;
     if (this.plot && signature === this.signature) {
@@ -78,30 +91,78 @@ export class Chart {
 
   #options(series) {
     const axis = this.o.xAxis;
-    const xFmt = (v) => (axis === "pct" ? `${fmt(v)}%` : fmtX(v, axis));
+    const xFmt = this.o.xValues ??
+      ((v) => (axis === "pct" ? fmtPct(v) : axis === "value" ? fmt(v) : fmtX(v, axis)));
     const grid = { stroke: "#eceff3", width: 1 };
+    const lines = this.o.lines !== false;
     return {
       ...this.#size(),
       title: this.o.title,
       cursor: { sync: { key: _SYNC, setSeries: false }, drag: { x: true, y: false } },
-      scales: { x: { time: false }, y: this.o.yLog ? { distr: 3 } : {} },
+      scales: {
+        x: { time: false, ...(this.o.xLog ? { distr: 3 } : {}) },
+        y: this.o.yLog ? { distr: 3 } : {},
+      },
       legend: { live: true },
       axes: [
-        { grid, ticks: grid, label: this.o.xLabel, values: (_u, vals) => vals.map(xFmt), size: 40 },
-        { grid, ticks: grid, values: (_u, vals) => vals.map(fmt), size: 56 },
+        {
+          grid,
+          ticks: grid,
+          label: this.o.xLabel,
+          labelSize: 20,
+          values: (_u, vals) => vals.map((v) => (v === null ? "" : xFmt(v))),
+          size: 40,
+        },
+        {
+          grid,
+          ticks: grid,
+          label: this.o.yLabel,
+          labelSize: 20,
+          values: (_u, vals) => vals.map(fmt),
+          size: 56,
+        },
       ],
       series: [
-        { label: this.o.xLabel, value: (_u, v) => xFmt(v) },
+        { label: this.o.xLabel, value: (_u, v) => (v === null || v === undefined ? "—" : xFmt(v)) },
         ...series.map((s) => ({
           label: s.label,
           stroke: s.color,
           width: s.width ?? 1.6,
           dash: s.dash,
           spanGaps: true,
-          value: (_u, v) => fmt(v),
-          points: this.o.points ? { show: true, size: 8, fill: s.color, stroke: s.color } : { show: false },
+          value: (_u, v) => (s.fmt ?? this.o.yFmt ?? fmt)(v),
+          ...(lines ? {} : { paths: () => null }),
+          points: this.o.points || !lines
+            ? { show: true, size: 8, fill: s.color, stroke: s.color }
+            : { show: false },
         })),
       ],
+      hooks: { draw: [(u) => this.#pointLabels(u)] },
     };
+  }
+
+  /** Draws each series' `labels` beside its points (the canvas is in device pixels). */
+  #pointLabels(u) {
+    const list = this.series ?? [];
+    if (!list.some((s) => s.labels)) return;
+    const ctx = u.ctx, dpr = globalThis.devicePixelRatio || 1;
+    ctx.save();
+    ctx.font = `${11 * dpr}px system-ui, sans-serif`;
+    ctx.textBaseline = "bottom";
+    list.forEach((s, si) => {
+      if (!s.labels || u.series[si + 1]?.show === false) return;
+      ctx.fillStyle = s.color;
+      u.data[0].forEach((x, i) => {
+        const y = u.data[si + 1][i], text = s.labels[i];
+        if (y === null || y === undefined || !text) return;
+        const px = u.valToPos(x, "x", true), py = u.valToPos(y, "y", true);
+        if (!Number.isFinite(px) || !Number.isFinite(py)) return;
+        // Beside the point, or before it where the text would leave the plot on the right.
+        const w = ctx.measureText(text).width, right = u.bbox.left + u.bbox.width;
+        const tx = px + 6 * dpr + w > right ? px - 6 * dpr - w : px + 6 * dpr;
+        ctx.fillText(text, tx, Math.max(u.bbox.top + 12 * dpr, py - 4 * dpr));
+      });
+    });
+    ctx.restore();
   }
 }

@@ -1,25 +1,17 @@
 /**
- * Helpers shared by the dashboard's page scripts: page data, JSON fetches, DOM building, number formats,
- * smoothing, sortable and filterable tables.
+ * Helpers shared by the dashboard's page scripts: page data, JSON fetches, DOM building, smoothing,
+ * sortable and filterable tables, local times and run colour swatches. Every number format is format.js's
+ * (re-exported here).
  *
  * @module
  */
 
-/** Distinct line colours (one per run when runs are overlaid, else one per metric). */
-export const COLORS = [
-  "#1f77b4",
-  "#d62728",
-  "#2ca02c",
-  "#ff7f0e",
-  "#9467bd",
-  "#17becf",
-  "#8c564b",
-  "#e377c2",
-  "#7f7f7f",
-  "#bcbd22",
-  "#393b79",
-  "#637939",
-];
+import { fmtNum, localTime, PALETTE } from "./format.js";
+
+export * from "./format.js";
+
+/** Distinct line colours where colour tells metrics apart, not runs (runs take `runColor`). */
+export const COLORS = PALETTE;
 
 /** The page's JSON data block. */
 export function pageData() {
@@ -48,17 +40,8 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-/** A number for people: 4 significant digits, K/M/G for large, exponent for tiny; "—" for none. */
-export function fmt(v) {
-  if (v === null || v === undefined || Number.isNaN(v)) return "—";
-  const a = Math.abs(v);
-  if (a >= 1e9) return `${(v / 1e9).toPrecision(3)}G`;
-  if (a >= 1e6) return `${(v / 1e6).toPrecision(3)}M`;
-  if (a >= 1e4) return `${(v / 1e3).toPrecision(3)}K`;
-  if (Number.isInteger(v)) return String(v);
-  if (a !== 0 && a < 1e-3) return v.toExponential(2);
-  return String(Number(v.toPrecision(4)));
-}
+/** A number for people (axis ticks, values of no named quantity): format.js's `fmtNum`. */
+export const fmt = fmtNum;
 
 /** Seconds → "12.5s", "3m05s", "1h02m". */
 export function fmtDuration(s) {
@@ -108,6 +91,38 @@ export function throttle(fn, ms) {
       fn();
     }, ms);
   };
+}
+
+/** A timestamp element: the ISO in `datetime` and (as UTC) in the title, the viewer's local time as text. */
+export function timeEl(iso) {
+  if (!iso) return "—";
+  return el("time", { datetime: iso, title: `${iso} (UTC)` }, localTime(iso));
+}
+
+/** Shows every `<time datetime>` under `root` in the viewer's local time (the server writes UTC). */
+export function localizeTimes(root = document) {
+  for (const t of root.querySelectorAll("time[datetime]")) {
+    const iso = t.getAttribute("datetime");
+    if (!Number.isNaN(Date.parse(iso))) t.textContent = localTime(iso);
+  }
+}
+
+/**
+ * Colours every `.swatch[data-color]` under `root` (the CSP allows no inline style attribute; a style set
+ * from a script is allowed).
+ */
+export function paintSwatches(root = document) {
+  for (const s of root.querySelectorAll(".swatch[data-color]")) {
+    const c = s.dataset.color;
+    if (/^#[0-9a-f]{6}$/i.test(c)) s.style.backgroundColor = c;
+  }
+}
+
+/** A colour swatch element. */
+export function swatch(color) {
+  const s = el("span", { class: "swatch", "data-color": color });
+  s.style.backgroundColor = color;
+  return s;
 }
 
 /** A status badge. */

@@ -1,20 +1,25 @@
 /**
  * The sparsity frontier: validation perplexity against the % of parameters active per token, one point per
- * inference rule that `eval` measured, one line per run; with a table of the points.
+ * inference rule that `eval` measured, one line per run (in the run's colour), each point labelled with its
+ * rule; with a table of the points.
  *
  * @module
  */
 import { align, Chart } from "./charts.js";
-import { COLORS, el, fmt, getJson, table } from "./common.js";
+import { el, fmtCount, fmtLoss, fmtPct, fmtPpl, fmtStep, getJson, runColors, table } from "./common.js";
 
 /** The frontier chart and table of several runs. */
 export class FrontierView {
+  /** `runs`: [{ id, name, color? }] (a run without a colour takes its `runColor`). */
   constructor(chartParent, tableParent, runs) {
-    this.runs = runs.map((r, i) => ({ ...r, color: COLORS[i % COLORS.length], points: [] }));
+    const colors = runColors(runs.map((r) => r.id));
+    this.runs = runs.map((r, i) => ({ ...r, color: r.color ?? colors[i], points: [] }));
     this.chart = new Chart(chartParent, {
       title: "Perplexity vs active parameters",
       xAxis: "pct",
       xLabel: "active parameters (%)",
+      yLabel: "validation perplexity",
+      yFmt: fmtPpl,
       points: true,
     });
     this.tableParent = tableParent;
@@ -44,23 +49,30 @@ export class FrontierView {
       this.tableParent.replaceChildren();
       return;
     }
-    const list = withData.map((r) => {
-      const ps = r.points.filter((p) => p.active_pct !== null && p.ppl !== null);
-      return { x: ps.map((p) => p.active_pct), y: ps.map((p) => p.ppl) };
-    });
+    const shown = withData.map((r) => r.points.filter((p) => p.active_pct !== null && p.ppl !== null));
+    const list = shown.map((ps) => ({ x: ps.map((p) => p.active_pct), y: ps.map((p) => p.ppl) }));
     const { x, ys } = align(list);
-    this.chart.set(x, withData.map((r, i) => ({ label: r.name, color: r.color, values: ys[i] })));
+    // Each point's rule name, at its place on the shared x axis.
+    const labels = shown.map((ps) => {
+      const out = new Array(x.length).fill(null);
+      for (const p of ps) out[x.indexOf(p.active_pct)] = p.rule;
+      return out;
+    });
+    this.chart.set(
+      x,
+      withData.map((r, i) => ({ label: r.name, color: r.color, values: ys[i], labels: labels[i] })),
+    );
     const many = this.runs.length > 1;
     const rows = withData.flatMap((r) =>
       r.points.map((p) => [
         ...(many ? [r.name] : []),
         el("code", {}, p.rule),
-        p.step,
-        p.active_pct === null ? "—" : `${fmt(p.active_pct)}%`,
-        p.hidden_pct === null ? "—" : `${fmt(p.hidden_pct)}%`,
-        p.active_params,
-        p.loss,
-        p.ppl,
+        fmtStep(p.step),
+        fmtPct(p.active_pct),
+        fmtPct(p.hidden_pct),
+        fmtCount(p.active_params),
+        fmtLoss(p.loss),
+        fmtPpl(p.ppl),
       ])
     );
     const headers = [

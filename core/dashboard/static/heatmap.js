@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { el, fmt } from "./common.js";
+import { el, fmtNum, fmtShare } from "./common.js";
 
 const _STOPS = [
   [68, 1, 84],
@@ -40,8 +40,8 @@ function _legend(vmax, experts) {
     ctx.fillStyle = _color(x / 199);
     ctx.fillRect(x, 0, 1, 12);
   }
-  const uniform = experts > 0 ? ` · uniform load 1/${experts} = ${fmt(1 / experts)}` : "";
-  return el("div", { class: "heat-legend" }, "0 ", c, ` ${fmt(vmax)}`, uniform);
+  const uniform = experts > 0 ? ` · uniform load 1/${experts} = ${fmtShare(1 / experts)}` : "";
+  return el("div", { class: "heat-legend" }, "0% ", c, ` ${fmtShare(vmax)}`, uniform);
 }
 
 /** Draws one kind's heatmaps (`hm`: { kind, steps, layers: [{ layer, experts, values, entropy }] }). */
@@ -91,12 +91,17 @@ function _layer(l, steps, vmax, width, tip) {
     const j = Math.floor((ev.clientX - r.left - left) / cw), e = Math.floor((ev.clientY - r.top) / rowH);
     if (j < 0 || j >= cols || e < 0 || e >= l.experts) return (tip.hidden = true);
     const ent = l.entropy[j];
-    tip.textContent = `layer ${l.layer} · expert ${e} · step ${steps[j]}: load ${fmt(l.values[e][j])}` +
-      (ent === null ? "" : ` · router entropy ${fmt(ent)}`);
+    tip.textContent = `layer ${l.layer} · expert ${e} · step ${steps[j]}: load ${fmtShare(l.values[e][j])}` +
+      (ent === null ? "" : ` · router entropy ${fmtNum(ent)}`);
     tip.hidden = false;
     tip.style.left = `${ev.clientX + 12}px`;
     tip.style.top = `${ev.clientY + 12}px`;
   });
   c.addEventListener("mouseleave", () => (tip.hidden = true));
-  return el("figure", { class: "heat" }, el("figcaption", {}, `layer ${l.layer} · ${l.experts} experts`), c);
+  return el(
+    "figure",
+    { class: "heat" },
+    el("figcaption", {}, `layer ${l.layer} · y: expert (0–${l.experts - 1}) · x: step`),
+    c,
+  );
 }

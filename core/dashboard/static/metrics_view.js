@@ -5,23 +5,25 @@
  * @module
  */
 import { align, Chart } from "./charts.js";
-import { COLORS, ema, getJson, throttle } from "./common.js";
+import { ema, fmtMetric, getJson, runColors, throttle } from "./common.js";
 
 const _MAX_STREAMS = 4;
 
 /**
- * The charts of a page. `specs`: [{ title, keys, smooth?, yLog? }], keys drawn in the chart (train/* keys
- * are smoothed when `smooth`). `runs`: [{ id, name }].
+ * The charts of a page. `specs`: [{ title, keys, yLabel, smooth?, yLog? }], keys drawn in the chart (train/*
+ * keys are smoothed when `smooth`). `runs`: [{ id, name, color? }]: each run is drawn in its colour (its
+ * `runColor` unless given), a chart's second key dashed.
  */
 export class MetricsView {
   constructor(container, runs, specs) {
-    this.runs = runs.map((r, i) => ({ ...r, color: COLORS[i % COLORS.length], series: {}, lastSeq: 0 }));
+    const colors = runColors(runs.map((r) => r.id));
+    this.runs = runs.map((r, i) => ({ ...r, color: r.color ?? colors[i], series: {}, lastSeq: 0 }));
     this.specs = specs;
     this.keys = [...new Set(specs.flatMap((s) => s.keys))];
     this.axis = "step";
     this.alpha = 0;
     this.charts = specs.map((s) =>
-      new Chart(container, { title: s.title, xAxis: "step", xLabel: "step", yLog: s.yLog })
+      new Chart(container, { title: s.title, xAxis: "step", xLabel: "step", yLabel: s.yLabel, yLog: s.yLog })
     );
     this.redraw = throttle(() => this.draw(), 200);
     this.listeners = [];
@@ -113,7 +115,7 @@ export class MetricsView {
     this.specs.forEach((spec, ci) => {
       const chart = this.charts[ci];
       chart.o.xAxis = this.axis;
-      chart.o.xLabel = this.axis;
+      chart.o.xLabel = { step: "step", tokens: "tokens", time: "elapsed time" }[this.axis] ?? this.axis;
       const list = [], meta = [];
       for (const run of this.runs) {
         spec.keys.forEach((key, ki) => {
@@ -123,12 +125,10 @@ export class MetricsView {
           list.push({ x: s[this.axis], y: ema(s.value, smooth) });
           meta.push({
             label: !many ? key : spec.keys.length > 1 ? `${run.name} · ${key}` : run.name,
-            color: many ? run.color : COLORS[ki % COLORS.length],
-            dash: many && ki > 0
-              ? [6, 4]
-              : key.startsWith("val/") && spec.keys.length > 1
-              ? [6, 3]
-              : undefined,
+            color: run.color,
+            dash: ki > 0 ? [6, 3] : undefined,
+            fmt: (v) => fmtMetric(key, v),
+            width: ki > 0 ? 1.4 : 1.6,
           });
         });
       }

@@ -4,24 +4,41 @@
  *
  * @module
  */
-import { el, fmtBytes, getJson, pageData, statusBadge, table, throttle } from "./common.js";
+import {
+  el,
+  fmtBytes,
+  fmtStep,
+  getJson,
+  localizeTimes,
+  pageData,
+  paintSwatches,
+  statusBadge,
+  table,
+  throttle,
+  timeEl,
+} from "./common.js";
 import { FrontierView } from "./frontier.js";
 import { drawHeatmaps } from "./heatmap.js";
 import { MetricsView } from "./metrics_view.js";
 
 /** The training charts, in page order. */
 export const TRAINING_CHARTS = [
-  { title: "Loss", keys: ["train/loss", "val/loss"], smooth: true },
-  { title: "Validation perplexity", keys: ["val/ppl"] },
-  { title: "Validation bits per byte", keys: ["val/bpb"] },
-  { title: "Learning rate", keys: ["train/lr"] },
-  { title: "Gradient norm", keys: ["train/grad_norm"], smooth: true },
-  { title: "MI router loss", keys: ["train/mi_loss/attention", "train/mi_loss/mlp"], smooth: true },
-  { title: "Throughput (tokens/s)", keys: ["train/tokens_per_s"], smooth: true },
+  { title: "Loss", keys: ["train/loss", "val/loss"], yLabel: "loss (nats/token)", smooth: true },
+  { title: "Validation perplexity", keys: ["val/ppl"], yLabel: "perplexity" },
+  { title: "Validation bits per byte", keys: ["val/bpb"], yLabel: "bits per byte" },
+  { title: "Learning rate", keys: ["train/lr"], yLabel: "learning rate" },
+  { title: "Gradient norm", keys: ["train/grad_norm"], yLabel: "gradient norm", smooth: true },
+  {
+    title: "MI router loss",
+    keys: ["train/mi_loss/attention", "train/mi_loss/mlp"],
+    yLabel: "MI loss",
+    smooth: true,
+  },
+  { title: "Throughput (tokens/s)", keys: ["train/tokens_per_s"], yLabel: "tokens/s", smooth: true },
 ];
 
 const data = pageData();
-const runs = data.ids.map((id, i) => ({ id, name: data.names[i] }));
+const runs = data.ids.map((id, i) => ({ id, name: data.names[i], color: data.colors?.[i] }));
 const main = data.run_id;
 const $ = (id) => document.getElementById(id);
 
@@ -31,8 +48,8 @@ let events = [];
 
 function showEvents() {
   const rows = events.slice(-200).reverse().map((e) => [
-    e.time.replace("T", " ").slice(0, 19),
-    e.step ?? "—",
+    timeEl(e.time),
+    fmtStep(e.step),
     el("span", { class: `kind kind-${e.kind}` }, e.kind),
     e.message,
   ]);
@@ -45,8 +62,8 @@ function showCheckpoints(list) {
   const rows = list.map((
     c,
   ) => [
-    c.step,
-    c.time.replace("T", " ").slice(0, 19),
+    fmtStep(c.step),
+    timeEl(c.time),
     fmtBytes(c.bytes),
     el("code", { title: c.sha256 }, c.sha256.slice(0, 12)),
     c.path,
@@ -75,6 +92,8 @@ async function showHeatmaps() {
 }
 
 async function start() {
+  localizeTimes();
+  paintSwatches();
   view.bindControls($("x-axis"), $("smoothing"), $("smoothing-value"));
   const details = await Promise.all(runs.map((r) => getJson(`/api/runs/${encodeURIComponent(r.id)}`)));
   const mine = details[0];
