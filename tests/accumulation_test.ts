@@ -135,7 +135,7 @@ Deno.test("run --dry-run shows the batch split, a micro-batch's activations and 
   assert(/gradient accumulators [\d.]+ MiB, activations of 4 sequences/.test(text), text);
 });
 
-Deno.test("on llvmpipe, a model past its loop limit (seq_len 1024, head_dim 64) is refused before anything is allocated", async () => {
+Deno.test("on llvmpipe, a micro-batch past its loop limit (64 × 1,024 tokens) is refused before anything is allocated", async () => {
   const ctx = (await testGpu()).withProfile("cpu-simd");
   let allocations = 0;
   const device = new Proxy(ctx.device, {
@@ -160,12 +160,14 @@ Deno.test("on llvmpipe, a model past its loop limit (seq_len 1024, head_dim 64) 
       attention: { kind: "mha", heads: 1, head_dim: 64 },
       mlp: { experts: 1, hidden: 64 },
     },
-    train: { batch: 8, micro_batch: 2 },
+    train: { batch: 128, micro_batch: 64 },
   });
   const e = await GpuTrainBackend.create(c, guarded).then(() => null, (e) => e);
   assert(e instanceof GpuLimitError, String(e));
   assert(
-    /^Cannot plan the training step: Cannot run attention.*T 1024.*Lower data\.seq_len/.test(e.message),
+    /^Cannot plan the training step: Cannot run .*65536.*lower train\.micro_batch × data\.seq_len/i.test(
+      e.message,
+    ),
     e.message,
   );
   assertEquals(allocations, 0);

@@ -1,5 +1,10 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { cli } from "./helpers/cli.ts";
+import { closeRunStores } from "../core/runs/open_store.ts";
+
+async function exists(path: string): Promise<boolean> {
+  return await Deno.stat(path).then(() => true, () => false);
+}
 
 /** Runs the CLI in-process and captures its output. */
 Deno.test("run --dry-run --json lists every sweep point of sweep-mi with its counts", async () => {
@@ -72,7 +77,63 @@ Deno.test("unknown flags and commands are usage errors with exit code 2", async 
 Deno.test("a missing config file is reported without a stack trace", async () => {
   const { code, err } = await cli("run", "configs/does-not-exist.yaml", "--dry-run");
   assertEquals(code, 2);
-  assert(err.join("\n").includes("does-not-exist.yaml"));
+  assertEquals(err.join("\n"), `Config error:\nno such file: ${Deno.cwd()}/configs/does-not-exist.yaml`);
+});
+
+Deno.test("quick-run traps: a warmup not below the steps names the fix; a missing data file is 'no such file: <absolute path>' (exit 2)", async () => {
+  const w = await cli("run", "configs/quickstart.yaml", "--dry-run", "--set", "train.steps=20");
+  assertEquals(w.code, 2, w.err.join("\n"));
+  const text = w.err.join("\n");
+  assert(
+    text.includes(
+      "train.schedule.warmup (30) must be less than train.steps (20): lower it, e.g. --set train.schedule.warmup=2",
+    ),
+    text,
+  );
+  assertEquals((await cli("run", "configs/quickstart.yaml", "--dry-run", "--set", "train.steps=30")).code, 2);
+  const dir = await Deno.makeTempDir();
+  try {
+    const cfg = `${dir}/nodata.yaml`;
+    await Deno.writeTextFile(
+      cfg,
+      `extends: ${Deno.cwd()}/tests/fixtures/micro.yaml\ndata: { source: nope.txt }\n`,
+    );
+    const d = await cli("run", cfg, "--runs-dir", `${dir}/runs`, "--no-dashboard");
+    assertEquals(d.code, 2, d.err.join("\n"));
+    assert(d.err.join("\n").includes(`: no such file: ${dir}/nope.txt`), d.err.join("\n"));
+    const glob = await cli(
+      "run",
+      cfg,
+      "--set",
+      "data.source=nodir/*.txt",
+      "--runs-dir",
+      `${dir}/runs`,
+      "--no-dashboard",
+    );
+    assertEquals(glob.code, 2, glob.err.join("\n"));
+    assert(glob.err.join("\n").includes(`: no such directory: ${dir}/nodir`), glob.err.join("\n"));
+    assert(!(await exists(`${dir}/runs`)), "nothing was created");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("run --stop-after: progress lines count to the stop and say where it is in the run", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const r = await cli(
+      ...["run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--no-dashboard", "--stop-after", "4"],
+      ...["--set", "train.steps=30", "--set", "train.log_every=2", "--set", "train.eval_every=30"],
+    );
+    assertEquals(r.code, 0, r.err.join("\n"));
+    const lines = r.err.filter((l) => /^step \d+\/|^stopping/.test(l));
+    assertEquals(lines[0], "stopping at step 4 of 30 (--stop-after 4), with a checkpoint");
+    assert(/^step 2\/4 {2}.* ETA \S+ \(stopping at 4 of 30\)$/.test(lines[1]!), lines.join("\n"));
+    assert(/^step 4\/4 {2}.* tok\/s {2}stopping at 4 of 30$/.test(lines[2]!), lines.join("\n"));
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("eval and generate refuse a malformed checkpoint file with exit code 2 and the reason, no stack trace", async () => {

@@ -188,14 +188,14 @@ Deno.test("loadExperiment() refuses a file over 1 MiB before parsing it", async 
 
 Deno.test("loadExperiment() names a missing config file", async () => {
   const e = await errorOfAsync(() => loadExperiment(`${FIX}/nope.yaml`));
-  assertEquals(e.message, `${FIX}/nope.yaml:1:1: (root): cannot find "${FIX}/nope.yaml"`);
+  assertEquals(e.message, `no such file: ${Deno.cwd()}/${FIX}/nope.yaml`);
 });
 
 Deno.test("loadExperiment() reports a missing extends target at that list element", async () => {
   const e = await errorOfAsync(() => loadExperiment(`${FIX}/missing_extends.yaml`));
   assertEquals(
     e.message,
-    `${FIX}/missing_extends.yaml:4:5: extends[1]: cannot find "no_such_base.yaml" (looked for ${FIX}/no_such_base.yaml)`,
+    `${FIX}/missing_extends.yaml:4:5: extends[1]: no such file: ${Deno.cwd()}/${FIX}/no_such_base.yaml (written "no_such_base.yaml")`,
   );
 });
 

@@ -270,11 +270,112 @@ Deno.test("generate refuses bad input with usage errors", async () => {
     [["generate", "nope", "--prompt", "a", "--temperature=-1"], /--temperature expects a number ≥ 0/],
     [["generate", "nope", "--prompt", "a", "--top-k", "1.5"], /--top-k expects an integer ≥ 0/],
     [["generate", "nope", "--prompt", "a", "--rule", "topk:2", "--rule", "dense"], /one --rule/],
+    [["generate", "nope", "--prompt", "a", "--top-p", "0"], /--top-p expects a number in \(0, 1\]/],
+    [["generate", "nope", "--prompt", "a", "--top-p", "1.5"], /--top-p expects a number in \(0, 1\]/],
+    // --p is the top_p routing rule's expert mass: alone, or after another rule, it is refused, pointing to
+    // --top-p for sampling.
+    [["generate", "nope", "--prompt", "a", "--p", "0.9"], /--p must follow the --rule top_p.*--top-p 0\.9/],
+    [
+      ["generate", "nope", "--prompt", "a", "--rule", "threshold", "--p", "0.9"],
+      /--p 0\.9 does not qualify the routing rule threshold before it: write --rule top_p --p 0\.9; for nucleus sampling of tokens use generate's --top-p 0\.9/,
+    ],
+    [["eval", "nope", "--rule", "topk", "--epsilon", "0.5"], /write --rule threshold --epsilon 0\.5/],
     [["generate", "no-such-run", "--prompt", "a", "--runs-dir", "/nonexistent-dir"], /./],
   ];
   for (const [argv, msg] of cases) {
     const r = await cli(...argv);
     assertEquals(r.code, 2, `${argv.join(" ")}: ${r.err.join("\n")}`);
     assert(msg.test(r.err.join("\n")), `${argv.join(" ")}: ${r.err.join("\n")}`);
+  }
+});
+
+Deno.test("sampleToken with topP keeps the fewest most likely tokens reaching P of the top-k tokens' mass", () => {
+  // At temperature 1: P(1) 0.432, P(3) 0.391, P(0) 0.096, P(4) 0.059, P(2) 0.022.
+  const logits = Float32Array.of(0.5, 2, -1, 1.9, 0);
+  const draws = (s: { temperature: number; topK: number; topP?: number }) =>
+    Array.from({ length: 400 }, (_, i) => sampleToken(logits, s, samplingUniform(3, i)));
+  const set = (d: number[]) => [...new Set(d)].sort();
+  assertEquals(set(draws({ temperature: 1, topK: 0, topP: 0.4 })), [1]); // 0.432 reaches 0.4
+  assertEquals(set(draws({ temperature: 1, topK: 0, topP: 0.85 })), [0, 1, 3]); // 0.823 does not reach 0.85
+  // Renormalised: P = 0.5 keeps tokens 1 and 3, drawn exactly as top-k 2 draws them.
+  assertEquals(draws({ temperature: 1, topK: 0, topP: 0.5 }), draws({ temperature: 1, topK: 2 }));
+  assertEquals(draws({ temperature: 1, topK: 0, topP: 1 }), draws({ temperature: 1, topK: 0 }));
+  // After top-k: P is of the kept tokens' mass (token 1 is 0.525 of tokens 1 and 3), as HF applies them.
+  assertEquals(set(draws({ temperature: 1, topK: 2, topP: 0.5 })), [1]);
+  // A higher temperature flattens the distribution, so more tokens are needed to reach P.
+  assertEquals(set(draws({ temperature: 5, topK: 0, topP: 0.85 })), [0, 1, 3, 4]);
+});
+
+Deno.test("the GPU sampler with top-p draws the host reference's token from the same logits, seed and index", async () => {
+  const ctx = await testGpu();
+  const rng = new Rng(5), V = 300;
+  const logits = createTensor(ctx, [V], "f32", undefined, "logits");
+  const ids = createTensor(ctx, [1], "u32", new Uint32Array(1), "ids");
+  const out = createTensor(ctx, [64], "u32", undefined, "out");
+  const state = createTensor(ctx, [1], "u32", new Uint32Array(1), "state");
+  let differ = 0, checked = 0;
+  for (const [temperature, topK, topP] of [[1, 0, 0.5], [0.7, 20, 0.8], [2, 0, 0.95], [1, 3, 0.3]] as const) {
+    const seed = 77 + topK;
+    const call = sampleTokenGpu(ctx, { logits, ids, out, state, temperature, topK, topP, seed });
+    writeTensor(ctx, state, new Uint32Array(1));
+    for (let n = 0; n < 24; n++) {
+      const l = Float32Array.from({ length: V }, () => Math.round(rng.next() * 40) / 8);
+      writeTensor(ctx, logits, l);
+      await runCalls(ctx, [call]).done();
+      const host = sampleToken(l, { temperature, topK, topP }, samplingUniform(seed, n));
+      const got = (await readTensor(ctx, ids))[0]!;
+      checked++;
+      if (got !== host) differ++;
+    }
+  }
+  // f32 sums on the GPU against float64 on the host may straddle a boundary; nothing more.
+  assert(differ <= 2, `${differ} of ${checked} draws differ`);
+  for (const t of [logits, ids, out, state]) t.buffer.destroy();
+});
+
+Deno.test("generate --top-p: the same tokens on the GPU and with --host-sampling, and shader setup timed apart (compile_s)", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const sets = [
+      "--set",
+      "train.steps=8",
+      "--set",
+      "train.eval_every=8",
+      "--set",
+      "train.checkpoint_every=8",
+    ];
+    const trained = await cli(
+      "run",
+      "tests/fixtures/micro.yaml",
+      ...sets,
+      "--runs-dir",
+      dir,
+      "--no-dashboard",
+      "--json",
+    );
+    assertEquals(trained.code, 0, trained.err.join("\n"));
+    const id = trained.json().run_id;
+    const gen = async (...more: string[]) => {
+      const r = await cli(
+        ...["generate", id, "--prompt", "x = ", "--max-tokens", "40", "--temperature", "1.2", "--top-k", "0"],
+        ...["--seed", "4", "--runs-dir", dir, "--json", ...more],
+      );
+      assertEquals(r.code, 0, r.err.join("\n"));
+      return { json: r.json(), err: r.err.join("\n") };
+    };
+    const [gpu, host, all] = [
+      await gen("--top-p", "0.6"),
+      await gen("--top-p", "0.6", "--host-sampling"),
+      await gen(),
+    ];
+    assertEquals(gpu.json.tokens, host.json.tokens);
+    notDeepStrictEqual(gpu.json.tokens, all.json.tokens);
+    assert(gpu.err.includes("top-p 0.6"), gpu.err);
+    // Setup (building and compiling the decoder's and sampler's shaders) is reported apart from decoding.
+    assert(gpu.json.compile_s > 0 && gpu.json.tokens_per_s > 0, JSON.stringify(gpu.json));
+    assert(/setup \(shader compilation, first step\) \d+\.\d\d s/.test(gpu.err), gpu.err);
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -1,7 +1,8 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { createApp } from "../core/dashboard/app.ts";
 import { fmt } from "../core/repro/markdown.ts";
-import { buildReproReport, type ReproReport } from "../core/repro/report.ts";
+import { buildReproReport, type ReproReport, SMOKE_TEST_NOTE } from "../core/repro/report.ts";
+import { reproSummary } from "../core/cli/repro_cmd.ts";
 import { loadReproSpec } from "../core/repro/spec.ts";
 import { closeRunStores, openRunStore } from "../core/runs/open_store.ts";
 import { cli } from "./helpers/cli.ts";
@@ -23,6 +24,13 @@ Deno.test("repro --scale micro trains five models, writes a report whose every n
     assertEquals(r.code, 0, r.err.join("\n"));
     const j = r.json();
     const md = await Deno.readTextFile(`${dir}/repro/REPORT.md`);
+    assert(
+      md.split("\n")[2]!.startsWith("> **Smoke test"),
+      "micro's report says first that it is a smoke test",
+    );
+    assert(!r.out.join("\n").includes("## Models"), "the terminal gets a summary, not the whole report");
+    assert(r.out.some((l) => l.startsWith("Claims (scale micro): ")), r.out.join("\n"));
+    assert(r.out.some((l) => l.includes(`${dir}/repro/REPORT.md`)), "the summary names the report");
     for (
       const h of [
         "## Claims",
@@ -105,4 +113,33 @@ Deno.test("repro refuses an unknown scale and stray arguments with usage errors"
     r.err.join("\n"),
   );
   assertEquals((await cli("repro", "extra")).code, 2);
+});
+
+Deno.test("repro prints a short summary: micro's smoke-test caveat first, each claim held or not, the report's path", () => {
+  const claim = (id: number, held: boolean | null) => ({
+    id,
+    claim: `claim ${id}`,
+    test: "t",
+    held,
+    evidence: `numbers ${id}`,
+  });
+  const report = {
+    id: "repro-micro-abc",
+    scale: "micro",
+    caveat: SMOKE_TEST_NOTE,
+    claims: [claim(1, true), claim(2, false), claim(3, null), claim(4, true)],
+  } as unknown as ReproReport;
+  const lines = reproSummary(report, "/tmp/r/repro/REPORT.md");
+  assert(lines[0]!.startsWith("Smoke test (--scale micro): This is a smoke test of the pipeline"), lines[0]);
+  assertEquals(lines.slice(2), [
+    "Claims (scale micro): 2 of 4 held",
+    "  1. held         claim 1: numbers 1",
+    "  2. did not hold claim 2: numbers 2",
+    "  3. not measured claim 3: numbers 3",
+    "  4. held         claim 4: numbers 4",
+    "Report repro-micro-abc: /tmp/r/repro/REPORT.md (also in the run store; deno task dashboard → /sweeps/repro-micro-abc)",
+  ]);
+  const small = reproSummary({ ...report, scale: "small", caveat: null }, "REPORT.md");
+  assertEquals(small[0], "Claims (scale small): 2 of 4 held");
+  assert(!small.join("\n").includes("Smoke test"));
 });

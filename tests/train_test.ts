@@ -255,11 +255,11 @@ Deno.test("a buffer the device refuses (out of memory) fails the run with exit 1
 Deno.test("a config past this adapter's limits is refused before any run exists: exit 2, the kernel's reason", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    // Attention over 1,024 tokens of head_dim 64 loops past llvmpipe's limit; a real GPU has none, so on one
-    // the run simply trains (then this test only checks that it starts).
+    // A step of 64 × 1,024 tokens: the MI loss's sums over them loop past llvmpipe's limit; a real GPU has
+    // none, so on one the run simply trains (then this test only checks that it starts).
     const r = await cli(
       ...["run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--no-dashboard", "--stop-after", "1"],
-      ...["--set", "data.seq_len=1024", "--set", "model.attention.head_dim=64"],
+      ...["--set", "data.seq_len=1024", "--set", "train.batch=64", "--set", "hardware.memory_budget=64GiB"],
     );
     const store = await openRunStore(dir);
     const runs = await store.listRuns();

@@ -135,13 +135,14 @@ function _randomToken(): string {
 }
 
 /**
- * Listens for SIGINT and SIGTERM (where the OS has them); returns the listeners added. `child`: SIGINT is
- * ignored (a no-op listener), as Ctrl-C in a terminal reaches the whole process group.
+ * Listens for SIGINT and SIGTERM (where the OS has them); returns the listeners added. `child`: SIGINT and
+ * SIGHUP are ignored (no-op listeners), as Ctrl-C and a closed terminal reach the whole process group: the
+ * trainer stops on them with a checkpoint, and the child goes when the trainer does (its stdin closes).
  */
 function _listen(fn: () => void, child: boolean): [Deno.Signal, () => void][] {
   const out: [Deno.Signal, () => void][] = [];
-  for (const s of ["SIGINT", "SIGTERM"] as const) {
-    const listener = child && s === "SIGINT" ? _ignore : fn;
+  for (const s of child ? ["SIGINT", "SIGTERM", "SIGHUP"] as const : ["SIGINT", "SIGTERM"] as const) {
+    const listener = child && s !== "SIGTERM" ? _ignore : fn;
     try {
       Deno.addSignalListener(s, listener);
       out.push([s, listener]);

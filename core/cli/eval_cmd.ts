@@ -16,6 +16,7 @@ import { countParams, layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
 import { denseRules, parseRuleSpec, ruleParamValue } from "../infer/rule_spec.ts";
+import { ruleParam } from "../ref/routing.ts";
 import { fmtCount, table } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
 import { boundedInt, parseCommandArgs } from "./args.ts";
@@ -30,9 +31,11 @@ export const EVAL_USAGE =
   `Usage: deno task eval <run-id | run-dir | checkpoint.safetensors> [--rule RULE [--epsilon E | --k K | --p P]]…
 
 Evaluates the newest complete checkpoint of a run (or one checkpoint file) on validation data under each
-inference rule, beside dense evaluation of the same model. Without --rule: the config's own rule(s).
+inference rule, beside dense evaluation of the same model. Without --rule: the config's own rule(s). A run is
+its id, its name (the newest finished run of that name) or a unique id prefix.
 
-Rules (for MLP and attention routers alike; prefix mlp= or attention= to set one side):
+Routing rules: which experts run per token (for MLP and attention routers alike; prefix mlp= or attention=
+to set one side). The routing rule top_p is not nucleus sampling of tokens (that is generate's --top-p):
   --rule threshold --epsilon 0.5     expert i runs iff N·S_i > epsilon (also --rule threshold:0.5)
   --rule topk --k 2                  the k most probable experts (also --rule topk:2)
   --rule threshold_topk --epsilon E  one K for all tokens: the batch's mean count under the threshold
@@ -285,8 +288,26 @@ export function parseRules(
     }
     if (t.name !== "epsilon" && t.name !== "k" && t.name !== "p") continue;
     const last = rules.at(-1);
-    if (!last) throw new UsageError(`--${t.name} must follow the --rule it qualifies`);
     const name = t.name;
+    // --p is the top_p *routing* rule's expert mass; nucleus sampling of tokens is generate's --top-p.
+    const sampling = name === "p" ? `; for nucleus sampling of tokens use generate's --top-p ${t.value}` : "";
+    if (!last) {
+      throw new UsageError(
+        name === "p"
+          ? `--p must follow the --rule top_p it qualifies (a routing rule: which experts run)${sampling}`
+          : `--${name} must follow the --rule it qualifies`,
+      );
+    }
+    if (ruleParam(last.mlp.kind) !== name && ruleParam(last.attention.kind) !== name) {
+      const wants = name === "p" ? "top_p" : name === "k" ? "topk" : "threshold";
+      const was = last.mlp.kind === last.attention.kind
+        ? last.mlp.kind
+        : `mlp=${last.mlp.kind},attention=${last.attention.kind}`;
+      throw new UsageError(
+        `--${name} ${t.value} does not qualify the routing rule ${was} before it: ` +
+          `write --rule ${wants} --${name} ${t.value}${sampling}`,
+      );
+    }
     const v = _usage(() => ruleParamValue(name, t.value ?? "", `--${name} ${t.value}`), "");
     for (const side of [last.mlp, last.attention]) side[t.name] = v;
   }

@@ -25,20 +25,29 @@ export const GENERATE_USAGE =
   `Usage: deno task generate <run-id | run-dir | checkpoint.safetensors> --prompt TEXT [options]
 
 Streams a continuation of TEXT from the newest complete checkpoint of a run (or one checkpoint file),
-decoding one token at a time with a KV cache; routed layers run only the experts the rule selects.
+decoding one token at a time with a KV cache; routed layers run only the experts the rule selects. A run is
+its id, its name (the newest finished run of that name) or a unique id prefix.
 
 Options:
   --prompt TEXT        text to continue (required, not empty)
   --max-tokens N       new tokens to generate (default 200, at most 100000)
+
+Sampling (which token comes next):
   --temperature T      sampling temperature, 0 = always the most likely token (default 0.8)
   --top-k K            sample among the K most likely tokens, 0 = all (default 40)
+  --top-p P            nucleus sampling: of those, the fewest most likely tokens whose probability
+                       reaches P, in (0, 1] (default 1 = all)
   --seed N             sampling seed (default 1): the same seed gives the same text
   --host-sampling      draw each token on the host from read-back logits (one GPU wait per token)
                        instead of on the GPU, where the next step embeds it directly (same tokens)
+
+Routing (which experts run; not sampling):
   --rule RULE          inference routing rule, as for eval (default: the config's router.infer):
                        threshold:0.5 | topk:2 | threshold_topk:0.5 | top_p:0.9 | dense |
-                       mlp=RULE,attention=RULE  (or --rule threshold --epsilon 0.5, --k, --p)
-  --json               last stdout line: {"text","new_tokens","tokens_per_s","active_params",…}
+                       mlp=RULE,attention=RULE  (or --rule threshold --epsilon 0.5, --rule topk --k 2,
+                       --rule top_p --p 0.9: the routing rule's expert probability mass, not --top-p)
+
+  --json               last stdout line: {"text","new_tokens","tokens_per_s","compile_s",…}
 ${storeUsage(23)}
 
 The context is the model's seq_len; when it fills, its newest half is kept and re-encoded.`;
@@ -53,6 +62,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
     "max-tokens": { type: "string" },
     temperature: { type: "string" },
     "top-k": { type: "string" },
+    "top-p": { type: "string" },
     seed: { type: "string" },
     "host-sampling": { type: "boolean" },
     rule: { type: "string", multiple: true },
@@ -77,6 +87,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
     (v) => Number.isSafeInteger(v) && v >= 0,
     "an integer ≥ 0",
   );
+  const topP = _number("top-p", values["top-p"], 1, (v) => v > 0 && v <= 1, "a number in (0, 1]");
   const seed = _number("seed", values.seed, 1, (v) => Number.isSafeInteger(v) && v >= 0, "an integer ≥ 0");
   const asked = parseRules(parsed.tokens ?? []);
   if (asked.length > 1) throw new UsageError("generate takes one --rule (eval compares several)");
@@ -92,7 +103,10 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
   const rule = routed ? ruleName(rules, { mlp: shape.routedMlp, attention: shape.routedAtt }) : "dense";
   io.err(
     `Generating from ${target.label} (step ${target.step}): ${routed ? `rule ${rule}, ` : ""}` +
-      `temperature ${temperature}, top-k ${topK || "all"}, seed ${seed}, up to ${maxTokens} tokens`,
+      `temperature ${temperature}, top-k ${topK || "all"}${
+        topP < 1 ? `, top-p ${topP}` : ""
+      }, seed ${seed}, ` +
+      `up to ${maxTokens} tokens`,
   );
   const gpu = await openGpu({
     powerPreference: c.hardware.power_preference,
@@ -102,14 +116,19 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
   const tok = target.tokenizer, stream = tok.decoder();
   const promptIds = [...tok.encode(prompt)];
   if (promptIds.length === 0) throw new UsageError("--prompt encodes to no tokens");
+  let compile = 0;
   try {
+    const c0 = performance.now();
+    // Building the decoder compiles its shaders and runs one throwaway step: setup, timed apart.
     const dec = await Decoder.create(gpu, c, target.params, rules);
+    compile = (performance.now() - c0) / 1000;
     try {
       io.write(prompt);
       result = await generate(dec, promptIds, {
         maxTokens,
         temperature,
         topK,
+        topP,
         seed,
         hostSampling: !!values["host-sampling"],
         // A character whose bytes are split across tokens is written once, whole, with its last token.
@@ -123,9 +142,11 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
     gpu.destroy();
   }
   const r = result;
+  const compileSeconds = compile + r.setupSeconds;
   io.err(
     `${r.tokens.length} tokens: ${r.tokensPerS.toFixed(1)} tokens/s decoding, prompt of ${r.promptTokens} ` +
-      `tokens in ${(r.prefillSeconds * 1000).toFixed(0)} ms` +
+      `tokens in ${(r.prefillSeconds * 1000).toFixed(0)} ms, setup (shader compilation, first step) ` +
+      `${compileSeconds.toFixed(2)} s` +
       (r.contextShifts > 0 ? `, ${r.contextShifts} context shift(s)` : "") +
       (routed
         ? `; active params ${fmtCount(r.activeParams)} per token (${r.activePct.toFixed(1)}% of ` +
@@ -146,6 +167,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
       new_tokens: r.tokens.length,
       tokens: r.tokens,
       tokens_per_s: r.tokensPerS,
+      compile_s: compileSeconds,
       prefill_s: r.prefillSeconds,
       decode_s: r.decodeSeconds,
       context_shifts: r.contextShifts,

@@ -20,7 +20,7 @@ import { reproCommand } from "./repro_cmd.ts";
 import { useStore } from "./store_flag.ts";
 import { DataError } from "../data/sources.ts";
 import { GpuLimitError } from "../../gpu/errors.ts";
-import { RunBusyError, StoreMissingError } from "../runs/store_errors.ts";
+import { AmbiguousRunError, NoSuchRunError, RunBusyError, StoreMissingError } from "../runs/store_errors.ts";
 import { CheckpointError } from "../runs/checkpoints.ts";
 import { RUN_USAGE, USAGE } from "./usage.ts";
 import { resumeRun, trainRuns } from "./train_cmd.ts";
@@ -32,9 +32,23 @@ export const DEFAULT_CONFIG = "configs/quickstart.yaml";
 
 const _encoder = new TextEncoder();
 
+/**
+ * A line to a terminal or pipe that may be gone (the terminal closed, the reader killed): dropped rather
+ * than thrown, so that a run stopping on SIGHUP still finishes its step, checkpoint and record.
+ */
+function _lineTo(print: (line: string) => void): (line: string) => void {
+  return (line) => {
+    try {
+      print(line);
+    } catch {
+      // Nowhere to write; the run store keeps what matters.
+    }
+  };
+}
+
 const _stdio: CliIo = {
-  out: (line) => console.log(line),
-  err: (line) => console.error(line),
+  out: _lineTo((line) => console.log(line)),
+  err: _lineTo((line) => console.error(line)),
   write: (text) => {
     const bytes = _encoder.encode(text);
     for (let i = 0; i < bytes.length;) i += Deno.stdout.writeSync(bytes.subarray(i));
@@ -75,6 +89,8 @@ export async function main(argv: readonly string[], io: CliIo = _stdio): Promise
         return await workerCommand(rest, io);
       case "store":
         return await (await import("./store_cmd.ts")).storeCommand(rest, io);
+      case "runs":
+        return await (await import("./runs_cmd.ts")).runsCommand(rest, io);
       case "bench":
         return await (await import("./bench_cmd.ts")).benchCommand(rest, io); // loads tfjs only here
       default:
@@ -98,11 +114,11 @@ function _report(e: unknown, io: CliIo): number {
     io.err(`Plan refused: ${e.message}`);
     return EXIT_USAGE; // refused before anything ran or was written
   }
-  // Bad data, a store that is not there, a run another process holds and a checkpoint, manifest or run
-  // directory refused before use: nothing was done (exit 2).
+  // Bad data, a store that is not there, a run another process holds, a run that is not there (or a prefix of
+  // several) and a checkpoint, manifest or run directory refused before use: nothing was done (exit 2).
   if (
     e instanceof DataError || e instanceof StoreMissingError || e instanceof RunBusyError ||
-    e instanceof CheckpointError
+    e instanceof CheckpointError || e instanceof NoSuchRunError || e instanceof AmbiguousRunError
   ) {
     io.err(`Error: ${e.message}`);
     return EXIT_USAGE;
@@ -116,6 +132,7 @@ function _report(e: unknown, io: CliIo): number {
 async function _run(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseCommandArgs("run", args, {
     set: { type: "string", multiple: true },
+    sweep: { type: "string", multiple: true },
     "dry-run": { type: "boolean" },
     "stop-after": { type: "string" },
     resume: { type: "string" },
@@ -142,7 +159,7 @@ async function _run(args: string[], io: CliIo): Promise<number> {
   if (values.resume !== undefined) {
     // A resumed run keeps its stored config and trains: flags that would change the config or train nothing
     // are refused rather than ignored.
-    const ignored = (["dry-run", "set"] as const).find((f) => values[f] !== undefined);
+    const ignored = (["dry-run", "set", "sweep"] as const).find((f) => values[f] !== undefined);
     if (ignored) {
       throw new UsageError(
         `--${ignored} does not go with --resume: a resumed run continues with the config it was started with ` +
@@ -153,7 +170,7 @@ async function _run(args: string[], io: CliIo): Promise<number> {
     return await resumeRun(values.resume, io, values);
   }
   const file = positionals[0] ?? DEFAULT_CONFIG;
-  const loaded = await loadExperiment(file, { sets: values.set ?? [] });
+  const loaded = await loadExperiment(file, { sets: values.set ?? [], sweeps: values.sweep ?? [] });
   useStore(values, { value: _configStore(loaded), file });
   rememberFileTokenizers(loaded.points, file.includes("/") ? file.slice(0, file.lastIndexOf("/")) : ".");
   if (!values["dry-run"]) {

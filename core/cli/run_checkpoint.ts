@@ -21,16 +21,17 @@ import {
   type StoredRun,
 } from "../runs/stored_run.ts";
 import { CheckpointError, manifestPath } from "../runs/checkpoints.ts";
+import { resolveRunRef } from "../runs/resolve_run.ts";
 import { StoreDamagedError, StoreReadOnlyError } from "../runs/store_errors.ts";
 import { type Tokenizer, TOKENIZER_METADATA, tokenizerFromMetadata } from "../data/tokenizers.ts";
 import { rememberTokenizerVocab, tokenizerJsonVocabSize } from "../data/vocab.ts";
 import type { CliIo } from "./io.ts";
 
-/** The one run id, run directory or checkpoint file that `command` takes. */
+/** The one run (id, name, id prefix or directory) or checkpoint file that `command` takes. */
 export function targetArg(command: string, positionals: string[]): string {
   if (positionals.length !== 1) {
     throw new UsageError(
-      `${command} takes one run id, run directory or checkpoint file, got ${positionals.length}`,
+      `${command} takes one run id (or run name, id prefix, run directory) or checkpoint file, got ${positionals.length}`,
     );
   }
   return positionals[0]!;
@@ -60,9 +61,11 @@ export async function loadTarget(
   warn: (line: string) => void = () => {},
 ): Promise<Target> {
   if (arg.endsWith(".safetensors")) return await _loadFile(arg);
+  // A name or an id prefix means a run too (core/runs/resolve_run.ts); "Using run <id>" goes to `warn`.
+  const id = await resolveRunRef(runsDir, arg, { purpose: "read", notice: warn });
   let stored: StoredRun;
   try {
-    stored = await openStoredRun(runsDir, arg, {
+    stored = await openStoredRun(runsDir, id, {
       purpose: "infer",
       onSkip: (e, why) => warn(`skipping checkpoint step ${e.step}: ${why}; using an older one`),
     });

@@ -18,11 +18,13 @@ import {
 import { formatProfile } from "../train/profile.ts";
 import { continueRun } from "../train/continue_run.ts";
 import { openStoredRun } from "../runs/stored_run.ts";
+import { resolveRunRef } from "../runs/resolve_run.ts";
 import { positiveInt } from "./args.ts";
 import type { CliIo } from "./io.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
 import { liveDashboard } from "./live_dashboard.ts";
 import { dataProgress } from "./progress.ts";
+import { abortOnStop } from "./stop_signals.ts";
 import { openRunStore } from "../runs/open_store.ts";
 
 /** Flags of `run` used here. */
@@ -35,20 +37,12 @@ export interface RunFlags {
   profile?: boolean;
 }
 
+/**
+ * Aborted by SIGINT, SIGTERM or SIGHUP, or when the task runner that started this process is gone: the
+ * trainer then finishes its step, writes a checkpoint and marks the run interrupted (core/cli/stop_signals.ts).
+ */
 export function abortOnSignal(io: CliIo): AbortController {
-  const ac = new AbortController();
-  const onSig = () => {
-    if (ac.signal.aborted) Deno.exit(130);
-    io.err("Interrupted: finishing the current step and writing a checkpoint (Ctrl-C again to quit now)…");
-    ac.abort();
-  };
-  try {
-    Deno.addSignalListener("SIGINT", onSig);
-    Deno.addSignalListener("SIGTERM", onSig);
-  } catch {
-    // Signals are not available on every platform; the run simply cannot be interrupted gracefully there.
-  }
-  return ac;
+  return abortOnStop(io);
 }
 
 /** Trains every point of `loaded`. */
@@ -65,6 +59,7 @@ export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunF
   // Bad data stops the command (exit 2) before the dashboard opens, and so creates, the store.
   const data = await loadExperimentData(loaded, dir, dataLoadOptions(load));
   const live = await liveDashboard(runsDir, flags, io);
+  if (live && loaded.sweepId) io.err(`live sweep: ${live.url}sweeps/${loaded.sweepId}`);
   let outcomes: PointOutcome[];
   try {
     outcomes = await runExperiment(loaded, {
@@ -89,6 +84,13 @@ export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunF
     `Runs are in ${store} (records and metrics) and ${runsDir}/<run-id>/ (config.yaml, ckpt/). ` +
       `Resume one with: deno task run --resume <run-id>`,
   );
+  if (loaded.sweepId) {
+    const dirFlag = runsDir === "runs" ? "" : ` --runs-dir ${runsDir}`;
+    io.out(
+      `Sweep ${loaded.sweepId}: its page is /sweeps/${loaded.sweepId} on the dashboard ` +
+        `(deno task dashboard${dirFlag}, then http://127.0.0.1:8000/sweeps/${loaded.sweepId})`,
+    );
+  }
   if (flags.json) io.out(JSON.stringify(_json(outcomes)));
   return outcomes.some((o) => o.status === "failed") ? EXIT_RUN_FAILURE : EXIT_OK;
 }
@@ -109,8 +111,9 @@ function _json(outcomes: PointOutcome[]) {
 /** `run --resume <id>`: rebuilds the run's backend from its config and continues from its newest checkpoint. */
 export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise<number> {
   // Refusals (no such run, a damaged or tampered checkpoint, a config over budget) come before anything is
-  // allocated or written: exit 2, the run as it was.
-  const stored = await openStoredRun(flags["runs-dir"] ?? "runs", id, {
+  // allocated or written: exit 2, the run as it was. A run name means its newest run (core/runs/resolve_run.ts).
+  const runId = await resolveRunRef(flags["runs-dir"] ?? "runs", id, { purpose: "any", notice: io.err });
+  const stored = await openStoredRun(flags["runs-dir"] ?? "runs", runId, {
     purpose: "resume",
     onSkip: (e, why) => io.err(`skipping checkpoint step ${e.step}: ${why}; resuming from an older one`),
   }).catch((e) => {

@@ -14,20 +14,26 @@ Usage: deno task <command> [options]
 
 Commands:
   run [config.yaml] [--set k=v]… [--dry-run] [--stop-after N]   train (default config: configs/quickstart.yaml)
-  run --resume <run-id>                                          continue from the newest complete checkpoint
+  run <config.yaml> --sweep k=v1,v2[,…]…                         train a grid: one run per combination
+  run --resume <run>                                             continue from the newest complete checkpoint
   run <sweep.yaml> --store postgres://… --enqueue                queue a sweep's points for workers
   prepare <config.yaml> [--cache-dir DIR] [--set k=v]…           tokenize the data once into token shards
   worker --store postgres://… [--runs-dir SHARED] [--sweep ID]   train queued points (any number, any machine)
-  eval <run-id|ckpt> [--rule threshold --epsilon 0.5 | --rule topk --k 2 | …]… [--batches N]
-  generate <run-id|ckpt> --prompt TEXT [--max-tokens N] [--rule …]
+  eval <run-id|ckpt> [--rule threshold --epsilon 0.5 | --rule topk --k 2 | …]… [--batches N]  (routing rules)
+  generate <run-id|ckpt> --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] (sampling)
+                         [--rule …] (routing rule)
   dashboard [--port 8000] [--host 127.0.0.1] [--token T]         serve the runs dashboard (live charts, API)
   bench [--json] [--suite NAME] [--quick] [--per-sync N]
   repro [--scale micro|small]                                    reproduce the paper's claims; write a report
   store check | rebuild [--full]                                 check the run store against the run dirs; rebuild it
+  runs [--name GLOB] [--status S] [--sweep ID] [--limit N]       list runs, newest first, with final val loss
+  runs show <run> | runs rm <run>… [--yes]                       one run's record and metrics; remove runs
   test                                                           fmt, lint, type check and the test suite
 
 Common options: --json (last stdout line is one JSON object), --runs-dir DIR (default runs/),
   --store URL (run store: postgres://… or a SQLite file; default $DSMOE_STORE, else DIR/runs.db), -h/--help.
+A <run> is a run id, a unique id prefix or a run name (eval, generate: its newest finished run; run --resume,
+  runs show, runs rm: its newest run).
 Exit codes: 0 ok, 1 run failure, 2 usage or config error.`;
 
 /** Usage of \`run\`. */
@@ -37,9 +43,14 @@ Trains the experiment in config.yaml (default configs/quickstart.yaml); a sweep:
 
 Options:
   --set key.path=value   override a config value (repeatable), typed by the schema: --set model.mlp.experts=8
+  --sweep key=v1,v2,…    sweep key over the values (each parsed as YAML, as for --set); repeatable: several
+                         --sweep flags make a grid of every combination, one run per point, as a sweep:
+                         grid block would (added to the config's own sweep:, which may not sweep the key too)
   --dry-run              print the resolved config(s), parameter counts, FLOPs and memory; train nothing
-  --stop-after N         stop after N steps (a checkpoint is written)
-  --resume RUN_ID        continue a run from its newest intact checkpoint (checked against its config: shapes,
+  --stop-after N         stop after N steps (a checkpoint is written); Ctrl-C, SIGTERM and SIGHUP (also
+                         sent only to deno task or npx) stop the same way after the current step
+  --resume RUN           continue a run (its id, name: the newest run of that name, or a unique id prefix)
+                         from its newest intact checkpoint (checked against its config: shapes,
                          finite values, optimizer state); a run that never wrote one starts from step 0.
                          If every checkpoint it lists is damaged, nothing is done (exit 2) and the message
                          names each file; to start over from step 0 as a new run:
@@ -140,3 +151,28 @@ Options:
   --quick        small sizes, 2 samples with p = 2 (for tests)
   --per-sync N   p = N in every case instead of sizing it
   --json         one JSON object per row, then a summary object as the last line`;
+
+/** Usage of \`runs\`. */
+export const RUNS_USAGE = `Usage: deno task runs [list | show <run> | rm <run>…] [options]
+
+list   (the default) runs in the store, newest first: id, name, status, step, start (UTC) and the last
+       validation loss, perplexity and bits per byte; at most --limit of them
+show   one run: its record, run directory, config.yaml, checkpoints and the last value of each metric
+rm     removes runs: their rows in the store (record, metrics, events, checkpoint records) and their run
+       directories <runs-dir>/<id>/, nothing outside the runs directory. Asks first on a terminal; without
+       one (a script, a pipe) it removes nothing unless --yes is given (exit 2). A run that a live process
+       trains is refused (exit 2), and then no run is removed.
+
+A <run> is a run id, a run name (here: its newest run, whatever its status; eval and generate take its
+newest finished one) or the start of exactly one run's id ("Using run <id>" says which); a prefix of
+several ids exits 2 listing them.
+
+Options:
+  --name GLOB            list: runs whose name matches (* any characters, ? one): --name 'sweep-mi.*'
+  --status S             list: running, finished, failed or interrupted
+  --sweep ID             list: the runs of one sweep (its id, or the start of it)
+  --limit N              list: at most N runs (default 50)
+  -y, --yes              rm: remove without asking
+  --json                 last stdout line: list {"store","total","runs":[…]}; show {"run","directory",
+                         "config_path","checkpoints","metrics"}; rm {"removed":[{"id","dir","files"}]}
+${storeUsage(25)}`;

@@ -12,7 +12,10 @@ export interface SourcePos {
   col: number;
 }
 
-/** One problem in a config. `keyPath` is dotted (`model.mlp.experts`); "" means the whole file. */
+/**
+ * One problem in a config. `keyPath` is dotted (`model.mlp.experts`); "" means the whole file. Line 0: no
+ * position (the file could not be opened); the message names the file.
+ */
 export interface ConfigIssue {
   file: string;
   line: number;
@@ -46,8 +49,12 @@ export class ConfigError extends Error {
   }
 }
 
-/** Formats one issue as `file:line:col: key.path: message` (an empty key path reads `(root)`). */
+/**
+ * Formats one issue as `file:line:col: key.path: message` (an empty key path reads `(root)`); one without a
+ * position (line 0) is its message alone.
+ */
 export function formatIssue(issue: ConfigIssue): string {
+  if (issue.line === 0) return issue.message; // about a file as a whole that could not be read: no position
   return `${issue.file}:${issue.line}:${issue.col}: ${issue.keyPath || "(root)"}: ${issue.message}`;
 }
 

@@ -16,7 +16,7 @@ import {
   quoteClipped,
   type SourcePos,
 } from "./errors.ts";
-import { applySets, mergeSourced, withoutKey } from "./overrides.ts";
+import { applySets, applySweeps, mergeSourced, withoutKey } from "./overrides.ts";
 import type { Experiment } from "./schema.ts";
 import { expandSweep, sweepId, type SweepPoint } from "./sweep.ts";
 import { deepFreeze, validateExperiment } from "./validate.ts";
@@ -38,6 +38,8 @@ export interface LoadedExperiment {
 export interface LoadOptions {
   /** `key=value` overrides (the CLI's `--set`), applied after `extends`, in order. */
   sets?: readonly string[];
+  /** `key=v1,v2,…` grid axes (the CLI's `--sweep`), added to the `sweep:` block after the `--set`s. */
+  sweeps?: readonly string[];
 }
 
 /** Longest `extends` chain followed. */
@@ -110,7 +112,7 @@ export function parseExperimentText(text: string, file: string, options: LoadOpt
   const own = parseYaml(text, file);
   const graph: _Graph = { done: new Map(), files: 1, bytes: new TextEncoder().encode(text).length };
   const merged = _resolveExtends(own, file, [{ abs: resolve(file), display: file }], graph).tree;
-  const tree = applySets(merged, options.sets ?? []);
+  const tree = applySweeps(applySets(merged, options.sets ?? []), options.sweeps ?? []);
   const config = deepFreeze(validateExperiment(tree));
   const points = expandSweep(config, tree);
   // Where runs are stored is not part of what they are: the same sweep has one id in any store.
@@ -291,8 +293,12 @@ function _checkFileInfo(info: Deno.FileInfo, path: string, at: SourcePos, keyPat
 function _readError(e: unknown, path: string, at: SourcePos, keyPath: string, asWritten: string): Error {
   if (e instanceof ConfigError) return e;
   if (e instanceof Deno.errors.NotFound) {
-    const where = asWritten === path ? "" : ` (looked for ${path})`;
-    return new ConfigError([issueAt(at, keyPath, `cannot find "${asWritten}"${where}`)]);
+    // The config file itself has no line to point at: the message alone. A base names its `extends` entry.
+    const message = `no such file: ${resolve(path)}`;
+    if (keyPath === "" && asWritten === path) {
+      return new ConfigError([{ ...at, line: 0, col: 0, keyPath, message }]);
+    }
+    return new ConfigError([issueAt(at, keyPath, `${message} (written "${asWritten}")`)]);
   }
   if (e instanceof Error) {
     return new ConfigError([issueAt(at, keyPath, `cannot read "${path}": ${e.message}`)]);

@@ -119,7 +119,7 @@ Deno.test("loadExperiment() reads each file of a diamond extends graph once: 24 
   for (let i = 0; i < L; i++) {
     const next = i + 1 === L ? "[leaf.yaml, leaf.yaml]" : `[x${i + 1}.yaml, y${i + 1}.yaml]`;
     files[`x${i}.yaml`] = `extends: ${next}\nseed: ${i}\n`;
-    files[`y${i}.yaml`] = `extends: ${next}\ntrain: { steps: ${100 + i} }\n`;
+    files[`y${i}.yaml`] = `extends: ${next}\ntrain: { steps: ${200 + i} }\n`;
   }
   files["leaf.yaml"] = "name: leaf\nmodel: { d_model: 48 }\n";
   files["top.yaml"] = "extends: [x0.yaml, y0.yaml]\nname: top\n";
@@ -132,8 +132,8 @@ Deno.test("loadExperiment() reads each file of a diamond extends graph once: 24 
     const { config } = await loadExperiment(`${dir}/top.yaml`);
     const ms = performance.now() - t0;
     console.log(`24-level diamond (${reads.length} files read) loaded in ${ms.toFixed(0)} ms`);
-    // Later bases win: y0 (steps 100) over x0, and y0's seed comes from the deepest x, x23.
-    assertEquals([config.name, config.seed, config.train.steps, config.model.d_model], ["top", 23, 100, 48]);
+    // Later bases win: y0 (steps 200) over x0, and y0's seed comes from the deepest x, x23.
+    assertEquals([config.name, config.seed, config.train.steps, config.model.d_model], ["top", 23, 200, 48]);
     assertEquals(reads.length, 2 * L + 2); // every file once
     assert(ms < 5_000, `${ms} ms`); // a liveness bound; it was exponential (16 levels: over 30 s)
   } finally {

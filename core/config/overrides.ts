@@ -161,3 +161,96 @@ function _parseSet(arg: string, issues: ConfigIssue[]): _ParsedSet | null {
     return null;
   }
 }
+
+/** The file name that issues about `--sweep` arguments carry (line 1, column = position in the argument). */
+export const SWEEP_FLAG = "--sweep";
+
+/**
+ * Applies `--sweep key=v1,v2,…` arguments (the CLI's Hydra-style multirun): each adds `key` to the tree's
+ * `sweep.grid` with the listed values, each parsed as YAML as a `--set` value is (`0,6.3e-4,1e-3`;
+ * `[0.9,0.99],[0.9,0.999]` for lists), so that several make a grid of every combination and a config
+ * without `sweep:` becomes a grid sweep. A key that the config's own `sweep:` (grid or random) or an earlier
+ * `--sweep` already sweeps is refused, as is an unknown key (with suggestions) or an empty list.
+ *
+ * @example
+ * ```ts
+ * import { applySweeps } from "./overrides.ts";
+ * import { parseYaml } from "./yaml_source.ts";
+ * const t = applySweeps(parseYaml("name: x", "x.yaml"), ["loss.mi.mlp=0,1e-3", "seed=1,2"]);
+ * const want = '{"name":"x","sweep":{"grid":{"loss.mi.mlp":[0,0.001],"seed":[1,2]}}}';
+ * if (JSON.stringify(t.value) !== want) throw new Error(JSON.stringify(t.value));
+ * ```
+ */
+export function applySweeps(tree: Sourced, sweeps: readonly string[]): Sourced {
+  if (sweeps.length === 0) return tree;
+  const issues: ConfigIssue[] = [];
+  const own = _sweptKeys(tree), mine = new Set<string>();
+  let out = tree;
+  for (const arg of sweeps) {
+    const at = (col: number): SourcePos => ({ file: SWEEP_FLAG, line: 1, col });
+    const eq = arg.indexOf("=");
+    if (eq <= 0 || eq === arg.length - 1) {
+      issues.push(
+        issueAt(
+          at(1),
+          "",
+          `expected key=value,value,… (e.g. loss.mi.mlp=0,6.3e-4), got ${quoteClipped(arg)}`,
+        ),
+      );
+      continue;
+    }
+    const key = arg.slice(0, eq), segs = key.split(".");
+    const r = segs.includes("") ? null : resolveDottedKey(segs);
+    if (r === null || !r.ok) {
+      issues.push(
+        issueAt(
+          at(1),
+          isShowableKey(key) ? key : "",
+          r?.message ?? `empty key segment in ${quoteClipped(key)}`,
+        ),
+      );
+      continue;
+    }
+    if (r.path[0] === "sweep") {
+      issues.push(issueAt(at(1), key, "the sweep: block itself cannot be swept"));
+      continue;
+    }
+    if (own.has(key) || mine.has(key)) {
+      const by = own.has(key) ? "the config's sweep:" : "an earlier --sweep";
+      issues.push(issueAt(at(1), key, `${key} is swept already by ${by}; sweep a key once`));
+      continue;
+    }
+    mine.add(key);
+    if (arg.length > MAX_SET_CHARS) {
+      issues.push(
+        issueAt(at(eq + 2), key, `the argument has ${arg.length} characters; at most ${MAX_SET_CHARS}`),
+      );
+      continue;
+    }
+    let values: Sourced;
+    try {
+      // The values as one YAML flow list: `[` sits where `=` was, so columns stay those of the argument.
+      values = parseYaml(`[${arg.slice(eq + 1)}]`, SWEEP_FLAG, { line: 1, col: eq + 1 });
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      issues.push(...e.issues.map((i) => ({ ...i, keyPath: joinKeyPath(key, i.keyPath) })));
+      continue;
+    }
+    out = setAt(out, ["sweep", "grid", key], values, [at(1), at(1), at(1)]);
+  }
+  if (issues.length > 0) throw new ConfigError(issues);
+  return out;
+}
+
+/** The keys that a tree's own `sweep:` block sweeps (grid and random), as written. */
+function _sweptKeys(tree: Sourced): Set<string> {
+  const sweep = isPlainMap(tree.value) ? tree.value.sweep : undefined;
+  const keys = new Set<string>();
+  if (!isPlainMap(sweep)) return keys;
+  if (isPlainMap(sweep.grid)) { for (const k of Object.keys(sweep.grid)) keys.add(k); }
+  const random = sweep.random;
+  if (isPlainMap(random) && isPlainMap(random.params)) {
+    for (const k of Object.keys(random.params)) keys.add(k);
+  }
+  return keys;
+}

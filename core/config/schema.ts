@@ -288,10 +288,14 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
   if (m.position === "rope" && a.head_dim % 2 !== 0) {
     issue(["model", "attention", "head_dim"], `rope needs an even head_dim, got ${a.head_dim}`);
   }
-  if (c.train.schedule.warmup > c.train.steps) {
+  if (c.train.schedule.warmup >= c.train.steps) {
+    // A quick run (`--set train.steps=20`) of a config with a longer warmup would never reach its learning
+    // rate nor decay: refused, naming the fix.
+    const w = c.train.schedule.warmup, n = c.train.steps;
     issue(
       ["train", "schedule", "warmup"],
-      `warmup (${c.train.schedule.warmup}) exceeds steps (${c.train.steps})`,
+      `train.schedule.warmup (${w}) must be less than train.steps (${n}): lower it, e.g. ` +
+        `--set train.schedule.warmup=${Math.floor(n / 10)}`,
     );
   }
   const micro = c.train.micro_batch;

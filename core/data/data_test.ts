@@ -147,7 +147,7 @@ Deno.test("readSource() reads files, directories and globs, and reports invalid 
     );
     await rejects(
       readSource(`${dir}/nope`, opts),
-      (e: Error) => e instanceof DataError && e.message.includes("does not exist"),
+      (e: Error) => e instanceof DataError && e.message.endsWith(`: no such file: ${dir}/nope`),
     );
     await rejects(readSource("synthetic:nothing", opts), DataError);
   } finally {
@@ -249,7 +249,7 @@ Deno.test("readSource() refuses an empty file, a NUL byte and a source over 1 Gi
     // Relative sources are named as written and as resolved.
     await rejects(
       readSource("nope.txt", { seed: 1, syntheticBytes: 1024, baseDir: dir }),
-      (e: Error) => e.message === `data.source "nope.txt" (${dir}/nope.txt) does not exist`,
+      (e: Error) => e.message === `data.source "nope.txt" (${dir}/nope.txt): no such file: ${dir}/nope.txt`,
     );
   } finally {
     await Deno.remove(dir, { recursive: true });

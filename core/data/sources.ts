@@ -22,6 +22,7 @@
  * @module
  */
 import { DataError } from "./errors.ts";
+import { resolve } from "node:path";
 import { describeFileKind } from "../util/fs.ts";
 import { CORPUS_PREFIX, type CorpusInfo, corpusStats, listCorpora, readCorpus } from "./corpora.ts";
 import {
@@ -315,13 +316,16 @@ function _resolve(path: string, baseDir?: string): string {
   return baseDir && !path.startsWith("/") ? `${baseDir}/${path}` : path;
 }
 
+/** What {@linkcode _classify} says of a path that does not exist. */
+const _MISSING = "does not exist";
+
 /** What `path` is, following symlinks, from `lstat`/`stat` only: never opened. */
 async function _classify(path: string): Promise<{ info: Deno.FileInfo | null; what: string | null }> {
   let link: Deno.FileInfo;
   try {
     link = await Deno.lstat(path);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return { info: null, what: "does not exist" };
+    if (e instanceof Deno.errors.NotFound) return { info: null, what: _MISSING };
     return { info: null, what: `cannot be read: ${(e as Error).message}` };
   }
   let info = link;
@@ -349,6 +353,7 @@ async function _classify(path: string): Promise<{ info: Deno.FileInfo | null; wh
 async function _expand(pattern: string, name: string): Promise<_File[]> {
   if (!/[*?[]/.test(pattern)) {
     const { info, what } = await _classify(pattern);
+    if (what === _MISSING) throw new DataError(`${name}: no such file: ${resolve(pattern)}`);
     if (what !== null || info === null) throw new DataError(`${name} ${what}`);
     if (info.isFile) return [{ path: pattern, size: info.size, mtimeMs: _mtime(info) }];
     const found = await _walkFrom(pattern, MAX_WALK_DEPTH, name);
@@ -396,7 +401,7 @@ async function _walkFrom(dir: string, maxDepth: number, name: string): Promise<_
   try {
     real = await Deno.realPath(dir);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new DataError(`${name}: ${dir} does not exist`);
+    if (e instanceof Deno.errors.NotFound) throw new DataError(`${name}: no such directory: ${resolve(dir)}`);
     throw new DataError(`${name}: ${dir} cannot be read: ${(e as Error).message}`);
   }
   found.visited.add(real);

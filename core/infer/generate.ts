@@ -1,7 +1,7 @@
 /**
  * Text generation with a trained model (docs/design.md §10; `deno task generate` in README.md): a one-token
  * decoder graph with per-layer KV caches on the GPU, routed layers computing only their selected experts, and
- * seeded temperature / top-k sampling on the GPU (gpu/kernels/sampling.ts), whose token the next step embeds
+ * seeded temperature / top-k / top-p sampling on the GPU (gpu/kernels/sampling.ts), whose token the next step embeds
  * directly: the host reads tokens back in chunks for streaming instead of waiting on every token.
  *
  * Positions are learned up to `data.seq_len`; when the context fills, the newest half of it is kept and
@@ -27,6 +27,11 @@ export interface Sampling {
   temperature: number;
   /** Keep only the k most likely tokens before sampling; 0 keeps all. */
   topK: number;
+  /**
+   * Nucleus sampling (`--top-p`): of the tokens top-k keeps, keep the fewest most likely whose probability
+   * (at this temperature) reaches this share, and sample among them renormalised; 1 (the default) keeps all.
+   */
+  topP?: number;
 }
 
 /**
@@ -46,9 +51,11 @@ export function samplingUniform(seed: number, index: number): number {
 
 /**
  * The next token: the argmax at temperature 0 (ties to the lower id); otherwise, over the `topK` most likely
- * tokens (ties to the lower id; 0 keeps all) with weights exp((logit − max) / temperature), the first token
- * in id order whose running weight exceeds u · Σ weights (the last kept token if rounding leaves none). The
- * GPU sampler computes the same draw in f32.
+ * tokens (ties to the lower id; 0 keeps all) with weights exp((logit − max) / temperature), narrowed with
+ * `topP` < 1 to the fewest most likely of them whose weight reaches topP · their weight (a token is kept
+ * while the weight before it in that order is under the cut), the first token in id order whose running
+ * weight exceeds u · Σ weights (the last kept token if rounding leaves none). The GPU sampler computes the
+ * same draw in f32.
  *
  * @example
  * ```ts
@@ -62,8 +69,17 @@ export function sampleToken(logits: ArrayLike<number>, s: Sampling, u: number): 
   order.sort((a, b) => logits[b]! - logits[a]! || a - b);
   if (s.temperature <= 0 || s.topK === 1) return order[0]!;
   const top = logits[order[0]!]!;
-  const keep = order.slice(0, s.topK > 0 ? s.topK : order.length).sort((a, b) => a - b);
-  const w = keep.map((i) => Math.exp((logits[i]! - top) / s.temperature));
+  const weight = (i: number) => Math.exp((logits[i]! - top) / s.temperature);
+  let keep = order.slice(0, s.topK > 0 ? s.topK : order.length); // most likely first
+  const topP = s.topP ?? 1;
+  if (topP < 1) {
+    const cut = topP * keep.reduce((a, i) => a + weight(i), 0);
+    let n = 0;
+    for (let ahead = 0; n < keep.length && ahead < cut; n++) ahead += weight(keep[n]!);
+    keep = keep.slice(0, n);
+  }
+  keep.sort((a, b) => a - b);
+  const w = keep.map(weight);
   let left = u * w.reduce((a, b) => a + b, 0);
   for (let j = 0; j < keep.length; j++) {
     left -= w[j]!;
@@ -182,6 +198,7 @@ export class Decoder {
         state,
         temperature: s.temperature,
         topK: s.topK,
+        topP: s.topP,
         seed: s.seed,
       }),
       ...this.#masks.map((r, index) =>
@@ -189,11 +206,18 @@ export class Decoder {
       ),
     ].map((c) => prepare(ctx, c));
     const routers = this.graph.routers, masks = this.#masks;
+    const draw = () => {
+      const step = new Step(ctx, { label: "generate.sample" });
+      for (const c of calls) step.dispatch(c);
+      step.submit();
+    };
     return {
-      draw() {
-        const step = new Step(ctx, { label: "generate.sample" });
-        for (const c of calls) step.dispatch(c);
-        step.submit();
+      draw,
+      async warm() {
+        draw();
+        await readTensor(ctx, state);
+        writeTensor(ctx, state, new Uint32Array(1));
+        writeTensor(ctx, counts, new Float32Array(counts.size));
       },
       async tokens(n: number) {
         return Array.from((await readTensor(ctx, out)) as Uint32Array).slice(0, n);
@@ -223,6 +247,11 @@ export class Decoder {
 export interface TokenSampler {
   /** Draws the next token from the last fed token's logits (queued; nothing is read back). */
   draw(): void;
+  /**
+   * One throwaway draw, waited for, then the counter and the expert counts reset: the sampler's pipelines
+   * are built (and, on adapters that compile at first dispatch, compiled) before anything is timed.
+   */
+  warm(): Promise<void>;
   /** The first `n` drawn tokens (waits for the GPU). */
   tokens(n: number): Promise<number[]>;
   /** Experts run per routed layer, summed over `steps` draws (non-routed layers count all experts). */
@@ -244,6 +273,7 @@ export interface GenerateOptions extends Sampling {
 export interface GenerateResult {
   tokens: number[]; // new tokens only
   promptTokens: number; // prompt tokens encoded (after trimming to the context)
+  setupSeconds: number; // building the GPU sampler's pipelines before the first token (0 on the host)
   prefillSeconds: number; // until the first new token's logits were read
   decodeSeconds: number; // the remaining new tokens
   tokensPerS: number; // new tokens after the first / decodeSeconds (0 when there are none)
@@ -275,8 +305,11 @@ export async function generate(
   if (o.hostSampling || !gpuSamplingFits(dec.graph.logits.shape.at(-1)!, o)) {
     return await _generateOnHost(dec, context, o);
   }
+  const s0 = performance.now();
   const sampler = dec.sampler({ ...o, capacity: o.maxTokens });
   try {
+    await sampler.warm();
+    const setup = (performance.now() - s0) / 1000;
     const tokens: number[] = [];
     let shifts = 0, drawn = 0, len = context.length;
     // Reads the drawn tokens not yet on the host, streams them, and appends them to the host's context.
@@ -317,7 +350,7 @@ export async function generate(
     await flush();
     const t2 = performance.now();
     const sums = await sampler.experts(drawn);
-    return _result(dec, tokens, promptTokens, shifts, sums, t0, t1, t2);
+    return { ..._result(dec, tokens, promptTokens, shifts, sums, t0, t1, t2), setupSeconds: setup };
   } finally {
     sampler.destroy();
   }
@@ -381,6 +414,7 @@ function _result(
   return {
     tokens,
     promptTokens,
+    setupSeconds: 0,
     prefillSeconds: (t1 - t0) / 1000,
     decodeSeconds,
     tokensPerS: tokens.length > 1 && decodeSeconds > 0 ? (tokens.length - 1) / decodeSeconds : 0,

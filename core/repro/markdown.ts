@@ -40,6 +40,8 @@ function _table(head: string[], rows: string[][], right: boolean[]): string {
 export function renderReproMarkdown(r: ReproReport, o: { store: string }): string {
   const out: string[] = [];
   out.push(`# DS-MoE reproduction (scale: ${r.scale})`, "");
+  // Stated before anything else: a smoke-test scale's claims mean nothing (report.ts SMOKE_TEST_NOTE).
+  if (r.caveat) out.push(`> **Smoke test: these claims mean nothing.** ${r.caveat}`, "");
   out.push(
     `Report \`${r.id}\`, made ${r.created_at} from the run store \`${o.store}\` (every number below is read ` +
       `from it). Claims are checked under the rule \`${r.claim_rule}\` for DS-MoE and each other model's own ` +

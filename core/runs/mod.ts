@@ -15,3 +15,4 @@ export * from "./sweep_queue.ts";
 export * from "./postgres_url.ts";
 export * from "./open_store.ts";
 export * from "./stored_run.ts";
+export * from "./resolve_run.ts";

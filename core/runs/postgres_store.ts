@@ -292,6 +292,20 @@ class _PostgresStore implements PostgresRunStore {
     });
   }
 
+  deleteRun(lease: RunLease): Promise<boolean> {
+    return this.#run((sql) =>
+      sql.begin(async (tx) => {
+        const id = lease.run_id;
+        const r = await tx`DELETE FROM runs WHERE id = ${id} AND lease_id = ${lease.lease_id}`;
+        if (r.count === 0) return false;
+        await tx`DELETE FROM metrics WHERE run_id = ${id}`;
+        await tx`DELETE FROM events WHERE run_id = ${id}`;
+        await tx`DELETE FROM checkpoints WHERE run_id = ${id}`;
+        return true;
+      })
+    );
+  }
+
   listRuns(q: RunQuery = {}): Promise<RunRecord[]> {
     return this.#run(async (sql) => {
       const where = [sql`TRUE`];

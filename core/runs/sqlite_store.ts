@@ -810,6 +810,18 @@ class _SqliteStore implements RunStore {
     return this.#read(() => (this.#db.prepare(sql).all(...args) as _Row[]).map(runFromRow));
   }
 
+  deleteRun(lease: RunLease): Promise<boolean> {
+    return this.#write(() => {
+      const id = lease.run_id;
+      const r = this.#q("DELETE FROM runs WHERE id = ? AND lease_id = ?").run(id, lease.lease_id);
+      if (Number(r.changes) === 0) return false;
+      for (const table of ["metrics", "events", "checkpoints"]) {
+        this.#q(`DELETE FROM ${table} WHERE run_id = ?`).run(id);
+      }
+      return true;
+    });
+  }
+
   logMetrics(runId: string, points: readonly MetricPoint[]): Promise<void> {
     const bad = metricPointsError(points);
     if (bad) return Promise.reject(bad);

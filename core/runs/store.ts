@@ -166,6 +166,13 @@ export interface RunStore {
   getRun(id: string): Promise<RunRecord | null>;
   /** Runs, newest first. */
   listRuns(q?: RunQuery): Promise<RunRecord[]>;
+  /**
+   * Deletes run `lease.run_id` with its metric points, events and checkpoint records, in one transaction,
+   * while `lease` holds it (take it with {@linkcode RunStore.acquireRun} first: that refuses a run another
+   * live process trains). False, deleting nothing, when the lease no longer holds the run. Files are not
+   * touched: the caller removes the run directory (`deno task runs rm`).
+   */
+  deleteRun(lease: RunLease): Promise<boolean>;
 
   /** Appends points in one transaction: all or none. Non-finite values are refused (RangeError). */
   logMetrics(runId: string, points: readonly MetricPoint[]): Promise<void>;

@@ -25,3 +25,16 @@ export class StoreDamagedError extends Error {
 export class RunBusyError extends Error {
   override name = "RunBusyError";
 }
+
+/**
+ * What a command was told to use names no run of the store: no run has that id, id prefix or name (or, for a
+ * name, none of its runs finished). The message starts `No run "<what was given>" in <store>`.
+ */
+export class NoSuchRunError extends Error {
+  override name = "NoSuchRunError";
+}
+
+/** An id prefix that several runs start with; the message lists them. */
+export class AmbiguousRunError extends Error {
+  override name = "AmbiguousRunError";
+}

@@ -167,14 +167,18 @@ async function _runPoints(
     const prev = loaded.sweepId ? await findSweepPoint(store, loaded.sweepId, point.name) : null;
     if (prev?.status === "finished") {
       o.progress(`${label}: finished earlier in run ${prev.id}, skipped`);
-      outcomes.push(_outcome(point, prev.id, `${o.runsDir}/${prev.id}`, "skipped", null, null));
+      const final = await storedFinal(store, prev.id);
+      outcomes.push(_outcome(point, prev.id, `${o.runsDir}/${prev.id}`, "skipped", final, null));
       continue;
     }
     if (loaded.points.length > 1) o.progress(label);
     const dataset = data.get(dataKey(point.config, o.baseDir));
     const out = await runPoint(point, { ...o, sweepId: loaded.sweepId, commit, dataset });
     if (out.status === "busy") o.progress(`${label}: ${out.error}, skipped`);
-    if (out.status === "skipped") o.progress(`${label}: finished meanwhile in run ${out.runId}, skipped`);
+    if (out.status === "skipped") {
+      o.progress(`${label}: finished meanwhile in run ${out.runId}, skipped`);
+      out.final ??= await storedFinal(store, out.runId);
+    }
     outcomes.push(out);
   }
   return outcomes;
@@ -313,18 +317,40 @@ export async function findSweepPoint(
   return preferredRun((await store.listRuns({ sweepId })).filter((m) => m.name === pointName));
 }
 
-/** The end-of-run summary table: point, params, status, final train and validation loss. */
+/**
+ * The final metrics of a finished run as its store holds them (the last point of each key; NaN for a key it
+ * has none of), for a sweep point skipped because it finished earlier; null when it has none of them.
+ */
+export async function storedFinal(store: RunStore, runId: string): Promise<TrainResult["final"] | null> {
+  const keys = ["train/loss", "val/loss", "val/ppl", "val/bpb"] as const;
+  const last = await store.lastMetrics(runId, keys);
+  if (last.size === 0) return null;
+  const v = (k: (typeof keys)[number]) => last.get(k)?.value ?? NaN;
+  return {
+    "train/loss": v("train/loss"),
+    "val/loss": v("val/loss"),
+    "val/ppl": v("val/ppl"),
+    "val/bpb": v("val/bpb"),
+  };
+}
+
+/**
+ * The end-of-run summary table: point, params, status, final train and validation loss (for a point skipped
+ * as finished earlier, its stored ones).
+ */
 export function summaryTable(outcomes: readonly PointOutcome[]): string {
+  const n = (x: number | undefined, digits: number) =>
+    x !== undefined && Number.isFinite(x) ? x.toFixed(digits) : "-";
   return table(
     ["point", "params", "status", "train loss", "val loss", "val ppl", "val bpb", "run"],
     outcomes.map((x) => [
       x.point.name,
       fmtCount(x.params),
       x.status,
-      x.final ? x.final["train/loss"].toFixed(4) : "-",
-      x.final ? x.final["val/loss"].toFixed(4) : "-",
-      x.final ? x.final["val/ppl"].toFixed(2) : "-",
-      x.final ? x.final["val/bpb"].toFixed(4) : "-",
+      n(x.final?.["train/loss"], 4),
+      n(x.final?.["val/loss"], 4),
+      n(x.final?.["val/ppl"], 2),
+      n(x.final?.["val/bpb"], 4),
       x.runId,
     ]),
     ["left", "right", "left", "right", "right", "right", "right", "left"],

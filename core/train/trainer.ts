@@ -120,17 +120,20 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         _logStep(log, done, s, p.lr, rate);
         const epoch = o.dataset.epochAt(done, t.batch);
         log("train/epoch", done, epoch);
-        const eta = ((end - done) * tokensPerStep) / rate;
         o.progress?.(
-          `step ${done}/${t.steps}  epoch ${epoch.toFixed(2)}  loss ${s.loss.toFixed(4)}  lr ${
+          `step ${done}/${end}  epoch ${epoch.toFixed(2)}  loss ${s.loss.toFixed(4)}  lr ${
             p.lr.toExponential(2)
           }  ` +
-            `${Math.round(rate)} tok/s  ETA ${fmtDuration(eta)}${skipped ? `  skipped ${skipped}` : ""}`,
+            `${Math.round(rate)} tok/s  ${progressEta(done, end, t.steps, tokensPerStep, rate)}` +
+            `${skipped ? `  skipped ${skipped}` : ""}`,
         );
       }
     }
   };
 
+  if (end < t.steps && end > start) {
+    o.progress?.(`stopping at step ${end} of ${t.steps} (--stop-after ${end - start}), with a checkpoint`);
+  }
   for (let step = start; step < end; step++) {
     o.abandon?.throwIfAborted();
     if (o.signal?.aborted) break;
@@ -177,6 +180,23 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     },
     profile: profile.result(),
   };
+}
+
+/**
+ * The end of a progress line: the time left to `end`, the step this invocation stops at, and where that is
+ * short of the run's `steps` (`--stop-after`), says so: `ETA 12s (stopping at 20 of 300)`, and at the stop
+ * itself `stopping at 20 of 300`.
+ */
+export function progressEta(
+  done: number,
+  end: number,
+  steps: number,
+  tokensPerStep: number,
+  rate: number,
+): string {
+  const eta = `ETA ${fmtDuration(((end - done) * tokensPerStep) / rate)}`;
+  if (end >= steps) return eta;
+  return done >= end ? `stopping at ${end} of ${steps}` : `${eta} (stopping at ${end} of ${steps})`;
 }
 
 /** Mean validation loss over `eval_batches` fixed batches, with router load and entropy metrics. */

@@ -3,7 +3,8 @@
  * logits, writes the token into the decoder's input id (the next step embeds it) and into a list of
  * generated tokens, and advances its own counter. The draw is the same function as
  * `sampleToken` in core/infer/generate.ts: greedy at temperature 0; otherwise the `topK` most likely tokens
- * (ties to the lower id; 0 keeps all), weights exp((logit − max) / temperature), and the first token in id
+ * (ties to the lower id; 0 keeps all), weights exp((logit − max) / temperature), of those the fewest most
+ * likely whose weight reaches `topP` of theirs (nucleus sampling; 1 keeps all), and the first token in id
  * order whose running weight passes u · Σ weights, with u = {@linkcode samplingUniform}(seed, counter).
  *
  * @module
@@ -26,11 +27,13 @@ const _THREADS = 256;
 
 /**
  * Whether {@linkcode sampleTokenGpu} handles a vocabulary of `V` under `s`: greedy, top-k 1 and "all" take
- * O(V / 256) steps per thread; other top-k count each token's rank, V²/256 steps per thread, kept under
- * the 65,535 iterations llvmpipe allows one loop of an invocation (beyond that it ends the loop early).
+ * O(V / 256) steps per thread; other top-k and any top-p below 1 count each token's rank (and the weight
+ * ahead of it), V²/256 steps per thread, kept under the 65,535 iterations llvmpipe allows one loop of an
+ * invocation (beyond that it ends the loop early).
  */
-export function gpuSamplingFits(V: number, s: { temperature: number; topK: number }): boolean {
-  const simple = s.temperature <= 0 || s.topK <= 1 || s.topK >= V;
+export function gpuSamplingFits(V: number, s: { temperature: number; topK: number; topP?: number }): boolean {
+  const greedy = s.temperature <= 0 || s.topK === 1;
+  const simple = greedy || ((s.topK === 0 || s.topK >= V) && (s.topP ?? 1) >= 1);
   return simple ? V <= 65535 * _THREADS : Math.ceil(V / _THREADS) * V <= 60000;
 }
 
@@ -51,13 +54,15 @@ export function sampleTokenGpu(
     state: GpuTensor;
     temperature: number;
     topK: number;
+    topP?: number; // nucleus: 1 (default) keeps all
     seed: number;
   },
 ): KernelCall {
-  const V = o.logits.size, T = _THREADS;
+  const V = o.logits.size, T = _THREADS, topP = o.topP ?? 1;
   if (!(o.temperature >= 0) || !Number.isInteger(o.topK) || o.topK < 0) {
     throw new RangeError(`Cannot sample: temperature ${o.temperature} and topK ${o.topK} must be ≥ 0`);
   }
+  if (!(topP > 0 && topP <= 1)) throw new RangeError(`Cannot sample: topP ${topP} must be in (0, 1]`);
   if (!gpuSamplingFits(V, o)) {
     throw new RangeError(`Cannot sample ${V} tokens with top-k ${o.topK} on the GPU (see gpuSamplingFits)`);
   }
@@ -68,6 +73,7 @@ export function sampleTokenGpu(
     ["seedLo", "u32", o.seed >>> 0],
     ["seedHi", "u32", Math.floor(o.seed / 2 ** 32) >>> 0],
     ["temp", "f32", o.temperature],
+    ["topP", "f32", topP],
   ];
   const bindings: Binding[] = [
     { name: "L", tensor: o.logits },
@@ -80,6 +86,7 @@ var<workgroup> bestV: array<f32, ${T}>;
 var<workgroup> bestI: array<u32, ${T}>;
 var<workgroup> part: array<f32, ${T}>;
 var<workgroup> goal: f32;
+var<workgroup> cut: f32;
 var<workgroup> pick: atomic<u32>;
 var<workgroup> lastKept: atomic<u32>;
 
@@ -94,6 +101,24 @@ fn kept(j: u32, every: bool) -> bool {
     if (y > x || (y == x && q < j)) { ahead = ahead + 1u; }
   }
   return ahead < u.topK;
+}
+
+// Top-k and top-p: j is kept by top-k, and the weight of the tokens before it in (logit desc, id asc)
+// order is under cut (topP of the top-k tokens' weight): the fewest most likely tokens reaching topP.
+fn nucleus(j: u32, every: bool, mv: f32) -> bool {
+  let x = L[j];
+  var ahead = 0u;
+  var mass = 0.0;
+  for (var q = 0u; q < u.V; q = q + 1u) {
+    let y = L[q];
+    if (y > x || (y == x && q < j)) { ahead = ahead + 1u; mass = mass + exp((y - mv) / u.temp); }
+  }
+  return (every || ahead < u.topK) && mass < cut;
+}
+
+fn chosen(j: u32, every: bool, nuc: bool, mv: f32) -> bool {
+  if (nuc) { return nucleus(j, every, mv); }
+  return kept(j, every);
 }
 
 @compute @workgroup_size(${T})
@@ -120,12 +145,27 @@ fn main(@builtin(local_invocation_index) t: u32) {
   var tok = bestI[0];
   if (u.temp > 0.0 && u.topK != 1u) {
     let every = u.topK == 0u || u.topK >= u.V;
+    let nuc = u.topP < 1.0;
     var sum = 0.0;
     for (var j = j0; j < j1; j = j + 1u) {
-      if (kept(j, every)) { sum = sum + exp((L[j] - mv) / u.temp); atomicMax(&lastKept, j); }
+      if (kept(j, every)) { sum = sum + exp((L[j] - mv) / u.temp); if (!nuc) { atomicMax(&lastKept, j); } }
     }
     part[t] = sum;
     workgroupBarrier();
+    if (nuc) {
+      if (t == 0u) {
+        var z = 0.0;
+        for (var q = 0u; q < ${T}u; q = q + 1u) { z = z + part[q]; }
+        cut = u.topP * z;
+      }
+      workgroupBarrier();
+      var kept2 = 0.0;
+      for (var j = j0; j < j1; j = j + 1u) {
+        if (nucleus(j, every, mv)) { kept2 = kept2 + exp((L[j] - mv) / u.temp); atomicMax(&lastKept, j); }
+      }
+      part[t] = kept2;
+      workgroupBarrier();
+    }
     if (t == 0u) {
       var acc = 0.0;
       for (var q = 0u; q < ${T}u; q = q + 1u) { let v = part[q]; part[q] = acc; acc = acc + v; }
@@ -136,7 +176,7 @@ fn main(@builtin(local_invocation_index) t: u32) {
     var left = goal - part[t];
     if (left >= 0.0) {
       for (var j = j0; j < j1; j = j + 1u) {
-        if (kept(j, every)) {
+        if (chosen(j, every, nuc, mv)) {
           left = left - exp((L[j] - mv) / u.temp);
           if (left < 0.0) { atomicMin(&pick, j); break; }
         }

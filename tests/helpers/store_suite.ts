@@ -106,6 +106,36 @@ const _CASES: readonly _Case[] = [
     assertEquals(await s.getRun("zz"), null);
   }],
 
+  ["deletes a run with its points, events and checkpoints only while a lease holds it", async (s) => {
+    await s.createRun(runMeta("gone", { status: "finished" }), "name: gone\n");
+    await s.createRun(runMeta("kept"), "name: kept\n");
+    for (const id of ["gone", "kept"]) {
+      await s.logMetrics(id, [pt("train/loss", 1, 2)]);
+      await s.logEvent(id, { kind: "info", message: "hi" });
+      await s.recordCheckpoint({
+        run_id: id,
+        step: 1,
+        path: `${id}/ckpt/x`,
+        bytes: 1,
+        sha256: "0",
+        time: "t",
+      });
+    }
+    const lease = await s.acquireRun("gone");
+    const stale = { ...lease, lease_id: "not-the-lease" };
+    assertEquals(await s.deleteRun(stale), false, "a lease that does not hold the run deletes nothing");
+    assert((await s.getRun("gone")) !== null);
+    assertEquals(await s.deleteRun(lease), true);
+    assertEquals(await s.getRun("gone"), null);
+    assertEquals(await s.metrics("gone"), []);
+    assertEquals(await s.events("gone"), []);
+    assertEquals(await s.checkpoints("gone"), []);
+    assertEquals(await s.deleteRun(lease), false, "deleted once");
+    assertEquals((await s.metrics("kept")).length, 1, "other runs keep theirs");
+    assertEquals((await s.events("kept")).length, 1);
+    assertEquals((await s.checkpoints("kept")).length, 1);
+  }],
+
   ["updates runs (claiming them) and imports runs recorded elsewhere only once", async (s) => {
     assertEquals(await s.importRun(runMeta("old", { status: "finished", step: 7 }), "name: old\n"), true);
     assertEquals(await s.importRun(runMeta("old", { status: "failed" }), ""), false);
