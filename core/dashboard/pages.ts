@@ -129,6 +129,23 @@ export function routerText(h: Pick<RunSummary["hyper"], "router_train" | "router
   return h.router_train === null ? null : `${h.router_train} → ${h.router_infer ?? "?"}`;
 }
 
+/** The metric cells of a run's row, in the order both tables show them: best val loss (and its step), val ppl,
+ * val bpb, train loss. */
+function _metricCells(r: RunSummary): Html[] {
+  return [
+    _cell(
+      "best_val_loss",
+      r.best_val_loss,
+      r.best_val_loss === null
+        ? NONE
+        : markup`${fmtLoss(r.best_val_loss)} <small>@${fmtStep(r.best_val_loss_step)}</small>`,
+    ),
+    _cell("val_ppl", r.last_val_ppl, undefined, fmtPpl),
+    _cell("val_bpb", r.last_val_bpb, undefined, fmtBpb),
+    _cell("train_loss", r.last_train_loss, undefined, fmtLoss),
+  ];
+}
+
 function _runRow(r: RunSummary): Html {
   const h = r.hyper;
   const step = liveStep(r);
@@ -141,16 +158,7 @@ function _runRow(r: RunSummary): Html {
         _swatch(runColor(r.id))
       }<a href="/runs/${r.id}" title="${r.name} (${r.id})">${r.name}</a></span>`,
     ),
-    _cell(
-      "best_val_loss",
-      r.best_val_loss,
-      r.best_val_loss === null
-        ? NONE
-        : markup`${fmtLoss(r.best_val_loss)} <small>@${fmtStep(r.best_val_loss_step)}</small>`,
-    ),
-    _cell("val_ppl", r.last_val_ppl, undefined, fmtPpl),
-    _cell("val_bpb", r.last_val_bpb, undefined, fmtBpb),
-    _cell("train_loss", r.last_train_loss, undefined, fmtLoss),
+    ..._metricCells(r),
     _cell("status", r.status, _status(r.status)),
     _cell("step", step, undefined, fmtStep),
     _cell(
@@ -340,16 +348,7 @@ export function sweepPage(
   const rows = runs.map((r, i) =>
     markup`<tr data-id="${r.id}">${[
       _cell("name", r.name, markup`${_swatch(colors[i]!)}<a href="/runs/${r.id}">${r.name}</a>`),
-      _cell(
-        "best_val_loss",
-        r.best_val_loss,
-        r.best_val_loss === null
-          ? NONE
-          : markup`${fmtLoss(r.best_val_loss)} <small>@${fmtStep(r.best_val_loss_step)}</small>`,
-      ),
-      _cell("val_ppl", r.last_val_ppl, undefined, fmtPpl),
-      _cell("val_bpb", r.last_val_bpb, undefined, fmtBpb),
-      _cell("train_loss", r.last_train_loss, undefined, fmtLoss),
+      ..._metricCells(r),
       params.map((p) => {
         const v = r.sweep_params[p];
         return _cell(
