@@ -5,7 +5,7 @@ import { closeRunStores, openRunStore } from "../core/runs/open_store.ts";
 import type { MetricPoint, RunMeta } from "../core/runs/run_types.ts";
 import { openSqliteStore } from "../core/runs/sqlite_store.ts";
 import { Browser } from "./helpers/chromium.ts";
-import { cli } from "./helpers/cli.ts";
+import { cli, trainMicro } from "./helpers/cli.ts";
 
 /** Pixels of each canvas under `selector` that differ from its most common colour (the background). */
 const INK = `(sel) => [...document.querySelectorAll(sel)].map((c) => {
@@ -23,17 +23,7 @@ Deno.test("the run page of a trained run draws its charts, expert-load heatmaps 
   let browser: Browser | null = null;
   try {
     const sets = ["--set", "train.steps=30", "--set", "train.eval_every=10", "--set", "train.log_every=5"];
-    const r = await cli(
-      "run",
-      "tests/fixtures/micro.yaml",
-      ...sets,
-      "--runs-dir",
-      dir,
-      "--no-dashboard",
-      "--json",
-    );
-    assertEquals(r.code, 0, r.err.join("\n"));
-    const id = r.json().run_id;
+    const { id } = await trainMicro(dir, ...sets);
     const ev = await cli(
       "eval",
       id,

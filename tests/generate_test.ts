@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, notDeepStrictEqual, ok as assert } from "node:assert/strict";
 import { tokenizerFromJson } from "../core/data/tokenizers.ts";
-import { cli } from "./helpers/cli.ts";
+import { cli, trainMicro } from "./helpers/cli.ts";
 import { closeRunStores } from "../core/runs/open_store.ts";
 import { parseExperimentText } from "../core/config/mod.ts";
 import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
@@ -225,17 +225,7 @@ Deno.test("generate with a BPE model encodes the prompt with the run's tokenizer
       ],
       ...["--set", "train.steps=10", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10"],
     ];
-    const trained = await cli(
-      "run",
-      "tests/fixtures/micro.yaml",
-      ...sets,
-      "--runs-dir",
-      dir,
-      "--json",
-      "--no-dashboard",
-    );
-    assertEquals(trained.code, 0, trained.err.join("\n"));
-    const id = trained.json().run_id;
+    const { id, result: trained } = await trainMicro(dir, ...sets);
     assert(Number.isFinite(trained.json().final["val/bpb"]), "val bpb reported");
     const tok = tokenizerFromJson(await Deno.readTextFile(`${dir}/${id}/tokenizer.json`));
     assertEquals([tok.kind, tok.vocabSize], ["bpe", 300]);
@@ -344,17 +334,7 @@ Deno.test("generate --top-p: the same tokens on the GPU and with --host-sampling
       "--set",
       "train.checkpoint_every=8",
     ];
-    const trained = await cli(
-      "run",
-      "tests/fixtures/micro.yaml",
-      ...sets,
-      "--runs-dir",
-      dir,
-      "--no-dashboard",
-      "--json",
-    );
-    assertEquals(trained.code, 0, trained.err.join("\n"));
-    const id = trained.json().run_id;
+    const { id } = await trainMicro(dir, ...sets);
     const gen = async (...more: string[]) => {
       const r = await cli(
         ...["generate", id, "--prompt", "x = ", "--max-tokens", "40", "--temperature", "1.2", "--top-k", "0"],

@@ -449,6 +449,17 @@ const _blockHead = (H: string, RB: number) =>
 const _blockRows = (RB: number, stmt: (r: number) => string) =>
   Array.from({ length: RB }, (_, r) => stmt(r)).join("\n");
 
+/** Row r of a query block: its (clamped) row t<r> and the offset qo<r> of its q (and o, dO, dq) row. */
+const _queryRow = (r: number) =>
+  `  let t${r} = min(tf + ${r}u, u.T - 1u); let qo${r} = ((bb * u.T + t${r}) * u.Hq + h) * D;`;
+
+/** The walk over key rows 0…tl of a query block, each key and value row loaded once into kr and vr. */
+const _keyLoopHead = (R: _Rows, DV: number) =>
+  `  var kr: ${R.row}; var vr: ${R.row};
+  for (var s_u = 0u; s_u <= tl; s_u = s_u + 1u) {
+    let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
+    ${_each(DV, (j) => `kr[${j}] = k[ko + ${j}]; vr[${j}] = v[ko + ${j}];`)}`;
+
 /** What a blocked kernel's body is written from. */
 interface _BlockShape {
   R: _Rows;
@@ -505,16 +516,11 @@ function _attentionBlocked(
   let kh = h % u.Hkv;
 ${
         _blockRows(RB, (r) =>
-          `  let t${r} = min(tf + ${r}u, u.T - 1u); let qo${r} = ((bb * u.T + t${r}) * u.Hq + h) * D;
+          `${_queryRow(r)}
   var qr${r}: ${R.row}; var acc${r}: ${R.row}; var m${r} = -3.0e38; var s${r} = 0.0;
-  ${
-            _each(DV, (j) => `qr${r}[${j}] = q[qo${r} + ${j}] * u.scale; acc${r}[${j}] = ${V}(0.0);`)
-          }`)
+  ${_each(DV, (j) => `qr${r}[${j}] = q[qo${r} + ${j}] * u.scale; acc${r}[${j}] = ${V}(0.0);`)}`)
       }
-  var kr: ${R.row}; var vr: ${R.row};
-  for (var s_u = 0u; s_u <= tl; s_u = s_u + 1u) {
-    let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
-    ${_each(DV, (j) => `kr[${j}] = k[ko + ${j}]; vr[${j}] = v[ko + ${j}];`)}
+${_keyLoopHead(R, DV)}
 ${
         _blockRows(RB, (r) =>
           `    if (s_u <= t${r}) {
@@ -554,7 +560,7 @@ function _dqBlocked(
   let kh = h % u.Hkv;
 ${
         _blockRows(RB, (r) =>
-          `  let t${r} = min(tf + ${r}u, u.T - 1u); let qo${r} = ((bb * u.T + t${r}) * u.Hq + h) * D;
+          `${_queryRow(r)}
   let row${r} = (bb * u.Hq + h) * u.T + t${r}; let l${r} = lse[row${r}]; let dl${r} = delta[row${r}];
   var qr${r}: ${R.row}; var dor${r}: ${R.row}; var acc${r}: ${R.row};
   ${
@@ -565,10 +571,7 @@ ${
             )
           }`)
       }
-  var kr: ${R.row}; var vr: ${R.row};
-  for (var s_u = 0u; s_u <= tl; s_u = s_u + 1u) {
-    let ko = ((bb * u.T + s_u) * u.Hkv + kh) * D;
-    ${_each(DV, (j) => `kr[${j}] = k[ko + ${j}]; vr[${j}] = v[ko + ${j}];`)}
+${_keyLoopHead(R, DV)}
 ${
         _blockRows(RB, (r) =>
           `    if (s_u <= t${r}) {

@@ -37,3 +37,24 @@ export async function cli(...argv: string[]): Promise<CliResult> {
   if (partial) out.push(partial);
   return { code, out, err, json: () => JSON.parse(out.at(-1)!) };
 }
+
+/**
+ * Trains `tests/fixtures/micro.yaml` (with `sets`, e.g. `--set train.steps=10`) into `runsDir` without a
+ * dashboard, fails the test unless it exits 0, and returns its run id and the `--json` result.
+ */
+export async function trainMicro(
+  runsDir: string,
+  ...sets: string[]
+): Promise<{ id: string; result: CliResult }> {
+  const result = await cli(
+    "run",
+    "tests/fixtures/micro.yaml",
+    ...sets,
+    "--runs-dir",
+    runsDir,
+    "--no-dashboard",
+    "--json",
+  );
+  if (result.code !== 0) throw new Error(`training exited ${result.code}:\n${result.err.join("\n")}`);
+  return { id: result.json().run_id, result };
+}
