@@ -50,6 +50,12 @@ import { matmulCalls, matmulPlan, matmulScratch } from "./kernels/matmul.ts";
 import { norm, normBackward } from "./kernels/norm.ts";
 import { gatedActivation, routerScale, routerScaleDs, topkMask } from "./kernels/router.ts";
 import { softmax, softmaxBackward } from "./kernels/softmax.ts";
+import {
+  capacityMask,
+  maskedSoftmax,
+  renormalizeRows,
+  renormalizeRowsBackward,
+} from "./kernels/token_choice.ts";
 
 /** Kernel calls of one node, given tensors of its inputs and outputs. */
 export type GpuImpl<K extends OpName = OpName> = (
@@ -287,6 +293,14 @@ export const GPU_IMPLS: GpuTable = {
     [logits, dl],
     [dx],
   ) => [zLossBackward(ctx, { logits: logits!, dl: dl!, dx: dx! })],
+  capacity_mask: (ctx, n, [mask], [kept]) => [
+    capacityMask(ctx, { mask: mask!, kept: kept!, capacity: n.attrs.capacity }),
+  ],
+  renormalize_rows: (ctx, _n, [x], [y]) => [renormalizeRows(ctx, { x: x!, y: y! })],
+  renormalize_rows_backward: (ctx, _n, [x, dy], [dx]) => [
+    renormalizeRowsBackward(ctx, { x: x!, dy: dy!, dx: dx! }),
+  ],
+  masked_softmax: (ctx, _n, [z, mask], [y]) => [maskedSoftmax(ctx, { z: z!, mask: mask!, y: y! })],
 };
 
 /** Ops with a WebGPU implementation. */

@@ -206,6 +206,32 @@ const CASES: Record<string, [Build, Tolerance]> = {
       }),
     SUMS,
   ],
+  "top-k token choice: expert capacity, renormalised gates and their gradient, softmax after top-k": [
+    (g, f) =>
+      ROWS.flatMap((n) =>
+        ([[4, 2], [8, 3]] as const).flatMap(([E, k]) => {
+          const z = f([n, E], -3, 3),
+            s = apply1(g, "softmax", [z]),
+            mask = apply1(g, "topk_mask", [s], { k });
+          const x = apply1(g, "mul", [s, mask]);
+          return [
+            apply1(g, "capacity_mask", [mask], { capacity: Math.ceil((n * k) / E) }),
+            apply1(g, "capacity_mask", [mask], { capacity: 1 }),
+            apply1(g, "renormalize_rows", [x]),
+            // rows dropped entirely (capacity 1): renormalised to 0, with no gradient
+            apply1(g, "renormalize_rows", [apply1(g, "capacity_mask", [mask], { capacity: 1 })]),
+            apply1(g, "renormalize_rows_backward", [x, f([n, E])]),
+            apply1(g, "renormalize_rows_backward", [
+              apply1(g, "mul", [s, apply1(g, "capacity_mask", [mask], { capacity: 1 })]),
+              f([n, E]),
+            ]),
+            apply1(g, "masked_softmax", [z, mask]),
+            apply1(g, "masked_softmax", [z, apply1(g, "capacity_mask", [mask], { capacity: 1 })]),
+          ];
+        })
+      ),
+    TRANS,
+  ],
   "cross-entropy, MI, Switch and z losses with gradients": [(g, f, ids) =>
     ROWS.flatMap((n) => {
       const logits = f([n, 17], -3, 3), t = ids(n, 17), dl = f([1]);

@@ -137,6 +137,21 @@ export const RouterSchema = z.strictObject({
   infer_attention: InferRuleSchema.optional().describe(
     "Inference rule for attention experts; default = infer",
   ),
+  capacity_factor: nonNeg(
+    "Expert capacity (train: topk): each expert takes at most ceil(capacity_factor · T · k / N) of the T " +
+      "tokens of a micro-batch, in token order; the rest are dropped for it. 0 = dropless",
+    0,
+  ),
+  jitter: z.number().min(0).lt(1).default(0).describe(
+    "Jitter ε (train: topk): the router input is multiplied by U(1−ε, 1+ε) noise in training; 0 = off",
+  ),
+  renormalize: z.boolean().default(false).describe(
+    "Renormalise each token's kept gates to sum 1 (train: topk, softmax_order: before)",
+  ),
+  softmax_order: z.enum(["before", "after"]).default("before").describe(
+    "train: topk gates: before = the kept softmax probabilities; after = softmax over the kept logits " +
+      "(equal to renormalised kept probabilities)",
+  ),
 });
 
 /** Loss weights. */
@@ -279,6 +294,7 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
       issue(["router", key, "k"], `k (${rule.k}) exceeds experts (${n})`);
     }
   }
+  _tokenChoiceChecks(r, issue);
   if (a.kind === "mha") {
     const kv = a.kv_heads ?? a.heads;
     if (a.heads % kv !== 0) {
@@ -313,6 +329,36 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
   // Format issues do not stop refinements in zod 4, so a malformed size must not reach parseByteSize.
   if (typeof mem === "string" && BYTE_SIZE_RE.test(mem) && parseByteSize(mem) <= 0) {
     issue(["hardware", "memory_budget"], `memory_budget must be positive, got "${mem}"`);
+  }
+}
+
+/**
+ * The top-k token-choice options (capacity, jitter, renormalised gates, softmax order; docs/design.md §3)
+ * act on the top-k selection of training: with `train: dense` there is none, so each is refused there.
+ */
+function _tokenChoiceChecks(
+  r: z.output<typeof RouterSchema>,
+  issue: (path: (string | number)[], message: string) => void,
+): void {
+  const topkOnly = (key: string, set: boolean, value: unknown) => {
+    if (set && r.train !== "topk") {
+      issue(
+        ["router", key],
+        `router.${key} (${value}) applies to top-k token choice (router.train: topk); router.train ` +
+          `${r.train} selects no experts in training`,
+      );
+    }
+  };
+  topkOnly("capacity_factor", r.capacity_factor > 0, r.capacity_factor);
+  topkOnly("jitter", r.jitter > 0, r.jitter);
+  topkOnly("renormalize", r.renormalize, r.renormalize);
+  topkOnly("softmax_order", r.softmax_order !== "before", r.softmax_order);
+  if (r.renormalize && r.softmax_order === "after") {
+    issue(
+      ["router", "renormalize"],
+      "router.renormalize has no effect with router.softmax_order: after (the softmax over the kept " +
+        "logits already sums to 1); remove one of them",
+    );
   }
 }
 

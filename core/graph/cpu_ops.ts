@@ -36,6 +36,12 @@ import { matmulRef } from "../ref/matmul.ts";
 import { normBackwardRef, normRef } from "../ref/norm.ts";
 import { routerScaleDsRef, routerScaleRef, topkMaskRef } from "../ref/router.ts";
 import { softmaxBackwardRef, softmaxRef } from "../ref/softmax.ts";
+import {
+  capacityMaskRef,
+  maskedSoftmaxRef,
+  renormalizeRowsBackwardRef,
+  renormalizeRowsRef,
+} from "../ref/token_choice.ts";
 import type { CpuTable, HostValue } from "./cpu_executor.ts";
 import { type Node, numel } from "./ir.ts";
 
@@ -154,6 +160,10 @@ export const CPU_OPS: CpuTable = {
   ) => [switchLossGlobalBackwardRef(s!, f!, last(n), n.attrs.k, dl![0]!)],
   z_loss: ([x], n) => [scalar(zLossRef(x!, last(n)))],
   z_loss_backward: ([x, dl], n) => [zLossBackwardRef(x!, last(n), dl![0]!)],
+  capacity_mask: ([m], n) => [capacityMaskRef(m!, last(n), n.attrs.capacity)],
+  renormalize_rows: ([x], n) => [renormalizeRowsRef(x!, last(n))],
+  renormalize_rows_backward: ([x, dy], n) => [renormalizeRowsBackwardRef(x!, dy!, last(n))],
+  masked_softmax: ([z, m], n) => [maskedSoftmaxRef(z!, m!, last(n))],
 };
 
 function _zip(a: HostValue, b: HostValue, f: (x: number, y: number) => number): Float64Array {

@@ -108,6 +108,19 @@ const CASES: Record<string, () => ReturnType<typeof opCase>> = {
     }, fixed);
   },
   "z_loss": () => opCase((g, p) => apply1(g, "z_loss", [p([5, 4])])),
+  // Top-k token choice (docs/design.md §3): gates renormalised over the kept experts, with a capacity of 1
+  // token per expert: 4 of the 12 assignments are kept, so at least 3 of the 6 tokens keep no expert (gate 0).
+  "renormalize_rows (top-2 of 4, capacity 1)": () =>
+    opCase((g, p) => {
+      const s = apply1(g, "softmax", [p([6, 4])]), mask = apply1(g, "topk_mask", [s], { k: 2 });
+      const kept = apply1(g, "capacity_mask", [mask], { capacity: 1 });
+      return apply1(g, "renormalize_rows", [apply1(g, "mul", [s, kept])]);
+    }),
+  "masked_softmax (softmax after top-2 of 5)": () =>
+    opCase((g, p) => {
+      const z = p([4, 5]);
+      return apply1(g, "masked_softmax", [z, apply1(g, "topk_mask", [z], { k: 2 })]);
+    }),
   "dot, mul_scalar": () => opCase((g, p) => apply1(g, "mul_scalar", [p([3, 2]), p([1])])),
 };
 
@@ -128,6 +141,30 @@ Deno.test("the gradient check catches a deliberately broken rule (activation pas
   const c = CASES.gelu!();
   const r = checkGradients(c.g, c.loss, c.params, c.feeds as Map<number, HostValue>, { table: broken });
   assert(r.worst > 1e-2, `broken rule not caught: worst ${r.worst}`);
+});
+
+Deno.test("the gradient check catches deliberately broken token-choice rules (renormalisation differentiated as a softmax, softmax after top-k passing dy through)", () => {
+  const cases: [string, OpTable][] = [
+    ["renormalize_rows (top-2 of 4, capacity 1)", {
+      ...OPS,
+      renormalize_rows: {
+        ...OPS.renormalize_rows,
+        // a plausible slip: the softmax's rule at y = x / Σx, y ⊙ (dy − Σ dy·y), instead of (dy − Σ dy·y) / Σx
+        grad: (g, n, [dy]) => [apply1(g, "softmax_backward", [n.outputs[0]!, dy!])],
+      },
+    }],
+    ["masked_softmax (softmax after top-2 of 5)", {
+      ...OPS,
+      masked_softmax: { ...OPS.masked_softmax, grad: (_g, _n, [dy]) => [dy, null] },
+    }],
+  ];
+  for (const [name, broken] of cases) {
+    const c = CASES[name]!();
+    const ok = checkGradients(c.g, c.loss, c.params, c.feeds as Map<number, HostValue>);
+    assert(ok.worst < TOL, `${name}: the correct rule passes (${ok.worst})`);
+    const r = checkGradients(c.g, c.loss, c.params, c.feeds as Map<number, HostValue>, { table: broken });
+    assert(r.worst > 1e-2, `${name}: broken rule not caught: worst ${r.worst}`);
+  }
 });
 
 Deno.test("at the micro-batch's own statistics, mi_loss_global and switch_loss_global equal mi_loss and switch_loss, gradients too", () => {
@@ -172,6 +209,23 @@ const MODELS: Record<string, unknown> = {
     },
     router: { train: "topk", k: 2 },
     loss: { load_balance: 0.01 },
+  },
+  "SMoE with top-k token choice (capacity 1.0, jitter, renormalised gates, Switch loss)": {
+    model: {
+      kind: "smoe",
+      attention: { kind: "mha", heads: 2, head_dim: 4 },
+      mlp: { experts: 4, hidden: 4 },
+    },
+    router: { train: "topk", k: 2, capacity_factor: 1.0, jitter: 0.1, renormalize: true },
+    loss: { load_balance: 0.01 },
+  },
+  "SMoE with softmax after top-k (capacity 1.5)": {
+    model: {
+      kind: "smoe",
+      attention: { kind: "mha", heads: 2, head_dim: 4 },
+      mlp: { experts: 4, hidden: 4 },
+    },
+    router: { train: "topk", k: 2, capacity_factor: 1.5, softmax_order: "after" },
   },
   "DS-MoE (MoA, MI and z losses)": {
     model: {

@@ -125,6 +125,11 @@ export interface OpAttrs {
   switch_loss_global_backward: SwitchLossAttrs;
   z_loss: NoAttrs;
   z_loss_backward: NoAttrs;
+  // Top-k token choice (docs/design.md §3): expert capacity, renormalised gates, softmax after top-k.
+  capacity_mask: { readonly capacity: number };
+  renormalize_rows: NoAttrs;
+  renormalize_rows_backward: NoAttrs;
+  masked_softmax: NoAttrs;
 }
 
 /** The name of a graph operation: the one list every op table is checked against. */

@@ -453,4 +453,39 @@ export const OPS: OpTable = {
   },
   /** (logits, dL) → dlogits. */
   z_loss_backward: { outputs: ([x]) => _same(x!), grad: "backward" },
+
+  /**
+   * Expert capacity (docs/design.md §3): a 0/1 routing mask (N, E) → the kept mask, per expert the first
+   * attrs.capacity of its tokens in token order (the rest are dropped for that expert). No gradient.
+   */
+  capacity_mask: {
+    outputs: ([m], a) => {
+      _dims2(m!, "capacity_mask");
+      _check(Number.isInteger(a.capacity) && a.capacity >= 0, "capacity_mask", `capacity ${a.capacity}`);
+      return _same(m!);
+    },
+    grad: "discrete",
+  },
+  /** Gates renormalised per token: x (N, E) → x / Σ_row x (a row summing to 0 stays 0). */
+  renormalize_rows: {
+    outputs: ([x]) => (_dims2(x!, "renormalize_rows"), _same(x!)),
+    grad: (g, n, [dy]) => [apply1(g, "renormalize_rows_backward", [n.inputs[0]!, dy!])],
+  },
+  /** (x, dy) → dx = (dy − Σ dy ⊙ y) / Σ_row x, y = x / Σ_row x (0 where the row sums to 0). */
+  renormalize_rows_backward: { outputs: ([x]) => _same(x!), grad: "backward" },
+  /**
+   * Softmax after top-k: (logits (N, E), mask (N, E)) → softmax over each row's kept logits, 0 elsewhere
+   * (a row with nothing kept is 0). Its gradient is the softmax gradient at the output; the mask gets none.
+   */
+  masked_softmax: {
+    outputs: ([z, m]) => {
+      _check(
+        _dims2(z!, "masked_softmax").join() === _dims2(m!, "masked_softmax").join(),
+        "masked_softmax",
+        `logits [${z!.shape}] and mask [${m!.shape}] differ`,
+      );
+      return _same(z!);
+    },
+    grad: (g, n, [dy]) => [apply1(g, "softmax_backward", [n.outputs[0]!, dy!]), null],
+  },
 };

@@ -54,6 +54,28 @@ export interface BatchStat {
   batch: Value; // (E,) input leaf read by mi_loss_global / switch_loss_global
 }
 
+/**
+ * A routed block's top-k selection in training (router.train: topk; docs/design.md §3), for the per-step
+ * router metrics (per-expert load, dropped share).
+ */
+export interface RouterLoad {
+  layer: number;
+  kind: "attention" | "mlp";
+  k: number; // experts each token selects
+  /** (E,) column means of the top-k mask: the share of the graph's tokens that selected each expert. */
+  selected: Value;
+  /** (E,) the same after the expert capacity (router.capacity_factor > 0): the tokens each expert kept. */
+  kept?: Value;
+}
+
+/**
+ * Expert capacity (docs/design.md §3): C = ceil(factor · T · k / N) tokens per expert of the T tokens of
+ * one graph execution (a micro-batch under accumulation).
+ */
+export function expertCapacity(factor: number, tokens: number, k: number, experts: number): number {
+  return Math.ceil((factor * tokens * k) / experts);
+}
+
 /** Options of {@linkcode buildModel}. */
 export interface BuildOptions {
   /**
@@ -78,6 +100,13 @@ export interface ModelGraph {
   tokens: number; // N = batch · seq_len
   /** With `batchStats`: every router statistic the batch-level losses read (empty otherwise). */
   batchStats: BatchStat[];
+  /** Training under router.train: topk: each routed block's selection statistics (empty otherwise). */
+  loads: RouterLoad[];
+  /**
+   * Training with router.jitter > 0: per router, the (N, d) input leaf that multiplies its input (U(1−ε,
+   * 1+ε) noise fed each micro-step from the run's seeded RNG, ones for evaluation); empty otherwise.
+   */
+  jitter: Value[];
 }
 
 /**
@@ -163,6 +192,8 @@ export function buildModel(
     routers: b.routers,
     tokens: b.N,
     batchStats: b.stats,
+    loads: b.loads,
+    jitter: b.jitter,
   };
 }
 
@@ -176,6 +207,8 @@ class _Builder {
   readonly switch: Value[] = [];
   readonly z: Value[] = [];
   readonly stats: BatchStat[] = [];
+  readonly loads: RouterLoad[] = [];
+  readonly jitter: Value[] = [];
   readonly batchStats: boolean;
   readonly c: Readonly<Experiment>;
   readonly s: ReturnType<typeof layerShape>;
@@ -245,6 +278,7 @@ class _Builder {
   router(l: number, kind: RouterTap["kind"], h: Value, experts: number): Value {
     const p = `h${l}.${kind === "attention" ? "attn" : "mlp"}.router`;
     const hidden = this.c.router.hidden;
+    h = this.jittered(p, h);
     let logits: Value;
     if (hidden > 0) {
       let r = apply1(this.g, "matmul", [h, this.param(`${p}.w1`, [this.d, hidden], "normal")]);
@@ -275,6 +309,17 @@ class _Builder {
     );
     if (this.c.loss.z > 0) this.z.push(apply1(this.g, "z_loss", [logits]));
     return probs;
+  }
+
+  /**
+   * The router input h, multiplied in training by the (N, d) jitter input `${prefix}.jitter` when
+   * router.jitter > 0 (docs/design.md §3); h itself otherwise (and at inference).
+   */
+  jittered(prefix: string, h: Value): Value {
+    if (this.infer || this.pos || this.c.router.jitter <= 0) return h;
+    const noise = this.g.leaf("input", `${prefix}.jitter`, h.shape);
+    this.jitter.push(noise);
+    return apply1(this.g, "mul", [h, noise]);
   }
 
   /** The input leaf `name` (E,) that takes the batch's mean of `x`'s column means; records the pair. */
@@ -370,12 +415,24 @@ class _Builder {
   /** The inference gate S ⊙ mask of the rule for `kind` (S itself for the dense rule); records the mask. */
   inferGate(probs: Value, kind: RouterTap["kind"]): Value {
     const fused = this.fusedGates.get(probs.id);
-    if (fused) return fused;
+    if (fused) return this.trainedGateForm(fused, probs);
     const rule = this.infer![kind];
     if (rule.kind === "dense") return probs;
     const mask = apply1(this.g, "route_mask", [probs], { ...rule });
     this.routers.at(-1)!.mask = mask;
-    return apply1(this.g, "mul", [probs, mask]);
+    return this.trainedGateForm(apply1(this.g, "mul", [probs, mask]), probs);
+  }
+
+  /**
+   * An inference gate S ⊙ mask in the form the model's gates had in training (docs/design.md §5): a top-k
+   * model trained with softmax after top-k gets the softmax over the selected experts' logits, one trained
+   * with renormalised gates the selected probabilities renormalised; any other model S ⊙ mask itself.
+   */
+  trainedGateForm(gate: Value, probs: Value): Value {
+    const r = this.c.router, tap = this._tapOf(probs);
+    if (r.train !== "topk" || !tap.mask) return gate;
+    if (r.softmax_order === "after") return apply1(this.g, "masked_softmax", [tap.logits, tap.mask]);
+    return r.renormalize ? apply1(this.g, "renormalize_rows", [gate]) : gate;
   }
 
   /**
@@ -392,14 +449,48 @@ class _Builder {
    */
   gateValue(probs: Value, experts: number, kind: RouterTap["kind"]): Value {
     if (this.infer) return this.inferGate(probs, kind);
-    let gate = probs;
-    const topk = this.c.router.train === "topk";
-    if (topk || this.c.loss.load_balance > 0) {
-      const k = topk ? Math.min(this.c.router.k, experts) : 1;
-      const mask = apply1(this.g, "topk_mask", [probs], { k });
-      if (topk) gate = apply1(this.g, "mul", [probs, mask]);
-      if (this.c.loss.load_balance > 0) this.switch.push(this.switchLoss(probs, mask, k));
+    if (this.c.router.train === "topk") return this.tokenChoice(probs, experts, kind);
+    if (this.c.loss.load_balance > 0) {
+      // DS-MoE with a Switch loss: a top-1 mask for the loss only; every expert stays gated by S.
+      const mask = apply1(this.g, "topk_mask", [probs], { k: 1 });
+      this.switch.push(this.switchLoss(probs, mask, 1));
     }
+    return probs;
+  }
+
+  /**
+   * Top-k token choice in training (docs/design.md §3): the mask of the k largest S_i; gates = the kept S_i
+   * (renormalised to sum 1 with router.renormalize), or with router.softmax_order: after the softmax over
+   * the kept logits; with router.capacity_factor > 0, each expert keeps only its first C tokens in token
+   * order. Records the Switch loss (when weighted) and the selection statistics (`loads`).
+   */
+  tokenChoice(probs: Value, experts: number, kind: RouterTap["kind"]): Value {
+    const r = this.c.router, k = Math.min(r.k, experts), g = this.g;
+    const mask = apply1(g, "topk_mask", [probs], { k });
+    let gate = r.softmax_order === "after"
+      ? apply1(g, "masked_softmax", [this._tapOf(probs).logits, mask])
+      : apply1(g, "mul", [probs, mask]);
+    if (r.renormalize) gate = apply1(g, "renormalize_rows", [gate]);
+    let kept: Value | undefined;
+    if (r.capacity_factor > 0) {
+      const capacity = expertCapacity(r.capacity_factor, this.N, k, experts);
+      kept = apply1(g, "capacity_mask", [mask], { capacity });
+      gate = apply1(g, "mul", [gate, kept]);
+    }
+    if (this.c.loss.load_balance > 0) this.switch.push(this.switchLoss(probs, mask, k));
+    const tap = this._tapOf(probs);
+    this.loads.push({
+      layer: tap.layer,
+      kind,
+      k,
+      selected: apply1(g, "mean_rows", [mask]),
+      ...(kept ? { kept: apply1(g, "mean_rows", [kept]) } : {}),
+    });
     return gate;
+  }
+
+  /** The router tap whose probabilities are `probs`. */
+  private _tapOf(probs: Value): RouterTap {
+    return this.routers.find((t) => t.probs === probs)!;
   }
 }

@@ -42,7 +42,9 @@ export interface TrainPlan {
   mode: "train-dense";
   model: ModelGraph;
   grads: Value[];
-  outputs: Value[]; // loss, LM loss, MI losses, then gradients
+  outputs: Value[]; // loss, LM loss, MI losses, the router loads (`loads`), then gradients
+  /** The routers' selection statistics (router.train: topk): `model.loads`' selected (and kept) vectors. */
+  loads: Value[];
   schedule: Schedule;
   microBatch: number; // sequences per execution of `schedule` (a micro-step)
   accumulation: number; // micro-steps per optimizer step; gradients and `outputs` are their means
@@ -108,7 +110,15 @@ export function plan(
       const batchStats = accumulation > 1 && hasBatchRouterLoss(c);
       const model = buildModel(c, microBatch, undefined, { batchStats });
       const grads = gradients(model.graph, model.loss, model.params.map((p) => p.value));
-      const outputs = [model.loss, model.lmLoss, ...model.miLoss.attention, ...model.miLoss.mlp, ...grads];
+      const loads = loadValues(model);
+      const outputs = [
+        model.loss,
+        model.lmLoss,
+        ...model.miLoss.attention,
+        ...model.miLoss.mlp,
+        ...loads,
+        ...grads,
+      ];
       const stats = batchStats ? schedule(model.graph, model.batchStats.map((s) => s.micro)) : null;
       const evaluate = schedule(model.graph, [model.lmLoss, ...model.routers.map((r) => r.probs)]);
       return {
@@ -116,6 +126,7 @@ export function plan(
         model,
         grads,
         outputs,
+        loads,
         schedule: schedule(model.graph, outputs),
         microBatch,
         accumulation,
@@ -136,6 +147,11 @@ export function plan(
     default:
       throw new RangeError(`Unknown plan mode "${mode satisfies never}"`);
   }
+}
+
+/** The routers' selection statistics of a training graph, in `model.loads` order: selected, then kept. */
+export function loadValues(model: ModelGraph): Value[] {
+  return model.loads.flatMap((l) => l.kept ? [l.selected, l.kept] : [l.selected]);
 }
 
 function _masks(routers: ModelGraph["routers"]): Value[] {

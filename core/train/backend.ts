@@ -17,6 +17,18 @@ export interface StepStats {
   finite: boolean; // false: the update was skipped on the device
   /** GPU milliseconds of each dispatch, when the step was profiled. */
   kernels?: { label: string; ms: number }[];
+  /** Per routed block, its top-k selection over the step (router.train: topk; empty otherwise). */
+  routers?: RouterStepStats[];
+}
+
+/** One routed block's top-k selection over a training step's tokens (docs/design.md §3). */
+export interface RouterStepStats {
+  layer: number;
+  kind: "attention" | "mlp";
+  /** (E,) each expert's share of the step's token-assignments (selections; sums to 1). */
+  load: number[];
+  /** With an expert capacity: the share of the assignments dropped (tokens past an expert's capacity). */
+  dropped?: number;
 }
 
 /** Router statistics of an evaluation: per router, mean probability per expert and mean entropy. */

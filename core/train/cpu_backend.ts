@@ -15,8 +15,9 @@ import type { ModelGraph } from "../plan/model.ts";
 import { plan, type TrainPlan } from "../plan/plan.ts";
 import { adamwStepRef } from "../ref/adamw.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
-import { routerStats } from "./router_stats.ts";
+import { routerStats, routerStepStats } from "./router_stats.ts";
 import { initParams } from "./init.ts";
+import { jitterNoise } from "./jitter.ts";
 
 /** The float64 reference backend. */
 export class CpuTrainBackend implements TrainBackend {
@@ -28,6 +29,8 @@ export class CpuTrainBackend implements TrainBackend {
   readonly #evalNodes: Node[];
   /** The batch's router statistics (batch leaf id → value), set before a step's micro-batches. */
   #batchStats = new Map<number, Float64Array>();
+  /** The step's jitter noise per router input, for the whole batch (ones while evaluating). */
+  #jitter: Float64Array[] = [];
   readonly #params = new Map<string, Float64Array>();
   readonly #m = new Map<string, Float64Array>();
   readonly #v = new Map<string, Float64Array>();
@@ -50,8 +53,11 @@ export class CpuTrainBackend implements TrainBackend {
    * Loss terms and parameter gradients of one batch (no update), for gradient checks: with accumulation,
    * the means over its micro-batches, whose batch-level router losses read the batch's statistics.
    */
-  lossAndGrads(batch: Batch): { loss: number; parts: number[]; grads: Float64Array[] } {
+  lossAndGrads(
+    batch: Batch,
+  ): { loss: number; parts: number[]; grads: Float64Array[]; loads: Float64Array[] } {
     const p = this.plan, m = this.model, K = p.accumulation;
+    this.#jitter = this.#noise(K);
     const feeds = (k: number) => this.#feeds(batch, k);
     if (p.stats) {
       const micro = m.batchStats.map((s) => s.micro);
@@ -61,13 +67,29 @@ export class CpuTrainBackend implements TrainBackend {
     const parts = [m.loss, m.lmLoss, ...m.miLoss.attention, ...m.miLoss.mlp];
     const outs = _meanOver(
       K,
-      (k) => evaluateGraph(p.schedule.nodes, feeds(k), [...parts, ...this.grads], CPU_OPS),
+      (k) => evaluateGraph(p.schedule.nodes, feeds(k), [...parts, ...p.loads, ...this.grads], CPU_OPS),
     );
+    const loadsEnd = parts.length + p.loads.length;
     return {
       loss: outs[0]![0]!,
       parts: outs.slice(0, parts.length).map((o) => o[0]!),
-      grads: outs.slice(parts.length),
+      loads: outs.slice(parts.length, loadsEnd),
+      grads: outs.slice(loadsEnd),
     };
+  }
+
+  /**
+   * The jitter noise of the step after the `#t` taken, per router input, for K micro-batches (the same
+   * f32 numbers the WebGPU backend feeds, core/train/jitter.ts); ones for every factor when `ones`.
+   */
+  #noise(K: number, ones = false): Float64Array[] {
+    const c = this.#c;
+    return this.model.jitter.map((v, i) => {
+      const count = K * v.shape[0]! * v.shape[1]!;
+      return ones
+        ? new Float64Array(count).fill(1)
+        : Float64Array.from(jitterNoise(c.seed, this.#t, i, count, c.router.jitter));
+    });
   }
 
   /** Parameter values by name (live arrays: gradient checks perturb them in place). */
@@ -79,7 +101,7 @@ export class CpuTrainBackend implements TrainBackend {
     if (options.profile) {
       throw new RangeError("Cannot profile the CPU reference backend: it has no GPU kernels");
     }
-    const { parts, grads } = this.lossAndGrads(batch);
+    const { parts, grads, loads } = this.lossAndGrads(batch);
     const m = this.model, nAtt = m.miLoss.attention.length;
     let sq = 0;
     for (const g of grads) for (const x of g) sq += x * x;
@@ -112,12 +134,14 @@ export class CpuTrainBackend implements TrainBackend {
       miMlp: sum(parts.slice(2 + nAtt)),
       gradNorm,
       finite,
+      routers: routerStepStats(m.loads, loads),
     });
   }
 
   /** Forward passes over the batch's micro-batches: the mean LM loss, router statistics over every token. */
   evaluate(batch: Batch): Promise<EvalResult> {
     const m = this.model, K = this.plan.accumulation, outs: HostValue[][] = [];
+    this.#jitter = this.#noise(K, true);
     for (let k = 0; k < K; k++) {
       outs.push(evaluateGraph(this.#evalNodes, this.#feeds(batch, k), [
         m.lmLoss,
@@ -164,6 +188,10 @@ export class CpuTrainBackend implements TrainBackend {
       [this.model.targets.id, slice(batch.targets)],
       ...this.#batchStats,
     ]);
+    this.model.jitter.forEach((v, i) => {
+      const size = v.shape[0]! * v.shape[1]!;
+      feeds.set(v.id, this.#jitter[i]!.subarray(k * size, (k + 1) * size));
+    });
     for (const p of this.model.params) feeds.set(p.value.id, this.#params.get(p.value.name)!);
     return feeds;
   }

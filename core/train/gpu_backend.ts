@@ -26,7 +26,8 @@ import { assertScheduleBuilds } from "../../gpu/preflight.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { initParams } from "./init.ts";
 import { optimizerCalls } from "./optimizer_calls.ts";
-import { routerStats } from "./router_stats.ts";
+import { routerStats, routerStepStats } from "./router_stats.ts";
+import { jitterNoise } from "./jitter.ts";
 
 /**
  * Faults to inject, for reliability tests (`DSMOE_FAULT_NAN_GRAD`, see {@linkcode parseFaultSteps}):
@@ -90,6 +91,9 @@ export class GpuTrainBackend implements TrainBackend {
   readonly #hyper: GpuTensor; // [lr, 1 − β1^t, 1 − β2^t]
   readonly #stats: GpuTensor; // [grad norm, clip, finite]
   readonly #report: GpuTensor[]; // scalars read back each step: loss, LM loss, MI per router
+  readonly #loads: GpuTensor[]; // the routers' selection statistics read back each step (train: topk)
+  /** With accumulation and router jitter: per router input, the whole batch's noise, sliced per micro-step. */
+  readonly #jitterBatch: GpuTensor[] = [];
   readonly #grads: GpuTensor[]; // what the optimizer reads: the graph's gradients, or their accumulators
   /** With accumulation: the whole batch's tokens and targets, sliced into the graph's inputs per micro-step. */
   readonly #batchTokens: { ids: GpuTensor; targets: GpuTensor } | null = null;
@@ -119,7 +123,9 @@ export class GpuTrainBackend implements TrainBackend {
     const shared = new Map(leaves.map((v) => [v.id, this.#train.tensor(v)]));
     this.#eval = new GraphExecutor(ctx, evalSchedule, leaves, shared);
     this.#routerStats = p.stats ? new GraphExecutor(ctx, p.stats, leaves, shared) : null;
-    const report = p.outputs.slice(0, p.outputs.length - grads.length).map((v) => this.#train.tensor(v));
+    const scalars = 2 + m.miLoss.attention.length + m.miLoss.mlp.length;
+    const report = p.outputs.slice(0, scalars).map((v) => this.#train.tensor(v));
+    const loads = p.loads.map((v) => this.#train.tensor(v));
     const gradTensors = grads.map((g) => this.#train.tensor(g));
     if (p.accumulation > 1) {
       const tokens = c.train.batch * c.data.seq_len;
@@ -127,7 +133,12 @@ export class GpuTrainBackend implements TrainBackend {
         ids: createTensor(ctx, [tokens], "u32", undefined, "batch.ids"),
         targets: createTensor(ctx, [tokens], "u32", undefined, "batch.targets"),
       };
-      const pairs = [...report, ...gradTensors].map((x): AccumulatePair => {
+      for (const v of m.jitter) {
+        this.#jitterBatch.push(
+          createTensor(ctx, [p.accumulation * numel(v.shape)], "f32", undefined, `batch.${v.name}`),
+        );
+      }
+      const pairs = [...report, ...loads, ...gradTensors].map((x): AccumulatePair => {
         const y = createTensor(ctx, x.shape, "f32", undefined, `acc.${x.label}`);
         this.#accumulators.push(y);
         return { x, y };
@@ -140,9 +151,11 @@ export class GpuTrainBackend implements TrainBackend {
         );
       }
       this.#report = this.#accumulators.slice(0, report.length);
-      this.#grads = this.#accumulators.slice(report.length);
+      this.#loads = this.#accumulators.slice(report.length, report.length + loads.length);
+      this.#grads = this.#accumulators.slice(report.length + loads.length);
     } else {
       this.#report = report;
+      this.#loads = loads;
       this.#grads = gradTensors;
     }
     this.#hyper = createTensor(ctx, [3], "f32", undefined, "adam.hyper");
@@ -216,6 +229,7 @@ export class GpuTrainBackend implements TrainBackend {
       throw new RangeError(`Cannot profile: the adapter (${ctx.adapter.description}) has no timestamp-query`);
     }
     if (this.#faults.loseDeviceAt?.(this.#t + 1)) ctx.device.destroy();
+    this.#writeJitter(false);
     this.#t++;
     writeTensor(
       ctx,
@@ -228,7 +242,7 @@ export class GpuTrainBackend implements TrainBackend {
       step.encoder.copyBufferToBuffer(this.#nan.buffer, 0, this.#grads[0]!.buffer, 0, 4);
     }
     for (const c of this.#opt) step.dispatch(c);
-    const n = this.#report.length + 3;
+    const n = this.#report.length + 3 + this.#loads.reduce((a, t) => a + t.size, 0);
     const staging = ctx.device.createBuffer({
       size: n * 4,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -236,12 +250,19 @@ export class GpuTrainBackend implements TrainBackend {
     const enc = step.encoder;
     this.#report.forEach((t, i) => enc.copyBufferToBuffer(t.buffer, 0, staging, i * 4, 4));
     enc.copyBufferToBuffer(this.#stats.buffer, 0, staging, this.#report.length * 4, 12);
+    let at = this.#report.length + 3;
+    for (const t of this.#loads) {
+      enc.copyBufferToBuffer(t.buffer, 0, staging, at * 4, t.size * 4);
+      at += t.size;
+    }
     step.submit();
     return this.#mapped(staging).then(async () => {
       const r = new Float32Array(staging.getMappedRange().slice(0));
       staging.destroy();
       const nAtt = this.model.miLoss.attention.length, k = this.#report.length;
       const sum = (a: number, b: number) => Array.from(r.subarray(a, b)).reduce((x, y) => x + y, 0);
+      let at = k + 3;
+      const loads = this.#loads.map((t) => r.subarray(at, at += t.size));
       return {
         loss: r[0]!,
         lmLoss: r[1]!,
@@ -249,6 +270,7 @@ export class GpuTrainBackend implements TrainBackend {
         miMlp: sum(2 + nAtt, k),
         gradNorm: r[k]!,
         finite: r[k + 2] === 1,
+        routers: routerStepStats(this.model.loads, loads),
         ...(options.profile ? { kernels: await step.timings() } : {}),
       };
     });
@@ -268,8 +290,9 @@ export class GpuTrainBackend implements TrainBackend {
     });
     const step = new Step(ctx, { label: "evaluate" });
     this.#uploadBatch(batch);
+    this.#writeJitter(true);
     for (let k = 0; k < K; k++) {
-      this.#copySlice(step, k, true);
+      this.#copySlice(step, k, true, false);
       this.#eval.encode(step);
       let at = k * per;
       outs.forEach((v, i) => {
@@ -325,7 +348,14 @@ export class GpuTrainBackend implements TrainBackend {
     for (const calls of [this.#accumulate, this.#accumulateStats]) {
       if (calls) [...calls.first, ...calls.mid, ...calls.last].forEach(releaseCall);
     }
-    for (const t of [...this.#accumulators, this.#batchTokens?.ids, this.#batchTokens?.targets]) {
+    for (
+      const t of [
+        ...this.#accumulators,
+        ...this.#jitterBatch,
+        this.#batchTokens?.ids,
+        this.#batchTokens?.targets,
+      ]
+    ) {
       t?.buffer.destroy();
     }
     this.#train.destroy();
@@ -345,13 +375,13 @@ export class GpuTrainBackend implements TrainBackend {
       k === 0 ? calls.first : k === K - 1 ? calls.last : calls.mid;
     if (this.#routerStats) {
       for (let k = 0; k < K; k++) {
-        this.#copySlice(step, k, false);
+        this.#copySlice(step, k, false, true);
         this.#routerStats.encode(step);
         for (const c of place(this.#accumulateStats!, k)) step.dispatch(c);
       }
     }
     for (let k = 0; k < K; k++) {
-      this.#copySlice(step, k, true);
+      this.#copySlice(step, k, true, true);
       this.#train.encode(step);
       if (this.#accumulate) { for (const c of place(this.#accumulate, k)) step.dispatch(c); }
     }
@@ -365,15 +395,37 @@ export class GpuTrainBackend implements TrainBackend {
     writeTensor(this.ctx, to.targets, batch.targets);
   }
 
-  /** With accumulation: copies micro-batch k's tokens (and with `targets`, its targets) into the graph's inputs. */
-  #copySlice(step: Step, k: number, targets: boolean): void {
+  /**
+   * With accumulation: copies micro-batch k's tokens (and with `targets`, its targets; with `jitter`, its
+   * slice of the router jitter noise) into the graph's inputs.
+   */
+  #copySlice(step: Step, k: number, targets: boolean, jitter: boolean): void {
     if (!this.#batchTokens) return;
-    const bytes = this.model.tokens * 4, m = this.model;
+    const m = this.model;
     const pairs: [GpuTensor, Value][] = [[this.#batchTokens.ids, m.ids]];
     if (targets) pairs.push([this.#batchTokens.targets, m.targets]);
+    if (jitter) m.jitter.forEach((v, i) => pairs.push([this.#jitterBatch[i]!, v]));
     for (const [from, to] of pairs) {
+      const bytes = numel(to.shape) * 4;
       step.encoder.copyBufferToBuffer(from.buffer, k * bytes, this.#train.tensor(to).buffer, 0, bytes);
     }
+  }
+
+  /**
+   * Writes the router jitter noise of the step after the `#t` taken (core/train/jitter.ts; with
+   * accumulation the whole batch's, sliced per micro-step by `#copySlice`), or with `ones` (evaluation) a
+   * factor of 1 into every jitter input.
+   */
+  #writeJitter(ones: boolean): void {
+    const c = this.#c, K = this.accumulation;
+    this.model.jitter.forEach((v, i) => {
+      const leaf = this.#train.tensor(v), n = numel(v.shape);
+      if (ones) writeTensor(this.ctx, leaf, new Float32Array(n).fill(1));
+      else {
+        const noise = jitterNoise(c.seed, this.#t, i, K * n, c.router.jitter);
+        writeTensor(this.ctx, this.#jitterBatch[i] ?? leaf, noise);
+      }
+    });
   }
 
   /** Maps a read-back buffer; a lost device fails it, and then says so rather than WebGPU's generic error. */

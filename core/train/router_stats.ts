@@ -3,7 +3,8 @@
  *
  * @module
  */
-import type { RouterStats } from "./backend.ts";
+import type { RouterLoad } from "../plan/model.ts";
+import type { RouterStats, RouterStepStats } from "./backend.ts";
 
 /** Load (top-1 fraction per expert), mean probability and mean entropy of router probabilities (N, E). */
 export function routerStats(
@@ -26,4 +27,26 @@ export function routerStats(
     load[best] += 1 / n;
   }
   return { layer, kind, load, meanProb, entropy };
+}
+
+/**
+ * The step metrics of each routed block from its selection statistics (`values` in the order of
+ * `loadValues(model)`, core/plan/plan.ts: selected, then kept where there is a capacity): each expert's share
+ * of the token-assignments, selected_i / k, and the dropped share (Σ selected − Σ kept) / k.
+ */
+export function routerStepStats(
+  loads: readonly RouterLoad[],
+  values: readonly ArrayLike<number>[],
+): RouterStepStats[] {
+  let at = 0;
+  const sum = (a: ArrayLike<number>) => Array.from(a).reduce((x, y) => x + y, 0);
+  return loads.map((l) => {
+    const selected = values[at++]!, kept = l.kept ? values[at++]! : undefined;
+    return {
+      layer: l.layer,
+      kind: l.kind,
+      load: Array.from(selected, (v) => v / l.k),
+      ...(kept ? { dropped: (sum(selected) - sum(kept)) / l.k } : {}),
+    };
+  });
 }

@@ -246,6 +246,19 @@ function _logStep(
   log("train/lr", step, lr);
   log("train/grad_norm", step, s.gradNorm);
   log("train/tokens_per_s", step, tokensPerSecond);
+  _logRouterStep(log, step, s);
+}
+
+/**
+ * The step's top-k selection per routed block (docs/design.md §3): each expert's share of the
+ * token-assignments (`train/router/<layer>/<kind>/load/<e>`) and, with an expert capacity, the share dropped.
+ */
+function _logRouterStep(log: (key: string, step: number, value: number) => void, step: number, s: StepStats) {
+  for (const r of s.routers ?? []) {
+    const key = `train/router/${r.layer}/${r.kind}`;
+    r.load.forEach((v, e) => log(`${key}/load/${e}`, step, v));
+    if (r.dropped !== undefined) log(`${key}/dropped`, step, r.dropped);
+  }
 }
 
 async function _checkpoint(o: TrainOptions, step: number, skipped: number): Promise<void> {
