@@ -50,6 +50,7 @@ import { matmulCalls, matmulPlan, matmulScratch } from "./kernels/matmul.ts";
 import { norm, normBackward } from "./kernels/norm.ts";
 import { gatedActivation, routerScale, routerScaleDs, topkMask } from "./kernels/router.ts";
 import { softmax, softmaxBackward } from "./kernels/softmax.ts";
+import { switchLossSeq, switchLossSeqBackward } from "./kernels/balance.ts";
 import {
   capacityMask,
   maskedSoftmax,
@@ -301,6 +302,25 @@ export const GPU_IMPLS: GpuTable = {
     renormalizeRowsBackward(ctx, { x: x!, dy: dy!, dx: dx! }),
   ],
   masked_softmax: (ctx, _n, [z, mask], [y]) => [maskedSoftmax(ctx, { z: z!, mask: mask!, y: y! })],
+  switch_loss_seq: (ctx, n, [s, mask], [loss], scratch) =>
+    switchLossSeq(ctx, {
+      s: s!,
+      mask: mask!,
+      loss: loss!,
+      k: n.attrs.k,
+      seq: n.attrs.seq,
+      fp: scratch([s!.shape[0]! / n.attrs.seq, cols(n)], "fp"),
+    }),
+  switch_loss_seq_backward: (ctx, n, [s, mask, dl], [ds], scratch) =>
+    switchLossSeqBackward(ctx, {
+      s: s!,
+      mask: mask!,
+      dl: dl!,
+      ds: ds!,
+      k: n.attrs.k,
+      seq: n.attrs.seq,
+      f: scratch([s!.shape[0]! / n.attrs.seq, cols(n)], "f"),
+    }),
 };
 
 /** Ops with a WebGPU implementation. */

@@ -232,6 +232,17 @@ const CASES: Record<string, [Build, Tolerance]> = {
       ),
     TRANS,
   ],
+  "the Switch loss per sequence and its gradient": [
+    (g, f) =>
+      ([[1, 7], [4, 5], [3, 33], [2, 150]] as const).flatMap(([B, T]) => {
+        const s = apply1(g, "softmax", [f([B * T, 5], -3, 3)]), mask = apply1(g, "topk_mask", [s], { k: 2 });
+        return [
+          apply1(g, "switch_loss_seq", [s, mask], { k: 2, seq: T }),
+          apply1(g, "switch_loss_seq_backward", [s, mask, f([1])], { k: 2, seq: T }),
+        ];
+      }),
+    TRANS,
+  ],
   "cross-entropy, MI, Switch and z losses with gradients": [(g, f, ids) =>
     ROWS.flatMap((n) => {
       const logits = f([n, 17], -3, 3), t = ids(n, 17), dl = f([1]);

@@ -161,6 +161,11 @@ export const LossSchema = z.strictObject({
     mlp: nonNeg("Mutual-information loss weight for MLP routers", 0),
   }).prefault({}).describe("DS-MoE mutual-information loss"),
   load_balance: nonNeg("Switch load-balance loss weight (SMoE uses 0.01)", 0),
+  load_balance_scope: z.enum(["global", "micro_batch", "sequence"]).optional().describe(
+    "Tokens the Switch loss's routed shares f and mean probabilities P are taken over (load_balance > 0): " +
+      "global = the step's whole batch, across accumulation micro-steps (the default); micro_batch = each " +
+      "micro-batch's own, averaged; sequence = each sequence's own, averaged",
+  ),
   z: nonNeg("Router z-loss weight", 0),
 });
 
@@ -295,6 +300,13 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
     }
   }
   _tokenChoiceChecks(r, issue);
+  if (c.loss.load_balance_scope !== undefined && c.loss.load_balance <= 0) {
+    issue(
+      ["loss", "load_balance_scope"],
+      `loss.load_balance_scope (${c.loss.load_balance_scope}) applies to the Switch load-balance loss, ` +
+        "which is off: set loss.load_balance > 0",
+    );
+  }
   if (a.kind === "mha") {
     const kv = a.kv_heads ?? a.heads;
     if (a.heads % kv !== 0) {

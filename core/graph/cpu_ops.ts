@@ -33,6 +33,7 @@ import {
   zLossRef,
 } from "../ref/losses.ts";
 import { matmulRef } from "../ref/matmul.ts";
+import { switchLossSeqBackwardRef, switchLossSeqRef } from "../ref/balance.ts";
 import { normBackwardRef, normRef } from "../ref/norm.ts";
 import { routerScaleDsRef, routerScaleRef, topkMaskRef } from "../ref/router.ts";
 import { softmaxBackwardRef, softmaxRef } from "../ref/softmax.ts";
@@ -164,6 +165,10 @@ export const CPU_OPS: CpuTable = {
   renormalize_rows: ([x], n) => [renormalizeRowsRef(x!, last(n))],
   renormalize_rows_backward: ([x, dy], n) => [renormalizeRowsBackwardRef(x!, dy!, last(n))],
   masked_softmax: ([z, m], n) => [maskedSoftmaxRef(z!, m!, last(n))],
+  switch_loss_seq: ([s, m], n) => [scalar(switchLossSeqRef(s!, m!, last(n), n.attrs.k, n.attrs.seq))],
+  switch_loss_seq_backward: ([s, m, dl], n) => [
+    switchLossSeqBackwardRef(s!, m!, last(n), n.attrs.k, n.attrs.seq, dl![0]!),
+  ],
 };
 
 function _zip(a: HostValue, b: HostValue, f: (x: number, y: number) => number): Float64Array {

@@ -116,6 +116,12 @@ const CASES: Record<string, () => ReturnType<typeof opCase>> = {
       const kept = apply1(g, "capacity_mask", [mask], { capacity: 1 });
       return apply1(g, "renormalize_rows", [apply1(g, "mul", [s, kept])]);
     }),
+  // The Switch loss per sequence: 3 sequences of 4 tokens, each with its own f and P.
+  "switch_loss_seq (3 sequences of 4)": () =>
+    opCase((g, p) => {
+      const s = apply1(g, "softmax", [p([12, 4])]);
+      return apply1(g, "switch_loss_seq", [s, apply1(g, "topk_mask", [s], { k: 2 })], { k: 2, seq: 4 });
+    }),
   "masked_softmax (softmax after top-2 of 5)": () =>
     opCase((g, p) => {
       const z = p([4, 5]);
@@ -143,7 +149,7 @@ Deno.test("the gradient check catches a deliberately broken rule (activation pas
   assert(r.worst > 1e-2, `broken rule not caught: worst ${r.worst}`);
 });
 
-Deno.test("the gradient check catches deliberately broken token-choice rules (renormalisation differentiated as a softmax, softmax after top-k passing dy through)", () => {
+Deno.test("the gradient check catches deliberately broken router-zoo rules (renormalisation differentiated as a softmax, softmax after top-k passing dy through, the per-sequence Switch loss with the batch's f)", () => {
   const cases: [string, OpTable][] = [
     ["renormalize_rows (top-2 of 4, capacity 1)", {
       ...OPS,
@@ -156,6 +162,17 @@ Deno.test("the gradient check catches deliberately broken token-choice rules (re
     ["masked_softmax (softmax after top-2 of 5)", {
       ...OPS,
       masked_softmax: { ...OPS.masked_softmax, grad: (_g, _n, [dy]) => [dy, null] },
+    }],
+    ["switch_loss_seq (3 sequences of 4)", {
+      ...OPS,
+      switch_loss_seq: {
+        ...OPS.switch_loss_seq,
+        // a plausible slip: the whole graph's routed shares f instead of each sequence's own
+        grad: (g, n, [dl]) => [
+          apply1(g, "switch_loss_backward", [n.inputs[0]!, n.inputs[1]!, dl!], { k: n.attrs.k }),
+          null,
+        ],
+      },
     }],
   ];
   for (const [name, broken] of cases) {

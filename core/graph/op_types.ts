@@ -65,6 +65,12 @@ export interface SwitchLossAttrs {
   readonly k: number;
 }
 
+/** The per-sequence Switch loss and its backward: the top-k of the mask and the tokens per sequence. */
+export interface SwitchLossSeqAttrs {
+  readonly k: number;
+  readonly seq: number;
+}
+
 /**
  * Every graph operation by name → the attributes of its nodes. Attributes are plain data (numbers,
  * strings, booleans, arrays of numbers). The meaning of each op, its inputs and outputs is documented at its
@@ -130,6 +136,9 @@ export interface OpAttrs {
   renormalize_rows: NoAttrs;
   renormalize_rows_backward: NoAttrs;
   masked_softmax: NoAttrs;
+  // The Switch loss per sequence (loss.load_balance_scope: sequence, docs/design.md §4).
+  switch_loss_seq: SwitchLossSeqAttrs;
+  switch_loss_seq_backward: SwitchLossSeqAttrs;
 }
 
 /** The name of a graph operation: the one list every op table is checked against. */

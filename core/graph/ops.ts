@@ -488,4 +488,24 @@ export const OPS: OpTable = {
     },
     grad: (g, n, [dy]) => [apply1(g, "softmax_backward", [n.outputs[0]!, dy!]), null],
   },
+
+  /**
+   * The Switch loss per sequence (docs/design.md §4): (S (N, E), mask (N, E)) over B = N / attrs.seq
+   * sequences of attrs.seq tokens → (1/B) Σ_b E · Σ_i (f_b,i / k) · P_b,i, f_b and P_b the column means of
+   * the mask and of S over sequence b. The mask gets no gradient.
+   */
+  switch_loss_seq: {
+    outputs: ([s, m], a) => {
+      const [N] = _dims2(s!, "switch_loss_seq");
+      _check(N % a.seq === 0, "switch_loss_seq", `${N} tokens are not sequences of ${a.seq}`);
+      _check(m!.shape.join() === s!.shape.join(), "switch_loss_seq", "mask and S differ in shape");
+      return SCALAR;
+    },
+    grad: (g, n, [dl]) => [
+      apply1(g, "switch_loss_seq_backward", [n.inputs[0]!, n.inputs[1]!, dl!], n.attrs),
+      null,
+    ],
+  },
+  /** (S, mask, dL) → dS[t, i] = dL · E · f_b(t),i / (k · seq · B). */
+  switch_loss_seq_backward: { outputs: ([s]) => _same(s!), grad: "backward" },
 };

@@ -36,13 +36,15 @@ export function accumulationOf(c: Readonly<Experiment>): Accumulation {
 
 /**
  * True when `c` has a router loss over the whole batch with a nonzero weight: the MI loss of a routed kind
- * or the Switch load-balance loss. Under accumulation such a loss needs the batch's router statistics
- * before the micro-steps (core/plan/plan.ts); the other losses are means over tokens.
+ * or the Switch load-balance loss over the global batch (loss.load_balance_scope global, the default).
+ * Under accumulation such a loss needs the batch's router statistics before the micro-steps
+ * (core/plan/plan.ts); the other losses (and the Switch loss per micro-batch or per sequence) are means
+ * over micro-batches or tokens.
  */
 export function hasBatchRouterLoss(c: Readonly<Experiment>): boolean {
   const s = layerShape(c), l = c.loss;
-  return (s.routedAtt && (l.mi.attention > 0 || l.load_balance > 0)) ||
-    (s.routedMlp && (l.mi.mlp > 0 || l.load_balance > 0));
+  const lb = l.load_balance > 0 && (l.load_balance_scope ?? "global") === "global";
+  return (s.routedAtt && (l.mi.attention > 0 || lb)) || (s.routedMlp && (l.mi.mlp > 0 || lb));
 }
 
 /** Parameter counts by component (whole model, all layers). */

@@ -148,4 +148,9 @@ Deno.test("hasBatchRouterLoss() is true only for a weighted MI or Switch loss of
   assertEquals(hasBatchRouterLoss(cfg({ model: dense.model, loss: { mi: { mlp: 0.1 } } })), false);
   assertEquals(hasBatchRouterLoss(cfg({ ...smoe, loss: { load_balance: 0.01, z: 0.1 } })), true);
   assertEquals(hasBatchRouterLoss(cfg({ ...smoe, loss: { z: 0.1 } })), false);
+  // The Switch loss per micro-batch or per sequence is a mean over micro-batches: no batch statistics.
+  for (const [scope, batch] of [["global", true], ["micro_batch", false], ["sequence", false]] as const) {
+    const loss = { load_balance: 0.01, load_balance_scope: scope };
+    assertEquals(hasBatchRouterLoss(cfg({ ...smoe, loss })), batch, scope);
+  }
 });

@@ -404,9 +404,17 @@ class _Builder {
     return apply1(this.g, "matmul", [a, this.param(`h${l}.mlp.w2`, [width, this.d], "normal", this.projStd)]);
   }
 
-  /** The Switch loss of a router: against the batch's routed shares under `batchStats`. */
+  /**
+   * The Switch loss of a router over loss.load_balance_scope (docs/design.md §4): per sequence
+   * (`switch_loss_seq`), over the graph's tokens (micro_batch, or global without accumulation), or global
+   * under `batchStats`: against the batch's routed shares.
+   */
   switchLoss(probs: Value, mask: Value, k: number): Value {
-    if (!this.batchStats) return apply1(this.g, "switch_loss", [probs, mask], { k });
+    const scope = this.c.loss.load_balance_scope ?? "global";
+    if (scope === "sequence") return apply1(this.g, "switch_loss_seq", [probs, mask], { k, seq: this.T });
+    if (!this.batchStats || scope === "micro_batch") {
+      return apply1(this.g, "switch_loss", [probs, mask], { k });
+    }
     const r = this.routers.find((t) => t.probs === probs)!;
     const name = `h${r.layer}.${r.kind === "attention" ? "attn" : "mlp"}.router.switch_f`;
     return apply1(this.g, "switch_loss_global", [probs, this.batchStat(name, mask)], { k });
