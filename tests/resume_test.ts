@@ -5,6 +5,8 @@ import { RunDir } from "../core/runs/run_dir.ts";
 import { closeRunStores } from "../core/runs/open_store.ts";
 import { loadExperiment } from "../core/config/mod.ts";
 import { loadDataset } from "../core/data/dataset.ts";
+import { checkCheckpointContent } from "../core/runs/stored_run.ts";
+import { f32Tensor, type SafeTensor, tensorToF32 } from "../core/runs/safetensors.ts";
 
 // 60 steps of the micro DS-MoE on a corpus small enough that an epoch is under 16 steps, with a 10-step
 // warmup, every step's loss logged and a checkpoint every 10 steps.
@@ -28,12 +30,12 @@ async function series(dir: string, runId: string, key: string): Promise<Map<numb
   return out;
 }
 
-/** SHA-256 of the newest checkpoint's tensors whose names start with `prefix`, in name order. */
-async function stateSha256(dir: string, runId: string, prefix: string): Promise<string> {
+/** SHA-256 of the newest checkpoint's (at `step`) tensors whose names start with `prefix`, in name order. */
+async function stateSha256(dir: string, runId: string, prefix: string, step = 60): Promise<string> {
   const ck = (await latestCheckpoint(`${dir}/${runId}`))!;
-  assertEquals(ck.entry.step, 60);
+  assertEquals(ck.entry.step, step);
   const names = [...ck.file.tensors.keys()].filter((n) => n.startsWith(prefix)).sort();
-  assert(names.length > 10, `${names.length} ${prefix} tensors`);
+  assert(names.length >= (prefix === "state/" ? 1 : 10), `${names.length} ${prefix} tensors`);
   const parts = names.map((n) => ck.file.tensors.get(n)!.data);
   const all = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
   parts.reduce((at, p) => (all.set(p, at), at + p.length), 0);
@@ -210,6 +212,96 @@ Deno.test("a run killed before its first checkpoint resumes from step 0 and says
     const ev = await cli("eval", id, "--runs-dir", dir);
     assertEquals(ev.code, 2);
     assert(ev.err.join("\n").includes(`${path}: size or SHA-256 does not match`), ev.err.join("\n"));
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// An SMoE with optimizer-free router state (aux-free balancing biases) and router jitter: 12 steps with a
+// checkpoint every 4.
+const ROUTER_STATE = `extends: ${Deno.cwd()}/tests/fixtures/micro.yaml
+name: resume-router-state
+data: { synthetic_bytes: 8192 }
+model:
+  kind: smoe
+  attention: { kind: mha, heads: 2, head_dim: 8 }
+  mlp: { experts: 4, hidden: 16 }
+router: { train: topk, k: 2, balance: aux_free, bias_rate: 0.01, jitter: 0.1, infer: { kind: topk, k: 2 } }
+loss: { mi: { attention: 0, mlp: 0 } }
+train: { steps: 12, log_every: 1, eval_every: 12, eval_batches: 2, checkpoint_every: 4, schedule: { warmup: 2 } }
+`;
+
+Deno.test("resume is exact with router state (aux-free biases, jitter): 12 steps straight = 5 + resume = SIGKILL after 7 + resume (losses and biases bit-identical, state SHA-256 equal); a checkpoint without the biases is refused", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const cfg = `${dir}/state.yaml`;
+    await Deno.writeTextFile(cfg, ROUTER_STATE);
+    const run = (...extra: string[]) =>
+      cli("run", cfg, "--runs-dir", dir, "--json", "--no-dashboard", ...extra);
+    const resume = (id: string) => cli("run", "--resume", id, "--runs-dir", dir, "--json", "--no-dashboard");
+    const straight = await run();
+    assertEquals(straight.code, 0, straight.err.join("\n"));
+    const straightId = straight.json().run_id;
+
+    const stopped = await run("--stop-after", "5");
+    assertEquals(stopped.json().status, "interrupted");
+    const stoppedId = stopped.json().run_id;
+    assertEquals((await resume(stoppedId)).code, 0);
+
+    const killed = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "mod.ts", "run", cfg, "--runs-dir", dir, "--no-dashboard"],
+      env: { DSMOE_FAULT_KILL_AFTER_STEP: "7" },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assertEquals(killed.signal, "SIGKILL", new TextDecoder().decode(killed.stderr));
+    const killedId = new TextDecoder().decode(killed.stderr).match(/run (\S+) →/)![1]!;
+    const after = await resume(killedId);
+    assertEquals(after.code, 0, after.err.join("\n"));
+    assert(after.err.includes(`Resuming ${killedId} from step 4`), after.err.join("\n"));
+
+    const ck = (await latestCheckpoint(`${dir}/${straightId}`))!;
+    const biases = [...ck.file.tensors.keys()].filter((n) => n.startsWith("state/")).sort();
+    assertEquals(biases, ["state/h0.mlp.router.balance_bias", "state/h1.mlp.router.balance_bias"]);
+    assert(tensorToF32(ck.file.tensors.get(biases[0]!)!).some((v) => v !== 0), "the bias moved");
+    for (const id of [stoppedId, killedId]) {
+      for (const key of ["train/loss", "train/grad_norm", "train/router/1/mlp/bias/3"]) {
+        await assertSameSeries(dir, straightId, id, key, 12);
+      }
+      for (const prefix of ["param/", "adam_m/", "adam_v/", "state/"]) {
+        assertEquals(
+          await stateSha256(dir, id, prefix, 12),
+          await stateSha256(dir, straightId, prefix, 12),
+          prefix,
+        );
+      }
+    }
+
+    // The biases are part of the model's checkpoint: missing or not finite, it is refused, naming them.
+    const { config } = await loadExperiment(cfg);
+    const edited = (edit: (t: Map<string, SafeTensor>) => void) => {
+      const tensors = new Map(ck.file.tensors);
+      edit(tensors);
+      return { tensors, metadata: ck.file.metadata };
+    };
+    checkCheckpointContent(edited(() => {}), config, { step: 12, purpose: "resume" });
+    const refused = (edit: (t: Map<string, SafeTensor>) => void, purpose: "resume" | "infer") => {
+      try {
+        checkCheckpointContent(edited(edit), config, { step: 12, purpose });
+      } catch (e) {
+        return String(e);
+      }
+      return "accepted";
+    };
+    for (const purpose of ["resume", "infer"] as const) {
+      assert(
+        refused((t) => t.delete(biases[1]!), purpose).includes(`tensor "${biases[1]}" is missing`),
+        purpose,
+      );
+    }
+    const nan = refused((t) => t.set(biases[0]!, f32Tensor([4], Float32Array.of(0, NaN, 0, 0))), "resume");
+    assert(nan.includes(`tensor "${biases[0]}" holds NaN at index 1`), nan);
   } finally {
     closeRunStores();
     await Deno.remove(dir, { recursive: true });

@@ -126,6 +126,9 @@ export const InferRuleSchema = z.strictObject({
   p: z.number().gt(0).max(1).default(0.9).describe("Probability mass to cover (top_p)"),
 });
 
+/** The step γ of the auxiliary-loss-free bias update when `router.bias_rate` is not given. */
+export const AUX_FREE_BIAS_RATE = 0.001;
+
 /** Router: how experts are weighted in training and chosen at inference. */
 export const RouterSchema = z.strictObject({
   hidden: z.int().min(0).default(0).describe("0 = linear router; >0 = d → hidden → N MLP router with GELU"),
@@ -151,6 +154,13 @@ export const RouterSchema = z.strictObject({
   softmax_order: z.enum(["before", "after"]).default("before").describe(
     "train: topk gates: before = the kept softmax probabilities; after = softmax over the kept logits " +
       "(equal to renormalised kept probabilities)",
+  ),
+  balance: z.enum(["none", "aux_free"]).default("none").describe(
+    "aux_free (train: topk): a per-expert bias added to the scores for selection only, moved after every " +
+      "step by bias_rate · sign(mean load − load) (auxiliary-loss-free balancing); none = no bias",
+  ),
+  bias_rate: z.number().gt(0).optional().describe(
+    `Step γ of the aux_free bias update (balance: aux_free); default ${AUX_FREE_BIAS_RATE}`,
   ),
 });
 
@@ -345,8 +355,9 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
 }
 
 /**
- * The top-k token-choice options (capacity, jitter, renormalised gates, softmax order; docs/design.md §3)
- * act on the top-k selection of training: with `train: dense` there is none, so each is refused there.
+ * The top-k token-choice options (capacity, jitter, renormalised gates, softmax order, aux-free balancing;
+ * docs/design.md §3) act on the top-k selection of training: with `train: dense` there is none, so each is
+ * refused there.
  */
 function _tokenChoiceChecks(
   r: z.output<typeof RouterSchema>,
@@ -365,6 +376,13 @@ function _tokenChoiceChecks(
   topkOnly("jitter", r.jitter > 0, r.jitter);
   topkOnly("renormalize", r.renormalize, r.renormalize);
   topkOnly("softmax_order", r.softmax_order !== "before", r.softmax_order);
+  topkOnly("balance", r.balance !== "none", r.balance);
+  if (r.bias_rate !== undefined && r.balance !== "aux_free") {
+    issue(
+      ["router", "bias_rate"],
+      `router.bias_rate (${r.bias_rate}) is the step of the aux_free bias: set router.balance: aux_free`,
+    );
+  }
   if (r.renormalize && r.softmax_order === "after") {
     issue(
       ["router", "renormalize"],

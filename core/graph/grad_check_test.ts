@@ -236,6 +236,14 @@ const MODELS: Record<string, unknown> = {
     router: { train: "topk", k: 2, capacity_factor: 1.0, jitter: 0.1, renormalize: true },
     loss: { load_balance: 0.01 },
   },
+  "SMoE with aux-free balancing (a random bias in the selection)": {
+    model: {
+      kind: "smoe",
+      attention: { kind: "mha", heads: 2, head_dim: 4 },
+      mlp: { experts: 4, hidden: 4 },
+    },
+    router: { train: "topk", k: 2, balance: "aux_free" },
+  },
   "SMoE with softmax after top-k (capacity 1.5)": {
     model: {
       kind: "smoe",
@@ -263,26 +271,41 @@ const MODELS: Record<string, unknown> = {
   },
 };
 
-for (const [name, over] of Object.entries(MODELS)) {
+/** The whole-model gradient check of MODELS[name] (random leaves: biases, jitter), with `table`'s rules. */
+function modelCheck(name: string, table?: OpTable) {
+  const o = MODELS[name] as Record<string, Record<string, unknown>>;
+  const c = ExperimentSchema.parse({
+    ...o,
+    data: { seq_len: 5 },
+    model: { d_model: 8, layers: 2, ...o.model },
+  });
+  const m = buildModel(c, 2);
+  const rng = new Rng(3);
+  const fixed = new Map<number, HostValue>([
+    [m.ids.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
+    [m.targets.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
+  ]);
+  const feeds = randomFeeds(m.graph, 11, fixed, 0.5);
+  const r = checkGradients(m.graph, m.loss, m.params.map((p) => p.value), feeds as Map<number, HostValue>, {
+    samples: 3,
+    floor: 1e-4, // a loss near 5 leaves ~1e-10 absolute noise in differences; ignore it for tiny gradients
+    ...(table ? { table } : {}),
+  });
+  return { r, params: m.params.length };
+}
+
+for (const name of Object.keys(MODELS)) {
   Deno.test(`whole-model gradients of ${name} match float64 central differences`, () => {
-    const o = over as Record<string, Record<string, unknown>>;
-    const c = ExperimentSchema.parse({
-      ...o,
-      data: { seq_len: 5 },
-      model: { d_model: 8, layers: 2, ...o.model },
-    });
-    const m = buildModel(c, 2);
-    const rng = new Rng(3);
-    const fixed = new Map<number, HostValue>([
-      [m.ids.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
-      [m.targets.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
-    ]);
-    const feeds = randomFeeds(m.graph, 11, fixed, 0.5);
-    const r = checkGradients(m.graph, m.loss, m.params.map((p) => p.value), feeds as Map<number, HostValue>, {
-      samples: 3,
-      floor: 1e-4, // a loss near 5 leaves ~1e-10 absolute noise in differences; ignore it for tiny gradients
-    });
+    const { r, params } = modelCheck(name);
     assert(r.worst < 1e-5, `worst relative error ${r.worst} at ${r.where}`);
-    assert(r.checked >= 3 * m.params.length - 10);
+    assert(r.checked >= 3 * params - 10);
   });
 }
+
+Deno.test("the whole-model check catches a selection given a gradient: aux-free top-k with a straight-through mask fails", () => {
+  // The biased scores select (topk_mask, discrete): a rule passing the mask's gradient on to the scores
+  // (and so to the router) is wrong, and the check must say so.
+  const broken: OpTable = { ...OPS, topk_mask: { ...OPS.topk_mask, grad: (_g, _n, [dy]) => [dy] } };
+  const { r } = modelCheck("SMoE with aux-free balancing (a random bias in the selection)", broken);
+  assert(r.worst > 1e-2, `broken rule not caught: worst ${r.worst}`);
+});

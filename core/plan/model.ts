@@ -66,6 +66,21 @@ export interface RouterLoad {
   selected: Value;
   /** (E,) the same after the expert capacity (router.capacity_factor > 0): the tokens each expert kept. */
   kept?: Value;
+  /**
+   * With router.balance: aux_free, the (E,) `state` leaf `h<l>.<attn|mlp>.router.balance_bias`: the
+   * per-expert bias added to the selection scores, moved by the backend after every step (not trained).
+   */
+  bias?: Value;
+}
+
+/** The name prefix of the router of layer `l`'s `kind` block: `h<l>.attn.router` or `h<l>.mlp.router`. */
+export function routerPrefix(l: number, kind: "attention" | "mlp"): string {
+  return `h${l}.${kind === "attention" ? "attn" : "mlp"}.router`;
+}
+
+/** The optimizer-free router state of a training graph: every aux-free balancing bias, in `loads` order. */
+export function routerState(m: Pick<ModelGraph, "loads">): Value[] {
+  return m.loads.flatMap((l) => l.bias ? [l.bias] : []);
 }
 
 /**
@@ -203,6 +218,8 @@ class _Builder {
   readonly routers: RouterTap[] = [];
   /** Gates made together with their router's probabilities (route_gate), by the probabilities' id. */
   readonly fusedGates = new Map<number, Value>();
+  /** Inference under a top-k rule with router.balance: aux_free: the balancing bias, by the probabilities' id. */
+  readonly inferBias = new Map<number, Value>();
   readonly mi = { attention: [] as Value[], mlp: [] as Value[] };
   readonly switch: Value[] = [];
   readonly z: Value[] = [];
@@ -276,7 +293,7 @@ class _Builder {
   }
 
   router(l: number, kind: RouterTap["kind"], h: Value, experts: number): Value {
-    const p = `h${l}.${kind === "attention" ? "attn" : "mlp"}.router`;
+    const p = routerPrefix(l, kind);
     const hidden = this.c.router.hidden;
     h = this.jittered(p, h);
     let logits: Value;
@@ -292,8 +309,10 @@ class _Builder {
     // Inference: softmax, the rule's mask and the gate in one op (one dispatch instead of three);
     // threshold_topk keeps its own ops (its K is a mean over the batch).
     const rule = this.infer?.[kind];
+    // The aux-free bias enters top-k selection at inference too (docs/design.md §3): no fused gate then.
+    const biased = rule?.kind === "topk" && this.c.router.balance === "aux_free";
     let probs: Value;
-    if (rule && rule.kind !== "dense" && rule.kind !== "threshold_topk") {
+    if (rule && rule.kind !== "dense" && rule.kind !== "threshold_topk" && !biased) {
       const [p, mask, gate] = apply(this.g, "route_gate", [logits], { ...rule });
       probs = p!;
       this.routers.push({ layer: l, kind, logits, probs, mask: mask! });
@@ -301,6 +320,10 @@ class _Builder {
     } else {
       probs = apply1(this.g, "softmax", [logits]);
       this.routers.push({ layer: l, kind, logits, probs });
+      if (biased) {
+        const bias = this.param(`${p}.balance_bias`, [logits.shape[1]!], "zeros");
+        this.inferBias.set(probs.id, bias);
+      }
     }
     this.mi[kind].push(
       this.batchStats
@@ -426,7 +449,9 @@ class _Builder {
     if (fused) return this.trainedGateForm(fused, probs);
     const rule = this.infer![kind];
     if (rule.kind === "dense") return probs;
-    const mask = apply1(this.g, "route_mask", [probs], { ...rule });
+    const bias = this.inferBias.get(probs.id);
+    const scores = bias ? apply1(this.g, "bias_add", [probs, bias]) : probs;
+    const mask = apply1(this.g, "route_mask", [scores], { ...rule });
     this.routers.at(-1)!.mask = mask;
     return this.trainedGateForm(apply1(this.g, "mul", [probs, mask]), probs);
   }
@@ -473,8 +498,13 @@ class _Builder {
    * order. Records the Switch loss (when weighted) and the selection statistics (`loads`).
    */
   tokenChoice(probs: Value, experts: number, kind: RouterTap["kind"]): Value {
-    const r = this.c.router, k = Math.min(r.k, experts), g = this.g;
-    const mask = apply1(g, "topk_mask", [probs], { k });
+    const r = this.c.router, k = Math.min(r.k, experts), g = this.g, tap = this._tapOf(probs);
+    // Aux-free balancing: the bias shifts the scores that select, not the gates (docs/design.md §3).
+    const bias = r.balance === "aux_free"
+      ? g.leaf("state", `${routerPrefix(tap.layer, kind)}.balance_bias`, [probs.shape[1]!])
+      : undefined;
+    const scores = bias ? apply1(g, "bias_add", [probs, bias]) : probs;
+    const mask = apply1(g, "topk_mask", [scores], { k });
     let gate = r.softmax_order === "after"
       ? apply1(g, "masked_softmax", [this._tapOf(probs).logits, mask])
       : apply1(g, "mul", [probs, mask]);
@@ -486,13 +516,13 @@ class _Builder {
       gate = apply1(g, "mul", [gate, kept]);
     }
     if (this.c.loss.load_balance > 0) this.switch.push(this.switchLoss(probs, mask, k));
-    const tap = this._tapOf(probs);
     this.loads.push({
       layer: tap.layer,
       kind,
       k,
       selected: apply1(g, "mean_rows", [mask]),
       ...(kept ? { kept: apply1(g, "mean_rows", [kept]) } : {}),
+      ...(bias ? { bias } : {}),
     });
     return gate;
   }

@@ -3,6 +3,7 @@ import { Rng } from "../util/rng.ts";
 import { topkMaskRef } from "./router.ts";
 import { softmaxRef } from "./softmax.ts";
 import {
+  balanceBiasUpdateRef,
   capacityMaskRef,
   maskedSoftmaxRef,
   renormalizeRowsBackwardRef,
@@ -55,4 +56,19 @@ Deno.test("softmax after top-k equals the renormalised kept softmax probabilitie
     after.forEach((v, i) => assert(Math.abs(v - renorm[i]!) < 1e-15, `k ${k} [${i}]: ${v} vs ${renorm[i]}`));
   }
   assertEquals(Array.from(maskedSoftmaxRef([1, 2], [0, 0], 2)), [0, 0], "nothing kept: 0");
+});
+
+Deno.test("balanceBiasUpdateRef raises the bias of an underloaded expert, lowers an overloaded one's, and leaves the mean load's", () => {
+  // 10 tokens, top-2 of 4: mean load 2·10 / 4 = 5 tokens; loads 8, 5, 5, 2 tokens.
+  const load = [0.8, 0.5, 0.5, 0.2];
+  const b = balanceBiasUpdateRef([0.1, 0, -0.2, 0], load, { rate: 0.01, k: 2, tokens: 10 });
+  assertEquals(Array.from(b).map((v) => Math.round(v * 1e12) / 1e12), [0.09, 0, -0.2, 0.01]);
+  // Shares computed in f32 (0.2 is not exact) still count whole tokens.
+  const f32 = Float32Array.from(load);
+  assertEquals(Array.from(balanceBiasUpdateRef([0, 0, 0, 0], f32, { rate: 1, k: 2, tokens: 10 })), [
+    -1,
+    0,
+    0,
+    1,
+  ]);
 });

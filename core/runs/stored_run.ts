@@ -24,7 +24,7 @@ import { parseByteSize } from "../config/schema.ts";
 import { isPlainMap, MAX_FILE_BYTES, parseYaml } from "../config/yaml_source.ts";
 import type { Experiment } from "../config/schema.ts";
 import { estimateMemory, fitsMemoryBudget } from "../plan/counts.ts";
-import { buildModel } from "../plan/model.ts";
+import { buildModel, routerState } from "../plan/model.ts";
 import { fmtBytes } from "../util/format.ts";
 import {
   type CheckpointEntry,
@@ -141,7 +141,8 @@ export function checkMemoryBudget(c: Readonly<Experiment>, label: string): void 
 /**
  * Checks that a checkpoint holds the training state of config `c` at `step`, throwing CheckpointError for
  * the first problem, naming the tensor (and the first bad index): every parameter of the model as
- * `param/<name>`, F32, exactly the planned shape, finite; no tensor that is not the model's. To resume, also
+ * `param/<name>`, F32, exactly the planned shape, finite; the router state (aux-free balancing biases) as
+ * `state/<name>`, F32, its shape, finite; no tensor that is not the model's. To resume, also
  * `adam_m/<name>` (finite) and `adam_v/<name>` (finite, ≥ 0) of the same shapes, `optimizer_step` equal to
  * `step`, a `skipped_steps` count within it, and `step` within `train.steps`.
  */
@@ -159,6 +160,10 @@ export function checkCheckpointContent(
     }
     for (const prefix of ["param/", "adam_m/", "adam_v/"]) known.add(`${prefix}${name}`);
   }
+  for (const [name, shape] of expectedState(c)) {
+    _checkTensor(file, `state/${name}`, shape, false);
+    known.add(`state/${name}`);
+  }
   for (const name of file.tensors.keys()) {
     if (!known.has(name)) {
       throw new CheckpointError(`tensor ${JSON.stringify(name)} is not a tensor of the config's model`);
@@ -175,6 +180,18 @@ export function expectedParams(c: Readonly<Experiment>): Map<string, readonly nu
   if (!m) {
     m = new Map(buildModel(c, 1).params.map((p) => [p.value.name, p.value.shape]));
     _expected.set(c, m);
+  }
+  return m;
+}
+
+const _expectedState = new WeakMap<object, Map<string, readonly number[]>>();
+
+/** The optimizer-free router state of config `c`'s model (`routerState`, core/plan/model.ts), by name. */
+export function expectedState(c: Readonly<Experiment>): Map<string, readonly number[]> {
+  let m = _expectedState.get(c);
+  if (!m) {
+    m = new Map(routerState(buildModel(c, 1)).map((v) => [v.name, v.shape]));
+    _expectedState.set(c, m);
   }
   return m;
 }

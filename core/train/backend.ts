@@ -29,6 +29,8 @@ export interface RouterStepStats {
   load: number[];
   /** With an expert capacity: the share of the assignments dropped (tokens past an expert's capacity). */
   dropped?: number;
+  /** With router.balance: aux_free, the (E,) balancing bias after the step's update. */
+  bias?: number[];
 }
 
 /** Router statistics of an evaluation: per router, mean probability per expert and mean entropy. */
@@ -52,6 +54,11 @@ export interface TrainState {
   adamM: Map<string, Float32Array>;
   adamV: Map<string, Float32Array>;
   step: number; // optimizer steps taken (AdamW's t)
+  /**
+   * Optimizer-free router state by leaf name (the aux-free balancing biases, `routerState`,
+   * core/plan/model.ts); saved as `state/<name>`. Absent or empty for a model without any.
+   */
+  state?: Map<string, Float32Array>;
 }
 
 /** A backend able to train one model. */

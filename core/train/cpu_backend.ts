@@ -11,7 +11,9 @@ import type { Batch } from "../data/dataset.ts";
 import { evaluateGraph, type HostValue } from "../graph/cpu_executor.ts";
 import { CPU_OPS } from "../graph/cpu_ops.ts";
 import type { Node, Value } from "../graph/ir.ts";
-import type { ModelGraph } from "../plan/model.ts";
+import { type ModelGraph, routerState } from "../plan/model.ts";
+import { balanceBiasUpdateRef } from "../ref/token_choice.ts";
+import { AUX_FREE_BIAS_RATE } from "../config/schema.ts";
 import { plan, type TrainPlan } from "../plan/plan.ts";
 import { adamwStepRef } from "../ref/adamw.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
@@ -34,6 +36,8 @@ export class CpuTrainBackend implements TrainBackend {
   readonly #params = new Map<string, Float64Array>();
   readonly #m = new Map<string, Float64Array>();
   readonly #v = new Map<string, Float64Array>();
+  /** The aux-free balancing biases by leaf name (optimizer-free state, moved after every step). */
+  readonly #state = new Map<string, Float64Array>();
   #t = 0;
 
   constructor(c: Readonly<Experiment>) {
@@ -47,6 +51,7 @@ export class CpuTrainBackend implements TrainBackend {
       this.#m.set(name, new Float64Array(data.length));
       this.#v.set(name, new Float64Array(data.length));
     }
+    for (const v of routerState(this.model)) this.#state.set(v.name, new Float64Array(v.shape[0]!));
   }
 
   /**
@@ -125,6 +130,7 @@ export class CpuTrainBackend implements TrainBackend {
           step: this.#t,
         });
       });
+      this.#updateBiases(loads);
     }
     const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
     return Promise.resolve({
@@ -134,7 +140,7 @@ export class CpuTrainBackend implements TrainBackend {
       miMlp: sum(parts.slice(2 + nAtt)),
       gradNorm,
       finite,
-      routers: routerStepStats(m.loads, loads),
+      routers: routerStepStats(m.loads, loads, routerState(m).map((v) => this.#state.get(v.name)!)),
     });
   }
 
@@ -165,7 +171,13 @@ export class CpuTrainBackend implements TrainBackend {
       });
     }
     const f32 = (m: Map<string, Float64Array>) => new Map([...m].map(([k, v]) => [k, Float32Array.from(v)]));
-    return Promise.resolve({ params, adamM: f32(this.#m), adamV: f32(this.#v), step: this.#t });
+    return Promise.resolve({
+      params,
+      adamM: f32(this.#m),
+      adamV: f32(this.#v),
+      step: this.#t,
+      state: f32(this.#state),
+    });
   }
 
   importState(s: TrainState): Promise<void> {
@@ -175,7 +187,29 @@ export class CpuTrainBackend implements TrainBackend {
       this.#v.set(name, Float64Array.from(s.adamV.get(name)!));
     }
     this.#t = s.step;
+    for (const [name, b] of this.#state) {
+      const saved = s.state?.get(name);
+      if (!saved) throw new RangeError(`Checkpoint has no router state "${name}"`);
+      b.set(saved);
+    }
     return Promise.resolve();
+  }
+
+  /**
+   * The aux-free bias update after a step (docs/design.md §3) from its selection shares (`loads`, in
+   * `plan.loads` order), over the step's tokens.
+   */
+  #updateBiases(loads: Float64Array[]): void {
+    const c = this.#c, tokens = c.train.batch * c.data.seq_len;
+    const rate = c.router.bias_rate ?? AUX_FREE_BIAS_RATE;
+    let at = 0;
+    for (const l of this.model.loads) {
+      const selected = loads[at]!;
+      at += l.kept ? 2 : 1;
+      if (!l.bias) continue;
+      const b = this.#state.get(l.bias.name)!;
+      b.set(balanceBiasUpdateRef(b, selected, { rate, k: l.k, tokens }));
+    }
   }
 
   destroy(): void {}
@@ -193,6 +227,7 @@ export class CpuTrainBackend implements TrainBackend {
       feeds.set(v.id, this.#jitter[i]!.subarray(k * size, (k + 1) * size));
     });
     for (const p of this.model.params) feeds.set(p.value.id, this.#params.get(p.value.name)!);
+    for (const v of routerState(this.model)) feeds.set(v.id, this.#state.get(v.name)!);
     return feeds;
   }
 }

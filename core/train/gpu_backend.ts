@@ -15,7 +15,9 @@
 import type { Experiment } from "../config/schema.ts";
 import type { Batch } from "../data/dataset.ts";
 import { numel, type Value } from "../graph/ir.ts";
-import type { ModelGraph } from "../plan/model.ts";
+import { type ModelGraph, routerState } from "../plan/model.ts";
+import { AUX_FREE_BIAS_RATE } from "../config/schema.ts";
+import { balanceBiasUpdate } from "../../gpu/kernels/balance.ts";
 import { plan } from "../plan/plan.ts";
 import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
 import { type GpuContext, openGpu } from "../../gpu/device.ts";
@@ -83,6 +85,8 @@ export class GpuTrainBackend implements TrainBackend {
   /** The router statistics pass (null unless a batch-level router loss is accumulated). */
   readonly #routerStats: GraphExecutor | null;
   readonly #opt: PreparedCall[];
+  /** The aux-free balancing bias updates, after the optimizer (router.balance: aux_free; else empty). */
+  readonly #balance: PreparedCall[];
   /** Kernel sources outside the graphs (accumulation, optimizer), compiled and checked by `create`. */
   readonly #sources: { code: string; label: string }[] = [];
   readonly #ownsDevice: boolean;
@@ -161,6 +165,7 @@ export class GpuTrainBackend implements TrainBackend {
     this.#hyper = createTensor(ctx, [3], "f32", undefined, "adam.hyper");
     this.#stats = createTensor(ctx, [3], "f32", undefined, "grad.stats");
     this.#opt = this.#prepare(this.#optimizerCalls());
+    this.#balance = this.#prepare(this.#balanceCalls(p.loads));
   }
 
   /** Opens the device, builds and compiles everything, and uploads the seeded initial parameters. */
@@ -181,6 +186,7 @@ export class GpuTrainBackend implements TrainBackend {
     await gpu.checkAllocations(); // the optimizer's moments and partial sums
     const init = initParams(b.model.params, c.seed);
     for (const p of b.model.params) writeTensor(gpu, b.#train.tensor(p.value), init.get(p.value.name)!);
+    for (const v of routerState(b.model)) writeTensor(gpu, b.#train.tensor(v), new Float32Array(v.shape[0]!));
     return b;
   }
 
@@ -221,6 +227,27 @@ export class GpuTrainBackend implements TrainBackend {
     return r.calls;
   }
 
+  /**
+   * The aux-free bias update of every router that has a bias (docs/design.md §3), from the step's selection
+   * shares (`#loads`, accumulated over the micro-steps), over the step's tokens; each reads the optimizer's
+   * finite flag, so a skipped step moves no bias.
+   */
+  #balanceCalls(loads: readonly Value[]): KernelCall[] {
+    const c = this.#c, m = this.model, tokens = c.train.batch * c.data.seq_len;
+    return m.loads.flatMap((l) =>
+      l.bias
+        ? [balanceBiasUpdate(this.ctx, {
+          bias: this.#train.tensor(l.bias),
+          load: this.#loads[loads.indexOf(l.selected)]!,
+          stats: this.#stats,
+          rate: c.router.bias_rate ?? AUX_FREE_BIAS_RATE,
+          k: l.k,
+          tokens,
+        })]
+        : []
+    );
+  }
+
   step(batch: Batch, lr: number, options: { profile?: boolean } = {}): Promise<StepStats> {
     const ctx = this.ctx, o = this.#c.train.optimizer;
     ctx.assertAlive();
@@ -242,7 +269,9 @@ export class GpuTrainBackend implements TrainBackend {
       step.encoder.copyBufferToBuffer(this.#nan.buffer, 0, this.#grads[0]!.buffer, 0, 4);
     }
     for (const c of this.#opt) step.dispatch(c);
-    const n = this.#report.length + 3 + this.#loads.reduce((a, t) => a + t.size, 0);
+    for (const c of this.#balance) step.dispatch(c);
+    const biases = routerState(this.model).map((v) => this.#train.tensor(v));
+    const n = this.#report.length + 3 + [...this.#loads, ...biases].reduce((a, t) => a + t.size, 0);
     const staging = ctx.device.createBuffer({
       size: n * 4,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -251,7 +280,7 @@ export class GpuTrainBackend implements TrainBackend {
     this.#report.forEach((t, i) => enc.copyBufferToBuffer(t.buffer, 0, staging, i * 4, 4));
     enc.copyBufferToBuffer(this.#stats.buffer, 0, staging, this.#report.length * 4, 12);
     let at = this.#report.length + 3;
-    for (const t of this.#loads) {
+    for (const t of [...this.#loads, ...biases]) {
       enc.copyBufferToBuffer(t.buffer, 0, staging, at * 4, t.size * 4);
       at += t.size;
     }
@@ -263,6 +292,7 @@ export class GpuTrainBackend implements TrainBackend {
       const sum = (a: number, b: number) => Array.from(r.subarray(a, b)).reduce((x, y) => x + y, 0);
       let at = k + 3;
       const loads = this.#loads.map((t) => r.subarray(at, at += t.size));
+      const biasValues = biases.map((t) => r.subarray(at, at += t.size));
       return {
         loss: r[0]!,
         lmLoss: r[1]!,
@@ -270,7 +300,7 @@ export class GpuTrainBackend implements TrainBackend {
         miMlp: sum(2 + nAtt, k),
         gradNorm: r[k]!,
         finite: r[k + 2] === 1,
-        routers: routerStepStats(this.model.loads, loads),
+        routers: routerStepStats(this.model.loads, loads, biasValues),
         ...(options.profile ? { kernels: await step.timings() } : {}),
       };
     });
@@ -327,7 +357,11 @@ export class GpuTrainBackend implements TrainBackend {
       adamM.set(name, (await readTensor(this.ctx, this.#m.get(name)!)) as Float32Array);
       adamV.set(name, (await readTensor(this.ctx, this.#v.get(name)!)) as Float32Array);
     }
-    return { params, adamM, adamV, step: this.#t };
+    const state = new Map<string, Float32Array>();
+    for (const v of routerState(this.model)) {
+      state.set(v.name, (await readTensor(this.ctx, this.#train.tensor(v))) as Float32Array);
+    }
+    return { params, adamM, adamV, step: this.#t, state };
   }
 
   importState(s: TrainState): Promise<void> {
@@ -338,6 +372,11 @@ export class GpuTrainBackend implements TrainBackend {
       writeTensor(this.ctx, this.#m.get(name)!, s.adamM.get(name)!);
       writeTensor(this.ctx, this.#v.get(name)!, s.adamV.get(name)!);
     }
+    for (const v of routerState(this.model)) {
+      const saved = s.state?.get(v.name);
+      if (!saved) throw new RangeError(`Checkpoint has no router state "${v.name}"`);
+      writeTensor(this.ctx, this.#train.tensor(v), saved);
+    }
     this.#t = s.step;
     return Promise.resolve();
   }
@@ -345,6 +384,7 @@ export class GpuTrainBackend implements TrainBackend {
   destroy(): void {
     this.#nan?.buffer.destroy();
     this.#opt.forEach(releaseCall);
+    this.#balance.forEach(releaseCall);
     for (const calls of [this.#accumulate, this.#accumulateStats]) {
       if (calls) [...calls.first, ...calls.mid, ...calls.last].forEach(releaseCall);
     }

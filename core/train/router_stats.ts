@@ -32,13 +32,15 @@ export function routerStats(
 /**
  * The step metrics of each routed block from its selection statistics (`values` in the order of
  * `loadValues(model)`, core/plan/plan.ts: selected, then kept where there is a capacity): each expert's share
- * of the token-assignments, selected_i / k, and the dropped share (Σ selected − Σ kept) / k.
+ * of the token-assignments, selected_i / k, the dropped share (Σ selected − Σ kept) / k, and the aux-free
+ * balancing biases (`biases`, in `routerState` order) where the block has one.
  */
 export function routerStepStats(
   loads: readonly RouterLoad[],
   values: readonly ArrayLike<number>[],
+  biases: readonly ArrayLike<number>[] = [],
 ): RouterStepStats[] {
-  let at = 0;
+  let at = 0, b = 0;
   const sum = (a: ArrayLike<number>) => Array.from(a).reduce((x, y) => x + y, 0);
   return loads.map((l) => {
     const selected = values[at++]!, kept = l.kept ? values[at++]! : undefined;
@@ -47,6 +49,7 @@ export function routerStepStats(
       kind: l.kind,
       load: Array.from(selected, (v) => v / l.k),
       ...(kept ? { dropped: (sum(selected) - sum(kept)) / l.k } : {}),
+      ...(l.bias ? { bias: Array.from(biases[b++]!) } : {}),
     };
   });
 }

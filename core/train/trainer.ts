@@ -251,13 +251,15 @@ function _logStep(
 
 /**
  * The step's top-k selection per routed block (docs/design.md §3): each expert's share of the
- * token-assignments (`train/router/<layer>/<kind>/load/<e>`) and, with an expert capacity, the share dropped.
+ * token-assignments (`train/router/<layer>/<kind>/load/<e>`), with an expert capacity the share dropped, and
+ * with aux-free balancing the bias (`…/bias/<e>`).
  */
 function _logRouterStep(log: (key: string, step: number, value: number) => void, step: number, s: StepStats) {
   for (const r of s.routers ?? []) {
     const key = `train/router/${r.layer}/${r.kind}`;
     r.load.forEach((v, e) => log(`${key}/load/${e}`, step, v));
     if (r.dropped !== undefined) log(`${key}/dropped`, step, r.dropped);
+    r.bias?.forEach((v, e) => log(`${key}/bias/${e}`, step, v));
   }
 }
 
@@ -286,7 +288,10 @@ async function _checkpoint(o: TrainOptions, step: number, skipped: number): Prom
   await o.run.update({ step });
 }
 
-/** Flattens a training state into named tensors (`param/…`, `adam_m/…`, `adam_v/…`, `optimizer_step`). */
+/**
+ * Flattens a training state into named tensors (`param/…`, `adam_m/…`, `adam_v/…`, `optimizer_step`, and the
+ * optimizer-free router state `state/…`).
+ */
 export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
   const out = new Map<string, SafeTensor>();
   for (const [name, p] of state.params) {
@@ -295,6 +300,7 @@ export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
     out.set(`adam_v/${name}`, f32Tensor(p.shape, state.adamV.get(name)!));
   }
   out.set("optimizer_step", f32Tensor([1], new Float32Array([state.step])));
+  for (const [name, v] of state.state ?? []) out.set(`state/${name}`, f32Tensor([v.length], v));
   return out;
 }
 
@@ -306,9 +312,11 @@ export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
  */
 export function tensorsToState(t: ReadonlyMap<string, SafeTensor>): TrainState {
   const adamM = new Map<string, Float32Array>(), adamV = new Map<string, Float32Array>();
+  const state = new Map<string, Float32Array>();
   for (const [key, tensor] of t) {
     if (key.startsWith("adam_m/")) adamM.set(key.slice(7), tensorToF32(tensor));
     else if (key.startsWith("adam_v/")) adamV.set(key.slice(7), tensorToF32(tensor));
+    else if (key.startsWith("state/")) state.set(key.slice(6), tensorToF32(tensor));
   }
   const params = paramsFromTensors(t);
   for (const name of params.keys()) {
@@ -321,12 +329,17 @@ export function tensorsToState(t: ReadonlyMap<string, SafeTensor>): TrainState {
   if (!Number.isSafeInteger(value) || value < 0) {
     throw new CheckpointError(`Checkpoint has no valid optimizer_step (${step ? value : "missing"})`);
   }
-  return { params, adamM, adamV, step: value };
+  return { params, adamM, adamV, step: value, state };
 }
 
-/** The parameters' values by name (`param/…` of a checkpoint's tensors), as inference takes them. */
+/**
+ * The parameters' values by name (`param/…` of a checkpoint's tensors), as inference takes them, with the
+ * router state (`state/…`: the aux-free balancing biases, which top-k inference reads as parameters).
+ */
 export function paramValues(t: ReadonlyMap<string, SafeTensor>): Map<string, Float32Array> {
-  return new Map([...paramsFromTensors(t)].map(([name, p]) => [name, p.data]));
+  const out = new Map([...paramsFromTensors(t)].map(([name, p]) => [name, p.data]));
+  for (const [key, tensor] of t) if (key.startsWith("state/")) out.set(key.slice(6), tensorToF32(tensor));
+  return out;
 }
 
 /** Only the parameters (`param/…`) of a checkpoint's tensors, for inference; each must be F32. */

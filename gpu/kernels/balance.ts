@@ -86,3 +86,34 @@ export function switchLossSeqBackward(
     }),
   ];
 }
+
+/**
+ * The auxiliary-loss-free bias update of one router after an optimizer step (docs/design.md §3), skipped
+ * when the step was (`stats[2]`, the optimizer's finite flag, is not 1): b_i ← b_i + rate ·
+ * sign(k·T − E·c_i), c_i = round(load_i · T) the tokens of the step's T that selected expert i (`load`
+ * holds c_i / T), i.e. sign(mean load − load_i) on exact integer counts. Float64 twin:
+ * `balanceBiasUpdateRef` (core/ref/token_choice.ts).
+ */
+export function balanceBiasUpdate(
+  ctx: GpuContext,
+  o: { bias: GpuTensor; load: GpuTensor; stats: GpuTensor; rate: number; k: number; tokens: number },
+): KernelCall {
+  const E = o.bias.size;
+  if (!Number.isSafeInteger(o.k * o.tokens) || o.k * o.tokens >= 2 ** 31) {
+    throw new RangeError(`Cannot update the balancing bias: k · tokens = ${o.k * o.tokens} exceeds 2^31`);
+  }
+  return simpleKernel(ctx, {
+    label: "balance_bias_update",
+    bindings: [
+      { name: "b", tensor: o.bias, write: true },
+      { name: "load", tensor: o.load },
+      { name: "stats", tensor: o.stats },
+    ],
+    fields: [["n", "u32", E], ["T", "u32", o.tokens], ["kT", "u32", o.k * o.tokens], ["rate", "f32", o.rate]],
+    invocations: E,
+    body: `  if (stats[2] != 1.0) { return; }
+  let count = i32(round(load[i] * f32(u.T)));
+  let d = i32(u.kT) - i32(u.n) * count;
+  b[i] = b[i] + u.rate * f32(sign(d));`,
+  });
+}
