@@ -56,6 +56,7 @@ import {
   maskedSoftmax,
   renormalizeRows,
   renormalizeRowsBackward,
+  sliceCols,
 } from "./kernels/token_choice.ts";
 
 /** Kernel calls of one node, given tensors of its inputs and outputs. */
@@ -302,6 +303,8 @@ export const GPU_IMPLS: GpuTable = {
     renormalizeRowsBackward(ctx, { x: x!, dy: dy!, dx: dx! }),
   ],
   masked_softmax: (ctx, _n, [z, mask], [y]) => [maskedSoftmax(ctx, { z: z!, mask: mask!, y: y! })],
+  slice_cols: (ctx, _n, [x], [y]) => [sliceCols(ctx, { wide: x!, narrow: y!, backward: false })],
+  slice_cols_backward: (ctx, _n, [dy], [dx]) => [sliceCols(ctx, { wide: dx!, narrow: dy!, backward: true })],
   switch_loss_seq: (ctx, n, [s, mask], [loss], scratch) =>
     switchLossSeq(ctx, {
       s: s!,

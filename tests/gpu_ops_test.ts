@@ -232,6 +232,16 @@ const CASES: Record<string, [Build, Tolerance]> = {
       ),
     TRANS,
   ],
+  "the real experts' columns of a router with null experts, and their gradient": [
+    (g, f) =>
+      ROWS.flatMap((n) => [
+        apply1(g, "slice_cols", [f([n, 6])], { width: 4 }),
+        apply1(g, "slice_cols_backward", [f([n, 4])], { cols: 6 }),
+        apply1(g, "slice_cols", [f([n, 9])], { width: 1 }),
+        apply1(g, "slice_cols_backward", [f([n, 9])], { cols: 9 }),
+      ]),
+    EXACT,
+  ],
   "the Switch loss per sequence and its gradient": [
     (g, f) =>
       ([[1, 7], [4, 5], [3, 33], [2, 150]] as const).flatMap(([B, T]) => {

@@ -159,6 +159,10 @@ export const RouterSchema = z.strictObject({
     "aux_free (train: topk): a per-expert bias added to the scores for selection only, moved after every " +
       "step by bias_rate · sign(mean load − load) (auxiliary-loss-free balancing); none = no bias",
   ),
+  null_experts: z.int().min(0).max(1024).default(0).describe(
+    "Null experts N_null (train: topk; AdaMoE): the router scores N + N_null experts and top-k picks among " +
+      "all of them; a null expert computes nothing (output 0, no parameters). 0 = none",
+  ),
   bias_rate: z.number().gt(0).optional().describe(
     `Step γ of the aux_free bias update (balance: aux_free); default ${AUX_FREE_BIAS_RATE}`,
   ),
@@ -297,8 +301,9 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
     default:
       m.kind satisfies never;
   }
-  if (r.train === "topk" && r.k > m.mlp.experts) {
-    issue(["router", "k"], `k (${r.k}) exceeds experts (${m.mlp.experts}) at model.mlp`);
+  if (r.train === "topk" && r.k > m.mlp.experts + r.null_experts) {
+    const nulls = r.null_experts > 0 ? ` + ${r.null_experts} null experts` : "";
+    issue(["router", "k"], `k (${r.k}) exceeds experts (${m.mlp.experts}${nulls}) at model.mlp`);
   }
   const rules: [string, InferRule | undefined, number][] = [
     ["infer", r.infer, m.mlp.experts],
@@ -377,6 +382,7 @@ function _tokenChoiceChecks(
   topkOnly("renormalize", r.renormalize, r.renormalize);
   topkOnly("softmax_order", r.softmax_order !== "before", r.softmax_order);
   topkOnly("balance", r.balance !== "none", r.balance);
+  topkOnly("null_experts", r.null_experts > 0, r.null_experts);
   if (r.bias_rate !== undefined && r.balance !== "aux_free") {
     issue(
       ["router", "bias_rate"],

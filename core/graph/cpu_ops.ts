@@ -42,6 +42,8 @@ import {
   maskedSoftmaxRef,
   renormalizeRowsBackwardRef,
   renormalizeRowsRef,
+  sliceColsBackwardRef,
+  sliceColsRef,
 } from "../ref/token_choice.ts";
 import type { CpuTable, HostValue } from "./cpu_executor.ts";
 import { type Node, numel } from "./ir.ts";
@@ -166,6 +168,8 @@ export const CPU_OPS: CpuTable = {
   renormalize_rows_backward: ([x, dy], n) => [renormalizeRowsBackwardRef(x!, dy!, last(n))],
   masked_softmax: ([z, m], n) => [maskedSoftmaxRef(z!, m!, last(n))],
   switch_loss_seq: ([s, m], n) => [scalar(switchLossSeqRef(s!, m!, last(n), n.attrs.k, n.attrs.seq))],
+  slice_cols: ([x], n) => [sliceColsRef(x!, last(n), n.attrs.width)],
+  slice_cols_backward: ([dy], n) => [sliceColsBackwardRef(dy!, last(n), n.attrs.cols)],
   switch_loss_seq_backward: ([s, m, dl], n) => [
     switchLossSeqBackwardRef(s!, m!, last(n), n.attrs.k, n.attrs.seq, dl![0]!),
   ],

@@ -122,6 +122,14 @@ const CASES: Record<string, () => ReturnType<typeof opCase>> = {
       const s = apply1(g, "softmax", [p([12, 4])]);
       return apply1(g, "switch_loss_seq", [s, apply1(g, "topk_mask", [s], { k: 2 })], { k: 2, seq: 4 });
     }),
+  // Null experts: the real experts' 3 columns of a router's 3 + 2 gates.
+  "slice_cols (3 real of 5 gates)": () =>
+    opCase((g, p) => {
+      const s = apply1(g, "softmax", [p([4, 5])]);
+      return apply1(g, "slice_cols", [apply1(g, "mul", [s, apply1(g, "topk_mask", [s], { k: 3 })])], {
+        width: 3,
+      });
+    }),
   "masked_softmax (softmax after top-2 of 5)": () =>
     opCase((g, p) => {
       const z = p([4, 5]);
@@ -149,7 +157,7 @@ Deno.test("the gradient check catches a deliberately broken rule (activation pas
   assert(r.worst > 1e-2, `broken rule not caught: worst ${r.worst}`);
 });
 
-Deno.test("the gradient check catches deliberately broken router-zoo rules (renormalisation differentiated as a softmax, softmax after top-k passing dy through, the per-sequence Switch loss with the batch's f)", () => {
+Deno.test("the gradient check catches deliberately broken router-zoo rules (renormalisation differentiated as a softmax, softmax after top-k passing dy through, the null experts' slice without a gradient, the per-sequence Switch loss with the batch's f)", () => {
   const cases: [string, OpTable][] = [
     ["renormalize_rows (top-2 of 4, capacity 1)", {
       ...OPS,
@@ -162,6 +170,11 @@ Deno.test("the gradient check catches deliberately broken router-zoo rules (reno
     ["masked_softmax (softmax after top-2 of 5)", {
       ...OPS,
       masked_softmax: { ...OPS.masked_softmax, grad: (_g, _n, [dy]) => [dy, null] },
+    }],
+    ["slice_cols (3 real of 5 gates)", {
+      ...OPS,
+      // a plausible slip: the real experts' slice taken for a selection, with no gradient
+      slice_cols: { ...OPS.slice_cols, grad: () => [null] },
     }],
     ["switch_loss_seq (3 sequences of 4)", {
       ...OPS,
@@ -243,6 +256,15 @@ const MODELS: Record<string, unknown> = {
       mlp: { experts: 4, hidden: 4 },
     },
     router: { train: "topk", k: 2, balance: "aux_free" },
+  },
+  "SMoE with 2 null experts (top-3 of 4 + 2, capacity 1.25, renormalised)": {
+    model: {
+      kind: "smoe",
+      attention: { kind: "mha", heads: 2, head_dim: 4 },
+      mlp: { experts: 4, hidden: 4 },
+    },
+    router: { train: "topk", k: 3, null_experts: 2, capacity_factor: 1.25, renormalize: true },
+    loss: { load_balance: 0.01 },
   },
   "SMoE with softmax after top-k (capacity 1.5)": {
     model: {

@@ -139,6 +139,9 @@ export interface OpAttrs {
   // The Switch loss per sequence (loss.load_balance_scope: sequence, docs/design.md §4).
   switch_loss_seq: SwitchLossSeqAttrs;
   switch_loss_seq_backward: SwitchLossSeqAttrs;
+  // Null experts (docs/design.md §3): the real experts' columns of a router's N + N_null.
+  slice_cols: { readonly width: number };
+  slice_cols_backward: { readonly cols: number };
 }
 
 /** The name of a graph operation: the one list every op table is checked against. */

@@ -508,4 +508,19 @@ export const OPS: OpTable = {
   },
   /** (S, mask, dL) → dS[t, i] = dL · E · f_b(t),i / (k · seq · B). */
   switch_loss_seq_backward: { outputs: ([s]) => _same(s!), grad: "backward" },
+
+  /** x (N, W) → its first attrs.width columns (N, width): the real experts' gates of N + N_null. */
+  slice_cols: {
+    outputs: ([x], a) => {
+      const [n, w] = _dims2(x!, "slice_cols");
+      _check(a.width >= 1 && a.width <= w, "slice_cols", `width ${a.width} of ${w} columns`);
+      return [{ shape: [n, a.width] }];
+    },
+    grad: (g, n, [dy]) => [apply1(g, "slice_cols_backward", [dy!], { cols: n.inputs[0]!.shape[1]! })],
+  },
+  /** dy (N, w) → (N, attrs.cols): dy in the first w columns, zeros after. */
+  slice_cols_backward: {
+    outputs: ([dy], a) => [{ shape: [_dims2(dy!, "slice_cols_backward")[0], a.cols] }],
+    grad: "backward",
+  },
 };

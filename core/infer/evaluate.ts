@@ -13,7 +13,7 @@ import type { Experiment } from "../config/schema.ts";
 import type { Dataset } from "../data/dataset.ts";
 import { numel } from "../graph/ir.ts";
 import { activeWith, layerShape } from "../plan/counts.ts";
-import type { InferRules, ParamSpec } from "../plan/model.ts";
+import { type InferRules, type ParamSpec, tapExperts } from "../plan/model.ts";
 import { plan } from "../plan/plan.ts";
 import type { RouteRule } from "../graph/op_types.ts";
 import { ruleParam } from "../ref/routing.ts";
@@ -108,7 +108,7 @@ export async function evaluateRules(
           lossSum += loss![0]!;
           for (const [j, r] of m.routers.entries()) {
             if (!r.mask) {
-              active[j]! += r.probs.shape[1]!;
+              active[j]! += tapExperts(r);
               continue;
             }
             let on = 0;
@@ -120,7 +120,7 @@ export async function evaluateRules(
           layer: r.layer,
           kind: r.kind,
           experts: active[j]! / o.batches,
-          of: r.probs.shape[1]!,
+          of: tapExperts(r),
         }));
         const loss = lossSum / o.batches;
         const res = activity(c, shape, layers);

@@ -11,7 +11,7 @@
  */
 import type { Experiment } from "../config/schema.ts";
 import { layerShape } from "../plan/counts.ts";
-import type { DecoderGraph, InferRules } from "../plan/model.ts";
+import { type DecoderGraph, type InferRules, tapExperts } from "../plan/model.ts";
 import { plan } from "../plan/plan.ts";
 import { hash32 } from "../util/rng.ts";
 import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
@@ -162,7 +162,7 @@ export class Decoder {
     );
     const experts = this.graph.routers.map((r) => {
       const i = this.#masks.indexOf(r);
-      return i < 0 ? r.probs.shape[1]! : (values[i + 1] as Float32Array).reduce((a, b) => a + b, 0);
+      return i < 0 ? tapExperts(r) : (values[i + 1] as Float32Array).reduce((a, b) => a + b, 0);
     });
     return { logits: values[0] as Float32Array, experts };
   }
@@ -226,7 +226,7 @@ export class Decoder {
         const got = (await readTensor(ctx, counts)) as Float32Array;
         return routers.map((r) => {
           const i = masks.indexOf(r);
-          return i < 0 ? r.probs.shape[1]! * steps : got[i]!;
+          return i < 0 ? tapExperts(r) * steps : got[i]!;
         });
       },
       destroy() {
@@ -408,7 +408,7 @@ function _result(
     layer: r.layer,
     kind: r.kind,
     experts: sums[i]! / Math.max(1, tokens.length),
-    of: r.probs.shape[1]!,
+    of: tapExperts(r),
   }));
   const decodeSeconds = (t2 - t1) / 1000;
   return {

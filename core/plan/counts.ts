@@ -75,6 +75,8 @@ export interface LayerShape {
   hidden: number; // per MLP expert
   routedAtt: boolean;
   routedMlp: boolean;
+  /** Null experts each router also scores (router.null_experts; no parameters, no compute). */
+  nullExperts: number;
 }
 
 /** The shape of one decoder block of `c`. */
@@ -92,6 +94,7 @@ export function layerShape(c: Readonly<Experiment>): LayerShape {
     hidden: m.hidden,
     routedAtt: moa,
     routedMlp: m.experts > 1,
+    nullExperts: c.router.null_experts,
   };
 }
 
@@ -113,9 +116,10 @@ export function countParams(c: Readonly<Experiment>): ParamCounts {
   const normSize = c.model.norm === "layernorm" ? 2 * d : d;
   const qo = 2 * d * s.qHeads * s.headDim * L;
   const kv = 2 * d * s.kvHeads * s.headDim * L;
-  const attRouter = s.routedAtt ? routerParams(d, s.attExperts, c.router.hidden) * L : 0;
+  // A router scores its null experts too (router.null_experts): their logits are its only parameters.
+  const attRouter = s.routedAtt ? routerParams(d, s.attExperts + s.nullExperts, c.router.hidden) * L : 0;
   const mlp = 2 * d * s.hidden * s.mlpExperts * L;
-  const mlpRouter = s.routedMlp ? routerParams(d, s.mlpExperts, c.router.hidden) * L : 0;
+  const mlpRouter = s.routedMlp ? routerParams(d, s.mlpExperts + s.nullExperts, c.router.hidden) * L : 0;
   const counts = {
     embedding: V * d,
     position: c.model.position === "learned" ? c.data.seq_len * d : 0,
@@ -160,6 +164,16 @@ export function expectedActive(rule: InferRule, n: number): ActiveExperts {
   }
 }
 
+/**
+ * Real experts a rule activates per token when the router also scores `nulls` null experts (docs/design.md
+ * §3): the rule's count over all n + nulls, at most n; exact only for the dense rule (how often the null
+ * experts are picked is learned), so an upper bound otherwise.
+ */
+export function expectedActiveReal(rule: InferRule, n: number, nulls: number): ActiveExperts {
+  if (nulls === 0) return expectedActive(rule, n);
+  return { experts: Math.min(n, expectedActive(rule, n + nulls).experts), exact: rule.kind === "dense" };
+}
+
 /** Active-parameter estimate for inference under the config's own rules. */
 export interface ActiveParams {
   active: number; // per token, docs/design.md §5 definition
@@ -175,8 +189,12 @@ export interface ActiveParams {
 export function activeParams(c: Readonly<Experiment>): ActiveParams {
   const s = layerShape(c);
   const attRule = c.router.infer_attention ?? c.router.infer;
-  const att = s.routedAtt ? expectedActive(attRule, s.attExperts) : { experts: 1, exact: true };
-  const mlp = s.routedMlp ? expectedActive(c.router.infer, s.mlpExperts) : { experts: 1, exact: true };
+  const att = s.routedAtt
+    ? expectedActiveReal(attRule, s.attExperts, s.nullExperts)
+    : { experts: 1, exact: true };
+  const mlp = s.routedMlp
+    ? expectedActiveReal(c.router.infer, s.mlpExperts, s.nullExperts)
+    : { experts: 1, exact: true };
   return {
     ...activeWith(c, att.experts, mlp.experts),
     exact: att.exact && mlp.exact,
@@ -215,8 +233,8 @@ export function forwardFlops(c: Readonly<Experiment>, attExperts: number, mlpExp
   const attProj = 2 * d * qHeadsActive * s.headDim * 2 + 2 * d * s.kvHeads * s.headDim * 2;
   const attScores = 2 * 2 * qHeadsActive * s.headDim * ctx;
   const mlp = 2 * 2 * d * s.hidden * mlpExperts;
-  const routers = 2 * ((s.routedAtt ? routerParams(d, s.attExperts, c.router.hidden) : 0) +
-    (s.routedMlp ? routerParams(d, s.mlpExperts, c.router.hidden) : 0));
+  const routers = 2 * ((s.routedAtt ? routerParams(d, s.attExperts + s.nullExperts, c.router.hidden) : 0) +
+    (s.routedMlp ? routerParams(d, s.mlpExperts + s.nullExperts, c.router.hidden) : 0));
   return L * (attProj + attScores + mlp + routers) + 2 * d * V;
 }
 
@@ -262,7 +280,7 @@ export function estimateMemory(c: Readonly<Experiment>): MemoryEstimate {
   const tokens = acc.microBatch * c.data.seq_len;
   const hd = s.headDim;
   const perLayer = 2 * s.d + (s.qHeads + 2 * s.kvHeads) * hd + s.qHeads * hd + s.qHeads + s.attExperts +
-    s.mlpExperts + 3 * s.mlpExperts * s.hidden;
+    s.mlpExperts + s.nullExperts * (Number(s.routedAtt) + Number(s.routedMlp)) + 3 * s.mlpExperts * s.hidden;
   const activations = 4 * tokens * (L * perLayer + 2 * V + 2 * s.d);
   const weights = 4 * p.total, gradAccum = acc.steps > 1 ? weights : 0;
   // Inference runs train.batch sequences at once (eval's batches).

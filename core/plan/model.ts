@@ -35,8 +35,18 @@ export interface RouterTap {
   kind: "attention" | "mlp";
   logits: Value; // (N, E)
   probs: Value; // (N, E)
-  /** 0/1 experts run per token under the inference rule (inference graphs; absent for the dense rule). */
+  /**
+   * 0/1 experts run per token under the inference rule (inference graphs; absent for the dense rule): the
+   * real experts' columns only where the router also scores null experts.
+   */
   mask?: Value;
+  /** The real experts, where the router also scores router.null_experts null experts after them. */
+  experts?: number;
+}
+
+/** The real experts of a router: its probabilities' width less its null experts (docs/design.md §3). */
+export function tapExperts(t: Pick<RouterTap, "experts" | "probs">): number {
+  return t.experts ?? t.probs.shape[1]!;
 }
 
 /** Inference routing rules of an inference graph, for MLP and attention routers separately. */
@@ -64,7 +74,9 @@ export interface RouterLoad {
   k: number; // experts each token selects
   /** (E,) column means of the top-k mask: the share of the graph's tokens that selected each expert. */
   selected: Value;
-  /** (E,) the same after the expert capacity (router.capacity_factor > 0): the tokens each expert kept. */
+  /** Real experts N; the columns after them (to E = N + N_null) are null experts (router.null_experts). */
+  experts: number;
+  /** (N,) the real experts' share after the expert capacity (router.capacity_factor > 0): the tokens kept. */
   kept?: Value;
   /**
    * With router.balance: aux_free, the (E,) `state` leaf `h<l>.<attn|mlp>.router.balance_bias`: the
@@ -294,7 +306,9 @@ class _Builder {
 
   router(l: number, kind: RouterTap["kind"], h: Value, experts: number): Value {
     const p = routerPrefix(l, kind);
-    const hidden = this.c.router.hidden;
+    const hidden = this.c.router.hidden, real = experts;
+    // Null experts (AdaMoE): the router scores them after the real ones; they compute nothing.
+    experts += this.c.router.null_experts;
     h = this.jittered(p, h);
     let logits: Value;
     if (hidden > 0) {
@@ -315,11 +329,11 @@ class _Builder {
     if (rule && rule.kind !== "dense" && rule.kind !== "threshold_topk" && !biased) {
       const [p, mask, gate] = apply(this.g, "route_gate", [logits], { ...rule });
       probs = p!;
-      this.routers.push({ layer: l, kind, logits, probs, mask: mask! });
+      this.routers.push({ layer: l, kind, logits, probs, mask: mask!, ...this._nulls(real) });
       this.fusedGates.set(probs.id, gate!);
     } else {
       probs = apply1(this.g, "softmax", [logits]);
-      this.routers.push({ layer: l, kind, logits, probs });
+      this.routers.push({ layer: l, kind, logits, probs, ...this._nulls(real) });
       if (biased) {
         const bias = this.param(`${p}.balance_bias`, [logits.shape[1]!], "zeros");
         this.inferBias.set(probs.id, bias);
@@ -443,17 +457,35 @@ class _Builder {
     return apply1(this.g, "switch_loss_global", [probs, this.batchStat(name, mask)], { k });
   }
 
-  /** The inference gate S ⊙ mask of the rule for `kind` (S itself for the dense rule); records the mask. */
+  /**
+   * The inference gate S ⊙ mask of the rule for `kind` (S itself for the dense rule); records the mask.
+   * With null experts, the gate and the recorded mask are the real experts' columns: only they compute and
+   * count as active.
+   */
   inferGate(probs: Value, kind: RouterTap["kind"]): Value {
-    const fused = this.fusedGates.get(probs.id);
-    if (fused) return this.trainedGateForm(fused, probs);
-    const rule = this.infer![kind];
-    if (rule.kind === "dense") return probs;
-    const bias = this.inferBias.get(probs.id);
-    const scores = bias ? apply1(this.g, "bias_add", [probs, bias]) : probs;
-    const mask = apply1(this.g, "route_mask", [scores], { ...rule });
-    this.routers.at(-1)!.mask = mask;
-    return this.trainedGateForm(apply1(this.g, "mul", [probs, mask]), probs);
+    const tap = this._tapOf(probs), fused = this.fusedGates.get(probs.id);
+    let gate: Value;
+    if (fused) gate = this.trainedGateForm(fused, probs);
+    else {
+      const rule = this.infer![kind];
+      if (rule.kind === "dense") return this._realCols(tap, probs);
+      const bias = this.inferBias.get(probs.id);
+      const scores = bias ? apply1(this.g, "bias_add", [probs, bias]) : probs;
+      tap.mask = apply1(this.g, "route_mask", [scores], { ...rule });
+      gate = this.trainedGateForm(apply1(this.g, "mul", [probs, tap.mask]), probs);
+    }
+    tap.mask = this._realCols(tap, tap.mask!);
+    return this._realCols(tap, gate);
+  }
+
+  /** `{ experts: real }` for a router that also scores null experts, else nothing. */
+  private _nulls(real: number): Pick<RouterTap, "experts"> {
+    return this.c.router.null_experts > 0 ? { experts: real } : {};
+  }
+
+  /** The real experts' columns of x (N, N + N_null) of `tap`'s router (x itself without null experts). */
+  private _realCols(tap: RouterTap, x: Value): Value {
+    return tap.experts === undefined ? x : apply1(this.g, "slice_cols", [x], { width: tap.experts });
   }
 
   /**
@@ -498,7 +530,12 @@ class _Builder {
    * order. Records the Switch loss (when weighted) and the selection statistics (`loads`).
    */
   tokenChoice(probs: Value, experts: number, kind: RouterTap["kind"]): Value {
-    const r = this.c.router, k = Math.min(r.k, experts), g = this.g, tap = this._tapOf(probs);
+    // With null experts, top-k runs over all N + N_null and the gates of the real N go on.
+    const r = this.c.router,
+      all = probs.shape[1]!,
+      k = Math.min(r.k, all),
+      g = this.g,
+      tap = this._tapOf(probs);
     // Aux-free balancing: the bias shifts the scores that select, not the gates (docs/design.md §3).
     const bias = r.balance === "aux_free"
       ? g.leaf("state", `${routerPrefix(tap.layer, kind)}.balance_bias`, [probs.shape[1]!])
@@ -509,10 +546,12 @@ class _Builder {
       ? apply1(g, "masked_softmax", [this._tapOf(probs).logits, mask])
       : apply1(g, "mul", [probs, mask]);
     if (r.renormalize) gate = apply1(g, "renormalize_rows", [gate]);
+    gate = this._realCols(tap, gate);
     let kept: Value | undefined;
     if (r.capacity_factor > 0) {
-      const capacity = expertCapacity(r.capacity_factor, this.N, k, experts);
-      kept = apply1(g, "capacity_mask", [mask], { capacity });
+      // Null experts compute nothing and have no capacity; C counts all N + N_null experts.
+      const capacity = expertCapacity(r.capacity_factor, this.N, k, all);
+      kept = apply1(g, "capacity_mask", [this._realCols(tap, mask)], { capacity });
       gate = apply1(g, "mul", [gate, kept]);
     }
     if (this.c.loss.load_balance > 0) this.switch.push(this.switchLoss(probs, mask, k));
@@ -520,6 +559,7 @@ class _Builder {
       layer: tap.layer,
       kind,
       k,
+      experts,
       selected: apply1(g, "mean_rows", [mask]),
       ...(kept ? { kept: apply1(g, "mean_rows", [kept]) } : {}),
       ...(bias ? { bias } : {}),

@@ -31,6 +31,20 @@ export function capacityMaskRef(mask: ArrayLike<number>, E: number, capacity: nu
   return out;
 }
 
+/** The first `width` of the `cols` columns of each row of x (N, cols). */
+export function sliceColsRef(x: ArrayLike<number>, cols: number, width: number): Float64Array {
+  const N = x.length / cols, y = new Float64Array(N * width);
+  for (let r = 0; r < N; r++) for (let j = 0; j < width; j++) y[r * width + j] = x[r * cols + j]!;
+  return y;
+}
+
+/** dy (N, width) padded with zeros to (N, cols): the gradient of {@linkcode sliceColsRef}. */
+export function sliceColsBackwardRef(dy: ArrayLike<number>, width: number, cols: number): Float64Array {
+  const N = dy.length / width, dx = new Float64Array(N * cols);
+  for (let r = 0; r < N; r++) for (let j = 0; j < width; j++) dx[r * cols + j] = dy[r * width + j]!;
+  return dx;
+}
+
 /** y = x / Σ_row x per row of x (N, E); a row summing to 0 stays 0. */
 export function renormalizeRowsRef(x: ArrayLike<number>, E: number): Float64Array {
   const y = new Float64Array(x.length);

@@ -25,10 +25,12 @@ export interface StepStats {
 export interface RouterStepStats {
   layer: number;
   kind: "attention" | "mlp";
-  /** (E,) each expert's share of the step's token-assignments (selections; sums to 1). */
+  /** (E,) each expert's share of the step's token-assignments (selections; sums to 1); null experts last. */
   load: number[];
   /** With an expert capacity: the share of the assignments dropped (tokens past an expert's capacity). */
   dropped?: number;
+  /** With null experts (router.null_experts): their share of the assignments (tokens skipping an expert). */
+  nullShare?: number;
   /** With router.balance: aux_free, the (E,) balancing bias after the step's update. */
   bias?: number[];
 }

@@ -32,8 +32,9 @@ export function routerStats(
 /**
  * The step metrics of each routed block from its selection statistics (`values` in the order of
  * `loadValues(model)`, core/plan/plan.ts: selected, then kept where there is a capacity): each expert's share
- * of the token-assignments, selected_i / k, the dropped share (Σ selected − Σ kept) / k, and the aux-free
- * balancing biases (`biases`, in `routerState` order) where the block has one.
+ * of the token-assignments, selected_i / k, the dropped share (Σ_real selected − Σ kept) / k, the share of
+ * null experts Σ_null selected / k (router.null_experts), and the aux-free balancing biases (`biases`, in
+ * `routerState` order) where the block has one.
  */
 export function routerStepStats(
   loads: readonly RouterLoad[],
@@ -44,11 +45,13 @@ export function routerStepStats(
   const sum = (a: ArrayLike<number>) => Array.from(a).reduce((x, y) => x + y, 0);
   return loads.map((l) => {
     const selected = values[at++]!, kept = l.kept ? values[at++]! : undefined;
+    const real = Array.from(selected).slice(0, l.experts), nulls = Array.from(selected).slice(l.experts);
     return {
       layer: l.layer,
       kind: l.kind,
       load: Array.from(selected, (v) => v / l.k),
-      ...(kept ? { dropped: (sum(selected) - sum(kept)) / l.k } : {}),
+      ...(kept ? { dropped: (sum(real) - sum(kept)) / l.k } : {}),
+      ...(nulls.length > 0 ? { nullShare: sum(nulls) / l.k } : {}),
       ...(l.bias ? { bias: Array.from(biases[b++]!) } : {}),
     };
   });

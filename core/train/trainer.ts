@@ -251,14 +251,16 @@ function _logStep(
 
 /**
  * The step's top-k selection per routed block (docs/design.md §3): each expert's share of the
- * token-assignments (`train/router/<layer>/<kind>/load/<e>`), with an expert capacity the share dropped, and
- * with aux-free balancing the bias (`…/bias/<e>`).
+ * token-assignments (`train/router/<layer>/<kind>/load/<e>`, null experts last), with an expert capacity the
+ * share dropped, with null experts their share (`…/null_share`), and with aux-free balancing the bias
+ * (`…/bias/<e>`).
  */
 function _logRouterStep(log: (key: string, step: number, value: number) => void, step: number, s: StepStats) {
   for (const r of s.routers ?? []) {
     const key = `train/router/${r.layer}/${r.kind}`;
     r.load.forEach((v, e) => log(`${key}/load/${e}`, step, v));
     if (r.dropped !== undefined) log(`${key}/dropped`, step, r.dropped);
+    if (r.nullShare !== undefined) log(`${key}/null_share`, step, r.nullShare);
     r.bias?.forEach((v, e) => log(`${key}/bias/${e}`, step, v));
   }
 }

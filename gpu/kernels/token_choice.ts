@@ -111,3 +111,32 @@ export function maskedSoftmax(
   for (var e = 0u; e < u.E; e = e + 1u) { y[b + e] = y[b + e] * inv; }`,
   });
 }
+
+/**
+ * y (N, w) = the first w columns of x (N, W) (the real experts' gates of N + N_null), or with `backward`,
+ * x (N, W) = y padded with zeros. One invocation per element written.
+ */
+export function sliceCols(
+  ctx: GpuContext,
+  o: { wide: GpuTensor; narrow: GpuTensor; backward: boolean },
+): KernelCall {
+  const [N, W] = o.wide.shape as [number, number], w = o.narrow.shape[1]!;
+  const fields = [["W", "u32", W], ["w", "u32", w]] as const;
+  if (o.backward) {
+    return simpleKernel(ctx, {
+      label: "slice_cols_backward",
+      bindings: [{ name: "dy", tensor: o.narrow }, { name: "dx", tensor: o.wide, write: true }],
+      fields: [["n", "u32", N * W], ...fields],
+      invocations: N * W,
+      body: `  let j = i % u.W;
+  dx[i] = select(0.0, dy[(i / u.W) * u.w + min(j, u.w - 1u)], j < u.w);`,
+    });
+  }
+  return simpleKernel(ctx, {
+    label: "slice_cols",
+    bindings: [{ name: "x", tensor: o.wide }, { name: "y", tensor: o.narrow, write: true }],
+    fields: [["n", "u32", N * w], ...fields],
+    invocations: N * w,
+    body: `  y[i] = x[(i / u.w) * u.W + i % u.w];`,
+  });
+}
