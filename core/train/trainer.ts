@@ -15,6 +15,7 @@ import { f32Tensor, type SafeTensor, tensorToF32 } from "../runs/safetensors.ts"
 import type { StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { learningRate } from "./lr_schedule.ts";
 import { fmtDuration } from "../util/format.ts";
+import { fmtBpb, fmtLoss, fmtPpl, fmtRate } from "../util/quantities.js";
 import { optionalEnv } from "../util/env.ts";
 import { faultKillPoint } from "../util/atomic_write.ts";
 import { CheckpointError } from "../runs/checkpoints.ts";
@@ -121,9 +122,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         const epoch = o.dataset.epochAt(done, t.batch);
         log("train/epoch", done, epoch);
         o.progress?.(
-          `step ${done}/${end}  epoch ${epoch.toFixed(2)}  loss ${s.loss.toFixed(4)}  lr ${
-            p.lr.toExponential(2)
-          }  ` +
+          `step ${done}/${end}  epoch ${epoch.toFixed(2)}  loss ${fmtLoss(s.loss)}  lr ${fmtRate(p.lr)}  ` +
             `${Math.round(rate)} tok/s  ${progressEta(done, end, t.steps, tokensPerStep, rate)}` +
             `${skipped ? `  skipped ${skipped}` : ""}`,
         );
@@ -148,8 +147,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       await drain(0);
       lastVal = await offClock(() => evaluate(o, n, log));
       o.progress?.(
-        `step ${n}  val loss ${lastVal.toFixed(4)}  ppl ${Math.exp(lastVal).toFixed(2)}  bpb ${
-          o.dataset.bitsPerByte(lastVal).toFixed(4)
+        `step ${n}  val loss ${fmtLoss(lastVal)}  ppl ${fmtPpl(Math.exp(lastVal))}  bpb ${
+          fmtBpb(o.dataset.bitsPerByte(lastVal))
         }`,
       );
     }
