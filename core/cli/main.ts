@@ -157,9 +157,9 @@ async function _run(args: string[], io: CliIo): Promise<number> {
     throw new UsageError("run --resume takes a run id, not a config file");
   }
   if (values.resume !== undefined) {
-    // A resumed run keeps its stored config and trains: flags that would change the config or train nothing
-    // are refused rather than ignored.
-    const ignored = (["dry-run", "set", "sweep"] as const).find((f) => values[f] !== undefined);
+    // A resumed run keeps its stored config and trains: flags that would change what it is or train nothing
+    // are refused rather than ignored; `--set` may change how long it trains (resumeRun checks the keys).
+    const ignored = (["dry-run", "sweep"] as const).find((f) => values[f] !== undefined);
     if (ignored) {
       throw new UsageError(
         `--${ignored} does not go with --resume: a resumed run continues with the config it was started with ` +
