@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { ConfigError, type ConfigIssue, issueAt, type SourcePos } from "../config/errors.ts";
+import { ConfigError, type ConfigIssue, issueAt } from "../config/errors.ts";
 import { type LoadedExperiment, loadExperiment } from "../config/mod.ts";
 import { isPlainMap, parseYaml, positionOf, type Sourced } from "../config/yaml_source.ts";
 import { parseRuleSpec, RULE_KINDS } from "../infer/rule_spec.ts";
