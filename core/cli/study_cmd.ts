@@ -35,7 +35,7 @@ is reused from an earlier invocation; a rule already evaluated is not evaluated 
 Options:
   manifest.yaml        the study manifest (default ${DEFAULT_STUDY_MANIFEST})
   --scale S            a scale of the manifest (its --set overrides; default: its default_scale). micro is
-                       a smoke test of the pipeline whose numbers mean nothing (a few minutes)
+                       a smoke test of the pipeline whose numbers mean nothing (about 20 s)
   --dashboard-port N   serve the live dashboard while training (default 8000; 0 = any free port)
   --no-dashboard       do not serve the dashboard
   --json               last stdout line: {"id","name","scale","report","size","rules","models","cells"}
