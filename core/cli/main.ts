@@ -83,6 +83,8 @@ export async function main(argv: readonly string[], io: CliIo = _stdio): Promise
         return await dashboardCommand(rest, io);
       case "repro":
         return await reproCommand(rest, io);
+      case "study":
+        return await (await import("./study_cmd.ts")).studyCommand(rest, io);
       case "prepare":
         return await (await import("./prepare_cmd.ts")).prepareCommand(rest, io);
       case "worker":

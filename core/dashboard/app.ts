@@ -17,6 +17,7 @@ import { plannedPoints } from "../runs/sweep_plan.ts";
 import { summarizeRuns } from "./run_summary.ts";
 import { checkId, DEFAULT_BODY_LIMIT, hostGuard, securityHeaders } from "./security.ts";
 import { registerStatic } from "./static_files.ts";
+import { registerStudies } from "./study_page.ts";
 
 /** Options of {@linkcode createApp}. */
 export interface DashboardOptions {
@@ -98,6 +99,8 @@ export function createApp(o: DashboardOptions): Hono {
     const progress = sweepProgress(planned, summaries, Date.now());
     return c.html(sweepPage(id, sweep, summaries, params, reports[0] ?? null, progress));
   });
+
+  registerStudies(app, store);
 
   app.get("/favicon.ico", (c) => c.body(null, 204));
   return app;

@@ -57,6 +57,9 @@ ${
 `);
 }
 
+/** The page frame (head, header, the JSON data block and script) around `body`, for pages built elsewhere. */
+export const pageLayout = _layout;
+
 /** A cell's text from a number: the caller picks the quantity's format (core/util/quantities.js). */
 type _Fmt = (v: number | null | undefined) => string;
 
@@ -397,6 +400,10 @@ open all on one run page</a>`
 <div class="table-wrap"><table class="runs" id="runs"><thead><tr>${head}</tr></thead><tbody>${
     joinHtml([...rows, ...pending], "\n")
   }</tbody></table></div>
+${
+    report?.kind === "study" &&
+    markup`<p class="study-link"><a href="/studies/${report.id}">Study page: the router × rule matrix as a heatmap</a></p>`
+  }
 ${report && markup`<section class="report" id="report">${reportHtml(report.markdown)}</section>`}
 ${_scatter(params)}
 <form class="toolbar"><label>x axis <select id="x-axis"><option>step</option><option>tokens</option>

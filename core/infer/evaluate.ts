@@ -44,6 +44,11 @@ export interface RuleResult {
   hiddenPct: number; // active expert parameters / all expert parameters × 100
   layers: LayerActivity[];
   tokens: number;
+  /**
+   * Wall seconds of the validation batches (compiled graph; each batch uploaded, run and its loss and masks
+   * read back), for the sparse evaluation's tokens per second: `tokens / seconds`.
+   */
+  seconds: number;
 }
 
 /** A short stable name of a rule pair: `threshold@0.5`, `topk@2`, or `mlp:…,attention:…` when they differ. */
@@ -96,6 +101,7 @@ export async function evaluateRules(
         await exec.check();
         let lossSum = 0;
         const active = m.routers.map(() => 0);
+        const started = performance.now();
         for (let i = 0; i < o.batches; i++) {
           const batch = dataset.valBatch(i, o.batches, c.train.batch);
           writeTensor(ctx, exec.tensor(m.ids), batch.inputs);
@@ -134,6 +140,7 @@ export async function evaluateRules(
           ...res,
           layers,
           tokens,
+          seconds: (performance.now() - started) / 1000,
         };
         results.push(result);
         o.progress?.(

@@ -28,6 +28,8 @@ export async function recordRuleResults(
     log("active_pct", r.activePct);
     log("hidden_pct", r.hiddenPct);
     for (const l of r.layers) log(`layer/${l.layer}/${l.kind}/experts`, l.experts);
+    // The sparse evaluation's speed over its validation batches (RuleResult.seconds).
+    if (r.seconds > 0) log("tokens_per_s", r.tokens / r.seconds);
   }
   await run.flush();
 }

@@ -93,7 +93,7 @@ export type RunPatch = Partial<RunMeta> & { config_yaml?: string };
 /** A report computed from stored runs (e.g. `deno task repro`): its Markdown and the data behind it. */
 export interface ReportRecord {
   id: string;
-  kind: string; // "repro"
+  kind: string; // "repro", "study"
   sweep_id: string | null; // the runs it reports on
   created_at: string; // ISO 8601
   markdown: string;
