@@ -265,6 +265,7 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
         active_params: r.activeParams,
         active_pct: r.activePct,
         hidden_pct: r.hiddenPct,
+        active_pct_all: r.activePctAll,
         layers: r.layers,
       })),
     }));
@@ -324,7 +325,18 @@ function _table(
     if (ls.length === 0) return "-";
     return `${(ls.reduce((a, l) => a + l.experts, 0) / ls.length).toFixed(2)}/${ls[0]!.of}`;
   };
-  const header = ["rule", "val loss", "ppl", "Δppl vs dense", "active params", "active %", "hidden %"];
+  // Shares by docs/design.md §5: active % of the non-embedding parameters, hidden % of the routed expert
+  // parameters, "all %" of every parameter (embeddings included).
+  const header = [
+    "rule",
+    "val loss",
+    "ppl",
+    "Δppl vs dense",
+    "active params",
+    "active %",
+    "hidden %",
+    "all %",
+  ];
   if (routed.attention) header.push("attn experts");
   if (routed.mlp) header.push("mlp experts");
   const rows = results.map((r) => {
@@ -336,6 +348,7 @@ function _table(
       fmtCount(r.activeParams),
       r.activePct.toFixed(1),
       r.hiddenPct.toFixed(1),
+      r.activePctAll.toFixed(1),
     ];
     if (routed.attention) row.push(mean(r, "attention"));
     if (routed.mlp) row.push(mean(r, "mlp"));
@@ -343,6 +356,7 @@ function _table(
   });
   return table(header, rows, [
     "left",
+    "right",
     "right",
     "right",
     "right",

@@ -12,7 +12,7 @@
 import type { Experiment } from "../config/schema.ts";
 import type { Dataset } from "../data/dataset.ts";
 import { numel } from "../graph/ir.ts";
-import { activeWith, layerShape } from "../plan/counts.ts";
+import { activeOfLayers, layerShape } from "../plan/counts.ts";
 import type { InferRules, ParamSpec } from "../plan/model.ts";
 import { plan } from "../plan/plan.ts";
 import type { RouteRule } from "../graph/op_types.ts";
@@ -41,7 +41,8 @@ export interface RuleResult {
   bpb: number;
   activeParams: number; // mean per token, docs/design.md §5 definition (embeddings, norms, LM head excluded)
   activePct: number; // of the same count with every expert active
-  hiddenPct: number; // active expert parameters / all expert parameters × 100
+  hiddenPct: number; // routed expert parameters run / all routed expert parameters × 100
+  activePctAll: number; // (all parameters − skipped expert parameters) / all parameters × 100, embeddings in
   layers: LayerActivity[];
   tokens: number;
 }
@@ -123,7 +124,7 @@ export async function evaluateRules(
           of: r.probs.shape[1]!,
         }));
         const loss = lossSum / o.batches;
-        const res = activity(c, shape, layers);
+        const res = activity(c, layers);
         const tokens = o.batches * c.train.batch * c.data.seq_len;
         const bpb = dataset.bitsPerByte(loss);
         const result = {
@@ -177,17 +178,19 @@ export function uploadParams(
   return into;
 }
 
-/** Active parameters from the measured experts per layer (core/plan/counts.ts definitions). */
+/**
+ * Active parameters, hidden % and the share of all parameters from the measured experts per layer: the one
+ * definition of docs/design.md §5 ({@linkcode activeOfLayers} in core/plan/counts.ts).
+ */
 export function activity(
   c: Readonly<Experiment>,
-  s: ReturnType<typeof layerShape>,
   layers: readonly LayerActivity[],
-): Pick<RuleResult, "activeParams" | "activePct" | "hiddenPct"> {
-  // Mean over layers of the experts run per token; a block without a router runs its one expert.
-  const mean = (kind: LayerActivity["kind"], all: number) => {
-    const ls = layers.filter((l) => l.kind === kind);
-    return ls.length === 0 ? all : ls.reduce((a, l) => a + l.experts, 0) / ls.length;
+): Pick<RuleResult, "activeParams" | "activePct" | "hiddenPct" | "activePctAll"> {
+  const a = activeOfLayers(c, layers);
+  return {
+    activeParams: a.active,
+    activePct: a.activePct,
+    hiddenPct: a.hiddenPct,
+    activePctAll: a.activePctAll,
   };
-  const a = activeWith(c, mean("attention", s.attExperts), mean("mlp", s.mlpExperts));
-  return { activeParams: a.active, activePct: (100 * a.active) / a.all, hiddenPct: a.hiddenPct };
 }

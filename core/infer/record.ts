@@ -1,7 +1,8 @@
 /**
  * Inference results as metric points of their run, so that the dashboard and reports read them from the run
- * store: `infer/<rule>/{loss,ppl,bpb,active_params,active_pct,hidden_pct,layer/<l>/<kind>/experts}` from `eval`,
- * `generate/<rule>/{tokens_per_s,active_pct,hidden_pct}` from `generate`, at the checkpoint's step.
+ * store: `infer/<rule>/{loss,ppl,bpb,active_params,active_pct,hidden_pct,active_pct_all,layer/<l>/<kind>/experts}`
+ * from `eval`, `generate/<rule>/{tokens_per_s,active_pct,hidden_pct,active_pct_all}` from `generate`, at the
+ * checkpoint's step. The shares are docs/design.md §5's (core/plan/counts.ts activeWith).
  *
  * @module
  */
@@ -27,6 +28,7 @@ export async function recordRuleResults(
     log("active_params", r.activeParams);
     log("active_pct", r.activePct);
     log("hidden_pct", r.hiddenPct);
+    log("active_pct_all", r.activePctAll);
     for (const l of r.layers) log(`layer/${l.layer}/${l.kind}/experts`, l.experts);
   }
   await run.flush();
@@ -40,10 +42,12 @@ export async function recordGeneration(
   r: GenerateResult,
 ): Promise<void> {
   const t = run.secondsSinceStart(), tokens = r.tokens.length;
-  const values = [["tokens_per_s", r.tokensPerS], ["active_pct", r.activePct], [
-    "hidden_pct",
-    r.hiddenPct,
-  ]] as const;
+  const values = [
+    ["tokens_per_s", r.tokensPerS],
+    ["active_pct", r.activePct],
+    ["hidden_pct", r.hiddenPct],
+    ["active_pct_all", r.activePctAll],
+  ] as const;
   for (const [k, value] of values) run.log({ key: `generate/${rule}/${k}`, step, tokens, time: t, value });
   await run.flush();
   await run.event(

@@ -2,7 +2,9 @@ import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { type Experiment, ExperimentSchema } from "../config/schema.ts";
 import {
   accumulationOf,
+  activeOfLayers,
   activeParams,
+  activeWith,
   countParams,
   estimateMemory,
   expectedActive,
@@ -95,6 +97,72 @@ Deno.test("activeParams() counts shared K/V, active Q/O and MLP experts and rout
   assertEquals(d.all, 32768 + 131072 + 1048576 + 6144);
   assertEquals(d.expertsActive, 32768 + 262144);
   assertEquals(d.hiddenPct, 25);
+});
+
+// docs/design.md §5: one definition of hidden % and the share of all parameters for every model kind.
+// An SMoE with MoA attention has dsmoe's shapes: 4 attention experts (Q/O 32768 per block) and 8 MLP experts
+// (262144 per block), so routed expert parameters 4 × (32768 + 262144) = 1,179,648 of 1,270,016 in all;
+// non-embedding parameters 4 × (32768 + 8192 + 512 + 262144 + 1024) = 1,218,560.
+const smoeMoa = cfg({
+  model: {
+    kind: "smoe",
+    attention: { kind: "moa", experts: 4, heads_per_expert: 2, head_dim: 16 },
+    mlp: { experts: 8, hidden: 128 },
+  },
+  router: { train: "topk", k: 2, infer: { kind: "topk", k: 2 }, infer_attention: { kind: "topk", k: 1 } },
+});
+
+Deno.test("activeWith() counts the attention experts of an SMoE with MoA as it does DS-MoE's (hand-computed)", () => {
+  // Top-1 of 4 attention experts, top-2 of 8 MLP experts: 4 × (8192 + 65536) = 294,912 expert parameters run,
+  // 884,736 skipped.
+  const a = activeParams(smoeMoa);
+  assertEquals(a.experts, 1_179_648);
+  assertEquals(a.expertsActive, 294_912);
+  assertEquals(a.skipped, 884_736);
+  assertEquals(a.hiddenPct, 25);
+  assertEquals(a.all, 1_218_560);
+  assertEquals(a.active, 1_218_560 - 884_736);
+  assertEquals(a.activePct, (100 * 333_824) / 1_218_560);
+  assertEquals(a.total, 1_270_016);
+  assertEquals(a.activePctAll, (100 * (1_270_016 - 884_736)) / 1_270_016);
+  // The same experts running in a DS-MoE of the same shapes give the same numbers: the definition does not
+  // depend on model.kind.
+  const { exact: _e, ...share } = a;
+  const ds = activeParams(cfg({ model: dsmoe.model, router: { ...smoeMoa.router, train: "dense" } }));
+  const { exact: _d, ...dsShare } = ds;
+  assertEquals(dsShare, share);
+});
+
+Deno.test("activeWith() for an SMoE with dense attention: its routed experts are the MLP's (hand-computed)", () => {
+  // Routed: 8 MLP experts, 4 × 262144 = 1,048,576; top-2 runs 262,144 and skips 786,432 of 1,267,968 in all.
+  const a = activeWith(smoe, 1, 2);
+  assertEquals([a.experts, a.expertsActive, a.skipped], [1_048_576, 262_144, 786_432]);
+  assertEquals(a.hiddenPct, 25);
+  assertEquals(a.activePctAll, (100 * (1_267_968 - 786_432)) / 1_267_968);
+  // The argument of a block that is not routed is ignored: dense attention always runs whole.
+  assertEquals(activeWith(smoe, 0.5, 2), a);
+});
+
+Deno.test("activeWith() for a dense model: nothing routed, everything active", () => {
+  const a = activeWith(dense, 1, 1);
+  assertEquals([a.experts, a.skipped, a.hiddenPct, a.activePct, a.activePctAll], [0, 0, 100, 100, 100]);
+  assertEquals(a.active, a.all);
+});
+
+Deno.test("activeOfLayers() averages measured experts per token over the layers of each kind (hand-computed)", () => {
+  // DS-MoE, attention layers ran 0.5, 1.5, 1, 1 experts per token (mean 1 of 4), MLP layers 5, 7, 6, 6 (mean 6
+  // of 8): 4 × (8192 · 1 + 32768 · 6) = 819,200 expert parameters run, 360,448 skipped.
+  const layers = [
+    ...[0.5, 1.5, 1, 1].map((experts) => ({ kind: "attention" as const, experts })),
+    ...[5, 7, 6, 6].map((experts) => ({ kind: "mlp" as const, experts })),
+  ];
+  const a = activeOfLayers(dsmoe, layers);
+  assertEquals([a.expertsActive, a.skipped], [819_200, 360_448]);
+  assertEquals(a.hiddenPct, (100 * 819_200) / 1_179_648);
+  assertEquals(a.active, 1_218_560 - 360_448);
+  assertEquals(a.activePctAll, (100 * (1_270_016 - 360_448)) / 1_270_016);
+  // A kind without measured layers runs all its experts.
+  assertEquals(activeOfLayers(dsmoe, layers.slice(4)).expertsActive, 131_072 + 786_432);
 });
 
 Deno.test("activeParams() reports a threshold rule as an upper bound", () => {

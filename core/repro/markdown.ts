@@ -61,6 +61,15 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
     [false, false, false, false, false],
   ));
   out.push("", "## Models", "");
+  out.push(
+    "Shares by one definition for every model (docs/design.md §5): **hidden %** is the share of a model's " +
+      "routed expert parameters that its rule runs per token, averaged over tokens (" +
+      r.models.map((m) => `${roleName(m.role)}: ${fmt.count(m.expert_params)}`).join("; ") +
+      "; the dense model has none); **active %** the share of its parameters outside the embeddings, norms " +
+      "and LM head; **all %** the share of all its parameters, embeddings included — the one denominator " +
+      "the models have in common.",
+    "",
+  );
   out.push(_table(
     [
       "model",
@@ -71,6 +80,7 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
       "active params",
       "active %",
       "hidden %",
+      "all %",
       "val ppl",
       "val bpb",
     ],
@@ -83,27 +93,29 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
       fmt.count(m.active_params),
       fmt.pct(m.active_pct),
       fmt.pct(m.hidden_pct),
+      fmt.pct(m.active_pct_all),
       fmt.ppl(m.ppl),
       fmt.bpb(m.bpb),
     ]),
-    [false, false, false, false, true, true, true, true, true, true],
+    [false, false, false, false, true, true, true, true, true, true, true],
   ));
   out.push("", "## Sparsity frontier", "");
   for (const f of r.frontier) {
     if (f.rows.length <= 1) continue;
     out.push(`### ${roleName(f.role)}`, "");
     out.push(_table(
-      ["rule", "active params", "active %", "hidden %", "ppl", "bpb", "Δppl vs dense eval"],
+      ["rule", "active params", "active %", "hidden %", "all %", "ppl", "bpb", "Δppl vs dense eval"],
       f.rows.map((x) => [
         x.rule,
         fmt.count(x.active_params),
         fmt.pct(x.active_pct),
         fmt.pct(x.hidden_pct),
+        fmt.pct(x.active_pct_all),
         fmt.ppl(x.ppl),
         fmt.bpb(x.bpb),
         fmt.signedPct(x.dppl_pct),
       ]),
-      [false, true, true, true, true, true, true],
+      [false, true, true, true, true, true, true, true],
     ));
     out.push("");
   }
