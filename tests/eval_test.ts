@@ -57,8 +57,15 @@ Deno.test("eval measures ppl and active parameters per rule on a trained micro r
       parseExperimentText(await Deno.readTextFile("tests/fixtures/micro.yaml"), "micro.yaml").points[0]!
         .config;
     const p = countParams(c);
+    // Hidden % (docs/design.md §5): of all attention and MLP weights, the shared K/V always run, half the
+    // attention experts' Q/O and a quarter of the MLP experts.
+    const hidden = p.attention_qo + p.attention_kv + p.mlp_experts;
     assert(
-      close(top1.hidden_pct, (100 * (p.attention_qo / 2 + p.mlp_experts / 4)) / p.experts, 1e-9),
+      close(
+        top1.hidden_pct,
+        (100 * (p.attention_kv + p.attention_qo / 2 + p.mlp_experts / 4)) / hidden,
+        1e-9,
+      ),
       `${top1.hidden_pct}`,
     );
     // Of all parameters (embeddings included), the skipped half of the attention experts' Q/O and three

@@ -6,10 +6,10 @@
  * - `read each`: the logits read back after every step, as streamed generation must (a host↔GPU sync per
  *   token, ~11 ms on llvmpipe, often dominates there).
  * Models start from the seeded initialization (no training needed); the sparse rule is top-k, so the
- * active share is fixed: 2 of 8 MLP experts and 2 of 4 attention experts, 30% of the routed expert parameters
- * at tiny's shape (tiny's trained threshold rule activated ~44%); each case's name states its hidden % and its
- * share of all parameters (docs/design.md §5, core/plan/counts.ts `activeWith`). Each row is checked against
- * the float64 decoder of its own model.
+ * active share is fixed: 2 of 8 MLP experts and 2 of 4 attention experts, a third of the hidden parameters
+ * (attention and MLP weights, the shared K/V included) at tiny's shape; each case's name states its hidden %
+ * and its share of all parameters (docs/design.md §5, core/plan/counts.ts `activeWith`). Each row is checked
+ * against the float64 decoder of its own model.
  *
  * @module
  */
@@ -68,7 +68,8 @@ const _DENSE_RULE: InferRules = { mlp: { ..._BASE, kind: "dense" }, attention: {
 
 /**
  * What the sparse model of a decode case runs under {@linkcode DECODE_SPARSE_RULE}, by docs/design.md §5:
- * e.g. "hidden 30.0%, 43.1% of all" (of the routed expert parameters; of every parameter).
+ * e.g. "hidden 33.3%, 37.8% of all" at configs/dsmoe-tiny.yaml's shape (of the attention and MLP weights; of
+ * every parameter).
  */
 export function decodeShare(c: Readonly<Experiment>): string {
   const s = layerShape(c), r = DECODE_SPARSE_RULE;

@@ -393,8 +393,8 @@ function _table(
     if (ls.length === 0) return "-";
     return `${(ls.reduce((a, l) => a + l.experts, 0) / ls.length).toFixed(2)}/${ls[0]!.of}`;
   };
-  // Shares by docs/design.md §5: active % of the non-embedding parameters, hidden % of the routed expert
-  // parameters, "all %" of every parameter (embeddings included).
+  // Shares by docs/design.md §5: active % of the non-embedding parameters, hidden % of the attention and MLP
+  // weights (routed or not), "all %" of every parameter (embeddings included).
   const header = [
     "rule",
     "val loss",

@@ -153,7 +153,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
           `${fmtCount(r.activeParams / (r.activePct / 100))}; ${
             r.activePctAll.toFixed(1)
           }% of all parameters), ` +
-          `hidden ${r.hiddenPct.toFixed(1)}%`
+          `hidden ${r.hiddenPct.toFixed(1)}% (of the attention and MLP weights)`
         : ""),
   );
   if (target.run) {

@@ -128,7 +128,7 @@ export interface FrontierPoint {
   ppl: number | null;
   loss: number | null;
   active_pct: number | null; // active parameters, % of the non-embedding ones (docs/design.md §5)
-  hidden_pct: number | null; // % of the routed expert parameters
+  hidden_pct: number | null; // % of the attention and MLP weights, as eval stored it (docs/design.md §5)
   active_pct_all: number | null; // % of all parameters, embeddings included (null: evaluated before it was stored)
   active_params: number | null;
 }

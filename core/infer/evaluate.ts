@@ -44,7 +44,7 @@ export interface RuleResult {
   bpb: number;
   activeParams: number; // mean per token, docs/design.md §5 definition (embeddings, norms, LM head excluded)
   activePct: number; // of the same count with every expert active
-  hiddenPct: number; // routed expert parameters run / all routed expert parameters × 100
+  hiddenPct: number; // attention and MLP weights run / all attention and MLP weights × 100 (docs/design.md §5)
   activePctAll: number; // (all parameters − skipped expert parameters) / all parameters × 100, embeddings in
   layers: LayerActivity[];
   tokens: number;

@@ -280,7 +280,7 @@ export interface GenerateResult {
   layers: LayerActivity[]; // experts run per token, mean over the new tokens' steps
   activeParams: number;
   activePct: number;
-  hiddenPct: number;
+  hiddenPct: number; // share of the attention and MLP weights that run (docs/design.md §5)
   activePctAll: number; // share of all parameters, embeddings included (docs/design.md §5)
 }
 

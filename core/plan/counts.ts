@@ -5,8 +5,9 @@
  * Conventions (documented in docs/design.md §5):
  * - Weights have no biases except the hidden layer of an MLP router (d → hidden → N, biases on both).
  * - Active parameters per token follow docs/design.md §5: shared K/V + Q/O of active attention experts +
- *   active MLP experts + routers; embeddings, positions, norms and the LM head are excluded. Hidden % and the
- *   share of all parameters come from the same function, {@linkcode activeWith}, for every report.
+ *   active MLP experts + routers; embeddings, positions, norms and the LM head are excluded. Hidden % (of the
+ *   attention and MLP weights, routed or not) and the share of all parameters come from the same function,
+ *   {@linkcode activeWith}, for every report.
  * - FLOPs count multiply-adds as 2 and include matmuls and attention scores (QKᵀ and AV over the mean
  *   causal context (T+1)/2); elementwise ops are left out. Training = 3 × forward (forward + backward).
  * - Gradient accumulation (`train.micro_batch` < `train.batch`): activations are a micro-batch's, plus one
@@ -60,7 +61,8 @@ export interface ParamCounts {
   total: number;
   /**
    * Routed expert parameters (docs/design.md §5): the Q/O of the experts of a routed attention block (MoA) and
-   * the experts of a routed MLP, whatever the model kind; 0 for a dense model.
+   * the experts of a routed MLP, whatever the model kind; 0 for a dense model. The parameters an inference rule
+   * can skip (hidden % is a share of all the attention and MLP weights, not of these).
    */
   experts: number;
 }
@@ -166,8 +168,11 @@ export function expectedActive(rule: InferRule, n: number): ActiveExperts {
  * Active and hidden parameters of a model at inference: the one definition of docs/design.md §5 that every
  * report uses (`run --dry-run`, `eval`, `generate`, the run store's `infer/…` and `generate/…` metrics, the
  * repro report, the dashboard, `bench --suite decode`), whatever the model kind (dense, SMoE, DS-MoE):
- * - routed expert parameters: the query/output projections of the experts of every routed attention block
- *   (MoA) and the experts of every routed MLP block; a block without a router always runs and has none;
+ * - hidden parameters: the weights of the attention and MLP blocks — Q, K, V, O projections and MLP w1/w2,
+ *   routed or not (no embeddings, positions, norms, LM head or routers); the same denominator for every kind;
+ * - routed expert parameters: the Q/O projections of the experts of every routed attention block (MoA) and the
+ *   experts of every routed MLP block, the only hidden parameters a rule can skip; a block without a router
+ *   (dense attention, MoA's shared K/V, a dense MLP) always runs;
  * - skipped: the routed expert parameters the inference rule does not run, per token (averaged over tokens);
  * - active: the parameters outside the embeddings, positions, norms and LM head, minus the skipped ones.
  */
@@ -175,10 +180,12 @@ export interface ParamShare {
   active: number; // per token: non-embedding parameters − skipped
   all: number; // non-embedding parameters (active with every expert running)
   total: number; // every parameter, embeddings, norms and LM head included (countParams().total)
-  experts: number; // routed expert parameters (countParams().experts)
+  hidden: number; // hidden parameters: attention Q/K/V/O and MLP w1/w2, routed or not
+  hiddenActive: number; // of them, run per token: hidden − skipped
+  experts: number; // routed expert parameters (countParams().experts): the ones a rule can skip
   expertsActive: number; // of them, run per token: experts − skipped
   skipped: number; // routed expert parameters skipped per token
-  hiddenPct: number; // 100 · expertsActive / experts (100 when nothing is routed)
+  hiddenPct: number; // 100 · hiddenActive / hidden (100 for a dense model)
   activePct: number; // 100 · active / all
   activePctAll: number; // 100 · (total − skipped) / total: the share of all parameters, embeddings included
 }
@@ -211,7 +218,8 @@ export function activeParams(c: Readonly<Experiment>): ActiveParams {
  *
  * @example
  * ```ts ignore
- * activeWith(smoeTiny, 1, 2).hiddenPct; // 25: top-2 of 8 MLP experts; its attention is not routed
+ * // Top-2 of 8 MLP experts, dense attention: 425,984 of 1,212,416 hidden parameters run (13/37).
+ * activeWith(smoeTiny, 1, 2).hiddenPct; // 35.1…
  * ```
  */
 export function activeWith(
@@ -222,20 +230,30 @@ export function activeWith(
   const s = layerShape(c), p = countParams(c);
   const qo = s.routedAtt ? (p.attention_qo / s.attExperts) * attExperts : p.attention_qo;
   const mlpActive = s.routedMlp ? (p.mlp_experts / s.mlpExperts) * mlpExperts : p.mlp_experts;
-  const routers = p.attention_router + p.mlp_router;
   const expertsActive = (s.routedAtt ? qo : 0) + (s.routedMlp ? mlpActive : 0);
-  const active = p.attention_kv + qo + mlpActive + routers;
-  const all = p.attention_kv + p.attention_qo + p.mlp_experts + routers;
-  const skipped = p.experts - expertsActive;
+  return activeOfSkipped(c, p.experts - expertsActive);
+}
+
+/**
+ * The {@linkcode ParamShare} when `skipped` routed expert parameters do not run per token (what
+ * {@linkcode activeWith} computes from experts per block; also what the stored `active_params` of an older
+ * evaluation gives, as the non-embedding parameters less it).
+ */
+export function activeOfSkipped(c: Readonly<Experiment>, skipped: number): ParamShare {
+  const p = countParams(c);
+  const hidden = p.attention_qo + p.attention_kv + p.mlp_experts;
+  const all = hidden + p.attention_router + p.mlp_router;
   return {
-    active,
+    active: all - skipped,
     all,
     total: p.total,
+    hidden,
+    hiddenActive: hidden - skipped,
     experts: p.experts,
-    expertsActive,
+    expertsActive: p.experts - skipped,
     skipped,
-    hiddenPct: p.experts > 0 ? (100 * expertsActive) / p.experts : 100,
-    activePct: (100 * active) / all,
+    hiddenPct: (100 * (hidden - skipped)) / hidden,
+    activePct: (100 * (all - skipped)) / all,
     activePctAll: (100 * (p.total - skipped)) / p.total,
   };
 }

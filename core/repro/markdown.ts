@@ -63,11 +63,12 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
   out.push("", "## Models", "");
   out.push(
     "Shares by one definition for every model (docs/design.md §5): **hidden %** is the share of a model's " +
-      "routed expert parameters that its rule runs per token, averaged over tokens (" +
-      r.models.map((m) => `${roleName(m.role)}: ${fmt.count(m.expert_params)}`).join("; ") +
-      "; the dense model has none); **active %** the share of its parameters outside the embeddings, norms " +
-      "and LM head; **all %** the share of all its parameters, embeddings included — the one denominator " +
-      "the models have in common.",
+      "hidden parameters — the weights of its attention and MLP blocks (Q, K, V, O projections and MLP " +
+      "w1/w2), routed or not (" +
+      r.models.map((m) => `${roleName(m.role)}: ${fmt.count(m.hidden_params)}`).join("; ") +
+      ") — that run per token under its rule, averaged over tokens; blocks without a router always run, so " +
+      "the dense model is at 100%. **active %** is the share of its parameters outside the embeddings, norms " +
+      "and LM head (routers included); **all %** the share of all its parameters, embeddings included.",
     "",
   );
   out.push(_table(

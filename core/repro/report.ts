@@ -5,14 +5,21 @@
  * store. Each claim of the paper is judged by a stated test on the measured numbers, and reported as not
  * holding when it does not. Active %, hidden % and the share of all parameters of every model are
  * recomputed from its stored experts per layer by the one definition of docs/design.md §5 (core/plan/counts.ts
- * `activeOfLayers`), so the SMoE and DS-MoE rows are compared by the same rule whatever code evaluated them.
+ * `activeOfLayers`), so the SMoE and DS-MoE rows are compared by the same rule whatever code evaluated them:
+ * hidden % is a share of the same weights for every model (its attention and MLP blocks, routed or not).
  *
  * @module
  */
 import { parseExperimentText } from "../config/mod.ts";
 import type { Experiment } from "../config/schema.ts";
 import { ruleName } from "../infer/evaluate.ts";
-import { activeOfLayers, countParams, type LayerExperts, layerShape } from "../plan/counts.ts";
+import {
+  activeOfLayers,
+  activeOfSkipped,
+  countParams,
+  type LayerExperts,
+  layerShape,
+} from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
 import { fmtCount } from "../util/format.ts";
@@ -30,9 +37,9 @@ export interface ModelRow {
   params_total: number;
   active_params: number | null;
   active_pct: number | null; // of the non-embedding parameters (docs/design.md §5)
-  hidden_pct: number | null; // of the routed expert parameters
-  active_pct_all: number | null; // of all parameters, embeddings included: one denominator for every model
-  expert_params: number; // the routed expert parameters hidden % is a share of (0 for a dense model)
+  hidden_pct: number | null; // of the hidden parameters: attention Q/K/V/O and MLP weights, routed or not
+  active_pct_all: number | null; // of all parameters, embeddings included
+  hidden_params: number; // the hidden parameters hidden % is a share of (docs/design.md §5)
   ppl: number | null;
   bpb: number | null; // bits per byte of the same evaluation (compares models of different tokenizers)
 }
@@ -114,7 +121,7 @@ export interface ReproReport {
 
 /** Claim 1: DS-MoE's perplexity is within this fraction of the dense model's. */
 export const PPL_TOLERANCE = 0.05;
-/** Claim 2: at most this percentage of hidden (expert) parameters active. */
+/** Claim 2: at most this percentage of hidden parameters (attention and MLP weights, docs/design.md §5) active. */
 export const MAX_HIDDEN_PCT = 50;
 /** Claim 4: the expert-probability CV with the MI loss may exceed α = 0's by at most this and count as balanced. */
 export const CV_SLACK = 0.05;
@@ -172,7 +179,7 @@ export async function buildReproReport(
       rule,
       params_total: p.total,
       ...ruleShares(last, rule, c),
-      expert_params: p.experts,
+      hidden_params: activeOfSkipped(c, 0).hidden,
       ppl: v("ppl"),
       bpb: v("bpb"),
     };
@@ -280,8 +287,11 @@ export interface RuleShares {
  * The shares of `rule` on the model of config `c` (docs/design.md §5): from its stored experts per layer
  * (`infer/<rule>/layer/<l>/<kind>/experts`) through core/plan/counts.ts `activeOfLayers`, the function eval
  * itself uses, so that the numbers of every model follow one definition even when an older eval stored them
- * under another. A routed kind without stored layers falls back to the stored `active_params`, `active_pct`
- * and `hidden_pct` (and no share of all parameters); a rule without a stored `ppl` was not evaluated (nulls).
+ * under another (before 2026-12-06 `hidden_pct` was a share of the routed experts only). A routed kind without
+ * stored layers (an eval from before they were stored) takes the skipped parameters from the stored
+ * `active_params` (the non-embedding parameters less them, a count whose definition never changed) through
+ * `activeOfSkipped`. A rule without a stored `ppl` (not evaluated), or with neither layers nor `active_params`,
+ * has nulls.
  */
 export function ruleShares(
   last: ReadonlyMap<string, MetricRow>,
@@ -299,15 +309,10 @@ export function ruleShares(
     if (m) layers.push({ kind: m[2] as LayerExperts["kind"], experts: row.value });
   }
   const s = layerShape(c), has = (kind: LayerExperts["kind"]) => layers.some((l) => l.kind === kind);
-  if ((s.routedAtt && !has("attention")) || (s.routedMlp && !has("mlp"))) {
-    return {
-      ...none,
-      active_params: stored("active_params"),
-      active_pct: stored("active_pct"),
-      hidden_pct: stored("hidden_pct"),
-    };
-  }
-  const a = activeOfLayers(c, layers);
+  const noLayers = (s.routedAtt && !has("attention")) || (s.routedMlp && !has("mlp"));
+  const active = stored("active_params");
+  if (noLayers && active === null) return none;
+  const a = noLayers ? activeOfSkipped(c, activeOfSkipped(c, 0).all - active!) : activeOfLayers(c, layers);
   return {
     active_params: a.active,
     active_pct: a.activePct,
@@ -388,10 +393,15 @@ function _shareOfAll(r: ModelRow): string {
   return `${pct(r.active_pct_all)}% of all parameters, ${pct(r.active_pct)}% of the non-embedding ones`;
 }
 
-/** A model's hidden % of its routed expert parameters beside its share of all parameters. */
+/** What a row's hidden % is of (docs/design.md §5): "N attention and MLP parameters". */
+function _hiddenOf(r: ModelRow): string {
+  return `${fmtCount(r.hidden_params)} attention and MLP parameters`;
+}
+
+/** A model's hidden % of its hidden parameters (attention and MLP weights) beside its share of all parameters. */
 function _shares(r: ModelRow): string {
   const hidden = r.hidden_pct === null ? "—" : r.hidden_pct.toFixed(1);
-  return `hidden ${hidden}% of ${fmtCount(r.expert_params)} routed expert parameters; ${_shareOfAll(r)}`;
+  return `hidden ${hidden}% of ${_hiddenOf(r)}; ${_shareOfAll(r)}`;
 }
 
 /**
@@ -422,11 +432,11 @@ export function judgeClaims(rows: Map<Role, ModelRow>, routers: ReproReport["rou
     const ok = measured(ds?.hidden_pct);
     claims.push({
       id: 2,
-      claim: "… with at most half of its hidden (expert) parameters active",
+      claim: "… with at most half of its hidden parameters (attention and MLP weights) active",
       test: `DS-MoE hidden % active (${ds?.rule ?? "?"}) ≤ ${MAX_HIDDEN_PCT}`,
       held: ok ? ds!.hidden_pct! <= MAX_HIDDEN_PCT : null,
       evidence: ok
-        ? `${ds!.hidden_pct!.toFixed(1)}% of its routed expert parameters active (${_shareOfAll(ds!)})`
+        ? `${ds!.hidden_pct!.toFixed(1)}% of its ${_hiddenOf(ds!)} active (${_shareOfAll(ds!)})`
         : "not measured",
     });
   }
