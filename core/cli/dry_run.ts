@@ -29,8 +29,9 @@ export interface PointSummary {
   params_total: number;
   params_active: number;
   params_active_exact: boolean;
-  active_pct: number;
-  hidden_pct: number;
+  active_pct: number; // docs/design.md §5 (core/plan/counts.ts activeWith), as eval reports it
+  hidden_pct: number; // of the attention and MLP weights, routed or not (docs/design.md §5)
+  active_pct_all: number; // share of all parameters, embeddings included
   flops_per_token_train: number;
   flops_per_token_infer: number;
   flops_per_token_infer_dense: number;
@@ -64,8 +65,9 @@ export function summarizePoint(
     params_total: p.total,
     params_active: a.active,
     params_active_exact: a.exact,
-    active_pct: (100 * a.active) / a.all,
+    active_pct: a.activePct,
     hidden_pct: a.hiddenPct,
+    active_pct_all: a.activePctAll,
     flops_per_token_train: f.train,
     flops_per_token_infer: f.infer,
     flops_per_token_infer_dense: f.inferDense,
@@ -137,7 +139,7 @@ export function formatDryRun(
       `  active        ${fmtCount(s.params_active)} per token (${
         s.active_pct.toFixed(1)
       }% of non-embedding, ` +
-        `hidden ${s.hidden_pct.toFixed(1)}%)${
+        `${s.active_pct_all.toFixed(1)}% of all, hidden ${s.hidden_pct.toFixed(1)}% of attention and MLP)${
           s.params_active_exact ? "" : " — upper bound; deno task eval measures it"
         }`,
     );

@@ -5,7 +5,9 @@
  * Conventions (documented in docs/design.md §5):
  * - Weights have no biases except the hidden layer of an MLP router (d → hidden → N, biases on both).
  * - Active parameters per token follow docs/design.md §5: shared K/V + Q/O of active attention experts +
- *   active MLP experts + routers; embeddings, positions, norms and the LM head are excluded.
+ *   active MLP experts + routers; embeddings, positions, norms and the LM head are excluded. Hidden % (of the
+ *   attention and MLP weights, routed or not) and the share of all parameters come from the same function,
+ *   {@linkcode activeWith}, for every report.
  * - FLOPs count multiply-adds as 2 and include matmuls and attention scores (QKᵀ and AV over the mean
  *   causal context (T+1)/2); elementwise ops are left out. Training = 3 × forward (forward + backward).
  * - Gradient accumulation (`train.micro_batch` < `train.batch`): activations are a micro-batch's, plus one
@@ -57,7 +59,11 @@ export interface ParamCounts {
   mlp_experts: number; // all MLP experts (or the dense MLP)
   mlp_router: number;
   total: number;
-  /** All expert parameters (attention Q/O of experts + MLP experts); 0 for a dense model. */
+  /**
+   * Routed expert parameters (docs/design.md §5): the Q/O of the experts of a routed attention block (MoA) and
+   * the experts of a routed MLP, whatever the model kind; 0 for a dense model. The parameters an inference rule
+   * can skip (hidden % is a share of all the attention and MLP weights, not of these).
+   */
   experts: number;
 }
 
@@ -158,12 +164,34 @@ export function expectedActive(rule: InferRule, n: number): ActiveExperts {
   }
 }
 
+/**
+ * Active and hidden parameters of a model at inference: the one definition of docs/design.md §5 that every
+ * report uses (`run --dry-run`, `eval`, `generate`, the run store's `infer/…` and `generate/…` metrics, the
+ * repro report, the dashboard, `bench --suite decode`), whatever the model kind (dense, SMoE, DS-MoE):
+ * - hidden parameters: the weights of the attention and MLP blocks — Q, K, V, O projections and MLP w1/w2,
+ *   routed or not (no embeddings, positions, norms, LM head or routers); the same denominator for every kind;
+ * - routed expert parameters: the Q/O projections of the experts of every routed attention block (MoA) and the
+ *   experts of every routed MLP block, the only hidden parameters a rule can skip; a block without a router
+ *   (dense attention, MoA's shared K/V, a dense MLP) always runs;
+ * - skipped: the routed expert parameters the inference rule does not run, per token (averaged over tokens);
+ * - active: the parameters outside the embeddings, positions, norms and LM head, minus the skipped ones.
+ */
+export interface ParamShare {
+  active: number; // per token: non-embedding parameters − skipped
+  all: number; // non-embedding parameters (active with every expert running)
+  total: number; // every parameter, embeddings, norms and LM head included (countParams().total)
+  hidden: number; // hidden parameters: attention Q/K/V/O and MLP w1/w2, routed or not
+  hiddenActive: number; // of them, run per token: hidden − skipped
+  experts: number; // routed expert parameters (countParams().experts): the ones a rule can skip
+  expertsActive: number; // of them, run per token: experts − skipped
+  skipped: number; // routed expert parameters skipped per token
+  hiddenPct: number; // 100 · hiddenActive / hidden (100 for a dense model)
+  activePct: number; // 100 · active / all
+  activePctAll: number; // 100 · (total − skipped) / total: the share of all parameters, embeddings included
+}
+
 /** Active-parameter estimate for inference under the config's own rules. */
-export interface ActiveParams {
-  active: number; // per token, docs/design.md §5 definition
-  all: number; // same definition with every expert active
-  expertsActive: number; // expert parameters active per token
-  hiddenPct: number; // expertsActive / all expert parameters × 100
+export interface ActiveParams extends ParamShare {
   exact: boolean; // false: an upper bound that `deno task eval` replaces with a measurement
   attExperts: number; // attention experts active per token (per layer)
   mlpExperts: number; // MLP experts active per token (per layer)
@@ -184,25 +212,70 @@ export function activeParams(c: Readonly<Experiment>): ActiveParams {
 }
 
 /**
- * Active parameters per token when `attExperts` attention experts and `mlpExperts` MLP experts run per
- * layer (means over layers and tokens for measured activity; 1 for a block that is not routed).
+ * The {@linkcode ParamShare} when `attExperts` attention experts and `mlpExperts` MLP experts run per token
+ * in each routed block (means over layers and tokens for measured activity). A block that is not routed runs
+ * whole, whatever its argument says.
+ *
+ * @example
+ * ```ts ignore
+ * // Top-2 of 8 MLP experts, dense attention: 425,984 of 1,212,416 hidden parameters run (13/37).
+ * activeWith(smoeTiny, 1, 2).hiddenPct; // 35.1…
+ * ```
  */
 export function activeWith(
   c: Readonly<Experiment>,
   attExperts: number,
   mlpExperts: number,
-): Pick<ActiveParams, "active" | "all" | "expertsActive" | "hiddenPct"> {
+): ParamShare {
   const s = layerShape(c), p = countParams(c);
-  const qo = (p.attention_qo / s.attExperts) * attExperts,
-    mlpActive = (p.mlp_experts / s.mlpExperts) * mlpExperts;
-  const routers = p.attention_router + p.mlp_router;
+  const qo = s.routedAtt ? (p.attention_qo / s.attExperts) * attExperts : p.attention_qo;
+  const mlpActive = s.routedMlp ? (p.mlp_experts / s.mlpExperts) * mlpExperts : p.mlp_experts;
   const expertsActive = (s.routedAtt ? qo : 0) + (s.routedMlp ? mlpActive : 0);
+  return activeOfSkipped(c, p.experts - expertsActive);
+}
+
+/**
+ * The {@linkcode ParamShare} when `skipped` routed expert parameters do not run per token (what
+ * {@linkcode activeWith} computes from experts per block; also what the stored `active_params` of an older
+ * evaluation gives, as the non-embedding parameters less it).
+ */
+export function activeOfSkipped(c: Readonly<Experiment>, skipped: number): ParamShare {
+  const p = countParams(c);
+  const hidden = p.attention_qo + p.attention_kv + p.mlp_experts;
+  const all = hidden + p.attention_router + p.mlp_router;
   return {
-    active: p.attention_kv + qo + mlpActive + routers,
-    all: p.attention_kv + p.attention_qo + p.mlp_experts + routers,
-    expertsActive,
-    hiddenPct: p.experts > 0 ? (100 * expertsActive) / p.experts : 100,
+    active: all - skipped,
+    all,
+    total: p.total,
+    hidden,
+    hiddenActive: hidden - skipped,
+    experts: p.experts,
+    expertsActive: p.experts - skipped,
+    skipped,
+    hiddenPct: (100 * (hidden - skipped)) / hidden,
+    activePct: (100 * (all - skipped)) / all,
+    activePctAll: (100 * (p.total - skipped)) / p.total,
   };
+}
+
+/** Experts one routed layer ran per token, averaged over tokens (eval and generate measure it). */
+export interface LayerExperts {
+  kind: "attention" | "mlp";
+  experts: number;
+}
+
+/**
+ * The {@linkcode ParamShare} of measured activity: the experts each routed layer ran per token, averaged
+ * over the layers of each kind (every layer of a kind has the same experts, so this is the mean over tokens
+ * and layers of the parameters run). A kind without layers in `layers` runs all its experts.
+ */
+export function activeOfLayers(c: Readonly<Experiment>, layers: readonly LayerExperts[]): ParamShare {
+  const s = layerShape(c);
+  const mean = (kind: LayerExperts["kind"], all: number) => {
+    const ls = layers.filter((l) => l.kind === kind);
+    return ls.length === 0 ? all : ls.reduce((a, l) => a + l.experts, 0) / ls.length;
+  };
+  return activeWith(c, mean("attention", s.attExperts), mean("mlp", s.mlpExperts));
 }
 
 /** Forward FLOPs per token with `attExperts` attention experts and `mlpExperts` MLP experts computing. */

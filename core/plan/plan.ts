@@ -35,6 +35,8 @@ export interface PlanOptions {
   batch?: number;
   /** Inference rules (infer-sparse, decode); default the config's `router.infer` / `router.infer_attention`. */
   rules?: InferRules;
+  /** infer-sparse: also output every router's probabilities (after the masks), for `eval --diagnostics`. */
+  routerProbs?: boolean;
 }
 
 /** A training plan: the model, its gradients (same order as `model.params`) and the schedule computing both. */
@@ -60,7 +62,7 @@ export interface InferPlan {
   mode: "infer-sparse";
   model: ModelGraph;
   rules: InferRules;
-  outputs: Value[]; // LM loss, logits, then each routed router's mask
+  outputs: Value[]; // LM loss, logits, then each routed router's mask (then each router's probabilities)
   schedule: Schedule;
 }
 
@@ -126,6 +128,7 @@ export function plan(
     case "infer-sparse": {
       const model = buildModel(c, batch, rules);
       const outputs = [model.lmLoss, model.logits, ..._masks(model.routers)];
+      if (o.routerProbs) outputs.push(...model.routers.map((r) => r.probs));
       return { mode, model, rules, outputs, schedule: schedule(model.graph, outputs) };
     }
     case "decode": {

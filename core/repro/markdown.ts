@@ -61,6 +61,16 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
     [false, false, false, false, false],
   ));
   out.push("", "## Models", "");
+  out.push(
+    "Shares by one definition for every model (docs/design.md §5): **hidden %** is the share of a model's " +
+      "hidden parameters — the weights of its attention and MLP blocks (Q, K, V, O projections and MLP " +
+      "w1/w2), routed or not (" +
+      r.models.map((m) => `${roleName(m.role)}: ${fmt.count(m.hidden_params)}`).join("; ") +
+      ") — that run per token under its rule, averaged over tokens; blocks without a router always run, so " +
+      "the dense model is at 100%. **active %** is the share of its parameters outside the embeddings, norms " +
+      "and LM head (routers included); **all %** the share of all its parameters, embeddings included.",
+    "",
+  );
   out.push(_table(
     [
       "model",
@@ -71,6 +81,7 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
       "active params",
       "active %",
       "hidden %",
+      "all %",
       "val ppl",
       "val bpb",
     ],
@@ -83,27 +94,29 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
       fmt.count(m.active_params),
       fmt.pct(m.active_pct),
       fmt.pct(m.hidden_pct),
+      fmt.pct(m.active_pct_all),
       fmt.ppl(m.ppl),
       fmt.bpb(m.bpb),
     ]),
-    [false, false, false, false, true, true, true, true, true, true],
+    [false, false, false, false, true, true, true, true, true, true, true],
   ));
   out.push("", "## Sparsity frontier", "");
   for (const f of r.frontier) {
     if (f.rows.length <= 1) continue;
     out.push(`### ${roleName(f.role)}`, "");
     out.push(_table(
-      ["rule", "active params", "active %", "hidden %", "ppl", "bpb", "Δppl vs dense eval"],
+      ["rule", "active params", "active %", "hidden %", "all %", "ppl", "bpb", "Δppl vs dense eval"],
       f.rows.map((x) => [
         x.rule,
         fmt.count(x.active_params),
         fmt.pct(x.active_pct),
         fmt.pct(x.hidden_pct),
+        fmt.pct(x.active_pct_all),
         fmt.ppl(x.ppl),
         fmt.bpb(x.bpb),
         fmt.signedPct(x.dppl_pct),
       ]),
-      [false, true, true, true, true, true, true],
+      [false, true, true, true, true, true, true, true],
     ));
     out.push("");
   }
