@@ -81,7 +81,7 @@ Deno.test("repro --scale micro trains five models, writes a report whose every n
     const ds = data.models.find((m) => m.role === "dsmoe")!,
       dense = data.models.find((m) => m.role === "dense")!;
     assert(
-      data.claims[0]!.evidence.startsWith(`DS-MoE ${ds.ppl!.toFixed(3)} vs dense ${dense.ppl!.toFixed(3)}`),
+      data.claims[0]!.evidence.startsWith(`DS-MoE ${ds.ppl!.toFixed(2)} vs dense ${dense.ppl!.toFixed(2)}`),
     );
     assertEquals(data.claims[1]!.held, ds.hidden_pct! <= 50);
 

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { fmtChange, fmtLoss, fmtPpl } from "../util/quantities.js";
 import type { Experiment } from "../config/schema.ts";
 import { Dataset, loadDataset } from "../data/dataset.ts";
 import { defaultCacheDir } from "../data/prepare.ts";
@@ -410,9 +411,9 @@ function _table(
   const rows = results.map((r) => {
     const row = [
       r.rule,
-      r.loss.toFixed(4),
-      r.ppl.toFixed(3),
-      `${r.ppl >= dense.ppl ? "+" : ""}${((100 * (r.ppl - dense.ppl)) / dense.ppl).toFixed(2)}%`,
+      fmtLoss(r.loss),
+      fmtPpl(r.ppl),
+      fmtChange((100 * (r.ppl - dense.ppl)) / dense.ppl),
       fmtCount(r.activeParams),
       r.activePct.toFixed(1),
       r.hiddenPct.toFixed(1),

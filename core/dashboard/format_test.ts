@@ -1,6 +1,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import {
   fmtBpb,
+  fmtChange,
   fmtCount,
   fmtLoss,
   fmtMetric,
@@ -35,6 +36,12 @@ Deno.test("one format per quantity: losses and bpb 4 decimals, ppl 2, counts K/M
     ["512", "12.3K", "1.23M", "2.5G", "3T"],
   );
   assertEquals([fmtPct(42), fmtPct(12.345), fmtShare(0.125)], ["42.0%", "12.3%", "12.5%"]);
+  assertEquals([fmtChange(1.254), fmtChange(-0.4), fmtChange(0), fmtChange(null)], [
+    "+1.25%",
+    "-0.40%",
+    "+0.00%",
+    "—",
+  ]);
   assertEquals([fmtStep(12000), fmtStep(null)], ["12000", "—"]);
   assertEquals([fmtRate(0.003), fmtRate(3e-4), fmtRate(0), fmtRate(0.1)], ["3.0e-3", "3.0e-4", "0", "0.1"]);
   assertEquals([fmtNum(0.123456), fmtNum(25000), fmtNum(0.0001234), fmtNum(NaN)], [

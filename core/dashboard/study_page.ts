@@ -17,7 +17,7 @@ import { type Html, markup } from "./html.ts";
 import { pageLayout } from "./pages.ts";
 import { reportHtml } from "./report_html.ts";
 import { checkId } from "./security.ts";
-import { fmtBpb, fmtCount, fmtNum, fmtPct, fmtPpl, NONE } from "./static/format.js";
+import { fmtBpb, fmtChange, fmtCount, fmtNum, fmtPct, fmtPpl, NONE } from "./static/format.js";
 
 /**
  * The heatmap's colour buckets: a cell takes the first whose upper bound its Δppl against the baseline (in
@@ -76,7 +76,7 @@ function _tooltip(r: StudyReport, x: StudyCell): string {
   if (x.na !== null) return `${x.model} under ${x.rule}: ${x.na}`;
   const vs = x.dppl_pct === null
     ? ""
-    : ` (${x.dppl_pct >= 0 ? "+" : ""}${x.dppl_pct.toFixed(2)}% vs baseline)`;
+    : ` (${fmtChange(x.dppl_pct)} vs baseline)`;
   return `${x.model} under ${x.rule_name}: ppl ${fmtPpl(x.ppl)}${vs}, bpb ${fmtBpb(x.bpb)}, ` +
     `hidden ${fmtPct(x.hidden_pct)}, active ${fmtPct(x.active_pct)} (${fmtCount(x.active_params)} params), ` +
     `${fmtNum(x.tokens_per_s)} tokens/s (sparse evaluation)` +

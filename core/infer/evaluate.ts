@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { fmtLoss, fmtPct, fmtPpl } from "../util/quantities.js";
 import type { Experiment } from "../config/schema.ts";
 import type { Dataset } from "../data/dataset.ts";
 import { numel } from "../graph/ir.ts";
@@ -197,8 +198,9 @@ export async function evaluateRules(
         };
         results.push(result);
         o.progress?.(
-          `${result.rule}: val loss ${loss.toFixed(4)}  ppl ${result.ppl.toFixed(3)}  ` +
-            `hidden ${result.hiddenPct.toFixed(1)}%`,
+          `${result.rule}: val loss ${fmtLoss(loss)}  ppl ${fmtPpl(result.ppl)}  hidden ${
+            fmtPct(result.hiddenPct)
+          }`,
         );
       } finally {
         exec.destroy();

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { fmtBpb, fmtChange, fmtPpl } from "../util/quantities.js";
 import { fmtCount } from "../util/format.ts";
 import type { ReproReport } from "./report.ts";
 
@@ -18,10 +19,10 @@ const _ROLE_NAMES: Record<string, string> = {
 
 /** Formats a perplexity, a percentage and a ratio as the report shows them. */
 export const fmt = {
-  ppl: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : x.toFixed(3)),
-  bpb: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : x.toFixed(4)),
+  ppl: (x: number | null) => fmtPpl(x),
+  bpb: (x: number | null) => fmtBpb(x),
   pct: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : x.toFixed(1)),
-  signedPct: (x: number) => (Number.isFinite(x) ? `${x >= 0 ? "+" : ""}${x.toFixed(2)}%` : "—"),
+  signedPct: (x: number) => fmtChange(x),
   count: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : fmtCount(x)),
   num: (x: number, digits: number) => (Number.isFinite(x) ? x.toFixed(digits) : "—"),
 };

@@ -10,6 +10,7 @@
  *
  * @module
  */
+import { fmtChange, fmtPpl } from "../util/quantities.js";
 import { parseExperimentText } from "../config/mod.ts";
 import type { Experiment } from "../config/schema.ts";
 import { ruleName } from "../infer/evaluate.ts";
@@ -412,7 +413,7 @@ function _shares(r: ModelRow): string {
  */
 export function judgeClaims(rows: Map<Role, ModelRow>, routers: ReproReport["routers"]): Claim[] {
   const ds = rows.get("dsmoe"), dense = rows.get("dense"), smoe = rows.get("smoe");
-  const f = (x: number) => x.toFixed(3);
+  const f = (x: number) => fmtPpl(x);
   const claims: Claim[] = [];
   const measured = (...xs: (number | null | undefined)[]) => xs.every((x) => typeof x === "number");
   {
@@ -424,7 +425,7 @@ export function judgeClaims(rows: Map<Role, ModelRow>, routers: ReproReport["rou
       test: `DS-MoE ppl (sparse, ${ds?.rule ?? "?"}) ≤ dense ppl × ${1 + PPL_TOLERANCE}`,
       held: ok ? rel <= PPL_TOLERANCE : null,
       evidence: ok
-        ? `DS-MoE ${f(ds!.ppl!)} vs dense ${f(dense!.ppl!)}: ${rel >= 0 ? "+" : ""}${(rel * 100).toFixed(2)}%`
+        ? `DS-MoE ${f(ds!.ppl!)} vs dense ${f(dense!.ppl!)}: ${fmtChange(rel * 100)}`
         : "not measured",
     });
   }

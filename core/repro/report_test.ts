@@ -175,12 +175,12 @@ Deno.test("claims 2 and 3 quote each model's hidden % of its attention and MLP w
   );
   assert(
     c3!.evidence.startsWith(
-      "SMoE 11.000 (hidden 25.0% of 800 attention and MLP parameters; 60.0% of all parameters",
+      "SMoE 11.00 (hidden 25.0% of 800 attention and MLP parameters; 60.0% of all parameters",
     ),
     c3!.evidence,
   );
   assert(
-    c3!.evidence.includes("vs DS-MoE 10.000 (hidden 40.0% of 800 attention and MLP parameters"),
+    c3!.evidence.includes("vs DS-MoE 10.00 (hidden 40.0% of 800 attention and MLP parameters"),
     c3!.evidence,
   );
 });

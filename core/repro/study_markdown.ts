@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { fmtChange } from "../util/quantities.js";
 import type { StudyCell, StudyReport } from "../runs/study_types.ts";
 import { fmtBpb, fmtCount, fmtNum, fmtPct, fmtPpl, NONE } from "../util/quantities.js";
 import { SPEED_NOTE } from "./study_report.ts";
@@ -14,10 +15,9 @@ function _table(head: string[], rows: string[][], right: boolean[]): string {
   return [line(head), line(head.map((_, i) => (right[i] ? "---:" : "---"))), ...rows.map(line)].join("\n");
 }
 
-/** "+1.23%" / "−0.50%", or the missing mark. */
+/** "+1.23%" / "-0.50%", or the missing mark (core/util/quantities.js's relative change). */
 export function signedPct(x: number | null): string {
-  if (x === null || !Number.isFinite(x)) return NONE;
-  return `${x >= 0 ? "+" : "−"}${Math.abs(x).toFixed(2)}%`;
+  return fmtChange(x);
 }
 
 /** The cell of `model` under column `rule`. */

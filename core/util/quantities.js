@@ -14,6 +14,7 @@
  * | parameters, tokens, other counts   | 3 significant digits with K/M/G/T        | `1.23M`, `512`     |
  * | step                               | the integer as it is                     | `12000`            |
  * | percentage (active params, load)   | 1 decimal and `%`                        | `42.0%`            |
+ * | relative change (ppl vs dense)     | sign, 2 decimals and `%`                 | `+1.25%`, `-0.40%` |
  * | learning rate, MI weight, tiny     | 2 significant decimals in exponent form  | `3.0e-3`           |
  * | anything else                      | 4 significant digits (K/M/G when ≥ 1e4)  | `0.1235`, `12.5K`  |
  * | timestamp                          | `<time datetime=ISO title="ISO UTC">`, shown in the viewer's local time by {@linkcode localTime} |
@@ -70,6 +71,17 @@ export function fmtBpb(v) {
  */
 export function fmtPct(v) {
   return _missing(v) ? NONE : `${Number(v).toFixed(1)}%`;
+}
+
+/**
+ * A relative change already in percent, signed (1.25 → "+1.25%", -0.4 → "-0.40%"): 2 decimals.
+ * @param {number | null | undefined} v
+ * @returns {string}
+ */
+export function fmtChange(v) {
+  if (_missing(v)) return NONE;
+  const n = Number(v);
+  return `${n >= 0 ? "+" : "-"}${Math.abs(n).toFixed(2)}%`;
 }
 
 /**
