@@ -15,6 +15,7 @@ import {
 import { attentionCached } from "./kernels/cached_attention.ts";
 import { type OpName, routeRuleOf } from "../core/graph/op_types.ts";
 import { routeGate, routeMask } from "./kernels/routing.ts";
+import { expertChoiceMask } from "./kernels/router_zoo.ts";
 import type { Node, OpNode } from "../core/graph/ir.ts";
 import type { GpuTensor } from "./buffers.ts";
 import type { GpuContext } from "./device.ts";
@@ -179,6 +180,9 @@ export const GPU_IMPLS: GpuTable = {
   ],
   router_scale_ds: (ctx, _n, [x, dy], [ds]) => [routerScaleDs(ctx, { x: x!, dy: dy!, ds: ds! })],
   topk_mask: (ctx, n, [s], [mask]) => [topkMask(ctx, { s: s!, mask: mask!, k: n.attrs.k })],
+  expert_choice_mask: (ctx, n, [s], [mask]) => [
+    expertChoiceMask(ctx, { s: s!, mask: mask!, tokens: n.attrs.tokens }),
+  ],
   moe_mlp: (ctx, n, [x, gate, w1, w2], [y], scratch) => {
     const E = n.attrs.experts,
       s = moeShapeOf(n, n.inputs[2]!.shape[1]! / E),

@@ -17,8 +17,11 @@ import {
   fitsMemoryBudget,
   flopsPerToken,
   hasBatchRouterLoss,
+  layerShape,
 } from "../plan/counts.ts";
-import { plan, trainPlanBytes } from "../plan/plan.ts";
+import { configRules, plan, trainPlanBytes } from "../plan/plan.ts";
+import { expertChoiceTokens } from "../plan/router_zoo.ts";
+import { ruleName } from "../infer/evaluate.ts";
 import { fmtBytes, fmtCount, table } from "../util/format.ts";
 import { describeData } from "../data/prepare.ts";
 
@@ -47,6 +50,8 @@ export interface PointSummary {
   memory_budget_bytes: number;
   fits_budget: boolean; // memory_train_bytes (the estimate, as resume checks it) is within the budget
   components: Record<string, number>;
+  /** How the routers train and which rule runs them at inference; null for a model without routers. */
+  router: string | null;
 }
 
 /** Computes the summary of one validated config. */
@@ -81,7 +86,38 @@ export function summarizePoint(
     memory_budget_bytes: budget,
     fits_budget: fitsMemoryBudget(c),
     components,
+    router: routerSummary(c),
   };
+}
+
+/**
+ * One line on the routers of `c` (docs/design.md §3, §16): the training rule with its parameters, and the
+ * inference rule (`router.infer`), which every training rule hands over to at inference. Null without
+ * routers.
+ */
+export function routerSummary(c: Readonly<Experiment>): string | null {
+  const s = layerShape(c), r = c.router;
+  if (!s.routedMlp && !s.routedAtt) return null;
+  const infer = ruleName(configRules(c), { mlp: s.routedMlp, attention: s.routedAtt });
+  switch (r.train) {
+    case "dense":
+      return `train dense (every expert, DS-MoE); inference ${infer}`;
+    case "topk":
+      return `train topk (k ${r.k}); inference ${infer}`;
+    case "expert_choice": {
+      const T = accumulationOf(c).microBatch * c.data.seq_len;
+      const takes = (kind: string, n: number) =>
+        `${kind}: each of ${n} experts takes C = ${expertChoiceTokens(T, n, r.capacity)}`;
+      const parts = [
+        ...(s.routedMlp ? [takes("MLP", s.mlpExperts)] : []),
+        ...(s.routedAtt ? [takes("attention", s.attExperts)] : []),
+      ];
+      return `train expert_choice (capacity ${r.capacity}; ${parts.join(", ")} of the ${T} tokens of a ` +
+        `micro-batch) — training only (it sees the whole batch); inference uses router.infer: ${infer}`;
+    }
+    default:
+      return r.train satisfies never;
+  }
 }
 
 /** The training plan's buffers of `c`, or null when the planner refuses the config (a RangeError). */
@@ -141,6 +177,7 @@ export function formatDryRun(
           s.params_active_exact ? "" : " — upper bound; deno task eval measures it"
         }`,
     );
+    if (s.router) out.push(`  router        ${s.router}`);
     out.push(
       `  FLOPs/token   train ${fmtCount(s.flops_per_token_train)}, inference ${
         fmtCount(s.flops_per_token_infer)

@@ -129,10 +129,15 @@ export const InferRuleSchema = z.strictObject({
 /** Router: how experts are weighted in training and chosen at inference. */
 export const RouterSchema = z.strictObject({
   hidden: z.int().min(0).default(0).describe("0 = linear router; >0 = d → hidden → N MLP router with GELU"),
-  train: z.enum(["dense", "topk"]).default("dense").describe(
-    "dense: every expert trains (DS-MoE); topk: SMoE",
+  train: z.enum(["dense", "topk", "expert_choice"]).default("dense").describe(
+    "dense: every expert trains (DS-MoE); topk: SMoE; expert_choice: each expert takes its top-C tokens " +
+      "(training only; docs/design.md §16)",
   ),
   k: posInt("Experts per token when train: topk", 2),
+  capacity: z.number().gt(0).default(2).describe(
+    "train: expert_choice: each expert takes C = ceil(T·capacity/N) of the T tokens of a micro-batch, so " +
+      "capacity is the mean experts per token (2: the paper's EC-CF2)",
+  ),
   infer: InferRuleSchema.prefault({}).describe("Inference rule for MLP experts (and attention, by default)"),
   infer_attention: InferRuleSchema.optional().describe(
     "Inference rule for attention experts; default = infer",
@@ -256,7 +261,9 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
       break;
     case "smoe":
       if (!routedMlp) issue(["model", "mlp", "experts"], "model.kind smoe needs mlp.experts > 1");
-      if (r.train !== "topk") issue(["router", "train"], "model.kind smoe needs router.train: topk");
+      if (r.train === "dense") {
+        issue(["router", "train"], `model.kind smoe needs a sparse router.train: ${SPARSE_TRAIN.join(", ")}`);
+      }
       break;
     case "dsmoe":
       if (!routedMlp && !routedAtt) {
@@ -267,6 +274,7 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
     default:
       m.kind satisfies never;
   }
+  _routerZooChecks(c, issue);
   if (r.train === "topk" && r.k > m.mlp.experts) {
     issue(["router", "k"], `k (${r.k}) exceeds experts (${m.mlp.experts}) at model.mlp`);
   }
@@ -313,6 +321,24 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
   // Format issues do not stop refinements in zod 4, so a malformed size must not reach parseByteSize.
   if (typeof mem === "string" && BYTE_SIZE_RE.test(mem) && parseByteSize(mem) <= 0) {
     issue(["hardware", "memory_budget"], `memory_budget must be positive, got "${mem}"`);
+  }
+}
+
+/** The training rules of model.kind smoe: every router that trains some experts per token, not all. */
+export const SPARSE_TRAIN = ["topk", "expert_choice"] as const;
+
+/** Cross-checks of the routers of the literature (docs/design.md §16), each issue at the key to change. */
+function _routerZooChecks(
+  c: z.output<z.ZodObject<typeof _shape>>,
+  issue: (path: (string | number)[], message: string) => void,
+): void {
+  const r = c.router;
+  if (r.train === "expert_choice" && c.loss.load_balance > 0) {
+    issue(
+      ["loss", "load_balance"],
+      "router.train expert_choice is balanced by construction (every expert takes C tokens): set " +
+        "loss.load_balance to 0",
+    );
   }
 }
 

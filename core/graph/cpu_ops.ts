@@ -12,6 +12,7 @@ import {
   sequenceWindow,
 } from "../ref/cached_attention.ts";
 import { routeMaskRef } from "../ref/routing.ts";
+import { expertChoiceMaskRef } from "../ref/router_zoo.ts";
 import { routeRuleOf } from "./op_types.ts";
 import { activationBackwardRef, activationRef } from "../ref/activation.ts";
 import { attentionBackwardRef, attentionRef } from "../ref/attention.ts";
@@ -109,6 +110,7 @@ export const CPU_OPS: CpuTable = {
     n,
   ) => [routerScaleDsRef(x!, dy!, n.attrs.blocks, n.inputs[0]!.shape[0]!)],
   topk_mask: ([s], n) => [topkMaskRef(s!, last(n), n.attrs.k)],
+  expert_choice_mask: ([s], n) => [expertChoiceMaskRef(s!, last(n), n.attrs.tokens)],
   route_mask: ([s], n) => [routeMaskRef(s!, last(n), routeRuleOf(n))],
   route_gate: ([z], n) => {
     const probs = softmaxRef(z!, last(n)), mask = routeMaskRef(probs, last(n), routeRuleOf(n));

@@ -102,6 +102,8 @@ export interface OpAttrs {
   router_scale: { readonly blocks?: number };
   router_scale_ds: { readonly blocks: number };
   topk_mask: { readonly k: number };
+  /** tokens: C, the tokens each expert takes (expert-choice routing, docs/design.md §16). */
+  expert_choice_mask: { readonly tokens: number };
   route_mask: Readonly<RouteRule>;
   route_gate: Readonly<RouteRule>;
   moe_mlp: { readonly experts: number; readonly activation: ActivationKind };

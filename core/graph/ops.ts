@@ -335,6 +335,19 @@ export const OPS: OpTable = {
 
   /** probs (N, E) → 0/1 mask of the top-k per row (no gradient: selection is discrete). */
   topk_mask: { outputs: ([s]) => _same(s!), grad: "discrete" },
+  /**
+   * Expert-choice routing (docs/design.md §16): probs (N, E) → 0/1 mask where each expert (column) takes
+   * its `tokens` most probable tokens (ties to the lower token index); a token may be taken by none. No
+   * gradient (a discrete selection); the gate S ⊙ mask carries S's gradient on the taken pairs.
+   */
+  expert_choice_mask: {
+    outputs: ([s], a) => {
+      const [n] = _dims2(s!, "expert_choice_mask");
+      _check(a.tokens >= 1 && a.tokens <= n, "expert_choice_mask", `tokens ${a.tokens} not in 1…${n}`);
+      return _same(s!);
+    },
+    grad: "discrete",
+  },
   /** probs (N, E) → 0/1 mask of an inference rule (attrs kind, epsilon, k, p; core/ref/routing.ts). */
   route_mask: { outputs: ([s]) => _same(s!), grad: "inference" },
   /**

@@ -15,6 +15,7 @@
  */
 import { type Experiment, type InferRule, parseByteSize } from "../config/schema.ts";
 import { tokenizerVocabSize } from "../data/vocab.ts";
+import { expertChoiceTokens } from "./router_zoo.ts";
 
 /** Vocabulary size of a tokenizer (core/data/vocab.ts: byte 256, bpe data.vocab_size, gpt2 50257, file:). */
 export function vocabSize(data: Experiment["data"]): number {
@@ -218,6 +219,26 @@ export function forwardFlops(c: Readonly<Experiment>, attExperts: number, mlpExp
   return L * (attProj + attScores + mlp + routers) + 2 * d * V;
 }
 
+/**
+ * MLP experts the training rule computes per token, of `n` (docs/design.md §5, §16): all of them (dense),
+ * k (topk), or expert choice's mean N·C/T over the T tokens of a micro-batch.
+ */
+export function trainExpertsPerToken(c: Readonly<Experiment>, n: number): number {
+  const r = c.router;
+  switch (r.train) {
+    case "dense":
+      return n;
+    case "topk":
+      return Math.min(r.k, n);
+    case "expert_choice": {
+      const T = accumulationOf(c).microBatch * c.data.seq_len;
+      return (n * expertChoiceTokens(T, n, r.capacity)) / T;
+    }
+    default:
+      return r.train satisfies never;
+  }
+}
+
 /** Training and inference FLOPs per token. */
 export interface Flops {
   train: number; // forward + backward, experts as the train rule computes them
@@ -228,7 +249,7 @@ export interface Flops {
 /** FLOPs per token for training (3 × forward) and inference. */
 export function flopsPerToken(c: Readonly<Experiment>): Flops {
   const s = layerShape(c), a = activeParams(c);
-  const trainMlp = c.router.train === "topk" ? Math.min(c.router.k, s.mlpExperts) : s.mlpExperts;
+  const trainMlp = trainExpertsPerToken(c, s.mlpExperts);
   return {
     train: 3 * forwardFlops(c, s.attExperts, trainMlp),
     infer: forwardFlops(c, a.attExperts, a.mlpExperts),

@@ -20,6 +20,7 @@ import { Graph, type Value } from "../graph/ir.ts";
 import { apply, apply1 } from "../graph/ops.ts";
 import type { RouteRule } from "../graph/op_types.ts";
 import { layerShape, vocabSize } from "./counts.ts";
+import { isZooTrain, zooTrainGate } from "./router_zoo.ts";
 
 /** How a parameter is initialized and optimized. */
 export interface ParamSpec {
@@ -37,6 +38,11 @@ export interface RouterTap {
   probs: Value; // (N, E)
   /** 0/1 experts run per token under the inference rule (inference graphs; absent for the dense rule). */
   mask?: Value;
+  /**
+   * The training gate (N, E) of a router of docs/design.md §16 (training graphs): a pair is routed iff its
+   * gate is above 0; evaluation reads it for the per-expert load and the share of tokens no expert took.
+   */
+  trainGate?: Value;
 }
 
 /** Inference routing rules of an inference graph, for MLP and attention routers separately. */
@@ -388,10 +394,16 @@ class _Builder {
 
   /**
    * The per-token expert gate (N, E): S for dense training, S ⊙ top-k mask for SMoE (recording the Switch
-   * loss when asked), and at inference S ⊙ the rule's mask.
+   * loss when asked), the gate of a router of docs/design.md §16 (core/plan/router_zoo.ts; recorded as the
+   * router's `trainGate`), and at inference S ⊙ the rule's mask.
    */
   gateValue(probs: Value, experts: number, kind: RouterTap["kind"]): Value {
     if (this.infer) return this.inferGate(probs, kind);
+    if (isZooTrain(this.c)) {
+      const gate = zooTrainGate(this.g, this.c, probs);
+      this.routers.find((t) => t.probs === probs)!.trainGate = gate;
+      return gate;
+    }
     let gate = probs;
     const topk = this.c.router.train === "topk";
     if (topk || this.c.loss.load_balance > 0) {

@@ -51,7 +51,10 @@ export interface TrainPlan {
    * whose mean over the micro-batches is fed to `.batch`. Null without accumulation or batch-level losses.
    */
   stats: Schedule | null;
-  /** Forward only, for evaluation: the LM loss and every router's probabilities of a micro-batch. */
+  /**
+   * Forward only, for evaluation: the LM loss and every router's probabilities of a micro-batch, then the
+   * training gates of the routers that expose one (`RouterTap.trainGate`, docs/design.md §16).
+   */
   evaluate: Schedule;
 }
 
@@ -110,7 +113,11 @@ export function plan(
       const grads = gradients(model.graph, model.loss, model.params.map((p) => p.value));
       const outputs = [model.loss, model.lmLoss, ...model.miLoss.attention, ...model.miLoss.mlp, ...grads];
       const stats = batchStats ? schedule(model.graph, model.batchStats.map((s) => s.micro)) : null;
-      const evaluate = schedule(model.graph, [model.lmLoss, ...model.routers.map((r) => r.probs)]);
+      const evaluate = schedule(model.graph, [
+        model.lmLoss,
+        ...model.routers.map((r) => r.probs),
+        ...model.routers.flatMap((r) => r.trainGate ? [r.trainGate] : []),
+      ]);
       return {
         mode,
         model,

@@ -26,6 +26,16 @@ export interface RouterStats {
   load: number[]; // (E,) fraction of tokens whose top-1 expert is i
   meanProb: number[]; // (E,)
   entropy: number; // mean per-token routing entropy (nats)
+  /** The training rule's statistics (routers of docs/design.md §16, whose graphs expose their gate). */
+  train?: TrainRuleStats;
+}
+
+/** Statistics of a training rule's gate over evaluated tokens (core/train/router_stats.ts). */
+export interface TrainRuleStats {
+  load: number[]; // (E,) expert i's share of the routed (token, expert) pairs
+  dropped: number; // share of tokens routed to no expert
+  perToken: number; // mean routed experts per token
+  sparsity: number; // share of zero gates
 }
 
 /** Result of evaluating one batch without updating. */

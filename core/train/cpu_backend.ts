@@ -15,7 +15,7 @@ import type { ModelGraph } from "../plan/model.ts";
 import { plan, type TrainPlan } from "../plan/plan.ts";
 import { adamwStepRef } from "../ref/adamw.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
-import { routerStats } from "./router_stats.ts";
+import { routerStats, trainRuleStats } from "./router_stats.ts";
 import { initParams } from "./init.ts";
 
 /** The float64 reference backend. */
@@ -118,16 +118,24 @@ export class CpuTrainBackend implements TrainBackend {
   /** Forward passes over the batch's micro-batches: the mean LM loss, router statistics over every token. */
   evaluate(batch: Batch): Promise<EvalResult> {
     const m = this.model, K = this.plan.accumulation, outs: HostValue[][] = [];
+    const gates = m.routers.flatMap((r) => r.trainGate ? [r.trainGate] : []);
     for (let k = 0; k < K; k++) {
       outs.push(evaluateGraph(this.#evalNodes, this.#feeds(batch, k), [
         m.lmLoss,
         ...m.routers.map((r) => r.probs),
+        ...gates,
       ], CPU_OPS));
     }
+    /** Output `at` of every micro-batch, one after another. */
+    const joined = (at: number) => {
+      const size = outs[0]![at]!.length, all = new Float64Array(K * size);
+      outs.forEach((o, k) => all.set(o[at]!, k * size));
+      return all;
+    };
     const routers = m.routers.map((r, i) => {
-      const probs = new Float64Array(K * r.probs.shape[0]! * r.probs.shape[1]!);
-      outs.forEach((o, k) => probs.set(o[i + 1]!, (k * probs.length) / K));
-      return routerStats(r.layer, r.kind, probs, r.probs.shape[1]!);
+      const E = r.probs.shape[1]!, stats = routerStats(r.layer, r.kind, joined(i + 1), E);
+      const g = r.trainGate ? gates.indexOf(r.trainGate) : -1;
+      return g < 0 ? stats : { ...stats, train: trainRuleStats(joined(1 + m.routers.length + g), E) };
     });
     return Promise.resolve({ lmLoss: outs.reduce((a, o) => a + o[0]![0]!, 0) / K, routers });
   }

@@ -26,7 +26,7 @@ import { assertScheduleBuilds } from "../../gpu/preflight.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { initParams } from "./init.ts";
 import { optimizerCalls } from "./optimizer_calls.ts";
-import { routerStats } from "./router_stats.ts";
+import { routerStats, trainRuleStats } from "./router_stats.ts";
 
 /**
  * Faults to inject, for reliability tests (`DSMOE_FAULT_NAN_GRAD`, see {@linkcode parseFaultSteps}):
@@ -260,7 +260,8 @@ export class GpuTrainBackend implements TrainBackend {
    */
   async evaluate(batch: Batch): Promise<EvalResult> {
     const m = this.model, K = this.accumulation, ctx = this.ctx;
-    const outs = [m.lmLoss, ...m.routers.map((r) => r.probs)];
+    const gates = m.routers.flatMap((r) => r.trainGate ? [r.trainGate] : []);
+    const outs = [m.lmLoss, ...m.routers.map((r) => r.probs), ...gates];
     const sizes = outs.map((v) => numel(v.shape)), per = sizes.reduce((a, b) => a + b, 0);
     const staging = ctx.device.createBuffer({
       size: K * per * 4,
@@ -283,11 +284,17 @@ export class GpuTrainBackend implements TrainBackend {
     staging.destroy();
     let lm = 0;
     for (let k = 0; k < K; k++) lm += r[k * per]!;
+    /** Output `j` of every micro-batch, one after another. */
+    const joined = (j: number) => {
+      const size = sizes[j]!, at = sizes.slice(0, j).reduce((a, b) => a + b, 0);
+      const all = new Float32Array(K * size);
+      for (let k = 0; k < K; k++) all.set(r.subarray(k * per + at, k * per + at + size), k * size);
+      return all;
+    };
     const routers = m.routers.map((t, i) => {
-      const size = sizes[i + 1]!, at = 1 + sizes.slice(1, i + 1).reduce((a, b) => a + b, 0);
-      const probs = new Float32Array(K * size);
-      for (let k = 0; k < K; k++) probs.set(r.subarray(k * per + at, k * per + at + size), k * size);
-      return routerStats(t.layer, t.kind, probs, t.probs.shape[1]!);
+      const E = t.probs.shape[1]!, stats = routerStats(t.layer, t.kind, joined(i + 1), E);
+      const g = t.trainGate ? gates.indexOf(t.trainGate) : -1;
+      return g < 0 ? stats : { ...stats, train: trainRuleStats(joined(1 + m.routers.length + g), E) };
     });
     return { lmLoss: lm / K, routers };
   }

@@ -12,7 +12,7 @@ import { tokenizerMetadata } from "../data/tokenizers.ts";
 import type { RunDir } from "../runs/run_dir.ts";
 import { ProfileAccumulator, type StepProfile } from "./profile.ts";
 import { f32Tensor, type SafeTensor, tensorToF32 } from "../runs/safetensors.ts";
-import type { StepStats, TrainBackend, TrainState } from "./backend.ts";
+import type { StepStats, TrainBackend, TrainRuleStats, TrainState } from "./backend.ts";
 import { learningRate } from "./lr_schedule.ts";
 import { fmtDuration } from "../util/format.ts";
 import { optionalEnv } from "../util/env.ts";
@@ -208,6 +208,7 @@ export async function evaluate(
   const n = o.config.train.eval_batches;
   let sum = 0;
   const loads = new Map<string, { load: number[]; prob: number[]; entropy: number }>();
+  const trains = new Map<string, TrainRuleStats>();
   for (let i = 0; i < n; i++) {
     const r = await o.backend.evaluate(o.dataset.valBatch(i, n, o.config.train.batch));
     sum += r.lmLoss;
@@ -218,6 +219,7 @@ export async function evaluate(
       rs.meanProb.forEach((v, e) => acc.prob[e]! += v / n);
       acc.entropy += rs.entropy / n;
       loads.set(key, acc);
+      if (rs.train) trains.set(key, _addTrainStats(trains.get(key), rs.train, n));
     }
   }
   const val = sum / n;
@@ -229,7 +231,24 @@ export async function evaluate(
     acc.prob.forEach((v, e) => log(`${key}/prob/${e}`, step, v));
     log(`${key}/entropy`, step, acc.entropy);
   }
+  for (const [key, t] of trains) {
+    t.load.forEach((v, e) => log(`${key}/train_load/${e}`, step, v));
+    log(`${key}/dropped`, step, t.dropped);
+    log(`${key}/experts_per_token`, step, t.perToken);
+    log(`${key}/sparsity`, step, t.sparsity);
+  }
   return val;
+}
+
+/** `acc` (or zeros) plus `t` / n: the mean of a training rule's statistics over n evaluation batches. */
+function _addTrainStats(acc: TrainRuleStats | undefined, t: TrainRuleStats, n: number): TrainRuleStats {
+  const a = acc ?? { load: t.load.map(() => 0), dropped: 0, perToken: 0, sparsity: 0 };
+  return {
+    load: a.load.map((v, e) => v + t.load[e]! / n),
+    dropped: a.dropped + t.dropped / n,
+    perToken: a.perToken + t.perToken / n,
+    sparsity: a.sparsity + t.sparsity / n,
+  };
 }
 
 function _logStep(

@@ -1,0 +1,110 @@
+/**
+ * Gradient checks of the routers of the literature (docs/design.md §16) against float64 central
+ * differences: each new op or gate on its own, each router in a whole small model, and for each a
+ * deliberately broken rule that the check must catch.
+ */
+import { ok as assert } from "node:assert/strict";
+import { ExperimentSchema } from "../config/schema.ts";
+import { buildModel } from "../plan/model.ts";
+import { Rng } from "../util/rng.ts";
+import type { HostValue } from "./cpu_executor.ts";
+import { checkGradients, type GradCheckResult, randomFeeds } from "./grad_check.ts";
+import { Graph, type Value } from "./ir.ts";
+import { apply1, OPS, type OpTable } from "./ops.ts";
+
+const TOL = 1e-6;
+
+/** The check of `build`'s output reduced by a random weight, on random parameters (with `table`). */
+function checkOp(
+  build: (g: Graph, p: (shape: number[]) => Value) => Value,
+  table?: OpTable,
+): GradCheckResult {
+  const g = new Graph(), params: Value[] = [];
+  const p = (shape: number[]) => {
+    const v = g.leaf("param", `p${params.length}`, shape);
+    params.push(v);
+    return v;
+  };
+  const out = build(g, p);
+  const loss = out.shape.length === 1 && out.shape[0] === 1
+    ? out
+    : apply1(g, "dot", [out, g.leaf("const", "w", out.shape)]);
+  const feeds = randomFeeds(g, 7, new Map());
+  return checkGradients(g, loss, params, feeds as Map<number, HostValue>, { table, samples: 8 });
+}
+
+/** A table whose `mul` passes dy to its first input ungated: the gradient of S where the gate is S ⊙ mask. */
+const UNGATED: OpTable = {
+  ...OPS,
+  mul: { ...OPS.mul, grad: (g, n, [dy]) => [dy, apply1(g, "mul", [dy!, n.inputs[0]!])] },
+};
+
+const OP_CASES: Record<
+  string,
+  { build: (g: Graph, p: (shape: number[]) => Value) => Value; broken: OpTable }
+> = {
+  "expert-choice gate S ⊙ mask (3 of 6 tokens per expert)": {
+    build: (g, p) => {
+      const s = apply1(g, "softmax", [p([6, 4])]);
+      return apply1(g, "mul", [s, apply1(g, "expert_choice_mask", [s], { tokens: 3 })]);
+    },
+    broken: UNGATED,
+  },
+};
+
+for (const [name, c] of Object.entries(OP_CASES)) {
+  Deno.test(`the ${name} gradient matches float64 central differences`, () => {
+    const r = checkOp(c.build);
+    assert(r.worst < TOL, `worst relative error ${r.worst} at ${r.where}`);
+    assert(r.checked >= 8);
+  });
+  Deno.test(`the gradient check catches a broken rule of the ${name}`, () => {
+    const r = checkOp(c.build, c.broken);
+    assert(r.worst > 1e-2, `broken rule not caught: worst ${r.worst}`);
+  });
+}
+
+/** Small models of each router, MoA and MLP routers both. */
+const MODELS: Record<string, { over: Record<string, Record<string, unknown>>; broken: OpTable }> = {
+  "expert choice (capacity 1.5)": {
+    over: { model: { kind: "smoe" }, router: { train: "expert_choice", capacity: 1.5 } },
+    broken: UNGATED,
+  },
+};
+
+function checkModel(over: Record<string, Record<string, unknown>>, table?: OpTable): GradCheckResult {
+  const c = ExperimentSchema.parse({
+    ...over,
+    data: { seq_len: 5 },
+    model: {
+      d_model: 8,
+      layers: 2,
+      attention: { kind: "moa", experts: 3, heads_per_expert: 1, head_dim: 4 },
+      mlp: { experts: 4, hidden: 4 },
+      ...over.model,
+    },
+  });
+  const m = buildModel(c, 2), rng = new Rng(3);
+  const fixed = new Map<number, HostValue>([
+    [m.ids.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
+    [m.targets.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
+  ]);
+  const feeds = randomFeeds(m.graph, 11, fixed, 0.5);
+  return checkGradients(m.graph, m.loss, m.params.map((p) => p.value), feeds as Map<number, HostValue>, {
+    samples: 3,
+    floor: 1e-4,
+    table,
+  });
+}
+
+for (const [name, { over, broken }] of Object.entries(MODELS)) {
+  Deno.test(`whole-model gradients of ${name} match float64 central differences`, () => {
+    const r = checkModel(over);
+    assert(r.worst < 1e-5, `worst relative error ${r.worst} at ${r.where}`);
+    assert(r.checked >= 40, `${r.checked} entries checked`);
+  });
+  Deno.test(`whole-model gradients of ${name} under a broken rule fail the check`, () => {
+    const r = checkModel(over, broken);
+    assert(r.worst > 1e-2, `broken rule not caught: worst ${r.worst}`);
+  });
+}

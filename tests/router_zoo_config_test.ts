@@ -1,0 +1,69 @@
+/**
+ * Config keys of the routers of the literature (docs/design.md §16): each mistake is a located error at the
+ * key to change, and `run --dry-run` says how the routers train and that inference uses router.infer.
+ */
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { ConfigError, parseExperimentText } from "../core/config/mod.ts";
+import { cli } from "./helpers/cli.ts";
+import { forwardFlops, trainExpertsPerToken } from "../core/plan/counts.ts";
+
+/** The message lines of parsing `text` as `t.yaml`; fails when it is accepted. */
+function linesOf(text: string): string[] {
+  try {
+    parseExperimentText(text, "t.yaml");
+  } catch (e) {
+    if (e instanceof ConfigError) return e.message.split("\n");
+    throw e;
+  }
+  throw new Error("expected a ConfigError, but the config was accepted");
+}
+
+const SMOE = "model:\n  kind: smoe\n  attention: { kind: mha }\n";
+
+Deno.test("expert_choice: capacity must be positive, the Switch loss is refused, smoe needs a sparse rule", () => {
+  assertEquals(linesOf(`${SMOE}router:\n  train: expert_choice\n  capacity: 0\n`), [
+    "t.yaml:6:13: router.capacity: must be > 0, got 0",
+  ]);
+  assertEquals(linesOf(`${SMOE}router:\n  train: expert_choice\nloss:\n  load_balance: 0.01\n`), [
+    "t.yaml:7:17: loss.load_balance: router.train expert_choice is balanced by construction (every expert " +
+    "takes C tokens): set loss.load_balance to 0",
+  ]);
+  assertEquals(linesOf(`${SMOE}router:\n  train: dense\n`), [
+    "t.yaml:5:10: router.train: model.kind smoe needs a sparse router.train: topk, expert_choice",
+  ]);
+  assertEquals(linesOf("router:\n  train: expert_choice\n"), [
+    "t.yaml:2:10: router.train: model.kind dsmoe needs router.train: dense",
+  ]);
+});
+
+Deno.test("run --dry-run says expert choice is training only, with C per expert, and names router.infer", async () => {
+  const sets = [
+    "model.kind=smoe",
+    "router.train=expert_choice",
+    "router.capacity=1.5",
+    "router.infer.kind=topk",
+  ];
+  const r = await cli("run", "tests/fixtures/micro.yaml", ...sets.flatMap((s) => ["--set", s]), "--dry-run");
+  assertEquals(r.code, 0, r.err.join("\n"));
+  const line = r.out.find((l) => l.startsWith("  router "));
+  assertEquals(
+    line,
+    "  router        train expert_choice (capacity 1.5; MLP: each of 4 experts takes C = 96, attention: " +
+      "each of 2 experts takes C = 192 of the 256 tokens of a micro-batch) — training only (it sees the " +
+      "whole batch); inference uses router.infer: topk@2",
+  );
+  const j = await cli(
+    "run",
+    "tests/fixtures/micro.yaml",
+    ...sets.flatMap((s) => ["--set", s]),
+    "--dry-run",
+    "--json",
+  );
+  const p = j.json().points[0];
+  assert(p.router.includes("training only"), p.router);
+  // Training computes 1.5 MLP experts per token (4 · 96 / 256) and both attention experts.
+  const c = parseExperimentText(await Deno.readTextFile("tests/fixtures/micro.yaml"), "micro.yaml", { sets })
+    .points[0]!.config;
+  assertEquals(trainExpertsPerToken(c, 4), 1.5);
+  assertEquals(p.flops_per_token_train, 3 * forwardFlops(c, 2, 1.5));
+});

@@ -1,0 +1,83 @@
+/**
+ * WebGPU kernels of the routers of the literature (docs/design.md §16) against their float64 twins, on the
+ * cpu-simd and gpu kernel profiles (tests/helpers/conform.ts).
+ */
+import { ExperimentSchema } from "../core/config/schema.ts";
+import { gradients } from "../core/graph/autodiff.ts";
+import type { HostValue } from "../core/graph/cpu_executor.ts";
+import { apply1 } from "../core/graph/ops.ts";
+import { schedule } from "../core/graph/schedule.ts";
+import { buildModel } from "../core/plan/model.ts";
+import { Rng } from "../core/util/rng.ts";
+import { type Build, conform, runBoth } from "./helpers/conform.ts";
+import { assertClose, testGpu, type Tolerance } from "./helpers/gpu.ts";
+
+const EXACT = { atol: 1e-6, rtol: 1e-6 };
+const ROWS = [1, 7, 33, 300];
+
+const CASES: Record<string, [Build, Tolerance]> = {
+  "expert-choice masks (C of N tokens per expert, ties to the lower token) and gates": [
+    (g, f) =>
+      ROWS.flatMap((n) => {
+        const s = apply1(g, "softmax", [f([n, 5], -3, 3)]), tied = f([n, 3], 0.25, 0.25);
+        const masks = [1, Math.ceil(n / 3), n].map((tokens) =>
+          apply1(g, "expert_choice_mask", [s], { tokens })
+        );
+        return [
+          ...masks,
+          apply1(g, "mul", [s, masks[1]!]),
+          apply1(g, "expert_choice_mask", [tied], { tokens: Math.ceil(n / 2) }),
+        ];
+      }),
+    EXACT,
+  ],
+};
+
+for (const [name, [build, tol]] of Object.entries(CASES)) {
+  Deno.test(`WebGPU ${name} match the float64 reference (atol ${tol.atol}, rtol ${tol.rtol})`, () =>
+    conform(name, build, tol));
+  Deno.test(`WebGPU ${name}, gpu kernel profile, match the float64 reference`, () =>
+    conform(name, build, tol, true));
+}
+
+/** Tiny models of each router (MoA and MLP routers both), trained graphs on WebGPU against float64. */
+const MODELS: Record<string, Record<string, Record<string, unknown>>> = {
+  "expert choice": { model: { kind: "smoe" }, router: { train: "expert_choice", capacity: 1.5 } },
+};
+
+for (const [name, over] of Object.entries(MODELS)) {
+  Deno.test(`WebGPU forward and backward of a tiny ${name} model match the float64 reference`, async () => {
+    const ctx = await testGpu();
+    const c = ExperimentSchema.parse({
+      ...over,
+      data: { seq_len: 7 },
+      model: {
+        d_model: 16,
+        layers: 2,
+        attention: { kind: "moa", experts: 3, heads_per_expert: 2, head_dim: 8 },
+        mlp: { experts: 4, hidden: 8 },
+        ...over.model,
+      },
+    });
+    const m = buildModel(c, 3), params = m.params.map((p) => p.value);
+    const outs = [m.loss, m.lmLoss, ...gradients(m.graph, m.loss, params)];
+    const rng = new Rng(5);
+    const feeds = new Map<number, HostValue>([
+      [m.ids.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
+      [m.targets.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
+    ]);
+    for (const p of m.params) {
+      const n = p.value.shape.reduce((a, b) => a * b, 1), base = p.init === "ones" ? 1 : 0;
+      feeds.set(
+        p.value.id,
+        Float64Array.from(Float32Array.from({ length: n }, () => base + 0.3 * (2 * rng.next() - 1))),
+      );
+    }
+    const { ref, got } = await runBoth(ctx, m, schedule(m.graph, outs), feeds, outs, name);
+    outs.forEach((_, i) => {
+      const scale = Math.max(...Array.from(ref[i]!, Math.abs));
+      const what = i < 2 ? (i === 0 ? "loss" : "lm loss") : `grad ${params[i - 2]!.name}`;
+      assertClose(got[i]!, ref[i]!, { atol: 2e-4 * scale + 1e-7, rtol: 2e-3 }, what);
+    });
+  });
+}
