@@ -15,7 +15,7 @@ import {
 import { attentionCached } from "./kernels/cached_attention.ts";
 import { type OpName, routeRuleOf } from "../core/graph/op_types.ts";
 import { routeGate, routeMask } from "./kernels/routing.ts";
-import { expertChoiceMask } from "./kernels/router_zoo.ts";
+import { entropyLoss, entropyLossBackward, expertChoiceMask } from "./kernels/router_zoo.ts";
 import type { Node, OpNode } from "../core/graph/ir.ts";
 import type { GpuTensor } from "./buffers.ts";
 import type { GpuContext } from "./device.ts";
@@ -183,6 +183,8 @@ export const GPU_IMPLS: GpuTable = {
   expert_choice_mask: (ctx, n, [s], [mask]) => [
     expertChoiceMask(ctx, { s: s!, mask: mask!, tokens: n.attrs.tokens }),
   ],
+  topp_mask: (ctx, n, [s], [mask]) =>
+    routeMask(ctx, { s: s!, mask: mask!, rule: { kind: "top_p", epsilon: 0, k: 1, p: n.attrs.p } }),
   moe_mlp: (ctx, n, [x, gate, w1, w2], [y], scratch) => {
     const E = n.attrs.experts,
       s = moeShapeOf(n, n.inputs[2]!.shape[1]! / E),
@@ -285,6 +287,8 @@ export const GPU_IMPLS: GpuTable = {
     switchLossGlobalBackward(ctx, { s: s!, f: f!, dl: dl!, ds: ds!, k: n.attrs.k }),
   ],
   z_loss: (ctx, _n, [logits], [loss]) => [zLoss(ctx, { logits: logits!, loss: loss! })],
+  entropy_loss: (ctx, _n, [s], [loss]) => [entropyLoss(ctx, { s: s!, loss: loss! })],
+  entropy_loss_backward: (ctx, _n, [s, dl], [ds]) => [entropyLossBackward(ctx, { s: s!, dl: dl!, ds: ds! })],
   z_loss_backward: (
     ctx,
     _n,

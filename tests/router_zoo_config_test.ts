@@ -29,7 +29,7 @@ Deno.test("expert_choice: capacity must be positive, the Switch loss is refused,
     "takes C tokens): set loss.load_balance to 0",
   ]);
   assertEquals(linesOf(`${SMOE}router:\n  train: dense\n`), [
-    "t.yaml:5:10: router.train: model.kind smoe needs a sparse router.train: topk, expert_choice",
+    "t.yaml:5:10: router.train: model.kind smoe needs a sparse router.train: topk, expert_choice, top_p",
   ]);
   assertEquals(linesOf("router:\n  train: expert_choice\n"), [
     "t.yaml:2:10: router.train: model.kind dsmoe needs router.train: dense",
@@ -66,4 +66,24 @@ Deno.test("run --dry-run says expert choice is training only, with C per expert,
     .points[0]!.config;
   assertEquals(trainExpertsPerToken(c, 4), 1.5);
   assertEquals(p.flops_per_token_train, 3 * forwardFlops(c, 2, 1.5));
+});
+
+Deno.test("top_p: router.p within (0, 1], loss.dynamic only with router.train top_p", () => {
+  assertEquals(linesOf(`${SMOE}router:\n  train: top_p\n  p: 1.5\n`), [
+    "t.yaml:6:6: router.p: must be ≤ 1, got 1.5",
+  ]);
+  assertEquals(linesOf(`${SMOE}router:\n  train: topk\nloss:\n  dynamic: 0.01\n`), [
+    "t.yaml:7:12: loss.dynamic: loss.dynamic is the dynamic loss of router.train top_p, not topk",
+  ]);
+});
+
+Deno.test("run --dry-run names top-p's threshold, its dynamic loss and the inference rule", async () => {
+  const sets = ["model.kind=smoe", "router.train=top_p", "router.p=0.5", "loss.dynamic=0.001"];
+  const r = await cli("run", "tests/fixtures/micro.yaml", ...sets.flatMap((s) => ["--set", s]), "--dry-run");
+  assertEquals(r.code, 0, r.err.join("\n"));
+  assertEquals(
+    r.out.find((l) => l.startsWith("  router ")),
+    "  router        train top_p (each token keeps its fewest experts whose probability mass reaches 0.5; " +
+      "dynamic loss 0.001); inference uses router.infer: threshold@0.5",
+  );
 });

@@ -12,7 +12,7 @@ import { Rng } from "../core/util/rng.ts";
 import { type Build, conform, runBoth } from "./helpers/conform.ts";
 import { assertClose, testGpu, type Tolerance } from "./helpers/gpu.ts";
 
-const EXACT = { atol: 1e-6, rtol: 1e-6 };
+const EXACT = { atol: 1e-6, rtol: 1e-6 }, TRANS = { atol: 3e-5, rtol: 3e-4 };
 const ROWS = [1, 7, 33, 300];
 
 const CASES: Record<string, [Build, Tolerance]> = {
@@ -31,6 +31,33 @@ const CASES: Record<string, [Build, Tolerance]> = {
       }),
     EXACT,
   ],
+  "top-p masks and gates, the dynamic (entropy) loss and its gradient": [(g, f) =>
+    ROWS.flatMap((n) => {
+      const s = apply1(g, "softmax", [f([n, 6], -3, 3)]), dl = f([1]);
+      const masks = [0.3, 0.7, 1].map((p) => apply1(g, "topp_mask", [s], { p }));
+      return [
+        ...masks,
+        apply1(g, "mul", [s, masks[1]!]),
+        apply1(g, "entropy_loss", [s]),
+        apply1(g, "entropy_loss_backward", [s, dl]),
+      ];
+    }), TRANS],
+  "Switch losses over shares of a top-p mask (k 0), whole and against the batch's shares": [
+    (g, f) =>
+      ROWS.flatMap((n) => {
+        const s = apply1(g, "softmax", [f([n, 5], -3, 3)]), dl = f([1]);
+        const mask = apply1(g, "topp_mask", [s], { p: 0.6 });
+        const other = apply1(g, "softmax", [f([2 * n + 3, 5], -3, 3)]);
+        const share = apply1(g, "mean_rows", [apply1(g, "topp_mask", [other], { p: 0.6 })]);
+        return [
+          apply1(g, "switch_loss", [s, mask], { k: 0 }),
+          apply1(g, "switch_loss_backward", [s, mask, dl], { k: 0 }),
+          apply1(g, "switch_loss_global", [s, share], { k: 0 }),
+          apply1(g, "switch_loss_global_backward", [s, share, dl], { k: 0 }),
+        ];
+      }),
+    TRANS,
+  ],
 };
 
 for (const [name, [build, tol]] of Object.entries(CASES)) {
@@ -43,6 +70,11 @@ for (const [name, [build, tol]] of Object.entries(CASES)) {
 /** Tiny models of each router (MoA and MLP routers both), trained graphs on WebGPU against float64. */
 const MODELS: Record<string, Record<string, Record<string, unknown>>> = {
   "expert choice": { model: { kind: "smoe" }, router: { train: "expert_choice", capacity: 1.5 } },
+  "dynamic top-p": {
+    model: { kind: "smoe" },
+    router: { train: "top_p", p: 0.5 },
+    loss: { dynamic: 0.1, load_balance: 0.1 },
+  },
 };
 
 for (const [name, over] of Object.entries(MODELS)) {

@@ -79,3 +79,39 @@ Deno.test("router.train expert_choice trains on WebGPU; every expert takes C tok
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("router.train top_p trains on WebGPU with the dynamic and Switch losses; no token is left out", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const { id, metrics } = await trainWith(
+      dir,
+      "router.train=top_p",
+      "router.p=0.5",
+      "loss.dynamic=0.01",
+      "loss.load_balance=0.01",
+      "router.infer.kind=top_p",
+      "router.infer.p=0.5",
+    );
+    // The step's dynamic loss: the summed mean entropy of 4 routers, each within (0, ln 4].
+    const dyn = last(metrics, "train/dynamic_loss");
+    assert(dyn > 0 && dyn <= 2 * Math.log(4) + 2 * Math.log(2), `dynamic loss ${dyn}`);
+    for (const l of [0, 1]) {
+      const mlp = `router/${l}/mlp`;
+      // Top-p keeps at least one expert for every token.
+      assertEquals(last(metrics, `${mlp}/dropped`), 0);
+      const perToken = last(metrics, `${mlp}/experts_per_token`);
+      assert(perToken >= 1 && perToken <= 4, `experts per token ${perToken}`);
+      const shares = [0, 1, 2, 3].map((e) => last(metrics, `${mlp}/train_load/${e}`));
+      assert(Math.abs(shares.reduce((a, b) => a + b, 0) - 1) < 1e-9, `shares ${shares}`);
+      assert(Math.abs(last(metrics, `${mlp}/sparsity`) - (1 - perToken / 4)) < 1e-9);
+    }
+    const ev = await cli("eval", id, "--batches", "2", "--runs-dir", dir, "--json");
+    assertEquals(ev.code, 0, ev.err.join("\n"));
+    const rule = ev.json().rules[1];
+    assertEquals(rule.rule, "top_p@0.5");
+    for (const l of rule.layers) assert(l.experts >= 1 && l.experts <= l.of, JSON.stringify(l));
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -115,6 +115,11 @@ export function routerSummary(c: Readonly<Experiment>): string | null {
       return `train expert_choice (capacity ${r.capacity}; ${parts.join(", ")} of the ${T} tokens of a ` +
         `micro-batch) — training only (it sees the whole batch); inference uses router.infer: ${infer}`;
     }
+    case "top_p":
+      return `train top_p (each token keeps its fewest experts whose probability mass reaches ${r.p}` +
+        `${
+          c.loss.dynamic > 0 ? `; dynamic loss ${c.loss.dynamic}` : ""
+        }); inference uses router.infer: ${infer}`;
     default:
       return r.train satisfies never;
   }

@@ -129,14 +129,17 @@ export const InferRuleSchema = z.strictObject({
 /** Router: how experts are weighted in training and chosen at inference. */
 export const RouterSchema = z.strictObject({
   hidden: z.int().min(0).default(0).describe("0 = linear router; >0 = d → hidden → N MLP router with GELU"),
-  train: z.enum(["dense", "topk", "expert_choice"]).default("dense").describe(
+  train: z.enum(["dense", "topk", "expert_choice", "top_p"]).default("dense").describe(
     "dense: every expert trains (DS-MoE); topk: SMoE; expert_choice: each expert takes its top-C tokens " +
-      "(training only; docs/design.md §16)",
+      "(training only); top_p: each token's fewest experts reaching mass router.p (docs/design.md §16)",
   ),
   k: posInt("Experts per token when train: topk", 2),
   capacity: z.number().gt(0).default(2).describe(
     "train: expert_choice: each expert takes C = ceil(T·capacity/N) of the T tokens of a micro-batch, so " +
       "capacity is the mean experts per token (2: the paper's EC-CF2)",
+  ),
+  p: z.number().gt(0).max(1).default(0.4).describe(
+    "train: top_p: each token keeps its most probable experts until their mass reaches p (at least one)",
   ),
   infer: InferRuleSchema.prefault({}).describe("Inference rule for MLP experts (and attention, by default)"),
   infer_attention: InferRuleSchema.optional().describe(
@@ -152,6 +155,7 @@ export const LossSchema = z.strictObject({
   }).prefault({}).describe("DS-MoE mutual-information loss"),
   load_balance: nonNeg("Switch load-balance loss weight (SMoE uses 0.01)", 0),
   z: nonNeg("Router z-loss weight", 0),
+  dynamic: nonNeg("Dynamic loss weight of router.train top_p: mean per-token router entropy", 0),
 });
 
 /** Optimizer, schedule and loop. */
@@ -325,7 +329,7 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
 }
 
 /** The training rules of model.kind smoe: every router that trains some experts per token, not all. */
-export const SPARSE_TRAIN = ["topk", "expert_choice"] as const;
+export const SPARSE_TRAIN = ["topk", "expert_choice", "top_p"] as const;
 
 /** Cross-checks of the routers of the literature (docs/design.md §16), each issue at the key to change. */
 function _routerZooChecks(
@@ -333,6 +337,9 @@ function _routerZooChecks(
   issue: (path: (string | number)[], message: string) => void,
 ): void {
   const r = c.router;
+  if (c.loss.dynamic > 0 && r.train !== "top_p") {
+    issue(["loss", "dynamic"], `loss.dynamic is the dynamic loss of router.train top_p, not ${r.train}`);
+  }
   if (r.train === "expert_choice" && c.loss.load_balance > 0) {
     issue(
       ["loss", "load_balance"],

@@ -12,7 +12,7 @@ import {
   sequenceWindow,
 } from "../ref/cached_attention.ts";
 import { routeMaskRef } from "../ref/routing.ts";
-import { expertChoiceMaskRef } from "../ref/router_zoo.ts";
+import { entropyLossBackwardRef, entropyLossRef, expertChoiceMaskRef } from "../ref/router_zoo.ts";
 import { routeRuleOf } from "./op_types.ts";
 import { activationBackwardRef, activationRef } from "../ref/activation.ts";
 import { attentionBackwardRef, attentionRef } from "../ref/attention.ts";
@@ -111,6 +111,7 @@ export const CPU_OPS: CpuTable = {
   ) => [routerScaleDsRef(x!, dy!, n.attrs.blocks, n.inputs[0]!.shape[0]!)],
   topk_mask: ([s], n) => [topkMaskRef(s!, last(n), n.attrs.k)],
   expert_choice_mask: ([s], n) => [expertChoiceMaskRef(s!, last(n), n.attrs.tokens)],
+  topp_mask: ([s], n) => [routeMaskRef(s!, last(n), { kind: "top_p", epsilon: 0, k: 1, p: n.attrs.p })],
   route_mask: ([s], n) => [routeMaskRef(s!, last(n), routeRuleOf(n))],
   route_gate: ([z], n) => {
     const probs = softmaxRef(z!, last(n)), mask = routeMaskRef(probs, last(n), routeRuleOf(n));
@@ -156,6 +157,8 @@ export const CPU_OPS: CpuTable = {
   ) => [switchLossGlobalBackwardRef(s!, f!, last(n), n.attrs.k, dl![0]!)],
   z_loss: ([x], n) => [scalar(zLossRef(x!, last(n)))],
   z_loss_backward: ([x, dl], n) => [zLossBackwardRef(x!, last(n), dl![0]!)],
+  entropy_loss: ([s], n) => [scalar(entropyLossRef(s!, last(n)))],
+  entropy_loss_backward: ([s, dl], n) => [entropyLossBackwardRef(s!, last(n), dl![0]!)],
 };
 
 function _zip(a: HostValue, b: HostValue, f: (x: number, y: number) => number): Float64Array {

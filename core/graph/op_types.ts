@@ -60,7 +60,10 @@ export interface GatedActivationAttrs {
   readonly blocks: number;
 }
 
-/** The Switch losses and their backward: the top-k of the mask. */
+/**
+ * The Switch losses and their backward: the top-k of the mask; 0 for a mask with a varying number of experts
+ * per token (top-p routing, docs/design.md §16), whose column means are then divided by their sum.
+ */
 export interface SwitchLossAttrs {
   readonly k: number;
 }
@@ -104,6 +107,8 @@ export interface OpAttrs {
   topk_mask: { readonly k: number };
   /** tokens: C, the tokens each expert takes (expert-choice routing, docs/design.md §16). */
   expert_choice_mask: { readonly tokens: number };
+  /** p: the probability mass the kept experts reach (dynamic top-p routing, docs/design.md §16). */
+  topp_mask: { readonly p: number };
   route_mask: Readonly<RouteRule>;
   route_gate: Readonly<RouteRule>;
   moe_mlp: { readonly experts: number; readonly activation: ActivationKind };
@@ -127,6 +132,8 @@ export interface OpAttrs {
   switch_loss_global_backward: SwitchLossAttrs;
   z_loss: NoAttrs;
   z_loss_backward: NoAttrs;
+  entropy_loss: NoAttrs;
+  entropy_loss_backward: NoAttrs;
 }
 
 /** The name of a graph operation: the one list every op table is checked against. */

@@ -348,6 +348,11 @@ export const OPS: OpTable = {
     },
     grad: "discrete",
   },
+  /**
+   * Dynamic top-p routing in training (docs/design.md §16): probs (N, E) → 0/1 mask of the fewest experts,
+   * by rank (ties to the lower index), whose mass reaches attrs.p (at least one). No gradient (discrete).
+   */
+  topp_mask: { outputs: ([s]) => _same(s!), grad: "discrete" },
   /** probs (N, E) → 0/1 mask of an inference rule (attrs kind, epsilon, k, p; core/ref/routing.ts). */
   route_mask: { outputs: ([s]) => _same(s!), grad: "inference" },
   /**
@@ -466,4 +471,18 @@ export const OPS: OpTable = {
   },
   /** (logits, dL) → dlogits. */
   z_loss_backward: { outputs: ([x]) => _same(x!), grad: "backward" },
+
+  /**
+   * The dynamic loss of top-p routing (docs/design.md §16): router probabilities S (N, E) → the mean
+   * per-token entropy (1/N) Σ_t H(S_t), H(p) = −Σ_i p_i log(p_i + ε).
+   */
+  entropy_loss: {
+    outputs: ([s]) => {
+      _dims2(s!, "entropy_loss");
+      return SCALAR;
+    },
+    grad: (g, n, [dl]) => [apply1(g, "entropy_loss_backward", [n.inputs[0]!, dl!])],
+  },
+  /** (S, dL) → dS = −(dL/N)·[log(S + ε) + S/(S + ε)]. */
+  entropy_loss_backward: { outputs: ([s]) => _same(s!), grad: "backward" },
 };

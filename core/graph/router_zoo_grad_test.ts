@@ -39,16 +39,67 @@ const UNGATED: OpTable = {
   mul: { ...OPS.mul, grad: (g, n, [dy]) => [dy, apply1(g, "mul", [dy!, n.inputs[0]!])] },
 };
 
-const OP_CASES: Record<
-  string,
-  { build: (g: Graph, p: (shape: number[]) => Value) => Value; broken: OpTable }
-> = {
+/** A table whose entropy loss has the gradient's sign flipped (the loss pushed the wrong way). */
+const ENTROPY_FLIPPED: OpTable = {
+  ...OPS,
+  entropy_loss: {
+    ...OPS.entropy_loss,
+    grad: (g, n, [dl]) => [
+      apply1(g, "scale", [apply1(g, "entropy_loss_backward", [n.inputs[0]!, dl!])], { alpha: -1 }),
+    ],
+  },
+};
+
+/** A table whose Switch losses divide by k = 1 where the mask routes a varying count (k = 0). */
+const SWITCH_K1: OpTable = {
+  ...OPS,
+  switch_loss: {
+    ...OPS.switch_loss,
+    grad: (g, n, [dl]) => [apply1(g, "switch_loss_backward", [...n.inputs, dl!], { k: 1 }), null],
+  },
+  switch_loss_global: {
+    ...OPS.switch_loss_global,
+    grad: (g, n, [dl]) => [apply1(g, "switch_loss_global_backward", [...n.inputs, dl!], { k: 1 }), null],
+  },
+};
+
+/** Router probabilities of 6 tokens over 4 experts, sharp enough for top-p to keep 1 to 4 experts. */
+const probs = (g: Graph, p: Param) => apply1(g, "softmax", [apply1(g, "scale", [p([6, 4])], { alpha: 3 })]);
+
+type Param = (shape: number[]) => Value;
+
+const OP_CASES: Record<string, { build: (g: Graph, p: Param) => Value; broken: OpTable }> = {
   "expert-choice gate S ⊙ mask (3 of 6 tokens per expert)": {
     build: (g, p) => {
       const s = apply1(g, "softmax", [p([6, 4])]);
       return apply1(g, "mul", [s, apply1(g, "expert_choice_mask", [s], { tokens: 3 })]);
     },
     broken: UNGATED,
+  },
+  "top-p gate S ⊙ mask (p 0.6)": {
+    build: (g, p) => {
+      const s = probs(g, p);
+      return apply1(g, "mul", [s, apply1(g, "topp_mask", [s], { p: 0.6 })]);
+    },
+    broken: UNGATED,
+  },
+  "dynamic (entropy) loss": {
+    build: (g, p) => apply1(g, "entropy_loss", [probs(g, p)]),
+    broken: ENTROPY_FLIPPED,
+  },
+  "Switch loss over shares of a top-p mask (k 0)": {
+    build: (g, p) => {
+      const s = probs(g, p);
+      return apply1(g, "switch_loss", [s, apply1(g, "topp_mask", [s], { p: 0.6 })], { k: 0 });
+    },
+    broken: SWITCH_K1,
+  },
+  "Switch loss of a micro-batch against the batch's top-p shares (k 0)": {
+    build: (g, p) => {
+      const f = apply1(g, "mean_rows", [apply1(g, "topp_mask", [probs(g, p)], { p: 0.6 })]);
+      return apply1(g, "switch_loss_global", [probs(g, p), f], { k: 0 });
+    },
+    broken: SWITCH_K1,
   },
 };
 
@@ -68,6 +119,14 @@ for (const [name, c] of Object.entries(OP_CASES)) {
 const MODELS: Record<string, { over: Record<string, Record<string, unknown>>; broken: OpTable }> = {
   "expert choice (capacity 1.5)": {
     over: { model: { kind: "smoe" }, router: { train: "expert_choice", capacity: 1.5 } },
+    broken: UNGATED,
+  },
+  "dynamic top-p (p 0.5, dynamic and Switch losses)": {
+    over: {
+      model: { kind: "smoe", init_std: 0.3 },
+      router: { train: "top_p", p: 0.5 },
+      loss: { dynamic: 0.1, load_balance: 0.1 },
+    },
     broken: UNGATED,
   },
 };

@@ -221,7 +221,8 @@ export function forwardFlops(c: Readonly<Experiment>, attExperts: number, mlpExp
 
 /**
  * MLP experts the training rule computes per token, of `n` (docs/design.md §5, §16): all of them (dense),
- * k (topk), or expert choice's mean N·C/T over the T tokens of a micro-batch.
+ * k (topk), expert choice's mean N·C/T over the T tokens of a micro-batch, or for top-p all of them (an
+ * upper bound: the count depends on the router).
  */
 export function trainExpertsPerToken(c: Readonly<Experiment>, n: number): number {
   const r = c.router;
@@ -234,6 +235,8 @@ export function trainExpertsPerToken(c: Readonly<Experiment>, n: number): number
       const T = accumulationOf(c).microBatch * c.data.seq_len;
       return (n * expertChoiceTokens(T, n, r.capacity)) / T;
     }
+    case "top_p":
+      return n; // an upper bound: the count depends on the trained router
     default:
       return r.train satisfies never;
   }

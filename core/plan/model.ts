@@ -84,6 +84,8 @@ export interface ModelGraph {
   tokens: number; // N = batch · seq_len
   /** With `batchStats`: every router statistic the batch-level losses read (empty otherwise). */
   batchStats: BatchStat[];
+  /** Scalars a training step also reports, logged as `train/<key>` (routers of docs/design.md §16). */
+  scalars: { key: string; value: Value }[];
 }
 
 /**
@@ -155,6 +157,7 @@ export function buildModel(
   weighted(b.mi.mlp, c.loss.mi.mlp);
   weighted(b.switch, c.loss.load_balance);
   weighted(b.z, c.loss.z);
+  weighted(b.dynamic, c.loss.dynamic);
   const loss = terms.length === 1 ? lmLoss : apply1(b.g, "add_n", terms);
   return {
     graph: b.g,
@@ -169,7 +172,17 @@ export function buildModel(
     routers: b.routers,
     tokens: b.N,
     batchStats: b.stats,
+    scalars: _scalars(b),
   };
+}
+
+/**
+ * The scalars a training step logs beside its losses (docs/design.md §16): `dynamic_loss`, the sum of the
+ * top-p routers' entropies (unweighted).
+ */
+function _scalars(b: _Builder): ModelGraph["scalars"] {
+  const sum = (vs: Value[]) => vs.length === 1 ? vs[0]! : apply1(b.g, "add_n", vs);
+  return b.dynamic.length > 0 ? [{ key: "dynamic_loss", value: sum(b.dynamic) }] : [];
 }
 
 class _Builder {
@@ -181,6 +194,8 @@ class _Builder {
   readonly mi = { attention: [] as Value[], mlp: [] as Value[] };
   readonly switch: Value[] = [];
   readonly z: Value[] = [];
+  /** The dynamic (entropy) losses of top-p routers (docs/design.md §16). */
+  readonly dynamic: Value[] = [];
   readonly stats: BatchStat[] = [];
   readonly batchStats: boolean;
   readonly c: Readonly<Experiment>;
@@ -400,9 +415,13 @@ class _Builder {
   gateValue(probs: Value, experts: number, kind: RouterTap["kind"]): Value {
     if (this.infer) return this.inferGate(probs, kind);
     if (isZooTrain(this.c)) {
-      const gate = zooTrainGate(this.g, this.c, probs);
-      this.routers.find((t) => t.probs === probs)!.trainGate = gate;
-      return gate;
+      const z = zooTrainGate(this.g, this.c, probs);
+      this.routers.find((t) => t.probs === probs)!.trainGate = z.gate;
+      if (z.switchMask && this.c.loss.load_balance > 0) {
+        this.switch.push(this.switchLoss(probs, z.switchMask, 0));
+      }
+      if (z.dynamic) this.dynamic.push(z.dynamic);
+      return z.gate;
     }
     let gate = probs;
     const topk = this.c.router.train === "topk";

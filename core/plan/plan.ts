@@ -42,7 +42,7 @@ export interface TrainPlan {
   mode: "train-dense";
   model: ModelGraph;
   grads: Value[];
-  outputs: Value[]; // loss, LM loss, MI losses, then gradients
+  outputs: Value[]; // loss, LM loss, MI losses, the model's scalars, then gradients
   schedule: Schedule;
   microBatch: number; // sequences per execution of `schedule` (a micro-step)
   accumulation: number; // micro-steps per optimizer step; gradients and `outputs` are their means
@@ -111,7 +111,14 @@ export function plan(
       const batchStats = accumulation > 1 && hasBatchRouterLoss(c);
       const model = buildModel(c, microBatch, undefined, { batchStats });
       const grads = gradients(model.graph, model.loss, model.params.map((p) => p.value));
-      const outputs = [model.loss, model.lmLoss, ...model.miLoss.attention, ...model.miLoss.mlp, ...grads];
+      const outputs = [
+        model.loss,
+        model.lmLoss,
+        ...model.miLoss.attention,
+        ...model.miLoss.mlp,
+        ...model.scalars.map((s) => s.value),
+        ...grads,
+      ];
       const stats = batchStats ? schedule(model.graph, model.batchStats.map((s) => s.micro)) : null;
       const evaluate = schedule(model.graph, [
         model.lmLoss,

@@ -1,8 +1,10 @@
 /**
- * Float64 references of the routers of the literature (docs/design.md §16): expert-choice selection.
+ * Float64 references of the routers of the literature (docs/design.md §16): expert-choice selection and
+ * the dynamic (entropy) loss of top-p routing.
  *
  * @module
  */
+import { MI_EPS } from "./losses.ts";
 
 /**
  * Expert-choice routing: the 0/1 mask (N, E) in which each expert (a column of s, N tokens × E experts)
@@ -25,4 +27,18 @@ export function expertChoiceMaskRef(s: ArrayLike<number>, experts: number, token
     for (const t of order.slice(0, tokens)) mask[t * experts + e] = 1;
   }
   return mask;
+}
+
+/** The dynamic loss of top-p routing: (1/N) Σ_t H(S_t), H(p) = −Σ_i p_i log(p_i + ε); s (N, E). */
+export function entropyLossRef(s: ArrayLike<number>, experts: number): number {
+  const N = s.length / experts;
+  let h = 0;
+  for (let i = 0; i < s.length; i++) h -= s[i]! * Math.log(s[i]! + MI_EPS);
+  return h / N;
+}
+
+/** dL/dS = −(dl/N) · [log(S + ε) + S/(S + ε)]. */
+export function entropyLossBackwardRef(s: ArrayLike<number>, experts: number, dl: number): Float64Array {
+  const N = s.length / experts;
+  return Float64Array.from(s, (v) => (-dl / N) * (Math.log(v + MI_EPS) + v / (v + MI_EPS)));
 }

@@ -15,6 +15,8 @@ export interface StepStats {
   miMlp: number; // Σ over MLP routers (unweighted)
   gradNorm: number; // before clipping
   finite: boolean; // false: the update was skipped on the device
+  /** The model's scalars (`ModelGraph.scalars`) by key, logged as `train/<key>`; empty for most models. */
+  scalars?: Record<string, number>;
   /** GPU milliseconds of each dispatch, when the step was profiled. */
   kernels?: { label: string; ms: number }[];
 }

@@ -58,7 +58,13 @@ export class CpuTrainBackend implements TrainBackend {
       const means = _meanOver(K, (k) => evaluateGraph(p.stats!.nodes, feeds(k), micro, CPU_OPS));
       this.#batchStats = new Map(m.batchStats.map((s, i) => [s.batch.id, means[i]!]));
     }
-    const parts = [m.loss, m.lmLoss, ...m.miLoss.attention, ...m.miLoss.mlp];
+    const parts = [
+      m.loss,
+      m.lmLoss,
+      ...m.miLoss.attention,
+      ...m.miLoss.mlp,
+      ...m.scalars.map((s) => s.value),
+    ];
     const outs = _meanOver(
       K,
       (k) => evaluateGraph(p.schedule.nodes, feeds(k), [...parts, ...this.grads], CPU_OPS),
@@ -80,7 +86,7 @@ export class CpuTrainBackend implements TrainBackend {
       throw new RangeError("Cannot profile the CPU reference backend: it has no GPU kernels");
     }
     const { parts, grads } = this.lossAndGrads(batch);
-    const m = this.model, nAtt = m.miLoss.attention.length;
+    const m = this.model, nAtt = m.miLoss.attention.length, nMi = nAtt + m.miLoss.mlp.length;
     let sq = 0;
     for (const g of grads) for (const x of g) sq += x * x;
     const gradNorm = Math.sqrt(sq);
@@ -109,9 +115,10 @@ export class CpuTrainBackend implements TrainBackend {
       loss: parts[0]!,
       lmLoss: parts[1]!,
       miAttention: sum(parts.slice(2, 2 + nAtt)),
-      miMlp: sum(parts.slice(2 + nAtt)),
+      miMlp: sum(parts.slice(2 + nAtt, 2 + nMi)),
       gradNorm,
       finite,
+      scalars: Object.fromEntries(m.scalars.map((s, i) => [s.key, parts[2 + nMi + i]!])),
     });
   }
 

@@ -240,13 +240,15 @@ export class GpuTrainBackend implements TrainBackend {
     return this.#mapped(staging).then(async () => {
       const r = new Float32Array(staging.getMappedRange().slice(0));
       staging.destroy();
-      const nAtt = this.model.miLoss.attention.length, k = this.#report.length;
+      const m = this.model, k = this.#report.length;
+      const nAtt = m.miLoss.attention.length, nMi = nAtt + m.miLoss.mlp.length;
       const sum = (a: number, b: number) => Array.from(r.subarray(a, b)).reduce((x, y) => x + y, 0);
       return {
         loss: r[0]!,
         lmLoss: r[1]!,
         miAttention: sum(2, 2 + nAtt),
-        miMlp: sum(2 + nAtt, k),
+        miMlp: sum(2 + nAtt, 2 + nMi),
+        scalars: Object.fromEntries(m.scalars.map((s, i) => [s.key, r[2 + nMi + i]!])),
         gradNorm: r[k]!,
         finite: r[k + 2] === 1,
         ...(options.profile ? { kernels: await step.timings() } : {}),

@@ -265,6 +265,7 @@ function _logStep(
   log("train/lr", step, lr);
   log("train/grad_norm", step, s.gradNorm);
   log("train/tokens_per_s", step, tokensPerSecond);
+  for (const [key, v] of Object.entries(s.scalars ?? {})) log(`train/${key}`, step, v);
 }
 
 async function _checkpoint(o: TrainOptions, step: number, skipped: number): Promise<void> {
