@@ -2,10 +2,12 @@
  * Config keys of the routers of the literature (docs/design.md §16): each mistake is a located error at the
  * key to change, and `run --dry-run` says how the routers train and that inference uses router.infer.
  */
-import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import assert, { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { ConfigError, parseExperimentText } from "../core/config/mod.ts";
 import { cli } from "./helpers/cli.ts";
 import { forwardFlops, trainExpertsPerToken } from "../core/plan/counts.ts";
+import { checkCheckpointContent, expectedParams } from "../core/runs/stored_run.ts";
+import { f32Tensor, type SafeTensor } from "../core/runs/safetensors.ts";
 
 /** The message lines of parsing `text` as `t.yaml`; fails when it is accepted. */
 function linesOf(text: string): string[] {
@@ -29,7 +31,7 @@ Deno.test("expert_choice: capacity must be positive, the Switch loss is refused,
     "takes C tokens): set loss.load_balance to 0",
   ]);
   assertEquals(linesOf(`${SMOE}router:\n  train: dense\n`), [
-    "t.yaml:5:10: router.train: model.kind smoe needs a sparse router.train: topk, expert_choice, top_p",
+    "t.yaml:5:10: router.train: model.kind smoe needs a sparse router.train: topk, expert_choice, top_p, relu",
   ]);
   assertEquals(linesOf("router:\n  train: expert_choice\n"), [
     "t.yaml:2:10: router.train: model.kind dsmoe needs router.train: dense",
@@ -86,4 +88,73 @@ Deno.test("run --dry-run names top-p's threshold, its dynamic loss and the infer
     "  router        train top_p (each token keeps its fewest experts whose probability mass reaches 0.5; " +
       "dynamic loss 0.001); inference uses router.infer: threshold@0.5",
   );
+});
+
+Deno.test("relu: loss.l1 is λ_0 (needed, and only for relu), the softmax losses are refused, target and rate bounded", () => {
+  const relu = `${SMOE}router:\n  train: relu\n`;
+  assertEquals(linesOf(relu), [
+    "t.yaml:1:1: loss.l1: router.train relu needs loss.l1 > 0: it is λ_0, the first L1 weight, which each " +
+    "step multiplies or divides by router.l1_rate (e.g. loss.l1: 1e-3)",
+  ]);
+  assertEquals(linesOf(`${SMOE}router:\n  train: topk\nloss:\n  l1: 0.01\n`), [
+    "t.yaml:7:7: loss.l1: loss.l1 is λ_0 of router.train relu, not topk",
+  ]);
+  assertEquals(linesOf(`${relu}loss:\n  l1: 0.01\n  load_balance: 0.01\n  mi: { mlp: 0.1 }\n`), [
+    "t.yaml:8:17: loss.load_balance: loss.load_balance acts on the softmax of the router, which router.train " +
+    "relu does not gate with (its sparsity comes from the L1 term): set it to 0",
+    "t.yaml:9:14: loss.mi.mlp: loss.mi.mlp acts on the softmax of the router, which router.train relu does " +
+    "not gate with (its sparsity comes from the L1 term): set it to 0",
+  ]);
+  assertEquals(
+    linesOf(`${SMOE}router:\n  train: relu\n  target_sparsity: 1\n  l1_rate: 1\nloss:\n  l1: 0.01\n`),
+    [
+      "t.yaml:6:20: router.target_sparsity: must be < 1, got 1",
+      "t.yaml:7:12: router.l1_rate: must be > 1, got 1",
+    ],
+  );
+});
+
+Deno.test("run --dry-run names ReLU routing's λ schedule and that inference runs the experts with a gate above 0", async () => {
+  const sets = [
+    "model.kind=smoe",
+    "router.train=relu",
+    "loss.l1=0.001",
+    "loss.mi.mlp=0",
+    "loss.mi.attention=0",
+  ];
+  const r = await cli("run", "tests/fixtures/micro.yaml", ...sets.flatMap((s) => ["--set", s]), "--dry-run");
+  assertEquals(r.code, 0, r.err.join("\n"));
+  assertEquals(
+    r.out.find((l) => l.startsWith("  router ")),
+    "  router        train relu (gates ReLU(s), L1 weight λ from 0.001 adapted ×/÷ 1.2 per step toward 0.75 " +
+      "zero gates); inference runs the experts with a gate above 0 that router.infer selects: threshold@0.5",
+  );
+  // Every count of a ReLU-routed model is an upper bound.
+  assert(r.out.some((l) => l.includes("upper bound; deno task eval measures it")), r.out.join("\n"));
+});
+
+Deno.test("a checkpoint of a ReLU-routed run resumes only with its λ (router_state/l1_lambda), finite and ≥ 0", () => {
+  const c = parseExperimentText(
+    `${SMOE}router:\n  train: relu\nloss:\n  l1: 0.01\n`,
+    "t.yaml",
+  ).points[0]!.config;
+  const tensors = new Map<string, SafeTensor>();
+  for (const [name, shape] of expectedParams(c)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    for (const p of ["param/", "adam_m/", "adam_v/"]) {
+      tensors.set(`${p}${name}`, f32Tensor(shape, new Float32Array(n)));
+    }
+  }
+  tensors.set("optimizer_step", f32Tensor([1], Float32Array.of(5)));
+  const file = { tensors, metadata: {} };
+  const check = (purpose: "resume" | "infer") => checkCheckpointContent(file, c, { step: 5, purpose });
+  check("infer"); // inference reads no router state
+  assert.throws(() => check("resume"), /tensor "router_state\/l1_lambda" is missing/);
+  tensors.set("router_state/l1_lambda", f32Tensor([1], Float32Array.of(-1)));
+  assert.throws(
+    () => check("resume"),
+    /router_state\/l1_lambda" holds -1 at index 0 \(must be finite and ≥ 0\)/,
+  );
+  tensors.set("router_state/l1_lambda", f32Tensor([1], Float32Array.of(0.02)));
+  check("resume");
 });

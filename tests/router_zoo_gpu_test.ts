@@ -5,12 +5,17 @@
 import { ExperimentSchema } from "../core/config/schema.ts";
 import { gradients } from "../core/graph/autodiff.ts";
 import type { HostValue } from "../core/graph/cpu_executor.ts";
-import { apply1 } from "../core/graph/ops.ts";
+import { apply, apply1 } from "../core/graph/ops.ts";
 import { schedule } from "../core/graph/schedule.ts";
 import { buildModel } from "../core/plan/model.ts";
 import { Rng } from "../core/util/rng.ts";
 import { type Build, conform, runBoth } from "./helpers/conform.ts";
 import { assertClose, testGpu, type Tolerance } from "./helpers/gpu.ts";
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import { createTensor, readTensor } from "../gpu/buffers.ts";
+import { runCalls } from "../gpu/dispatch.ts";
+import { l1LambdaUpdate } from "../gpu/kernels/router_zoo.ts";
+import { nextL1Lambda } from "../core/plan/router_zoo.ts";
 
 const EXACT = { atol: 1e-6, rtol: 1e-6 }, TRANS = { atol: 3e-5, rtol: 3e-4 };
 const ROWS = [1, 7, 33, 300];
@@ -58,6 +63,25 @@ const CASES: Record<string, [Build, Tolerance]> = {
       }),
     TRANS,
   ],
+  "ReLU routing: the L1 term and its gradient, the share of zero gates, the inference router under each rule":
+    [
+      (g, f) =>
+        ROWS.flatMap((n) => {
+          const z = f([n, 6], -2, 2), gates = apply1(g, "activation", [z], { kind: "relu" });
+          const lambda = f([1], 0.1, 2), dl = f([1]), rule = { epsilon: 0.5, k: 2, p: 0.6 };
+          return [
+            apply1(g, "l1_loss", [gates, lambda]),
+            apply1(g, "l1_loss_backward", [gates, lambda, dl]),
+            apply1(g, "zero_share", [gates]),
+            // A row of zero gates only: the token runs no expert.
+            ...apply(g, "relu_route_gate", [f([1, 6], -2, -1)], { ...rule, kind: "dense" }),
+            ...(["threshold", "topk", "top_p", "dense"] as const).flatMap((kind) =>
+              apply(g, "relu_route_gate", [z], { ...rule, kind })
+            ),
+          ];
+        }),
+      TRANS,
+    ],
 };
 
 for (const [name, [build, tol]] of Object.entries(CASES)) {
@@ -70,6 +94,7 @@ for (const [name, [build, tol]] of Object.entries(CASES)) {
 /** Tiny models of each router (MoA and MLP routers both), trained graphs on WebGPU against float64. */
 const MODELS: Record<string, Record<string, Record<string, unknown>>> = {
   "expert choice": { model: { kind: "smoe" }, router: { train: "expert_choice", capacity: 1.5 } },
+  "ReLU routing": { model: { kind: "smoe" }, router: { train: "relu" }, loss: { l1: 0.3, z: 0.01 } },
   "dynamic top-p": {
     model: { kind: "smoe" },
     router: { train: "top_p", p: 0.5 },
@@ -92,12 +117,14 @@ for (const [name, over] of Object.entries(MODELS)) {
       },
     });
     const m = buildModel(c, 3), params = m.params.map((p) => p.value);
+    assertEquals(m.routerState.length, name === "ReLU routing" ? 1 : 0);
     const outs = [m.loss, m.lmLoss, ...gradients(m.graph, m.loss, params)];
     const rng = new Rng(5);
     const feeds = new Map<number, HostValue>([
       [m.ids.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
       [m.targets.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
     ]);
+    for (const s of m.routerState) feeds.set(s.value.id, Float64Array.of(s.init));
     for (const p of m.params) {
       const n = p.value.shape.reduce((a, b) => a * b, 1), base = p.init === "ones" ? 1 : 0;
       feeds.set(
@@ -113,3 +140,24 @@ for (const [name, over] of Object.entries(MODELS)) {
     });
   });
 }
+
+Deno.test("WebGPU l1_lambda_update multiplies λ by the rate below the target sparsity, divides above, keeps it at the target or after a skipped step", async () => {
+  const ctx = await testGpu();
+  const cases: [sparsity: number, finite: number, want: number][] = [
+    [0.5, 1, 0.25 * 1.2],
+    [0.9, 1, 0.25 / 1.2],
+    [0.75, 1, 0.25],
+    [0.5, 0, 0.25],
+  ];
+  for (const [sparsity, finite, want] of cases) {
+    const lambda = createTensor(ctx, [1], "f32", Float32Array.of(0.25), "lambda");
+    const sp = createTensor(ctx, [1], "f32", Float32Array.of(sparsity), "sparsity");
+    const stats = createTensor(ctx, [3], "f32", Float32Array.of(1, 1, finite), "stats");
+    await runCalls(ctx, [l1LambdaUpdate(ctx, { lambda, sparsity: sp, stats, target: 0.75, rate: 1.2 })])
+      .done();
+    const got = (await readTensor(ctx, lambda))[0]!;
+    assertEquals(got, Math.fround(want), `sparsity ${sparsity}, finite ${finite}: λ ${got}`);
+    assertEquals(Math.fround(nextL1Lambda(0.25, sparsity, 0.75, finite ? 1.2 : 1)), got, "the float64 rule");
+    for (const t of [lambda, sp, stats]) t.buffer.destroy();
+  }
+});

@@ -8,6 +8,8 @@ import { cli } from "./helpers/cli.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
 import { closeRunStores } from "../core/runs/open_store.ts";
 import type { MetricPoint } from "../core/runs/run_types.ts";
+import { latestCheckpoint } from "../core/runs/checkpoints.ts";
+import { tensorToF32 } from "../core/runs/safetensors.ts";
 
 /** Trains the micro fixture with `sets` for 40 steps; returns its `--json` result and metrics. */
 async function trainWith(dir: string, ...sets: string[]) {
@@ -110,6 +112,108 @@ Deno.test("router.train top_p trains on WebGPU with the dynamic and Switch losse
     const rule = ev.json().rules[1];
     assertEquals(rule.rule, "top_p@0.5");
     for (const l of rule.layers) assert(l.experts >= 1 && l.experts <= l.of, JSON.stringify(l));
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** Every logged value of `key` by step, in step order. */
+function seriesOf(metrics: MetricPoint[], key: string): [number, number][] {
+  return metrics.filter((p) => p.key === key).map((p): [number, number] => [p.step, p.value])
+    .sort((a, b) => a[0] - b[0]);
+}
+
+Deno.test("router.train relu trains on WebGPU; λ follows its rule, is checkpointed and resumes exactly; eval and generate run the g > 0 experts", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const sets = [
+      "router.train=relu",
+      "loss.l1=0.001",
+      "router.target_sparsity=0.5",
+      "router.l1_rate=1.05",
+      "router.infer.kind=dense",
+      "train.log_every=1",
+    ];
+    const { id, metrics } = await trainWith(dir, ...sets);
+    // λ_t = λ_{t−1} · 1.05^sign(0.5 − sparsity_t), λ_0 = loss.l1, sparsity_t measured in step t.
+    const lambda = seriesOf(metrics, "train/l1_lambda"), sparsity = seriesOf(metrics, "train/relu_sparsity");
+    assertEquals(lambda.length, 40);
+    let want = 0.001, up = 0, down = 0;
+    lambda.forEach(([step, got], i) => {
+      const [s, measured] = sparsity[i]!;
+      assertEquals(s, step);
+      assert(measured >= 0 && measured <= 1, `sparsity ${measured}`);
+      want = measured < 0.5 ? (up++, want * 1.05) : measured > 0.5 ? (down++, want / 1.05) : want;
+      assert(Math.abs(got - want) <= 1e-5 * want, `λ at step ${step}: ${got}, rule ${want}`);
+    });
+    assert(up > 0 && down > 0, `λ rose (${up} steps) and fell (${down} steps) around the target`);
+    // Evaluation: each router's share of zero gates and experts per token agree; some gates are zero.
+    const routers = [0, 1].flatMap((l) => [[`router/${l}/mlp`, 4], [`router/${l}/attention`, 2]] as const);
+    let zeros = 0;
+    for (const [key, n] of routers) {
+      const s = last(metrics, `${key}/sparsity`), perToken = last(metrics, `${key}/experts_per_token`);
+      assert(Math.abs(s - (1 - perToken / n)) < 1e-9, `${key}: sparsity ${s}, ${perToken} experts per token`);
+      zeros += s / routers.length;
+    }
+    assert(zeros > 0 && zeros < 1, `mean sparsity ${zeros}`);
+    // The checkpoint holds λ after the last step; a run stopped at step 20 and resumed logs the same λ and
+    // losses, bit for bit.
+    const ck = (await latestCheckpoint(`${dir}/${id}`))!;
+    const saved = tensorToF32(ck.file.tensors.get("router_state/l1_lambda")!)[0]!;
+    assertEquals(saved, Math.fround(lambda.at(-1)![1]));
+    const args = [
+      ...["model.kind=smoe", "loss.mi.attention=0", "loss.mi.mlp=0", "train.steps=40"],
+      ...["train.eval_every=20", "train.checkpoint_every=40", ...sets],
+    ].flatMap((s) => ["--set", s]);
+    const first = await cli(
+      "run",
+      "tests/fixtures/micro.yaml",
+      ...args,
+      "--stop-after",
+      "20",
+      "--runs-dir",
+      dir,
+      "--no-dashboard",
+      "--json",
+    );
+    assertEquals(first.json().status, "interrupted", first.err.join("\n"));
+    const resumedId = first.json().run_id;
+    const resumed = await cli("run", "--resume", resumedId, "--runs-dir", dir, "--no-dashboard", "--json");
+    assertEquals(resumed.code, 0, resumed.err.join("\n"));
+    const again = await (await RunDir.open(dir, resumedId)).readMetrics();
+    for (const key of ["train/l1_lambda", "train/loss"]) {
+      assertEquals(seriesOf(again, key), seriesOf(metrics, key), key);
+    }
+    // Inference: the dense rule runs every expert whose gate is above 0 (fewer than all), topk:1 one at most.
+    const ev = await cli("eval", id, "--rule", "topk:1", "--batches", "4", "--runs-dir", dir, "--json");
+    assertEquals(ev.code, 0, ev.err.join("\n"));
+    const [dense, top1] = ev.json().rules;
+    // The sparse forward of the g > 0 experts is the trained model: on the training's own validation
+    // batches (eval_batches 4) it gives the training's last validation perplexity.
+    const val = last(metrics, "val/ppl");
+    assert(Math.abs(dense.ppl - val) < 1e-4 * val, `dense rule ppl ${dense.ppl}, training's ${val}`);
+    for (const l of dense.layers) assert(l.experts >= 0 && l.experts <= l.of, JSON.stringify(l));
+    assert(dense.layers.some((l: { experts: number; of: number }) => l.experts < l.of), "some experts idle");
+    for (const [i, l] of top1.layers.entries()) {
+      assert(l.experts <= Math.min(1, dense.layers[i].experts) + 1e-12, JSON.stringify(l));
+    }
+    assert(dense.hidden_pct < 100 && Number.isFinite(dense.ppl), JSON.stringify(dense));
+    const gen = await cli(
+      "generate",
+      id,
+      "--prompt",
+      "The ",
+      "--max-tokens",
+      "8",
+      "--temperature",
+      "0",
+      "--runs-dir",
+      dir,
+      "--json",
+    );
+    assertEquals(gen.code, 0, gen.err.join("\n"));
+    assertEquals(gen.json().new_tokens, 8);
   } finally {
     closeRunStores();
     await Deno.remove(dir, { recursive: true });

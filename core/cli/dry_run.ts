@@ -120,6 +120,10 @@ export function routerSummary(c: Readonly<Experiment>): string | null {
         `${
           c.loss.dynamic > 0 ? `; dynamic loss ${c.loss.dynamic}` : ""
         }); inference uses router.infer: ${infer}`;
+    case "relu":
+      return `train relu (gates ReLU(s), L1 weight λ from ${c.loss.l1} adapted ×/÷ ${r.l1_rate} per step ` +
+        `toward ${r.target_sparsity} zero gates); inference runs the experts with a gate above 0 that ` +
+        `router.infer selects: ${infer}`;
     default:
       return r.train satisfies never;
   }

@@ -129,9 +129,10 @@ export const InferRuleSchema = z.strictObject({
 /** Router: how experts are weighted in training and chosen at inference. */
 export const RouterSchema = z.strictObject({
   hidden: z.int().min(0).default(0).describe("0 = linear router; >0 = d → hidden → N MLP router with GELU"),
-  train: z.enum(["dense", "topk", "expert_choice", "top_p"]).default("dense").describe(
+  train: z.enum(["dense", "topk", "expert_choice", "top_p", "relu"]).default("dense").describe(
     "dense: every expert trains (DS-MoE); topk: SMoE; expert_choice: each expert takes its top-C tokens " +
-      "(training only); top_p: each token's fewest experts reaching mass router.p (docs/design.md §16)",
+      "(training only); top_p: each token's fewest experts reaching mass router.p; relu: gates ReLU(s) with " +
+      "an adaptive L1 term (docs/design.md §16)",
   ),
   k: posInt("Experts per token when train: topk", 2),
   capacity: z.number().gt(0).default(2).describe(
@@ -140,6 +141,12 @@ export const RouterSchema = z.strictObject({
   ),
   p: z.number().gt(0).max(1).default(0.4).describe(
     "train: top_p: each token keeps its most probable experts until their mass reaches p (at least one)",
+  ),
+  target_sparsity: z.number().min(0).lt(1).default(0.75).describe(
+    "train: relu: the share of zero gates the L1 weight λ steers to (0.75: 2 of 8 experts per token)",
+  ),
+  l1_rate: z.number().gt(1).default(1.2).describe(
+    "train: relu: λ is multiplied by l1_rate after a step sparser than the target, divided when denser",
   ),
   infer: InferRuleSchema.prefault({}).describe("Inference rule for MLP experts (and attention, by default)"),
   infer_attention: InferRuleSchema.optional().describe(
@@ -156,6 +163,7 @@ export const LossSchema = z.strictObject({
   load_balance: nonNeg("Switch load-balance loss weight (SMoE uses 0.01)", 0),
   z: nonNeg("Router z-loss weight", 0),
   dynamic: nonNeg("Dynamic loss weight of router.train top_p: mean per-token router entropy", 0),
+  l1: nonNeg("router.train relu: λ_0, the first weight of the L1 term of the gates (then adapted)", 0),
 });
 
 /** Optimizer, schedule and loop. */
@@ -329,7 +337,7 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
 }
 
 /** The training rules of model.kind smoe: every router that trains some experts per token, not all. */
-export const SPARSE_TRAIN = ["topk", "expert_choice", "top_p"] as const;
+export const SPARSE_TRAIN = ["topk", "expert_choice", "top_p", "relu"] as const;
 
 /** Cross-checks of the routers of the literature (docs/design.md §16), each issue at the key to change. */
 function _routerZooChecks(
@@ -340,12 +348,42 @@ function _routerZooChecks(
   if (c.loss.dynamic > 0 && r.train !== "top_p") {
     issue(["loss", "dynamic"], `loss.dynamic is the dynamic loss of router.train top_p, not ${r.train}`);
   }
+  if (r.train === "relu") _reluChecks(c, issue);
+  else if (c.loss.l1 > 0) issue(["loss", "l1"], `loss.l1 is λ_0 of router.train relu, not ${r.train}`);
   if (r.train === "expert_choice" && c.loss.load_balance > 0) {
     issue(
       ["loss", "load_balance"],
       "router.train expert_choice is balanced by construction (every expert takes C tokens): set " +
         "loss.load_balance to 0",
     );
+  }
+}
+
+/** ReLU routing: λ_0 > 0 (λ only ever scales), no softmax-based router loss. */
+function _reluChecks(
+  c: z.output<z.ZodObject<typeof _shape>>,
+  issue: (path: (string | number)[], message: string) => void,
+): void {
+  if (c.loss.l1 <= 0) {
+    issue(
+      ["loss", "l1"],
+      "router.train relu needs loss.l1 > 0: it is λ_0, the first L1 weight, which each step multiplies or " +
+        "divides by router.l1_rate (e.g. loss.l1: 1e-3)",
+    );
+  }
+  const softmaxLosses: [string, number][] = [
+    ["load_balance", c.loss.load_balance],
+    ["mi.mlp", c.loss.mi.mlp],
+    ["mi.attention", c.loss.mi.attention],
+  ];
+  for (const [key, w] of softmaxLosses) {
+    if (w > 0) {
+      issue(
+        ["loss", ...key.split(".")],
+        `loss.${key} acts on the softmax of the router, which router.train relu does not gate with (its ` +
+          "sparsity comes from the L1 term): set it to 0",
+      );
+    }
   }
 }
 

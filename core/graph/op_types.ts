@@ -109,6 +109,9 @@ export interface OpAttrs {
   expert_choice_mask: { readonly tokens: number };
   /** p: the probability mass the kept experts reach (dynamic top-p routing, docs/design.md §16). */
   topp_mask: { readonly p: number };
+  /** The inference router of ReLU-routed models (docs/design.md §16): the rule, as route_gate's. */
+  relu_route_gate: Readonly<RouteRule>;
+  zero_share: NoAttrs;
   route_mask: Readonly<RouteRule>;
   route_gate: Readonly<RouteRule>;
   moe_mlp: { readonly experts: number; readonly activation: ActivationKind };
@@ -134,6 +137,8 @@ export interface OpAttrs {
   z_loss_backward: NoAttrs;
   entropy_loss: NoAttrs;
   entropy_loss_backward: NoAttrs;
+  l1_loss: NoAttrs;
+  l1_loss_backward: NoAttrs;
 }
 
 /** The name of a graph operation: the one list every op table is checked against. */

@@ -353,6 +353,14 @@ export const OPS: OpTable = {
    * by rank (ties to the lower index), whose mass reaches attrs.p (at least one). No gradient (discrete).
    */
   topp_mask: { outputs: ([s]) => _same(s!), grad: "discrete" },
+  /**
+   * The inference router of a ReLU-routed model (docs/design.md §16): logits (N, E) → [ĝ = g / Σ_i g_i, the
+   * rule's mask of ĝ (route_mask's attrs; not threshold_topk) kept only where g > 0, gate = g ⊙ mask], with
+   * g = ReLU(logits); ĝ is 0 for a token whose gates are all 0. No gradient.
+   */
+  relu_route_gate: { outputs: ([z]) => [..._same(z!), ..._same(z!), ..._same(z!)], grad: "inference" },
+  /** x (N, E) → (1,): the share of entries ≤ 0 (the sparsity of ReLU gates). A statistic, no gradient. */
+  zero_share: { outputs: () => SCALAR, grad: "statistic" },
   /** probs (N, E) → 0/1 mask of an inference rule (attrs kind, epsilon, k, p; core/ref/routing.ts). */
   route_mask: { outputs: ([s]) => _same(s!), grad: "inference" },
   /**
@@ -485,4 +493,19 @@ export const OPS: OpTable = {
   },
   /** (S, dL) → dS = −(dL/N)·[log(S + ε) + S/(S + ε)]. */
   entropy_loss_backward: { outputs: ([s]) => _same(s!), grad: "backward" },
+
+  /**
+   * The L1 term of ReLU routing (docs/design.md §16): (g (N, E) gates, λ (1,)) → λ · (1/N) Σ_t Σ_i g_t,i.
+   * λ is optimizer-free state fed as an input: it gets no gradient.
+   */
+  l1_loss: {
+    outputs: ([x, lambda]) => {
+      _dims2(x!, "l1_loss");
+      _check(lambda!.shape.length === 1 && lambda!.shape[0] === 1, "l1_loss", "λ is (1,)");
+      return SCALAR;
+    },
+    grad: (g, n, [dl]) => [apply1(g, "l1_loss_backward", [n.inputs[0]!, n.inputs[1]!, dl!]), null],
+  },
+  /** (g, λ, dL) → dg = dL · λ / N everywhere. */
+  l1_loss_backward: { outputs: ([x]) => _same(x!), grad: "backward" },
 };

@@ -15,21 +15,23 @@ import { apply1, OPS, type OpTable } from "./ops.ts";
 const TOL = 1e-6;
 
 /** The check of `build`'s output reduced by a random weight, on random parameters (with `table`). */
-function checkOp(
-  build: (g: Graph, p: (shape: number[]) => Value) => Value,
-  table?: OpTable,
-): GradCheckResult {
+function checkOp(build: CaseBuild, table?: OpTable): GradCheckResult {
   const g = new Graph(), params: Value[] = [];
   const p = (shape: number[]) => {
     const v = g.leaf("param", `p${params.length}`, shape);
     params.push(v);
     return v;
   };
-  const out = build(g, p);
+  const fixed = new Map<number, HostValue>();
+  const out = build(g, p, (name, values) => {
+    const v = g.leaf("const", name, [values.length]);
+    fixed.set(v.id, Float64Array.from(values));
+    return v;
+  });
   const loss = out.shape.length === 1 && out.shape[0] === 1
     ? out
     : apply1(g, "dot", [out, g.leaf("const", "w", out.shape)]);
-  const feeds = randomFeeds(g, 7, new Map());
+  const feeds = randomFeeds(g, 7, fixed);
   return checkGradients(g, loss, params, feeds as Map<number, HostValue>, { table, samples: 8 });
 }
 
@@ -63,12 +65,38 @@ const SWITCH_K1: OpTable = {
   },
 };
 
+/** A table whose L1 term's gradient leaves λ out (as if λ were 1). */
+const L1_NO_LAMBDA: OpTable = {
+  ...OPS,
+  l1_loss: {
+    ...OPS.l1_loss,
+    grad: (g, n, [dl]) => [apply1(g, "l1_loss_backward", [n.inputs[0]!, dl!, dl!]), null],
+  },
+};
+
+/** A table whose ReLU passes the gradient through where its input is negative (a straight-through gate). */
+const RELU_STRAIGHT: OpTable = {
+  ...OPS,
+  activation: {
+    ...OPS.activation,
+    grad: (g, n, dOut) => {
+      const rule = OPS.activation.grad;
+      if (typeof rule !== "function") throw new TypeError("activation has a gradient rule");
+      return n.attrs.kind === "relu" ? [dOut[0]] : rule(g, n, dOut);
+    },
+  },
+};
+
 /** Router probabilities of 6 tokens over 4 experts, sharp enough for top-p to keep 1 to 4 experts. */
 const probs = (g: Graph, p: Param) => apply1(g, "softmax", [apply1(g, "scale", [p([6, 4])], { alpha: 3 })]);
 
 type Param = (shape: number[]) => Value;
+/** A constant leaf of the given values (not perturbed). */
+type Fixed = (name: string, values: number[]) => Value;
+/** A case's graph: its output from parameters `p` and constants `fix`. */
+type CaseBuild = (g: Graph, p: Param, fix: Fixed) => Value;
 
-const OP_CASES: Record<string, { build: (g: Graph, p: Param) => Value; broken: OpTable }> = {
+const OP_CASES: Record<string, { build: CaseBuild; broken: OpTable }> = {
   "expert-choice gate S ⊙ mask (3 of 6 tokens per expert)": {
     build: (g, p) => {
       const s = apply1(g, "softmax", [p([6, 4])]);
@@ -82,6 +110,16 @@ const OP_CASES: Record<string, { build: (g: Graph, p: Param) => Value; broken: O
       return apply1(g, "mul", [s, apply1(g, "topp_mask", [s], { p: 0.6 })]);
     },
     broken: UNGATED,
+  },
+  "ReLU gates and their L1 term (λ 0.7)": {
+    build: (g, p, fix) => {
+      const gates = apply1(g, "activation", [p([6, 4])], { kind: "relu" });
+      return apply1(g, "add", [
+        apply1(g, "l1_loss", [gates, fix("lambda", [0.7])]),
+        apply1(g, "dot", [gates, gates]),
+      ]);
+    },
+    broken: L1_NO_LAMBDA,
   },
   "dynamic (entropy) loss": {
     build: (g, p) => apply1(g, "entropy_loss", [probs(g, p)]),
@@ -129,6 +167,10 @@ const MODELS: Record<string, { over: Record<string, Record<string, unknown>>; br
     },
     broken: UNGATED,
   },
+  "ReLU routing (λ 0.3, L1 and z losses)": {
+    over: { model: { kind: "smoe" }, router: { train: "relu" }, loss: { l1: 0.3, z: 0.01 } },
+    broken: RELU_STRAIGHT,
+  },
 };
 
 function checkModel(over: Record<string, Record<string, unknown>>, table?: OpTable): GradCheckResult {
@@ -148,6 +190,7 @@ function checkModel(over: Record<string, Record<string, unknown>>, table?: OpTab
     [m.ids.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
     [m.targets.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
   ]);
+  for (const st of m.routerState) fixed.set(st.value.id, Float64Array.of(st.init));
   const feeds = randomFeeds(m.graph, 11, fixed, 0.5);
   return checkGradients(m.graph, m.loss, m.params.map((p) => p.value), feeds as Map<number, HostValue>, {
     samples: 3,

@@ -176,9 +176,11 @@ export function activeParams(c: Readonly<Experiment>): ActiveParams {
   const attRule = c.router.infer_attention ?? c.router.infer;
   const att = s.routedAtt ? expectedActive(attRule, s.attExperts) : { experts: 1, exact: true };
   const mlp = s.routedMlp ? expectedActive(c.router.infer, s.mlpExperts) : { experts: 1, exact: true };
+  // A ReLU-routed model runs only the selected experts whose gate is above 0: every count is a bound.
+  const relu = c.router.train === "relu";
   return {
     ...activeWith(c, att.experts, mlp.experts),
-    exact: att.exact && mlp.exact,
+    exact: att.exact && mlp.exact && !relu,
     attExperts: att.experts,
     mlpExperts: mlp.experts,
   };
@@ -221,8 +223,8 @@ export function forwardFlops(c: Readonly<Experiment>, attExperts: number, mlpExp
 
 /**
  * MLP experts the training rule computes per token, of `n` (docs/design.md §5, §16): all of them (dense),
- * k (topk), expert choice's mean N·C/T over the T tokens of a micro-batch, or for top-p all of them (an
- * upper bound: the count depends on the router).
+ * k (topk), expert choice's mean N·C/T over the T tokens of a micro-batch, or for top-p and ReLU routing
+ * all of them (an upper bound: the count depends on the router).
  */
 export function trainExpertsPerToken(c: Readonly<Experiment>, n: number): number {
   const r = c.router;
@@ -236,6 +238,7 @@ export function trainExpertsPerToken(c: Readonly<Experiment>, n: number): number
       return (n * expertChoiceTokens(T, n, r.capacity)) / T;
     }
     case "top_p":
+    case "relu":
       return n; // an upper bound: the count depends on the trained router
     default:
       return r.train satisfies never;

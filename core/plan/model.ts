@@ -20,7 +20,7 @@ import { Graph, type Value } from "../graph/ir.ts";
 import { apply, apply1 } from "../graph/ops.ts";
 import type { RouteRule } from "../graph/op_types.ts";
 import { layerShape, vocabSize } from "./counts.ts";
-import { isZooTrain, zooTrainGate } from "./router_zoo.ts";
+import { isZooTrain, L1_LAMBDA, zooTrainGate } from "./router_zoo.ts";
 
 /** How a parameter is initialized and optimized. */
 export interface ParamSpec {
@@ -60,6 +60,18 @@ export interface BatchStat {
   batch: Value; // (E,) input leaf read by mi_loss_global / switch_loss_global
 }
 
+/**
+ * Optimizer-free router state (docs/design.md §16): an input leaf of the training graph that the backends
+ * hold, save in checkpoints (`router_state/<name>`) and change after each step by `update`.
+ */
+export interface RouterStateLeaf {
+  name: string;
+  value: Value; // the input leaf
+  init: number; // its value before the first step
+  /** λ of ReLU routing: times rate^sign(target − the step's mean `sparsity`), after a finite step. */
+  update: { kind: "l1_lambda"; sparsity: Value; target: number; rate: number };
+}
+
 /** Options of {@linkcode buildModel}. */
 export interface BuildOptions {
   /**
@@ -86,6 +98,8 @@ export interface ModelGraph {
   batchStats: BatchStat[];
   /** Scalars a training step also reports, logged as `train/<key>` (routers of docs/design.md §16). */
   scalars: { key: string; value: Value }[];
+  /** Optimizer-free router state of training graphs (empty for most models). */
+  routerState: RouterStateLeaf[];
 }
 
 /**
@@ -158,6 +172,8 @@ export function buildModel(
   weighted(b.switch, c.loss.load_balance);
   weighted(b.z, c.loss.z);
   weighted(b.dynamic, c.loss.dynamic);
+  terms.push(...b.l1); // weighted by their λ input
+  const scalars = _scalars(b);
   const loss = terms.length === 1 ? lmLoss : apply1(b.g, "add_n", terms);
   return {
     graph: b.g,
@@ -172,17 +188,39 @@ export function buildModel(
     routers: b.routers,
     tokens: b.N,
     batchStats: b.stats,
-    scalars: _scalars(b),
+    scalars,
+    routerState: _routerState(b, scalars),
   };
 }
 
 /**
  * The scalars a training step logs beside its losses (docs/design.md §16): `dynamic_loss`, the sum of the
- * top-p routers' entropies (unweighted).
+ * top-p routers' entropies (unweighted); `l1_loss`, the sum of the ReLU routers' L1 terms (weighted by λ),
+ * and `relu_sparsity`, their mean share of zero gates.
  */
 function _scalars(b: _Builder): ModelGraph["scalars"] {
   const sum = (vs: Value[]) => vs.length === 1 ? vs[0]! : apply1(b.g, "add_n", vs);
-  return b.dynamic.length > 0 ? [{ key: "dynamic_loss", value: sum(b.dynamic) }] : [];
+  const out: ModelGraph["scalars"] = [];
+  if (b.dynamic.length > 0) out.push({ key: "dynamic_loss", value: sum(b.dynamic) });
+  if (b.l1.length > 0) {
+    out.push({ key: "l1_loss", value: sum(b.l1) });
+    const zeros = b.zeroShares, mean = apply1(b.g, "scale", [sum(zeros)], { alpha: 1 / zeros.length });
+    out.push({ key: "relu_sparsity", value: mean });
+  }
+  return out;
+}
+
+/** The router state of a training graph: ReLU routing's λ, updated from the step's `relu_sparsity`. */
+function _routerState(b: _Builder, scalars: ModelGraph["scalars"]): RouterStateLeaf[] {
+  if (!b.l1Lambda) return [];
+  const sparsity = scalars.find((s) => s.key === "relu_sparsity")!.value;
+  const r = b.c.router;
+  return [{
+    name: L1_LAMBDA,
+    value: b.l1Lambda,
+    init: b.c.loss.l1,
+    update: { kind: "l1_lambda", sparsity, target: r.target_sparsity, rate: r.l1_rate },
+  }];
 }
 
 class _Builder {
@@ -196,6 +234,10 @@ class _Builder {
   readonly z: Value[] = [];
   /** The dynamic (entropy) losses of top-p routers (docs/design.md §16). */
   readonly dynamic: Value[] = [];
+  /** ReLU routers' L1 terms and shares of zero gates, and the λ input they share (docs/design.md §16). */
+  readonly l1: Value[] = [];
+  readonly zeroShares: Value[] = [];
+  l1Lambda: Value | undefined;
   readonly stats: BatchStat[] = [];
   readonly batchStats: boolean;
   readonly c: Readonly<Experiment>;
@@ -280,7 +322,9 @@ class _Builder {
     // threshold_topk keeps its own ops (its K is a mean over the batch).
     const rule = this.infer?.[kind];
     let probs: Value;
-    if (rule && rule.kind !== "dense" && rule.kind !== "threshold_topk") {
+    if (rule && this.c.router.train === "relu") {
+      probs = this.reluInferRouter(l, kind, logits, rule);
+    } else if (rule && rule.kind !== "dense" && rule.kind !== "threshold_topk") {
       const [p, mask, gate] = apply(this.g, "route_gate", [logits], { ...rule });
       probs = p!;
       this.routers.push({ layer: l, kind, logits, probs, mask: mask! });
@@ -296,6 +340,28 @@ class _Builder {
     );
     if (this.c.loss.z > 0) this.z.push(apply1(this.g, "z_loss", [logits]));
     return probs;
+  }
+
+  /**
+   * The inference router of a ReLU-routed model (docs/design.md §16): gates g = ReLU(logits), the rule
+   * applied to the normalized gates g / Σ g and kept where g > 0, gate g ⊙ mask (fused, `relu_route_gate`;
+   * threshold_topk's batch-mean K through `route_mask`). Records the router; returns the normalized gates.
+   */
+  reluInferRouter(l: number, kind: RouterTap["kind"], logits: Value, rule: RouteRule): Value {
+    const fused = rule.kind !== "threshold_topk";
+    const [probs, positive, g] = apply(this.g, "relu_route_gate", [logits], {
+      ...rule,
+      kind: fused ? rule.kind : "dense",
+    });
+    let mask = positive!, gate = g!;
+    if (!fused) {
+      const m = apply1(this.g, "route_mask", [probs!], { ...rule });
+      mask = apply1(this.g, "mul", [m, positive!]);
+      gate = apply1(this.g, "mul", [g!, m]);
+    }
+    this.routers.push({ layer: l, kind, logits, probs: probs!, mask });
+    this.fusedGates.set(probs!.id, gate);
+    return probs!;
   }
 
   /** The input leaf `name` (E,) that takes the batch's mean of `x`'s column means; records the pair. */
@@ -318,7 +384,9 @@ class _Builder {
       this.caches.push(...cache);
       cache.push(this.pos);
     }
-    if (this.infer && s.routedAtt && this.infer.attention.kind !== "dense") {
+    // A ReLU-routed model computes only the experts with g > 0 even under the dense rule (docs/design.md §16).
+    const sparse = this.infer && (this.infer.attention.kind !== "dense" || this.c.router.train === "relu");
+    if (sparse && s.routedAtt) {
       // Inference: only routed experts compute their query heads and output projection.
       const gate = this.inferGate(this.router(l, "attention", h, s.attExperts), "attention");
       const wo = this.param(`h${l}.attn.wo`, [s.qHeads * D, this.d], "normal", this.projStd);
@@ -415,8 +483,12 @@ class _Builder {
   gateValue(probs: Value, experts: number, kind: RouterTap["kind"]): Value {
     if (this.infer) return this.inferGate(probs, kind);
     if (isZooTrain(this.c)) {
-      const z = zooTrainGate(this.g, this.c, probs);
-      this.routers.find((t) => t.probs === probs)!.trainGate = z.gate;
+      const tap = this.routers.find((t) => t.probs === probs)!;
+      const lambda = () => this.l1Lambda ??= this.g.leaf("input", `router.${L1_LAMBDA}`, [1]);
+      const z = zooTrainGate(this.g, this.c, tap, lambda);
+      tap.trainGate = z.gate;
+      if (z.l1) this.l1.push(z.l1);
+      if (z.zeroShare) this.zeroShares.push(z.zeroShare);
       if (z.switchMask && this.c.loss.load_balance > 0) {
         this.switch.push(this.switchLoss(probs, z.switchMask, 0));
       }

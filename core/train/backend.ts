@@ -52,6 +52,11 @@ export interface TrainState {
   adamM: Map<string, Float32Array>;
   adamV: Map<string, Float32Array>;
   step: number; // optimizer steps taken (AdamW's t)
+  /**
+   * Optimizer-free router state by name (`ModelGraph.routerState`, docs/design.md §16: ReLU routing's λ);
+   * absent or empty for most models.
+   */
+  routerState?: Map<string, Float32Array>;
 }
 
 /** A backend able to train one model. */

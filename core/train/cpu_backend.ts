@@ -17,6 +17,7 @@ import { adamwStepRef } from "../ref/adamw.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { routerStats, trainRuleStats } from "./router_stats.ts";
 import { initParams } from "./init.ts";
+import { nextL1Lambda } from "../plan/router_zoo.ts";
 
 /** The float64 reference backend. */
 export class CpuTrainBackend implements TrainBackend {
@@ -31,6 +32,8 @@ export class CpuTrainBackend implements TrainBackend {
   readonly #params = new Map<string, Float64Array>();
   readonly #m = new Map<string, Float64Array>();
   readonly #v = new Map<string, Float64Array>();
+  /** Router state values by name (ReLU routing's λ), fed to the state leaves, changed after each step. */
+  readonly #routerState = new Map<string, number>();
   #t = 0;
 
   constructor(c: Readonly<Experiment>) {
@@ -44,6 +47,7 @@ export class CpuTrainBackend implements TrainBackend {
       this.#m.set(name, new Float64Array(data.length));
       this.#v.set(name, new Float64Array(data.length));
     }
+    for (const s of this.model.routerState) this.#routerState.set(s.name, s.init);
   }
 
   /**
@@ -110,6 +114,13 @@ export class CpuTrainBackend implements TrainBackend {
         });
       });
     }
+    const scalar = (v: Value) => parts[2 + nMi + m.scalars.findIndex((s) => s.value === v)]!;
+    if (finite) {
+      for (const s of m.routerState) {
+        const u = s.update, now = this.#routerState.get(s.name)!;
+        this.#routerState.set(s.name, nextL1Lambda(now, scalar(u.sparsity), u.target, u.rate));
+      }
+    }
     const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
     return Promise.resolve({
       loss: parts[0]!,
@@ -118,7 +129,10 @@ export class CpuTrainBackend implements TrainBackend {
       miMlp: sum(parts.slice(2 + nAtt, 2 + nMi)),
       gradNorm,
       finite,
-      scalars: Object.fromEntries(m.scalars.map((s, i) => [s.key, parts[2 + nMi + i]!])),
+      scalars: Object.fromEntries([
+        ...m.scalars.map((s, i) => [s.key, parts[2 + nMi + i]!]),
+        ...this.#routerState,
+      ]),
     });
   }
 
@@ -156,7 +170,8 @@ export class CpuTrainBackend implements TrainBackend {
       });
     }
     const f32 = (m: Map<string, Float64Array>) => new Map([...m].map(([k, v]) => [k, Float32Array.from(v)]));
-    return Promise.resolve({ params, adamM: f32(this.#m), adamV: f32(this.#v), step: this.#t });
+    const routerState = new Map([...this.#routerState].map(([k, v]) => [k, Float32Array.of(v)]));
+    return Promise.resolve({ params, adamM: f32(this.#m), adamV: f32(this.#v), step: this.#t, routerState });
   }
 
   importState(s: TrainState): Promise<void> {
@@ -166,6 +181,10 @@ export class CpuTrainBackend implements TrainBackend {
       this.#v.set(name, Float64Array.from(s.adamV.get(name)!));
     }
     this.#t = s.step;
+    for (const r of this.model.routerState) {
+      const saved = s.routerState?.get(r.name);
+      if (saved) this.#routerState.set(r.name, saved[0]!);
+    }
     return Promise.resolve();
   }
 
@@ -180,6 +199,9 @@ export class CpuTrainBackend implements TrainBackend {
       ...this.#batchStats,
     ]);
     for (const p of this.model.params) feeds.set(p.value.id, this.#params.get(p.value.name)!);
+    for (const s of this.model.routerState) {
+      feeds.set(s.value.id, Float64Array.of(this.#routerState.get(s.name)!));
+    }
     return feeds;
   }
 }

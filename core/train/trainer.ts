@@ -19,6 +19,9 @@ import { optionalEnv } from "../util/env.ts";
 import { faultKillPoint } from "../util/atomic_write.ts";
 import { CheckpointError } from "../runs/checkpoints.ts";
 
+/** The prefix of router state tensors in checkpoints (`router_state/l1_lambda`). */
+export const ROUTER_STATE = "router_state/";
+
 /** Consecutive non-finite steps that stop a run. */
 export const MAX_NONFINITE_STREAK = 10;
 
@@ -293,7 +296,10 @@ async function _checkpoint(o: TrainOptions, step: number, skipped: number): Prom
   await o.run.update({ step });
 }
 
-/** Flattens a training state into named tensors (`param/…`, `adam_m/…`, `adam_v/…`, `optimizer_step`). */
+/**
+ * Flattens a training state into named tensors (`param/…`, `adam_m/…`, `adam_v/…`, `optimizer_step`, and
+ * `router_state/…` for optimizer-free router state, docs/design.md §16).
+ */
 export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
   const out = new Map<string, SafeTensor>();
   for (const [name, p] of state.params) {
@@ -302,6 +308,9 @@ export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
     out.set(`adam_v/${name}`, f32Tensor(p.shape, state.adamV.get(name)!));
   }
   out.set("optimizer_step", f32Tensor([1], new Float32Array([state.step])));
+  for (const [name, v] of state.routerState ?? []) {
+    out.set(`${ROUTER_STATE}${name}`, f32Tensor([v.length], v));
+  }
   return out;
 }
 
@@ -313,9 +322,13 @@ export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
  */
 export function tensorsToState(t: ReadonlyMap<string, SafeTensor>): TrainState {
   const adamM = new Map<string, Float32Array>(), adamV = new Map<string, Float32Array>();
+  const routerState = new Map<string, Float32Array>();
   for (const [key, tensor] of t) {
     if (key.startsWith("adam_m/")) adamM.set(key.slice(7), tensorToF32(tensor));
     else if (key.startsWith("adam_v/")) adamV.set(key.slice(7), tensorToF32(tensor));
+    else if (key.startsWith(ROUTER_STATE)) {
+      routerState.set(key.slice(ROUTER_STATE.length), tensorToF32(tensor));
+    }
   }
   const params = paramsFromTensors(t);
   for (const name of params.keys()) {
@@ -328,7 +341,7 @@ export function tensorsToState(t: ReadonlyMap<string, SafeTensor>): TrainState {
   if (!Number.isSafeInteger(value) || value < 0) {
     throw new CheckpointError(`Checkpoint has no valid optimizer_step (${step ? value : "missing"})`);
   }
-  return { params, adamM, adamV, step: value };
+  return { params, adamM, adamV, step: value, routerState };
 }
 
 /** The parameters' values by name (`param/…` of a checkpoint's tensors), as inference takes them. */
