@@ -158,3 +158,31 @@ Deno.test("a checkpoint of a ReLU-routed run resumes only with its λ (router_st
   tensors.set("router_state/l1_lambda", f32Tensor([1], Float32Array.of(0.02)));
   check("resume");
 });
+
+Deno.test("shared and fine-grained experts: segments divide hidden, both need routed experts", () => {
+  assertEquals(linesOf("model:\n  mlp:\n    hidden: 30\n    segments: 4\n"), [
+    "t.yaml:4:15: model.mlp.segments: segments (4) must divide model.mlp.hidden (30): each segment is hidden/m wide",
+  ]);
+  const dense = "model:\n  kind: dense\n  attention: { kind: mha }\n  mlp:\n    experts: 1\n";
+  assertEquals(linesOf(`${dense}    shared: 1\n    segments: 2\n`), [
+    "t.yaml:6:13: model.mlp.shared: model.mlp.shared needs routed experts (model.mlp.experts > 1)",
+    "t.yaml:7:15: model.mlp.segments: model.mlp.segments needs routed experts (model.mlp.experts > 1)",
+  ]);
+  assertEquals(linesOf("model:\n  mlp:\n    shared: -1\n"), [
+    "t.yaml:3:13: model.mlp.shared: must be ≥ 0, got -1",
+  ]);
+});
+
+Deno.test("run --dry-run lists segments, m·k active and the shared experts, and counts them", async () => {
+  const sets = ["model.kind=smoe", "router.train=topk", "model.mlp.segments=4", "model.mlp.shared=1"];
+  const r = await cli("run", "tests/fixtures/micro.yaml", ...sets.flatMap((s) => ["--set", s]), "--dry-run");
+  assertEquals(r.code, 0, r.err.join("\n"));
+  assertEquals(
+    r.out.find((l) => l.startsWith("  experts ")),
+    "  experts       MLP 4 experts × 4 segments = 16 routed of width 8, 2 × 4 = 8 active; 1 shared of width " +
+      "32, always on (gate 1, at inference too)",
+  );
+  const params = r.out.find((l) => l.startsWith("  params "))!;
+  // 2 blocks × 2 · 32 · 32 shared; 2 blocks × 32 · 16 router.
+  assert(params.includes("mlp_shared 4096") && params.includes("mlp_router 1024"), params);
+});

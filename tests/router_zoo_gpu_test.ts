@@ -95,6 +95,15 @@ for (const [name, [build, tol]] of Object.entries(CASES)) {
 const MODELS: Record<string, Record<string, Record<string, unknown>>> = {
   "expert choice": { model: { kind: "smoe" }, router: { train: "expert_choice", capacity: 1.5 } },
   "ReLU routing": { model: { kind: "smoe" }, router: { train: "relu" }, loss: { l1: 0.3, z: 0.01 } },
+  "DS-MoE with shared and fine-grained experts": {
+    model: { mlp: { experts: 4, hidden: 8, segments: 2, shared: 1 } },
+    loss: { mi: { mlp: 0.1, attention: 0.1 } },
+  },
+  "top-k with shared and fine-grained experts": {
+    model: { kind: "smoe", mlp: { experts: 4, hidden: 8, segments: 2, shared: 2 } },
+    router: { train: "topk", k: 1 },
+    loss: { load_balance: 0.1 },
+  },
   "dynamic top-p": {
     model: { kind: "smoe" },
     router: { train: "top_p", p: 0.5 },

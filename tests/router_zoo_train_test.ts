@@ -219,3 +219,48 @@ Deno.test("router.train relu trains on WebGPU; λ follows its rule, is checkpoin
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("DS-MoE with shared and fine-grained experts trains on WebGPU; top-k inference runs m·k segments and the shared experts", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const sets = [
+      "model.mlp.segments=2",
+      "model.mlp.shared=1",
+      "train.steps=40",
+      "train.eval_every=20",
+      "train.log_every=1",
+    ];
+    const r = await cli(
+      "run",
+      "tests/fixtures/micro.yaml",
+      ...sets.flatMap((s) => ["--set", s]),
+      "--runs-dir",
+      dir,
+      "--no-dashboard",
+      "--json",
+    );
+    assertEquals(r.code, 0, r.err.join("\n"));
+    const id = r.json().run_id, metrics = await (await RunDir.open(dir, id)).readMetrics();
+    const losses = seriesOf(metrics, "train/loss").map(([, v]) => v);
+    assert(losses.every(Number.isFinite) && losses.at(-1)! < losses[0]!, `train/loss ${losses}`);
+    assert(r.json().final["val/loss"] < 3.8, `val loss ${r.json().final["val/loss"]}`);
+    // Per-expert load of each of the 8 segments of an MLP router.
+    const load = [...Array(8).keys()].map((e) => last(metrics, `router/0/mlp/load/${e}`));
+    assert(Math.abs(load.reduce((a, b) => a + b, 0) - 1) < 1e-9, `loads ${load}`);
+    const ev = await cli("eval", id, "--rule", "topk:1", "--batches", "4", "--runs-dir", dir, "--json");
+    assertEquals(ev.code, 0, ev.err.join("\n"));
+    const [dense, top1] = ev.json().rules;
+    // The dense rule is the trained model (the shared experts included): the training's validation ppl.
+    const val = last(metrics, "val/ppl");
+    assert(Math.abs(dense.ppl - val) < 1e-4 * val, `dense ${dense.ppl} vs ${val}`);
+    // topk:1 runs 1 × 2 of 8 MLP segments and 1 of 2 attention experts; the shared expert always. Per block:
+    // Q/O 2·32·16 of an attention expert, K/V 2·32·16, 2 segments 2 · 2·32·16, the shared 2·32·32, routers
+    // 32·2 + 32·8.
+    const perBlock = 2 * 32 * 16 + 2 * 32 * 16 + 2 * (2 * 32 * 16) + 2 * 32 * 32 + 32 * 2 + 32 * 8;
+    assertEquals(top1.active_params, 2 * perBlock);
+    assertEquals(top1.layers.map((l: { experts: number }) => l.experts), [1, 2, 1, 2]);
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

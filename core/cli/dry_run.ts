@@ -52,6 +52,8 @@ export interface PointSummary {
   components: Record<string, number>;
   /** How the routers train and which rule runs them at inference; null for a model without routers. */
   router: string | null;
+  /** The MLP experts when some are shared or fine-grained (docs/design.md §16), else null. */
+  experts: string | null;
 }
 
 /** Computes the summary of one validated config. */
@@ -87,7 +89,27 @@ export function summarizePoint(
     fits_budget: fitsMemoryBudget(c),
     components,
     router: routerSummary(c),
+    experts: expertsSummary(c),
   };
+}
+
+/**
+ * One line on shared and fine-grained MLP experts (docs/design.md §16), null without either: the routed
+ * experts with their segments and width, and the shared ones, which every token runs.
+ */
+export function expertsSummary(c: Readonly<Experiment>): string | null {
+  const s = layerShape(c), m = c.model.mlp;
+  if (s.segments === 1 && s.sharedExperts === 0) return null;
+  const routed = s.segments > 1
+    ? `${m.experts} experts × ${s.segments} segments = ${s.mlpExperts} routed of width ${s.hidden}`
+    : `${s.mlpExperts} routed of width ${s.hidden}`;
+  const k = c.router.train === "topk"
+    ? `, ${c.router.k} × ${s.segments} = ${c.router.k * s.segments} active`
+    : "";
+  const shared = s.sharedExperts > 0
+    ? `; ${s.sharedExperts} shared of width ${s.sharedHidden}, always on (gate 1, at inference too)`
+    : "";
+  return `MLP ${routed}${s.segments > 1 ? k : ""}${shared}`;
 }
 
 /**
@@ -106,11 +128,11 @@ export function routerSummary(c: Readonly<Experiment>): string | null {
       return `train topk (k ${r.k}); inference ${infer}`;
     case "expert_choice": {
       const T = accumulationOf(c).microBatch * c.data.seq_len;
-      const takes = (kind: string, n: number) =>
-        `${kind}: each of ${n} experts takes C = ${expertChoiceTokens(T, n, r.capacity)}`;
+      const takes = (kind: string, n: number, m: number) =>
+        `${kind}: each of ${n} experts takes C = ${expertChoiceTokens(T, n, r.capacity * m)}`;
       const parts = [
-        ...(s.routedMlp ? [takes("MLP", s.mlpExperts)] : []),
-        ...(s.routedAtt ? [takes("attention", s.attExperts)] : []),
+        ...(s.routedMlp ? [takes("MLP", s.mlpExperts, s.segments)] : []),
+        ...(s.routedAtt ? [takes("attention", s.attExperts, 1)] : []),
       ];
       return `train expert_choice (capacity ${r.capacity}; ${parts.join(", ")} of the ${T} tokens of a ` +
         `micro-batch) — training only (it sees the whole batch); inference uses router.infer: ${infer}`;
@@ -187,6 +209,7 @@ export function formatDryRun(
         }`,
     );
     if (s.router) out.push(`  router        ${s.router}`);
+    if (s.experts) out.push(`  experts       ${s.experts}`);
     out.push(
       `  FLOPs/token   train ${fmtCount(s.flops_per_token_train)}, inference ${
         fmtCount(s.flops_per_token_infer)

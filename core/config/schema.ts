@@ -101,6 +101,13 @@ export const MlpSchema = z.strictObject({
   experts: posInt("MLP experts; 1 = dense MLP", 8),
   hidden: posInt("Hidden width of each expert", 128),
   activation: z.enum(["gelu", "relu", "silu"]).default("gelu").describe("Activation inside each expert"),
+  shared: z.int().min(0).default(0).describe(
+    "Shared experts (DeepSeekMoE): always on with gate 1, each `hidden` wide, added to the routed sum",
+  ),
+  segments: posInt(
+    "Fine-grained experts (DeepSeekMoE): each expert split into m of hidden/m; m·experts routed, m·k active",
+    1,
+  ),
 });
 
 /** The decoder-only transformer. */
@@ -287,6 +294,7 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
       m.kind satisfies never;
   }
   _routerZooChecks(c, issue);
+  _expertShapeChecks(c, issue);
   if (r.train === "topk" && r.k > m.mlp.experts) {
     issue(["router", "k"], `k (${r.k}) exceeds experts (${m.mlp.experts}) at model.mlp`);
   }
@@ -356,6 +364,25 @@ function _routerZooChecks(
       "router.train expert_choice is balanced by construction (every expert takes C tokens): set " +
         "loss.load_balance to 0",
     );
+  }
+}
+
+/** Shared and fine-grained experts (docs/design.md §16): segments divide the width; both need routing. */
+function _expertShapeChecks(
+  c: z.output<z.ZodObject<typeof _shape>>,
+  issue: (path: (string | number)[], message: string) => void,
+): void {
+  const mlp = c.model.mlp;
+  if (mlp.hidden % mlp.segments !== 0) {
+    issue(
+      ["model", "mlp", "segments"],
+      `segments (${mlp.segments}) must divide model.mlp.hidden (${mlp.hidden}): each segment is hidden/m wide`,
+    );
+  }
+  for (const key of ["shared", "segments"] as const) {
+    if (mlp.experts === 1 && mlp[key] > (key === "shared" ? 0 : 1)) {
+      issue(["model", "mlp", key], `model.mlp.${key} needs routed experts (model.mlp.experts > 1)`);
+    }
   }
 }
 

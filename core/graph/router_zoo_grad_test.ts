@@ -87,6 +87,12 @@ const RELU_STRAIGHT: OpTable = {
   },
 };
 
+/**
+ * A table whose `add` gives its second input no gradient: the shared experts' branch (and each residual
+ * branch) would not learn.
+ */
+const ADD_FIRST_ONLY: OpTable = { ...OPS, add: { ...OPS.add, grad: (_g, _n, [dy]) => [dy, null] } };
+
 /** Router probabilities of 6 tokens over 4 experts, sharp enough for top-p to keep 1 to 4 experts. */
 const probs = (g: Graph, p: Param) => apply1(g, "softmax", [apply1(g, "scale", [p([6, 4])], { alpha: 3 })]);
 
@@ -170,6 +176,18 @@ const MODELS: Record<string, { over: Record<string, Record<string, unknown>>; br
   "ReLU routing (λ 0.3, L1 and z losses)": {
     over: { model: { kind: "smoe" }, router: { train: "relu" }, loss: { l1: 0.3, z: 0.01 } },
     broken: RELU_STRAIGHT,
+  },
+  "shared and fine-grained experts (DS-MoE, 2 segments, 1 shared; MI loss)": {
+    over: { model: { mlp: { experts: 2, hidden: 4, segments: 2, shared: 1 } }, loss: { mi: { mlp: 0.1 } } },
+    broken: ADD_FIRST_ONLY,
+  },
+  "shared and fine-grained experts (top-1 of 3 × 2 segments, 2 shared; Switch loss)": {
+    over: {
+      model: { kind: "smoe", mlp: { experts: 3, hidden: 4, segments: 2, shared: 2 } },
+      router: { train: "topk", k: 1 },
+      loss: { load_balance: 0.1 },
+    },
+    broken: ADD_FIRST_ONLY,
   },
 };
 

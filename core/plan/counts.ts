@@ -55,10 +55,11 @@ export interface ParamCounts {
   attention_qo: number; // query and output projections (all experts)
   attention_kv: number; // key and value projections (shared by attention experts)
   attention_router: number;
-  mlp_experts: number; // all MLP experts (or the dense MLP)
+  mlp_experts: number; // all routed MLP experts (or the dense MLP)
+  mlp_shared: number; // shared MLP experts (always on; docs/design.md §16)
   mlp_router: number;
   total: number;
-  /** All expert parameters (attention Q/O of experts + MLP experts); 0 for a dense model. */
+  /** All expert parameters (attention Q/O of experts + routed and shared MLP experts); 0 for a dense model. */
   experts: number;
 }
 
@@ -70,8 +71,11 @@ export interface LayerShape {
   headDim: number;
   attExperts: number; // 1 when attention is not routed
   headsPerExpert: number; // query heads per attention expert
-  mlpExperts: number;
-  hidden: number; // per MLP expert
+  mlpExperts: number; // routed MLP experts: model.mlp.experts × segments
+  hidden: number; // per routed MLP expert: model.mlp.hidden / segments
+  segments: number; // model.mlp.segments (fine-grained experts, docs/design.md §16)
+  sharedExperts: number; // model.mlp.shared: always-on MLP experts
+  sharedHidden: number; // per shared expert: model.mlp.hidden
   routedAtt: boolean;
   routedMlp: boolean;
 }
@@ -87,11 +91,22 @@ export function layerShape(c: Readonly<Experiment>): LayerShape {
     headDim: a.head_dim,
     attExperts: moa ? a.experts : 1,
     headsPerExpert: moa ? a.heads_per_expert : a.heads,
-    mlpExperts: m.experts,
-    hidden: m.hidden,
+    mlpExperts: m.experts * m.segments,
+    hidden: m.hidden / m.segments,
+    segments: m.segments,
+    sharedExperts: m.shared,
+    sharedHidden: m.hidden,
     routedAtt: moa,
     routedMlp: m.experts > 1,
   };
+}
+
+/**
+ * A rule of the MLP routers in routed-expert units: with segments m (docs/design.md §16) top-k's k counts
+ * full-size experts, so m·k segments run.
+ */
+export function segmentRule<R extends { kind: string; k: number }>(rule: R, segments: number): R {
+  return segments === 1 ? rule : { ...rule, k: rule.k * segments };
 }
 
 /** Parameters of one router over `n` experts. */
@@ -113,7 +128,7 @@ export function countParams(c: Readonly<Experiment>): ParamCounts {
   const qo = 2 * d * s.qHeads * s.headDim * L;
   const kv = 2 * d * s.kvHeads * s.headDim * L;
   const attRouter = s.routedAtt ? routerParams(d, s.attExperts, c.router.hidden) * L : 0;
-  const mlp = 2 * d * s.hidden * s.mlpExperts * L;
+  const mlp = 2 * d * s.hidden * s.mlpExperts * L, shared = 2 * d * s.sharedHidden * s.sharedExperts * L;
   const mlpRouter = s.routedMlp ? routerParams(d, s.mlpExperts, c.router.hidden) * L : 0;
   const counts = {
     embedding: V * d,
@@ -124,11 +139,13 @@ export function countParams(c: Readonly<Experiment>): ParamCounts {
     attention_kv: kv,
     attention_router: attRouter,
     mlp_experts: mlp,
+    mlp_shared: shared,
     mlp_router: mlpRouter,
-    experts: (s.routedAtt ? qo : 0) + (s.routedMlp ? mlp : 0),
+    experts: (s.routedAtt ? qo : 0) + (s.routedMlp ? mlp + shared : 0),
   };
   const total = counts.embedding + counts.position + counts.lm_head + counts.norms + qo + kv + attRouter +
     mlp +
+    shared +
     mlpRouter;
   return { ...counts, total };
 }
@@ -175,7 +192,8 @@ export function activeParams(c: Readonly<Experiment>): ActiveParams {
   const s = layerShape(c);
   const attRule = c.router.infer_attention ?? c.router.infer;
   const att = s.routedAtt ? expectedActive(attRule, s.attExperts) : { experts: 1, exact: true };
-  const mlp = s.routedMlp ? expectedActive(c.router.infer, s.mlpExperts) : { experts: 1, exact: true };
+  const mlpRule = segmentRule(c.router.infer, s.segments);
+  const mlp = s.routedMlp ? expectedActive(mlpRule, s.mlpExperts) : { experts: 1, exact: true };
   // A ReLU-routed model runs only the selected experts whose gate is above 0: every count is a bound.
   const relu = c.router.train === "relu";
   return {
@@ -196,13 +214,14 @@ export function activeWith(
   mlpExperts: number,
 ): Pick<ActiveParams, "active" | "all" | "expertsActive" | "hiddenPct"> {
   const s = layerShape(c), p = countParams(c);
+  // Shared MLP experts are always active (docs/design.md §16).
   const qo = (p.attention_qo / s.attExperts) * attExperts,
-    mlpActive = (p.mlp_experts / s.mlpExperts) * mlpExperts;
+    mlpActive = (p.mlp_experts / s.mlpExperts) * mlpExperts + p.mlp_shared;
   const routers = p.attention_router + p.mlp_router;
   const expertsActive = (s.routedAtt ? qo : 0) + (s.routedMlp ? mlpActive : 0);
   return {
     active: p.attention_kv + qo + mlpActive + routers,
-    all: p.attention_kv + p.attention_qo + p.mlp_experts + routers,
+    all: p.attention_kv + p.attention_qo + p.mlp_experts + p.mlp_shared + routers,
     expertsActive,
     hiddenPct: p.experts > 0 ? (100 * expertsActive) / p.experts : 100,
   };
@@ -215,15 +234,15 @@ export function forwardFlops(c: Readonly<Experiment>, attExperts: number, mlpExp
   const ctx = (c.data.seq_len + 1) / 2;
   const attProj = 2 * d * qHeadsActive * s.headDim * 2 + 2 * d * s.kvHeads * s.headDim * 2;
   const attScores = 2 * 2 * qHeadsActive * s.headDim * ctx;
-  const mlp = 2 * 2 * d * s.hidden * mlpExperts;
+  const mlp = 2 * 2 * d * (s.hidden * mlpExperts + s.sharedHidden * s.sharedExperts);
   const routers = 2 * ((s.routedAtt ? routerParams(d, s.attExperts, c.router.hidden) : 0) +
     (s.routedMlp ? routerParams(d, s.mlpExperts, c.router.hidden) : 0));
   return L * (attProj + attScores + mlp + routers) + 2 * d * V;
 }
 
 /**
- * MLP experts the training rule computes per token, of `n` (docs/design.md §5, §16): all of them (dense),
- * k (topk), expert choice's mean N·C/T over the T tokens of a micro-batch, or for top-p and ReLU routing
+ * Routed MLP experts the training rule computes per token, of `n` (docs/design.md §5, §16; with segments m,
+ * k and capacity count full-size experts, so m·k segments): all of them (dense), k (topk), expert choice's mean N·C/T over the T tokens of a micro-batch, or for top-p and ReLU routing
  * all of them (an upper bound: the count depends on the router).
  */
 export function trainExpertsPerToken(c: Readonly<Experiment>, n: number): number {
@@ -232,10 +251,10 @@ export function trainExpertsPerToken(c: Readonly<Experiment>, n: number): number
     case "dense":
       return n;
     case "topk":
-      return Math.min(r.k, n);
+      return Math.min(r.k * c.model.mlp.segments, n);
     case "expert_choice": {
       const T = accumulationOf(c).microBatch * c.data.seq_len;
-      return (n * expertChoiceTokens(T, n, r.capacity)) / T;
+      return (n * expertChoiceTokens(T, n, r.capacity * c.model.mlp.segments)) / T;
     }
     case "top_p":
     case "relu":
@@ -287,13 +306,14 @@ export function estimateMemory(c: Readonly<Experiment>): MemoryEstimate {
   const tokens = acc.microBatch * c.data.seq_len;
   const hd = s.headDim;
   const perLayer = 2 * s.d + (s.qHeads + 2 * s.kvHeads) * hd + s.qHeads * hd + s.qHeads + s.attExperts +
-    s.mlpExperts + 3 * s.mlpExperts * s.hidden;
+    s.mlpExperts + 3 * s.mlpExperts * s.hidden + 3 * s.sharedExperts * s.sharedHidden;
   const activations = 4 * tokens * (L * perLayer + 2 * V + 2 * s.d);
   const weights = 4 * p.total, gradAccum = acc.steps > 1 ? weights : 0;
   // Inference runs train.batch sequences at once (eval's batches).
   const inferTokens = acc.batch * c.data.seq_len;
   const kvCache = 4 * inferTokens * L * 2 * s.kvHeads * hd;
-  const inferActs = 4 * inferTokens * (s.d * 4 + s.mlpExperts * s.hidden + V);
+  const inferActs = 4 * inferTokens *
+    (s.d * 4 + s.mlpExperts * s.hidden + s.sharedExperts * s.sharedHidden + V);
   return {
     train: weights * 4 + gradAccum + activations,
     infer: weights + kvCache + inferActs,

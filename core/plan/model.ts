@@ -19,7 +19,7 @@ import type { Experiment } from "../config/schema.ts";
 import { Graph, type Value } from "../graph/ir.ts";
 import { apply, apply1 } from "../graph/ops.ts";
 import type { RouteRule } from "../graph/op_types.ts";
-import { layerShape, vocabSize } from "./counts.ts";
+import { layerShape, segmentRule, vocabSize } from "./counts.ts";
 import { isZooTrain, L1_LAMBDA, zooTrainGate } from "./router_zoo.ts";
 
 /** How a parameter is initialized and optimized. */
@@ -320,7 +320,7 @@ class _Builder {
     }
     // Inference: softmax, the rule's mask and the gate in one op (one dispatch instead of three);
     // threshold_topk keeps its own ops (its K is a mean over the batch).
-    const rule = this.infer?.[kind];
+    const asked = this.infer?.[kind], rule = asked && segmentRule(asked, this.segmentsOf(kind));
     let probs: Value;
     if (rule && this.c.router.train === "relu") {
       probs = this.reluInferRouter(l, kind, logits, rule);
@@ -422,7 +422,22 @@ class _Builder {
     return apply1(this.g, "matmul", [o2, wo]);
   }
 
+  /**
+   * The MLP block: the routed experts (or the dense MLP), plus the shared experts (docs/design.md §16), which
+   * every token runs with gate 1 in training and at inference alike.
+   */
   mlp(l: number, h: Value): Value {
+    const routed = this.routedMlp(l, h), s = this.s;
+    if (s.sharedExperts === 0) return routed;
+    const width = s.sharedExperts * s.sharedHidden, kind = this.c.model.mlp.activation;
+    const u = apply1(this.g, "matmul", [h, this.param(`h${l}.mlp.shared.w1`, [this.d, width], "normal")]);
+    const a = apply1(this.g, "activation", [u], { kind });
+    const w2 = this.param(`h${l}.mlp.shared.w2`, [width, this.d], "normal", this.projStd);
+    return apply1(this.g, "add", [routed, apply1(this.g, "matmul", [a, w2])]);
+  }
+
+  /** The routed experts of the MLP block (the dense MLP when it is not routed). */
+  routedMlp(l: number, h: Value): Value {
     const s = this.s, width = s.mlpExperts * s.hidden;
     const w1 = this.param(`h${l}.mlp.w1`, [this.d, width], "normal");
     if (this.infer && s.routedMlp) {
@@ -446,6 +461,11 @@ class _Builder {
       })[1]!
       : apply1(this.g, "activation", [u], { kind });
     return apply1(this.g, "matmul", [a, this.param(`h${l}.mlp.w2`, [width, this.d], "normal", this.projStd)]);
+  }
+
+  /** Segments per expert of a router's experts: model.mlp.segments for MLP routers, 1 for attention. */
+  segmentsOf(kind: RouterTap["kind"]): number {
+    return kind === "mlp" ? this.s.segments : 1;
   }
 
   /** The Switch loss of a router: against the batch's routed shares under `batchStats`. */
@@ -485,7 +505,7 @@ class _Builder {
     if (isZooTrain(this.c)) {
       const tap = this.routers.find((t) => t.probs === probs)!;
       const lambda = () => this.l1Lambda ??= this.g.leaf("input", `router.${L1_LAMBDA}`, [1]);
-      const z = zooTrainGate(this.g, this.c, tap, lambda);
+      const z = zooTrainGate(this.g, this.c, tap, lambda, this.segmentsOf(kind));
       tap.trainGate = z.gate;
       if (z.l1) this.l1.push(z.l1);
       if (z.zeroShare) this.zeroShares.push(z.zeroShare);
@@ -498,7 +518,8 @@ class _Builder {
     let gate = probs;
     const topk = this.c.router.train === "topk";
     if (topk || this.c.loss.load_balance > 0) {
-      const k = topk ? Math.min(this.c.router.k, experts) : 1;
+      // With segments m (docs/design.md §16) an MLP router's k counts full-size experts: m·k segments.
+      const k = Math.min((topk ? this.c.router.k : 1) * this.segmentsOf(kind), experts);
       const mask = apply1(this.g, "topk_mask", [probs], { k });
       if (topk) gate = apply1(this.g, "mul", [probs, mask]);
       if (this.c.loss.load_balance > 0) this.switch.push(this.switchLoss(probs, mask, k));

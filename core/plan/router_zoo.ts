@@ -67,19 +67,21 @@ export interface ZooGate {
  * The training gate of a router of this module over its probabilities `probs` = softmax(`logits`) (N
  * tokens × E experts): expert choice gates by S on the (token, expert) pairs each expert took; top-p by S on
  * each token's fewest experts whose mass reaches router.p (zero elsewhere); ReLU by ReLU(logits), its L1
- * term weighted by the input `lambda()` (λ).
+ * term weighted by the input `lambda()` (λ). With `segments` m (fine-grained MLP experts), expert choice's
+ * capacity counts full-size experts: m·capacity segments per token.
  */
 export function zooTrainGate(
   g: Graph,
   c: Readonly<Experiment>,
   router: { probs: Value; logits: Value },
   lambda: () => Value,
+  segments = 1,
 ): ZooGate {
   const probs = router.probs;
   const [N, E] = probs.shape as [number, number];
   switch (c.router.train) {
     case "expert_choice": {
-      const tokens = expertChoiceTokens(N, E, c.router.capacity);
+      const tokens = expertChoiceTokens(N, E, c.router.capacity * segments);
       const mask = apply1(g, "expert_choice_mask", [probs], { tokens });
       return { gate: apply1(g, "mul", [probs, mask]) };
     }
