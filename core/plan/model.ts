@@ -8,6 +8,10 @@
  * query-head groups are scaled the same way before Wo. SMoE multiplies S by its top-k mask, so unselected
  * experts get neither output nor gradient.
  *
+ * The routers of the literature (docs/design.md §16) gate through core/plan/router_zoo.ts (expert choice,
+ * top-p, ReLU with its λ input, `routerState`); shared MLP experts add a dense branch to the routed sum, and
+ * segments make the routed experts finer (core/plan/counts.ts `layerShape`).
+ *
  * Under gradient accumulation (`batchStats`), the batch-level router losses of a micro-batch's graph take
  * the whole batch's statistics as inputs: the MI loss the batch's p̄ (`mi_loss_global`), the Switch loss the
  * batch's routed shares f (`switch_loss_global`), and `mean_rows` nodes give the micro-batch's own
