@@ -101,6 +101,13 @@ export const MlpSchema = z.strictObject({
   experts: posInt("MLP experts; 1 = dense MLP", 8),
   hidden: posInt("Hidden width of each expert", 128),
   activation: z.enum(["gelu", "relu", "silu"]).default("gelu").describe("Activation inside each expert"),
+  shared: z.int().min(0).default(0).describe(
+    "Shared experts (DeepSeekMoE): always on with gate 1, each `hidden` wide, added to the routed sum",
+  ),
+  segments: posInt(
+    "Fine-grained experts (DeepSeekMoE): each expert split into m of hidden/m; m·experts routed, m·k active",
+    1,
+  ),
 });
 
 /** The decoder-only transformer. */
@@ -129,10 +136,25 @@ export const InferRuleSchema = z.strictObject({
 /** Router: how experts are weighted in training and chosen at inference. */
 export const RouterSchema = z.strictObject({
   hidden: z.int().min(0).default(0).describe("0 = linear router; >0 = d → hidden → N MLP router with GELU"),
-  train: z.enum(["dense", "topk"]).default("dense").describe(
-    "dense: every expert trains (DS-MoE); topk: SMoE",
+  train: z.enum(["dense", "topk", "expert_choice", "top_p", "relu"]).default("dense").describe(
+    "dense: every expert trains (DS-MoE); topk: SMoE; expert_choice: each expert takes its top-C tokens " +
+      "(training only); top_p: each token's fewest experts reaching mass router.p; relu: gates ReLU(s) with " +
+      "an adaptive L1 term (docs/design.md §16)",
   ),
   k: posInt("Experts per token when train: topk", 2),
+  capacity: z.number().gt(0).default(2).describe(
+    "train: expert_choice: each expert takes C = ceil(T·capacity/N) of the T tokens of a micro-batch, so " +
+      "capacity is the mean experts per token (2: the paper's EC-CF2)",
+  ),
+  p: z.number().gt(0).max(1).default(0.4).describe(
+    "train: top_p: each token keeps its most probable experts until their mass reaches p (at least one)",
+  ),
+  target_sparsity: z.number().min(0).lt(1).default(0.75).describe(
+    "train: relu: the share of zero gates the L1 weight λ steers to (0.75: 2 of 8 experts per token)",
+  ),
+  l1_rate: z.number().gt(1).default(1.2).describe(
+    "train: relu: λ is multiplied by l1_rate after a step sparser than the target, divided when denser",
+  ),
   infer: InferRuleSchema.prefault({}).describe("Inference rule for MLP experts (and attention, by default)"),
   infer_attention: InferRuleSchema.optional().describe(
     "Inference rule for attention experts; default = infer",
@@ -147,6 +169,8 @@ export const LossSchema = z.strictObject({
   }).prefault({}).describe("DS-MoE mutual-information loss"),
   load_balance: nonNeg("Switch load-balance loss weight (SMoE uses 0.01)", 0),
   z: nonNeg("Router z-loss weight", 0),
+  dynamic: nonNeg("Dynamic loss weight of router.train top_p: mean per-token router entropy", 0),
+  l1: nonNeg("router.train relu: λ_0, the first weight of the L1 term of the gates (then adapted)", 0),
 });
 
 /** Optimizer, schedule and loop. */
@@ -256,7 +280,9 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
       break;
     case "smoe":
       if (!routedMlp) issue(["model", "mlp", "experts"], "model.kind smoe needs mlp.experts > 1");
-      if (r.train !== "topk") issue(["router", "train"], "model.kind smoe needs router.train: topk");
+      if (r.train === "dense") {
+        issue(["router", "train"], `model.kind smoe needs a sparse router.train: ${SPARSE_TRAIN.join(", ")}`);
+      }
       break;
     case "dsmoe":
       if (!routedMlp && !routedAtt) {
@@ -267,6 +293,8 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
     default:
       m.kind satisfies never;
   }
+  _routerZooChecks(c, issue);
+  _expertShapeChecks(c, issue);
   if (r.train === "topk" && r.k > m.mlp.experts) {
     issue(["router", "k"], `k (${r.k}) exceeds experts (${m.mlp.experts}) at model.mlp`);
   }
@@ -313,6 +341,76 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
   // Format issues do not stop refinements in zod 4, so a malformed size must not reach parseByteSize.
   if (typeof mem === "string" && BYTE_SIZE_RE.test(mem) && parseByteSize(mem) <= 0) {
     issue(["hardware", "memory_budget"], `memory_budget must be positive, got "${mem}"`);
+  }
+}
+
+/** The training rules of model.kind smoe: every router that trains some experts per token, not all. */
+export const SPARSE_TRAIN = ["topk", "expert_choice", "top_p", "relu"] as const;
+
+/** Cross-checks of the routers of the literature (docs/design.md §16), each issue at the key to change. */
+function _routerZooChecks(
+  c: z.output<z.ZodObject<typeof _shape>>,
+  issue: (path: (string | number)[], message: string) => void,
+): void {
+  const r = c.router;
+  if (c.loss.dynamic > 0 && r.train !== "top_p") {
+    issue(["loss", "dynamic"], `loss.dynamic is the dynamic loss of router.train top_p, not ${r.train}`);
+  }
+  if (r.train === "relu") _reluChecks(c, issue);
+  else if (c.loss.l1 > 0) issue(["loss", "l1"], `loss.l1 is λ_0 of router.train relu, not ${r.train}`);
+  if (r.train === "expert_choice" && c.loss.load_balance > 0) {
+    issue(
+      ["loss", "load_balance"],
+      "router.train expert_choice is balanced by construction (every expert takes C tokens): set " +
+        "loss.load_balance to 0",
+    );
+  }
+}
+
+/** Shared and fine-grained experts (docs/design.md §16): segments divide the width; both need routing. */
+function _expertShapeChecks(
+  c: z.output<z.ZodObject<typeof _shape>>,
+  issue: (path: (string | number)[], message: string) => void,
+): void {
+  const mlp = c.model.mlp;
+  if (mlp.hidden % mlp.segments !== 0) {
+    issue(
+      ["model", "mlp", "segments"],
+      `segments (${mlp.segments}) must divide model.mlp.hidden (${mlp.hidden}): each segment is hidden/m wide`,
+    );
+  }
+  for (const key of ["shared", "segments"] as const) {
+    if (mlp.experts === 1 && mlp[key] > (key === "shared" ? 0 : 1)) {
+      issue(["model", "mlp", key], `model.mlp.${key} needs routed experts (model.mlp.experts > 1)`);
+    }
+  }
+}
+
+/** ReLU routing: λ_0 > 0 (λ only ever scales), no softmax-based router loss. */
+function _reluChecks(
+  c: z.output<z.ZodObject<typeof _shape>>,
+  issue: (path: (string | number)[], message: string) => void,
+): void {
+  if (c.loss.l1 <= 0) {
+    issue(
+      ["loss", "l1"],
+      "router.train relu needs loss.l1 > 0: it is λ_0, the first L1 weight, which each step multiplies or " +
+        "divides by router.l1_rate (e.g. loss.l1: 1e-3)",
+    );
+  }
+  const softmaxLosses: [string, number][] = [
+    ["load_balance", c.loss.load_balance],
+    ["mi.mlp", c.loss.mi.mlp],
+    ["mi.attention", c.loss.mi.attention],
+  ];
+  for (const [key, w] of softmaxLosses) {
+    if (w > 0) {
+      issue(
+        ["loss", ...key.split(".")],
+        `loss.${key} acts on the softmax of the router, which router.train relu does not gate with (its ` +
+          "sparsity comes from the L1 term): set it to 0",
+      );
+    }
   }
 }
 

@@ -60,7 +60,10 @@ export interface GatedActivationAttrs {
   readonly blocks: number;
 }
 
-/** The Switch losses and their backward: the top-k of the mask. */
+/**
+ * The Switch losses and their backward: the top-k of the mask; 0 for a mask with a varying number of experts
+ * per token (top-p routing, docs/design.md §16), whose column means are then divided by their sum.
+ */
 export interface SwitchLossAttrs {
   readonly k: number;
 }
@@ -102,6 +105,13 @@ export interface OpAttrs {
   router_scale: { readonly blocks?: number };
   router_scale_ds: { readonly blocks: number };
   topk_mask: { readonly k: number };
+  /** tokens: C, the tokens each expert takes (expert-choice routing, docs/design.md §16). */
+  expert_choice_mask: { readonly tokens: number };
+  /** p: the probability mass the kept experts reach (dynamic top-p routing, docs/design.md §16). */
+  topp_mask: { readonly p: number };
+  /** The inference router of ReLU-routed models (docs/design.md §16): the rule, as route_gate's. */
+  relu_route_gate: Readonly<RouteRule>;
+  zero_share: NoAttrs;
   route_mask: Readonly<RouteRule>;
   route_gate: Readonly<RouteRule>;
   moe_mlp: { readonly experts: number; readonly activation: ActivationKind };
@@ -125,6 +135,10 @@ export interface OpAttrs {
   switch_loss_global_backward: SwitchLossAttrs;
   z_loss: NoAttrs;
   z_loss_backward: NoAttrs;
+  entropy_loss: NoAttrs;
+  entropy_loss_backward: NoAttrs;
+  l1_loss: NoAttrs;
+  l1_loss_backward: NoAttrs;
 }
 
 /** The name of a graph operation: the one list every op table is checked against. */

@@ -17,6 +17,7 @@
  */
 import { type Experiment, type InferRule, parseByteSize } from "../config/schema.ts";
 import { tokenizerVocabSize } from "../data/vocab.ts";
+import { expertChoiceTokens } from "./router_zoo.ts";
 
 /** Vocabulary size of a tokenizer (core/data/vocab.ts: byte 256, bpe data.vocab_size, gpt2 50257, file:). */
 export function vocabSize(data: Experiment["data"]): number {
@@ -56,13 +57,15 @@ export interface ParamCounts {
   attention_qo: number; // query and output projections (all experts)
   attention_kv: number; // key and value projections (shared by attention experts)
   attention_router: number;
-  mlp_experts: number; // all MLP experts (or the dense MLP)
+  mlp_experts: number; // all routed MLP experts (or the dense MLP)
+  mlp_shared: number; // shared MLP experts (always on; docs/design.md §16)
   mlp_router: number;
   total: number;
   /**
    * Routed expert parameters (docs/design.md §5): the Q/O of the experts of a routed attention block (MoA) and
-   * the experts of a routed MLP, whatever the model kind; 0 for a dense model. The parameters an inference rule
-   * can skip (hidden % is a share of all the attention and MLP weights, not of these).
+   * the experts of a routed MLP (shared MLP experts included: they are part of the expert block, always run),
+   * whatever the model kind; 0 for a dense model. An inference rule can skip these (hidden % is a share of
+   * all the attention and MLP weights, not of these).
    */
   experts: number;
 }
@@ -75,8 +78,11 @@ export interface LayerShape {
   headDim: number;
   attExperts: number; // 1 when attention is not routed
   headsPerExpert: number; // query heads per attention expert
-  mlpExperts: number;
-  hidden: number; // per MLP expert
+  mlpExperts: number; // routed MLP experts: model.mlp.experts × segments
+  hidden: number; // per routed MLP expert: model.mlp.hidden / segments
+  segments: number; // model.mlp.segments (fine-grained experts, docs/design.md §16)
+  sharedExperts: number; // model.mlp.shared: always-on MLP experts
+  sharedHidden: number; // per shared expert: model.mlp.hidden
   routedAtt: boolean;
   routedMlp: boolean;
 }
@@ -92,11 +98,22 @@ export function layerShape(c: Readonly<Experiment>): LayerShape {
     headDim: a.head_dim,
     attExperts: moa ? a.experts : 1,
     headsPerExpert: moa ? a.heads_per_expert : a.heads,
-    mlpExperts: m.experts,
-    hidden: m.hidden,
+    mlpExperts: m.experts * m.segments,
+    hidden: m.hidden / m.segments,
+    segments: m.segments,
+    sharedExperts: m.shared,
+    sharedHidden: m.hidden,
     routedAtt: moa,
     routedMlp: m.experts > 1,
   };
+}
+
+/**
+ * A rule of the MLP routers in routed-expert units: with segments m (docs/design.md §16) top-k's k counts
+ * full-size experts, so m·k segments run.
+ */
+export function segmentRule<R extends { kind: string; k: number }>(rule: R, segments: number): R {
+  return segments === 1 ? rule : { ...rule, k: rule.k * segments };
 }
 
 /** Parameters of one router over `n` experts. */
@@ -118,7 +135,7 @@ export function countParams(c: Readonly<Experiment>): ParamCounts {
   const qo = 2 * d * s.qHeads * s.headDim * L;
   const kv = 2 * d * s.kvHeads * s.headDim * L;
   const attRouter = s.routedAtt ? routerParams(d, s.attExperts, c.router.hidden) * L : 0;
-  const mlp = 2 * d * s.hidden * s.mlpExperts * L;
+  const mlp = 2 * d * s.hidden * s.mlpExperts * L, shared = 2 * d * s.sharedHidden * s.sharedExperts * L;
   const mlpRouter = s.routedMlp ? routerParams(d, s.mlpExperts, c.router.hidden) * L : 0;
   const counts = {
     embedding: V * d,
@@ -129,11 +146,13 @@ export function countParams(c: Readonly<Experiment>): ParamCounts {
     attention_kv: kv,
     attention_router: attRouter,
     mlp_experts: mlp,
+    mlp_shared: shared,
     mlp_router: mlpRouter,
-    experts: (s.routedAtt ? qo : 0) + (s.routedMlp ? mlp : 0),
+    experts: (s.routedAtt ? qo : 0) + (s.routedMlp ? mlp + shared : 0),
   };
   const total = counts.embedding + counts.position + counts.lm_head + counts.norms + qo + kv + attRouter +
     mlp +
+    shared +
     mlpRouter;
   return { ...counts, total };
 }
@@ -202,10 +221,13 @@ export function activeParams(c: Readonly<Experiment>): ActiveParams {
   const s = layerShape(c);
   const attRule = c.router.infer_attention ?? c.router.infer;
   const att = s.routedAtt ? expectedActive(attRule, s.attExperts) : { experts: 1, exact: true };
-  const mlp = s.routedMlp ? expectedActive(c.router.infer, s.mlpExperts) : { experts: 1, exact: true };
+  const mlpRule = segmentRule(c.router.infer, s.segments);
+  const mlp = s.routedMlp ? expectedActive(mlpRule, s.mlpExperts) : { experts: 1, exact: true };
+  // A ReLU-routed model runs only the selected experts whose gate is above 0: every count is a bound.
+  const relu = c.router.train === "relu";
   return {
     ...activeWith(c, att.experts, mlp.experts),
-    exact: att.exact && mlp.exact,
+    exact: att.exact && mlp.exact && !relu,
     attExperts: att.experts,
     mlpExperts: mlp.experts,
   };
@@ -228,8 +250,9 @@ export function activeWith(
   mlpExperts: number,
 ): ParamShare {
   const s = layerShape(c), p = countParams(c);
+  // Shared MLP experts always run (docs/design.md §16).
   const qo = s.routedAtt ? (p.attention_qo / s.attExperts) * attExperts : p.attention_qo;
-  const mlpActive = s.routedMlp ? (p.mlp_experts / s.mlpExperts) * mlpExperts : p.mlp_experts;
+  const mlpActive = s.routedMlp ? (p.mlp_experts / s.mlpExperts) * mlpExperts + p.mlp_shared : p.mlp_experts;
   const expertsActive = (s.routedAtt ? qo : 0) + (s.routedMlp ? mlpActive : 0);
   return activeOfSkipped(c, p.experts - expertsActive);
 }
@@ -241,7 +264,7 @@ export function activeWith(
  */
 export function activeOfSkipped(c: Readonly<Experiment>, skipped: number): ParamShare {
   const p = countParams(c);
-  const hidden = p.attention_qo + p.attention_kv + p.mlp_experts;
+  const hidden = p.attention_qo + p.attention_kv + p.mlp_experts + p.mlp_shared;
   const all = hidden + p.attention_router + p.mlp_router;
   return {
     active: all - skipped,
@@ -285,10 +308,34 @@ export function forwardFlops(c: Readonly<Experiment>, attExperts: number, mlpExp
   const ctx = (c.data.seq_len + 1) / 2;
   const attProj = 2 * d * qHeadsActive * s.headDim * 2 + 2 * d * s.kvHeads * s.headDim * 2;
   const attScores = 2 * 2 * qHeadsActive * s.headDim * ctx;
-  const mlp = 2 * 2 * d * s.hidden * mlpExperts;
+  const mlp = 2 * 2 * d * (s.hidden * mlpExperts + s.sharedHidden * s.sharedExperts);
   const routers = 2 * ((s.routedAtt ? routerParams(d, s.attExperts, c.router.hidden) : 0) +
     (s.routedMlp ? routerParams(d, s.mlpExperts, c.router.hidden) : 0));
   return L * (attProj + attScores + mlp + routers) + 2 * d * V;
+}
+
+/**
+ * Routed MLP experts the training rule computes per token, of `n` (docs/design.md §5, §16; with segments m,
+ * k and capacity count full-size experts, so m·k segments): all of them (dense), k (topk), expert choice's mean N·C/T over the T tokens of a micro-batch, or for top-p and ReLU routing
+ * all of them (an upper bound: the count depends on the router).
+ */
+export function trainExpertsPerToken(c: Readonly<Experiment>, n: number): number {
+  const r = c.router;
+  switch (r.train) {
+    case "dense":
+      return n;
+    case "topk":
+      return Math.min(r.k * c.model.mlp.segments, n);
+    case "expert_choice": {
+      const T = accumulationOf(c).microBatch * c.data.seq_len;
+      return (n * expertChoiceTokens(T, n, r.capacity * c.model.mlp.segments)) / T;
+    }
+    case "top_p":
+    case "relu":
+      return n; // an upper bound: the count depends on the trained router
+    default:
+      return r.train satisfies never;
+  }
 }
 
 /** Training and inference FLOPs per token. */
@@ -301,7 +348,7 @@ export interface Flops {
 /** FLOPs per token for training (3 × forward) and inference. */
 export function flopsPerToken(c: Readonly<Experiment>): Flops {
   const s = layerShape(c), a = activeParams(c);
-  const trainMlp = c.router.train === "topk" ? Math.min(c.router.k, s.mlpExperts) : s.mlpExperts;
+  const trainMlp = trainExpertsPerToken(c, s.mlpExperts);
   return {
     train: 3 * forwardFlops(c, s.attExperts, trainMlp),
     infer: forwardFlops(c, a.attExperts, a.mlpExperts),
@@ -333,13 +380,14 @@ export function estimateMemory(c: Readonly<Experiment>): MemoryEstimate {
   const tokens = acc.microBatch * c.data.seq_len;
   const hd = s.headDim;
   const perLayer = 2 * s.d + (s.qHeads + 2 * s.kvHeads) * hd + s.qHeads * hd + s.qHeads + s.attExperts +
-    s.mlpExperts + 3 * s.mlpExperts * s.hidden;
+    s.mlpExperts + 3 * s.mlpExperts * s.hidden + 3 * s.sharedExperts * s.sharedHidden;
   const activations = 4 * tokens * (L * perLayer + 2 * V + 2 * s.d);
   const weights = 4 * p.total, gradAccum = acc.steps > 1 ? weights : 0;
   // Inference runs train.batch sequences at once (eval's batches).
   const inferTokens = acc.batch * c.data.seq_len;
   const kvCache = 4 * inferTokens * L * 2 * s.kvHeads * hd;
-  const inferActs = 4 * inferTokens * (s.d * 4 + s.mlpExperts * s.hidden + V);
+  const inferActs = 4 * inferTokens *
+    (s.d * 4 + s.mlpExperts * s.hidden + s.sharedExperts * s.sharedHidden + V);
   return {
     train: weights * 4 + gradAccum + activations,
     infer: weights + kvCache + inferActs,

@@ -8,6 +8,10 @@
  * query-head groups are scaled the same way before Wo. SMoE multiplies S by its top-k mask, so unselected
  * experts get neither output nor gradient.
  *
+ * The routers of the literature (docs/design.md §16) gate through core/plan/router_zoo.ts (expert choice,
+ * top-p, ReLU with its λ input, `routerState`); shared MLP experts add a dense branch to the routed sum, and
+ * segments make the routed experts finer (core/plan/counts.ts `layerShape`).
+ *
  * Under gradient accumulation (`batchStats`), the batch-level router losses of a micro-batch's graph take
  * the whole batch's statistics as inputs: the MI loss the batch's p̄ (`mi_loss_global`), the Switch loss the
  * batch's routed shares f (`switch_loss_global`), and `mean_rows` nodes give the micro-batch's own
@@ -19,7 +23,8 @@ import type { Experiment } from "../config/schema.ts";
 import { Graph, type Value } from "../graph/ir.ts";
 import { apply, apply1 } from "../graph/ops.ts";
 import type { RouteRule } from "../graph/op_types.ts";
-import { layerShape, vocabSize } from "./counts.ts";
+import { layerShape, segmentRule, vocabSize } from "./counts.ts";
+import { isZooTrain, L1_LAMBDA, zooTrainGate } from "./router_zoo.ts";
 
 /** How a parameter is initialized and optimized. */
 export interface ParamSpec {
@@ -37,6 +42,11 @@ export interface RouterTap {
   probs: Value; // (N, E)
   /** 0/1 experts run per token under the inference rule (inference graphs; absent for the dense rule). */
   mask?: Value;
+  /**
+   * The training gate (N, E) of a router of docs/design.md §16 (training graphs): a pair is routed iff its
+   * gate is above 0; evaluation reads it for the per-expert load and the share of tokens no expert took.
+   */
+  trainGate?: Value;
 }
 
 /** Inference routing rules of an inference graph, for MLP and attention routers separately. */
@@ -52,6 +62,18 @@ export interface InferRules {
 export interface BatchStat {
   micro: Value; // (E,) mean_rows of the router's probabilities (p̄) or top-k mask (f)
   batch: Value; // (E,) input leaf read by mi_loss_global / switch_loss_global
+}
+
+/**
+ * Optimizer-free router state (docs/design.md §16): an input leaf of the training graph that the backends
+ * hold, save in checkpoints (`router_state/<name>`) and change after each step by `update`.
+ */
+export interface RouterStateLeaf {
+  name: string;
+  value: Value; // the input leaf
+  init: number; // its value before the first step
+  /** λ of ReLU routing: times rate^sign(target − the step's mean `sparsity`), after a finite step. */
+  update: { kind: "l1_lambda"; sparsity: Value; target: number; rate: number };
 }
 
 /** Options of {@linkcode buildModel}. */
@@ -78,6 +100,10 @@ export interface ModelGraph {
   tokens: number; // N = batch · seq_len
   /** With `batchStats`: every router statistic the batch-level losses read (empty otherwise). */
   batchStats: BatchStat[];
+  /** Scalars a training step also reports, logged as `train/<key>` (routers of docs/design.md §16). */
+  scalars: { key: string; value: Value }[];
+  /** Optimizer-free router state of training graphs (empty for most models). */
+  routerState: RouterStateLeaf[];
 }
 
 /**
@@ -149,6 +175,9 @@ export function buildModel(
   weighted(b.mi.mlp, c.loss.mi.mlp);
   weighted(b.switch, c.loss.load_balance);
   weighted(b.z, c.loss.z);
+  weighted(b.dynamic, c.loss.dynamic);
+  terms.push(...b.l1); // weighted by their λ input
+  const scalars = _scalars(b);
   const loss = terms.length === 1 ? lmLoss : apply1(b.g, "add_n", terms);
   return {
     graph: b.g,
@@ -163,7 +192,39 @@ export function buildModel(
     routers: b.routers,
     tokens: b.N,
     batchStats: b.stats,
+    scalars,
+    routerState: _routerState(b, scalars),
   };
+}
+
+/**
+ * The scalars a training step logs beside its losses (docs/design.md §16): `dynamic_loss`, the sum of the
+ * top-p routers' entropies (unweighted); `l1_loss`, the sum of the ReLU routers' L1 terms (weighted by λ),
+ * and `relu_sparsity`, their mean share of zero gates.
+ */
+function _scalars(b: _Builder): ModelGraph["scalars"] {
+  const sum = (vs: Value[]) => vs.length === 1 ? vs[0]! : apply1(b.g, "add_n", vs);
+  const out: ModelGraph["scalars"] = [];
+  if (b.dynamic.length > 0) out.push({ key: "dynamic_loss", value: sum(b.dynamic) });
+  if (b.l1.length > 0) {
+    out.push({ key: "l1_loss", value: sum(b.l1) });
+    const zeros = b.zeroShares, mean = apply1(b.g, "scale", [sum(zeros)], { alpha: 1 / zeros.length });
+    out.push({ key: "relu_sparsity", value: mean });
+  }
+  return out;
+}
+
+/** The router state of a training graph: ReLU routing's λ, updated from the step's `relu_sparsity`. */
+function _routerState(b: _Builder, scalars: ModelGraph["scalars"]): RouterStateLeaf[] {
+  if (!b.l1Lambda) return [];
+  const sparsity = scalars.find((s) => s.key === "relu_sparsity")!.value;
+  const r = b.c.router;
+  return [{
+    name: L1_LAMBDA,
+    value: b.l1Lambda,
+    init: b.c.loss.l1,
+    update: { kind: "l1_lambda", sparsity, target: r.target_sparsity, rate: r.l1_rate },
+  }];
 }
 
 class _Builder {
@@ -175,6 +236,12 @@ class _Builder {
   readonly mi = { attention: [] as Value[], mlp: [] as Value[] };
   readonly switch: Value[] = [];
   readonly z: Value[] = [];
+  /** The dynamic (entropy) losses of top-p routers (docs/design.md §16). */
+  readonly dynamic: Value[] = [];
+  /** ReLU routers' L1 terms and shares of zero gates, and the λ input they share (docs/design.md §16). */
+  readonly l1: Value[] = [];
+  readonly zeroShares: Value[] = [];
+  l1Lambda: Value | undefined;
   readonly stats: BatchStat[] = [];
   readonly batchStats: boolean;
   readonly c: Readonly<Experiment>;
@@ -257,9 +324,11 @@ class _Builder {
     }
     // Inference: softmax, the rule's mask and the gate in one op (one dispatch instead of three);
     // threshold_topk keeps its own ops (its K is a mean over the batch).
-    const rule = this.infer?.[kind];
+    const asked = this.infer?.[kind], rule = asked && segmentRule(asked, this.segmentsOf(kind));
     let probs: Value;
-    if (rule && rule.kind !== "dense" && rule.kind !== "threshold_topk") {
+    if (rule && this.c.router.train === "relu") {
+      probs = this.reluInferRouter(l, kind, logits, rule);
+    } else if (rule && rule.kind !== "dense" && rule.kind !== "threshold_topk") {
       const [p, mask, gate] = apply(this.g, "route_gate", [logits], { ...rule });
       probs = p!;
       this.routers.push({ layer: l, kind, logits, probs, mask: mask! });
@@ -275,6 +344,28 @@ class _Builder {
     );
     if (this.c.loss.z > 0) this.z.push(apply1(this.g, "z_loss", [logits]));
     return probs;
+  }
+
+  /**
+   * The inference router of a ReLU-routed model (docs/design.md §16): gates g = ReLU(logits), the rule
+   * applied to the normalized gates g / Σ g and kept where g > 0, gate g ⊙ mask (fused, `relu_route_gate`;
+   * threshold_topk's batch-mean K through `route_mask`). Records the router; returns the normalized gates.
+   */
+  reluInferRouter(l: number, kind: RouterTap["kind"], logits: Value, rule: RouteRule): Value {
+    const fused = rule.kind !== "threshold_topk";
+    const [probs, positive, g] = apply(this.g, "relu_route_gate", [logits], {
+      ...rule,
+      kind: fused ? rule.kind : "dense",
+    });
+    let mask = positive!, gate = g!;
+    if (!fused) {
+      const m = apply1(this.g, "route_mask", [probs!], { ...rule });
+      mask = apply1(this.g, "mul", [m, positive!]);
+      gate = apply1(this.g, "mul", [g!, m]);
+    }
+    this.routers.push({ layer: l, kind, logits, probs: probs!, mask });
+    this.fusedGates.set(probs!.id, gate);
+    return probs!;
   }
 
   /** The input leaf `name` (E,) that takes the batch's mean of `x`'s column means; records the pair. */
@@ -297,7 +388,9 @@ class _Builder {
       this.caches.push(...cache);
       cache.push(this.pos);
     }
-    if (this.infer && s.routedAtt && this.infer.attention.kind !== "dense") {
+    // A ReLU-routed model computes only the experts with g > 0 even under the dense rule (docs/design.md §16).
+    const sparse = this.infer && (this.infer.attention.kind !== "dense" || this.c.router.train === "relu");
+    if (sparse && s.routedAtt) {
       // Inference: only routed experts compute their query heads and output projection.
       const gate = this.inferGate(this.router(l, "attention", h, s.attExperts), "attention");
       const wo = this.param(`h${l}.attn.wo`, [s.qHeads * D, this.d], "normal", this.projStd);
@@ -333,7 +426,22 @@ class _Builder {
     return apply1(this.g, "matmul", [o2, wo]);
   }
 
+  /**
+   * The MLP block: the routed experts (or the dense MLP), plus the shared experts (docs/design.md §16), which
+   * every token runs with gate 1 in training and at inference alike.
+   */
   mlp(l: number, h: Value): Value {
+    const routed = this.routedMlp(l, h), s = this.s;
+    if (s.sharedExperts === 0) return routed;
+    const width = s.sharedExperts * s.sharedHidden, kind = this.c.model.mlp.activation;
+    const u = apply1(this.g, "matmul", [h, this.param(`h${l}.mlp.shared.w1`, [this.d, width], "normal")]);
+    const a = apply1(this.g, "activation", [u], { kind });
+    const w2 = this.param(`h${l}.mlp.shared.w2`, [width, this.d], "normal", this.projStd);
+    return apply1(this.g, "add", [routed, apply1(this.g, "matmul", [a, w2])]);
+  }
+
+  /** The routed experts of the MLP block (the dense MLP when it is not routed). */
+  routedMlp(l: number, h: Value): Value {
     const s = this.s, width = s.mlpExperts * s.hidden;
     const w1 = this.param(`h${l}.mlp.w1`, [this.d, width], "normal");
     if (this.infer && s.routedMlp) {
@@ -357,6 +465,11 @@ class _Builder {
       })[1]!
       : apply1(this.g, "activation", [u], { kind });
     return apply1(this.g, "matmul", [a, this.param(`h${l}.mlp.w2`, [width, this.d], "normal", this.projStd)]);
+  }
+
+  /** Segments per expert of a router's experts: model.mlp.segments for MLP routers, 1 for attention. */
+  segmentsOf(kind: RouterTap["kind"]): number {
+    return kind === "mlp" ? this.s.segments : 1;
   }
 
   /** The Switch loss of a router: against the batch's routed shares under `batchStats`. */
@@ -388,14 +501,29 @@ class _Builder {
 
   /**
    * The per-token expert gate (N, E): S for dense training, S ⊙ top-k mask for SMoE (recording the Switch
-   * loss when asked), and at inference S ⊙ the rule's mask.
+   * loss when asked), the gate of a router of docs/design.md §16 (core/plan/router_zoo.ts; recorded as the
+   * router's `trainGate`), and at inference S ⊙ the rule's mask.
    */
   gateValue(probs: Value, experts: number, kind: RouterTap["kind"]): Value {
     if (this.infer) return this.inferGate(probs, kind);
+    if (isZooTrain(this.c)) {
+      const tap = this.routers.find((t) => t.probs === probs)!;
+      const lambda = () => this.l1Lambda ??= this.g.leaf("input", `router.${L1_LAMBDA}`, [1]);
+      const z = zooTrainGate(this.g, this.c, tap, lambda, this.segmentsOf(kind));
+      tap.trainGate = z.gate;
+      if (z.l1) this.l1.push(z.l1);
+      if (z.zeroShare) this.zeroShares.push(z.zeroShare);
+      if (z.switchMask && this.c.loss.load_balance > 0) {
+        this.switch.push(this.switchLoss(probs, z.switchMask, 0));
+      }
+      if (z.dynamic) this.dynamic.push(z.dynamic);
+      return z.gate;
+    }
     let gate = probs;
     const topk = this.c.router.train === "topk";
     if (topk || this.c.loss.load_balance > 0) {
-      const k = topk ? Math.min(this.c.router.k, experts) : 1;
+      // With segments m (docs/design.md §16) an MLP router's k counts full-size experts: m·k segments.
+      const k = Math.min((topk ? this.c.router.k : 1) * this.segmentsOf(kind), experts);
       const mask = apply1(this.g, "topk_mask", [probs], { k });
       if (topk) gate = apply1(this.g, "mul", [probs, mask]);
       if (this.c.loss.load_balance > 0) this.switch.push(this.switchLoss(probs, mask, k));

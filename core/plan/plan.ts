@@ -44,7 +44,7 @@ export interface TrainPlan {
   mode: "train-dense";
   model: ModelGraph;
   grads: Value[];
-  outputs: Value[]; // loss, LM loss, MI losses, then gradients
+  outputs: Value[]; // loss, LM loss, MI losses, the model's scalars, then gradients
   schedule: Schedule;
   microBatch: number; // sequences per execution of `schedule` (a micro-step)
   accumulation: number; // micro-steps per optimizer step; gradients and `outputs` are their means
@@ -53,7 +53,10 @@ export interface TrainPlan {
    * whose mean over the micro-batches is fed to `.batch`. Null without accumulation or batch-level losses.
    */
   stats: Schedule | null;
-  /** Forward only, for evaluation: the LM loss and every router's probabilities of a micro-batch. */
+  /**
+   * Forward only, for evaluation: the LM loss and every router's probabilities of a micro-batch, then the
+   * training gates of the routers that expose one (`RouterTap.trainGate`, docs/design.md §16).
+   */
   evaluate: Schedule;
 }
 
@@ -110,9 +113,20 @@ export function plan(
       const batchStats = accumulation > 1 && hasBatchRouterLoss(c);
       const model = buildModel(c, microBatch, undefined, { batchStats });
       const grads = gradients(model.graph, model.loss, model.params.map((p) => p.value));
-      const outputs = [model.loss, model.lmLoss, ...model.miLoss.attention, ...model.miLoss.mlp, ...grads];
+      const outputs = [
+        model.loss,
+        model.lmLoss,
+        ...model.miLoss.attention,
+        ...model.miLoss.mlp,
+        ...model.scalars.map((s) => s.value),
+        ...grads,
+      ];
       const stats = batchStats ? schedule(model.graph, model.batchStats.map((s) => s.micro)) : null;
-      const evaluate = schedule(model.graph, [model.lmLoss, ...model.routers.map((r) => r.probs)]);
+      const evaluate = schedule(model.graph, [
+        model.lmLoss,
+        ...model.routers.map((r) => r.probs),
+        ...model.routers.flatMap((r) => r.trainGate ? [r.trainGate] : []),
+      ]);
       return {
         mode,
         model,

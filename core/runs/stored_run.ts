@@ -6,8 +6,8 @@
  * - the run id (or `<runs-dir>/<id>` path) names a directory inside the runs directory, not a link;
  * - the config fits its `hardware.memory_budget` (the check `run` applies to new runs);
  * - the checkpoint's tensors are those of the config's model ({@linkcode checkCheckpointContent}): every
- *   parameter with exactly its shape, F32, finite, nothing else; to resume, also both Adam moments and an
- *   optimizer step equal to the checkpoint's step;
+ *   parameter with exactly its shape, F32, finite, nothing else; to resume, also both Adam moments, the
+ *   router state (docs/design.md §16; finite, ≥ 0) and an optimizer step equal to the checkpoint's step;
  * - when the manifest lists checkpoints but none is intact, the run is refused ({@linkcode CheckpointError},
  *   naming each damaged file and why) rather than started over: starting over is a new run.
  *
@@ -25,6 +25,7 @@ import { isPlainMap, MAX_FILE_BYTES, parseYaml } from "../config/yaml_source.ts"
 import type { Experiment } from "../config/schema.ts";
 import { estimateMemory, fitsMemoryBudget } from "../plan/counts.ts";
 import { buildModel } from "../plan/model.ts";
+import { routerStateShapes } from "../plan/router_zoo.ts";
 import { fmtBytes } from "../util/format.ts";
 import {
   type CheckpointEntry,
@@ -158,6 +159,11 @@ export function checkCheckpointContent(
       _checkTensor(file, `adam_v/${name}`, shape, true);
     }
     for (const prefix of ["param/", "adam_m/", "adam_v/"]) known.add(`${prefix}${name}`);
+  }
+  // Optimizer-free router state (docs/design.md §16): needed to resume, read by nothing at inference.
+  for (const [name, shape] of routerStateShapes(c)) {
+    if (o.purpose === "resume") _checkTensor(file, `router_state/${name}`, shape, true);
+    known.add(`router_state/${name}`);
   }
   for (const name of file.tensors.keys()) {
     if (!known.has(name)) {

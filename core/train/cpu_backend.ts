@@ -15,8 +15,9 @@ import type { ModelGraph } from "../plan/model.ts";
 import { plan, type TrainPlan } from "../plan/plan.ts";
 import { adamwStepRef } from "../ref/adamw.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
-import { routerStats } from "./router_stats.ts";
+import { routerStats, trainRuleStats } from "./router_stats.ts";
 import { initParams } from "./init.ts";
+import { nextL1Lambda } from "../plan/router_zoo.ts";
 
 /** The float64 reference backend. */
 export class CpuTrainBackend implements TrainBackend {
@@ -31,6 +32,8 @@ export class CpuTrainBackend implements TrainBackend {
   readonly #params = new Map<string, Float64Array>();
   readonly #m = new Map<string, Float64Array>();
   readonly #v = new Map<string, Float64Array>();
+  /** Router state values by name (ReLU routing's λ), fed to the state leaves, changed after each step. */
+  readonly #routerState = new Map<string, number>();
   #t = 0;
 
   constructor(c: Readonly<Experiment>) {
@@ -44,6 +47,7 @@ export class CpuTrainBackend implements TrainBackend {
       this.#m.set(name, new Float64Array(data.length));
       this.#v.set(name, new Float64Array(data.length));
     }
+    for (const s of this.model.routerState) this.#routerState.set(s.name, s.init);
   }
 
   /**
@@ -58,7 +62,13 @@ export class CpuTrainBackend implements TrainBackend {
       const means = _meanOver(K, (k) => evaluateGraph(p.stats!.nodes, feeds(k), micro, CPU_OPS));
       this.#batchStats = new Map(m.batchStats.map((s, i) => [s.batch.id, means[i]!]));
     }
-    const parts = [m.loss, m.lmLoss, ...m.miLoss.attention, ...m.miLoss.mlp];
+    const parts = [
+      m.loss,
+      m.lmLoss,
+      ...m.miLoss.attention,
+      ...m.miLoss.mlp,
+      ...m.scalars.map((s) => s.value),
+    ];
     const outs = _meanOver(
       K,
       (k) => evaluateGraph(p.schedule.nodes, feeds(k), [...parts, ...this.grads], CPU_OPS),
@@ -80,7 +90,7 @@ export class CpuTrainBackend implements TrainBackend {
       throw new RangeError("Cannot profile the CPU reference backend: it has no GPU kernels");
     }
     const { parts, grads } = this.lossAndGrads(batch);
-    const m = this.model, nAtt = m.miLoss.attention.length;
+    const m = this.model, nAtt = m.miLoss.attention.length, nMi = nAtt + m.miLoss.mlp.length;
     let sq = 0;
     for (const g of grads) for (const x of g) sq += x * x;
     const gradNorm = Math.sqrt(sq);
@@ -104,30 +114,49 @@ export class CpuTrainBackend implements TrainBackend {
         });
       });
     }
+    const scalar = (v: Value) => parts[2 + nMi + m.scalars.findIndex((s) => s.value === v)]!;
+    if (finite) {
+      for (const s of m.routerState) {
+        const u = s.update, now = this.#routerState.get(s.name)!;
+        this.#routerState.set(s.name, nextL1Lambda(now, scalar(u.sparsity), u.target, u.rate));
+      }
+    }
     const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
     return Promise.resolve({
       loss: parts[0]!,
       lmLoss: parts[1]!,
       miAttention: sum(parts.slice(2, 2 + nAtt)),
-      miMlp: sum(parts.slice(2 + nAtt)),
+      miMlp: sum(parts.slice(2 + nAtt, 2 + nMi)),
       gradNorm,
       finite,
+      scalars: Object.fromEntries([
+        ...m.scalars.map((s, i) => [s.key, parts[2 + nMi + i]!]),
+        ...this.#routerState,
+      ]),
     });
   }
 
   /** Forward passes over the batch's micro-batches: the mean LM loss, router statistics over every token. */
   evaluate(batch: Batch): Promise<EvalResult> {
     const m = this.model, K = this.plan.accumulation, outs: HostValue[][] = [];
+    const gates = m.routers.flatMap((r) => r.trainGate ? [r.trainGate] : []);
     for (let k = 0; k < K; k++) {
       outs.push(evaluateGraph(this.#evalNodes, this.#feeds(batch, k), [
         m.lmLoss,
         ...m.routers.map((r) => r.probs),
+        ...gates,
       ], CPU_OPS));
     }
+    /** Output `at` of every micro-batch, one after another. */
+    const joined = (at: number) => {
+      const size = outs[0]![at]!.length, all = new Float64Array(K * size);
+      outs.forEach((o, k) => all.set(o[at]!, k * size));
+      return all;
+    };
     const routers = m.routers.map((r, i) => {
-      const probs = new Float64Array(K * r.probs.shape[0]! * r.probs.shape[1]!);
-      outs.forEach((o, k) => probs.set(o[i + 1]!, (k * probs.length) / K));
-      return routerStats(r.layer, r.kind, probs, r.probs.shape[1]!);
+      const E = r.probs.shape[1]!, stats = routerStats(r.layer, r.kind, joined(i + 1), E);
+      const g = r.trainGate ? gates.indexOf(r.trainGate) : -1;
+      return g < 0 ? stats : { ...stats, train: trainRuleStats(joined(1 + m.routers.length + g), E) };
     });
     return Promise.resolve({ lmLoss: outs.reduce((a, o) => a + o[0]![0]!, 0) / K, routers });
   }
@@ -141,7 +170,8 @@ export class CpuTrainBackend implements TrainBackend {
       });
     }
     const f32 = (m: Map<string, Float64Array>) => new Map([...m].map(([k, v]) => [k, Float32Array.from(v)]));
-    return Promise.resolve({ params, adamM: f32(this.#m), adamV: f32(this.#v), step: this.#t });
+    const routerState = new Map([...this.#routerState].map(([k, v]) => [k, Float32Array.of(v)]));
+    return Promise.resolve({ params, adamM: f32(this.#m), adamV: f32(this.#v), step: this.#t, routerState });
   }
 
   importState(s: TrainState): Promise<void> {
@@ -151,6 +181,10 @@ export class CpuTrainBackend implements TrainBackend {
       this.#v.set(name, Float64Array.from(s.adamV.get(name)!));
     }
     this.#t = s.step;
+    for (const r of this.model.routerState) {
+      const saved = s.routerState?.get(r.name);
+      if (saved) this.#routerState.set(r.name, saved[0]!);
+    }
     return Promise.resolve();
   }
 
@@ -165,6 +199,9 @@ export class CpuTrainBackend implements TrainBackend {
       ...this.#batchStats,
     ]);
     for (const p of this.model.params) feeds.set(p.value.id, this.#params.get(p.value.name)!);
+    for (const s of this.model.routerState) {
+      feeds.set(s.value.id, Float64Array.of(this.#routerState.get(s.name)!));
+    }
     return feeds;
   }
 }

@@ -26,7 +26,8 @@ import { assertScheduleBuilds } from "../../gpu/preflight.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { initParams } from "./init.ts";
 import { optimizerCalls } from "./optimizer_calls.ts";
-import { routerStats } from "./router_stats.ts";
+import { routerStats, trainRuleStats } from "./router_stats.ts";
+import { l1LambdaUpdate } from "../../gpu/kernels/router_zoo.ts";
 
 /**
  * Faults to inject, for reliability tests (`DSMOE_FAULT_NAN_GRAD`, see {@linkcode parseFaultSteps}):
@@ -82,6 +83,8 @@ export class GpuTrainBackend implements TrainBackend {
   /** The router statistics pass (null unless a batch-level router loss is accumulated). */
   readonly #routerStats: GraphExecutor | null;
   readonly #opt: PreparedCall[];
+  /** After the optimizer: the update of each router state value (ReLU routing's λ, docs/design.md §16). */
+  readonly #routerStateCalls: PreparedCall[];
   /** Kernel sources outside the graphs (accumulation, optimizer), compiled and checked by `create`. */
   readonly #sources: { code: string; label: string }[] = [];
   readonly #ownsDevice: boolean;
@@ -148,6 +151,22 @@ export class GpuTrainBackend implements TrainBackend {
     this.#hyper = createTensor(ctx, [3], "f32", undefined, "adam.hyper");
     this.#stats = createTensor(ctx, [3], "f32", undefined, "grad.stats");
     this.#opt = this.#prepare(this.#optimizerCalls());
+    this.#routerStateCalls = this.#prepare(this.#routerStateUpdates());
+  }
+
+  /** The kernels that change the router state after a step, from the step's scalars (accumulated means). */
+  #routerStateUpdates(): KernelCall[] {
+    const m = this.model, nMi = m.miLoss.attention.length + m.miLoss.mlp.length;
+    const scalar = (v: Value) => this.#report[2 + nMi + m.scalars.findIndex((s) => s.value === v)]!;
+    return m.routerState.map((s) =>
+      l1LambdaUpdate(this.ctx, {
+        lambda: this.#train.tensor(s.value),
+        sparsity: scalar(s.update.sparsity),
+        stats: this.#stats,
+        target: s.update.target,
+        rate: s.update.rate,
+      })
+    );
   }
 
   /** Opens the device, builds and compiles everything, and uploads the seeded initial parameters. */
@@ -168,6 +187,7 @@ export class GpuTrainBackend implements TrainBackend {
     await gpu.checkAllocations(); // the optimizer's moments and partial sums
     const init = initParams(b.model.params, c.seed);
     for (const p of b.model.params) writeTensor(gpu, b.#train.tensor(p.value), init.get(p.value.name)!);
+    for (const s of b.model.routerState) writeTensor(gpu, b.#train.tensor(s.value), Float32Array.of(s.init));
     return b;
   }
 
@@ -228,7 +248,8 @@ export class GpuTrainBackend implements TrainBackend {
       step.encoder.copyBufferToBuffer(this.#nan.buffer, 0, this.#grads[0]!.buffer, 0, 4);
     }
     for (const c of this.#opt) step.dispatch(c);
-    const n = this.#report.length + 3;
+    for (const c of this.#routerStateCalls) step.dispatch(c);
+    const state = this.model.routerState, n = this.#report.length + 3 + state.length;
     const staging = ctx.device.createBuffer({
       size: n * 4,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -236,17 +257,31 @@ export class GpuTrainBackend implements TrainBackend {
     const enc = step.encoder;
     this.#report.forEach((t, i) => enc.copyBufferToBuffer(t.buffer, 0, staging, i * 4, 4));
     enc.copyBufferToBuffer(this.#stats.buffer, 0, staging, this.#report.length * 4, 12);
+    state.forEach((s, i) =>
+      enc.copyBufferToBuffer(
+        this.#train.tensor(s.value).buffer,
+        0,
+        staging,
+        (this.#report.length + 3 + i) * 4,
+        4,
+      )
+    );
     step.submit();
     return this.#mapped(staging).then(async () => {
       const r = new Float32Array(staging.getMappedRange().slice(0));
       staging.destroy();
-      const nAtt = this.model.miLoss.attention.length, k = this.#report.length;
+      const m = this.model, k = this.#report.length;
+      const nAtt = m.miLoss.attention.length, nMi = nAtt + m.miLoss.mlp.length;
       const sum = (a: number, b: number) => Array.from(r.subarray(a, b)).reduce((x, y) => x + y, 0);
       return {
         loss: r[0]!,
         lmLoss: r[1]!,
         miAttention: sum(2, 2 + nAtt),
-        miMlp: sum(2 + nAtt, k),
+        miMlp: sum(2 + nAtt, 2 + nMi),
+        scalars: Object.fromEntries([
+          ...m.scalars.map((s, i) => [s.key, r[2 + nMi + i]!]),
+          ...state.map((s, i) => [s.name, r[k + 3 + i]!]),
+        ]),
         gradNorm: r[k]!,
         finite: r[k + 2] === 1,
         ...(options.profile ? { kernels: await step.timings() } : {}),
@@ -260,7 +295,8 @@ export class GpuTrainBackend implements TrainBackend {
    */
   async evaluate(batch: Batch): Promise<EvalResult> {
     const m = this.model, K = this.accumulation, ctx = this.ctx;
-    const outs = [m.lmLoss, ...m.routers.map((r) => r.probs)];
+    const gates = m.routers.flatMap((r) => r.trainGate ? [r.trainGate] : []);
+    const outs = [m.lmLoss, ...m.routers.map((r) => r.probs), ...gates];
     const sizes = outs.map((v) => numel(v.shape)), per = sizes.reduce((a, b) => a + b, 0);
     const staging = ctx.device.createBuffer({
       size: K * per * 4,
@@ -283,11 +319,17 @@ export class GpuTrainBackend implements TrainBackend {
     staging.destroy();
     let lm = 0;
     for (let k = 0; k < K; k++) lm += r[k * per]!;
+    /** Output `j` of every micro-batch, one after another. */
+    const joined = (j: number) => {
+      const size = sizes[j]!, at = sizes.slice(0, j).reduce((a, b) => a + b, 0);
+      const all = new Float32Array(K * size);
+      for (let k = 0; k < K; k++) all.set(r.subarray(k * per + at, k * per + at + size), k * size);
+      return all;
+    };
     const routers = m.routers.map((t, i) => {
-      const size = sizes[i + 1]!, at = 1 + sizes.slice(1, i + 1).reduce((a, b) => a + b, 0);
-      const probs = new Float32Array(K * size);
-      for (let k = 0; k < K; k++) probs.set(r.subarray(k * per + at, k * per + at + size), k * size);
-      return routerStats(t.layer, t.kind, probs, t.probs.shape[1]!);
+      const E = t.probs.shape[1]!, stats = routerStats(t.layer, t.kind, joined(i + 1), E);
+      const g = t.trainGate ? gates.indexOf(t.trainGate) : -1;
+      return g < 0 ? stats : { ...stats, train: trainRuleStats(joined(1 + m.routers.length + g), E) };
     });
     return { lmLoss: lm / K, routers };
   }
@@ -304,7 +346,11 @@ export class GpuTrainBackend implements TrainBackend {
       adamM.set(name, (await readTensor(this.ctx, this.#m.get(name)!)) as Float32Array);
       adamV.set(name, (await readTensor(this.ctx, this.#v.get(name)!)) as Float32Array);
     }
-    return { params, adamM, adamV, step: this.#t };
+    const routerState = new Map<string, Float32Array>();
+    for (const s of this.model.routerState) {
+      routerState.set(s.name, (await readTensor(this.ctx, this.#train.tensor(s.value))) as Float32Array);
+    }
+    return { params, adamM, adamV, step: this.#t, routerState };
   }
 
   importState(s: TrainState): Promise<void> {
@@ -316,12 +362,17 @@ export class GpuTrainBackend implements TrainBackend {
       writeTensor(this.ctx, this.#v.get(name)!, s.adamV.get(name)!);
     }
     this.#t = s.step;
+    for (const r of this.model.routerState) {
+      const saved = s.routerState?.get(r.name);
+      if (saved) writeTensor(this.ctx, this.#train.tensor(r.value), saved);
+    }
     return Promise.resolve();
   }
 
   destroy(): void {
     this.#nan?.buffer.destroy();
     this.#opt.forEach(releaseCall);
+    this.#routerStateCalls.forEach(releaseCall);
     for (const calls of [this.#accumulate, this.#accumulateStats]) {
       if (calls) [...calls.first, ...calls.mid, ...calls.last].forEach(releaseCall);
     }

@@ -1,9 +1,11 @@
 /**
- * Router statistics from probabilities: per-expert load (top-1 share), mean probability and mean entropy.
+ * Router statistics from probabilities: per-expert load (top-1 share), mean probability and mean entropy;
+ * and, for the routers of docs/design.md §16, the statistics of the training rule's gate (per-expert share
+ * of the token-assignments, the share of tokens no expert took, experts per token, zero gates).
  *
  * @module
  */
-import type { RouterStats } from "./backend.ts";
+import type { RouterStats, TrainRuleStats } from "./backend.ts";
 
 /** Load (top-1 fraction per expert), mean probability and mean entropy of router probabilities (N, E). */
 export function routerStats(
@@ -26,4 +28,34 @@ export function routerStats(
     load[best] += 1 / n;
   }
   return { layer, kind, load, meanProb, entropy };
+}
+
+/**
+ * Statistics of a training rule's gate (N, E), a (token, expert) pair routed iff its gate is above 0:
+ * each expert's share of the routed pairs (0 for all when none is routed), the share of tokens routed to no
+ * expert, the mean routed experts per token and the share of zero gates (1 − experts per token / E).
+ *
+ * @example
+ * ```ts
+ * import { trainRuleStats } from "./router_stats.ts";
+ * const s = trainRuleStats([0.5, 0, 0.2, 0.3, 0, 0], 2); // token 2 is routed to no expert
+ * if (s.load.join() !== "0.5,0.5" || s.dropped !== 1 / 3 || s.perToken !== 1) throw new Error();
+ * ```
+ */
+export function trainRuleStats(gate: ArrayLike<number>, experts: number): TrainRuleStats {
+  const n = gate.length / experts, count = new Array(experts).fill(0);
+  let routed = 0, none = 0;
+  for (let t = 0; t < n; t++) {
+    let any = false;
+    for (let e = 0; e < experts; e++) {
+      if (gate[t * experts + e]! > 0) count[e]++, routed++, any = true;
+    }
+    if (!any) none++;
+  }
+  return {
+    load: count.map((c) => routed > 0 ? c / routed : 0),
+    dropped: none / n,
+    perToken: routed / n,
+    sparsity: 1 - routed / (n * experts),
+  };
 }
