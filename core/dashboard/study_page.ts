@@ -74,9 +74,7 @@ export function registerStudies(app: Hono, store: RunStore): void {
 
 function _tooltip(r: StudyReport, x: StudyCell): string {
   if (x.na !== null) return `${x.model} under ${x.rule}: ${x.na}`;
-  const vs = x.dppl_pct === null
-    ? ""
-    : ` (${fmtChange(x.dppl_pct)} vs baseline)`;
+  const vs = x.dppl_pct === null ? "" : ` (${fmtChange(x.dppl_pct)} vs baseline)`;
   return `${x.model} under ${x.rule_name}: ppl ${fmtPpl(x.ppl)}${vs}, bpb ${fmtBpb(x.bpb)}, ` +
     `hidden ${fmtPct(x.hidden_pct)}, active ${fmtPct(x.active_pct)} (${fmtCount(x.active_params)} params), ` +
     `${fmtNum(x.tokens_per_s)} tokens/s (sparse evaluation)` +
