@@ -94,6 +94,18 @@ Deno.test("study --scale micro: every (router, rule) cell measured, the report i
     for (const l of diag.layers) {
       assert(Math.abs(l.load.reduce((a, b) => a + b, 0) - 1) < 1e-6 && l.entropy > 0);
     }
+    // Evaluation diagnostics of every router: entropy, MI(expert; domain) on the multidomain corpus (at most the
+    // domain entropy), stability against the checkpoint at step 30, co-activation per rule (0 under top-1: one
+    // expert per token; 1 under dense: every expert runs).
+    for (const d of data.diagnostics.filter((x) => x.model !== "baseline")) {
+      const at = `${d.model}: ${JSON.stringify({ ...d, layers: undefined, cells: undefined })}`;
+      assert(d.eval_entropy! > 0 && d.eval_entropy! <= Math.log(8) + 1e-9, at);
+      assert(d.mi_domain_bits! >= 0 && d.mi_domain_bits! <= d.domain_entropy_bits! + 1e-9, at);
+      assert(d.domain_entropy_bits! > 1, at); // several domains, none dominant
+      assert(d.top1_changed! >= 0 && d.top1_changed! <= 1 && d.stability_against === 30, at);
+      const co = (rule: string) => d.cells.find((c) => c.rule === rule)!.values.coactivation;
+      assertEquals([co("topk@1"), co("dense")], [0, 1], d.model);
+    }
 
     // The dashboard: the study page's heatmap (a cell per (model, rule), each measured one linking to its
     // run), its data, and the study's sweep page (linking to it, every router's frontier for the overlay).

@@ -13,13 +13,20 @@ import { experimentToYaml, type LoadedExperiment } from "../config/mod.ts";
 import type { Experiment } from "../config/schema.ts";
 import { loadDataset } from "../data/dataset.ts";
 import { defaultCacheDir } from "../data/prepare.ts";
-import { evaluateRules, ruleName } from "../infer/evaluate.ts";
+import { compareRouting, evaluateRules, ruleName } from "../infer/evaluate.ts";
 import { Decoder, generate } from "../infer/generate.ts";
-import { recordGeneration, recordRuleResults } from "../infer/record.ts";
+import { recordGeneration, recordRoutingDiagnostics, recordRuleResults } from "../infer/record.ts";
+import { denseRules } from "../infer/rule_spec.ts";
 import { layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import type { ReportRecord, RunStore } from "../runs/store.ts";
-import { modelTokenizer, openStoredRun } from "../runs/stored_run.ts";
+import {
+  checkCheckpointContent,
+  maxCheckpointBytes,
+  modelTokenizer,
+  openStoredRun,
+} from "../runs/stored_run.ts";
+import { CheckpointError, latestCheckpoint } from "../runs/checkpoints.ts";
 import type { BackendFactory } from "../train/run_experiment.ts";
 import { runExperiment } from "../train/run_experiment.ts";
 import { paramValues } from "../train/trainer.ts";
@@ -133,13 +140,21 @@ export async function evaluateMissing(
     label: string;
     progress: (line: string) => void;
     sameBatches?: boolean;
+    /**
+     * Also the routing diagnostics of a routed model under each rule (`diag/<rule>/…`, core/infer/record.ts),
+     * and its routing stability against its previous checkpoint (under the dense rule: the top-1 expert is
+     * the same under every rule), when it has one.
+     */
+    diagnostics?: boolean;
   },
 ): Promise<number> {
   const routed = routedSides(m.config), byName = new Map<string, InferRules>();
   const tokens = o.batches * m.config.train.batch * m.config.data.seq_len;
+  const diagnostics = (o.diagnostics ?? false) && (routed.mlp || routed.attention);
   for (const r of rules) {
-    const key = `infer/${ruleName(r, routed)}/ppl`;
-    const stored = m.has(key) && (!o.sameBatches || m.tokens(key) === tokens);
+    const name = ruleName(r, routed), key = `infer/${name}/ppl`;
+    const stored = m.has(key) && (!o.sameBatches || m.tokens(key) === tokens) &&
+      (!diagnostics || m.has(`diag/${name}/entropy`));
     if (!stored && !byName.has(key)) byName.set(key, r);
   }
   const todo = [...byName.values()];
@@ -149,9 +164,39 @@ export async function evaluateMissing(
     cacheDir: defaultCacheDir(o.runsDir),
     tokenizer: m.tokenizer,
   });
-  const results = await evaluateRules(gpu, m.config, m.params, dataset, todo, { batches: o.batches });
+  const results = await evaluateRules(gpu, m.config, m.params, dataset, todo, {
+    batches: o.batches,
+    diagnostics,
+  });
   await recordRuleResults(m.run, m.step, results);
+  if (diagnostics) {
+    const dense = results.find((r) => r.rule === "dense");
+    const prev = dense ? await previousCheckpoint(m) : null;
+    if (dense && prev) {
+      o.progress(`${o.label}: routing stability against its checkpoint at step ${prev.step}`);
+      const [other] = await evaluateRules(gpu, m.config, prev.params, dataset, [denseRules()], {
+        batches: o.batches,
+        diagnostics: true,
+      });
+      compareRouting(dense.routing!, other!.routing!);
+    }
+    await recordRoutingDiagnostics(m.run, m.step, results, prev?.step ?? null);
+  }
   return todo.length;
+}
+
+/**
+ * The parameters and step of the newest intact checkpoint of `m` older than the one it was opened at (what
+ * routing stability compares with); null when it has none.
+ */
+export async function previousCheckpoint(
+  m: TrainedRun,
+): Promise<{ step: number; params: ReturnType<typeof paramValues> } | null> {
+  const ck = await latestCheckpoint(m.run.path, () => {}, (file, entry) => {
+    if (entry.step >= m.step) throw new CheckpointError(`not older than step ${m.step}`);
+    checkCheckpointContent(file, m.config, { step: entry.step, purpose: "infer" });
+  }, maxCheckpointBytes(m.config));
+  return ck ? { step: ck.entry.step, params: paramValues(ck.file.tensors) } : null;
 }
 
 /** The prompt of the decoding speed comparison. */

@@ -112,6 +112,7 @@ export async function runStudy(spec: StudySpec, o: StudyOptions): Promise<StudyO
         label: name,
         progress: o.progress,
         sameBatches: true,
+        diagnostics: true,
       });
       if (scale.decodeTokens === 0) continue;
       const s = routedSides(m.config), routed = s.mlp || s.attention;

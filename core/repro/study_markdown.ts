@@ -172,6 +172,28 @@ function _diagnostics(r: StudyReport, out: string[]): void {
     [false, true, true, true, false],
   ));
   out.push("");
+  out.push(
+    "From the study's evaluation of each final checkpoint on the validation batches: routing entropy (nats, " +
+      "mean over tokens and routers), mutual information between the top-1 expert and the domain of the token " +
+      "(bits, mean over routers; at most the domain entropy; only on data with domain labels, " +
+      "synthetic:multidomain), and routing stability: the share of tokens whose top-1 expert changed since the " +
+      "previous checkpoint (mean over routers; lower = more stable).",
+    "",
+  );
+  out.push(_table(
+    ["model", "entropy", "MI(expert; domain)", "stability: top-1 changed", "since step"],
+    routed.map((d) => [
+      d.model,
+      fmtNum(d.eval_entropy),
+      d.mi_domain_bits === null
+        ? NONE
+        : `${fmtNum(d.mi_domain_bits)} of ${fmtNum(d.domain_entropy_bits)} bits`,
+      d.top1_changed === null ? NONE : fmtPct(d.top1_changed * 100),
+      d.stability_against === null ? NONE : String(d.stability_against),
+    ]),
+    [false, true, true, true, true],
+  ));
+  out.push("");
   const ids = Object.keys(r.diagnostic_labels);
   if (ids.length > 0) {
     out.push("### Per router and rule", "");

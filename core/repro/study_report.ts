@@ -10,7 +10,9 @@
  */
 import { parseExperimentText } from "../config/mod.ts";
 import type { Experiment } from "../config/schema.ts";
+import type { RouterDiagnostics } from "../infer/diagnostics.ts";
 import { ruleName } from "../infer/evaluate.ts";
+import { readRoutingDiagnostics } from "../infer/record.ts";
 import { denseRules } from "../infer/rule_spec.ts";
 import { countParams } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
@@ -41,29 +43,51 @@ export const SPEED_NOTE = "tokens/s is the sparse evaluation's (`infer/<rule>/to
   "routing masks read back; not token-by-token decoding (see Decoding).";
 
 /**
- * Diagnostics computed per (router, rule), read from the store into the report: each a label and the
- * metric key it is stored under for a rule's metric name; a missing point is shown as not measured.
- *
- * ┌────────────────────────────────────────────────────────────────────────────────────────────────────┐
- * │ THE PLACE FOR ROUTING DIAGNOSTICS PER (ROUTER, RULE). core/infer/diagnostics.ts (routing stability │
- * │ between two evaluations, expert co-activation, MI(expert; domain) on synthetic:multidomain,        │
- * │ `deno task eval --diagnostics`) stores its values as metrics of the run; add one entry here per    │
- * │ value, with the key it is stored under, and the report, REPORT.md and the study page show it.     │
- * └────────────────────────────────────────────────────────────────────────────────────────────────────┘
+ * The diagnostics of each (router, rule) cell: what each is, read from the run's stored metrics at the
+ * checkpoint evaluated (`infer/<rule>/…` and, from the study's evaluation with diagnostics, `diag/<rule>/…`,
+ * core/infer/record.ts). Rule-independent diagnostics (entropy, MI(expert; domain), stability) are the
+ * model's: {@linkcode StudyDiagnostics}.
  */
-export const CELL_DIAGNOSTICS: readonly { id: string; label: string; key: (rule: string) => string }[] = [
-  // Measured today by every evaluation: mean experts run per token over the routed MLP blocks.
-  { id: "mlp_experts", label: "MLP experts per token", key: (rule) => `infer/${rule}/layer/*/mlp/experts` },
+export const CELL_DIAGNOSTICS: readonly {
+  id: string;
+  label: string;
+  value: (last: ReadonlyMap<string, MetricRow>, rule: string) => number | null;
+}[] = [
+  {
+    id: "mlp_experts",
+    label: "MLP experts per token",
+    value: (last, rule) => _diagnostic(last, `infer/${rule}/layer/*/mlp/experts`),
+  },
   {
     id: "attention_experts",
     label: "attention experts per token",
-    key: (r) => `infer/${r}/layer/*/attention/experts`,
+    value: (last, rule) => _diagnostic(last, `infer/${rule}/layer/*/attention/experts`),
   },
-  // To come with core/infer/diagnostics.ts (names of its keys to be filled in when it lands):
-  // { id: "stability", label: "routing stability", key: (rule) => `diag/${rule}/stability` },
-  // { id: "coactivation", label: "expert co-activation", key: (rule) => `diag/${rule}/coactivation` },
-  // { id: "mi_domain", label: "MI(expert; domain)", key: (rule) => `diag/${rule}/mi_domain` },
+  {
+    id: "coactivation",
+    label: "co-activation (tokens running both experts of a pair, mean over pairs)",
+    value: (last, rule) => meanCoactivation(readRoutingDiagnostics(last.values(), rule)),
+  },
 ];
+
+/**
+ * Expert co-activation as one number: over every routed block, the mean over expert pairs i < j of the share
+ * of tokens for which both run (0 under top-1, 1 when every expert runs); null without stored diagnostics.
+ */
+export function meanCoactivation(routers: readonly RouterDiagnostics[]): number | null {
+  let sum = 0, n = 0;
+  for (const r of routers) {
+    for (let i = 0; i < r.experts; i++) {
+      for (let j = i + 1; j < r.experts; j++) {
+        const v = r.coactivation[i]?.[j];
+        if (v === undefined || !Number.isFinite(v)) continue;
+        sum += v;
+        n++;
+      }
+    }
+  }
+  return n === 0 ? null : sum / n;
+}
 
 /** What the report is built from besides the store: the manifest's rows, columns and size tolerance. */
 export interface StudyReportOptions {
@@ -311,7 +335,7 @@ function _diagnostics(
   const perCell = cells.filter((x) => x.rule_name !== null && !seen.has(x.rule_name) && seen.add(x.rule_name))
     .map((x) => ({
       rule: x.rule_name!,
-      values: Object.fromEntries(CELL_DIAGNOSTICS.map((d) => [d.id, _diagnostic(last, d.key(x.rule_name!))])),
+      values: Object.fromEntries(CELL_DIAGNOSTICS.map((d) => [d.id, d.value(last, x.rule_name!)])),
     }));
   return {
     model,
@@ -320,6 +344,11 @@ function _diagnostics(
     layers,
     mean_load_cv: mean((x) => x.load_cv),
     mean_entropy: mean((x) => x.entropy),
+    eval_entropy: last.get("diag/dense/entropy")?.value ?? null,
+    mi_domain_bits: last.get("diag/dense/mi_domain_bits")?.value ?? null,
+    domain_entropy_bits: last.get("diag/dense/domain_entropy_bits")?.value ?? null,
+    top1_changed: last.get("diag/dense/top1_changed")?.value ?? null,
+    stability_against: last.get("diag/dense/against_step")?.value ?? null,
     cells: perCell,
   };
 }

@@ -77,6 +77,17 @@ export interface StudyDiagnostics {
   layers: StudyRouterLayer[];
   mean_load_cv: number | null;
   mean_entropy: number | null;
+  /**
+   * From the study's evaluation of its final checkpoint (`eval --diagnostics` under the dense rule; the
+   * top-1 expert does not depend on the rule): mean routing entropy (nats), MI(top-1 expert; domain) in bits
+   * and the domain entropy that bounds it (null where the data has no domain labels), and routing stability:
+   * the share of validation tokens whose top-1 expert changed since the checkpoint at `stability_against`.
+   */
+  eval_entropy: number | null;
+  mi_domain_bits: number | null;
+  domain_entropy_bits: number | null;
+  top1_changed: number | null;
+  stability_against: number | null;
   /** Per-(router, rule) diagnostics by id (see CELL_DIAGNOSTICS in core/repro/study_report.ts). */
   cells: { rule: string; values: Record<string, number | null> }[];
 }
