@@ -15,9 +15,8 @@ import { fmtPct, fmtPpl } from "../util/quantities.js";
 import { parseCommandArgs } from "./args.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
 import type { CliIo } from "./io.ts";
-import { liveDashboard } from "./live_dashboard.ts";
+import { checkScale, runPipeline } from "./pipeline_cmd.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
-import { abortOnSignal } from "./train_cmd.ts";
 
 /** The manifest `study` reads unless told otherwise. */
 export const DEFAULT_STUDY_MANIFEST = "configs/study/routers.yaml";
@@ -97,26 +96,14 @@ export async function studyCommand(args: string[], io: CliIo): Promise<number> {
     throw new UsageError(`study takes one manifest, got ${positionals.length}: ${positionals.join(" ")}`);
   }
   const spec = await loadStudySpec(positionals[0] ?? DEFAULT_STUDY_MANIFEST);
-  const scale = values.scale ?? spec.defaultScale;
-  if (!spec.scales[scale]) {
-    throw new UsageError(`--scale ${scale}: ${spec.file} defines ${Object.keys(spec.scales).join(", ")}`);
-  }
+  const scale = checkScale(values.scale ?? spec.defaultScale, spec.file, spec.scales);
   const runsDir = useStore(values);
-  const ac = abortOnSignal(io);
-  const live = await liveDashboard(runsDir, values, io);
-  let outcome;
-  try {
-    outcome = await runStudy(spec, {
-      scale,
-      runsDir,
-      backendFactory: createBackend,
-      progress: (l) => io.err(l),
-      signal: ac.signal,
-      dashboardUrl: live?.url,
-    });
-  } finally {
-    await live?.stop();
-  }
+  const outcome = await runPipeline(
+    runsDir,
+    values,
+    io,
+    (ctx) => runStudy(spec, { ...ctx, scale, runsDir, backendFactory: createBackend }),
+  );
   for (const line of studySummary(outcome.report, outcome.path)) io.out(line);
   if (outcome.failed.length > 0) {
     io.err(`Training failed for: ${outcome.failed.join(", ")} (their cells are not measured)`);
