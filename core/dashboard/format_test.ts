@@ -134,6 +134,20 @@ Deno.test("the router column reads the training mode and the inference rule from
     h("model: { kind: dsmoe }\nrouter: { infer: { kind: top_p, p: 0.8 }, infer_attention: { kind: dense } }"),
     ["dense", "top_p 0.8; attn dense"],
   );
+  // The routers of the literature show the settings that tell them apart.
+  const train = (router: string, mlp = "") => h(`model: { kind: smoe${mlp} }\nrouter: ${router}`)[0];
+  assertEquals(
+    train("{ train: topk, k: 3, capacity_factor: 1.25, null_experts: 4, balance: aux_free }"),
+    "topk 3 cf 1.25 +4 null aux-free",
+  );
+  assertEquals(train("{ train: topk, capacity_factor: 0, null_experts: 0, balance: none }"), "topk 2");
+  assertEquals(train("{ train: expert_choice, capacity: 2 }"), "expert_choice c 2");
+  assertEquals(train("{ train: top_p, p: 0.4 }"), "top_p 0.4");
+  assertEquals(train("{ train: relu, target_sparsity: 0.9 }"), "relu s 0.9");
+  assertEquals(
+    train("{ train: topk, k: 2 }", ", mlp: { experts: 7, shared: 1, segments: 2 }"),
+    "topk 2 +1 shared ×2 seg",
+  );
   assertEquals(h("model: { kind: dense }\nrouter: { train: dense }"), [null, null]);
   assertEquals(h("{ not yaml"), [null, null]);
 });
