@@ -1,7 +1,7 @@
 /**
  * dsmoe: Mixture-of-Experts language models trained densely (DS-MoE) and run sparsely, on WebGPU,
  * from one YAML file. This module re-exports the public API; run it directly for the CLI
- * (`deno task run|eval|generate|dashboard|bench|repro`).
+ * (`deno task run|eval|generate|dashboard|bench|repro|study`).
  *
  * @example
  * ```ts ignore

@@ -15,6 +15,15 @@ import {
 import { attentionCached } from "./kernels/cached_attention.ts";
 import { type OpName, routeRuleOf } from "../core/graph/op_types.ts";
 import { routeGate, routeMask } from "./kernels/routing.ts";
+import {
+  entropyLoss,
+  entropyLossBackward,
+  expertChoiceMask,
+  l1Loss,
+  l1LossBackward,
+  reluRouteGate,
+  zeroShare,
+} from "./kernels/router_zoo.ts";
 import type { Node, OpNode } from "../core/graph/ir.ts";
 import type { GpuTensor } from "./buffers.ts";
 import type { GpuContext } from "./device.ts";
@@ -187,6 +196,15 @@ export const GPU_IMPLS: GpuTable = {
   ],
   router_scale_ds: (ctx, _n, [x, dy], [ds]) => [routerScaleDs(ctx, { x: x!, dy: dy!, ds: ds! })],
   topk_mask: (ctx, n, [s], [mask]) => [topkMask(ctx, { s: s!, mask: mask!, k: n.attrs.k })],
+  expert_choice_mask: (ctx, n, [s], [mask]) => [
+    expertChoiceMask(ctx, { s: s!, mask: mask!, tokens: n.attrs.tokens }),
+  ],
+  topp_mask: (ctx, n, [s], [mask]) =>
+    routeMask(ctx, { s: s!, mask: mask!, rule: { kind: "top_p", epsilon: 0, k: 1, p: n.attrs.p } }),
+  relu_route_gate: (ctx, n, [logits], [probs, mask, gate]) => [
+    reluRouteGate(ctx, { logits: logits!, probs: probs!, mask: mask!, gate: gate!, rule: routeRuleOf(n) }),
+  ],
+  zero_share: (ctx, _n, [x], [share]) => [zeroShare(ctx, { x: x!, share: share! })],
   moe_mlp: (ctx, n, [x, gate, w1, w2], [y], scratch) => {
     const E = n.attrs.experts,
       s = moeShapeOf(n, n.inputs[2]!.shape[1]! / E),
@@ -289,6 +307,12 @@ export const GPU_IMPLS: GpuTable = {
     switchLossGlobalBackward(ctx, { s: s!, f: f!, dl: dl!, ds: ds!, k: n.attrs.k }),
   ],
   z_loss: (ctx, _n, [logits], [loss]) => [zLoss(ctx, { logits: logits!, loss: loss! })],
+  entropy_loss: (ctx, _n, [s], [loss]) => [entropyLoss(ctx, { s: s!, loss: loss! })],
+  entropy_loss_backward: (ctx, _n, [s, dl], [ds]) => [entropyLossBackward(ctx, { s: s!, dl: dl!, ds: ds! })],
+  l1_loss: (ctx, _n, [g, lambda], [loss]) => [l1Loss(ctx, { g: g!, lambda: lambda!, loss: loss! })],
+  l1_loss_backward: (ctx, _n, [g, lambda, dl], [dg]) => [
+    l1LossBackward(ctx, { g: g!, lambda: lambda!, dl: dl!, dg: dg! }),
+  ],
   z_loss_backward: (
     ctx,
     _n,

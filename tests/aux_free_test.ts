@@ -1,5 +1,5 @@
 /**
- * Auxiliary-loss-free balancing (router.balance: aux_free, docs/design.md §3): its config errors, the bias
+ * Auxiliary-loss-free balancing (router.balance: aux_free, docs/design.md §16): its config errors, the bias
  * in the selection but not in the gates (float64), top-k inference with the bias, the WebGPU step and bias
  * update against float64 under gradient accumulation, and a tiny SMoE trained through the CLI on this
  * adapter (bias logged, loads more balanced than without it, `eval` reading the bias from the checkpoint).
@@ -12,7 +12,7 @@ import type { Batch } from "../core/data/dataset.ts";
 import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { schedule } from "../core/graph/schedule.ts";
-import { buildModel, routerState } from "../core/plan/model.ts";
+import { buildModel } from "../core/plan/model.ts";
 import { plan } from "../core/plan/plan.ts";
 import { topkMaskRef } from "../core/ref/router.ts";
 import { closeRunStores } from "../core/runs/open_store.ts";
@@ -85,7 +85,7 @@ Deno.test("float64: the bias selects (top-k of S + b) but the gates are the unbi
       Float64Array.from({ length: p.value.shape.reduce((a, b) => a * b, 1) }, () => rng.normal() * 0.3),
     );
   }
-  const [bias0, bias1] = routerState(m);
+  const [bias0, bias1] = m.routerState.map((s) => s.value);
   const mask = m.graph.nodes.find((n) => n.op === "topk_mask")!.outputs[0]!;
   const gate = m.graph.nodes.find((n) => n.op === "mul" && n.inputs[1] === mask)!.outputs[0]!;
   const probs = m.routers[0]!.probs;
@@ -111,7 +111,7 @@ Deno.test("float64: top-k inference reads the balancing bias from the checkpoint
   const c = smoe({ infer: { kind: "topk", k: 2 } }), train = new CpuTrainBackend(c);
   const st = await train.exportState();
   // A bias that moves selections: the last expert strongly favoured, the first disfavoured.
-  for (const [name] of st.state!) st.state!.set(name, Float32Array.of(-0.3, 0.05, 0, 0.3));
+  for (const [name] of st.routerState!) st.routerState!.set(name, Float32Array.of(-0.3, 0.05, 0, 0.3));
   await train.importState(st);
   const want = (await train.evaluate(batch)).lmLoss;
   const p = plan(c, "infer-sparse"), m = p.model;
@@ -122,7 +122,10 @@ Deno.test("float64: top-k inference reads the balancing bias from the checkpoint
   ]);
   const feeds = new Map<number, HostValue>([[m.ids.id, batch.inputs], [m.targets.id, batch.targets]]);
   for (const s of m.params) {
-    feeds.set(s.value.id, train.params.get(s.value.name) ?? Float64Array.from(st.state!.get(s.value.name)!));
+    feeds.set(
+      s.value.id,
+      train.params.get(s.value.name) ?? Float64Array.from(st.routerState!.get(s.value.name)!),
+    );
   }
   const got = evaluateGraph(p.schedule.nodes, feeds, [m.lmLoss], CPU_OPS)[0]![0]!;
   assert(Math.abs(got - want) < 1e-12, `${got} vs ${want}`);
@@ -156,8 +159,10 @@ Deno.test("WebGPU steps with aux-free balancing in 4 micro-batches match the flo
       });
     }
     const [want, got] = [await cpu.exportState(), await gpu.exportState()];
-    assertEquals([...got.state!.keys()], ["h0.mlp.router.balance_bias", "h1.mlp.router.balance_bias"]);
-    for (const [name, b] of want.state!) assertClose(got.state!.get(name)!, b, { atol: 1e-7, rtol: 0 }, name);
+    assertEquals([...got.routerState!.keys()], ["h0.mlp.router.balance_bias", "h1.mlp.router.balance_bias"]);
+    for (const [name, b] of want.routerState!) {
+      assertClose(got.routerState!.get(name)!, b, { atol: 1e-7, rtol: 0 }, name);
+    }
     for (const [p, w] of want.params) {
       assertClose(got.params.get(p)!.data, w.data, { atol: 2e-4, rtol: 0 }, `parameter ${p}`);
     }
@@ -223,7 +228,7 @@ Deno.test("an SMoE with aux-free balancing trains on WebGPU: loss falls, biases 
       `largest load share ${free.worst} with the bias, ${none.worst} without`,
     );
     assertEquals(none.at("train/router/0/mlp/bias/0"), [], "no bias without aux_free");
-    // eval: the sparse top-2 path reads the bias (state/… of the checkpoint) with the parameters.
+    // eval: the sparse top-2 path reads the bias (router_state/… of the checkpoint) with the parameters.
     const ev = await cli("eval", free.r.json().run_id, "--runs-dir", dir, "--json", "--rule", "topk:2");
     assertEquals(ev.code, 0, ev.err.join("\n"));
     const rule = ev.json().rules[0];

@@ -51,16 +51,27 @@ Deno.test("eval measures ppl and active parameters per rule on a trained micro r
     assertEquals(j.rules.map((x: { rule: string }) => x.rule), ["dense", "threshold@0", "topk@1"]);
     const [dense, eps0, top1] = j.rules;
     assert(close(eps0.ppl, dense.ppl, 1e-6), "threshold ε = 0 runs every expert");
-    assertEquals([eps0.active_pct, eps0.hidden_pct], [100, 100]);
+    assertEquals([eps0.active_pct, eps0.hidden_pct, eps0.active_pct_all], [100, 100, 100]);
     // topk 1: one of 2 attention experts and one of 4 MLP experts per layer, exactly.
     const c =
       parseExperimentText(await Deno.readTextFile("tests/fixtures/micro.yaml"), "micro.yaml").points[0]!
         .config;
     const p = countParams(c);
+    // Hidden % (docs/design.md §5): of all attention and MLP weights, the shared K/V always run, half the
+    // attention experts' Q/O and a quarter of the MLP experts.
+    const hidden = p.attention_qo + p.attention_kv + p.mlp_experts;
     assert(
-      close(top1.hidden_pct, (100 * (p.attention_qo / 2 + p.mlp_experts / 4)) / p.experts, 1e-9),
+      close(
+        top1.hidden_pct,
+        (100 * (p.attention_kv + p.attention_qo / 2 + p.mlp_experts / 4)) / hidden,
+        1e-9,
+      ),
       `${top1.hidden_pct}`,
     );
+    // Of all parameters (embeddings included), the skipped half of the attention experts' Q/O and three
+    // quarters of the MLP experts are missing (docs/design.md §5).
+    const skipped = p.attention_qo / 2 + (3 * p.mlp_experts) / 4;
+    assert(close(top1.active_pct_all, (100 * (p.total - skipped)) / p.total, 1e-9), `${top1.active_pct_all}`);
     assert(top1.layers.every((l: { experts: number }) => l.experts === 1));
     assert(Math.abs(top1.ppl - dense.ppl) > 1e-6, "leaving experts out changes the loss");
     assert(r.out.join("\n").split("\n").some((l) => l.startsWith("topk@1")), "table row printed");
@@ -69,6 +80,7 @@ Deno.test("eval measures ppl and active parameters per rule on a trained micro r
       const key of [
         "infer/topk@1/ppl",
         "infer/threshold@0/hidden_pct",
+        "infer/topk@1/active_pct_all",
         "infer/dense/active_params",
         "infer/topk@1/layer/1/mlp/experts",
       ]

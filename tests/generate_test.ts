@@ -7,6 +7,7 @@ import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { schedule } from "../core/graph/schedule.ts";
 import { buildModel } from "../core/plan/model.ts";
+import { activeOfLayers } from "../core/plan/counts.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
 import { latestCheckpoint } from "../core/runs/checkpoints.ts";
 import { paramsFromTensors } from "../core/train/trainer.ts";
@@ -142,6 +143,19 @@ Deno.test("generate streams greedy text whose tokens are the float64 model's arg
       await Deno.readTextFile(`${dir}/${id}/config.yaml`),
       "config.yaml",
     ).points[0]!;
+    // The shares follow the one definition of docs/design.md §5 from the experts measured per layer.
+    const share = activeOfLayers(config, j.layers);
+    assertEquals([j.active_pct, j.hidden_pct, j.active_pct_all], [
+      share.activePct,
+      share.hiddenPct,
+      share.activePctAll,
+    ]);
+    assert(
+      j.active_pct_all > j.active_pct,
+      "embeddings always run, so the share of all parameters is larger",
+    );
+    const storedAll = stored.find((m) => m.key === "generate/threshold@0.5/active_pct_all");
+    assertEquals(storedAll?.value, j.active_pct_all);
     const ck = (await latestCheckpoint(`${dir}/${id}`))!;
     const params = paramsFromTensors(ck.file.tensors);
     const T = config.data.seq_len, all = [...encodeText(prompt), ...j.tokens as number[]];

@@ -1,17 +1,15 @@
 import { ok as assert } from "node:assert/strict";
 import { ExperimentSchema } from "../core/config/schema.ts";
 import { gradients } from "../core/graph/autodiff.ts";
-import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
-import { CPU_OPS } from "../core/graph/cpu_ops.ts";
-import { type Schedule, schedule } from "../core/graph/schedule.ts";
-import { isOp, type Value } from "../core/graph/ir.ts";
-import { type GpuContext, openGpu } from "../gpu/device.ts";
+import type { HostValue } from "../core/graph/cpu_executor.ts";
+import { schedule } from "../core/graph/schedule.ts";
+import { isOp } from "../core/graph/ir.ts";
+import { openGpu } from "../gpu/device.ts";
 import { matmulPlan } from "../gpu/kernels/matmul.ts";
 import { buildModel, type InferRules } from "../core/plan/model.ts";
 import { Rng } from "../core/util/rng.ts";
-import { readTensor, writeTensor } from "../gpu/buffers.ts";
-import { GraphExecutor } from "../gpu/executor.ts";
 import { assertClose, testGpu } from "./helpers/gpu.ts";
+import { runBoth } from "./helpers/conform.ts";
 
 const MODELS: Record<string, unknown> = {
   "dense": {
@@ -178,30 +176,3 @@ Deno.test("WebGPU inference graphs under each routing rule match the float64 ref
     "masked logits differ from dense",
   );
 });
-
-/** Evaluates `outs` on the float64 CPU reference and on the GPU from the same feeds. */
-async function runBoth(
-  ctx: GpuContext,
-  m: ReturnType<typeof buildModel>,
-  sched: Schedule,
-  feeds: Map<number, HostValue>,
-  outs: Value[],
-  label: string,
-): Promise<{ ref: HostValue[]; got: Float32Array[] }> {
-  const ref = evaluateGraph(sched.nodes, feeds, outs, CPU_OPS);
-  const leaves = [...m.graph.leaves.values()].map((l) => l.value);
-  const ex = new GraphExecutor(ctx, sched, leaves);
-  try {
-    for (const v of leaves) {
-      const data = feeds.get(v.id)!;
-      writeTensor(ctx, ex.tensor(v), data instanceof Uint32Array ? data : Float32Array.from(data));
-    }
-    await ex.check();
-    await ctx.scoped(label, () => ex.run().done());
-    const got: Float32Array[] = [];
-    for (const o of outs) got.push(await readTensor(ctx, ex.tensor(o)) as Float32Array);
-    return { ref, got };
-  } finally {
-    ex.destroy();
-  }
-}

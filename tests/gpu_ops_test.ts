@@ -1,67 +1,16 @@
 /**
  * Conformance of every WebGPU graph op with its float64 CPU twin: each case builds a small graph of one op
  * (plus the forward it differentiates, for backward ops) at several shapes including odd sizes, runs it on
- * both executors and compares every output with |got − ref| ≤ atol + rtol·|ref|.
+ * both executors and compares every output with |got − ref| ≤ atol + rtol·|ref| (tests/helpers/conform.ts).
  */
-import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
-import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { Graph, type Value } from "../core/graph/ir.ts";
 import { apply, apply1 } from "../core/graph/ops.ts";
 import { schedule } from "../core/graph/schedule.ts";
 import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
-import { type GpuContext, openGpu } from "../gpu/device.ts";
-import { assertClose, testGpu, type Tolerance } from "./helpers/gpu.ts";
-
-type Build = (
-  g: Graph,
-  f: (shape: number[], lo?: number, hi?: number) => Value,
-  ids: (n: number, max: number) => Value,
-) => Value[];
-
-let _gpuProfile: Promise<GpuContext> | null = null;
-/** A second device on this adapter that builds the real-GPU (`gpu` profile) kernel templates. */
-function gpuProfileCtx(): Promise<GpuContext> {
-  return _gpuProfile ??= testGpu().then(() => openGpu({ profile: "gpu", validation: true }));
-}
-
-async function conform(name: string, build: Build, tol: Tolerance, gpuKernels = false): Promise<void> {
-  const ctx = gpuKernels ? await gpuProfileCtx() : await testGpu();
-  const g = new Graph(), rng = new Rng(name.length * 7919);
-  const feeds = new Map<number, HostValue>();
-  const f = (shape: number[], lo = -1, hi = 1) => {
-    const v = g.leaf("input", `x${feeds.size}`, shape);
-    const n = shape.reduce((a, b) => a * b, 1);
-    feeds.set(v.id, Float64Array.from(Float32Array.from({ length: n }, () => lo + (hi - lo) * rng.next())));
-    return v;
-  };
-  const ids = (n: number, max: number) => {
-    const v = g.leaf("input", `ids${feeds.size}`, [n], "u32");
-    feeds.set(v.id, Uint32Array.from({ length: n }, () => rng.int(max)));
-    return v;
-  };
-  const outs = build(g, f, ids);
-  const sched = schedule(g, outs);
-  const ref = evaluateGraph(sched.nodes, feeds, outs, CPU_OPS);
-  const leaves = [...g.leaves.values()].map((l) => l.value);
-  const ex = new GraphExecutor(ctx, sched, leaves);
-  for (const v of leaves) {
-    const d = feeds.get(v.id)!;
-    writeTensor(ctx, ex.tensor(v), d instanceof Uint32Array ? d : Float32Array.from(d));
-  }
-  await ex.check();
-  await ctx.scoped(name, () => ex.run().done());
-  for (let i = 0; i < outs.length; i++) {
-    assertClose(
-      await readTensor(ctx, ex.tensor(outs[i]!)),
-      ref[i]!,
-      tol,
-      `${name} output ${i} (${outs[i]!.node.op})`,
-    );
-  }
-  ex.destroy();
-}
+import { testGpu, type Tolerance } from "./helpers/gpu.ts";
+import { type Build, conform } from "./helpers/conform.ts";
 
 const EXACT = { atol: 1e-6, rtol: 1e-6 },
   SUMS = { atol: 1e-5, rtol: 1e-4 },

@@ -1,5 +1,5 @@
 /**
- * loss.load_balance_scope (docs/design.md §4): the tokens the Switch loss takes f and P over — the step's
+ * loss.load_balance_scope (docs/design.md §16): the tokens the Switch loss takes f and P over — the step's
  * whole batch (global, the default), each micro-batch, or each sequence — in float64 against its
  * definition, the WebGPU step against the float64 step under gradient accumulation, its config errors,
  * and a tiny SMoE trained through the CLI on this adapter with the loss per sequence.

@@ -1,7 +1,7 @@
 /**
- * Null experts (AdaMoE; router.null_experts, docs/design.md §3): config errors, the router's N + N_null
+ * Null experts (AdaMoE; router.null_experts, docs/design.md §16): config errors, the router's N + N_null
  * scores with top-k over all and gates for the real experts only (float64), sparse inference skipping the
- * null experts (float64 and through `eval` / `generate`), parameter and active counts, the WebGPU step
+ * null experts (float64 and through `eval` / `generate`; `eval --diagnostics` over all N + N_null), parameter and active counts, the WebGPU step
  * against float64, and a tiny SMoE trained through the CLI on this adapter with the null share logged.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
@@ -152,7 +152,7 @@ Deno.test("float64: routed attention experts (MoA) with a null expert, aux-free 
   });
   const batch = randomBatch(5, 24), train = new CpuTrainBackend(c);
   for (let t = 0; t < 3; t++) await train.step(randomBatch(10 + t, 24), 1e-2);
-  const want = (await train.evaluate(batch)).lmLoss, state = (await train.exportState()).state!;
+  const want = (await train.evaluate(batch)).lmLoss, state = (await train.exportState()).routerState!;
   assert([...state.values()].some((b) => b.some((v) => v !== 0)), "the biases moved");
   const p = plan(c, "infer-sparse"), m = p.model;
   assertEquals(m.routers.map((r) => [r.kind, r.probs.shape[1], r.mask!.shape[1]]), [
@@ -262,13 +262,23 @@ Deno.test("an SMoE with null experts trains on WebGPU: loss falls, null share lo
       "topk:3",
       "--rule",
       "dense",
+      "--diagnostics",
     );
     assertEquals(ev.code, 0, ev.err.join("\n"));
     const rules = ev.json().rules as {
       rule: string;
       active_pct: number;
       layers: { experts: number; of: number }[];
+      diagnostics: { routers: { experts: number; load_top1: number[]; load_active: number[] }[] };
     }[];
+    // Diagnostics see all 6 experts; the null ones never run (load_active 0), the real ones as measured.
+    for (const r of rules) {
+      for (const [i, d] of r.diagnostics.routers.entries()) {
+        assertEquals([d.experts, d.load_top1.length, d.load_active.slice(4)], [6, 6, [0, 0]]);
+        const real = d.load_active.slice(0, 4).reduce((a, b) => a + b, 0);
+        assert(Math.abs(real - r.layers[i]!.experts) < 1e-6, `${r.rule} router ${i}: ${real}`);
+      }
+    }
     const rule = (name: string) => rules.find((x) => x.rule === name)!;
     const topk = rule("topk@3"), dense = rule("dense");
     for (const l of topk.layers) assert(l.of === 4 && l.experts > 0 && l.experts < 3, JSON.stringify(l));

@@ -58,13 +58,14 @@ Deno.test("repro --scale micro trains five models, writes a report whose every n
     const models = tableAfter(md, "## Models");
     assertEquals(models.length, 5);
     for (const row of models) {
-      const [, run, status, rule, , , activePct, hiddenPct, ppl] = row;
+      const [, run, status, rule, , , activePct, hiddenPct, allPct, ppl] = row;
       const id = run!.replaceAll("`", "");
       const last = await store.lastMetrics(id);
       assertEquals((await store.getRun(id))!.status, status);
       assertEquals(ppl, fmt.ppl(last.get(`infer/${rule}/ppl`)!.value));
       assertEquals(hiddenPct, fmt.pct(last.get(`infer/${rule}/hidden_pct`)!.value));
       assertEquals(activePct, fmt.pct(last.get(`infer/${rule}/active_pct`)!.value));
+      assertEquals(allPct, fmt.pct(last.get(`infer/${rule}/active_pct_all`)!.value));
     }
     const byRole = new Map(data.models.map((m) => [m.role, m.run_id]));
     const decode = tableAfter(md, "## Decoding speed");
@@ -80,7 +81,7 @@ Deno.test("repro --scale micro trains five models, writes a report whose every n
     const ds = data.models.find((m) => m.role === "dsmoe")!,
       dense = data.models.find((m) => m.role === "dense")!;
     assert(
-      data.claims[0]!.evidence.startsWith(`DS-MoE ${ds.ppl!.toFixed(3)} vs dense ${dense.ppl!.toFixed(3)}`),
+      data.claims[0]!.evidence.startsWith(`DS-MoE ${ds.ppl!.toFixed(2)} vs dense ${dense.ppl!.toFixed(2)}`),
     );
     assertEquals(data.claims[1]!.held, ds.hidden_pct! <= 50);
 

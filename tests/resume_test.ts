@@ -35,7 +35,7 @@ async function stateSha256(dir: string, runId: string, prefix: string, step = 60
   const ck = (await latestCheckpoint(`${dir}/${runId}`))!;
   assertEquals(ck.entry.step, step);
   const names = [...ck.file.tensors.keys()].filter((n) => n.startsWith(prefix)).sort();
-  assert(names.length >= (prefix === "state/" ? 1 : 10), `${names.length} ${prefix} tensors`);
+  assert(names.length >= (prefix === "router_state/" ? 1 : 10), `${names.length} ${prefix} tensors`);
   const parts = names.map((n) => ck.file.tensors.get(n)!.data);
   const all = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
   parts.reduce((at, p) => (all.set(p, at), at + p.length), 0);
@@ -131,7 +131,7 @@ Deno.test("resume is exact: 60 steps straight = 30 + SIGKILL + resume, and = sto
   }
 });
 
-Deno.test("a run killed before its first checkpoint resumes from step 0 and says so; a run whose checkpoints are all damaged is refused (exit 2) with the way to start over, its files and record unchanged", async () => {
+Deno.test("a run killed before its first checkpoint resumes from step 0 and says so; --set train.steps extends a finished run, other keys refused; a run whose checkpoints are all damaged is refused (exit 2) with the way to start over, its files and record unchanged", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const sets = [
@@ -176,19 +176,67 @@ Deno.test("a run killed before its first checkpoint resumes from step 0 and says
     const again = await cli("run", "--resume", id, "--runs-dir", dir, "--no-dashboard");
     assertEquals(again.code, 0, again.err.join("\n"));
     assert(
-      again.err.includes(`Run ${id} has finished its 6 steps (checkpoint at step 6): nothing to resume`),
+      again.err.some((l) =>
+        l.startsWith(`Run ${id} has finished its 6 steps (checkpoint at step 6): nothing to resume; `) &&
+        l.endsWith(`deno task run --resume ${id} --set train.steps=12`)
+      ),
       again.err.join("\n"),
     );
     assertEquals((await (await RunDir.open(dir, id)).store.events(id)).length, events);
-    for (const flag of [["--dry-run"], ["--set", "train.steps=12"]]) {
-      const bad = await cli("run", "--resume", id, ...flag, "--runs-dir", dir);
+    const config = await Deno.readTextFile(`${dir}/${id}/config.yaml`);
+    for (
+      const [flag, why] of [
+        [["--dry-run"], "--dry-run does not go with --resume"],
+        [
+          ["--set", "model.d_model=32"],
+          "--set model.d_model does not go with --resume: a resumed run may change",
+        ],
+        [
+          ["--set", "train.steps=6"],
+          `--set train.steps=6 does not extend run ${id}: its newest checkpoint is at step 6`,
+        ],
+      ] as const
+    ) {
+      const bad = await cli("run", "--resume", id, ...flag, "--runs-dir", dir, "--no-dashboard");
       assertEquals(bad.code, 2, bad.err.join("\n"));
-      assert(bad.err[0]!.includes(`${flag[0]} does not go with --resume`), bad.err.join("\n"));
+      assert(bad.err[0]!.includes(why), bad.err.join("\n"));
     }
+    assertEquals(
+      await Deno.readTextFile(`${dir}/${id}/config.yaml`),
+      config,
+      "a refused --set changes nothing",
+    );
 
-    // Its only checkpoint damaged: refused, nothing written to the run directory or the record.
-    const path = `${dir}/${id}/ckpt/step-6.safetensors`;
+    // Extended: --set train.steps=8 trains two more steps in the same run and says what changed.
+    const more = await cli(
+      "run",
+      "--resume",
+      id,
+      "--set",
+      "train.steps=8",
+      "--runs-dir",
+      dir,
+      "--no-dashboard",
+    );
+    assertEquals(more.code, 0, more.err.join("\n"));
+    assert(
+      more.err.includes(`Run ${id}: train.steps 6 → 8 (config.yaml and the store updated)`),
+      more.err.join("\n"),
+    );
+    assert(
+      more.err.some((l) =>
+        /^ {2}the learning-rate schedule now spans 8 steps: lr at step 6 \S+ → \S+$/.test(l)
+      ),
+    );
+    assertEquals((await latestCheckpoint(`${dir}/${id}`))!.entry.step, 8);
+    assert((await Deno.readTextFile(`${dir}/${id}/config.yaml`)).includes("steps: 8"));
+    const stored = (await (await RunDir.open(dir, id)).store.getRun(id))!;
+    assert(stored.config_yaml.includes("steps: 8") && stored.status === "finished" && stored.step === 8);
+
+    // Both its checkpoints damaged: refused, nothing written to the run directory or the record.
+    const path = `${dir}/${id}/ckpt/step-8.safetensors`;
     await Deno.truncate(path, 1000);
+    await Deno.truncate(`${dir}/${id}/ckpt/step-6.safetensors`, 1000);
     const run = await RunDir.open(dir, id);
     const before = {
       meta: run.meta,
@@ -200,7 +248,7 @@ Deno.test("a run killed before its first checkpoint resumes from step 0 and says
     const text = refused.err.join("\n");
     for (
       const want of [
-        `Run ${id} has no intact checkpoint to resume from: the one that ${dir}/${id}/ckpt/manifest.json lists is damaged:`,
+        `Run ${id} has no intact checkpoint to resume from: all 2 that ${dir}/${id}/ckpt/manifest.json lists are damaged:`,
         `${path}: size or SHA-256 does not match the manifest (1000 bytes, listed `,
         `To start over from step 0 as a new run: deno task run ${dir}/${id}/config.yaml --runs-dir ${dir}`,
       ]
@@ -262,14 +310,17 @@ Deno.test("resume is exact with router state (aux-free biases, jitter): 12 steps
     assert(after.err.includes(`Resuming ${killedId} from step 4`), after.err.join("\n"));
 
     const ck = (await latestCheckpoint(`${dir}/${straightId}`))!;
-    const biases = [...ck.file.tensors.keys()].filter((n) => n.startsWith("state/")).sort();
-    assertEquals(biases, ["state/h0.mlp.router.balance_bias", "state/h1.mlp.router.balance_bias"]);
+    const biases = [...ck.file.tensors.keys()].filter((n) => n.startsWith("router_state/")).sort();
+    assertEquals(biases, [
+      "router_state/h0.mlp.router.balance_bias",
+      "router_state/h1.mlp.router.balance_bias",
+    ]);
     assert(tensorToF32(ck.file.tensors.get(biases[0]!)!).some((v) => v !== 0), "the bias moved");
     for (const id of [stoppedId, killedId]) {
       for (const key of ["train/loss", "train/grad_norm", "train/router/1/mlp/bias/3"]) {
         await assertSameSeries(dir, straightId, id, key, 12);
       }
-      for (const prefix of ["param/", "adam_m/", "adam_v/", "state/"]) {
+      for (const prefix of ["param/", "adam_m/", "adam_v/", "router_state/"]) {
         assertEquals(
           await stateSha256(dir, id, prefix, 12),
           await stateSha256(dir, straightId, prefix, 12),

@@ -130,7 +130,7 @@ Deno.test("runs show prints a run's record, config path, checkpoints and last me
     assert(text.startsWith(`Run ${B}\n`), text);
     assert(text.includes(`config     ${dir}/${B}/config.yaml`), text);
     assert(text.includes("Checkpoints: none"), text);
-    assert(/val\/ppl\s+60\s+4\.4817/.test(text), text);
+    assert(/val\/ppl\s+60\s+4\.48\n/.test(text), text); // a perplexity, 2 decimals as everywhere
     assert(text.includes("(and 1 router/… metrics)"), text);
     const j = r.json();
     assertEquals([j.run.id, j.run.status, j.config_path], [B, "finished", `${dir}/${B}/config.yaml`]);

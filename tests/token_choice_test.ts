@@ -1,5 +1,5 @@
 /**
- * Top-k token choice, complete (docs/design.md §3): expert capacity with token dropping, router jitter from
+ * Top-k token choice, complete (docs/design.md §16): expert capacity with token dropping, router jitter from
  * the run's seeded RNG, renormalised gates and softmax after top-k — their config errors, float64
  * identities, the WebGPU step against the float64 step, training through the CLI on this adapter with the
  * dropped share and per-expert loads logged, and exact resume with jitter under gradient accumulation.
@@ -41,7 +41,10 @@ Deno.test("token-choice options under router.train: dense are located errors nam
   assertEquals(dense("capacity_factor", "1.25"), [
     `t.yaml:2:20: router.capacity_factor: router.capacity_factor (1.25) ${why}`,
   ]);
-  assertEquals(dense("jitter", "0.01"), [`t.yaml:2:11: router.jitter: router.jitter (0.01) ${why}`]);
+  assertEquals(dense("jitter", "0.01"), [
+    "t.yaml:2:11: router.jitter: router.jitter (0.01) applies to sparse training (router.train: topk, " +
+    "expert_choice, top_p, relu); router.train dense selects no experts in training",
+  ]);
   assertEquals(dense("renormalize", "true"), [
     `t.yaml:2:16: router.renormalize: router.renormalize (true) ${why}`,
   ]);

@@ -6,8 +6,10 @@
  * - `read each`: the logits read back after every step, as streamed generation must (a host↔GPU sync per
  *   token, ~11 ms on llvmpipe, often dominates there).
  * Models start from the seeded initialization (no training needed); the sparse rule is top-k, so the
- * active share is fixed: 2 of 8 MLP experts and 2 of 4 attention experts (tiny's trained threshold rule
- * activated ~44% of hidden parameters). Each row is checked against the float64 decoder of its own model.
+ * active share is fixed: 2 of 8 MLP experts and 2 of 4 attention experts, a third of the hidden parameters
+ * (attention and MLP weights, the shared K/V included) at tiny's shape; each case's name states its hidden %
+ * and its share of all parameters (docs/design.md §5, core/plan/counts.ts `activeWith`). Each row is checked
+ * against the float64 decoder of its own model.
  *
  * @module
  */
@@ -20,7 +22,7 @@ import { schedule } from "../graph/schedule.ts";
 import { Decoder } from "../infer/generate.ts";
 import { buildDecoder, type InferRules } from "../plan/model.ts";
 import type { RouteRule } from "../graph/op_types.ts";
-import { countParams } from "../plan/counts.ts";
+import { activeWith, countParams, expectedActive, layerShape } from "../plan/counts.ts";
 import { initParams } from "../train/init.ts";
 import { fmtCount } from "../util/format.ts";
 import { Rng } from "../util/rng.ts";
@@ -63,6 +65,21 @@ export const DECODE_SPARSE_RULE: InferRules = {
   attention: { ..._BASE, kind: "topk", k: 2 },
 };
 const _DENSE_RULE: InferRules = { mlp: { ..._BASE, kind: "dense" }, attention: { ..._BASE, kind: "dense" } };
+
+/**
+ * What the sparse model of a decode case runs under {@linkcode DECODE_SPARSE_RULE}, by docs/design.md §5:
+ * e.g. "hidden 33.3%, 37.8% of all" at configs/dsmoe-tiny.yaml's shape (of the attention and MLP weights; of
+ * every parameter).
+ */
+export function decodeShare(c: Readonly<Experiment>): string {
+  const s = layerShape(c), r = DECODE_SPARSE_RULE;
+  const a = activeWith(
+    c,
+    expectedActive(r.attention, s.attExperts).experts,
+    expectedActive(r.mlp, s.mlpExperts).experts,
+  );
+  return `hidden ${a.hiddenPct.toFixed(1)}%, ${a.activePctAll.toFixed(1)}% of all`;
+}
 
 /** Float64 logits after decoding `ids` from position 0 (the reference of one timed run). */
 function _referenceLogits(
@@ -120,7 +137,8 @@ export async function decodeCases(
     } as const;
     const params = (m: (typeof models)[keyof typeof models]) =>
       initParams(buildDecoder(m.c, m.rules).params, 7);
-    const total = `${fmtCount(countParams(sparse).total)} vs ${fmtCount(countParams(dense).total)} params`;
+    const total = `${fmtCount(countParams(sparse).total)} vs ${fmtCount(countParams(dense).total)} params, ` +
+      decodeShare(sparse);
     for (const readEach of [false, true]) {
       cases.push({
         suite: "decode",

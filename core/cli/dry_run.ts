@@ -6,7 +6,7 @@
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
-import { parseByteSize } from "../config/schema.ts";
+import { AUX_FREE_BIAS_RATE, parseByteSize } from "../config/schema.ts";
 import type { LoadedExperiment } from "../config/mod.ts";
 import { experimentToYaml } from "../config/mod.ts";
 import {
@@ -17,8 +17,11 @@ import {
   fitsMemoryBudget,
   flopsPerToken,
   hasBatchRouterLoss,
+  layerShape,
 } from "../plan/counts.ts";
-import { plan, trainPlanBytes } from "../plan/plan.ts";
+import { configRules, plan, trainPlanBytes } from "../plan/plan.ts";
+import { expertChoiceTokens } from "../plan/router_zoo.ts";
+import { ruleName } from "../infer/evaluate.ts";
 import { fmtBytes, fmtCount, table } from "../util/format.ts";
 import { describeData } from "../data/prepare.ts";
 
@@ -29,8 +32,9 @@ export interface PointSummary {
   params_total: number;
   params_active: number;
   params_active_exact: boolean;
-  active_pct: number;
-  hidden_pct: number;
+  active_pct: number; // docs/design.md §5 (core/plan/counts.ts activeWith), as eval reports it
+  hidden_pct: number; // of the attention and MLP weights, routed or not (docs/design.md §5)
+  active_pct_all: number; // share of all parameters, embeddings included
   flops_per_token_train: number;
   flops_per_token_infer: number;
   flops_per_token_infer_dense: number;
@@ -47,6 +51,10 @@ export interface PointSummary {
   memory_budget_bytes: number;
   fits_budget: boolean; // memory_train_bytes (the estimate, as resume checks it) is within the budget
   components: Record<string, number>;
+  /** How the routers train and which rule runs them at inference; null for a model without routers. */
+  router: string | null;
+  /** The MLP experts when some are shared or fine-grained (docs/design.md §16), else null. */
+  experts: string | null;
 }
 
 /** Computes the summary of one validated config. */
@@ -64,8 +72,9 @@ export function summarizePoint(
     params_total: p.total,
     params_active: a.active,
     params_active_exact: a.exact,
-    active_pct: (100 * a.active) / a.all,
+    active_pct: a.activePct,
     hidden_pct: a.hiddenPct,
+    active_pct_all: a.activePctAll,
     flops_per_token_train: f.train,
     flops_per_token_infer: f.infer,
     flops_per_token_infer_dense: f.inferDense,
@@ -81,7 +90,89 @@ export function summarizePoint(
     memory_budget_bytes: budget,
     fits_budget: fitsMemoryBudget(c),
     components,
+    router: routerSummary(c),
+    experts: expertsSummary(c),
   };
+}
+
+/**
+ * One line on shared and fine-grained MLP experts (docs/design.md §16), null without either: the routed
+ * experts with their segments and width, and the shared ones, which every token runs.
+ */
+export function expertsSummary(c: Readonly<Experiment>): string | null {
+  const s = layerShape(c), m = c.model.mlp;
+  if (s.segments === 1 && s.sharedExperts === 0) return null;
+  const routed = s.segments > 1
+    ? `${m.experts} experts × ${s.segments} segments = ${s.mlpExperts} routed of width ${s.hidden}`
+    : `${s.mlpExperts} routed of width ${s.hidden}`;
+  const k = c.router.train === "topk"
+    ? `, ${c.router.k} × ${s.segments} = ${c.router.k * s.segments} active`
+    : "";
+  const shared = s.sharedExperts > 0
+    ? `; ${s.sharedExperts} shared of width ${s.sharedHidden}, always on (gate 1, at inference too)`
+    : "";
+  return `MLP ${routed}${s.segments > 1 ? k : ""}${shared}`;
+}
+
+/**
+ * One line on the routers of `c` (docs/design.md §3, §16): the training rule with its parameters and options, and the
+ * inference rule (`router.infer`), which every training rule hands over to at inference. Null without
+ * routers.
+ */
+export function routerSummary(c: Readonly<Experiment>): string | null {
+  const s = layerShape(c), r = c.router;
+  if (!s.routedMlp && !s.routedAtt) return null;
+  const infer = ruleName(configRules(c), { mlp: s.routedMlp, attention: s.routedAtt });
+  const jitter = r.jitter > 0 ? `; jitter ${r.jitter}` : "";
+  switch (r.train) {
+    case "dense":
+      return `train dense (every expert, DS-MoE); inference ${infer}`;
+    case "topk":
+      return `train topk (k ${r.k}${tokenChoiceOptions(c)}); inference ${infer}`;
+    case "expert_choice": {
+      const T = accumulationOf(c).microBatch * c.data.seq_len;
+      const takes = (kind: string, n: number, m: number) =>
+        `${kind}: each of ${n} experts takes C = ${expertChoiceTokens(T, n, r.capacity * m)}`;
+      const parts = [
+        ...(s.routedMlp ? [takes("MLP", s.mlpExperts, s.segments)] : []),
+        ...(s.routedAtt ? [takes("attention", s.attExperts, 1)] : []),
+      ];
+      return `train expert_choice (capacity ${r.capacity}; ${parts.join(", ")} of the ${T} tokens of a ` +
+        `micro-batch${jitter}) — training only (it sees the whole batch); inference uses router.infer: ${infer}`;
+    }
+    case "top_p":
+      return `train top_p (each token keeps its fewest experts whose probability mass reaches ${r.p}` +
+        `${
+          c.loss.dynamic > 0 ? `; dynamic loss ${c.loss.dynamic}` : ""
+        }${jitter}); inference uses router.infer: ${infer}`;
+    case "relu":
+      return `train relu (gates ReLU(s), L1 weight λ from ${c.loss.l1} adapted ×/÷ ${r.l1_rate} per step ` +
+        `toward ${r.target_sparsity} zero gates${jitter}); inference runs the experts with a gate above 0 that ` +
+        `router.infer selects: ${infer}`;
+    default:
+      return r.train satisfies never;
+  }
+}
+
+/**
+ * The top-k token-choice options of `c` that are set (docs/design.md §16), each as `; …`: expert capacity,
+ * jitter, renormalised gates, softmax after top-k, null experts, the aux-free bias.
+ *
+ * @example
+ * ```ts ignore
+ * tokenChoiceOptions(c); // "; capacity factor 1.25; 2 null experts; aux-free bias γ 0.001"
+ * ```
+ */
+export function tokenChoiceOptions(c: Readonly<Experiment>): string {
+  const r = c.router;
+  return [
+    ...(r.capacity_factor > 0 ? [`capacity factor ${r.capacity_factor}`] : []),
+    ...(r.jitter > 0 ? [`jitter ${r.jitter}`] : []),
+    ...(r.renormalize ? ["renormalised gates"] : []),
+    ...(r.softmax_order === "after" ? ["softmax after top-k"] : []),
+    ...(r.null_experts > 0 ? [`${r.null_experts} null experts`] : []),
+    ...(r.balance === "aux_free" ? [`aux-free bias γ ${r.bias_rate ?? AUX_FREE_BIAS_RATE}`] : []),
+  ].map((o) => `; ${o}`).join("");
 }
 
 /** The training plan's buffers of `c`, or null when the planner refuses the config (a RangeError). */
@@ -137,10 +228,12 @@ export function formatDryRun(
       `  active        ${fmtCount(s.params_active)} per token (${
         s.active_pct.toFixed(1)
       }% of non-embedding, ` +
-        `hidden ${s.hidden_pct.toFixed(1)}%)${
+        `${s.active_pct_all.toFixed(1)}% of all, hidden ${s.hidden_pct.toFixed(1)}% of attention and MLP)${
           s.params_active_exact ? "" : " — upper bound; deno task eval measures it"
         }`,
     );
+    if (s.router) out.push(`  router        ${s.router}`);
+    if (s.experts) out.push(`  experts       ${s.experts}`);
     out.push(
       `  FLOPs/token   train ${fmtCount(s.flops_per_token_train)}, inference ${
         fmtCount(s.flops_per_token_infer)

@@ -1,17 +1,20 @@
 /**
  * `deno task eval <run-id|run-dir|checkpoint.safetensors> [--rule …]…`: validation perplexity and active
  * parameters of a trained model under one or more inference routing rules — a sparsity frontier — printed
- * as a table, stored as `infer/<rule>/…` metrics of the run, and as JSON with `--json`.
+ * as a table, stored as `infer/<rule>/…` metrics of the run, and as JSON with `--json`. `--diagnostics` adds
+ * each rule's routing diagnostics (core/infer/diagnostics.ts), stored as `diag/<rule>/…`.
  *
  * @module
  */
+import { fmtChange, fmtLoss, fmtPpl } from "../util/quantities.js";
 import type { Experiment } from "../config/schema.ts";
 import { Dataset, loadDataset } from "../data/dataset.ts";
 import { defaultCacheDir } from "../data/prepare.ts";
 import { ChunkedEncoder, type Tokenizer } from "../data/tokenizers.ts";
 import { DataError, inspectSource, resolveSource, sourceStream } from "../data/sources.ts";
-import { evaluateRules, type RuleResult } from "../infer/evaluate.ts";
-import { recordRuleResults } from "../infer/record.ts";
+import { compareRouting, evaluateRules, type RuleResult } from "../infer/evaluate.ts";
+import { summarizeRouting } from "../infer/diagnostics.ts";
+import { recordRoutingDiagnostics, recordRuleResults } from "../infer/record.ts";
 import { countParams, layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
@@ -21,6 +24,7 @@ import { fmtCount, table } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
 import { boundedInt, parseCommandArgs } from "./args.ts";
 import { loadTarget, recordOrWarn, targetArg } from "./run_checkpoint.ts";
+import { expectedParams } from "../runs/stored_run.ts";
 import { dataProgress } from "./progress.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
 import { EXIT_OK, UsageError } from "./errors.ts";
@@ -51,6 +55,12 @@ Options:
   --text FILE       score FILE instead of the validation split (text, .jsonl or .parquet, at most 64 MiB):
                     windows of seq_len + 1 tokens spread over all of it, tokenized with the model's tokenizer;
                     printed only (not recorded with the run)
+  --diagnostics     also measure each rule's routing: per-expert load (top-1 and active shares), routing
+                    entropy, expert co-activation and, on synthetic:multidomain data, the mutual information
+                    of top-1 expert and domain (bits); printed, stored as diag/<rule>/… and in --json
+  --against TARGET  with --diagnostics: another checkpoint of the same model shape (run or .safetensors file,
+                    e.g. an earlier step of the same run) evaluated on the same tokens; routing stability is
+                    the share of tokens whose top-1 expert differs between the two
   --json            last stdout line: {"dense_ppl","rules":[{"rule","params","ppl","bpb","active_params",…}]}
 ${storeUsage(20)}`;
 
@@ -188,6 +198,29 @@ function _usage<T>(f: () => T, prefix: string): T {
   }
 }
 
+/**
+ * Refuses (usage error naming `what`) a checkpoint whose model differs from `c`'s: other parameters or
+ * shapes, or another tokenizer, so that its routing of the same tokens cannot be compared.
+ */
+export function checkComparable(c: Readonly<Experiment>, other: Readonly<Experiment>, what: string): void {
+  if (c.data.tokenizer !== other.data.tokenizer) {
+    throw new UsageError(`${what}: tokenizer ${other.data.tokenizer}, not the model's ${c.data.tokenizer}`);
+  }
+  const mine = expectedParams(c), theirs = expectedParams(other);
+  for (const [name, shape] of mine) {
+    const o = theirs.get(name);
+    if (!o || o.join() !== shape.join()) {
+      throw new UsageError(
+        `${what}: not a checkpoint of the same model shape: parameter "${name}" is [${shape}] here and ` +
+          `${o ? `[${o}]` : "missing"} there`,
+      );
+    }
+  }
+  for (const name of theirs.keys()) {
+    if (!mine.has(name)) throw new UsageError(`${what}: parameter "${name}" is not in the model evaluated`);
+  }
+}
+
 /** Runs `eval`. */
 export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   const parsed = parseCommandArgs("eval", args, {
@@ -197,6 +230,8 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
     p: { type: "string", multiple: true },
     batches: { type: "string" },
     text: { type: "string" },
+    diagnostics: { type: "boolean" },
+    against: { type: "string" },
   });
   const { values, positionals } = parsed;
   if (values.help) {
@@ -206,9 +241,16 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   const arg = targetArg("eval", positionals);
   const askedBatches = parseBatchesFlag(values.batches);
   const asked = parseRules(parsed.tokens ?? []);
+  if (values.against !== undefined && !values.diagnostics) {
+    throw new UsageError("--against compares routing: it needs --diagnostics");
+  }
   const runsDir = useStore(values);
   const target = await loadTarget(arg, runsDir, "evaluate", (l) => io.err(l));
   const c = target.config, shape = layerShape(c);
+  const against = values.against === undefined
+    ? null
+    : await loadTarget(values.against, runsDir, "compare routing with", (l) => io.err(l));
+  if (against) checkComparable(c, against.config, `--against ${values.against}`);
   const routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
   const own: InferRules = configRules(c);
   const dense = denseRules();
@@ -227,10 +269,17 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   });
   let results: RuleResult[];
   try {
+    const diagnostics = values.diagnostics === true;
     results = await evaluateRules(gpu, c, target.params, dataset, rules, {
       batches,
       progress: (l) => io.err(l),
+      diagnostics,
     });
+    if (against) {
+      io.err(`Evaluating ${against.label} (step ${against.step}) on the same tokens for routing stability`);
+      const other = await evaluateRules(gpu, c, against.params, dataset, rules, { batches, diagnostics });
+      for (const [i, r] of results.entries()) compareRouting(r.routing!, other[i]!.routing!);
+    }
   } finally {
     gpu.destroy();
   }
@@ -238,13 +287,21 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
   // A rule asked for twice (or "dense" asked for) is shown once.
   const shown = results.filter((r, i) => results.findIndex((x) => x.rule === r.rule) === i);
   io.out(_table(shown, denseResult, routed));
+  if (values.diagnostics) io.out(diagnosticsText(shown, against));
 
   const run = text === undefined ? target.run : null; // a score of another text is not the run's metric
   if (run) {
     await recordOrWarn(
       async () => {
         await recordRuleResults(run, target.step, shown);
-        io.err(`Metrics infer/<rule>/… recorded in ${run.store.url}`);
+        if (values.diagnostics) {
+          await recordRoutingDiagnostics(run, target.step, shown, against?.step ?? null);
+        }
+        io.err(
+          `Metrics infer/<rule>/…${
+            values.diagnostics ? " and diag/<rule>/…" : ""
+          } recorded in ${run.store.url}`,
+        );
       },
       io,
       "infer/",
@@ -265,8 +322,21 @@ export async function evalCommand(args: string[], io: CliIo): Promise<number> {
         active_params: r.activeParams,
         active_pct: r.activePct,
         hidden_pct: r.hiddenPct,
+        active_pct_all: r.activePctAll,
         layers: r.layers,
+        ...(r.routing
+          ? {
+            diagnostics: {
+              domains: r.routing.domains,
+              ...summarizeRouting(r.routing.routers),
+              routers: r.routing.routers,
+            },
+          }
+          : {}),
       })),
+      ...(values.diagnostics
+        ? { against: against ? { target: against.label, step: against.step } : null }
+        : {}),
     }));
   }
   return EXIT_OK;
@@ -324,18 +394,30 @@ function _table(
     if (ls.length === 0) return "-";
     return `${(ls.reduce((a, l) => a + l.experts, 0) / ls.length).toFixed(2)}/${ls[0]!.of}`;
   };
-  const header = ["rule", "val loss", "ppl", "Δppl vs dense", "active params", "active %", "hidden %"];
+  // Shares by docs/design.md §5: active % of the non-embedding parameters, hidden % of the attention and MLP
+  // weights (routed or not), "all %" of every parameter (embeddings included).
+  const header = [
+    "rule",
+    "val loss",
+    "ppl",
+    "Δppl vs dense",
+    "active params",
+    "active %",
+    "hidden %",
+    "all %",
+  ];
   if (routed.attention) header.push("attn experts");
   if (routed.mlp) header.push("mlp experts");
   const rows = results.map((r) => {
     const row = [
       r.rule,
-      r.loss.toFixed(4),
-      r.ppl.toFixed(3),
-      `${r.ppl >= dense.ppl ? "+" : ""}${((100 * (r.ppl - dense.ppl)) / dense.ppl).toFixed(2)}%`,
+      fmtLoss(r.loss),
+      fmtPpl(r.ppl),
+      fmtChange((100 * (r.ppl - dense.ppl)) / dense.ppl),
       fmtCount(r.activeParams),
       r.activePct.toFixed(1),
       r.hiddenPct.toFixed(1),
+      r.activePctAll.toFixed(1),
     ];
     if (routed.attention) row.push(mean(r, "attention"));
     if (routed.mlp) row.push(mean(r, "mlp"));
@@ -351,5 +433,45 @@ function _table(
     "right",
     "right",
     "right",
+    "right",
   ]);
+}
+
+/**
+ * The routing diagnostics of `results` as text: per rule, the means over routers, then one line per router
+ * (entropy, MI with the domain, top-1 changes, the active share of each expert and the pair of experts most
+ * often active together).
+ */
+export function diagnosticsText(
+  results: readonly RuleResult[],
+  against: { label: string; step: number } | null,
+): string {
+  const out = ["", "Routing diagnostics (core/infer/diagnostics.ts)"];
+  if (against) out.push(`routing stability against ${against.label} (step ${against.step})`);
+  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+  for (const r of results) {
+    if (!r.routing) continue;
+    const s = summarizeRouting(r.routing.routers);
+    const mi = s.mi_domain_bits === null
+      ? "no domain labels"
+      : `MI(expert; domain) ${s.mi_domain_bits.toFixed(3)} of ${s.domain_entropy_bits!.toFixed(3)} bits`;
+    const changed = s.top1_changed === null ? "" : `, top-1 changed ${pct(s.top1_changed)}`;
+    out.push(`${r.rule}: entropy ${s.entropy.toFixed(3)} nats, ${mi}${changed} (means over routers)`);
+    for (const d of r.routing.routers) {
+      let best = [0, 0, -1];
+      for (let i = 0; i < d.experts; i++) {
+        for (let j = i + 1; j < d.experts; j++) {
+          if (d.coactivation[i]![j]! > best[2]!) best = [i, j, d.coactivation[i]![j]!];
+        }
+      }
+      out.push(
+        `  L${d.layer} ${d.kind}: entropy ${d.entropy.toFixed(3)}` +
+          (d.mi_domain_bits === null ? "" : `, MI ${d.mi_domain_bits.toFixed(3)} bits`) +
+          (d.top1_changed === null ? "" : `, top-1 changed ${pct(d.top1_changed)}`) +
+          `, active ${d.load_active.map(pct).join(" ")}, top-1 ${d.load_top1.map(pct).join(" ")}` +
+          (best[2]! >= 0 ? `, most co-active ${best[0]}+${best[1]} ${pct(best[2]!)}` : ""),
+      );
+    }
+  }
+  return out.join("\n");
 }

@@ -150,7 +150,10 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
       (r.contextShifts > 0 ? `, ${r.contextShifts} context shift(s)` : "") +
       (routed
         ? `; active params ${fmtCount(r.activeParams)} per token (${r.activePct.toFixed(1)}% of ` +
-          `${fmtCount(r.activeParams / (r.activePct / 100))}), hidden ${r.hiddenPct.toFixed(1)}%`
+          `${fmtCount(r.activeParams / (r.activePct / 100))}; ${
+            r.activePctAll.toFixed(1)
+          }% of all parameters), ` +
+          `hidden ${r.hiddenPct.toFixed(1)}% (of the attention and MLP weights)`
         : ""),
   );
   if (target.run) {
@@ -174,6 +177,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
       active_params: r.activeParams,
       active_pct: r.activePct,
       hidden_pct: r.hiddenPct,
+      active_pct_all: r.activePctAll,
       layers: r.layers,
     }));
   }

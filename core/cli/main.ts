@@ -83,6 +83,8 @@ export async function main(argv: readonly string[], io: CliIo = _stdio): Promise
         return await dashboardCommand(rest, io);
       case "repro":
         return await reproCommand(rest, io);
+      case "study":
+        return await (await import("./study_cmd.ts")).studyCommand(rest, io);
       case "prepare":
         return await (await import("./prepare_cmd.ts")).prepareCommand(rest, io);
       case "worker":
@@ -157,9 +159,9 @@ async function _run(args: string[], io: CliIo): Promise<number> {
     throw new UsageError("run --resume takes a run id, not a config file");
   }
   if (values.resume !== undefined) {
-    // A resumed run keeps its stored config and trains: flags that would change the config or train nothing
-    // are refused rather than ignored.
-    const ignored = (["dry-run", "set", "sweep"] as const).find((f) => values[f] !== undefined);
+    // A resumed run keeps its stored config and trains: flags that would change what it is or train nothing
+    // are refused rather than ignored; `--set` may change how long it trains (resumeRun checks the keys).
+    const ignored = (["dry-run", "sweep"] as const).find((f) => values[f] !== undefined);
     if (ignored) {
       throw new UsageError(
         `--${ignored} does not go with --resume: a resumed run continues with the config it was started with ` +

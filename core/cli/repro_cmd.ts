@@ -14,8 +14,7 @@ import { parseCommandArgs } from "./args.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
 import type { CliIo } from "./io.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
-import { liveDashboard } from "./live_dashboard.ts";
-import { abortOnSignal } from "./train_cmd.ts";
+import { checkScale, runPipeline } from "./pipeline_cmd.ts";
 
 /** The manifest `repro` reads unless told otherwise. */
 export const DEFAULT_MANIFEST = "configs/repro/repro.yaml";
@@ -93,26 +92,15 @@ export async function reproCommand(args: string[], io: CliIo): Promise<number> {
     throw new UsageError(`--data expects ${Object.keys(DATA_MANIFESTS).join(" or ")}, got "${values.data}"`);
   }
   const spec = await loadReproSpec(values.manifest ?? byData ?? DEFAULT_MANIFEST);
-  const scale = values.scale ?? "small";
-  if (!spec.scales[scale]) {
-    throw new UsageError(`--scale ${scale}: ${spec.file} defines ${Object.keys(spec.scales).join(", ")}`);
-  }
+  const scale = checkScale(values.scale ?? "small", spec.file, spec.scales);
   const runsDir = useStore(values);
-  const ac = abortOnSignal(io);
-  const live = await liveDashboard(runsDir, values, io);
-  let outcome;
-  try {
-    outcome = await runRepro(spec, await Deno.readTextFile(spec.file), {
-      scale,
-      runsDir,
-      backendFactory: createBackend,
-      progress: (l) => io.err(l),
-      signal: ac.signal,
-      dashboardUrl: live?.url,
-    });
-  } finally {
-    await live?.stop();
-  }
+  const manifest = await Deno.readTextFile(spec.file);
+  const outcome = await runPipeline(
+    runsDir,
+    values,
+    io,
+    (ctx) => runRepro(spec, manifest, { ...ctx, scale, runsDir, backendFactory: createBackend }),
+  );
   for (const line of reproSummary(outcome.report, outcome.path)) io.out(line);
   if (outcome.failed.length > 0) {
     io.err(`Training failed for: ${outcome.failed.join(", ")} (reported as not measured)`);

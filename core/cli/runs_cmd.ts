@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { fmtBpb, fmtLoss, fmtMetric, fmtPpl, localTime, NONE, paramPairs } from "../util/quantities.js";
 import { isRunId } from "../runs/checkpoints.ts";
 import { openRunStore } from "../runs/open_store.ts";
 import { resolveRunRef } from "../runs/resolve_run.ts";
@@ -133,7 +134,6 @@ async function _list(runsDir: string, f: _Filter, io: CliIo, json: boolean): Pro
       val_bpb: v("val/bpb"),
     });
   }
-  const num = (x: number | null, digits: number) => (x === null ? "-" : x.toFixed(digits));
   if (listed.length === 0) {
     io.out(`No runs${f.name || f.status || f.sweep ? " match" : ""} in ${store.url}`);
   } else {
@@ -145,9 +145,9 @@ async function _list(runsDir: string, f: _Filter, io: CliIo, json: boolean): Pro
         r.status,
         String(r.step),
         _time(r.started_at),
-        num(r.val_loss, 4),
-        num(r.val_ppl, 2),
-        num(r.val_bpb, 4),
+        fmtLoss(r.val_loss),
+        fmtPpl(r.val_ppl),
+        fmtBpb(r.val_bpb),
       ]),
       ["left", "left", "left", "right", "left", "right", "right", "right"],
     ));
@@ -159,10 +159,9 @@ async function _list(runsDir: string, f: _Filter, io: CliIo, json: boolean): Pro
   return EXIT_OK;
 }
 
-/** `2026-12-06T16:13:55.123Z` as `2026-12-06 16:13` (UTC); other text as it is. */
+/** A stored timestamp in this machine's time zone, `2026-12-06 17:13`, as the dashboard shows it. */
 function _time(iso: string | null): string {
-  if (iso === null) return "-";
-  return /^\d{4}-\d\d-\d\dT\d\d:\d\d/.test(iso) ? `${iso.slice(0, 10)} ${iso.slice(11, 16)}` : iso;
+  return iso === null ? NONE : localTime(iso);
 }
 
 async function _show(runsDir: string, ref: string, io: CliIo, json: boolean): Promise<number> {
@@ -180,17 +179,17 @@ async function _show(runsDir: string, ref: string, io: CliIo, json: boolean): Pr
   const rows: [string, string][] = [
     ["name", run.name],
     ["status", `${run.status}, step ${run.step}`],
-    ["started", run.started_at],
-    ["ended", run.ended_at ?? "-"],
+    ["started", _time(run.started_at)],
+    ["ended", _time(run.ended_at)],
     ["seed", String(run.seed)],
-    ["adapter", run.adapter ?? "-"],
-    ["git commit", run.git_commit ?? "-"],
+    ["adapter", run.adapter ?? NONE],
+    ["git commit", run.git_commit ?? NONE],
     ...(run.sweep_id
-      ? [["sweep", `${run.sweep_id} ${JSON.stringify(run.sweep_params)}`] as [string, string]]
+      ? [["sweep", [run.sweep_id, ...paramPairs(run.sweep_params)].join(" ")] as [string, string]]
       : []),
     [
       "writer",
-      run.host === null ? "-" : `pid ${run.pid} on ${run.host}, heartbeat ${run.heartbeat_at ?? "-"}`,
+      run.host === null ? NONE : `pid ${run.pid} on ${run.host}, heartbeat ${_time(run.heartbeat_at)}`,
     ],
     ...(run.error ? [["error", run.error] as [string, string]] : []),
     ["directory", `${dir}/`],
@@ -214,7 +213,7 @@ async function _show(runsDir: string, ref: string, io: CliIo, json: boolean): Pr
     io.out("Last metrics:");
     io.out(table(
       ["key", "step", "value"],
-      main.map((k) => [k, String(last.get(k)!.step), _value(last.get(k)!.value)]),
+      main.map((k) => [k, String(last.get(k)!.step), fmtMetric(k, last.get(k)!.value)]),
       ["left", "right", "right"],
     ));
   }
@@ -232,14 +231,6 @@ async function _show(runsDir: string, ref: string, io: CliIo, json: boolean): Pr
     }));
   }
   return EXIT_OK;
-}
-
-function _value(x: number): string {
-  return Number.isInteger(x)
-    ? String(x)
-    : Math.abs(x) >= 1e-3 && Math.abs(x) < 1e6
-    ? x.toFixed(4)
-    : x.toExponential(3);
 }
 
 async function _rm(runsDir: string, refs: string[], io: CliIo, json: boolean, yes: boolean): Promise<number> {

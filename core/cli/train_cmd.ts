@@ -5,7 +5,9 @@
  *
  * @module
  */
-import type { LoadedExperiment } from "../config/mod.ts";
+import { experimentToYaml, type LoadedExperiment, parseExperimentText } from "../config/mod.ts";
+import { learningRate } from "../train/lr_schedule.ts";
+import { fmtRate } from "../util/quantities.js";
 import { createBackend } from "../train/backends.ts";
 import {
   closeExperimentData,
@@ -17,7 +19,7 @@ import {
 } from "../train/run_experiment.ts";
 import { formatProfile } from "../train/profile.ts";
 import { continueRun } from "../train/continue_run.ts";
-import { openStoredRun } from "../runs/stored_run.ts";
+import { openStoredRun, type StoredRun } from "../runs/stored_run.ts";
 import { resolveRunRef } from "../runs/resolve_run.ts";
 import { positiveInt } from "./args.ts";
 import type { CliIo } from "./io.ts";
@@ -35,6 +37,7 @@ export interface RunFlags {
   "dashboard-port"?: string;
   "no-dashboard"?: boolean;
   profile?: boolean;
+  set?: string[]; // with --resume: keys of RESUME_SET_KEYS only
 }
 
 /**
@@ -119,10 +122,15 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
   }).catch((e) => {
     throw e instanceof Deno.errors.NotFound ? new UsageError(`run --resume: ${e.message}`) : e;
   });
-  const done = stored.ck?.entry.step ?? 0, steps = stored.config.train.steps;
+  const done = stored.ck?.entry.step ?? 0;
+  if (flags.set?.length) await _extendRun(stored, flags.set, done, io);
+  const steps = stored.config.train.steps;
   if (done >= steps) {
     io.err(
-      `Run ${stored.run.meta.id} has finished its ${steps} steps (checkpoint at step ${done}): nothing to resume`,
+      `Run ${stored.run.meta.id} has finished its ${steps} steps (checkpoint at step ${done}): nothing to ` +
+        `resume; to train it longer: deno task run --resume ${stored.run.meta.id} --set train.steps=${
+          2 * steps
+        }`,
     );
     return EXIT_OK;
   }
@@ -156,4 +164,81 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
     await live?.stop();
     backend.destroy();
   }
+}
+
+/**
+ * What `--set` may change in a resumed run: how long it trains and how often it evaluates, checkpoints and
+ * logs — nothing its weights or optimizer state were trained with.
+ */
+export const RESUME_SET_KEYS = [
+  "train.steps",
+  "train.eval_every",
+  "train.eval_batches",
+  "train.checkpoint_every",
+  "train.log_every",
+] as const;
+
+/**
+ * Applies `sets` to a stored run about to be resumed (`stored` is changed in place): refuses (exit 2) a key
+ * outside {@linkcode RESUME_SET_KEYS} or a `train.steps` not past the checkpoint, then writes the new config
+ * (run directory and store) and says what changed, the learning rate's jump included: the schedule is
+ * recomputed over the new number of steps.
+ */
+async function _extendRun(
+  stored: StoredRun,
+  sets: readonly string[],
+  done: number,
+  io: CliIo,
+): Promise<void> {
+  const id = stored.run.meta.id, allowed: readonly string[] = RESUME_SET_KEYS;
+  for (const s of sets) {
+    const key = s.slice(0, Math.max(0, s.indexOf("="))) || s;
+    if (!allowed.includes(key)) {
+      throw new UsageError(
+        `--set ${key} does not go with --resume: a resumed run may change only ${allowed.join(", ")} ` +
+          `(its weights and optimizer state were trained with the rest); to change ${key}, start a new run ` +
+          `from an edited copy of ${stored.run.path}/config.yaml`,
+      );
+    }
+  }
+  const label = `${stored.run.path}/config.yaml`;
+  const next = parseExperimentText(stored.yaml, label, { sets: [...sets] }).points[0]!.config;
+  const old = stored.config;
+  if (next.train.steps <= done) {
+    throw new UsageError(
+      `--set train.steps=${next.train.steps} does not extend run ${id}: its newest checkpoint is at step ${done}`,
+    );
+  }
+  const changes = allowed.map((k) => {
+    const f = k.slice("train.".length) as
+      | "steps"
+      | "eval_every"
+      | "eval_batches"
+      | "checkpoint_every"
+      | "log_every";
+    return [k, old.train[f], next.train[f]] as const;
+  }).filter(([, a, b]) => a !== b);
+  if (changes.length === 0) return;
+  const yaml = experimentToYaml(next);
+  await stored.run.replaceConfig(yaml);
+  await stored.run.event(
+    "info",
+    `config changed on resume: ${changes.map(([k, a, b]) => `${k} ${a} → ${b}`).join(", ")}`,
+    done,
+  );
+  io.err(
+    `Run ${id}: ${
+      changes.map(([k, a, b]) => `${k} ${a} → ${b}`).join(", ")
+    } (config.yaml and the store updated)`,
+  );
+  if (next.train.steps !== old.train.steps && done > 0) {
+    const a = learningRate(old.train, done), b = learningRate(next.train, done);
+    io.err(
+      `  the learning-rate schedule now spans ${next.train.steps} steps: lr at step ${done} ${fmtRate(a)} → ${
+        fmtRate(b)
+      }`,
+    );
+  }
+  stored.yaml = yaml;
+  stored.config = next;
 }

@@ -25,6 +25,7 @@ Commands:
   dashboard [--port 8000] [--host 127.0.0.1] [--token T]         serve the runs dashboard (live charts, API)
   bench [--json] [--suite NAME] [--quick] [--per-sync N]
   repro [--scale micro|small]                                    reproduce the paper's claims; write a report
+  study [manifest.yaml] [--scale micro|small]                    the router study: router × rule matrix report
   store check | rebuild [--full]                                 check the run store against the run dirs; rebuild it
   runs [--name GLOB] [--status S] [--sweep ID] [--limit N]       list runs, newest first, with final val loss
   runs show <run> | runs rm <run>… [--yes]                       one run's record and metrics; remove runs

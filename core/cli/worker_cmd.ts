@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { fmtLoss, NONE } from "../util/quantities.js";
 import { resolve } from "node:path";
 import { openRunStore, selectedRunStore } from "../runs/open_store.ts";
 import { sweepQueueOf } from "../runs/sweep_queue.ts";
@@ -92,19 +93,15 @@ export async function workerCommand(args: string[], io: CliIo): Promise<number> 
 }
 
 function _table(worked: readonly WorkedPoint[]): string {
-  const num = (
-    v: number | undefined,
-    digits: number,
-  ) => (v !== undefined && Number.isFinite(v) ? v.toFixed(digits) : "-");
   return table(
     ["sweep", "point", "status", "train loss", "val loss", "run"],
     worked.map((w) => [
       w.point.sweep_id,
       w.point.point_name,
       w.status.replace("_", " "),
-      num(w.final?.["train/loss"], 4),
-      num(w.final?.["val/loss"], 4),
-      w.point.run_id ?? "-",
+      fmtLoss(w.final?.["train/loss"]),
+      fmtLoss(w.final?.["val/loss"]),
+      w.point.run_id ?? NONE,
     ]),
     ["left", "left", "left", "right", "right", "left"],
   );

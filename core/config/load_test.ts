@@ -28,7 +28,7 @@ Deno.test("loadExperiment() merges extends: maps merge, lists replace, the exten
   assertEquals(config.name, "child");
   assertEquals(config.seed, 7); // only in base.yaml
   assertEquals(config.model.d_model, 64);
-  assertEquals(config.model.mlp, { experts: 8, hidden: 64, activation: "gelu" }); // experts from child
+  assertEquals(config.model.mlp, { experts: 8, hidden: 64, activation: "gelu", shared: 0, segments: 1 }); // experts from child
   assertEquals(config.train.optimizer.betas, [0.9, 0.99]); // the list is replaced, not merged
   assertEquals(config.train.optimizer.lr, 1e-3);
   assertEquals(config.train.steps, 50);
@@ -66,7 +66,7 @@ Deno.test("parseExperimentText() merges a --set map value into the map it replac
   const { config } = parseExperimentText("model:\n  mlp: { experts: 4, hidden: 32 }\n", "m.yaml", {
     sets: ["model.mlp={experts: 2}"],
   });
-  assertEquals(config.model.mlp, { experts: 2, hidden: 32, activation: "gelu" });
+  assertEquals(config.model.mlp, { experts: 2, hidden: 32, activation: "gelu", shared: 0, segments: 1 });
 });
 
 Deno.test("loadExperiment() loads every config in configs/", async () => {

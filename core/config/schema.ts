@@ -101,6 +101,13 @@ export const MlpSchema = z.strictObject({
   experts: posInt("MLP experts; 1 = dense MLP", 8),
   hidden: posInt("Hidden width of each expert", 128),
   activation: z.enum(["gelu", "relu", "silu"]).default("gelu").describe("Activation inside each expert"),
+  shared: z.int().min(0).default(0).describe(
+    "Shared experts (DeepSeekMoE): always on with gate 1, each `hidden` wide, added to the routed sum",
+  ),
+  segments: posInt(
+    "Fine-grained experts (DeepSeekMoE): each expert split into m of hidden/m; m·experts routed, m·k active",
+    1,
+  ),
 });
 
 /** The decoder-only transformer. */
@@ -132,10 +139,25 @@ export const AUX_FREE_BIAS_RATE = 0.001;
 /** Router: how experts are weighted in training and chosen at inference. */
 export const RouterSchema = z.strictObject({
   hidden: z.int().min(0).default(0).describe("0 = linear router; >0 = d → hidden → N MLP router with GELU"),
-  train: z.enum(["dense", "topk"]).default("dense").describe(
-    "dense: every expert trains (DS-MoE); topk: SMoE",
+  train: z.enum(["dense", "topk", "expert_choice", "top_p", "relu"]).default("dense").describe(
+    "dense: every expert trains (DS-MoE); topk: SMoE; expert_choice: each expert takes its top-C tokens " +
+      "(training only); top_p: each token's fewest experts reaching mass router.p; relu: gates ReLU(s) with " +
+      "an adaptive L1 term (docs/design.md §16)",
   ),
   k: posInt("Experts per token when train: topk", 2),
+  capacity: z.number().gt(0).default(2).describe(
+    "train: expert_choice: each expert takes C = ceil(T·capacity/N) of the T tokens of a micro-batch, so " +
+      "capacity is the mean experts per token (2: the paper's EC-CF2)",
+  ),
+  p: z.number().gt(0).max(1).default(0.4).describe(
+    "train: top_p: each token keeps its most probable experts until their mass reaches p (at least one)",
+  ),
+  target_sparsity: z.number().min(0).lt(1).default(0.75).describe(
+    "train: relu: the share of zero gates the L1 weight λ steers to (0.75: 2 of 8 experts per token)",
+  ),
+  l1_rate: z.number().gt(1).default(1.2).describe(
+    "train: relu: λ is multiplied by l1_rate after a step sparser than the target, divided when denser",
+  ),
   infer: InferRuleSchema.prefault({}).describe("Inference rule for MLP experts (and attention, by default)"),
   infer_attention: InferRuleSchema.optional().describe(
     "Inference rule for attention experts; default = infer",
@@ -181,6 +203,8 @@ export const LossSchema = z.strictObject({
       "micro-batch's own, averaged; sequence = each sequence's own, averaged",
   ),
   z: nonNeg("Router z-loss weight", 0),
+  dynamic: nonNeg("Dynamic loss weight of router.train top_p: mean per-token router entropy", 0),
+  l1: nonNeg("router.train relu: λ_0, the first weight of the L1 term of the gates (then adapted)", 0),
 });
 
 /** Optimizer, schedule and loop. */
@@ -290,7 +314,9 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
       break;
     case "smoe":
       if (!routedMlp) issue(["model", "mlp", "experts"], "model.kind smoe needs mlp.experts > 1");
-      if (r.train !== "topk") issue(["router", "train"], "model.kind smoe needs router.train: topk");
+      if (r.train === "dense") {
+        issue(["router", "train"], `model.kind smoe needs a sparse router.train: ${SPARSE_TRAIN.join(", ")}`);
+      }
       break;
     case "dsmoe":
       if (!routedMlp && !routedAtt) {
@@ -301,9 +327,15 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
     default:
       m.kind satisfies never;
   }
-  if (r.train === "topk" && r.k > m.mlp.experts + r.null_experts) {
-    const nulls = r.null_experts > 0 ? ` + ${r.null_experts} null experts` : "";
-    issue(["router", "k"], `k (${r.k}) exceeds experts (${m.mlp.experts}${nulls}) at model.mlp`);
+  _routerZooChecks(c, issue);
+  _expertShapeChecks(c, issue);
+  const seg = m.mlp.segments, nulls = r.null_experts;
+  if (r.train === "topk" && r.k * seg > m.mlp.experts * seg + nulls) {
+    // With segments m, k counts full-size experts: m·k of the N·m segments and the null experts.
+    const of = seg > 1 ? `${m.mlp.experts} × ${seg} segments` : `${m.mlp.experts}`;
+    const all = `${of}${nulls > 0 ? ` + ${nulls} null experts` : ""}`;
+    const k = seg > 1 ? `k (${r.k}) × ${seg} segments` : `k (${r.k})`;
+    issue(["router", "k"], `${k} exceeds experts (${all}) at model.mlp`);
   }
   const rules: [string, InferRule | undefined, number][] = [
     ["infer", r.infer, m.mlp.experts],
@@ -359,26 +391,39 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
   }
 }
 
+/** The training rules of model.kind smoe: every router that trains some experts per token, not all. */
+export const SPARSE_TRAIN = ["topk", "expert_choice", "top_p", "relu"] as const;
+
 /**
- * The top-k token-choice options (capacity, jitter, renormalised gates, softmax order, aux-free balancing;
- * docs/design.md §3) act on the top-k selection of training: with `train: dense` there is none, so each is
- * refused there.
+ * The top-k token-choice options (capacity, renormalised gates, softmax order, aux-free balancing, null
+ * experts; docs/design.md §16) act on training's top-k selection: with another router.train each is refused
+ * at its key. Jitter acts on the router's input: any sparse router.train takes it, dense training does not.
  */
 function _tokenChoiceChecks(
   r: z.output<typeof RouterSchema>,
   issue: (path: (string | number)[], message: string) => void,
 ): void {
   const topkOnly = (key: string, set: boolean, value: unknown) => {
-    if (set && r.train !== "topk") {
-      issue(
-        ["router", key],
-        `router.${key} (${value}) applies to top-k token choice (router.train: topk); router.train ` +
-          `${r.train} selects no experts in training`,
-      );
-    }
+    if (!set || r.train === "topk") return;
+    const why = r.train === "dense"
+      ? "selects no experts in training"
+      : `selects experts by its own rule (docs/design.md §16)${
+        key === "capacity_factor" ? "; expert choice's capacity is router.capacity" : ""
+      }`;
+    issue(
+      ["router", key],
+      `router.${key} (${value}) applies to top-k token choice (router.train: topk); router.train ${r.train} ` +
+        why,
+    );
   };
   topkOnly("capacity_factor", r.capacity_factor > 0, r.capacity_factor);
-  topkOnly("jitter", r.jitter > 0, r.jitter);
+  if (r.jitter > 0 && r.train === "dense") {
+    issue(
+      ["router", "jitter"],
+      `router.jitter (${r.jitter}) applies to sparse training (router.train: ${SPARSE_TRAIN.join(", ")}); ` +
+        "router.train dense selects no experts in training",
+    );
+  }
   topkOnly("renormalize", r.renormalize, r.renormalize);
   topkOnly("softmax_order", r.softmax_order !== "before", r.softmax_order);
   topkOnly("balance", r.balance !== "none", r.balance);
@@ -395,6 +440,80 @@ function _tokenChoiceChecks(
       "router.renormalize has no effect with router.softmax_order: after (the softmax over the kept " +
         "logits already sums to 1); remove one of them",
     );
+  }
+}
+
+/** Cross-checks of the routers of the literature (docs/design.md §16), each issue at the key to change. */
+function _routerZooChecks(
+  c: z.output<z.ZodObject<typeof _shape>>,
+  issue: (path: (string | number)[], message: string) => void,
+): void {
+  const r = c.router;
+  if (c.loss.dynamic > 0 && r.train !== "top_p") {
+    issue(["loss", "dynamic"], `loss.dynamic is the dynamic loss of router.train top_p, not ${r.train}`);
+  }
+  if (r.train === "relu") _reluChecks(c, issue);
+  else if (c.loss.l1 > 0) issue(["loss", "l1"], `loss.l1 is λ_0 of router.train relu, not ${r.train}`);
+  if (r.train === "top_p" && c.loss.load_balance_scope === "sequence") {
+    issue(
+      ["loss", "load_balance_scope"],
+      "loss.load_balance_scope sequence takes each sequence's shares of k selections per token; router.train " +
+        "top_p keeps a varying number per token: use global or micro_batch",
+    );
+  }
+  if (r.train === "expert_choice" && c.loss.load_balance > 0) {
+    issue(
+      ["loss", "load_balance"],
+      "router.train expert_choice is balanced by construction (every expert takes C tokens): set " +
+        "loss.load_balance to 0",
+    );
+  }
+}
+
+/** Shared and fine-grained experts (docs/design.md §16): segments divide the width; both need routing. */
+function _expertShapeChecks(
+  c: z.output<z.ZodObject<typeof _shape>>,
+  issue: (path: (string | number)[], message: string) => void,
+): void {
+  const mlp = c.model.mlp;
+  if (mlp.hidden % mlp.segments !== 0) {
+    issue(
+      ["model", "mlp", "segments"],
+      `segments (${mlp.segments}) must divide model.mlp.hidden (${mlp.hidden}): each segment is hidden/m wide`,
+    );
+  }
+  for (const key of ["shared", "segments"] as const) {
+    if (mlp.experts === 1 && mlp[key] > (key === "shared" ? 0 : 1)) {
+      issue(["model", "mlp", key], `model.mlp.${key} needs routed experts (model.mlp.experts > 1)`);
+    }
+  }
+}
+
+/** ReLU routing: λ_0 > 0 (λ only ever scales), no softmax-based router loss. */
+function _reluChecks(
+  c: z.output<z.ZodObject<typeof _shape>>,
+  issue: (path: (string | number)[], message: string) => void,
+): void {
+  if (c.loss.l1 <= 0) {
+    issue(
+      ["loss", "l1"],
+      "router.train relu needs loss.l1 > 0: it is λ_0, the first L1 weight, which each step multiplies or " +
+        "divides by router.l1_rate (e.g. loss.l1: 1e-3)",
+    );
+  }
+  const softmaxLosses: [string, number][] = [
+    ["load_balance", c.loss.load_balance],
+    ["mi.mlp", c.loss.mi.mlp],
+    ["mi.attention", c.loss.mi.attention],
+  ];
+  for (const [key, w] of softmaxLosses) {
+    if (w > 0) {
+      issue(
+        ["loss", ...key.split(".")],
+        `loss.${key} acts on the softmax of the router, which router.train relu does not gate with (its ` +
+          "sparsity comes from the L1 term): set it to 0",
+      );
+    }
   }
 }
 

@@ -10,6 +10,8 @@ import type { Context, Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import type { RunRecord, RunStore } from "../runs/store.ts";
 import { sweepQueueOf } from "../runs/sweep_queue.ts";
+import { plannedPoints } from "../runs/sweep_plan.ts";
+import { sweepProgress, sweptKeys } from "./sweep_progress.ts";
 import { MAX_POINTS } from "./downsample.ts";
 import { type RunSummary, summarizeRun, summarizeRuns } from "./run_summary.ts";
 import { checkId } from "./security.ts";
@@ -185,11 +187,13 @@ function _sweepRoutes(app: Hono, store: RunStore, index: KeyIndex): void {
         frontier: (await _frontier(store, index, r.id)).points,
       });
     }
-    const params = [...new Set(runs.flatMap((r) => Object.keys(r.sweep_params)))].sort();
+    const planned = sweep ? plannedPoints(sweep) : null;
+    const params = sweptKeys(runs, planned);
     // Where each point stands in the sweep queue (Postgres stores; null elsewhere), without its config.
     const queued = await sweepQueueOf(store)?.points(id);
     const queue = queued?.map(({ config_yaml: _c, claim_id: _k, ...p }) => p) ?? null;
-    return c.json({ sweep, params, runs: points, queue });
+    const progress = sweepProgress(planned, points, Date.now());
+    return c.json({ sweep, params, runs: points, queue, progress });
   });
 }
 

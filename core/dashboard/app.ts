@@ -12,9 +12,12 @@ import { StoreDamagedError, StoreReadOnlyError } from "../runs/store_errors.ts";
 import { registerReadApi } from "./api_read.ts";
 import { registerWriteApi } from "./api_write.ts";
 import { errorPage, runPage, runsPage, sweepPage } from "./pages.ts";
+import { sweepProgress, sweptKeys } from "./sweep_progress.ts";
+import { plannedPoints } from "../runs/sweep_plan.ts";
 import { summarizeRuns } from "./run_summary.ts";
 import { checkId, DEFAULT_BODY_LIMIT, hostGuard, securityHeaders } from "./security.ts";
 import { registerStatic } from "./static_files.ts";
+import { registerStudies } from "./study_page.ts";
 
 /** Options of {@linkcode createApp}. */
 export interface DashboardOptions {
@@ -90,9 +93,14 @@ export function createApp(o: DashboardOptions): Hono {
       store.listReports(id),
     ]);
     if (!sweep && runs.length === 0) throw new HTTPException(404, { message: `No sweep "${id}"` });
-    const params = [...new Set(runs.flatMap((r) => Object.keys(r.sweep_params)))].sort();
-    return c.html(sweepPage(id, sweep, await summarizeRuns(store, runs), params, reports[0] ?? null));
+    const summaries = await summarizeRuns(store, runs);
+    const planned = sweep ? plannedPoints(sweep) : null;
+    const params = sweptKeys(runs, planned);
+    const progress = sweepProgress(planned, summaries, Date.now());
+    return c.html(sweepPage(id, sweep, summaries, params, reports[0] ?? null, progress));
   });
+
+  registerStudies(app, store);
 
   app.get("/favicon.ico", (c) => c.body(null, 204));
   return app;

@@ -390,6 +390,9 @@ Deno.test("static files are served from a fixed table, uPlot from node_modules",
   const js = await app.request(`${BASE}/static/run.js`);
   assertEquals(js.headers.get("Content-Type"), "text/javascript; charset=utf-8");
   assert((await js.text()).includes("MetricsView"));
+  // format.js is the one quantity-format module, core/util/quantities.js, whole (not the re-export on disk).
+  const format = await (await app.request(`${BASE}/static/format.js`)).text();
+  assertEquals(format, await Deno.readTextFile(new URL("../util/quantities.js", import.meta.url)));
   const uplot = await app.request(`${BASE}/static/uplot.js`);
   const text = await uplot.text();
   assert(uplot.status === 200 ? text.includes("uPlot") : text.includes("deno install"));
@@ -598,5 +601,64 @@ Deno.test("the sweep page offers a metric-vs-hyperparameter scatter with its poi
   ]);
   // In the sweep table, parameter values are plain values under their key, not JSON.
   assert(page.includes('data-v="0.001" class="num">1.0e-3</td>'), "a numeric param cell");
+  store.close();
+});
+
+Deno.test("the sweep page lists every planned point, pending ones included, with the whole sweep's ETA", async () => {
+  const store = openSqliteStore(":memory:");
+  await store.createSweep({
+    id: "sw-2",
+    name: "mi",
+    config_yaml: "name: mi\ntrain: {steps: 100, schedule: {warmup: 10}}\n" +
+      "sweep: {grid: {loss.mi.mlp: [0, 0.001, 0.002, 0.003]}}\n",
+    created_at: "2026-11-25T09:00:00Z",
+  });
+  const now = Date.now();
+  const iso = (secondsAgo: number) => new Date(now - secondsAgo * 1000).toISOString();
+  // Point 1 finished its 100 steps in 200 s (2 s/step); point 2 runs, at step 25 of 100; 3 and 4 wait.
+  await store.importRun(
+    _meta("run-f", {
+      name: "mi.mlp=0",
+      status: "finished",
+      step: 100,
+      started_at: iso(600),
+      ended_at: iso(400),
+      sweep_id: "sw-2",
+      sweep_params: { "loss.mi.mlp": 0 },
+    }),
+    "train: {steps: 100}\n",
+  );
+  await store.importRun(
+    _meta("run-r", {
+      name: "mi.mlp=0.001",
+      status: "running",
+      step: 25,
+      started_at: iso(50),
+      sweep_id: "sw-2",
+      sweep_params: { "loss.mi.mlp": 0.001 },
+    }),
+    "train: {steps: 100}\n",
+  );
+  const page = await (await _app(store).request(`${BASE}/sweeps/sw-2`)).text();
+  assert(page.includes("4 points: 1 finished, 1 running, 2 pending"), page.slice(0, 2000));
+  const pendingRows = [...page.matchAll(/<tr class="pending">([\s\S]*?)<\/tr>/g)].map((m) => m[1]!);
+  assertEquals(pendingRows.length, 2);
+  assert(pendingRows[0]!.includes("mi.mlp=0.002") && pendingRows[0]!.includes("0/100"));
+  assert(pendingRows[1]!.includes("mi.mlp=0.003") && pendingRows[1]!.includes("status-pending"));
+  // 75 + 100 + 100 steps left at 2 s/step (measured on the finished point), one point training: 550 s.
+  assert(
+    page.includes("ETA 9m10s for the whole sweep: 275 steps left at 2 s/step, 1 point training at once"),
+    page,
+  );
+  const api = await (await _app(store).request(`${BASE}/api/sweeps/sw-2`)).json();
+  assertEquals(api.progress.pending.map((p: { name: string }) => p.name), [
+    "mi.mlp=0.002",
+    "mi.mlp=0.003",
+  ]);
+  assertEquals([api.progress.remaining_steps, api.progress.seconds_per_step, api.progress.eta_seconds], [
+    275,
+    2,
+    550,
+  ]);
   store.close();
 });

@@ -1,6 +1,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import {
   fmtBpb,
+  fmtChange,
   fmtCount,
   fmtLoss,
   fmtMetric,
@@ -35,6 +36,12 @@ Deno.test("one format per quantity: losses and bpb 4 decimals, ppl 2, counts K/M
     ["512", "12.3K", "1.23M", "2.5G", "3T"],
   );
   assertEquals([fmtPct(42), fmtPct(12.345), fmtShare(0.125)], ["42.0%", "12.3%", "12.5%"]);
+  assertEquals([fmtChange(1.254), fmtChange(-0.4), fmtChange(0), fmtChange(null)], [
+    "+1.25%",
+    "-0.40%",
+    "+0.00%",
+    "—",
+  ]);
   assertEquals([fmtStep(12000), fmtStep(null)], ["12000", "—"]);
   assertEquals([fmtRate(0.003), fmtRate(3e-4), fmtRate(0), fmtRate(0.1)], ["3.0e-3", "3.0e-4", "0", "0.1"]);
   assertEquals([fmtNum(0.123456), fmtNum(25000), fmtNum(0.0001234), fmtNum(NaN)], [
@@ -126,6 +133,20 @@ Deno.test("the router column reads the training mode and the inference rule from
   assertEquals(
     h("model: { kind: dsmoe }\nrouter: { infer: { kind: top_p, p: 0.8 }, infer_attention: { kind: dense } }"),
     ["dense", "top_p 0.8; attn dense"],
+  );
+  // The routers of the literature show the settings that tell them apart.
+  const train = (router: string, mlp = "") => h(`model: { kind: smoe${mlp} }\nrouter: ${router}`)[0];
+  assertEquals(
+    train("{ train: topk, k: 3, capacity_factor: 1.25, null_experts: 4, balance: aux_free }"),
+    "topk 3 cf 1.25 +4 null aux-free",
+  );
+  assertEquals(train("{ train: topk, capacity_factor: 0, null_experts: 0, balance: none }"), "topk 2");
+  assertEquals(train("{ train: expert_choice, capacity: 2 }"), "expert_choice c 2");
+  assertEquals(train("{ train: top_p, p: 0.4 }"), "top_p 0.4");
+  assertEquals(train("{ train: relu, target_sparsity: 0.9 }"), "relu s 0.9");
+  assertEquals(
+    train("{ train: topk, k: 2 }", ", mlp: { experts: 7, shared: 1, segments: 2 }"),
+    "topk 2 +1 shared ×2 seg",
   );
   assertEquals(h("model: { kind: dense }\nrouter: { train: dense }"), [null, null]);
   assertEquals(h("{ not yaml"), [null, null]);

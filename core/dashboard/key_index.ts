@@ -161,7 +161,7 @@ export function heatmapKeys(keys: readonly string[], kind: "attention" | "mlp"):
   return { keys: out, total, truncated: total > out.length };
 }
 
-const _INFER = /^infer\/(.+)\/(ppl|loss|active_pct|hidden_pct|active_params)$/;
+const _INFER = /^infer\/(.+)\/(ppl|loss|active_pct|hidden_pct|active_pct_all|active_params)$/;
 
 /** The `infer/<rule>/<field>` keys of at most {@linkcode MAX_FRONTIER_RULES} rules (in key order). */
 export function frontierKeys(keys: readonly string[]): KeyChoice {

@@ -4,8 +4,9 @@
  * type="application/json" id="data">`, never executed) and the script itself is a static file. Every page is
  * built with {@linkcode markup} (Hono's `html` template), so every value from a run, sweep, report or error
  * is escaped where it is interpolated; only markup built the same way is kept as it is. Every number,
- * timestamp, sweep parameter and run colour is written by static/format.js, the module the page scripts use
- * too, so a quantity reads the same on every page.
+ * timestamp, sweep parameter and run colour is written by core/util/quantities.js (served as
+ * static/format.js), the module the page scripts and the terminal output use too, so a quantity reads the
+ * same on every page and in every table.
  *
  * @module
  */
@@ -13,6 +14,7 @@ import type { ReportRecord, RunRecord, SweepRecord } from "../runs/store.ts";
 import { type Html, joinHtml, jsonScript, markup } from "./html.ts";
 import {
   fmtBpb,
+  fmtCount,
   fmtLoss,
   fmtNum,
   fmtPpl,
@@ -27,6 +29,8 @@ import {
 } from "./static/format.js";
 import { reportHtml } from "./report_html.ts";
 import type { RunSummary } from "./run_summary.ts";
+import type { SweepProgress } from "./sweep_progress.ts";
+import { fmtDuration } from "../util/format.ts";
 
 function _layout(title: string, body: Html, o: { script?: string; data?: unknown } = {}): string {
   return String(markup`<!doctype html>
@@ -53,7 +57,10 @@ ${
 `);
 }
 
-/** A cell's text from a number: the caller picks the quantity's format (static/format.js). */
+/** The page frame (head, header, the JSON data block and script) around `body`, for pages built elsewhere. */
+export const pageLayout = _layout;
+
+/** A cell's text from a number: the caller picks the quantity's format (core/util/quantities.js). */
 type _Fmt = (v: number | null | undefined) => string;
 
 /** A sortable cell: `v` is its sort key (`data-v`), shown as `shown`, else formatted by `f` or as text. */
@@ -341,6 +348,7 @@ export function sweepPage(
   runs: readonly RunSummary[],
   params: readonly string[],
   report: ReportRecord | null = null,
+  progress: SweepProgress | null = null,
 ): string {
   const colors = runColors(runs.map((r) => r.id));
   const head = ["name", "best val loss", "val ppl", "val bpb", "train loss", ...params, "status", "step"]
@@ -361,16 +369,41 @@ export function sweepPage(
       _cell("step", liveStep(r), undefined, fmtStep),
     ]}</tr>`
   );
-  const body = markup`<h1>Sweep ${sweep?.name ?? id} <small>${runs.length} points</small></h1>
-<p><code>${id}</code>${sweep && markup` · created ${_time(sweep.created_at)}`}
+  // Points not started yet: their names and parameters, in expansion order, after the runs.
+  const pending = (progress?.pending ?? []).map((p) =>
+    markup`<tr class="pending">${[
+      _cell("name", p.name),
+      [null, null, null, null].map((v) => _cell("metric", v)),
+      params.map((k) => {
+        const v = p.params[k];
+        return _cell(
+          `param:${k}`,
+          typeof v === "number" ? v : v === undefined ? null : fmtValue(v),
+          fmtValue(v),
+        );
+      }),
+      _cell("status", "pending", _status("pending")),
+      _cell("step", 0, `0/${fmtStep(p.steps)}`),
+    ]}</tr>`
+  );
+  const body = markup`<h1>Sweep ${sweep?.name ?? id} <small>${
+    progress ? _progressText(progress) : `${runs.length} points`
+  }</small></h1>
+<p><code>${id}</code>${sweep && markup` · created ${_time(sweep.created_at)}`}${
+    progress && markup` · <span id="sweep-eta">${_etaText(progress)}</span>`
+  }
 ${
     runs.length > 0 &&
     markup` · <a href="/runs/${runs[0]!.id}?compare=${runs.slice(1).map((r) => r.id).join(",")}">
 open all on one run page</a>`
   }</p>
 <div class="table-wrap"><table class="runs" id="runs"><thead><tr>${head}</tr></thead><tbody>${
-    joinHtml(rows, "\n")
+    joinHtml([...rows, ...pending], "\n")
   }</tbody></table></div>
+${
+    report?.kind === "study" &&
+    markup`<p class="study-link"><a href="/studies/${report.id}">Study page: the router × rule matrix as a heatmap</a></p>`
+  }
 ${report && markup`<section class="report" id="report">${reportHtml(report.markdown)}</section>`}
 ${_scatter(params)}
 <form class="toolbar"><label>x axis <select id="x-axis"><option>step</option><option>tokens</option>
@@ -405,4 +438,21 @@ export function errorPage(status: number, message: string): string {
     markup`<h1>Error ${status}</h1><p class="error">${message}</p>
 <p><a href="/">Back to the runs</a></p>`,
   );
+}
+
+/** "6 points: 2 finished, 1 running, 3 pending" (stopped points named when there are any). */
+function _progressText(p: SweepProgress): string {
+  const parts = [`${p.finished} finished`, `${p.running} running`, `${p.pending.length} pending`];
+  if (p.stopped > 0) parts.push(`${p.stopped} failed or interrupted`);
+  return `${p.total} point${p.total === 1 ? "" : "s"}: ${parts.join(", ")}`;
+}
+
+/** The whole sweep's ETA and what it rests on. */
+function _etaText(p: SweepProgress): string {
+  if (p.remaining_steps === 0) return p.stopped > 0 ? "nothing left to train until a rerun" : "sweep done";
+  if (p.eta_seconds === null) return `${fmtCount(p.remaining_steps)} steps left; ETA once a step is measured`;
+  return `ETA ${fmtDuration(p.eta_seconds)} for the whole sweep: ${
+    fmtCount(p.remaining_steps)
+  } steps left at ` +
+    `${fmtNum(p.seconds_per_step)} s/step, ${p.workers} point${p.workers === 1 ? "" : "s"} training at once`;
 }

@@ -15,7 +15,7 @@ export interface Hyperparameters {
   layers: number | null;
   attention_experts: number | null; // null for plain multi-head attention
   mlp_experts: number | null;
-  router_train: string | null; // "dense" or "topk 2"
+  router_train: string | null; // "dense", "topk 2", "topk 2 cf 1.25 +4 null aux-free", "expert_choice c 2"…
   router_infer: string | null; // the inference rule: "threshold 0.5", "topk 2", "dense"… (MLP; "; attn …" if it differs)
   lr: number | null;
   steps: number | null;
@@ -80,12 +80,38 @@ export function hyperparameters(configYaml: string): Hyperparameters {
     layers: num("model", "layers"),
     attention_experts: attentionKind === "moa" ? num("model", "attention", "experts") : null,
     mlp_experts: num("model", "mlp", "experts"),
-    router_train: routed ? (train === "topk" ? `topk ${num("router", "k") ?? 2}` : train) : null,
+    router_train: routed ? _trainText(train, num, str) : null,
     router_infer: routed ? (attRule === mlpRule ? mlpRule : `${mlpRule}; attn ${attRule}`) : null,
     lr: num("train", "optimizer", "lr") ?? num("train", "lr"),
     steps: num("train", "steps"),
     seed: num("seed"),
   };
+}
+
+/**
+ * How a config trains its routers, with the settings that tell the routers of the literature apart
+ * (docs/design.md §16): `dense`, `topk 2` (with `cf 1.25` capacity factor, `+4 null` null experts,
+ * `aux-free` balancing), `expert_choice c 2`, `top_p 0.4`, `relu s 0.75` (target sparsity); shared and
+ * fine-grained MLP experts as `+1 shared`, `×2 seg`.
+ */
+function _trainText(
+  train: string,
+  num: (...path: string[]) => number | null,
+  str: (...path: string[]) => string | null,
+): string {
+  const parts = [train];
+  if (train === "topk") parts.push(String(num("router", "k") ?? 2));
+  if (train === "expert_choice") parts.push(`c ${num("router", "capacity") ?? 2}`);
+  if (train === "top_p") parts.push(String(num("router", "p") ?? 0.4));
+  if (train === "relu") parts.push(`s ${num("router", "target_sparsity") ?? 0.75}`);
+  const cf = num("router", "capacity_factor"), nulls = num("router", "null_experts");
+  if (cf !== null && cf > 0) parts.push(`cf ${cf}`);
+  if (nulls !== null && nulls > 0) parts.push(`+${nulls} null`);
+  if (str("router", "balance") === "aux_free") parts.push("aux-free");
+  const shared = num("model", "mlp", "shared"), seg = num("model", "mlp", "segments");
+  if (shared !== null && shared > 0) parts.push(`+${shared} shared`);
+  if (seg !== null && seg > 1) parts.push(`×${seg} seg`);
+  return parts.join(" ");
 }
 
 /** An inference rule as "threshold 0.5", "topk 2", "top_p 0.9" or "dense" (the schema's defaults fill in). */

@@ -127,13 +127,14 @@ export interface FrontierPoint {
   step: number; // the checkpoint step evaluated
   ppl: number | null;
   loss: number | null;
-  active_pct: number | null; // active parameters, % of all
-  hidden_pct: number | null;
+  active_pct: number | null; // active parameters, % of the non-embedding ones (docs/design.md §5)
+  hidden_pct: number | null; // % of the attention and MLP weights, as eval stored it (docs/design.md §5)
+  active_pct_all: number | null; // % of all parameters, embeddings included (null: evaluated before it was stored)
   active_params: number | null;
 }
 
-const _INFER = /^infer\/(.+)\/(ppl|loss|active_pct|hidden_pct|active_params)$/;
-type _Field = "ppl" | "loss" | "active_pct" | "hidden_pct" | "active_params";
+const _INFER = /^infer\/(.+)\/(ppl|loss|active_pct|hidden_pct|active_pct_all|active_params)$/;
+type _Field = "ppl" | "loss" | "active_pct" | "hidden_pct" | "active_pct_all" | "active_params";
 
 /**
  * The sparsity frontier of a run: for each rule of `infer/<rule>/{ppl,active_pct,…}` rows, the values of its
@@ -164,6 +165,7 @@ export function buildFrontier(rows: readonly MetricRow[]): FrontierPoint[] {
       loss: v("loss"),
       active_pct: v("active_pct"),
       hidden_pct: v("hidden_pct"),
+      active_pct_all: v("active_pct_all"),
       active_params: v("active_params"),
     });
   }

@@ -30,7 +30,8 @@ const _FILES: ReadonlyMap<string, _File> = new Map([
   ["uplot.css", _uplot("uPlot.min.css", _CSS)],
   ["dashboard.css", _own("dashboard.css", _CSS)],
   ["common.js", _own("common.js", _JS)],
-  ["format.js", _own("format.js", _JS)],
+  // The one module of quantity formats, shared with the terminal output and reports (core/util/quantities.js).
+  ["format.js", { url: new URL("../util/quantities.js", import.meta.url), type: _JS, npm: false }],
   ["scatter.js", _own("scatter.js", _JS)],
   ["charts.js", _own("charts.js", _JS)],
   ["heatmap.js", _own("heatmap.js", _JS)],

@@ -31,6 +31,11 @@ export interface Batch {
   inputs: Uint32Array; // (batch, seq_len)
   targets: Uint32Array; // (batch, seq_len)
   domains: Uint8Array | null; // (batch, seq_len) domain of each target, for synthetic sources
+  /**
+   * (batch, seq_len) domain of each input token, for synthetic sources: the label of the token a router
+   * routes at that position (`eval --diagnostics`, core/infer/diagnostics.ts).
+   */
+  inputDomains?: Uint8Array | null;
 }
 
 /** The splits of a dataset: token arrays or stores, and (synthetic sources) each token's domain. */
@@ -217,15 +222,16 @@ export class Dataset {
   #gather(tokens: TokenStore, domains: Uint8Array | null, starts: number[]): Batch {
     const T = this.seqLen, B = starts.length;
     const inputs = new Uint32Array(B * T), targets = new Uint32Array(B * T);
-    const dom = domains ? new Uint8Array(B * T) : null;
+    const dom = domains ? new Uint8Array(B * T) : null, inDom = domains ? new Uint8Array(B * T) : null;
     const window = new Uint32Array(T + 1);
     starts.forEach((s, b) => {
       tokens.read(s, window);
       inputs.set(window.subarray(0, T), b * T);
       targets.set(window.subarray(1), b * T);
       dom?.set(domains!.subarray(s + 1, s + T + 1), b * T);
+      inDom?.set(domains!.subarray(s, s + T), b * T);
     });
-    return { inputs, targets, domains: dom };
+    return { inputs, targets, domains: dom, inputDomains: inDom };
   }
 }
 

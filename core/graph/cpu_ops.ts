@@ -12,6 +12,15 @@ import {
   sequenceWindow,
 } from "../ref/cached_attention.ts";
 import { routeMaskRef } from "../ref/routing.ts";
+import {
+  entropyLossBackwardRef,
+  entropyLossRef,
+  expertChoiceMaskRef,
+  l1LossBackwardRef,
+  l1LossRef,
+  reluRouteGateRef,
+  zeroShareRef,
+} from "../ref/router_zoo.ts";
 import { routeRuleOf } from "./op_types.ts";
 import { activationBackwardRef, activationRef } from "../ref/activation.ts";
 import { attentionBackwardRef, attentionRef } from "../ref/attention.ts";
@@ -118,6 +127,10 @@ export const CPU_OPS: CpuTable = {
     n,
   ) => [routerScaleDsRef(x!, dy!, n.attrs.blocks, n.inputs[0]!.shape[0]!)],
   topk_mask: ([s], n) => [topkMaskRef(s!, last(n), n.attrs.k)],
+  expert_choice_mask: ([s], n) => [expertChoiceMaskRef(s!, last(n), n.attrs.tokens)],
+  topp_mask: ([s], n) => [routeMaskRef(s!, last(n), { kind: "top_p", epsilon: 0, k: 1, p: n.attrs.p })],
+  relu_route_gate: ([z], n) => reluRouteGateRef(z!, last(n), routeRuleOf(n)),
+  zero_share: ([x]) => [scalar(zeroShareRef(x!))],
   route_mask: ([s], n) => [routeMaskRef(s!, last(n), routeRuleOf(n))],
   route_gate: ([z], n) => {
     const probs = softmaxRef(z!, last(n)), mask = routeMaskRef(probs, last(n), routeRuleOf(n));
@@ -173,6 +186,10 @@ export const CPU_OPS: CpuTable = {
   switch_loss_seq_backward: ([s, m, dl], n) => [
     switchLossSeqBackwardRef(s!, m!, last(n), n.attrs.k, n.attrs.seq, dl![0]!),
   ],
+  entropy_loss: ([s], n) => [scalar(entropyLossRef(s!, last(n)))],
+  entropy_loss_backward: ([s, dl], n) => [entropyLossBackwardRef(s!, last(n), dl![0]!)],
+  l1_loss: ([g, lambda], n) => [scalar(l1LossRef(g!, last(n), lambda![0]!))],
+  l1_loss_backward: ([g, lambda, dl], n) => [l1LossBackwardRef(g!, last(n), lambda![0]!, dl![0]!)],
 };
 
 function _zip(a: HostValue, b: HostValue, f: (x: number, y: number) => number): Float64Array {

@@ -108,7 +108,7 @@ const CASES: Record<string, () => ReturnType<typeof opCase>> = {
     }, fixed);
   },
   "z_loss": () => opCase((g, p) => apply1(g, "z_loss", [p([5, 4])])),
-  // Top-k token choice (docs/design.md §3): gates renormalised over the kept experts, with a capacity of 1
+  // Top-k token choice (docs/design.md §16): gates renormalised over the kept experts, with a capacity of 1
   // token per expert: 4 of the 12 assignments are kept, so at least 3 of the 6 tokens keep no expert (gate 0).
   "renormalize_rows (top-2 of 4, capacity 1)": () =>
     opCase((g, p) => {

@@ -60,7 +60,10 @@ export interface GatedActivationAttrs {
   readonly blocks: number;
 }
 
-/** The Switch losses and their backward: the top-k of the mask. */
+/**
+ * The Switch losses and their backward: the top-k of the mask; 0 for a mask with a varying number of experts
+ * per token (top-p routing, docs/design.md §16), whose column means are then divided by their sum.
+ */
 export interface SwitchLossAttrs {
   readonly k: number;
 }
@@ -108,6 +111,13 @@ export interface OpAttrs {
   router_scale: { readonly blocks?: number };
   router_scale_ds: { readonly blocks: number };
   topk_mask: { readonly k: number };
+  /** tokens: C, the tokens each expert takes (expert-choice routing, docs/design.md §16). */
+  expert_choice_mask: { readonly tokens: number };
+  /** p: the probability mass the kept experts reach (dynamic top-p routing, docs/design.md §16). */
+  topp_mask: { readonly p: number };
+  /** The inference router of ReLU-routed models (docs/design.md §16): the rule, as route_gate's. */
+  relu_route_gate: Readonly<RouteRule>;
+  zero_share: NoAttrs;
   route_mask: Readonly<RouteRule>;
   route_gate: Readonly<RouteRule>;
   moe_mlp: { readonly experts: number; readonly activation: ActivationKind };
@@ -131,17 +141,21 @@ export interface OpAttrs {
   switch_loss_global_backward: SwitchLossAttrs;
   z_loss: NoAttrs;
   z_loss_backward: NoAttrs;
-  // Top-k token choice (docs/design.md §3): expert capacity, renormalised gates, softmax after top-k.
+  // Top-k token choice (docs/design.md §16): expert capacity, renormalised gates, softmax after top-k.
   capacity_mask: { readonly capacity: number };
   renormalize_rows: NoAttrs;
   renormalize_rows_backward: NoAttrs;
   masked_softmax: NoAttrs;
-  // The Switch loss per sequence (loss.load_balance_scope: sequence, docs/design.md §4).
+  // The Switch loss per sequence (loss.load_balance_scope: sequence, docs/design.md §16).
   switch_loss_seq: SwitchLossSeqAttrs;
   switch_loss_seq_backward: SwitchLossSeqAttrs;
-  // Null experts (docs/design.md §3): the real experts' columns of a router's N + N_null.
+  // Null experts (docs/design.md §16): the real experts' columns of a router's N + N_null.
   slice_cols: { readonly width: number };
   slice_cols_backward: { readonly cols: number };
+  entropy_loss: NoAttrs;
+  entropy_loss_backward: NoAttrs;
+  l1_loss: NoAttrs;
+  l1_loss_backward: NoAttrs;
 }
 
 /** The name of a graph operation: the one list every op table is checked against. */

@@ -335,6 +335,32 @@ export const OPS: OpTable = {
 
   /** probs (N, E) → 0/1 mask of the top-k per row (no gradient: selection is discrete). */
   topk_mask: { outputs: ([s]) => _same(s!), grad: "discrete" },
+  /**
+   * Expert-choice routing (docs/design.md §16): probs (N, E) → 0/1 mask where each expert (column) takes
+   * its `tokens` most probable tokens (ties to the lower token index); a token may be taken by none. No
+   * gradient (a discrete selection); the gate S ⊙ mask carries S's gradient on the taken pairs.
+   */
+  expert_choice_mask: {
+    outputs: ([s], a) => {
+      const [n] = _dims2(s!, "expert_choice_mask");
+      _check(a.tokens >= 1 && a.tokens <= n, "expert_choice_mask", `tokens ${a.tokens} not in 1…${n}`);
+      return _same(s!);
+    },
+    grad: "discrete",
+  },
+  /**
+   * Dynamic top-p routing in training (docs/design.md §16): probs (N, E) → 0/1 mask of the fewest experts,
+   * by rank (ties to the lower index), whose mass reaches attrs.p (at least one). No gradient (discrete).
+   */
+  topp_mask: { outputs: ([s]) => _same(s!), grad: "discrete" },
+  /**
+   * The inference router of a ReLU-routed model (docs/design.md §16): logits (N, E) → [ĝ = g / Σ_i g_i, the
+   * rule's mask of ĝ (route_mask's attrs; not threshold_topk) kept only where g > 0, gate = g ⊙ mask], with
+   * g = ReLU(logits); ĝ is 0 for a token whose gates are all 0. No gradient.
+   */
+  relu_route_gate: { outputs: ([z]) => [..._same(z!), ..._same(z!), ..._same(z!)], grad: "inference" },
+  /** x (N, E) → (1,): the share of entries ≤ 0 (the sparsity of ReLU gates). A statistic, no gradient. */
+  zero_share: { outputs: () => SCALAR, grad: "statistic" },
   /** probs (N, E) → 0/1 mask of an inference rule (attrs kind, epsilon, k, p; core/ref/routing.ts). */
   route_mask: { outputs: ([s]) => _same(s!), grad: "inference" },
   /**
@@ -455,7 +481,7 @@ export const OPS: OpTable = {
   z_loss_backward: { outputs: ([x]) => _same(x!), grad: "backward" },
 
   /**
-   * Expert capacity (docs/design.md §3): a 0/1 routing mask (N, E) → the kept mask, per expert the first
+   * Expert capacity (docs/design.md §16): a 0/1 routing mask (N, E) → the kept mask, per expert the first
    * attrs.capacity of its tokens in token order (the rest are dropped for that expert). No gradient.
    */
   capacity_mask: {
@@ -490,7 +516,7 @@ export const OPS: OpTable = {
   },
 
   /**
-   * The Switch loss per sequence (docs/design.md §4): (S (N, E), mask (N, E)) over B = N / attrs.seq
+   * The Switch loss per sequence (docs/design.md §16): (S (N, E), mask (N, E)) over B = N / attrs.seq
    * sequences of attrs.seq tokens → (1/B) Σ_b E · Σ_i (f_b,i / k) · P_b,i, f_b and P_b the column means of
    * the mask and of S over sequence b. The mask gets no gradient.
    */
@@ -523,4 +549,33 @@ export const OPS: OpTable = {
     outputs: ([dy], a) => [{ shape: [_dims2(dy!, "slice_cols_backward")[0], a.cols] }],
     grad: "backward",
   },
+
+  /**
+   * The dynamic loss of top-p routing (docs/design.md §16): router probabilities S (N, E) → the mean
+   * per-token entropy (1/N) Σ_t H(S_t), H(p) = −Σ_i p_i log(p_i + ε).
+   */
+  entropy_loss: {
+    outputs: ([s]) => {
+      _dims2(s!, "entropy_loss");
+      return SCALAR;
+    },
+    grad: (g, n, [dl]) => [apply1(g, "entropy_loss_backward", [n.inputs[0]!, dl!])],
+  },
+  /** (S, dL) → dS = −(dL/N)·[log(S + ε) + S/(S + ε)]. */
+  entropy_loss_backward: { outputs: ([s]) => _same(s!), grad: "backward" },
+
+  /**
+   * The L1 term of ReLU routing (docs/design.md §16): (g (N, E) gates, λ (1,)) → λ · (1/N) Σ_t Σ_i g_t,i.
+   * λ is optimizer-free state fed as an input: it gets no gradient.
+   */
+  l1_loss: {
+    outputs: ([x, lambda]) => {
+      _dims2(x!, "l1_loss");
+      _check(lambda!.shape.length === 1 && lambda!.shape[0] === 1, "l1_loss", "λ is (1,)");
+      return SCALAR;
+    },
+    grad: (g, n, [dl]) => [apply1(g, "l1_loss_backward", [n.inputs[0]!, n.inputs[1]!, dl!]), null],
+  },
+  /** (g, λ, dL) → dg = dL · λ / N everywhere. */
+  l1_loss_backward: { outputs: ([x]) => _same(x!), grad: "backward" },
 };

@@ -5,18 +5,22 @@
  *
  * Each rule's graph gates every routed layer by S ⊙ mask (raw probabilities, not renormalized) and runs it
  * sparsely: MoE MLPs through `moe_mlp`, attention experts through `moa_attention` (only routed (token,
- * expert) pairs compute; keys and values are shared).
+ * expert) pairs compute; keys and values are shared). With `diagnostics`, each rule's routing is also
+ * measured (core/infer/diagnostics.ts): load, entropy, co-activation and, where the validation tokens carry
+ * domain labels (`synthetic:multidomain`), the mutual information of top-1 expert and domain.
  *
  * @module
  */
+import { fmtLoss, fmtPct, fmtPpl } from "../util/quantities.js";
 import type { Experiment } from "../config/schema.ts";
 import type { Dataset } from "../data/dataset.ts";
 import { numel } from "../graph/ir.ts";
-import { activeWith, layerShape } from "../plan/counts.ts";
-import { type InferRules, type ParamSpec, tapExperts } from "../plan/model.ts";
+import { activeOfLayers, layerShape } from "../plan/counts.ts";
+import { type InferRules, type ParamSpec, type RouterTap, tapExperts } from "../plan/model.ts";
 import { plan } from "../plan/plan.ts";
 import type { RouteRule } from "../graph/op_types.ts";
 import { ruleParam } from "../ref/routing.ts";
+import { type RouterDiagnostics, RoutingTally, top1Changed } from "./diagnostics.ts";
 import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { GraphExecutor } from "../../gpu/executor.ts";
@@ -41,9 +45,41 @@ export interface RuleResult {
   bpb: number;
   activeParams: number; // mean per token, docs/design.md §5 definition (embeddings, norms, LM head excluded)
   activePct: number; // of the same count with every expert active
-  hiddenPct: number; // active expert parameters / all expert parameters × 100
+  hiddenPct: number; // attention and MLP weights run / all attention and MLP weights × 100 (docs/design.md §5)
+  activePctAll: number; // (all parameters − skipped expert parameters) / all parameters × 100, embeddings in
   layers: LayerActivity[];
   tokens: number;
+  /**
+   * Wall seconds of the validation batches (compiled graph; each batch uploaded, run and its loss and masks
+   * read back), for the sparse evaluation's tokens per second: `tokens / seconds`.
+   */
+  seconds: number;
+  /** With `diagnostics`: each router's routing diagnostics and each token's top-1 expert. */
+  routing?: RuleRouting;
+}
+
+/** The routing diagnostics of one rule's evaluation (core/infer/diagnostics.ts). */
+export interface RuleRouting {
+  /** Names of the domain labels the MI is over (empty: the tokens carry none). */
+  domains: readonly string[];
+  routers: RouterDiagnostics[]; // in the model's router order (layer, then attention before MLP)
+  top1: Uint16Array[]; // per router, each evaluated token's top-1 expert, in evaluation order
+}
+
+/**
+ * Routing stability: sets each router's `top1_changed` of `a` to the share of tokens whose top-1 expert
+ * differs in `b`, an evaluation of the same tokens under the same rule by another checkpoint of the same
+ * model shape. A RangeError when the two do not match router for router.
+ */
+export function compareRouting(a: RuleRouting, b: RuleRouting): void {
+  const same = a.routers.length === b.routers.length && a.routers.every((r, j) => {
+    const o = b.routers[j]!;
+    return r.layer === o.layer && r.kind === o.kind && r.experts === o.experts && r.tokens === o.tokens;
+  });
+  if (!same) {
+    throw new RangeError("Cannot compare routing: the two evaluations have different routers or tokens");
+  }
+  for (const [j, r] of a.routers.entries()) r.top1_changed = top1Changed(a.top1[j]!, b.top1[j]!);
 }
 
 /** A short stable name of a rule pair: `threshold@0.5`, `topk@2`, or `mlp:…,attention:…` when they differ. */
@@ -71,7 +107,7 @@ export async function evaluateRules(
   params: ReadonlyMap<string, Float32Array>,
   dataset: Dataset,
   rules: readonly InferRules[],
-  o: { batches: number; progress?: (line: string) => void },
+  o: { batches: number; progress?: (line: string) => void; diagnostics?: boolean },
 ): Promise<RuleResult[]> {
   const most = dataset.maxValBatches(c.train.batch);
   if (!Number.isSafeInteger(o.batches) || o.batches < 1 || o.batches > most) {
@@ -86,7 +122,7 @@ export async function evaluateRules(
   const results: RuleResult[] = [];
   try {
     for (const rule of rules) {
-      const p = plan(c, "infer-sparse", { rules: rule }), m = p.model;
+      const p = plan(c, "infer-sparse", { rules: rule, routerProbs: o.diagnostics }), m = p.model;
       uploadParams(ctx, m.params, params, tensors, "evaluate");
       const leaves = [...m.graph.leaves.values()].map((l) => l.value);
       const shared = new Map(m.params.map((p) => [p.value.id, tensors.get(p.value.name)!]));
@@ -96,16 +132,28 @@ export async function evaluateRules(
         await exec.check();
         let lossSum = 0;
         const active = m.routers.map(() => 0);
+        const started = performance.now();
+        const domains = dataset.domainNames;
+        const tallies = o.diagnostics
+          ? m.routers.map((r) => new RoutingTally(r.layer, r.kind, r.probs.shape[1]!, domains.length))
+          : null;
         for (let i = 0; i < o.batches; i++) {
           const batch = dataset.valBatch(i, o.batches, c.train.batch);
           writeTensor(ctx, exec.tensor(m.ids), batch.inputs);
           writeTensor(ctx, exec.tensor(m.targets), batch.targets);
           exec.run();
           // All readbacks queued behind the batch's submit at once: one wait for the GPU, not one each.
-          const [loss, ...maskValues] = await Promise.all(
-            [m.lmLoss, ...masks.map((r) => r.mask!)].map((v) => readTensor(ctx, exec.tensor(v))),
+          const probs = tallies ? m.routers.map((r) => r.probs) : [];
+          const [loss, ...values] = await Promise.all(
+            [m.lmLoss, ...masks.map((r) => r.mask!), ...probs].map((v) => readTensor(ctx, exec.tensor(v))),
           );
+          const maskValues = values.slice(0, masks.length);
           lossSum += loss![0]!;
+          tallies?.forEach((t, j) => {
+            const r = m.routers[j]!;
+            const mask = r.mask ? maskValues[masks.indexOf(r)]! : null;
+            t.add(values[masks.length + j]!, routerMaskOfAll(r, mask), batch.inputDomains ?? null);
+          });
           for (const [j, r] of m.routers.entries()) {
             if (!r.mask) {
               active[j]! += tapExperts(r);
@@ -123,7 +171,7 @@ export async function evaluateRules(
           of: tapExperts(r),
         }));
         const loss = lossSum / o.batches;
-        const res = activity(c, shape, layers);
+        const res = activity(c, layers);
         const tokens = o.batches * c.train.batch * c.data.seq_len;
         const bpb = dataset.bitsPerByte(loss);
         const result = {
@@ -134,11 +182,22 @@ export async function evaluateRules(
           ...res,
           layers,
           tokens,
+          seconds: (performance.now() - started) / 1000,
+          ...(tallies
+            ? {
+              routing: {
+                domains,
+                routers: tallies.map((t) => t.finish()),
+                top1: tallies.map((t) => t.top1()),
+              },
+            }
+            : {}),
         };
         results.push(result);
         o.progress?.(
-          `${result.rule}: val loss ${loss.toFixed(4)}  ppl ${result.ppl.toFixed(3)}  ` +
-            `hidden ${result.hiddenPct.toFixed(1)}%`,
+          `${result.rule}: val loss ${fmtLoss(loss)}  ppl ${fmtPpl(result.ppl)}  hidden ${
+            fmtPct(result.hiddenPct)
+          }`,
         );
       } finally {
         exec.destroy();
@@ -148,6 +207,23 @@ export async function evaluateRules(
     for (const t of tensors.values()) t.buffer.destroy();
   }
   return results;
+}
+
+/**
+ * A router's run mask over all the experts it scores, for the diagnostics: the recorded mask (`null`: every
+ * real expert runs) and, where the router also scores null experts (router.null_experts, docs/design.md §16),
+ * zero columns for them after the real ones (a null expert computes nothing). `null` when that is every
+ * expert.
+ */
+export function routerMaskOfAll(
+  r: Pick<RouterTap, "experts" | "probs">,
+  mask: ArrayLike<number> | null,
+): ArrayLike<number> | null {
+  const E = r.probs.shape[1]!, n = tapExperts(r);
+  if (n === E) return mask;
+  const T = r.probs.shape[0]!, out = new Float32Array(T * E);
+  for (let t = 0; t < T; t++) for (let i = 0; i < n; i++) out[t * E + i] = mask ? mask[t * n + i]! : 1;
+  return out;
 }
 
 /**
@@ -177,17 +253,19 @@ export function uploadParams(
   return into;
 }
 
-/** Active parameters from the measured experts per layer (core/plan/counts.ts definitions). */
+/**
+ * Active parameters, hidden % and the share of all parameters from the measured experts per layer: the one
+ * definition of docs/design.md §5 ({@linkcode activeOfLayers} in core/plan/counts.ts).
+ */
 export function activity(
   c: Readonly<Experiment>,
-  s: ReturnType<typeof layerShape>,
   layers: readonly LayerActivity[],
-): Pick<RuleResult, "activeParams" | "activePct" | "hiddenPct"> {
-  // Mean over layers of the experts run per token; a block without a router runs its one expert.
-  const mean = (kind: LayerActivity["kind"], all: number) => {
-    const ls = layers.filter((l) => l.kind === kind);
-    return ls.length === 0 ? all : ls.reduce((a, l) => a + l.experts, 0) / ls.length;
+): Pick<RuleResult, "activeParams" | "activePct" | "hiddenPct" | "activePctAll"> {
+  const a = activeOfLayers(c, layers);
+  return {
+    activeParams: a.active,
+    activePct: a.activePct,
+    hiddenPct: a.hiddenPct,
+    activePctAll: a.activePctAll,
   };
-  const a = activeWith(c, mean("attention", s.attExperts), mean("mlp", s.mlpExperts));
-  return { activeParams: a.active, activePct: (100 * a.active) / a.all, hiddenPct: a.hiddenPct };
 }

@@ -10,7 +10,6 @@
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
-import { layerShape } from "../plan/counts.ts";
 import { type DecoderGraph, type InferRules, tapExperts } from "../plan/model.ts";
 import { plan } from "../plan/plan.ts";
 import { hash32 } from "../util/rng.ts";
@@ -281,7 +280,8 @@ export interface GenerateResult {
   layers: LayerActivity[]; // experts run per token, mean over the new tokens' steps
   activeParams: number;
   activePct: number;
-  hiddenPct: number;
+  hiddenPct: number; // share of the attention and MLP weights that run (docs/design.md §5)
+  activePctAll: number; // share of all parameters, embeddings included (docs/design.md §5)
 }
 
 /** Drawn tokens are read back (and streamed) in chunks of this many. */
@@ -403,7 +403,7 @@ function _result(
   t1: number,
   t2: number,
 ): GenerateResult {
-  const c = dec.config, s = layerShape(c);
+  const c = dec.config;
   const layers = dec.graph.routers.map((r, i) => ({
     layer: r.layer,
     kind: r.kind,
@@ -420,6 +420,6 @@ function _result(
     tokensPerS: tokens.length > 1 && decodeSeconds > 0 ? (tokens.length - 1) / decodeSeconds : 0,
     contextShifts: shifts,
     layers,
-    ...activity(c, s, layers),
+    ...activity(c, layers),
   };
 }

@@ -2,7 +2,10 @@ import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { type Experiment, ExperimentSchema } from "../config/schema.ts";
 import {
   accumulationOf,
+  activeOfLayers,
+  activeOfSkipped,
   activeParams,
+  activeWith,
   countParams,
   estimateMemory,
   expectedActive,
@@ -83,7 +86,9 @@ Deno.test("activeParams() counts shared K/V, active Q/O and MLP experts and rout
   const s = activeParams(smoe);
   assertEquals(s.active, 32768 + 131072 + 262144 + 4096);
   assertEquals(s.exact, true);
-  assertEquals(s.hiddenPct, 25);
+  // Hidden: all K/V and Q/O and 2 of 8 MLP experts run, 425,984 of 1,212,416 attention and MLP weights.
+  assertEquals([s.hidden, s.hiddenActive], [1_212_416, 425_984]);
+  assertEquals(s.hiddenPct, (100 * 13) / 37);
   // DS-MoE with attention top-1 of 4 and MLP top-2 of 8.
   const d = activeParams(
     cfg({
@@ -94,7 +99,103 @@ Deno.test("activeParams() counts shared K/V, active Q/O and MLP experts and rout
   assertEquals(d.active, 32768 + 32768 + 262144 + 6144);
   assertEquals(d.all, 32768 + 131072 + 1048576 + 6144);
   assertEquals(d.expertsActive, 32768 + 262144);
-  assertEquals(d.hiddenPct, 25);
+  assertEquals(d.hiddenActive, 32768 + 32768 + 262144);
+  assertEquals(d.hiddenPct, (100 * 10) / 37);
+});
+
+// docs/design.md §5: one definition of hidden % and the share of all parameters for every model kind.
+// An SMoE with MoA attention has dsmoe's shapes: 4 attention experts (Q/O 32768 per block) and 8 MLP experts
+// (262144 per block), so routed expert parameters 4 × (32768 + 262144) = 1,179,648 of 1,270,016 in all;
+// hidden parameters (attention Q/K/V/O and MLP) 4 × (32768 + 8192 + 262144) = 1,212,416; non-embedding
+// parameters (hidden + routers 4 × (512 + 1024)) 1,218,560.
+const smoeMoa = cfg({
+  model: {
+    kind: "smoe",
+    attention: { kind: "moa", experts: 4, heads_per_expert: 2, head_dim: 16 },
+    mlp: { experts: 8, hidden: 128 },
+  },
+  router: { train: "topk", k: 2, infer: { kind: "topk", k: 2 }, infer_attention: { kind: "topk", k: 1 } },
+});
+
+Deno.test("activeWith() counts the attention experts of an SMoE with MoA as it does DS-MoE's (hand-computed)", () => {
+  // Top-1 of 4 attention experts, top-2 of 8 MLP experts: 4 × (8192 + 65536) = 294,912 expert parameters run,
+  // 884,736 skipped; hidden parameters run: the shared K/V 32,768 besides, 327,680 of 1,212,416 (10/37).
+  const a = activeParams(smoeMoa);
+  assertEquals(a.experts, 1_179_648);
+  assertEquals(a.expertsActive, 294_912);
+  assertEquals(a.skipped, 884_736);
+  assertEquals([a.hidden, a.hiddenActive], [1_212_416, 327_680]);
+  assertEquals(a.hiddenPct, (100 * 327_680) / 1_212_416);
+  assertEquals(a.all, 1_218_560);
+  assertEquals(a.active, 1_218_560 - 884_736);
+  assertEquals(a.activePct, (100 * 333_824) / 1_218_560);
+  assertEquals(a.total, 1_270_016);
+  assertEquals(a.activePctAll, (100 * (1_270_016 - 884_736)) / 1_270_016);
+  // The same experts running in a DS-MoE of the same shapes give the same numbers: the definition does not
+  // depend on model.kind.
+  const { exact: _e, ...share } = a;
+  const ds = activeParams(cfg({ model: dsmoe.model, router: { ...smoeMoa.router, train: "dense" } }));
+  const { exact: _d, ...dsShare } = ds;
+  assertEquals(dsShare, share);
+});
+
+Deno.test("activeWith() for an SMoE with dense attention: its routed experts are the MLP's (hand-computed)", () => {
+  // Routed: 8 MLP experts, 4 × 262144 = 1,048,576; top-2 runs 262,144 and skips 786,432 of 1,267,968 in all.
+  // Hidden: its dense attention (Q/O 131,072 and K/V 32,768) runs whole beside the 262,144 MLP parameters,
+  // 425,984 of 1,212,416 (13/37 = 35.1%; 25% of its MLP experts alone under the earlier definition).
+  const a = activeWith(smoe, 1, 2);
+  assertEquals([a.experts, a.expertsActive, a.skipped], [1_048_576, 262_144, 786_432]);
+  assertEquals([a.hidden, a.hiddenActive], [1_212_416, 425_984]);
+  assertEquals(a.hiddenPct, (100 * 425_984) / 1_212_416);
+  assertEquals(a.activePctAll, (100 * (1_267_968 - 786_432)) / 1_267_968);
+  // The argument of a block that is not routed is ignored: dense attention always runs whole.
+  assertEquals(activeWith(smoe, 0.5, 2), a);
+});
+
+Deno.test("activeWith() for a dense model: nothing routed, everything active", () => {
+  const a = activeWith(dense, 1, 1);
+  assertEquals([a.experts, a.skipped, a.hiddenPct, a.activePct, a.activePctAll], [0, 0, 100, 100, 100]);
+  assertEquals([a.hidden, a.hiddenActive], [1_212_416, 1_212_416]); // 4 × (40960 + 262144)
+  assertEquals(a.active, a.all);
+});
+
+Deno.test("hidden % has one denominator for every model kind: the attention and MLP weights (hand-computed)", () => {
+  // The three tiny configs have the same 1,212,416 hidden parameters: dense attention 4 × 40,960 + MLP
+  // 4 × 262,144; or MoA Q/O 4 × 32,768 + shared K/V 4 × 8,192 + MLP experts 4 × 262,144.
+  const moaTop = cfg({
+    model: dsmoe.model,
+    router: { infer: { kind: "topk", k: 2 }, infer_attention: { kind: "topk", k: 1 } },
+  });
+  const shares = [activeWith(dense, 1, 1), activeWith(smoe, 1, 2), activeParams(moaTop)];
+  assertEquals(shares.map((a) => a.hidden), [1_212_416, 1_212_416, 1_212_416]);
+  // Dense runs all; SMoE top-2 skips 6 of 8 MLP experts (786,432); DS-MoE top-1/top-2 also 3 of 4 attention
+  // experts' Q/O (98,304 more): 100%, 13/37 and 10/37.
+  assertEquals(shares.map((a) => a.hiddenPct), [100, (100 * 13) / 37, (100 * 10) / 37]);
+  // Routers are not hidden parameters: active % counts them, hidden % does not.
+  assertEquals(shares[1]!.active - shares[1]!.hiddenActive, 4 * 1024);
+});
+
+Deno.test("activeOfSkipped() gives the share of an evaluation that stored only its active parameters", () => {
+  const a = activeWith(smoe, 1, 2);
+  assertEquals(activeOfSkipped(smoe, a.all - a.active), a);
+  assertEquals(activeOfSkipped(dense, 0).hiddenPct, 100);
+});
+
+Deno.test("activeOfLayers() averages measured experts per token over the layers of each kind (hand-computed)", () => {
+  // DS-MoE, attention layers ran 0.5, 1.5, 1, 1 experts per token (mean 1 of 4), MLP layers 5, 7, 6, 6 (mean 6
+  // of 8): 4 × (8192 · 1 + 32768 · 6) = 819,200 expert parameters run, 360,448 skipped; with the shared K/V
+  // 32,768, 851,968 of the 1,212,416 hidden parameters run.
+  const layers = [
+    ...[0.5, 1.5, 1, 1].map((experts) => ({ kind: "attention" as const, experts })),
+    ...[5, 7, 6, 6].map((experts) => ({ kind: "mlp" as const, experts })),
+  ];
+  const a = activeOfLayers(dsmoe, layers);
+  assertEquals([a.expertsActive, a.skipped, a.hiddenActive], [819_200, 360_448, 851_968]);
+  assertEquals(a.hiddenPct, (100 * 851_968) / 1_212_416);
+  assertEquals(a.active, 1_218_560 - 360_448);
+  assertEquals(a.activePctAll, (100 * (1_270_016 - 360_448)) / 1_270_016);
+  // A kind without measured layers runs all its experts.
+  assertEquals(activeOfLayers(dsmoe, layers.slice(4)).expertsActive, 131_072 + 786_432);
 });
 
 Deno.test("activeParams() reports a threshold rule as an upper bound", () => {

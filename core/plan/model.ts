@@ -8,6 +8,12 @@
  * query-head groups are scaled the same way before Wo. SMoE multiplies S by its top-k mask, so unselected
  * experts get neither output nor gradient.
  *
+ * The routers of the literature (docs/design.md §16): top-k token choice with its options (`tokenChoice`:
+ * capacity, jitter, renormalised gates, softmax after top-k, null experts, the aux-free bias) records its
+ * selection statistics (`loads`); expert choice, top-p and ReLU gate through core/plan/router_zoo.ts; the
+ * optimizer-free state of both (aux-free biases, ReLU's λ) is `routerState`. Shared MLP experts add a dense
+ * branch to the routed sum, and segments make the routed experts finer (core/plan/counts.ts `layerShape`).
+ *
  * Under gradient accumulation (`batchStats`), the batch-level router losses of a micro-batch's graph take
  * the whole batch's statistics as inputs: the MI loss the batch's p̄ (`mi_loss_global`), the Switch loss the
  * batch's routed shares f (`switch_loss_global`), and `mean_rows` nodes give the micro-batch's own
@@ -15,11 +21,12 @@
  *
  * @module
  */
-import type { Experiment } from "../config/schema.ts";
+import { AUX_FREE_BIAS_RATE, type Experiment } from "../config/schema.ts";
 import { Graph, type Value } from "../graph/ir.ts";
 import { apply, apply1 } from "../graph/ops.ts";
 import type { RouteRule } from "../graph/op_types.ts";
-import { layerShape, vocabSize } from "./counts.ts";
+import { layerShape, segmentRule, vocabSize } from "./counts.ts";
+import { isZooTrain, L1_LAMBDA, zooTrainGate } from "./router_zoo.ts";
 
 /** How a parameter is initialized and optimized. */
 export interface ParamSpec {
@@ -42,9 +49,14 @@ export interface RouterTap {
   mask?: Value;
   /** The real experts, where the router also scores router.null_experts null experts after them. */
   experts?: number;
+  /**
+   * The training gate (N, E) of a router of docs/design.md §16 (training graphs): a pair is routed iff its
+   * gate is above 0; evaluation reads it for the per-expert load and the share of tokens no expert took.
+   */
+  trainGate?: Value;
 }
 
-/** The real experts of a router: its probabilities' width less its null experts (docs/design.md §3). */
+/** The real experts of a router: its probabilities' width less its null experts (docs/design.md §16). */
 export function tapExperts(t: Pick<RouterTap, "experts" | "probs">): number {
   return t.experts ?? t.probs.shape[1]!;
 }
@@ -65,8 +77,8 @@ export interface BatchStat {
 }
 
 /**
- * A routed block's top-k selection in training (router.train: topk; docs/design.md §3), for the per-step
- * router metrics (per-expert load, dropped share).
+ * A routed block's top-k selection in training (router.train: topk; docs/design.md §16), for the per-step
+ * router metrics (per-expert load, dropped share, null share) and the aux-free bias update.
  */
 export interface RouterLoad {
   layer: number;
@@ -80,7 +92,8 @@ export interface RouterLoad {
   kept?: Value;
   /**
    * With router.balance: aux_free, the (E,) `state` leaf `h<l>.<attn|mlp>.router.balance_bias`: the
-   * per-expert bias added to the selection scores, moved by the backend after every step (not trained).
+   * per-expert bias added to the selection scores, moved by the backend after every step (not trained; one
+   * of `ModelGraph.routerState`).
    */
   bias?: Value;
 }
@@ -90,18 +103,36 @@ export function routerPrefix(l: number, kind: "attention" | "mlp"): string {
   return `h${l}.${kind === "attention" ? "attn" : "mlp"}.router`;
 }
 
-/** The optimizer-free router state of a training graph: every aux-free balancing bias, in `loads` order. */
-export function routerState(m: Pick<ModelGraph, "loads">): Value[] {
-  return m.loads.flatMap((l) => l.bias ? [l.bias] : []);
-}
-
 /**
- * Expert capacity (docs/design.md §3): C = ceil(factor · T · k / N) tokens per expert of the T tokens of
+ * Expert capacity (docs/design.md §16): C = ceil(factor · T · k / N) tokens per expert of the T tokens of
  * one graph execution (a micro-batch under accumulation).
  */
 export function expertCapacity(factor: number, tokens: number, k: number, experts: number): number {
   return Math.ceil((factor * tokens * k) / experts);
 }
+
+/**
+ * Optimizer-free router state (docs/design.md §16): a leaf of the training graph that the backends hold,
+ * save in checkpoints (`router_state/<name>`, F32, its shape) and change after each finite step by
+ * `update`, never by the optimizer (no gradient, no Adam moments, no weight decay).
+ */
+export interface RouterStateLeaf {
+  /** Its name in checkpoints and backends: `l1_lambda`, or a bias leaf's `h<l>.<attn|mlp>.router.balance_bias`. */
+  name: string;
+  value: Value; // the leaf (λ: an input (1,); an aux-free bias: a state leaf (E,))
+  init: number; // every element's value before the first step
+  update: RouterStateUpdate;
+}
+
+/** How a {@linkcode RouterStateLeaf} changes after a finite step (each rule has a float64 twin and a kernel). */
+export type RouterStateUpdate =
+  /** λ of ReLU routing: times rate^sign(target − the step's mean `sparsity`). */
+  | { kind: "l1_lambda"; sparsity: Value; target: number; rate: number }
+  /**
+   * An aux-free balancing bias: b_i += rate · sign(k·T − E·c_i), c_i = round(load_i · T) the step's T tokens
+   * that selected expert i (`load` = its `RouterLoad.selected`, averaged over the micro-batches).
+   */
+  | { kind: "balance_bias"; load: Value; k: number; rate: number };
 
 /** Options of {@linkcode buildModel}. */
 export interface BuildOptions {
@@ -134,6 +165,13 @@ export interface ModelGraph {
    * 1+ε) noise fed each micro-step from the run's seeded RNG, ones for evaluation); empty otherwise.
    */
   jitter: Value[];
+  /** Scalars a training step also reports, logged as `train/<key>` (routers of docs/design.md §16). */
+  scalars: { key: string; value: Value }[];
+  /**
+   * Optimizer-free router state of training graphs (docs/design.md §16): the aux-free balancing biases, in
+   * `loads` order, then ReLU routing's λ; empty for most models.
+   */
+  routerState: RouterStateLeaf[];
 }
 
 /**
@@ -205,6 +243,9 @@ export function buildModel(
   weighted(b.mi.mlp, c.loss.mi.mlp);
   weighted(b.switch, c.loss.load_balance);
   weighted(b.z, c.loss.z);
+  weighted(b.dynamic, c.loss.dynamic);
+  terms.push(...b.l1); // weighted by their λ input
+  const scalars = _scalars(b);
   const loss = terms.length === 1 ? lmLoss : apply1(b.g, "add_n", terms);
   return {
     graph: b.g,
@@ -221,7 +262,54 @@ export function buildModel(
     batchStats: b.stats,
     loads: b.loads,
     jitter: b.jitter,
+    scalars,
+    routerState: _routerState(b, scalars),
   };
+}
+
+/**
+ * The scalars a training step logs beside its losses (docs/design.md §16): `dynamic_loss`, the sum of the
+ * top-p routers' entropies (unweighted); `l1_loss`, the sum of the ReLU routers' L1 terms (weighted by λ),
+ * and `relu_sparsity`, their mean share of zero gates.
+ */
+function _scalars(b: _Builder): ModelGraph["scalars"] {
+  const sum = (vs: Value[]) => vs.length === 1 ? vs[0]! : apply1(b.g, "add_n", vs);
+  const out: ModelGraph["scalars"] = [];
+  if (b.dynamic.length > 0) out.push({ key: "dynamic_loss", value: sum(b.dynamic) });
+  if (b.l1.length > 0) {
+    out.push({ key: "l1_loss", value: sum(b.l1) });
+    const zeros = b.zeroShares, mean = apply1(b.g, "scale", [sum(zeros)], { alpha: 1 / zeros.length });
+    out.push({ key: "relu_sparsity", value: mean });
+  }
+  return out;
+}
+
+/**
+ * The router state of a training graph (docs/design.md §16): each aux-free balancing bias (moved from its
+ * block's selection shares), then ReLU routing's λ (updated from the step's `relu_sparsity`).
+ */
+function _routerState(b: _Builder, scalars: ModelGraph["scalars"]): RouterStateLeaf[] {
+  const r = b.c.router, rate = r.bias_rate ?? AUX_FREE_BIAS_RATE;
+  const out: RouterStateLeaf[] = b.loads.flatMap((l) =>
+    l.bias
+      ? [{
+        name: l.bias.name,
+        value: l.bias,
+        init: 0,
+        update: { kind: "balance_bias" as const, load: l.selected, k: l.k, rate },
+      }]
+      : []
+  );
+  if (b.l1Lambda) {
+    const sparsity = scalars.find((s) => s.key === "relu_sparsity")!.value;
+    out.push({
+      name: L1_LAMBDA,
+      value: b.l1Lambda,
+      init: b.c.loss.l1,
+      update: { kind: "l1_lambda", sparsity, target: r.target_sparsity, rate: r.l1_rate },
+    });
+  }
+  return out;
 }
 
 class _Builder {
@@ -235,6 +323,12 @@ class _Builder {
   readonly mi = { attention: [] as Value[], mlp: [] as Value[] };
   readonly switch: Value[] = [];
   readonly z: Value[] = [];
+  /** The dynamic (entropy) losses of top-p routers (docs/design.md §16). */
+  readonly dynamic: Value[] = [];
+  /** ReLU routers' L1 terms and shares of zero gates, and the λ input they share (docs/design.md §16). */
+  readonly l1: Value[] = [];
+  readonly zeroShares: Value[] = [];
+  l1Lambda: Value | undefined;
   readonly stats: BatchStat[] = [];
   readonly loads: RouterLoad[] = [];
   readonly jitter: Value[] = [];
@@ -322,11 +416,13 @@ class _Builder {
     }
     // Inference: softmax, the rule's mask and the gate in one op (one dispatch instead of three);
     // threshold_topk keeps its own ops (its K is a mean over the batch).
-    const rule = this.infer?.[kind];
-    // The aux-free bias enters top-k selection at inference too (docs/design.md §3): no fused gate then.
+    const asked = this.infer?.[kind], rule = asked && segmentRule(asked, this.segmentsOf(kind));
+    // The aux-free bias enters top-k selection at inference too (docs/design.md §16): no fused gate then.
     const biased = rule?.kind === "topk" && this.c.router.balance === "aux_free";
     let probs: Value;
-    if (rule && rule.kind !== "dense" && rule.kind !== "threshold_topk" && !biased) {
+    if (rule && this.c.router.train === "relu") {
+      probs = this.reluInferRouter(l, kind, logits, rule);
+    } else if (rule && rule.kind !== "dense" && rule.kind !== "threshold_topk" && !biased) {
       const [p, mask, gate] = apply(this.g, "route_gate", [logits], { ...rule });
       probs = p!;
       this.routers.push({ layer: l, kind, logits, probs, mask: mask!, ...this._nulls(real) });
@@ -350,13 +446,35 @@ class _Builder {
 
   /**
    * The router input h, multiplied in training by the (N, d) jitter input `${prefix}.jitter` when
-   * router.jitter > 0 (docs/design.md §3); h itself otherwise (and at inference).
+   * router.jitter > 0 (docs/design.md §16); h itself otherwise (and at inference).
    */
   jittered(prefix: string, h: Value): Value {
     if (this.infer || this.pos || this.c.router.jitter <= 0) return h;
     const noise = this.g.leaf("input", `${prefix}.jitter`, h.shape);
     this.jitter.push(noise);
     return apply1(this.g, "mul", [h, noise]);
+  }
+
+  /**
+   * The inference router of a ReLU-routed model (docs/design.md §16): gates g = ReLU(logits), the rule
+   * applied to the normalized gates g / Σ g and kept where g > 0, gate g ⊙ mask (fused, `relu_route_gate`;
+   * threshold_topk's batch-mean K through `route_mask`). Records the router; returns the normalized gates.
+   */
+  reluInferRouter(l: number, kind: RouterTap["kind"], logits: Value, rule: RouteRule): Value {
+    const fused = rule.kind !== "threshold_topk";
+    const [probs, positive, g] = apply(this.g, "relu_route_gate", [logits], {
+      ...rule,
+      kind: fused ? rule.kind : "dense",
+    });
+    let mask = positive!, gate = g!;
+    if (!fused) {
+      const m = apply1(this.g, "route_mask", [probs!], { ...rule });
+      mask = apply1(this.g, "mul", [m, positive!]);
+      gate = apply1(this.g, "mul", [g!, m]);
+    }
+    this.routers.push({ layer: l, kind, logits, probs: probs!, mask });
+    this.fusedGates.set(probs!.id, gate);
+    return probs!;
   }
 
   /** The input leaf `name` (E,) that takes the batch's mean of `x`'s column means; records the pair. */
@@ -379,7 +497,9 @@ class _Builder {
       this.caches.push(...cache);
       cache.push(this.pos);
     }
-    if (this.infer && s.routedAtt && this.infer.attention.kind !== "dense") {
+    // A ReLU-routed model computes only the experts with g > 0 even under the dense rule (docs/design.md §16).
+    const sparse = this.infer && (this.infer.attention.kind !== "dense" || this.c.router.train === "relu");
+    if (sparse && s.routedAtt) {
       // Inference: only routed experts compute their query heads and output projection.
       const gate = this.inferGate(this.router(l, "attention", h, s.attExperts), "attention");
       const wo = this.param(`h${l}.attn.wo`, [s.qHeads * D, this.d], "normal", this.projStd);
@@ -415,7 +535,22 @@ class _Builder {
     return apply1(this.g, "matmul", [o2, wo]);
   }
 
+  /**
+   * The MLP block: the routed experts (or the dense MLP), plus the shared experts (docs/design.md §16), which
+   * every token runs with gate 1 in training and at inference alike.
+   */
   mlp(l: number, h: Value): Value {
+    const routed = this.routedMlp(l, h), s = this.s;
+    if (s.sharedExperts === 0) return routed;
+    const width = s.sharedExperts * s.sharedHidden, kind = this.c.model.mlp.activation;
+    const u = apply1(this.g, "matmul", [h, this.param(`h${l}.mlp.shared.w1`, [this.d, width], "normal")]);
+    const a = apply1(this.g, "activation", [u], { kind });
+    const w2 = this.param(`h${l}.mlp.shared.w2`, [width, this.d], "normal", this.projStd);
+    return apply1(this.g, "add", [routed, apply1(this.g, "matmul", [a, w2])]);
+  }
+
+  /** The routed experts of the MLP block (the dense MLP when it is not routed). */
+  routedMlp(l: number, h: Value): Value {
     const s = this.s, width = s.mlpExperts * s.hidden;
     const w1 = this.param(`h${l}.mlp.w1`, [this.d, width], "normal");
     if (this.infer && s.routedMlp) {
@@ -441,10 +576,15 @@ class _Builder {
     return apply1(this.g, "matmul", [a, this.param(`h${l}.mlp.w2`, [width, this.d], "normal", this.projStd)]);
   }
 
+  /** Segments per expert of a router's experts: model.mlp.segments for MLP routers, 1 for attention. */
+  segmentsOf(kind: RouterTap["kind"]): number {
+    return kind === "mlp" ? this.s.segments : 1;
+  }
+
   /**
-   * The Switch loss of a router over loss.load_balance_scope (docs/design.md §4): per sequence
+   * The Switch loss of a router (docs/design.md §4) over loss.load_balance_scope (§16): per sequence
    * (`switch_loss_seq`), over the graph's tokens (micro_batch, or global without accumulation), or global
-   * under `batchStats`: against the batch's routed shares.
+   * under `batchStats`: against the batch's routed shares. k = 0: shares of the routed pairs (top-p).
    */
   switchLoss(probs: Value, mask: Value, k: number): Value {
     const scope = this.c.loss.load_balance_scope ?? "global";
@@ -467,7 +607,7 @@ class _Builder {
     let gate: Value;
     if (fused) gate = this.trainedGateForm(fused, probs);
     else {
-      const rule = this.infer![kind];
+      const rule = segmentRule(this.infer![kind], this.segmentsOf(kind));
       if (rule.kind === "dense") return this._realCols(tap, probs);
       const bias = this.inferBias.get(probs.id);
       const scores = bias ? apply1(this.g, "bias_add", [probs, bias]) : probs;
@@ -510,21 +650,37 @@ class _Builder {
 
   /**
    * The per-token expert gate (N, E): S for dense training, S ⊙ top-k mask for SMoE (recording the Switch
-   * loss when asked), and at inference S ⊙ the rule's mask.
+   * loss when asked), the gate of a router of docs/design.md §16 (core/plan/router_zoo.ts; recorded as the
+   * router's `trainGate`), and at inference S ⊙ the rule's mask.
    */
   gateValue(probs: Value, experts: number, kind: RouterTap["kind"]): Value {
     if (this.infer) return this.inferGate(probs, kind);
     if (this.c.router.train === "topk") return this.tokenChoice(probs, experts, kind);
+    if (isZooTrain(this.c)) {
+      const tap = this._tapOf(probs);
+      const lambda = () => this.l1Lambda ??= this.g.leaf("input", `router.${L1_LAMBDA}`, [1]);
+      const z = zooTrainGate(this.g, this.c, tap, lambda, this.segmentsOf(kind));
+      tap.trainGate = z.gate;
+      if (z.l1) this.l1.push(z.l1);
+      if (z.zeroShare) this.zeroShares.push(z.zeroShare);
+      if (z.switchMask && this.c.loss.load_balance > 0) {
+        this.switch.push(this.switchLoss(probs, z.switchMask, 0));
+      }
+      if (z.dynamic) this.dynamic.push(z.dynamic);
+      return z.gate;
+    }
     if (this.c.loss.load_balance > 0) {
-      // DS-MoE with a Switch loss: a top-1 mask for the loss only; every expert stays gated by S.
-      const mask = apply1(this.g, "topk_mask", [probs], { k: 1 });
-      this.switch.push(this.switchLoss(probs, mask, 1));
+      // DS-MoE with a Switch loss: a top-1 mask for the loss only (top-m with segments m, docs/design.md
+      // §16); every expert stays gated by S.
+      const k = Math.min(this.segmentsOf(kind), experts);
+      const mask = apply1(this.g, "topk_mask", [probs], { k });
+      this.switch.push(this.switchLoss(probs, mask, k));
     }
     return probs;
   }
 
   /**
-   * Top-k token choice in training (docs/design.md §3): the mask of the k largest S_i; gates = the kept S_i
+   * Top-k token choice in training (docs/design.md §16): the mask of the k largest S_i; gates = the kept S_i
    * (renormalised to sum 1 with router.renormalize), or with router.softmax_order: after the softmax over
    * the kept logits; with router.capacity_factor > 0, each expert keeps only its first C tokens in token
    * order. Records the Switch loss (when weighted) and the selection statistics (`loads`).
@@ -533,10 +689,11 @@ class _Builder {
     // With null experts, top-k runs over all N + N_null and the gates of the real N go on.
     const r = this.c.router,
       all = probs.shape[1]!,
-      k = Math.min(r.k, all),
+      // With segments m an MLP router's k counts full-size experts: m·k segments (docs/design.md §16).
+      k = Math.min(r.k * this.segmentsOf(kind), all),
       g = this.g,
       tap = this._tapOf(probs);
-    // Aux-free balancing: the bias shifts the scores that select, not the gates (docs/design.md §3).
+    // Aux-free balancing: the bias shifts the scores that select, not the gates (docs/design.md §16).
     const bias = r.balance === "aux_free"
       ? g.leaf("state", `${routerPrefix(tap.layer, kind)}.balance_bias`, [probs.shape[1]!])
       : undefined;

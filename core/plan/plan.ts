@@ -35,6 +35,8 @@ export interface PlanOptions {
   batch?: number;
   /** Inference rules (infer-sparse, decode); default the config's `router.infer` / `router.infer_attention`. */
   rules?: InferRules;
+  /** infer-sparse: also output every router's probabilities (after the masks), for `eval --diagnostics`. */
+  routerProbs?: boolean;
 }
 
 /** A training plan: the model, its gradients (same order as `model.params`) and the schedule computing both. */
@@ -42,7 +44,7 @@ export interface TrainPlan {
   mode: "train-dense";
   model: ModelGraph;
   grads: Value[];
-  outputs: Value[]; // loss, LM loss, MI losses, the router loads (`loads`), then gradients
+  outputs: Value[]; // loss, LM loss, MI losses, the model's scalars, the router loads (`loads`), then gradients
   /** The routers' selection statistics (router.train: topk): `model.loads`' selected (and kept) vectors. */
   loads: Value[];
   schedule: Schedule;
@@ -53,7 +55,10 @@ export interface TrainPlan {
    * whose mean over the micro-batches is fed to `.batch`. Null without accumulation or batch-level losses.
    */
   stats: Schedule | null;
-  /** Forward only, for evaluation: the LM loss and every router's probabilities of a micro-batch. */
+  /**
+   * Forward only, for evaluation: the LM loss and every router's probabilities of a micro-batch, then the
+   * training gates of the routers that expose one (`RouterTap.trainGate`, docs/design.md §16).
+   */
   evaluate: Schedule;
 }
 
@@ -62,7 +67,7 @@ export interface InferPlan {
   mode: "infer-sparse";
   model: ModelGraph;
   rules: InferRules;
-  outputs: Value[]; // LM loss, logits, then each routed router's mask
+  outputs: Value[]; // LM loss, logits, then each routed router's mask (then each router's probabilities)
   schedule: Schedule;
 }
 
@@ -116,11 +121,16 @@ export function plan(
         model.lmLoss,
         ...model.miLoss.attention,
         ...model.miLoss.mlp,
+        ...model.scalars.map((s) => s.value),
         ...loads,
         ...grads,
       ];
       const stats = batchStats ? schedule(model.graph, model.batchStats.map((s) => s.micro)) : null;
-      const evaluate = schedule(model.graph, [model.lmLoss, ...model.routers.map((r) => r.probs)]);
+      const evaluate = schedule(model.graph, [
+        model.lmLoss,
+        ...model.routers.map((r) => r.probs),
+        ...model.routers.flatMap((r) => r.trainGate ? [r.trainGate] : []),
+      ]);
       return {
         mode,
         model,
@@ -137,6 +147,7 @@ export function plan(
     case "infer-sparse": {
       const model = buildModel(c, batch, rules);
       const outputs = [model.lmLoss, model.logits, ..._masks(model.routers)];
+      if (o.routerProbs) outputs.push(...model.routers.map((r) => r.probs));
       return { mode, model, rules, outputs, schedule: schedule(model.graph, outputs) };
     }
     case "decode": {

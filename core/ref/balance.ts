@@ -1,6 +1,6 @@
 /**
  * Float64 reference of the load-balance loss over sequences (loss.load_balance_scope: sequence,
- * docs/design.md §4): the Switch loss of each sequence's own tokens, averaged over the sequences.
+ * docs/design.md §16): the Switch loss of each sequence's own tokens, averaged over the sequences.
  *
  * @module
  */

@@ -83,12 +83,27 @@ export function miLossGlobalBackwardRef(
   return Float64Array.from(s, (v, i) => (dl / N) * (c[i % E]! - Math.log(v + MI_EPS) - v / (v + MI_EPS)));
 }
 
-/** N_E · Σ_i f_i P_i: f_i = routed share of expert i (mask (N, E) of k choices per token, / (N·k)), P_i = mean S. */
+/**
+ * N_E · Σ_i f_i P_i: f_i = routed share of expert i (mask (N, E) of k choices per token, / (N·k)), P_i = mean S.
+ * k = 0: the mask routes a varying number of experts per token (top-p, docs/design.md §16) and f_i is the
+ * column mean over Σ_j of them, expert i's share of the routed pairs.
+ */
 export function switchLossRef(s: ArrayLike<number>, mask: ArrayLike<number>, E: number, k: number): number {
-  const N = s.length / E, P = meanRowsRef(s, E), f = meanRowsRef(mask, E);
+  const N = s.length / E, P = meanRowsRef(s, E), f = meanRowsRef(mask, E), kk = switchK(f, k);
   let l = 0;
-  for (let i = 0; i < E; i++) l += (f[i]! / k) * P[i]!;
+  for (let i = 0; i < E; i++) l += (f[i]! / kk) * P[i]!;
   return E * l * (N > 0 ? 1 : 0);
+}
+
+/**
+ * The divisor of the Switch loss's column means f: k, or for k = 0 the mean routed experts per token Σ_i f_i
+ * (1 when nothing is routed, so f / it stays 0).
+ */
+export function switchK(f: ArrayLike<number>, k: number): number {
+  if (k > 0) return k;
+  let sum = 0;
+  for (let i = 0; i < f.length; i++) sum += f[i]!;
+  return sum > 0 ? sum : 1;
 }
 
 /** dL/dS[t, i] = dl · E · f_i / (k · N). */
@@ -99,8 +114,8 @@ export function switchLossBackwardRef(
   k: number,
   dl: number,
 ) {
-  const N = s.length / E, f = meanRowsRef(mask, E);
-  return Float64Array.from(s, (_, i) => (dl * E * f[i % E]!) / (k * N));
+  const N = s.length / E, f = meanRowsRef(mask, E), kk = switchK(f, k);
+  return Float64Array.from(s, (_, i) => (dl * E * f[i % E]!) / (kk * N));
 }
 
 /** E · Σ_i (f_i/k) P_i with the batch's routed shares f (E) given, P = column means of S (N, E). */
@@ -110,9 +125,9 @@ export function switchLossGlobalRef(
   E: number,
   k: number,
 ): number {
-  const P = meanRowsRef(s, E);
+  const P = meanRowsRef(s, E), kk = switchK(f, k);
   let l = 0;
-  for (let i = 0; i < E; i++) l += (f[i]! / k) * P[i]!;
+  for (let i = 0; i < E; i++) l += (f[i]! / kk) * P[i]!;
   return E * l;
 }
 
@@ -124,8 +139,8 @@ export function switchLossGlobalBackwardRef(
   k: number,
   dl: number,
 ): Float64Array {
-  const N = s.length / E;
-  return Float64Array.from(s, (_, i) => (dl * E * f[i % E]!) / (k * N));
+  const N = s.length / E, kk = switchK(f, k);
+  return Float64Array.from(s, (_, i) => (dl * E * f[i % E]!) / (kk * N));
 }
 
 /** (1/N) Σ_t logsumexp(logits_t)²; logits (N, E). */

@@ -1,5 +1,5 @@
 /**
- * Float64 reference of the top-k token-choice router pieces (docs/design.md §3, "Top-k token choice"):
+ * Float64 reference of the top-k token-choice router pieces (docs/design.md §16, "Top-k token choice"):
  * expert capacity (token dropping in token order), gates renormalised to sum 1 per token, softmax over the
  * kept logits (softmax after top-k), and the auxiliary-loss-free balancing bias update (sign rule).
  *
@@ -96,7 +96,7 @@ export function maskedSoftmaxRef(z: ArrayLike<number>, mask: ArrayLike<number>, 
 }
 
 /**
- * The auxiliary-loss-free balancing update of one router's bias (docs/design.md §3): b_i ← b_i + γ ·
+ * The auxiliary-loss-free balancing update of one router's bias (docs/design.md §16): b_i ← b_i + γ ·
  * sign(mean load − load_i), with load_i the step's share of tokens that selected expert i (`load`, E
  * values summing to k) over `tokens` tokens. The comparison is made on the integer counts
  * c_i = round(load_i · tokens) (k·tokens against E·c_i), so it is exact whatever the float type of `load`.

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { fmtBpb, fmtChange, fmtPpl } from "../util/quantities.js";
 import { fmtCount } from "../util/format.ts";
 import type { ReproReport } from "./report.ts";
 
@@ -18,10 +19,10 @@ const _ROLE_NAMES: Record<string, string> = {
 
 /** Formats a perplexity, a percentage and a ratio as the report shows them. */
 export const fmt = {
-  ppl: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : x.toFixed(3)),
-  bpb: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : x.toFixed(4)),
+  ppl: (x: number | null) => fmtPpl(x),
+  bpb: (x: number | null) => fmtBpb(x),
   pct: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : x.toFixed(1)),
-  signedPct: (x: number) => (Number.isFinite(x) ? `${x >= 0 ? "+" : ""}${x.toFixed(2)}%` : "—"),
+  signedPct: (x: number) => fmtChange(x),
   count: (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : fmtCount(x)),
   num: (x: number, digits: number) => (Number.isFinite(x) ? x.toFixed(digits) : "—"),
 };
@@ -61,6 +62,16 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
     [false, false, false, false, false],
   ));
   out.push("", "## Models", "");
+  out.push(
+    "Shares by one definition for every model (docs/design.md §5): **hidden %** is the share of a model's " +
+      "hidden parameters — the weights of its attention and MLP blocks (Q, K, V, O projections and MLP " +
+      "w1/w2), routed or not (" +
+      r.models.map((m) => `${roleName(m.role)}: ${fmt.count(m.hidden_params)}`).join("; ") +
+      ") — that run per token under its rule, averaged over tokens; blocks without a router always run, so " +
+      "the dense model is at 100%. **active %** is the share of its parameters outside the embeddings, norms " +
+      "and LM head (routers included); **all %** the share of all its parameters, embeddings included.",
+    "",
+  );
   out.push(_table(
     [
       "model",
@@ -71,6 +82,7 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
       "active params",
       "active %",
       "hidden %",
+      "all %",
       "val ppl",
       "val bpb",
     ],
@@ -83,27 +95,29 @@ export function renderReproMarkdown(r: ReproReport, o: { store: string }): strin
       fmt.count(m.active_params),
       fmt.pct(m.active_pct),
       fmt.pct(m.hidden_pct),
+      fmt.pct(m.active_pct_all),
       fmt.ppl(m.ppl),
       fmt.bpb(m.bpb),
     ]),
-    [false, false, false, false, true, true, true, true, true, true],
+    [false, false, false, false, true, true, true, true, true, true, true],
   ));
   out.push("", "## Sparsity frontier", "");
   for (const f of r.frontier) {
     if (f.rows.length <= 1) continue;
     out.push(`### ${roleName(f.role)}`, "");
     out.push(_table(
-      ["rule", "active params", "active %", "hidden %", "ppl", "bpb", "Δppl vs dense eval"],
+      ["rule", "active params", "active %", "hidden %", "all %", "ppl", "bpb", "Δppl vs dense eval"],
       f.rows.map((x) => [
         x.rule,
         fmt.count(x.active_params),
         fmt.pct(x.active_pct),
         fmt.pct(x.hidden_pct),
+        fmt.pct(x.active_pct_all),
         fmt.ppl(x.ppl),
         fmt.bpb(x.bpb),
         fmt.signedPct(x.dppl_pct),
       ]),
-      [false, true, true, true, true, true, true],
+      [false, true, true, true, true, true, true, true],
     ));
     out.push("");
   }

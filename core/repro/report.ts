@@ -3,16 +3,27 @@
  * configs, and their `infer/…`, `router/…` and `generate/…` metric points. Nothing is passed in from the
  * training or evaluation that produced them, so a report can be rebuilt at any time and checked against the
  * store. Each claim of the paper is judged by a stated test on the measured numbers, and reported as not
- * holding when it does not.
+ * holding when it does not. Active %, hidden % and the share of all parameters of every model are
+ * recomputed from its stored experts per layer by the one definition of docs/design.md §5 (core/plan/counts.ts
+ * `activeOfLayers`), so the SMoE and DS-MoE rows are compared by the same rule whatever code evaluated them:
+ * hidden % is a share of the same weights for every model (its attention and MLP blocks, routed or not).
  *
  * @module
  */
+import { fmtChange, fmtPpl } from "../util/quantities.js";
 import { parseExperimentText } from "../config/mod.ts";
 import type { Experiment } from "../config/schema.ts";
 import { ruleName } from "../infer/evaluate.ts";
-import { countParams, layerShape } from "../plan/counts.ts";
+import {
+  activeOfLayers,
+  activeOfSkipped,
+  countParams,
+  type LayerExperts,
+  layerShape,
+} from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
+import { fmtCount } from "../util/format.ts";
 import { type MetricRow, preferredRun, type RunRecord, type RunStore } from "../runs/store.ts";
 import { ABLATION_ROLES, MODEL_ROLES, type Role } from "./spec.ts";
 
@@ -26,8 +37,10 @@ export interface ModelRow {
   rule: string;
   params_total: number;
   active_params: number | null;
-  active_pct: number | null;
-  hidden_pct: number | null;
+  active_pct: number | null; // of the non-embedding parameters (docs/design.md §5)
+  hidden_pct: number | null; // of the hidden parameters: attention Q/K/V/O and MLP weights, routed or not
+  active_pct_all: number | null; // of all parameters, embeddings included
+  hidden_params: number; // the hidden parameters hidden % is a share of (docs/design.md §5)
   ppl: number | null;
   bpb: number | null; // bits per byte of the same evaluation (compares models of different tokenizers)
 }
@@ -38,6 +51,7 @@ export interface FrontierRow {
   active_params: number;
   active_pct: number;
   hidden_pct: number;
+  active_pct_all: number;
   ppl: number;
   bpb: number;
   dppl_pct: number; // against the same model evaluated densely
@@ -108,7 +122,7 @@ export interface ReproReport {
 
 /** Claim 1: DS-MoE's perplexity is within this fraction of the dense model's. */
 export const PPL_TOLERANCE = 0.05;
-/** Claim 2: at most this percentage of hidden (expert) parameters active. */
+/** Claim 2: at most this percentage of hidden parameters (attention and MLP weights, docs/design.md §5) active. */
 export const MAX_HIDDEN_PCT = 50;
 /** Claim 4: the expert-probability CV with the MI loss may exceed α = 0's by at most this and count as balanced. */
 export const CV_SLACK = 0.05;
@@ -156,6 +170,7 @@ export async function buildReproReport(
     const rule = anyRouted ? ruleName(rules, routed) : "dense";
     if (role === "dsmoe") claimRuleName = rule;
     const v = (k: string) => last.get(`infer/${rule}/${k}`)?.value ?? null;
+    const p = countParams(c);
     const row: ModelRow = {
       role,
       run_id: run.id,
@@ -163,16 +178,15 @@ export async function buildReproReport(
       status: run.status,
       step: run.step,
       rule,
-      params_total: countParams(c).total,
-      active_params: v("active_params"),
-      active_pct: v("active_pct"),
-      hidden_pct: v("hidden_pct"),
+      params_total: p.total,
+      ...ruleShares(last, rule, c),
+      hidden_params: activeOfSkipped(c, 0).hidden,
       ppl: v("ppl"),
       bpb: v("bpb"),
     };
     models.push(row);
     rows.set(role, row);
-    frontier.push({ role, run_id: run.id, rows: _frontier(last) });
+    frontier.push({ role, run_id: run.id, rows: _frontier(last, c) });
     const r = _routers(last, c);
     if (r.rows.length > 0) routers.push({ role, run_id: run.id, ...r });
     const speed = last.get(`generate/${rule}/tokens_per_s`);
@@ -236,7 +250,7 @@ function _miRows(
  * ```ts
  * import { fewestWithin } from "./report.ts";
  * const row = (rule: string, hidden_pct: number, ppl: number) =>
- *   ({ rule, hidden_pct, ppl, active_params: 0, active_pct: 0, bpb: 0, dppl_pct: 0 });
+ *   ({ rule, hidden_pct, ppl, active_params: 0, active_pct: 0, active_pct_all: 0, bpb: 0, dppl_pct: 0 });
  * const f = [row("dense", 100, 10), row("threshold@0.5", 40, 10.4), row("topk@1", 15, 13)];
  * console.log(fewestWithin(f, 10.5)?.rule); // "threshold@0.5"
  * ```
@@ -262,7 +276,53 @@ async function _runsByRole(store: RunStore, id: string): Promise<Map<Role, RunRe
   return out;
 }
 
-function _frontier(last: Map<string, MetricRow>): FrontierRow[] {
+/** A rule's shares of {@linkcode ruleShares}; null where the rule was not evaluated. */
+export interface RuleShares {
+  active_params: number | null;
+  active_pct: number | null;
+  hidden_pct: number | null;
+  active_pct_all: number | null;
+}
+
+/**
+ * The shares of `rule` on the model of config `c` (docs/design.md §5): from its stored experts per layer
+ * (`infer/<rule>/layer/<l>/<kind>/experts`) through core/plan/counts.ts `activeOfLayers`, the function eval
+ * itself uses, so that the numbers of every model follow one definition even when an older eval stored them
+ * under another (before 2026-12-06 `hidden_pct` was a share of the routed experts only). A routed kind without
+ * stored layers (an eval from before they were stored) takes the skipped parameters from the stored
+ * `active_params` (the non-embedding parameters less them, a count whose definition never changed) through
+ * `activeOfSkipped`. A rule without a stored `ppl` (not evaluated), or with neither layers nor `active_params`,
+ * has nulls.
+ */
+export function ruleShares(
+  last: ReadonlyMap<string, MetricRow>,
+  rule: string,
+  c: Readonly<Experiment>,
+): RuleShares {
+  const stored = (k: string) => last.get(`infer/${rule}/${k}`)?.value ?? null;
+  const none = { active_params: null, active_pct: null, hidden_pct: null, active_pct_all: null };
+  if (!last.has(`infer/${rule}/ppl`)) return none;
+  const prefix = `infer/${rule}/layer/`, layers: LayerExperts[] = [];
+  for (const [key, row] of last) {
+    const m = key.startsWith(prefix)
+      ? /^(\d+)\/(attention|mlp)\/experts$/.exec(key.slice(prefix.length))
+      : null;
+    if (m) layers.push({ kind: m[2] as LayerExperts["kind"], experts: row.value });
+  }
+  const s = layerShape(c), has = (kind: LayerExperts["kind"]) => layers.some((l) => l.kind === kind);
+  const noLayers = (s.routedAtt && !has("attention")) || (s.routedMlp && !has("mlp"));
+  const active = stored("active_params");
+  if (noLayers && active === null) return none;
+  const a = noLayers ? activeOfSkipped(c, activeOfSkipped(c, 0).all - active!) : activeOfLayers(c, layers);
+  return {
+    active_params: a.active,
+    active_pct: a.activePct,
+    hidden_pct: a.hiddenPct,
+    active_pct_all: a.activePctAll,
+  };
+}
+
+function _frontier(last: Map<string, MetricRow>, c: Readonly<Experiment>): FrontierRow[] {
   const rules = [...last.keys()].flatMap((k) => {
     const m = /^infer\/(.+)\/ppl$/.exec(k);
     return m ? [m[1]!] : [];
@@ -270,11 +330,13 @@ function _frontier(last: Map<string, MetricRow>): FrontierRow[] {
   const densePpl = last.get("infer/dense/ppl")?.value;
   const rows = rules.map((rule) => {
     const v = (k: string) => last.get(`infer/${rule}/${k}`)?.value ?? NaN;
+    const sh = ruleShares(last, rule, c);
     return {
       rule,
-      active_params: v("active_params"),
-      active_pct: v("active_pct"),
-      hidden_pct: v("hidden_pct"),
+      active_params: sh.active_params ?? NaN,
+      active_pct: sh.active_pct ?? NaN,
+      hidden_pct: sh.hidden_pct ?? NaN,
+      active_pct_all: sh.active_pct_all ?? NaN,
       ppl: v("ppl"),
       bpb: v("bpb"),
       dppl_pct: densePpl ? (v("ppl") / densePpl - 1) * 100 : NaN,
@@ -326,6 +388,23 @@ function _cv(xs: readonly number[]): number {
   return Math.sqrt(xs.reduce((a, b) => a + (b - mean) ** 2, 0) / xs.length) / mean;
 }
 
+/** "x% of all parameters" of a row (docs/design.md §5): the share with one denominator for every model. */
+function _shareOfAll(r: ModelRow): string {
+  const pct = (x: number | null) => (x === null ? "—" : x.toFixed(1));
+  return `${pct(r.active_pct_all)}% of all parameters, ${pct(r.active_pct)}% of the non-embedding ones`;
+}
+
+/** What a row's hidden % is of (docs/design.md §5): "N attention and MLP parameters". */
+function _hiddenOf(r: ModelRow): string {
+  return `${fmtCount(r.hidden_params)} attention and MLP parameters`;
+}
+
+/** A model's hidden % of its hidden parameters (attention and MLP weights) beside its share of all parameters. */
+function _shares(r: ModelRow): string {
+  const hidden = r.hidden_pct === null ? "—" : r.hidden_pct.toFixed(1);
+  return `hidden ${hidden}% of ${_hiddenOf(r)}; ${_shareOfAll(r)}`;
+}
+
 /**
  * The paper's four claims judged on the models table and router statistics of a report, with the named
  * thresholds and margins above ({@linkcode PPL_TOLERANCE}, {@linkcode MAX_HIDDEN_PCT},
@@ -334,7 +413,7 @@ function _cv(xs: readonly number[]): number {
  */
 export function judgeClaims(rows: Map<Role, ModelRow>, routers: ReproReport["routers"]): Claim[] {
   const ds = rows.get("dsmoe"), dense = rows.get("dense"), smoe = rows.get("smoe");
-  const f = (x: number) => x.toFixed(3);
+  const f = (x: number) => fmtPpl(x);
   const claims: Claim[] = [];
   const measured = (...xs: (number | null | undefined)[]) => xs.every((x) => typeof x === "number");
   {
@@ -346,7 +425,7 @@ export function judgeClaims(rows: Map<Role, ModelRow>, routers: ReproReport["rou
       test: `DS-MoE ppl (sparse, ${ds?.rule ?? "?"}) ≤ dense ppl × ${1 + PPL_TOLERANCE}`,
       held: ok ? rel <= PPL_TOLERANCE : null,
       evidence: ok
-        ? `DS-MoE ${f(ds!.ppl!)} vs dense ${f(dense!.ppl!)}: ${rel >= 0 ? "+" : ""}${(rel * 100).toFixed(2)}%`
+        ? `DS-MoE ${f(ds!.ppl!)} vs dense ${f(dense!.ppl!)}: ${fmtChange(rel * 100)}`
         : "not measured",
     });
   }
@@ -354,11 +433,11 @@ export function judgeClaims(rows: Map<Role, ModelRow>, routers: ReproReport["rou
     const ok = measured(ds?.hidden_pct);
     claims.push({
       id: 2,
-      claim: "… with at most half of its hidden (expert) parameters active",
+      claim: "… with at most half of its hidden parameters (attention and MLP weights) active",
       test: `DS-MoE hidden % active (${ds?.rule ?? "?"}) ≤ ${MAX_HIDDEN_PCT}`,
       held: ok ? ds!.hidden_pct! <= MAX_HIDDEN_PCT : null,
       evidence: ok
-        ? `${ds!.hidden_pct!.toFixed(1)}% of expert parameters active (${ds!.active_pct!.toFixed(1)}% of all)`
+        ? `${ds!.hidden_pct!.toFixed(1)}% of its ${_hiddenOf(ds!)} active (${_shareOfAll(ds!)})`
         : "not measured",
     });
   }
@@ -370,8 +449,7 @@ export function judgeClaims(rows: Map<Role, ModelRow>, routers: ReproReport["rou
       test: `SMoE ppl (${smoe?.rule ?? "?"}) > DS-MoE ppl (${ds?.rule ?? "?"}) × ${1 + WORSE_MARGIN}`,
       held: ok ? smoe!.ppl! > ds!.ppl! * (1 + WORSE_MARGIN) : null,
       evidence: ok
-        ? `SMoE ${f(smoe!.ppl!)} (hidden ${smoe!.hidden_pct!.toFixed(1)}%) vs DS-MoE ${f(ds!.ppl!)} ` +
-          `(hidden ${ds!.hidden_pct!.toFixed(1)}%)`
+        ? `SMoE ${f(smoe!.ppl!)} (${_shares(smoe!)}) vs DS-MoE ${f(ds!.ppl!)} (${_shares(ds!)})`
         : "not measured",
     });
   }

@@ -6,27 +6,24 @@
  *
  * @module
  */
-import { createHash } from "node:crypto";
-import { experimentToYaml, type LoadedExperiment, loadExperiment } from "../config/mod.ts";
-import type { Experiment } from "../config/schema.ts";
-import { loadDataset } from "../data/dataset.ts";
-import { defaultCacheDir } from "../data/prepare.ts";
-
-import { evaluateRules, ruleName } from "../infer/evaluate.ts";
-import { Decoder, generate } from "../infer/generate.ts";
-import { recordGeneration, recordRuleResults } from "../infer/record.ts";
+import { type LoadedExperiment, loadExperiment } from "../config/mod.ts";
+import { ruleName } from "../infer/evaluate.ts";
 import { denseRules } from "../infer/rule_spec.ts";
-import { layerShape } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
-import { atomicWriteText } from "../util/atomic_write.ts";
 import { openRunStore } from "../runs/open_store.ts";
-import { modelTokenizer, openStoredRun } from "../runs/stored_run.ts";
 import type { BackendFactory } from "../train/run_experiment.ts";
-import { runExperiment } from "../train/run_experiment.ts";
-import { paramValues } from "../train/trainer.ts";
 import { openGpu } from "../../gpu/device.ts";
 import { renderReproMarkdown } from "./markdown.ts";
+import {
+  configsHash,
+  evaluateMissing,
+  openTrainedRun,
+  routedSides,
+  saveReport,
+  timeDecoding,
+  trainSweepModels,
+} from "./pipeline.ts";
 import { buildReproReport, type ReproReport } from "./report.ts";
 import { ABLATION_ROLES, MODEL_ROLES, type ReproSpec, type Role } from "./spec.ts";
 
@@ -48,8 +45,6 @@ export interface ReproOutcome {
   path: string; // REPORT.md
   failed: Role[]; // roles whose training failed (reported as not measured)
 }
-
-const _PROMPT = "The small ";
 
 /** Runs the reproduction at `o.scale` (a key of `spec.scales`). */
 export async function runRepro(
@@ -76,26 +71,14 @@ export async function runRepro(
   });
   o.progress(`repro ${id}: ${roles.length} models at scale ${o.scale}`);
 
-  const runIds = new Map<Role, string>(), failed: Role[] = [];
-  for (const [i, role] of roles.entries()) {
-    if (o.signal?.aborted) break;
-    const l = loaded.get(role)!;
-    o.progress(`[${i + 1}/${roles.length}] ${role}: ${spec.configs[role]}`);
-    const file = spec.configs[role]!;
-    const [out] = await runExperiment(
-      { ...l, sweepId: id, points: l.points.map((p) => ({ ...p, params: { role, scale: o.scale } })) },
-      {
-        runsDir: o.runsDir,
-        backendFactory: o.backendFactory,
-        progress: o.progress,
-        signal: o.signal,
-        baseDir: file.includes("/") ? file.slice(0, file.lastIndexOf("/")) : ".",
-        dashboardUrl: o.dashboardUrl,
-      },
-    );
-    if (!out || out.status !== "finished" && out.status !== "skipped") failed.push(role); // failed, interrupted, busy
-    else runIds.set(role, out.runId);
-  }
+  const models = roles.map((role) => ({
+    key: role,
+    file: spec.configs[role]!,
+    loaded: loaded.get(role)!,
+    params: { role, scale: o.scale },
+  }));
+  const trained = await trainSweepModels(models, id, o);
+  const runIds = trained.runIds as Map<Role, string>, failed = trained.failed as Role[];
   if (o.signal?.aborted) {
     throw new Error("Interrupted: the models trained so far are kept; run repro again to go on");
   }
@@ -103,8 +86,8 @@ export async function runRepro(
   const gpu = await openGpu();
   try {
     for (const [role, runId] of runIds) {
-      const m = await _openRun(o.runsDir, runId);
-      const shape = layerShape(m.config), routed = { mlp: shape.routedMlp, attention: shape.routedAtt };
+      const m = await openTrainedRun(o.runsDir, runId);
+      const routed = routedSides(m.config);
       const anyRouted = routed.mlp || routed.attention;
       const ablation = (ABLATION_ROLES as readonly string[]).includes(role);
       // The frontier for the three models; the ablation needs only its claim-rule point unless the manifest
@@ -114,37 +97,20 @@ export async function runRepro(
         : ablation && !spec.ablationFrontier
         ? [denseRules(), spec.claimRule.rules]
         : [...spec.rules.map((r) => r.rules), ...(role === "smoe" ? [configRules(m.config)] : [])];
-      const todo = rules.filter((r) => !m.has(`infer/${ruleName(r, routed)}/ppl`));
-      if (todo.length > 0) {
-        o.progress(
-          `${role}: evaluating ${todo.length} rules on ${scale.evalBatches} validation batches each`,
-        );
-        const dataset = await loadDataset(m.config, undefined, {
-          cacheDir: defaultCacheDir(o.runsDir),
-          tokenizer: m.tokenizer,
-        });
-        const results = await evaluateRules(gpu, m.config, m.params, dataset, todo, {
-          batches: scale.evalBatches,
-        });
-        await recordRuleResults(m.run, m.step, results);
-      }
+      await evaluateMissing(gpu, m, rules, {
+        batches: scale.evalBatches,
+        runsDir: o.runsDir,
+        label: role,
+        progress: o.progress,
+      });
       if (ablation) continue;
       const rule: InferRules = role === "dsmoe" ? spec.claimRule.rules : configRules(m.config);
       const name = anyRouted ? ruleName(rule, routed) : "dense";
-      if (m.has(`generate/${name}/tokens_per_s`)) continue;
-      const dec = await Decoder.create(gpu, m.config, m.params, rule);
-      try {
-        const r = await generate(dec, [...m.tokenizer.encode(_PROMPT)], {
-          maxTokens: scale.decodeTokens,
-          temperature: 0,
-          topK: 0,
-          seed: 1,
-        });
-        o.progress(`${role}: ${r.tokens.length} tokens at ${r.tokensPerS.toFixed(1)} tokens/s (${name})`);
-        await recordGeneration(m.run, m.step, name, r);
-      } finally {
-        dec.destroy();
-      }
+      await timeDecoding(gpu, m, rule, name, {
+        tokens: scale.decodeTokens,
+        label: role,
+        progress: o.progress,
+      });
     }
   } finally {
     gpu.destroy();
@@ -152,41 +118,19 @@ export async function runRepro(
 
   const report = await buildReproReport(store, id, { scale: o.scale, claimRule: spec.claimRule.rules });
   const markdown = renderReproMarkdown(report, { store: store.url });
-  await store.saveReport({
+  const path = `${o.runsDir}/repro/REPORT.md`;
+  await saveReport(store, {
     id,
     kind: "repro",
     sweep_id: id,
     created_at: report.created_at,
     markdown,
     data: report as unknown as Record<string, unknown>,
-  });
-  await Deno.mkdir(`${o.runsDir}/repro`, { recursive: true });
-  const path = `${o.runsDir}/repro/REPORT.md`;
-  await atomicWriteText(path, markdown);
+  }, path);
   return { id, report, markdown, path, failed };
 }
 
 /** A stable id of the reproduction: the manifest, the scale and every resolved model config. */
-function _reproId(manifest: string, scale: string, configs: readonly Readonly<Experiment>[]): string {
-  const h = createHash("sha256").update(manifest).update(`\0${scale}\0`);
-  for (const c of configs) h.update(experimentToYaml(c));
-  return `repro-${scale}-${h.digest("hex").slice(0, 10)}`;
-}
-
-/** A trained run: its config, newest checkpoint's parameters and step, and which metric keys it has there. */
-async function _openRun(runsDir: string, id: string) {
-  const stored = await openStoredRun(runsDir, id, { purpose: "infer" });
-  const { run, config, ck } = stored;
-  if (!ck) throw new Error(`Run ${id} has no complete checkpoint to evaluate`);
-  const keys = new Set(
-    (await run.store.metrics(id)).filter((m) => m.step === ck.entry.step).map((m) => m.key),
-  );
-  return {
-    run,
-    config,
-    params: paramValues(ck.file.tensors),
-    step: ck.entry.step,
-    tokenizer: await modelTokenizer(stored),
-    has: (key: string) => keys.has(key),
-  };
+function _reproId(manifest: string, scale: string, configs: Parameters<typeof configsHash>[2]): string {
+  return `repro-${scale}-${configsHash(manifest, scale, configs)}`;
 }

@@ -43,6 +43,7 @@ import type {
   RunEvent,
   RunLease,
   RunMeta,
+  RunPatch,
   RunQuery,
   RunRecord,
   RunStore,
@@ -210,11 +211,12 @@ class _PostgresStore implements PostgresRunStore {
     return vals.reduce((a, b) => this.#sql`${a}, ${b}`);
   }
 
-  updateRun(id: string, patch: Partial<RunMeta>, o: { lease?: RunLease } = {}): Promise<void> {
+  updateRun(id: string, patch: RunPatch, o: { lease?: RunLease } = {}): Promise<void> {
     const fields = RUN_FIELDS.filter((f) => f in patch);
     const ends = patch.status !== undefined && patch.status !== "running";
     return this.#run(async (sql) => {
       const sets = fields.map((f) => sql`${sql(f)} = ${runValue(f, patch[f])}`);
+      if (patch.config_yaml !== undefined) sets.push(sql`config_yaml = ${patch.config_yaml}`);
       // Without a lease, the writer is recorded only where no process holds the run.
       const mine = (col: string, v: string | number | null) =>
         o.lease

@@ -177,6 +177,17 @@ export class RunDir {
     if (patch.status !== undefined && patch.status !== "running") this.#lease = null;
   }
 
+  /**
+   * Replaces the run's resolved config (a resumed run trained longer, `run --resume <id> --set
+   * train.steps=N`): `config.yaml` first, atomically — what a resume reads and `store rebuild` restores
+   * from — then the store's copy, under the run's lease.
+   */
+  async replaceConfig(configYaml: string): Promise<void> {
+    if (!this.#lease) await this.takeLease();
+    await atomicWriteText(`${this.path}/config.yaml`, configYaml);
+    await this.store.updateRun(this.#meta.id, { config_yaml: configYaml }, { lease: this.#lease! });
+  }
+
   /** Queues a metric point; {@linkcode RunDir.flush} writes queued points. Non-finite values are not points. */
   log(point: MetricPoint): void {
     if (!Number.isFinite(point.value)) return; // non-finite steps are counted, not logged as points

@@ -43,6 +43,7 @@ import type {
   RunEvent,
   RunLease,
   RunMeta,
+  RunPatch,
   RunQuery,
   RunRecord,
   RunStore,
@@ -714,8 +715,9 @@ class _SqliteStore implements RunStore {
     });
   }
 
-  updateRun(id: string, patch: Partial<RunMeta>, o: { lease?: RunLease } = {}): Promise<void> {
+  updateRun(id: string, patch: RunPatch, o: { lease?: RunLease } = {}): Promise<void> {
     const fields = RUN_FIELDS.filter((f) => f in patch);
+    const config = patch.config_yaml === undefined ? [] : [patch.config_yaml];
     const ends = patch.status !== undefined && patch.status !== "running";
     return this.#write(() => {
       // Without a lease, the writer is recorded only where no process holds the run.
@@ -724,6 +726,7 @@ class _SqliteStore implements RunStore {
         : (v: string) => `${v} = CASE WHEN lease_id IS NULL THEN ? ELSE ${v} END`;
       const sets = [
         ...fields.map((f) => `${f} = ?`),
+        ...config.map(() => "config_yaml = ?"),
         mine("host"),
         mine("pid"),
         mine("heartbeat_at"),
@@ -732,6 +735,7 @@ class _SqliteStore implements RunStore {
       const where = o.lease ? "id = ? AND lease_id = ?" : "id = ?";
       const r = this.#q(`UPDATE runs SET ${sets} WHERE ${where}`).run(
         ...fields.map((f) => runValue(f, patch[f])),
+        ...config,
         this.#host,
         Deno.pid,
         new Date().toISOString(),

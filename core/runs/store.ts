@@ -84,10 +84,16 @@ export interface SweepRecord {
   created_at: string; // ISO 8601
 }
 
+/**
+ * A change to a run's record: its metadata, and its resolved config where a resumed run is extended
+ * (`run --resume <id> --set train.steps=N`).
+ */
+export type RunPatch = Partial<RunMeta> & { config_yaml?: string };
+
 /** A report computed from stored runs (e.g. `deno task repro`): its Markdown and the data behind it. */
 export interface ReportRecord {
   id: string;
-  kind: string; // "repro"
+  kind: string; // "repro", "study"
   sweep_id: string | null; // the runs it reports on
   created_at: string; // ISO 8601
   markdown: string;
@@ -149,7 +155,7 @@ export interface RunStore {
    * that lease still holds the run (else RunBusyError naming who holds it now). A status other than
    * `running` ends the run's lease.
    */
-  updateRun(id: string, patch: Partial<RunMeta>, o?: { lease?: RunLease }): Promise<void>;
+  updateRun(id: string, patch: RunPatch, o?: { lease?: RunLease }): Promise<void>;
   /**
    * Takes run `id` for this process: its lease (this host and pid, a new lease id, a heartbeat now). Throws
    * RunBusyError naming the holder ("pid 1234 on host h since … (heartbeat 3 s ago)") while another live

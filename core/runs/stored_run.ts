@@ -6,8 +6,9 @@
  * - the run id (or `<runs-dir>/<id>` path) names a directory inside the runs directory, not a link;
  * - the config fits its `hardware.memory_budget` (the check `run` applies to new runs);
  * - the checkpoint's tensors are those of the config's model ({@linkcode checkCheckpointContent}): every
- *   parameter with exactly its shape, F32, finite, nothing else; to resume, also both Adam moments and an
- *   optimizer step equal to the checkpoint's step;
+ *   parameter with exactly its shape, F32, finite, and the aux-free balancing biases (router state read at
+ *   inference), nothing else; to resume, also both Adam moments, the rest of the router state (docs/design.md
+ *   §16; finite, λ ≥ 0) and an optimizer step equal to the checkpoint's step;
  * - when the manifest lists checkpoints but none is intact, the run is refused ({@linkcode CheckpointError},
  *   naming each damaged file and why) rather than started over: starting over is a new run.
  *
@@ -24,7 +25,7 @@ import { parseByteSize } from "../config/schema.ts";
 import { isPlainMap, MAX_FILE_BYTES, parseYaml } from "../config/yaml_source.ts";
 import type { Experiment } from "../config/schema.ts";
 import { estimateMemory, fitsMemoryBudget } from "../plan/counts.ts";
-import { buildModel, routerState } from "../plan/model.ts";
+import { buildModel, type RouterStateUpdate } from "../plan/model.ts";
 import { fmtBytes } from "../util/format.ts";
 import {
   type CheckpointEntry,
@@ -141,10 +142,11 @@ export function checkMemoryBudget(c: Readonly<Experiment>, label: string): void 
 /**
  * Checks that a checkpoint holds the training state of config `c` at `step`, throwing CheckpointError for
  * the first problem, naming the tensor (and the first bad index): every parameter of the model as
- * `param/<name>`, F32, exactly the planned shape, finite; the router state (aux-free balancing biases) as
- * `state/<name>`, F32, its shape, finite; no tensor that is not the model's. To resume, also
- * `adam_m/<name>` (finite) and `adam_v/<name>` (finite, ≥ 0) of the same shapes, `optimizer_step` equal to
- * `step`, a `skipped_steps` count within it, and `step` within `train.steps`.
+ * `param/<name>`, F32, exactly the planned shape, finite; the aux-free balancing biases as
+ * `router_state/<name>`, F32, their shape, finite; no tensor that is not the model's. To resume, also
+ * `adam_m/<name>` (finite) and `adam_v/<name>` (finite, ≥ 0) of the same shapes, the rest of the router state
+ * (ReLU routing's λ as `router_state/l1_lambda`, finite, ≥ 0), `optimizer_step` equal to `step`, a
+ * `skipped_steps` count within it, and `step` within `train.steps`.
  */
 export function checkCheckpointContent(
   file: SafeTensorsFile,
@@ -160,9 +162,13 @@ export function checkCheckpointContent(
     }
     for (const prefix of ["param/", "adam_m/", "adam_v/"]) known.add(`${prefix}${name}`);
   }
-  for (const [name, shape] of expectedState(c)) {
-    _checkTensor(file, `state/${name}`, shape, false);
-    known.add(`state/${name}`);
+  // Optimizer-free router state (docs/design.md §16): the aux-free biases are read at inference too (top-k
+  // selection), so always needed; ReLU's λ only to resume.
+  for (const [name, spec] of expectedRouterState(c)) {
+    if (spec.inference || o.purpose === "resume") {
+      _checkTensor(file, `router_state/${name}`, spec.shape, spec.nonNegative);
+    }
+    known.add(`router_state/${name}`);
   }
   for (const name of file.tensors.keys()) {
     if (!known.has(name)) {
@@ -184,13 +190,25 @@ export function expectedParams(c: Readonly<Experiment>): Map<string, readonly nu
   return m;
 }
 
-const _expectedState = new WeakMap<object, Map<string, readonly number[]>>();
+/** A router state tensor a checkpoint holds (`router_state/<name>`, docs/design.md §16). */
+export interface RouterStateSpec {
+  shape: readonly number[];
+  nonNegative: boolean; // ReLU routing's λ (≥ 0); an aux-free bias may be negative
+  inference: boolean; // read at inference too (an aux-free bias), not only to resume
+}
 
-/** The optimizer-free router state of config `c`'s model (`routerState`, core/plan/model.ts), by name. */
-export function expectedState(c: Readonly<Experiment>): Map<string, readonly number[]> {
+const _expectedState = new WeakMap<object, Map<string, RouterStateSpec>>();
+
+/** The optimizer-free router state of config `c`'s model (`ModelGraph.routerState`, core/plan/model.ts). */
+export function expectedRouterState(c: Readonly<Experiment>): Map<string, RouterStateSpec> {
   let m = _expectedState.get(c);
   if (!m) {
-    m = new Map(routerState(buildModel(c, 1)).map((v) => [v.name, v.shape]));
+    const spec = (u: RouterStateUpdate, shape: readonly number[]): RouterStateSpec => ({
+      shape,
+      nonNegative: u.kind === "l1_lambda",
+      inference: u.kind === "balance_bias",
+    });
+    m = new Map(buildModel(c, 1).routerState.map((s) => [s.name, spec(s.update, s.value.shape)]));
     _expectedState.set(c, m);
   }
   return m;

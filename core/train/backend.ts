@@ -15,13 +15,15 @@ export interface StepStats {
   miMlp: number; // Σ over MLP routers (unweighted)
   gradNorm: number; // before clipping
   finite: boolean; // false: the update was skipped on the device
+  /** The model's scalars (`ModelGraph.scalars`) by key, logged as `train/<key>`; empty for most models. */
+  scalars?: Record<string, number>;
   /** GPU milliseconds of each dispatch, when the step was profiled. */
   kernels?: { label: string; ms: number }[];
   /** Per routed block, its top-k selection over the step (router.train: topk; empty otherwise). */
   routers?: RouterStepStats[];
 }
 
-/** One routed block's top-k selection over a training step's tokens (docs/design.md §3). */
+/** One routed block's top-k selection over a training step's tokens (docs/design.md §16). */
 export interface RouterStepStats {
   layer: number;
   kind: "attention" | "mlp";
@@ -42,6 +44,16 @@ export interface RouterStats {
   load: number[]; // (E,) fraction of tokens whose top-1 expert is i
   meanProb: number[]; // (E,)
   entropy: number; // mean per-token routing entropy (nats)
+  /** The training rule's statistics (routers of docs/design.md §16, whose graphs expose their gate). */
+  train?: TrainRuleStats;
+}
+
+/** Statistics of a training rule's gate over evaluated tokens (core/train/router_stats.ts). */
+export interface TrainRuleStats {
+  load: number[]; // (E,) expert i's share of the routed (token, expert) pairs
+  dropped: number; // share of tokens routed to no expert
+  perToken: number; // mean routed experts per token
+  sparsity: number; // share of zero gates
 }
 
 /** Result of evaluating one batch without updating. */
@@ -57,10 +69,10 @@ export interface TrainState {
   adamV: Map<string, Float32Array>;
   step: number; // optimizer steps taken (AdamW's t)
   /**
-   * Optimizer-free router state by leaf name (the aux-free balancing biases, `routerState`,
-   * core/plan/model.ts); saved as `state/<name>`. Absent or empty for a model without any.
+   * Optimizer-free router state by name (`ModelGraph.routerState`, docs/design.md §16: the aux-free
+   * balancing biases, ReLU routing's λ), saved as `router_state/<name>`; absent or empty for most models.
    */
-  state?: Map<string, Float32Array>;
+  routerState?: Map<string, Float32Array>;
 }
 
 /** A backend able to train one model. */

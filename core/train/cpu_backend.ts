@@ -11,15 +11,15 @@ import type { Batch } from "../data/dataset.ts";
 import { evaluateGraph, type HostValue } from "../graph/cpu_executor.ts";
 import { CPU_OPS } from "../graph/cpu_ops.ts";
 import type { Node, Value } from "../graph/ir.ts";
-import { type ModelGraph, routerState } from "../plan/model.ts";
+import type { ModelGraph } from "../plan/model.ts";
 import { balanceBiasUpdateRef } from "../ref/token_choice.ts";
-import { AUX_FREE_BIAS_RATE } from "../config/schema.ts";
 import { plan, type TrainPlan } from "../plan/plan.ts";
 import { adamwStepRef } from "../ref/adamw.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
-import { routerStats, routerStepStats } from "./router_stats.ts";
+import { routerStats, routerStepStats, trainRuleStats } from "./router_stats.ts";
 import { initParams } from "./init.ts";
 import { jitterNoise } from "./jitter.ts";
+import { nextL1Lambda } from "../plan/router_zoo.ts";
 
 /** The float64 reference backend. */
 export class CpuTrainBackend implements TrainBackend {
@@ -36,8 +36,13 @@ export class CpuTrainBackend implements TrainBackend {
   readonly #params = new Map<string, Float64Array>();
   readonly #m = new Map<string, Float64Array>();
   readonly #v = new Map<string, Float64Array>();
-  /** The aux-free balancing biases by leaf name (optimizer-free state, moved after every step). */
-  readonly #state = new Map<string, Float64Array>();
+  /**
+   * The optimizer-free router state by name (`ModelGraph.routerState`: the aux-free balancing biases, ReLU
+   * routing's λ), fed to its leaves and moved after each finite step.
+   */
+  readonly #routerState = new Map<string, Float64Array>();
+  /** The leaf id of each router state value, by name. */
+  readonly #stateLeaf = new Map<string, number>();
   #t = 0;
 
   constructor(c: Readonly<Experiment>) {
@@ -51,7 +56,10 @@ export class CpuTrainBackend implements TrainBackend {
       this.#m.set(name, new Float64Array(data.length));
       this.#v.set(name, new Float64Array(data.length));
     }
-    for (const v of routerState(this.model)) this.#state.set(v.name, new Float64Array(v.shape[0]!));
+    for (const s of this.model.routerState) {
+      this.#routerState.set(s.name, new Float64Array(s.value.shape[0]!).fill(s.init));
+      this.#stateLeaf.set(s.name, s.value.id);
+    }
   }
 
   /**
@@ -69,7 +77,13 @@ export class CpuTrainBackend implements TrainBackend {
       const means = _meanOver(K, (k) => evaluateGraph(p.stats!.nodes, feeds(k), micro, CPU_OPS));
       this.#batchStats = new Map(m.batchStats.map((s, i) => [s.batch.id, means[i]!]));
     }
-    const parts = [m.loss, m.lmLoss, ...m.miLoss.attention, ...m.miLoss.mlp];
+    const parts = [
+      m.loss,
+      m.lmLoss,
+      ...m.miLoss.attention,
+      ...m.miLoss.mlp,
+      ...m.scalars.map((s) => s.value),
+    ];
     const outs = _meanOver(
       K,
       (k) => evaluateGraph(p.schedule.nodes, feeds(k), [...parts, ...p.loads, ...this.grads], CPU_OPS),
@@ -107,7 +121,7 @@ export class CpuTrainBackend implements TrainBackend {
       throw new RangeError("Cannot profile the CPU reference backend: it has no GPU kernels");
     }
     const { parts, grads, loads } = this.lossAndGrads(batch);
-    const m = this.model, nAtt = m.miLoss.attention.length;
+    const m = this.model, nAtt = m.miLoss.attention.length, nMi = nAtt + m.miLoss.mlp.length;
     let sq = 0;
     for (const g of grads) for (const x of g) sq += x * x;
     const gradNorm = Math.sqrt(sq);
@@ -130,17 +144,23 @@ export class CpuTrainBackend implements TrainBackend {
           step: this.#t,
         });
       });
-      this.#updateBiases(loads);
+      this.#updateRouterState(parts, loads);
     }
     const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
     return Promise.resolve({
       loss: parts[0]!,
       lmLoss: parts[1]!,
       miAttention: sum(parts.slice(2, 2 + nAtt)),
-      miMlp: sum(parts.slice(2 + nAtt)),
+      miMlp: sum(parts.slice(2 + nAtt, 2 + nMi)),
       gradNorm,
       finite,
-      routers: routerStepStats(m.loads, loads, routerState(m).map((v) => this.#state.get(v.name)!)),
+      routers: routerStepStats(m.loads, loads, this.#routerState),
+      scalars: Object.fromEntries([
+        ...m.scalars.map((s, i) => [s.key, parts[2 + nMi + i]!]),
+        ...m.routerState.flatMap((s) =>
+          s.update.kind === "l1_lambda" ? [[s.name, this.#routerState.get(s.name)![0]!]] : []
+        ),
+      ]),
     });
   }
 
@@ -148,16 +168,24 @@ export class CpuTrainBackend implements TrainBackend {
   evaluate(batch: Batch): Promise<EvalResult> {
     const m = this.model, K = this.plan.accumulation, outs: HostValue[][] = [];
     this.#jitter = this.#noise(K, true);
+    const gates = m.routers.flatMap((r) => r.trainGate ? [r.trainGate] : []);
     for (let k = 0; k < K; k++) {
       outs.push(evaluateGraph(this.#evalNodes, this.#feeds(batch, k), [
         m.lmLoss,
         ...m.routers.map((r) => r.probs),
+        ...gates,
       ], CPU_OPS));
     }
+    /** Output `at` of every micro-batch, one after another. */
+    const joined = (at: number) => {
+      const size = outs[0]![at]!.length, all = new Float64Array(K * size);
+      outs.forEach((o, k) => all.set(o[at]!, k * size));
+      return all;
+    };
     const routers = m.routers.map((r, i) => {
-      const probs = new Float64Array(K * r.probs.shape[0]! * r.probs.shape[1]!);
-      outs.forEach((o, k) => probs.set(o[i + 1]!, (k * probs.length) / K));
-      return routerStats(r.layer, r.kind, probs, r.probs.shape[1]!);
+      const E = r.probs.shape[1]!, stats = routerStats(r.layer, r.kind, joined(i + 1), E);
+      const g = r.trainGate ? gates.indexOf(r.trainGate) : -1;
+      return g < 0 ? stats : { ...stats, train: trainRuleStats(joined(1 + m.routers.length + g), E) };
     });
     return Promise.resolve({ lmLoss: outs.reduce((a, o) => a + o[0]![0]!, 0) / K, routers });
   }
@@ -171,13 +199,8 @@ export class CpuTrainBackend implements TrainBackend {
       });
     }
     const f32 = (m: Map<string, Float64Array>) => new Map([...m].map(([k, v]) => [k, Float32Array.from(v)]));
-    return Promise.resolve({
-      params,
-      adamM: f32(this.#m),
-      adamV: f32(this.#v),
-      step: this.#t,
-      state: f32(this.#state),
-    });
+    const routerState = new Map([...this.#routerState].map(([k, v]) => [k, Float32Array.from(v)]));
+    return Promise.resolve({ params, adamM: f32(this.#m), adamV: f32(this.#v), step: this.#t, routerState });
   }
 
   importState(s: TrainState): Promise<void> {
@@ -187,28 +210,27 @@ export class CpuTrainBackend implements TrainBackend {
       this.#v.set(name, Float64Array.from(s.adamV.get(name)!));
     }
     this.#t = s.step;
-    for (const [name, b] of this.#state) {
-      const saved = s.state?.get(name);
+    for (const [name, now] of this.#routerState) {
+      const saved = s.routerState?.get(name);
       if (!saved) throw new RangeError(`Checkpoint has no router state "${name}"`);
-      b.set(saved);
+      now.set(saved);
     }
     return Promise.resolve();
   }
 
   /**
-   * The aux-free bias update after a step (docs/design.md §3) from its selection shares (`loads`, in
-   * `plan.loads` order), over the step's tokens.
+   * Moves the router state after a finite step (docs/design.md §16), in float64: ReLU routing's λ from the
+   * step's mean share of zero gates (`parts`: the step's scalars after the losses), each aux-free balancing
+   * bias from its block's selection shares (`loads`, in `plan.loads` order) over the step's tokens.
    */
-  #updateBiases(loads: Float64Array[]): void {
-    const c = this.#c, tokens = c.train.batch * c.data.seq_len;
-    const rate = c.router.bias_rate ?? AUX_FREE_BIAS_RATE;
-    let at = 0;
-    for (const l of this.model.loads) {
-      const selected = loads[at]!;
-      at += l.kept ? 2 : 1;
-      if (!l.bias) continue;
-      const b = this.#state.get(l.bias.name)!;
-      b.set(balanceBiasUpdateRef(b, selected, { rate, k: l.k, tokens }));
+  #updateRouterState(parts: number[], loads: Float64Array[]): void {
+    const c = this.#c, m = this.model, tokens = c.train.batch * c.data.seq_len;
+    const nMi = m.miLoss.attention.length + m.miLoss.mlp.length;
+    const scalar = (v: Value) => parts[2 + nMi + m.scalars.findIndex((s) => s.value === v)]!;
+    for (const s of m.routerState) {
+      const now = this.#routerState.get(s.name)!, u = s.update;
+      if (u.kind === "l1_lambda") now[0] = nextL1Lambda(now[0]!, scalar(u.sparsity), u.target, u.rate);
+      else now.set(balanceBiasUpdateRef(now, loads[this.plan.loads.indexOf(u.load)]!, { ...u, tokens }));
     }
   }
 
@@ -227,7 +249,7 @@ export class CpuTrainBackend implements TrainBackend {
       feeds.set(v.id, this.#jitter[i]!.subarray(k * size, (k + 1) * size));
     });
     for (const p of this.model.params) feeds.set(p.value.id, this.#params.get(p.value.name)!);
-    for (const v of routerState(this.model)) feeds.set(v.id, this.#state.get(v.name)!);
+    for (const [name, now] of this.#routerState) feeds.set(this.#stateLeaf.get(name)!, now);
     return feeds;
   }
 }

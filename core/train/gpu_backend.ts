@@ -15,8 +15,7 @@
 import type { Experiment } from "../config/schema.ts";
 import type { Batch } from "../data/dataset.ts";
 import { numel, type Value } from "../graph/ir.ts";
-import { type ModelGraph, routerState } from "../plan/model.ts";
-import { AUX_FREE_BIAS_RATE } from "../config/schema.ts";
+import type { ModelGraph } from "../plan/model.ts";
 import { balanceBiasUpdate } from "../../gpu/kernels/balance.ts";
 import { plan } from "../plan/plan.ts";
 import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
@@ -28,8 +27,9 @@ import { assertScheduleBuilds } from "../../gpu/preflight.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { initParams } from "./init.ts";
 import { optimizerCalls } from "./optimizer_calls.ts";
-import { routerStats, routerStepStats } from "./router_stats.ts";
+import { routerStats, routerStepStats, trainRuleStats } from "./router_stats.ts";
 import { jitterNoise } from "./jitter.ts";
+import { l1LambdaUpdate } from "../../gpu/kernels/router_zoo.ts";
 
 /**
  * Faults to inject, for reliability tests (`DSMOE_FAULT_NAN_GRAD`, see {@linkcode parseFaultSteps}):
@@ -85,8 +85,11 @@ export class GpuTrainBackend implements TrainBackend {
   /** The router statistics pass (null unless a batch-level router loss is accumulated). */
   readonly #routerStats: GraphExecutor | null;
   readonly #opt: PreparedCall[];
-  /** The aux-free balancing bias updates, after the optimizer (router.balance: aux_free; else empty). */
-  readonly #balance: PreparedCall[];
+  /**
+   * After the optimizer: the update of each router state value (docs/design.md §16: the aux-free balancing
+   * biases, ReLU routing's λ); empty for most models.
+   */
+  readonly #routerStateCalls: PreparedCall[];
   /** Kernel sources outside the graphs (accumulation, optimizer), compiled and checked by `create`. */
   readonly #sources: { code: string; label: string }[] = [];
   readonly #ownsDevice: boolean;
@@ -94,7 +97,7 @@ export class GpuTrainBackend implements TrainBackend {
   readonly #v = new Map<string, GpuTensor>();
   readonly #hyper: GpuTensor; // [lr, 1 − β1^t, 1 − β2^t]
   readonly #stats: GpuTensor; // [grad norm, clip, finite]
-  readonly #report: GpuTensor[]; // scalars read back each step: loss, LM loss, MI per router
+  readonly #report: GpuTensor[]; // scalars read back each step: loss, LM loss, MI per router, model scalars
   readonly #loads: GpuTensor[]; // the routers' selection statistics read back each step (train: topk)
   /** With accumulation and router jitter: per router input, the whole batch's noise, sliced per micro-step. */
   readonly #jitterBatch: GpuTensor[] = [];
@@ -127,8 +130,9 @@ export class GpuTrainBackend implements TrainBackend {
     const shared = new Map(leaves.map((v) => [v.id, this.#train.tensor(v)]));
     this.#eval = new GraphExecutor(ctx, evalSchedule, leaves, shared);
     this.#routerStats = p.stats ? new GraphExecutor(ctx, p.stats, leaves, shared) : null;
-    const scalars = 2 + m.miLoss.attention.length + m.miLoss.mlp.length;
-    const report = p.outputs.slice(0, scalars).map((v) => this.#train.tensor(v));
+    // Reported each step: the losses, MI per router and the model's scalars (then the loads, then gradients).
+    const reported = 2 + m.miLoss.attention.length + m.miLoss.mlp.length + m.scalars.length;
+    const report = p.outputs.slice(0, reported).map((v) => this.#train.tensor(v));
     const loads = p.loads.map((v) => this.#train.tensor(v));
     const gradTensors = grads.map((g) => this.#train.tensor(g));
     if (p.accumulation > 1) {
@@ -165,7 +169,28 @@ export class GpuTrainBackend implements TrainBackend {
     this.#hyper = createTensor(ctx, [3], "f32", undefined, "adam.hyper");
     this.#stats = createTensor(ctx, [3], "f32", undefined, "grad.stats");
     this.#opt = this.#prepare(this.#optimizerCalls());
-    this.#balance = this.#prepare(this.#balanceCalls(p.loads));
+    this.#routerStateCalls = this.#prepare(this.#routerStateUpdates(p.loads));
+  }
+
+  /**
+   * The kernels that change the router state after a step (docs/design.md §16), each reading the optimizer's
+   * finite flag (a skipped step moves nothing): λ from the step's mean share of zero gates (a reported
+   * scalar), an aux-free bias from its block's selection shares (`#loads`) over the step's tokens; both are
+   * accumulated means over the micro-steps.
+   */
+  #routerStateUpdates(loads: readonly Value[]): KernelCall[] {
+    const c = this.#c, m = this.model, nMi = m.miLoss.attention.length + m.miLoss.mlp.length;
+    const scalar = (v: Value) => this.#report[2 + nMi + m.scalars.findIndex((s) => s.value === v)]!;
+    const tokens = c.train.batch * c.data.seq_len;
+    return m.routerState.map((s) => {
+      const u = s.update, state = this.#train.tensor(s.value), stats = this.#stats;
+      if (u.kind === "l1_lambda") {
+        const { target, rate } = u;
+        return l1LambdaUpdate(this.ctx, { lambda: state, sparsity: scalar(u.sparsity), stats, target, rate });
+      }
+      const load = this.#loads[loads.indexOf(u.load)]!;
+      return balanceBiasUpdate(this.ctx, { bias: state, load, stats, rate: u.rate, k: u.k, tokens });
+    });
   }
 
   /** Opens the device, builds and compiles everything, and uploads the seeded initial parameters. */
@@ -186,7 +211,9 @@ export class GpuTrainBackend implements TrainBackend {
     await gpu.checkAllocations(); // the optimizer's moments and partial sums
     const init = initParams(b.model.params, c.seed);
     for (const p of b.model.params) writeTensor(gpu, b.#train.tensor(p.value), init.get(p.value.name)!);
-    for (const v of routerState(b.model)) writeTensor(gpu, b.#train.tensor(v), new Float32Array(v.shape[0]!));
+    for (const s of b.model.routerState) {
+      writeTensor(gpu, b.#train.tensor(s.value), new Float32Array(numel(s.value.shape)).fill(s.init));
+    }
     return b;
   }
 
@@ -227,27 +254,6 @@ export class GpuTrainBackend implements TrainBackend {
     return r.calls;
   }
 
-  /**
-   * The aux-free bias update of every router that has a bias (docs/design.md §3), from the step's selection
-   * shares (`#loads`, accumulated over the micro-steps), over the step's tokens; each reads the optimizer's
-   * finite flag, so a skipped step moves no bias.
-   */
-  #balanceCalls(loads: readonly Value[]): KernelCall[] {
-    const c = this.#c, m = this.model, tokens = c.train.batch * c.data.seq_len;
-    return m.loads.flatMap((l) =>
-      l.bias
-        ? [balanceBiasUpdate(this.ctx, {
-          bias: this.#train.tensor(l.bias),
-          load: this.#loads[loads.indexOf(l.selected)]!,
-          stats: this.#stats,
-          rate: c.router.bias_rate ?? AUX_FREE_BIAS_RATE,
-          k: l.k,
-          tokens,
-        })]
-        : []
-    );
-  }
-
   step(batch: Batch, lr: number, options: { profile?: boolean } = {}): Promise<StepStats> {
     const ctx = this.ctx, o = this.#c.train.optimizer;
     ctx.assertAlive();
@@ -269,9 +275,9 @@ export class GpuTrainBackend implements TrainBackend {
       step.encoder.copyBufferToBuffer(this.#nan.buffer, 0, this.#grads[0]!.buffer, 0, 4);
     }
     for (const c of this.#opt) step.dispatch(c);
-    for (const c of this.#balance) step.dispatch(c);
-    const biases = routerState(this.model).map((v) => this.#train.tensor(v));
-    const n = this.#report.length + 3 + [...this.#loads, ...biases].reduce((a, t) => a + t.size, 0);
+    for (const c of this.#routerStateCalls) step.dispatch(c);
+    const state = this.model.routerState.map((s) => this.#train.tensor(s.value));
+    const n = this.#report.length + 3 + [...this.#loads, ...state].reduce((a, t) => a + t.size, 0);
     const staging = ctx.device.createBuffer({
       size: n * 4,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -280,7 +286,7 @@ export class GpuTrainBackend implements TrainBackend {
     this.#report.forEach((t, i) => enc.copyBufferToBuffer(t.buffer, 0, staging, i * 4, 4));
     enc.copyBufferToBuffer(this.#stats.buffer, 0, staging, this.#report.length * 4, 12);
     let at = this.#report.length + 3;
-    for (const t of [...this.#loads, ...biases]) {
+    for (const t of [...this.#loads, ...state]) {
       enc.copyBufferToBuffer(t.buffer, 0, staging, at * 4, t.size * 4);
       at += t.size;
     }
@@ -288,19 +294,26 @@ export class GpuTrainBackend implements TrainBackend {
     return this.#mapped(staging).then(async () => {
       const r = new Float32Array(staging.getMappedRange().slice(0));
       staging.destroy();
-      const nAtt = this.model.miLoss.attention.length, k = this.#report.length;
+      const m = this.model, k = this.#report.length;
+      const nAtt = m.miLoss.attention.length, nMi = nAtt + m.miLoss.mlp.length;
       const sum = (a: number, b: number) => Array.from(r.subarray(a, b)).reduce((x, y) => x + y, 0);
       let at = k + 3;
       const loads = this.#loads.map((t) => r.subarray(at, at += t.size));
-      const biasValues = biases.map((t) => r.subarray(at, at += t.size));
+      const states = new Map(m.routerState.map((s, i) => [s.name, r.subarray(at, at += state[i]!.size)]));
       return {
         loss: r[0]!,
         lmLoss: r[1]!,
         miAttention: sum(2, 2 + nAtt),
-        miMlp: sum(2 + nAtt, k),
+        miMlp: sum(2 + nAtt, 2 + nMi),
+        scalars: Object.fromEntries([
+          ...m.scalars.map((s, i) => [s.key, r[2 + nMi + i]!]),
+          ...m.routerState.flatMap((s) =>
+            s.update.kind === "l1_lambda" ? [[s.name, states.get(s.name)![0]!]] : []
+          ),
+        ]),
         gradNorm: r[k]!,
         finite: r[k + 2] === 1,
-        routers: routerStepStats(this.model.loads, loads, biasValues),
+        routers: routerStepStats(m.loads, loads, states),
         ...(options.profile ? { kernels: await step.timings() } : {}),
       };
     });
@@ -312,7 +325,8 @@ export class GpuTrainBackend implements TrainBackend {
    */
   async evaluate(batch: Batch): Promise<EvalResult> {
     const m = this.model, K = this.accumulation, ctx = this.ctx;
-    const outs = [m.lmLoss, ...m.routers.map((r) => r.probs)];
+    const gates = m.routers.flatMap((r) => r.trainGate ? [r.trainGate] : []);
+    const outs = [m.lmLoss, ...m.routers.map((r) => r.probs), ...gates];
     const sizes = outs.map((v) => numel(v.shape)), per = sizes.reduce((a, b) => a + b, 0);
     const staging = ctx.device.createBuffer({
       size: K * per * 4,
@@ -336,11 +350,17 @@ export class GpuTrainBackend implements TrainBackend {
     staging.destroy();
     let lm = 0;
     for (let k = 0; k < K; k++) lm += r[k * per]!;
+    /** Output `j` of every micro-batch, one after another. */
+    const joined = (j: number) => {
+      const size = sizes[j]!, at = sizes.slice(0, j).reduce((a, b) => a + b, 0);
+      const all = new Float32Array(K * size);
+      for (let k = 0; k < K; k++) all.set(r.subarray(k * per + at, k * per + at + size), k * size);
+      return all;
+    };
     const routers = m.routers.map((t, i) => {
-      const size = sizes[i + 1]!, at = 1 + sizes.slice(1, i + 1).reduce((a, b) => a + b, 0);
-      const probs = new Float32Array(K * size);
-      for (let k = 0; k < K; k++) probs.set(r.subarray(k * per + at, k * per + at + size), k * size);
-      return routerStats(t.layer, t.kind, probs, t.probs.shape[1]!);
+      const E = t.probs.shape[1]!, stats = routerStats(t.layer, t.kind, joined(i + 1), E);
+      const g = t.trainGate ? gates.indexOf(t.trainGate) : -1;
+      return g < 0 ? stats : { ...stats, train: trainRuleStats(joined(1 + m.routers.length + g), E) };
     });
     return { lmLoss: lm / K, routers };
   }
@@ -357,11 +377,11 @@ export class GpuTrainBackend implements TrainBackend {
       adamM.set(name, (await readTensor(this.ctx, this.#m.get(name)!)) as Float32Array);
       adamV.set(name, (await readTensor(this.ctx, this.#v.get(name)!)) as Float32Array);
     }
-    const state = new Map<string, Float32Array>();
-    for (const v of routerState(this.model)) {
-      state.set(v.name, (await readTensor(this.ctx, this.#train.tensor(v))) as Float32Array);
+    const routerState = new Map<string, Float32Array>();
+    for (const s of this.model.routerState) {
+      routerState.set(s.name, (await readTensor(this.ctx, this.#train.tensor(s.value))) as Float32Array);
     }
-    return { params, adamM, adamV, step: this.#t, state };
+    return { params, adamM, adamV, step: this.#t, routerState };
   }
 
   importState(s: TrainState): Promise<void> {
@@ -372,10 +392,10 @@ export class GpuTrainBackend implements TrainBackend {
       writeTensor(this.ctx, this.#m.get(name)!, s.adamM.get(name)!);
       writeTensor(this.ctx, this.#v.get(name)!, s.adamV.get(name)!);
     }
-    for (const v of routerState(this.model)) {
-      const saved = s.state?.get(v.name);
-      if (!saved) throw new RangeError(`Checkpoint has no router state "${v.name}"`);
-      writeTensor(this.ctx, this.#train.tensor(v), saved);
+    for (const r of this.model.routerState) {
+      const saved = s.routerState?.get(r.name);
+      if (!saved) throw new RangeError(`Checkpoint has no router state "${r.name}"`);
+      writeTensor(this.ctx, this.#train.tensor(r.value), saved);
     }
     this.#t = s.step;
     return Promise.resolve();
@@ -384,7 +404,7 @@ export class GpuTrainBackend implements TrainBackend {
   destroy(): void {
     this.#nan?.buffer.destroy();
     this.#opt.forEach(releaseCall);
-    this.#balance.forEach(releaseCall);
+    this.#routerStateCalls.forEach(releaseCall);
     for (const calls of [this.#accumulate, this.#accumulateStats]) {
       if (calls) [...calls.first, ...calls.mid, ...calls.last].forEach(releaseCall);
     }

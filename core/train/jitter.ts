@@ -1,5 +1,5 @@
 /**
- * Router jitter noise (router.jitter ε, docs/design.md §3): the U(1−ε, 1+ε) factors that multiply each
+ * Router jitter noise (router.jitter ε, docs/design.md §16): the U(1−ε, 1+ε) factors that multiply each
  * router's input in training. They come from the run's seeded RNG, addressed by (seed, step, router), and
  * are fed to the graph as inputs, so a run is reproducible, both backends see the same numbers, and a
  * resumed run draws exactly what it would have drawn.

@@ -25,6 +25,7 @@ import { gitCommit, newRunId, type PointTaken, RunDir } from "../runs/run_dir.ts
 import type { RunMeta } from "../runs/run_types.ts";
 import { preferredRun, type RunStore } from "../runs/store.ts";
 import { fmtCount, table } from "../util/format.ts";
+import { fmtBpb, fmtLoss, fmtPpl } from "../util/quantities.js";
 import { GpuLimitError } from "../../gpu/errors.ts";
 import type { TrainBackend } from "./backend.ts";
 import { FailureNotRecordedError, recordRunFailure, trainRun } from "./train_run.ts";
@@ -339,18 +340,16 @@ export async function storedFinal(store: RunStore, runId: string): Promise<Train
  * as finished earlier, its stored ones).
  */
 export function summaryTable(outcomes: readonly PointOutcome[]): string {
-  const n = (x: number | undefined, digits: number) =>
-    x !== undefined && Number.isFinite(x) ? x.toFixed(digits) : "-";
   return table(
     ["point", "params", "status", "train loss", "val loss", "val ppl", "val bpb", "run"],
     outcomes.map((x) => [
       x.point.name,
       fmtCount(x.params),
       x.status,
-      n(x.final?.["train/loss"], 4),
-      n(x.final?.["val/loss"], 4),
-      n(x.final?.["val/ppl"], 2),
-      n(x.final?.["val/bpb"], 4),
+      fmtLoss(x.final?.["train/loss"]),
+      fmtLoss(x.final?.["val/loss"]),
+      fmtPpl(x.final?.["val/ppl"]),
+      fmtBpb(x.final?.["val/bpb"]),
       x.runId,
     ]),
     ["left", "right", "left", "right", "right", "right", "right", "left"],

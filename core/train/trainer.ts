@@ -12,12 +12,16 @@ import { tokenizerMetadata } from "../data/tokenizers.ts";
 import type { RunDir } from "../runs/run_dir.ts";
 import { ProfileAccumulator, type StepProfile } from "./profile.ts";
 import { f32Tensor, type SafeTensor, tensorToF32 } from "../runs/safetensors.ts";
-import type { StepStats, TrainBackend, TrainState } from "./backend.ts";
+import type { StepStats, TrainBackend, TrainRuleStats, TrainState } from "./backend.ts";
 import { learningRate } from "./lr_schedule.ts";
 import { fmtDuration } from "../util/format.ts";
+import { fmtBpb, fmtLoss, fmtPpl, fmtRate } from "../util/quantities.js";
 import { optionalEnv } from "../util/env.ts";
 import { faultKillPoint } from "../util/atomic_write.ts";
 import { CheckpointError } from "../runs/checkpoints.ts";
+
+/** The prefix of router state tensors in checkpoints (`router_state/l1_lambda`). */
+export const ROUTER_STATE = "router_state/";
 
 /** Consecutive non-finite steps that stop a run. */
 export const MAX_NONFINITE_STREAK = 10;
@@ -121,9 +125,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         const epoch = o.dataset.epochAt(done, t.batch);
         log("train/epoch", done, epoch);
         o.progress?.(
-          `step ${done}/${end}  epoch ${epoch.toFixed(2)}  loss ${s.loss.toFixed(4)}  lr ${
-            p.lr.toExponential(2)
-          }  ` +
+          `step ${done}/${end}  epoch ${epoch.toFixed(2)}  loss ${fmtLoss(s.loss)}  lr ${fmtRate(p.lr)}  ` +
             `${Math.round(rate)} tok/s  ${progressEta(done, end, t.steps, tokensPerStep, rate)}` +
             `${skipped ? `  skipped ${skipped}` : ""}`,
         );
@@ -148,8 +150,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       await drain(0);
       lastVal = await offClock(() => evaluate(o, n, log));
       o.progress?.(
-        `step ${n}  val loss ${lastVal.toFixed(4)}  ppl ${Math.exp(lastVal).toFixed(2)}  bpb ${
-          o.dataset.bitsPerByte(lastVal).toFixed(4)
+        `step ${n}  val loss ${fmtLoss(lastVal)}  ppl ${fmtPpl(Math.exp(lastVal))}  bpb ${
+          fmtBpb(o.dataset.bitsPerByte(lastVal))
         }`,
       );
     }
@@ -208,6 +210,7 @@ export async function evaluate(
   const n = o.config.train.eval_batches;
   let sum = 0;
   const loads = new Map<string, { load: number[]; prob: number[]; entropy: number }>();
+  const trains = new Map<string, TrainRuleStats>();
   for (let i = 0; i < n; i++) {
     const r = await o.backend.evaluate(o.dataset.valBatch(i, n, o.config.train.batch));
     sum += r.lmLoss;
@@ -218,6 +221,7 @@ export async function evaluate(
       rs.meanProb.forEach((v, e) => acc.prob[e]! += v / n);
       acc.entropy += rs.entropy / n;
       loads.set(key, acc);
+      if (rs.train) trains.set(key, _addTrainStats(trains.get(key), rs.train, n));
     }
   }
   const val = sum / n;
@@ -229,7 +233,24 @@ export async function evaluate(
     acc.prob.forEach((v, e) => log(`${key}/prob/${e}`, step, v));
     log(`${key}/entropy`, step, acc.entropy);
   }
+  for (const [key, t] of trains) {
+    t.load.forEach((v, e) => log(`${key}/train_load/${e}`, step, v));
+    log(`${key}/dropped`, step, t.dropped);
+    log(`${key}/experts_per_token`, step, t.perToken);
+    log(`${key}/sparsity`, step, t.sparsity);
+  }
   return val;
+}
+
+/** `acc` (or zeros) plus `t` / n: the mean of a training rule's statistics over n evaluation batches. */
+function _addTrainStats(acc: TrainRuleStats | undefined, t: TrainRuleStats, n: number): TrainRuleStats {
+  const a = acc ?? { load: t.load.map(() => 0), dropped: 0, perToken: 0, sparsity: 0 };
+  return {
+    load: a.load.map((v, e) => v + t.load[e]! / n),
+    dropped: a.dropped + t.dropped / n,
+    perToken: a.perToken + t.perToken / n,
+    sparsity: a.sparsity + t.sparsity / n,
+  };
 }
 
 function _logStep(
@@ -246,11 +267,12 @@ function _logStep(
   log("train/lr", step, lr);
   log("train/grad_norm", step, s.gradNorm);
   log("train/tokens_per_s", step, tokensPerSecond);
+  for (const [key, v] of Object.entries(s.scalars ?? {})) log(`train/${key}`, step, v);
   _logRouterStep(log, step, s);
 }
 
 /**
- * The step's top-k selection per routed block (docs/design.md §3): each expert's share of the
+ * The step's top-k selection per routed block (docs/design.md §16): each expert's share of the
  * token-assignments (`train/router/<layer>/<kind>/load/<e>`, null experts last), with an expert capacity the
  * share dropped, with null experts their share (`…/null_share`), and with aux-free balancing the bias
  * (`…/bias/<e>`).
@@ -291,8 +313,8 @@ async function _checkpoint(o: TrainOptions, step: number, skipped: number): Prom
 }
 
 /**
- * Flattens a training state into named tensors (`param/…`, `adam_m/…`, `adam_v/…`, `optimizer_step`, and the
- * optimizer-free router state `state/…`).
+ * Flattens a training state into named tensors (`param/…`, `adam_m/…`, `adam_v/…`, `optimizer_step`, and
+ * `router_state/…` for optimizer-free router state, docs/design.md §16).
  */
 export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
   const out = new Map<string, SafeTensor>();
@@ -302,7 +324,9 @@ export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
     out.set(`adam_v/${name}`, f32Tensor(p.shape, state.adamV.get(name)!));
   }
   out.set("optimizer_step", f32Tensor([1], new Float32Array([state.step])));
-  for (const [name, v] of state.state ?? []) out.set(`state/${name}`, f32Tensor([v.length], v));
+  for (const [name, v] of state.routerState ?? []) {
+    out.set(`${ROUTER_STATE}${name}`, f32Tensor([v.length], v));
+  }
   return out;
 }
 
@@ -314,11 +338,13 @@ export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
  */
 export function tensorsToState(t: ReadonlyMap<string, SafeTensor>): TrainState {
   const adamM = new Map<string, Float32Array>(), adamV = new Map<string, Float32Array>();
-  const state = new Map<string, Float32Array>();
+  const routerState = new Map<string, Float32Array>();
   for (const [key, tensor] of t) {
     if (key.startsWith("adam_m/")) adamM.set(key.slice(7), tensorToF32(tensor));
     else if (key.startsWith("adam_v/")) adamV.set(key.slice(7), tensorToF32(tensor));
-    else if (key.startsWith("state/")) state.set(key.slice(6), tensorToF32(tensor));
+    else if (key.startsWith(ROUTER_STATE)) {
+      routerState.set(key.slice(ROUTER_STATE.length), tensorToF32(tensor));
+    }
   }
   const params = paramsFromTensors(t);
   for (const name of params.keys()) {
@@ -331,16 +357,19 @@ export function tensorsToState(t: ReadonlyMap<string, SafeTensor>): TrainState {
   if (!Number.isSafeInteger(value) || value < 0) {
     throw new CheckpointError(`Checkpoint has no valid optimizer_step (${step ? value : "missing"})`);
   }
-  return { params, adamM, adamV, step: value, state };
+  return { params, adamM, adamV, step: value, routerState };
 }
 
 /**
  * The parameters' values by name (`param/…` of a checkpoint's tensors), as inference takes them, with the
- * router state (`state/…`: the aux-free balancing biases, which top-k inference reads as parameters).
+ * router state (`router_state/…`, docs/design.md §16: the aux-free balancing biases, which top-k inference
+ * reads as parameters; inference graphs have no leaf named after the rest).
  */
 export function paramValues(t: ReadonlyMap<string, SafeTensor>): Map<string, Float32Array> {
   const out = new Map([...paramsFromTensors(t)].map(([name, p]) => [name, p.data]));
-  for (const [key, tensor] of t) if (key.startsWith("state/")) out.set(key.slice(6), tensorToF32(tensor));
+  for (const [key, tensor] of t) {
+    if (key.startsWith(ROUTER_STATE)) out.set(key.slice(ROUTER_STATE.length), tensorToF32(tensor));
+  }
   return out;
 }
 

@@ -1,18 +1,12 @@
 /**
- * Human-readable numbers and plain-text tables for terminal output.
+ * Human-readable sizes, durations and plain-text tables for terminal output; the formats of the quantities
+ * (loss, perplexity, bits per byte, percentages, counts, rates) are core/util/quantities.js's.
  *
  * @module
  */
 
-/** 1234567 → "1.23M"; small integers print as they are. */
-export function fmtCount(n: number): string {
-  const abs = Math.abs(n);
-  if (abs >= 1e12) return `${(n / 1e12).toPrecision(3)}T`;
-  if (abs >= 1e9) return `${(n / 1e9).toPrecision(3)}G`;
-  if (abs >= 1e6) return `${(n / 1e6).toPrecision(3)}M`;
-  if (abs >= 1e4) return `${(n / 1e3).toPrecision(3)}K`;
-  return Number.isInteger(n) ? String(n) : n.toPrecision(3);
-}
+/** Counts as everywhere in dsmoe: 1234567 → "1.23M" (core/util/quantities.js). */
+export { fmtCount } from "./quantities.js";
 
 /** 1536 → "1.50 KiB". */
 export function fmtBytes(n: number): string {

@@ -1,5 +1,5 @@
 /**
- * The Switch load-balance loss per sequence (loss.load_balance_scope: sequence, docs/design.md §4) and its
+ * The Switch load-balance loss per sequence (loss.load_balance_scope: sequence, docs/design.md §16) and its
  * gradient; float64 twin: core/ref/balance.ts. One invocation per (sequence, expert) takes the column means
  * f and P over the sequence's tokens in token order; a single invocation adds the B·E products in a fixed
  * order, so the sum is the same on every run.
@@ -88,7 +88,7 @@ export function switchLossSeqBackward(
 }
 
 /**
- * The auxiliary-loss-free bias update of one router after an optimizer step (docs/design.md §3), skipped
+ * The auxiliary-loss-free bias update of one router after an optimizer step (docs/design.md §16), skipped
  * when the step was (`stats[2]`, the optimizer's finite flag, is not 1): b_i ← b_i + rate ·
  * sign(k·T − E·c_i), c_i = round(load_i · T) the tokens of the step's T that selected expert i (`load`
  * holds c_i / T), i.e. sign(mean load − load_i) on exact integer counts. Float64 twin:

@@ -228,3 +228,55 @@ Deno.test("moaAttentionSparse decoding reads no weights of unrouted experts (the
   }
   own.destroy();
 });
+
+Deno.test("moaAttentionSparse over sequence batches reads no weights of experts no token routes to (they hold NaN)", async () => {
+  const ctx = await testGpu(), gpuCtx = ctx.withProfile("gpu");
+  // Dead experts at both ends and side by side: a tile straying past its expert's query columns or output
+  // rows into a neighbour's reads NaN; d = 13 takes the grouped matmuls' scalar loads.
+  const cases: (MoaCase & { live: number[] })[] = [
+    { B: 2, T: 13, d: 12, E: 4, G: 2, D: 8, live: [1, 2] },
+    { B: 3, T: 9, d: 13, E: 5, G: 2, D: 4, live: [2] },
+    { B: 2, T: 16, d: 16, E: 6, G: 1, D: 8, live: [0, 3, 4] },
+  ];
+  for (const c of cases) {
+    const own = new Owned(ctx), N = c.B * c.T, w = c.G * c.D, { d, E, G, D, live } = c;
+    const dead = Array.from({ length: E }, (_, e) => e).filter((e) => !live.includes(e));
+    // Token t runs one or more live experts (every live expert gets tokens), or none at every fifth token.
+    const pattern = (t: number) =>
+      t % 5 === 4 ? [] : live.filter((_, i) => (t >> i) & 1 || i === t % live.length);
+    const g = gates(N, E, 31, pattern);
+    const x = f32(randomArray(N * d, 32)), k = f32(randomArray(N * w, 33)), v = f32(randomArray(N * w, 34));
+    const wq = f32(randomArray(d * E * w, 35, -0.5, 0.5)), wo = f32(randomArray(E * w * d, 36, -0.5, 0.5));
+    const wqNaN = Float64Array.from(wq), woNaN = Float64Array.from(wo);
+    for (const e of dead) {
+      for (let r = 0; r < d; r++) wqNaN.fill(NaN, r * E * w + e * w, r * E * w + (e + 1) * w);
+      woNaN.fill(NaN, e * w * d, (e + 1) * w * d);
+    }
+    for (const build of [ctx, gpuCtx]) {
+      const y = own.f32([N, d], new Float64Array(N * d).fill(NaN), "y");
+      const scratch = moeScratch(build, { N, d, E, h: w });
+      const calls = moaAttentionSparse(build, {
+        x: own.f32([N, d], x),
+        gate: own.f32([N, E], g),
+        wq: own.f32([d, E * w], wqNaN),
+        wo: own.f32([E * w, d], woNaN),
+        k: own.f32([N, w], k),
+        v: own.f32([N, w], v),
+        y,
+        E,
+        G,
+        D,
+        T: c.T,
+        scratch,
+      });
+      await run(ctx, calls, "moa dead experts");
+      const got = await readTensor(ctx, y), what = `${build.profile} ${JSON.stringify(c)}`;
+      assert(got.every(Number.isFinite), `${what}: an unrouted expert's weights were read`);
+      // The reference with the dead experts excluded: their gates are 0, so their (finite) weights add nothing.
+      const want = moaAttentionRef(x, g, wq, k, v, wo, { N, d, E, G, D }, sequenceWindow(c.T));
+      assertClose(got, want, TOL, `moa dead experts ${what}`);
+      for (const t of Object.values(scratch)) t.buffer.destroy();
+    }
+    own.destroy();
+  }
+});

@@ -292,7 +292,10 @@ export function switchLoss(
   ];
 }
 
-/** loss = E · Σ_e (f_e/k) p_e from column means already in f and p. */
+/**
+ * loss = E · Σ_e (f_e/k) p_e from column means already in f and p; k = 0 divides by Σ_e f_e instead (1 when
+ * it is 0; the shares of a varying number of routed experts per token, core/ref/losses.ts `switchK`).
+ */
 function _switchTotal(
   ctx: GpuContext,
   label: string,
@@ -304,11 +307,17 @@ function _switchTotal(
     [{ name: "f", tensor: o.f }, { name: "p", tensor: o.p }, { name: "l", tensor: o.loss, write: true }],
     [["E", "u32", o.s.shape[1]!], ["k", "f32", o.k]],
     `
-  var acc = 0.0;
-  for (var e = 0u; e < u.E; e = e + 1u) { acc = acc + f[e] / u.k * p[e]; }
+  var acc = 0.0;${o.k > 0 ? "" : _SHARES_K}
+  for (var e = 0u; e < u.E; e = e + 1u) { acc = acc + f[e] / ${o.k > 0 ? "u.k" : "kk"} * p[e]; }
   l[0] = f32(u.E) * acc;`,
   );
 }
+
+/** WGSL of `kk`, the Switch divisor of k = 0: Σ_e f[e], or 1 when that is 0. */
+const _SHARES_K = `
+  var kk = 0.0;
+  for (var e = 0u; e < u.E; e = e + 1u) { kk = kk + f[e]; }
+  if (kk <= 0.0) { kk = 1.0; }`;
 
 /** The Switch loss of a micro-batch against the batch's routed shares f (given); scratch p (E,). */
 export function switchLossGlobal(
@@ -350,9 +359,10 @@ function _switchBackward(
       tensor: o.ds,
       write: true,
     }],
-    fields: [["n", "u32", N * E], ["E", "u32", E], ["kN", "f32", o.k * N]],
+    fields: [["n", "u32", N * E], ["E", "u32", E], ["kN", "f32", (o.k > 0 ? o.k : 1) * N]],
     invocations: N * E,
-    body: `  ds[i] = dl[0] * f32(u.E) * f[i % u.E] / u.kN;`,
+    body: o.k > 0 ? `  ds[i] = dl[0] * f32(u.E) * f[i % u.E] / u.kN;` : `${_SHARES_K}
+  ds[i] = dl[0] * f32(u.E) * f[i % u.E] / (kk * u.kN);`,
   });
 }
 

@@ -169,3 +169,66 @@ Deno.test("moeMlpSparse for one token reads no weights of unrouted experts (they
   }
   for (const t of [x, gate, w1, w2, y]) t.buffer.destroy();
 });
+
+/**
+ * NaN in the columns of W1 and the rows of W2 of experts `dead` (the stacked layout of docs/design.md §3), so
+ * that any read of an unrouted expert's weights poisons the output.
+ */
+function nanExperts(w1: Float64Array, w2: Float64Array, s: MoeShape, dead: readonly number[]) {
+  const { d, E, h } = s, w1NaN = Float64Array.from(w1), w2NaN = Float64Array.from(w2);
+  for (const e of dead) {
+    for (let r = 0; r < d; r++) w1NaN.fill(NaN, r * E * h + e * h, r * E * h + (e + 1) * h);
+    w2NaN.fill(NaN, e * h * d, (e + 1) * h * d);
+  }
+  return { w1NaN, w2NaN };
+}
+
+Deno.test("moeMlpSparse over many tokens reads no weights of experts no token routes to (they hold NaN)", async () => {
+  const ctx = await testGpu(), gpuCtx = ctx.withProfile("gpu");
+  // Dead experts at both ends and side by side, so a tile that strays past its expert's block (columns of
+  // W1, rows of W2) into a neighbour's reads NaN; h and d off and on multiples of 4 (scalar and vec4 loads).
+  const cases: { s: MoeShape; live: number[]; tile?: MoeTile; build?: GpuContext }[] = [
+    { s: { N: 33, d: 20, E: 8, h: 7 }, live: [1, 2, 5] },
+    { s: { N: 200, d: 36, E: 8, h: 16 }, live: [2, 6] },
+    { s: { N: 200, d: 36, E: 8, h: 16 }, live: [2, 6], build: gpuCtx },
+    { s: { N: 40, d: 13, E: 4, h: 5 }, live: [1] },
+    {
+      s: { N: 200, d: 40, E: 8, h: 12 },
+      live: [0, 3, 4],
+      tile: { tm: 1, tnUp: 4, tnDown: 4, wxUp: 1, wxDown: 1 },
+    },
+    {
+      s: { N: 200, d: 40, E: 8, h: 12 },
+      live: [3, 7],
+      tile: { tm: 16, tnUp: 8, tnDown: 16, wxUp: 2, wxDown: 4 },
+    },
+  ];
+  for (const { s, live, tile, build = ctx } of cases) {
+    const { N, d, E, h } = s, seed = N + d + E + h, r = rng(seed);
+    const dead = Array.from({ length: E }, (_, e) => e).filter((e) => !live.includes(e));
+    // Token t runs a non-empty subset of the live experts (every live expert gets tokens), or none.
+    const g64 = new Float64Array(N * E);
+    for (let t = 0; t < N; t++) {
+      live.forEach((e, i) => {
+        if (t % 5 !== 4 && ((t >> i) & 1 || i === t % live.length)) g64[t * E + e] = 0.05 + 0.95 * r();
+      });
+    }
+    const gate64 = f32(g64), x64 = f32(randomArray(N * d, seed + 1));
+    const w164 = f32(randomArray(d * E * h, seed + 2, -0.5, 0.5));
+    const w264 = f32(randomArray(E * h * d, seed + 3, -0.5, 0.5));
+    const { w1NaN, w2NaN } = nanExperts(w164, w264, s, dead);
+    const make = (shape: number[], v: Float64Array) => createTensor(ctx, shape, "f32", Float32Array.from(v));
+    const x = make([N, d], x64), gate = make([N, E], gate64), w1 = make([d, E * h], w1NaN);
+    const w2 = make([E * h, d], w2NaN), y = make([N, d], new Float64Array(N * d).fill(NaN));
+    const t = tile ?? moeTile(build, s), scratch = moeScratch(ctx, s, t);
+    const calls = moeMlpSparse(build, { x, gate, w1, w2, y, E, h, activation: "gelu", scratch, tile: t });
+    for (const call of calls) await ctx.pipelines.check(call.code, call.label);
+    await ctx.scoped("moe dead experts", () => runCalls(ctx, calls).done());
+    const got = await readTensor(ctx, y),
+      what = `${build.profile} ${JSON.stringify({ ...s, live, tile: t })}`;
+    assert(got.every(Number.isFinite), `${what}: an unrouted expert's weights were read`);
+    // The reference with the dead experts excluded: their gates are 0, so their (finite) weights add nothing.
+    assertClose(got, moeMlpRef(x64, gate64, w164, w264, { ...s, activation: "gelu" }), TOL, what);
+    for (const b of [x, gate, w1, w2, y, ...Object.values(scratch)]) b.buffer.destroy();
+  }
+});

@@ -117,14 +117,7 @@ export function routeGate(
   o: { logits: GpuTensor; probs: GpuTensor; mask: GpuTensor; gate: GpuTensor; rule: RouteRule },
 ): KernelCall {
   const [N, E] = o.logits.shape as [number, number], r = o.rule;
-  const keep: Record<RouteRule["kind"], string | null> = {
-    dense: "true",
-    threshold: "f32(u.E) * v > u.eps",
-    topk: "rank < u.k",
-    top_p: "before < u.p",
-    threshold_topk: null,
-  };
-  const cond = keep[r.kind];
+  const cond = _KEEP[r.kind];
   if (cond === null) throw new RangeError(`Cannot fuse the router gate for rule ${r.kind}: use routeMask`);
   return simpleKernel(ctx, {
     label: "route_gate",
@@ -147,6 +140,24 @@ ${softmaxRowWgsl("z", "s", "u.E")}
   }`,
   });
 }
+
+/**
+ * WGSL of a fused gate's condition that expert e (probability v, `rank` and mass `before` from `_RANK`) runs;
+ * null for threshold_topk, whose K is a batch mean.
+ */
+const _KEEP: Record<RouteRule["kind"], string | null> = {
+  dense: "true",
+  threshold: "f32(u.E) * v > u.eps",
+  topk: "rank < u.k",
+  top_p: "before < u.p",
+  threshold_topk: null,
+};
+
+/**
+ * The pieces of the fused router gate, for gates over other scores (gpu/kernels/router_zoo.ts): the rank
+ * WGSL, the rule conditions and the uniform fields.
+ */
+export { _KEEP as RULE_KEEP_WGSL, _RANK as RANK_WGSL, _ruleFields as ruleFields };
 
 /** Uniform fields of the per-token rule kernels: tokens, experts and the rule's parameters. */
 function _ruleFields(N: number, E: number, r: RouteRule): UniformFields {

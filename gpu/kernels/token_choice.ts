@@ -1,5 +1,5 @@
 /**
- * Top-k token-choice router kernels (docs/design.md §3): expert capacity (the first C tokens of each expert
+ * Top-k token-choice router kernels (docs/design.md §16): expert capacity (the first C tokens of each expert
  * in token order are kept), gates renormalised per token and their backward, and softmax over the kept
  * logits (softmax after top-k). Float64 twins: core/ref/token_choice.ts. Rows are E wide (a few experts),
  * so each token's row is one invocation's serial loop, as in softmax.ts.

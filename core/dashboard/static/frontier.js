@@ -1,7 +1,7 @@
 /**
  * The sparsity frontier: validation perplexity against the % of parameters active per token, one point per
  * inference rule that `eval` measured, one line per run (in the run's colour), each point labelled with its
- * rule; with a table of the points.
+ * rule; with a table of the points. Its headers say what each share is of (docs/design.md §5).
  *
  * @module
  */
@@ -70,6 +70,7 @@ export class FrontierView {
         fmtStep(p.step),
         fmtPct(p.active_pct),
         fmtPct(p.hidden_pct),
+        fmtPct(p.active_pct_all),
         fmtCount(p.active_params),
         fmtLoss(p.loss),
         fmtPpl(p.ppl),
@@ -79,12 +80,18 @@ export class FrontierView {
       ...(many ? ["run"] : []),
       "rule",
       "step",
-      "active %",
-      "hidden %",
+      _share("active %", "of the parameters outside the embeddings, norms and LM head (routers included)"),
+      _share("hidden %", "of the attention and MLP weights (Q, K, V, O and MLP w1/w2, routed or not)"),
+      _share("all %", "of all parameters, embeddings included"),
       "active params",
       "loss",
       "ppl",
     ];
     this.tableParent.replaceChildren(table(headers, rows));
   }
+}
+
+/** A share's header: its name, with what it is a share of as a tooltip. */
+function _share(name, of) {
+  return el("abbr", { title: `${name}: the share ${of} that runs per token (mean over tokens)` }, name);
 }
