@@ -51,7 +51,7 @@ export const SPEED_NOTE = "tokens/s is the sparse evaluation's (`infer/<rule>/to
 export const CELL_DIAGNOSTICS: readonly {
   id: string;
   label: string;
-  value: (last: ReadonlyMap<string, MetricRow>, rule: string) => number | null;
+  value: (last: ReadonlyMap<string, MetricRow>, rule: string, c: Readonly<Experiment>) => number | null;
 }[] = [
   {
     id: "mlp_experts",
@@ -66,19 +66,23 @@ export const CELL_DIAGNOSTICS: readonly {
   {
     id: "coactivation",
     label: "co-activation (tokens running both experts of a pair, mean over pairs)",
-    value: (last, rule) => meanCoactivation(readRoutingDiagnostics(last.values(), rule)),
+    value: (last, rule, c) =>
+      meanCoactivation(readRoutingDiagnostics(last.values(), rule), c.router.null_experts),
   },
 ];
 
 /**
- * Expert co-activation as one number: over every routed block, the mean over expert pairs i < j of the share
- * of tokens for which both run (0 under top-1, 1 when every expert runs); null without stored diagnostics.
+ * Expert co-activation as one number: over every routed block, the mean over pairs i < j of its real experts
+ * of the share of tokens for which both run (0 under top-1, 1 when every expert runs); a router's last
+ * `nullExperts` columns are null experts (router.null_experts: no parameters, nothing runs) and are left out.
+ * Null without stored diagnostics.
  */
-export function meanCoactivation(routers: readonly RouterDiagnostics[]): number | null {
+export function meanCoactivation(routers: readonly RouterDiagnostics[], nullExperts = 0): number | null {
   let sum = 0, n = 0;
   for (const r of routers) {
-    for (let i = 0; i < r.experts; i++) {
-      for (let j = i + 1; j < r.experts; j++) {
+    const real = r.experts - nullExperts;
+    for (let i = 0; i < real; i++) {
+      for (let j = i + 1; j < real; j++) {
         const v = r.coactivation[i]?.[j];
         if (v === undefined || !Number.isFinite(v)) continue;
         sum += v;
@@ -335,7 +339,7 @@ function _diagnostics(
   const perCell = cells.filter((x) => x.rule_name !== null && !seen.has(x.rule_name) && seen.add(x.rule_name))
     .map((x) => ({
       rule: x.rule_name!,
-      values: Object.fromEntries(CELL_DIAGNOSTICS.map((d) => [d.id, d.value(last, x.rule_name!)])),
+      values: Object.fromEntries(CELL_DIAGNOSTICS.map((d) => [d.id, d.value(last, x.rule_name!, c)])),
     }));
   return {
     model,
