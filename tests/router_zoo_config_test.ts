@@ -186,3 +186,20 @@ Deno.test("run --dry-run lists segments, m·k active and the shared experts, and
   // 2 blocks × 2 · 32 · 32 shared; 2 blocks × 32 · 16 router.
   assert(params.includes("mlp_shared 4096") && params.includes("mlp_router 1024"), params);
 });
+
+Deno.test("a router setting of one training mode set under another is refused at its key, not ignored", () => {
+  assertEquals(linesOf(`${SMOE}router:\n  train: topk\n  capacity: 2\n`), [
+    "t.yaml:6:13: router.capacity: router.capacity (2) is a setting of router.train expert_choice, not topk; " +
+    "top-k's expert capacity is router.capacity_factor",
+  ]);
+  assertEquals(linesOf(`${SMOE}router:\n  train: relu\n  p: 0.5\nloss:\n  l1: 0.001\n`), [
+    "t.yaml:6:6: router.p: router.p (0.5) is a setting of router.train top_p, not relu",
+  ]);
+  assertEquals(linesOf(`router:\n  target_sparsity: 0.5\n  l1_rate: 1.1\n`), [
+    "t.yaml:2:20: router.target_sparsity: router.target_sparsity (0.5) is a setting of router.train relu, not dense",
+    "t.yaml:3:12: router.l1_rate: router.l1_rate (1.1) is a setting of router.train relu, not dense",
+  ]);
+  // Under its own mode, unset, each takes its default (docs/design.md §16).
+  const c = parseExperimentText(`${SMOE}router:\n  train: expert_choice\n`, "t.yaml").points[0]!.config;
+  assertEquals(c.router.capacity, undefined);
+});

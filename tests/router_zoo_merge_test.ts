@@ -229,7 +229,12 @@ function zoo(train: string, jitter: number, microBatch?: number): Experiment {
       attention: { kind: "mha", heads: 2, head_dim: 8 },
       mlp: { experts: 4, hidden: 8 },
     },
-    router: { train, jitter, p: 0.6, capacity: 1.5 },
+    router: {
+      train,
+      jitter,
+      ...(top ? { p: 0.6 } : {}),
+      ...(train === "expert_choice" ? { capacity: 1.5 } : {}),
+    },
     loss: {
       l1: train === "relu" ? 1e-3 : 0,
       load_balance: top ? 0.1 : 0,

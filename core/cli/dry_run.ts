@@ -6,7 +6,7 @@
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
-import { AUX_FREE_BIAS_RATE, parseByteSize } from "../config/schema.ts";
+import { AUX_FREE_BIAS_RATE, parseByteSize, routerSetting } from "../config/schema.ts";
 import type { LoadedExperiment } from "../config/mod.ts";
 import { experimentToYaml } from "../config/mod.ts";
 import {
@@ -132,22 +132,32 @@ export function routerSummary(c: Readonly<Experiment>): string | null {
     case "expert_choice": {
       const T = accumulationOf(c).microBatch * c.data.seq_len;
       const takes = (kind: string, n: number, m: number) =>
-        `${kind}: each of ${n} experts takes C = ${expertChoiceTokens(T, n, r.capacity * m)}`;
+        `${kind}: each of ${n} experts takes C = ${
+          expertChoiceTokens(T, n, routerSetting(r, "capacity") * m)
+        }`;
       const parts = [
         ...(s.routedMlp ? [takes("MLP", s.mlpExperts, s.segments)] : []),
         ...(s.routedAtt ? [takes("attention", s.attExperts, 1)] : []),
       ];
-      return `train expert_choice (capacity ${r.capacity}; ${parts.join(", ")} of the ${T} tokens of a ` +
+      return `train expert_choice (capacity ${routerSetting(r, "capacity")}; ${
+        parts.join(", ")
+      } of the ${T} tokens of a ` +
         `micro-batch${jitter}) — training only (it sees the whole batch); inference uses router.infer: ${infer}`;
     }
     case "top_p":
-      return `train top_p (each token keeps its fewest experts whose probability mass reaches ${r.p}` +
+      return `train top_p (each token keeps its fewest experts whose probability mass reaches ${
+        routerSetting(r, "p")
+      }` +
         `${
           c.loss.dynamic > 0 ? `; dynamic loss ${c.loss.dynamic}` : ""
         }${jitter}); inference uses router.infer: ${infer}`;
     case "relu":
-      return `train relu (gates ReLU(s), L1 weight λ from ${c.loss.l1} adapted ×/÷ ${r.l1_rate} per step ` +
-        `toward ${r.target_sparsity} zero gates${jitter}); inference runs the experts with a gate above 0 that ` +
+      return `train relu (gates ReLU(s), L1 weight λ from ${c.loss.l1} adapted ×/÷ ${
+        routerSetting(r, "l1_rate")
+      } per step ` +
+        `toward ${
+          routerSetting(r, "target_sparsity")
+        } zero gates${jitter}); inference runs the experts with a gate above 0 that ` +
         `router.infer selects: ${infer}`;
     default:
       return r.train satisfies never;

@@ -136,6 +136,25 @@ export const InferRuleSchema = z.strictObject({
 /** The step γ of the auxiliary-loss-free bias update when `router.bias_rate` is not given. */
 export const AUX_FREE_BIAS_RATE = 0.001;
 
+/**
+ * The router settings that belong to one `router.train` mode, their defaults and their mode: optional in a
+ * config (so that one set under another mode is refused, not ignored), read through {@linkcode routerSetting}.
+ */
+export const ROUTER_MODE_SETTINGS = {
+  capacity: { train: "expert_choice", default: 2 },
+  p: { train: "top_p", default: 0.4 },
+  target_sparsity: { train: "relu", default: 0.75 },
+  l1_rate: { train: "relu", default: 1.2 },
+} as const;
+
+/** A router setting of {@linkcode ROUTER_MODE_SETTINGS}: as configured, else its default. */
+export function routerSetting(
+  r: { readonly [K in keyof typeof ROUTER_MODE_SETTINGS]?: number },
+  key: keyof typeof ROUTER_MODE_SETTINGS,
+): number {
+  return r[key] ?? ROUTER_MODE_SETTINGS[key].default;
+}
+
 /** Router: how experts are weighted in training and chosen at inference. */
 export const RouterSchema = z.strictObject({
   hidden: z.int().min(0).default(0).describe("0 = linear router; >0 = d → hidden → N MLP router with GELU"),
@@ -145,18 +164,20 @@ export const RouterSchema = z.strictObject({
       "an adaptive L1 term (docs/design.md §16)",
   ),
   k: posInt("Experts per token when train: topk", 2),
-  capacity: z.number().gt(0).default(2).describe(
+  capacity: z.number().gt(0).optional().describe(
     "train: expert_choice: each expert takes C = ceil(T·capacity/N) of the T tokens of a micro-batch, so " +
-      "capacity is the mean experts per token (2: the paper's EC-CF2)",
+      "capacity is the mean experts per token (default 2: the paper's EC-CF2)",
   ),
-  p: z.number().gt(0).max(1).default(0.4).describe(
-    "train: top_p: each token keeps its most probable experts until their mass reaches p (at least one)",
+  p: z.number().gt(0).max(1).optional().describe(
+    "train: top_p: each token keeps its most probable experts until their mass reaches p (at least one; " +
+      "default 0.4)",
   ),
-  target_sparsity: z.number().min(0).lt(1).default(0.75).describe(
-    "train: relu: the share of zero gates the L1 weight λ steers to (0.75: 2 of 8 experts per token)",
+  target_sparsity: z.number().min(0).lt(1).optional().describe(
+    "train: relu: the share of zero gates the L1 weight λ steers to (default 0.75: 2 of 8 experts per token)",
   ),
-  l1_rate: z.number().gt(1).default(1.2).describe(
-    "train: relu: λ is multiplied by l1_rate after a step sparser than the target, divided when denser",
+  l1_rate: z.number().gt(1).optional().describe(
+    "train: relu: λ is multiplied by l1_rate after a step sparser than the target, divided when denser " +
+      "(default 1.2)",
   ),
   infer: InferRuleSchema.prefault({}).describe("Inference rule for MLP experts (and attention, by default)"),
   infer_attention: InferRuleSchema.optional().describe(
@@ -428,6 +449,20 @@ function _tokenChoiceChecks(
   topkOnly("softmax_order", r.softmax_order !== "before", r.softmax_order);
   topkOnly("balance", r.balance !== "none", r.balance);
   topkOnly("null_experts", r.null_experts > 0, r.null_experts);
+  for (
+    const [key, s] of Object.entries(ROUTER_MODE_SETTINGS) as [
+      keyof typeof ROUTER_MODE_SETTINGS,
+      { train: string },
+    ][]
+  ) {
+    if (r[key] !== undefined && r.train !== s.train) {
+      issue(
+        ["router", key],
+        `router.${key} (${r[key]}) is a setting of router.train ${s.train}, not ${r.train}` +
+          (key === "capacity" ? "; top-k's expert capacity is router.capacity_factor" : ""),
+      );
+    }
+  }
   if (r.bias_rate !== undefined && r.balance !== "aux_free") {
     issue(
       ["router", "bias_rate"],

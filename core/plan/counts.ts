@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { type Experiment, type InferRule, parseByteSize } from "../config/schema.ts";
+import { type Experiment, type InferRule, parseByteSize, routerSetting } from "../config/schema.ts";
 import { tokenizerVocabSize } from "../data/vocab.ts";
 import { expertChoiceTokens } from "./router_zoo.ts";
 
@@ -349,7 +349,7 @@ export function trainExpertsPerToken(c: Readonly<Experiment>, n: number): number
       return Math.min(r.k * c.model.mlp.segments, n);
     case "expert_choice": {
       const T = accumulationOf(c).microBatch * c.data.seq_len;
-      return (n * expertChoiceTokens(T, n, r.capacity * c.model.mlp.segments)) / T;
+      return (n * expertChoiceTokens(T, n, routerSetting(r, "capacity") * c.model.mlp.segments)) / T;
     }
     case "top_p":
     case "relu":

@@ -21,7 +21,7 @@
  *
  * @module
  */
-import { AUX_FREE_BIAS_RATE, type Experiment } from "../config/schema.ts";
+import { AUX_FREE_BIAS_RATE, type Experiment, routerSetting } from "../config/schema.ts";
 import { Graph, type Value } from "../graph/ir.ts";
 import { apply, apply1 } from "../graph/ops.ts";
 import type { RouteRule } from "../graph/op_types.ts";
@@ -306,7 +306,12 @@ function _routerState(b: _Builder, scalars: ModelGraph["scalars"]): RouterStateL
       name: L1_LAMBDA,
       value: b.l1Lambda,
       init: b.c.loss.l1,
-      update: { kind: "l1_lambda", sparsity, target: r.target_sparsity, rate: r.l1_rate },
+      update: {
+        kind: "l1_lambda",
+        sparsity,
+        target: routerSetting(r, "target_sparsity"),
+        rate: routerSetting(r, "l1_rate"),
+      },
     });
   }
   return out;

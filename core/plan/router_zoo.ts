@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Experiment } from "../config/schema.ts";
+import { type Experiment, routerSetting } from "../config/schema.ts";
 import type { Graph, Value } from "../graph/ir.ts";
 import { apply1 } from "../graph/ops.ts";
 
@@ -73,12 +73,12 @@ export function zooTrainGate(
   const [N, E] = probs.shape as [number, number];
   switch (c.router.train) {
     case "expert_choice": {
-      const tokens = expertChoiceTokens(N, E, c.router.capacity * segments);
+      const tokens = expertChoiceTokens(N, E, routerSetting(c.router, "capacity") * segments);
       const mask = apply1(g, "expert_choice_mask", [probs], { tokens });
       return { gate: apply1(g, "mul", [probs, mask]) };
     }
     case "top_p": {
-      const mask = apply1(g, "topp_mask", [probs], { p: c.router.p });
+      const mask = apply1(g, "topp_mask", [probs], { p: routerSetting(c.router, "p") });
       return {
         gate: apply1(g, "mul", [probs, mask]),
         switchMask: mask,
