@@ -18,7 +18,9 @@ import { runMeta } from "./helpers/run_meta.ts";
 const SWEEP = new URL("./fixtures/micro_sweep.yaml", import.meta.url).pathname;
 const MICRO = new URL("./fixtures/micro.yaml", import.meta.url).pathname;
 const STEPS = 30; // train.steps of micro_sweep.yaml
-const STALE = 4; // --stale-seconds of the workers: a killed worker's point is taken over after this
+// --stale-seconds of the workers: a killed worker's point is taken over after this. (At 4 s, a worker whose event
+// loop a loaded 2-core machine held up for a few seconds lost its point to another: a takeover, not a failure.)
+const STALE = 10;
 
 /** A worker process (`deno run -A mod.ts worker …`) whose output is collected as it comes. */
 class _Worker {
@@ -330,7 +332,9 @@ postgresTest(
         assert(stolen.kind === "claimed" && stolen.claim.point.run_id === runId, JSON.stringify(stolen));
         const [w] = await working;
         assertEquals(w?.status, "lost", lines.join("\n"));
-        assert(performance.now() - t0 < 5000, `stopped ${performance.now() - t0} ms after the takeover`);
+        // It stops within a heartbeat or two (0.5 s each), not at the end of its 400 steps; the bound is loose
+        // because a loaded 2-core machine can hold its event loop up for seconds.
+        assert(performance.now() - t0 < 30_000, `stopped ${performance.now() - t0} ms after the takeover`);
         assert(lines.some((l) => l.includes("lost the point: another worker claimed it")), lines.join("\n"));
         const run = (await thief.getRun(runId))!;
         assertEquals(
