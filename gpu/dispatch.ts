@@ -144,6 +144,7 @@ export class Step {
   readonly #query: GPUQuerySet | null;
   readonly #capacity: number;
   #submitted = false;
+  #dispatches = 0;
 
   constructor(ctx: GpuContext, options: { label?: string; timing?: boolean; maxTimed?: number } = {}) {
     this.#ctx = ctx;
@@ -161,9 +162,15 @@ export class Step {
     return this.#encoder;
   }
 
+  /** Compute dispatches encoded into this step so far (direct and indirect; copies are not dispatches). */
+  get dispatches(): number {
+    return this.#dispatches;
+  }
+
   /** Encodes one prepared call (or prepares a raw call on the fly). */
   dispatch(call: PreparedCall | KernelCall): void {
     const p = "pipeline" in call ? call : prepare(this.#ctx, call);
+    this.#dispatches++;
     let pass: GPUComputePassEncoder;
     if (this.#query && this.#timed.length < this.#capacity) {
       this.#endPass();

@@ -28,6 +28,8 @@ export class GraphExecutor {
   readonly #steps: (PreparedCall | CopyCall)[] = [];
   readonly #sources = new Map<string, string>(); // WGSL source → label
   readonly #impls: GpuTable;
+  #lastDispatches = 0;
+  readonly #owners: { op: string; value: string; inputs: string[] }[] = []; // per dispatch: its node
 
   /**
    * Allocates the memory plan's buffers (and one per leaf), and prepares every node's calls.
@@ -81,11 +83,32 @@ export class GraphExecutor {
 
   /** Encodes the whole graph into `step` (the caller submits). */
   encode(step: Step): void {
+    const before = step.dispatches;
     for (const s of this.#steps) {
       if ("copy" in s) {
         step.encoder.copyBufferToBuffer(s.copy.from.buffer, 0, s.copy.to.buffer, 0, s.copy.bytes);
       } else step.dispatch(s);
     }
+    this.#lastDispatches = step.dispatches - before;
+  }
+
+  /**
+   * Compute dispatches (direct and indirect) the last {@linkcode GraphExecutor.encode} recorded: one
+   * execution of the graph. 0 before the first. Buffer copies (reshapes between buffers) are not counted.
+   */
+  get dispatches(): number {
+    return this.#lastDispatches;
+  }
+
+  /**
+   * Every dispatch one execution records, in order: the kernel's label, the op of the node it runs, the
+   * name of that node's first output and the names of its inputs (docs/performance.md).
+   */
+  kernels(): { label: string; op: string; value: string; inputs: string[] }[] {
+    return this.#steps.flatMap((s) => ("copy" in s ? [] : [s.label])).map((label, i) => ({
+      label,
+      ...this.#owners[i]!,
+    }));
   }
 
   /** Encodes and submits the graph as one step. */
@@ -122,6 +145,11 @@ export class GraphExecutor {
     for (const call of impl(this.ctx, node, ins, outs, scratch)) {
       this.#sources.set(call.code, call.label);
       this.#steps.push(prepare(this.ctx, call));
+      this.#owners.push({
+        op: node.op,
+        value: node.outputs[0]?.name ?? "",
+        inputs: node.inputs.map((v) => v.name),
+      });
     }
   }
 }

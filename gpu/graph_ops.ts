@@ -56,6 +56,7 @@ import {
   zLossBackward,
 } from "./kernels/losses.ts";
 import { matmulCalls, matmulPlan, matmulScratch } from "./kernels/matmul.ts";
+import { gemv, gemvFits } from "./kernels/gemv.ts";
 import { norm, normBackward } from "./kernels/norm.ts";
 import { gatedActivation, routerScale, routerScaleDs, topkMask } from "./kernels/router.ts";
 import { softmax, softmaxBackward } from "./kernels/softmax.ts";
@@ -137,6 +138,8 @@ export const GPU_IMPLS: GpuTable = {
     const [m, nn] = n.outputs[0]!.shape as [number, number];
     const k = transA ? n.inputs[0]!.shape[0]! : n.inputs[0]!.shape[1]!;
     const { splits } = matmulPlan(ctx, m, k, nn);
+    // One row (decoding) where K would be split: one GEMV dispatch instead of slices + their sum.
+    if (gemvFits(ctx, m, transA, splits)) return [gemv(ctx, { a: a!, b: b!, c: c!, k, n: nn, transB })];
     const partial = splits > 1 ? scratch([matmulScratch(m, nn, splits)], "partial") : undefined;
     return matmulCalls(ctx, { a: a!, b: b!, c: c!, m, k, n: nn, transA, transB, splits, partial });
   },

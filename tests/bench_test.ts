@@ -56,6 +56,8 @@ Deno.test("bench --quick --json checks and times both implementations of every c
   assert(byCase.size >= 2 + 9 + 2 + 2 + 1, `cases: ${[...byCase.keys()]}`);
   for (const r of rows.filter((r) => r.suite === "decode")) {
     assert(r.tokens! > 0 && Math.abs(r.tokens_per_s! - (1000 * r.tokens!) / r.ms!) < 1e-9 * r.tokens_per_s!);
+    // Two layers (--quick) and the embeddings, final norm and logits outside them.
+    assert(r.dispatches_per_token! > 2 * r.dispatches_per_layer! && r.dispatches_per_layer! > 0, `${r.case}`);
   }
   for (const [key, impls] of byCase) {
     // The moe suite compares our dense and sparse execution of one layer, the decode suite a dense and a

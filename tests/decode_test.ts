@@ -35,6 +35,12 @@ const VARIANTS = [
   ...Object.entries(MODELS).map(([name, model]) => ({ name, model, gpuKernels: false })),
   // The one-token MoE/MoA kernels a real GPU gets (column sums over lanes), run here on llvmpipe.
   { name: "DS-MoE with MoA (gpu kernel profile)", model: MODELS["DS-MoE with MoA"]!, gpuKernels: true },
+  // K = 256 in the MLP's down projection: one-row matmuls run as one gemv dispatch (gpu/kernels/gemv.ts).
+  {
+    name: "dense, MLP 256 wide (gpu kernel profile)",
+    model: { ...MODELS.dense, mlp: { experts: 1, hidden: 256 } },
+    gpuKernels: true,
+  },
   // Head width 12 does not divide the 64 threads of attention_cached's workgroup: one thread per column.
   {
     name: "dense, head width 12 (gpu kernel profile)",

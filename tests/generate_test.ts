@@ -130,6 +130,8 @@ Deno.test("generate streams greedy text whose tokens are the float64 model's arg
     assertEquals(j.rule, "threshold@0.5");
     assertEquals(j.context_shifts, 0);
     assert(j.tokens_per_s > 0, "tokens/s measured");
+    // The decoder graph's dispatches plus the GPU sampler's (tests/dispatch_count_test.ts pins the graph's).
+    assert(Number.isInteger(j.dispatches_per_token) && j.dispatches_per_token > 2, JSON.stringify(j));
     assert(j.active_pct > 0 && j.active_pct <= 100 && j.hidden_pct <= 100, JSON.stringify(j));
     // Streamed output: the prompt, then the new text, before the JSON line.
     assertEquals(r.out.slice(0, -1).join("\n"), prompt + j.text);

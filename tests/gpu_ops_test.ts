@@ -20,7 +20,8 @@ const ROWS = [1, 7, 33, 300];
 const CASES: Record<string, [Build, Tolerance]> = {
   "matmul at odd sizes, all transposes": [(g, f) => {
     const out: Value[] = [];
-    for (const [m, k, n] of [[1, 1, 1], [7, 33, 5], [33, 7, 65], [100, 64, 36]] as const) {
+    // [1, 300, 65]: one row with K long enough that the gpu profile runs it as gemv (gpu/kernels/gemv.ts).
+    for (const [m, k, n] of [[1, 1, 1], [7, 33, 5], [33, 7, 65], [100, 64, 36], [1, 300, 65]] as const) {
       out.push(apply1(g, "matmul", [f([m, k]), f([k, n])]));
       out.push(apply1(g, "matmul", [f([k, m]), f([k, n])], { transA: true }));
       out.push(apply1(g, "matmul", [f([m, k]), f([n, k])], { transB: true }));

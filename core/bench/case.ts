@@ -34,6 +34,8 @@ export interface Runnable {
    * queue gains nothing there, so such a row is timed with p = 1 whatever p the case uses.
    */
   hostBound?: boolean;
+  /** Decode suite: compute dispatches per decoded token and per layer (mean over the blocks). */
+  dispatches?(): { perToken: number; perLayer: number };
 }
 
 /** What a case makes once its inputs exist on the host. */
@@ -78,6 +80,9 @@ export interface BenchRow {
   /** Decode suite: tokens one run decodes and tokens per second (else absent). */
   tokens?: number;
   tokens_per_s?: number | null;
+  /** Decode suite: compute dispatches per decoded token and per layer (docs/performance.md). */
+  dispatches_per_token?: number;
+  dispatches_per_layer?: number;
   /** Largest |got − ref| of the correctness check. */
   max_err: number | null;
   /** Runs queued per host↔GPU wait when timing (the same for every implementation of a case). */
@@ -133,6 +138,7 @@ interface _Live {
   perSync: number;
   samples: Samples;
   error?: unknown;
+  dispatches?: { perToken: number; perLayer: number };
 }
 
 async function _runCase(
@@ -164,7 +170,7 @@ async function _runCase(
         );
         const p = r.hostBound ? 1 : (perSync ??= await sizeQueue((times) => r!.run(times)));
         checkTiming(o.reps, p);
-        out.set(impl, { impl, r, maxErr, perSync: p, samples: new Samples() });
+        out.set(impl, { impl, r, maxErr, perSync: p, samples: new Samples(), dispatches: r.dispatches?.() });
       } catch (e) {
         r?.dispose();
         out.set(impl, _errorRow(c, impl, e));
@@ -215,6 +221,9 @@ function _timedRow(c: BenchCase, l: _Live): BenchRow {
       gflops: c.flops === null ? null : c.flops / ms / 1e6,
       flops: c.flops,
       ...(c.tokens ? { tokens: c.tokens, tokens_per_s: (1000 * c.tokens) / ms } : {}),
+      ...(l.dispatches
+        ? { dispatches_per_token: l.dispatches.perToken, dispatches_per_layer: l.dispatches.perLayer }
+        : {}),
       max_err: l.maxErr,
       per_sync: l.perSync,
     };

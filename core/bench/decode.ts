@@ -114,6 +114,10 @@ function _decoderRunnable(dec: Decoder, ids: number[], readEach: boolean): Runna
     },
     output: () => Promise.resolve(last),
     dispose: () => dec.destroy(),
+    dispatches() {
+      const d = dec.dispatches();
+      return { perToken: d.graph, perLayer: d.perLayer.reduce((a, b) => a + b, 0) / d.perLayer.length };
+    },
   };
 }
 

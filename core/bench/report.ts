@@ -84,6 +84,13 @@ export function formatTable(rows: readonly BenchRow[], adapter: string): string 
   return [...out, ...(errors.length > 0 ? ["errors:", ...errors] : [])].join("\n");
 }
 
+/** A decode row's dispatches per token and per layer, e.g. "69 (16)"; "–" when unknown. */
+function _dispatches(r?: BenchRow): string {
+  if (r?.dispatches_per_token === undefined) return "–";
+  const layer = r.dispatches_per_layer;
+  return `${r.dispatches_per_token}${layer === undefined ? "" : ` (${+layer.toFixed(2)})`}`;
+}
+
 function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] {
   const [a, b] = t.names;
   const rate = t.decode ? "tokens/s" : "GFLOP/s";
@@ -96,6 +103,7 @@ function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] 
     `${b} ${rate}`,
     t.ratio,
     "runs/wait",
+    ...(t.decode ? [`dispatches/token (/layer) ${a} | ${b}`] : []),
   ];
   const cases = new Map<string, Map<string, BenchRow>>();
   for (const r of rows) {
@@ -129,6 +137,7 @@ function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] 
       gf(second),
       ratio,
       perSync ?? "–",
+      ...(t.decode ? [`${_dispatches(first)} | ${_dispatches(second)}`] : []),
     ]);
   }
   const width = header.map((h, c) => Math.max(h.length, ...body.map((r) => r[c]!.length)));

@@ -47,7 +47,8 @@ Routing (which experts run; not sampling):
                        mlp=RULE,attention=RULE  (or --rule threshold --epsilon 0.5, --rule topk --k 2,
                        --rule top_p --p 0.9: the routing rule's expert probability mass, not --top-p)
 
-  --json               last stdout line: {"text","new_tokens","tokens_per_s","compile_s",…}
+  --json               last stdout line: {"text","new_tokens","tokens_per_s","compile_s",
+                       "dispatches_per_token",…}
 ${storeUsage(23)}
 
 The context is the model's seq_len; when it fills, its newest half is kept and re-encoded.`;
@@ -174,6 +175,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
       prefill_s: r.prefillSeconds,
       decode_s: r.decodeSeconds,
       context_shifts: r.contextShifts,
+      dispatches_per_token: r.dispatchesPerToken,
       active_params: r.activeParams,
       active_pct: r.activePct,
       hidden_pct: r.hiddenPct,

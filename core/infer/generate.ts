@@ -235,11 +235,57 @@ export class Decoder {
     };
   }
 
+  /**
+   * Compute dispatches of one decoded token (docs/performance.md): `graph`, what one execution of the
+   * decoder graph records; `sampler`, what a GPU draw adds (the sampling kernel and one expert count per
+   * masked router); `perLayer`, the graph's dispatches of each block ({@linkcode dispatchesByLayer}).
+   */
+  dispatches(): { graph: number; sampler: number; perLayer: number[] } {
+    return {
+      graph: this.#exec.dispatches,
+      sampler: 1 + this.#masks.length,
+      perLayer: dispatchesByLayer(this.#exec.kernels(), this.config.model.layers),
+    };
+  }
+
   /** Frees the executor and the weights. */
   destroy(): void {
     this.#exec.destroy();
     for (const t of this.#weights.values()) t.buffer.destroy();
   }
+}
+
+/**
+ * Dispatches per block of `layers`: a dispatch whose node reads a parameter of block l (named `h{l}.…`)
+ * belongs to block l, one reading another parameter (embeddings, the final norm, the LM head) to none, and
+ * one reading no parameter (residual adds, attention over the caches) to the same as the dispatch before it.
+ *
+ * @example
+ * ```ts
+ * import { dispatchesByLayer } from "./generate.ts";
+ * const k = (...inputs: string[]) => ({ inputs });
+ * const got = dispatchesByLayer([k("wte"), k("h0.ln1.weight"), k("x"), k("h1.attn.wq"), k("lnf.weight")], 2);
+ * if (got.join() !== "2,1") throw new Error(got.join());
+ * ```
+ */
+export function dispatchesByLayer(
+  kernels: readonly { inputs: readonly string[] }[],
+  layers: number,
+): number[] {
+  const counts = Array.from({ length: layers }, () => 0);
+  let current = -1;
+  for (const { inputs } of kernels) {
+    for (const name of inputs) {
+      const m = /^h(\d+)\./.exec(name);
+      if (m) {
+        current = Number(m[1]);
+        break;
+      }
+      if (/^(wte|wpe|lnf|lm_head)\b/.test(name)) current = -1;
+    }
+    if (current >= 0 && current < layers) counts[current]!++;
+  }
+  return counts;
 }
 
 /** Draws tokens on the GPU: see {@linkcode Decoder.sampler}. */
@@ -282,6 +328,8 @@ export interface GenerateResult {
   activePct: number;
   hiddenPct: number; // share of the attention and MLP weights that run (docs/design.md §5)
   activePctAll: number; // share of all parameters, embeddings included (docs/design.md §5)
+  /** Compute dispatches per decoded token: the decoder graph's, plus the GPU sampler's when it drew. */
+  dispatchesPerToken: number;
 }
 
 /** Drawn tokens are read back (and streamed) in chunks of this many. */
@@ -350,7 +398,12 @@ export async function generate(
     await flush();
     const t2 = performance.now();
     const sums = await sampler.experts(drawn);
-    return { ..._result(dec, tokens, promptTokens, shifts, sums, t0, t1, t2), setupSeconds: setup };
+    const d = dec.dispatches();
+    return {
+      ..._result(dec, tokens, promptTokens, shifts, sums, t0, t1, t2),
+      setupSeconds: setup,
+      dispatchesPerToken: d.graph + d.sampler,
+    };
   } finally {
     sampler.destroy();
   }
@@ -419,6 +472,7 @@ function _result(
     decodeSeconds,
     tokensPerS: tokens.length > 1 && decodeSeconds > 0 ? (tokens.length - 1) / decodeSeconds : 0,
     contextShifts: shifts,
+    dispatchesPerToken: dec.dispatches().graph,
     layers,
     ...activity(c, layers),
   };

@@ -55,6 +55,8 @@ export function attendWgsl(D: number, q: string, out: string): string {
 
 /** Threads of the workgroup that shares one (token, head) in {@linkcode attendGroupWgsl}. */
 const _ATTEND_THREADS = 64;
+/** The threads of {@linkcode attendGroupKernel}'s workgroup (for bodies that share work among them). */
+export const ATTEND_GROUP_THREADS = _ATTEND_THREADS;
 
 /**
  * Whether {@linkcode attendGroupWgsl} fits the device: its workgroup memory holds the scores of `T` cache
@@ -175,7 +177,8 @@ export interface CachedAttentionOptions {
 
 /**
  * Writes the new keys and values into the caches, then o = attention of every (token, head) over the cached
- * rows up to its position.
+ * rows up to its position: one dispatch for one token (the attention writes the row it reads), two for more
+ * (kv_write, then the attention).
  *
  * @example
  * ```ts ignore
@@ -191,19 +194,23 @@ export function attentionCached(ctx: GpuContext, o: CachedAttentionOptions): Ker
     );
   }
   const T = o.kcache.size / (Hkv * D);
+  // One token (decoding): the attention dispatch writes the new cache row itself (see _rowWriteWgsl).
+  const fold = N === 1;
   const bindings = [
     { name: "Q", tensor: o.q },
-    { name: "K", tensor: o.kcache },
-    { name: "Vals", tensor: o.vcache },
+    { name: "K", tensor: o.kcache, write: fold },
+    { name: "Vals", tensor: o.vcache, write: fold },
     { name: "pos", tensor: o.pos },
     { name: "O", tensor: o.o, write: true },
+    ...(fold ? [{ name: "Knew", tensor: o.k }, { name: "Vnew", tensor: o.v }] : []),
   ];
   const fields: UniformFields = [["n", "u32", N * H], ["H", "u32", H], ["Hkv", "u32", Hkv], [
     "width",
     "u32",
     Hkv * D,
-  ]];
-  const attend = ctx.profile === "gpu" && attendGroupFits(ctx, T, D)
+  ], ["T", "u32", T]];
+  const group = ctx.profile === "gpu" && attendGroupFits(ctx, T, D);
+  const attend = group
     ? attendGroupKernel(ctx, {
       label: "attention_cached",
       bindings,
@@ -214,6 +221,7 @@ export function attentionCached(ctx: GpuContext, o: CachedAttentionOptions): Ker
       q: "Q",
       out: "O",
       body: `  let tok = wi / u.H; let h = wi % u.H;
+${fold ? `${_rowWriteWgsl(D, "t", _ATTEND_THREADS)}\n  storageBarrier();` : ""}
   attendGroup(wi * ${D}u, 0u, pos[0] + tok + 1u, (h % u.Hkv) * ${D}u, wi * ${D}u, 1.0, t);`,
     })
     : simpleKernel(ctx, {
@@ -224,7 +232,23 @@ export function attentionCached(ctx: GpuContext, o: CachedAttentionOptions): Ker
       workgroup: 32,
       prelude: attendWgsl(D, "Q", "O"),
       body: `  let t = i / u.H; let h = i % u.H;
+${fold ? _rowWriteWgsl(D, "0u", 1) : ""}
   attend(i * ${D}u, 0u, pos[0] + t + 1u, (h % u.Hkv) * ${D}u, i * ${D}u, 1.0);`,
     });
-  return [kvWrite(ctx, o), attend];
+  return fold ? [attend] : [kvWrite(ctx, o), attend];
+}
+
+/**
+ * WGSL writing the one new token's key and value columns of query head h's kv head into cache row pos (from
+ * `Knew`/`Vnew`), columns first, first + step, …: each invocation (cpu-simd) or workgroup (gpu, then a
+ * storage barrier) writes the very columns it reads next, so the kv_write dispatch is not needed. Query heads
+ * sharing a kv head write the same values to the same places.
+ */
+function _rowWriteWgsl(D: number, first: string, step: number): string {
+  return `  if (pos[0] < u.T) {
+    let kv = (h % u.Hkv) * ${D}u;
+    for (var c = ${first}; c < ${D}u; c = c + ${step}u) {
+      K[pos[0] * u.width + kv + c] = Knew[kv + c]; Vals[pos[0] * u.width + kv + c] = Vnew[kv + c];
+    }
+  }`;
 }

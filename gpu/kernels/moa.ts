@@ -38,9 +38,8 @@ export function moaAttentionSparse(ctx: GpuContext, o: MoaOptions): KernelCall[]
       `Cannot run sparse MoA: k [${o.k.shape}] and v [${o.v.shape}] are not (N ${N}, G·D ${w})`,
     );
   }
-  if (o.cache && N === 1) {
-    return [kvWrite(ctx, { k: o.k, v: o.v, ...o.cache }), ...moaOneToken(ctx, o, o.cache.pos)];
-  }
+  // One token: moa_attend1 writes the cache row itself (gpu/kernels/moe_one_token.ts).
+  if (o.cache && N === 1) return moaOneToken(ctx, o, o.cache.pos);
   const calls = sparsePipeline(
     ctx,
     { x: o.x, gate: o.gate, w1: o.wq, w2: o.wo, y: o.y, E, h: w, scratch: o.scratch, tile: o.tile },

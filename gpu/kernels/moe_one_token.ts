@@ -10,7 +10,7 @@ import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
 import type { ActivationKind } from "./activation.ts";
-import { attendGroupFits, attendGroupKernel, attendWgsl } from "./cached_attention.ts";
+import { ATTEND_GROUP_THREADS, attendGroupFits, attendGroupKernel, attendWgsl } from "./cached_attention.ts";
 import {
   type Binding,
   columnSums,
@@ -199,9 +199,11 @@ function _gemvLoop(
 }
 
 /**
- * MoA for one decoded token (the caches already hold its key and value): `moa_query1` computes the routed
- * heads' queries, `moa_attend1` runs one invocation (cpu-simd) or workgroup (gpu) per (expert, head) —
- * unrouted experts return before reading their query columns — attending over the cache in place, and
+ * MoA for one decoded token: `moa_query1` computes the routed heads' queries, `moa_attend1` runs one
+ * invocation (cpu-simd) or workgroup (gpu) per (expert, head) — each first writes its head's columns of the
+ * token's key and value into cache row pos (so no kv_write dispatch; every expert's head j writes the same
+ * values, routed or not), then unrouted experts return before reading their query columns — attending over
+ * the cache in place, and
  * `moa_out1` projects through the routed experts' rows of Wo only.
  */
 export function moaOneToken(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): KernelCall[] {
@@ -258,6 +260,8 @@ function _moaOneTokenGpu(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): Kernel
       body: `  let e = wi / u.G; let j = wi % u.G;
   if (t == 0u) { a_gate = gate[e]; }
   let g = workgroupUniformLoad(&a_gate);
+  ${_kvRowWgsl(D, "t", ATTEND_GROUP_THREADS)}
+  storageBarrier();
   if (g <= 0.0) { return; }
   let col = e * u.width + j * ${D}u;
   attendGroup(col, 0u, pos[0] + 1u, j * ${D}u, col, g, t);`,
@@ -266,20 +270,44 @@ function _moaOneTokenGpu(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): Kernel
   return [query, attend, _downOne(ctx, "moa_out1", o.gate, o.scratch.hidden, o.wo, o.y, E, w)];
 }
 
-/** Bindings of `moa_attend1`: the gates, both caches, the position, and the queries (overwritten by outputs). */
+/**
+ * Bindings of `moa_attend1`: the gates, both caches (written at row pos), the position, the queries
+ * (overwritten by outputs), and the token's key and value.
+ */
 function _attendBindings(o: MoaOptions, pos: GpuTensor): Binding[] {
   return [
     { name: "gate", tensor: o.gate },
-    { name: "K", tensor: o.cache!.kcache },
-    { name: "Vals", tensor: o.cache!.vcache },
+    { name: "K", tensor: o.cache!.kcache, write: true },
+    { name: "Vals", tensor: o.cache!.vcache, write: true },
     { name: "pos", tensor: pos },
     { name: "QO", tensor: o.scratch.hidden, write: true },
+    { name: "Knew", tensor: o.k },
+    { name: "Vnew", tensor: o.v },
   ];
 }
 
-/** Uniform fields of `moa_attend1`: one item per (expert, head). */
+/** Uniform fields of `moa_attend1`: one item per (expert, head); T cache rows. */
 function _attendFields(o: MoaOptions): UniformFields {
-  return [["n", "u32", o.E * o.G], ["G", "u32", o.G], ["width", "u32", o.G * o.D]];
+  const w = o.G * o.D;
+  return [["n", "u32", o.E * o.G], ["G", "u32", o.G], ["width", "u32", w], [
+    "T",
+    "u32",
+    o.cache!.kcache.size / w,
+  ]];
+}
+
+/**
+ * WGSL: head j's D columns of the token's key and value (`Knew`, `Vnew`) into cache row pos, columns
+ * first, first + step, … (the columns this invocation, or with a storage barrier after it this workgroup,
+ * reads next).
+ */
+function _kvRowWgsl(D: number, first: string, step: number): string {
+  return `if (pos[0] < u.T) {
+    for (var c = ${first}; c < ${D}u; c = c + ${step}u) {
+      let at = pos[0] * u.width + j * ${D}u + c;
+      K[at] = Knew[j * ${D}u + c]; Vals[at] = Vnew[j * ${D}u + c];
+    }
+  }`;
 }
 
 /** `moa_attend1` with one invocation per (expert, head), `workgroup` invocations per workgroup. */
@@ -293,6 +321,7 @@ function _attendOne(ctx: GpuContext, o: MoaOptions, pos: GpuTensor, workgroup: n
     workgroup,
     prelude: attendWgsl(D, "QO", "QO"),
     body: `  let e = i / u.G; let j = i % u.G;
+  ${_kvRowWgsl(D, "0u", 1)}
   let g = gate[e];
   if (g <= 0.0) { return; }
   let col = e * u.width + j * ${D}u;
