@@ -60,24 +60,45 @@ export function entropyLoss(ctx: GpuContext, o: { s: GpuTensor; loss: GpuTensor 
   });
 }
 
+/**
+ * The gradient of a mean over the N rows of an (N, E) tensor `shape`: one invocation per entry, `inputs`
+ * read, `out` written, uniforms n = N·E, N and `extra`.
+ */
+function _meanGradient(
+  ctx: GpuContext,
+  label: string,
+  shape: readonly number[],
+  inputs: Binding[],
+  out: Binding,
+  extra: UniformFields,
+  body: string,
+): KernelCall {
+  const [N, E] = shape as [number, number];
+  return simpleKernel(ctx, {
+    label,
+    bindings: [...inputs, { ...out, write: true }],
+    fields: [["n", "u32", N * E], ["N", "u32", N], ...extra],
+    invocations: N * E,
+    body,
+  });
+}
+
 /** dS = −(dl/N)·[log(S + ε) + S/(S + ε)]. */
 export function entropyLossBackward(
   ctx: GpuContext,
   o: { s: GpuTensor; dl: GpuTensor; ds: GpuTensor },
 ): KernelCall {
-  const [N, E] = o.s.shape as [number, number];
-  return simpleKernel(ctx, {
-    label: "entropy_loss_backward",
-    bindings: [{ name: "s", tensor: o.s }, { name: "dl", tensor: o.dl }, {
-      name: "ds",
-      tensor: o.ds,
-      write: true,
-    }],
-    fields: [["n", "u32", N * E], ["N", "u32", N], ["eps", "f32", _EPS]],
-    invocations: N * E,
-    body: `  let v = s[i];
+  const inputs = [{ name: "s", tensor: o.s }, { name: "dl", tensor: o.dl }];
+  return _meanGradient(
+    ctx,
+    "entropy_loss_backward",
+    o.s.shape,
+    inputs,
+    { name: "ds", tensor: o.ds },
+    [["eps", "f32", _EPS]],
+    `  let v = s[i];
   ds[i] = -dl[0] / f32(u.N) * (log(v + u.eps) + v / (v + u.eps));`,
-  });
+  );
 }
 
 /**
@@ -130,18 +151,16 @@ export function l1LossBackward(
   ctx: GpuContext,
   o: { g: GpuTensor; lambda: GpuTensor; dl: GpuTensor; dg: GpuTensor },
 ): KernelCall {
-  const [N, E] = o.g.shape as [number, number];
-  return simpleKernel(ctx, {
-    label: "l1_loss_backward",
-    bindings: [{ name: "lam", tensor: o.lambda }, { name: "dl", tensor: o.dl }, {
-      name: "dg",
-      tensor: o.dg,
-      write: true,
-    }],
-    fields: [["n", "u32", N * E], ["N", "u32", N]],
-    invocations: N * E,
-    body: `  dg[i] = dl[0] * lam[0] / f32(u.N);`,
-  });
+  const inputs = [{ name: "lam", tensor: o.lambda }, { name: "dl", tensor: o.dl }];
+  return _meanGradient(
+    ctx,
+    "l1_loss_backward",
+    o.g.shape,
+    inputs,
+    { name: "dg", tensor: o.dg },
+    [],
+    "  dg[i] = dl[0] * lam[0] / f32(u.N);",
+  );
 }
 
 /** share (1,) = the share of entries of x (N, E) that are ≤ 0. */
