@@ -12,7 +12,14 @@ import type { RouteRule } from "../../core/graph/op_types.ts";
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { type Binding, loopBudget, simpleKernel, totalSum, type UniformFields } from "./common.ts";
+import {
+  type Binding,
+  loopBudget,
+  simpleKernel,
+  tableKernel,
+  totalSum,
+  type UniformFields,
+} from "./common.ts";
 import { RANK_WGSL, RULE_KEEP_WGSL, ruleFields } from "./routing.ts";
 
 /** ε inside the entropy's log (core/ref/losses.ts MI_EPS). */
@@ -60,45 +67,21 @@ export function entropyLoss(ctx: GpuContext, o: { s: GpuTensor; loss: GpuTensor 
   });
 }
 
-/**
- * The gradient of a mean over the N rows of an (N, E) tensor `shape`: one invocation per entry, `inputs`
- * read, `out` written, uniforms n = N·E, N and `extra`.
- */
-function _meanGradient(
-  ctx: GpuContext,
-  label: string,
-  shape: readonly number[],
-  inputs: Binding[],
-  out: Binding,
-  extra: UniformFields,
-  body: string,
-): KernelCall {
-  const [N, E] = shape as [number, number];
-  return simpleKernel(ctx, {
-    label,
-    bindings: [...inputs, { ...out, write: true }],
-    fields: [["n", "u32", N * E], ["N", "u32", N], ...extra],
-    invocations: N * E,
-    body,
-  });
-}
-
 /** dS = −(dl/N)·[log(S + ε) + S/(S + ε)]. */
 export function entropyLossBackward(
   ctx: GpuContext,
   o: { s: GpuTensor; dl: GpuTensor; ds: GpuTensor },
 ): KernelCall {
-  const inputs = [{ name: "s", tensor: o.s }, { name: "dl", tensor: o.dl }];
-  return _meanGradient(
-    ctx,
-    "entropy_loss_backward",
-    o.s.shape,
-    inputs,
-    { name: "ds", tensor: o.ds },
-    [["eps", "f32", _EPS]],
-    `  let v = s[i];
+  return tableKernel(ctx, {
+    label: "entropy_loss_backward",
+    shape: o.s.shape,
+    per: "entry",
+    inputs: [{ name: "s", tensor: o.s }, { name: "dl", tensor: o.dl }],
+    out: { name: "ds", tensor: o.ds },
+    extra: [["eps", "f32", _EPS]],
+    body: `  let v = s[i];
   ds[i] = -dl[0] / f32(u.N) * (log(v + u.eps) + v / (v + u.eps));`,
-  );
+  });
 }
 
 /**
@@ -151,16 +134,14 @@ export function l1LossBackward(
   ctx: GpuContext,
   o: { g: GpuTensor; lambda: GpuTensor; dl: GpuTensor; dg: GpuTensor },
 ): KernelCall {
-  const inputs = [{ name: "lam", tensor: o.lambda }, { name: "dl", tensor: o.dl }];
-  return _meanGradient(
-    ctx,
-    "l1_loss_backward",
-    o.g.shape,
-    inputs,
-    { name: "dg", tensor: o.dg },
-    [],
-    "  dg[i] = dl[0] * lam[0] / f32(u.N);",
-  );
+  return tableKernel(ctx, {
+    label: "l1_loss_backward",
+    shape: o.g.shape,
+    per: "entry",
+    inputs: [{ name: "lam", tensor: o.lambda }, { name: "dl", tensor: o.dl }],
+    out: { name: "dg", tensor: o.dg },
+    body: "  dg[i] = dl[0] * lam[0] / f32(u.N);",
+  });
 }
 
 /** share (1,) = the share of entries of x (N, E) that are ≤ 0. */

@@ -9,7 +9,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { type Binding, loopBudget, simpleKernel } from "./common.ts";
+import { type Binding, loopBudget, simpleKernel, tableKernel } from "./common.ts";
 
 /**
  * kept (N, E): per expert (one invocation each, walking its column in token order), the first `capacity`
@@ -36,10 +36,7 @@ export function capacityMask(
   });
 }
 
-/**
- * One invocation per row of the (N, E) tensor `shape` (token i, row base `b`): `inputs` read, `out` written,
- * uniforms n = N and E.
- */
+/** A row kernel of `tableKernel` whose body starts with the row's base `b`. */
 function _rowKernel(
   ctx: GpuContext,
   label: string,
@@ -48,15 +45,7 @@ function _rowKernel(
   out: Binding,
   body: string,
 ): KernelCall {
-  const [N, E] = shape as [number, number];
-  return simpleKernel(ctx, {
-    label,
-    bindings: [...inputs, { ...out, write: true }],
-    fields: [["n", "u32", N], ["E", "u32", E]],
-    invocations: N,
-    workgroup: 8,
-    body: `  let b = i * u.E;\n${body}`,
-  });
+  return tableKernel(ctx, { label, shape, per: "row", inputs, out, body: `  let b = i * u.E;\n${body}` });
 }
 
 /** WGSL: `inv` = 1 / Σ_row x of row `b`, 0 on a row summing to 0. */
