@@ -6,34 +6,32 @@
  * Exact resume with the bias is in tests/resume_test.ts.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { ConfigError, parseExperimentText } from "../core/config/mod.ts";
-import { type Experiment, ExperimentSchema } from "../core/config/schema.ts";
-import type { Batch } from "../core/data/dataset.ts";
-import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
+import type { Experiment } from "../core/config/schema.ts";
+import { evaluateGraph } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { schedule } from "../core/graph/schedule.ts";
 import { buildModel } from "../core/plan/model.ts";
 import { plan } from "../core/plan/plan.ts";
 import { topkMaskRef } from "../core/ref/router.ts";
-import { closeRunStores } from "../core/runs/open_store.ts";
-import { RunDir } from "../core/runs/run_dir.ts";
 import { CpuTrainBackend } from "../core/train/cpu_backend.ts";
-import { GpuTrainBackend } from "../core/train/gpu_backend.ts";
 import { Rng } from "../core/util/rng.ts";
 import { cli } from "./helpers/cli.ts";
-import { assertClose, testGpu } from "./helpers/gpu.ts";
-
-function errorLines(text: string): string[] {
-  try {
-    parseExperimentText(text, "t.yaml");
-  } catch (e) {
-    if (e instanceof ConfigError) return e.message.split("\n");
-    throw e;
-  }
-  return [];
-}
-
-const SMOE = "model:\n  kind: smoe\n  attention: { kind: mha }\n  mlp: { experts: 4 }\n";
+import { assertClose } from "./helpers/gpu.ts";
+import {
+  assertBiasesClose,
+  assertParamsClose,
+  compareSteps,
+  errorLines,
+  microSmoeYaml,
+  randomBatch,
+  randomModelFeeds,
+  SMOE_YAML as SMOE,
+  tinySmoe,
+  trainedFeeds,
+  trainYaml,
+  withBackends,
+  withRunsDir,
+} from "./helpers/router_configs.ts";
 
 Deno.test("router.balance aux_free needs router.train: topk, and router.bias_rate needs aux_free: located errors", () => {
   assertEquals(errorLines("router:\n  balance: aux_free\n"), [
@@ -52,39 +50,12 @@ Deno.test("router.balance aux_free needs router.train: topk, and router.bias_rat
 
 /** A tiny SMoE (top-2 of 4) with aux-free balancing and routers far from uniform. */
 function smoe(over: Record<string, unknown> = {}, microBatch?: number): Experiment {
-  return ExperimentSchema.parse({
-    data: { seq_len: 6 },
-    model: {
-      kind: "smoe",
-      d_model: 16,
-      layers: 2,
-      init_std: 0.3,
-      attention: { kind: "mha", heads: 2, head_dim: 8 },
-      mlp: { experts: 4, hidden: 8 },
-    },
-    router: { train: "topk", k: 2, balance: "aux_free", bias_rate: 0.01, ...over },
-    train: { batch: 4, micro_batch: microBatch, optimizer: { lr: 1e-2 } },
-  });
-}
-
-function randomBatch(seed: number, tokens: number): Batch {
-  const rng = new Rng(seed);
-  const ids = () => Uint32Array.from({ length: tokens }, () => rng.int(256));
-  return { inputs: ids(), targets: ids(), domains: null };
+  const router = { train: "topk", k: 2, balance: "aux_free", bias_rate: 0.01, ...over };
+  return tinySmoe({ seqLen: 6, initStd: 0.3, router, microBatch });
 }
 
 Deno.test("float64: the bias selects (top-k of S + b) but the gates are the unbiased S of the selected experts; a bias equal for all experts changes nothing", () => {
-  const c = smoe(), m = buildModel(c, 4), rng = new Rng(2);
-  const feeds = new Map<number, HostValue>([
-    [m.ids.id, randomBatch(1, m.tokens).inputs],
-    [m.targets.id, randomBatch(2, m.tokens).targets],
-  ]);
-  for (const p of m.params) {
-    feeds.set(
-      p.value.id,
-      Float64Array.from({ length: p.value.shape.reduce((a, b) => a * b, 1) }, () => rng.normal() * 0.3),
-    );
-  }
+  const c = smoe(), m = buildModel(c, 4), feeds = randomModelFeeds(m, new Rng(2), 0.3);
   const [bias0, bias1] = m.routerState.map((s) => s.value);
   const mask = m.graph.nodes.find((n) => n.op === "topk_mask")!.outputs[0]!;
   const gate = m.graph.nodes.find((n) => n.op === "mul" && n.inputs[1] === mask)!.outputs[0]!;
@@ -120,13 +91,7 @@ Deno.test("float64: top-k inference reads the balancing bias from the checkpoint
     "h0.mlp.router.balance_bias",
     "h1.mlp.router.balance_bias",
   ]);
-  const feeds = new Map<number, HostValue>([[m.ids.id, batch.inputs], [m.targets.id, batch.targets]]);
-  for (const s of m.params) {
-    feeds.set(
-      s.value.id,
-      train.params.get(s.value.name) ?? Float64Array.from(st.routerState!.get(s.value.name)!),
-    );
-  }
+  const feeds = trainedFeeds(m, batch, train, st.routerState!);
   const got = evaluateGraph(p.schedule.nodes, feeds, [m.lmLoss], CPU_OPS)[0]![0]!;
   assert(Math.abs(got - want) < 1e-12, `${got} vs ${want}`);
   // Without the bias the same rule selects otherwise: a different loss.
@@ -138,18 +103,8 @@ Deno.test("float64: top-k inference reads the balancing bias from the checkpoint
 });
 
 Deno.test("WebGPU steps with aux-free balancing in 4 micro-batches match the float64 steps: losses, loads and the biases' updates", async () => {
-  const ctx = await testGpu();
-  const cpu = new CpuTrainBackend(smoe({}, 1)), gpu = await GpuTrainBackend.create(smoe({}, 1), ctx);
-  try {
-    for (let t = 0; t < 4; t++) {
-      const batch = randomBatch(t + 1, 4 * 6);
-      const [want, got] = [await cpu.step(batch, 1e-2), await gpu.step(batch, 1e-2)];
-      assertClose(
-        [got.loss, got.gradNorm],
-        [want.loss, want.gradNorm],
-        { atol: 4e-6, rtol: 1e-5 },
-        `step ${t}`,
-      );
+  await withBackends(smoe({}, 1), async (cpu, gpu) => {
+    await compareSteps(cpu, gpu, 4, (t) => randomBatch(t + 1, 4 * 6), (got, want, t) => {
       got.routers!.forEach((r, i) => {
         const w = want.routers![i]!;
         assertClose(r.load, w.load, { atol: 1e-7, rtol: 0 }, `step ${t + 1} router ${i} load`);
@@ -157,31 +112,18 @@ Deno.test("WebGPU steps with aux-free balancing in 4 micro-batches match the flo
         assertClose(r.bias!, w.bias!, { atol: 1e-7, rtol: 0 }, `step ${t + 1} router ${i} bias`);
         assert(w.bias!.some((b) => b !== 0), "the bias moved");
       });
-    }
-    const [want, got] = [await cpu.exportState(), await gpu.exportState()];
-    assertEquals([...got.routerState!.keys()], ["h0.mlp.router.balance_bias", "h1.mlp.router.balance_bias"]);
-    for (const [name, b] of want.routerState!) {
-      assertClose(got.routerState!.get(name)!, b, { atol: 1e-7, rtol: 0 }, name);
-    }
-    for (const [p, w] of want.params) {
-      assertClose(got.params.get(p)!.data, w.data, { atol: 2e-4, rtol: 0 }, `parameter ${p}`);
-    }
-  } finally {
-    gpu.destroy();
-  }
+    });
+    await assertBiasesClose(cpu, gpu);
+    await assertParamsClose(cpu, gpu, 2e-4);
+  });
 });
 
 // The micro fixture as an SMoE without any auxiliary loss, at a learning rate where its routers collapse
 // onto one expert within 30 steps without balancing.
 const TINY = (balance: string) =>
-  `extends: ${Deno.cwd()}/tests/fixtures/micro.yaml
-name: aux-free
-data: { synthetic_bytes: 20000 }
-model:
-  kind: smoe
-  attention: { kind: mha, heads: 2, head_dim: 8 }
-  mlp: { experts: 4, hidden: 16 }
-router: { train: topk, k: 2, ${balance} infer: { kind: topk, k: 2 } }
+  microSmoeYaml(
+    "aux-free",
+    `router: { train: topk, k: 2, ${balance} infer: { kind: topk, k: 2 } }
 loss: { mi: { attention: 0, mlp: 0 } }
 train:
   steps: 60
@@ -191,17 +133,13 @@ train:
   eval_batches: 2
   checkpoint_every: 60
   schedule: { warmup: 2 }
-`;
+`,
+  );
 
 Deno.test("an SMoE with aux-free balancing trains on WebGPU: loss falls, biases logged, loads more balanced than without it, eval reads the bias", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
+  await withRunsDir(async (dir) => {
     const train = async (balance: string) => {
-      await Deno.writeTextFile(`${dir}/c.yaml`, TINY(balance));
-      const r = await cli("run", `${dir}/c.yaml`, "--runs-dir", dir, "--json", "--no-dashboard");
-      assertEquals(r.code, 0, r.err.join("\n"));
-      const metrics = await (await RunDir.open(dir, r.json().run_id)).readMetrics();
-      const at = (key: string) => metrics.filter((p) => p.key === key).map((p) => p.value);
+      const { r, at } = await trainYaml(dir, "c.yaml", TINY(balance));
       // The most loaded expert's share, averaged over steps 31–60 and both layers.
       let worst = 0;
       for (const layer of [0, 1]) {
@@ -233,8 +171,5 @@ Deno.test("an SMoE with aux-free balancing trains on WebGPU: loss falls, biases 
     assertEquals(ev.code, 0, ev.err.join("\n"));
     const rule = ev.json().rules[0];
     assert(Math.abs(rule.loss - free.r.json().final["val/loss"]) < 0.2, `${rule.loss}`);
-  } finally {
-    closeRunStores();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

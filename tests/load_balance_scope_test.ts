@@ -5,55 +5,32 @@
  * and a tiny SMoE trained through the CLI on this adapter with the loss per sequence.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { ConfigError, parseExperimentText } from "../core/config/mod.ts";
-import { type Experiment, ExperimentSchema } from "../core/config/schema.ts";
+import type { Experiment } from "../core/config/schema.ts";
 import type { Batch } from "../core/data/dataset.ts";
-import { closeRunStores } from "../core/runs/open_store.ts";
-import { RunDir } from "../core/runs/run_dir.ts";
 import { CpuTrainBackend } from "../core/train/cpu_backend.ts";
-import { GpuTrainBackend } from "../core/train/gpu_backend.ts";
-import { Rng } from "../core/util/rng.ts";
-import { cli } from "./helpers/cli.ts";
-import { assertClose, testGpu } from "./helpers/gpu.ts";
+import {
+  assertParamsClose,
+  compareSteps,
+  errorLines,
+  microSmoeYaml,
+  randomBatch,
+  relErr,
+  tinySmoe,
+  trainFalls,
+  withBackends,
+  withRunsDir,
+} from "./helpers/router_configs.ts";
 
 /** A tiny SMoE (top-2 of 4) with routers far from uniform and a large Switch loss weight. */
 function smoe(scope: string | undefined, batch: number, microBatch?: number): Experiment {
-  return ExperimentSchema.parse({
-    data: { seq_len: 6 },
-    model: {
-      kind: "smoe",
-      d_model: 16,
-      layers: 2,
-      init_std: 0.3,
-      attention: { kind: "mha", heads: 2, head_dim: 8 },
-      mlp: { experts: 4, hidden: 8 },
-    },
-    router: { train: "topk", k: 2 },
-    loss: { load_balance: 0.5, load_balance_scope: scope },
-    train: { batch, micro_batch: microBatch, optimizer: { lr: 1e-2 } },
-  });
-}
-
-function randomBatch(seed: number, tokens: number): Batch {
-  const rng = new Rng(seed);
-  const ids = () => Uint32Array.from({ length: tokens }, () => rng.int(256));
-  return { inputs: ids(), targets: ids(), domains: null };
+  const loss = { load_balance: 0.5, load_balance_scope: scope };
+  return tinySmoe({ seqLen: 6, initStd: 0.3, router: { train: "topk", k: 2 }, loss, batch, microBatch });
 }
 
 /** Sequences `from` … `from + n − 1` of `b` (6 tokens each). */
 function slice(b: Batch, from: number, n: number): Batch {
   const cut = (a: Uint32Array) => a.slice(from * 6, (from + n) * 6);
   return { inputs: cut(b.inputs), targets: cut(b.targets), domains: null };
-}
-
-/** max |a − b| / max |a|. */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let worst = 0, scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(a[i]!));
-  }
-  return worst / Math.max(scale, 1e-300);
 }
 
 type LossAndGrads = ReturnType<CpuTrainBackend["lossAndGrads"]>;
@@ -109,82 +86,35 @@ Deno.test("float64: each scope is its definition — global = the whole batch's 
 
 for (const scope of ["micro_batch", "sequence"]) {
   Deno.test(`WebGPU steps with the Switch loss per ${scope} in 4 micro-batches match the float64 steps`, async () => {
-    const ctx = await testGpu();
-    const cpu = new CpuTrainBackend(smoe(scope, 8, 2)),
-      gpu = await GpuTrainBackend.create(smoe(scope, 8, 2), ctx);
-    try {
-      for (let t = 0; t < 2; t++) {
-        const batch = randomBatch(t + 1, 8 * 6);
-        const [want, got] = [await cpu.step(batch, 1e-2), await gpu.step(batch, 1e-2)];
-        assertClose(
-          [got.loss, got.gradNorm],
-          [want.loss, want.gradNorm],
-          { atol: 4e-6, rtol: 1e-5 },
-          `step ${t}`,
-        );
-      }
-      const [want, got] = [await cpu.exportState(), await gpu.exportState()];
-      for (const [p, w] of want.params) {
-        // Two AdamW steps of lr 1e-2 in f32: a rarely seen token's embedding row, whose gradient is near 0,
-        // can move by up to ~1e-4 more or less than in float64 (Adam divides by √v).
-        assertClose(got.params.get(p)!.data, w.data, { atol: 2e-4, rtol: 0 }, `parameter ${p}`);
-      }
-    } finally {
-      gpu.destroy();
-    }
+    await withBackends(smoe(scope, 8, 2), async (cpu, gpu) => {
+      await compareSteps(cpu, gpu, 2, (t) => randomBatch(t + 1, 8 * 6));
+      // Two AdamW steps of lr 1e-2 in f32: a rarely seen token's embedding row, whose gradient is near 0,
+      // can move by up to ~1e-4 more or less than in float64 (Adam divides by √v).
+      await assertParamsClose(cpu, gpu, 2e-4);
+    });
   });
 }
 
 Deno.test("loss.load_balance_scope is a located config error without the Switch loss, and only takes its three values", () => {
-  const lines = (text: string) => {
-    try {
-      parseExperimentText(text, "t.yaml");
-    } catch (e) {
-      if (e instanceof ConfigError) return e.message.split("\n");
-      throw e;
-    }
-    return [];
-  };
-  assertEquals(lines("loss:\n  load_balance_scope: sequence\n"), [
+  assertEquals(errorLines("loss:\n  load_balance_scope: sequence\n"), [
     "t.yaml:2:23: loss.load_balance_scope: loss.load_balance_scope (sequence) applies to the Switch " +
     "load-balance loss, which is off: set loss.load_balance > 0",
   ]);
-  assertEquals(lines("loss:\n  load_balance: 0.01\n  load_balance_scope: batch\n"), [
+  assertEquals(errorLines("loss:\n  load_balance: 0.01\n  load_balance_scope: batch\n"), [
     't.yaml:3:23: loss.load_balance_scope: expected one of "global", "micro_batch", "sequence", got "batch"',
   ]);
-  assertEquals(lines("loss:\n  load_balance: 0.01\n  load_balance_scope: sequence\n"), []);
+  assertEquals(errorLines("loss:\n  load_balance: 0.01\n  load_balance_scope: sequence\n"), []);
 });
 
 Deno.test("an SMoE with the Switch loss per sequence trains on WebGPU through the CLI: loss falls", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    await Deno.writeTextFile(
-      `${dir}/seq.yaml`,
-      `extends: ${Deno.cwd()}/tests/fixtures/micro.yaml
-name: scope-sequence
-data: { synthetic_bytes: 20000 }
-model:
-  kind: smoe
-  attention: { kind: mha, heads: 2, head_dim: 8 }
-  mlp: { experts: 4, hidden: 16 }
-router: { train: topk, k: 2, infer: { kind: topk, k: 2 } }
+  await withRunsDir(async (dir) => {
+    const yaml = microSmoeYaml(
+      "scope-sequence",
+      `router: { train: topk, k: 2, infer: { kind: topk, k: 2 } }
 loss: { mi: { attention: 0, mlp: 0 }, load_balance: 0.05, load_balance_scope: sequence }
 train: { steps: 20, micro_batch: 4, log_every: 2, eval_every: 20, eval_batches: 2, checkpoint_every: 20, schedule: { warmup: 2 } }
 `,
     );
-    const r = await cli("run", `${dir}/seq.yaml`, "--runs-dir", dir, "--json", "--no-dashboard");
-    assertEquals(r.code, 0, r.err.join("\n"));
-    const j = r.json();
-    assert(j.final["val/loss"] < 4.0 && j.final["train/loss"] < 4.0, JSON.stringify(j.final));
-    const loss = (await (await RunDir.open(dir, j.run_id)).readMetrics()).filter((p) =>
-      p.key === "train/loss"
-    );
-    assert(
-      loss.length === 10 && loss.at(-1)!.value < loss[0]!.value,
-      `train/loss ${loss.map((p) => p.value)}`,
-    );
-  } finally {
-    closeRunStores();
-    await Deno.remove(dir, { recursive: true });
-  }
+    await trainFalls(dir, "seq.yaml", yaml, 10);
+  });
 });

@@ -5,35 +5,32 @@
  * against float64, and a tiny SMoE trained through the CLI on this adapter with the null share logged.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { ConfigError, parseExperimentText } from "../core/config/mod.ts";
 import { type Experiment, ExperimentSchema } from "../core/config/schema.ts";
-import type { Batch } from "../core/data/dataset.ts";
-import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
+import { evaluateGraph } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { schedule } from "../core/graph/schedule.ts";
 import { activeParams, countParams, expectedActiveReal } from "../core/plan/counts.ts";
 import { buildModel } from "../core/plan/model.ts";
 import { plan } from "../core/plan/plan.ts";
 import { topkMaskRef } from "../core/ref/router.ts";
-import { closeRunStores } from "../core/runs/open_store.ts";
-import { RunDir } from "../core/runs/run_dir.ts";
 import { CpuTrainBackend } from "../core/train/cpu_backend.ts";
-import { GpuTrainBackend } from "../core/train/gpu_backend.ts";
 import { Rng } from "../core/util/rng.ts";
 import { cli } from "./helpers/cli.ts";
-import { assertClose, testGpu } from "./helpers/gpu.ts";
-
-function errorLines(text: string): string[] {
-  try {
-    parseExperimentText(text, "t.yaml");
-  } catch (e) {
-    if (e instanceof ConfigError) return e.message.split("\n");
-    throw e;
-  }
-  return [];
-}
-
-const SMOE = "model:\n  kind: smoe\n  attention: { kind: mha }\n  mlp: { experts: 4 }\n";
+import { assertClose } from "./helpers/gpu.ts";
+import {
+  assertParamsClose,
+  compareSteps,
+  errorLines,
+  microSmoeYaml,
+  randomBatch,
+  randomModelFeeds,
+  SMOE_YAML as SMOE,
+  tinySmoe,
+  trainedFeeds,
+  trainFalls,
+  withBackends,
+  withRunsDir,
+} from "./helpers/router_configs.ts";
 
 Deno.test("router.null_experts needs router.train: topk, and router.k may reach N + N_null but not past it: located errors", () => {
   assertEquals(errorLines("router:\n  null_experts: 2\n"), [
@@ -51,40 +48,12 @@ Deno.test("router.null_experts needs router.train: topk, and router.k may reach 
 
 /** A tiny SMoE: top-3 of 4 real + 2 null experts, routers far from uniform. */
 function smoe(over: Record<string, unknown> = {}, microBatch?: number): Experiment {
-  return ExperimentSchema.parse({
-    data: { seq_len: 6 },
-    model: {
-      kind: "smoe",
-      d_model: 16,
-      layers: 2,
-      init_std: 0.5,
-      attention: { kind: "mha", heads: 2, head_dim: 8 },
-      mlp: { experts: 4, hidden: 8 },
-    },
-    router: { train: "topk", k: 3, null_experts: 2, infer: { kind: "topk", k: 3 }, ...over },
-    loss: { load_balance: 0.1 },
-    train: { batch: 4, micro_batch: microBatch, optimizer: { lr: 1e-2 } },
-  });
-}
-
-function randomBatch(seed: number, tokens: number): Batch {
-  const rng = new Rng(seed);
-  const ids = () => Uint32Array.from({ length: tokens }, () => rng.int(256));
-  return { inputs: ids(), targets: ids(), domains: null };
+  const router = { train: "topk", k: 3, null_experts: 2, infer: { kind: "topk", k: 3 }, ...over };
+  return tinySmoe({ seqLen: 6, initStd: 0.5, router, loss: { load_balance: 0.1 }, microBatch });
 }
 
 Deno.test("float64: the router scores N + N_null experts, top-k picks among all, and only the real experts are gated; the Switch loss and loads cover all", () => {
-  const c = smoe(), m = buildModel(c, 4), rng = new Rng(4);
-  const feeds = new Map<number, HostValue>([
-    [m.ids.id, randomBatch(1, m.tokens).inputs],
-    [m.targets.id, randomBatch(2, m.tokens).targets],
-  ]);
-  for (const p of m.params) {
-    feeds.set(
-      p.value.id,
-      Float64Array.from({ length: p.value.shape.reduce((a, b) => a * b, 1) }, () => rng.normal() * 0.5),
-    );
-  }
+  const c = smoe(), m = buildModel(c, 4), feeds = randomModelFeeds(m, new Rng(4), 0.5);
   assertEquals(m.params.find((p) => p.value.name === "h0.mlp.router.w")!.value.shape, [16, 6]);
   const probs = m.routers[0]!.probs, mask = m.graph.nodes.find((n) => n.op === "topk_mask")!.outputs[0]!;
   const gated = m.graph.nodes.find((n) => n.op === "gated_activation")!;
@@ -113,8 +82,7 @@ Deno.test("float64: sparse top-k inference with null experts gives the training 
     const c = smoe(over), train = new CpuTrainBackend(c);
     const want = (await train.evaluate(batch)).lmLoss;
     const p = plan(c, "infer-sparse"), m = p.model;
-    const feeds = new Map<number, HostValue>([[m.ids.id, batch.inputs], [m.targets.id, batch.targets]]);
-    for (const s of m.params) feeds.set(s.value.id, train.params.get(s.value.name)!);
+    const feeds = trainedFeeds(m, batch, train);
     const masks = m.routers.map((r) => r.mask!);
     const [loss, ...maskValues] = evaluateGraph(p.schedule.nodes, feeds, [m.lmLoss, ...masks], CPU_OPS);
     assert(Math.abs(loss![0]! - want) < 1e-12, `${JSON.stringify(over)}: ${loss![0]} vs ${want}`);
@@ -161,10 +129,7 @@ Deno.test("float64: routed attention experts (MoA) with a null expert, aux-free 
     ["attention", 4, 3],
     ["mlp", 5, 4],
   ]);
-  const feeds = new Map<number, HostValue>([[m.ids.id, batch.inputs], [m.targets.id, batch.targets]]);
-  for (const s of m.params) {
-    feeds.set(s.value.id, train.params.get(s.value.name) ?? Float64Array.from(state.get(s.value.name)!));
-  }
+  const feeds = trainedFeeds(m, batch, train, state);
   const got = evaluateGraph(p.schedule.nodes, feeds, [m.lmLoss], CPU_OPS)[0]![0]!;
   assert(Math.abs(got - want) < 1e-12, `${got} vs ${want}`);
 });
@@ -185,19 +150,9 @@ Deno.test("null experts add router columns, not expert parameters; active counts
 });
 
 Deno.test("WebGPU steps with null experts (capacity 1.25, renormalised) in 4 micro-batches match the float64 steps, null share too", async () => {
-  const ctx = await testGpu();
   const over = { capacity_factor: 1.25, renormalize: true };
-  const cpu = new CpuTrainBackend(smoe(over, 1)), gpu = await GpuTrainBackend.create(smoe(over, 1), ctx);
-  try {
-    for (let t = 0; t < 3; t++) {
-      const batch = randomBatch(t + 1, 4 * 6);
-      const [want, got] = [await cpu.step(batch, 1e-2), await gpu.step(batch, 1e-2)];
-      assertClose(
-        [got.loss, got.gradNorm],
-        [want.loss, want.gradNorm],
-        { atol: 4e-6, rtol: 1e-5 },
-        `step ${t}`,
-      );
+  await withBackends(smoe(over, 1), async (cpu, gpu) => {
+    await compareSteps(cpu, gpu, 3, (t) => randomBatch(t + 1, 4 * 6), (got, want) => {
       got.routers!.forEach((r, i) => {
         const w = want.routers![i]!;
         assertEquals(r.load.length, 6);
@@ -210,40 +165,22 @@ Deno.test("WebGPU steps with null experts (capacity 1.25, renormalised) in 4 mic
         const sum = r.load.slice(4).reduce((a, b) => a + b, 0);
         assert(Math.abs(sum - r.nullShare!) < 1e-6, "the null share is the null experts' loads");
       });
-    }
-    const [want, got] = [await cpu.exportState(), await gpu.exportState()];
-    for (const [p, w] of want.params) {
-      assertClose(got.params.get(p)!.data, w.data, { atol: 2e-4, rtol: 0 }, `parameter ${p}`);
-    }
-  } finally {
-    gpu.destroy();
-  }
+    });
+    await assertParamsClose(cpu, gpu, 2e-4);
+  });
 });
 
-const TINY = `extends: ${Deno.cwd()}/tests/fixtures/micro.yaml
-name: null-experts
-data: { synthetic_bytes: 20000 }
-model:
-  kind: smoe
-  attention: { kind: mha, heads: 2, head_dim: 8 }
-  mlp: { experts: 4, hidden: 16 }
-router: { train: topk, k: 3, null_experts: 2, infer: { kind: topk, k: 3 } }
+const TINY = microSmoeYaml(
+  "null-experts",
+  `router: { train: topk, k: 3, null_experts: 2, infer: { kind: topk, k: 3 } }
 loss: { mi: { attention: 0, mlp: 0 }, load_balance: 0.01 }
 train: { steps: 24, log_every: 2, eval_every: 24, eval_batches: 2, checkpoint_every: 24, schedule: { warmup: 2 } }
-`;
+`,
+);
 
 Deno.test("an SMoE with null experts trains on WebGPU: loss falls, null share logged; eval and generate run only real experts", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    await Deno.writeTextFile(`${dir}/nx.yaml`, TINY);
-    const r = await cli("run", `${dir}/nx.yaml`, "--runs-dir", dir, "--json", "--no-dashboard");
-    assertEquals(r.code, 0, r.err.join("\n"));
-    const j = r.json();
-    assert(j.final["val/loss"] < 4.0 && j.final["train/loss"] < 4.0, JSON.stringify(j.final));
-    const m = await (await RunDir.open(dir, j.run_id)).readMetrics();
-    const at = (key: string) => m.filter((p) => p.key === key).map((p) => p.value);
-    const loss = at("train/loss");
-    assert(loss.length === 12 && loss.at(-1)! < loss[0]!, `train/loss ${loss}`);
+  await withRunsDir(async (dir) => {
+    const { r, at } = await trainFalls(dir, "nx.yaml", TINY, 12), j = r.json();
     for (const layer of [0, 1]) {
       const share = at(`train/router/${layer}/mlp/null_share`);
       assertEquals(share.length, 12);
@@ -297,8 +234,5 @@ Deno.test("an SMoE with null experts trains on WebGPU: loss falls, null share lo
     );
     assertEquals(gen.code, 0, gen.err.join("\n"));
     for (const l of gen.json().layers) assert(l.of === 4 && l.experts <= 3, JSON.stringify(l));
-  } finally {
-    closeRunStores();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

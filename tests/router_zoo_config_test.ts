@@ -3,22 +3,12 @@
  * key to change, and `run --dry-run` says how the routers train and that inference uses router.infer.
  */
 import assert, { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { ConfigError, parseExperimentText } from "../core/config/mod.ts";
+import { parseExperimentText } from "../core/config/mod.ts";
 import { cli } from "./helpers/cli.ts";
+import { rejectedLines as linesOf } from "./helpers/router_configs.ts";
 import { forwardFlops, trainExpertsPerToken } from "../core/plan/counts.ts";
 import { checkCheckpointContent, expectedParams } from "../core/runs/stored_run.ts";
 import { f32Tensor, type SafeTensor } from "../core/runs/safetensors.ts";
-
-/** The message lines of parsing `text` as `t.yaml`; fails when it is accepted. */
-function linesOf(text: string): string[] {
-  try {
-    parseExperimentText(text, "t.yaml");
-  } catch (e) {
-    if (e instanceof ConfigError) return e.message.split("\n");
-    throw e;
-  }
-  throw new Error("expected a ConfigError, but the config was accepted");
-}
 
 const SMOE = "model:\n  kind: smoe\n  attention: { kind: mha }\n";
 

@@ -2,14 +2,13 @@
  * WebGPU kernels of the routers of the literature (docs/design.md §16) against their float64 twins, on the
  * cpu-simd and gpu kernel profiles (tests/helpers/conform.ts).
  */
-import { ExperimentSchema } from "../core/config/schema.ts";
 import { gradients } from "../core/graph/autodiff.ts";
-import type { HostValue } from "../core/graph/cpu_executor.ts";
 import { apply, apply1 } from "../core/graph/ops.ts";
 import { schedule } from "../core/graph/schedule.ts";
 import { buildModel } from "../core/plan/model.ts";
 import { Rng } from "../core/util/rng.ts";
 import { type Build, conform, runBoth } from "./helpers/conform.ts";
+import { idAndStateFeeds, tinyMoa } from "./helpers/router_configs.ts";
 import { assertClose, testGpu, type Tolerance } from "./helpers/gpu.ts";
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { createTensor, readTensor } from "../gpu/buffers.ts";
@@ -114,26 +113,11 @@ const MODELS: Record<string, Record<string, Record<string, unknown>>> = {
 for (const [name, over] of Object.entries(MODELS)) {
   Deno.test(`WebGPU forward and backward of a tiny ${name} model match the float64 reference`, async () => {
     const ctx = await testGpu();
-    const c = ExperimentSchema.parse({
-      ...over,
-      data: { seq_len: 7 },
-      model: {
-        d_model: 16,
-        layers: 2,
-        attention: { kind: "moa", experts: 3, heads_per_expert: 2, head_dim: 8 },
-        mlp: { experts: 4, hidden: 8 },
-        ...over.model,
-      },
-    });
+    const c = tinyMoa(over, { seqLen: 7, dModel: 16, headsPerExpert: 2, headDim: 8, hidden: 8 });
     const m = buildModel(c, 3), params = m.params.map((p) => p.value);
     assertEquals(m.routerState.length, name === "ReLU routing" ? 1 : 0);
     const outs = [m.loss, m.lmLoss, ...gradients(m.graph, m.loss, params)];
-    const rng = new Rng(5);
-    const feeds = new Map<number, HostValue>([
-      [m.ids.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
-      [m.targets.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
-    ]);
-    for (const s of m.routerState) feeds.set(s.value.id, Float64Array.of(s.init));
+    const rng = new Rng(5), feeds = idAndStateFeeds(m, rng);
     for (const p of m.params) {
       const n = p.value.shape.reduce((a, b) => a * b, 1), base = p.init === "ones" ? 1 : 0;
       feeds.set(

@@ -4,7 +4,6 @@
  * training forward, and token-by-token decoding against the whole-sequence forward.
  */
 import { ok as assert } from "node:assert/strict";
-import { ExperimentSchema } from "../core/config/schema.ts";
 import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { numel } from "../core/graph/ir.ts";
@@ -15,6 +14,7 @@ import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
 import { runBoth } from "./helpers/conform.ts";
 import { assertClose, testGpu } from "./helpers/gpu.ts";
+import { tinyMoa } from "./helpers/router_configs.ts";
 
 const T = 7, B = 3;
 const base = { epsilon: 0.5, k: 2, p: 0.6 };
@@ -39,17 +39,7 @@ const MODELS: Record<string, Record<string, Record<string, unknown>>> = {
 };
 
 function configOf(over: Record<string, Record<string, unknown>>) {
-  return ExperimentSchema.parse({
-    ...over,
-    data: { seq_len: T },
-    model: {
-      d_model: 16,
-      layers: 2,
-      attention: { kind: "moa", experts: 3, heads_per_expert: 2, head_dim: 8 },
-      mlp: { experts: 4, hidden: 12 },
-      ...over.model,
-    },
-  });
+  return tinyMoa(over, { seqLen: T, dModel: 16, headsPerExpert: 2, headDim: 8, hidden: 12 });
 }
 
 /** Seeded parameter values by name (router weights wide, so gates spread), the same for every graph. */

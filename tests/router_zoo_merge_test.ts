@@ -6,10 +6,8 @@
  * diagnostics' view of null experts.
  */
 import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
-import { ConfigError, parseExperimentText } from "../core/config/mod.ts";
-import { type Experiment, ExperimentSchema } from "../core/config/schema.ts";
-import type { Batch } from "../core/data/dataset.ts";
-import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
+import type { Experiment } from "../core/config/schema.ts";
+import { evaluateGraph } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { routerMaskOfAll } from "../core/infer/evaluate.ts";
 import { routerSummary } from "../core/cli/dry_run.ts";
@@ -18,19 +16,17 @@ import { buildModel } from "../core/plan/model.ts";
 import { plan } from "../core/plan/plan.ts";
 import { expectedRouterState } from "../core/runs/stored_run.ts";
 import { CpuTrainBackend } from "../core/train/cpu_backend.ts";
-import { GpuTrainBackend } from "../core/train/gpu_backend.ts";
-import { Rng } from "../core/util/rng.ts";
-import { assertClose, testGpu } from "./helpers/gpu.ts";
-
-function errorLines(text: string): string[] {
-  try {
-    parseExperimentText(text, "t.yaml");
-  } catch (e) {
-    if (e instanceof ConfigError) return e.message.split("\n");
-    throw e;
-  }
-  return [];
-}
+import { assertClose } from "./helpers/gpu.ts";
+import {
+  assertBiasesClose,
+  compareSteps,
+  errorLines,
+  randomBatch,
+  STEP_TOL,
+  tinySmoe,
+  trainedFeeds,
+  withBackends,
+} from "./helpers/router_configs.ts";
 
 const SMOE = "model:\n  kind: smoe\n  attention: { kind: mha }\n  mlp: { experts: 4, hidden: 64 }\n";
 
@@ -88,16 +84,10 @@ Deno.test("null experts with segments: router.k · m may reach N·m + N_null but
 
 /** A tiny SMoE: 4 experts × 2 segments + 2 null experts, 1 shared expert, top-2 (4 segments), aux-free. */
 function combined(over: Record<string, unknown> = {}, microBatch?: number): Experiment {
-  return ExperimentSchema.parse({
-    data: { seq_len: 6 },
-    model: {
-      kind: "smoe",
-      d_model: 16,
-      layers: 2,
-      init_std: 0.5,
-      attention: { kind: "mha", heads: 2, head_dim: 8 },
-      mlp: { experts: 4, hidden: 8, segments: 2, shared: 1 },
-    },
+  return tinySmoe({
+    seqLen: 6,
+    initStd: 0.5,
+    mlp: { segments: 2, shared: 1 },
     router: {
       train: "topk",
       k: 2,
@@ -108,14 +98,8 @@ function combined(over: Record<string, unknown> = {}, microBatch?: number): Expe
       ...over,
     },
     loss: { load_balance: 0.1 },
-    train: { batch: 4, micro_batch: microBatch, optimizer: { lr: 1e-2 } },
+    microBatch,
   });
-}
-
-function randomBatch(seed: number, tokens: number): Batch {
-  const rng = new Rng(seed);
-  const ids = () => Uint32Array.from({ length: tokens }, () => rng.int(256));
-  return { inputs: ids(), targets: ids(), domains: null };
 }
 
 Deno.test("null experts + segments + a shared expert + aux-free: the router scores N·m + N_null, top-(k·m) over all, the bias is router state, counts through activeWith", () => {
@@ -165,10 +149,7 @@ Deno.test("float64: after 3 steps with null experts, segments, a shared expert a
     8,
     8,
   ]]);
-  const feeds = new Map<number, HostValue>([[m.ids.id, batch.inputs], [m.targets.id, batch.targets]]);
-  for (const s of m.params) {
-    feeds.set(s.value.id, train.params.get(s.value.name) ?? Float64Array.from(state.get(s.value.name)!));
-  }
+  const feeds = trainedFeeds(m, batch, train, state);
   const [loss, ...masks] = evaluateGraph(ip.schedule.nodes, feeds, [
     m.lmLoss,
     ...m.routers.map((r) => r.mask!),
@@ -182,18 +163,8 @@ Deno.test("float64: after 3 steps with null experts, segments, a shared expert a
 });
 
 Deno.test("WebGPU steps with null experts, segments, a shared expert and the aux-free bias in 2 micro-batches match the float64 steps, biases included", async () => {
-  const ctx = await testGpu();
-  const cpu = new CpuTrainBackend(combined({}, 2)), gpu = await GpuTrainBackend.create(combined({}, 2), ctx);
-  try {
-    for (let t = 0; t < 3; t++) {
-      const batch = randomBatch(t + 1, 24);
-      const [want, got] = [await cpu.step(batch, 1e-2), await gpu.step(batch, 1e-2)];
-      assertClose(
-        [got.loss, got.gradNorm],
-        [want.loss, want.gradNorm],
-        { atol: 4e-6, rtol: 1e-5 },
-        `step ${t}`,
-      );
+  await withBackends(combined({}, 2), async (cpu, gpu) => {
+    await compareSteps(cpu, gpu, 3, (t) => randomBatch(t + 1, 24), (got, want, t) => {
       got.routers!.forEach((r, i) => {
         const w = want.routers![i]!;
         assertEquals(r.load.length, 10);
@@ -205,30 +176,17 @@ Deno.test("WebGPU steps with null experts, segments, a shared expert and the aux
         );
         assertClose(r.bias!, w.bias!, { atol: 1e-7, rtol: 0 }, `step ${t} router ${i} bias`);
       });
-    }
-    const [want, got] = [await cpu.exportState(), await gpu.exportState()];
-    assertEquals([...got.routerState!.keys()], ["h0.mlp.router.balance_bias", "h1.mlp.router.balance_bias"]);
-    for (const [name, b] of want.routerState!) {
-      assertClose(got.routerState!.get(name)!, b, { atol: 1e-7, rtol: 0 }, name);
-    }
-  } finally {
-    gpu.destroy();
-  }
+    });
+    await assertBiasesClose(cpu, gpu);
+  });
 });
 
 /** A tiny SMoE trained by `train` with router jitter ε. */
 function zoo(train: string, jitter: number, microBatch?: number): Experiment {
   const top = train === "top_p";
-  return ExperimentSchema.parse({
-    data: { seq_len: 6 },
-    model: {
-      kind: "smoe",
-      d_model: 16,
-      layers: 2,
-      init_std: 0.5,
-      attention: { kind: "mha", heads: 2, head_dim: 8 },
-      mlp: { experts: 4, hidden: 8 },
-    },
+  return tinySmoe({
+    seqLen: 6,
+    initStd: 0.5,
     router: {
       train,
       jitter,
@@ -240,7 +198,7 @@ function zoo(train: string, jitter: number, microBatch?: number): Experiment {
       load_balance: top ? 0.1 : 0,
       ...(top ? { load_balance_scope: "micro_batch", dynamic: 0.01 } : {}),
     },
-    train: { batch: 4, micro_batch: microBatch, optimizer: { lr: 1e-2 } },
+    microBatch,
   });
 }
 
@@ -265,22 +223,18 @@ Deno.test("top_p with the Switch loss per micro-batch: no statistics pass, switc
   const m = buildModel(c, 2, undefined, { batchStats: false });
   assertEquals(m.graph.nodes.filter((n) => n.op === "switch_loss").map((n) => n.attrs), [{ k: 0 }, { k: 0 }]);
   assertEquals(m.graph.nodes.filter((n) => n.op === "switch_loss_global").length, 0);
-  const ctx = await testGpu();
-  const cpu = new CpuTrainBackend(c), gpu = await GpuTrainBackend.create(c, ctx);
-  try {
+  await withBackends(c, async (cpu, gpu) => {
     for (let t = 0; t < 3; t++) {
       const batch = randomBatch(20 + t, 24);
       const [want, got] = [await cpu.step(batch, 1e-2), await gpu.step(batch, 1e-2)];
       assertClose(
         [got.loss, got.gradNorm, got.scalars!.dynamic_loss!],
         [want.loss, want.gradNorm, want.scalars!.dynamic_loss!],
-        { atol: 4e-6, rtol: 1e-5 },
+        STEP_TOL,
         `step ${t}`,
       );
     }
-  } finally {
-    gpu.destroy();
-  }
+  });
 });
 
 Deno.test("one router-state mechanism: ReLU's λ and the aux-free biases share ModelGraph.routerState, router_state/<name> and the checkpoint rules", async () => {

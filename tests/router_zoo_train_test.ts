@@ -6,10 +6,10 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { cli } from "./helpers/cli.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
-import { closeRunStores } from "../core/runs/open_store.ts";
 import type { MetricPoint } from "../core/runs/run_types.ts";
 import { latestCheckpoint } from "../core/runs/checkpoints.ts";
 import { tensorToF32 } from "../core/runs/safetensors.ts";
+import { withRunsDir } from "./helpers/router_configs.ts";
 
 /** Trains the micro fixture with `sets` for 40 steps; returns its `--json` result and metrics. */
 async function trainWith(dir: string, ...sets: string[]) {
@@ -50,8 +50,7 @@ function last(metrics: MetricPoint[], key: string): number {
 }
 
 Deno.test("router.train expert_choice trains on WebGPU; every expert takes C tokens; eval runs router.infer", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
+  await withRunsDir(async (dir) => {
     const { id, metrics } = await trainWith(
       dir,
       "router.train=expert_choice",
@@ -76,15 +75,11 @@ Deno.test("router.train expert_choice trains on WebGPU; every expert takes C tok
     // topk@2 of 4 MLP experts and of 2 attention experts: 2 each, per token.
     assertEquals(rules[1].layers.map((l: { experts: number }) => l.experts), [2, 2, 2, 2]);
     assert(Number.isFinite(rules[1].ppl) && rules[1].ppl < 60, `topk@2 ppl ${rules[1].ppl}`);
-  } finally {
-    closeRunStores();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("router.train top_p trains on WebGPU with the dynamic and Switch losses; no token is left out", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
+  await withRunsDir(async (dir) => {
     const { id, metrics } = await trainWith(
       dir,
       "router.train=top_p",
@@ -112,10 +107,7 @@ Deno.test("router.train top_p trains on WebGPU with the dynamic and Switch losse
     const rule = ev.json().rules[1];
     assertEquals(rule.rule, "top_p@0.5");
     for (const l of rule.layers) assert(l.experts >= 1 && l.experts <= l.of, JSON.stringify(l));
-  } finally {
-    closeRunStores();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 /** Every logged value of `key` by step, in step order. */
@@ -125,8 +117,7 @@ function seriesOf(metrics: MetricPoint[], key: string): [number, number][] {
 }
 
 Deno.test("router.train relu trains on WebGPU; λ follows its rule, is checkpointed and resumes exactly; eval and generate run the g > 0 experts", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
+  await withRunsDir(async (dir) => {
     const sets = [
       "router.train=relu",
       "loss.l1=0.001",
@@ -214,15 +205,11 @@ Deno.test("router.train relu trains on WebGPU; λ follows its rule, is checkpoin
     );
     assertEquals(gen.code, 0, gen.err.join("\n"));
     assertEquals(gen.json().new_tokens, 8);
-  } finally {
-    closeRunStores();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("DS-MoE with shared and fine-grained experts trains on WebGPU; top-k inference runs m·k segments and the shared experts", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
+  await withRunsDir(async (dir) => {
     const sets = [
       "model.mlp.segments=2",
       "model.mlp.shared=1",
@@ -259,8 +246,5 @@ Deno.test("DS-MoE with shared and fine-grained experts trains on WebGPU; top-k i
     const perBlock = 2 * 32 * 16 + 2 * 32 * 16 + 2 * (2 * 32 * 16) + 2 * 32 * 32 + 32 * 2 + 32 * 8;
     assertEquals(top1.active_params, 2 * perBlock);
     assertEquals(top1.layers.map((l: { experts: number }) => l.experts), [1, 2, 1, 2]);
-  } finally {
-    closeRunStores();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

@@ -5,33 +5,31 @@
  * dropped share and per-expert loads logged, and exact resume with jitter under gradient accumulation.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { ConfigError, parseExperimentText } from "../core/config/mod.ts";
-import { type Experiment, ExperimentSchema } from "../core/config/schema.ts";
-import type { Batch } from "../core/data/dataset.ts";
+import { parseExperimentText } from "../core/config/mod.ts";
+import type { Experiment } from "../core/config/schema.ts";
 import { latestCheckpoint, sha256Hex } from "../core/runs/checkpoints.ts";
-import { closeRunStores } from "../core/runs/open_store.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
 import { CpuTrainBackend } from "../core/train/cpu_backend.ts";
-import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
+import { evaluateGraph } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { plan } from "../core/plan/plan.ts";
 import { GpuTrainBackend } from "../core/train/gpu_backend.ts";
-import { Rng } from "../core/util/rng.ts";
 import { cli } from "./helpers/cli.ts";
 import { assertClose, testGpu } from "./helpers/gpu.ts";
-
-/** The config error lines of `text` parsed as t.yaml. */
-function errorLines(text: string): string[] {
-  try {
-    parseExperimentText(text, "t.yaml");
-  } catch (e) {
-    if (e instanceof ConfigError) return e.message.split("\n");
-    throw e;
-  }
-  throw new Error("expected a ConfigError, but the config was accepted");
-}
-
-const SMOE = "model:\n  kind: smoe\n  attention: { kind: mha }\n  mlp: { experts: 4 }\n";
+import {
+  assertParamsClose,
+  microSmoeYaml,
+  randomBatch,
+  rejectedLines as errorLines,
+  relErr,
+  SMOE_YAML as SMOE,
+  STEP_TOL,
+  tinySmoe,
+  trainedFeeds,
+  trainFalls,
+  withBackends,
+  withRunsDir,
+} from "./helpers/router_configs.ts";
 
 Deno.test("token-choice options under router.train: dense are located errors naming the key", () => {
   const dense = (key: string, value: string) => errorLines(`router:\n  ${key}: ${value}\n`);
@@ -71,36 +69,8 @@ Deno.test("token-choice options under router.train: dense are located errors nam
 
 /** A tiny SMoE (top-2 of 4) with routers far from uniform, and `router` options. */
 function smoe(router: Record<string, unknown>, microBatch?: number): Experiment {
-  return ExperimentSchema.parse({
-    data: { seq_len: 7 },
-    model: {
-      kind: "smoe",
-      d_model: 16,
-      layers: 2,
-      init_std: 0.3,
-      attention: { kind: "mha", heads: 2, head_dim: 8 },
-      mlp: { experts: 4, hidden: 8 },
-    },
-    router: { train: "topk", k: 2, ...router },
-    loss: { load_balance: 0.5 },
-    train: { batch: 4, micro_batch: microBatch, optimizer: { lr: 1e-2 } },
-  });
-}
-
-function randomBatch(seed: number, tokens: number): Batch {
-  const rng = new Rng(seed);
-  const ids = () => Uint32Array.from({ length: tokens }, () => rng.int(256));
-  return { inputs: ids(), targets: ids(), domains: null };
-}
-
-/** max |a − b| / max |a|. */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let worst = 0, scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(a[i]!));
-  }
-  return worst / Math.max(scale, 1e-300);
+  const loss = { load_balance: 0.5 };
+  return tinySmoe({ seqLen: 7, initStd: 0.3, router: { train: "topk", k: 2, ...router }, loss, microBatch });
 }
 
 Deno.test("float64: softmax after top-k gives the renormalised gates' loss and gradients; a capacity of every token drops nothing", () => {
@@ -131,28 +101,27 @@ Deno.test("float64: sparse top-k inference of a model trained with renormalised 
     const c = smoe({ ...router, infer: { kind: "topk", k: 2 } }), train = new CpuTrainBackend(c);
     const want = (await train.evaluate(batch)).lmLoss;
     const p = plan(c, "infer-sparse"), m = p.model;
-    const feeds = new Map<number, HostValue>([[m.ids.id, batch.inputs], [m.targets.id, batch.targets]]);
-    for (const s of m.params) feeds.set(s.value.id, train.params.get(s.value.name)!);
+    const feeds = trainedFeeds(m, batch, train);
     const got = evaluateGraph(p.schedule.nodes, feeds, [m.lmLoss], CPU_OPS)[0]![0]!;
     assert(Math.abs(got - want) < 1e-12, `${JSON.stringify(router)}: ${got} vs ${want}`);
   }
 });
 
 Deno.test("WebGPU steps with capacity, jitter and renormalised gates in 4 micro-batches match the float64 steps", async () => {
-  const ctx = await testGpu();
   const router = { capacity_factor: 1.25, jitter: 0.2, renormalize: true };
-  const cpu = new CpuTrainBackend(smoe(router, 1)), gpu = await GpuTrainBackend.create(smoe(router, 1), ctx);
-  try {
+  await withBackends(smoe(router, 1), async (cpu, gpu) => {
     assertEquals(gpu.accumulation, 4);
     let dropped = 0;
     for (let t = 0; t < 3; t++) {
       const batch = randomBatch(t + 1, 4 * 7);
       const [want, got] = [await cpu.step(batch, 1e-2), await gpu.step(batch, 1e-2)];
       assert(got.finite);
-      assertClose([got.loss, got.lmLoss, got.gradNorm], [want.loss, want.lmLoss, want.gradNorm], {
-        atol: 4e-6,
-        rtol: 1e-5,
-      }, `step ${t + 1} loss, LM loss, grad norm`);
+      assertClose(
+        [got.loss, got.lmLoss, got.gradNorm],
+        [want.loss, want.lmLoss, want.gradNorm],
+        STEP_TOL,
+        `step ${t + 1} loss, LM loss, grad norm`,
+      );
       // The same selections and drops: shares are counts / tokens, exact in f32.
       assertEquals(got.routers!.length, 2);
       got.routers!.forEach((r, i) => {
@@ -163,13 +132,8 @@ Deno.test("WebGPU steps with capacity, jitter and renormalised gates in 4 micro-
       });
     }
     assert(dropped > 0, "capacity 1.25 drops assignments of these routers");
-    const [want, got] = [await cpu.exportState(), await gpu.exportState()];
-    for (const [p, w] of want.params) {
-      assertClose(got.params.get(p)!.data, w.data, { atol: 5e-5, rtol: 0 }, `parameter ${p}`);
-    }
-  } finally {
-    gpu.destroy();
-  }
+    await assertParamsClose(cpu, gpu, 5e-5);
+  });
 });
 
 Deno.test("router jitter is seeded: the same run twice draws the same noise, and the noise changes the losses", async () => {
@@ -191,31 +155,18 @@ Deno.test("router jitter is seeded: the same run twice draws the same noise, and
 
 // A tiny SMoE with every token-choice option: top-2 of 4 with capacity 1.0, jitter, renormalised gates,
 // the Switch loss, and top-2 inference (renormalised like training).
-const TINY = `extends: ${Deno.cwd()}/tests/fixtures/micro.yaml
-name: token-choice
-data: { synthetic_bytes: 20000 }
-model:
-  kind: smoe
-  attention: { kind: mha, heads: 2, head_dim: 8 }
-  mlp: { experts: 4, hidden: 16 }
-router: { train: topk, k: 2, capacity_factor: 1.0, jitter: 0.1, renormalize: true, infer: { kind: topk, k: 2 } }
+const TINY = microSmoeYaml(
+  "token-choice",
+  `router: { train: topk, k: 2, capacity_factor: 1.0, jitter: 0.1, renormalize: true, infer: { kind: topk, k: 2 } }
 loss: { mi: { attention: 0, mlp: 0 }, load_balance: 0.01 }
 train: { steps: 24, log_every: 2, eval_every: 24, eval_batches: 2, checkpoint_every: 24, schedule: { warmup: 2 } }
-`;
+`,
+);
 
 Deno.test("an SMoE with capacity, jitter and renormalised gates trains on WebGPU: loss falls, dropped share and loads logged", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    await Deno.writeTextFile(`${dir}/tc.yaml`, TINY);
-    const r = await cli("run", `${dir}/tc.yaml`, "--runs-dir", dir, "--json", "--no-dashboard");
-    assertEquals(r.code, 0, r.err.join("\n"));
-    const j = r.json();
+  await withRunsDir(async (dir) => {
     // From ln 256 = 5.55 at the start: at least 1.5 nats lower after 24 steps.
-    assert(j.final["val/loss"] < 4.0 && j.final["train/loss"] < 4.0, JSON.stringify(j.final));
-    const m = await (await RunDir.open(dir, j.run_id)).readMetrics();
-    const at = (key: string) => m.filter((p) => p.key === key).map((p) => p.value);
-    const loss = at("train/loss");
-    assert(loss.length === 12 && loss.at(-1)! < loss[0]!, `train/loss ${loss}`);
+    const { at } = await trainFalls(dir, "tc.yaml", TINY, 12);
     for (const layer of [0, 1]) {
       const key = `train/router/${layer}/mlp`;
       const dropped = at(`${key}/dropped`);
@@ -230,10 +181,7 @@ Deno.test("an SMoE with capacity, jitter and renormalised gates trains on WebGPU
         assert(Math.abs(total - 1) < 1e-6, `${key} loads at point ${i} sum to ${total}`);
       }
     }
-  } finally {
-    closeRunStores();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 /** SHA-256 of every parameter and Adam moment of the newest checkpoint (at `step`), in name order. */
@@ -248,8 +196,7 @@ async function stateSha256(dir: string, runId: string, step: number): Promise<st
 }
 
 Deno.test("resume with jitter and capacity under gradient accumulation is exact: 10 steps straight = 4 + resume", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
+  await withRunsDir(async (dir) => {
     // 4 micro-steps of 2 sequences per step: the jitter noise is sliced per micro-step.
     const acc = TINY.replace(
       /^train: .*$/m,
@@ -275,8 +222,5 @@ Deno.test("resume with jitter and capacity under gradient accumulation is exact:
       assertEquals(await series(id, key), want, key);
     }
     assertEquals(await stateSha256(dir, id, 10), await stateSha256(dir, straight.json().run_id, 10));
-  } finally {
-    closeRunStores();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

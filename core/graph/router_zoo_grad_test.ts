@@ -4,13 +4,13 @@
  * deliberately broken rule that the check must catch.
  */
 import { ok as assert } from "node:assert/strict";
-import { ExperimentSchema } from "../config/schema.ts";
 import { buildModel } from "../plan/model.ts";
 import { Rng } from "../util/rng.ts";
 import type { HostValue } from "./cpu_executor.ts";
 import { checkGradients, type GradCheckResult, randomFeeds } from "./grad_check.ts";
 import { Graph, type Value } from "./ir.ts";
 import { apply1, OPS, type OpTable } from "./ops.ts";
+import { idAndStateFeeds, tinyMoa } from "../../tests/helpers/router_configs.ts";
 
 const TOL = 1e-6;
 
@@ -192,23 +192,8 @@ const MODELS: Record<string, { over: Record<string, Record<string, unknown>>; br
 };
 
 function checkModel(over: Record<string, Record<string, unknown>>, table?: OpTable): GradCheckResult {
-  const c = ExperimentSchema.parse({
-    ...over,
-    data: { seq_len: 5 },
-    model: {
-      d_model: 8,
-      layers: 2,
-      attention: { kind: "moa", experts: 3, heads_per_expert: 1, head_dim: 4 },
-      mlp: { experts: 4, hidden: 4 },
-      ...over.model,
-    },
-  });
-  const m = buildModel(c, 2), rng = new Rng(3);
-  const fixed = new Map<number, HostValue>([
-    [m.ids.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
-    [m.targets.id, Uint32Array.from({ length: m.tokens }, () => rng.int(256))],
-  ]);
-  for (const st of m.routerState) fixed.set(st.value.id, Float64Array.of(st.init));
+  const c = tinyMoa(over, { seqLen: 5, dModel: 8, headsPerExpert: 1, headDim: 4, hidden: 4 });
+  const m = buildModel(c, 2), fixed = idAndStateFeeds(m, new Rng(3));
   const feeds = randomFeeds(m.graph, 11, fixed, 0.5);
   return checkGradients(m.graph, m.loss, m.params.map((p) => p.value), feeds as Map<number, HostValue>, {
     samples: 3,

@@ -7,6 +7,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { type Experiment, ExperimentSchema } from "../config/schema.ts";
 import { Rng } from "../util/rng.ts";
 import { CpuTrainBackend } from "./cpu_backend.ts";
+import { relErr } from "../../tests/helpers/router_configs.ts";
 
 function config(router: Record<string, unknown>, loss: Record<string, unknown>, micro?: number): Experiment {
   return ExperimentSchema.parse({
@@ -23,16 +24,6 @@ function config(router: Record<string, unknown>, loss: Record<string, unknown>, 
     loss,
     train: { batch: 8, micro_batch: micro },
   });
-}
-
-/** max |a − b| / max |a| over a tensor. */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let worst = 0, scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(a[i]!));
-  }
-  return worst / Math.max(scale, 1e-300);
 }
 
 /** The worst relative error of the loss and of any gradient, accumulated over 4 micro-batches vs whole. */

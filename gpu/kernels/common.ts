@@ -299,3 +299,31 @@ export const VEC4_LANES = ["x", "y", "z", "w"] as const;
 export function sumOf4(a: (e: number) => string, b: (e: number) => string): string {
   return [0, 1, 2, 3].map((e) => `${a(e)} * ${b(e)}`).join(" + ");
 }
+
+/**
+ * A {@linkcode simpleKernel} over an (N, E) tensor `shape` that reads `inputs` and writes `out`: one
+ * invocation per row (`per: "row"`, workgroup 8, uniforms n = N and E) or per entry (`per: "entry"`,
+ * uniforms n = N·E and N), uniforms `extra` after those.
+ */
+export function tableKernel(
+  ctx: GpuContext,
+  o: {
+    label: string;
+    shape: readonly number[];
+    per: "row" | "entry";
+    inputs: readonly Binding[];
+    out: Binding;
+    extra?: UniformFields;
+    body: string;
+  },
+): KernelCall {
+  const [N, E] = o.shape as [number, number], row = o.per === "row";
+  return simpleKernel(ctx, {
+    label: o.label,
+    bindings: [...o.inputs, { ...o.out, write: true }],
+    fields: [["n", "u32", row ? N : N * E], row ? ["E", "u32", E] : ["N", "u32", N], ...o.extra ?? []],
+    invocations: row ? N : N * E,
+    ...(row ? { workgroup: 8 } : {}),
+    body: o.body,
+  });
+}

@@ -12,7 +12,14 @@ import type { RouteRule } from "../../core/graph/op_types.ts";
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { type Binding, loopBudget, simpleKernel, totalSum, type UniformFields } from "./common.ts";
+import {
+  type Binding,
+  loopBudget,
+  simpleKernel,
+  tableKernel,
+  totalSum,
+  type UniformFields,
+} from "./common.ts";
 import { RANK_WGSL, RULE_KEEP_WGSL, ruleFields } from "./routing.ts";
 
 /** ε inside the entropy's log (core/ref/losses.ts MI_EPS). */
@@ -65,16 +72,13 @@ export function entropyLossBackward(
   ctx: GpuContext,
   o: { s: GpuTensor; dl: GpuTensor; ds: GpuTensor },
 ): KernelCall {
-  const [N, E] = o.s.shape as [number, number];
-  return simpleKernel(ctx, {
+  return tableKernel(ctx, {
     label: "entropy_loss_backward",
-    bindings: [{ name: "s", tensor: o.s }, { name: "dl", tensor: o.dl }, {
-      name: "ds",
-      tensor: o.ds,
-      write: true,
-    }],
-    fields: [["n", "u32", N * E], ["N", "u32", N], ["eps", "f32", _EPS]],
-    invocations: N * E,
+    shape: o.s.shape,
+    per: "entry",
+    inputs: [{ name: "s", tensor: o.s }, { name: "dl", tensor: o.dl }],
+    out: { name: "ds", tensor: o.ds },
+    extra: [["eps", "f32", _EPS]],
     body: `  let v = s[i];
   ds[i] = -dl[0] / f32(u.N) * (log(v + u.eps) + v / (v + u.eps));`,
   });
@@ -130,17 +134,13 @@ export function l1LossBackward(
   ctx: GpuContext,
   o: { g: GpuTensor; lambda: GpuTensor; dl: GpuTensor; dg: GpuTensor },
 ): KernelCall {
-  const [N, E] = o.g.shape as [number, number];
-  return simpleKernel(ctx, {
+  return tableKernel(ctx, {
     label: "l1_loss_backward",
-    bindings: [{ name: "lam", tensor: o.lambda }, { name: "dl", tensor: o.dl }, {
-      name: "dg",
-      tensor: o.dg,
-      write: true,
-    }],
-    fields: [["n", "u32", N * E], ["N", "u32", N]],
-    invocations: N * E,
-    body: `  dg[i] = dl[0] * lam[0] / f32(u.N);`,
+    shape: o.g.shape,
+    per: "entry",
+    inputs: [{ name: "lam", tensor: o.lambda }, { name: "dl", tensor: o.dl }],
+    out: { name: "dg", tensor: o.dg },
+    body: "  dg[i] = dl[0] * lam[0] / f32(u.N);",
   });
 }
 

@@ -9,7 +9,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
-import { loopBudget, simpleKernel } from "./common.ts";
+import { type Binding, loopBudget, simpleKernel, tableKernel } from "./common.ts";
 
 /**
  * kept (N, E): per expert (one invocation each, walking its column in token order), the first `capacity`
@@ -36,21 +36,34 @@ export function capacityMask(
   });
 }
 
+/** A row kernel of `tableKernel` whose body starts with the row's base `b`. */
+function _rowKernel(
+  ctx: GpuContext,
+  label: string,
+  shape: readonly number[],
+  inputs: Binding[],
+  out: Binding,
+  body: string,
+): KernelCall {
+  return tableKernel(ctx, { label, shape, per: "row", inputs, out, body: `  let b = i * u.E;\n${body}` });
+}
+
+/** WGSL: `inv` = 1 / Σ_row x of row `b`, 0 on a row summing to 0. */
+const _ROW_INV = `  var s = 0.0;
+  for (var e = 0u; e < u.E; e = e + 1u) { s = s + x[b + e]; }
+  let inv = select(0.0, 1.0 / s, s != 0.0);`;
+
 /** y = x / Σ_row x per row of (N, E); 0 on a row summing to 0. */
 export function renormalizeRows(ctx: GpuContext, o: { x: GpuTensor; y: GpuTensor }): KernelCall {
-  const [N, E] = o.x.shape as [number, number];
-  return simpleKernel(ctx, {
-    label: "renormalize_rows",
-    bindings: [{ name: "x", tensor: o.x }, { name: "y", tensor: o.y, write: true }],
-    fields: [["n", "u32", N], ["E", "u32", E]],
-    invocations: N,
-    workgroup: 8,
-    body: `  let b = i * u.E;
-  var s = 0.0;
-  for (var e = 0u; e < u.E; e = e + 1u) { s = s + x[b + e]; }
-  let inv = select(0.0, 1.0 / s, s != 0.0);
+  return _rowKernel(
+    ctx,
+    "renormalize_rows",
+    o.x.shape,
+    [{ name: "x", tensor: o.x }],
+    { name: "y", tensor: o.y },
+    `${_ROW_INV}
   for (var e = 0u; e < u.E; e = e + 1u) { y[b + e] = x[b + e] * inv; }`,
-  });
+  );
 }
 
 /** dx = (dy − Σ dy ⊙ x/s) / s per row, s = Σ_row x; 0 on a row whose s is 0. */
@@ -58,25 +71,18 @@ export function renormalizeRowsBackward(
   ctx: GpuContext,
   o: { x: GpuTensor; dy: GpuTensor; dx: GpuTensor },
 ): KernelCall {
-  const [N, E] = o.x.shape as [number, number];
-  return simpleKernel(ctx, {
-    label: "renormalize_rows_backward",
-    bindings: [{ name: "x", tensor: o.x }, { name: "dy", tensor: o.dy }, {
-      name: "dx",
-      tensor: o.dx,
-      write: true,
-    }],
-    fields: [["n", "u32", N], ["E", "u32", E]],
-    invocations: N,
-    workgroup: 8,
-    body: `  let b = i * u.E;
-  var s = 0.0;
-  for (var e = 0u; e < u.E; e = e + 1u) { s = s + x[b + e]; }
-  let inv = select(0.0, 1.0 / s, s != 0.0);
+  const inputs = [{ name: "x", tensor: o.x }, { name: "dy", tensor: o.dy }];
+  return _rowKernel(
+    ctx,
+    "renormalize_rows_backward",
+    o.x.shape,
+    inputs,
+    { name: "dx", tensor: o.dx },
+    `${_ROW_INV}
   var dot = 0.0;
   for (var e = 0u; e < u.E; e = e + 1u) { dot = dot + dy[b + e] * x[b + e] * inv; }
   for (var e = 0u; e < u.E; e = e + 1u) { dx[b + e] = (dy[b + e] - dot) * inv; }`,
-  });
+  );
 }
 
 /** y = softmax over each row's kept logits (mask > 0), 0 elsewhere and on a row with nothing kept. */
@@ -84,19 +90,14 @@ export function maskedSoftmax(
   ctx: GpuContext,
   o: { z: GpuTensor; mask: GpuTensor; y: GpuTensor },
 ): KernelCall {
-  const [N, E] = o.z.shape as [number, number];
-  return simpleKernel(ctx, {
-    label: "masked_softmax",
-    bindings: [{ name: "z", tensor: o.z }, { name: "m", tensor: o.mask }, {
-      name: "y",
-      tensor: o.y,
-      write: true,
-    }],
-    fields: [["n", "u32", N], ["E", "u32", E]],
-    invocations: N,
-    workgroup: 8,
-    body: `  let b = i * u.E;
-  var rowMax = -3.0e38;
+  const inputs = [{ name: "z", tensor: o.z }, { name: "m", tensor: o.mask }];
+  return _rowKernel(
+    ctx,
+    "masked_softmax",
+    o.z.shape,
+    inputs,
+    { name: "y", tensor: o.y },
+    `  var rowMax = -3.0e38;
   var any = false;
   for (var e = 0u; e < u.E; e = e + 1u) {
     if (m[b + e] > 0.0) { rowMax = max(rowMax, z[b + e]); any = true; }
@@ -109,7 +110,7 @@ export function maskedSoftmax(
   }
   let inv = select(0.0, 1.0 / s, any);
   for (var e = 0u; e < u.E; e = e + 1u) { y[b + e] = y[b + e] * inv; }`,
-  });
+  );
 }
 
 /**
