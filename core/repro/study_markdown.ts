@@ -63,8 +63,9 @@ export function renderStudyMarkdown(r: StudyReport, o: { store: string }): strin
   out.push(
     "### Hidden % / active %",
     "",
-    "Measured per token on the validation batches (docs/design.md §5): hidden % is the share of the routed " +
-      "expert parameters that run, active % the share of the non-embedding parameters.",
+    "Measured per token on the validation batches (docs/design.md §5): hidden % is the share of the attention " +
+      "and MLP weights that run (the same weights for every model), active % the share of the non-embedding " +
+      "parameters.",
     "",
     _matrix(r, (c) => `${fmtPct(c.hidden_pct)} / ${fmtPct(c.active_pct)}`),
     "",
