@@ -357,14 +357,7 @@ export function sweepPage(
     markup`<tr data-id="${r.id}">${[
       _cell("name", r.name, markup`${_swatch(colors[i]!)}<a href="/runs/${r.id}">${r.name}</a>`),
       ..._metricCells(r),
-      params.map((p) => {
-        const v = r.sweep_params[p];
-        return _cell(
-          `param:${p}`,
-          typeof v === "number" ? v : v === undefined ? null : fmtValue(v),
-          fmtValue(v),
-        );
-      }),
+      _paramCells(params, r.sweep_params),
       _cell("status", r.status, _status(r.status)),
       _cell("step", liveStep(r), undefined, fmtStep),
     ]}</tr>`
@@ -374,14 +367,7 @@ export function sweepPage(
     markup`<tr class="pending">${[
       _cell("name", p.name),
       [null, null, null, null].map((v) => _cell("metric", v)),
-      params.map((k) => {
-        const v = p.params[k];
-        return _cell(
-          `param:${k}`,
-          typeof v === "number" ? v : v === undefined ? null : fmtValue(v),
-          fmtValue(v),
-        );
-      }),
+      _paramCells(params, p.params),
       _cell("status", "pending", _status("pending")),
       _cell("step", 0, `0/${fmtStep(p.steps)}`),
     ]}</tr>`
@@ -455,4 +441,12 @@ function _etaText(p: SweepProgress): string {
     fmtCount(p.remaining_steps)
   } steps left at ` +
     `${fmtNum(p.seconds_per_step)} s/step, ${p.workers} point${p.workers === 1 ? "" : "s"} training at once`;
+}
+
+/** A sweep point's parameter cells, one per swept key: numbers sort as numbers, values read `fmtValue`. */
+function _paramCells(keys: readonly string[], values: Readonly<Record<string, unknown>>): Html[] {
+  return keys.map((k) => {
+    const v = values[k];
+    return _cell(`param:${k}`, typeof v === "number" ? v : v === undefined ? null : fmtValue(v), fmtValue(v));
+  });
 }
