@@ -13,7 +13,7 @@ import {
   moeTile,
 } from "./kernels/moe.ts";
 import { attentionCached } from "./kernels/cached_attention.ts";
-import { type OpName, routeRuleOf } from "../core/graph/op_types.ts";
+import { fusedGemvParts, fusedRouterParts, type OpName, routeRuleOf } from "../core/graph/op_types.ts";
 import { routeGate, routeMask } from "./kernels/routing.ts";
 import {
   entropyLoss,
@@ -57,6 +57,7 @@ import {
 } from "./kernels/losses.ts";
 import { matmulCalls, matmulPlan, matmulScratch } from "./kernels/matmul.ts";
 import { gemv, gemvFits } from "./kernels/gemv.ts";
+import { fusedGemv, fusedRouteGate } from "./kernels/decode_fused.ts";
 import { norm, normBackward } from "./kernels/norm.ts";
 import { gatedActivation, routerScale, routerScaleDs, topkMask } from "./kernels/router.ts";
 import { softmax, softmaxBackward } from "./kernels/softmax.ts";
@@ -208,7 +209,7 @@ export const GPU_IMPLS: GpuTable = {
     reluRouteGate(ctx, { logits: logits!, probs: probs!, mask: mask!, gate: gate!, rule: routeRuleOf(n) }),
   ],
   zero_share: (ctx, _n, [x], [share]) => [zeroShare(ctx, { x: x!, share: share! })],
-  moe_mlp: (ctx, n, [x, gate, w1, w2], [y], scratch) => {
+  moe_mlp: (ctx, n, [x, gate, w1, w2, r], [y], scratch) => {
     const E = n.attrs.experts,
       s = moeShapeOf(n, n.inputs[2]!.shape[1]! / E),
       tile = moeTile(ctx, s);
@@ -221,11 +222,12 @@ export const GPU_IMPLS: GpuTable = {
       E,
       h: s.h,
       activation: n.attrs.activation,
+      ...(n.attrs.residual ? { residual: r! } : {}),
       tile,
       scratch: moeScratchOf(s, tile.tm, scratch),
     });
   },
-  moa_attention: (ctx, n, [x, gate, wq, k, v, wo, kcache, vcache, pos], [y], scratch) => {
+  moa_attention: (ctx, n, [x, gate, wq, k, v, wo, kcache, vcache, pos, r], [y], scratch) => {
     const G = n.attrs.heads, D = n.attrs.head_dim;
     const s = moeShapeOf(n, G * D), tile = moeTile(ctx, s);
     return moaAttentionSparse(ctx, {
@@ -240,9 +242,36 @@ export const GPU_IMPLS: GpuTable = {
       G,
       D,
       ...(kcache ? { cache: { kcache, vcache: vcache!, pos: pos! } } : { T: n.attrs.seq }),
+      ...(n.attrs.residual ? { residual: r! } : {}),
       tile,
       scratch: moeScratchOf(s, tile.tm, scratch),
     });
+  },
+  fused_gemv: (ctx, n, inputs, outputs) => {
+    const a = n.attrs, p = fusedGemvParts(inputs, a), ys = a.normOut ? outputs.slice(1) : outputs;
+    return [fusedGemv(ctx, {
+      x: p.x,
+      norm: { kind: a.norm, eps: a.eps, gamma: p.gamma, beta: p.beta },
+      weights: p.weights,
+      ys,
+      ...(a.normOut ? { h: outputs[0]! } : {}),
+      activation: a.activation,
+      ...(p.residual ? { residual: p.residual } : {}),
+    })];
+  },
+  fused_route_gate: (ctx, n, inputs, [probs, mask, gate, logits, h]) => {
+    const a = n.attrs, p = fusedRouterParts(inputs, a);
+    return [fusedRouteGate(ctx, {
+      x: p.x,
+      norm: { kind: a.norm, eps: a.eps, gamma: p.gamma, beta: p.beta },
+      w: p.w,
+      probs: probs!,
+      mask: mask!,
+      gate: gate!,
+      logits: logits!,
+      ...(a.normOut ? { h: h! } : {}),
+      rule: routeRuleOf(n),
+    })];
   },
   attention_cached: (ctx, n, [q, k, v, kcache, vcache, pos], [o]) =>
     attentionCached(ctx, {

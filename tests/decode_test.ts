@@ -5,6 +5,7 @@ import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { numel } from "../core/graph/ir.ts";
 import { schedule } from "../core/graph/schedule.ts";
 import { buildDecoder, buildModel, type InferRules } from "../core/plan/model.ts";
+import { plan } from "../core/plan/plan.ts";
 import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
@@ -84,8 +85,16 @@ for (const { name, model, gpuKernels } of VARIANTS) {
       ], CPU_OPS);
       for (const m of maskRef) routedOff += m.filter((v) => v === 0).length;
 
-      // Token by token: the decoder in float64 (caches mutated in place) and on the GPU.
-      const dec = buildDecoder(c, rule);
+      // Token by token: the decoder as built and as fused (core/plan/fuse_decode.ts) in float64 (caches
+      // mutated in place), and the fused one on the GPU.
+      const built = buildDecoder(c, rule), builtSched = schedule(built.graph, [built.logits]);
+      const builtFeeds = new Map<number, HostValue>();
+      for (const p of built.params) {
+        builtFeeds.set(p.value.id, valueOf(p.value.name, numel(p.value.shape), p.init === "ones"));
+      }
+      for (const cache of built.caches) builtFeeds.set(cache.id, new Float64Array(numel(cache.shape)));
+      const dec = plan(c, "decode", { rules: rule }).model;
+      assert(dec.graph.nodes.some((n) => n.op === "fused_gemv"), "the planned decoder is fused");
       const sched = schedule(dec.graph, [dec.logits]);
       const cpuFeeds = new Map<number, HostValue>();
       for (const p of dec.params) {
@@ -103,14 +112,22 @@ for (const { name, model, gpuKernels } of VARIANTS) {
         for (let t = 0; t < T; t++) {
           cpuFeeds.set(dec.ids.id, Uint32Array.of(ids[t]!));
           cpuFeeds.set(dec.pos.id, Uint32Array.of(t));
-          const [cpu] = evaluateGraph(sched.nodes, cpuFeeds, [dec.logits], CPU_OPS);
+          builtFeeds.set(built.ids.id, Uint32Array.of(ids[t]!));
+          builtFeeds.set(built.pos.id, Uint32Array.of(t));
           const row = want!.subarray(t * V, (t + 1) * V);
-          assertClose(
-            cpu!,
-            row,
-            { atol: 1e-9, rtol: 1e-9 },
-            `${name} ${JSON.stringify(rule)} float64 decoder at ${t}`,
-          );
+          for (
+            const [what, [cpu]] of [
+              ["float64 decoder", evaluateGraph(builtSched.nodes, builtFeeds, [built.logits], CPU_OPS)],
+              ["fused float64 decoder", evaluateGraph(sched.nodes, cpuFeeds, [dec.logits], CPU_OPS)],
+            ] as const
+          ) {
+            assertClose(
+              cpu!,
+              row,
+              { atol: 1e-9, rtol: 1e-9 },
+              `${name} ${JSON.stringify(rule)} ${what} at ${t}`,
+            );
+          }
           writeTensor(ctx, ex.tensor(dec.ids), Uint32Array.of(ids[t]!));
           writeTensor(ctx, ex.tensor(dec.pos), Uint32Array.of(t));
           await ctx.scoped("decode", () => ex.run().done());

@@ -53,17 +53,18 @@ const MODELS = {
  * norm, logits). Lower these when a fusion lands; a rise is a regression.
  */
 const EXPECTED: Record<KernelProfile, Record<keyof typeof MODELS, { layer: number; outside: number }>> = {
-  // One decoded token's attention writes its own cache row: no kv_write dispatch (gpu/kernels/cached_attention.ts).
+  // A layer after core/plan/fuse_decode.ts: dense — norm+Q/K/V, attention (writing its cache row), Wo+add,
+  // norm+W1+GELU, W2+add; DS-MoE — norm+K/V, the attention router (logits, softmax, rule, gate), the routed
+  // queries, attention, Wo+add, the MLP router with its norm, the routed experts' W1, their W2+add.
   "cpu-simd": {
-    dense: { layer: 12, outside: 5 },
-    "dense, wide MLP": { layer: 12, outside: 5 },
-    "DS-MoE": { layer: 15, outside: 5 },
+    dense: { layer: 5, outside: 5 },
+    "dense, wide MLP": { layer: 5, outside: 5 },
+    "DS-MoE": { layer: 8, outside: 5 },
   },
-  // One-row matmuls are one gemv dispatch, not K slices plus their sum (gpu/kernels/gemv.ts).
   gpu: {
-    dense: { layer: 12, outside: 5 },
-    "dense, wide MLP": { layer: 12, outside: 5 },
-    "DS-MoE": { layer: 15, outside: 5 },
+    dense: { layer: 5, outside: 5 },
+    "dense, wide MLP": { layer: 5, outside: 5 },
+    "DS-MoE": { layer: 8, outside: 5 },
   },
 };
 
@@ -120,3 +121,19 @@ for (const profile of ["cpu-simd", "gpu"] as const) {
     });
   }
 }
+
+Deno.test("the decoder's fusions are what lowers its dispatches: unfused, a layer takes 12 (dense) and 15 (DS-MoE)", async () => {
+  const ctx = await testGpu();
+  for (const [name, want] of [["dense", 12], ["DS-MoE", 15]] as const) {
+    const m = MODELS[name];
+    const c = ExperimentSchema.parse({ data: { seq_len: 8 }, model: { d_model: 16, layers: 2, ...m.model } });
+    const { model: dec, schedule: sched } = plan(c, "decode", { rules: m.rules, fuse: false });
+    const ex = new GraphExecutor(ctx, sched, [...dec.graph.leaves.values()].map((l) => l.value));
+    try {
+      ex.run();
+      assertEquals(dispatchesByLayer(ex.kernels(), c.model.layers), [want, want], `${name} unfused`);
+    } finally {
+      ex.destroy();
+    }
+  }
+});

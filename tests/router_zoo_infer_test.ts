@@ -8,7 +8,8 @@ import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { numel } from "../core/graph/ir.ts";
 import { schedule } from "../core/graph/schedule.ts";
-import { buildDecoder, buildModel, type InferRules, type ModelGraph } from "../core/plan/model.ts";
+import { buildModel, type InferRules, type ModelGraph } from "../core/plan/model.ts";
+import { plan } from "../core/plan/plan.ts";
 import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
@@ -113,7 +114,8 @@ for (const [name, over] of Object.entries(MODELS)) {
         [seq.logits],
         CPU_OPS,
       );
-      const dec = buildDecoder(c, rule), sched = schedule(dec.graph, [dec.logits]);
+      // The decoder as `generate` plans it: fused (core/plan/fuse_decode.ts; the unfused one: decode_test.ts).
+      const dec = plan(c, "decode", { rules: rule }).model, sched = schedule(dec.graph, [dec.logits]);
       const cpuFeeds = fill(dec, new Map());
       for (const cache of dec.caches) cpuFeeds.set(cache.id, new Float64Array(numel(cache.shape)));
       const ex = new GraphExecutor(ctx, sched, [...dec.graph.leaves.values()].map((l) => l.value));

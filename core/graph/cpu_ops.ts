@@ -21,7 +21,7 @@ import {
   reluRouteGateRef,
   zeroShareRef,
 } from "../ref/router_zoo.ts";
-import { routeRuleOf } from "./op_types.ts";
+import { fusedGemvParts, fusedRouterParts, type NormKind, routeRuleOf } from "./op_types.ts";
 import { activationBackwardRef, activationRef } from "../ref/activation.ts";
 import { attentionBackwardRef, attentionRef } from "../ref/attention.ts";
 import { biasAddRef, sumRowsRef } from "../ref/elementwise.ts";
@@ -55,7 +55,7 @@ import {
   sliceColsRef,
 } from "../ref/token_choice.ts";
 import type { CpuTable, HostValue } from "./cpu_executor.ts";
-import { type Node, numel } from "./ir.ts";
+import { attrsOf, type Node, numel } from "./ir.ts";
 
 const last = (n: Node, i = 0) => n.inputs[i]!.shape.at(-1)!;
 const scalar = (v: number) => new Float64Array([v]);
@@ -136,10 +136,29 @@ export const CPU_OPS: CpuTable = {
     const probs = softmaxRef(z!, last(n)), mask = routeMaskRef(probs, last(n), routeRuleOf(n));
     return [probs, mask, probs.map((v, i) => v * mask[i]!)];
   },
-  moe_mlp: ([x, gate, w1, w2], n) => {
+  moe_mlp: ([x, gate, w1, w2, r], n) => {
     const [N, d] = n.inputs[0]!.shape as [number, number], E = n.attrs.experts;
     const h = n.inputs[2]!.shape[1]! / E, activation = n.attrs.activation;
-    return [moeMlpRef(x!, gate!, w1!, w2!, { N, d, E, h, activation })];
+    return [
+      _plus(moeMlpRef(x!, gate!, w1!, w2!, { N, d, E, h, activation }), n.attrs.residual ? r : undefined),
+    ];
+  },
+  fused_gemv: (xs, n) => {
+    const a = n.attrs, p = fusedGemvParts(xs, a), [m, d] = n.inputs[0]!.shape as [number, number];
+    const h = _normed(a, p, d);
+    const ys = p.weights.map((w, i) => {
+      let y: HostValue = matmulRef(h, w, { m, k: d, n: _width(n, i) });
+      if (a.activation !== "none") y = activationRef(a.activation, y);
+      return _plus(y, p.residual);
+    });
+    return a.normOut ? [h, ...ys] : ys;
+  },
+  fused_route_gate: (xs, n) => {
+    const a = n.attrs, p = fusedRouterParts(xs, a), [m, d] = n.inputs[0]!.shape as [number, number];
+    const h = _normed(a, p, d), E = fusedRouterParts(n.inputs, a).w.shape[1]!;
+    const z = matmulRef(h, p.w, { m, k: d, n: E });
+    const probs = softmaxRef(z, E), mask = routeMaskRef(probs, E, routeRuleOf(n));
+    return [probs, mask, probs.map((v, i) => v * mask[i]!), z, ...(a.normOut ? [h] : [])];
   },
   attention_cached: ([q, k, v, kc, vc, pos], n) => {
     const D = n.attrs.head_dim, Hkv = n.attrs.kv_heads, N = n.inputs[0]!.shape[0]!;
@@ -148,14 +167,15 @@ export const CPU_OPS: CpuTable = {
       cachedAttentionRef(q!, kc!, vc!, { N, H: n.attrs.heads, Hkv, D }, cacheWindow(pos![0]!)),
     ];
   },
-  moa_attention: ([x, gate, wq, k, v, wo, kc, vc, pos], n) => {
+  moa_attention: ([x, gate, wq, k, v, wo, kc, vc, pos, ...rest], n) => {
     const [N, d] = n.inputs[0]!.shape as [number, number], G = n.attrs.heads;
     const D = n.attrs.head_dim, dims = { N, d, E: n.attrs.experts, G, D };
     if (!kc) {
       return [moaAttentionRef(x!, gate!, wq!, k!, v!, wo!, dims, sequenceWindow(n.attrs.seq))];
     }
     kvWriteRef(k!, v!, kc as Float64Array, vc as Float64Array, pos![0]!, G * D);
-    return [moaAttentionRef(x!, gate!, wq!, kc, vc!, wo!, dims, cacheWindow(pos![0]!))];
+    const y = moaAttentionRef(x!, gate!, wq!, kc, vc!, wo!, dims, cacheWindow(pos![0]!));
+    return [_plus(y, n.attrs.residual ? rest[0] : undefined)];
   },
   cross_entropy: ([logits, t], n) => [scalar(crossEntropyRef(logits!, t!, last(n)))],
   cross_entropy_backward: ([logits, t, dl], n) => [crossEntropyBackwardRef(logits!, t!, last(n), dl![0]!)],
@@ -191,6 +211,25 @@ export const CPU_OPS: CpuTable = {
   l1_loss: ([g, lambda], n) => [scalar(l1LossRef(g!, last(n), lambda![0]!))],
   l1_loss_backward: ([g, lambda, dl], n) => [l1LossBackwardRef(g!, last(n), lambda![0]!, dl![0]!)],
 };
+
+/** y + r (element-wise), or y itself without r. */
+function _plus(y: HostValue, r: HostValue | undefined): HostValue {
+  return r ? _zip(y, r, (a, b) => a + b) : y;
+}
+
+/** The input of a fused decoding op, normalized by its norm (itself without one). */
+function _normed(
+  a: { norm: NormKind | "none"; eps: number },
+  p: { x: HostValue; gamma: HostValue | undefined; beta: HostValue | undefined },
+  d: number,
+): HostValue {
+  return a.norm === "none" ? p.x : normRef(a.norm, p.x, p.gamma!, p.beta ?? null, d, a.eps).y;
+}
+
+/** Columns of a fused_gemv node's i-th product. */
+function _width(n: Node, i: number): number {
+  return fusedGemvParts(n.inputs, attrsOf(n, "fused_gemv")).weights[i]!.shape[1]!;
+}
 
 function _zip(a: HostValue, b: HostValue, f: (x: number, y: number) => number): Float64Array {
   if (a.length !== b.length) throw new RangeError(`Element-wise op on ${a.length} vs ${b.length} elements`);

@@ -37,6 +37,34 @@ export function routeRuleOf(n: { readonly attrs: Readonly<RouteRule> }): RouteRu
   return { kind: a.kind, epsilon: a.epsilon, k: a.k, p: a.p };
 }
 
+/**
+ * `fused_gemv` (decoding, docs/performance.md "Dispatches per decoded token"): an optional norm of the
+ * input recomputed inside the product, `weights` products of that one row, an optional activation of the
+ * (single) product and an optional residual added to it.
+ */
+export interface FusedGemvAttrs {
+  readonly norm: NormKind | "none";
+  readonly eps: number;
+  /** W_1 … W_n, after x (and the norm's gamma, and beta for a LayerNorm) among the inputs. */
+  readonly weights: number;
+  readonly activation: ActivationKind | "none";
+  /** A last input r added to the product (one weight only). */
+  readonly residual: boolean;
+  /** Output 0 is the normalized input (read by other ops), before the products. */
+  readonly normOut: boolean;
+}
+
+/**
+ * `fused_route_gate` (decoding): a router's logits computed inside its gate, from the input or, with
+ * `norm`, the input normalized there; the rule's attributes as `route_gate`'s.
+ */
+export interface FusedRouteGateAttrs extends RouteRule {
+  readonly norm: NormKind | "none";
+  readonly eps: number;
+  /** The normalized input is a last output. */
+  readonly normOut: boolean;
+}
+
 /** A reduction. */
 export type ReduceOp = "sum" | "mean" | "max";
 
@@ -120,14 +148,19 @@ export interface OpAttrs {
   zero_share: NoAttrs;
   route_mask: Readonly<RouteRule>;
   route_gate: Readonly<RouteRule>;
-  moe_mlp: { readonly experts: number; readonly activation: ActivationKind };
+  /** residual: a last input r added to the output (decoding's fusion of the block's residual add). */
+  moe_mlp: { readonly experts: number; readonly activation: ActivationKind; readonly residual?: boolean };
   attention_cached: { readonly heads: number; readonly kv_heads: number; readonly head_dim: number };
   moa_attention: {
     readonly experts: number;
     readonly heads: number;
     readonly head_dim: number;
     readonly seq: number;
+    /** A last input r added to the output (decoding's fusion of the block's residual add). */
+    readonly residual?: boolean;
   };
+  fused_gemv: FusedGemvAttrs;
+  fused_route_gate: Readonly<FusedRouteGateAttrs>;
   cross_entropy: NoAttrs;
   cross_entropy_backward: NoAttrs;
   mi_loss: NoAttrs;
@@ -160,3 +193,38 @@ export interface OpAttrs {
 
 /** The name of a graph operation: the one list every op table is checked against. */
 export type OpName = keyof OpAttrs;
+
+/** The inputs of a `fused_gemv` node (or of its values on any backend), by role. */
+export interface FusedGemvParts<T> {
+  x: T;
+  gamma: T | undefined;
+  beta: T | undefined;
+  weights: T[];
+  residual: T | undefined;
+}
+
+/** Splits a `fused_gemv` node's inputs [x, gamma?, beta?, W_1 … W_n, r?] by role. */
+export function fusedGemvParts<T>(inputs: readonly T[], a: FusedGemvAttrs): FusedGemvParts<T> {
+  const norms = a.norm === "none" ? 0 : a.norm === "layernorm" ? 2 : 1;
+  return {
+    x: inputs[0]!,
+    gamma: norms > 0 ? inputs[1] : undefined,
+    beta: norms > 1 ? inputs[2] : undefined,
+    weights: inputs.slice(1 + norms, 1 + norms + a.weights),
+    residual: a.residual ? inputs[1 + norms + a.weights] : undefined,
+  };
+}
+
+/** Splits a `fused_route_gate` node's inputs [x, gamma?, beta?, W] by role. */
+export function fusedRouterParts<T>(
+  inputs: readonly T[],
+  a: Pick<FusedRouteGateAttrs, "norm">,
+): { x: T; gamma: T | undefined; beta: T | undefined; w: T } {
+  const norms = a.norm === "none" ? 0 : a.norm === "layernorm" ? 2 : 1;
+  return {
+    x: inputs[0]!,
+    gamma: norms > 0 ? inputs[1] : undefined,
+    beta: norms > 1 ? inputs[2] : undefined,
+    w: inputs[1 + norms]!,
+  };
+}

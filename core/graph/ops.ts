@@ -9,7 +9,7 @@
  * @module
  */
 import { type DType, type Graph, numel, type OpNode, type Value } from "./ir.ts";
-import type { OpAttrs, OpName } from "./op_types.ts";
+import { fusedGemvParts, fusedRouterParts, type OpAttrs, type OpName } from "./op_types.ts";
 
 /** Output shape (and dtype) of one node output. */
 export interface OutSpec {
@@ -373,6 +373,45 @@ export const OPS: OpTable = {
    * → Σ_e gate[:, e] · act(x·W1_e)·W2_e; attrs experts, activation. No gradient (inference only).
    */
   moe_mlp: { outputs: ([x]) => _same(x!), grad: "inference" },
+  /**
+   * Decoding's fused product of one row (docs/performance.md "Dispatches per decoded token"): inputs x
+   * (M, d), the norm's gamma (and beta for a LayerNorm) unless attrs norm is "none", W_1 … W_n (d, n_i),
+   * and with attrs residual r (M, n_1). h = norm(x) (x itself without a norm); y_i = act(h·W_i) (+ r) →
+   * [h when attrs normOut], y_1 … y_n. Inference only.
+   */
+  fused_gemv: {
+    outputs: (inputs, a) => {
+      const p = fusedGemvParts(inputs, a), [m, d] = p.x.shape as [number, number];
+      _check(p.weights.length === a.weights && a.weights > 0, "fused_gemv", "needs its weights");
+      _check(p.weights.every((w) => w.shape[0] === d), "fused_gemv", "needs weights of d rows");
+      _check(!a.residual || a.weights === 1, "fused_gemv", "needs a residual with one weight");
+      _check(
+        !p.residual || p.residual.shape[1] === p.weights[0]!.shape[1],
+        "fused_gemv",
+        "needs residual width",
+      );
+      _check(a.activation === "none" || a.weights === 1, "fused_gemv", "needs an activation with one weight");
+      return [
+        ...(a.normOut ? _same(p.x) : []),
+        ...p.weights.map((w) => ({ shape: [m, w.shape[1]!] })),
+      ];
+    },
+    grad: "inference",
+  },
+  /**
+   * Decoding's router in one op: logits z = h·W of h = norm(x) (x itself with attrs norm "none"; inputs
+   * x (M, d), gamma, beta as fused_gemv's, W (d, E)), then route_gate's probs, mask and gate (attrs rule as
+   * route_gate's) → probs, mask, gate, z, and h last with attrs normOut. Inference only.
+   */
+  fused_route_gate: {
+    outputs: (inputs, a) => {
+      const p = fusedRouterParts(inputs, a), m = p.x.shape[0]!, E = p.w.shape[1]!;
+      _check(p.w.shape[0] === p.x.shape[1], "fused_route_gate", "needs a weight of d rows");
+      const z = { shape: [m, E] };
+      return [z, z, z, z, ...(a.normOut ? _same(p.x) : [])];
+    },
+    grad: "inference",
+  },
   /**
    * Decoding attention with a KV cache: (q (N, H·D), k, v (N, Hkv·D), kcache, vcache (T, Hkv·D), pos (1,) u32)
    * → o (N, H·D). Writes k, v into cache rows pos…pos+N−1 (the caches are state leaves, changed in place),

@@ -20,6 +20,7 @@ import { gradients } from "../graph/autodiff.ts";
 import type { Value } from "../graph/ir.ts";
 import { type Schedule, schedule } from "../graph/schedule.ts";
 import { accumulationOf, hasBatchRouterLoss } from "./counts.ts";
+import { fuseDecoder } from "./fuse_decode.ts";
 import { buildDecoder, buildModel, type DecoderGraph, type InferRules, type ModelGraph } from "./model.ts";
 
 /** What a plan is for. */
@@ -37,6 +38,8 @@ export interface PlanOptions {
   rules?: InferRules;
   /** infer-sparse: also output every router's probabilities (after the masks), for `eval --diagnostics`. */
   routerProbs?: boolean;
+  /** decode: fuse norms, routers, activations and residual adds into their neighbours (default true). */
+  fuse?: boolean;
 }
 
 /** A training plan: the model, its gradients (same order as `model.params`) and the schedule computing both. */
@@ -151,8 +154,13 @@ export function plan(
       return { mode, model, rules, outputs, schedule: schedule(model.graph, outputs) };
     }
     case "decode": {
-      const model = buildDecoder(c, rules);
-      const outputs = [model.logits, ..._masks(model.routers)];
+      // One token per execution: norms, routers' logits, activations and residual adds folded into the
+      // kernels beside them (core/plan/fuse_decode.ts); `fuse: false` keeps buildDecoder's graph.
+      const built = buildDecoder(c, rules);
+      const wanted = [built.logits, ..._masks(built.routers)];
+      const { model, outputs } = o.fuse === false
+        ? { model: built, outputs: wanted }
+        : fuseDecoder(built, wanted);
       return { mode, model, rules, outputs, schedule: schedule(model.graph, outputs) };
     }
     default:

@@ -40,6 +40,7 @@ export function moaAttentionSparse(ctx: GpuContext, o: MoaOptions): KernelCall[]
   }
   // One token: moa_attend1 writes the cache row itself (gpu/kernels/moe_one_token.ts).
   if (o.cache && N === 1) return moaOneToken(ctx, o, o.cache.pos);
+  if (o.residual) throw new RangeError("Cannot add a residual inside MoA except for one decoded token");
   const calls = sparsePipeline(
     ctx,
     { x: o.x, gate: o.gate, w1: o.wq, w2: o.wo, y: o.y, E, h: w, scratch: o.scratch, tile: o.tile },

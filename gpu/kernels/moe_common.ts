@@ -51,6 +51,8 @@ export interface MoeMlpOptions {
   E: number;
   h: number;
   activation: ActivationKind;
+  /** Added to y (decoding's fused residual add; one token only). */
+  residual?: GpuTensor;
   scratch: MoeScratch;
   /** Overrides the tiles chosen for the profile (tests and tuning). */
   tile?: MoeTile;
@@ -72,6 +74,8 @@ export interface MoaOptions {
   T?: number;
   /** Decoding: k, v are written into the caches at pos, and token t attends over cache rows 0…pos+t. */
   cache?: { kcache: GpuTensor; vcache: GpuTensor; pos: GpuTensor };
+  /** Added to y (decoding's fused residual add; one decoded token only). */
+  residual?: GpuTensor;
   /** As for `moeMlpSparse`, with h = G·D. */
   scratch: MoeScratch;
   tile?: MoeTile;

@@ -41,7 +41,7 @@ export function moeMlpOneToken(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] 
   const up = ctx.profile === "gpu"
     ? _mlpUpGpu(ctx, o)
     : _upOne(ctx, "moe_up1", o.x, o.gate, o.w1, o.scratch.hidden, E, h, o.activation);
-  return [up, _downOne(ctx, "moe_down1", o.gate, o.scratch.hidden, o.w2, o.y, E, h)];
+  return [up, _downOne(ctx, "moe_down1", o.gate, o.scratch.hidden, o.w2, o.y, E, h, o.residual)];
 }
 
 /**
@@ -114,8 +114,9 @@ ${_gemvLoop("x", "W", "0u", "u.d", accs.length, "a", xVec)}
 }
 
 /**
- * y[c] = Σ over routed experts e, rows j < w of A[e·w + j] · W[(e·w + j)·d + c]: one invocation per group
- * of output columns, reading only the routed experts' rows of W.
+ * y[c] = Σ over routed experts e, rows j < w of A[e·w + j] · W[(e·w + j)·d + c] (+ residual[c], decoding's
+ * fused residual add): one invocation per group of output columns, reading only the routed experts' rows
+ * of W.
  */
 function _downOne(
   ctx: GpuContext,
@@ -126,7 +127,9 @@ function _downOne(
   y: GpuTensor,
   E: number,
   width: number,
+  residual?: GpuTensor,
 ): KernelCall {
+  const plus = (i: string) => residual ? `R[${i}] + ` : "";
   if (ctx.profile === "gpu") {
     return columnSums(ctx, {
       label,
@@ -135,11 +138,12 @@ function _downOne(
         { name: "A", tensor: a },
         { name: "W", tensor: w },
         { name: "y", tensor: y, write: true },
+        ...(residual ? [{ name: "R", tensor: residual }] : []),
       ],
       fields: [["n", "u32", y.size], ["rows", "u32", E * width], ["w", "u32", width]],
       perRow: "if (gate[r / u.w] <= 0.0) { continue; }",
       terms: ["A[r] * W[r * u.n + i]"],
-      finish: "y[i] = s0;",
+      finish: `y[i] = ${plus("i")}s0;`,
     });
   }
   const d = y.size, c4 = vecGroup(d), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q;
@@ -151,6 +155,7 @@ function _downOne(
       { name: "A", tensor: a, type: aVec ? "vec4<f32>" : "f32" },
       { name: "W", tensor: w, type: V },
       { name: "y", tensor: y, write: true, type: V },
+      ...(residual ? [{ name: "R", tensor: residual, type: V as "f32" | "vec4<f32>" }] : []),
     ],
     fields: [["n", "u32", d / per], ["E", "u32", E], ["w", "u32", width], ["ld", "u32", d / q]],
     invocations: d / per,
@@ -161,7 +166,7 @@ function _downOne(
     if (gate[e] <= 0.0) { continue; }
 ${_gemvLoop("A", "W", "e * u.w", "(e + 1u) * u.w", accs.length, "a", aVec)}
   }
-  ${accs.map((v) => `y[c0 + ${v}u] = a${v};`).join(" ")}`,
+  ${accs.map((v) => `y[c0 + ${v}u] = ${plus(`c0 + ${v}u`)}a${v};`).join(" ")}`,
   });
 }
 
@@ -219,7 +224,7 @@ export function moaOneToken(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): Ker
   // (expert, head) attends over the cache from its query, in place.
   const query = _upOne(ctx, "moa_query1", o.x, o.gate, o.wq, o.scratch.hidden, E, w);
   const attend = _attendOne(ctx, o, pos, 8);
-  return [query, attend, _downOne(ctx, "moa_out1", o.gate, o.scratch.hidden, o.wo, o.y, E, w)];
+  return [query, attend, _downOne(ctx, "moa_out1", o.gate, o.scratch.hidden, o.wo, o.y, E, w, o.residual)];
 }
 
 /**
@@ -267,7 +272,7 @@ function _moaOneTokenGpu(ctx: GpuContext, o: MoaOptions, pos: GpuTensor): Kernel
   attendGroup(col, 0u, pos[0] + 1u, j * ${D}u, col, g, t);`,
     })
     : _attendOne(ctx, o, pos, 32);
-  return [query, attend, _downOne(ctx, "moa_out1", o.gate, o.scratch.hidden, o.wo, o.y, E, w)];
+  return [query, attend, _downOne(ctx, "moa_out1", o.gate, o.scratch.hidden, o.wo, o.y, E, w, o.residual)];
 }
 
 /**

@@ -34,6 +34,7 @@ import { pairListKernels } from "./moe_route.ts";
  */
 export function moeMlpSparse(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
   if (o.gate.shape[0] === 1) return moeMlpOneToken(ctx, o);
+  if (o.residual) throw new RangeError("Cannot add a residual inside the MoE MLP of more than one token");
   return sparsePipeline(ctx, o, "MoE");
 }
 

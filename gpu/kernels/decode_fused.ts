@@ -1,0 +1,423 @@
+/**
+ * Decoding's fused kernels (one row, batch-1 decoding; docs/performance.md "Dispatches per decoded token"):
+ *
+ * - {@linkcode fusedGemv}: the products that read one row — the block's norm recomputed inside them (every
+ *   workgroup, or on llvmpipe every invocation, takes the row's mean and rstd itself), several weights in one
+ *   dispatch (K and V, or Q, K and V), an activation after the product (the MLP's W1) and a residual added to
+ *   it (Wo, W2): per layer the norm, the separate products, the activation and the residual add are no
+ *   longer dispatches of their own;
+ * - {@linkcode fusedRouteGate}: a router's logits inside its gate (softmax, rule, gate), optionally from
+ *   the normalized row, which it then also writes for the experts that read it.
+ *
+ * Float64 twins: the `fused_gemv` and `fused_route_gate` entries of core/graph/cpu_ops.ts. Two forms, by
+ * kernel profile: `gpu` (a workgroup of 16 columns × 16 lanes over d, the lanes' partials added in a fixed
+ * order, the norm's sums as workgroup tree reductions) and `cpu-simd` (llvmpipe: one invocation per group of
+ * up to 16 columns over all of d, vec4 loads along d, no barriers).
+ *
+ * @module
+ */
+import type { ActivationKind, NormKind, RouteRule } from "../../core/graph/op_types.ts";
+import type { GpuTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
+import { grid, type KernelCall } from "../dispatch.ts";
+import {
+  type Binding,
+  headedKernel,
+  simpleKernel,
+  sumOf4,
+  type UniformFields,
+  VEC4_LANES,
+  vecGroup,
+  workgroupReduceWgsl,
+} from "./common.ts";
+import { ACT_VEC4, range } from "./moe_common.ts";
+import { RANK_WGSL, RULE_KEEP_WGSL } from "./routing.ts";
+import { softmaxRowWgsl } from "./softmax.ts";
+
+/** The norm a fused kernel recomputes from its input row: kind, eps and its weights. */
+export interface RowNorm {
+  kind: NormKind | "none";
+  eps: number;
+  gamma?: GpuTensor;
+  beta?: GpuTensor;
+}
+
+/** Options of {@linkcode fusedGemv}: x (1, d); y_j = act(norm(x) · W_j) (+ r); h = norm(x) when given. */
+export interface FusedGemvOptions {
+  x: GpuTensor;
+  norm: RowNorm;
+  weights: readonly GpuTensor[]; // W_j (d, n_j)
+  ys: readonly GpuTensor[]; // y_j (1, n_j)
+  /** Written with the normalized row (other ops read it). */
+  h?: GpuTensor;
+  activation: ActivationKind | "none";
+  /** Added to the single product (after the activation). */
+  residual?: GpuTensor;
+}
+
+/** Lanes over d per column ({@linkcode fusedGemv}'s `gpu` form): a workgroup is 16 columns × 16 lanes. */
+const _L = 16;
+/** Threads of a `gpu` form workgroup. */
+const _T = _L * _L;
+
+/**
+ * y_j = act(norm(x) · W_j) (+ r) for every weight W_j in one dispatch; `h` receives norm(x).
+ *
+ * @example
+ * ```ts ignore
+ * const call = fusedGemv(ctx, { x, norm: { kind: "layernorm", eps: 1e-5, gamma, beta }, weights: [wk, wv],
+ *   ys: [k, v], activation: "none" });
+ * ```
+ */
+export function fusedGemv(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
+  const d = o.x.size;
+  if (o.weights.length === 0 || o.weights.length !== o.ys.length) {
+    throw new RangeError(`Cannot fuse the products: ${o.weights.length} weights for ${o.ys.length} outputs`);
+  }
+  o.weights.forEach((w, j) => {
+    if (w.size !== d * o.ys[j]!.size) {
+      throw new RangeError(
+        `Cannot fuse the products: weight ${j} [${w.shape}] does not map a row of ${d} to ${o.ys[j]!.size}`,
+      );
+    }
+  });
+  if ((o.residual || o.activation !== "none") && o.weights.length !== 1) {
+    throw new RangeError("Cannot fuse the products: an activation or residual takes one weight");
+  }
+  _checkNorm(o.norm, d, "the products");
+  return ctx.profile === "gpu" ? _gemvGpu(ctx, o) : _gemvCpu(ctx, o);
+}
+
+/** Options of {@linkcode fusedRouteGate}: one token's router from its row x (1, d) and W (d, E). */
+export interface FusedRouteGateOptions {
+  x: GpuTensor;
+  norm: RowNorm;
+  w: GpuTensor;
+  probs: GpuTensor;
+  mask: GpuTensor;
+  gate: GpuTensor;
+  logits: GpuTensor;
+  /** Written with the normalized row. */
+  h?: GpuTensor;
+  rule: RouteRule;
+}
+
+/**
+ * logits = norm(x) · W, then route_gate's probs = softmax(logits), the rule's mask and gate = probs ⊙ mask
+ * (gpu/kernels/routing.ts routeGate), in one dispatch; every rule but threshold_topk.
+ *
+ * @example
+ * ```ts ignore
+ * const call = fusedRouteGate(ctx, { x: h, norm: { kind: "none", eps: 0 }, w, probs, mask, gate, logits,
+ *   rule: { kind: "topk", epsilon: 0.5, k: 2, p: 0.9 } });
+ * ```
+ */
+export function fusedRouteGate(ctx: GpuContext, o: FusedRouteGateOptions): KernelCall {
+  const d = o.x.size, E = o.probs.size, keep = RULE_KEEP_WGSL[o.rule.kind];
+  if (keep === null) throw new RangeError(`Cannot fuse the router for rule ${o.rule.kind}`);
+  if (o.w.size !== d * E) {
+    throw new RangeError(`Cannot fuse the router: weight [${o.w.shape}] does not map a row of ${d} to ${E}`);
+  }
+  _checkNorm(o.norm, d, "the router");
+  const bindings: Binding[] = [
+    ..._normBindings(o.x, o.norm, false),
+    { name: "W", tensor: o.w },
+    { name: "z", tensor: o.logits, write: true },
+    { name: "sp", tensor: o.probs, write: true },
+    { name: "mask", tensor: o.mask, write: true },
+    { name: "gate", tensor: o.gate, write: true },
+    ...(o.h ? [{ name: "H", tensor: o.h, write: true }] : []),
+  ];
+  const r = o.rule;
+  const fields: UniformFields = [
+    ["n", "u32", 1],
+    ["E", "u32", E],
+    ["eps", "f32", r.epsilon],
+    ["k", "u32", Math.min(r.k, E)],
+    ["p", "f32", r.p],
+    ["d", "u32", d],
+    ["neps", "f32", o.norm.eps],
+  ];
+  const xn = _xnScalar(o.norm.kind);
+  // Per expert e (probability v): the rank and mass ahead of it over `s`, the rule's mask and the gate.
+  const decide = `${RANK_WGSL}
+    let on = select(0.0, 1.0, ${keep});
+    mask[e] = on;
+    gate[e] = v * on;`;
+  if (ctx.profile === "gpu") {
+    return headedKernel({
+      label: "route_gate_fused",
+      bindings,
+      fields,
+      code: `var<workgroup> red: array<f32, ${_T}>;
+var<workgroup> part: array<f32, ${_T}>;
+var<workgroup> s: array<f32, ${E}>;
+${workgroupReduceWgsl("wsum", _T, "red", "sum")}
+${workgroupReduceWgsl("wmax", _T, "red", "max")}
+@compute @workgroup_size(${_L}, ${_L})
+fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
+  let t = lid.y * ${_L}u + lid.x;
+  let b = 0u;
+${_statsGpu(o.norm.kind)}
+${o.h ? `  for (var r = t; r < u.d; r = r + ${_T}u) { H[r] = ${xn}; }` : ""}
+  for (var e0 = 0u; e0 < u.E; e0 = e0 + ${_L}u) {
+    let c = e0 + lid.x;
+    var a = 0.0;
+    if (c < u.E) { for (var r = lid.y; r < u.d; r = r + ${_L}u) { a = a + ${xn} * W[r * u.E + c]; } }
+    part[t] = a;
+    workgroupBarrier();
+    if (lid.y == 0u && c < u.E) {
+      var zc = 0.0;
+      for (var l = 0u; l < ${_L}u; l = l + 1u) { zc = zc + part[l * ${_L}u + lid.x]; }
+      s[c] = zc; z[c] = zc;
+    }
+    workgroupBarrier();
+  }
+  var m = -3.402823e38;
+  for (var e = t; e < u.E; e = e + ${_T}u) { m = max(m, s[e]); }
+  m = wmax(m, t);
+  var q = 0.0;
+  for (var e = t; e < u.E; e = e + ${_T}u) { q = q + exp(s[e] - m); }
+  q = wsum(q, t);
+  let inv = 1.0 / q;
+  for (var e = t; e < u.E; e = e + ${_T}u) { s[e] = exp(s[e] - m) * inv; sp[e] = s[e]; }
+  workgroupBarrier();
+  for (var e = t; e < u.E; e = e + ${_T}u) {
+  ${decide}
+  }
+}`,
+      workgroups: grid(ctx, 1),
+    });
+  }
+  return simpleKernel(ctx, {
+    label: "route_gate_fused",
+    bindings,
+    fields,
+    invocations: 1,
+    workgroup: 1,
+    body: `  let b = 0u;
+${_statsCpuScalar(o.norm.kind)}
+${o.h ? `  for (var r = 0u; r < u.d; r = r + 1u) { H[r] = ${xn}; }` : ""}
+  for (var c = 0u; c < u.E; c = c + 1u) {
+    var a = 0.0;
+    for (var r = 0u; r < u.d; r = r + 1u) { a = a + ${xn} * W[r * u.E + c]; }
+    z[c] = a;
+  }
+${softmaxRowWgsl("z", "sp", "u.E")}
+  for (var e = 0u; e < u.E; e = e + 1u) {
+  ${decide.replaceAll("s[b + ", "sp[b + ")}
+  }`,
+  });
+}
+
+function _checkNorm(n: RowNorm, d: number, what: string): void {
+  if (n.kind === "none") return;
+  if (!n.gamma || n.gamma.size !== d || (n.kind === "layernorm" && (!n.beta || n.beta.size !== d))) {
+    throw new RangeError(`Cannot fuse ${what}: the ${n.kind}'s weights must be ${d} wide`);
+  }
+}
+
+/** Bindings of the input row and its norm's weights (as vec4s with `vec`). */
+function _normBindings(x: GpuTensor, n: RowNorm, vec: boolean): Binding[] {
+  const type = vec ? "vec4<f32>" as const : "f32" as const;
+  return [
+    { name: "x", tensor: x, type },
+    ...(n.kind === "none" ? [] : [{ name: "gamma", tensor: n.gamma!, type }]),
+    ...(n.kind === "layernorm" ? [{ name: "beta", tensor: n.beta!, type }] : []),
+  ];
+}
+
+/** WGSL of row element r normalized, from `mu` and `rs` (x[r] itself without a norm). */
+function _xnScalar(kind: RowNorm["kind"]): string {
+  return kind === "none"
+    ? "x[r]"
+    : kind === "layernorm"
+    ? "((x[r] - mu) * rs * gamma[r] + beta[r])"
+    : "(x[r] * rs * gamma[r])";
+}
+
+/** WGSL of vec4 j4 of the row normalized (x, gamma, beta bound as vec4s). */
+function _xnVec(kind: RowNorm["kind"]): string {
+  return kind === "none"
+    ? "x[j4]"
+    : kind === "layernorm"
+    ? "((x[j4] - vec4<f32>(mu)) * rs * gamma[j4] + beta[j4])"
+    : "(x[j4] * rs * gamma[j4])";
+}
+
+/**
+ * `gpu` form: the row's mean (LayerNorm) and rstd as tree sums over the workgroup's threads (`wsum`), as
+ * the norm kernel's two passes (gpu/kernels/norm.ts); mu = 0 and rs = 1 without a norm.
+ */
+function _statsGpu(kind: RowNorm["kind"]): string {
+  if (kind === "none") return "  let mu = 0.0; let rs = 1.0;";
+  const mean = kind === "layernorm"
+    ? `  var a0 = 0.0;
+  for (var j = t; j < u.d; j = j + ${_T}u) { a0 = a0 + x[j]; }
+  let mu = wsum(a0, t) / f32(u.d);`
+    : "  let mu = 0.0;";
+  return `${mean}
+  var v0 = 0.0;
+  for (var j = t; j < u.d; j = j + ${_T}u) { let c = x[j] - mu; v0 = v0 + c * c; }
+  let rs = inverseSqrt(wsum(v0, t) / f32(u.d) + u.neps);`;
+}
+
+/** `cpu-simd` form, scalar loads: the row's mean and rstd in one invocation. */
+function _statsCpuScalar(kind: RowNorm["kind"]): string {
+  if (kind === "none") return "  let mu = 0.0; let rs = 1.0;";
+  return `  var mu = 0.0;
+  ${
+    kind === "layernorm"
+      ? "for (var j = 0u; j < u.d; j = j + 1u) { mu = mu + x[j]; } mu = mu / f32(u.d);"
+      : ""
+  }
+  var v0 = 0.0;
+  for (var j = 0u; j < u.d; j = j + 1u) { let c = x[j] - mu; v0 = v0 + c * c; }
+  let rs = inverseSqrt(v0 / f32(u.d) + u.neps);`;
+}
+
+/** `cpu-simd` form, vec4 loads (d divisible by 4): the row's mean and rstd in one invocation. */
+function _statsCpuVec(kind: RowNorm["kind"]): string {
+  if (kind === "none") return "  let mu = 0.0; let rs = 1.0;";
+  return `  var mu = 0.0;
+  ${
+    kind === "layernorm"
+      ? "for (var j4 = 0u; j4 < u.d / 4u; j4 = j4 + 1u) { let c = x[j4]; mu = mu + c.x + c.y + c.z + c.w; } mu = mu / f32(u.d);"
+      : ""
+  }
+  var v0 = 0.0;
+  for (var j4 = 0u; j4 < u.d / 4u; j4 = j4 + 1u) { let c = x[j4] - vec4<f32>(mu); v0 = v0 + dot(c, c); }
+  let rs = inverseSqrt(v0 / f32(u.d) + u.neps);`;
+}
+
+/** The value stored for product sum `s` of column expression `i`: activation, then residual. */
+function _finish(o: FusedGemvOptions, s: string, i: string, vec: boolean): string {
+  let v = s;
+  if (o.activation !== "none") v = vec ? `act(${v})` : `act(vec4<f32>(${v})).x`;
+  return o.residual ? `R[${i}] + ${v}` : v;
+}
+
+/** {@linkcode fusedGemv} on real GPUs: a workgroup per 16 columns of one weight, 16 lanes over d. */
+function _gemvGpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
+  const d = o.x.size, ns = o.ys.map((y) => y.size), tiles = ns.map((n) => Math.ceil(n / _L));
+  const starts = tiles.map((_, j) => tiles.slice(0, j).reduce((a, b) => a + b, 0));
+  const total = tiles.reduce((a, b) => a + b, 0), J = ns.length, xn = _xnScalar(o.norm.kind);
+  const bindings: Binding[] = [
+    ..._normBindings(o.x, o.norm, false),
+    ...o.weights.map((w, j) => ({ name: `W${j}`, tensor: w })),
+    ...o.ys.map((y, j) => ({ name: `Y${j}`, tensor: y, write: true })),
+    ...(o.h ? [{ name: "H", tensor: o.h, write: true }] : []),
+    ...(o.residual ? [{ name: "R", tensor: o.residual }] : []),
+  ];
+  const pick = range(J).map((j) =>
+    `  if (wi >= ${starts[j]}u && wi < ${starts[j]! + tiles[j]!}u) { o = ${j}u; tile = wi - ${starts[j]}u; }`
+  ).join("\n");
+  const loops = range(J).map((j) =>
+    `  if (o == ${j}u && i < ${ns[j]}u) {
+    for (var r = lid.y; r < u.d; r = r + ${_L}u) { acc = acc + ${xn} * W${j}[r * ${ns[j]}u + i]; }
+  }`
+  ).join("\n");
+  const stores = range(J).map((j) =>
+    `    if (o == ${j}u && i < ${ns[j]}u) { Y${j}[i] = ${_finish(o, "s", "i", false)}; }`
+  )
+    .join("\n");
+  return headedKernel({
+    label: "gemv_fused",
+    bindings,
+    fields: [["d", "u32", d], ["neps", "f32", o.norm.eps]],
+    code: `var<workgroup> red: array<f32, ${_T}>;
+var<workgroup> part: array<f32, ${_T}>;
+${workgroupReduceWgsl("wsum", _T, "red", "sum")}
+${o.activation === "none" ? "" : ACT_VEC4[o.activation]}
+@compute @workgroup_size(${_L}, ${_L})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid: vec3<u32>) {
+  let wi = wid.x + wid.y * nwg.x;
+  let t = lid.y * ${_L}u + lid.x;
+${_statsGpu(o.norm.kind)}
+${o.h ? `  if (wi == 0u) { for (var r = t; r < u.d; r = r + ${_T}u) { H[r] = ${xn}; } }` : ""}
+  var o = ${J}u;
+  var tile = 0u;
+${pick}
+  let i = tile * ${_L}u + lid.x;
+  var acc = 0.0;
+${loops}
+  part[t] = acc;
+  workgroupBarrier();
+  if (lid.y == 0u) {
+    var s = 0.0;
+    for (var l = 0u; l < ${_L}u; l = l + 1u) { s = s + part[l * ${_L}u + lid.x]; }
+${stores}
+  }
+}`,
+    workgroups: grid(ctx, total),
+  });
+}
+
+/**
+ * {@linkcode fusedGemv} on llvmpipe: one invocation per group of up to 16 columns of one weight (vec4
+ * accumulators where the width allows), each taking the row's norm itself and reading d as vec4s (four
+ * rows of W per pass, one sum of 4 products per accumulator) when d is divisible by 4.
+ */
+function _gemvCpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
+  const d = o.x.size, xVec = d % 4 === 0;
+  const shapes = o.ys.map((y) => {
+    const n = y.size, c4 = vecGroup(n), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q;
+    return { n, q, accs: Math.max(1, c4), inv: n / per, V: q === 4 ? "vec4<f32>" : "f32" };
+  });
+  const starts = shapes.map((_, j) => shapes.slice(0, j).reduce((a, s) => a + s.inv, 0));
+  const total = shapes.reduce((a, s) => a + s.inv, 0);
+  const bindings: Binding[] = [
+    ..._normBindings(o.x, o.norm, xVec),
+    ...o.weights.map((w, j) => ({ name: `W${j}`, tensor: w, type: shapes[j]!.V as "f32" | "vec4<f32>" })),
+    ...o.ys.map((y, j) => ({
+      name: `Y${j}`,
+      tensor: y,
+      write: true,
+      type: shapes[j]!.V as "f32" | "vec4<f32>",
+    })),
+    ...(o.h
+      ? [{ name: "H", tensor: o.h, write: true, type: xVec ? "vec4<f32>" as const : "f32" as const }]
+      : []),
+    ...(o.residual ? [{ name: "R", tensor: o.residual, type: shapes[0]!.V as "f32" | "vec4<f32>" }] : []),
+  ];
+  const xn = xVec ? _xnVec(o.norm.kind) : _xnScalar(o.norm.kind);
+  const hWrite = o.h
+    ? xVec
+      ? `  if (i == 0u) { for (var j4 = 0u; j4 < u.d / 4u; j4 = j4 + 1u) { H[j4] = ${xn}; } }`
+      : `  if (i == 0u) { for (var r = 0u; r < u.d; r = r + 1u) { H[r] = ${xn}; } }`
+    : "";
+  const outputs = shapes.map((s, j) => {
+    const accs = range(s.accs), W = `W${j}`, ld = s.n / s.q;
+    const loop = xVec
+      ? `    for (var j4 = 0u; j4 < u.d / 4u; j4 = j4 + 1u) {
+      let xv = ${xn}; let r = 4u * j4 * ${ld}u + c0;
+      ${
+        accs.map((v) =>
+          `a${v} = a${v} + ${sumOf4((e) => `xv.${VEC4_LANES[e]}`, (e) => `${W}[r + ${e * ld + v}u]`)};`
+        ).join("\n      ")
+      }
+    }`
+      : `    for (var r = 0u; r < u.d; r = r + 1u) {
+      let xv = ${xn}; let b = r * ${ld}u + c0;
+      ${accs.map((v) => `a${v} = a${v} + xv * ${W}[b + ${v}u];`).join(" ")}
+    }`;
+    return `  if (i >= ${starts[j]}u && i < ${starts[j]! + s.inv}u) {
+    let c0 = (i - ${starts[j]}u) * ${s.accs}u;
+    ${accs.map((v) => `var a${v} = ${s.V}(0.0);`).join(" ")}
+${loop}
+    ${accs.map((v) => `Y${j}[c0 + ${v}u] = ${_finish(o, `a${v}`, `c0 + ${v}u`, s.q === 4)};`).join(" ")}
+  }`;
+  }).join("\n");
+  return simpleKernel(ctx, {
+    label: "gemv_fused",
+    bindings,
+    fields: [["n", "u32", total], ["d", "u32", d], ["neps", "f32", o.norm.eps]],
+    invocations: total,
+    workgroup: 8,
+    prelude: o.activation === "none" ? "" : ACT_VEC4[o.activation],
+    body: `${xVec ? _statsCpuVec(o.norm.kind) : _statsCpuScalar(o.norm.kind)}
+${hWrite}
+${outputs}`,
+  });
+}

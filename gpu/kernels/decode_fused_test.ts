@@ -1,0 +1,143 @@
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import type { ActivationKind, NormKind, RouteRule } from "../../core/graph/op_types.ts";
+import { activationRef } from "../../core/ref/activation.ts";
+import { matmulRef } from "../../core/ref/matmul.ts";
+import { normRef } from "../../core/ref/norm.ts";
+import { routeMaskRef } from "../../core/ref/routing.ts";
+import { softmaxRef } from "../../core/ref/softmax.ts";
+import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
+import { createTensor, type GpuTensor, readTensor } from "../buffers.ts";
+import type { KernelProfile } from "../device.ts";
+import { runCalls } from "../dispatch.ts";
+import { fusedGemv, fusedRouteGate } from "./decode_fused.ts";
+
+// f32 sums of d products against float64 on the same f32-rounded inputs (as gemv_test.ts), after a norm.
+const TOL = { atol: 5e-5, rtol: 5e-5 };
+
+const f32 = (n: number, seed: number, scale = 1, shift = 0) =>
+  Float64Array.from(Float32Array.from(randomArray(n, seed), (v) => shift + scale * v));
+
+/** normRef's y, or x itself without a norm. */
+function normed(kind: NormKind | "none", x: Float64Array, g: Float64Array, b: Float64Array, d: number) {
+  return kind === "none" ? x : normRef(kind, x, g, kind === "layernorm" ? b : null, d, 1e-5).y;
+}
+
+interface GemvCase {
+  d: number;
+  ns: number[];
+  norm: NormKind | "none";
+  activation?: ActivationKind;
+  residual?: boolean;
+  normOut?: boolean;
+}
+
+const GEMV_CASES: GemvCase[] = [
+  { d: 64, ns: [32, 16, 16], norm: "layernorm", normOut: true }, // Q, K, V of a tiny layer
+  { d: 512, ns: [512, 512], norm: "rmsnorm" },
+  { d: 30, ns: [12, 7], norm: "layernorm", normOut: true }, // d and widths not divisible by 4
+  { d: 64, ns: [96], norm: "layernorm", activation: "gelu" },
+  { d: 40, ns: [24], norm: "rmsnorm", activation: "silu", normOut: true },
+  { d: 96, ns: [64], norm: "none", residual: true }, // Wo + residual
+  { d: 24, ns: [10], norm: "none", activation: "relu", residual: true },
+];
+
+for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
+  for (const c of GEMV_CASES) {
+    const what = `${c.norm} ${c.d} → [${c.ns}]${c.activation ? ` ${c.activation}` : ""}${
+      c.residual ? " + residual" : ""
+    }${c.normOut ? ", writing the row" : ""}`;
+    Deno.test(`fused gemv ${what} matches float64 in one dispatch (${profile} profile)`, async () => {
+      const ctx = (await testGpu()).withProfile(profile);
+      // A row with an offset and scale, so that the mean and rstd matter.
+      const x = f32(c.d, 1, 3, 0.5), g = f32(c.d, 2, 0.5, 1), b = f32(c.d, 3, 0.2);
+      const ws = c.ns.map((n, j) => f32(c.d * n, 10 + j, 0.2)), r = f32(c.ns[0]!, 9);
+      const made: GpuTensor[] = [];
+      const t = (shape: number[], data?: Float64Array) => {
+        const v = createTensor(ctx, shape, "f32", data && Float32Array.from(data));
+        made.push(v);
+        return v;
+      };
+      const tw = ws.map((w, j) => t([c.d, c.ns[j]!], w)), ty = c.ns.map((n) => t([1, n]));
+      const th = c.normOut ? t([1, c.d]) : undefined;
+      try {
+        const call = fusedGemv(ctx, {
+          x: t([1, c.d], x),
+          norm: { kind: c.norm, eps: 1e-5, gamma: t([c.d], g), beta: t([c.d], b) },
+          weights: tw,
+          ys: ty,
+          ...(th ? { h: th } : {}),
+          activation: c.activation ?? "none",
+          ...(c.residual ? { residual: t([1, c.ns[0]!], r) } : {}),
+        });
+        assertEquals(runCalls(ctx, [call]).dispatches, 1);
+        const h = normed(c.norm, x, g, b, c.d);
+        for (const [j, n] of c.ns.entries()) {
+          let want = matmulRef(h, ws[j]!, { m: 1, k: c.d, n });
+          if (c.activation) want = activationRef(c.activation, want);
+          if (c.residual) want = want.map((v, i) => v + r[i]!);
+          assertClose(await readTensor(ctx, ty[j]!), want, TOL, `${what}: output ${j}`);
+        }
+        if (th) assertClose(await readTensor(ctx, th), h, TOL, `${what}: the normalized row`);
+      } finally {
+        for (const v of made) v.buffer.destroy();
+      }
+    });
+  }
+}
+
+const RULE = (kind: RouteRule["kind"]): RouteRule => ({ kind, epsilon: 0.5, k: 2, p: 0.7 });
+
+const ROUTER_CASES: { d: number; E: number; norm: NormKind | "none"; rule: RouteRule; normOut?: boolean }[] =
+  [
+    { d: 64, E: 4, norm: "none", rule: RULE("topk") },
+    { d: 64, E: 8, norm: "layernorm", rule: RULE("threshold"), normOut: true },
+    { d: 30, E: 20, norm: "rmsnorm", rule: RULE("top_p"), normOut: true }, // E over one 16-column group
+    { d: 512, E: 16, norm: "layernorm", rule: RULE("dense") },
+  ];
+
+for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
+  for (const c of ROUTER_CASES) {
+    const what = `${c.norm} ${c.d} → ${c.E} experts, ${c.rule.kind}${c.normOut ? ", writing the row" : ""}`;
+    Deno.test(`fused router ${what} matches float64 in one dispatch (${profile} profile)`, async () => {
+      const ctx = (await testGpu()).withProfile(profile);
+      const x = f32(c.d, 4, 2, 0.3), g = f32(c.d, 5, 0.5, 1), b = f32(c.d, 6, 0.2);
+      // Router weights large enough that the probabilities spread and the rules keep different experts.
+      const w = f32(c.d * c.E, 7, 0.5);
+      const made: GpuTensor[] = [];
+      const t = (shape: number[], data?: Float64Array) => {
+        const v = createTensor(ctx, shape, "f32", data && Float32Array.from(data));
+        made.push(v);
+        return v;
+      };
+      const [probs, mask, gate, logits] = [0, 1, 2, 3].map(() => t([1, c.E]));
+      const th = c.normOut ? t([1, c.d]) : undefined;
+      try {
+        const call = fusedRouteGate(ctx, {
+          x: t([1, c.d], x),
+          norm: { kind: c.norm, eps: 1e-5, gamma: t([c.d], g), beta: t([c.d], b) },
+          w: t([c.d, c.E], w),
+          probs: probs!,
+          mask: mask!,
+          gate: gate!,
+          logits: logits!,
+          ...(th ? { h: th } : {}),
+          rule: c.rule,
+        });
+        assertEquals(runCalls(ctx, [call]).dispatches, 1);
+        const h = normed(c.norm, x, g, b, c.d);
+        const z = matmulRef(h, w, { m: 1, k: c.d, n: c.E });
+        const p = softmaxRef(z, c.E), m = routeMaskRef(p, c.E, c.rule);
+        assertClose(await readTensor(ctx, logits!), z, TOL, `${what}: logits`);
+        assertClose(await readTensor(ctx, probs!), p, TOL, `${what}: probabilities`);
+        assertEquals(Array.from(await readTensor(ctx, mask!)), Array.from(m), `${what}: mask`);
+        assertClose(await readTensor(ctx, gate!), p.map((v, i) => v * m[i]!), TOL, `${what}: gate`);
+        if (c.rule.kind !== "dense") {
+          assertEquals(m.some((v) => v === 0) && m.some((v) => v === 1), true, `${what}: the rule selects`);
+        }
+        if (th) assertClose(await readTensor(ctx, th), h, TOL, `${what}: the normalized row`);
+      } finally {
+        for (const v of made) v.buffer.destroy();
+      }
+    });
+  }
+}
