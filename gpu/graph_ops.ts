@@ -37,6 +37,7 @@ import {
   embedding,
   embeddingGrad,
   embeddingGradScratch,
+  embeddingPair,
   sumRows,
   sumRowsMod,
 } from "./kernels/embedding.ts";
@@ -123,6 +124,9 @@ export const GPU_IMPLS: GpuTable = {
   mul: (ctx, _n, [a, b], [y]) => [mul(ctx, { a: a!, b: b!, y: y! })],
   scale: (ctx, n, [x], [y]) => [scale(ctx, { x: x!, y: y!, alpha: n.attrs.alpha })],
   embedding: (ctx, _n, [ids, w], [y]) => [embedding(ctx, { ids: ids!, w: w!, y: y! })],
+  embedding_pair: (ctx, _n, [ids, wte, pos, wpe], [y]) => [
+    embeddingPair(ctx, { ids: ids!, wte: wte!, pos: pos!, wpe: wpe!, y: y! }),
+  ],
   embedding_grad: (ctx, _n, [ids, dy], [dw], scratch) =>
     embeddingGrad(ctx, {
       ids: ids!,
@@ -257,6 +261,7 @@ export const GPU_IMPLS: GpuTable = {
       ...(a.normOut ? { h: outputs[0]! } : {}),
       activation: a.activation,
       ...(p.residual ? { residual: p.residual } : {}),
+      ...(a.transB ? { transB: true } : {}),
     })];
   },
   fused_route_gate: (ctx, n, inputs, [probs, mask, gate, logits, h]) => {

@@ -84,6 +84,9 @@ export const CPU_OPS: CpuTable = {
   },
   mul_scalar: ([x, s]) => [Float64Array.from(x!, (v) => v * s![0]!)],
   embedding: ([ids, w], n) => [embeddingRef(ids!, w!, last(n, 1))],
+  embedding_pair: ([ids, wte, pos, wpe], n) => [
+    _plus(embeddingRef(ids!, wte!, last(n, 1)), embeddingRef(pos!, wpe!, last(n, 3))),
+  ],
   embedding_grad: ([ids, dy], n) => [embeddingGradRef(ids!, dy!, n.attrs.vocab, last(n, 1))],
   add_rows: ([x, p], n) => [addRowsRef(x!, p!, n.inputs[1]!.shape[0]!, last(n))],
   sum_rows_mod: ([dy], n) => [sumRowsModRef(dy!, n.attrs.period, last(n))],
@@ -147,7 +150,7 @@ export const CPU_OPS: CpuTable = {
     const a = n.attrs, p = fusedGemvParts(xs, a), [m, d] = n.inputs[0]!.shape as [number, number];
     const h = _normed(a, p, d);
     const ys = p.weights.map((w, i) => {
-      let y: HostValue = matmulRef(h, w, { m, k: d, n: _width(n, i) });
+      let y: HostValue = matmulRef(h, w, { m, k: d, n: _width(n, i), transB: !!a.transB });
       if (a.activation !== "none") y = activationRef(a.activation, y);
       return _plus(y, p.residual);
     });
@@ -228,7 +231,8 @@ function _normed(
 
 /** Columns of a fused_gemv node's i-th product. */
 function _width(n: Node, i: number): number {
-  return fusedGemvParts(n.inputs, attrsOf(n, "fused_gemv")).weights[i]!.shape[1]!;
+  const a = attrsOf(n, "fused_gemv"), w = fusedGemvParts(n.inputs, a).weights[i]!;
+  return a.transB ? w.shape[0]! : w.shape[1]!;
 }
 
 function _zip(a: HostValue, b: HostValue, f: (x: number, y: number) => number): Float64Array {

@@ -52,6 +52,8 @@ export interface FusedGemvAttrs {
   readonly residual: boolean;
   /** Output 0 is the normalized input (read by other ops), before the products. */
   readonly normOut: boolean;
+  /** The (one) weight is stored transposed, (n, d): the tied LM head (x · wteᵀ). */
+  readonly transB?: boolean;
 }
 
 /**
@@ -113,6 +115,7 @@ export interface OpAttrs {
   fill: { readonly shape: readonly number[]; readonly value: number };
   embedding: NoAttrs;
   embedding_grad: { readonly vocab: number };
+  embedding_pair: NoAttrs;
   add_rows: NoAttrs;
   sum_rows_mod: { readonly period: number };
   bias_add: NoAttrs;

@@ -118,6 +118,21 @@ export const OPS: OpTable = {
       [dy],
     ) => [null, apply1(g, "embedding_grad", [n.inputs[0]!, dy!], { vocab: n.inputs[1]!.shape[0]! })],
   },
+  /**
+   * Decoding's embeddings in one op (core/plan/fuse_decode.ts): ids (N,), wte (V, d), pos (N,), wpe (T, d)
+   * → wte[ids] + wpe[pos] (N, d). Inference only.
+   */
+  embedding_pair: {
+    outputs: ([ids, wte, pos, wpe]) => {
+      _check(
+        ids!.shape[0] === pos!.shape[0] && wte!.shape[1] === wpe!.shape[1],
+        "embedding_pair",
+        "needs rows of one width",
+      );
+      return [{ shape: [ids!.shape[0]!, wte!.shape[1]!] }];
+    },
+    grad: "inference",
+  },
   /** ids (N,), dy (N, d) → dW (V, d), rows of dy summed by id. */
   embedding_grad: { outputs: ([, dy], a) => [{ shape: [a.vocab, dy!.shape[1]!] }], grad: "backward" },
 
@@ -376,14 +391,20 @@ export const OPS: OpTable = {
   /**
    * Decoding's fused product of one row (docs/performance.md "Dispatches per decoded token"): inputs x
    * (M, d), the norm's gamma (and beta for a LayerNorm) unless attrs norm is "none", W_1 … W_n (d, n_i),
-   * and with attrs residual r (M, n_1). h = norm(x) (x itself without a norm); y_i = act(h·W_i) (+ r) →
+   * or with attrs transB one W (n, d) used as Wᵀ, and with attrs residual r (M, n_1). h = norm(x) (x itself without a norm); y_i = act(h·W_i) (+ r) →
    * [h when attrs normOut], y_1 … y_n. Inference only.
    */
   fused_gemv: {
     outputs: (inputs, a) => {
       const p = fusedGemvParts(inputs, a), [m, d] = p.x.shape as [number, number];
       _check(p.weights.length === a.weights && a.weights > 0, "fused_gemv", "needs its weights");
-      _check(p.weights.every((w) => w.shape[0] === d), "fused_gemv", "needs weights of d rows");
+      const width = (w: Value) => a.transB ? w.shape[0]! : w.shape[1]!;
+      _check(!a.transB || a.weights === 1, "fused_gemv", "needs one weight when transposed");
+      _check(
+        p.weights.every((w) => (a.transB ? w.shape[1] : w.shape[0]) === d),
+        "fused_gemv",
+        "needs weights of d rows",
+      );
       _check(!a.residual || a.weights === 1, "fused_gemv", "needs a residual with one weight");
       _check(
         !p.residual || p.residual.shape[1] === p.weights[0]!.shape[1],
@@ -393,7 +414,7 @@ export const OPS: OpTable = {
       _check(a.activation === "none" || a.weights === 1, "fused_gemv", "needs an activation with one weight");
       return [
         ...(a.normOut ? _same(p.x) : []),
-        ...p.weights.map((w) => ({ shape: [m, w.shape[1]!] })),
+        ...p.weights.map((w) => ({ shape: [m, width(w)] })),
       ];
     },
     grad: "inference",

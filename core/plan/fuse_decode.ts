@@ -11,8 +11,10 @@
  * - A product read only by an activation takes it as its epilogue (W1 then GELU).
  * - A product, MoE MLP or MoA read only by a residual add takes the add as its epilogue (Wo, W2, the
  *   experts' down projections).
+ * - The token and position embeddings and their sum become one `embedding_pair`.
  *
- * Only one-row products of a parameter (no transposes) are fused; anything else is copied as it is.
+ * Only one-row products of a parameter are fused (a transposed one, the tied LM head, alone); anything else
+ * is copied as it is.
  *
  * @module
  */
@@ -80,6 +82,7 @@ class _Fuser {
 
   /** Decides every fusion: norms with their products and routers first, then epilogues. */
   plan(): void {
+    for (const n of this.g.nodes) if (n.op === "add") this.#fuseEmbeddings(n);
     for (const n of this.g.nodes) if (n.op === "norm") this.#fuseNorm(n);
     for (const n of this.g.nodes) {
       if (this.#absorbed.has(n.id)) continue;
@@ -135,11 +138,16 @@ class _Fuser {
     return u.length === 1 && !this.pinned.has(v.id) ? u[0] : undefined;
   }
 
-  /** A one-row product x · W of a parameter W (no transposes), not yet fused. */
+  /** A one-row product x · W (or x · Wᵀ) of a parameter W, not yet fused. */
   #isRowProduct(n: Node): boolean {
     if (n.op !== "matmul" || this.#absorbed.has(n.id)) return false;
     const a = n.attrs as OpAttrs["matmul"], [x, w] = n.inputs;
-    return !a.transA && !a.transB && x!.shape[0] === 1 && this.g.leaves.get(w!.id)?.kind === "param";
+    return !a.transA && x!.shape[0] === 1 && this.g.leaves.get(w!.id)?.kind === "param";
+  }
+
+  /** Whether product `n` reads its weight transposed (the tied LM head). */
+  #transB(n: Node): boolean {
+    return !!(n.attrs as OpAttrs["matmul"]).transB;
   }
 
   /** The route_gate reading product `mm` alone (a router's logits), if any. */
@@ -167,10 +175,16 @@ class _Fuser {
     const normInputs = norm.inputs.slice();
     const products: Node[] = [], routers: [Node, Node][] = [], others: Node[] = [];
     for (const u of users) {
-      const router = this.#isRowProduct(u) && u.inputs[0] === h ? this.#routerOf(u) : undefined;
+      const row = this.#isRowProduct(u) && u.inputs[0] === h;
+      const router = row && !this.#transB(u) ? this.#routerOf(u) : undefined;
       if (router) routers.push([u, router]);
-      else if (this.#isRowProduct(u) && u.inputs[0] === h) products.push(u);
+      else if (row) products.push(u);
       else others.push(u);
+    }
+    // A transposed weight is fused alone (the final norm and the tied LM head); beside others it reads h.
+    if (products.length > 1) {
+      others.push(...products.filter((p) => this.#transB(p)));
+      products.splice(0, products.length, ...products.filter((p) => !this.#transB(p)));
     }
     if (products.length > 0) {
       const normOut = routers.length + others.length > 0;
@@ -211,6 +225,7 @@ class _Fuser {
         activation,
         residual: false,
         normOut: h !== undefined,
+        ...(this.#transB(products[0]!) ? { transB: true } : {}),
       },
       outputs: [...(h ? [h] : []), ...ys],
     };
@@ -243,7 +258,13 @@ class _Fuser {
   #fuseEpilogue(mm: Node): void {
     const y = mm.outputs[0]!, user = this.#soleUser(y);
     if (!user || this.#absorbed.has(user.id)) return;
-    const base = { norm: "none" as const, eps: 0, weights: 1, normOut: false };
+    const base = {
+      norm: "none" as const,
+      eps: 0,
+      weights: 1,
+      normOut: false,
+      ...(this.#transB(mm) ? { transB: true } : {}),
+    };
     if (user.op === "add") {
       const r = user.inputs[0] === y ? user.inputs[1]! : user.inputs[0]!;
       if (r === y) return;
@@ -263,6 +284,20 @@ class _Fuser {
       });
       this.#absorb(mm, user);
     }
+  }
+
+  /** The sum of two embeddings read only by it (token and position): one embedding_pair. */
+  #fuseEmbeddings(add: Node): void {
+    const [a, b] = add.inputs.map((v) => v.node);
+    const lone = (n: Node) => n.op === "embedding" && this.#soleUser(n.outputs[0]!) === add;
+    if (!a || !b || a === b || !lone(a) || !lone(b)) return;
+    this.#emit(add, {
+      op: "embedding_pair",
+      inputs: [...a.inputs, ...b.inputs],
+      attrs: {},
+      outputs: [add.outputs[0]!],
+    });
+    this.#absorb(a, b, add);
   }
 
   /** A one-token MoE MLP or MoA read only by a residual add adds the residual itself. */

@@ -53,6 +53,8 @@ export interface FusedGemvOptions {
   activation: ActivationKind | "none";
   /** Added to the single product (after the activation). */
   residual?: GpuTensor;
+  /** The single weight is stored (n, d) and used transposed (the tied LM head). */
+  transB?: boolean;
 }
 
 /** Lanes over d per column ({@linkcode fusedGemv}'s `gpu` form): a workgroup is 16 columns × 16 lanes. */
@@ -81,10 +83,13 @@ export function fusedGemv(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
       );
     }
   });
-  if ((o.residual || o.activation !== "none") && o.weights.length !== 1) {
-    throw new RangeError("Cannot fuse the products: an activation or residual takes one weight");
+  if ((o.residual || o.activation !== "none" || o.transB) && o.weights.length !== 1) {
+    throw new RangeError(
+      "Cannot fuse the products: an activation, residual or transposed weight takes one weight",
+    );
   }
   _checkNorm(o.norm, d, "the products");
+  if (o.transB) return ctx.profile === "gpu" ? _gemvNtGpu(ctx, o) : _gemvNtCpu(ctx, o);
   return ctx.profile === "gpu" ? _gemvGpu(ctx, o) : _gemvCpu(ctx, o);
 }
 
@@ -419,5 +424,88 @@ ${loop}
     body: `${xVec ? _statsCpuVec(o.norm.kind) : _statsCpuScalar(o.norm.kind)}
 ${hWrite}
 ${outputs}`,
+  });
+}
+
+/** Columns per workgroup of {@linkcode _gemvNtGpu}; its 256 threads are 32 lanes along d per column. */
+const _NT_COLS = 8;
+
+/** The bindings of a transposed fused product: the row (and norm), W (n, d), y, and h and r when given. */
+function _ntBindings(o: FusedGemvOptions, vec: boolean): Binding[] {
+  const type = vec ? "vec4<f32>" as const : "f32" as const;
+  const bindings: Binding[] = [
+    ..._normBindings(o.x, o.norm, vec),
+    { name: "W0", tensor: o.weights[0]!, type },
+    { name: "Y0", tensor: o.ys[0]!, write: true },
+  ];
+  if (o.h) bindings.push({ name: "H", tensor: o.h, write: true, type });
+  if (o.residual) bindings.push({ name: "R", tensor: o.residual });
+  return bindings;
+}
+
+/**
+ * y = act(norm(x) · Wᵀ) (+ r) with W stored (n, d), on real GPUs: a workgroup per 8 columns, 32 lanes
+ * reading each column's row of W along d (consecutive addresses, where the `gpu` GEMV's 16 lanes per column
+ * would read 16 rows d apart), the lanes' partials added in a fixed order.
+ */
+function _gemvNtGpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
+  const d = o.x.size, n = o.ys[0]!.size, lanes = _T / _NT_COLS, xn = _xnScalar(o.norm.kind);
+  return headedKernel({
+    label: "gemv_fused_nt",
+    bindings: _ntBindings(o, false),
+    fields: [["d", "u32", d], ["neps", "f32", o.norm.eps], ["n", "u32", n]],
+    code: `var<workgroup> red: array<f32, ${_T}>;
+var<workgroup> part: array<f32, ${_T}>;
+${workgroupReduceWgsl("wsum", _T, "red", "sum")}
+${o.activation === "none" ? "" : ACT_VEC4[o.activation]}
+@compute @workgroup_size(${lanes}, ${_NT_COLS})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid: vec3<u32>) {
+  let wi = wid.x + wid.y * nwg.x;
+  let t = lid.y * ${lanes}u + lid.x;
+${_statsGpu(o.norm.kind)}
+${o.h ? `  if (wi == 0u) { for (var r = t; r < u.d; r = r + ${_T}u) { H[r] = ${xn}; } }` : ""}
+  let i = wi * ${_NT_COLS}u + lid.y;
+  var acc = 0.0;
+  if (i < u.n) { for (var r = lid.x; r < u.d; r = r + ${lanes}u) { acc = acc + ${xn} * W0[i * u.d + r]; } }
+  part[t] = acc;
+  workgroupBarrier();
+  if (lid.x == 0u && i < u.n) {
+    var s = 0.0;
+    for (var l = 0u; l < ${lanes}u; l = l + 1u) { s = s + part[lid.y * ${lanes}u + l]; }
+    Y0[i] = ${_finish(o, "s", "i", false)};
+  }
+}`,
+    workgroups: grid(ctx, Math.ceil(n / _NT_COLS)),
+  });
+}
+
+/**
+ * The transposed fused product on llvmpipe: one invocation per 4 columns (1 where n is not divisible by 4),
+ * each a dot product along d of the normalized row with the columns' rows of W, as vec4s when d allows.
+ */
+function _gemvNtCpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
+  const d = o.x.size, n = o.ys[0]!.size, xVec = d % 4 === 0, per = n % 4 === 0 ? 4 : 1, accs = range(per);
+  const xn = xVec ? _xnVec(o.norm.kind) : _xnScalar(o.norm.kind), len = xVec ? "u.d / 4u" : "u.d";
+  const row = xVec ? "j4" : "r", dot = (a: string, b: string) => xVec ? `dot(${a}, ${b})` : `${a} * ${b}`;
+  const hWrite = o.h
+    ? `  if (i == 0u) { for (var ${row} = 0u; ${row} < ${len}; ${row} = ${row} + 1u) { H[${row}] = ${xn}; } }`
+    : "";
+  return simpleKernel(ctx, {
+    label: "gemv_fused_nt",
+    bindings: _ntBindings(o, xVec),
+    fields: [["n", "u32", n / per], ["d", "u32", d], ["neps", "f32", o.norm.eps]],
+    invocations: n / per,
+    workgroup: 8,
+    prelude: o.activation === "none" ? "" : ACT_VEC4[o.activation],
+    body: `${xVec ? _statsCpuVec(o.norm.kind) : _statsCpuScalar(o.norm.kind)}
+${hWrite}
+  let c0 = i * ${per}u;
+  ${accs.map((v) => `var a${v} = 0.0;`).join(" ")}
+  for (var ${row} = 0u; ${row} < ${len}; ${row} = ${row} + 1u) {
+    let xv = ${xn};
+    ${accs.map((v) => `a${v} = a${v} + ${dot("xv", `W0[(c0 + ${v}u) * ${len} + ${row}]`)};`).join(" ")}
+  }
+  ${accs.map((v) => `Y0[c0 + ${v}u] = ${_finish(o, `a${v}`, `c0 + ${v}u`, false)};`).join(" ")}`,
   });
 }

@@ -10,6 +10,7 @@ import { createTensor, type GpuTensor, readTensor } from "../buffers.ts";
 import type { KernelProfile } from "../device.ts";
 import { runCalls } from "../dispatch.ts";
 import { fusedGemv, fusedRouteGate } from "./decode_fused.ts";
+import { embeddingPair } from "./embedding.ts";
 
 // f32 sums of d products against float64 on the same f32-rounded inputs (as gemv_test.ts), after a norm.
 const TOL = { atol: 5e-5, rtol: 5e-5 };
@@ -29,6 +30,8 @@ interface GemvCase {
   activation?: ActivationKind;
   residual?: boolean;
   normOut?: boolean;
+  /** One weight stored (n, d), used transposed (the tied LM head). */
+  transB?: boolean;
 }
 
 const GEMV_CASES: GemvCase[] = [
@@ -39,13 +42,15 @@ const GEMV_CASES: GemvCase[] = [
   { d: 40, ns: [24], norm: "rmsnorm", activation: "silu", normOut: true },
   { d: 96, ns: [64], norm: "none", residual: true }, // Wo + residual
   { d: 24, ns: [10], norm: "none", activation: "relu", residual: true },
+  { d: 64, ns: [256], norm: "layernorm", transB: true }, // the final norm and the tied LM head
+  { d: 30, ns: [37], norm: "rmsnorm", transB: true, normOut: true, residual: true, activation: "gelu" },
 ];
 
 for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
   for (const c of GEMV_CASES) {
     const what = `${c.norm} ${c.d} → [${c.ns}]${c.activation ? ` ${c.activation}` : ""}${
       c.residual ? " + residual" : ""
-    }${c.normOut ? ", writing the row" : ""}`;
+    }${c.normOut ? ", writing the row" : ""}${c.transB ? ", W transposed" : ""}`;
     Deno.test(`fused gemv ${what} matches float64 in one dispatch (${profile} profile)`, async () => {
       const ctx = (await testGpu()).withProfile(profile);
       // A row with an offset and scale, so that the mean and rstd matter.
@@ -57,7 +62,8 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
         made.push(v);
         return v;
       };
-      const tw = ws.map((w, j) => t([c.d, c.ns[j]!], w)), ty = c.ns.map((n) => t([1, n]));
+      const tw = ws.map((w, j) => t(c.transB ? [c.ns[j]!, c.d] : [c.d, c.ns[j]!], w)),
+        ty = c.ns.map((n) => t([1, n]));
       const th = c.normOut ? t([1, c.d]) : undefined;
       try {
         const call = fusedGemv(ctx, {
@@ -68,11 +74,12 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
           ...(th ? { h: th } : {}),
           activation: c.activation ?? "none",
           ...(c.residual ? { residual: t([1, c.ns[0]!], r) } : {}),
+          ...(c.transB ? { transB: true } : {}),
         });
         assertEquals(runCalls(ctx, [call]).dispatches, 1);
         const h = normed(c.norm, x, g, b, c.d);
         for (const [j, n] of c.ns.entries()) {
-          let want = matmulRef(h, ws[j]!, { m: 1, k: c.d, n });
+          let want = matmulRef(h, ws[j]!, { m: 1, k: c.d, n, transB: !!c.transB });
           if (c.activation) want = activationRef(c.activation, want);
           if (c.residual) want = want.map((v, i) => v + r[i]!);
           assertClose(await readTensor(ctx, ty[j]!), want, TOL, `${what}: output ${j}`);
@@ -140,4 +147,30 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
       }
     });
   }
+}
+
+for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
+  Deno.test(`embedding_pair: token plus position embedding rows in one dispatch, ids clamped (${profile} profile)`, async () => {
+    const ctx = (await testGpu()).withProfile(profile);
+    const V = 11, T = 7, d = 6, ids = Uint32Array.of(3, 10, 99), pos = Uint32Array.of(0, 6, 2);
+    const wte = f32(V * d, 21), wpe = f32(T * d, 22);
+    const made = [
+      createTensor(ctx, [3], "u32", ids),
+      createTensor(ctx, [V, d], "f32", Float32Array.from(wte)),
+      createTensor(ctx, [3], "u32", pos),
+      createTensor(ctx, [T, d], "f32", Float32Array.from(wpe)),
+      createTensor(ctx, [3, d], "f32"),
+    ] as const;
+    try {
+      const [i, a, p, b, y] = made;
+      assertEquals(runCalls(ctx, [embeddingPair(ctx, { ids: i, wte: a, pos: p, wpe: b, y })]).dispatches, 1);
+      const want = Float64Array.from({ length: 3 * d }, (_, k) => {
+        const t = Math.floor(k / d), j = k % d;
+        return wte[Math.min(ids[t]!, V - 1) * d + j]! + wpe[pos[t]! * d + j]!;
+      });
+      assertClose(await readTensor(ctx, y), want, { atol: 1e-6, rtol: 1e-6 }, "embedding_pair");
+    } finally {
+      for (const t of made) t.buffer.destroy();
+    }
+  });
 }

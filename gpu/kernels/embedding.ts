@@ -27,6 +27,35 @@ export function embedding(ctx: GpuContext, o: { ids: GpuTensor; w: GpuTensor; y:
   });
 }
 
+/**
+ * y = wte[ids] + wpe[pos] (N, d) in one dispatch: decoding's token and position embeddings and their sum
+ * (core/plan/fuse_decode.ts). Ids and positions past their tables are clamped, as in {@linkcode embedding}.
+ */
+export function embeddingPair(
+  ctx: GpuContext,
+  o: { ids: GpuTensor; wte: GpuTensor; pos: GpuTensor; wpe: GpuTensor; y: GpuTensor },
+): KernelCall {
+  const d = o.wte.shape[1]!, n = o.y.size;
+  return simpleKernel(ctx, {
+    label: "embedding_pair",
+    bindings: [
+      { name: "ids", tensor: o.ids },
+      { name: "wte", tensor: o.wte },
+      { name: "pos", tensor: o.pos },
+      { name: "wpe", tensor: o.wpe },
+      { name: "y", tensor: o.y, write: true },
+    ],
+    fields: [["n", "u32", n], ["d", "u32", d], ["vocab", "u32", o.wte.shape[0]!], [
+      "T",
+      "u32",
+      o.wpe.shape[0]!,
+    ]],
+    invocations: n,
+    body: `  let t = i / u.d; let j = i % u.d;
+  y[i] = wte[min(ids[t], u.vocab - 1u) * u.d + j] + wpe[min(pos[t], u.T - 1u) * u.d + j];`,
+  });
+}
+
 /** The u32 words {@linkcode embeddingGrad} needs as scratch: a chain head per vocabulary row, a link per token. */
 export function embeddingGradScratch(vocab: number, tokens: number): number {
   return vocab + tokens;
