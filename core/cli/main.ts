@@ -6,7 +6,7 @@
  * @module
  */
 import { ConfigError, type LoadedExperiment, loadExperiment } from "../config/mod.ts";
-import { parseCommandArgs, positiveInt } from "./args.ts";
+import { parseCommandArgs, positiveInt, positiveNumber } from "./args.ts";
 import { describePointsData, formatDryRun, summarizePoint } from "./dry_run.ts";
 import { fitsMemoryBudget } from "../plan/counts.ts";
 import { defaultCacheDir } from "../data/prepare.ts";
@@ -141,6 +141,7 @@ async function _run(args: string[], io: CliIo): Promise<number> {
     "dashboard-port": { type: "string" },
     "no-dashboard": { type: "boolean" },
     profile: { type: "boolean" },
+    "peak-tflops": { type: "string" },
     enqueue: { type: "boolean" },
   });
   if (values.help) {
@@ -155,6 +156,10 @@ async function _run(args: string[], io: CliIo): Promise<number> {
   }
   if (positionals.length > 1) throw new UsageError(`run takes one config file, got ${positionals.length}`);
   positiveInt("stop-after", values["stop-after"]);
+  positiveNumber("peak-tflops", values["peak-tflops"]);
+  if (values["peak-tflops"] !== undefined && !values.profile) {
+    throw new UsageError("--peak-tflops goes with --profile (it sets the fp32 peak its MFU is taken over)");
+  }
   if (values.resume !== undefined && positionals.length > 0) {
     throw new UsageError("run --resume takes a run id, not a config file");
   }

@@ -79,6 +79,10 @@ export interface TrainState {
 export interface TrainBackend {
   /** Human-readable device, e.g. "webgpu: llvmpipe (LLVM 15.0.6, 256 bits)". */
   readonly description: string;
+  /** The adapter's own description (WebGPU), for its fp32 peak (gpu/peak.ts); absent on the CPU. */
+  readonly adapter?: string;
+  /** Model FLOPs of one optimizer step (core/plan/flops.ts), for `run --profile`'s MFU. */
+  readonly modelFlops?: { matmul: number; attention: number; total: number };
   /**
    * Queues one optimizer step at learning rate `lr` on a batch of `train.batch` sequences (run as micro-batches
    * of `train.micro_batch` with their gradients accumulated, core/plan/plan.ts); resolves when its statistics

@@ -18,6 +18,7 @@ import { numel, type Value } from "../graph/ir.ts";
 import type { ModelGraph } from "../plan/model.ts";
 import { balanceBiasUpdate } from "../../gpu/kernels/balance.ts";
 import { plan } from "../plan/plan.ts";
+import { type GraphFlops, trainStepFlops } from "../plan/flops.ts";
 import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
 import { type GpuContext, openGpu } from "../../gpu/device.ts";
 import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "../../gpu/dispatch.ts";
@@ -75,6 +76,8 @@ interface AccumulationCalls {
 /** The WebGPU backend. Create with {@linkcode GpuTrainBackend.create}. */
 export class GpuTrainBackend implements TrainBackend {
   readonly description: string;
+  readonly adapter: string;
+  readonly modelFlops: GraphFlops;
   readonly ctx: GpuContext;
   readonly model: ModelGraph;
   /** Micro-steps per optimizer step (`train.batch / train.micro_batch`; 1 without accumulation). */
@@ -116,7 +119,9 @@ export class GpuTrainBackend implements TrainBackend {
     this.#ownsDevice = ownsDevice;
     this.#c = c;
     this.description = `webgpu: ${ctx.adapter.description}`;
+    this.adapter = ctx.adapter.description;
     const p = plan(c, "train-dense");
+    this.modelFlops = trainStepFlops(p);
     this.model = p.model;
     this.accumulation = p.accumulation;
     const m = this.model, grads = p.grads;

@@ -69,10 +69,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const t0 = performance.now(), elapsed = () => (performance.now() - t0) / 1000;
   const log = (key: string, step: number, value: number) =>
     o.run.log({ key, step, tokens: step * tokensPerStep, time: elapsed(), value });
-  const pending: { step: number; lr: number; stats: Promise<StepStats> }[] = [];
+  // `at`: when the step's statistics arrived, on the throughput clock (the profile's wall time per step).
+  const pending: { step: number; lr: number; stats: Promise<StepStats>; at: number }[] = [];
   let streak = 0, skipped = o.startSkipped ?? 0, lastLoss = NaN, lastVal = NaN, done = start;
   let mark = { step: start, time: 0 }, paused = 0;
-  const profile = new ProfileAccumulator();
+  const profile = new ProfileAccumulator({ adapter: o.backend.adapter, modelFlops: o.backend.modelFlops });
   // Fault injection for reliability tests: DSMOE_FAULT_KILL_AFTER_STEP=N SIGKILLs this process right after
   // step N (its metrics stored, no checkpoint, nothing cleaned up), as an OOM killer or a pulled plug would.
   const killAfter = Number(optionalEnv("DSMOE_FAULT_KILL_AFTER_STEP") ?? NaN);
@@ -94,7 +95,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       if (s.kernels) {
         // The first step of a process also compiles every shader on adapters that compile at first
         // dispatch (llvmpipe: seconds), so the profile leaves it out unless it is the only step.
-        if (p.step > start || end - start === 1) profile.add(s.kernels);
+        if (p.step > start || end - start === 1) profile.add(s.kernels, p.at);
         log("system/gpu_ms_per_step", done, s.kernels.reduce((a, k) => a + k.ms, 0));
       }
       if (!s.finite) {
@@ -143,7 +144,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     const stats = o.backend.step(o.dataset.trainBatch(step, t.batch), lr, { profile: o.profile });
     // Read in order by drain(); a step that fails while an earlier one is awaited must not count as unhandled.
     stats.catch(() => {});
-    pending.push({ step, lr, stats });
+    const entry = { step, lr, stats, at: NaN };
+    stats.then(() => entry.at = elapsed() - paused, () => {});
+    pending.push(entry);
     await drain(o.inFlight ?? 2);
     const n = step + 1;
     if (n % t.eval_every === 0 || n === end) {
