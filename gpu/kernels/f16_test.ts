@@ -24,7 +24,7 @@ import {
 Deno.test("toF16Bits rounds to nearest even, saturates to ±inf past 65504 and keeps subnormals (float64 reference)", () => {
   assertEquals(toF16Bits(1), 0x3c00);
   assertEquals(toF16Bits(-2), 0xc000);
-  assertEquals(toF16Bits(65504), 0x7bff);
+  assertEquals(toF16Bits(F16_MAX), 0x7bff);
   assertEquals(toF16Bits(65519), 0x7bff);
   assertEquals(toF16Bits(65520), 0x7c00);
   assertEquals(toF16Bits(-1e9), 0xfc00);
