@@ -34,7 +34,7 @@ export interface OpenGpuOptions {
    * with a {@linkcode GpuFeatureError} naming the feature and the adapter, before a device is requested.
    * `why` says what needs them (in the message).
    */
-  require?: { features: readonly GPUFeatureName[]; why: string };
+  require?: { features: readonly GPUFeatureName[]; why: string; fix?: string };
   /**
    * Kernel templates to use instead of the ones picked from the adapter's description (tests run the
    * `gpu` templates on llvmpipe this way). Default: the environment variable `DSMOE_KERNELS`
@@ -263,7 +263,7 @@ function _description(info: GPUAdapterInfo): string {
 
 /**
  * Throws {@linkcode GpuFeatureError} unless `features` has every feature of `require`, naming the first
- * missing one, the adapter and what needs it.
+ * missing one, the adapter, what needs it and (`fix`) what to do instead.
  *
  * @example
  * ```ts
@@ -274,12 +274,13 @@ function _description(info: GPUAdapterInfo): string {
 export function assertAdapterFeatures(
   adapter: string,
   features: ReadonlySet<string>,
-  require: { features: readonly string[]; why: string },
+  require: { features: readonly string[]; why: string; fix?: string },
 ): void {
   const missing = require.features.find((f) => !features.has(f));
   if (missing === undefined) return;
   throw new GpuFeatureError(
-    `${require.why} needs the WebGPU feature ${missing}, which the adapter ${adapter} does not have`,
+    `${require.why} needs the WebGPU feature ${missing}, which the adapter ${adapter} does not have` +
+      (require.fix ? `: ${require.fix}` : ""),
   );
 }
 

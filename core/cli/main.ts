@@ -24,6 +24,7 @@ import { AmbiguousRunError, NoSuchRunError, RunBusyError, StoreMissingError } fr
 import { CheckpointError } from "../runs/checkpoints.ts";
 import { RUN_USAGE, USAGE } from "./usage.ts";
 import { resumeRun, trainRuns } from "./train_cmd.ts";
+import { assertTrainableHere } from "../train/backends.ts";
 import { workerCommand } from "./worker_cmd.ts";
 import type { CliIo } from "./io.ts";
 
@@ -187,6 +188,9 @@ async function _run(args: string[], io: CliIo): Promise<number> {
       throw new UsageError(`Plan refused: ${over.name} needs more memory than hardware.memory_budget allows`);
     }
     if (values.enqueue) return await enqueueSweep(loaded, values["runs-dir"] ?? "runs", io, values.json);
+    // A feature the adapter lacks (shader-f16 for hardware.precision f16): refused before any data, store,
+    // dashboard or run exists (exit 2).
+    await assertTrainableHere(loaded.points.map((p) => p.config));
     return await trainRuns(loaded, io, values);
   }
   const points = loaded.points.map((p) => summarizePoint(p.name, p.params, p.config));

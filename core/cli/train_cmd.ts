@@ -8,7 +8,7 @@
 import { experimentToYaml, type LoadedExperiment, parseExperimentText } from "../config/mod.ts";
 import { learningRate } from "../train/lr_schedule.ts";
 import { fmtRate } from "../util/quantities.js";
-import { createBackend } from "../train/backends.ts";
+import { assertTrainableHere, createBackend } from "../train/backends.ts";
 import {
   closeExperimentData,
   dataLoadOptions,
@@ -147,6 +147,8 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
     );
     return EXIT_OK;
   }
+  // An adapter without a feature the run needs (shader-f16 for hardware.precision f16): exit 2, untouched.
+  await assertTrainableHere([stored.config]);
   // One trainer per run: a second one stops here (exit 2, naming the holder) before the device is opened.
   await stored.run.takeLease();
   const backend = await createBackend(stored.config).catch(async (e) => {

@@ -21,6 +21,11 @@ export interface StepStats {
   kernels?: { label: string; ms: number }[];
   /** Per routed block, its top-k selection over the step (router.train: topk; empty otherwise). */
   routers?: RouterStepStats[];
+  /**
+   * With dynamic loss scaling (core/train/loss_scale.ts): the scale the step's backward pass used and the
+   * scale after it (halved after an overflow, doubled after a run of finite steps).
+   */
+  lossScale?: { used: number; next: number };
 }
 
 /** One routed block's top-k selection over a training step's tokens (docs/design.md §16). */
@@ -73,6 +78,8 @@ export interface TrainState {
    * balancing biases, ReLU routing's λ), saved as `router_state/<name>`; absent or empty for most models.
    */
   routerState?: Map<string, Float32Array>;
+  /** Dynamic loss scaling's state (core/train/loss_scale.ts), saved as `loss_scale` [scale, good steps]. */
+  lossScale?: { scale: number; good: number };
 }
 
 /** A backend able to train one model. */

@@ -23,6 +23,9 @@ import { CheckpointError } from "../runs/checkpoints.ts";
 /** The prefix of router state tensors in checkpoints (`router_state/l1_lambda`). */
 export const ROUTER_STATE = "router_state/";
 
+/** The checkpoint tensor of dynamic loss scaling's state: [scale, good steps] (core/train/loss_scale.ts). */
+export const LOSS_SCALE = "loss_scale";
+
 /** Consecutive non-finite steps that stop a run. */
 export const MAX_NONFINITE_STREAK = 10;
 
@@ -101,11 +104,21 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       if (!s.finite) {
         skipped++;
         log("train/skipped_steps", done, skipped);
+        // Dynamic loss scaling: gradients past f16's range with a finite loss are the scale's overflow; the
+        // scale was halved on the device and the step does not count toward divergence (until the scale is
+        // at its floor, where halving no longer changes it).
+        const ls = s.lossScale, overflow = ls !== undefined && Number.isFinite(s.loss) && ls.next < ls.used;
+        if (ls) log("train/loss_scale", done, ls.next);
         await o.run.event(
           "skipped_step",
-          `non-finite loss or gradient at step ${done}: update skipped`,
+          overflow
+            ? `gradient overflow at step ${done} with loss scale ${ls!.used}: update skipped, loss scale ${
+              ls!.next
+            }`
+            : `non-finite loss or gradient at step ${done}: update skipped`,
           done,
         );
+        if (overflow) continue;
         if (++streak >= MAX_NONFINITE_STREAK) {
           throw new TrainError(
             `Training diverged: ${streak} non-finite steps in a row (last at step ${done}); the last good ` +
@@ -270,6 +283,7 @@ function _logStep(
   log("train/lr", step, lr);
   log("train/grad_norm", step, s.gradNorm);
   log("train/tokens_per_s", step, tokensPerSecond);
+  if (s.lossScale) log("train/loss_scale", step, s.lossScale.used);
   for (const [key, v] of Object.entries(s.scalars ?? {})) log(`train/${key}`, step, v);
   _logRouterStep(log, step, s);
 }
@@ -327,6 +341,9 @@ export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
     out.set(`adam_v/${name}`, f32Tensor(p.shape, state.adamV.get(name)!));
   }
   out.set("optimizer_step", f32Tensor([1], new Float32Array([state.step])));
+  if (state.lossScale) {
+    out.set(LOSS_SCALE, f32Tensor([2], Float32Array.of(state.lossScale.scale, state.lossScale.good)));
+  }
   for (const [name, v] of state.routerState ?? []) {
     out.set(`${ROUTER_STATE}${name}`, f32Tensor([v.length], v));
   }
@@ -360,7 +377,9 @@ export function tensorsToState(t: ReadonlyMap<string, SafeTensor>): TrainState {
   if (!Number.isSafeInteger(value) || value < 0) {
     throw new CheckpointError(`Checkpoint has no valid optimizer_step (${step ? value : "missing"})`);
   }
-  return { params, adamM, adamV, step: value, routerState };
+  const ls = t.get(LOSS_SCALE);
+  const lossScale = ls ? { scale: tensorToF32(ls)[0]!, good: tensorToF32(ls)[1]! } : undefined;
+  return { params, adamM, adamV, step: value, routerState, ...(lossScale ? { lossScale } : {}) };
 }
 
 /**
