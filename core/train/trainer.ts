@@ -2,7 +2,9 @@
  * The training loop: warmup + decay learning rate, steps queued a few ahead of their statistics (no host
  * sync inside a step), evaluation every `eval_every` steps, router metrics, checkpoints every
  * `checkpoint_every` steps, a progress line, and the non-finite policy: a non-finite step is skipped on the
- * device and counted; 10 in a row stop the run. Checkpoints only ever hold finite values.
+ * device and counted; 10 in a row stop the run. With dynamic loss scaling (core/train/loss_scale.ts) an
+ * overflow that halved the scale is skipped and logged but does not count toward the 10. Checkpoints only
+ * ever hold finite values.
  *
  * @module
  */
@@ -330,8 +332,9 @@ async function _checkpoint(o: TrainOptions, step: number, skipped: number): Prom
 }
 
 /**
- * Flattens a training state into named tensors (`param/…`, `adam_m/…`, `adam_v/…`, `optimizer_step`, and
- * `router_state/…` for optimizer-free router state, docs/design.md §16).
+ * Flattens a training state into named tensors (`param/…`, `adam_m/…`, `adam_v/…`, `optimizer_step`,
+ * `router_state/…` for optimizer-free router state, docs/design.md §16, and with dynamic loss scaling
+ * `loss_scale` [scale, good steps]).
  */
 export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
   const out = new Map<string, SafeTensor>();
