@@ -3,7 +3,13 @@
  *
  * @module
  */
-import { GpuLostError, GpuOutOfMemoryError, GpuUnavailableError, GpuValidationError } from "./errors.ts";
+import {
+  GpuFeatureError,
+  GpuLostError,
+  GpuOutOfMemoryError,
+  GpuUnavailableError,
+  GpuValidationError,
+} from "./errors.ts";
 import { PipelineCache } from "./pipeline_cache.ts";
 import { optionalEnv } from "../core/util/env.ts";
 import { fmtBytes } from "../core/util/format.ts";
@@ -23,6 +29,12 @@ export interface OpenGpuOptions {
   validation?: boolean;
   /** Ask for `timestamp-query` when the adapter has it. Default true. */
   timestamps?: boolean;
+  /**
+   * Features the caller cannot run without (`shader-f16` for f16 kernels): an adapter lacking one is refused
+   * with a {@linkcode GpuFeatureError} naming the feature and the adapter, before a device is requested.
+   * `why` says what needs them (in the message).
+   */
+  require?: { features: readonly GPUFeatureName[]; why: string; fix?: string };
   /**
    * Kernel templates to use instead of the ones picked from the adapter's description (tests run the
    * `gpu` templates on llvmpipe this way). Default: the environment variable `DSMOE_KERNELS`
@@ -224,6 +236,10 @@ export async function openGpu(options: OpenGpuOptions = {}): Promise<GpuContext>
   if ((options.timestamps ?? true) && adapter.features.has("timestamp-query")) {
     requiredFeatures.push("timestamp-query");
   }
+  if (options.require) {
+    assertAdapterFeatures(_description(adapter.info), new Set(adapter.features), options.require);
+    requiredFeatures.push(...options.require.features);
+  }
   let device: GPUDevice;
   try {
     device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
@@ -232,12 +248,56 @@ export async function openGpu(options: OpenGpuOptions = {}): Promise<GpuContext>
   }
   const info = adapter.info;
   const desc: AdapterDescription = {
-    description: info.description || info.device || "unknown adapter",
+    description: _description(info),
     vendor: info.vendor,
     architecture: info.architecture,
     isFallbackAdapter: (info as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? false,
   };
   return new GpuContext(device, desc, options.validation ?? false, options.profile ?? _envProfile());
+}
+
+/** An adapter's description as runs record it. */
+function _description(info: GPUAdapterInfo): string {
+  return info.description || info.device || "unknown adapter";
+}
+
+/**
+ * Throws {@linkcode GpuFeatureError} unless `features` has every feature of `require`, naming the first
+ * missing one, the adapter, what needs it and (`fix`) what to do instead.
+ *
+ * @example
+ * ```ts
+ * import { assertAdapterFeatures } from "./device.ts";
+ * assertAdapterFeatures("a GPU", new Set(["shader-f16"]), { features: ["shader-f16"], why: "f16" });
+ * ```
+ */
+export function assertAdapterFeatures(
+  adapter: string,
+  features: ReadonlySet<string>,
+  require: { features: readonly string[]; why: string; fix?: string },
+): void {
+  const missing = require.features.find((f) => !features.has(f));
+  if (missing === undefined) return;
+  throw new GpuFeatureError(
+    `${require.why} needs the WebGPU feature ${missing}, which the adapter ${adapter} does not have` +
+      (require.fix ? `: ${require.fix}` : ""),
+  );
+}
+
+/**
+ * The adapter a device would be opened on, and its optional features, without opening a device (nothing is
+ * allocated): for refusing a plan that needs a feature before any work starts.
+ */
+export async function probeAdapter(
+  powerPreference: GPUPowerPreference = "high-performance",
+): Promise<{ description: string; features: ReadonlySet<string> }> {
+  const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
+  if (!gpu) {
+    throw new GpuUnavailableError("no WebGPU adapter: navigator.gpu is not available in this runtime");
+  }
+  const adapter = await gpu.requestAdapter({ powerPreference });
+  if (!adapter) throw new GpuUnavailableError("no WebGPU adapter: requestAdapter() returned null");
+  return { description: _description(adapter.info), features: new Set(adapter.features) };
 }
 
 function _envProfile(): KernelProfile | undefined {

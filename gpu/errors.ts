@@ -24,6 +24,15 @@ export class GpuLimitError extends RangeError {
   override name = "GpuLimitError";
 }
 
+/**
+ * The adapter lacks a WebGPU feature the plan needs (`shader-f16` for `hardware.precision: f16`); raised
+ * before a device is requested, so before anything is allocated. A kind of {@linkcode GpuLimitError}: every
+ * caller that refuses a plan over a device's limits (exit 2, no run created) refuses this the same way.
+ */
+export class GpuFeatureError extends GpuLimitError {
+  override name = "GpuFeatureError";
+}
+
 /** A WebGPU validation or out-of-memory error caught by an error scope. */
 export class GpuValidationError extends Error {
   override name = "GpuValidationError";

@@ -8,8 +8,12 @@ import {
   type BenchRow,
   checkClose,
   formatTable,
+  MATMUL_LARGE,
+  MATMUL_SHAPES_QUICK,
   matmulCases,
+  matmulShapes,
   runCases,
+  withPeakShare,
 } from "../core/bench/mod.ts";
 import { openTfjs } from "../core/bench/tfjs.ts";
 import { cli } from "./helpers/cli.ts";
@@ -109,9 +113,29 @@ Deno.test("bench: a wrong kernel fails the float64 check and gets an error row, 
   assertThrows(() => checkClose([NaN], [1], { atol: 1, rtol: 1 }, "nan"), BenchCheckError);
 });
 
+Deno.test("bench rows show their GFLOP/s as a % of the fp32 peak when it is known; 4096³ joins the matmul suite with --large", () => {
+  assertEquals(matmulShapes(false, true).at(-1), MATMUL_LARGE);
+  assertEquals(MATMUL_LARGE, [4096, 4096, 4096]);
+  assert(!matmulShapes(false, false).some(([m, k, n]) => m === 4096 && k === 4096 && n === 4096));
+  assertEquals(matmulShapes(true, false), [...MATMUL_SHAPES_QUICK]);
+  const row = { suite: "matmul", case: "8x8x8", ms: 2, gflops: 670, flops: 1340e6, max_err: 0 } as const;
+  const rows: BenchRow[] = [{ ...row, impl: "dsmoe" }, { ...row, impl: "tfjs-webgpu", ms: 4, gflops: 335 }];
+  const shared = withPeakShare(rows, { flops: 67e12, source: "test" });
+  assertEquals(shared.map((r) => r.peak_pct), [1, 0.5]);
+  assertEquals(withPeakShare(rows, null), rows);
+  const text = formatTable(shared, "an adapter", "fp32 peak: 67 TFLOP/s (test)");
+  assert(/dsmoe % of peak/.test(text) && /670\.00 +1\.0%/.test(text) && text.includes("fp32 peak: 67"), text);
+  assert(!formatTable(rows, "an adapter").includes("% of peak"));
+});
+
 Deno.test("bench rejects an unknown suite and stray arguments with exit code 2", async () => {
   assertEquals((await cli("bench", "--suite", "nope")).code, 2);
   assertEquals((await cli("bench", "extra")).code, 2);
+  for (const bad of [["--peak-tflops", "0"], ["--peak-tflops", "fast"], ["--large", "--quick"]]) {
+    const r = await cli("bench", ...bad);
+    assertEquals(r.code, 2, bad.join(" "));
+    assert(r.err.join("\n").includes(bad[0]!), r.err.join("\n"));
+  }
   const help = await cli("bench", "--help");
   assertEquals(help.code, 0);
   assert(help.out.join("\n").includes("--suite"));

@@ -72,6 +72,11 @@ Deno.test("unknown flags and commands are usage errors with exit code 2", async 
   assertEquals((await cli("run", "--dry-rn")).code, 2);
   assertEquals((await cli("frobnicate")).code, 2);
   assertEquals((await cli("run", "--stop-after", "zero", "--dry-run")).code, 2);
+  for (const bad of [["--peak-tflops", "-1", "--profile"], ["--peak-tflops", "67"]]) {
+    const r = await cli("run", "configs/dsmoe-tiny.yaml", "--dry-run", ...bad);
+    assertEquals(r.code, 2, bad.join(" "));
+    assert(r.err.join("\n").includes("--peak-tflops"), r.err.join("\n"));
+  }
 });
 
 Deno.test("a missing config file is reported without a stack trace", async () => {

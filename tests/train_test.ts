@@ -11,6 +11,8 @@ import { testGpu } from "./helpers/gpu.ts";
 import { runMeta } from "./helpers/run_meta.ts";
 import { TEMP_MARK } from "../core/util/atomic_write.ts";
 import { FailureNotRecordedError, recordRunFailure } from "../core/train/train_run.ts";
+import { plan } from "../core/plan/plan.ts";
+import { trainStepFlops } from "../core/plan/flops.ts";
 
 /** `cli(...argv)` with the fault-injection variable `name` set to `value` for that call only. */
 async function cliWithFault(name: string, value: string, ...argv: string[]): Promise<CliResult> {
@@ -99,6 +101,8 @@ Deno.test("run --profile times every kernel of each step on the GPU and reports 
       "run",
       "tests/fixtures/micro.yaml",
       "--profile",
+      "--peak-tflops",
+      "0.5",
       "--stop-after",
       "3",
       "--no-dashboard",
@@ -108,6 +112,21 @@ Deno.test("run --profile times every kernel of each step on the GPU and reports 
     );
     assertEquals(r.code, 0, r.err.join("\n"));
     const p = r.json().profile;
+    // MFU: the plan's model FLOPs per step over the GPU time and over the wall time, against the given peak.
+    const { config } = (await loadExperiment("tests/fixtures/micro.yaml")).points[0]!;
+    const flops = trainStepFlops(plan(config, "train-dense"));
+    assertEquals(p.model_flops_per_step, flops);
+    assert(flops.matmul > 0 && flops.attention > 0, JSON.stringify(flops));
+    const gpuRate = flops.total / (p.gpu_ms_per_step / 1000),
+      wallRate = flops.total / (p.wall_ms_per_step / 1000);
+    assert(p.wall_ms_per_step > 0, `wall ${p.wall_ms_per_step}`);
+    assertEquals([p.mfu.peak_tflops, p.mfu.peak_source], [0.5, "--peak-tflops"]);
+    assert(Math.abs(p.mfu.mfu_gpu_pct - (100 * gpuRate) / 0.5e12) < 1e-9 * p.mfu.mfu_gpu_pct, p.mfu);
+    assert(Math.abs(p.mfu.mfu_wall_pct - (100 * wallRate) / 0.5e12) < 1e-9 * p.mfu.mfu_wall_pct, p.mfu);
+    assert(
+      r.out.some((l) => /^MFU [\d.]+% of GPU time, [\d.]+% of wall time, over the fp32 peak 0.5/.test(l)),
+      r.out.join("\n"),
+    );
     assertEquals(p.steps, 2, "the first step (shader compilation) is left out of the profile");
     assertEquals(p.host_syncs_per_step, 0);
     const labels = p.kernels.map((k: { label: string }) => k.label);

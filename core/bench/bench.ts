@@ -5,9 +5,10 @@
  * @module
  */
 import { openGpu } from "../../gpu/device.ts";
+import { fp32Peak, type Peak } from "../../gpu/peak.ts";
 import { type BenchCase, type BenchRow, runCases } from "./case.ts";
 import { KERNEL_DIMS, KERNEL_DIMS_QUICK, kernelCases } from "./kernels.ts";
-import { MATMUL_SHAPES, MATMUL_SHAPES_QUICK, matmulCases } from "./matmul.ts";
+import { MATMUL_LARGE, MATMUL_SHAPES, MATMUL_SHAPES_QUICK, matmulCases, type MatmulShape } from "./matmul.ts";
 import { MOE_DIMS, MOE_DIMS_QUICK, moeCases } from "./moe.ts";
 import { DECODE_SIZES, DECODE_SIZES_QUICK, decodeCases } from "./decode.ts";
 import { TRAIN_DIMS, TRAIN_DIMS_QUICK, trainStepCases } from "./train_step.ts";
@@ -27,6 +28,10 @@ export interface BenchOptions {
   quick?: boolean;
   /** Runs queued per host↔GPU wait; default chosen per case (timing.ts), 2 with `quick`. */
   perSync?: number;
+  /** Add the 4096³ matmul ({@linkcode MATMUL_LARGE}); default on real GPUs (the `gpu` kernel profile). */
+  large?: boolean;
+  /** The adapter's fp32 peak in TFLOP/s for the rows' % of peak; default gpu/peak.ts's table. */
+  peakTflops?: number;
   progress?: (line: string) => void;
 }
 
@@ -38,6 +43,21 @@ export interface BenchResult {
   reps: number;
   /** The fixed runs per wait, or null when chosen per case. */
   perSync: number | null;
+  /** The adapter's fp32 peak, or null with `peakUnknown` saying why. */
+  peak: Peak | null;
+  peakUnknown: string;
+}
+
+/** The matmul suite's shapes: the full or quick list, and the 4096³ product when `large`. */
+export function matmulShapes(quick: boolean, large: boolean): MatmulShape[] {
+  return [...(quick ? MATMUL_SHAPES_QUICK : MATMUL_SHAPES), ...(large ? [MATMUL_LARGE] : [])];
+}
+
+/** `rows` with each GFLOP/s as a % of `peak` (rows unchanged without a peak). */
+export function withPeakShare(rows: readonly BenchRow[], peak: Peak | null): BenchRow[] {
+  return rows.map((r) =>
+    peak && typeof r.gflops === "number" ? { ...r, peak_pct: (100 * r.gflops * 1e9) / peak.flops } : r
+  );
 }
 
 /**
@@ -57,7 +77,7 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
     for (const s of o.suites ?? SUITES) {
       switch (s) {
         case "matmul":
-          cases.push(...matmulCases(ctx, tfjs, o.quick ? MATMUL_SHAPES_QUICK : MATMUL_SHAPES));
+          cases.push(...matmulCases(ctx, tfjs, matmulShapes(!!o.quick, o.large ?? ctx.profile === "gpu")));
           break;
         case "kernels":
           cases.push(...kernelCases(ctx, tfjs, o.quick ? KERNEL_DIMS_QUICK : KERNEL_DIMS));
@@ -80,9 +100,18 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
         `${warmup} warm-up + ${reps} timed repetitions each, median; ` +
         (perSync ? `${perSync} runs queued per host wait` : "runs queued per host wait sized per case"),
     );
-    const rows = await runCases(cases, { warmup, reps, perSync, progress: o.progress });
+    const { peak, why } = fp32Peak(ctx.adapter.description, o.peakTflops);
+    const rows = withPeakShare(await runCases(cases, { warmup, reps, perSync, progress: o.progress }), peak);
     ctx.assertAlive();
-    return { rows, adapter: ctx.adapter.description, warmup, reps, perSync: perSync ?? null };
+    return {
+      rows,
+      adapter: ctx.adapter.description,
+      warmup,
+      reps,
+      perSync: perSync ?? null,
+      peak,
+      peakUnknown: why,
+    };
   } finally {
     ctx.destroy();
   }

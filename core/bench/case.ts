@@ -76,6 +76,8 @@ export interface BenchRow {
   ms: number | null;
   /** flops / ms / 1e6, null when the case has no FLOP count or failed. */
   gflops: number | null;
+  /** GFLOP/s as a % of the adapter's fp32 peak (gpu/peak.ts), when the peak is known. */
+  peak_pct?: number;
   flops: number | null;
   /** Decode suite: tokens one run decodes and tokens per second (else absent). */
   tokens?: number;

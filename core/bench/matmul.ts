@@ -25,6 +25,12 @@ export const MATMUL_SHAPES: readonly MatmulShape[] = [
   [4096, 256, 1024],
 ];
 
+/**
+ * The large square product of the fp32-peak target (docs/performance.md "MFU"): added on real GPUs (the `gpu`
+ * kernel profile) or with `bench --large`; llvmpipe takes minutes over it.
+ */
+export const MATMUL_LARGE: MatmulShape = [4096, 4096, 4096];
+
 /** Shapes of `--quick` (tests): small, and one that is not a multiple of the tile. */
 export const MATMUL_SHAPES_QUICK: readonly MatmulShape[] = [[128, 128, 128], [200, 64, 96]];
 

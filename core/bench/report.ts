@@ -18,6 +18,9 @@ export interface BenchSummary {
   reps: number;
   /** Runs queued per host wait when fixed for the whole run; null when sized per case. */
   per_sync?: number | null;
+  /** The adapter's fp32 peak (TFLOP/s) the rows' `peak_pct` are of, and its source; null when unknown. */
+  peak_tflops?: number | null;
+  peak_source?: string | null;
 }
 
 /**
@@ -68,8 +71,8 @@ const _TABLES = [
  * if (!text.includes("0.50")) throw new Error("ratio");
  * ```
  */
-export function formatTable(rows: readonly BenchRow[], adapter: string): string {
-  const out = [`adapter: ${adapter}`];
+export function formatTable(rows: readonly BenchRow[], adapter: string, peak?: string): string {
+  const out = [`adapter: ${adapter}`, ...(peak ? [peak] : [])];
   for (const table of _TABLES) {
     // A peer table after the first shows only the cases that peer ran.
     const peer = table.impls[1] as string,
@@ -94,11 +97,14 @@ function _dispatches(r?: BenchRow): string {
 function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] {
   const [a, b] = t.names;
   const rate = t.decode ? "tokens/s" : "GFLOP/s";
+  // The first implementation's GFLOP/s as a % of the adapter's fp32 peak, when it is known.
+  const pct = rows.some((r) => r.impl === t.impls[0] && r.peak_pct !== undefined);
   const header = [
     "suite",
     "case",
     `${a} ms`,
     `${a} ${rate}`,
+    ...(pct ? [`${a} % of peak`] : []),
     `${b} ms`,
     `${b} ${rate}`,
     t.ratio,
@@ -133,6 +139,7 @@ function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] 
       any.case,
       ms(first),
       gf(first),
+      ...(pct ? [first?.peak_pct === undefined ? "–" : `${first.peak_pct.toFixed(1)}%`] : []),
       ms(second),
       gf(second),
       ratio,

@@ -55,6 +55,26 @@ export function positiveInt(flag: string, value: string | undefined): number | u
 }
 
 /**
+ * Parses a positive finite number flag (`--peak-tflops 67`, `1.5`, `2e1`) or throws a {@linkcode UsageError}
+ * naming the flag; `undefined` when the flag is absent.
+ *
+ * @example
+ * ```ts
+ * import { positiveNumber } from "./args.ts";
+ * if (positiveNumber("peak-tflops", "19.5") !== 19.5) throw new Error("parsed");
+ * ```
+ */
+export function positiveNumber(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = /^\s*[0-9.eE+-]+\s*$/.test(value) ? Number(value) : NaN;
+  if (!(n > 0 && Number.isFinite(n))) {
+    const shown = value.length > 40 ? `${value.slice(0, 39)}…` : value;
+    throw new UsageError(`--${flag} expects a positive number, got "${shown}"`);
+  }
+  return n;
+}
+
+/**
  * Parses a whole-number flag from 1 to `max` written in decimal digits (no exponent, sign or fraction), or
  * throws a {@linkcode UsageError} naming the flag and the range; `undefined` when the flag is absent. For
  * flags that size work or memory, so that no value costs without bound.

@@ -16,7 +16,7 @@ import {
   TOKENIZER_SIZE_QUICK,
   TOKENIZER_SUITE,
 } from "../bench/tokenizer.ts";
-import { parseCommandArgs, positiveInt } from "./args.ts";
+import { parseCommandArgs, positiveInt, positiveNumber } from "./args.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
 import type { CliIo } from "./io.ts";
 import { BENCH_USAGE } from "./usage.ts";
@@ -33,6 +33,8 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseCommandArgs("bench", args, {
     suite: { type: "string", multiple: true },
     quick: { type: "boolean" },
+    large: { type: "boolean" },
+    "peak-tflops": { type: "string" },
     "per-sync": { type: "string" },
   });
   if (values.help) {
@@ -51,8 +53,12 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
   const suites = named.filter((s) => s !== TOKENIZER_SUITE) as SuiteName[];
   const quick = !!values.quick;
   const perSync = positiveInt("per-sync", values["per-sync"]);
+  const peakTflops = positiveNumber("peak-tflops", values["peak-tflops"]);
+  if (values.large && quick) throw new UsageError("--large does not go with --quick (small sizes only)");
   const progress = (line: string) => io.err(`bench: ${line}`);
-  const result = suites.length > 0 ? await runBench({ suites, quick, perSync, progress }) : null;
+  const result = suites.length > 0
+    ? await runBench({ suites, quick, perSync, progress, large: values.large, peakTflops })
+    : null;
   const tokenizerRows = named.includes(TOKENIZER_SUITE)
     ? await runTokenizerBench({
       quick,
@@ -75,12 +81,14 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
       warmup: result?.warmup ?? 1,
       reps: result?.reps ?? (quick ? TOKENIZER_SIZE_QUICK : TOKENIZER_SIZE).reps,
       per_sync: result?.perSync ?? null,
+      peak_tflops: result?.peak ? result.peak.flops / 1e12 : null,
+      peak_source: result?.peak?.source ?? null,
     };
     for (const line of jsonLines(rows, summary).slice(0, -1)) io.out(line);
     for (const row of tokenizerRows) io.out(JSON.stringify(row));
     io.out(JSON.stringify(summary)); // last, as jsonLines puts it
   } else {
-    if (result) io.out(formatTable(result.rows, result.adapter));
+    if (result) io.out(formatTable(result.rows, result.adapter, _peakLine(result)));
     if (tokenizerRows.length > 0) io.out(formatTokenizerTable(tokenizerRows));
   }
   if (errors > 0) {
@@ -90,6 +98,13 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
     return EXIT_RUN_FAILURE;
   }
   return EXIT_OK;
+}
+
+/** The table's peak line: the fp32 peak the "% of peak" column is of, or why there is none. */
+function _peakLine(r: { peak: { flops: number; source: string } | null; peakUnknown: string }): string {
+  return r.peak
+    ? `fp32 peak: ${r.peak.flops / 1e12} TFLOP/s (${r.peak.source})`
+    : `fp32 peak: ${r.peakUnknown}`;
 }
 
 /** Raw text to stderr (the training progress bar redraws its line). */

@@ -6,7 +6,7 @@
  * @module
  */
 import { ConfigError, type LoadedExperiment, loadExperiment } from "../config/mod.ts";
-import { parseCommandArgs, positiveInt } from "./args.ts";
+import { parseCommandArgs, positiveInt, positiveNumber } from "./args.ts";
 import { describePointsData, formatDryRun, summarizePoint } from "./dry_run.ts";
 import { fitsMemoryBudget } from "../plan/counts.ts";
 import { defaultCacheDir } from "../data/prepare.ts";
@@ -24,6 +24,7 @@ import { AmbiguousRunError, NoSuchRunError, RunBusyError, StoreMissingError } fr
 import { CheckpointError } from "../runs/checkpoints.ts";
 import { RUN_USAGE, USAGE } from "./usage.ts";
 import { resumeRun, trainRuns } from "./train_cmd.ts";
+import { assertTrainableHere } from "../train/backends.ts";
 import { workerCommand } from "./worker_cmd.ts";
 import type { CliIo } from "./io.ts";
 
@@ -141,6 +142,7 @@ async function _run(args: string[], io: CliIo): Promise<number> {
     "dashboard-port": { type: "string" },
     "no-dashboard": { type: "boolean" },
     profile: { type: "boolean" },
+    "peak-tflops": { type: "string" },
     enqueue: { type: "boolean" },
   });
   if (values.help) {
@@ -155,6 +157,10 @@ async function _run(args: string[], io: CliIo): Promise<number> {
   }
   if (positionals.length > 1) throw new UsageError(`run takes one config file, got ${positionals.length}`);
   positiveInt("stop-after", values["stop-after"]);
+  positiveNumber("peak-tflops", values["peak-tflops"]);
+  if (values["peak-tflops"] !== undefined && !values.profile) {
+    throw new UsageError("--peak-tflops goes with --profile (it sets the fp32 peak its MFU is taken over)");
+  }
   if (values.resume !== undefined && positionals.length > 0) {
     throw new UsageError("run --resume takes a run id, not a config file");
   }
@@ -182,6 +188,9 @@ async function _run(args: string[], io: CliIo): Promise<number> {
       throw new UsageError(`Plan refused: ${over.name} needs more memory than hardware.memory_budget allows`);
     }
     if (values.enqueue) return await enqueueSweep(loaded, values["runs-dir"] ?? "runs", io, values.json);
+    // A feature the adapter lacks (shader-f16 for hardware.precision f16): refused before any data, store,
+    // dashboard or run exists (exit 2).
+    await assertTrainableHere(loaded.points.map((p) => p.config));
     return await trainRuns(loaded, io, values);
   }
   const points = loaded.points.map((p) => summarizePoint(p.name, p.params, p.config));

@@ -8,7 +8,7 @@
 import { experimentToYaml, type LoadedExperiment, parseExperimentText } from "../config/mod.ts";
 import { learningRate } from "../train/lr_schedule.ts";
 import { fmtRate } from "../util/quantities.js";
-import { createBackend } from "../train/backends.ts";
+import { assertTrainableHere, createBackend } from "../train/backends.ts";
 import {
   closeExperimentData,
   dataLoadOptions,
@@ -17,11 +17,12 @@ import {
   runExperiment,
   summaryTable,
 } from "../train/run_experiment.ts";
-import { formatProfile } from "../train/profile.ts";
+import { formatProfile, profileMfu, type StepProfile } from "../train/profile.ts";
+import { fp32Peak } from "../../gpu/peak.ts";
 import { continueRun } from "../train/continue_run.ts";
 import { openStoredRun, type StoredRun } from "../runs/stored_run.ts";
 import { resolveRunRef } from "../runs/resolve_run.ts";
-import { positiveInt } from "./args.ts";
+import { positiveInt, positiveNumber } from "./args.ts";
 import type { CliIo } from "./io.ts";
 import { EXIT_OK, EXIT_RUN_FAILURE, UsageError } from "./errors.ts";
 import { liveDashboard } from "./live_dashboard.ts";
@@ -37,7 +38,17 @@ export interface RunFlags {
   "dashboard-port"?: string;
   "no-dashboard"?: boolean;
   profile?: boolean;
+  "peak-tflops"?: string; // the adapter's fp32 peak for --profile's MFU (default: gpu/peak.ts's table)
   set?: string[]; // with --resume: keys of RESUME_SET_KEYS only
+}
+
+/**
+ * A profile with its MFU (docs/performance.md "MFU"): the adapter's fp32 peak from gpu/peak.ts's table, or
+ * `--peak-tflops`; the MFU is null when the backend counts no model FLOPs.
+ */
+export function profileWithMfu(p: StepProfile, flags: RunFlags): StepProfile {
+  const { peak, why } = fp32Peak(p.adapter ?? "", positiveNumber("peak-tflops", flags["peak-tflops"]));
+  return { ...p, mfu: profileMfu(p, peak, why) };
 }
 
 /**
@@ -80,7 +91,9 @@ export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunF
   }
   io.out(summaryTable(outcomes));
   for (const o of outcomes) {
-    if (o.profile) io.out(`\nProfile of ${o.point.name}:\n${formatProfile(o.profile)}`);
+    if (!o.profile) continue;
+    o.profile = profileWithMfu(o.profile, flags);
+    io.out(`\nProfile of ${o.point.name}:\n${formatProfile(o.profile)}`);
   }
   const store = (await openRunStore(runsDir)).url;
   io.out(
@@ -134,6 +147,8 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
     );
     return EXIT_OK;
   }
+  // An adapter without a feature the run needs (shader-f16 for hardware.precision f16): exit 2, untouched.
+  await assertTrainableHere([stored.config]);
   // One trainer per run: a second one stops here (exit 2, naming the holder) before the device is opened.
   await stored.run.takeLease();
   const backend = await createBackend(stored.config).catch(async (e) => {
@@ -155,9 +170,10 @@ export async function resumeRun(id: string, io: CliIo, flags: RunFlags): Promise
       profile: flags.profile,
       onDataProgress: dataProgress(io),
     });
-    if (r.profile) io.out(`Profile:\n${formatProfile(r.profile)}`);
+    const profile = r.profile ? profileWithMfu(r.profile, flags) : null;
+    if (profile) io.out(`Profile:\n${formatProfile(profile)}`);
     if (flags.json) {
-      io.out(JSON.stringify({ run_id: run.meta.id, run_dir: run.path, final: r.final, profile: r.profile }));
+      io.out(JSON.stringify({ run_id: run.meta.id, run_dir: run.path, final: r.final, profile }));
     }
     return EXIT_OK;
   } finally {

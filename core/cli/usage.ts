@@ -60,7 +60,11 @@ Options:
                          if it is taken; 0 = any free port)
   --no-dashboard         do not serve the dashboard
   --profile              time every kernel of every step on the GPU (timestamp queries) and print each
-                         kernel's share of the step; also logs system/gpu_ms_per_step
+                         kernel's share of the step, the model FLOPs per step and the MFU (model FLOP/s
+                         over the adapter's fp32 peak, docs/performance.md); also logs
+                         system/gpu_ms_per_step
+  --peak-tflops X        with --profile: the adapter's fp32 peak in TFLOP/s for the MFU (default: the
+                         vendor figure of a known adapter; none for others, e.g. llvmpipe)
   --enqueue              put every point of the sweep in the queue of the Postgres store for
                          \`deno task worker\` processes to train, and train nothing here (again: nothing is
                          queued twice, failed points are queued again)
@@ -142,14 +146,18 @@ host↔GPU wait cancels out; p (column runs/wait) is doubled per case until the 
 and is the same for every implementation of the case.
 
 Options:
-  --suite NAME   matmul (GFLOP/s at 256³…2048³ and 4096×256×1024), kernels (softmax, layernorm, gelu,
-                 bias add, attention, cross-entropy, embedding, AdamW, sum), moe (MoE-MLP forward, dense
-                 vs sparse execution at 10–100% of experts active), decode (batch-1 decoding tokens/s,
-                 DS-MoE under top-2 routing vs a dense model of the same total parameters) or train (one
-                 dense-training step of a MoE-MLP block: forward, backward, clipping, AdamW; also against
-                 jax-js on WebGPU and WebAssembly); repeatable;
+  --suite NAME   matmul (GFLOP/s at 256³…2048³, 4096×256×1024, and 4096³ with --large), kernels
+                 (softmax, layernorm, gelu, bias add, attention, cross-entropy, embedding, AdamW, sum), moe
+                 (MoE-MLP forward, dense vs sparse execution at 10–100% of experts active), decode (batch-1
+                 decoding tokens/s, DS-MoE under top-2 routing vs a dense model of the same total
+                 parameters) or train (one dense-training step of a MoE-MLP block: forward, backward,
+                 clipping, AdamW; also against jax-js on WebGPU and WebAssembly); repeatable;
                  default all
   --quick        small sizes, 2 samples with p = 2 (for tests)
+  --large        add the 4096³ matmul (the default on real GPUs; minutes on a software adapter)
+  --peak-tflops X
+                 the adapter's fp32 peak in TFLOP/s: rows show their GFLOP/s as a % of it (default: the
+                 vendor figure of a known adapter, docs/performance.md; none for others)
   --per-sync N   p = N in every case instead of sizing it
   --json         one JSON object per row, then a summary object as the last line`;
 

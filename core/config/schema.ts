@@ -255,6 +255,12 @@ export const TrainSchema = z.strictObject({
   log_every: posInt("Record training metrics every N steps", 10),
 });
 
+/** Training precisions of `hardware.precision` (docs/performance.md "Half precision"). */
+export const PRECISIONS = ["f32", "f16"] as const;
+
+/** One of {@linkcode PRECISIONS}. */
+export type Precision = typeof PRECISIONS[number];
+
 /** Where and how the compute runs. */
 export const HardwareSchema = z.strictObject({
   backend: z.enum(["webgpu", "cpu"]).default("webgpu").describe("webgpu, or cpu (float64 reference; slow)"),
@@ -263,7 +269,22 @@ export const HardwareSchema = z.strictObject({
   memory_budget: z.union([z.string().regex(BYTE_SIZE_RE, "expected a size such as 2GiB"), z.int().min(1)])
     .default("2GiB").describe("The planner refuses a plan larger than this, before allocating"),
   validation: z.boolean().default(false).describe("Wrap each step in WebGPU error scopes (slower)"),
+  precision: z.enum(PRECISIONS).optional().describe(
+    "Training precision (webgpu): f32 (the default), or f16: f16 operands in the matmuls with f32 " +
+      "accumulation, f32 master weights and dynamic loss scaling; needs an adapter with shader-f16",
+  ),
 });
+
+/** How a config's precision reads when `hardware.precision` is not set. */
+export const DEFAULT_PRECISION = "f32";
+
+/**
+ * A config's training precision: `hardware.precision`, else f32. Optional in the schema so that configs
+ * without the key resolve (and hash) as they did before it existed.
+ */
+export function precisionOf(c: { readonly hardware: { readonly precision?: Precision } }): Precision {
+  return c.hardware.precision ?? DEFAULT_PRECISION;
+}
 
 /** A numeric sampling range for random sweeps. */
 export const RangeSchema = z.strictObject({
@@ -404,6 +425,13 @@ function _crossChecks(c: z.output<z.ZodObject<typeof _shape>>, ctx: z.Refinement
   }
   if (c.train.schedule.min_lr > c.train.optimizer.lr) {
     issue(["train", "schedule", "min_lr"], `min_lr (${c.train.schedule.min_lr}) exceeds lr`);
+  }
+  if (c.hardware.precision === "f16" && c.hardware.backend !== "webgpu") {
+    issue(
+      ["hardware", "precision"],
+      `hardware.precision f16 runs on the webgpu backend; hardware.backend ${c.hardware.backend} is the ` +
+        "float64 reference",
+    );
   }
   const mem = c.hardware.memory_budget;
   // Format issues do not stop refinements in zod 4, so a malformed size must not reach parseByteSize.

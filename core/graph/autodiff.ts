@@ -9,12 +9,17 @@
 import type { Graph, Value } from "./ir.ts";
 import { applyIn, gradRuleOf, OPS, type OpTable } from "./ops.ts";
 
-/** Gradient of `loss` for each value in `wrt` (same order; a zero-filled value when unreachable). */
+/**
+ * Gradient of `loss` for each value in `wrt` (same order; a zero-filled value when unreachable). The
+ * backward pass starts from `seed` (a value of the loss's shape, e.g. the loss scale of mixed precision,
+ * core/train/loss_scale.ts), by default a fill of 1: the gradients are then seed times the loss's.
+ */
 export function gradients(
   g: Graph,
   loss: Value,
   wrt: readonly Value[],
   table: OpTable = OPS,
+  seed?: Value,
 ): Value[] {
   const needs = _requiresGrad(g, wrt, table);
   if (!needs.has(loss.id)) {
@@ -26,7 +31,12 @@ export function gradients(
     if (list) list.push(d);
     else contrib.set(v.id, [d]);
   };
-  add(loss, applyIn(table, g, "fill", [], { shape: loss.shape, value: 1 })[0]!);
+  if (seed && (seed.shape.length !== loss.shape.length || seed.shape.some((d, i) => d !== loss.shape[i]))) {
+    throw new RangeError(
+      `Cannot seed the gradient of ${loss.name} [${loss.shape}] with ${seed.name} [${seed.shape}]`,
+    );
+  }
+  add(loss, seed ?? applyIn(table, g, "fill", [], { shape: loss.shape, value: 1 })[0]!);
   const total = (v: Value): Value | null => {
     const list = contrib.get(v.id);
     if (!list || list.length === 0) return null;

@@ -40,6 +40,11 @@ export interface PlanOptions {
   routerProbs?: boolean;
   /** decode: fuse norms, routers, activations and residual adds into their neighbours (default true). */
   fuse?: boolean;
+  /**
+   * train-dense: start the backward pass from an input `loss_scale` (the loss's shape) instead of 1, so the
+   * gradients are the loss scale times the loss's (dynamic loss scaling, core/train/loss_scale.ts).
+   */
+  lossScale?: boolean;
 }
 
 /** A training plan: the model, its gradients (same order as `model.params`) and the schedule computing both. */
@@ -63,6 +68,8 @@ export interface TrainPlan {
    * training gates of the routers that expose one (`RouterTap.trainGate`, docs/design.md §16).
    */
   evaluate: Schedule;
+  /** With `PlanOptions.lossScale`: the input leaf the backward pass starts from; else null. */
+  lossScale: Value | null;
 }
 
 /** A sparse inference plan: loss, logits and router masks of a routed forward. */
@@ -117,7 +124,14 @@ export function plan(
       const microBatch = o.batch ?? acc.microBatch, accumulation = o.batch === undefined ? acc.steps : 1;
       const batchStats = accumulation > 1 && hasBatchRouterLoss(c);
       const model = buildModel(c, microBatch, undefined, { batchStats });
-      const grads = gradients(model.graph, model.loss, model.params.map((p) => p.value));
+      const lossScale = o.lossScale ? model.graph.leaf("input", "loss_scale", model.loss.shape) : null;
+      const grads = gradients(
+        model.graph,
+        model.loss,
+        model.params.map((p) => p.value),
+        undefined,
+        lossScale ?? undefined,
+      );
       const loads = loadValues(model);
       const outputs = [
         model.loss,
@@ -145,6 +159,7 @@ export function plan(
         accumulation,
         stats,
         evaluate,
+        lossScale,
       };
     }
     case "infer-sparse": {

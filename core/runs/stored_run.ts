@@ -21,7 +21,7 @@ import {
   tokenizerFromMetadata,
 } from "../data/tokenizers.ts";
 import { parseExperimentText } from "../config/mod.ts";
-import { parseByteSize } from "../config/schema.ts";
+import { parseByteSize, precisionOf } from "../config/schema.ts";
 import { isPlainMap, MAX_FILE_BYTES, parseYaml } from "../config/yaml_source.ts";
 import type { Experiment } from "../config/schema.ts";
 import { estimateMemory, fitsMemoryBudget } from "../plan/counts.ts";
@@ -146,7 +146,8 @@ export function checkMemoryBudget(c: Readonly<Experiment>, label: string): void 
  * `router_state/<name>`, F32, their shape, finite; no tensor that is not the model's. To resume, also
  * `adam_m/<name>` (finite) and `adam_v/<name>` (finite, ≥ 0) of the same shapes, the rest of the router state
  * (ReLU routing's λ as `router_state/l1_lambda`, finite, ≥ 0), `optimizer_step` equal to `step`, a
- * `skipped_steps` count within it, and `step` within `train.steps`.
+ * `skipped_steps` count within it, `step` within `train.steps`, and with `hardware.precision: f16` the loss
+ * scale `loss_scale` ([scale > 0, good steps], checked wherever present).
  */
 export function checkCheckpointContent(
   file: SafeTensorsFile,
@@ -169,6 +170,16 @@ export function checkCheckpointContent(
       _checkTensor(file, `router_state/${name}`, spec.shape, spec.nonNegative);
     }
     known.add(`router_state/${name}`);
+  }
+  // Dynamic loss scaling's [scale, good steps] (core/train/loss_scale.ts): needed to resume f16 training;
+  // checked wherever it is.
+  known.add("loss_scale");
+  if (file.tensors.has("loss_scale") || (o.purpose === "resume" && precisionOf(c) === "f16")) {
+    _checkTensor(file, "loss_scale", [2], true);
+    const [scale, good] = tensorToF32(file.tensors.get("loss_scale")!);
+    if (!(scale! > 0) || !Number.isInteger(good)) {
+      throw new CheckpointError(`tensor "loss_scale" holds scale ${scale}, good steps ${good}`);
+    }
   }
   for (const name of file.tensors.keys()) {
     if (!known.has(name)) {

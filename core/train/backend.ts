@@ -21,6 +21,11 @@ export interface StepStats {
   kernels?: { label: string; ms: number }[];
   /** Per routed block, its top-k selection over the step (router.train: topk; empty otherwise). */
   routers?: RouterStepStats[];
+  /**
+   * With dynamic loss scaling (core/train/loss_scale.ts): the scale the step's backward pass used and the
+   * scale after it (halved after an overflow, doubled after a run of finite steps).
+   */
+  lossScale?: { used: number; next: number };
 }
 
 /** One routed block's top-k selection over a training step's tokens (docs/design.md §16). */
@@ -73,12 +78,18 @@ export interface TrainState {
    * balancing biases, ReLU routing's λ), saved as `router_state/<name>`; absent or empty for most models.
    */
   routerState?: Map<string, Float32Array>;
+  /** Dynamic loss scaling's state (core/train/loss_scale.ts), saved as `loss_scale` [scale, good steps]. */
+  lossScale?: { scale: number; good: number };
 }
 
 /** A backend able to train one model. */
 export interface TrainBackend {
   /** Human-readable device, e.g. "webgpu: llvmpipe (LLVM 15.0.6, 256 bits)". */
   readonly description: string;
+  /** The adapter's own description (WebGPU), for its fp32 peak (gpu/peak.ts); absent on the CPU. */
+  readonly adapter?: string;
+  /** Model FLOPs of one optimizer step (core/plan/flops.ts), for `run --profile`'s MFU. */
+  readonly modelFlops?: { matmul: number; attention: number; total: number };
   /**
    * Queues one optimizer step at learning rate `lr` on a batch of `train.batch` sequences (run as micro-batches
    * of `train.micro_batch` with their gradients accumulated, core/plan/plan.ts); resolves when its statistics

@@ -12,14 +12,20 @@
  *
  * @module
  */
-import type { Experiment } from "../config/schema.ts";
+import { type Experiment, precisionOf } from "../config/schema.ts";
 import type { Batch } from "../data/dataset.ts";
 import { numel, type Value } from "../graph/ir.ts";
 import type { ModelGraph } from "../plan/model.ts";
 import { balanceBiasUpdate } from "../../gpu/kernels/balance.ts";
 import { plan } from "../plan/plan.ts";
-import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
-import { type GpuContext, openGpu } from "../../gpu/device.ts";
+import { type GraphFlops, trainStepFlops } from "../plan/flops.ts";
+import { createTensor, GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
+import { assertAdapterFeatures, type GpuContext, openGpu } from "../../gpu/device.ts";
+import { GPU_IMPLS, type GpuTable } from "../../gpu/graph_ops.ts";
+import { f16MatmulImpls, type F16Storage } from "../../gpu/graph_ops_f16.ts";
+import { lossScaleUpdate } from "../../gpu/kernels/optimizer.ts";
+import { requiredGpuFeatures } from "./gpu_features.ts";
+import { checkLossScaleSettings, LOSS_SCALE_DEFAULTS, type LossScaleSettings } from "./loss_scale.ts";
 import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "../../gpu/dispatch.ts";
 import { GraphExecutor } from "../../gpu/executor.ts";
 import { accumulateCalls, type AccumulatePair } from "../../gpu/kernels/accumulate.ts";
@@ -65,6 +71,18 @@ export function parseFaultSteps(text: string): (t: number) => boolean {
   return (t) => exact.has(t) || t >= from;
 }
 
+/**
+ * How the backend runs a config beyond what the config says, for tests (docs/performance.md "Half
+ * precision"): `f16` picks how f16 operands are read ("f16": `array<f16>`, the device must have shader-f16,
+ * the default of `hardware.precision: f16`; "f16-packed": unpacked from u32 words, the same bits and sums on
+ * any adapter, so llvmpipe can run the f16 path end to end); `lossScale` turns dynamic loss scaling on with
+ * these settings (on by default with f16, off with f32; false turns it off).
+ */
+export interface GpuTrainOptions {
+  f16?: F16Storage;
+  lossScale?: LossScaleSettings | false;
+}
+
 /** Prepared calls of one accumulation, by the micro-step's place: first, in between, last. */
 interface AccumulationCalls {
   first: PreparedCall[];
@@ -75,6 +93,8 @@ interface AccumulationCalls {
 /** The WebGPU backend. Create with {@linkcode GpuTrainBackend.create}. */
 export class GpuTrainBackend implements TrainBackend {
   readonly description: string;
+  readonly adapter: string;
+  readonly modelFlops: GraphFlops;
   readonly ctx: GpuContext;
   readonly model: ModelGraph;
   /** Micro-steps per optimizer step (`train.batch / train.micro_batch`; 1 without accumulation). */
@@ -110,26 +130,51 @@ export class GpuTrainBackend implements TrainBackend {
   #faults: TrainFaults = {};
   #nan: GpuTensor | null = null;
   #t = 0;
+  /** How matmul operands are stored: "f32", or f16 (core/train/loss_scale.ts, gpu/graph_ops_f16.ts). */
+  readonly precision: "f32" | F16Storage;
+  /** Dynamic loss scaling's settings and state [S, good steps, S of the last step]; null when off. */
+  readonly #lossScale: { settings: LossScaleSettings; state: GpuTensor; update: PreparedCall } | null = null;
 
-  private constructor(ctx: GpuContext, c: Readonly<Experiment>, ownsDevice: boolean) {
+  private constructor(
+    ctx: GpuContext,
+    c: Readonly<Experiment>,
+    ownsDevice: boolean,
+    options: GpuTrainOptions,
+  ) {
     this.ctx = ctx;
     this.#ownsDevice = ownsDevice;
     this.#c = c;
     this.description = `webgpu: ${ctx.adapter.description}`;
-    const p = plan(c, "train-dense");
+    this.adapter = ctx.adapter.description;
+    this.precision = options.f16 ?? (precisionOf(c) === "f16" ? "f16" : "f32");
+    const scaling = options.lossScale ?? (this.precision === "f32" ? false : LOSS_SCALE_DEFAULTS);
+    if (scaling) checkLossScaleSettings(scaling);
+    const p = plan(c, "train-dense", { lossScale: !!scaling });
+    this.modelFlops = trainStepFlops(p);
     this.model = p.model;
     this.accumulation = p.accumulation;
     const m = this.model, grads = p.grads;
     const evalSchedule = p.evaluate;
+    // Every executor (and preflight) its own table: f16 copies of operands are per executor.
+    const f16 = this.precision === "f32" ? null : this.precision;
+    const impls = (): GpuTable => (f16 ? f16MatmulImpls(f16) : GPU_IMPLS);
     // Refuse sizes this device cannot run (llvmpipe's loop limit, dispatch limits) before allocating.
-    assertScheduleBuilds(ctx, p.schedule, "Cannot plan the training step");
-    if (p.stats) assertScheduleBuilds(ctx, p.stats, "Cannot plan the router statistics pass");
-    assertScheduleBuilds(ctx, evalSchedule, "Cannot plan evaluation");
+    assertScheduleBuilds(ctx, p.schedule, "Cannot plan the training step", impls());
+    if (p.stats) assertScheduleBuilds(ctx, p.stats, "Cannot plan the router statistics pass", impls());
+    assertScheduleBuilds(ctx, evalSchedule, "Cannot plan evaluation", impls());
     const leaves = [...m.graph.leaves.values()].map((l) => l.value);
-    this.#train = new GraphExecutor(ctx, p.schedule, leaves);
+    // Loss scaling's state; the backward pass starts from its first element (the graph's loss_scale leaf).
+    const state = scaling
+      ? createTensor(ctx, [3], "f32", Float32Array.of(scaling.init, 0, scaling.init), "loss_scale")
+      : null;
+    const given = new Map<number, GpuTensor>();
+    if (state && p.lossScale) {
+      given.set(p.lossScale.id, new GpuTensor(state.buffer, p.lossScale.shape, "f32", "loss_scale"));
+    }
+    this.#train = new GraphExecutor(ctx, p.schedule, leaves, given, impls());
     const shared = new Map(leaves.map((v) => [v.id, this.#train.tensor(v)]));
-    this.#eval = new GraphExecutor(ctx, evalSchedule, leaves, shared);
-    this.#routerStats = p.stats ? new GraphExecutor(ctx, p.stats, leaves, shared) : null;
+    this.#eval = new GraphExecutor(ctx, evalSchedule, leaves, shared, impls());
+    this.#routerStats = p.stats ? new GraphExecutor(ctx, p.stats, leaves, shared, impls()) : null;
     // Reported each step: the losses, MI per router and the model's scalars (then the loads, then gradients).
     const reported = 2 + m.miLoss.attention.length + m.miLoss.mlp.length + m.scalars.length;
     const report = p.outputs.slice(0, reported).map((v) => this.#train.tensor(v));
@@ -168,7 +213,13 @@ export class GpuTrainBackend implements TrainBackend {
     }
     this.#hyper = createTensor(ctx, [3], "f32", undefined, "adam.hyper");
     this.#stats = createTensor(ctx, [3], "f32", undefined, "grad.stats");
-    this.#opt = this.#prepare(this.#optimizerCalls());
+    this.#opt = this.#prepare(this.#optimizerCalls(state ?? undefined));
+    if (scaling && state) {
+      const [update] = this.#prepare([
+        lossScaleUpdate(ctx, { state, stats: this.#stats, settings: scaling }),
+      ]);
+      this.#lossScale = { settings: scaling, state, update: update! };
+    }
     this.#routerStateCalls = this.#prepare(this.#routerStateUpdates(p.loads));
   }
 
@@ -198,10 +249,25 @@ export class GpuTrainBackend implements TrainBackend {
     c: Readonly<Experiment>,
     ctx?: GpuContext,
     faults: TrainFaults = {},
+    options: GpuTrainOptions = {},
   ): Promise<GpuTrainBackend> {
+    // hardware.precision f16 reads f16 operands natively: refused on an adapter without shader-f16 before a
+    // device is requested (or, on a device given, before anything is allocated). Packed f16 needs nothing.
+    const require = options.f16 === "f16-packed" ? undefined : requiredGpuFeatures(c);
+    if (ctx && require) assertAdapterFeatures(ctx.adapter.description, ctx.features, require);
     const gpu = ctx ??
-      await openGpu({ powerPreference: c.hardware.power_preference, validation: c.hardware.validation });
-    const b = new GpuTrainBackend(gpu, c, !ctx);
+      await openGpu({
+        powerPreference: c.hardware.power_preference,
+        validation: c.hardware.validation,
+        ...(require ? { require } : {}),
+      });
+    let b: GpuTrainBackend;
+    try {
+      b = new GpuTrainBackend(gpu, c, !ctx, options);
+    } catch (e) {
+      if (!ctx) gpu.destroy(); // a plan refused on a device this opened: close it again
+      throw e;
+    }
     b.#faults = faults;
     if (faults.nanGradAt) b.#nan = createTensor(gpu, [1], "f32", Float32Array.of(NaN), "fault.nan");
     await b.#train.check();
@@ -231,7 +297,7 @@ export class GpuTrainBackend implements TrainBackend {
     return calls.map((call) => prepare(this.ctx, call));
   }
 
-  #optimizerCalls(): KernelCall[] {
+  #optimizerCalls(lossScale?: GpuTensor): KernelCall[] {
     const m = this.model;
     const r = optimizerCalls(
       this.ctx,
@@ -247,6 +313,7 @@ export class GpuTrainBackend implements TrainBackend {
         hyper: this.#hyper,
         optimizer: this.#c.train.optimizer,
         gradClip: this.#c.train.grad_clip,
+        ...(lossScale ? { lossScale } : {}),
       },
     );
     for (const [name, t] of r.m) this.#m.set(name, t);
@@ -275,9 +342,12 @@ export class GpuTrainBackend implements TrainBackend {
       step.encoder.copyBufferToBuffer(this.#nan.buffer, 0, this.#grads[0]!.buffer, 0, 4);
     }
     for (const c of this.#opt) step.dispatch(c);
+    if (this.#lossScale) step.dispatch(this.#lossScale.update);
     for (const c of this.#routerStateCalls) step.dispatch(c);
     const state = this.model.routerState.map((s) => this.#train.tensor(s.value));
-    const n = this.#report.length + 3 + [...this.#loads, ...state].reduce((a, t) => a + t.size, 0);
+    const scaleState = this.#lossScale ? [this.#lossScale.state] : [];
+    const n = this.#report.length + 3 +
+      [...this.#loads, ...state, ...scaleState].reduce((a, t) => a + t.size, 0);
     const staging = ctx.device.createBuffer({
       size: n * 4,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -286,7 +356,7 @@ export class GpuTrainBackend implements TrainBackend {
     this.#report.forEach((t, i) => enc.copyBufferToBuffer(t.buffer, 0, staging, i * 4, 4));
     enc.copyBufferToBuffer(this.#stats.buffer, 0, staging, this.#report.length * 4, 12);
     let at = this.#report.length + 3;
-    for (const t of [...this.#loads, ...state]) {
+    for (const t of [...this.#loads, ...state, ...scaleState]) {
       enc.copyBufferToBuffer(t.buffer, 0, staging, at * 4, t.size * 4);
       at += t.size;
     }
@@ -300,6 +370,7 @@ export class GpuTrainBackend implements TrainBackend {
       let at = k + 3;
       const loads = this.#loads.map((t) => r.subarray(at, at += t.size));
       const states = new Map(m.routerState.map((s, i) => [s.name, r.subarray(at, at += state[i]!.size)]));
+      const scale = this.#lossScale ? r.subarray(at, at += 3) : null;
       return {
         loss: r[0]!,
         lmLoss: r[1]!,
@@ -314,6 +385,7 @@ export class GpuTrainBackend implements TrainBackend {
         gradNorm: r[k]!,
         finite: r[k + 2] === 1,
         routers: routerStepStats(m.loads, loads, states),
+        ...(scale ? { lossScale: { used: scale[2]!, next: scale[0]! } } : {}),
         ...(options.profile ? { kernels: await step.timings() } : {}),
       };
     });
@@ -381,7 +453,15 @@ export class GpuTrainBackend implements TrainBackend {
     for (const s of this.model.routerState) {
       routerState.set(s.name, (await readTensor(this.ctx, this.#train.tensor(s.value))) as Float32Array);
     }
-    return { params, adamM, adamV, step: this.#t, routerState };
+    const ls = this.#lossScale ? (await readTensor(this.ctx, this.#lossScale.state)) as Float32Array : null;
+    return {
+      params,
+      adamM,
+      adamV,
+      step: this.#t,
+      routerState,
+      ...(ls ? { lossScale: { scale: ls[0]!, good: ls[1]! } } : {}),
+    };
   }
 
   importState(s: TrainState): Promise<void> {
@@ -397,12 +477,21 @@ export class GpuTrainBackend implements TrainBackend {
       if (!saved) throw new RangeError(`Checkpoint has no router state "${r.name}"`);
       writeTensor(this.ctx, this.#train.tensor(r.value), saved);
     }
+    if (this.#lossScale) {
+      // A checkpoint of a run without loss scaling (none yet) starts from the initial scale.
+      const ls = s.lossScale ?? { scale: this.#lossScale.settings.init, good: 0 };
+      writeTensor(this.ctx, this.#lossScale.state, Float32Array.of(ls.scale, ls.good, ls.scale));
+    }
     this.#t = s.step;
     return Promise.resolve();
   }
 
   destroy(): void {
     this.#nan?.buffer.destroy();
+    if (this.#lossScale) {
+      releaseCall(this.#lossScale.update);
+      this.#lossScale.state.buffer.destroy();
+    }
     this.#opt.forEach(releaseCall);
     this.#routerStateCalls.forEach(releaseCall);
     for (const calls of [this.#accumulate, this.#accumulateStats]) {

@@ -45,6 +45,8 @@ export function optimizerCalls(
     hyper: GpuTensor;
     optimizer: Experiment["train"]["optimizer"];
     gradClip: number;
+    /** Dynamic loss scaling: the state [S, good, last S]; the gradients are S times the loss's. */
+    lossScale?: GpuTensor;
   },
 ): OptimizerCalls {
   const total = params.reduce((n, p) => n + partialsFor(p.grad.size), 0);
@@ -57,7 +59,14 @@ export function optimizerCalls(
     offset += xs.reduce((n, x) => n + partialsFor(x.size), 0);
   }
   calls.push(
-    gradNormFinish(ctx, { partials, count: total, loss: o.loss, stats: o.stats, maxNorm: o.gradClip }),
+    gradNormFinish(ctx, {
+      partials,
+      count: total,
+      loss: o.loss,
+      stats: o.stats,
+      maxNorm: o.gradClip,
+      ...(o.lossScale ? { scale: o.lossScale } : {}),
+    }),
   );
   const m = new Map<string, GpuTensor>(), v = new Map<string, GpuTensor>();
   for (const p of params) {

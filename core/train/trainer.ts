@@ -2,7 +2,9 @@
  * The training loop: warmup + decay learning rate, steps queued a few ahead of their statistics (no host
  * sync inside a step), evaluation every `eval_every` steps, router metrics, checkpoints every
  * `checkpoint_every` steps, a progress line, and the non-finite policy: a non-finite step is skipped on the
- * device and counted; 10 in a row stop the run. Checkpoints only ever hold finite values.
+ * device and counted; 10 in a row stop the run. With dynamic loss scaling (core/train/loss_scale.ts) an
+ * overflow that halved the scale is skipped and logged but does not count toward the 10. Checkpoints only
+ * ever hold finite values.
  *
  * @module
  */
@@ -22,6 +24,9 @@ import { CheckpointError } from "../runs/checkpoints.ts";
 
 /** The prefix of router state tensors in checkpoints (`router_state/l1_lambda`). */
 export const ROUTER_STATE = "router_state/";
+
+/** The checkpoint tensor of dynamic loss scaling's state: [scale, good steps] (core/train/loss_scale.ts). */
+export const LOSS_SCALE = "loss_scale";
 
 /** Consecutive non-finite steps that stop a run. */
 export const MAX_NONFINITE_STREAK = 10;
@@ -69,10 +74,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const t0 = performance.now(), elapsed = () => (performance.now() - t0) / 1000;
   const log = (key: string, step: number, value: number) =>
     o.run.log({ key, step, tokens: step * tokensPerStep, time: elapsed(), value });
-  const pending: { step: number; lr: number; stats: Promise<StepStats> }[] = [];
+  // `at`: when the step's statistics arrived, on the throughput clock (the profile's wall time per step).
+  const pending: { step: number; lr: number; stats: Promise<StepStats>; at: number }[] = [];
   let streak = 0, skipped = o.startSkipped ?? 0, lastLoss = NaN, lastVal = NaN, done = start;
   let mark = { step: start, time: 0 }, paused = 0;
-  const profile = new ProfileAccumulator();
+  const profile = new ProfileAccumulator({ adapter: o.backend.adapter, modelFlops: o.backend.modelFlops });
   // Fault injection for reliability tests: DSMOE_FAULT_KILL_AFTER_STEP=N SIGKILLs this process right after
   // step N (its metrics stored, no checkpoint, nothing cleaned up), as an OOM killer or a pulled plug would.
   const killAfter = Number(optionalEnv("DSMOE_FAULT_KILL_AFTER_STEP") ?? NaN);
@@ -94,17 +100,27 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       if (s.kernels) {
         // The first step of a process also compiles every shader on adapters that compile at first
         // dispatch (llvmpipe: seconds), so the profile leaves it out unless it is the only step.
-        if (p.step > start || end - start === 1) profile.add(s.kernels);
+        if (p.step > start || end - start === 1) profile.add(s.kernels, p.at);
         log("system/gpu_ms_per_step", done, s.kernels.reduce((a, k) => a + k.ms, 0));
       }
       if (!s.finite) {
         skipped++;
         log("train/skipped_steps", done, skipped);
+        // Dynamic loss scaling: gradients past f16's range with a finite loss are the scale's overflow; the
+        // scale was halved on the device and the step does not count toward divergence (until the scale is
+        // at its floor, where halving no longer changes it).
+        const ls = s.lossScale, overflow = ls !== undefined && Number.isFinite(s.loss) && ls.next < ls.used;
+        if (ls) log("train/loss_scale", done, ls.next);
         await o.run.event(
           "skipped_step",
-          `non-finite loss or gradient at step ${done}: update skipped`,
+          overflow
+            ? `gradient overflow at step ${done} with loss scale ${ls!.used}: update skipped, loss scale ${
+              ls!.next
+            }`
+            : `non-finite loss or gradient at step ${done}: update skipped`,
           done,
         );
+        if (overflow) continue;
         if (++streak >= MAX_NONFINITE_STREAK) {
           throw new TrainError(
             `Training diverged: ${streak} non-finite steps in a row (last at step ${done}); the last good ` +
@@ -143,7 +159,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     const stats = o.backend.step(o.dataset.trainBatch(step, t.batch), lr, { profile: o.profile });
     // Read in order by drain(); a step that fails while an earlier one is awaited must not count as unhandled.
     stats.catch(() => {});
-    pending.push({ step, lr, stats });
+    const entry = { step, lr, stats, at: NaN };
+    stats.then(() => entry.at = elapsed() - paused, () => {});
+    pending.push(entry);
     await drain(o.inFlight ?? 2);
     const n = step + 1;
     if (n % t.eval_every === 0 || n === end) {
@@ -267,6 +285,7 @@ function _logStep(
   log("train/lr", step, lr);
   log("train/grad_norm", step, s.gradNorm);
   log("train/tokens_per_s", step, tokensPerSecond);
+  if (s.lossScale) log("train/loss_scale", step, s.lossScale.used);
   for (const [key, v] of Object.entries(s.scalars ?? {})) log(`train/${key}`, step, v);
   _logRouterStep(log, step, s);
 }
@@ -313,8 +332,9 @@ async function _checkpoint(o: TrainOptions, step: number, skipped: number): Prom
 }
 
 /**
- * Flattens a training state into named tensors (`param/…`, `adam_m/…`, `adam_v/…`, `optimizer_step`, and
- * `router_state/…` for optimizer-free router state, docs/design.md §16).
+ * Flattens a training state into named tensors (`param/…`, `adam_m/…`, `adam_v/…`, `optimizer_step`,
+ * `router_state/…` for optimizer-free router state, docs/design.md §16, and with dynamic loss scaling
+ * `loss_scale` [scale, good steps]).
  */
 export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
   const out = new Map<string, SafeTensor>();
@@ -324,6 +344,9 @@ export function stateToTensors(state: TrainState): Map<string, SafeTensor> {
     out.set(`adam_v/${name}`, f32Tensor(p.shape, state.adamV.get(name)!));
   }
   out.set("optimizer_step", f32Tensor([1], new Float32Array([state.step])));
+  if (state.lossScale) {
+    out.set(LOSS_SCALE, f32Tensor([2], Float32Array.of(state.lossScale.scale, state.lossScale.good)));
+  }
   for (const [name, v] of state.routerState ?? []) {
     out.set(`${ROUTER_STATE}${name}`, f32Tensor([v.length], v));
   }
@@ -357,7 +380,9 @@ export function tensorsToState(t: ReadonlyMap<string, SafeTensor>): TrainState {
   if (!Number.isSafeInteger(value) || value < 0) {
     throw new CheckpointError(`Checkpoint has no valid optimizer_step (${step ? value : "missing"})`);
   }
-  return { params, adamM, adamV, step: value, routerState };
+  const ls = t.get(LOSS_SCALE);
+  const lossScale = ls ? { scale: tensorToF32(ls)[0]!, good: tensorToF32(ls)[1]! } : undefined;
+  return { params, adamM, adamV, step: value, routerState, ...(lossScale ? { lossScale } : {}) };
 }
 
 /**

@@ -130,3 +130,54 @@ Deno.test("train() with stopAfter stops early, checkpoints, and resumes from tha
     assertEquals(b.calls, 20);
   });
 });
+
+/** The scripted backend with dynamic loss scaling: steps in `bad` overflow (finite loss) and halve the scale. */
+class ScalingBackend extends ScriptedBackend {
+  scale = 2 ** 16;
+  constructor(bad: (call: number) => boolean, readonly min = 1) {
+    super(bad);
+  }
+  override async step(): Promise<StepStats> {
+    const s = await super.step(), used = this.scale;
+    if (!s.finite) this.scale = Math.max(this.min, used / 2);
+    // An overflow of the scale: the loss is finite, the gradients are not.
+    return { ...s, loss: 0.5, lmLoss: 0.5, lossScale: { used, next: this.scale } };
+  }
+  override async exportState(): Promise<TrainState> {
+    return { ...await super.exportState(), lossScale: { scale: this.scale, good: 3 } };
+  }
+}
+
+Deno.test("train() with loss scaling: overflows halve the scale, are skipped and logged, and do not stop the run; at the scale's floor they count toward divergence", async () => {
+  await withRun(async (run) => {
+    // 14 overflows in a row (more than MAX_NONFINITE_STREAK): 2¹⁶ → 2², then training goes on.
+    const backend = new ScalingBackend((c) => c < 14);
+    const r = await train({ config, configYaml: "x", dataset, backend, run });
+    assertEquals([r.status, r.skipped], ["finished", 14]);
+    const m = await run.readMetrics();
+    const scales = m.filter((p) => p.key === "train/loss_scale");
+    assertEquals(
+      scales.slice(0, 14).map((p) => [p.step, p.value]),
+      [...Array(14)].map((_, i) => [i + 1, 2 ** (15 - i)]),
+    );
+    assertEquals(scales.at(-1)!.value, 4); // logged with the losses too (the scale the step used)
+    const events = await run.store.events(run.meta.id);
+    assert(
+      events.some((e) =>
+        e.message === "gradient overflow at step 1 with loss scale 65536: update skipped, loss scale 32768"
+      ),
+    );
+    const ck = (await latestCheckpoint(run.path))!;
+    assertEquals(Array.from(tensorToF32(ck.file.tensors.get("loss_scale")!)), [4, 3]);
+  });
+  await withRun(async (run) => {
+    // At the floor (min 2¹⁶: nothing left to halve) 10 non-finite steps in a row stop the run.
+    const backend = new ScalingBackend((c) => c >= 2, 2 ** 16);
+    const long = { ...config, train: { ...config.train, steps: 40 } };
+    await rejects(
+      train({ config: long, configYaml: "x", dataset, backend, run }),
+      (e: Error) =>
+        e instanceof TrainError && e.message.includes(`${MAX_NONFINITE_STREAK} non-finite steps in a row`),
+    );
+  });
+});

@@ -48,7 +48,18 @@ export interface MatmulOptions {
   tile?: MatmulTile;
   /** Overrides the block tile chosen for the shape (gpu profile; tests and tuning). */
   gpuTile?: GpuMatmulTile;
+  /**
+   * How A and B are stored (C is f32 either way): f32 (the default), or f16 halves two per 32-bit word
+   * (gpu/kernels/f16.ts's `castF16` writes them) read as `array<f16>` (`f16`, needs the device's
+   * `shader-f16`) or unpacked with `unpack2x16float` (`f16-packed`, any adapter: the same values and the
+   * same f32 sums in the same order, so it tests the f16 kernel's numerics where shader-f16 is missing).
+   * Both run the `gpu` family's template on every profile. docs/performance.md "Half precision".
+   */
+  operands?: MatmulOperands;
 }
+
+/** Storage of a matmul's operands (see {@linkcode MatmulOptions.operands}). */
+export type MatmulOperands = "f32" | "f16" | "f16-packed";
 
 /** Options of {@linkcode matmulCalls}: a matmul plus the scratch its K split needs. */
 export interface MatmulCallsOptions extends MatmulOptions {
@@ -100,9 +111,9 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
       throw new RangeError(`Cannot matmul: ${name} (${v}) must be a positive integer`);
     }
   }
-  const bSize = (o.broadcastB ? 1 : batch) * k * n;
-  _needs(o.a, batch * m * k, "a");
-  _needs(o.b, bSize, "b");
+  const bSize = (o.broadcastB ? 1 : batch) * k * n, half = (o.operands ?? "f32") !== "f32";
+  _needs(o.a, batch * m * k, "a", half);
+  _needs(o.b, bSize, "b", half);
   _needs(o.c, batch * m * n, "c");
   for (const [t, what] of [[o.a, "a"], [o.b, "b"], [o.c, "c"]] as const) {
     assertBindable(ctx, t.buffer.size, `matmul ${what} ("${t.label}")`);
@@ -110,7 +121,7 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
   const transA = !!o.transA, transB = !!o.transB;
   const label = _label(transA, transB);
   const bStride = o.broadcastB ? 0 : k * n;
-  if (ctx.profile === "gpu") {
+  if (ctx.profile === "gpu" || half) {
     return _gpuCall(ctx, o, o.gpuTile ?? matmulPlan(ctx, m, k, n, batch).tile, 1, o.c);
   }
   const tile = o.tile ?? matmulTile(m, n, batch, transB);
@@ -175,9 +186,12 @@ function _checkTile(t: MatmulTile, transB: boolean): void {
   if (!ok) throw new RangeError(`Cannot matmul: unsupported tile ${JSON.stringify(t)}`);
 }
 
-function _needs(t: GpuTensor, elements: number, what: string): void {
-  if (t.size < elements) {
-    throw new RangeError(`Cannot matmul: ${what} ("${t.label}") has ${t.size} elements, needs ${elements}`);
+/** `t` holds `elements` values: f32 ones, or with `half` f16 ones two per 32-bit element. */
+function _needs(t: GpuTensor, elements: number, what: string, half = false): void {
+  const has = half ? 2 * t.size : t.size;
+  if (has < elements) {
+    const unit = half ? "f16 values" : "elements";
+    throw new RangeError(`Cannot matmul: ${what} ("${t.label}") has ${has} ${unit}, needs ${elements}`);
   }
 }
 
@@ -264,9 +278,10 @@ function _gpuCall(
   const bm = tile.wy * tile.tm, bn = tile.wx * tile.tn;
   const ncg = Math.ceil(n / bn), nrt = Math.ceil(m / bm), groups = batch * splits * nrt * ncg;
   const kChunk = Math.ceil(k / splits / tile.bk) * tile.bk;
+  const operands = o.operands ?? "f32";
   return {
-    label: _label(transA, transB),
-    code: _matmulGpuWgsl(tile, transA, transB),
+    label: `${_label(transA, transB)}${operands === "f32" ? "" : `_${operands.replace("-", "_")}`}`,
+    code: _matmulGpuWgsl(tile, transA, transB, operands),
     bindings: [o.a, o.b, out],
     uniform: _uniform(
       m,
@@ -593,18 +608,23 @@ function _checkGpuTile(t: GpuMatmulTile): void {
  * are numbered over (batch, K slice, row block, column block); a slice's partial result goes to its own
  * (m, n) plane of C (the scratch when split), so with one slice C is the output itself.
  */
-export function _matmulGpuWgsl(t: GpuMatmulTile, transA: boolean, transB: boolean): string {
+export function _matmulGpuWgsl(
+  t: GpuMatmulTile,
+  transA: boolean,
+  transB: boolean,
+  operands: MatmulOperands = "f32",
+): string {
   const g = _gpuDims(t);
-  return `${_gpuDecls(t, g)}
+  return `${_gpuDecls(t, g, operands)}
 
 ${_gpuIndices(t, g)}
 ${_vec4Accumulators(t.tm, g.tn4)}
   for (var k0 = kBegin; k0 < kEnd; k0 = k0 + ${t.bk}u) {
-${_gpuStage(t, g, "A", transA, transB)}
-${_gpuStage(t, g, "B", transA, transB)}
+${_gpuStage(t, g, "A", transA, transB, operands)}
+${_gpuStage(t, g, "B", transA, transB, operands)}
     workgroupBarrier();
     for (var kk = 0u; kk < ${t.bk}u; kk = kk + 1u) {
-${_gpuInner(t, g)}
+${_gpuInner(t, g, operands)}
     }
     workgroupBarrier();
   }
@@ -639,15 +659,30 @@ function _gpuDims(t: GpuMatmulTile): _GpuDims {
   return { T: t.wx * t.wy, BM, BN, BM4: BM / 4 + 1, BN4: BN / 4 + 1, tm4: t.tm / 4, tn4: t.tn / 4 };
 }
 
-/** `gpu` family: the bindings, the uniform and the two staged tiles in workgroup memory. */
-function _gpuDecls(t: GpuMatmulTile, g: _GpuDims): string {
-  return `@group(0) @binding(0) var<storage, read> A: array<f32>;
-@group(0) @binding(1) var<storage, read> B: array<f32>;
+/**
+ * `gpu` family: the bindings, the uniform and the two staged tiles in workgroup memory. With f16 operands
+ * (`f16`: `enable f16;`, the operands and the staged tiles in f16; `f16-packed`: the operands as u32 words of
+ * two halves, the tiles in f32) the sums stay f32.
+ */
+function _gpuDecls(t: GpuMatmulTile, g: _GpuDims, operands: MatmulOperands): string {
+  const el = operands === "f32" ? "f32" : operands === "f16" ? "f16" : "u32";
+  const tile = operands === "f16" ? "vec4<f16>" : "vec4<f32>";
+  return `${
+    operands === "f16" ? "enable f16;\n" : ""
+  }@group(0) @binding(0) var<storage, read> A: array<${el}>;
+@group(0) @binding(1) var<storage, read> B: array<${el}>;
 @group(0) @binding(2) var<storage, read_write> C: array<f32>;
 ${_UNIFORM_WGSL}
 @group(0) @binding(3) var<uniform> u: U;
-var<workgroup> As: array<vec4<f32>, ${t.bk * g.BM4}>; // [k][rows / 4], one vec4 of padding per k
-var<workgroup> Bs: array<vec4<f32>, ${t.bk * g.BN4}>; // [k][columns / 4], one vec4 of padding per k`;
+var<workgroup> As: array<${tile}, ${t.bk * g.BM4}>; // [k][rows / 4], one vec4 of padding per k
+var<workgroup> Bs: array<${tile}, ${t.bk * g.BN4}>; // [k][columns / 4], one vec4 of padding per k`;
+}
+
+/** `gpu` family: the WGSL reading operand element `idx` of `which` as the staged tiles' scalar type. */
+function _gpuLoad(which: "A" | "B", idx: string, operands: MatmulOperands): string {
+  return operands === "f16-packed"
+    ? `unpack2x16float(${which}[(${idx}) >> 1u])[(${idx}) & 1u]`
+    : `${which}[${idx}]`;
 }
 
 /**
@@ -683,6 +718,7 @@ function _gpuStage(
   which: "A" | "B",
   transA: boolean,
   transB: boolean,
+  operands: MatmulOperands = "f32",
 ): string {
   const trans = which === "A" ? transA : transB, span = which === "A" ? g.BM : g.BN;
   const per = (span * t.bk) / g.T;
@@ -699,18 +735,24 @@ function _gpuStage(
       : [`${s} % ${t.bk}u`, `${s} / ${t.bk}u`];
     return `    {
       let kk = ${kk}; let r = ${r}; let p = k0 + kk; let x = ${first} + r;
-      var v = 0.0;
-      if (live && p < kEnd && x < ${lim}) { v = ${which}[${idx}]; }
+      var v = ${operands === "f16" ? "0.0h" : "0.0"};
+      if (live && p < kEnd && x < ${lim}) { v = ${_gpuLoad(which, idx, operands)}; }
       ${which}s[kk * ${which === "A" ? g.BM4 : g.BN4}u + r / 4u][r % 4u] = v;
     }`;
   });
 }
 
 /** `gpu` family: one staged k, tm/4 + tn/4 vec4 reads from workgroup memory for tm·tn multiply-adds. */
-function _gpuInner(t: GpuMatmulTile, g: _GpuDims): string {
+function _gpuInner(t: GpuMatmulTile, g: _GpuDims, operands: MatmulOperands = "f32"): string {
   const { tm4, tn4, BM4, BN4 } = g;
-  return `      ${_range(tm4).map((q) => `let a${q} = As[kk * ${BM4}u + lid.y * ${tm4}u + ${q}u];`).join(" ")}
-      ${_range(tn4).map((c) => `let b${c} = Bs[kk * ${BN4}u + lid.x * ${tn4}u + ${c}u];`).join(" ")}
+  // f16 tiles widen to f32 as they are read: the products and sums are f32 (exact products of halves).
+  const read = (x: string) => (operands === "f16" ? `vec4<f32>(${x})` : x);
+  return `      ${
+    _range(tm4).map((q) => `let a${q} = ${read(`As[kk * ${BM4}u + lid.y * ${tm4}u + ${q}u]`)};`).join(" ")
+  }
+      ${
+    _range(tn4).map((c) => `let b${c} = ${read(`Bs[kk * ${BN4}u + lid.x * ${tn4}u + ${c}u]`)};`).join(" ")
+  }
 ${
     _lines(t.tm, (r) =>
       "      " + _range(tn4).map((c) =>

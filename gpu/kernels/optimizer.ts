@@ -75,30 +75,87 @@ ${body}
  * stats = [norm, clip, finite]: norm = sqrt(Σ partials), clip = min(1, maxNorm/(norm + 1e-6)) (1 when
  * maxNorm is 0), finite = 1 when the norm and the loss are finite (checked on the bits: compilers may
  * assume floats are never NaN).
+ *
+ * With `scale` (dynamic loss scaling, core/train/loss_scale.ts: the gradients are S times the loss's, S =
+ * scale[0], a power of two) the norm is sqrt(Σ partials) / S and the factor AdamW multiplies gradients by is
+ * clip / S: scaling and unscaling by a power of two are exact, so the update is the unscaled one bit for bit.
  */
 export function gradNormFinish(
   ctx: GpuContext,
-  o: { partials: GpuTensor; count: number; loss: GpuTensor; stats: GpuTensor; maxNorm: number },
+  o: {
+    partials: GpuTensor;
+    count: number;
+    loss: GpuTensor;
+    stats: GpuTensor;
+    maxNorm: number;
+    scale?: GpuTensor;
+  },
 ): KernelCall {
   // One workgroup, each thread summing every 256th partial, then a fixed-order tree: deterministic, and
   // within llvmpipe's per-invocation loop limit up to 16.7M partials (4.3G parameters).
+  const scaled = o.scale !== undefined;
   return totalSum(ctx, {
-    label: "grad_norm_finish",
-    bindings: [{ name: "p", tensor: o.partials }, { name: "loss", tensor: o.loss }, {
-      name: "stats",
-      tensor: o.stats,
-      write: true,
-    }],
+    label: scaled ? "grad_norm_finish_scaled" : "grad_norm_finish",
+    bindings: [
+      { name: "p", tensor: o.partials },
+      { name: "loss", tensor: o.loss },
+      { name: "stats", tensor: o.stats, write: true },
+      ...(o.scale ? [{ name: "scale", tensor: o.scale }] : []),
+    ],
     fields: [["count", "u32", o.count], ["maxNorm", "f32", o.maxNorm]],
     count: "u.count",
     term: "p[k]",
     prelude: `fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }`,
-    finish: `let acc = total;
+    finish: scaled
+      ? `let acc = total;
+    let s = scale[0];
+    let norm = sqrt(acc) / s;
+    var clip = 1.0;
+    if (u.maxNorm > 0.0) { clip = min(1.0, u.maxNorm / (norm + 1e-6)); }
+    let ok = finite(acc) && finite(loss[0]);
+    stats[0] = norm; stats[1] = select(0.0, clip / s, ok); stats[2] = select(0.0, 1.0, ok);`
+      : `let acc = total;
     let norm = sqrt(acc);
     var clip = 1.0;
     if (u.maxNorm > 0.0) { clip = min(1.0, u.maxNorm / (norm + 1e-6)); }
     let ok = finite(acc) && finite(loss[0]);
     stats[0] = norm; stats[1] = select(0.0, clip, ok); stats[2] = select(0.0, 1.0, ok);`,
+  });
+}
+
+/**
+ * Dynamic loss scaling's update after a step (core/train/loss_scale.ts `nextLossScale` is its reference):
+ * `state` = [S, good steps, S of the step just taken]; `stats[2]` is the step's finite flag. A non-finite
+ * step divides S by `factor` (not below `min`) and restarts the count; `growthInterval` finite steps in a row
+ * multiply it (not above `max`). One invocation, no host sync.
+ */
+export function lossScaleUpdate(
+  ctx: GpuContext,
+  o: {
+    state: GpuTensor;
+    stats: GpuTensor;
+    settings: { growthInterval: number; factor: number; min: number; max: number };
+  },
+): KernelCall {
+  if (o.state.size < 3) {
+    throw new RangeError(`Cannot update the loss scale: "${o.state.label}" needs 3 elements`);
+  }
+  const s = o.settings;
+  return simpleKernel(ctx, {
+    label: "loss_scale_update",
+    bindings: [{ name: "state", tensor: o.state, write: true }, { name: "stats", tensor: o.stats }],
+    fields: [["n", "u32", 1], ["interval", "f32", s.growthInterval], ["factor", "f32", s.factor], [
+      "lo",
+      "f32",
+      s.min,
+    ], ["hi", "f32", s.max]],
+    invocations: 1,
+    workgroup: 1,
+    body: `  let s = state[0];
+  state[2] = s;
+  if (stats[2] == 0.0) { state[0] = max(u.lo, s / u.factor); state[1] = 0.0; return; }
+  let good = state[1] + 1.0;
+  if (good < u.interval) { state[1] = good; } else { state[0] = min(u.hi, s * u.factor); state[1] = 0.0; }`,
   });
 }
 

@@ -1,0 +1,72 @@
+/**
+ * The op table of half precision training (docs/performance.md "Half precision"): `GPU_IMPLS` with every
+ * matmul reading f16 copies of its operands and summing in f32 into its f32 output. A value's f16 copy is
+ * made once per execution, by the first matmul that reads it (the weights, f32 masters updated by the
+ * optimizer, and the activations and their gradients), into a buffer of that node's (held while the executor
+ * lives), and read again by the later matmuls of the same value (a weight's forward product and its input
+ * gradient, an activation's forward product and its weight gradient). Every other op runs in f32 as before.
+ *
+ * Each executor takes its own table (the copies are per executor): call {@linkcode f16MatmulImpls} once per
+ * `GraphExecutor` and once per preflight.
+ *
+ * @module
+ */
+import type { Value } from "../core/graph/ir.ts";
+import type { GpuTensor } from "./buffers.ts";
+import type { KernelCall } from "./dispatch.ts";
+import { GPU_IMPLS, type GpuImpl, type GpuTable } from "./graph_ops.ts";
+import { castF16, f16Words } from "./kernels/f16.ts";
+import { gemvFits } from "./kernels/gemv.ts";
+import { matmulCalls, matmulPlan, matmulScratch } from "./kernels/matmul.ts";
+
+/** How f16 operands are read: `array<f16>` (the device has shader-f16) or unpacked from u32 words. */
+export type F16Storage = "f16" | "f16-packed";
+
+/**
+ * `GPU_IMPLS` with f16-operand matmuls (`storage`: native `array<f16>`, or packed words for adapters without
+ * shader-f16 — the same bits and the same f32 sums). One-row products that run as a GEMV stay f32.
+ *
+ * @example
+ * ```ts ignore
+ * const ex = new GraphExecutor(ctx, sched, leaves, undefined, f16MatmulImpls("f16"));
+ * ```
+ */
+export function f16MatmulImpls(storage: F16Storage): GpuTable {
+  const copies = new Map<number, GpuTensor>(); // value id → its f16 copy
+  const matmul: GpuImpl<"matmul"> = (ctx, n, ins, outs, scratch) => {
+    const transA = !!n.attrs.transA, transB = !!n.attrs.transB;
+    const [m, nn] = n.outputs[0]!.shape as [number, number];
+    const k = transA ? n.inputs[0]!.shape[0]! : n.inputs[0]!.shape[1]!;
+    const { splits } = matmulPlan(ctx, m, k, nn);
+    if (gemvFits(ctx, m, transA, splits)) return GPU_IMPLS.matmul!(ctx, n, ins, outs, scratch);
+    const calls: KernelCall[] = [];
+    const half = (v: Value, t: GpuTensor, label: string): GpuTensor => {
+      let h = copies.get(v.id);
+      if (!h) {
+        h = scratch([f16Words(t.size)], label, "u32");
+        copies.set(v.id, h);
+        calls.push(castF16(ctx, { x: t, y: h }));
+      }
+      return h;
+    };
+    const a = half(n.inputs[0]!, ins[0]!, "a_f16"), b = half(n.inputs[1]!, ins[1]!, "b_f16");
+    const partial = splits > 1 ? scratch([matmulScratch(m, nn, splits)], "partial") : undefined;
+    calls.push(
+      ...matmulCalls(ctx, {
+        a,
+        b,
+        c: outs[0]!,
+        m,
+        k,
+        n: nn,
+        transA,
+        transB,
+        splits,
+        partial,
+        operands: storage,
+      }),
+    );
+    return calls;
+  };
+  return { ...GPU_IMPLS, matmul };
+}
