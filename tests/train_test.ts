@@ -293,6 +293,23 @@ Deno.test("a config past this adapter's limits is refused before any run exists:
   }
 });
 
+Deno.test("a refused plan leaves nothing behind: no runs directory, no runs.db (exit 2)", async () => {
+  const tmp = await Deno.makeTempDir(), dir = `${tmp}/runs`;
+  try {
+    // No kernel takes a head wider than 256, on any adapter: refused while the device and plan are made.
+    const r = await cli(
+      ...["run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--no-dashboard", "--stop-after", "1"],
+      ...["--set", "model.attention.head_dim=512"],
+    );
+    assertEquals(r.code, 2, r.err.join("\n"));
+    assert(r.err.some((l) => l.startsWith("Plan refused:") && l.includes("head_dim 512")), r.err.join("\n"));
+    assertEquals(await Deno.stat(dir).then(() => "exists", () => "absent"), "absent", "the runs directory");
+  } finally {
+    closeRunStores();
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
 /** Temp files of interrupted or failed writes under `dir` (any depth). */
 function tempFiles(dir: string): string[] {
   const out: string[] = [];

@@ -9,7 +9,11 @@ import { experimentToYaml, type LoadedExperiment, parseExperimentText } from "..
 import { learningRate } from "../train/lr_schedule.ts";
 import { fmtRate } from "../util/quantities.js";
 import { assertTrainableHere, createBackend } from "../train/backends.ts";
+import type { Experiment } from "../config/schema.ts";
+import type { TrainBackend } from "../train/backend.ts";
+import { GpuLimitError } from "../../gpu/errors.ts";
 import {
+  type BackendFactory,
   closeExperimentData,
   dataLoadOptions,
   loadExperimentData,
@@ -72,13 +76,21 @@ export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunF
   };
   // Bad data stops the command (exit 2) before the dashboard opens, and so creates, the store.
   const data = await loadExperimentData(loaded, dir, dataLoadOptions(load));
+  // So does a first point past this adapter's limits (its device and plan are made first).
+  let first: _Premade;
+  try {
+    first = await _premade(loaded.points[0]!.config);
+  } catch (e) {
+    closeExperimentData(data);
+    throw e;
+  }
   const live = await liveDashboard(runsDir, flags, io);
   if (live && loaded.sweepId) io.err(`live sweep: ${live.url}sweeps/${loaded.sweepId}`);
   let outcomes: PointOutcome[];
   try {
     outcomes = await runExperiment(loaded, {
       ...load,
-      backendFactory: createBackend,
+      backendFactory: first.factory,
       stopAfter: positiveInt("stop-after", flags["stop-after"]),
       baseDir: dir,
       profile: flags.profile,
@@ -86,6 +98,7 @@ export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunF
       data,
     });
   } finally {
+    first.release();
     await live?.stop();
     closeExperimentData(data);
   }
@@ -109,6 +122,40 @@ export async function trainRuns(loaded: LoadedExperiment, io: CliIo, flags: RunF
   }
   if (flags.json) io.out(JSON.stringify(_json(outcomes)));
   return outcomes.some((o) => o.status === "failed") ? EXIT_RUN_FAILURE : EXIT_OK;
+}
+
+/** The first point's backend, made before anything is created, and the factory that hands it out once. */
+interface _Premade {
+  factory: BackendFactory;
+  /** Frees the backend if no point took it (a sweep's first point finished earlier). */
+  release(): void;
+}
+
+/**
+ * Makes the backend of `first` (the experiment's first point) now: a config past the adapter's limits
+ * (GpuLimitError) is refused before the dashboard or the store exist, so a refused run leaves no runs.db
+ * behind. Any other failure is kept for the run to record, as runPoint does.
+ */
+async function _premade(first: Readonly<Experiment>): Promise<_Premade> {
+  let pending: { backend: TrainBackend } | { error: unknown } | null = await createBackend(first).then(
+    (backend) => ({ backend }),
+    (error) => {
+      if (error instanceof GpuLimitError) throw error;
+      return { error };
+    },
+  );
+  return {
+    factory(c) {
+      if (!pending || c !== first) return createBackend(c);
+      const p = pending;
+      pending = null;
+      return "backend" in p ? Promise.resolve(p.backend) : Promise.reject(p.error);
+    },
+    release() {
+      if (pending && "backend" in pending) pending.backend.destroy();
+      pending = null;
+    },
+  };
 }
 
 function _json(outcomes: PointOutcome[]) {
