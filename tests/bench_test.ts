@@ -35,6 +35,15 @@ Deno.test("bench --quick --json checks and times both implementations of every c
   assertEquals(summary.errors, 0);
   assertEquals(summary.per_sync, 2);
   assert(/\S/.test(summary.adapter), "the adapter is recorded");
+  // The host beside it: the CPU model and threads, and on llvmpipe the threads it computes with.
+  assert(typeof summary.cpu === "string" && summary.cpu.length > 0, `cpu ${summary.cpu}`);
+  assert(summary.cpu_threads === null || summary.cpu_threads > 0, `cpu_threads ${summary.cpu_threads}`);
+  if (/llvmpipe/i.test(summary.adapter)) {
+    assert(
+      ["LP_NUM_THREADS", "cpu count"].includes(summary.llvmpipe_threads_from),
+      summary.llvmpipe_threads_from,
+    );
+  } else assertEquals(summary.llvmpipe_threads, null);
   const byCase = new Map<string, Set<string>>();
   for (const r of rows) {
     assert(r.error === undefined, `${r.case} ${r.impl}: ${r.error}`);
@@ -112,6 +121,15 @@ Deno.test("bench: a wrong kernel fails the float64 check and gets an error row, 
 Deno.test("bench rejects an unknown suite and stray arguments with exit code 2", async () => {
   assertEquals((await cli("bench", "--suite", "nope")).code, 2);
   assertEquals((await cli("bench", "extra")).code, 2);
+  const size = await cli("bench", "--suite", "decode", "--decode-sizes", "tiny,7b");
+  assertEquals(size.code, 2);
+  assert(
+    size.err.join("\n").includes('--decode-sizes expects names from tiny, d512, 125m, 1b, got "7b"'),
+    size.err.join("\n"),
+  );
+  const suite = await cli("bench", "--suite", "matmul", "--decode-sizes", "1b");
+  assertEquals(suite.code, 2);
+  assert(suite.err.join("\n").includes("--decode-sizes"), suite.err.join("\n"));
   const help = await cli("bench", "--help");
   assertEquals(help.code, 0);
   assert(help.out.join("\n").includes("--suite"));

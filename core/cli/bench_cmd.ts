@@ -1,5 +1,6 @@
 /**
- * `deno task bench [--json] [--suite NAME] [--quick] [--per-sync N]`: our kernels beside tfjs-webgpu, checked then timed;
+ * `deno task bench [--json] [--suite NAME] [--quick] [--per-sync N] [--decode-sizes A,B]`: our kernels beside
+ * tfjs-webgpu, checked then timed;
  * `--suite tokenizer` (CPU only, run only when named): BPE training and encoding (core/bench/tokenizer.ts).
  * Progress goes to stderr; stdout gets the table, or with `--json` one JSON object per row and a summary
  * object last. Any row that failed its correctness check (or errored) makes the exit code 1.
@@ -7,7 +8,9 @@
  * @module
  */
 import { runBench, type SuiteName, SUITES } from "../bench/bench.ts";
-import { formatTable, jsonLines } from "../bench/report.ts";
+import { DECODE_SIZE_NAMES } from "../bench/decode.ts";
+import { formatHost, hostInfo } from "../bench/host.ts";
+import { formatTable, hostSummary, jsonLines } from "../bench/report.ts";
 import {
   formatTokenizerTable,
   progressBar,
@@ -34,6 +37,7 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
     suite: { type: "string", multiple: true },
     quick: { type: "boolean" },
     "per-sync": { type: "string" },
+    "decode-sizes": { type: "string", multiple: true },
   });
   if (values.help) {
     io.out(BENCH_USAGE);
@@ -51,8 +55,9 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
   const suites = named.filter((s) => s !== TOKENIZER_SUITE) as SuiteName[];
   const quick = !!values.quick;
   const perSync = positiveInt("per-sync", values["per-sync"]);
+  const decodeSizes = decodeSizesFlag(values["decode-sizes"], suites);
   const progress = (line: string) => io.err(`bench: ${line}`);
-  const result = suites.length > 0 ? await runBench({ suites, quick, perSync, progress }) : null;
+  const result = suites.length > 0 ? await runBench({ suites, quick, perSync, decodeSizes, progress }) : null;
   const tokenizerRows = named.includes(TOKENIZER_SUITE)
     ? await runTokenizerBench({
       quick,
@@ -75,13 +80,19 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
       warmup: result?.warmup ?? 1,
       reps: result?.reps ?? (quick ? TOKENIZER_SIZE_QUICK : TOKENIZER_SIZE).reps,
       per_sync: result?.perSync ?? null,
+      ...hostSummary(result?.host ?? hostInfo("cpu")),
+      ...(result && result.decodeSkipped.length > 0 ? { decode_skipped: result.decodeSkipped } : {}),
     };
     for (const line of jsonLines(rows, summary).slice(0, -1)) io.out(line);
     for (const row of tokenizerRows) io.out(JSON.stringify(row));
     io.out(JSON.stringify(summary)); // last, as jsonLines puts it
   } else {
-    if (result) io.out(formatTable(result.rows, result.adapter));
-    if (tokenizerRows.length > 0) io.out(formatTokenizerTable(tokenizerRows));
+    if (result) io.out(formatTable(result.rows, result.adapter, { host: result.host, notes: result.notes }));
+    if (tokenizerRows.length > 0) {
+      // Without a GPU table above it, the CPU benchmark names its host itself.
+      if (!result) io.out(formatHost(hostInfo("cpu")));
+      io.out(formatTokenizerTable(tokenizerRows));
+    }
   }
   if (errors > 0) {
     io.err(
@@ -90,6 +101,29 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
     return EXIT_RUN_FAILURE;
   }
   return EXIT_OK;
+}
+
+/**
+ * `--decode-sizes` (repeatable, comma-separated): the decode sizes to run, validated; undefined when absent.
+ * Throws a {@linkcode UsageError} for an unknown size, or when the decode suite is not run.
+ */
+export function decodeSizesFlag(
+  values: readonly string[] | undefined,
+  suites: readonly SuiteName[],
+): string[] | undefined {
+  if (values === undefined) return undefined;
+  const names = values.flatMap((v) => v.split(",")).map((n) => n.trim());
+  for (const n of names) {
+    if (!DECODE_SIZE_NAMES.includes(n)) {
+      throw new UsageError(`--decode-sizes expects names from ${DECODE_SIZE_NAMES.join(", ")}, got "${n}"`);
+    }
+  }
+  if (!suites.includes("decode")) {
+    throw new UsageError(
+      `--decode-sizes sizes the decode suite, which this run does not include (--suite decode)`,
+    );
+  }
+  return [...new Set(names)];
 }
 
 /** Raw text to stderr (the training progress bar redraws its line). */
