@@ -334,26 +334,19 @@ export async function decodeCases(
       decodeShare(sparse, rule);
     // Checked once per size, shared by its queued and read-each cases.
     let refs: { sparse: HostValue; dense: HostValue } | null = null;
+    const label = (impl: string) => `decode ${size.name} ${impl === "dense" ? "dense model" : "DS-MoE"}`;
     const references = () => {
-      for (const [impl, m] of Object.entries(models)) {
-        assertDecoderFits(
-          ctx,
-          m.c,
-          m.rules,
-          `decode ${size.name} ${impl === "dense" ? "dense model" : "DS-MoE"}`,
-        );
-      }
+      for (const [impl, m] of Object.entries(models)) assertDecoderFits(ctx, m.c, m.rules, label(impl));
       if (refs) return refs;
       const ref = (impl: keyof typeof models) => {
+        const m = models[impl];
         if (size.large) {
           o.progress?.(
-            `decode ${size.name}: float64 reference of the ${
-              impl === "dense" ? "dense model" : "DS-MoE"
-            }'s ` +
-              `first ${checkTokens} tokens (${fmtCount(countParams(models[impl].c).total)} params) …`,
+            `${label(impl)}: float64 reference of its first ${checkTokens} tokens ` +
+              `(${fmtCount(countParams(m.c).total)} params) …`,
           );
         }
-        return _referenceLogits(models[impl].c, models[impl].rules, tensor, ids.slice(0, checkTokens));
+        return _referenceLogits(m.c, m.rules, tensor, ids.slice(0, checkTokens));
       };
       return refs = { sparse: ref("sparse"), dense: ref("dense") };
     };
@@ -373,12 +366,8 @@ export async function decodeCases(
           for (const v of [...r.sparse, ...r.dense]) scale = Math.max(scale, Math.abs(v));
           const build = (impl: keyof typeof models) => async () => {
             const m = models[impl];
-            const dec = await Decoder.create(
-              ctx,
-              m.c,
-              benchWeights(buildDecoder(m.c, m.rules).params, 7),
-              m.rules,
-            );
+            const weights = benchWeights(buildDecoder(m.c, m.rules).params, 7);
+            const dec = await Decoder.create(ctx, m.c, weights, m.rules);
             return _decoderRunnable(dec, ids, readEach, checkTokens - 1);
           };
           return {
