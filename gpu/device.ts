@@ -43,6 +43,14 @@ export interface OpenGpuOptions {
   profile?: KernelProfile;
 }
 
+/**
+ * True for a software adapter (llvmpipe, lavapipe, SwiftShader, or one the browser calls a fallback): the GPU
+ * work runs on the host's CPUs. Picks the default kernel profile, whatever `DSMOE_KERNELS` overrides.
+ */
+export function isSoftwareAdapter(adapter: AdapterDescription): boolean {
+  return adapter.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|software/i.test(adapter.description);
+}
+
 /** Which family of kernel templates a context builds: see {@linkcode GpuContext.profile}. */
 export type KernelProfile = "cpu-simd" | "gpu";
 
@@ -90,10 +98,7 @@ export class GpuContext {
     this.features = new Set(device.features);
     this.pipelines = shared?.pipelines ?? new PipelineCache(device);
     this.validation = validation;
-    this.profile = profile ??
-      (adapter.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|software/i.test(adapter.description)
-        ? "cpu-simd"
-        : "gpu");
+    this.profile = profile ?? (isSoftwareAdapter(adapter) ? "cpu-simd" : "gpu");
     const state = this[_STATE] = shared?.state ?? {
       lost: null,
       pendingAllocations: new Set(),

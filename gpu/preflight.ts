@@ -11,6 +11,8 @@ import type { Node } from "../core/graph/ir.ts";
 import type { Schedule } from "../core/graph/schedule.ts";
 import { GpuTensor, paddedBytes, shapeSize } from "./buffers.ts";
 import type { GpuContext } from "./device.ts";
+import { GpuLimitError } from "./errors.ts";
+import { fmtBytes } from "../core/util/format.ts";
 import { GPU_IMPLS, gpuImplOf, type GpuTable, type Scratch } from "./graph_ops.ts";
 
 /**
@@ -50,4 +52,41 @@ function _scratch(node: Node): Scratch {
 
 function _buffer(elements: number, label: string): GPUBuffer {
   return { size: paddedBytes(elements * 4), label } as unknown as GPUBuffer;
+}
+
+/**
+ * Refuses, before anything is allocated or initialised, a tensor (a parameter, a cache) that one buffer or
+ * one storage binding of this device cannot hold: a {@linkcode GpuLimitError} prefixed with `what` that
+ * names the tensor, its shape and size, the limit and the adapter. A model's weights are one tensor each,
+ * so its largest tensor (often the embedding, vocabulary × d_model) is what must fit.
+ *
+ * @example
+ * ```ts ignore
+ * assertTensorsFit(ctx, decoder.params.map((p) => p.value), "decode 1b");
+ * ```
+ */
+export function assertTensorsFit(
+  ctx: GpuContext,
+  values: readonly { name: string; shape: readonly number[] }[],
+  what: string,
+): void {
+  const limits = [
+    ["maxBufferSize", ctx.limits.maxBufferSize],
+    ["maxStorageBufferBindingSize", ctx.limits.maxStorageBufferBindingSize],
+  ] as const;
+  for (const v of values) {
+    const bytes = paddedBytes(shapeSize(v.shape) * 4);
+    for (const [name, max] of limits) {
+      if (bytes <= max) continue;
+      throw new GpuLimitError(
+        `${what}: tensor "${v.name}" [${v.shape.join(", ")}] takes ${bytes} bytes (${
+          fmtBytes(bytes)
+        }), more ` +
+          `than ${name} (${max}, ${
+            fmtBytes(max)
+          }) of ${ctx.adapter.description}; run it on an adapter whose ` +
+          `limits allow it, or make that tensor smaller`,
+      );
+    }
+  }
 }

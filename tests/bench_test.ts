@@ -39,6 +39,15 @@ Deno.test("bench --quick --json checks and times both implementations of every c
   assertEquals(summary.errors, 0);
   assertEquals(summary.per_sync, 2);
   assert(/\S/.test(summary.adapter), "the adapter is recorded");
+  // The host beside it: the CPU model and threads, and on llvmpipe the threads it computes with.
+  assert(typeof summary.cpu === "string" && summary.cpu.length > 0, `cpu ${summary.cpu}`);
+  assert(summary.cpu_threads === null || summary.cpu_threads > 0, `cpu_threads ${summary.cpu_threads}`);
+  if (/llvmpipe/i.test(summary.adapter)) {
+    assert(
+      ["LP_NUM_THREADS", "cpu count"].includes(summary.llvmpipe_threads_from),
+      summary.llvmpipe_threads_from,
+    );
+  } else assertEquals(summary.llvmpipe_threads, null);
   const byCase = new Map<string, Set<string>>();
   for (const r of rows) {
     assert(r.error === undefined, `${r.case} ${r.impl}: ${r.error}`);
@@ -123,7 +132,7 @@ Deno.test("bench rows show their GFLOP/s as a % of the fp32 peak when it is know
   const shared = withPeakShare(rows, { flops: 67e12, source: "test" });
   assertEquals(shared.map((r) => r.peak_pct), [1, 0.5]);
   assertEquals(withPeakShare(rows, null), rows);
-  const text = formatTable(shared, "an adapter", "fp32 peak: 67 TFLOP/s (test)");
+  const text = formatTable(shared, "an adapter", { peak: "fp32 peak: 67 TFLOP/s (test)" });
   assert(/dsmoe % of peak/.test(text) && /670\.00 +1\.0%/.test(text) && text.includes("fp32 peak: 67"), text);
   assert(!formatTable(rows, "an adapter").includes("% of peak"));
 });
@@ -136,6 +145,15 @@ Deno.test("bench rejects an unknown suite and stray arguments with exit code 2",
     assertEquals(r.code, 2, bad.join(" "));
     assert(r.err.join("\n").includes(bad[0]!), r.err.join("\n"));
   }
+  const size = await cli("bench", "--suite", "decode", "--decode-sizes", "tiny,7b");
+  assertEquals(size.code, 2);
+  assert(
+    size.err.join("\n").includes('--decode-sizes expects names from tiny, d512, 125m, 1b, got "7b"'),
+    size.err.join("\n"),
+  );
+  const suite = await cli("bench", "--suite", "matmul", "--decode-sizes", "1b");
+  assertEquals(suite.code, 2);
+  assert(suite.err.join("\n").includes("--decode-sizes"), suite.err.join("\n"));
   const help = await cli("bench", "--help");
   assertEquals(help.code, 0);
   assert(help.out.join("\n").includes("--suite"));

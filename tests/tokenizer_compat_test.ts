@@ -92,6 +92,8 @@ Deno.test("bench --suite tokenizer --quick --json: training and checked encode r
   const objects = out.map((l) => JSON.parse(l)), summary = objects.at(-1);
   const rows: TokenizerBenchRow[] = objects.slice(0, -1);
   assertEquals([summary.suite, summary.rows, summary.errors, summary.adapter], ["tokenizer", 4, 0, "cpu"]);
+  // A CPU benchmark names its host: the CPU model and threads (no llvmpipe threads: no adapter).
+  assert(typeof summary.cpu === "string" && summary.cpu.length > 0 && summary.llvmpipe_threads === null);
   assertEquals(rows.map((r) => r.impl), ["dsmoe", "dsmoe", "hf-tokenizers", "gpt-tokenizer"]);
   const [train, ours, lib, gpt2] = rows as [
     TokenizerBenchRow,

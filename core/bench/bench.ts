@@ -10,7 +10,15 @@ import { type BenchCase, type BenchRow, runCases } from "./case.ts";
 import { KERNEL_DIMS, KERNEL_DIMS_QUICK, kernelCases } from "./kernels.ts";
 import { MATMUL_LARGE, MATMUL_SHAPES, MATMUL_SHAPES_QUICK, matmulCases, type MatmulShape } from "./matmul.ts";
 import { MOE_DIMS, MOE_DIMS_QUICK, moeCases } from "./moe.ts";
-import { DECODE_SIZES, DECODE_SIZES_QUICK, decodeCases } from "./decode.ts";
+import {
+  DECODE_SIZES_QUICK,
+  type DecodeBenchSize,
+  decodeCases,
+  decodeSizesFor,
+  quickDecodeSize,
+  skippedDecodeLine,
+} from "./decode.ts";
+import { type HostInfo, hostInfo } from "./host.ts";
 import { TRAIN_DIMS, TRAIN_DIMS_QUICK, trainStepCases } from "./train_step.ts";
 import { openTfjs } from "./tfjs.ts";
 
@@ -32,6 +40,11 @@ export interface BenchOptions {
   large?: boolean;
   /** The adapter's fp32 peak in TFLOP/s for the rows' % of peak; default gpu/peak.ts's table. */
   peakTflops?: number;
+  /**
+   * Decode suite sizes to run (names of `DECODE_SIZES`); default all but the large ones on a software adapter.
+   * With `quick`, each named size runs one layer of its shape (`quickDecodeSize`).
+   */
+  decodeSizes?: readonly string[];
   progress?: (line: string) => void;
 }
 
@@ -46,6 +59,11 @@ export interface BenchResult {
   /** The adapter's fp32 peak, or null with `peakUnknown` saying why. */
   peak: Peak | null;
   peakUnknown: string;
+  /** The host's CPU and threads (and llvmpipe's threads on llvmpipe). */
+  host: HostInfo;
+  /** Decode sizes skipped on a software adapter (none named), and the line that said so. */
+  decodeSkipped: string[];
+  notes: string[];
 }
 
 /** The matmul suite's shapes: the full or quick list, and the 4096³ product when `large`. */
@@ -73,7 +91,7 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
   const ctx = await openGpu({ timestamps: false });
   try {
     const tfjs = await openTfjs(ctx);
-    const cases: BenchCase[] = [];
+    const cases: BenchCase[] = [], decodeSkipped: string[] = [], notes: string[] = [];
     for (const s of o.suites ?? SUITES) {
       switch (s) {
         case "matmul":
@@ -85,9 +103,16 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
         case "moe":
           cases.push(...moeCases(ctx, o.quick ? MOE_DIMS_QUICK : MOE_DIMS));
           break;
-        case "decode":
-          cases.push(...await decodeCases(ctx, o.quick ? DECODE_SIZES_QUICK : DECODE_SIZES));
+        case "decode": {
+          const { sizes, skipped } = _decodeSizes(ctx.adapter, o);
+          if (skipped.length > 0) {
+            decodeSkipped.push(...skipped.map((s) => s.name));
+            notes.push(skippedDecodeLine(decodeSkipped, ctx.adapter.description));
+            o.progress?.(notes.at(-1)!);
+          }
+          cases.push(...await decodeCases(ctx, sizes, { progress: o.progress }));
           break;
+        }
         case "train":
           cases.push(...trainStepCases(ctx, tfjs, o.quick ? TRAIN_DIMS_QUICK : TRAIN_DIMS));
           break;
@@ -111,8 +136,21 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
       perSync: perSync ?? null,
       peak,
       peakUnknown: why,
+      host: hostInfo(ctx.adapter.description),
+      decodeSkipped,
+      notes,
     };
   } finally {
     ctx.destroy();
   }
+}
+
+/** The decode sizes of a run: `--quick`'s one size, the named ones (one layer of each with `quick`), or all. */
+function _decodeSizes(
+  adapter: Parameters<typeof decodeSizesFor>[0],
+  o: BenchOptions,
+): { sizes: readonly DecodeBenchSize[]; skipped: DecodeBenchSize[] } {
+  if (o.quick && !o.decodeSizes) return { sizes: DECODE_SIZES_QUICK, skipped: [] };
+  const picked = decodeSizesFor(adapter, o.decodeSizes);
+  return o.quick ? { sizes: picked.sizes.map(quickDecodeSize), skipped: [] } : picked;
 }

@@ -6,6 +6,7 @@
  * @module
  */
 import { type BenchRow, IMPLS, MOE_IMPLS } from "./case.ts";
+import { formatHost, type HostInfo } from "./host.ts";
 
 /** The last `--json` line: what ran, where, and how many rows failed. */
 export interface BenchSummary {
@@ -21,6 +22,37 @@ export interface BenchSummary {
   /** The adapter's fp32 peak (TFLOP/s) the rows' `peak_pct` are of, and its source; null when unknown. */
   peak_tflops?: number | null;
   peak_source?: string | null;
+  /** The host's CPU model ("unknown" when the system does not say) and its threads (core/bench/host.ts). */
+  cpu?: string;
+  cpu_threads?: number | null;
+  /** Threads llvmpipe uses and where that comes from ("LP_NUM_THREADS" or "cpu count"); null off llvmpipe. */
+  llvmpipe_threads?: number | null;
+  llvmpipe_threads_from?: string | null;
+  /** Decode sizes skipped on a software adapter (`--decode-sizes` runs them). */
+  decode_skipped?: string[];
+}
+
+/** The host fields of a {@linkcode BenchSummary}. */
+export function hostSummary(h: HostInfo): Pick<
+  BenchSummary,
+  "cpu" | "cpu_threads" | "llvmpipe_threads" | "llvmpipe_threads_from"
+> {
+  return {
+    cpu: h.cpu,
+    cpu_threads: h.threads,
+    llvmpipe_threads: h.llvmpipeThreads,
+    llvmpipe_threads_from: h.llvmpipeThreadsFrom,
+  };
+}
+
+/** What a table prints under its adapter line. */
+export interface TableHeader {
+  /** The host's CPU and threads: a "host: …" line. */
+  host?: HostInfo;
+  /** The fp32 peak the rows' % of peak are of (or why it is unknown): a line after the adapter's. */
+  peak?: string;
+  /** Further lines (e.g. the decode sizes a software adapter skipped). */
+  notes?: readonly string[];
 }
 
 /**
@@ -58,7 +90,8 @@ const _TABLES = [
 ] as const;
 
 /**
- * Fixed-width tables: per case, the two implementations' ms and GFLOP/s (tokens/s for the decode suite)
+ * Fixed-width tables under an `adapter:` line (and, when given, a `host:` line with the CPU and threads, and
+ * notes): per case, the two implementations' ms and GFLOP/s (tokens/s for the decode suite)
  * and the time ratio second/first for the moe and decode suites' dense and sparse rows, first/second
  * (ours/tfjs: below 1, ours is faster) otherwise, and the runs queued per host wait when timing;
  * failed rows show ERROR and their messages follow the tables.
@@ -71,8 +104,13 @@ const _TABLES = [
  * if (!text.includes("0.50")) throw new Error("ratio");
  * ```
  */
-export function formatTable(rows: readonly BenchRow[], adapter: string, peak?: string): string {
-  const out = [`adapter: ${adapter}`, ...(peak ? [peak] : [])];
+export function formatTable(rows: readonly BenchRow[], adapter: string, header: TableHeader = {}): string {
+  const out = [
+    `adapter: ${adapter}`,
+    ...(header.peak ? [header.peak] : []),
+    ...(header.host ? [formatHost(header.host)] : []),
+    ...(header.notes ?? []),
+  ];
   for (const table of _TABLES) {
     // A peer table after the first shows only the cases that peer ran.
     const peer = table.impls[1] as string,

@@ -1,5 +1,6 @@
 /**
- * `deno task bench [--json] [--suite NAME] [--quick] [--per-sync N]`: our kernels beside tfjs-webgpu, checked then timed;
+ * `deno task bench [--json] [--suite NAME] [--quick] [--per-sync N] [--decode-sizes A,B]`: our kernels beside
+ * tfjs-webgpu, checked then timed;
  * `--suite tokenizer` (CPU only, run only when named): BPE training and encoding (core/bench/tokenizer.ts).
  * Progress goes to stderr; stdout gets the table, or with `--json` one JSON object per row and a summary
  * object last. Any row that failed its correctness check (or errored) makes the exit code 1.
@@ -7,7 +8,9 @@
  * @module
  */
 import { runBench, type SuiteName, SUITES } from "../bench/bench.ts";
-import { formatTable, jsonLines } from "../bench/report.ts";
+import { DECODE_SIZE_NAMES } from "../bench/decode.ts";
+import { formatHost, hostInfo } from "../bench/host.ts";
+import { formatTable, hostSummary, jsonLines } from "../bench/report.ts";
 import {
   formatTokenizerTable,
   progressBar,
@@ -36,6 +39,7 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
     large: { type: "boolean" },
     "peak-tflops": { type: "string" },
     "per-sync": { type: "string" },
+    "decode-sizes": { type: "string", multiple: true },
   });
   if (values.help) {
     io.out(BENCH_USAGE);
@@ -55,9 +59,10 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
   const perSync = positiveInt("per-sync", values["per-sync"]);
   const peakTflops = positiveNumber("peak-tflops", values["peak-tflops"]);
   if (values.large && quick) throw new UsageError("--large does not go with --quick (small sizes only)");
+  const decodeSizes = decodeSizesFlag(values["decode-sizes"], suites);
   const progress = (line: string) => io.err(`bench: ${line}`);
   const result = suites.length > 0
-    ? await runBench({ suites, quick, perSync, progress, large: values.large, peakTflops })
+    ? await runBench({ suites, quick, perSync, decodeSizes, progress, large: values.large, peakTflops })
     : null;
   const tokenizerRows = named.includes(TOKENIZER_SUITE)
     ? await runTokenizerBench({
@@ -83,13 +88,25 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
       per_sync: result?.perSync ?? null,
       peak_tflops: result?.peak ? result.peak.flops / 1e12 : null,
       peak_source: result?.peak?.source ?? null,
+      ...hostSummary(result?.host ?? hostInfo("cpu")),
+      ...(result && result.decodeSkipped.length > 0 ? { decode_skipped: result.decodeSkipped } : {}),
     };
     for (const line of jsonLines(rows, summary).slice(0, -1)) io.out(line);
     for (const row of tokenizerRows) io.out(JSON.stringify(row));
     io.out(JSON.stringify(summary)); // last, as jsonLines puts it
   } else {
-    if (result) io.out(formatTable(result.rows, result.adapter, _peakLine(result)));
-    if (tokenizerRows.length > 0) io.out(formatTokenizerTable(tokenizerRows));
+    if (result) {
+      io.out(formatTable(result.rows, result.adapter, {
+        peak: _peakLine(result),
+        host: result.host,
+        notes: result.notes,
+      }));
+    }
+    if (tokenizerRows.length > 0) {
+      // Without a GPU table above it, the CPU benchmark names its host itself.
+      if (!result) io.out(formatHost(hostInfo("cpu")));
+      io.out(formatTokenizerTable(tokenizerRows));
+    }
   }
   if (errors > 0) {
     io.err(
@@ -105,6 +122,29 @@ function _peakLine(r: { peak: { flops: number; source: string } | null; peakUnkn
   return r.peak
     ? `fp32 peak: ${r.peak.flops / 1e12} TFLOP/s (${r.peak.source})`
     : `fp32 peak: ${r.peakUnknown}`;
+}
+
+/**
+ * `--decode-sizes` (repeatable, comma-separated): the decode sizes to run, validated; undefined when absent.
+ * Throws a {@linkcode UsageError} for an unknown size, or when the decode suite is not run.
+ */
+export function decodeSizesFlag(
+  values: readonly string[] | undefined,
+  suites: readonly SuiteName[],
+): string[] | undefined {
+  if (values === undefined) return undefined;
+  const names = values.flatMap((v) => v.split(",")).map((n) => n.trim());
+  for (const n of names) {
+    if (!DECODE_SIZE_NAMES.includes(n)) {
+      throw new UsageError(`--decode-sizes expects names from ${DECODE_SIZE_NAMES.join(", ")}, got "${n}"`);
+    }
+  }
+  if (!suites.includes("decode")) {
+    throw new UsageError(
+      `--decode-sizes sizes the decode suite, which this run does not include (--suite decode)`,
+    );
+  }
+  return [...new Set(names)];
 }
 
 /** Raw text to stderr (the training progress bar redraws its line). */

@@ -149,7 +149,7 @@ Options:
   --suite NAME   matmul (GFLOP/s at 256³…2048³, 4096×256×1024, and 4096³ with --large), kernels
                  (softmax, layernorm, gelu, bias add, attention, cross-entropy, embedding, AdamW, sum), moe
                  (MoE-MLP forward, dense vs sparse execution at 10–100% of experts active), decode (batch-1
-                 decoding tokens/s, DS-MoE under top-2 routing vs a dense model of the same total
+                 decoding tokens/s, DS-MoE under top-k routing vs a dense model of the same total
                  parameters) or train (one dense-training step of a MoE-MLP block: forward, backward,
                  clipping, AdamW; also against jax-js on WebGPU and WebAssembly); repeatable;
                  default all
@@ -159,7 +159,13 @@ Options:
                  the adapter's fp32 peak in TFLOP/s: rows show their GFLOP/s as a % of it (default: the
                  vendor figure of a known adapter, docs/performance.md; none for others)
   --per-sync N   p = N in every case instead of sizing it
-  --json         one JSON object per row, then a summary object as the last line`;
+  --decode-sizes A,B
+                 decode suite sizes: tiny, d512 (the tiny configs' shapes), 125m and 1b (GPT-2 vocabulary,
+                 d_model 768 and 2048, DS-MoE top-3/4 attention and top-2/8 MLP experts). Default all, except
+                 125m and 1b on a software adapter (llvmpipe), which prints a line naming them; with --quick,
+                 one layer of each named shape
+  --json         one JSON object per row, then a summary object as the last line (with the adapter, the host's
+                 CPU model and threads, and llvmpipe's threads on llvmpipe)`;
 
 /** Usage of \`runs\`. */
 export const RUNS_USAGE = `Usage: deno task runs [list | show <run> | rm <run>…] [options]

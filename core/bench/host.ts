@@ -1,0 +1,151 @@
+/**
+ * The host a benchmark ran on, printed beside the adapter (docs/performance.md "How `deno task bench`
+ * measures"): the CPU model, its thread count and, when the adapter is llvmpipe, the threads llvmpipe
+ * rasterizes and computes with (`LP_NUM_THREADS` when set, else one per CPU). On llvmpipe every GPU number
+ * is a CPU number, so a table without them cannot be compared with another machine's.
+ *
+ * Nothing here throws: an unreadable source gives "unknown" (or null for a count).
+ *
+ * @module
+ */
+
+/** Where llvmpipe's thread count comes from. */
+export type LlvmpipeThreadsSource = "LP_NUM_THREADS" | "cpu count";
+
+/** The host of a bench run. */
+export interface HostInfo {
+  /** CPU model, e.g. "AMD EPYC 7B13"; "unknown" when the system does not say. */
+  cpu: string;
+  /** Hardware threads this process may use (`navigator.hardwareConcurrency`); null when unknown. */
+  threads: number | null;
+  /** Threads llvmpipe uses, when the adapter is llvmpipe; null otherwise (or when unknown). */
+  llvmpipeThreads: number | null;
+  /** Where {@linkcode HostInfo.llvmpipeThreads} comes from; null when it is null. */
+  llvmpipeThreadsFrom: LlvmpipeThreadsSource | null;
+}
+
+/** What {@linkcode hostInfo} reads, injectable for tests. */
+export interface HostSources {
+  os: string; // Deno.build.os
+  /** Text of a file, or null when it cannot be read. */
+  readText(path: string): string | null;
+  /** stdout of a command, or null when it cannot be run or fails. */
+  command(cmd: string, args: string[]): string | null;
+  env(name: string): string | undefined;
+  threads: number | null;
+}
+
+/**
+ * The CPU model named in Linux's /proc/cpuinfo text: the first "model name" (x86), else "Model",
+ * "cpu model", "Processor" (some ARM kernels) or "Hardware"; null when none is there.
+ *
+ * @example
+ * ```ts
+ * import { cpuModelFromCpuinfo } from "./host.ts";
+ * const text = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\n";
+ * if (cpuModelFromCpuinfo(text) !== "AMD EPYC 7B13") throw new Error("model name");
+ * ```
+ */
+export function cpuModelFromCpuinfo(text: string): string | null {
+  const fields = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const i = line.indexOf(":");
+    if (i < 0) continue;
+    const key = line.slice(0, i).trim().toLowerCase(), value = line.slice(i + 1).trim().replace(/\s+/g, " ");
+    if (value !== "" && !fields.has(key)) fields.set(key, value);
+  }
+  for (const key of ["model name", "model", "cpu model", "processor", "hardware"]) {
+    const v = fields.get(key);
+    // "processor" is also x86's CPU index ("processor : 0"), which names nothing.
+    if (v !== undefined && !/^\d+$/.test(v)) return v;
+  }
+  return null;
+}
+
+/**
+ * llvmpipe's thread count: `LP_NUM_THREADS` when it is set to a whole number, else one per CPU (`cpus`).
+ *
+ * @example
+ * ```ts
+ * import { llvmpipeThreads } from "./host.ts";
+ * if (llvmpipeThreads("4", 16).threads !== 4) throw new Error("env wins");
+ * if (llvmpipeThreads(undefined, 16).from !== "cpu count") throw new Error("cpu count");
+ * ```
+ */
+export function llvmpipeThreads(
+  env: string | undefined,
+  cpus: number | null,
+): { threads: number | null; from: LlvmpipeThreadsSource } {
+  const n = env === undefined ? NaN : Number(env.trim());
+  if (env !== undefined && env.trim() !== "" && Number.isSafeInteger(n) && n >= 0) {
+    return { threads: n, from: "LP_NUM_THREADS" };
+  }
+  return { threads: cpus, from: "cpu count" };
+}
+
+/** True for an adapter description naming llvmpipe (the only software adapter whose threads we know). */
+export function isLlvmpipe(adapter: string): boolean {
+  return /llvmpipe/i.test(adapter);
+}
+
+/** The CPU model from the system's own sources, or "unknown". */
+export function cpuModel(s: HostSources): string {
+  let model: string | null = null;
+  if (s.os === "linux" || s.os === "android") {
+    const text = s.readText("/proc/cpuinfo");
+    model = text === null ? null : cpuModelFromCpuinfo(text);
+  } else if (s.os === "darwin") {
+    model = s.command("sysctl", ["-n", "machdep.cpu.brand_string"])?.trim() || null;
+  } else if (s.os === "windows") {
+    model = s.env("PROCESSOR_IDENTIFIER")?.trim() || null;
+  }
+  return model ?? "unknown";
+}
+
+/** The host of this process, given the adapter the bench opened (for llvmpipe's threads). */
+export function hostInfo(adapter: string, s: HostSources = denoHostSources()): HostInfo {
+  const lp = isLlvmpipe(adapter) ? llvmpipeThreads(s.env("LP_NUM_THREADS"), s.threads) : null;
+  return {
+    cpu: cpuModel(s),
+    threads: s.threads,
+    llvmpipeThreads: lp?.threads ?? null,
+    llvmpipeThreadsFrom: lp && lp.threads !== null ? lp.from : null,
+  };
+}
+
+/**
+ * One line for a table header, e.g. "host: AMD EPYC 7B13, 2 threads; llvmpipe threads: 2 (LP_NUM_THREADS
+ * unset: one per CPU)".
+ */
+export function formatHost(h: HostInfo): string {
+  const threads = h.threads === null ? "threads unknown" : `${h.threads} thread${h.threads === 1 ? "" : "s"}`;
+  const lp = h.llvmpipeThreads === null
+    ? ""
+    : `; llvmpipe threads: ${h.llvmpipeThreads} (${
+      h.llvmpipeThreadsFrom === "LP_NUM_THREADS" ? "LP_NUM_THREADS" : "LP_NUM_THREADS unset: one per CPU"
+    })`;
+  return `host: ${h.cpu}, ${threads}${lp}`;
+}
+
+/** The {@linkcode HostSources} of this Deno process; each read that fails gives null. */
+export function denoHostSources(): HostSources {
+  const attempt = <T>(f: () => T): T | null => {
+    try {
+      return f();
+    } catch {
+      return null;
+    }
+  };
+  const threads = attempt(() => navigator.hardwareConcurrency);
+  return {
+    os: Deno.build.os,
+    readText: (path) => attempt(() => Deno.readTextFileSync(path)),
+    command: (cmd, args) =>
+      attempt(() => {
+        const r = new Deno.Command(cmd, { args, stdout: "piped", stderr: "null" }).outputSync();
+        return r.success ? new TextDecoder().decode(r.stdout) : null;
+      }),
+    env: (name) => attempt(() => Deno.env.get(name)) ?? undefined,
+    threads: typeof threads === "number" && threads > 0 ? threads : null,
+  };
+}
