@@ -12,10 +12,9 @@ import { RunDir } from "../core/runs/run_dir.ts";
 import { CpuTrainBackend } from "../core/train/cpu_backend.ts";
 import { GpuTrainBackend, parseFaultSteps } from "../core/train/gpu_backend.ts";
 import { Rng } from "../core/util/rng.ts";
-import type { GpuContext } from "../gpu/device.ts";
 import { GpuLimitError } from "../gpu/errors.ts";
 import { cli } from "./helpers/cli.ts";
-import { assertClose, testGpu } from "./helpers/gpu.ts";
+import { allocationGuard, assertClose, testGpu } from "./helpers/gpu.ts";
 
 /**
  * Tiny models with every batch-level router loss on, at weights large enough to move the gradients, and
@@ -137,20 +136,8 @@ Deno.test("run --dry-run shows the batch split, a micro-batch's activations and 
 
 Deno.test("on llvmpipe, a micro-batch past its loop limit (64 × 1,024 tokens) is refused before anything is allocated", async () => {
   const ctx = (await testGpu()).withProfile("cpu-simd");
-  let allocations = 0;
-  const device = new Proxy(ctx.device, {
-    get(target, key) {
-      if (key === "createBuffer") {
-        return () => {
-          allocations++;
-          throw new Error("allocated before the limit check");
-        };
-      }
-      const v = Reflect.get(target, key, target);
-      return typeof v === "function" ? v.bind(target) : v;
-    },
-  });
-  const guarded = Object.create(ctx, { device: { value: device } }) as GpuContext;
+  const guard = allocationGuard(ctx);
+  const guarded = guard.ctx;
   const c = ExperimentSchema.parse({
     data: { seq_len: 1024 },
     model: {
@@ -170,7 +157,7 @@ Deno.test("on llvmpipe, a micro-batch past its loop limit (64 × 1,024 tokens) i
     ),
     e.message,
   );
-  assertEquals(allocations, 0);
+  assertEquals(guard.allocations(), 0);
 });
 
 // The micro DS-MoE in micro-batches of 2 of its 8 sequences (4 micro-steps and the router statistics pass per

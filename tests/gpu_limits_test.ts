@@ -19,7 +19,7 @@ import { matmul } from "../gpu/kernels/matmul.ts";
 import { attention, attentionBackward } from "../gpu/kernels/attention.ts";
 import { attentionBackwardRef, attentionRef } from "../core/ref/attention.ts";
 import { LLVMPIPE_LOOP_LIMIT } from "../gpu/kernels/common.ts";
-import { assertClose, randomArray, testGpu } from "./helpers/gpu.ts";
+import { allocationGuard, assertClose, randomArray, testGpu } from "./helpers/gpu.ts";
 
 /** The test device seen through smaller limits: kernels and the executor read limits from the context. */
 function limited(ctx: GpuContext, limits: Partial<Record<keyof GPUSupportedLimits, number>>): GpuContext {
@@ -58,28 +58,14 @@ Deno.test("GraphExecutor refuses a plan with a buffer over the binding limit bef
   const g = new Graph();
   const x = g.leaf("input", "x", [64, 64]);
   const y = apply1(g, "activation", [x], { kind: "gelu" });
-  let allocations = 0;
-  const device = new Proxy(ctx.device, {
-    get(target, key) {
-      if (key === "createBuffer") {
-        return () => {
-          allocations++;
-          throw new Error("allocated before the limit check");
-        };
-      }
-      const v = Reflect.get(target, key, target);
-      return typeof v === "function" ? v.bind(target) : v;
-    },
-  });
-  const small = Object.create(limited(ctx, { maxStorageBufferBindingSize: 8192 }), {
-    device: { value: device },
-  });
+  const guard = allocationGuard(limited(ctx, { maxStorageBufferBindingSize: 8192 }));
+  const small = guard.ctx;
   assertThrows(
     () => new GraphExecutor(small, schedule(g, [y]), g.inputs()),
     (e) =>
       e instanceof GpuLimitError && e.message.includes(`"x" [64,64]`) && e.message.includes("16384 bytes"),
   );
-  assertEquals(allocations, 0);
+  assertEquals(guard.allocations(), 0);
 });
 
 Deno.test("grid() folds more than 65535 workgroups into two dimensions and refuses more than 65535²", async () => {

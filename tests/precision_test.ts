@@ -7,10 +7,9 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { ConfigError, experimentToYaml, parseExperimentText, precisionOf } from "../core/config/mod.ts";
 import { GpuTrainBackend } from "../core/train/gpu_backend.ts";
-import type { GpuContext } from "../gpu/device.ts";
 import { GpuFeatureError, GpuLimitError } from "../gpu/errors.ts";
 import { cli } from "./helpers/cli.ts";
-import { testGpu } from "./helpers/gpu.ts";
+import { allocationGuard, testGpu } from "./helpers/gpu.ts";
 
 const MICRO = await Deno.readTextFile("tests/fixtures/micro.yaml");
 
@@ -48,26 +47,14 @@ Deno.test("a bad hardware.precision is a located config error; f16 needs the web
 Deno.test("f16 training on a device without shader-f16 is refused (GpuFeatureError, a GpuLimitError) before any buffer exists", async () => {
   const ctx = await testGpu(); // opened without asking for shader-f16, on any adapter
   assert(!ctx.features.has("shader-f16"));
-  let allocations = 0;
-  const device = new Proxy(ctx.device, {
-    get(target, key) {
-      if (key === "createBuffer") {
-        return () => {
-          allocations++;
-          throw new Error("allocated before the feature check");
-        };
-      }
-      const v = Reflect.get(target, key, target);
-      return typeof v === "function" ? v.bind(target) : v;
-    },
-  });
-  const guarded = Object.create(ctx, { device: { value: device } }) as GpuContext;
+  const guard = allocationGuard(ctx);
+  const guarded = guard.ctx;
   const { config } = parseExperimentText(MICRO, "micro.yaml", { sets: ["hardware.precision=f16"] })
     .points[0]!;
   const e = await GpuTrainBackend.create(config, guarded).then(() => null, (e) => e);
   assert(e instanceof GpuFeatureError && e instanceof GpuLimitError, String(e));
   assert(e.message.includes("shader-f16") && e.message.includes(ctx.adapter.description), e.message);
-  assertEquals(allocations, 0);
+  assertEquals(guard.allocations(), 0);
 });
 
 // The command-level refusal needs an adapter without shader-f16 (llvmpipe); on one with it, f16 would train.

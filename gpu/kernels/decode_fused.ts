@@ -302,6 +302,26 @@ function _finish(o: FusedGemvOptions, s: string, i: string, vec: boolean): strin
   return o.residual ? `R[${i}] + ${v}` : v;
 }
 
+/**
+ * The `gpu` forms' WGSL up to their products: workgroup arrays, the reduction and activation functions, the
+ * entry point of an (x, y) workgroup of 256 threads with `wi` (the workgroup) and `t` (the thread), the row's
+ * mean and rstd, and the normalized row written by workgroup 0 when `o.h` is given.
+ */
+function _headGpu(o: FusedGemvOptions, x: number, y: number): string {
+  const xn = _xnScalar(o.norm.kind);
+  return `var<workgroup> red: array<f32, ${_T}>;
+var<workgroup> part: array<f32, ${_T}>;
+${workgroupReduceWgsl("wsum", _T, "red", "sum")}
+${o.activation === "none" ? "" : ACT_VEC4[o.activation]}
+@compute @workgroup_size(${x}, ${y})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid: vec3<u32>) {
+  let wi = wid.x + wid.y * nwg.x;
+  let t = lid.y * ${x}u + lid.x;
+${_statsGpu(o.norm.kind)}
+${o.h ? `  if (wi == 0u) { for (var r = t; r < u.d; r = r + ${_T}u) { H[r] = ${xn}; } }` : ""}`;
+}
+
 /** {@linkcode fusedGemv} on real GPUs: a workgroup per 16 columns of one weight, 16 lanes over d. */
 function _gemvGpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
   const d = o.x.size, ns = o.ys.map((y) => y.size), tiles = ns.map((n) => Math.ceil(n / _L));
@@ -330,17 +350,7 @@ function _gemvGpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
     label: "gemv_fused",
     bindings,
     fields: [["d", "u32", d], ["neps", "f32", o.norm.eps]],
-    code: `var<workgroup> red: array<f32, ${_T}>;
-var<workgroup> part: array<f32, ${_T}>;
-${workgroupReduceWgsl("wsum", _T, "red", "sum")}
-${o.activation === "none" ? "" : ACT_VEC4[o.activation]}
-@compute @workgroup_size(${_L}, ${_L})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_id) lid: vec3<u32>) {
-  let wi = wid.x + wid.y * nwg.x;
-  let t = lid.y * ${_L}u + lid.x;
-${_statsGpu(o.norm.kind)}
-${o.h ? `  if (wi == 0u) { for (var r = t; r < u.d; r = r + ${_T}u) { H[r] = ${xn}; } }` : ""}
+    code: `${_headGpu(o, _L, _L)}
   var o = ${J}u;
   var tile = 0u;
 ${pick}
@@ -454,17 +464,7 @@ function _gemvNtGpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
     label: "gemv_fused_nt",
     bindings: _ntBindings(o, false),
     fields: [["d", "u32", d], ["neps", "f32", o.norm.eps], ["n", "u32", n]],
-    code: `var<workgroup> red: array<f32, ${_T}>;
-var<workgroup> part: array<f32, ${_T}>;
-${workgroupReduceWgsl("wsum", _T, "red", "sum")}
-${o.activation === "none" ? "" : ACT_VEC4[o.activation]}
-@compute @workgroup_size(${lanes}, ${_NT_COLS})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_id) lid: vec3<u32>) {
-  let wi = wid.x + wid.y * nwg.x;
-  let t = lid.y * ${lanes}u + lid.x;
-${_statsGpu(o.norm.kind)}
-${o.h ? `  if (wi == 0u) { for (var r = t; r < u.d; r = r + ${_T}u) { H[r] = ${xn}; } }` : ""}
+    code: `${_headGpu(o, lanes, _NT_COLS)}
   let i = wi * ${_NT_COLS}u + lid.y;
   var acc = 0.0;
   if (i < u.n) { for (var r = lid.x; r < u.d; r = r + ${lanes}u) { acc = acc + ${xn} * W0[i * u.d + r]; } }

@@ -63,3 +63,27 @@ export function randomArray(n: number, seed: number, lo = -1, hi = 1): Float64Ar
   for (let i = 0; i < n; i++) out[i] = lo + (hi - lo) * r();
   return out;
 }
+
+/**
+ * `ctx` with a device whose `createBuffer` throws and is counted: a test that a refusal comes before anything
+ * is allocated checks `allocations()` is 0 afterwards (and the throw names what was allocated too early).
+ */
+export function allocationGuard(ctx: GpuContext): { ctx: GpuContext; allocations: () => number } {
+  let allocations = 0;
+  const device = new Proxy(ctx.device, {
+    get(target, key) {
+      if (key === "createBuffer") {
+        return () => {
+          allocations++;
+          throw new Error("allocated before the refusal");
+        };
+      }
+      const v = Reflect.get(target, key, target);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+  return {
+    ctx: Object.create(ctx, { device: { value: device } }) as GpuContext,
+    allocations: () => allocations,
+  };
+}
