@@ -11,7 +11,8 @@
  *   about one more forward per micro-batch, and is planned only when such a loss has a nonzero weight;
  *   without it, the MI values reported for routers (weight 0) are the mean of the micro-batches' own.
  * - `infer-sparse`: forward only; routed layers compute just the experts their inference rule selects.
- * - `decode`: one token per execution with KV caches, routed like `infer-sparse`.
+ * - `decode`: one token per execution with KV caches, routed like `infer-sparse`; with `batch` B > 1, B
+ *   sequences decoded together, one token each, each at its own position (`buildBatchDecoder`).
  *
  * @module
  */
@@ -20,7 +21,14 @@ import { gradients } from "../graph/autodiff.ts";
 import type { Value } from "../graph/ir.ts";
 import { type Schedule, schedule } from "../graph/schedule.ts";
 import { accumulationOf, hasBatchRouterLoss } from "./counts.ts";
-import { buildDecoder, buildModel, type DecoderGraph, type InferRules, type ModelGraph } from "./model.ts";
+import {
+  buildBatchDecoder,
+  buildDecoder,
+  buildModel,
+  type DecoderGraph,
+  type InferRules,
+  type ModelGraph,
+} from "./model.ts";
 
 /** What a plan is for. */
 export type PlanMode = "train-dense" | "infer-sparse" | "decode";
@@ -30,7 +38,7 @@ export interface PlanOptions {
   /**
    * Sequences per execution; default `train.micro_batch` (train-dense, which then accumulates
    * `train.batch / train.micro_batch` executions per step) or `train.batch` (infer-sparse). A train-dense
-   * plan given a batch does not accumulate.
+   * plan given a batch does not accumulate. Decode: sequences decoded together, default 1.
    */
   batch?: number;
   /** Inference rules (infer-sparse, decode); default the config's `router.infer` / `router.infer_attention`. */
@@ -71,10 +79,12 @@ export interface InferPlan {
   schedule: Schedule;
 }
 
-/** A decoding plan: one token's logits and router masks; the caches are updated in place. */
+/** A decoding plan: one token's logits and router masks (per sequence); the caches are updated in place. */
 export interface DecodePlan {
   mode: "decode";
   model: DecoderGraph;
+  /** Sequences decoded together (the rows of ids, pos and logits). */
+  batch: number;
   rules: InferRules;
   outputs: Value[]; // logits, then each routed router's mask
   schedule: Schedule;
@@ -151,9 +161,11 @@ export function plan(
       return { mode, model, rules, outputs, schedule: schedule(model.graph, outputs) };
     }
     case "decode": {
-      const model = buildDecoder(c, rules);
+      const rows = o.batch ?? 1;
+      // B > 1: the batched decoder's own graph (docs/design.md §10, "Batched decoding").
+      const model = rows > 1 ? buildBatchDecoder(c, rules, rows) : buildDecoder(c, rules);
       const outputs = [model.logits, ..._masks(model.routers)];
-      return { mode, model, rules, outputs, schedule: schedule(model.graph, outputs) };
+      return { mode, model, rules, batch: rows, outputs, schedule: schedule(model.graph, outputs) };
     }
     default:
       throw new RangeError(`Unknown plan mode "${mode satisfies never}"`);
