@@ -10,11 +10,12 @@ import { KERNEL_DIMS, KERNEL_DIMS_QUICK, kernelCases } from "./kernels.ts";
 import { MATMUL_SHAPES, MATMUL_SHAPES_QUICK, matmulCases } from "./matmul.ts";
 import { MOE_DIMS, MOE_DIMS_QUICK, moeCases } from "./moe.ts";
 import { DECODE_SIZES, DECODE_SIZES_QUICK, decodeCases } from "./decode.ts";
+import { SERVE_BENCH, SERVE_BENCH_QUICK, serveCases } from "./serve.ts";
 import { TRAIN_DIMS, TRAIN_DIMS_QUICK, trainStepCases } from "./train_step.ts";
 import { openTfjs } from "./tfjs.ts";
 
 /** Suite names `--suite` accepts. */
-export const SUITES = ["matmul", "kernels", "moe", "decode", "train"] as const;
+export const SUITES = ["matmul", "kernels", "moe", "decode", "serve", "train"] as const;
 
 /** One of {@linkcode SUITES}. */
 export type SuiteName = typeof SUITES[number];
@@ -68,6 +69,9 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
         case "decode":
           cases.push(...await decodeCases(ctx, o.quick ? DECODE_SIZES_QUICK : DECODE_SIZES));
           break;
+        case "serve":
+          cases.push(...await serveCases(ctx, o.quick ? SERVE_BENCH_QUICK : SERVE_BENCH));
+          break;
         case "train":
           cases.push(...trainStepCases(ctx, tfjs, o.quick ? TRAIN_DIMS_QUICK : TRAIN_DIMS));
           break;
@@ -76,7 +80,7 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
       }
     }
     o.progress?.(
-      `${cases.length} cases (dsmoe vs tfjs-webgpu; moe: dense vs sparse layer; decode: dense vs DS-MoE model) on ${ctx.adapter.description}; ` +
+      `${cases.length} cases (dsmoe vs tfjs-webgpu; moe: dense vs sparse layer; decode, serve: dense vs DS-MoE model) on ${ctx.adapter.description}; ` +
         `${warmup} warm-up + ${reps} timed repetitions each, median; ` +
         (perSync ? `${perSync} runs queued per host wait` : "runs queued per host wait sized per case"),
     );

@@ -145,7 +145,9 @@ Options:
   --suite NAME   matmul (GFLOP/s at 256³…2048³ and 4096×256×1024), kernels (softmax, layernorm, gelu,
                  bias add, attention, cross-entropy, embedding, AdamW, sum), moe (MoE-MLP forward, dense
                  vs sparse execution at 10–100% of experts active), decode (batch-1 decoding tokens/s,
-                 DS-MoE under top-2 routing vs a dense model of the same total parameters) or train (one
+                 DS-MoE under top-2 routing vs a dense model of the same total parameters), serve
+                 (batched decoding: total tokens/s of B = 32 and 64 sequences at different positions,
+                 the same two models; ratio DS-MoE/dense tokens/s) or train (one
                  dense-training step of a MoE-MLP block: forward, backward, clipping, AdamW; also against
                  jax-js on WebGPU and WebAssembly); repeatable;
                  default all
