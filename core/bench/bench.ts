@@ -70,7 +70,9 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
           cases.push(...await decodeCases(ctx, o.quick ? DECODE_SIZES_QUICK : DECODE_SIZES));
           break;
         case "serve":
-          cases.push(...await serveCases(ctx, o.quick ? SERVE_BENCH_QUICK : SERVE_BENCH));
+          cases.push(
+            ...await serveCases(ctx, o.quick ? SERVE_BENCH_QUICK : SERVE_BENCH, "configs", o.progress),
+          );
           break;
         case "train":
           cases.push(...trainStepCases(ctx, tfjs, o.quick ? TRAIN_DIMS_QUICK : TRAIN_DIMS));
