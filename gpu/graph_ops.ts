@@ -13,6 +13,7 @@ import {
   moeTile,
 } from "./kernels/moe.ts";
 import { attentionCached } from "./kernels/cached_attention.ts";
+import { attentionCachedBatch, moaAttentionBatch } from "./kernels/batch_decode.ts";
 import { fusedGemvParts, fusedRouterParts, type OpName, routeRuleOf } from "../core/graph/op_types.ts";
 import { routeGate, routeMask } from "./kernels/routing.ts";
 import {
@@ -95,8 +96,8 @@ export type GpuTable = { readonly [K in OpName]: GpuImpl<K> | null };
 
 const cols = (n: Node) => n.inputs[0]!.shape.at(-1)!;
 
-/** The sparse-expert shape of a moe_mlp or moa_attention node whose experts are h wide. */
-function moeShapeOf(n: OpNode<"moe_mlp" | "moa_attention">, h: number): MoeShape {
+/** The sparse-expert shape of a moe_mlp or (batched) moa_attention node whose experts are h wide. */
+function moeShapeOf(n: OpNode<"moe_mlp" | "moa_attention" | "moa_attention_batch">, h: number): MoeShape {
   const [N, d] = n.inputs[0]!.shape as [number, number];
   return { N, d, E: n.attrs.experts, h };
 }
@@ -291,6 +292,39 @@ export const GPU_IMPLS: GpuTable = {
       Hkv: n.attrs.kv_heads,
       D: n.attrs.head_dim,
     }),
+  attention_cached_batch: (ctx, n, [q, k, v, kcache, vcache, pos], [o]) =>
+    attentionCachedBatch(ctx, {
+      q: q!,
+      k: k!,
+      v: v!,
+      kcache: kcache!,
+      vcache: vcache!,
+      pos: pos!,
+      T: n.attrs.seq,
+      o: o!,
+      H: n.attrs.heads,
+      Hkv: n.attrs.kv_heads,
+      D: n.attrs.head_dim,
+    }),
+  moa_attention_batch: (ctx, n, [x, gate, wq, k, v, wo, kcache, vcache, pos], [y], scratch) => {
+    const G = n.attrs.heads, D = n.attrs.head_dim;
+    const s = moeShapeOf(n, G * D), tile = moeTile(ctx, s);
+    return moaAttentionBatch(ctx, {
+      x: x!,
+      gate: gate!,
+      wq: wq!,
+      wo: wo!,
+      k: k!,
+      v: v!,
+      y: y!,
+      E: s.E,
+      G,
+      D,
+      cache: { kcache: kcache!, vcache: vcache!, pos: pos!, T: n.attrs.seq },
+      tile,
+      scratch: moeScratchOf(s, tile.tm, scratch),
+    });
+  },
   route_mask: (ctx, n, [s], [mask], scratch) => {
     const rule = routeRuleOf(n);
     // Only threshold_topk keeps per-token counts and the batch's K between its passes.

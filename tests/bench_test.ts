@@ -65,9 +65,17 @@ Deno.test("bench --quick --json checks and times both implementations of every c
     const key = `${r.suite}/${r.case}`;
     byCase.set(key, (byCase.get(key) ?? new Set()).add(r.impl));
   }
-  assertEquals(new Set(rows.map((r) => r.suite)), new Set(["matmul", "kernels", "moe", "decode", "train"]));
-  assert(byCase.size >= 2 + 9 + 2 + 2 + 1, `cases: ${[...byCase.keys()]}`);
-  for (const r of rows.filter((r) => r.suite === "decode")) {
+  assertEquals(
+    new Set(rows.map((r) => r.suite)),
+    new Set(["matmul", "kernels", "moe", "decode", "serve", "train"]),
+  );
+  assert(byCase.size >= 2 + 9 + 2 + 2 + 1 + 1, `cases: ${[...byCase.keys()]}`);
+  for (const r of rows.filter((r) => r.suite === "serve")) {
+    // --quick: 3 sequences × 4 steps per run; tokens/s is the batch's total.
+    assertEquals([r.batch, r.tokens], [3, 12], r.case);
+    assert(Math.abs(r.tokens_per_s! - (1000 * r.tokens!) / r.ms!) < 1e-9 * r.tokens_per_s!, r.case);
+  }
+  for (const r of rows.filter((r) => r.suite === "decode" || r.suite === "serve")) {
     assert(r.tokens! > 0 && Math.abs(r.tokens_per_s! - (1000 * r.tokens!) / r.ms!) < 1e-9 * r.tokens_per_s!);
     // Two layers (--quick) and the embeddings, final norm and logits outside them.
     assert(r.dispatches_per_token! > 2 * r.dispatches_per_layer! && r.dispatches_per_layer! > 0, `${r.case}`);
@@ -76,7 +84,7 @@ Deno.test("bench --quick --json checks and times both implementations of every c
     // The moe suite compares our dense and sparse execution of one layer, the decode suite a dense and a
     // DS-MoE model; the others ours and tfjs.
     // The train suite also runs jax-js on its WebGPU and WebAssembly backends.
-    const ours = key.startsWith("moe/") || key.startsWith("decode/");
+    const ours = key.startsWith("moe/") || key.startsWith("decode/") || key.startsWith("serve/");
     const want = ours
       ? ["dense", "sparse"]
       : key.startsWith("train/")
@@ -206,4 +214,24 @@ Deno.test("bench times the difference of queues of p and 2p runs, p sized once p
   assert(rows[0]!.ms! >= 15 && rows[0]!.ms! < 40, `one run's time, the wait excluded: ${rows[0]!.ms}`);
   assert(rows[1]!.ms! < 15, `the faster peer: ${rows[1]!.ms}`);
   assertEquals((await cli("bench", "--per-sync", "0")).code, 2);
+});
+
+Deno.test("bench --suite serve --quick: each model's batched decoding is checked against float64 and timed; the table gives DS-MoE's tokens/s over the dense model's", async () => {
+  await testGpu(); // fails with "no WebGPU adapter: …" rather than skipping
+  const r = await cli("bench", "--suite", "serve", "--quick", "--json");
+  assertEquals(r.code, 0, r.err.join("\n"));
+  const objects = r.out.map((l) => JSON.parse(l)), rows: BenchRow[] = objects.slice(0, -1);
+  assertEquals(objects.at(-1).suite, "serve");
+  assertEquals(rows.map((x) => x.impl), ["dense", "sparse"]);
+  for (const x of rows) {
+    assert(x.error === undefined && x.ms! > 0 && Number.isFinite(x.max_err!), `${x.impl}: ${x.error}`);
+    // 3 sequences × 4 steps; tokens/s is the batch's total.
+    assertEquals([x.suite, x.batch, x.tokens], ["serve", 3, 12]);
+    assert(Math.abs(x.tokens_per_s! - (1000 * 12) / x.ms!) < 1e-9 * x.tokens_per_s!);
+  }
+  // The ratio column is the speed-up: dense ms / DS-MoE ms (DS-MoE's tokens/s over the dense model's).
+  const row = { suite: "serve", case: "B=3", gflops: null, flops: null, max_err: 0, tokens: 12, batch: 3 };
+  const text = formatTable([{ ...row, impl: "dense", ms: 4 }, { ...row, impl: "sparse", ms: 2 }], "x");
+  assert(text.includes("DS-MoE/dense (tokens/s)") && /B=3 .* 2\.00 /.test(text), text);
+  assert(!text.includes("DS-MoE/dense (ms)"), "serve rows are not in the decode table");
 });

@@ -19,11 +19,12 @@ import {
   skippedDecodeLine,
 } from "./decode.ts";
 import { type HostInfo, hostInfo } from "./host.ts";
+import { SERVE_BENCH, SERVE_BENCH_QUICK, serveCases } from "./serve.ts";
 import { TRAIN_DIMS, TRAIN_DIMS_QUICK, trainStepCases } from "./train_step.ts";
 import { openTfjs } from "./tfjs.ts";
 
 /** Suite names `--suite` accepts. */
-export const SUITES = ["matmul", "kernels", "moe", "decode", "train"] as const;
+export const SUITES = ["matmul", "kernels", "moe", "decode", "serve", "train"] as const;
 
 /** One of {@linkcode SUITES}. */
 export type SuiteName = typeof SUITES[number];
@@ -113,6 +114,11 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
           cases.push(...await decodeCases(ctx, sizes, { progress: o.progress }));
           break;
         }
+        case "serve":
+          cases.push(
+            ...await serveCases(ctx, o.quick ? SERVE_BENCH_QUICK : SERVE_BENCH, "configs", o.progress),
+          );
+          break;
         case "train":
           cases.push(...trainStepCases(ctx, tfjs, o.quick ? TRAIN_DIMS_QUICK : TRAIN_DIMS));
           break;
@@ -121,7 +127,7 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
       }
     }
     o.progress?.(
-      `${cases.length} cases (dsmoe vs tfjs-webgpu; moe: dense vs sparse layer; decode: dense vs DS-MoE model) on ${ctx.adapter.description}; ` +
+      `${cases.length} cases (dsmoe vs tfjs-webgpu; moe: dense vs sparse layer; decode, serve: dense vs DS-MoE model) on ${ctx.adapter.description}; ` +
         `${warmup} warm-up + ${reps} timed repetitions each, median; ` +
         (perSync ? `${perSync} runs queued per host wait` : "runs queued per host wait sized per case"),
     );

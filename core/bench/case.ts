@@ -60,8 +60,10 @@ export interface BenchCase {
   name: string;
   /** Floating-point operations of one run when counted (matmul: 2·m·k·n); null where not meaningful. */
   flops: number | null;
-  /** Tokens one run decodes (decode suite): rows then report tokens/s. */
+  /** Tokens one run decodes (decode and serve suites): rows then report tokens/s. */
   tokens?: number;
+  /** Serve suite: sequences decoded together (each run is `tokens / batch` batched steps). */
+  batch?: number;
   /** Implementations compared, in row order; default {@linkcode IMPLS}. */
   impls?: readonly ImplName[];
   setup(): CaseSetup;
@@ -79,9 +81,11 @@ export interface BenchRow {
   /** GFLOP/s as a % of the adapter's fp32 peak (gpu/peak.ts), when the peak is known. */
   peak_pct?: number;
   flops: number | null;
-  /** Decode suite: tokens one run decodes and tokens per second (else absent). */
+  /** Decode and serve suites: tokens one run decodes and tokens per second (else absent). */
   tokens?: number;
   tokens_per_s?: number | null;
+  /** Serve suite: sequences decoded together; tokens_per_s is their total. */
+  batch?: number;
   /** Decode suite: compute dispatches per decoded token and per layer (docs/performance.md). */
   dispatches_per_token?: number;
   dispatches_per_layer?: number;
@@ -223,6 +227,7 @@ function _timedRow(c: BenchCase, l: _Live): BenchRow {
       gflops: c.flops === null ? null : c.flops / ms / 1e6,
       flops: c.flops,
       ...(c.tokens ? { tokens: c.tokens, tokens_per_s: (1000 * c.tokens) / ms } : {}),
+      ...(c.batch ? { batch: c.batch } : {}),
       ...(l.dispatches
         ? { dispatches_per_token: l.dispatches.perToken, dispatches_per_layer: l.dispatches.perLayer }
         : {}),
@@ -244,6 +249,7 @@ function _errorRow(c: BenchCase, impl: ImplName, e: unknown): BenchRow {
     gflops: null,
     flops: c.flops,
     ...(c.tokens ? { tokens: c.tokens, tokens_per_s: null } : {}),
+    ...(c.batch ? { batch: c.batch } : {}),
     max_err: null,
     error: msg,
   };

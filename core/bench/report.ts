@@ -1,7 +1,7 @@
 /**
  * Output of the bench: JSON lines (one per row, then one summary object last) and human tables with
- * ours and tfjs (or, for the moe suite, dense and sparse execution; for the decode suite, a dense and a
- * DS-MoE model) side by side per case.
+ * ours and tfjs (or, for the moe suite, dense and sparse execution; for the decode and serve suites, a dense
+ * and a DS-MoE model) side by side per case.
  *
  * @module
  */
@@ -87,6 +87,14 @@ const _TABLES = [
   },
   { impls: MOE_IMPLS, names: ["dense", "sparse"], ratio: "sparse/dense (ms)", decode: false },
   { impls: MOE_IMPLS, names: ["dense model", "DS-MoE"], ratio: "DS-MoE/dense (ms)", decode: true },
+  // The serve suite (batched decoding): the speed-up, DS-MoE's total tokens/s over the dense model's.
+  {
+    impls: MOE_IMPLS,
+    names: ["dense model", "DS-MoE"],
+    ratio: "DS-MoE/dense (tokens/s)",
+    decode: true,
+    serve: true,
+  },
 ] as const;
 
 /**
@@ -117,6 +125,7 @@ export function formatTable(rows: readonly BenchRow[], adapter: string, header: 
       ran = new Set(rows.filter((r) => r.impl === peer).map((r) => r.case));
     const mine = rows.filter((r) =>
       (table.impls as readonly string[]).includes(r.impl) && (r.tokens !== undefined) === table.decode &&
+      (r.suite === "serve") === ("serve" in table) &&
       (table.impls === IMPLS || table.impls === MOE_IMPLS || ran.has(r.case))
     );
     if (mine.length > 0 || table.impls === IMPLS && rows.length === 0) out.push(..._table(mine, table));
@@ -147,7 +156,7 @@ function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] 
     `${b} ${rate}`,
     t.ratio,
     "runs/wait",
-    ...(t.decode ? [`dispatches/token (/layer) ${a} | ${b}`] : []),
+    ...(t.decode ? [`dispatches/${"serve" in t ? "step" : "token"} (/layer) ${a} | ${b}`] : []),
   ];
   const cases = new Map<string, Map<string, BenchRow>>();
   for (const r of rows) {
@@ -164,8 +173,9 @@ function _table(rows: readonly BenchRow[], t: typeof _TABLES[number]): string[] 
       const v = t.decode ? r?.tokens_per_s : r?.gflops;
       return typeof v === "number" ? v.toFixed(t.decode ? 1 : 2) : "–";
     };
-    // ours/tfjs for the peer tables; sparse/dense for the moe suite (the share of the dense time left).
-    const [num, den] = t.impls[0] === "dsmoe" ? [first, second] : [second, first];
+    // ours/tfjs for the peer tables; sparse/dense for the moe suite (the share of the dense time left);
+    // dense/sparse time for the serve suite (DS-MoE's tokens/s over the dense model's).
+    const [num, den] = t.impls[0] === "dsmoe" || "serve" in t ? [first, second] : [second, first];
     const ratio = typeof num?.ms === "number" && typeof den?.ms === "number"
       ? (num.ms / den.ms).toFixed(2)
       : "–";

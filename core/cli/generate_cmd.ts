@@ -1,17 +1,26 @@
 /**
  * `deno task generate <run-id|run-dir|checkpoint.safetensors> --prompt TEXT`: streams text from a trained
  * model, decoding one token at a time with a KV cache and routing each layer sparsely under an inference
- * rule, then reports tokens/s and the active parameters the rule used.
+ * rule, then reports tokens/s and the active parameters the rule used. With `--batch B` (or several
+ * prompts), B sequences are decoded together (core/infer/batch_generate.ts): each sequence's text, then the
+ * total tokens/s across the batch and per sequence.
  *
  * @module
  */
+import { parseByteSize } from "../config/schema.ts";
+import {
+  BatchDecoder,
+  batchDecoderBytes,
+  type BatchGenerateResult,
+  generateBatch,
+} from "../infer/batch_generate.ts";
 import { Decoder, generate } from "../infer/generate.ts";
 import { ruleName } from "../infer/evaluate.ts";
 import { recordGeneration } from "../infer/record.ts";
 import { countParams, layerShape, vocabSize } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
 import { configRules } from "../plan/plan.ts";
-import { fmtCount } from "../util/format.ts";
+import { fmtBytes, fmtCount } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
 import { boundedInt, parseCommandArgs } from "./args.ts";
 import { parseRules } from "./eval_cmd.ts";
@@ -20,17 +29,30 @@ import type { CliIo } from "./io.ts";
 import { loadTarget, recordOrWarn, targetArg } from "./run_checkpoint.ts";
 import { storeUsage, useStore } from "./store_flag.ts";
 
+/** Most sequences `generate --batch` decodes together (memory is checked against the budget as well). */
+export const MAX_BATCH = 1024;
+
 /** Usage of `generate`. */
 export const GENERATE_USAGE =
   `Usage: deno task generate <run-id | run-dir | checkpoint.safetensors> --prompt TEXT [options]
+       deno task generate <run> --prompt A --prompt B … | --prompts-file FILE | --prompt TEXT --batch B
 
 Streams a continuation of TEXT from the newest complete checkpoint of a run (or one checkpoint file),
 decoding one token at a time with a KV cache; routed layers run only the experts the rule selects. A run is
 its id, its name (the newest finished run of that name) or a unique id prefix.
 
 Options:
-  --prompt TEXT        text to continue (required, not empty)
-  --max-tokens N       new tokens to generate (default 200, at most 100000)
+  --prompt TEXT        text to continue (not empty); repeat it for several sequences decoded together
+  --prompts-file FILE  one prompt per line (blank lines skipped), all decoded together
+  --max-tokens N       new tokens to generate, per sequence (default 200, at most 100000)
+
+Batched decoding (several sequences at once; every token routed on its own):
+  --batch B            sequences decoded together, 1 to ${MAX_BATCH} (default: the number of prompts).
+                       With one prompt, that prompt B times; sequence b samples with seed + b, so at
+                       --temperature 0 all B continue alike. With several prompts, B must be their number.
+                       Each prompt must fit the context (seq_len tokens). The texts are printed when done,
+                       labelled; then the total tokens/s across the batch and per sequence. Batched runs
+                       are not recorded in the run store.
 
 Sampling (which token comes next):
   --temperature T      sampling temperature, 0 = always the most likely token (default 0.8)
@@ -48,7 +70,8 @@ Routing (which experts run; not sampling):
                        --rule top_p --p 0.9: the routing rule's expert probability mass, not --top-p)
 
   --json               last stdout line: {"text","new_tokens","tokens_per_s","compile_s",
-                       "dispatches_per_token",…}
+                       "dispatches_per_token","batch",…}; batched: {"batch","tokens_per_s" (total),
+                       "tokens_per_s_per_sequence","sequences":[{"prompt","text","tokens",…}],…}
 ${storeUsage(23)}
 
 The context is the model's seq_len; when it fills, its newest half is kept and re-encoded.`;
@@ -59,7 +82,9 @@ export const MAX_NEW_TOKENS = 100_000;
 /** Runs `generate`. */
 export async function generateCommand(args: string[], io: CliIo): Promise<number> {
   const parsed = parseCommandArgs("generate", args, {
-    prompt: { type: "string" },
+    prompt: { type: "string", multiple: true },
+    "prompts-file": { type: "string" },
+    batch: { type: "string" },
     "max-tokens": { type: "string" },
     temperature: { type: "string" },
     "top-k": { type: "string" },
@@ -77,8 +102,15 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
     return EXIT_OK;
   }
   const arg = targetArg("generate", positionals);
-  const prompt = values.prompt;
-  if (prompt === undefined || prompt === "") throw new UsageError("generate needs a non-empty --prompt TEXT");
+  const prompts = await _prompts(values.prompt, values["prompts-file"]);
+  const batch = boundedInt("batch", values.batch, MAX_BATCH) ?? prompts.length;
+  if (prompts.length > 1 && batch !== prompts.length) {
+    throw new UsageError(
+      `--batch ${batch} with ${prompts.length} prompts: give one prompt (decoded ${batch} times) or exactly ` +
+        `${batch} prompts`,
+    );
+  }
+  const prompt = prompts[0]!;
   const maxTokens = boundedInt("max-tokens", values["max-tokens"], MAX_NEW_TOKENS) ?? 200;
   const temperature = _number("temperature", values.temperature, 0.8, (v) => v >= 0, "a number ≥ 0");
   const topK = _number(
@@ -102,6 +134,18 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
   const rules: InferRules = asked[0] ?? configRules(c);
   const routed = shape.routedMlp || shape.routedAtt;
   const rule = routed ? ruleName(rules, { mlp: shape.routedMlp, attention: shape.routedAtt }) : "dense";
+  if (batch > 1) {
+    const texts = prompts.length === 1 ? new Array<string>(batch).fill(prompt) : prompts;
+    return await _generateBatch(io, target, texts, rules, rule, routed, {
+      maxTokens,
+      temperature,
+      topK,
+      topP,
+      seed,
+      hostSampling: !!values["host-sampling"],
+      json: !!values.json,
+    });
+  }
   io.err(
     `Generating from ${target.label} (step ${target.step}): ${routed ? `rule ${rule}, ` : ""}` +
       `temperature ${temperature}, top-k ${topK || "all"}${
@@ -164,6 +208,7 @@ export async function generateCommand(args: string[], io: CliIo): Promise<number
     io.out(JSON.stringify({
       text: tok.decode(r.tokens),
       prompt,
+      batch: 1,
       rule,
       step: target.step,
       params: countParams(c).total,
@@ -199,4 +244,161 @@ function _number(
     throw new UsageError(`--${flag} expects ${want}, got "${text}"`);
   }
   return v;
+}
+
+/** The prompts of `--prompt` (repeatable) or `--prompts-file` (one a line, blank lines skipped). */
+async function _prompts(given: string[] | undefined, file: string | undefined): Promise<string[]> {
+  if (given !== undefined && file !== undefined) {
+    throw new UsageError("give prompts with --prompt or with --prompts-file, not both");
+  }
+  if (file !== undefined) {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(file);
+    } catch (e) {
+      throw new UsageError(`--prompts-file ${file}: cannot read it (${(e as Error).message})`);
+    }
+    const lines = text.split(/\r?\n/).filter((l) => l.trim() !== "");
+    if (lines.length === 0) throw new UsageError(`--prompts-file ${file} holds no prompt (one per line)`);
+    if (lines.length > MAX_BATCH) {
+      throw new UsageError(
+        `--prompts-file ${file} holds ${lines.length} prompts; at most ${MAX_BATCH} at once`,
+      );
+    }
+    return lines;
+  }
+  if (given === undefined || given.length === 0 || given.some((p) => p === "")) {
+    throw new UsageError("generate needs a non-empty --prompt TEXT (or --prompts-file FILE)");
+  }
+  return given;
+}
+
+/** What `_generateBatch` takes from the flags. */
+interface _BatchFlags {
+  maxTokens: number;
+  temperature: number;
+  topK: number;
+  topP: number;
+  seed: number;
+  hostSampling: boolean;
+  json: boolean;
+}
+
+/**
+ * `generate` of B sequences decoded together: each prompt must fit the context, the batched decoder must
+ * fit hardware.memory_budget (and the device's binding limits); prints each sequence's text, labelled, then
+ * the total and per-sequence tokens/s.
+ */
+async function _generateBatch(
+  io: CliIo,
+  target: Awaited<ReturnType<typeof loadTarget>>,
+  texts: string[],
+  rules: InferRules,
+  rule: string,
+  routed: boolean,
+  f: _BatchFlags,
+): Promise<number> {
+  const c = target.config, tok = target.tokenizer, B = texts.length, T = c.data.seq_len;
+  const ids = texts.map((t) => [...tok.encode(t)]);
+  ids.forEach((p, b) => {
+    if (p.length === 0) throw new UsageError(`prompt ${b + 1} encodes to no tokens`);
+    if (p.length > T) {
+      throw new UsageError(
+        `prompt ${b + 1} encodes to ${p.length} tokens, more than the model's context (data.seq_len ${T}); ` +
+          "shorten it (a single prompt without --batch keeps its newest half instead)",
+      );
+    }
+  });
+  let need: number;
+  try {
+    need = batchDecoderBytes(c, rules, B);
+  } catch (e) {
+    if (e instanceof RangeError) throw new UsageError(`--batch ${B}: ${e.message}`);
+    throw e;
+  }
+  const budget = parseByteSize(c.hardware.memory_budget);
+  if (need > budget) {
+    throw new UsageError(
+      `--batch ${B} needs an estimated ${fmtBytes(need)} of device memory (weights, ${B} KV caches of ` +
+        `${T} positions, activations), more than hardware.memory_budget ${fmtBytes(budget)}; lower --batch`,
+    );
+  }
+  io.err(
+    `Generating ${B} sequences together from ${target.label} (step ${target.step}): ` +
+      `${routed ? `rule ${rule}, ` : ""}temperature ${f.temperature}, top-k ${f.topK || "all"}` +
+      `${f.topP < 1 ? `, top-p ${f.topP}` : ""}, seeds ${f.seed}…${f.seed + B - 1}, ` +
+      `${f.maxTokens} tokens each`,
+  );
+  const gpu = await openGpu({
+    powerPreference: c.hardware.power_preference,
+    validation: c.hardware.validation,
+  });
+  let r: BatchGenerateResult, compile = 0;
+  try {
+    const c0 = performance.now();
+    const dec = await BatchDecoder.create(gpu, c, target.params, rules, B);
+    compile = (performance.now() - c0) / 1000;
+    try {
+      let shown = 0;
+      r = await generateBatch(dec, ids, {
+        ...f,
+        // Long work prints progress: every 64 tokens per sequence.
+        onProgress: (n) => {
+          if (Math.floor(n / 64) > Math.floor(shown / 64) && n < f.maxTokens) {
+            io.err(`  ${n}/${f.maxTokens} tokens per sequence`);
+          }
+          shown = n;
+        },
+      });
+    } finally {
+      dec.destroy();
+    }
+  } finally {
+    gpu.destroy();
+  }
+  r.tokens.forEach((t, b) => {
+    io.out(`--- sequence ${b + 1} of ${B} (seed ${f.seed + b}) ---`);
+    io.out(texts[b]! + tok.decode(t));
+  });
+  const compileSeconds = compile + r.setupSeconds;
+  io.err(
+    `${B} sequences × ${r.tokens[0]!.length} tokens: ${r.tokensPerS.toFixed(1)} tokens/s in total ` +
+      `(${r.perSequenceTokensPerS.toFixed(1)} per sequence), prompts of ${Math.min(...r.promptTokens)}–` +
+      `${Math.max(...r.promptTokens)} tokens in ${(r.prefillSeconds * 1000).toFixed(0)} ms, setup ` +
+      `${compileSeconds.toFixed(2)} s` +
+      (r.contextShifts > 0 ? `, ${r.contextShifts} context shift(s)` : "") +
+      (routed
+        ? `; hidden ${r.hiddenPct.toFixed(1)}% (of the attention and MLP weights), active params ` +
+          `${fmtCount(r.activeParams)} per token`
+        : ""),
+  );
+  if (f.json) {
+    io.out(JSON.stringify({
+      batch: B,
+      rule,
+      step: target.step,
+      params: countParams(c).total,
+      new_tokens: r.tokens[0]!.length,
+      tokens_per_s: r.tokensPerS,
+      tokens_per_s_per_sequence: r.perSequenceTokensPerS,
+      compile_s: compileSeconds,
+      prefill_s: r.prefillSeconds,
+      decode_s: r.decodeSeconds,
+      context_shifts: r.contextShifts,
+      dispatches_per_step: r.dispatchesPerStep,
+      active_params: r.activeParams,
+      active_pct: r.activePct,
+      hidden_pct: r.hiddenPct,
+      active_pct_all: r.activePctAll,
+      layers: r.layers,
+      sequences: r.tokens.map((t, b) => ({
+        prompt: texts[b],
+        text: tok.decode(t),
+        tokens: t,
+        prompt_tokens: r.promptTokens[b],
+        seed: f.seed + b,
+      })),
+    }));
+  }
+  return EXIT_OK;
 }

@@ -150,8 +150,10 @@ Options:
                  (softmax, layernorm, gelu, bias add, attention, cross-entropy, embedding, AdamW, sum), moe
                  (MoE-MLP forward, dense vs sparse execution at 10–100% of experts active), decode (batch-1
                  decoding tokens/s, DS-MoE under top-k routing vs a dense model of the same total
-                 parameters) or train (one dense-training step of a MoE-MLP block: forward, backward,
-                 clipping, AdamW; also against jax-js on WebGPU and WebAssembly); repeatable;
+                 parameters), serve (batched decoding: total tokens/s of B = 32 and 64 sequences at
+                 different positions, the same two models; ratio DS-MoE/dense tokens/s) or train (one
+                 dense-training step of a MoE-MLP block: forward, backward, clipping, AdamW; also against
+                 jax-js on WebGPU and WebAssembly); repeatable;
                  default all
   --quick        small sizes, 2 samples with p = 2 (for tests)
   --large        add the 4096³ matmul (the default on real GPUs; minutes on a software adapter)

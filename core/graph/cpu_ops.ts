@@ -11,6 +11,7 @@ import {
   moaAttentionRef,
   sequenceWindow,
 } from "../ref/cached_attention.ts";
+import { batchCacheWindow, kvWriteBatchRef } from "../ref/batch_decode.ts";
 import { routeMaskRef } from "../ref/routing.ts";
 import {
   entropyLossBackwardRef,
@@ -179,6 +180,17 @@ export const CPU_OPS: CpuTable = {
     kvWriteRef(k!, v!, kc as Float64Array, vc as Float64Array, pos![0]!, G * D);
     const y = moaAttentionRef(x!, gate!, wq!, kc, vc!, wo!, dims, cacheWindow(pos![0]!));
     return [_plus(y, n.attrs.residual ? rest[0] : undefined)];
+  },
+  attention_cached_batch: ([q, k, v, kc, vc, pos], n) => {
+    const D = n.attrs.head_dim, Hkv = n.attrs.kv_heads, T = n.attrs.seq, N = n.inputs[0]!.shape[0]!;
+    kvWriteBatchRef(k!, v!, kc as Float64Array, vc as Float64Array, pos!, T, Hkv * D);
+    return [cachedAttentionRef(q!, kc!, vc!, { N, H: n.attrs.heads, Hkv, D }, batchCacheWindow(T, pos!))];
+  },
+  moa_attention_batch: ([x, gate, wq, k, v, wo, kc, vc, pos], n) => {
+    const [N, d] = n.inputs[0]!.shape as [number, number], G = n.attrs.heads, T = n.attrs.seq;
+    const D = n.attrs.head_dim, dims = { N, d, E: n.attrs.experts, G, D };
+    kvWriteBatchRef(k!, v!, kc as Float64Array, vc as Float64Array, pos!, T, G * D);
+    return [moaAttentionRef(x!, gate!, wq!, kc!, vc!, wo!, dims, batchCacheWindow(T, pos!))];
   },
   cross_entropy: ([logits, t], n) => [scalar(crossEntropyRef(logits!, t!, last(n)))],
   cross_entropy_backward: ([logits, t, dl], n) => [crossEntropyBackwardRef(logits!, t!, last(n), dl![0]!)],

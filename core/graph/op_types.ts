@@ -164,6 +164,19 @@ export interface OpAttrs {
   };
   fused_gemv: FusedGemvAttrs;
   fused_route_gate: Readonly<FusedRouteGateAttrs>;
+  // Batched decoding (docs/design.md §10): B sequences, one new token each, stacked (B·seq, …) caches.
+  attention_cached_batch: {
+    readonly heads: number;
+    readonly kv_heads: number;
+    readonly head_dim: number;
+    readonly seq: number;
+  };
+  moa_attention_batch: {
+    readonly experts: number;
+    readonly heads: number;
+    readonly head_dim: number;
+    readonly seq: number;
+  };
   cross_entropy: NoAttrs;
   cross_entropy_backward: NoAttrs;
   mi_loss: NoAttrs;

@@ -462,6 +462,52 @@ export const OPS: OpTable = {
     },
     grad: "inference",
   },
+  /**
+   * Batched decoding attention (docs/design.md §10): B sequences, one new token each. Inputs q (B, H·D),
+   * k, v (B, Hkv·D), kcache, vcache (B·T, Hkv·D) stacked per sequence (sequence b owns rows b·T…), pos (B,)
+   * u32 each sequence's position (< T) → o (B, H·D). Writes row b of k, v into cache row b·T + pos[b], then
+   * row b attends over its sequence's rows b·T … b·T + pos[b]. Attrs heads, kv_heads, head_dim, seq (T).
+   * Inference only.
+   */
+  attention_cached_batch: {
+    outputs: ([q, k, _v, kc, _vc, pos], a) => {
+      const D = a.head_dim, H = a.heads, Hkv = a.kv_heads, B = q!.shape[0]!;
+      _check(q!.shape[1] === H * D && k!.shape[1] === Hkv * D, "attention_cached_batch", "head widths");
+      _check(
+        k!.shape[0] === B && pos!.shape[0] === B,
+        "attention_cached_batch",
+        "one key row and position per sequence",
+      );
+      _check(
+        kc!.shape[0] === B * a.seq && kc!.shape[1] === Hkv * D,
+        "attention_cached_batch",
+        "caches are (B·seq, Hkv·D)",
+      );
+      return _same(q!);
+    },
+    grad: "inference",
+  },
+  /**
+   * Sparse MoA of batched decoding (docs/design.md §10): `moa_attention`'s routed query heads and output
+   * projection per token, attending over that token's own sequence cache as `attention_cached_batch` does.
+   * Inputs x (B, d), gate (B, E), wq (d, E·G·D), k, v (B, G·D), wo (E·G·D, d), kcache, vcache (B·T, G·D),
+   * pos (B,) u32 → y (B, d). Attrs experts, heads (G), head_dim, seq (T). Inference only.
+   */
+  moa_attention_batch: {
+    outputs: ([x, gate, wq, k, _v, _wo, kc, _vc, pos], a) => {
+      const E = a.experts, w = a.heads * a.head_dim, B = x!.shape[0]!;
+      _check(gate!.shape[1] === E && wq!.shape[1] === E * w, "moa_attention_batch", "expert widths");
+      _check(k!.shape[1] === w && k!.shape[0] === B, "moa_attention_batch", "keys are (B, G·D)");
+      _check(pos!.shape[0] === B, "moa_attention_batch", "one position per sequence");
+      _check(
+        kc!.shape[0] === B * a.seq && kc!.shape[1] === w,
+        "moa_attention_batch",
+        "caches are (B·seq, G·D)",
+      );
+      return _same(x!);
+    },
+    grad: "inference",
+  },
 
   /** Mean cross-entropy of logits (N, V) against u32 targets (N,) → scalar. */
   cross_entropy: {

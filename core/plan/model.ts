@@ -216,6 +216,64 @@ export function buildDecoder(c: Readonly<Experiment>, rules: InferRules): Decode
 }
 
 /**
+ * The batched decoding graph of a model (docs/design.md §10, "Batched decoding"): `batch` sequences decoded
+ * together, one new token each per execution, each at its own position, with the caches of all sequences
+ * stacked per layer.
+ */
+export interface BatchDecoderGraph extends DecoderGraph {
+  batch: number; // B sequences
+  // ids (B,) u32, pos (B,) u32 (each < seq_len), logits (B, V), caches (B·seq_len, kv_heads·head_dim)
+}
+
+/**
+ * Builds the batched decoder of `c` under inference rules: B sequences, one token each per execution, row b
+ * at its own position `pos[b]` with its own cache (rows b·seq_len … of each layer's stacked caches); every
+ * token is routed on its own, so MoE MLPs run as grouped matmuls over the routed (token, expert) pairs
+ * (`moe_mlp` at N = B) and MoA as `moa_attention_batch`. Row b's logits are those of a batch-1 decoder fed
+ * row b's tokens. Refuses `threshold_topk` in a routed layer: its K is a mean over the batch, which would
+ * make each row depend on the others.
+ */
+export function buildBatchDecoder(
+  c: Readonly<Experiment>,
+  rules: InferRules,
+  batch: number,
+): BatchDecoderGraph {
+  if (!(Number.isSafeInteger(batch) && batch >= 1)) {
+    throw new RangeError(`Cannot build a batched decoder of ${batch} sequences: needs a whole number ≥ 1`);
+  }
+  const s = layerShape(c);
+  for (const [kind, routed] of [["mlp", s.routedMlp], ["attention", s.routedAtt]] as const) {
+    if (routed && rules[kind].kind === "threshold_topk") {
+      throw new RangeError(
+        `Cannot decode ${batch} sequences together under threshold_topk (${kind} routers): its K is a mean ` +
+          "over the batch, so sequences would change each other's experts; use threshold, topk or top_p",
+      );
+    }
+  }
+  const b = new _Builder(c, 1, rules, true, false, batch);
+  const wte = b.param("wte", [b.V, b.d], "normal");
+  let x = apply1(b.g, "embedding", [b.ids, wte]);
+  if (c.model.position === "learned") {
+    x = apply1(b.g, "add", [x, apply1(b.g, "embedding", [b.pos!, b.param("wpe", [b.T, b.d], "normal")])]);
+  }
+  x = b.blocks(x);
+  const xf = b.norm("lnf", x);
+  const logits = c.model.tie_embeddings
+    ? apply1(b.g, "matmul", [xf, wte], { transB: true })
+    : apply1(b.g, "matmul", [xf, b.param("lm_head", [b.d, b.V], "normal")]);
+  return {
+    graph: b.g,
+    params: b.params,
+    ids: b.ids,
+    pos: b.pos!,
+    logits,
+    caches: b.caches,
+    routers: b.routers,
+    batch,
+  };
+}
+
+/**
  * Builds the graph of `c` for `batch` sequences: the training forward and losses (autodiff adds backward),
  * or with `infer`, a forward whose routers gate by the inference rules (raw S on the selected experts).
  */
@@ -351,6 +409,8 @@ class _Builder {
   /** Decoding: one token at input position `pos`; attention reads and extends the per-layer `caches`. */
   readonly pos: Value | undefined;
   readonly caches: Value[] = [];
+  /** Decoding: sequences decoded together, one token each (`buildBatchDecoder`; 1 for `buildDecoder`). */
+  readonly rows: number;
 
   constructor(
     c: Readonly<Experiment>,
@@ -358,6 +418,7 @@ class _Builder {
     infer?: InferRules,
     decode = false,
     batchStats = false,
+    rows = 1,
   ) {
     if (c.model.position === "rope") {
       throw new RangeError("Cannot plan model.position rope: not supported yet; use position: learned");
@@ -370,10 +431,11 @@ class _Builder {
     this.d = c.model.d_model;
     this.T = c.data.seq_len;
     this.B = batch;
-    this.N = decode ? 1 : batch * this.T;
+    this.rows = rows;
+    this.N = decode ? rows : batch * this.T;
     this.ids = this.g.leaf("input", "ids", [this.N], "u32");
     this.targets = this.g.leaf("input", "targets", [this.N], "u32");
-    this.pos = decode ? this.g.leaf("input", "pos", [1], "u32") : undefined;
+    this.pos = decode ? this.g.leaf("input", "pos", [rows], "u32") : undefined;
   }
 
   /** The decoder blocks: x += Attn(Norm(x)); x += MLP(Norm(x)). */
@@ -497,7 +559,7 @@ class _Builder {
     const cache: Value[] = [];
     if (this.pos) {
       for (const kv of ["k", "v"]) {
-        cache.push(this.g.leaf("state", `h${l}.attn.${kv}cache`, [this.T, s.kvHeads * D]));
+        cache.push(this.g.leaf("state", `h${l}.attn.${kv}cache`, [this.rows * this.T, s.kvHeads * D]));
       }
       this.caches.push(...cache);
       cache.push(this.pos);
@@ -508,16 +570,23 @@ class _Builder {
       // Inference: only routed experts compute their query heads and output projection.
       const gate = this.inferGate(this.router(l, "attention", h, s.attExperts), "attention");
       const wo = this.param(`h${l}.attn.wo`, [s.qHeads * D, this.d], "normal", this.projStd);
-      return apply1(this.g, "moa_attention", [h, gate, wq, k, v, wo, ...cache], {
-        experts: s.attExperts,
-        heads: s.kvHeads,
-        head_dim: D,
-        seq: this.T,
-      });
+      const attrs = { experts: s.attExperts, heads: s.kvHeads, head_dim: D, seq: this.T };
+      // Batched decoding: each token attends over its own sequence's cache (docs/design.md §10).
+      if (this.rows > 1) {
+        return apply1(this.g, "moa_attention_batch", [h, gate, wq, k, v, wo, ...cache], attrs);
+      }
+      return apply1(this.g, "moa_attention", [h, gate, wq, k, v, wo, ...cache], attrs);
     }
     const q = apply1(this.g, "matmul", [h, wq]);
     let o2: Value;
-    if (this.pos) {
+    if (this.pos && this.rows > 1) {
+      o2 = apply1(this.g, "attention_cached_batch", [q, k, v, ...cache], {
+        heads: s.qHeads,
+        kv_heads: s.kvHeads,
+        head_dim: D,
+        seq: this.T,
+      });
+    } else if (this.pos) {
       o2 = apply1(this.g, "attention_cached", [q, k, v, ...cache], {
         heads: s.qHeads,
         kv_heads: s.kvHeads,

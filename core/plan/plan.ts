@@ -11,7 +11,8 @@
  *   about one more forward per micro-batch, and is planned only when such a loss has a nonzero weight;
  *   without it, the MI values reported for routers (weight 0) are the mean of the micro-batches' own.
  * - `infer-sparse`: forward only; routed layers compute just the experts their inference rule selects.
- * - `decode`: one token per execution with KV caches, routed like `infer-sparse`.
+ * - `decode`: one token per execution with KV caches, routed like `infer-sparse`; with `batch` B > 1, B
+ *   sequences decoded together, one token each, each at its own position (`buildBatchDecoder`).
  *
  * @module
  */
@@ -21,7 +22,14 @@ import type { Value } from "../graph/ir.ts";
 import { type Schedule, schedule } from "../graph/schedule.ts";
 import { accumulationOf, hasBatchRouterLoss } from "./counts.ts";
 import { fuseDecoder } from "./fuse_decode.ts";
-import { buildDecoder, buildModel, type DecoderGraph, type InferRules, type ModelGraph } from "./model.ts";
+import {
+  buildBatchDecoder,
+  buildDecoder,
+  buildModel,
+  type DecoderGraph,
+  type InferRules,
+  type ModelGraph,
+} from "./model.ts";
 
 /** What a plan is for. */
 export type PlanMode = "train-dense" | "infer-sparse" | "decode";
@@ -31,7 +39,7 @@ export interface PlanOptions {
   /**
    * Sequences per execution; default `train.micro_batch` (train-dense, which then accumulates
    * `train.batch / train.micro_batch` executions per step) or `train.batch` (infer-sparse). A train-dense
-   * plan given a batch does not accumulate.
+   * plan given a batch does not accumulate. Decode: sequences decoded together, default 1.
    */
   batch?: number;
   /** Inference rules (infer-sparse, decode); default the config's `router.infer` / `router.infer_attention`. */
@@ -81,10 +89,12 @@ export interface InferPlan {
   schedule: Schedule;
 }
 
-/** A decoding plan: one token's logits and router masks; the caches are updated in place. */
+/** A decoding plan: one token's logits and router masks (per sequence); the caches are updated in place. */
 export interface DecodePlan {
   mode: "decode";
   model: DecoderGraph;
+  /** Sequences decoded together (the rows of ids, pos and logits). */
+  batch: number;
   rules: InferRules;
   outputs: Value[]; // logits, then each routed router's mask
   schedule: Schedule;
@@ -169,14 +179,16 @@ export function plan(
       return { mode, model, rules, outputs, schedule: schedule(model.graph, outputs) };
     }
     case "decode": {
-      // One token per execution: norms, routers' logits, activations and residual adds folded into the
-      // kernels beside them (core/plan/fuse_decode.ts); `fuse: false` keeps buildDecoder's graph.
-      const built = buildDecoder(c, rules);
+      const rows = o.batch ?? 1;
+      // B > 1: the batched decoder's own graph (docs/design.md §10, "Batched decoding"). One token per
+      // execution: norms, routers' logits, activations and residual adds folded into the kernels beside them
+      // (core/plan/fuse_decode.ts); `fuse: false` keeps buildDecoder's graph.
+      const built = rows > 1 ? buildBatchDecoder(c, rules, rows) : buildDecoder(c, rules);
       const wanted = [built.logits, ..._masks(built.routers)];
-      const { model, outputs } = o.fuse === false
+      const { model, outputs } = o.fuse === false || rows > 1
         ? { model: built, outputs: wanted }
         : fuseDecoder(built, wanted);
-      return { mode, model, rules, outputs, schedule: schedule(model.graph, outputs) };
+      return { mode, model, rules, batch: rows, outputs, schedule: schedule(model.graph, outputs) };
     }
     default:
       throw new RangeError(`Unknown plan mode "${mode satisfies never}"`);

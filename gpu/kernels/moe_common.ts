@@ -86,7 +86,12 @@ export const NO_PAIR = 0xffffffff;
 
 /**
  * The tiles for a shape: on `cpu-simd` 32-pair row tiles and matmul.ts's column tiling for the width; on
- * `gpu` 4×4 per invocation with up to 64 lanes (per-invocation tiles of 32×32 would spill there).
+ * `gpu` 4×4 per invocation with up to 64 lanes (per-invocation tiles of 32×32 would spill there). With few
+ * tokens (batched decoding, N > 1) the cpu-simd row tile shrinks to about the most pairs an expert gets
+ * under top-2 routing (1.5 × the mean 2N/E, rounded up to a power of 2, at least 4): a tile's rows past its
+ * expert's segment are computed and dropped, while each tile reads its expert's weights once, and on
+ * llvmpipe the loads cost more than the multiply-adds, so one tile per expert, not much taller than its
+ * pairs, is the cheapest (docs/performance.md, "Batched decoding"). One token keeps 32.
  */
 export function moeTile(ctx: GpuContext, s: MoeShape): MoeTile {
   if (ctx.profile === "gpu") {
@@ -98,7 +103,8 @@ export function moeTile(ctx: GpuContext, s: MoeShape): MoeTile {
     return { tm: 4, tnUp: 4, tnDown: 4, wxUp: lanes(s.h), wxDown: lanes(s.d) };
   }
   const up = matmulTile(1024, s.h), down = matmulTile(1024, s.d);
-  return { tm: 32, tnUp: up.tn, tnDown: down.tn, wxUp: up.wx, wxDown: down.wx };
+  const tm = s.N > 1 ? Math.min(32, Math.max(4, 2 ** Math.ceil(Math.log2((3 * s.N) / s.E)))) : 32;
+  return { tm, tnUp: up.tn, tnDown: down.tn, wxUp: up.wx, wxDown: down.wx };
 }
 
 /** Word offsets inside `route`: tokens are counted in NB blocks of TB tokens. */

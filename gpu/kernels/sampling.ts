@@ -45,20 +45,45 @@ export function gpuSamplingFits(V: number, s: { temperature: number; topK: numbe
  * sums run per slice then across slices, so a draw can differ from the host's sequential float64 sum only
  * where u · Σ weights lies within rounding of a token boundary. See {@linkcode gpuSamplingFits}.
  */
-export function sampleTokenGpu(
-  _ctx: GpuContext,
-  o: {
-    logits: GpuTensor;
-    ids: GpuTensor;
-    out: GpuTensor;
-    state: GpuTensor;
-    temperature: number;
-    topK: number;
-    topP?: number; // nucleus: 1 (default) keeps all
-    seed: number;
-  },
-): KernelCall {
-  const V = o.logits.size, T = _THREADS, topP = o.topP ?? 1;
+export function sampleTokenGpu(_ctx: GpuContext, o: SamplerOptions): KernelCall {
+  return _sampler(o, 0);
+}
+
+/** Options of {@linkcode sampleTokenGpu} and {@linkcode sampleTokensGpu}. */
+export interface SamplerOptions {
+  logits: GpuTensor;
+  ids: GpuTensor;
+  out: GpuTensor;
+  state: GpuTensor;
+  temperature: number;
+  topK: number;
+  topP?: number; // nucleus: 1 (default) keeps all
+  seed: number;
+}
+
+/**
+ * {@linkcode sampleTokenGpu} for the B rows of a batched decoder (docs/design.md §10, "Batched decoding"):
+ * `logits` (B, V) → `ids[b]` and `out[counter_b · B + b]`, then `state[b]` (row b's counter) + 1. One
+ * workgroup per row; row b draws with seed `seed + b`, so its tokens are those {@linkcode sampleTokenGpu}
+ * seeded with `seed + b` draws from the same logits.
+ */
+export function sampleTokensGpu(_ctx: GpuContext, o: SamplerOptions & { rows: number }): KernelCall {
+  if (!(Number.isSafeInteger(o.rows) && o.rows >= 1) || o.logits.size % o.rows !== 0) {
+    throw new RangeError(`Cannot sample ${o.rows} rows from logits of ${o.logits.size}`);
+  }
+  if (o.ids.size !== o.rows || o.state.size !== o.rows) {
+    throw new RangeError(
+      `Cannot sample ${o.rows} rows: ids and state hold ${o.ids.size} and ${o.state.size}`,
+    );
+  }
+  return _sampler(o, o.rows);
+}
+
+/** The sampler's kernel: one row (`rows` 0: the batch-1 kernel) or `rows` rows, a workgroup each. */
+function _sampler(o: SamplerOptions, rows: number): KernelCall {
+  const V = rows > 0 ? o.logits.size / rows : o.logits.size, T = _THREADS, topP = o.topP ?? 1;
+  // Logit j of this workgroup's row: L[rb + j] with rb the row's first element (batched), else L[j].
+  const at = (j: string) => rows > 0 ? `L[rb + ${j}]` : `L[${j}]`, Lj = at("j"), Lq = at("q");
   if (!(o.temperature >= 0) || !Number.isInteger(o.topK) || o.topK < 0) {
     throw new RangeError(`Cannot sample: temperature ${o.temperature} and topK ${o.topK} must be ≥ 0`);
   }
@@ -68,12 +93,13 @@ export function sampleTokenGpu(
   }
   const fields: UniformFields = [
     ["V", "u32", V],
-    ["cap", "u32", o.out.size],
+    ["cap", "u32", rows > 0 ? Math.floor(o.out.size / rows) : o.out.size],
     ["topK", "u32", o.topK],
     ["seedLo", "u32", o.seed >>> 0],
     ["seedHi", "u32", Math.floor(o.seed / 2 ** 32) >>> 0],
     ["temp", "f32", o.temperature],
     ["topP", "f32", topP],
+    ...(rows > 0 ? [["rows", "u32", rows] as const] : []),
   ];
   const bindings: Binding[] = [
     { name: "L", tensor: o.logits },
@@ -82,6 +108,7 @@ export function sampleTokenGpu(
     { name: "st", tensor: o.state, write: true },
   ];
   const code = `${_HASH}
+${rows > 0 ? "var<private> rb: u32;" : ""}
 var<workgroup> bestV: array<f32, ${T}>;
 var<workgroup> bestI: array<u32, ${T}>;
 var<workgroup> part: array<f32, ${T}>;
@@ -94,10 +121,10 @@ var<workgroup> lastKept: atomic<u32>;
 // (logit desc, id asc) order.
 fn kept(j: u32, every: bool) -> bool {
   if (every) { return true; }
-  let x = L[j];
+  let x = ${Lj};
   var ahead = 0u;
   for (var q = 0u; q < u.V; q = q + 1u) {
-    let y = L[q];
+    let y = ${Lq};
     if (y > x || (y == x && q < j)) { ahead = ahead + 1u; }
   }
   return ahead < u.topK;
@@ -106,11 +133,11 @@ fn kept(j: u32, every: bool) -> bool {
 // Top-k and top-p: j is kept by top-k, and the weight of the tokens before it in (logit desc, id asc)
 // order is under cut (topP of the top-k tokens' weight): the fewest most likely tokens reaching topP.
 fn nucleus(j: u32, every: bool, mv: f32) -> bool {
-  let x = L[j];
+  let x = ${Lj};
   var ahead = 0u;
   var mass = 0.0;
   for (var q = 0u; q < u.V; q = q + 1u) {
-    let y = L[q];
+    let y = ${Lq};
     if (y > x || (y == x && q < j)) { ahead = ahead + 1u; mass = mass + exp((y - mv) / u.temp); }
   }
   return (every || ahead < u.topK) && mass < cut;
@@ -122,13 +149,24 @@ fn chosen(j: u32, every: bool, nuc: bool, mv: f32) -> bool {
 }
 
 @compute @workgroup_size(${T})
-fn main(@builtin(local_invocation_index) t: u32) {
-  let n = st[0];
+${
+    rows > 0
+      ? `fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let row = wid.x;
+  rb = row * u.V;
+  let seedLo = u.seedLo + row;
+  let seedHi = u.seedHi + select(0u, 1u, seedLo < u.seedLo);`
+      : `fn main(@builtin(local_invocation_index) t: u32) {
+  let row = 0u;
+  let seedLo = u.seedLo;
+  let seedHi = u.seedHi;`
+  }
+  let n = st[row];
   let c = (u.V + ${T - 1}u) / ${T}u;
   let j0 = min(t * c, u.V);
   let j1 = min(j0 + c, u.V);
   var bv = -3.0e38; var bi = u.V;
-  for (var j = j0; j < j1; j = j + 1u) { let x = L[j]; if (bi == u.V || x > bv) { bv = x; bi = j; } }
+  for (var j = j0; j < j1; j = j + 1u) { let x = ${Lj}; if (bi == u.V || x > bv) { bv = x; bi = j; } }
   bestV[t] = bv; bestI[t] = bi;
   if (t == 0u) { atomicStore(&pick, u.V); atomicStore(&lastKept, 0u); }
   workgroupBarrier();
@@ -148,7 +186,7 @@ fn main(@builtin(local_invocation_index) t: u32) {
     let nuc = u.topP < 1.0;
     var sum = 0.0;
     for (var j = j0; j < j1; j = j + 1u) {
-      if (kept(j, every)) { sum = sum + exp((L[j] - mv) / u.temp); if (!nuc) { atomicMax(&lastKept, j); } }
+      if (kept(j, every)) { sum = sum + exp((${Lj} - mv) / u.temp); if (!nuc) { atomicMax(&lastKept, j); } }
     }
     part[t] = sum;
     workgroupBarrier();
@@ -161,7 +199,7 @@ fn main(@builtin(local_invocation_index) t: u32) {
       workgroupBarrier();
       var kept2 = 0.0;
       for (var j = j0; j < j1; j = j + 1u) {
-        if (nucleus(j, every, mv)) { kept2 = kept2 + exp((L[j] - mv) / u.temp); atomicMax(&lastKept, j); }
+        if (nucleus(j, every, mv)) { kept2 = kept2 + exp((${Lj} - mv) / u.temp); atomicMax(&lastKept, j); }
       }
       part[t] = kept2;
       workgroupBarrier();
@@ -169,7 +207,7 @@ fn main(@builtin(local_invocation_index) t: u32) {
     if (t == 0u) {
       var acc = 0.0;
       for (var q = 0u; q < ${T}u; q = q + 1u) { let v = part[q]; part[q] = acc; acc = acc + v; }
-      let h = hashMix(hashMix(hashMix(0x9e3779b9u, u.seedLo), u.seedHi), n);
+      let h = hashMix(hashMix(hashMix(0x9e3779b9u, seedLo), seedHi), n);
       goal = (f32(h) / 4294967296.0) * acc;
     }
     workgroupBarrier();
@@ -177,7 +215,7 @@ fn main(@builtin(local_invocation_index) t: u32) {
     if (left >= 0.0) {
       for (var j = j0; j < j1; j = j + 1u) {
         if (chosen(j, every, nuc, mv)) {
-          left = left - exp((L[j] - mv) / u.temp);
+          left = left - exp((${Lj} - mv) / u.temp);
           if (left < 0.0) { atomicMin(&pick, j); break; }
         }
       }
@@ -187,12 +225,18 @@ fn main(@builtin(local_invocation_index) t: u32) {
     tok = select(p, atomicLoad(&lastKept), p == u.V);
   }
   if (t == 0u) {
-    ids[0] = tok;
-    if (n < u.cap) { out[n] = tok; }
-    st[0] = n + 1u;
+    ids[row] = tok;
+    if (n < u.cap) { out[${rows > 0 ? "n * u.rows + row" : "n"}] = tok; }
+    st[row] = n + 1u;
   }
 }`;
-  return headedKernel({ label: "sample_token", bindings, fields, code, workgroups: [1] });
+  return headedKernel({
+    label: rows > 0 ? "sample_tokens" : "sample_token",
+    bindings,
+    fields,
+    code,
+    workgroups: [Math.max(1, rows)],
+  });
 }
 
 /** Adds Σ mask (a routed layer's chosen experts for one token) to `counts[index]`. */

@@ -1,0 +1,161 @@
+/**
+ * The batched decoder (core/plan/model.ts `buildBatchDecoder`, docs/design.md §10 "Batched decoding"): B
+ * sequences of different lengths decoded together give, row by row and step by step, the logits of B
+ * independent batch-1 decoders (float64), in float64 and on the GPU under both kernel profiles.
+ */
+import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
+import { ExperimentSchema } from "../core/config/schema.ts";
+import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
+import { CPU_OPS } from "../core/graph/cpu_ops.ts";
+import { numel } from "../core/graph/ir.ts";
+import { schedule } from "../core/graph/schedule.ts";
+import { buildBatchDecoder, buildDecoder, type InferRules } from "../core/plan/model.ts";
+import { plan } from "../core/plan/plan.ts";
+import { Rng } from "../core/util/rng.ts";
+import { readTensor, writeTensor } from "../gpu/buffers.ts";
+import { GraphExecutor } from "../gpu/executor.ts";
+import { assertClose, testGpu } from "./helpers/gpu.ts";
+
+const T = 6;
+const MODELS: Record<string, Record<string, unknown>> = {
+  dense: {
+    kind: "dense",
+    attention: { kind: "mha", heads: 4, kv_heads: 2, head_dim: 8 },
+    mlp: { experts: 1, hidden: 24 },
+  },
+  "DS-MoE with MoA": {
+    attention: { kind: "moa", experts: 3, heads_per_expert: 2, head_dim: 8 },
+    mlp: { experts: 4, hidden: 12 },
+  },
+};
+const base = { epsilon: 0.5, k: 2, p: 0.9 };
+const RULES: InferRules[] = [
+  { mlp: { ...base, kind: "dense" }, attention: { ...base, kind: "dense" } },
+  { mlp: { ...base, kind: "threshold", epsilon: 0.8 }, attention: { ...base, kind: "topk", k: 1 } },
+  { mlp: { ...base, kind: "top_p", p: 0.6 }, attention: { ...base, kind: "threshold", epsilon: 1 } },
+];
+/** Prompt lengths of the B = 3 sequences: the shorter ones wait at their last token (re-fed in place). */
+const LENGTHS = [6, 2, 4];
+
+/** Parameter values by name, drawn once per test (routers wide, so rules leave experts out). */
+function paramSource(rng: Rng) {
+  const values = new Map<string, Float64Array>();
+  return (name: string, n: number, ones: boolean) => {
+    if (!values.has(name)) {
+      const amp = name.includes("router") ? 2 : 0.3;
+      values.set(
+        name,
+        Float64Array.from(
+          Float32Array.from({ length: n }, () => (ones ? 1 : 0) + amp * (2 * rng.next() - 1)),
+        ),
+      );
+    }
+    return values.get(name)!;
+  };
+}
+
+for (const [name, model] of Object.entries(MODELS)) {
+  Deno.test(`a batched decoder of 3 sequences at different positions gives 3 batch-1 decoders' logits: tiny ${name}`, async () => {
+    const detected = await testGpu();
+    const c = ExperimentSchema.parse({ data: { seq_len: T }, model: { d_model: 16, layers: 2, ...model } });
+    const rng = new Rng(5), valueOf = paramSource(rng), B = LENGTHS.length;
+    const seqs = LENGTHS.map((n) => Array.from({ length: n }, () => rng.int(256)));
+    // Step s: row b feeds its token min(s, len_b − 1) at that position (a finished row repeats its last).
+    const steps = Math.max(...LENGTHS);
+    const at = (b: number, s: number) => Math.min(s, LENGTHS[b]! - 1);
+    let routedOff = 0;
+    for (const rule of RULES) {
+      const what = `${name} ${JSON.stringify(rule)}`;
+      // Ground truth: one batch-1 float64 decoder per sequence, its logits after each of its tokens.
+      const one = buildDecoder(c, rule), oneSched = schedule(one.graph, [one.logits]);
+      const want = seqs.map((ids) => {
+        const feeds = new Map<number, HostValue>();
+        for (const p of one.params) {
+          feeds.set(p.value.id, valueOf(p.value.name, numel(p.value.shape), p.init === "ones"));
+        }
+        for (const cache of one.caches) feeds.set(cache.id, new Float64Array(numel(cache.shape)));
+        return ids.map((id, pos) => {
+          feeds.set(one.ids.id, Uint32Array.of(id));
+          feeds.set(one.pos.id, Uint32Array.of(pos));
+          return evaluateGraph(oneSched.nodes, feeds, [one.logits], CPU_OPS)[0]! as Float64Array;
+        });
+      });
+      const dec = buildBatchDecoder(c, rule, B);
+      const masks = dec.routers.flatMap((r) => (r.mask ? [r.mask] : []));
+      const sched = schedule(dec.graph, [dec.logits, ...masks]);
+      assertEquals(dec.caches[0]!.shape[0], B * T, "the caches of the 3 sequences are stacked");
+      const cpuFeeds = new Map<number, HostValue>();
+      for (const p of dec.params) {
+        cpuFeeds.set(p.value.id, valueOf(p.value.name, numel(p.value.shape), p.init === "ones"));
+      }
+      for (const cache of dec.caches) cpuFeeds.set(cache.id, new Float64Array(numel(cache.shape)));
+      const leaves = [...dec.graph.leaves.values()].map((l) => l.value);
+      for (const ctx of [detected, detected.withProfile("gpu")]) {
+        const ex = new GraphExecutor(ctx, sched, leaves);
+        try {
+          for (const p of dec.params) {
+            writeTensor(ctx, ex.tensor(p.value), Float32Array.from(cpuFeeds.get(p.value.id)!));
+          }
+          await ex.check();
+          for (const cache of dec.caches) cpuFeeds.set(cache.id, new Float64Array(numel(cache.shape)));
+          for (let s = 0; s < steps; s++) {
+            const ids = Uint32Array.from(seqs, (q, b) => q[at(b, s)]!);
+            const pos = Uint32Array.from(seqs, (_, b) => at(b, s));
+            cpuFeeds.set(dec.ids.id, ids);
+            cpuFeeds.set(dec.pos.id, pos);
+            const [cpu, ...cpuMasks] = evaluateGraph(sched.nodes, cpuFeeds, [dec.logits, ...masks], CPU_OPS);
+            writeTensor(ctx, ex.tensor(dec.ids), ids);
+            writeTensor(ctx, ex.tensor(dec.pos), pos);
+            await ctx.scoped("batch decode", () => ex.run().done());
+            const got = await readTensor(ctx, ex.tensor(dec.logits));
+            if (ctx === detected) { for (const m of cpuMasks) routedOff += m.filter((v) => v === 0).length; }
+            const V = got.length / B;
+            for (let b = 0; b < B; b++) {
+              const row = want[b]![at(b, s)]!, where = `${what} ${ctx.profile} row ${b} step ${s}`;
+              assertClose(
+                cpu!.subarray(b * V, (b + 1) * V),
+                row,
+                { atol: 1e-9, rtol: 1e-9 },
+                `float64 ${where}`,
+              );
+              const scale = Math.max(...Array.from(row, Math.abs));
+              assertClose(
+                got.subarray(b * V, (b + 1) * V),
+                row,
+                { atol: 2e-4 * scale + 1e-7, rtol: 2e-3 },
+                `GPU ${where}`,
+              );
+            }
+          }
+        } finally {
+          ex.destroy();
+        }
+      }
+    }
+    if (model.kind !== "dense") assert(routedOff > 0, "the sparse rules left some experts out");
+  });
+}
+
+Deno.test("plan decode with batch B > 1 builds the batched decoder; threshold_topk is refused there", () => {
+  const c = ExperimentSchema.parse({
+    data: { seq_len: T },
+    model: { d_model: 16, layers: 1, ...MODELS["DS-MoE with MoA"] },
+  });
+  const rules = RULES[1]!;
+  const p = plan(c, "decode", { rules, batch: 4 });
+  assertEquals([p.batch, p.model.ids.shape, p.model.pos.shape, p.model.logits.shape[0]], [4, [4], [4], 4]);
+  const ops = new Set(p.schedule.nodes.map((n) => n.op));
+  assert(ops.has("moa_attention_batch") && ops.has("moe_mlp") && !ops.has("moa_attention"), [...ops].join());
+  const one = plan(c, "decode", { rules });
+  assertEquals(one.batch, 1);
+  assert(one.schedule.nodes.some((n) => n.op === "moa_attention"), "batch 1 keeps the one-token graph");
+  const dense = ExperimentSchema.parse({
+    data: { seq_len: T },
+    model: { d_model: 16, layers: 1, ...MODELS.dense },
+  });
+  assert(
+    plan(dense, "decode", { rules, batch: 2 }).schedule.nodes.some((n) => n.op === "attention_cached_batch"),
+  );
+  const tt: InferRules = { ...rules, mlp: { ...base, kind: "threshold_topk" } };
+  throws(() => plan(c, "decode", { rules: tt, batch: 2 }), /threshold_topk \(mlp routers\): its K is a mean/);
+});
