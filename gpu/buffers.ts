@@ -161,10 +161,38 @@ export async function readBuffer(
   return out;
 }
 
-/** Reads a whole tensor back as its typed array. */
-export async function readTensor(ctx: GpuContext, t: GpuTensor): Promise<HostArray> {
-  const bytes = await readBuffer(ctx, t.buffer, t.byteLength);
-  switch (t.dtype) {
+/**
+ * Reads several whole tensors back with one submit and one map (one host↔GPU wait, not one per tensor):
+ * each is copied into its own 4-byte-aligned range of a single staging buffer.
+ */
+export async function readTensors(ctx: GpuContext, ts: readonly GpuTensor[]): Promise<HostArray[]> {
+  const sizes = ts.map((t) => Math.ceil(t.byteLength / 4) * 4);
+  const offsets = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
+  const total = Math.max(4, sizes.reduce((a, b) => a + b, 0));
+  const staging = ctx.device.createBuffer({
+    size: total,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const enc = ctx.device.createCommandEncoder({ label: "readback" });
+  ts.forEach((t, i) => enc.copyBufferToBuffer(t.buffer, 0, staging, offsets[i]!, sizes[i]!));
+  ctx.device.queue.submit([enc.finish()]);
+  try {
+    await staging.mapAsync(GPUMapMode.READ);
+  } catch (e) {
+    staging.destroy();
+    ctx.assertAlive();
+    throw e;
+  }
+  const all = staging.getMappedRange();
+  const out = ts.map((t, i) => _typed(t.dtype, all.slice(offsets[i]!, offsets[i]! + t.byteLength)));
+  staging.unmap();
+  staging.destroy();
+  return out;
+}
+
+/** Bytes as the typed array of `dtype`. */
+function _typed(dtype: GpuTensor["dtype"], bytes: ArrayBuffer): HostArray {
+  switch (dtype) {
     case "f32":
       return new Float32Array(bytes);
     case "u32":
@@ -172,8 +200,13 @@ export async function readTensor(ctx: GpuContext, t: GpuTensor): Promise<HostArr
     case "i32":
       return new Int32Array(bytes);
     default:
-      return t.dtype satisfies never;
+      return dtype satisfies never;
   }
+}
+
+/** Reads a whole tensor back as its typed array. */
+export async function readTensor(ctx: GpuContext, t: GpuTensor): Promise<HostArray> {
+  return _typed(t.dtype, await readBuffer(ctx, t.buffer, t.byteLength));
 }
 
 /**

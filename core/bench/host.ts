@@ -22,6 +22,13 @@ export interface HostInfo {
   llvmpipeThreads: number | null;
   /** Where {@linkcode HostInfo.llvmpipeThreads} comes from; null when it is null. */
   llvmpipeThreadsFrom: LlvmpipeThreadsSource | null;
+  /**
+   * The CPU's vector extensions that llvmpipe's code generation depends on (of sse4_2, avx, avx2, fma,
+   * avx512f, neon), as /proc/cpuinfo lists them; null where the system does not say (not Linux).
+   */
+  simd: string[] | null;
+  /** `LP_NATIVE_VECTOR_WIDTH` (llvmpipe's vector width in bits) when set on llvmpipe; null otherwise. */
+  llvmpipeVectorWidth: number | null;
 }
 
 /** What {@linkcode hostInfo} reads, injectable for tests. */
@@ -88,6 +95,27 @@ export function isLlvmpipe(adapter: string): boolean {
   return /llvmpipe/i.test(adapter);
 }
 
+/** The vector extensions {@linkcode HostInfo.simd} lists, in the order printed. */
+const _SIMD = ["sse4_2", "avx", "avx2", "fma", "avx512f", "neon", "asimd"] as const;
+
+/**
+ * The vector extensions of the first CPU's "flags" (x86) or "Features" (ARM) line of /proc/cpuinfo, of those
+ * llvmpipe's code depends on; null when the text has no such line.
+ *
+ * @example
+ * ```ts
+ * import { simdFromCpuinfo } from "./host.ts";
+ * const got = simdFromCpuinfo("flags\t: fpu sse4_2 avx avx2 fma avx512f\n");
+ * if (got?.join(" ") !== "sse4_2 avx avx2 fma avx512f") throw new Error(String(got));
+ * ```
+ */
+export function simdFromCpuinfo(text: string): string[] | null {
+  const line = text.split("\n").find((l) => /^(flags|features)\s*:/i.test(l));
+  if (line === undefined) return null;
+  const have = new Set(line.slice(line.indexOf(":") + 1).trim().split(/\s+/));
+  return _SIMD.filter((f) => have.has(f));
+}
+
 /** The CPU model from the system's own sources, or "unknown". */
 export function cpuModel(s: HostSources): string {
   let model: string | null = null;
@@ -105,26 +133,33 @@ export function cpuModel(s: HostSources): string {
 /** The host of this process, given the adapter the bench opened (for llvmpipe's threads). */
 export function hostInfo(adapter: string, s: HostSources = denoHostSources()): HostInfo {
   const lp = isLlvmpipe(adapter) ? llvmpipeThreads(s.env("LP_NUM_THREADS"), s.threads) : null;
+  const cpuinfo = s.os === "linux" || s.os === "android" ? s.readText("/proc/cpuinfo") : null;
+  const width = lp ? Number(s.env("LP_NATIVE_VECTOR_WIDTH")?.trim() || NaN) : NaN;
   return {
     cpu: cpuModel(s),
     threads: s.threads,
     llvmpipeThreads: lp?.threads ?? null,
     llvmpipeThreadsFrom: lp && lp.threads !== null ? lp.from : null,
+    simd: cpuinfo === null ? null : simdFromCpuinfo(cpuinfo),
+    llvmpipeVectorWidth: Number.isSafeInteger(width) && width > 0 ? width : null,
   };
 }
 
 /**
- * One line for a table header, e.g. "host: AMD EPYC 7B13, 2 threads; llvmpipe threads: 2 (LP_NUM_THREADS
- * unset: one per CPU)".
+ * One line for a table header, e.g. "host: AMD EPYC 7B13, 2 threads, sse4_2 avx avx2 fma; llvmpipe threads:
+ * 2 (LP_NUM_THREADS unset: one per CPU)".
  */
 export function formatHost(h: HostInfo): string {
-  const threads = h.threads === null ? "threads unknown" : `${h.threads} thread${h.threads === 1 ? "" : "s"}`;
+  const threads =
+    (h.threads === null ? "threads unknown" : `${h.threads} thread${h.threads === 1 ? "" : "s"}`) +
+    (h.simd === null ? "" : `, ${h.simd.length > 0 ? h.simd.join(" ") : "no vector extensions listed"}`);
   const lp = h.llvmpipeThreads === null
     ? ""
     : `; llvmpipe threads: ${h.llvmpipeThreads} (${
       h.llvmpipeThreadsFrom === "LP_NUM_THREADS" ? "LP_NUM_THREADS" : "LP_NUM_THREADS unset: one per CPU"
     })`;
-  return `host: ${h.cpu}, ${threads}${lp}`;
+  const width = h.llvmpipeVectorWidth === null ? "" : `, LP_NATIVE_VECTOR_WIDTH ${h.llvmpipeVectorWidth}`;
+  return `host: ${h.cpu}, ${threads}${lp}${width}`;
 }
 
 /** The {@linkcode HostSources} of this Deno process; each read that fails gives null. */

@@ -15,6 +15,7 @@ cpu family\t: 25
 model\t\t: 1
 model name\t: AMD EPYC 7B13
 stepping\t: 0
+flags\t\t: fpu vme sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2
 
 processor\t: 1
 vendor_id\t: AuthenticAMD
@@ -62,19 +63,30 @@ Deno.test("llvmpipeThreads(): LP_NUM_THREADS when it is a whole number, else one
 
 Deno.test("hostInfo() on llvmpipe names the CPU, its threads and where llvmpipe's come from", () => {
   const h = hostInfo("llvmpipe (LLVM 15.0.6, 256 bits)", fake({}));
-  assertEquals(h, { cpu: "AMD EPYC 7B13", threads: 2, llvmpipeThreads: 2, llvmpipeThreadsFrom: "cpu count" });
+  assertEquals(h, {
+    cpu: "AMD EPYC 7B13",
+    threads: 2,
+    llvmpipeThreads: 2,
+    llvmpipeThreadsFrom: "cpu count",
+    simd: ["sse4_2", "avx", "avx2", "fma"],
+    llvmpipeVectorWidth: null,
+  });
   assertEquals(
     formatHost(h),
-    "host: AMD EPYC 7B13, 2 threads; llvmpipe threads: 2 (LP_NUM_THREADS unset: one per CPU)",
+    "host: AMD EPYC 7B13, 2 threads, sse4_2 avx avx2 fma; llvmpipe threads: 2 (LP_NUM_THREADS unset: one per CPU)",
   );
-  const set = hostInfo("llvmpipe", fake({ env: (n) => (n === "LP_NUM_THREADS" ? "1" : undefined) }));
-  assertEquals(formatHost(set), "host: AMD EPYC 7B13, 2 threads; llvmpipe threads: 1 (LP_NUM_THREADS)");
+  const env: Record<string, string> = { LP_NUM_THREADS: "1", LP_NATIVE_VECTOR_WIDTH: "128" };
+  const set = hostInfo("llvmpipe", fake({ env: (n) => env[n] }));
+  assertEquals(
+    formatHost(set),
+    "host: AMD EPYC 7B13, 2 threads, sse4_2 avx avx2 fma; llvmpipe threads: 1 (LP_NUM_THREADS), LP_NATIVE_VECTOR_WIDTH 128",
+  );
 });
 
 Deno.test("hostInfo() on a real GPU leaves llvmpipe out; unreadable sources give unknown, not a throw", () => {
   const gpu = hostInfo("NVIDIA H100 80GB HBM3", fake({ env: () => "4" }));
   assertEquals([gpu.llvmpipeThreads, gpu.llvmpipeThreadsFrom], [null, null]);
-  assertEquals(formatHost(gpu), "host: AMD EPYC 7B13, 2 threads");
+  assertEquals(formatHost(gpu), "host: AMD EPYC 7B13, 2 threads, sse4_2 avx avx2 fma");
   const none = hostInfo("x", fake({ readText: () => null, threads: null }));
   assertEquals(formatHost(none), "host: unknown, threads unknown");
   const mac = hostInfo("Apple M2", fake({ os: "darwin", command: () => "Apple M2\n", threads: 8 }));

@@ -63,6 +63,8 @@ export function tableFromJsonLines(text: string): string {
       threads: summary.cpu_threads ?? null,
       llvmpipeThreads: summary.llvmpipe_threads ?? null,
       llvmpipeThreadsFrom: (summary.llvmpipe_threads_from ?? null) as LlvmpipeThreadsSource | null,
+      simd: summary.cpu_simd ?? null,
+      llvmpipeVectorWidth: summary.llvmpipe_vector_width ?? null,
     }
     : undefined;
   const skipped = summary.decode_skipped ?? [];

@@ -50,7 +50,14 @@ Deno.test("tableFromJsonLines() gives the table the run would have printed, host
   assertEquals(
     text,
     formatTable(rows, "NVIDIA H100", {
-      host: { cpu: "Intel Xeon", threads: 16, llvmpipeThreads: null, llvmpipeThreadsFrom: null },
+      host: {
+        cpu: "Intel Xeon",
+        threads: 16,
+        llvmpipeThreads: null,
+        llvmpipeThreadsFrom: null,
+        simd: null,
+        llvmpipeVectorWidth: null,
+      },
     }),
   );
   assertEquals(text.split("\n").slice(0, 2), ["adapter: NVIDIA H100", "host: Intel Xeon, 16 threads"]);

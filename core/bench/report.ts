@@ -28,6 +28,9 @@ export interface BenchSummary {
   /** Threads llvmpipe uses and where that comes from ("LP_NUM_THREADS" or "cpu count"); null off llvmpipe. */
   llvmpipe_threads?: number | null;
   llvmpipe_threads_from?: string | null;
+  /** The CPU's vector extensions (core/bench/host.ts) and LP_NATIVE_VECTOR_WIDTH when set on llvmpipe. */
+  cpu_simd?: string[] | null;
+  llvmpipe_vector_width?: number | null;
   /** Decode sizes skipped on a software adapter (`--decode-sizes` runs them). */
   decode_skipped?: string[];
 }
@@ -35,13 +38,15 @@ export interface BenchSummary {
 /** The host fields of a {@linkcode BenchSummary}. */
 export function hostSummary(h: HostInfo): Pick<
   BenchSummary,
-  "cpu" | "cpu_threads" | "llvmpipe_threads" | "llvmpipe_threads_from"
+  "cpu" | "cpu_threads" | "llvmpipe_threads" | "llvmpipe_threads_from" | "cpu_simd" | "llvmpipe_vector_width"
 > {
   return {
     cpu: h.cpu,
     cpu_threads: h.threads,
     llvmpipe_threads: h.llvmpipeThreads,
     llvmpipe_threads_from: h.llvmpipeThreadsFrom,
+    cpu_simd: h.simd,
+    llvmpipe_vector_width: h.llvmpipeVectorWidth,
   };
 }
 

@@ -13,7 +13,7 @@ import type { Experiment } from "../config/schema.ts";
 import { type DecoderGraph, type InferRules, tapExperts } from "../plan/model.ts";
 import { plan } from "../plan/plan.ts";
 import { hash32 } from "../util/rng.ts";
-import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
+import { createTensor, type GpuTensor, readTensor, readTensors, writeTensor } from "../../gpu/buffers.ts";
 import { prepare, releaseCall, Step } from "../../gpu/dispatch.ts";
 import { countExperts, gpuSamplingFits, sampleTokenGpu } from "../../gpu/kernels/sampling.ts";
 import type { GpuContext } from "../../gpu/device.ts";
@@ -154,10 +154,10 @@ export class Decoder {
 
   /** The logits after the last fed token, and the experts each routed layer ran for it (per router). */
   async read(): Promise<{ logits: Float32Array; experts: number[] }> {
-    const values = await Promise.all(
-      [this.graph.logits, ...this.#masks.map((r) => r.mask!)].map((v) =>
-        readTensor(this.ctx, this.#exec.tensor(v))
-      ),
+    // One wait for the logits and every mask (a read per tensor would wait once each).
+    const values = await readTensors(
+      this.ctx,
+      [this.graph.logits, ...this.#masks.map((r) => r.mask!)].map((v) => this.#exec.tensor(v)),
     );
     const experts = this.graph.routers.map((r) => {
       const i = this.#masks.indexOf(r);

@@ -194,20 +194,27 @@ ${o.h ? `  for (var r = t; r < u.d; r = r + ${_T}u) { H[r] = ${xn}; }` : ""}
       workgroups: grid(ctx, 1),
     });
   }
+  // llvmpipe: one invocation; each element of the row normalized once (and written to H), times W's row as
+  // vec4s when E allows, into E accumulators (private), then the gate as routeGate's.
+  const vec = E % 4 === 0, A = vec ? E / 4 : E, V = vec ? "vec4<f32>" : "f32";
+  const store = vec
+    ? `let a = acc[c]; z[4u * c] = a.x; z[4u * c + 1u] = a.y; z[4u * c + 2u] = a.z; z[4u * c + 3u] = a.w;`
+    : "z[c] = acc[c];";
   return simpleKernel(ctx, {
     label: "route_gate_fused",
-    bindings,
+    bindings: bindings.map((b) => b.name === "W" ? { ...b, type: V as "f32" | "vec4<f32>" } : b),
     fields,
     invocations: 1,
     workgroup: 1,
     body: `  let b = 0u;
 ${_statsCpuScalar(o.norm.kind)}
-${o.h ? `  for (var r = 0u; r < u.d; r = r + 1u) { H[r] = ${xn}; }` : ""}
-  for (var c = 0u; c < u.E; c = c + 1u) {
-    var a = 0.0;
-    for (var r = 0u; r < u.d; r = r + 1u) { a = a + ${xn} * W[r * u.E + c]; }
-    z[c] = a;
+  var acc: array<${V}, ${A}>;
+  for (var r = 0u; r < u.d; r = r + 1u) {
+    let xv = ${xn};
+    ${o.h ? "H[r] = xv;" : ""}
+    for (var c = 0u; c < ${A}u; c = c + 1u) { acc[c] = acc[c] + xv * W[r * ${A}u + c]; }
   }
+  for (var c = 0u; c < ${A}u; c = c + 1u) { ${store} }
 ${softmaxRowWgsl("z", "sp", "u.E")}
   for (var e = 0u; e < u.E; e = e + 1u) {
   ${decide.replaceAll("s[b + ", "sp[b + ")}
