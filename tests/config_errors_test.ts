@@ -51,7 +51,7 @@ Deno.test("parseExperimentText() names file:line:col and a suggestion for an unk
 Deno.test("parseExperimentText() lists the valid keys when no key is close to an unknown one", () => {
   assertEquals(linesOf("hardware:\n  zzzzzz: 1\n"), [
     't.yaml:2:3: hardware.zzzzzz: unknown key "zzzzzz" (expected one of: backend, power_preference, ' +
-    "memory_budget, validation)",
+    "memory_budget, validation, precision)",
   ]);
 });
 
