@@ -25,8 +25,15 @@ import { countExperts, gpuSamplingFits, sampleTokensGpu } from "../../gpu/kernel
 import type { GpuContext } from "../../gpu/device.ts";
 import { GraphExecutor } from "../../gpu/executor.ts";
 import { assertScheduleBuilds } from "../../gpu/preflight.ts";
-import { activity, type LayerActivity, uploadParams } from "./evaluate.ts";
-import { dispatchesByLayer, sampleToken, type Sampling, samplingUniform } from "./generate.ts";
+import { activity, type LayerActivity } from "./evaluate.ts";
+import {
+  bindDecoder,
+  dispatchesByLayer,
+  readDecoded,
+  sampleToken,
+  type Sampling,
+  samplingUniform,
+} from "./generate.ts";
 
 /** A prepared batched decoder: the graph of `plan(c, "decode", { batch })` bound to a model's weights. */
 export class BatchDecoder {
@@ -67,22 +74,14 @@ export class BatchDecoder {
     // A size this device cannot bind or dispatch is refused (GpuLimitError) before anything is allocated.
     assertScheduleBuilds(ctx, p.schedule, `Cannot decode ${batch} sequences together`);
     const graph = { ...p.model, batch: p.batch };
-    const weights = uploadParams(ctx, graph.params, params, new Map(), "generate");
-    const leaves = [...graph.graph.leaves.values()].map((l) => l.value);
-    const shared = new Map(graph.params.map((q) => [q.value.id, weights.get(q.value.name)!]));
-    try {
-      const exec = new GraphExecutor(ctx, p.schedule, leaves, shared);
-      await exec.check();
-      // One throwaway step builds every pipeline now, so the first timed step does not pay for it. Its cache
-      // rows (position 0 of every sequence) are rewritten by the first real step before anything reads them.
+    // One throwaway step builds every pipeline now, so the first timed step does not pay for it. Its cache
+    // rows (position 0 of every sequence) are rewritten by the first real step before anything reads them.
+    return await bindDecoder(ctx, graph, p.schedule, params, async (exec, weights) => {
       const d = new BatchDecoder(ctx, c, graph, exec, weights);
       d.feed(new Array(batch).fill(0), new Array(batch).fill(0));
       await d.read();
       return d;
-    } catch (e) {
-      for (const t of weights.values()) t.buffer.destroy();
-      throw e;
-    }
+    });
   }
 
   /** Sequences decoded together. */
@@ -123,16 +122,7 @@ export class BatchDecoder {
 
   /** The logits (B, V) after the last step, and the experts each routed layer ran, summed over the rows. */
   async read(): Promise<{ logits: Float32Array; experts: number[] }> {
-    const values = await Promise.all(
-      [this.graph.logits, ...this.#masks.map((r) => r.mask!)].map((v) =>
-        readTensor(this.ctx, this.#exec.tensor(v))
-      ),
-    );
-    const experts = this.graph.routers.map((r) => {
-      const i = this.#masks.indexOf(r);
-      return i < 0 ? tapExperts(r) * this.batch : (values[i + 1] as Float32Array).reduce((a, b) => a + b, 0);
-    });
-    return { logits: values[0] as Float32Array, experts };
+    return await readDecoded(this.ctx, this.#exec, this.graph, this.batch);
   }
 
   /**

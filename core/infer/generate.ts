@@ -12,6 +12,7 @@
 import type { Experiment } from "../config/schema.ts";
 import { type DecoderGraph, type InferRules, tapExperts } from "../plan/model.ts";
 import { plan } from "../plan/plan.ts";
+import type { Schedule } from "../graph/schedule.ts";
 import { hash32 } from "../util/rng.ts";
 import { createTensor, type GpuTensor, readTensor, readTensors, writeTensor } from "../../gpu/buffers.ts";
 import { prepare, releaseCall, Step } from "../../gpu/dispatch.ts";
@@ -119,22 +120,14 @@ export class Decoder {
     rules: InferRules,
   ): Promise<Decoder> {
     const { model: graph, schedule: sched } = plan(c, "decode", { rules });
-    const weights = uploadParams(ctx, graph.params, params, new Map(), "generate");
-    const leaves = [...graph.graph.leaves.values()].map((l) => l.value);
-    const shared = new Map(graph.params.map((p) => [p.value.id, weights.get(p.value.name)!]));
-    try {
-      const exec = new GraphExecutor(ctx, sched, leaves, shared);
-      await exec.check();
-      // One throwaway step builds every pipeline now, so the first timed token does not pay for it. Its
-      // cache row 0 is rewritten by the first real token before anything reads it.
+    // One throwaway step builds every pipeline now, so the first timed token does not pay for it. Its cache
+    // row 0 is rewritten by the first real token before anything reads it.
+    return await bindDecoder(ctx, graph, sched, params, async (exec, weights) => {
       const d = new Decoder(ctx, c, graph, exec, weights);
       d.feed(0, 0);
       await d.read();
       return d;
-    } catch (e) {
-      for (const t of weights.values()) t.buffer.destroy();
-      throw e;
-    }
+    });
   }
 
   /** Positions the caches hold (the training sequence length). */
@@ -154,16 +147,7 @@ export class Decoder {
 
   /** The logits after the last fed token, and the experts each routed layer ran for it (per router). */
   async read(): Promise<{ logits: Float32Array; experts: number[] }> {
-    // One wait for the logits and every mask (a read per tensor would wait once each).
-    const values = await readTensors(
-      this.ctx,
-      [this.graph.logits, ...this.#masks.map((r) => r.mask!)].map((v) => this.#exec.tensor(v)),
-    );
-    const experts = this.graph.routers.map((r) => {
-      const i = this.#masks.indexOf(r);
-      return i < 0 ? tapExperts(r) : (values[i + 1] as Float32Array).reduce((a, b) => a + b, 0);
-    });
-    return { logits: values[0] as Float32Array, experts };
+    return await readDecoded(this.ctx, this.#exec, this.graph, 1);
   }
 
   /**
@@ -256,6 +240,53 @@ export class Decoder {
 }
 
 /**
+ * Uploads `params` for a decoder graph, makes its executor (shared weights), checks it, and hands both to
+ * `make`; frees the weights if any of that fails. Shared by {@linkcode Decoder} and the batched decoder.
+ */
+export async function bindDecoder<T>(
+  ctx: GpuContext,
+  graph: Pick<DecoderGraph, "graph" | "params">,
+  sched: Schedule,
+  params: ReadonlyMap<string, Float32Array>,
+  make: (exec: GraphExecutor, weights: Map<string, GpuTensor>) => Promise<T>,
+): Promise<T> {
+  const weights = uploadParams(ctx, graph.params, params, new Map(), "generate");
+  const leaves = [...graph.graph.leaves.values()].map((l) => l.value);
+  const shared = new Map(graph.params.map((p) => [p.value.id, weights.get(p.value.name)!]));
+  try {
+    const exec = new GraphExecutor(ctx, sched, leaves, shared);
+    await exec.check();
+    return await make(exec, weights);
+  } catch (e) {
+    for (const t of weights.values()) t.buffer.destroy();
+    throw e;
+  }
+}
+
+/**
+ * A decoder's last logits and the experts each router ran (per router, summed over `rows` tokens; a router
+ * without a mask ran all its experts for every row), read back with one wait for all of them.
+ */
+export async function readDecoded(
+  ctx: GpuContext,
+  exec: GraphExecutor,
+  graph: Pick<DecoderGraph, "logits" | "routers">,
+  rows: number,
+): Promise<{ logits: Float32Array; experts: number[] }> {
+  const masks = graph.routers.filter((r) => r.mask);
+  const values = await readTensors(
+    ctx,
+    [graph.logits, ...masks.map((r) => r.mask!)].map((v) => exec.tensor(v)),
+  );
+  const experts = graph.routers.map((r) => {
+    const i = masks.indexOf(r);
+    return i < 0 ? tapExperts(r) * rows : (values[i + 1] as Float32Array).reduce((a, b) => a + b, 0);
+  });
+  return { logits: values[0] as Float32Array, experts };
+}
+
+/**
+ * Dispatches per block of `layers`:/**
  * Dispatches per block of `layers`: a dispatch whose node reads a parameter of block l (named `h{l}.…`)
  * belongs to block l, one reading another parameter (embeddings, the final norm, the LM head) to none, and
  * one reading no parameter (residual adds, attention over the caches) to the same as the dispatch before it.
