@@ -113,6 +113,35 @@ function moeScratchOf(s: MoeShape, tm: number, scratch: Scratch): MoeScratch {
   };
 }
 
+/**
+ * What a moa_attention or moa_attention_batch node's kernels take in common: inputs x, gate, wq, k, v, wo
+ * (the first six), y, the experts' shape, the tile for this profile and the worst-case scratch.
+ */
+function moaOptionsOf(
+  ctx: GpuContext,
+  n: OpNode<"moa_attention" | "moa_attention_batch">,
+  [x, gate, wq, k, v, wo]: readonly GpuTensor[],
+  y: GpuTensor,
+  scratch: Scratch,
+) {
+  const G = n.attrs.heads, D = n.attrs.head_dim;
+  const s = moeShapeOf(n, G * D), tile = moeTile(ctx, s);
+  return {
+    x: x!,
+    gate: gate!,
+    wq: wq!,
+    wo: wo!,
+    k: k!,
+    v: v!,
+    y,
+    E: s.E,
+    G,
+    D,
+    tile,
+    scratch: moeScratchOf(s, tile.tm, scratch),
+  };
+}
+
 /** Op → kernel calls, by op name. */
 export const GPU_IMPLS: GpuTable = {
   leaf: null, // fed, never computed
@@ -232,24 +261,12 @@ export const GPU_IMPLS: GpuTable = {
       scratch: moeScratchOf(s, tile.tm, scratch),
     });
   },
-  moa_attention: (ctx, n, [x, gate, wq, k, v, wo, kcache, vcache, pos, r], [y], scratch) => {
-    const G = n.attrs.heads, D = n.attrs.head_dim;
-    const s = moeShapeOf(n, G * D), tile = moeTile(ctx, s);
+  moa_attention: (ctx, n, inputs, [y], scratch) => {
+    const [kcache, vcache, pos, r] = inputs.slice(6);
     return moaAttentionSparse(ctx, {
-      x: x!,
-      gate: gate!,
-      wq: wq!,
-      wo: wo!,
-      k: k!,
-      v: v!,
-      y: y!,
-      E: s.E,
-      G,
-      D,
+      ...moaOptionsOf(ctx, n, inputs, y!, scratch),
       ...(kcache ? { cache: { kcache, vcache: vcache!, pos: pos! } } : { T: n.attrs.seq }),
       ...(n.attrs.residual ? { residual: r! } : {}),
-      tile,
-      scratch: moeScratchOf(s, tile.tm, scratch),
     });
   },
   fused_gemv: (ctx, n, inputs, outputs) => {
@@ -306,23 +323,11 @@ export const GPU_IMPLS: GpuTable = {
       Hkv: n.attrs.kv_heads,
       D: n.attrs.head_dim,
     }),
-  moa_attention_batch: (ctx, n, [x, gate, wq, k, v, wo, kcache, vcache, pos], [y], scratch) => {
-    const G = n.attrs.heads, D = n.attrs.head_dim;
-    const s = moeShapeOf(n, G * D), tile = moeTile(ctx, s);
+  moa_attention_batch: (ctx, n, inputs, [y], scratch) => {
+    const [kcache, vcache, pos] = inputs.slice(6);
     return moaAttentionBatch(ctx, {
-      x: x!,
-      gate: gate!,
-      wq: wq!,
-      wo: wo!,
-      k: k!,
-      v: v!,
-      y: y!,
-      E: s.E,
-      G,
-      D,
+      ...moaOptionsOf(ctx, n, inputs, y!, scratch),
       cache: { kcache: kcache!, vcache: vcache!, pos: pos!, T: n.attrs.seq },
-      tile,
-      scratch: moeScratchOf(s, tile.tm, scratch),
     });
   },
   route_mask: (ctx, n, [s], [mask], scratch) => {

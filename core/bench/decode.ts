@@ -247,7 +247,7 @@ export function assertDecoderFits(ctx: GpuContext, c: Readonly<Experiment>, rule
  * Float64 logits after decoding `ids` from position 0 (the reference of one timed run), with the weights
  * `tensor` makes, widened to float64 one tensor at a time.
  */
-function _referenceLogits(
+export function referenceLogits(
   c: Readonly<Experiment>,
   rules: InferRules,
   tensor: (p: ParamSpec) => Float32Array,
@@ -346,7 +346,7 @@ export async function decodeCases(
               `(${fmtCount(countParams(m.c).total)} params) …`,
           );
         }
-        return _referenceLogits(m.c, m.rules, tensor, ids.slice(0, checkTokens));
+        return referenceLogits(m.c, m.rules, tensor, ids.slice(0, checkTokens));
       };
       return refs = { sparse: ref("sparse"), dense: ref("dense") };
     };

@@ -21,13 +21,8 @@
  * @module
  */
 import { loadExperiment } from "../config/mod.ts";
-import type { Experiment } from "../config/schema.ts";
-import { evaluateGraph, type HostValue } from "../graph/cpu_executor.ts";
-import { CPU_OPS } from "../graph/cpu_ops.ts";
-import { numel } from "../graph/ir.ts";
-import { schedule } from "../graph/schedule.ts";
 import { BatchDecoder } from "../infer/batch_generate.ts";
-import { buildDecoder, type InferRules } from "../plan/model.ts";
+import { buildDecoder, type InferRules, type ParamSpec } from "../plan/model.ts";
 import type { RouteRule } from "../graph/op_types.ts";
 import { countParams } from "../plan/counts.ts";
 import { fmtCount } from "../util/format.ts";
@@ -41,6 +36,7 @@ import {
   DECODE_SPARSE_RULE,
   type DecodeBenchSize,
   decodeShare,
+  referenceLogits,
 } from "./decode.ts";
 
 /** Batch sizes and steps per timed run of the serve suite. */
@@ -96,26 +92,6 @@ export function serveTokens(batch: number, T: number, steps: number): ServeToken
     return Array.from({ length: len }, tok);
   });
   return { prefixes, steps: Array.from({ length: steps }, () => Array.from({ length: batch }, tok)) };
-}
-
-/** Float64 logits of sequence `b` decoded alone (prefix then the timed tokens) by the batch-1 decoder. */
-function _referenceRow(
-  c: Readonly<Experiment>,
-  rules: InferRules,
-  params: Map<string, Float32Array>,
-  ids: number[],
-): HostValue {
-  const dec = buildDecoder(c, rules), sched = schedule(dec.graph, [dec.logits]);
-  const feeds = new Map<number, HostValue>();
-  for (const p of dec.params) feeds.set(p.value.id, Float64Array.from(params.get(p.value.name)!));
-  for (const cache of dec.caches) feeds.set(cache.id, new Float64Array(numel(cache.shape)));
-  let logits: HostValue = new Float64Array(0);
-  ids.forEach((id, pos) => {
-    feeds.set(dec.ids.id, Uint32Array.of(id));
-    feeds.set(dec.pos.id, Uint32Array.of(pos));
-    [logits] = evaluateGraph(sched.nodes, feeds, [dec.logits], CPU_OPS) as [HostValue];
-  });
-  return logits;
 }
 
 /** The rows of a batch whose logits are checked: the first and the last. */
@@ -209,12 +185,12 @@ export async function serveCases(
           };
           const rows = checkedRows(batch);
           const sequence = (b: number) => [...t.prefixes[b]!, ...t.steps.map((ids) => ids[b]!)];
-          const reference = (impl: keyof typeof models) =>
-            Float64Array.from(
-              rows.flatMap((
-                b,
-              ) => [..._referenceRow(models[impl].c, models[impl].rules, weights[impl], sequence(b))]),
+          const reference = (impl: keyof typeof models) => {
+            const m = models[impl], tensor = (p: ParamSpec) => weights[impl].get(p.value.name)!;
+            return Float64Array.from(
+              rows.flatMap((b) => [...referenceLogits(m.c, m.rules, tensor, sequence(b))]),
             );
+          };
           const refs = { sparse: reference("sparse"), dense: reference("dense") };
           // Logits of an initialized model are small: the tolerance scales with the largest one.
           const scale = Math.max(...[...refs.sparse, ...refs.dense].map(Math.abs));

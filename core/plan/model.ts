@@ -193,7 +193,11 @@ export interface DecoderGraph {
  * keys and values appended to per-layer caches, routed layers computing only their selected experts.
  */
 export function buildDecoder(c: Readonly<Experiment>, rules: InferRules): DecoderGraph {
-  const b = new _Builder(c, 1, rules, true);
+  return _decoderOf(new _Builder(c, 1, rules, true), c);
+}
+
+/** The decoder graph a decoding builder makes: embeddings, the blocks, the final norm and the logits. */
+function _decoderOf(b: _Builder, c: Readonly<Experiment>): DecoderGraph {
   const wte = b.param("wte", [b.V, b.d], "normal");
   let x = apply1(b.g, "embedding", [b.ids, wte]);
   if (c.model.position === "learned") {
@@ -250,27 +254,7 @@ export function buildBatchDecoder(
       );
     }
   }
-  const b = new _Builder(c, 1, rules, true, false, batch);
-  const wte = b.param("wte", [b.V, b.d], "normal");
-  let x = apply1(b.g, "embedding", [b.ids, wte]);
-  if (c.model.position === "learned") {
-    x = apply1(b.g, "add", [x, apply1(b.g, "embedding", [b.pos!, b.param("wpe", [b.T, b.d], "normal")])]);
-  }
-  x = b.blocks(x);
-  const xf = b.norm("lnf", x);
-  const logits = c.model.tie_embeddings
-    ? apply1(b.g, "matmul", [xf, wte], { transB: true })
-    : apply1(b.g, "matmul", [xf, b.param("lm_head", [b.d, b.V], "normal")]);
-  return {
-    graph: b.g,
-    params: b.params,
-    ids: b.ids,
-    pos: b.pos!,
-    logits,
-    caches: b.caches,
-    routers: b.routers,
-    batch,
-  };
+  return { ..._decoderOf(new _Builder(c, 1, rules, true, false, batch), c), batch };
 }
 
 /**
