@@ -6,10 +6,8 @@
 import { ok as assert } from "node:assert/strict";
 import { batchCacheWindow, kvWriteBatchRef } from "../../core/ref/batch_decode.ts";
 import { cachedAttentionRef, cacheWindow, moaAttentionRef } from "../../core/ref/cached_attention.ts";
-import { assertClose, randomArray, rng, testGpu } from "../../tests/helpers/gpu.ts";
-import { createTensor, type GpuTensor, readTensor } from "../buffers.ts";
-import type { GpuContext } from "../device.ts";
-import { type KernelCall, runCalls } from "../dispatch.ts";
+import { assertClose, Owned, randomArray, rng, runChecked as run, testGpu } from "../../tests/helpers/gpu.ts";
+import { readTensor } from "../buffers.ts";
 import { attentionCachedBatch, moaAttentionBatch } from "./batch_decode.ts";
 import { moeScratch } from "./moe.ts";
 
@@ -18,30 +16,6 @@ import { moeScratch } from "./moe.ts";
 const TOL = { atol: 2e-5, rtol: 2e-5 };
 
 const f32 = (x: Float64Array) => Float64Array.from(Float32Array.from(x));
-
-/** Tensors of one test, destroyed at its end. */
-class Owned {
-  readonly all: GpuTensor[] = [];
-  constructor(readonly ctx: GpuContext) {}
-  f32(shape: number[], v?: Float64Array, label = "t"): GpuTensor {
-    const t = createTensor(this.ctx, shape, "f32", v ? Float32Array.from(v) : undefined, label);
-    this.all.push(t);
-    return t;
-  }
-  u32(values: number[], label = "pos"): GpuTensor {
-    const t = createTensor(this.ctx, [values.length], "u32", Uint32Array.from(values), label);
-    this.all.push(t);
-    return t;
-  }
-  destroy(): void {
-    for (const t of this.all) t.buffer.destroy();
-  }
-}
-
-async function run(ctx: GpuContext, calls: KernelCall[], what: string): Promise<void> {
-  for (const call of calls) await ctx.pipelines.check(call.code, call.label);
-  await ctx.scoped(what, () => runCalls(ctx, calls).done());
-}
 
 /** Rows b·T … b·T + T − 1 of a stacked (B·T, width) cache: sequence b's own cache. */
 const own = (cache: Float64Array, b: number, T: number, width: number) =>

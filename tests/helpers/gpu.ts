@@ -4,7 +4,9 @@
  *
  * @module
  */
+import { createTensor, type GpuTensor } from "../../gpu/buffers.ts";
 import { GpuContext, openGpu } from "../../gpu/device.ts";
+import { type KernelCall, runCalls } from "../../gpu/dispatch.ts";
 import { Rng } from "../../core/util/rng.ts";
 
 let _ctx: Promise<GpuContext> | null = null;
@@ -86,4 +88,29 @@ export function allocationGuard(ctx: GpuContext): { ctx: GpuContext; allocations
     ctx: Object.create(ctx, { device: { value: device } }) as GpuContext,
     allocations: () => allocations,
   };
+}
+
+/** Tensors created by one test, destroyed at its end. */
+export class Owned {
+  readonly all: GpuTensor[] = [];
+  constructor(readonly ctx: GpuContext) {}
+  f32(shape: number[], v?: Float64Array, label = "t"): GpuTensor {
+    const t = createTensor(this.ctx, shape, "f32", v ? Float32Array.from(v) : undefined, label);
+    this.all.push(t);
+    return t;
+  }
+  u32(values: number[], label = "pos"): GpuTensor {
+    const t = createTensor(this.ctx, [values.length], "u32", Uint32Array.from(values), label);
+    this.all.push(t);
+    return t;
+  }
+  destroy(): void {
+    for (const t of this.all) t.buffer.destroy();
+  }
+}
+
+/** Runs `calls` in one step after checking that each shader compiles, inside an error scope named `what`. */
+export async function runChecked(ctx: GpuContext, calls: KernelCall[], what: string): Promise<void> {
+  for (const call of calls) await ctx.pipelines.check(call.code, call.label);
+  await ctx.scoped(what, () => runCalls(ctx, calls).done());
 }
