@@ -15,25 +15,10 @@ import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
 import { assertClose, testGpu } from "./helpers/gpu.ts";
+import { DECODER_MODELS, PER_TOKEN_RULES } from "./helpers/decoders.ts";
 
 const T = 6;
-const MODELS: Record<string, Record<string, unknown>> = {
-  dense: {
-    kind: "dense",
-    attention: { kind: "mha", heads: 4, kv_heads: 2, head_dim: 8 },
-    mlp: { experts: 1, hidden: 24 },
-  },
-  "DS-MoE with MoA": {
-    attention: { kind: "moa", experts: 3, heads_per_expert: 2, head_dim: 8 },
-    mlp: { experts: 4, hidden: 12 },
-  },
-};
-const base = { epsilon: 0.5, k: 2, p: 0.9 };
-const RULES: InferRules[] = [
-  { mlp: { ...base, kind: "dense" }, attention: { ...base, kind: "dense" } },
-  { mlp: { ...base, kind: "threshold", epsilon: 0.8 }, attention: { ...base, kind: "topk", k: 1 } },
-  { mlp: { ...base, kind: "top_p", p: 0.6 }, attention: { ...base, kind: "threshold", epsilon: 1 } },
-];
+const MODELS = DECODER_MODELS, RULES = PER_TOKEN_RULES;
 /** Prompt lengths of the B = 3 sequences: the shorter ones wait at their last token (re-fed in place). */
 const LENGTHS = [6, 2, 4];
 
@@ -156,6 +141,6 @@ Deno.test("plan decode with batch B > 1 builds the batched decoder; threshold_to
   assert(
     plan(dense, "decode", { rules, batch: 2 }).schedule.nodes.some((n) => n.op === "attention_cached_batch"),
   );
-  const tt: InferRules = { ...rules, mlp: { ...base, kind: "threshold_topk" } };
+  const tt: InferRules = { ...rules, mlp: { ...rules.mlp, kind: "threshold_topk" } };
   throws(() => plan(c, "decode", { rules: tt, batch: 2 }), /threshold_topk \(mlp routers\): its K is a mean/);
 });

@@ -4,33 +4,17 @@ import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { numel } from "../core/graph/ir.ts";
 import { schedule } from "../core/graph/schedule.ts";
-import { buildDecoder, buildModel, type InferRules } from "../core/plan/model.ts";
+import { buildDecoder, buildModel } from "../core/plan/model.ts";
 import { plan } from "../core/plan/plan.ts";
 import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
 import { openGpu } from "../gpu/device.ts";
 import { assertClose, testGpu } from "./helpers/gpu.ts";
+import { DECODER_MODELS, PER_TOKEN_RULES } from "./helpers/decoders.ts";
 
 const T = 7;
-const MODELS: Record<string, Record<string, unknown>> = {
-  dense: {
-    kind: "dense",
-    attention: { kind: "mha", heads: 4, kv_heads: 2, head_dim: 8 },
-    mlp: { experts: 1, hidden: 24 },
-  },
-  "DS-MoE with MoA": {
-    attention: { kind: "moa", experts: 3, heads_per_expert: 2, head_dim: 8 },
-    mlp: { experts: 4, hidden: 12 },
-  },
-};
-const base = { epsilon: 0.5, k: 2, p: 0.9 };
-// Rules that decide per token (threshold_topk's K is a batch mean, so one token alone may differ).
-const RULES: InferRules[] = [
-  { mlp: { ...base, kind: "dense" }, attention: { ...base, kind: "dense" } },
-  { mlp: { ...base, kind: "threshold", epsilon: 0.8 }, attention: { ...base, kind: "topk", k: 1 } },
-  { mlp: { ...base, kind: "top_p", p: 0.6 }, attention: { ...base, kind: "threshold", epsilon: 1 } },
-];
+const MODELS = DECODER_MODELS, RULES = PER_TOKEN_RULES;
 
 const VARIANTS = [
   ...Object.entries(MODELS).map(([name, model]) => ({ name, model, gpuKernels: false })),
