@@ -43,8 +43,14 @@ clearInterval(timer);
 stop = true;
 report("stopped");
 const t0 = Date.now();
-while (live.size > 0 && Date.now() - t0 < 40000) await new Promise((r) => setTimeout(r, 100));
-console.log(JSON.stringify({ phase: "end", open: live.size, closeMs: Date.now() - t0 }));
+while (live.size > 0 && Date.now() - t0 < 30000) await new Promise((r) => setTimeout(r, 100));
+// Still open after three head timeouts: handshakes the server's kernel has not finished (their last ACK
+// dropped while the accept queue overflowed: it retries for a minute, then gives up without a word to this
+// side). A byte on one finishes it or draws a reset; one the server holds, its head timeout closes anyway.
+const probed = live.size;
+for (const c of live) c.write(new Uint8Array([32])).catch(() => {});
+while (live.size > 0 && Date.now() - t0 < 60000) await new Promise((r) => setTimeout(r, 100));
+console.log(JSON.stringify({ phase: "end", open: live.size, probed, closeMs: Date.now() - t0 }));
 Deno.exit(0);
 `;
 
@@ -185,7 +191,7 @@ Deno.test({
       const reports = _collect(attacker.stdout);
       const report = () =>
         reports.lines.filter((l) => l.startsWith("{")).map((l) =>
-          JSON.parse(l) as { phase: string; open: number; opened?: number; closeMs?: number }
+          JSON.parse(l) as { phase: string; open: number; opened?: number; probed?: number; closeMs?: number }
         );
       // Probe while the attack runs: a fresh connection each time, and fetch's kept-alive one.
       const fresh: number[] = [], pooled: number[] = [], statuses = new Set<number>();
@@ -225,11 +231,13 @@ Deno.test({
       await reports.done;
       assertEquals((await attacker.status).code, 0);
       const end = report().find((r) => r.phase === "end");
-      console.log(`after the attack: ${JSON.stringify(end)}`);
-      assertEquals(end?.open, 0, "every attacking connection was closed by the server");
-      assertEquals((await _get(api, true)).status, 200);
       const afterFds = _fds(dash.pid)!;
+      console.log(`after the attack: ${JSON.stringify(end)}; dashboard descriptors ${afterFds}`);
+      assertEquals(end?.open, 0, `every attacking connection was closed (descriptors ${afterFds})`);
+      // The handshakes the server's kernel dropped are a few of the 2,300, not the server holding them.
+      assert((end?.probed ?? 0) <= (IDLE + HALF) / 20, JSON.stringify(end));
       assert(afterFds <= baseFds + 8, `descriptors after: ${afterFds}, before: ${baseFds}`);
+      assertEquals((await _get(api, true)).status, 200);
       dash.kill("SIGTERM");
       assertEquals((await dash.status).code, 0, err.lines.join("\n"));
     } finally {

@@ -181,32 +181,67 @@ export function inspectStoreFile(path: string): StoreFileState {
   return ok ? { kind: "sqlite", size: info.size } : { kind: "not-sqlite", size: info.size };
 }
 
-/** Why the write-ahead log beside `path` cannot be one (its magic number is wrong), or null. */
+/**
+ * Why the write-ahead log beside `path` cannot be one (its magic number is wrong), or null. Another process
+ * may hold the store: its last connection's close checkpoints the log and removes it (or truncates it), so a
+ * log that goes or shrinks while it is read is no problem. Only a log that reads the same bad header twice
+ * is one.
+ */
 export function walProblem(path: string): string | null {
   const wal = `${path}-wal`;
+  let last: string | null = null;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const seen = _walHeader(wal);
+    if (seen.kind === "none" || seen.kind === "ok") return null;
+    if (seen.kind === "not-file" || seen.kind === "unreadable") return seen.why;
+    if (last === seen.why) break; // the same bad header (and size) twice: not a log being replaced
+    last = seen.why;
+  }
+  return last;
+}
+
+type _WalHeader =
+  | { kind: "none" } // absent, or shorter than its header: SQLite reads it as empty
+  | { kind: "ok" }
+  | { kind: "not-file" | "unreadable" | "bad-magic"; why: string };
+
+/** What the first bytes of the log `wal` are, read once. */
+function _walHeader(wal: string): _WalHeader {
   let info: Deno.FileInfo;
   try {
     info = Deno.statSync(wal);
   } catch {
-    return null;
+    return { kind: "none" };
   }
-  if (!info.isFile) return `its write-ahead log ${wal} is ${describeFileKind(info)}`;
-  if (info.size < 32) return null; // no header yet: SQLite reads it as empty, nothing committed is in it
+  if (!info.isFile) {
+    return { kind: "not-file", why: `its write-ahead log ${wal} is ${describeFileKind(info)}` };
+  }
+  if (info.size < 32) return { kind: "none" }; // no header yet: nothing committed is in it
   const magic = new Uint8Array(4);
+  let n = 0;
   try {
     const f = Deno.openSync(wal, { read: true });
     try {
-      f.readSync(magic);
+      while (n < magic.length) {
+        const r = f.readSync(magic.subarray(n));
+        if (r === null) break;
+        n += r;
+      }
     } finally {
       f.close();
     }
   } catch (e) {
-    return `its write-ahead log ${wal} cannot be read: ${(e as Error).message}`;
+    if (e instanceof Deno.errors.NotFound) return { kind: "none" }; // checkpointed and removed meanwhile
+    return { kind: "unreadable", why: `its write-ahead log ${wal} cannot be read: ${(e as Error).message}` };
   }
+  if (n < magic.length) return { kind: "none" }; // truncated meanwhile
   const m = ((magic[0]! << 24) | (magic[1]! << 16) | (magic[2]! << 8) | magic[3]!) >>> 0;
-  if (m === 0x377f0682 || m === 0x377f0683) return null;
-  return `its write-ahead log ${wal} (${info.size} bytes) is not a SQLite write-ahead log: committed ` +
-    `changes may be lost in it`;
+  if (m === 0x377f0682 || m === 0x377f0683) return { kind: "ok" };
+  return {
+    kind: "bad-magic",
+    why: `its write-ahead log ${wal} (${info.size} bytes) is not a SQLite write-ahead log: committed ` +
+      `changes may be lost in it`,
+  };
 }
 
 /** How to check and rebuild the store at `path` (of runs directory `runsDir`), as a command line. */

@@ -8,7 +8,7 @@ import {
 import { deepStrictEqual as assertEquals, ok as assert, rejects, throws } from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { closeRunStores, importRunFolders, openRunStore } from "./open_store.ts";
-import { openSqliteStore, SCHEMA_VERSION, storePath } from "./sqlite_store.ts";
+import { openSqliteStore, SCHEMA_VERSION, storePath, walProblem } from "./sqlite_store.ts";
 import { StoreDamagedError, StoreMissingError, StoreReadOnlyError } from "./store_errors.ts";
 
 const pt = (key: string, step: number, value: number) => ({
@@ -190,6 +190,53 @@ Deno.test("an empty runs.db: refused beside run directories, a new store where t
     await Deno.remove(`${dir}/runs.db`);
     throws(() => openSqliteStore(`${dir}/runs.db`, { create: false }), /No run store at/);
     assertEquals(await Deno.stat(`${dir}/runs.db`).then(() => true, () => false), false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a write-ahead log that another process checkpoints and removes while it is checked is no problem", async () => {
+  // Another process's last connection, on close, checkpoints the log and deletes it: a check that stats the
+  // log and then opens or reads it may find it gone or emptied. That is a settled store, not a damaged one.
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/s.db`;
+    const db = new DatabaseSync(path);
+    db.exec("PRAGMA journal_mode = WAL; CREATE TABLE t (x)");
+    db.close();
+    const writer = new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        `import { DatabaseSync } from "node:sqlite";
+        const t0 = Date.now(); let n = 0;
+        while (Date.now() - t0 < 2000) {
+          const db = new DatabaseSync(${JSON.stringify(path)});
+          db.exec("INSERT INTO t VALUES (randomblob(5000))");
+          db.close();
+          n++;
+        }
+        console.log(n);`,
+      ],
+      stdout: "piped",
+    }).spawn();
+    const problems: string[] = [];
+    let logSeen = 0;
+    const t0 = Date.now();
+    while (Date.now() - t0 < 2500) {
+      const why = walProblem(path);
+      if (why) problems.push(why);
+      try {
+        if (Deno.statSync(`${path}-wal`).size >= 32) logSeen++;
+      } catch {
+        // removed: the writer closed
+      }
+    }
+    const cycles = Number(new TextDecoder().decode((await writer.output()).stdout).trim());
+    assert(cycles >= 20 && logSeen >= 20, `writer cycles ${cycles}, a log seen ${logSeen} times`);
+    assertEquals(problems.slice(0, 3), []);
+    // A log with a bad header stays a problem.
+    Deno.writeFileSync(`${path}-wal`, new Uint8Array(4096).fill(7));
+    assert(/is not a SQLite write-ahead log/.test(walProblem(path) ?? ""));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
