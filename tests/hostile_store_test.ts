@@ -582,48 +582,56 @@ Deno.test("the same sweep started twice at once ends with one run per point: poi
 Deno.test("runs directories: one that is a file, or missing for eval, generate and dashboard, is exit 2 naming it, nothing created", async () => {
   const root = await Deno.makeTempDir({ prefix: "hostile-store-dirs-" });
   try {
-    await Deno.writeTextFile(`${root}/file`, "not a directory\n");
-    await Deno.mkdir(`${root}/empty`);
-    const cases: [string, string[], RegExp][] = [
+    // Each case in a folder of its own (they run side by side, and a snapshot sees only its own case).
+    const fixtures = async (r: string) => {
+      await Deno.mkdir(`${r}/empty`, { recursive: true });
+      await Deno.writeTextFile(`${r}/file`, "not a directory\n");
+    };
+    const cases: [string, (r: string) => string[], RegExp][] = [
       [
         "run into a runs dir that is a file",
-        ["run", MICRO, ...CPU, "--runs-dir", `${root}/file`],
+        (r) => ["run", MICRO, ...CPU, "--runs-dir", `${r}/file`],
         /Runs directory .*\/file is a regular file, not a directory/,
       ],
-      ["eval with no runs dir", ["eval", "some-run", "--runs-dir", `${root}/missing`], /missing/],
-      ["generate with no runs dir", [
+      ["eval with no runs dir", (r) => ["eval", "some-run", "--runs-dir", `${r}/missing`], /missing/],
+      ["generate with no runs dir", (r) => [
         "generate",
         "some-run",
         "--prompt",
         "x",
         "--runs-dir",
-        `${root}/missing`,
+        `${r}/missing`,
       ], /missing/],
       [
         "dashboard with no runs dir",
-        ["dashboard", "--port", "0", "--runs-dir", `${root}/missing`],
+        (r) => ["dashboard", "--port", "0", "--runs-dir", `${r}/missing`],
         /No runs directory .*\/missing/,
       ],
       [
         "eval with no store in the runs dir",
-        ["eval", "some-run", "--runs-dir", `${root}/empty`],
+        (r) => ["eval", "some-run", "--runs-dir", `${r}/empty`],
         /No run store at .*\/empty\/runs\.db/,
       ],
-      ["run into a store in a missing directory", [
+      ["run into a store in a missing directory", (r) => [
         "run",
         MICRO,
         ...CPU,
         "--runs-dir",
-        `${root}/new`,
+        `${r}/new`,
         "--store",
-        `sqlite:${root}/nope/x.db`,
+        `sqlite:${r}/nope/x.db`,
       ], /Cannot create run store .*\/nope\/x\.db: .*\/nope is not an existing directory/],
     ];
-    await _each(cases, 3, async ([what, args, message]) => {
-      const before = await snapshotTree(root);
-      const r = await runCliProcess(args, { timeoutMs: 60_000 });
-      _assertRefused(what, r, 2, [message], _changes(before, await snapshotTree(root)));
-    });
+    await _each(
+      cases.map((c, i) => [...c, `${root}/case${i}`] as const),
+      3,
+      async ([what, args, message, dir]) => {
+        await fixtures(dir);
+        const before = await snapshotTree(dir);
+        const r = await runCliProcess(args(dir), { timeoutMs: 60_000 });
+        _assertRefused(what, r, 2, [message], _changes(before, await snapshotTree(dir)));
+      },
+    );
   } finally {
     await Deno.remove(root, { recursive: true });
   }
@@ -632,18 +640,25 @@ Deno.test("runs directories: one that is a file, or missing for eval, generate a
 Deno.test("bad data (empty, too short, binary, one bad point of a sweep) exits 2 before any store, run record or run directory exists", async () => {
   const root = await Deno.makeTempDir({ prefix: "hostile-store-data-" });
   try {
-    await Deno.writeTextFile(`${root}/empty.txt`, "");
-    await Deno.writeTextFile(`${root}/short.txt`, "hello\n");
-    await Deno.writeFile(`${root}/binary.txt`, Uint8Array.from({ length: 6000 }, (_, i) => (i * 7) % 256));
-    const config = (name: string, data: string) =>
-      Deno.writeTextFile(
-        `${root}/${name}.yaml`,
-        `extends: ${MICRO}\nname: ${name}\nhardware: { backend: cpu }\n${data}\n`,
+    // Each case in a folder of its own, with every data file (they run side by side, and a refused run
+    // makes and removes its data cache under its runs directory: a shared snapshot could see it).
+    const data: Record<string, string> = {
+      empty: "data: { source: ./empty.txt }",
+      short: "data: { source: ./short.txt }",
+      binary: "data: { source: ./binary.txt }",
+      sweep: 'sweep: { grid: { data.source: ["synthetic:multidomain", "./short.txt"] } }',
+    };
+    for (const [name, line] of Object.entries(data)) {
+      const dir = `${root}/${name}`;
+      await Deno.mkdir(dir);
+      await Deno.writeTextFile(`${dir}/empty.txt`, "");
+      await Deno.writeTextFile(`${dir}/short.txt`, "hello\n");
+      await Deno.writeFile(`${dir}/binary.txt`, Uint8Array.from({ length: 6000 }, (_, i) => (i * 7) % 256));
+      await Deno.writeTextFile(
+        `${dir}/${name}.yaml`,
+        `extends: ${MICRO}\nname: ${name}\nhardware: { backend: cpu }\n${line}\n`,
       );
-    await config("empty", "data: { source: ./empty.txt }");
-    await config("short", "data: { source: ./short.txt }");
-    await config("binary", "data: { source: ./binary.txt }");
-    await config("sweep", 'sweep: { grid: { data.source: ["synthetic:multidomain", "./short.txt"] } }');
+    }
     const cases: [string, RegExp][] = [
       ["empty", /empty\.txt.*empty/],
       ["short", /short\.txt.* is too short/],
@@ -651,17 +666,18 @@ Deno.test("bad data (empty, too short, binary, one bad point of a sweep) exits 2
       ["sweep", /Sweep point .*short\.txt.* is too short/],
     ];
     await _each(cases, 2, async ([name, message]) => {
-      const before = await snapshotTree(root);
+      const dir = `${root}/${name}`;
+      const before = await snapshotTree(dir);
       const r = await runCliProcess([
         "run",
-        `${root}/${name}.yaml`,
+        `${dir}/${name}.yaml`,
         "--no-dashboard",
         "--runs-dir",
-        `${root}/runs-${name}`,
+        `${dir}/runs`,
       ], {
         timeoutMs: 60_000,
       });
-      _assertRefused(`bad data: ${name}`, r, 2, [message], _changes(before, await snapshotTree(root)));
+      _assertRefused(`bad data: ${name}`, r, 2, [message], _changes(before, await snapshotTree(dir)));
     });
   } finally {
     await Deno.remove(root, { recursive: true });

@@ -8,7 +8,8 @@
  * 1. `moe_count`, 2. `moe_scan`, 3. `moe_place` (moe_route.ts, routing and compaction): per (block of
  *    tokens, expert) counts, a serial scan into offsets, expert segments, row tiles and indirect dispatch
  *    args, then the pair list ordered by expert, then token (no atomics, so every float sum below is the
- *    same on every run) and the token→pair index.
+ *    same on every run) and the token→pair index. Up to 64 tokens (one block) and 2,048 (token, expert)
+ *    slots, the three run as one invocation, `moe_pairs` (batched decoding: four dispatches, not six).
  * 4. `moe_up` (indirect, moe_grouped.ts): H[p] = act(x[tok(p)]·W1_e) · gate[tok(p), e] per routed pair p,
  *    one register tile of pairs of one expert per workgroup (rows gathered through the pair list).
  * 5. `moe_down` (indirect, moe_grouped.ts): P[p] = H[p]·W2_e, the same tiles.

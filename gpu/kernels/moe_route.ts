@@ -38,8 +38,20 @@ export interface PairListOptions {
   ncgDown: number;
 }
 
-/** `moe_count`, `moe_scan` and `moe_place`: the pair list, its row tiles and the indirect dispatch args. */
+/**
+ * The most (token, expert) slots {@linkcode pairListKernels} compacts in one invocation (`moe_pairs`): a few
+ * thousand serial reads, less than two dispatches cost (tens of µs on llvmpipe, a few on a real GPU).
+ */
+export const ONE_DISPATCH_PAIRS = 2048;
+
+/**
+ * The pair list, its row tiles and the indirect dispatch args: `moe_count`, `moe_scan` and `moe_place`, or
+ * for one block of at most {@linkcode ONE_DISPATCH_PAIRS} slots the three in one dispatch (`moe_pairs`).
+ */
 export function pairListKernels(ctx: GpuContext, o: PairListOptions): KernelCall[] {
+  if (o.L.NB === 1 && o.N * o.E <= ONE_DISPATCH_PAIRS) {
+    return [_pairsInOne(ctx, o)];
+  }
   return [_count(ctx, o), _scan(ctx, o), _place(ctx, o)];
 }
 
@@ -75,13 +87,7 @@ function _count(ctx: GpuContext, o: PairListOptions): KernelCall {
     _blockFields(o),
     o.L.NB * o.E,
     8,
-    `
-  let b = i / u.E; let e = i % u.E;
-  var c = 0u;
-  for (var t = b * u.TB; t < min((b + 1u) * u.TB, u.N); t = t + 1u) {
-    c = c + select(0u, 1u, gate[t * u.E + e] > 0.0);
-  }
-  route[i] = c;`,
+    _COUNT,
   );
 }
 
@@ -111,7 +117,71 @@ function _scan(ctx: GpuContext, o: PairListOptions): KernelCall {
     ],
     1,
     1,
-    `
+    _SCAN,
+    _FOLD,
+  );
+}
+
+/** `moe_place`: each (block, expert) writes its routed tokens at its offset, and every token→pair word. */
+function _place(ctx: GpuContext, o: PairListOptions): KernelCall {
+  const { gateB, routeW } = _binds(o);
+  return moeKernel(
+    ctx,
+    "moe_place",
+    [gateB, { ...routeW, write: true }],
+    _blockFields(o),
+    o.L.NB * o.E,
+    8,
+    _PLACE,
+  );
+}
+
+/**
+ * `moe_pairs`: `moe_count`, `moe_scan` and `moe_place` in one invocation, in that order, for a pair list of
+ * one block and at most {@linkcode ONE_DISPATCH_PAIRS} (token, expert) slots (batched decoding): the same
+ * words as the three dispatches, for two fewer.
+ */
+function _pairsInOne(ctx: GpuContext, o: PairListOptions): KernelCall {
+  const { gateB, routeW } = _binds(o), { L } = o;
+  const each = (body: string) =>
+    `  for (var i = 0u; i < u.NB * u.E; i = i + 1u) {${body}
+  }`;
+  return moeKernel(
+    ctx,
+    "moe_pairs",
+    [gateB, { ...routeW, write: true }, { name: "args", decl: "u32", t: o.args, write: true }],
+    [
+      ...(_blockFields(o).filter(([n]) => n !== "n")),
+      ["n", "u32", 1],
+      ["NB", "u32", L.NB],
+      ["tm", "u32", o.tm],
+      ["ncgUp", "u32", o.ncgUp],
+      ["ncgDown", "u32", o.ncgDown],
+      ["maxDim", "u32", ctx.limits.maxComputeWorkgroupsPerDimension],
+      ["eoff", "u32", L.eoff],
+      ["nt", "u32", L.nt],
+      ["tiles", "u32", L.tiles],
+    ],
+    1,
+    1,
+    `${each(_COUNT)}
+${_SCAN}
+${each(_PLACE)}`,
+    _FOLD,
+  );
+}
+
+/** `moe_count`'s body for (block, expert) i: its routed tokens, at word i of `route`. */
+const _COUNT = `
+  let b = i / u.E; let e = i % u.E;
+  var c = 0u;
+  for (var t = b * u.TB; t < min((b + 1u) * u.TB, u.N); t = t + 1u) {
+    c = c + select(0u, 1u, gate[t * u.E + e] > 0.0);
+  }
+  route[i] = c;`;
+
+/** `moe_scan`'s body: offsets, expert segments, row tiles and the indirect args (`fold`). */
+const _SCAN = `
   var off = 0u;
   for (var e = 0u; e < u.E; e = e + 1u) {
     route[u.eoff + e] = off;
@@ -126,31 +196,20 @@ function _scan(ctx: GpuContext, o: PairListOptions): KernelCall {
   }
   route[u.nt] = nt;
   fold(nt * u.ncgUp, 0u);
-  fold(nt * u.ncgDown, 3u);`,
-    `fn fold(total: u32, at: u32) {
+  fold(nt * u.ncgDown, 3u);`;
+
+/** WGSL `fold`: a workgroup count as the 2-D grid grid() makes (the kernels skip ids past the tiles). */
+const _FOLD = `fn fold(total: u32, at: u32) {
   let x = min(total, u.maxDim);
   args[at] = x; args[at + 1u] = select(1u, (total + x - 1u) / max(x, 1u), x > 0u); args[at + 2u] = 1u;
-}`,
-  );
-}
+}`;
 
-/** `moe_place`: each (block, expert) writes its routed tokens at its offset, and every token→pair word. */
-function _place(ctx: GpuContext, o: PairListOptions): KernelCall {
-  const { gateB, routeW } = _binds(o);
-  return moeKernel(
-    ctx,
-    "moe_place",
-    [gateB, { ...routeW, write: true }],
-    _blockFields(o),
-    o.L.NB * o.E,
-    8,
-    `
+/** `moe_place`'s body for (block, expert) i: its tokens at its offset, and its token→pair words. */
+const _PLACE = `
   let b = i / u.E; let e = i % u.E;
   var c = route[u.bo + i];
   for (var t = b * u.TB; t < min((b + 1u) * u.TB, u.N); t = t + 1u) {
     let ix = t * u.E + e;
     if (gate[ix] > 0.0) { route[u.tok + c] = t; route[u.idx + ix] = c; c = c + 1u; }
     else { route[u.idx + ix] = ${NO_PAIR}u; }
-  }`,
-  );
-}
+  }`;

@@ -117,10 +117,33 @@ Deno.test("moeMlpSparse is exact for forced tiles, the gpu-profile tiles, and is
   const c: Case = { N: 200, d: 40, E: 8, h: 12, routing: "mixed" };
   await check(ctx, { ...c, tile: { tm: 1, tnUp: 4, tnDown: 4, wxUp: 1, wxDown: 1 } });
   await check(ctx, { ...c, tile: { tm: 16, tnUp: 8, tnDown: 16, wxUp: 2, wxDown: 4 } });
+  await check(ctx, { ...c, N: 40, tile: { tm: 8, tnUp: 4, tnDown: 8, wxUp: 2, wxDown: 2 } }); // one block
   const gpuCtx = ctx.withProfile("gpu");
   await check(ctx, c, gpuCtx);
   const a = await check(ctx, c), b = await check(ctx, c);
   assertEquals(Array.from(a), Array.from(b));
+});
+
+Deno.test("the pair list of one block is one dispatch (moe_pairs), of several blocks three", async () => {
+  const ctx = await testGpu();
+  const labels = (N: number) => {
+    const s: MoeShape = { N, d: 8, E: 4, h: 4 };
+    const t = (shape: number[]) => createTensor(ctx, shape, "f32");
+    const o = {
+      x: t([N, 8]),
+      gate: t([N, 4]),
+      w1: t([8, 16]),
+      w2: t([16, 8]),
+      y: t([N, 8]),
+      E: 4,
+      h: 4,
+      scratch: moeScratch(ctx, s),
+      activation: "gelu" as const,
+    };
+    return moeMlpSparse(ctx, o).map((k) => k.label);
+  };
+  assertEquals(labels(40), ["moe_pairs", "moe_up", "moe_down", "moe_gather"]);
+  assertEquals(labels(200), ["moe_count", "moe_scan", "moe_place", "moe_up", "moe_down", "moe_gather"]);
 });
 
 Deno.test("moeMlpSparse refuses wrong sizes and a non-INDIRECT args buffer", async () => {

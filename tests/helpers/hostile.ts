@@ -77,15 +77,22 @@ export async function snapshotTree(root: string): Promise<Map<string, TreeEntry>
     }
     for (const e of entries) {
       const path = `${dir}/${e.name}`, key = rel ? `${rel}/${e.name}` : e.name;
-      const info = await Deno.lstat(path);
-      const kind = info.isFile ? "file" : info.isDirectory ? "dir" : info.isSymlink ? "symlink" : "other";
-      let sha256: string | null = null;
-      if (kind === "file") {
-        const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
-        sha256 = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+      try {
+        const info = await Deno.lstat(path);
+        const kind = info.isFile ? "file" : info.isDirectory ? "dir" : info.isSymlink ? "symlink" : "other";
+        let sha256: string | null = null;
+        if (kind === "file") {
+          const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
+          sha256 = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+        }
+        out.set(key, { kind, size: info.size, mtime: info.mtime?.getTime() ?? null, sha256 });
+        if (kind === "dir") await walk(path, key);
+      } catch (err) {
+        // Gone between the listing and the look: another process's short-lived file (cases run side by
+        // side, and a refused command removes what it made). What is gone is not in the tree.
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+        out.delete(key);
       }
-      out.set(key, { kind, size: info.size, mtime: info.mtime?.getTime() ?? null, sha256 });
-      if (kind === "dir") await walk(path, key);
     }
   };
   await walk(root, "");
