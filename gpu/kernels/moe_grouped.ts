@@ -33,6 +33,12 @@ export interface GroupedOptions {
   h: number;
   ncg: number;
   tm: number;
+  /**
+   * A shorter row tile for the tiles whose expert has at most this many pairs left: a second copy of the
+   * loop, taken by the whole workgroup, that loads and computes only those rows (few tokens per expert:
+   * batched decoding). Unset: every tile computes tm rows.
+   */
+  tmShort?: number;
   tn: number;
   wx: number;
   L: RouteLayout;
@@ -59,15 +65,26 @@ export function groupedMatmul(o: GroupedOptions): KernelCall {
   const vec = o.n % 4 === 0;
   const f: _Form = { vec, aVec: vec && o.k % 4 === 0, q: vec ? 4 : 1, tn4: o.tn / 4 };
   const fields = _fields(o, f), binds = _binds(o, f);
+  const body = (tm: number) => {
+    const t = { ...o, tm };
+    return `${_rowIndices(t, f)}
+${_accumulators(tm, f.tn4)}
+${f.aVec ? _kLoopVec4(t, f) : _kLoopScalar(t, f)}
+${_stores(t, f)}`;
+  };
+  const short = o.tmShort !== undefined && o.tmShort < o.tm ? o.tmShort : undefined;
   const code = `${moeDecls(binds, fields)}
 ${o.gate ? ACT_VEC4[o.activation ?? "gelu"] : ""}
 
 ${_tileDecode(o.wx, o.tn)}
-${_rowIndices(o, f)}
 ${_columnIndices(o.tn, f)}
-${_accumulators(o.tm, f.tn4)}
-${f.aVec ? _kLoopVec4(o, f) : _kLoopScalar(o, f)}
-${_stores(o, f)}
+${
+    short === undefined ? body(o.tm) : `  if (pend - p0 <= ${short}u) {
+${body(short)}
+  } else {
+${body(o.tm)}
+  }`
+  }
 }
 `;
   return {

@@ -117,7 +117,9 @@ Deno.test("moeMlpSparse is exact for forced tiles, the gpu-profile tiles, and is
   const c: Case = { N: 200, d: 40, E: 8, h: 12, routing: "mixed" };
   await check(ctx, { ...c, tile: { tm: 1, tnUp: 4, tnDown: 4, wxUp: 1, wxDown: 1 } });
   await check(ctx, { ...c, tile: { tm: 16, tnUp: 8, tnDown: 16, wxUp: 2, wxDown: 4 } });
-  await check(ctx, { ...c, N: 40, tile: { tm: 8, tnUp: 4, tnDown: 8, wxUp: 2, wxDown: 2 } }); // one block
+  // A half-height copy of the loop for an expert's last tile (batched decoding's), over several blocks and one.
+  await check(ctx, { ...c, tile: { tm: 16, tmShort: 4, tnUp: 8, tnDown: 16, wxUp: 2, wxDown: 4 } });
+  await check(ctx, { ...c, N: 40, tile: { tm: 8, tmShort: 4, tnUp: 4, tnDown: 8, wxUp: 2, wxDown: 2 } });
   const gpuCtx = ctx.withProfile("gpu");
   await check(ctx, c, gpuCtx);
   const a = await check(ctx, c), b = await check(ctx, c);
@@ -254,4 +256,15 @@ Deno.test("moeMlpSparse over many tokens reads no weights of experts no token ro
     assertClose(got, moeMlpRef(x64, gate64, w164, w264, { ...s, activation: "gelu" }), TOL, what);
     for (const b of [x, gate, w1, w2, y, ...Object.values(scratch)]) b.buffer.destroy();
   }
+});
+
+Deno.test("moeTile: batched decoding's pair tiles are sized to the tokens, with a half-height last tile", async () => {
+  const ctx = await testGpu();
+  const cpu = ctx.withProfile("cpu-simd");
+  const at = (N: number) => moeTile(cpu, { N, d: 512, E: 8, h: 512 });
+  // B = 32, top-2 of 8: about 8 pairs an expert; tiles of 16 rows, 8 for an expert's last few.
+  assertEquals(at(32), { tm: 16, tmShort: 8, tnUp: 16, tnDown: 16, wxUp: 8, wxDown: 8 });
+  // One token, and the many tokens of training: the full 32 × 32 tiles, no second loop.
+  for (const N of [1, 4096]) assertEquals(at(N), { tm: 32, tnUp: 32, tnDown: 32, wxUp: 8, wxDown: 8 });
+  assertEquals(moeTile(ctx.withProfile("gpu"), { N: 32, d: 512, E: 8, h: 512 }).tmShort, undefined);
 });
