@@ -19,46 +19,15 @@ import { numel } from "../graph/ir.ts";
 import type { BatchDecoderGraph, InferRules } from "../plan/model.ts";
 import { tapExperts } from "../plan/model.ts";
 import { type DecodePlan, plan } from "../plan/plan.ts";
-import { createTensor, type GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
-import { prepare, releaseCall, Step } from "../../gpu/dispatch.ts";
-import { countExperts, gpuSamplingFits, sampleTokensGpu } from "../../gpu/kernels/sampling.ts";
+import { writeTensor } from "../../gpu/buffers.ts";
+import { gpuSamplingFits, sampleTokensGpu } from "../../gpu/kernels/sampling.ts";
 import type { GpuContext } from "../../gpu/device.ts";
-import { GraphExecutor } from "../../gpu/executor.ts";
 import { assertScheduleBuilds } from "../../gpu/preflight.ts";
 import { activity, type LayerActivity } from "./evaluate.ts";
-import {
-  bindDecoder,
-  dispatchesByLayer,
-  readDecoded,
-  sampleToken,
-  type Sampling,
-  samplingUniform,
-} from "./generate.ts";
+import { bindDecoder, BoundDecoder, sampleToken, type Sampling, samplingUniform } from "./generate.ts";
 
 /** A prepared batched decoder: the graph of `plan(c, "decode", { batch })` bound to a model's weights. */
-export class BatchDecoder {
-  readonly ctx: GpuContext;
-  readonly config: Readonly<Experiment>;
-  readonly graph: BatchDecoderGraph;
-  readonly #exec: GraphExecutor;
-  readonly #weights: Map<string, GpuTensor>;
-  readonly #masks: BatchDecoderGraph["routers"];
-
-  private constructor(
-    ctx: GpuContext,
-    c: Readonly<Experiment>,
-    graph: BatchDecoderGraph,
-    exec: GraphExecutor,
-    weights: Map<string, GpuTensor>,
-  ) {
-    this.ctx = ctx;
-    this.config = c;
-    this.graph = graph;
-    this.#exec = exec;
-    this.#weights = weights;
-    this.#masks = graph.routers.filter((r) => r.mask);
-  }
-
+export class BatchDecoder extends BoundDecoder<BatchDecoderGraph> {
   /**
    * Builds the decoder of `batch` sequences of `c` under `rules` and uploads `params` (name → values, as in
    * a checkpoint). Throws a RangeError for a rule batched decoding refuses (`buildBatchDecoder`).
@@ -89,9 +58,9 @@ export class BatchDecoder {
     return this.graph.batch;
   }
 
-  /** Positions each sequence's cache holds (the training sequence length). */
-  get context(): number {
-    return this.config.data.seq_len;
+  /** One token per sequence per execution. */
+  get rows(): number {
+    return this.graph.batch;
   }
 
   /** Queues one step: row b feeds token `ids[b]` at position `pos[b]`. Nothing is read back. */
@@ -99,8 +68,9 @@ export class BatchDecoder {
     if (ids.length !== this.batch) {
       throw new RangeError(`Cannot feed ${ids.length} tokens to ${this.batch} rows`);
     }
-    writeTensor(this.ctx, this.#exec.tensor(this.graph.ids), Uint32Array.from(ids));
-    this.feedDrawn(pos);
+    this.#checkPositions(pos);
+    writeTensor(this.ctx, this.exec.tensor(this.graph.ids), Uint32Array.from(ids));
+    this.runAt(pos);
   }
 
   /**
@@ -108,99 +78,32 @@ export class BatchDecoder {
    * position `pos[b]`; nothing is written from the host but the positions.
    */
   feedDrawn(pos: ArrayLike<number>): void {
+    this.#checkPositions(pos);
+    this.runAt(pos);
+  }
+
+  /**
+   * A sampler drawing one token per row on the GPU: each `draw()` writes row b's token into the decoder's
+   * input ids (for {@linkcode BatchDecoder.feedDrawn}) and into a list of up to `capacity` tokens per row,
+   * and adds the experts each routed layer ran (over all rows) to per-router counts. Row b draws with seed
+   * `seed + b`.
+   */
+  sampler(s: Sampling & { seed: number; capacity: number }): BatchSampler {
+    const B = this.batch;
+    const { drawn, ...rest } = this.gpuDraws(s, (o) => sampleTokensGpu(this.ctx, { ...o, rows: B }));
+    return {
+      ...rest,
+      async tokens(n: number) {
+        const got = await drawn();
+        return Array.from({ length: B }, (_, b) => Array.from({ length: n }, (_, k) => got[k * B + b]!));
+      },
+    };
+  }
+
+  #checkPositions(pos: ArrayLike<number>): void {
     if (pos.length !== this.batch) {
       throw new RangeError(`Cannot feed ${pos.length} positions to ${this.batch} rows`);
     }
-    for (const p of Array.from(pos)) {
-      if (!(p >= 0 && p < this.context)) {
-        throw new RangeError(`Cannot decode at position ${p}: the context holds ${this.context}`);
-      }
-    }
-    writeTensor(this.ctx, this.#exec.tensor(this.graph.pos), Uint32Array.from(pos));
-    this.#exec.run();
-  }
-
-  /** The logits (B, V) after the last step, and the experts each routed layer ran, summed over the rows. */
-  async read(): Promise<{ logits: Float32Array; experts: number[] }> {
-    return await readDecoded(this.ctx, this.#exec, this.graph, this.batch);
-  }
-
-  /**
-   * A sampler drawing one token per row on the GPU from the last step's logits: each `draw()` writes row b's
-   * token into the decoder's input ids (for {@linkcode BatchDecoder.feedDrawn}) and into a list of up to
-   * `capacity` tokens per row, and adds the experts each routed layer ran (over all rows) to per-router
-   * counts. Row b draws with seed `seed + b`.
-   */
-  sampler(s: Sampling & { seed: number; capacity: number }): BatchSampler {
-    const ctx = this.ctx, B = this.batch;
-    const out = createTensor(ctx, [Math.max(1, s.capacity) * B], "u32", undefined, "generate.tokens");
-    const state = createTensor(ctx, [B], "u32", new Uint32Array(B), "generate.sampler");
-    const counts = createTensor(ctx, [Math.max(1, this.#masks.length)], "f32", undefined, "generate.experts");
-    writeTensor(ctx, counts, new Float32Array(counts.size));
-    const calls = [
-      sampleTokensGpu(ctx, {
-        logits: this.#exec.tensor(this.graph.logits),
-        ids: this.#exec.tensor(this.graph.ids),
-        out,
-        state,
-        temperature: s.temperature,
-        topK: s.topK,
-        topP: s.topP,
-        seed: s.seed,
-        rows: B,
-      }),
-      ...this.#masks.map((r, index) =>
-        countExperts(ctx, { mask: this.#exec.tensor(r.mask!), counts, index })
-      ),
-    ].map((c) => prepare(ctx, c));
-    const routers = this.graph.routers, masks = this.#masks;
-    const draw = () => {
-      const step = new Step(ctx, { label: "generate.sample" });
-      for (const c of calls) step.dispatch(c);
-      step.submit();
-    };
-    return {
-      draw,
-      async warm() {
-        draw();
-        await readTensor(ctx, state);
-        writeTensor(ctx, state, new Uint32Array(B));
-        writeTensor(ctx, counts, new Float32Array(counts.size));
-      },
-      async tokens(n: number) {
-        const got = (await readTensor(ctx, out)) as Uint32Array;
-        return Array.from({ length: B }, (_, b) => Array.from({ length: n }, (_, k) => got[k * B + b]!));
-      },
-      async experts(steps: number) {
-        const got = (await readTensor(ctx, counts)) as Float32Array;
-        return routers.map((r) => {
-          const i = masks.indexOf(r);
-          return i < 0 ? tapExperts(r) * steps * B : got[i]!;
-        });
-      },
-      destroy() {
-        calls.forEach(releaseCall);
-        for (const t of [out, state, counts]) t.buffer.destroy();
-      },
-    };
-  }
-
-  /**
-   * Compute dispatches of one batched step (docs/performance.md): `graph`, what one execution of the graph
-   * records; `sampler`, what a GPU draw adds; `perLayer`, the graph's dispatches of each block.
-   */
-  dispatches(): { graph: number; sampler: number; perLayer: number[] } {
-    return {
-      graph: this.#exec.dispatches,
-      sampler: 1 + this.#masks.length,
-      perLayer: dispatchesByLayer(this.#exec.kernels(), this.config.model.layers),
-    };
-  }
-
-  /** Frees the executor and the weights. */
-  destroy(): void {
-    this.#exec.destroy();
-    for (const t of this.#weights.values()) t.buffer.destroy();
   }
 }
 

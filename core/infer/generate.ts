@@ -15,8 +15,13 @@ import { plan } from "../plan/plan.ts";
 import type { Schedule } from "../graph/schedule.ts";
 import { hash32 } from "../util/rng.ts";
 import { createTensor, type GpuTensor, readTensor, readTensors, writeTensor } from "../../gpu/buffers.ts";
-import { prepare, releaseCall, Step } from "../../gpu/dispatch.ts";
-import { countExperts, gpuSamplingFits, sampleTokenGpu } from "../../gpu/kernels/sampling.ts";
+import { type KernelCall, prepare, releaseCall, Step } from "../../gpu/dispatch.ts";
+import {
+  countExperts,
+  gpuSamplingFits,
+  type SamplerOptions,
+  sampleTokenGpu,
+} from "../../gpu/kernels/sampling.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { GraphExecutor } from "../../gpu/executor.ts";
 import { activity, type LayerActivity, uploadParams } from "./evaluate.ts";
@@ -88,30 +93,141 @@ export function sampleToken(logits: ArrayLike<number>, s: Sampling, u: number): 
   return keep.at(-1)!;
 }
 
-/** A prepared decoder: the graph of `plan(c, "decode")` bound to a model's weights on the GPU. */
-export class Decoder {
+/**
+ * What the batch-1 {@linkcode Decoder} and the batched decoder (batch_generate.ts) share: a decoder graph
+ * bound to a model's weights, `rows` tokens per execution (1, or the batch), its logits read back, its tokens
+ * drawn on the GPU, its dispatches counted, and everything freed at once.
+ */
+export abstract class BoundDecoder<G extends DecoderGraph> {
   readonly ctx: GpuContext;
   readonly config: Readonly<Experiment>;
-  readonly graph: DecoderGraph;
-  readonly #exec: GraphExecutor;
+  readonly graph: G;
+  protected readonly exec: GraphExecutor;
   readonly #weights: Map<string, GpuTensor>;
-  readonly #masks: DecoderGraph["routers"];
+  protected readonly masks: G["routers"];
 
-  private constructor(
+  protected constructor(
     ctx: GpuContext,
     c: Readonly<Experiment>,
-    graph: DecoderGraph,
+    graph: G,
     exec: GraphExecutor,
     weights: Map<string, GpuTensor>,
   ) {
     this.ctx = ctx;
     this.config = c;
     this.graph = graph;
-    this.#exec = exec;
+    this.exec = exec;
     this.#weights = weights;
-    this.#masks = graph.routers.filter((r) => r.mask);
+    this.masks = graph.routers.filter((r) => r.mask);
   }
 
+  /** Tokens per execution: 1 for the batch-1 decoder, B for the batched one. */
+  abstract get rows(): number;
+
+  /** Positions each cache holds (the training sequence length). */
+  get context(): number {
+    return this.config.data.seq_len;
+  }
+
+  /** The logits (rows, V) after the last execution, and the experts each routed layer ran (per router). */
+  async read(): Promise<{ logits: Float32Array; experts: number[] }> {
+    return await readDecoded(this.ctx, this.exec, this.graph, this.rows);
+  }
+
+  /**
+   * Compute dispatches of one execution (docs/performance.md): `graph`, what one execution of the decoder
+   * graph records; `sampler`, what a GPU draw adds (the sampling kernel and one expert count per masked
+   * router); `perLayer`, the graph's dispatches of each block ({@linkcode dispatchesByLayer}).
+   */
+  dispatches(): { graph: number; sampler: number; perLayer: number[] } {
+    return {
+      graph: this.exec.dispatches,
+      sampler: 1 + this.masks.length,
+      perLayer: dispatchesByLayer(this.exec.kernels(), this.config.model.layers),
+    };
+  }
+
+  /** Frees the executor and the weights. */
+  destroy(): void {
+    this.exec.destroy();
+    for (const t of this.#weights.values()) t.buffer.destroy();
+  }
+
+  /** Throws a RangeError for a position outside the caches. */
+  protected checkPosition(pos: number): void {
+    if (!(pos >= 0 && pos < this.context)) {
+      throw new RangeError(`Cannot decode at position ${pos}: the context holds ${this.context}`);
+    }
+  }
+
+  /** Writes the positions and queues one execution. */
+  protected runAt(pos: ArrayLike<number>): void {
+    for (const p of Array.from(pos)) this.checkPosition(p);
+    writeTensor(this.ctx, this.exec.tensor(this.graph.pos), Uint32Array.from(pos));
+    this.exec.run();
+  }
+
+  /**
+   * A GPU sampler of `rows` tokens per draw: `sample` makes the sampling kernel (it writes each drawn token
+   * into the input ids and into `out`, `capacity` draws of `rows` tokens, draw-major), and one expert count
+   * per masked router adds what each routed layer ran over the rows. `drawn()` reads `out` whole.
+   */
+  protected gpuDraws(
+    s: Sampling & { seed: number; capacity: number },
+    sample: (o: SamplerOptions) => KernelCall,
+  ): Omit<TokenSampler, "tokens"> & { drawn(): Promise<Uint32Array> } {
+    const ctx = this.ctx, rows = this.rows;
+    const out = createTensor(ctx, [Math.max(1, s.capacity) * rows], "u32", undefined, "generate.tokens");
+    const state = createTensor(ctx, [rows], "u32", new Uint32Array(rows), "generate.sampler");
+    const counts = createTensor(ctx, [Math.max(1, this.masks.length)], "f32", undefined, "generate.experts");
+    writeTensor(ctx, counts, new Float32Array(counts.size));
+    const calls = [
+      sample({
+        logits: this.exec.tensor(this.graph.logits),
+        ids: this.exec.tensor(this.graph.ids),
+        out,
+        state,
+        temperature: s.temperature,
+        topK: s.topK,
+        topP: s.topP,
+        seed: s.seed,
+      }),
+      ...this.masks.map((r, index) => countExperts(ctx, { mask: this.exec.tensor(r.mask!), counts, index })),
+    ].map((c) => prepare(ctx, c));
+    const routers = this.graph.routers, masks = this.masks;
+    const draw = () => {
+      const step = new Step(ctx, { label: "generate.sample" });
+      for (const c of calls) step.dispatch(c);
+      step.submit();
+    };
+    return {
+      draw,
+      async warm() {
+        draw();
+        await readTensor(ctx, state);
+        writeTensor(ctx, state, new Uint32Array(rows));
+        writeTensor(ctx, counts, new Float32Array(counts.size));
+      },
+      async drawn() {
+        return (await readTensor(ctx, out)) as Uint32Array;
+      },
+      async experts(steps: number) {
+        const got = (await readTensor(ctx, counts)) as Float32Array;
+        return routers.map((r) => {
+          const i = masks.indexOf(r);
+          return i < 0 ? tapExperts(r) * steps * rows : got[i]!;
+        });
+      },
+      destroy() {
+        calls.forEach(releaseCall);
+        for (const t of [out, state, counts]) t.buffer.destroy();
+      },
+    };
+  }
+}
+
+/** A prepared decoder: the graph of `plan(c, "decode")` bound to a model's weights on the GPU. */
+export class Decoder extends BoundDecoder<DecoderGraph> {
   /** Builds the decoder of `c` under `rules` and uploads `params` (name → values, as in a checkpoint). */
   static async create(
     ctx: GpuContext,
@@ -130,24 +246,16 @@ export class Decoder {
     });
   }
 
-  /** Positions the caches hold (the training sequence length). */
-  get context(): number {
-    return this.config.data.seq_len;
+  /** One token per execution. */
+  get rows(): number {
+    return 1;
   }
 
   /** Queues token `id` at position `pos`: its keys and values enter the caches. Nothing is read back. */
   feed(id: number, pos: number): void {
-    if (!(pos >= 0 && pos < this.context)) {
-      throw new RangeError(`Cannot decode at position ${pos}: the context holds ${this.context}`);
-    }
-    writeTensor(this.ctx, this.#exec.tensor(this.graph.ids), Uint32Array.of(id));
-    writeTensor(this.ctx, this.#exec.tensor(this.graph.pos), Uint32Array.of(pos));
-    this.#exec.run();
-  }
-
-  /** The logits after the last fed token, and the experts each routed layer ran for it (per router). */
-  async read(): Promise<{ logits: Float32Array; experts: number[] }> {
-    return await readDecoded(this.ctx, this.#exec, this.graph, 1);
+    this.checkPosition(pos);
+    writeTensor(this.ctx, this.exec.tensor(this.graph.ids), Uint32Array.of(id));
+    this.runAt([pos]);
   }
 
   /**
@@ -155,11 +263,7 @@ export class Decoder {
    * written from the host but the position.
    */
   feedDrawn(pos: number): void {
-    if (!(pos >= 0 && pos < this.context)) {
-      throw new RangeError(`Cannot decode at position ${pos}: the context holds ${this.context}`);
-    }
-    writeTensor(this.ctx, this.#exec.tensor(this.graph.pos), Uint32Array.of(pos));
-    this.#exec.run();
+    this.runAt([pos]);
   }
 
   /**
@@ -168,74 +272,8 @@ export class Decoder {
    * list of up to `capacity` tokens, and adds the experts each routed layer ran to per-router counts.
    */
   sampler(s: Sampling & { seed: number; capacity: number }): TokenSampler {
-    const ctx = this.ctx;
-    const out = createTensor(ctx, [Math.max(1, s.capacity)], "u32", undefined, "generate.tokens");
-    const state = createTensor(ctx, [1], "u32", new Uint32Array(1), "generate.sampler");
-    const counts = createTensor(ctx, [Math.max(1, this.#masks.length)], "f32", undefined, "generate.experts");
-    writeTensor(ctx, counts, new Float32Array(counts.size));
-    const calls = [
-      sampleTokenGpu(ctx, {
-        logits: this.#exec.tensor(this.graph.logits),
-        ids: this.#exec.tensor(this.graph.ids),
-        out,
-        state,
-        temperature: s.temperature,
-        topK: s.topK,
-        topP: s.topP,
-        seed: s.seed,
-      }),
-      ...this.#masks.map((r, index) =>
-        countExperts(ctx, { mask: this.#exec.tensor(r.mask!), counts, index })
-      ),
-    ].map((c) => prepare(ctx, c));
-    const routers = this.graph.routers, masks = this.#masks;
-    const draw = () => {
-      const step = new Step(ctx, { label: "generate.sample" });
-      for (const c of calls) step.dispatch(c);
-      step.submit();
-    };
-    return {
-      draw,
-      async warm() {
-        draw();
-        await readTensor(ctx, state);
-        writeTensor(ctx, state, new Uint32Array(1));
-        writeTensor(ctx, counts, new Float32Array(counts.size));
-      },
-      async tokens(n: number) {
-        return Array.from((await readTensor(ctx, out)) as Uint32Array).slice(0, n);
-      },
-      async experts(steps: number) {
-        const got = (await readTensor(ctx, counts)) as Float32Array;
-        return routers.map((r) => {
-          const i = masks.indexOf(r);
-          return i < 0 ? tapExperts(r) * steps : got[i]!;
-        });
-      },
-      destroy() {
-        calls.forEach(releaseCall);
-        for (const t of [out, state, counts]) t.buffer.destroy();
-      },
-    };
-  }
-
-  /**
-   * Compute dispatches of one decoded token (docs/performance.md): `graph`, what one execution of the
-   * decoder graph records; `sampler`, what a GPU draw adds (the sampling kernel and one expert count per
-   * masked router); `perLayer`, the graph's dispatches of each block ({@linkcode dispatchesByLayer}).
-   */
-  dispatches(): { graph: number; sampler: number; perLayer: number[] } {
-    return {
-      graph: this.#exec.dispatches,
-      sampler: 1 + this.#masks.length,
-      perLayer: dispatchesByLayer(this.#exec.kernels(), this.config.model.layers),
-    };
-  }
-
-  /** Frees the executor and the weights. */
-  destroy(): void {
-    this.#exec.destroy();
-    for (const t of this.#weights.values()) t.buffer.destroy();
+    const { drawn, ...rest } = this.gpuDraws(s, (o) => sampleTokenGpu(this.ctx, o));
+    return { ...rest, tokens: async (n: number) => Array.from(await drawn()).slice(0, n) };
   }
 }
 

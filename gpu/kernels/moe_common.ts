@@ -95,7 +95,7 @@ export const NO_PAIR = 0xffffffff;
  * llvmpipe the loads cost more than the multiply-adds, so one tile per expert, not much taller than its
  * pairs, is the cheapest (docs/performance.md, "Batched decoding"). Such a tile also takes 16 columns per
  * lane, not 32, and a half-height copy of its loop for an expert's last tile when that holds at most tm/2
- * pairs (`tmShort`): 4–12% less time per batched step at d512, B = 32, in interleaved runs. One token keeps
+ * pairs (`tmShort`): 4–12% less time per batched step at d512, B = 32, in three of four interleaved runs. One token keeps
  * 32.
  */
 export function moeTile(ctx: GpuContext, s: MoeShape): MoeTile {

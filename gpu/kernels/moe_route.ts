@@ -77,6 +77,21 @@ function _blockFields(o: PairListOptions): UniformFields {
   ];
 }
 
+/** Uniform fields `moe_scan`'s body reads besides E and bo: the tiling and where the scan writes. */
+function _scanFields(ctx: GpuContext, o: PairListOptions): UniformFields {
+  const { L } = o;
+  return [
+    ["NB", "u32", L.NB],
+    ["tm", "u32", o.tm],
+    ["ncgUp", "u32", o.ncgUp],
+    ["ncgDown", "u32", o.ncgDown],
+    ["maxDim", "u32", ctx.limits.maxComputeWorkgroupsPerDimension],
+    ["eoff", "u32", L.eoff],
+    ["nt", "u32", L.nt],
+    ["tiles", "u32", L.tiles],
+  ];
+}
+
 /** `moe_count`: routed tokens of each (block, expert), at word b·E + e of `route`. */
 function _count(ctx: GpuContext, o: PairListOptions): KernelCall {
   const { gateB, routeW } = _binds(o);
@@ -102,19 +117,7 @@ function _scan(ctx: GpuContext, o: PairListOptions): KernelCall {
     ctx,
     "moe_scan",
     [{ ...routeW, write: true }, { name: "args", decl: "u32", t: o.args, write: true }],
-    [
-      ["n", "u32", 1],
-      ["NB", "u32", L.NB],
-      ["E", "u32", o.E],
-      ["tm", "u32", o.tm],
-      ["ncgUp", "u32", o.ncgUp],
-      ["ncgDown", "u32", o.ncgDown],
-      ["maxDim", "u32", ctx.limits.maxComputeWorkgroupsPerDimension],
-      ["bo", "u32", L.bo],
-      ["eoff", "u32", L.eoff],
-      ["nt", "u32", L.nt],
-      ["tiles", "u32", L.tiles],
-    ],
+    [["n", "u32", 1], ["E", "u32", o.E], ["bo", "u32", L.bo], ..._scanFields(ctx, o)],
     1,
     1,
     _SCAN,
@@ -142,7 +145,7 @@ function _place(ctx: GpuContext, o: PairListOptions): KernelCall {
  * words as the three dispatches, for two fewer.
  */
 function _pairsInOne(ctx: GpuContext, o: PairListOptions): KernelCall {
-  const { gateB, routeW } = _binds(o), { L } = o;
+  const { gateB, routeW } = _binds(o);
   const each = (body: string) =>
     `  for (var i = 0u; i < u.NB * u.E; i = i + 1u) {${body}
   }`;
@@ -150,18 +153,7 @@ function _pairsInOne(ctx: GpuContext, o: PairListOptions): KernelCall {
     ctx,
     "moe_pairs",
     [gateB, { ...routeW, write: true }, { name: "args", decl: "u32", t: o.args, write: true }],
-    [
-      ...(_blockFields(o).filter(([n]) => n !== "n")),
-      ["n", "u32", 1],
-      ["NB", "u32", L.NB],
-      ["tm", "u32", o.tm],
-      ["ncgUp", "u32", o.ncgUp],
-      ["ncgDown", "u32", o.ncgDown],
-      ["maxDim", "u32", ctx.limits.maxComputeWorkgroupsPerDimension],
-      ["eoff", "u32", L.eoff],
-      ["nt", "u32", L.nt],
-      ["tiles", "u32", L.tiles],
-    ],
+    [..._blockFields(o).filter(([n]) => n !== "n"), ["n", "u32", 1], ..._scanFields(ctx, o)],
     1,
     1,
     `${each(_COUNT)}
