@@ -148,7 +148,9 @@ Deno.test("bench rows show their GFLOP/s as a % of the fp32 peak when it is know
 Deno.test("bench rejects an unknown suite and stray arguments with exit code 2", async () => {
   assertEquals((await cli("bench", "--suite", "nope")).code, 2);
   assertEquals((await cli("bench", "extra")).code, 2);
-  for (const bad of [["--peak-tflops", "0"], ["--peak-tflops", "fast"], ["--large", "--quick"]]) {
+  for (
+    const bad of [["--peak-tflops", "0"], ["--peak-tflops", "fast"], ["--large", "--quick"], ["--reps", "0"]]
+  ) {
     const r = await cli("bench", ...bad);
     assertEquals(r.code, 2, bad.join(" "));
     assert(r.err.join("\n").includes(bad[0]!), r.err.join("\n"));
@@ -218,10 +220,10 @@ Deno.test("bench times the difference of queues of p and 2p runs, p sized once p
 
 Deno.test("bench --suite serve --quick: each model's batched decoding is checked against float64 and timed; the table gives DS-MoE's tokens/s over the dense model's", async () => {
   await testGpu(); // fails with "no WebGPU adapter: …" rather than skipping
-  const r = await cli("bench", "--suite", "serve", "--quick", "--json");
+  const r = await cli("bench", "--suite", "serve", "--quick", "--reps", "3", "--json");
   assertEquals(r.code, 0, r.err.join("\n"));
   const objects = r.out.map((l) => JSON.parse(l)), rows: BenchRow[] = objects.slice(0, -1);
-  assertEquals(objects.at(-1).suite, "serve");
+  assertEquals([objects.at(-1).suite, objects.at(-1).reps], ["serve", 3]);
   assertEquals(rows.map((x) => x.impl), ["dense", "sparse"]);
   for (const x of rows) {
     assert(x.error === undefined && x.ms! > 0 && Number.isFinite(x.max_err!), `${x.impl}: ${x.error}`);

@@ -37,6 +37,11 @@ export interface BenchOptions {
   quick?: boolean;
   /** Runs queued per host↔GPU wait; default chosen per case (timing.ts), 2 with `quick`. */
   perSync?: number;
+  /**
+   * Timed samples per implementation of a case, the median reported; default 5 (2 with `quick`). More give a
+   * steadier median on a shared machine.
+   */
+  reps?: number;
   /** Add the 4096³ matmul ({@linkcode MATMUL_LARGE}); default on real GPUs (the `gpu` kernel profile). */
   large?: boolean;
   /** The adapter's fp32 peak in TFLOP/s for the rows' % of peak; default gpu/peak.ts's table. */
@@ -88,7 +93,7 @@ export function withPeakShare(rows: readonly BenchRow[], peak: Peak | null): Ben
  * ```
  */
 export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
-  const warmup = 1, reps = o.quick ? 2 : 5, perSync = o.perSync ?? (o.quick ? 2 : undefined);
+  const warmup = 1, reps = o.reps ?? (o.quick ? 2 : 5), perSync = o.perSync ?? (o.quick ? 2 : undefined);
   const ctx = await openGpu({ timestamps: false });
   try {
     const tfjs = await openTfjs(ctx);

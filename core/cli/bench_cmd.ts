@@ -1,5 +1,5 @@
 /**
- * `deno task bench [--json] [--suite NAME] [--quick] [--per-sync N] [--decode-sizes A,B]`: our kernels beside
+ * `deno task bench [--json] [--suite NAME] [--quick] [--reps N] [--per-sync N] [--decode-sizes A,B]`: our kernels beside
  * tfjs-webgpu, checked then timed;
  * `--suite tokenizer` (CPU only, run only when named): BPE training and encoding (core/bench/tokenizer.ts).
  * Progress goes to stderr; stdout gets the table, or with `--json` one JSON object per row and a summary
@@ -39,6 +39,7 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
     large: { type: "boolean" },
     "peak-tflops": { type: "string" },
     "per-sync": { type: "string" },
+    reps: { type: "string" },
     "decode-sizes": { type: "string", multiple: true },
   });
   if (values.help) {
@@ -57,12 +58,13 @@ export async function benchCommand(args: string[], io: CliIo): Promise<number> {
   const suites = named.filter((s) => s !== TOKENIZER_SUITE) as SuiteName[];
   const quick = !!values.quick;
   const perSync = positiveInt("per-sync", values["per-sync"]);
+  const reps = positiveInt("reps", values.reps);
   const peakTflops = positiveNumber("peak-tflops", values["peak-tflops"]);
   if (values.large && quick) throw new UsageError("--large does not go with --quick (small sizes only)");
   const decodeSizes = decodeSizesFlag(values["decode-sizes"], suites);
   const progress = (line: string) => io.err(`bench: ${line}`);
   const result = suites.length > 0
-    ? await runBench({ suites, quick, perSync, decodeSizes, progress, large: values.large, peakTflops })
+    ? await runBench({ suites, quick, reps, perSync, decodeSizes, progress, large: values.large, peakTflops })
     : null;
   const tokenizerRows = named.includes(TOKENIZER_SUITE)
     ? await runTokenizerBench({

@@ -23,7 +23,7 @@ Commands:
   generate <run-id|ckpt> --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] (sampling)
                          [--rule …] (routing rule)
   dashboard [--port 8000] [--host 127.0.0.1] [--token T]         serve the runs dashboard (live charts, API)
-  bench [--json] [--suite NAME] [--quick] [--per-sync N]
+  bench [--json] [--suite NAME] [--quick] [--reps N] [--per-sync N]
   repro [--scale micro|small]                                    reproduce the paper's claims; write a report
   study [manifest.yaml] [--scale micro|small]                    the router study: router × rule matrix report
   store check | rebuild [--full]                                 check the run store against the run dirs; rebuild it
@@ -160,6 +160,8 @@ Options:
   --peak-tflops X
                  the adapter's fp32 peak in TFLOP/s: rows show their GFLOP/s as a % of it (default: the
                  vendor figure of a known adapter, docs/performance.md; none for others)
+  --reps N       timed samples per row, the median reported (default 5; more for a steadier median on a
+                 busy machine)
   --per-sync N   p = N in every case instead of sizing it
   --decode-sizes A,B
                  decode suite sizes: tiny, d512 (the tiny configs' shapes), 125m and 1b (GPT-2 vocabulary,
