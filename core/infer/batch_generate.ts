@@ -19,7 +19,6 @@ import { numel } from "../graph/ir.ts";
 import type { BatchDecoderGraph, InferRules } from "../plan/model.ts";
 import { tapExperts } from "../plan/model.ts";
 import { type DecodePlan, plan } from "../plan/plan.ts";
-import { writeTensor } from "../../gpu/buffers.ts";
 import { gpuSamplingFits, sampleTokensGpu } from "../../gpu/kernels/sampling.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { assertScheduleBuilds } from "../../gpu/preflight.ts";
@@ -65,12 +64,7 @@ export class BatchDecoder extends BoundDecoder<BatchDecoderGraph> {
 
   /** Queues one step: row b feeds token `ids[b]` at position `pos[b]`. Nothing is read back. */
   feed(ids: ArrayLike<number>, pos: ArrayLike<number>): void {
-    if (ids.length !== this.batch) {
-      throw new RangeError(`Cannot feed ${ids.length} tokens to ${this.batch} rows`);
-    }
-    this.#checkPositions(pos);
-    writeTensor(this.ctx, this.exec.tensor(this.graph.ids), Uint32Array.from(ids));
-    this.runAt(pos);
+    this.queue(pos, ids);
   }
 
   /**
@@ -78,8 +72,7 @@ export class BatchDecoder extends BoundDecoder<BatchDecoderGraph> {
    * position `pos[b]`; nothing is written from the host but the positions.
    */
   feedDrawn(pos: ArrayLike<number>): void {
-    this.#checkPositions(pos);
-    this.runAt(pos);
+    this.queue(pos);
   }
 
   /**
@@ -98,12 +91,6 @@ export class BatchDecoder extends BoundDecoder<BatchDecoderGraph> {
         return Array.from({ length: B }, (_, b) => Array.from({ length: n }, (_, k) => got[k * B + b]!));
       },
     };
-  }
-
-  #checkPositions(pos: ArrayLike<number>): void {
-    if (pos.length !== this.batch) {
-      throw new RangeError(`Cannot feed ${pos.length} positions to ${this.batch} rows`);
-    }
   }
 }
 

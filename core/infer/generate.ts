@@ -153,16 +153,24 @@ export abstract class BoundDecoder<G extends DecoderGraph> {
     for (const t of this.#weights.values()) t.buffer.destroy();
   }
 
-  /** Throws a RangeError for a position outside the caches. */
-  protected checkPosition(pos: number): void {
-    if (!(pos >= 0 && pos < this.context)) {
-      throw new RangeError(`Cannot decode at position ${pos}: the context holds ${this.context}`);
+  /**
+   * Queues one execution: row b at position `pos[b]`, feeding token `ids[b]`, or without `ids` the token the
+   * GPU sampler drew last (already in the input ids). Everything is checked (a RangeError) before anything
+   * is written; nothing is read back.
+   */
+  protected queue(pos: ArrayLike<number>, ids?: ArrayLike<number>): void {
+    if (ids && ids.length !== this.rows) {
+      throw new RangeError(`Cannot feed ${ids.length} tokens to ${this.rows} rows`);
     }
-  }
-
-  /** Writes the positions and queues one execution. */
-  protected runAt(pos: ArrayLike<number>): void {
-    for (const p of Array.from(pos)) this.checkPosition(p);
+    if (pos.length !== this.rows) {
+      throw new RangeError(`Cannot feed ${pos.length} positions to ${this.rows} rows`);
+    }
+    for (const p of Array.from(pos)) {
+      if (!(p >= 0 && p < this.context)) {
+        throw new RangeError(`Cannot decode at position ${p}: the context holds ${this.context}`);
+      }
+    }
+    if (ids) writeTensor(this.ctx, this.exec.tensor(this.graph.ids), Uint32Array.from(ids));
     writeTensor(this.ctx, this.exec.tensor(this.graph.pos), Uint32Array.from(pos));
     this.exec.run();
   }
@@ -253,9 +261,7 @@ export class Decoder extends BoundDecoder<DecoderGraph> {
 
   /** Queues token `id` at position `pos`: its keys and values enter the caches. Nothing is read back. */
   feed(id: number, pos: number): void {
-    this.checkPosition(pos);
-    writeTensor(this.ctx, this.exec.tensor(this.graph.ids), Uint32Array.of(id));
-    this.runAt([pos]);
+    this.queue([pos], [id]);
   }
 
   /**
@@ -263,7 +269,7 @@ export class Decoder extends BoundDecoder<DecoderGraph> {
    * written from the host but the position.
    */
   feedDrawn(pos: number): void {
-    this.runAt([pos]);
+    this.queue([pos]);
   }
 
   /**
@@ -324,7 +330,6 @@ export async function readDecoded(
 }
 
 /**
- * Dispatches per block of `layers`:/**
  * Dispatches per block of `layers`: a dispatch whose node reads a parameter of block l (named `h{l}.…`)
  * belongs to block l, one reading another parameter (embeddings, the final norm, the LM head) to none, and
  * one reading no parameter (residual adds, attention over the caches) to the same as the dispatch before it.
