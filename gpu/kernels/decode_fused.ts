@@ -143,7 +143,7 @@ export function fusedRouteGate(ctx: GpuContext, o: FusedRouteGateOptions): Kerne
     ["d", "u32", d],
     ["neps", "f32", o.norm.eps],
   ];
-  const xn = _xnScalar(o.norm.kind);
+  const xn = _xn(o.norm.kind);
   // Per expert e (probability v): the rank and mass ahead of it over `s`, the rule's mask and the gate.
   const decide = `${RANK_WGSL}
     let on = select(0.0, 1.0, ${keep});
@@ -239,22 +239,17 @@ function _normBindings(x: GpuTensor, n: RowNorm, vec: boolean): Binding[] {
   ];
 }
 
-/** WGSL of row element r normalized, from `mu` and `rs` (x[r] itself without a norm). */
-function _xnScalar(kind: RowNorm["kind"]): string {
+/**
+ * WGSL of the row normalized from `mu` and `rs` (x itself without a norm): element r, or with `vec` vec4 j4
+ * (x, gamma, beta bound as vec4s).
+ */
+function _xn(kind: RowNorm["kind"], vec = false): string {
+  const i = vec ? "j4" : "r", mu = vec ? "vec4<f32>(mu)" : "mu";
   return kind === "none"
-    ? "x[r]"
+    ? `x[${i}]`
     : kind === "layernorm"
-    ? "((x[r] - mu) * rs * gamma[r] + beta[r])"
-    : "(x[r] * rs * gamma[r])";
-}
-
-/** WGSL of vec4 j4 of the row normalized (x, gamma, beta bound as vec4s). */
-function _xnVec(kind: RowNorm["kind"]): string {
-  return kind === "none"
-    ? "x[j4]"
-    : kind === "layernorm"
-    ? "((x[j4] - vec4<f32>(mu)) * rs * gamma[j4] + beta[j4])"
-    : "(x[j4] * rs * gamma[j4])";
+    ? `((x[${i}] - ${mu}) * rs * gamma[${i}] + beta[${i}])`
+    : `(x[${i}] * rs * gamma[${i}])`;
 }
 
 /**
@@ -315,7 +310,7 @@ function _finish(o: FusedGemvOptions, s: string, i: string, vec: boolean): strin
  * mean and rstd, and the normalized row written by workgroup 0 when `o.h` is given.
  */
 function _headGpu(o: FusedGemvOptions, x: number, y: number): string {
-  const xn = _xnScalar(o.norm.kind);
+  const xn = _xn(o.norm.kind);
   return `var<workgroup> red: array<f32, ${_T}>;
 var<workgroup> part: array<f32, ${_T}>;
 ${workgroupReduceWgsl("wsum", _T, "red", "sum")}
@@ -333,7 +328,7 @@ ${o.h ? `  if (wi == 0u) { for (var r = t; r < u.d; r = r + ${_T}u) { H[r] = ${x
 function _gemvGpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
   const d = o.x.size, ns = o.ys.map((y) => y.size), tiles = ns.map((n) => Math.ceil(n / _L));
   const starts = tiles.map((_, j) => tiles.slice(0, j).reduce((a, b) => a + b, 0));
-  const total = tiles.reduce((a, b) => a + b, 0), J = ns.length, xn = _xnScalar(o.norm.kind);
+  const total = tiles.reduce((a, b) => a + b, 0), J = ns.length, xn = _xn(o.norm.kind);
   const bindings: Binding[] = [
     ..._normBindings(o.x, o.norm, false),
     ...o.weights.map((w, j) => ({ name: `W${j}`, tensor: w })),
@@ -403,7 +398,7 @@ function _gemvCpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
       : []),
     ...(o.residual ? [{ name: "R", tensor: o.residual, type: shapes[0]!.V as "f32" | "vec4<f32>" }] : []),
   ];
-  const xn = xVec ? _xnVec(o.norm.kind) : _xnScalar(o.norm.kind);
+  const xn = _xn(o.norm.kind, xVec);
   const hWrite = o.h
     ? xVec
       ? `  if (i == 0u) { for (var j4 = 0u; j4 < u.d / 4u; j4 = j4 + 1u) { H[j4] = ${xn}; } }`
@@ -466,7 +461,7 @@ function _ntBindings(o: FusedGemvOptions, vec: boolean): Binding[] {
  * would read 16 rows d apart), the lanes' partials added in a fixed order.
  */
 function _gemvNtGpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
-  const d = o.x.size, n = o.ys[0]!.size, lanes = _T / _NT_COLS, xn = _xnScalar(o.norm.kind);
+  const d = o.x.size, n = o.ys[0]!.size, lanes = _T / _NT_COLS, xn = _xn(o.norm.kind);
   return headedKernel({
     label: "gemv_fused_nt",
     bindings: _ntBindings(o, false),
@@ -493,7 +488,7 @@ function _gemvNtGpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
  */
 function _gemvNtCpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
   const d = o.x.size, n = o.ys[0]!.size, xVec = d % 4 === 0, per = n % 4 === 0 ? 4 : 1, accs = range(per);
-  const xn = xVec ? _xnVec(o.norm.kind) : _xnScalar(o.norm.kind), len = xVec ? "u.d / 4u" : "u.d";
+  const xn = _xn(o.norm.kind, xVec), len = xVec ? "u.d / 4u" : "u.d";
   const row = xVec ? "j4" : "r", dot = (a: string, b: string) => xVec ? `dot(${a}, ${b})` : `${a} * ${b}`;
   const hWrite = o.h
     ? `  if (i == 0u) { for (var ${row} = 0u; ${row} < ${len}; ${row} = ${row} + 1u) { H[${row}] = ${xn}; } }`

@@ -52,7 +52,11 @@ export function pairListKernels(ctx: GpuContext, o: PairListOptions): KernelCall
   if (o.L.NB === 1 && o.N * o.E <= ONE_DISPATCH_PAIRS) {
     return [_pairsInOne(ctx, o)];
   }
-  return [_count(ctx, o), _scan(ctx, o), _place(ctx, o)];
+  return [
+    _perBlockExpert(ctx, o, "moe_count", _COUNT),
+    _scan(ctx, o),
+    _perBlockExpert(ctx, o, "moe_place", _PLACE),
+  ];
 }
 
 /** The gate binding (read) and the route binding of the pair-list kernels. */
@@ -92,18 +96,13 @@ function _scanFields(ctx: GpuContext, o: PairListOptions): UniformFields {
   ];
 }
 
-/** `moe_count`: routed tokens of each (block, expert), at word b·E + e of `route`. */
-function _count(ctx: GpuContext, o: PairListOptions): KernelCall {
+/**
+ * A kernel of one invocation per (block, expert), reading the gates and writing `route`: `moe_count` (routed
+ * tokens of each, at word b·E + e) and `moe_place` (its tokens at its offset, and every token→pair word).
+ */
+function _perBlockExpert(ctx: GpuContext, o: PairListOptions, label: string, body: string): KernelCall {
   const { gateB, routeW } = _binds(o);
-  return moeKernel(
-    ctx,
-    "moe_count",
-    [gateB, { ...routeW, write: true }],
-    _blockFields(o),
-    o.L.NB * o.E,
-    8,
-    _COUNT,
-  );
+  return moeKernel(ctx, label, [gateB, { ...routeW, write: true }], _blockFields(o), o.L.NB * o.E, 8, body);
 }
 
 /**
@@ -122,20 +121,6 @@ function _scan(ctx: GpuContext, o: PairListOptions): KernelCall {
     1,
     _SCAN,
     _FOLD,
-  );
-}
-
-/** `moe_place`: each (block, expert) writes its routed tokens at its offset, and every token→pair word. */
-function _place(ctx: GpuContext, o: PairListOptions): KernelCall {
-  const { gateB, routeW } = _binds(o);
-  return moeKernel(
-    ctx,
-    "moe_place",
-    [gateB, { ...routeW, write: true }],
-    _blockFields(o),
-    o.L.NB * o.E,
-    8,
-    _PLACE,
   );
 }
 
