@@ -324,10 +324,11 @@ export const GPU_IMPLS: GpuTable = {
       D: n.attrs.head_dim,
     }),
   moa_attention_batch: (ctx, n, inputs, [y], scratch) => {
-    const [kcache, vcache, pos] = inputs.slice(6);
+    const [kcache, vcache, pos, r] = inputs.slice(6);
     return moaAttentionBatch(ctx, {
       ...moaOptionsOf(ctx, n, inputs, y!, scratch),
       cache: { kcache: kcache!, vcache: vcache!, pos: pos!, T: n.attrs.seq },
+      ...(n.attrs.residual ? { residual: r! } : {}),
     });
   },
   route_mask: (ctx, n, [s], [mask], scratch) => {

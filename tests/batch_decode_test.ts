@@ -1,7 +1,9 @@
 /**
  * The batched decoder (core/plan/model.ts `buildBatchDecoder`, docs/design.md §10 "Batched decoding"): B
  * sequences of different lengths decoded together give, row by row and step by step, the logits of B
- * independent batch-1 decoders (float64), in float64 and on the GPU under both kernel profiles.
+ * independent batch-1 decoders (float64), in float64 and on the GPU under both kernel profiles — as built,
+ * and with decoding's fusions (core/plan/fuse_decode.ts: routers with their norms, the experts' residual adds,
+ * the embeddings), which `plan` applies.
  */
 import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
 import { ExperimentSchema } from "../core/config/schema.ts";
@@ -9,6 +11,7 @@ import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { numel } from "../core/graph/ir.ts";
 import { schedule } from "../core/graph/schedule.ts";
+import { fuseDecoder } from "../core/plan/fuse_decode.ts";
 import { buildBatchDecoder, buildDecoder, type InferRules } from "../core/plan/model.ts";
 import { plan } from "../core/plan/plan.ts";
 import { Rng } from "../core/util/rng.ts";
@@ -65,55 +68,74 @@ for (const [name, model] of Object.entries(MODELS)) {
           return evaluateGraph(oneSched.nodes, feeds, [one.logits], CPU_OPS)[0]! as Float64Array;
         });
       });
-      const dec = buildBatchDecoder(c, rule, B);
-      const masks = dec.routers.flatMap((r) => (r.mask ? [r.mask] : []));
-      const sched = schedule(dec.graph, [dec.logits, ...masks]);
-      assertEquals(dec.caches[0]!.shape[0], B * T, "the caches of the 3 sequences are stacked");
-      const cpuFeeds = new Map<number, HostValue>();
-      for (const p of dec.params) {
-        cpuFeeds.set(p.value.id, valueOf(p.value.name, numel(p.value.shape), p.init === "ones"));
-      }
-      for (const cache of dec.caches) cpuFeeds.set(cache.id, new Float64Array(numel(cache.shape)));
-      const leaves = [...dec.graph.leaves.values()].map((l) => l.value);
-      for (const ctx of [detected, detected.withProfile("gpu")]) {
-        const ex = new GraphExecutor(ctx, sched, leaves);
-        try {
-          for (const p of dec.params) {
-            writeTensor(ctx, ex.tensor(p.value), Float32Array.from(cpuFeeds.get(p.value.id)!));
-          }
-          await ex.check();
-          for (const cache of dec.caches) cpuFeeds.set(cache.id, new Float64Array(numel(cache.shape)));
-          for (let s = 0; s < steps; s++) {
-            const ids = Uint32Array.from(seqs, (q, b) => q[at(b, s)]!);
-            const pos = Uint32Array.from(seqs, (_, b) => at(b, s));
-            cpuFeeds.set(dec.ids.id, ids);
-            cpuFeeds.set(dec.pos.id, pos);
-            const [cpu, ...cpuMasks] = evaluateGraph(sched.nodes, cpuFeeds, [dec.logits, ...masks], CPU_OPS);
-            writeTensor(ctx, ex.tensor(dec.ids), ids);
-            writeTensor(ctx, ex.tensor(dec.pos), pos);
-            await ctx.scoped("batch decode", () => ex.run().done());
-            const got = await readTensor(ctx, ex.tensor(dec.logits));
-            if (ctx === detected) { for (const m of cpuMasks) routedOff += m.filter((v) => v === 0).length; }
-            const V = got.length / B;
-            for (let b = 0; b < B; b++) {
-              const row = want[b]![at(b, s)]!, where = `${what} ${ctx.profile} row ${b} step ${s}`;
-              assertClose(
-                cpu!.subarray(b * V, (b + 1) * V),
-                row,
-                { atol: 1e-9, rtol: 1e-9 },
-                `float64 ${where}`,
-              );
-              const scale = Math.max(...Array.from(row, Math.abs));
-              assertClose(
-                got.subarray(b * V, (b + 1) * V),
-                row,
-                { atol: 2e-4 * scale + 1e-7, rtol: 2e-3 },
-                `GPU ${where}`,
-              );
+      for (const fused of [false, true]) {
+        const built = buildBatchDecoder(c, rule, B);
+        const builtMasks = built.routers.flatMap((r) => (r.mask ? [r.mask] : []));
+        const { model: dec, outputs } = fused
+          ? fuseDecoder(built, [built.logits, ...builtMasks])
+          : { model: built, outputs: [built.logits, ...builtMasks] };
+        const masks = outputs.slice(1);
+        const sched = schedule(dec.graph, [dec.logits, ...masks]);
+        if (fused && model.kind !== "dense" && rule.mlp.kind !== "dense") {
+          const ops = sched.nodes.map((n) => n.op);
+          assert(ops.includes("fused_route_gate") && ops.includes("embedding_pair"), ops.join());
+          assert(sched.nodes.length < schedule(built.graph, [built.logits, ...builtMasks]).nodes.length);
+        }
+        assertEquals(dec.caches[0]!.shape[0], B * T, "the caches of the 3 sequences are stacked");
+        const cpuFeeds = new Map<number, HostValue>();
+        for (const p of dec.params) {
+          cpuFeeds.set(p.value.id, valueOf(p.value.name, numel(p.value.shape), p.init === "ones"));
+        }
+        for (const cache of dec.caches) cpuFeeds.set(cache.id, new Float64Array(numel(cache.shape)));
+        const leaves = [...dec.graph.leaves.values()].map((l) => l.value);
+        for (const ctx of [detected, detected.withProfile("gpu")]) {
+          const ex = new GraphExecutor(ctx, sched, leaves);
+          try {
+            for (const p of dec.params) {
+              writeTensor(ctx, ex.tensor(p.value), Float32Array.from(cpuFeeds.get(p.value.id)!));
             }
+            await ex.check();
+            for (const cache of dec.caches) cpuFeeds.set(cache.id, new Float64Array(numel(cache.shape)));
+            for (let s = 0; s < steps; s++) {
+              const ids = Uint32Array.from(seqs, (q, b) => q[at(b, s)]!);
+              const pos = Uint32Array.from(seqs, (_, b) => at(b, s));
+              cpuFeeds.set(dec.ids.id, ids);
+              cpuFeeds.set(dec.pos.id, pos);
+              const [cpu, ...cpuMasks] = evaluateGraph(
+                sched.nodes,
+                cpuFeeds,
+                [dec.logits, ...masks],
+                CPU_OPS,
+              );
+              writeTensor(ctx, ex.tensor(dec.ids), ids);
+              writeTensor(ctx, ex.tensor(dec.pos), pos);
+              await ctx.scoped("batch decode", () => ex.run().done());
+              const got = await readTensor(ctx, ex.tensor(dec.logits));
+              if (ctx === detected) {
+                for (const m of cpuMasks) routedOff += m.filter((v) => v === 0).length;
+              }
+              const V = got.length / B;
+              for (let b = 0; b < B; b++) {
+                const row = want[b]![at(b, s)]!;
+                const where = `${what}${fused ? " fused" : ""} ${ctx.profile} row ${b} step ${s}`;
+                assertClose(
+                  cpu!.subarray(b * V, (b + 1) * V),
+                  row,
+                  { atol: 1e-9, rtol: 1e-9 },
+                  `float64 ${where}`,
+                );
+                const scale = Math.max(...Array.from(row, Math.abs));
+                assertClose(
+                  got.subarray(b * V, (b + 1) * V),
+                  row,
+                  { atol: 2e-4 * scale + 1e-7, rtol: 2e-3 },
+                  `GPU ${where}`,
+                );
+              }
+            }
+          } finally {
+            ex.destroy();
           }
-        } finally {
-          ex.destroy();
         }
       }
     }

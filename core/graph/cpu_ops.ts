@@ -186,11 +186,12 @@ export const CPU_OPS: CpuTable = {
     kvWriteBatchRef(k!, v!, kc as Float64Array, vc as Float64Array, pos!, T, Hkv * D);
     return [cachedAttentionRef(q!, kc!, vc!, { N, H: n.attrs.heads, Hkv, D }, batchCacheWindow(T, pos!))];
   },
-  moa_attention_batch: ([x, gate, wq, k, v, wo, kc, vc, pos], n) => {
+  moa_attention_batch: ([x, gate, wq, k, v, wo, kc, vc, pos, r], n) => {
     const [N, d] = n.inputs[0]!.shape as [number, number], G = n.attrs.heads, T = n.attrs.seq;
     const D = n.attrs.head_dim, dims = { N, d, E: n.attrs.experts, G, D };
     kvWriteBatchRef(k!, v!, kc as Float64Array, vc as Float64Array, pos!, T, G * D);
-    return [moaAttentionRef(x!, gate!, wq!, kc!, vc!, wo!, dims, batchCacheWindow(T, pos!))];
+    const y = moaAttentionRef(x!, gate!, wq!, kc!, vc!, wo!, dims, batchCacheWindow(T, pos!));
+    return [_plus(y, n.attrs.residual ? r : undefined)];
   },
   cross_entropy: ([logits, t], n) => [scalar(crossEntropyRef(logits!, t!, last(n)))],
   cross_entropy_backward: ([logits, t, dl], n) => [crossEntropyBackwardRef(logits!, t!, last(n), dl![0]!)],

@@ -176,6 +176,8 @@ export interface OpAttrs {
     readonly heads: number;
     readonly head_dim: number;
     readonly seq: number;
+    /** A last input r added to the output (batched decoding's fusion of the block's residual add). */
+    readonly residual?: boolean;
   };
   cross_entropy: NoAttrs;
   cross_entropy_backward: NoAttrs;

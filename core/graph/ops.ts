@@ -491,7 +491,8 @@ export const OPS: OpTable = {
    * Sparse MoA of batched decoding (docs/design.md §10): `moa_attention`'s routed query heads and output
    * projection per token, attending over that token's own sequence cache as `attention_cached_batch` does.
    * Inputs x (B, d), gate (B, E), wq (d, E·G·D), k, v (B, G·D), wo (E·G·D, d), kcache, vcache (B·T, G·D),
-   * pos (B,) u32 → y (B, d). Attrs experts, heads (G), head_dim, seq (T). Inference only.
+   * pos (B,) u32 (, r (B, d) with attrs residual) → y (B, d) (+ r). Attrs experts, heads (G), head_dim, seq
+   * (T), residual (batched decoding's fusion of the block's residual add). Inference only.
    */
   moa_attention_batch: {
     outputs: ([x, gate, wq, k, _v, _wo, kc, _vc, pos], a) => {

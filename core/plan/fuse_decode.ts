@@ -14,7 +14,9 @@
  * - The token and position embeddings and their sum become one `embedding_pair`.
  *
  * Only one-row products of a parameter are fused (a transposed one, the tied LM head, alone); anything else
- * is copied as it is.
+ * is copied as it is. The batched decoder's graph (B rows, docs/design.md §10 "Batched decoding") takes the
+ * fusions whose kernels handle B rows: the routers (with the MLP's norm), the sparse experts' residual adds
+ * (into their gather) and the embeddings; its products stay matmuls.
  *
  * @module
  */
@@ -87,7 +89,10 @@ class _Fuser {
     for (const n of this.g.nodes) {
       if (this.#absorbed.has(n.id)) continue;
       if (this.#isRowProduct(n)) this.#fuseEpilogue(n);
-      else if ((n.op === "moe_mlp" || n.op === "moa_attention") && n.inputs[0]!.shape[0] === 1) {
+      else if (
+        n.op === "moe_mlp" || n.op === "moa_attention_batch" ||
+        (n.op === "moa_attention" && n.inputs[0]!.shape[0] === 1)
+      ) {
         this.#fuseExpertResidual(n);
       }
     }
@@ -156,6 +161,14 @@ class _Fuser {
     return u?.op === "route_gate" ? u : undefined;
   }
 
+  /** A router's logits: x · W of a parameter (any number of rows) read only by a route_gate. */
+  #routerProduct(n: Node): Node | undefined {
+    if (n.op !== "matmul" || this.#absorbed.has(n.id)) return undefined;
+    const a = n.attrs as OpAttrs["matmul"];
+    if (a.transA || a.transB || this.g.leaves.get(n.inputs[1]!.id)?.kind !== "param") return undefined;
+    return this.#routerOf(n);
+  }
+
   #emit(at: Node, e: Emit): void {
     const list = this.#emits.get(at.id);
     if (list) list.push(e);
@@ -166,17 +179,20 @@ class _Fuser {
     for (const n of nodes) this.#absorbed.add(n.id);
   }
 
-  /** A norm, the products reading it (one fused_gemv) and its routers (fused_route_gate). */
+  /**
+   * A norm, the one-row products reading it (one fused_gemv) and its routers (fused_route_gate, one row or
+   * the batched decoder's B).
+   */
   #fuseNorm(norm: Node): void {
     const [h, mean, rstd] = norm.outputs;
-    if (h!.shape[0] !== 1 || [h!, mean!, rstd!].some((v) => this.pinned.has(v.id))) return;
+    if ([h!, mean!, rstd!].some((v) => this.pinned.has(v.id))) return;
     if (this.#users(mean!).length + this.#users(rstd!).length > 0) return;
     const a = norm.attrs as OpAttrs["norm"], users = this.#users(h!);
     const normInputs = norm.inputs.slice();
     const products: Node[] = [], routers: [Node, Node][] = [], others: Node[] = [];
     for (const u of users) {
       const row = this.#isRowProduct(u) && u.inputs[0] === h;
-      const router = row && !this.#transB(u) ? this.#routerOf(u) : undefined;
+      const router = u.inputs[0] === h ? this.#routerProduct(u) : undefined;
       if (router) routers.push([u, router]);
       else if (row) products.push(u);
       else others.push(u);
@@ -300,7 +316,10 @@ class _Fuser {
     this.#absorb(a, b, add);
   }
 
-  /** A one-token MoE MLP or MoA read only by a residual add adds the residual itself. */
+  /**
+   * A one-token MoE MLP or MoA, or the batched decoder's MoE MLP or MoA, read only by a residual add adds the
+   * residual itself (the one-token kernels' epilogue; the pair pipeline's gather).
+   */
   #fuseExpertResidual(n: Node): void {
     const y = n.outputs[0]!, user = this.#soleUser(y);
     if (user?.op !== "add" || this.#absorbed.has(user.id) || (n.attrs as { residual?: boolean }).residual) {

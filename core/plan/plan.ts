@@ -181,11 +181,12 @@ export function plan(
     case "decode": {
       const rows = o.batch ?? 1;
       // B > 1: the batched decoder's own graph (docs/design.md §10, "Batched decoding"). One token per
-      // execution: norms, routers' logits, activations and residual adds folded into the kernels beside them
-      // (core/plan/fuse_decode.ts); `fuse: false` keeps buildDecoder's graph.
+      // execution (per sequence): norms, routers' logits, activations and residual adds folded into the
+      // kernels beside them where those take the rows (core/plan/fuse_decode.ts); `fuse: false` keeps the
+      // built graph.
       const built = rows > 1 ? buildBatchDecoder(c, rules, rows) : buildDecoder(c, rules);
       const wanted = [built.logits, ..._masks(built.routers)];
-      const { model, outputs } = o.fuse === false || rows > 1
+      const { model, outputs } = o.fuse === false
         ? { model: built, outputs: wanted }
         : fuseDecoder(built, wanted);
       return { mode, model, rules, batch: rows, outputs, schedule: schedule(model.graph, outputs) };

@@ -174,6 +174,8 @@ export interface MoaBatchOptions {
   k: GpuTensor; // (B, G·D): the tokens' keys (shared by every expert)
   v: GpuTensor;
   y: GpuTensor; // (B, d), written
+  /** (B, d), added to y by the gather (batched decoding's fused residual add). */
+  residual?: GpuTensor;
   E: number;
   G: number; // heads per expert (= KV heads)
   D: number;
@@ -202,7 +204,18 @@ export function moaAttentionBatch(ctx: GpuContext, o: MoaBatchOptions): KernelCa
   }
   const calls = sparsePipeline(
     ctx,
-    { x: o.x, gate: o.gate, w1: o.wq, w2: o.wo, y: o.y, E: o.E, h: w, scratch: o.scratch, tile: o.tile },
+    {
+      x: o.x,
+      gate: o.gate,
+      w1: o.wq,
+      w2: o.wo,
+      y: o.y,
+      E: o.E,
+      h: w,
+      scratch: o.scratch,
+      tile: o.tile,
+      ...(o.residual ? { residual: o.residual } : {}),
+    },
     "MoA",
     (L) => _attend(ctx, o, L),
   );

@@ -93,7 +93,10 @@ export function fusedGemv(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
   return ctx.profile === "gpu" ? _gemvGpu(ctx, o) : _gemvCpu(ctx, o);
 }
 
-/** Options of {@linkcode fusedRouteGate}: one token's router from its row x (1, d) and W (d, E). */
+/**
+ * Options of {@linkcode fusedRouteGate}: the routers of N tokens (one in batch-1 decoding, B in batched
+ * decoding) from their rows x (N, d) and W (d, E); probs, mask, gate and logits are (N, E), h (N, d).
+ */
 export interface FusedRouteGateOptions {
   x: GpuTensor;
   norm: RowNorm;
@@ -118,12 +121,32 @@ export interface FusedRouteGateOptions {
  * ```
  */
 export function fusedRouteGate(ctx: GpuContext, o: FusedRouteGateOptions): KernelCall {
-  const d = o.x.size, E = o.probs.size, keep = RULE_KEEP_WGSL[o.rule.kind];
+  const d = o.w.shape[0]!, N = o.x.size / d, E = o.probs.size / N, keep = RULE_KEEP_WGSL[o.rule.kind];
   if (keep === null) throw new RangeError(`Cannot fuse the router for rule ${o.rule.kind}`);
-  if (o.w.size !== d * E) {
-    throw new RangeError(`Cannot fuse the router: weight [${o.w.shape}] does not map a row of ${d} to ${E}`);
+  if (!Number.isInteger(N) || N < 1 || !Number.isInteger(E) || o.w.size !== d * E) {
+    throw new RangeError(
+      `Cannot fuse the router: weight [${o.w.shape}] does not map rows of ${o.x.size / Math.max(N, 1)} to ` +
+        `${o.probs.size / Math.max(N, 1)} experts`,
+    );
+  }
+  for (
+    const [t, what, size] of [[o.mask, "mask", N * E], [o.gate, "gate", N * E], [
+      o.logits,
+      "logits",
+      N * E,
+    ]] as const
+  ) {
+    if (t.size !== size) {
+      throw new RangeError(`Cannot fuse the router: ${what} has ${t.size} elements, not ${size}`);
+    }
+  }
+  if (o.h && o.h.size !== N * d) {
+    throw new RangeError(`Cannot fuse the router: h has ${o.h.size} elements, not ${N * d}`);
   }
   _checkNorm(o.norm, d, "the router");
+  // More than one row: row `row` reads x and writes H at xo = row · d, and its (N, E) outputs at ob = row · E.
+  // One row keeps the offsets out of the WGSL.
+  const many = N > 1, xo = many ? "xo + " : "", ob = many ? "ob + " : "";
   const bindings: Binding[] = [
     ..._normBindings(o.x, o.norm, false),
     { name: "W", tensor: o.w },
@@ -135,7 +158,7 @@ export function fusedRouteGate(ctx: GpuContext, o: FusedRouteGateOptions): Kerne
   ];
   const r = o.rule;
   const fields: UniformFields = [
-    ["n", "u32", 1],
+    ["n", "u32", N],
     ["E", "u32", E],
     ["eps", "f32", r.epsilon],
     ["k", "u32", Math.min(r.k, E)],
@@ -143,12 +166,12 @@ export function fusedRouteGate(ctx: GpuContext, o: FusedRouteGateOptions): Kerne
     ["d", "u32", d],
     ["neps", "f32", o.norm.eps],
   ];
-  const xn = _xn(o.norm.kind);
+  const xn = _xn(o.norm.kind, false, xo);
   // Per expert e (probability v): the rank and mass ahead of it over `s`, the rule's mask and the gate.
   const decide = `${RANK_WGSL}
     let on = select(0.0, 1.0, ${keep});
-    mask[e] = on;
-    gate[e] = v * on;`;
+    mask[${ob}e] = on;
+    gate[${ob}e] = v * on;`;
   if (ctx.profile === "gpu") {
     return headedKernel({
       label: "route_gate_fused",
@@ -160,11 +183,20 @@ var<workgroup> s: array<f32, ${E}>;
 ${workgroupReduceWgsl("wsum", _T, "red", "sum")}
 ${workgroupReduceWgsl("wmax", _T, "red", "max")}
 @compute @workgroup_size(${_L}, ${_L})
-fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
+fn main(@builtin(local_invocation_id) lid: vec3<u32>${
+        many ? ", @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>" : ""
+      }) {
   let t = lid.y * ${_L}u + lid.x;
-  let b = 0u;
-${_statsGpu(o.norm.kind)}
-${o.h ? `  for (var r = t; r < u.d; r = r + ${_T}u) { H[r] = ${xn}; }` : ""}
+  let b = 0u;${
+        many
+          ? `
+  let row = wid.x + wid.y * nwg.x; // one workgroup per row
+  if (row >= u.n) { return; }
+  let xo = row * u.d; let ob = row * u.E;`
+          : ""
+      }
+${_statsGpu(o.norm.kind, xo)}
+${o.h ? `  for (var r = t; r < u.d; r = r + ${_T}u) { H[${xo}r] = ${xn}; }` : ""}
   for (var e0 = 0u; e0 < u.E; e0 = e0 + ${_L}u) {
     let c = e0 + lid.x;
     var a = 0.0;
@@ -174,7 +206,7 @@ ${o.h ? `  for (var r = t; r < u.d; r = r + ${_T}u) { H[r] = ${xn}; }` : ""}
     if (lid.y == 0u && c < u.E) {
       var zc = 0.0;
       for (var l = 0u; l < ${_L}u; l = l + 1u) { zc = zc + part[l * ${_L}u + lid.x]; }
-      s[c] = zc; z[c] = zc;
+      s[c] = zc; z[${ob}c] = zc;
     }
     workgroupBarrier();
   }
@@ -185,33 +217,35 @@ ${o.h ? `  for (var r = t; r < u.d; r = r + ${_T}u) { H[r] = ${xn}; }` : ""}
   for (var e = t; e < u.E; e = e + ${_T}u) { q = q + exp(s[e] - m); }
   q = wsum(q, t);
   let inv = 1.0 / q;
-  for (var e = t; e < u.E; e = e + ${_T}u) { s[e] = exp(s[e] - m) * inv; sp[e] = s[e]; }
+  for (var e = t; e < u.E; e = e + ${_T}u) { s[e] = exp(s[e] - m) * inv; sp[${ob}e] = s[e]; }
   workgroupBarrier();
   for (var e = t; e < u.E; e = e + ${_T}u) {
   ${decide}
   }
 }`,
-      workgroups: grid(ctx, 1),
+      workgroups: grid(ctx, N),
     });
   }
   // llvmpipe: one invocation; each element of the row normalized once (and written to H), times W's row as
   // vec4s when E allows, into E accumulators (private), then the gate as routeGate's.
   const vec = E % 4 === 0, A = vec ? E / 4 : E, V = vec ? "vec4<f32>" : "f32";
   const store = vec
-    ? `let a = acc[c]; z[4u * c] = a.x; z[4u * c + 1u] = a.y; z[4u * c + 2u] = a.z; z[4u * c + 3u] = a.w;`
-    : "z[c] = acc[c];";
+    ? `let a = acc[c]; z[b + 4u * c] = a.x; z[b + 4u * c + 1u] = a.y; z[b + 4u * c + 2u] = a.z; z[b + 4u * c + 3u] = a.w;`
+    : "z[b + c] = acc[c];";
+  // Several rows: an invocation per row, 8 to a workgroup (llvmpipe's SIMD width); W's loads are the same
+  // address in every lane.
   return simpleKernel(ctx, {
     label: "route_gate_fused",
     bindings: bindings.map((b) => b.name === "W" ? { ...b, type: V as "f32" | "vec4<f32>" } : b),
     fields,
-    invocations: 1,
-    workgroup: 1,
-    body: `  let b = 0u;
-${_statsCpuScalar(o.norm.kind)}
+    invocations: N,
+    workgroup: many ? 8 : 1,
+    body: `  let b = ${many ? "i * u.E" : "0u"};${many ? " let xo = i * u.d; let ob = b;" : ""}
+${_statsCpuScalar(o.norm.kind, xo)}
   var acc: array<${V}, ${A}>;
   for (var r = 0u; r < u.d; r = r + 1u) {
     let xv = ${xn};
-    ${o.h ? "H[r] = xv;" : ""}
+    ${o.h ? `H[${xo}r] = xv;` : ""}
     for (var c = 0u; c < ${A}u; c = c + 1u) { acc[c] = acc[c] + xv * W[r * ${A}u + c]; }
   }
   for (var c = 0u; c < ${A}u; c = c + 1u) { ${store} }
@@ -243,43 +277,43 @@ function _normBindings(x: GpuTensor, n: RowNorm, vec: boolean): Binding[] {
  * WGSL of the row normalized from `mu` and `rs` (x itself without a norm): element r, or with `vec` vec4 j4
  * (x, gamma, beta bound as vec4s).
  */
-function _xn(kind: RowNorm["kind"], vec = false): string {
+function _xn(kind: RowNorm["kind"], vec = false, xo = ""): string {
   const i = vec ? "j4" : "r", mu = vec ? "vec4<f32>(mu)" : "mu";
   return kind === "none"
-    ? `x[${i}]`
+    ? `x[${xo}${i}]`
     : kind === "layernorm"
-    ? `((x[${i}] - ${mu}) * rs * gamma[${i}] + beta[${i}])`
-    : `(x[${i}] * rs * gamma[${i}])`;
+    ? `((x[${xo}${i}] - ${mu}) * rs * gamma[${i}] + beta[${i}])`
+    : `(x[${xo}${i}] * rs * gamma[${i}])`;
 }
 
 /**
  * `gpu` form: the row's mean (LayerNorm) and rstd as tree sums over the workgroup's threads (`wsum`), as
  * the norm kernel's two passes (gpu/kernels/norm.ts); mu = 0 and rs = 1 without a norm.
  */
-function _statsGpu(kind: RowNorm["kind"]): string {
+function _statsGpu(kind: RowNorm["kind"], xo = ""): string {
   if (kind === "none") return "  let mu = 0.0; let rs = 1.0;";
   const mean = kind === "layernorm"
     ? `  var a0 = 0.0;
-  for (var j = t; j < u.d; j = j + ${_T}u) { a0 = a0 + x[j]; }
+  for (var j = t; j < u.d; j = j + ${_T}u) { a0 = a0 + x[${xo}j]; }
   let mu = wsum(a0, t) / f32(u.d);`
     : "  let mu = 0.0;";
   return `${mean}
   var v0 = 0.0;
-  for (var j = t; j < u.d; j = j + ${_T}u) { let c = x[j] - mu; v0 = v0 + c * c; }
+  for (var j = t; j < u.d; j = j + ${_T}u) { let c = x[${xo}j] - mu; v0 = v0 + c * c; }
   let rs = inverseSqrt(wsum(v0, t) / f32(u.d) + u.neps);`;
 }
 
 /** `cpu-simd` form, scalar loads: the row's mean and rstd in one invocation. */
-function _statsCpuScalar(kind: RowNorm["kind"]): string {
+function _statsCpuScalar(kind: RowNorm["kind"], xo = ""): string {
   if (kind === "none") return "  let mu = 0.0; let rs = 1.0;";
   return `  var mu = 0.0;
   ${
     kind === "layernorm"
-      ? "for (var j = 0u; j < u.d; j = j + 1u) { mu = mu + x[j]; } mu = mu / f32(u.d);"
+      ? `for (var j = 0u; j < u.d; j = j + 1u) { mu = mu + x[${xo}j]; } mu = mu / f32(u.d);`
       : ""
   }
   var v0 = 0.0;
-  for (var j = 0u; j < u.d; j = j + 1u) { let c = x[j] - mu; v0 = v0 + c * c; }
+  for (var j = 0u; j < u.d; j = j + 1u) { let c = x[${xo}j] - mu; v0 = v0 + c * c; }
   let rs = inverseSqrt(v0 / f32(u.d) + u.neps);`;
 }
 

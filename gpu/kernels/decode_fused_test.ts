@@ -94,20 +94,35 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
 
 const RULE = (kind: RouteRule["kind"]): RouteRule => ({ kind, epsilon: 0.5, k: 2, p: 0.7 });
 
-const ROUTER_CASES: { d: number; E: number; norm: NormKind | "none"; rule: RouteRule; normOut?: boolean }[] =
-  [
-    { d: 64, E: 4, norm: "none", rule: RULE("topk") },
-    { d: 64, E: 8, norm: "layernorm", rule: RULE("threshold"), normOut: true },
-    { d: 30, E: 20, norm: "rmsnorm", rule: RULE("top_p"), normOut: true }, // E over one 16-column group
-    { d: 512, E: 16, norm: "layernorm", rule: RULE("dense") },
-  ];
+/** N: rows (tokens) routed in the one dispatch; 1 unless given (batched decoding routes B). */
+const ROUTER_CASES: {
+  d: number;
+  E: number;
+  norm: NormKind | "none";
+  rule: RouteRule;
+  normOut?: boolean;
+  N?: number;
+}[] = [
+  { d: 64, E: 4, norm: "none", rule: RULE("topk") },
+  { d: 64, E: 8, norm: "layernorm", rule: RULE("threshold"), normOut: true },
+  { d: 30, E: 20, norm: "rmsnorm", rule: RULE("top_p"), normOut: true }, // E over one 16-column group
+  { d: 512, E: 16, norm: "layernorm", rule: RULE("dense") },
+  { d: 64, E: 8, norm: "layernorm", rule: RULE("topk"), normOut: true, N: 11 }, // rows past a workgroup of 8
+  { d: 30, E: 5, norm: "rmsnorm", rule: RULE("threshold"), N: 3 }, // d and E not divisible by 4
+  { d: 48, E: 20, norm: "none", rule: RULE("top_p"), normOut: true, N: 2 },
+];
 
 for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
   for (const c of ROUTER_CASES) {
-    const what = `${c.norm} ${c.d} → ${c.E} experts, ${c.rule.kind}${c.normOut ? ", writing the row" : ""}`;
+    const N = c.N ?? 1;
+    const what = `${N > 1 ? `${N} rows, ` : ""}${c.norm} ${c.d} → ${c.E} experts, ${c.rule.kind}${
+      c.normOut ? ", writing the row" : ""
+    }`;
     Deno.test(`fused router ${what} matches float64 in one dispatch (${profile} profile)`, async () => {
       const ctx = (await testGpu()).withProfile(profile);
-      const x = f32(c.d, 4, 2, 0.3), g = f32(c.d, 5, 0.5, 1), b = f32(c.d, 6, 0.2);
+      // Rows of different offsets and scales, so that each row's own mean and rstd matter.
+      const x = Float64Array.from(f32(N * c.d, 4, 2, 0.3), (v, i) => v * (1 + Math.floor(i / c.d)));
+      const g = f32(c.d, 5, 0.5, 1), b = f32(c.d, 6, 0.2);
       // Router weights large enough that the probabilities spread and the rules keep different experts.
       const w = f32(c.d * c.E, 7, 0.5);
       const made: GpuTensor[] = [];
@@ -116,11 +131,11 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
         made.push(v);
         return v;
       };
-      const [probs, mask, gate, logits] = [0, 1, 2, 3].map(() => t([1, c.E]));
-      const th = c.normOut ? t([1, c.d]) : undefined;
+      const [probs, mask, gate, logits] = [0, 1, 2, 3].map(() => t([N, c.E]));
+      const th = c.normOut ? t([N, c.d]) : undefined;
       try {
         const call = fusedRouteGate(ctx, {
-          x: t([1, c.d], x),
+          x: t([N, c.d], x),
           norm: { kind: c.norm, eps: 1e-5, gamma: t([c.d], g), beta: t([c.d], b) },
           w: t([c.d, c.E], w),
           probs: probs!,
@@ -132,7 +147,7 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
         });
         assertEquals(runCalls(ctx, [call]).dispatches, 1);
         const h = normed(c.norm, x, g, b, c.d);
-        const z = matmulRef(h, w, { m: 1, k: c.d, n: c.E });
+        const z = matmulRef(h, w, { m: N, k: c.d, n: c.E });
         const p = softmaxRef(z, c.E), m = routeMaskRef(p, c.E, c.rule);
         assertClose(await readTensor(ctx, logits!), z, TOL, `${what}: logits`);
         assertClose(await readTensor(ctx, probs!), p, TOL, `${what}: probabilities`);

@@ -53,7 +53,7 @@ export interface MoeMlpOptions {
   E: number;
   h: number;
   activation: ActivationKind;
-  /** Added to y (decoding's fused residual add; one token only). */
+  /** Added to y (decoding's fused residual add: the one-token kernels, or the gather of the pair pipeline). */
   residual?: GpuTensor;
   scratch: MoeScratch;
   /** Overrides the tiles chosen for the profile (tests and tuning). */

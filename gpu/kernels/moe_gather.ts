@@ -18,13 +18,18 @@ export interface GatherOptions {
   route: GpuTensor;
   /** (N, d), written. */
   y: GpuTensor;
+  /** (N, d), added to y (decoding's fused residual add). */
+  residual?: GpuTensor;
   L: RouteLayout;
   N: number;
   d: number;
   E: number;
 }
 
-/** `moe_gather`: y[t] = Σ over the token's routed experts, in expert order, of its pairs' rows. */
+/**
+ * `moe_gather`: y[t] = Σ over the token's routed experts, in expert order, of its pairs' rows (+ R[t], the
+ * residual, added last as the unfused add would).
+ */
 export function gatherKernel(ctx: GpuContext, o: GatherOptions): KernelCall {
   const { N, d, E } = o;
   const v = d % 4 === 0, dq = v ? d / 4 : d, V = v ? "vec4<f32>" : "f32";
@@ -39,6 +44,7 @@ export function gatherKernel(ctx: GpuContext, o: GatherOptions): KernelCall {
       { name: "part", decl: V, t: o.partial },
       { name: "route", decl: "u32", t: o.route },
       { name: "y", decl: V, t: o.y, write: true },
+      ...(o.residual ? [{ name: "R", decl: V, t: o.residual }] : []),
     ],
     [["n", "u32", (N * dq) / G], ["dq", "u32", dq], ["E", "u32", E], ["idx", "u32", o.L.idx]],
     (N * dq) / G,
@@ -54,6 +60,9 @@ export function gatherKernel(ctx: GpuContext, o: GatherOptions): KernelCall {
       ${gs.map((j) => `acc${j} = acc${j} + part[o + ${j}u];`).join(" ")}
     }
   }
-  ${gs.map((j) => `y[t * u.dq + c0 + ${j}u] = acc${j};`).join(" ")}`,
+  ${
+      gs.map((j) => `y[t * u.dq + c0 + ${j}u] = ${o.residual ? `R[t * u.dq + c0 + ${j}u] + ` : ""}acc${j};`)
+        .join(" ")
+    }`,
   );
 }

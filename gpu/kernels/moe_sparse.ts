@@ -34,7 +34,6 @@ import { pairListKernels } from "./moe_route.ts";
  */
 export function moeMlpSparse(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
   if (o.gate.shape[0] === 1) return moeMlpOneToken(ctx, o);
-  if (o.residual) throw new RangeError("Cannot add a residual inside the MoE MLP of more than one token");
   return sparsePipeline(ctx, o, "MoE");
 }
 
@@ -42,8 +41,8 @@ export function moeMlpSparse(ctx: GpuContext, o: MoeMlpOptions): KernelCall[] {
 export type SparseOptions = Omit<MoeMlpOptions, "activation"> & { activation?: ActivationKind };
 
 /**
- * The pair lists, both grouped matmuls and the gather; `middle` (if any) runs on H between them. `what`
- * (MoE or MoA) names the operation in errors.
+ * The pair lists, both grouped matmuls and the gather (adding `o.residual` when given); `middle` (if any)
+ * runs on H between them. `what` (MoE or MoA) names the operation in errors.
  */
 export function sparsePipeline(
   ctx: GpuContext,
@@ -97,6 +96,20 @@ export function sparsePipeline(
     L,
     args,
   });
-  const gather = gatherKernel(ctx, { partial, route, y: o.y, L, N, d, E });
+  if (o.residual && o.residual.size !== N * d) {
+    throw new RangeError(
+      `Cannot add the residual to the ${what}: it has ${o.residual.size} elements, not ${N * d}`,
+    );
+  }
+  const gather = gatherKernel(ctx, {
+    partial,
+    route,
+    y: o.y,
+    L,
+    N,
+    d,
+    E,
+    ...(o.residual ? { residual: o.residual } : {}),
+  });
   return [...lists, up, ...(middle ? [middle(L, s)] : []), down, gather];
 }
