@@ -178,6 +178,16 @@ export const GPU_IMPLS: GpuTable = {
     const partial = splits > 1 ? scratch([matmulScratch(m, nn, splits)], "partial") : undefined;
     return matmulCalls(ctx, { a: a!, b: b!, c: c!, m, k, n: nn, transA, transB, splits, partial });
   },
+  fused_matmul: (ctx, n, [a, b, r], [c], scratch) => {
+    const [m, nn] = n.outputs[0]!.shape as [number, number], k = n.inputs[0]!.shape[1]!;
+    const { splits } = matmulPlan(ctx, m, k, nn);
+    const partial = splits > 1 ? scratch([matmulScratch(m, nn, splits)], "partial") : undefined;
+    const epilogue = {
+      ...(n.attrs.activation !== "none" ? { activation: n.attrs.activation } : {}),
+      ...(n.attrs.residual ? { residual: r! } : {}),
+    };
+    return matmulCalls(ctx, { a: a!, b: b!, c: c!, m, k, n: nn, splits, partial, epilogue });
+  },
   norm: (ctx, n, [x, gamma, beta], [y, mean, rstd]) => [
     norm(ctx, {
       kind: n.attrs.kind,

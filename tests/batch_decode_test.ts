@@ -76,6 +76,13 @@ for (const [name, model] of Object.entries(MODELS)) {
           : { model: built, outputs: [built.logits, ...builtMasks] };
         const masks = outputs.slice(1);
         const sched = schedule(dec.graph, [dec.logits, ...masks]);
+        if (fused && model.kind === "dense") {
+          const ops = sched.nodes.map((n) => n.op);
+          assert(
+            ops.includes("fused_matmul") && !ops.includes("add") && !ops.includes("activation"),
+            ops.join(),
+          );
+        }
         if (fused && model.kind !== "dense" && rule.mlp.kind !== "dense") {
           const ops = sched.nodes.map((n) => n.op);
           assert(ops.includes("fused_route_gate") && ops.includes("embedding_pair"), ops.join());

@@ -157,6 +157,12 @@ export const CPU_OPS: CpuTable = {
     });
     return a.normOut ? [h, ...ys] : ys;
   },
+  fused_matmul: ([x, w, r], n) => {
+    const [m, k] = n.inputs[0]!.shape as [number, number], a = n.attrs;
+    let y: HostValue = matmulRef(x!, w!, { m, k, n: n.outputs[0]!.shape[1]! });
+    if (a.activation !== "none") y = activationRef(a.activation, y);
+    return [_plus(y, a.residual ? r : undefined)];
+  },
   fused_route_gate: (xs, n) => {
     const a = n.attrs, p = fusedRouterParts(xs, a), [m, d] = n.inputs[0]!.shape as [number, number];
     const h = _normed(a, p, d), E = fusedRouterParts(n.inputs, a).w.shape[1]!;

@@ -67,6 +67,15 @@ export interface FusedRouteGateAttrs extends RouteRule {
   readonly normOut: boolean;
 }
 
+/**
+ * `fused_matmul` (batched decoding): a product x · W of a parameter with its epilogue — the activation, then
+ * the residual (a last input) added — in one dispatch.
+ */
+export interface FusedMatmulAttrs {
+  readonly activation: ActivationKind | "none";
+  readonly residual: boolean;
+}
+
 /** A reduction. */
 export type ReduceOp = "sum" | "mean" | "max";
 
@@ -164,6 +173,7 @@ export interface OpAttrs {
   };
   fused_gemv: FusedGemvAttrs;
   fused_route_gate: Readonly<FusedRouteGateAttrs>;
+  fused_matmul: Readonly<FusedMatmulAttrs>;
   // Batched decoding (docs/design.md §10): B sequences, one new token each, stacked (B·seq, …) caches.
   attention_cached_batch: {
     readonly heads: number;

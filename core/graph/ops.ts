@@ -389,6 +389,23 @@ export const OPS: OpTable = {
    */
   moe_mlp: { outputs: ([x]) => _same(x!), grad: "inference" },
   /**
+   * Batched decoding's product with its epilogue: x (M, d), W (d, n) (, r (M, n) with attrs residual) →
+   * act(x · W) (+ r); attrs activation ("none" for none), residual. Inference only.
+   */
+  fused_matmul: {
+    outputs: ([x, w, r], a) => {
+      _check(x!.shape[1] === w!.shape[0], "fused_matmul", "x is (M, d) and W (d, n)");
+      const y = { shape: [x!.shape[0]!, w!.shape[1]!] };
+      _check(
+        !a.residual || (r!.shape[0] === y.shape[0] && r!.shape[1] === y.shape[1]),
+        "fused_matmul",
+        "r is (M, n)",
+      );
+      return [y];
+    },
+    grad: "inference",
+  },
+  /**
    * Decoding's fused product of one row (docs/performance.md "Dispatches per decoded token"): inputs x
    * (M, d), the norm's gamma (and beta for a LayerNorm) unless attrs norm is "none", W_1 … W_n (d, n_i),
    * or with attrs transB one W (n, d) used as Wᵀ, and with attrs residual r (M, n_1). h = norm(x) (x itself without a norm); y_i = act(h·W_i) (+ r) →

@@ -15,8 +15,9 @@
  *
  * Only one-row products of a parameter are fused (a transposed one, the tied LM head, alone); anything else
  * is copied as it is. The batched decoder's graph (B rows, docs/design.md §10 "Batched decoding") takes the
- * fusions whose kernels handle B rows: the routers (with the MLP's norm), the sparse experts' residual adds
- * (into their gather) and the embeddings; its products stay matmuls.
+ * fusions whose kernels handle B rows: the routers (with their norms), the sparse experts' residual adds
+ * (into their gather), the embeddings, and a product's activation or residual add as the matmul's epilogue
+ * (`fused_matmul`).
  *
  * @module
  */
@@ -89,6 +90,7 @@ class _Fuser {
     for (const n of this.g.nodes) {
       if (this.#absorbed.has(n.id)) continue;
       if (this.#isRowProduct(n)) this.#fuseEpilogue(n);
+      else if (this.#isRowsProduct(n)) this.#fuseMatmulEpilogue(n);
       else if (
         n.op === "moe_mlp" || n.op === "moa_attention_batch" ||
         (n.op === "moa_attention" && n.inputs[0]!.shape[0] === 1)
@@ -148,6 +150,13 @@ class _Fuser {
     if (n.op !== "matmul" || this.#absorbed.has(n.id)) return false;
     const a = n.attrs as OpAttrs["matmul"], [x, w] = n.inputs;
     return !a.transA && x!.shape[0] === 1 && this.g.leaves.get(w!.id)?.kind === "param";
+  }
+
+  /** A product x · W of a parameter W over more than one row (batched decoding), not yet fused. */
+  #isRowsProduct(n: Node): boolean {
+    if (n.op !== "matmul" || this.#absorbed.has(n.id)) return false;
+    const a = n.attrs as OpAttrs["matmul"], [x, w] = n.inputs;
+    return !a.transA && !a.transB && x!.shape[0]! > 1 && this.g.leaves.get(w!.id)?.kind === "param";
   }
 
   /** Whether product `n` reads its weight transposed (the tied LM head). */
@@ -296,6 +305,34 @@ class _Fuser {
         op: "fused_gemv",
         inputs: [mm.inputs[0]!, mm.inputs[1]!],
         attrs: { ...base, activation: (user.attrs as OpAttrs["activation"]).kind, residual: false },
+        outputs: [user.outputs[0]!],
+      });
+      this.#absorb(mm, user);
+    }
+  }
+
+  /**
+   * A product of several rows whose only reader is an activation or a residual add takes it as its
+   * epilogue: one fused_matmul.
+   */
+  #fuseMatmulEpilogue(mm: Node): void {
+    const y = mm.outputs[0]!, user = this.#soleUser(y);
+    if (!user || this.#absorbed.has(user.id)) return;
+    if (user.op === "add") {
+      const r = user.inputs[0] === y ? user.inputs[1]! : user.inputs[0]!;
+      if (r === y) return;
+      this.#emit(user, {
+        op: "fused_matmul",
+        inputs: [mm.inputs[0]!, mm.inputs[1]!, r],
+        attrs: { activation: "none", residual: true },
+        outputs: [user.outputs[0]!],
+      });
+      this.#absorb(mm, user);
+    } else if (user.op === "activation") {
+      this.#emit(user, {
+        op: "fused_matmul",
+        inputs: [mm.inputs[0]!, mm.inputs[1]!],
+        attrs: { activation: (user.attrs as OpAttrs["activation"]).kind, residual: false },
         outputs: [user.outputs[0]!],
       });
       this.#absorb(mm, user);

@@ -71,3 +71,15 @@ export function activationBackward(
     body: `  dx[i] = ${o.kind}_grad${w.sfx}(x[i]) * dy[i];`,
   });
 }
+
+/**
+ * WGSL `fn act(x: vec4<f32>) -> vec4<f32>` of each activation (same formulas as gpu/kernels/activation.ts
+ * and core/ref/activation.ts).
+ */
+export const ACT_VEC4: Record<ActivationKind, string> = {
+  gelu: `fn act(x: vec4<f32>) -> vec4<f32> {
+  return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+}`,
+  relu: `fn act(x: vec4<f32>) -> vec4<f32> { return max(x, vec4<f32>(0.0)); }`,
+  silu: `fn act(x: vec4<f32>) -> vec4<f32> { return x / (1.0 + exp(-x)); }`,
+};

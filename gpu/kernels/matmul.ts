@@ -24,6 +24,7 @@
 import { assertBindable, type GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
+import { ACT_VEC4, type ActivationKind } from "./activation.ts";
 import { loopBudget, packUniform, sumOf4, VEC4_LANES } from "./common.ts";
 
 /** Options of {@linkcode matmul}. Logical sizes: op(A) is (m, k), op(B) is (k, n), C is (m, n). */
@@ -56,6 +57,17 @@ export interface MatmulOptions {
    * Both run the `gpu` family's template on every profile. docs/performance.md "Half precision".
    */
   operands?: MatmulOperands;
+  /** What each output goes through before it is stored (not with `accumulate`). */
+  epilogue?: MatmulEpilogue;
+}
+
+/**
+ * A product's epilogue (batched decoding's fusions, core/plan/fuse_decode.ts): C = R + act(alpha · op(A) ·
+ * op(B)), the activation first, then the residual R (C's shape) added, as the unfused ops would.
+ */
+export interface MatmulEpilogue {
+  activation?: ActivationKind;
+  residual?: GpuTensor;
 }
 
 /** Storage of a matmul's operands (see {@linkcode MatmulOptions.operands}). */
@@ -91,6 +103,9 @@ export interface MatmulSpec extends MatmulTile {
   k4?: boolean;
   /** C stored as vec4 (N divisible by 4). */
   vecC: boolean;
+  /** The epilogue's activation, and whether a residual R is bound (after C) and added. */
+  act?: ActivationKind;
+  res?: boolean;
 }
 
 const _UNIFORM_FIELDS = 16;
@@ -118,11 +133,12 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
   for (const [t, what] of [[o.a, "a"], [o.b, "b"], [o.c, "c"]] as const) {
     assertBindable(ctx, t.buffer.size, `matmul ${what} ("${t.label}")`);
   }
+  _checkEpilogue(o, batch * m * n);
   const transA = !!o.transA, transB = !!o.transB;
   const label = _label(transA, transB);
   const bStride = o.broadcastB ? 0 : k * n;
   if (ctx.profile === "gpu" || half) {
-    return _gpuCall(ctx, o, o.gpuTile ?? matmulPlan(ctx, m, k, n, batch).tile, 1, o.c);
+    return _gpuCall(ctx, o, o.gpuTile ?? matmulPlan(ctx, m, k, n, batch).tile, 1, o.c, o.epilogue);
   }
   const tile = o.tile ?? matmulTile(m, n, batch, transB);
   _checkTile(tile, transB);
@@ -139,10 +155,21 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
   const strides = [aVec ? (m * k) / 4 : m * k, bVec ? bStride / 4 : bStride, m * n];
   const ncg = Math.ceil(n / (tile.wx * tile.tn)), nrt = Math.ceil(m / tile.tm);
   const groups = batch * nrt * ncg;
+  const ep = o.epilogue, res = ep?.residual;
   return {
-    label,
-    code: _matmulWgsl({ ...tile, transA, transB, vec, vecC, aVec: !transB && aVec, k4: k % 4 === 0 }),
-    bindings: [o.a, o.b, o.c],
+    label: `${label}${_epilogueLabel(ep)}`,
+    code: _matmulWgsl({
+      ...tile,
+      transA,
+      transB,
+      vec,
+      vecC,
+      aVec: !transB && aVec,
+      k4: k % 4 === 0,
+      ...(ep?.activation ? { act: ep.activation } : {}),
+      ...(res ? { res: true } : {}),
+    }),
+    bindings: res ? [o.a, o.b, o.c, res] : [o.a, o.b, o.c],
     uniform: _uniform(m, k, n, strides, ncg, nrt, groups, !!o.accumulate, o.alpha ?? 1, 1, k),
     workgroups: grid(ctx, groups),
   };
@@ -195,6 +222,36 @@ function _needs(t: GpuTensor, elements: number, what: string, half = false): voi
   }
 }
 
+/** An epilogue's residual holds C's `elements`; an epilogue excludes accumulate. */
+function _checkEpilogue(o: MatmulOptions, elements: number): void {
+  if (!o.epilogue) return;
+  if (o.accumulate) throw new RangeError("Cannot matmul: an epilogue and accumulate together");
+  const r = o.epilogue.residual;
+  if (r && r.size !== elements) {
+    throw new RangeError(`Cannot matmul: the residual ("${r.label}") has ${r.size} elements, C ${elements}`);
+  }
+}
+
+/** The label suffix of an epilogue (`_gelu`, `_res`, `_gelu_res`). */
+function _epilogueLabel(ep: MatmulEpilogue | undefined): string {
+  return `${ep?.activation ? `_${ep.activation}` : ""}${ep?.residual ? "_res" : ""}`;
+}
+
+/**
+ * WGSL of the value an epilogue stores for product `x` (alpha applied): act(x) then R[ix] + that; `v4` when
+ * x is a vec4 (the activations are vec4 functions).
+ */
+function _epilogueWgsl(
+  act: ActivationKind | undefined,
+  res: boolean,
+  x: string,
+  ix: string,
+  v4: boolean,
+): string {
+  const a = act ? (v4 ? `act(${x})` : `act(vec4<f32>(${x})).x`) : x;
+  return res ? `R[${ix}] + ${a}` : a;
+}
+
 // Uniform layout shared by both families (16 × 4 bytes); splits and kChunk are the gpu family's K split.
 const _UNIFORM_WGSL = `struct U { m: u32, k: u32, n: u32, aStride: u32, bStride: u32, cStride: u32,
   ncg: u32, nrt: u32, groups: u32, acc: u32, alpha: f32, splits: u32, kChunk: u32, p0: u32, p1: u32, p2: u32 }`;
@@ -240,6 +297,8 @@ export function matmulCalls(ctx: GpuContext, o: MatmulCallsOptions): KernelCall[
   }
   if (splits === 1) return [matmul(ctx, o)];
   _needs(o.partial!, matmulScratch(o.m, o.n, splits, batch), "partial");
+  _checkEpilogue(o, batch * o.m * o.n);
+  const ep = o.epilogue, res = ep?.residual;
   const total = batch * o.m * o.n;
   const sum = packUniform([
     ["total", "u32", total],
@@ -251,9 +310,9 @@ export function matmulCalls(ctx: GpuContext, o: MatmulCallsOptions): KernelCall[
   return [
     _gpuCall(ctx, { ...o, alpha: 1, accumulate: false }, o.gpuTile ?? plan.tile, splits, o.partial!),
     {
-      label: "matmul_split_sum",
-      code: _SPLIT_SUM_WGSL,
-      bindings: [o.partial!, o.c],
+      label: `matmul_split_sum${_epilogueLabel(ep)}`,
+      code: _splitSumWgsl(ep?.activation, !!res),
+      bindings: res ? [o.partial!, o.c, res] : [o.partial!, o.c],
       uniform: sum,
       workgroups: grid(ctx, Math.ceil(total / 256)),
     },
@@ -272,6 +331,7 @@ function _gpuCall(
   tile: GpuMatmulTile,
   splits: number,
   out: GpuTensor,
+  epilogue?: MatmulEpilogue,
 ): KernelCall {
   _checkGpuTile(tile);
   const { m, k, n } = o, batch = o.batch ?? 1, transA = !!o.transA, transB = !!o.transB;
@@ -279,10 +339,13 @@ function _gpuCall(
   const ncg = Math.ceil(n / bn), nrt = Math.ceil(m / bm), groups = batch * splits * nrt * ncg;
   const kChunk = Math.ceil(k / splits / tile.bk) * tile.bk;
   const operands = o.operands ?? "f32";
+  const res = epilogue?.residual;
   return {
-    label: `${_label(transA, transB)}${operands === "f32" ? "" : `_${operands.replace("-", "_")}`}`,
-    code: _matmulGpuWgsl(tile, transA, transB, operands),
-    bindings: [o.a, o.b, out],
+    label: `${_label(transA, transB)}${operands === "f32" ? "" : `_${operands.replace("-", "_")}`}${
+      _epilogueLabel(epilogue)
+    }`,
+    code: _matmulGpuWgsl(tile, transA, transB, operands, epilogue?.activation, !!res),
+    bindings: res ? [o.a, o.b, out, res] : [o.a, o.b, out],
     uniform: _uniform(
       m,
       k,
@@ -317,8 +380,9 @@ function _prologue(s: MatmulSpec, aType: string, bType: string, cType: string): 
   return `@group(0) @binding(0) var<storage, read> A: array<${aType}>;
 @group(0) @binding(1) var<storage, read> B: array<${bType}>;
 @group(0) @binding(2) var<storage, read_write> C: array<${cType}>;
-${_UNIFORM_WGSL}
-@group(0) @binding(3) var<uniform> u: U;
+${s.res ? `@group(0) @binding(3) var<storage, read> R: array<${cType}>;\n` : ""}${_UNIFORM_WGSL}
+@group(0) @binding(${s.res ? 4 : 3}) var<uniform> u: U;
+${s.act ? ACT_VEC4[s.act] : ""}
 
 @compute @workgroup_size(${s.wx})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -344,12 +408,18 @@ function _stores(
   vec4At: ((r: number, c4: number) => string) | null,
   at: (r: number, c: number) => string,
 ): string {
-  const put = (ix: string, x: string) =>
-    `let x = u.alpha * (${x}); let ix = ${ix}; if (u.acc != 0u) { C[ix] = C[ix] + x; } else { C[ix] = x; }`;
+  const epilogue = !!(s.act || s.res);
+  const put = (ix: string, x: string, v4: boolean) =>
+    epilogue
+      ? `let ix = ${ix}; C[ix] = ${_epilogueWgsl(s.act, !!s.res, `u.alpha * (${x})`, "ix", v4)};`
+      : `let x = u.alpha * (${x}); let ix = ${ix}; if (u.acc != 0u) { C[ix] = C[ix] + x; } else { C[ix] = x; }`;
   const rows = _range(s.tm).map((r) => {
     const cols = vec4At
-      ? _lines(s.tn / 4, (c) => `      if (j0 + ${4 * c}u < u.n) { ${put(`co / 4u + ${c}u`, vec4At(r, c))} }`)
-      : _lines(s.tn, (c) => `      if (j0 + ${c}u < u.n) { ${put(`co + ${c}u`, at(r, c))} }`);
+      ? _lines(
+        s.tn / 4,
+        (c) => `      if (j0 + ${4 * c}u < u.n) { ${put(`co / 4u + ${c}u`, vec4At(r, c), true)} }`,
+      )
+      : _lines(s.tn, (c) => `      if (j0 + ${c}u < u.n) { ${put(`co + ${c}u`, at(r, c), false)} }`);
     return `  if (i0 + ${r}u < u.m) {\n    let co = cBase + (i0 + ${r}u) * u.n + j0;\n${cols}\n  }`;
   });
   return `  let cBase = bi * u.cStride;\n${rows.join("\n")}`;
@@ -613,9 +683,12 @@ export function _matmulGpuWgsl(
   transA: boolean,
   transB: boolean,
   operands: MatmulOperands = "f32",
+  act?: ActivationKind,
+  res = false,
 ): string {
   const g = _gpuDims(t);
-  return `${_gpuDecls(t, g, operands)}
+  return `${_gpuDecls(t, g, operands, res)}
+${act ? ACT_VEC4[act] : ""}
 
 ${_gpuIndices(t, g)}
 ${_vec4Accumulators(t.tm, g.tn4)}
@@ -630,7 +703,7 @@ ${_gpuInner(t, g, operands)}
   }
   if (!live) { return; }
   let cBase = (bi * u.splits + ks) * u.cStride;
-${_gpuStores(t)}
+${_gpuStores(t, act, res)}
 }
 `;
 }
@@ -664,7 +737,7 @@ function _gpuDims(t: GpuMatmulTile): _GpuDims {
  * (`f16`: `enable f16;`, the operands and the staged tiles in f16; `f16-packed`: the operands as u32 words of
  * two halves, the tiles in f32) the sums stay f32.
  */
-function _gpuDecls(t: GpuMatmulTile, g: _GpuDims, operands: MatmulOperands): string {
+function _gpuDecls(t: GpuMatmulTile, g: _GpuDims, operands: MatmulOperands, res: boolean): string {
   const el = operands === "f32" ? "f32" : operands === "f16" ? "f16" : "u32";
   const tile = operands === "f16" ? "vec4<f16>" : "vec4<f32>";
   return `${
@@ -672,8 +745,8 @@ function _gpuDecls(t: GpuMatmulTile, g: _GpuDims, operands: MatmulOperands): str
   }@group(0) @binding(0) var<storage, read> A: array<${el}>;
 @group(0) @binding(1) var<storage, read> B: array<${el}>;
 @group(0) @binding(2) var<storage, read_write> C: array<f32>;
-${_UNIFORM_WGSL}
-@group(0) @binding(3) var<uniform> u: U;
+${res ? "@group(0) @binding(3) var<storage, read> R: array<f32>;\n" : ""}${_UNIFORM_WGSL}
+@group(0) @binding(${res ? 4 : 3}) var<uniform> u: U;
 var<workgroup> As: array<${tile}, ${t.bk * g.BM4}>; // [k][rows / 4], one vec4 of padding per k
 var<workgroup> Bs: array<${tile}, ${t.bk * g.BN4}>; // [k][columns / 4], one vec4 of padding per k`;
 }
@@ -762,10 +835,14 @@ ${
   }`;
 }
 
-/** `gpu` family epilogue: alpha, optional accumulate, each output stored if inside (m, n). */
-function _gpuStores(t: GpuMatmulTile): string {
-  const put =
-    `let x = u.alpha * v; let ix = cBase + i * u.n + j; if (u.acc != 0u) { C[ix] = C[ix] + x; } else { C[ix] = x; }`;
+/**
+ * `gpu` family epilogue: alpha, optional accumulate (or the product's epilogue: `act`, a residual `res`),
+ * each output stored if inside (m, n).
+ */
+function _gpuStores(t: GpuMatmulTile, act?: ActivationKind, res = false): string {
+  const put = act || res
+    ? `let ix = cBase + i * u.n + j; C[ix] = ${_epilogueWgsl(act, res, "u.alpha * v", "ix", false)};`
+    : `let x = u.alpha * v; let ix = cBase + i * u.n + j; if (u.acc != 0u) { C[ix] = C[ix] + x; } else { C[ix] = x; }`;
   return _lines(t.tm, (r) =>
     `  { let i = row0 + lid.y * ${t.tm}u + ${r}u;
     if (i < u.m) {
@@ -779,11 +856,23 @@ ${
   }`);
 }
 
-/** WGSL summing the split-K planes: C[b, e] = alpha · Σ_s P[b, s, e] (+ C). */
-const _SPLIT_SUM_WGSL = `@group(0) @binding(0) var<storage, read> P: array<f32>;
+/**
+ * WGSL summing the split-K planes: C[b, e] = alpha · Σ_s P[b, s, e] (+ C), or with an epilogue
+ * R[b, e] + act(alpha · Σ_s P[b, s, e]).
+ */
+function _splitSumWgsl(act: ActivationKind | undefined, res: boolean): string {
+  const store = act || res
+    ? `C[e] = ${_epilogueWgsl(act, res, "u.alpha * s", "e", false)};`
+    : "let x = u.alpha * s;\n  if (u.acc != 0u) { C[e] = C[e] + x; } else { C[e] = x; }";
+  return `@group(0) @binding(0) var<storage, read> P: array<f32>;
 @group(0) @binding(1) var<storage, read_write> C: array<f32>;
-struct S { total: u32, plane: u32, splits: u32, acc: u32, alpha: f32, p0: u32, p1: u32, p2: u32 }
-@group(0) @binding(2) var<uniform> u: S;
+${
+    res
+      ? "@group(0) @binding(2) var<storage, read> R: array<f32>;\n"
+      : ""
+  }struct S { total: u32, plane: u32, splits: u32, acc: u32, alpha: f32, p0: u32, p1: u32, p2: u32 }
+@group(0) @binding(${res ? 3 : 2}) var<uniform> u: S;
+${act ? ACT_VEC4[act] : ""}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -794,7 +883,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let o = (b * u.splits) * u.plane + e % u.plane;
   var s = 0.0;
   for (var q = 0u; q < u.splits; q = q + 1u) { s = s + P[o + q * u.plane]; }
-  let x = u.alpha * s;
-  if (u.acc != 0u) { C[e] = C[e] + x; } else { C[e] = x; }
+  ${store}
 }
 `;
+}

@@ -1,3 +1,4 @@
+import { activationRef } from "../../core/ref/activation.ts";
 import { matmulRef } from "../../core/ref/matmul.ts";
 import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
 import { createTensor, readTensor } from "../buffers.ts";
@@ -15,7 +16,7 @@ import {
   matmulScratch,
   type MatmulTile,
 } from "./matmul.ts";
-import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, throws } from "node:assert/strict";
 
 // f32 products summed over k terms of size ≤ 1 against float64 on the same f32-rounded inputs: the error
 // grows like √k·2⁻²⁴·|a||b|. 2e-5 absolute + 1e-5 relative is ~20× the worst seen at k = 1000.
@@ -156,5 +157,60 @@ Deno.test("matmul() refuses non-positive sizes, tensors too small for the sizes,
   expect({ k: 5 }, /a \("small"\) has 12 elements, needs 15/);
   expect({ batch: 2 }, /needs 24/);
   expect({ tile: { tm: 3, tn: 4, wx: 8 } }, /unsupported tile/);
+  t.buffer.destroy();
+});
+
+Deno.test("matmul() epilogue: R + act(A·B) in the product's stores, or in the split sum (both profiles)", async () => {
+  const ctx = await testGpu();
+  const cases: (Case & { splits?: number; profile: "cpu-simd" | "gpu" })[] = [
+    { profile: "cpu-simd", m: 32, k: 64, n: 96, epilogue: { activation: "gelu" } }, // vec4 stores
+    { profile: "cpu-simd", m: 7, k: 33, n: 30, alpha: 0.5, epilogue: { activation: "silu" } }, // scalar stores
+    { profile: "cpu-simd", m: 9, k: 40, n: 24, transB: true, epilogue: { activation: "relu" } }, // the dot form
+    { profile: "gpu", m: 33, k: 70, n: 45, epilogue: { activation: "gelu" } },
+    { profile: "gpu", m: 9, k: 300, n: 24, splits: 3, epilogue: { activation: "gelu" } }, // in the sum
+  ];
+  for (const c of cases) {
+    for (const residual of [false, true]) {
+      const build = ctx.withProfile(c.profile), seed = c.m + c.k + c.n;
+      const a64 = f32(randomArray(c.m * c.k, seed)), b64 = f32(randomArray(c.k * c.n, seed + 1));
+      const r64 = f32(randomArray(c.m * c.n, seed + 2));
+      const a = createTensor(ctx, [a64.length], "f32", Float32Array.from(a64), "a");
+      const b = createTensor(ctx, [b64.length], "f32", Float32Array.from(b64), "b");
+      const out = createTensor(ctx, [c.m * c.n], "f32", undefined, "c");
+      const r = createTensor(ctx, [r64.length], "f32", Float32Array.from(r64), "r");
+      const partial = c.splits
+        ? createTensor(ctx, [matmulScratch(c.m, c.n, c.splits)], "f32", undefined, "partial")
+        : undefined;
+      const epilogue = { ...c.epilogue, ...(residual ? { residual: r } : {}) };
+      const calls = matmulCalls(build, { ...c, a, b, c: out, epilogue, ...(partial ? { partial } : {}) });
+      assertEquals(calls.length, c.splits ? 2 : 1);
+      await ctx.scoped(calls.at(-1)!.label, () => runCalls(ctx, calls).done());
+      let want: Float64Array = matmulRef(a64, b64, c); // alpha included
+      want = activationRef(c.epilogue!.activation!, want);
+      if (residual) want = want.map((v, i) => v + r64[i]!);
+      const what = `${calls.map((x) => x.label).join(" + ")} ${JSON.stringify({ ...c, residual })}`;
+      assertClose(await readTensor(ctx, out), want, TOL, what);
+      for (const t of [a, b, out, r, partial]) t?.buffer.destroy();
+    }
+  }
+  const t = createTensor(ctx, [12], "f32", undefined, "t");
+  throws(
+    () =>
+      matmul(ctx, { a: t, b: t, c: t, m: 3, k: 4, n: 3, accumulate: true, epilogue: { activation: "gelu" } }),
+    /an epilogue and accumulate together/,
+  );
+  throws(
+    () =>
+      matmul(ctx, {
+        a: t,
+        b: t,
+        c: t,
+        m: 3,
+        k: 4,
+        n: 3,
+        epilogue: { residual: createTensor(ctx, [4], "f32") },
+      }),
+    /the residual \(".*"\) has 4 elements, C 9/,
+  );
   t.buffer.destroy();
 });
