@@ -89,8 +89,8 @@ class _Fuser {
     for (const n of this.g.nodes) if (n.op === "norm") this.#fuseNorm(n);
     for (const n of this.g.nodes) {
       if (this.#absorbed.has(n.id)) continue;
-      if (this.#isRowProduct(n)) this.#fuseEpilogue(n);
-      else if (this.#isRowsProduct(n)) this.#fuseMatmulEpilogue(n);
+      if (this.#isRowProduct(n)) this.#fuseEpilogue(n, false);
+      else if (this.#isRowsProduct(n)) this.#fuseEpilogue(n, true);
       else if (
         n.op === "moe_mlp" || n.op === "moa_attention_batch" ||
         (n.op === "moa_attention" && n.inputs[0]!.shape[0] === 1)
@@ -279,64 +279,39 @@ class _Fuser {
     this.#absorb(mm, routeGate);
   }
 
-  /** A lone product whose only reader is a residual add or an activation takes it as its epilogue. */
-  #fuseEpilogue(mm: Node): void {
-    const y = mm.outputs[0]!, user = this.#soleUser(y);
-    if (!user || this.#absorbed.has(user.id)) return;
-    const base = {
-      norm: "none" as const,
-      eps: 0,
-      weights: 1,
-      normOut: false,
-      ...(this.#transB(mm) ? { transB: true } : {}),
-    };
-    if (user.op === "add") {
-      const r = user.inputs[0] === y ? user.inputs[1]! : user.inputs[0]!;
-      if (r === y) return;
-      this.#emit(user, {
-        op: "fused_gemv",
-        inputs: [mm.inputs[0]!, mm.inputs[1]!, r],
-        attrs: { ...base, activation: "none", residual: true },
-        outputs: [user.outputs[0]!],
-      });
-      this.#absorb(mm, user);
-    } else if (user.op === "activation") {
-      this.#emit(user, {
-        op: "fused_gemv",
-        inputs: [mm.inputs[0]!, mm.inputs[1]!],
-        attrs: { ...base, activation: (user.attrs as OpAttrs["activation"]).kind, residual: false },
-        outputs: [user.outputs[0]!],
-      });
-      this.#absorb(mm, user);
-    }
-  }
-
   /**
-   * A product of several rows whose only reader is an activation or a residual add takes it as its
-   * epilogue: one fused_matmul.
+   * A product whose only reader is a residual add or an activation takes it as its epilogue: one
+   * fused_gemv (a one-row product) or fused_matmul (`rows`: the batched decoder's products).
    */
-  #fuseMatmulEpilogue(mm: Node): void {
+  #fuseEpilogue(mm: Node, rows: boolean): void {
     const y = mm.outputs[0]!, user = this.#soleUser(y);
     if (!user || this.#absorbed.has(user.id)) return;
+    let inputs = [mm.inputs[0]!, mm.inputs[1]!], activation: OpAttrs["fused_matmul"]["activation"] = "none";
     if (user.op === "add") {
       const r = user.inputs[0] === y ? user.inputs[1]! : user.inputs[0]!;
       if (r === y) return;
-      this.#emit(user, {
-        op: "fused_matmul",
-        inputs: [mm.inputs[0]!, mm.inputs[1]!, r],
-        attrs: { activation: "none", residual: true },
-        outputs: [user.outputs[0]!],
-      });
-      this.#absorb(mm, user);
+      inputs = [...inputs, r];
     } else if (user.op === "activation") {
-      this.#emit(user, {
-        op: "fused_matmul",
-        inputs: [mm.inputs[0]!, mm.inputs[1]!],
-        attrs: { activation: (user.attrs as OpAttrs["activation"]).kind, residual: false },
-        outputs: [user.outputs[0]!],
-      });
-      this.#absorb(mm, user);
+      activation = (user.attrs as OpAttrs["activation"]).kind;
+    } else {
+      return;
     }
+    const residual = user.op === "add";
+    this.#emit(user, {
+      op: rows ? "fused_matmul" : "fused_gemv",
+      inputs,
+      attrs: rows ? { activation, residual } : {
+        norm: "none",
+        eps: 0,
+        weights: 1,
+        normOut: false,
+        ...(this.#transB(mm) ? { transB: true } : {}),
+        activation,
+        residual,
+      },
+      outputs: [user.outputs[0]!],
+    });
+    this.#absorb(mm, user);
   }
 
   /** The sum of two embeddings read only by it (token and position): one embedding_pair. */
