@@ -6,7 +6,7 @@
  * the embeddings), which `plan` applies.
  */
 import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
-import { ExperimentSchema } from "../core/config/schema.ts";
+import { type Experiment, ExperimentSchema } from "../core/config/schema.ts";
 import { evaluateGraph, type HostValue } from "../core/graph/cpu_executor.ts";
 import { CPU_OPS } from "../core/graph/cpu_ops.ts";
 import { numel } from "../core/graph/ir.ts";
@@ -19,9 +19,34 @@ import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
 import { assertClose, testGpu } from "./helpers/gpu.ts";
 import { DECODER_MODELS, PER_TOKEN_RULES } from "./helpers/decoders.ts";
+import { tinyMoa } from "./helpers/router_configs.ts";
 
 const T = 6;
-const MODELS = DECODER_MODELS, RULES = PER_TOKEN_RULES;
+const RULES = PER_TOKEN_RULES;
+/** The decoders' models, and routers of the literature (docs/design.md §16) with MoA and MoE experts. */
+const MODELS: Record<string, { c: Experiment; dense: boolean }> = {
+  ...Object.fromEntries(
+    Object.entries(DECODER_MODELS).map(([name, model]) => [name, {
+      c: ExperimentSchema.parse({ data: { seq_len: T }, model: { d_model: 16, layers: 2, ...model } }),
+      dense: model.kind === "dense",
+    }]),
+  ),
+  ...Object.fromEntries(
+    Object.entries<Record<string, Record<string, unknown>>>({
+      "ReLU routing with shared and fine-grained experts": {
+        model: { kind: "smoe", mlp: { experts: 4, hidden: 12, segments: 2, shared: 2 } },
+        router: { train: "relu" },
+        loss: { l1: 0.01 },
+      },
+      "DS-MoE with shared and fine-grained experts": {
+        model: { mlp: { experts: 4, hidden: 12, segments: 3, shared: 1 } },
+      },
+    }).map(([name, over]) => [name, {
+      c: tinyMoa(over, { seqLen: T, dModel: 16, headsPerExpert: 2, headDim: 8, hidden: 12 }),
+      dense: false,
+    }]),
+  ),
+};
 /** Prompt lengths of the B = 3 sequences: the shorter ones wait at their last token (re-fed in place). */
 const LENGTHS = [6, 2, 4];
 
@@ -42,10 +67,9 @@ function paramSource(rng: Rng) {
   };
 }
 
-for (const [name, model] of Object.entries(MODELS)) {
+for (const [name, { c, dense }] of Object.entries(MODELS)) {
   Deno.test(`a batched decoder of 3 sequences at different positions gives 3 batch-1 decoders' logits: tiny ${name}`, async () => {
     const detected = await testGpu();
-    const c = ExperimentSchema.parse({ data: { seq_len: T }, model: { d_model: 16, layers: 2, ...model } });
     const rng = new Rng(5), valueOf = paramSource(rng), B = LENGTHS.length;
     const seqs = LENGTHS.map((n) => Array.from({ length: n }, () => rng.int(256)));
     // Step s: row b feeds its token min(s, len_b − 1) at that position (a finished row repeats its last).
@@ -76,16 +100,16 @@ for (const [name, model] of Object.entries(MODELS)) {
           : { model: built, outputs: [built.logits, ...builtMasks] };
         const masks = outputs.slice(1);
         const sched = schedule(dec.graph, [dec.logits, ...masks]);
-        if (fused && model.kind === "dense") {
+        if (fused && dense) {
           const ops = sched.nodes.map((n) => n.op);
           assert(
             ops.includes("fused_matmul") && !ops.includes("add") && !ops.includes("activation"),
             ops.join(),
           );
         }
-        if (fused && model.kind !== "dense" && rule.mlp.kind !== "dense") {
+        if (fused && !dense && rule.mlp.kind !== "dense") {
           const ops = sched.nodes.map((n) => n.op);
-          assert(ops.includes("fused_route_gate") && ops.includes("embedding_pair"), ops.join());
+          assert(!ops.includes("route_gate") && ops.includes("embedding_pair"), ops.join());
           assert(sched.nodes.length < schedule(built.graph, [built.logits, ...builtMasks]).nodes.length);
         }
         assertEquals(dec.caches[0]!.shape[0], B * T, "the caches of the 3 sequences are stacked");
@@ -146,14 +170,14 @@ for (const [name, model] of Object.entries(MODELS)) {
         }
       }
     }
-    if (model.kind !== "dense") assert(routedOff > 0, "the sparse rules left some experts out");
+    if (!dense) assert(routedOff > 0, "the sparse rules left some experts out");
   });
 }
 
 Deno.test("plan decode with batch B > 1 builds the batched decoder; threshold_topk is refused there", () => {
   const c = ExperimentSchema.parse({
     data: { seq_len: T },
-    model: { d_model: 16, layers: 1, ...MODELS["DS-MoE with MoA"] },
+    model: { d_model: 16, layers: 1, ...DECODER_MODELS["DS-MoE with MoA"] },
   });
   const rules = RULES[1]!;
   const p = plan(c, "decode", { rules, batch: 4 });
@@ -165,7 +189,7 @@ Deno.test("plan decode with batch B > 1 builds the batched decoder; threshold_to
   assert(one.schedule.nodes.some((n) => n.op === "moa_attention"), "batch 1 keeps the one-token graph");
   const dense = ExperimentSchema.parse({
     data: { seq_len: T },
-    model: { d_model: 16, layers: 1, ...MODELS.dense },
+    model: { d_model: 16, layers: 1, ...DECODER_MODELS.dense },
   });
   assert(
     plan(dense, "decode", { rules, batch: 2 }).schedule.nodes.some((n) => n.op === "attention_cached_batch"),
