@@ -3,7 +3,8 @@
  * sequences of different lengths decoded together give, row by row and step by step, the logits of B
  * independent batch-1 decoders (float64), in float64 and on the GPU under both kernel profiles — as built,
  * and with decoding's fusions (core/plan/fuse_decode.ts: routers with their norms, the experts' residual adds,
- * the embeddings), which `plan` applies.
+ * the embeddings, the products' activations and residual adds), which `plan` applies; for dense, DS-MoE with
+ * MoA, and routers of the literature (ReLU routing, shared and fine-grained experts).
  */
 import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
 import { type Experiment, ExperimentSchema } from "../core/config/schema.ts";
