@@ -174,7 +174,7 @@ async function _runCase(
           setup.tolerance,
           `${c.suite} ${c.name} ${impl}`,
         );
-        const p = r.hostBound ? 1 : (perSync ??= await sizeQueue((times) => r!.run(times)));
+        const p = r.hostBound ? 1 : (perSync ??= await sizeQueue((times) => r!.run(times), o.now));
         checkTiming(o.reps, p);
         out.set(impl, { impl, r, maxErr, perSync: p, samples: new Samples(), dispatches: r.dispatches?.() });
       } catch (e) {
@@ -195,7 +195,7 @@ async function _runCase(
     };
     for (let i = 0; i < o.warmup; i++) await each((l) => l.r.run(l.perSync));
     for (let i = 0; i < o.reps; i++) {
-      await each(async (l) => l.samples.add(await timeSample((t) => l.r.run(t), l.perSync)));
+      await each(async (l) => l.samples.add(await timeSample((t) => l.r.run(t), l.perSync, o.now)));
     }
     return [...out.values()].map((x) => {
       if (!("r" in x)) return x;

@@ -22,6 +22,8 @@ export interface TimingOptions {
    * runner sizes it with {@linkcode sizeQueue} when not given.
    */
   perSync?: number;
+  /** The clock samples are timed with, in ms (default `performance.now`; tests give a virtual one). */
+  now?: () => number;
 }
 
 /** {@linkcode sizeQueue} stops doubling once p extra runs take this long. */
