@@ -65,6 +65,44 @@ interface _DeviceState {
   faultOom: string | undefined;
 }
 
+/** Where llvmpipe's thread count comes from. */
+export type LlvmpipeThreadsSource = "LP_NUM_THREADS" | "cpu count";
+
+/**
+ * llvmpipe's thread count: `LP_NUM_THREADS` when it is set to a whole number, else one per CPU (`cpus`).
+ *
+ * @example
+ * ```ts
+ * import { llvmpipeThreads } from "./device.ts";
+ * if (llvmpipeThreads("4", 16).threads !== 4) throw new Error("env wins");
+ * if (llvmpipeThreads(undefined, 16).from !== "cpu count") throw new Error("cpu count");
+ * ```
+ */
+export function llvmpipeThreads(
+  env: string | undefined,
+  cpus: number | null,
+): { threads: number | null; from: LlvmpipeThreadsSource } {
+  const n = env === undefined ? NaN : Number(env.trim());
+  if (env !== undefined && env.trim() !== "" && Number.isSafeInteger(n) && n >= 0) {
+    return { threads: n, from: "LP_NUM_THREADS" };
+  }
+  return { threads: cpus, from: "cpu count" };
+}
+
+/**
+ * Threads a software adapter computes with: llvmpipe's (`LP_NUM_THREADS`, else one per CPU), at least 1;
+ * 4 where the CPU count is unknown.
+ */
+function _softwareThreads(): number {
+  let cpus: number | null = null;
+  try {
+    cpus = navigator.hardwareConcurrency ?? null;
+  } catch {
+    // not exposed
+  }
+  return Math.max(1, llvmpipeThreads(optionalEnv("LP_NUM_THREADS"), cpus).threads ?? 4);
+}
+
 const _STATE = Symbol("GpuContext.state");
 
 /** An open device plus everything the kernels need from it. */
@@ -81,6 +119,11 @@ export class GpuContext {
    * `gpu`: a real GPU, where 4×4–8×8 tiles, 64–256-thread workgroups and shared memory win.
    */
   readonly profile: KernelProfile;
+  /**
+   * The threads a software adapter runs workgroups on: `cpu-simd` kernels size their grids to give each a
+   * share. 4 on a real GPU, which runs those kernels only when `DSMOE_KERNELS=cpu-simd` forces them.
+   */
+  readonly threads: number;
   // Keyed by a module symbol, not a #private field, so that a view made with Object.create(ctx, …) (tests
   // override limits that way) reaches the same state through its prototype.
   readonly [_STATE]: _DeviceState;
@@ -99,6 +142,7 @@ export class GpuContext {
     this.pipelines = shared?.pipelines ?? new PipelineCache(device);
     this.validation = validation;
     this.profile = profile ?? (isSoftwareAdapter(adapter) ? "cpu-simd" : "gpu");
+    this.threads = isSoftwareAdapter(adapter) ? _softwareThreads() : 4;
     const state = this[_STATE] = shared?.state ?? {
       lost: null,
       pendingAllocations: new Set(),

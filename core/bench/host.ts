@@ -9,8 +9,9 @@
  * @module
  */
 
-/** Where llvmpipe's thread count comes from. */
-export type LlvmpipeThreadsSource = "LP_NUM_THREADS" | "cpu count";
+import { llvmpipeThreads, type LlvmpipeThreadsSource } from "../../gpu/device.ts";
+
+export { llvmpipeThreads, type LlvmpipeThreadsSource };
 
 /** The host of a bench run. */
 export interface HostInfo {
@@ -67,27 +68,6 @@ export function cpuModelFromCpuinfo(text: string): string | null {
     if (v !== undefined && !/^\d+$/.test(v)) return v;
   }
   return null;
-}
-
-/**
- * llvmpipe's thread count: `LP_NUM_THREADS` when it is set to a whole number, else one per CPU (`cpus`).
- *
- * @example
- * ```ts
- * import { llvmpipeThreads } from "./host.ts";
- * if (llvmpipeThreads("4", 16).threads !== 4) throw new Error("env wins");
- * if (llvmpipeThreads(undefined, 16).from !== "cpu count") throw new Error("cpu count");
- * ```
- */
-export function llvmpipeThreads(
-  env: string | undefined,
-  cpus: number | null,
-): { threads: number | null; from: LlvmpipeThreadsSource } {
-  const n = env === undefined ? NaN : Number(env.trim());
-  if (env !== undefined && env.trim() !== "" && Number.isSafeInteger(n) && n >= 0) {
-    return { threads: n, from: "LP_NUM_THREADS" };
-  }
-  return { threads: cpus, from: "cpu count" };
 }
 
 /** True for an adapter description naming llvmpipe (the only software adapter whose threads we know). */

@@ -140,7 +140,7 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
   if (ctx.profile === "gpu" || half) {
     return _gpuCall(ctx, o, o.gpuTile ?? matmulPlan(ctx, m, k, n, batch).tile, 1, o.c, o.epilogue);
   }
-  const tile = o.tile ?? matmulTile(m, n, batch, transB);
+  const tile = o.tile ?? matmulTile(m, n, batch, transB, Math.min(4, Math.max(1, ctx.threads)));
   _checkTile(tile, transB);
   const vec = transB ? k % 4 === 0 : n % 4 === 0;
   loopBudget(
@@ -178,9 +178,11 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
 /**
  * The cpu-simd register tile for a shape: as big as docs/llvmpipe.md found fastest (32×32 outer form,
  * 32×16 dot form, 8 lanes), shrunk so that a workgroup does not mostly hang past N or M, and so that
- * there are a few workgroups for the CPU threads to share.
+ * there are `minGroups` workgroups for the CPU threads to share (the adapter's threads, at most 4: on 2
+ * threads, 32×4096·4096×512 — batched decoding's down projection at B = 32 — took 5.5 ms in 2 workgroups of
+ * 32×32 against 8.2 ms in 4 of 16×32, medians of 9 alternated rounds, 2026-12-07).
  */
-export function matmulTile(m: number, n: number, batch = 1, transB = false): MatmulTile {
+export function matmulTile(m: number, n: number, batch = 1, transB = false, minGroups = 4): MatmulTile {
   // The dot form (B transposed) holds 32 rows × 16 columns: 1.05–1.8× its former 16×16 at 256³–1024³
   // and the training shapes (4096×256×1024, 2048×256×1024, 256×1024×256), one llvmpipe run, 2026-11-26.
   const maxTn = transB ? 16 : 32, maxTm = 32;
@@ -190,8 +192,8 @@ export function matmulTile(m: number, n: number, batch = 1, transB = false): Mat
   let tm = maxTm;
   while (tm > 1 && tm >= 2 * m) tm /= 2;
   const groups = () => batch * Math.ceil(m / tm) * Math.ceil(n / (wx * tn));
-  while (groups() < 4 && tm > 8) tm /= 2;
-  while (groups() < 4 && tn > 8) tn /= 2;
+  while (groups() < minGroups && tm > 8) tm /= 2;
+  while (groups() < minGroups && tn > 8) tn /= 2;
   return { tm, tn, wx };
 }
 

@@ -15,8 +15,9 @@ import {
   matmulPlan,
   matmulScratch,
   type MatmulTile,
+  matmulTile,
 } from "./matmul.ts";
-import { deepStrictEqual as assertEquals, throws } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
 
 // f32 products summed over k terms of size ≤ 1 against float64 on the same f32-rounded inputs: the error
 // grows like √k·2⁻²⁴·|a||b|. 2e-5 absolute + 1e-5 relative is ~20× the worst seen at k = 1000.
@@ -213,4 +214,16 @@ Deno.test("matmul() epilogue: R + act(A·B) in the product's stores, or in the s
     /the residual \(".*"\) has 4 elements, C 9/,
   );
   t.buffer.destroy();
+});
+
+Deno.test("matmulTile keeps 32×32 blocks where the adapter's threads need fewer workgroups", async () => {
+  // Batched decoding's down projection at B = 32 (32×4096·4096×512): 4 workgroups of 16×32 for 4 threads,
+  // 2 of 32×32 for 2 (docs/llvmpipe.md measured the latter 1.5× faster on 2 threads).
+  assertEquals(matmulTile(32, 512), { tm: 16, tn: 32, wx: 8 });
+  assertEquals(matmulTile(32, 512, 1, false, 2), { tm: 32, tn: 32, wx: 8 });
+  assertEquals(matmulTile(32, 512, 1, false, 1), { tm: 32, tn: 32, wx: 8 });
+  // Training's shapes fill any number of threads at the largest tile.
+  assertEquals(matmulTile(2048, 1024, 1, false, 2), matmulTile(2048, 1024));
+  const ctx = await testGpu();
+  if (ctx.profile === "cpu-simd") assert(ctx.threads >= 1, `threads ${ctx.threads}`);
 });
