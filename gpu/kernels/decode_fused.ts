@@ -129,15 +129,10 @@ export function fusedRouteGate(ctx: GpuContext, o: FusedRouteGateOptions): Kerne
         `${o.probs.size / Math.max(N, 1)} experts`,
     );
   }
-  for (
-    const [t, what, size] of [[o.mask, "mask", N * E], [o.gate, "gate", N * E], [
-      o.logits,
-      "logits",
-      N * E,
-    ]] as const
-  ) {
-    if (t.size !== size) {
-      throw new RangeError(`Cannot fuse the router: ${what} has ${t.size} elements, not ${size}`);
+  const outputs = [[o.mask, "mask"], [o.gate, "gate"], [o.logits, "logits"]] as const;
+  for (const [t, what] of outputs) {
+    if (t.size !== N * E) {
+      throw new RangeError(`Cannot fuse the router: ${what} has ${t.size} elements, not ${N * E}`);
     }
   }
   if (o.h && o.h.size !== N * d) {
@@ -226,14 +221,14 @@ ${o.h ? `  for (var r = t; r < u.d; r = r + ${_T}u) { H[${xo}r] = ${xn}; }` : ""
       workgroups: grid(ctx, N),
     });
   }
-  // llvmpipe: one invocation; each element of the row normalized once (and written to H), times W's row as
-  // vec4s when E allows, into E accumulators (private), then the gate as routeGate's.
+  // llvmpipe: one invocation per row; each element of the row normalized once (and written to H), times W's
+  // row as vec4s when E allows, into E accumulators (private), then the gate as routeGate's.
   const vec = E % 4 === 0, A = vec ? E / 4 : E, V = vec ? "vec4<f32>" : "f32";
   const store = vec
     ? `let a = acc[c]; z[b + 4u * c] = a.x; z[b + 4u * c + 1u] = a.y; z[b + 4u * c + 2u] = a.z; z[b + 4u * c + 3u] = a.w;`
     : "z[b + c] = acc[c];";
-  // Several rows: an invocation per row, 8 to a workgroup (llvmpipe's SIMD width); W's loads are the same
-  // address in every lane.
+  // Several rows: 8 invocations to a workgroup (llvmpipe's SIMD width); W's loads are the same address in
+  // every lane.
   return simpleKernel(ctx, {
     label: "route_gate_fused",
     bindings: bindings.map((b) => b.name === "W" ? { ...b, type: V as "f32" | "vec4<f32>" } : b),
