@@ -94,12 +94,7 @@ export function llvmpipeThreads(
  * 4 where the CPU count is unknown.
  */
 function _softwareThreads(): number {
-  let cpus: number | null = null;
-  try {
-    cpus = navigator.hardwareConcurrency ?? null;
-  } catch {
-    // not exposed
-  }
+  const cpus = navigator.hardwareConcurrency ?? null;
   return Math.max(1, llvmpipeThreads(optionalEnv("LP_NUM_THREADS"), cpus).threads ?? 4);
 }
 

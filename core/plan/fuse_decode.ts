@@ -145,18 +145,20 @@ class _Fuser {
     return u.length === 1 && !this.pinned.has(v.id) ? u[0] : undefined;
   }
 
+  /** A product x · W (or x · Wᵀ) of a parameter W, A not transposed, not yet fused. */
+  #isParamProduct(n: Node): boolean {
+    if (n.op !== "matmul" || this.#absorbed.has(n.id)) return false;
+    return !(n.attrs as OpAttrs["matmul"]).transA && this.g.leaves.get(n.inputs[1]!.id)?.kind === "param";
+  }
+
   /** A one-row product x · W (or x · Wᵀ) of a parameter W, not yet fused. */
   #isRowProduct(n: Node): boolean {
-    if (n.op !== "matmul" || this.#absorbed.has(n.id)) return false;
-    const a = n.attrs as OpAttrs["matmul"], [x, w] = n.inputs;
-    return !a.transA && x!.shape[0] === 1 && this.g.leaves.get(w!.id)?.kind === "param";
+    return this.#isParamProduct(n) && n.inputs[0]!.shape[0] === 1;
   }
 
   /** A product x · W of a parameter W over more than one row (batched decoding), not yet fused. */
   #isRowsProduct(n: Node): boolean {
-    if (n.op !== "matmul" || this.#absorbed.has(n.id)) return false;
-    const a = n.attrs as OpAttrs["matmul"], [x, w] = n.inputs;
-    return !a.transA && !a.transB && x!.shape[0]! > 1 && this.g.leaves.get(w!.id)?.kind === "param";
+    return this.#isParamProduct(n) && !this.#transB(n) && n.inputs[0]!.shape[0]! > 1;
   }
 
   /** Whether product `n` reads its weight transposed (the tied LM head). */
@@ -172,10 +174,7 @@ class _Fuser {
 
   /** A router's logits: x · W of a parameter (any number of rows) read only by a route_gate. */
   #routerProduct(n: Node): Node | undefined {
-    if (n.op !== "matmul" || this.#absorbed.has(n.id)) return undefined;
-    const a = n.attrs as OpAttrs["matmul"];
-    if (a.transA || a.transB || this.g.leaves.get(n.inputs[1]!.id)?.kind !== "param") return undefined;
-    return this.#routerOf(n);
+    return this.#isParamProduct(n) && !this.#transB(n) ? this.#routerOf(n) : undefined;
   }
 
   #emit(at: Node, e: Emit): void {

@@ -138,7 +138,7 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
   const label = _label(transA, transB);
   const bStride = o.broadcastB ? 0 : k * n;
   if (ctx.profile === "gpu" || half) {
-    return _gpuCall(ctx, o, o.gpuTile ?? matmulPlan(ctx, m, k, n, batch).tile, 1, o.c, o.epilogue);
+    return _gpuCall(ctx, o, o.gpuTile ?? matmulPlan(ctx, m, k, n, batch).tile, 1, o.c);
   }
   const tile = o.tile ?? matmulTile(m, n, batch, transB, Math.min(4, Math.max(1, ctx.threads)));
   _checkTile(tile, transB);
@@ -310,7 +310,13 @@ export function matmulCalls(ctx: GpuContext, o: MatmulCallsOptions): KernelCall[
     ["alpha", "f32", o.alpha ?? 1],
   ]);
   return [
-    _gpuCall(ctx, { ...o, alpha: 1, accumulate: false }, o.gpuTile ?? plan.tile, splits, o.partial!),
+    _gpuCall(
+      ctx,
+      { ...o, alpha: 1, accumulate: false, epilogue: undefined },
+      o.gpuTile ?? plan.tile,
+      splits,
+      o.partial!,
+    ),
     {
       label: `matmul_split_sum${_epilogueLabel(ep)}`,
       code: _splitSumWgsl(ep?.activation, !!res),
@@ -333,7 +339,6 @@ function _gpuCall(
   tile: GpuMatmulTile,
   splits: number,
   out: GpuTensor,
-  epilogue?: MatmulEpilogue,
 ): KernelCall {
   _checkGpuTile(tile);
   const { m, k, n } = o, batch = o.batch ?? 1, transA = !!o.transA, transB = !!o.transB;
@@ -341,7 +346,7 @@ function _gpuCall(
   const ncg = Math.ceil(n / bn), nrt = Math.ceil(m / bm), groups = batch * splits * nrt * ncg;
   const kChunk = Math.ceil(k / splits / tile.bk) * tile.bk;
   const operands = o.operands ?? "f32";
-  const res = epilogue?.residual;
+  const epilogue = o.epilogue, res = epilogue?.residual;
   return {
     label: `${_label(transA, transB)}${operands === "f32" ? "" : `_${operands.replace("-", "_")}`}${
       _epilogueLabel(epilogue)

@@ -54,6 +54,11 @@ export function sparsePipeline(
   const s: MoeShape = { N, d, E, h };
   const tile = o.tile ?? moeTile(ctx, s);
   checkMoe(o, s, tile, what);
+  if (o.residual && o.residual.size !== N * d) {
+    throw new RangeError(
+      `Cannot add the residual to the ${what}: it has ${o.residual.size} elements, not ${N * d}`,
+    );
+  }
   const L = routeLayout(s, tile.tm);
   const ncgUp = Math.ceil(h / (tile.wxUp * tile.tnUp)), ncgDown = Math.ceil(d / (tile.wxDown * tile.tnDown));
   const { route, hidden, partial, args } = o.scratch;
@@ -96,11 +101,6 @@ export function sparsePipeline(
     L,
     args,
   });
-  if (o.residual && o.residual.size !== N * d) {
-    throw new RangeError(
-      `Cannot add the residual to the ${what}: it has ${o.residual.size} elements, not ${N * d}`,
-    );
-  }
   const gather = gatherKernel(ctx, {
     partial,
     route,
