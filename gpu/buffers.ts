@@ -128,10 +128,82 @@ export function createIndirectTensor(ctx: GpuContext, words: number, label = "in
 
 /** Writes host data into an existing tensor (queued; ordered before the next submit). */
 export function writeTensor(ctx: GpuContext, t: GpuTensor, data: HostArray): void {
+  if (_frozen.has(t)) {
+    throw new TypeError(`Cannot write "${t.label}": it is frozen (kernels may read a copy made once)`);
+  }
   if (data.length !== t.size) {
     throw new RangeError(`Cannot write "${t.label}": ${data.length} elements, tensor has ${t.size}`);
   }
   ctx.device.queue.writeBuffer(t.buffer, 0, data as BufferSource);
+}
+
+/** Texture mirrors of frozen tensors, by "rows×cols". */
+interface _Mirror {
+  texture: GPUTexture;
+  view: GPUTextureView;
+}
+const _frozen = new WeakSet<GpuTensor>();
+const _mirrors = new WeakMap<GpuTensor, Map<string, _Mirror>>();
+
+/**
+ * Marks `t` as never written again (a decoder's weights, uploaded once): kernels may then read it through
+ * a texture copy ({@linkcode textureMirror}), and {@linkcode writeTensor} refuses it. Free it with
+ * {@linkcode destroyTensor}, which frees the copies too.
+ */
+export function freezeTensor(t: GpuTensor): GpuTensor {
+  _frozen.add(t);
+  return t;
+}
+
+/**
+ * A frozen tensor read as a (rows, cols) f32 matrix from an `rgba32float` texture, one texel per 4 floats
+ * along a row (cols/4 texels wide, rows high), made with one copy on first request and kept with the tensor.
+ * On llvmpipe a texel fetch loads a whole texel per lane where a storage load loops over the lanes, so
+ * products read weights this way on the `cpu-simd` profile (docs/llvmpipe.md, "Weights as textures").
+ * Null (read the buffer) where `t` is not frozen or not f32, rows·cols is not its size, cols is not a
+ * multiple of 64 (a copy's rows are multiples of 256 bytes), or a side exceeds maxTextureDimension2D.
+ */
+export function textureMirror(
+  ctx: GpuContext,
+  t: GpuTensor,
+  rows: number,
+  cols: number,
+): GPUTextureView | null {
+  const width = cols / 4, max = ctx.limits.maxTextureDimension2D;
+  if (!_frozen.has(t) || t.dtype !== "f32" || rows * cols !== t.size || cols % 64 !== 0) return null;
+  if (width > max || rows > max) return null;
+  const key = `${rows}x${cols}`;
+  const mirrors = _mirrors.get(t) ?? new Map<string, _Mirror>();
+  _mirrors.set(t, mirrors);
+  const have = mirrors.get(key);
+  if (have) return have.view;
+  const label = `${t.label}.texture`;
+  const texture = ctx.createTexture(
+    {
+      size: [width, rows],
+      format: "rgba32float",
+      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+      label,
+    },
+    rows * cols * 4,
+    `texture copy of "${t.label}" [${rows}, ${cols}] f32`,
+  );
+  const enc = ctx.device.createCommandEncoder({ label });
+  enc.copyBufferToTexture({ buffer: t.buffer, bytesPerRow: cols * 4, rowsPerImage: rows }, { texture }, [
+    width,
+    rows,
+  ]);
+  ctx.device.queue.submit([enc.finish()]);
+  const view = texture.createView({ label });
+  mirrors.set(key, { texture, view });
+  return view;
+}
+
+/** Frees a tensor's buffer and any texture copies of it; the tensor must not be used afterwards. */
+export function destroyTensor(t: GpuTensor): void {
+  t.buffer.destroy();
+  for (const m of _mirrors.get(t)?.values() ?? []) m.texture.destroy();
+  _mirrors.delete(t);
 }
 
 /**

@@ -100,6 +100,37 @@ function _softwareThreads(): number {
 
 const _STATE = Symbol("GpuContext.state");
 
+/**
+ * Runs `make` (a buffer or texture creation) inside an out-of-memory error scope: a refusal thrown at once
+ * is rethrown as `oom(message)`; one the device reports later is kept in `state` for `checkAllocations`.
+ * A function, not a method, so that views made with Object.create(ctx, …) can allocate.
+ */
+function _tracked<T>(
+  device: GPUDevice,
+  state: _DeviceState,
+  make: () => T,
+  label: string | undefined,
+  oom: (why: string) => GpuOutOfMemoryError,
+): T {
+  device.pushErrorScope("out-of-memory");
+  let made: T;
+  try {
+    made = make();
+  } catch (e) {
+    device.popErrorScope().catch(() => {});
+    throw oom((e as Error).message);
+  }
+  const popped = device.popErrorScope().then(
+    (err) => err ?? (state.faultOom === label ? { message: "injected by DSMOE_FAULT_OOM" } : null),
+    () => null, // the device was lost: lostError says so
+  ).then((err) => {
+    if (err && !state.refused) state.refused = oom(err.message);
+    state.pendingAllocations.delete(popped);
+  });
+  state.pendingAllocations.add(popped);
+  return made;
+}
+
 /** An open device plus everything the kernels need from it. */
 export class GpuContext {
   readonly device: GPUDevice;
@@ -178,24 +209,17 @@ export class GpuContext {
    * {@linkcode assertAllocated}; one the browser reports at once (a mapping at creation) is thrown here.
    */
   createBuffer(desc: GPUBufferDescriptor, what: string): GPUBuffer {
-    this.device.pushErrorScope("out-of-memory");
-    let buffer: GPUBuffer;
-    try {
-      buffer = this.device.createBuffer(desc);
-    } catch (e) {
-      this.device.popErrorScope().catch(() => {});
-      throw this.#outOfMemory(what, desc.size, (e as Error).message);
-    }
-    const state = this[_STATE];
-    const popped = this.device.popErrorScope().then(
-      (err) => err ?? (state.faultOom === desc.label ? { message: "injected by DSMOE_FAULT_OOM" } : null),
-      () => null, // the device was lost: lostError says so
-    ).then((err) => {
-      if (err && !state.refused) state.refused = this.#outOfMemory(what, desc.size, err.message);
-      state.pendingAllocations.delete(popped);
-    });
-    state.pendingAllocations.add(popped);
-    return buffer;
+    const oom = (why: string) => this.#outOfMemory(what, desc.size, why);
+    return _tracked(this.device, this[_STATE], () => this.device.createBuffer(desc), desc.label, oom);
+  }
+
+  /**
+   * Creates a texture inside the same out-of-memory scope as {@linkcode createBuffer}, refusals reported
+   * the same way (`bytes`: its size, for the message).
+   */
+  createTexture(desc: GPUTextureDescriptor, bytes: number, what: string): GPUTexture {
+    const oom = (why: string) => this.#outOfMemory(what, bytes, why);
+    return _tracked(this.device, this[_STATE], () => this.device.createTexture(desc), desc.label, oom);
   }
 
   /** Waits for the device's verdict on every buffer created so far; throws the first refusal. */

@@ -9,13 +9,14 @@ import { assertBindable, type GpuTensor } from "./buffers.ts";
 import { GpuLimitError } from "./errors.ts";
 
 /**
- * One dispatch of a kernel. Storage `bindings` are `@binding(0..n-1)` in order; `uniform`, if given,
- * is `@binding(n)` (a `var<uniform>` struct the kernel template declares).
+ * One dispatch of a kernel. `bindings` are `@binding(0..n-1)` in order: storage buffers, or texture views
+ * (a weight's texture copy, gpu/buffers.ts `textureMirror`); `uniform`, if given, is `@binding(n)` (a
+ * `var<uniform>` struct the kernel template declares).
  */
 export interface KernelCall {
   label: string;
   code: string;
-  bindings: readonly (GpuTensor | GPUBuffer)[];
+  bindings: readonly (GpuTensor | GPUBuffer | GPUTextureView)[];
   uniform?: ArrayBuffer | ArrayBufferView;
   /**
    * Workgroup counts; use {@linkcode grid} to fold a large 1-D count into 2-D. Not used to dispatch when
@@ -74,6 +75,7 @@ export function prepare(ctx: GpuContext, call: KernelCall): PreparedCall {
   }
   const pipeline = ctx.pipelines.get(call.code, call.label);
   const entries: GPUBindGroupEntry[] = call.bindings.map((b, i) => {
+    if (b instanceof GPUTextureView) return { binding: i, resource: b };
     const buffer = b instanceof GPUBuffer ? b : b.buffer;
     assertBindable(
       ctx,

@@ -163,7 +163,10 @@ Deno.test("bench rejects an unknown suite and stray arguments with exit code 2",
   );
   const suite = await cli("bench", "--suite", "matmul", "--decode-sizes", "1b");
   assertEquals(suite.code, 2);
-  assert(suite.err.join("\n").includes("--decode-sizes"), suite.err.join("\n"));
+  assert(
+    suite.err.join("\n").includes("--decode-sizes sizes the decode and serve suites"),
+    suite.err.join("\n"),
+  );
   const help = await cli("bench", "--help");
   assertEquals(help.code, 0);
   assert(help.out.join("\n").includes("--suite"));
@@ -238,4 +241,19 @@ Deno.test("bench --suite serve --quick: each model's batched decoding is checked
   const text = formatTable([{ ...row, impl: "dense", ms: 4 }, { ...row, impl: "sparse", ms: 2 }], "x");
   assert(text.includes("DS-MoE/dense (tokens/s)") && /B=3 .* 2\.00 /.test(text), text);
   assert(!text.includes("DS-MoE/dense (ms)"), "serve rows are not in the decode table");
+  // --decode-sizes picks the serve suite's sizes too: one layer of the named shape with --quick.
+  const named = await cli(
+    "bench",
+    "--suite",
+    "serve",
+    "--quick",
+    "--reps",
+    "1",
+    "--decode-sizes",
+    "tiny",
+    "--json",
+  );
+  assertEquals(named.code, 0, named.err.join("\n"));
+  const cases = named.out.slice(0, -1).map((l) => (JSON.parse(l) as BenchRow).case);
+  assert(cases.length === 2 && cases.every((c) => c.startsWith("tiny-quick ")), cases.join("; "));
 });

@@ -119,11 +119,13 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
           cases.push(...await decodeCases(ctx, sizes, { progress: o.progress }));
           break;
         }
-        case "serve":
-          cases.push(
-            ...await serveCases(ctx, o.quick ? SERVE_BENCH_QUICK : SERVE_BENCH, "configs", o.progress),
-          );
+        case "serve": {
+          // `--decode-sizes` picks the serve suite's sizes too (the same pairs of models).
+          const base = o.quick ? SERVE_BENCH_QUICK : SERVE_BENCH;
+          const bench = o.decodeSizes ? { ...base, sizes: _decodeSizes(ctx.adapter, o).sizes } : base;
+          cases.push(...await serveCases(ctx, bench, "configs", o.progress));
           break;
+        }
         case "train":
           cases.push(...trainStepCases(ctx, tfjs, o.quick ? TRAIN_DIMS_QUICK : TRAIN_DIMS));
           break;

@@ -128,7 +128,7 @@ function _peakLine(r: { peak: { flops: number; source: string } | null; peakUnkn
 
 /**
  * `--decode-sizes` (repeatable, comma-separated): the decode sizes to run, validated; undefined when absent.
- * Throws a {@linkcode UsageError} for an unknown size, or when the decode suite is not run.
+ * Throws a {@linkcode UsageError} for an unknown size, or when neither the decode nor the serve suite runs.
  */
 export function decodeSizesFlag(
   values: readonly string[] | undefined,
@@ -141,9 +141,9 @@ export function decodeSizesFlag(
       throw new UsageError(`--decode-sizes expects names from ${DECODE_SIZE_NAMES.join(", ")}, got "${n}"`);
     }
   }
-  if (!suites.includes("decode")) {
+  if (!suites.includes("decode") && !suites.includes("serve")) {
     throw new UsageError(
-      `--decode-sizes sizes the decode suite, which this run does not include (--suite decode)`,
+      `--decode-sizes sizes the decode and serve suites, and this run has neither (--suite decode or serve)`,
     );
   }
   return [...new Set(names)];

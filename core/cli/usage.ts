@@ -164,7 +164,7 @@ Options:
                  busy machine)
   --per-sync N   p = N in every case instead of sizing it
   --decode-sizes A,B
-                 decode suite sizes: tiny, d512 (the tiny configs' shapes), 125m and 1b (GPT-2 vocabulary,
+                 decode and serve suite sizes: tiny, d512 (the tiny configs' shapes), 125m and 1b (GPT-2 vocabulary,
                  d_model 768 and 2048, DS-MoE top-3/4 attention and top-2/8 MLP experts). Default all, except
                  125m and 1b on a software adapter (llvmpipe), which prints a line naming them; with --quick,
                  one layer of each named shape

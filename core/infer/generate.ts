@@ -14,7 +14,15 @@ import { type DecoderGraph, type InferRules, tapExperts } from "../plan/model.ts
 import { plan } from "../plan/plan.ts";
 import type { Schedule } from "../graph/schedule.ts";
 import { hash32 } from "../util/rng.ts";
-import { createTensor, type GpuTensor, readTensor, readTensors, writeTensor } from "../../gpu/buffers.ts";
+import {
+  createTensor,
+  destroyTensor,
+  freezeTensor,
+  type GpuTensor,
+  readTensor,
+  readTensors,
+  writeTensor,
+} from "../../gpu/buffers.ts";
 import { type KernelCall, prepare, releaseCall, Step } from "../../gpu/dispatch.ts";
 import {
   countExperts,
@@ -150,7 +158,7 @@ export abstract class BoundDecoder<G extends DecoderGraph> {
   /** Frees the executor and the weights. */
   destroy(): void {
     this.exec.destroy();
-    for (const t of this.#weights.values()) t.buffer.destroy();
+    for (const t of this.#weights.values()) destroyTensor(t);
   }
 
   /**
@@ -295,6 +303,8 @@ export async function bindDecoder<T>(
   make: (exec: GraphExecutor, weights: Map<string, GpuTensor>) => Promise<T>,
 ): Promise<T> {
   const weights = uploadParams(ctx, graph.params, params, new Map(), "generate");
+  // A decoder never writes its weights: its products may read them from texture copies (gpu/buffers.ts).
+  for (const t of weights.values()) freezeTensor(t);
   const leaves = [...graph.graph.leaves.values()].map((l) => l.value);
   const shared = new Map(graph.params.map((p) => [p.value.id, weights.get(p.value.name)!]));
   try {
@@ -302,7 +312,7 @@ export async function bindDecoder<T>(
     await exec.check();
     return await make(exec, weights);
   } catch (e) {
-    for (const t of weights.values()) t.buffer.destroy();
+    for (const t of weights.values()) destroyTensor(t);
     throw e;
   }
 }

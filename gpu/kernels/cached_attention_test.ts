@@ -1,4 +1,4 @@
-import { ok as assert } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import {
   cachedAttentionRef,
   cacheWindow,
@@ -7,7 +7,7 @@ import {
 } from "../../core/ref/cached_attention.ts";
 import { attentionRef } from "../../core/ref/attention.ts";
 import { assertClose, Owned, randomArray, rng, runChecked as run, testGpu } from "../../tests/helpers/gpu.ts";
-import { readTensor, writeTensor } from "../buffers.ts";
+import { freezeTensor, readTensor, writeTensor } from "../buffers.ts";
 import { attentionCached } from "./cached_attention.ts";
 import { moaAttentionSparse, moeScratch } from "./moe.ts";
 
@@ -207,7 +207,10 @@ Deno.test("moaAttentionSparse over sequence batches reads no weights of experts 
   const ctx = await testGpu(), gpuCtx = ctx.withProfile("gpu");
   // Dead experts at both ends and side by side: a tile straying past its expert's query columns or output
   // rows into a neighbour's reads NaN; d = 13 takes the grouped matmuls' scalar loads.
-  const cases: (MoaCase & { live: number[] })[] = [
+  // `frozen`: Wq and Wo frozen (a decoder's weights); on cpu-simd the grouped matmuls read them from
+  // texture copies (E·G·D and d multiples of 64), with the same results and no dead expert's texel.
+  const cases: (MoaCase & { live: number[]; frozen?: boolean })[] = [
+    { B: 2, T: 8, d: 64, E: 4, G: 2, D: 8, live: [1, 2], frozen: true },
     { B: 2, T: 13, d: 12, E: 4, G: 2, D: 8, live: [1, 2] },
     { B: 3, T: 9, d: 13, E: 5, G: 2, D: 4, live: [2] },
     { B: 2, T: 16, d: 16, E: 6, G: 1, D: 8, live: [0, 3, 4] },
@@ -229,11 +232,13 @@ Deno.test("moaAttentionSparse over sequence batches reads no weights of experts 
     for (const build of [ctx, gpuCtx]) {
       const y = own.f32([N, d], new Float64Array(N * d).fill(NaN), "y");
       const scratch = moeScratch(build, { N, d, E, h: w });
+      const [wqT, woT] = [own.f32([d, E * w], wqNaN), own.f32([E * w, d], woNaN)];
+      if (c.frozen) [wqT, woT].forEach(freezeTensor);
       const calls = moaAttentionSparse(build, {
         x: own.f32([N, d], x),
         gate: own.f32([N, E], g),
-        wq: own.f32([d, E * w], wqNaN),
-        wo: own.f32([E * w, d], woNaN),
+        wq: wqT,
+        wo: woT,
         k: own.f32([N, w], k),
         v: own.f32([N, w], v),
         y,
@@ -243,8 +248,11 @@ Deno.test("moaAttentionSparse over sequence batches reads no weights of experts 
         T: c.T,
         scratch,
       });
+      const textured = calls.filter((x) => x.code.includes("texture_2d")).map((x) => x.label);
+      const what = `${build.profile} ${JSON.stringify(c)}`;
+      assertEquals(textured, c.frozen && build.profile === "cpu-simd" ? ["moe_up", "moe_down"] : [], what);
       await run(ctx, calls, "moa dead experts");
-      const got = await readTensor(ctx, y), what = `${build.profile} ${JSON.stringify(c)}`;
+      const got = await readTensor(ctx, y);
       assert(got.every(Number.isFinite), `${what}: an unrouted expert's weights were read`);
       // The reference with the dead experts excluded: their gates are 0, so their (finite) weights add nothing.
       const want = moaAttentionRef(x, g, wq, k, v, wo, { N, d, E, G, D }, sequenceWindow(c.T));

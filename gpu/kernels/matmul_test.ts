@@ -1,7 +1,7 @@
 import { activationRef } from "../../core/ref/activation.ts";
 import { matmulRef } from "../../core/ref/matmul.ts";
 import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
-import { createTensor, readTensor } from "../buffers.ts";
+import { createTensor, destroyTensor, freezeTensor, readTensor, writeTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { runCalls } from "../dispatch.ts";
 import {
@@ -214,6 +214,52 @@ Deno.test("matmul() epilogue: R + act(A·B) in the product's stores, or in the s
     /the residual \(".*"\) has 4 elements, C 9/,
   );
   t.buffer.destroy();
+});
+
+Deno.test("matmul() reads a frozen B from its texture copy (cpu-simd outer form) with the same results", async () => {
+  const ctx = await testGpu();
+  const cpu = ctx.withProfile("cpu-simd");
+  // [case, whether B is read from a texture]: K divisible by 4 (A as vec4s, 4 rows of B per pass) or not
+  // (one row per pass), edge tiles, B broadcast over a batch, and an epilogue with a residual; then the
+  // layouts that keep the buffer: N not a multiple of 64 (a texture copy's row), B transposed, a batch of Bs.
+  const cases: [Case & { residual?: boolean }, boolean][] = [
+    [{ m: 32, k: 64, n: 256 }, true],
+    [{ m: 7, k: 33, n: 128 }, true],
+    [{ m: 5, k: 20, n: 64, batch: 3, broadcastB: true }, true],
+    [{ m: 9, k: 48, n: 192, alpha: 0.5, epilogue: { activation: "gelu" }, residual: true }, true],
+    [{ m: 9, k: 48, n: 100 }, false],
+    [{ m: 9, k: 64, n: 64, transB: true }, false],
+    [{ m: 3, k: 16, n: 64, batch: 2 }, false],
+  ];
+  for (const [c, texture] of cases) {
+    const batch = c.batch ?? 1, seed = c.m * 3 + c.k + c.n;
+    const a64 = f32(randomArray(batch * c.m * c.k, seed));
+    const b64 = f32(randomArray((c.broadcastB ? 1 : batch) * c.k * c.n, seed + 1));
+    const r64 = f32(randomArray(batch * c.m * c.n, seed + 2));
+    const a = createTensor(ctx, [a64.length], "f32", Float32Array.from(a64), "a");
+    const b = freezeTensor(createTensor(ctx, [b64.length], "f32", Float32Array.from(b64), "b"));
+    const out = createTensor(ctx, [r64.length], "f32", undefined, "c");
+    const r = createTensor(ctx, [r64.length], "f32", Float32Array.from(r64), "r");
+    const { residual, ...o } = c;
+    const epilogue = residual ? { ...c.epilogue, residual: r } : c.epilogue;
+    const call = matmul(cpu, { ...o, a, b, c: out, ...(epilogue ? { epilogue } : {}) });
+    const what = `${call.label} ${JSON.stringify(c)}`;
+    assertEquals(call.code.includes("texture_2d<f32>"), texture, what);
+    assertEquals(call.bindings[1] instanceof GPUTextureView, texture, what);
+    await ctx.scoped(call.label, () => runCalls(ctx, [call]).done());
+    let want: Float64Array = matmulRef(a64, b64, o);
+    if (c.epilogue?.activation) want = activationRef(c.epilogue.activation, want);
+    if (residual) want = want.map((v, i) => v + r64[i]!);
+    assertClose(await readTensor(ctx, out), want, TOL, what);
+    for (const t of [a, b, out, r]) destroyTensor(t);
+  }
+  // The same tensor unfrozen reads its buffer; a frozen one cannot be written.
+  const b = createTensor(ctx, [64 * 64], "f32", undefined, "b");
+  const t = createTensor(ctx, [64 * 64], "f32", undefined, "t");
+  assert(!matmul(cpu, { a: t, b, c: t, m: 64, k: 64, n: 64 }).code.includes("texture_2d"));
+  freezeTensor(b);
+  throws(() => writeTensor(ctx, b, new Float32Array(64 * 64)), /Cannot write "b": it is frozen/);
+  for (const x of [b, t]) destroyTensor(x);
 });
 
 Deno.test("matmulTile keeps 32×32 blocks where the adapter's threads need fewer workgroups", async () => {

@@ -89,14 +89,15 @@ export const NO_PAIR = 0xffffffff;
 /**
  * The tiles for a shape: on `cpu-simd` 32-pair row tiles and matmul.ts's column tiling for the width; on
  * `gpu` 4×4 per invocation with up to 64 lanes (per-invocation tiles of 32×32 would spill there). With few
- * tokens (batched decoding, N > 1) the cpu-simd row tile shrinks to about the most pairs an expert gets
- * under top-2 routing (1.5 × the mean 2N/E, rounded up to a power of 2, at least 4): a tile's rows past its
+ * tokens (batched decoding, 1 < N ≤ 8E) the cpu-simd row tile shrinks to about the most pairs an expert gets
+ * under top-2 routing (1.5 × the mean 2N/E, rounded up to a power of 2, from 4 to 16): a tile's rows past its
  * expert's segment are computed and dropped, while each tile reads its expert's weights once, and on
  * llvmpipe the loads cost more than the multiply-adds, so one tile per expert, not much taller than its
  * pairs, is the cheapest (docs/performance.md, "Batched decoding"). Such a tile also takes 16 columns per
  * lane, not 32, and a half-height copy of its loop for an expert's last tile when that holds at most tm/2
- * pairs (`tmShort`): 4–12% less time per batched step at d512, B = 32, in three of four interleaved runs. One token keeps
- * 32.
+ * pairs (`tmShort`): 4–12% less time per batched step at d512, B = 32, in three of four interleaved runs.
+ * At B = 64 (N = 8E) 16-pair tiles took 6.5–7.6 ms for both grouped matmuls against 9.1–9.2 ms with the
+ * 32×32 ones, weights read as textures (two interleaved runs, 2026-12-07). One token keeps 32.
  */
 export function moeTile(ctx: GpuContext, s: MoeShape): MoeTile {
   if (ctx.profile === "gpu") {
@@ -108,10 +109,10 @@ export function moeTile(ctx: GpuContext, s: MoeShape): MoeTile {
     return { tm: 4, tnUp: 4, tnDown: 4, wxUp: lanes(s.h), wxDown: lanes(s.d) };
   }
   const up = matmulTile(1024, s.h), down = matmulTile(1024, s.d);
-  const tm = s.N > 1 ? Math.min(32, Math.max(4, 2 ** Math.ceil(Math.log2((3 * s.N) / s.E)))) : 32;
-  if (s.N === 1 || tm >= 32) return { tm, tnUp: up.tn, tnDown: down.tn, wxUp: up.wx, wxDown: down.wx };
-  // Pair tiles sized to the tokens (batched decoding): 16 columns per lane, and a half-height copy of the
-  // loop for an expert's last tile when it holds at most tm/2 pairs (docs/performance.md, "Batched decoding").
+  if (s.N === 1 || s.N > 8 * s.E) {
+    return { tm: 32, tnUp: up.tn, tnDown: down.tn, wxUp: up.wx, wxDown: down.wx };
+  }
+  const tm = Math.min(16, Math.max(4, 2 ** Math.ceil(Math.log2((3 * s.N) / s.E))));
   return {
     tm,
     ...(tm >= 8 ? { tmShort: tm / 2 } : {}),
@@ -217,7 +218,7 @@ export function checkMoe(
 export interface MoeBind {
   name: string;
   decl: string; // WGSL element type
-  t: GpuTensor;
+  t: GpuTensor | GPUTextureView; // a view: an rgba32float texture (a frozen weight's copy), `decl` unused
   write?: boolean;
 }
 
@@ -247,7 +248,11 @@ ${entry(workgroup, `  if (i >= u.n) { return; }\n${body}`)}`;
 /** WGSL declarations of `binds` (in order) and of the uniform struct `u` of `fields` after them. */
 export function moeDecls(binds: readonly MoeBind[], fields: UniformFields): string {
   const lines = binds.map((b, i) =>
-    `@group(0) @binding(${i}) var<storage, ${b.write ? "read_write" : "read"}> ${b.name}: array<${b.decl}>;`
+    b.t instanceof GPUTextureView
+      ? `@group(0) @binding(${i}) var ${b.name}: texture_2d<f32>;`
+      : `@group(0) @binding(${i}) var<storage, ${
+        b.write ? "read_write" : "read"
+      }> ${b.name}: array<${b.decl}>;`
   );
   lines.push(
     `struct U { ${fields.map(([n, t]) => `${n}: ${t}`).join(", ")} }`,

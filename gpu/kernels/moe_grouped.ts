@@ -43,6 +43,11 @@ export interface GroupedOptions {
   wx: number;
   L: RouteLayout;
   activation?: ActivationKind;
+  /**
+   * B's `rgba32float` texture copy (a frozen weight, gpu/buffers.ts `textureMirror`: W1 as (d, E·h), W2 as
+   * (E·h, d)), read instead of `b`; needs vec4 columns (n divisible by 4).
+   */
+  bTex?: GPUTextureView | null;
 }
 
 /** Which operands load as vec4s: B and C along the columns when n allows, A along K when k allows too. */
@@ -63,6 +68,7 @@ interface _Form {
  */
 export function groupedMatmul(o: GroupedOptions): KernelCall {
   const vec = o.n % 4 === 0;
+  if (o.bTex && !vec) throw new RangeError(`Cannot read B from a texture: n (${o.n}) is not divisible by 4`);
   const f: _Form = { vec, aVec: vec && o.k % 4 === 0, q: vec ? 4 : 1, tn4: o.tn / 4 };
   const fields = _fields(o, f), binds = _binds(o, f);
   const body = (tm: number) => {
@@ -76,7 +82,7 @@ ${_stores(t, f)}`;
   const code = `${moeDecls(binds, fields)}
 ${o.gate ? ACT_VEC4[o.activation ?? "gelu"] : ""}
 
-${_tileDecode(o.wx, o.tn)}
+${_tileDecode(o.wx, o.tn, !!o.bTex)}
 ${_columnIndices(o.tn, f)}
 ${
     short === undefined ? body(o.tm) : `  if (pend - p0 <= ${short}u) {
@@ -100,7 +106,10 @@ ${body(o.tm)}
 /** Uniform fields: sizes, B's expert stride and row stride (in load units), and the route words read. */
 function _fields(o: GroupedOptions, f: _Form): UniformFields {
   const bStride = (o.up ? o.h : o.h * o.n) / f.q, ldb = (o.up ? o.E * o.h : o.n) / f.q;
+  // From the texture, expert e's block starts at texel (e·tx, e·ty): W1's experts side by side, W2's stacked.
+  const tex: UniformFields = o.bTex ? [["tx", "u32", o.up ? o.h / 4 : 0], ["ty", "u32", o.up ? 0 : o.h]] : [];
   return [
+    ...tex,
     ["k", "u32", o.k],
     ["n", "u32", o.n],
     ["E", "u32", o.E],
@@ -119,7 +128,7 @@ function _binds(o: GroupedOptions, f: _Form): MoeBind[] {
   const V = f.vec ? "vec4<f32>" : "f32";
   return [
     { name: "A", decl: f.aVec ? "vec4<f32>" : "f32", t: o.a },
-    { name: "B", decl: V, t: o.b },
+    { name: "B", decl: V, t: o.bTex ?? o.b },
     { name: "R", decl: "u32", t: o.route },
     { name: "C", decl: V, t: o.c, write: true },
     ...(o.gate ? [{ name: "G", decl: "f32", t: o.gate }] : []),
@@ -130,7 +139,7 @@ function _binds(o: GroupedOptions, f: _Form): MoeBind[] {
  * The entry point's head: the linear workgroup id → row tile t (its first pair p0, expert e and the end of
  * e's pairs) and column group cg (this lane's first column j0); workgroups past the tiles return.
  */
-function _tileDecode(wx: number, tn: number): string {
+function _tileDecode(wx: number, tn: number, bTex: boolean): string {
   return `@compute @workgroup_size(${wx})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lane: u32) {
@@ -143,7 +152,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let pend = R[u.eoff + e + 1u]; // end of expert e's pairs
   let j0 = (cg * ${wx}u + lane) * ${tn}u;
   if (j0 >= u.n) { return; }
-  let bBase = e * u.bStride;`;
+  ${bTex ? "let bx = e * u.tx; let by = e * u.ty;" : "let bBase = e * u.bStride;"}`;
 }
 
 /**
@@ -175,8 +184,12 @@ function _accumulators(tm: number, tn4: number): string {
 /** The K loop with A as vec4s: per pass B's 4 rows, and per accumulator one sum of 4 products. */
 function _kLoopVec4(o: GroupedOptions, f: _Form): string {
   const { tn4 } = f;
+  const load = (e: number, c: number) =>
+    o.bTex
+      ? `textureLoad(B, vec2<u32>(bx + bc${c}, by + 4u * q + ${e}u), 0)`
+      : `B[bBase + (4u * q + ${e}u) * u.ldb + bc${c}]`;
   return `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {
-${lines(4, (e) => lines(tn4, (c) => `    let b${e}_${c} = B[bBase + (4u * q + ${e}u) * u.ldb + bc${c}];`))}
+${lines(4, (e) => lines(tn4, (c) => `    let b${e}_${c} = ${load(e, c)};`))}
 ${
     lines(o.tm, (r) =>
       `    { let a = A[ar${r} + q]; ${
@@ -192,12 +205,16 @@ ${
 /** The K loop with A as scalars: per step one row of B (vec4s, or 4 scalars gathered), one A per row. */
 function _kLoopScalar(o: GroupedOptions, f: _Form): string {
   const { tn4 } = f;
-  const bLoads = f.vec
+  const bLoads = o.bTex
+    ? lines(tn4, (c) => `    let b${c} = textureLoad(B, vec2<u32>(bx + bc${c}, by + p), 0);`)
+    : f.vec
     ? lines(tn4, (c) => `    let b${c} = B[bo + bc${c}];`)
-    : lines(tn4, (c) =>
-      `    let b${c} = vec4<f32>(${range(4).map((e) => `B[bo + bc${4 * c + e}]`).join(", ")});`);
+    : lines(
+      tn4,
+      (c) => `    let b${c} = vec4<f32>(${range(4).map((e) => `B[bo + bc${4 * c + e}]`).join(", ")});`,
+    );
   return `  for (var p = 0u; p < u.k; p = p + 1u) {
-    let bo = bBase + p * u.ldb;
+    ${o.bTex ? "" : "let bo = bBase + p * u.ldb;"}
 ${bLoads}
 ${
     lines(o.tm, (r) =>

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { textureMirror } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
 import type { ActivationKind } from "./activation.ts";
@@ -62,6 +63,10 @@ export function sparsePipeline(
   const L = routeLayout(s, tile.tm);
   const ncgUp = Math.ceil(h / (tile.wxUp * tile.tnUp)), ncgDown = Math.ceil(d / (tile.wxDown * tile.tnDown));
   const { route, hidden, partial, args } = o.scratch;
+  // Frozen weights (a decoder's) read from texture copies on a software adapter: 1.7× on both grouped
+  // matmuls at d512, B = 32 (docs/llvmpipe.md, "Weights as textures").
+  const tex = (w: typeof o.w1, rows: number, cols: number, n: number) =>
+    ctx.profile === "cpu-simd" && n % 4 === 0 ? textureMirror(ctx, w, rows, cols) : null;
   const lists = pairListKernels(ctx, { gate: o.gate, route, args, L, N, E, tm: tile.tm, ncgUp, ncgDown });
   const up = groupedMatmul({
     up: true,
@@ -82,6 +87,7 @@ export function sparsePipeline(
     L,
     activation: o.activation,
     args,
+    bTex: tex(o.w1, d, E * h, h),
   });
   const down = groupedMatmul({
     up: false,
@@ -100,6 +106,7 @@ export function sparsePipeline(
     wx: tile.wxDown,
     L,
     args,
+    bTex: tex(o.w2, E * h, d, d),
   });
   const gather = gatherKernel(ctx, {
     partial,

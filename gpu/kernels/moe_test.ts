@@ -2,7 +2,7 @@ import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows }
 import type { ActivationKind } from "../../core/ref/activation.ts";
 import { moeMlpRef } from "../../core/ref/moe.ts";
 import { assertClose, randomArray, rng, testGpu } from "../../tests/helpers/gpu.ts";
-import { createTensor, type GpuTensor, readTensor } from "../buffers.ts";
+import { createTensor, destroyTensor, freezeTensor, type GpuTensor, readTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { runCalls } from "../dispatch.ts";
 import { moeMlpSparse, moeScratch, type MoeShape, type MoeTile, moeTile } from "./moe.ts";
@@ -209,10 +209,22 @@ function nanExperts(w1: Float64Array, w2: Float64Array, s: MoeShape, dead: reado
 }
 
 Deno.test("moeMlpSparse over many tokens reads no weights of experts no token routes to (they hold NaN)", async () => {
-  const ctx = await testGpu(), gpuCtx = ctx.withProfile("gpu");
+  const ctx = await testGpu(), gpuCtx = ctx.withProfile("gpu"), cpuCtx = ctx.withProfile("cpu-simd");
   // Dead experts at both ends and side by side, so a tile that strays past its expert's block (columns of
   // W1, rows of W2) into a neighbour's reads NaN; h and d off and on multiples of 4 (scalar and vec4 loads).
-  const cases: { s: MoeShape; live: number[]; tile?: MoeTile; build?: GpuContext }[] = [
+  // `frozen`: W1 and W2 are frozen (a decoder's weights), and whether [moe_up, moe_down] read them from
+  // texture copies: on cpu-simd where the layout allows (W1's E·h and W2's d multiples of 64), never on gpu.
+  const cases: {
+    s: MoeShape;
+    live: number[];
+    tile?: MoeTile;
+    build?: GpuContext;
+    frozen?: [boolean, boolean];
+  }[] = [
+    { s: { N: 48, d: 64, E: 8, h: 16 }, live: [0, 3, 4, 7], build: cpuCtx, frozen: [true, true] },
+    { s: { N: 24, d: 13, E: 4, h: 16 }, live: [1, 2], build: cpuCtx, frozen: [true, false] }, // A scalar
+    { s: { N: 200, d: 64, E: 4, h: 32 }, live: [1, 3], build: cpuCtx, frozen: [true, true] }, // 32×32 tiles
+    { s: { N: 48, d: 64, E: 8, h: 16 }, live: [0, 3, 4, 7], build: gpuCtx, frozen: [false, false] },
     { s: { N: 33, d: 20, E: 8, h: 7 }, live: [1, 2, 5] },
     { s: { N: 200, d: 36, E: 8, h: 16 }, live: [2, 6] },
     { s: { N: 200, d: 36, E: 8, h: 16 }, live: [2, 6], build: gpuCtx },
@@ -228,7 +240,7 @@ Deno.test("moeMlpSparse over many tokens reads no weights of experts no token ro
       tile: { tm: 16, tnUp: 8, tnDown: 16, wxUp: 2, wxDown: 4 },
     },
   ];
-  for (const { s, live, tile, build = ctx } of cases) {
+  for (const { s, live, tile, build = ctx, frozen } of cases) {
     const { N, d, E, h } = s, seed = N + d + E + h, r = rng(seed);
     const dead = Array.from({ length: E }, (_, e) => e).filter((e) => !live.includes(e));
     // Token t runs a non-empty subset of the live experts (every live expert gets tokens), or none.
@@ -245,8 +257,13 @@ Deno.test("moeMlpSparse over many tokens reads no weights of experts no token ro
     const make = (shape: number[], v: Float64Array) => createTensor(ctx, shape, "f32", Float32Array.from(v));
     const x = make([N, d], x64), gate = make([N, E], gate64), w1 = make([d, E * h], w1NaN);
     const w2 = make([E * h, d], w2NaN), y = make([N, d], new Float64Array(N * d).fill(NaN));
+    if (frozen) [w1, w2].forEach(freezeTensor);
     const t = tile ?? moeTile(build, s), scratch = moeScratch(ctx, s, t);
     const calls = moeMlpSparse(build, { x, gate, w1, w2, y, E, h, activation: "gelu", scratch, tile: t });
+    const textured = ["moe_up", "moe_down"].map((l) =>
+      calls.find((c) => c.label === l)!.code.includes("texture_2d")
+    );
+    assertEquals(textured, frozen ?? [false, false], `${build.profile} ${JSON.stringify(s)}: texture reads`);
     for (const call of calls) await ctx.pipelines.check(call.code, call.label);
     await ctx.scoped("moe dead experts", () => runCalls(ctx, calls).done());
     const got = await readTensor(ctx, y),
@@ -254,7 +271,7 @@ Deno.test("moeMlpSparse over many tokens reads no weights of experts no token ro
     assert(got.every(Number.isFinite), `${what}: an unrouted expert's weights were read`);
     // The reference with the dead experts excluded: their gates are 0, so their (finite) weights add nothing.
     assertClose(got, moeMlpRef(x64, gate64, w164, w264, { ...s, activation: "gelu" }), TOL, what);
-    for (const b of [x, gate, w1, w2, y, ...Object.values(scratch)]) b.buffer.destroy();
+    for (const b of [x, gate, w1, w2, y, ...Object.values(scratch)]) destroyTensor(b);
   }
 });
 
@@ -264,7 +281,10 @@ Deno.test("moeTile: batched decoding's pair tiles are sized to the tokens, with 
   const at = (N: number) => moeTile(cpu, { N, d: 512, E: 8, h: 512 });
   // B = 32, top-2 of 8: about 8 pairs an expert; tiles of 16 rows, 8 for an expert's last few.
   assertEquals(at(32), { tm: 16, tmShort: 8, tnUp: 16, tnDown: 16, wxUp: 8, wxDown: 8 });
-  // One token, and the many tokens of training: the full 32 × 32 tiles, no second loop.
-  for (const N of [1, 4096]) assertEquals(at(N), { tm: 32, tnUp: 32, tnDown: 32, wxUp: 8, wxDown: 8 });
+  // B = 64 (N = 8E) keeps 16-row tiles; B = 8, about 2 pairs an expert, 4-row tiles and no second loop.
+  assertEquals(at(64), { tm: 16, tmShort: 8, tnUp: 16, tnDown: 16, wxUp: 8, wxDown: 8 });
+  assertEquals(at(8), { tm: 4, tnUp: 16, tnDown: 16, wxUp: 8, wxDown: 8 });
+  // One token, and more tokens than 8E (training, evaluation): the full 32 × 32 tiles, no second loop.
+  for (const N of [1, 65, 4096]) assertEquals(at(N), { tm: 32, tnUp: 32, tnDown: 32, wxUp: 8, wxDown: 8 });
   assertEquals(moeTile(ctx.withProfile("gpu"), { N: 32, d: 512, E: 8, h: 512 }).tmShort, undefined);
 });

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { createTensor, type GpuTensor } from "../../gpu/buffers.ts";
+import { createTensor, destroyTensor, type GpuTensor } from "../../gpu/buffers.ts";
 import { GpuContext, openGpu } from "../../gpu/device.ts";
 import { type KernelCall, runCalls } from "../../gpu/dispatch.ts";
 import { Rng } from "../../core/util/rng.ts";
@@ -105,7 +105,7 @@ export class Owned {
     return t;
   }
   destroy(): void {
-    for (const t of this.all) t.buffer.destroy();
+    for (const t of this.all) destroyTensor(t);
   }
 }
 
