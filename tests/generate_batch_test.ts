@@ -161,6 +161,50 @@ Deno.test("generate --batch refuses bad batches, prompts and sizes with exit cod
       /--batch 1024 needs an estimated .* more than hardware\.memory_budget/.test(r.err.join("\n")),
       r.err.join("\n"),
     );
+    // A budget that fits the decoder but not the texture copies of its weights that the cpu-simd kernels
+    // read: refused once the adapter is known (forced here, so a real GPU checks the same path).
+    // (The checkpoint's budget must fit training, so take a batch whose decoder alone needs more.)
+    const B = [8, 16, 32, 64, 128, 256, 512].find((b) =>
+      batchDecoderBytes(config, configRules(config), b) > train
+    )!;
+    const need = batchDecoderBytes(config, configRules(config), B);
+    const copies = batchDecoderBytes(config, configRules(config), B, { weightCopies: true });
+    assert(copies > need + 1, `${copies} vs ${need}`);
+    const tight = await checkpoint(dir, String(need + 1));
+    Deno.env.set("DSMOE_KERNELS", "cpu-simd");
+    try {
+      const t = await cli("generate", tight, "--prompt", "a", "--batch", String(B));
+      assertEquals(t.code, 2, t.err.join("\n"));
+      assert(
+        /weights and the texture copies the cpu-simd kernels read/.test(t.err.join("\n")),
+        t.err.join("\n"),
+      );
+    } finally {
+      Deno.env.delete("DSMOE_KERNELS");
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("generate --batch: a texture copy the device refuses (out of memory) exits 1 naming it, no stack trace", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const file = await checkpoint(dir);
+    // h1.mlp.w1 [32, 128] is read by the grouped matmul from a texture copy on cpu-simd (forced here).
+    Deno.env.set("DSMOE_KERNELS", "cpu-simd");
+    Deno.env.set("DSMOE_FAULT_OOM", "h1.mlp.w1.texture");
+    let r;
+    try {
+      r = await cli("generate", file, "--prompt", "ab", "--prompt", "c", "--max-tokens", "2");
+    } finally {
+      Deno.env.delete("DSMOE_KERNELS");
+      Deno.env.delete("DSMOE_FAULT_OOM");
+    }
+    const err = r.err.join("\n");
+    assertEquals(r.code, 1, err);
+    assert(err.includes('could not allocate texture copy of "h1.mlp.w1" [32, 128] f32 (16.00 KiB)'), err);
+    assert(!/\n\s+at /.test(err), `a stack trace: ${err}`);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

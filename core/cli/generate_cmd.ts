@@ -317,11 +317,25 @@ async function _generateBatch(
     throw e;
   }
   const budget = parseByteSize(c.hardware.memory_budget);
-  if (need > budget) {
-    throw new UsageError(
-      `--batch ${B} needs an estimated ${fmtBytes(need)} of device memory (weights, ${B} KV caches of ` +
-        `${T} positions, activations), more than hardware.memory_budget ${fmtBytes(budget)}; lower --batch`,
+  const refuse = (bytes: number, what: string) => {
+    const needs = `--batch ${B} needs an estimated ${fmtBytes(bytes)} of device memory`;
+    const parts = `(${what}, ${B} KV caches of ${T} positions, activations)`;
+    return new UsageError(
+      `${needs} ${parts}, more than hardware.memory_budget ${fmtBytes(budget)}; lower --batch`,
     );
+  };
+  if (need > budget) throw refuse(need, "weights");
+  const gpu = await openGpu({
+    powerPreference: c.hardware.power_preference,
+    validation: c.hardware.validation,
+  });
+  // A software adapter's products read the weights from texture copies: counted once the adapter is known.
+  if (gpu.profile === "cpu-simd") {
+    const withCopies = batchDecoderBytes(c, rules, B, { weightCopies: true });
+    if (withCopies > budget) {
+      gpu.destroy();
+      throw refuse(withCopies, "weights and the texture copies the cpu-simd kernels read");
+    }
   }
   io.err(
     `Generating ${B} sequences together from ${target.label} (step ${target.step}): ` +
@@ -329,10 +343,6 @@ async function _generateBatch(
       `${f.topP < 1 ? `, top-p ${f.topP}` : ""}, seeds ${f.seed}…${f.seed + B - 1}, ` +
       `${f.maxTokens} tokens each`,
   );
-  const gpu = await openGpu({
-    powerPreference: c.hardware.power_preference,
-    validation: c.hardware.validation,
-  });
   let r: BatchGenerateResult, compile = 0;
   try {
     const c0 = performance.now();

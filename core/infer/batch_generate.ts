@@ -108,12 +108,26 @@ export class BatchDecoder extends BoundDecoder<BatchDecoderGraph> {
  * if (!(batchDecoderBytes(c, configRules(c), 4) > batchDecoderBytes(c, configRules(c), 2))) throw new Error();
  * ```
  */
-export function batchDecoderBytes(c: Readonly<Experiment>, rules: InferRules, batch: number): number {
-  return decodePlanBytes(plan(c, "decode", { rules, batch }));
+export function batchDecoderBytes(
+  c: Readonly<Experiment>,
+  rules: InferRules,
+  batch: number,
+  o: DecodeBytesOptions = {},
+): number {
+  return decodePlanBytes(plan(c, "decode", { rules, batch }), o);
+}
+
+/** Options of {@linkcode batchDecoderBytes}. */
+export interface DecodeBytesOptions {
+  /**
+   * Count the weights twice: on a software adapter (`cpu-simd` kernels) the products read them from texture
+   * copies (gpu/buffers.ts `textureMirror`), an upper bound on what those copies take.
+   */
+  weightCopies?: boolean;
 }
 
 /** {@linkcode batchDecoderBytes} of a decode plan. */
-export function decodePlanBytes(p: DecodePlan): number {
+export function decodePlanBytes(p: DecodePlan, o: DecodeBytesOptions = {}): number {
   const leaves = [...p.model.graph.leaves.values()].reduce((n, l) => n + numel(l.value.shape), 0);
   let scratch = 0;
   for (const n of p.schedule.nodes) {
@@ -122,7 +136,8 @@ export function decodePlanBytes(p: DecodePlan): number {
     const h = n.inputs[2]!.shape[1]! / E;
     scratch += N * E * (h + d + 4) + 64;
   }
-  return 4 * (leaves + p.schedule.memory.totalElements + scratch);
+  const copies = o.weightCopies ? p.model.params.reduce((n, q) => n + numel(q.value.shape), 0) : 0;
+  return 4 * (leaves + p.schedule.memory.totalElements + scratch + copies);
 }
 
 /** Draws one token per row on the GPU: see {@linkcode BatchDecoder.sampler}. */
