@@ -161,44 +161,52 @@ Deno.test("moaAttentionSparse over sequence batches matches the float64 referenc
 
 Deno.test("moaAttentionSparse decoding reads no weights of unrouted experts (they hold NaN) and fills the cache", async () => {
   const ctx = await testGpu(), own = new Owned(ctx);
-  const T = 6, d = 16, E = 4, G = 2, D = 4, w = G * D, P = 3;
-  const x = f32(randomArray(d, 20)), k = f32(randomArray(w, 21)), v = f32(randomArray(w, 22));
-  const kc0 = f32(randomArray(T * w, 23)), vc0 = f32(randomArray(T * w, 24));
-  const wq = f32(randomArray(d * E * w, 25, -0.5, 0.5)), wo = f32(randomArray(E * w * d, 26, -0.5, 0.5));
-  const routed = [1, 3], g = gates(1, E, 27, () => routed);
-  // Unrouted experts 0 and 2: NaN in their query columns and output rows. Reading any of it poisons y.
-  const wqNaN = Float64Array.from(wq), woNaN = Float64Array.from(wo);
-  for (const e of [0, 2]) {
-    for (let r = 0; r < d; r++) wqNaN.fill(NaN, r * E * w + e * w, r * E * w + (e + 1) * w);
-    woNaN.fill(NaN, e * w * d, (e + 1) * w * d);
-  }
-  // The output projection (moa_out1) on both kernel profiles.
-  const gpuCtx = ctx.withProfile("gpu");
-  for (const build of [ctx, gpuCtx]) {
-    const kc = own.f32([T, w], kc0), vc = own.f32([T, w], vc0), y = own.f32([1, d]);
-    const scratch = moeScratch(build, { N: 1, d, E, h: w });
-    const calls = moaAttentionSparse(build, {
-      x: own.f32([1, d], x),
-      gate: own.f32([1, E], g),
-      wq: own.f32([d, E * w], wqNaN),
-      wo: own.f32([E * w, d], woNaN),
-      k: own.f32([1, w], k),
-      v: own.f32([1, w], v),
-      y,
-      E,
-      G,
-      D,
-      cache: { kcache: kc, vcache: vc, pos: own.u32([P]) },
-      scratch,
-    });
-    await run(ctx, calls, "moa decode");
-    const kw = Float64Array.from(kc0), vw = Float64Array.from(vc0);
-    kw.set(k, P * w), vw.set(v, P * w);
-    const got = await readTensor(ctx, y);
-    assert(got.every(Number.isFinite), `${build.profile}: an unrouted expert's weights were read`);
-    assertClose(got, moaAttentionRef(x, g, wq, kw, vw, wo, { N: 1, d, E, G, D }, cacheWindow(P)), TOL, "y");
-    assertClose(await readTensor(ctx, kc), kw, { atol: 0, rtol: 0 }, "kcache row 3");
-    for (const t of Object.values(scratch)) t.buffer.destroy();
+  // d = 64 with E·G·D = 64, frozen: on cpu-simd moa_query1 and moa_out1 read Wq and Wo from texture copies.
+  for (const [d, D, frozen] of [[16, 4, false], [64, 8, true]] as const) {
+    const T = 6, E = 4, G = 2, w = G * D, P = 3;
+    const x = f32(randomArray(d, 20)), k = f32(randomArray(w, 21)), v = f32(randomArray(w, 22));
+    const kc0 = f32(randomArray(T * w, 23)), vc0 = f32(randomArray(T * w, 24));
+    const wq = f32(randomArray(d * E * w, 25, -0.5, 0.5)), wo = f32(randomArray(E * w * d, 26, -0.5, 0.5));
+    const routed = [1, 3], g = gates(1, E, 27, () => routed);
+    // Unrouted experts 0 and 2: NaN in their query columns and output rows. Reading any of it poisons y.
+    const wqNaN = Float64Array.from(wq), woNaN = Float64Array.from(wo);
+    for (const e of [0, 2]) {
+      for (let r = 0; r < d; r++) wqNaN.fill(NaN, r * E * w + e * w, r * E * w + (e + 1) * w);
+      woNaN.fill(NaN, e * w * d, (e + 1) * w * d);
+    }
+    const [wqT, woT] = [own.f32([d, E * w], wqNaN), own.f32([E * w, d], woNaN)];
+    if (frozen) [wqT, woT].forEach(freezeTensor);
+    // The output projection (moa_out1) on both kernel profiles.
+    for (const build of [ctx.withProfile("cpu-simd"), ctx.withProfile("gpu")]) {
+      const kc = own.f32([T, w], kc0), vc = own.f32([T, w], vc0), y = own.f32([1, d]);
+      const scratch = moeScratch(build, { N: 1, d, E, h: w });
+      const calls = moaAttentionSparse(build, {
+        x: own.f32([1, d], x),
+        gate: own.f32([1, E], g),
+        wq: wqT,
+        wo: woT,
+        k: own.f32([1, w], k),
+        v: own.f32([1, w], v),
+        y,
+        E,
+        G,
+        D,
+        cache: { kcache: kc, vcache: vc, pos: own.u32([P]) },
+        scratch,
+      });
+      const what = `${build.profile} d ${d}`;
+      const textured = calls.filter((c) => c.code.includes("texture_2d")).map((c) => c.label);
+      assertEquals(textured, frozen && build.profile === "cpu-simd" ? ["moa_query1", "moa_out1"] : [], what);
+      await run(ctx, calls, "moa decode");
+      const kw = Float64Array.from(kc0), vw = Float64Array.from(vc0);
+      kw.set(k, P * w), vw.set(v, P * w);
+      const got = await readTensor(ctx, y);
+      assert(got.every(Number.isFinite), `${what}: an unrouted expert's weights were read`);
+      const want = moaAttentionRef(x, g, wq, kw, vw, wo, { N: 1, d, E, G, D }, cacheWindow(P));
+      assertClose(got, want, TOL, `${what}: y`);
+      assertClose(await readTensor(ctx, kc), kw, { atol: 0, rtol: 0 }, `${what}: kcache row 3`);
+      for (const t of Object.values(scratch)) t.buffer.destroy();
+    }
   }
   own.destroy();
 });

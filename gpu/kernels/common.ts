@@ -9,10 +9,13 @@ import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
 import { GpuLimitError } from "../errors.ts";
 
-/** A storage binding of a kernel: name in WGSL, element type, and whether the kernel writes it. */
+/**
+ * A binding of a kernel: name in WGSL, element type, and whether the kernel writes it; a texture view (the
+ * `rgba32float` copy of a frozen weight, gpu/buffers.ts `textureMirror`) is declared `texture_2d<f32>`.
+ */
 export interface Binding {
   name: string;
-  tensor: GpuTensor;
+  tensor: GpuTensor | GPUTextureView;
   write?: boolean;
   type?: "f32" | "u32" | "vec4<f32>"; // element type in WGSL; default the tensor's dtype
 }
@@ -38,9 +41,11 @@ export function packUniform(fields: UniformFields): ArrayBuffer {
 /** WGSL of the bindings and the uniform struct `u` (binding after the storage ones). */
 export function header(bindings: readonly Binding[], fields: UniformFields): string {
   const lines = bindings.map((b, i) =>
-    `@group(0) @binding(${i}) var<storage, ${b.write ? "read_write" : "read"}> ${b.name}: array<${
-      b.type ?? b.tensor.dtype
-    }>;`
+    b.tensor instanceof GPUTextureView
+      ? `@group(0) @binding(${i}) var ${b.name}: texture_2d<f32>;`
+      : `@group(0) @binding(${i}) var<storage, ${b.write ? "read_write" : "read"}> ${b.name}: array<${
+        b.type ?? b.tensor.dtype
+      }>;`
   );
   const members = fields.map(([n, t]) => `${n}: ${t}`).join(", ");
   lines.push(`struct U { ${members} }`, `@group(0) @binding(${bindings.length}) var<uniform> u: U;`);

@@ -17,7 +17,7 @@
  * @module
  */
 import type { ActivationKind, NormKind, RouteRule } from "../../core/graph/op_types.ts";
-import type { GpuTensor } from "../buffers.ts";
+import { type GpuTensor, textureMirror } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
 import {
@@ -413,9 +413,15 @@ function _gemvCpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
   });
   const starts = shapes.map((_, j) => shapes.slice(0, j).reduce((a, s) => a + s.inv, 0));
   const total = shapes.reduce((a, s) => a + s.inv, 0);
+  // Frozen weights read from their texture copies (docs/llvmpipe.md, "Weights as textures").
+  const tex = o.weights.map((w, j) => shapes[j]!.q === 4 ? textureMirror(ctx, w, d, shapes[j]!.n) : null);
   const bindings: Binding[] = [
     ..._normBindings(o.x, o.norm, xVec),
-    ...o.weights.map((w, j) => ({ name: `W${j}`, tensor: w, type: shapes[j]!.V as "f32" | "vec4<f32>" })),
+    ...o.weights.map((w, j) => ({
+      name: `W${j}`,
+      tensor: tex[j] ?? w,
+      type: shapes[j]!.V as "f32" | "vec4<f32>",
+    })),
     ...o.ys.map((y, j) => ({
       name: `Y${j}`,
       tensor: y,
@@ -435,18 +441,23 @@ function _gemvCpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
     : "";
   const outputs = shapes.map((s, j) => {
     const accs = range(s.accs), W = `W${j}`, ld = s.n / s.q;
+    // W[row · ld + c0 + v]: from the texture, texel (c0 + v, row).
+    const w = (row: string, v: number, index: string) =>
+      tex[j] ? `textureLoad(${W}, vec2<u32>(c0 + ${v}u, ${row}), 0)` : `${W}[${index}]`;
     const loop = xVec
       ? `    for (var j4 = 0u; j4 < u.d / 4u; j4 = j4 + 1u) {
       let xv = ${xn}; let r = 4u * j4 * ${ld}u + c0;
       ${
         accs.map((v) =>
-          `a${v} = a${v} + ${sumOf4((e) => `xv.${VEC4_LANES[e]}`, (e) => `${W}[r + ${e * ld + v}u]`)};`
+          `a${v} = a${v} + ${
+            sumOf4((e) => `xv.${VEC4_LANES[e]}`, (e) => w(`4u * j4 + ${e}u`, v, `r + ${e * ld + v}u`))
+          };`
         ).join("\n      ")
       }
     }`
       : `    for (var r = 0u; r < u.d; r = r + 1u) {
       let xv = ${xn}; let b = r * ${ld}u + c0;
-      ${accs.map((v) => `a${v} = a${v} + xv * ${W}[b + ${v}u];`).join(" ")}
+      ${accs.map((v) => `a${v} = a${v} + xv * ${w("r", v, `b + ${v}u`)};`).join(" ")}
     }`;
     return `  if (i >= ${starts[j]}u && i < ${starts[j]! + s.inv}u) {
     let c0 = (i - ${starts[j]}u) * ${s.accs}u;

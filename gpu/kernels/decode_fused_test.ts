@@ -6,7 +6,7 @@ import { normRef } from "../../core/ref/norm.ts";
 import { routeMaskRef } from "../../core/ref/routing.ts";
 import { softmaxRef } from "../../core/ref/softmax.ts";
 import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
-import { createTensor, type GpuTensor, readTensor } from "../buffers.ts";
+import { createTensor, destroyTensor, freezeTensor, type GpuTensor, readTensor } from "../buffers.ts";
 import type { KernelProfile } from "../device.ts";
 import { runCalls } from "../dispatch.ts";
 import { fusedGemv, fusedRouteGate } from "./decode_fused.ts";
@@ -32,6 +32,11 @@ interface GemvCase {
   normOut?: boolean;
   /** One weight stored (n, d), used transposed (the tied LM head). */
   transB?: boolean;
+  /**
+   * The weights frozen (a decoder's): on cpu-simd those whose width is a multiple of 64 are read from
+   * texture copies (docs/llvmpipe.md, "Weights as textures").
+   */
+  frozen?: boolean;
 }
 
 const GEMV_CASES: GemvCase[] = [
@@ -44,13 +49,18 @@ const GEMV_CASES: GemvCase[] = [
   { d: 24, ns: [10], norm: "none", activation: "relu", residual: true },
   { d: 64, ns: [256], norm: "layernorm", transB: true }, // the final norm and the tied LM head
   { d: 30, ns: [37], norm: "rmsnorm", transB: true, normOut: true, residual: true, activation: "gelu" },
+  { d: 64, ns: [128, 64, 12], norm: "layernorm", normOut: true, frozen: true }, // 2 from textures, 1 not
+  { d: 30, ns: [64], norm: "rmsnorm", activation: "gelu", frozen: true }, // one row of W a pass
+  { d: 96, ns: [64], norm: "none", residual: true, frozen: true },
 ];
 
 for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
   for (const c of GEMV_CASES) {
     const what = `${c.norm} ${c.d} → [${c.ns}]${c.activation ? ` ${c.activation}` : ""}${
       c.residual ? " + residual" : ""
-    }${c.normOut ? ", writing the row" : ""}${c.transB ? ", W transposed" : ""}`;
+    }${c.normOut ? ", writing the row" : ""}${c.transB ? ", W transposed" : ""}${
+      c.frozen ? ", W frozen" : ""
+    }`;
     Deno.test(`fused gemv ${what} matches float64 in one dispatch (${profile} profile)`, async () => {
       const ctx = (await testGpu()).withProfile(profile);
       // A row with an offset and scale, so that the mean and rstd matter.
@@ -64,6 +74,7 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
       };
       const tw = ws.map((w, j) => t(c.transB ? [c.ns[j]!, c.d] : [c.d, c.ns[j]!], w)),
         ty = c.ns.map((n) => t([1, n]));
+      if (c.frozen) tw.forEach(freezeTensor);
       const th = c.normOut ? t([1, c.d]) : undefined;
       try {
         const call = fusedGemv(ctx, {
@@ -76,6 +87,11 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
           ...(c.residual ? { residual: t([1, c.ns[0]!], r) } : {}),
           ...(c.transB ? { transB: true } : {}),
         });
+        const textures = call.bindings.filter((b) => b instanceof GPUTextureView).length;
+        assertEquals(
+          textures,
+          c.frozen && profile === "cpu-simd" ? c.ns.filter((n) => n % 64 === 0).length : 0,
+        );
         assertEquals(runCalls(ctx, [call]).dispatches, 1);
         const h = normed(c.norm, x, g, b, c.d);
         for (const [j, n] of c.ns.entries()) {
@@ -86,7 +102,7 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
         }
         if (th) assertClose(await readTensor(ctx, th), h, TOL, `${what}: the normalized row`);
       } finally {
-        for (const v of made) v.buffer.destroy();
+        for (const v of made) destroyTensor(v);
       }
     });
   }

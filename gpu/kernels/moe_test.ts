@@ -171,28 +171,35 @@ Deno.test("moeMlpSparse refuses wrong sizes and a non-INDIRECT args buffer", asy
 
 Deno.test("moeMlpSparse for one token reads no weights of unrouted experts (they hold NaN)", async () => {
   const ctx = await testGpu();
-  const d = 16, E = 4, h = 8, s = { N: 1, d, E, h };
-  const x64 = f32(randomArray(d, 5)), w164 = f32(randomArray(d * E * h, 6, -0.5, 0.5));
-  const w264 = f32(randomArray(E * h * d, 7, -0.5, 0.5)), g64 = f32(Float64Array.of(0, 0.6, 0, 0.3));
-  const w1NaN = Float64Array.from(w164), w2NaN = Float64Array.from(w264);
-  for (const e of [0, 2]) {
-    for (let r = 0; r < d; r++) w1NaN.fill(NaN, r * E * h + e * h, r * E * h + (e + 1) * h);
-    w2NaN.fill(NaN, e * h * d, (e + 1) * h * d);
+  // `frozen`: the weights frozen (a decoder's) and which of [moe_up1, moe_down1] read texture copies on
+  // cpu-simd (E·h, resp. d, a multiple of 64; d = 30 takes x one element a pass).
+  const cases: { d: number; h: number; frozen?: [boolean, boolean] }[] = [
+    { d: 16, h: 8 },
+    { d: 64, h: 16, frozen: [true, true] },
+    { d: 30, h: 16, frozen: [true, false] },
+  ];
+  for (const { d, h, frozen } of cases) {
+    const E = 4, s = { N: 1, d, E, h };
+    const x64 = f32(randomArray(d, 5)), w164 = f32(randomArray(d * E * h, 6, -0.5, 0.5));
+    const w264 = f32(randomArray(E * h * d, 7, -0.5, 0.5)), g64 = f32(Float64Array.of(0, 0.6, 0, 0.3));
+    const { w1NaN, w2NaN } = nanExperts(w164, w264, s, [0, 2]);
+    const make = (shape: number[], v: Float64Array) => createTensor(ctx, shape, "f32", Float32Array.from(v));
+    const x = make([1, d], x64), gate = make([1, E], g64), w1 = make([d, E * h], w1NaN);
+    const w2 = make([E * h, d], w2NaN), y = make([1, d], new Float64Array(d));
+    if (frozen) [w1, w2].forEach(freezeTensor);
+    for (const build of [ctx.withProfile("cpu-simd"), ctx.withProfile("gpu")]) {
+      const scratch = moeScratch(build, s), what = `${build.profile} ${JSON.stringify(s)}`;
+      const calls = moeMlpSparse(build, { x, gate, w1, w2, y, E, h, activation: "gelu", scratch });
+      const textured = calls.map((c) => c.code.includes("texture_2d"));
+      assertEquals(textured, build.profile === "cpu-simd" && frozen ? frozen : [false, false], what);
+      await ctx.scoped("moe one token", () => runCalls(ctx, calls).done());
+      const got = await readTensor(ctx, y);
+      assert(got.every(Number.isFinite), `${what}: an unrouted expert's weights were read`);
+      assertClose(got, moeMlpRef(x64, g64, w164, w264, { ...s, activation: "gelu" }), TOL, what);
+      for (const t of Object.values(scratch)) t.buffer.destroy();
+    }
+    for (const t of [x, gate, w1, w2, y]) destroyTensor(t);
   }
-  const make = (shape: number[], v: Float64Array) => createTensor(ctx, shape, "f32", Float32Array.from(v));
-  const x = make([1, d], x64), gate = make([1, E], g64), w1 = make([d, E * h], w1NaN);
-  const w2 = make([E * h, d], w2NaN), y = make([1, d], new Float64Array(d));
-  const gpuCtx = ctx.withProfile("gpu");
-  for (const build of [ctx, gpuCtx]) {
-    const scratch = moeScratch(build, s);
-    const calls = moeMlpSparse(build, { x, gate, w1, w2, y, E, h, activation: "gelu", scratch });
-    await ctx.scoped("moe one token", () => runCalls(ctx, calls).done());
-    const got = await readTensor(ctx, y);
-    assert(got.every(Number.isFinite), `${build.profile}: an unrouted expert's weights were read`);
-    assertClose(got, moeMlpRef(x64, g64, w164, w264, { ...s, activation: "gelu" }), TOL, "y");
-    for (const t of Object.values(scratch)) t.buffer.destroy();
-  }
-  for (const t of [x, gate, w1, w2, y]) t.buffer.destroy();
 });
 
 /**
