@@ -19,6 +19,17 @@ import { sampleTokensGpu } from "../gpu/kernels/sampling.ts";
 import { cli } from "./helpers/cli.ts";
 import { testGpu } from "./helpers/gpu.ts";
 
+/** Runs `f` with the environment variables `vars` set, then restores what they were (or unsets them). */
+async function withEnv<T>(vars: Record<string, string>, f: () => Promise<T>): Promise<T> {
+  const before = Object.keys(vars).map((k) => [k, Deno.env.get(k)] as const);
+  for (const [k, v] of Object.entries(vars)) Deno.env.set(k, v);
+  try {
+    return await f();
+  } finally {
+    for (const [k, v] of before) v === undefined ? Deno.env.delete(k) : Deno.env.set(k, v);
+  }
+}
+
 /** A DS-MoE (MoA, 4 MLP experts) of seq_len 16 with byte tokens; `budget` its memory_budget. */
 const yaml = (budget: string) =>
   `name: batch-micro
@@ -171,17 +182,15 @@ Deno.test("generate --batch refuses bad batches, prompts and sizes with exit cod
     const copies = batchDecoderBytes(config, configRules(config), B, { weightCopies: true });
     assert(copies > need + 1, `${copies} vs ${need}`);
     const tight = await checkpoint(dir, String(need + 1));
-    Deno.env.set("DSMOE_KERNELS", "cpu-simd");
-    try {
-      const t = await cli("generate", tight, "--prompt", "a", "--batch", String(B));
-      assertEquals(t.code, 2, t.err.join("\n"));
-      assert(
-        /weights and the texture copies the cpu-simd kernels read/.test(t.err.join("\n")),
-        t.err.join("\n"),
-      );
-    } finally {
-      Deno.env.delete("DSMOE_KERNELS");
-    }
+    const t = await withEnv(
+      { DSMOE_KERNELS: "cpu-simd" },
+      () => cli("generate", tight, "--prompt", "a", "--batch", String(B)),
+    );
+    assertEquals(t.code, 2, t.err.join("\n"));
+    assert(
+      /weights and the texture copies the cpu-simd kernels read/.test(t.err.join("\n")),
+      t.err.join("\n"),
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -192,15 +201,10 @@ Deno.test("generate --batch: a texture copy the device refuses (out of memory) e
   try {
     const file = await checkpoint(dir);
     // h1.mlp.w1 [32, 128] is read by the grouped matmul from a texture copy on cpu-simd (forced here).
-    Deno.env.set("DSMOE_KERNELS", "cpu-simd");
-    Deno.env.set("DSMOE_FAULT_OOM", "h1.mlp.w1.texture");
-    let r;
-    try {
-      r = await cli("generate", file, "--prompt", "ab", "--prompt", "c", "--max-tokens", "2");
-    } finally {
-      Deno.env.delete("DSMOE_KERNELS");
-      Deno.env.delete("DSMOE_FAULT_OOM");
-    }
+    const r = await withEnv(
+      { DSMOE_KERNELS: "cpu-simd", DSMOE_FAULT_OOM: "h1.mlp.w1.texture" },
+      () => cli("generate", file, "--prompt", "ab", "--prompt", "c", "--max-tokens", "2"),
+    );
     const err = r.err.join("\n");
     assertEquals(r.code, 1, err);
     assert(err.includes('could not allocate texture copy of "h1.mlp.w1" [32, 128] f32 (16.00 KiB)'), err);
