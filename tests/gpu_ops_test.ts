@@ -17,6 +17,19 @@ const EXACT = { atol: 1e-6, rtol: 1e-6 },
   TRANS = { atol: 3e-5, rtol: 3e-4 };
 const ROWS = [1, 7, 33, 300];
 
+/**
+ * [B, T, Hq, Hkv, D] of the attention cases. D 4, 8, 16, 32: rows as vec4s on cpu-simd, in blocks of rows
+ * (lanes across heads up to D 16, and for the forward up to 32; odd block counts); D 6: as floats.
+ */
+const ATTENTION_SHAPES = [
+  [1, 1, 1, 1, 4],
+  [2, 7, 4, 2, 8],
+  [1, 33, 6, 3, 16],
+  [3, 21, 4, 2, 16],
+  [2, 19, 8, 2, 32],
+  [1, 5, 2, 1, 6],
+] as const;
+
 const CASES: Record<string, [Build, Tolerance]> = {
   "matmul at odd sizes, all transposes": [(g, f) => {
     const out: Value[] = [];
@@ -102,8 +115,7 @@ const CASES: Record<string, [Build, Tolerance]> = {
     }), TRANS],
   "causal grouped-query attention and its backward": [
     (g, f) =>
-      // D 4, 8, 16: rows as vec4s on cpu-simd; D 6: as floats.
-      ([[1, 1, 1, 1, 4], [2, 7, 4, 2, 8], [1, 33, 6, 3, 16], [1, 5, 2, 1, 6]] as const).flatMap(
+      ATTENTION_SHAPES.flatMap(
         ([B, T, Hq, Hkv, D]) => {
           const q = f([B, T, Hq, D]), k = f([B, T, Hkv, D]), v = f([B, T, Hkv, D]);
           const [o, lse] = apply(g, "attention", [q, k, v]);

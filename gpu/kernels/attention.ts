@@ -440,10 +440,28 @@ function _blockFields(q: GpuTensor, k: GpuTensor, heads: number, RB: number): Un
   return [["n", "u32", B * heads * TB], ...f.slice(1), ["TB", "u32", TB]];
 }
 
-// i = ((b·H + h)·TB + tb) over query heads (or kv heads for dk/dv); row r of the block is tf + r, clamped
-// to the last row (a clamped row is computed again and not written).
-const _blockHead = (H: string, RB: number) =>
-  `  let tb = i % u.TB; let h = (i / u.TB) % u.${H}; let bb = i / (u.TB * u.${H});
+/**
+ * The block header: invocation i → batch bb, head h (query heads, or kv heads for dk/dv) and block tb of
+ * RB rows from tf; row r of the block is tf + r, clamped to the last row (a clamped row is computed again
+ * and not written).
+ *
+ * Along T (`acrossHeads` false), i = ((b·H + h)·TB + tb): the 8 lanes of a workgroup take 8 blocks of one
+ * head, whose causal loops differ in length, and a lane that is done waits for the longest. Across heads,
+ * i = k·(B·H) + (b·H + h): the lanes take one block of 8 heads, loops of one length, and the block order
+ * k → tb = 0, TB − 1, 1, TB − 2, … pairs short and long blocks, because llvmpipe gives each thread one
+ * contiguous range of the workgroups (docs/llvmpipe.md). Across heads the lanes read different rows, which
+ * costs more than it saves once rows are long: on llvmpipe (2 threads, 2026-12-07, the same results) at
+ * head_dim 16 the three kernels ran 1.2–1.46× as fast across heads (B·T·H·Hkv 16·64·8·8 and 16·64·8·2); at
+ * 32 the forward 1.1–1.18×, dq 0.93–1.09× and dk/dv 0.78–1.16×; at 64 the forward 1.03×, dq 0.95× and dk/dv
+ * 0.76×. So the forward goes across heads up to head_dim 32, dq and dk/dv up to 16.
+ */
+const _blockHead = (H: string, RB: number, acrossHeads: boolean) =>
+  acrossHeads
+    ? `  let bhn = u.n / u.TB; let bh = i % bhn; let kb = i / bhn;
+  let tb = select(u.TB - 1u - kb / 2u, kb / 2u, kb % 2u == 0u);
+  let h = bh % u.${H}; let bb = bh / u.${H};
+  let tf = tb * ${RB}u; let tl = min(tf + ${RB - 1}u, u.T - 1u);`
+    : `  let tb = i % u.TB; let h = (i / u.TB) % u.${H}; let bb = i / (u.TB * u.${H});
   let tf = tb * ${RB}u; let tl = min(tf + ${RB - 1}u, u.T - 1u);`;
 
 const _blockRows = (RB: number, stmt: (r: number) => string) =>
@@ -512,7 +530,7 @@ function _attentionBlocked(
     loops: 1,
     bindings: (V) => _forwardBindings(o, V),
     body: ({ R, V, DV, RB }) =>
-      `${_blockHead("Hq", RB)}
+      `${_blockHead("Hq", RB, DV <= 8)}
   let kh = h % u.Hkv;
 ${
         _blockRows(RB, (r) =>
@@ -556,7 +574,7 @@ function _dqBlocked(
     loops: 1,
     bindings: (V) => [...reads, { name: "dq", tensor: o.dq, write: true, type: V }],
     body: ({ R, V, DV, RB }) =>
-      `${_blockHead("Hq", RB)}
+      `${_blockHead("Hq", RB, DV <= 4)}
   let kh = h % u.Hkv;
 ${
         _blockRows(RB, (r) =>
@@ -618,7 +636,7 @@ function _dkvBlocked(
     ],
     // Here h of the block header is the kv head; the query heads reading it are h, h + Hkv, …
     body: ({ R, V, DV, RB }) =>
-      `${_blockHead("Hkv", RB)}
+      `${_blockHead("Hkv", RB, DV <= 4)}
   let kh = h;
 ${
         _blockRows(RB, (r) =>
