@@ -11,17 +11,24 @@ import { simpleKernel } from "./common.ts";
 
 export type { ActivationKind };
 
+/** Each activation of x as a WGSL expression of type T (the formulas of core/ref/activation.ts). */
+const _FORWARD: Record<ActivationKind, (T: string) => string> = {
+  gelu: () => "0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))",
+  relu: (T) => `max(x, ${T}(0.0))`,
+  silu: () => "x / (1.0 + exp(-x))",
+};
+
 /** The activations for one WGSL type T (f32, or vec4<f32> with the suffix 4: four elements at once). */
 export function activationWgsl(T: string, sfx: string): string {
   return `
-fn gelu${sfx}(x: ${T}) -> ${T} { let c = 0.7978845608028654; return 0.5 * x * (1.0 + tanh(c * (x + 0.044715 * x * x * x))); }
+fn gelu${sfx}(x: ${T}) -> ${T} { return ${_FORWARD.gelu(T)}; }
 fn gelu_grad${sfx}(x: ${T}) -> ${T} {
   let c = 0.7978845608028654; let t = tanh(c * (x + 0.044715 * x * x * x));
   return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 0.134145 * x * x);
 }
-fn relu${sfx}(x: ${T}) -> ${T} { return max(x, ${T}(0.0)); }
+fn relu${sfx}(x: ${T}) -> ${T} { return ${_FORWARD.relu(T)}; }
 fn relu_grad${sfx}(x: ${T}) -> ${T} { return select(${T}(0.0), ${T}(1.0), x > ${T}(0.0)); }
-fn silu${sfx}(x: ${T}) -> ${T} { return x / (1.0 + exp(-x)); }
+fn silu${sfx}(x: ${T}) -> ${T} { return ${_FORWARD.silu(T)}; }
 fn silu_grad${sfx}(x: ${T}) -> ${T} { let s = 1.0 / (1.0 + exp(-x)); return s * (1.0 + x * (1.0 - s)); }
 `;
 }
@@ -72,14 +79,13 @@ export function activationBackward(
   });
 }
 
-/**
- * WGSL `fn act(x: vec4<f32>) -> vec4<f32>` of each activation (same formulas as gpu/kernels/activation.ts
- * and core/ref/activation.ts).
- */
+/** WGSL `fn act(x: vec4<f32>) -> vec4<f32>` of activation k (the epilogues of fused kernels). */
+const _act4 = (k: ActivationKind) =>
+  `fn act(x: vec4<f32>) -> vec4<f32> { return ${_FORWARD[k]("vec4<f32>")}; }`;
+
+/** {@linkcode _act4} of each activation. */
 export const ACT_VEC4: Record<ActivationKind, string> = {
-  gelu: `fn act(x: vec4<f32>) -> vec4<f32> {
-  return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-}`,
-  relu: `fn act(x: vec4<f32>) -> vec4<f32> { return max(x, vec4<f32>(0.0)); }`,
-  silu: `fn act(x: vec4<f32>) -> vec4<f32> { return x / (1.0 + exp(-x)); }`,
+  gelu: _act4("gelu"),
+  relu: _act4("relu"),
+  silu: _act4("silu"),
 };
