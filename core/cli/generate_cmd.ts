@@ -10,8 +10,8 @@
 import { parseByteSize } from "../config/schema.ts";
 import {
   BatchDecoder,
-  batchDecoderBytes,
   type BatchGenerateResult,
+  decodePlanBytes,
   generateBatch,
 } from "../infer/batch_generate.ts";
 import { Decoder, generate } from "../infer/generate.ts";
@@ -19,7 +19,7 @@ import { ruleName } from "../infer/evaluate.ts";
 import { recordGeneration } from "../infer/record.ts";
 import { countParams, layerShape, vocabSize } from "../plan/counts.ts";
 import type { InferRules } from "../plan/model.ts";
-import { configRules } from "../plan/plan.ts";
+import { configRules, plan } from "../plan/plan.ts";
 import { fmtBytes, fmtCount } from "../util/format.ts";
 import { openGpu } from "../../gpu/device.ts";
 import { boundedInt, parseCommandArgs } from "./args.ts";
@@ -309,9 +309,12 @@ async function _generateBatch(
       );
     }
   });
-  let need: number;
+  // Both estimates from one plan: the weights' texture copies count once the adapter is known.
+  let need: number, withCopies: number;
   try {
-    need = batchDecoderBytes(c, rules, B);
+    const p = plan(c, "decode", { rules, batch: B });
+    need = decodePlanBytes(p);
+    withCopies = decodePlanBytes(p, { weightCopies: true });
   } catch (e) {
     if (e instanceof RangeError) throw new UsageError(`--batch ${B}: ${e.message}`);
     throw e;
@@ -329,13 +332,10 @@ async function _generateBatch(
     powerPreference: c.hardware.power_preference,
     validation: c.hardware.validation,
   });
-  // A software adapter's products read the weights from texture copies: counted once the adapter is known.
-  if (gpu.profile === "cpu-simd") {
-    const withCopies = batchDecoderBytes(c, rules, B, { weightCopies: true });
-    if (withCopies > budget) {
-      gpu.destroy();
-      throw refuse(withCopies, "weights and the texture copies the cpu-simd kernels read");
-    }
+  // A software adapter's products read the weights from texture copies.
+  if (gpu.profile === "cpu-simd" && withCopies > budget) {
+    gpu.destroy();
+    throw refuse(withCopies, "weights and the texture copies the cpu-simd kernels read");
   }
   io.err(
     `Generating ${B} sequences together from ${target.label} (step ${target.step}): ` +
