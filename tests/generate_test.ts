@@ -11,13 +11,89 @@ import { activeOfLayers } from "../core/plan/counts.ts";
 import { RunDir } from "../core/runs/run_dir.ts";
 import { latestCheckpoint } from "../core/runs/checkpoints.ts";
 import { paramsFromTensors } from "../core/train/trainer.ts";
-import { Decoder, generate, sampleToken, samplingUniform } from "../core/infer/generate.ts";
+import { chainedReads, Decoder, generate, sampleToken, samplingUniform } from "../core/infer/generate.ts";
 import { createTensor, readTensor, writeTensor } from "../gpu/buffers.ts";
 import { runCalls } from "../gpu/dispatch.ts";
-import { sampleTokenGpu } from "../gpu/kernels/sampling.ts";
+import { countExpertsCalls, countExpertsPerCall, sampleTokenGpu } from "../gpu/kernels/sampling.ts";
 import { testGpu } from "./helpers/gpu.ts";
 import { Rng } from "../core/util/rng.ts";
 import { encodeText } from "../core/data/tokenizer.ts";
+
+Deno.test("chainedReads: hands reads over in the order started, waits only in flush, and a failure surfaces there", async () => {
+  // Reads that settle in reverse order of their start are still delivered first to last.
+  const settle: (() => void)[] = [], seen: string[] = [];
+  const reads = chainedReads(
+    (n) => new Promise<number>((resolve) => settle.push(() => resolve(10 * n))),
+    (got, upTo) => seen.push(`${upTo}:${got}`),
+  );
+  reads.start(2);
+  reads.start(5);
+  assertEquals(settle.length, 2, "start reads at once, without waiting");
+  settle[1]!();
+  await new Promise((r) => setTimeout(r, 0));
+  assertEquals(seen, [], "the later read waits for the earlier one");
+  const flushed = reads.flush(5); // nothing new drawn: no third read
+  settle[0]!();
+  await flushed;
+  assertEquals(seen, ["2:20", "5:50"]);
+  assertEquals(settle.length, 2);
+  const more = reads.flush(7); // reads what was drawn since, then waits for it
+  assertEquals(settle.length, 3);
+  settle[2]!();
+  await more;
+  assertEquals(seen, ["2:20", "5:50", "7:70"]);
+
+  // A failed read rejects the next flush (no unhandled rejection while nobody waits), as does a failed delivery.
+  let fail = true;
+  const failing = chainedReads(
+    (n) => fail ? Promise.reject(new Error(`read of ${n} failed`)) : Promise.resolve(n),
+    () => {},
+  );
+  failing.start(16);
+  await new Promise((r) => setTimeout(r, 5));
+  await assertRejects(() => failing.flush(16), "read of 16 failed");
+  fail = false;
+  const throwing = chainedReads((n) => Promise.resolve(n), (got) => {
+    throw new Error(`delivery of ${got} failed`);
+  });
+  throwing.start(3);
+  await new Promise((r) => setTimeout(r, 5));
+  await assertRejects(() => throwing.flush(3), "delivery of 3 failed");
+});
+
+async function assertRejects(f: () => Promise<unknown>, message: string): Promise<void> {
+  let error: unknown = null;
+  try {
+    await f();
+  } catch (e) {
+    error = e;
+  }
+  assert(error instanceof Error && error.message === message, `expected "${message}", got ${error}`);
+}
+
+Deno.test("countExpertsCalls: each mask's sum added to its own count, in as few dispatches as the bindings allow", async () => {
+  const ctx = await testGpu();
+  const per = countExpertsPerCall(ctx), n = per + 3; // more masks than one dispatch binds
+  const rng = new Rng(5);
+  // Masks of several shapes (one token of 4 or 8 experts, 3 rows of 8), 0/1 values.
+  const values = Array.from({ length: n }, (_, i) => {
+    const size = [4, 8, 24][i % 3]!;
+    return Float32Array.from({ length: size }, () => rng.int(2));
+  });
+  const masks = values.map((v) => createTensor(ctx, [v.length], "f32", v));
+  const counts = createTensor(ctx, [n + 1], "f32", Float32Array.from({ length: n + 1 }, (_, i) => 100 * i));
+  try {
+    const calls = countExpertsCalls(ctx, masks, counts);
+    assertEquals(calls.length, 2);
+    await runCalls(ctx, calls).done();
+    await runCalls(ctx, calls).done(); // counts accumulate over draws
+    const got = Array.from(await readTensor(ctx, counts) as Float32Array);
+    const want = values.map((v, i) => 100 * i + 2 * v.reduce((a, b) => a + b, 0));
+    assertEquals(got, [...want, 100 * n], "every count its own mask's sum, twice; the spare count untouched");
+  } finally {
+    for (const t of [...masks, counts]) t.buffer.destroy();
+  }
+});
 
 Deno.test("sampleToken: greedy is the argmax, top-k 1 is greedy at any temperature, draws follow the softmax", () => {
   const logits = Float32Array.of(0.5, 2, -1, 1.9, 0);

@@ -23,7 +23,14 @@ import { gpuSamplingFits, sampleTokensGpu } from "../../gpu/kernels/sampling.ts"
 import type { GpuContext } from "../../gpu/device.ts";
 import { assertScheduleBuilds } from "../../gpu/preflight.ts";
 import { activity, type LayerActivity } from "./evaluate.ts";
-import { bindDecoder, BoundDecoder, sampleToken, type Sampling, samplingUniform } from "./generate.ts";
+import {
+  bindDecoder,
+  BoundDecoder,
+  chainedReads,
+  sampleToken,
+  type Sampling,
+  samplingUniform,
+} from "./generate.ts";
 
 /** A prepared batched decoder: the graph of `plan(c, "decode", { batch })` bound to a model's weights. */
 export class BatchDecoder extends BoundDecoder<BatchDecoderGraph> {
@@ -256,18 +263,18 @@ export async function generateBatch(
     const setup = (performance.now() - s0) / 1000;
     const tokens: number[][] = rows.map(() => []);
     let shifts = 0, drawn = 0;
-    // Reads the drawn tokens not yet on the host and appends them to each row's context.
-    const flush = async () => {
-      if (tokens[0]!.length === drawn) return;
-      const got = await sampler.tokens(drawn);
+    // Appends the tokens each read brought to each row's context; a read every _CHUNK steps is not waited
+    // for (chainedReads), so its wait overlaps the steps queued meanwhile.
+    const reads = chainedReads((n) => sampler.tokens(n), (got, upTo) => {
       rows.forEach((r, b) => {
-        for (let k = tokens[b]!.length; k < drawn; k++) {
+        for (let k = tokens[b]!.length; k < upTo; k++) {
           tokens[b]!.push(got[b]![k]!);
           r.context.push(got[b]![k]!);
         }
       });
-      o.onProgress?.(drawn);
-    };
+      o.onProgress?.(upTo);
+    });
+    const flush = () => reads.flush(drawn);
     // Row b's cache holds `filled` tokens, of which the last `filled − context.length` are on the GPU only.
     const t0 = performance.now();
     let t1 = t0;
@@ -288,7 +295,7 @@ export async function generateBatch(
       } else {
         dec.feedDrawn(rows.map((r) => r.filled++));
       }
-      if (drawn % _CHUNK === 0) await flush();
+      if (drawn % _CHUNK === 0) reads.start(drawn);
     }
     await flush();
     const t2 = performance.now();

@@ -25,7 +25,8 @@ import {
 } from "../../gpu/buffers.ts";
 import { type KernelCall, prepare, releaseCall, Step } from "../../gpu/dispatch.ts";
 import {
-  countExperts,
+  countExpertsCalls,
+  countExpertsPerCall,
   gpuSamplingFits,
   type SamplerOptions,
   sampleTokenGpu,
@@ -144,13 +145,14 @@ export abstract class BoundDecoder<G extends DecoderGraph> {
 
   /**
    * Compute dispatches of one execution (docs/performance.md): `graph`, what one execution of the decoder
-   * graph records; `sampler`, what a GPU draw adds (the sampling kernel and one expert count per masked
-   * router); `perLayer`, the graph's dispatches of each block ({@linkcode dispatchesByLayer}).
+   * graph records; `sampler`, what a GPU draw adds (the sampling kernel, and the expert counts of the masked
+   * routers: one dispatch per up to 15 of them, gpu/kernels/sampling.ts `countExpertsCalls`); `perLayer`,
+   * the graph's dispatches of each block ({@linkcode dispatchesByLayer}).
    */
   dispatches(): { graph: number; sampler: number; perLayer: number[] } {
     return {
       graph: this.exec.dispatches,
-      sampler: 1 + this.masks.length,
+      sampler: 1 + Math.ceil(this.masks.length / countExpertsPerCall(this.ctx)),
       perLayer: dispatchesByLayer(this.exec.kernels(), this.config.model.layers),
     };
   }
@@ -185,8 +187,8 @@ export abstract class BoundDecoder<G extends DecoderGraph> {
 
   /**
    * A GPU sampler of `rows` tokens per draw: `sample` makes the sampling kernel (it writes each drawn token
-   * into the input ids and into `out`, `capacity` draws of `rows` tokens, draw-major), and one expert count
-   * per masked router adds what each routed layer ran over the rows. `drawn()` reads `out` whole.
+   * into the input ids and into `out`, `capacity` draws of `rows` tokens, draw-major), and the expert counts
+   * add what each routed layer ran over the rows (all masked routers in one dispatch, up to 15). `drawn()` reads `out` whole.
    */
   protected gpuDraws(
     s: Sampling & { seed: number; capacity: number },
@@ -208,7 +210,7 @@ export abstract class BoundDecoder<G extends DecoderGraph> {
         topP: s.topP,
         seed: s.seed,
       }),
-      ...this.masks.map((r, index) => countExperts(ctx, { mask: this.exec.tensor(r.mask!), counts, index })),
+      ...countExpertsCalls(ctx, this.masks.map((r) => this.exec.tensor(r.mask!)), counts),
     ].map((c) => prepare(ctx, c));
     const routers = this.graph.routers, masks = this.masks;
     const draw = () => {
@@ -420,6 +422,45 @@ export interface GenerateResult {
 const _STREAM_CHUNK = 16;
 
 /**
+ * Reads of drawn tokens, chained in order: `start(n)` begins reading the first `n` tokens without waiting
+ * for them (`read` submits its copy at once), `flush(n)` waits until every read up to `n` has been handed to
+ * `deliver`. Generation starts a read every few tokens and goes on queueing tokens meanwhile, so the host's
+ * wait for a read (at least 10 ms in Deno, whatever the GPU: its map polls the device, then sleeps 10 ms
+ * before looking again) overlaps decoding instead of stalling it. A failed read or `deliver` surfaces at the
+ * next `flush`, not as an unhandled rejection.
+ *
+ * @example
+ * ```ts
+ * import { chainedReads } from "./generate.ts";
+ * const seen: number[] = [];
+ * const reads = chainedReads((n) => Promise.resolve(n), (got, upTo) => seen.push(got, upTo));
+ * reads.start(2);
+ * await reads.flush(3); // reads the third token too
+ * if (seen.join() !== "2,2,3,3") throw new Error(seen.join());
+ * ```
+ */
+export function chainedReads<T>(
+  read: (n: number) => Promise<T>,
+  deliver: (got: T, upTo: number) => void,
+): { start(n: number): void; flush(n: number): Promise<void> } {
+  let reads: Promise<void> = Promise.resolve(), requested = 0;
+  const start = (n: number) => {
+    requested = n;
+    const got = read(n);
+    got.catch(() => {}); // awaited through `reads`
+    reads = reads.then(() => got).then((g) => deliver(g, n));
+    reads.catch(() => {}); // rethrown by flush
+  };
+  return {
+    start,
+    async flush(n: number) {
+      if (requested < n) start(n);
+      await reads;
+    },
+  };
+}
+
+/**
  * Generates up to `o.maxTokens` tokens after `prompt` (which must be non-empty). A prompt longer than the
  * context keeps its newest half-context. Tokens are drawn on the GPU and fed straight back, so the host waits
  * only for the first token, every {@linkcode _STREAM_CHUNK} tokens (streamed to `onToken` then), at a
@@ -444,16 +485,15 @@ export async function generate(
     const setup = (performance.now() - s0) / 1000;
     const tokens: number[] = [];
     let shifts = 0, drawn = 0, len = context.length;
-    // Reads the drawn tokens not yet on the host, streams them, and appends them to the host's context.
-    const flush = async () => {
-      if (tokens.length === drawn) return;
-      const got = await sampler.tokens(drawn);
-      for (let k = tokens.length; k < drawn; k++) {
+    // Streams the tokens each read brought and appends them to the host's context.
+    const reads = chainedReads((n) => sampler.tokens(n), (got, upTo) => {
+      for (let k = tokens.length; k < upTo; k++) {
         tokens.push(got[k]!);
         context.push(got[k]!);
         o.onToken?.(got[k]!);
       }
-    };
+    });
+    const flush = () => reads.flush(drawn);
     const t0 = performance.now();
     let t1 = t0;
     // Encode the context from position 0 (at the start and after each shift).
@@ -477,7 +517,7 @@ export async function generate(
         dec.feedDrawn(len);
         len++;
       }
-      if (drawn % _STREAM_CHUNK === 0) await flush();
+      if (drawn % _STREAM_CHUNK === 0) reads.start(drawn);
     }
     await flush();
     const t2 = performance.now();

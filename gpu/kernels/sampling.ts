@@ -239,19 +239,55 @@ ${
   });
 }
 
-/** Adds Σ mask (a routed layer's chosen experts for one token) to `counts[index]`. */
+/**
+ * Adds Σ masks[i] (the experts a routed layer chose, summed over its rows) to `counts[first + i]`, for every
+ * mask in one dispatch (one invocation: a few hundred values at most). At most
+ * {@linkcode countExpertsPerCall} masks; {@linkcode countExpertsCalls} splits a longer list.
+ */
 export function countExperts(
   ctx: GpuContext,
-  o: { mask: GpuTensor; counts: GpuTensor; index: number },
+  o: { masks: readonly GpuTensor[]; counts: GpuTensor; first: number },
 ): KernelCall {
+  const most = countExpertsPerCall(ctx);
+  if (o.masks.length === 0 || o.masks.length > most) {
+    throw new RangeError(`countExperts takes 1 to ${most} masks here, not ${o.masks.length}`);
+  }
+  if (o.first + o.masks.length > o.counts.size) {
+    throw new RangeError(`countExperts: counts holds ${o.counts.size}, not ${o.first + o.masks.length}`);
+  }
   return simpleKernel(ctx, {
     label: "count_experts",
-    bindings: [{ name: "m", tensor: o.mask }, { name: "c", tensor: o.counts, write: true }],
-    fields: [["E", "u32", o.mask.size], ["at", "u32", o.index]],
+    bindings: [
+      ...o.masks.map((mask, i) => ({ name: `m${i}`, tensor: mask })),
+      { name: "c", tensor: o.counts, write: true },
+    ],
+    fields: [["first", "u32", o.first]],
     invocations: 1,
     workgroup: 1,
-    body: `  var s = 0.0;
-  for (var e = 0u; e < u.E; e = e + 1u) { s = s + m[e]; }
-  c[u.at] = c[u.at] + s;`,
+    body: o.masks.map((mask, i) =>
+      `  {
+    var s = 0.0;
+    for (var e = 0u; e < ${mask.size}u; e = e + 1u) { s = s + m${i}[e]; }
+    c[u.first + ${i}u] = c[u.first + ${i}u] + s;
+  }`
+    ).join("\n"),
   });
+}
+
+/** Masks one {@linkcode countExperts} dispatch sums: the adapter's storage bindings less the counts, ≤ 15. */
+export function countExpertsPerCall(ctx: GpuContext): number {
+  return Math.max(1, Math.min(15, ctx.limits.maxStorageBuffersPerShaderStage - 1));
+}
+
+/** {@linkcode countExperts} over any number of masks: as few dispatches as the binding limit allows. */
+export function countExpertsCalls(
+  ctx: GpuContext,
+  masks: readonly GpuTensor[],
+  counts: GpuTensor,
+): KernelCall[] {
+  const per = countExpertsPerCall(ctx), calls: KernelCall[] = [];
+  for (let first = 0; first < masks.length; first += per) {
+    calls.push(countExperts(ctx, { masks: masks.slice(first, first + per), counts, first }));
+  }
+  return calls;
 }
