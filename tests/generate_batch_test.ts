@@ -222,9 +222,29 @@ Deno.test("the batched GPU sampler draws each row's host reference token with se
   const out = createTensor(ctx, [16 * B], "u32", undefined, "out");
   const state = createTensor(ctx, [B], "u32", new Uint32Array(B), "state");
   let boundary = 0;
-  for (const [temperature, topK, topP] of [[0, 0, 1], [1, 0, 1], [0.7, 5, 1], [1.2, 0, 0.8]] as const) {
+  // The rank scan, then the search (the method of large vocabularies) on each row's own logits.
+  const cases = [
+    [0, 0, 1, "scan"],
+    [1, 0, 1, "scan"],
+    [0.7, 5, 1, "scan"],
+    [1.2, 0, 0.8, "scan"],
+    [50, 20, 1, "search"],
+    [1.2, 7, 0.8, "search"],
+  ] as const;
+  for (const [temperature, topK, topP, method] of cases) {
     const seed = 2 ** 32 - 2; // rows 1 and 2 carry into the seed's high word
-    const call = sampleTokensGpu(ctx, { logits, ids, out, state, temperature, topK, topP, seed, rows: B });
+    const call = sampleTokensGpu(ctx, {
+      logits,
+      ids,
+      out,
+      state,
+      temperature,
+      topK,
+      topP,
+      seed,
+      rows: B,
+      method,
+    });
     writeTensor(ctx, state, new Uint32Array(B));
     const want: number[][] = [];
     for (let n = 0; n < 8; n++) {

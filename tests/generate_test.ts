@@ -14,7 +14,13 @@ import { paramsFromTensors } from "../core/train/trainer.ts";
 import { chainedReads, Decoder, generate, sampleToken, samplingUniform } from "../core/infer/generate.ts";
 import { createTensor, readTensor, writeTensor } from "../gpu/buffers.ts";
 import { runCalls } from "../gpu/dispatch.ts";
-import { countExpertsCalls, countExpertsPerCall, sampleTokenGpu } from "../gpu/kernels/sampling.ts";
+import {
+  countExpertsCalls,
+  countExpertsPerCall,
+  gpuSamplingMethod,
+  type SamplerSearch,
+  sampleTokenGpu,
+} from "../gpu/kernels/sampling.ts";
 import { testGpu } from "./helpers/gpu.ts";
 import { Rng } from "../core/util/rng.ts";
 import { encodeText } from "../core/data/tokenizer.ts";
@@ -413,6 +419,56 @@ Deno.test("the GPU sampler with top-p draws the host reference's token from the 
   // f32 sums on the GPU against float64 on the host may straddle a boundary; nothing more.
   assert(differ <= 2, `${differ} of ${checked} draws differ`);
   for (const t of [logits, ids, out, state]) t.buffer.destroy();
+});
+
+Deno.test("the GPU sampler's search method keeps the host's top-k and top-p tokens, ties included, up to GPT-2's vocabulary", async () => {
+  const ctx = await testGpu();
+  // Which method a vocabulary gets: the rank scan while V²/256 fits llvmpipe's loop budget, then the search.
+  assertEquals(gpuSamplingMethod(300, { temperature: 1, topK: 5 }), "scan");
+  assertEquals(gpuSamplingMethod(50257, { temperature: 0.8, topK: 40 }), "search");
+  assertEquals(gpuSamplingMethod(50257, { temperature: 1, topK: 0, topP: 0.9 }), "search");
+  assertEquals(gpuSamplingMethod(50257, { temperature: 1, topK: 0 }), "simple");
+  assertEquals(gpuSamplingMethod(2_000_000, { temperature: 1, topK: 40 }), null);
+  const rng = new Rng(23);
+  // [V, method, temperature, top-k, top-p, draws, logit levels]. At temperature 50 the weights are nearly
+  // equal, so a kept set one token too large or too small moves many draws; with 4 logit levels the k-th
+  // token and the top-p boundary fall inside large groups of ties, where only the id decides.
+  const cases: [number, SamplerSearch, number, number, number, number, number][] = [
+    [300, "search", 1, 5, 1, 16, 41],
+    [300, "search", 50, 40, 1, 32, 4],
+    [300, "search", 50, 100, 1, 24, 4],
+    [300, "search", 0.7, 20, 0.8, 16, 41],
+    [300, "search", 50, 0, 0.3, 16, 4],
+    [300, "search", 50, 60, 0.5, 16, 4],
+    [300, "search", 1, 3, 0.3, 16, 41],
+    [300, "search", 2, 299, 1, 8, 41],
+    [300, "scan", 50, 40, 1, 16, 4], // the same draws as the search
+    [5000, "search", 50, 40, 0.9, 8, 4],
+    [50257, "search", 50, 40, 1, 4, 41],
+    [50257, "search", 1, 0, 0.9, 4, 41],
+  ];
+  let differ = 0, checked = 0;
+  for (const [V, method, temperature, topK, topP, draws, levels] of cases) {
+    const logits = createTensor(ctx, [V], "f32", undefined, "logits");
+    const ids = createTensor(ctx, [1], "u32", new Uint32Array(1), "ids");
+    const out = createTensor(ctx, [16], "u32", undefined, "out");
+    const state = createTensor(ctx, [1], "u32", new Uint32Array(1), "state");
+    const seed = 31 + topK + V;
+    const call = sampleTokenGpu(ctx, { logits, ids, out, state, temperature, topK, topP, seed, method });
+    for (let n = 0; n < draws; n++) {
+      const l = Float32Array.from({ length: V }, () => Math.round(rng.next() * (levels - 1)) / 8 - 2);
+      writeTensor(ctx, logits, l);
+      await runCalls(ctx, [call]).done();
+      const host = sampleToken(l, { temperature, topK, topP }, samplingUniform(seed, n));
+      const got = (await readTensor(ctx, ids))[0]!;
+      checked++;
+      if (got !== host) differ++;
+    }
+    assertEquals((await readTensor(ctx, state))[0], draws, "the counter advanced once per draw");
+    for (const t of [logits, ids, out, state]) t.buffer.destroy();
+  }
+  // f32 sums on the GPU against float64 on the host may straddle a boundary; nothing more.
+  assert(differ <= 2, `${differ} of ${checked} draws differ`);
 });
 
 Deno.test("generate --top-p: the same tokens on the GPU and with --host-sampling, and shader setup timed apart (compile_s)", async () => {

@@ -26,15 +26,37 @@ const _HASH = `fn hashMix(h0: u32, v: u32) -> u32 {
 const _THREADS = 256;
 
 /**
- * Whether {@linkcode sampleTokenGpu} handles a vocabulary of `V` under `s`: greedy, top-k 1 and "all" take
- * O(V / 256) steps per thread; other top-k and any top-p below 1 count each token's rank (and the weight
- * ahead of it), V²/256 steps per thread, kept under the 65,535 iterations llvmpipe allows one loop of an
- * invocation (beyond that it ends the loop early).
+ * How the sampler finds the tokens top-k and top-p keep, when it must (not greedy, not "all"): `scan` counts
+ * each token's rank (and the weight ahead of it) over the whole vocabulary, V²/256 steps per thread, for
+ * small vocabularies; `search` finds the last kept token by binary searches over the logits' order (about
+ * 110 passes of V/256 steps: counts and sums reduced across the workgroup), for large ones.
  */
-export function gpuSamplingFits(V: number, s: { temperature: number; topK: number; topP?: number }): boolean {
+export type SamplerSearch = "scan" | "search";
+
+/** Binary-search passes over the vocabulary in the `search` method, at most (see {@linkcode _sampler}). */
+const _SEARCH_PASSES = 110;
+
+/**
+ * How {@linkcode sampleTokenGpu} handles a vocabulary of `V` under `s`, or null where it cannot (the host
+ * samples then): greedy, top-k 1 and "all" take O(V / 256) steps per thread; other top-k and any top-p
+ * below 1 take `scan` while its V²/256 steps per thread fit, else `search`. Every method keeps an
+ * invocation's loops under the 65,535 iterations llvmpipe allows (beyond that it ends the loop early).
+ */
+export function gpuSamplingMethod(
+  V: number,
+  s: { temperature: number; topK: number; topP?: number },
+): "simple" | SamplerSearch | null {
   const greedy = s.temperature <= 0 || s.topK === 1;
   const simple = greedy || ((s.topK === 0 || s.topK >= V) && (s.topP ?? 1) >= 1);
-  return simple ? V <= 65535 * _THREADS : Math.ceil(V / _THREADS) * V <= 60000;
+  const c = Math.ceil(V / _THREADS);
+  if (simple) return V <= 65535 * _THREADS ? "simple" : null;
+  if (c * V <= 60000) return "scan";
+  return 3 * c + _THREADS + _SEARCH_PASSES * (c + 12) <= 60000 ? "search" : null;
+}
+
+/** Whether {@linkcode sampleTokenGpu} handles a vocabulary of `V` under `s` ({@linkcode gpuSamplingMethod}). */
+export function gpuSamplingFits(V: number, s: { temperature: number; topK: number; topP?: number }): boolean {
+  return gpuSamplingMethod(V, s) !== null;
 }
 
 /**
@@ -59,6 +81,8 @@ export interface SamplerOptions {
   topK: number;
   topP?: number; // nucleus: 1 (default) keeps all
   seed: number;
+  /** The method for top-k and top-p (tests); default {@linkcode gpuSamplingMethod}'s. */
+  method?: SamplerSearch;
 }
 
 /**
@@ -88,8 +112,15 @@ function _sampler(o: SamplerOptions, rows: number): KernelCall {
     throw new RangeError(`Cannot sample: temperature ${o.temperature} and topK ${o.topK} must be ≥ 0`);
   }
   if (!(topP > 0 && topP <= 1)) throw new RangeError(`Cannot sample: topP ${topP} must be in (0, 1]`);
-  if (!gpuSamplingFits(V, o)) {
+  const fits = gpuSamplingMethod(V, o);
+  if (fits === null) {
     throw new RangeError(`Cannot sample ${V} tokens with top-k ${o.topK} on the GPU (see gpuSamplingFits)`);
+  }
+  const search = (o.method ?? (fits === "search" ? "search" : "scan")) === "search";
+  if (
+    search && fits === "scan" && 3 * Math.ceil(V / T) + T + _SEARCH_PASSES * (Math.ceil(V / T) + 12) > 60000
+  ) {
+    throw new RangeError(`Cannot sample ${V} tokens by search on the GPU (see gpuSamplingFits)`);
   }
   const fields: UniformFields = [
     ["V", "u32", V],
@@ -107,6 +138,8 @@ function _sampler(o: SamplerOptions, rows: number): KernelCall {
     { name: "out", tensor: o.out, write: true },
     { name: "st", tensor: o.state, write: true },
   ];
+  // Whether token j is drawn from: the scan's rank test, or the search's cutoff (the last kept token).
+  const keep = (scan: string) => search ? `inCut(j, ${Lj}, cutoff)` : scan;
   const code = `${_HASH}
 ${rows > 0 ? "var<private> rb: u32;" : ""}
 var<workgroup> bestV: array<f32, ${T}>;
@@ -147,7 +180,7 @@ fn chosen(j: u32, every: bool, nuc: bool, mv: f32) -> bool {
   if (nuc) { return nucleus(j, every, mv); }
   return kept(j, every);
 }
-
+${search ? _searchWgsl(T, at) : ""}
 @compute @workgroup_size(${T})
 ${
     rows > 0
@@ -183,14 +216,18 @@ ${
   var tok = bestI[0];
   if (u.temp > 0.0 && u.topK != 1u) {
     let every = u.topK == 0u || u.topK >= u.V;
-    let nuc = u.topP < 1.0;
+    let nuc = u.topP < 1.0;${search ? "\n    let cutoff = lastKeptToken(t, every, nuc, mv);" : ""}
     var sum = 0.0;
     for (var j = j0; j < j1; j = j + 1u) {
-      if (kept(j, every)) { sum = sum + exp((${Lj} - mv) / u.temp); if (!nuc) { atomicMax(&lastKept, j); } }
+      if (${keep("kept(j, every)")}) {
+        sum = sum + exp((${Lj} - mv) / u.temp);${
+    search ? " atomicMax(&lastKept, j);" : " if (!nuc) { atomicMax(&lastKept, j); }"
+  }
+      }
     }
     part[t] = sum;
     workgroupBarrier();
-    if (nuc) {
+    if (${search ? "false" : "nuc"}) {
       if (t == 0u) {
         var z = 0.0;
         for (var q = 0u; q < ${T}u; q = q + 1u) { z = z + part[q]; }
@@ -214,7 +251,7 @@ ${
     var left = goal - part[t];
     if (left >= 0.0) {
       for (var j = j0; j < j1; j = j + 1u) {
-        if (chosen(j, every, nuc, mv)) {
+        if (${keep("chosen(j, every, nuc, mv)")}) {
           left = left - exp((${Lj} - mv) / u.temp);
           if (left < 0.0) { atomicMin(&pick, j); break; }
         }
@@ -290,4 +327,123 @@ export function countExpertsCalls(
     calls.push(countExperts(ctx, { masks: masks.slice(first, first + per), counts, first }));
   }
   return calls;
+}
+
+/**
+ * The `search` method's WGSL: {@linkcode _sampler}'s top-k and top-p set is a prefix of the tokens in (logit
+ * desc, id asc) order, so it is known from its last token, a cutoff (key, id): token j is kept when its
+ * key is above the cutoff's, or equal with j below the id. Keys are the logits' bits mapped to u32 in the
+ * logits' order (−0 as +0). The cutoff comes from binary searches, each step one pass of the workgroup over
+ * the vocabulary (strided) and a reduction: for top-k, the largest key with at least k tokens at or above
+ * it, then, among the tokens at that key, the id below which the k-th falls; for top-p, over those, the
+ * smallest key K whose top-k tokens above K weigh less than the cut (the host's "weight ahead under the
+ * cut" then holds for every token above K, and for the first m at K in id order, m from the weight at K),
+ * then that m-th token's id. Sums are f32 in another order than the host's float64, so a cutoff can differ
+ * only where a weight ahead lies within rounding of the cut.
+ */
+function _searchWgsl(T: number, at: (j: string) => string): string {
+  const Lj = at("j");
+  return `var<workgroup> redU: array<u32, ${T}>;
+var<workgroup> redF: array<f32, ${T}>;
+var<workgroup> outU: u32;
+var<workgroup> outF: f32;
+
+fn keyOf(x: f32) -> u32 {
+  let b = bitcast<u32>(select(x, 0.0, x == 0.0));
+  return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+fn valueOf(k: u32) -> f32 {
+  return bitcast<f32>(select(~k, k & 0x7fffffffu, (k & 0x80000000u) != 0u));
+}
+fn inCut(j: u32, x: f32, c: vec2<u32>) -> bool {
+  let k = keyOf(x);
+  return k > c.x || (k == c.x && j < c.y);
+}
+fn sumU(v: u32, t: u32) -> u32 {
+  redU[t] = v;
+  workgroupBarrier();
+  for (var s = ${T / 2}u; s > 0u; s = s >> 1u) {
+    if (t < s) { redU[t] = redU[t] + redU[t + s]; }
+    workgroupBarrier();
+  }
+  if (t == 0u) { outU = redU[0]; }
+  return workgroupUniformLoad(&outU);
+}
+fn sumF(v: f32, t: u32) -> f32 {
+  redF[t] = v;
+  workgroupBarrier();
+  for (var s = ${T / 2}u; s > 0u; s = s >> 1u) {
+    if (t < s) { redF[t] = redF[t] + redF[t + s]; }
+    workgroupBarrier();
+  }
+  if (t == 0u) { outF = redF[0]; }
+  return workgroupUniformLoad(&outF);
+}
+// Tokens whose key is at least k.
+fn countFrom(t: u32, k: u32) -> u32 {
+  var n = 0u;
+  for (var j = t; j < u.V; j = j + ${T}u) { if (keyOf(${Lj}) >= k) { n = n + 1u; } }
+  return sumU(n, t);
+}
+// Tokens of cutoff c whose key is k and id below p.
+fn countAt(t: u32, k: u32, p: u32, c: vec2<u32>) -> u32 {
+  var n = 0u;
+  for (var j = t; j < min(p, u.V); j = j + ${T}u) {
+    let x = ${Lj};
+    if (keyOf(x) == k && inCut(j, x, c)) { n = n + 1u; }
+  }
+  return sumU(n, t);
+}
+// The weight of the tokens of cutoff c whose key is above k (every one of them with k = none).
+fn weightAbove(t: u32, k: u32, none: bool, c: vec2<u32>, mv: f32) -> f32 {
+  var w = 0.0;
+  for (var j = t; j < u.V; j = j + ${T}u) {
+    let x = ${Lj};
+    if (inCut(j, x, c) && (none || keyOf(x) > k)) { w = w + exp((x - mv) / u.temp); }
+  }
+  return sumF(w, t);
+}
+// The smallest p (1 ≤ p ≤ V) with at least m tokens of cutoff c at key k below id p.
+fn idCut(t: u32, k: u32, m: u32, c: vec2<u32>) -> u32 {
+  var lo = 1u; var hi = u.V;
+  for (var it = 0u; it < 32u; it = it + 1u) {
+    if (lo < hi) {
+      let mid = lo + (hi - lo) / 2u;
+      if (countAt(t, k, mid, c) >= m) { hi = mid; } else { lo = mid + 1u; }
+    }
+  }
+  return lo;
+}
+// The last token top-k and top-p keep, as a cutoff (key, id).
+fn lastKeptToken(t: u32, every: bool, nuc: bool, mv: f32) -> vec2<u32> {
+  var c = vec2<u32>(0u, u.V); // every token
+  if (!every) {
+    var lo = 0u; var hi = 0xffffffffu; // count(key ≥ lo) ≥ k > count(key ≥ hi + 1)
+    for (var it = 0u; it < 32u; it = it + 1u) {
+      if (lo < hi) {
+        let mid = lo + (hi - lo) / 2u + 1u;
+        if (countFrom(t, mid) >= u.topK) { lo = mid; } else { hi = mid - 1u; }
+      }
+    }
+    let above = select(countFrom(t, lo + 1u), 0u, lo == 0xffffffffu);
+    c = vec2<u32>(lo, idCut(t, lo, u.topK - above, c));
+  }
+  if (nuc) {
+    let cut = u.topP * weightAbove(t, 0u, true, c, mv);
+    var lo = c.x; var hi = 0xffffffffu; // the smallest key whose kept tokens above it weigh under the cut
+    for (var it = 0u; it < 32u; it = it + 1u) {
+      if (lo < hi) {
+        let mid = lo + (hi - lo) / 2u;
+        if (weightAbove(t, mid, false, c, mv) < cut) { hi = mid; } else { lo = mid + 1u; }
+      }
+    }
+    let ahead = weightAbove(t, lo, false, c, mv);
+    let ties = countAt(t, lo, u.V, c);
+    let w = exp((valueOf(lo) - mv) / u.temp);
+    let q = ceil((cut - ahead) / w);
+    let m = select(max(1u, u32(q)), ties, q >= f32(ties));
+    c = vec2<u32>(lo, idCut(t, lo, m, c));
+  }
+  return c;
+}`;
 }
