@@ -394,6 +394,29 @@ Deno.test("sampleToken with topP keeps the fewest most likely tokens reaching P 
   assertEquals(set(draws({ temperature: 5, topK: 0, topP: 0.85 })), [0, 1, 3, 4]);
 });
 
+/**
+ * Draws `draws` tokens with the sampler `call`, each from fresh logits written to `t.logits`, and counts those
+ * that differ from the host's `sampleToken` at the same seed and index.
+ */
+async function _drawsDiffering(
+  ctx: Awaited<ReturnType<typeof testGpu>>,
+  call: ReturnType<typeof sampleTokenGpu>,
+  t: { logits: ReturnType<typeof createTensor>; ids: ReturnType<typeof createTensor> },
+  logitsOf: () => Float32Array,
+  s: { temperature: number; topK: number; topP: number },
+  seed: number,
+  draws: number,
+): Promise<number> {
+  let differ = 0;
+  for (let n = 0; n < draws; n++) {
+    const l = logitsOf();
+    writeTensor(ctx, t.logits, l);
+    await runCalls(ctx, [call]).done();
+    if ((await readTensor(ctx, t.ids))[0] !== sampleToken(l, s, samplingUniform(seed, n))) differ++;
+  }
+  return differ;
+}
+
 Deno.test("the GPU sampler with top-p draws the host reference's token from the same logits, seed and index", async () => {
   const ctx = await testGpu();
   const rng = new Rng(5), V = 300;
@@ -406,15 +429,17 @@ Deno.test("the GPU sampler with top-p draws the host reference's token from the 
     const seed = 77 + topK;
     const call = sampleTokenGpu(ctx, { logits, ids, out, state, temperature, topK, topP, seed });
     writeTensor(ctx, state, new Uint32Array(1));
-    for (let n = 0; n < 24; n++) {
-      const l = Float32Array.from({ length: V }, () => Math.round(rng.next() * 40) / 8);
-      writeTensor(ctx, logits, l);
-      await runCalls(ctx, [call]).done();
-      const host = sampleToken(l, { temperature, topK, topP }, samplingUniform(seed, n));
-      const got = (await readTensor(ctx, ids))[0]!;
-      checked++;
-      if (got !== host) differ++;
-    }
+    const logitsOf = () => Float32Array.from({ length: V }, () => Math.round(rng.next() * 40) / 8);
+    differ += await _drawsDiffering(
+      ctx,
+      call,
+      { logits, ids },
+      logitsOf,
+      { temperature, topK, topP },
+      seed,
+      24,
+    );
+    checked += 24;
   }
   // f32 sums on the GPU against float64 on the host may straddle a boundary; nothing more.
   assert(differ <= 2, `${differ} of ${checked} draws differ`);
@@ -455,15 +480,18 @@ Deno.test("the GPU sampler's search method keeps the host's top-k and top-p toke
     const state = createTensor(ctx, [1], "u32", new Uint32Array(1), "state");
     const seed = 31 + topK + V;
     const call = sampleTokenGpu(ctx, { logits, ids, out, state, temperature, topK, topP, seed, method });
-    for (let n = 0; n < draws; n++) {
-      const l = Float32Array.from({ length: V }, () => Math.round(rng.next() * (levels - 1)) / 8 - 2);
-      writeTensor(ctx, logits, l);
-      await runCalls(ctx, [call]).done();
-      const host = sampleToken(l, { temperature, topK, topP }, samplingUniform(seed, n));
-      const got = (await readTensor(ctx, ids))[0]!;
-      checked++;
-      if (got !== host) differ++;
-    }
+    const logitsOf = () =>
+      Float32Array.from({ length: V }, () => Math.round(rng.next() * (levels - 1)) / 8 - 2);
+    differ += await _drawsDiffering(
+      ctx,
+      call,
+      { logits, ids },
+      logitsOf,
+      { temperature, topK, topP },
+      seed,
+      draws,
+    );
+    checked += draws;
     assertEquals((await readTensor(ctx, state))[0], draws, "the counter advanced once per draw");
     for (const t of [logits, ids, out, state]) t.buffer.destroy();
   }

@@ -343,6 +343,18 @@ export function countExpertsCalls(
  */
 function _searchWgsl(T: number, at: (j: string) => string): string {
   const Lj = at("j");
+  // The workgroup's sum of v, the same in every invocation (uniform: loops and barriers may depend on it).
+  const reduce = (name: string, type: string, red: string, out: string) =>
+    `fn ${name}(v: ${type}, t: u32) -> ${type} {
+  ${red}[t] = v;
+  workgroupBarrier();
+  for (var s = ${T / 2}u; s > 0u; s = s >> 1u) {
+    if (t < s) { ${red}[t] = ${red}[t] + ${red}[t + s]; }
+    workgroupBarrier();
+  }
+  if (t == 0u) { ${out} = ${red}[0]; }
+  return workgroupUniformLoad(&${out});
+}`;
   return `var<workgroup> redU: array<u32, ${T}>;
 var<workgroup> redF: array<f32, ${T}>;
 var<workgroup> outU: u32;
@@ -359,26 +371,8 @@ fn inCut(j: u32, x: f32, c: vec2<u32>) -> bool {
   let k = keyOf(x);
   return k > c.x || (k == c.x && j < c.y);
 }
-fn sumU(v: u32, t: u32) -> u32 {
-  redU[t] = v;
-  workgroupBarrier();
-  for (var s = ${T / 2}u; s > 0u; s = s >> 1u) {
-    if (t < s) { redU[t] = redU[t] + redU[t + s]; }
-    workgroupBarrier();
-  }
-  if (t == 0u) { outU = redU[0]; }
-  return workgroupUniformLoad(&outU);
-}
-fn sumF(v: f32, t: u32) -> f32 {
-  redF[t] = v;
-  workgroupBarrier();
-  for (var s = ${T / 2}u; s > 0u; s = s >> 1u) {
-    if (t < s) { redF[t] = redF[t] + redF[t + s]; }
-    workgroupBarrier();
-  }
-  if (t == 0u) { outF = redF[0]; }
-  return workgroupUniformLoad(&outF);
-}
+${reduce("sumU", "u32", "redU", "outU")}
+${reduce("sumF", "f32", "redF", "outF")}
 // Tokens whose key is at least k.
 fn countFrom(t: u32, k: u32) -> u32 {
   var n = 0u;
