@@ -36,6 +36,12 @@ export type SamplerSearch = "scan" | "search";
 /** Binary-search passes over the vocabulary in the `search` method, at most (see {@linkcode _sampler}). */
 const _SEARCH_PASSES = 110;
 
+/** Whether the `search` method's loops over V tokens stay under llvmpipe's budget per invocation. */
+function _searchFits(V: number): boolean {
+  const c = Math.ceil(V / _THREADS);
+  return 3 * c + _THREADS + _SEARCH_PASSES * (c + 12) <= 60000;
+}
+
 /**
  * How {@linkcode sampleTokenGpu} handles a vocabulary of `V` under `s`, or null where it cannot (the host
  * samples then): greedy, top-k 1 and "all" take O(V / 256) steps per thread; other top-k and any top-p
@@ -48,10 +54,9 @@ export function gpuSamplingMethod(
 ): "simple" | SamplerSearch | null {
   const greedy = s.temperature <= 0 || s.topK === 1;
   const simple = greedy || ((s.topK === 0 || s.topK >= V) && (s.topP ?? 1) >= 1);
-  const c = Math.ceil(V / _THREADS);
   if (simple) return V <= 65535 * _THREADS ? "simple" : null;
-  if (c * V <= 60000) return "scan";
-  return 3 * c + _THREADS + _SEARCH_PASSES * (c + 12) <= 60000 ? "search" : null;
+  if (Math.ceil(V / _THREADS) * V <= 60000) return "scan";
+  return _searchFits(V) ? "search" : null;
 }
 
 /** Whether {@linkcode sampleTokenGpu} handles a vocabulary of `V` under `s` ({@linkcode gpuSamplingMethod}). */
@@ -117,9 +122,7 @@ function _sampler(o: SamplerOptions, rows: number): KernelCall {
     throw new RangeError(`Cannot sample ${V} tokens with top-k ${o.topK} on the GPU (see gpuSamplingFits)`);
   }
   const search = (o.method ?? (fits === "search" ? "search" : "scan")) === "search";
-  if (
-    search && fits === "scan" && 3 * Math.ceil(V / T) + T + _SEARCH_PASSES * (Math.ceil(V / T) + 12) > 60000
-  ) {
+  if (search && !_searchFits(V)) {
     throw new RangeError(`Cannot sample ${V} tokens by search on the GPU (see gpuSamplingFits)`);
   }
   const fields: UniformFields = [
@@ -419,7 +422,8 @@ fn lastKeptToken(t: u32, every: bool, nuc: bool, mv: f32) -> vec2<u32> {
         if (countFrom(t, mid) >= u.topK) { lo = mid; } else { hi = mid - 1u; }
       }
     }
-    let above = select(countFrom(t, lo + 1u), 0u, lo == 0xffffffffu);
+    var above = 0u; // tokens above the k-th token's key (a pass only where a key above exists)
+    if (lo < 0xffffffffu) { above = countFrom(t, lo + 1u); }
     c = vec2<u32>(lo, idCut(t, lo, u.topK - above, c));
   }
   if (nuc) {
