@@ -188,7 +188,8 @@ export abstract class BoundDecoder<G extends DecoderGraph> {
   /**
    * A GPU sampler of `rows` tokens per draw: `sample` makes the sampling kernel (it writes each drawn token
    * into the input ids and into `out`, `capacity` draws of `rows` tokens, draw-major), and the expert counts
-   * add what each routed layer ran over the rows (all masked routers in one dispatch, up to 15). `drawn()` reads `out` whole.
+   * add what each routed layer ran over the rows (all masked routers in one dispatch, up to 15). `drawn()`
+   * reads `out` whole.
    */
   protected gpuDraws(
     s: Sampling & { seed: number; capacity: number },
@@ -463,8 +464,9 @@ export function chainedReads<T>(
 /**
  * Generates up to `o.maxTokens` tokens after `prompt` (which must be non-empty). A prompt longer than the
  * context keeps its newest half-context. Tokens are drawn on the GPU and fed straight back, so the host waits
- * only for the first token, every {@linkcode _STREAM_CHUNK} tokens (streamed to `onToken` then), at a
- * context shift (which re-encodes from the host) and at the end.
+ * only for the first token, at a context shift (which re-encodes from the host) and at the end; every
+ * {@linkcode _STREAM_CHUNK} tokens it starts a read (streamed to `onToken` when it arrives) without waiting
+ * for it ({@linkcode chainedReads}).
  */
 export async function generate(
   dec: Decoder,
