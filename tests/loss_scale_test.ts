@@ -20,7 +20,9 @@ import type { StepStats, TrainState } from "../core/train/backend.ts";
 import { createTensor, readTensor, writeTensor } from "../gpu/buffers.ts";
 import { runCalls } from "../gpu/dispatch.ts";
 import { lossScaleUpdate } from "../gpu/kernels/optimizer.ts";
+import { f16Test } from "./helpers/f16.ts";
 import { testGpu } from "./helpers/gpu.ts";
+import { type GpuContext, openGpu } from "../gpu/device.ts";
 
 Deno.test("the loss scale's update kernel follows nextLossScale over overflows and runs of finite steps, within its bounds", async () => {
   const ctx = await testGpu();
@@ -44,14 +46,18 @@ Deno.test("the loss scale's update kernel follows nextLossScale over overflows a
   for (const t of [state, stats]) t.buffer.destroy();
 });
 
-/** `steps` steps of the micro model on a backend made with `options`; its step statistics and final state. */
+/**
+ * `steps` steps of the micro model on a backend made with `options` (on `gpu`, else the tests' shared device);
+ * its step statistics and final state.
+ */
 async function train(
   steps: number,
   options: GpuTrainOptions,
   faults: TrainFaults = {},
   sets: string[] = [],
+  gpu?: GpuContext,
 ): Promise<{ stats: StepStats[]; state: TrainState }> {
-  const ctx = await testGpu();
+  const ctx = gpu ?? await testGpu();
   const { config } = (await loadExperiment("tests/fixtures/micro.yaml", { sets })).points[0]!;
   const b = await GpuTrainBackend.create(config, ctx, faults, options);
   try {
@@ -129,6 +135,35 @@ Deno.test("f16 operands (packed, any adapter) train the micro model along the f3
   assert(worst < 1e-3, `f16 losses ${h} vs f32 ${a}: worst gap ${worst}`);
   assert(worst > 0, "f16 operands change the numbers (else the f16 path did not run)");
 });
+
+// The shader-f16 kernel reads the same words as the packed one and sums them in the same order
+// (gpu/kernels/f16_test.ts), so training with it must be the packed training bit for bit. Runs where an adapter
+// has shader-f16: this process's, or Mesa's Vulkan driver in a child process (tests/helpers/f16.ts).
+await f16Test(
+  "native f16 operands (array<f16>, shader-f16) train the micro model exactly as the packed ones: losses, norms, scale, parameters",
+  import.meta.url,
+  async () => {
+    const ctx = await openGpu({ require: { features: ["shader-f16"], why: "this test" } });
+    try {
+      const steps = 6;
+      const native = await train(steps, { f16: "f16" }, {}, [], ctx);
+      const packed = await train(steps, { f16: "f16-packed" }, {}, [], ctx);
+      const f32 = await train(steps, {}, {}, [], ctx);
+      const summary = (r: typeof f32) =>
+        r.stats.map((s) => [s.loss, s.gradNorm, s.finite, s.lossScale?.used]);
+      assertEquals(summary(native), summary(packed));
+      for (const [name, p] of packed.state.params) {
+        assertEquals(native.state.params.get(name)!.data, p.data, `parameter ${name}`);
+      }
+      assert(
+        native.stats.some((s, i) => s.loss !== f32.stats[i]!.loss),
+        "f16 operands change the numbers (else the f16 path did not run)",
+      );
+    } finally {
+      ctx.destroy();
+    }
+  },
+);
 
 Deno.test("the loss scale is part of the training state: export, import into a new backend, continue = straight run (f16 packed)", async () => {
   const ctx = await testGpu();

@@ -2,11 +2,14 @@
  * `hardware.precision` (docs/performance.md "Half precision"): optional, absent reading f32 so that existing
  * configs resolve to the same YAML; bad values are located config errors; and f16 on an adapter (or a
  * device) without `shader-f16` is refused with exit 2 before anything is allocated or written, the message
- * naming the feature and the adapter.
+ * naming the feature and the adapter. The f16 copies of matmul operands count in the memory `run` checks.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { ConfigError, experimentToYaml, parseExperimentText, precisionOf } from "../core/config/mod.ts";
 import { GpuTrainBackend } from "../core/train/gpu_backend.ts";
+import { estimateMemory } from "../core/plan/counts.ts";
+import { f16CopyBytes, plan, trainMemoryEstimate, trainPlanBytes } from "../core/plan/plan.ts";
+import type { GpuContext } from "../gpu/device.ts";
 import { GpuFeatureError, GpuLimitError } from "../gpu/errors.ts";
 import { cli } from "./helpers/cli.ts";
 import { allocationGuard, testGpu } from "./helpers/gpu.ts";
@@ -55,6 +58,49 @@ Deno.test("f16 training on a device without shader-f16 is refused (GpuFeatureErr
   assert(e instanceof GpuFeatureError && e instanceof GpuLimitError, String(e));
   assert(e.message.includes("shader-f16") && e.message.includes(ctx.adapter.description), e.message);
   assertEquals(guard.allocations(), 0);
+});
+
+Deno.test("f16 training's copies of matmul operands: counted as the bytes its executors allocate, and in the memory run checks", async () => {
+  const config = (sets: string[]) => parseExperimentText(MICRO, "micro.yaml", { sets }).points[0]!.config;
+  const f16 = config(["hardware.precision=f16"]), f32 = config([]);
+  const p = plan(f16, "train-dense"), copies = f16CopyBytes(p);
+  assert(copies > 0);
+  assertEquals(trainPlanBytes(p, "f16") - trainPlanBytes(p), copies);
+  assertEquals(trainMemoryEstimate(f32), { bytes: estimateMemory(f32).train, f16Copies: 0 });
+  assertEquals(trainMemoryEstimate(f16), { bytes: estimateMemory(f16).train + copies, f16Copies: copies });
+  // What the training and evaluation executors allocate for f16 copies (labels "<op><id>.a_f16" / ".b_f16").
+  const ctx = await testGpu();
+  let allocated = 0;
+  const device = new Proxy(ctx.device, {
+    get(target, key) {
+      if (key === "createBuffer") {
+        return (d: GPUBufferDescriptor) => {
+          if (d.label?.endsWith("_f16")) allocated += d.size;
+          return target.createBuffer(d);
+        };
+      }
+      const v = Reflect.get(target, key, target);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+  const counted = Object.create(ctx, { device: { value: device } }) as GpuContext;
+  const b = await GpuTrainBackend.create(f16, counted, {}, { f16: "f16-packed" });
+  b.destroy();
+  assertEquals(allocated, copies);
+  // A budget between the f32 and the f16 needs: the dry run fits f32 and refuses f16 (exit 2).
+  const budget = `hardware.memory_budget=${estimateMemory(f32).train + Math.floor(copies / 2)}`;
+  const dry = (sets: string[]) =>
+    cli("run", "tests/fixtures/micro.yaml", "--dry-run", "--json", ...sets.flatMap((x) => ["--set", x]));
+  const ok32 = await dry([budget]), no16 = await dry([budget, "hardware.precision=f16"]);
+  assertEquals(ok32.code, 0, ok32.err.join("\n"));
+  assertEquals(no16.code, 2, no16.err.join("\n"));
+  const point = no16.json().points[0];
+  assertEquals([point.memory_f16_copies_bytes, point.fits_budget], [copies, false]);
+  assert(no16.out.some((l) => l.includes("f16 copies of matmul operands")), no16.out.join("\n"));
+  assert(
+    /needs more memory than hardware\.memory_budget allows/.test(no16.err.join("\n")),
+    no16.err.join("\n"),
+  );
 });
 
 // The command-level refusal needs an adapter without shader-f16 (llvmpipe); on one with it, f16 would train.

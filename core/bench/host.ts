@@ -1,8 +1,10 @@
 /**
  * The host a benchmark ran on, printed beside the adapter (docs/performance.md "How `deno task bench`
  * measures"): the CPU model, its thread count and, when the adapter is llvmpipe, the threads llvmpipe
- * rasterizes and computes with (`LP_NUM_THREADS` when set, else one per CPU). On llvmpipe every GPU number
- * is a CPU number, so a table without them cannot be compared with another machine's.
+ * rasterizes and computes with (`LP_NUM_THREADS` when set, else one per CPU), and which Mesa build and API
+ * (GL or Vulkan) this process loaded it through. On llvmpipe every GPU number is a CPU number, so a table
+ * without them cannot be compared with another machine's; and the adapter's description ("llvmpipe (LLVM
+ * 15.0.6, 256 bits)") is the same for Mesa releases whose kernels run up to 1.7× apart (docs/llvmpipe.md).
  *
  * Nothing here throws: an unreadable source gives "unknown" (or null for a count).
  *
@@ -30,6 +32,24 @@ export interface HostInfo {
   simd: string[] | null;
   /** `LP_NATIVE_VECTOR_WIDTH` (llvmpipe's vector width in bits) when set on llvmpipe; null otherwise. */
   llvmpipeVectorWidth: number | null;
+  /**
+   * Mesa's software drivers this process has loaded, on llvmpipe (GL: swrast_dri.so or libgallium; Vulkan:
+   * lavapipe's libvulkan_lvp.so), with the Mesa release each file names; null off llvmpipe or where the
+   * process's mappings cannot be read (not Linux). Deno loads both when the Vulkan loader is installed and
+   * `DENO_WEBGPU_BACKEND` is unset (it then computes through Vulkan).
+   */
+  mesa: MesaDriver[] | null;
+  /** `DENO_WEBGPU_BACKEND` when set (the API Deno's WebGPU is told to use); null otherwise. */
+  webgpuBackend: string | null;
+}
+
+/** One of Mesa's software drivers mapped into this process. */
+export interface MesaDriver {
+  api: "GL" | "Vulkan";
+  /** The Mesa release the file names (e.g. "22.3.6"); null when no "Mesa x.y.z" string was found in it. */
+  version: string | null;
+  /** Its path. */
+  file: string;
 }
 
 /** What {@linkcode hostInfo} reads, injectable for tests. */
@@ -41,6 +61,8 @@ export interface HostSources {
   command(cmd: string, args: string[]): string | null;
   env(name: string): string | undefined;
   threads: number | null;
+  /** The first "Mesa x.y.z" release named in a binary file, or null (unreadable, or no such string). */
+  mesaVersionIn(path: string): string | null;
 }
 
 /**
@@ -96,6 +118,63 @@ export function simdFromCpuinfo(text: string): string[] | null {
   return _SIMD.filter((f) => have.has(f));
 }
 
+/** Which API a mapped file serves, when it is one of Mesa's software drivers; null otherwise. */
+function _mesaApi(path: string): MesaDriver["api"] | null {
+  const name = path.slice(path.lastIndexOf("/") + 1);
+  if (/^libvulkan_lvp\.so/.test(name)) return "Vulkan";
+  // Mesa ≤ 24.0 builds the gallium drivers into swrast_dri.so; later releases into libgallium-<release>.so,
+  // which the *_dri.so files load.
+  if (/^(kms_)?swrast_dri\.so|^libgallium[-.]/.test(name)) return "GL";
+  return null;
+}
+
+/**
+ * The paths of Mesa's software drivers in a Linux /proc/<pid>/maps text, in the order first mapped, one per
+ * API; for GL the libgallium file where one is mapped (newer releases split GL into a small swrast_dri.so and
+ * libgallium-<release>.so, which holds the code and names the release).
+ *
+ * @example
+ * ```ts
+ * import { mesaDriverFiles } from "./host.ts";
+ * const maps = "7f0-7f1 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libvulkan_lvp.so\n";
+ * const got = mesaDriverFiles(maps);
+ * if (got[0]?.api !== "Vulkan") throw new Error(JSON.stringify(got));
+ * ```
+ */
+export function mesaDriverFiles(maps: string): { api: MesaDriver["api"]; file: string }[] {
+  const out: { api: MesaDriver["api"]; file: string }[] = [];
+  for (const line of maps.split("\n")) {
+    const file = line.trim().split(/\s+/).slice(5).join(" ");
+    const api = file.startsWith("/") ? _mesaApi(file) : null;
+    if (api === null) continue;
+    const i = out.findIndex((d) => d.api === api);
+    if (i < 0) out.push({ api, file });
+    else if (/\/libgallium[^/]*$/.test(file)) out[i] = { api, file };
+  }
+  return out;
+}
+
+/**
+ * The first Mesa release ("22.3.6") a driver binary names in its version strings ("Mesa 22.3.6",
+ * "Mesa 25.0.7-2~bpo12+1"), searched in latin1 text; null when there is none.
+ */
+export function mesaVersionFromText(text: string): string | null {
+  return /Mesa (\d+\.\d+\.\d+)/.exec(text)?.[1] ?? null;
+}
+
+/**
+ * One line's worth of the Mesa drivers: "Mesa 22.3.6 (GL, Vulkan)" when they agree, "Mesa 22.3.6 (GL),
+ * 25.0.7 (Vulkan)" when they do not, with "release unknown" for a file that names none.
+ */
+export function formatMesa(drivers: readonly MesaDriver[]): string {
+  const byVersion = new Map<string, string[]>();
+  for (const d of drivers) {
+    const v = d.version ?? "release unknown";
+    byVersion.set(v, [...(byVersion.get(v) ?? []), d.api]);
+  }
+  return "Mesa " + [...byVersion].map(([v, apis]) => `${v} (${apis.join(", ")})`).join(", ");
+}
+
 /** The CPU model from the system's own sources, or "unknown". */
 export function cpuModel(s: HostSources): string {
   let model: string | null = null;
@@ -115,6 +194,7 @@ export function hostInfo(adapter: string, s: HostSources = denoHostSources()): H
   const lp = isLlvmpipe(adapter) ? llvmpipeThreads(s.env("LP_NUM_THREADS"), s.threads) : null;
   const cpuinfo = s.os === "linux" || s.os === "android" ? s.readText("/proc/cpuinfo") : null;
   const width = lp ? Number(s.env("LP_NATIVE_VECTOR_WIDTH")?.trim() || NaN) : NaN;
+  const maps = lp && (s.os === "linux" || s.os === "android") ? s.readText("/proc/self/maps") : null;
   return {
     cpu: cpuModel(s),
     threads: s.threads,
@@ -122,12 +202,18 @@ export function hostInfo(adapter: string, s: HostSources = denoHostSources()): H
     llvmpipeThreadsFrom: lp && lp.threads !== null ? lp.from : null,
     simd: cpuinfo === null ? null : simdFromCpuinfo(cpuinfo),
     llvmpipeVectorWidth: Number.isSafeInteger(width) && width > 0 ? width : null,
+    mesa: maps === null ? null : mesaDriverFiles(maps).map(({ api, file }) => ({
+      api,
+      version: /\/libgallium-(\d+\.\d+\.\d+)[^/]*$/.exec(file)?.[1] ?? s.mesaVersionIn(file),
+      file,
+    })),
+    webgpuBackend: s.env("DENO_WEBGPU_BACKEND")?.trim() || null,
   };
 }
 
 /**
  * One line for a table header, e.g. "host: AMD EPYC 7B13, 2 threads, sse4_2 avx avx2 fma; llvmpipe threads:
- * 2 (LP_NUM_THREADS unset: one per CPU)".
+ * 2 (LP_NUM_THREADS unset: one per CPU); Mesa 22.3.6 (GL)", and `DENO_WEBGPU_BACKEND` when it was set.
  */
 export function formatHost(h: HostInfo): string {
   const threads =
@@ -139,7 +225,9 @@ export function formatHost(h: HostInfo): string {
       h.llvmpipeThreadsFrom === "LP_NUM_THREADS" ? "LP_NUM_THREADS" : "LP_NUM_THREADS unset: one per CPU"
     })`;
   const width = h.llvmpipeVectorWidth === null ? "" : `, LP_NATIVE_VECTOR_WIDTH ${h.llvmpipeVectorWidth}`;
-  return `host: ${h.cpu}, ${threads}${lp}${width}`;
+  const mesa = h.mesa === null || h.mesa.length === 0 ? "" : `; ${formatMesa(h.mesa)}`;
+  const backend = h.webgpuBackend === null ? "" : ` (DENO_WEBGPU_BACKEND=${h.webgpuBackend})`;
+  return `host: ${h.cpu}, ${threads}${lp}${width}${mesa}${backend}`;
 }
 
 /** The {@linkcode HostSources} of this Deno process; each read that fails gives null. */
@@ -162,5 +250,28 @@ export function denoHostSources(): HostSources {
       }),
     env: (name) => attempt(() => Deno.env.get(name)) ?? undefined,
     threads: typeof threads === "number" && threads > 0 ? threads : null,
+    mesaVersionIn: (path) => attempt(() => _mesaVersionInFile(path)),
   };
+}
+
+/**
+ * The first "Mesa x.y.z" in a file, read in 4 MiB pieces that overlap by 64 bytes (a driver is 7–30 MB, and
+ * the string sits in its read-only data); null when none.
+ */
+function _mesaVersionInFile(path: string): string | null {
+  const f = Deno.openSync(path, { read: true });
+  try {
+    const piece = new Uint8Array(4 << 20), latin1 = new TextDecoder("latin1");
+    let tail = "";
+    for (;;) {
+      const n = f.readSync(piece);
+      if (n === null || n === 0) return null;
+      const text = tail + latin1.decode(piece.subarray(0, n));
+      const v = mesaVersionFromText(text);
+      if (v !== null) return v;
+      tail = text.slice(-64);
+    }
+  } finally {
+    f.close();
+  }
 }

@@ -65,6 +65,8 @@ export function tableFromJsonLines(text: string): string {
       llvmpipeThreadsFrom: (summary.llvmpipe_threads_from ?? null) as LlvmpipeThreadsSource | null,
       simd: summary.cpu_simd ?? null,
       llvmpipeVectorWidth: summary.llvmpipe_vector_width ?? null,
+      mesa: summary.mesa ?? null,
+      webgpuBackend: summary.webgpu_backend ?? null,
     }
     : undefined;
   const skipped = summary.decode_skipped ?? [];

@@ -57,6 +57,8 @@ Deno.test("tableFromJsonLines() gives the table the run would have printed, host
         llvmpipeThreadsFrom: null,
         simd: null,
         llvmpipeVectorWidth: null,
+        mesa: null,
+        webgpuBackend: null,
       },
     }),
   );
@@ -66,6 +68,11 @@ Deno.test("tableFromJsonLines() gives the table the run would have printed, host
     JSON.stringify({ ...summary, adapter: "llvmpipe", rows: 0, decode_skipped: ["125m", "1b"] }),
   );
   assert(skipped.includes("decode sizes 125m, 1b skipped on llvmpipe (a software adapter)"), skipped);
+  const mesa = [{ api: "Vulkan", version: "25.0.7", file: "/x/libvulkan_lvp.so" }];
+  const lp = tableFromJsonLines(
+    JSON.stringify({ ...summary, adapter: "llvmpipe", llvmpipe_threads: 1, mesa, webgpu_backend: "vulkan" }),
+  );
+  assert(lp.includes("; Mesa 25.0.7 (Vulkan) (DENO_WEBGPU_BACKEND=vulkan)"), lp);
 });
 
 Deno.test("tableFromJsonLines() refuses what is not bench output, naming the line", () => {

@@ -6,7 +6,7 @@
  * @module
  */
 import { type BenchRow, IMPLS, MOE_IMPLS } from "./case.ts";
-import { formatHost, type HostInfo } from "./host.ts";
+import { formatHost, type HostInfo, type MesaDriver } from "./host.ts";
 
 /** The last `--json` line: what ran, where, and how many rows failed. */
 export interface BenchSummary {
@@ -31,6 +31,9 @@ export interface BenchSummary {
   /** The CPU's vector extensions (core/bench/host.ts) and LP_NATIVE_VECTOR_WIDTH when set on llvmpipe. */
   cpu_simd?: string[] | null;
   llvmpipe_vector_width?: number | null;
+  /** Mesa's software drivers loaded on llvmpipe, with their releases, and DENO_WEBGPU_BACKEND when set. */
+  mesa?: MesaDriver[] | null;
+  webgpu_backend?: string | null;
   /** Decode sizes skipped on a software adapter (`--decode-sizes` runs them). */
   decode_skipped?: string[];
 }
@@ -38,7 +41,14 @@ export interface BenchSummary {
 /** The host fields of a {@linkcode BenchSummary}. */
 export function hostSummary(h: HostInfo): Pick<
   BenchSummary,
-  "cpu" | "cpu_threads" | "llvmpipe_threads" | "llvmpipe_threads_from" | "cpu_simd" | "llvmpipe_vector_width"
+  | "cpu"
+  | "cpu_threads"
+  | "llvmpipe_threads"
+  | "llvmpipe_threads_from"
+  | "cpu_simd"
+  | "llvmpipe_vector_width"
+  | "mesa"
+  | "webgpu_backend"
 > {
   return {
     cpu: h.cpu,
@@ -47,6 +57,8 @@ export function hostSummary(h: HostInfo): Pick<
     llvmpipe_threads_from: h.llvmpipeThreadsFrom,
     cpu_simd: h.simd,
     llvmpipe_vector_width: h.llvmpipeVectorWidth,
+    mesa: h.mesa,
+    webgpu_backend: h.webgpuBackend,
   };
 }
 

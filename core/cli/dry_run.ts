@@ -6,7 +6,7 @@
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
-import { AUX_FREE_BIAS_RATE, parseByteSize, routerSetting } from "../config/schema.ts";
+import { AUX_FREE_BIAS_RATE, parseByteSize, precisionOf, routerSetting } from "../config/schema.ts";
 import type { LoadedExperiment } from "../config/mod.ts";
 import { experimentToYaml } from "../config/mod.ts";
 import {
@@ -14,12 +14,11 @@ import {
   activeParams,
   countParams,
   estimateMemory,
-  fitsMemoryBudget,
   flopsPerToken,
   hasBatchRouterLoss,
   layerShape,
 } from "../plan/counts.ts";
-import { configRules, plan, trainPlanBytes } from "../plan/plan.ts";
+import { configRules, plan, trainMemoryEstimate, trainPlanBytes } from "../plan/plan.ts";
 import { expertChoiceTokens } from "../plan/router_zoo.ts";
 import { ruleName } from "../infer/evaluate.ts";
 import { fmtBytes, fmtCount, table } from "../util/format.ts";
@@ -45,6 +44,7 @@ export interface PointSummary {
   memory_train_bytes: number;
   memory_activations_bytes: number; // saved activations of one micro-batch (part of memory_train_bytes)
   memory_grad_accum_bytes: number; // gradient accumulators (part of memory_train_bytes; 0 without accumulation)
+  memory_f16_copies_bytes: number; // f16 copies of matmul operands (part of memory_train_bytes; 0 in f32)
   /** The training plan's buffers (trainPlanBytes); null when the config cannot be planned yet (rope). */
   memory_train_planned_bytes: number | null;
   memory_infer_bytes: number;
@@ -65,6 +65,7 @@ export function summarizePoint(
 ): PointSummary {
   const p = countParams(c), a = activeParams(c), f = flopsPerToken(c), m = estimateMemory(c);
   const budget = parseByteSize(c.hardware.memory_budget), acc = accumulationOf(c), planned = _plannedBytes(c);
+  const train = trainMemoryEstimate(c);
   const { total: _total, experts: _experts, ...components } = p;
   return {
     name,
@@ -82,13 +83,14 @@ export function summarizePoint(
     micro_batch: acc.microBatch,
     accumulation_steps: acc.steps,
     router_stats_pass: acc.steps > 1 && hasBatchRouterLoss(c),
-    memory_train_bytes: m.train,
+    memory_train_bytes: train.bytes,
     memory_activations_bytes: m.parts.activations,
     memory_grad_accum_bytes: m.parts.gradAccum,
+    memory_f16_copies_bytes: train.f16Copies,
     memory_train_planned_bytes: planned,
     memory_infer_bytes: m.infer,
     memory_budget_bytes: budget,
-    fits_budget: fitsMemoryBudget(c),
+    fits_budget: train.bytes <= budget,
     components,
     router: routerSummary(c),
     experts: expertsSummary(c),
@@ -188,7 +190,7 @@ export function tokenChoiceOptions(c: Readonly<Experiment>): string {
 /** The training plan's buffers of `c`, or null when the planner refuses the config (a RangeError). */
 function _plannedBytes(c: Readonly<Experiment>): number | null {
   try {
-    return trainPlanBytes(plan(c, "train-dense"));
+    return trainPlanBytes(plan(c, "train-dense"), precisionOf(c));
   } catch (e) {
     if (e instanceof RangeError) return null;
     throw e;
@@ -266,14 +268,20 @@ export function formatDryRun(
       }, inference ${fmtBytes(s.memory_infer_bytes)}` +
         ` (budget ${fmtBytes(s.memory_budget_bytes)}${s.fits_budget ? "" : ": DOES NOT FIT"})`,
       `                train = weights and optimizer ${
-        fmtBytes(s.memory_train_bytes - s.memory_activations_bytes - s.memory_grad_accum_bytes)
+        fmtBytes(
+          s.memory_train_bytes - s.memory_activations_bytes - s.memory_grad_accum_bytes -
+            s.memory_f16_copies_bytes,
+        )
       }` +
         `${
           s.memory_grad_accum_bytes > 0
             ? `, gradient accumulators ${fmtBytes(s.memory_grad_accum_bytes)}`
             : ""
         }` +
-        `, activations of ${s.micro_batch} sequences ${fmtBytes(s.memory_activations_bytes)}`,
+        `, activations of ${s.micro_batch} sequences ${fmtBytes(s.memory_activations_bytes)}` +
+        (s.memory_f16_copies_bytes > 0
+          ? `, f16 copies of matmul operands ${fmtBytes(s.memory_f16_copies_bytes)}`
+          : ""),
       "",
     );
   }

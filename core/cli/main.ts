@@ -8,7 +8,7 @@
 import { ConfigError, type LoadedExperiment, loadExperiment } from "../config/mod.ts";
 import { parseCommandArgs, positiveInt, positiveNumber } from "./args.ts";
 import { describePointsData, formatDryRun, summarizePoint } from "./dry_run.ts";
-import { fitsMemoryBudget } from "../plan/counts.ts";
+import { fitsMemoryBudget } from "../plan/plan.ts";
 import { defaultCacheDir } from "../data/prepare.ts";
 import { rememberFileTokenizers } from "../data/vocab.ts";
 import { dashboardCommand } from "./dashboard_cmd.ts";

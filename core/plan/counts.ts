@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { type Experiment, type InferRule, parseByteSize, routerSetting } from "../config/schema.ts";
+import { type Experiment, type InferRule, routerSetting } from "../config/schema.ts";
 import { tokenizerVocabSize } from "../data/vocab.ts";
 import { expertChoiceTokens } from "./router_zoo.ts";
 
@@ -415,12 +415,4 @@ export function estimateMemory(c: Readonly<Experiment>): MemoryEstimate {
     infer: weights + kvCache + inferActs,
     parts: { weights, optimizer: weights * 3, gradAccum, activations, kvCache },
   };
-}
-
-/**
- * Whether the training memory estimate of `c` fits its `hardware.memory_budget` (what `run` refuses on,
- * before anything is planned or allocated).
- */
-export function fitsMemoryBudget(c: Readonly<Experiment>): boolean {
-  return estimateMemory(c).train <= parseByteSize(c.hardware.memory_budget);
 }

@@ -16,11 +16,11 @@
  *
  * @module
  */
-import type { Experiment } from "../config/schema.ts";
+import { type Experiment, parseByteSize, type Precision, precisionOf } from "../config/schema.ts";
 import { gradients } from "../graph/autodiff.ts";
 import type { Value } from "../graph/ir.ts";
 import { type Schedule, schedule } from "../graph/schedule.ts";
-import { accumulationOf, hasBatchRouterLoss } from "./counts.ts";
+import { accumulationOf, estimateMemory, hasBatchRouterLoss } from "./counts.ts";
 import { fuseDecoder } from "./fuse_decode.ts";
 import {
   buildBatchDecoder,
@@ -101,15 +101,61 @@ export interface DecodePlan {
 }
 
 /**
- * Device bytes a training plan allocates (f32): the parameters and both Adam moments, the gradient
+ * Device bytes a training plan allocates: the parameters and both Adam moments (f32), the gradient
  * accumulators (with accumulation), and the planned buffers of the training graph (activations, gradients
- * and temporaries), of the router statistics pass and of evaluation, which are allocated side by side.
- * Kernels' private scratch (e.g. split-K partial sums on real GPUs) is not counted.
+ * and temporaries), of the router statistics pass and of evaluation, which are allocated side by side; with
+ * `precision` f16 also the f16 copies of the matmul operands ({@linkcode f16CopyBytes}). Kernels' private
+ * scratch (e.g. split-K partial sums on real GPUs) is not counted.
  */
-export function trainPlanBytes(p: TrainPlan): number {
+export function trainPlanBytes(p: TrainPlan, precision: Precision = "f32"): number {
   const params = p.model.params.reduce((n, s) => n + s.value.shape.reduce((a, b) => a * b, 1), 0);
   const planned = [p.schedule, p.stats, p.evaluate].reduce((n, s) => n + (s?.memory.totalElements ?? 0), 0);
-  return 4 * (params * (p.accumulation > 1 ? 4 : 3) + planned);
+  return 4 * (params * (p.accumulation > 1 ? 4 : 3) + planned) + (precision === "f16" ? f16CopyBytes(p) : 0);
+}
+
+/**
+ * Bytes of the f16 copies half precision training holds while it runs (gpu/graph_ops_f16.ts): every value a
+ * matmul reads (a weight, an activation, an activation's gradient) once per graph that reads it (the
+ * training step, the router statistics pass, evaluation: each executor keeps its own), as f16 halves two to
+ * a 32-bit word. An upper bound: a one-row product that runs as a GEMV reads its f32 operands.
+ */
+export function f16CopyBytes(p: TrainPlan): number {
+  let bytes = 0;
+  for (const s of [p.schedule, p.stats, p.evaluate]) {
+    const seen = new Set<number>();
+    for (const n of s?.nodes ?? []) {
+      if (n.op !== "matmul") continue;
+      for (const v of n.inputs) {
+        if (seen.has(v.id)) continue;
+        seen.add(v.id);
+        bytes += 4 * Math.ceil(v.shape.reduce((a, b) => a * b, 1) / 2);
+      }
+    }
+  }
+  return bytes;
+}
+
+/**
+ * The training memory `run` (and `--resume`) checks against `hardware.memory_budget` before anything is
+ * allocated: {@linkcode estimateMemory}'s, plus with `hardware.precision: f16` the f16 copies of the planned
+ * matmul operands (`f16Copies`; 0 in f32, and where the config cannot be planned, which training refuses
+ * anyway).
+ */
+export function trainMemoryEstimate(c: Readonly<Experiment>): { bytes: number; f16Copies: number } {
+  let f16Copies = 0;
+  if (precisionOf(c) === "f16") {
+    try {
+      f16Copies = f16CopyBytes(plan(c, "train-dense"));
+    } catch (e) {
+      if (!(e instanceof RangeError)) throw e;
+    }
+  }
+  return { bytes: estimateMemory(c).train + f16Copies, f16Copies };
+}
+
+/** Whether {@linkcode trainMemoryEstimate} of `c` fits its `hardware.memory_budget` (what `run` refuses on). */
+export function fitsMemoryBudget(c: Readonly<Experiment>): boolean {
+  return trainMemoryEstimate(c).bytes <= parseByteSize(c.hardware.memory_budget);
 }
 
 /** The inference rules a config declares: `router.infer` for MLP routers, `router.infer_attention` (or the same). */

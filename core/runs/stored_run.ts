@@ -24,7 +24,7 @@ import { parseExperimentText } from "../config/mod.ts";
 import { parseByteSize, precisionOf } from "../config/schema.ts";
 import { isPlainMap, MAX_FILE_BYTES, parseYaml } from "../config/yaml_source.ts";
 import type { Experiment } from "../config/schema.ts";
-import { estimateMemory, fitsMemoryBudget } from "../plan/counts.ts";
+import { trainMemoryEstimate } from "../plan/plan.ts";
 import { buildModel, type RouterStateUpdate } from "../plan/model.ts";
 import { fmtBytes } from "../util/format.ts";
 import {
@@ -130,8 +130,8 @@ export function maxCheckpointBytes(c: Readonly<Experiment>): number {
  * core/cli/dry_run.ts), made before anything is allocated.
  */
 export function checkMemoryBudget(c: Readonly<Experiment>, label: string): void {
-  if (!fitsMemoryBudget(c)) {
-    const need = estimateMemory(c).train, budget = parseByteSize(c.hardware.memory_budget);
+  const need = trainMemoryEstimate(c).bytes, budget = parseByteSize(c.hardware.memory_budget);
+  if (need > budget) {
     throw new CheckpointError(
       `${label}: the config needs an estimated ${fmtBytes(need)} (${need} bytes) of memory, more than its ` +
         `hardware.memory_budget of ${fmtBytes(budget)} (${budget} bytes); refused before allocating anything`,

@@ -1,11 +1,13 @@
 /**
  * Half precision kernels (docs/performance.md "Half precision"): the f32 → f16 cast against its float64
  * reference bit for bit, the f16-operand matmul against float64 on f16-rounded operands, its WGSL, and the
- * native `array<f16>` kernel where the adapter has shader-f16 (a visible skip elsewhere: llvmpipe has none,
- * and there the packed kernel, which reads the same bits and sums in the same order, is what runs).
+ * native `array<f16>` kernel where an adapter has shader-f16: this process's, or Mesa's Vulkan driver in a
+ * child process (tests/helpers/f16.ts); a visible skip where none has it (llvmpipe through GL has none, and
+ * there the packed kernel, which reads the same bits and sums in the same order, is what runs).
  */
 import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { matmulRef } from "../../core/ref/matmul.ts";
+import { f16Test } from "../../tests/helpers/f16.ts";
 import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
 import { createTensor, readTensor } from "../buffers.ts";
 import { type GpuContext, openGpu } from "../device.ts";
@@ -159,23 +161,12 @@ Deno.test("the f16 matmul's WGSL: enable f16, array<f16> operands and f16 tiles 
   }
 });
 
-// The native kernel needs an adapter with shader-f16; its own device asks for the feature.
-const nativeAdapter = await (globalThis.navigator as Navigator | undefined)?.gpu?.requestAdapter();
-const hasF16 = nativeAdapter?.features.has("shader-f16") ?? false;
-if (!hasF16) {
-  console.log(
-    `SKIP "matmul with native f16 operands": the adapter ${
-      nativeAdapter?.info.description ?? "(none)"
-    } has no ` +
-      "shader-f16; the f16-packed test above runs the same template with the same bits and sums",
-  );
-}
-
-Deno.test({
-  name:
-    "matmul with native f16 operands (array<f16>, shader-f16) matches float64 on f16-rounded operands and equals the packed kernel",
-  ignore: !hasF16,
-  async fn() {
+// The native kernel needs an adapter with shader-f16 (its own device asks for the feature): this process's,
+// or the Vulkan backend's in a child process (lavapipe has it where llvmpipe through GL does not).
+await f16Test(
+  "matmul with native f16 operands (array<f16>, shader-f16) matches float64 on f16-rounded operands and equals the packed kernel",
+  import.meta.url,
+  async () => {
     const ctx = await openGpu({ validation: true, require: { features: ["shader-f16"], why: "this test" } });
     try {
       for (const c of F16_CASES) {
@@ -187,4 +178,4 @@ Deno.test({
       ctx.destroy();
     }
   },
-});
+);
