@@ -9,10 +9,9 @@ import { ConfigError, experimentToYaml, parseExperimentText, precisionOf } from 
 import { GpuTrainBackend } from "../core/train/gpu_backend.ts";
 import { estimateMemory } from "../core/plan/counts.ts";
 import { f16CopyBytes, plan, trainMemoryEstimate, trainPlanBytes } from "../core/plan/plan.ts";
-import type { GpuContext } from "../gpu/device.ts";
 import { GpuFeatureError, GpuLimitError } from "../gpu/errors.ts";
 import { cli } from "./helpers/cli.ts";
-import { allocationGuard, testGpu } from "./helpers/gpu.ts";
+import { allocationGuard, interceptBuffers, testGpu } from "./helpers/gpu.ts";
 
 const MICRO = await Deno.readTextFile("tests/fixtures/micro.yaml");
 
@@ -69,21 +68,11 @@ Deno.test("f16 training's copies of matmul operands: counted as the bytes its ex
   assertEquals(trainMemoryEstimate(f32), { bytes: estimateMemory(f32).train, f16Copies: 0 });
   assertEquals(trainMemoryEstimate(f16), { bytes: estimateMemory(f16).train + copies, f16Copies: copies });
   // What the training and evaluation executors allocate for f16 copies (labels "<op><id>.a_f16" / ".b_f16").
-  const ctx = await testGpu();
   let allocated = 0;
-  const device = new Proxy(ctx.device, {
-    get(target, key) {
-      if (key === "createBuffer") {
-        return (d: GPUBufferDescriptor) => {
-          if (d.label?.endsWith("_f16")) allocated += d.size;
-          return target.createBuffer(d);
-        };
-      }
-      const v = Reflect.get(target, key, target);
-      return typeof v === "function" ? v.bind(target) : v;
-    },
+  const counted = interceptBuffers(await testGpu(), (d, real) => {
+    if (d.label?.endsWith("_f16")) allocated += d.size;
+    return real(d);
   });
-  const counted = Object.create(ctx, { device: { value: device } }) as GpuContext;
   const b = await GpuTrainBackend.create(f16, counted, {}, { f16: "f16-packed" });
   b.destroy();
   assertEquals(allocated, copies);

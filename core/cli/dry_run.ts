@@ -18,7 +18,7 @@ import {
   hasBatchRouterLoss,
   layerShape,
 } from "../plan/counts.ts";
-import { configRules, plan, trainMemoryEstimate, trainPlanBytes } from "../plan/plan.ts";
+import { configRules, trainMemoryEstimate, trainPlanBytes, tryTrainPlan } from "../plan/plan.ts";
 import { expertChoiceTokens } from "../plan/router_zoo.ts";
 import { ruleName } from "../infer/evaluate.ts";
 import { fmtBytes, fmtCount, table } from "../util/format.ts";
@@ -64,8 +64,8 @@ export function summarizePoint(
   c: Readonly<Experiment>,
 ): PointSummary {
   const p = countParams(c), a = activeParams(c), f = flopsPerToken(c), m = estimateMemory(c);
-  const budget = parseByteSize(c.hardware.memory_budget), acc = accumulationOf(c), planned = _plannedBytes(c);
-  const train = trainMemoryEstimate(c);
+  const budget = parseByteSize(c.hardware.memory_budget), acc = accumulationOf(c), tp = tryTrainPlan(c);
+  const planned = tp === null ? null : trainPlanBytes(tp, precisionOf(c)), train = trainMemoryEstimate(c, tp);
   const { total: _total, experts: _experts, ...components } = p;
   return {
     name,
@@ -185,16 +185,6 @@ export function tokenChoiceOptions(c: Readonly<Experiment>): string {
     ...(r.null_experts > 0 ? [`${r.null_experts} null experts`] : []),
     ...(r.balance === "aux_free" ? [`aux-free bias γ ${r.bias_rate ?? AUX_FREE_BIAS_RATE}`] : []),
   ].map((o) => `; ${o}`).join("");
-}
-
-/** The training plan's buffers of `c`, or null when the planner refuses the config (a RangeError). */
-function _plannedBytes(c: Readonly<Experiment>): number | null {
-  try {
-    return trainPlanBytes(plan(c, "train-dense"), precisionOf(c));
-  } catch (e) {
-    if (e instanceof RangeError) return null;
-    throw e;
-  }
 }
 
 /**

@@ -135,20 +135,31 @@ export function f16CopyBytes(p: TrainPlan): number {
   return bytes;
 }
 
+/** The training plan of `c`, or null where the planner refuses the config (a RangeError, e.g. rope). */
+export function tryTrainPlan(c: Readonly<Experiment>): TrainPlan | null {
+  try {
+    return plan(c, "train-dense");
+  } catch (e) {
+    if (e instanceof RangeError) return null;
+    throw e;
+  }
+}
+
 /**
  * The training memory `run` (and `--resume`) checks against `hardware.memory_budget` before anything is
  * allocated: {@linkcode estimateMemory}'s, plus with `hardware.precision: f16` the f16 copies of the planned
  * matmul operands (`f16Copies`; 0 in f32, and where the config cannot be planned, which training refuses
- * anyway).
+ * anyway). `planned` is `c`'s training plan when the caller has it ({@linkcode tryTrainPlan}), else it is made
+ * here for an f16 config.
  */
-export function trainMemoryEstimate(c: Readonly<Experiment>): { bytes: number; f16Copies: number } {
+export function trainMemoryEstimate(
+  c: Readonly<Experiment>,
+  planned?: TrainPlan | null,
+): { bytes: number; f16Copies: number } {
   let f16Copies = 0;
   if (precisionOf(c) === "f16") {
-    try {
-      f16Copies = f16CopyBytes(plan(c, "train-dense"));
-    } catch (e) {
-      if (!(e instanceof RangeError)) throw e;
-    }
+    const p = planned === undefined ? tryTrainPlan(c) : planned;
+    f16Copies = p === null ? 0 : f16CopyBytes(p);
   }
   return { bytes: estimateMemory(c).train + f16Copies, f16Copies };
 }

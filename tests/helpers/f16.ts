@@ -12,7 +12,7 @@
 
 /** Where the shader-f16 tests of this process run. */
 export type F16Route =
-  | { where: "here"; adapter: string }
+  | { where: "here" }
   | { where: "child"; adapter: string; env: Record<string, string> }
   | { where: "none"; why: string };
 
@@ -29,7 +29,7 @@ export function f16Route(): Promise<F16Route> {
 async function _probe(): Promise<F16Route> {
   const adapter = await (globalThis.navigator as Navigator | undefined)?.gpu?.requestAdapter();
   const here = adapter?.info.description ?? "(no adapter)";
-  if (adapter?.features.has("shader-f16")) return { where: "here", adapter: here };
+  if (adapter?.features.has("shader-f16")) return { where: "here" };
   if (Deno.env.get(CHILD) === "1") {
     return { where: "none", why: `the child process's adapter ${here} has no shader-f16 either` };
   }
@@ -73,13 +73,15 @@ export async function f16Test(name: string, file: string, fn: () => Promise<void
   Deno.test({
     name,
     ignore: route.where === "none",
-    fn: route.where === "here"
-      ? fn
-      : () => _inChild(name, file, (route as { env: Record<string, string> }).env),
+    fn: route.where === "child" ? () => _inChild(name, file, route) : fn,
   });
 }
 
-async function _inChild(name: string, file: string, env: Record<string, string>): Promise<void> {
+async function _inChild(
+  name: string,
+  file: string,
+  { adapter, env }: { adapter: string; env: Record<string, string> },
+): Promise<void> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["test", "-A", "--filter", name, new URL(file).pathname],
     env,
@@ -92,5 +94,5 @@ async function _inChild(name: string, file: string, env: Record<string, string>)
       `the child on the Vulkan backend did not pass "${name}" (exit ${out.code}):\n${text.slice(-3000)}`,
     );
   }
-  console.log(`"${name}" ran in a child process on the Vulkan backend: passed`);
+  console.log(`"${name}" ran in a child process on the Vulkan backend (${adapter}): passed`);
 }

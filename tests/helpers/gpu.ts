@@ -67,27 +67,34 @@ export function randomArray(n: number, seed: number, lo = -1, hi = 1): Float64Ar
 }
 
 /**
+ * A view of `ctx` whose device's `createBuffer` goes through `create` (the descriptor, and the device's own
+ * `createBuffer` to call or not); everything else is the device's.
+ */
+export function interceptBuffers(
+  ctx: GpuContext,
+  create: (d: GPUBufferDescriptor, real: (d: GPUBufferDescriptor) => GPUBuffer) => GPUBuffer,
+): GpuContext {
+  const device = new Proxy(ctx.device, {
+    get(target, key) {
+      if (key === "createBuffer") return (d: GPUBufferDescriptor) => create(d, (x) => target.createBuffer(x));
+      const v = Reflect.get(target, key, target);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+  return Object.create(ctx, { device: { value: device } }) as GpuContext;
+}
+
+/**
  * `ctx` with a device whose `createBuffer` throws and is counted: a test that a refusal comes before anything
  * is allocated checks `allocations()` is 0 afterwards (and the throw names what was allocated too early).
  */
 export function allocationGuard(ctx: GpuContext): { ctx: GpuContext; allocations: () => number } {
   let allocations = 0;
-  const device = new Proxy(ctx.device, {
-    get(target, key) {
-      if (key === "createBuffer") {
-        return () => {
-          allocations++;
-          throw new Error("allocated before the refusal");
-        };
-      }
-      const v = Reflect.get(target, key, target);
-      return typeof v === "function" ? v.bind(target) : v;
-    },
+  const guarded = interceptBuffers(ctx, () => {
+    allocations++;
+    throw new Error("allocated before the refusal");
   });
-  return {
-    ctx: Object.create(ctx, { device: { value: device } }) as GpuContext,
-    allocations: () => allocations,
-  };
+  return { ctx: guarded, allocations: () => allocations };
 }
 
 /** Tensors created by one test, destroyed at its end. */
