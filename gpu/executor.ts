@@ -8,7 +8,7 @@
  */
 import type { Node, Value } from "../core/graph/ir.ts";
 import { numel } from "../core/graph/ir.ts";
-import type { Schedule } from "../core/graph/schedule.ts";
+import { type Schedule, shareBuffers } from "../core/graph/schedule.ts";
 import { assertBindable, createIndirectTensor, createTensor, GpuTensor } from "./buffers.ts";
 import type { GpuContext } from "./device.ts";
 import { GpuLimitError } from "./errors.ts";
@@ -18,6 +18,47 @@ import { GPU_IMPLS, gpuImplOf, type GpuTable, type Scratch } from "./graph_ops.t
 /** A buffer copy in place of a kernel (reshape between different buffers). */
 interface CopyCall {
   copy: { from: GpuTensor; to: GpuTensor; bytes: number };
+}
+
+/**
+ * The planned buffers of graphs that never run at once (a training step, its evaluation and its router
+ * statistics pass), allocated once and shared by their executors ({@linkcode shareBuffers}: the unpinned
+ * buffers of each plan, by size rank). Each executor keeps its own buffers for the values read after its run.
+ * The owner destroys it after its executors.
+ *
+ * @example
+ * ```ts ignore
+ * const shared = new SharedPlanBuffers(ctx, [train, evaluate]);
+ * const a = new GraphExecutor(ctx, train, leaves, undefined, GPU_IMPLS, shared);
+ * const b = new GraphExecutor(ctx, evaluate, leaves, params, GPU_IMPLS, shared);
+ * ```
+ */
+export class SharedPlanBuffers {
+  readonly #schedules: readonly Schedule[];
+  readonly #slots: (number | null)[][];
+  readonly #buffers: GPUBuffer[] = [];
+
+  /** Checks every plan against the device's limits, then allocates the shared buffers. */
+  constructor(ctx: GpuContext, schedules: readonly Schedule[]) {
+    for (const s of schedules) _assertPlanFits(ctx, s, []);
+    const shared = shareBuffers(schedules.map((s) => s.memory));
+    this.#schedules = schedules;
+    this.#slots = shared.slots;
+    shared.sizes.forEach((n, i) =>
+      this.#buffers.push(createTensor(ctx, [n], "f32", undefined, `shared${i}`).buffer)
+    );
+  }
+
+  /** For each planned buffer of `sched`: the shared buffer it uses, or null (the executor allocates it). */
+  buffersOf(sched: Schedule): (GPUBuffer | null)[] {
+    const i = this.#schedules.indexOf(sched);
+    if (i < 0) throw new RangeError("This schedule does not share these buffers");
+    return this.#slots[i]!.map((slot) => (slot === null ? null : this.#buffers[slot]!));
+  }
+
+  destroy(): void {
+    for (const b of this.#buffers) b.destroy();
+  }
 }
 
 /** A graph bound to buffers and pipelines, executable any number of times. */
@@ -34,7 +75,8 @@ export class GraphExecutor {
   /**
    * Allocates the memory plan's buffers (and one per leaf), and prepares every node's calls.
    * `leafTensors` may supply existing tensors for leaves (parameters shared with an optimizer); `impls` is
-   * the op → kernel calls table.
+   * the op → kernel calls table; `shared` supplies the unpinned planned buffers (graphs that never run at
+   * once, {@linkcode SharedPlanBuffers}), which this executor then does not destroy.
    */
   constructor(
     ctx: GpuContext,
@@ -42,6 +84,7 @@ export class GraphExecutor {
     leaves: readonly Value[],
     leafTensors = new Map<number, GpuTensor>(),
     impls: GpuTable = GPU_IMPLS,
+    shared?: SharedPlanBuffers,
   ) {
     this.ctx = ctx;
     this.#impls = impls;
@@ -49,16 +92,19 @@ export class GraphExecutor {
     for (const v of leaves) {
       this.tensors.set(v.id, leafTensors.get(v.id) ?? createTensor(ctx, v.shape, v.dtype, undefined, v.name));
     }
-    const sizes = sched.memory.bufferSizes;
-    for (let i = 0; i < sizes.length; i++) {
-      const t = createTensor(ctx, [sizes[i]!], "f32", undefined, `buf${i}`);
-      this.#buffers.push(t.buffer);
-    }
+    const given = shared?.buffersOf(sched);
+    const planned = sched.memory.bufferSizes.map((n, i) => {
+      const b = given?.[i];
+      if (b) return b;
+      const own = createTensor(ctx, [n], "f32", undefined, `buf${i}`).buffer;
+      this.#buffers.push(own);
+      return own;
+    });
     for (const node of sched.nodes) {
       for (const o of node.outputs) {
         const b = sched.memory.bufferOf.get(o.id);
         if (b === undefined) throw new RangeError(`No buffer planned for "${o.name}"`);
-        this.tensors.set(o.id, new GpuTensor(this.#buffers[b]!, o.shape, o.dtype, o.name));
+        this.tensors.set(o.id, new GpuTensor(planned[b]!, o.shape, o.dtype, o.name));
       }
     }
     for (const node of sched.nodes) this.#prepareNode(node);
@@ -119,7 +165,10 @@ export class GraphExecutor {
     return step;
   }
 
-  /** Frees pipelines' uniforms and the planned buffers (leaf tensors supplied by the caller stay). */
+  /**
+   * Frees pipelines' uniforms and the buffers this executor allocated (leaf tensors and shared buffers
+   * supplied by the caller stay).
+   */
   destroy(): void {
     for (const s of this.#steps) if (!("copy" in s)) releaseCall(s);
     for (const b of this.#buffers) b.destroy();

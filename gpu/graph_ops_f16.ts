@@ -2,17 +2,21 @@
  * The op table of half precision training (docs/performance.md "Half precision"): `GPU_IMPLS` with every
  * matmul reading f16 copies of its operands and summing in f32 into its f32 output. A value's f16 copy is
  * made once per execution, by the first matmul that reads it (the weights, f32 masters updated by the
- * optimizer, and the activations and their gradients), into a buffer of that node's (held while the executor
- * lives), and read again by the later matmuls of the same value (a weight's forward product and its input
- * gradient, an activation's forward product and its weight gradient). Every other op runs in f32 as before.
+ * optimizer, and the activations and their gradients), and read again by the later matmuls of the same value
+ * (a weight's forward product and its input gradient, an activation's forward product and its weight
+ * gradient). Every other op runs in f32 as before.
  *
- * Each executor takes its own table (the copies are per executor): call {@linkcode f16MatmulImpls} once per
- * `GraphExecutor` and once per preflight.
+ * Each executor takes its own table (each execution makes its own copies): call {@linkcode f16MatmulImpls}
+ * once per `GraphExecutor` and once per preflight. The copies' buffers are the node's scratch (held while the
+ * executor lives), or, for executors of one graph that never run at once (a training step, its evaluation,
+ * its router statistics pass), one {@linkcode F16Copies} they share: a value's copy is then one buffer,
+ * however many of them read it.
  *
  * @module
  */
 import type { Value } from "../core/graph/ir.ts";
-import type { GpuTensor } from "./buffers.ts";
+import { createTensor, type GpuTensor } from "./buffers.ts";
+import type { GpuContext } from "./device.ts";
 import type { KernelCall } from "./dispatch.ts";
 import { GPU_IMPLS, type GpuImpl, type GpuTable } from "./graph_ops.ts";
 import { castF16, f16Words } from "./kernels/f16.ts";
@@ -23,16 +27,44 @@ import { matmulCalls, matmulPlan, matmulScratch } from "./kernels/matmul.ts";
 export type F16Storage = "f16" | "f16-packed";
 
 /**
+ * The f16 copies' buffers of executors that never run at once, by value: each executor still makes its own
+ * copies in each of its runs (its table casts at its first read), into the one buffer of that value.
+ */
+export class F16Copies {
+  readonly #ctx: GpuContext;
+  readonly #tensors = new Map<number, GpuTensor>(); // value id → its copy's buffer
+
+  constructor(ctx: GpuContext) {
+    this.#ctx = ctx;
+  }
+
+  /** The buffer of `v`'s copy: `words` u32 words, made at the first request. */
+  of(v: Value, words: number): GpuTensor {
+    let t = this.#tensors.get(v.id);
+    if (!t) {
+      t = createTensor(this.#ctx, [words], "u32", undefined, `${v.name}.f16_copy`);
+      this.#tensors.set(v.id, t);
+    }
+    return t;
+  }
+
+  destroy(): void {
+    for (const t of this.#tensors.values()) t.buffer.destroy();
+  }
+}
+
+/**
  * `GPU_IMPLS` with f16-operand matmuls (`storage`: native `array<f16>`, or packed words for adapters without
- * shader-f16 — the same bits and the same f32 sums). One-row products that run as a GEMV stay f32.
+ * shader-f16 — the same bits and the same f32 sums). One-row products that run as a GEMV stay f32. The
+ * copies go to `shared`'s buffers where it is given, else to each node's scratch.
  *
  * @example
  * ```ts ignore
  * const ex = new GraphExecutor(ctx, sched, leaves, undefined, f16MatmulImpls("f16"));
  * ```
  */
-export function f16MatmulImpls(storage: F16Storage): GpuTable {
-  const copies = new Map<number, GpuTensor>(); // value id → its f16 copy
+export function f16MatmulImpls(storage: F16Storage, shared?: F16Copies): GpuTable {
+  const copies = new Map<number, GpuTensor>(); // value id → its f16 copy, made by this table's executor
   const matmul: GpuImpl<"matmul"> = (ctx, n, ins, outs, scratch) => {
     const transA = !!n.attrs.transA, transB = !!n.attrs.transB;
     const [m, nn] = n.outputs[0]!.shape as [number, number];
@@ -43,7 +75,7 @@ export function f16MatmulImpls(storage: F16Storage): GpuTable {
     const half = (v: Value, t: GpuTensor, label: string): GpuTensor => {
       let h = copies.get(v.id);
       if (!h) {
-        h = scratch([f16Words(t.size)], label, "u32");
+        h = shared ? shared.of(v, f16Words(t.size)) : scratch([f16Words(t.size)], label, "u32");
         copies.set(v.id, h);
         calls.push(castF16(ctx, { x: t, y: h }));
       }

@@ -131,7 +131,7 @@ Deno.test("run --dry-run shows the batch split, a micro-batch's activations and 
   assert(0 < m.memory_train_planned_bytes && m.memory_train_planned_bytes < w.memory_train_planned_bytes);
   const text = micro.out.join("\n");
   assert(text.includes("16 sequences per step: 4 micro-steps of 4 (gradient accumulation"), text);
-  assert(/gradient accumulators [\d.]+ MiB, activations of 4 sequences/.test(text), text);
+  assert(/gradient accumulators [\d.]+ MiB, graph buffers of 4 sequences/.test(text), text);
 });
 
 Deno.test("on llvmpipe, a micro-batch past its loop limit (64 × 1,024 tokens) is refused before anything is allocated", async () => {

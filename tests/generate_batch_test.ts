@@ -6,9 +6,8 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { parseExperimentText } from "../core/config/mod.ts";
-import { estimateMemory } from "../core/plan/counts.ts";
 import { buildDecoder } from "../core/plan/model.ts";
-import { configRules } from "../core/plan/plan.ts";
+import { configRules, trainMemoryEstimate } from "../core/plan/plan.ts";
 import { batchDecoderBytes } from "../core/infer/batch_generate.ts";
 import { sampleToken, samplingUniform } from "../core/infer/generate.ts";
 import { f32Tensor, writeSafeTensors } from "../core/runs/safetensors.ts";
@@ -163,7 +162,8 @@ Deno.test("generate --batch refuses bad batches, prompts and sizes with exit cod
     await refused(/threshold_topk/, "--prompt", "a", "--batch", "2", "--rule", "threshold_topk:0.5");
     // A budget that the training estimate fits but 1024 sequences' caches do not.
     const { config } = parseExperimentText(yaml("1GiB"), "b.yaml").points[0]!;
-    const train = estimateMemory(config).train, big = batchDecoderBytes(config, configRules(config), 1024);
+    const train = trainMemoryEstimate(config).bytes,
+      big = batchDecoderBytes(config, configRules(config), 1024);
     assert(big > train, `${big} vs ${train}`);
     const small = await checkpoint(dir, String(Math.ceil((train + big) / 2)));
     const r = await cli("generate", small, "--prompt", "a", "--batch", "1024");

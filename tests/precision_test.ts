@@ -7,7 +7,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { ConfigError, experimentToYaml, parseExperimentText, precisionOf } from "../core/config/mod.ts";
 import { GpuTrainBackend } from "../core/train/gpu_backend.ts";
-import { estimateMemory } from "../core/plan/counts.ts";
 import { f16CopyBytes, plan, trainMemoryEstimate, trainPlanBytes } from "../core/plan/plan.ts";
 import { GpuFeatureError, GpuLimitError } from "../gpu/errors.ts";
 import { cli } from "./helpers/cli.ts";
@@ -62,22 +61,24 @@ Deno.test("f16 training on a device without shader-f16 is refused (GpuFeatureErr
 Deno.test("f16 training's copies of matmul operands: counted as the bytes its executors allocate, and in the memory run checks", async () => {
   const config = (sets: string[]) => parseExperimentText(MICRO, "micro.yaml", { sets }).points[0]!.config;
   const f16 = config(["hardware.precision=f16"]), f32 = config([]);
-  const p = plan(f16, "train-dense"), copies = f16CopyBytes(p);
+  const p = plan(f16, "train-dense", { lossScale: true }), copies = f16CopyBytes(p);
   assert(copies > 0);
   assertEquals(trainPlanBytes(p, "f16") - trainPlanBytes(p), copies);
-  assertEquals(trainMemoryEstimate(f32), { bytes: estimateMemory(f32).train, f16Copies: 0 });
-  assertEquals(trainMemoryEstimate(f16), { bytes: estimateMemory(f16).train + copies, f16Copies: copies });
-  // What the training and evaluation executors allocate for f16 copies (labels "<op><id>.a_f16" / ".b_f16").
+  const need32 = trainPlanBytes(plan(f32, "train-dense"));
+  assertEquals([trainMemoryEstimate(f32).bytes, trainMemoryEstimate(f32).f16Copies], [need32, 0]);
+  assertEquals(trainMemoryEstimate(f16).bytes, trainPlanBytes(p, "f16"));
+  assertEquals(trainMemoryEstimate(f16).f16Copies, copies);
+  // What the training and evaluation executors allocate for f16 copies (one buffer per value, shared).
   let allocated = 0;
   const counted = interceptBuffers(await testGpu(), (d, real) => {
-    if (d.label?.endsWith("_f16")) allocated += d.size;
+    if (d.label?.endsWith(".f16_copy")) allocated += d.size;
     return real(d);
   });
   const b = await GpuTrainBackend.create(f16, counted, {}, { f16: "f16-packed" });
   b.destroy();
   assertEquals(allocated, copies);
   // A budget between the f32 and the f16 needs: the dry run fits f32 and refuses f16 (exit 2).
-  const budget = `hardware.memory_budget=${estimateMemory(f32).train + Math.floor(copies / 2)}`;
+  const budget = `hardware.memory_budget=${need32 + Math.floor(copies / 2)}`;
   const dry = (sets: string[]) =>
     cli("run", "tests/fixtures/micro.yaml", "--dry-run", "--json", ...sets.flatMap((x) => ["--set", x]));
   const ok32 = await dry([budget]), no16 = await dry([budget, "hardware.precision=f16"]);

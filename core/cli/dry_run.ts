@@ -6,7 +6,7 @@
  * @module
  */
 import type { Experiment } from "../config/schema.ts";
-import { AUX_FREE_BIAS_RATE, parseByteSize, precisionOf, routerSetting } from "../config/schema.ts";
+import { AUX_FREE_BIAS_RATE, parseByteSize, routerSetting } from "../config/schema.ts";
 import type { LoadedExperiment } from "../config/mod.ts";
 import { experimentToYaml } from "../config/mod.ts";
 import {
@@ -18,7 +18,7 @@ import {
   hasBatchRouterLoss,
   layerShape,
 } from "../plan/counts.ts";
-import { configRules, trainMemoryEstimate, trainPlanBytes, tryTrainPlan } from "../plan/plan.ts";
+import { configRules, trainMemoryEstimate, tryTrainPlan } from "../plan/plan.ts";
 import { expertChoiceTokens } from "../plan/router_zoo.ts";
 import { ruleName } from "../infer/evaluate.ts";
 import { fmtBytes, fmtCount, table } from "../util/format.ts";
@@ -41,15 +41,19 @@ export interface PointSummary {
   micro_batch: number; // train.micro_batch: sequences per graph execution
   accumulation_steps: number; // micro-steps per optimizer step (1: no accumulation)
   router_stats_pass: boolean; // one more forward per micro-batch for the batch-level router losses
+  /** What training allocates (its plan's, as run and resume check it); the estimate where it cannot be planned. */
   memory_train_bytes: number;
-  memory_activations_bytes: number; // saved activations of one micro-batch (part of memory_train_bytes)
+  memory_weights_bytes: number; // parameters and both Adam moments (part of memory_train_bytes)
   memory_grad_accum_bytes: number; // gradient accumulators (part of memory_train_bytes; 0 without accumulation)
+  /** The planned buffers of the step, evaluation and statistics graphs (part of memory_train_bytes); null unplanned. */
+  memory_graph_bytes: number | null;
+  memory_activations_bytes: number; // an estimate of one micro-batch's saved activations (in memory_graph_bytes)
   memory_f16_copies_bytes: number; // f16 copies of matmul operands (part of memory_train_bytes; 0 in f32)
-  /** The training plan's buffers (trainPlanBytes); null when the config cannot be planned yet (rope). */
+  /** The training plan's bytes (equal to memory_train_bytes); null when the config cannot be planned yet (rope). */
   memory_train_planned_bytes: number | null;
   memory_infer_bytes: number;
   memory_budget_bytes: number;
-  fits_budget: boolean; // memory_train_bytes (the estimate, as resume checks it) is within the budget
+  fits_budget: boolean; // memory_train_bytes is within the budget
   components: Record<string, number>;
   /** How the routers train and which rule runs them at inference; null for a model without routers. */
   router: string | null;
@@ -64,8 +68,8 @@ export function summarizePoint(
   c: Readonly<Experiment>,
 ): PointSummary {
   const p = countParams(c), a = activeParams(c), f = flopsPerToken(c), m = estimateMemory(c);
-  const budget = parseByteSize(c.hardware.memory_budget), acc = accumulationOf(c), tp = tryTrainPlan(c);
-  const planned = tp === null ? null : trainPlanBytes(tp, precisionOf(c)), train = trainMemoryEstimate(c, tp);
+  const budget = parseByteSize(c.hardware.memory_budget), acc = accumulationOf(c);
+  const train = trainMemoryEstimate(c, tryTrainPlan(c)), planned = train.planned;
   const { total: _total, experts: _experts, ...components } = p;
   return {
     name,
@@ -84,10 +88,12 @@ export function summarizePoint(
     accumulation_steps: acc.steps,
     router_stats_pass: acc.steps > 1 && hasBatchRouterLoss(c),
     memory_train_bytes: train.bytes,
+    memory_weights_bytes: planned?.weights ?? m.parts.weights + m.parts.optimizer,
+    memory_grad_accum_bytes: planned?.gradAccum ?? m.parts.gradAccum,
+    memory_graph_bytes: planned?.graphs ?? null,
     memory_activations_bytes: m.parts.activations,
-    memory_grad_accum_bytes: m.parts.gradAccum,
     memory_f16_copies_bytes: train.f16Copies,
-    memory_train_planned_bytes: planned,
+    memory_train_planned_bytes: planned?.total ?? null,
     memory_infer_bytes: m.infer,
     memory_budget_bytes: budget,
     fits_budget: train.bytes <= budget,
@@ -250,25 +256,21 @@ export function formatDryRun(
           })`
           : ", one micro-batch"),
     );
+    const seqs = `${s.micro_batch} sequences`;
     out.push(
       `  memory        train ${fmtBytes(s.memory_train_bytes)}${
-        s.memory_train_planned_bytes === null
-          ? ""
-          : ` (planned buffers ${fmtBytes(s.memory_train_planned_bytes)})`
+        s.memory_graph_bytes === null ? " (estimated: not planned yet)" : ""
       }, inference ${fmtBytes(s.memory_infer_bytes)}` +
         ` (budget ${fmtBytes(s.memory_budget_bytes)}${s.fits_budget ? "" : ": DOES NOT FIT"})`,
-      `                train = weights and optimizer ${
-        fmtBytes(
-          s.memory_train_bytes - s.memory_activations_bytes - s.memory_grad_accum_bytes -
-            s.memory_f16_copies_bytes,
-        )
-      }` +
-        `${
-          s.memory_grad_accum_bytes > 0
-            ? `, gradient accumulators ${fmtBytes(s.memory_grad_accum_bytes)}`
-            : ""
-        }` +
-        `, activations of ${s.micro_batch} sequences ${fmtBytes(s.memory_activations_bytes)}` +
+      `                train = weights and optimizer ${fmtBytes(s.memory_weights_bytes)}` +
+        (s.memory_grad_accum_bytes > 0
+          ? `, gradient accumulators ${fmtBytes(s.memory_grad_accum_bytes)}`
+          : "") +
+        (s.memory_graph_bytes === null
+          ? `, activations of ${seqs} ${fmtBytes(s.memory_activations_bytes)}`
+          : `, graph buffers of ${seqs} ${fmtBytes(s.memory_graph_bytes)} (saved activations about ${
+            fmtBytes(s.memory_activations_bytes)
+          }; evaluation shares them)`) +
         (s.memory_f16_copies_bytes > 0
           ? `, f16 copies of matmul operands ${fmtBytes(s.memory_f16_copies_bytes)}`
           : ""),

@@ -8,7 +8,9 @@
 import { ConfigError, type LoadedExperiment, loadExperiment } from "../config/mod.ts";
 import { parseCommandArgs, positiveInt, positiveNumber } from "./args.ts";
 import { describePointsData, formatDryRun, summarizePoint } from "./dry_run.ts";
-import { fitsMemoryBudget } from "../plan/plan.ts";
+import { trainMemoryEstimate } from "../plan/plan.ts";
+import { parseByteSize } from "../config/schema.ts";
+import { fmtBytes } from "../util/format.ts";
 import { defaultCacheDir } from "../data/prepare.ts";
 import { rememberFileTokenizers } from "../data/vocab.ts";
 import { dashboardCommand } from "./dashboard_cmd.ts";
@@ -182,10 +184,20 @@ async function _run(args: string[], io: CliIo): Promise<number> {
   useStore(values, { value: _configStore(loaded), file });
   rememberFileTokenizers(loaded.points, file.includes("/") ? file.slice(0, file.lastIndexOf("/")) : ".");
   if (!values["dry-run"]) {
-    // The memory estimate alone (the dry run also builds every point's plan to show its buffers).
-    const over = loaded.points.find((p) => !fitsMemoryBudget(p.config));
-    if (over) {
-      throw new UsageError(`Plan refused: ${over.name} needs more memory than hardware.memory_budget allows`);
+    // What each point's training plan allocates (core/plan/plan.ts trainMemoryEstimate), before anything is.
+    for (const p of loaded.points) {
+      const need = trainMemoryEstimate(p.config).bytes,
+        budget = parseByteSize(p.config.hardware.memory_budget);
+      if (need <= budget) continue;
+      throw new UsageError(
+        `Plan refused: ${p.name} needs more memory than hardware.memory_budget allows: ${
+          fmtBytes(need)
+        } to ` +
+          `train against a budget of ${
+            fmtBytes(budget)
+          } (deno task run ${file} --dry-run shows the parts); ` +
+          "lower train.micro_batch (gradient accumulation), data.seq_len or the model, or raise the budget",
+      );
     }
     if (values.enqueue) return await enqueueSweep(loaded, values["runs-dir"] ?? "runs", io, values.json);
     // A feature the adapter lacks (shader-f16 for hardware.precision f16): refused before any data, store,

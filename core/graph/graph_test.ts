@@ -6,7 +6,7 @@ import { GPU_IMPLS } from "../../gpu/graph_ops.ts";
 import { CPU_OPS } from "./cpu_ops.ts";
 import { attrsOf, Graph, isOp } from "./ir.ts";
 import { apply1, OPS } from "./ops.ts";
-import { schedule } from "./schedule.ts";
+import { schedule, shareBuffers } from "./schedule.ts";
 
 Deno.test("ops refuse mismatched shapes with a message naming the values", () => {
   const g = new Graph();
@@ -64,6 +64,35 @@ Deno.test("schedule() drops unneeded nodes and reuses buffers of dead values", (
   assertEquals(s.memory.withoutReuse, 6 * 64);
   // A chain needs only two ping-pong buffers besides the pinned output.
   assert(s.memory.totalElements <= 3 * 64, `total ${s.memory.totalElements}`);
+});
+
+Deno.test("graphs that never run at once share their unpinned buffers by size; pinned ones stay their own", () => {
+  const g = new Graph();
+  const x = g.leaf("input", "x", [8, 8]);
+  let h = x;
+  for (let i = 0; i < 4; i++) h = apply1(g, "activation", [h], { kind: "gelu" });
+  const small = apply1(g, "softmax", [apply1(g, "activation", [x], { kind: "gelu" })]);
+  const a = schedule(g, [h]), b = schedule(g, [small]);
+  // Exactly the buffers of the requested outputs are pinned.
+  for (const [s, out] of [[a, h], [b, small]] as const) {
+    const pinned = s.memory.pinned.flatMap((p, i) => (p ? [i] : []));
+    assertEquals(pinned, [s.memory.bufferOf.get(out.id)]);
+  }
+  const shared = shareBuffers([a.memory, b.memory]);
+  // Each plan's unpinned buffers, largest first, take the shared buffers in turn; pinned ones get none.
+  for (const [j, s] of [a, b].entries()) {
+    const m = s.memory, slots = shared.slots[j]!;
+    m.bufferSizes.forEach((n, i) => {
+      if (m.pinned[i]) assertEquals(slots[i], null);
+      else assert(shared.sizes[slots[i]!]! >= n);
+    });
+    const ranks = slots.filter((r) => r !== null);
+    assertEquals(new Set(ranks).size, ranks.length, "one plan's buffers never share with each other");
+  }
+  const own = (s: typeof a) => s.memory.bufferSizes.reduce((n, x, i) => n + (s.memory.pinned[i] ? x : 0), 0);
+  assertEquals(shared.totalElements, own(a) + own(b) + shared.sizes.reduce((n, x) => n + x, 0));
+  assert(shared.totalElements < a.memory.totalElements + b.memory.totalElements);
+  assertEquals(shared.totalElements, a.memory.totalElements + own(b), "b's unpinned buffers fit in a's");
 });
 
 Deno.test("buildModel() makes one router per routed layer and kind, and the losses the config asks for", () => {

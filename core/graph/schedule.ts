@@ -11,6 +11,7 @@ import { type Graph, type Node, numel, type Value } from "./ir.ts";
 export interface MemoryPlan {
   bufferOf: Map<number, number>; // value id → buffer index
   bufferSizes: number[]; // elements per buffer
+  pinned: boolean[]; // per buffer: it holds a pinned value (read after the run), so it is never shared
   totalElements: number;
   withoutReuse: number; // elements if every value had its own buffer
 }
@@ -40,7 +41,7 @@ export function schedule(g: Graph, outputs: readonly Value[]): Schedule {
 export function planMemory(nodes: readonly Node[], pinned: ReadonlySet<number>): MemoryPlan {
   const lastUse = new Map<number, number>();
   nodes.forEach((n, step) => n.inputs.forEach((i) => lastUse.set(i.id, step)));
-  const bufferOf = new Map<number, number>(), bufferSizes: number[] = [];
+  const bufferOf = new Map<number, number>(), bufferSizes: number[] = [], pinnedBuffers: boolean[] = [];
   const free: number[] = [];
   let withoutReuse = 0;
   nodes.forEach((n, step) => {
@@ -56,6 +57,7 @@ export function planMemory(nodes: readonly Node[], pinned: ReadonlySet<number>):
       if (pick >= 0) free.splice(free.indexOf(pick), 1);
       else pick = bufferSizes.push(size) - 1;
       bufferOf.set(out.id, pick);
+      pinnedBuffers[pick] = pinned.has(out.id);
     }
     // Release values whose last reader is this node (and outputs nobody reads), after outputs are placed.
     for (const v of [...n.inputs, ...n.outputs]) {
@@ -66,7 +68,53 @@ export function planMemory(nodes: readonly Node[], pinned: ReadonlySet<number>):
       }
     }
   });
-  return { bufferOf, bufferSizes, totalElements: bufferSizes.reduce((a, b) => a + b, 0), withoutReuse };
+  return {
+    bufferOf,
+    bufferSizes,
+    pinned: pinnedBuffers,
+    totalElements: bufferSizes.reduce((a, b) => a + b, 0),
+    withoutReuse,
+  };
+}
+
+/** Buffers of several memory plans whose graphs never run at once: {@linkcode shareBuffers}. */
+export interface SharedBuffers {
+  sizes: number[]; // elements of each shared buffer
+  slots: (number | null)[][]; // per plan, per buffer: its shared buffer, or null (pinned: its own)
+  totalElements: number; // the shared buffers and every plan's own, together
+}
+
+/**
+ * Lets the memory plans of graphs that never run at once (a training step, its evaluation, its router
+ * statistics pass) share their buffers: only values read within a run live in an unpinned buffer, so the
+ * i-th largest unpinned buffer of every plan can be one buffer of the largest of their sizes. Pinned
+ * buffers (outputs read after the run) stay each plan's own.
+ *
+ * @example
+ * ```ts
+ * import { shareBuffers } from "./schedule.ts";
+ * const plan = (sizes: number[], pinned: boolean[]) =>
+ *   ({ bufferOf: new Map(), bufferSizes: sizes, pinned, totalElements: 0, withoutReuse: 0 });
+ * const s = shareBuffers([plan([10, 4, 6], [false, true, false]), plan([8, 9], [false, false])]);
+ * console.log(s.sizes, s.slots, s.totalElements); // [10, 8] [[0, null, 1], [1, 0]] 22
+ * ```
+ */
+export function shareBuffers(plans: readonly MemoryPlan[]): SharedBuffers {
+  const sizes: number[] = [];
+  let own = 0;
+  const slots = plans.map((p) => {
+    const slot: (number | null)[] = p.bufferSizes.map(() => null);
+    const unpinned = p.bufferSizes.map((n, i) => [n, i] as const).filter(([n, i]) => {
+      if (p.pinned[i]) own += n;
+      return !p.pinned[i];
+    });
+    unpinned.sort((a, b) => b[0] - a[0] || a[1] - b[1]).forEach(([n, i], rank) => {
+      slot[i] = rank;
+      sizes[rank] = Math.max(sizes[rank] ?? 0, n);
+    });
+    return slot;
+  });
+  return { sizes, slots, totalElements: own + sizes.reduce((a, b) => a + b, 0) };
 }
 
 function _ownedBy(bufferOf: Map<number, number>, buffer: number, valueId: number): boolean {

@@ -16,10 +16,10 @@
  *
  * @module
  */
-import { type Experiment, parseByteSize, type Precision, precisionOf } from "../config/schema.ts";
+import { type Experiment, type Precision, precisionOf } from "../config/schema.ts";
 import { gradients } from "../graph/autodiff.ts";
 import type { Value } from "../graph/ir.ts";
-import { type Schedule, schedule } from "../graph/schedule.ts";
+import { type Schedule, schedule, shareBuffers } from "../graph/schedule.ts";
 import { accumulationOf, estimateMemory, hasBatchRouterLoss } from "./counts.ts";
 import { fuseDecoder } from "./fuse_decode.ts";
 import {
@@ -100,30 +100,52 @@ export interface DecodePlan {
   schedule: Schedule;
 }
 
+/** The graphs a training plan runs: the step, evaluation and (when planned) the router statistics pass. */
+export function trainSchedules(p: TrainPlan): Schedule[] {
+  return [p.schedule, p.evaluate, ...(p.stats ? [p.stats] : [])];
+}
+
+/** Bytes of a training plan's memory, by part ({@linkcode trainPlanMemory}). */
+export interface TrainPlanMemory {
+  weights: number; // the parameters and both Adam moments (f32)
+  gradAccum: number; // gradient accumulators (0 without accumulation)
+  graphs: number; // the graphs' planned buffers: activations, gradients and temporaries of one micro-batch
+  f16Copies: number; // f16 copies of the matmul operands (0 in f32)
+  total: number;
+}
+
 /**
- * Device bytes a training plan allocates: the parameters and both Adam moments (f32), the gradient
- * accumulators (with accumulation), and the planned buffers of the training graph (activations, gradients
- * and temporaries), of the router statistics pass and of evaluation, which are allocated side by side; with
- * `precision` f16 also the f16 copies of the matmul operands ({@linkcode f16CopyBytes}). Kernels' private
- * scratch (e.g. split-K partial sums on real GPUs) is not counted.
+ * Device bytes a training plan allocates, by part: the parameters and both Adam moments (f32), the gradient
+ * accumulators (with accumulation), the planned buffers of its graphs (the step, evaluation and the router
+ * statistics pass, which share the buffers of the values they read within a run: gpu/executor.ts
+ * `SharedPlanBuffers`), and with `precision` f16 the f16 copies of the matmul operands
+ * ({@linkcode f16CopyBytes}). Kernels' private scratch (e.g. split-K partial sums on real GPUs) and the
+ * graphs' small inputs (token ids, targets) are not counted.
  */
-export function trainPlanBytes(p: TrainPlan, precision: Precision = "f32"): number {
+export function trainPlanMemory(p: TrainPlan, precision: Precision = "f32"): TrainPlanMemory {
   const params = p.model.params.reduce((n, s) => n + s.value.shape.reduce((a, b) => a * b, 1), 0);
-  const planned = [p.schedule, p.stats, p.evaluate].reduce((n, s) => n + (s?.memory.totalElements ?? 0), 0);
-  return 4 * (params * (p.accumulation > 1 ? 4 : 3) + planned) + (precision === "f16" ? f16CopyBytes(p) : 0);
+  const weights = 12 * params, gradAccum = p.accumulation > 1 ? 4 * params : 0;
+  const graphs = 4 * shareBuffers(trainSchedules(p).map((s) => s.memory)).totalElements;
+  const f16Copies = precision === "f16" ? f16CopyBytes(p) : 0;
+  return { weights, gradAccum, graphs, f16Copies, total: weights + gradAccum + graphs + f16Copies };
+}
+
+/** The total of {@linkcode trainPlanMemory}: the device bytes a training plan allocates. */
+export function trainPlanBytes(p: TrainPlan, precision: Precision = "f32"): number {
+  return trainPlanMemory(p, precision).total;
 }
 
 /**
  * Bytes of the f16 copies half precision training holds while it runs (gpu/graph_ops_f16.ts): every value a
- * matmul reads (a weight, an activation, an activation's gradient) once per graph that reads it (the
- * training step, the router statistics pass, evaluation: each executor keeps its own), as f16 halves two to
- * a 32-bit word. An upper bound: a one-row product that runs as a GEMV reads its f32 operands.
+ * matmul reads (a weight, an activation, an activation's gradient) in any of the plan's graphs, once (the
+ * graphs never run at once, and share a value's copy), as f16 halves two to a 32-bit word. An upper bound: a
+ * one-row product that runs as a GEMV reads its f32 operands.
  */
 export function f16CopyBytes(p: TrainPlan): number {
   let bytes = 0;
-  for (const s of [p.schedule, p.stats, p.evaluate]) {
-    const seen = new Set<number>();
-    for (const n of s?.nodes ?? []) {
+  const seen = new Set<number>();
+  for (const s of trainSchedules(p)) {
+    for (const n of s.nodes) {
       if (n.op !== "matmul") continue;
       for (const v of n.inputs) {
         if (seen.has(v.id)) continue;
@@ -135,10 +157,13 @@ export function f16CopyBytes(p: TrainPlan): number {
   return bytes;
 }
 
-/** The training plan of `c`, or null where the planner refuses the config (a RangeError, e.g. rope). */
+/**
+ * The training plan of `c` as training makes it (with dynamic loss scaling's input under
+ * `hardware.precision: f16`), or null where the planner refuses the config (a RangeError, e.g. rope).
+ */
 export function tryTrainPlan(c: Readonly<Experiment>): TrainPlan | null {
   try {
-    return plan(c, "train-dense");
+    return plan(c, "train-dense", { lossScale: precisionOf(c) === "f16" });
   } catch (e) {
     if (e instanceof RangeError) return null;
     throw e;
@@ -147,26 +172,19 @@ export function tryTrainPlan(c: Readonly<Experiment>): TrainPlan | null {
 
 /**
  * The training memory `run` (and `--resume`) checks against `hardware.memory_budget` before anything is
- * allocated: {@linkcode estimateMemory}'s, plus with `hardware.precision: f16` the f16 copies of the planned
- * matmul operands (`f16Copies`; 0 in f32, and where the config cannot be planned, which training refuses
- * anyway). `planned` is `c`'s training plan when the caller has it ({@linkcode tryTrainPlan}), else it is made
- * here for an f16 config.
+ * allocated: what the training plan allocates ({@linkcode trainPlanMemory}, with the f16 copies of matmul
+ * operands under `hardware.precision: f16`), or where the config cannot be planned (which training refuses
+ * anyway) {@linkcode estimateMemory}'s estimate, with `planned` null. `plan` is `c`'s training plan when the
+ * caller has it ({@linkcode tryTrainPlan}), else it is made here.
  */
 export function trainMemoryEstimate(
   c: Readonly<Experiment>,
-  planned?: TrainPlan | null,
-): { bytes: number; f16Copies: number } {
-  let f16Copies = 0;
-  if (precisionOf(c) === "f16") {
-    const p = planned === undefined ? tryTrainPlan(c) : planned;
-    f16Copies = p === null ? 0 : f16CopyBytes(p);
-  }
-  return { bytes: estimateMemory(c).train + f16Copies, f16Copies };
-}
-
-/** Whether {@linkcode trainMemoryEstimate} of `c` fits its `hardware.memory_budget` (what `run` refuses on). */
-export function fitsMemoryBudget(c: Readonly<Experiment>): boolean {
-  return trainMemoryEstimate(c).bytes <= parseByteSize(c.hardware.memory_budget);
+  plan?: TrainPlan | null,
+): { bytes: number; f16Copies: number; planned: TrainPlanMemory | null } {
+  const p = plan === undefined ? tryTrainPlan(c) : plan;
+  if (p === null) return { bytes: estimateMemory(c).train, f16Copies: 0, planned: null };
+  const planned = trainPlanMemory(p, precisionOf(c));
+  return { bytes: planned.total, f16Copies: planned.f16Copies, planned };
 }
 
 /** The inference rules a config declares: `router.infer` for MLP routers, `router.infer_attention` (or the same). */

@@ -17,17 +17,17 @@ import type { Batch } from "../data/dataset.ts";
 import { numel, type Value } from "../graph/ir.ts";
 import type { ModelGraph } from "../plan/model.ts";
 import { balanceBiasUpdate } from "../../gpu/kernels/balance.ts";
-import { plan } from "../plan/plan.ts";
+import { plan, trainSchedules } from "../plan/plan.ts";
 import { type GraphFlops, trainStepFlops } from "../plan/flops.ts";
 import { createTensor, GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
 import { assertAdapterFeatures, type GpuContext, openGpu } from "../../gpu/device.ts";
 import { GPU_IMPLS, type GpuTable } from "../../gpu/graph_ops.ts";
-import { f16MatmulImpls, type F16Storage } from "../../gpu/graph_ops_f16.ts";
+import { F16Copies, f16MatmulImpls, type F16Storage } from "../../gpu/graph_ops_f16.ts";
 import { lossScaleUpdate } from "../../gpu/kernels/optimizer.ts";
 import { requiredGpuFeatures } from "./gpu_features.ts";
 import { checkLossScaleSettings, LOSS_SCALE_DEFAULTS, type LossScaleSettings } from "./loss_scale.ts";
 import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "../../gpu/dispatch.ts";
-import { GraphExecutor } from "../../gpu/executor.ts";
+import { GraphExecutor, SharedPlanBuffers } from "../../gpu/executor.ts";
 import { accumulateCalls, type AccumulatePair } from "../../gpu/kernels/accumulate.ts";
 import { assertScheduleBuilds } from "../../gpu/preflight.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
@@ -104,6 +104,8 @@ export class GpuTrainBackend implements TrainBackend {
   readonly #eval: GraphExecutor;
   /** The router statistics pass (null unless a batch-level router loss is accumulated). */
   readonly #routerStats: GraphExecutor | null;
+  readonly #sharedPlan: SharedPlanBuffers;
+  readonly #f16Copies: F16Copies | null;
   readonly #opt: PreparedCall[];
   /**
    * After the optimizer: the update of each router state value (docs/design.md §16: the aux-free balancing
@@ -155,9 +157,9 @@ export class GpuTrainBackend implements TrainBackend {
     this.accumulation = p.accumulation;
     const m = this.model, grads = p.grads;
     const evalSchedule = p.evaluate;
-    // Every executor (and preflight) its own table: f16 copies of operands are per executor.
+    // Every executor (and preflight) its own table: each execution makes its own f16 copies of operands.
     const f16 = this.precision === "f32" ? null : this.precision;
-    const impls = (): GpuTable => (f16 ? f16MatmulImpls(f16) : GPU_IMPLS);
+    const impls = (copies?: F16Copies): GpuTable => (f16 ? f16MatmulImpls(f16, copies) : GPU_IMPLS);
     // Refuse sizes this device cannot run (llvmpipe's loop limit, dispatch limits) before allocating.
     assertScheduleBuilds(ctx, p.schedule, "Cannot plan the training step", impls());
     if (p.stats) assertScheduleBuilds(ctx, p.stats, "Cannot plan the router statistics pass", impls());
@@ -171,10 +173,15 @@ export class GpuTrainBackend implements TrainBackend {
     if (state && p.lossScale) {
       given.set(p.lossScale.id, new GpuTensor(state.buffer, p.lossScale.shape, "f32", "loss_scale"));
     }
-    this.#train = new GraphExecutor(ctx, p.schedule, leaves, given, impls());
+    // The step, evaluation and the statistics pass never run at once: they share their planned buffers
+    // and the buffers of their f16 copies (docs/performance.md "Memory").
+    this.#sharedPlan = new SharedPlanBuffers(ctx, trainSchedules(p));
+    this.#f16Copies = f16 ? new F16Copies(ctx) : null;
+    const copies = this.#f16Copies ?? undefined, pool = this.#sharedPlan;
+    this.#train = new GraphExecutor(ctx, p.schedule, leaves, given, impls(copies), pool);
     const shared = new Map(leaves.map((v) => [v.id, this.#train.tensor(v)]));
-    this.#eval = new GraphExecutor(ctx, evalSchedule, leaves, shared, impls());
-    this.#routerStats = p.stats ? new GraphExecutor(ctx, p.stats, leaves, shared, impls()) : null;
+    this.#eval = new GraphExecutor(ctx, evalSchedule, leaves, shared, impls(copies), pool);
+    this.#routerStats = p.stats ? new GraphExecutor(ctx, p.stats, leaves, shared, impls(copies), pool) : null;
     // Reported each step: the losses, MI per router and the model's scalars (then the loads, then gradients).
     const reported = 2 + m.miLoss.attention.length + m.miLoss.mlp.length + m.scalars.length;
     const report = p.outputs.slice(0, reported).map((v) => this.#train.tensor(v));
@@ -510,6 +517,8 @@ export class GpuTrainBackend implements TrainBackend {
     this.#train.destroy();
     this.#eval.destroy();
     this.#routerStats?.destroy();
+    this.#sharedPlan.destroy();
+    this.#f16Copies?.destroy();
     if (this.#ownsDevice) this.ctx.destroy();
   }
 

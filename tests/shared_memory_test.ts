@@ -1,0 +1,121 @@
+/**
+ * The training step, its evaluation and its router statistics pass never run at once, so they share the
+ * buffers of the values they read within a run (gpu/executor.ts `SharedPlanBuffers`) and, in half precision,
+ * the buffers of their f16 copies (gpu/graph_ops_f16.ts `F16Copies`); docs/performance.md "Memory". What
+ * the trainer allocates is what `run` checks against `hardware.memory_budget` (core/plan/plan.ts
+ * `trainPlanBytes`), and evaluations between steps change no step: the same losses, gradient norms and
+ * parameters bit for bit as training without them, and the same evaluation as a backend that only trained.
+ */
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { parseExperimentText } from "../core/config/mod.ts";
+import { loadDataset } from "../core/data/dataset.ts";
+import { shareBuffers } from "../core/graph/schedule.ts";
+import { estimateMemory } from "../core/plan/counts.ts";
+import {
+  plan,
+  trainMemoryEstimate,
+  trainPlanBytes,
+  trainPlanMemory,
+  trainSchedules,
+} from "../core/plan/plan.ts";
+import type { EvalResult, StepStats, TrainState } from "../core/train/backend.ts";
+import { GpuTrainBackend, type GpuTrainOptions } from "../core/train/gpu_backend.ts";
+import { interceptBuffers, testGpu } from "./helpers/gpu.ts";
+
+const MICRO = await Deno.readTextFile("tests/fixtures/micro.yaml");
+
+/** The cases: plain, with accumulation and the statistics pass, and f16 operands (packed, any adapter). */
+const CASES: { name: string; sets: string[]; options: GpuTrainOptions }[] = [
+  { name: "f32", sets: [], options: {} },
+  { name: "accumulation", sets: ["train.micro_batch=2", "loss.mi.mlp=0.01"], options: {} },
+  { name: "f16", sets: ["hardware.precision=f16"], options: { f16: "f16-packed" } },
+];
+
+function _config(sets: string[]) {
+  return parseExperimentText(MICRO, "micro.yaml", { sets }).points[0]!.config;
+}
+
+Deno.test("the trainer allocates what run checks against memory_budget, and evaluation shares the step's buffers", async () => {
+  for (const { name, sets, options } of CASES) {
+    const config = _config(sets);
+    const p = plan(config, "train-dense", { lossScale: name === "f16" });
+    const mem = trainPlanMemory(p, name === "f16" ? "f16" : "f32");
+    assertEquals(trainMemoryEstimate(config).bytes, mem.total, name);
+    assertEquals(trainPlanBytes(p, name === "f16" ? "f16" : "f32"), mem.total, name);
+    const schedules = trainSchedules(p);
+    assertEquals(schedules.length, name === "accumulation" ? 3 : 2, name);
+    // Sharing saves what the smaller graphs' unpinned buffers held.
+    const apart = 4 * schedules.reduce((n, s) => n + s.memory.totalElements, 0);
+    assert(mem.graphs < apart, `${name}: shared ${mem.graphs} vs apart ${apart}`);
+    assertEquals(mem.graphs, 4 * shareBuffers(schedules.map((s) => s.memory)).totalElements, name);
+    // The buffers GpuTrainBackend.create allocates, by label.
+    let all = 0, copies = 0;
+    const counted = interceptBuffers(await testGpu(), (d, real) => {
+      const b = real(d);
+      if (d.usage & GPUBufferUsage.STORAGE) all += b.size;
+      if (d.label?.endsWith(".f16_copy")) copies += b.size;
+      return b;
+    });
+    const b = await GpuTrainBackend.create(config, counted, {}, options);
+    b.destroy();
+    assertEquals(copies, mem.f16Copies, name);
+    // Beyond the plan: the graphs' inputs, kernels' scratch and small state (a few KiB on this model).
+    assert(
+      all >= mem.total && all - mem.total < 0.05 * mem.total,
+      `${name}: allocated ${all}, planned ${mem.total}`,
+    );
+    // The estimate from the model's shape alone undercounts the plan (temporaries and evaluation's buffers).
+    assert(estimateMemory(config).train < mem.total, name);
+  }
+});
+
+/** Trains `steps` steps, evaluating after those in `evalAfter`; the step statistics, evaluations and state. */
+async function _train(
+  sets: string[],
+  options: GpuTrainOptions,
+  steps: number,
+  evalAfter: Set<number>,
+): Promise<{ stats: StepStats[]; evals: EvalResult[]; state: TrainState }> {
+  const config = _config(sets);
+  const b = await GpuTrainBackend.create(config, await testGpu(), {}, options);
+  try {
+    const ds = await loadDataset(config);
+    const stats: StepStats[] = [], evals: EvalResult[] = [];
+    for (let t = 0; t < steps; t++) {
+      stats.push(await b.step(ds.trainBatch(t, config.train.batch), 1e-2));
+      if (evalAfter.has(t)) evals.push(await b.evaluate(ds.valBatch(t % 2, 2, config.train.batch)));
+    }
+    return { stats, evals, state: await b.exportState() };
+  } finally {
+    b.destroy();
+  }
+}
+
+Deno.test("evaluations between steps change no step, and evaluate as they would after training alone (buffers shared)", async () => {
+  const steps = 4;
+  for (const { name, sets, options } of CASES) {
+    const mixed = await _train(sets, options, steps, new Set([0, 1, 2, 3]));
+    const plain = await _train(sets, options, steps, new Set([steps - 1]));
+    const row = (s: StepStats) => [s.loss, s.lmLoss, s.gradNorm, s.finite];
+    assertEquals(mixed.stats.map(row), plain.stats.map(row), name);
+    for (const [p, v] of plain.state.params) {
+      assertEquals(mixed.state.params.get(p)!.data, v.data, `${name}: ${p}`);
+    }
+    assertEquals(mixed.evals.at(-1), plain.evals[0], name);
+    // And as a new backend given the trained state evaluates it, before any step of its own.
+    const config = _config(sets), fresh = await GpuTrainBackend.create(config, await testGpu(), {}, options);
+    try {
+      await fresh.importState(plain.state);
+      const ds = await loadDataset(config);
+      assertEquals(
+        await fresh.evaluate(ds.valBatch((steps - 1) % 2, 2, config.train.batch)),
+        plain.evals[0],
+        name,
+      );
+    } finally {
+      fresh.destroy();
+    }
+    // The evaluations saw the model move (so they read the step's parameters, not a stale copy).
+    assert(mixed.evals[0]!.lmLoss !== mixed.evals[2]!.lmLoss, name);
+  }
+});
