@@ -257,6 +257,16 @@ Deno.test({
       assertEquals((await _get(api, true)).status, 200);
       dash.kill("SIGTERM");
       assertEquals((await dash.status).code, 0, err.lines.join("\n"));
+      // The guard's lines on server-side faults (accept failing under the flood, an upstream cut off).
+      const faults = err.lines.filter((l) => l.startsWith("dashboard: "));
+      console.log(`dashboard log: ${faults.length} lines${faults.length ? `:\n${faults.join("\n")}` : ""}`);
+      assert(!faults.some((l) => l.includes("before the response")), faults.join("\n"));
+    } catch (e) {
+      // What the dashboard said (its guard logs server-side faults, e.g. a response cut off upstream).
+      if (e instanceof Error) {
+        e.message += `\ndashboard stderr (last 40 lines):\n${err.lines.slice(-40).join("\n")}`;
+      }
+      throw e;
     } finally {
       for (const p of [attacker, dash]) {
         try {

@@ -74,7 +74,14 @@ export async function dashboardCommand(
   o.signal?.addEventListener("abort", onSignal, { once: true });
   if (child) _exitOnStdinEof(onSignal);
   try {
-    const options = { store, hostname, token, allowedHosts: values["allow-host"], signal: stop.signal };
+    const options = {
+      store,
+      hostname,
+      token,
+      allowedHosts: values["allow-host"],
+      signal: stop.signal,
+      log: (line: string) => io.err(line),
+    };
     const server = _serve(options, port, child);
     if (server.port !== port && port !== 0) io.err(`Port ${port} is in use: serving on ${server.port}`);
     const mode = store.access.mode === "read-write" ? "" : ` (${store.access.mode}: ${store.access.reason})`;

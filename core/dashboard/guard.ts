@@ -21,6 +21,10 @@
  *   for a slot (an idle keep-alive connection is closed for it), up to the head timeout (503).
  * - `accept()` failing (EMFILE, ENFILE) closes one evictable connection and retries after a short wait; an
  *   upstream error closes only its connection.
+ * - What only the server side can cause is logged (`log`, at most one line per kind every
+ *   {@linkcode WARN_INTERVAL_MS}, with a count of those left out): `accept()` failing, the upstream refusing a
+ *   connection, and the upstream closing a connection before its response was complete (the client then sees
+ *   its connection closed mid-response).
  *
  * @module
  */
@@ -41,6 +45,8 @@ export const MAX_HEADERS = 100;
 export const RESERVE_FDS = 128;
 /** Most client connections at once, however high the descriptor limit. */
 export const MAX_CONNECTIONS_CEILING = 4096;
+/** The guard logs one line of a kind at most this often (the rest are counted in the next line). */
+export const WARN_INTERVAL_MS = 10_000;
 /** Soft descriptor limit assumed where `/proc/self/limits` cannot be read (macOS's default is 256). */
 export const FALLBACK_FD_LIMIT = 256;
 
@@ -186,6 +192,12 @@ function _kind(c: _Conn): "busy" | "incomplete" | "idle" {
   return c.forwarded === 0 || c.requests.partialHead ? "incomplete" : "idle";
 }
 
+/** An error's message (its name where it has none), one line. */
+function _reason(e: unknown): string {
+  const text = e instanceof Error ? e.message || e.name : String(e);
+  return text.replace(/\s+/g, " ").slice(0, 200);
+}
+
 /** Reads into `buf`: the byte count, or null at EOF or on any error (a reset, the connection closed). */
 async function _read(conn: Deno.Conn, buf: Uint8Array): Promise<number | null> {
   try {
@@ -216,6 +228,8 @@ export interface GuardOptions {
   /** Opens a connection to the server behind the guard. */
   connectUpstream: () => Promise<Deno.Conn>;
   limits?: Partial<GuardLimits>;
+  /** Where the server-side faults of the module doc go (one line each); by default nowhere. */
+  log?: (line: string) => void;
 }
 
 /**
@@ -253,6 +267,7 @@ export class ConnectionGuard {
   #wake: (() => void) | null = null;
   #changed: Promise<void> | null = null;
   #counts = { accepted: 0, evicted: 0, timedOut: 0, refused: 0, acceptErrors: 0 };
+  readonly #warned = new Map<string, { at: number; left: number }>(); // kind → last line's time, lines left out
 
   constructor(o: GuardOptions) {
     this.#o = o;
@@ -306,6 +321,10 @@ export class ConnectionGuard {
         if (this.#stopped || e instanceof Deno.errors.BadResource) break;
         // EMFILE, ENFILE, ECONNABORTED: free a descriptor, wait a little, go on.
         this.#counts.acceptErrors++;
+        this.#warn(
+          "accept",
+          `accepting a connection failed (${_reason(e)}); closing a waiting one to make room`,
+        );
         this.#evictOne();
         await _delay(_ACCEPT_RETRY_MS);
         continue;
@@ -414,7 +433,11 @@ export class ConnectionGuard {
       let up: Deno.Conn;
       try {
         up = await this.#o.connectUpstream();
-      } catch {
+      } catch (e) {
+        this.#warn(
+          "upstream",
+          `the server behind the guard refused a connection (${_reason(e)}); answered 503`,
+        );
         this.#upstreams--;
         this.#notify();
         await this.#refuse(c, 503, "The dashboard server is not answering; retry");
@@ -447,6 +470,15 @@ export class ConnectionGuard {
     try {
       for (;;) {
         const n = await _read(up, buf);
+        if (
+          n === null && !c.closed && c.upstream === up && (c.responses.pending > 0 || c.responses.unframed)
+        ) {
+          this.#warn(
+            "cut",
+            `the server behind the guard closed connection ${c.id} before the response to request ` +
+              `${c.forwarded} was complete; the client's connection was closed`,
+          );
+        }
         if (n === null || c.closed || c.upstream !== up) break;
         const bytes = buf.subarray(0, n);
         c.writing = true;
@@ -552,6 +584,19 @@ export class ConnectionGuard {
       }
     }
     this.#notify();
+  }
+
+  /** Logs `line` unless a line of `kind` went out in the last {@linkcode WARN_INTERVAL_MS}; then it is counted. */
+  #warn(kind: string, line: string): void {
+    if (!this.#o.log) return;
+    const now = performance.now(), w = this.#warned.get(kind);
+    if (w && now - w.at < WARN_INTERVAL_MS) {
+      w.left++;
+      return;
+    }
+    const left = w?.left ? ` (${w.left} more like it since the last such line)` : "";
+    this.#warned.set(kind, { at: now, left: 0 });
+    this.#o.log(`dashboard: ${line}${left}`);
   }
 
   /** Resolves at the next change: a connection closed, a response finished, a tick. */

@@ -289,9 +289,11 @@ Deno.test("at the upstream cap a request waits for a slot; an idle keep-alive co
 
 Deno.test("an upstream that cannot be reached fails only its own connection, with 503", async () => {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const logged: string[] = [];
   const guard = new ConnectionGuard({
     listener,
     connectUpstream: () => Promise.reject(new Error("down")),
+    log: (line) => logged.push(line),
   });
   try {
     const res = await fetch(`http://127.0.0.1:${listener.addr.port}/api/runs`);
@@ -303,8 +305,67 @@ Deno.test("an upstream that cannot be reached fails only its own connection, wit
     const again = await fetch(`http://127.0.0.1:${listener.addr.port}/`);
     assertEquals(again.status, 503, "the guard still accepts");
     await again.body?.cancel();
+    // Logged once: the second refusal within the interval is counted for the next line, not printed.
+    assertEquals(logged, [
+      "dashboard: the server behind the guard refused a connection (down); answered 503",
+    ]);
   } finally {
     guard.close();
     await guard.finished;
+  }
+});
+
+Deno.test("an upstream that closes mid-response closes its client's connection and is logged; a complete one is not", async () => {
+  const dir = await Deno.makeTempDir(), path = `${dir}/s.sock`;
+  const upstream = Deno.listen({ transport: "unix", path });
+  // A server that answers /cut with 3 of the 100 body bytes it announces, then closes; /whole in full.
+  const serving = (async () => {
+    for await (const conn of upstream) {
+      (async () => {
+        const buf = new Uint8Array(4096);
+        let head = "";
+        while (!head.includes("\r\n\r\n")) {
+          const n = await conn.read(buf).catch(() => null);
+          if (n === null) break;
+          head += dec.decode(buf.subarray(0, n));
+        }
+        const answer = head.startsWith("GET /cut")
+          ? "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc"
+          : "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
+        await conn.write(enc.encode(answer)).catch(() => 0);
+        conn.close();
+      })();
+    }
+  })();
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const logged: string[] = [];
+  const guard = new ConnectionGuard({
+    listener,
+    connectUpstream: () => Deno.connect({ transport: "unix", path }),
+    log: (line) => logged.push(line),
+  });
+  try {
+    const c = await _client(listener.addr.port);
+    await c.send("GET /whole HTTP/1.1\r\nHost: x\r\n\r\n");
+    const whole = await c.read((t) => t.endsWith("abc"));
+    assertEquals(_statuses(whole.text), [200]);
+    assertEquals((await c.read()).eof, true, "closed after the complete response, as the server asked");
+    await c.close();
+    assertEquals(logged, []);
+    const d = await _client(listener.addr.port);
+    await d.send("GET /cut HTTP/1.1\r\nHost: x\r\n\r\n");
+    const cut = await d.read();
+    assert(cut.eof && cut.text.endsWith("abc"), JSON.stringify(cut));
+    await d.close();
+    assertEquals(logged, [
+      "dashboard: the server behind the guard closed connection 2 before the response to request 1 was " +
+      "complete; the client's connection was closed",
+    ]);
+  } finally {
+    guard.close();
+    await guard.finished;
+    upstream.close();
+    await serving.catch(() => {});
+    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -21,6 +21,7 @@ export interface ServeDashboardOptions {
   pollMs?: number;
   heartbeatMs?: number;
   limits?: Partial<GuardLimits>; // the connection guard's (tests)
+  log?: (line: string) => void; // the guard's lines on server-side faults (guard.ts); default: none
 }
 
 /** A running dashboard server. */
@@ -72,7 +73,7 @@ export function serveDashboard(o: ServeDashboardOptions): DashboardServer {
     listener.close();
     throw e;
   }
-  const guard = new ConnectionGuard({ listener, connectUpstream: inner.connect, limits });
+  const guard = new ConnectionGuard({ listener, connectUpstream: inner.connect, limits, log: o.log });
   const stop = () => {
     guard.close();
     inner.server.shutdown().catch(() => {});
