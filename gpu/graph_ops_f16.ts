@@ -9,13 +9,13 @@
  * Each executor takes its own table (each execution makes its own copies): call {@linkcode f16MatmulImpls}
  * once per `GraphExecutor` and once per preflight. The copies' buffers are the node's scratch (held while the
  * executor lives), or, for executors of one graph that never run at once (a training step, its evaluation,
- * its router statistics pass), one {@linkcode F16Copies} they share: a value's copy is then one buffer,
- * however many of them read it.
+ * its router statistics pass), the buffers of one {@linkcode F16Copies}, planned by the copies' lifetimes.
  *
  * @module
  */
-import type { Value } from "../core/graph/ir.ts";
-import { createTensor, type GpuTensor } from "./buffers.ts";
+import { numel, type Value } from "../core/graph/ir.ts";
+import { type CopyPlan, planMatmulCopies, type Schedule } from "../core/graph/schedule.ts";
+import { createTensor, GpuTensor } from "./buffers.ts";
 import type { GpuContext } from "./device.ts";
 import type { KernelCall } from "./dispatch.ts";
 import { GPU_IMPLS, type GpuImpl, type GpuTable } from "./graph_ops.ts";
@@ -27,43 +27,55 @@ import { matmulCalls, matmulPlan, matmulScratch } from "./kernels/matmul.ts";
 export type F16Storage = "f16" | "f16-packed";
 
 /**
- * The f16 copies' buffers of executors that never run at once, by value: each executor still makes its own
- * copies in each of its runs (its table casts at its first read), into the one buffer of that value.
+ * The f16 copies' buffers of executors that never run at once, planned by liveness
+ * ({@linkcode planMatmulCopies}): within a schedule, copies whose values no later matmul reads give their
+ * buffers to later ones, and the schedules share buffers by size rank. Each executor still makes its own
+ * copies in each of its runs (its table casts at its first read).
  */
 export class F16Copies {
   readonly #ctx: GpuContext;
-  readonly #tensors = new Map<number, GpuTensor>(); // value id → its copy's buffer
+  readonly #schedules: readonly Schedule[];
+  readonly #plan: CopyPlan;
+  readonly #buffers: GPUBuffer[] = [];
 
-  constructor(ctx: GpuContext) {
+  constructor(ctx: GpuContext, schedules: readonly Schedule[]) {
     this.#ctx = ctx;
+    this.#schedules = schedules;
+    this.#plan = planMatmulCopies(schedules);
+    this.#plan.words.forEach((w, i) =>
+      this.#buffers.push(createTensor(ctx, [w], "u32", undefined, `f16_copy${i}`).buffer)
+    );
   }
 
-  /** The buffer of `v`'s copy: `words` u32 words, made at the first request. */
-  of(v: Value, words: number): GpuTensor {
-    let t = this.#tensors.get(v.id);
-    if (!t) {
-      t = createTensor(this.#ctx, [words], "u32", undefined, `${v.name}.f16_copy`);
-      this.#tensors.set(v.id, t);
-    }
-    return t;
+  /** The copies of `sched`'s executor: a value's copy as a tensor of its words over its planned buffer. */
+  forSchedule(sched: Schedule): (v: Value) => GpuTensor {
+    const i = this.#schedules.indexOf(sched);
+    if (i < 0) throw new RangeError("This schedule's f16 copies were not planned here");
+    const slots = this.#plan.slots[i]!;
+    return (v) => {
+      const slot = slots.get(v.id);
+      if (slot === undefined) throw new RangeError(`No f16 copy planned for "${v.name}"`);
+      return new GpuTensor(this.#buffers[slot]!, [f16Words(numel(v.shape))], "u32", `${v.name}.f16_copy`);
+    };
   }
 
   destroy(): void {
-    for (const t of this.#tensors.values()) t.buffer.destroy();
+    for (const b of this.#buffers) b.destroy();
   }
 }
 
 /**
  * `GPU_IMPLS` with f16-operand matmuls (`storage`: native `array<f16>`, or packed words for adapters without
  * shader-f16 — the same bits and the same f32 sums). One-row products that run as a GEMV stay f32. The
- * copies go to `shared`'s buffers where it is given, else to each node's scratch.
+ * copies go to the buffers `shared` gives (one schedule's of {@linkcode F16Copies}), else to each node's
+ * scratch.
  *
  * @example
  * ```ts ignore
  * const ex = new GraphExecutor(ctx, sched, leaves, undefined, f16MatmulImpls("f16"));
  * ```
  */
-export function f16MatmulImpls(storage: F16Storage, shared?: F16Copies): GpuTable {
+export function f16MatmulImpls(storage: F16Storage, shared?: (v: Value) => GpuTensor): GpuTable {
   const copies = new Map<number, GpuTensor>(); // value id → its f16 copy, made by this table's executor
   const matmul: GpuImpl<"matmul"> = (ctx, n, ins, outs, scratch) => {
     const transA = !!n.attrs.transA, transB = !!n.attrs.transB;
@@ -75,7 +87,7 @@ export function f16MatmulImpls(storage: F16Storage, shared?: F16Copies): GpuTabl
     const half = (v: Value, t: GpuTensor, label: string): GpuTensor => {
       let h = copies.get(v.id);
       if (!h) {
-        h = shared ? shared.of(v, f16Words(t.size)) : scratch([f16Words(t.size)], label, "u32");
+        h = shared ? shared(v) : scratch([f16Words(t.size)], label, "u32");
         copies.set(v.id, h);
         calls.push(castF16(ctx, { x: t, y: h }));
       }

@@ -71,7 +71,7 @@ Deno.test("f16 training's copies of matmul operands: counted as the bytes its ex
   // What the training and evaluation executors allocate for f16 copies (one buffer per value, shared).
   let allocated = 0;
   const counted = interceptBuffers(await testGpu(), (d, real) => {
-    if (d.label?.endsWith(".f16_copy")) allocated += d.size;
+    if (d.label?.startsWith("f16_copy")) allocated += d.size;
     return real(d);
   });
   const b = await GpuTrainBackend.create(f16, counted, {}, { f16: "f16-packed" });

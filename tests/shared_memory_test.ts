@@ -20,7 +20,12 @@ import {
 } from "../core/plan/plan.ts";
 import type { EvalResult, StepStats, TrainState } from "../core/train/backend.ts";
 import { GpuTrainBackend, type GpuTrainOptions } from "../core/train/gpu_backend.ts";
-import { interceptBuffers, testGpu } from "./helpers/gpu.ts";
+import { readTensor, writeTensor } from "../gpu/buffers.ts";
+import { GraphExecutor, SharedPlanBuffers } from "../gpu/executor.ts";
+import { GPU_IMPLS } from "../gpu/graph_ops.ts";
+import { F16Copies, f16MatmulImpls } from "../gpu/graph_ops_f16.ts";
+import { numel } from "../core/graph/ir.ts";
+import { interceptBuffers, randomArray, testGpu } from "./helpers/gpu.ts";
 
 const MICRO = await Deno.readTextFile("tests/fixtures/micro.yaml");
 
@@ -53,7 +58,7 @@ Deno.test("the trainer allocates what run checks against memory_budget, and eval
     const counted = interceptBuffers(await testGpu(), (d, real) => {
       const b = real(d);
       if (d.usage & GPUBufferUsage.STORAGE) all += b.size;
-      if (d.label?.endsWith(".f16_copy")) copies += b.size;
+      if (d.label?.startsWith("f16_copy")) copies += b.size;
       return b;
     });
     const b = await GpuTrainBackend.create(config, counted, {}, options);
@@ -118,4 +123,41 @@ Deno.test("evaluations between steps change no step, and evaluate as they would 
     // The evaluations saw the model move (so they read the step's parameters, not a stale copy).
     assert(mixed.evals[0]!.lmLoss !== mixed.evals[2]!.lmLoss, name);
   }
+});
+
+Deno.test("one training step's outputs are the same bits with every buffer its own as with shared buffers and lifetime-planned f16 copies", async () => {
+  const ctx = await testGpu();
+  const p = plan(_config(["train.micro_batch=2", "loss.mi.mlp=0.01"]), "train-dense");
+  const leaves = [...p.model.graph.leaves.values()].map((l) => l.value);
+  const outputs = async (f16: "none" | "scratch" | "planned", shared: boolean): Promise<number[][]> => {
+    const pool = shared ? new SharedPlanBuffers(ctx, trainSchedules(p)) : undefined;
+    const copies = f16 === "planned" ? new F16Copies(ctx, trainSchedules(p)) : undefined;
+    const impls = f16 === "none" ? GPU_IMPLS : f16MatmulImpls("f16-packed", copies?.forSchedule(p.schedule));
+    // Evaluation first, so that the step finds the shared buffers holding evaluation's values.
+    const other = new GraphExecutor(ctx, p.evaluate, leaves, undefined, GPU_IMPLS, pool);
+    const exec = new GraphExecutor(ctx, p.schedule, leaves, undefined, impls, pool);
+    for (const [i, v] of leaves.entries()) {
+      const n = numel(v.shape);
+      const data = v.dtype === "u32" ? new Uint32Array(n).map((_, j) => (i + j) % 7) : Float32Array.from(
+        randomArray(n, 100 + i, -0.5, 0.5),
+      );
+      writeTensor(ctx, exec.tensor(v), data);
+      writeTensor(ctx, other.tensor(v), data);
+    }
+    other.run();
+    await exec.run().done();
+    const out = await Promise.all(
+      p.outputs.map(async (v) => Array.from(await readTensor(ctx, exec.tensor(v)))),
+    );
+    for (const x of [exec, other]) x.destroy();
+    pool?.destroy(), copies?.destroy();
+    return out;
+  };
+  assertEquals(await outputs("none", true), await outputs("none", false));
+  const f16 = await outputs("scratch", false);
+  assertEquals(await outputs("planned", true), f16);
+  assert(
+    JSON.stringify(f16) !== JSON.stringify(await outputs("none", false)),
+    "f16 operands change the bits",
+  );
 });

@@ -122,3 +122,66 @@ function _ownedBy(bufferOf: Map<number, number>, buffer: number, valueId: number
   for (const [v, b] of bufferOf) if (b === buffer) owner = v; // latest value placed in the buffer
   return owner === valueId;
 }
+
+/** Where the half precision copies of matmul operands live: {@linkcode planMatmulCopies}. */
+export interface CopyPlan {
+  words: number[]; // 32-bit words of each copy buffer
+  slots: Map<number, number>[]; // per schedule: value id → the buffer of its copy
+  totalWords: number;
+}
+
+/**
+ * Buffers for the f16 copies of every value a matmul reads (two halves to a 32-bit word), in schedules that
+ * never run at once. Within a schedule a copy lives from the first matmul that reads its value to the last,
+ * and a copy takes the smallest freed buffer that holds it, else a new one (as {@linkcode planMemory} does
+ * for values); the buffers of all schedules are then shared by size rank (as {@linkcode shareBuffers}).
+ *
+ * @example
+ * ```ts
+ * import { Graph } from "./ir.ts";
+ * import { apply1 } from "./ops.ts";
+ * import { planMatmulCopies, schedule } from "./schedule.ts";
+ * const g = new Graph();
+ * const x = g.leaf("input", "x", [4, 8]), w1 = g.leaf("param", "w1", [8, 8]), w2 = g.leaf("param", "w2", [8, 8]);
+ * const y = apply1(g, "matmul", [apply1(g, "matmul", [x, w1]), w2]);
+ * const p = planMatmulCopies([schedule(g, [y])]);
+ * console.log(p.words, p.totalWords); // [32, 16] 48: the second product's copies reuse the first's buffers
+ * ```
+ */
+export function planMatmulCopies(schedules: readonly Schedule[]): CopyPlan {
+  const local = schedules.map((s) => {
+    const last = new Map<number, number>();
+    s.nodes.forEach((n, i) => {
+      if (n.op === "matmul") { for (const v of n.inputs) last.set(v.id, i); }
+    });
+    const words: number[] = [], slot = new Map<number, number>(), free: number[] = [];
+    s.nodes.forEach((n, i) => {
+      if (n.op !== "matmul") return;
+      for (const v of n.inputs) {
+        if (slot.has(v.id)) continue;
+        const w = Math.ceil(numel(v.shape) / 2);
+        let pick = -1;
+        for (const b of free) if (words[b]! >= w && (pick < 0 || words[b]! < words[pick]!)) pick = b;
+        if (pick >= 0) free.splice(free.indexOf(pick), 1);
+        else pick = words.push(w) - 1;
+        slot.set(v.id, pick);
+      }
+      for (const v of n.inputs) {
+        const b = slot.get(v.id)!;
+        if (last.get(v.id) === i && !free.includes(b)) free.push(b);
+      }
+    });
+    return { words, slot };
+  });
+  const words: number[] = [];
+  const slots = local.map((l) => {
+    const rank = l.words.map((w, i) => [w, i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+    const to = new Map<number, number>();
+    rank.forEach(([w, i], r) => {
+      to.set(i, r);
+      words[r] = Math.max(words[r] ?? 0, w);
+    });
+    return new Map([...l.slot].map(([v, i]) => [v, to.get(i)!]));
+  });
+  return { words, slots, totalWords: words.reduce((a, b) => a + b, 0) };
+}

@@ -19,7 +19,7 @@
 import { type Experiment, type Precision, precisionOf } from "../config/schema.ts";
 import { gradients } from "../graph/autodiff.ts";
 import type { Value } from "../graph/ir.ts";
-import { type Schedule, schedule, shareBuffers } from "../graph/schedule.ts";
+import { planMatmulCopies, type Schedule, schedule, shareBuffers } from "../graph/schedule.ts";
 import { accumulationOf, estimateMemory, hasBatchRouterLoss } from "./counts.ts";
 import { fuseDecoder } from "./fuse_decode.ts";
 import {
@@ -136,25 +136,14 @@ export function trainPlanBytes(p: TrainPlan, precision: Precision = "f32"): numb
 }
 
 /**
- * Bytes of the f16 copies half precision training holds while it runs (gpu/graph_ops_f16.ts): every value a
- * matmul reads (a weight, an activation, an activation's gradient) in any of the plan's graphs, once (the
- * graphs never run at once, and share a value's copy), as f16 halves two to a 32-bit word. An upper bound: a
- * one-row product that runs as a GEMV reads its f32 operands.
+ * Bytes of the f16 copies half precision training holds while it runs (gpu/graph_ops_f16.ts `F16Copies`):
+ * of every value a matmul reads (a weight, an activation, an activation's gradient), as f16 halves two to a
+ * 32-bit word, in buffers planned by the copies' lifetimes and shared by the plan's graphs
+ * (`planMatmulCopies`, core/graph/schedule.ts). An upper bound: a one-row product that runs as a GEMV reads
+ * its f32 operands.
  */
 export function f16CopyBytes(p: TrainPlan): number {
-  let bytes = 0;
-  const seen = new Set<number>();
-  for (const s of trainSchedules(p)) {
-    for (const n of s.nodes) {
-      if (n.op !== "matmul") continue;
-      for (const v of n.inputs) {
-        if (seen.has(v.id)) continue;
-        seen.add(v.id);
-        bytes += 4 * Math.ceil(v.shape.reduce((a, b) => a * b, 1) / 2);
-      }
-    }
-  }
-  return bytes;
+  return 4 * planMatmulCopies(trainSchedules(p)).totalWords;
 }
 
 /**

@@ -15,6 +15,7 @@
 import { type Experiment, precisionOf } from "../config/schema.ts";
 import type { Batch } from "../data/dataset.ts";
 import { numel, type Value } from "../graph/ir.ts";
+import type { Schedule } from "../graph/schedule.ts";
 import type { ModelGraph } from "../plan/model.ts";
 import { balanceBiasUpdate } from "../../gpu/kernels/balance.ts";
 import { plan, trainSchedules } from "../plan/plan.ts";
@@ -159,7 +160,8 @@ export class GpuTrainBackend implements TrainBackend {
     const evalSchedule = p.evaluate;
     // Every executor (and preflight) its own table: each execution makes its own f16 copies of operands.
     const f16 = this.precision === "f32" ? null : this.precision;
-    const impls = (copies?: F16Copies): GpuTable => (f16 ? f16MatmulImpls(f16, copies) : GPU_IMPLS);
+    const impls = (copies?: (v: Value) => GpuTensor): GpuTable =>
+      f16 ? f16MatmulImpls(f16, copies) : GPU_IMPLS;
     // Refuse sizes this device cannot run (llvmpipe's loop limit, dispatch limits) before allocating.
     assertScheduleBuilds(ctx, p.schedule, "Cannot plan the training step", impls());
     if (p.stats) assertScheduleBuilds(ctx, p.stats, "Cannot plan the router statistics pass", impls());
@@ -176,12 +178,14 @@ export class GpuTrainBackend implements TrainBackend {
     // The step, evaluation and the statistics pass never run at once: they share their planned buffers
     // and the buffers of their f16 copies (docs/performance.md "Memory").
     this.#sharedPlan = new SharedPlanBuffers(ctx, trainSchedules(p));
-    this.#f16Copies = f16 ? new F16Copies(ctx) : null;
-    const copies = this.#f16Copies ?? undefined, pool = this.#sharedPlan;
-    this.#train = new GraphExecutor(ctx, p.schedule, leaves, given, impls(copies), pool);
+    this.#f16Copies = f16 ? new F16Copies(ctx, trainSchedules(p)) : null;
+    const pool = this.#sharedPlan, copies = (s: Schedule) => this.#f16Copies?.forSchedule(s);
+    this.#train = new GraphExecutor(ctx, p.schedule, leaves, given, impls(copies(p.schedule)), pool);
     const shared = new Map(leaves.map((v) => [v.id, this.#train.tensor(v)]));
-    this.#eval = new GraphExecutor(ctx, evalSchedule, leaves, shared, impls(copies), pool);
-    this.#routerStats = p.stats ? new GraphExecutor(ctx, p.stats, leaves, shared, impls(copies), pool) : null;
+    this.#eval = new GraphExecutor(ctx, evalSchedule, leaves, shared, impls(copies(evalSchedule)), pool);
+    this.#routerStats = p.stats
+      ? new GraphExecutor(ctx, p.stats, leaves, shared, impls(copies(p.stats)), pool)
+      : null;
     // Reported each step: the losses, MI per router and the model's scalars (then the loads, then gradients).
     const reported = 2 + m.miLoss.attention.length + m.miLoss.mlp.length + m.scalars.length;
     const report = p.outputs.slice(0, reported).map((v) => this.#train.tensor(v));
