@@ -33,13 +33,11 @@ export type F16Storage = "f16" | "f16-packed";
  * copies in each of its runs (its table casts at its first read).
  */
 export class F16Copies {
-  readonly #ctx: GpuContext;
   readonly #schedules: readonly Schedule[];
   readonly #plan: CopyPlan;
   readonly #buffers: GPUBuffer[] = [];
 
   constructor(ctx: GpuContext, schedules: readonly Schedule[]) {
-    this.#ctx = ctx;
     this.#schedules = schedules;
     this.#plan = planMatmulCopies(schedules);
     this.#plan.words.forEach((w, i) =>

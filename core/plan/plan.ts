@@ -139,8 +139,8 @@ export function trainPlanBytes(p: TrainPlan, precision: Precision = "f32"): numb
  * Bytes of the f16 copies half precision training holds while it runs (gpu/graph_ops_f16.ts `F16Copies`):
  * of every value a matmul reads (a weight, an activation, an activation's gradient), as f16 halves two to a
  * 32-bit word, in buffers planned by the copies' lifetimes and shared by the plan's graphs
- * (`planMatmulCopies`, core/graph/schedule.ts). An upper bound: a one-row product that runs as a GEMV reads
- * its f32 operands.
+ * (`planMatmulCopies`, core/graph/schedule.ts). The trainer allocates exactly this, an upper bound of what it
+ * uses: a one-row product that runs as a GEMV reads its f32 operands.
  */
 export function f16CopyBytes(p: TrainPlan): number {
   return 4 * planMatmulCopies(trainSchedules(p)).totalWords;
