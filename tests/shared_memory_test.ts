@@ -26,6 +26,9 @@ import { GPU_IMPLS } from "../gpu/graph_ops.ts";
 import { F16Copies, f16MatmulImpls } from "../gpu/graph_ops_f16.ts";
 import { numel } from "../core/graph/ir.ts";
 import { interceptBuffers, randomArray, testGpu } from "./helpers/gpu.ts";
+import { cli } from "./helpers/cli.ts";
+import { closeRunStores } from "../core/runs/open_store.ts";
+import { fmtBytes } from "../core/util/format.ts";
 
 const MICRO = await Deno.readTextFile("tests/fixtures/micro.yaml");
 
@@ -160,4 +163,20 @@ Deno.test("one training step's outputs are the same bits with every buffer its o
     JSON.stringify(f16) !== JSON.stringify(await outputs("none", false)),
     "f16 operands change the bits",
   );
+});
+
+Deno.test("run names the device memory its plan allocates, the figure the budget is checked against", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const r = await cli(
+      ...["run", "tests/fixtures/micro.yaml", "--runs-dir", dir, "--no-dashboard", "--stop-after", "1"],
+    );
+    assertEquals(r.code, 0, r.err.join("\n"));
+    const line = [...r.out, ...r.err].find((l) => l.startsWith("device: "));
+    const bytes = fmtBytes(trainMemoryEstimate(_config([])).bytes);
+    assert(line?.endsWith(`parameters; ${bytes} of device memory`), `${line} (expected ${bytes})`);
+  } finally {
+    closeRunStores();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -90,6 +90,8 @@ export interface TrainBackend {
   readonly adapter?: string;
   /** Model FLOPs of one optimizer step (core/plan/flops.ts), for `run --profile`'s MFU. */
   readonly modelFlops?: { matmul: number; attention: number; total: number };
+  /** Device bytes its training plan allocates (core/plan/plan.ts `trainPlanMemory`); absent on the CPU. */
+  readonly memoryBytes?: number;
   /**
    * Queues one optimizer step at learning rate `lr` on a batch of `train.batch` sequences (run as micro-batches
    * of `train.micro_batch` with their gradients accumulated, core/plan/plan.ts); resolves when its statistics

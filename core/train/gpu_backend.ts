@@ -18,7 +18,7 @@ import { numel, type Value } from "../graph/ir.ts";
 import type { Schedule } from "../graph/schedule.ts";
 import type { ModelGraph } from "../plan/model.ts";
 import { balanceBiasUpdate } from "../../gpu/kernels/balance.ts";
-import { plan, trainSchedules } from "../plan/plan.ts";
+import { plan, trainPlanBytes, trainSchedules } from "../plan/plan.ts";
 import { type GraphFlops, trainStepFlops } from "../plan/flops.ts";
 import { createTensor, GpuTensor, readTensor, writeTensor } from "../../gpu/buffers.ts";
 import { assertAdapterFeatures, type GpuContext, openGpu } from "../../gpu/device.ts";
@@ -96,6 +96,7 @@ export class GpuTrainBackend implements TrainBackend {
   readonly description: string;
   readonly adapter: string;
   readonly modelFlops: GraphFlops;
+  readonly memoryBytes: number;
   readonly ctx: GpuContext;
   readonly model: ModelGraph;
   /** Micro-steps per optimizer step (`train.batch / train.micro_batch`; 1 without accumulation). */
@@ -154,6 +155,7 @@ export class GpuTrainBackend implements TrainBackend {
     if (scaling) checkLossScaleSettings(scaling);
     const p = plan(c, "train-dense", { lossScale: !!scaling });
     this.modelFlops = trainStepFlops(p);
+    this.memoryBytes = trainPlanBytes(p, this.precision === "f32" ? "f32" : "f16");
     this.model = p.model;
     this.accumulation = p.accumulation;
     const m = this.model, grads = p.grads;

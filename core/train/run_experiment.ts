@@ -24,7 +24,7 @@ import { openRunStore } from "../runs/open_store.ts";
 import { gitCommit, newRunId, type PointTaken, RunDir } from "../runs/run_dir.ts";
 import type { RunMeta } from "../runs/run_types.ts";
 import { preferredRun, type RunStore } from "../runs/store.ts";
-import { fmtCount, table } from "../util/format.ts";
+import { fmtBytes, fmtCount, table } from "../util/format.ts";
 import { fmtBpb, fmtLoss, fmtPpl } from "../util/quantities.js";
 import { GpuLimitError } from "../../gpu/errors.ts";
 import type { TrainBackend } from "./backend.ts";
@@ -251,7 +251,10 @@ async function _runPoint(point: SweepPoint, o: RunPointOptions, dataset: Dataset
     o.progress(dataLine(dataset));
     if (!backend) throw made.error;
     await run.update({ adapter: backend.description });
-    o.progress(`device: ${backend.description}; ${fmtCount(countParams(c).total)} parameters`);
+    const memory = backend.memoryBytes === undefined
+      ? ""
+      : `; ${fmtBytes(backend.memoryBytes)} of device memory`;
+    o.progress(`device: ${backend.description}; ${fmtCount(countParams(c).total)} parameters${memory}`);
     const r = await trainRun({ config: c, configYaml: yaml, dataset, backend, run }, o);
     return {
       ..._outcome(point, meta.id, run.path, r.status, r.final, null, countParams(c).total),
