@@ -128,41 +128,74 @@ Deno.test("evaluations between steps change no step, and evaluate as they would 
   }
 });
 
-Deno.test("one training step's outputs are the same bits with every buffer its own as with shared buffers and lifetime-planned f16 copies", async () => {
+/** The routers of the zoo on the micro model (as tests/router_zoo_train_test.ts trains them). */
+const SMOE = ["model.kind=smoe", "router.train=topk", "loss.mi.attention=0", "loss.mi.mlp=0"];
+const ROUTERS: [string, string[]][] = [
+  ["DS-MoE, accumulation and the statistics pass", ["train.micro_batch=2", "loss.mi.mlp=0.01"]],
+  ["DS-MoE, shared and fine-grained experts", ["model.mlp.segments=2", "model.mlp.shared=1"]],
+  ["top-2 with capacity (tokens dropped)", [...SMOE, "router.capacity_factor=1.25"]],
+  ["expert choice", [...SMOE, "router.train=expert_choice", "router.capacity=1.5", "router.infer.kind=topk"]],
+  ["top-p", [...SMOE, "router.train=top_p", "router.p=0.5", "router.infer.kind=top_p", "router.infer.p=0.5"]],
+  ["ReLU", [
+    ...SMOE,
+    "router.train=relu",
+    "loss.l1=0.001",
+    "router.target_sparsity=0.5",
+    "router.infer.kind=dense",
+  ]],
+  ["null experts", [...SMOE, "router.null_experts=2", "router.k=3", "router.infer.k=3"]],
+  ["aux-free", [...SMOE, "router.balance=aux_free", "router.bias_rate=0.001", "loss.load_balance=0"]],
+];
+
+Deno.test("one training step's outputs are the same bits with every buffer its own as with shared buffers (every router) and lifetime-planned f16 copies", async () => {
   const ctx = await testGpu();
-  const p = plan(_config(["train.micro_batch=2", "loss.mi.mlp=0.01"]), "train-dense");
-  const leaves = [...p.model.graph.leaves.values()].map((l) => l.value);
-  const outputs = async (f16: "none" | "scratch" | "planned", shared: boolean): Promise<number[][]> => {
-    const pool = shared ? new SharedPlanBuffers(ctx, trainSchedules(p)) : undefined;
-    const copies = f16 === "planned" ? new F16Copies(ctx, trainSchedules(p)) : undefined;
-    const impls = f16 === "none" ? GPU_IMPLS : f16MatmulImpls("f16-packed", copies?.forSchedule(p.schedule));
-    // Evaluation first, so that the step finds the shared buffers holding evaluation's values.
-    const other = new GraphExecutor(ctx, p.evaluate, leaves, undefined, GPU_IMPLS, pool);
-    const exec = new GraphExecutor(ctx, p.schedule, leaves, undefined, impls, pool);
-    for (const [i, v] of leaves.entries()) {
-      const n = numel(v.shape);
-      const data = v.dtype === "u32" ? new Uint32Array(n).map((_, j) => (i + j) % 7) : Float32Array.from(
-        randomArray(n, 100 + i, -0.5, 0.5),
+  for (const [name, sets] of ROUTERS) {
+    const p = plan(_config(sets), "train-dense");
+    const leaves = [...p.model.graph.leaves.values()].map((l) => l.value);
+    const outputs = async (f16: "none" | "scratch" | "planned", shared: boolean): Promise<number[][]> => {
+      const pool = shared ? new SharedPlanBuffers(ctx, trainSchedules(p)) : undefined;
+      const copies = f16 === "planned" ? new F16Copies(ctx, trainSchedules(p)) : undefined;
+      const impls = f16 === "none"
+        ? GPU_IMPLS
+        : f16MatmulImpls("f16-packed", copies?.forSchedule(p.schedule));
+      // Evaluation (and the statistics pass) first, so that the step finds the shared buffers holding their
+      // values, where its own buffers start as zeros: a kernel that reads what it did not write differs.
+      const others = trainSchedules(p).slice(1).map((s) =>
+        new GraphExecutor(ctx, s, leaves, undefined, GPU_IMPLS, pool)
       );
-      writeTensor(ctx, exec.tensor(v), data);
-      writeTensor(ctx, other.tensor(v), data);
+      const exec = new GraphExecutor(ctx, p.schedule, leaves, undefined, impls, pool);
+      for (const [i, v] of leaves.entries()) {
+        const n = numel(v.shape);
+        // Token ids below the vocabulary; a batch's mean router probabilities (pbar) a distribution.
+        const data = v.dtype === "u32"
+          ? new Uint32Array(n).map((_, j) => (i + j) % 7)
+          : v.name.endsWith("pbar")
+          ? new Float32Array(n).fill(1 / n)
+          : Float32Array.from(randomArray(n, 100 + i, -0.5, 0.5));
+        for (const x of [exec, ...others]) writeTensor(ctx, x.tensor(v), data);
+      }
+      for (const x of others) x.run();
+      await exec.run().done();
+      const out = await Promise.all(
+        p.outputs.map(async (v) => Array.from(await readTensor(ctx, exec.tensor(v)))),
+      );
+      for (const x of [exec, ...others]) x.destroy();
+      pool?.destroy(), copies?.destroy();
+      return out;
+    };
+    const own = await outputs("none", false);
+    const bad = own.flatMap((
+      o,
+      k,
+    ) => (o.every(Number.isFinite) ? [] : [`${p.outputs[k]!.name}: ${o.slice(0, 4)}`]));
+    assert(bad.length === 0, `${name}: ${bad.join("; ")}`);
+    assert(JSON.stringify(await outputs("none", true)) === JSON.stringify(own), `${name}: shared buffers`);
+    if (name.startsWith("DS-MoE, acc")) {
+      const f16 = await outputs("scratch", false);
+      assertEquals(await outputs("planned", true), f16, `${name}: planned f16 copies`);
+      assert(JSON.stringify(f16) !== JSON.stringify(own), "f16 operands change the bits");
     }
-    other.run();
-    await exec.run().done();
-    const out = await Promise.all(
-      p.outputs.map(async (v) => Array.from(await readTensor(ctx, exec.tensor(v)))),
-    );
-    for (const x of [exec, other]) x.destroy();
-    pool?.destroy(), copies?.destroy();
-    return out;
-  };
-  assertEquals(await outputs("none", true), await outputs("none", false));
-  const f16 = await outputs("scratch", false);
-  assertEquals(await outputs("planned", true), f16);
-  assert(
-    JSON.stringify(f16) !== JSON.stringify(await outputs("none", false)),
-    "f16 operands change the bits",
-  );
+  }
 });
 
 Deno.test("run names the device memory its plan allocates, the figure the budget is checked against", async () => {
