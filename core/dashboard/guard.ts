@@ -23,8 +23,8 @@
  *   upstream error closes only its connection.
  * - What only the server side can cause is logged (`log`, at most one line per kind every
  *   {@linkcode WARN_INTERVAL_MS}, with a count of those left out): `accept()` failing, the upstream refusing a
- *   connection, and the upstream closing a connection before its response was complete (the client then sees
- *   its connection closed mid-response).
+ *   connection, the upstream closing one before its response was complete (the client then sees its
+ *   connection closed mid-response), and reading a client connection failing other than by a reset or a close.
  *
  * @module
  */
@@ -198,14 +198,31 @@ function _reason(e: unknown): string {
   return text.replace(/\s+/g, " ").slice(0, 200);
 }
 
-/** Reads into `buf`: the byte count, or null at EOF or on any error (a reset, the connection closed). */
-async function _read(conn: Deno.Conn, buf: Uint8Array): Promise<number | null> {
+/**
+ * Reads into `buf`: the byte count, or null at EOF or on any error (a reset, the connection closed), which
+ * goes to `onError` first.
+ */
+async function _read(
+  conn: Deno.Conn,
+  buf: Uint8Array,
+  onError?: (e: unknown) => void,
+): Promise<number | null> {
   try {
     return await conn.read(buf);
-  } catch {
+  } catch (e) {
+    onError?.(e);
     return null;
   }
 }
+
+/** Errors of reading a client connection that its client or the guard itself causes (not logged). */
+const _CLIENT_ENDS = [
+  Deno.errors.ConnectionReset,
+  Deno.errors.ConnectionAborted,
+  Deno.errors.BrokenPipe,
+  Deno.errors.BadResource,
+  Deno.errors.Interrupted,
+];
 
 /** Writes all of `bytes`; false on any error. */
 async function _writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<boolean> {
@@ -379,7 +396,10 @@ export class ConnectionGuard {
     const buf = new Uint8Array(_CLIENT_READ);
     try {
       for (;;) {
-        const n = await _read(c.conn, buf);
+        const n = await _read(c.conn, buf, (e) => {
+          if (c.closed || _CLIENT_ENDS.some((k) => e instanceof k)) return;
+          this.#warn("client", `reading connection ${c.id} failed (${_reason(e)}); it was closed`);
+        });
         if (n === null || c.closed) break;
         c.lastIo = performance.now();
         if (c.lingerUntil !== null) continue; // refused: what it still sends is dropped
@@ -469,14 +489,15 @@ export class ConnectionGuard {
     const buf = new Uint8Array(_UPSTREAM_READ);
     try {
       for (;;) {
-        const n = await _read(up, buf);
+        let failed = "";
+        const n = await _read(up, buf, (e) => failed = ` (reading it failed: ${_reason(e)})`);
         if (
           n === null && !c.closed && c.upstream === up && (c.responses.pending > 0 || c.responses.unframed)
         ) {
           this.#warn(
             "cut",
             `the server behind the guard closed connection ${c.id} before the response to request ` +
-              `${c.forwarded} was complete; the client's connection was closed`,
+              `${c.forwarded} was complete${failed}; the client's connection was closed`,
           );
         }
         if (n === null || c.closed || c.upstream !== up) break;
