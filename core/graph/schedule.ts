@@ -100,21 +100,33 @@ export interface SharedBuffers {
  * ```
  */
 export function shareBuffers(plans: readonly MemoryPlan[]): SharedBuffers {
-  const sizes: number[] = [];
   let own = 0;
-  const slots = plans.map((p) => {
-    const slot: (number | null)[] = p.bufferSizes.map(() => null);
-    const unpinned = p.bufferSizes.map((n, i) => [n, i] as const).filter(([n, i]) => {
+  const { sizes, slots } = _shareByRank(plans.map((p) =>
+    p.bufferSizes.map((n, i) => {
       if (p.pinned[i]) own += n;
-      return !p.pinned[i];
-    });
-    unpinned.sort((a, b) => b[0] - a[0] || a[1] - b[1]).forEach(([n, i], rank) => {
+      return p.pinned[i] ? null : n;
+    })
+  ));
+  return { sizes, slots, totalElements: own + sizes.reduce((a, b) => a + b, 0) };
+}
+
+/**
+ * Buffers of several lists (each list's buffers in use together, the lists never at once) matched by size
+ * rank: the i-th largest of every list shares shared buffer i, of the largest of their sizes. A null size is a
+ * buffer that shares nothing (slot null).
+ */
+function _shareByRank(lists: readonly (number | null)[][]): { sizes: number[]; slots: (number | null)[][] } {
+  const sizes: number[] = [];
+  const slots = lists.map((list) => {
+    const slot: (number | null)[] = list.map(() => null);
+    const ranked = list.flatMap((n, i) => (n === null ? [] : [[n, i] as const]));
+    ranked.sort((a, b) => b[0] - a[0] || a[1] - b[1]).forEach(([n, i], rank) => {
       slot[i] = rank;
       sizes[rank] = Math.max(sizes[rank] ?? 0, n);
     });
     return slot;
   });
-  return { sizes, slots, totalElements: own + sizes.reduce((a, b) => a + b, 0) };
+  return { sizes, slots };
 }
 
 function _ownedBy(bufferOf: Map<number, number>, buffer: number, valueId: number): boolean {
@@ -173,15 +185,7 @@ export function planMatmulCopies(schedules: readonly Schedule[]): CopyPlan {
     });
     return { words, slot };
   });
-  const words: number[] = [];
-  const slots = local.map((l) => {
-    const rank = l.words.map((w, i) => [w, i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
-    const to = new Map<number, number>();
-    rank.forEach(([w, i], r) => {
-      to.set(i, r);
-      words[r] = Math.max(words[r] ?? 0, w);
-    });
-    return new Map([...l.slot].map(([v, i]) => [v, to.get(i)!]));
-  });
-  return { words, slots, totalWords: words.reduce((a, b) => a + b, 0) };
+  const shared = _shareByRank(local.map((l) => l.words));
+  const slots = local.map((l, j) => new Map([...l.slot].map(([v, i]) => [v, shared.slots[j]![i]!])));
+  return { words: shared.sizes, slots, totalWords: shared.sizes.reduce((a, b) => a + b, 0) };
 }
