@@ -17,36 +17,51 @@ import { GPU_IMPLS, gpuImplOf, type GpuTable, type Scratch } from "./graph_ops.t
 
 /**
  * Throws the first error a node of `sched` would throw while its kernels are built on `ctx` (a
- * GpuLimitError, gpu/errors.ts, for a size limit), prefixed with `what`; returns when every kernel builds.
- * `impls` is the op → kernel calls table the schedule will run with.
+ * GpuLimitError, gpu/errors.ts, for a size limit), prefixed with `what`; when every kernel builds, returns
+ * the bytes of the scratch buffers they ask for (split-K partial sums, routing tables: what an executor of
+ * the schedule allocates besides its planned buffers and leaves). `impls` is the op → kernel calls table the
+ * schedule will run with.
  */
 export function assertScheduleBuilds(
   ctx: GpuContext,
   sched: Schedule,
   what: string,
   impls: GpuTable = GPU_IMPLS,
-): void {
+): number {
+  const scratch = { bytes: 0 };
   for (const node of sched.nodes) {
     if (node.op === "reshape") continue;
     const impl = gpuImplOf(node, impls);
     try {
-      impl(ctx, node, node.inputs.map(_placeholder), node.outputs.map(_placeholder), _scratch(node));
+      impl(
+        ctx,
+        node,
+        node.inputs.map(placeholderTensor),
+        node.outputs.map(placeholderTensor),
+        _scratch(node, scratch),
+      );
     } catch (e) {
       if (e instanceof Error) e.message = `${what}: ${e.message}`;
       throw e;
     }
   }
+  return scratch.bytes;
 }
 
 /** A tensor of `v`'s shape over a stand-in buffer that only knows its size (kernel builders read no more). */
-function _placeholder(v: { shape: readonly number[]; dtype: "f32" | "u32"; name: string }): GpuTensor {
+export function placeholderTensor(
+  v: { shape: readonly number[]; dtype: "f32" | "u32"; name: string },
+): GpuTensor {
   return new GpuTensor(_buffer(shapeSize(v.shape), v.name), v.shape, v.dtype, v.name);
 }
 
-function _scratch(node: Node): Scratch {
+/** Placeholder scratch of `node`, its padded bytes counted into `total`. */
+function _scratch(node: Node, total: { bytes: number }): Scratch {
   return (shape, label, kind = "f32") => {
     const name = `${node.op}${node.id}.${label}`;
-    return new GpuTensor(_buffer(shapeSize(shape), name), shape, kind === "f32" ? "f32" : "u32", name);
+    const t = new GpuTensor(_buffer(shapeSize(shape), name), shape, kind === "f32" ? "f32" : "u32", name);
+    total.bytes += t.buffer.size;
+    return t;
   };
 }
 

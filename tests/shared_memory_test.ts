@@ -25,7 +25,8 @@ import { GraphExecutor, SharedPlanBuffers } from "../gpu/executor.ts";
 import { GPU_IMPLS } from "../gpu/graph_ops.ts";
 import { F16Copies, f16MatmulImpls } from "../gpu/graph_ops_f16.ts";
 import { numel } from "../core/graph/ir.ts";
-import { interceptBuffers, randomArray, testGpu } from "./helpers/gpu.ts";
+import { allocationGuard, interceptBuffers, randomArray, testGpu } from "./helpers/gpu.ts";
+import { GpuLimitError } from "../gpu/errors.ts";
 import { cli } from "./helpers/cli.ts";
 import { closeRunStores } from "../core/runs/open_store.ts";
 import { fmtBytes } from "../core/util/format.ts";
@@ -67,10 +68,13 @@ Deno.test("the trainer allocates what run checks against memory_budget, and eval
     const b = await GpuTrainBackend.create(config, counted, {}, options);
     b.destroy();
     assertEquals(copies, mem.f16Copies, name);
-    // Beyond the plan: the graphs' inputs, kernels' scratch and small state (a few KiB on this model).
+    // What the backend names (and checks against the budget): the plan and its kernels' scratch.
+    const scratch = b.memoryBytes - mem.total;
+    assert(scratch > 0 && scratch < 0.1 * mem.total, `${name}: scratch ${scratch} of ${mem.total}`);
+    // Beyond that: the graphs' inputs (token ids, targets) and small state (scalars, loss scale).
     assert(
-      all >= mem.total && all - mem.total < 0.05 * mem.total,
-      `${name}: allocated ${all}, planned ${mem.total}`,
+      all >= b.memoryBytes && all - b.memoryBytes < 0.01 * mem.total,
+      `${name}: allocated ${all}, named ${b.memoryBytes}, planned ${mem.total}`,
     );
     // The estimate from the model's shape alone undercounts the plan (temporaries and evaluation's buffers).
     assert(estimateMemory(config).train < mem.total, name);
@@ -198,7 +202,11 @@ Deno.test("one training step's outputs are the same bits with every buffer its o
   }
 });
 
-Deno.test("run names the device memory its plan allocates, the figure the budget is checked against", async () => {
+Deno.test("run names the device memory training takes, and refuses (exit 2, nothing allocated) a budget the kernels' scratch passes", async () => {
+  const b = await GpuTrainBackend.create(_config([]), await testGpu());
+  const named = b.memoryBytes, planned = trainMemoryEstimate(_config([])).bytes;
+  b.destroy();
+  assert(planned < named);
   const dir = await Deno.makeTempDir();
   try {
     const r = await cli(
@@ -206,8 +214,29 @@ Deno.test("run names the device memory its plan allocates, the figure the budget
     );
     assertEquals(r.code, 0, r.err.join("\n"));
     const line = [...r.out, ...r.err].find((l) => l.startsWith("device: "));
-    const bytes = fmtBytes(trainMemoryEstimate(_config([])).bytes);
-    assert(line?.endsWith(`parameters; ${bytes} of device memory`), `${line} (expected ${bytes})`);
+    assert(line?.endsWith(`parameters; ${fmtBytes(named)} of device memory`), `${line} (${named})`);
+    // A budget the plan fits (so the command's own check passes) but not with the kernels' scratch.
+    const budget = `hardware.memory_budget=${planned + Math.floor((named - planned) / 2)}`;
+    const guard = allocationGuard(await testGpu());
+    const e = await GpuTrainBackend.create(_config([budget]), guard.ctx).then(() => null, (e) => e);
+    assert(e instanceof GpuLimitError && /kernels' scratch/.test(e.message), String(e));
+    assertEquals(guard.allocations(), 0);
+    const refused = await cli(
+      ...[
+        "run",
+        "tests/fixtures/micro.yaml",
+        "--runs-dir",
+        `${dir}/other`,
+        "--no-dashboard",
+        "--set",
+        budget,
+      ],
+    );
+    assertEquals(refused.code, 2, refused.err.join("\n"));
+    const text = refused.err.join("\n");
+    assert(/^Plan refused: training needs .* more than hardware\.memory_budget/m.test(text), text);
+    assert(!/\n\s+at /.test(text), "no stack trace");
+    assertEquals([...Deno.readDirSync(dir)].map((x) => x.name).includes("other"), false, "no runs directory");
   } finally {
     closeRunStores();
     await Deno.remove(dir, { recursive: true });

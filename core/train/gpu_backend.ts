@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { type Experiment, precisionOf } from "../config/schema.ts";
+import { type Experiment, parseByteSize, precisionOf } from "../config/schema.ts";
 import type { Batch } from "../data/dataset.ts";
 import { numel, type Value } from "../graph/ir.ts";
 import type { Schedule } from "../graph/schedule.ts";
@@ -30,7 +30,10 @@ import { checkLossScaleSettings, LOSS_SCALE_DEFAULTS, type LossScaleSettings } f
 import { type KernelCall, prepare, type PreparedCall, releaseCall, Step } from "../../gpu/dispatch.ts";
 import { GraphExecutor, SharedPlanBuffers } from "../../gpu/executor.ts";
 import { accumulateCalls, type AccumulatePair } from "../../gpu/kernels/accumulate.ts";
-import { assertScheduleBuilds } from "../../gpu/preflight.ts";
+import { assertScheduleBuilds, placeholderTensor } from "../../gpu/preflight.ts";
+import { GpuLimitError } from "../../gpu/errors.ts";
+import { f16Words } from "../../gpu/kernels/f16.ts";
+import { fmtBytes } from "../util/format.ts";
 import type { EvalResult, StepStats, TrainBackend, TrainState } from "./backend.ts";
 import { initParams } from "./init.ts";
 import { optimizerCalls } from "./optimizer_calls.ts";
@@ -155,7 +158,6 @@ export class GpuTrainBackend implements TrainBackend {
     if (scaling) checkLossScaleSettings(scaling);
     const p = plan(c, "train-dense", { lossScale: !!scaling });
     this.modelFlops = trainStepFlops(p);
-    this.memoryBytes = trainPlanBytes(p, this.precision === "f32" ? "f32" : "f16");
     this.model = p.model;
     this.accumulation = p.accumulation;
     const m = this.model, grads = p.grads;
@@ -164,10 +166,26 @@ export class GpuTrainBackend implements TrainBackend {
     const f16 = this.precision === "f32" ? null : this.precision;
     const impls = (copies?: (v: Value) => GpuTensor): GpuTable =>
       f16 ? f16MatmulImpls(f16, copies) : GPU_IMPLS;
-    // Refuse sizes this device cannot run (llvmpipe's loop limit, dispatch limits) before allocating.
-    assertScheduleBuilds(ctx, p.schedule, "Cannot plan the training step", impls());
-    if (p.stats) assertScheduleBuilds(ctx, p.stats, "Cannot plan the router statistics pass", impls());
-    assertScheduleBuilds(ctx, evalSchedule, "Cannot plan evaluation", impls());
+    // Refuse sizes this device cannot run (llvmpipe's loop limit, dispatch limits) before allocating; the
+    // kernels' scratch (e.g. split-K partial sums on real GPUs) counts with the plan's bytes in the budget.
+    const planned = (v: Value) =>
+      placeholderTensor({ shape: [f16Words(numel(v.shape))], dtype: "u32", name: v.name });
+    const scratch = assertScheduleBuilds(ctx, p.schedule, "Cannot plan the training step", impls(planned)) +
+      (p.stats
+        ? assertScheduleBuilds(ctx, p.stats, "Cannot plan the router statistics pass", impls(planned))
+        : 0) +
+      assertScheduleBuilds(ctx, evalSchedule, "Cannot plan evaluation", impls(planned));
+    const planBytes = trainPlanBytes(p, f16 ? "f16" : "f32");
+    this.memoryBytes = planBytes + scratch;
+    const budget = parseByteSize(c.hardware.memory_budget);
+    if (this.memoryBytes > budget) {
+      throw new GpuLimitError(
+        `training needs ${fmtBytes(this.memoryBytes)} of device memory on ${ctx.adapter.description} ` +
+          `(${fmtBytes(planBytes)} planned, ${fmtBytes(scratch)} of its kernels' scratch), more than ` +
+          `hardware.memory_budget (${fmtBytes(budget)}): raise the budget, or lower train.micro_batch ` +
+          "(gradient accumulation), data.seq_len or the model",
+      );
+    }
     const leaves = [...m.graph.leaves.values()].map((l) => l.value);
     // Loss scaling's state; the backward pass starts from its first element (the graph's loss_scale leaf).
     const state = scaling
