@@ -65,9 +65,9 @@ Deno.test("f16 training's copies of matmul operands: counted as the bytes its ex
   assert(copies > 0);
   assertEquals(trainPlanBytes(p, "f16") - trainPlanBytes(p), copies);
   const need32 = trainPlanBytes(plan(f32, "train-dense"));
-  assertEquals([trainMemoryEstimate(f32).bytes, trainMemoryEstimate(f32).f16Copies], [need32, 0]);
+  assertEquals([trainMemoryEstimate(f32).bytes, trainMemoryEstimate(f32).planned?.f16Copies], [need32, 0]);
   assertEquals(trainMemoryEstimate(f16).bytes, trainPlanBytes(p, "f16"));
-  assertEquals(trainMemoryEstimate(f16).f16Copies, copies);
+  assertEquals(trainMemoryEstimate(f16).planned?.f16Copies, copies);
   // What the training and evaluation executors allocate for f16 copies (one buffer per value, shared).
   let allocated = 0;
   const counted = interceptBuffers(await testGpu(), (d, real) => {

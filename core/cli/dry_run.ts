@@ -18,7 +18,7 @@ import {
   hasBatchRouterLoss,
   layerShape,
 } from "../plan/counts.ts";
-import { configRules, trainMemoryEstimate, tryTrainPlan } from "../plan/plan.ts";
+import { configRules, trainMemoryEstimate } from "../plan/plan.ts";
 import { expertChoiceTokens } from "../plan/router_zoo.ts";
 import { ruleName } from "../infer/evaluate.ts";
 import { fmtBytes, fmtCount, table } from "../util/format.ts";
@@ -69,7 +69,7 @@ export function summarizePoint(
 ): PointSummary {
   const p = countParams(c), a = activeParams(c), f = flopsPerToken(c), m = estimateMemory(c);
   const budget = parseByteSize(c.hardware.memory_budget), acc = accumulationOf(c);
-  const train = trainMemoryEstimate(c, tryTrainPlan(c)), planned = train.planned;
+  const train = trainMemoryEstimate(c), planned = train.planned;
   const { total: _total, experts: _experts, ...components } = p;
   return {
     name,
@@ -92,7 +92,7 @@ export function summarizePoint(
     memory_grad_accum_bytes: planned?.gradAccum ?? m.parts.gradAccum,
     memory_graph_bytes: planned?.graphs ?? null,
     memory_activations_bytes: m.parts.activations,
-    memory_f16_copies_bytes: train.f16Copies,
+    memory_f16_copies_bytes: planned?.f16Copies ?? 0,
     memory_train_planned_bytes: planned?.total ?? null,
     memory_infer_bytes: m.infer,
     memory_budget_bytes: budget,

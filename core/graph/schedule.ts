@@ -48,14 +48,7 @@ export function planMemory(nodes: readonly Node[], pinned: ReadonlySet<number>):
     for (const out of n.outputs) {
       const size = numel(out.shape);
       withoutReuse += size;
-      let pick = -1;
-      if (!pinned.has(out.id)) {
-        for (const b of free) {
-          if (bufferSizes[b]! >= size && (pick < 0 || bufferSizes[b]! < bufferSizes[pick]!)) pick = b;
-        }
-      }
-      if (pick >= 0) free.splice(free.indexOf(pick), 1);
-      else pick = bufferSizes.push(size) - 1;
+      const pick = _take(bufferSizes, pinned.has(out.id) ? [] : free, size);
       bufferOf.set(out.id, pick);
       pinnedBuffers[pick] = pinned.has(out.id);
     }
@@ -129,6 +122,18 @@ function _shareByRank(lists: readonly (number | null)[][]): { sizes: number[]; s
   return { sizes, slots };
 }
 
+/**
+ * The smallest buffer of `free` that holds `size` (taken out of `free`), else a new buffer of `size` appended
+ * to `sizes`: its index.
+ */
+function _take(sizes: number[], free: number[], size: number): number {
+  let pick = -1;
+  for (const b of free) if (sizes[b]! >= size && (pick < 0 || sizes[b]! < sizes[pick]!)) pick = b;
+  if (pick < 0) return sizes.push(size) - 1;
+  free.splice(free.indexOf(pick), 1);
+  return pick;
+}
+
 function _ownedBy(bufferOf: Map<number, number>, buffer: number, valueId: number): boolean {
   let owner = -1;
   for (const [v, b] of bufferOf) if (b === buffer) owner = v; // latest value placed in the buffer
@@ -171,12 +176,7 @@ export function planMatmulCopies(schedules: readonly Schedule[]): CopyPlan {
       if (n.op !== "matmul") return;
       for (const v of n.inputs) {
         if (slot.has(v.id)) continue;
-        const w = Math.ceil(numel(v.shape) / 2);
-        let pick = -1;
-        for (const b of free) if (words[b]! >= w && (pick < 0 || words[b]! < words[pick]!)) pick = b;
-        if (pick >= 0) free.splice(free.indexOf(pick), 1);
-        else pick = words.push(w) - 1;
-        slot.set(v.id, pick);
+        slot.set(v.id, _take(words, free, Math.ceil(numel(v.shape) / 2)));
       }
       for (const v of n.inputs) {
         const b = slot.get(v.id)!;

@@ -150,7 +150,7 @@ export function f16CopyBytes(p: TrainPlan): number {
  * The training plan of `c` as training makes it (with dynamic loss scaling's input under
  * `hardware.precision: f16`), or null where the planner refuses the config (a RangeError, e.g. rope).
  */
-export function tryTrainPlan(c: Readonly<Experiment>): TrainPlan | null {
+function _tryTrainPlan(c: Readonly<Experiment>): TrainPlan | null {
   try {
     return plan(c, "train-dense", { lossScale: precisionOf(c) === "f16" });
   } catch (e) {
@@ -163,17 +163,15 @@ export function tryTrainPlan(c: Readonly<Experiment>): TrainPlan | null {
  * The training memory `run` (and `--resume`) checks against `hardware.memory_budget` before anything is
  * allocated: what the training plan allocates ({@linkcode trainPlanMemory}, with the f16 copies of matmul
  * operands under `hardware.precision: f16`), or where the config cannot be planned (which training refuses
- * anyway) {@linkcode estimateMemory}'s estimate, with `planned` null. `plan` is `c`'s training plan when the
- * caller has it ({@linkcode tryTrainPlan}), else it is made here.
+ * anyway) {@linkcode estimateMemory}'s estimate, with `planned` null.
  */
 export function trainMemoryEstimate(
   c: Readonly<Experiment>,
-  plan?: TrainPlan | null,
-): { bytes: number; f16Copies: number; planned: TrainPlanMemory | null } {
-  const p = plan === undefined ? tryTrainPlan(c) : plan;
-  if (p === null) return { bytes: estimateMemory(c).train, f16Copies: 0, planned: null };
+): { bytes: number; planned: TrainPlanMemory | null } {
+  const p = _tryTrainPlan(c);
+  if (p === null) return { bytes: estimateMemory(c).train, planned: null };
   const planned = trainPlanMemory(p, precisionOf(c));
-  return { bytes: planned.total, f16Copies: planned.f16Copies, planned };
+  return { bytes: planned.total, planned };
 }
 
 /** The inference rules a config declares: `router.infer` for MLP routers, `router.infer_attention` (or the same). */

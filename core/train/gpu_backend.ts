@@ -197,8 +197,9 @@ export class GpuTrainBackend implements TrainBackend {
     }
     // The step, evaluation and the statistics pass never run at once: they share their planned buffers
     // and the buffers of their f16 copies (docs/performance.md "Memory").
-    this.#sharedPlan = new SharedPlanBuffers(ctx, trainSchedules(p));
-    this.#f16Copies = f16 ? new F16Copies(ctx, trainSchedules(p)) : null;
+    const schedules = trainSchedules(p);
+    this.#sharedPlan = new SharedPlanBuffers(ctx, schedules);
+    this.#f16Copies = f16 ? new F16Copies(ctx, schedules) : null;
     const pool = this.#sharedPlan, copies = (s: Schedule) => this.#f16Copies?.forSchedule(s);
     this.#train = new GraphExecutor(ctx, p.schedule, leaves, given, impls(copies(p.schedule)), pool);
     const shared = new Map(leaves.map((v) => [v.id, this.#train.tensor(v)]));
