@@ -12,6 +12,7 @@ import {
 } from "./errors.ts";
 import { PipelineCache } from "./pipeline_cache.ts";
 import { optionalEnv } from "../core/util/env.ts";
+import { processMesaRelease } from "./mesa.ts";
 import { fmtBytes } from "../core/util/format.ts";
 
 /** What the adapter says about itself, recorded with every run. */
@@ -150,6 +151,11 @@ export class GpuContext {
    * share. 4 on a real GPU, which runs those kernels only when `DSMOE_KERNELS=cpu-simd` forces them.
    */
   readonly threads: number;
+  /**
+   * The Mesa release a software adapter computes on (gpu/mesa.ts), which some `cpu-simd` kernels are shaped
+   * for; null on a real GPU or where it cannot be read.
+   */
+  readonly mesa: string | null;
   // Keyed by a module symbol, not a #private field, so that a view made with Object.create(ctx, …) (tests
   // override limits that way) reaches the same state through its prototype.
   readonly [_STATE]: _DeviceState;
@@ -169,6 +175,7 @@ export class GpuContext {
     this.validation = validation;
     this.profile = profile ?? (isSoftwareAdapter(adapter) ? "cpu-simd" : "gpu");
     this.threads = isSoftwareAdapter(adapter) ? _softwareThreads() : 4;
+    this.mesa = isSoftwareAdapter(adapter) ? processMesaRelease() : null;
     const state = this[_STATE] = shared?.state ?? {
       lost: null,
       pendingAllocations: new Set(),

@@ -12,8 +12,15 @@
  */
 
 import { llvmpipeThreads, type LlvmpipeThreadsSource } from "../../gpu/device.ts";
+import {
+  type MesaApi,
+  mesaDriverFiles,
+  mesaReleaseOf,
+  mesaVersionFromText,
+  mesaVersionInFile,
+} from "../../gpu/mesa.ts";
 
-export { llvmpipeThreads, type LlvmpipeThreadsSource };
+export { llvmpipeThreads, type LlvmpipeThreadsSource, mesaDriverFiles, mesaVersionFromText };
 
 /** The host of a bench run. */
 export interface HostInfo {
@@ -45,7 +52,7 @@ export interface HostInfo {
 
 /** One of Mesa's software drivers mapped into this process. */
 export interface MesaDriver {
-  api: "GL" | "Vulkan";
+  api: MesaApi;
   /** The Mesa release the file names (e.g. "22.3.6"); null when no "Mesa x.y.z" string was found in it. */
   version: string | null;
   /** Its path. */
@@ -118,50 +125,6 @@ export function simdFromCpuinfo(text: string): string[] | null {
   return _SIMD.filter((f) => have.has(f));
 }
 
-/** Which API a mapped file serves, when it is one of Mesa's software drivers; null otherwise. */
-function _mesaApi(path: string): MesaDriver["api"] | null {
-  const name = path.slice(path.lastIndexOf("/") + 1);
-  if (/^libvulkan_lvp\.so/.test(name)) return "Vulkan";
-  // Mesa ≤ 24.0 builds the gallium drivers into swrast_dri.so; later releases into libgallium-<release>.so,
-  // which the *_dri.so files load.
-  if (/^(kms_)?swrast_dri\.so|^libgallium[-.]/.test(name)) return "GL";
-  return null;
-}
-
-/**
- * The paths of Mesa's software drivers in a Linux /proc/<pid>/maps text, in the order first mapped, one per
- * API; for GL the libgallium file where one is mapped (newer releases split GL into a small swrast_dri.so and
- * libgallium-<release>.so, which holds the code and names the release).
- *
- * @example
- * ```ts
- * import { mesaDriverFiles } from "./host.ts";
- * const maps = "7f0-7f1 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libvulkan_lvp.so\n";
- * const got = mesaDriverFiles(maps);
- * if (got[0]?.api !== "Vulkan") throw new Error(JSON.stringify(got));
- * ```
- */
-export function mesaDriverFiles(maps: string): { api: MesaDriver["api"]; file: string }[] {
-  const out: { api: MesaDriver["api"]; file: string }[] = [];
-  for (const line of maps.split("\n")) {
-    const file = line.trim().split(/\s+/).slice(5).join(" ");
-    const api = file.startsWith("/") ? _mesaApi(file) : null;
-    if (api === null) continue;
-    const i = out.findIndex((d) => d.api === api);
-    if (i < 0) out.push({ api, file });
-    else if (/\/libgallium[^/]*$/.test(file)) out[i] = { api, file };
-  }
-  return out;
-}
-
-/**
- * The first Mesa release ("22.3.6") a driver binary names in its version strings ("Mesa 22.3.6",
- * "Mesa 25.0.7-2~bpo12+1"), searched in latin1 text; null when there is none.
- */
-export function mesaVersionFromText(text: string): string | null {
-  return /Mesa (\d+\.\d+\.\d+)/.exec(text)?.[1] ?? null;
-}
-
 /**
  * One line's worth of the Mesa drivers: "Mesa 22.3.6 (GL, Vulkan)" when they agree, "Mesa 22.3.6 (GL),
  * 25.0.7 (Vulkan)" when they do not, with "release unknown" for a file that names none.
@@ -204,7 +167,7 @@ export function hostInfo(adapter: string, s: HostSources = denoHostSources()): H
     llvmpipeVectorWidth: Number.isSafeInteger(width) && width > 0 ? width : null,
     mesa: maps === null ? null : mesaDriverFiles(maps).map(({ api, file }) => ({
       api,
-      version: /\/libgallium-(\d+\.\d+\.\d+)[^/]*$/.exec(file)?.[1] ?? s.mesaVersionIn(file),
+      version: mesaReleaseOf(file, s.mesaVersionIn),
       file,
     })),
     webgpuBackend: s.env("DENO_WEBGPU_BACKEND")?.trim() || null,
@@ -250,28 +213,6 @@ export function denoHostSources(): HostSources {
       }),
     env: (name) => attempt(() => Deno.env.get(name)) ?? undefined,
     threads: typeof threads === "number" && threads > 0 ? threads : null,
-    mesaVersionIn: (path) => attempt(() => _mesaVersionInFile(path)),
+    mesaVersionIn: (path) => attempt(() => mesaVersionInFile(path)),
   };
-}
-
-/**
- * The first "Mesa x.y.z" in a file, read in 4 MiB pieces that overlap by 64 bytes (a driver is 7–30 MB, and
- * the string sits in its read-only data); null when none.
- */
-function _mesaVersionInFile(path: string): string | null {
-  const f = Deno.openSync(path, { read: true });
-  try {
-    const piece = new Uint8Array(4 << 20), latin1 = new TextDecoder("latin1");
-    let tail = "";
-    for (;;) {
-      const n = f.readSync(piece);
-      if (n === null || n === 0) return null;
-      const text = tail + latin1.decode(piece.subarray(0, n));
-      const v = mesaVersionFromText(text);
-      if (v !== null) return v;
-      tail = text.slice(-64);
-    }
-  } finally {
-    f.close();
-  }
 }

@@ -49,6 +49,8 @@ export interface MatmulOptions {
   tile?: MatmulTile;
   /** Overrides the block tile chosen for the shape (gpu profile; tests and tuning). */
   gpuTile?: GpuMatmulTile;
+  /** Overrides where the loads of A go in the loop (cpu-simd profile; tests and tuning): {@linkcode matmulLoadsFirst}. */
+  aFirst?: boolean;
   /**
    * How A and B are stored (C is f32 either way): f32 (the default), or f16 halves two per 32-bit word
    * (gpu/kernels/f16.ts's `castF16` writes them) read as `array<f16>` (`f16`, needs the device's
@@ -111,6 +113,11 @@ export interface MatmulSpec extends MatmulTile {
    * gpu/buffers.ts `textureMirror`), texel (column/4, row), instead of its buffer.
    */
   bTex?: boolean;
+  /**
+   * Every load of A for a pass of the loop comes before that pass's multiply-adds, instead of each row's
+   * load beside its own (see {@linkcode matmulLoadsFirst}).
+   */
+  aFirst?: boolean;
 }
 
 const _UNIFORM_FIELDS = 16;
@@ -177,11 +184,36 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
       ...(ep?.activation ? { act: ep.activation } : {}),
       ...(res ? { res: true } : {}),
       ...(bTex ? { bTex: true } : {}),
+      ...(o.aFirst ?? matmulLoadsFirst(ctx) ? { aFirst: true } : {}),
     }),
     bindings: [o.a, bTex ?? o.b, o.c, ...(res ? [res] : [])],
     uniform: _uniform(m, k, n, strides, ncg, nrt, groups, !!o.accumulate, o.alpha ?? 1, 1, k),
     workgroups: grid(ctx, groups),
   };
+}
+
+/**
+ * Whether the cpu-simd kernels load all of a pass's A before its multiply-adds: on Mesa releases from 23.0 on.
+ * Measured on one llvmpipe thread (docs/llvmpipe.md, "Mesa 25"): under Mesa 25.0.7 the train block's five
+ * products took 1.4–2.2× less time with the loads first (A's loads, whose address every lane shares, branch
+ * on their bounds there, and each branch between multiply-adds made LLVM copy the spilled accumulators);
+ * under 22.3.6 they took 0–10% more. Releases between the two were not measured; an unknown release (not
+ * Mesa, or not read) keeps the 22.3 form.
+ *
+ * @example
+ * ```ts
+ * import { mesaLoadsFirst } from "./matmul.ts";
+ * if (mesaLoadsFirst("22.3.6") || !mesaLoadsFirst("25.0.7") || mesaLoadsFirst(null)) throw new Error();
+ * ```
+ */
+export function mesaLoadsFirst(release: string | null): boolean {
+  const major = release === null ? NaN : Number(release.split(".")[0]);
+  return Number.isInteger(major) && major >= 23;
+}
+
+/** {@linkcode mesaLoadsFirst} for the Mesa release `ctx` computes on, on the cpu-simd profile. */
+export function matmulLoadsFirst(ctx: GpuContext): boolean {
+  return ctx.profile === "cpu-simd" && mesaLoadsFirst(ctx.mesa);
 }
 
 /**
@@ -513,7 +545,29 @@ function _outerLoopK4(s: MatmulSpec): string {
   const tn4 = s.tn / 4;
   const sum4 = (r: number, c: number, a: (e: number) => string) =>
     `c${r}_${c} += ${sumOf4(a, (e) => `b${e}_${c}`)};`;
-  const updates = s.transA
+  const updates = s.aFirst
+    ? (s.transA
+      ? _lines(
+        s.tm / 4,
+        (h) =>
+          `    ${
+            _range(4).map((e) => `let a${h}_${e} = A[(4u * q + ${e}u) * (u.m / 4u) + ag${h}];`).join(" ")
+          }`,
+      ) + "\n" +
+        _lines(
+          s.tm / 4,
+          (h) =>
+            _lines(4, (i) =>
+              `    ${_range(tn4).map((c) => sum4(4 * h + i, c, (e) => `a${h}_${e}[${i}]`)).join(" ")}`),
+        )
+      : _lines(s.tm, (r) =>
+        `    let a${r} = A[ar${r} + q];`) +
+        "\n" +
+        _lines(
+          s.tm,
+          (r) => `    ${_range(tn4).map((c) => sum4(r, c, (e) => `a${r}.${VEC4_LANES[e]}`)).join(" ")}`,
+        ))
+    : s.transA
     ? _lines(
       s.tm / 4,
       (h) =>
@@ -550,7 +604,17 @@ function _outerLoopK1(s: MatmulSpec): string {
   const bRow = s.vec ? "bBase + p * (u.n / 4u)" : "bBase + p * u.n";
   const update = (r: number, a: string) =>
     `    { let a = ${a}; ` + _range(tn4).map((c) => `c${r}_${c} += a * b${c};`).join(" ") + " }";
-  const fmas = s.aVec
+  const fmas = s.aFirst
+    ? (s.aVec
+      ? _lines(s.tm / 4, (h) => `    let a4_${h} = A[ap + ag${h}];`) + "\n" +
+        _lines(s.tm / 4, (h) =>
+          _lines(4, (e) =>
+            `    ${_range(tn4).map((c) => `c${4 * h + e}_${c} += a4_${h}[${e}] * b${c};`).join(" ")}`))
+      : _lines(s.tm, (r) =>
+        `    let a${r} = A[${s.transA ? `ap + ar${r}` : `ar${r} + p`}];`) +
+        "\n" +
+        _lines(s.tm, (r) => `    ${_range(tn4).map((c) => `c${r}_${c} += a${r} * b${c};`).join(" ")}`))
+    : s.aVec
     ? _lines(s.tm / 4, (h) =>
       `    { let a4 = A[ap + ag${h}];\n` +
       _lines(4, (e) => "  " + update(4 * h + e, `a4[${e}]`)) + "\n    }")
@@ -592,8 +656,14 @@ function _dotWgsl(s: MatmulSpec): string {
   const step = (la: (r: number) => string, lb: (c: number) => string, op: (c: number) => string) =>
     `${_lines(s.tn, (c) => `    let b${c} = ${lb(c)};`)}
 ${
-      _lines(s.tm, (r) =>
-        `    { let a = ${la(r)}; ${_range(s.tn).map((c) => `c${r}_${c} += ${op(c)};`).join(" ")} }`)
+      s.aFirst
+        ? _lines(s.tm, (r) => `    let a${r} = ${la(r)};`) + "\n" +
+          _lines(s.tm, (r) =>
+            `    ${_range(s.tn).map((c) => `c${r}_${c} += ${op(c).replace(/\ba\b/g, `a${r}`)};`).join(" ")}`)
+        : _lines(s.tm, (r) =>
+          `    { let a = ${la(r)}; ${
+            _range(s.tn).map((c) => `c${r}_${c} += ${op(c)};`).join(" ")
+          } }`)
     }`;
   // Scalar K tail (k % 4 != 0): one product per step.
   const tail = s.vec ? "" : `  for (var p = (u.k / 4u) * 4u; p < u.k; p = p + 1u) {

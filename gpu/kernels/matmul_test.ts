@@ -16,6 +16,7 @@ import {
   matmulScratch,
   type MatmulTile,
   matmulTile,
+  mesaLoadsFirst,
 } from "./matmul.ts";
 import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
 
@@ -260,6 +261,62 @@ Deno.test("matmul() reads a frozen B from its texture copy (cpu-simd outer form)
   freezeTensor(b);
   throws(() => writeTensor(ctx, b, new Float32Array(64 * 64)), /Cannot write "b": it is frozen/);
   for (const x of [b, t]) destroyTensor(x);
+});
+
+/** A load of A on a line of its own (loads first); beside the multiply-adds each sits in a `{ … }` block. */
+const _HOISTED = /^\s*let a\w* = (vec4<f32>\()?A\[/m;
+
+Deno.test("matmul() with A's loads first (Mesa 23 and later) gives the same bits as beside its multiply-adds", async () => {
+  const ctx = await testGpu();
+  const cpu = ctx.withProfile("cpu-simd");
+  // Every cpu-simd loop: the outer form with 4 steps of K per pass (A along K, or transposed along M), with
+  // one step per pass (K % 4 ≠ 0; A scalars, or transposed vec4s), the dot form with and without its scalar K
+  // tail; edge tiles, a batch, accumulate, alpha and an epilogue.
+  const cases: Case[] = [
+    { m: 33, k: 64, n: 96 },
+    { m: 68, k: 20, n: 44, transA: true, batch: 2, alpha: -2 },
+    { m: 9, k: 33, n: 40, accumulate: true },
+    { m: 68, k: 21, n: 44, transA: true },
+    { m: 40, k: 48, n: 24, transB: true, epilogue: { activation: "gelu" } },
+    { m: 13, k: 30, n: 7, transA: true, transB: true },
+    { m: 7, k: 33, n: 1000 },
+  ];
+  for (const c of cases) {
+    const batch = c.batch ?? 1, seed = c.m * 5 + c.k * 3 + c.n;
+    const a64 = f32(randomArray(batch * c.m * c.k, seed));
+    const b64 = f32(randomArray(batch * c.k * c.n, seed + 1));
+    const c64 = f32(randomArray(batch * c.m * c.n, seed + 2));
+    const a = createTensor(ctx, [a64.length], "f32", Float32Array.from(a64), "a");
+    const b = createTensor(ctx, [b64.length], "f32", Float32Array.from(b64), "b");
+    const got: Float32Array[] = [];
+    for (const aFirst of [false, true]) {
+      const out = createTensor(ctx, [c64.length], "f32", Float32Array.from(c64), "c");
+      const call = matmul(cpu, { ...c, a, b, c: out, aFirst });
+      const what = `${call.label} aFirst ${aFirst} ${JSON.stringify(c)}`;
+      // The loads first: each row's A is named before the first multiply-add of the pass reads it.
+      assertEquals(_HOISTED.test(call.code), aFirst, what);
+      await ctx.scoped(call.label, () => runCalls(ctx, [call]).done());
+      let want: Float64Array = matmulRef(a64, b64, { ...c, c: c.accumulate ? c64 : undefined });
+      if (c.epilogue?.activation) want = activationRef(c.epilogue.activation, want);
+      const o = await readTensor(ctx, out) as Float32Array;
+      assertClose(o, want, TOL, what);
+      got.push(o);
+      destroyTensor(out);
+    }
+    assertEquals(got[1], got[0], `the two orders differ: ${JSON.stringify(c)}`);
+    for (const t of [a, b]) destroyTensor(t);
+  }
+  // The default follows the Mesa release the adapter computes on (read from the driver this process mapped).
+  if (/llvmpipe/.test(ctx.adapter.description) && Deno.build.os === "linux") {
+    assert(/^\d+\.\d+\.\d+$/.test(cpu.mesa ?? ""), `Mesa release of ${ctx.adapter.description}: ${cpu.mesa}`);
+  }
+  const t = createTensor(ctx, [64 * 64], "f32", undefined, "t");
+  const code = matmul(cpu, { a: t, b: t, c: t, m: 64, k: 64, n: 64 }).code;
+  assertEquals(/let a\d+ = A\[/.test(code), mesaLoadsFirst(cpu.mesa), `default for Mesa ${cpu.mesa}`);
+  assert(
+    !/let a\d+ = A\[/.test(matmul(ctx.withProfile("gpu"), { a: t, b: t, c: t, m: 64, k: 64, n: 64 }).code),
+  );
+  destroyTensor(t);
 });
 
 Deno.test("matmulTile keeps 32×32 blocks where the adapter's threads need fewer workgroups", async () => {
