@@ -48,6 +48,8 @@ export interface GroupedOptions {
    * (E·h, d)), read instead of `b`; needs vec4 columns (n divisible by 4).
    */
   bTex?: GPUTextureView | null;
+  /** A pass's loads of A before its multiply-adds (Mesa 23.0 and later: matmul.ts `matmulLoadsFirst`). */
+  aFirst?: boolean;
 }
 
 /** Which operands load as vec4s: B and C along the columns when n allows, A along K when k allows too. */
@@ -191,13 +193,25 @@ function _kLoopVec4(o: GroupedOptions, f: _Form): string {
   return `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {
 ${lines(4, (e) => lines(tn4, (c) => `    let b${e}_${c} = ${load(e, c)};`))}
 ${
-    lines(o.tm, (r) =>
-      `    { let a = A[ar${r} + q]; ${
-        range(tn4).map((c) =>
-          `c${r}_${c} += ${sumOf4((e) => `a.${VEC4_LANES[e]}`, (e) => `b${e}_${c}`)};`
-        )
-          .join(" ")
-      } }`)
+    o.aFirst
+      ? lines(o.tm, (r) => `    let a${r} = A[ar${r} + q];`) + "\n" +
+        lines(o.tm, (r) =>
+          `    ${
+            range(tn4).map((c) =>
+              `c${r}_${c} += ${sumOf4((e) => `a${r}.${VEC4_LANES[e]}`, (e) => `b${e}_${c}`)};`
+            )
+              .join(" ")
+          }`)
+      : lines(o.tm, (r) =>
+        `    { let a = A[ar${r} + q]; ${
+          range(tn4).map((c) =>
+            `c${r}_${c} += ${
+              sumOf4((e) => `a.${VEC4_LANES[e]}`, (e) =>
+                `b${e}_${c}`)
+            };`
+          )
+            .join(" ")
+        } }`)
   }
   }`;
 }
@@ -217,8 +231,11 @@ function _kLoopScalar(o: GroupedOptions, f: _Form): string {
     ${o.bTex ? "" : "let bo = bBase + p * u.ldb;"}
 ${bLoads}
 ${
-    lines(o.tm, (r) =>
-      `    { let a = A[ar${r} + p]; ${range(tn4).map((c) => `c${r}_${c} += a * b${c};`).join(" ")} }`)
+    o.aFirst
+      ? lines(o.tm, (r) => `    let a${r} = A[ar${r} + p];`) + "\n" +
+        lines(o.tm, (r) => `    ${range(tn4).map((c) => `c${r}_${c} += a${r} * b${c};`).join(" ")}`)
+      : lines(o.tm, (r) =>
+        `    { let a = A[ar${r} + p]; ${range(tn4).map((c) => `c${r}_${c} += a * b${c};`).join(" ")} }`)
   }
   }`;
 }

@@ -20,6 +20,7 @@ import {
 } from "./moe_common.ts";
 import { gatherKernel } from "./moe_gather.ts";
 import { groupedMatmul } from "./moe_grouped.ts";
+import { matmulLoadsFirst } from "./matmul.ts";
 import { moeMlpOneToken } from "./moe_one_token.ts";
 import { pairListKernels } from "./moe_route.ts";
 
@@ -88,6 +89,7 @@ export function sparsePipeline(
     activation: o.activation,
     args,
     bTex: tex(o.w1, d, E * h, h),
+    aFirst: matmulLoadsFirst(ctx),
   });
   const down = groupedMatmul({
     up: false,
@@ -107,6 +109,7 @@ export function sparsePipeline(
     L,
     args,
     bTex: tex(o.w2, E * h, d, d),
+    aFirst: matmulLoadsFirst(ctx),
   });
   const gather = gatherKernel(ctx, {
     partial,

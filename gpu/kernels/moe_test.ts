@@ -126,6 +126,46 @@ Deno.test("moeMlpSparse is exact for forced tiles, the gpu-profile tiles, and is
   assertEquals(Array.from(a), Array.from(b));
 });
 
+Deno.test("moeMlpSparse with A's loads first (Mesa 23 and later) gives the same bits as without", async () => {
+  const ctx = await testGpu();
+  // The same device, taken for a Mesa 25 lavapipe: the grouped matmuls load a pass's A first.
+  const m25 = Object.create(ctx, { mesa: { value: "25.0.7" } }) as GpuContext;
+  const cases: Case[] = [
+    { N: 200, d: 40, E: 8, h: 12, routing: "mixed" }, // A as vec4s
+    { N: 33, d: 13, E: 4, h: 5, routing: "mixed" }, // scalar A
+    {
+      N: 40,
+      d: 32,
+      E: 8,
+      h: 16,
+      routing: "mixed",
+      tile: { tm: 8, tmShort: 4, tnUp: 4, tnDown: 8, wxUp: 2, wxDown: 2 },
+    },
+  ];
+  const hoisted = /^\s*let a\d+ = A\[/m;
+  for (const c of cases) {
+    const tile = c.tile ?? moeTile(ctx, c), scratch = moeScratch(ctx, c, tile);
+    const t = (shape: number[]) => createTensor(ctx, shape, "f32");
+    const args = {
+      x: t([c.N, c.d]),
+      gate: t([c.N, c.E]),
+      w1: t([c.d, c.E * c.h]),
+      w2: t([c.E * c.h, c.d]),
+      y: t([c.N, c.d]),
+    };
+    const code = (b: GpuContext) =>
+      moeMlpSparse(b, { ...args, E: c.E, h: c.h, activation: "gelu", scratch, tile })
+        .filter((k) => k.label.startsWith("moe_up") || k.label.startsWith("moe_down")).map((k) => k.code);
+    assert(code(m25).length === 2 && code(m25).every((k) => hoisted.test(k)), JSON.stringify(c));
+    assertEquals(
+      code(ctx).some((k) => hoisted.test(k)),
+      ctx.mesa !== null && Number(ctx.mesa.split(".")[0]) >= 23,
+    );
+    for (const x of [...Object.values(args), ...Object.values(scratch)]) x.buffer.destroy();
+    assertEquals(Array.from(await check(ctx, c, m25)), Array.from(await check(ctx, c)), JSON.stringify(c));
+  }
+});
+
 Deno.test("the pair list of one block is one dispatch (moe_pairs), of several blocks three", async () => {
   const ctx = await testGpu();
   const labels = (N: number) => {
