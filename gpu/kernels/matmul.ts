@@ -195,9 +195,9 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
 /**
  * Whether the cpu-simd kernels load all of a pass's A before its multiply-adds: on Mesa releases from 23.0 on.
  * Measured on one llvmpipe thread (docs/llvmpipe.md, "Mesa 25"): under Mesa 25.0.7 the train block's five
- * products took 1.4–2.2× less time with the loads first (A's loads, whose address every lane shares, branch
+ * products took 1.4–2.6× less time with the loads first (A's loads, whose address every lane shares, branch
  * on their bounds there, and each branch between multiply-adds made LLVM copy the spilled accumulators);
- * under 22.3.6 they took 0–10% more. Releases between the two were not measured; an unknown release (not
+ * under 22.3.6 as long or longer (up to 1.5× in one sample). Releases between the two were not measured; an unknown release (not
  * Mesa, or not read) keeps the 22.3 form.
  *
  * @example
