@@ -107,26 +107,25 @@ export function computingMesaDriver<T extends { api: MesaApi }>(
   return drivers.find((d) => d.api === "Vulkan") ?? drivers.find((d) => d.api === "GL") ?? null;
 }
 
-let _release: { value: string | null } | null = null;
+let _release: string | null | undefined; // undefined until read
 
 /**
  * The Mesa release this process computes on (a software adapter opened: its driver is mapped by then), once
  * per process; null off Linux, when no Mesa software driver is mapped, or when its file names no release.
  */
 export function processMesaRelease(): string | null {
-  if (_release) return _release.value;
-  let value: string | null = null;
+  if (_release !== undefined) return _release;
+  _release = null;
   try {
     if (Deno.build.os === "linux") {
       const driver = computingMesaDriver(
         mesaDriverFiles(Deno.readTextFileSync("/proc/self/maps")),
         optionalEnv("DENO_WEBGPU_BACKEND"),
       );
-      value = driver ? mesaReleaseOf(driver.file, mesaVersionInFile) : null;
+      _release = driver ? mesaReleaseOf(driver.file, mesaVersionInFile) : null;
     }
   } catch {
-    value = null;
+    // unreadable maps or driver file: the release stays unknown (null)
   }
-  _release = { value };
-  return value;
+  return _release;
 }

@@ -294,6 +294,24 @@ export function vecGroup(width: number): number {
   return width % 16 === 0 ? 4 : width % 8 === 0 ? 2 : width % 4 === 0 ? 1 : 0;
 }
 
+/**
+ * The loads of A and the multiply-adds of one pass of a register-tile loop, `rows` rows: each row's load
+ * beside its own updates (`{ let a = …; … }`), or with `first` every row's load (`let a0 = …;` …) before
+ * any update, the form Mesa 23.0 and later want (docs/llvmpipe.md, "Mesa 25"). `update(r, a)` is row r's
+ * multiply-adds reading its A value under the name `a`.
+ */
+export function rowUpdates(
+  rows: number,
+  first: boolean,
+  load: (r: number) => string,
+  update: (r: number, a: string) => string,
+): string {
+  const each = (f: (r: number) => string) => Array.from({ length: rows }, (_, r) => f(r)).join("\n");
+  return first
+    ? `${each((r) => `    let a${r} = ${load(r)};`)}\n${each((r) => `    ${update(r, `a${r}`)}`)}`
+    : each((r) => `    { let a = ${load(r)}; ${update(r, "a")} }`);
+}
+
 /** The lanes of a WGSL vec4, in order. */
 export const VEC4_LANES = ["x", "y", "z", "w"] as const;
 

@@ -25,7 +25,7 @@ import { assertBindable, type GpuTensor, textureMirror } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
 import { ACT_VEC4, type ActivationKind } from "./activation.ts";
-import { loopBudget, packUniform, sumOf4, VEC4_LANES } from "./common.ts";
+import { loopBudget, packUniform, rowUpdates, sumOf4, VEC4_LANES } from "./common.ts";
 
 /** Options of {@linkcode matmul}. Logical sizes: op(A) is (m, k), op(B) is (k, n), C is (m, n). */
 export interface MatmulOptions {
@@ -545,30 +545,28 @@ function _outerLoopK4(s: MatmulSpec): string {
   const tn4 = s.tn / 4;
   const sum4 = (r: number, c: number, a: (e: number) => string) =>
     `c${r}_${c} += ${sumOf4(a, (e) => `b${e}_${c}`)};`;
-  const updates = s.aFirst
-    ? (s.transA
-      ? _lines(
+  const updates = !s.transA
+    ? rowUpdates(
+      s.tm,
+      !!s.aFirst,
+      (r) => `A[ar${r} + q]`,
+      (r, a) => _range(tn4).map((c) => sum4(r, c, (e) => `${a}.${VEC4_LANES[e]}`)).join(" "),
+    )
+    : s.aFirst
+    ? _lines(
+      s.tm / 4,
+      (h) =>
+        `    ${
+          _range(4).map((e) => `let a${h}_${e} = A[(4u * q + ${e}u) * (u.m / 4u) + ag${h}];`).join(" ")
+        }`,
+    ) + "\n" +
+      _lines(
         s.tm / 4,
         (h) =>
-          `    ${
-            _range(4).map((e) => `let a${h}_${e} = A[(4u * q + ${e}u) * (u.m / 4u) + ag${h}];`).join(" ")
-          }`,
-      ) + "\n" +
-        _lines(
-          s.tm / 4,
-          (h) =>
-            _lines(4, (i) =>
-              `    ${_range(tn4).map((c) => sum4(4 * h + i, c, (e) => `a${h}_${e}[${i}]`)).join(" ")}`),
-        )
-      : _lines(s.tm, (r) =>
-        `    let a${r} = A[ar${r} + q];`) +
-        "\n" +
-        _lines(
-          s.tm,
-          (r) => `    ${_range(tn4).map((c) => sum4(r, c, (e) => `a${r}.${VEC4_LANES[e]}`)).join(" ")}`,
-        ))
-    : s.transA
-    ? _lines(
+          _lines(4, (i) =>
+            `    ${_range(tn4).map((c) => sum4(4 * h + i, c, (e) => `a${h}_${e}[${i}]`)).join(" ")}`),
+      )
+    : _lines(
       s.tm / 4,
       (h) =>
         `    { ${_range(4).map((e) => `let a${e} = A[(4u * q + ${e}u) * (u.m / 4u) + ag${h}];`).join(" ")}
@@ -578,13 +576,6 @@ function _outerLoopK4(s: MatmulSpec): string {
           (i) => `      ${_range(tn4).map((c) => sum4(4 * h + i, c, (e) => `a${e}[${i}]`)).join(" ")}`,
         ) +
         "\n    }",
-    )
-    : _lines(
-      s.tm,
-      (r) =>
-        `    { let a = A[ar${r} + q]; ${
-          _range(tn4).map((c) => sum4(r, c, (e) => `a.${VEC4_LANES[e]}`)).join(" ")
-        } }`,
     );
   const row = (e: number) =>
     s.bTex ? `    let br${e}_ = 4u * q + ${e}u;` : `    let bo${e}_ = bBase + (4u * q + ${e}u) * (u.n / 4u);`;
@@ -602,23 +593,15 @@ ${updates}
 function _outerLoopK1(s: MatmulSpec): string {
   const tn4 = s.tn / 4;
   const bRow = s.vec ? "bBase + p * (u.n / 4u)" : "bBase + p * u.n";
-  const update = (r: number, a: string) =>
-    `    { let a = ${a}; ` + _range(tn4).map((c) => `c${r}_${c} += a * b${c};`).join(" ") + " }";
-  const fmas = s.aFirst
-    ? (s.aVec
-      ? _lines(s.tm / 4, (h) => `    let a4_${h} = A[ap + ag${h}];`) + "\n" +
-        _lines(s.tm / 4, (h) =>
-          _lines(4, (e) =>
-            `    ${_range(tn4).map((c) => `c${4 * h + e}_${c} += a4_${h}[${e}] * b${c};`).join(" ")}`))
-      : _lines(s.tm, (r) =>
-        `    let a${r} = A[${s.transA ? `ap + ar${r}` : `ar${r} + p`}];`) +
-        "\n" +
-        _lines(s.tm, (r) => `    ${_range(tn4).map((c) => `c${r}_${c} += a${r} * b${c};`).join(" ")}`))
-    : s.aVec
-    ? _lines(s.tm / 4, (h) =>
+  const perRow = (r: number, a: string) => _range(tn4).map((c) => `c${r}_${c} += ${a} * b${c};`).join(" ");
+  const fmas = !s.aVec
+    ? rowUpdates(s.tm, !!s.aFirst, (r) => `A[${s.transA ? `ap + ar${r}` : `ar${r} + p`}]`, perRow)
+    : s.aFirst
+    ? _lines(s.tm / 4, (h) => `    let a4_${h} = A[ap + ag${h}];`) + "\n" +
+      _lines(s.tm / 4, (h) => _lines(4, (e) => `    ${perRow(4 * h + e, `a4_${h}[${e}]`)}`))
+    : _lines(s.tm / 4, (h) =>
       `    { let a4 = A[ap + ag${h}];\n` +
-      _lines(4, (e) => "  " + update(4 * h + e, `a4[${e}]`)) + "\n    }")
-    : _lines(s.tm, (r) => update(r, `A[${s.transA ? `ap + ar${r}` : `ar${r} + p`}]`));
+      _lines(4, (e) => `      { let a = a4[${e}]; ${perRow(4 * h + e, "a")} }`) + "\n    }");
   const ap = s.transA ? `\n    let ap = p * ${s.aVec ? "(u.m / 4u)" : "u.m"};` : "";
   return `  for (var p = 0u; p < u.k; p = p + 1u) {
     ${s.bTex ? "let br = p;" : `let bo = ${bRow};`}${ap}
@@ -653,17 +636,13 @@ function _dotWgsl(s: MatmulSpec): string {
       : `vec4<f32>(${_range(4).map((e) => `A[ar${r} + 4u * q + ${e}u]`).join(", ")})`;
   const bLoad = (c: number) =>
     s.vec ? `B[bc${c} + q]` : `vec4<f32>(${_range(4).map((e) => `B[bc${c} + 4u * q + ${e}u]`).join(", ")})`;
-  const step = (la: (r: number) => string, lb: (c: number) => string, op: (c: number) => string) =>
+  const step = (la: (r: number) => string, lb: (c: number) => string, op: (c: number, a: string) => string) =>
     `${_lines(s.tn, (c) => `    let b${c} = ${lb(c)};`)}
 ${
-      s.aFirst
-        ? _lines(s.tm, (r) => `    let a${r} = ${la(r)};`) + "\n" +
-          _lines(s.tm, (r) =>
-            `    ${_range(s.tn).map((c) => `c${r}_${c} += ${op(c).replace(/\ba\b/g, `a${r}`)};`).join(" ")}`)
-        : _lines(s.tm, (r) =>
-          `    { let a = ${la(r)}; ${
-            _range(s.tn).map((c) => `c${r}_${c} += ${op(c)};`).join(" ")
-          } }`)
+      rowUpdates(s.tm, !!s.aFirst, la, (r, a) =>
+        _range(s.tn).map((c) =>
+          `c${r}_${c} += ${op(c, a)};`
+        ).join(" "))
     }`;
   // Scalar K tail (k % 4 != 0): one product per step.
   const tail = s.vec ? "" : `  for (var p = (u.k / 4u) * 4u; p < u.k; p = p + 1u) {
@@ -671,7 +650,7 @@ ${
     step(
       (r) => `A[${s.transA ? `p * u.m + ar${r}` : `ar${r} + p`}]`,
       (c) => `B[bc${c} + p]`,
-      (c) => `a * b${c}`,
+      (c, a) => `${a} * b${c}`,
     )
   }
   }`;
@@ -684,7 +663,7 @@ ${rows}
 ${cols}
 ${accs}
   for (var q = 0u; q < u.k / 4u; q = q + 1u) {
-${step(aLoad, bLoad, (c) => `dot(a, b${c})`)}
+${step(aLoad, bLoad, (c, a) => `dot(${a}, b${c})`)}
   }
 ${tail}
 ${_stores(s, s.vecC ? cVec : null, at)}

@@ -15,7 +15,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { KernelCall } from "../dispatch.ts";
 import type { ActivationKind } from "./activation.ts";
-import { packUniform, sumOf4, type UniformFields, VEC4_LANES } from "./common.ts";
+import { packUniform, rowUpdates, sumOf4, type UniformFields, VEC4_LANES } from "./common.ts";
 import { ACT_VEC4, lines, type MoeBind, moeDecls, range, type RouteLayout } from "./moe_common.ts";
 
 /** Options of {@linkcode groupedMatmul}. */
@@ -193,25 +193,14 @@ function _kLoopVec4(o: GroupedOptions, f: _Form): string {
   return `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {
 ${lines(4, (e) => lines(tn4, (c) => `    let b${e}_${c} = ${load(e, c)};`))}
 ${
-    o.aFirst
-      ? lines(o.tm, (r) => `    let a${r} = A[ar${r} + q];`) + "\n" +
-        lines(o.tm, (r) =>
-          `    ${
-            range(tn4).map((c) =>
-              `c${r}_${c} += ${sumOf4((e) => `a${r}.${VEC4_LANES[e]}`, (e) => `b${e}_${c}`)};`
-            )
-              .join(" ")
-          }`)
-      : lines(o.tm, (r) =>
-        `    { let a = A[ar${r} + q]; ${
-          range(tn4).map((c) =>
-            `c${r}_${c} += ${
-              sumOf4((e) => `a.${VEC4_LANES[e]}`, (e) =>
-                `b${e}_${c}`)
-            };`
-          )
-            .join(" ")
-        } }`)
+    rowUpdates(
+      o.tm,
+      !!o.aFirst,
+      (r) => `A[ar${r} + q]`,
+      (r, a) =>
+        range(tn4).map((c) => `c${r}_${c} += ${sumOf4((e) => `${a}.${VEC4_LANES[e]}`, (e) => `b${e}_${c}`)};`)
+          .join(" "),
+    )
   }
   }`;
 }
@@ -231,11 +220,12 @@ function _kLoopScalar(o: GroupedOptions, f: _Form): string {
     ${o.bTex ? "" : "let bo = bBase + p * u.ldb;"}
 ${bLoads}
 ${
-    o.aFirst
-      ? lines(o.tm, (r) => `    let a${r} = A[ar${r} + p];`) + "\n" +
-        lines(o.tm, (r) => `    ${range(tn4).map((c) => `c${r}_${c} += a${r} * b${c};`).join(" ")}`)
-      : lines(o.tm, (r) =>
-        `    { let a = A[ar${r} + p]; ${range(tn4).map((c) => `c${r}_${c} += a * b${c};`).join(" ")} }`)
+    rowUpdates(
+      o.tm,
+      !!o.aFirst,
+      (r) => `A[ar${r} + p]`,
+      (r, a) => range(tn4).map((c) => `c${r}_${c} += ${a} * b${c};`).join(" "),
+    )
   }
   }`;
 }
