@@ -169,9 +169,8 @@ export function textureMirror(
   rows: number,
   cols: number,
 ): GPUTextureView | null {
-  const width = cols / 4, max = ctx.limits.maxTextureDimension2D;
-  if (!_frozen.has(t) || t.dtype !== "f32" || rows * cols !== t.size || cols % 64 !== 0) return null;
-  if (width > max || rows > max) return null;
+  if (!_frozen.has(t) || rows * cols !== t.size || !textureCopyFits(ctx, t, rows, cols)) return null;
+  const width = cols / 4;
   const key = `${rows}x${cols}`;
   const mirrors = _mirrors.get(t) ?? new Map<string, _Mirror>();
   _mirrors.set(t, mirrors);
@@ -197,6 +196,17 @@ export function textureMirror(
   const view = texture.createView({ label });
   mirrors.set(key, { texture, view });
   return view;
+}
+
+/**
+ * Whether `t` can be read as a (rows, cols) f32 matrix from an `rgba32float` texture copy: f32, holding
+ * rows·cols values, cols a multiple of 64 (a copy's rows are multiples of 256 bytes), both sides within
+ * maxTextureDimension2D (cols/4 texels wide). For {@linkcode textureMirror} and for the copies made before
+ * each dispatch (gpu/dispatch.ts `textureCopies`).
+ */
+export function textureCopyFits(ctx: GpuContext, t: GpuTensor, rows: number, cols: number): boolean {
+  const max = ctx.limits.maxTextureDimension2D;
+  return t.dtype === "f32" && rows * cols <= t.size && cols % 64 === 0 && rows <= max && cols / 4 <= max;
 }
 
 /** Frees a tensor's buffer and any texture copies of it; the tensor must not be used afterwards. */

@@ -29,6 +29,30 @@ export interface KernelCall {
    * size is only known on the GPU (routed token counts), so no host readback is needed.
    */
   indirect?: { buffer: GPUBuffer | GpuTensor; offset: number };
+  /**
+   * Bindings read through a texture copy refreshed before every dispatch: `bindings[binding]` is a tensor
+   * holding a row-major (rows, cols) f32 matrix, and the kernel declares that binding as a `texture_2d<f32>`
+   * of cols/4 `rgba32float` texels by rows. {@linkcode prepare} makes the texture (the prepared call owns
+   * it, {@linkcode releaseCall} frees it) and {@linkcode Step.dispatch} encodes the copy first. For operands
+   * that change between steps where a texel fetch beats a storage load (llvmpipe, gpu/kernels/matmul.ts
+   * `matmulCopiesB`); cols must be a multiple of 64 (a copy's rows are multiples of 256 bytes).
+   */
+  textureCopies?: readonly TextureCopySpec[];
+}
+
+/** One binding of a {@linkcode KernelCall} read through a texture copy: see `textureCopies`. */
+export interface TextureCopySpec {
+  binding: number;
+  rows: number;
+  cols: number;
+}
+
+/** A prepared texture copy: `source`'s bytes into `texture`, encoded before the call's dispatch. */
+export interface PreparedTextureCopy {
+  readonly source: GPUBuffer;
+  readonly texture: GPUTexture;
+  readonly rows: number;
+  readonly cols: number;
 }
 
 /** A call ready to be encoded any number of times. */
@@ -40,6 +64,8 @@ export interface PreparedCall {
   readonly workgroups: readonly [number, number, number];
   /** Set for an indirect dispatch: the args buffer and byte offset. */
   readonly indirect: { readonly buffer: GPUBuffer; readonly offset: number } | null;
+  /** Texture copies to encode before the dispatch (see {@linkcode KernelCall.textureCopies}); owned here. */
+  readonly copies: readonly PreparedTextureCopy[];
 }
 
 /**
@@ -74,7 +100,10 @@ export function prepare(ctx: GpuContext, call: KernelCall): PreparedCall {
     }
   }
   const pipeline = ctx.pipelines.get(call.code, call.label);
+  const copies = (call.textureCopies ?? []).map((c) => _prepareCopy(ctx, call, c));
   const entries: GPUBindGroupEntry[] = call.bindings.map((b, i) => {
+    const copy = copies.find((_, j) => call.textureCopies![j]!.binding === i);
+    if (copy) return { binding: i, resource: copy.texture.createView({ label: copy.texture.label }) };
     if (b instanceof GPUTextureView) return { binding: i, resource: b };
     const buffer = b instanceof GPUBuffer ? b : b.buffer;
     assertBindable(
@@ -114,7 +143,37 @@ export function prepare(ctx: GpuContext, call: KernelCall): PreparedCall {
     }
     indirect = { buffer, offset };
   }
-  return { label: call.label, pipeline, bindGroup, uniformBuffer, workgroups: [x, y, z], indirect };
+  return { label: call.label, pipeline, bindGroup, uniformBuffer, workgroups: [x, y, z], indirect, copies };
+}
+
+/** Checks one of a call's texture copies and makes its texture. */
+function _prepareCopy(ctx: GpuContext, call: KernelCall, c: TextureCopySpec): PreparedTextureCopy {
+  const b = call.bindings[c.binding];
+  const bad = (why: string) =>
+    new RangeError(`Cannot dispatch ${call.label}: texture copy of binding ${c.binding} ${why}`);
+  if (b === undefined || b instanceof GPUTextureView || b instanceof GPUBuffer) throw bad("is not a tensor");
+  const { rows, cols } = c, max = ctx.limits.maxTextureDimension2D;
+  if (!Number.isInteger(rows) || !Number.isInteger(cols) || rows < 1 || cols < 64 || cols % 64 !== 0) {
+    throw bad(`needs rows ≥ 1 and cols a multiple of 64 (${rows}×${cols})`);
+  }
+  if (rows * cols * 4 > b.buffer.size) throw bad(`(${rows}×${cols}) is larger than "${b.label}"`);
+  if (rows > max || cols / 4 > max) {
+    throw new GpuLimitError(
+      `Cannot dispatch ${call.label}: a ${rows}×${cols / 4} texture exceeds maxTextureDimension2D (${max})`,
+    );
+  }
+  const label = `${b.label}.texture`;
+  const texture = ctx.createTexture(
+    {
+      size: [cols / 4, rows],
+      format: "rgba32float",
+      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+      label,
+    },
+    rows * cols * 4,
+    `texture copy of "${b.label}" [${rows}, ${cols}] f32 (${call.label})`,
+  );
+  return { source: b.buffer, texture, rows, cols };
 }
 
 /** Rewrites a prepared call's uniform (e.g. the step number of AdamW); ordered before the next submit. */
@@ -131,6 +190,7 @@ export function writeUniform(
 /** Frees a prepared call's own uniform buffer. */
 export function releaseCall(call: PreparedCall): void {
   call.uniformBuffer?.destroy();
+  for (const c of call.copies) c.texture.destroy();
 }
 
 /**
@@ -169,10 +229,20 @@ export class Step {
     return this.#dispatches;
   }
 
-  /** Encodes one prepared call (or prepares a raw call on the fly). */
+  /** Encodes one prepared call (or prepares a raw call on the fly), after its texture copies. */
   dispatch(call: PreparedCall | KernelCall): void {
     const p = "pipeline" in call ? call : prepare(this.#ctx, call);
     this.#dispatches++;
+    if (p.copies.length > 0) {
+      this.#endPass();
+      for (const c of p.copies) {
+        this.#encoder.copyBufferToTexture(
+          { buffer: c.source, bytesPerRow: c.cols * 4, rowsPerImage: c.rows },
+          { texture: c.texture },
+          [c.cols / 4, c.rows],
+        );
+      }
+    }
     let pass: GPUComputePassEncoder;
     if (this.#query && this.#timed.length < this.#capacity) {
       this.#endPass();

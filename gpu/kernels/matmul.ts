@@ -21,7 +21,7 @@
  *
  * @module
  */
-import { assertBindable, type GpuTensor, textureMirror } from "../buffers.ts";
+import { assertBindable, type GpuTensor, textureCopyFits, textureMirror } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
 import { ACT_VEC4, type ActivationKind } from "./activation.ts";
@@ -51,6 +51,12 @@ export interface MatmulOptions {
   gpuTile?: GpuMatmulTile;
   /** Overrides where the loads of A go in the loop (cpu-simd profile; tests and tuning): {@linkcode matmulLoadsFirst}. */
   aFirst?: boolean;
+  /**
+   * Overrides whether B is read from a texture copy made before each run (cpu-simd profile; tests and
+   * tuning): {@linkcode matmulCopiesB}. Ignored where the copy cannot be made (a frozen B, a batch of Bs, B's
+   * rows not a multiple of 64 floats, sides past the texture limit).
+   */
+  bCopy?: boolean;
   /**
    * How A and B are stored (C is f32 either way): f32 (the default), or f16 halves two per 32-bit word
    * (gpu/kernels/f16.ts's `castF16` writes them) read as `array<f16>` (`f16`, needs the device's
@@ -109,8 +115,9 @@ export interface MatmulSpec extends MatmulTile {
   act?: ActivationKind;
   res?: boolean;
   /**
-   * Outer form with `vec`: B is read from its `rgba32float` texture copy (a frozen weight,
-   * gpu/buffers.ts `textureMirror`), texel (column/4, row), instead of its buffer.
+   * With `vec`: B is read from an `rgba32float` texture copy (a frozen weight's, gpu/buffers.ts
+   * `textureMirror`, or one made before each run, {@linkcode matmulCopiesB}) instead of its buffer: texel
+   * (column/4, row) in the outer form, (k/4, column) in the dot form (B stored (n, k)).
    */
   bTex?: boolean;
   /**
@@ -165,7 +172,13 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
   const aVec = transB ? vec && !transA : _outerAVec(m, k, n, tile.tm, transA);
   // A frozen weight is read from its texture copy where one can be made: 1.2–1.4× on batched decoding's
   // products on llvmpipe (docs/llvmpipe.md, "Weights as textures").
-  const bTex = !transB && vec && (batch === 1 || !!o.broadcastB) ? textureMirror(ctx, o.b, k, n) : null;
+  const oneB = vec && (batch === 1 || !!o.broadcastB);
+  // B's rows and columns as stored: (k, n), or (n, k) transposed.
+  const [bRows, bCols] = transB ? [n, k] : [k, n];
+  // The dot form reads a frozen B's texture (n, k) where it would copy one that changes.
+  const bTex = oneB && (!transB || matmulCopiesB(ctx)) ? textureMirror(ctx, o.b, bRows, bCols) : null;
+  // B that changes between runs: a copy to a texture before each run where that pays (matmulCopiesB).
+  const bCopy = oneB && !bTex && (o.bCopy ?? matmulCopiesB(ctx)) && textureCopyFits(ctx, o.b, bRows, bCols);
   const bVec = vec, vecC = n % 4 === 0;
   const strides = [aVec ? (m * k) / 4 : m * k, bVec ? bStride / 4 : bStride, m * n];
   const ncg = Math.ceil(n / (tile.wx * tile.tn)), nrt = Math.ceil(m / tile.tm);
@@ -183,13 +196,27 @@ export function matmul(ctx: GpuContext, o: MatmulOptions): KernelCall {
       k4: k % 4 === 0,
       ...(ep?.activation ? { act: ep.activation } : {}),
       ...(res ? { res: true } : {}),
-      ...(bTex ? { bTex: true } : {}),
+      ...(bTex || bCopy ? { bTex: true } : {}),
       ...(o.aFirst ?? matmulLoadsFirst(ctx) ? { aFirst: true } : {}),
     }),
     bindings: [o.a, bTex ?? o.b, o.c, ...(res ? [res] : [])],
     uniform: _uniform(m, k, n, strides, ncg, nrt, groups, !!o.accumulate, o.alpha ?? 1, 1, k),
     workgroups: grid(ctx, groups),
+    ...(bCopy ? { textureCopies: [{ binding: 1, rows: bRows, cols: bCols }] } : {}),
   };
+}
+
+/**
+ * Whether the cpu-simd products read a B that is not frozen from a texture copy made before each run
+ * (`copyBufferToTexture`: 12–50 GB/s on llvmpipe) instead of from its buffer: on Mesa releases from 23.0 on.
+ * A texel fetch loads a lane's 4 values at once where a storage load loops over the lanes, with a bounds
+ * check per lane under 25.0.7. Measured there with the copy (docs/llvmpipe.md, "Mesa 25"): 1.2–1.4× on the
+ * train block's outer-form products and 1024³, 1.1× on 2048³, and 1.35× on its dot form on one thread; under
+ * 22.3.6 mixed (2048³ 1.15× slower, (2048×256)ᵀ·2048×256 2.4× slower through Vulkan), so 22.x reads its
+ * buffers as before.
+ */
+export function matmulCopiesB(ctx: GpuContext): boolean {
+  return ctx.profile === "cpu-simd" && mesaLoadsFirst(ctx.mesa);
 }
 
 /**
@@ -625,7 +652,9 @@ function _dotWgsl(s: MatmulSpec): string {
         ? `  let ar${r} = aBase + min(i0 + ${r}u, u.m - 1u);`
         : `  let ar${r} = aBase + min(i0 + ${r}u, u.m - 1u) * ${aVec ? kq : "u.k"};`,
   );
-  const cols = _lines(s.tn, (c) => `  let bc${c} = bBase + min(j0 + ${c}u, u.n - 1u) * ${kq};`);
+  const cols = s.bTex
+    ? _lines(s.tn, (c) => `  let bc${c} = min(j0 + ${c}u, u.n - 1u);`)
+    : _lines(s.tn, (c) => `  let bc${c} = bBase + min(j0 + ${c}u, u.n - 1u) * ${kq};`);
   const accs = _lines(s.tm, (r) => `  ${_range(s.tn).map((c) => `var c${r}_${c} = 0.0;`).join(" ")}`);
   // Loads of the 4 K values starting at 4q (q in vec4 units when vec).
   const aLoad = (r: number) =>
@@ -635,7 +664,11 @@ function _dotWgsl(s: MatmulSpec): string {
       ? `vec4<f32>(${_range(4).map((e) => `A[(4u * q + ${e}u) * u.m + ar${r}]`).join(", ")})`
       : `vec4<f32>(${_range(4).map((e) => `A[ar${r} + 4u * q + ${e}u]`).join(", ")})`;
   const bLoad = (c: number) =>
-    s.vec ? `B[bc${c} + q]` : `vec4<f32>(${_range(4).map((e) => `B[bc${c} + 4u * q + ${e}u]`).join(", ")})`;
+    s.bTex
+      ? `textureLoad(B, vec2<u32>(q, bc${c}), 0)`
+      : s.vec
+      ? `B[bc${c} + q]`
+      : `vec4<f32>(${_range(4).map((e) => `B[bc${c} + 4u * q + ${e}u]`).join(", ")})`;
   const step = (la: (r: number) => string, lb: (c: number) => string, op: (c: number, a: string) => string) =>
     `${_lines(s.tn, (c) => `    let b${c} = ${lb(c)};`)}
 ${

@@ -3,7 +3,7 @@ import { matmulRef } from "../../core/ref/matmul.ts";
 import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
 import { createTensor, destroyTensor, freezeTensor, readTensor, writeTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
-import { runCalls } from "../dispatch.ts";
+import { prepare, releaseCall, runCalls, Step } from "../dispatch.ts";
 import {
   GPU_TILE_LARGE,
   GPU_TILE_SMALL,
@@ -11,6 +11,7 @@ import {
   type GpuMatmulTile,
   matmul,
   matmulCalls,
+  matmulCopiesB,
   type MatmulOptions,
   matmulPlan,
   matmulScratch,
@@ -217,19 +218,17 @@ Deno.test("matmul() epilogue: R + act(A·B) in the product's stores, or in the s
   t.buffer.destroy();
 });
 
-Deno.test("matmul() reads a frozen B from its texture copy (cpu-simd outer form) with the same results", async () => {
-  const ctx = await testGpu();
-  const cpu = ctx.withProfile("cpu-simd");
-  // [case, whether B is read from a texture]: K divisible by 4 (A as vec4s, 4 rows of B per pass) or not
-  // (one row per pass), edge tiles, B broadcast over a batch, and an epilogue with a residual; then the
-  // layouts that keep the buffer: N not a multiple of 64 (a texture copy's row), B transposed, a batch of Bs.
+/** The frozen-B cases of the texture test, built on `build` (its Mesa release decides the dot form's texture). */
+async function checkFrozen(ctx: GpuContext, build: GpuContext): Promise<void> {
+  const dot = matmulCopiesB(build);
   const cases: [Case & { residual?: boolean }, boolean][] = [
     [{ m: 32, k: 64, n: 256 }, true],
     [{ m: 7, k: 33, n: 128 }, true],
     [{ m: 5, k: 20, n: 64, batch: 3, broadcastB: true }, true],
     [{ m: 9, k: 48, n: 192, alpha: 0.5, epilogue: { activation: "gelu" }, residual: true }, true],
     [{ m: 9, k: 48, n: 100 }, false],
-    [{ m: 9, k: 64, n: 64, transB: true }, false],
+    [{ m: 9, k: 64, n: 64, transB: true }, dot],
+    [{ m: 9, k: 64, n: 30, transA: true, transB: true }, dot],
     [{ m: 3, k: 16, n: 64, batch: 2 }, false],
   ];
   for (const [c, texture] of cases) {
@@ -243,7 +242,7 @@ Deno.test("matmul() reads a frozen B from its texture copy (cpu-simd outer form)
     const r = createTensor(ctx, [r64.length], "f32", Float32Array.from(r64), "r");
     const { residual, ...o } = c;
     const epilogue = residual ? { ...c.epilogue, residual: r } : c.epilogue;
-    const call = matmul(cpu, { ...o, a, b, c: out, ...(epilogue ? { epilogue } : {}) });
+    const call = matmul(build, { ...o, a, b, c: out, ...(epilogue ? { epilogue } : {}) });
     const what = `${call.label} ${JSON.stringify(c)}`;
     assertEquals(call.code.includes("texture_2d<f32>"), texture, what);
     assertEquals(call.bindings[1] instanceof GPUTextureView, texture, what);
@@ -254,10 +253,26 @@ Deno.test("matmul() reads a frozen B from its texture copy (cpu-simd outer form)
     assertClose(await readTensor(ctx, out), want, TOL, what);
     for (const t of [a, b, out, r]) destroyTensor(t);
   }
-  // The same tensor unfrozen reads its buffer; a frozen one cannot be written.
+}
+
+Deno.test("matmul() reads a frozen B from its texture copy (cpu-simd) with the same results", async () => {
+  const ctx = await testGpu();
+  const cpu = ctx.withProfile("cpu-simd");
+  // [case, whether B is read from a texture]: K divisible by 4 (A as vec4s, 4 rows of B per pass) or not
+  // (one row per pass), edge tiles, B broadcast over a batch, and an epilogue with a residual; then the
+  // layouts that keep the buffer: N not a multiple of 64 (a texture copy's row), a batch of Bs; B transposed
+  // reads its (n, k) texture where B's that change are copied (matmulCopiesB: Mesa 23 and later; run on
+  // this adapter as it is and taken for a Mesa 25 one).
+  const m25 = Object.create(cpu, { mesa: { value: "25.0.7" } }) as GpuContext;
+  for (const build of [cpu, m25]) await checkFrozen(ctx, build);
+
+  // The same tensor unfrozen reads its buffer (or, where matmulCopiesB says so, a copy made before each run);
+  // a frozen one cannot be written.
   const b = createTensor(ctx, [64 * 64], "f32", undefined, "b");
   const t = createTensor(ctx, [64 * 64], "f32", undefined, "t");
-  assert(!matmul(cpu, { a: t, b, c: t, m: 64, k: 64, n: 64 }).code.includes("texture_2d"));
+  const unfrozen = matmul(cpu, { a: t, b, c: t, m: 64, k: 64, n: 64 });
+  assert(!(unfrozen.bindings[1] instanceof GPUTextureView));
+  assertEquals(unfrozen.code.includes("texture_2d"), matmulCopiesB(cpu));
   freezeTensor(b);
   throws(() => writeTensor(ctx, b, new Float32Array(64 * 64)), /Cannot write "b": it is frozen/);
   for (const x of [b, t]) destroyTensor(x);
@@ -317,6 +332,92 @@ Deno.test("matmul() with A's loads first (Mesa 23 and later) gives the same bits
     !/let a\d+ = A\[/.test(matmul(ctx.withProfile("gpu"), { a: t, b: t, c: t, m: 64, k: 64, n: 64 }).code),
   );
   destroyTensor(t);
+});
+
+Deno.test("matmul() reads a B that changes from a texture copy made before every run, with the same bits", async () => {
+  const ctx = await testGpu();
+  const cpu = ctx.withProfile("cpu-simd");
+  // [case, whether B goes through a copy]: the outer form with 4 steps of K per pass, A transposed, one step
+  // per pass with accumulate, a batch over one broadcast B, an epilogue, the dot form (B transposed, its rows
+  // of K as texels; A transposed too); then the layouts that keep the buffer: B's rows not a multiple of 64
+  // floats (N, or K when transposed), a batch of Bs.
+  const cases: [Case, boolean][] = [
+    [{ m: 33, k: 64, n: 128 }, true],
+    [{ m: 68, k: 20, n: 64, transA: true, alpha: -2 }, true],
+    [{ m: 9, k: 33, n: 192, accumulate: true }, true],
+    [{ m: 5, k: 20, n: 64, batch: 3, broadcastB: true }, true],
+    [{ m: 40, k: 48, n: 64, epilogue: { activation: "gelu" } }, true],
+    [{ m: 9, k: 64, n: 64, transB: true }, true],
+    [{ m: 40, k: 128, n: 21, transA: true, transB: true, alpha: 0.5 }, true],
+    [{ m: 9, k: 48, n: 100 }, false],
+    [{ m: 9, k: 48, n: 64, transB: true }, false],
+    [{ m: 3, k: 16, n: 64, batch: 2 }, false],
+  ];
+  for (const [c, copied] of cases) {
+    const batch = c.batch ?? 1, seed = c.m * 11 + c.k * 5 + c.n;
+    const a64 = f32(randomArray(batch * c.m * c.k, seed));
+    const b64 = f32(randomArray((c.broadcastB ? 1 : batch) * c.k * c.n, seed + 1));
+    const c64 = f32(randomArray(batch * c.m * c.n, seed + 2));
+    const a = createTensor(ctx, [a64.length], "f32", Float32Array.from(a64), "a");
+    const b = createTensor(ctx, [b64.length], "f32", Float32Array.from(b64), "b");
+    const got: Float32Array[] = [];
+    for (const bCopy of [false, true]) {
+      const out = createTensor(ctx, [c64.length], "f32", Float32Array.from(c64), "c");
+      const call = matmul(cpu, { ...c, a, b, c: out, bCopy });
+      const what = `${call.label} bCopy ${bCopy} ${JSON.stringify(c)}`;
+      const expect = bCopy && copied;
+      const [rows, cols] = c.transB ? [c.n, c.k] : [c.k, c.n];
+      assertEquals(call.textureCopies ?? [], expect ? [{ binding: 1, rows, cols }] : [], what);
+      assertEquals(call.code.includes("texture_2d<f32>"), expect, what);
+      await ctx.scoped(call.label, () => runCalls(ctx, [call]).done());
+      let want: Float64Array = matmulRef(a64, b64, { ...c, c: c.accumulate ? c64 : undefined });
+      if (c.epilogue?.activation) want = activationRef(c.epilogue.activation, want);
+      const o = await readTensor(ctx, out) as Float32Array;
+      assertClose(o, want, TOL, what);
+      got.push(o);
+      destroyTensor(out);
+    }
+    assertEquals(got[1], got[0], `the texture and the buffer differ: ${JSON.stringify(c)}`);
+    for (const t of [a, b]) destroyTensor(t);
+  }
+
+  // One prepared call run twice with B rewritten between: the second run reads the new B.
+  const [m, k, n] = [16, 32, 64];
+  const a64 = f32(randomArray(m * k, 1)), b1 = f32(randomArray(k * n, 2)), b2 = f32(randomArray(k * n, 3));
+  const a = createTensor(ctx, [m * k], "f32", Float32Array.from(a64), "a");
+  const b = createTensor(ctx, [k * n], "f32", Float32Array.from(b1), "b");
+  const out = createTensor(ctx, [m * n], "f32", undefined, "c");
+  const prepared = prepare(ctx, matmul(cpu, { a, b, c: out, m, k, n, bCopy: true }));
+  assertEquals(prepared.copies.length, 1);
+  for (const b64 of [b1, b2]) {
+    writeTensor(ctx, b, Float32Array.from(b64));
+    const step = new Step(ctx);
+    step.dispatch(prepared);
+    assertEquals(step.dispatches, 1, "a copy is not a dispatch");
+    step.submit();
+    await step.done();
+    assertClose(await readTensor(ctx, out), matmulRef(a64, b64, { m, k, n }), TOL, "after B changed");
+  }
+  releaseCall(prepared);
+
+  // The default follows the Mesa release (23 and later copy) on the cpu-simd profile only; a frozen B
+  // keeps its one texture mirror; a copy wider than 64-float rows is refused when prepared.
+  const m25 = Object.create(cpu, { mesa: { value: "25.0.7" } }) as GpuContext;
+  const copies = (x: GpuContext) => (matmul(x, { a, b, c: out, m, k, n }).textureCopies ?? []).length;
+  assertEquals(copies(cpu), matmulCopiesB(cpu) ? 1 : 0, `default for Mesa ${cpu.mesa}`);
+  assertEquals([copies(m25), copies(ctx.withProfile("gpu"))], [1, 0]);
+  assert(matmulCopiesB(m25) && !matmulCopiesB(ctx.withProfile("gpu")));
+  const bad = {
+    ...matmul(cpu, { a, b, c: out, m, k, n, bCopy: true }),
+    textureCopies: [{ binding: 1, rows: k, cols: 32 }],
+  };
+  throws(() => prepare(ctx, bad), /texture copy of binding 1 needs .*cols a multiple of 64 \(32×32\)/);
+  const tooBig = { ...bad, textureCopies: [{ binding: 1, rows: 64, cols: 64 }] };
+  throws(() => prepare(ctx, tooBig), /\(64×64\) is larger than "b"/);
+  freezeTensor(b);
+  const frozen = matmul(m25, { a, b, c: out, m, k, n });
+  assert(frozen.textureCopies === undefined && frozen.bindings[1] instanceof GPUTextureView);
+  for (const t of [a, b, out]) destroyTensor(t);
 });
 
 Deno.test("matmulTile keeps 32×32 blocks where the adapter's threads need fewer workgroups", async () => {

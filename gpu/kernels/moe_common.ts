@@ -220,6 +220,8 @@ export interface MoeBind {
   decl: string; // WGSL element type
   t: GpuTensor | GPUTextureView; // a view: an rgba32float texture (a frozen weight's copy), `decl` unused
   write?: boolean;
+  /** A tensor read through the texture copy made before each dispatch (dispatch.ts `textureCopies`). */
+  texture?: boolean;
 }
 
 /** A one-invocation-per-item kernel (guarded by the first uniform field `n`) with typed bindings. */
@@ -248,7 +250,7 @@ ${entry(workgroup, `  if (i >= u.n) { return; }\n${body}`)}`;
 /** WGSL declarations of `binds` (in order) and of the uniform struct `u` of `fields` after them. */
 export function moeDecls(binds: readonly MoeBind[], fields: UniformFields): string {
   const lines = binds.map((b, i) =>
-    b.t instanceof GPUTextureView
+    b.t instanceof GPUTextureView || b.texture
       ? `@group(0) @binding(${i}) var ${b.name}: texture_2d<f32>;`
       : `@group(0) @binding(${i}) var<storage, ${
         b.write ? "read_write" : "read"

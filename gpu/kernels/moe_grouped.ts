@@ -48,6 +48,11 @@ export interface GroupedOptions {
    * (E·h, d)), read instead of `b`; needs vec4 columns (n divisible by 4).
    */
   bTex?: GPUTextureView | null;
+  /**
+   * B read from a texture copy of `b` made before every dispatch (W1 as (d, E·h), W2 as (E·h, d): `rows` ×
+   * `cols`), for weights that change (matmul.ts `matmulCopiesB`); the same reads as `bTex`.
+   */
+  bCopy?: { rows: number; cols: number } | null;
   /** A pass's loads of A before its multiply-adds (Mesa 23.0 and later: matmul.ts `matmulLoadsFirst`). */
   aFirst?: boolean;
 }
@@ -69,8 +74,8 @@ interface _Form {
  * units when the column count allows vec4 loads.
  */
 export function groupedMatmul(o: GroupedOptions): KernelCall {
-  const vec = o.n % 4 === 0;
-  if (o.bTex && !vec) throw new RangeError(`Cannot read B from a texture: n (${o.n}) is not divisible by 4`);
+  const vec = o.n % 4 === 0, tex = !!(o.bTex || o.bCopy);
+  if (tex && !vec) throw new RangeError(`Cannot read B from a texture: n (${o.n}) is not divisible by 4`);
   const f: _Form = { vec, aVec: vec && o.k % 4 === 0, q: vec ? 4 : 1, tn4: o.tn / 4 };
   const fields = _fields(o, f), binds = _binds(o, f);
   const body = (tm: number) => {
@@ -84,7 +89,7 @@ ${_stores(t, f)}`;
   const code = `${moeDecls(binds, fields)}
 ${o.gate ? ACT_VEC4[o.activation ?? "gelu"] : ""}
 
-${_tileDecode(o.wx, o.tn, !!o.bTex)}
+${_tileDecode(o.wx, o.tn, tex)}
 ${_columnIndices(o.tn, f)}
 ${
     short === undefined ? body(o.tm) : `  if (pend - p0 <= ${short}u) {
@@ -102,6 +107,7 @@ ${body(o.tm)}
     uniform: packUniform(fields),
     workgroups: [0],
     indirect: { buffer: o.args, offset: o.up ? 0 : 12 },
+    ...(o.bCopy && !o.bTex ? { textureCopies: [{ binding: 1, ...o.bCopy }] } : {}),
   };
 }
 
@@ -109,7 +115,9 @@ ${body(o.tm)}
 function _fields(o: GroupedOptions, f: _Form): UniformFields {
   const bStride = (o.up ? o.h : o.h * o.n) / f.q, ldb = (o.up ? o.E * o.h : o.n) / f.q;
   // From the texture, expert e's block starts at texel (e·tx, e·ty): W1's experts side by side, W2's stacked.
-  const tex: UniformFields = o.bTex ? [["tx", "u32", o.up ? o.h / 4 : 0], ["ty", "u32", o.up ? 0 : o.h]] : [];
+  const tex: UniformFields = o.bTex || o.bCopy
+    ? [["tx", "u32", o.up ? o.h / 4 : 0], ["ty", "u32", o.up ? 0 : o.h]]
+    : [];
   return [
     ...tex,
     ["k", "u32", o.k],
@@ -130,7 +138,7 @@ function _binds(o: GroupedOptions, f: _Form): MoeBind[] {
   const V = f.vec ? "vec4<f32>" : "f32";
   return [
     { name: "A", decl: f.aVec ? "vec4<f32>" : "f32", t: o.a },
-    { name: "B", decl: V, t: o.bTex ?? o.b },
+    { name: "B", decl: V, t: o.bTex ?? o.b, texture: !!o.bCopy },
     { name: "R", decl: "u32", t: o.route },
     { name: "C", decl: V, t: o.c, write: true },
     ...(o.gate ? [{ name: "G", decl: "f32", t: o.gate }] : []),
@@ -187,7 +195,7 @@ function _accumulators(tm: number, tn4: number): string {
 function _kLoopVec4(o: GroupedOptions, f: _Form): string {
   const { tn4 } = f;
   const load = (e: number, c: number) =>
-    o.bTex
+    o.bTex || o.bCopy
       ? `textureLoad(B, vec2<u32>(bx + bc${c}, by + 4u * q + ${e}u), 0)`
       : `B[bBase + (4u * q + ${e}u) * u.ldb + bc${c}]`;
   return `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {
@@ -208,7 +216,8 @@ ${
 /** The K loop with A as scalars: per step one row of B (vec4s, or 4 scalars gathered), one A per row. */
 function _kLoopScalar(o: GroupedOptions, f: _Form): string {
   const { tn4 } = f;
-  const bLoads = o.bTex
+  const tex = !!(o.bTex || o.bCopy);
+  const bLoads = tex
     ? lines(tn4, (c) => `    let b${c} = textureLoad(B, vec2<u32>(bx + bc${c}, by + p), 0);`)
     : f.vec
     ? lines(tn4, (c) => `    let b${c} = B[bo + bc${c}];`)
@@ -217,7 +226,7 @@ function _kLoopScalar(o: GroupedOptions, f: _Form): string {
       (c) => `    let b${c} = vec4<f32>(${range(4).map((e) => `B[bo + bc${4 * c + e}]`).join(", ")});`,
     );
   return `  for (var p = 0u; p < u.k; p = p + 1u) {
-    ${o.bTex ? "" : "let bo = bBase + p * u.ldb;"}
+    ${tex ? "" : "let bo = bBase + p * u.ldb;"}
 ${bLoads}
 ${
     rowUpdates(

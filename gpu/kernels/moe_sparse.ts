@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { textureMirror } from "../buffers.ts";
+import { textureCopyFits, textureMirror } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import type { KernelCall } from "../dispatch.ts";
 import type { ActivationKind } from "./activation.ts";
@@ -20,7 +20,7 @@ import {
 } from "./moe_common.ts";
 import { gatherKernel } from "./moe_gather.ts";
 import { groupedMatmul } from "./moe_grouped.ts";
-import { matmulLoadsFirst } from "./matmul.ts";
+import { matmulCopiesB, matmulLoadsFirst } from "./matmul.ts";
 import { moeMlpOneToken } from "./moe_one_token.ts";
 import { pairListKernels } from "./moe_route.ts";
 
@@ -65,9 +65,14 @@ export function sparsePipeline(
   const ncgUp = Math.ceil(h / (tile.wxUp * tile.tnUp)), ncgDown = Math.ceil(d / (tile.wxDown * tile.tnDown));
   const { route, hidden, partial, args } = o.scratch;
   // Frozen weights (a decoder's) read from texture copies on a software adapter: 1.7× on both grouped
-  // matmuls at d512, B = 32 (docs/llvmpipe.md, "Weights as textures").
-  const tex = (w: typeof o.w1, rows: number, cols: number, n: number) =>
-    ctx.profile === "cpu-simd" && n % 4 === 0 ? textureMirror(ctx, w, rows, cols) : null;
+  // matmuls at d512, B = 32 (docs/llvmpipe.md, "Weights as textures"); others, where matmul's B would be
+  // (matmulCopiesB), from a copy made before each dispatch.
+  const tex = (w: typeof o.w1, rows: number, cols: number, n: number) => {
+    if (ctx.profile !== "cpu-simd" || n % 4 !== 0) return {};
+    const bTex = textureMirror(ctx, w, rows, cols);
+    if (bTex) return { bTex };
+    return matmulCopiesB(ctx) && textureCopyFits(ctx, w, rows, cols) ? { bCopy: { rows, cols } } : {};
+  };
   const lists = pairListKernels(ctx, { gate: o.gate, route, args, L, N, E, tm: tile.tm, ncgUp, ncgDown });
   const up = groupedMatmul({
     up: true,
@@ -88,7 +93,7 @@ export function sparsePipeline(
     L,
     activation: o.activation,
     args,
-    bTex: tex(o.w1, d, E * h, h),
+    ...tex(o.w1, d, E * h, h),
     aFirst: matmulLoadsFirst(ctx),
   });
   const down = groupedMatmul({
@@ -108,7 +113,7 @@ export function sparsePipeline(
     wx: tile.wxDown,
     L,
     args,
-    bTex: tex(o.w2, E * h, d, d),
+    ...tex(o.w2, E * h, d, d),
     aFirst: matmulLoadsFirst(ctx),
   });
   const gather = gatherKernel(ctx, {
