@@ -8,7 +8,9 @@ import {
 import { attentionRef } from "../../core/ref/attention.ts";
 import { assertClose, Owned, randomArray, rng, runChecked as run, testGpu } from "../../tests/helpers/gpu.ts";
 import { freezeTensor, readTensor, writeTensor } from "../buffers.ts";
+import type { GpuContext } from "../device.ts";
 import { attentionCached } from "./cached_attention.ts";
+import { matmulCopiesB } from "./matmul.ts";
 import { moaAttentionSparse, moeScratch } from "./moe.ts";
 
 // Softmax-weighted sums of f32 products over ≤ 40 keys of width ≤ 16, then a d-long projection: errors
@@ -213,12 +215,17 @@ Deno.test("moaAttentionSparse decoding reads no weights of unrouted experts (the
 
 Deno.test("moaAttentionSparse over sequence batches reads no weights of experts no token routes to (they hold NaN)", async () => {
   const ctx = await testGpu(), gpuCtx = ctx.withProfile("gpu");
+  // The device taken for a cpu-simd one on Mesa 25, where weights that are not frozen are read through
+  // texture copies made before each dispatch (matmul.ts matmulCopiesB).
+  const m25 = Object.create(ctx.withProfile("cpu-simd"), { mesa: { value: "25.0.7" } }) as GpuContext;
   // Dead experts at both ends and side by side: a tile straying past its expert's query columns or output
   // rows into a neighbour's reads NaN; d = 13 takes the grouped matmuls' scalar loads.
   // `frozen`: Wq and Wo frozen (a decoder's weights); on cpu-simd the grouped matmuls read them from
   // texture copies (E·G·D and d multiples of 64), with the same results and no dead expert's texel.
   const cases: (MoaCase & { live: number[]; frozen?: boolean })[] = [
     { B: 2, T: 8, d: 64, E: 4, G: 2, D: 8, live: [1, 2], frozen: true },
+    { B: 2, T: 8, d: 64, E: 4, G: 2, D: 8, live: [1, 2] },
+    { B: 2, T: 8, d: 48, E: 8, G: 2, D: 8, live: [0, 5] },
     { B: 2, T: 13, d: 12, E: 4, G: 2, D: 8, live: [1, 2] },
     { B: 3, T: 9, d: 13, E: 5, G: 2, D: 4, live: [2] },
     { B: 2, T: 16, d: 16, E: 6, G: 1, D: 8, live: [0, 3, 4] },
@@ -237,7 +244,7 @@ Deno.test("moaAttentionSparse over sequence batches reads no weights of experts 
       for (let r = 0; r < d; r++) wqNaN.fill(NaN, r * E * w + e * w, r * E * w + (e + 1) * w);
       woNaN.fill(NaN, e * w * d, (e + 1) * w * d);
     }
-    for (const build of [ctx, gpuCtx]) {
+    for (const build of [ctx, gpuCtx, m25]) {
       const y = own.f32([N, d], new Float64Array(N * d).fill(NaN), "y");
       const scratch = moeScratch(build, { N, d, E, h: w });
       const [wqT, woT] = [own.f32([d, E * w], wqNaN), own.f32([E * w, d], woNaN)];
@@ -258,7 +265,12 @@ Deno.test("moaAttentionSparse over sequence batches reads no weights of experts 
       });
       const textured = calls.filter((x) => x.code.includes("texture_2d")).map((x) => x.label);
       const what = `${build.profile} ${JSON.stringify(c)}`;
-      assertEquals(textured, c.frozen && build.profile === "cpu-simd" ? ["moe_up", "moe_down"] : [], what);
+      // Wq (d, E·w) and Wo (E·w, d) as textures: frozen, or copied where matmulCopiesB says so.
+      const viaTexture = build.profile === "cpu-simd" && (!!c.frozen || matmulCopiesB(build));
+      const fits = { moe_up: (E * w) % 64 === 0, moe_down: d % 64 === 0 };
+      const expected = viaTexture ? (["moe_up", "moe_down"] as const).filter((l) => fits[l]) : [];
+      assertEquals(textured, expected, what);
+      if (build === m25) assertEquals(textured.length, Number(fits.moe_up) + Number(fits.moe_down), what);
       await run(ctx, calls, "moa dead experts");
       const got = await readTensor(ctx, y);
       assert(got.every(Number.isFinite), `${what}: an unrouted expert's weights were read`);

@@ -306,11 +306,18 @@ export function rowUpdates(
   load: (r: number) => string,
   update: (r: number, a: string) => string,
 ): string {
-  const each = (f: (r: number) => string) => Array.from({ length: rows }, (_, r) => f(r)).join("\n");
   return first
-    ? `${each((r) => `    let a${r} = ${load(r)};`)}\n${each((r) => `    ${update(r, `a${r}`)}`)}`
-    : each((r) => `    { let a = ${load(r)}; ${update(r, "a")} }`);
+    ? `${lines(rows, (r) => `    let a${r} = ${load(r)};`)}\n${
+      lines(rows, (r) => `    ${update(r, `a${r}`)}`)
+    }`
+    : lines(rows, (r) => `    { let a = ${load(r)}; ${update(r, "a")} }`);
 }
+
+/** 0, 1, …, n − 1. */
+export const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+/** `f(0)`, …, `f(n − 1)`, one a line (kernel templates' unrolled code). */
+export const lines = (n: number, f: (i: number) => string): string => range(n).map(f).join("\n");
 
 /** The lanes of a WGSL vec4, in order. */
 export const VEC4_LANES = ["x", "y", "z", "w"] as const;

@@ -25,7 +25,7 @@ import { assertBindable, type GpuTensor, textureCopyFits, textureMirror } from "
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
 import { ACT_VEC4, type ActivationKind } from "./activation.ts";
-import { loopBudget, packUniform, rowUpdates, sumOf4, VEC4_LANES } from "./common.ts";
+import { lines, loopBudget, packUniform, range, rowUpdates, sumOf4, VEC4_LANES } from "./common.ts";
 
 /** Options of {@linkcode matmul}. Logical sizes: op(A) is (m, k), op(B) is (k, n), C is (m, n). */
 export interface MatmulOptions {
@@ -439,8 +439,6 @@ function _gpuCall(
 }
 
 const _label = (transA: boolean, transB: boolean) => `matmul_${transA ? "t" : "n"}${transB ? "t" : "n"}`;
-const _range = (n: number) => Array.from({ length: n }, (_, i) => i);
-const _lines = (n: number, f: (i: number) => string) => _range(n).map(f).join("\n");
 
 /** WGSL of the cpu-simd family for one {@linkcode MatmulSpec}. */
 export function _matmulWgsl(s: MatmulSpec): string {
@@ -489,13 +487,13 @@ function _stores(
     epilogue
       ? `let ix = ${ix}; C[ix] = ${_epilogueWgsl(s.act, !!s.res, `u.alpha * (${x})`, "ix", v4)};`
       : `let x = u.alpha * (${x}); let ix = ${ix}; if (u.acc != 0u) { C[ix] = C[ix] + x; } else { C[ix] = x; }`;
-  const rows = _range(s.tm).map((r) => {
+  const rows = range(s.tm).map((r) => {
     const cols = vec4At
-      ? _lines(
+      ? lines(
         s.tn / 4,
         (c) => `      if (j0 + ${4 * c}u < u.n) { ${put(`co / 4u + ${c}u`, vec4At(r, c), true)} }`,
       )
-      : _lines(s.tn, (c) => `      if (j0 + ${c}u < u.n) { ${put(`co + ${c}u`, at(r, c), false)} }`);
+      : lines(s.tn, (c) => `      if (j0 + ${c}u < u.n) { ${put(`co + ${c}u`, at(r, c), false)} }`);
     return `  if (i0 + ${r}u < u.m) {\n    let co = cBase + (i0 + ${r}u) * u.n + j0;\n${cols}\n  }`;
   });
   return `  let cBase = bi * u.cStride;\n${rows.join("\n")}`;
@@ -530,21 +528,21 @@ function _outerRows(s: MatmulSpec): string {
     s.transA ? `aBase + min(i0 + ${r}u, u.m - 1u)` : `aBase + min(i0 + ${r}u, u.m - 1u) * u.k`;
   return s.aVec
     ? s.transA
-      ? _lines(s.tm / 4, (h) => `  let ag${h} = aBase + min(i0 / 4u + ${h}u, u.m / 4u - 1u);`)
-      : _lines(s.tm, (r) => `  let ar${r} = aBase + min(i0 + ${r}u, u.m - 1u) * (u.k / 4u);`)
-    : _lines(s.tm, (r) => `  let ar${r} = ${aRow(r)};`);
+      ? lines(s.tm / 4, (h) => `  let ag${h} = aBase + min(i0 / 4u + ${h}u, u.m / 4u - 1u);`)
+      : lines(s.tm, (r) => `  let ar${r} = aBase + min(i0 + ${r}u, u.m - 1u) * (u.k / 4u);`)
+    : lines(s.tm, (r) => `  let ar${r} = ${aRow(r)};`);
 }
 
 /** Outer form: the invocation's columns of B (vec4 groups when `vec`), clamped to the last column. */
 function _outerCols(s: MatmulSpec): string {
   return s.vec
-    ? _lines(s.tn / 4, (c) => `  let bc${c} = min(j0 / 4u + ${c}u, u.n / 4u - 1u);`)
-    : _lines(s.tn, (c) => `  let bc${c} = min(j0 + ${c}u, u.n - 1u);`);
+    ? lines(s.tn / 4, (c) => `  let bc${c} = min(j0 / 4u + ${c}u, u.n / 4u - 1u);`)
+    : lines(s.tn, (c) => `  let bc${c} = min(j0 + ${c}u, u.n - 1u);`);
 }
 
 /** Zeroed vec4 accumulators `c{r}_{c}`: tm rows of tn4 vec4s (both families). */
 function _vec4Accumulators(tm: number, tn4: number): string {
-  return _lines(tm, (r) => `  ${_range(tn4).map((c) => `var c${r}_${c} = vec4<f32>(0.0);`).join(" ")}`);
+  return lines(tm, (r) => `  ${range(tn4).map((c) => `var c${r}_${c} = vec4<f32>(0.0);`).join(" ")}`);
 }
 
 /**
@@ -554,13 +552,13 @@ function _vec4Accumulators(tm: number, tn4: number): string {
 function _outerBLoads(s: MatmulSpec, suffix: string): string {
   const tn4 = s.tn / 4;
   if (s.bTex) {
-    return _lines(tn4, (c) => `    let b${suffix}${c} = textureLoad(B, vec2<u32>(bc${c}, br${suffix}), 0);`);
+    return lines(tn4, (c) => `    let b${suffix}${c} = textureLoad(B, vec2<u32>(bc${c}, br${suffix}), 0);`);
   }
   return s.vec
-    ? _lines(tn4, (c) => `    let b${suffix}${c} = B[bo${suffix} + bc${c}];`)
-    : _lines(tn4, (c) =>
+    ? lines(tn4, (c) => `    let b${suffix}${c} = B[bo${suffix} + bc${c}];`)
+    : lines(tn4, (c) =>
       `    let b${suffix}${c} = vec4<f32>(${
-        _range(4).map((e) => `B[bo${suffix} + bc${4 * c + e}]`).join(", ")
+        range(4).map((e) => `B[bo${suffix} + bc${4 * c + e}]`).join(", ")
       });`);
 }
 
@@ -577,38 +575,36 @@ function _outerLoopK4(s: MatmulSpec): string {
       s.tm,
       !!s.aFirst,
       (r) => `A[ar${r} + q]`,
-      (r, a) => _range(tn4).map((c) => sum4(r, c, (e) => `${a}.${VEC4_LANES[e]}`)).join(" "),
+      (r, a) => range(tn4).map((c) => sum4(r, c, (e) => `${a}.${VEC4_LANES[e]}`)).join(" "),
     )
     : s.aFirst
-    ? _lines(
+    ? lines(
       s.tm / 4,
       (h) =>
-        `    ${
-          _range(4).map((e) => `let a${h}_${e} = A[(4u * q + ${e}u) * (u.m / 4u) + ag${h}];`).join(" ")
-        }`,
+        `    ${range(4).map((e) => `let a${h}_${e} = A[(4u * q + ${e}u) * (u.m / 4u) + ag${h}];`).join(" ")}`,
     ) + "\n" +
-      _lines(
+      lines(
         s.tm / 4,
         (h) =>
-          _lines(4, (i) =>
-            `    ${_range(tn4).map((c) => sum4(4 * h + i, c, (e) => `a${h}_${e}[${i}]`)).join(" ")}`),
+          lines(4, (i) =>
+            `    ${range(tn4).map((c) => sum4(4 * h + i, c, (e) => `a${h}_${e}[${i}]`)).join(" ")}`),
       )
-    : _lines(
+    : lines(
       s.tm / 4,
       (h) =>
-        `    { ${_range(4).map((e) => `let a${e} = A[(4u * q + ${e}u) * (u.m / 4u) + ag${h}];`).join(" ")}
+        `    { ${range(4).map((e) => `let a${e} = A[(4u * q + ${e}u) * (u.m / 4u) + ag${h}];`).join(" ")}
 ` +
-        _lines(
+        lines(
           4,
-          (i) => `      ${_range(tn4).map((c) => sum4(4 * h + i, c, (e) => `a${e}[${i}]`)).join(" ")}`,
+          (i) => `      ${range(tn4).map((c) => sum4(4 * h + i, c, (e) => `a${e}[${i}]`)).join(" ")}`,
         ) +
         "\n    }",
     );
   const row = (e: number) =>
     s.bTex ? `    let br${e}_ = 4u * q + ${e}u;` : `    let bo${e}_ = bBase + (4u * q + ${e}u) * (u.n / 4u);`;
   return `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {
-${_lines(4, row)}
-${_range(4).map((e) => _outerBLoads(s, `${e}_`)).join("\n")}
+${lines(4, row)}
+${range(4).map((e) => _outerBLoads(s, `${e}_`)).join("\n")}
 ${updates}
   }`;
 }
@@ -620,15 +616,15 @@ ${updates}
 function _outerLoopK1(s: MatmulSpec): string {
   const tn4 = s.tn / 4;
   const bRow = s.vec ? "bBase + p * (u.n / 4u)" : "bBase + p * u.n";
-  const perRow = (r: number, a: string) => _range(tn4).map((c) => `c${r}_${c} += ${a} * b${c};`).join(" ");
+  const perRow = (r: number, a: string) => range(tn4).map((c) => `c${r}_${c} += ${a} * b${c};`).join(" ");
   const fmas = !s.aVec
     ? rowUpdates(s.tm, !!s.aFirst, (r) => `A[${s.transA ? `ap + ar${r}` : `ar${r} + p`}]`, perRow)
     : s.aFirst
-    ? _lines(s.tm / 4, (h) => `    let a4_${h} = A[ap + ag${h}];`) + "\n" +
-      _lines(s.tm / 4, (h) => _lines(4, (e) => `    ${perRow(4 * h + e, `a4_${h}[${e}]`)}`))
-    : _lines(s.tm / 4, (h) =>
+    ? lines(s.tm / 4, (h) => `    let a4_${h} = A[ap + ag${h}];`) + "\n" +
+      lines(s.tm / 4, (h) => lines(4, (e) => `    ${perRow(4 * h + e, `a4_${h}[${e}]`)}`))
+    : lines(s.tm / 4, (h) =>
       `    { let a4 = A[ap + ag${h}];\n` +
-      _lines(4, (e) => `      { let a = a4[${e}]; ${perRow(4 * h + e, "a")} }`) + "\n    }");
+      lines(4, (e) => `      { let a = a4[${e}]; ${perRow(4 * h + e, "a")} }`) + "\n    }");
   const ap = s.transA ? `\n    let ap = p * ${s.aVec ? "(u.m / 4u)" : "u.m"};` : "";
   return `  for (var p = 0u; p < u.k; p = p + 1u) {
     ${s.bTex ? "let br = p;" : `let bo = ${bRow};`}${ap}
@@ -645,7 +641,7 @@ ${fmas}
 function _dotWgsl(s: MatmulSpec): string {
   const aVec = s.vec && !s.transA;
   const kq = s.vec ? "u.k / 4u" : "u.k";
-  const rows = _lines(
+  const rows = lines(
     s.tm,
     (r) =>
       s.transA
@@ -653,27 +649,27 @@ function _dotWgsl(s: MatmulSpec): string {
         : `  let ar${r} = aBase + min(i0 + ${r}u, u.m - 1u) * ${aVec ? kq : "u.k"};`,
   );
   const cols = s.bTex
-    ? _lines(s.tn, (c) => `  let bc${c} = min(j0 + ${c}u, u.n - 1u);`)
-    : _lines(s.tn, (c) => `  let bc${c} = bBase + min(j0 + ${c}u, u.n - 1u) * ${kq};`);
-  const accs = _lines(s.tm, (r) => `  ${_range(s.tn).map((c) => `var c${r}_${c} = 0.0;`).join(" ")}`);
+    ? lines(s.tn, (c) => `  let bc${c} = min(j0 + ${c}u, u.n - 1u);`)
+    : lines(s.tn, (c) => `  let bc${c} = bBase + min(j0 + ${c}u, u.n - 1u) * ${kq};`);
+  const accs = lines(s.tm, (r) => `  ${range(s.tn).map((c) => `var c${r}_${c} = 0.0;`).join(" ")}`);
   // Loads of the 4 K values starting at 4q (q in vec4 units when vec).
   const aLoad = (r: number) =>
     aVec
       ? `A[ar${r} + q]`
       : s.transA
-      ? `vec4<f32>(${_range(4).map((e) => `A[(4u * q + ${e}u) * u.m + ar${r}]`).join(", ")})`
-      : `vec4<f32>(${_range(4).map((e) => `A[ar${r} + 4u * q + ${e}u]`).join(", ")})`;
+      ? `vec4<f32>(${range(4).map((e) => `A[(4u * q + ${e}u) * u.m + ar${r}]`).join(", ")})`
+      : `vec4<f32>(${range(4).map((e) => `A[ar${r} + 4u * q + ${e}u]`).join(", ")})`;
   const bLoad = (c: number) =>
     s.bTex
       ? `textureLoad(B, vec2<u32>(q, bc${c}), 0)`
       : s.vec
       ? `B[bc${c} + q]`
-      : `vec4<f32>(${_range(4).map((e) => `B[bc${c} + 4u * q + ${e}u]`).join(", ")})`;
+      : `vec4<f32>(${range(4).map((e) => `B[bc${c} + 4u * q + ${e}u]`).join(", ")})`;
   const step = (la: (r: number) => string, lb: (c: number) => string, op: (c: number, a: string) => string) =>
-    `${_lines(s.tn, (c) => `    let b${c} = ${lb(c)};`)}
+    `${lines(s.tn, (c) => `    let b${c} = ${lb(c)};`)}
 ${
       rowUpdates(s.tm, !!s.aFirst, la, (r, a) =>
-        _range(s.tn).map((c) =>
+        range(s.tn).map((c) =>
           `c${r}_${c} += ${op(c, a)};`
         ).join(" "))
     }`;
@@ -688,7 +684,7 @@ ${
   }
   }`;
   const at = (r: number, c: number) => `c${r}_${c}`;
-  const cVec = (r: number, c4: number) => `vec4<f32>(${_range(4).map((e) => at(r, 4 * c4 + e)).join(", ")})`;
+  const cVec = (r: number, c4: number) => `vec4<f32>(${range(4).map((e) => at(r, 4 * c4 + e)).join(", ")})`;
   return `${
     _prologue(s, aVec ? "vec4<f32>" : "f32", s.vec ? "vec4<f32>" : "f32", s.vecC ? "vec4<f32>" : "f32")
   }
@@ -905,7 +901,7 @@ function _gpuStage(
     ? (trans ? "aBase + p * u.m + x" : "aBase + x * u.k + p")
     : (trans ? "bBase + x * u.k + p" : "bBase + p * u.n + x");
   const lim = which === "A" ? "u.m" : "u.n", first = which === "A" ? "row0" : "col0";
-  return _lines(per, (e) => {
+  return lines(per, (e) => {
     const s = `(t + ${e * g.T}u)`;
     const [kk, r] = alongSpan
       ? [`${s} / ${span}u`, `${s} % ${span}u`]
@@ -925,14 +921,12 @@ function _gpuInner(t: GpuMatmulTile, g: _GpuDims, operands: MatmulOperands = "f3
   // f16 tiles widen to f32 as they are read: the products and sums are f32 (exact products of halves).
   const read = (x: string) => (operands === "f16" ? `vec4<f32>(${x})` : x);
   return `      ${
-    _range(tm4).map((q) => `let a${q} = ${read(`As[kk * ${BM4}u + lid.y * ${tm4}u + ${q}u]`)};`).join(" ")
+    range(tm4).map((q) => `let a${q} = ${read(`As[kk * ${BM4}u + lid.y * ${tm4}u + ${q}u]`)};`).join(" ")
   }
-      ${
-    _range(tn4).map((c) => `let b${c} = ${read(`Bs[kk * ${BN4}u + lid.x * ${tn4}u + ${c}u]`)};`).join(" ")
-  }
+      ${range(tn4).map((c) => `let b${c} = ${read(`Bs[kk * ${BN4}u + lid.x * ${tn4}u + ${c}u]`)};`).join(" ")}
 ${
-    _lines(t.tm, (r) =>
-      "      " + _range(tn4).map((c) =>
+    lines(t.tm, (r) =>
+      "      " + range(tn4).map((c) =>
         `c${r}_${c} = fma(vec4<f32>(a${r >> 2}[${r & 3}]), b${c}, c${r}_${c});`
       )
         .join(" "))
@@ -947,11 +941,11 @@ function _gpuStores(t: GpuMatmulTile, act?: ActivationKind, res = false): string
   const put = act || res
     ? `let ix = cBase + i * u.n + j; C[ix] = ${_epilogueWgsl(act, res, "u.alpha * v", "ix", false)};`
     : `let x = u.alpha * v; let ix = cBase + i * u.n + j; if (u.acc != 0u) { C[ix] = C[ix] + x; } else { C[ix] = x; }`;
-  return _lines(t.tm, (r) =>
+  return lines(t.tm, (r) =>
     `  { let i = row0 + lid.y * ${t.tm}u + ${r}u;
     if (i < u.m) {
 ${
-      _lines(t.tn, (c) =>
+      lines(t.tn, (c) =>
         `      { let j = col0 + lid.x * ${t.tn}u + ${c}u; if (j < u.n) { let v = c${r}_${c >> 2}[${
           c & 3
         }]; ${put} } }`)

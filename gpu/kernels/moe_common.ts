@@ -265,8 +265,4 @@ export function moeDecls(binds: readonly MoeBind[], fields: UniformFields): stri
 
 export { ACT_VEC4 } from "./activation.ts";
 
-/** 0, 1, …, n − 1. */
-export const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
-
-/** `f(0)`, …, `f(n − 1)`, one a line. */
-export const lines = (n: number, f: (i: number) => string): string => range(n).map(f).join("\n");
+export { lines, range } from "./common.ts";
