@@ -3,7 +3,7 @@ import { matmulRef } from "../../core/ref/matmul.ts";
 import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
 import { createTensor, destroyTensor, freezeTensor, readTensor, writeTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
-import { prepare, releaseCall, runCalls, Step } from "../dispatch.ts";
+import { type KernelCall, prepare, releaseCall, runCalls, Step } from "../dispatch.ts";
 import {
   GPU_TILE_LARGE,
   GPU_TILE_SMALL,
@@ -278,6 +278,42 @@ Deno.test("matmul() reads a frozen B from its texture copy (cpu-simd) with the s
   for (const x of [b, t]) destroyTensor(x);
 });
 
+/**
+ * Runs case `c` on `build` with a matmul option off and on (`option(on)`), `inspect`s each call, checks both
+ * results against the float64 reference, and asserts they are the same bits.
+ */
+async function sameBitsBothWays(
+  ctx: GpuContext,
+  build: GpuContext,
+  c: Case,
+  seed: number,
+  option: (on: boolean) => Partial<MatmulOptions>,
+  inspect: (call: KernelCall, on: boolean, what: string) => void,
+): Promise<void> {
+  const batch = c.batch ?? 1;
+  const a64 = f32(randomArray(batch * c.m * c.k, seed));
+  const b64 = f32(randomArray((c.broadcastB ? 1 : batch) * c.k * c.n, seed + 1));
+  const c64 = f32(randomArray(batch * c.m * c.n, seed + 2));
+  const a = createTensor(ctx, [a64.length], "f32", Float32Array.from(a64), "a");
+  const b = createTensor(ctx, [b64.length], "f32", Float32Array.from(b64), "b");
+  const got: Float32Array[] = [];
+  for (const on of [false, true]) {
+    const out = createTensor(ctx, [c64.length], "f32", Float32Array.from(c64), "c");
+    const call = matmul(build, { ...c, a, b, c: out, ...option(on) });
+    const what = `${call.label} ${JSON.stringify(option(on))} ${JSON.stringify(c)}`;
+    inspect(call, on, what);
+    await ctx.scoped(call.label, () => runCalls(ctx, [call]).done());
+    let want: Float64Array = matmulRef(a64, b64, { ...c, c: c.accumulate ? c64 : undefined });
+    if (c.epilogue?.activation) want = activationRef(c.epilogue.activation, want);
+    const o = await readTensor(ctx, out) as Float32Array;
+    assertClose(o, want, TOL, what);
+    got.push(o);
+    destroyTensor(out);
+  }
+  assertEquals(got[1], got[0], `off and on differ: ${JSON.stringify(option(true))} ${JSON.stringify(c)}`);
+  for (const t of [a, b]) destroyTensor(t);
+}
+
 /** A load of A on a line of its own (loads first); beside the multiply-adds each sits in a `{ … }` block. */
 const _HOISTED = /^\s*let a\w* = (vec4<f32>\()?A\[/m;
 
@@ -297,29 +333,17 @@ Deno.test("matmul() with A's loads first (Mesa 23 and later) gives the same bits
     { m: 7, k: 33, n: 1000 },
   ];
   for (const c of cases) {
-    const batch = c.batch ?? 1, seed = c.m * 5 + c.k * 3 + c.n;
-    const a64 = f32(randomArray(batch * c.m * c.k, seed));
-    const b64 = f32(randomArray(batch * c.k * c.n, seed + 1));
-    const c64 = f32(randomArray(batch * c.m * c.n, seed + 2));
-    const a = createTensor(ctx, [a64.length], "f32", Float32Array.from(a64), "a");
-    const b = createTensor(ctx, [b64.length], "f32", Float32Array.from(b64), "b");
-    const got: Float32Array[] = [];
-    for (const aFirst of [false, true]) {
-      const out = createTensor(ctx, [c64.length], "f32", Float32Array.from(c64), "c");
-      const call = matmul(cpu, { ...c, a, b, c: out, aFirst });
-      const what = `${call.label} aFirst ${aFirst} ${JSON.stringify(c)}`;
-      // The loads first: each row's A is named before the first multiply-add of the pass reads it.
-      assertEquals(_HOISTED.test(call.code), aFirst, what);
-      await ctx.scoped(call.label, () => runCalls(ctx, [call]).done());
-      let want: Float64Array = matmulRef(a64, b64, { ...c, c: c.accumulate ? c64 : undefined });
-      if (c.epilogue?.activation) want = activationRef(c.epilogue.activation, want);
-      const o = await readTensor(ctx, out) as Float32Array;
-      assertClose(o, want, TOL, what);
-      got.push(o);
-      destroyTensor(out);
-    }
-    assertEquals(got[1], got[0], `the two orders differ: ${JSON.stringify(c)}`);
-    for (const t of [a, b]) destroyTensor(t);
+    await sameBitsBothWays(
+      ctx,
+      cpu,
+      c,
+      c.m * 5 + c.k * 3 + c.n,
+      (aFirst) => ({ aFirst }),
+      (call, aFirst, what) => {
+        // The loads first: each row's A is named before the first multiply-add of the pass reads it.
+        assertEquals(_HOISTED.test(call.code), aFirst, what);
+      },
+    );
   }
   // The default follows the Mesa release the adapter computes on (read from the driver this process mapped).
   if (/llvmpipe/.test(ctx.adapter.description) && Deno.build.os === "linux") {
@@ -354,31 +378,19 @@ Deno.test("matmul() reads a B that changes from a texture copy made before every
     [{ m: 3, k: 16, n: 64, batch: 2 }, false],
   ];
   for (const [c, copied] of cases) {
-    const batch = c.batch ?? 1, seed = c.m * 11 + c.k * 5 + c.n;
-    const a64 = f32(randomArray(batch * c.m * c.k, seed));
-    const b64 = f32(randomArray((c.broadcastB ? 1 : batch) * c.k * c.n, seed + 1));
-    const c64 = f32(randomArray(batch * c.m * c.n, seed + 2));
-    const a = createTensor(ctx, [a64.length], "f32", Float32Array.from(a64), "a");
-    const b = createTensor(ctx, [b64.length], "f32", Float32Array.from(b64), "b");
-    const got: Float32Array[] = [];
-    for (const bCopy of [false, true]) {
-      const out = createTensor(ctx, [c64.length], "f32", Float32Array.from(c64), "c");
-      const call = matmul(cpu, { ...c, a, b, c: out, bCopy });
-      const what = `${call.label} bCopy ${bCopy} ${JSON.stringify(c)}`;
-      const expect = bCopy && copied;
-      const [rows, cols] = c.transB ? [c.n, c.k] : [c.k, c.n];
-      assertEquals(call.textureCopies ?? [], expect ? [{ binding: 1, rows, cols }] : [], what);
-      assertEquals(call.code.includes("texture_2d<f32>"), expect, what);
-      await ctx.scoped(call.label, () => runCalls(ctx, [call]).done());
-      let want: Float64Array = matmulRef(a64, b64, { ...c, c: c.accumulate ? c64 : undefined });
-      if (c.epilogue?.activation) want = activationRef(c.epilogue.activation, want);
-      const o = await readTensor(ctx, out) as Float32Array;
-      assertClose(o, want, TOL, what);
-      got.push(o);
-      destroyTensor(out);
-    }
-    assertEquals(got[1], got[0], `the texture and the buffer differ: ${JSON.stringify(c)}`);
-    for (const t of [a, b]) destroyTensor(t);
+    await sameBitsBothWays(
+      ctx,
+      cpu,
+      c,
+      c.m * 11 + c.k * 5 + c.n,
+      (bCopy) => ({ bCopy }),
+      (call, bCopy, what) => {
+        const expect = bCopy && copied;
+        const [rows, cols] = c.transB ? [c.n, c.k] : [c.k, c.n];
+        assertEquals(call.textureCopies ?? [], expect ? [{ binding: 1, rows, cols }] : [], what);
+        assertEquals(call.code.includes("texture_2d<f32>"), expect, what);
+      },
+    );
   }
 
   // One prepared call run twice with B rewritten between: the second run reads the new B.
