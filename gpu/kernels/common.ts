@@ -267,15 +267,33 @@ fn main(@builtin(local_invocation_index) t: u32) {
 export const LLVMPIPE_LOOP_LIMIT = 65535;
 
 /**
- * Throws a {@linkcode GpuLimitError} on a software adapter (`cpu-simd` profile) when one invocation of
- * `what` would run more than {@linkcode LLVMPIPE_LOOP_LIMIT} loop iterations, which llvmpipe would cut short
- * without an error; `hint` says which sizes to lower. Real GPUs have no such limit.
+ * The loop limit of `ctx`'s adapter, or null where it has none: {@linkcode LLVMPIPE_LOOP_LIMIT} on a software
+ * adapter (`cpu-simd` profile) unless it runs Mesa 25 or later, whose llvmpipe counted one invocation's loop
+ * to 100,000 (25.0.7, through Vulkan; 22.3.6 stopped at 65,535 through GL and Vulkan alike). Releases between
+ * were not measured and keep the limit: a refusal is safe, a loop cut short is not.
+ *
+ * @example
+ * ```ts ignore
+ * if (loopLimit(ctx) !== null) console.log(`loops stop after ${loopLimit(ctx)} iterations here`);
+ * ```
+ */
+export function loopLimit(ctx: GpuContext): number | null {
+  if (ctx.profile !== "cpu-simd") return null;
+  const major = ctx.mesa === null ? NaN : Number(ctx.mesa.split(".")[0]);
+  return Number.isInteger(major) && major >= 25 ? null : LLVMPIPE_LOOP_LIMIT;
+}
+
+/**
+ * Throws a {@linkcode GpuLimitError} where `ctx`'s adapter has a loop limit ({@linkcode loopLimit}: older
+ * llvmpipe) and one invocation of `what` would run more loop iterations than it, which llvmpipe would cut
+ * short without an error; `hint` says which sizes to lower. Real GPUs have no such limit.
  */
 export function loopBudget(ctx: GpuContext, iterations: number, what: string, hint: string): void {
-  if (ctx.profile !== "cpu-simd" || iterations <= LLVMPIPE_LOOP_LIMIT) return;
+  const limit = loopLimit(ctx);
+  if (limit === null || iterations <= limit) return;
   throw new GpuLimitError(
     `Cannot run ${what} on ${ctx.adapter.description}: one invocation would loop ${iterations} times, and ` +
-      `this software adapter stops every loop after ${LLVMPIPE_LOOP_LIMIT} in total (the result would be ` +
+      `this software adapter stops every loop after ${limit} in total (the result would be ` +
       `silently wrong). ${hint}, or run on a real GPU.`,
   );
 }
