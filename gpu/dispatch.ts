@@ -187,7 +187,7 @@ export function writeUniform(
   else ctx.device.queue.writeBuffer(call.uniformBuffer, 0, data as BufferSource);
 }
 
-/** Frees a prepared call's own uniform buffer. */
+/** Frees a prepared call's own uniform buffer and the textures of its texture copies. */
 export function releaseCall(call: PreparedCall): void {
   call.uniformBuffer?.destroy();
   for (const c of call.copies) c.texture.destroy();
