@@ -107,6 +107,20 @@ export function computingMesaDriver<T extends { api: MesaApi }>(
   return drivers.find((d) => d.api === "Vulkan") ?? drivers.find((d) => d.api === "GL") ?? null;
 }
 
+/**
+ * Whether a Mesa release ("25.0.7") is `major`.0 or later; false for an unknown release (null, or not x.y.z).
+ *
+ * @example
+ * ```ts
+ * import { mesaAtLeast } from "./mesa.ts";
+ * if (!mesaAtLeast("25.0.7", 23) || mesaAtLeast("22.3.6", 23) || mesaAtLeast(null, 1)) throw new Error();
+ * ```
+ */
+export function mesaAtLeast(release: string | null, major: number): boolean {
+  const have = release === null ? NaN : Number(release.split(".")[0]);
+  return Number.isInteger(have) && have >= major;
+}
+
 let _release: string | null | undefined; // undefined until read
 
 /**

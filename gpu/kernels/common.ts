@@ -8,6 +8,7 @@ import type { GpuTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
 import { GpuLimitError } from "../errors.ts";
+import { mesaAtLeast } from "../mesa.ts";
 
 /**
  * A binding of a kernel: name in WGSL, element type, and whether the kernel writes it; a texture view (the
@@ -279,8 +280,7 @@ export const LLVMPIPE_LOOP_LIMIT = 65535;
  */
 export function loopLimit(ctx: GpuContext): number | null {
   if (ctx.profile !== "cpu-simd") return null;
-  const major = ctx.mesa === null ? NaN : Number(ctx.mesa.split(".")[0]);
-  return Number.isInteger(major) && major >= 25 ? null : LLVMPIPE_LOOP_LIMIT;
+  return mesaAtLeast(ctx.mesa, 25) ? null : LLVMPIPE_LOOP_LIMIT;
 }
 
 /**

@@ -24,6 +24,7 @@
 import { assertBindable, type GpuTensor, textureCopyFits, textureMirror } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
+import { mesaAtLeast } from "../mesa.ts";
 import { ACT_VEC4, type ActivationKind } from "./activation.ts";
 import { lines, loopBudget, packUniform, range, rowUpdates, sumOf4, VEC4_LANES } from "./common.ts";
 
@@ -234,8 +235,7 @@ export function matmulCopiesB(ctx: GpuContext): boolean {
  * ```
  */
 export function mesaLoadsFirst(release: string | null): boolean {
-  const major = release === null ? NaN : Number(release.split(".")[0]);
-  return Number.isInteger(major) && major >= 23;
+  return mesaAtLeast(release, 23);
 }
 
 /** {@linkcode mesaLoadsFirst} for the Mesa release `ctx` computes on, on the cpu-simd profile. */

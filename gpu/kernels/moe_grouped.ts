@@ -66,6 +66,8 @@ interface _Form {
   q: number;
   /** vec4 accumulators per tile row. */
   tn4: number;
+  /** B read from a texture: a frozen weight's (`bTex`) or a copy made before each dispatch (`bCopy`). */
+  tex: boolean;
 }
 
 /**
@@ -76,7 +78,7 @@ interface _Form {
 export function groupedMatmul(o: GroupedOptions): KernelCall {
   const vec = o.n % 4 === 0, tex = !!(o.bTex || o.bCopy);
   if (tex && !vec) throw new RangeError(`Cannot read B from a texture: n (${o.n}) is not divisible by 4`);
-  const f: _Form = { vec, aVec: vec && o.k % 4 === 0, q: vec ? 4 : 1, tn4: o.tn / 4 };
+  const f: _Form = { vec, aVec: vec && o.k % 4 === 0, q: vec ? 4 : 1, tn4: o.tn / 4, tex };
   const fields = _fields(o, f), binds = _binds(o, f);
   const body = (tm: number) => {
     const t = { ...o, tm };
@@ -115,9 +117,7 @@ ${body(o.tm)}
 function _fields(o: GroupedOptions, f: _Form): UniformFields {
   const bStride = (o.up ? o.h : o.h * o.n) / f.q, ldb = (o.up ? o.E * o.h : o.n) / f.q;
   // From the texture, expert e's block starts at texel (e·tx, e·ty): W1's experts side by side, W2's stacked.
-  const tex: UniformFields = o.bTex || o.bCopy
-    ? [["tx", "u32", o.up ? o.h / 4 : 0], ["ty", "u32", o.up ? 0 : o.h]]
-    : [];
+  const tex: UniformFields = f.tex ? [["tx", "u32", o.up ? o.h / 4 : 0], ["ty", "u32", o.up ? 0 : o.h]] : [];
   return [
     ...tex,
     ["k", "u32", o.k],
@@ -195,7 +195,7 @@ function _accumulators(tm: number, tn4: number): string {
 function _kLoopVec4(o: GroupedOptions, f: _Form): string {
   const { tn4 } = f;
   const load = (e: number, c: number) =>
-    o.bTex || o.bCopy
+    f.tex
       ? `textureLoad(B, vec2<u32>(bx + bc${c}, by + 4u * q + ${e}u), 0)`
       : `B[bBase + (4u * q + ${e}u) * u.ldb + bc${c}]`;
   return `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {
@@ -216,8 +216,7 @@ ${
 /** The K loop with A as scalars: per step one row of B (vec4s, or 4 scalars gathered), one A per row. */
 function _kLoopScalar(o: GroupedOptions, f: _Form): string {
   const { tn4 } = f;
-  const tex = !!(o.bTex || o.bCopy);
-  const bLoads = tex
+  const bLoads = f.tex
     ? lines(tn4, (c) => `    let b${c} = textureLoad(B, vec2<u32>(bx + bc${c}, by + p), 0);`)
     : f.vec
     ? lines(tn4, (c) => `    let b${c} = B[bo + bc${c}];`)
@@ -226,7 +225,7 @@ function _kLoopScalar(o: GroupedOptions, f: _Form): string {
       (c) => `    let b${c} = vec4<f32>(${range(4).map((e) => `B[bo + bc${4 * c + e}]`).join(", ")});`,
     );
   return `  for (var p = 0u; p < u.k; p = p + 1u) {
-    ${tex ? "" : "let bo = bBase + p * u.ldb;"}
+    ${f.tex ? "" : "let bo = bBase + p * u.ldb;"}
 ${bLoads}
 ${
     rowUpdates(
