@@ -162,10 +162,14 @@ function _downOne(
       finish: `y[i] = ${plus("i")}s0;`,
     });
   }
-  // One vec4 of output columns per invocation, not up to four: each invocation loops over the routed rows
-  // only, so more of them in parallel pays (moe_down1 at d512: 0.84–1.12 ms for 4 layers against
-  // 1.29–1.60 with 16 columns each, 3 interleaved runs, llvmpipe, 2026-12-07).
-  const d = y.size, c4 = Math.min(1, vecGroup(d)), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q;
+  // Up to four vec4s of output columns per invocation (16 columns), like moe_up1: a SIMD batch of 8
+  // invocations then reads 512 contiguous bytes of each routed row of W, not 128. With W out of the caches
+  // (decoding routes other experts each token) that halves the time: 16 dispatches of moe_down1 at d512
+  // over 16 weights took 5.05 ms against 11.0 with one vec4 per invocation, and within the noise of it
+  // (4.61 against 4.84) when one weight stays in the caches (medians of 5 interleaved runs, GL, llvmpipe
+  // 22.3.6 on 2 threads, 2026-12-07). Summed over one step of d512 decoding (4 layers; timestamps through
+  // Vulkan): moe_down1 2.0 ms (was 6.9), moa_out1 0.8 ms (was 2.3).
+  const d = y.size, c4 = vecGroup(d), q = c4 > 0 ? 4 : 1, per = Math.max(1, c4) * q;
   const V = q === 4 ? "vec4<f32>" : "f32", accs = range(Math.max(1, c4)), aVec = width % 4 === 0;
   const wt = q === 4 ? textureMirror(ctx, w, E * width, d) : null;
   return simpleKernel(ctx, {

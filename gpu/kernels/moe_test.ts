@@ -210,9 +210,11 @@ Deno.test("moeMlpSparse refuses wrong sizes and a non-INDIRECT args buffer", asy
 Deno.test("moeMlpSparse for one token reads no weights of unrouted experts (they hold NaN)", async () => {
   const ctx = await testGpu();
   // `frozen`: the weights frozen (a decoder's) and which of [moe_up1, moe_down1] read texture copies on
-  // cpu-simd (E·h, resp. d, a multiple of 64; d = 30 takes x one element a pass).
+  // cpu-simd (E·h, resp. d, a multiple of 64; d = 30 takes x one element a pass). moe_down1's invocations
+  // take 4 vec4s of y at d = 16 and 64, 2 at d = 24, single floats at d = 30.
   const cases: { d: number; h: number; frozen?: [boolean, boolean] }[] = [
     { d: 16, h: 8 },
+    { d: 24, h: 8 },
     { d: 64, h: 16, frozen: [true, true] },
     { d: 30, h: 16, frozen: [true, false] },
   ];
