@@ -3,8 +3,9 @@
  * model with the same total parameters (`dense` rows), both through `deno task generate`'s decoder (KV
  * cache, one token per step). Two ways of timing a run of `tokens` steps:
  * - `queued`: every step submitted back to back, one wait at the end: the GPU's decode throughput;
- * - `read each`: the logits read back after every step, as streamed generation must (a host↔GPU sync per
- *   token, ~11 ms on llvmpipe, often dominates there).
+ * - `read each`: the logits read back after every step, as host sampling must (a host↔GPU sync per token:
+ *   ~11 ms in Deno 2.9.6 on any adapter, whose map waits sleep 10 ms; docs/llvmpipe.md "Syncs and
+ *   dispatches").
  * Models start from seeded weights (no training needed; {@linkcode benchTensor}); the sparse rule is top-k,
  * so the active share is fixed: at the small sizes 2 of 8 MLP experts and 2 of 4 attention experts, a third
  * of the hidden parameters (attention and MLP weights, the shared K/V included) at tiny's shape; at 125m and
