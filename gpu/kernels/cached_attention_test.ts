@@ -9,6 +9,7 @@ import { attentionRef } from "../../core/ref/attention.ts";
 import { assertClose, Owned, randomArray, rng, runChecked as run, testGpu } from "../../tests/helpers/gpu.ts";
 import { freezeTensor, readTensor, writeTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
+import { WEIGHT_TEXTURE } from "./common.ts";
 import { attentionCached } from "./cached_attention.ts";
 import { matmulCopiesB } from "./matmul.ts";
 import { moaAttentionSparse, moeScratch } from "./moe.ts";
@@ -197,7 +198,7 @@ Deno.test("moaAttentionSparse decoding reads no weights of unrouted experts (the
         scratch,
       });
       const what = `${build.profile} d ${d}`;
-      const textured = calls.filter((c) => c.code.includes("texture_2d")).map((c) => c.label);
+      const textured = calls.filter((c) => c.code.includes(WEIGHT_TEXTURE)).map((c) => c.label);
       assertEquals(textured, frozen && build.profile === "cpu-simd" ? ["moa_query1", "moa_out1"] : [], what);
       await run(ctx, calls, "moa decode");
       const kw = Float64Array.from(kc0), vw = Float64Array.from(vc0);

@@ -25,6 +25,7 @@ import {
   headedKernel,
   simpleKernel,
   sumOf4,
+  texel,
   type UniformFields,
   VEC4_LANES,
   vecGroup,
@@ -413,8 +414,14 @@ function _gemvCpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
   });
   const starts = shapes.map((_, j) => shapes.slice(0, j).reduce((a, s) => a + s.inv, 0));
   const total = shapes.reduce((a, s) => a + s.inv, 0);
-  // Frozen weights read from their texture copies (docs/llvmpipe.md, "Weights as textures").
-  const tex = o.weights.map((w, j) => shapes[j]!.q === 4 ? textureMirror(ctx, w, d, shapes[j]!.n) : null);
+  // Frozen weights read from their texture copies (docs/llvmpipe.md, "Weights as textures"), as many as the
+  // adapter binds storage textures per kernel; any further ones from their buffers.
+  let slots = ctx.device.limits.maxStorageTexturesPerShaderStage;
+  const tex = o.weights.map((w, j) => {
+    const view = shapes[j]!.q === 4 && slots > 0 ? textureMirror(ctx, w, d, shapes[j]!.n) : null;
+    if (view) slots--;
+    return view;
+  });
   const bindings: Binding[] = [
     ..._normBindings(o.x, o.norm, xVec),
     ...o.weights.map((w, j) => ({
@@ -443,7 +450,7 @@ function _gemvCpu(ctx: GpuContext, o: FusedGemvOptions): KernelCall {
     const accs = range(s.accs), W = `W${j}`, ld = s.n / s.q;
     // W[row · ld + c0 + v]: from the texture, texel (c0 + v, row).
     const w = (row: string, v: number, index: string) =>
-      tex[j] ? `textureLoad(${W}, vec2<u32>(c0 + ${v}u, ${row}), 0)` : `${W}[${index}]`;
+      tex[j] ? texel(W, `c0 + ${v}u`, row) : `${W}[${index}]`;
     const loop = xVec
       ? `    for (var j4 = 0u; j4 < u.d / 4u; j4 = j4 + 1u) {
       let xv = ${xn}; let r = 4u * j4 * ${ld}u + c0;

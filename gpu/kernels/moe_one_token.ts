@@ -16,6 +16,7 @@ import {
   columnSums,
   simpleKernel,
   sumOf4,
+  texel,
   type UniformFields,
   VEC4_LANES,
   vecGroup,
@@ -212,7 +213,7 @@ function _gemvLoop(
   tex = false,
 ): string {
   const w = (row: string, v: number, offset: string) =>
-    tex ? `textureLoad(${W}, vec2<u32>(c0 + ${v}u, ${row}), 0)` : `${W}[r + ${offset}${v}u]`;
+    tex ? texel(W, `c0 + ${v}u`, row) : `${W}[r + ${offset}${v}u]`;
   if (!xVec) {
     return `    for (var j = ${from}; j < ${to}; j = j + 1u) {
       let xv = ${X}[j]; let r = j * u.ld + c0;

@@ -5,6 +5,7 @@ import { assertClose, randomArray, rng, testGpu } from "../../tests/helpers/gpu.
 import { createTensor, destroyTensor, freezeTensor, type GpuTensor, readTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { runCalls } from "../dispatch.ts";
+import { WEIGHT_TEXTURE } from "./common.ts";
 import { matmulCopiesB, mesaLoadsFirst } from "./matmul.ts";
 import { moeMlpSparse, moeScratch, type MoeShape, type MoeTile, moeTile } from "./moe.ts";
 
@@ -230,7 +231,7 @@ Deno.test("moeMlpSparse for one token reads no weights of unrouted experts (they
     for (const build of [ctx.withProfile("cpu-simd"), ctx.withProfile("gpu")]) {
       const scratch = moeScratch(build, s), what = `${build.profile} ${JSON.stringify(s)}`;
       const calls = moeMlpSparse(build, { x, gate, w1, w2, y, E, h, activation: "gelu", scratch });
-      const textured = calls.map((c) => c.code.includes("texture_2d"));
+      const textured = calls.map((c) => c.code.includes(WEIGHT_TEXTURE));
       assertEquals(textured, build.profile === "cpu-simd" && frozen ? frozen : [false, false], what);
       await ctx.scoped("moe one token", () => runCalls(ctx, calls).done());
       const got = await readTensor(ctx, y);
