@@ -181,9 +181,8 @@ export function textureMirror(
     {
       size: [width, rows],
       format: "rgba32float",
-      // Sampled by the products (matmul, the grouped matmuls), read as a storage texture by batch-1 decoding's
-      // kernels (gpu/kernels/common.ts `WEIGHT_TEXTURE`).
-      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
+      // Read as a storage texture (gpu/kernels/common.ts `WEIGHT_TEXTURE`).
+      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
       label,
     },
     rows * cols * 4,

@@ -31,8 +31,8 @@ export interface KernelCall {
   indirect?: { buffer: GPUBuffer | GpuTensor; offset: number };
   /**
    * Bindings read through a texture copy refreshed before every dispatch: `bindings[binding]` is a tensor
-   * holding a row-major (rows, cols) f32 matrix, and the kernel declares that binding as a `texture_2d<f32>`
-   * of cols/4 `rgba32float` texels by rows. {@linkcode prepare} makes the texture (the prepared call owns
+   * holding a row-major (rows, cols) f32 matrix, and the kernel declares that binding as a read-only storage
+   * texture (gpu/kernels/common.ts `WEIGHT_TEXTURE`) of cols/4 `rgba32float` texels by rows. {@linkcode prepare} makes the texture (the prepared call owns
    * it, {@linkcode releaseCall} frees it) and {@linkcode Step.dispatch} encodes the copy first. For operands
    * that change between steps where a texel fetch beats a storage load (llvmpipe, gpu/kernels/matmul.ts
    * `matmulCopiesB`); cols must be a multiple of 64 (a copy's rows are multiples of 256 bytes).
@@ -167,7 +167,7 @@ function _prepareCopy(ctx: GpuContext, call: KernelCall, c: TextureCopySpec): Pr
     {
       size: [cols / 4, rows],
       format: "rgba32float",
-      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
       label,
     },
     rows * cols * 4,

@@ -264,7 +264,7 @@ Deno.test("moaAttentionSparse over sequence batches reads no weights of experts 
         T: c.T,
         scratch,
       });
-      const textured = calls.filter((x) => x.code.includes("texture_2d")).map((x) => x.label);
+      const textured = calls.filter((x) => x.code.includes(WEIGHT_TEXTURE)).map((x) => x.label);
       const what = `${build.profile} ${JSON.stringify(c)}`;
       // Wq (d, E·w) and Wo (E·w, d) as textures: frozen, or copied where matmulCopiesB says so.
       const viaTexture = build.profile === "cpu-simd" && (!!c.frozen || matmulCopiesB(build));

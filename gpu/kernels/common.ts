@@ -41,11 +41,12 @@ export function packUniform(fields: UniformFields): ArrayBuffer {
 }
 
 /**
- * How the batch-1 decoding kernels on `cpu-simd` (`gemv_fused`, the one-token expert kernels) declare a
- * weight's texture copy: a read-only storage texture, not a sampled one. llvmpipe loads its texels without
- * the sampler's code, and with the same values: one step of d512 decoding took 4.57 ms instead of 7.55 for
- * the DS-MoE model and 11.72 instead of 17.76 for the dense one (queued steps, medians of 5 interleaved runs,
- * GL, Mesa 22.3.6 on 2 threads, 2026-12-07; docs/llvmpipe.md "Weights as textures").
+ * How kernels declare a texture copy of a matrix (a frozen weight's, gpu/buffers.ts `textureMirror`, or one
+ * made before each dispatch, gpu/dispatch.ts `textureCopies`): a read-only storage texture, not a sampled
+ * one. llvmpipe loads its texels without the sampler's code, with the same values: one step of d512
+ * decoding took 4.57 ms instead of 7.55 for the DS-MoE model and 11.72 instead of 17.76 for the dense one
+ * (queued steps, medians of 5 interleaved runs, GL, Mesa 22.3.6 on 2 threads, 2026-12-07), and the products
+ * that read B from a texture gained up to 1.3× (docs/llvmpipe.md "Weights as textures").
  */
 export const WEIGHT_TEXTURE = "texture_storage_2d<rgba32float, read>";
 

@@ -26,7 +26,17 @@ import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
 import { mesaAtLeast } from "../mesa.ts";
 import { ACT_VEC4, type ActivationKind } from "./activation.ts";
-import { lines, loopBudget, packUniform, range, rowUpdates, sumOf4, VEC4_LANES } from "./common.ts";
+import {
+  lines,
+  loopBudget,
+  packUniform,
+  range,
+  rowUpdates,
+  sumOf4,
+  texel,
+  VEC4_LANES,
+  WEIGHT_TEXTURE,
+} from "./common.ts";
 
 /** Options of {@linkcode matmul}. Logical sizes: op(A) is (m, k), op(B) is (k, n), C is (m, n). */
 export interface MatmulOptions {
@@ -450,7 +460,7 @@ export function _matmulWgsl(s: MatmulSpec): string {
  * into (batch, row tile, column group), this lane's first column j0 and the tile's first row i0.
  */
 function _prologue(s: MatmulSpec, aType: string, bType: string, cType: string): string {
-  const bDecl = s.bTex ? "var B: texture_2d<f32>" : `var<storage, read> B: array<${bType}>`;
+  const bDecl = s.bTex ? `var B: ${WEIGHT_TEXTURE}` : `var<storage, read> B: array<${bType}>`;
   return `@group(0) @binding(0) var<storage, read> A: array<${aType}>;
 @group(0) @binding(1) ${bDecl};
 @group(0) @binding(2) var<storage, read_write> C: array<${cType}>;
@@ -552,7 +562,7 @@ function _vec4Accumulators(tm: number, tn4: number): string {
 function _outerBLoads(s: MatmulSpec, suffix: string): string {
   const tn4 = s.tn / 4;
   if (s.bTex) {
-    return lines(tn4, (c) => `    let b${suffix}${c} = textureLoad(B, vec2<u32>(bc${c}, br${suffix}), 0);`);
+    return lines(tn4, (c) => `    let b${suffix}${c} = ${texel("B", `bc${c}`, `br${suffix}`)};`);
   }
   return s.vec
     ? lines(tn4, (c) => `    let b${suffix}${c} = B[bo${suffix} + bc${c}];`)
@@ -661,7 +671,7 @@ function _dotWgsl(s: MatmulSpec): string {
       : `vec4<f32>(${range(4).map((e) => `A[ar${r} + 4u * q + ${e}u]`).join(", ")})`;
   const bLoad = (c: number) =>
     s.bTex
-      ? `textureLoad(B, vec2<u32>(q, bc${c}), 0)`
+      ? texel("B", "q", `bc${c}`)
       : s.vec
       ? `B[bc${c} + q]`
       : `vec4<f32>(${range(4).map((e) => `B[bc${c} + 4u * q + ${e}u]`).join(", ")})`;

@@ -4,6 +4,7 @@ import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
 import { createTensor, destroyTensor, freezeTensor, readTensor, writeTensor } from "../buffers.ts";
 import type { GpuContext } from "../device.ts";
 import { type KernelCall, prepare, releaseCall, runCalls, Step } from "../dispatch.ts";
+import { WEIGHT_TEXTURE } from "./common.ts";
 import {
   GPU_TILE_LARGE,
   GPU_TILE_SMALL,
@@ -244,7 +245,7 @@ async function checkFrozen(ctx: GpuContext, build: GpuContext): Promise<void> {
     const epilogue = residual ? { ...c.epilogue, residual: r } : c.epilogue;
     const call = matmul(build, { ...o, a, b, c: out, ...(epilogue ? { epilogue } : {}) });
     const what = `${call.label} ${JSON.stringify(c)}`;
-    assertEquals(call.code.includes("texture_2d<f32>"), texture, what);
+    assertEquals(call.code.includes(WEIGHT_TEXTURE), texture, what);
     assertEquals(call.bindings[1] instanceof GPUTextureView, texture, what);
     await ctx.scoped(call.label, () => runCalls(ctx, [call]).done());
     let want: Float64Array = matmulRef(a64, b64, o);
@@ -272,7 +273,7 @@ Deno.test("matmul() reads a frozen B from its texture copy (cpu-simd) with the s
   const t = createTensor(ctx, [64 * 64], "f32", undefined, "t");
   const unfrozen = matmul(cpu, { a: t, b, c: t, m: 64, k: 64, n: 64 });
   assert(!(unfrozen.bindings[1] instanceof GPUTextureView));
-  assertEquals(unfrozen.code.includes("texture_2d"), matmulCopiesB(cpu));
+  assertEquals(unfrozen.code.includes(WEIGHT_TEXTURE), matmulCopiesB(cpu));
   freezeTensor(b);
   throws(() => writeTensor(ctx, b, new Float32Array(64 * 64)), /Cannot write "b": it is frozen/);
   for (const x of [b, t]) destroyTensor(x);
@@ -388,7 +389,7 @@ Deno.test("matmul() reads a B that changes from a texture copy made before every
         const expect = bCopy && copied;
         const [rows, cols] = c.transB ? [c.n, c.k] : [c.k, c.n];
         assertEquals(call.textureCopies ?? [], expect ? [{ binding: 1, rows, cols }] : [], what);
-        assertEquals(call.code.includes("texture_2d<f32>"), expect, what);
+        assertEquals(call.code.includes(WEIGHT_TEXTURE), expect, what);
       },
     );
   }

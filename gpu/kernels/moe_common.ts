@@ -10,7 +10,7 @@ import { createIndirectTensor, createTensor, type GpuTensor } from "../buffers.t
 import type { GpuContext } from "../device.ts";
 import { grid, type KernelCall } from "../dispatch.ts";
 import type { ActivationKind } from "./activation.ts";
-import { entry, packUniform, type UniformFields } from "./common.ts";
+import { entry, packUniform, type UniformFields, WEIGHT_TEXTURE } from "./common.ts";
 import { matmulTile } from "./matmul.ts";
 
 /** Sizes of a sparse MoE MLP: N tokens, model width d, E experts of hidden width h. */
@@ -251,7 +251,7 @@ ${entry(workgroup, `  if (i >= u.n) { return; }\n${body}`)}`;
 export function moeDecls(binds: readonly MoeBind[], fields: UniformFields): string {
   const lines = binds.map((b, i) =>
     b.t instanceof GPUTextureView || b.texture
-      ? `@group(0) @binding(${i}) var ${b.name}: texture_2d<f32>;`
+      ? `@group(0) @binding(${i}) var ${b.name}: ${WEIGHT_TEXTURE};`
       : `@group(0) @binding(${i}) var<storage, ${
         b.write ? "read_write" : "read"
       }> ${b.name}: array<${b.decl}>;`

@@ -15,7 +15,7 @@
 import type { GpuTensor } from "../buffers.ts";
 import type { KernelCall } from "../dispatch.ts";
 import type { ActivationKind } from "./activation.ts";
-import { packUniform, rowUpdates, sumOf4, type UniformFields, VEC4_LANES } from "./common.ts";
+import { packUniform, rowUpdates, sumOf4, texel, type UniformFields, VEC4_LANES } from "./common.ts";
 import { ACT_VEC4, lines, type MoeBind, moeDecls, range, type RouteLayout } from "./moe_common.ts";
 
 /** Options of {@linkcode groupedMatmul}. */
@@ -195,9 +195,7 @@ function _accumulators(tm: number, tn4: number): string {
 function _kLoopVec4(o: GroupedOptions, f: _Form): string {
   const { tn4 } = f;
   const load = (e: number, c: number) =>
-    f.tex
-      ? `textureLoad(B, vec2<u32>(bx + bc${c}, by + 4u * q + ${e}u), 0)`
-      : `B[bBase + (4u * q + ${e}u) * u.ldb + bc${c}]`;
+    f.tex ? texel("B", `bx + bc${c}`, `by + 4u * q + ${e}u`) : `B[bBase + (4u * q + ${e}u) * u.ldb + bc${c}]`;
   return `  for (var q = 0u; q < u.k / 4u; q = q + 1u) {
 ${lines(4, (e) => lines(tn4, (c) => `    let b${e}_${c} = ${load(e, c)};`))}
 ${
@@ -217,7 +215,7 @@ ${
 function _kLoopScalar(o: GroupedOptions, f: _Form): string {
   const { tn4 } = f;
   const bLoads = f.tex
-    ? lines(tn4, (c) => `    let b${c} = textureLoad(B, vec2<u32>(bx + bc${c}, by + p), 0);`)
+    ? lines(tn4, (c) => `    let b${c} = ${texel("B", `bx + bc${c}`, "by + p")};`)
     : f.vec
     ? lines(tn4, (c) => `    let b${c} = B[bo + bc${c}];`)
     : lines(

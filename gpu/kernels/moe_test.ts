@@ -315,7 +315,7 @@ Deno.test("moeMlpSparse over many tokens reads no weights of experts no token ro
     const t = tile ?? moeTile(build, s), scratch = moeScratch(ctx, s, t);
     const calls = moeMlpSparse(build, { x, gate, w1, w2, y, E, h, activation: "gelu", scratch, tile: t });
     const textured = ["moe_up", "moe_down"].map((l) =>
-      calls.find((c) => c.label === l)!.code.includes("texture_2d")
+      calls.find((c) => c.label === l)!.code.includes(WEIGHT_TEXTURE)
     );
     const copies = build.profile === "cpu-simd" && matmulCopiesB(build);
     const copied = [h % 4 === 0 && (E * h) % 64 === 0, d % 64 === 0].map((fits) => copies && fits);
