@@ -32,10 +32,11 @@ export interface KernelCall {
   /**
    * Bindings read through a texture copy refreshed before every dispatch: `bindings[binding]` is a tensor
    * holding a row-major (rows, cols) f32 matrix, and the kernel declares that binding as a read-only storage
-   * texture (gpu/kernels/common.ts `WEIGHT_TEXTURE`) of cols/4 `rgba32float` texels by rows. {@linkcode prepare} makes the texture (the prepared call owns
-   * it, {@linkcode releaseCall} frees it) and {@linkcode Step.dispatch} encodes the copy first. For operands
-   * that change between steps where a texel fetch beats a storage load (llvmpipe, gpu/kernels/matmul.ts
-   * `matmulCopiesB`); cols must be a multiple of 64 (a copy's rows are multiples of 256 bytes).
+   * texture (gpu/kernels/common.ts `WEIGHT_TEXTURE`) of cols/4 `rgba32float` texels by rows.
+   * {@linkcode prepare} makes the texture (the prepared call owns it, {@linkcode releaseCall} frees it) and
+   * {@linkcode Step.dispatch} encodes the copy first. For operands that change between steps where a texel
+   * fetch beats a storage load (llvmpipe, gpu/kernels/matmul.ts `matmulCopiesB`); cols must be a multiple of
+   * 64 (a copy's rows are multiples of 256 bytes).
    */
   textureCopies?: readonly TextureCopySpec[];
 }

@@ -44,9 +44,9 @@ export function packUniform(fields: UniformFields): ArrayBuffer {
  * How kernels declare a texture copy of a matrix (a frozen weight's, gpu/buffers.ts `textureMirror`, or one
  * made before each dispatch, gpu/dispatch.ts `textureCopies`): a read-only storage texture, not a sampled
  * one. llvmpipe loads its texels without the sampler's code, with the same values: one step of d512
- * decoding took 4.57 ms instead of 7.55 for the DS-MoE model and 11.72 instead of 17.76 for the dense one
- * (queued steps, medians of 5 interleaved runs, GL, Mesa 22.3.6 on 2 threads, 2026-12-07), and the products
- * that read B from a texture gained up to 1.3× (docs/llvmpipe.md "Weights as textures").
+ * decoding took 4.59 ms instead of 6.74 for the DS-MoE model and 9.95 instead of 15.08 for the dense one
+ * (queued steps, medians of 4 interleaved runs, GL, Mesa 22.3.6 on 2 threads, 2026-12-07), and the products
+ * that read B from a texture gained up to 1.3× (docs/llvmpipe.md "Storage textures, not sampled ones").
  */
 export const WEIGHT_TEXTURE = "texture_storage_2d<rgba32float, read>";
 
