@@ -170,33 +170,64 @@ export function textureMirror(
   cols: number,
 ): GPUTextureView | null {
   if (!_frozen.has(t) || rows * cols !== t.size || !textureCopyFits(ctx, t, rows, cols)) return null;
-  const width = cols / 4;
   const key = `${rows}x${cols}`;
   const mirrors = _mirrors.get(t) ?? new Map<string, _Mirror>();
   _mirrors.set(t, mirrors);
   const have = mirrors.get(key);
   if (have) return have.view;
   const label = `${t.label}.texture`;
-  const texture = ctx.createTexture(
-    {
-      size: [width, rows],
-      format: "rgba32float",
-      // Read as a storage texture (gpu/kernels/common.ts `WEIGHT_TEXTURE`).
-      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
-      label,
-    },
-    rows * cols * 4,
+  const texture = createMatrixTexture(
+    ctx,
+    rows,
+    cols,
+    label,
     `texture copy of "${t.label}" [${rows}, ${cols}] f32`,
   );
   const enc = ctx.device.createCommandEncoder({ label });
-  enc.copyBufferToTexture({ buffer: t.buffer, bytesPerRow: cols * 4, rowsPerImage: rows }, { texture }, [
-    width,
-    rows,
-  ]);
+  encodeMatrixCopy(enc, t.buffer, texture, rows, cols);
   ctx.device.queue.submit([enc.finish()]);
   const view = texture.createView({ label });
   mirrors.set(key, { texture, view });
   return view;
+}
+
+/**
+ * The texture a row-major (rows, cols) f32 matrix is copied into: `rgba32float`, a texel per 4 floats along a
+ * row (cols/4 texels wide, rows high), read by kernels as a storage texture (gpu/kernels/common.ts
+ * `WEIGHT_TEXTURE`) and filled by {@linkcode encodeMatrixCopy}. For {@linkcode textureMirror} and the copies
+ * made before each dispatch (gpu/dispatch.ts `textureCopies`); `what` names it in an out-of-memory error.
+ */
+export function createMatrixTexture(
+  ctx: GpuContext,
+  rows: number,
+  cols: number,
+  label: string,
+  what: string,
+): GPUTexture {
+  return ctx.createTexture(
+    {
+      size: [cols / 4, rows],
+      format: "rgba32float",
+      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
+      label,
+    },
+    rows * cols * 4,
+    what,
+  );
+}
+
+/** Encodes the copy of the row-major (rows, cols) f32 matrix at the start of `buffer` into its `texture`. */
+export function encodeMatrixCopy(
+  enc: GPUCommandEncoder,
+  buffer: GPUBuffer,
+  texture: GPUTexture,
+  rows: number,
+  cols: number,
+): void {
+  enc.copyBufferToTexture({ buffer, bytesPerRow: cols * 4, rowsPerImage: rows }, { texture }, [
+    cols / 4,
+    rows,
+  ]);
 }
 
 /**

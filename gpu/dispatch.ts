@@ -5,7 +5,7 @@
  * @module
  */
 import type { GpuContext } from "./device.ts";
-import { assertBindable, type GpuTensor } from "./buffers.ts";
+import { assertBindable, createMatrixTexture, encodeMatrixCopy, type GpuTensor } from "./buffers.ts";
 import { GpuLimitError } from "./errors.ts";
 
 /**
@@ -163,15 +163,11 @@ function _prepareCopy(ctx: GpuContext, call: KernelCall, c: TextureCopySpec): Pr
       `Cannot dispatch ${call.label}: a ${rows}×${cols / 4} texture exceeds maxTextureDimension2D (${max})`,
     );
   }
-  const label = `${b.label}.texture`;
-  const texture = ctx.createTexture(
-    {
-      size: [cols / 4, rows],
-      format: "rgba32float",
-      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
-      label,
-    },
-    rows * cols * 4,
+  const texture = createMatrixTexture(
+    ctx,
+    rows,
+    cols,
+    `${b.label}.texture`,
     `texture copy of "${b.label}" [${rows}, ${cols}] f32 (${call.label})`,
   );
   return { source: b.buffer, texture, rows, cols };
@@ -237,11 +233,7 @@ export class Step {
     if (p.copies.length > 0) {
       this.#endPass();
       for (const c of p.copies) {
-        this.#encoder.copyBufferToTexture(
-          { buffer: c.source, bytesPerRow: c.cols * 4, rowsPerImage: c.rows },
-          { texture: c.texture },
-          [c.cols / 4, c.rows],
-        );
+        encodeMatrixCopy(this.#encoder, c.source, c.texture, c.rows, c.cols);
       }
     }
     let pass: GPUComputePassEncoder;
