@@ -15,6 +15,7 @@ import { schedule } from "../core/graph/schedule.ts";
 import { fuseDecoder } from "../core/plan/fuse_decode.ts";
 import { buildBatchDecoder, buildDecoder, type InferRules } from "../core/plan/model.ts";
 import { plan } from "../core/plan/plan.ts";
+import { decodePlanBytes } from "../core/infer/batch_generate.ts";
 import { Rng } from "../core/util/rng.ts";
 import { readTensor, writeTensor } from "../gpu/buffers.ts";
 import { GraphExecutor } from "../gpu/executor.ts";
@@ -197,4 +198,23 @@ Deno.test("plan decode with batch B > 1 builds the batched decoder; threshold_to
   );
   const tt: InferRules = { ...rules, mlp: { ...rules.mlp, kind: "threshold_topk" } };
   throws(() => plan(c, "decode", { rules: tt, batch: 2 }), /threshold_topk \(mlp routers\): its K is a mean/);
+});
+
+Deno.test("decodePlanBytes with the texture copies adds the weights once more and each grouped matmul's A", () => {
+  // d 64: x's copy for every grouped up-product (k = d); MLP experts of 64 (k = h): H's copy too; MoA's 2
+  // heads of 16 (k = 32): no H copy.
+  const c = ExperimentSchema.parse({
+    data: { seq_len: T },
+    model: {
+      d_model: 64,
+      layers: 3,
+      ...DECODER_MODELS["DS-MoE with MoA"],
+      attention: { kind: "moa", experts: 4, heads_per_expert: 2, head_dim: 16 },
+      mlp: { experts: 8, hidden: 64 },
+    },
+  });
+  const B = 8, p = plan(c, "decode", { rules: RULES[1]!, batch: B });
+  const params = p.model.params.reduce((n, q) => n + numel(q.value.shape), 0);
+  const aCopies = 3 * (B * 64 + B * 8 * 64) + 3 * B * 64;
+  assertEquals(decodePlanBytes(p, { weightCopies: true }) - decodePlanBytes(p), 4 * (params + aCopies));
 });

@@ -127,8 +127,9 @@ export function batchDecoderBytes(
 /** Options of {@linkcode batchDecoderBytes}. */
 export interface DecodeBytesOptions {
   /**
-   * Count the weights twice: on a software adapter (`cpu-simd` kernels) the products read them from texture
-   * copies (gpu/buffers.ts `textureMirror`), an upper bound on what those copies take.
+   * Count the texture copies a software adapter's (`cpu-simd`) kernels read: every weight a second time
+   * (gpu/buffers.ts `textureMirror`), an upper bound, and the grouped matmuls' copies of their A (x and
+   * the pairs' H, made before each dispatch: gpu/kernels/moe_sparse.ts) where k allows one.
    */
   weightCopies?: boolean;
 }
@@ -136,14 +137,15 @@ export interface DecodeBytesOptions {
 /** {@linkcode batchDecoderBytes} of a decode plan. */
 export function decodePlanBytes(p: DecodePlan, o: DecodeBytesOptions = {}): number {
   const leaves = [...p.model.graph.leaves.values()].reduce((n, l) => n + numel(l.value.shape), 0);
-  let scratch = 0;
+  let scratch = 0, copies = 0;
   for (const n of p.schedule.nodes) {
     if (n.op !== "moe_mlp" && n.op !== "moa_attention_batch") continue;
     const [N, d] = n.inputs[0]!.shape as [number, number], E = n.inputs[1]!.shape[1]!;
     const h = n.inputs[2]!.shape[1]! / E;
     scratch += N * E * (h + d + 4) + 64;
+    copies += (d % 64 === 0 && h % 4 === 0 ? N * d : 0) + (h % 64 === 0 && d % 4 === 0 ? N * E * h : 0);
   }
-  const copies = o.weightCopies ? p.model.params.reduce((n, q) => n + numel(q.value.shape), 0) : 0;
+  copies = o.weightCopies ? copies + p.model.params.reduce((n, q) => n + numel(q.value.shape), 0) : 0;
   return 4 * (leaves + p.schedule.memory.totalElements + scratch + copies);
 }
 

@@ -264,7 +264,15 @@ Deno.test("moaAttentionSparse over sequence batches reads no weights of experts 
         T: c.T,
         scratch,
       });
-      const textured = calls.filter((x) => x.code.includes(WEIGHT_TEXTURE)).map((x) => x.label);
+      const textured = calls.filter((x) => x.code.includes(`var B: ${WEIGHT_TEXTURE}`)).map((x) => x.label);
+      // A (x, then the heads' outputs) through a copy made before each dispatch: cpu-simd, k divisible by 64.
+      const aTextured = calls.filter((x) => x.code.includes(`var A: ${WEIGHT_TEXTURE}`)).map((x) => x.label);
+      const aFits = { moe_up: d % 64 === 0 && w % 4 === 0, moe_down: w % 64 === 0 && d % 4 === 0 };
+      assertEquals(
+        aTextured,
+        build.profile === "cpu-simd" ? (["moe_up", "moe_down"] as const).filter((l) => aFits[l]) : [],
+        `${build.profile} ${JSON.stringify(c)}: A copies`,
+      );
       const what = `${build.profile} ${JSON.stringify(c)}`;
       // Wq (d, E·w) and Wo (E·w, d) as textures: frozen, or copied where matmulCopiesB says so.
       const viaTexture = build.profile === "cpu-simd" && (!!c.frozen || matmulCopiesB(build));

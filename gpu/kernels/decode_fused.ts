@@ -225,6 +225,12 @@ ${o.h ? `  for (var r = t; r < u.d; r = r + ${_T}u) { H[${xo}r] = ${xn}; }` : ""
   // llvmpipe: one invocation per row; each element of the row normalized once (and written to H), times W's
   // row as vec4s when E allows, into E accumulators (private), then the gate as routeGate's.
   const vec = E % 4 === 0, A = vec ? E / 4 : E, V = vec ? "vec4<f32>" : "f32";
+  // A frozen W (a decoder's) from its texture copy, W's d·E values viewed as (d·E/64, 64): vec4 i of W at
+  // texel (i mod 16, i / 16). Every lane loads the same W, which a storage load loops over (docs/llvmpipe.md
+  // "Weights as textures"): the 8 routers of a batched d512 step (B = 32) took 1.9–2.0 ms instead of
+  // 2.4–2.8 (timestamps, two runs of each; one-row routers within the noise).
+  const wTex = vec && (d * E) % 64 === 0 ? textureMirror(ctx, o.w, (d * E) / 64, 64) : null;
+  const wLoad = wTex ? texel("W", `(r * ${A}u + c) % 16u`, `(r * ${A}u + c) / 16u`) : `W[r * ${A}u + c]`;
   const store = vec
     ? `let a = acc[c]; z[b + 4u * c] = a.x; z[b + 4u * c + 1u] = a.y; z[b + 4u * c + 2u] = a.z; z[b + 4u * c + 3u] = a.w;`
     : "z[b + c] = acc[c];";
@@ -232,7 +238,9 @@ ${o.h ? `  for (var r = t; r < u.d; r = r + ${_T}u) { H[${xo}r] = ${xn}; }` : ""
   // every lane.
   return simpleKernel(ctx, {
     label: "route_gate_fused",
-    bindings: bindings.map((b) => b.name === "W" ? { ...b, type: V as "f32" | "vec4<f32>" } : b),
+    bindings: bindings.map((b) =>
+      b.name !== "W" ? b : wTex ? { ...b, tensor: wTex } : { ...b, type: V as "f32" | "vec4<f32>" }
+    ),
     fields,
     invocations: N,
     workgroup: many ? 8 : 1,
@@ -242,7 +250,7 @@ ${_statsCpuScalar(o.norm.kind, xo)}
   for (var r = 0u; r < u.d; r = r + 1u) {
     let xv = ${xn};
     ${o.h ? `H[${xo}r] = xv;` : ""}
-    for (var c = 0u; c < ${A}u; c = c + 1u) { acc[c] = acc[c] + xv * W[r * ${A}u + c]; }
+    for (var c = 0u; c < ${A}u; c = c + 1u) { acc[c] = acc[c] + xv * ${wLoad}; }
   }
   for (var c = 0u; c < ${A}u; c = c + 1u) { ${store} }
 ${softmaxRowWgsl("z", "sp", "u.E")}

@@ -9,6 +9,7 @@ import { assertClose, randomArray, testGpu } from "../../tests/helpers/gpu.ts";
 import { createTensor, destroyTensor, freezeTensor, type GpuTensor, readTensor } from "../buffers.ts";
 import type { KernelProfile } from "../device.ts";
 import { runCalls } from "../dispatch.ts";
+import { WEIGHT_TEXTURE } from "./common.ts";
 import { fusedGemv, fusedRouteGate } from "./decode_fused.ts";
 import { embeddingPair } from "./embedding.ts";
 
@@ -110,7 +111,10 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
 
 const RULE = (kind: RouteRule["kind"]): RouteRule => ({ kind, epsilon: 0.5, k: 2, p: 0.7 });
 
-/** N: rows (tokens) routed in the one dispatch; 1 unless given (batched decoding routes B). */
+/**
+ * N: rows (tokens) routed in the one dispatch; 1 unless given (batched decoding routes B). `frozen`: W is a
+ * decoder's (frozen), which the cpu-simd form reads from its texture copy where E and d·E allow.
+ */
 const ROUTER_CASES: {
   d: number;
   E: number;
@@ -118,6 +122,7 @@ const ROUTER_CASES: {
   rule: RouteRule;
   normOut?: boolean;
   N?: number;
+  frozen?: boolean;
 }[] = [
   { d: 64, E: 4, norm: "none", rule: RULE("topk") },
   { d: 64, E: 8, norm: "layernorm", rule: RULE("threshold"), normOut: true },
@@ -126,6 +131,9 @@ const ROUTER_CASES: {
   { d: 64, E: 8, norm: "layernorm", rule: RULE("topk"), normOut: true, N: 11 }, // rows past a workgroup of 8
   { d: 30, E: 5, norm: "rmsnorm", rule: RULE("threshold"), N: 3 }, // d and E not divisible by 4
   { d: 48, E: 20, norm: "none", rule: RULE("top_p"), normOut: true, N: 2 },
+  { d: 64, E: 4, norm: "layernorm", rule: RULE("topk"), frozen: true }, // W as a 4 × 16-texel texture
+  { d: 64, E: 8, norm: "rmsnorm", rule: RULE("threshold"), normOut: true, N: 11, frozen: true },
+  { d: 24, E: 4, norm: "none", rule: RULE("topk"), N: 3, frozen: true }, // d·E = 96: W stays a buffer
 ];
 
 for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
@@ -133,7 +141,7 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
     const N = c.N ?? 1;
     const what = `${N > 1 ? `${N} rows, ` : ""}${c.norm} ${c.d} → ${c.E} experts, ${c.rule.kind}${
       c.normOut ? ", writing the row" : ""
-    }`;
+    }${c.frozen ? ", W frozen" : ""}`;
     Deno.test(`fused router ${what} matches float64 in one dispatch (${profile} profile)`, async () => {
       const ctx = (await testGpu()).withProfile(profile);
       // Rows of different offsets and scales, so that each row's own mean and rstd matter.
@@ -149,11 +157,13 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
       };
       const [probs, mask, gate, logits] = [0, 1, 2, 3].map(() => t([N, c.E]));
       const th = c.normOut ? t([N, c.d]) : undefined;
+      const tw = t([c.d, c.E], w);
+      if (c.frozen) freezeTensor(tw);
       try {
         const call = fusedRouteGate(ctx, {
           x: t([N, c.d], x),
           norm: { kind: c.norm, eps: 1e-5, gamma: t([c.d], g), beta: t([c.d], b) },
-          w: t([c.d, c.E], w),
+          w: tw,
           probs: probs!,
           mask: mask!,
           gate: gate!,
@@ -161,6 +171,8 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
           ...(th ? { h: th } : {}),
           rule: c.rule,
         });
+        const textured = profile === "cpu-simd" && !!c.frozen && c.E % 4 === 0 && (c.d * c.E) % 64 === 0;
+        assertEquals(call.code.includes(`var W: ${WEIGHT_TEXTURE}`), textured, `${what}: W's texture copy`);
         assertEquals(runCalls(ctx, [call]).dispatches, 1);
         const h = normed(c.norm, x, g, b, c.d);
         const z = matmulRef(h, w, { m: N, k: c.d, n: c.E });
@@ -174,7 +186,7 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
         }
         if (th) assertClose(await readTensor(ctx, th), h, TOL, `${what}: the normalized row`);
       } finally {
-        for (const v of made) v.buffer.destroy();
+        for (const v of made) destroyTensor(v);
       }
     });
   }

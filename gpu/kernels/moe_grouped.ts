@@ -55,6 +55,13 @@ export interface GroupedOptions {
   bCopy?: { rows: number; cols: number } | null;
   /** A pass's loads of A before its multiply-adds (Mesa 23.0 and later: matmul.ts `matmulLoadsFirst`). */
   aFirst?: boolean;
+  /**
+   * A read from a texture copy made before every dispatch (its first `rows` rows of k: x's N rows for
+   * `moe_up`, H's N·E for `moe_down`), texel (K/4, row): on llvmpipe a texel fetch loads a lane's vec4
+   * where a storage load loops over the lanes (docs/llvmpipe.md "The grouped matmuls' A through a texture
+   * copy"); needs k divisible by 64 (a copy's rows are multiples of 256 bytes) and n by 4.
+   */
+  aCopy?: { rows: number } | null;
 }
 
 /** Which operands load as vec4s: B and C along the columns when n allows, A along K when k allows too. */
@@ -68,6 +75,8 @@ interface _Form {
   tn4: number;
   /** B read from a texture: a frozen weight's (`bTex`) or a copy made before each dispatch (`bCopy`). */
   tex: boolean;
+  /** A read from its texture copy (`aCopy`): texel (q, row) instead of A[row · k/4 + q]. */
+  aTex: boolean;
 }
 
 /**
@@ -78,7 +87,13 @@ interface _Form {
 export function groupedMatmul(o: GroupedOptions): KernelCall {
   const vec = o.n % 4 === 0, tex = !!(o.bTex || o.bCopy);
   if (tex && !vec) throw new RangeError(`Cannot read B from a texture: n (${o.n}) is not divisible by 4`);
-  const f: _Form = { vec, aVec: vec && o.k % 4 === 0, q: vec ? 4 : 1, tn4: o.tn / 4, tex };
+  const aTex = !!o.aCopy;
+  if (aTex && (!vec || o.k % 64 !== 0)) {
+    throw new RangeError(
+      `Cannot read A from a texture copy: k (${o.k}) is not divisible by 64 or n (${o.n}) by 4`,
+    );
+  }
+  const f: _Form = { vec, aVec: vec && o.k % 4 === 0, q: vec ? 4 : 1, tn4: o.tn / 4, tex, aTex };
   const fields = _fields(o, f), binds = _binds(o, f);
   const body = (tm: number) => {
     const t = { ...o, tm };
@@ -102,6 +117,10 @@ ${body(o.tm)}
   }
 }
 `;
+  const copies = [
+    ...(o.aCopy ? [{ binding: 0, rows: o.aCopy.rows, cols: o.k }] : []),
+    ...(o.bCopy && !o.bTex ? [{ binding: 1, ...o.bCopy }] : []),
+  ];
   return {
     label: o.up ? "moe_up" : "moe_down",
     code,
@@ -109,7 +128,7 @@ ${body(o.tm)}
     uniform: packUniform(fields),
     workgroups: [0],
     indirect: { buffer: o.args, offset: o.up ? 0 : 12 },
-    ...(o.bCopy && !o.bTex ? { textureCopies: [{ binding: 1, ...o.bCopy }] } : {}),
+    ...(copies.length > 0 ? { textureCopies: copies } : {}),
   };
 }
 
@@ -137,7 +156,7 @@ function _fields(o: GroupedOptions, f: _Form): UniformFields {
 function _binds(o: GroupedOptions, f: _Form): MoeBind[] {
   const V = f.vec ? "vec4<f32>" : "f32";
   return [
-    { name: "A", decl: f.aVec ? "vec4<f32>" : "f32", t: o.a },
+    { name: "A", decl: f.aVec ? "vec4<f32>" : "f32", t: o.a, texture: f.aTex },
     { name: "B", decl: V, t: o.bTex ?? o.b, texture: !!o.bCopy },
     { name: "R", decl: "u32", t: o.route },
     { name: "C", decl: V, t: o.c, write: true },
@@ -172,7 +191,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 function _rowIndices(o: GroupedOptions, f: _Form): string {
   return lines(o.tm, (r) => {
     const p = `min(p0 + ${r}u, pend - 1u)`;
-    const k = f.aVec ? "(u.k / 4u)" : "u.k";
+    const k = f.aTex ? "1u" : f.aVec ? "(u.k / 4u)" : "u.k";
     return o.up
       ? `  let tk${r} = R[u.tok + ${p}]; let ar${r} = tk${r} * ${k};`
       : `  let ar${r} = ${p} * ${k};`;
@@ -202,7 +221,7 @@ ${
     rowUpdates(
       o.tm,
       !!o.aFirst,
-      (r) => `A[ar${r} + q]`,
+      (r) => f.aTex ? texel("A", "q", `ar${r}`) : `A[ar${r} + q]`,
       (r, a) =>
         range(tn4).map((c) => `c${r}_${c} += ${sumOf4((e) => `${a}.${VEC4_LANES[e]}`, (e) => `b${e}_${c}`)};`)
           .join(" "),

@@ -85,6 +85,8 @@ Deno.test("moeMlpSparse matches the float64 reference at odd sizes with 0, some 
     { N: 33, d: 20, E: 8, h: 7 },
     { N: 200, d: 36, E: 8, h: 16 },
     { N: 40, d: 32, E: 4, h: 12 }, // the gather sums 4 vec4s per invocation (2 with d = 10 below)
+    { N: 40, d: 64, E: 4, h: 64 }, // cpu-simd: x and H read through texture copies (k divisible by 64)
+    { N: 24, d: 64, E: 8, h: 20 }, // x through its copy, H from its buffer
   ];
   for (const s of shapes) await check(ctx, { ...s, routing: "mixed" });
   await check(ctx, { N: 7, d: 13, E: 4, h: 5, routing: "dead" });
@@ -143,8 +145,9 @@ Deno.test("moeMlpSparse with A's loads first (Mesa 23 and later) gives the same 
       routing: "mixed",
       tile: { tm: 8, tmShort: 4, tnUp: 4, tnDown: 8, wxUp: 2, wxDown: 2 },
     },
+    { N: 40, d: 64, E: 4, h: 64, routing: "mixed" }, // A (x, H) from texture copies
   ];
-  const hoisted = /^\s*let a\d+ = A\[/m;
+  const hoisted = /^\s*let a\d+ = (A\[|textureLoad\(A,)/m;
   for (const c of cases) {
     const tile = c.tile ?? moeTile(ctx, c), scratch = moeScratch(ctx, c, tile);
     const t = (shape: number[]) => createTensor(ctx, shape, "f32");
@@ -275,6 +278,9 @@ Deno.test("moeMlpSparse over many tokens reads no weights of experts no token ro
     { s: { N: 48, d: 64, E: 8, h: 16 }, live: [0, 3, 4, 7], build: cpuCtx, frozen: [true, true] },
     { s: { N: 24, d: 13, E: 4, h: 16 }, live: [1, 2], build: cpuCtx, frozen: [true, false] }, // A scalar
     { s: { N: 200, d: 64, E: 4, h: 32 }, live: [1, 3], build: cpuCtx, frozen: [true, true] }, // 32×32 tiles
+    { s: { N: 40, d: 64, E: 4, h: 64 }, live: [0, 2], build: cpuCtx, frozen: [true, true] },
+    { s: { N: 40, d: 64, E: 4, h: 64 }, live: [0, 2], build: gpuCtx },
+    { s: { N: 40, d: 64, E: 4, h: 64 }, live: [1, 3], build: m25 },
     { s: { N: 48, d: 64, E: 8, h: 16 }, live: [0, 3, 4, 7], build: gpuCtx, frozen: [false, false] },
     { s: { N: 48, d: 64, E: 8, h: 16 }, live: [0, 3, 4, 7], build: m25 },
     { s: { N: 200, d: 64, E: 4, h: 32 }, live: [1, 3], build: m25 },
@@ -314,8 +320,15 @@ Deno.test("moeMlpSparse over many tokens reads no weights of experts no token ro
     if (frozen) [w1, w2].forEach(freezeTensor);
     const t = tile ?? moeTile(build, s), scratch = moeScratch(ctx, s, t);
     const calls = moeMlpSparse(build, { x, gate, w1, w2, y, E, h, activation: "gelu", scratch, tile: t });
-    const textured = ["moe_up", "moe_down"].map((l) =>
-      calls.find((c) => c.label === l)!.code.includes(WEIGHT_TEXTURE)
+    const grouped = ["moe_up", "moe_down"].map((l) => calls.find((c) => c.label === l)!.code);
+    const textured = grouped.map((code) => code.includes(`var B: ${WEIGHT_TEXTURE}`));
+    // A (x for moe_up, H for moe_down) from a copy made before each dispatch: cpu-simd, k divisible by 64.
+    const aTextured = grouped.map((code) => code.includes(`var A: ${WEIGHT_TEXTURE}`));
+    const aFits = [d % 64 === 0 && h % 4 === 0, h % 64 === 0 && d % 4 === 0];
+    assertEquals(
+      aTextured,
+      aFits.map((f) => f && build.profile === "cpu-simd"),
+      `${JSON.stringify(s)}: A copies`,
     );
     const copies = build.profile === "cpu-simd" && matmulCopiesB(build);
     const copied = [h % 4 === 0 && (E * h) % 64 === 0, d % 64 === 0].map((fits) => copies && fits);
