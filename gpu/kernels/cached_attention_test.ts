@@ -226,6 +226,7 @@ Deno.test("moaAttentionSparse over sequence batches reads no weights of experts 
   const cases: (MoaCase & { live: number[]; frozen?: boolean })[] = [
     { B: 2, T: 8, d: 64, E: 4, G: 2, D: 8, live: [1, 2], frozen: true },
     { B: 2, T: 8, d: 64, E: 4, G: 2, D: 8, live: [1, 2] },
+    { B: 2, T: 8, d: 64, E: 4, G: 2, D: 32, live: [0, 3], frozen: true }, // heads of 64 wide: H's copy too
     { B: 2, T: 8, d: 48, E: 8, G: 2, D: 8, live: [0, 5] },
     { B: 2, T: 13, d: 12, E: 4, G: 2, D: 8, live: [1, 2] },
     { B: 3, T: 9, d: 13, E: 5, G: 2, D: 4, live: [2] },
