@@ -216,5 +216,5 @@ Deno.test("decodePlanBytes with the texture copies adds the weights once more an
   const B = 8, p = plan(c, "decode", { rules: RULES[1]!, batch: B });
   const params = p.model.params.reduce((n, q) => n + numel(q.value.shape), 0);
   const aCopies = 3 * (B * 64 + B * 8 * 64) + 3 * B * 64;
-  assertEquals(decodePlanBytes(p, { weightCopies: true }) - decodePlanBytes(p), 4 * (params + aCopies));
+  assertEquals(decodePlanBytes(p, { textureCopies: true }) - decodePlanBytes(p), 4 * (params + aCopies));
 });

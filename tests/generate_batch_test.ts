@@ -179,7 +179,7 @@ Deno.test("generate --batch refuses bad batches, prompts and sizes with exit cod
       batchDecoderBytes(config, configRules(config), b) > train
     )!;
     const need = batchDecoderBytes(config, configRules(config), B);
-    const copies = batchDecoderBytes(config, configRules(config), B, { weightCopies: true });
+    const copies = batchDecoderBytes(config, configRules(config), B, { textureCopies: true });
     assert(copies > need + 1, `${copies} vs ${need}`);
     const tight = await checkpoint(dir, String(need + 1));
     const t = await withEnv(

@@ -309,12 +309,13 @@ async function _generateBatch(
       );
     }
   });
-  // Both estimates from one plan: the weights' texture copies count once the adapter is known.
+  // Both estimates from one plan: the texture copies (weights, grouped matmuls' inputs) count once the
+  // adapter is known.
   let need: number, withCopies: number;
   try {
     const p = plan(c, "decode", { rules, batch: B });
     need = decodePlanBytes(p);
-    withCopies = decodePlanBytes(p, { weightCopies: true });
+    withCopies = decodePlanBytes(p, { textureCopies: true });
   } catch (e) {
     if (e instanceof RangeError) throw new UsageError(`--batch ${B}: ${e.message}`);
     throw e;

@@ -131,7 +131,7 @@ export interface DecodeBytesOptions {
    * (gpu/buffers.ts `textureMirror`), an upper bound, and the grouped matmuls' copies of their A (x and
    * the pairs' H, made before each dispatch: gpu/kernels/moe_sparse.ts) where k allows one.
    */
-  weightCopies?: boolean;
+  textureCopies?: boolean;
 }
 
 /** {@linkcode batchDecoderBytes} of a decode plan. */
@@ -145,7 +145,7 @@ export function decodePlanBytes(p: DecodePlan, o: DecodeBytesOptions = {}): numb
     scratch += N * E * (h + d + 4) + 64;
     copies += (d % 64 === 0 && h % 4 === 0 ? N * d : 0) + (h % 64 === 0 && d % 4 === 0 ? N * E * h : 0);
   }
-  copies = o.weightCopies ? copies + p.model.params.reduce((n, q) => n + numel(q.value.shape), 0) : 0;
+  copies = o.textureCopies ? copies + p.model.params.reduce((n, q) => n + numel(q.value.shape), 0) : 0;
   return 4 * (leaves + p.schedule.memory.totalElements + scratch + copies);
 }
 
