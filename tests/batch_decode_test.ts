@@ -200,7 +200,7 @@ Deno.test("plan decode with batch B > 1 builds the batched decoder; threshold_to
   throws(() => plan(c, "decode", { rules: tt, batch: 2 }), /threshold_topk \(mlp routers\): its K is a mean/);
 });
 
-Deno.test("decodePlanBytes with the texture copies adds the weights once more and each grouped matmul's A", () => {
+Deno.test("decodePlanBytes with the texture copies adds the weights once more, each grouped matmul's A and the routers' rows", () => {
   // d 64: x's copy for every grouped up-product (k = d); MLP experts of 64 (k = h): H's copy too; MoA's 2
   // heads of 16 (k = 32): no H copy.
   const c = ExperimentSchema.parse({
@@ -215,6 +215,7 @@ Deno.test("decodePlanBytes with the texture copies adds the weights once more an
   });
   const B = 8, p = plan(c, "decode", { rules: RULES[1]!, batch: B });
   const params = p.model.params.reduce((n, q) => n + numel(q.value.shape), 0);
-  const aCopies = 3 * (B * 64 + B * 8 * 64) + 3 * B * 64;
+  // Per layer: the MLP's x and H, MoA's x, and the two routers' rows.
+  const aCopies = 3 * (B * 64 + B * 8 * 64) + 3 * B * 64 + 3 * 2 * B * 64;
   assertEquals(decodePlanBytes(p, { textureCopies: true }) - decodePlanBytes(p), 4 * (params + aCopies));
 });

@@ -128,8 +128,9 @@ export function batchDecoderBytes(
 export interface DecodeBytesOptions {
   /**
    * Count the texture copies a software adapter's (`cpu-simd`) kernels read: every weight a second time
-   * (gpu/buffers.ts `textureMirror`), an upper bound, and the grouped matmuls' copies of their A (x and
-   * the pairs' H, made before each dispatch: gpu/kernels/moe_sparse.ts) where k allows one.
+   * (gpu/buffers.ts `textureMirror`), an upper bound, and the copies made before each dispatch where the
+   * sizes allow them: the grouped matmuls' A (x and the pairs' H, gpu/kernels/moe_sparse.ts) and the
+   * routers' rows (gpu/kernels/decode_fused.ts).
    */
   textureCopies?: boolean;
 }
@@ -139,6 +140,12 @@ export function decodePlanBytes(p: DecodePlan, o: DecodeBytesOptions = {}): numb
   const leaves = [...p.model.graph.leaves.values()].reduce((n, l) => n + numel(l.value.shape), 0);
   let scratch = 0, copies = 0;
   for (const n of p.schedule.nodes) {
+    if (n.op === "fused_route_gate") {
+      // Several rows routed at once read them from a copy (gpu/kernels/decode_fused.ts fusedRouteGate).
+      const [N, d] = n.inputs[0]!.shape as [number, number], E = n.inputs.at(-1)!.shape[1]!;
+      if (N > 1 && d % 64 === 0 && E % 4 === 0) copies += N * d;
+      continue;
+    }
     if (n.op !== "moe_mlp" && n.op !== "moa_attention_batch") continue;
     const [N, d] = n.inputs[0]!.shape as [number, number], E = n.inputs[1]!.shape[1]!;
     const h = n.inputs[2]!.shape[1]! / E;

@@ -20,6 +20,8 @@ export interface Binding {
   tensor: GpuTensor | GPUTextureView;
   write?: boolean;
   type?: "f32" | "u32" | "vec4<f32>"; // element type in WGSL; default the tensor's dtype
+  /** A tensor read through the texture copy made before each dispatch (gpu/dispatch.ts `textureCopies`). */
+  texture?: boolean;
 }
 
 /** Uniform fields: name → value, with `u32:` or `f32:` typing by the field list. */
@@ -58,7 +60,7 @@ export function texel(name: string, x: string, y: string): string {
 /** WGSL of the bindings and the uniform struct `u` (binding after the storage ones). */
 export function header(bindings: readonly Binding[], fields: UniformFields): string {
   const lines = bindings.map((b, i) =>
-    b.tensor instanceof GPUTextureView
+    b.tensor instanceof GPUTextureView || b.texture
       ? `@group(0) @binding(${i}) var ${b.name}: ${WEIGHT_TEXTURE};`
       : `@group(0) @binding(${i}) var<storage, ${b.write ? "read_write" : "read"}> ${b.name}: array<${
         b.type ?? b.tensor.dtype

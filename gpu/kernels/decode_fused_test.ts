@@ -112,8 +112,10 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
 const RULE = (kind: RouteRule["kind"]): RouteRule => ({ kind, epsilon: 0.5, k: 2, p: 0.7 });
 
 /**
- * N: rows (tokens) routed in the one dispatch; 1 unless given (batched decoding routes B). `frozen`: W is a
- * decoder's (frozen), which the cpu-simd form reads from its texture copy where E and d·E allow.
+ * N: rows (tokens) routed in the one dispatch; 1 unless given (batched decoding routes B). `frozen`: W,
+ * gamma and beta are a decoder's (frozen), which the cpu-simd form reads from texture copies: W where E and
+ * d·E allow; with several rows and d a multiple of 64 also x (a copy made before the dispatch) and the norm's
+ * weights.
  */
 const ROUTER_CASES: {
   d: number;
@@ -134,6 +136,9 @@ const ROUTER_CASES: {
   { d: 64, E: 4, norm: "layernorm", rule: RULE("topk"), frozen: true }, // W as a 4 × 16-texel texture
   { d: 64, E: 8, norm: "rmsnorm", rule: RULE("threshold"), normOut: true, N: 11, frozen: true },
   { d: 24, E: 4, norm: "none", rule: RULE("topk"), N: 3, frozen: true }, // d·E = 96: W stays a buffer
+  // Several rows with W as a texture: x through a copy, gamma and beta through theirs (d a multiple of 64).
+  { d: 128, E: 4, norm: "layernorm", rule: RULE("top_p"), normOut: true, N: 9, frozen: true },
+  { d: 64, E: 4, norm: "none", rule: RULE("threshold"), N: 5, frozen: true },
 ];
 
 for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
@@ -157,12 +162,12 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
       };
       const [probs, mask, gate, logits] = [0, 1, 2, 3].map(() => t([N, c.E]));
       const th = c.normOut ? t([N, c.d]) : undefined;
-      const tw = t([c.d, c.E], w);
-      if (c.frozen) freezeTensor(tw);
+      const tw = t([c.d, c.E], w), tg = t([c.d], g), tb = t([c.d], b);
+      if (c.frozen) [tw, tg, tb].forEach(freezeTensor);
       try {
         const call = fusedRouteGate(ctx, {
           x: t([N, c.d], x),
-          norm: { kind: c.norm, eps: 1e-5, gamma: t([c.d], g), beta: t([c.d], b) },
+          norm: { kind: c.norm, eps: 1e-5, gamma: tg, beta: tb },
           w: tw,
           probs: probs!,
           mask: mask!,
@@ -173,6 +178,13 @@ for (const profile of ["cpu-simd", "gpu"] as KernelProfile[]) {
         });
         const textured = profile === "cpu-simd" && !!c.frozen && c.E % 4 === 0 && (c.d * c.E) % 64 === 0;
         assertEquals(call.code.includes(`var W: ${WEIGHT_TEXTURE}`), textured, `${what}: W's texture copy`);
+        const rows = textured && N > 1 && c.d % 64 === 0;
+        const copied = ["x", "gamma", "beta"].filter((n) =>
+          call.code.includes(`var ${n}: ${WEIGHT_TEXTURE}`)
+        );
+        const norms = { none: [], rmsnorm: ["gamma"], layernorm: ["gamma", "beta"] }[c.norm];
+        assertEquals(copied, rows ? ["x", ...norms] : [], `${what}: the rows' texture copies`);
+        assertEquals(call.textureCopies?.map((x) => x.binding) ?? [], rows ? [0] : [], `${what}: x's copy`);
         assertEquals(runCalls(ctx, [call]).dispatches, 1);
         const h = normed(c.norm, x, g, b, c.d);
         const z = matmulRef(h, w, { m: N, k: c.d, n: c.E });
