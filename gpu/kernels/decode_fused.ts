@@ -287,7 +287,7 @@ function _rowStatsTex(kind: RowNorm["kind"]): string {
   if (kind === "none") return "  let mu = 0.0; let rs = 1.0;";
   const each = (f: (c: string) => string) =>
     `for (var j4 = 0u; j4 < u.d / 4u; j4 = j4 + 1u) { let x4 = ${texel("x", "j4", "i")}; ${
-      ["x", "y", "z", "w"].map((c) => f(`x4.${c}`)).join(" ")
+      VEC4_LANES.map((c) => f(`x4.${c}`)).join(" ")
     } }`;
   return `  var mu = 0.0;
   ${kind === "layernorm" ? `${each((c) => `mu = mu + ${c};`)} mu = mu / f32(u.d);` : ""}
