@@ -19,6 +19,8 @@ import { numel } from "../graph/ir.ts";
 import type { BatchDecoderGraph, InferRules } from "../plan/model.ts";
 import { tapExperts } from "../plan/model.ts";
 import { type DecodePlan, plan } from "../plan/plan.ts";
+import { routerCopiesRows } from "../../gpu/kernels/decode_fused.ts";
+import { groupedACopyable } from "../../gpu/kernels/moe_grouped.ts";
 import { gpuSamplingFits, sampleTokensGpu } from "../../gpu/kernels/sampling.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { assertScheduleBuilds } from "../../gpu/preflight.ts";
@@ -143,14 +145,14 @@ export function decodePlanBytes(p: DecodePlan, o: DecodeBytesOptions = {}): numb
     if (n.op === "fused_route_gate") {
       // Several rows routed at once read them from a copy (gpu/kernels/decode_fused.ts fusedRouteGate).
       const [N, d] = n.inputs[0]!.shape as [number, number], E = n.inputs.at(-1)!.shape[1]!;
-      if (N > 1 && d % 64 === 0 && E % 4 === 0) copies += N * d;
+      if (routerCopiesRows(N, d, E)) copies += N * d;
       continue;
     }
     if (n.op !== "moe_mlp" && n.op !== "moa_attention_batch") continue;
     const [N, d] = n.inputs[0]!.shape as [number, number], E = n.inputs[1]!.shape[1]!;
     const h = n.inputs[2]!.shape[1]! / E;
     scratch += N * E * (h + d + 4) + 64;
-    copies += (d % 64 === 0 && h % 4 === 0 ? N * d : 0) + (h % 64 === 0 && d % 4 === 0 ? N * E * h : 0);
+    copies += (groupedACopyable(d, h) ? N * d : 0) + (groupedACopyable(h, d) ? N * E * h : 0);
   }
   copies = o.textureCopies ? copies + p.model.params.reduce((n, q) => n + numel(q.value.shape), 0) : 0;
   return 4 * (leaves + p.schedule.memory.totalElements + scratch + copies);

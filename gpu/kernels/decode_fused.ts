@@ -239,7 +239,7 @@ ${o.h ? `  for (var r = t; r < u.d; r = r + ${_T}u) { H[${xo}r] = ${xn}; }` : ""
   // (texel (j4, row)) and a frozen gamma and beta from theirs, where d is a multiple of 64: the same sums in
   // the same order, and the 8 routers of a d512 step at B = 32 took 0.94–1.08 ms instead of 1.65–1.78
   // (timestamps, two alternated runs). One row gained nothing in a whole step (a copy per router).
-  const xTex = many && wTex !== null && d % 64 === 0 && textureCopyFits(ctx, o.x, N, d);
+  const xTex = routerCopiesRows(N, d, E) && wTex !== null && textureCopyFits(ctx, o.x, N, d);
   const gTex = xTex && o.norm.kind !== "none" ? textureMirror(ctx, o.norm.gamma!, 1, d) : null;
   const bTex = xTex && o.norm.kind === "layernorm" ? textureMirror(ctx, o.norm.beta!, 1, d) : null;
   const views: Record<string, GPUTextureView | null> = { W: wTex, gamma: gTex, beta: bTex };
@@ -284,16 +284,13 @@ ${softmaxRowWgsl("z", "sp", "u.E")}
  * {@linkcode _statsCpuScalar}: the same values.
  */
 function _rowStatsTex(kind: RowNorm["kind"]): string {
-  if (kind === "none") return "  let mu = 0.0; let rs = 1.0;";
-  const each = (f: (c: string) => string) =>
-    `for (var j4 = 0u; j4 < u.d / 4u; j4 = j4 + 1u) { let x4 = ${texel("x", "j4", "i")}; ${
-      VEC4_LANES.map((c) => f(`x4.${c}`)).join(" ")
-    } }`;
-  return `  var mu = 0.0;
-  ${kind === "layernorm" ? `${each((c) => `mu = mu + ${c};`)} mu = mu / f32(u.d);` : ""}
-  var v0 = 0.0;
-  ${each((c) => `{ let c = ${c} - mu; v0 = v0 + c * c; }`)}
-  let rs = inverseSqrt(v0 / f32(u.d) + u.neps);`;
+  return _statsCpuOver(
+    kind,
+    (f) =>
+      `for (var j4 = 0u; j4 < u.d / 4u; j4 = j4 + 1u) { let x4 = ${texel("x", "j4", "i")}; ${
+        VEC4_LANES.map((c) => f(`x4.${c}`)).join(" ")
+      } }`,
+  );
 }
 
 /**
@@ -326,13 +323,21 @@ ${[0, 1, 2, 3].map(part).join("\n")}
   }`;
 }
 
-/** {@linkcode _xn} of a value `v` of row element r, with that element's gamma `g` and beta `b`. */
-function _xnOf(kind: RowNorm["kind"], v: string, g: string, b: string): string {
+/** The normalized value of `v` (x's element) with its gamma `g` and beta `b`, from `mu` and `rs`. */
+function _xnOf(kind: RowNorm["kind"], v: string, g: string, b: string, mu = "mu"): string {
   return kind === "none"
     ? v
     : kind === "layernorm"
-    ? `((${v} - mu) * rs * ${g} + ${b})`
+    ? `((${v} - ${mu}) * rs * ${g} + ${b})`
     : `(${v} * rs * ${g})`;
+}
+
+/**
+ * Whether the `cpu-simd` router of N rows of d reads them from a texture copy made before the dispatch (with
+ * its W frozen, which it then reads from W's texture): several rows, E a multiple of 4 and d of 64.
+ */
+export function routerCopiesRows(N: number, d: number, E: number): boolean {
+  return N > 1 && E % 4 === 0 && d % 64 === 0;
 }
 
 function _checkNorm(n: RowNorm, d: number, what: string): void {
@@ -357,14 +362,9 @@ function _normBindings(x: GpuTensor, n: RowNorm, vec: boolean): Binding[] {
  * (x, gamma, beta bound as vec4s).
  */
 function _xn(kind: RowNorm["kind"], vec = false, xo = ""): string {
-  const i = vec ? "j4" : "r", mu = vec ? "vec4<f32>(mu)" : "mu";
-  return kind === "none"
-    ? `x[${xo}${i}]`
-    : kind === "layernorm"
-    ? `((x[${xo}${i}] - ${mu}) * rs * gamma[${i}] + beta[${i}])`
-    : `(x[${xo}${i}] * rs * gamma[${i}])`;
+  const i = vec ? "j4" : "r";
+  return _xnOf(kind, `x[${xo}${i}]`, `gamma[${i}]`, `beta[${i}]`, vec ? "vec4<f32>(mu)" : "mu");
 }
-
 /**
  * `gpu` form: the row's mean (LayerNorm) and rstd as tree sums over the workgroup's threads (`wsum`), as
  * the norm kernel's two passes (gpu/kernels/norm.ts); mu = 0 and rs = 1 without a norm.
@@ -384,15 +384,19 @@ function _statsGpu(kind: RowNorm["kind"], xo = ""): string {
 
 /** `cpu-simd` form, scalar loads: the row's mean and rstd in one invocation. */
 function _statsCpuScalar(kind: RowNorm["kind"], xo = ""): string {
+  return _statsCpuOver(kind, (f) => `for (var j = 0u; j < u.d; j = j + 1u) { ${f(`x[${xo}j]`)} }`);
+}
+
+/**
+ * The row's mean (LayerNorm) and rstd in one invocation, element by element in order: `each(f)` is a loop
+ * over the row's elements doing `f(element)` (a buffer's or a texture copy's, the same sums either way).
+ */
+function _statsCpuOver(kind: RowNorm["kind"], each: (f: (v: string) => string) => string): string {
   if (kind === "none") return "  let mu = 0.0; let rs = 1.0;";
   return `  var mu = 0.0;
-  ${
-    kind === "layernorm"
-      ? `for (var j = 0u; j < u.d; j = j + 1u) { mu = mu + x[${xo}j]; } mu = mu / f32(u.d);`
-      : ""
-  }
+  ${kind === "layernorm" ? `${each((v) => `mu = mu + ${v};`)} mu = mu / f32(u.d);` : ""}
   var v0 = 0.0;
-  for (var j = 0u; j < u.d; j = j + 1u) { let c = x[${xo}j] - mu; v0 = v0 + c * c; }
+  ${each((v) => `{ let c = ${v} - mu; v0 = v0 + c * c; }`)}
   let rs = inverseSqrt(v0 / f32(u.d) + u.neps);`;
 }
 

@@ -88,7 +88,7 @@ export function groupedMatmul(o: GroupedOptions): KernelCall {
   const vec = o.n % 4 === 0, tex = !!(o.bTex || o.bCopy);
   if (tex && !vec) throw new RangeError(`Cannot read B from a texture: n (${o.n}) is not divisible by 4`);
   const aTex = !!o.aCopy;
-  if (aTex && (!vec || o.k % 64 !== 0)) {
+  if (aTex && !groupedACopyable(o.k, o.n)) {
     throw new RangeError(
       `Cannot read A from a texture copy: k (${o.k}) is not divisible by 64 or n (${o.n}) by 4`,
     );
@@ -130,6 +130,14 @@ ${body(o.tm)}
     indirect: { buffer: o.args, offset: o.up ? 0 : 12 },
     ...(copies.length > 0 ? { textureCopies: copies } : {}),
   };
+}
+
+/**
+ * Whether a grouped matmul can read its A (rows of k) from a texture copy (`aCopy`): k a multiple of 64 (a
+ * copy's rows are multiples of 256 bytes) and vec4 columns (n a multiple of 4).
+ */
+export function groupedACopyable(k: number, n: number): boolean {
+  return k % 64 === 0 && n % 4 === 0;
 }
 
 /** Uniform fields: sizes, B's expert stride and row stride (in load units), and the route words read. */

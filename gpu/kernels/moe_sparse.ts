@@ -19,7 +19,7 @@ import {
   routeLayout,
 } from "./moe_common.ts";
 import { gatherKernel } from "./moe_gather.ts";
-import { groupedMatmul } from "./moe_grouped.ts";
+import { groupedACopyable, groupedMatmul } from "./moe_grouped.ts";
 import { matmulCopiesB, matmulLoadsFirst } from "./matmul.ts";
 import { moeMlpOneToken } from "./moe_one_token.ts";
 import { pairListKernels } from "./moe_route.ts";
@@ -76,7 +76,9 @@ export function sparsePipeline(
   // A (x, then H) too, on a software adapter, from a copy made before each dispatch: 1.2–1.5× on both grouped
   // matmuls at d512, B = 32 (docs/llvmpipe.md, "The grouped matmuls' A through a texture copy").
   const aCopy = (a: typeof o.x, rows: number, k: number, n: number) =>
-    ctx.profile === "cpu-simd" && n % 4 === 0 && textureCopyFits(ctx, a, rows, k) ? { aCopy: { rows } } : {};
+    ctx.profile === "cpu-simd" && groupedACopyable(k, n) && textureCopyFits(ctx, a, rows, k)
+      ? { aCopy: { rows } }
+      : {};
   const lists = pairListKernels(ctx, { gate: o.gate, route, args, L, N, E, tm: tile.tm, ncgUp, ncgDown });
   const up = groupedMatmul({
     up: true,
